@@ -1,0 +1,158 @@
+"""The data model every stage after the readers works on: `Stack` and `Study`.
+
+Geometry conventions
+--------------------
+- Arrays are (Z, Y, X): Z indexes slices, Y rows, X columns, as a DICOM frame is stored.
+- ``spacing`` is (dz, dy, dx) in mm: dz the distance between slice centres, dy the row
+  spacing (between rows), dx the column spacing.
+- ``affine`` is a float64 (4, 4) matrix taking a homogeneous voxel index in array axis order
+  (z, y, x, 1) to RAS+ world coordinates in mm (the NIfTI/nibabel convention; DICOM LPS is
+  converted by the reader).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["Stack", "StudyInfo", "Study"]
+
+
+def _check_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, float]:
+    try:
+        values = tuple(float(s) for s in spacing)
+    except TypeError as exc:
+        raise InputError(f"'{name}' must be (dz, dy, dx) in mm, got {spacing!r}") from exc
+    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"'{name}' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, eq=False)
+class Stack:
+    """One short-axis stack at one cardiac phase.
+
+    Attributes
+    ----------
+    pixels : float32 (Z, Y, X), intensities after rescale slope/intercept.
+    spacing : (dz, dy, dx) in mm.
+    affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm.
+    labels : uint8 (Z, Y, X) canonical labels (0 bg, 1 LVBP, 2 LVM, 3 RVBP) or None.
+    slice_positions : float64 (Z,), each slice centre's position along the slice normal, mm.
+    phase : "ED", "ES", or a free text such as "frame 7"; None when unknown.
+    source : where the pixels came from (path), for error messages and provenance.
+    source_files : for DICOM input, the file of each slice (Z,), so that writers such as
+        DICOM SEG can reference the source instances; empty otherwise.
+    """
+
+    pixels: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    labels: np.ndarray | None = None
+    slice_positions: np.ndarray | None = None
+    phase: str | None = None
+    source: str = ""
+    source_files: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        pixels = np.asarray(self.pixels)
+        if pixels.ndim != 3:
+            raise InputError(f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {self.source or 'array'}")
+        if pixels.dtype != np.float32:
+            pixels = pixels.astype(np.float32)
+        object.__setattr__(self, "pixels", pixels)
+        object.__setattr__(self, "spacing", _check_spacing(self.spacing))
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            raise InputError(f"Stack 'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
+        object.__setattr__(self, "affine", affine)
+        if self.labels is not None:
+            labels = np.asarray(self.labels)
+            if labels.shape != pixels.shape:
+                raise InputError(f"Stack 'labels' shape {labels.shape} differs from 'pixels' shape {pixels.shape}")
+            if labels.dtype != np.uint8:
+                labels = labels.astype(np.uint8)
+            object.__setattr__(self, "labels", labels)
+        positions = self.slice_positions
+        if positions is None:
+            positions = np.arange(pixels.shape[0], dtype=np.float64) * self.spacing[0]
+        positions = np.asarray(positions, dtype=np.float64)
+        if positions.shape != (pixels.shape[0],):
+            raise InputError(f"Stack 'slice_positions' must have shape ({pixels.shape[0]},), got {positions.shape}")
+        object.__setattr__(self, "slice_positions", positions)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(Z, Y, X)."""
+        return self.pixels.shape  # type: ignore[return-value]
+
+    def with_labels(self, labels: np.ndarray | None) -> "Stack":
+        """A copy of this stack carrying ``labels`` (uint8 (Z, Y, X))."""
+        return replace(self, labels=labels)
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What is known of a study beyond its pixels; every field may be unknown (None)."""
+
+    patient_id: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    series_description: str | None = None
+    manufacturer: str | None = None
+    field_strength_t: float | None = None
+    height_cm: float | None = None
+    weight_kg: float | None = None
+    group: str | None = None  # diagnosis group (ACDC) or pathology (M&Ms)
+    source: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Study:
+    """A short-axis cine study: either the ED and ES stacks only, or every phase.
+
+    Attributes
+    ----------
+    phases : the stacks in time order; for an ED/ES-only study exactly (ED, ES).
+    ed_index, es_index : which of ``phases`` are ED and ES, None when not known yet
+        (the pipeline then finds them from the LV volume curve).
+    trigger_times_ms : float64 (T,) trigger time of each phase in ms, or None.
+    info : identifiers and patient data.
+    """
+
+    phases: tuple[Stack, ...]
+    ed_index: int | None = None
+    es_index: int | None = None
+    trigger_times_ms: np.ndarray | None = None
+    info: StudyInfo = field(default_factory=StudyInfo)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phases", tuple(self.phases))
+        if not self.phases:
+            raise InputError(f"Study from {self.info.source or 'memory'} has no phases")
+        for name in ("ed_index", "es_index"):
+            index = getattr(self, name)
+            if index is not None and not 0 <= index < len(self.phases):
+                raise InputError(f"Study '{name}' is {index}, expected 0..{len(self.phases) - 1}")
+
+    @property
+    def ed(self) -> Stack:
+        """The end-diastolic stack (raises when ED is unknown)."""
+        if self.ed_index is None:
+            raise InputError(f"Study from {self.info.source or 'memory'} has no known ED phase")
+        return self.phases[self.ed_index]
+
+    @property
+    def es(self) -> Stack:
+        """The end-systolic stack (raises when ES is unknown)."""
+        if self.es_index is None:
+            raise InputError(f"Study from {self.info.source or 'memory'} has no known ES phase")
+        return self.phases[self.es_index]
+
+    @property
+    def is_cine(self) -> bool:
+        """True when every phase of the cycle is present, not only ED and ES."""
+        return len(self.phases) > 2
