@@ -1,0 +1,136 @@
+"""Inference engines: one interface (`Engine`) over TorchScript, ONNX Runtime and TensorRT.
+
+``Engine.run(batch)`` takes float32 (N, 1, H, W) normalised slices and returns float32
+probabilities: (N, C, H, W) for a segmentation U-Net, (N, R) for the region classifier.
+
+The ``backend="auto"`` rule
+---------------------------
+An artifact file has one format, so `create_engine` with "auto" takes the backend from the
+file's suffix (``.pt`` TorchScript, ``.onnx`` ONNX, ``.ep`` TensorRT). A bundle holds several
+artifacts per model; ``Bundle.engine(name, "auto", device)`` takes the first of
+`AUTO_ORDER[device]` that has an artifact and is available here:
+
+- "cuda": tensorrt > torchscript > onnx. TensorRT fuses the network into a few kernels;
+  TorchScript with CUDA graphs comes next; ONNX Runtime's CUDA provider last.
+- "cpu": onnx > torchscript. Measured on this project's 2-core CPU (see README_ENGINES.md):
+  ONNX Runtime ran a 1.9 M-parameter U-Net at batch 10 faster than TorchScript, and it needs
+  no torch install.
+
+Importing this package imports neither torch nor onnxruntime; each engine imports its runtime
+when it is made.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailableError, InputError
+from .base import BACKENDS, DEVICES, Engine, check_device
+
+__all__ = [
+    "Engine",
+    "BACKENDS",
+    "DEVICES",
+    "AUTO_ORDER",
+    "SUFFIXES",
+    "available_backends",
+    "backend_missing",
+    "create_engine",
+]
+
+#: device -> backends in the order "auto" prefers them (see the module docstring).
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cuda": ("tensorrt", "torchscript", "onnx"),
+    "cpu": ("onnx", "torchscript"),
+}
+#: artifact file suffix -> backend.
+SUFFIXES: dict[str, str] = {".pt": "torchscript", ".onnx": "onnx", ".ep": "tensorrt"}
+
+
+def backend_missing(backend: str, device: str = "cpu") -> str | None:
+    """Why ``backend`` cannot run on ``device`` here (naming what to install), or None when it can.
+
+    Imports torch only when it is installed and a CUDA answer is needed.
+    """
+    check_device(device)
+    if backend not in BACKENDS:
+        raise InputError(f"'backend' must be one of {BACKENDS}, got {backend!r}")
+    if backend == "tensorrt":
+        from .tensorrt import tensorrt_missing
+
+        return "TensorRT runs on device 'cuda' only" if device == "cpu" else tensorrt_missing()
+    if backend == "onnx":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)"
+        if device == "cuda":
+            from .onnx import onnx_providers
+
+            if "CUDAExecutionProvider" not in onnx_providers():
+                return "this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+        return None
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed (pip install 'cmrsdk[torch]')"
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "no CUDA GPU is available to torch"
+    return None
+
+
+def available_backends(device: str = "cpu") -> tuple[str, ...]:
+    """The backends that can run on ``device`` here, in the order "auto" prefers them.
+
+    Parameters
+    ----------
+    device : "cpu" or "cuda".
+    """
+    return tuple(b for b in AUTO_ORDER[check_device(device)] if backend_missing(b, device) is None)
+
+
+def create_engine(artifact_path: str | Path, backend: str = "auto", device: str = "cpu", **options: Any) -> Engine:
+    """Load one artifact file into an engine.
+
+    Parameters
+    ----------
+    artifact_path : a ``.pt`` (TorchScript), ``.onnx`` or ``.ep`` (torch-tensorrt) file.
+    backend : "auto" (from the file suffix, see `SUFFIXES`), "torchscript", "onnx" or "tensorrt".
+    device : "cpu" or "cuda".
+    **options : backend options: TorchScript ``fp16``, ``cuda_graphs``; ONNX
+        ``intra_op_threads``, ``inter_op_threads``, ``optimization``; TensorRT ``precision``.
+
+    Returns
+    -------
+    Engine whose ``run`` maps float32 (N, 1, H, W) to float32 probabilities.
+
+    Raises
+    ------
+    InputError
+        Unknown backend, device or option, or a suffix "auto" cannot map.
+    BackendUnavailableError
+        The backend's runtime or device is not present here (the message names what is missing).
+    BundleError
+        The file cannot be loaded by the backend.
+    """
+    path = Path(artifact_path)
+    check_device(device)
+    if backend == "auto":
+        if path.suffix not in SUFFIXES:
+            raise InputError(f"'backend' 'auto' cannot tell the format of {str(path)!r}: expected a suffix in {tuple(SUFFIXES)}")
+        backend = SUFFIXES[path.suffix]
+    if backend not in BACKENDS:
+        raise InputError(f"'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    missing = backend_missing(backend, device)
+    if missing is not None:
+        raise BackendUnavailableError(f"backend {backend!r} on device {device!r} is unavailable: {missing}")
+    if backend == "onnx":
+        from .onnx import OnnxEngine as cls
+    elif backend == "torchscript":
+        from .torchscript import TorchScriptEngine as cls  # type: ignore[assignment]
+    else:
+        from .tensorrt import TensorRTEngine as cls  # type: ignore[assignment]
+    try:
+        return cls(path, device, **options)
+    except TypeError as exc:  # an option this backend does not take
+        raise InputError(f"backend {backend!r} does not accept the options {sorted(options)}: {exc}") from exc

@@ -1,0 +1,116 @@
+"""The one inference interface every backend implements: `Engine`.
+
+An engine runs one exported model. Its input is always a float32 batch of normalised slices
+(N, 1, H, W); what comes out depends on the model's kind:
+
+==============  ==========================  ===================================================
+model kind      output                      meaning
+==============  ==========================  ===================================================
+segmentation    float32 (N, C, H, W)        class probabilities per pixel (softmax over C,
+                                            C = 4: background, LVBP, LVM, RVBP)
+classifier      float32 (N, R)              region probabilities per slice (softmax over R,
+                                            R = 4: non-cardiac, base, middle, apex)
+==============  ==========================  ===================================================
+
+The softmax is part of the exported artifact, so every backend returns probabilities, never
+logits. An empty batch (N = 0) returns an empty array of the right trailing shape.
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["Engine", "BACKENDS", "DEVICES"]
+
+#: every backend name, in no particular order (see ``cmrsdk.engines`` for the "auto" rule).
+BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt")
+#: the devices an engine can be asked for.
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """Return ``device`` when it is one of `DEVICES`, else raise `InputError`."""
+    if device not in DEVICES:
+        raise InputError(f"'device' must be one of {DEVICES}, got {device!r}")
+    return device
+
+
+class Engine(ABC):
+    """One loaded model artifact that maps a batch of slices to probabilities.
+
+    Subclasses implement `_infer`; `run` validates the input and handles the empty batch, so
+    every backend behaves the same at the edges. `run` may be called from several threads at
+    once.
+
+    Attributes
+    ----------
+    backend : "torchscript", "onnx" or "tensorrt".
+    device : "cpu" or "cuda".
+    precision : "fp32" or "fp16", the arithmetic the engine runs in (inputs and outputs are
+        float32 either way).
+    path : the artifact file.
+    """
+
+    backend: str = ""
+
+    def __init__(self, path: str | Path, device: str, precision: str) -> None:
+        self.path = Path(path)
+        self.device = check_device(device)
+        if precision not in ("fp32", "fp16"):
+            raise InputError(f"'precision' must be 'fp32' or 'fp16', got {precision!r}")
+        self.precision = precision
+        # trailing output shape per input (H, W), learnt from the first batch of that size;
+        # lets an empty batch return (0, C, H, W) or (0, R) without knowing the model's kind.
+        self._trailing: dict[tuple[int, int], tuple[int, ...]] = {}
+        self._trailing_lock = threading.Lock()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a batch of normalised slices.
+
+        Parameters
+        ----------
+        batch : float32 (N, 1, H, W), slices after resampling, cropping and normalisation;
+            N may be 0.
+
+        Returns
+        -------
+        float32 (N, C, H, W) class probabilities for a segmentation model, float32 (N, R)
+        region probabilities for a classifier (see the module docstring).
+
+        Raises
+        ------
+        InputError
+            When ``batch`` is not a float32 array of shape (N, 1, H, W).
+        """
+        if not isinstance(batch, np.ndarray):
+            raise InputError(f"'batch' must be a numpy array float32 (N, 1, H, W), got {type(batch).__name__}")
+        if batch.dtype != np.float32:
+            raise InputError(f"'batch' dtype must be float32 (supported: float32), got {batch.dtype}")
+        if batch.ndim != 4 or batch.shape[1] != 1 or batch.shape[2] < 1 or batch.shape[3] < 1:
+            raise InputError(f"'batch' must have shape (N, 1, H, W) with H, W >= 1, got {batch.shape}")
+        size = (int(batch.shape[2]), int(batch.shape[3]))
+        if batch.shape[0] == 0:
+            trailing = self._trailing.get(size)
+            if trailing is None:
+                # one blank slice teaches us the output shape of this model at this size
+                self.run(np.zeros((1, 1, *size), dtype=np.float32))
+                trailing = self._trailing[size]
+            return np.empty((0, *trailing), dtype=np.float32)
+        out = self._infer(np.ascontiguousarray(batch))
+        out = np.asarray(out, dtype=np.float32)
+        if size not in self._trailing:
+            with self._trailing_lock:
+                self._trailing[size] = tuple(int(s) for s in out.shape[1:])
+        return out
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """Backend work: C-contiguous float32 (N >= 1, 1, H, W) -> float32 probabilities."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={str(self.path)!r}, device={self.device!r}, precision={self.precision!r})"

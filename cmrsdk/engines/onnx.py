@@ -1,0 +1,98 @@
+"""ONNX Runtime engine: the light scanner-side runtime (CPU; CUDA with onnxruntime-gpu)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, BundleError, InputError
+from .base import Engine, check_device
+
+__all__ = ["OnnxEngine", "OPTIMIZATION_LEVELS", "onnx_providers"]
+
+#: graph optimisation level name -> onnxruntime.GraphOptimizationLevel member name.
+OPTIMIZATION_LEVELS: dict[str, str] = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the 'onnx' backend needs ONNX Runtime, which is not installed: pip install onnxruntime (or onnxruntime-gpu)"
+        ) from exc
+    return onnxruntime
+
+
+def onnx_providers() -> tuple[str, ...]:
+    """The execution providers of the installed ONNX Runtime; empty when it is not installed."""
+    try:
+        return tuple(_import_ort().get_available_providers())
+    except BackendUnavailableError:
+        return ()
+
+
+class OnnxEngine(Engine):
+    """Run an ONNX artifact with ONNX Runtime (float32 (N, 1, H, W) -> probabilities, see `Engine`).
+
+    Parameters
+    ----------
+    path : the ``.onnx`` file.
+    device : "cpu" (CPUExecutionProvider) or "cuda" (CUDAExecutionProvider, from onnxruntime-gpu).
+    intra_op_threads : threads inside one operator (a convolution); None lets ONNX Runtime use
+        one per physical core.
+    inter_op_threads : threads across independent operators; None is ONNX Runtime's default.
+    optimization : graph optimisation level, one of `OPTIMIZATION_LEVELS` ("all" by default).
+    """
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        *,
+        intra_op_threads: int | None = None,
+        inter_op_threads: int | None = None,
+        optimization: str = "all",
+    ) -> None:
+        super().__init__(path, check_device(device), "fp32")
+        ort = _import_ort()
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise InputError(f"'optimization' must be one of {tuple(OPTIMIZATION_LEVELS)}, got {optimization!r}")
+        for name, value in (("intra_op_threads", intra_op_threads), ("inter_op_threads", inter_op_threads)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InputError(f"'{name}' must be a positive int or None, got {value!r}")
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailableError(
+                    "the 'onnx' backend on device 'cuda' needs CUDAExecutionProvider, which this onnxruntime lacks: "
+                    "pip install onnxruntime-gpu"
+                )
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+        if intra_op_threads is not None:
+            options.intra_op_num_threads = intra_op_threads
+        if inter_op_threads is not None:
+            options.inter_op_num_threads = inter_op_threads
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise BundleError(f"{self.path}: cannot be loaded as an ONNX model ({exc})") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise BundleError(f"{self.path}: an ONNX model with exactly one input was expected, it has {len(inputs)}")
+        self._input_name = inputs[0].name
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        # InferenceSession.run is safe to call from several threads at once
+        return self._session.run(None, {self._input_name: batch})[0]

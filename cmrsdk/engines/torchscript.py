@@ -1,0 +1,115 @@
+"""TorchScript engine: a ``torch.jit`` archive run by libtorch on the CPU or a CUDA GPU.
+
+torch is imported here, when an engine is made, never when ``cmrsdk`` is imported: the
+scanner-side install may have ONNX Runtime only.
+
+TorchScript is deprecated from torch 2.14 (``torch.jit.load`` may warn); it is kept because it
+is the format C++ libtorch loads. The warning is left alone: cmrsdk silences nothing globally.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, BundleError, InputError
+from .base import Engine, check_device
+
+__all__ = ["TorchScriptEngine", "torch_available"]
+
+
+def torch_available() -> bool:
+    """True when torch can be imported (without importing it when it cannot)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the 'torchscript' backend needs PyTorch, which is not installed: pip install 'cmrsdk[torch]'"
+        ) from exc
+    return torch
+
+
+class TorchScriptEngine(Engine):
+    """Run a TorchScript artifact (fp32 float32 (N, 1, H, W) -> probabilities, see `Engine`).
+
+    Parameters
+    ----------
+    path : the ``.pt`` TorchScript archive.
+    device : "cpu" or "cuda".
+    fp16 : run in half precision (CUDA only); the weights are cast once at load, the input is
+        cast on the way in and the probabilities back to float32 on the way out.
+    cuda_graphs : capture one CUDA graph per (N, H, W) the engine meets and replay it after
+        (CUDA only); removes the per-kernel launch cost that dominates small batches. The graph
+        owns fixed input and output buffers, so graph replays are serialised by a lock.
+
+    Notes
+    -----
+    The number of CPU threads is torch's process-wide setting (``torch.set_num_threads``); an
+    engine does not change it behind the caller's back.
+    """
+
+    backend = "torchscript"
+
+    def __init__(self, path: str | Path, device: str = "cpu", *, fp16: bool = False, cuda_graphs: bool = False) -> None:
+        super().__init__(path, check_device(device), "fp16" if fp16 else "fp32")
+        torch = _import_torch()
+        self._torch = torch
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("the 'torchscript' backend on device 'cuda' needs a CUDA GPU and a CUDA build of torch; none is available")
+        if fp16 and device != "cuda":
+            raise InputError("'fp16' is supported on device 'cuda' only (half-precision convolutions on the CPU are slower, not faster)")
+        if cuda_graphs and device != "cuda":
+            raise InputError("'cuda_graphs' is supported on device 'cuda' only")
+        try:
+            module = torch.jit.load(str(self.path), map_location=device)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise BundleError(f"{self.path}: cannot be loaded as a TorchScript archive ({exc})") from exc
+        module.eval()
+        if fp16:
+            module = module.half()
+        self._module = module
+        self._dtype = torch.float16 if fp16 else torch.float32
+        self._cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
+        self._graph_lock = threading.Lock()
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device, dtype=self._dtype, non_blocking=True)
+            if self._cuda_graphs:
+                return self._replay(x)
+            return self._module(x).float().cpu().numpy()
+
+    def _replay(self, x: Any) -> np.ndarray:
+        torch = self._torch
+        key = tuple(x.shape)
+        with self._graph_lock:
+            entry = self._graphs.get(key)
+            if entry is None:
+                static_in = x.clone()
+                # warm up on a side stream first, as CUDA graph capture requires: the first runs
+                # let the profiling executor and cuDNN settle on their kernels
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(3):
+                        self._module(static_in)
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    static_out = self._module(static_in)
+                entry = (graph, static_in, static_out)
+                self._graphs[key] = entry
+            graph, static_in, static_out = entry
+            static_in.copy_(x)
+            graph.replay()
+            return static_out.float().cpu().numpy()

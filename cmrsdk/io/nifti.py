@@ -1,0 +1,251 @@
+"""NIfTI readers: plain image (+ label) files, ACDC patient folders and M&Ms subject folders.
+
+nibabel hands arrays back in (X, Y, Z) order; every reader here transposes them to the (Z, Y, X)
+order of :class:`cmrsdk.Stack` and reorders the affine to match (see ``cmrsdk.types``).
+
+Spacing comes from the header's voxel sizes (pixdim). Some files (ACDC among them) carry an sform
+whose columns are unit length while pixdim says 1.5625 x 1.5625 x 10 mm; the affine's direction
+columns are then rescaled to the pixdim sizes, so that ``affine`` and ``spacing`` always agree.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import ReadError
+from ..types import Stack, Study, StudyInfo
+from ._geometry import nifti_to_zyx_affine, slice_positions_mm
+
+__all__ = ["CONVENTIONS", "read_nifti_stack", "read_acdc_patient", "read_mnms_subject", "read_acdc_info"]
+
+Convention = Literal["canonical", "acdc", "mnms"]
+
+#: stored label value -> canonical label (0 bg, 1 LVBP, 2 LVM, 3 RVBP), for each dataset.
+CONVENTIONS: dict[str, dict[int, int]] = {
+    "canonical": {0: 0, 1: 1, 2: 2, 3: 3},
+    "acdc": {0: 0, 1: 3, 2: 2, 3: 1},   # ACDC: 1 RV, 2 MYO, 3 LV
+    "mnms": {0: 0, 1: 1, 2: 2, 3: 3},   # M&Ms: 1 LV, 2 MYO, 3 RV
+}
+
+#: M&Ms vendor letters (info.csv) -> manufacturer, as the challenge describes them.
+_MNMS_VENDORS = {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    if not path.is_file():
+        raise ReadError(path, "no such NIfTI file")
+    try:
+        image = nib.load(str(path))
+        header = image.header
+        shape = image.shape
+    except Exception as exc:  # nibabel raises many kinds (ImageFileError, EOFError, zlib errors)
+        raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if len(shape) == 4 and shape[3] == 1:
+        return image.slicer[..., 0]
+    if len(shape) != 3:
+        raise ReadError(path, f"NIfTI image must be 3-D (X, Y, Z) for one phase, got shape {shape} "
+                              f"(dim[0] = {int(header['dim'][0])})")
+    return image
+
+
+def _read_array(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+    try:
+        # dataobj applies scl_slope/inter; the transpose gives (Z, Y, X)
+        return np.asanyarray(image.dataobj).transpose(2, 1, 0)
+    except Exception as exc:  # truncated gzip streams surface only here
+        raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _geometry(image: nib.Nifti1Image, path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """(affine (4, 4) for (z, y, x), spacing (dz, dy, dx) mm) of a 3-D NIfTI image."""
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    if not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise ReadError(path, f"NIfTI pixdim (voxel sizes) {zooms} must be finite and positive")
+    affine = nifti_to_zyx_affine(image.affine)
+    spacing = (zooms[2], zooms[1], zooms[0])
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(norms == 0) or not np.all(np.isfinite(affine)):
+        raise ReadError(path, f"NIfTI affine is degenerate: {image.affine.tolist()}")
+    if not np.allclose(norms, spacing, rtol=1e-3):
+        affine[:3, :3] = affine[:3, :3] / norms * np.asarray(spacing)
+    return affine, spacing
+
+
+def _to_canonical(raw: np.ndarray, path: Path, convention: str) -> np.ndarray:
+    """uint8 canonical labels from a stored label array, refusing what does not fit."""
+    if raw.dtype.kind == "f":
+        if not np.all(np.isfinite(raw)):
+            raise ReadError(path, "label map holds NaN or infinite values")
+        rounded = np.rint(raw)
+        if not np.array_equal(rounded, raw):
+            bad = raw[rounded != raw][:3]
+            raise ReadError(path, f"float label map is not integral (values such as {bad.tolist()}); "
+                                  "labels must be whole numbers")
+        raw = rounded.astype(np.int64)
+    elif raw.dtype.kind not in "iub":
+        raise ReadError(path, f"label map dtype {raw.dtype} is not numeric")
+    mapping = CONVENTIONS[convention]
+    values = np.unique(raw)
+    unknown = [int(v) for v in values if int(v) not in mapping]
+    if unknown:
+        raise ReadError(path, f"label values {unknown} are outside the '{convention}' convention "
+                              f"(expected a subset of {sorted(mapping)})")
+    lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
+    for stored, canonical in mapping.items():
+        lut[stored] = canonical
+    return lut[raw.astype(np.int64)]
+
+
+def read_nifti_stack(image_path: str | Path, label_path: str | Path | None = None, *,
+                     convention: Convention = "canonical", phase: str | None = None) -> Stack:
+    """Read one phase: a 3-D NIfTI image and, optionally, its label map.
+
+    Parameters
+    ----------
+    image_path : a .nii or .nii.gz file holding one 3-D (X, Y, Z) stack (a 4-D file with one
+        volume is accepted).
+    label_path : an optional label map of the same shape; float files are cast only when every
+        value is integral.
+    convention : how the label file codes the structures: "canonical" (1 LVBP, 2 LVM, 3 RVBP),
+        "acdc" (1 RV, 2 MYO, 3 LV) or "mnms" (1 LV, 2 MYO, 3 RV).
+    phase : the phase name to record ("ED", "ES", ...), or None.
+
+    Returns
+    -------
+    Stack with float32 (Z, Y, X) pixels, spacing (dz, dy, dx) mm from pixdim, an affine for
+    (z, y, x) voxels to RAS+ mm, uint8 (Z, Y, X) canonical labels when a label file was given.
+
+    Raises
+    ------
+    ReadError : a missing or unreadable file, a wrong number of dimensions, NaN pixels, label
+        and image shapes that differ, non-integral or out-of-convention label values.
+    """
+    image_path = Path(image_path)
+    if convention not in CONVENTIONS:
+        raise ReadError(image_path, f"label convention '{convention}' is unknown, expected one of {sorted(CONVENTIONS)}")
+    image = _load(image_path)
+    pixels = _read_array(image, image_path).astype(np.float32)
+    if not np.all(np.isfinite(pixels)):
+        count = int(np.size(pixels) - np.count_nonzero(np.isfinite(pixels)))
+        raise ReadError(image_path, f"image holds {count} NaN or infinite pixel values")
+    affine, spacing = _geometry(image, image_path)
+    labels = None
+    if label_path is not None:
+        label_path = Path(label_path)
+        label_image = _load(label_path)
+        raw = _read_array(label_image, label_path)
+        if raw.shape != pixels.shape:
+            raise ReadError(label_path, f"label map shape {raw.shape[::-1]} (X, Y, Z) differs from image "
+                                        f"{image_path.name} shape {pixels.shape[::-1]}")
+        labels = _to_canonical(raw, label_path, convention)
+    return Stack(pixels=pixels, spacing=spacing, affine=affine, labels=labels,
+                 slice_positions=slice_positions_mm(affine, pixels.shape[0]),
+                 phase=phase, source=str(image_path))
+
+
+def _find_nifti(folder: Path, stem: str) -> Path | None:
+    for suffix in _NIFTI_SUFFIXES:
+        candidate = folder / f"{stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_acdc_info(path: str | Path) -> dict[str, str]:
+    """The ``key: value`` pairs of an ACDC ``Info.cfg`` file (ED, ES, Group, Height, NbFrame, Weight)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReadError(path, "ACDC Info.cfg not found (it gives the ED and ES frame numbers)")
+    entries: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition(":")
+        if not sep:
+            raise ReadError(path, f"line {number} {line!r} is not 'key: value'")
+        entries[key.strip()] = value.strip()
+    return entries
+
+
+def _float_or_none(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def read_acdc_patient(folder: str | Path) -> Study:
+    """Read an ACDC patient folder: the ED and ES stacks with canonical labels.
+
+    Parameters
+    ----------
+    folder : ``patientNNN/`` holding ``Info.cfg`` and ``patientNNN_frameFF.nii.gz`` for the ED and
+        ES frames, with ``_gt`` label maps (ACDC convention, mapped to canonical) where present.
+
+    Returns
+    -------
+    Study with ``phases == (ED, ES)``, ``ed_index == 0``, ``es_index == 1``; ``info`` gives the
+    patient id (folder name), diagnosis group, height (cm) and weight (kg).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReadError(folder, "ACDC patient folder not found")
+    cfg_path = folder / "Info.cfg"
+    cfg = read_acdc_info(cfg_path)
+    stacks = []
+    for phase in ("ED", "ES"):
+        if phase not in cfg:
+            raise ReadError(cfg_path, f"key '{phase}' (frame number) is missing")
+        try:
+            frame = int(cfg[phase])
+        except ValueError as exc:
+            raise ReadError(cfg_path, f"'{phase}' value {cfg[phase]!r} is not a frame number") from exc
+        stem = f"{folder.name}_frame{frame:02d}"
+        image = _find_nifti(folder, stem)
+        if image is None:
+            raise ReadError(folder, f"{phase} image {stem}.nii.gz (frame {frame} from Info.cfg) not found")
+        label = _find_nifti(folder, f"{stem}_gt")
+        stacks.append(read_nifti_stack(image, label, convention="acdc", phase=phase))
+    info = StudyInfo(patient_id=folder.name, group=cfg.get("Group"),
+                     height_cm=_float_or_none(cfg.get("Height")), weight_kg=_float_or_none(cfg.get("Weight")),
+                     source=str(folder))
+    return Study(phases=tuple(stacks), ed_index=0, es_index=1, info=info)
+
+
+def _mnms_vendor(folder: Path) -> str | None:
+    """Manufacturer from the ``info.csv`` beside the subject folders (subject, vendor, ...)."""
+    table = folder.parent / "info.csv"
+    if not table.is_file():
+        return None
+    with table.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("subject") == folder.name or row.get("External code") == folder.name:
+                vendor = (row.get("vendor") or row.get("Vendor") or "").strip()
+                return _MNMS_VENDORS.get(vendor, vendor or None)
+    return None
+
+
+def read_mnms_subject(folder: str | Path) -> Study:
+    """Read an M&Ms subject folder: ``SUBJECT_sa_ED.nii.gz``, ``SUBJECT_sa_ES.nii.gz`` and ``_gt``.
+
+    Labels (M&Ms convention 1 LV, 2 MYO, 3 RV, stored as float64) are cast to canonical uint8.
+    The manufacturer comes from ``../info.csv`` where present.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReadError(folder, "M&Ms subject folder not found")
+    stacks = []
+    for phase in ("ED", "ES"):
+        stem = f"{folder.name}_sa_{phase}"
+        image = _find_nifti(folder, stem)
+        if image is None:
+            raise ReadError(folder, f"{phase} image {stem}.nii.gz not found")
+        stacks.append(read_nifti_stack(image, _find_nifti(folder, f"{stem}_gt"), convention="mnms", phase=phase))
+    info = StudyInfo(patient_id=folder.name, manufacturer=_mnms_vendor(folder), source=str(folder))
+    return Study(phases=tuple(stacks), ed_index=0, es_index=1, info=info)

@@ -1,0 +1,225 @@
+"""Clinical measures and overlap scores from canonical label maps.
+
+Labels are uint8 (Z, Y, X) with 0 background, 1 LVBP, 2 LVM, 3 RVBP; spacing is
+(dz, dy, dx) in mm, so a voxel holds dz*dy*dx mm^3 = dz*dy*dx / 1000 mL. Volumes use slice
+summation (Simpson's disc method as clinical software applies it to short-axis stacks).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .labels import LABEL_NAMES, LVBP, LVM, RVBP, STRUCTURES
+
+__all__ = [
+    "MYOCARDIAL_DENSITY_G_PER_ML",
+    "dice",
+    "slice_dice",
+    "volumes_ml",
+    "CardiacMeasures",
+    "cardiac_measures",
+    "quality_flags",
+]
+
+#: density of myocardium used for LV mass (g/mL), as in SCMR post-processing guidelines.
+MYOCARDIAL_DENSITY_G_PER_ML = 1.05
+
+
+def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise InputError(f"'{name}' must be a (Z, Y, X) label map, got shape {labels.shape}")
+    if labels.dtype.kind not in "ui":
+        raise InputError(f"'{name}' must hold integer labels, got dtype {labels.dtype}")
+    return labels
+
+
+def _check_pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    prediction = _check_labels(prediction, "prediction")
+    truth = _check_labels(truth, "truth")
+    if prediction.shape != truth.shape:
+        raise InputError(f"'prediction' shape {prediction.shape} differs from 'truth' shape {truth.shape}")
+    return prediction, truth
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
+    """Dice of one label over a whole stack.
+
+    Parameters
+    ----------
+    prediction, truth : integer (Z, Y, X) label maps of the same shape.
+    label : the label code (1 LVBP, 2 LVM, 3 RVBP).
+
+    Returns
+    -------
+    2|P ∩ T| / (|P| + |T|) in [0, 1]; NaN when the label is absent from both.
+    """
+    prediction, truth = _check_pair(prediction, truth)
+    p, t = prediction == label, truth == label
+    total = int(p.sum()) + int(t.sum())
+    return float("nan") if total == 0 else 2.0 * int(np.logical_and(p, t).sum()) / total
+
+
+def slice_dice(prediction: np.ndarray, truth: np.ndarray, labels: Sequence[int] = STRUCTURES) -> np.ndarray:
+    """Dice of every slice and label.
+
+    Convention: a slice where the label is absent from both masks scores NaN (no evidence
+    either way) and is left out of means; one where exactly one mask has it scores 0.
+
+    Parameters
+    ----------
+    prediction, truth : integer (Z, Y, X) label maps of the same shape.
+    labels : label codes, one output column each.
+
+    Returns
+    -------
+    float64 (Z, len(labels)).
+    """
+    prediction, truth = _check_pair(prediction, truth)
+    out = np.empty((prediction.shape[0], len(labels)), dtype=np.float64)
+    for j, label in enumerate(labels):
+        p = (prediction == label).reshape(prediction.shape[0], -1)
+        t = (truth == label).reshape(truth.shape[0], -1)
+        total = p.sum(1) + t.sum(1)
+        overlap = np.logical_and(p, t).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, j] = np.where(total > 0, 2.0 * overlap / total, np.nan)
+    return out
+
+
+def volumes_ml(labels: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """Volume of each structure in mL.
+
+    Parameters
+    ----------
+    labels : integer (Z, Y, X) canonical label map.
+    spacing : (dz, dy, dx) in mm.
+
+    Returns
+    -------
+    {"LVBP": mL, "LVM": mL, "RVBP": mL}
+    """
+    labels = _check_labels(labels, "labels")
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"'spacing' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
+    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=4)
+    return {LABEL_NAMES[label]: float(counts[label]) * voxel_ml for label in STRUCTURES}
+
+
+@dataclass(frozen=True)
+class CardiacMeasures:
+    """Ventricular volumes (mL), ejection fractions (%) and LV mass (g) of one ED/ES pair.
+
+    EF is NaN when the end-diastolic volume is zero. LV mass is taken at ED.
+    """
+
+    lvedv_ml: float
+    lvesv_ml: float
+    lvsv_ml: float
+    lvef_pct: float
+    lv_mass_g: float
+    rvedv_ml: float
+    rvesv_ml: float
+    rvsv_ml: float
+    rvef_pct: float
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain dict for reports (JSON-ready)."""
+        return asdict(self)
+
+
+def _ejection_fraction(edv: float, esv: float) -> float:
+    return float("nan") if edv <= 0 else 100.0 * (edv - esv) / edv
+
+
+def cardiac_measures(
+    ed_labels: np.ndarray,
+    es_labels: np.ndarray,
+    ed_spacing: Sequence[float],
+    es_spacing: Sequence[float] | None = None,
+) -> CardiacMeasures:
+    """LV and RV volumes, stroke volumes, ejection fractions and LV mass.
+
+    Parameters
+    ----------
+    ed_labels, es_labels : integer (Z, Y, X) canonical label maps at ED and ES (their
+        shapes may differ when the phases come from different series).
+    ed_spacing, es_spacing : (dz, dy, dx) in mm; ``es_spacing`` defaults to ``ed_spacing``.
+    """
+    ed = volumes_ml(ed_labels, ed_spacing)
+    es = volumes_ml(es_labels, ed_spacing if es_spacing is None else es_spacing)
+    return CardiacMeasures(
+        lvedv_ml=ed["LVBP"],
+        lvesv_ml=es["LVBP"],
+        lvsv_ml=ed["LVBP"] - es["LVBP"],
+        lvef_pct=_ejection_fraction(ed["LVBP"], es["LVBP"]),
+        lv_mass_g=ed["LVM"] * MYOCARDIAL_DENSITY_G_PER_ML,
+        rvedv_ml=ed["RVBP"],
+        rvesv_ml=es["RVBP"],
+        rvsv_ml=ed["RVBP"] - es["RVBP"],
+        rvef_pct=_ejection_fraction(ed["RVBP"], es["RVBP"]),
+    )
+
+
+def _components_2d(mask: np.ndarray) -> int:
+    """Number of 4-connected components of a 2-D boolean mask."""
+    from scipy import ndimage  # optional dependency (cmrsdk[io]); only the quality flags need it
+
+    return int(ndimage.label(mask)[1])
+
+
+def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[str]:
+    """Automatic quality-control flags in the manner of UK Biobank pipelines.
+
+    Flags
+    -----
+    - ``no_lv`` / ``no_rv``: the structure is absent from the whole stack.
+    - ``basal_coverage``: the most basal slice of the stack already holds LV blood pool,
+      so the heart may extend beyond the stack (volumes underestimated).
+    - ``apical_coverage``: the most apical slice of the stack holds LV blood pool.
+    - ``lv_gap`` / ``rv_gap``: a slice without the structure between slices with it.
+    - ``<structure>_fragments``: a slice where the structure falls into several pieces.
+
+    Parameters
+    ----------
+    labels : integer (Z, Y, X) canonical label map.
+    base_first : True when slice 0 is the most basal, False when it is the most apical;
+        None finds it from the anatomy (the LV cross-section shrinks towards the apex).
+
+    Returns
+    -------
+    Sorted list of flag names; empty when nothing is suspicious.
+    """
+    labels = _check_labels(labels, "labels")
+    flags: set[str] = set()
+    lv_area = ((labels == LVBP) | (labels == LVM)).reshape(labels.shape[0], -1).sum(1)
+    for code, name in ((LVBP, "lv"), (RVBP, "rv")):
+        present = (labels == code).reshape(labels.shape[0], -1).any(1)
+        if not present.any():
+            flags.add(f"no_{name}")
+            continue
+        idx = np.flatnonzero(present)
+        if np.any(~present[idx[0] : idx[-1] + 1]):
+            flags.add(f"{name}_gap")
+    lvbp_present = (labels == LVBP).reshape(labels.shape[0], -1).any(1)
+    if lvbp_present.any() and labels.shape[0] > 1:
+        if base_first is None:
+            idx = np.flatnonzero(lv_area)
+            half = max(1, len(idx) // 2)
+            base_first = lv_area[idx[:half]].sum() >= lv_area[idx[-half:]].sum()
+        base, apex = (0, -1) if base_first else (-1, 0)
+        if lvbp_present[base]:
+            flags.add("basal_coverage")
+        if lvbp_present[apex]:
+            flags.add("apical_coverage")
+    for code in STRUCTURES:
+        for z in np.flatnonzero((labels == code).reshape(labels.shape[0], -1).any(1)):
+            if _components_2d(labels[z] == code) > 1:
+                flags.add(f"{LABEL_NAMES[code].lower()}_fragments")
+                break
+    return sorted(flags)

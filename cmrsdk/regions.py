@@ -1,0 +1,133 @@
+"""Ground-truth slice regions (non-cardiac / base / middle / apex) from a label map.
+
+The rule (DESIGN.md, made exact here)
+-------------------------------------
+1. A slice is *labelled* when it holds any foreground label (1 LVBP, 2 LVM, 3 RVBP); every other
+   slice is non-cardiac (region 0), wherever it lies, including gaps inside the labelled range.
+2. The labelled slices are ordered base to apex. The direction comes from the anatomy, not from
+   the file order: the left ventricle (LVBP + LVM) narrows towards the apex, so the least-squares
+   slope of the LV area (pixels) against the slice index, over the labelled slices, is negative
+   when index 0 is basal. When that slope is *ambiguous* -- no LV label at all, or a change over
+   the whole labelled range smaller than ``AMBIGUITY`` (5 %) of the mean area -- the same test is
+   made on the whole foreground (LV + RV, the RV also ends before the apex); when that is
+   ambiguous too, the file order is kept (index 0 basal, as ACDC and most DICOM exports store it).
+3. With ``n`` labelled slices, ``n_base = n_apex = floor(0.2 * n + 0.5)`` (20 %, rounded half
+   up), raised to 1 when ``n >= 3`` so that every region exists once the heart spans three
+   slices; the middle takes the rest (60 %). Examples: n = 10 -> 2/6/2, 8 -> 2/4/2, 7 -> 1/5/1,
+   13 -> 3/7/3, 3 -> 1/1/1, 2 -> 0/2/0, 1 -> 0/1/0.
+
+Positions: the k-th labelled slice from the base (k = 0 .. n-1) sits at ``t = k / (n - 1)``
+(0 base, 1 apex; a single labelled slice sits at 0.5); non-cardiac slices are NaN.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .labels import APEX, BASE, LVBP, LVM, MIDDLE, NON_CARDIAC
+
+__all__ = ["AMBIGUITY", "labelled_slices_base_to_apex", "region_counts", "slice_regions", "slice_positions"]
+
+#: relative change of area over the labelled range below which a direction is called ambiguous.
+AMBIGUITY = 0.05
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.ndim != 3:
+        raise InputError(f"'labels' must be 3-D (Z, Y, X), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        raise InputError(f"'labels' must be an integer label map (uint8 canonical labels), got dtype {array.dtype}")
+    return array
+
+
+def _area_slope(areas: np.ndarray) -> float | None:
+    """Least-squares slope of ``areas`` (float64 (n,)) against index, None when ambiguous."""
+    n = areas.size
+    mean = float(areas.mean()) if n else 0.0
+    if n < 2 or mean <= 0:
+        return None
+    index = np.arange(n, dtype=np.float64)
+    slope = float(np.polyfit(index, areas, 1)[0])
+    # the fitted change over the whole range, relative to the mean area
+    if abs(slope) * (n - 1) < AMBIGUITY * mean:
+        return None
+    return slope
+
+
+def labelled_slices_base_to_apex(labels: np.ndarray) -> np.ndarray:
+    """Indices of the labelled slices, ordered from base to apex.
+
+    Parameters
+    ----------
+    labels : integer (Z, Y, X) canonical label map (0 bg, 1 LVBP, 2 LVM, 3 RVBP).
+
+    Returns
+    -------
+    int64 (n,) slice indices into Z, base first; empty when no slice holds a label.
+    """
+    array = _check_labels(labels)
+    foreground = array > 0
+    labelled = np.flatnonzero(foreground.any(axis=(1, 2)))
+    lv_area = ((array == LVBP) | (array == LVM)).sum(axis=(1, 2))[labelled].astype(np.float64)
+    all_area = foreground.sum(axis=(1, 2))[labelled].astype(np.float64)
+    slope = _area_slope(lv_area)
+    if slope is None:
+        slope = _area_slope(all_area)
+    # a growing area means index 0 is apical: reverse so that the base comes first
+    if slope is not None and slope > 0:
+        labelled = labelled[::-1]
+    return labelled.astype(np.int64)
+
+
+def region_counts(n: int) -> tuple[int, int, int]:
+    """(n_base, n_middle, n_apex) for ``n`` labelled slices, by the module's rounding rule."""
+    if n < 0:
+        raise InputError(f"'n' must be a non-negative slice count, got {n}")
+    edge = int(np.floor(0.2 * n + 0.5))
+    if n >= 3:
+        edge = max(edge, 1)
+    return edge, n - 2 * edge, edge
+
+
+def slice_regions(labels: np.ndarray) -> np.ndarray:
+    """The ground-truth region of every slice.
+
+    Parameters
+    ----------
+    labels : integer (Z, Y, X) canonical label map (0 bg, 1 LVBP, 2 LVM, 3 RVBP).
+
+    Returns
+    -------
+    uint8 (Z,): 0 non-cardiac, 1 base, 2 middle, 3 apex (see the module docstring for the rule).
+    """
+    array = _check_labels(labels)
+    regions = np.full(array.shape[0], NON_CARDIAC, dtype=np.uint8)
+    order = labelled_slices_base_to_apex(array)
+    n_base, n_middle, _ = region_counts(order.size)
+    regions[order[:n_base]] = BASE
+    regions[order[n_base:n_base + n_middle]] = MIDDLE
+    regions[order[n_base + n_middle:]] = APEX
+    return regions
+
+
+def slice_positions(labels: np.ndarray) -> np.ndarray:
+    """Each labelled slice's relative position from base (0) to apex (1).
+
+    Parameters
+    ----------
+    labels : integer (Z, Y, X) canonical label map.
+
+    Returns
+    -------
+    float64 (Z,): ``k / (n - 1)`` for the k-th labelled slice from the base (0.5 when n = 1),
+    NaN for non-cardiac slices.
+    """
+    array = _check_labels(labels)
+    positions = np.full(array.shape[0], np.nan, dtype=np.float64)
+    order = labelled_slices_base_to_apex(array)
+    if order.size == 1:
+        positions[order] = 0.5
+    elif order.size > 1:
+        positions[order] = np.arange(order.size, dtype=np.float64) / (order.size - 1)
+    return positions
