@@ -1,0 +1,373 @@
+"""Model bundles: a directory of exported models and the manifest that says how to use them.
+
+Layout
+------
+::
+
+    BUNDLE_DIR/
+      manifest.json          format, versions, labels, regions, routing, preprocessing, models
+      <model>.pt             TorchScript (fp32)
+      <model>.onnx           ONNX, opset >= 18, dynamic batch (fp32)
+      <model>.fp32.ep        torch-tensorrt ExportedProgram, where it could be built
+      <model>.fp16.ep
+
+`load_bundle` checks the format version and the size and sha256 of every artifact before
+anything is used, and refuses a bundle that fails (`BundleError` naming the file). Engines are
+made lazily, once per (model, backend, device, options), under a lock: one `Bundle` may be
+shared by threads.
+
+Manifest (format version 1), the keys a reader relies on::
+
+    format: "cmrsdk-bundle", format_version: 1, created: ISO 8601 UTC,
+    versions: {cmrsdk, torch, onnx, onnxruntime, python, ...},
+    labels: {"0": "background", ...}, regions: {"0": "non-cardiac", ...},
+    classifier: model name or null,
+    routing: {"0": model, "1": model, "2": model, "3": model},   # region code -> U-Net
+    preprocessing: {target_spacing: [dy, dx] mm, size: [H, W], normalization: name},
+    models: {name: {kind: "segmentation" | "classifier", architecture, input_shape,
+                    output_shape, num_outputs, artifacts: {key: {file, format, precision,
+                    sha256, size}}, parity: {key: {...}}, training: {...}, metrics: {...}}}
+
+Artifact keys: "torchscript", "onnx", "tensorrt-fp32", "tensorrt-fp16".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engines import AUTO_ORDER, Engine, backend_missing, check_device, create_engine
+from .errors import BackendUnavailableError, BundleError, InputError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "SUPPORTED_FORMAT_VERSIONS",
+    "MANIFEST_NAME",
+    "ARTIFACT_KEYS",
+    "MODEL_KINDS",
+    "Artifact",
+    "ModelInfo",
+    "Preprocessing",
+    "Bundle",
+    "load_bundle",
+    "sha256_file",
+]
+
+FORMAT_NAME = "cmrsdk-bundle"
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
+MANIFEST_NAME = "manifest.json"
+#: artifact key -> (backend, precision)
+ARTIFACT_KEYS: dict[str, tuple[str, str]] = {
+    "torchscript": ("torchscript", "fp32"),
+    "onnx": ("onnx", "fp32"),
+    "tensorrt-fp32": ("tensorrt", "fp32"),
+    "tensorrt-fp16": ("tensorrt", "fp16"),
+}
+MODEL_KINDS: tuple[str, ...] = ("segmentation", "classifier")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks of ``chunk`` bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How slices must be prepared before any model of the bundle sees them.
+
+    Attributes
+    ----------
+    target_spacing : (dy, dx) in mm, the in-plane grid the slices are resampled to.
+    size : (H, W) in pixels, the network window the resampled slice is cropped or padded to.
+    normalization : intensity normalisation name ("robust_zscore", "zscore" or "minmax").
+    """
+
+    target_spacing: tuple[float, float]
+    size: tuple[int, int]
+    normalization: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest's ``preprocessing`` object."""
+        return {"target_spacing": list(self.target_spacing), "size": list(self.size), "normalization": self.normalization}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One exported file of a model.
+
+    Attributes
+    ----------
+    key : "torchscript", "onnx", "tensorrt-fp32" or "tensorrt-fp16".
+    backend : the engine backend that runs it.
+    precision : "fp32" or "fp16".
+    path : absolute path of the file inside the bundle.
+    sha256 : hex digest recorded at export.
+    size : bytes recorded at export.
+    """
+
+    key: str
+    backend: str
+    precision: str
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model of the bundle as the manifest describes it.
+
+    Attributes
+    ----------
+    name : the model's name (the key of ``Bundle.models``).
+    kind : "segmentation" (output float32 (N, C, H, W)) or "classifier" (output float32 (N, R)).
+    architecture : free text, e.g. "unet(features=(16, 32, 64, 128, 256))".
+    num_outputs : C classes (segmentation) or R regions (classifier).
+    artifacts : artifact key -> `Artifact`.
+    record : the model's full manifest entry (input/output shapes, parity, training, metrics).
+    """
+
+    name: str
+    kind: str
+    architecture: str
+    num_outputs: int
+    artifacts: dict[str, Artifact]
+    record: dict[str, Any] = field(repr=False)
+
+
+def _int_keys(value: Any, what: str, manifest: Path) -> dict[int, str]:
+    if not isinstance(value, dict):
+        raise BundleError(f"{manifest}: '{what}' must be an object {{code: name}}, got {type(value).__name__}")
+    try:
+        out = {int(k): v for k, v in value.items()}
+    except ValueError as exc:
+        raise BundleError(f"{manifest}: '{what}' keys must be integer codes, got {sorted(value)}") from exc
+    if not all(isinstance(v, str) for v in out.values()):
+        raise BundleError(f"{manifest}: '{what}' values must be strings, got {value!r}")
+    return out
+
+
+def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, manifest: Path) -> Any:
+    if key not in obj:
+        raise BundleError(f"{manifest}: '{where}{key}' is missing")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise BundleError(f"{manifest}: '{where}{key}' has the wrong type {type(value).__name__} (value {value!r})")
+    return value
+
+
+def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
+    spacing = _require(raw, "target_spacing", list, "preprocessing.", manifest)
+    size = _require(raw, "size", list, "preprocessing.", manifest)
+    normalization = _require(raw, "normalization", str, "preprocessing.", manifest)
+    if len(spacing) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in spacing):
+        raise BundleError(f"{manifest}: 'preprocessing.target_spacing' must be two positive mm values [dy, dx], got {spacing!r}")
+    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise BundleError(f"{manifest}: 'preprocessing.size' must be two positive ints [H, W], got {size!r}")
+    return Preprocessing((float(spacing[0]), float(spacing[1])), (size[0], size[1]), normalization)
+
+
+def _parse_model(name: str, raw: Any, root: Path, manifest: Path) -> ModelInfo:
+    if not isinstance(raw, dict):
+        raise BundleError(f"{manifest}: 'models.{name}' must be an object, got {type(raw).__name__}")
+    where = f"models.{name}."
+    kind = _require(raw, "kind", str, where, manifest)
+    if kind not in MODEL_KINDS:
+        raise BundleError(f"{manifest}: '{where}kind' is {kind!r}, expected one of {MODEL_KINDS}")
+    architecture = _require(raw, "architecture", str, where, manifest)
+    num_outputs = _require(raw, "num_outputs", int, where, manifest)
+    artifacts_raw = _require(raw, "artifacts", dict, where, manifest)
+    if not artifacts_raw:
+        raise BundleError(f"{manifest}: '{where}artifacts' is empty: the model has no exported file")
+    artifacts: dict[str, Artifact] = {}
+    for key, entry in artifacts_raw.items():
+        if key not in ARTIFACT_KEYS:
+            raise BundleError(f"{manifest}: '{where}artifacts' has the unknown key {key!r}, expected one of {tuple(ARTIFACT_KEYS)}")
+        if not isinstance(entry, dict):
+            raise BundleError(f"{manifest}: '{where}artifacts.{key}' must be an object, got {type(entry).__name__}")
+        file = _require(entry, "file", str, f"{where}artifacts.{key}.", manifest)
+        sha = _require(entry, "sha256", str, f"{where}artifacts.{key}.", manifest)
+        size = _require(entry, "size", int, f"{where}artifacts.{key}.", manifest)
+        path = (root / file).resolve()
+        # a manifest must not point outside its own directory
+        if path.parent != root.resolve():
+            raise BundleError(f"{manifest}: '{where}artifacts.{key}.file' is {file!r}, expected a file name inside the bundle")
+        backend, precision = ARTIFACT_KEYS[key]
+        artifacts[key] = Artifact(key, backend, precision, path, sha.lower(), size)
+    return ModelInfo(name, kind, architecture, num_outputs, artifacts, raw)
+
+
+def _verify_artifact(artifact: Artifact) -> None:
+    if not artifact.path.is_file():
+        raise BundleError(f"{artifact.path}: the {artifact.key} artifact named in the manifest is missing")
+    size = artifact.path.stat().st_size
+    if size != artifact.size:
+        raise BundleError(f"{artifact.path}: size is {size} bytes, the manifest records {artifact.size} (truncated or replaced)")
+    digest = sha256_file(artifact.path)
+    if digest != artifact.sha256:
+        raise BundleError(f"{artifact.path}: sha256 is {digest}, the manifest records {artifact.sha256} (the file was modified)")
+
+
+class Bundle:
+    """A verified model bundle; make engines with `engine`.
+
+    Do not construct directly: use `load_bundle`.
+
+    Attributes
+    ----------
+    path : the bundle directory.
+    manifest : the parsed ``manifest.json`` (read-only by convention).
+    preprocessing : `Preprocessing` (target spacing (dy, dx) mm, size (H, W), normalisation).
+    routing : region code (0 non-cardiac, 1 base, 2 middle, 3 apex) -> segmentation model name.
+    classifier : the region classifier's model name, or None for a bundle without one.
+    labels : label code -> name (0 background, 1 LVBP, 2 LVM, 3 RVBP).
+    regions : region code -> name.
+    models : model name -> `ModelInfo`.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], preprocessing: Preprocessing, routing: dict[int, str],
+                 classifier: str | None, labels: dict[int, str], regions: dict[int, str], models: dict[str, ModelInfo]) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.preprocessing = preprocessing
+        self.routing = routing
+        self.classifier = classifier
+        self.labels = labels
+        self.regions = regions
+        self.models = models
+        self._engines: dict[tuple[Any, ...], Engine] = {}
+        self._lock = threading.Lock()
+
+    def select_artifact(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False) -> Artifact:
+        """The artifact that `engine` would load (see `cmrsdk.engines.AUTO_ORDER` for "auto").
+
+        Raises
+        ------
+        InputError
+            Unknown model name, backend or device; fp16 with a backend that has no fp16 path.
+        BackendUnavailableError
+            No artifact of the model can run here; the message names what is missing.
+        """
+        check_device(device)
+        if model_name not in self.models:
+            raise InputError(f"'model_name' {model_name!r} is not in the bundle {self.path}, expected one of {sorted(self.models)}")
+        model = self.models[model_name]
+        order = AUTO_ORDER[device] if backend == "auto" else (backend,)
+        if backend != "auto" and backend not in ("torchscript", "onnx", "tensorrt"):
+            raise InputError(f"'backend' must be 'auto', 'torchscript', 'onnx' or 'tensorrt', got {backend!r}")
+        if fp16 and backend == "onnx":
+            raise InputError("'fp16' is not offered by the 'onnx' backend; use 'torchscript' or 'tensorrt' on 'cuda'")
+        reasons = []
+        for candidate in order:
+            if fp16 and candidate == "onnx":
+                continue
+            key = {"torchscript": "torchscript", "onnx": "onnx"}.get(candidate, "tensorrt-fp16" if fp16 else "tensorrt-fp32")
+            if key not in model.artifacts:
+                reasons.append(f"{candidate}: the bundle has no {key!r} artifact for {model_name!r}")
+                continue
+            missing = backend_missing(candidate, device)
+            if missing is not None:
+                reasons.append(f"{candidate}: {missing}")
+                continue
+            return model.artifacts[key]
+        raise BackendUnavailableError(f"no engine for model {model_name!r} on device {device!r}: " + "; ".join(reasons))
+
+    def engine(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False, **options: Any) -> Engine:
+        """The engine for one model, made on first use and shared after.
+
+        Parameters
+        ----------
+        model_name : a key of `models` (e.g. ``routing[region]`` or `classifier`).
+        backend : "auto", "torchscript", "onnx" or "tensorrt".
+        device : "cpu" or "cuda".
+        fp16 : half precision (CUDA: TorchScript casts at load, TensorRT uses its fp16 artifact).
+        **options : passed to the engine (see `cmrsdk.engines.create_engine`).
+
+        Returns
+        -------
+        Engine mapping float32 (N, 1, H, W) to float32 (N, C, H, W) for a segmentation model or
+        float32 (N, R) for the classifier.
+        """
+        artifact = self.select_artifact(model_name, backend, device, fp16=fp16)
+        if artifact.backend == "torchscript" and fp16:
+            options = {**options, "fp16": True}
+        if artifact.backend == "tensorrt":
+            options = {**options, "precision": artifact.precision}
+        key = (model_name, artifact.key, device, tuple(sorted(options.items())))
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                # re-check the hash: the file may have changed since load_bundle
+                _verify_artifact(artifact)
+                engine = create_engine(artifact.path, artifact.backend, device, **options)
+                self._engines[key] = engine
+        return engine
+
+    def __repr__(self) -> str:
+        return f"Bundle(path={str(self.path)!r}, models={sorted(self.models)}, routing={self.routing})"
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle directory.
+
+    Parameters
+    ----------
+    path : the bundle directory (holding ``manifest.json``), or the manifest file itself.
+
+    Returns
+    -------
+    Bundle, every artifact of which exists and matches its recorded size and sha256.
+
+    Raises
+    ------
+    BundleError
+        Missing or malformed manifest, unknown format or version, routing to unknown models,
+        or a missing, truncated or modified artifact; the message names the file.
+    """
+    root = Path(path)
+    if root.is_file() and root.name == MANIFEST_NAME:
+        root = root.parent
+    manifest_path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle directory (it does not exist or is not a directory)")
+    if not manifest_path.is_file():
+        raise BundleError(f"{manifest_path}: the bundle manifest is missing")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{manifest_path}: the manifest must be a JSON object, got {type(raw).__name__}")
+    fmt = raw.get("format")
+    if fmt != FORMAT_NAME:
+        raise BundleError(f"{manifest_path}: 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
+    version = raw.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS or isinstance(version, bool):
+        raise BundleError(f"{manifest_path}: 'format_version' is {version!r}, this cmrsdk reads {SUPPORTED_FORMAT_VERSIONS}")
+    preprocessing = _parse_preprocessing(_require(raw, "preprocessing", dict, "", manifest_path), manifest_path)
+    labels = _int_keys(_require(raw, "labels", dict, "", manifest_path), "labels", manifest_path)
+    regions = _int_keys(_require(raw, "regions", dict, "", manifest_path), "regions", manifest_path)
+    models_raw = _require(raw, "models", dict, "", manifest_path)
+    models = {name: _parse_model(name, entry, root, manifest_path) for name, entry in models_raw.items()}
+    routing = _int_keys(_require(raw, "routing", dict, "", manifest_path), "routing", manifest_path)
+    for region, name in routing.items():
+        if region not in regions:
+            raise BundleError(f"{manifest_path}: 'routing' has region code {region}, expected one of {sorted(regions)}")
+        if name not in models or models[name].kind != "segmentation":
+            raise BundleError(f"{manifest_path}: 'routing.{region}' names {name!r}, which is not a segmentation model of the bundle")
+    classifier = raw.get("classifier")
+    if classifier is not None and (classifier not in models or models[classifier].kind != "classifier"):
+        raise BundleError(f"{manifest_path}: 'classifier' names {classifier!r}, which is not a classifier model of the bundle")
+    for model in models.values():
+        for artifact in model.artifacts.values():
+            _verify_artifact(artifact)
+    return Bundle(root, raw, preprocessing, routing, classifier, labels, regions, models)

@@ -1,0 +1,33 @@
+"""Atomic output: write to a temporary name beside the target, then rename over it."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import WriteError
+
+__all__ = ["atomic_path"]
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder; on success rename it to ``target``.
+
+    The temporary name keeps the target's suffixes (``.nii.gz``) because some writers choose
+    the format from them. On any failure the temporary file is removed and a
+    :class:`WriteError` naming ``target`` is raised, so no half-written output is left.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        raise WriteError(f"{target}: output folder {target.parent} does not exist")
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp{''.join(target.suffixes)}")
+    try:
+        yield temporary
+        os.replace(temporary, target)  # atomic on POSIX when on the same file system
+    except Exception as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(f"{target}: could not be written ({type(exc).__name__}: {exc})") from exc

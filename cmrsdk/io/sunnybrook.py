@@ -1,0 +1,105 @@
+"""Sunnybrook Cardiac Data: the DICOM cine plus manual LV contours, as a labelled study.
+
+Contours are text files ``IM-0001-NNNN-{i,o}contour-manual.txt`` of ``x y`` points in pixel
+coordinates (x along a row = column index, y = row index) of image ``NNNN.dcm``. LVBP is inside
+the i-contour (endocardium); LVM is inside the o-contour (epicardium) and outside the i-contour.
+A pixel is inside when its centre (integer coordinates) is inside the polygon (even-odd rule).
+The RV is not contoured: RVBP never appears, and at ES (i-contours only) LVM is unknown (0).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ReadError
+from ..labels import LVBP, LVM
+from ..types import Study
+from .dicom import read_dicom_study
+
+__all__ = ["read_sunnybrook", "polygon_mask", "read_contour"]
+
+_CONTOUR_NAME = re.compile(r"IM-\d+-(\d+)-([io])contour-manual\.txt$")
+
+
+def read_contour(path: Path) -> np.ndarray:
+    """float64 (N, 2) polygon points (x, y) in pixel coordinates from a Sunnybrook contour file."""
+    try:
+        points = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise ReadError(path, f"contour is not a list of 'x y' numbers ({exc})") from exc
+    if points.shape[1] != 2 or points.shape[0] < 3 or not np.all(np.isfinite(points)):
+        raise ReadError(path, f"contour must hold at least 3 finite 'x y' points, got shape {points.shape}")
+    return points
+
+
+def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool (Y, X): pixel centres (integer x, y) inside the polygon ``points`` (N, 2) (x, y), even-odd rule."""
+    mask = np.zeros(shape, dtype=bool)
+    x0, y0 = np.floor(points.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(points.max(axis=0)).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, shape[1] - 1), min(y1, shape[0] - 1)
+    if x1 < x0 or y1 < y0:
+        return mask
+    yy, xx = np.mgrid[y0:y1 + 1, x0:x1 + 1].astype(np.float64)
+    inside = np.zeros(yy.shape, dtype=bool)
+    a, b = points, np.roll(points, -1, axis=0)
+    for (ax, ay), (bx, by) in zip(a, b):
+        if ay == by:
+            continue  # a horizontal edge never crosses the horizontal ray
+        crosses = (ay > yy) != (by > yy)
+        x_cross = ax + (yy - ay) * (bx - ax) / (by - ay)
+        inside ^= crosses & (xx < x_cross)
+    mask[y0:y1 + 1, x0:x1 + 1] = inside
+    return mask
+
+
+def read_sunnybrook(series_dir: str | Path, contour_dir: str | Path) -> Study:
+    """Read a Sunnybrook cine series with its manual contours as labels.
+
+    Parameters
+    ----------
+    series_dir : the DICOM folder (``N.dcm`` files).
+    contour_dir : the patient's contour folder holding ``i-contours/`` and ``o-contours/``.
+
+    Returns
+    -------
+    The cine :class:`Study` of :func:`read_dicom_study`; phases with contours carry uint8
+    (Z, Y, X) labels (LVBP, LVM; 0 elsewhere). ``ed_index`` is the phase with o-contours,
+    ``es_index`` the other contoured phase (None where there is none).
+    """
+    contour_dir = Path(contour_dir)
+    study = read_dicom_study(series_dir)
+    where: dict[int, tuple[int, int]] = {}
+    for t, stack in enumerate(study.phases):
+        for z, file in enumerate(stack.source_files):
+            stem = Path(file).stem
+            if stem.isdigit():
+                where[int(stem)] = (t, z)
+    files = sorted(contour_dir.glob("*-contours/*contour-manual.txt"))
+    if not files:
+        raise ReadError(contour_dir, "no Sunnybrook contour files (i-contours/, o-contours/) found")
+    shape = study.phases[0].shape
+    inner: dict[tuple[int, int], np.ndarray] = {}
+    outer: dict[tuple[int, int], np.ndarray] = {}
+    for file in files:
+        match = _CONTOUR_NAME.search(file.name)
+        if match is None:
+            continue
+        number, kind = int(match.group(1)), match.group(2)
+        if number not in where:
+            raise ReadError(file, f"contour refers to image {number}.dcm, which is not in series {series_dir}")
+        target = inner if kind == "i" else outer
+        target[where[number]] = polygon_mask(read_contour(file), shape[1:])
+    labels = {t: np.zeros(shape, dtype=np.uint8) for t, _ in list(inner) + list(outer)}
+    for (t, z), mask in outer.items():
+        labels[t][z][mask] = LVM
+    for (t, z), mask in inner.items():
+        labels[t][z][mask] = LVBP
+    phases = tuple(s.with_labels(labels[t]) if t in labels else s for t, s in enumerate(study.phases))
+    ed_phases = sorted({t for t, _ in outer}) or sorted(labels)
+    ed = ed_phases[0] if ed_phases else study.ed_index
+    others = [t for t in sorted(labels) if t != ed]
+    return Study(phases=phases, ed_index=ed, es_index=others[0] if others else None,
+                 trigger_times_ms=study.trigger_times_ms, info=study.info)

@@ -1,0 +1,201 @@
+"""Writers: NIfTI label maps, DICOM SEG, JSON reports, DICOM series and ACDC-layout folders.
+
+Every writer goes through :func:`cmrsdk.io._atomic.atomic_path`: a temporary name, then a rename.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from ..errors import InputError, WriteError
+from ..labels import LABEL_NAMES, STRUCTURES
+from ..types import Stack, Study
+from ._atomic import atomic_path
+
+__all__ = ["write_nifti_labels", "write_dicom_seg", "write_json", "write_dicom_series", "write_acdc_patient"]
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _check_labels(labels: np.ndarray, stack: Stack) -> np.ndarray:
+    array = np.asarray(labels)
+    if array.shape != stack.shape:
+        raise InputError(f"'labels' shape {array.shape} differs from the stack's (Z, Y, X) {stack.shape}")
+    if array.dtype != np.uint8 or (array.size and int(array.max()) > max(STRUCTURES)):
+        raise InputError(f"'labels' must be uint8 canonical labels 0..{max(STRUCTURES)}, got dtype {array.dtype}"
+                         f" with maximum {array.max() if array.size else None}")
+    return array
+
+
+def _nifti_affine(stack: Stack) -> np.ndarray:
+    """The stack's (z, y, x) affine reordered for nibabel's (x, y, z) arrays."""
+    return stack.affine[:, [2, 1, 0, 3]]
+
+
+def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack) -> None:
+    image = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), _nifti_affine(stack))
+    image.header.set_zooms(stack.spacing[::-1])
+    image.set_qform(_nifti_affine(stack), code=1)
+    image.set_sform(_nifti_affine(stack), code=1)
+    with atomic_path(path) as temporary:
+        nib.save(image, str(temporary))
+
+
+def write_nifti_labels(path: str | Path, labels: np.ndarray, stack: Stack) -> Path:
+    """Write uint8 (Z, Y, X) canonical ``labels`` as NIfTI with ``stack``'s affine and spacing.
+
+    The file holds the (X, Y, Z) array nibabel expects, so :func:`read_nifti_stack` reads it back
+    identical, and viewers overlay it on the source image.
+    """
+    _save_nifti(Path(path), _check_labels(labels, stack), stack)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (numpy scalars and arrays become numbers and lists)."""
+    def default(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
+    try:
+        text = json.dumps(obj, indent=2, default=default, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise WriteError(f"{path}: report cannot be written as JSON ({exc})") from exc
+    with atomic_path(path) as temporary:
+        temporary.write_text(text + "\n")
+    return Path(path)
+
+
+def write_dicom_seg(path: str | Path, labels: np.ndarray, stack: Stack, *, series_description: str = "cmrsdk segmentation") -> Path:
+    """Write a DICOM SEG (highdicom, binary, one segment per structure) referencing ``stack``'s series.
+
+    Parameters
+    ----------
+    labels : uint8 (Z, Y, X) canonical labels on ``stack``'s grid.
+    stack : a stack read from DICOM: ``stack.source_files`` names the source image of each slice.
+    """
+    import highdicom as hd  # optional dependency (cmrsdk[io])
+    from pydicom.sr.codedict import codes
+
+    array = _check_labels(labels, stack)
+    if len(stack.source_files) != stack.shape[0]:
+        raise InputError(f"DICOM SEG needs the source DICOM file of each of the {stack.shape[0]} slices; "
+                         f"stack from {stack.source or 'memory'} has {len(stack.source_files)} (read it with read_dicom_study)")
+    sources = [pydicom.dcmread(f) for f in stack.source_files]
+    categories = codes.SCT.AnatomicalStructure
+    # SNOMED CT codes of the structures; the segment label names the blood pool precisely
+    properties = {1: codes.SCT.LeftVentricle, 2: codes.SCT.LeftVentricleMyocardium, 3: codes.SCT.RightVentricle}
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=label, segment_label=LABEL_NAMES[label],
+            segmented_property_category=categories, segmented_property_type=properties[label],
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(name="cmrsdk", version="0.1.0",
+                                                                         family=codes.cid7162.ArtificialIntelligence),
+        )
+        for label in STRUCTURES
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
+        instance_number=1, manufacturer="cmrsdk", manufacturer_model_name="cmrsdk", software_versions="0.1.0",
+        device_serial_number="0", series_description=series_description,
+    )
+    with atomic_path(path) as temporary:
+        seg.save_as(str(temporary))
+    return Path(path)
+
+
+def write_dicom_series(folder: str | Path, study: Study, *, series_description: str = "SAX cine") -> list[Path]:
+    """Write every phase of ``study`` as classic single-frame MR images (pydicom), one file per image.
+
+    Files are ``{phase:03d}_{slice:03d}.dcm`` (phase-major); pixels are stored as uint16 with a
+    RescaleSlope/Intercept that recovers them to within one part in 65535 of their range;
+    TriggerTime comes from ``study.trigger_times_ms``; geometry from each stack's affine (RAS+
+    converted to LPS).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    lo = min(float(s.pixels.min()) for s in study.phases)
+    hi = max(float(s.pixels.max()) for s in study.phases)
+    slope = (hi - lo) / 65535.0 if hi > lo else 1.0
+    times = study.trigger_times_ms if study.trigger_times_ms is not None else np.arange(len(study.phases)) * 40.0
+    written = []
+    for t, stack in enumerate(study.phases):
+        lps = _RAS_TO_LPS @ stack.affine
+        dz, dy, dx = stack.spacing
+        row_dir, col_dir = lps[:3, 2] / dx, lps[:3, 1] / dy
+        for z in range(stack.shape[0]):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = MRImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = FileDataset(str(folder), {}, file_meta=meta, preamble=b"\0" * 128)
+            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+            ds.Modality, ds.SeriesDescription, ds.SeriesNumber = "MR", series_description, 1
+            ds.PatientID = study.info.patient_id or "ANONYMOUS"
+            ds.PatientName = f"{ds.PatientID}^"  # family-name component only
+            ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "", "1"
+            ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName = "", "O", ""
+            ds.Manufacturer = study.info.manufacturer or "cmrsdk"
+            if study.info.field_strength_t is not None:
+                ds.MagneticFieldStrength = study.info.field_strength_t
+            ds.InstanceNumber = t * stack.shape[0] + z + 1
+            ds.ImagePositionPatient = [float(v) for v in (lps @ [z, 0, 0, 1])[:3]]
+            ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
+            ds.PixelSpacing = [float(dy), float(dx)]
+            ds.SliceThickness, ds.SpacingBetweenSlices = float(dz), float(dz)
+            ds.SliceLocation = float(stack.slice_positions[z])
+            ds.TriggerTime = float(times[t])
+            ds.CardiacNumberOfImages = len(study.phases)
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.Rows, ds.Columns = stack.shape[1], stack.shape[2]
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{lo:.10g}"
+            stored = np.clip(np.rint((stack.pixels[z].astype(np.float64) - lo) / float(ds.RescaleSlope)), 0, 65535)
+            ds.PixelData = stored.astype("<u2").tobytes()
+            path = folder / f"{t:03d}_{z:03d}.dcm"
+            with atomic_path(path) as temporary:
+                ds.save_as(str(temporary), enforce_file_format=True)
+            written.append(path)
+    return written
+
+
+def write_acdc_patient(folder: str | Path, study: Study) -> Path:
+    """Write the ED and ES stacks of ``study`` as an ACDC patient folder (NIfTI, ACDC label codes).
+
+    Produces ``Info.cfg``, ``{name}_frameFF.nii.gz`` and ``{name}_frameFF_gt.nii.gz`` (1 RV, 2 MYO,
+    3 LV) where ``name`` is the folder name and FF the 1-based ED and ES frame numbers.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = {"ED": study.ed_index, "ES": study.es_index}
+    if None in frames.values():
+        raise InputError(f"study from {study.info.source or 'memory'} needs known ED and ES phases, got {frames}")
+    to_acdc = np.array([0, 3, 2, 1], dtype=np.uint8)  # canonical 1 LVBP, 2 LVM, 3 RVBP -> ACDC 3, 2, 1
+    for index in sorted(set(frames.values())):  # type: ignore[type-var]
+        stack = study.phases[index]
+        stem = f"{folder.name}_frame{index + 1:02d}"
+        _save_nifti(folder / f"{stem}.nii.gz", stack.pixels, stack)
+        if stack.labels is not None:
+            _save_nifti(folder / f"{stem}_gt.nii.gz", to_acdc[stack.labels], stack)
+    lines = [f"ED: {frames['ED'] + 1}", f"ES: {frames['ES'] + 1}", f"Group: {study.info.group or 'NOR'}",  # type: ignore[operator]
+             f"Height: {study.info.height_cm or 170.0}", f"NbFrame: {len(study.phases)}",
+             f"Weight: {study.info.weight_kg or 70.0}"]
+    with atomic_path(folder / "Info.cfg") as temporary:
+        temporary.write_text("\n".join(lines) + "\n")
+    return folder

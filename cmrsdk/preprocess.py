@@ -1,0 +1,489 @@
+"""Preprocessing: typed, validating wrappers over cmrsdk's native core.
+
+Every function checks its arguments (ndim, dtype, spacing, shapes, finiteness) and raises
+:class:`cmrsdk.errors.InputError` naming the argument, the value and what was expected; only
+then does it call the compiled kernels (``cmrsdk._native`` in C++, ``cmrsdk._normalize`` in
+Cython), which run with the GIL released on up to ``threads`` threads (default: all cores).
+
+Geometry
+--------
+Stacks are (Z, Y, X); only the in-plane axes (Y, X) are resampled, slice by slice. Grids are
+pixel-centre aligned: native pixel ``i`` sits at physical ``(i + 0.5) * spacing`` and the
+resampled grid covers the same physical extent, so resampled pixel ``o`` samples the native
+coordinate ``(o + 0.5) * n_native / n_resampled - 0.5``.
+
+Interpolation and edges
+-----------------------
+=========  ==================================  ===============================================
+order      method                              reference (matched within float32 rounding)
+=========  ==================================  ===============================================
+0          nearest, ties towards higher index  ``scipy.ndimage.zoom(order=0, mode="mirror",
+1          linear                              grid_mode=True)``, equal to
+3          cubic B-spline (exact prefilter)    ``skimage.transform.resize(order, mode="reflect",
+                                               anti_aliasing=False)``
+=========  ==================================  ===============================================
+
+The edge mode is "mirror" (``d c b | a b c d | c b a``), for sampling and for the spline
+prefilter alike. The inverse (:func:`resample_argmax`) is bilinear with edge clamping, as
+``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+from . import _native, _normalize
+from .errors import InputError
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "SliceTransform",
+    "resampled_shape",
+    "resample_stack",
+    "resample_labels",
+    "normalize",
+    "crop_or_pad",
+    "resample_argmax",
+    "largest_component",
+    "prepare_slices",
+]
+
+#: pixel dtypes the resampling kernels read directly (any memory order, native byte order).
+SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(
+    np.dtype(t) for t in (np.uint8, np.int16, np.uint16, np.float32, np.float64)
+)
+#: the largest in-plane size accepted for a resampled or cropped image, per axis (pixels):
+#: far above any scanner matrix, low enough to stop a mistyped spacing from exhausting memory.
+MAX_SIDE = 16384
+
+Normalization = Literal["zscore", "robust_zscore", "minmax"]
+
+
+@dataclass(frozen=True)
+class SliceTransform:
+    """How network-window pixels map back to a stack's native in-plane grid.
+
+    Attributes
+    ----------
+    native_shape : (Y, X) of the native stack, pixels.
+    native_spacing : (dy, dx) of the native stack, mm.
+    resampled_shape : (Y', X') after resampling, pixels; it covers the native extent.
+    target_spacing : (dy, dx) asked for, mm (the effective spacing is
+        ``native_shape * native_spacing / resampled_shape``, equal up to rounding of the shape).
+    offset : (oy, ox), index in the resampled grid of the window's pixel (0, 0); negative where
+        the window was padded.
+    size : (H, W) of the network window, pixels.
+    """
+
+    native_shape: tuple[int, int]
+    native_spacing: tuple[float, float]
+    resampled_shape: tuple[int, int]
+    target_spacing: tuple[float, float]
+    offset: tuple[int, int]
+    size: tuple[int, int]
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        return os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise InputError(f"'threads' must be a positive integer or None, got {threads!r}")
+    return int(threads)
+
+
+def _pair(value: object, name: str, what: str) -> tuple[float, float]:
+    try:
+        values = tuple(float(v) for v in value)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"'{name}' must be {what}, got {value!r}") from exc
+    if len(values) != 2:
+        raise InputError(f"'{name}' must be {what}, got {value!r}")
+    return values  # type: ignore[return-value]
+
+
+def _spacing(value: object, name: str) -> tuple[float, float]:
+    dy, dx = _pair(value, name, "(dy, dx) in mm")
+    if not all(math.isfinite(v) and v > 0 for v in (dy, dx)):
+        raise InputError(f"'{name}' must be two finite positive mm values (dy, dx), got {value!r}")
+    return dy, dx
+
+
+def _size(value: object, name: str) -> tuple[int, int]:
+    pair = _pair(value, name, "(H, W) in pixels")
+    if not all(float(v).is_integer() and 1 <= v <= MAX_SIDE for v in pair):
+        raise InputError(f"'{name}' must be two integers in 1..{MAX_SIDE} (H, W), got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _stack(pixels: object, name: str = "pixels") -> np.ndarray:
+    """The array as (Z, Y, X) in a supported dtype and native byte order (no copy if it is)."""
+    array = np.asarray(pixels)
+    if array.ndim != 3:
+        raise InputError(f"'{name}' must be 3-D (Z, Y, X), got shape {array.shape}")
+    if array.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        supported = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise InputError(f"'{name}' dtype {array.dtype} is not supported; expected one of {supported}")
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.shape[0] and (array.shape[1] == 0 or array.shape[2] == 0):
+        raise InputError(f"'{name}' has empty slices: shape {array.shape}, expected Y and X >= 1")
+    if any(s % array.itemsize for s in array.strides):
+        array = np.ascontiguousarray(array)
+    return array
+
+
+def resampled_shape(
+    shape_yx: Sequence[int], spacing_yx: Sequence[float], target_spacing_yx: Sequence[float]
+) -> tuple[int, int]:
+    """The in-plane shape (Y', X') that keeps the physical extent at the target spacing.
+
+    ``round(n * spacing / target)`` per axis (at least 1), as nnU-Net computes it.
+
+    Parameters
+    ----------
+    shape_yx : (Y, X) in pixels.
+    spacing_yx : (dy, dx) in mm.
+    target_spacing_yx : (dy, dx) in mm.
+    """
+    shape = _pair(shape_yx, "shape_yx", "(Y, X) in pixels")
+    if not all(v.is_integer() and v >= 1 for v in shape):
+        raise InputError(f"'shape_yx' must be two positive integers (Y, X), got {shape_yx!r}")
+    spacing = _spacing(spacing_yx, "spacing_yx")
+    target = _spacing(target_spacing_yx, "target_spacing")
+    out = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+    if max(out) > MAX_SIDE:
+        raise InputError(
+            f"'target_spacing' {target_spacing_yx!r} from spacing {spacing_yx!r} gives a resampled "
+            f"shape {out}, more than {MAX_SIDE} pixels per side"
+        )
+    return out  # type: ignore[return-value]
+
+
+def _target_shape(
+    shape_yx: tuple[int, int], spacing_yx: object, target_spacing: object, shape: object
+) -> tuple[int, int]:
+    if (target_spacing is None) == (shape is None):
+        raise InputError(
+            f"give exactly one of 'target_spacing' and 'shape', got target_spacing={target_spacing!r}, shape={shape!r}"
+        )
+    if shape is not None:
+        _spacing(spacing_yx, "spacing_yx")
+        return _size(shape, "shape")
+    return resampled_shape(shape_yx, spacing_yx, target_spacing)  # type: ignore[arg-type]
+
+
+def resample_stack(
+    pixels: np.ndarray,
+    spacing_yx: Sequence[float],
+    *,
+    target_spacing: Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
+    order: int = 3,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Resample every slice of a stack in-plane to a target spacing or shape.
+
+    Parameters
+    ----------
+    pixels : (Z, Y, X) uint8, int16, uint16, float32 or float64, any memory order; finite.
+    spacing_yx : (dy, dx) of ``pixels`` in mm.
+    target_spacing : (dy, dx) in mm to resample to; or
+    shape : (Y', X') in pixels to resample to (exactly one of the two).
+    order : 0 (nearest), 1 (linear) or 3 (cubic B-spline); see the module notes for the edge
+        mode and the reference implementation.
+    threads : threads to use, default all cores.
+
+    Returns
+    -------
+    float32 (Z, Y', X'), C-contiguous, same intensity units as ``pixels``.
+    """
+    array = _stack(pixels)
+    if order not in (0, 1, 3) or isinstance(order, bool):
+        raise InputError(f"'order' must be 0, 1 or 3, got {order!r}")
+    out_y, out_x = _target_shape(array.shape[1:], spacing_yx, target_spacing, shape)
+    if array.shape[0] == 0:
+        return np.empty((0, out_y, out_x), dtype=np.float32)
+    out, finite = _native.resample(array, out_y, out_x, int(order), _threads(threads))
+    if not finite:
+        raise InputError(f"'pixels' contain NaN or infinite values (dtype {array.dtype}, shape {array.shape})")
+    return out
+
+
+def resample_labels(
+    labels: np.ndarray,
+    spacing_yx: Sequence[float],
+    *,
+    target_spacing: Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
+    method: Literal["nearest", "linear"] = "nearest",
+    threads: int | None = None,
+) -> np.ndarray:
+    """Resample a label map in-plane.
+
+    ``"nearest"`` takes each output pixel's nearest input label (order 0). ``"linear"`` is
+    nnU-Net's per-label resampling: every label's mask (background included) is resampled with
+    order 1 and each pixel takes the label whose mask value is largest (ties: the lower label).
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) integer label map (uint8, int16 or uint16), values 0..255.
+    spacing_yx, target_spacing, shape, threads : as :func:`resample_stack`.
+    method : "nearest" or "linear".
+
+    Returns
+    -------
+    uint8 (Z, Y', X').
+    """
+    array = _stack(labels, "labels")
+    if array.dtype.kind not in "ui":
+        raise InputError(f"'labels' must have an integer dtype (uint8, int16, uint16), got {array.dtype}")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise InputError(f"'labels' values must lie in 0..255, got {array.min()}..{array.max()}")
+    if method not in ("nearest", "linear"):
+        raise InputError(f"'method' must be 'nearest' or 'linear', got {method!r}")
+    kwargs = dict(target_spacing=target_spacing, shape=shape, threads=threads)
+    if method == "nearest" or array.size == 0:
+        return resample_stack(array, spacing_yx, order=0, **kwargs).astype(np.uint8)  # type: ignore[arg-type]
+    values = np.unique(array)
+    best: np.ndarray | None = None
+    result: np.ndarray | None = None
+    for value in values:
+        score = resample_stack((array == value).view(np.uint8), spacing_yx, order=1, **kwargs)  # type: ignore[arg-type]
+        if best is None or result is None:
+            best, result = score, np.full(score.shape, value, dtype=np.uint8)
+            continue
+        wins = score > best
+        np.copyto(best, score, where=wins)
+        result[wins] = value
+    return result  # type: ignore[return-value]
+
+
+def normalize(
+    pixels: np.ndarray,
+    method: Normalization = "robust_zscore",
+    *,
+    mask: np.ndarray | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """Normalise intensities over a whole stack.
+
+    ==================  ===================================================================
+    method              transform (statistics over the voxels where ``mask`` is true)
+    ==================  ===================================================================
+    ``zscore``          ``(x - mean) / max(std, 1e-8)`` (nnU-Net's default for MRI)
+    ``robust_zscore``   clip to the 0.5 and 99.5 percentiles (numpy's linear rule, found by
+                        selection), then z-score with the clipped values' mean and std
+    ``minmax``          ``(x - min) / (max - min)``, all zeros for a constant stack
+    ==================  ===================================================================
+
+    The std is the population one (``np.std``). The transform is applied to every voxel.
+
+    Parameters
+    ----------
+    pixels : any shape, uint8, int16, uint16, float32 or float64; finite.
+    method : see the table.
+    mask : bool, same shape as ``pixels``, or None (all voxels); must select at least one voxel.
+    threads : threads to use, default all cores.
+
+    Returns
+    -------
+    float32, the shape of ``pixels``.
+    """
+    array = np.asarray(pixels)
+    if array.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        supported = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise InputError(f"'pixels' dtype {array.dtype} is not supported; expected one of {supported}")
+    kernels = {"zscore": _normalize.zscore, "robust_zscore": _normalize.robust_zscore, "minmax": _normalize.minmax}
+    if method not in kernels:
+        raise InputError(f"'method' must be one of {', '.join(kernels)}, got {method!r}")
+    flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+    flat_mask = None
+    if mask is not None:
+        mask_array = np.asarray(mask)
+        if mask_array.shape != array.shape or mask_array.dtype != np.bool_:
+            raise InputError(
+                f"'mask' must be a bool array of shape {array.shape}, got {mask_array.dtype} {mask_array.shape}"
+            )
+        flat_mask = np.ascontiguousarray(mask_array).reshape(-1).view(np.uint8)
+    try:
+        out = kernels[method](flat, flat_mask, threads=_threads(threads))
+    except ValueError as exc:
+        raise InputError(f"cannot normalise 'pixels' of shape {array.shape} ({method}): {exc}") from exc
+    return out.reshape(array.shape)
+
+
+def crop_or_pad(
+    stack: np.ndarray, size: Sequence[int], centre: Sequence[float] | None = None, *, fill: float = 0.0
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Crop or pad every slice to (H, W) around a centre.
+
+    The window's pixel (0, 0) is pixel ``offset = floor(centre - (size - 1) / 2)`` of the stack
+    (per axis), so that the window's centre falls on ``centre``; parts of the window outside the
+    stack are filled with ``fill``. A plain row copy: numpy's slicing already runs at memory
+    speed, so there is no native kernel for this.
+
+    Parameters
+    ----------
+    stack : (Z, Y, X) float32 or uint8 (other dtypes are converted to float32).
+    size : (H, W) in pixels.
+    centre : (cy, cx) in pixel indices of ``stack`` (fractions allowed); default the image centre
+        ``((Y - 1) / 2, (X - 1) / 2)``.
+    fill : value of padded pixels.
+
+    Returns
+    -------
+    window : (Z, H, W), float32 or uint8 as ``stack``.
+    offset : (oy, ox), index in ``stack`` of the window's pixel (0, 0); negative where padded.
+    """
+    array = np.asarray(stack)
+    if array.ndim != 3:
+        raise InputError(f"'stack' must be 3-D (Z, Y, X), got shape {array.shape}")
+    if array.dtype not in (np.float32, np.uint8):
+        array = array.astype(np.float32)
+    h, w = _size(size, "size")
+    ny, nx = array.shape[1:]
+    if centre is None:
+        cy, cx = (ny - 1) / 2, (nx - 1) / 2
+    else:
+        cy, cx = _pair(centre, "centre", "(cy, cx) in pixel indices")
+        if not (math.isfinite(cy) and math.isfinite(cx)):
+            raise InputError(f"'centre' must be finite (cy, cx) pixel indices, got {centre!r}")
+    oy, ox = math.floor(cy - (h - 1) / 2), math.floor(cx - (w - 1) / 2)
+    window = np.full((array.shape[0], h, w), fill, dtype=array.dtype)
+    ys, ye = max(oy, 0), min(oy + h, ny)
+    xs, xe = max(ox, 0), min(ox + w, nx)
+    if ys < ye and xs < xe:
+        window[:, ys - oy : ye - oy, xs - ox : xe - ox] = array[:, ys:ye, xs:xe]
+    return window, (oy, ox)
+
+
+def resample_argmax(
+    probabilities: np.ndarray, transform: SliceTransform, *, threads: int | None = None
+) -> np.ndarray:
+    """Labels on the native grid from network-window probabilities, in one fused pass.
+
+    For every native pixel, its position in the resampled grid (pixel-centre aligned) less the
+    window offset gives a window coordinate; each class probability is interpolated there
+    bilinearly (clamped at the window's edges) and the largest wins (ties: the lower class).
+    Native pixels that fall outside the window get label 0. Full-resolution probabilities are
+    never held in memory: one native row of one class at a time.
+
+    Parameters
+    ----------
+    probabilities : float32 (Z, C, H, W), (H, W) = ``transform.size``, 1 <= C <= 256; finite.
+    transform : the :class:`SliceTransform` of :func:`prepare_slices`.
+    threads : threads to use, default all cores.
+
+    Returns
+    -------
+    uint8 (Z, Y, X), (Y, X) = ``transform.native_shape``.
+    """
+    if not isinstance(transform, SliceTransform):
+        raise InputError(f"'transform' must be a SliceTransform, got {type(transform).__name__}")
+    array = np.asarray(probabilities)
+    if array.ndim != 4 or tuple(array.shape[2:]) != tuple(transform.size) or not 1 <= array.shape[1] <= 256:
+        raise InputError(
+            f"'probabilities' must be (Z, C, H, W) with (H, W) = {transform.size} and 1..256 classes, "
+            f"got shape {array.shape}"
+        )
+    if array.dtype != np.float32:
+        raise InputError(f"'probabilities' must be float32, got {array.dtype}")
+    array = np.ascontiguousarray(array)
+    ny, nx = transform.native_shape
+    ry, rx = transform.resampled_shape
+    oy, ox = transform.offset
+    labels, finite = _native.resample_argmax(array, ny, nx, ry, rx, oy, ox, _threads(threads))
+    if not finite:
+        raise InputError(f"'probabilities' of shape {array.shape} contain NaN or infinite values")
+    return labels
+
+
+def largest_component(labels: np.ndarray, *, connectivity: int = 6, threads: int | None = None) -> np.ndarray:
+    """Keep only the largest 3-D connected component of every non-zero label.
+
+    Components are taken across slices, in (Z, Y, X) voxel adjacency: ``connectivity`` 6 (faces,
+    the default), 18 (faces and edges) or 26 (faces, edges and corners), as
+    ``scipy.ndimage.generate_binary_structure(3, 1 | 2 | 3)``. Of equal-size components, the one
+    whose first voxel comes first in raster order is kept. Other voxels become 0. Labels run in
+    parallel, one thread each.
+
+    Parameters
+    ----------
+    labels : uint8 (Z, Y, X), any memory order.
+    connectivity : 6, 18 or 26.
+    threads : threads to use, default all cores.
+
+    Returns
+    -------
+    uint8 (Z, Y, X).
+    """
+    array = np.asarray(labels)
+    if array.ndim != 3:
+        raise InputError(f"'labels' must be 3-D (Z, Y, X), got shape {array.shape}")
+    if array.dtype != np.uint8:
+        raise InputError(f"'labels' must be uint8, got {array.dtype}")
+    if connectivity not in (6, 18, 26) or isinstance(connectivity, bool):
+        raise InputError(f"'connectivity' must be 6, 18 or 26, got {connectivity!r}")
+    return _native.largest_component(np.ascontiguousarray(array), int(connectivity), _threads(threads))
+
+
+def prepare_slices(
+    pixels: np.ndarray,
+    spacing_yx: Sequence[float],
+    *,
+    target_spacing: Sequence[float],
+    size: Sequence[int],
+    centre: Sequence[float] | None = None,
+    order: int = 3,
+    normalization: Normalization = "robust_zscore",
+    threads: int | None = None,
+) -> tuple[np.ndarray, SliceTransform]:
+    """The network input of a stack: resample, normalise, crop or pad; and the way back.
+
+    Parameters
+    ----------
+    pixels : (Z, Y, X) uint8, int16, uint16, float32 or float64, any memory order; finite.
+    spacing_yx : (dy, dx) of ``pixels`` in mm.
+    target_spacing : (dy, dx) in mm of the network's grid.
+    size : (H, W) network window in pixels.
+    centre : (cy, cx) window centre in *native* pixel indices of ``pixels`` (e.g. the heart
+        centre found on the native image); default the image centre.
+    order : resampling order, 0, 1 or 3.
+    normalization : "zscore", "robust_zscore" or "minmax" over the whole resampled stack.
+    threads : threads to use, default all cores.
+
+    Returns
+    -------
+    batch : float32 (Z, 1, H, W), C-contiguous.
+    transform : the :class:`SliceTransform` that :func:`resample_argmax` inverts.
+    """
+    array = _stack(pixels)
+    native_spacing = _spacing(spacing_yx, "spacing_yx")
+    target = _spacing(target_spacing, "target_spacing")
+    h, w = _size(size, "size")
+    ny, nx = array.shape[1:] if array.shape[0] else (max(array.shape[1], 1), max(array.shape[2], 1))
+    ry, rx = resampled_shape((ny, nx), native_spacing, target)
+    resampled = resample_stack(array, native_spacing, shape=(ry, rx), order=order, threads=threads)
+    normalised = normalize(resampled, normalization, threads=threads)
+    if centre is None:
+        centre_r = ((ry - 1) / 2, (rx - 1) / 2)
+    else:
+        cy, cx = _pair(centre, "centre", "(cy, cx) in native pixel indices")
+        if not (math.isfinite(cy) and math.isfinite(cx)):
+            raise InputError(f"'centre' must be finite (cy, cx) native pixel indices, got {centre!r}")
+        # native index -> resampled index, pixel-centre aligned
+        centre_r = ((cy + 0.5) * ry / ny - 0.5, (cx + 0.5) * rx / nx - 0.5)
+    window, offset = crop_or_pad(normalised, (h, w), centre_r)
+    transform = SliceTransform(
+        native_shape=(int(ny), int(nx)),
+        native_spacing=native_spacing,
+        resampled_shape=(ry, rx),
+        target_spacing=target,
+        offset=offset,
+        size=(h, w),
+    )
+    return window[:, None], transform

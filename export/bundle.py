@@ -1,0 +1,377 @@
+"""Turn trained models into a verified cmrsdk bundle (TorchScript, ONNX, TensorRT + manifest).
+
+Command line::
+
+    python -m export.bundle --checkpoints baseline=runs/baseline.pt base=runs/base.pt \\
+        middle=runs/middle.pt apex=runs/apex.pt classifier=runs/resnet18.pt \\
+        --examples slices.npy -o bundles/acdc
+
+Programmatic (tests, notebooks)::
+
+    build_bundle({"baseline": (net, {"kind": "segmentation"})}, {0: "baseline", ...},
+                 Preprocessing((1.5625, 1.5625), (224, 224), "robust_zscore"), "out/")
+
+Every exported model is wrapped (`ProbabilityModel`) so that the artifact maps a float32
+normalised batch (N, 1, H, W) to softmax probabilities: (N, C, H, W) for a U-Net, (N, R) for
+the region classifier. Only the full-resolution output is exported (deep-supervision outputs
+never reach an artifact). Each artifact is saved, loaded back through `cmrsdk.engines` and
+compared with the eager model (`export.parity`); the bundle is written only when every
+artifact passes, into a temporary directory renamed into place at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import cmrsdk
+from cmrsdk.bundle import (ARTIFACT_KEYS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, MODEL_KINDS, Preprocessing,
+                           sha256_file)
+from cmrsdk.engines import create_engine
+from cmrsdk.engines.tensorrt import tensorrt_missing
+from cmrsdk.errors import BundleError, InputError, WriteError
+from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
+from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
+
+__all__ = ["FORMATS", "ONNX_OPSET", "ProbabilityModel", "build_bundle", "load_checkpoint", "main"]
+
+FORMATS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt")
+ONNX_OPSET = 18
+
+
+class ProbabilityModel(nn.Module):
+    """What an artifact contains: the trained network followed by a softmax over axis 1.
+
+    ``forward(image)``: float32 (N, 1, H, W) -> float32 probabilities (N, C, H, W) or (N, C).
+    A network whose forward returns a list or tuple (deep supervision, full resolution first)
+    contributes only its first element.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.net(image)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return torch.softmax(out.float(), dim=1)
+
+
+class _HalfModel(nn.Module):
+    """fp16 wrapper for TensorRT: float32 in and out, the network in half precision inside.
+
+    torch-tensorrt >= 2.13 takes the precision from the model's dtypes (explicit typing), not
+    from ``enabled_precisions``, so the fp16 engine is built from a half-precision module.
+    """
+
+    def __init__(self, model: ProbabilityModel) -> None:
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image.half()).float()
+
+
+def _check_output(name: str, kind: str, out: torch.Tensor, size: tuple[int, int], batch: int) -> int:
+    """Validate the eager output's shape for the model kind; return C (classes or regions)."""
+    shape = tuple(out.shape)
+    if kind == "segmentation" and (len(shape) != 4 or shape[0] != batch or shape[2:] != size):
+        raise InputError(f"model {name!r} (segmentation) must output (N, C, {size[0]}, {size[1]}), got {shape}")
+    if kind == "classifier" and (len(shape) != 2 or shape[0] != batch):
+        raise InputError(f"model {name!r} (classifier) must output (N, R), got {shape}")
+    return int(shape[1])
+
+
+def _export_torchscript(model: ProbabilityModel, example: torch.Tensor, path: Path) -> None:
+    # trace, not script: the networks are static graphs and tracing needs no annotations.
+    # torch.jit is deprecated from torch 2.14 and warns; it stays because C++ libtorch loads it.
+    traced = torch.jit.trace(model, example, check_trace=False)
+    torch.jit.save(traced, str(path))
+
+
+def _export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path) -> int:
+    """Write ONNX with a dynamic batch axis; return the opset written (checked >= ONNX_OPSET)."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    # torch 2.14's exporter is the dynamo one: dynamic_shapes keyed by forward's argument name
+    torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["probabilities"],
+                      opset_version=ONNX_OPSET, dynamo=True, external_data=False,
+                      dynamic_shapes={"image": {0: batch}}, verbose=False)
+    proto = onnx.load(str(path))
+    opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if opset < ONNX_OPSET or not dim0.dim_param:
+        raise BundleError(f"{path}: ONNX export wrote opset {opset} and batch axis {dim0}, expected opset >= {ONNX_OPSET} and a dynamic batch")
+    return opset
+
+
+def _export_tensorrt(model: ProbabilityModel, size: tuple[int, int], path: Path, precision: str, max_batch: int) -> None:
+    import torch_tensorrt
+
+    module: nn.Module = copy.deepcopy(model).cuda().eval()
+    if precision == "fp16":
+        module = _HalfModel(module).eval()  # type: ignore[arg-type]
+    spec = torch_tensorrt.Input(min_shape=(1, 1, *size), opt_shape=(min(16, max_batch), 1, *size),
+                                max_shape=(max_batch, 1, *size), dtype=torch.float32)
+    compiled = torch_tensorrt.compile(module, ir="dynamo", inputs=[spec])
+    torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=[spec])
+
+
+def _versions() -> dict[str, str]:
+    versions = {"cmrsdk": cmrsdk.__version__, "torch": torch.__version__, "python": platform.python_version(),
+                "numpy": np.__version__}
+    for module in ("onnx", "onnxruntime", "torch_tensorrt"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    return versions
+
+
+def build_bundle(
+    models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]],
+    routing: Mapping[int, str],
+    preprocessing: Preprocessing,
+    out_dir: str | Path,
+    example_slices: np.ndarray | None = None,
+    formats: Sequence[str] = FORMATS,
+    *,
+    max_batch: int = 64,
+    overwrite: bool = False,
+) -> Path:
+    """Export models into a bundle directory, with parity checks, and return its path.
+
+    Parameters
+    ----------
+    models : name -> (network, info). The network maps float32 (N, 1, H, W) to logits; info has
+        ``kind`` ("segmentation" or "classifier", required) and optionally ``architecture``
+        (text), ``training`` (config dict), ``metrics`` (validation figures).
+    routing : region code (0 non-cardiac, 1 base, 2 middle, 3 apex) -> segmentation model name.
+    preprocessing : target spacing (dy, dx) mm, input size (H, W), normalisation name.
+    out_dir : the bundle directory to create.
+    example_slices : float32 (N, 1, H, W) real normalised slices for the parity checks (seeded
+        random slices are added either way).
+    formats : any of "torchscript", "onnx", "tensorrt". TensorRT is skipped, with the reason
+        recorded in the manifest's ``skipped``, where torch-tensorrt or a CUDA GPU is missing.
+    max_batch : the largest batch a TensorRT artifact accepts (its dynamic range is 1..max_batch).
+    overwrite : replace an existing ``out_dir``.
+
+    Raises
+    ------
+    InputError
+        Bad models, routing, formats or example slices.
+    ParityError
+        An artifact differs from its eager model beyond tolerance (nothing is written).
+    WriteError
+        ``out_dir`` exists and ``overwrite`` is False.
+    """
+    out = Path(out_dir)
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise InputError(f"'formats' must be a non-empty subset of {FORMATS}, got {tuple(formats)}")
+    if not models:
+        raise InputError("'models' is empty: a bundle needs at least one model")
+    kinds: dict[str, str] = {}
+    for name, entry in models.items():
+        if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], nn.Module)):
+            raise InputError(f"'models[{name!r}]' must be (nn.Module, info dict), got {type(entry).__name__}")
+        kind = entry[1].get("kind")
+        if kind not in MODEL_KINDS:
+            raise InputError(f"'models[{name!r}]' info 'kind' is {kind!r}, expected one of {MODEL_KINDS}")
+        kinds[name] = kind
+    classifiers = [n for n, k in kinds.items() if k == "classifier"]
+    if len(classifiers) > 1:
+        raise InputError(f"'models' holds {len(classifiers)} classifiers {classifiers}, a bundle routes with at most one")
+    for region, name in routing.items():
+        if region not in REGION_NAMES or kinds.get(name) != "segmentation":
+            raise InputError(f"'routing' maps {region!r} to {name!r}: expected region codes {sorted(REGION_NAMES)} "
+                             f"and segmentation model names {sorted(n for n, k in kinds.items() if k == 'segmentation')}")
+    if out.exists() and not overwrite:
+        raise WriteError(f"'out_dir' {out} already exists; pass overwrite=True to replace it")
+
+    size = preprocessing.size
+    slices, real = parity_inputs(size, example_slices)
+    cuda = torch.cuda.is_available()
+    trt_missing = tensorrt_missing() if "tensorrt" in formats else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        records: dict[str, Any] = {}
+        for name, (net, info) in models.items():
+            model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval()).eval()
+            example = torch.from_numpy(slices[:2].copy())
+            with torch.inference_mode():
+                classes = _check_output(name, kinds[name], model(example), size, 2)
+            reference = eager_probabilities(model, slices)
+            artifacts: dict[str, Any] = {}
+            parity: list[dict[str, Any]] = []
+            files: dict[str, Path] = {}
+            extra: dict[str, Any] = {}
+            if "torchscript" in formats:
+                files["torchscript"] = staging / f"{name}.pt"
+                _export_torchscript(model, example, files["torchscript"])
+            if "onnx" in formats:
+                files["onnx"] = staging / f"{name}.onnx"
+                extra["onnx_opset"] = _export_onnx(model, example, files["onnx"])
+            if "tensorrt" in formats and trt_missing is None:
+                for precision in ("fp32", "fp16"):
+                    files[f"tensorrt-{precision}"] = staging / f"{name}.{precision}.ep"
+                    _export_tensorrt(model, size, files[f"tensorrt-{precision}"], precision, max_batch)
+                extra["tensorrt_max_batch"] = max_batch
+            for key, path in files.items():
+                backend, precision = ARTIFACT_KEYS[key]
+                runs: list[dict[str, Any]] = []
+                if backend == "tensorrt":
+                    runs.append({"device": "cuda", "precision": precision})
+                else:
+                    runs.append({"device": "cpu"})
+                    if cuda and backend == "torchscript":
+                        runs += [{"device": "cuda"}, {"device": "cuda", "fp16": True}]
+                for run in runs:
+                    device = run["device"]
+                    options = {k: v for k, v in run.items() if k != "device"}
+                    engine = create_engine(path, backend, device, **options)
+                    result: ParityResult = check_parity(key, engine, reference, slices, real)
+                    parity.append(result.to_json())
+                artifacts[key] = {"file": path.name, "format": backend, "precision": precision,
+                                  "sha256": sha256_file(path), "size": path.stat().st_size}
+            spatial = ["N", 1, size[0], size[1]]
+            records[name] = {
+                "kind": kinds[name],
+                "architecture": str(info.get("architecture", type(net).__name__)),
+                "num_outputs": classes,
+                "input_shape": spatial,
+                "output_shape": ["N", classes, size[0], size[1]] if kinds[name] == "segmentation" else ["N", classes],
+                "artifacts": artifacts,
+                "parity": parity,
+                "training": dict(info.get("training", {})),
+                "metrics": dict(info.get("metrics", {})),
+                **extra,
+            }
+        skipped = {}
+        if "tensorrt" in formats and trt_missing is not None:
+            skipped["tensorrt"] = trt_missing
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "labels": {str(k): v for k, v in LABEL_NAMES.items()},
+            "regions": {str(k): v for k, v in REGION_NAMES.items()},
+            "classifier": classifiers[0] if classifiers else None,
+            "routing": {str(k): v for k, v in sorted(routing.items())},
+            "preprocessing": preprocessing.to_json(),
+            "models": records,
+            "skipped": skipped,
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.chmod(staging, 0o755)  # mkdtemp makes the directory private; a bundle is meant to be shared
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained network from a checkpoint file written by the trainer.
+
+    The checkpoint is a ``torch.save``-d dict: ``model`` (a name of `export.models.get_model`),
+    ``model_kwargs`` (its builder arguments), ``state_dict``, and optionally ``kind``
+    ("segmentation" for "unet", else "classifier" by default), ``config`` and ``metrics``.
+
+    Returns
+    -------
+    (network in eval mode, info dict for `build_bundle`)
+    """
+    from export.models import get_model
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise BundleError(f"{path}: cannot be read as a torch checkpoint ({exc})") from exc
+    missing = [k for k in ("model", "state_dict") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise BundleError(f"{path}: checkpoint lacks {missing}; expected a dict with 'model', 'model_kwargs', 'state_dict'")
+    kwargs = dict(ckpt.get("model_kwargs", {}))
+    net = get_model(ckpt["model"], **kwargs)
+    net.load_state_dict(ckpt["state_dict"])
+    kind = ckpt.get("kind", "segmentation" if ckpt["model"] == "unet" else "classifier")
+    args = ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
+    info = {"kind": kind, "architecture": f"{ckpt['model']}({args})", "training": ckpt.get("config", {}),
+            "metrics": ckpt.get("metrics", {}), "checkpoint": str(path)}
+    return net.eval(), info
+
+
+def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise InputError(f"'{what}' entries must be KEY=VALUE, got {value!r}")
+        out[key] = rest
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m export.bundle``: checkpoints in, verified bundle directory out."""
+    parser = argparse.ArgumentParser(prog="python -m export.bundle", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", nargs="+", required=True, metavar="NAME=PATH",
+                        help="trained checkpoints by model name (e.g. baseline=, base=, middle=, apex=, classifier=)")
+    parser.add_argument("--routing", nargs="*", default=None, metavar="REGION=NAME",
+                        help="region code -> model; default: 0 baseline, 1 base, 2 middle, 3 apex, "
+                             "each falling back to baseline when absent")
+    parser.add_argument("--target-spacing", nargs=2, type=float, default=(1.5625, 1.5625), metavar=("DY", "DX"))
+    parser.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
+    parser.add_argument("--normalization", default="robust_zscore")
+    parser.add_argument("--examples", type=Path, default=None, help=".npy float32 (N, 1, H, W) real normalised slices for parity")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
+    args = parser.parse_args(argv)
+    try:
+        models = {name: load_checkpoint(path) for name, path in _pairs(args.checkpoints, "--checkpoints").items()}
+        if args.routing is not None:
+            routing = {int(k): v for k, v in _pairs(args.routing, "--routing").items()}
+        else:
+            fallback = "baseline" if "baseline" in models else None
+            routing = {code: name if name in models else fallback for code, name in
+                       ((0, "baseline"), (1, "base"), (2, "middle"), (3, "apex"))}
+            routing = {k: v for k, v in routing.items() if v is not None}
+        examples = np.load(args.examples) if args.examples else None
+        path = build_bundle(models, routing, Preprocessing(tuple(args.target_spacing), tuple(args.size), args.normalization),
+                            args.output, examples, args.formats, max_batch=args.max_batch, overwrite=args.overwrite)
+    except (cmrsdk.CmrError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    for name, record in manifest["models"].items():
+        for p in record["parity"]:
+            print(f"{name:>12} {p['artifact']:>14} {p['device']:>4} {p['precision']}: max|dp| {p['max_abs_diff']:.2e}, "
+                  f"argmax agreement {p['argmax_agreement']:.5f}")
+    for fmt, why in manifest["skipped"].items():
+        print(f"skipped {fmt}: {why}")
+    print(f"bundle written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

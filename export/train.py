@@ -1,0 +1,490 @@
+"""Train a segmentation U-Net or a slice-region classifier from a TOML configuration.
+
+Command line::
+
+    python -m export.train CONFIG [--resume] [--max-iterations N] [--out DIR] [--device cpu|cuda]
+    torchrun --nproc_per_node 2 -m export.train CONFIG        # DistributedDataParallel
+
+Every relative path in a configuration is taken from the repository root (the folder above
+``export/``), so the command works from any directory. See ``export/configs/*.toml`` and
+``export/README.md`` for the keys. Outputs, in the run directory:
+
+- ``last.pt``: checkpoint, written every ``checkpoint_every`` iterations and at the end,
+  atomically (temporary file + rename); ``--resume`` continues from it exactly (model,
+  optimiser, AMP scaler, sampler and augmentation generators).
+- ``log.csv``: iteration, learning rate, mean training loss and seconds per iteration since
+  the previous row, and validation Dice per label (segmentation) or accuracy, weighted and
+  per-class precision / recall (classification) where a validation ran.
+
+Segmentation: Dice + cross-entropy with deep supervision, SGD (Nesterov), polynomial decay,
+random patches with augmentation. Classification: cross-entropy (class-weighted as an
+option), Adam, whole slices with augmentation. On CUDA the forward pass runs in float16
+autocast with a gradient scaler. Under torchrun each process draws ``batch_size /
+world_size`` slices per iteration with its own sampler seed; the gloo backend is used on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+import tomllib
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from cmrsdk.errors import InputError, ReadError
+from cmrsdk.labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
+
+from .augment import AugmentConfig, augment_batch, crop_centres
+from .data import SliceSet, open_cache, synthetic_slices
+from .losses import DeepSupervisionLoss, DiceCELoss
+from .models import get_model
+from .samplers import SliceSampler, region_weights, uniform_weights
+
+__all__ = ["REPO_ROOT", "DEFAULTS", "load_config", "train", "load_trained_model", "main"]
+
+#: the repository root; relative paths in configurations are taken from here.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: every configuration key and its default; a configuration overrides some of them.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "experiment": {"name": "", "task": "segmentation", "seed": 0},
+    "data": {"source": "acdc", "root": "../shared/data/acdc", "cache": "cache/acdc_224", "size": 224,
+             "normalization": "robust_zscore", "test_every": 5, "val_fraction": 0.15, "split_seed": 0,
+             "regions": [0, 1, 2, 3], "synthetic_slices": 64},
+    "model": {"name": "unet", "kwargs": {}},
+    "sampler": {"kind": "uniform", "p_min": 1.0, "p_max": 20.0, "foreground_fraction": 0.33},
+    "train": {"iterations": 1000, "batch_size": 16, "patch": 128, "optimizer": "sgd", "lr": 0.01,
+              "momentum": 0.99, "weight_decay": 3e-5, "poly_power": 0.9, "grad_clip": 12.0,
+              "class_weighted": False, "augment": True, "checkpoint_every": 100, "val_every": 250,
+              "val_max_slices": 600, "val_batch": 16, "threads": 0, "out": ""},
+}
+
+
+def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read a TOML configuration and fill in :data:`DEFAULTS`.
+
+    Raises
+    ------
+    ReadError : the file is missing or not TOML, or names a section or key that does not exist.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ReadError(path, f"cannot be read as a TOML configuration: {exc}") from exc
+    config = {section: dict(values) for section, values in DEFAULTS.items()}
+    for section, values in raw.items():
+        if section not in DEFAULTS or not isinstance(values, dict):
+            raise ReadError(path, f"section [{section}] is unknown, expected one of {sorted(DEFAULTS)}")
+        for key, value in values.items():
+            if key not in DEFAULTS[section]:
+                raise ReadError(path, f"key '{key}' of [{section}] is unknown, expected one of "
+                                      f"{sorted(DEFAULTS[section])}")
+            config[section][key] = value
+    task = config["experiment"]["task"]
+    if task not in ("segmentation", "classification"):
+        raise ReadError(path, f"[experiment] 'task' is {task!r}, expected 'segmentation' or 'classification'")
+    if not config["experiment"]["name"]:
+        config["experiment"]["name"] = path.stem
+    return config
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+# -- distributed ------------------------------------------------------------------------------------
+
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+class _DeepSupervised(nn.Module):
+    """Routes ``forward`` to ``UNet.forward_all`` so DDP's gradient hooks see every output."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.forward_all(x)
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, SliceSet]:
+    """(train, validation) slices, loaded into memory, restricted to the configured regions."""
+    data = config["data"]
+    if data["source"] == "synthetic":
+        slices = synthetic_slices(int(data["synthetic_slices"]), size=int(data["size"]),
+                                  seed=int(config["experiment"]["seed"]))
+        cases = np.unique(slices.cases)
+        val_cases = cases[-max(1, len(cases) // 4):]
+        train_set = slices.select(cases=[c for c in cases if c not in val_cases])
+        val_set = slices.select(cases=val_cases)
+    elif data["source"] == "acdc":
+        kwargs = dict(size=int(data["size"]), normalization=data["normalization"], test_every=int(data["test_every"]),
+                      val_fraction=float(data["val_fraction"]), seed=int(data["split_seed"]))
+        # rank 0 builds the cache; the others wait for it, then read it
+        if rank == 0:
+            slices = open_cache(_resolve(data["root"]), _resolve(data["cache"]), **kwargs)
+        if dist.is_initialized():
+            dist.barrier()
+        if rank != 0:
+            slices = open_cache(_resolve(data["root"]), _resolve(data["cache"]), **kwargs)
+        splits = slices.meta["splits"]
+        train_set, val_set = slices.select(cases=splits["train"]), slices.select(cases=splits["val"])
+    else:
+        raise InputError(f"[data] 'source' is {data['source']!r}, expected 'acdc' or 'synthetic'")
+    if config["experiment"]["task"] == "segmentation":
+        train_set = train_set.select(regions=data["regions"])
+        val_set = val_set.select(regions=data["regions"])
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise InputError(f"[data] 'regions' {data['regions']} leave {len(train_set)} training and "
+                         f"{len(val_set)} validation slices; both must be non-empty")
+    return train_set, val_set
+
+
+def _sampler(config: dict[str, dict[str, Any]], slices: SliceSet, seed: int) -> SliceSampler:
+    spec = config["sampler"]
+    if spec["kind"] == "uniform":
+        weights = uniform_weights(len(slices))
+    elif spec["kind"] == "region":
+        weights = region_weights(slices.regions, slices.positions, p_min=float(spec["p_min"]),
+                                 p_max=float(spec["p_max"]))
+    else:
+        raise InputError(f"[sampler] 'kind' is {spec['kind']!r}, expected 'uniform' or 'region'")
+    fraction = float(spec["foreground_fraction"]) if config["experiment"]["task"] == "segmentation" else 0.0
+    if fraction > 0 and not slices.has_foreground.any():
+        fraction = 0.0  # a non-cardiac-only set has nothing to force
+    return SliceSampler(weights, has_foreground=slices.has_foreground, foreground_fraction=fraction, seed=seed)
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def _predict(model: nn.Module, images: np.ndarray, device: torch.device, batch: int) -> torch.Tensor:
+    """Logits of ``model`` over float32 (N, H, W) slices, on the CPU."""
+    outputs = []
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))[:, None].to(device)
+        with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext():
+            outputs.append(model(x).float().cpu())
+    return torch.cat(outputs)
+
+
+def segmentation_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Dice per structure, pooled over all slices (sum of overlaps / sum of sizes), in [0, 1].
+
+    predicted, target : int64 (N, H, W) labels. A structure absent from both scores NaN.
+    """
+    metrics: dict[str, float] = {}
+    for label in STRUCTURES:
+        p, t = predicted == label, target == label
+        denominator = int(p.sum() + t.sum())
+        metrics[f"dice_{LABEL_NAMES[label]}"] = 2 * int((p & t).sum()) / denominator if denominator else math.nan
+    metrics["dice_mean"] = float(np.nanmean([metrics[f"dice_{LABEL_NAMES[s]}"] for s in STRUCTURES]))
+    return metrics
+
+
+def classification_metrics(predicted: np.ndarray, target: np.ndarray, num_classes: int = 4) -> dict[str, float]:
+    """Accuracy, per-class and support-weighted precision and recall (the paper's averages).
+
+    predicted, target : int (N,) class indices. A class never predicted has precision 0.
+    """
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (target, predicted), 1)
+    support = confusion.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.nan_to_num(np.diag(confusion) / confusion.sum(0))
+        recall = np.nan_to_num(np.diag(confusion) / support)
+    weights = support / max(support.sum(), 1)
+    metrics = {"accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+               "precision": float((precision * weights).sum()), "recall": float((recall * weights).sum())}
+    for c in range(num_classes):
+        metrics[f"precision_{REGION_NAMES.get(c, c)}"] = float(precision[c])
+        metrics[f"recall_{REGION_NAMES.get(c, c)}"] = float(recall[c])
+    return metrics
+
+
+def _validate(task: str, model: nn.Module, val_set: SliceSet, device: torch.device,
+              train: dict[str, Any]) -> dict[str, float]:
+    # a fixed, evenly spaced subset keeps validation cheap and comparable between rows
+    index = np.linspace(0, len(val_set) - 1, min(len(val_set), int(train["val_max_slices"]))).round().astype(int)
+    index = np.unique(index)
+    was_training = model.training
+    model.eval()
+    logits = _predict(model, val_set.images[index], device, int(train["val_batch"]))
+    model.train(was_training)
+    if task == "segmentation":
+        target = torch.from_numpy(np.asarray(val_set.labels[index])).long()
+        metrics = {"loss": float(DiceCELoss()(logits, target))}
+        metrics.update(segmentation_metrics(logits.argmax(1), target))
+    else:
+        target = torch.from_numpy(val_set.regions[index].astype(np.int64))
+        metrics = {"loss": float(F.cross_entropy(logits, target))}
+        metrics.update(classification_metrics(logits.argmax(1).numpy(), target.numpy()))
+    return metrics
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
+
+
+def load_trained_model(path: str | Path, *, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The trained model of a checkpoint, in eval mode, and the checkpoint's metadata.
+
+    Returns
+    -------
+    (model, meta): ``model`` built with ``get_model(meta["model"]["name"], **meta["model"]["kwargs"])``;
+    ``meta`` has "task", "model", "iteration", "config", "preprocessing" (target_spacing (dy, dx)
+    mm, size, normalization) and "metrics" (the last validation).
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ReadError(path, f"cannot be read as a training checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or "model" not in state or "state_dict" not in state:
+        raise ReadError(path, "is not an export.train checkpoint (no 'model' / 'state_dict' entries)")
+    model = get_model(state["model"]["name"], **state["model"]["kwargs"])
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    meta = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer", "scaler", "sampler", "rng")}
+    return model, meta
+
+
+# -- training --------------------------------------------------------------------------------------------
+
+def _log_fields(task: str) -> list[str]:
+    common = ["iteration", "lr", "train_loss", "seconds_per_iteration", "val_loss"]
+    if task == "segmentation":
+        return common + [f"val_dice_{LABEL_NAMES[s]}" for s in STRUCTURES] + ["val_dice_mean"]
+    regions = [REGION_NAMES[r] for r in sorted(REGION_NAMES)]
+    return common + ["val_accuracy", "val_precision", "val_recall"] + \
+        [f"val_{kind}_{r}" for r in regions for kind in ("precision", "recall")]
+
+
+def _open_log(path: Path, fields: list[str], start: int) -> None:
+    """Create the CSV log, or on resume keep only the rows up to iteration ``start``."""
+    rows: list[dict[str, str]] = []
+    if start > 0 and path.is_file():
+        with path.open(newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["iteration"]) <= start]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, resume: bool = False,
+          max_iterations: int | None = None, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Train the model a configuration describes.
+
+    Parameters
+    ----------
+    config : as returned by :func:`load_config`.
+    out : run directory (default: [train] 'out', else ``runs/<experiment name>``).
+    resume : continue from ``out/last.pt`` when it exists.
+    max_iterations : stop after this iteration (the schedule still spans [train] 'iterations'),
+        to run a long schedule in several sittings or for a quick look.
+    device : "cpu" or "cuda".
+    progress : show the tqdm progress bar (rank 0 only).
+
+    Returns
+    -------
+    dict with "iteration" reached, "seconds_per_iteration" (mean of this sitting), "metrics"
+    (last validation) and "checkpoint" path.
+    """
+    from tqdm import tqdm
+
+    experiment, spec = config["experiment"], config["train"]
+    task = experiment["task"]
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"'device' must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("'device' is 'cuda' but torch sees no CUDA device here")
+    torch_device = torch.device(device)
+    rank, world = _distributed(torch_device)
+    if world > 1 and device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch_device = torch.device("cuda", local)
+        torch.cuda.set_device(torch_device)
+    if int(spec["threads"]) > 0:
+        torch.set_num_threads(int(spec["threads"]))
+    seed = int(experiment["seed"])
+    torch.manual_seed(seed + rank)
+    out_dir = _resolve(out or spec["out"] or f"runs/{experiment['name']}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    train_set, val_set = _datasets(config, rank)
+    sampler = _sampler(config, train_set, seed=seed + 1000 * rank)
+    generator = torch.Generator().manual_seed(seed + 1000 * rank + 1)
+    augment = AugmentConfig() if spec["augment"] else AugmentConfig.off()
+
+    model_kwargs = dict(config["model"]["kwargs"])
+    net = get_model(config["model"]["name"], **model_kwargs).to(torch_device)
+    deep = task == "segmentation" and getattr(net, "deep_supervision", False)
+    trainable: nn.Module = _DeepSupervised(net) if deep else net
+    if world > 1:
+        trainable = nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
+    if spec["optimizer"] == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            net.parameters(), lr=float(spec["lr"]), momentum=float(spec["momentum"]), nesterov=True,
+            weight_decay=float(spec["weight_decay"]))
+    elif spec["optimizer"] == "adam":
+        optimizer = torch.optim.Adam(net.parameters(), lr=float(spec["lr"]), weight_decay=float(spec["weight_decay"]))
+    else:
+        raise InputError(f"[train] 'optimizer' is {spec['optimizer']!r}, expected 'sgd' or 'adam'")
+    scaler = torch.amp.GradScaler("cuda", enabled=torch_device.type == "cuda")
+
+    if task == "segmentation":
+        criterion: nn.Module = DeepSupervisionLoss() if deep else DiceCELoss()
+    else:
+        class_weights = None
+        if spec["class_weighted"]:
+            counts = np.bincount(train_set.regions, minlength=4).astype(np.float64)
+            # inverse frequency, normalised to mean 1 (the paper found this hurts; kept to show it)
+            inverse = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
+            class_weights = torch.tensor(inverse / inverse[counts > 0].mean(), dtype=torch.float32, device=torch_device)
+        criterion = nn.CrossEntropyLoss(weight=class_weights)
+
+    iterations = int(spec["iterations"])
+    stop = min(iterations, int(max_iterations)) if max_iterations is not None else iterations
+    checkpoint = out_dir / "last.pt"
+    start, metrics = 0, {}
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=torch_device, weights_only=False)
+        net.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"][min(rank, len(state["sampler"]) - 1)])
+        generator.set_state(state["rng"]["augment"][min(rank, len(state["rng"]["augment"]) - 1)])
+        torch.set_rng_state(state["rng"]["torch"])
+        start, metrics = int(state["iteration"]), state.get("metrics", {})
+    fields = _log_fields(task)
+    log_path = out_dir / "log.csv"
+    if rank == 0:
+        _open_log(log_path, fields, start)
+
+    per_rank = max(1, int(spec["batch_size"]) // world)
+    size = train_set.images.shape[1:]
+    patch = (int(spec["patch"]),) * 2 if task == "segmentation" else tuple(size)
+    images_all = torch.from_numpy(np.ascontiguousarray(train_set.images))
+    labels_all = torch.from_numpy(np.ascontiguousarray(train_set.labels))
+    targets_all = torch.from_numpy(train_set.regions.astype(np.int64))
+    amp = torch.autocast("cuda", dtype=torch.float16) if torch_device.type == "cuda" else nullcontext()
+
+    def state_now(iteration: int) -> dict[str, Any]:
+        samplers: list[Any] = [sampler.state_dict()]
+        augment_states: list[Any] = [generator.get_state()]
+        if world > 1:  # every rank's generators, so a resumed DDP run draws what it would have
+            samplers, augment_states = [None] * world, [None] * world
+            dist.all_gather_object(samplers, sampler.state_dict())
+            dist.all_gather_object(augment_states, generator.get_state())
+        return {"task": task, "iteration": iteration, "model": {"name": config["model"]["name"], "kwargs": model_kwargs},
+                "state_dict": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "sampler": samplers, "rng": {"augment": augment_states, "torch": torch.get_rng_state()},
+                "config": config, "metrics": metrics,
+                "preprocessing": {k: train_set.meta.get(k) for k in ("target_spacing", "size", "normalization")}}
+
+    bar = tqdm(total=stop, initial=start, desc=experiment["name"], disable=not progress or rank != 0,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    losses: list[float] = []
+    row_started, sitting_started = time.perf_counter(), time.perf_counter()
+    net.train()
+    for iteration in range(start + 1, stop + 1):
+        lr = float(spec["lr"]) * (1 - (iteration - 1) / iterations) ** float(spec["poly_power"]) \
+            if spec["optimizer"] == "sgd" else float(spec["lr"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = sampler.sample(per_rank)
+        index = torch.from_numpy(batch.indices)
+        labels = labels_all[index]
+        centres = crop_centres(labels, patch, torch.from_numpy(batch.foreground), generator)
+        x, y = augment_batch(images_all[index][:, None].to(torch_device), labels, patch, centres, augment, generator)
+        with amp:
+            outputs = trainable(x)
+            if task == "segmentation":
+                loss = criterion(outputs, y.to(torch_device))
+            else:
+                loss = criterion(outputs.float(), targets_all[index].to(torch_device))
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(net.parameters(), float(spec["grad_clip"]))
+        scaler.step(optimizer)
+        scaler.update()
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
+
+        validate = iteration % int(spec["val_every"]) == 0 or iteration == stop
+        save = validate or iteration % int(spec["checkpoint_every"]) == 0
+        if validate:
+            metrics = _validate(task, net, val_set, torch_device, spec) if rank == 0 else {}
+        if save:
+            seconds = (time.perf_counter() - row_started) / max(len(losses), 1)
+            state = state_now(iteration)
+            if rank == 0:
+                _save_checkpoint(checkpoint, state)
+                row = {"iteration": iteration, "lr": f"{lr:.6g}", "train_loss": f"{np.mean(losses):.5f}",
+                       "seconds_per_iteration": f"{seconds:.4f}"}
+                if validate:
+                    row.update({f"val_{k}": f"{v:.5f}" for k, v in metrics.items() if f"val_{k}" in fields})
+                with log_path.open("a", newline="") as f:
+                    csv.DictWriter(f, fields).writerow(row)
+                if validate:
+                    bar.write(f"[{experiment['name']}] iteration {iteration}: " +
+                              ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_" not in k or "dice" in k))
+            losses, row_started = [], time.perf_counter()
+    bar.close()
+    done = stop - start
+    return {"iteration": stop, "seconds_per_iteration": (time.perf_counter() - sitting_started) / max(done, 1),
+            "metrics": metrics, "checkpoint": str(checkpoint)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``python -m export.train`` command."""
+    parser = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="TOML configuration (export/configs/*.toml)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run directory's last.pt")
+    parser.add_argument("--max-iterations", type=int, default=None, help="stop after this iteration")
+    parser.add_argument("--out", default=None, help="run directory (default: the configuration's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        result = train(load_config(args.config), out=args.out, resume=args.resume, max_iterations=args.max_iterations,
+                       device=args.device, progress=not args.no_progress)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"done: iteration {result['iteration']}, {result['seconds_per_iteration']:.3f} s/iteration, "
+              f"checkpoint {result['checkpoint']}, validation {result['metrics']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""cmrsdk.bundle: verification on load (tamper tests), the manifest's view, lazy shared engines."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cmrsdk.bundle import FORMAT_VERSION, MANIFEST_NAME, Preprocessing, load_bundle, sha256_file  # noqa: E402
+from cmrsdk.engines import backend_missing  # noqa: E402
+from cmrsdk.errors import BackendUnavailableError, BundleError, InputError  # noqa: E402
+from export.bundle import build_bundle  # noqa: E402
+from export.models import unet  # noqa: E402
+
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    torch.manual_seed(3)
+    models = {"baseline": (unet(features=(8, 16, 32)), {"kind": "segmentation", "metrics": {"dice": 0.5}}),
+              "apex": (unet(features=(4, 8, 16)), {"kind": "segmentation"})}
+    return build_bundle(models, {0: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
+                        Preprocessing((1.25, 1.25), SIZE, "robust_zscore"), tmp_path_factory.mktemp("src") / "bundle",
+                        formats=("torchscript", "onnx"))
+
+
+@pytest.fixture()
+def bundle_dir(source: Path, tmp_path: Path) -> Path:
+    """A private copy of the bundle that a test may damage."""
+    return Path(shutil.copytree(source, tmp_path / "bundle"))
+
+
+def _edit_manifest(path: Path, edit) -> None:
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    edit(manifest)
+    (path / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_loaded_bundle_exposes_the_manifest(source: Path):
+    bundle = load_bundle(source)
+    assert bundle.routing == {0: "baseline", 1: "baseline", 2: "baseline", 3: "apex"}
+    assert bundle.preprocessing == Preprocessing((1.25, 1.25), (32, 32), "robust_zscore")
+    assert bundle.labels == {0: "background", 1: "LVBP", 2: "LVM", 3: "RVBP"}
+    assert bundle.regions == {0: "non-cardiac", 1: "base", 2: "middle", 3: "apex"}
+    assert bundle.classifier is None
+    assert sorted(bundle.models) == ["apex", "baseline"]
+    baseline = bundle.models["baseline"]
+    assert baseline.kind == "segmentation" and baseline.num_outputs == 4
+    assert sorted(baseline.artifacts) == ["onnx", "torchscript"]
+    onnx = baseline.artifacts["onnx"]
+    assert onnx.sha256 == sha256_file(onnx.path) and onnx.size == onnx.path.stat().st_size
+    assert baseline.record["metrics"] == {"dice": 0.5}
+    # the manifest file itself is accepted as the path too
+    assert load_bundle(source / MANIFEST_NAME).routing == bundle.routing
+
+
+@pytest.mark.parametrize("artifact", ["baseline.onnx", "apex.pt"])
+def test_a_modified_byte_is_refused_naming_the_file(bundle_dir: Path, artifact: str):
+    path = bundle_dir / artifact
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=rf"{artifact}: sha256 is .*modified"):
+        load_bundle(bundle_dir)
+
+
+def test_a_truncated_file_is_refused_naming_the_file(bundle_dir: Path):
+    path = bundle_dir / "baseline.pt"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(BundleError, match=r"baseline\.pt: size is \d+ bytes.*truncated"):
+        load_bundle(bundle_dir)
+
+
+def test_a_missing_artifact_is_refused_naming_the_file(bundle_dir: Path):
+    (bundle_dir / "apex.onnx").unlink()
+    with pytest.raises(BundleError, match=r"apex\.onnx: the onnx artifact .* is missing"):
+        load_bundle(bundle_dir)
+
+
+def test_a_missing_manifest_or_directory_is_refused(bundle_dir: Path, tmp_path: Path):
+    with pytest.raises(BundleError, match=r"nowhere: not a bundle directory"):
+        load_bundle(tmp_path / "nowhere")
+    (bundle_dir / MANIFEST_NAME).unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json: the bundle manifest is missing"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, 0, "1", True, None])
+def test_a_wrong_format_version_is_refused(bundle_dir: Path, version):
+    _edit_manifest(bundle_dir, lambda m: m.update(format_version=version))
+    with pytest.raises(BundleError, match=rf"manifest\.json: 'format_version' is {version!r}".replace("'", "\\'")):
+        load_bundle(bundle_dir)
+
+
+def test_a_wrong_format_name_is_refused(bundle_dir: Path):
+    _edit_manifest(bundle_dir, lambda m: m.update(format="other"))
+    with pytest.raises(BundleError, match=r"manifest\.json: 'format' is 'other', expected 'cmrsdk-bundle'"):
+        load_bundle(bundle_dir)
+
+
+def test_malformed_json_is_refused(bundle_dir: Path):
+    text = (bundle_dir / MANIFEST_NAME).read_text()
+    (bundle_dir / MANIFEST_NAME).write_text(text[: len(text) // 2])
+    with pytest.raises(BundleError, match=r"manifest\.json: not valid JSON"):
+        load_bundle(bundle_dir)
+    (bundle_dir / MANIFEST_NAME).write_text("[1, 2]")
+    with pytest.raises(BundleError, match=r"manifest\.json: the manifest must be a JSON object, got list"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.pop("routing"), r"'routing' is missing"),
+    (lambda m: m["preprocessing"].update(size=[32]), r"'preprocessing.size' must be two positive ints"),
+    (lambda m: m["preprocessing"].update(target_spacing=[1.0, -1.0]), r"'preprocessing.target_spacing' must be two positive"),
+    (lambda m: m["models"]["apex"].update(kind="detector"), r"'models.apex.kind' is 'detector'"),
+    (lambda m: m["models"]["apex"]["artifacts"]["onnx"].pop("sha256"), r"'models.apex.artifacts.onnx.sha256' is missing"),
+    (lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(size="12"), r"'models.apex.artifacts.onnx.size' has the wrong type str"),
+    (lambda m: m["models"]["apex"]["artifacts"].update(caffe={}), r"unknown key 'caffe'"),
+    (lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(file="../apex.onnx"), r"expected a file name inside the bundle"),
+    (lambda m: m["routing"].update({"3": "ghost"}), r"'routing.3' names 'ghost'"),
+    (lambda m: m["routing"].update({"x": "apex"}), r"'routing' keys must be integer codes"),
+    (lambda m: m["routing"].update({"7": "apex"}), r"'routing' has region code 7"),
+    (lambda m: m.update(classifier="baseline"), r"'classifier' names 'baseline'"),
+])
+def test_malformed_manifest_fields_are_refused(bundle_dir: Path, edit, message: str):
+    _edit_manifest(bundle_dir, edit)
+    with pytest.raises(BundleError, match=r"manifest\.json: .*" + message):
+        load_bundle(bundle_dir)
+
+
+def test_engines_are_made_once_and_shared_between_threads(source: Path):
+    bundle = load_bundle(source)
+    engines: list[object] = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def work(i: int) -> None:
+        barrier.wait()  # all threads ask at once
+        engines[i] = bundle.engine("baseline")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(e is engines[0] for e in engines)
+    assert engines[0].backend == "onnx"  # "auto" on the CPU (see cmrsdk.engines.AUTO_ORDER)
+    assert bundle.engine("baseline", "torchscript") is not engines[0]
+    assert bundle.engine("baseline", "torchscript") is bundle.engine("baseline", "torchscript")
+
+
+def test_engines_of_a_bundle_agree(source: Path):
+    bundle = load_bundle(source)
+    x = np.random.default_rng(5).standard_normal((6, 1, *SIZE)).astype(np.float32)
+    for name in bundle.models:
+        np.testing.assert_allclose(bundle.engine(name, "onnx").run(x), bundle.engine(name, "torchscript").run(x), atol=1e-4, rtol=0)
+
+
+def test_an_artifact_changed_after_loading_is_refused_when_its_engine_is_made(bundle_dir: Path):
+    bundle = load_bundle(bundle_dir)
+    path = bundle_dir / "apex.onnx"
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    with pytest.raises(BundleError, match=r"apex\.onnx: sha256"):
+        bundle.engine("apex", "onnx")
+
+
+def test_engine_selection_errors(source: Path):
+    bundle = load_bundle(source)
+    with pytest.raises(InputError, match=r"'model_name' 'ghost' is not in the bundle .*\['apex', 'baseline'\]"):
+        bundle.engine("ghost")
+    with pytest.raises(InputError, match="'fp16' is not offered by the 'onnx' backend"):
+        bundle.engine("apex", "onnx", fp16=True)
+    with pytest.raises(InputError, match="'backend' must be .*'mxnet'"):
+        bundle.engine("apex", "mxnet")
+    with pytest.raises(BackendUnavailableError, match=r"no engine for model 'apex' on device 'cpu'.*no 'tensorrt-fp32' artifact"):
+        bundle.engine("apex", "tensorrt")
+    if backend_missing("torchscript", "cuda") is not None and backend_missing("onnx", "cuda") is not None:
+        with pytest.raises(BackendUnavailableError, match="device 'cuda'.*tensorrt.*torchscript: no CUDA GPU.*onnxruntime-gpu"):
+            bundle.engine("apex", device="cuda")

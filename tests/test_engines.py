@@ -1,0 +1,204 @@
+"""cmrsdk.engines: every engine this machine can run gives the eager model's probabilities.
+
+The reference is the eager PyTorch model run in float64 (independent of every backend); the
+artifacts come from export.bundle.build_bundle, so this also covers the export wrapper.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from cmrsdk.bundle import Preprocessing, load_bundle  # noqa: E402
+from cmrsdk.engines import (AUTO_ORDER, Engine, available_backends, backend_missing,  # noqa: E402
+                            create_engine)
+from cmrsdk.errors import BackendUnavailableError, BundleError, InputError  # noqa: E402
+from export.bundle import ProbabilityModel, build_bundle  # noqa: E402
+from export.models import unet  # noqa: E402
+from export.parity import FP32_MAX_ABS_DIFF, eager_probabilities  # noqa: E402
+
+SIZE = (32, 32)
+
+
+class TinyClassifier(nn.Module):
+    """A small region classifier: (N, 1, H, W) -> (N, 4) logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+def _engine_cases() -> list[tuple[str, str, dict]]:
+    cases = [(b, "cpu", {}) for b in available_backends("cpu")]
+    for backend in available_backends("cuda"):
+        cases.append((backend, "cuda", {}))
+        if backend == "torchscript":
+            cases += [(backend, "cuda", {"fp16": True}), (backend, "cuda", {"cuda_graphs": True})]
+    return cases
+
+
+CASES = _engine_cases()
+IDS = [f"{b}-{d}-{'-'.join(o) or 'fp32'}" for b, d, o in CASES]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    torch.manual_seed(0)
+    seg = unet(features=(8, 16, 32))
+    cls = TinyClassifier()
+    path = build_bundle({"seg": (seg, {"kind": "segmentation"}), "cls": (cls, {"kind": "classifier"})}, {0: "seg"},
+                        Preprocessing((1.5, 1.5), SIZE, "robust_zscore"), tmp_path_factory.mktemp("b") / "bundle",
+                        formats=("torchscript", "onnx", "tensorrt"), max_batch=32)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((32, 1, *SIZE)).astype(np.float32)
+    refs = {name: eager_probabilities(ProbabilityModel(net).eval(), x) for name, net in (("seg", seg), ("cls", cls))}
+    return load_bundle(path), x, refs
+
+
+def _artifact(bundle, model: str, backend: str, precision: str = "fp32"):
+    key = backend if backend != "tensorrt" else f"tensorrt-{precision}"
+    return bundle.models[model].artifacts[key].path
+
+
+@pytest.mark.parametrize(("backend", "device", "options"), CASES, ids=IDS)
+@pytest.mark.parametrize("model", ["seg", "cls"])
+def test_engine_matches_eager_for_batch_sizes_1_to_32(built, backend, device, options, model):
+    bundle, x, refs = built
+    engine = create_engine(_artifact(bundle, model, backend), backend, device, **options)
+    assert isinstance(engine, Engine) and engine.backend == backend
+    ref = refs[model]
+    fp16 = options.get("fp16", False)
+    for n in range(1, 33):
+        out = engine.run(x[:n])
+        assert out.dtype == np.float32 and out.shape == ref[:n].shape
+        if fp16:
+            agreement = np.mean(np.argmax(out, 1) == np.argmax(ref[:n], 1))
+            assert agreement >= 0.999, (n, agreement)
+        else:
+            np.testing.assert_allclose(out, ref[:n], atol=FP32_MAX_ABS_DIFF, rtol=0)
+    # probabilities: non-negative and summing to one over the class axis
+    np.testing.assert_allclose(engine.run(x).sum(axis=1), 1.0, atol=1e-3 if fp16 else 1e-5)
+
+
+@pytest.mark.parametrize(("backend", "device", "options"), CASES, ids=IDS)
+def test_empty_batch_returns_empty_probabilities(built, backend, device, options):
+    bundle, _, _ = built
+    seg = create_engine(_artifact(bundle, "seg", backend), backend, device, **options)
+    cls = create_engine(_artifact(bundle, "cls", backend), backend, device, **options)
+    empty = np.zeros((0, 1, *SIZE), dtype=np.float32)
+    assert seg.run(empty).shape == (0, 4, *SIZE)
+    assert cls.run(empty).shape == (0, 4)
+    assert seg.run(empty).dtype == np.float32
+
+
+@pytest.mark.parametrize(("backend", "device", "options"), CASES, ids=IDS)
+def test_run_is_safe_from_several_threads(built, backend, device, options):
+    bundle, x, _ = built
+    engine = create_engine(_artifact(bundle, "seg", backend), backend, device, **options)
+    expected = [engine.run(x[i:i + 4]) for i in range(0, 32, 4)]
+    results: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        results[i] = engine.run(x[4 * i:4 * i + 4])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(8):
+        np.testing.assert_array_equal(results[i], expected[i])
+
+
+def test_bad_batches_are_refused(built):
+    bundle, x, _ = built
+    engine = create_engine(_artifact(bundle, "seg", "onnx"))
+    with pytest.raises(InputError, match="dtype must be float32.*float64"):
+        engine.run(x.astype(np.float64))
+    with pytest.raises(InputError, match=r"shape \(N, 1, H, W\).*\(32, 32\)"):
+        engine.run(x[0, 0])
+    with pytest.raises(InputError, match=r"\(2, 2, 32, 32\)"):
+        engine.run(np.zeros((2, 2, *SIZE), np.float32))
+    with pytest.raises(InputError, match="numpy array.*list"):
+        engine.run([[0.0]])
+
+
+def test_auto_backend_comes_from_the_suffix(built, tmp_path):
+    bundle, x, refs = built
+    assert create_engine(_artifact(bundle, "seg", "onnx")).backend == "onnx"
+    assert create_engine(_artifact(bundle, "seg", "torchscript")).backend == "torchscript"
+    odd = tmp_path / "model.bin"
+    odd.write_bytes(b"\0")
+    with pytest.raises(InputError, match=r"model\.bin.*suffix"):
+        create_engine(odd)
+    with pytest.raises(InputError, match="'backend' must be.*'caffe'"):
+        create_engine(_artifact(bundle, "seg", "onnx"), "caffe")
+    with pytest.raises(InputError, match="'device' must be.*'tpu'"):
+        create_engine(_artifact(bundle, "seg", "onnx"), device="tpu")
+    with pytest.raises(InputError, match="does not accept the options.*'fp16'"):
+        create_engine(_artifact(bundle, "seg", "onnx"), fp16=True)
+
+
+def test_an_artifact_of_another_format_is_a_bundle_error(built):
+    bundle, _, _ = built
+    with pytest.raises(BundleError, match=r"seg\.pt.*ONNX"):
+        create_engine(_artifact(bundle, "seg", "torchscript"), "onnx")
+    with pytest.raises(BundleError, match=r"seg\.onnx.*TorchScript"):
+        create_engine(_artifact(bundle, "seg", "onnx"), "torchscript")
+
+
+def test_onnx_options(built):
+    bundle, x, refs = built
+    path = _artifact(bundle, "seg", "onnx")
+    engine = create_engine(path, intra_op_threads=1, inter_op_threads=1, optimization="disable")
+    np.testing.assert_allclose(engine.run(x[:5]), refs["seg"][:5], atol=FP32_MAX_ABS_DIFF, rtol=0)
+    with pytest.raises(InputError, match="'optimization'.*'max'"):
+        create_engine(path, optimization="max")
+    with pytest.raises(InputError, match="'intra_op_threads'.*0"):
+        create_engine(path, intra_op_threads=0)
+
+
+def test_torchscript_cpu_refuses_cuda_only_options(built):
+    bundle, _, _ = built
+    path = _artifact(bundle, "seg", "torchscript")
+    with pytest.raises(InputError, match="'fp16'.*'cuda' only"):
+        create_engine(path, "torchscript", "cpu", fp16=True)
+    with pytest.raises(InputError, match="'cuda_graphs'.*'cuda' only"):
+        create_engine(path, "torchscript", "cpu", cuda_graphs=True)
+
+
+def test_backends_report_what_is_missing(built, tmp_path):
+    assert available_backends("cpu") == AUTO_ORDER["cpu"]  # onnxruntime and torch are installed here
+    assert backend_missing("tensorrt", "cpu") == "TensorRT runs on device 'cuda' only"
+    fake = tmp_path / "m.ep"
+    fake.write_bytes(b"x")
+    if backend_missing("tensorrt", "cuda") is not None:
+        with pytest.raises(BackendUnavailableError, match="tensorrt.*(torch-tensorrt is not installed|no CUDA GPU)"):
+            create_engine(fake, device="cuda")
+    with pytest.raises(BackendUnavailableError, match="'tensorrt' on device 'cpu'.*'cuda' only"):
+        create_engine(fake, "tensorrt", "cpu")
+    if not torch.cuda.is_available():
+        assert available_backends("cuda") == ()
+        bundle, _, _ = built
+        with pytest.raises(BackendUnavailableError, match="no CUDA GPU"):
+            create_engine(_artifact(bundle, "seg", "torchscript"), device="cuda")
+    if backend_missing("onnx", "cuda") is not None:
+        with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
+            create_engine(built[0].models["seg"].artifacts["onnx"].path, device="cuda")
+
+
+def test_importing_the_runtime_does_not_import_torch():
+    code = ("import sys, cmrsdk, cmrsdk.engines, cmrsdk.bundle, cmrsdk.engines.onnx; "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'torch_tensorrt') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

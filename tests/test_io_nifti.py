@@ -1,0 +1,161 @@
+"""NIfTI readers: geometry against nibabel, label conventions, the shared cases, bad input."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cmrsdk.errors import ReadError
+from cmrsdk.io import read_acdc_patient, read_mnms_subject, read_nifti_stack
+
+
+def _affine_xyz() -> np.ndarray:
+    """An oblique RAS+ affine with voxel sizes (1.25, 1.5, 8) mm along (i, j, k)."""
+    rng = np.random.default_rng(3)
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * np.array([1.25, 1.5, 8.0])
+    affine[:3, 3] = [10.0, -20.0, 35.0]
+    return affine
+
+
+def _save(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    nib.save(nib.Nifti1Image(data, _affine_xyz() if affine is None else affine), str(path))
+    return path
+
+
+def test_plain_stack_geometry_matches_nibabel(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data_xyz = rng.integers(-100, 900, size=(20, 16, 6)).astype(np.int16)
+    labels_xyz = rng.integers(0, 4, size=(20, 16, 6)).astype(np.float64)  # M&Ms stores floats
+    image = _save(tmp_path / "img.nii.gz", data_xyz)
+    label = _save(tmp_path / "lab.nii.gz", labels_xyz)
+    stack = read_nifti_stack(image, label, convention="acdc", phase="ED")
+    assert stack.shape == (6, 16, 20) and stack.pixels.dtype == np.float32 and stack.phase == "ED"
+    np.testing.assert_array_equal(stack.pixels, data_xyz.transpose(2, 1, 0).astype(np.float32))
+    np.testing.assert_allclose(stack.spacing, (8.0, 1.5, 1.25), rtol=1e-6)
+    # voxel (z, y, x) of the stack lands where nibabel puts voxel (x, y, z)
+    rng_index = rng.integers(0, [6, 16, 20], size=(10, 3))
+    for z, y, x in rng_index:
+        np.testing.assert_allclose(stack.affine @ [z, y, x, 1], _affine_xyz() @ [x, y, z, 1], atol=1e-5)
+    # ACDC 1 RV, 2 MYO, 3 LV -> canonical 3, 2, 1
+    expected = np.array([0, 3, 2, 1], dtype=np.uint8)[labels_xyz.astype(int).transpose(2, 1, 0)]
+    np.testing.assert_array_equal(stack.labels, expected)
+    # slice positions: consecutive slices dz apart along the normal
+    np.testing.assert_allclose(np.abs(np.diff(stack.slice_positions)), 8.0, rtol=1e-5)
+
+
+def test_unit_sform_is_rescaled_to_pixdim(tmp_path: Path) -> None:
+    """ACDC files carry a unit-length sform with pixdim 1.5625 x 1.5625 x 10: spacing wins."""
+    image = nib.Nifti1Image(np.zeros((8, 6, 3), dtype=np.int16), np.diag([-1.0, -1.0, 1.0, 1.0]))
+    image.header.set_zooms((1.5625, 1.5625, 10.0))
+    image.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=2)
+    nib.save(image, str(tmp_path / "acdc.nii.gz"))
+    stack = read_nifti_stack(tmp_path / "acdc.nii.gz")
+    np.testing.assert_allclose(stack.affine[:3, :3], [[0, 0, -1.5625], [0, -1.5625, 0], [10, 0, 0]])
+    assert stack.spacing == (10.0, 1.5625, 1.5625)
+
+
+def test_acdc_patient_001(shared_data: Path) -> None:
+    folder = shared_data / "acdc" / "training" / "patient001"
+    study = read_acdc_patient(folder)
+    assert (study.ed_index, study.es_index) == (0, 1)
+    assert study.info.patient_id == "patient001" and study.info.group == "DCM"
+    assert study.info.height_cm == 184.0 and study.info.weight_kg == 95.0
+    raw = np.asarray(nib.load(str(folder / "patient001_frame12_gt.nii.gz")).dataobj)
+    es = study.es
+    assert es.shape == raw.shape[::-1] == (10, 256, 216) and es.phase == "ES"
+    assert es.spacing == (10.0, 1.5625, 1.5625)
+    for stored, canonical in [(1, 3), (2, 2), (3, 1)]:
+        assert np.count_nonzero(es.labels == canonical) == np.count_nonzero(raw == stored) > 0
+    np.testing.assert_allclose(es.slice_positions, np.arange(10) * 10.0)
+
+
+def test_every_shared_nifti_case_reads(shared_data: Path) -> None:
+    for folder in sorted((shared_data / "acdc" / "training").glob("patient*")):
+        study = read_acdc_patient(folder)
+        for stack in study.phases:
+            header = nib.load(stack.source).header
+            assert stack.shape == header.get_data_shape()[::-1]
+            np.testing.assert_allclose(stack.spacing, header.get_zooms()[::-1], rtol=1e-6)
+            np.testing.assert_allclose(np.linalg.norm(stack.affine[:3, :3], axis=0), stack.spacing, rtol=1e-6)
+            assert stack.labels is not None and set(np.unique(stack.labels)) == {0, 1, 2, 3}, folder.name
+    for folder in sorted(p for p in (shared_data / "mnms").iterdir() if p.is_dir()):
+        study = read_mnms_subject(folder)
+        assert study.info.manufacturer in {"Siemens", "Philips"}
+        for stack in study.phases:
+            image = nib.load(stack.source)
+            np.testing.assert_allclose(stack.affine @ [2, 3, 4, 1], image.affine @ [4, 3, 2, 1], atol=1e-4)
+            assert set(np.unique(stack.labels)) == {0, 1, 2, 3}
+
+
+# --- bad input: each gives a ReadError naming the file and the problem ---------------------------
+
+def test_wrong_number_of_dimensions(tmp_path: Path) -> None:
+    path = _save(tmp_path / "four.nii.gz", np.zeros((4, 4, 3, 2), dtype=np.int16))
+    with pytest.raises(ReadError, match=r"four\.nii\.gz: NIfTI image must be 3-D .* got shape \(4, 4, 3, 2\)"):
+        read_nifti_stack(path)
+
+
+def test_shape_mismatch(tmp_path: Path) -> None:
+    image = _save(tmp_path / "img.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    label = _save(tmp_path / "lab.nii.gz", np.zeros((8, 6, 4), dtype=np.uint8))
+    with pytest.raises(ReadError, match=r"lab\.nii\.gz: label map shape \(8, 6, 4\) .* differs from image img\.nii\.gz shape \(8, 6, 3\)"):
+        read_nifti_stack(image, label)
+
+
+def test_nan_pixels(tmp_path: Path) -> None:
+    data = np.ones((8, 6, 3), dtype=np.float32)
+    data[1, 2, 0] = np.nan
+    with pytest.raises(ReadError, match=r"nan\.nii\.gz: image holds 1 NaN or infinite pixel values"):
+        read_nifti_stack(_save(tmp_path / "nan.nii.gz", data))
+
+
+def test_label_values_outside_convention(tmp_path: Path) -> None:
+    image = _save(tmp_path / "img.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    labels = np.zeros((8, 6, 3), dtype=np.uint8)
+    labels[0, 0, 0] = 4
+    with pytest.raises(ReadError, match=r"lab\.nii\.gz: label values \[4\] are outside the 'mnms' convention"):
+        read_nifti_stack(image, _save(tmp_path / "lab.nii.gz", labels), convention="mnms")
+
+
+def test_non_integral_float_labels(tmp_path: Path) -> None:
+    image = _save(tmp_path / "img.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    labels = np.zeros((8, 6, 3), dtype=np.float32)
+    labels[0, 0, 0] = 1.5
+    with pytest.raises(ReadError, match=r"lab\.nii\.gz: float label map is not integral \(values such as \[1\.5\]\)"):
+        read_nifti_stack(image, _save(tmp_path / "lab.nii.gz", labels))
+
+
+def test_truncated_and_missing_files(tmp_path: Path) -> None:
+    good = _save(tmp_path / "good.nii.gz", np.arange(8 * 6 * 30, dtype=np.float32).reshape(8, 6, 30))
+    blob = gzip.decompress(good.read_bytes())
+    truncated = tmp_path / "cut.nii"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ReadError, match=r"cut\.nii: NIfTI data cannot be read"):
+        read_nifti_stack(truncated)
+    text = tmp_path / "text.nii.gz"
+    text.write_text("not a nifti")
+    with pytest.raises(ReadError, match=r"text\.nii\.gz: not a readable NIfTI file"):
+        read_nifti_stack(text)
+    with pytest.raises(ReadError, match=r"absent\.nii\.gz: no such NIfTI file"):
+        read_nifti_stack(tmp_path / "absent.nii.gz")
+    with pytest.raises(ReadError, match=r"unknown, expected one of \['acdc', 'canonical', 'mnms'\]"):
+        read_nifti_stack(good, convention="kaggle")  # type: ignore[arg-type]
+
+
+def test_acdc_folder_problems(tmp_path: Path) -> None:
+    folder = tmp_path / "patient900"
+    folder.mkdir()
+    with pytest.raises(ReadError, match=r"Info\.cfg: ACDC Info\.cfg not found"):
+        read_acdc_patient(folder)
+    (folder / "Info.cfg").write_text("ED: 1\nES: 7\n")
+    _save(folder / "patient900_frame01.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    with pytest.raises(ReadError, match=r"patient900: ES image patient900_frame07\.nii\.gz \(frame 7 from Info\.cfg\) not found"):
+        read_acdc_patient(folder)
+    (folder / "Info.cfg").write_text("ED: one\n")
+    with pytest.raises(ReadError, match=r"'ED' value 'one' is not a frame number"):
+        read_acdc_patient(folder)
