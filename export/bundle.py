@@ -279,7 +279,7 @@ def build_bundle(
             "models": records,
             "skipped": skipped,
         }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
         os.chmod(staging, 0o755)  # mkdtemp makes the directory private; a bundle is meant to be shared
         if out.exists():
             shutil.rmtree(out)
@@ -291,33 +291,25 @@ def build_bundle(
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained network from a checkpoint file written by the trainer.
-
-    The checkpoint is a ``torch.save``-d dict: ``model`` (a name of `export.models.get_model`),
-    ``model_kwargs`` (its builder arguments), ``state_dict``, and optionally ``kind``
-    ("segmentation" for "unet", else "classifier" by default), ``config`` and ``metrics``.
+    """Rebuild a trained network from an ``export.train`` checkpoint (``last.pt``).
 
     Returns
     -------
-    (network in eval mode, info dict for `build_bundle`)
+    (network in eval mode, info for `build_bundle`): info has ``kind`` ("segmentation" or
+    "classifier", from the checkpoint's task), ``architecture`` (registry name and builder
+    arguments), ``training`` (the run's configuration and iteration), ``metrics`` (its last
+    validation) and ``preprocessing`` (target_spacing, size, normalization as trained).
     """
-    from export.models import get_model
+    from export.train import load_trained_model
 
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise BundleError(f"{path}: cannot be read as a torch checkpoint ({exc})") from exc
-    missing = [k for k in ("model", "state_dict") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise BundleError(f"{path}: checkpoint lacks {missing}; expected a dict with 'model', 'model_kwargs', 'state_dict'")
-    kwargs = dict(ckpt.get("model_kwargs", {}))
-    net = get_model(ckpt["model"], **kwargs)
-    net.load_state_dict(ckpt["state_dict"])
-    kind = ckpt.get("kind", "segmentation" if ckpt["model"] == "unet" else "classifier")
-    args = ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
-    info = {"kind": kind, "architecture": f"{ckpt['model']}({args})", "training": ckpt.get("config", {}),
-            "metrics": ckpt.get("metrics", {}), "checkpoint": str(path)}
-    return net.eval(), info
+    net, meta = load_trained_model(path)
+    spec = meta["model"]
+    args = ", ".join(f"{k}={v!r}" for k, v in sorted(spec.get("kwargs", {}).items()))
+    info = {"kind": "segmentation" if meta.get("task") == "segmentation" else "classifier",
+            "architecture": f"{spec['name']}({args})",
+            "training": {"config": meta.get("config", {}), "iteration": meta.get("iteration"), "checkpoint": str(path)},
+            "metrics": meta.get("metrics", {}), "preprocessing": meta.get("preprocessing") or {}}
+    return net, info
 
 
 def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
@@ -330,6 +322,25 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
+def _preprocessing(args: argparse.Namespace, models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]]) -> Preprocessing:
+    """The bundle's preprocessing: the command-line values, else the one all checkpoints share."""
+    values: dict[str, Any] = {}
+    for key, flag in (("target_spacing", args.target_spacing), ("size", args.size), ("normalization", args.normalization)):
+        if flag is not None:
+            values[key] = tuple(flag) if isinstance(flag, list) else flag
+            continue
+        seen = {name: info.get("preprocessing", {}).get(key) for name, (_, info) in models.items()}
+        found = {json.dumps(v) for v in seen.values() if v is not None}
+        if len(found) != 1:
+            raise InputError(f"'--{key.replace('_', '-')}' is not given and the checkpoints do not agree on one: {seen}")
+        value = json.loads(found.pop())
+        if key == "size" and isinstance(value, int):  # the trainer records a square size as one int
+            value = [value, value]
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return Preprocessing(tuple(float(v) for v in values["target_spacing"]),  # type: ignore[arg-type]
+                         tuple(int(v) for v in values["size"]), str(values["normalization"]))  # type: ignore[arg-type]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m export.bundle``: checkpoints in, verified bundle directory out."""
     parser = argparse.ArgumentParser(prog="python -m export.bundle", description=__doc__.split("\n\n")[0])
@@ -338,9 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--routing", nargs="*", default=None, metavar="REGION=NAME",
                         help="region code -> model; default: 0 baseline, 1 base, 2 middle, 3 apex, "
                              "each falling back to baseline when absent")
-    parser.add_argument("--target-spacing", nargs=2, type=float, default=(1.5625, 1.5625), metavar=("DY", "DX"))
-    parser.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
-    parser.add_argument("--normalization", default="robust_zscore")
+    parser.add_argument("--target-spacing", nargs=2, type=float, default=None, metavar=("DY", "DX"),
+                        help="mm; default: the checkpoints' own (they must agree)")
+    parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                        help="network input size; default: the checkpoints' own")
+    parser.add_argument("--normalization", default=None, help="default: the checkpoints' own")
     parser.add_argument("--examples", type=Path, default=None, help=".npy float32 (N, 1, H, W) real normalised slices for parity")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--max-batch", type=int, default=64)
@@ -357,9 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        ((0, "baseline"), (1, "base"), (2, "middle"), (3, "apex"))}
             routing = {k: v for k, v in routing.items() if v is not None}
         examples = np.load(args.examples) if args.examples else None
-        path = build_bundle(models, routing, Preprocessing(tuple(args.target_spacing), tuple(args.size), args.normalization),
+        path = build_bundle(models, routing, _preprocessing(args, models),
                             args.output, examples, args.formats, max_batch=args.max_batch, overwrite=args.overwrite)
-    except (cmrsdk.CmrError, ValueError) as exc:
+    except (cmrsdk.CmrError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     manifest = json.loads((path / MANIFEST_NAME).read_text())

@@ -30,6 +30,16 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SAX_WORDS = re.compile(r"(^|[^a-z])(sa|sax|short)([^a-z]|$)", re.IGNORECASE)
 
 
+#: MR, enhanced MR, CT and secondary-capture image storage: files of these classes must hold an image.
+_IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.2",
+                      "1.2.840.10008.5.1.4.1.1.7"}
+
+
+def _sop_class(header: Dataset) -> str:
+    meta = getattr(header, "file_meta", None)
+    return str(header.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
+
+
 @dataclass(frozen=True)
 class _Image:
     path: Path
@@ -72,6 +82,9 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
         # pixel data is not read yet (stop_before_pixels): an image is what has a matrix size
         if header.get("Rows") and header.get("Columns"):
             images.append(_Image(file, header))
+        elif _sop_class(header) in _IMAGE_SOP_CLASSES:
+            raise ReadError(file, f"image header ({_sop_class(header)}) lacks 'Rows'/'Columns' (0028,0010)/(0028,0011); "
+                                  "truncated file?")
         else:
             non_images.append(file)
     if not images:
@@ -237,16 +250,16 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     members = [im for im in images if _series_key(im) == chosen]
     _check_consistent(members)
     groups = _group_positions(members)
-    counts = {len(g) for g in groups}
-    if len(counts) != 1:
-        worst = min(groups, key=len)
-        raise ReadError(worst[0].path, f"slice positions hold differing numbers of phases {sorted(counts)} in series {chosen}")
-    n_phases = counts.pop()
     for group in groups:
         times = [_time_of(im) for im in group]
         if len(set(times)) != len(times):
             raise ReadError(group[0].path, f"duplicate slice position: {len(group)} images at the same position "
                                            f"with TriggerTime/InstanceNumber {times} (also {group[1].path.name})")
+    counts = {len(g) for g in groups}
+    if len(counts) != 1:
+        worst = min(groups, key=len)
+        raise ReadError(worst[0].path, f"slice positions hold differing numbers of phases {sorted(counts)} in series {chosen}")
+    n_phases = counts.pop()
 
     first = members[0]
     orientation = _vector(first, "ImageOrientationPatient", "(0020,0037)", 6)

@@ -1,0 +1,89 @@
+"""export.augment and export.losses against direct tensor operations."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export.augment import AugmentConfig, augment_batch, crop_centres, spatial_transform  # noqa: E402
+from export.losses import DeepSupervisionLoss, DiceCELoss, soft_dice_loss  # noqa: E402
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 1, 20, 24, generator=g), torch.randint(0, 4, (3, 20, 24), generator=g)
+
+
+def test_identity_transform_is_an_exact_crop() -> None:
+    images, labels = _batch()
+    # centre (row, col) of a 9 x 10 patch whose pixel (0, 0) is input (2, 5): 2 + 4, 5 + 4.5
+    centres = torch.tensor([[6.0, 9.5]] * 3, dtype=torch.float64)
+    zeros = torch.zeros(3, dtype=torch.float64)
+    out, out_labels = spatial_transform(images, labels, (9, 10), centres, zeros, zeros + 1,
+                                        torch.zeros(3, 2, dtype=torch.bool))
+    torch.testing.assert_close(out, images[:, :, 2:11, 5:15], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_labels, labels[:, 2:11, 5:15].long())
+
+
+def test_mirror_and_quarter_rotation_match_flip_and_rot90() -> None:
+    images, labels = _batch(1)
+    square = images[:, :, :20, 2:22]
+    centres = torch.full((3, 2), 9.5, dtype=torch.float64)
+    zeros = torch.zeros(3, dtype=torch.float64)
+    mirror = torch.tensor([[True, False]] * 3)
+    out, _ = spatial_transform(square, None, (20, 20), centres, zeros, zeros + 1, mirror)
+    torch.testing.assert_close(out, square.flip(2), atol=1e-5, rtol=0)
+    out, out_labels = spatial_transform(square, labels[:, :20, 2:22], (20, 20), centres, zeros + math.pi / 2,
+                                        zeros + 1, torch.zeros(3, 2, dtype=torch.bool))
+    # output (r, c) reads input (r, c) rotated by +90 degrees about the centre in (x, y)
+    expected = torch.rot90(square, k=1, dims=(2, 3))
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out_labels, torch.rot90(labels[:, :20, 2:22], k=1, dims=(1, 2)).long())
+
+
+def test_forced_foreground_crops_are_centred_on_foreground() -> None:
+    labels = torch.zeros(4, 32, 32, dtype=torch.uint8)
+    labels[:, 28:30, 1:3] = 2
+    g = torch.Generator().manual_seed(0)
+    centres = crop_centres(labels, (16, 16), torch.tensor([True, True, False, False]), g)
+    for row, col in centres[:2].tolist():
+        assert labels[0, int(row), int(col)] == 2
+    # random centres keep the whole patch inside the slice
+    assert torch.all((centres[2:] >= 7.5) & (centres[2:] <= 32 - 1 - 7.5))
+
+
+def test_augment_is_seeded_and_off_is_a_crop() -> None:
+    images, labels = _batch(2)
+    centres = torch.tensor([[9.5, 11.5]] * 3, dtype=torch.float64)
+    a = augment_batch(images, labels, (16, 16), centres, AugmentConfig(p_gamma=1, p_noise=1),
+                      torch.Generator().manual_seed(3))
+    b = augment_batch(images, labels, (16, 16), centres, AugmentConfig(p_gamma=1, p_noise=1),
+                      torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a[0], b[0])
+    assert not torch.allclose(a[0], images[:, :, 2:18, 4:20])
+    off = augment_batch(images, labels, (16, 16), centres, AugmentConfig.off(), torch.Generator().manual_seed(3))
+    torch.testing.assert_close(off[0], images[:, :, 2:18, 4:20], atol=1e-5, rtol=0)
+
+
+def test_dice_loss_matches_a_numpy_reference_and_is_zero_when_perfect() -> None:
+    g = torch.Generator().manual_seed(4)
+    logits, target = torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 4, (2, 8, 8), generator=g)
+    p = torch.softmax(logits, 1).numpy()
+    t = np.eye(4)[target.numpy()].transpose(0, 3, 1, 2)
+    dice = (2 * (p * t).sum((0, 2, 3)) + 1e-5) / (p.sum((0, 2, 3)) + t.sum((0, 2, 3)) + 1e-5)
+    assert float(soft_dice_loss(logits, target)) == pytest.approx(1 - dice[1:].mean(), rel=1e-5)
+    perfect = 100.0 * torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float()
+    assert float(DiceCELoss()(perfect, target)) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_deep_supervision_weights_halve() -> None:
+    g = torch.Generator().manual_seed(5)
+    target = torch.randint(0, 4, (2, 8, 8), generator=g)
+    outputs = [torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 4, 4, generator=g)]
+    loss = DeepSupervisionLoss()(outputs, target)
+    single = DiceCELoss()
+    expected = (2 / 3) * single(outputs[0], target) + (1 / 3) * single(outputs[1], target[:, ::2, ::2])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)

@@ -1,0 +1,320 @@
+"""cmrsdk.preprocess against independent references (scipy.ndimage, skimage, numpy, torch).
+
+Tolerances: orders 0 exact; orders 1 and 3 within 1e-5 of the input's magnitude (the kernels
+compute in float32, scipy in float64); normalisation within 1e-5 (float32 output).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from cmrsdk import preprocess as pp
+from cmrsdk._normalize import percentiles
+from cmrsdk.errors import InputError
+
+DTYPES = [np.uint8, np.int16, np.uint16, np.float32, np.float64]
+
+
+def random_stack(rng: np.random.Generator, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    if np.dtype(dtype).kind == "f":
+        return (rng.normal(size=shape) * 300).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -3000), min(info.max, 3000), size=shape, endpoint=True).astype(dtype)
+
+
+def zoom_reference(pixels: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+    """scipy.ndimage.zoom slice by slice, in float64 (the documented reference)."""
+    factors = (shape[0] / pixels.shape[1], shape[1] / pixels.shape[2])
+    out = np.zeros((pixels.shape[0], *shape))
+    for z, s in enumerate(pixels.astype(np.float64)):
+        out[z] = ndi.zoom(s, factors, order=order, mode="mirror", grid_mode=True)
+    return out
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("memory", ["C", "F"])
+def test_resample_matches_scipy_zoom(order: int, dtype: type, memory: str) -> None:
+    rng = np.random.default_rng(1000 + order)
+    cases = [((3, 37, 23), (50, 17)), ((2, 1, 9), (4, 20)), ((1, 2, 2), (7, 5)), ((2, 64, 61), (64, 90))]
+    for shape, out_shape in cases:
+        pixels = np.asarray(random_stack(rng, shape, dtype), order=memory)
+        got = pp.resample_stack(pixels, (1.0, 1.0), shape=out_shape, order=order, threads=2)
+        ref = zoom_reference(pixels, out_shape, order)
+        assert got.dtype == np.float32 and got.shape == (shape[0], *out_shape)
+        scale = max(1.0, float(np.abs(pixels.astype(np.float64)).max()))
+        tolerance = 0.0 if order == 0 else 1e-5 * scale
+        np.testing.assert_allclose(got, ref, rtol=0, atol=tolerance, err_msg=f"{shape} -> {out_shape}")
+
+
+def test_resample_order3_matches_skimage_resize() -> None:
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(7)
+    pixels = random_stack(rng, (2, 48, 40), np.int16)
+    got = pp.resample_stack(pixels, (1.5, 1.4), target_spacing=(1.25, 1.25), order=3, threads=1)
+    ref = resize(pixels.astype(np.float64), got.shape, order=3, mode="reflect", anti_aliasing=False, preserve_range=True)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * 3000)
+
+
+def test_resample_shapes_spacing_and_empty() -> None:
+    assert pp.resampled_shape((256, 216), (1.5, 1.5), (1.25, 1.25)) == (307, 259)
+    assert pp.resampled_shape((3, 3), (0.1, 0.1), (10.0, 10.0)) == (1, 1)
+    empty = pp.resample_stack(np.zeros((0, 5, 6), np.int16), (1.0, 1.0), shape=(8, 9))
+    assert empty.shape == (0, 8, 9) and empty.dtype == np.float32
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_resample_analytic_cases(order: int) -> None:
+    rng = np.random.default_rng(11)
+    pixels = rng.normal(size=(3, 31, 17)).astype(np.float32)
+    identity = pp.resample_stack(pixels, (1.2, 0.8), target_spacing=(1.2, 0.8), order=order)
+    np.testing.assert_array_equal(identity, pixels)
+    constant = pp.resample_stack(np.full((2, 13, 9), 417, np.uint16), (1.0, 1.0), shape=(40, 3), order=order)
+    np.testing.assert_allclose(constant, 417.0, rtol=1e-6)
+    if order == 3:
+        # There and back on a smooth image: cubic splines reproduce it closely.
+        yy, xx = np.mgrid[0:64, 0:48] / 64.0
+        smooth = np.sin(2 * np.pi * yy)[None] * np.cos(2 * np.pi * xx)[None] * 100
+        up = pp.resample_stack(smooth, (1.0, 1.0), shape=(128, 96), order=3)
+        back = pp.resample_stack(up, (0.5, 0.5), shape=(64, 48), order=3)
+        assert np.abs(back - smooth).max() < 0.5  # 0.5 % of the amplitude
+
+
+def test_resample_labels_nearest_and_linear() -> None:
+    rng = np.random.default_rng(3)
+    labels = ndi.zoom(rng.integers(0, 4, size=(2, 8, 7)), (1, 4, 4), order=0).astype(np.uint8)
+    nearest = pp.resample_labels(labels, (1.0, 1.0), shape=(45, 19), method="nearest")
+    np.testing.assert_array_equal(nearest, zoom_reference(labels, (45, 19), 0).astype(np.uint8))
+    linear = pp.resample_labels(labels, (1.0, 1.0), shape=(45, 19), method="linear")
+    scores = np.stack([zoom_reference((labels == v).astype(np.uint8), (45, 19), 1) for v in range(4)])
+    margin = np.sort(scores, axis=0)[-1] - np.sort(scores, axis=0)[-2]
+    decided = margin > 1e-5  # exact ties are decided towards the lower label by both; near-ties by rounding
+    assert decided.mean() > 0.9
+    np.testing.assert_array_equal(linear[decided], scores.argmax(axis=0)[decided])
+    assert linear.dtype == np.uint8
+
+
+def numpy_robust(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    values = x[mask] if mask is not None else x.ravel()
+    lo, hi = np.percentile(values.astype(np.float64), [0.5, 99.5])
+    clipped = np.clip(values.astype(np.float64), lo, hi)
+    return (np.clip(x.astype(np.float64), lo, hi) - clipped.mean()) / max(clipped.std(), 1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_normalize_matches_numpy(dtype: type, use_mask: bool) -> None:
+    rng = np.random.default_rng(21)
+    x = np.asfortranarray(random_stack(rng, (3, 90, 70), dtype))
+    mask = (rng.random(x.shape) < 0.3) if use_mask else None
+    values = (x[mask] if mask is not None else x).astype(np.float64)
+    refs = {
+        "zscore": (x - values.mean()) / values.std(),
+        "robust_zscore": numpy_robust(x, mask),
+        "minmax": (x - values.min()) / (values.max() - values.min()),
+    }
+    for method, ref in refs.items():
+        got = pp.normalize(x, method, mask=mask, threads=2)
+        assert got.dtype == np.float32 and got.shape == x.shape
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * max(1.0, np.abs(ref).max()), err_msg=method)
+
+
+def test_normalize_constant_and_empty() -> None:
+    np.testing.assert_array_equal(pp.normalize(np.full((2, 3, 4), 5.0), "zscore"), 0.0)
+    np.testing.assert_array_equal(pp.normalize(np.full((2, 3, 4), 5, np.uint8), "minmax"), 0.0)
+    assert pp.normalize(np.zeros((0, 4, 4), np.float32)).shape == (0, 4, 4)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 65537, 300_000])
+def test_percentiles_by_selection_equal_numpy(n: int) -> None:
+    rng = np.random.default_rng(n)
+    cases = [
+        rng.normal(size=n).astype(np.float32),
+        rng.integers(0, 3, size=n).astype(np.float32),  # heavy ties
+        np.sort(rng.exponential(size=n)).astype(np.float32)[::-1].copy(),  # sorted, skewed
+    ]
+    for x in cases:
+        for lower, upper in [(0.5, 99.5), (0.0, 100.0), (25.0, 75.0)]:
+            got = percentiles(x, None, lower, upper)
+            np.testing.assert_allclose(got, np.percentile(x.astype(np.float64), [lower, upper]), rtol=1e-6, atol=1e-6)
+        mask = (rng.random(n) < 0.5).astype(np.uint8)
+        if mask.any():
+            got = percentiles(x, mask, 0.5, 99.5)
+            np.testing.assert_allclose(got, np.percentile(x[mask.astype(bool)], [0.5, 99.5]), rtol=1e-6, atol=1e-6)
+
+
+def test_crop_or_pad_offsets() -> None:
+    stack = np.arange(2 * 6 * 8, dtype=np.float32).reshape(2, 6, 8)
+    window, offset = pp.crop_or_pad(stack, (4, 4))
+    assert offset == (1, 2)
+    np.testing.assert_array_equal(window, stack[:, 1:5, 2:6])
+    window, offset = pp.crop_or_pad(stack, (8, 4), centre=(0.0, 7.0), fill=-1.0)
+    assert offset == (-4, 5)
+    np.testing.assert_array_equal(window[:, 4:7, 0:3], stack[:, 0:3, 5:8])
+    assert (window[:, :4] == -1).all() and (window[:, :, 3] == -1).all()
+    labels, _ = pp.crop_or_pad(np.ones((1, 3, 3), np.uint8), (5, 5))
+    assert labels.dtype == np.uint8 and labels.sum() == 9
+
+
+def argmax_reference(prob: np.ndarray, t: pp.SliceTransform) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and top-2 margins by numpy in float64: bilinear at window coordinates, clamped."""
+    def axis(n: int, r: int, o: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        c = (np.arange(n) + 0.5) * r / n - 0.5 - o
+        inside = (c >= -0.5) & (c < size - 0.5)
+        c = np.clip(c, 0, size - 1)
+        i0 = np.floor(c).astype(int)
+        return inside, i0, np.minimum(i0 + 1, size - 1), c - i0
+
+    iny, y0, y1, wy = axis(t.native_shape[0], t.resampled_shape[0], t.offset[0], t.size[0])
+    inx, x0, x1, wx = axis(t.native_shape[1], t.resampled_shape[1], t.offset[1], t.size[1])
+    p = prob.astype(np.float64)
+    rows = p[:, :, y0] * (1 - wy)[:, None] + p[:, :, y1] * wy[:, None]
+    full = rows[..., x0] * (1 - wx) + rows[..., x1] * wx
+    top = np.sort(full, axis=1)
+    labels = np.where(iny[:, None] & inx[None, :], full.argmax(axis=1), 0).astype(np.uint8)
+    return labels, top[:, -1] - top[:, -2]
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (5, -7), (-4, 9)])
+def test_resample_argmax_matches_reference(offset: tuple[int, int]) -> None:
+    rng = np.random.default_rng(31)
+    t = pp.SliceTransform((50, 37), (1.5, 1.5), (61, 44), (1.25, 1.25), offset, (48, 40))
+    prob = rng.random((3, 4, 48, 40)).astype(np.float32)
+    got = pp.resample_argmax(prob, t, threads=2)
+    ref, margin = argmax_reference(prob, t)
+    assert got.shape == (3, 50, 37) and got.dtype == np.uint8
+    decided = margin > 1e-5
+    np.testing.assert_array_equal(got[decided], ref[decided])
+    assert decided.mean() > 0.99
+
+
+def test_resample_argmax_equals_torch_on_full_window() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(32)
+    t = pp.SliceTransform((70, 55), (1.0, 1.0), (56, 44), (1.25, 1.25), (0, 0), (56, 44))
+    prob = rng.random((2, 3, 56, 44)).astype(np.float32)
+    up = torch.nn.functional.interpolate(torch.from_numpy(prob).double(), size=(70, 55), mode="bilinear", align_corners=False)
+    top = up.topk(2, dim=1).values
+    decided = (top[:, 0] - top[:, 1]).numpy() > 1e-5
+    np.testing.assert_array_equal(pp.resample_argmax(prob, t)[decided], up.argmax(1).numpy()[decided])
+
+
+@pytest.mark.parametrize("connectivity,rank", [(6, 1), (18, 2), (26, 3)])
+def test_largest_component_matches_scipy_label(connectivity: int, rank: int) -> None:
+    rng = np.random.default_rng(connectivity)
+    labels = np.asfortranarray((rng.integers(0, 4, size=(6, 30, 25)) * (rng.random((6, 30, 25)) < 0.45)).astype(np.uint8))
+    structure = ndi.generate_binary_structure(3, rank)
+    ref = np.zeros_like(labels)
+    for value in (1, 2, 3):
+        components, count = ndi.label(labels == value, structure)
+        sizes = np.bincount(components.ravel())[1:]
+        ref[components == 1 + sizes.argmax()] = value  # argmax: first of equal sizes, as documented
+    np.testing.assert_array_equal(pp.largest_component(labels, connectivity=connectivity, threads=2), ref)
+    assert pp.largest_component(np.zeros((0, 3, 3), np.uint8)).shape == (0, 3, 3)
+
+
+def test_four_threads_at_once_give_the_serial_result() -> None:
+    rng = np.random.default_rng(41)
+    pixels = random_stack(rng, (6, 120, 100), np.int16)
+    prob = rng.random((6, 4, 96, 96)).astype(np.float32)
+    labels = (rng.integers(0, 4, size=(6, 64, 64)) * (rng.random((6, 64, 64)) < 0.5)).astype(np.uint8)
+
+    def work() -> tuple[np.ndarray, ...]:
+        batch, t = pp.prepare_slices(pixels, (1.5, 1.4), target_spacing=(1.25, 1.25), size=(96, 96), threads=2)
+        return batch, pp.resample_argmax(prob, t, threads=2), pp.largest_component(labels, connectivity=26, threads=2)
+
+    serial = work()
+    results: list[tuple[np.ndarray, ...]] = [()] * 4
+    def run(i: int) -> None:
+        results[i] = work()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        for got, want in zip(result, serial, strict=True):
+            np.testing.assert_array_equal(got, want)
+    one_thread = pp.prepare_slices(pixels, (1.5, 1.4), target_spacing=(1.25, 1.25), size=(96, 96), threads=1)[0]
+    np.testing.assert_array_equal(one_thread, serial[0])
+
+
+def test_prepare_slices_geometry() -> None:
+    rng = np.random.default_rng(51)
+    pixels = random_stack(rng, (4, 200, 180), np.uint16)
+    batch, t = pp.prepare_slices(pixels, (1.5, 1.5), target_spacing=(1.25, 1.25), size=(224, 160), order=1,
+                                 normalization="zscore")
+    assert batch.shape == (4, 1, 224, 160) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    assert t.resampled_shape == (240, 216) and t.offset == (8, 28) and t.size == (224, 160)
+    full = pp.normalize(pp.resample_stack(pixels, (1.5, 1.5), shape=(240, 216), order=1), "zscore")
+    np.testing.assert_array_equal(batch[:, 0], full[:, 8:232, 28:188])
+    # An explicit centre is in native pixels: native (50, 60) is resampled (59.5, 71.5).
+    _, t = pp.prepare_slices(pixels, (1.5, 1.5), target_spacing=(1.25, 1.25), size=(64, 64), centre=(50, 60))
+    assert t.offset == (28, 40)
+
+
+def test_round_trip_on_real_acdc_labels(shared_data) -> None:
+    nib = pytest.importorskip("nibabel")
+    patient = shared_data / "acdc" / "training" / "patient001"
+    image = nib.load(str(patient / "patient001_frame01.nii.gz"))
+    labels = np.asarray(nib.load(str(patient / "patient001_frame01_gt.nii.gz")).dataobj).transpose(2, 1, 0).astype(np.uint8)
+    pixels = np.asarray(image.dataobj).transpose(2, 1, 0)  # (Z, Y, X), as stored: any dtype, F order view
+    spacing = tuple(float(s) for s in image.header.get_zooms()[1::-1])
+    batch, t = pp.prepare_slices(pixels, spacing, target_spacing=(1.25, 1.25), size=t_size(pixels, spacing))
+    assert np.isfinite(batch).all() and abs(float(batch.mean())) < 0.2
+    resampled = pp.resample_labels(labels, spacing, shape=t.resampled_shape, method="linear")
+    window, _ = pp.crop_or_pad(resampled, t.size)
+    onehot = (window[:, None] == np.arange(4)[None, :, None, None]).astype(np.float32)
+    back = pp.resample_argmax(onehot, t)
+    for value in (1, 2, 3):
+        a, b = back == value, labels == value
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.95, value
+
+
+def t_size(pixels: np.ndarray, spacing: tuple[float, float]) -> tuple[int, int]:
+    return pp.resampled_shape(pixels.shape[1:], spacing, (1.25, 1.25))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: pp.resample_stack(np.zeros((4, 4)), (1, 1), shape=(2, 2)), r"'pixels' must be 3-D .* \(4, 4\)"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (0, 1), shape=(2, 2)), r"'spacing_yx' .* got \(0, 1\)"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (-1.0, 1), target_spacing=(1, 1)), r"'spacing_yx' .*-1\.0"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (np.nan, 1), target_spacing=(1, 1)), r"'spacing_yx' .*nan"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), target_spacing=(np.inf, 1)), r"'target_spacing'"),
+        (lambda: pp.resample_stack(np.full((1, 4, 4), np.nan), (1, 1), shape=(2, 2)), r"'pixels' contain NaN"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4), np.int32), (1, 1), shape=(2, 2)), r"int32 .*uint8, int16, uint16, float32, float64"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4), bool), (1, 1), shape=(2, 2)), r"'pixels' dtype bool"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(0, 2)), r"'shape' .*\(0, 2\)"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(10**6, 2)), r"'shape' .*16384"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), target_spacing=(1e-6, 1)), r"'target_spacing' .*16384"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1)), r"exactly one of 'target_spacing' and 'shape'"),
+        (lambda: pp.resample_stack(np.zeros((1, 0, 4)), (1, 1), shape=(2, 2)), r"'pixels' has empty slices"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(2, 2), order=2), r"'order' must be 0, 1 or 3, got 2"),
+        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(2, 2), threads=0), r"'threads' .* got 0"),
+        (lambda: pp.normalize(np.array([1.0, np.nan]), "zscore"), r"NaN"),
+        (lambda: pp.normalize(np.ones(3), "zscore", mask=np.zeros(3, bool)), r"mask selects no voxel"),
+        (lambda: pp.normalize(np.ones(3), "zscore", mask=np.ones(4, bool)), r"'mask' must be a bool array of shape \(3,\)"),
+        (lambda: pp.normalize(np.ones(3), "median"), r"'method' .*got 'median'"),
+        (lambda: pp.resample_argmax(np.zeros((1, 2, 3, 3), np.float32),
+                                    pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (4, 4))),
+         r"'probabilities' .*\(4, 4\).*\(1, 2, 3, 3\)"),
+        (lambda: pp.resample_argmax(np.full((1, 2, 3, 3), np.nan, np.float32),
+                                    pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (3, 3))), r"NaN"),
+        (lambda: pp.resample_argmax(np.zeros((1, 2, 3, 3)), pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (3, 3))),
+         r"'probabilities' must be float32, got float64"),
+        (lambda: pp.largest_component(np.zeros((2, 2, 2), np.int16)), r"'labels' must be uint8, got int16"),
+        (lambda: pp.largest_component(np.zeros((2, 2, 2), np.uint8), connectivity=8), r"'connectivity' .* got 8"),
+        (lambda: pp.resample_labels(np.full((1, 2, 2), 300, np.uint16), (1, 1), shape=(2, 2)), r"'labels' values .*300"),
+        (lambda: pp.prepare_slices(np.zeros((1, 4, 4)), (1, 1), target_spacing=(1, 1), size=(0, 4)), r"'size'"),
+        (lambda: pp.crop_or_pad(np.zeros((1, 4, 4)), (2, 2), centre=(np.nan, 0)), r"'centre'"),
+    ],
+)
+def test_bad_input_raises_input_error(call, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        call()
