@@ -89,7 +89,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     dicom_dir = out / "example_dicom"
-    write_dicom_series(synthetic_study(seed=args.seed), dicom_dir)
+    write_dicom_series(dicom_dir, synthetic_study(seed=args.seed))
     pipeline = Pipeline(args.bundle, backend=args.backend, mode="routed")
     report = segment_one(pipeline, dicom_dir, out)
     m = report["measures"]

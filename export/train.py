@@ -101,7 +101,7 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
 
 def _resolve(path: str | Path) -> Path:
     path = Path(path)
-    return path if path.is_absolute() else REPO_ROOT / path
+    return (path if path.is_absolute() else REPO_ROOT / path).resolve()
 
 
 # -- distributed ------------------------------------------------------------------------------------

@@ -46,8 +46,10 @@ def test_resample_matches_scipy_zoom(order: int, dtype: type, memory: str) -> No
         ref = zoom_reference(pixels, out_shape, order)
         assert got.dtype == np.float32 and got.shape == (shape[0], *out_shape)
         scale = max(1.0, float(np.abs(pixels.astype(np.float64)).max()))
-        tolerance = 0.0 if order == 0 else 1e-5 * scale
-        np.testing.assert_allclose(got, ref, rtol=0, atol=tolerance, err_msg=f"{shape} -> {out_shape}")
+        if order == 0:  # a copy of input pixels, rounded to float32
+            np.testing.assert_array_equal(got, ref.astype(np.float32), err_msg=f"{shape} -> {out_shape}")
+        else:
+            np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale, err_msg=f"{shape} -> {out_shape}")
 
 
 def test_resample_order3_matches_skimage_resize() -> None:
@@ -56,7 +58,7 @@ def test_resample_order3_matches_skimage_resize() -> None:
     rng = np.random.default_rng(7)
     pixels = random_stack(rng, (2, 48, 40), np.int16)
     got = pp.resample_stack(pixels, (1.5, 1.4), target_spacing=(1.25, 1.25), order=3, threads=1)
-    ref = resize(pixels.astype(np.float64), got.shape, order=3, mode="reflect", anti_aliasing=False, preserve_range=True)
+    ref = resize(pixels.astype(np.float64), got.shape, order=3, mode="reflect", anti_aliasing=False, preserve_range=True, clip=False)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * 3000)
 
 
@@ -81,7 +83,9 @@ def test_resample_analytic_cases(order: int) -> None:
         smooth = np.sin(2 * np.pi * yy)[None] * np.cos(2 * np.pi * xx)[None] * 100
         up = pp.resample_stack(smooth, (1.0, 1.0), shape=(128, 96), order=3)
         back = pp.resample_stack(up, (0.5, 0.5), shape=(64, 48), order=3)
-        assert np.abs(back - smooth).max() < 0.5  # 0.5 % of the amplitude
+        # 0.05 % of the amplitude inside; the mirror edge of a non-symmetric image costs more.
+        assert np.abs(back - smooth)[:, 4:-4, 4:-4].max() < 0.05
+        assert np.abs(back - smooth).max() < 1.0
 
 
 def test_resample_labels_nearest_and_linear() -> None:

@@ -16,9 +16,10 @@ namespace py = pybind11;
 
 namespace {
 
+// numpy's equivalence ("<i2" is int16 on a little-endian machine), not object identity.
 template <class T>
 bool is_dtype(const py::array& a) {
-    return a.dtype().is(py::dtype::of<T>());
+    return py::isinstance<py::array_t<T>>(a);
 }
 
 py::tuple resample(const py::array& pixels, std::ptrdiff_t out_y, std::ptrdiff_t out_x, int order, int threads) {
