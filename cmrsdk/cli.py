@@ -84,8 +84,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Write the embedded example study as DICOM, then segment it like any scanner series."""
+    from .io import write_dicom_series
     from .pipeline import Pipeline
-    from .synth import synthetic_study, write_dicom_series
+    from .synth import synthetic_study
 
     out = Path(args.output)
     dicom_dir = out / "example_dicom"
@@ -94,7 +95,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report = segment_one(pipeline, dicom_dir, out)
     m = report["measures"]
     print(f"example study: {dicom_dir}")
-    print(f"routed segmentation with {pipeline.bundle.name} ({', '.join(sorted(set(pipeline.provenance['backends'].values())))})")
+    print(f"routed segmentation with bundle {pipeline.bundle.path.name} ({', '.join(sorted(set(pipeline.provenance['backends'].values())))})")
     for phase in report["phases"]:
         regions = " ".join(s["region"][0].upper() if s["region"] != "non-cardiac" else "-" for s in phase.get("slices", []))
         print(f"  {phase['phase']}: slices base..apex by classifier [{regions}], volumes {phase['volumes_ml']}")
@@ -110,8 +111,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
 
-    bundle = load_bundle(args.bundle)
-    print(json.dumps(bundle.summary(), indent=2))
+    bundle = load_bundle(args.bundle)  # verifies every hash before anything is printed
+    m = bundle.manifest
+    print(f"bundle {bundle.path} (format {m.get('format_version')}, created {m.get('created')})")
+    p = bundle.preprocessing
+    print(f"preprocessing: spacing {p.target_spacing} mm, size {p.size} px, normalisation {p.normalization}")
+    print("routing: " + ", ".join(f"{bundle.regions.get(r, r)} -> {name}" for r, name in sorted(bundle.routing.items())))
+    print(f"classifier: {bundle.classifier or 'none'}")
+    for name, model in sorted(bundle.models.items()):
+        sizes = ", ".join(f"{key} {a.size / 1e6:.1f} MB" for key, a in sorted(model.artifacts.items()))
+        print(f"model {name}: {model.kind}, {model.architecture}; {sizes}")
+        parity = model.record.get("parity")
+        if parity:
+            print(f"  parity: {json.dumps(parity)}")
     return 0
 
 

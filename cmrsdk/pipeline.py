@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import preprocess
-from .bundle import Bundle, load_bundle
+from .bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
 from .errors import InputError
 from .labels import NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
@@ -136,12 +136,18 @@ class Pipeline:
         self.largest_component = largest_component
         self.threads = threads
         self._pre = self.bundle.preprocessing
+        self._baseline = self.bundle.routing.get(NON_CARDIAC)
+        if self._baseline is None:
+            raise InputError(f"bundle {self.bundle.path} routes no model for non-cardiac slices: it has no baseline U-Net")
+        if mode == "routed" and self.bundle.classifier is None:
+            raise InputError(f"mode 'routed' needs a region classifier, and bundle {self.bundle.path} has none; use mode 'baseline'")
+        self._manifest_sha256 = sha256_file(self.bundle.path / MANIFEST_NAME)
         # Create the engines now, not on the first call, so latency is flat from call one.
-        needed = {self.bundle.baseline_model}
+        needed = {self._baseline}
         if mode != "baseline":
-            needed |= {name for region, name in self.bundle.routing.items() if region != NON_CARDIAC}
+            needed |= set(self.bundle.routing.values())
         if mode == "routed":
-            needed.add(self.bundle.classifier_model)
+            needed.add(self.bundle.classifier)
         self._engines = {name: self.bundle.engine(name, backend=backend, device=device) for name in sorted(needed)}
 
     # -- stages -----------------------------------------------------------------------------
@@ -154,12 +160,12 @@ class Pipeline:
                 raise InputError(f"mode 'oracle' needs ground-truth labels on the stack ({stack.source or 'array'} has none)")
             regions = slice_regions(stack.labels)
             return regions, np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
-        probabilities = self._engines[self.bundle.classifier_model].run(images)
+        probabilities = self._engines[self.bundle.classifier].run(images)
         return probabilities.argmax(1).astype(np.uint8), probabilities
 
     def _segment(self, images: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
         """Probabilities float32 (Z, C, H, W): one batched engine call per model used."""
-        baseline = self.bundle.baseline_model
+        baseline = self._baseline
         if regions is None or images.shape[0] == 0:
             return self._engines[baseline].run(images)
         # non-cardiac slices (and any region without a model of its own) go to the baseline
@@ -251,8 +257,8 @@ class Pipeline:
         from . import __version__
 
         return {
-            "bundle": self.bundle.name,
-            "bundle_sha256": self.bundle.manifest_sha256,
+            "bundle": str(self.bundle.path),
+            "manifest_sha256": self._manifest_sha256,
             "backends": {name: engine.backend for name, engine in self._engines.items()},
             "device": self.device,
             "mode": self.mode,

@@ -1,0 +1,183 @@
+"""export.bundle and export.parity: artifacts that match their eager models, or no bundle at all."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+from torch import nn  # noqa: E402
+
+from cmrsdk.bundle import MANIFEST_NAME, Preprocessing, load_bundle  # noqa: E402
+from cmrsdk.engines import create_engine  # noqa: E402
+from cmrsdk.errors import InputError, WriteError  # noqa: E402
+from export.bundle import ONNX_OPSET, ProbabilityModel, build_bundle, main  # noqa: E402
+from export.models import get_model, unet  # noqa: E402
+from export.parity import ParityError, check_parity, compare, eager_probabilities, parity_inputs  # noqa: E402
+
+SIZE = (32, 32)
+PRE = Preprocessing((1.5625, 1.5625), SIZE, "robust_zscore")
+
+
+class TwoHeads(nn.Module):
+    """Returns (full-resolution logits, half-resolution logits), as a deep-supervised net may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = nn.Conv2d(1, 4, 3, padding=1)
+        self.half = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.full(x), self.half(x)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    torch.manual_seed(7)
+    seg = unet(features=(8, 16, 32), deep_supervision=True)  # heads exist, must not be exported
+    cls = get_model("resnet18", input_size=32)
+    models = {"baseline": (seg, {"kind": "segmentation", "architecture": "unet(features=(8, 16, 32))",
+                                 "training": {"iterations": 10}, "metrics": {"dice_mean": 0.25}}),
+              "regions": (cls, {"kind": "classifier"})}
+    path = build_bundle(models, {r: "baseline" for r in range(4)}, PRE, tmp_path_factory.mktemp("b") / "bundle")
+    return path, models
+
+
+def test_manifest_records_what_the_runtime_and_an_auditor_need(built):
+    path, _ = built
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    assert manifest["format"] == "cmrsdk-bundle" and manifest["format_version"] == 1
+    assert {"cmrsdk", "torch", "onnx", "onnxruntime", "python"} <= set(manifest["versions"])
+    assert manifest["classifier"] == "regions"
+    assert manifest["routing"] == {"0": "baseline", "1": "baseline", "2": "baseline", "3": "baseline"}
+    assert manifest["preprocessing"] == {"target_spacing": [1.5625, 1.5625], "size": [32, 32], "normalization": "robust_zscore"}
+    seg, cls = manifest["models"]["baseline"], manifest["models"]["regions"]
+    assert seg["output_shape"] == ["N", 4, 32, 32] and cls["output_shape"] == ["N", 4]
+    assert seg["input_shape"] == cls["input_shape"] == ["N", 1, 32, 32]
+    assert seg["training"] == {"iterations": 10} and seg["metrics"] == {"dice_mean": 0.25}
+    assert seg["onnx_opset"] >= ONNX_OPSET
+    for record in (seg, cls):
+        assert sorted(record["artifacts"]) == ["onnx", "torchscript"]
+        checked = {p["artifact"] for p in record["parity"] if p["device"] == "cpu"}
+        assert checked == {"onnx", "torchscript"}
+        for p in record["parity"]:
+            assert p["passed"] and p["max_abs_diff"] <= 1e-4 and p["argmax_agreement"] == 1.0
+            assert len(p["batch_sizes"]) >= 2  # dynamic batch exercised
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in manifest["skipped"]["tensorrt"] or "torch-tensorrt" in manifest["skipped"]["tensorrt"]
+    assert load_bundle(path).classifier == "regions"
+
+
+def test_onnx_artifact_has_dynamic_batch_and_one_output(built):
+    path, _ = built
+    proto = onnx.load(str(path / "baseline.onnx"))
+    assert [o.name for o in proto.graph.output] == ["probabilities"]  # no deep-supervision outputs
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= ONNX_OPSET
+
+
+def test_artifacts_reproduce_eager_probabilities(built):
+    path, models = built
+    x = np.random.default_rng(11).standard_normal((5, 1, *SIZE)).astype(np.float32)
+    for name, (net, _) in models.items():
+        with torch.inference_mode():
+            expected = torch.softmax(net.eval()(torch.from_numpy(x)), dim=1).numpy()
+        for suffix in (".pt", ".onnx"):
+            np.testing.assert_allclose(create_engine(path / f"{name}{suffix}").run(x), expected, atol=1e-4, rtol=0)
+
+
+def test_only_the_first_output_of_a_multi_output_net_is_exported(tmp_path):
+    torch.manual_seed(2)
+    net = TwoHeads()
+    path = build_bundle({"m": (net, {"kind": "segmentation"})}, {0: "m"}, PRE, tmp_path / "b", formats=("onnx",))
+    x = np.random.default_rng(3).standard_normal((3, 1, *SIZE)).astype(np.float32)
+    with torch.inference_mode():
+        expected = torch.softmax(net.full(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(load_bundle(path).engine("m").run(x), expected, atol=1e-5, rtol=0)
+
+
+def _acdc_slices(root: Path, size: tuple[int, int]) -> np.ndarray:
+    """Real ACDC slices, z-scored and centre-cropped to ``size``: float32 (Z, 1, H, W)."""
+    nib = pytest.importorskip("nibabel")
+    volume = np.asarray(nib.load(root / "acdc/training/patient001/patient001_frame01.nii.gz").dataobj, dtype=np.float32)
+    stack = np.moveaxis(volume, 2, 0)  # NIfTI (X, Y, Z) -> (Z, X, Y); the axis order does not matter here
+    y0, x0 = (stack.shape[1] - size[0]) // 2, (stack.shape[2] - size[1]) // 2
+    crop = stack[:, y0:y0 + size[0], x0:x0 + size[1]]
+    crop = (crop - crop.mean()) / crop.std()
+    return np.ascontiguousarray(crop[:, None], dtype=np.float32)
+
+
+def test_parity_runs_on_real_slices(shared_data, tmp_path):
+    torch.manual_seed(4)
+    examples = _acdc_slices(shared_data, (64, 64))
+    path = build_bundle({"m": (unet(features=(4, 8, 16)), {"kind": "segmentation"})}, {0: "m"},
+                        Preprocessing((1.5, 1.5), (64, 64), "zscore"), tmp_path / "b", examples, formats=("torchscript", "onnx"))
+    parity = json.loads((path / MANIFEST_NAME).read_text())["models"]["m"]["parity"]
+    assert all(p["real_slices"] == len(examples) and p["slices"] > len(examples) and p["passed"] for p in parity)
+
+
+def test_compare_against_hand_computed_values():
+    ref = np.zeros((2, 3, 1, 2), np.float32)
+    ref[:, 0] = 1.0  # class 0 everywhere
+    cand = ref.copy()
+    cand[1, 0, 0, 1], cand[1, 2, 0, 1] = 0.25, 0.75  # one of four pixels flips to class 2
+    diff, agreement = compare(ref, cand)
+    assert diff == pytest.approx(0.75) and agreement == pytest.approx(0.75)
+    with pytest.raises(ParityError, match=r"output shape \(2, 3\).*\(2, 3, 1, 2\)"):
+        compare(ref, np.zeros((2, 3), np.float32))
+
+
+def test_parity_breach_is_an_error(built):
+    path, models = built
+    torch.manual_seed(9)
+    slices, real = parity_inputs(SIZE)
+    other = eager_probabilities(ProbabilityModel(unet(features=(8, 16, 32))).eval(), slices)
+    engine = create_engine(path / "baseline.onnx")
+    with pytest.raises(ParityError, match=r"baseline\.onnx: onnx \(fp32, cpu\) fails parity.*max abs difference .* > 0\.0001"):
+        check_parity("onnx", engine, other, slices, real)
+    good = eager_probabilities(ProbabilityModel(models["baseline"][0]).eval(), slices)
+    assert check_parity("onnx", engine, good, slices, real).passed
+
+
+def test_build_refuses_bad_requests_and_leaves_nothing(tmp_path):
+    net = unet(features=(4, 8))
+    seg = {"m": (net, {"kind": "segmentation"})}
+    with pytest.raises(InputError, match=r"'formats'.*\('caffe',\)"):
+        build_bundle(seg, {0: "m"}, PRE, tmp_path / "a", formats=("caffe",))
+    with pytest.raises(InputError, match=r"info 'kind' is 'detector'"):
+        build_bundle({"m": (net, {"kind": "detector"})}, {0: "m"}, PRE, tmp_path / "a")
+    with pytest.raises(InputError, match=r"'routing' maps 1 to 'ghost'"):
+        build_bundle(seg, {1: "ghost"}, PRE, tmp_path / "a")
+    with pytest.raises(InputError, match=r"model 'c' \(classifier\) must output \(N, R\), got \(2, 4, 32, 32\)"):
+        build_bundle({"c": (net, {"kind": "classifier"})}, {}, PRE, tmp_path / "a")
+    assert list(tmp_path.iterdir()) == []  # no half-written bundle or staging directory
+    (tmp_path / "a").mkdir()
+    with pytest.raises(WriteError, match=r"'out_dir' .*a already exists"):
+        build_bundle(seg, {0: "m"}, PRE, tmp_path / "a")
+
+
+def test_command_line_builds_a_bundle_from_a_training_checkpoint(tmp_path, capsys):
+    torch.manual_seed(5)
+    kwargs = {"features": [4, 8, 16], "deep_supervision": True}
+    net = get_model("unet", **kwargs)
+    torch.save({"task": "segmentation", "model": {"name": "unet", "kwargs": kwargs}, "state_dict": net.state_dict(),
+                "iteration": 3, "config": {"lr": 0.01}, "metrics": {"dice_mean": 0.1},
+                "preprocessing": {"target_spacing": [1.25, 1.25], "size": 32, "normalization": "zscore"}},
+               tmp_path / "last.pt")
+    assert main(["--checkpoints", f"baseline={tmp_path / 'last.pt'}", "--formats", "onnx", "-o", str(tmp_path / "b")]) == 0
+    assert "baseline           onnx  cpu fp32" in capsys.readouterr().out
+    bundle = load_bundle(tmp_path / "b")
+    assert bundle.routing == {0: "baseline", 1: "baseline", 2: "baseline", 3: "baseline"}
+    assert bundle.preprocessing == Preprocessing((1.25, 1.25), (32, 32), "zscore")
+    assert bundle.models["baseline"].record["metrics"] == {"dice_mean": 0.1}
+    x = np.random.default_rng(6).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    with torch.inference_mode():
+        expected = torch.softmax(net.eval()(torch.from_numpy(x)), dim=1).numpy()
+    np.testing.assert_allclose(bundle.engine("baseline").run(x), expected, atol=1e-4, rtol=0)
+    # a file that is not a checkpoint fails with exit status 1 and the file named
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert main(["--checkpoints", f"baseline={tmp_path / 'bad.pt'}", "-o", str(tmp_path / "c")]) == 1
+    assert "bad.pt" in capsys.readouterr().err
