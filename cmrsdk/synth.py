@@ -15,11 +15,22 @@ short-axis plane is prescribed perpendicular to the LV long axis):
 - Motion: a contraction ``c`` in [0, 1] (0 at ED, 1 at ES) narrows the cavities, thickens the
   wall (myocardial volume kept) and shortens the LV from the base, so the mitral plane moves
   towards the apex by about 12 % of the LV length (through-plane motion).
-- Imaging: varied in-plane spacing (1.25 - 1.9 mm), slice spacing (6 - 10 mm), matrix size,
-  contrast and noise; each slice averages three sub-planes through its thickness (partial
-  volume) and edges are soft within a pixel; Rician noise (magnitude of complex Gaussian noise).
+- Surroundings, so that models trained on real ACDC scans recognise the slices: the body
+  cross-section (an ellipse about 270 - 310 mm wide, cut by the field of view like an oblique
+  short-axis plane) with a bright subcutaneous fat ring and darker muscle; dark lungs above and
+  beside the heart; bright epicardial fat (thickest at the grooves) and a thin RV free wall; the
+  diaphragm, rising towards the apex, with the liver (image left) and the stomach (image right)
+  below it; a bright descending aorta and the spine behind the heart; the ascending aorta and
+  pulmonary trunk beside the atria above the base; dark papillary muscles in the LV cavity
+  (labelled LVBP, as in ACDC). The layout follows ACDC's arrays: RV on the image left of the LV
+  and slightly below, lungs towards row 0.
+- Imaging (cine bSSFP): blood 2.6 - 3.6 x myocardium, fat as bright as blood, lungs and air
+  near zero; in-plane spacing 1.35 - 1.8 mm, slice spacing 8 - 10 mm, matrix 208 - 256 x
+  170 - 240 (as ACDC); each slice averages three sub-planes through the heart (partial volume),
+  edges are soft within a pixel; a smooth coil-sensitivity bias field; Rician noise (magnitude
+  of complex Gaussian noise).
 
-Pixels are float32 (Z, Y, X) in arbitrary scanner units (0 .. about 4000); labels are
+Pixels are float32 (Z, Y, X) in arbitrary scanner units (0 .. about 5000); labels are
 canonical uint8 (0 bg, 1 LVBP, 2 LVM, 3 RVBP); slice 0 is basal unless ``apex_first``.
 The affine places the heart as in a patient: base-to-apex along RAS+ (-x, +y, -z), i.e. towards
 the patient's left, anterior and inferior.

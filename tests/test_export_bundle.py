@@ -28,17 +28,17 @@ class TwoHeads(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.full = nn.Conv2d(1, 4, 3, padding=1)
-        self.half = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.coarse = nn.Conv2d(1, 4, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.full(x), self.half(x)
+        return self.full(x), self.coarse(x)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     torch.manual_seed(7)
     seg = unet(features=(8, 16, 32), deep_supervision=True)  # heads exist, must not be exported
-    cls = get_model("resnet18", input_size=32)
+    cls = get_model("shufflenet_v2", input_size=32, width=0.5)
     models = {"baseline": (seg, {"kind": "segmentation", "architecture": "unet(features=(8, 16, 32))",
                                  "training": {"iterations": 10}, "metrics": {"dice_mean": 0.25}}),
               "regions": (cls, {"kind": "classifier"})}

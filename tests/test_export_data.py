@@ -1,0 +1,70 @@
+"""export.data: splits, synthetic slices, and the on-disk cache against on-the-fly preprocessing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmrsdk.errors import InputError, ReadError
+from export.data import acdc_patients, build_cache, load_cache, prepare_stack, split_patients, synthetic_slices
+
+
+def test_split_is_patient_level_fixed_and_seeded() -> None:
+    patients = [f"patient{i:03d}" for i in range(1, 101)]
+    split = split_patients(patients, test_every=5, val_fraction=0.15, seed=0)
+    assert split["test"] == [f"patient{i:03d}" for i in range(5, 101, 5)]
+    assert len(split["val"]) == 12 and len(split["train"]) == 68
+    assert not set(split["train"]) & set(split["val"]) and sorted(sum(split.values(), [])) == patients
+    assert split_patients(patients, seed=0) == split
+    assert split_patients(patients, seed=1)["val"] != split["val"]
+    assert split_patients(patients, seed=1)["test"] == split["test"]
+    with pytest.raises(InputError, match="'val_fraction' must lie in"):
+        split_patients(patients, val_fraction=1.5)
+    with pytest.raises(InputError, match="does not end in its number"):
+        split_patients(["patientX"])
+
+
+def test_synthetic_slices_are_seeded_and_labelled() -> None:
+    a, b = synthetic_slices(16, size=32, seed=3), synthetic_slices(16, size=32, seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.images.shape == (16, 32, 32) and a.labels.dtype == np.uint8
+    cardiac = a.regions != 0
+    assert np.array_equal(cardiac, a.labels.reshape(16, -1).max(1) > 0)
+    assert set(np.unique(a.labels[cardiac])) == {0, 1, 2, 3}
+    assert np.all(np.isnan(a.positions[~cardiac]))
+
+
+def test_missing_cache_and_data_raise(tmp_path: Path) -> None:
+    with pytest.raises(ReadError, match="is not a slice cache"):
+        load_cache(tmp_path)
+    with pytest.raises(ReadError, match="holds no ACDC 'patientNNN' folder"):
+        acdc_patients(tmp_path)
+
+
+def test_cache_equals_preprocessing_on_the_fly(shared_data: Path, tmp_path: Path) -> None:
+    from cmrsdk.io import read_acdc_patient
+
+    root = shared_data / "acdc"
+    splits = {"train": ["patient001", "patient002"], "val": ["patient003"], "test": []}
+    cached = build_cache(root, tmp_path / "cache", splits=splits, size=160)
+    # the target spacing is the median in-plane spacing of the train patients' stacks
+    spacings = [read_acdc_patient(root / "training" / p).ed.spacing[1:] for p in splits["train"]]
+    spacings += [read_acdc_patient(root / "training" / p).es.spacing[1:] for p in splits["train"]]
+    target = tuple(float(v) for v in np.median(np.array(spacings), axis=0))
+    assert tuple(cached.meta["target_spacing"]) == pytest.approx(target)
+    assert load_cache(tmp_path / "cache").meta == cached.meta
+    study = read_acdc_patient(root / "training" / "patient003")
+    images, labels, regions, positions = prepare_stack(study.es, target_spacing=target, size=160)
+    rows = np.flatnonzero((cached.cases == "patient003") & (cached.phases == "ES"))
+    np.testing.assert_array_equal(cached.images[rows], images)
+    np.testing.assert_array_equal(cached.labels[rows], labels)
+    np.testing.assert_array_equal(cached.regions[rows], regions)
+    np.testing.assert_array_equal(cached.positions[rows], positions)
+    np.testing.assert_array_equal(cached.z[rows], np.arange(len(rows)))
+    # the window holds (nearly) every labelled pixel: ACDC hearts sit near the image centre
+    native = (study.es.labels > 0).sum() * np.prod(study.es.spacing[1:])
+    window = (labels > 0).sum() * np.prod(target)
+    assert window == pytest.approx(native, rel=0.05)
+    assert len(cached) == sum(read_acdc_patient(root / "training" / p).ed.shape[0] * 2 for p in
+                              ["patient001", "patient002", "patient003"])

@@ -1,0 +1,155 @@
+"""cmrsdk.pipeline: routing, modes, geometry, determinism and thread safety.
+
+The routing tests use a bundle whose models are recognisable by their answer: the baseline
+U-Net says "background" everywhere, the base model "LVBP", the middle model "LVM" and the apex
+model "RVBP"; the classifier's region follows the slice's mean intensity. So every output label
+tells which model segmented the slice.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from cmrsdk.bundle import Preprocessing  # noqa: E402
+from cmrsdk.errors import InputError  # noqa: E402
+from cmrsdk.labels import APEX, BASE, MIDDLE, NON_CARDIAC  # noqa: E402
+from cmrsdk.pipeline import Pipeline  # noqa: E402
+from cmrsdk.regions import slice_regions  # noqa: E402
+from cmrsdk.synth import synthetic_study  # noqa: E402
+from cmrsdk.types import Stack  # noqa: E402
+
+SIZE = (64, 64)
+#: the constant label each segmentation model of the routing bundle answers
+ANSWER = {"baseline": 0, "base": 1, "middle": 2, "apex": 3}
+
+
+class ConstantSegmenter(nn.Module):
+    """Logits that make one label win everywhere, whatever the image."""
+
+    def __init__(self, label: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.copy_(torch.eye(4)[label] * 10.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class MeanClassifier(nn.Module):
+    """Region logits peaking where 3 x the slice's mean intensity is nearest the region code."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))[:, None] * 3.0
+        centres = torch.arange(4, dtype=x.dtype)[None]
+        return -((m - centres) ** 2) * 20.0
+
+
+@pytest.fixture(scope="module")
+def routing_bundle(tmp_path_factory):
+    from export.bundle import build_bundle
+
+    models = {name: (ConstantSegmenter(label), {"kind": "segmentation", "architecture": f"constant({label})"})
+              for name, label in ANSWER.items()}
+    models["classifier"] = (MeanClassifier(), {"kind": "classifier", "architecture": "mean-intensity"})
+    routing = {NON_CARDIAC: "baseline", BASE: "base", MIDDLE: "middle", APEX: "apex"}
+    pre = Preprocessing(target_spacing=(2.0, 2.0), size=SIZE, normalization="minmax")
+    return build_bundle(models, routing, pre, tmp_path_factory.mktemp("bundles") / "routing",
+                        formats=("onnx", "torchscript"))
+
+
+def _stepped_stack(levels: list[float]) -> Stack:
+    """A stack whose slice z is uniformly levels[z]; 100 px at 1.5 mm outgrow the 64 px window.
+
+    With levels spanning 0..1, min-max normalisation keeps them, so the slice means seen by the
+    MeanClassifier are the levels and the region of each slice is round(3 x level).
+    """
+    pixels = np.ones((len(levels), 100, 100), np.float32) * np.asarray(levels, np.float32)[:, None, None]
+    return Stack(pixels, (8.0, 1.5, 1.5))
+
+
+def test_routed_mode_sends_each_slice_to_its_region_model(routing_bundle):
+    pipeline = Pipeline(routing_bundle, mode="routed", largest_component=False, backend="onnx")
+    stack = _stepped_stack([1.0, 2 / 3, 1 / 3, 0.0, 1 / 3])
+    seg = pipeline.segment(stack)
+    assert seg.labels.shape == stack.shape and seg.labels.dtype == np.uint8
+    np.testing.assert_array_equal(seg.regions, [APEX, MIDDLE, BASE, NON_CARDIAC, BASE])
+    for z, region in enumerate(seg.regions):
+        expected = ANSWER[pipeline.bundle.routing[int(region)]]
+        assert np.all(seg.labels[z, 15:85, 15:85] == expected), f"slice {z} routed to region {region}"
+        assert np.all(seg.labels[z, :5] == 0)  # outside the network window: background
+    np.testing.assert_allclose(seg.region_probabilities.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(seg.region_confidence, seg.region_probabilities.max(1))
+    assert set(seg.timings_ms) == {"preprocess", "classify", "segment", "postprocess", "total"}
+
+
+def test_baseline_mode_uses_only_the_baseline(routing_bundle):
+    pipeline = Pipeline(routing_bundle, mode="baseline", largest_component=False)
+    seg = pipeline.segment(_stepped_stack([0.0, 1.0, 0.5]))
+    assert seg.regions is None and seg.region_probabilities is None
+    assert np.all(seg.labels == ANSWER["baseline"])
+    assert set(pipeline.provenance["backends"]) == {"baseline"}
+
+
+def test_oracle_mode_routes_by_ground_truth_regions(routing_bundle):
+    study = synthetic_study(seed=3)
+    stack = study.ed
+    pipeline = Pipeline(routing_bundle, mode="oracle", largest_component=False)
+    seg = pipeline.segment(stack)
+    truth = slice_regions(stack.labels)
+    np.testing.assert_array_equal(seg.regions, truth)
+    y, x = stack.shape[1] // 2, stack.shape[2] // 2
+    for z, region in enumerate(truth):
+        assert seg.labels[z, y, x] == ANSWER[pipeline.bundle.routing[int(region)]]
+    with pytest.raises(InputError, match="oracle.*labels"):
+        pipeline.segment(stack.with_labels(None))
+
+
+def test_labels_cover_the_native_grid_outside_the_window_as_background(routing_bundle):
+    # 200 x 200 px at 1 mm resample to 100 x 100 at 2 mm; the 64 x 64 window covers the centre
+    pixels = np.ones((2, 200, 200), np.float32)
+    pixels[0] = 0.0
+    pipeline = Pipeline(routing_bundle, mode="oracle", largest_component=False)
+    labels = np.zeros((2, 200, 200), np.uint8)
+    labels[:, 90:110, 90:110] = 1
+    seg = pipeline.segment(Stack(pixels, (10.0, 1.0, 1.0), labels=labels))
+    assert seg.labels.shape == (2, 200, 200)
+    assert np.all(seg.labels[:, :20, :] == 0) and np.all(seg.labels[:, :, -20:] == 0)
+    inside = seg.labels[:, 100 - 60 : 100 + 60, 100 - 60 : 100 + 60]
+    assert np.all(inside > 0)  # routed to base (2 slices: base and apex regions) → labels 1 and 3
+    window_rows = np.flatnonzero(seg.labels[0, :, 100] > 0)
+    assert 126 <= len(window_rows) <= 130  # 64 px x 2 mm = 128 mm = 128 native px
+
+
+def test_segment_study_finds_ed_and_es_from_the_volume_curve(routing_bundle):
+    study = synthetic_study(seed=1, n_phases=6)
+    unlabelled = type(study)(phases=study.phases, info=study.info)  # ED/ES unknown
+    result = Pipeline(routing_bundle, mode="oracle", largest_component=False).segment_study(unlabelled)
+    assert len(result.phases) == 6 and result.lv_volume_curve_ml.shape == (6,)
+    assert result.ed_index == int(result.lv_volume_curve_ml.argmax())
+    assert result.es_index == int(result.lv_volume_curve_ml.argmin())
+    assert result.measures.lvedv_ml == pytest.approx(result.lv_volume_curve_ml.max())
+
+
+def test_concurrent_calls_give_the_serial_results(routing_bundle):
+    pipeline = Pipeline(routing_bundle, mode="routed")
+    stacks = [synthetic_study(seed=s).ed for s in range(4)]
+    serial = [pipeline.segment(s).labels for s in stacks]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda s: pipeline.segment(s).labels, stacks * 2))
+    for a, b in zip(serial * 2, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments(routing_bundle):
+    with pytest.raises(InputError, match="'mode'"):
+        Pipeline(routing_bundle, mode="fast")
+    pipeline = Pipeline(routing_bundle, mode="baseline")
+    with pytest.raises(InputError, match="'stack' must be a cmrsdk.Stack"):
+        pipeline.segment(np.zeros((2, 8, 8), np.float32))
