@@ -108,6 +108,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _case_folders(data: Path, every: int | None) -> list[Path]:
+    """The ACDC patient or M&Ms subject folders under ``data`` (or ``data`` itself), sorted."""
+    from .io import detect_format
+
+    if detect_format(data) in ("acdc", "mnms"):
+        return [data]
+    folders = sorted(p for p in data.iterdir() if p.is_dir() and detect_format(p) in ("acdc", "mnms"))
+    if every:
+        # ACDC's held-out split of export/ is every N-th patient: patient005, patient010, ...
+        folders = [p for i, p in enumerate(folders, start=1) if i % every == 0]
+    return folders
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, write_evaluation
+    from .io import read_study
+    from .pipeline import Pipeline
+
+    folders = [f for d in args.data for f in _case_folders(Path(d), args.every)]
+    if not folders:
+        print(f"cmrsdk: error: no ACDC patient or M&Ms subject folders under {', '.join(args.data)}", file=sys.stderr)
+        return 2
+    pipelines = {mode: Pipeline(args.bundle, backend=args.backend, mode=mode, threads=args.threads) for mode in args.modes}
+    studies = ((f.name, read_study(f)) for f in folders)
+    result = evaluate(pipelines, studies)
+    report = write_evaluation(result, args.output, baseline="baseline", title=args.title or f"cmrsdk evaluation: {len(folders)} studies")
+    print(f"{len(folders)} studies evaluated with {', '.join(args.modes)} -> {report}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
 
@@ -170,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic example study")
     engine_options(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="regional Dice, Tables 1-3, Figure 2 and volume agreement on labelled studies",
+                       description="Segments ED and ES of every ACDC patient / M&Ms subject folder under DATA with each mode "
+                                   "and writes CSV, Markdown and PNG results to OUT.")
+    p.add_argument("--data", nargs="+", required=True, help="folders of ACDC patients or M&Ms subjects (or single case folders)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--modes", nargs="+", default=["baseline", "routed", "oracle"], choices=["baseline", "routed", "oracle"])
+    p.add_argument("--every", type=int, default=None, help="keep every N-th case folder (ACDC's held-out split: 5)")
+    p.add_argument("--title", default="")
+    p.add_argument("--threads", type=int, default=None)
+    engine_options(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("info", help="describe a model bundle (models, routing, preprocessing, parity)")
     p.add_argument("bundle", nargs="?", default=str(DEMO_BUNDLE))

@@ -12,7 +12,7 @@ import csv
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +20,10 @@ from .errors import InputError
 from .labels import APEX, BASE, LABEL_NAMES, MIDDLE, NON_CARDIAC, REGION_NAMES, STRUCTURES
 from .metrics import slice_dice
 from .regions import slice_positions, slice_regions
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+    from .types import Study
 
 __all__ = [
     "SIGNIFICANCE",
@@ -34,6 +38,9 @@ __all__ = [
     "markdown_table",
     "save_dice_along_heart",
     "save_bland_altman",
+    "EvaluationResult",
+    "evaluate",
+    "write_evaluation",
 ]
 
 #: the p-value under which a difference is marked significant, as in the paper.
@@ -328,3 +335,137 @@ def _save(fig, path: str | Path) -> Path:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+# -- running an evaluation -----------------------------------------------------------------
+
+@dataclass
+class EvaluationResult:
+    """Everything measured by `evaluate`, kept raw so that every table is derived from it.
+
+    Attributes
+    ----------
+    scores : one `SliceScore` per slice, phase, case and method.
+    regions : method -> (true regions, predicted regions), int64 (N,) each, over every slice
+        the method routed (routed and oracle modes).
+    measures : method -> [(case, measured CardiacMeasures)]; "reference" holds the ground truth's.
+    latency_ms : method -> per-study wall time of segmenting ED and ES, ms.
+    """
+
+    scores: list[SliceScore]
+    regions: dict[str, tuple[np.ndarray, np.ndarray]]
+    measures: dict[str, list[tuple[str, object]]]
+    latency_ms: dict[str, list[float]]
+
+
+def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Study]], *, progress: bool = True) -> EvaluationResult:
+    """Segment ED and ES of labelled studies with each pipeline and score every slice.
+
+    Parameters
+    ----------
+    pipelines : method name -> `cmrsdk.pipeline.Pipeline` (e.g. "baseline", "routed", "oracle").
+    studies : (case name, `Study` whose ED and ES stacks carry ground-truth labels).
+    progress : show a tqdm progress bar over the studies.
+    """
+    from .metrics import cardiac_measures
+
+    scores: list[SliceScore] = []
+    true_regions: dict[str, list[np.ndarray]] = {m: [] for m in pipelines}
+    pred_regions: dict[str, list[np.ndarray]] = {m: [] for m in pipelines}
+    measures: dict[str, list[tuple[str, object]]] = {m: [] for m in (*pipelines, "reference")}
+    latency: dict[str, list[float]] = {m: [] for m in pipelines}
+    items = list(studies)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, unit="study", desc="evaluate")
+    for case, study in items:
+        ed, es = study.ed, study.es
+        if ed.labels is None or es.labels is None:
+            raise InputError(f"study {case!r} has no ground-truth labels at ED and ES: it cannot be evaluated")
+        measures["reference"].append((case, cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing)))
+        for method, pipeline in pipelines.items():
+            result = pipeline.segment_study(study)
+            latency[method].append(result.timings_ms["wall"])
+            measures[method].append((case, result.measures))
+            for seg in (result.ed, result.es):
+                truth = seg.stack.labels
+                scores += score_stack(seg.labels, truth, method=method, case=case, phase=seg.stack.phase or "")
+                if seg.regions is not None:
+                    true_regions[method].append(slice_regions(truth).astype(np.int64))
+                    pred_regions[method].append(seg.regions.astype(np.int64))
+    regions = {m: (np.concatenate(true_regions[m]), np.concatenate(pred_regions[m])) for m in pipelines if true_regions[m]}
+    return EvaluationResult(scores, regions, measures, latency)
+
+
+def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline: str = "baseline", title: str = "") -> Path:
+    """Tables 1-3, Figure 2 and volume agreement as CSV, Markdown and PNG; returns report.md.
+
+    Written: ``slice_dice.csv``, ``table1_<method>.csv``, ``table2.csv`` (+ confusion matrices in
+    the Markdown), ``table3.csv`` (when ``baseline`` was evaluated), ``agreement.csv``,
+    ``figure2.png``, ``bland_altman_<quantity>_<method>.png`` and ``report.md``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = list(result.latency_ms)
+    md = [f"# {title or 'cmrsdk evaluation'}", ""]
+    n_cases = len(result.measures["reference"])
+    md += [f"{n_cases} studies (ED and ES), methods: {', '.join(methods)}. Slice Dice in %, NaN (label absent in "
+           "both masks) left out; regions from the ground truth (20/60/20 base to apex).", ""]
+    write_csv(out / "slice_dice.csv", result.scores)
+
+    md += ["## Table 1: mean (SD) Dice per region; * p < 0.01 (Welch's t-test against the middle)", ""]
+    for method in methods:
+        table = regional_table(result.scores, method)
+        write_csv(out / f"table1_{method}.csv", table)
+        rows = []
+        for r in table:
+            cell = {}
+            for region in ("base", "middle", "apex"):
+                star = "*" if r.get(f"{region}_significant") else ""
+                cell[region] = f"{r[f'{region}_mean']:.2f}{star} ({r[f'{region}_sd']:.2f}) n={r[f'{region}_n']}"
+            rows.append({"method": method, "label": r["label"], **cell})
+        md += [markdown_table(rows), ""]
+
+    if result.regions:
+        md += ["## Table 2: region classification (weighted precision and recall, %)", ""]
+        rows = []
+        for method, (t, p) in result.regions.items():
+            c = classifier_table(t, p)
+            rows.append({"method": method, "precision": c["precision"], "recall": c["recall"], "accuracy": c["accuracy"],
+                         "confusion (rows true nc/base/mid/apex)": " / ".join(",".join(str(v) for v in row) for row in c["confusion"])})
+        write_csv(out / "table2.csv", rows)
+        md += [markdown_table(rows), ""]
+
+    if baseline in methods and len(methods) > 1:
+        md += [f"## Table 3: change against {baseline} (mean and SD, points of %); * p < 0.01 (paired t-test)", ""]
+        rows3 = [row for m in methods if m != baseline for row in improvement_table(result.scores, baseline, m)]
+        write_csv(out / "table3.csv", rows3)
+        for row in rows3:
+            row["mean_change"] = f"{row['mean_change']:+.2f}{'*' if row['significant'] else ''}"
+        md += [markdown_table(rows3, ["method", "region", "label", "n", "mean_change", "sd_change", "p"]), ""]
+
+    curves = {m: dice_along_heart(result.scores, m) for m in methods}
+    save_dice_along_heart(out / "figure2.png", curves, title=title)
+    md += ["## Figure 2: Dice from base to apex", "", "![Dice along the heart](figure2.png)", ""]
+
+    md += ["## Volumes and EF against the ground truth (Bland-Altman)", ""]
+    reference = {case: m for case, m in result.measures["reference"]}
+    rows = []
+    for method in methods:
+        for quantity in ("lvedv_ml", "lvesv_ml", "lvef_pct", "lv_mass_g", "rvedv_ml", "rvesv_ml", "rvef_pct"):
+            pairs = [(getattr(m, quantity), getattr(reference[case], quantity)) for case, m in result.measures[method]]
+            a = agreement([p[0] for p in pairs], [p[1] for p in pairs])
+            rows.append({"method": method, "quantity": quantity, **a})
+            if quantity in ("lvef_pct", "rvef_pct"):
+                save_bland_altman(out / f"bland_altman_{quantity}_{method}.png", [p[0] for p in pairs], [p[1] for p in pairs], quantity=quantity)
+    write_csv(out / "agreement.csv", rows)
+    md += [markdown_table(rows), ""]
+
+    md += ["## Latency per ED+ES pair (ms, median)", ""]
+    md += [markdown_table([{"method": m, "median_ms": float(np.median(v)), "studies": len(v)} for m, v in result.latency_ms.items()]), ""]
+    report = out / "report.md"
+    tmp = report.with_name(".report.md.tmp")
+    tmp.write_text("\n".join(md))
+    tmp.replace(report)
+    return report

@@ -25,6 +25,7 @@ import copy
 import datetime as _dt
 import json
 import os
+import pickle
 import platform
 import shutil
 import sys
@@ -42,7 +43,7 @@ from cmrsdk.bundle import (ARTIFACT_KEYS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_
                            sha256_file)
 from cmrsdk.engines import create_engine
 from cmrsdk.engines.tensorrt import tensorrt_missing
-from cmrsdk.errors import BundleError, InputError, WriteError
+from cmrsdk.errors import BundleError, InputError, ReadError, WriteError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
 from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
 
@@ -302,7 +303,10 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     from export.train import load_trained_model
 
-    net, meta = load_trained_model(path)
+    try:
+        net, meta = load_trained_model(path)
+    except pickle.UnpicklingError as exc:  # load_trained_model maps OSError/RuntimeError, not this
+        raise ReadError(path, f"cannot be read as a training checkpoint: {exc}") from exc
     spec = meta["model"]
     args = ", ".join(f"{k}={v!r}" for k, v in sorted(spec.get("kwargs", {}).items()))
     info = {"kind": "segmentation" if meta.get("task") == "segmentation" else "classifier",

@@ -1,9 +1,12 @@
 """Shared fixtures: the real data beside the checkout, skipped (saying so) where absent."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/_bundles.py
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -14,3 +17,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}: tests on real cases are skipped")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def routing_bundle(tmp_path_factory) -> Path:
+    """A bundle whose models answer recognisably (tests/_bundles.py); built once per session."""
+    pytest.importorskip("torch")
+    from _bundles import build_routing_bundle
+
+    return build_routing_bundle(tmp_path_factory.mktemp("bundles") / "routing")

@@ -12,57 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+pytest.importorskip("torch")
 
-from cmrsdk.bundle import Preprocessing  # noqa: E402
+from _bundles import ANSWER  # noqa: E402
 from cmrsdk.errors import InputError  # noqa: E402
 from cmrsdk.labels import APEX, BASE, MIDDLE, NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.regions import slice_regions  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
 from cmrsdk.types import Stack  # noqa: E402
-
-SIZE = (64, 64)
-#: the constant label each segmentation model of the routing bundle answers
-ANSWER = {"baseline": 0, "base": 1, "middle": 2, "apex": 3}
-
-
-class ConstantSegmenter(nn.Module):
-    """Logits that make one label win everywhere, whatever the image."""
-
-    def __init__(self, label: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.bias.copy_(torch.eye(4)[label] * 10.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class MeanClassifier(nn.Module):
-    """Region logits peaking where 3 x the slice's mean intensity is nearest the region code."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.mean(dim=(1, 2, 3))[:, None] * 3.0
-        centres = torch.arange(4, dtype=x.dtype)[None]
-        return -((m - centres) ** 2) * 20.0
-
-
-@pytest.fixture(scope="module")
-def routing_bundle(tmp_path_factory):
-    from export.bundle import build_bundle
-
-    models = {name: (ConstantSegmenter(label), {"kind": "segmentation", "architecture": f"constant({label})"})
-              for name, label in ANSWER.items()}
-    models["classifier"] = (MeanClassifier(), {"kind": "classifier", "architecture": "mean-intensity"})
-    routing = {NON_CARDIAC: "baseline", BASE: "base", MIDDLE: "middle", APEX: "apex"}
-    pre = Preprocessing(target_spacing=(2.0, 2.0), size=SIZE, normalization="minmax")
-    return build_bundle(models, routing, pre, tmp_path_factory.mktemp("bundles") / "routing",
-                        formats=("onnx", "torchscript"))
-
 
 def _stepped_stack(levels: list[float]) -> Stack:
     """A stack whose slice z is uniformly levels[z]; 100 px at 1.5 mm outgrow the 64 px window.

@@ -1,0 +1,50 @@
+"""Small recognisable models for pipeline and CLI tests (see tests/test_pipeline.py)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cmrsdk.bundle import Preprocessing
+from cmrsdk.labels import APEX, BASE, MIDDLE, NON_CARDIAC
+
+SIZE = (64, 64)
+#: the constant label each segmentation model of the routing bundle answers
+ANSWER = {"baseline": 0, "base": 1, "middle": 2, "apex": 3}
+
+
+class ConstantSegmenter(nn.Module):
+    """Logits that make one label win everywhere, whatever the image."""
+
+    def __init__(self, label: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.copy_(torch.eye(4)[label] * 10.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class MeanClassifier(nn.Module):
+    """Region logits peaking where 3 x the slice's mean intensity is nearest the region code."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3))[:, None] * 3.0
+        centres = torch.arange(4, dtype=x.dtype)[None]
+        return -((m - centres) ** 2) * 20.0
+
+
+def build_routing_bundle(out_dir):
+    """A bundle of `ConstantSegmenter`s (baseline 0, base 1, middle 2, apex 3) and a `MeanClassifier`."""
+    from export.bundle import build_bundle
+
+    models = {name: (ConstantSegmenter(label), {"kind": "segmentation", "architecture": f"constant({label})"})
+              for name, label in ANSWER.items()}
+    models["classifier"] = (MeanClassifier(), {"kind": "classifier", "architecture": "mean-intensity"})
+    routing = {NON_CARDIAC: "baseline", BASE: "base", MIDDLE: "middle", APEX: "apex"}
+    pre = Preprocessing(target_spacing=(2.0, 2.0), size=SIZE, normalization="minmax")
+    return build_bundle(models, routing, pre, out_dir,
+                        formats=("onnx", "torchscript"))
+
+

@@ -1,0 +1,87 @@
+"""The cmrsdk command: segment, evaluate, info, inspect, and one clear line per failure."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from cmrsdk.cli import main
+from cmrsdk.io import read_study, write_acdc_patient, write_dicom_series
+from cmrsdk.synth import synthetic_study
+
+
+def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
+    study = synthetic_study(seed=2)
+    write_dicom_series(tmp_path / "dicom", study)
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "dicom"), "-o", str(out), "--bundle", str(routing_bundle)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.json", "seg_ED.dcm", "seg_ES.dcm"]
+    report = json.loads((out / "report.json").read_text())
+    ed = read_study(tmp_path / "dicom").phases[report["ed_index"]]
+    labels = np.asarray(nib.load(out / "labels_ED.nii.gz").dataobj)
+    assert labels.shape == ed.shape[::-1]  # NIfTI stores (X, Y, Z)
+    np.testing.assert_allclose(nib.load(out / "labels_ED.nii.gz").affine[:3, 3], ed.affine[:3, 3], atol=1e-3)
+    assert pydicom.dcmread(out / "seg_ED.dcm").Modality == "SEG"
+    assert set(report["measures"]) >= {"lvedv_ml", "lvef_pct", "lv_mass_g", "rvef_pct"}
+    assert len(report["phases"][0]["slices"]) == ed.shape[0]
+    assert (out / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    assert "LVEF" in capsys.readouterr().out
+
+
+def test_several_studies_one_failure_carries_on(routing_bundle, tmp_path, capsys):
+    write_acdc_patient(tmp_path / "patient900", synthetic_study(seed=4))
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti file")
+    code = main(["segment", str(tmp_path / "patient900"), str(tmp_path / "broken.nii.gz"), "-o", str(tmp_path / "out"),
+                 "--bundle", str(routing_bundle), "--mode", "baseline"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("cmrsdk: error:") == 1 and "broken.nii.gz" in err
+    assert (tmp_path / "out" / "patient900" / "report.json").is_file()
+    assert not (tmp_path / "out" / "broken").exists()
+
+
+def test_evaluate_writes_tables_and_figures(routing_bundle, tmp_path):
+    for i in range(2):
+        write_acdc_patient(tmp_path / "data" / f"patient90{i}", synthetic_study(seed=10 + i))
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(tmp_path / "data"), "-o", str(out), "--bundle", str(routing_bundle),
+                 "--modes", "baseline", "oracle"]) == 0
+    report = (out / "report.md").read_text()
+    assert "Table 1" in report and "Table 3" in report and "figure2.png" in report
+    assert (out / "figure2.png").is_file() and (out / "table3.csv").is_file()
+    rows = (out / "slice_dice.csv").read_text().splitlines()
+    assert rows[0].startswith("method,case,phase") and len(rows) > 20
+
+
+def test_info_and_inspect(routing_bundle, tmp_path, capsys):
+    assert main(["info", str(routing_bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "routing: non-cardiac -> baseline" in out and "classifier: classifier" in out
+    write_dicom_series(tmp_path / "dicom", synthetic_study(seed=5))
+    assert main(["inspect", str(tmp_path / "dicom")]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["format"] == "dicom" and found["phases"] == 2
+
+
+def test_tampered_bundle_is_refused_with_one_line(routing_bundle, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(routing_bundle, bad)
+    onnx = next(bad.glob("*.onnx"))
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert onnx.name in err and err.startswith("cmrsdk: error:")
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("cmrsdk 0.")
