@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -113,6 +113,8 @@ class Pipeline:
     mode : "routed", "baseline" or "oracle".
     largest_component : keep only the largest 3-D connected component of each structure.
     threads : threads of the native kernels (default: all cores).
+    engine_options : passed to every engine, e.g. ``{"intra_op_threads": 2}`` for ONNX Runtime
+        or ``{"cuda_graphs": True}`` for TorchScript on CUDA (see `cmrsdk.engines`).
 
     The object holds no per-call state: one pipeline may serve several threads at once.
     """
@@ -126,6 +128,7 @@ class Pipeline:
         mode: Mode = "routed",
         largest_component: bool = True,
         threads: int | None = None,
+        engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
@@ -148,7 +151,8 @@ class Pipeline:
             needed |= set(self.bundle.routing.values())
         if mode == "routed":
             needed.add(self.bundle.classifier)
-        self._engines = {name: self.bundle.engine(name, backend=backend, device=device) for name in sorted(needed)}
+        options = dict(engine_options or {})
+        self._engines = {name: self.bundle.engine(name, backend=backend, device=device, **options) for name in sorted(needed)}
 
     # -- stages -----------------------------------------------------------------------------
     def _route(self, images: np.ndarray, stack: Stack) -> tuple[np.ndarray | None, np.ndarray | None]:

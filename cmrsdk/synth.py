@@ -96,8 +96,8 @@ class _Body:
 
     def __init__(self, rng: np.random.Generator) -> None:
         # an oblique short-axis plane cuts the thorax long: the body runs off the bottom of the field
-        self.centre = (rng.uniform(60.0, 110.0), rng.uniform(-15.0, 15.0))
-        self.axes = (rng.uniform(185.0, 240.0), rng.uniform(138.0, 158.0))   # (rows, columns) semi-axes
+        self.centre = (rng.uniform(50.0, 90.0), rng.uniform(-15.0, 15.0))
+        self.axes = (rng.uniform(190.0, 240.0), rng.uniform(138.0, 158.0))   # (rows, columns) semi-axes
         self.angle = rng.uniform(-0.15, 0.15)
         self.fat = rng.uniform(8.0, 16.0)            # subcutaneous fat
         self.muscle = rng.uniform(8.0, 15.0)         # chest wall muscle and ribs
@@ -236,7 +236,6 @@ def _render_plane(heart: _Heart, shape: dict[str, float], depth: float, p: np.nd
     p = p - heart.drift[0] * depth
     q = q - heart.drift[1] * depth
     d = np.hypot(p, q)
-    angle = np.arctan2(p, q)
     image = background.copy()
     labels = np.zeros(p.shape, dtype=np.uint8)
     length, cap = shape["length"], shape["cap"]
@@ -263,7 +262,7 @@ def _render_plane(heart: _Heart, shape: dict[str, float], depth: float, p: np.nd
     cavity_r = shape["cavity"] * np.sqrt(max(0.0, 1.0 - (depth / length) ** 2))
     outer_r = shape["outer"] * np.sqrt(max(0.0, 1.0 - (depth / (length + cap)) ** 2))
     # epicardial fat, thickest towards the grooves where the RV meets the LV
-    groove = np.sin(angle - heart.rv_angle) ** 2
+    groove = ((p * np.cos(heart.rv_angle) - q * np.sin(heart.rv_angle)) / np.maximum(d, 1e-6)) ** 2  # sin^2 of the angle to the RV
     fat_alpha = _sigmoid((outer_r + heart.fat * (0.3 + 0.9 * groove) - d) / edge) if outer_r > 0 else np.zeros_like(d)
 
     # RV: an ellipse beside the LV, outside the LV wall, ending at 3/4 of the LV length
@@ -301,7 +300,9 @@ def _render_plane(heart: _Heart, shape: dict[str, float], depth: float, p: np.nd
             _lay_disk(cavity_value, p, q, centre, heart.papillary * cavity_r, contrast["myocardium"], edge)
     if depth < _OPEN_MM:
         # the basal ring opens at the outflow tract: the wedge of wall there is blood pool
-        wedge = np.abs(np.angle(np.exp(1j * (angle - heart.open_angle)))) < 0.45 * (1.0 - depth / _OPEN_MM) + 0.1
+        # within a half-angle of the outflow direction: compare cosines (no arctan needed)
+        cos_to_outflow = (q * np.cos(heart.open_angle) + p * np.sin(heart.open_angle)) / np.maximum(d, 1e-6)
+        wedge = cos_to_outflow > np.cos(0.45 * (1.0 - depth / _OPEN_MM) + 0.1)
         cavity_soft = np.where(wedge, wall_soft, cavity_soft)
         cavity_mask = cavity_mask | (wedge & wall_mask)
     _mix(image, contrast["myocardium"] * (1.0 - cavity_soft) + cavity_value * cavity_soft, wall_soft)
@@ -377,7 +378,7 @@ def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[
     tilt = rng.uniform(-0.5, 0.5, size=2)
     bias = np.exp(tilt[0] * p / 150.0 + tilt[1] * q / 150.0 - rng.uniform(0.1, 0.4) * (p**2 + q**2) / 150.0**2)
     # the heart is drawn only in a box around the LV axis, over the once-drawn surroundings
-    reach = 105.0 + 0.06 * (heart.length + heart.wall)
+    reach = 90.0 + 0.06 * (heart.length + heart.wall)
     box = (slice(int(np.searchsorted(rows, -reach)), int(np.searchsorted(rows, reach))),
            slice(int(np.searchsorted(cols, -reach)), int(np.searchsorted(cols, reach))))
     pb, qb = p[box], q[box]
@@ -404,7 +405,8 @@ def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[
             planes = [_render_plane(heart, state, centre_depth + o * dz, pb, qb, contrast, edge, under) for o in _SUBPLANES]
             signal[box] = np.mean([plane[0] for plane in planes], axis=0)
             signal *= bias
-            images[z] = np.hypot(signal + sigma * rng.standard_normal(signal.shape), sigma * rng.standard_normal(signal.shape))
+            real, imaginary = rng.standard_normal((2, ny, nx), dtype=np.float32)
+            images[z] = np.hypot(signal.astype(np.float32) + np.float32(sigma) * real, np.float32(sigma) * imaginary)
             labels[z][box] = planes[1][1]
         if apex_first:
             images, labels = images[::-1].copy(), labels[::-1].copy()

@@ -108,3 +108,35 @@ def test_bad_options() -> None:
         synthetic_study(0, spacing=(0.0, 1.0, 1.0))
     with pytest.raises(InputError, match=r"'shape' must be at least \(32, 32\) pixels, got \(8, 64\)"):
         synthetic_study(0, shape=(8, 64))
+
+
+def test_surroundings_look_like_a_cine_scan() -> None:
+    # a wide field (460 mm) so the corners lie outside the body
+    stack = synthetic_study(0, shape=(256, 256), spacing=(10.0, 1.8, 1.8), noise=0.03).ed
+    order = labelled_slices_base_to_apex(stack.labels)
+    z = order[len(order) // 2]
+    image, labels = stack.pixels[z].astype(np.float64), stack.labels[z]
+    myocardium, blood = image[labels == LVM].mean(), image[labels == LVBP].mean()
+    # cine bSSFP: blood much brighter than myocardium
+    assert blood > 2.0 * myocardium, (blood, myocardium)
+    # air outside the body: the corners are dark
+    assert max(image[:10, :10].mean(), image[:10, -10:].mean()) < 0.2 * myocardium
+    # lungs above the heart (towards row 0), 60 - 75 mm from the LV centre: darker than myocardium
+    cy, cx = np.argwhere(labels == LVBP).mean(axis=0)
+    lung = image[int(cy - 75 / 1.8):int(cy - 60 / 1.8), int(cx - 10 / 1.8):int(cx + 10 / 1.8)]
+    assert lung.size and lung.mean() < 0.35 * myocardium, (lung.mean(), myocardium)
+    # the body outline: along the LV centre's row, from the image edge, air then a bright fat ring
+    row = image[int(cy)]
+    inside = np.nonzero(row > 0.5 * myocardium)[0]
+    assert inside[0] > 5 and row[inside[0]:inside[0] + 15].max() > 1.5 * myocardium
+    # plenty of the slice is non-cardiac tissue of varied intensity, not a flat background
+    outside = image[labels == 0]
+    assert np.count_nonzero(outside < 0.3 * myocardium) > 0.2 * outside.size
+    assert np.count_nonzero(outside > 1.5 * myocardium) > 0.05 * outside.size
+
+
+def test_rv_lies_on_the_image_left_of_the_lv_as_in_acdc() -> None:
+    for seed in range(4):
+        labels = synthetic_study(seed).ed.labels
+        lv, rv = np.argwhere(labels == LVBP).mean(axis=0), np.argwhere(labels == RVBP).mean(axis=0)
+        assert rv[2] < lv[2] - 10, (seed, lv, rv)

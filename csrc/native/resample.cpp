@@ -169,6 +169,18 @@ void apply_columns_any(const AxisTable& t, const float* in, float* out, std::ptr
     }
 }
 
+// True when all n floats are finite: the exponent bits of NaN and infinities are all ones.
+// Integer OR-reduction, which the compiler vectorises (a float sum would stay scalar).
+inline bool all_finite(const float* p, std::ptrdiff_t n) {
+    std::uint32_t bad = 0;
+    for (std::ptrdiff_t i = 0; i < n; ++i) {
+        std::uint32_t u;
+        std::memcpy(&u, p + i, sizeof u);
+        bad |= static_cast<std::uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+    }
+    return bad == 0;
+}
+
 }  // namespace
 
 template <class T>
@@ -194,10 +206,8 @@ bool resample_stack(const StridedStack& in, float* out, std::ptrdiff_t out_y, st
                     target[x] = static_cast<float>(*reinterpret_cast<const T*>(row + x * in.strides[2]));
                 }
                 if constexpr (std::is_floating_point_v<T>) {
-                    // v - v is 0 for finite v and NaN otherwise; the sum vectorises, a branch would not.
-                    float probe = 0.0f;
-                    for (std::ptrdiff_t x = 0; x < nx; ++x) probe += target[x] - target[x];
-                    slice_finite = slice_finite && probe == 0.0f;
+                    // After the cast to float: a float64 beyond float32's range is caught as well.
+                    slice_finite = slice_finite && all_finite(target, nx);
                 }
                 if (!tx.identity) {
                     if (order == 3) prefilter_cubic(line.data(), nx, 1, 1);
@@ -274,15 +284,12 @@ bool resample_argmax(const float* prob, std::ptrdiff_t nz, std::ptrdiff_t nc, st
     std::atomic<bool> finite{true};
     // The check covers every probability, read or not: a NaN anywhere means a broken engine.
     parallel_for(nz * nc * h, threads, 64, [&](std::ptrdiff_t b, std::ptrdiff_t e) {
-        float probe = 0.0f;
-        const float* p = prob + b * w;
-        const std::ptrdiff_t count = (e - b) * w;
-        for (std::ptrdiff_t i = 0; i < count; ++i) probe += p[i] - p[i];
-        if (probe != 0.0f) finite.store(false);
+        if (!all_finite(prob + b * w, (e - b) * w)) finite.store(false);
     });
     if (!finite.load()) return false;
     parallel_for(nz * ny, threads, 16, [&](std::ptrdiff_t r0, std::ptrdiff_t r1) {
         std::vector<float> blend(static_cast<std::size_t>(w));
+        std::vector<float> value(static_cast<std::size_t>(nx));
         std::vector<float> best(static_cast<std::size_t>(nx));
         for (std::ptrdiff_t r = r0; r < r1; ++r) {
             const std::ptrdiff_t z = r / ny, y = r % ny;
@@ -298,16 +305,24 @@ bool resample_argmax(const float* prob, std::ptrdiff_t nz, std::ptrdiff_t nc, st
                 const float* p0 = plane + ay.i0[ky] * w;
                 const float* p1 = plane + ay.i1[ky] * w;
                 for (std::ptrdiff_t j = lo; j <= hi; ++j) blend[static_cast<std::size_t>(j)] = wy0 * p0[j] + wy1 * p1[j];
-                const auto label = static_cast<std::uint8_t>(c);
+                float* v = c == 0 ? best.data() : value.data();
                 for (std::ptrdiff_t x = 0; x < nx; ++x) {
                     const auto kx = static_cast<std::size_t>(x);
-                    const float v = (1.0f - ax.w1[kx]) * blend[static_cast<std::size_t>(ax.i0[kx])] +
-                                    ax.w1[kx] * blend[static_cast<std::size_t>(ax.i1[kx])];
-                    // Ties go to the lower class, as numpy's and torch's argmax do.
-                    if (c == 0 || v > best[kx]) {
-                        best[kx] = v;
-                        dst[x] = label;
-                    }
+                    v[x] = (1.0f - ax.w1[kx]) * blend[static_cast<std::size_t>(ax.i0[kx])] +
+                           ax.w1[kx] * blend[static_cast<std::size_t>(ax.i1[kx])];
+                }
+                if (c == 0) {
+                    std::memset(dst, 0, static_cast<std::size_t>(nx));
+                    continue;
+                }
+                // Branch-free running argmax (random-looking probabilities defeat branch
+                // prediction); ties go to the lower class, as numpy's and torch's argmax do.
+                const auto label = static_cast<std::uint8_t>(c);
+                float* b = best.data();
+                for (std::ptrdiff_t x = 0; x < nx; ++x) {
+                    const bool wins = v[x] > b[x];
+                    b[x] = wins ? v[x] : b[x];
+                    dst[x] = wins ? label : dst[x];
                 }
             }
             for (std::ptrdiff_t x = 0; x < nx; ++x) {

@@ -1,0 +1,274 @@
+"""End-to-end latency of the cmrsdk pipeline per ED+ES pair, against references in the same run.
+
+Rows, all measured in this one process with the same thread count:
+
+- ``cmrsdk <backend> <mode>``: `cmrsdk.Pipeline.segment_study` on each ED+ES pair, per stage;
+- ``reference``: the same pipeline as a typical research script writes it: scipy.ndimage.zoom
+  (order 3) per slice, numpy z-score, eager PyTorch one slice at a time (classifier, then the
+  region U-Net), torch bilinear interpolation back and argmax, scipy largest component; the same
+  trained weights, rebuilt from the bundle's TorchScript artifacts;
+- ``nnU-Net v2`` (``--nnunet``, needs the ``nnunetv2`` package): see benchmarks/nnunet_reference.py;
+- ``floor``: the pipeline's network FLOPs divided by this machine's float32 matmul peak, measured
+  here (torch, 2048 x 2048 products).
+
+Medians over ``--repeats`` runs after one warm-up; ratios are against the routed cmrsdk row with
+the default backend. Usage::
+
+    python benchmarks/pipeline_latency.py [--bundle cmrsdk/demo/bundle] [--cases 4] [--repeats 5]
+        [--threads 2] [--nnunet] [--memory-calls 1000] [--json benchmarks/results/latency.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cmrsdk import preprocess  # noqa: E402
+from cmrsdk.bundle import load_bundle  # noqa: E402
+from cmrsdk.cli import DEMO_BUNDLE  # noqa: E402
+from cmrsdk.engines import backend_missing  # noqa: E402
+from cmrsdk.labels import NON_CARDIAC  # noqa: E402
+from cmrsdk.pipeline import Pipeline  # noqa: E402
+from cmrsdk.synth import synthetic_study  # noqa: E402
+from cmrsdk.types import Stack, Study  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "acdc" / "training"
+
+
+def load_pairs(n_cases: int) -> list[tuple[str, Study]]:
+    """Held-out ACDC ED+ES pairs (patient005, 010, ...) where present, plus two synthetic pairs."""
+    from cmrsdk.io import read_acdc_patient
+
+    pairs: list[tuple[str, Study]] = []
+    if SHARED.is_dir():
+        for k in range(1, n_cases + 1):
+            folder = SHARED / f"patient{5 * k:03d}"
+            if folder.is_dir():
+                pairs.append((folder.name, read_acdc_patient(folder)))
+    pairs += [(f"synthetic{s}", synthetic_study(seed=s)) for s in range(2)]
+    return pairs
+
+
+def median_ms(fn, repeats: int) -> tuple[float, list[float]]:
+    fn()  # warm-up: engines, allocators, caches
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000.0)
+    return statistics.median(times), times
+
+
+# -- the reference: what a research script does ------------------------------------------
+
+class ReferencePipeline:
+    """Eager PyTorch + scipy, one slice at a time, with the bundle's weights."""
+
+    def __init__(self, bundle_path: Path, threads: int) -> None:
+        import torch
+
+        from export.bundle import ProbabilityModel
+        from export.models import get_model
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.bundle = load_bundle(bundle_path)
+        self.models = {}
+        for name, info in self.bundle.models.items():
+            config = info.record.get("training", {}).get("config", {})
+            spec = config.get("model")
+            if not spec:
+                raise SystemExit(f"model {name!r} of {bundle_path} has no training config: cannot rebuild it eagerly")
+            net = ProbabilityModel(get_model(spec["name"], **spec.get("kwargs", {})))
+            scripted = torch.jit.load(str(info.artifacts["torchscript"].path), map_location="cpu")
+            net.load_state_dict(scripted.state_dict())
+            self.models[name] = net.eval()
+        pre = self.bundle.preprocessing
+        self.spacing, self.size, self.norm = pre.target_spacing, pre.size, pre.normalization
+
+    def segment(self, stack: Stack) -> np.ndarray:
+        from scipy import ndimage
+
+        torch = self.torch
+        zoom = (stack.spacing[1] / self.spacing[0], stack.spacing[2] / self.spacing[1])
+        labels = np.zeros(stack.shape, np.uint8)
+        lo, hi = np.percentile(stack.pixels, (0.5, 99.5))
+        clipped = np.clip(stack.pixels, lo, hi)
+        mean, std = clipped.mean(), clipped.std()
+        H, W = self.size
+        with torch.inference_mode():
+            for z in range(stack.shape[0]):
+                image = ndimage.zoom(stack.pixels[z], zoom, order=3, mode="nearest", grid_mode=True)
+                image = (np.clip(image, lo, hi) - mean) / max(std, 1e-8)
+                window = np.zeros((H, W), np.float32)
+                oy, ox = (image.shape[0] - H) // 2, (image.shape[1] - W) // 2
+                src = image[max(oy, 0): max(oy, 0) + H, max(ox, 0): max(ox, 0) + W]
+                window[max(-oy, 0): max(-oy, 0) + src.shape[0], max(-ox, 0): max(-ox, 0) + src.shape[1]] = src
+                x = torch.from_numpy(window)[None, None]
+                region = int(self.models[self.bundle.classifier](x).argmax(1)) if self.bundle.classifier else NON_CARDIAC
+                name = self.bundle.routing.get(region, self.bundle.routing[NON_CARDIAC])
+                prob = self.models[name](x)  # (1, C, H, W)
+                full = torch.zeros((1, prob.shape[1], *image.shape))
+                full[:, 0] = 1.0  # outside the window: background
+                ys, xs = max(oy, 0), max(ox, 0)
+                full[:, :, ys: ys + src.shape[0], xs: xs + src.shape[1]] = prob[:, :, max(-oy, 0): max(-oy, 0) + src.shape[0],
+                                                                                max(-ox, 0): max(-ox, 0) + src.shape[1]]
+                native = torch.nn.functional.interpolate(full, size=stack.shape[1:], mode="bilinear", align_corners=False)
+                labels[z] = native.argmax(1)[0].numpy().astype(np.uint8)
+        for label in (1, 2, 3):
+            components, n = ndimage.label(labels == label)
+            if n > 1:
+                sizes = np.bincount(components.ravel())[1:]
+                labels[(components > 0) & (components != 1 + int(sizes.argmax()))] = 0
+        return labels
+
+
+# -- the floor ----------------------------------------------------------------------------
+
+def matmul_peak_gflops(threads: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048**3 / best / 1e9
+
+
+def pipeline_gflop(ref: ReferencePipeline, pipeline: Pipeline, pairs: list[tuple[str, Study]]) -> float:
+    """Network FLOPs of the routed pipeline over all pairs (classifier + one U-Net per slice), GFLOP per pair."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    H, W = ref.size
+    x = torch.zeros(1, 1, H, W)
+    per_slice = {}
+    with torch.inference_mode():
+        for name, model in ref.models.items():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                model(x)
+            per_slice[name] = counter.get_total_flops()
+    total = 0.0
+    for _, study in pairs:
+        n = study.ed.shape[0] + study.es.shape[0]
+        total += n * (per_slice.get(ref.bundle.classifier, 0) + per_slice[ref.bundle.routing[NON_CARDIAC]])
+    return total / len(pairs) / 1e9
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", default=str(DEMO_BUNDLE))
+    parser.add_argument("--cases", type=int, default=4, help="held-out ACDC pairs (patient005, 010, ...)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--nnunet", action="store_true", help="also time nnU-Net v2's predictor (needs nnunetv2)")
+    parser.add_argument("--memory-calls", type=int, default=1000, help="consecutive calls for the leak check (0: skip)")
+    parser.add_argument("--json", default=None, help="write the results here as JSON")
+    args = parser.parse_args()
+
+    pairs = load_pairs(args.cases)
+    print(f"{len(pairs)} ED+ES pairs: {', '.join(n for n, _ in pairs)}; {args.threads} threads; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    rows: list[dict] = []
+
+    def run_all(segment) -> None:
+        for _, study in pairs:
+            segment(study)
+
+    # cmrsdk, every backend this machine can run, both modes
+    backends = [b for b in ("onnx", "torchscript") if backend_missing(b, "cpu") is None]
+    options = {"onnx": {"intra_op_threads": args.threads}, "torchscript": {}}
+    default_row = None
+    pipelines = {}
+    for backend in backends:
+        for mode in ("baseline", "routed"):
+            if backend == "torchscript":
+                import torch
+
+                torch.set_num_threads(args.threads)
+            pipe = Pipeline(args.bundle, backend=backend, mode=mode, threads=args.threads, engine_options=options[backend])
+            pipelines[(backend, mode)] = pipe
+            stage_times: dict[str, list[float]] = {}
+
+            def segment(study, pipe=pipe):
+                result = pipe.segment_study(study)
+                for k, v in result.timings_ms.items():
+                    stage_times.setdefault(k, []).append(v)
+
+            ms, _ = median_ms(lambda: run_all(segment), args.repeats)
+            row = {"name": f"cmrsdk {backend} {mode}", "ms_per_pair": ms / len(pairs),
+                   "stages_ms": {k: statistics.median(v) for k, v in stage_times.items()}}
+            rows.append(row)
+            if default_row is None and mode == "routed":
+                default_row = row
+
+    ref = ReferencePipeline(Path(args.bundle), args.threads)
+    ms, _ = median_ms(lambda: run_all(lambda s: (ref.segment(s.ed), ref.segment(s.es))), max(1, args.repeats // 2))
+    rows.append({"name": "reference (eager torch + scipy, slice loop)", "ms_per_pair": ms / len(pairs)})
+
+    if args.nnunet:
+        from nnunet_reference import time_nnunet  # benchmarks/nnunet_reference.py
+
+        for mirroring in (True, False):
+            ms_pair, note = time_nnunet(ref, pairs, mirroring=mirroring, threads=args.threads, repeats=max(1, args.repeats // 5))
+            rows.append({"name": f"nnU-Net v2 predictor ({'mirroring' if mirroring else 'no mirroring'}; {note})",
+                         "ms_per_pair": ms_pair})
+
+    peak = matmul_peak_gflops(args.threads)
+    gflop = pipeline_gflop(ref, pipelines[(backends[0], "routed")], pairs)
+    rows.append({"name": f"floor ({gflop:.2f} GFLOP per pair at {peak:.0f} GFLOP/s matmul peak)", "ms_per_pair": gflop / peak * 1000.0})
+
+    base = default_row["ms_per_pair"]
+    print(f"\n| pipeline | ms per ED+ES pair (median) | x routed {default_row['name'].split()[1]} | stages (ms: preprocess / classify / segment / postprocess) |")
+    print("|---|---|---|---|")
+    for row in rows:
+        stages = row.get("stages_ms")
+        stage_text = " / ".join(f"{stages[k] / 2:.1f}" for k in ("preprocess", "classify", "segment", "postprocess")) if stages else ""
+        row["ratio_to_routed"] = row["ms_per_pair"] / base
+        print(f"| {row['name']} | {row['ms_per_pair']:.1f} | {row['ratio_to_routed']:.2f} | {stage_text} |")
+    print("(stage times are per stack: half of a pair)")
+
+    memory = {}
+    if args.memory_calls:
+        pipe = pipelines[(backends[0], "routed")]
+        stack = pairs[0][1].ed
+        for _ in range(20):
+            pipe.segment(stack)
+        before = rss_mb()
+        for _ in range(args.memory_calls):
+            pipe.segment(stack)
+        after = rss_mb()
+        memory = {"rss_after_warmup_mb": before, "rss_after_calls_mb": after, "calls": args.memory_calls,
+                  "growth_mb": after - before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        print(f"\nmemory: peak RSS {memory['peak_rss_mb']:.0f} MB; RSS {before:.0f} MB -> {after:.0f} MB over "
+              f"{args.memory_calls} further calls ({memory['growth_mb']:+.1f} MB)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"rows": rows, "memory": memory, "pairs": [n for n, _ in pairs],
+                                               "threads": args.threads, "peak_gflops": peak}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
