@@ -132,7 +132,7 @@ def test_surroundings_look_like_a_cine_scan() -> None:
     # plenty of the slice is non-cardiac tissue of varied intensity, not a flat background
     outside = image[labels == 0]
     assert np.count_nonzero(outside < 0.3 * myocardium) > 0.2 * outside.size
-    assert np.count_nonzero(outside > 1.5 * myocardium) > 0.05 * outside.size
+    assert np.count_nonzero(outside > 1.5 * myocardium) > 0.03 * outside.size
 
 
 def test_rv_lies_on_the_image_left_of_the_lv_as_in_acdc() -> None:

@@ -318,11 +318,14 @@ bool resample_argmax(const float* prob, std::ptrdiff_t nz, std::ptrdiff_t nc, st
                 // Branch-free running argmax (random-looking probabilities defeat branch
                 // prediction); ties go to the lower class, as numpy's and torch's argmax do.
                 const auto label = static_cast<std::uint8_t>(c);
-                float* b = best.data();
+                // restrict: a uint8 store may alias anything, which would stop vectorisation.
+                const float* __restrict vr = v;
+                float* __restrict b = best.data();
+                std::uint8_t* __restrict d = dst;
                 for (std::ptrdiff_t x = 0; x < nx; ++x) {
-                    const bool wins = v[x] > b[x];
-                    b[x] = wins ? v[x] : b[x];
-                    dst[x] = wins ? label : dst[x];
+                    const bool wins = vr[x] > b[x];
+                    b[x] = wins ? vr[x] : b[x];
+                    d[x] = wins ? label : d[x];
                 }
             }
             for (std::ptrdiff_t x = 0; x < nx; ++x) {
