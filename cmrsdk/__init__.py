@@ -2,12 +2,30 @@
 
 The short public surface; everything else lives in its module (``cmrsdk.io``,
 ``cmrsdk.preprocess``, ``cmrsdk.engines``, ``cmrsdk.metrics``, ``cmrsdk.evaluation``, ...).
+Importing cmrsdk imports neither torch nor onnxruntime; the readers (pydicom, nibabel) load on
+first use of `read_study`.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from .bundle import load_bundle
 from .errors import CmrError
+from .pipeline import Pipeline, Segmentation, StudySegmentation
 from .types import Stack, Study, StudyInfo
 
 __version__ = "0.1.0"
 
-__all__ = ["CmrError", "Stack", "Study", "StudyInfo", "__version__"]
+__all__ = [
+    "CmrError", "Stack", "Study", "StudyInfo", "Pipeline", "Segmentation", "StudySegmentation",
+    "load_bundle", "read_study", "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # read_study pulls in pydicom and nibabel: load them when first asked for, not at import
+    if name == "read_study":
+        from .io import read_study
+
+        return read_study
+    raise AttributeError(f"module 'cmrsdk' has no attribute {name!r}")
