@@ -28,6 +28,7 @@ import argparse
 import csv
 import math
 import os
+import pickle
 import sys
 import time
 import tomllib
@@ -262,7 +263,7 @@ def load_trained_model(path: str | Path, *, map_location: str = "cpu") -> tuple[
     path = Path(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise ReadError(path, f"cannot be read as a training checkpoint: {exc}") from exc
     if not isinstance(state, dict) or "model" not in state or "state_dict" not in state:
         raise ReadError(path, "is not an export.train checkpoint (no 'model' / 'state_dict' entries)")

@@ -156,3 +156,13 @@ def test_torchrun_two_gloo_processes(tmp_path: Path) -> None:
     assert "done: iteration 2" in done.stdout
     state = torch.load(tmp_path / "out" / "last.pt", weights_only=False)
     assert len(state["sampler"]) == 2 and state["sampler"][0] != state["sampler"][1]
+
+
+def test_unreadable_checkpoint_raises(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ReadError, match="cannot be read as a training checkpoint"):
+        load_trained_model(path)
+    torch.save({"weights": 1}, path)
+    with pytest.raises(ReadError, match="is not an export.train checkpoint"):
+        load_trained_model(path)

@@ -71,9 +71,8 @@ class UNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # nnU-Net's InitWeights_He(1e-2): He-normal weights matched to LeakyReLU(0.01), zero
-        # biases; torch's default (uniform, a=sqrt(5)) starts the heads ~2.4x smaller and slows
-        # the escape from the all-background plateau in the first few hundred iterations
+        # nnU-Net's InitWeights_He(1e-2): He-normal weights matched to LeakyReLU(0.01) and zero
+        # biases, instead of torch's default (uniform, a=sqrt(5)), so training starts as nnU-Net's
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.kaiming_normal_(module.weight, a=1e-2)
