@@ -345,6 +345,18 @@ def _preprocessing(args: argparse.Namespace, models: Mapping[str, tuple[nn.Modul
                          tuple(int(v) for v in values["size"]), str(values["normalization"]))  # type: ignore[arg-type]
 
 
+def cache_examples(cache_dir: str | Path, count: int = 32) -> np.ndarray:
+    """``count`` validation slices of a slice cache, evenly spread: float32 (count, 1, H, W) for parity."""
+    from export.data import load_cache
+
+    slices = load_cache(cache_dir)
+    val = np.flatnonzero(np.isin(slices.cases, np.asarray(slices.meta["splits"]["val"])))
+    if len(val) == 0:
+        raise InputError(f"slice cache {cache_dir} has no validation slices to take parity examples from")
+    pick = val[np.linspace(0, len(val) - 1, min(count, len(val))).round().astype(int)]
+    return np.ascontiguousarray(slices.images[pick][:, None], dtype=np.float32)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m export.bundle``: checkpoints in, verified bundle directory out."""
     parser = argparse.ArgumentParser(prog="python -m export.bundle", description=__doc__.split("\n\n")[0])
@@ -359,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="network input size; default: the checkpoints' own")
     parser.add_argument("--normalization", default=None, help="default: the checkpoints' own")
     parser.add_argument("--examples", type=Path, default=None, help=".npy float32 (N, 1, H, W) real normalised slices for parity")
+    parser.add_argument("--examples-from-cache", type=Path, default=None, metavar="CACHE",
+                        help="take the parity slices from an export.data slice cache instead (its validation patients)")
+    parser.add_argument("--examples-count", type=int, default=32, help="slices taken with --examples-from-cache")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--overwrite", action="store_true")
@@ -374,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        ((0, "baseline"), (1, "base"), (2, "middle"), (3, "apex"))}
             routing = {k: v for k, v in routing.items() if v is not None}
         examples = np.load(args.examples) if args.examples else None
+        if args.examples_from_cache is not None:
+            examples = cache_examples(args.examples_from_cache, args.examples_count)
         path = build_bundle(models, routing, _preprocessing(args, models),
                             args.output, examples, args.formats, max_batch=args.max_batch, overwrite=args.overwrite)
     except (cmrsdk.CmrError, ValueError, OSError) as exc:
