@@ -240,11 +240,11 @@ def main() -> int:
     rows.append({"name": f"floor ({gflop:.2f} GFLOP per pair at {peak:.0f} GFLOP/s matmul peak)", "ms_per_pair": gflop / peak * 1000.0})
 
     base = default_row["ms_per_pair"]
-    print(f"\n| pipeline | ms per ED+ES pair (median) | x routed {default_row['name'].split()[1]} | stages (ms: preprocess / classify / segment / postprocess) |")
+    print(f"\n| pipeline | ms per ED+ES pair (median) | x routed {default_row['name'].split()[1]} | stages (ms: preprocess / classify / locate / segment / postprocess) |")
     print("|---|---|---|---|")
     for row in rows:
         stages = row.get("stages_ms")
-        stage_text = " / ".join(f"{stages[k] / 2:.1f}" for k in ("preprocess", "classify", "segment", "postprocess")) if stages else ""
+        stage_text = " / ".join(f"{stages[k] / 2:.1f}" for k in ("preprocess", "classify", "locate", "segment", "postprocess")) if stages else ""
         row["ratio_to_routed"] = row["ms_per_pair"] / base
         print(f"| {row['name']} | {row['ms_per_pair']:.1f} | {row['ratio_to_routed']:.2f} | {stage_text} |")
     print("(stage times are per stack: half of a pair)")

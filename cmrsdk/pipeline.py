@@ -5,6 +5,8 @@ One `Pipeline.segment` call turns a `Stack` into uint8 labels on the stack's own
 1. preprocess   native core: in-plane resample to the bundle's spacing, normalise, crop/pad to
                 the network size → float32 (Z, 1, H, W) and the inverse transform;
 2. classify     one batched call of the classifier → region and probabilities per slice;
+   locate       (``heart_crop``) one baseline pass over one middle slice finds the heart, and
+                every slice's window is narrowed around it: the U-Nets then see fewer pixels;
 3. segment      slices grouped by region, one batched call per region model (non-cardiac
                 slices → the baseline model) → probabilities (Z, C, H, W);
 4. postprocess  native core: resample probabilities back and argmax in one fused pass, then
@@ -17,7 +19,7 @@ bound of routing).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -26,7 +28,7 @@ import numpy as np
 from . import preprocess
 from .bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
 from .errors import InputError
-from .labels import NON_CARDIAC, REGION_NAMES
+from .labels import MIDDLE, NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
 from .regions import slice_regions
 from .types import Stack, Study
@@ -35,7 +37,9 @@ __all__ = ["Mode", "MODES", "Segmentation", "StudySegmentation", "Pipeline"]
 
 Mode = Literal["routed", "baseline", "oracle"]
 MODES: tuple[str, ...] = ("routed", "baseline", "oracle")
-STAGES: tuple[str, ...] = ("preprocess", "classify", "segment", "postprocess")
+STAGES: tuple[str, ...] = ("preprocess", "classify", "locate", "segment", "postprocess")
+#: fewer foreground pixels than this in the locating pass: the heart was not found, keep the full window
+MIN_HEART_PIXELS = 50
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,8 +54,8 @@ class Segmentation:
         3 apex); None in ``baseline`` mode, where nothing is routed.
     region_probabilities : float32 (Z, 4) classifier probabilities; one-hot of ``regions`` in
         ``oracle`` mode; None in ``baseline`` mode.
-    timings_ms : milliseconds per stage ("preprocess", "classify", "segment", "postprocess")
-        and "total".
+    timings_ms : milliseconds per stage ("preprocess", "classify", "locate", "segment",
+        "postprocess") and "total".
     provenance : bundle name and hash, backend, device, mode, cmrsdk version.
     """
 
@@ -113,6 +117,10 @@ class Pipeline:
     mode : "routed", "baseline" or "oracle".
     largest_component : keep only the largest 3-D connected component of each structure.
     threads : threads of the native kernels (default: all cores).
+    heart_crop : (h, w) in pixels of the target spacing, or None. When given, the U-Nets see only
+        an (h, w) window centred on the heart, found by one baseline pass over a middle slice;
+        where no heart is found they see the bundle's full window. Must be a size the U-Nets
+        accept (a multiple of 16 for the 5-stage U-Nets of export/) and fit in the full window.
     engine_options : passed to every engine, e.g. ``{"intra_op_threads": 2}`` for ONNX Runtime
         or ``{"cuda_graphs": True}`` for TorchScript on CUDA (see `cmrsdk.engines`).
 
@@ -128,6 +136,7 @@ class Pipeline:
         mode: Mode = "routed",
         largest_component: bool = True,
         threads: int | None = None,
+        heart_crop: tuple[int, int] | None = None,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
@@ -139,6 +148,11 @@ class Pipeline:
         self.largest_component = largest_component
         self.threads = threads
         self._pre = self.bundle.preprocessing
+        if heart_crop is not None:
+            heart_crop = (int(heart_crop[0]), int(heart_crop[1]))
+            if not all(0 < c <= s for c, s in zip(heart_crop, self._pre.size)):
+                raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {heart_crop}")
+        self.heart_crop = heart_crop
         self._baseline = self.bundle.routing.get(NON_CARDIAC)
         if self._baseline is None:
             raise InputError(f"bundle {self.bundle.path} routes no model for non-cardiac slices: it has no baseline U-Net")
@@ -166,6 +180,31 @@ class Pipeline:
             return regions, np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
         probabilities = self._engines[self.bundle.classifier].run(images)
         return probabilities.argmax(1).astype(np.uint8), probabilities
+
+    def _locate(self, images: np.ndarray, regions: np.ndarray | None) -> tuple[float, float] | None:
+        """Centre (cy, cx) of the heart in window pixels, or None where no heart is found.
+
+        One baseline pass over the central middle slice (the stack's central slice when no
+        region is known): the foreground's centroid.
+        """
+        middle = np.flatnonzero(regions == MIDDLE) if regions is not None else np.empty(0, np.intp)
+        k = int(middle[len(middle) // 2]) if len(middle) else images.shape[0] // 2
+        foreground = self._engines[self._baseline].run(images[k : k + 1])[0].argmax(0) > 0
+        if foreground.sum() < MIN_HEART_PIXELS:
+            return None
+        ys, xs = np.nonzero(foreground)
+        return float(ys.mean()), float(xs.mean())
+
+    @staticmethod
+    def _crop(images: np.ndarray, transform: preprocess.SliceTransform, centre: tuple[float, float],
+              size: tuple[int, int]) -> tuple[np.ndarray, preprocess.SliceTransform]:
+        """Narrow every slice's window to ``size`` (h, w) around ``centre``, kept inside the full window."""
+        (h, w), (H, W) = size, images.shape[2:]
+        y0 = min(max(int(round(centre[0] - h / 2)), 0), H - h)
+        x0 = min(max(int(round(centre[1] - w / 2)), 0), W - w)
+        cropped = np.ascontiguousarray(images[:, :, y0 : y0 + h, x0 : x0 + w])
+        oy, ox = transform.offset
+        return cropped, replace(transform, offset=(oy + y0, ox + x0), size=(h, w))
 
     def _segment(self, images: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
         """Probabilities float32 (Z, C, H, W): one batched engine call per model used."""
@@ -210,6 +249,12 @@ class Pipeline:
 
         regions, region_probabilities = self._route(images, stack)
         t, timings["classify"] = _lap(t)
+
+        if self.heart_crop is not None and images.shape[0]:
+            centre = self._locate(images, regions)
+            if centre is not None:
+                images, transform = self._crop(images, transform, centre, self.heart_crop)
+        t, timings["locate"] = _lap(t)
 
         probabilities = self._segment(images, regions)
         t, timings["segment"] = _lap(t)
@@ -267,6 +312,7 @@ class Pipeline:
             "device": self.device,
             "mode": self.mode,
             "largest_component": self.largest_component,
+            "heart_crop": list(self.heart_crop) if self.heart_crop else None,
             "cmrsdk": __version__,
         }
 

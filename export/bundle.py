@@ -25,7 +25,6 @@ import copy
 import datetime as _dt
 import json
 import os
-import pickle
 import platform
 import shutil
 import sys
@@ -105,14 +104,20 @@ def _export_torchscript(model: ProbabilityModel, example: torch.Tensor, path: Pa
 
 
 def _export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path) -> int:
-    """Write ONNX with a dynamic batch axis; return the opset written (checked >= ONNX_OPSET)."""
+    """Write ONNX with dynamic batch, height and width; return the opset written (checked >= ONNX_OPSET).
+
+    Height and width stay dynamic so that the pipeline can narrow the window to the heart
+    (``Pipeline(heart_crop=...)``); ``Dim.AUTO`` lets the exporter find the U-Net's own
+    constraints (sizes that its strides divide).
+    """
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
+    auto = torch.export.Dim.AUTO
     # torch 2.14's exporter is the dynamo one: dynamic_shapes keyed by forward's argument name
     torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["probabilities"],
                       opset_version=ONNX_OPSET, dynamo=True, external_data=False,
-                      dynamic_shapes={"image": {0: batch}}, verbose=False)
+                      dynamic_shapes={"image": {0: batch, 2: auto, 3: auto}}, verbose=False)
     proto = onnx.load(str(path))
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -303,10 +308,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """
     from export.train import load_trained_model
 
-    try:
-        net, meta = load_trained_model(path)
-    except pickle.UnpicklingError as exc:  # load_trained_model maps OSError/RuntimeError, not this
-        raise ReadError(path, f"cannot be read as a training checkpoint: {exc}") from exc
+    net, meta = load_trained_model(path)  # raises ReadError naming the file
     spec = meta["model"]
     args = ", ".join(f"{k}={v!r}" for k, v in sorted(spec.get("kwargs", {}).items()))
     info = {"kind": "segmentation" if meta.get("task") == "segmentation" else "classifier",

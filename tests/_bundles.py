@@ -48,3 +48,20 @@ def build_routing_bundle(out_dir):
                         formats=("onnx", "torchscript"))
 
 
+
+
+class ThresholdSegmenter(nn.Module):
+    """LVBP wherever the normalised intensity exceeds 0.5, background elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = (x - 0.5) * 40.0
+        return torch.cat([-fg, fg, torch.full_like(x, -20.0), torch.full_like(x, -20.0)], dim=1)
+
+
+def build_threshold_bundle(out_dir):
+    """A baseline-only bundle (min-max normalisation, 2 mm, 96 x 96) of one `ThresholdSegmenter`."""
+    from export.bundle import build_bundle
+
+    pre = Preprocessing(target_spacing=(2.0, 2.0), size=(96, 96), normalization="minmax")
+    return build_bundle({"baseline": (ThresholdSegmenter(), {"kind": "segmentation"})}, {NON_CARDIAC: "baseline"}, pre,
+                        out_dir, formats=("onnx", "torchscript"))

@@ -44,7 +44,7 @@ def test_routed_mode_sends_each_slice_to_its_region_model(routing_bundle):
         assert np.all(seg.labels[z, :5] == 0)  # outside the network window: background
     np.testing.assert_allclose(seg.region_probabilities.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(seg.region_confidence, seg.region_probabilities.max(1))
-    assert set(seg.timings_ms) == {"preprocess", "classify", "segment", "postprocess", "total"}
+    assert set(seg.timings_ms) == {"preprocess", "classify", "locate", "segment", "postprocess", "total"}
 
 
 def test_baseline_mode_uses_only_the_baseline(routing_bundle):
@@ -111,3 +111,34 @@ def test_bad_arguments(routing_bundle):
     pipeline = Pipeline(routing_bundle, mode="baseline")
     with pytest.raises(InputError, match="'stack' must be a cmrsdk.Stack"):
         pipeline.segment(np.zeros((2, 8, 8), np.float32))
+
+
+@pytest.fixture(scope="module")
+def threshold_bundle(tmp_path_factory):
+    from _bundles import build_threshold_bundle
+
+    return build_threshold_bundle(tmp_path_factory.mktemp("bundles") / "threshold")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torchscript"])
+def test_heart_crop_narrows_the_window_around_the_heart(threshold_bundle, backend):
+    bundle = threshold_bundle
+    pixels = np.zeros((3, 96, 96), np.float32)  # 2 mm pixels: the bundle's grid, no resampling
+    pixels[:, 10:20, 60:70] = 1.0  # the "heart", off-centre
+    pixels[:, 80:90, 5:15] = 1.0  # a bright spot far from it, in the middle slice too
+    pixels[1, 80:90, 5:15] = 0.0  # ... except in the middle slice, which locates the heart
+    stack = Stack(pixels, (8.0, 2.0, 2.0))
+    full = Pipeline(bundle, mode="baseline", largest_component=False, backend=backend).segment(stack)
+    assert full.labels[0, 85, 10] == 1 and full.labels[0, 15, 65] == 1
+    cropped = Pipeline(bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend=backend).segment(stack)
+    np.testing.assert_array_equal(cropped.labels[:, 10:20, 60:70], 1)  # the heart is kept
+    assert cropped.labels[0, 85, 10] == 0  # outside the 32 x 32 window around the heart
+    assert np.count_nonzero(cropped.labels) == 3 * 100
+    assert cropped.provenance["heart_crop"] == [32, 32]
+    # nothing bright in the locating slice: no heart found, the full window is used
+    empty_middle = pixels.copy()
+    empty_middle[1] = 0.0
+    fallback = Pipeline(bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend=backend).segment(Stack(empty_middle, (8.0, 2.0, 2.0)))
+    assert fallback.labels[0, 85, 10] == 1
+    with pytest.raises(InputError, match="'heart_crop'"):
+        Pipeline(bundle, mode="baseline", heart_crop=(128, 32))
