@@ -31,6 +31,7 @@ from .errors import InputError
 from .labels import MIDDLE, NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
 from .regions import slice_regions
+from .routing import DECODINGS, Decoding, decode_regions
 from .types import Stack, Study
 
 __all__ = ["Mode", "MODES", "Segmentation", "StudySegmentation", "Pipeline"]
@@ -121,6 +122,8 @@ class Pipeline:
         an (h, w) window centred on the heart, found by one baseline pass over a middle slice;
         where no heart is found they see the bundle's full window. Must be a size the U-Nets
         accept (a multiple of 16 for the 5-stage U-Nets of export/) and fit in the full window.
+    region_decoding : "monotone" (the most probable region sequence that crosses the heart once,
+        see `cmrsdk.routing`) or "independent" (each slice's most probable region, the paper's).
     engine_options : passed to every engine, e.g. ``{"intra_op_threads": 2}`` for ONNX Runtime
         or ``{"cuda_graphs": True}`` for TorchScript on CUDA (see `cmrsdk.engines`).
 
@@ -137,6 +140,7 @@ class Pipeline:
         largest_component: bool = True,
         threads: int | None = None,
         heart_crop: tuple[int, int] | None = None,
+        region_decoding: Decoding = "monotone",
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
@@ -153,6 +157,9 @@ class Pipeline:
             if not all(0 < c <= s for c, s in zip(heart_crop, self._pre.size)):
                 raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {heart_crop}")
         self.heart_crop = heart_crop
+        if region_decoding not in DECODINGS:
+            raise InputError(f"'region_decoding' must be one of {', '.join(DECODINGS)}, got {region_decoding!r}")
+        self.region_decoding = region_decoding
         self._baseline = self.bundle.routing.get(NON_CARDIAC)
         if self._baseline is None:
             raise InputError(f"bundle {self.bundle.path} routes no model for non-cardiac slices: it has no baseline U-Net")
@@ -179,7 +186,7 @@ class Pipeline:
             regions = slice_regions(stack.labels)
             return regions, np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
         probabilities = self._engines[self.bundle.classifier].run(images)
-        return probabilities.argmax(1).astype(np.uint8), probabilities
+        return decode_regions(probabilities, self.region_decoding), probabilities
 
     def _locate(self, images: np.ndarray, regions: np.ndarray | None) -> tuple[float, float] | None:
         """Centre (cy, cx) of the heart in window pixels, or None where no heart is found.
@@ -313,6 +320,7 @@ class Pipeline:
             "mode": self.mode,
             "largest_component": self.largest_component,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
+            "region_decoding": self.region_decoding if self.mode == "routed" else None,
             "cmrsdk": __version__,
         }
 

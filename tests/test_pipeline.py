@@ -33,7 +33,8 @@ def _stepped_stack(levels: list[float]) -> Stack:
 
 
 def test_routed_mode_sends_each_slice_to_its_region_model(routing_bundle):
-    pipeline = Pipeline(routing_bundle, mode="routed", largest_component=False, backend="onnx")
+    pipeline = Pipeline(routing_bundle, mode="routed", largest_component=False, backend="onnx",
+                        region_decoding="independent")
     stack = _stepped_stack([1.0, 2 / 3, 1 / 3, 0.0, 1 / 3])
     seg = pipeline.segment(stack)
     assert seg.labels.shape == stack.shape and seg.labels.dtype == np.uint8
@@ -45,6 +46,19 @@ def test_routed_mode_sends_each_slice_to_its_region_model(routing_bundle):
     np.testing.assert_allclose(seg.region_probabilities.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(seg.region_confidence, seg.region_probabilities.max(1))
     assert set(seg.timings_ms) == {"preprocess", "classify", "locate", "segment", "postprocess", "total"}
+
+
+def test_monotone_decoding_routes_by_the_decoded_sequence(routing_bundle):
+    from cmrsdk.routing import decode_regions
+
+    pipeline = Pipeline(routing_bundle, mode="routed", largest_component=False)  # monotone by default
+    seg = pipeline.segment(_stepped_stack([0.0, 1 / 3, 2 / 3, 1 / 3, 1.0, 0.0]))
+    np.testing.assert_array_equal(seg.regions, decode_regions(seg.region_probabilities, "monotone"))
+    # the per-slice argmax (non-cardiac, base, middle, base, apex, non-cardiac) does not cross the heart once
+    assert not np.array_equal(seg.regions, seg.region_probabilities.argmax(1))
+    for z, region in enumerate(seg.regions):
+        assert np.all(seg.labels[z, 15:85, 15:85] == ANSWER[pipeline.bundle.routing[int(region)]])
+    assert seg.provenance["region_decoding"] == "monotone"
 
 
 def test_baseline_mode_uses_only_the_baseline(routing_bundle):
