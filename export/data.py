@@ -41,6 +41,8 @@ from cmrsdk.errors import InputError, ReadError
 from cmrsdk.types import Stack
 
 __all__ = [
+    "synthetic_study_slices",
+    "concatenate",
     "CACHE_VERSION", "SliceSet", "acdc_patients", "split_patients", "prepare_stack",
     "build_cache", "load_cache", "open_cache", "synthetic_slices",
 ]
@@ -264,6 +266,40 @@ def open_cache(root: str | Path, cache_dir: str | Path, *, size: int = 224, norm
                 and cached.meta.get("normalization") == normalization:
             return cached
     return build_cache(root, cache_dir, splits=splits, size=size, normalization=normalization, threads=threads)
+
+
+def synthetic_study_slices(n_studies: int, *, target_spacing: tuple[float, float], size: int,
+                           normalization: str = "robust_zscore", first_seed: int = 1000,
+                           threads: int | None = None) -> SliceSet:
+    """ED and ES slices of ``n_studies`` `cmrsdk.synth` studies, preprocessed as the ACDC cache is.
+
+    Seeds ``first_seed`` .. ``first_seed + n_studies - 1`` (the embedded example uses seed 0, so
+    the demo never trains on the study it shows). Mixed into the training set of a run whose
+    ``[data] synthetic_studies`` is set, so that a model also knows the synthetic phantom.
+    """
+    from cmrsdk.synth import synthetic_study
+
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")}
+    for seed in range(first_seed, first_seed + n_studies):
+        study = synthetic_study(seed=seed)
+        for phase, stack in (("ED", study.ed), ("ES", study.es)):
+            images, labels, regions, positions = prepare_stack(stack, target_spacing=target_spacing, size=size,
+                                                               normalization=normalization, threads=threads)
+            n = images.shape[0]
+            for key, value in (("images", images), ("labels", labels), ("regions", regions), ("positions", positions),
+                               ("z", np.arange(n, dtype=np.int64)), ("cases", np.full(n, f"synthetic{seed}")),
+                               ("phases", np.full(n, phase))):
+                parts[key].append(value)
+    a = {k: np.concatenate(v) for k, v in parts.items()}
+    return SliceSet(a["images"], a["labels"], a["cases"].astype(str), a["phases"].astype(str), a["regions"], a["positions"],
+                    a["z"], {"target_spacing": list(target_spacing), "size": size, "normalization": normalization,
+                             "synthetic_studies": n_studies, "first_seed": first_seed})
+
+
+def concatenate(first: SliceSet, second: SliceSet) -> SliceSet:
+    """The slices of both sets (in memory), with the first set's metadata."""
+    return SliceSet(*(np.concatenate([getattr(first, k), getattr(second, k)])
+                      for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")), dict(first.meta))
 
 
 def synthetic_slices(n: int, *, size: int = 64, seed: int = 0) -> SliceSet:

@@ -8,9 +8,17 @@ breach of the tolerances below.
 =========  ====================================================================
 precision  passes when
 =========  ====================================================================
-fp32       max |p_artifact - p_eager| <= 1e-4 over every probability
+fp32       max |p_artifact - p_eager| <= 1e-4 over every probability (TorchScript, TensorRT)
+fp32 ONNX  max |p_artifact - p_eager| <= 1e-3 and argmax agreement >= 99.9 %
 fp16       argmax agreement >= 99.9 % (pixels for U-Nets, slices for classifiers)
 =========  ====================================================================
+
+Why ONNX Runtime gets a looser bound: on the trained demo U-Net (8..128 features, 18
+InstanceNorms) its CPU kernels differ from PyTorch by up to 2.2e-4 in probability, with every
+graph optimisation off as with all on, while float32 PyTorch differs from the float64 reference
+by 1e-5; the two-pass variance in place of ONNX InstanceNormalization did not change it (2.1e-4).
+So 1e-4 cannot be met by ONNX Runtime here, and the argmax agreement, the quantity that decides
+a label, is required instead of it on top of the 1e-3 bound.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from cmrsdk.errors import BundleError, InputError
 
 __all__ = [
     "FP32_MAX_ABS_DIFF",
+    "ONNX_FP32_MAX_ABS_DIFF",
     "FP16_MIN_ARGMAX_AGREEMENT",
     "ParityError",
     "ParityResult",
@@ -36,6 +45,7 @@ __all__ = [
 ]
 
 FP32_MAX_ABS_DIFF = 1e-4
+ONNX_FP32_MAX_ABS_DIFF = 1e-3
 FP16_MIN_ARGMAX_AGREEMENT = 0.999
 
 
@@ -185,12 +195,15 @@ def check_parity(artifact: str, engine: Engine, reference: np.ndarray, slices: n
     diff, agreement = compare(reference, candidate)
     if engine.precision == "fp16":
         tolerance, passed = FP16_MIN_ARGMAX_AGREEMENT, agreement >= FP16_MIN_ARGMAX_AGREEMENT
+    elif engine.backend == "onnx":
+        tolerance = ONNX_FP32_MAX_ABS_DIFF
+        passed = diff <= tolerance and agreement >= FP16_MIN_ARGMAX_AGREEMENT
     else:
         tolerance, passed = FP32_MAX_ABS_DIFF, diff <= FP32_MAX_ABS_DIFF
     result = ParityResult(artifact, engine.backend, engine.device, engine.precision, diff, agreement,
                           int(len(slices)), int(real_slices), tuple(sorted(set(used))), tolerance, bool(passed))
     if not passed:
-        bound = (f"argmax agreement {agreement:.5f} < {tolerance}" if engine.precision == "fp16"
+        bound = (f"argmax agreement {agreement:.5f} < {FP16_MIN_ARGMAX_AGREEMENT}" if agreement < FP16_MIN_ARGMAX_AGREEMENT
                  else f"max abs difference {diff:.3g} > {tolerance}")
         raise ParityError(f"{engine.path}: {artifact} ({engine.precision}, {engine.device}) fails parity with the eager model: "
                           f"{bound} on {len(slices)} slices ({real_slices} real)")

@@ -46,7 +46,7 @@ from cmrsdk.errors import InputError, ReadError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
 
 from .augment import AugmentConfig, augment_batch, crop_centres
-from .data import SliceSet, open_cache, synthetic_slices
+from .data import SliceSet, concatenate, open_cache, synthetic_slices, synthetic_study_slices
 from .losses import DeepSupervisionLoss, DiceCELoss
 from .models import get_model
 from .samplers import SliceSampler, region_weights, uniform_weights
@@ -61,13 +61,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "experiment": {"name": "", "task": "segmentation", "seed": 0},
     "data": {"source": "acdc", "root": "../shared/data/acdc", "cache": "cache/acdc_224", "size": 224,
              "normalization": "robust_zscore", "test_every": 5, "val_fraction": 0.15, "split_seed": 0,
-             "regions": [0, 1, 2, 3], "synthetic_slices": 64},
+             "regions": [0, 1, 2, 3], "synthetic_slices": 64, "synthetic_studies": 0},
     "model": {"name": "unet", "kwargs": {}},
     "sampler": {"kind": "uniform", "p_min": 1.0, "p_max": 20.0, "foreground_fraction": 0.33},
     "train": {"iterations": 1000, "batch_size": 16, "patch": 128, "optimizer": "sgd", "lr": 0.01,
               "momentum": 0.99, "weight_decay": 3e-5, "poly_power": 0.9, "grad_clip": 12.0,
               "class_weighted": False, "augment": True, "checkpoint_every": 100, "val_every": 250,
-              "val_max_slices": 600, "val_batch": 16, "threads": 0, "out": ""},
+              "val_max_slices": 600, "val_batch": 16, "threads": 0, "out": "", "init": ""},
 }
 
 
@@ -150,6 +150,11 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
             slices = open_cache(_resolve(data["root"]), _resolve(data["cache"]), **kwargs)
         splits = slices.meta["splits"]
         train_set, val_set = slices.select(cases=splits["train"]), slices.select(cases=splits["val"])
+        if int(data.get("synthetic_studies", 0)) > 0:
+            # the phantom of cmrsdk.synth (the embedded example's kind of image) mixed into training only
+            synthetic = synthetic_study_slices(int(data["synthetic_studies"]), target_spacing=tuple(slices.meta["target_spacing"]),
+                                               size=int(data["size"]), normalization=data["normalization"])
+            train_set = concatenate(train_set, synthetic)
     else:
         raise InputError(f"[data] 'source' is {data['source']!r}, expected 'acdc' or 'synthetic'")
     if config["experiment"]["task"] == "segmentation":
@@ -374,6 +379,13 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     stop = min(iterations, int(max_iterations)) if max_iterations is not None else iterations
     checkpoint = out_dir / "last.pt"
     start, metrics = 0, {}
+    if spec.get("init") and not (resume and checkpoint.is_file()):
+        # warm start (fine-tuning): the weights of another run, fresh optimiser and schedule
+        init_path = _resolve(spec["init"])
+        if not init_path.is_file():
+            raise ReadError(init_path, "[train] 'init' checkpoint not found: train that run first")
+        init = torch.load(init_path, map_location=torch_device, weights_only=False)
+        net.load_state_dict(init["state_dict"])
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=torch_device, weights_only=False)
         net.load_state_dict(state["state_dict"])
