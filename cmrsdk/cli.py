@@ -56,7 +56,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
     pipeline = Pipeline(args.bundle, backend=args.backend, device=args.device, mode=args.mode,
-                        largest_component=not args.keep_fragments, threads=args.threads)
+                        largest_component=not args.keep_fragments, threads=args.threads, heart_crop=args.heart_crop,
+                        region_decoding=args.region_decoding)
     inputs = [Path(p) for p in args.inputs]
     failures = 0
     progress = None
@@ -130,7 +131,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not folders:
         print(f"cmrsdk: error: no ACDC patient or M&Ms subject folders under {', '.join(args.data)}", file=sys.stderr)
         return 2
-    pipelines = {mode: Pipeline(args.bundle, backend=args.backend, mode=mode, threads=args.threads) for mode in args.modes}
+    pipelines = {mode: Pipeline(args.bundle, backend=args.backend, mode=mode, threads=args.threads, heart_crop=args.heart_crop,
+                                region_decoding=args.region_decoding) for mode in args.modes}
     studies = ((f.name, read_study(f)) for f in folders)
     result = evaluate(pipelines, studies)
     report = write_evaluation(result, args.output, baseline="baseline", title=args.title or f"cmrsdk evaluation: {len(folders)} studies")
@@ -183,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torchscript", "tensorrt"],
                        help="inference backend (default: auto, the fastest available)")
 
+    def pipeline_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--heart-crop", nargs=2, type=int, default=None, metavar=("H", "W"),
+                       help="U-Nets see only an H x W window around the heart (e.g. 128 128); default: the full window")
+        p.add_argument("--region-decoding", default="monotone", choices=["monotone", "independent"],
+                       help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax")
+
     p = sub.add_parser("segment", help="segment DICOM directories, NIfTI files, ACDC or M&Ms folders",
                        description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm (DICOM input), report.json and overlay.png.")
     p.add_argument("inputs", nargs="+", help="DICOM directory, NIfTI file, ACDC patient or M&Ms subject folder")
@@ -193,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="routed: classifier + region U-Nets; baseline: one U-Net; oracle: ground-truth regions")
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
     p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
+    pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("demo", help="segment the embedded example study with the demo bundle")
@@ -211,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="")
     p.add_argument("--threads", type=int, default=None)
     engine_options(p)
+    pipeline_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("info", help="describe a model bundle (models, routing, preprocessing, parity)")
