@@ -44,11 +44,13 @@ def test_demo_command_segments_the_example_study(tmp_path, capsys):
     assert "LVEF" in capsys.readouterr().out
 
 
-def test_demo_bundle_on_the_synthetic_example_phantom():
-    study = synthetic_study(seed=0)
-    seg = Pipeline(DEMO_BUNDLE).segment(study.ed)
-    scores = _stack_dice(seg.labels, study.ed.labels)
-    assert scores["LVBP"] > 0.80 and scores["LVM"] > 0.60 and scores["RVBP"] > 0.60, scores
+def test_demo_bundle_on_synthetic_phantoms():
+    # measured (README): mean Dice over seeds 0-5, ED and ES, about 0.78 / 0.76 / 0.62
+    pipeline = Pipeline(DEMO_BUNDLE)
+    scores = [_stack_dice(pipeline.segment(stack).labels, stack.labels)
+              for seed in range(6) for stack in (synthetic_study(seed=seed).ed, synthetic_study(seed=seed).es)]
+    mean = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+    assert mean["LVBP"] > 0.65 and mean["LVM"] > 0.60 and mean["RVBP"] > 0.45, mean
 
 
 @pytest.mark.parametrize("mode", ["routed", "baseline", "oracle"])
