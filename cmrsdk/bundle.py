@@ -89,15 +89,22 @@ class Preprocessing:
     target_spacing : (dy, dx) in mm, the in-plane grid the slices are resampled to.
     size : (H, W) in pixels, the network window the resampled slice is cropped or padded to.
     normalization : intensity normalisation name ("robust_zscore", "zscore" or "minmax").
+    heart_crop : (h, w) in pixels: the window the U-Nets see around the heart by default
+        (their training patch), or None for the full ``size`` (see `cmrsdk.Pipeline`).
     """
 
     target_spacing: tuple[float, float]
     size: tuple[int, int]
     normalization: str
+    heart_crop: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's ``preprocessing`` object."""
-        return {"target_spacing": list(self.target_spacing), "size": list(self.size), "normalization": self.normalization}
+        out: dict[str, Any] = {"target_spacing": list(self.target_spacing), "size": list(self.size),
+                               "normalization": self.normalization}
+        if self.heart_crop is not None:
+            out["heart_crop"] = list(self.heart_crop)
+        return out
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,12 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
         raise BundleError(f"{manifest}: 'preprocessing.target_spacing' must be two positive mm values [dy, dx], got {spacing!r}")
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise BundleError(f"{manifest}: 'preprocessing.size' must be two positive ints [H, W], got {size!r}")
-    return Preprocessing((float(spacing[0]), float(spacing[1])), (size[0], size[1]), normalization)
+    crop = raw.get("heart_crop")
+    if crop is not None and (not isinstance(crop, list) or len(crop) != 2
+                             or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c <= s for c, s in zip(crop, size))):
+        raise BundleError(f"{manifest}: 'preprocessing.heart_crop' must be two ints [h, w] within 'size' {size}, got {crop!r}")
+    return Preprocessing((float(spacing[0]), float(spacing[1])), (size[0], size[1]), normalization,
+                         (crop[0], crop[1]) if crop is not None else None)
 
 
 def _parse_model(name: str, raw: Any, root: Path, manifest: Path) -> ModelInfo:

@@ -186,8 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="inference backend (default: auto, the fastest available)")
 
     def pipeline_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--heart-crop", nargs=2, type=int, default=None, metavar=("H", "W"),
-                       help="U-Nets see only an H x W window around the heart (e.g. 128 128); default: the full window")
+        crop = p.add_mutually_exclusive_group()
+        crop.add_argument("--heart-crop", nargs=2, type=int, default="bundle", metavar=("H", "W"),
+                          help="U-Nets see only an H x W window around the heart (default: the bundle's, 128 128 for the demo)")
+        crop.add_argument("--full-window", dest="heart_crop", action="store_const", const=None,
+                          help="U-Nets see the bundle's full window (no heart crop)")
         p.add_argument("--region-decoding", default="monotone", choices=["monotone", "independent"],
                        help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax")
 

@@ -118,10 +118,13 @@ class Pipeline:
     mode : "routed", "baseline" or "oracle".
     largest_component : keep only the largest 3-D connected component of each structure.
     threads : threads of the native kernels (default: all cores).
-    heart_crop : (h, w) in pixels of the target spacing, or None. When given, the U-Nets see only
-        an (h, w) window centred on the heart, found by one baseline pass over a middle slice;
-        where no heart is found they see the bundle's full window. Must be a size the U-Nets
-        accept (a multiple of 16 for the 5-stage U-Nets of export/) and fit in the full window.
+    heart_crop : (h, w) in pixels of the target spacing, None, or "bundle" (the default: the
+        bundle's ``preprocessing.heart_crop``, itself None when the bundle sets none). When set,
+        the U-Nets see only an (h, w) window centred on the heart, found by one baseline pass
+        over a middle slice; where no heart is found they see the bundle's full window. Must be
+        a size the U-Nets accept (a multiple of 16 for the 5-stage U-Nets of export/) and fit
+        in the full window. The U-Nets of export/ train on 128 x 128 patches: at that window
+        they are both faster and better than on the full one (README, docs/RESULTS.md).
     region_decoding : "monotone" (the most probable region sequence that crosses the heart once,
         see `cmrsdk.routing`) or "independent" (each slice's most probable region, the paper's).
     engine_options : passed to every engine, e.g. ``{"intra_op_threads": 2}`` for ONNX Runtime
@@ -139,7 +142,7 @@ class Pipeline:
         mode: Mode = "routed",
         largest_component: bool = True,
         threads: int | None = None,
-        heart_crop: tuple[int, int] | None = None,
+        heart_crop: tuple[int, int] | None | Literal["bundle"] = "bundle",
         region_decoding: Decoding = "monotone",
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -152,6 +155,8 @@ class Pipeline:
         self.largest_component = largest_component
         self.threads = threads
         self._pre = self.bundle.preprocessing
+        if heart_crop == "bundle":
+            heart_crop = self._pre.heart_crop
         if heart_crop is not None:
             heart_crop = (int(heart_crop[0]), int(heart_crop[1]))
             if not all(0 < c <= s for c, s in zip(heart_crop, self._pre.size)):

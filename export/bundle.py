@@ -344,7 +344,8 @@ def _preprocessing(args: argparse.Namespace, models: Mapping[str, tuple[nn.Modul
             value = [value, value]
         values[key] = tuple(value) if isinstance(value, list) else value
     return Preprocessing(tuple(float(v) for v in values["target_spacing"]),  # type: ignore[arg-type]
-                         tuple(int(v) for v in values["size"]), str(values["normalization"]))  # type: ignore[arg-type]
+                         tuple(int(v) for v in values["size"]), str(values["normalization"]),  # type: ignore[arg-type]
+                         tuple(args.heart_crop) if args.heart_crop else None)  # type: ignore[arg-type]
 
 
 def cache_examples(cache_dir: str | Path, count: int = 32) -> np.ndarray:
@@ -372,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                         help="network input size; default: the checkpoints' own")
     parser.add_argument("--normalization", default=None, help="default: the checkpoints' own")
+    parser.add_argument("--heart-crop", nargs=2, type=int, default=None, metavar=("H", "W"),
+                        help="default window of the U-Nets around the heart (pipeline's heart_crop); "
+                             "default: none (the full window)")
     parser.add_argument("--examples", type=Path, default=None, help=".npy float32 (N, 1, H, W) real normalised slices for parity")
     parser.add_argument("--examples-from-cache", type=Path, default=None, metavar="CACHE",
                         help="take the parity slices from an export.data slice cache instead (its validation patients)")

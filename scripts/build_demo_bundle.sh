@@ -12,5 +12,5 @@ for m in "${models[@]}"; do python -m export.train "export/configs/demo_$m.toml"
 for m in "${models[@]}"; do python -m export.train "export/configs/demo_${m}_mix.toml" --resume; done
 python -m export.bundle \
   --checkpoints $(for m in "${models[@]}"; do printf '%s=runs/demo/demo_%s_mix/last.pt ' "$m" "$m"; done) \
-  --examples-from-cache cache/acdc_224 --formats torchscript onnx --overwrite \
+  --examples-from-cache cache/acdc_224 --formats torchscript onnx --heart-crop 128 128 --overwrite \
   -o cmrsdk/demo/bundle
