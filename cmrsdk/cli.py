@@ -52,11 +52,16 @@ def segment_one(pipeline, source: Path, out_dir: Path) -> dict:
     return report
 
 
+def _heart_crop(args: argparse.Namespace):
+    """The Pipeline's heart_crop from --heart-crop / --full-window (default: the bundle's)."""
+    return None if args.full_window else tuple(args.heart_crop) if args.heart_crop else "bundle"
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .pipeline import Pipeline
 
     pipeline = Pipeline(args.bundle, backend=args.backend, device=args.device, mode=args.mode,
-                        largest_component=not args.keep_fragments, threads=args.threads, heart_crop=args.heart_crop,
+                        largest_component=not args.keep_fragments, threads=args.threads, heart_crop=_heart_crop(args),
                         region_decoding=args.region_decoding)
     inputs = [Path(p) for p in args.inputs]
     failures = 0
@@ -131,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not folders:
         print(f"cmrsdk: error: no ACDC patient or M&Ms subject folders under {', '.join(args.data)}", file=sys.stderr)
         return 2
-    pipelines = {mode: Pipeline(args.bundle, backend=args.backend, mode=mode, threads=args.threads, heart_crop=args.heart_crop,
+    pipelines = {mode: Pipeline(args.bundle, backend=args.backend, mode=mode, threads=args.threads, heart_crop=_heart_crop(args),
                                 region_decoding=args.region_decoding) for mode in args.modes}
     studies = ((f.name, read_study(f)) for f in folders)
     result = evaluate(pipelines, studies)
@@ -187,10 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def pipeline_options(p: argparse.ArgumentParser) -> None:
         crop = p.add_mutually_exclusive_group()
-        crop.add_argument("--heart-crop", nargs=2, type=int, default="bundle", metavar=("H", "W"),
+        crop.add_argument("--heart-crop", nargs=2, type=int, default=None, metavar=("H", "W"),
                           help="U-Nets see only an H x W window around the heart (default: the bundle's, 128 128 for the demo)")
-        crop.add_argument("--full-window", dest="heart_crop", action="store_const", const=None,
-                          help="U-Nets see the bundle's full window (no heart crop)")
+        crop.add_argument("--full-window", action="store_true", help="U-Nets see the bundle's full window (no heart crop)")
         p.add_argument("--region-decoding", default="monotone", choices=["monotone", "independent"],
                        help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax")
 

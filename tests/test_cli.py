@@ -36,7 +36,7 @@ def test_several_studies_one_failure_carries_on(routing_bundle, tmp_path, capsys
     write_acdc_patient(tmp_path / "patient900", synthetic_study(seed=4))
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti file")
     code = main(["segment", str(tmp_path / "patient900"), str(tmp_path / "broken.nii.gz"), "-o", str(tmp_path / "out"),
-                 "--bundle", str(routing_bundle), "--mode", "baseline"])
+                 "--bundle", str(routing_bundle), "--mode", "baseline", "--full-window"])
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("cmrsdk: error:") == 1 and "broken.nii.gz" in err
@@ -49,7 +49,7 @@ def test_evaluate_writes_tables_and_figures(routing_bundle, tmp_path):
         write_acdc_patient(tmp_path / "data" / f"patient90{i}", synthetic_study(seed=10 + i))
     out = tmp_path / "eval"
     assert main(["evaluate", "--data", str(tmp_path / "data"), "-o", str(out), "--bundle", str(routing_bundle),
-                 "--modes", "baseline", "oracle"]) == 0
+                 "--modes", "baseline", "oracle", "--heart-crop", "32", "32"]) == 0
     report = (out / "report.md").read_text()
     assert "Table 1" in report and "Table 3" in report and "figure2.png" in report
     assert (out / "figure2.png").is_file() and (out / "table3.csv").is_file()
