@@ -149,7 +149,8 @@ def test_parity_breach_is_an_error(built):
     slices, real = parity_inputs(SIZE)
     other = eager_probabilities(ProbabilityModel(unet(features=(8, 16, 32))).eval(), slices)
     engine = create_engine(path / "baseline.onnx")
-    with pytest.raises(ParityError, match=r"baseline\.onnx: onnx \(fp32, cpu\) fails parity.*max abs difference .* > 0\.0001"):
+    # ONNX fp32 must keep the argmax (>= 99.9 %) besides a 1e-3 bound (export/parity.py says why)
+    with pytest.raises(ParityError, match=r"baseline\.onnx: onnx \(fp32, cpu\) fails parity.*argmax agreement 0\.\d+ < 0\.999"):
         check_parity("onnx", engine, other, slices, real)
     good = eager_probabilities(ProbabilityModel(models["baseline"][0]).eval(), slices)
     assert check_parity("onnx", engine, good, slices, real).passed

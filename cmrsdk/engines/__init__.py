@@ -12,7 +12,7 @@ artifacts per model; ``Bundle.engine(name, "auto", device)`` takes the first of
 
 - "cuda": tensorrt > torchscript > onnx. TensorRT fuses the network into a few kernels;
   TorchScript with CUDA graphs comes next; ONNX Runtime's CUDA provider last.
-- "cpu": onnx > torchscript. Measured on this project's 2-core CPU (see README_ENGINES.md):
+- "cpu": onnx > torchscript. Measured on this project's 2-core CPU (see docs/ENGINES.md and benchmarks/README.md):
   ONNX Runtime ran a 1.9 M-parameter U-Net at batch 10 faster than TorchScript, and it needs
   no torch install.
 
