@@ -15,7 +15,7 @@ want="$(cat pyproject.toml setup.py $(find csrc -type f \( -name '*.cpp' -o -nam
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "cmrsdk: installing dependencies and building the native core" >&2
   # build requirements first, so that the editable build can run without isolation (faster, offline-friendly)
-  .venv/bin/python -m pip install --quiet "setuptools>=68" wheel "numpy>=1.26" "Cython>=3.0" "pybind11>=2.12"
+  .venv/bin/python -m pip install --quiet "setuptools>=77" wheel "numpy>=1.26" "Cython>=3.0" "pybind11>=2.12"
   .venv/bin/python -m pip install --quiet --no-build-isolation -e ".[all]"
   echo "$want" > "$stamp"
 fi
