@@ -156,3 +156,13 @@ def test_heart_crop_narrows_the_window_around_the_heart(threshold_bundle, backen
     assert fallback.labels[0, 85, 10] == 1
     with pytest.raises(InputError, match="'heart_crop'"):
         Pipeline(bundle, mode="baseline", heart_crop=(128, 32))
+
+
+def test_nan_pixels_are_refused_and_an_empty_stack_gives_empty_labels(routing_bundle):
+    pipeline = Pipeline(routing_bundle, mode="routed")
+    pixels = np.random.default_rng(0).random((3, 40, 40), dtype=np.float32)
+    pixels[1, 5, 5] = np.nan
+    with pytest.raises(InputError, match="'pixels' contain NaN"):
+        pipeline.segment(Stack(pixels, (8.0, 1.5, 1.5)))
+    empty = pipeline.segment(Stack(np.zeros((0, 40, 40), np.float32), (8.0, 1.5, 1.5)))
+    assert empty.labels.shape == (0, 40, 40) and empty.regions.shape == (0,)
