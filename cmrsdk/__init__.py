@@ -7,6 +7,7 @@ first use of `read_study`.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .bundle import load_bundle
@@ -16,9 +17,12 @@ from .types import Stack, Study, StudyInfo
 
 __version__ = "0.1.0"
 
+#: the demo bundle shipped inside the package (trained on ACDC by export/, see README).
+DEMO_BUNDLE = Path(__file__).resolve().parent / "demo" / "bundle"
+
 __all__ = [
     "CmrError", "Stack", "Study", "StudyInfo", "Pipeline", "Segmentation", "StudySegmentation",
-    "load_bundle", "read_study", "__version__",
+    "load_bundle", "read_study", "DEMO_BUNDLE", "__version__",
 ]
 
 

@@ -12,13 +12,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from . import DEMO_BUNDLE, __version__
 from .errors import CmrError
 
 __all__ = ["main", "DEMO_BUNDLE"]
-
-#: the demo bundle shipped inside the package (trained on ACDC by export/, see README).
-DEMO_BUNDLE = Path(__file__).resolve().parent / "demo" / "bundle"
 
 
 def _study_name(path: Path) -> str:
