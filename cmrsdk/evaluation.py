@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import InputError
+from .io._atomic import atomic_path
 from .labels import APEX, BASE, LABEL_NAMES, MIDDLE, NON_CARDIAC, REGION_NAMES, STRUCTURES
 from .metrics import slice_dice
 from .regions import slice_positions, slice_regions
@@ -248,12 +249,10 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, object]] | Sequence[Sli
     if not dict_rows:
         raise InputError(f"nothing to write to {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict_rows[0]))
         writer.writeheader()
         writer.writerows(dict_rows)
-    tmp.replace(path)
     return path
 
 
@@ -327,13 +326,11 @@ def _save(fig, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=120)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -465,7 +462,6 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
     md += ["## Latency per ED+ES pair (ms, median)", ""]
     md += [markdown_table([{"method": m, "median_ms": float(np.median(v)), "studies": len(v)} for m, v in result.latency_ms.items()]), ""]
     report = out / "report.md"
-    tmp = report.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(md))
-    tmp.replace(report)
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(md))
     return report

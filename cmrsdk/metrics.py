@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import InputError
-from .labels import LABEL_NAMES, LVBP, LVM, RVBP, STRUCTURES
+from .labels import LABEL_NAMES, LVBP, RVBP, STRUCTURES
+from .regions import labelled_slices_base_to_apex
 
 __all__ = [
     "MYOCARDIAL_DENSITY_G_PER_ML",
@@ -189,7 +190,7 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[st
     ----------
     labels : integer (Z, Y, X) canonical label map.
     base_first : True when slice 0 is the most basal, False when it is the most apical;
-        None finds it from the anatomy (the LV cross-section shrinks towards the apex).
+        None finds it from the anatomy, as `cmrsdk.regions` does.
 
     Returns
     -------
@@ -197,7 +198,6 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[st
     """
     labels = _check_labels(labels, "labels")
     flags: set[str] = set()
-    lv_area = ((labels == LVBP) | (labels == LVM)).reshape(labels.shape[0], -1).sum(1)
     for code, name in ((LVBP, "lv"), (RVBP, "rv")):
         present = (labels == code).reshape(labels.shape[0], -1).any(1)
         if not present.any():
@@ -209,9 +209,9 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[st
     lvbp_present = (labels == LVBP).reshape(labels.shape[0], -1).any(1)
     if lvbp_present.any() and labels.shape[0] > 1:
         if base_first is None:
-            idx = np.flatnonzero(lv_area)
-            half = max(1, len(idx) // 2)
-            base_first = lv_area[idx[:half]].sum() >= lv_area[idx[-half:]].sum()
+            # the same anatomical rule as the ground-truth regions (cmrsdk.regions)
+            order = labelled_slices_base_to_apex(labels)
+            base_first = bool(order[0] <= order[-1])
         base, apex = (0, -1) if base_first else (-1, 0)
         if lvbp_present[base]:
             flags.add("basal_coverage")

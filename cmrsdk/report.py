@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .io._atomic import atomic_path
 from .labels import LABEL_NAMES, REGION_NAMES
 from .metrics import quality_flags
 from .pipeline import Segmentation, StudySegmentation
@@ -112,12 +113,10 @@ def save_overlay(path: str | Path, result: StudySegmentation, *, max_slices: int
             region = REGION_NAMES[int(seg.regions[k])] if seg.regions is not None else ""
             ax.set_title(f"{name} z{k} {region}", color="white", fontsize=7)
     fig.tight_layout(pad=0.2)
-    tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(tmp, format="png", dpi=dpi, facecolor="black")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, facecolor="black")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return path
