@@ -44,7 +44,7 @@ __all__ = [
     "synthetic_study_slices",
     "concatenate",
     "CACHE_VERSION", "SliceSet", "acdc_patients", "split_patients", "prepare_stack",
-    "build_cache", "load_cache", "open_cache", "synthetic_slices",
+    "build_cache", "write_cache", "load_cache", "open_cache", "synthetic_slices",
 ]
 
 #: bumped whenever the cache content or layout changes, so stale caches are rebuilt.
@@ -218,15 +218,25 @@ def build_cache(root: str | Path, cache_dir: str | Path, *, splits: dict[str, li
         "target_spacing": list(target_spacing), "splits": splits, "slices": int(arrays["images"].shape[0]),
         "build_seconds": round(time.perf_counter() - started, 1),
     }
+    return write_cache(cache_dir, SliceSet(arrays["images"], arrays["labels"], arrays["cases"], arrays["phases"],
+                                           arrays["regions"], arrays["positions"], arrays["z"], meta))
+
+
+def write_cache(cache_dir: str | Path, slices: SliceSet) -> SliceSet:
+    """Write ``slices`` as a cache directory (atomically: a temporary name, then a rename).
+
+    Returns the cache as loaded by :func:`load_cache`.
+    """
+    cache_dir = Path(cache_dir)
     tmp = cache_dir.with_name(f"{cache_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    np.save(tmp / "images.npy", arrays["images"].astype(np.float32))
-    np.save(tmp / "labels.npy", arrays["labels"].astype(np.uint8))
-    np.savez(tmp / "index.npz", cases=arrays["cases"].astype(str), phases=arrays["phases"].astype(str),
-             regions=arrays["regions"].astype(np.uint8), positions=arrays["positions"].astype(np.float64),
-             z=arrays["z"])
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    np.save(tmp / "images.npy", np.asarray(slices.images, dtype=np.float32))
+    np.save(tmp / "labels.npy", np.asarray(slices.labels, dtype=np.uint8))
+    np.savez(tmp / "index.npz", cases=slices.cases.astype(str), phases=slices.phases.astype(str),
+             regions=slices.regions.astype(np.uint8), positions=slices.positions.astype(np.float64),
+             z=slices.z.astype(np.int64))
+    (tmp / "meta.json").write_text(json.dumps(slices.meta, indent=1))
     if cache_dir.exists():
         shutil.rmtree(cache_dir)
     os.replace(tmp, cache_dir)
@@ -255,8 +265,18 @@ def open_cache(root: str | Path, cache_dir: str | Path, *, size: int = 224, norm
 
     The split is recomputed from the patients under ``root`` and must equal the cached one.
     """
-    splits = split_patients(acdc_patients(root), test_every=test_every, val_fraction=val_fraction, seed=seed)
     cache_dir = Path(cache_dir)
+    if not Path(root).is_dir() and (cache_dir / "meta.json").is_file():
+        # a cache carried to another machine without the raw data (export.portable): trusted when
+        # its build parameters match and its split honours test_every (no test patient inside)
+        cached = load_cache(cache_dir)
+        held_out = [c for c in np.unique(cached.cases) if test_every and int(str(c)[-3:]) % test_every == 0]
+        if cached.meta.get("size") != size or cached.meta.get("normalization") != normalization or held_out:
+            raise ReadError(cache_dir, f"does not match the configuration (size {cached.meta.get('size')}, "
+                                       f"normalization {cached.meta.get('normalization')!r}, test patients "
+                                       f"{held_out[:3]}) and {root} is not there to rebuild it")
+        return cached
+    splits = split_patients(acdc_patients(root), test_every=test_every, val_fraction=val_fraction, seed=seed)
     if (cache_dir / "meta.json").is_file():
         try:
             cached = load_cache(cache_dir)

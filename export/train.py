@@ -51,7 +51,7 @@ from .losses import DeepSupervisionLoss, DiceCELoss
 from .models import get_model
 from .samplers import SliceSampler, region_weights, uniform_weights
 
-__all__ = ["REPO_ROOT", "DEFAULTS", "load_config", "train", "load_trained_model", "main"]
+__all__ = ["REPO_ROOT", "DEFAULTS", "load_config", "train", "load_trained_model", "export_weights", "main"]
 
 #: the repository root; relative paths in configurations are taken from here.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +279,23 @@ def load_trained_model(path: str | Path, *, map_location: str = "cpu") -> tuple[
     return model, meta
 
 
+def export_weights(checkpoint: str | Path, target: str | Path, *, dtype: torch.dtype = torch.float16) -> int:
+    """Write the weights-only form of a training checkpoint; returns its size in bytes.
+
+    Keeps what :func:`load_trained_model` reads (model, config, preprocessing, metrics,
+    iteration) and drops the optimiser, sampler and generator states. Floating-point tensors
+    are stored as ``dtype`` (float16 halves the size, for carrying runs off a GPU machine);
+    ``load_state_dict`` casts them back to the model's float32 on loading.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    slim = {k: v for k, v in state.items() if k not in ("optimizer", "scaler", "sampler", "rng")}
+    slim["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    slim["weights_dtype"] = str(dtype).removeprefix("torch.")
+    target = Path(target)
+    _save_checkpoint(target, slim)
+    return target.stat().st_size
+
+
 # -- training --------------------------------------------------------------------------------------------
 
 def _log_fields(task: str) -> list[str]:
@@ -303,7 +320,8 @@ def _open_log(path: Path, fields: list[str], start: int) -> None:
 
 
 def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, resume: bool = False,
-          max_iterations: int | None = None, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+          max_iterations: int | None = None, device: str = "cpu", progress: bool = True,
+          time_budget: float | None = None) -> dict[str, Any]:
     """Train the model a configuration describes.
 
     Parameters
@@ -315,6 +333,10 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         to run a long schedule in several sittings or for a quick look.
     device : "cpu" or "cuda".
     progress : show the tqdm progress bar (rank 0 only).
+    time_budget : wall-clock seconds for this sitting (None: no limit). The schedule's progress
+        is the larger of the iteration and the time fraction, so a run that would overrun
+        still anneals its learning rate to the end and stops, validated and saved, on time;
+        the iteration it reached is in the result and the log.
 
     Returns
     -------
@@ -330,6 +352,8 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("'device' is 'cuda' but torch sees no CUDA device here")
     torch_device = torch.device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch and patch shapes: pick the fastest kernels once
     rank, world = _distributed(torch_device)
     if world > 1 and device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -426,8 +450,16 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     losses: list[float] = []
     row_started, sitting_started = time.perf_counter(), time.perf_counter()
     net.train()
+    deadline = time.perf_counter() + time_budget if time_budget else None
     for iteration in range(start + 1, stop + 1):
-        lr = float(spec["lr"]) * (1 - (iteration - 1) / iterations) ** float(spec["poly_power"]) \
+        progress_fraction = (iteration - 1) / iterations
+        if deadline is not None:
+            elapsed = 1.0 - (deadline - time.perf_counter()) / float(time_budget)
+            progress_fraction = min(max(progress_fraction, elapsed), 1.0)
+            if progress_fraction >= 1.0 and iteration > start + 1:
+                stop = iteration - 1  # out of time: validate and save where we are
+                break
+        lr = float(spec["lr"]) * (1 - progress_fraction) ** float(spec["poly_power"]) \
             if spec["optimizer"] == "sgd" else float(spec["lr"])
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -471,6 +503,18 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
                     bar.write(f"[{experiment['name']}] iteration {iteration}: " +
                               ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_" not in k or "dice" in k))
             losses, row_started = [], time.perf_counter()
+    if deadline is not None and iteration - 1 == stop and stop > start and progress_fraction >= 1.0:
+        metrics = _validate(task, net, val_set, torch_device, spec) if rank == 0 else {}
+        state = state_now(stop)
+        if rank == 0:
+            state["metrics"] = metrics
+            _save_checkpoint(checkpoint, state)
+            row = {"iteration": stop, "lr": "0", "train_loss": f"{np.mean(losses) if losses else float('nan'):.5f}",
+                   "seconds_per_iteration": f"{(time.perf_counter() - row_started) / max(len(losses), 1):.4f}"}
+            row.update({f"val_{k}": f"{v:.5f}" for k, v in metrics.items() if f"val_{k}" in fields})
+            with log_path.open("a", newline="") as f:
+                csv.DictWriter(f, fields).writerow(row)
+            bar.write(f"[{experiment['name']}] time budget reached at iteration {stop}")
     bar.close()
     done = stop - start
     return {"iteration": stop, "seconds_per_iteration": (time.perf_counter() - sitting_started) / max(done, 1),
@@ -486,10 +530,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="run directory (default: the configuration's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one configuration value (TOML syntax), e.g. --set train.iterations=3000; repeatable")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="stop, annealed, validated and saved, after this many seconds")
     args = parser.parse_args(argv)
+    config = load_config(args.config)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in config:
+            parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(config)}")
+        try:
+            config[section][name] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            parser.error(f"--set {item!r}: the value is not TOML ({exc})")
     try:
-        result = train(load_config(args.config), out=args.out, resume=args.resume, max_iterations=args.max_iterations,
-                       device=args.device, progress=not args.no_progress)
+        result = train(config, out=args.out, resume=args.resume, max_iterations=args.max_iterations,
+                       device=args.device, progress=not args.no_progress, time_budget=args.time_budget)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
