@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from .regions import slice_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .types import Stack, Study
 
-__all__ = ["Mode", "MODES", "Segmentation", "StudySegmentation", "Pipeline"]
+__all__ = ["Mode", "MODES", "RegionSource", "Segmentation", "StudySegmentation", "Pipeline"]
 
 Mode = Literal["routed", "baseline", "oracle"]
 MODES: tuple[str, ...] = ("routed", "baseline", "oracle")
@@ -107,6 +107,10 @@ class StudySegmentation:
         return self.phases[self.es_index]
 
 
+#: (stack, preprocessed float32 (Z, 1, H, W) slices) -> float32 (Z, 4) region probabilities.
+RegionSource = Callable[[Stack, np.ndarray], np.ndarray]
+
+
 class Pipeline:
     """Routed cardiac MRI segmentation with the models of one bundle.
 
@@ -129,6 +133,11 @@ class Pipeline:
         see `cmrsdk.routing`) or "independent" (each slice's most probable region, the paper's).
     engine_options : passed to every engine, e.g. ``{"intra_op_threads": 2}`` for ONNX Runtime
         or ``{"cuda_graphs": True}`` for TorchScript on CUDA (see `cmrsdk.engines`).
+    region_source : in routed mode, replaces the bundle's classifier: a callable
+        ``(stack, images) -> probabilities`` taking the `Stack` and its preprocessed float32
+        (Z, 1, H, W) slices and returning float32 (Z, 4) region probabilities (non-cardiac,
+        base, middle, apex), decoded as the classifier's are. For region labels known from
+        elsewhere (the scanner's slice planning, another classifier's stored predictions).
 
     The object holds no per-call state: one pipeline may serve several threads at once.
     """
@@ -145,6 +154,7 @@ class Pipeline:
         heart_crop: tuple[int, int] | None | Literal["bundle"] = "bundle",
         region_decoding: Decoding = "monotone",
         engine_options: Mapping[str, Any] | None = None,
+        region_source: RegionSource | None = None,
     ) -> None:
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
@@ -168,14 +178,17 @@ class Pipeline:
         self._baseline = self.bundle.routing.get(NON_CARDIAC)
         if self._baseline is None:
             raise InputError(f"bundle {self.bundle.path} routes no model for non-cardiac slices: it has no baseline U-Net")
-        if mode == "routed" and self.bundle.classifier is None:
+        if region_source is not None and not callable(region_source):
+            raise InputError(f"'region_source' must be callable (stack, images) -> (Z, 4) probabilities, got {type(region_source).__name__}")
+        self.region_source = region_source
+        if mode == "routed" and self.bundle.classifier is None and region_source is None:
             raise InputError(f"mode 'routed' needs a region classifier, and bundle {self.bundle.path} has none; use mode 'baseline'")
         self._manifest_sha256 = sha256_file(self.bundle.path / MANIFEST_NAME)
         # Create the engines now, not on the first call, so latency is flat from call one.
         needed = {self._baseline}
         if mode != "baseline":
             needed |= set(self.bundle.routing.values())
-        if mode == "routed":
+        if mode == "routed" and region_source is None:
             needed.add(self.bundle.classifier)
         options = dict(engine_options or {})
         self._engines = {name: self.bundle.engine(name, backend=backend, device=device, **options) for name in sorted(needed)}
@@ -190,7 +203,14 @@ class Pipeline:
                 raise InputError(f"mode 'oracle' needs ground-truth labels on the stack ({stack.source or 'array'} has none)")
             regions = slice_regions(stack.labels)
             return regions, np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
-        probabilities = self._engines[self.bundle.classifier].run(images)
+        if self.region_source is None:
+            probabilities = self._engines[self.bundle.classifier].run(images)
+        else:
+            probabilities = np.asarray(self.region_source(stack, images), dtype=np.float32)
+            if probabilities.shape != (images.shape[0], len(REGION_NAMES)) or not np.isfinite(probabilities).all():
+                raise InputError(f"'region_source' returned {probabilities.shape} probabilities for the "
+                                 f"{images.shape[0]} slices of {stack.source or 'the stack'}; expected finite "
+                                 f"({images.shape[0]}, {len(REGION_NAMES)})")
         return decode_regions(probabilities, self.region_decoding), probabilities
 
     def _locate(self, images: np.ndarray, regions: np.ndarray | None) -> tuple[float, float] | None:
@@ -326,6 +346,7 @@ class Pipeline:
             "largest_component": self.largest_component,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
             "region_decoding": self.region_decoding if self.mode == "routed" else None,
+            "region_source": getattr(self.region_source, "name", repr(self.region_source)) if self.region_source else None,
             "cmrsdk": __version__,
         }
 
