@@ -117,6 +117,14 @@ def _patient_folder(root: Path, patient: str) -> Path:
     return root / "training" / patient if (root / "training").is_dir() else root / patient
 
 
+def patient_number(patient: str) -> int:
+    """The number a patient identifier ends in ("patient042" -> 42)."""
+    digits = "".join(ch for ch in reversed(patient) if ch.isdigit())[::-1]
+    if not digits or not patient.endswith(digits):
+        raise InputError(f"patient identifier {patient!r} does not end in its number")
+    return int(digits)
+
+
 def split_patients(patients: Sequence[str], *, test_every: int = 5, val_fraction: float = 0.15,
                    seed: int = 0) -> dict[str, list[str]]:
     """A fixed, seeded, patient-level split into "train", "val" and "test".
@@ -133,14 +141,8 @@ def split_patients(patients: Sequence[str], *, test_every: int = 5, val_fraction
     if test_every < 0:
         raise InputError(f"'test_every' must be >= 0, got {test_every}")
 
-    def number(patient: str) -> int:
-        digits = "".join(ch for ch in patient[::-1] if ch.isdigit())[::-1]
-        if not digits or not patient.endswith(digits):
-            raise InputError(f"patient identifier {patient!r} does not end in its number")
-        return int(digits)
-
     ordered = sorted(patients)
-    test = [p for p in ordered if test_every and number(p) % test_every == 0]
+    test = [p for p in ordered if test_every and patient_number(p) % test_every == 0]
     rest = [p for p in ordered if p not in test]
     n_val = int(round(val_fraction * len(rest)))
     val_index = set(np.random.default_rng(seed).choice(len(rest), size=n_val, replace=False).tolist())
@@ -236,7 +238,7 @@ def write_cache(cache_dir: str | Path, slices: SliceSet) -> SliceSet:
     np.savez(tmp / "index.npz", cases=slices.cases.astype(str), phases=slices.phases.astype(str),
              regions=slices.regions.astype(np.uint8), positions=slices.positions.astype(np.float64),
              z=slices.z.astype(np.int64))
-    (tmp / "meta.json").write_text(json.dumps(slices.meta, indent=1))
+    (tmp / "meta.json").write_text(json.dumps({**slices.meta, "version": CACHE_VERSION}, indent=1))
     if cache_dir.exists():
         shutil.rmtree(cache_dir)
     os.replace(tmp, cache_dir)
@@ -270,7 +272,7 @@ def open_cache(root: str | Path, cache_dir: str | Path, *, size: int = 224, norm
         # a cache carried to another machine without the raw data (export.portable): trusted when
         # its build parameters match and its split honours test_every (no test patient inside)
         cached = load_cache(cache_dir)
-        held_out = [c for c in np.unique(cached.cases) if test_every and int(str(c)[-3:]) % test_every == 0]
+        held_out = [c for c in np.unique(cached.cases) if test_every and patient_number(str(c)) % test_every == 0]
         if cached.meta.get("size") != size or cached.meta.get("normalization") != normalization or held_out:
             raise ReadError(cache_dir, f"does not match the configuration (size {cached.meta.get('size')}, "
                                        f"normalization {cached.meta.get('normalization')!r}, test patients "

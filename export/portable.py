@@ -21,6 +21,7 @@ import io
 import json
 import lzma
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ def unpack(path: str | Path) -> SliceSet:
         meta["quantized_bits"] = 8
         return SliceSet(images, data["labels"], data["cases"], data["phases"], data["regions"], data["positions"],
                         data["z"], meta)
-    except (OSError, lzma.LZMAError, ValueError, KeyError) as exc:
+    except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
         raise ReadError(path, f"is not a slice pack written by export.portable: {exc}") from exc
 
 

@@ -451,6 +451,7 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     row_started, sitting_started = time.perf_counter(), time.perf_counter()
     net.train()
     deadline = time.perf_counter() + time_budget if time_budget else None
+    iteration, progress_fraction = start, 0.0  # as they stand when there is nothing left to train
     for iteration in range(start + 1, stop + 1):
         progress_fraction = (iteration - 1) / iterations
         if deadline is not None:
@@ -539,8 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.set:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
-        if not sep or not dot or section not in config:
-            parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(config)}")
+        if not sep or not dot or section not in DEFAULTS:
+            parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(DEFAULTS)}")
+        if name not in DEFAULTS[section]:
+            parser.error(f"--set {item!r}: [{section}] has no key {name!r}; known: {', '.join(sorted(DEFAULTS[section]))}")
         try:
             config[section][name] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError as exc:
