@@ -195,3 +195,17 @@ def test_command_line_builds_a_bundle_from_a_training_checkpoint(tmp_path, capsy
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert main(["--checkpoints", f"baseline={tmp_path / 'bad.pt'}", "-o", str(tmp_path / "c")]) == 1
     assert "bad.pt" in capsys.readouterr().err
+
+
+def test_decided_agreement_ignores_near_ties_only():
+    from export.parity import decided_agreement
+
+    # pixel 0 decided (0.9 vs 0.1), pixel 1 a near-tie (0.51 vs 0.49), pixel 2 decided (0.2 vs 0.8)
+    ref = np.array([[[0.9, 0.51, 0.2]], [[0.1, 0.49, 0.8]]], np.float32).transpose(1, 0, 2)  # (1, 2, 3)
+    flipped_tie = ref.copy()
+    flipped_tie[0, :, 1] = [0.49, 0.51]
+    assert decided_agreement(ref, flipped_tie) == 1.0
+    flipped_decided = ref.copy()
+    flipped_decided[0, :, 0] = [0.1, 0.9]
+    assert decided_agreement(ref, flipped_decided) == 0.5  # one of the two decided pixels flipped
+    assert decided_agreement(np.full((1, 2, 3), 0.5, np.float32), flipped_decided) == 1.0  # nothing decided

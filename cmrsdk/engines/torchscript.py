@@ -80,6 +80,8 @@ class TorchScriptEngine(Engine):
         self._cuda_graphs = cuda_graphs
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
         self._graph_lock = threading.Lock()
+        #: input shapes whose CUDA graph failed to capture -> the reason; they run eagerly.
+        self._uncapturable: dict[tuple[int, ...], str] = {}
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -93,6 +95,8 @@ class TorchScriptEngine(Engine):
         torch = self._torch
         key = tuple(x.shape)
         with self._graph_lock:
+            if key in self._uncapturable:
+                return self._module(x).float().cpu().numpy()
             entry = self._graphs.get(key)
             if entry is None:
                 static_in = x.clone()
@@ -105,8 +109,15 @@ class TorchScriptEngine(Engine):
                         self._module(static_in)
                 torch.cuda.current_stream().wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    static_out = self._module(static_in)
+                try:
+                    with torch.cuda.graph(graph):
+                        static_out = self._module(static_in)
+                except RuntimeError as exc:  # torch.AcceleratorError too
+                    # Some graphs do not capture (seen on an H100 with the demo classifier's
+                    # resize): that shape runs eagerly from now on, with the reason kept.
+                    torch.cuda.synchronize()
+                    self._uncapturable[key] = str(exc).splitlines()[0]
+                    return self._module(x).float().cpu().numpy()
                 entry = (graph, static_in, static_out)
                 self._graphs[key] = entry
             graph, static_in, static_out = entry
