@@ -41,6 +41,8 @@ MODES: tuple[str, ...] = ("routed", "baseline", "oracle")
 STAGES: tuple[str, ...] = ("preprocess", "classify", "locate", "segment", "postprocess")
 #: fewer foreground pixels than this in the locating pass: the heart was not found, keep the full window
 MIN_HEART_PIXELS = 50
+#: most baseline passes the heart search makes per stack (first choice, then the central slices).
+LOCATE_TRIES = 3
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,16 +218,24 @@ class Pipeline:
     def _locate(self, images: np.ndarray, regions: np.ndarray | None) -> tuple[float, float] | None:
         """Centre (cy, cx) of the heart in window pixels, or None where no heart is found.
 
-        One baseline pass over the central middle slice (the stack's central slice when no
-        region is known): the foreground's centroid.
+        One baseline pass over the central middle slice: the foreground's centroid. Where that
+        slice shows no heart (the classifier's "middle" can be wrong: on held-out ACDC patient100
+        ES it was the last two slices, apex and below), the stack's central slice and then its
+        neighbours are tried, up to `LOCATE_TRIES` passes in all.
         """
+        n = images.shape[0]
+        centre = n // 2
+        candidates = [centre + d for step in range(n) for d in ((step, -step) if step else (0,)) if 0 <= centre + d < n]
         middle = np.flatnonzero(regions == MIDDLE) if regions is not None else np.empty(0, np.intp)
-        k = int(middle[len(middle) // 2]) if len(middle) else images.shape[0] // 2
-        foreground = self._engines[self._baseline].run(images[k : k + 1])[0].argmax(0) > 0
-        if foreground.sum() < MIN_HEART_PIXELS:
-            return None
-        ys, xs = np.nonzero(foreground)
-        return float(ys.mean()), float(xs.mean())
+        if len(middle):
+            first = int(middle[len(middle) // 2])
+            candidates = [first] + [k for k in candidates if k != first]
+        for k in dict.fromkeys(candidates[:LOCATE_TRIES]):
+            foreground = self._engines[self._baseline].run(images[k : k + 1])[0].argmax(0) > 0
+            if foreground.sum() >= MIN_HEART_PIXELS:
+                ys, xs = np.nonzero(foreground)
+                return float(ys.mean()), float(xs.mean())
+        return None
 
     @staticmethod
     def _crop(images: np.ndarray, transform: preprocess.SliceTransform, centre: tuple[float, float],

@@ -149,9 +149,9 @@ def test_heart_crop_narrows_the_window_around_the_heart(threshold_bundle, backen
     assert cropped.labels[0, 85, 10] == 0  # outside the 32 x 32 window around the heart
     assert np.count_nonzero(cropped.labels) == 3 * 100
     assert cropped.provenance["heart_crop"] == [32, 32]
-    # nothing bright in the locating slice: no heart found, the full window is used
-    empty_middle = pixels.copy()
-    empty_middle[1] = 0.0
+    # no slice with a heart-sized foreground (25 px < MIN_HEART_PIXELS): the full window is used
+    empty_middle = np.zeros_like(pixels)
+    empty_middle[:, 83:88, 8:13] = 1.0
     fallback = Pipeline(bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend=backend).segment(Stack(empty_middle, (8.0, 2.0, 2.0)))
     assert fallback.labels[0, 85, 10] == 1
     with pytest.raises(InputError, match="'heart_crop'"):
@@ -166,3 +166,34 @@ def test_nan_pixels_are_refused_and_an_empty_stack_gives_empty_labels(routing_bu
         pipeline.segment(Stack(pixels, (8.0, 1.5, 1.5)))
     empty = pipeline.segment(Stack(np.zeros((0, 40, 40), np.float32), (8.0, 1.5, 1.5)))
     assert empty.labels.shape == (0, 40, 40) and empty.regions.shape == (0,)
+
+
+class _HeartOnBrightSlices:
+    """A stand-in baseline engine: foreground (LVBP) in a 20 x 20 square at (30, 40) on slices
+    whose mean is above 0.5, background elsewhere; records which slices it was asked about."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        out = np.zeros((images.shape[0], 4, *images.shape[2:]), np.float32)
+        out[:, 0] = 1.0
+        for i, image in enumerate(images):
+            self.seen.append(float(image.mean()))
+            if image.mean() > 0.5:
+                out[i, 0, 20:40, 30:50], out[i, 1, 20:40, 30:50] = 0.0, 1.0
+        return out
+
+
+def test_locate_falls_back_to_the_central_slices_when_the_middle_shows_no_heart(routing_bundle):
+    pipeline = Pipeline(routing_bundle, mode="routed")
+    fake = _HeartOnBrightSlices()
+    pipeline._engines[pipeline._baseline] = fake
+    levels = [0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1]  # heart on slices 0-5; 6 and 7 empty
+    images = np.asarray(levels, np.float32)[:, None, None, None] * np.ones((8, 1, 64, 64), np.float32)
+    wrong_middle = np.array([BASE] * 6 + [MIDDLE] * 2, np.uint8)  # as on ACDC patient100 ES
+    assert pipeline._locate(images, wrong_middle) == (29.5, 39.5)
+    assert fake.seen[0] == pytest.approx(0.1) and len(fake.seen) == 2  # slice 7 (no heart), then the centre
+    fake.seen.clear()
+    assert pipeline._locate(np.zeros((8, 1, 64, 64), np.float32), wrong_middle) is None
+    assert len(fake.seen) == 3  # gives up after LOCATE_TRIES passes
