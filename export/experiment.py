@@ -121,12 +121,41 @@ def _weights(run: Path) -> Path | None:
     return None
 
 
+def _from_checkpoint(runs: Path, name: str) -> dict[str, object] | None:
+    """A summary row from the weights and the run's console output, for a run without log.csv."""
+    import re
+
+    import torch
+
+    weights = _weights(runs / name)
+    if weights is None:
+        return None
+    meta = torch.load(weights, map_location="cpu", weights_only=False)
+    seconds = float("nan")
+    out = runs / f"{name}.out"
+    if out.is_file():
+        found = re.findall(r"done: iteration \d+, ([0-9.]+) s/iteration", out.read_text())
+        seconds = float(found[-1]) if found else seconds
+    metrics = meta.get("metrics", {})
+    return {"run": name, "iterations": int(meta["iteration"]), "s_per_iteration": seconds, "weights": "yes",
+            "validation": " / ".join(f"{metrics[f'dice_{s}']:.3f}" for s in ("LVBP", "LVM", "RVBP"))
+            if name.startswith("unet") and metrics else "",
+            **({} if name.startswith("unet") else {"val_recall": float(metrics.get("recall", float("nan")))})}
+
+
 def run_summary(runs: Path) -> list[dict[str, object]]:
-    """One row per run: iterations reached, seconds per iteration, last validation figures."""
+    """One row per run: iterations reached, seconds per iteration, last validation figures.
+
+    From the run's ``log.csv``; for a run without one, from its weights' metadata and the mean
+    seconds per iteration its console output (``RUNS/<run>.out``) reports.
+    """
     rows = []
     for name in (*UNETS, *(f"classifier_{c}" for c in CLASSIFIERS)):
         log = runs / name / "log.csv"
         if not log.is_file():
+            row = _from_checkpoint(runs, name)
+            if row is not None:
+                rows.append(row)
             continue
         with log.open(newline="") as f:
             entries = list(csv.DictReader(f))

@@ -71,7 +71,7 @@ for name in sys.argv[3:]:
         size = export_weights(runs / name / 'last.pt', stage / name / 'model.pt')
         print(f'{name}: {size / 1e6:.1f} MB of float16 weights')
 " "$RUNS" "$stage" $UNETS $CARRIED
-for run in $CLASSIFIERS; do [ -f "$RUNS/$run/log.csv" ] && mkdir -p "$stage/$run" && cp "$RUNS/$run/log.csv" "$stage/$run/"; done
+for run in $UNETS $CLASSIFIERS; do [ -f "$RUNS/$run/log.csv" ] && mkdir -p "$stage/$run" && cp "$RUNS/$run/log.csv" "$stage/$run/"; done
 tar -C "$stage" -cf "$OUT/unets_a.tar" unet_baseline unet_sampling_low unet_sampling_high 2>/dev/null
 tar -C "$stage" -cf "$OUT/unets_b.tar" unet_base unet_middle unet_apex 2>/dev/null
 tar -C "$stage" -cf "$OUT/classifiers_small.tar" classifier_shufflenet_v2 classifier_squeezenet classifier_mobilenet_v2 \
