@@ -137,9 +137,15 @@ def _from_checkpoint(runs: Path, name: str) -> dict[str, object] | None:
         found = re.findall(r"done: iteration \d+, ([0-9.]+) s/iteration", out.read_text())
         seconds = float(found[-1]) if found else seconds
     metrics = meta.get("metrics", {})
+    if not metrics:
+        validation = ""
+    elif name.startswith("unet"):
+        validation = " / ".join(f"{metrics[f'dice_{s}']:.3f}" for s in ("LVBP", "LVM", "RVBP"))
+    else:
+        validation = (f"accuracy {metrics['accuracy']:.3f}, precision {metrics['precision']:.3f}, "
+                      f"recall {metrics['recall']:.3f}")
     return {"run": name, "iterations": int(meta["iteration"]), "s_per_iteration": seconds, "weights": "yes",
-            "validation": " / ".join(f"{metrics[f'dice_{s}']:.3f}" for s in ("LVBP", "LVM", "RVBP"))
-            if name.startswith("unet") and metrics else "",
+            "validation": validation,
             **({} if name.startswith("unet") else {"val_recall": float(metrics.get("recall", float("nan")))})}
 
 
@@ -159,6 +165,11 @@ def run_summary(runs: Path) -> list[dict[str, object]]:
             continue
         with log.open(newline="") as f:
             entries = list(csv.DictReader(f))
+        if not entries:  # only the header: the run stopped before its first save
+            rows.append(_from_checkpoint(runs, name) or {"run": name, "iterations": 0, "s_per_iteration": float("nan"),
+                                                          "weights": "predictions only", "validation": "",
+                                                          **({} if name.startswith("unet") else {"val_recall": float("nan")})})
+            continue
         last = entries[-1]
         validated = [e for e in entries if e.get("val_loss")]
         v = validated[-1] if validated else {}
@@ -182,7 +193,8 @@ def best_classifier(summary: list[dict[str, object]], runs: Path) -> str:
                   and "weighted" not in str(r["run"])]
     if not candidates:
         raise ReadError(runs, "holds no classifier run with weights (model.pt or last.pt)")
-    return str(max(candidates, key=lambda r: float(r["val_recall"]))["run"])
+    # a run never validated (NaN recall) ranks last, not first as max() would put a NaN
+    return str(max(candidates, key=lambda r: float(r["val_recall"]) if np.isfinite(float(r["val_recall"])) else -1.0)["run"])
 
 
 def ensure_bundles(runs: Path, classifier: str, *, rebuild: bool = False) -> dict[str, Path]:
@@ -287,9 +299,13 @@ def stored_classifier_table(predictions: dict[str, np.ndarray], dataset_prefix: 
 
 # -- RESULTS.md -------------------------------------------------------------------------------------
 
+def _number(value: float, sign: str = "") -> str:
+    return f"{value:{sign}.2f}" if np.isfinite(value) else "–"
+
+
 def _cell(row: dict[str, object], region: str) -> str:
     star = "*" if row.get(f"{region}_significant") else ""
-    return f"{row[f'{region}_mean']:.2f}{star} ({row[f'{region}_sd']:.2f})"
+    return f"{_number(row[f'{region}_mean'])}{star} ({_number(row[f'{region}_sd'])})"
 
 
 def _table1(result: EvaluationResult, methods: list[str], paper: dict[str, tuple[str, str, str]]) -> str:
@@ -306,7 +322,8 @@ def _table1(result: EvaluationResult, methods: list[str], paper: dict[str, tuple
 def _table3(result: EvaluationResult, methods: list[str], paper: dict[str, dict[tuple[str, str], str]]) -> str:
     rows = []
     for method in methods:
-        cells = {(r["region"], r["label"]): f"{r['mean_change']:+.2f}{'*' if r['significant'] else ''} ({r['sd_change']:+.2f})"
+        cells = {(r["region"], r["label"]): f"{_number(r['mean_change'], '+')}{'*' if r['significant'] else ''} "
+                                            f"({_number(r['sd_change'], '+')})"
                  for r in improvement_table(result.scores, "baseline", method)}
         rows.append({"method": method, **{f"{label} {region}": cells.get((region, label), "–")
                                           for label in ("LVBP", "LVM", "RVBP") for region in ("base", "apex")}})
