@@ -42,7 +42,7 @@ from cmrsdk.types import Stack
 
 __all__ = [
     "synthetic_study_slices",
-    "concatenate",
+    "concatenate", "stack_slices",
     "CACHE_VERSION", "SliceSet", "acdc_patients", "split_patients", "prepare_stack",
     "build_cache", "write_cache", "load_cache", "open_cache", "synthetic_slices",
 ]
@@ -185,6 +185,28 @@ def prepare_stack(stack: Stack, *, target_spacing: tuple[float, float], size: in
             slice_regions(stack.labels), slice_positions(stack.labels))
 
 
+def stack_slices(stacks: Iterable[tuple[str, str, Stack]], *, target_spacing: tuple[float, float], size: int,
+                 normalization: str = "robust_zscore", threads: int | None = None,
+                 meta: dict[str, Any] | None = None) -> SliceSet:
+    """The slices of labelled stacks, each prepared by :func:`prepare_stack`, as one SliceSet.
+
+    stacks : (case, phase, Stack) triples; every slice keeps its case, phase and index z.
+    meta : the set's metadata (default: target spacing, size and normalisation).
+    """
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")}
+    for case, phase, stack in stacks:
+        images, labels, regions, positions = prepare_stack(stack, target_spacing=target_spacing, size=size,
+                                                           normalization=normalization, threads=threads)
+        n = images.shape[0]
+        for key, value in (("images", images), ("labels", labels), ("regions", regions), ("positions", positions),
+                           ("z", np.arange(n, dtype=np.int64)), ("cases", np.full(n, case)), ("phases", np.full(n, phase))):
+            parts[key].append(value)
+    a = {k: np.concatenate(v) for k, v in parts.items()}
+    meta = {"target_spacing": list(target_spacing), "size": int(size), "normalization": normalization} if meta is None else meta
+    return SliceSet(a["images"], a["labels"], a["cases"].astype(str), a["phases"].astype(str), a["regions"],
+                    a["positions"], a["z"], meta)
+
+
 def build_cache(root: str | Path, cache_dir: str | Path, *, splits: dict[str, list[str]], size: int = 224,
                 normalization: str = "robust_zscore", target_spacing: tuple[float, float] | None = None,
                 threads: int | None = None) -> SliceSet:
@@ -202,26 +224,13 @@ def build_cache(root: str | Path, cache_dir: str | Path, *, splits: dict[str, li
     if target_spacing is None:
         spacings = np.array([s.spacing[1:] for p in splits["train"] for s in (studies[p].ed, studies[p].es)])
         target_spacing = (float(np.median(spacings[:, 0])), float(np.median(spacings[:, 1])))
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "labels", "cases", "phases", "regions",
-                                                          "positions", "z")}
-    for patient in patients:
-        for phase in ("ED", "ES"):
-            stack = studies[patient].ed if phase == "ED" else studies[patient].es
-            images, labels, regions, positions = prepare_stack(stack, target_spacing=target_spacing, size=size,
-                                                               normalization=normalization, threads=threads)
-            n = images.shape[0]
-            for key, value in (("images", images), ("labels", labels), ("regions", regions),
-                               ("positions", positions), ("z", np.arange(n, dtype=np.int64)),
-                               ("cases", np.full(n, patient)), ("phases", np.full(n, phase))):
-                parts[key].append(value)
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    meta = {
-        "version": CACHE_VERSION, "source": str(root), "size": int(size), "normalization": normalization,
-        "target_spacing": list(target_spacing), "splits": splits, "slices": int(arrays["images"].shape[0]),
+    stacks = ((p, phase, studies[p].ed if phase == "ED" else studies[p].es) for p in patients for phase in ("ED", "ES"))
+    slices = stack_slices(stacks, target_spacing=target_spacing, size=size, normalization=normalization, threads=threads)
+    slices.meta.update({
+        "version": CACHE_VERSION, "source": str(root), "splits": splits, "slices": len(slices),
         "build_seconds": round(time.perf_counter() - started, 1),
-    }
-    return write_cache(cache_dir, SliceSet(arrays["images"], arrays["labels"], arrays["cases"], arrays["phases"],
-                                           arrays["regions"], arrays["positions"], arrays["z"], meta))
+    })
+    return write_cache(cache_dir, slices)
 
 
 def write_cache(cache_dir: str | Path, slices: SliceSet) -> SliceSet:
@@ -301,21 +310,15 @@ def synthetic_study_slices(n_studies: int, *, target_spacing: tuple[float, float
     """
     from cmrsdk.synth import synthetic_study
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")}
-    for seed in range(first_seed, first_seed + n_studies):
-        study = synthetic_study(seed=seed)
-        for phase, stack in (("ED", study.ed), ("ES", study.es)):
-            images, labels, regions, positions = prepare_stack(stack, target_spacing=target_spacing, size=size,
-                                                               normalization=normalization, threads=threads)
-            n = images.shape[0]
-            for key, value in (("images", images), ("labels", labels), ("regions", regions), ("positions", positions),
-                               ("z", np.arange(n, dtype=np.int64)), ("cases", np.full(n, f"synthetic{seed}")),
-                               ("phases", np.full(n, phase))):
-                parts[key].append(value)
-    a = {k: np.concatenate(v) for k, v in parts.items()}
-    return SliceSet(a["images"], a["labels"], a["cases"].astype(str), a["phases"].astype(str), a["regions"], a["positions"],
-                    a["z"], {"target_spacing": list(target_spacing), "size": size, "normalization": normalization,
-                             "synthetic_studies": n_studies, "first_seed": first_seed})
+    def stacks():
+        for seed in range(first_seed, first_seed + n_studies):
+            study = synthetic_study(seed=seed)
+            yield f"synthetic{seed}", "ED", study.ed
+            yield f"synthetic{seed}", "ES", study.es
+
+    return stack_slices(stacks(), target_spacing=target_spacing, size=size, normalization=normalization, threads=threads,
+                        meta={"target_spacing": list(target_spacing), "size": size, "normalization": normalization,
+                              "synthetic_studies": n_studies, "first_seed": first_seed})
 
 
 def concatenate(first: SliceSet, second: SliceSet) -> SliceSet:

@@ -28,7 +28,7 @@ import numpy as np
 
 from cmrsdk.errors import ReadError
 
-from .data import SliceSet, load_cache, prepare_stack, split_patients, write_cache
+from .data import SliceSet, load_cache, split_patients, stack_slices, write_cache
 
 __all__ = ["pack", "unpack", "heldout_slices"]
 
@@ -93,20 +93,15 @@ def heldout_slices(acdc_root: str | Path | None, mnms_root: str | Path | None, *
         folders += [(f"acdc/{p}", _patient_folder(root, p)) for p in test]
     if mnms_root is not None:
         folders += [(f"mnms/{p.name}", p) for p in sorted(Path(mnms_root).iterdir()) if p.is_dir()]
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")}
-    for case, folder in folders:
-        study = read_study(folder)
-        for phase, stack in (("ED", study.ed), ("ES", study.es)):
-            images, labels, regions, positions = prepare_stack(stack, target_spacing=target_spacing, size=size,
-                                                               normalization=normalization)
-            n = images.shape[0]
-            for key, value in (("images", images), ("labels", labels), ("regions", regions), ("positions", positions),
-                               ("z", np.arange(n, dtype=np.int64)), ("cases", np.full(n, case)), ("phases", np.full(n, phase))):
-                parts[key].append(value)
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    meta = {"target_spacing": list(target_spacing), "size": size, "normalization": normalization, "heldout": True}
-    return SliceSet(arrays["images"], arrays["labels"], arrays["cases"].astype(str), arrays["phases"].astype(str),
-                    arrays["regions"], arrays["positions"], arrays["z"], meta)
+    def stacks():
+        for case, folder in folders:
+            study = read_study(folder)
+            yield case, "ED", study.ed
+            yield case, "ES", study.es
+
+    return stack_slices(stacks(), target_spacing=target_spacing, size=size, normalization=normalization,
+                        meta={"target_spacing": list(target_spacing), "size": size, "normalization": normalization,
+                              "heldout": True})
 
 
 def main(argv: list[str] | None = None) -> int:

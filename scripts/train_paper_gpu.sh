@@ -38,7 +38,8 @@ torchvision.__version__, 'cuda', torch.cuda.is_available())"; } | tee "$RUNS/env
 if ! $PY -c "import cmrsdk.preprocess" 2>/dev/null; then
   $PY setup.py build_ext --inplace -j 8 > "$RUNS/build.log" 2>&1 || { echo "native build failed"; tail "$RUNS/build.log"; exit 1; }
 fi
-$PY -m export.portable unpack .gpu/acdc_224.npz.xz cache/acdc_224 || exit 1
+# (a cache already there, e.g. the exact float32 one on the machine that has the raw data, is kept)
+[ -f cache/acdc_224/meta.json ] || $PY -m export.portable unpack .gpu/acdc_224.npz.xz cache/acdc_224 || exit 1
 echo "set-up: $(( $(date +%s) - started )) s"
 
 pids=()
