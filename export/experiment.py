@@ -197,8 +197,28 @@ def best_classifier(summary: list[dict[str, object]], runs: Path) -> str:
     return str(max(candidates, key=lambda r: float(r["val_recall"]) if np.isfinite(float(r["val_recall"])) else -1.0)["run"])
 
 
+def _bundle_is_current(bundle: Path, models: dict[str, str], runs: Path) -> bool:
+    """True when ``bundle`` holds, in each role, the named run's weights at their iteration."""
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    for role, run in models.items():
+        training = manifest.get("models", {}).get(role, {}).get("training", {})
+        weights = _weights(runs / run)
+        if weights is None or training.get("config", {}).get("experiment", {}).get("name") != run \
+                or Path(training.get("checkpoint", "")).name != weights.name \
+                or (manifest_path.stat().st_mtime < weights.stat().st_mtime):
+            return False
+    return True
+
+
 def ensure_bundles(runs: Path, classifier: str, *, rebuild: bool = False) -> dict[str, Path]:
-    """Build (or reuse) the four bundles of the experiment under ``runs/bundles``."""
+    """Build the four bundles of the experiment under ``runs/bundles``, reusing those still current.
+
+    A bundle is rebuilt when ``rebuild`` is set, or when a role's run, weights file or weights'
+    modification time no longer match what the bundle was built from (`_bundle_is_current`).
+    """
     from export.bundle import main as bundle_main
 
     needed = {
@@ -212,7 +232,7 @@ def ensure_bundles(runs: Path, classifier: str, *, rebuild: bool = False) -> dic
     for bundle, models in needed.items():
         out = runs / "bundles" / bundle
         paths[bundle] = out
-        if (out / "manifest.json").is_file() and not rebuild:
+        if not rebuild and _bundle_is_current(out, models, runs):
             continue
         checkpoints = []
         for role, run in models.items():

@@ -472,3 +472,31 @@ def test_generated_section_table2_and_outside_docs(tmp_path, evaluation, predict
     assert rows[0][-1] == "2,0,0,0 / 0,0,2,0 / 0,4,0,0 / 0,0,0,2"
     # an output outside docs/ is linked by its full path
     assert f"![Dice along the heart]({out}/acdc_heldout/figure2_paper.png)" in text
+
+
+def test_a_bundle_is_reused_only_while_it_holds_the_chosen_runs(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from export.experiment import _bundle_is_current
+
+    runs = tmp_path / "runs"
+    for run in ("unet_baseline", "classifier_densenet121", "classifier_resnet18"):
+        (runs / run).mkdir(parents=True)
+        (runs / run / "model.pt").write_bytes(b"w")
+        os.utime(runs / run / "model.pt", (1_000_000, 1_000_000))
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+
+    def entry(run: str) -> dict:
+        return {"training": {"config": {"experiment": {"name": run}}, "checkpoint": f"{runs / run / 'model.pt'}"}}
+
+    (bundle / "manifest.json").write_text(json.dumps({"models": {"baseline": entry("unet_baseline"),
+                                                                 "classifier": entry("classifier_densenet121")}}))
+    wanted = {"baseline": "unet_baseline", "classifier": "classifier_densenet121"}
+    assert _bundle_is_current(bundle, wanted, runs)
+    assert not _bundle_is_current(bundle, {**wanted, "classifier": "classifier_resnet18"}, runs)  # another classifier chosen
+    assert not _bundle_is_current(bundle, {**wanted, "apex": "unet_baseline"}, runs)  # a role the bundle lacks
+    os.utime(runs / "unet_baseline" / "model.pt", None)  # retrained after the bundle was built
+    assert not _bundle_is_current(bundle, wanted, runs)
+    assert not _bundle_is_current(tmp_path / "missing", wanted, runs)
