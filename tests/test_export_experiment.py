@@ -493,10 +493,11 @@ def test_a_bundle_is_reused_only_while_it_holds_the_chosen_runs(tmp_path: Path) 
 
     (bundle / "manifest.json").write_text(json.dumps({"models": {"baseline": entry("unet_baseline"),
                                                                  "classifier": entry("classifier_densenet121")}}))
+    os.utime(bundle / "manifest.json", (2_000_000, 2_000_000))  # built after the weights
     wanted = {"baseline": "unet_baseline", "classifier": "classifier_densenet121"}
     assert _bundle_is_current(bundle, wanted, runs)
     assert not _bundle_is_current(bundle, {**wanted, "classifier": "classifier_resnet18"}, runs)  # another classifier chosen
     assert not _bundle_is_current(bundle, {**wanted, "apex": "unet_baseline"}, runs)  # a role the bundle lacks
-    os.utime(runs / "unet_baseline" / "model.pt", None)  # retrained after the bundle was built
+    os.utime(runs / "unet_baseline" / "model.pt", (3_000_000, 3_000_000))  # retrained after the bundle was built
     assert not _bundle_is_current(bundle, wanted, runs)
     assert not _bundle_is_current(tmp_path / "missing", wanted, runs)
