@@ -450,15 +450,34 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     losses: list[float] = []
     row_started, sitting_started = time.perf_counter(), time.perf_counter()
     net.train()
+    def record(iteration: int, lr: float, validate: bool) -> None:
+        """Validate (when asked), save the checkpoint and append a log row (rank 0 writes)."""
+        nonlocal metrics
+        if validate:
+            metrics = _validate(task, net, val_set, torch_device, spec) if rank == 0 else {}
+        state = state_now(iteration)
+        if rank != 0:
+            return
+        _save_checkpoint(checkpoint, state)
+        row = {"iteration": iteration, "lr": f"{lr:.6g}",
+               "train_loss": f"{np.mean(losses):.5f}" if losses else "",
+               "seconds_per_iteration": f"{(time.perf_counter() - row_started) / max(len(losses), 1):.4f}"}
+        if validate:
+            row.update({f"val_{k}": f"{v:.5f}" for k, v in metrics.items() if f"val_{k}" in fields})
+            bar.write(f"[{experiment['name']}] iteration {iteration}: " +
+                      ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_" not in k or "dice" in k))
+        with log_path.open("a", newline="") as f:
+            csv.DictWriter(f, fields).writerow(row)
+
     deadline = time.perf_counter() + time_budget if time_budget else None
-    iteration, progress_fraction = start, 0.0  # as they stand when there is nothing left to train
+    timed_out = False
     for iteration in range(start + 1, stop + 1):
         progress_fraction = (iteration - 1) / iterations
         if deadline is not None:
             elapsed = 1.0 - (deadline - time.perf_counter()) / float(time_budget)
             progress_fraction = min(max(progress_fraction, elapsed), 1.0)
             if progress_fraction >= 1.0 and iteration > start + 1:
-                stop = iteration - 1  # out of time: validate and save where we are
+                stop, timed_out = iteration - 1, True  # out of time: validate and save where we are
                 break
         lr = float(spec["lr"]) * (1 - progress_fraction) ** float(spec["poly_power"]) \
             if spec["optimizer"] == "sgd" else float(spec["lr"])
@@ -486,36 +505,12 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
 
         validate = iteration % int(spec["val_every"]) == 0 or iteration == stop
-        save = validate or iteration % int(spec["checkpoint_every"]) == 0
-        if validate:
-            metrics = _validate(task, net, val_set, torch_device, spec) if rank == 0 else {}
-        if save:
-            seconds = (time.perf_counter() - row_started) / max(len(losses), 1)
-            state = state_now(iteration)
-            if rank == 0:
-                _save_checkpoint(checkpoint, state)
-                row = {"iteration": iteration, "lr": f"{lr:.6g}", "train_loss": f"{np.mean(losses):.5f}",
-                       "seconds_per_iteration": f"{seconds:.4f}"}
-                if validate:
-                    row.update({f"val_{k}": f"{v:.5f}" for k, v in metrics.items() if f"val_{k}" in fields})
-                with log_path.open("a", newline="") as f:
-                    csv.DictWriter(f, fields).writerow(row)
-                if validate:
-                    bar.write(f"[{experiment['name']}] iteration {iteration}: " +
-                              ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_" not in k or "dice" in k))
+        if validate or iteration % int(spec["checkpoint_every"]) == 0:
+            record(iteration, lr, validate)
             losses, row_started = [], time.perf_counter()
-    if deadline is not None and iteration - 1 == stop and stop > start and progress_fraction >= 1.0:
-        metrics = _validate(task, net, val_set, torch_device, spec) if rank == 0 else {}
-        state = state_now(stop)
-        if rank == 0:
-            state["metrics"] = metrics
-            _save_checkpoint(checkpoint, state)
-            row = {"iteration": stop, "lr": "0", "train_loss": f"{np.mean(losses) if losses else float('nan'):.5f}",
-                   "seconds_per_iteration": f"{(time.perf_counter() - row_started) / max(len(losses), 1):.4f}"}
-            row.update({f"val_{k}": f"{v:.5f}" for k, v in metrics.items() if f"val_{k}" in fields})
-            with log_path.open("a", newline="") as f:
-                csv.DictWriter(f, fields).writerow(row)
-            bar.write(f"[{experiment['name']}] time budget reached at iteration {stop}")
+    if timed_out:
+        record(stop, 0.0, True)
+        bar.write(f"[{experiment['name']}] time budget reached at iteration {stop}")
     bar.close()
     done = stop - start
     return {"iteration": stop, "seconds_per_iteration": (time.perf_counter() - sitting_started) / max(done, 1),
