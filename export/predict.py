@@ -7,6 +7,10 @@ is one ``.npz`` with ``cases``, ``phases``, ``z`` and ``regions`` (ground truth)
 slices and, per run, float32 (N, 4) softmax probabilities under the run's name.
 
     python -m export.predict .gpu/heldout.npz.xz runs/classifier_* -o predictions.npz
+    python -m export.predict .gpu/heldout.npz.xz runs/classifier_resnet18 -o predictions.npz --update
+
+``--update`` replaces (or adds) the named runs' probabilities in an existing file of the same
+slices and keeps the others'.
 """
 from __future__ import annotations
 
@@ -39,16 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run directories holding last.pt (classification runs)")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--update", action="store_true", help="keep the other runs' probabilities of an existing output")
     args = parser.parse_args(argv)
     slices = unpack(args.heldout)
     arrays = {"cases": slices.cases, "phases": slices.phases, "z": slices.z, "regions": slices.regions}
+    if args.update and Path(args.output).is_file():
+        existing = dict(np.load(args.output))
+        for key in ("cases", "phases", "z"):
+            if not np.array_equal(existing[key], arrays[key]):
+                parser.error(f"--update: {args.output} holds other slices than {args.heldout} ('{key}' differs)")
+        arrays = {**existing, **arrays}
     for run in args.runs:
         arrays[Path(run).name] = classifier_probabilities(Path(run) / "last.pt", slices.images, device=args.device)
         accuracy = float((arrays[Path(run).name].argmax(1) == slices.regions).mean())
         print(f"{Path(run).name}: {len(slices)} held-out slices, accuracy {accuracy:.3f}")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    Path(args.output).write_bytes(buffer.getvalue())
+    tmp = Path(args.output).with_name(Path(args.output).name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(args.output)
     return 0
 
 

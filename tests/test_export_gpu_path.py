@@ -407,3 +407,30 @@ def test_classifier_probabilities(classification_checkpoint: Path, segmentation_
                                rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="segmentation checkpoint, not a region classifier"):
         classifier_probabilities(segmentation_checkpoint, images[:, :32, :32])
+
+
+def test_predict_command_writes_and_updates(tmp_path: Path, classification_checkpoint: Path) -> None:
+    import shutil
+
+    from export.predict import main as predict_main
+
+    pack_path = tmp_path / "heldout.npz.xz"
+    portable.pack(synthetic_slices(6, size=48, seed=5), pack_path)
+    run = classification_checkpoint.parent
+    out = tmp_path / "predictions.npz"
+    assert predict_main([str(pack_path), str(run), "-o", str(out), "--device", "cpu"]) == 0
+    first = dict(np.load(out))
+    assert set(first) == {"cases", "phases", "z", "regions", run.name} and first[run.name].shape == (6, 4)
+    other = tmp_path / "classifier_other"
+    shutil.copytree(run, other)
+    assert predict_main([str(pack_path), str(other), "-o", str(out), "--update", "--device", "cpu"]) == 0
+    second = dict(np.load(out))
+    assert set(second) == set(first) | {"classifier_other"}
+    np.testing.assert_array_equal(second[run.name], first[run.name])  # kept, not recomputed
+    np.testing.assert_allclose(second["classifier_other"], first[run.name], rtol=1e-5)  # the same weights
+    assert predict_main([str(pack_path), str(other), "-o", str(out), "--device", "cpu"]) == 0  # no --update: replaced
+    assert set(np.load(out)) == {"cases", "phases", "z", "regions", "classifier_other"}
+    other_pack = tmp_path / "other.npz.xz"
+    portable.pack(synthetic_slices(8, size=48, seed=6), other_pack)
+    with pytest.raises(SystemExit):
+        predict_main([str(other_pack), str(run), "-o", str(out), "--update", "--device", "cpu"])
