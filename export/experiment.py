@@ -372,7 +372,7 @@ def generated_section(summary, classifier: str, results: dict[str, EvaluationRes
                       table2: dict[str, list[dict[str, object]]], out: Path, docs: Path) -> str:
     rel = out.relative_to(docs) if out.is_relative_to(docs) else out
     headline = ["baseline", "sampling_low", "sampling_high", "routed", "oracle"]
-    md = [BEGIN, "", "### Training budgets (`scripts/train_paper_gpu.sh`: the 14 runs side by side on one GPU; s / iteration is under that sharing)", "",
+    md = [BEGIN, "", "### Training budgets (s / iteration where each run trained; export/README.md says where that was)", "",
           markdown_table(summary, ["run", "iterations", "s_per_iteration", "validation", "weights"]), "",
           f"Routed bundle classifier (best validation recall among the runs whose weights are here): **{classifier}**.", ""]
     for dataset, result in results.items():

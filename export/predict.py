@@ -40,7 +40,7 @@ def classifier_probabilities(checkpoint: str | Path, images: np.ndarray, *, devi
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.predict", description=__doc__.split("\n")[0])
     parser.add_argument("heldout", help="slice pack of export.portable pack-heldout")
-    parser.add_argument("runs", nargs="+", help="run directories holding last.pt (classification runs)")
+    parser.add_argument("runs", nargs="+", help="classification run directories holding last.pt (or model.pt)")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--update", action="store_true", help="keep the other runs' probabilities of an existing output")
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"--update: {args.output} holds other slices than {args.heldout} ('{key}' differs)")
         arrays = {**existing, **arrays}
     for run in args.runs:
-        arrays[Path(run).name] = classifier_probabilities(Path(run) / "last.pt", slices.images, device=args.device)
+        weights = Path(run) / "last.pt" if (Path(run) / "last.pt").is_file() else Path(run) / "model.pt"
+        arrays[Path(run).name] = classifier_probabilities(weights, slices.images, device=args.device)
         accuracy = float((arrays[Path(run).name].argmax(1) == slices.regions).mean())
         print(f"{Path(run).name}: {len(slices)} held-out slices, accuracy {accuracy:.3f}")
     buffer = io.BytesIO()
