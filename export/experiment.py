@@ -121,8 +121,26 @@ def _weights(run: Path) -> Path | None:
     return None
 
 
+def _validation(name: str, metrics: dict[str, float]) -> str:
+    """The last validation of a run as text: pooled Dice of a U-Net, or a classifier's figures."""
+    if not metrics:
+        return ""
+    if name.startswith("unet"):
+        return " / ".join(f"{metrics[f'dice_{s}']:.3f}" for s in ("LVBP", "LVM", "RVBP"))
+    return f"accuracy {metrics['accuracy']:.3f}, precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}"
+
+
+def _summary_row(runs: Path, name: str, iterations: int, seconds: float, metrics: dict[str, float]) -> dict[str, object]:
+    row: dict[str, object] = {"run": name, "iterations": iterations, "s_per_iteration": seconds,
+                              "weights": "yes" if _weights(runs / name) else "predictions only",
+                              "validation": _validation(name, metrics)}
+    if not name.startswith("unet"):
+        row["val_recall"] = float(metrics.get("recall", float("nan")))
+    return row
+
+
 def _from_checkpoint(runs: Path, name: str) -> dict[str, object] | None:
-    """A summary row from the weights and the run's console output, for a run without log.csv."""
+    """A summary row from the weights and the run's console output, for a run without a usable log."""
     import re
 
     import torch
@@ -136,54 +154,35 @@ def _from_checkpoint(runs: Path, name: str) -> dict[str, object] | None:
     if out.is_file():
         found = re.findall(r"done: iteration \d+, ([0-9.]+) s/iteration", out.read_text())
         seconds = float(found[-1]) if found else seconds
-    metrics = meta.get("metrics", {})
-    if not metrics:
-        validation = ""
-    elif name.startswith("unet"):
-        validation = " / ".join(f"{metrics[f'dice_{s}']:.3f}" for s in ("LVBP", "LVM", "RVBP"))
-    else:
-        validation = (f"accuracy {metrics['accuracy']:.3f}, precision {metrics['precision']:.3f}, "
-                      f"recall {metrics['recall']:.3f}")
-    return {"run": name, "iterations": int(meta["iteration"]), "s_per_iteration": seconds, "weights": "yes",
-            "validation": validation,
-            **({} if name.startswith("unet") else {"val_recall": float(metrics.get("recall", float("nan")))})}
+    return _summary_row(runs, name, int(meta["iteration"]), seconds, dict(meta.get("metrics", {})))
 
 
 def run_summary(runs: Path) -> list[dict[str, object]]:
     """One row per run: iterations reached, seconds per iteration, last validation figures.
 
-    From the run's ``log.csv``; for a run without one, from its weights' metadata and the mean
-    seconds per iteration its console output (``RUNS/<run>.out``) reports.
+    From the run's ``log.csv``; for a run without one (or with only its header), from its
+    weights' metadata and the mean seconds per iteration its console output
+    (``RUNS/<run>.out``) reports.
     """
     rows = []
     for name in (*UNETS, *(f"classifier_{c}" for c in CLASSIFIERS)):
         log = runs / name / "log.csv"
-        if not log.is_file():
+        entries = []
+        if log.is_file():
+            with log.open(newline="") as f:
+                entries = list(csv.DictReader(f))
+        if not entries:
             row = _from_checkpoint(runs, name)
+            if row is None and log.is_file():  # a log but nothing saved: the run stopped before its first save
+                row = _summary_row(runs, name, 0, float("nan"), {})
             if row is not None:
                 rows.append(row)
             continue
-        with log.open(newline="") as f:
-            entries = list(csv.DictReader(f))
-        if not entries:  # only the header: the run stopped before its first save
-            rows.append(_from_checkpoint(runs, name) or {"run": name, "iterations": 0, "s_per_iteration": float("nan"),
-                                                          "weights": "predictions only", "validation": "",
-                                                          **({} if name.startswith("unet") else {"val_recall": float("nan")})})
-            continue
-        last = entries[-1]
         validated = [e for e in entries if e.get("val_loss")]
-        v = validated[-1] if validated else {}
+        metrics = {k[4:]: float(v) for k, v in validated[-1].items() if k.startswith("val_") and v} if validated else {}
         seconds = [float(e["seconds_per_iteration"]) for e in entries if e.get("seconds_per_iteration")]
-        row: dict[str, object] = {"run": name, "iterations": int(last["iteration"]),
-                                  "s_per_iteration": float(np.median(seconds)) if seconds else float("nan"),
-                                  "weights": "yes" if _weights(runs / name) else "predictions only"}
-        if name.startswith("unet"):
-            row["validation"] = " / ".join(f"{float(v[f'val_dice_{s}']):.3f}" for s in ("LVBP", "LVM", "RVBP")) if v else ""
-        else:
-            row["validation"] = (f"accuracy {float(v['val_accuracy']):.3f}, precision {float(v['val_precision']):.3f}, "
-                                 f"recall {float(v['val_recall']):.3f}") if v else ""
-            row["val_recall"] = float(v["val_recall"]) if v else float("nan")
-        rows.append(row)
+        rows.append(_summary_row(runs, name, int(entries[-1]["iteration"]),
+                                 float(np.median(seconds)) if seconds else float("nan"), metrics))
     return rows
 
 
@@ -198,7 +197,7 @@ def best_classifier(summary: list[dict[str, object]], runs: Path) -> str:
 
 
 def _bundle_is_current(bundle: Path, models: dict[str, str], runs: Path) -> bool:
-    """True when ``bundle`` holds, in each role, the named run's weights at their iteration."""
+    """True when ``bundle`` was built, role by role, from the named runs' current weights files."""
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         return False
