@@ -44,6 +44,7 @@ from cmrsdk.types import Stack
 __all__ = ["UNETS", "CLASSIFIERS", "PAPER", "StoredRegions", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE = REPO_ROOT / "cache" / "acdc_224"  # real slices for the bundles' parity checks, where built
 UNETS = ("unet_baseline", "unet_sampling_low", "unet_sampling_high", "unet_base", "unet_middle", "unet_apex")
 CLASSIFIERS = ("alexnet", "densenet121", "mobilenet_v2", "resnet18", "shufflenet_v2", "squeezenet", "vgg11_bn",
                "densenet121_weighted")
@@ -212,6 +213,17 @@ def _bundle_is_current(bundle: Path, models: dict[str, str], runs: Path) -> bool
     return True
 
 
+def _cache_matches(cache: Path, weights: Path | None) -> bool:
+    """True when the slice cache was prepared as the checkpoint's model expects (size, spacing)."""
+    import torch
+
+    if weights is None or not (cache / "meta.json").is_file():
+        return False
+    meta = json.loads((cache / "meta.json").read_text())
+    pre = torch.load(weights, map_location="cpu", weights_only=False).get("preprocessing", {})
+    return pre.get("size") == meta.get("size") and list(pre.get("target_spacing") or []) == list(meta.get("target_spacing") or [])
+
+
 def ensure_bundles(runs: Path, classifier: str, *, rebuild: bool = False) -> dict[str, Path]:
     """Build the four bundles of the experiment under ``runs/bundles``, reusing those still current.
 
@@ -241,9 +253,8 @@ def ensure_bundles(runs: Path, classifier: str, *, rebuild: bool = False) -> dic
             checkpoints.append(f"{role}={weights}")
         args = ["--checkpoints", *checkpoints, "--heart-crop", "128", "128", "--formats", "onnx", "torchscript",
                 "--overwrite", "-o", str(out)]
-        cache = REPO_ROOT / "cache" / "acdc_224"
-        if (cache / "meta.json").is_file():
-            args += ["--examples-from-cache", str(cache)]
+        if _cache_matches(CACHE, _weights(runs / models["baseline"])):
+            args += ["--examples-from-cache", str(CACHE)]  # real slices for the parity checks
         if bundle_main(args) != 0:
             raise ReadError(out, "bundle export failed (see the messages above)")
     return paths

@@ -501,3 +501,90 @@ def test_a_bundle_is_reused_only_while_it_holds_the_chosen_runs(tmp_path: Path) 
     os.utime(runs / "unet_baseline" / "model.pt", (3_000_000, 3_000_000))  # retrained after the bundle was built
     assert not _bundle_is_current(bundle, wanted, runs)
     assert not _bundle_is_current(tmp_path / "missing", wanted, runs)
+
+
+_TINY_UNET = """
+[experiment]
+name = "unet_tiny"
+task = "segmentation"
+[data]
+source = "synthetic"
+size = 128
+synthetic_slices = 16
+[model]
+name = "unet"
+kwargs = { features = [4, 8], deep_supervision = true }
+[train]
+iterations = 1
+batch_size = 2
+patch = 128
+checkpoint_every = 1
+val_every = 1
+val_max_slices = 4
+threads = 1
+"""
+
+_TINY_CLASSIFIER = """
+[experiment]
+name = "classifier_tiny"
+task = "classification"
+[data]
+source = "synthetic"
+size = 128
+synthetic_slices = 16
+[model]
+name = "shufflenet_v2"
+kwargs = { width = 0.5, input_size = 64 }
+[train]
+iterations = 1
+batch_size = 4
+optimizer = "adam"
+lr = 1e-3
+checkpoint_every = 1
+val_every = 1
+threads = 1
+"""
+
+
+def test_the_documented_command_from_runs_to_results_md(tmp_path: Path, shared_data: Path) -> None:
+    """`python -m export.experiment` end to end: tiny runs, one real ACDC patient, RESULTS.md written."""
+    import shutil
+
+    from export.experiment import BEGIN, END, UNETS
+    from export.experiment import main as experiment_main
+    from export.train import load_config, train
+
+    runs = tmp_path / "runs"
+    trained = {}
+    for name, text in (("unet", _TINY_UNET), ("classifier", _TINY_CLASSIFIER)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(text)
+        trained[name] = Path(train(load_config(config), out=tmp_path / name, progress=False)["checkpoint"])
+    for run in UNETS:  # one tiny U-Net stands in for each of the six (the command only needs their files)
+        (runs / run).mkdir(parents=True)
+        shutil.copy(trained["unet"], runs / run / "last.pt")
+        shutil.copy(trained["unet"].parent / "log.csv", runs / run / "log.csv")
+    (runs / "classifier_densenet121").mkdir()
+    shutil.copy(trained["classifier"], runs / "classifier_densenet121" / "last.pt")
+    shutil.copy(trained["classifier"].parent / "log.csv", runs / "classifier_densenet121" / "log.csv")
+    acdc = tmp_path / "acdc" / "training"
+    acdc.mkdir(parents=True)
+    (acdc / "patient005").symlink_to(shared_data / "acdc" / "training" / "patient005")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "RESULTS.md").write_text("# by hand\n\nkept\n")
+
+    assert experiment_main(["--runs", str(runs), "--acdc", str(tmp_path / "acdc"), "--mnms", str(tmp_path / "none"),
+                            "--out", str(docs / "results"), "--results-md", str(docs / "RESULTS.md")]) == 0
+
+    for bundle in ("baseline", "sampling_low", "sampling_high", "routed"):
+        assert (runs / "bundles" / bundle / "manifest.json").is_file()
+    out = docs / "results" / "acdc_heldout"
+    for name in ("report.md", "slice_dice.csv", "table3.csv", "figure2.png", "figure2_paper.png"):
+        assert (out / name).is_file(), name
+    methods = {line.split(",")[0] for line in (out / "slice_dice.csv").read_text().splitlines()[1:]}
+    assert methods == {"baseline", "sampling_low", "sampling_high", "routed", "oracle"}  # no stored predictions here
+    text = (docs / "RESULTS.md").read_text()
+    assert text.startswith("# by hand\n\nkept\n") and text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "classifier_densenet121" in text and "![Dice along the heart](results/acdc_heldout/figure2_paper.png)" in text
+    assert "held-out ACDC: 1 subjects" in text
