@@ -93,6 +93,7 @@ def heldout_slices(acdc_root: str | Path | None, mnms_root: str | Path | None, *
         folders += [(f"acdc/{p}", _patient_folder(root, p)) for p in test]
     if mnms_root is not None:
         folders += [(f"mnms/{p.name}", p) for p in sorted(Path(mnms_root).iterdir()) if p.is_dir()]
+
     def stacks():
         for case, folder in folders:
             study = read_study(folder)
