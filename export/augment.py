@@ -14,6 +14,19 @@ gamma          0.3          gamma uniform in [0.7, 1.5], mean and std kept
 noise          0.1          Gaussian, variance uniform in [0, 0.1]
 =============  ===========  =============================================
 
+:meth:`AugmentConfig.cross_vendor` adds what differs between scanners and vendors rather than
+between patients (off by default, so the paper's configurations keep nnU-Net's scheme):
+
+=============  ===========  =============================================
+transform      probability  range
+=============  ===========  =============================================
+contrast       0.3          factor uniform in [0.65, 1.5] about the mean
+brightness     0.3          shift uniform in [-0.3, 0.3] (robust-SD units)
+bias field     0.3          multiplicative, exp of a random quadratic, up to ±0.4
+low resolution 0.25         down by uniform [1, 2.5] per axis, back up bilinear
+blur           0.2          Gaussian, sigma uniform in [0.5, 1.5] pixels
+=============  ===========  =============================================
+
 Pixels that fall outside the input read 0 (the image) and background (the labels).
 """
 from __future__ import annotations
@@ -42,11 +55,34 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     p_noise: float = 0.1
     max_noise_variance: float = 0.1
+    p_contrast: float = 0.0
+    contrast_range: tuple[float, float] = (0.65, 1.5)
+    p_brightness: float = 0.0
+    max_brightness: float = 0.3
+    p_bias_field: float = 0.0
+    max_bias: float = 0.4
+    p_low_resolution: float = 0.0
+    max_downsampling: float = 2.5
+    p_blur: float = 0.0
+    blur_sigma_range: tuple[float, float] = (0.5, 1.5)
 
     @classmethod
     def off(cls) -> "AugmentConfig":
         """No random transform at all (validation, tests)."""
         return cls(p_rotation=0, p_scale=0, p_mirror=0, p_gamma=0, p_noise=0)
+
+    @classmethod
+    def cross_vendor(cls) -> "AugmentConfig":
+        """nnU-Net's scheme plus contrast, brightness, bias field, resolution and blur (see the module)."""
+        return cls(p_contrast=0.3, p_brightness=0.3, p_bias_field=0.3, p_low_resolution=0.25, p_blur=0.2)
+
+    @classmethod
+    def named(cls, name: bool | str) -> "AugmentConfig":
+        """The scheme a configuration's ``[train] augment`` names: true / "nnunet", "cross_vendor", false / "off"."""
+        schemes = {True: cls, "nnunet": cls, "cross_vendor": cls.cross_vendor, False: cls.off, "off": cls.off}
+        if name not in schemes:
+            raise InputError(f"[train] 'augment' is {name!r}, expected true, false, 'nnunet', 'cross_vendor' or 'off'")
+        return schemes[name]()
 
 
 def crop_centres(labels: torch.Tensor, patch: tuple[int, int], foreground: torch.Tensor,
@@ -172,4 +208,55 @@ def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, patch: tupl
         g = (g - gflat.mean(1).view(b, 1, 1, 1)) / gflat.std(1).view(b, 1, 1, 1).clamp_min(1e-7) * std + mean
         out = torch.where(gamma_on.view(b, 1, 1, 1), g, out)
     out = out + noise * (sigma * noise_on).view(b, 1, 1, 1)
+    out = _scanner_transforms(out, config, chosen, uniform)
     return out, out_labels
+
+
+def _scanner_transforms(out: torch.Tensor, config: AugmentConfig, chosen, uniform) -> torch.Tensor:
+    """Contrast, brightness, bias field, low resolution and blur on float32 (B, 1, h, w) patches.
+
+    With all five off nothing is drawn, so nnU-Net's scheme draws what it always did; with any
+    on, each draws its numbers whether or not it is enabled, so that turning one on does not
+    change what the others draw. Nothing is computed for a transform no sample chose.
+    """
+    if not any((config.p_contrast, config.p_brightness, config.p_bias_field, config.p_low_resolution, config.p_blur)):
+        return out
+    b, _, h, w = out.shape
+    device = out.device
+
+    def per_sample(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device=device, dtype=torch.float32).view(b, 1, 1, 1)
+
+    contrast_on, contrast = chosen(config.p_contrast), uniform(*config.contrast_range)
+    brightness_on, shift = chosen(config.p_brightness), uniform(-config.max_brightness, config.max_brightness)
+    bias_on = chosen(config.p_bias_field)
+    coefficients = torch.stack([uniform(-1.0, 1.0) for _ in range(5)], 1)  # x, y, x², y², xy
+    low_on = chosen(config.p_low_resolution)
+    factor = torch.stack([uniform(1.0, config.max_downsampling) for _ in range(2)], 1)
+    blur_on, sigma = chosen(config.p_blur), uniform(*config.blur_sigma_range)
+    if bool(contrast_on.any()):
+        mean = out.mean((2, 3), keepdim=True)
+        out = torch.where(per_sample(contrast_on) > 0, (out - mean) * per_sample(contrast) + mean, out)
+    if bool(brightness_on.any()):
+        out = out + per_sample(shift * brightness_on)
+    if bool(bias_on.any()):
+        y = torch.linspace(-1, 1, h, device=device).view(1, h, 1)
+        x = torch.linspace(-1, 1, w, device=device).view(1, 1, w)
+        c = coefficients.to(device=device, dtype=torch.float32).view(b, 5, 1, 1)
+        field = c[:, 0] * x + c[:, 1] * y + c[:, 2] * (x * x - 1 / 3) + c[:, 3] * (y * y - 1 / 3) + c[:, 4] * x * y
+        field = field / field.flatten(1).abs().amax(1).clamp_min(1e-6).view(b, 1, 1) * config.max_bias
+        out = torch.where(per_sample(bias_on) > 0, out * torch.exp(field)[:, None], out)
+    for i in torch.nonzero(low_on).flatten().tolist():  # per sample: each has its own size
+        size = (max(int(h / float(factor[i, 0])), 8), max(int(w / float(factor[i, 1])), 8))
+        small = F.interpolate(out[i:i + 1], size=size, mode="bilinear", align_corners=False, antialias=True)
+        out[i:i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    for i in torch.nonzero(blur_on).flatten().tolist():
+        s = float(sigma[i])
+        radius = max(int(math.ceil(3 * s)), 1)
+        t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+        kernel = torch.exp(-0.5 * (t / s) ** 2)
+        kernel = kernel / kernel.sum()
+        x = F.pad(out[i:i + 1], (radius, radius, radius, radius), mode="replicate")
+        x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+        out[i:i + 1] = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return out

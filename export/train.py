@@ -18,8 +18,9 @@ Every relative path in a configuration is taken from the repository root (the fo
 
 Segmentation: Dice + cross-entropy with deep supervision, SGD (Nesterov), polynomial decay,
 random patches with augmentation. Classification: cross-entropy (class-weighted as an
-option), Adam, whole slices with augmentation. On CUDA the forward pass runs in float16
-autocast with a gradient scaler. Under torchrun each process draws ``batch_size /
+option), Adam, whole slices with augmentation. The forward pass runs in mixed precision
+(``[train] amp``, default "auto"): float16 autocast with a gradient scaler on CUDA, bfloat16
+autocast on a CPU with native bf16 (about half the step time here), float32 elsewhere. Under torchrun each process draws ``batch_size /
 world_size`` slices per iteration with its own sampler seed; the gloo backend is used on CPU.
 """
 from __future__ import annotations
@@ -67,7 +68,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"iterations": 1000, "batch_size": 16, "patch": 128, "optimizer": "sgd", "lr": 0.01,
               "momentum": 0.99, "weight_decay": 3e-5, "poly_power": 0.9, "grad_clip": 12.0,
               "class_weighted": False, "augment": True, "checkpoint_every": 100, "val_every": 250,
-              "val_max_slices": 600, "val_batch": 16, "threads": 0, "out": "", "init": ""},
+              "val_max_slices": 600, "val_batch": 16, "threads": 0, "out": "", "init": "",
+              "amp": "auto"},
 }
 
 
@@ -250,6 +252,34 @@ def _validate(task: str, model: nn.Module, val_set: SliceSet, device: torch.devi
 
 # -- checkpoints -------------------------------------------------------------------------------------
 
+def _autocast(name: str, device: torch.device) -> Any:
+    """The forward pass's mixed precision: "auto" (float16 on CUDA, bfloat16 on a CPU with native
+    bf16 instructions, else float32), "fp16", "bf16" or "off".
+
+    Measured on an AVX512-BF16 CPU, bf16 autocast halves a U-Net training step; float16 on CUDA
+    keeps the gradient scaler, bf16 needs none (float32's exponent range).
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            name = "fp16"
+        else:
+            name = "bf16" if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else "off"
+    if name == "off":
+        return nullcontext()
+    if name not in ("fp16", "bf16"):
+        raise InputError(f"[train] 'amp' is {name!r}, expected 'auto', 'fp16', 'bf16' or 'off'")
+    return torch.autocast(device.type, dtype=torch.float16 if name == "fp16" else torch.bfloat16)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -369,7 +399,7 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     train_set, val_set = _datasets(config, rank)
     sampler = _sampler(config, train_set, seed=seed + 1000 * rank)
     generator = torch.Generator().manual_seed(seed + 1000 * rank + 1)
-    augment = AugmentConfig() if spec["augment"] else AugmentConfig.off()
+    augment = AugmentConfig.named(spec["augment"])
 
     model_kwargs = dict(config["model"]["kwargs"])
     net = get_model(config["model"]["name"], **model_kwargs).to(torch_device)
@@ -430,7 +460,7 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     images_all = torch.from_numpy(np.ascontiguousarray(train_set.images))
     labels_all = torch.from_numpy(np.ascontiguousarray(train_set.labels))
     targets_all = torch.from_numpy(train_set.regions.astype(np.int64))
-    amp = torch.autocast("cuda", dtype=torch.float16) if torch_device.type == "cuda" else nullcontext()
+    amp = _autocast(str(spec["amp"]), torch_device)
 
     def state_now(iteration: int) -> dict[str, Any]:
         samplers: list[Any] = [sampler.state_dict()]

@@ -5,6 +5,24 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 py="${PYTHON:-python3}"
+# System tools the tests use against real components: Orthanc (a PACS), dcmtk (storescu, echoscu),
+# dicom3tools (dciodvfy), headless Chromium (report pages). Installed through apt when missing and
+# we are root; otherwise the tests that need them skip, saying so.
+need=()
+command -v Orthanc >/dev/null || need+=(orthanc)
+command -v storescu >/dev/null || need+=(dcmtk)
+command -v dciodvfy >/dev/null || need+=(dicom3tools)
+command -v chromium >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "cmrsdk: installing system packages: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  (apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+   { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1; }) ||
+    echo "cmrsdk: could not install ${need[*]}; the tests that need them will skip" >&2
+  # Debian's orthanc package starts a system service on 4242/8042; the tests start their own
+  command -v systemctl >/dev/null && systemctl disable --now orthanc >/dev/null 2>&1 || true
+  service orthanc stop >/dev/null 2>&1 || true
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "cmrsdk: creating .venv (first run: PyTorch takes about a minute)" >&2
   "$py" -m venv .venv
