@@ -22,6 +22,7 @@ Manifest (format version 1), the keys a reader relies on::
     versions: {cmrsdk, torch, onnx, onnxruntime, python, ...},
     labels: {"0": "background", ...}, regions: {"0": "non-cardiac", ...},
     classifier: model name or null,
+    regions_from: "classifier" | "segmentation"   # optional; default "classifier" (see Pipeline)
     routing: {"0": model, "1": model, "2": model, "3": model},   # region code -> U-Net
     preprocessing: {target_spacing: [dy, dx] mm, size: [H, W], normalization: name},
     models: {name: {kind: "segmentation" | "classifier", architecture, input_shape,
@@ -49,6 +50,7 @@ __all__ = [
     "MANIFEST_NAME",
     "ARTIFACT_KEYS",
     "MODEL_KINDS",
+    "REGIONS_FROM",
     "Artifact",
     "ModelInfo",
     "Preprocessing",
@@ -69,6 +71,8 @@ ARTIFACT_KEYS: dict[str, tuple[str, str]] = {
     "tensorrt-fp16": ("tensorrt", "fp16"),
 }
 MODEL_KINDS: tuple[str, ...] = ("segmentation", "classifier")
+#: where routed mode takes each slice's region from (manifest key ``regions_from``).
+REGIONS_FROM: tuple[str, ...] = ("classifier", "segmentation")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -241,6 +245,9 @@ class Bundle:
     preprocessing : `Preprocessing` (target spacing (dy, dx) mm, size (H, W), normalisation).
     routing : region code (0 non-cardiac, 1 base, 2 middle, 3 apex) -> segmentation model name.
     classifier : the region classifier's model name, or None for a bundle without one.
+    regions_from : how routed mode finds each slice's region by default: "classifier" (the
+        paper's slice classifier) or "segmentation" (the ground-truth rule of `cmrsdk.regions`
+        applied to the baseline U-Net's masks).
     labels : label code -> name (0 background, 1 LVBP, 2 LVM, 3 RVBP).
     regions : region code -> name.
     models : model name -> `ModelInfo`.
@@ -253,6 +260,7 @@ class Bundle:
         self.preprocessing = preprocessing
         self.routing = routing
         self.classifier = classifier
+        self.regions_from: str = manifest.get("regions_from") or ("classifier" if classifier else "segmentation")
         self.labels = labels
         self.regions = regions
         self.models = models
@@ -379,6 +387,11 @@ def load_bundle(path: str | Path) -> Bundle:
     classifier = raw.get("classifier")
     if classifier is not None and (classifier not in models or models[classifier].kind != "classifier"):
         raise BundleError(f"{manifest_path}: 'classifier' names {classifier!r}, which is not a classifier model of the bundle")
+    regions_from = raw.get("regions_from")
+    if regions_from not in (None, *REGIONS_FROM):
+        raise BundleError(f"{manifest_path}: 'regions_from' is {regions_from!r}, expected one of {REGIONS_FROM}")
+    if regions_from == "classifier" and classifier is None:
+        raise BundleError(f"{manifest_path}: 'regions_from' is 'classifier' but the bundle names no classifier")
     for model in models.values():
         for artifact in model.artifacts.values():
             _verify_artifact(artifact)

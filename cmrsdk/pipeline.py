@@ -9,6 +9,10 @@ One `Pipeline.segment` call turns a `Stack` into uint8 labels on the stack's own
                 every slice's window is narrowed around it: the U-Nets then see fewer pixels;
 3. segment      slices grouped by region, one batched call per region model (non-cardiac
                 slices → the baseline model) → probabilities (Z, C, H, W);
+                with regions from the segmentation (``regions_from="segmentation"``) the
+                classify stage is replaced by one baseline pass over every slice, whose masks
+                give the regions by the ground-truth rule (`cmrsdk.regions`); slices without
+                heart get no mask, region slices are segmented again by their region's U-Net;
 4. postprocess  native core: resample probabilities back and argmax in one fused pass, then
                 the largest connected component of each structure.
 
@@ -30,7 +34,7 @@ from .bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
 from .errors import InputError
 from .labels import MIDDLE, NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
-from .regions import slice_regions
+from .regions import segmentation_regions, slice_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .types import Stack, Study
 
@@ -43,6 +47,10 @@ STAGES: tuple[str, ...] = ("preprocess", "classify", "locate", "segment", "postp
 MIN_HEART_PIXELS = 50
 #: most baseline passes the heart search makes per stack (first choice, then the central slices).
 LOCATE_TRIES = 3
+#: with regions from the segmentation, a slice with fewer foreground pixels (at the bundle's
+#: spacing; 20 px is about 0.4 cm² at 1.48 mm) holds no heart: it is non-cardiac and gets no mask.
+MIN_SLICE_PIXELS = 20
+REGIONS_FROM: tuple[str, ...] = ("bundle", "classifier", "segmentation")
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +64,8 @@ class Segmentation:
     regions : uint8 (Z,) region each slice was routed by (0 non-cardiac, 1 base, 2 middle,
         3 apex); None in ``baseline`` mode, where nothing is routed.
     region_probabilities : float32 (Z, 4) classifier probabilities; one-hot of ``regions`` in
-        ``oracle`` mode; None in ``baseline`` mode.
+        ``oracle`` mode and with regions from the segmentation (a rule, not a probability);
+        None in ``baseline`` mode.
     timings_ms : milliseconds per stage ("preprocess", "classify", "locate", "segment",
         "postprocess") and "total".
     provenance : bundle name and hash, backend, device, mode, cmrsdk version.
@@ -135,6 +144,11 @@ class Pipeline:
         see `cmrsdk.routing`) or "independent" (each slice's most probable region, the paper's).
     engine_options : passed to every engine, e.g. ``{"intra_op_threads": 2}`` for ONNX Runtime
         or ``{"cuda_graphs": True}`` for TorchScript on CUDA (see `cmrsdk.engines`).
+    regions_from : in routed mode, where each slice's region comes from: "classifier" (the
+        paper's slice classifier), "segmentation" (the baseline U-Net segments every slice and the
+        ground-truth rule of `cmrsdk.regions` names the regions from its masks: one more network
+        pass, regions that follow the anatomy of the whole stack, and no mask on slices without
+        heart) or "bundle" (the default: the manifest's ``regions_from``).
     region_source : in routed mode, replaces the bundle's classifier: a callable
         ``(stack, images) -> probabilities`` taking the `Stack` and its preprocessed float32
         (Z, 1, H, W) slices and returning float32 (Z, 4) region probabilities (non-cardiac,
@@ -157,6 +171,7 @@ class Pipeline:
         region_decoding: Decoding = "monotone",
         engine_options: Mapping[str, Any] | None = None,
         region_source: RegionSource | None = None,
+        regions_from: str = "bundle",
     ) -> None:
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
@@ -183,14 +198,20 @@ class Pipeline:
         if region_source is not None and not callable(region_source):
             raise InputError(f"'region_source' must be callable (stack, images) -> (Z, 4) probabilities, got {type(region_source).__name__}")
         self.region_source = region_source
-        if mode == "routed" and self.bundle.classifier is None and region_source is None:
-            raise InputError(f"mode 'routed' needs a region classifier, and bundle {self.bundle.path} has none; use mode 'baseline'")
+        if regions_from not in REGIONS_FROM:
+            raise InputError(f"'regions_from' must be one of {', '.join(REGIONS_FROM)}, got {regions_from!r}")
+        self.regions_from = self.bundle.regions_from if regions_from == "bundle" else regions_from
+        if region_source is not None:
+            self.regions_from = "region_source"
+        if mode == "routed" and self.regions_from == "classifier" and self.bundle.classifier is None:
+            raise InputError(f"regions from the classifier need one, and bundle {self.bundle.path} has none; "
+                             f"use regions_from='segmentation' or mode 'baseline'")
         self._manifest_sha256 = sha256_file(self.bundle.path / MANIFEST_NAME)
         # Create the engines now, not on the first call, so latency is flat from call one.
         needed = {self._baseline}
         if mode != "baseline":
             needed |= set(self.bundle.routing.values())
-        if mode == "routed" and region_source is None:
+        if mode == "routed" and self.regions_from == "classifier":
             needed.add(self.bundle.classifier)
         options = dict(engine_options or {})
         self._engines = {name: self.bundle.engine(name, backend=backend, device=device, **options) for name in sorted(needed)}
@@ -198,8 +219,8 @@ class Pipeline:
     # -- stages -----------------------------------------------------------------------------
     def _route(self, images: np.ndarray, stack: Stack) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Region per slice, uint8 (Z,), and its float32 (Z, 4) probabilities; None in baseline mode."""
-        if self.mode == "baseline":
-            return None, None
+        if self.mode == "baseline" or self._by_segmentation:
+            return None, None  # by segmentation: the regions come with the segment stage
         if self.mode == "oracle":
             if stack.labels is None:
                 raise InputError(f"mode 'oracle' needs ground-truth labels on the stack ({stack.source or 'array'} has none)")
@@ -247,6 +268,30 @@ class Pipeline:
         cropped = np.ascontiguousarray(images[:, :, y0 : y0 + h, x0 : x0 + w])
         oy, ox = transform.offset
         return cropped, replace(transform, offset=(oy + y0, ox + x0), size=(h, w))
+
+    @property
+    def _by_segmentation(self) -> bool:
+        return self.mode == "routed" and self.regions_from == "segmentation"
+
+    def _segment_by_segmentation(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities float32 (Z, C, H, W) and regions uint8 (Z,), the regions from the baseline's masks.
+
+        The baseline segments every slice; `segmentation_regions` names the regions; slices without
+        heart become background everywhere; base, middle and apex slices are segmented again by
+        their region's U-Net where the bundle has one (the baseline's answer stands elsewhere).
+        """
+        baseline = self._baseline
+        probabilities = self._engines[baseline].run(images)
+        regions = segmentation_regions(probabilities.argmax(1), MIN_SLICE_PIXELS)
+        empty = np.flatnonzero(regions == NON_CARDIAC)
+        probabilities[empty] = 0.0
+        probabilities[empty, 0] = 1.0
+        for region in REGION_NAMES:
+            name = self.bundle.routing.get(region, baseline)
+            index = np.flatnonzero(regions == region)
+            if region != NON_CARDIAC and name != baseline and len(index):
+                probabilities[index] = self._engines[name].run(np.ascontiguousarray(images[index]))
+        return probabilities, regions
 
     def _segment(self, images: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
         """Probabilities float32 (Z, C, H, W): one batched engine call per model used."""
@@ -298,7 +343,11 @@ class Pipeline:
                 images, transform = self._crop(images, transform, centre, self.heart_crop)
         t, timings["locate"] = _lap(t)
 
-        probabilities = self._segment(images, regions)
+        if self._by_segmentation:
+            probabilities, regions = self._segment_by_segmentation(images)
+            region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
+        else:
+            probabilities = self._segment(images, regions)
         t, timings["segment"] = _lap(t)
 
         labels = preprocess.resample_argmax(probabilities, transform, threads=self.threads)
@@ -355,7 +404,8 @@ class Pipeline:
             "mode": self.mode,
             "largest_component": self.largest_component,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
-            "region_decoding": self.region_decoding if self.mode == "routed" else None,
+            "region_decoding": self.region_decoding if self.mode == "routed" and self.regions_from == "classifier" else None,
+            "regions_from": self.regions_from if self.mode == "routed" else None,
             "region_source": getattr(self.region_source, "name", repr(self.region_source)) if self.region_source else None,
             "cmrsdk": __version__,
         }

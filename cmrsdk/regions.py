@@ -29,7 +29,8 @@ import numpy as np
 from .errors import InputError
 from .labels import APEX, BASE, LVBP, LVM, MIDDLE, NON_CARDIAC
 
-__all__ = ["AMBIGUITY", "labelled_slices_base_to_apex", "region_counts", "slice_regions", "slice_positions"]
+__all__ = ["AMBIGUITY", "labelled_slices_base_to_apex", "region_counts", "slice_regions", "slice_positions",
+           "segmentation_regions"]
 
 #: relative change of area over the labelled range below which a direction is called ambiguous.
 AMBIGUITY = 0.05
@@ -134,3 +135,31 @@ def slice_positions(labels: np.ndarray) -> np.ndarray:
     elif order.size > 1:
         positions[order] = np.arange(order.size, dtype=np.float64) / (order.size - 1)
     return positions
+
+
+def segmentation_regions(labels: np.ndarray, min_pixels: int = 0) -> np.ndarray:
+    """Regions by the ground-truth rule applied to a predicted label map.
+
+    Routing by a segmentation: a U-Net trained on every slice (the baseline) segments the stack,
+    and the rule that defines the ground-truth regions (this module) is applied to its masks. The
+    rule sees the whole stack -- which slices hold heart, where the heart narrows -- which a
+    classifier of one slice cannot: it names regions exactly where the masks are right.
+
+    Parameters
+    ----------
+    labels : integer (Z, Y, X) predicted canonical labels (any in-plane grid).
+    min_pixels : a slice with fewer foreground pixels than this holds no heart (region 0): specks
+        on slices above the base or below the apex do not make them cardiac.
+
+    Returns
+    -------
+    uint8 (Z,) region codes, as `slice_regions`.
+    """
+    array = _check_labels(labels)
+    if min_pixels < 0:
+        raise InputError(f"'min_pixels' must be >= 0, got {min_pixels}")
+    empty = (array > 0).sum(axis=(1, 2)) < min_pixels
+    if empty.any():
+        array = array.copy()
+        array[empty] = 0
+    return slice_regions(array)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 import cmrsdk
-from cmrsdk.bundle import (ARTIFACT_KEYS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, MODEL_KINDS, Preprocessing,
+from cmrsdk.bundle import (ARTIFACT_KEYS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, MODEL_KINDS, REGIONS_FROM, Preprocessing,
                            sha256_file)
 from cmrsdk.engines import create_engine
 from cmrsdk.engines.tensorrt import tensorrt_missing
@@ -159,6 +159,7 @@ def build_bundle(
     *,
     max_batch: int = 64,
     overwrite: bool = False,
+    regions_from: str | None = None,
 ) -> Path:
     """Export models into a bundle directory, with parity checks, and return its path.
 
@@ -176,6 +177,8 @@ def build_bundle(
         recorded in the manifest's ``skipped``, where torch-tensorrt or a CUDA GPU is missing.
     max_batch : the largest batch a TensorRT artifact accepts (its dynamic range is 1..max_batch).
     overwrite : replace an existing ``out_dir``.
+    regions_from : routed mode's default region source, "classifier" or "segmentation" (None:
+        the classifier when the bundle has one, else the segmentation rule).
 
     Raises
     ------
@@ -207,6 +210,9 @@ def build_bundle(
         if region not in REGION_NAMES or kinds.get(name) != "segmentation":
             raise InputError(f"'routing' maps {region!r} to {name!r}: expected region codes {sorted(REGION_NAMES)} "
                              f"and segmentation model names {sorted(n for n, k in kinds.items() if k == 'segmentation')}")
+    if regions_from not in (None, *REGIONS_FROM) or (regions_from == "classifier" and not classifiers):
+        raise InputError(f"'regions_from' must be one of {REGIONS_FROM} ('classifier' needs a classifier model), "
+                         f"got {regions_from!r}")
     if out.exists() and not overwrite:
         raise WriteError(f"'out_dir' {out} already exists; pass overwrite=True to replace it")
 
@@ -280,6 +286,7 @@ def build_bundle(
             "labels": {str(k): v for k, v in LABEL_NAMES.items()},
             "regions": {str(k): v for k, v in REGION_NAMES.items()},
             "classifier": classifiers[0] if classifiers else None,
+            "regions_from": regions_from or ("classifier" if classifiers else "segmentation"),
             "routing": {str(k): v for k, v in sorted(routing.items())},
             "preprocessing": preprocessing.to_json(),
             "models": records,
@@ -382,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--examples-count", type=int, default=32, help="slices taken with --examples-from-cache")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--regions-from", default=None, choices=REGIONS_FROM,
+                        help="routed mode's default region source (default: the classifier when given, else segmentation)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
     args = parser.parse_args(argv)
@@ -398,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.examples_from_cache is not None:
             examples = cache_examples(args.examples_from_cache, args.examples_count)
         path = build_bundle(models, routing, _preprocessing(args, models),
-                            args.output, examples, args.formats, max_batch=args.max_batch, overwrite=args.overwrite)
+                            args.output, examples, args.formats, max_batch=args.max_batch, overwrite=args.overwrite,
+                            regions_from=args.regions_from)
     except (cmrsdk.CmrError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -449,6 +449,11 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         generator.set_state(state["rng"]["augment"][min(rank, len(state["rng"]["augment"]) - 1)])
         torch.set_rng_state(state["rng"]["torch"])
         start, metrics = int(state["iteration"]), state.get("metrics", {})
+        if state.get("finished"):
+            # the schedule ended (by iterations or by its time budget): resuming must not restart it
+            print(f"[{experiment['name']}] {checkpoint} is finished (iteration {start}); nothing to resume",
+                  file=sys.stderr)
+            return {"iteration": start, "seconds_per_iteration": 0.0, "metrics": metrics, "checkpoint": str(checkpoint)}
     fields = _log_fields(task)
     log_path = out_dir / "log.csv"
     if rank == 0:
@@ -472,7 +477,7 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         return {"task": task, "iteration": iteration, "model": {"name": config["model"]["name"], "kwargs": model_kwargs},
                 "state_dict": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "sampler": samplers, "rng": {"augment": augment_states, "torch": torch.get_rng_state()},
-                "config": config, "metrics": metrics,
+                "config": config, "metrics": metrics, "finished": finished or iteration >= iterations,
                 "preprocessing": {k: train_set.meta.get(k) for k in ("target_spacing", "size", "normalization")}}
 
     bar = tqdm(total=stop, initial=start, desc=experiment["name"], disable=not progress or rank != 0,
@@ -500,7 +505,7 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
             csv.DictWriter(f, fields).writerow(row)
 
     deadline = time.perf_counter() + time_budget if time_budget else None
-    timed_out = False
+    timed_out = finished = False
     for iteration in range(start + 1, stop + 1):
         progress_fraction = (iteration - 1) / iterations
         if deadline is not None:
@@ -539,6 +544,7 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
             record(iteration, lr, validate)
             losses, row_started = [], time.perf_counter()
     if timed_out:
+        finished = True  # annealed to the end of its schedule: a later --resume leaves it as it is
         record(stop, 0.0, True)
         bar.write(f"[{experiment['name']}] time budget reached at iteration {stop}")
     bar.close()

@@ -65,3 +65,16 @@ def build_threshold_bundle(out_dir):
     pre = Preprocessing(target_spacing=(2.0, 2.0), size=(96, 96), normalization="minmax")
     return build_bundle({"baseline": (ThresholdSegmenter(), {"kind": "segmentation"})}, {NON_CARDIAC: "baseline"}, pre,
                         out_dir, formats=("onnx", "torchscript"))
+
+
+def build_segmentation_routed_bundle(out_dir):
+    """Regions from the segmentation: a `ThresholdSegmenter` baseline (also the middle's model),
+    a base model that says LVM and an apex model that says RVBP everywhere; no classifier."""
+    from export.bundle import build_bundle
+
+    models = {"baseline": (ThresholdSegmenter(), {"kind": "segmentation"}),
+              "base": (ConstantSegmenter(2), {"kind": "segmentation"}),
+              "apex": (ConstantSegmenter(3), {"kind": "segmentation"})}
+    routing = {NON_CARDIAC: "baseline", BASE: "base", MIDDLE: "baseline", APEX: "apex"}
+    pre = Preprocessing(target_spacing=(2.0, 2.0), size=(64, 64), normalization="minmax")
+    return build_bundle(models, routing, pre, out_dir, formats=("onnx",), regions_from="segmentation")

@@ -87,3 +87,52 @@ def test_deep_supervision_weights_halve() -> None:
     single = DiceCELoss()
     expected = (2 / 3) * single(outputs[0], target) + (1 / 3) * single(outputs[1], target[:, ::2, ::2])
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def _scanner_only(**on: float) -> AugmentConfig:
+    """No spatial or nnU-Net intensity transform: only the named scanner transforms, always on."""
+    return AugmentConfig(p_rotation=0, p_scale=0, p_mirror=0, p_gamma=0, p_noise=0, **on)
+
+
+def test_cross_vendor_intensity_transforms_stay_in_their_ranges() -> None:
+    images, labels = _batch(2)
+    images = images + 2.0  # away from zero, so ratios are defined
+    centres = torch.tensor([[9.5, 11.5]] * 3, dtype=torch.float64)
+    crop = images[:, :, 2:18, 4:20]
+
+    def run(**on: float) -> torch.Tensor:
+        out, out_labels = augment_batch(images, labels, (16, 16), centres, _scanner_only(**on), torch.Generator().manual_seed(5))
+        torch.testing.assert_close(out_labels, labels[:, 2:18, 4:20].long())  # labels never move
+        return out
+
+    mean = crop.mean((2, 3), keepdim=True)
+    factor = (run(p_contrast=1) - mean) / (crop - mean)
+    per_sample = factor.flatten(1).median(1).values
+    assert ((per_sample >= 0.65) & (per_sample <= 1.5)).all() and per_sample.std() > 0
+    shift = (run(p_brightness=1) - crop).flatten(1)
+    torch.testing.assert_close(shift.max(1).values, shift.min(1).values, atol=1e-5, rtol=0)
+    assert (shift.abs().max(1).values <= 0.3 + 1e-6).all()
+    log_field = torch.log(run(p_bias_field=1) / crop).flatten(1).abs().amax(1)
+    torch.testing.assert_close(log_field, torch.full_like(log_field, 0.4), atol=1e-4, rtol=0)
+
+
+def test_low_resolution_and_blur_remove_fine_detail() -> None:
+    checker = ((torch.arange(32)[:, None] + torch.arange(32)[None]) % 2).float()
+    images = checker.expand(3, 1, 32, 32).clone()
+    labels = torch.zeros(3, 32, 32, dtype=torch.long)
+    centres = torch.tensor([[15.5, 15.5]] * 3, dtype=torch.float64)
+    for on in ({"p_low_resolution": 1}, {"p_blur": 1}):
+        out, _ = augment_batch(images, labels, (32, 32), centres, _scanner_only(**on), torch.Generator().manual_seed(1))
+        assert out.shape == images.shape
+        assert (out.flatten(1).var(1) < 0.5 * images.flatten(1).var(1)).all(), on  # the checkerboard is smoothed
+        torch.testing.assert_close(out.mean(), images.mean(), atol=0.05, rtol=0)
+
+
+def test_named_schemes() -> None:
+    from cmrsdk.errors import InputError
+
+    assert AugmentConfig.named(True) == AugmentConfig() == AugmentConfig.named("nnunet")
+    assert AugmentConfig.named(False) == AugmentConfig.off()
+    assert AugmentConfig.named("cross_vendor").p_bias_field > 0
+    with pytest.raises(InputError, match="'augment'"):
+        AugmentConfig.named("heavy")

@@ -166,3 +166,29 @@ def test_unreadable_checkpoint_raises(tmp_path: Path) -> None:
     torch.save({"weights": 1}, path)
     with pytest.raises(ReadError, match="is not an export.train checkpoint"):
         load_trained_model(path)
+
+
+def test_a_finished_schedule_is_not_restarted_by_resume(tmp_path: Path) -> None:
+    config = _config(tmp_path, SEGMENTATION.format(sampler="uniform", iterations=40, val_every=40))
+    first = train(config, out=tmp_path / "out", progress=False, time_budget=1e-3)
+    assert first["iteration"] == 1  # out of time after the first step: annealed, validated, saved
+    state = torch.load(first["checkpoint"], weights_only=False)
+    assert state["finished"] and state["iteration"] == 1
+    rows = _log(tmp_path / "out")
+    again = train(config, out=tmp_path / "out", resume=True, progress=False)
+    assert again["iteration"] == 1 and _log(tmp_path / "out") == rows
+
+
+def test_mixed_precision_choices() -> None:
+    from contextlib import nullcontext
+
+    from export.train import _autocast
+
+    bf16 = _autocast("bf16", torch.device("cpu"))
+    assert isinstance(bf16, torch.autocast) and bf16.fast_dtype == torch.bfloat16
+    assert isinstance(_autocast("off", torch.device("cpu")), nullcontext)
+    with bf16:
+        y = torch.nn.functional.conv2d(torch.randn(1, 1, 8, 8), torch.randn(2, 1, 3, 3))
+    assert y.dtype == torch.bfloat16
+    with pytest.raises(InputError, match="'amp'"):
+        _autocast("int8", torch.device("cpu"))

@@ -197,3 +197,44 @@ def test_locate_falls_back_to_the_central_slices_when_the_middle_shows_no_heart(
     fake.seen.clear()
     assert pipeline._locate(np.zeros((8, 1, 64, 64), np.float32), wrong_middle) is None
     assert len(fake.seen) == 3  # gives up after LOCATE_TRIES passes
+
+
+def _tapering_heart() -> Stack:
+    """Seven 64 x 64 slices at the bundle's 2 mm: no heart on 0 and 6 (slice 0 holds a 2 x 2 speck),
+    bright squares shrinking from side 14 (slice 1, basal) to 6 (slice 5, apical)."""
+    pixels = np.zeros((7, 64, 64), np.float32)
+    for z, side in zip(range(1, 6), (14, 12, 10, 8, 6)):
+        pixels[z, 30 - side // 2 : 30 - side // 2 + side, 30 - side // 2 : 30 - side // 2 + side] = 1.0
+    pixels[0, 5:7, 5:7] = 1.0  # 4 px < MIN_SLICE_PIXELS: a speck, not a heart
+    return Stack(pixels, (8.0, 2.0, 2.0))
+
+
+def test_regions_from_the_segmentation_route_by_the_ground_truth_rule(tmp_path):
+    from _bundles import build_segmentation_routed_bundle
+    from cmrsdk import load_bundle
+
+    bundle = load_bundle(build_segmentation_routed_bundle(tmp_path / "seg"))
+    assert bundle.regions_from == "segmentation" and bundle.classifier is None
+    pipeline = Pipeline(bundle, mode="routed", largest_component=False)
+    result = pipeline.segment(_tapering_heart())
+    # n = 5 cardiac slices -> 1 base / 3 middle / 1 apex, base first because the heart narrows
+    np.testing.assert_array_equal(result.regions, [NON_CARDIAC, BASE, MIDDLE, MIDDLE, MIDDLE, APEX, NON_CARDIAC])
+    assert (result.labels[0] == 0).all() and (result.labels[6] == 0).all()  # no heart, no mask
+    assert (result.labels[1] == 2).all() and (result.labels[5] == 3).all()  # base and apex models
+    assert np.count_nonzero(result.labels[3] == 1) == 10 * 10  # middle: the baseline's own mask
+    np.testing.assert_array_equal(result.region_probabilities.argmax(1), result.regions)
+    assert result.provenance["regions_from"] == "segmentation"
+    # the classifier is refused where the bundle has none; baseline mode keeps the speck
+    with pytest.raises(InputError, match="regions from the classifier need one"):
+        Pipeline(bundle, mode="routed", regions_from="classifier")
+    baseline = Pipeline(bundle, mode="baseline", largest_component=False).segment(_tapering_heart())
+    assert np.count_nonzero(baseline.labels[0]) == 4 and baseline.regions is None
+
+
+def test_regions_from_the_segmentation_on_a_classifier_bundle(routing_bundle):
+    # the routing bundle's baseline says background everywhere: no slice holds heart
+    pipeline = Pipeline(routing_bundle, mode="routed", regions_from="segmentation")
+    result = pipeline.segment(_stepped_stack([0.0, 0.4, 0.7, 1.0]))
+    assert (result.regions == NON_CARDIAC).all() and not result.labels.any()
+    with pytest.raises(InputError, match="'regions_from'"):
+        Pipeline(routing_bundle, regions_from="scanner")

@@ -103,3 +103,18 @@ def test_every_shared_case_runs_base_to_apex(shared_data: Path) -> None:
             direction = base_to_apex / np.linalg.norm(base_to_apex)
             # RAS+: left is -x, anterior +y, inferior -z
             assert direction[0] < -0.2 and direction[1] > 0.2 and direction[2] < -0.2, (folder.name, direction)
+
+
+def test_segmentation_regions_ignore_specks_below_min_pixels() -> None:
+    from cmrsdk.regions import segmentation_regions
+
+    labels = np.zeros((6, 20, 20), np.uint8)
+    for z, side in zip(range(1, 5), (10, 9, 7, 5)):
+        labels[z, :side, :side] = 1
+    labels[5, 0, 0] = 3  # one stray pixel below the apex
+    np.testing.assert_array_equal(segmentation_regions(labels, min_pixels=2), [0, 1, 2, 2, 3, 0])
+    # without the threshold the speck is a sixth labelled slice and takes the apex
+    np.testing.assert_array_equal(segmentation_regions(labels), slice_regions(labels))
+    assert segmentation_regions(labels)[5] == 3
+    with pytest.raises(InputError, match="'min_pixels'"):
+        segmentation_regions(labels, min_pixels=-1)
