@@ -130,17 +130,46 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .io import read_study
     from .pipeline import Pipeline
 
-    folders = [f for d in args.data for f in _case_folders(Path(d), args.every)]
-    if not folders:
-        print(f"cmrsdk: error: no ACDC patient or M&Ms subject folders under {', '.join(args.data)}", file=sys.stderr)
+    from .evaluation_sunnybrook import is_sunnybrook_root
+
+    sunnybrook = [Path(d) for d in args.data if is_sunnybrook_root(d)]
+    folders = [f for d in args.data if not is_sunnybrook_root(d) for f in _case_folders(Path(d), args.every)]
+    if not folders and not sunnybrook:
+        print(f"cmrsdk: error: no ACDC patient, M&Ms subject or Sunnybrook folders under {', '.join(args.data)}", file=sys.stderr)
         return 2
     pipelines = {mode: Pipeline(args.bundle, backend=args.backend, mode=mode, threads=args.threads, heart_crop=_heart_crop(args),
                                 region_decoding=args.region_decoding) for mode in args.modes}
+    for root in sunnybrook:
+        _evaluate_sunnybrook(pipelines, root, Path(args.output))
+    if not folders:
+        return 0
     studies = ((f.name, read_study(f)) for f in folders)
     result = evaluate(pipelines, studies)
     report = write_evaluation(result, args.output, baseline="baseline", title=args.title or f"cmrsdk evaluation: {len(folders)} studies")
     print(f"{len(folders)} studies evaluated with {', '.join(args.modes)} -> {report}")
     return 0
+
+
+def _evaluate_sunnybrook(pipelines: dict, root: Path, out: Path) -> None:
+    """Endocardium and epicardium Dice on every contoured Sunnybrook image, per method."""
+    from .evaluation import markdown_table, write_csv
+    from .evaluation_sunnybrook import evaluate_sunnybrook, summarise
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Sunnybrook: LV contours of {root}", "",
+             "Dice (%) per contoured image: endocardium = LVBP against the i-contour, epicardium = LVBP + LVM "
+             "against the o-contour.", ""]
+    for method, pipeline in pipelines.items():
+        if method == "oracle":
+            continue  # Sunnybrook's labels are partial: no ground-truth regions to route by
+        scores = evaluate_sunnybrook(pipeline, root)
+        write_csv(out / f"sunnybrook_{method}.csv", [vars(s) for s in scores])
+        rows = summarise(scores)
+        lines += [f"## {method}", "", markdown_table(rows), ""]
+        for row in rows:
+            print(f"sunnybrook {method} {row['case']} {row['surface']}: mean Dice {row['mean']:.1f} %, "
+                  f"min {row['min']:.1f} %, {row['below_92']} of {row['images']} images below 92 %")
+    (out / "sunnybrook.md").write_text("\n".join(lines))
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

@@ -1,0 +1,57 @@
+"""Scoring against Sunnybrook's LV contours: per-image endocardium and epicardium Dice."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cmrsdk.errors import ReadError
+from cmrsdk.evaluation_sunnybrook import is_sunnybrook_root, score_contours, summarise, sunnybrook_cases
+from cmrsdk.labels import LVBP, LVM, RVBP
+
+
+def test_each_contoured_image_is_scored_for_what_was_drawn() -> None:
+    truth = np.zeros((3, 10, 10), np.uint8)
+    truth[0, 2:8, 2:8] = LVM
+    truth[0, 3:7, 3:7] = LVBP  # ED image with both contours
+    truth[1, 3:7, 3:7] = LVBP  # ES image: i-contour only
+    predicted = np.zeros_like(truth)
+    predicted[0, 2:8, 2:8] = LVM
+    predicted[0, 3:7, 3:6] = LVBP  # 12 of the 16 endocardial pixels
+    predicted[1, 3:7, 3:7] = LVBP
+    predicted[2, 0:2, 0:2] = RVBP  # image 2 has no contour: never scored
+    scores = score_contours("case", 4, predicted, truth, np.array([1, 2, 3], np.uint8))
+    assert [(s.slice, s.surface) for s in scores] == [(0, "endocardium"), (0, "epicardium"), (1, "endocardium")]
+    assert scores[0].dice == pytest.approx(2 * 12 / (12 + 16))
+    assert scores[1].dice == 1.0  # LVBP + LVM covers the o-contour exactly
+    assert scores[2].dice == 1.0 and scores[2].region == "middle" and scores[2].phase == 4
+    rows = summarise(scores)
+    assert rows[0]["surface"] == "endocardium" and rows[0]["images"] == 2 and rows[0]["below_92"] == 1
+    assert math.isclose(rows[0]["min"], 2 * 12 / 28 * 100)
+
+
+def test_layout_errors_name_the_file(tmp_path) -> None:
+    assert not is_sunnybrook_root(tmp_path)
+    (tmp_path / "contours").mkdir()
+    (tmp_path / "link.csv").write_text("patient_id,original_id\nSCD1,SC-1\n")
+    assert is_sunnybrook_root(tmp_path)
+    with pytest.raises(ReadError, match="link.csv.*SCD1,SC-1"):
+        sunnybrook_cases(tmp_path)
+
+
+def test_shared_sunnybrook_series_score_well_with_the_shipped_bundle(shared_data, tmp_path) -> None:
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.cli import main
+
+    root = shared_data / "sunnybrook"
+    assert [c[0] for c in sunnybrook_cases(root)] == ["SCD0000101", "SCD0000201"]
+    assert main(["evaluate", "--data", str(root), "-o", str(tmp_path), "--modes", "routed", "--bundle", str(DEMO_BUNDLE)]) == 0
+    import csv
+
+    with (tmp_path / "sunnybrook_routed.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    endo = [float(r["dice"]) for r in rows if r["surface"] == "endocardium"]
+    epi = [float(r["dice"]) for r in rows if r["surface"] == "epicardium"]
+    assert len(endo) == 36 and len(epi) == 18  # 9 contoured slices x (ED, ES) and ED, per series
+    assert np.mean(endo) > 0.85 and np.mean(epi) > 0.85, (np.mean(endo), np.mean(epi))
