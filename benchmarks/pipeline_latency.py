@@ -40,6 +40,7 @@ from cmrsdk.cli import DEMO_BUNDLE  # noqa: E402
 from cmrsdk.engines import backend_missing  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
+from cmrsdk.regions import slice_regions  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
 from cmrsdk.types import Stack, Study  # noqa: E402
 
@@ -100,6 +101,9 @@ class ReferencePipeline:
     def segment(self, stack: Stack) -> np.ndarray:
         from scipy import ndimage
 
+        from cmrsdk.pipeline import MIN_SLICE_PIXELS
+        from cmrsdk.regions import segmentation_regions
+
         torch = self.torch
         zoom = (stack.spacing[1] / self.spacing[0], stack.spacing[2] / self.spacing[1])
         labels = np.zeros(stack.shape, np.uint8)
@@ -107,7 +111,10 @@ class ReferencePipeline:
         clipped = np.clip(stack.pixels, lo, hi)
         mean, std = clipped.mean(), clipped.std()
         H, W = self.size
+        baseline = self.bundle.routing[NON_CARDIAC]
+        by_segmentation = self.bundle.regions_from == "segmentation"
         with torch.inference_mode():
+            windows, probs, regions = [], [], []
             for z in range(stack.shape[0]):
                 image = ndimage.zoom(stack.pixels[z], zoom, order=3, mode="nearest", grid_mode=True)
                 image = (np.clip(image, lo, hi) - mean) / max(std, 1e-8)
@@ -116,14 +123,23 @@ class ReferencePipeline:
                 src = image[max(oy, 0): max(oy, 0) + H, max(ox, 0): max(ox, 0) + W]
                 window[max(-oy, 0): max(-oy, 0) + src.shape[0], max(-ox, 0): max(-ox, 0) + src.shape[1]] = src
                 x = torch.from_numpy(window)[None, None]
-                region = int(self.models[self.bundle.classifier](x).argmax(1)) if self.bundle.classifier else NON_CARDIAC
-                name = self.bundle.routing.get(region, self.bundle.routing[NON_CARDIAC])
-                prob = self.models[name](x)  # (1, C, H, W)
-                full = torch.zeros((1, prob.shape[1], *image.shape))
+                windows.append((x, image.shape, oy, ox, src.shape))
+                if by_segmentation:  # the baseline on every slice first; regions from its masks
+                    probs.append(self.models[baseline](x))
+                else:
+                    regions.append(int(self.models[self.bundle.classifier](x).argmax(1)) if self.bundle.classifier else NON_CARDIAC)
+            if by_segmentation:
+                regions = list(segmentation_regions(np.concatenate([p.argmax(1).numpy() for p in probs]), MIN_SLICE_PIXELS))
+            for z, (x, shape, oy, ox, src_shape) in enumerate(windows):
+                name = self.bundle.routing.get(int(regions[z]), baseline)
+                if by_segmentation and regions[z] == NON_CARDIAC:
+                    continue  # no heart, no mask
+                prob = probs[z] if by_segmentation and name == baseline else self.models[name](x)  # (1, C, H, W)
+                full = torch.zeros((1, prob.shape[1], *shape))
                 full[:, 0] = 1.0  # outside the window: background
                 ys, xs = max(oy, 0), max(ox, 0)
-                full[:, :, ys: ys + src.shape[0], xs: xs + src.shape[1]] = prob[:, :, max(-oy, 0): max(-oy, 0) + src.shape[0],
-                                                                                max(-ox, 0): max(-ox, 0) + src.shape[1]]
+                full[:, :, ys: ys + src_shape[0], xs: xs + src_shape[1]] = prob[:, :, max(-oy, 0): max(-oy, 0) + src_shape[0],
+                                                                                max(-ox, 0): max(-ox, 0) + src_shape[1]]
                 native = torch.nn.functional.interpolate(full, size=stack.shape[1:], mode="bilinear", align_corners=False)
                 labels[z] = native.argmax(1)[0].numpy().astype(np.uint8)
         for label in (1, 2, 3):
@@ -151,7 +167,8 @@ def matmul_peak_gflops(threads: int) -> float:
 
 
 def pipeline_gflop(ref: ReferencePipeline, pairs: list[tuple[str, Study]], crop: tuple[int, int] | None = None) -> float:
-    """Network FLOPs of the routed pipeline, GFLOP per pair: the classifier and one U-Net per slice;
+    """Network FLOPs of the routed pipeline, GFLOP per pair: the classifier and one U-Net per slice
+    (regions from the segmentation: the baseline on every slice, plus the region U-Net's slices);
     with ``crop``, the U-Nets at the cropped size plus one full-window baseline pass per stack (locate)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -165,14 +182,24 @@ def pipeline_gflop(ref: ReferencePipeline, pairs: list[tuple[str, Study]], crop:
             with counter:
                 model(x)
             per_slice[name] = counter.get_total_flops()
-    unet = per_slice[ref.bundle.routing[NON_CARDIAC]]
+    baseline = ref.bundle.routing[NON_CARDIAC]
+    unet = per_slice[baseline]
     total = 0.0
     for _, study in pairs:
         n = study.ed.shape[0] + study.es.shape[0]
+        if ref.bundle.regions_from == "segmentation":
+            # the baseline on every slice, then again by its own U-Net each slice whose region has one
+            # (counted from the ground-truth regions, which the pipeline's rule reproduces)
+            again = sum(int(np.isin(slice_regions(s.labels), [r for r, m in ref.bundle.routing.items()
+                                                              if r != NON_CARDIAC and m != baseline]).sum())
+                        for s in (study.ed, study.es) if s.labels is not None)
+            passes, classifier = n + again, 0
+        else:
+            passes, classifier = n, n * per_slice.get(ref.bundle.classifier, 0)
         if crop is None:
-            total += n * (per_slice.get(ref.bundle.classifier, 0) + unet)
+            total += classifier + passes * unet
         else:  # convolutions scale with the pixel count
-            total += n * (per_slice.get(ref.bundle.classifier, 0) + unet * crop[0] * crop[1] / (H * W)) + 2 * unet
+            total += classifier + passes * unet * crop[0] * crop[1] / (H * W) + 2 * unet
     return total / len(pairs) / 1e9
 
 
