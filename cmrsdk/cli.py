@@ -26,7 +26,7 @@ def _study_name(path: Path) -> str:
     return name or "study"
 
 
-def segment_one(pipeline, source: Path, out_dir: Path) -> dict:
+def segment_one(pipeline, source: Path, out_dir: Path, *, report_html: bool = True) -> dict:
     """Read, segment and write one study; returns its report. I/O lives here, not in the pipeline."""
     from .io import read_study, write_dicom_seg, write_json, write_nifti_labels
     from .report import save_overlay, study_report
@@ -44,7 +44,11 @@ def segment_one(pipeline, source: Path, out_dir: Path) -> dict:
         if seg.stack.source_files:
             written.append(write_dicom_seg(out_dir / f"seg_{phase_name}.dcm", seg.labels, seg.stack))
     written.append(save_overlay(out_dir / "overlay.png", result))
-    report["outputs"] = [Path(p).name for p in written] + ["report.json"]
+    report["outputs"] = [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])
+    if report_html:
+        from .report_html import write_report_html
+
+        write_report_html(out_dir / "report.html", result, report, study=study)
     write_json(out_dir / "report.json", report)
     return report
 
@@ -70,7 +74,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for source in inputs:
         out_dir = Path(args.output) / _study_name(source) if len(inputs) > 1 else Path(args.output)
         try:
-            report = segment_one(pipeline, source, out_dir)
+            report = segment_one(pipeline, source, out_dir, report_html=not args.no_report_html)
             m = report["measures"]
             line = (f"{source}: LVEF {m['lvef_pct']}%, LVEDV {m['lvedv_ml']} mL, RVEF {m['rvef_pct']}%, "
                     f"{report['timings_ms']['wall']:.0f} ms -> {out_dir}")
@@ -197,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax")
 
     p = sub.add_parser("segment", help="segment DICOM directories, NIfTI files, ACDC or M&Ms folders",
-                       description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm (DICOM input), report.json and overlay.png.")
+                       description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm (DICOM input), report.json, report.html and overlay.png.")
     p.add_argument("inputs", nargs="+", help="DICOM directory, NIfTI file, ACDC patient or M&Ms subject folder")
     p.add_argument("-o", "--output", required=True, help="output directory (one sub-folder per study when several)")
     engine_options(p)
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="routed: classifier + region U-Nets; baseline: one U-Net; oracle: ground-truth regions")
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
     p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
+    p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")
     pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
 

@@ -1,4 +1,4 @@
-"""What a segmented study tells a reader: the JSON report and the overlay montage.
+"""What a segmented study tells a reader: the JSON report and the overlay montage (drawn by `cmrsdk.montage`).
 
 Pure functions from a `StudySegmentation` to a dict or a figure file; the CLI writes them.
 """
@@ -8,22 +8,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .io._atomic import atomic_path
 from .labels import LABEL_NAMES, REGION_NAMES
 from .metrics import quality_flags
 from .pipeline import Segmentation, StudySegmentation
 from .types import Study
 
 __all__ = ["study_report", "save_overlay"]
-
-#: RGBA colour of each structure in overlays: LVBP red, LVM green, RVBP blue (the ACDC figures' habit).
-LABEL_COLOURS: dict[int, tuple[float, float, float, float]] = {
-    1: (0.95, 0.20, 0.15, 0.45),
-    2: (0.15, 0.80, 0.25, 0.45),
-    3: (0.20, 0.45, 0.95, 0.45),
-}
 
 
 def _finite(value: float) -> float | None:
@@ -73,50 +63,20 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
 
 
 def save_overlay(path: str | Path, result: StudySegmentation, *, max_slices: int = 12, dpi: int = 110) -> Path:
-    """A montage PNG: ED on the top row, ES below, structures in colour, region on each slice.
+    """A montage PNG: ED above, ES below, zoomed on the heart, radiologically oriented (`cmrsdk.montage`).
 
     Parameters
     ----------
     path : output .png path (written to a temporary name, then renamed).
     result : the segmented study.
-    max_slices : at most this many slices per phase, evenly spread from base to apex.
+    max_slices : at most this many slices per phase, evenly spread over the heart.
+    dpi : scales the tiles (110 gives 144 px tiles); kept for callers of the matplotlib version.
 
     Returns
     -------
     The path written.
     """
-    import matplotlib
+    from .montage import save_png_bytes, study_montage_png
 
-    matplotlib.use("Agg")  # headless: scanner consoles and CI have no display
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    rows = [("ED", result.ed), ("ES", result.es)]
-    z = max(seg.labels.shape[0] for _, seg in rows)
-    cols = min(z, max_slices)
-    fig, axes = plt.subplots(2, cols, figsize=(1.6 * cols, 3.6), squeeze=False, facecolor="black")
-    for row, (name, seg) in enumerate(rows):
-        picks = np.unique(np.linspace(0, seg.labels.shape[0] - 1, cols).round().astype(int))
-        for col in range(cols):
-            ax = axes[row, col]
-            ax.set_axis_off()
-            if col >= len(picks):
-                continue
-            k = picks[col]
-            image = seg.stack.pixels[k]
-            lo, hi = np.percentile(image, (1, 99)) if image.size else (0.0, 1.0)
-            ax.imshow(image, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="nearest")
-            rgba = np.zeros((*seg.labels.shape[1:], 4), np.float32)
-            for label, colour in LABEL_COLOURS.items():
-                rgba[seg.labels[k] == label] = colour
-            ax.imshow(rgba, interpolation="nearest")
-            region = REGION_NAMES[int(seg.regions[k])] if seg.regions is not None else ""
-            ax.set_title(f"{name} z{k} {region}", color="white", fontsize=7)
-    fig.tight_layout(pad=0.2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, facecolor="black")
-    finally:
-        plt.close(fig)
-    return path
+    tile = max(64, min(320, int(round(144 * dpi / 110))))
+    return save_png_bytes(path, study_montage_png(result, max_slices=max_slices, tile=tile))
