@@ -1,4 +1,5 @@
-"""What a segmented study tells a reader: the JSON report and the overlay montage (drawn by `cmrsdk.montage`).
+"""What a segmented study tells a reader: the JSON report, the overlay montage (drawn by `cmrsdk.montage`)
+and, for a study with a known ground truth, the agreement with it.
 
 Pure functions from a `StudySegmentation` to a dict or a figure file; the CLI writes them.
 """
@@ -8,12 +9,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .labels import LABEL_NAMES, REGION_NAMES
-from .metrics import quality_flags
-from .pipeline import Segmentation, StudySegmentation
-from .types import Study
+import numpy as np
 
-__all__ = ["study_report", "save_overlay"]
+from .errors import InputError
+from .labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
+from .metrics import cardiac_measures, dice, quality_flags
+from .pipeline import Segmentation, StudySegmentation
+from .types import Stack, Study
+
+__all__ = ["study_report", "save_overlay", "ground_truth_agreement"]
 
 
 def _finite(value: float) -> float | None:
@@ -80,3 +84,52 @@ def save_overlay(path: str | Path, result: StudySegmentation, *, max_slices: int
 
     tile = max(64, min(320, int(round(144 * dpi / 110))))
     return save_png_bytes(path, study_montage_png(result, max_slices=max_slices, tile=tile))
+
+
+def _truth_on_grid(truth: Stack, stack: Stack) -> np.ndarray:
+    """``truth.labels`` reordered onto ``stack``'s slices (readers may store the slices in reverse order).
+
+    Each slice of ``stack`` is matched to the truth slice whose centre lies at the same place in
+    the world (through both affines); in-plane the grids must be the same.
+    """
+    if truth.labels is None:
+        raise InputError(f"the ground truth {truth.source or 'stack'} carries no labels")
+    same_plane = np.allclose(truth.affine[:3, 1:3], stack.affine[:3, 1:3], atol=1e-3)
+    if truth.shape != stack.shape or not same_plane:
+        raise InputError(f"the ground truth grid {truth.shape} does not match the segmented stack {stack.shape} "
+                         f"from {stack.source or 'memory'}")
+    centres = stack.affine @ np.stack([np.arange(stack.shape[0]), np.zeros(stack.shape[0]), np.zeros(stack.shape[0]),
+                                       np.ones(stack.shape[0])])
+    index = np.rint((np.linalg.inv(truth.affine) @ centres)[0]).astype(int)
+    if sorted(index.tolist()) != list(range(truth.shape[0])):
+        raise InputError(f"the ground truth slices do not line up with those of {stack.source or 'the segmented stack'}")
+    return truth.labels[index]
+
+
+def ground_truth_agreement(result: StudySegmentation, truth: Study) -> dict[str, float]:
+    """Dice of the segmentation against a known ground truth, and the truth's own measures.
+
+    Parameters
+    ----------
+    result : the segmented study; its phases must be ``truth``'s phases (same count and order),
+        possibly read back from files that store the slices in another order.
+    truth : the study with ground-truth labels on every phase (e.g. `cmrsdk.phantom.cine_phantom`).
+
+    Returns
+    -------
+    {"Dice LVBP ED": ..., ..., "true LVEF (%)": ...}: Dice in [0, 1] at the ED and ES frames the
+    pipeline chose; the truth's LVEDV, LVESV (mL), LVEF and RVEF (%) at its own ED and ES.
+    """
+    if len(result.phases) != len(truth.phases):
+        raise InputError(f"the ground truth has {len(truth.phases)} phases, the segmentation {len(result.phases)}")
+    out: dict[str, float] = {}
+    for name, index in (("ED", result.ed_index), ("ES", result.es_index)):
+        seg = result.phases[index]
+        labels = _truth_on_grid(truth.phases[index], seg.stack)
+        for code in STRUCTURES:
+            out[f"Dice {LABEL_NAMES[code]} {name}"] = round(dice(seg.labels, labels, code), 4)
+    ed, es = truth.ed, truth.es
+    true = cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing)
+    out.update({"true LVEDV (mL)": round(true.lvedv_ml, 1), "true LVESV (mL)": round(true.lvesv_ml, 1),
+                "true LVEF (%)": round(true.lvef_pct, 1), "true RVEF (%)": round(true.rvef_pct, 1)})
+    return out

@@ -109,26 +109,41 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     return "\n".join(parts)
 
 
+def _ed_es(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The report's ED and ES phase entries (a cine's other frames are not measured)."""
+    phases = report.get("phases", [])
+    picked = [phases[i] for i in dict.fromkeys((report.get("ed_index"), report.get("es_index")))
+              if isinstance(i, int) and 0 <= i < len(phases)]
+    return picked or list(phases[:2])
+
+
+def _phase_name(report: Mapping[str, Any], phase: Mapping[str, Any]) -> str:
+    """ "ED" / "ES" for the chosen frames (readers name a cine's frames "frame 7"), else the phase's own name."""
+    phases = report.get("phases", [])
+    for key, name in (("ed_index", "ED"), ("es_index", "ES")):
+        index = report.get(key)
+        if isinstance(index, int) and 0 <= index < len(phases) and phases[index] is phase:
+            return name if len(phases) <= 2 or phase.get("phase") in (None, name) else f"{name} ({phase.get('phase')})"
+    return str(phase.get("phase") or "")
+
+
 def _flags_section(report: Mapping[str, Any]) -> str:
     items = []
-    for phase in report.get("phases", []):
+    for phase in _ed_es(report):
         for flag in phase.get("quality_flags", []):
             text = QUALITY_FLAG_TEXT.get(flag, flag.replace("_", " "))
-            items.append(f"<li><b>{_html.escape(phase.get('phase') or '')}</b>: {_html.escape(text)}</li>")
+            items.append(f"<li><b>{_html.escape(_phase_name(report, phase))}</b>: {_html.escape(text)}</li>")
     if not items:
         return '<h2>Quality checks</h2><p class="ok">No automatic quality flag was raised at ED or ES.</p>'
     return '<h2>Quality checks</h2><ul class="flags">' + "".join(items) + "</ul>"
 
 
 def _slices_section(report: Mapping[str, Any]) -> str:
-    phases = [p for p in report.get("phases", []) if p.get("slices")]
-    if not phases:
+    chosen = [p for p in _ed_es(report) if p.get("slices")]
+    if not chosen:
         return ""
-    ed, es = report.get("ed_index"), report.get("es_index")
-    chosen = [report["phases"][i] for i in (ed, es) if i is not None and i < len(report["phases"])]
-    chosen = [p for p in chosen if p.get("slices")] or phases[:2]
     depth = max(len(p["slices"]) for p in chosen)
-    header = ["z"] + [h for p in chosen for h in (f"{p.get('phase')} region", "confidence")]
+    header = ["z"] + [h for p in chosen for h in (f"{_phase_name(report, p)} region", "confidence")]
     rows = []
     for z in range(depth):
         row: list[object] = [z]
@@ -169,6 +184,13 @@ def volume_curve_svg(lv: Sequence[float | None], rv: Sequence[float | None], tim
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#eee"/>'
                      f'<text x="{left - 4}" y="{py(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
         tick += step
+    xstep = 10 ** math.floor(math.log10(span / 2)) if span > 0 else 1
+    xstep = xstep * (5 if span / xstep > 25 else 2 if span / xstep > 10 else 1)
+    tick = math.ceil(min(xs) / xstep) * xstep
+    while tick <= max(xs):
+        parts.append(f'<line x1="{px(tick):.1f}" x2="{px(tick):.1f}" y1="{height - lower}" y2="{height - lower + 4}" stroke="#888"/>'
+                     f'<text x="{px(tick):.1f}" y="{height - lower + 15}" text-anchor="middle">{tick:g}</text>')
+        tick += xstep
     for index, label in ((ed_index, "ED"), (es_index, "ES")):
         if 0 <= index < n:
             x = px(xs[index])
@@ -204,8 +226,8 @@ def _curve_section(report: Mapping[str, Any], study: Study | None) -> str:
     if study is not None and study.trigger_times_ms is not None and len(study.trigger_times_ms) == len(phases):
         times = [float(t) for t in study.trigger_times_ms]
     svg = volume_curve_svg(lv, rv, times, int(report["ed_index"]), int(report["es_index"]))
-    chosen = ("ED and ES as given by the input" if study is not None and study.ed_index is not None
-              else "ED at the largest and ES at the smallest LV volume")
+    given = study is not None and study.ed_index is not None and study.es_index is not None
+    chosen = "ED and ES as given by the input" if given else "ED at the largest and ES at the smallest LV volume"
     return (f"<h2>Volume over the cardiac cycle</h2><figure>{svg}<figcaption>LV and RV blood-pool volume of each of "
             f"the {len(phases)} phases; {chosen}.</figcaption></figure>")
 
