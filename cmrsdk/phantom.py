@@ -231,7 +231,8 @@ def _heart(a: _Anatomy, s: dict[str, float], depth: float, g: _Plane, tone: dict
         if depth > -45.0:
             grow = np.sqrt(max(0.0, 1.0 - ((depth + 22.0) / 24.0) ** 2))
             pools = [((8.0, 6.0), 27.0 * grow), ((4.0, -34.0), 22.0 * grow), ((-24.0, 4.0), 14.0), ((-30.0, -24.0), 13.0)]
-            for grow_mm, value in ((2.5 + a.fat, tone["fat"]), (2.0, tone["myocardium"]), (0.0, tone["blood"])):
+            # atrial walls are thin (about 1 mm), unlike the ventricles' myocardium
+            for grow_mm, value in ((1.5 + a.fat, tone["fat"]), (1.0, tone["myocardium"]), (0.0, tone["blood"])):
                 for centre, r in pools:
                     if r > 1.0:
                         _disk(image, g.rows, g.cols, centre, r + grow_mm, value, edge)
