@@ -63,6 +63,8 @@ def test_evaluate_writes_tables_and_figures(routing_bundle, tmp_path):
     report = (out / "report.md").read_text()
     assert "Table 1" in report and "Table 3" in report and "figure2.png" in report
     assert (out / "figure2.png").is_file() and (out / "table3.csv").is_file()
+    page = (out / "report.html").read_text()  # the same tables and figures, one self-contained page
+    assert "<h2>Table 1" in page and page.count("data:image/png;base64,") >= 2 and 'src="figure2.png"' not in page
     rows = (out / "slice_dice.csv").read_text().splitlines()
     assert rows[0].startswith("method,case,phase") and len(rows) > 20
 
