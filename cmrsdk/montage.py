@@ -32,9 +32,11 @@ from .labels import LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
 if TYPE_CHECKING:
     from .pipeline import StudySegmentation
 
-__all__ = ["Orientation", "LABEL_RGB", "LABEL_TITLES", "display_orientation", "heart_window", "phase_tiles",
-           "cardiac_slices", "slice_caption", "compose_montage", "study_montage", "study_montage_png",
-           "montage_drawing_ms",           "encode_png", "save_png", "save_png_bytes"]
+__all__ = [
+    "Orientation", "LABEL_RGB", "LABEL_TITLES", "display_orientation", "heart_window", "phase_tiles",
+    "cardiac_slices", "slice_caption", "compose_montage", "study_montage", "study_montage_png",
+    "montage_drawing_ms", "encode_png", "save_png", "save_png_bytes",
+]
 
 #: colour of each structure (RGB, 0-255): LVBP red, LVM green, RVBP blue (the ACDC figures' habit).
 LABEL_RGB: dict[int, tuple[int, int, int]] = {LVBP: (240, 60, 45), LVM: (50, 205, 70), RVBP: (60, 130, 245)}
@@ -321,7 +323,7 @@ def cardiac_slices(labels: np.ndarray, regions: np.ndarray | None, max_slices: i
     return [int(k) for k in index]
 
 
-def study_montage(result: "StudySegmentation", *, max_slices: int = 12, tile: int = 144, columns: int = 6) -> np.ndarray:
+def study_montage(result: StudySegmentation, *, max_slices: int = 12, tile: int = 144, columns: int = 6) -> np.ndarray:
     """The ED and ES slices of a segmented study in one montage, ED above ES.
 
     Parameters
@@ -356,10 +358,10 @@ def study_montage(result: "StudySegmentation", *, max_slices: int = 12, tile: in
 
 
 # overlay.png and report.html show the same picture: draw and encode it once per result
-_PNG_CACHE: "weakref.WeakKeyDictionary[StudySegmentation, tuple[tuple[int, int, int], bytes, float]]" = weakref.WeakKeyDictionary()
+_PNG_CACHE: weakref.WeakKeyDictionary[StudySegmentation, tuple[tuple[int, int, int], bytes, float]] = weakref.WeakKeyDictionary()
 
 
-def study_montage_png(result: "StudySegmentation", *, max_slices: int = 12, tile: int = 144, columns: int = 6) -> bytes:
+def study_montage_png(result: StudySegmentation, *, max_slices: int = 12, tile: int = 144, columns: int = 6) -> bytes:
     """`study_montage` as PNG bytes, drawn once per result and parameters (kept while ``result`` lives)."""
     key = (max_slices, tile, columns)
     cached = _PNG_CACHE.get(result)
@@ -371,7 +373,7 @@ def study_montage_png(result: "StudySegmentation", *, max_slices: int = 12, tile
     return data
 
 
-def montage_drawing_ms(result: "StudySegmentation") -> float | None:
+def montage_drawing_ms(result: StudySegmentation) -> float | None:
     """Milliseconds the last `study_montage_png` of ``result`` took to draw and encode; None if not drawn."""
     cached = _PNG_CACHE.get(result)
     return None if cached is None else cached[2]

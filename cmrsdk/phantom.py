@@ -132,7 +132,7 @@ class _Anatomy:
     def shape(self, c: float) -> dict[str, float]:
         """The LV and RV at contraction ``c`` (0 ED, 1 ES)."""
         length = self.length * (1.0 - _SHORTENING * c)
-        cavity = self.cavity * (1.0 - 0.34 * c)
+        cavity = self.cavity * (1.0 - 0.37 * c)
         # the myocardial cross-section grows as the cavity and the length shrink: volume kept
         outer = float(np.sqrt(cavity**2 + ((self.cavity + self.wall) ** 2 - self.cavity**2) * self.length / length))
         return {"length": length, "cavity": cavity, "outer": outer, "cap": self.wall * (1.0 + 0.25 * c),

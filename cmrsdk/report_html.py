@@ -17,7 +17,13 @@ from typing import Any, Mapping, Sequence
 from . import _html
 from .montage import montage_drawing_ms, study_montage_png
 from .pipeline import StudySegmentation
-from .reference_ranges import INDEXED_RANGES, REFERENCE_RANGES, SOURCES, ReferenceRange, body_surface_area_m2
+from .reference_ranges import (
+    INDEXED_RANGES,
+    REFERENCE_RANGES,
+    SOURCES,
+    ReferenceRange,
+    body_surface_area_m2,
+)
 from .types import Study
 
 __all__ = ["QUALITY_FLAG_TEXT", "MEASURE_ROWS", "volume_curve_svg", "render_report_html", "write_report_html"]
@@ -290,7 +296,8 @@ def render_report_html(result: StudySegmentation, report: Mapping[str, Any], *, 
     ground_truth = ground_truth if ground_truth is not None else report.get("ground_truth")
     if ground_truth:
         body.append("<h2>Against the known ground truth</h2>"
-                    + _html.table(["", "value"], [(k, _number(v, 3)) for k, v in ground_truth.items()], numeric=[1]))
+                    + _html.table(["", "value"], [(k, _number(v, 3 if k.startswith("Dice") else 1))
+                                                for k, v in ground_truth.items()], numeric=[1]))
     body.append(_flags_section(report))
     body.append('<h2>ED and ES slices</h2><figure>' + _html.img_tag(montage, "ED and ES slices with the segmentation")
                 + '<figcaption>Zoomed on the heart, one window for both phases; each slice labelled "z / region / '

@@ -8,6 +8,7 @@ natural size, the page text and a screenshot.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -115,10 +116,8 @@ class _Pipe:
         return [json.loads(m) for m in messages if m]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, TimeoutError, OSError):  # it may be gone already
             self.send("Browser.close", timeout=5.0)
-        except Exception:
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

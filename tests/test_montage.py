@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 
 from cmrsdk.errors import InputError
-from cmrsdk.montage import (Orientation, cardiac_slices, display_orientation, heart_window, phase_tiles,
-                            slice_caption, study_montage, study_montage_png)
+from cmrsdk.montage import (
+    Orientation,
+    cardiac_slices,
+    display_orientation,
+    heart_window,
+    phase_tiles,
+    slice_caption,
+    study_montage,
+    study_montage_png,
+)
 from cmrsdk.phantom import _affine
 
 

@@ -52,7 +52,7 @@ def test_bssfp_contrast_and_rician_background(cine):
 
 def test_through_plane_motion_and_partial_volume(cine):
     ed, es = cine.ed, cine.es
-    present = lambda stack: np.flatnonzero((stack.labels == LVM).reshape(stack.shape[0], -1).any(1))  # noqa: E731
+    present = lambda stack: np.flatnonzero((stack.labels == LVM).reshape(stack.shape[0], -1).any(1))
     # the base descends at systole: the first ventricular slice at ED shows atrium at ES
     assert present(es)[0] > present(ed)[0]
     # the stack reaches above the base (atria, no label) and below the apex

@@ -2,19 +2,17 @@
 from __future__ import annotations
 
 import io
-import json
 import re
 
 import numpy as np
 import pytest
+from _chromium import chromium_binary, visit
 
 from cmrsdk._html import markdown_to_html
 from cmrsdk.montage import LABEL_RGB
 from cmrsdk.reference_ranges import REFERENCE_RANGES, body_surface_area_m2
 from cmrsdk.report import ground_truth_agreement, study_report
 from cmrsdk.report_html import render_report_html, volume_curve_svg, write_report_html
-
-from _chromium import chromium_binary, visit
 
 
 @pytest.fixture(scope="module")
