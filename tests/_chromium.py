@@ -46,6 +46,7 @@ class PageVisit:
     images: list[dict[str, Any]] = field(default_factory=list)  # {alt, naturalWidth, naturalHeight, complete}
     text: str = ""                                           # document.body.innerText
     screenshot_png: bytes = b""
+    pdf: bytes = b""                                         # the page printed on A4, when asked for
     title: str = ""
 
 
@@ -135,8 +136,9 @@ _PROBE = """(() => ({
 }))()"""
 
 
-def visit(path: str | Path, *, width: int = 1280, height: int = 900, timeout: float = 60.0) -> PageVisit:
-    """Load ``path`` in headless Chromium; return the requests, errors, images, text and a full-page screenshot."""
+def visit(path: str | Path, *, width: int = 1280, height: int = 900, timeout: float = 60.0, pdf: bool = False) -> PageVisit:
+    """Load ``path`` in headless Chromium; return the requests, errors, images, text, a full-page screenshot
+    and, with ``pdf``, the page printed on A4 (print styles applied)."""
     binary = chromium_binary()
     if binary is None:
         raise FileNotFoundError("chromium is not installed")
@@ -160,6 +162,10 @@ def visit(path: str | Path, *, width: int = 1280, height: int = 900, timeout: fl
                 "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}}, session=session)
             result = PageVisit(title=value["title"], text=value["text"], images=value["images"],
                                screenshot_png=base64.b64decode(shot["data"]))
+            if pdf:
+                printed = pipe.send("Page.printToPDF", {"paperWidth": 8.27, "paperHeight": 11.69, "printBackground": True},
+                                    session=session, timeout=timeout)
+                result.pdf = base64.b64decode(printed["data"])
             for event in pipe.events:
                 method, params = event.get("method"), event.get("params", {})
                 if method == "Network.requestWillBeSent":

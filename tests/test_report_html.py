@@ -88,7 +88,7 @@ def test_page_in_headless_chromium(page):
     from PIL import Image
 
     path, report = page
-    seen = visit(path, width=1280, height=900)
+    seen = visit(path, width=1280, height=900, pdf=True)
     assert seen.errors == []
     # the page itself and its inlined images only: nothing over any network
     assert seen.requests and all(u.startswith(("file://", "data:")) for u in seen.requests), seen.requests
@@ -106,6 +106,9 @@ def test_page_in_headless_chromium(page):
     # the montage shows on screen: the contours' colours (LVBP red, LVM green, RVBP blue) are painted
     for colour in LABEL_RGB.values():
         assert (np.abs(shot - np.array(colour)).max(axis=2) < 12).sum() > 200, colour
+    # printable: a few A4 pages
+    pages = len(re.findall(rb"/Type\s*/Page[^s]", seen.pdf))
+    assert seen.pdf.startswith(b"%PDF") and 1 <= pages <= 6, pages
 
 
 
