@@ -26,10 +26,14 @@ def _study_name(path: Path) -> str:
     return name or "study"
 
 
-def segment_one(pipeline, source: Path, out_dir: Path) -> dict:
-    """Read, segment and write one study; returns its report. I/O lives here, not in the pipeline."""
+def segment_one(pipeline, source: Path, out_dir: Path, *, report_html: bool = True, truth=None) -> dict:
+    """Read, segment and write one study; returns its report. I/O lives here, not in the pipeline.
+
+    ``truth``: a `Study` with the ground truth of ``source`` (the embedded example), scored into
+    the report's "ground_truth".
+    """
     from .io import read_study, write_dicom_seg, write_json, write_nifti_labels
-    from .report import save_overlay, study_report
+    from .report import ground_truth_agreement, save_overlay, study_report
 
     t0 = time.perf_counter()
     study = read_study(source)
@@ -37,6 +41,8 @@ def segment_one(pipeline, source: Path, out_dir: Path) -> dict:
     result = pipeline.segment_study(study)
     report = study_report(result, study)
     report["timings_ms"]["read"] = round(read_ms, 2)
+    if truth is not None:
+        report["ground_truth"] = ground_truth_agreement(result, truth)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for phase_name, seg in (("ED", result.ed), ("ES", result.es)):
@@ -44,7 +50,11 @@ def segment_one(pipeline, source: Path, out_dir: Path) -> dict:
         if seg.stack.source_files:
             written.append(write_dicom_seg(out_dir / f"seg_{phase_name}.dcm", seg.labels, seg.stack))
     written.append(save_overlay(out_dir / "overlay.png", result))
-    report["outputs"] = [Path(p).name for p in written] + ["report.json"]
+    report["outputs"] = [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])
+    if report_html:
+        from .report_html import write_report_html
+
+        write_report_html(out_dir / "report.html", result, report, study=study)
     write_json(out_dir / "report.json", report)
     return report
 
@@ -70,7 +80,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for source in inputs:
         out_dir = Path(args.output) / _study_name(source) if len(inputs) > 1 else Path(args.output)
         try:
-            report = segment_one(pipeline, source, out_dir)
+            report = segment_one(pipeline, source, out_dir, report_html=not args.no_report_html)
             m = report["measures"]
             line = (f"{source}: LVEF {m['lvef_pct']}%, LVEDV {m['lvedv_ml']} mL, RVEF {m['rvef_pct']}%, "
                     f"{report['timings_ms']['wall']:.0f} ms -> {out_dir}")
@@ -86,29 +96,36 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Write the embedded example study as DICOM, then segment it like any scanner series."""
+    """Write the embedded example cine as DICOM, segment it like any scanner series, score it on its truth."""
     from .io import write_dicom_series
+    from .phantom import cine_phantom
     from .pipeline import Pipeline
-    from .synth import synthetic_study
 
     out = Path(args.output)
     dicom_dir = out / "example_dicom"
-    write_dicom_series(dicom_dir, synthetic_study(seed=args.seed))
+    truth = cine_phantom(seed=args.seed, n_phases=args.phases)
+    write_dicom_series(dicom_dir, truth, series_description=truth.info.series_description or "SAX cine")
     pipeline = Pipeline(args.bundle, backend=args.backend, mode="routed")
-    report = segment_one(pipeline, dicom_dir, out)
-    m = report["measures"]
-    print(f"example study: {dicom_dir}")
+    report = segment_one(pipeline, dicom_dir, out, truth=truth)
+    m, g = report["measures"], report["ground_truth"]
+    print(f"example study: {dicom_dir} (synthetic bSSFP short-axis cine, {len(truth.phases)} frames, seed {args.seed})")
     print(f"routed segmentation with bundle {pipeline.bundle.path.name} ({', '.join(sorted(set(pipeline.provenance['backends'].values())))})")
-    for phase in report["phases"]:
+    print(f"  ED frame {report['ed_index']}, ES frame {report['es_index']} from the LV volume curve (truth: ES frame {truth.es_index})")
+    for index in (report["ed_index"], report["es_index"]):
+        phase = report["phases"][index]
         regions = " ".join(s["region"][0].upper() if s["region"] != "non-cardiac" else "-" for s in phase.get("slices", []))
-        print(f"  {phase['phase']}: slices base..apex by classifier [{regions}], volumes {phase['volumes_ml']}")
+        print(f"  {phase['phase']}: slices by classifier [{regions}], volumes {phase['volumes_ml']}")
     print(f"  LVEDV {m['lvedv_ml']} mL, LVESV {m['lvesv_ml']} mL, LVEF {m['lvef_pct']}%, "
           f"LV mass {m['lv_mass_g']} g, RVEF {m['rvef_pct']}%")
+    print(f"  ground truth: LVEDV {g['true LVEDV (mL)']} mL, LVESV {g['true LVESV (mL)']} mL, "
+          f"LVEF {g['true LVEF (%)']}%, RVEF {g['true RVEF (%)']}%")
+    print("  Dice against the ground truth (ED / ES): " + ", ".join(
+        f"{name} {g[f'Dice {name} ED']:.3f} / {g[f'Dice {name} ES']:.3f}" for name in ("LVBP", "LVM", "RVBP")))
     t = report["timings_ms"]
-    print(f"  latency: {t['wall']:.1f} ms for the ED+ES pair, first call (preprocess {t['preprocess']:.1f}, "
+    print(f"  latency: {t['wall']:.1f} ms for {len(report['phases'])} frames, first call (preprocess {t['preprocess']:.1f}, "
           f"classify {t['classify']:.1f}, locate {t['locate']:.1f}, segment {t['segment']:.1f}, "
           f"postprocess {t['postprocess']:.1f}); benchmarks/README.md has warm medians")
-    print(f"outputs in {out}: {', '.join(report['outputs'])}")
+    print(f"outputs in {out}: {', '.join(report['outputs'])} (open report.html in a browser)")
     return 0
 
 
@@ -226,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax")
 
     p = sub.add_parser("segment", help="segment DICOM directories, NIfTI files, ACDC or M&Ms folders",
-                       description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm (DICOM input), report.json and overlay.png.")
+                       description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm (DICOM input), report.json, report.html and overlay.png.")
     p.add_argument("inputs", nargs="+", help="DICOM directory, NIfTI file, ACDC patient or M&Ms subject folder")
     p.add_argument("-o", "--output", required=True, help="output directory (one sub-folder per study when several)")
     engine_options(p)
@@ -235,12 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="routed: classifier + region U-Nets; baseline: one U-Net; oracle: ground-truth regions")
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
     p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
+    p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")
     pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("demo", help="segment the embedded example study with the demo bundle")
     p.add_argument("-o", "--output", default="out/demo", help="output directory (default: out/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic example study")
+    p.add_argument("--phases", type=int, default=20, help="frames of the example cine (default: 20)")
     engine_options(p)
     p.set_defaults(func=_cmd_demo)
 

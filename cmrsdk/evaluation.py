@@ -400,7 +400,8 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
 
     Written: ``slice_dice.csv``, ``table1_<method>.csv``, ``table2.csv`` (+ confusion matrices in
     the Markdown), ``table3.csv`` (when ``baseline`` was evaluated), ``agreement.csv``,
-    ``figure2.png``, ``bland_altman_<quantity>_<method>.png`` and ``report.md``.
+    ``figure2.png``, ``bland_altman_<quantity>_<method>.png``, ``report.md`` and ``report.html`` (the
+    same, with the figures inlined: one file to open in a browser).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -458,10 +459,15 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
                 save_bland_altman(out / f"bland_altman_{quantity}_{method}.png", [p[0] for p in pairs], [p[1] for p in pairs], quantity=quantity)
     write_csv(out / "agreement.csv", rows)
     md += [markdown_table(rows), ""]
+    md += [f"![Bland-Altman {q} {m}](bland_altman_{q}_{m}.png)" for m in methods for q in ("lvef_pct", "rvef_pct")] + [""]
 
     md += ["## Latency per ED+ES pair (ms, median)", ""]
     md += [markdown_table([{"method": m, "median_ms": float(np.median(v)), "studies": len(v)} for m, v in result.latency_ms.items()]), ""]
     report = out / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(md))
+    # the same tables and figures as one self-contained page, for a reader with a browser
+    from ._html import markdown_to_html, write_page
+
+    write_page(out / "report.html", title or "cmrsdk evaluation", markdown_to_html("\n".join(md), out))
     return report

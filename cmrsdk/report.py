@@ -1,4 +1,5 @@
-"""What a segmented study tells a reader: the JSON report and the overlay montage.
+"""What a segmented study tells a reader: the JSON report, the overlay montage (drawn by `cmrsdk.montage`)
+and, for a study with a known ground truth, the agreement with it.
 
 Pure functions from a `StudySegmentation` to a dict or a figure file; the CLI writes them.
 """
@@ -10,20 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from .io._atomic import atomic_path
-from .labels import LABEL_NAMES, REGION_NAMES
-from .metrics import quality_flags
+from .errors import InputError
+from .labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
+from .metrics import cardiac_measures, dice, quality_flags
 from .pipeline import Segmentation, StudySegmentation
-from .types import Study
+from .types import Stack, Study
 
-__all__ = ["study_report", "save_overlay"]
-
-#: RGBA colour of each structure in overlays: LVBP red, LVM green, RVBP blue (the ACDC figures' habit).
-LABEL_COLOURS: dict[int, tuple[float, float, float, float]] = {
-    1: (0.95, 0.20, 0.15, 0.45),
-    2: (0.15, 0.80, 0.25, 0.45),
-    3: (0.20, 0.45, 0.95, 0.45),
-}
+__all__ = ["study_report", "save_overlay", "ground_truth_agreement"]
 
 
 def _finite(value: float) -> float | None:
@@ -73,50 +67,69 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
 
 
 def save_overlay(path: str | Path, result: StudySegmentation, *, max_slices: int = 12, dpi: int = 110) -> Path:
-    """A montage PNG: ED on the top row, ES below, structures in colour, region on each slice.
+    """A montage PNG: ED above, ES below, zoomed on the heart, radiologically oriented (`cmrsdk.montage`).
 
     Parameters
     ----------
     path : output .png path (written to a temporary name, then renamed).
     result : the segmented study.
-    max_slices : at most this many slices per phase, evenly spread from base to apex.
+    max_slices : at most this many slices per phase, evenly spread over the heart.
+    dpi : scales the tiles (110 gives 144 px tiles); kept for callers of the matplotlib version.
 
     Returns
     -------
     The path written.
     """
-    import matplotlib
+    from .montage import save_png_bytes, study_montage_png
 
-    matplotlib.use("Agg")  # headless: scanner consoles and CI have no display
-    import matplotlib.pyplot as plt
+    tile = max(64, min(320, int(round(144 * dpi / 110))))
+    return save_png_bytes(path, study_montage_png(result, max_slices=max_slices, tile=tile))
 
-    path = Path(path)
-    rows = [("ED", result.ed), ("ES", result.es)]
-    z = max(seg.labels.shape[0] for _, seg in rows)
-    cols = min(z, max_slices)
-    fig, axes = plt.subplots(2, cols, figsize=(1.6 * cols, 3.6), squeeze=False, facecolor="black")
-    for row, (name, seg) in enumerate(rows):
-        picks = np.unique(np.linspace(0, seg.labels.shape[0] - 1, cols).round().astype(int))
-        for col in range(cols):
-            ax = axes[row, col]
-            ax.set_axis_off()
-            if col >= len(picks):
-                continue
-            k = picks[col]
-            image = seg.stack.pixels[k]
-            lo, hi = np.percentile(image, (1, 99)) if image.size else (0.0, 1.0)
-            ax.imshow(image, cmap="gray", vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="nearest")
-            rgba = np.zeros((*seg.labels.shape[1:], 4), np.float32)
-            for label, colour in LABEL_COLOURS.items():
-                rgba[seg.labels[k] == label] = colour
-            ax.imshow(rgba, interpolation="nearest")
-            region = REGION_NAMES[int(seg.regions[k])] if seg.regions is not None else ""
-            ax.set_title(f"{name} z{k} {region}", color="white", fontsize=7)
-    fig.tight_layout(pad=0.2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, facecolor="black")
-    finally:
-        plt.close(fig)
-    return path
+
+def _truth_on_grid(truth: Stack, stack: Stack) -> np.ndarray:
+    """``truth.labels`` reordered onto ``stack``'s slices (readers may store the slices in reverse order).
+
+    Each slice of ``stack`` is matched to the truth slice whose centre lies at the same place in
+    the world (through both affines); in-plane the grids must be the same.
+    """
+    if truth.labels is None:
+        raise InputError(f"the ground truth {truth.source or 'stack'} carries no labels")
+    same_plane = np.allclose(truth.affine[:3, 1:3], stack.affine[:3, 1:3], atol=1e-3)
+    if truth.shape != stack.shape or not same_plane:
+        raise InputError(f"the ground truth grid {truth.shape} does not match the segmented stack {stack.shape} "
+                         f"from {stack.source or 'memory'}")
+    centres = stack.affine @ np.stack([np.arange(stack.shape[0]), np.zeros(stack.shape[0]), np.zeros(stack.shape[0]),
+                                       np.ones(stack.shape[0])])
+    index = np.rint((np.linalg.inv(truth.affine) @ centres)[0]).astype(int)
+    if sorted(index.tolist()) != list(range(truth.shape[0])):
+        raise InputError(f"the ground truth slices do not line up with those of {stack.source or 'the segmented stack'}")
+    return truth.labels[index]
+
+
+def ground_truth_agreement(result: StudySegmentation, truth: Study) -> dict[str, float]:
+    """Dice of the segmentation against a known ground truth, and the truth's own measures.
+
+    Parameters
+    ----------
+    result : the segmented study; its phases must be ``truth``'s phases (same count and order),
+        possibly read back from files that store the slices in another order.
+    truth : the study with ground-truth labels on every phase (e.g. `cmrsdk.phantom.cine_phantom`).
+
+    Returns
+    -------
+    {"Dice LVBP ED": ..., ..., "true LVEF (%)": ...}: Dice in [0, 1] at the ED and ES frames the
+    pipeline chose; the truth's LVEDV, LVESV (mL), LVEF and RVEF (%) at its own ED and ES.
+    """
+    if len(result.phases) != len(truth.phases):
+        raise InputError(f"the ground truth has {len(truth.phases)} phases, the segmentation {len(result.phases)}")
+    out: dict[str, float] = {}
+    for name, index in (("ED", result.ed_index), ("ES", result.es_index)):
+        seg = result.phases[index]
+        labels = _truth_on_grid(truth.phases[index], seg.stack)
+        for code in STRUCTURES:
+            out[f"Dice {LABEL_NAMES[code]} {name}"] = round(dice(seg.labels, labels, code), 4)
+    ed, es = truth.ed, truth.es
+    true = cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing)
+    out.update({"true LVEDV (mL)": round(true.lvedv_ml, 1), "true LVESV (mL)": round(true.lvesv_ml, 1),
+                "true LVEF (%)": round(true.lvef_pct, 1), "true RVEF (%)": round(true.rvef_pct, 1)})
+    return out

@@ -26,3 +26,14 @@ def routing_bundle(tmp_path_factory) -> Path:
     from _bundles import build_routing_bundle
 
     return build_routing_bundle(tmp_path_factory.mktemp("bundles") / "routing")
+
+
+@pytest.fixture(scope="session")
+def segmented_phantom():
+    """(study, result): the example phantom (seed 0, ED and ES only) and the demo bundle's segmentation of it."""
+    pytest.importorskip("onnxruntime")
+    from cmrsdk import DEMO_BUNDLE, Pipeline
+    from cmrsdk.phantom import cine_phantom
+
+    study = cine_phantom(0, n_phases=2)
+    return study, Pipeline(DEMO_BUNDLE).segment_study(study)

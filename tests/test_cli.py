@@ -19,7 +19,7 @@ def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "dicom"), "-o", str(out), "--bundle", str(routing_bundle)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.json", "seg_ED.dcm", "seg_ES.dcm"]
+    assert names == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm", "seg_ES.dcm"]
     report = json.loads((out / "report.json").read_text())
     ed = read_study(tmp_path / "dicom").phases[report["ed_index"]]
     labels = np.asarray(nib.load(out / "labels_ED.nii.gz").dataobj)
@@ -29,7 +29,17 @@ def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
     assert set(report["measures"]) >= {"lvedv_ml", "lvef_pct", "lv_mass_g", "rvef_pct"}
     assert len(report["phases"][0]["slices"]) == ed.shape[0]
     assert (out / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    assert "report.html" in report["outputs"] and "<table" in (out / "report.html").read_text()
     assert "LVEF" in capsys.readouterr().out
+
+
+def test_segment_no_report_html(routing_bundle, tmp_path):
+    write_acdc_patient(tmp_path / "patient901", synthetic_study(seed=6))
+    out = tmp_path / "out"
+    assert main(["segment", str(tmp_path / "patient901"), "-o", str(out), "--bundle", str(routing_bundle),
+                 "--mode", "baseline", "--no-report-html"]) == 0
+    assert not (out / "report.html").exists()
+    assert "report.html" not in json.loads((out / "report.json").read_text())["outputs"]
 
 
 def test_several_studies_one_failure_carries_on(routing_bundle, tmp_path, capsys):
@@ -53,6 +63,8 @@ def test_evaluate_writes_tables_and_figures(routing_bundle, tmp_path):
     report = (out / "report.md").read_text()
     assert "Table 1" in report and "Table 3" in report and "figure2.png" in report
     assert (out / "figure2.png").is_file() and (out / "table3.csv").is_file()
+    page = (out / "report.html").read_text()  # the same tables and figures, one self-contained page
+    assert "<h2>Table 1" in page and page.count("data:image/png;base64,") >= 2 and 'src="figure2.png"' not in page
     rows = (out / "slice_dice.csv").read_text().splitlines()
     assert rows[0].startswith("method,case,phase") and len(rows) > 20
 

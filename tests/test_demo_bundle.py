@@ -33,15 +33,26 @@ def _stack_dice(pred, truth):
     return {name: dice(pred, truth, code) for name, code in (("LVBP", LVBP), ("LVM", LVM), ("RVBP", RVBP))}
 
 
+#: Dice of the shipped bundle on the embedded example (phantom seed 0, 20 frames), at both ED and ES.
+#: Measured with the demo bundle of this commit: LVBP 0.973 / 0.919, LVM 0.859 / 0.890, RVBP 0.950 / 0.924
+#: (ED / ES, README). Set well below, so that a bundle trained on real data, which meets the
+#: project's real-data targets, passes, and a broken bundle, pipeline or phantom does not.
+EXAMPLE_DICE_FLOOR = {"LVBP": 0.85, "LVM": 0.70, "RVBP": 0.70}
+
+
 def test_demo_command_segments_the_example_study(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    for name in ("labels_ED.nii.gz", "labels_ES.nii.gz", "seg_ED.dcm", "seg_ES.dcm", "overlay.png"):
+    for name in ("labels_ED.nii.gz", "labels_ES.nii.gz", "seg_ED.dcm", "seg_ES.dcm", "overlay.png", "report.html"):
         assert (tmp_path / name).stat().st_size > 0
-    truth = synthetic_study(seed=0)
-    lvef_truth = 100 * (1 - (truth.es.labels == LVBP).sum() * np.prod(truth.es.spacing) / ((truth.ed.labels == LVBP).sum() * np.prod(truth.ed.spacing)))
-    assert abs(report["measures"]["lvef_pct"] - lvef_truth) < 15
-    assert "LVEF" in capsys.readouterr().out
+    assert len(report["phases"]) >= 20 and len(report["lv_volume_curve_ml"]) >= 20  # a cine, not ED and ES only
+    truth = report["ground_truth"]
+    for name, floor in EXAMPLE_DICE_FLOOR.items():
+        for phase in ("ED", "ES"):
+            assert truth[f"Dice {name} {phase}"] >= floor, (name, phase, truth)
+    assert abs(report["measures"]["lvef_pct"] - truth["true LVEF (%)"]) < 10
+    out = capsys.readouterr().out
+    assert "LVEF" in out and "Dice against the ground truth" in out and f"{truth['Dice LVBP ED']:.3f}" in out
 
 
 def test_demo_bundle_on_synthetic_phantoms():

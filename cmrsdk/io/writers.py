@@ -148,6 +148,10 @@ def write_dicom_series(folder: str | Path, study: Study, *, series_description: 
             ds.Modality, ds.SeriesDescription, ds.SeriesNumber = "MR", series_description, 1
             ds.PatientID = study.info.patient_id or "ANONYMOUS"
             ds.PatientName = f"{ds.PatientID}^"  # family-name component only
+            if study.info.height_cm is not None:
+                ds.PatientSize = round(study.info.height_cm / 100.0, 3)  # DICOM stores metres
+            if study.info.weight_kg is not None:
+                ds.PatientWeight = study.info.weight_kg
             ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "", "1"
             ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName = "", "O", ""
             ds.Manufacturer = study.info.manufacturer or "cmrsdk"

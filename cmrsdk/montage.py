@@ -1,0 +1,384 @@
+"""Montages of segmented slices as a reader looks at them: zoomed on the heart, radiologically oriented.
+
+Pure numpy for the pixels and Pillow for the text, so a montage costs milliseconds, not the
+seconds a matplotlib figure of the same slices costs (the segmentation itself takes a few
+hundred milliseconds on a 2-core CPU; a picture of it must not cost more).
+
+- Crop: one square window, in mm, around every labelled pixel of the phases shown (so ED and ES
+  tiles share a scale and a place), with a margin; the centre of the field of view when
+  nothing is labelled.
+- Orientation: of the eight flips and transposes of the slice, the one whose screen-right
+  points most towards the patient's left and screen-down most towards posterior-inferior (the
+  radiological convention; in a short-axis stack it shows the heart as seen from the apex,
+  anterior wall up, septum and RV on the left), found from the stack's affine.
+- Drawing: translucent fills and opaque contours per structure, a label "z / region /
+  confidence" on each tile, a legend and a 10 mm scale bar.
+"""
+from __future__ import annotations
+
+import io
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .io._atomic import atomic_path
+from .labels import LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
+
+if TYPE_CHECKING:
+    from .pipeline import StudySegmentation
+
+__all__ = [
+    "Orientation", "LABEL_RGB", "LABEL_TITLES", "display_orientation", "heart_window", "phase_tiles",
+    "cardiac_slices", "slice_caption", "compose_montage", "study_montage", "study_montage_png",
+    "montage_drawing_ms", "encode_png", "save_png", "save_png_bytes",
+]
+
+#: colour of each structure (RGB, 0-255): LVBP red, LVM green, RVBP blue (the ACDC figures' habit).
+LABEL_RGB: dict[int, tuple[int, int, int]] = {LVBP: (240, 60, 45), LVM: (50, 205, 70), RVBP: (60, 130, 245)}
+#: what the legend calls each structure.
+LABEL_TITLES: dict[int, str] = {LVBP: "LV blood pool", LVM: "LV myocardium", RVBP: "RV blood pool"}
+_FILL_ALPHA = 0.22
+_PATIENT_LEFT = np.array([-1.0, 0.0, 0.0])                     # RAS+: -x is the patient's left
+_POSTERIOR_INFERIOR = np.array([0.0, -1.0, -1.0]) / np.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How to turn a (Y, X) slice for display: transpose first, then flip rows, then flip columns."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (Y, X, ...) turned for display (a view; square tiles keep their shape)."""
+        if self.transpose:
+            image = np.swapaxes(image, 0, 1)
+        if self.flip_rows:
+            image = image[::-1]
+        if self.flip_cols:
+            image = image[:, ::-1]
+        return image
+
+
+def display_orientation(affine: np.ndarray) -> Orientation:
+    """The radiological display orientation of slices whose voxel (z, y, x) -> RAS+ mm map is ``affine``.
+
+    Parameters
+    ----------
+    affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm (as `cmrsdk.Stack.affine`).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise InputError(f"'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
+    axes = [affine[:3, 1], affine[:3, 2]]  # world direction of +row (y) and +column (x)
+    axes = [a / n if (n := np.linalg.norm(a)) > 0 else a for a in axes]
+    best, best_score = Orientation(), -np.inf
+    for transpose in (False, True):
+        for flip_rows in (False, True):
+            for flip_cols in (False, True):
+                down = axes[1 if transpose else 0] * (-1.0 if flip_rows else 1.0)
+                right = axes[0 if transpose else 1] * (-1.0 if flip_cols else 1.0)
+                score = float(right @ _PATIENT_LEFT + down @ _POSTERIOR_INFERIOR)
+                if score > best_score + 1e-9:
+                    best, best_score = Orientation(transpose, flip_rows, flip_cols), score
+    return best
+
+
+def heart_window(labels: Sequence[np.ndarray], spacing_yx: tuple[float, float], *, margin_mm: float = 20.0,
+                 min_side_mm: float = 90.0) -> tuple[float, float, float]:
+    """A square window around the heart: (centre row, centre column) in pixels and side in mm.
+
+    Parameters
+    ----------
+    labels : uint8 (Z, Y, X) label maps on one grid (the phases to show).
+    spacing_yx : (dy, dx) in mm.
+    margin_mm : space kept around the labelled pixels.
+    min_side_mm : the smallest side, so that a small apex is not blown up to fill the tile.
+    """
+    dy, dx = spacing_yx
+    shape = labels[0].shape
+    rows = np.zeros(shape[1], bool)
+    cols = np.zeros(shape[2], bool)
+    for lab in labels:
+        # any labelled pixel, on any slice; projections keep this at O(Z*Y*X) without copies
+        foreground = lab.reshape(lab.shape[0], shape[1], shape[2]) > 0
+        rows |= foreground.any(axis=(0, 2))
+        cols |= foreground.any(axis=(0, 1))
+    if not rows.any():
+        return (shape[1] - 1) / 2, (shape[2] - 1) / 2, max(min_side_mm, 0.6 * min(shape[1] * dy, shape[2] * dx))
+    r = np.flatnonzero(rows)
+    c = np.flatnonzero(cols)
+    side = max((r[-1] - r[0] + 1) * dy, (c[-1] - c[0] + 1) * dx) + 2 * margin_mm
+    return (r[0] + r[-1]) / 2, (c[0] + c[-1]) / 2, max(side, min_side_mm)
+
+
+def _sample(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``images`` (N, Y, X) on the grid rows x cols (fractional pixel indices), 0 outside.
+
+    Returns float32 (N, len(rows), len(cols)).
+    """
+    h, w = images.shape[1:]
+    padded = np.pad(images.astype(np.float32, copy=False), ((0, 0), (1, 1), (1, 1)))  # -1 and h land on zeros
+    r0 = np.clip(np.floor(rows).astype(np.intp) + 1, 0, h)
+    c0 = np.clip(np.floor(cols).astype(np.intp) + 1, 0, w)
+    fr = np.clip(rows + 1 - r0, 0, 1).astype(np.float32)[None, :, None]
+    fc = np.clip(cols + 1 - c0, 0, 1).astype(np.float32)[None, None, :]
+    top, bottom = padded[:, r0], padded[:, r0 + 1]
+    top = top[:, :, c0] * (1 - fc) + top[:, :, c0 + 1] * fc
+    bottom = bottom[:, :, c0] * (1 - fc) + bottom[:, :, c0 + 1] * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def _nearest(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Nearest samples of ``labels`` (N, Y, X) on the grid rows x cols, 0 outside."""
+    h, w = labels.shape[1:]
+    ri = np.rint(rows).astype(np.intp)
+    ci = np.rint(cols).astype(np.intp)
+    out = labels[:, np.clip(ri, 0, h - 1)][:, :, np.clip(ci, 0, w - 1)]
+    out[:, (ri < 0) | (ri >= h), :] = 0
+    out[:, :, (ci < 0) | (ci >= w)] = 0
+    return out
+
+
+def _edges(labels: np.ndarray) -> np.ndarray:
+    """Labelled pixels of (N, T, T) maps with a 4-neighbour of another label, thickened to two pixels."""
+    edge = np.zeros(labels.shape, bool)
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, :, 1:] |= labels[:, :, 1:] != labels[:, :, :-1]
+    edge[:, :, :-1] |= labels[:, :, :-1] != labels[:, :, 1:]
+    edge &= labels > 0
+    thick = edge.copy()
+    thick[:, 1:] |= edge[:, :-1] & (labels[:, 1:] == labels[:, :-1])
+    thick[:, :, 1:] |= edge[:, :, :-1] & (labels[:, :, 1:] == labels[:, :, :-1])
+    return thick
+
+
+def phase_tiles(pixels: np.ndarray, labels: np.ndarray, spacing_yx: tuple[float, float], slices: Sequence[int],
+                window: tuple[float, float, float], orientation: Orientation, *, tile: int = 160,
+                intensity: tuple[float, float] | None = None) -> list[np.ndarray]:
+    """One RGB tile per slice: the window resampled to ``tile`` pixels a side, structures drawn on it.
+
+    Parameters
+    ----------
+    pixels : float32 (Z, Y, X) intensities.
+    labels : uint8 (Z, Y, X) canonical labels on the same grid.
+    spacing_yx : (dy, dx) in mm.
+    slices : indices into Z to draw.
+    window : (centre row, centre column) in pixels and side in mm, from `heart_window`.
+    orientation : from `display_orientation`.
+    tile : side of each tile in screen pixels.
+    intensity : (low, high) display window; None takes the 1st and 99.5th percentiles inside the window.
+
+    Returns
+    -------
+    uint8 (tile, tile, 3) arrays, in the order of ``slices``.
+    """
+    if tile < 16:
+        raise InputError(f"'tile' must be at least 16 pixels, got {tile}")
+    if not len(slices):
+        return []
+    cy, cx, side = window
+    dy, dx = spacing_yx
+    step = side / tile  # mm per screen pixel
+    offsets = (np.arange(tile) + 0.5 - tile / 2) * step
+    rows, cols = cy + offsets / dy, cx + offsets / dx
+    index = np.asarray(slices, dtype=np.intp)
+    grey = _sample(pixels[index], rows, cols)
+    if intensity is None:
+        # percentiles of a subsample: the same window, a fraction of the sorting
+        lo, hi = np.percentile(grey[:, ::3, ::3], (1.0, 99.5))
+    else:
+        lo, hi = intensity
+    grey = np.clip((grey - lo) * (255.0 / max(float(hi - lo), 1e-6)), 0, 255)
+    lab = _nearest(labels[index], rows, cols)
+    # one look-up table per property: colour and fill opacity of each label code
+    colour = np.zeros((256, 3), np.float32)
+    alpha = np.zeros(256, np.float32)
+    for code, rgb in LABEL_RGB.items():
+        colour[code], alpha[code] = rgb, _FILL_ALPHA
+    a = alpha[lab][..., None]
+    fill = colour[lab]
+    out = grey[..., None] * (1 - a) + fill * a
+    edge = _edges(lab)
+    out[edge] = fill[edge]
+    out = out.astype(np.uint8)
+    return [np.ascontiguousarray(orientation.apply(t)) for t in out]
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the bitmap font has one size
+        return ImageFont.load_default()
+
+
+def compose_montage(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], *, columns: int = 6,
+                    mm_per_pixel: float | None = None, note: str = "") -> np.ndarray:
+    """Tiles laid out in a grid under a heading per phase, with a legend and a scale bar.
+
+    Parameters
+    ----------
+    rows : (heading, tiles, captions) per phase; tiles are uint8 (T, T, 3), one caption each.
+    columns : tiles per line.
+    mm_per_pixel : scale of the tiles, for a 10 mm bar in the legend; None draws no bar.
+    note : a line of text under the legend (orientation, window).
+
+    Returns
+    -------
+    uint8 (H, W, 3) image.
+    """
+    from PIL import Image, ImageDraw
+
+    tile = next((t[0].shape[0] for _, t, _ in rows if len(t)), 64)
+    gap, head, foot = 4, 22, 44 if note else 26
+    columns = max(1, min(columns, max((len(t) for _, t, _ in rows), default=1)))
+    lines = [max(1, -(-len(t) // columns)) for _, t, _ in rows]
+    width = columns * (tile + gap) + gap
+    height = sum(head + n * (tile + gap) for n in lines) + foot
+    canvas = np.zeros((height, width, 3), np.uint8)
+    y = 0
+    placements = []
+    for (heading, tiles, captions), n in zip(rows, lines):
+        placements.append(("head", heading, gap, y + 4))
+        y += head
+        for i, (t, caption) in enumerate(zip(tiles, captions)):
+            ty, tx = y + (i // columns) * (tile + gap), gap + (i % columns) * (tile + gap)
+            canvas[ty : ty + tile, tx : tx + tile] = t
+            placements.append(("caption", caption, tx + 3, ty + 2))
+        y += n * (tile + gap)
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    heading_font, small = _font(14), _font(11)
+    for kind, text, x, ty in placements:
+        if kind == "head":
+            draw.text((x, ty), text, fill=(255, 255, 255), font=heading_font)
+        else:
+            # a dark box behind the caption keeps it legible over bright fat and blood
+            box = draw.textbbox((x, ty), text, font=small)
+            draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))
+            draw.text((x, ty), text, fill=(255, 230, 120), font=small)
+    x, ly = gap, y + 6
+    for code, title in LABEL_TITLES.items():
+        draw.rectangle((x, ly + 2, x + 11, ly + 13), fill=LABEL_RGB[code], outline=(255, 255, 255))
+        draw.text((x + 16, ly), title, fill=(230, 230, 230), font=small)
+        x = draw.textbbox((x + 16, ly), title, font=small)[2] + 14
+    if mm_per_pixel:
+        bar = int(round(10.0 / mm_per_pixel))
+        if x + bar + 50 < width:
+            draw.rectangle((x, ly + 6, x + bar, ly + 8), fill=(255, 255, 255))
+            draw.text((x + bar + 5, ly), "10 mm", fill=(230, 230, 230), font=small)
+    if note:
+        draw.text((gap, ly + 18), note, fill=(170, 170, 170), font=small)
+    return np.asarray(image)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 (H, W, 3) image (the fastest zlib level: on MR texture it compresses within 10 % of the default, in a third of the time)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write ``image`` (uint8 (H, W, 3)) as PNG atomically; returns the path."""
+    return save_png_bytes(path, encode_png(image))
+
+
+def save_png_bytes(path: str | Path, data: bytes) -> Path:
+    """Write encoded PNG ``data`` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def slice_caption(z: int, region: int | None, confidence: float | None) -> str:
+    """'z 3 / middle / 0.97' (the slice's region and the classifier's confidence where routed)."""
+    if region is None:
+        return f"z {z}"
+    text = f"z {z} / {REGION_NAMES.get(int(region), '?')}"
+    return text if confidence is None else f"{text} / {confidence:.2f}"
+
+
+def cardiac_slices(labels: np.ndarray, regions: np.ndarray | None, max_slices: int) -> list[int]:
+    """The slices worth showing: those labelled or routed as cardiac, one more at each end, at most ``max_slices``."""
+    z = labels.shape[0]
+    shown = labels.reshape(z, -1).any(1)
+    if regions is not None:
+        shown |= np.asarray(regions) != NON_CARDIAC
+    index = np.flatnonzero(shown)
+    if len(index) == 0:
+        index = np.arange(z)
+    else:
+        index = np.arange(max(index[0] - 1, 0), min(index[-1] + 2, z))
+    if len(index) > max_slices:
+        index = index[np.unique(np.linspace(0, len(index) - 1, max_slices).round().astype(int))]
+    return [int(k) for k in index]
+
+
+def study_montage(result: StudySegmentation, *, max_slices: int = 12, tile: int = 144, columns: int = 6) -> np.ndarray:
+    """The ED and ES slices of a segmented study in one montage, ED above ES.
+
+    Parameters
+    ----------
+    result : the segmented study (`cmrsdk.pipeline.StudySegmentation`).
+    max_slices : at most this many slices per phase, evenly spread over the heart.
+    tile : side of each slice's tile in screen pixels; the image is at most
+        ``columns * (tile + 4) + 4`` wide and ``2 * ceil(max_slices / columns)`` tiles high.
+    columns : tiles per line.
+
+    Returns
+    -------
+    uint8 (H, W, 3) RGB image.
+    """
+    same_grid = result.ed.labels.shape == result.es.labels.shape
+    shared = heart_window([result.ed.labels, result.es.labels], result.ed.stack.spacing[1:]) if same_grid else None
+    rows = []
+    scale = None
+    for name, index, seg in (("ED", result.ed_index, result.ed), ("ES", result.es_index, result.es)):
+        stack = seg.stack
+        spacing = stack.spacing[1:]
+        window = shared or heart_window([seg.labels], spacing)
+        slices = cardiac_slices(seg.labels, seg.regions, max_slices)
+        tiles = phase_tiles(stack.pixels, seg.labels, spacing, slices, window, display_orientation(stack.affine), tile=tile)
+        confidence = seg.region_confidence
+        captions = [slice_caption(k, None if seg.regions is None else int(seg.regions[k]),
+                                  None if confidence is None else float(confidence[k])) for k in slices]
+        rows.append((f"{name} (phase {index}): slices in stored order", tiles, captions))
+        scale = scale or window[2] / tile
+    return compose_montage(rows, columns=columns, mm_per_pixel=scale if shared else None,
+                           note="radiological view from the affine: the patient's left on the image's right")
+
+
+# overlay.png and report.html show the same picture: draw and encode it once per result
+_PNG_CACHE: weakref.WeakKeyDictionary[StudySegmentation, tuple[tuple[int, int, int], bytes, float]] = weakref.WeakKeyDictionary()
+
+
+def study_montage_png(result: StudySegmentation, *, max_slices: int = 12, tile: int = 144, columns: int = 6) -> bytes:
+    """`study_montage` as PNG bytes, drawn once per result and parameters (kept while ``result`` lives)."""
+    key = (max_slices, tile, columns)
+    cached = _PNG_CACHE.get(result)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    t0 = time.perf_counter()
+    data = encode_png(study_montage(result, max_slices=max_slices, tile=tile, columns=columns))
+    _PNG_CACHE[result] = (key, data, (time.perf_counter() - t0) * 1000.0)
+    return data
+
+
+def montage_drawing_ms(result: StudySegmentation) -> float | None:
+    """Milliseconds the last `study_montage_png` of ``result`` took to draw and encode; None if not drawn."""
+    cached = _PNG_CACHE.get(result)
+    return None if cached is None else cached[2]
