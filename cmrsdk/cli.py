@@ -114,7 +114,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for index in (report["ed_index"], report["es_index"]):
         phase = report["phases"][index]
         regions = " ".join(s["region"][0].upper() if s["region"] != "non-cardiac" else "-" for s in phase.get("slices", []))
-        print(f"  {phase['phase']}: slices by classifier [{regions}], volumes {phase['volumes_ml']}")
+        print(f"  {phase['phase']}: slice regions [{regions}], volumes {phase['volumes_ml']}")
     print(f"  LVEDV {m['lvedv_ml']} mL, LVESV {m['lvesv_ml']} mL, LVEF {m['lvef_pct']}%, "
           f"LV mass {m['lv_mass_g']} g, RVEF {m['rvef_pct']}%")
     print(f"  ground truth: LVEDV {g['true LVEDV (mL)']} mL, LVESV {g['true LVESV (mL)']} mL, "
@@ -198,7 +198,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     p = bundle.preprocessing
     print(f"preprocessing: spacing {p.target_spacing} mm, size {p.size} px, normalisation {p.normalization}")
     print("routing: " + ", ".join(f"{bundle.regions.get(r, r)} -> {name}" for r, name in sorted(bundle.routing.items())))
-    print(f"classifier: {bundle.classifier or 'none'}")
+    print(f"classifier: {bundle.classifier or 'none'}; routed mode takes regions from the {bundle.regions_from}")
     for name, model in sorted(bundle.models.items()):
         sizes = ", ".join(f"{key} {a.size / 1e6:.1f} MB" for key, a in sorted(model.artifacts.items()))
         print(f"model {name}: {model.kind}, {model.architecture}; {sizes}")
@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine_options(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--mode", default="routed", choices=["routed", "baseline", "oracle"],
-                   help="routed: classifier + region U-Nets; baseline: one U-Net; oracle: ground-truth regions")
+                   help="routed: region U-Nets, regions from the bundle's classifier or from the baseline's masks "
+                        "(bundle's regions_from); baseline: one U-Net; oracle: ground-truth regions")
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
     p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
     p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")

@@ -157,8 +157,14 @@ def _slices_section(report: Mapping[str, Any]) -> str:
             s = p["slices"][z] if z < len(p["slices"]) else None
             row += [s["region"], f"{s['confidence']:.2f}"] if s else ["", ""]
         rows.append(row)
-    return ("<h3>Region of each slice (slice classifier)</h3>" + _html.table(header, rows, numeric=[0, 2, 4])
-            + '<p class="small">Confidence: the classifier\'s probability of the region the slice was routed by.</p>')
+    source = (report.get("provenance") or {}).get("regions_from") or "classifier"
+    if source == "segmentation":
+        title, note = ("regions from the segmentation", "Regions by the ground-truth rule (20 / 60 / 20 % of the slices "
+                       "holding heart, base to apex) applied to the baseline U-Net's masks; a rule, so confidence is 1.")
+    else:
+        title, note = ("slice classifier", "Confidence: the classifier's probability of the region the slice was routed by.")
+    return (f"<h3>Region of each slice ({title})</h3>" + _html.table(header, rows, numeric=[0, 2, 4])
+            + f'<p class="small">{note}</p>')
 
 
 def volume_curve_svg(lv: Sequence[float | None], rv: Sequence[float | None], times_ms: Sequence[float] | None,
