@@ -380,7 +380,8 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
         ed, es = study.ed, study.es
         if ed.labels is None or es.labels is None:
             raise InputError(f"study {case!r} has no ground-truth labels at ED and ES: it cannot be evaluated")
-        measures["reference"].append((case, cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing)))
+        measures["reference"].append((case, cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing,
+                                                                      ed_positions=ed.slice_positions, es_positions=es.slice_positions)))
         for method, pipeline in pipelines.items():
             result = pipeline.segment_study(study)
             latency[method].append(result.timings_ms["wall"])

@@ -77,8 +77,9 @@ class Segmentation:
         return np.take_along_axis(self.region_probabilities, self.regions[:, None].astype(np.intp), 1)[:, 0]
 
     def volumes_ml(self) -> dict[str, float]:
-        """Volume of each structure in mL (see `cmrsdk.metrics.volumes_ml`)."""
-        return volumes_ml(self.labels, self.stack.spacing)
+        """Volume of each structure in mL, each slice counted with its own thickness from the slice
+        positions (see `cmrsdk.metrics.volumes_ml`); NaN for a single slice."""
+        return volumes_ml(self.labels, self.stack.spacing, self.stack.slice_positions)
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,6 +305,12 @@ class Pipeline:
         labels = preprocess.resample_argmax(probabilities, transform, threads=self.threads)
         if self.largest_component:
             labels = preprocess.largest_component(labels, threads=self.threads)
+        # a slice without signal (all one value) holds no heart, whatever the networks make of it
+        flat = stack.pixels.reshape(stack.shape[0], -1)
+        blank = (flat.max(axis=1) == flat.min(axis=1)) if flat.size else np.zeros(stack.shape[0], bool)
+        if blank.any():
+            labels = labels.copy()
+            labels[blank] = 0
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 
@@ -335,8 +342,12 @@ class Pipeline:
             ed, es = indices.index(study.ed_index), indices.index(study.es_index)
         else:
             ed, es = int(curve.argmax()), int(curve.argmin())
+        # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
+        single = len(segmentations) == 1
         measures = cardiac_measures(
-            segmentations[ed].labels, segmentations[es].labels, segmentations[ed].stack.spacing, segmentations[es].stack.spacing
+            segmentations[ed].labels, None if single else segmentations[es].labels, segmentations[ed].stack.spacing,
+            segmentations[es].stack.spacing, ed_positions=segmentations[ed].stack.slice_positions,
+            es_positions=segmentations[es].stack.slice_positions,
         )
         totals = {stage: sum(s.timings_ms[stage] for s in segmentations) for stage in (*STAGES, "total")}
         totals["wall"] = (time.perf_counter() - t0) * 1000.0

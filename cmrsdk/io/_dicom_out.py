@@ -117,8 +117,8 @@ def derivation_sources(files: Sequence[str | Path]) -> list[Dataset]:
         warnings.simplefilter("ignore")
         series = str(datasets[0].get("SeriesInstanceUID", "") or datasets[0].get("StudyInstanceUID", ""))
     common = generate_uid(entropy_srcs=[series, "cmrsdk frame of reference"])
-    warnings.warn(CmrWarning(f"{files[0]}: 'FrameOfReferenceUID' (0020,0052) differs between the {len(files)} source "
-                             f"images ({len(distinct)} distinct{', some absent' if '' in frames else ''}); "
+    warnings.warn(CmrWarning(f"{files[0]}: 'FrameOfReferenceUID' (0020,0052) differs between the "
+                             f"source images{' (some have none)' if '' in frames else ''}; "
                              f"the DICOM outputs use {common}"), stacklevel=2)
     for ds in datasets:
         ds.FrameOfReferenceUID = common

@@ -41,11 +41,37 @@ def _nifti_affine(stack: Stack) -> np.ndarray:
     return stack.affine[:, [2, 1, 0, 3]]
 
 
+def _source_header(stack: Stack, shape_xyz: tuple[int, ...]) -> nib.Nifti1Header | None:
+    """The header of the NIfTI file ``stack`` was read from, when it exists and has this grid."""
+    from .nifti import is_nifti_name
+
+    source = Path(stack.source) if stack.source else None
+    if source is None or not is_nifti_name(source.name) or not source.is_file():
+        return None
+    try:
+        header = nib.load(str(source)).header
+    except Exception:
+        return None  # the source moved or changed since it was read: fall back on the stack's affine
+    return header if tuple(header.get_data_shape()[:3]) == tuple(shape_xyz) else None
+
+
 def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack) -> None:
-    image = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), _nifti_affine(stack))
-    image.header.set_zooms(stack.spacing[::-1])
-    image.set_qform(_nifti_affine(stack), code=1)
-    image.set_sform(_nifti_affine(stack), code=1)
+    array = np.ascontiguousarray(array_zyx.transpose(2, 1, 0))
+    image = nib.Nifti1Image(array, _nifti_affine(stack))
+    source = _source_header(stack, array.shape)
+    if source is not None:
+        # outputs lie on the input's grid exactly as the input declares it: same sform and qform
+        # with their codes, same pixdim (ACDC's sform has unit columns while pixdim holds the sizes)
+        image.header.set_zooms(source.get_zooms()[:3])
+        qform, qcode = source.get_qform(coded=True)
+        sform, scode = source.get_sform(coded=True)
+        image.set_qform(qform if qform is not None else source.get_best_affine(), code=int(qcode or 0))
+        image.set_sform(sform if sform is not None else source.get_best_affine(), code=int(scode or 0))
+        image.header.set_xyzt_units(*source.get_xyzt_units())
+    else:
+        image.header.set_zooms(stack.spacing[::-1])
+        image.set_qform(_nifti_affine(stack), code=1)
+        image.set_sform(_nifti_affine(stack), code=1)
     with atomic_path(path) as temporary:
         nib.save(image, str(temporary))
 
