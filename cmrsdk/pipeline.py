@@ -18,6 +18,7 @@ bound of routing).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -174,6 +175,11 @@ class Pipeline:
             heart_crop = (int(heart_crop[0]), int(heart_crop[1]))
             if not all(0 < c <= s for c, s in zip(heart_crop, self._pre.size)):
                 raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {heart_crop}")
+            # the U-Nets halve the image up to four times: sides not divisible fail inside the engine
+            multiple = min(16, math.gcd(*self._pre.size) & -math.gcd(*self._pre.size))
+            if any(c % multiple for c in heart_crop):
+                raise InputError(f"'heart_crop' {heart_crop} must be multiples of {multiple} pixels (the U-Nets "
+                                 f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in heart_crop)}")
         self.heart_crop = heart_crop
         if region_decoding not in DECODINGS:
             raise InputError(f"'region_decoding' must be one of {', '.join(DECODINGS)}, got {region_decoding!r}")
@@ -305,12 +311,10 @@ class Pipeline:
         labels = preprocess.resample_argmax(probabilities, transform, threads=self.threads)
         if self.largest_component:
             labels = preprocess.largest_component(labels, threads=self.threads)
-        # a slice without signal (all one value) holds no heart, whatever the networks make of it
-        flat = stack.pixels.reshape(stack.shape[0], -1)
-        blank = (flat.max(axis=1) == flat.min(axis=1)) if flat.size else np.zeros(stack.shape[0], bool)
-        if blank.any():
-            labels = labels.copy()
-            labels[blank] = 0
+        # an image without signal (one value everywhere: all zero, a failed export) holds no heart,
+        # whatever the networks make of normalised noise-free input
+        if stack.pixels.size and float(stack.pixels.max()) == float(stack.pixels.min()):
+            labels = np.zeros_like(labels)
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 

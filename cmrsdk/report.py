@@ -42,9 +42,8 @@ def _phase_flags(seg: Segmentation) -> list[str]:
         flags.add("single_slice")  # no volume from one slice
     if slice_gaps(seg.stack.slice_positions):
         flags.add("slice_gap")
-    flat = seg.stack.pixels.reshape(seg.stack.shape[0], -1)
-    if flat.size and np.any(flat.max(axis=1) == flat.min(axis=1)):
-        flags.add("blank_slices")
+    if seg.stack.pixels.size and float(seg.stack.pixels.max()) == float(seg.stack.pixels.min()):
+        flags.add("blank_image")  # one value everywhere: never labelled
     return sorted(flags)
 
 
@@ -76,7 +75,7 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
     volumes of a one-slice stack) are written as null. Study flags: ``single_phase``; phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
-    ``blank_slices`` (slices of one value, never labelled) to :func:`cmrsdk.metrics.quality_flags`.
+    ``blank_image`` (one value everywhere, never labelled) to :func:`cmrsdk.metrics.quality_flags`.
     """
     single = len(result.phases) == 1
     report: dict[str, Any] = {

@@ -19,7 +19,8 @@ def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "dicom"), "-o", str(out), "--bundle", str(routing_bundle)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.json", "seg_ED.dcm", "seg_ES.dcm"]
+    assert names == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.json", "seg_ED.dcm", "seg_ES.dcm",
+                     "sr.dcm"]
     report = json.loads((out / "report.json").read_text())
     ed = read_study(tmp_path / "dicom").phases[report["ed_index"]]
     labels = np.asarray(nib.load(out / "labels_ED.nii.gz").dataobj)

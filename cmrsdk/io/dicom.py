@@ -325,8 +325,8 @@ def _pixels(image: _Image) -> np.ndarray:
         if package is not None and not _importable(package):
             raise ReadError(image.path, f"pixel data in transfer syntax {pydicom.uid.UID(syntax).name} ({syntax}) needs "
                                         f"the package {package}: pip install pylibjpeg {package}") from exc
-        raise ReadError(image.path, f"pixel data (transfer syntax {syntax or 'unknown'}) cannot be decoded "
-                                    f"({type(exc).__name__}: {exc})") from exc
+        raise ReadError(image.path, f"pixel data cannot be decoded (transfer syntax {syntax or 'unknown'}; "
+                                    f"{type(exc).__name__}: {exc})") from exc
     if stored.ndim != 2:
         raise ReadError(image.path, f"pixel data has shape {stored.shape}; only classic single-frame greyscale "
                                     "images are supported (NumberOfFrames 1, SamplesPerPixel 1)")
