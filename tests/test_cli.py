@@ -55,7 +55,17 @@ def test_evaluate_writes_tables_and_figures(routing_bundle, tmp_path):
     assert "Table 1" in report and "Table 3" in report and "figure2.png" in report
     assert (out / "figure2.png").is_file() and (out / "table3.csv").is_file()
     rows = (out / "slice_dice.csv").read_text().splitlines()
-    assert rows[0].startswith("method,case,phase") and len(rows) > 20
+    assert rows[0] == "method,case,phase,slice_index,region,position,dice_LVBP,dice_LVM,dice_RVBP" and len(rows) > 20
+    import csv
+
+    cases = list(csv.DictReader((out / "case_scores.csv").open()))
+    # 2 methods x 2 studies x ED, ES x 3 structures, each with Dice, HD95 and MSD
+    assert len(cases) == 24 and set(cases[0]) == {"method", "case", "phase", "label", "dice", "hd95_mm", "msd_mm"}
+    oracle = [r for r in cases if r["method"] == "oracle" and r["label"] == "LVBP"]
+    assert all(0.0 <= float(r["dice"]) <= 1.0 and float(r["hd95_mm"]) >= 0.0 for r in oracle)
+    measures = list(csv.DictReader((out / "case_measures.csv").open()))
+    assert len(measures) == 4 and {"lvef_pct", "reference_lvef_pct"} <= set(measures[0])
+    assert "HD95" in report
 
 
 def test_info_and_inspect(routing_bundle, tmp_path, capsys):
