@@ -56,7 +56,13 @@ def study_folder_names(inputs: Sequence[Path]) -> list[str]:
 
 def _error_line(source: object, exc: BaseException) -> str:
     """``cmrsdk: error: <input>: <reason>`` naming the input once, on one line."""
-    text = str(exc) if isinstance(exc, CmrError) else f"unexpected {type(exc).__name__}: {exc} (please report this)"
+    if isinstance(exc, CmrError):
+        text = str(exc)
+    elif isinstance(exc, ImportError) and getattr(exc, "name", None):
+        # the command's outputs use the optional packages of cmrsdk[io]
+        text = f"needs the optional package '{exc.name.split('.')[0]}': pip install 'cmrsdk[io]'"
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc} (please report this)"
     text = " ".join(text.split())  # one line, whatever the exception holds
     where = str(source)
     if text.startswith(where):  # a ReadError already names the input or a file under it
