@@ -38,10 +38,10 @@ def study_folder_names(inputs: Sequence[Path]) -> list[str]:
     depth = [1] * len(parts)
     while True:
         names = ["_".join(p[-d:]) for p, d in zip(parts, depth)]
-        clashes = {n for n in names if names.count(n) > 1}
         grown = False
         for i, name in enumerate(names):
-            if name in clashes and depth[i] < len(parts[i]):
+            # only another path with the same name makes this one grow; the same path twice gets -2
+            if depth[i] < len(parts[i]) and any(n == name and parts[j] != parts[i] for j, n in enumerate(names)):
                 depth[i] += 1
                 grown = True
         if not grown:

@@ -148,8 +148,8 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                               "series from the scanner or PACS as classic MR Image Storage")
     if not images:
         if non_images:
-            raise ReadError(non_images[0], f"DICOM file without image data (no Rows/Columns); "
-                                           f"no image series found under {path}")
+            raise ReadError(non_images[0], f"DICOM file without image data (no Rows/Columns); no image series "
+                                           f"found among the {len(non_images)} DICOM file(s) there")
         raise ReadError(path, f"no DICOM image files found ({len(files)} files searched)")
     return images, non_images
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ReadError
-from ..types import Study
+from ..types import Study, StudyInfo
 from .dicom import read_dicom_study, scan_dicom_series
 from .nifti import is_nifti_name, read_acdc_patient, read_mnms_subject, read_nifti_stack
 
@@ -72,7 +72,7 @@ def read_study(path: str | Path, **options: Any) -> Study:
         return read_mnms_subject(path, **options)
     if kind == "nifti":
         stack = read_nifti_stack(path, **options)
-        return Study(phases=(stack,))
+        return Study(phases=(stack,), info=StudyInfo(source=str(path)))
     return read_dicom_study(path, **options)
 
 
