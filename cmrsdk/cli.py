@@ -166,7 +166,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dicom_dir = out / "example_dicom"
     write_dicom_series(dicom_dir, synthetic_study(seed=args.seed))
     pipeline = Pipeline(args.bundle, backend=args.backend, mode="routed")
-    report = segment_one(pipeline, dicom_dir, out)
+    report = segment_one(pipeline, dicom_dir, out, keep=("example_dicom",))
     m = report["measures"]
     print(f"example study: {dicom_dir}")
     print(f"routed segmentation with bundle {pipeline.bundle.path.name} ({', '.join(sorted(set(pipeline.provenance['backends'].values())))})")

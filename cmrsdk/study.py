@@ -71,12 +71,18 @@ def raise_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def check_output_folder(out_dir: str | Path) -> Path:
+def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = ()) -> Path:
     """Check, before any compute, that ``out_dir`` can receive a study's outputs; create its parent.
 
     Refused (:class:`WriteError` naming the folder and the reason): a file where the folder or
     one of its parents should be, a parent that cannot be created or written, and an existing
     folder holding files cmrsdk does not write (it would be replaced whole).
+
+    Parameters
+    ----------
+    out_dir : the study's output folder.
+    keep : names of entries in ``out_dir`` that the caller placed there and that move into the
+        new result (the demo's ``example_dicom``); they are not foreign.
 
     Returns
     -------
@@ -90,7 +96,7 @@ def check_output_folder(out_dir: str | Path) -> Path:
                 raise WriteError(f"{out_dir}: output folder {where}, not a folder")
             break
     if out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir() if not OUTPUT_PATTERN.match(p.name))
+        foreign = sorted(p.name for p in out_dir.iterdir() if not OUTPUT_PATTERN.match(p.name) and p.name not in keep)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise WriteError(f"{out_dir}: output folder holds {len(foreign)} entries cmrsdk did not write ({shown}); "
@@ -104,8 +110,24 @@ def check_output_folder(out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _replace_folder(staging: Path, out_dir: Path) -> None:
-    """Move the complete ``staging`` folder to ``out_dir``, retiring an earlier result first."""
+def _replace_folder(staging: Path, out_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Move the complete ``staging`` folder to ``out_dir``, retiring an earlier result first.
+
+    Entries named in ``keep`` move from the earlier folder into the new one (back on failure).
+    """
+    moved = [name for name in keep if (out_dir / name).exists() and not (staging / name).exists()]
+    try:
+        for name in moved:
+            os.rename(out_dir / name, staging / name)
+        _swap(staging, out_dir)
+    except BaseException:
+        for name in moved:
+            if (staging / name).exists() and out_dir.is_dir():
+                os.rename(staging / name, out_dir / name)
+        raise
+
+
+def _swap(staging: Path, out_dir: Path) -> None:
     retired = None
     if out_dir.exists():
         retired = Path(tempfile.mkdtemp(prefix=_RETIRED, dir=out_dir.parent))
@@ -129,7 +151,8 @@ def _distinct_messages(messages: Iterator[str] | list[str]) -> list[str]:
     return list(kept.values())
 
 
-def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, overlay: bool = True) -> dict[str, Any]:
+def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, overlay: bool = True,
+                keep: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read, segment and write one study; returns its report (the content of ``report.json``).
 
     Parameters
@@ -140,6 +163,8 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
     out_dir : the study's output folder; created, or replaced whole when it holds an earlier
         result (refused when it holds files cmrsdk does not write).
     overlay : draw ``overlay.png`` (the slowest output; ``--no-overlay`` skips it).
+    keep : entries of an existing ``out_dir`` to carry into the new result (see
+        :func:`check_output_folder`).
 
     Returns
     -------
@@ -154,7 +179,7 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
     from .io import read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
     from .report import save_overlay, study_report
 
-    out_dir = check_output_folder(out_dir)
+    out_dir = check_output_folder(out_dir, keep=keep)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CmrWarning)
         t0 = time.perf_counter()
@@ -186,7 +211,7 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
             report["warnings"] = _distinct_messages(str(w.message) for w in caught if issubclass(w.category, CmrWarning))
             report["outputs"] = [Path(p).name for p in written] + ["report.json"]
             write_json(staging / "report.json", report)
-            _replace_folder(staging, out_dir)
+            _replace_folder(staging, out_dir, keep)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

@@ -271,6 +271,18 @@ def _shift(ds):
     ds.ImagePositionPatient = [float(v) + (5.0 if i == 0 else 0.0) for i, v in enumerate(ds.ImagePositionPatient)]
 
 
+def _move_along_normal(mm):
+    def change(ds):
+        orientation = np.array(ds.ImageOrientationPatient, float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        ds.ImagePositionPatient = [round(float(v), 4) for v in np.array(ds.ImagePositionPatient, float) + mm * normal]
+    return change
+
+
+def _last_slices(grid):
+    return [row[-1] for row in grid]
+
+
 def _sr_build(tmp, data, files):
     _sunnybrook_subset(files, tmp / "in")
     # only a non-image object (an SR): nothing to segment
@@ -392,6 +404,10 @@ DICOM_CASES = [
                                             which=_first), code=1, error=r"'PixelSpacing' \(0028,0030\) value .* is not numeric"),
     Case("dicom_pixel_spacing_zero", _dicom(_set(PixelSpacing=[0, 0])), code=1,
          error=r"'PixelSpacing' \(0028,0030\) value \[0\.0, 0\.0\] must be positive"),
+    Case("dicom_pixel_spacing_absurd", _dicom(_set(PixelSpacing=[150, 150])), code=1,
+         error=r"'PixelSpacing' \(0028,0030\) value \[150\.0, 150\.0\] mm is outside 0\.05\.\.20\.0 mm"),
+    Case("dicom_slice_step_absurd", _dicom(_move_along_normal(500.0), which=_last_slices), code=1,
+         error=r"slice positions .* mm step by up to 510\.0 mm, over 100\.0 mm: not one short-axis stack"),
     Case("dicom_study_uid_absent", _dicom(_delete("StudyInstanceUID")), code=1,
          error=r"'StudyInstanceUID' \(0020,000D\) is missing; a SEG or SR cannot join the study"),
     Case("dicom_truncated_file", _truncated_build, code=1, error=r"01_05\.dcm: .*(cannot be decoded|truncated)"),

@@ -49,6 +49,9 @@ MAX_MATRIX = 2048
 MAX_SERIES_PIXELS = 400_000_000
 
 _ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+#: spacings outside these bounds (mm) are not those of a cardiac MR stack (as for NIfTI).
+IN_PLANE_RANGE_MM = (0.05, 20.0)
+SLICE_RANGE_MM = (0.05, 100.0)
 
 #: compressed transfer syntaxes -> the package that decodes them (pydicom decodes RLE itself).
 _DECODERS = {
@@ -272,6 +275,10 @@ def _check_consistent(images: list[_Image]) -> None:
             raise ReadError(image.path, f"mixed matrix sizes in one series: Rows x Columns {other_size} differs from {size}")
     if np.any(spacing <= 0):
         raise ReadError(first.path, f"'PixelSpacing' (0028,0030) value {spacing.tolist()} must be positive")
+    low, high = IN_PLANE_RANGE_MM
+    if np.any(spacing < low) or np.any(spacing > high):
+        raise ReadError(first.path, f"'PixelSpacing' (0028,0030) value {spacing.tolist()} mm is outside {low}..{high} mm: "
+                                    "not a cardiac MR image, or a header error")
 
 
 def _raw_value(header: Dataset, keyword: str) -> str:
@@ -296,6 +303,10 @@ def _check_orientation(image: _Image, orientation: np.ndarray) -> None:
 def _check_stack_line(groups: list[list[_Image]], origins: np.ndarray, normal: np.ndarray, positions: np.ndarray) -> None:
     """Refuse a stack whose slices are not stacked along their normal, or that has zero steps."""
     steps = np.diff(positions)
+    if np.any(steps > SLICE_RANGE_MM[1]):
+        raise ReadError(groups[int(np.argmax(steps)) + 1][0].path, f"slice positions {np.round(positions, 3).tolist()} mm "
+                                                                   f"step by up to {steps.max():.1f} mm, over "
+                                                                   f"{SLICE_RANGE_MM[1]} mm: not one short-axis stack")
     if np.any(steps <= 0.01):
         raise ReadError(groups[0][0].path, f"slice positions {np.round(positions, 3).tolist()} mm repeat; expected "
                                            "distinct positions along the slice normal")
