@@ -67,7 +67,8 @@ def _load(path: Path) -> nib.Nifti1Image:
         shape = image.shape
         dtype = header.get_data_dtype()
     except Exception as exc:  # nibabel raises many kinds (ImageFileError, EOFError, zlib errors)
-        raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+        reason = str(exc).replace(f"'{path}'", "the file").replace(str(path), "the file")  # the line names it already
+        raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
     if dtype.fields is not None or dtype.kind not in "uifb":
         raise ReadError(path, f"NIfTI datatype {header.get_value_label('datatype')} ({dtype}) is not greyscale; "
                               "expected one integer or float value per voxel")

@@ -62,11 +62,11 @@ def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack) -> None:
     if source is not None:
         # outputs lie on the input's grid exactly as the input declares it: same sform and qform
         # with their codes, same pixdim (ACDC's sform has unit columns while pixdim holds the sizes)
-        image.header.set_zooms(source.get_zooms()[:3])
         qform, qcode = source.get_qform(coded=True)
         sform, scode = source.get_sform(coded=True)
         image.set_qform(qform if qform is not None else source.get_best_affine(), code=int(qcode or 0))
         image.set_sform(sform if sform is not None else source.get_best_affine(), code=int(scode or 0))
+        image.header.set_zooms(source.get_zooms()[:3])  # after the forms: set_qform rewrites pixdim
         image.header.set_xyzt_units(*source.get_xyzt_units())
     else:
         image.header.set_zooms(stack.spacing[::-1])
