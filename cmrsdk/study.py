@@ -175,6 +175,12 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
     ------
     CmrError : the input cannot be read or the outputs cannot be written; nothing is left in
         ``out_dir`` (an earlier result there stays as it was).
+
+    Notes
+    -----
+    Warnings are collected with ``warnings.catch_warnings``, which is process-wide: callers
+    that run studies in several threads at once (rather than processes) may see one study's
+    warnings in another's report. Everything else here is per call.
     """
     from .io import read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
     from .report import save_overlay, study_report
