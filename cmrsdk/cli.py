@@ -92,7 +92,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         inputs.extend(expand_inputs(path))
     several = len(inputs) > 1 or len(args.inputs) > 1
     if several:
-        check_output_folder(output / "study")  # -o itself: a file, under a file, not writable
+        check_output_folder(output, contents=False)  # -o itself: a file, under a file, not writable
         targets = [output / name for name in study_folder_names(inputs)]
     else:
         targets = [output for _ in inputs]

@@ -71,7 +71,7 @@ def raise_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = ()) -> Path:
+def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), contents: bool = True) -> Path:
     """Check, before any compute, that ``out_dir`` can receive a study's outputs; create its parent.
 
     Refused (:class:`WriteError` naming the folder and the reason): a file where the folder or
@@ -83,6 +83,8 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = ()) -> P
     out_dir : the study's output folder.
     keep : names of entries in ``out_dir`` that the caller placed there and that move into the
         new result (the demo's ``example_dicom``); they are not foreign.
+    contents : check what ``out_dir`` holds; False for the folder that holds several studies'
+        folders (only its place and writability are checked).
 
     Returns
     -------
@@ -95,7 +97,7 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = ()) -> P
                 where = "is a file" if ancestor == out_dir else f"lies under {ancestor}, which is a file"
                 raise WriteError(f"{out_dir}: output folder {where}, not a folder")
             break
-    if out_dir.is_dir():
+    if contents and out_dir.is_dir():
         foreign = sorted(p.name for p in out_dir.iterdir() if not OUTPUT_PATTERN.match(p.name) and p.name not in keep)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

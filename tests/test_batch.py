@@ -117,7 +117,7 @@ def test_output_under_a_file(shared_data, tmp_path, capsys):
     blocker.write_text("x")
     assert main(["segment", *map(str, images), "-o", str(blocker / "out"), *FAST]) == 2
     err = capsys.readouterr().err
-    assert err == f"cmrsdk: error: {blocker}/out/study: output folder lies under {blocker}, which is a file, not a folder\n"
+    assert err == f"cmrsdk: error: {blocker}/out: output folder lies under {blocker}, which is a file, not a folder\n"
 
 
 def test_output_cannot_be_created(shared_data, tmp_path, capsys):
