@@ -234,15 +234,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .io import inspect
+    from .io import expand_inputs, inspect
 
     failures = 0
-    for path in args.paths:
-        try:
-            print(json.dumps(inspect(path), indent=2, default=str))
-        except CmrError as exc:
-            failures += 1
-            print(_error_line(path, exc), file=sys.stderr)
+    for given in args.paths:
+        # a folder of NIfTI files or of subjects is described study by study, as segment reads it
+        paths = expand_inputs(given) if Path(given).exists() else [Path(given)]
+        for path in paths:
+            try:
+                print(json.dumps(inspect(path), indent=2, default=str))
+            except CmrError as exc:
+                failures += 1
+                print(_error_line(path, exc), file=sys.stderr)
     return 1 if failures else 0
 
 

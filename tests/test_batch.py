@@ -35,7 +35,7 @@ BATCH_KINDS = [
     "same_folder_names", "one_failure_carries_on", "output_is_a_file", "output_under_a_file",
     "output_cannot_be_created", "rerun_replaces_earlier_result", "foreign_files_refused", "no_overlay",
     "overlay_bounded", "missing_input", "same_input_twice", "sigterm_leaves_nothing", "interrupt_keeps_earlier_result",
-    "broken_pipe", "heart_crop_not_multiple", "folder_of_nifti_files", "folder_of_subjects",
+    "broken_pipe", "heart_crop_not_multiple", "folder_of_nifti_files", "folder_of_subjects", "inspect_folder_of_nifti",
 ]
 
 
@@ -275,6 +275,18 @@ def test_folder_of_subjects(shared_data, tmp_path):
     for name in ("patient001", "patient002"):
         report = json.loads((out / name / "report.json").read_text())
         assert report["measures"]["lvef_pct"] is not None and report["flags"] == []
+
+
+def test_inspect_folder_of_nifti(shared_data, tmp_path, capsys):
+    folder = tmp_path / "niftis"
+    _nifti(shared_data, folder / "A.NII.GZ")
+    _nifti(shared_data, folder / "b.nii.gz", "12")
+    assert main(["inspect", str(folder), str(tmp_path / "nowhere")]) == 1
+    captured = capsys.readouterr()
+    described = json.loads("[" + captured.out.replace("}\n{", "},\n{") + "]")
+    assert [d["path"] for d in described] == [str(folder / "A.NII.GZ"), str(folder / "b.nii.gz")]
+    assert [d["format"] for d in described] == ["nifti", "nifti"] and described[0]["slices"] == 10
+    assert captured.err == f"cmrsdk: error: {tmp_path / 'nowhere'}: no such file or directory\n"
 
 
 # -- the shared Sunnybrook series: SEG and SR a PACS accepts ------------------------------------
