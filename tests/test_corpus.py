@@ -7,7 +7,6 @@ mode, the cheapest) so that the corpus stays fast; the command line is otherwise
 """
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 import struct
@@ -21,7 +20,6 @@ import pydicom
 import pytest
 
 import cmrsdk.pipeline
-from cmrsdk import DEMO_BUNDLE
 from cmrsdk.cli import main
 
 SUNNYBROOK = "sunnybrook/SCD0000101"

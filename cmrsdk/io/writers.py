@@ -11,7 +11,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.valuerep import DSfloat
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
