@@ -311,9 +311,9 @@ class Pipeline:
         labels = preprocess.resample_argmax(probabilities, transform, threads=self.threads)
         if self.largest_component:
             labels = preprocess.largest_component(labels, threads=self.threads)
-        # an image without signal (one value everywhere: all zero, a failed export) holds no heart,
-        # whatever the networks make of normalised noise-free input
-        if stack.pixels.size and float(stack.pixels.max()) == float(stack.pixels.min()):
+        # an all-zero image (a failed export, an empty series) holds no heart, whatever the networks
+        # make of normalised zeros
+        if stack.pixels.size and not np.any(stack.pixels):
             labels = np.zeros_like(labels)
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0

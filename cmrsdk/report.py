@@ -42,8 +42,8 @@ def _phase_flags(seg: Segmentation) -> list[str]:
         flags.add("single_slice")  # no volume from one slice
     if slice_gaps(seg.stack.slice_positions):
         flags.add("slice_gap")
-    if seg.stack.pixels.size and float(seg.stack.pixels.max()) == float(seg.stack.pixels.min()):
-        flags.add("blank_image")  # one value everywhere: never labelled
+    if seg.stack.pixels.size and not np.any(seg.stack.pixels):
+        flags.add("blank_image")  # all zero: never labelled
     return sorted(flags)
 
 
@@ -75,7 +75,7 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
     volumes of a one-slice stack) are written as null. Study flags: ``single_phase``; phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
-    ``blank_image`` (one value everywhere, never labelled) to :func:`cmrsdk.metrics.quality_flags`.
+    ``blank_image`` (all zero, never labelled) to :func:`cmrsdk.metrics.quality_flags`.
     """
     single = len(result.phases) == 1
     report: dict[str, Any] = {
