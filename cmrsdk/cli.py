@@ -7,56 +7,67 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 from . import DEMO_BUNDLE, __version__
 from .errors import CmrError
+from .study import Interrupted, raise_on_sigterm, segment_one  # segment_one: kept importable from here
 
-__all__ = ["main", "DEMO_BUNDLE"]
+__all__ = ["main", "DEMO_BUNDLE", "segment_one", "study_folder_names"]
 
 
 def _study_name(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".nii", ".dcm"):
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name or "study"
 
 
-def segment_one(pipeline, source: Path, out_dir: Path, *, report_html: bool = True, truth=None) -> dict:
-    """Read, segment and write one study; returns its report. I/O lives here, not in the pipeline.
+def study_folder_names(inputs: Sequence[Path]) -> list[str]:
+    """One output folder name per input, all distinct.
 
-    ``truth``: a `Study` with the ground truth of ``source`` (the embedded example), scored into
-    the report's "ground_truth".
+    The input's own name (without a NIfTI or DICOM extension); where two inputs share it
+    (``site1/DICOM``, ``site2/DICOM``) their parent folders are prefixed until they differ
+    (``site1_DICOM``, ``site2_DICOM``); the same input given twice gets ``-2``, ``-3``.
     """
-    from .io import read_study, write_dicom_seg, write_json, write_nifti_labels
-    from .report import ground_truth_agreement, save_overlay, study_report
+    parts = [[*Path(os.path.abspath(p)).parent.parts[1:], _study_name(Path(p))] for p in inputs]
+    depth = [1] * len(parts)
+    while True:
+        names = ["_".join(p[-d:]) for p, d in zip(parts, depth)]
+        grown = False
+        for i, name in enumerate(names):
+            # only another path with the same name makes this one grow; the same path twice gets -2
+            if depth[i] < len(parts[i]) and any(n == name and parts[j] != parts[i] for j, n in enumerate(names)):
+                depth[i] += 1
+                grown = True
+        if not grown:
+            break
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return unique
 
-    t0 = time.perf_counter()
-    study = read_study(source)
-    read_ms = (time.perf_counter() - t0) * 1000.0
-    result = pipeline.segment_study(study)
-    report = study_report(result, study)
-    report["timings_ms"]["read"] = round(read_ms, 2)
-    if truth is not None:
-        report["ground_truth"] = ground_truth_agreement(result, truth)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for phase_name, seg in (("ED", result.ed), ("ES", result.es)):
-        written.append(write_nifti_labels(out_dir / f"labels_{phase_name}.nii.gz", seg.labels, seg.stack))
-        if seg.stack.source_files:
-            written.append(write_dicom_seg(out_dir / f"seg_{phase_name}.dcm", seg.labels, seg.stack))
-    written.append(save_overlay(out_dir / "overlay.png", result))
-    report["outputs"] = [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])
-    if report_html:
-        from .report_html import write_report_html
 
-        write_report_html(out_dir / "report.html", result, report, study=study)
-    write_json(out_dir / "report.json", report)
-    return report
+def _error_line(source: object, exc: BaseException) -> str:
+    """``cmrsdk: error: <input>: <reason>`` naming the input once, on one line."""
+    if isinstance(exc, CmrError):
+        text = str(exc)
+    elif isinstance(exc, ImportError) and getattr(exc, "name", None):
+        # the command's outputs use the optional packages of cmrsdk[io]
+        text = f"needs the optional package '{exc.name.split('.')[0]}': pip install 'cmrsdk[io]'"
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc} (please report this)"
+    text = " ".join(text.split())  # one line, whatever the exception holds
+    where = str(source)
+    if text.startswith(where):  # a ReadError already names the input or a file under it
+        return f"cmrsdk: error: {text}"
+    return f"cmrsdk: error: {where}: {text}"
 
 
 def _heart_crop(args: argparse.Namespace):
@@ -65,34 +76,85 @@ def _heart_crop(args: argparse.Namespace):
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    from .io import expand_inputs
     from .pipeline import Pipeline
+    from .study import check_output_folder
 
-    pipeline = Pipeline(args.bundle, backend=args.backend, device=args.device, mode=args.mode,
-                        largest_component=not args.keep_fragments, threads=args.threads, heart_crop=_heart_crop(args),
-                        region_decoding=args.region_decoding)
-    inputs = [Path(p) for p in args.inputs]
+    output = Path(args.output)
+    inputs: list[Path] = []
     failures = 0
-    progress = None
-    if len(inputs) > 1:
-        from tqdm import tqdm
-
-        progress = tqdm(total=len(inputs), unit="study", file=sys.stderr)
-    for source in inputs:
-        out_dir = Path(args.output) / _study_name(source) if len(inputs) > 1 else Path(args.output)
+    for given in args.inputs:
+        path = Path(given)
+        if not path.exists():
+            failures += 1
+            print(f"cmrsdk: error: {path}: no such file or directory", file=sys.stderr)
+            continue
+        inputs.extend(expand_inputs(path))
+    several = len(inputs) > 1 or len(args.inputs) > 1
+    if several:
+        check_output_folder(output, contents=False)  # -o itself: a file, under a file, not writable
+        targets = [output / name for name in study_folder_names(inputs)]
+    else:
+        targets = [output for _ in inputs]
+    # every output problem is found before the bundle is loaded or any study read
+    planned = []
+    for source, target in zip(inputs, targets):
         try:
-            report = segment_one(pipeline, source, out_dir, report_html=not args.no_report_html)
-            m = report["measures"]
-            line = (f"{source}: LVEF {m['lvef_pct']}%, LVEDV {m['lvedv_ml']} mL, RVEF {m['rvef_pct']}%, "
-                    f"{report['timings_ms']['wall']:.0f} ms -> {out_dir}")
-            (progress.write(line) if progress else print(line))
+            check_output_folder(target)
+            planned.append((source, target))
         except CmrError as exc:
             failures += 1
-            print(f"cmrsdk: error: {source}: {exc}", file=sys.stderr)
+            print(_error_line(source, exc), file=sys.stderr)
+    if planned:
+        pipeline = Pipeline(args.bundle, backend=args.backend, device=args.device, mode=args.mode,
+                            largest_component=not args.keep_fragments, threads=args.threads,
+                            heart_crop=_heart_crop(args), region_decoding=args.region_decoding)
+    progress = None
+    if len(planned) > 1 and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(planned), unit="study", file=sys.stderr)
+    say = progress.write if progress else print
+    done = 0
+    for source, out_dir in planned:
+        try:
+            report = segment_one(pipeline, source, out_dir, overlay=not args.no_overlay,
+                                 report_html=not args.no_report_html)
+        except Exception as exc:  # one study's failure never stops another's
+            failures += 1
+            print(_error_line(source, exc), file=sys.stderr)
+        else:
+            done += 1
+            for message in report.get("warnings", []):
+                print(f"cmrsdk: warning: {' '.join(message.split())}", file=sys.stderr)
+            say(_result_line(source, report, out_dir))
         if progress:
             progress.update()
     if progress:
         progress.close()
+    if several or failures:
+        print(f"cmrsdk: {done} of {done + failures} studies segmented, {failures} failed", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _fmt(value: object, unit: str) -> str:
+    return "n/a" if value is None else f"{value}{unit}"
+
+
+def _result_line(source: Path, report: dict, out_dir: Path) -> str:
+    """One line per study: EF and volumes, or what is missing and why."""
+    m = report["measures"]
+    wall = report["timings_ms"]["wall"]
+    flags = sorted({f for phase in report["phases"] for f in phase["quality_flags"]} | set(report.get("flags", [])))
+    if "single_phase" in flags:
+        head = (f"one phase only: LV volume {_fmt(m['lvedv_ml'], ' mL')}, RV volume {_fmt(m['rvedv_ml'], ' mL')}, "
+                "no SV or EF (needs ED and ES)")
+    else:
+        head = f"LVEF {_fmt(m['lvef_pct'], '%')}, LVEDV {_fmt(m['lvedv_ml'], ' mL')}, RVEF {_fmt(m['rvef_pct'], '%')}"
+    if "single_slice" in flags:
+        head += " (one slice: no volume)"
+    shown = [f for f in flags if f in ("slice_gap", "blank_image", "no_lv")]
+    return f"{source}: {head}, {wall:.0f} ms -> {out_dir}" + (f" [flags: {', '.join(shown)}]" if shown else "")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -106,7 +168,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     truth = cine_phantom(seed=args.seed, n_phases=args.phases)
     write_dicom_series(dicom_dir, truth, series_description=truth.info.series_description or "SAX cine")
     pipeline = Pipeline(args.bundle, backend=args.backend, mode="routed")
-    report = segment_one(pipeline, dicom_dir, out, truth=truth)
+    report = segment_one(pipeline, dicom_dir, out, keep=("example_dicom",), truth=truth)
     m, g = report["measures"], report["ground_truth"]
     print(f"example study: {dicom_dir} (synthetic bSSFP short-axis cine, {len(truth.phases)} frames, seed {args.seed})")
     print(f"routed segmentation with bundle {pipeline.bundle.path.name} ({', '.join(sorted(set(pipeline.provenance['backends'].values())))})")
@@ -209,15 +271,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .io import inspect
+    from .io import expand_inputs, inspect
 
     failures = 0
-    for path in args.paths:
-        try:
-            print(json.dumps(inspect(path), indent=2, default=str))
-        except CmrError as exc:
-            failures += 1
-            print(f"cmrsdk: error: {path}: {exc}", file=sys.stderr)
+    for given in args.paths:
+        # a folder of NIfTI files or of subjects is described study by study, as segment reads it
+        paths = expand_inputs(given) if Path(given).exists() else [Path(given)]
+        for path in paths:
+            try:
+                print(json.dumps(inspect(path), indent=2, default=str))
+            except CmrError as exc:
+                failures += 1
+                print(_error_line(path, exc), file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -243,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax")
 
     p = sub.add_parser("segment", help="segment DICOM directories, NIfTI files, ACDC or M&Ms folders",
-                       description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm (DICOM input), report.json, report.html and overlay.png.")
-    p.add_argument("inputs", nargs="+", help="DICOM directory, NIfTI file, ACDC patient or M&Ms subject folder")
+                       description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm and sr.dcm (DICOM input), report.json, "
+                                   "report.html and overlay.png; each study whole or not at all.")
+    p.add_argument("inputs", nargs="+", help="DICOM directory, NIfTI file, ACDC patient or M&Ms subject folder, "
+                                             "or a folder of NIfTI files, ACDC patients or M&Ms subjects")
     p.add_argument("-o", "--output", required=True, help="output directory (one sub-folder per study when several)")
     engine_options(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -253,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(bundle's regions_from); baseline: one U-Net; oracle: ground-truth regions")
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
     p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
+    p.add_argument("--no-overlay", action="store_true", help="skip overlay.png (the slowest output)")
     p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")
     pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
@@ -290,10 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with raise_on_sigterm():
+            return int(args.func(args))
     except CmrError as exc:
-        print(f"cmrsdk: error: {exc}", file=sys.stderr)
+        print(f"cmrsdk: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Interrupted) as exc:
+        # the study in progress was cleaned up on the way out (cmrsdk.study): nothing half-written
+        signame = "SIGTERM" if isinstance(exc, Interrupted) else "SIGINT"
+        print(f"cmrsdk: interrupted ({signame}); finished studies are complete, the one in progress left nothing",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Interrupted) else 130
+    except BrokenPipeError:
+        # the reader went away (`cmrsdk inspect ... | head -n 1`): stop quietly, as `cat` does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

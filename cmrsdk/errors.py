@@ -12,6 +12,7 @@ __all__ = [
     "WriteError",
     "BundleError",
     "BackendUnavailableError",
+    "CmrWarning",
 ]
 
 
@@ -47,3 +48,10 @@ class BundleError(CmrError):
 
 class BackendUnavailableError(CmrError, ImportError):
     """An inference backend was asked for that is not installed or has no device here."""
+
+
+class CmrWarning(UserWarning):
+    """Input cmrsdk read or wrote despite a defect (an invalid date, text in a numeric tag,
+    a duplicated instance); the message names the file, the field and the value, and what
+    was done instead. The command line prints each as ``cmrsdk: warning: ...`` and
+    ``report.json`` lists them."""

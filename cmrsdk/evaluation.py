@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
@@ -19,7 +19,7 @@ import numpy as np
 from .errors import InputError
 from .io._atomic import atomic_path
 from .labels import APEX, BASE, LABEL_NAMES, MIDDLE, NON_CARDIAC, REGION_NAMES, STRUCTURES
-from .metrics import slice_dice
+from .metrics import dice, slice_dice, surface_distances
 from .regions import slice_positions, slice_regions
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ __all__ = [
     "markdown_table",
     "save_dice_along_heart",
     "save_bland_altman",
+    "case_scores",
     "EvaluationResult",
     "evaluate",
     "write_evaluation",
@@ -242,10 +243,18 @@ def agreement(measured: Sequence[float], reference: Sequence[float]) -> dict[str
 
 # -- outputs -------------------------------------------------------------------------------
 
+def _slice_row(score: SliceScore) -> dict[str, object]:
+    """A `SliceScore` as a flat row: one ``dice_<label>`` column per structure."""
+    row = asdict(score)
+    values = row.pop("dice")
+    row.update({f"dice_{name}": value for name, value in zip(STRUCTURE_NAMES, values)})
+    return row
+
+
 def write_csv(path: str | Path, rows: Sequence[dict[str, object]] | Sequence[SliceScore]) -> Path:
-    """Rows (dicts or `SliceScore`s) as a CSV file with a header."""
+    """Rows (dicts or `SliceScore`s, one ``dice_<label>`` column per structure) as a CSV file with a header."""
     path = Path(path)
-    dict_rows = [asdict(r) if isinstance(r, SliceScore) else dict(r) for r in rows]
+    dict_rows = [_slice_row(r) if isinstance(r, SliceScore) else dict(r) for r in rows]
     if not dict_rows:
         raise InputError(f"nothing to write to {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +343,29 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def case_scores(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], *, method: str, case: str,
+                phase: str) -> list[dict[str, object]]:
+    """Whole-stack Dice, HD95 and mean surface distance of each structure, as ACDC reports them.
+
+    Parameters
+    ----------
+    prediction, truth : uint8 (Z, Y, X) canonical label maps on the same grid.
+    spacing : (dz, dy, dx) in mm.
+    method, case, phase : tags carried into every row.
+
+    Returns
+    -------
+    One row per structure: method, case, phase, label, dice (0..1), hd95_mm, msd_mm (NaN where
+    the structure is absent from both, inf where absent from one).
+    """
+    rows: list[dict[str, object]] = []
+    for label, name in zip(STRUCTURES, STRUCTURE_NAMES):
+        hd95, msd = surface_distances(prediction, truth, label, spacing)
+        rows.append({"method": method, "case": case, "phase": phase, "label": name,
+                     "dice": dice(prediction, truth, label), "hd95_mm": hd95, "msd_mm": msd})
+    return rows
+
+
 # -- running an evaluation -----------------------------------------------------------------
 
 @dataclass
@@ -347,12 +379,14 @@ class EvaluationResult:
         the method routed (routed and oracle modes).
     measures : method -> [(case, measured CardiacMeasures)]; "reference" holds the ground truth's.
     latency_ms : method -> per-study wall time of segmenting ED and ES, ms.
+    cases : rows of :func:`case_scores` (Dice, HD95, MSD per case, phase, structure, method).
     """
 
     scores: list[SliceScore]
     regions: dict[str, tuple[np.ndarray, np.ndarray]]
     measures: dict[str, list[tuple[str, object]]]
     latency_ms: dict[str, list[float]]
+    cases: list[dict[str, object]] = field(default_factory=list)
 
 
 def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Study]], *, progress: bool = True) -> EvaluationResult:
@@ -367,6 +401,7 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
     from .metrics import cardiac_measures
 
     scores: list[SliceScore] = []
+    cases: list[dict[str, object]] = []
     true_regions: dict[str, list[np.ndarray]] = {m: [] for m in pipelines}
     pred_regions: dict[str, list[np.ndarray]] = {m: [] for m in pipelines}
     measures: dict[str, list[tuple[str, object]]] = {m: [] for m in (*pipelines, "reference")}
@@ -380,7 +415,8 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
         ed, es = study.ed, study.es
         if ed.labels is None or es.labels is None:
             raise InputError(f"study {case!r} has no ground-truth labels at ED and ES: it cannot be evaluated")
-        measures["reference"].append((case, cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing)))
+        measures["reference"].append((case, cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing,
+                                                                      ed_positions=ed.slice_positions, es_positions=es.slice_positions)))
         for method, pipeline in pipelines.items():
             result = pipeline.segment_study(study)
             latency[method].append(result.timings_ms["wall"])
@@ -388,17 +424,20 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
             for seg in (result.ed, result.es):
                 truth = seg.stack.labels
                 scores += score_stack(seg.labels, truth, method=method, case=case, phase=seg.stack.phase or "")
+                cases += case_scores(seg.labels, truth, seg.stack.spacing, method=method, case=case, phase=seg.stack.phase or "")
                 if seg.regions is not None:
                     true_regions[method].append(slice_regions(truth).astype(np.int64))
                     pred_regions[method].append(seg.regions.astype(np.int64))
     regions = {m: (np.concatenate(true_regions[m]), np.concatenate(pred_regions[m])) for m in pipelines if true_regions[m]}
-    return EvaluationResult(scores, regions, measures, latency)
+    return EvaluationResult(scores, regions, measures, latency, cases)
 
 
 def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline: str = "baseline", title: str = "") -> Path:
     """Tables 1-3, Figure 2 and volume agreement as CSV, Markdown and PNG; returns report.md.
 
-    Written: ``slice_dice.csv``, ``table1_<method>.csv``, ``table2.csv`` (+ confusion matrices in
+    Written: ``slice_dice.csv`` (one ``dice_<label>`` column per structure), ``case_scores.csv``
+    (Dice, HD95 and mean surface distance per case, phase and structure), ``case_measures.csv``
+    (volumes, EF, mass per case and method beside the ground truth's), ``table1_<method>.csv``, ``table2.csv`` (+ confusion matrices in
     the Markdown), ``table3.csv`` (when ``baseline`` was evaluated), ``agreement.csv``,
     ``figure2.png``, ``bland_altman_<quantity>_<method>.png``, ``report.md`` and ``report.html`` (the
     same, with the figures inlined: one file to open in a browser).
@@ -411,6 +450,32 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
     md += [f"{n_cases} studies (ED and ES), methods: {', '.join(methods)}. Slice Dice in %, NaN (label absent in "
            "both masks) left out; regions from the ground truth (20/60/20 base to apex).", ""]
     write_csv(out / "slice_dice.csv", result.scores)
+    if result.cases:
+        write_csv(out / "case_scores.csv", result.cases)
+        md += ["## Per-case scores: mean Dice (%), HD95 and mean surface distance (mm) per structure and phase", ""]
+        summary = []
+        for method in methods:
+            for phase in sorted({str(r["phase"]) for r in result.cases}):
+                for name in STRUCTURE_NAMES:
+                    rows_ = [r for r in result.cases if r["method"] == method and r["phase"] == phase and r["label"] == name]
+                    def mean(key: str) -> float:
+                        values = np.array([float(r[key]) for r in rows_], dtype=np.float64)  # type: ignore[arg-type]
+                        values = values[np.isfinite(values)]
+                        return float(values.mean()) if values.size else float("nan")
+                    summary.append({"method": method, "phase": phase, "label": name, "dice_pct": 100 * mean("dice"),
+                                    "hd95_mm": mean("hd95_mm"), "msd_mm": mean("msd_mm"), "cases": len(rows_)})
+        md += [markdown_table(summary), ""]
+    measure_rows = []
+    reference_by_case = {case: m for case, m in result.measures["reference"]}
+    for method in methods:
+        for case, measured in result.measures[method]:
+            row: dict[str, object] = {"method": method, "case": case}
+            for key, value in measured.as_dict().items():  # type: ignore[attr-defined]
+                row[key] = value
+                row[f"reference_{key}"] = getattr(reference_by_case[case], key)
+            measure_rows.append(row)
+    if measure_rows:
+        write_csv(out / "case_measures.csv", measure_rows)
 
     md += ["## Table 1: mean (SD) Dice per region; * p < 0.01 (Welch's t-test against the middle)", ""]
     for method in methods:

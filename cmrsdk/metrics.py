@@ -19,7 +19,10 @@ __all__ = [
     "MYOCARDIAL_DENSITY_G_PER_ML",
     "dice",
     "slice_dice",
+    "surface_distances",
     "volumes_ml",
+    "slice_thicknesses_mm",
+    "slice_gaps",
     "CardiacMeasures",
     "cardiac_measures",
     "quality_flags",
@@ -91,13 +94,122 @@ def slice_dice(prediction: np.ndarray, truth: np.ndarray, labels: Sequence[int] 
     return out
 
 
-def volumes_ml(labels: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+#: a step this much longer than the median step between slice positions is a gap (a missing slice).
+GAP_RATIO = 1.5
+
+
+def _positions(slice_positions: Sequence[float], n_slices: int) -> np.ndarray:
+    positions = np.asarray(slice_positions, dtype=np.float64)
+    if positions.shape != (n_slices,) or not np.all(np.isfinite(positions)):
+        raise InputError(f"'slice_positions' must be {n_slices} finite mm values, got shape {positions.shape}")
+    return np.sort(positions)
+
+
+def slice_thicknesses_mm(slice_positions: Sequence[float]) -> np.ndarray:
+    """The length of the stack each slice stands for, from the slice positions.
+
+    Each slice reaches half-way to each neighbour; an end slice reaches as far outwards as its
+    one step inwards. Even steps give every slice the step; a missing slice (a step of two)
+    makes its two neighbours 1.5 steps each, so the missing slice is counted at the mean of
+    its neighbours' areas instead of not at all, and uneven steps count at their real size.
+
+    Parameters
+    ----------
+    slice_positions : float (Z,) positions along the slice normal in mm, any order.
+
+    Returns
+    -------
+    float64 (Z,) in mm, in the order of ``slice_positions``; NaN for a single slice (a slice
+    alone has no thickness to measure a volume with).
+    """
+    raw = np.asarray(slice_positions, dtype=np.float64)
+    if raw.ndim != 1 or not np.all(np.isfinite(raw)):
+        raise InputError(f"'slice_positions' must be (Z,) finite mm values, got {raw!r}")
+    if raw.size < 2:
+        return np.full(raw.shape, np.nan)
+    order = np.argsort(raw, kind="stable")
+    steps = np.diff(raw[order])
+    left = np.concatenate([[steps[0]], steps])
+    right = np.concatenate([steps, [steps[-1]]])
+    thickness = np.empty_like(raw)
+    thickness[order] = (left + right) / 2.0
+    return thickness
+
+
+def slice_gaps(slice_positions: Sequence[float], ratio: float = GAP_RATIO) -> list[dict[str, float]]:
+    """Steps between neighbouring slices longer than ``ratio`` times the median step.
+
+    Returns
+    -------
+    One dict per gap, base order of the sorted positions: ``after_mm`` (position of the slice
+    before the gap), ``step_mm``, ``missing_slices`` (step / median - 1, rounded).
+    """
+    positions = np.sort(np.asarray(slice_positions, dtype=np.float64))
+    if positions.size < 3:
+        return []
+    steps = np.diff(positions)
+    median = float(np.median(steps))
+    if median <= 0:
+        return []
+    return [{"after_mm": round(float(positions[i]), 3), "step_mm": round(float(steps[i]), 3),
+             "missing_slices": int(round(steps[i] / median)) - 1}
+            for i in np.flatnonzero(steps > ratio * median)]
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a 6-connected neighbour outside it (the stack's edges count as outside)."""
+    from scipy import ndimage  # optional dependency (cmrsdk[io])
+
+    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
+    return mask & ~eroded
+
+
+def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spacing: Sequence[float]) -> tuple[float, float]:
+    """HD95 and mean surface distance (mm) of one label, as the ACDC challenge reports them.
+
+    The surface of a mask is its voxels with a 6-connected neighbour outside it. Every surface
+    voxel of each mask is measured to the nearest surface voxel of the other (exact Euclidean
+    distance transform, anisotropic ``spacing``).
+
+    Parameters
+    ----------
+    prediction, truth : integer (Z, Y, X) label maps of the same shape.
+    label : the label code (1 LVBP, 2 LVM, 3 RVBP).
+    spacing : (dz, dy, dx) in mm.
+
+    Returns
+    -------
+    (hd95, msd) in mm: ``hd95`` the larger of the two directed 95th percentiles, ``msd`` the
+    mean of both directions' distances together. (NaN, NaN) when the label is absent from
+    both masks; (inf, inf) when it is absent from exactly one.
+    """
+    from scipy import ndimage  # optional dependency (cmrsdk[io])
+
+    prediction, truth = _check_pair(prediction, truth)
+    spacing = tuple(float(v) for v in spacing)
+    if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(f"'spacing' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
+    p_surface, t_surface = _surface(prediction == label), _surface(truth == label)
+    if not p_surface.any() and not t_surface.any():
+        return float("nan"), float("nan")
+    if not p_surface.any() or not t_surface.any():
+        return float("inf"), float("inf")
+    to_truth = ndimage.distance_transform_edt(~t_surface, sampling=spacing)[p_surface]
+    to_prediction = ndimage.distance_transform_edt(~p_surface, sampling=spacing)[t_surface]
+    hd95 = max(float(np.percentile(to_truth, 95)), float(np.percentile(to_prediction, 95)))
+    return hd95, float(np.concatenate([to_truth, to_prediction]).mean())
+
+
+def volumes_ml(labels: np.ndarray, spacing: Sequence[float], slice_positions: Sequence[float] | None = None) -> dict[str, float]:
     """Volume of each structure in mL.
 
     Parameters
     ----------
     labels : integer (Z, Y, X) canonical label map.
     spacing : (dz, dy, dx) in mm.
+    slice_positions : optional float (Z,) slice positions along the normal in mm; each slice
+        then counts with its own thickness (:func:`slice_thicknesses_mm`) instead of ``dz``,
+        and a single slice gives NaN (no volume).
 
     Returns
     -------
@@ -107,9 +219,18 @@ def volumes_ml(labels: np.ndarray, spacing: Sequence[float]) -> dict[str, float]
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise InputError(f"'spacing' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
-    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=4)
-    return {LABEL_NAMES[label]: float(counts[label]) * voxel_ml for label in STRUCTURES}
+    if slice_positions is None:
+        voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+        counts = np.bincount(labels.ravel(), minlength=4)
+        return {LABEL_NAMES[label]: float(counts[label]) * voxel_ml for label in STRUCTURES}
+    _positions(slice_positions, labels.shape[0])
+    thickness = slice_thicknesses_mm(slice_positions)
+    area_ml = spacing[1] * spacing[2] / 1000.0
+    per_slice = np.stack([(labels == label).reshape(labels.shape[0], -1).sum(1) for label in STRUCTURES])
+    if labels.shape[0] < 2:
+        return {LABEL_NAMES[label]: float("nan") for label in STRUCTURES}
+    totals = per_slice.astype(np.float64) @ thickness * area_ml
+    return {LABEL_NAMES[label]: float(v) for label, v in zip(STRUCTURES, totals)}
 
 
 @dataclass(frozen=True)
@@ -135,25 +256,38 @@ class CardiacMeasures:
 
 
 def _ejection_fraction(edv: float, esv: float) -> float:
-    return float("nan") if edv <= 0 else 100.0 * (edv - esv) / edv
+    # NaN compares False: an unknown volume gives an unknown EF
+    return 100.0 * (edv - esv) / edv if edv > 0 and np.isfinite(esv) else float("nan")
 
 
 def cardiac_measures(
     ed_labels: np.ndarray,
-    es_labels: np.ndarray,
+    es_labels: np.ndarray | None,
     ed_spacing: Sequence[float],
     es_spacing: Sequence[float] | None = None,
+    *,
+    ed_positions: Sequence[float] | None = None,
+    es_positions: Sequence[float] | None = None,
 ) -> CardiacMeasures:
     """LV and RV volumes, stroke volumes, ejection fractions and LV mass.
 
     Parameters
     ----------
     ed_labels, es_labels : integer (Z, Y, X) canonical label maps at ED and ES (their
-        shapes may differ when the phases come from different series).
+        shapes may differ when the phases come from different series). ``es_labels`` None
+        (one phase only): the ES volumes, SV and EF are NaN, never 0.
     ed_spacing, es_spacing : (dz, dy, dx) in mm; ``es_spacing`` defaults to ``ed_spacing``.
+    ed_positions, es_positions : optional (Z,) slice positions in mm (see :func:`volumes_ml`);
+        ``es_positions`` defaults to ``ed_positions`` when the shapes agree.
     """
-    ed = volumes_ml(ed_labels, ed_spacing)
-    es = volumes_ml(es_labels, ed_spacing if es_spacing is None else es_spacing)
+    nan = float("nan")
+    ed = volumes_ml(ed_labels, ed_spacing, ed_positions)
+    if es_labels is None:
+        es = {name: nan for name in ed}
+    else:
+        if es_positions is None and ed_positions is not None and np.shape(es_labels)[0] == np.shape(ed_labels)[0]:
+            es_positions = ed_positions
+        es = volumes_ml(es_labels, ed_spacing if es_spacing is None else es_spacing, es_positions)
     return CardiacMeasures(
         lvedv_ml=ed["LVBP"],
         lvesv_ml=es["LVBP"],

@@ -22,6 +22,7 @@ bound of routing).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -86,8 +87,9 @@ class Segmentation:
         return np.take_along_axis(self.region_probabilities, self.regions[:, None].astype(np.intp), 1)[:, 0]
 
     def volumes_ml(self) -> dict[str, float]:
-        """Volume of each structure in mL (see `cmrsdk.metrics.volumes_ml`)."""
-        return volumes_ml(self.labels, self.stack.spacing)
+        """Volume of each structure in mL, each slice counted with its own thickness from the slice
+        positions (see `cmrsdk.metrics.volumes_ml`); NaN for a single slice."""
+        return volumes_ml(self.labels, self.stack.spacing, self.stack.slice_positions)
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,6 +190,11 @@ class Pipeline:
             heart_crop = (int(heart_crop[0]), int(heart_crop[1]))
             if not all(0 < c <= s for c, s in zip(heart_crop, self._pre.size)):
                 raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {heart_crop}")
+            # the U-Nets halve the image up to four times: sides not divisible fail inside the engine
+            multiple = min(16, math.gcd(*self._pre.size) & -math.gcd(*self._pre.size))
+            if any(c % multiple for c in heart_crop):
+                raise InputError(f"'heart_crop' {heart_crop} must be multiples of {multiple} pixels (the U-Nets "
+                                 f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in heart_crop)}")
         self.heart_crop = heart_crop
         if region_decoding not in DECODINGS:
             raise InputError(f"'region_decoding' must be one of {', '.join(DECODINGS)}, got {region_decoding!r}")
@@ -353,6 +360,10 @@ class Pipeline:
         labels = preprocess.resample_argmax(probabilities, transform, threads=self.threads)
         if self.largest_component:
             labels = preprocess.largest_component(labels, threads=self.threads)
+        # an all-zero image (a failed export, an empty series) holds no heart, whatever the networks
+        # make of normalised zeros
+        if stack.pixels.size and not np.any(stack.pixels):
+            labels = np.zeros_like(labels)
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 
@@ -384,8 +395,12 @@ class Pipeline:
             ed, es = indices.index(study.ed_index), indices.index(study.es_index)
         else:
             ed, es = int(curve.argmax()), int(curve.argmin())
+        # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
+        single = len(segmentations) == 1
         measures = cardiac_measures(
-            segmentations[ed].labels, segmentations[es].labels, segmentations[ed].stack.spacing, segmentations[es].stack.spacing
+            segmentations[ed].labels, None if single else segmentations[es].labels, segmentations[ed].stack.spacing,
+            segmentations[es].stack.spacing, ed_positions=segmentations[ed].stack.slice_positions,
+            es_positions=segmentations[es].stack.slice_positions,
         )
         totals = {stage: sum(s.timings_ms[stage] for s in segmentations) for stage in (*STAGES, "total")}
         totals["wall"] = (time.perf_counter() - t0) * 1000.0

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import InputError
 from .labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
-from .metrics import cardiac_measures, dice, quality_flags
+from .metrics import cardiac_measures, dice, quality_flags, slice_gaps
 from .pipeline import Segmentation, StudySegmentation
 from .types import Stack, Study
 
@@ -25,6 +25,18 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 3)
 
 
+def _phase_flags(seg: Segmentation) -> list[str]:
+    """Quality flags of the labels plus those of the geometry and the input."""
+    flags = set(quality_flags(seg.labels))
+    if seg.stack.shape[0] < 2:
+        flags.add("single_slice")  # no volume from one slice
+    if slice_gaps(seg.stack.slice_positions):
+        flags.add("slice_gap")
+    if seg.stack.pixels.size and not np.any(seg.stack.pixels):
+        flags.add("blank_image")  # all zero: never labelled
+    return sorted(flags)
+
+
 def _phase_entry(seg: Segmentation) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "phase": seg.stack.phase,
@@ -32,7 +44,9 @@ def _phase_entry(seg: Segmentation) -> dict[str, Any]:
         "shape_zyx": list(seg.stack.shape),
         "spacing_mm": [round(s, 4) for s in seg.stack.spacing],
         "volumes_ml": {k: _finite(v) for k, v in seg.volumes_ml().items()},
-        "quality_flags": quality_flags(seg.labels),
+        "quality_flags": _phase_flags(seg),
+        "slice_positions_mm": [round(float(p), 3) for p in seg.stack.slice_positions],
+        "slice_gaps": slice_gaps(seg.stack.slice_positions),
         "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()},
     }
     if seg.regions is not None:
@@ -48,12 +62,18 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     """The JSON-ready report of one study.
 
     Holds the regions per slice, volumes (mL), EF (%), LV mass (g), quality flags, timings (ms)
-    and provenance; NaN values (EF of an empty ventricle) are written as null.
+    and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
+    volumes of a one-slice stack) are written as null. Study flags: ``single_phase``; phase
+    flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
+    ``blank_image`` (all zero, never labelled) to :func:`cmrsdk.metrics.quality_flags`.
     """
+    single = len(result.phases) == 1
     report: dict[str, Any] = {
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "ed_index": result.ed_index,
-        "es_index": result.es_index,
+        "es_index": None if single else result.es_index,
+        # one phase: no ES, so volumes at that phase only; SV and EF are null, never 0
+        "flags": ["single_phase"] if single else [],
         "measures": {k: _finite(v) for k, v in result.measures.as_dict().items()},
         "lv_volume_curve_ml": [_finite(v) for v in result.lv_volume_curve_ml],
         "phases": [_phase_entry(seg) for seg in result.phases],

@@ -19,7 +19,8 @@ def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "dicom"), "-o", str(out), "--bundle", str(routing_bundle)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm", "seg_ES.dcm"]
+    assert names == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm",
+                     "seg_ES.dcm", "sr.dcm"]
     report = json.loads((out / "report.json").read_text())
     ed = read_study(tmp_path / "dicom").phases[report["ed_index"]]
     labels = np.asarray(nib.load(out / "labels_ED.nii.gz").dataobj)
@@ -66,7 +67,17 @@ def test_evaluate_writes_tables_and_figures(routing_bundle, tmp_path):
     page = (out / "report.html").read_text()  # the same tables and figures, one self-contained page
     assert "<h2>Table 1" in page and page.count("data:image/png;base64,") >= 2 and 'src="figure2.png"' not in page
     rows = (out / "slice_dice.csv").read_text().splitlines()
-    assert rows[0].startswith("method,case,phase") and len(rows) > 20
+    assert rows[0] == "method,case,phase,slice_index,region,position,dice_LVBP,dice_LVM,dice_RVBP" and len(rows) > 20
+    import csv
+
+    cases = list(csv.DictReader((out / "case_scores.csv").open()))
+    # 2 methods x 2 studies x ED, ES x 3 structures, each with Dice, HD95 and MSD
+    assert len(cases) == 24 and set(cases[0]) == {"method", "case", "phase", "label", "dice", "hd95_mm", "msd_mm"}
+    oracle = [r for r in cases if r["method"] == "oracle" and r["label"] == "LVBP"]
+    assert all(0.0 <= float(r["dice"]) <= 1.0 and float(r["hd95_mm"]) >= 0.0 for r in oracle)
+    measures = list(csv.DictReader((out / "case_measures.csv").open()))
+    assert len(measures) == 4 and {"lvef_pct", "reference_lvef_pct"} <= set(measures[0])
+    assert "HD95" in report
 
 
 def test_info_and_inspect(routing_bundle, tmp_path, capsys):

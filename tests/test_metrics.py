@@ -94,3 +94,74 @@ def test_bad_input_names_the_argument():
         volumes_ml(np.zeros((2, 3, 3), np.uint8), (1.0, 0.0, 1.0))
     with pytest.raises(InputError, match="integer labels"):
         volumes_ml(np.zeros((2, 3, 3), np.float32), (1.0, 1.0, 1.0))
+
+
+def _brute_surface_distances(p: np.ndarray, t: np.ndarray, spacing) -> tuple[float, float]:
+    """Reference: surfaces by explicit 6-neighbour checks, all pairwise distances, no scipy."""
+    def surface(mask):
+        padded = np.pad(mask, 1)
+        inner = np.ones_like(mask)
+        for axis in range(3):
+            for shift in (-1, 1):
+                inner &= np.roll(padded, shift, axis=axis)[1:-1, 1:-1, 1:-1]
+        return np.argwhere(mask & ~inner) * np.asarray(spacing)
+
+    sp, st = surface(p), surface(t)
+    d = np.sqrt(((sp[:, None, :] - st[None, :, :]) ** 2).sum(-1))
+    a, b = d.min(1), d.min(0)
+    return max(np.percentile(a, 95), np.percentile(b, 95)), np.concatenate([a, b]).mean()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_surface_distances_match_a_brute_force_reference(seed):
+    from cmrsdk.metrics import surface_distances
+
+    rng = np.random.default_rng(seed)
+    spacing = (rng.uniform(2, 10), rng.uniform(0.5, 2), rng.uniform(0.5, 2))
+    p = np.zeros((6, 18, 18), np.uint8)
+    t = np.zeros_like(p)
+    for mask in (p, t):
+        z0, y0, x0 = rng.integers(0, 3), rng.integers(0, 8), rng.integers(0, 8)
+        mask[z0:z0 + 3, y0:y0 + 8, x0:x0 + 7] = 1
+        mask[rng.random(mask.shape) < 0.05] = 1  # scattered voxels: many small surfaces
+    hd95, msd = surface_distances(p, t, 1, spacing)
+    want_hd95, want_msd = _brute_surface_distances(p == 1, t == 1, spacing)
+    assert hd95 == pytest.approx(want_hd95, rel=1e-9) and msd == pytest.approx(want_msd, rel=1e-9)
+
+
+def test_surface_distances_analytic_and_edge_cases():
+    from cmrsdk.metrics import surface_distances
+
+    a = np.zeros((5, 20, 20), np.uint8)
+    a[1:4, 5:10, 5:10] = 1
+    shifted = np.roll(a, 2, axis=2)  # the box moved 2 columns: HD95 2 columns of 0.7 mm
+    assert surface_distances(a, shifted, 1, (10.0, 1.0, 0.7))[0] == pytest.approx(1.4)
+    assert surface_distances(a, a, 1, (10.0, 1.0, 1.0)) == (0.0, 0.0)
+    assert all(np.isnan(surface_distances(a, a, 2, (1, 1, 1))))
+    assert surface_distances(a, np.zeros_like(a), 1, (1, 1, 1)) == (float("inf"), float("inf"))
+
+
+def test_volumes_from_slice_positions_count_gaps_at_their_size():
+    from cmrsdk.metrics import slice_gaps, slice_thicknesses_mm, volumes_ml
+
+    labels = np.zeros((4, 10, 10), np.uint8)
+    labels[:, :5, :4] = 1  # 20 px of LVBP on every slice
+    even = volumes_ml(labels, (10.0, 1.0, 1.0), [0, 10, 20, 30])["LVBP"]
+    assert even == pytest.approx(4 * 20 * 10 / 1000)
+    # slice 2 missing: positions 0, 10, 30, 40 stand for 50 mm of heart, not 40
+    np.testing.assert_allclose(slice_thicknesses_mm([0, 10, 30, 40]), [10, 15, 15, 10])
+    assert volumes_ml(labels, (10.0, 1.0, 1.0), [0, 10, 30, 40])["LVBP"] == pytest.approx(20 * 50 / 1000)
+    assert slice_gaps([0, 10, 30, 40]) == [{"after_mm": 10.0, "step_mm": 20.0, "missing_slices": 1}]
+    assert slice_gaps([0, 10, 20, 30]) == []
+    # any order of the positions (apex first) gives the same thicknesses per slice
+    np.testing.assert_allclose(slice_thicknesses_mm([40, 30, 10, 0]), [10, 15, 15, 10])
+    assert np.isnan(volumes_ml(labels[:1], (10.0, 1.0, 1.0), [0.0])["LVBP"])
+
+
+def test_one_phase_gives_no_stroke_volume_or_ef():
+    from cmrsdk.metrics import cardiac_measures
+
+    labels = np.zeros((3, 10, 10), np.uint8)
+    labels[:, :5, :5] = 1
+    m = cardiac_measures(labels, None, (10.0, 1.0, 1.0))
+    assert m.lvedv_ml == pytest.approx(0.75) and np.isnan(m.lvesv_ml) and np.isnan(m.lvsv_ml) and np.isnan(m.lvef_pct)

@@ -1,4 +1,4 @@
-"""Readers and writers: DICOM and NIfTI in, NIfTI, DICOM SEG and JSON out.
+"""Readers and writers: DICOM and NIfTI in, NIfTI, DICOM SEG, DICOM SR and JSON out.
 
 Every reader returns the data model of :mod:`cmrsdk.types` (arrays (Z, Y, X), spacing
 (dz, dy, dx) mm, affine (z, y, x) voxel -> RAS+ mm, canonical uint8 labels) and refuses what it
@@ -8,13 +8,15 @@ writer writes to a temporary name and renames.
 from __future__ import annotations
 
 from .dicom import read_dicom_study, scan_dicom_series
-from .dispatch import detect_format, inspect, read_study
+from .dispatch import detect_format, expand_inputs, inspect, read_study
 from .nifti import read_acdc_patient, read_mnms_subject, read_nifti_stack
+from .sr import write_measurement_report
 from .sunnybrook import read_sunnybrook
 from .writers import write_acdc_patient, write_dicom_seg, write_dicom_series, write_json, write_nifti_labels
 
 __all__ = [
     "read_study", "read_dicom_study", "read_acdc_patient", "read_mnms_subject", "read_nifti_stack",
-    "read_sunnybrook", "scan_dicom_series", "detect_format", "inspect",
+    "read_sunnybrook", "scan_dicom_series", "detect_format", "expand_inputs", "inspect",
     "write_nifti_labels", "write_dicom_seg", "write_json", "write_dicom_series", "write_acdc_patient",
+    "write_measurement_report",
 ]

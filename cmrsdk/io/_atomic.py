@@ -26,8 +26,13 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, target)  # atomic on POSIX when on the same file system
-    except Exception as exc:
-        temporary.unlink(missing_ok=True)
+    except BaseException as exc:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass  # the clean-up must not hide the error that stopped the writer
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt, SystemExit: cleaned up, passed on unchanged
         if isinstance(exc, WriteError):
             raise
         raise WriteError(f"{target}: could not be written ({type(exc).__name__}: {exc})") from exc

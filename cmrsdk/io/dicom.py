@@ -8,6 +8,18 @@ normal (row direction x column direction, ascending) and phases by TriggerTime (
 where absent). Pixels are ``stored * RescaleSlope + RescaleIntercept``. The affine is built from
 ImagePositionPatient, ImageOrientationPatient and PixelSpacing in DICOM LPS and flipped to RAS+.
 The first phase (the one nearest the ECG R wave) is taken as ED; ES is left unknown.
+
+DICOM as it comes
+-----------------
+- Series are grouped by SeriesInstanceUID and geometry, never by FrameOfReferenceUID: some
+  archives (Sunnybrook) give every image its own frame of reference.
+- A second file with an already seen SOPInstanceUID (PACS re-exports) is skipped with a
+  :class:`~cmrsdk.errors.CmrWarning`.
+- Text in TriggerTime ('n/a') falls back on InstanceNumber for that image, with a warning.
+- Enhanced multi-frame MR is refused for what it is; compressed transfer syntaxes are decoded
+  by the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000) or pydicom itself (RLE, deflate), and
+  refused naming the package to install where it is missing.
+- Image sizes are checked from the headers before any pixel data is read.
 """
 from __future__ import annotations
 
@@ -21,7 +33,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from ..errors import ReadError
+from ..errors import CmrWarning, ReadError
 from ..types import Stack, Study, StudyInfo
 
 __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
@@ -29,6 +41,25 @@ __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SAX_WORDS = re.compile(r"(^|[^a-z])(sa|sax|short)([^a-z]|$)", re.IGNORECASE)
 
+
+#: largest Rows or Columns accepted: cine matrices are 128..512, so more is a header error.
+MAX_MATRIX = 2048
+#: largest number of pixels a series may hold (all images), checked before pixel data is read:
+#: 1.6 GB as float32.
+MAX_SERIES_PIXELS = 400_000_000
+
+_ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+#: spacings outside these bounds (mm) are not those of a cardiac MR stack (as for NIfTI).
+IN_PLANE_RANGE_MM = (0.05, 20.0)
+SLICE_RANGE_MM = (0.05, 100.0)
+
+#: compressed transfer syntaxes -> the package that decodes them (pydicom decodes RLE itself).
+_DECODERS = {
+    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg", "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg", "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg", "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg", "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
+}
 
 #: MR, enhanced MR, CT and secondary-capture image storage: files of these classes must hold an image.
 _IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.2",
@@ -70,29 +101,73 @@ def _read_header(path: Path) -> Dataset | None:
 
 
 def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
-    """Image files (with pixel data) under ``path``, and DICOM files without pixel data."""
+    """Image files (with pixel data) under ``path``, and DICOM files without pixel data.
+
+    Enhanced multi-frame images are set aside and refused only when nothing else is there;
+    a repeated SOPInstanceUID keeps its first file (sorted by path) and warns once.
+    """
     if not path.exists():
         raise ReadError(path, "no such file or directory")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    images, non_images = [], []
+    images, non_images, enhanced = [], [], []
+    seen: dict[str, Path] = {}
+    duplicates: list[Path] = []
     for file in files:
         header = _read_header(file)
         if header is None:
             continue
         # pixel data is not read yet (stop_before_pixels): an image is what has a matrix size
         if header.get("Rows") and header.get("Columns"):
+            frames = _int_or_none(header.get("NumberOfFrames"))
+            if _sop_class(header) == _ENHANCED_MR or (frames or 1) > 1:
+                enhanced.append((file, header, frames))
+                continue
+            rows, columns = int(header.Rows), int(header.Columns)
+            if rows > MAX_MATRIX or columns > MAX_MATRIX:
+                raise ReadError(file, f"'Rows' x 'Columns' (0028,0010)/(0028,0011) value {rows} x {columns} exceeds "
+                                      f"{MAX_MATRIX} x {MAX_MATRIX}; not a cine MR image (refused before reading pixels)")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                uid = str(header.get("SOPInstanceUID", "") or "")
+            if uid and uid in seen:
+                duplicates.append(file)
+                continue
+            if uid:
+                seen[uid] = file
             images.append(_Image(file, header))
         elif _sop_class(header) in _IMAGE_SOP_CLASSES:
             raise ReadError(file, f"image header ({_sop_class(header)}) lacks 'Rows'/'Columns' (0028,0010)/(0028,0011); "
                                   "truncated file?")
         else:
             non_images.append(file)
+    if duplicates:
+        first = duplicates[0]
+        warnings.warn(CmrWarning(f"{first}: 'SOPInstanceUID' repeats that of {seen[_uid_of(first)].name}; "
+                                 f"{len(duplicates)} duplicated instance(s) skipped"), stacklevel=3)
+    if not images and enhanced:
+        file, header, frames = enhanced[0]
+        raise ReadError(file, f"enhanced multi-frame MR image (SOP class {_sop_class(header) or '?'}, 'NumberOfFrames' "
+                              f"{frames}) is not supported; cmrsdk reads classic single-frame MR images: export the "
+                              "series from the scanner or PACS as classic MR Image Storage")
     if not images:
         if non_images:
-            raise ReadError(non_images[0], f"DICOM file without image data (no Rows/Columns); "
-                                           f"no image series found under {path}")
+            raise ReadError(non_images[0], f"DICOM file without image data (no Rows/Columns); no image series "
+                                           f"found among the {len(non_images)} DICOM file(s) there")
         raise ReadError(path, f"no DICOM image files found ({len(files)} files searched)")
     return images, non_images
+
+
+def _int_or_none(value: object) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _uid_of(file: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return str(pydicom.dcmread(str(file), stop_before_pixels=True).get("SOPInstanceUID", ""))
 
 
 def _vector(image: _Image, keyword: str, tag: str, length: int) -> np.ndarray:
@@ -119,14 +194,24 @@ def _series_key(image: _Image) -> str:
         return str(image.header.get("SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
 
 
-def _time_of(image: _Image) -> float:
-    value = image.header.get("TriggerTime")
-    if value not in (None, ""):
-        return float(value)
-    return float(image.header.get("InstanceNumber", 0) or 0)
+def _trigger_time(image: _Image) -> float | None:
+    """TriggerTime in ms, None where absent or not a number ('n/a' in some exports)."""
+    try:
+        value = image.header.get("TriggerTime")
+        time = float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+    return time if time is not None and np.isfinite(time) else None
 
 
-def _group_positions(images: list[_Image]) -> list[list[_Image]]:
+def _time_of(image: _Image, by_trigger: bool = True) -> float:
+    time = _trigger_time(image) if by_trigger else None
+    if time is not None:
+        return time
+    return float(_int_or_none(image.header.get("InstanceNumber")) or 0)
+
+
+def _group_positions(images: list[_Image], by_trigger: bool = True) -> list[list[_Image]]:
     """Images grouped by slice position along the normal (ascending), each group sorted by time."""
     orientation = _vector(images[0], "ImageOrientationPatient", "(0020,0037)", 6)
     normal = _normal(orientation)
@@ -140,7 +225,8 @@ def _group_positions(images: list[_Image]) -> list[list[_Image]]:
             groups.append([])
         groups[-1].append(images[i])
         last = positions[i]
-    return [sorted(g, key=lambda im: (_time_of(im), int(im.header.get("InstanceNumber", 0) or 0))) for g in groups]
+    return [sorted(g, key=lambda im: (_time_of(im, by_trigger), _int_or_none(im.header.get("InstanceNumber")) or 0))
+            for g in groups]
 
 
 def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
@@ -189,6 +275,48 @@ def _check_consistent(images: list[_Image]) -> None:
             raise ReadError(image.path, f"mixed matrix sizes in one series: Rows x Columns {other_size} differs from {size}")
     if np.any(spacing <= 0):
         raise ReadError(first.path, f"'PixelSpacing' (0028,0030) value {spacing.tolist()} must be positive")
+    low, high = IN_PLANE_RANGE_MM
+    if np.any(spacing < low) or np.any(spacing > high):
+        raise ReadError(first.path, f"'PixelSpacing' (0028,0030) value {spacing.tolist()} mm is outside {low}..{high} mm: "
+                                    "not a cardiac MR image, or a header error")
+
+
+def _raw_value(header: Dataset, keyword: str) -> str:
+    """The stored text of an element, without pydicom converting it (text in a DS tag)."""
+    element = header.get(keyword)
+    if element is None:
+        return ""
+    raw = header.get_item(keyword)
+    value = getattr(raw, "value", element)
+    return value.decode(errors="replace").strip() if isinstance(value, bytes) else str(value)
+
+
+def _check_orientation(image: _Image, orientation: np.ndarray) -> None:
+    """Row and column directions must be unit vectors at right angles (within header rounding)."""
+    row, column = orientation[:3], orientation[3:]
+    lengths = (float(np.linalg.norm(row)), float(np.linalg.norm(column)))
+    if not all(abs(length - 1.0) < 1e-2 for length in lengths) or abs(float(row @ column)) > 1e-2:
+        raise ReadError(image.path, f"'ImageOrientationPatient' (0020,0037) value {orientation.tolist()} is not two "
+                                    "orthogonal unit vectors (sheared or corrupt geometry)")
+
+
+def _check_stack_line(groups: list[list[_Image]], origins: np.ndarray, normal: np.ndarray, positions: np.ndarray) -> None:
+    """Refuse a stack whose slices are not stacked along their normal, or that has zero steps."""
+    steps = np.diff(positions)
+    if np.any(steps > SLICE_RANGE_MM[1]):
+        raise ReadError(groups[int(np.argmax(steps)) + 1][0].path, f"slice positions {np.round(positions, 3).tolist()} mm "
+                                                                   f"step by up to {steps.max():.1f} mm, over "
+                                                                   f"{SLICE_RANGE_MM[1]} mm: not one short-axis stack")
+    if np.any(steps <= 0.01):
+        raise ReadError(groups[0][0].path, f"slice positions {np.round(positions, 3).tolist()} mm repeat; expected "
+                                           "distinct positions along the slice normal")
+    lateral = (origins - origins[0]) - np.outer(positions - positions[0], normal)
+    drift = float(np.linalg.norm(lateral, axis=1).max())
+    if drift > max(1.0, 0.1 * float(np.median(steps))):
+        worst = int(np.linalg.norm(lateral, axis=1).argmax())
+        raise ReadError(groups[worst][0].path, f"'ImagePositionPatient' (0020,0032) moves {drift:.1f} mm across the "
+                                               "slice normal: the stack is sheared (tilted slices), which cmrsdk does "
+                                               "not resample; expected slices stacked along the normal")
 
 
 def _pixels(image: _Image) -> np.ndarray:
@@ -196,26 +324,50 @@ def _pixels(image: _Image) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(str(image.path))
+    except Exception as exc:
+        raise ReadError(image.path, f"DICOM file cannot be read ({type(exc).__name__}: {exc})") from exc
+    syntax = str(getattr(dataset.file_meta, "TransferSyntaxUID", "") or "") if hasattr(dataset, "file_meta") else ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             stored = dataset.pixel_array
     except Exception as exc:  # truncated pixel data, unsupported transfer syntax, ...
-        raise ReadError(image.path, f"pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+        package = _DECODERS.get(syntax)
+        if package is not None and not _importable(package):
+            raise ReadError(image.path, f"pixel data in transfer syntax {pydicom.uid.UID(syntax).name} ({syntax}) needs "
+                                        f"the package {package}: pip install pylibjpeg {package}") from exc
+        raise ReadError(image.path, f"pixel data cannot be decoded (transfer syntax {syntax or 'unknown'}; "
+                                    f"{type(exc).__name__}: {exc})") from exc
     if stored.ndim != 2:
         raise ReadError(image.path, f"pixel data has shape {stored.shape}; only classic single-frame greyscale "
                                     "images are supported (NumberOfFrames 1, SamplesPerPixel 1)")
-    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
+    slope, intercept = _float_tag(dataset, "RescaleSlope"), _float_tag(dataset, "RescaleIntercept")
+    for keyword, value, default in (("RescaleSlope", slope, 1.0), ("RescaleIntercept", intercept, 0.0)):
+        if value is None and _raw_value(dataset, keyword) != "":
+            warnings.warn(CmrWarning(f"{image.path}: '{keyword}' value {_raw_value(dataset, keyword)!r} is not a number; "
+                                     f"{default} used"), stacklevel=2)
+    slope = 1.0 if slope is None or slope == 0 else slope
+    intercept = 0.0 if intercept is None else intercept
     pixels = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     if not np.all(np.isfinite(pixels)):
         raise ReadError(image.path, "pixel data holds NaN or infinite values")
     return pixels
 
 
+def _importable(package: str) -> bool:
+    import importlib.util
+
+    module = {"pylibjpeg-libjpeg": "libjpeg", "pylibjpeg-openjpeg": "openjpeg"}.get(package, package)
+    return importlib.util.find_spec(module) is not None and importlib.util.find_spec("pylibjpeg") is not None
+
+
 def _float_tag(header: Dataset, keyword: str, scale: float = 1.0) -> float | None:
-    value = header.get(keyword)
     try:
-        return float(value) * scale if value not in (None, "") else None
+        value = header.get(keyword)
+        number = float(value) * scale if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+    return number if number is not None and np.isfinite(number) else None
 
 
 def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Study:
@@ -249,9 +401,21 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         raise ReadError(path, f"series_uid '{series_uid}' not found; series present: {sorted(summaries)}")
     members = [im for im in images if _series_key(im) == chosen]
     _check_consistent(members)
-    groups = _group_positions(members)
+    first = members[0]
+    total = len(members) * int(first.header.Rows) * int(first.header.Columns)
+    if total > MAX_SERIES_PIXELS:
+        raise ReadError(path, f"series {chosen} holds {len(members)} images of {first.header.Rows} x {first.header.Columns}: "
+                              f"{total} pixels exceeds the limit of {MAX_SERIES_PIXELS} (refused before reading pixels)")
+    # a time order needs every image's TriggerTime; where some are text, InstanceNumber orders them all
+    unusable = [im for im in members if _trigger_time(im) is None and im.header.get("TriggerTime") is not None]
+    by_trigger = not unusable and all(_trigger_time(im) is not None for im in members)
+    if unusable:
+        warnings.warn(CmrWarning(f"{unusable[0].path}: 'TriggerTime' (0018,1060) value "
+                                 f"{_raw_value(unusable[0].header, 'TriggerTime')!r} is not a number "
+                                 f"({len(unusable)} image(s)); phases ordered by InstanceNumber instead"), stacklevel=2)
+    groups = _group_positions(members, by_trigger)
     for group in groups:
-        times = [_time_of(im) for im in group]
+        times = [_time_of(im, by_trigger) for im in group]
         if len(set(times)) != len(times):
             raise ReadError(group[0].path, f"duplicate slice position: {len(group)} images at the same position "
                                            f"with TriggerTime/InstanceNumber {times} (also {group[1].path.name})")
@@ -261,24 +425,26 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         raise ReadError(worst[0].path, f"slice positions hold differing numbers of phases {sorted(counts)} in series {chosen}")
     n_phases = counts.pop()
 
-    first = members[0]
     orientation = _vector(first, "ImageOrientationPatient", "(0020,0037)", 6)
+    _check_orientation(first, orientation)
     row_spacing, col_spacing = _vector(first, "PixelSpacing", "(0028,0030)", 2)  # (dy, dx)
+    normal = _normal(orientation)
     origins = np.array([_vector(g[0], "ImagePositionPatient", "(0020,0032)", 3) for g in groups])
+    positions = origins @ normal
     if len(groups) > 1:
-        steps = np.diff(origins @ _normal(orientation))
-        dz = float(np.median(steps))
-        slice_axis = (origins[-1] - origins[0]) / (len(groups) - 1)
+        # the nominal step is the median; volumes weigh each slice by its own steps
+        # (cmrsdk.metrics.slice_thicknesses_mm), so gaps and uneven steps count at their real size
+        dz = float(np.median(np.diff(positions)))
+        _check_stack_line(groups, origins, normal, positions)
     else:
         dz = _float_tag(first.header, "SpacingBetweenSlices") or _float_tag(first.header, "SliceThickness") or 1.0
-        slice_axis = _normal(orientation) * dz
+        dz = dz if np.isfinite(dz) and dz > 0 else 1.0  # one slice: no volume is reported, dz only labels the grid
     affine_lps = np.eye(4)
-    affine_lps[:3, 0] = slice_axis
+    affine_lps[:3, 0] = normal * dz                     # orthogonal by construction (checked above)
     affine_lps[:3, 1] = orientation[3:] * row_spacing   # down a column: rows advance
     affine_lps[:3, 2] = orientation[:3] * col_spacing   # along a row: columns advance
     affine_lps[:3, 3] = origins[0]
     affine = _LPS_TO_RAS @ affine_lps
-    positions = origins @ _normal(orientation)
 
     phases = []
     for t in range(n_phases):
@@ -288,13 +454,13 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         phases.append(Stack(pixels=pixels, spacing=(dz, float(row_spacing), float(col_spacing)), affine=affine,
                             slice_positions=positions, phase=name, source=str(path),
                             source_files=tuple(str(im.path) for im in slices)))
-    times = np.array([[_time_of(g[t]) for g in groups] for t in range(n_phases)]).mean(axis=1)
+    times = np.array([[_time_of(g[t], by_trigger) for g in groups] for t in range(n_phases)]).mean(axis=1)
     header = first.header
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid UIDs are validated when first read
         info = _info(header, chosen, path)
     return Study(phases=tuple(phases), ed_index=0 if n_phases > 1 else None, es_index=None,
-                 trigger_times_ms=times if "TriggerTime" in header else None, info=info)
+                 trigger_times_ms=times if by_trigger else None, info=info)
 
 
 def _info(header: Dataset, series_uid: str, path: Path) -> StudyInfo:

@@ -7,25 +7,56 @@ from typing import Any
 import numpy as np
 
 from ..errors import ReadError
-from ..types import Study
+from ..types import Study, StudyInfo
 from .dicom import read_dicom_study, scan_dicom_series
-from .nifti import read_acdc_patient, read_mnms_subject, read_nifti_stack
+from .nifti import is_nifti_name, read_acdc_patient, read_mnms_subject, read_nifti_stack
 
-__all__ = ["detect_format", "read_study", "inspect"]
+__all__ = ["detect_format", "expand_inputs", "read_study", "inspect"]
+
+
+def _mnms_layout(folder: Path) -> bool:
+    """M&Ms (``SUBJECT_sa_ED.nii.gz``) or M&Ms-2 (``001_SA_ED.nii.gz``) subject folder, any case."""
+    wanted = f"{folder.name}_sa_ed.nii".lower()
+    return any(p.name.lower().startswith(wanted) for p in folder.iterdir())
 
 
 def detect_format(path: str | Path) -> str:
-    """'acdc', 'mnms', 'nifti' or 'dicom' for what ``path`` holds (by layout, not content)."""
+    """'acdc', 'mnms', 'nifti' or 'dicom' for what ``path`` holds (by layout, not content).
+
+    A NIfTI file is recognised by its name in any case (``.nii``, ``.nii.gz``, ``.NII.GZ``);
+    an M&Ms subject folder in the M&Ms and M&Ms-2 layouts.
+    """
     path = Path(path)
     if not path.exists():
         raise ReadError(path, "no such file or directory")
     if path.is_file():
-        return "nifti" if path.name.endswith((".nii", ".nii.gz")) else "dicom"
+        return "nifti" if is_nifti_name(path.name) else "dicom"
     if (path / "Info.cfg").is_file():
         return "acdc"
-    if any(path.glob(f"{path.name}_sa_ED.nii*")):
+    if _mnms_layout(path):
         return "mnms"
     return "dicom"
+
+
+def expand_inputs(path: str | Path) -> list[Path]:
+    """The studies a path given on the command line stands for, one path each, sorted.
+
+    - a file, an ACDC patient or an M&Ms subject folder: itself;
+    - a folder of ACDC patients or M&Ms subjects (as ``cmrsdk evaluate`` takes): each of them;
+    - a folder of NIfTI files (any case of extension) and no subject folders: each image file,
+      label maps (``*_gt``) left out;
+    - anything else (a DICOM folder, searched recursively): itself.
+    """
+    path = Path(path)
+    if not path.is_dir() or detect_format(path) != "dicom":
+        return [path]
+    entries = sorted(path.iterdir())
+    subjects = [p for p in entries if p.is_dir() and detect_format(p) in ("acdc", "mnms")]
+    if subjects:
+        return subjects
+    images = [p for p in entries if p.is_file() and is_nifti_name(p.name)
+              and not p.name.lower().split(".nii")[0].endswith("_gt")]
+    return images or [path]
 
 
 def read_study(path: str | Path, **options: Any) -> Study:
@@ -41,7 +72,7 @@ def read_study(path: str | Path, **options: Any) -> Study:
         return read_mnms_subject(path, **options)
     if kind == "nifti":
         stack = read_nifti_stack(path, **options)
-        return Study(phases=(stack,))
+        return Study(phases=(stack,), info=StudyInfo(source=str(path)))
     return read_dicom_study(path, **options)
 
 

@@ -20,7 +20,7 @@ from ..errors import ReadError
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
 
-__all__ = ["CONVENTIONS", "read_nifti_stack", "read_acdc_patient", "read_mnms_subject", "read_acdc_info"]
+__all__ = ["CONVENTIONS", "read_nifti_stack", "read_acdc_patient", "read_mnms_subject", "read_acdc_info", "is_nifti_name"]
 
 Convention = Literal["canonical", "acdc", "mnms"]
 
@@ -37,15 +37,47 @@ _MNMS_VENDORS = {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
+#: largest in-plane side accepted (pixels), and largest number of voxels of one phase, both
+#: checked from the header before any data is read (a 760 KB file may declare 20000 x 20000).
+MAX_MATRIX = 2048
+MAX_VOXELS = 100_000_000
+#: spacings outside these bounds (mm) are not those of a cardiac MR stack: a wrong header.
+IN_PLANE_RANGE_MM = (0.05, 20.0)
+SLICE_RANGE_MM = (0.05, 100.0)
+
+
+def _raw_pixdim(path: Path) -> np.ndarray:
+    """pixdim[1:4] as stored: nibabel's loader silently turns zeros into 1 mm."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as handle:
+        header = nib.Nifti1Header.from_fileobj(handle, check=False)
+    return np.asarray(header["pixdim"][1:4], dtype=np.float64)
+
+
 def _load(path: Path) -> nib.Nifti1Image:
     if not path.is_file():
         raise ReadError(path, "no such NIfTI file")
     try:
+        import logging
+
+        logging.getLogger("nibabel.global").setLevel(logging.ERROR)  # its pixdim notice; checked below
         image = nib.load(str(path))
         header = image.header
         shape = image.shape
+        dtype = header.get_data_dtype()
     except Exception as exc:  # nibabel raises many kinds (ImageFileError, EOFError, zlib errors)
-        raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+        reason = str(exc).replace(f"'{path}'", "the file").replace(str(path), "the file")  # the line names it already
+        raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
+    if dtype.fields is not None or dtype.kind not in "uifb":
+        raise ReadError(path, f"NIfTI datatype {header.get_value_label('datatype')} ({dtype}) is not greyscale; "
+                              "expected one integer or float value per voxel")
+    if len(shape) >= 2 and (shape[0] > MAX_MATRIX or shape[1] > MAX_MATRIX):
+        raise ReadError(path, f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels; an in-plane side over "
+                              f"{MAX_MATRIX} is not a cine MR image (refused before reading the data)")
+    if int(np.prod(shape[:3], dtype=np.int64)) > MAX_VOXELS:
+        raise ReadError(path, f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels, over the limit of "
+                              f"{MAX_VOXELS} per phase (refused before reading the data)")
     if len(shape) == 4 and shape[3] == 1:
         return image.slicer[..., 0]
     if len(shape) != 3:
@@ -63,17 +95,39 @@ def _read_array(image: nib.Nifti1Image, path: Path) -> np.ndarray:
 
 
 def _geometry(image: nib.Nifti1Image, path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """(affine (4, 4) for (z, y, x), spacing (dz, dy, dx) mm) of a 3-D NIfTI image."""
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    """(affine (4, 4) for (z, y, x), spacing (dz, dy, dx) mm) of a 3-D NIfTI image.
+
+    Refused: pixdim that is zero, negative, not finite or outside the ranges of a cardiac stack
+    (a single slice may have any slice pixdim: it gives no volume), and an affine whose axes
+    are not at right angles (sheared).
+    """
+    raw = _raw_pixdim(path)
+    n_slices = image.shape[2]
+    zooms = tuple(float(z) for z in raw)
+    if n_slices == 1 and not (np.isfinite(zooms[2]) and zooms[2] > 0):
+        zooms = (zooms[0], zooms[1], 1.0)  # one slice: no volume is reported, dz only labels the grid
     if not all(np.isfinite(z) and z > 0 for z in zooms):
-        raise ReadError(path, f"NIfTI pixdim (voxel sizes) {zooms} must be finite and positive")
+        raise ReadError(path, f"NIfTI pixdim[1:4] (voxel sizes) {list(zooms)} must be finite and positive")
+    low, high = IN_PLANE_RANGE_MM
+    if not all(low <= z <= high for z in zooms[:2]):
+        raise ReadError(path, f"NIfTI pixdim[1:3] (in-plane voxel size) {list(zooms[:2])} mm is outside "
+                              f"{low}..{high} mm: not a cardiac MR image, or a header in other units")
+    low, high = SLICE_RANGE_MM
+    if n_slices > 1 and not low <= zooms[2] <= high:
+        raise ReadError(path, f"NIfTI pixdim[3] (slice spacing) {zooms[2]} mm is outside {low}..{high} mm")
     affine = nifti_to_zyx_affine(image.affine)
     spacing = (zooms[2], zooms[1], zooms[0])
     norms = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(norms == 0) or not np.all(np.isfinite(affine)):
         raise ReadError(path, f"NIfTI affine is degenerate: {image.affine.tolist()}")
+    axes = affine[:3, :3] / norms
+    cosines = np.abs(axes.T @ axes - np.eye(3))
+    if cosines.max() > 1e-3:
+        raise ReadError(path, f"NIfTI affine (sform/qform) axes are not at right angles (largest cosine "
+                              f"{cosines.max():.3f}): a sheared grid, which cmrsdk does not resample; affine "
+                              f"{np.round(image.affine, 4).tolist()}")
     if not np.allclose(norms, spacing, rtol=1e-3):
-        affine[:3, :3] = affine[:3, :3] / norms * np.asarray(spacing)
+        affine[:3, :3] = axes * np.asarray(spacing)
     return affine, spacing
 
 
@@ -149,12 +203,20 @@ def read_nifti_stack(image_path: str | Path, label_path: str | Path | None = Non
                  phase=phase, source=str(image_path))
 
 
+def is_nifti_name(name: str) -> bool:
+    """True for a NIfTI file name, in any case of extension (``.nii``, ``.nii.gz``, ``.NII.GZ``)."""
+    return name.lower().endswith(_NIFTI_SUFFIXES)
+
+
 def _find_nifti(folder: Path, stem: str) -> Path | None:
+    """``stem`` + a NIfTI suffix in ``folder``: the exact name first, then any case (M&Ms-2: ``001_SA_ED``)."""
     for suffix in _NIFTI_SUFFIXES:
         candidate = folder / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate
-    return None
+    wanted = {f"{stem}{suffix}".lower() for suffix in _NIFTI_SUFFIXES}
+    matches = sorted(p for p in folder.iterdir() if p.name.lower() in wanted and p.is_file()) if folder.is_dir() else []
+    return matches[0] if matches else None
 
 
 def read_acdc_info(path: str | Path) -> dict[str, str]:
@@ -233,6 +295,9 @@ def _mnms_vendor(folder: Path) -> str | None:
 
 def read_mnms_subject(folder: str | Path) -> Study:
     """Read an M&Ms subject folder: ``SUBJECT_sa_ED.nii.gz``, ``SUBJECT_sa_ES.nii.gz`` and ``_gt``.
+
+    The M&Ms-2 layout (``001/001_SA_ED.nii.gz``, ``001_SA_ES_gt.nii.gz``; same label codes) is
+    read the same way: names are matched in any case.
 
     Labels (M&Ms convention 1 LV, 2 MYO, 3 RV, stored as float64) are cast to canonical uint8.
     The manufacturer comes from ``../info.csv`` where present.

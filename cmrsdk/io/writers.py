@@ -5,13 +5,14 @@ Every writer goes through :func:`cmrsdk.io._atomic.atomic_path`: a temporary nam
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.valuerep import DSfloat
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ..errors import InputError, WriteError
@@ -39,11 +40,37 @@ def _nifti_affine(stack: Stack) -> np.ndarray:
     return stack.affine[:, [2, 1, 0, 3]]
 
 
+def _source_header(stack: Stack, shape_xyz: tuple[int, ...]) -> nib.Nifti1Header | None:
+    """The header of the NIfTI file ``stack`` was read from, when it exists and has this grid."""
+    from .nifti import is_nifti_name
+
+    source = Path(stack.source) if stack.source else None
+    if source is None or not is_nifti_name(source.name) or not source.is_file():
+        return None
+    try:
+        header = nib.load(str(source)).header
+    except Exception:
+        return None  # the source moved or changed since it was read: fall back on the stack's affine
+    return header if tuple(header.get_data_shape()[:3]) == tuple(shape_xyz) else None
+
+
 def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack) -> None:
-    image = nib.Nifti1Image(np.ascontiguousarray(array_zyx.transpose(2, 1, 0)), _nifti_affine(stack))
-    image.header.set_zooms(stack.spacing[::-1])
-    image.set_qform(_nifti_affine(stack), code=1)
-    image.set_sform(_nifti_affine(stack), code=1)
+    array = np.ascontiguousarray(array_zyx.transpose(2, 1, 0))
+    image = nib.Nifti1Image(array, _nifti_affine(stack))
+    source = _source_header(stack, array.shape)
+    if source is not None:
+        # outputs lie on the input's grid exactly as the input declares it: same sform and qform
+        # with their codes, same pixdim (ACDC's sform has unit columns while pixdim holds the sizes)
+        qform, qcode = source.get_qform(coded=True)
+        sform, scode = source.get_sform(coded=True)
+        image.set_qform(qform if qform is not None else source.get_best_affine(), code=int(qcode or 0))
+        image.set_sform(sform if sform is not None else source.get_best_affine(), code=int(scode or 0))
+        image.header.set_zooms(source.get_zooms()[:3])  # after the forms: set_qform rewrites pixdim
+        image.header.set_xyzt_units(*source.get_xyzt_units())
+    else:
+        image.header.set_zooms(stack.spacing[::-1])
+        image.set_qform(_nifti_affine(stack), code=1)
+        image.set_sform(_nifti_affine(stack), code=1)
     with atomic_path(path) as temporary:
         nib.save(image, str(temporary))
 
@@ -77,22 +104,33 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return Path(path)
 
 
-def write_dicom_seg(path: str | Path, labels: np.ndarray, stack: Stack, *, series_description: str = "cmrsdk segmentation") -> Path:
+def write_dicom_seg(path: str | Path, labels: np.ndarray, stack: Stack, *, series_description: str = "cmrsdk segmentation",
+                    series_number: int = 900, series_instance_uid: str | None = None) -> Path:
     """Write a DICOM SEG (highdicom, binary, one segment per structure) referencing ``stack``'s series.
 
     Parameters
     ----------
+    path : the .dcm file to write (through a temporary name, then renamed).
     labels : uint8 (Z, Y, X) canonical labels on ``stack``'s grid.
     stack : a stack read from DICOM: ``stack.source_files`` names the source image of each slice.
+    series_description, series_number : of the new SEG series; give each phase its own, so
+        that a PACS lists ED and ES apart.
+    series_instance_uid : of the new series; a new UID when None.
+
+    Source headers as archives deliver them (invalid dates, a frame of reference per image) are
+    repaired for the SEG by :func:`cmrsdk.io._dicom_out.derivation_sources`, with warnings.
     """
     import highdicom as hd  # optional dependency (cmrsdk[io])
     from pydicom.sr.codedict import codes
+
+    from .. import __version__
+    from ._dicom_out import derivation_sources
 
     array = _check_labels(labels, stack)
     if len(stack.source_files) != stack.shape[0]:
         raise InputError(f"DICOM SEG needs the source DICOM file of each of the {stack.shape[0]} slices; "
                          f"stack from {stack.source or 'memory'} has {len(stack.source_files)} (read it with read_dicom_study)")
-    sources = [pydicom.dcmread(f) for f in stack.source_files]
+    sources = derivation_sources(stack.source_files)
     categories = codes.SCT.AnatomicalStructure
     # SNOMED CT codes of the structures; the segment label names the blood pool precisely
     properties = {1: codes.SCT.LeftVentricle, 2: codes.SCT.LeftVentricleMyocardium, 3: codes.SCT.RightVentricle}
@@ -101,20 +139,32 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, stack: Stack, *, serie
             segment_number=label, segment_label=LABEL_NAMES[label],
             segmented_property_category=categories, segmented_property_type=properties[label],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=hd.AlgorithmIdentificationSequence(name="cmrsdk", version="0.1.0",
+            algorithm_identification=hd.AlgorithmIdentificationSequence(name="cmrsdk", version=__version__,
                                                                          family=codes.cid7162.ArtificialIntelligence),
         )
         for label in STRUCTURES
     ]
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="cmrsdk", manufacturer_model_name="cmrsdk", software_versions="0.1.0",
-        device_serial_number="0", series_description=series_description,
-    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # source UIDs invalid per VR UI are referenced verbatim
+            seg = hd.seg.Segmentation(
+                source_images=sources, pixel_array=array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions, series_instance_uid=series_instance_uid or hd.UID(),
+                series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1, manufacturer="cmrsdk",
+                manufacturer_model_name="cmrsdk", software_versions=__version__, device_serial_number="0",
+                series_description=series_description[:64],
+            )
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise WriteError(f"{path}: DICOM SEG cannot be built from {stack.source_files[0]} and the other sources "
+                         f"({type(exc).__name__}: {exc})") from exc
     with atomic_path(path) as temporary:
         seg.save_as(str(temporary))
     return Path(path)
+
+
+def _ds(value: float) -> DSfloat:
+    """A decimal string of at most 16 characters (VR DS), as close to ``value`` as that allows."""
+    return DSfloat(float(value), auto_format=True)
 
 
 def write_dicom_series(folder: str | Path, study: Study, *, series_description: str = "SAX cine") -> list[Path]:
@@ -158,14 +208,18 @@ def write_dicom_series(folder: str | Path, study: Study, *, series_description: 
             if study.info.field_strength_t is not None:
                 ds.MagneticFieldStrength = study.info.field_strength_t
             ds.InstanceNumber = t * stack.shape[0] + z + 1
-            ds.ImagePositionPatient = [float(v) for v in (lps @ [z, 0, 0, 1])[:3]]
-            ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
-            ds.PixelSpacing = [float(dy), float(dx)]
-            ds.SliceThickness, ds.SpacingBetweenSlices = float(dz), float(dz)
-            ds.SliceLocation = float(stack.slice_positions[z])
-            ds.TriggerTime = float(times[t])
+            ds.PositionReferenceIndicator, ds.PatientPosition, ds.Laterality = "", "HFS", ""
+            # the MR Image module's Type 1 and 2 attributes, as a balanced-SSFP cine would carry them
+            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "GR", "SS", "CG", "2D"
+            ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = _ds(3.0), _ds(1.5), 1
+            ds.ImagePositionPatient = [_ds(v) for v in (lps @ [z, 0, 0, 1])[:3]]
+            ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
+            ds.PixelSpacing = [_ds(dy), _ds(dx)]
+            ds.SliceThickness, ds.SpacingBetweenSlices = _ds(dz), _ds(dz)
+            ds.SliceLocation = _ds(stack.slice_positions[z])
+            ds.TriggerTime = _ds(times[t])
             ds.CardiacNumberOfImages = len(study.phases)
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.Rows, ds.Columns = stack.shape[1], stack.shape[2]
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0

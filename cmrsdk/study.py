@@ -1,0 +1,237 @@
+"""One study from input to outputs: read, segment, measure, write; the whole folder or nothing.
+
+:func:`segment_one` is the per-study function every entry point calls (``cmrsdk segment``, a
+DICOM node, a batch runner). It writes into a hidden staging folder beside the output folder
+and renames it into place only once every file is complete, replacing (never mixing with) an
+earlier result; on any exception, ``KeyboardInterrupt`` or a SIGTERM turned into
+:class:`Interrupted` by :func:`raise_on_sigterm`, the staging folder is removed, so a study
+either completes whole or leaves nothing.
+
+Outputs of one study (``out_dir``):
+
+| file | when |
+|---|---|
+| ``labels_ED.nii.gz``, ``labels_ES.nii.gz`` | always (ED only for a one-phase input) |
+| ``seg_ED.dcm``, ``seg_ES.dcm`` | DICOM input: DICOM SEG per phase, own SeriesNumber and description |
+| ``sr.dcm`` | DICOM input with a known measure: TID 1500 measurement report |
+| ``overlay.png`` | unless ``overlay=False`` |
+| ``report.html`` | unless ``report_html=False``: the page a reader opens (`cmrsdk.report_html`) |
+| ``report.json`` | always; lists the files, the warnings and the flags |
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import CmrWarning, WriteError
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+    from .types import Study
+
+__all__ = ["segment_one", "check_output_folder", "Interrupted", "raise_on_sigterm", "OUTPUT_PATTERN",
+           "SEG_SERIES", "SR_SERIES"]
+
+#: names cmrsdk writes in a study folder: a folder holding anything else is not replaced.
+OUTPUT_PATTERN = re.compile(r"^(labels_[A-Za-z0-9 ]+\.nii\.gz|seg_[A-Za-z0-9 ]+\.dcm|sr\.dcm|report\.json|report\.html|overlay\.png)$")
+#: (SeriesNumber, SeriesDescription) of the SEG of each phase: a PACS lists ED and ES apart.
+SEG_SERIES = {"ED": (901, "cmrsdk segmentation ED"), "ES": (902, "cmrsdk segmentation ES")}
+#: (SeriesNumber, SeriesDescription) of the measurement report.
+SR_SERIES = (903, "cmrsdk cardiac measurements")
+_STAGING = ".cmrsdk-staging-"
+_RETIRED = ".cmrsdk-replaced-"
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived: raised in the main thread so that clean-up (``finally``) runs, as for Ctrl-C."""
+
+
+@contextmanager
+def raise_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Interrupted` in the main thread (restored after)."""
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals to whoever owns it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), contents: bool = True) -> Path:
+    """Check, before any compute, that ``out_dir`` can receive a study's outputs; create its parent.
+
+    Refused (:class:`WriteError` naming the folder and the reason): a file where the folder or
+    one of its parents should be, a parent that cannot be created or written, and an existing
+    folder holding files cmrsdk does not write (it would be replaced whole).
+
+    Parameters
+    ----------
+    out_dir : the study's output folder.
+    keep : names of entries in ``out_dir`` that the caller placed there and that move into the
+        new result (the demo's ``example_dicom``); they are not foreign.
+    contents : check what ``out_dir`` holds; False for the folder that holds several studies'
+        folders (only its place and writability are checked).
+
+    Returns
+    -------
+    ``out_dir`` as a Path.
+    """
+    out_dir = Path(out_dir)
+    for ancestor in [out_dir, *out_dir.parents]:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                where = "is a file" if ancestor == out_dir else f"lies under {ancestor}, which is a file"
+                raise WriteError(f"{out_dir}: output folder {where}, not a folder")
+            break
+    if contents and out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if not OUTPUT_PATTERN.match(p.name) and p.name not in keep)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise WriteError(f"{out_dir}: output folder holds {len(foreign)} entries cmrsdk did not write ({shown}); "
+                             "a study's folder is replaced whole, so choose a new or empty folder")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".cmrsdk-probe-", dir=out_dir.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise WriteError(f"{out_dir}: output folder cannot be written ({exc.strerror or exc}: {exc.filename or out_dir.parent})") from exc
+    return out_dir
+
+
+def _replace_folder(staging: Path, out_dir: Path, keep: tuple[str, ...] = ()) -> None:
+    """Move the complete ``staging`` folder to ``out_dir``, retiring an earlier result first.
+
+    Entries named in ``keep`` move from the earlier folder into the new one (back on failure).
+    """
+    moved = [name for name in keep if (out_dir / name).exists() and not (staging / name).exists()]
+    try:
+        for name in moved:
+            os.rename(out_dir / name, staging / name)
+        _swap(staging, out_dir)
+    except BaseException:
+        for name in moved:
+            if (staging / name).exists() and out_dir.is_dir():
+                os.rename(staging / name, out_dir / name)
+        raise
+
+
+def _swap(staging: Path, out_dir: Path) -> None:
+    retired = None
+    if out_dir.exists():
+        retired = Path(tempfile.mkdtemp(prefix=_RETIRED, dir=out_dir.parent))
+        os.rmdir(retired)
+        os.rename(out_dir, retired)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        if retired is not None and not out_dir.exists():
+            os.rename(retired, out_dir)  # put the earlier result back rather than lose both
+        raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _distinct_messages(messages: Iterator[str] | list[str]) -> list[str]:
+    """Each problem once: the same text about another file of the series (ED, ES, SR) is dropped."""
+    kept: dict[str, str] = {}
+    for message in messages:
+        kept.setdefault(message.split(": ", 1)[-1], message)
+    return list(kept.values())
+
+
+def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, overlay: bool = True,
+                keep: tuple[str, ...] = (), report_html: bool = True, truth: Study | None = None) -> dict[str, Any]:
+    """Read, segment and write one study; returns its report (the content of ``report.json``).
+
+    Parameters
+    ----------
+    pipeline : a loaded :class:`cmrsdk.Pipeline` (one per worker, reused across studies).
+    source : what :func:`cmrsdk.io.read_study` reads: a DICOM folder, a NIfTI file, an ACDC
+        patient or M&Ms subject folder.
+    out_dir : the study's output folder; created, or replaced whole when it holds an earlier
+        result (refused when it holds files cmrsdk does not write).
+    overlay : draw ``overlay.png`` (the slowest output; ``--no-overlay`` skips it).
+    keep : entries of an existing ``out_dir`` to carry into the new result (see
+        :func:`check_output_folder`).
+    report_html : write ``report.html``, the study's page for a reader (``--no-report-html`` skips it).
+    truth : a `Study` holding the ground truth of ``source`` (the embedded example), scored into
+        the report's "ground_truth".
+
+    Returns
+    -------
+    The report dict: measures (null where unknown), phases, flags, ``warnings`` (the
+    :class:`cmrsdk.errors.CmrWarning` messages raised while reading and writing), ``outputs``.
+
+    Raises
+    ------
+    CmrError : the input cannot be read or the outputs cannot be written; nothing is left in
+        ``out_dir`` (an earlier result there stays as it was).
+
+    Notes
+    -----
+    Warnings are collected with ``warnings.catch_warnings``, which is process-wide: callers
+    that run studies in several threads at once (rather than processes) may see one study's
+    warnings in another's report. Everything else here is per call.
+    """
+    from .io import read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
+    from .report import ground_truth_agreement, save_overlay, study_report
+
+    out_dir = check_output_folder(out_dir, keep=keep)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CmrWarning)
+        t0 = time.perf_counter()
+        study = read_study(source)
+        read_ms = (time.perf_counter() - t0) * 1000.0
+        result = pipeline.segment_study(study)
+        report = study_report(result, study)
+        report["timings_ms"]["read"] = round(read_ms, 2)
+        if truth is not None:
+            report["ground_truth"] = ground_truth_agreement(result, truth)
+        single = len(result.phases) == 1
+        phases = [("ED", result.ed)] if single else [("ED", result.ed), ("ES", result.es)]
+        staging = out_dir.parent / f"{_STAGING}{out_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(mode=0o777)  # the umask applies, as for any folder the user creates
+        try:
+            written: list[Path] = []
+            for name, seg in phases:
+                written.append(write_nifti_labels(staging / f"labels_{name}.nii.gz", seg.labels, seg.stack))
+            dicom = all(seg.stack.source_files for _, seg in phases)
+            if dicom:
+                for name, seg in phases:
+                    number, description = SEG_SERIES[name]
+                    written.append(write_dicom_seg(staging / f"seg_{name}.dcm", seg.labels, seg.stack,
+                                                   series_number=number, series_description=description))
+                files = list(dict.fromkeys(f for _, seg in phases for f in seg.stack.source_files))
+                if any(v is not None for v in report["measures"].values()):
+                    written.append(write_measurement_report(staging / "sr.dcm", report["measures"], files,
+                                                            series_number=SR_SERIES[0], series_description=SR_SERIES[1]))
+            if overlay:
+                written.append(save_overlay(staging / "overlay.png", result))
+            report["warnings"] = _distinct_messages(str(w.message) for w in caught if issubclass(w.category, CmrWarning))
+            report["outputs"] = [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])
+            if report_html:
+                from .report_html import write_report_html
+
+                write_report_html(staging / "report.html", result, report, study=study)
+            write_json(staging / "report.json", report)
+            _replace_folder(staging, out_dir, keep)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return report

@@ -1,0 +1,101 @@
+"""The DICOM SR writer (TID 1500 measurement report) and the repair of source headers for SEG and SR."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from cmrsdk.errors import CmrWarning, InputError
+from cmrsdk.io import write_dicom_series, write_measurement_report
+from cmrsdk.io._dicom_out import derivation_sources, valid_date, valid_time
+from cmrsdk.synth import synthetic_study
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("sr") / "series"
+    return write_dicom_series(folder, synthetic_study(seed=5, n_slices=4, shape=(32, 32), n_phases=2))
+
+
+def _measurements(path: Path) -> dict[str, list[tuple[str, float, str]]]:
+    import highdicom as hd
+
+    sr = hd.sr.srread(path)
+    found: dict[str, list[tuple[str, float, str]]] = {}
+    for group in sr.content.get_image_measurement_groups():
+        for item in group.get_measurements():
+            found.setdefault(str(group.tracking_identifier), []).append((item.name.value, float(item.value), item.unit.value))
+    return found
+
+
+def test_report_holds_each_known_measure_with_its_code_and_unit(series, tmp_path):
+    measures = {"lvedv_ml": 151.25, "lvesv_ml": 61.5, "lvsv_ml": 89.75, "lvef_pct": 59.339, "lv_mass_g": 120.4,
+                "rvedv_ml": 160.0, "rvesv_ml": 70.0, "rvsv_ml": 90.0, "rvef_pct": 56.25}
+    path = write_measurement_report(tmp_path / "sr.dcm", measures, series[:4], series_number=903)
+    found = _measurements(path)
+    assert found["Left ventricle"] == [("18026-5", 151.25, "ml"), ("18148-7", 61.5, "ml"), ("90096001", 89.75, "ml"),
+                                       ("70822001", 59.339, "%"), ("18087-7", 120.4, "g")]
+    assert found["Right ventricle at end diastole"] == [("118565006", 160.0, "ml")]
+    assert found["Right ventricle at end systole"] == [("118565006", 70.0, "ml")]
+    assert found["Right ventricle"] == [("90096001", 90.0, "ml"), ("70822001", 56.25, "%")]
+    ds = pydicom.dcmread(path)
+    source = pydicom.dcmread(series[0])
+    assert ds.Modality == "SR" and ds.SeriesNumber == 903 and ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.SeriesDescription == "cmrsdk cardiac measurements"
+
+
+def test_unknown_measures_are_left_out_never_zero(series, tmp_path):
+    # one phase: EDV and mass known, ES volumes, SV and EF unknown (None in report.json, NaN in memory)
+    path = write_measurement_report(tmp_path / "sr.dcm", {"lvedv_ml": 140.0, "lvesv_ml": None, "lvsv_ml": math.nan,
+                                                          "lvef_pct": None, "lv_mass_g": 99.0, "rvedv_ml": None},
+                                    series[:4])
+    assert _measurements(path) == {"Left ventricle": [("18026-5", 140.0, "ml"), ("18087-7", 99.0, "g")]}
+    with pytest.raises(InputError, match="no measure is known"):
+        write_measurement_report(tmp_path / "none.dcm", {"lvef_pct": None}, series[:4])
+    with pytest.raises(InputError, match="'source_files' is empty"):
+        write_measurement_report(tmp_path / "none.dcm", {"lvedv_ml": 1.0}, [])
+    assert not (tmp_path / "none.dcm").exists()
+
+
+@pytest.mark.parametrize("value, ok", [("20120101", True), ("00000000", False), ("20120000", False), ("UNKNOWN", False),
+                                       ("20121301", False), ("2012010", False), ("20240229", True), ("20230229", False)])
+def test_valid_date(value, ok):
+    assert valid_date(value) is ok
+
+
+@pytest.mark.parametrize("value, ok", [("083237.000000", True), ("0832", True), ("08", True), ("256099", False),
+                                       ("0860", False), ("083237.1234567", False), ("", False), ("ab", False)])
+def test_valid_time(value, ok):
+    assert valid_time(value) is ok
+
+
+def test_sources_repaired_with_one_warning_per_attribute(series, tmp_path):
+    files = []
+    for i, path in enumerate(series[:4]):
+        ds = pydicom.dcmread(path)
+        ds.PatientBirthDate, ds.StudyDate = "00000000", "UNKNOWN"
+        ds.FrameOfReferenceUID = pydicom.uid.generate_uid()  # one per image, as Sunnybrook has
+        del ds.AccessionNumber
+        target = tmp_path / f"{i}.dcm"
+        ds.save_as(target)
+        files.append(target)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        repaired = derivation_sources(files)
+    messages = [str(w.message) for w in caught if issubclass(w.category, CmrWarning)]
+    assert messages == [
+        f"{files[0]}: 'PatientBirthDate' value '00000000' is not a valid DICOM date; written empty in the DICOM outputs",
+        f"{files[0]}: 'StudyDate' value 'UNKNOWN' is not a valid DICOM date; written empty in the DICOM outputs",
+        f"{files[0]}: 'FrameOfReferenceUID' (0020,0052) differs between the source images; the DICOM outputs use "
+        f"{repaired[0].FrameOfReferenceUID}",
+    ]
+    assert {ds.FrameOfReferenceUID for ds in repaired} == {repaired[0].FrameOfReferenceUID}
+    assert all(ds.PatientBirthDate == "" and ds.StudyDate == "" and ds.AccessionNumber == "" for ds in repaired)
+    # the same series gives the same frame of reference for every phase's outputs
+    again = derivation_sources(files[2:])
+    assert again[0].FrameOfReferenceUID == repaired[0].FrameOfReferenceUID
+    np.testing.assert_array_equal(repaired[0].pixel_array, pydicom.dcmread(files[0]).pixel_array)
