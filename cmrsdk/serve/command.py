@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import BackendUnavailableError, InputError
 
 __all__ = ["add_serve_parser", "run_serve"]
 
@@ -75,6 +75,10 @@ def run_serve(args: argparse.Namespace) -> int:
             print(line)
         return 0
     _check(args)
+    try:
+        import pynetdicom  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError("cmrsdk serve needs pynetdicom: pip install 'cmrsdk[serve]'") from exc
     from .forward import parse_destination
     from .node import Node, NodeConfig
     from .scp import ScpOptions, tls_context
