@@ -149,8 +149,8 @@ class NodeProcess:
 
 def storescu(port: int, files: list[Path], *, calling: str = "SCANNER", called: str = "CMRSDK",
              timeout: float = 120) -> subprocess.CompletedProcess:
-    """dcmtk's storescu sending ``files`` to 127.0.0.1:port over one association."""
-    return subprocess.run(["storescu", "-aet", calling, "-aec", called, "-nh", "127.0.0.1", str(port),
+    """dcmtk's storescu sending ``files`` to 127.0.0.1:port over one association (-v: one line per response)."""
+    return subprocess.run(["storescu", "-v", "-aet", calling, "-aec", called, "-nh", "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=timeout)
 
 
