@@ -119,6 +119,7 @@ class NodeProcess:
         self.args = [sys.executable, "-m", "cmrsdk", "serve", "--port", str(port), "--spool", str(spool),
                      "--output", str(output), "--series-timeout", str(series_timeout), "--min-free-mb", "1", *extra]
         self.log = open(self.log_path, "ab")
+        self.offset = self.log.tell()  # a restarted node appends to the same log
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(self.args, cwd=str(REPO), stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_for(self._listening, 60, f"cmrsdk serve on port {port}")
@@ -126,10 +127,13 @@ class NodeProcess:
     def _listening(self) -> bool:
         if self.process.poll() is not None:
             raise RuntimeError(f"cmrsdk serve exited with {self.process.returncode}:\n{self.text()}")
-        return "listening as" in self.text()
+        return "listening as" in self.text(since_start=True)
 
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def text(self, since_start: bool = False) -> str:
+        """The log (of every run on this log file, or of this process only)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.offset if since_start else 0)
+            return f.read().decode(errors="replace")
 
     def kill9(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -69,7 +69,10 @@ def test_crash_while_processing_requeues_and_deliveries_survive(tmp_path):
     s._db.close()  # as kill -9 would: no clean close, the lock file's lock goes with the process
     s._lock_file.close()
     s = Spool(tmp_path / "spool")
+    s.store_instance("7.2", "7.2.1", b"b")  # a series half received when the node died
     assert s.recover() == {"requeued": 1, "temporary_files_removed": 1}
+    assert s.quiet_series(1.0, now=s.series("7.2").resumed_at + 0.5) == []  # its sender gets the timeout again
+    assert s.quiet_series(1.0, now=s.series("7.2").resumed_at + 1.0) == ["7.2"]
     assert s.next_queued() == "7.1"
     out = tmp_path / "out"
     assert s.mark_segmented("7.1", output=out, deliveries=[out / "seg_ED.dcm", out / "seg_ES.dcm"]) == "forwarding"

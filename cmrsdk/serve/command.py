@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, InputError
@@ -85,9 +86,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s cmrsdk serve %(levelname)s %(message)s")
-    # pynetdicom logs every association, highdicom every copied module: keep the log one line per series
-    for noisy in ("pynetdicom", "highdicom"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pynetdicom logs every association and non-conformant UID, pydicom every vendor quirk in a header,
+    # highdicom every copied module: the node's log is one line per series and what needs a person
+    for noisy in ("pynetdicom", "pydicom", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(pydicom|highdicom|pynetdicom)(\..*)?$")
     ssl_context = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
     scp = ScpOptions(host=args.host, port=args.port, ae_title=args.aet.strip(), allow=tuple(a.strip() for a in args.allow),
                      max_associations=args.max_associations, max_pdu=args.max_pdu, ssl_context=ssl_context)

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS series (
     calling_ae TEXT,
     first_instance_at REAL,
     last_instance_at REAL,
+    resumed_at REAL,
     queued_at REAL,
     started_at REAL,
     result_at REAL,
@@ -77,6 +78,8 @@ CREATE INDEX IF NOT EXISTS deliveries_series ON deliveries (series_uid);
 """
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z.]")
+#: when a receiving series last showed life: its last instance, or the node's restart after it
+_QUIET_SINCE = "MAX(last_instance_at, COALESCE(resumed_at, 0))"
 
 
 class SpoolFull(CmrError):
@@ -98,6 +101,7 @@ class SeriesRow:
     calling_ae: str | None
     first_instance_at: float | None
     last_instance_at: float | None
+    resumed_at: float | None
     queued_at: float | None
     started_at: float | None
     result_at: float | None
@@ -163,11 +167,14 @@ class Spool:
         """Undo what a crash left half-done; returns counts of what was reset.
 
         Series caught in ``processing`` go back to ``queued`` (their partial output is removed
-        by the worker); temporary instance files never committed are removed.
+        by the worker); temporary instance files never committed are removed. Series still
+        receiving get the full series timeout again from now: their senders saw the
+        association fail and need the time to send the rest again.
         """
         with self._lock:
             requeued = self._db.execute("UPDATE series SET state = 'queued', started_at = NULL "
                                         "WHERE state = 'processing'").rowcount
+            self._db.execute("UPDATE series SET resumed_at = ? WHERE state = 'receiving'", (time.time(),))
         removed = 0
         for tmp in (self.directory / "instances").glob("*/.*.tmp"):
             tmp.unlink(missing_ok=True)
@@ -278,8 +285,8 @@ class Spool:
         """Series still receiving whose last instance arrived ``timeout_s`` or more ago, oldest first."""
         now = time.time() if now is None else now
         with self._lock:
-            rows = self._db.execute("SELECT series_uid FROM series WHERE state = 'receiving' AND last_instance_at <= ? "
-                                    "ORDER BY last_instance_at", (now - timeout_s,)).fetchall()
+            rows = self._db.execute("SELECT series_uid FROM series WHERE state = 'receiving' AND "
+                                    f"{_QUIET_SINCE} <= ? ORDER BY last_instance_at", (now - timeout_s,)).fetchall()
         return [r[0] for r in rows]
 
     def series_folder(self, series_uid: str) -> Path:
@@ -293,7 +300,7 @@ class Spool:
             changed = self._db.execute(
                 "UPDATE series SET state = ?, queued_at = ?, phases = ?, slices = ?, reason = ?, "
                 "finished_at = CASE WHEN ? THEN NULL ELSE ? END "
-                "WHERE series_uid = ? AND state = 'receiving' AND last_instance_at <= ?",
+                f"WHERE series_uid = ? AND state = 'receiving' AND {_QUIET_SINCE} <= ?",
                 ("queued" if queue else "set_aside", time.time(), phases, slices, reason, queue, time.time(),
                  series_uid, quiet_since)).rowcount
             self._db.execute("COMMIT")

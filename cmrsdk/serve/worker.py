@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..errors import CmrError
 from .spool import Spool, _file_name
 
-__all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study"]
+__all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study", "warm_up_writers"]
 
 log = logging.getLogger("cmrsdk.serve")
 
@@ -34,6 +34,19 @@ def write_study(pipeline: Any, source: Path, out_dir: Path) -> dict:
     from ..cli import segment_one
 
     return segment_one(pipeline, source, out_dir)
+
+
+def warm_up_writers() -> None:
+    """Import what :func:`write_study` writes with (highdicom, matplotlib: seconds each on a busy
+    CPU) at start-up, so that the first series' latency does not pay for it."""
+    import importlib
+
+    for module in ("highdicom", "cmrsdk.report", "cmrsdk.io.writers"):
+        importlib.import_module(module)
+    import matplotlib
+
+    matplotlib.use("Agg")  # a node has no display
+    importlib.import_module("matplotlib.pyplot")
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,7 @@ class Worker(threading.Thread):
             for partial in self.output.glob(".*.partial"):
                 shutil.rmtree(partial, ignore_errors=True)  # a segmentation killed half-way
             self.pipeline = self.load_pipeline()
+            warm_up_writers()
             self.ready.set()
             while not self.stop.is_set():
                 self.promote_quiet_series()
