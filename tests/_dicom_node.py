@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -158,5 +157,32 @@ def storescu(port: int, files: list[Path], *, calling: str = "SCANNER", called: 
                            *map(str, files)], capture_output=True, text=True, timeout=timeout)
 
 
-def _http_error_text(exc: urllib.error.HTTPError) -> str:
-    return exc.read().decode(errors="replace")
+def sunnybrook_copy(source: Path, folder: Path) -> list[Path]:
+    """Copies of a Sunnybrook series that the SEG writer of main can take, sorted by file number.
+
+    The files carry dates such as StudyDate '20120000' and a FrameOfReferenceUID per image;
+    the SEG writer on main refuses both (``year 0 is out of range``, highdicom's "same series"
+    check). Making the writer cope is issue 13's; until it lands, the copies get valid dates
+    (day and month 01; birth date '00000000' emptied) and the first image's frame of
+    reference. Pixels, geometry and the UIDs of study, series and instances are untouched.
+    Remove this once issue 13 is merged.
+    """
+    import warnings
+
+    import pydicom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files, frame_of_reference = [], None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Sunnybrook's invalid UIDs
+        for path in sorted(Path(source).glob("*.dcm"), key=lambda p: int(p.stem)):
+            ds = pydicom.dcmread(path)
+            for element in ds:
+                if element.VR == "DA" and element.value and str(element.value).endswith("0000"):
+                    year = str(element.value)[:4]
+                    element.value = f"{year}0101" if year != "0000" else ""
+            frame_of_reference = frame_of_reference or ds.FrameOfReferenceUID
+            ds.FrameOfReferenceUID = frame_of_reference
+            ds.save_as(folder / path.name)
+            files.append(folder / path.name)
+    return files

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-import sys
 import time
 import warnings
 from collections import Counter
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from _dicom_node import ORTHANC, NodeProcess, Orthanc, free_port, storescu, wait_for
+from _dicom_node import ORTHANC, NodeProcess, Orthanc, free_port, storescu, sunnybrook_copy, wait_for
 
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
@@ -44,35 +43,12 @@ def series_uid(files: list[Path]) -> str:
 
 @pytest.fixture(scope="module")
 def sunnybrook(shared_data, tmp_path_factory) -> list[Path]:
-    """SCD0000101's full cine (240 images), as copies the SEG writer of main can take.
-
-    The files carry dates such as StudyDate '20120000' and a FrameOfReferenceUID per image;
-    the SEG writer on main refuses both (``year 0 is out of range``, highdicom's "same series"
-    check). Making the writer cope is issue 13's; until it lands, the copies sent here get
-    valid dates (day and month 01) and one frame of reference. Pixels, geometry and UIDs of
-    study, series and instances are untouched. Remove this once issue 13 is merged.
-    """
-    import pydicom
-
+    """SCD0000101's full cine (240 images), as copies the SEG writer of main can take (see
+    :func:`_dicom_node.sunnybrook_copy`: dates and frame of reference, until issue 13 lands)."""
     source = shared_data / "sunnybrook" / "SCD0000101"
     if not source.is_dir():
         pytest.skip(f"Sunnybrook series not found at {source}")
-    folder = tmp_path_factory.mktemp("sunnybrook")
-    files = []
-    frame_of_reference = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Sunnybrook's invalid UIDs
-        for path in sorted(source.glob("*.dcm"), key=lambda p: int(p.stem)):
-            ds = pydicom.dcmread(path)
-            for element in ds:
-                if element.VR == "DA" and element.value and str(element.value).endswith("0000"):
-                    year = str(element.value)[:4]
-                    element.value = f"{year}0101" if year != "0000" else ""
-            frame_of_reference = frame_of_reference or ds.FrameOfReferenceUID
-            ds.FrameOfReferenceUID = frame_of_reference
-            ds.save_as(folder / path.name)
-            files.append(folder / path.name)
-    return files
+    return sunnybrook_copy(source, tmp_path_factory.mktemp("sunnybrook"))
 
 
 # ---- a DICOM client in the test (pynetdicom), for what storescu cannot time --------------
