@@ -113,7 +113,7 @@ class NodeProcess:
     """``python -m cmrsdk serve ...`` in a subprocess, its log in ``log_path``."""
 
     def __init__(self, spool: Path, output: Path, port: int, *extra: str, log_path: Path,
-                 series_timeout: float = 1.0) -> None:
+                 series_timeout: float = 1.0, wait_ready: bool = False) -> None:
         self.spool, self.output, self.port, self.log_path = Path(spool), Path(output), port, Path(log_path)
         self.args = [sys.executable, "-m", "cmrsdk", "serve", "--port", str(port), "--spool", str(spool),
                      "--output", str(output), "--series-timeout", str(series_timeout), "--min-free-mb", "1", *extra]
@@ -122,6 +122,8 @@ class NodeProcess:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(self.args, cwd=str(REPO), stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_for(self._listening, 60, f"cmrsdk serve on port {port}")
+        if wait_ready:  # pipeline and writers loaded: nothing else competes for the CPU in the node
+            wait_for(lambda: "ready: pipeline" in self.text(since_start=True), 120, "the node's pipeline")
 
     def _listening(self) -> bool:
         if self.process.poll() is not None:

@@ -210,7 +210,7 @@ def test_dcmtk_echo_allow_list_set_aside_and_full_spool(tmp_path):
     port = free_port()
     # a limit that takes two 64 x 64 images (about 9 kB each) and refuses the third
     node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--allow", "SCANNER", "--max-spool-mb", "0.02",
-                       log_path=tmp_path / "node.log")
+                       "--max-associations", "1", log_path=tmp_path / "node.log")
     try:
         echo = subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
                               capture_output=True, text=True, timeout=30)
@@ -226,6 +226,11 @@ def test_dcmtk_echo_allow_list_set_aside_and_full_spool(tmp_path):
         assert out.count("Received Store Response (Success)") == 2, out[-2000:]
         assert "Received Store Response (Refused: OutOfResources)" in out, out[-2000:]
         assert node.process.poll() is None  # refused cleanly, still serving
+        held = associate(port)  # --max-associations 1: a second caller waits its turn
+        busy = subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+                              capture_output=True, text=True, timeout=30)
+        assert busy.returncode != 0 and "Association Rejected" in busy.stderr + busy.stdout
+        held.release()
         assert subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
                               capture_output=True, timeout=30).returncode == 0
         uid = series_uid(one)
@@ -310,6 +315,49 @@ def test_sigterm_finishes_the_current_series_and_stops_cleanly(orthanc, tmp_path
         wait_states(node, [uc], ("done",), 60)
         assert seg_references(orthanc)[uc] == 2
     finally:
+        assert node.terminate() == 0
+
+
+def test_forward_retries_with_backoff_until_acknowledged(tmp_path):
+    """The PACS is down, then refuses (0xA700), then accepts: each result arrives, none twice."""
+    import threading
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import SegmentationStorage
+
+    files = synthetic_series(tmp_path / "in", seed=51)
+    uid = series_uid(files)
+    pacs_port, port = free_port(), free_port()
+    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--forward", f"PACS@127.0.0.1:{pacs_port}",
+                       log_path=tmp_path / "node.log")
+    received: list[str] = []
+    refused: set[str] = set()
+    lock = threading.Lock()
+
+    def on_store(event):
+        sop = str(event.request.AffectedSOPInstanceUID)
+        with lock:
+            if sop not in refused:  # the first offer of each result is refused: out of resources
+                refused.add(sop)
+                return 0xA700
+            received.append(sop)
+        return 0x0000
+
+    server = None
+    try:
+        assert pynetdicom_send(port, files) == [0] * len(files)
+        rows = wait_states(node, [uid], ("forwarding",), 120)
+        time.sleep(1.5)  # at least one association attempt has failed: nobody listens yet
+        assert spool_rows(node)[uid].state == "forwarding" and "association not established" in node.text()
+        pacs = AE(ae_title="PACS")
+        pacs.add_supported_context(SegmentationStorage)
+        server = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        rows = wait_states(node, [uid], ("done",), 90)
+        assert len(refused) == 2 and sorted(received) == sorted(refused)  # each result once, after its refusal
+        assert "status 0xA700" in node.text() and rows[uid].state == "done"
+    finally:
+        if server is not None:
+            server.shutdown()
         assert node.terminate() == 0
 
 

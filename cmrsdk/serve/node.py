@@ -71,9 +71,12 @@ class Node:
         from .. import DEMO_BUNDLE
         from ..pipeline import Pipeline
 
+        from .worker import warm_up_writers
+
         t0 = time.perf_counter()
         pipeline = Pipeline(self.config.bundle or DEMO_BUNDLE, backend=self.config.backend, device=self.config.device)
-        log.info("pipeline loaded in %.1f s (%s)", time.perf_counter() - t0, ", ".join(
+        warm_up_writers()
+        log.info("ready: pipeline and writers loaded in %.1f s (%s)", time.perf_counter() - t0, ", ".join(
             sorted(set(pipeline.provenance.get("backends", {}).values()))))
         return pipeline
 

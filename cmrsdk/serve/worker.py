@@ -108,7 +108,8 @@ class Worker(threading.Thread):
     ----------
     spool : the node's spool.
     output : folder under which each series' results go, in a folder named by its series UID.
-    load_pipeline : builds the pipeline (called once, in this thread, before the first series).
+    load_pipeline : builds the pipeline (called once, in this thread, before the first series);
+        the node's also imports the writers (:func:`warm_up_writers`).
     series_timeout_s : a series is complete after this many seconds without a new instance.
     forward : whether results are to be forwarded (the series then waits in ``forwarding``).
     on_final : called with the series UID when a series reaches a final state (for the log line).
@@ -130,7 +131,6 @@ class Worker(threading.Thread):
             for partial in self.output.glob(".*.partial"):
                 shutil.rmtree(partial, ignore_errors=True)  # a segmentation killed half-way
             self.pipeline = self.load_pipeline()
-            warm_up_writers()
             self.ready.set()
             while not self.stop.is_set():
                 self.promote_quiet_series()
