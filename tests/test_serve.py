@@ -186,6 +186,12 @@ def test_orthanc_sends_a_real_cine_and_gets_seg_back_once(orthanc, sunnybrook, t
             assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
             assert len(seg.SegmentSequence) == 3
             assert seg.number_of_frames > 0
+        for iid in by_modality.get("SR", []):  # the measurement report, where the study writer writes one
+            sr = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{iid}/file")))
+            assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+            evidence = {str(se.SeriesInstanceUID) for st in sr.CurrentRequestedProcedureEvidenceSequence
+                        for se in st.ReferencedSeriesSequence}
+            assert uid in evidence
 
         # the PACS sends the same series again: acknowledged, not processed again
         orthanc.request("POST", "/modalities/cmrsdk/store", {"Resources": [orthanc_id], "Synchronous": True})

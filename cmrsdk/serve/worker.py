@@ -128,8 +128,9 @@ class Worker(threading.Thread):
     def run(self) -> None:
         try:
             self.output.mkdir(parents=True, exist_ok=True)
-            for partial in self.output.glob(".*.partial"):
-                shutil.rmtree(partial, ignore_errors=True)  # a segmentation killed half-way
+            # a segmentation killed half-way: our folder, and the study writer's own staging folders
+            for partial in [*self.output.glob(".*.partial"), *self.output.glob(".cmrsdk-staging-*")]:
+                shutil.rmtree(partial, ignore_errors=True)
             self.pipeline = self.load_pipeline()
             self.ready.set()
             while not self.stop.is_set():
