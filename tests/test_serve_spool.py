@@ -180,3 +180,62 @@ def test_intake_sets_aside_a_single_phase_stack(tmp_path):
                                                trigger_times_ms=None, info=study.info))
     verdict = judge_series(tmp_path / "one")
     assert not verdict.queue and verdict.reason == "not a cine: 1 phase per slice position"
+
+
+def _worker(spool, tmp_path, forward=False):
+    import threading
+
+    from cmrsdk.serve.worker import Worker
+
+    finals: list[str] = []
+    worker = Worker(spool, tmp_path / "out", lambda: "pipeline", series_timeout_s=0.0, forward=forward,
+                    stop=threading.Event(), on_final=finals.append)
+    worker.pipeline = "pipeline"
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return worker, finals
+
+
+def _queued(spool, uid):
+    spool.store_instance(uid, f"{uid}.1", b"x")
+    spool.mark_complete(uid, queue=True, phases=2, slices=3, reason=None, quiet_since=spool.series(uid).last_instance_at)
+    assert spool.next_queued() == uid
+
+
+def test_worker_records_failures_and_goes_on(spool, tmp_path, monkeypatch):
+    from cmrsdk.errors import ReadError
+
+    calls = []
+
+    def study_writer(pipeline, source, out_dir):
+        calls.append(source.name)
+        if source.name == "1.1":
+            raise ReadError(source / "x.dcm", "slice positions hold differing numbers of phases [19, 20]")
+        if source.name == "1.2":
+            raise RuntimeError("a bug in a writer")
+        out_dir.mkdir()
+        (out_dir / "seg_ED.dcm").write_bytes(b"seg")
+        (out_dir / "report.json").write_text("{}")
+        return {"phases": [{}, {}]}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker, finals = _worker(spool, tmp_path, forward=True)
+    for uid in ("1.1", "1.2", "1.3"):
+        _queued(spool, uid)
+        worker.process(uid)
+    assert spool.series("1.1").state == "failed"
+    assert spool.series("1.1").reason == "<spool>/instances/1.1/x.dcm: slice positions hold differing numbers of phases [19, 20]"
+    assert (spool.series("1.2").state, spool.series("1.2").reason) == ("failed", "RuntimeError: a bug in a writer")
+    assert spool.series("1.3").state == "forwarding"  # results wait for the peer's acknowledgement
+    assert [d[0] for d in spool.due_deliveries()] == [str(tmp_path / "out" / "1.3" / "seg_ED.dcm")]
+    assert finals == ["1.1", "1.2"] and calls == ["1.1", "1.2", "1.3"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.3"]  # nothing half-written
+    assert spool.series_folder("1.1").is_dir() and not spool.series_folder("1.3").exists()  # failures kept
+
+
+def test_worker_keeps_a_result_renamed_before_a_crash(spool, tmp_path, monkeypatch):
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", lambda *a: pytest.fail("segmented twice"))
+    worker, finals = _worker(spool, tmp_path)
+    _queued(spool, "2.1")
+    (tmp_path / "out" / "2.1").mkdir()  # renamed into place; the crash came before the commit
+    worker.process("2.1")
+    assert spool.series("2.1").state == "done" and finals == ["2.1"]
