@@ -32,7 +32,7 @@ from typing import Iterator
 
 from ..errors import CmrError, InputError
 
-__all__ = ["Spool", "SpoolFull", "SpoolBusy", "SeriesRow", "STATES", "read_status", "format_status"]
+__all__ = ["Spool", "SpoolFull", "SpoolBusy", "SeriesRow", "STATES", "read_status", "format_status", "uid_file_name"]
 
 STATES = ("receiving", "queued", "processing", "forwarding", "done", "set_aside", "failed")
 FINAL_STATES = ("done", "set_aside", "failed")
@@ -112,7 +112,7 @@ class SeriesRow:
     output: str | None
 
 
-def _file_name(uid: str) -> str:
+def uid_file_name(uid: str) -> str:
     """A UID as a file name: UIDs are digits and dots, but a sender may put anything there."""
     name = _UNSAFE.sub("_", uid)[:64].strip(".")
     return name or "_"
@@ -224,8 +224,8 @@ class Spool:
                 self._db.execute("COMMIT")
             return "late"
         self._reserve(len(data))
-        folder = self.directory / "instances" / _file_name(series_uid)
-        target = folder / f"{_file_name(sop_uid)}.dcm"
+        folder = self.directory / "instances" / uid_file_name(series_uid)
+        target = folder / f"{uid_file_name(sop_uid)}.dcm"
         temporary = folder / f".{target.name}.{threading.get_ident()}.tmp"
         try:
             folder.mkdir(exist_ok=True)
@@ -290,7 +290,7 @@ class Spool:
         return [r[0] for r in rows]
 
     def series_folder(self, series_uid: str) -> Path:
-        return self.directory / "instances" / _file_name(series_uid)
+        return self.directory / "instances" / uid_file_name(series_uid)
 
     def mark_complete(self, series_uid: str, *, queue: bool, phases: int | None, slices: int | None,
                       reason: str | None, quiet_since: float) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CmrError
-from .spool import Spool, _file_name
+from .spool import Spool, uid_file_name
 
 __all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study", "warm_up_writers"]
 
@@ -158,7 +158,7 @@ class Worker(threading.Thread):
 
     def process(self, series_uid: str) -> None:
         """Segment one series and record its results; its failure is recorded, never raised."""
-        final = self.output / _file_name(series_uid)
+        final = self.output / uid_file_name(series_uid)
         partial = self.output / f".{final.name}.partial"
         try:
             if not final.is_dir():  # a result renamed into place before a crash is kept, not redone
