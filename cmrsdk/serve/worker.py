@@ -149,7 +149,10 @@ class Worker(threading.Thread):
         """Queue every series quiet for the timeout, or set it aside saying why."""
         now = time.time()
         for series_uid in self.spool.quiet_series(self.series_timeout_s, now):
-            verdict = judge_series(self.spool.series_folder(series_uid))
+            try:
+                verdict = judge_series(self.spool.series_folder(series_uid))
+            except Exception as exc:  # one sender's odd series must not stop the node
+                verdict = SeriesVerdict(False, f"cannot be judged ({type(exc).__name__}: {exc})", None, None)
             if self.spool.mark_complete(series_uid, queue=verdict.queue, phases=verdict.phases, slices=verdict.slices,
                                         reason=verdict.reason, quiet_since=now - self.series_timeout_s):
                 if not verdict.queue:
