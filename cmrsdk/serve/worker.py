@@ -166,11 +166,8 @@ class Worker(threading.Thread):
         try:
             if not final.is_dir():  # a result renamed into place before a crash is kept, not redone
                 shutil.rmtree(partial, ignore_errors=True)
-                report = write_study(self.pipeline, self.spool.series_folder(series_uid), partial)
+                write_study(self.pipeline, self.spool.series_folder(series_uid), partial)
                 partial.rename(final)
-                phases = len(report.get("phases", [])) or None
-                if phases:
-                    log.debug("series %s: %d phases segmented", series_uid, phases)
         except CmrError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             self.spool.mark_failed(series_uid, str(exc).replace(str(self.spool.directory), "<spool>"))
