@@ -349,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", nargs="?", default=str(DEMO_BUNDLE))
     p.set_defaults(func=_cmd_info)
 
+    from .serve.command import add_serve_parser, run_serve
+
+    add_serve_parser(sub, str(DEMO_BUNDLE)).set_defaults(func=run_serve)
+
     p = sub.add_parser("inspect", help="describe what a DICOM directory or NIfTI input holds")
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=_cmd_inspect)

@@ -1,0 +1,105 @@
+"""The ``cmrsdk serve`` command line: options, logging, ``--status``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from ..errors import BackendUnavailableError, InputError
+
+__all__ = ["add_serve_parser", "run_serve"]
+
+
+def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "serve", help="DICOM node: receive series by C-STORE, segment them, send SEG and SR back",
+        description="Storage SCP (and C-ECHO). A series is complete after --series-timeout seconds without a new "
+                    "instance; short-axis cines are segmented one at a time, results written under --output and, "
+                    "with --forward, sent by C-STORE. The queue lives in the spool: after a crash, restart with the "
+                    "same --spool and everything received is finished and delivered once.")
+    p.add_argument("--status", metavar="SPOOL", help="print the queue of the spool SPOOL and exit")
+    p.add_argument("--port", type=int, help="TCP port to listen on (104 and 11112 are the usual DICOM ports)")
+    p.add_argument("--spool", help="spool directory: received instances and the queue (SQLite)")
+    p.add_argument("--output", help="results folder: one sub-folder per series, named by its SeriesInstanceUID")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--aet", default="CMRSDK", help="this node's AE title (default: CMRSDK)")
+    p.add_argument("--series-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a series is complete after this many seconds without a new instance (default: 10)")
+    p.add_argument("--forward", metavar="AET@HOST:PORT", help="send the result DICOM files (SEG, SR) to this AE")
+    p.add_argument("--allow", nargs="+", default=[], metavar="AET", help="calling AE titles accepted (default: any)")
+    p.add_argument("--bundle", default=default_bundle, help="model bundle directory (default: the demo bundle)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torchscript", "tensorrt"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--tls-cert", help="TLS certificate (PEM): associations must use TLS")
+    p.add_argument("--tls-key", help="TLS private key (PEM) of --tls-cert")
+    p.add_argument("--tls-ca", help="CA certificate (PEM): callers must present a certificate it signed")
+    p.add_argument("--max-associations", type=int, default=8, help="associations at once (default: 8)")
+    p.add_argument("--max-pdu", type=int, default=65536, help="largest PDU received, bytes (default: 65536; 0: any)")
+    p.add_argument("--max-spool-mb", type=float, default=None,
+                   help="refuse instances (status 0xA700) once the spool holds this many MB (default: no limit)")
+    p.add_argument("--min-free-mb", type=float, default=512.0,
+                   help="refuse instances (status 0xA700) when the spool's disk has less free (default: 512)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def _check(args: argparse.Namespace) -> None:
+    missing = [name for name in ("port", "spool", "output") if getattr(args, name) is None]
+    if missing:
+        raise InputError(f"serve needs {', '.join('--' + m for m in missing)} (or --status SPOOL)")
+    if not 0 <= args.port < 65536:
+        raise InputError(f"--port value {args.port} is invalid; expected 0 to 65535")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InputError("--tls-cert and --tls-key go together; got only "
+                         f"{'--tls-cert' if args.tls_cert else '--tls-key'}")
+    if args.tls_ca and not args.tls_cert:
+        raise InputError("--tls-ca needs --tls-cert and --tls-key")
+    if args.series_timeout <= 0:
+        raise InputError(f"--series-timeout value {args.series_timeout} is invalid; expected seconds > 0")
+    if args.max_associations < 1:
+        raise InputError(f"--max-associations value {args.max_associations} is invalid; expected 1 or more")
+    if args.max_spool_mb is not None and args.max_spool_mb <= 0:
+        raise InputError(f"--max-spool-mb value {args.max_spool_mb} is invalid; expected MB > 0")
+    for aet in [args.aet, *args.allow]:
+        if not 0 < len(aet.strip()) <= 16 or "\\" in aet:
+            raise InputError(f"AE title '{aet}' is invalid; expected 1 to 16 characters without backslash")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from .spool import format_status, read_status
+
+    if args.status:
+        rows, deliveries = read_status(args.status)
+        for line in format_status(rows, deliveries):
+            print(line)
+        return 0
+    _check(args)
+    try:
+        import pynetdicom  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError("cmrsdk serve needs pynetdicom: pip install 'cmrsdk[serve]'") from exc
+    from .forward import parse_destination
+    from .node import Node, NodeConfig
+    from .scp import ScpOptions, tls_context
+
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
+                        format="%(asctime)s cmrsdk serve %(levelname)s %(message)s")
+    # pynetdicom logs every association and non-conformant UID, pydicom every vendor quirk in a header,
+    # highdicom every copied module: the node's log is one line per series and what needs a person
+    for noisy in ("pynetdicom", "pydicom", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(pydicom|highdicom|pynetdicom)(\..*)?$")
+    ssl_context = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    scp = ScpOptions(host=args.host, port=args.port, ae_title=args.aet.strip(), allow=tuple(a.strip() for a in args.allow),
+                     max_associations=args.max_associations, max_pdu=args.max_pdu, ssl_context=ssl_context)
+    config = NodeConfig(spool=Path(args.spool), output=Path(args.output), scp=scp, series_timeout_s=args.series_timeout,
+                        forward=parse_destination(args.forward) if args.forward else None, bundle=args.bundle,
+                        device=args.device, backend=args.backend,
+                        max_spool_bytes=int(args.max_spool_mb * 2**20) if args.max_spool_mb else None,
+                        min_free_bytes=int(args.min_free_mb * 2**20))
+    node = Node(config)
+    node.install_signal_handlers()
+    node.start()
+    return node.wait()

@@ -1,0 +1,133 @@
+"""Forwarding: results go to a remote AE by C-STORE, retried with back-off until acknowledged."""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import InputError
+from .spool import Spool
+
+__all__ = ["Destination", "parse_destination", "Forwarder", "backoff_s"]
+
+log = logging.getLogger("cmrsdk.serve")
+
+_DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A remote Storage SCP: AE title, host, port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def parse_destination(text: str) -> Destination:
+    """``AET@HOST:PORT`` -> :class:`Destination`."""
+    match = _DESTINATION.match(text.strip())
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise InputError(f"--forward value '{text}' is invalid; expected AET@HOST:PORT, e.g. ORTHANC@pacs.local:4242 "
+                         "(AE title of 1 to 16 characters, port 1 to 65535)")
+    return Destination(match["aet"].strip(), match["host"], int(match["port"]))
+
+
+def backoff_s(attempts: int, *, base_s: float = 1.0, cap_s: float = 60.0) -> float:
+    """Seconds to wait after ``attempts`` failed tries: 1, 2, 4, ... up to ``cap_s``."""
+    return min(cap_s, base_s * 2.0 ** max(0, attempts - 1))
+
+
+def _context_of(path: Path) -> tuple[str, str]:
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        meta = pydicom.dcmread(str(path), stop_before_pixels=True).file_meta
+    return str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+
+
+class Forwarder(threading.Thread):
+    """Sends every pending delivery of the spool to ``destination``; one association per batch.
+
+    A failed association or a failure status leaves the delivery pending with its next
+    attempt after :func:`backoff_s`; the state is in the spool, so back-off and pending
+    deliveries survive a restart.
+    """
+
+    def __init__(self, spool: Spool, destination: Destination, *, ae_title: str, stop: threading.Event,
+                 on_final: Callable[[str], None], backoff_cap_s: float = 60.0, timeout_s: float = 30.0) -> None:
+        super().__init__(name="cmrsdk-forwarder", daemon=True)
+        self.spool, self.destination, self.ae_title, self.stop, self.on_final = spool, destination, ae_title, stop, on_final
+        self.backoff_cap_s, self.timeout_s = backoff_cap_s, timeout_s
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            due = self.spool.due_deliveries()
+            if due:
+                self.send(due)
+                continue
+            following = self.spool.next_delivery_at()
+            wait = 0.25 if following is None else min(0.25, max(0.0, following - time.time()))
+            self.wake.wait(wait)
+            self.wake.clear()
+
+    def send(self, due: list[tuple[str, str, int]]) -> None:
+        from pynetdicom import AE
+
+        contexts: dict[str, set[str]] = {}
+        for path, _, _ in due:
+            try:
+                sop_class, syntax = _context_of(Path(path))
+            except Exception as exc:  # a result that vanished or is unreadable cannot be delivered: say so, keep trying
+                self.spool.mark_delivery_failed(path, f"cannot be read: {exc}", self.backoff_cap_s)
+                continue
+            contexts.setdefault(sop_class, set()).add(syntax)
+        if not contexts:
+            return
+        ae = AE(ae_title=self.ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        for sop_class, syntaxes in contexts.items():
+            ae.add_requested_context(sop_class, sorted(syntaxes))
+        assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
+        if not assoc.is_established:
+            for path, _, attempts in due:
+                self.spool.mark_delivery_failed(path, f"association with {self.destination} not established",
+                                                backoff_s(attempts + 1, cap_s=self.backoff_cap_s))
+            log.warning("forward to %s: association not established; %d result file(s) wait, next try in %.0f s",
+                        self.destination, len(due), backoff_s(due[0][2] + 1, cap_s=self.backoff_cap_s))
+            return
+        try:
+            for path, _, attempts in due:
+                if self.stop.is_set():
+                    break
+                try:
+                    status = assoc.send_c_store(Path(path))
+                except Exception as exc:  # a file pynetdicom cannot send: retried later, never fatal
+                    status, error = None, f"{type(exc).__name__}: {exc}"
+                else:
+                    code = int(status.Status) if status is not None and "Status" in status else None
+                    error = "no response (association lost)" if code is None else f"status 0x{code:04X}"
+                    # 0x0000 success; 0xB000, 0xB007, 0xB006: stored with a warning (PS3.4 B.2.3)
+                    if code is not None and (code == 0 or code in (0xB000, 0xB006, 0xB007)):
+                        finished = self.spool.mark_delivered(path)
+                        if finished:
+                            self.on_final(finished)
+                        continue
+                self.spool.mark_delivery_failed(path, error, backoff_s(attempts + 1, cap_s=self.backoff_cap_s))
+                log.warning("forward to %s: %s refused (%s); retrying with back-off", self.destination,
+                            Path(path).name, error)
+                if not assoc.is_established:
+                    break
+        finally:
+            if assoc.is_established:
+                assoc.release()

@@ -1,0 +1,127 @@
+"""The node: SCP, worker and forwarder over one spool, started and stopped together."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .forward import Destination, Forwarder
+from .scp import ScpOptions, StorageScp
+from .spool import Spool
+from .worker import Worker
+
+__all__ = ["NodeConfig", "Node", "series_log_line"]
+
+log = logging.getLogger("cmrsdk.serve")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything ``cmrsdk serve`` is given."""
+
+    spool: Path
+    output: Path
+    scp: ScpOptions = field(default_factory=ScpOptions)
+    series_timeout_s: float = 10.0
+    forward: Destination | None = None
+    bundle: str | Path | None = None
+    device: str = "cpu"
+    backend: str = "auto"
+    max_spool_bytes: int | None = None
+    min_free_bytes: int = 0
+    backoff_cap_s: float = 60.0
+
+
+def series_log_line(spool: Spool, series_uid: str) -> str:
+    """The one patient-free line logged per series: UID, shape, latency, outcome."""
+    row = spool.series(series_uid)
+    if row is None:
+        return f"series {series_uid}: unknown"
+    shape = f"{row.phases} phases x {row.slices} slices" if row.phases else "shape unknown"
+    end = row.finished_at or time.time()
+    latency = f"{end - row.last_instance_at:.1f} s from last instance to result" if row.last_instance_at else ""
+    outcome = row.state.replace("_", " ")
+    if row.state == "done":
+        sent, total = spool.delivery_counts(series_uid)
+        outcome = f"done, {sent}/{total} result files forwarded" if total else "done"
+    if row.reason:
+        outcome += f" ({row.reason})"
+    return f"series {series_uid}: {row.n_instances} instances, {shape}, {latency}, {outcome}"
+
+
+class Node:
+    """A running ``cmrsdk serve``: :meth:`start`, then :meth:`wait` until SIGTERM/SIGINT or :meth:`stop`."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.stop_event = threading.Event()
+        self.spool = Spool(config.spool, max_bytes=config.max_spool_bytes, min_free_bytes=config.min_free_bytes)
+        self.scp = StorageScp(self.spool, config.scp)
+        self.worker = Worker(self.spool, config.output, self._load_pipeline, series_timeout_s=config.series_timeout_s,
+                             forward=config.forward is not None, stop=self.stop_event, on_final=self._series_final)
+        self.forwarder = (Forwarder(self.spool, config.forward, ae_title=config.scp.ae_title, stop=self.stop_event,
+                                    on_final=self._series_final, backoff_cap_s=config.backoff_cap_s)
+                          if config.forward else None)
+
+    def _load_pipeline(self) -> Any:
+        from .. import DEMO_BUNDLE
+        from ..pipeline import Pipeline
+
+        from .worker import warm_up_writers
+
+        t0 = time.perf_counter()
+        pipeline = Pipeline(self.config.bundle or DEMO_BUNDLE, backend=self.config.backend, device=self.config.device)
+        warm_up_writers()
+        log.info("ready: pipeline and writers loaded in %.1f s (%s)", time.perf_counter() - t0, ", ".join(
+            sorted(set(pipeline.provenance.get("backends", {}).values()))))
+        return pipeline
+
+    def _series_final(self, series_uid: str) -> None:
+        log.info(series_log_line(self.spool, series_uid))
+
+    def start(self) -> None:
+        recovered = self.spool.recover()
+        if recovered["requeued"]:
+            log.info("recovered after a crash: %d series queued again", recovered["requeued"])
+        self.scp.start()
+        self.worker.start()
+        if self.forwarder:
+            self.forwarder.start()
+        o = self.config.scp
+        log.info("listening as %s on %s:%d%s; spool %s; output %s%s", o.ae_title, o.host, self.scp.port,
+                 " (TLS)" if o.ssl_context else "", self.config.spool, self.config.output,
+                 f"; forwarding to {self.config.forward}" if self.config.forward else "")
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the node cleanly (the current write and segmentation finish)."""
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("%s received: stopping after the current work", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def wait(self) -> int:
+        """Block until stopped; then stop every part; returns the exit status (1 when the worker died)."""
+        while not self.stop_event.wait(0.5):
+            pass
+        return self.stop()
+
+    def stop(self) -> int:
+        self.stop_event.set()
+        self.scp.stop()
+        # the worker finishes the series it is segmenting (its output is renamed into place whole)
+        self.worker.join()
+        if self.forwarder:
+            self.forwarder.wake.set()
+            self.forwarder.join()
+        self.spool.close()
+        if self.worker.error is not None:
+            log.error("worker stopped: %s: %s", type(self.worker.error).__name__, self.worker.error)
+            return 1
+        log.info("stopped cleanly")
+        return 0

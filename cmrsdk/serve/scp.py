@@ -1,0 +1,127 @@
+"""The Storage SCP (and Verification SCP): every instance is on disk before success is answered."""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .spool import Spool, SpoolFull
+
+__all__ = ["ScpOptions", "StorageScp", "tls_context", "STATUS_OUT_OF_RESOURCES", "STATUS_CANNOT_UNDERSTAND"]
+
+log = logging.getLogger("cmrsdk.serve")
+
+#: C-STORE statuses (DICOM PS3.4 Table B.2-1)
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass(frozen=True)
+class ScpOptions:
+    """Who may talk to the node and how much it takes at once."""
+
+    host: str = "127.0.0.1"
+    port: int = 11112
+    ae_title: str = "CMRSDK"
+    allow: tuple[str, ...] = ()           # calling AE titles accepted; empty: any
+    max_associations: int = 8
+    max_pdu: int = 65536                  # bytes; 0: unlimited
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
+
+
+def tls_context(cert: str | Path, key: str | Path, ca: str | Path | None = None) -> ssl.SSLContext:
+    """A server-side TLS context (pynetdicom wraps each accepted socket with it).
+
+    With ``ca``, callers must present a certificate signed by it (mutual TLS, as the DICOM
+    TLS secure transport connection profile, PS3.15 B.1, expects).
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca) if ca else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    if ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+class StorageScp:
+    """pynetdicom's threaded server (one thread per association) writing into ``spool``."""
+
+    def __init__(self, spool: Spool, options: ScpOptions) -> None:
+        self.spool, self.options = spool, options
+        self._server: Any = None
+        self._busy = 0
+        self._idle = threading.Condition()
+        self.counts = {"stored": 0, "duplicate": 0, "late": 0, "refused": 0}
+
+    def start(self) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        ae = AE(ae_title=self.options.ae_title)
+        ae.maximum_associations = self.options.max_associations
+        ae.maximum_pdu_size = self.options.max_pdu
+        # an empty list accepts any calling AE; otherwise others get A-ASSOCIATE-RJ (calling AE not recognised)
+        ae.require_calling_aet = list(self.options.allow)
+        ae.supported_contexts = AllStoragePresentationContexts  # uncompressed syntaxes: the reader decodes these
+        ae.add_supported_context(Verification)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted),
+                    (evt.EVT_REJECTED, self._on_rejected)]
+        self._server = ae.start_server((self.options.host, self.options.port), block=False,
+                                       ssl_context=self.options.ssl_context, evt_handlers=handlers)
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one chosen by the system when started with port 0)."""
+        return int(self._server.server_address[1])
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Stop accepting; let the C-STORE being written finish; abort the associations left."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout=grace_s)
+        for assoc in list(self._server.active_associations):
+            assoc.abort()
+        self._server = None
+
+    def _on_accepted(self, event: Any) -> None:
+        log.debug("association accepted from %s (%s)", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+
+    def _on_rejected(self, event: Any) -> None:
+        log.warning("association rejected from AE '%s' at %s", event.assoc.requestor.ae_title,
+                    event.assoc.requestor.address)
+
+    def _on_store(self, event: Any) -> int:
+        with self._idle:
+            self._busy += 1
+        try:
+            return self._store(event)
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def _store(self, event: Any) -> int:
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        try:
+            series_uid = str(event.dataset.get("SeriesInstanceUID", "") or "")
+        except Exception as exc:  # deferred decoding of a malformed data set
+            log.warning("C-STORE %s: data set cannot be decoded (%s): refused", sop_uid, type(exc).__name__)
+            return STATUS_CANNOT_UNDERSTAND
+        if not series_uid:
+            log.warning("C-STORE %s: no SeriesInstanceUID (0020,000E): refused", sop_uid)
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            outcome = self.spool.store_instance(series_uid, sop_uid, event.encoded_dataset(),
+                                                calling_ae=str(event.assoc.requestor.ae_title))
+        except SpoolFull as exc:
+            outcome = "refused"
+            log.warning("C-STORE refused, out of resources (0xA700): %s", exc)
+        with self._idle:
+            self.counts[outcome] += 1
+        return STATUS_OUT_OF_RESOURCES if outcome == "refused" else STATUS_SUCCESS

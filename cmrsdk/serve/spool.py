@@ -1,0 +1,449 @@
+"""The spool: received instances on disk and the queue's state in SQLite, both crash-safe.
+
+Layout under the spool directory::
+
+    queue.sqlite            series, instances and deliveries (WAL, synchronous=FULL)
+    lock                    held (flock) by the one node that owns the spool
+    instances/<series>/     <sop>.dcm files, each fsync'ed before its row is committed
+
+A series moves through these states (``--status`` prints them)::
+
+    receiving -> queued -> processing -> forwarding -> done
+         \\-> set_aside (not a short-axis cine)      \\-> failed (could not be segmented)
+
+Every transition is one committed transaction, so a ``kill -9`` at any moment leaves a state
+from which :meth:`Spool.recover` and the worker finish the work: ``processing`` goes back to
+``queued``; ``forwarding`` resends the deliveries not yet acknowledged. A delivery acknowledged
+by the peer but killed before its row was committed is sent again after restart: it is the same
+file with the same SOP Instance UID, so the PACS stores it once.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import CmrError, InputError
+
+__all__ = ["Spool", "SpoolFull", "SpoolBusy", "SeriesRow", "STATES", "read_status", "format_status", "uid_file_name"]
+
+STATES = ("receiving", "queued", "processing", "forwarding", "done", "set_aside", "failed")
+FINAL_STATES = ("done", "set_aside", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    n_instances INTEGER NOT NULL DEFAULT 0,
+    n_late INTEGER NOT NULL DEFAULT 0,
+    calling_ae TEXT,
+    first_instance_at REAL,
+    last_instance_at REAL,
+    resumed_at REAL,
+    queued_at REAL,
+    started_at REAL,
+    result_at REAL,
+    finished_at REAL,
+    phases INTEGER,
+    slices INTEGER,
+    reason TEXT,
+    output TEXT
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    purged INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
+CREATE TABLE IF NOT EXISTS deliveries (
+    path TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_series ON deliveries (series_uid);
+"""
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z.]")
+#: when a receiving series last showed life: its last instance, or the node's restart after it
+_QUIET_SINCE = "MAX(last_instance_at, COALESCE(resumed_at, 0))"
+
+
+class SpoolFull(CmrError):
+    """The spool has reached its size limit or its disk is full (C-STORE status 0xA700)."""
+
+
+class SpoolBusy(CmrError):
+    """Another node process already owns this spool directory."""
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """One row of the queue, as ``--status`` prints it."""
+
+    series_uid: str
+    state: str
+    n_instances: int
+    n_late: int
+    calling_ae: str | None
+    first_instance_at: float | None
+    last_instance_at: float | None
+    resumed_at: float | None
+    queued_at: float | None
+    started_at: float | None
+    result_at: float | None
+    finished_at: float | None
+    phases: int | None
+    slices: int | None
+    reason: str | None
+    output: str | None
+
+
+def uid_file_name(uid: str) -> str:
+    """A UID as a file name: UIDs are digits and dots, but a sender may put anything there."""
+    name = _UNSAFE.sub("_", uid)[:64].strip(".")
+    return name or "_"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The node's durable state: one instance per spool directory (guarded by a file lock).
+
+    Parameters
+    ----------
+    directory : the spool directory (created when missing).
+    max_bytes : refuse instances once the un-purged instances hold this many bytes (None: no limit).
+    min_free_bytes : refuse instances when the file system has less free space than this.
+
+    Every method is thread-safe (one SQLite connection behind a lock): the SCP calls
+    :meth:`store_instance` from one thread per association while the worker reads the queue.
+    """
+
+    def __init__(self, directory: str | Path, *, max_bytes: int | None = None, min_free_bytes: int = 0) -> None:
+        self.directory = Path(directory)
+        if max_bytes is not None and max_bytes <= 0:
+            raise InputError(f"'max_bytes' of the spool must be positive, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.min_free_bytes = int(min_free_bytes)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "instances").mkdir(exist_ok=True)
+        self._lock_file = open(self.directory / "lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock_file.close()
+            raise SpoolBusy(f"spool {self.directory} is in use by another cmrsdk serve process (lock held on "
+                            f"{self.directory / 'lock'})") from exc
+        self._db = sqlite3.connect(str(self.directory / "queue.sqlite"), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss, not just kill -9
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._bytes = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM instances WHERE purged = 0").fetchone()[0]
+        self._closed = False
+
+    # ---- life cycle -------------------------------------------------------------------
+    def recover(self) -> dict[str, int]:
+        """Undo what a crash left half-done; returns counts of what was reset.
+
+        Series caught in ``processing`` go back to ``queued`` (their partial output is removed
+        by the worker); temporary instance files never committed are removed. Series still
+        receiving get the full series timeout again from now: their senders saw the
+        association fail and need the time to send the rest again.
+        """
+        with self._lock:
+            requeued = self._db.execute("UPDATE series SET state = 'queued', started_at = NULL "
+                                        "WHERE state = 'processing'").rowcount
+            self._db.execute("UPDATE series SET resumed_at = ? WHERE state = 'receiving'", (time.time(),))
+        removed = 0
+        for tmp in (self.directory / "instances").glob("*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return {"requeued": requeued, "temporary_files_removed": removed}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._db.close()
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+
+    # ---- receiving ----------------------------------------------------------------------
+    def has_instance(self, sop_uid: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone() is not None
+
+    def series_state(self, series_uid: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+        return row[0] if row else None
+
+    def store_instance(self, series_uid: str, sop_uid: str, data: bytes, *, calling_ae: str = "") -> str:
+        """Write one received instance durably, then record it; returns what was done.
+
+        ``"stored"``: written and committed. ``"duplicate"``: this SOP Instance UID was received
+        before (acknowledged, nothing written: the same series sent twice is processed once).
+        ``"late"``: a new instance of a series already segmented; recorded, not processed again.
+
+        Raises
+        ------
+        SpoolFull : the size limit or the disk's free space would be exceeded (nothing is written).
+        """
+        now = time.time()
+        if self.has_instance(sop_uid):
+            return "duplicate"
+        state = self.series_state(series_uid)
+        if state not in (None, "receiving", "queued"):
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at, purged) "
+                                 "VALUES (?, ?, '', 0, ?, 1)", (sop_uid, series_uid, now))
+                self._db.execute("UPDATE series SET n_late = n_late + 1 WHERE series_uid = ?", (series_uid,))
+                self._db.execute("COMMIT")
+            return "late"
+        self._reserve(len(data))
+        folder = self.directory / "instances" / uid_file_name(series_uid)
+        target = folder / f"{uid_file_name(sop_uid)}.dcm"
+        temporary = folder / f".{target.name}.{threading.get_ident()}.tmp"
+        try:
+            folder.mkdir(exist_ok=True)
+            with open(temporary, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, target)
+            _fsync_dir(folder)  # the rename itself must survive a crash before we answer success
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            with self._lock:
+                self._bytes -= len(data)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"spool {self.directory}: disk full writing {target.name} ({exc.strerror})") from exc
+            raise
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at) VALUES (?, ?, ?, ?, ?)",
+                (sop_uid, series_uid, str(target.relative_to(self.directory)), len(data), now)).rowcount
+            if not inserted:  # the same instance on two associations at once: the other one won
+                self._db.execute("COMMIT")
+                self._bytes -= len(data)
+                return "duplicate"
+            # a queued series not yet started takes the new instance and waits again
+            self._db.execute(
+                "INSERT INTO series (series_uid, state, n_instances, calling_ae, first_instance_at, last_instance_at) "
+                "VALUES (?, 'receiving', 1, ?, ?, ?) ON CONFLICT (series_uid) DO UPDATE SET state = 'receiving', "
+                "n_instances = n_instances + 1, last_instance_at = excluded.last_instance_at, queued_at = NULL",
+                (series_uid, calling_ae, now, now))
+            self._db.execute("COMMIT")
+        return "stored"
+
+    def _reserve(self, size: int) -> None:
+        with self._lock:
+            if self._closed:
+                raise SpoolFull(f"spool {self.directory} is closing: the node is stopping")
+            if self.max_bytes is not None and self._bytes + size > self.max_bytes:
+                raise SpoolFull(f"spool {self.directory} holds {self._bytes} bytes; {size} more would exceed "
+                                f"its limit of {self.max_bytes} bytes (--max-spool-mb)")
+            if self.min_free_bytes:
+                free = os_free_bytes(self.directory)
+                if free - size < self.min_free_bytes:
+                    raise SpoolFull(f"spool {self.directory}: {free} bytes free on its disk, under the "
+                                    f"{self.min_free_bytes} bytes kept free (--min-free-mb)")
+            self._bytes += size
+
+    @property
+    def bytes_held(self) -> int:
+        """Bytes of instances in the spool not yet purged."""
+        with self._lock:
+            return int(self._bytes)
+
+    # ---- the queue ------------------------------------------------------------------------
+    def quiet_series(self, timeout_s: float, now: float | None = None) -> list[str]:
+        """Series still receiving whose last instance arrived ``timeout_s`` or more ago, oldest first."""
+        now = time.time() if now is None else now
+        with self._lock:
+            rows = self._db.execute("SELECT series_uid FROM series WHERE state = 'receiving' AND "
+                                    f"{_QUIET_SINCE} <= ? ORDER BY last_instance_at", (now - timeout_s,)).fetchall()
+        return [r[0] for r in rows]
+
+    def series_folder(self, series_uid: str) -> Path:
+        return self.directory / "instances" / uid_file_name(series_uid)
+
+    def mark_complete(self, series_uid: str, *, queue: bool, phases: int | None, slices: int | None,
+                      reason: str | None, quiet_since: float) -> bool:
+        """Queue a quiet series (or set it aside with ``reason``); False when an instance came meanwhile."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            changed = self._db.execute(
+                "UPDATE series SET state = ?, queued_at = ?, phases = ?, slices = ?, reason = ?, "
+                "finished_at = CASE WHEN ? THEN NULL ELSE ? END "
+                f"WHERE series_uid = ? AND state = 'receiving' AND {_QUIET_SINCE} <= ?",
+                ("queued" if queue else "set_aside", time.time(), phases, slices, reason, queue, time.time(),
+                 series_uid, quiet_since)).rowcount
+            self._db.execute("COMMIT")
+        return bool(changed)
+
+    def next_queued(self) -> str | None:
+        """Move the oldest queued series to ``processing`` and return it (None when the queue is empty)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("SELECT series_uid FROM series WHERE state = 'queued' ORDER BY queued_at, rowid "
+                                   "LIMIT 1").fetchone()
+            if row:
+                self._db.execute("UPDATE series SET state = 'processing', started_at = ? WHERE series_uid = ?",
+                                 (time.time(), row[0]))
+            self._db.execute("COMMIT")
+        return row[0] if row else None
+
+    def mark_segmented(self, series_uid: str, *, output: Path, deliveries: list[Path]) -> str:
+        """Record the written results; with deliveries the series waits in ``forwarding``. Returns the new state."""
+        state = "forwarding" if deliveries else "done"
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            for path in deliveries:
+                self._db.execute("INSERT OR IGNORE INTO deliveries (path, series_uid, state) VALUES (?, ?, 'pending')",
+                                 (str(path), series_uid))
+            self._db.execute("UPDATE series SET state = ?, result_at = ?, output = ?, finished_at = ? "
+                             "WHERE series_uid = ?", (state, now, str(output), None if deliveries else now, series_uid))
+            self._db.execute("COMMIT")
+        return state
+
+    def mark_failed(self, series_uid: str, reason: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE series SET state = 'failed', reason = ?, finished_at = ? WHERE series_uid = ?",
+                             (reason, time.time(), series_uid))
+
+    def set_shape(self, series_uid: str, phases: int, slices: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE series SET phases = ?, slices = ? WHERE series_uid = ?", (phases, slices, series_uid))
+
+    def purge_instances(self, series_uid: str) -> int:
+        """Delete a finished series' instance files (its rows stay, so a resend is recognised); returns bytes freed."""
+        with self._lock:
+            rows = self._db.execute("SELECT path, bytes FROM instances WHERE series_uid = ? AND purged = 0",
+                                    (series_uid,)).fetchall()
+        for path, _ in rows:
+            (self.directory / path).unlink(missing_ok=True)
+        folder = self.series_folder(series_uid)
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        freed = sum(size for _, size in rows)
+        with self._lock:
+            self._db.execute("UPDATE instances SET purged = 1 WHERE series_uid = ?", (series_uid,))
+            self._bytes -= freed
+        return freed
+
+    # ---- deliveries -------------------------------------------------------------------------
+    def due_deliveries(self, now: float | None = None) -> list[tuple[str, str, int]]:
+        """(path, series_uid, attempts) of pending deliveries whose back-off has passed, oldest series first."""
+        now = time.time() if now is None else now
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(
+                "SELECT d.path, d.series_uid, d.attempts FROM deliveries d JOIN series s USING (series_uid) "
+                "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY s.result_at, d.path", (now,))]
+
+    def next_delivery_at(self) -> float | None:
+        with self._lock:
+            return self._db.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'").fetchone()[0]
+
+    def mark_delivered(self, path: str) -> str | None:
+        """Record an acknowledged delivery; returns the series UID when that completes its series."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute("UPDATE deliveries SET state = 'sent', sent_at = ?, attempts = attempts + 1 "
+                                   "WHERE path = ? AND state = 'pending' RETURNING series_uid", (now, path)).fetchone()
+            finished = None
+            if row:
+                left = self._db.execute("SELECT COUNT(*) FROM deliveries WHERE series_uid = ? AND state = 'pending'",
+                                        (row[0],)).fetchone()[0]
+                if not left:
+                    self._db.execute("UPDATE series SET state = 'done', finished_at = ? WHERE series_uid = ? "
+                                     "AND state = 'forwarding'", (now, row[0]))
+                    finished = row[0]
+            self._db.execute("COMMIT")
+        return finished
+
+    def mark_delivery_failed(self, path: str, error: str, retry_in_s: float) -> None:
+        with self._lock:
+            self._db.execute("UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
+                             "WHERE path = ?", (time.time() + retry_in_s, error[:500], path))
+
+    # ---- reading ----------------------------------------------------------------------------
+    def series(self, series_uid: str) -> SeriesRow | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+        return SeriesRow(*row) if row else None
+
+    def all_series(self) -> list[SeriesRow]:
+        with self._lock:
+            return [SeriesRow(*r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM series ORDER BY first_instance_at")]
+
+    def delivery_counts(self, series_uid: str) -> tuple[int, int]:
+        """(sent, total) deliveries of a series."""
+        with self._lock:
+            sent, total = self._db.execute("SELECT COALESCE(SUM(state = 'sent'), 0), COUNT(*) FROM deliveries "
+                                           "WHERE series_uid = ?", (series_uid,)).fetchone()
+        return int(sent), int(total)
+
+
+_COLUMNS = ", ".join(SeriesRow.__dataclass_fields__)
+
+
+def os_free_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def read_status(directory: str | Path) -> tuple[list[SeriesRow], dict[str, tuple[int, int]]]:
+    """The queue of a spool, read-only (works while the node runs): series rows and (sent, total) deliveries."""
+    path = Path(directory) / "queue.sqlite"
+    if not path.is_file():
+        raise InputError(f"--status: {directory} is not a cmrsdk spool (no queue.sqlite in it)")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = [SeriesRow(*r) for r in db.execute(f"SELECT {_COLUMNS} FROM series ORDER BY first_instance_at")]
+        deliveries = {uid: (int(sent), int(total)) for uid, sent, total in db.execute(
+            "SELECT series_uid, SUM(state = 'sent'), COUNT(*) FROM deliveries GROUP BY series_uid")}
+    finally:
+        db.close()
+    return rows, deliveries
+
+
+def format_status(rows: list[SeriesRow], deliveries: dict[str, tuple[int, int]]) -> Iterator[str]:
+    """Lines of ``cmrsdk serve --status``: one per series (patient-free), then counts per state."""
+    yield f"{'state':<11} {'instances':>9} {'phases x slices':>15} {'delivered':>9}  {'last instance (UTC)':<19}  series / reason"
+    for r in rows:
+        sent, total = deliveries.get(r.series_uid, (0, 0))
+        shape = f"{r.phases} x {r.slices}" if r.phases else "-"
+        last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.last_instance_at)) if r.last_instance_at else "-"
+        extra = f"  ({r.reason})" if r.reason else ""
+        late = f" +{r.n_late} late" if r.n_late else ""
+        yield (f"{r.state:<11} {r.n_instances:>9} {shape:>15} {f'{sent}/{total}':>9}  {last:<19}  "
+               f"{r.series_uid}{late}{extra}")
+    counts = {s: sum(r.state == s for r in rows) for s in STATES}
+    yield "total: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if rows else "total: no series"

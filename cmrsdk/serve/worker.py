@@ -1,0 +1,183 @@
+"""The worker: decides when a series is complete, and segments queued series one at a time.
+
+One thread, one :class:`cmrsdk.Pipeline` loaded once. Results are written into a hidden
+folder beside the final one and renamed into place, so an output folder either holds a whole
+result or does not exist; a series killed mid-segmentation is segmented again after restart.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import CmrError
+from .spool import Spool, uid_file_name
+
+__all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study", "warm_up_writers"]
+
+log = logging.getLogger("cmrsdk.serve")
+
+#: ImageType values of localisers and other non-diagnostic images (DICOM PS3.3 C.8.16.1 and vendors').
+_LOCALIZER_WORDS = ("LOCALIZER", "SCOUT", "SURVEY")
+
+
+def write_study(pipeline: Any, source: Path, out_dir: Path) -> dict:
+    """Read, segment and write one study: the one place the node calls the per-study writer.
+
+    Every DICOM file it leaves in ``out_dir`` (SEG per phase, SR where written) is forwarded.
+    The overlay and the HTML page are left out: a node answers with DICOM, and they would
+    lengthen the time from the last instance to the result.
+    """
+    from ..study import segment_one
+
+    return segment_one(pipeline, source, out_dir, overlay=False, report_html=False)
+
+
+def warm_up_writers() -> None:
+    """Import what :func:`write_study` writes with (highdicom, matplotlib: seconds each on a busy
+    CPU) at start-up, so that the first series' latency does not pay for it."""
+    import importlib
+
+    for module in ("highdicom", "cmrsdk.report", "cmrsdk.io.writers", "cmrsdk.io.sr"):
+        importlib.import_module(module)
+
+
+@dataclass(frozen=True)
+class SeriesVerdict:
+    """What the intake decided of a complete series."""
+
+    queue: bool
+    reason: str | None
+    phases: int | None
+    slices: int | None
+
+
+def judge_series(folder: Path) -> SeriesVerdict:
+    """Is the series in ``folder`` a short-axis cine worth segmenting? Reads headers only.
+
+    Set aside, with the reason: other modalities than MR, localisers, fewer than 3 slice
+    positions (long-axis views, single slices), fewer than 2 phases (not a cine), and series
+    whose headers cannot be read or lack the geometry.
+    """
+    import pydicom
+
+    from ..io import scan_dicom_series
+
+    files = sorted(folder.glob("*.dcm"))
+    if not files:
+        return SeriesVerdict(False, "no instances left in the spool", None, None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid UIDs and other vendor quirks
+            header = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+            modality = str(header.get("Modality", ""))
+            image_type = [str(v).upper() for v in (header.get("ImageType") or [])]
+    except Exception as exc:  # any header pydicom cannot parse is a reason, never a crash
+        return SeriesVerdict(False, f"header of {files[0].name} cannot be read ({type(exc).__name__})", None, None)
+    if modality != "MR":
+        return SeriesVerdict(False, f"'Modality' (0008,0060) is '{modality}', not 'MR'", None, None)
+    if any(word in image_type for word in _LOCALIZER_WORDS):
+        value = "\\".join(image_type)
+        return SeriesVerdict(False, f"localizer: 'ImageType' (0008,0008) is {value}", None, None)
+    try:
+        summaries = scan_dicom_series(folder)
+    except CmrError as exc:
+        return SeriesVerdict(False, f"cannot be read: {exc}", None, None)
+    best = summaries[0]
+    phases, slices = best.n_phases, best.n_positions
+    if slices == 0:
+        return SeriesVerdict(False, "no usable geometry (ImagePositionPatient / ImageOrientationPatient)", None, None)
+    if slices < 3:
+        return SeriesVerdict(False, f"not a short-axis stack: {slices} slice position(s)", phases, slices)
+    if phases < 2:
+        return SeriesVerdict(False, f"not a cine: {phases} phase per slice position", phases, slices)
+    return SeriesVerdict(True, None, phases, slices)
+
+
+class Worker(threading.Thread):
+    """Promotes quiet series to the queue and segments the queue in order, until ``stop`` is set.
+
+    Parameters
+    ----------
+    spool : the node's spool.
+    output : folder under which each series' results go, in a folder named by its series UID.
+    load_pipeline : builds the pipeline (called once, in this thread, before the first series);
+        the node's also imports the writers (:func:`warm_up_writers`).
+    series_timeout_s : a series is complete after this many seconds without a new instance.
+    forward : whether results are to be forwarded (the series then waits in ``forwarding``).
+    on_final : called with the series UID when a series reaches a final state (for the log line).
+    """
+
+    def __init__(self, spool: Spool, output: Path, load_pipeline: Callable[[], Any], *, series_timeout_s: float,
+                 forward: bool, stop: threading.Event, on_final: Callable[[str], None], poll_s: float = 0.25) -> None:
+        super().__init__(name="cmrsdk-worker", daemon=True)
+        self.spool, self.output, self.load_pipeline = spool, Path(output), load_pipeline
+        self.series_timeout_s, self.forward, self.stop, self.on_final = series_timeout_s, forward, stop, on_final
+        self.poll_s = poll_s
+        self.pipeline: Any = None
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.output.mkdir(parents=True, exist_ok=True)
+            # a segmentation killed half-way: our folder, and the study writer's own staging folders
+            for partial in [*self.output.glob(".*.partial"), *self.output.glob(".cmrsdk-staging-*")]:
+                shutil.rmtree(partial, ignore_errors=True)
+            self.pipeline = self.load_pipeline()
+            self.ready.set()
+            while not self.stop.is_set():
+                self.promote_quiet_series()
+                series_uid = self.spool.next_queued()
+                if series_uid is None:
+                    self.stop.wait(self.poll_s)
+                    continue
+                self.process(series_uid)
+        except BaseException as exc:  # the node stops when its worker cannot go on (logged by the node)
+            self.error = exc
+            self.ready.set()
+            self.stop.set()
+
+    def promote_quiet_series(self) -> None:
+        """Queue every series quiet for the timeout, or set it aside saying why."""
+        now = time.time()
+        for series_uid in self.spool.quiet_series(self.series_timeout_s, now):
+            try:
+                verdict = judge_series(self.spool.series_folder(series_uid))
+            except Exception as exc:  # one sender's odd series must not stop the node
+                verdict = SeriesVerdict(False, f"cannot be judged ({type(exc).__name__}: {exc})", None, None)
+            if self.spool.mark_complete(series_uid, queue=verdict.queue, phases=verdict.phases, slices=verdict.slices,
+                                        reason=verdict.reason, quiet_since=now - self.series_timeout_s):
+                if not verdict.queue:
+                    self.spool.purge_instances(series_uid)
+                    self.on_final(series_uid)
+
+    def process(self, series_uid: str) -> None:
+        """Segment one series and record its results; its failure is recorded, never raised."""
+        final = self.output / uid_file_name(series_uid)
+        partial = self.output / f".{final.name}.partial"
+        try:
+            if not final.is_dir():  # a result renamed into place before a crash is kept, not redone
+                shutil.rmtree(partial, ignore_errors=True)
+                write_study(self.pipeline, self.spool.series_folder(series_uid), partial)
+                partial.rename(final)
+        except CmrError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            self.spool.mark_failed(series_uid, str(exc).replace(str(self.spool.directory), "<spool>"))
+            self.on_final(series_uid)
+            return
+        except Exception as exc:  # a bug in a writer must not stop the node: the series fails, the next goes on
+            shutil.rmtree(partial, ignore_errors=True)
+            self.spool.mark_failed(series_uid, f"{type(exc).__name__}: {exc}")
+            self.on_final(series_uid)
+            return
+        deliveries = sorted(final.glob("*.dcm")) if self.forward else []
+        state = self.spool.mark_segmented(series_uid, output=final, deliveries=deliveries)
+        self.spool.purge_instances(series_uid)
+        if state == "done":
+            self.on_final(series_uid)

@@ -1,0 +1,396 @@
+"""``cmrsdk serve`` against real components: Orthanc as the PACS, dcmtk's storescu/echoscu, pynetdicom.
+
+Every node runs as its own process (``python -m cmrsdk serve``) so that it can be killed with
+SIGKILL; Orthanc runs on free loopback ports with a configuration generated here. Tests that
+need Orthanc or dcmtk skip, saying so, where they are absent.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from _dicom_node import ORTHANC, NodeProcess, Orthanc, free_port, storescu, sunnybrook_files, wait_for
+
+pytest.importorskip("pynetdicom")
+pytest.importorskip("highdicom")
+
+needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc (Debian package 'orthanc') is not installed")
+needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("echoscu") is None,
+                                 reason="dcmtk (storescu, echoscu) is not installed")
+
+
+# ---- inputs -------------------------------------------------------------------------------
+def synthetic_series(folder: Path, seed: int, *, n_phases: int = 2, n_slices: int = 8, size: int = 96) -> list[Path]:
+    """A small short-axis cine written as classic MR images (fast to segment with the demo bundle)."""
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.synth import synthetic_study
+
+    return write_dicom_series(folder, synthetic_study(seed=seed, n_phases=n_phases, n_slices=n_slices, shape=(size, size)))
+
+
+def series_uid(files: list[Path]) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
+@pytest.fixture(scope="module")
+def sunnybrook(shared_data, tmp_path_factory) -> list[Path]:
+    """SCD0000101's full cine (240 images), unaltered: invalid dates and a frame of reference per image."""
+    source = shared_data / "sunnybrook" / "SCD0000101"
+    if not source.is_dir():
+        pytest.skip(f"Sunnybrook series not found at {source}")
+    return sunnybrook_files(source)
+
+
+# ---- a DICOM client in the test (pynetdicom), for what storescu cannot time --------------
+def associate(port: int, calling: str = "SCANNER"):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="CMRSDK")
+    assert assoc.is_established, f"association with 127.0.0.1:{port} not established"
+    return assoc
+
+
+def send(assoc, files: list[Path]) -> list[int | None]:
+    """C-STORE ``files`` on an open association; the statuses (None where no answer came)."""
+    import pydicom
+
+    statuses = []
+    for f in files:
+        try:
+            status = assoc.send_c_store(pydicom.dcmread(f))
+        except RuntimeError:  # the peer went away: pynetdicom refuses to send without an association
+            status = None
+        statuses.append(int(status.Status) if status and "Status" in status else None)
+    return statuses
+
+
+def pynetdicom_send(port: int, files: list[Path]) -> list[int | None]:
+    """C-STORE ``files`` over one association of their own."""
+    assoc = associate(port)
+    statuses = send(assoc, files)
+    assoc.release()
+    return statuses
+
+
+# ---- Orthanc ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    if ORTHANC is None:
+        pytest.skip("Orthanc (Debian package 'orthanc') is not installed")
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"), {"cmrsdk": ("CMRSDK", free_port())})
+    yield server
+    server.close()
+
+
+def point_orthanc_at(orthanc: Orthanc, port: int) -> None:
+    orthanc.request("PUT", "/modalities/cmrsdk", {"AET": "CMRSDK", "Host": "127.0.0.1", "Port": port})
+
+
+def seg_references(orthanc: Orthanc) -> Counter:
+    """How many SEG instances in Orthanc reference each source series (by SeriesInstanceUID)."""
+    import pydicom
+
+    counts: Counter = Counter()
+    for iid in orthanc.instances_of_modality(("SEG",)):
+        ds = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{iid}/file")), stop_before_pixels=True)
+        for ref in ds.ReferencedSeriesSequence:
+            counts[str(ref.SeriesInstanceUID)] += 1
+    return counts
+
+
+def spool_rows(node: NodeProcess) -> dict:
+    from cmrsdk.serve import read_status
+
+    try:
+        rows, _ = read_status(node.spool)
+    except Exception:  # the node has not created the database yet
+        return {}
+    return {r.series_uid: r for r in rows}
+
+
+def wait_states(node: NodeProcess, uids: list[str], states: tuple[str, ...], timeout_s: float,
+                interval_s: float = 0.2) -> dict:
+    return wait_for(lambda: (rows := spool_rows(node)) and all(u in rows and rows[u].state in states for u in uids)
+                    and rows, timeout_s, f"series {uids} to reach {states}; node log:\n{node.text()[-3000:]}",
+                    interval_s=interval_s)
+
+
+def forward_args(orthanc: Orthanc) -> list[str]:
+    return ["--forward", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"]
+
+
+# ---- the tests ----------------------------------------------------------------------------
+def test_serve_needs_its_options(capsys):
+    from cmrsdk.cli import main
+
+    assert main(["serve", "--port", "104"]) == 2
+    assert "serve needs --spool, --output" in capsys.readouterr().err
+    assert main(["serve", "--port", "1", "--spool", "s", "--output", "o", "--tls-cert", "c"]) == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    assert main(["serve", "--port", "1", "--spool", "s", "--output", "o", "--forward", "nowhere"]) == 2
+    assert "--forward value 'nowhere' is invalid" in capsys.readouterr().err
+    assert main(["serve", "--port", "1", "--spool", "s", "--output", "o", "--allow", "A" * 17]) == 2
+    assert "AE title 'AAAAAAAAAAAAAAAAA' is invalid" in capsys.readouterr().err
+
+
+@needs_orthanc
+def test_orthanc_sends_a_real_cine_and_gets_seg_back_once(orthanc, sunnybrook, tmp_path):
+    """The PACS pushes a whole real series; SEGs (and the SR, when written) land back in it, once."""
+    import highdicom as hd
+    import pydicom
+
+    port = free_port()
+    point_orthanc_at(orthanc, port)
+    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc), log_path=tmp_path / "node.log",
+                       series_timeout=2)
+    try:
+        r = storescu(orthanc.dicom_port, sunnybrook, called=orthanc.aet)  # the scanner fills the PACS
+        assert r.returncode == 0, r.stderr[-2000:]
+        uid = series_uid(sunnybrook)
+        orthanc_id = next(x["ID"] for x in orthanc.request("POST", "/tools/lookup", uid) if x["Type"] == "Series")
+        t0 = time.monotonic()
+        orthanc.request("POST", "/modalities/cmrsdk/store", {"Resources": [orthanc_id], "Synchronous": True})
+        sent_s = time.monotonic() - t0
+        wait_for(lambda: seg_references(orthanc)[uid] >= 2, 240,
+                        f"2 SEGs referencing {uid} in Orthanc; node log:\n{node.text()[-3000:]}", interval_s=0.5)
+        latency_s = time.monotonic() - t0 - sent_s
+        print(f"\n{len(sunnybrook)} instances sent by Orthanc in {sent_s:.1f} s ({len(sunnybrook) / sent_s:.0f}/s); "
+              f"SEGs in Orthanc {latency_s:.1f} s after the last instance (series timeout 2 s)")
+        rows = wait_states(node, [uid], ("done",), 60)
+        assert rows[uid].n_instances == 240 and (rows[uid].phases, rows[uid].slices) == (20, 12)
+
+        results = sorted((tmp_path / "out" / uid).glob("*.dcm"))
+        assert {p.name for p in results} >= {"seg_ED.dcm", "seg_ES.dcm"}
+        study = orthanc.get(f"/series/{orthanc_id}")["ParentStudy"]
+        by_modality: dict[str, list[str]] = {}
+        for s in orthanc.get(f"/studies/{study}")["Series"]:
+            info = orthanc.get(f"/series/{s}")
+            by_modality.setdefault(info["MainDicomTags"]["Modality"], []).extend(info["Instances"])
+        # every DICOM file written (SEG per phase, SR where written) is in the PACS, once
+        assert len(by_modality["SEG"]) + len(by_modality.get("SR", [])) == len(results)
+        for iid in by_modality["SEG"]:
+            seg = hd.seg.segread(io.BytesIO(orthanc.get(f"/instances/{iid}/file")))
+            assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+            assert len(seg.SegmentSequence) == 3
+            assert seg.number_of_frames > 0
+        for iid in by_modality.get("SR", []):  # the measurement report, where the study writer writes one
+            sr = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{iid}/file")))
+            assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+            evidence = {str(se.SeriesInstanceUID) for st in sr.CurrentRequestedProcedureEvidenceSequence
+                        for se in st.ReferencedSeriesSequence}
+            assert uid in evidence
+
+        # the PACS sends the same series again: acknowledged, not processed again
+        orthanc.request("POST", "/modalities/cmrsdk/store", {"Resources": [orthanc_id], "Synchronous": True})
+        time.sleep(2 + 2.5)
+        rows = spool_rows(node)
+        assert len(rows) == 1 and rows[uid].state == "done" and rows[uid].n_instances == 240
+        assert seg_references(orthanc)[uid] == 2
+        assert node.text().count(f"series {uid}:") == 1  # one log line per series, patient-free
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            patient = str(pydicom.dcmread(sunnybrook[0], stop_before_pixels=True).PatientID)
+        assert patient not in node.text()
+        assert f"done, {len(results)}/{len(results)} result files forwarded" in node.text()
+    finally:
+        assert node.terminate() == 0
+
+
+@needs_dcmtk
+def test_dcmtk_echo_allow_list_set_aside_and_full_spool(tmp_path):
+    """echoscu/storescu as a second real client: allowed AEs only, a full spool answers 0xA700."""
+    one = synthetic_series(tmp_path / "in", seed=11, n_phases=2, n_slices=4, size=64)
+    port = free_port()
+    # a limit that takes two 64 x 64 images (about 9 kB each) and refuses the third
+    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--allow", "SCANNER", "--max-spool-mb", "0.02",
+                       "--max-associations", "1", log_path=tmp_path / "node.log")
+    try:
+        echo = subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+                              capture_output=True, text=True, timeout=30)
+        assert echo.returncode == 0, echo.stderr
+        refused = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode != 0 and "Association Rejected" in refused.stderr + refused.stdout
+        assert "association rejected from AE 'INTRUDER'" in node.text()
+
+        # files are phase-major: one slice position in two phases, then a third image, refused
+        r = storescu(port, one[:1] + one[4:5] + one[1:2], calling="SCANNER")
+        out = r.stdout + r.stderr
+        assert out.count("Received Store Response (Success)") == 2, out[-2000:]
+        assert "Received Store Response (Refused: OutOfResources)" in out, out[-2000:]
+        assert node.process.poll() is None  # refused cleanly, still serving
+        held = associate(port)  # --max-associations 1: a second caller waits its turn
+        busy = subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+                              capture_output=True, text=True, timeout=30)
+        assert busy.returncode != 0 and "Association Rejected" in busy.stderr + busy.stdout
+        held.release()
+        assert subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+                              capture_output=True, timeout=30).returncode == 0
+        uid = series_uid(one)
+        rows = wait_states(node, [uid], ("set_aside",), 30)
+        assert rows[uid].n_instances == 2 and rows[uid].reason == "not a short-axis stack: 1 slice position(s)"
+        status = node.status()
+        assert "set_aside" in status and "not a short-axis stack" in status and "total: 1 set_aside" in status
+        assert not list((tmp_path / "spool" / "instances").rglob("*.dcm"))  # set-aside series leave the spool
+    finally:
+        assert node.terminate() == 0
+
+
+@needs_orthanc
+@needs_dcmtk
+def test_five_series_over_three_associations_each_delivered_once(orthanc, tmp_path):
+    series = [synthetic_series(tmp_path / f"s{i}", seed=20 + i) for i in range(5)]
+    uids = [series_uid(s) for s in series]
+    port = free_port()
+    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc), log_path=tmp_path / "node.log",
+                       series_timeout=1.5)
+    try:
+        batches = [series[0] + series[1], series[2] + series[3], series[4]]
+        clients = [subprocess.Popen(["storescu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port),
+                                     *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                   for files in batches]
+        for c in clients:
+            out, _ = c.communicate(timeout=120)
+            assert c.returncode == 0, out[-2000:]
+        rows = wait_states(node, uids, ("done",), 150)
+        assert [rows[u].n_instances for u in uids] == [len(s) for s in series]
+        refs = seg_references(orthanc)
+        assert [refs[u] for u in uids] == [2] * 5  # ED and ES SEG per series, none twice
+    finally:
+        assert node.terminate() == 0
+
+
+@needs_orthanc
+def test_kill9_mid_receive_and_mid_segmentation_then_restart(orthanc, tmp_path):
+    a = synthetic_series(tmp_path / "a", seed=31)
+    b = synthetic_series(tmp_path / "b", seed=32, n_phases=3)
+    ua, ub = series_uid(a), series_uid(b)
+    port = free_port()
+    args = (tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc))
+    node = NodeProcess(*args, log_path=tmp_path / "node.log", series_timeout=3)
+    assoc = associate(port)
+    assert send(assoc, a[:7]) == [0] * 7
+    node.kill9()  # mid-receive: the association is open, 7 of 16 instances stored
+    assert send(assoc, a[7:8]) == [None]  # the sender sees the failure and will resend
+    node = NodeProcess(*args, log_path=tmp_path / "node.log", series_timeout=3)
+    try:
+        assert pynetdicom_send(port, a) == [0] * len(a)  # the sender resends the whole series
+        assert pynetdicom_send(port, b) == [0] * len(b)
+        wait_states(node, [ub], ("processing",), 60, interval_s=0.05)
+        node.kill9()  # mid-segmentation
+        node = NodeProcess(*args, log_path=tmp_path / "node.log", series_timeout=3)
+        assert "recovered after a crash: 1 series queued again" in node.text(since_start=True)
+        rows = wait_states(node, [ua, ub], ("done",), 150)
+        assert (rows[ua].n_instances, rows[ub].n_instances) == (len(a), len(b))
+        refs = seg_references(orthanc)
+        assert (refs[ua], refs[ub]) == (2, 2)  # delivered, and not twice
+        assert not list((tmp_path / "out").glob(".*"))  # no half-written result left
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([ua, ub])
+    finally:
+        assert node.terminate() == 0
+
+
+@needs_orthanc
+def test_sigterm_finishes_the_current_series_and_stops_cleanly(orthanc, tmp_path):
+    c = synthetic_series(tmp_path / "c", seed=41, n_phases=3)
+    uc = series_uid(c)
+    port = free_port()
+    args = (tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc))
+    node = NodeProcess(*args, log_path=tmp_path / "node.log", series_timeout=1)
+    assert pynetdicom_send(port, c) == [0] * len(c)
+    wait_states(node, [uc], ("processing",), 60, interval_s=0.05)
+    assert node.terminate(timeout=120) == 0
+    assert "SIGTERM received" in node.text() and "stopped cleanly" in node.text()
+    assert spool_rows(node)[uc].state in ("forwarding", "done")  # segmented, not abandoned
+    assert (tmp_path / "out" / uc / "seg_ED.dcm").is_file()
+    node = NodeProcess(*args, log_path=tmp_path / "node.log", series_timeout=1)
+    try:
+        wait_states(node, [uc], ("done",), 60)
+        assert seg_references(orthanc)[uc] == 2
+    finally:
+        assert node.terminate() == 0
+
+
+def test_forward_retries_with_backoff_until_acknowledged(tmp_path):
+    """The PACS is down, then refuses (0xA700), then accepts: each result arrives, none twice."""
+    import threading
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import SegmentationStorage
+
+    files = synthetic_series(tmp_path / "in", seed=51)
+    uid = series_uid(files)
+    pacs_port, port = free_port(), free_port()
+    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--forward", f"PACS@127.0.0.1:{pacs_port}",
+                       log_path=tmp_path / "node.log")
+    received: list[str] = []
+    refused: set[str] = set()
+    lock = threading.Lock()
+
+    def on_store(event):
+        sop = str(event.request.AffectedSOPInstanceUID)
+        with lock:
+            if sop not in refused:  # the first offer of each result is refused: out of resources
+                refused.add(sop)
+                return 0xA700
+            received.append(sop)
+        return 0x0000
+
+    server = None
+    try:
+        assert pynetdicom_send(port, files) == [0] * len(files)
+        rows = wait_states(node, [uid], ("forwarding",), 120)
+        time.sleep(1.5)  # at least one association attempt has failed: nobody listens yet
+        assert spool_rows(node)[uid].state == "forwarding" and "association not established" in node.text()
+        pacs = AE(ae_title="PACS")
+        pacs.add_supported_context(SegmentationStorage)
+        server = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        rows = wait_states(node, [uid], ("done",), 90)
+        assert len(refused) == 2 and sorted(received) == sorted(refused)  # each result once, after its refusal
+        assert "status 0xA700" in node.text() and rows[uid].state == "done"
+    finally:
+        if server is not None:
+            server.shutdown()
+        assert node.terminate() == 0
+
+
+def test_tls_only_answers_tls(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate to test TLS with")
+    import ssl
+
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    port = free_port()
+    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--tls-cert", str(cert), "--tls-key", str(key),
+                       log_path=tmp_path / "node.log")
+    try:
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Verification
+
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        client.check_hostname = False
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = 10
+        assoc = ae.associate("127.0.0.1", port, ae_title="CMRSDK", tls_args=(client, None))
+        assert assoc.is_established
+        assert int(assoc.send_c_echo().Status) == 0
+        assoc.release()
+        plain = ae.associate("127.0.0.1", port, ae_title="CMRSDK")
+        assert not plain.is_established
+    finally:
+        assert node.terminate() == 0

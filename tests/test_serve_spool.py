@@ -1,0 +1,241 @@
+"""The node's spool, intake and forwarding rules, without a network (fast)."""
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+import pytest
+
+from cmrsdk.errors import InputError
+from cmrsdk.serve import SpoolBusy, SpoolFull, format_status, parse_destination, read_status
+from cmrsdk.serve.forward import backoff_s
+from cmrsdk.serve.spool import Spool
+from cmrsdk.serve.worker import judge_series
+
+
+@pytest.fixture
+def spool(tmp_path):
+    s = Spool(tmp_path / "spool")
+    yield s
+    s.close()
+
+
+def test_instance_is_on_disk_and_committed_and_a_resend_is_a_duplicate(spool, tmp_path):
+    assert spool.store_instance("1.2.3", "1.2.3.1", b"x" * 100, calling_ae="SCANNER") == "stored"
+    assert (tmp_path / "spool" / "instances" / "1.2.3" / "1.2.3.1.dcm").read_bytes() == b"x" * 100
+    assert spool.store_instance("1.2.3", "1.2.3.1", b"x" * 100) == "duplicate"
+    row = spool.series("1.2.3")
+    assert (row.state, row.n_instances, row.calling_ae) == ("receiving", 1, "SCANNER")
+    assert spool.bytes_held == 100
+
+
+def test_uids_cannot_escape_the_spool(spool, tmp_path):
+    spool.store_instance("../../etc", "../passwd", b"x")
+    assert not (tmp_path / "etc").exists()
+    assert len(list((tmp_path / "spool" / "instances").rglob("*.dcm"))) == 1
+
+
+def test_series_completes_after_the_timeout_and_is_processed_once(spool):
+    spool.store_instance("9.1", "9.1.1", b"a")
+    last = spool.series("9.1").last_instance_at
+    assert spool.quiet_series(10.0, now=last + 5) == []
+    assert spool.quiet_series(10.0, now=last + 10) == ["9.1"]
+    assert spool.mark_complete("9.1", queue=True, phases=20, slices=12, reason=None, quiet_since=last)
+    assert spool.next_queued() == "9.1"
+    assert spool.next_queued() is None
+    assert spool.mark_segmented("9.1", output=spool.directory, deliveries=[]) == "done"
+    # the same series again: known instances are duplicates, a new one is late and not queued
+    assert spool.store_instance("9.1", "9.1.1", b"a") == "duplicate"
+    assert spool.store_instance("9.1", "9.1.2", b"b") == "late"
+    assert spool.series("9.1").state == "done" and spool.series("9.1").n_late == 1
+    assert spool.quiet_series(0.0) == []
+
+
+def test_an_instance_arriving_while_queued_reopens_the_series(spool):
+    spool.store_instance("9.2", "9.2.1", b"a")
+    last = spool.series("9.2").last_instance_at
+    spool.mark_complete("9.2", queue=True, phases=2, slices=3, reason=None, quiet_since=last)
+    spool.store_instance("9.2", "9.2.2", b"b")
+    assert spool.series("9.2").state == "receiving"
+    assert spool.next_queued() is None
+
+
+def test_crash_while_processing_requeues_and_deliveries_survive(tmp_path):
+    s = Spool(tmp_path / "spool")
+    s.store_instance("7.1", "7.1.1", b"a")
+    s.mark_complete("7.1", queue=True, phases=2, slices=3, reason=None, quiet_since=s.series("7.1").last_instance_at)
+    assert s.next_queued() == "7.1"
+    (s.series_folder("7.1") / ".7.1.1.dcm.99.tmp").write_bytes(b"half")
+    s._db.close()  # as kill -9 would: no clean close, the lock file's lock goes with the process
+    s._lock_file.close()
+    s = Spool(tmp_path / "spool")
+    s.store_instance("7.2", "7.2.1", b"b")  # a series half received when the node died
+    assert s.recover() == {"requeued": 1, "temporary_files_removed": 1}
+    assert s.quiet_series(1.0, now=s.series("7.2").resumed_at + 0.5) == []  # its sender gets the timeout again
+    assert s.quiet_series(1.0, now=s.series("7.2").resumed_at + 1.0) == ["7.2"]
+    assert s.next_queued() == "7.1"
+    out = tmp_path / "out"
+    assert s.mark_segmented("7.1", output=out, deliveries=[out / "seg_ED.dcm", out / "seg_ES.dcm"]) == "forwarding"
+    assert s.mark_delivered(str(out / "seg_ED.dcm")) is None
+    s.mark_delivery_failed(str(out / "seg_ES.dcm"), "status 0xA700", retry_in_s=60)
+    assert s.due_deliveries() == []
+    assert s.mark_delivered(str(out / "seg_ES.dcm")) == "7.1"
+    assert s.series("7.1").state == "done"
+    assert s.mark_delivered(str(out / "seg_ES.dcm")) is None  # acknowledged twice: recorded once
+    s.close()
+
+
+def test_second_node_on_the_same_spool_is_refused(spool):
+    with pytest.raises(SpoolBusy, match="in use by another cmrsdk serve"):
+        Spool(spool.directory)
+
+
+def test_size_limit_refuses_without_writing(tmp_path):
+    s = Spool(tmp_path / "spool", max_bytes=150)
+    s.store_instance("1", "1.1", b"x" * 100)
+    with pytest.raises(SpoolFull, match="would exceed its limit of 150 bytes"):
+        s.store_instance("1", "1.2", b"x" * 100)
+    assert not s.has_instance("1.2") and s.bytes_held == 100
+    assert s.purge_instances("1") == 100 and s.bytes_held == 0
+    assert s.store_instance("1", "1.2", b"x" * 100) == "stored"  # purged space is free again
+    s.close()
+
+
+def test_full_disk_is_spool_full_not_a_crash(spool, monkeypatch):
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("cmrsdk.serve.spool.os.fsync", no_space)
+    with pytest.raises(SpoolFull, match="disk full writing 1.1.dcm"):
+        spool.store_instance("1", "1.1", b"x" * 10)
+    assert not spool.has_instance("1.1") and spool.bytes_held == 0
+    assert list(spool.series_folder("1").iterdir()) == []
+
+
+def test_status_reads_the_queue_while_the_node_holds_it(spool):
+    spool.store_instance("5.5", "5.5.1", b"a")
+    spool.mark_complete("5.5", queue=False, phases=1, slices=1, reason="not a short-axis stack: 1 slice position(s)",
+                        quiet_since=spool.series("5.5").last_instance_at)
+    rows, deliveries = read_status(spool.directory)
+    lines = list(format_status(rows, deliveries))
+    assert "set_aside" in lines[1] and "5.5" in lines[1] and "1 slice position" in lines[1]
+    assert lines[-1] == "total: 1 set_aside"
+    with pytest.raises(InputError, match="is not a cmrsdk spool"):
+        read_status(spool.directory / "instances")
+    with pytest.raises(sqlite3.OperationalError):  # read-only: --status never writes
+        sqlite3.connect(f"file:{spool.directory / 'queue.sqlite'}?mode=ro", uri=True).execute("DELETE FROM series")
+
+
+def test_destination_and_backoff():
+    d = parse_destination("ORTHANC@pacs.local:4242")
+    assert (d.ae_title, d.host, d.port, str(d)) == ("ORTHANC", "pacs.local", 4242, "ORTHANC@pacs.local:4242")
+    with pytest.raises(InputError, match="--forward value 'pacs:4242' is invalid"):
+        parse_destination("pacs:4242")
+    with pytest.raises(InputError, match="port 1 to 65535"):
+        parse_destination("A@h:70000")
+    assert [backoff_s(n, cap_s=10) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+
+
+def _series(tmp_path, **kw):
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.synth import synthetic_study
+
+    folder = tmp_path / "series"
+    write_dicom_series(folder, synthetic_study(seed=3, shape=(32, 32), **kw))
+    return folder
+
+
+def test_intake_queues_a_short_axis_cine(tmp_path):
+    verdict = judge_series(_series(tmp_path, n_slices=4, n_phases=2))
+    assert (verdict.queue, verdict.phases, verdict.slices, verdict.reason) == (True, 2, 4, None)
+
+
+def test_intake_sets_aside_with_the_reason(tmp_path):
+    import pydicom
+
+    folder = _series(tmp_path, n_slices=4, n_phases=2)
+    for f in sorted(folder.glob("*.dcm"))[1:]:
+        f.unlink()
+    verdict = judge_series(folder)
+    assert not verdict.queue and verdict.reason == "not a short-axis stack: 1 slice position(s)"
+    f = next(folder.glob("*.dcm"))
+    ds = pydicom.dcmread(f)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.save_as(f)
+    assert judge_series(folder).reason == "localizer: 'ImageType' (0008,0008) is ORIGINAL\\PRIMARY\\LOCALIZER"
+    ds.Modality = "CT"
+    ds.save_as(f)
+    assert judge_series(folder).reason == "'Modality' (0008,0060) is 'CT', not 'MR'"
+    f.write_bytes(b"not dicom at all")
+    assert not judge_series(folder).queue
+
+
+def test_intake_sets_aside_a_single_phase_stack(tmp_path):
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.synth import synthetic_study
+    from cmrsdk.types import Study
+
+    study = synthetic_study(seed=4, shape=(32, 32), n_slices=4, n_phases=2)
+    write_dicom_series(tmp_path / "one", Study(phases=study.phases[:1], ed_index=None, es_index=None,
+                                               trigger_times_ms=None, info=study.info))
+    verdict = judge_series(tmp_path / "one")
+    assert not verdict.queue and verdict.reason == "not a cine: 1 phase per slice position"
+
+
+def _worker(spool, tmp_path, forward=False):
+    import threading
+
+    from cmrsdk.serve.worker import Worker
+
+    finals: list[str] = []
+    worker = Worker(spool, tmp_path / "out", lambda: "pipeline", series_timeout_s=0.0, forward=forward,
+                    stop=threading.Event(), on_final=finals.append)
+    worker.pipeline = "pipeline"
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return worker, finals
+
+
+def _queued(spool, uid):
+    spool.store_instance(uid, f"{uid}.1", b"x")
+    spool.mark_complete(uid, queue=True, phases=2, slices=3, reason=None, quiet_since=spool.series(uid).last_instance_at)
+    assert spool.next_queued() == uid
+
+
+def test_worker_records_failures_and_goes_on(spool, tmp_path, monkeypatch):
+    from cmrsdk.errors import ReadError
+
+    calls = []
+
+    def study_writer(pipeline, source, out_dir):
+        calls.append(source.name)
+        if source.name == "1.1":
+            raise ReadError(source / "x.dcm", "slice positions hold differing numbers of phases [19, 20]")
+        if source.name == "1.2":
+            raise RuntimeError("a bug in a writer")
+        out_dir.mkdir()
+        (out_dir / "seg_ED.dcm").write_bytes(b"seg")
+        (out_dir / "report.json").write_text("{}")
+        return {"phases": [{}, {}]}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker, finals = _worker(spool, tmp_path, forward=True)
+    for uid in ("1.1", "1.2", "1.3"):
+        _queued(spool, uid)
+        worker.process(uid)
+    assert spool.series("1.1").state == "failed"
+    assert spool.series("1.1").reason == "<spool>/instances/1.1/x.dcm: slice positions hold differing numbers of phases [19, 20]"
+    assert (spool.series("1.2").state, spool.series("1.2").reason) == ("failed", "RuntimeError: a bug in a writer")
+    assert spool.series("1.3").state == "forwarding"  # results wait for the peer's acknowledgement
+    assert [d[0] for d in spool.due_deliveries()] == [str(tmp_path / "out" / "1.3" / "seg_ED.dcm")]
+    assert finals == ["1.1", "1.2"] and calls == ["1.1", "1.2", "1.3"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.3"]  # nothing half-written
+    assert spool.series_folder("1.1").is_dir() and not spool.series_folder("1.3").exists()  # failures kept
+
+
+def test_worker_keeps_a_result_renamed_before_a_crash(spool, tmp_path, monkeypatch):
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", lambda *a: pytest.fail("segmented twice"))
+    worker, finals = _worker(spool, tmp_path)
+    _queued(spool, "2.1")
+    (tmp_path / "out" / "2.1").mkdir()  # renamed into place; the crash came before the commit
+    worker.process("2.1")
+    assert spool.series("2.1").state == "done" and finals == ["2.1"]
