@@ -85,6 +85,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .cohort.command import run_command
+
+    return run_command(args, _heart_crop(args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Write the embedded example study as DICOM, then segment it like any scanner series."""
     from .io import write_dicom_series
@@ -208,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
     pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("batch", help="segment a cohort into one table of measures (measures.csv), resumably, "
+                                     "on a process pool or a Ray cluster",
+                       description="Finds the studies under each root (or reads --list), segments those not done yet "
+                                   "with the same bundle and options, and writes OUT/measures.csv, OUT/cohort.png and "
+                                   "each study's outputs under OUT/studies/. Exit 1 when any study failed.")
+    from .cohort.command import add_arguments as batch_arguments
+
+    batch_arguments(p)
+    engine_options(p)
+    pipeline_options(p)
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("demo", help="segment the embedded example study with the demo bundle")
     p.add_argument("-o", "--output", default="out/demo", help="output directory (default: out/demo)")
