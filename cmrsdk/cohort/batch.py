@@ -174,7 +174,9 @@ def run_batch(
                     summary.ran += 1
                     if result.row.get("status") != "ok":
                         failed += 1
-                        line = f"cmrsdk: error: {result.row.get('source')}: {result.row.get('error')}"
+                        source, error = str(result.row.get("source")), str(result.row.get("error"))
+                        # name the input once: reader errors already start with the path
+                        line = f"cmrsdk: error: {error if error.startswith(source) else f'{source}: {error}'}"
                         bar.write(line, file=sys.stderr) if bar else print(line, file=sys.stderr)
                     if bar:
                         bar.set_postfix(failed=failed, refresh=False)

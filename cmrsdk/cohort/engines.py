@@ -8,6 +8,7 @@ worker alone is failed, the others carry on.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -266,10 +267,10 @@ class RayEngine(BatchEngine):
             runtime_env = {"env_vars": {"PYTHONPATH": checkout}} if checkout else None
             try:
                 if self.address:
-                    ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False)
+                    ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
                 else:
                     ray.init(num_cpus=max(cpu_count(), self.workers * self.threads), include_dashboard=False,
-                             runtime_env=runtime_env, log_to_driver=False)
+                             runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
             except Exception as exc:
                 raise CmrError(f"--address {self.address or '(local instance)'}: Ray could not start or connect "
                                f"({type(exc).__name__}: {exc})") from exc
