@@ -42,7 +42,8 @@ class BatchSummary:
     rows : the table, one dict per study in input order.
     ran : studies segmented in this run; ``reused`` taken from an earlier run's journal.
     interrupted : the run was stopped (SIGINT / SIGTERM) before every study was done.
-    startup_s, wall_s : seconds to start the engine's workers, and of the whole run.
+    startup_s, run_s, wall_s : seconds to start the engine's workers, from then until the last
+        study was committed, and of the whole call.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -50,6 +51,7 @@ class BatchSummary:
     reused: int = 0
     interrupted: bool = False
     startup_s: float = 0.0
+    run_s: float = 0.0
     wall_s: float = 0.0
     table: Path | None = None
     figure: Path | None = None
@@ -162,6 +164,7 @@ def run_batch(
             try:
                 runner.start()
                 summary.startup_s = runner.startup_s
+                started = time.perf_counter()
                 if progress:
                     from tqdm import tqdm
 
@@ -184,6 +187,7 @@ def run_batch(
                     if time.monotonic() - last_table > _TABLE_EVERY_S:
                         table()
                         last_table = time.monotonic()
+                summary.run_s = time.perf_counter() - started
             except (KeyboardInterrupt, _Interrupted):
                 summary.interrupted = True
             finally:
