@@ -158,3 +158,67 @@ def test_a_study_that_kills_its_worker_fails_alone():
     assert sorted(results) == ["a", "b", "c", "d", "e", "poison"]
     assert results["poison"]["status"] == "failed" and "also when it ran alone" in results["poison"]["error"]
     assert all(results[s]["status"] == "ok" for s in "abcde")
+
+
+class _ScriptedEngine(BatchEngine):
+    """Answers from a script: study id -> "ok" / "failed" / "interrupt" (Ctrl-C while it runs)."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        super().__init__(PipelineSpec(bundle="/b"), workers=1, threads=1)
+        self.script, self.seen = script, []
+
+    def _start(self):
+        pass
+
+    def run(self, studies):
+        for study in studies:
+            self.seen.append(study.study_id)
+            outcome = self.script[study.study_id]
+            if outcome == "interrupt":
+                raise KeyboardInterrupt
+            row = {"study_id": study.study_id, "source": study.source, "status": outcome,
+                   "error": "" if outcome == "ok" else "boom", "lvef_pct": 55.0 if outcome == "ok" else None}
+            yield StudyResult(study.study_id, row, {"report.json": b"{}", "sub/x.nii.gz": b"x"} if outcome == "ok" else {})
+
+    _submit = _wait = _recover = None  # type: ignore[assignment]
+
+    def close(self):
+        pass
+
+
+def test_run_batch_commits_folders_skips_duplicates_and_resumes(tmp_path: Path):
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.cohort.batch import run_batch
+
+    spec = PipelineSpec(bundle=str(DEMO_BUNDLE))
+    studies = [StudySource("a", "/data/a"), StudySource("b", "/data/b"), StudySource("a2", "/data/a"),
+               StudySource("c", "/data/c")]
+    out = tmp_path / "out"
+    engine = _ScriptedEngine({"a": "ok", "b": "failed", "c": "interrupt"})
+    summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
+    assert summary.interrupted and engine.seen == ["a", "b", "c"]
+    rows = {r["study_id"]: r for r in summary.rows}
+    assert [r["study_id"] for r in summary.rows] == ["a", "b", "a2", "c"]
+    assert rows["a"]["status"] == "ok" and rows["a"]["outputs"] == "studies/a"
+    assert sorted(p.relative_to(out / "studies" / "a").as_posix() for p in (out / "studies" / "a").rglob("*") if p.is_file()) \
+        == ["report.json", "sub/x.nii.gz"]
+    assert rows["b"]["status"] == "failed" and not (out / "studies" / "b").exists()
+    assert rows["a2"]["status"] == "skipped" and rows["a2"]["error"] == "same source as study 'a'"
+    assert rows["c"]["status"] == "skipped" and "interrupted" in rows["c"]["error"]
+    # the rerun runs only c; b stays failed unless asked
+    engine = _ScriptedEngine({"c": "ok"})
+    summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
+    assert engine.seen == ["c"] and summary.reused == 2 and not summary.interrupted
+    # with --retry-failed, b runs again and its new result replaces the old
+    engine = _ScriptedEngine({"b": "ok"})
+    summary = run_batch(studies, spec, out, engine, retry_failed=True, progress=False, figure=False)
+    assert engine.seen == ["b"] and summary.count("ok") == 3 and summary.count("skipped") == 1
+    # nothing left to do: the engine is never started
+    factory_calls = []
+    run_batch(studies, spec, out, lambda: factory_calls.append(1), progress=False, figure=False)
+    assert factory_calls == []
+    header, *lines = (out / "measures.csv").read_text().splitlines()
+    assert len(lines) == 4
+    assert not (out / ".tmp").exists() or not any((out / ".tmp").iterdir())

@@ -169,7 +169,7 @@ class StudyWorker:
             row = measures_row(report, height_cm=study.height_cm, weight_kg=study.weight_kg, heart_rate_bpm=heart_rate)
             files = {str(p.relative_to(scratch)): p.read_bytes() for p in sorted(scratch.rglob("*")) if p.is_file()}
             row.update(status="ok", error="")
-        except Exception as exc:  # one study's fault must never stop the others
+        except (Exception, SystemExit) as exc:  # one study's fault must never stop the others
             message = str(exc) if isinstance(exc, CmrError) else f"{type(exc).__name__}: {exc}"
             row, files = {"status": "failed", "error": message.replace("\n", " ")}, {}
         finally:
