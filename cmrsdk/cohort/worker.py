@@ -174,7 +174,7 @@ class StudyWorker:
             row, files = {"status": "failed", "error": message.replace("\n", " ")}, {}
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        messages = list(dict.fromkeys(str(w.message).splitlines()[0][:100] for w in caught))
+        messages = list(dict.fromkeys((str(w.message).splitlines() or [""])[0][:100] for w in caught))
         if messages:
             shown = "; ".join(f"warning: {m}" for m in messages[:3]) + (f"; {len(messages) - 3} more" if len(messages) > 3 else "")
             row["notes"] = "; ".join(n for n in (row.get("notes"), shown) if n)
