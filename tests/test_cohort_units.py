@@ -219,6 +219,6 @@ def test_run_batch_commits_folders_skips_duplicates_and_resumes(tmp_path: Path):
     factory_calls = []
     run_batch(studies, spec, out, lambda: factory_calls.append(1), progress=False, figure=False)
     assert factory_calls == []
-    header, *lines = (out / "measures.csv").read_text().splitlines()
+    _, *lines = (out / "measures.csv").read_text().splitlines()
     assert len(lines) == 4
     assert not (out / ".tmp").exists() or not any((out / ".tmp").iterdir())

@@ -46,7 +46,7 @@ def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
     workers = args.workers
     if workers is None and args.engine == "ray" and args.device == "cuda":
         workers = 1
-    engine = lambda: create_engine(args.engine, spec, workers=workers, threads=args.threads, address=args.address)  # noqa: E731
+    engine = lambda: create_engine(args.engine, spec, workers=workers, threads=args.threads, address=args.address)
     summary = run_batch(studies, spec, args.output, engine, retry_failed=args.retry_failed, progress=not args.no_progress)
     ok, failed, skipped = summary.count("ok"), summary.count("failed"), summary.count("skipped")
     rate = f", {summary.ran / summary.wall_s * 60:.1f} studies/min" if summary.ran else ""

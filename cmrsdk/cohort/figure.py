@@ -6,8 +6,9 @@ median and interquartile range in each title, and the counts of statuses and qua
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

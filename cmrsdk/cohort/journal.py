@@ -86,7 +86,7 @@ class Journal:
             except OSError:
                 pass
 
-    def __enter__(self) -> "Journal":
+    def __enter__(self) -> Journal:
         return self
 
     def __exit__(self, *exc: object) -> None:
