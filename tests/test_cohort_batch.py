@@ -217,3 +217,11 @@ def test_sigkill_midway_then_rerun_completes_each_study_once(engine: str, shared
     for name in names:
         assert (out / "studies" / name / "report.json").is_file()
     assert not (out / ".tmp").exists() or not any((out / ".tmp").iterdir())
+
+
+def test_heart_rate_comes_from_the_dicom_header(shared_data: Path):
+    from cmrsdk.cohort.worker import _dicom_heart_rate
+
+    # Sunnybrook's GE cine: HeartRate (0018,1088) 80, NominalInterval (0018,1062) 750 ms
+    assert _dicom_heart_rate(shared_data / "sunnybrook" / "SCD0000101", None) == 80.0
+    assert _dicom_heart_rate(shared_data / "sunnybrook" / "SCD0000101", "no such series") is None

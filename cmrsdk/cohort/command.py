@@ -47,7 +47,11 @@ def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
     if workers is None and args.engine == "ray" and args.device == "cuda":
         workers = 1
     engine = lambda: create_engine(args.engine, spec, workers=workers, threads=args.threads, address=args.address)
-    summary = run_batch(studies, spec, args.output, engine, retry_failed=args.retry_failed, progress=not args.no_progress)
+    try:
+        summary = run_batch(studies, spec, args.output, engine, retry_failed=args.retry_failed, progress=not args.no_progress)
+    except KeyboardInterrupt:  # after the studies (while drawing the figure): the journal and table are whole
+        print("cmrsdk: interrupted; run the same command again to finish", file=sys.stderr)
+        return 130
     ok, failed, skipped = summary.count("ok"), summary.count("failed"), summary.count("skipped")
     rate = f", {summary.ran / summary.wall_s * 60:.1f} studies/min" if summary.ran else ""
     print(f"{len(summary.rows)} studies: {ok} ok, {failed} failed, {skipped} skipped; "

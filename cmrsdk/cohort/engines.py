@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -152,6 +153,8 @@ def _watch_parent(parent: int) -> None:
 
 def _init_worker(spec: PipelineSpec, threads: int, parent: int) -> None:
     global _WORKER, _WORKER_ERROR
+    # Ctrl-C reaches the whole process group: the driver alone handles it and stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
         _WORKER = StudyWorker(spec, threads)
