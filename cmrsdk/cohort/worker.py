@@ -96,14 +96,15 @@ def _dicom_heart_rate(source: Path, series_uid: str | None) -> float | None:
 
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     for path in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) warn when first read
+            try:
                 header = pydicom.dcmread(str(path), stop_before_pixels=True,
                                          specific_tags=["SeriesInstanceUID", "HeartRate", "NominalInterval"])
-        except Exception:  # not DICOM, or unreadable: the reader already chose the series
-            continue
-        if series_uid and str(header.get("SeriesInstanceUID", "")) != series_uid:
+                uid = str(header.get("SeriesInstanceUID", ""))
+            except Exception:  # not DICOM, or unreadable: the reader already chose the series
+                continue
+        if series_uid and uid != series_uid:
             continue
         for keyword, convert in (("HeartRate", float), ("NominalInterval", lambda ms: 60000.0 / float(ms))):
             try:
