@@ -157,6 +157,12 @@ def _result_line(source: Path, report: dict, out_dir: Path) -> str:
     return f"{source}: {head}, {wall:.0f} ms -> {out_dir}" + (f" [flags: {', '.join(shown)}]" if shown else "")
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from .cohort.command import run_command
+
+    return run_command(args, _heart_crop(args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Write the embedded example cine as DICOM, segment it like any scanner series, score it on its truth."""
     from .io import write_dicom_series
@@ -324,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")
     pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("batch", help="segment a cohort into one table of measures (measures.csv), resumably, "
+                                     "on a process pool or a Ray cluster",
+                       description="Finds the studies under each root (or reads --list), segments those not done yet "
+                                   "with the same bundle and options, and writes OUT/measures.csv, OUT/cohort.png and "
+                                   "each study's outputs under OUT/studies/. Exit 1 when any study failed.")
+    from .cohort.command import add_arguments as batch_arguments
+
+    batch_arguments(p)
+    engine_options(p)
+    pipeline_options(p)
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("demo", help="segment the embedded example study with the demo bundle")
     p.add_argument("-o", "--output", default="out/demo", help="output directory (default: out/demo)")

@@ -1,0 +1,229 @@
+"""`run_batch`: a cohort's studies through an engine into OUT, resumably.
+
+OUT holds ``measures.csv`` (one row per study, rebuilt from the journal), ``cohort.png``,
+``journal.jsonl`` and ``studies/<study_id>/`` (each study's outputs as ``segment`` writes them).
+A study's folder is written whole under ``OUT/.tmp`` and renamed into place before its journal
+line is written, so a crash at any moment leaves every study either done or not started.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import WriteError
+from .discover import StudySource
+from .engines import BatchEngine
+from .journal import Journal
+from .table import write_measures_csv
+from .worker import PipelineSpec, StudyResult
+
+__all__ = ["BatchSummary", "run_batch", "STUDIES_DIR", "TABLE_NAME", "FIGURE_NAME"]
+
+STUDIES_DIR = "studies"
+TABLE_NAME = "measures.csv"
+FIGURE_NAME = "cohort.png"
+_SCRATCH = ".tmp"
+#: rewrite measures.csv at most this often while a long batch runs (seconds)
+_TABLE_EVERY_S = 60.0
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did.
+
+    Attributes
+    ----------
+    rows : the table, one dict per study in input order.
+    ran : studies segmented in this run; ``reused`` taken from an earlier run's journal.
+    interrupted : the run was stopped (SIGINT / SIGTERM) before every study was done.
+    startup_s, run_s, wall_s : seconds to start the engine's workers, from then until the last
+        study was committed, and of the whole call.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    ran: int = 0
+    reused: int = 0
+    interrupted: bool = False
+    startup_s: float = 0.0
+    run_s: float = 0.0
+    wall_s: float = 0.0
+    table: Path | None = None
+    figure: Path | None = None
+
+    def count(self, status: str) -> int:
+        """Rows with this status ("ok", "failed", "skipped")."""
+        return sum(1 for r in self.rows if r.get("status") == status)
+
+
+def _replace_folder(scratch: Path, target: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` under ``scratch``, then swap it in for ``target`` (an earlier result is replaced, never mixed)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    for name, data in files.items():
+        path = scratch / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = scratch.with_name(scratch.name + ".old")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(scratch, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def run_batch(
+    studies: Sequence[StudySource],
+    spec: PipelineSpec,
+    out: str | Path,
+    engine: BatchEngine | Callable[[], BatchEngine],
+    *,
+    retry_failed: bool = False,
+    progress: bool = True,
+    figure: bool = True,
+) -> BatchSummary:
+    """Segment the studies not yet done into ``out`` and write the cohort's table and figure.
+
+    Parameters
+    ----------
+    studies : the cohort, in the table's order.
+    spec : the pipeline; with the bundle's manifest hash it makes the key that says "done".
+    out : the output folder (created; one batch at a time holds it).
+    engine : the engine, or a factory called only when some study needs running.
+    retry_failed : run again the studies whose last run with the same key failed.
+    progress : show a progress bar (stderr).
+    figure : draw ``cohort.png``.
+
+    Returns
+    -------
+    BatchSummary; a study is done when the journal holds an "ok" (or, without ``retry_failed``,
+    a "failed") record for it with the same key and source.
+    """
+    from ..bundle import MANIFEST_NAME, load_bundle, sha256_file
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    bundle = load_bundle(spec.bundle)  # refuses a bundle whose hashes do not match, before any work
+    bundle_sha = sha256_file(bundle.path / MANIFEST_NAME)
+    key = spec.key(bundle_sha)
+    summary = BatchSummary()
+    with Journal(out) as journal:
+        shutil.rmtree(out / _SCRATCH, ignore_errors=True)  # what a killed batch was writing
+        first_of: dict[str, str] = {}
+        duplicates: dict[str, str] = {}
+        todo: list[StudySource] = []
+        for study in studies:
+            if study.source in first_of:
+                duplicates[study.study_id] = first_of[study.source]
+                continue
+            first_of[study.source] = study.study_id
+            record = journal.records.get(study.study_id)
+            done = (record is not None and record.get("key") == key and record.get("source") == study.source
+                    and (record.get("status") == "ok" or (record.get("status") == "failed" and not retry_failed)))
+            if done:
+                summary.reused += 1
+            else:
+                todo.append(study)
+
+        def commit(result: StudyResult) -> None:
+            row = dict(result.row, bundle_sha256=bundle_sha, options_key=key)
+            target = out / STUDIES_DIR / result.study_id
+            if row.get("status") == "ok":
+                try:
+                    _replace_folder(out / _SCRATCH / result.study_id, target, result.files)
+                except OSError as exc:
+                    raise WriteError(f"{target}: cannot be written ({exc})") from exc
+                row["outputs"] = f"{STUDIES_DIR}/{result.study_id}"
+            else:
+                # an earlier run's folder (other options, or a since-corrupted source) no longer matches the table
+                shutil.rmtree(target, ignore_errors=True)
+                row["outputs"] = ""
+            journal.append({**row, "key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+        def table() -> Path:
+            summary.rows = _rows(studies, journal.records, key, duplicates, interrupted=summary.interrupted)
+            return write_measures_csv(out / TABLE_NAME, summary.rows)
+
+        if todo:
+            # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: workers stopped, table written
+            previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)} if _main_thread() else {}
+            bar = None
+            runner = engine() if callable(engine) and not isinstance(engine, BatchEngine) else engine
+            try:
+                runner.start()
+                summary.startup_s = runner.startup_s
+                started = time.perf_counter()
+                if progress:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=len(todo), unit="study", file=sys.stderr, smoothing=0.1, mininterval=1.0,
+                               desc=f"{runner.name} x{runner.workers}")
+                failed = 0
+                last_table = time.monotonic()
+                for result in runner.run(todo):
+                    commit(result)
+                    summary.ran += 1
+                    if result.row.get("status") != "ok":
+                        failed += 1
+                        source, error = str(result.row.get("source")), str(result.row.get("error"))
+                        # name the input once: reader errors already start with the path
+                        line = f"cmrsdk: error: {error if error.startswith(source) else f'{source}: {error}'}"
+                        bar.write(line, file=sys.stderr) if bar else print(line, file=sys.stderr)
+                    if bar:
+                        bar.set_postfix(failed=failed, refresh=False)
+                        bar.update()
+                    if time.monotonic() - last_table > _TABLE_EVERY_S:
+                        table()
+                        last_table = time.monotonic()
+                summary.run_s = time.perf_counter() - started
+            except (KeyboardInterrupt, _Interrupted):
+                summary.interrupted = True
+            finally:
+                if bar:
+                    bar.close()
+                runner.close()
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+        summary.table = table()
+        if figure:
+            from .figure import save_cohort_figure
+
+            summary.figure = save_cohort_figure(out / FIGURE_NAME, summary.rows)
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _rows(studies: Sequence[StudySource], records: dict[str, dict[str, Any]], key: str, duplicates: dict[str, str],
+          *, interrupted: bool) -> list[dict[str, Any]]:
+    rows = []
+    for study in studies:
+        record = records.get(study.study_id)
+        if study.study_id in duplicates:
+            row = {"status": "skipped", "error": f"same source as study '{duplicates[study.study_id]}'"}
+        elif record is not None and record.get("key") == key and record.get("source") == study.source:
+            row = dict(record)
+        else:
+            why = "batch interrupted" if interrupted else "batch stopped"
+            row = {"status": "skipped", "error": f"not run ({why}); run the same command again to finish"}
+        row.update(study_id=study.study_id, source=study.source)
+        rows.append(row)
+    return rows

@@ -1,0 +1,206 @@
+"""Which studies a cohort holds: found under folders, or listed in a CSV.
+
+A *study* is what `cmrsdk segment` takes as one input: a DICOM series folder, a NIfTI file, an
+ACDC patient folder, an M&Ms or M&Ms-2 subject folder. Under a root, the walk stops at the first
+folder that is a study (a DICOM series folder may hold its images in sub-folders), so a root of
+thousands of subjects costs one directory listing per folder and a few file headers.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["StudySource", "discover_studies", "read_study_list", "study_name", "LIST_COLUMNS"]
+
+#: the columns a --list CSV may hold; only ``source`` is required.
+LIST_COLUMNS = ("study_id", "source", "height_cm", "weight_kg", "heart_rate_bpm")
+
+_NIFTI = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+_LABEL_MAP = re.compile(r"_gt\.nii(\.gz)?$", re.IGNORECASE)
+_DICOM_SUFFIXES = {".dcm", ".ima", ".dicom"}
+#: files looked at to tell whether a folder holds DICOM: enough for folders mixing in a text file
+_DICOM_PROBES = 8
+
+
+@dataclass(frozen=True)
+class StudySource:
+    """One study of a cohort.
+
+    Attributes
+    ----------
+    study_id : the study's name in the table and its output folder (unique in a run).
+    source : absolute path of what `cmrsdk segment` reads.
+    height_cm, weight_kg, heart_rate_bpm : values from a study list; they take precedence over
+        the file's own (Info.cfg, DICOM PatientSize / PatientWeight / HeartRate).
+    """
+
+    study_id: str
+    source: str
+    height_cm: float | None = None
+    weight_kg: float | None = None
+    heart_rate_bpm: float | None = None
+
+
+def study_name(path: Path) -> str:
+    """A study's name from its path: the folder name, or the file name less .nii.gz / .nii / .dcm."""
+    name = path.name
+    match = _NIFTI.search(name)
+    if match:
+        return name[: match.start()]
+    if name.lower().endswith(".dcm"):
+        return name[:-4]
+    return name or "study"
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def _is_case_folder(folder: Path, names: Sequence[str]) -> bool:
+    """ACDC patient (Info.cfg), M&Ms subject (NAME_sa_ED.nii.gz) or M&Ms-2 subject (NAME_SA_ED.nii.gz)."""
+    if "Info.cfg" in names:
+        return True
+    stem = f"{folder.name}_sa_ed.nii".lower()
+    return any(n.lower().startswith(stem) for n in names)
+
+
+def _walk(path: Path) -> Iterator[Path]:
+    """The studies at or under ``path``, in sorted order."""
+    if path.is_file():
+        if _NIFTI.search(path.name) and not _LABEL_MAP.search(path.name):
+            yield path
+        return
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError(f"'{path}' cannot be listed: {exc.strerror}") from exc
+    names = [e.name for e in entries]
+    if _is_case_folder(path, names):
+        yield path
+        return
+    files = [Path(e.path) for e in entries if e.is_file() and not e.name.startswith(".")]
+    if any(_is_dicom_file(f) for f in files[:_DICOM_PROBES]):
+        yield path  # a series folder: the reader searches its sub-folders too
+        return
+    for file in files:
+        if _NIFTI.search(file.name) and not _LABEL_MAP.search(file.name):
+            yield file  # a folder of loose NIfTI stacks: each file is one (one-phase) study
+    for entry in entries:
+        if entry.is_dir() and not entry.name.startswith("."):
+            yield from _walk(Path(entry.path))
+
+
+def _unique(studies: list[StudySource], where: str) -> list[StudySource]:
+    seen: dict[str, str] = {}
+    for s in studies:
+        if not s.study_id or s.study_id.startswith(".") or any(c in s.study_id for c in "/\\\0"):
+            raise InputError(f"study id {s.study_id!r} of {s.source} in {where} cannot name a folder: "
+                             "it must be non-empty, not start with '.', and hold no '/' or '\\'")
+        if s.study_id in seen:
+            raise InputError(f"study id '{s.study_id}' names two studies ({seen[s.study_id]} and {s.source}) in {where}; "
+                             "give each a study_id in a --list CSV")
+        seen[s.study_id] = s.source
+    return studies
+
+
+def discover_studies(roots: Sequence[str | Path]) -> list[StudySource]:
+    """The studies at or under each root, in the order given, each root's sorted.
+
+    A root that is itself a study keeps its own name as study id; a study found under a root is
+    named by its path relative to the root, folders joined by ``_`` (``site1/DICOM`` becomes
+    ``site1_DICOM``), so that names stay the same between runs.
+
+    Raises
+    ------
+    InputError : a root that does not exist or holds no study; two studies with one id.
+    """
+    studies: list[StudySource] = []
+    for root in roots:
+        root = Path(os.path.abspath(root))
+        if not root.exists():
+            raise InputError(f"'{root}': no such file or directory")
+        found = list(_walk(root))
+        if not found and root.is_dir():
+            # a folder the walk does not recognise is still worth one try as a DICOM series:
+            # the reader's error then says what it found
+            found = [root]
+        if not found:
+            raise InputError(f"'{root}' holds no study (DICOM series folder, NIfTI file, ACDC patient or M&Ms subject folder)")
+        for path in found:
+            if path == root:
+                study_id = study_name(root)
+            else:
+                parts = path.relative_to(root).parts
+                study_id = "_".join((*parts[:-1], study_name(path)))
+            studies.append(StudySource(study_id, str(path)))
+    return _unique(studies, "the roots given")
+
+
+def _number(value: str, column: str, where: str) -> float | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(f"{where}: column '{column}' value {value!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise InputError(f"{where}: column '{column}' value {value!r} must be a positive number")
+    return number
+
+
+def read_study_list(path: str | Path) -> list[StudySource]:
+    """The studies of a CSV with a header row: ``source`` and optionally ``study_id``, ``height_cm``,
+    ``weight_kg``, ``heart_rate_bpm`` (empty cells are unknown).
+
+    Relative sources are taken from the CSV's folder. A missing study_id is the source's name. A
+    source that does not exist is kept: its row in the table says so.
+
+    Raises
+    ------
+    InputError : no such file, no ``source`` column, an unknown column, a value that is not a
+        positive number, two rows with one study id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--list '{path}': no such file")
+    studies = []
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "source" not in columns:
+            raise InputError(f"{path}: header {columns} has no 'source' column (expected some of {list(LIST_COLUMNS)})")
+        unknown = [c for c in columns if c not in LIST_COLUMNS]
+        if unknown:
+            raise InputError(f"{path}: unknown column(s) {unknown}; expected some of {list(LIST_COLUMNS)}")
+        for line, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "") for k, v in raw.items()}
+            where = f"{path} line {line}"
+            if not row["source"].strip():
+                raise InputError(f"{where}: column 'source' is empty")
+            source = Path(row["source"].strip()).expanduser()
+            source = Path(os.path.abspath(source if source.is_absolute() else path.parent / source))
+            studies.append(StudySource(
+                study_id=(row.get("study_id") or "").strip() or study_name(source),
+                source=str(source),
+                height_cm=_number(row.get("height_cm", ""), "height_cm", where),
+                weight_kg=_number(row.get("weight_kg", ""), "weight_kg", where),
+                heart_rate_bpm=_number(row.get("heart_rate_bpm", ""), "heart_rate_bpm", where),
+            ))
+    if not studies:
+        raise InputError(f"{path}: no rows under the header")
+    return _unique(studies, str(path))

@@ -1,0 +1,120 @@
+"""One row of clinical measures per study, and the cohort's measures.csv.
+
+The volumes, EF and mass are `segment`'s report.json values unchanged; what a cohort adds is
+indexing to body surface area (Mosteller), heart rate and cardiac output, and the quality flags
+of the ED and ES phases in one cell.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io._atomic import atomic_path
+
+__all__ = ["COLUMNS", "MEASURES", "INDEXED", "bsa_mosteller", "measures_row", "write_measures_csv"]
+
+#: segment's measures, in report.json's names and units (mL, %, g)
+MEASURES = ("lvedv_ml", "lvesv_ml", "lvsv_ml", "lvef_pct", "lv_mass_g", "rvedv_ml", "rvesv_ml", "rvsv_ml", "rvef_pct")
+#: measure -> its BSA-indexed column (per m²)
+INDEXED = {"lvedv_ml": "lvedvi_ml_m2", "lvesv_ml": "lvesvi_ml_m2", "lvsv_ml": "lvsvi_ml_m2", "lv_mass_g": "lv_massi_g_m2",
+           "rvedv_ml": "rvedvi_ml_m2", "rvesv_ml": "rvesvi_ml_m2", "rvsv_ml": "rvsvi_ml_m2"}
+
+COLUMNS = (
+    "study_id", "source", "status", "error", *MEASURES,
+    "height_cm", "weight_kg", "bsa_m2", *INDEXED.values(),
+    "heart_rate_bpm", "cardiac_output_l_min", "cardiac_index_l_min_m2",
+    "quality_flags", "notes", "phases", "ed_phase", "es_phase", "seconds", "bundle_sha256", "options_key", "outputs",
+)
+
+# outside these a value is a unit mistake (PatientSize in cm, weight in g), not a person
+_PLAUSIBLE = {"height_cm": (50.0, 250.0), "weight_kg": (2.0, 400.0), "heart_rate_bpm": (20.0, 250.0)}
+
+
+def bsa_mosteller(height_cm: float, weight_kg: float) -> float:
+    """Body surface area in m² by Mosteller's formula, sqrt(height cm x weight kg / 3600)."""
+    return math.sqrt(height_cm * weight_kg / 3600.0)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def measures_row(report: Mapping[str, Any], *, height_cm: float | None = None, weight_kg: float | None = None,
+                 heart_rate_bpm: float | None = None) -> dict[str, Any]:
+    """The measure columns of one study from its `segment` report.
+
+    Parameters
+    ----------
+    report : `cmrsdk.report.study_report`'s dict (``measures``, ``phases``, ``ed_index``, ``es_index``, ``study``).
+    height_cm, weight_kg, heart_rate_bpm : override the study's own (``report["study"]``) when given.
+
+    Returns
+    -------
+    dict with the columns of `MEASURES`, biometrics, BSA-indexed values (when height and weight
+    are known and plausible), heart rate and cardiac output (LVSV x HR), ``quality_flags``
+    (``ED:flag;ES:flag``), ``notes`` (biometrics set aside), ``phases``, ``ed_phase``, ``es_phase``.
+    Unknown values are None.
+    """
+    measures = report.get("measures", {})
+    row: dict[str, Any] = {name: _number(measures.get(name)) for name in MEASURES}
+    study = report.get("study", {}) or {}
+    given = {"height_cm": height_cm if height_cm is not None else study.get("height_cm"),
+             "weight_kg": weight_kg if weight_kg is not None else study.get("weight_kg"),
+             "heart_rate_bpm": heart_rate_bpm}
+    notes = []
+    for name, value in given.items():
+        value = _number(value)
+        lo, hi = _PLAUSIBLE[name]
+        if value is not None and not lo <= value <= hi:
+            notes.append(f"{name} {value:g} outside {lo:g}-{hi:g}, not used")
+            value = None
+        row[name] = value
+    bsa = bsa_mosteller(row["height_cm"], row["weight_kg"]) if row["height_cm"] and row["weight_kg"] else None
+    row["bsa_m2"] = None if bsa is None else round(bsa, 4)
+    for name, indexed in INDEXED.items():
+        row[indexed] = None if bsa is None or row[name] is None else round(row[name] / bsa, 3)
+    output = None if row["heart_rate_bpm"] is None or row["lvsv_ml"] is None else row["lvsv_ml"] * row["heart_rate_bpm"] / 1000.0
+    row["cardiac_output_l_min"] = None if output is None else round(output, 3)
+    row["cardiac_index_l_min_m2"] = None if output is None or bsa is None else round(output / bsa, 3)
+    phases = report.get("phases", [])
+    flags = []
+    for label, index in (("ED", report.get("ed_index")), ("ES", report.get("es_index"))):
+        if index is not None and 0 <= index < len(phases):
+            flags += [f"{label}:{flag}" for flag in phases[index].get("quality_flags", [])]
+    row["quality_flags"] = ";".join(flags)
+    row["notes"] = "; ".join(notes)
+    row["phases"] = len(phases)
+    row["ed_phase"], row["es_phase"] = report.get("ed_index"), report.get("es_index")
+    return row
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else repr(round(value, 4))
+    return str(value)
+
+
+def write_measures_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` (dicts keyed by `COLUMNS`) as CSV, atomically: readers see the old table or the new one.
+
+    Unknown values are empty cells; columns missing from a row are empty.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+    return path

@@ -1,0 +1,187 @@
+"""One worker's job: a pipeline loaded once, then study after study into a result row and files.
+
+The same `StudyWorker` runs in a local pool process and in a Ray actor. It writes nothing into
+the batch's output folder: it segments into a private temporary folder and hands back the
+files' bytes, so the one writer of OUT is the batch's driver (no shared file system needed
+on a cluster, and no half-written folder left by a worker that dies).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CmrError
+from .discover import StudySource
+from .table import measures_row
+
+__all__ = ["PipelineSpec", "StudyResult", "StudyWorker", "segment_study", "set_thread_count"]
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a worker needs to build its `cmrsdk.Pipeline` (picklable, sent to every worker).
+
+    Attributes mirror `Pipeline`'s parameters; ``heart_crop`` is (h, w), None or "bundle".
+    """
+
+    bundle: str
+    backend: str = "auto"
+    device: str = "cpu"
+    mode: str = "routed"
+    largest_component: bool = True
+    heart_crop: tuple[int, int] | None | str = "bundle"
+    region_decoding: str = "monotone"
+    overlay: bool = True        # outputs a reader looks at; they do not change the numbers
+    report_html: bool = True
+
+    def key(self, manifest_sha256: str) -> str:
+        """A short hash of what decides the numbers: the bundle's manifest, the options, cmrsdk's version.
+
+        The device, thread counts and engine are left out: they decide how fast, not what.
+        """
+        from .. import __version__
+
+        what = {k: v for k, v in asdict(self).items() if k not in ("bundle", "device", "overlay", "report_html")}
+        what.update(manifest_sha256=manifest_sha256, cmrsdk=__version__)
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StudyResult:
+    """What a worker hands back for one study.
+
+    Attributes
+    ----------
+    study_id : the study's id.
+    row : the table's columns for this study (status "ok" or "failed", ``error``, ``seconds``, measures).
+    files : relative path -> bytes of each output `segment` wrote; empty for a failed study.
+    """
+
+    study_id: str
+    row: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def set_thread_count(threads: int) -> None:
+    """Cap the math libraries' thread pools of this process (before they start) so workers share cores."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    try:
+        import torch  # only where installed; the TorchScript engine uses torch's pool
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def segment_study(pipeline: Any, source: Path, out_dir: Path, *, overlay: bool = True,
+                  report_html: bool = True) -> dict[str, Any]:
+    """Read, segment and write one study as `cmrsdk segment` does; returns its report.
+
+    The one place the batch calls the per-study function of the ``segment`` command.
+    """
+    from ..study import segment_one
+
+    return segment_one(pipeline, source, out_dir, overlay=overlay, report_html=report_html)
+
+
+def _dicom_heart_rate(source: Path, series_uid: str | None) -> float | None:
+    """Heart rate (bpm) of a DICOM series: HeartRate (0018,1088), else 60000 / NominalInterval (0018,1062)."""
+    import pydicom
+
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) warn when first read
+            try:
+                header = pydicom.dcmread(str(path), stop_before_pixels=True,
+                                         specific_tags=["SeriesInstanceUID", "HeartRate", "NominalInterval"])
+                uid = str(header.get("SeriesInstanceUID", ""))
+            except Exception:  # not DICOM, or unreadable: the reader already chose the series
+                continue
+        if series_uid and uid != series_uid:
+            continue
+        for keyword, convert in (("HeartRate", float), ("NominalInterval", lambda ms: 60000.0 / float(ms))):
+            try:
+                value = convert(header.get(keyword))
+            except (TypeError, ValueError, ZeroDivisionError):
+                continue
+            if value > 0:
+                return round(value, 2)
+        return None
+    return None
+
+
+class StudyWorker:
+    """Loads the pipeline once; `run` turns one study into a `StudyResult` and never raises for a study's fault.
+
+    Parameters
+    ----------
+    spec : the pipeline to build.
+    threads : threads for this worker's math libraries and native kernels.
+    """
+
+    def __init__(self, spec: PipelineSpec, threads: int) -> None:
+        set_thread_count(threads)
+        from ..bundle import load_bundle
+        from ..pipeline import Pipeline
+
+        bundle = load_bundle(spec.bundle)
+        options: dict[str, Any] = {}
+        if {bundle.select_artifact(name, spec.backend, spec.device).backend for name in bundle.models} == {"onnx"}:
+            # ONNX Runtime sizes its pool from the cores, not from OMP_NUM_THREADS
+            options["intra_op_threads"] = threads
+        self.pipeline = Pipeline(bundle, backend=spec.backend, device=spec.device, mode=spec.mode,  # type: ignore[arg-type]
+                                 largest_component=spec.largest_component, threads=threads,
+                                 heart_crop=spec.heart_crop, region_decoding=spec.region_decoding,  # type: ignore[arg-type]
+                                 engine_options=options)
+        self.pid = os.getpid()
+        self.outputs = {"overlay": spec.overlay, "report_html": spec.report_html}
+
+    def ready(self) -> int:
+        """The worker's process id, once its pipeline is loaded."""
+        return self.pid
+
+    def run(self, study: StudySource) -> StudyResult:
+        """Segment one study into a temporary folder and return its row and files.
+
+        Any exception a study raises becomes a "failed" row naming the exception; the worker
+        carries on with the next study.
+        """
+        t0 = time.perf_counter()
+        scratch = Path(tempfile.mkdtemp(prefix="cmrsdk-batch-"))
+        caught: list[warnings.WarningMessage] = []
+        try:
+            source = Path(study.source)
+            # a cohort's thousands of reader warnings would bury the progress bar: they go to the row
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                report = segment_study(self.pipeline, source, scratch, **self.outputs)
+            heart_rate = study.heart_rate_bpm
+            if heart_rate is None and source.exists() and (source.is_dir() or source.suffix.lower() == ".dcm"):
+                from ..io import detect_format
+
+                if detect_format(source) == "dicom":
+                    heart_rate = _dicom_heart_rate(source, (report.get("study") or {}).get("series_uid"))
+            row = measures_row(report, height_cm=study.height_cm, weight_kg=study.weight_kg, heart_rate_bpm=heart_rate)
+            files = {str(p.relative_to(scratch)): p.read_bytes() for p in sorted(scratch.rglob("*")) if p.is_file()}
+            row.update(status="ok", error="")
+        except (Exception, SystemExit) as exc:  # one study's fault must never stop the others
+            message = str(exc) if isinstance(exc, CmrError) else f"{type(exc).__name__}: {exc}"
+            row, files = {"status": "failed", "error": message.replace("\n", " ")}, {}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        messages = list(dict.fromkeys((str(w.message).splitlines() or [""])[0][:100] for w in caught))
+        if messages:
+            shown = "; ".join(f"warning: {m}" for m in messages[:3]) + (f"; {len(messages) - 3} more" if len(messages) > 3 else "")
+            row["notes"] = "; ".join(n for n in (row.get("notes"), shown) if n)
+        row.update(study_id=study.study_id, source=study.source, seconds=round(time.perf_counter() - t0, 3))
+        return StudyResult(study.study_id, row, files)

@@ -1,0 +1,224 @@
+"""cmrsdk.cohort without a pipeline: discovery, study lists, the journal, table rows, the scheduler."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cmrsdk.cohort.discover import StudySource, discover_studies, read_study_list
+from cmrsdk.cohort.engines import BatchEngine, WorkerLost
+from cmrsdk.cohort.journal import Journal
+from cmrsdk.cohort.table import COLUMNS, bsa_mosteller, measures_row, write_measures_csv
+from cmrsdk.cohort.worker import PipelineSpec, StudyResult
+from cmrsdk.errors import InputError
+
+
+def _touch(path: Path, data: bytes = b"") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _dicom_like(path: Path) -> Path:
+    return _touch(path, b"\0" * 128 + b"DICM" + b"\0" * 16)  # the preamble is all discovery reads
+
+
+def test_discovery_finds_each_layout_once_and_names_them_by_path(tmp_path: Path):
+    root = tmp_path / "cohort"
+    _touch(root / "acdc" / "patient001" / "Info.cfg", b"ED: 1\n")
+    _touch(root / "acdc" / "patient001" / "patient001_4d.nii.gz")  # inside a case folder: not its own study
+    _touch(root / "mnms" / "A1B2C3" / "A1B2C3_sa_ED.nii.gz")
+    _touch(root / "mnms2" / "001" / "001_SA_ED.nii.gz")
+    _dicom_like(root / "site1" / "DICOM" / "IM0001")  # no suffix: found by the DICM preamble
+    _dicom_like(root / "site2" / "DICOM" / "sub" / "a.dcm")  # images in a sub-folder of the series
+    _touch(root / "site2" / "DICOM" / "notes.txt")
+    _touch(root / "loose" / "case7.NII.GZ")
+    _touch(root / "loose" / "case7_gt.nii.gz")  # a label map is not a study
+    _touch(root / ".hidden" / "x.dcm")
+    _touch(root / "contours" / "i.txt")  # nothing to segment
+    studies = discover_studies([root])
+    assert [(s.study_id, Path(s.source).relative_to(root).as_posix()) for s in studies] == [
+        ("acdc_patient001", "acdc/patient001"),
+        ("loose_case7", "loose/case7.NII.GZ"),
+        ("mnms_A1B2C3", "mnms/A1B2C3"),
+        ("mnms2_001", "mnms2/001"),
+        ("site1_DICOM", "site1/DICOM"),
+        ("site2_DICOM_sub", "site2/DICOM/sub"),
+    ]
+    # a root that is itself a study keeps its own name
+    assert [s.study_id for s in discover_studies([root / "acdc" / "patient001"])] == ["patient001"]
+
+
+def test_discovery_refuses_missing_roots_and_clashing_ids(tmp_path: Path):
+    with pytest.raises(InputError, match="no such file or directory"):
+        discover_studies([tmp_path / "absent"])
+    _touch(tmp_path / "a" / "patient001" / "Info.cfg")
+    _touch(tmp_path / "b" / "patient001" / "Info.cfg")
+    with pytest.raises(InputError, match="study id 'patient001' names two studies"):
+        discover_studies([tmp_path / "a" / "patient001", tmp_path / "b" / "patient001"])
+
+
+def test_study_list_resolves_paths_and_checks_values(tmp_path: Path):
+    listing = tmp_path / "lists" / "cohort.csv"
+    _touch(listing, b"study_id,source,height_cm,weight_kg,heart_rate_bpm\nS1,../data/p1,170,70,\n,/abs/p2.nii.gz,,,62\n")
+    studies = read_study_list(listing)
+    assert studies == [StudySource("S1", str(tmp_path / "data" / "p1"), 170.0, 70.0, None),
+                       StudySource("p2", "/abs/p2.nii.gz", None, None, 62.0)]
+    _touch(listing, b"source,weight_kg\np1,seventy\n")
+    with pytest.raises(InputError, match=r"line 2: column 'weight_kg' value 'seventy' is not a number"):
+        read_study_list(listing)
+    _touch(listing, b"source,age\np1,40\n")
+    with pytest.raises(InputError, match=r"unknown column\(s\) \['age'\]"):
+        read_study_list(listing)
+    _touch(listing, b"study_id,source\n../escape,p1\n")
+    with pytest.raises(InputError, match="cannot name a folder"):
+        read_study_list(listing)
+
+
+def test_journal_drops_a_torn_last_line_and_is_exclusive(tmp_path: Path):
+    with Journal(tmp_path) as journal:
+        journal.append({"study_id": "a", "key": "k", "status": "ok"})
+        journal.append({"study_id": "b", "key": "k", "status": "failed"})
+        with pytest.raises(InputError, match="in use by another cmrsdk batch"):
+            Journal(tmp_path)
+    with open(tmp_path / "journal.jsonl", "ab") as handle:
+        handle.write(b'{"study_id": "c", "key"')  # what a SIGKILL mid-write leaves
+    with Journal(tmp_path) as journal:
+        assert sorted(journal.records) == ["a", "b"]
+        journal.append({"study_id": "a", "key": "k", "status": "failed"})  # the last record wins
+    lines = (tmp_path / "journal.jsonl").read_text().splitlines()
+    assert [json.loads(line)["study_id"] for line in lines] == ["a", "b", "a"]
+    with Journal(tmp_path) as journal:
+        assert journal.records["a"]["status"] == "failed"
+
+
+def test_bsa_and_indexed_measures():
+    assert bsa_mosteller(180.0, 80.0) == pytest.approx(2.0)  # sqrt(180 * 80 / 3600)
+    report = {"measures": {"lvedv_ml": 150.0, "lvesv_ml": 60.0, "lvsv_ml": 90.0, "lvef_pct": 60.0, "lv_mass_g": 120.0,
+                           "rvedv_ml": 160.0, "rvesv_ml": 70.0, "rvsv_ml": 90.0, "rvef_pct": 56.25},
+              "study": {"height_cm": 180.0, "weight_kg": 80.0}, "ed_index": 0, "es_index": 1,
+              "phases": [{"quality_flags": ["basal_coverage"]}, {"quality_flags": []}]}
+    row = measures_row(report, heart_rate_bpm=70.0)
+    assert row["bsa_m2"] == 2.0 and row["lvedvi_ml_m2"] == 75.0 and row["lv_massi_g_m2"] == 60.0
+    assert row["cardiac_output_l_min"] == 6.3 and row["cardiac_index_l_min_m2"] == 3.15  # 90 mL x 70 bpm
+    assert row["quality_flags"] == "ED:basal_coverage" and row["notes"] == ""
+    # PatientSize given in cm instead of m gives 17000 cm: set aside, not indexed by
+    row = measures_row(report, height_cm=17000.0)
+    assert row["bsa_m2"] is None and row["lvedvi_ml_m2"] is None and "height_cm 17000 outside 50-250" in row["notes"]
+    # a list's values take precedence over the file's
+    assert measures_row(report, weight_kg=45.0)["bsa_m2"] == pytest.approx(math.sqrt(180 * 45 / 3600), abs=1e-4)
+
+
+def test_measures_csv_has_every_column_and_empty_unknowns(tmp_path: Path):
+    path = write_measures_csv(tmp_path / "m.csv", [{"study_id": "a", "status": "ok", "lvef_pct": 55.5, "bsa_m2": None}])
+    header, row = path.read_text().splitlines()
+    assert header.split(",") == list(COLUMNS)
+    values = dict(zip(COLUMNS, row.split(",")))
+    assert values["lvef_pct"] == "55.5" and values["bsa_m2"] == "" and values["study_id"] == "a"
+
+
+def test_options_key_follows_what_decides_the_numbers():
+    spec = PipelineSpec(bundle="/b")
+    assert spec.key("m") == PipelineSpec(bundle="/elsewhere", device="cuda").key("m")
+    assert spec.key("m") != PipelineSpec(bundle="/b", mode="baseline").key("m")
+    assert spec.key("m") != spec.key("other manifest")
+
+
+class _FakeEngine(BatchEngine):
+    """Runs in this process; the study named 'poison' kills whichever worker holds it."""
+
+    name = "fake"
+
+    def _start(self):
+        self.calls, self.recoveries = [], 0
+
+    def _submit(self, study):
+        self.calls.append(study.study_id)
+        return (len(self.calls), study)
+
+    def _wait(self, handles):
+        if any(study.study_id == "poison" for _, study in handles):
+            return [(h, WorkerLost("killed")) for h in handles]  # a dead pool loses everything in flight
+        return [(h, StudyResult(h[1].study_id, {"status": "ok"})) for h in handles[:1]]
+
+    def _recover(self):
+        self.recoveries += 1
+
+    def close(self):
+        pass
+
+
+def test_a_study_that_kills_its_worker_fails_alone():
+    engine = _FakeEngine(PipelineSpec(bundle="/b"), workers=2, threads=1)
+    engine.start()
+    studies = [StudySource(name, f"/{name}") for name in ("a", "b", "poison", "c", "d", "e")]
+    results = {r.study_id: r.row for r in engine.run(studies)}
+    assert sorted(results) == ["a", "b", "c", "d", "e", "poison"]
+    assert results["poison"]["status"] == "failed" and "also when it ran alone" in results["poison"]["error"]
+    assert all(results[s]["status"] == "ok" for s in "abcde")
+
+
+class _ScriptedEngine(BatchEngine):
+    """Answers from a script: study id -> "ok" / "failed" / "interrupt" (Ctrl-C while it runs)."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        super().__init__(PipelineSpec(bundle="/b"), workers=1, threads=1)
+        self.script, self.seen = script, []
+
+    def _start(self):
+        pass
+
+    def run(self, studies):
+        for study in studies:
+            self.seen.append(study.study_id)
+            outcome = self.script[study.study_id]
+            if outcome == "interrupt":
+                raise KeyboardInterrupt
+            row = {"study_id": study.study_id, "source": study.source, "status": outcome,
+                   "error": "" if outcome == "ok" else "boom", "lvef_pct": 55.0 if outcome == "ok" else None}
+            yield StudyResult(study.study_id, row, {"report.json": b"{}", "sub/x.nii.gz": b"x"} if outcome == "ok" else {})
+
+    _submit = _wait = _recover = None  # type: ignore[assignment]
+
+    def close(self):
+        pass
+
+
+def test_run_batch_commits_folders_skips_duplicates_and_resumes(tmp_path: Path):
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.cohort.batch import run_batch
+
+    spec = PipelineSpec(bundle=str(DEMO_BUNDLE))
+    studies = [StudySource("a", "/data/a"), StudySource("b", "/data/b"), StudySource("a2", "/data/a"),
+               StudySource("c", "/data/c")]
+    out = tmp_path / "out"
+    engine = _ScriptedEngine({"a": "ok", "b": "failed", "c": "interrupt"})
+    summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
+    assert summary.interrupted and engine.seen == ["a", "b", "c"]
+    rows = {r["study_id"]: r for r in summary.rows}
+    assert [r["study_id"] for r in summary.rows] == ["a", "b", "a2", "c"]
+    assert rows["a"]["status"] == "ok" and rows["a"]["outputs"] == "studies/a"
+    assert sorted(p.relative_to(out / "studies" / "a").as_posix() for p in (out / "studies" / "a").rglob("*") if p.is_file()) \
+        == ["report.json", "sub/x.nii.gz"]
+    assert rows["b"]["status"] == "failed" and not (out / "studies" / "b").exists()
+    assert rows["a2"]["status"] == "skipped" and rows["a2"]["error"] == "same source as study 'a'"
+    assert rows["c"]["status"] == "skipped" and "interrupted" in rows["c"]["error"]
+    # the rerun runs only c; b stays failed unless asked
+    engine = _ScriptedEngine({"c": "ok"})
+    summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
+    assert engine.seen == ["c"] and summary.reused == 2 and not summary.interrupted
+    # with --retry-failed, b runs again and its new result replaces the old
+    engine = _ScriptedEngine({"b": "ok"})
+    summary = run_batch(studies, spec, out, engine, retry_failed=True, progress=False, figure=False)
+    assert engine.seen == ["b"] and summary.count("ok") == 3 and summary.count("skipped") == 1
+    # nothing left to do: the engine is never started
+    factory_calls = []
+    run_batch(studies, spec, out, lambda: factory_calls.append(1), progress=False, figure=False)
+    assert factory_calls == []
+    _, *lines = (out / "measures.csv").read_text().splitlines()
+    assert len(lines) == 4
+    assert not (out / ".tmp").exists() or not any((out / ".tmp").iterdir())
