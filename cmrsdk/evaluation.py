@@ -380,6 +380,8 @@ class EvaluationResult:
     measures : method -> [(case, measured CardiacMeasures)]; "reference" holds the ground truth's.
     latency_ms : method -> per-study wall time of segmenting ED and ES, ms.
     cases : rows of :func:`case_scores` (Dice, HD95, MSD per case, phase, structure, method).
+    false_positive_ml : method -> per study, the foreground volume (mL, ED + ES) predicted on
+        slices the ground truth leaves empty (above the base, below the apex): no heart, no mask.
     """
 
     scores: list[SliceScore]
@@ -387,6 +389,16 @@ class EvaluationResult:
     measures: dict[str, list[tuple[str, object]]]
     latency_ms: dict[str, list[float]]
     cases: list[dict[str, object]] = field(default_factory=list)
+    false_positive_ml: dict[str, list[float]] = field(default_factory=dict)
+
+
+def false_positive_ml(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Foreground volume (mL) predicted on slices whose ground truth holds no label.
+
+    prediction, truth : integer (Z, Y, X) label maps; spacing : (dz, dy, dx) mm.
+    """
+    empty = ~(np.asarray(truth) > 0).any(axis=(1, 2))
+    return float((np.asarray(prediction)[empty] > 0).sum() * float(np.prod(spacing)) / 1000.0)
 
 
 def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Study]], *, progress: bool = True) -> EvaluationResult:
@@ -406,6 +418,7 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
     pred_regions: dict[str, list[np.ndarray]] = {m: [] for m in pipelines}
     measures: dict[str, list[tuple[str, object]]] = {m: [] for m in (*pipelines, "reference")}
     latency: dict[str, list[float]] = {m: [] for m in pipelines}
+    false_positive: dict[str, list[float]] = {m: [] for m in pipelines}
     items = list(studies)
     if progress:
         from tqdm import tqdm
@@ -421,6 +434,8 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
             result = pipeline.segment_study(study)
             latency[method].append(result.timings_ms["wall"])
             measures[method].append((case, result.measures))
+            false_positive[method].append(sum(false_positive_ml(s.labels, s.stack.labels, s.stack.spacing)
+                                              for s in (result.ed, result.es)))
             for seg in (result.ed, result.es):
                 truth = seg.stack.labels
                 scores += score_stack(seg.labels, truth, method=method, case=case, phase=seg.stack.phase or "")
@@ -429,7 +444,7 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
                     true_regions[method].append(slice_regions(truth).astype(np.int64))
                     pred_regions[method].append(seg.regions.astype(np.int64))
     regions = {m: (np.concatenate(true_regions[m]), np.concatenate(pred_regions[m])) for m in pipelines if true_regions[m]}
-    return EvaluationResult(scores, regions, measures, latency, cases)
+    return EvaluationResult(scores, regions, measures, latency, cases, false_positive)
 
 
 def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline: str = "baseline", title: str = "") -> Path:
@@ -525,6 +540,11 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
     write_csv(out / "agreement.csv", rows)
     md += [markdown_table(rows), ""]
     md += [f"![Bland-Altman {q} {m}](bland_altman_{q}_{m}.png)" for m in methods for q in ("lvef_pct", "rvef_pct")] + [""]
+
+    if result.false_positive_ml:
+        md += ["## No heart, no mask: foreground predicted on slices the ground truth leaves empty (mL per study, ED + ES)", ""]
+        md += [markdown_table([{"method": m, "mean_ml": float(np.mean(v)), "max_ml": float(np.max(v)), "studies": len(v)}
+                               for m, v in result.false_positive_ml.items() if v]), ""]
 
     md += ["## Latency per ED+ES pair (ms, median)", ""]
     md += [markdown_table([{"method": m, "median_ms": float(np.median(v)), "studies": len(v)} for m, v in result.latency_ms.items()]), ""]

@@ -120,3 +120,15 @@ def test_score_stack_and_outputs(tmp_path):
     png = save_dice_along_heart(tmp_path / "f.png", {"m": rng.random((2, 3, 101))})
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert save_bland_altman(tmp_path / "ba.png", [1, 2, 3], [1.1, 2.2, 2.9], quantity="EF (%)").stat().st_size > 1000
+
+
+def test_false_positive_volume_counts_only_slices_without_ground_truth() -> None:
+    from cmrsdk.evaluation import false_positive_ml
+
+    truth = np.zeros((3, 4, 4), np.uint8)
+    truth[1, 1:3, 1:3] = 1
+    prediction = np.zeros_like(truth)
+    prediction[0, :2, :2] = 2  # 4 voxels above the heart
+    prediction[1] = 1  # over-segmentation inside the heart's slices does not count here
+    assert false_positive_ml(prediction, truth, (10.0, 1.5, 1.5)) == pytest.approx(4 * 10 * 1.5 * 1.5 / 1000)
+    assert false_positive_ml(truth, truth, (10.0, 1.5, 1.5)) == 0.0
