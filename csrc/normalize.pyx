@@ -5,7 +5,8 @@ Every function takes a flat float32 C-contiguous array (the stack, raveled) and 
 flat uint8 mask of the same length (non-zero = the voxel counts towards the statistics), and
 returns a new flat float32 array. Statistics come from the masked voxels; the transform is
 applied to every voxel. Sums run in float64 over fixed blocks of 65536 voxels that are added in
-block order, so results do not depend on the thread count. The standard deviation is the
+block order, so results do not depend on the thread count (parallel_for calls the block
+functions once per block, whatever the thread count: each block fills its own partial slot). The standard deviation is the
 population one (numpy's ``std()``). A NaN or infinite input, or a mask that selects nothing,
 raises ValueError (the wrapper turns it into cmrsdk's InputError).
 """

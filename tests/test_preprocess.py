@@ -133,6 +133,66 @@ def test_normalize_constant_and_empty() -> None:
     assert pp.normalize(np.zeros((0, 4, 4), np.float32)).shape == (0, 4, 4)
 
 
+def test_minmax_on_one_thread_spans_the_data_above_one_block() -> None:
+    # Regression (issue 17): with one thread the statistics of more than one 65,536-voxel block
+    # were taken over partial slots that still held zeros, so data not straddling 0 got a
+    # minimum of 0.0503 instead of 0.
+    x = (np.arange(4 * 200 * 200) % 190 + 10).astype(np.uint8).reshape(4, 200, 200)
+    for threads in (1, 2):
+        got = pp.normalize(x, "minmax", threads=threads)
+        assert got.min() == 0.0 and got.max() == pytest.approx(1.0, abs=1e-6), threads
+        np.testing.assert_allclose(got, (x - 10.0) / 189.0, rtol=0, atol=1e-6)
+    negative = -x.astype(np.float32) - 1000.0  # all negative: the zeros' max would win instead
+    assert pp.normalize(negative, "minmax", threads=1).max() == pytest.approx(1.0, abs=1e-6)
+
+
+#: below one block, exactly one, one plus a voxel, several with a partial last one.
+SIZES = [1000, 65536, 65537, 4 * 200 * 200]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["zscore", "robust_zscore", "minmax"])
+def test_normalize_bit_for_bit_across_thread_counts(dtype: type, method: str) -> None:
+    rng = np.random.default_rng(61)
+    for n in SIZES:
+        x = random_stack(rng, (n,), dtype)
+        if np.dtype(dtype).kind != "f":  # not straddling 0, the shape of the regression
+            x = x - x.min() + (np.iinfo(dtype).max // 50 if x.min() > 0 else 10)
+        x = x.reshape(-1, 8) if n % 8 == 0 else x
+        for mask in (None, rng.random(x.shape) < 0.4):
+            serial = pp.normalize(x, method, mask=mask, threads=1)
+            values = (x[mask] if mask is not None else x).astype(np.float64)
+            if method == "minmax":
+                assert serial.min() == 0.0 or (mask is not None and serial[mask].min() == 0.0), (n, mask is None)
+                np.testing.assert_allclose(serial, (x - values.min()) / (values.max() - values.min()), atol=1e-6)
+            elif method == "zscore":
+                np.testing.assert_allclose(serial, (x - values.mean()) / values.std(), atol=1e-4)
+            for threads in (2, 3, 8):
+                got = pp.normalize(x, method, mask=mask, threads=threads)
+                np.testing.assert_array_equal(got, serial, err_msg=f"{method} n={n} threads={threads}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_kernels_bit_for_bit_across_thread_counts(dtype: type) -> None:
+    rng = np.random.default_rng(62)
+    pixels = random_stack(rng, (9, 41, 37), dtype)
+    prob = rng.random((9, 4, 32, 32)).astype(np.float32)
+    labels = (rng.integers(0, 4, size=(9, 30, 30)) * (rng.random((9, 30, 30)) < 0.5)).astype(np.uint8)
+    t = pp.SliceTransform((41, 37), (1.0, 1.0), (36, 30), (1.2, 1.2), (2, -1), (32, 32))
+
+    def run(threads: int) -> tuple[np.ndarray, ...]:
+        return (
+            *(pp.resample_stack(pixels, (1.0, 1.0), shape=(50, 29), order=o, threads=threads) for o in (0, 1, 3)),
+            pp.resample_argmax(prob, t, threads=threads),
+            pp.largest_component(labels, connectivity=26, threads=threads),
+        )
+
+    serial = run(1)
+    for threads in (2, 3, 8):
+        for got, want in zip(run(threads), serial, strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=f"threads={threads}")
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 65537, 300_000])
 def test_percentiles_by_selection_equal_numpy(n: int) -> None:
     rng = np.random.default_rng(n)
