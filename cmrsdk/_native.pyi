@@ -25,3 +25,8 @@ def resample_argmax(
 
 def largest_component(labels: npt.NDArray[np.uint8], connectivity: int, threads: int) -> npt.NDArray[np.uint8]:
     """uint8 C-contiguous (Z, Y, X) -> uint8 (Z, Y, X), largest component of every label kept."""
+
+def _parallel_for_probe(
+    n: int, threads: int, grain: int, fail_at: int, failure: str, throw_in_block: int
+) -> tuple[list[tuple[int, int]], int]:
+    """Test hook of cmr::parallel_for (tests/test_parallel.py): (block calls sorted, threads started)."""

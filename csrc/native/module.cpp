@@ -5,11 +5,19 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "components.hpp"
+#include "parallel.hpp"
 #include "resample.hpp"
 
 namespace py = pybind11;
@@ -89,6 +97,43 @@ CByte largest_component(const CByte& labels, int connectivity, int threads) {
     return out;
 }
 
+// Test hook for tests/test_parallel.py, not part of the API: runs cmr::parallel_for over n items
+// with a thread starter that throws `failure` ("system_error", "bad_alloc", "runtime_error" or
+// "none") instead of starting worker thread number `fail_at` (1-based), and a block function that
+// throws std::runtime_error on block `throw_in_block` (-1: none). Returns the (begin, end) of
+// every call of the block function, sorted, and the number of worker threads started.
+py::tuple parallel_for_probe(std::ptrdiff_t n, int threads, std::ptrdiff_t grain, int fail_at,
+                             const std::string& failure, std::ptrdiff_t throw_in_block) {
+    std::vector<std::pair<std::ptrdiff_t, std::ptrdiff_t>> calls;
+    std::mutex calls_mutex;
+    int started = 0;
+    auto start = [&](std::vector<std::thread>& pool, auto& work) {
+        if (started + 1 == fail_at) {
+            if (failure == "system_error") throw std::system_error(std::make_error_code(std::errc::resource_unavailable_try_again));
+            if (failure == "bad_alloc") throw std::bad_alloc();
+            if (failure == "runtime_error") throw std::runtime_error("thread start failed (test)");
+        }
+        pool.emplace_back(work);
+        ++started;
+    };
+    {
+        py::gil_scoped_release release;
+        cmr::parallel_for(n, threads, grain, [&](std::ptrdiff_t b, std::ptrdiff_t e) {
+            {
+                std::lock_guard<std::mutex> lock(calls_mutex);
+                calls.emplace_back(b, e);
+            }
+            // Slow enough that the started workers are still busy when a later start fails.
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+            if (throw_in_block >= 0 && b == throw_in_block * grain) throw std::runtime_error("block failed (test)");
+        }, start);
+    }
+    std::sort(calls.begin(), calls.end());
+    py::list out;
+    for (const auto& c : calls) out.append(py::make_tuple(c.first, c.second));
+    return py::make_tuple(out, started);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -104,4 +149,7 @@ PYBIND11_MODULE(_native, m) {
           "argmax to uint8 (Z, native_y, native_x). Returns (labels, finite).");
     m.def("largest_component", &largest_component, py::arg("labels").noconvert(), py::arg("connectivity"),
           py::arg("threads"), "Largest connected component per non-zero label of uint8 C-contiguous (Z, Y, X).");
+    m.def("_parallel_for_probe", &parallel_for_probe, py::arg("n"), py::arg("threads"), py::arg("grain"),
+          py::arg("fail_at"), py::arg("failure"), py::arg("throw_in_block"),
+          "Test hook of cmr::parallel_for (tests/test_parallel.py); not part of the API.");
 }
