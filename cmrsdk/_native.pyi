@@ -8,8 +8,9 @@ def resample(
     out_x: int,
     order: int,
     threads: int,
-) -> tuple[npt.NDArray[np.float32], bool]:
-    """(Z, Y, X) any strides -> (float32 (Z, out_y, out_x), all input finite)."""
+) -> tuple[npt.NDArray[np.float32], int]:
+    """(Z, Y, X) any strides -> (float32 (Z, out_y, out_x), status: 0 finite, 1 input not finite,
+    2 finite input whose result overflowed float32)."""
 
 def resample_argmax(
     probabilities: npt.NDArray[np.float32],

@@ -211,13 +211,14 @@ def resampled_shape(
         raise InputError(f"'shape_yx' must be two positive integers (Y, X), got {shape_yx!r}")
     spacing = _spacing(spacing_yx, "spacing_yx")
     target = _spacing(target_spacing_yx, "target_spacing")
-    out = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
-    if max(out) > MAX_SIDE:
+    # In floats first: a huge ratio (1e300 mm over 1e-300 mm) is inf, which int() refuses.
+    sides = tuple(round(n * s / t) if math.isfinite(n * s / t) else math.inf for n, s, t in zip(shape, spacing, target))
+    if max(sides) > MAX_SIDE:
         raise InputError(
             f"'target_spacing' {target_spacing_yx!r} from spacing {spacing_yx!r} gives a resampled "
-            f"shape {out}, more than {MAX_SIDE} pixels per side"
+            f"shape {sides}, more than {MAX_SIDE} pixels per side"
         )
-    return out  # type: ignore[return-value]
+    return max(1, int(sides[0])), max(1, int(sides[1]))
 
 
 def _target_shape(
@@ -246,7 +247,9 @@ def resample_stack(
 
     Parameters
     ----------
-    pixels : (Z, Y, X) uint8, int16, uint16, float32 or float64, any memory order; finite.
+    pixels : (Z, Y, X) uint8, int16, uint16, float32 or float64, any memory order and byte
+        order; finite in float32 (float64 values beyond 3.4e38 are refused as infinite, as are
+        values so near that limit that interpolation overflows).
     spacing_yx : (dy, dx) of ``pixels`` in mm.
     target_spacing : (dy, dx) in mm to resample to; or
     shape : (Y', X') in pixels to resample to (exactly one of the two).
@@ -265,9 +268,14 @@ def resample_stack(
     if array.shape[0] == 0:
         return np.empty((0, out_y, out_x), dtype=np.float32)
     with _threads(threads) as n:
-        out, finite = _native.resample(array, out_y, out_x, int(order), n)
-    if not finite:
+        out, status = _native.resample(array, out_y, out_x, int(order), n)
+    if status == 1:
         raise InputError(f"'pixels' contain NaN or infinite values (dtype {array.dtype}, shape {array.shape})")
+    if status == 2:
+        raise InputError(
+            f"'pixels' (dtype {array.dtype}, shape {array.shape}) lie so near float32's limit (3.4e38) "
+            f"that resampling with order {order} overflows; rescale them"
+        )
     return out
 
 
@@ -443,6 +451,11 @@ def resample_argmax(
     """
     if not isinstance(transform, SliceTransform):
         raise InputError(f"'transform' must be a SliceTransform, got {type(transform).__name__}")
+    for name in ("native_shape", "resampled_shape", "size"):
+        _size(getattr(transform, name), f"transform.{name}")
+    oy, ox = _pair(transform.offset, "transform.offset", "(oy, ox) in pixels")
+    if not (oy.is_integer() and ox.is_integer()):
+        raise InputError(f"'transform.offset' must be two integers (oy, ox), got {transform.offset!r}")
     array = np.asarray(probabilities)
     if array.ndim != 4 or tuple(array.shape[2:]) != tuple(transform.size) or not 1 <= array.shape[1] <= 256:
         raise InputError(
@@ -452,9 +465,13 @@ def resample_argmax(
     if array.dtype != np.float32:
         raise InputError(f"'probabilities' must be float32, got {array.dtype}")
     array = np.ascontiguousarray(array)
-    ny, nx = transform.native_shape
-    ry, rx = transform.resampled_shape
-    oy, ox = transform.offset
+    ny, nx = (int(v) for v in transform.native_shape)
+    ry, rx = (int(v) for v in transform.resampled_shape)
+    h, w = array.shape[2:]
+    # A window that misses the resampled grid labels every pixel 0 wherever it lies: offsets
+    # beyond [-(size + resampled), resampled] are moved to that bound (same labels, no overflow).
+    oy = min(max(int(oy), -(h + ry)), ry)
+    ox = min(max(int(ox), -(w + rx)), rx)
     with _threads(threads) as n:
         labels, finite = _native.resample_argmax(array, ny, nx, ry, rx, oy, ox, n)
     if not finite:

@@ -382,3 +382,69 @@ def t_size(pixels: np.ndarray, spacing: tuple[float, float]) -> tuple[int, int]:
 def test_bad_input_raises_input_error(call, match: str) -> None:
     with pytest.raises(InputError, match=match):
         call()
+
+
+# Regressions found by fuzz/fuzz_kernels.py (issue 17): each raised something other than
+# InputError, or turned finite input into a non-finite result.
+
+def test_resampled_shape_of_an_overflowing_ratio_is_an_input_error() -> None:
+    with pytest.raises(InputError, match=r"'target_spacing' .*more than 16384"):
+        pp.resampled_shape((10, 10), (1e300, 1.0), (1e-300, 1.0))
+    with pytest.raises(InputError, match=r"'target_spacing'"):
+        pp.resample_stack(np.zeros((1, 4, 4)), (1e300, 1), target_spacing=(1e-300, 1))
+
+
+@pytest.mark.parametrize(
+    "transform,match",
+    [
+        (pp.SliceTransform((0, 5), (1, 1), (4, 4), (1, 1), (0, 0), (3, 3)), r"'transform.native_shape'"),
+        (pp.SliceTransform((5, 5), (1, 1), (-1, 4), (1, 1), (0, 0), (3, 3)), r"'transform.resampled_shape'"),
+        (pp.SliceTransform((5, 5), (1, 1), (4, 4), (1, 1), (0.5, 0), (3, 3)), r"'transform.offset' .*\(0.5, 0\)"),
+        (pp.SliceTransform((5, 5), (1, 1), (4, 4), (1, 1), (0, 0), (0, 3)), r"'transform.size'"),
+        (pp.SliceTransform((10**6, 5), (1, 1), (4, 4), (1, 1), (0, 0), (3, 3)), r"'transform.native_shape' .*16384"),
+    ],
+)
+def test_resample_argmax_checks_the_transform(transform: pp.SliceTransform, match: str) -> None:
+    prob = np.zeros((1, 2, *[max(s, 1) for s in transform.size]), np.float32)
+    with pytest.raises(InputError, match=match):
+        pp.resample_argmax(prob, transform)
+
+
+def test_resample_argmax_far_offsets_label_nothing() -> None:
+    # A centre far outside the image gives an offset beyond int64: it was a TypeError.
+    rng = np.random.default_rng(81)
+    pixels = rng.integers(0, 500, size=(2, 20, 16)).astype(np.int16)
+    _, t = pp.prepare_slices(pixels, (1.0, 1.0), target_spacing=(1.0, 1.0), size=(8, 8), centre=(1e90, -1e90))
+    assert abs(t.offset[0]) > 2**63
+    prob = rng.random((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(pp.resample_argmax(prob, t), 0)
+    for offset in [(20, 0), (0, -30), (-29, 3), (10**30, 10**30)]:
+        far = pp.SliceTransform((20, 16), (1, 1), (20, 16), (1, 1), offset, (8, 8))
+        np.testing.assert_array_equal(pp.resample_argmax(prob, far), 0, err_msg=str(offset))
+    near = pp.SliceTransform((20, 16), (1, 1), (20, 16), (1, 1), (-7, 15), (8, 8))
+    assert pp.resample_argmax(prob, near).any()  # one corner pixel each way still overlaps
+
+
+def test_normalize_spans_beyond_float32_range() -> None:
+    x = np.array([-3e38, 0.0, 3e38], np.float32)
+    np.testing.assert_allclose(pp.normalize(x, "minmax"), [0.0, 0.5, 1.0], atol=1e-6)
+    assert np.isfinite(pp.normalize(x, "zscore")).all()
+
+
+def test_normalize_that_would_overflow_float32_is_an_input_error() -> None:
+    # The masked voxels are constant, so std is clamped to 1e-8; the others lie 1e31 away.
+    x = np.array([1.0, 1.0, 1e31], np.float32)
+    with pytest.raises(InputError, match=r"overflow float32"):
+        pp.normalize(x, "zscore", mask=np.array([True, True, False]))
+    with pytest.raises(InputError, match=r"overflow float32"):
+        pp.normalize(np.array([1.0, np.nextafter(np.float32(1), 2), -3e38], np.float32), "minmax",
+                     mask=np.array([True, True, False]))
+
+
+def test_resample_overflowing_float32_is_an_input_error() -> None:
+    # The cubic spline overshoots between alternating extremes; orders 0 and 1 stay within them.
+    pixels = np.tile(np.array([3.4e38, -3.4e38], np.float32), (1, 6, 3))
+    with pytest.raises(InputError, match=r"near float32's limit .*overflows"):
+        pp.resample_stack(pixels, (1.0, 1.0), shape=(11, 13), order=3)
+    for order in (0, 1):
+        assert np.isfinite(pp.resample_stack(pixels, (1.0, 1.0), shape=(11, 13), order=order)).all()

@@ -45,11 +45,11 @@ py::tuple resample(const py::array& pixels, std::ptrdiff_t out_y, std::ptrdiff_t
     if (in.shape[0] > 0 && (in.shape[1] < 1 || in.shape[2] < 1)) throw std::invalid_argument("pixels has an empty slice");
     py::array_t<float> out({in.shape[0], static_cast<py::ssize_t>(out_y), static_cast<py::ssize_t>(out_x)});
     float* dst = out.mutable_data();
-    bool finite = true;
+    cmr::ResampleStatus status = cmr::kFinite;
     auto run = [&](auto tag) {
         using T = decltype(tag);
         py::gil_scoped_release release;
-        finite = cmr::resample_stack<T>(in, dst, out_y, out_x, order, threads);
+        status = cmr::resample_stack<T>(in, dst, out_y, out_x, order, threads);
     };
     if (is_dtype<std::uint8_t>(pixels)) run(std::uint8_t{});
     else if (is_dtype<std::int16_t>(pixels)) run(std::int16_t{});
@@ -57,7 +57,7 @@ py::tuple resample(const py::array& pixels, std::ptrdiff_t out_y, std::ptrdiff_t
     else if (is_dtype<float>(pixels)) run(float{});
     else if (is_dtype<double>(pixels)) run(double{});
     else throw std::invalid_argument("pixels dtype must be uint8, int16, uint16, float32 or float64 (native byte order)");
-    return py::make_tuple(out, finite);
+    return py::make_tuple(out, static_cast<int>(status));
 }
 
 using CFloat = py::array_t<float, py::array::c_style>;
@@ -141,7 +141,7 @@ PYBIND11_MODULE(_native, m) {
     m.def("resample", &resample, py::arg("pixels"), py::arg("out_y"), py::arg("out_x"), py::arg("order"),
           py::arg("threads"),
           "Resample (Z, Y, X) of uint8/int16/uint16/float32/float64, any strides, to float32 "
-          "(Z, out_y, out_x). Returns (out, finite).");
+          "(Z, out_y, out_x). Returns (out, status): 0 finite, 1 input not finite, 2 output overflowed float32.");
     m.def("resample_argmax", &resample_argmax, py::arg("probabilities").noconvert(), py::arg("native_y"),
           py::arg("native_x"), py::arg("resampled_y"), py::arg("resampled_x"), py::arg("offset_y"),
           py::arg("offset_x"), py::arg("threads"),
