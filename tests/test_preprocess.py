@@ -52,6 +52,71 @@ def test_resample_matches_scipy_zoom(order: int, dtype: type, memory: str) -> No
             np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale, err_msg=f"{shape} -> {out_shape}")
 
 
+def swapped(array: np.ndarray) -> np.ndarray:
+    """The same values stored in the other byte order."""
+    return array.astype(array.dtype.newbyteorder("S"))
+
+
+#: views with negative and non-unit strides, as (name, index) over a (Z, Y, X) stack
+VIEWS = [
+    ("z reversed", np.s_[::-1]),
+    ("y reversed, step 2", np.s_[:, ::-2]),
+    ("x reversed", np.s_[:, :, ::-1]),
+    ("all reversed, x step 3", np.s_[::-1, ::-1, ::-3]),
+]
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_resample_negative_strides_and_byte_swapped_match_scipy(order: int, dtype: type) -> None:
+    rng = np.random.default_rng(2000 + order)
+    base = random_stack(rng, (4, 41, 46), dtype)
+    for name, index in VIEWS:
+        for byte_order in ("native", "swapped") if base.itemsize > 1 else ("native",):
+            stack = base if byte_order == "native" else swapped(base)
+            view = stack[index]
+            assert any(s < 0 for s in view.strides) and (byte_order == "native") == view.dtype.isnative
+            got = pp.resample_stack(view, (1.0, 1.0), shape=(29, 37), order=order, threads=2)
+            plain = np.ascontiguousarray(view).astype(np.dtype(dtype))
+            np.testing.assert_array_equal(got, pp.resample_stack(plain, (1.0, 1.0), shape=(29, 37), order=order),
+                                          err_msg=f"{name}, {byte_order}")
+            ref = zoom_reference(plain, (29, 37), order)
+            if order == 0:  # a copy of input pixels, rounded to float32
+                np.testing.assert_array_equal(got, ref.astype(np.float32), err_msg=f"{name}, {byte_order}")
+            else:
+                scale = max(1.0, float(np.abs(plain.astype(np.float64)).max()))
+                np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale, err_msg=f"{name}, {byte_order}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_normalize_negative_strides_and_byte_swapped_match_numpy(dtype: type) -> None:
+    rng = np.random.default_rng(22)
+    base = random_stack(rng, (5, 60, 50), dtype)
+    for name, index in VIEWS:
+        for stack in (base, swapped(base)):
+            view = stack[index]
+            values = view.astype(np.float64)
+            np.testing.assert_allclose(pp.normalize(view, "zscore"), (values - values.mean()) / values.std(),
+                                       rtol=0, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(pp.normalize(view, "minmax"), (values - values.min()) / np.ptp(values),
+                                       rtol=0, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(pp.normalize(view, "robust_zscore"), numpy_robust(values, None),
+                                       rtol=0, atol=1e-5 * max(1.0, np.abs(numpy_robust(values, None)).max()))
+
+
+def test_largest_component_negative_strides_match_scipy() -> None:
+    rng = np.random.default_rng(23)
+    base = (rng.integers(0, 4, size=(6, 30, 28)) * (rng.random((6, 30, 28)) < 0.45)).astype(np.uint8)
+    for name, index in VIEWS:
+        view = base[index]
+        ref = np.zeros(view.shape, np.uint8)
+        for value in (1, 2, 3):
+            components, _ = ndi.label(view == value, ndi.generate_binary_structure(3, 1))
+            sizes = np.bincount(components.ravel())[1:]
+            ref[components == 1 + sizes.argmax()] = value
+        np.testing.assert_array_equal(pp.largest_component(view, connectivity=6), ref, err_msg=name)
+
+
 def test_resample_order3_matches_skimage_resize() -> None:
     from skimage.transform import resize
 
