@@ -2,6 +2,7 @@
 # Fuzz cmrsdk's native kernels or its readers with atheris (pip install -e '.[fuzz]').
 #
 #   scripts/fuzz.sh kernels|readers RUNS [OUT] [CHUNK]   e.g. scripts/fuzz.sh kernels 1000000 /tmp/fuzz
+#   FUZZ_SECONDS=1200 scripts/fuzz.sh readers 1000000 /tmp/fuzz    (stop after 20 minutes)
 #
 # Runs libFuzzer on fuzz/fuzz_NAME.py for RUNS inputs in all, in fresh processes of CHUNK inputs
 # each (default 50,000: the atheris process grows by a few kB per input, none of it cmrsdk's),
@@ -32,11 +33,17 @@ dirty=$(git diff --quiet HEAD -- cmrsdk csrc fuzz || echo " (with uncommitted ch
 echo "start $(date -u +%FT%TZ) commit $(git rev-parse HEAD)$dirty: $runs inputs in chunks of $chunk" >> "$log"
 done_runs=0
 seed=1
+deadline=$(( $(date +%s) + ${FUZZ_SECONDS:-315360000} ))
 while [ "$done_runs" -lt "$runs" ]; do
+    left=$(( deadline - $(date +%s) ))
+    if [ "$left" -le 0 ]; then
+        echo "time limit of ${FUZZ_SECONDS}s reached" >> "$log"
+        break
+    fi
     n=$(( runs - done_runs < chunk ? runs - done_runs : chunk ))
     rc=0
     CMRSDK_FUZZ_KNOWN=1 OMP_NUM_THREADS=1 "$python" "fuzz/fuzz_$name.py" -runs="$n" -seed="$seed" -max_len=4096 \
-        -artifact_prefix="$out/" -print_final_stats=1 "$out/corpus-$name" >> "$log" 2>&1 || rc=$?
+        -max_total_time="$left" -artifact_prefix="$out/" -print_final_stats=1 "$out/corpus-$name" >> "$log" 2>&1 || rc=$?
     ran=$(grep -a "stat::number_of_executed_units" "$log" | tail -1 | awk '{print $2}')
     done_runs=$(( done_runs + ${ran:-0} ))
     echo "chunk seed=$seed rc=$rc inputs=${ran:-0} total=$done_runs $(date -u +%FT%TZ)" >> "$log"
