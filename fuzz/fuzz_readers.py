@@ -20,7 +20,6 @@ Run: ``[CMRSDK_FUZZ_KNOWN=1] python fuzz/fuzz_readers.py [libFuzzer flags, e.g. 
 """
 from __future__ import annotations
 
-import atexit
 import gzip
 import logging
 import os
@@ -261,6 +260,7 @@ KNOWN = {
           "float()/int() (TypeError)",
 }
 KNOWN_SEEN: Counter[str] = Counter()
+INPUTS = [0]  # inputs run by this process
 
 
 def known(exc: BaseException) -> str | None:
@@ -282,10 +282,14 @@ def known(exc: BaseException) -> str | None:
 
 def report_known() -> None:
     if KNOWN_SEEN:
-        print(f"known findings counted (CMRSDK_FUZZ_KNOWN=1): {dict(sorted(KNOWN_SEEN.items()))}", file=sys.stderr)
+        print(f"known findings counted (CMRSDK_FUZZ_KNOWN=1) in {INPUTS[0]} inputs: {dict(sorted(KNOWN_SEEN.items()))}",
+              file=sys.stderr, flush=True)
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
+    INPUTS[0] += 1
+    if INPUTS[0] % 1000 == 0:
+        report_known()  # libFuzzer ends the process with exit(), which skips Python's atexit
     d = Data(data)
     for entry in SCRATCH.iterdir():
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -303,7 +307,6 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)
 def main() -> None:
     if atheris is None:
         raise SystemExit("atheris is not installed: pip install 'cmrsdk[fuzz]'")
-    atexit.register(report_known)
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 

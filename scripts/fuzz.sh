@@ -47,7 +47,10 @@ while [ "$done_runs" -lt "$runs" ]; do
     ran=$(grep -a "stat::number_of_executed_units" "$log" | tail -1 | awk '{print $2}')
     done_runs=$(( done_runs + ${ran:-0} ))
     echo "chunk seed=$seed rc=$rc inputs=${ran:-0} total=$done_runs $(date -u +%FT%TZ)" >> "$log"
-    if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -eq 72 ]; then  # libFuzzer's exit code when interrupted (SIGTERM, SIGINT)
+        echo "interrupted" >> "$log"
+        exit "$rc"
+    elif [ "$rc" -ne 0 ]; then
         echo "stopped: a finding (rc=$rc), see $out/crash-* and the log above" >> "$log"
         exit "$rc"
     fi
