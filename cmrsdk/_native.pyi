@@ -8,8 +8,9 @@ def resample(
     out_x: int,
     order: int,
     threads: int,
-) -> tuple[npt.NDArray[np.float32], bool]:
-    """(Z, Y, X) any strides -> (float32 (Z, out_y, out_x), all input finite)."""
+) -> tuple[npt.NDArray[np.float32], int]:
+    """(Z, Y, X) any strides -> (float32 (Z, out_y, out_x), status: 0 finite, 1 input not finite,
+    2 finite input whose result overflowed float32)."""
 
 def resample_argmax(
     probabilities: npt.NDArray[np.float32],
@@ -25,3 +26,8 @@ def resample_argmax(
 
 def largest_component(labels: npt.NDArray[np.uint8], connectivity: int, threads: int) -> npt.NDArray[np.uint8]:
     """uint8 C-contiguous (Z, Y, X) -> uint8 (Z, Y, X), largest component of every label kept."""
+
+def _parallel_for_probe(
+    n: int, threads: int, grain: int, fail_at: int, failure: str, throw_in_block: int
+) -> tuple[list[tuple[int, int]], int]:
+    """Test hook of cmr::parallel_for (tests/test_parallel.py): (block calls sorted, threads started)."""

@@ -3,7 +3,19 @@
 Every function checks its arguments (ndim, dtype, spacing, shapes, finiteness) and raises
 :class:`cmrsdk.errors.InputError` naming the argument, the value and what was expected; only
 then does it call the compiled kernels (``cmrsdk._native`` in C++, ``cmrsdk._normalize`` in
-Cython), which run with the GIL released on up to ``threads`` threads (default: all cores).
+Cython), which run with the GIL released on ``threads`` threads.
+
+Threads
+-------
+Results do not depend on the thread count (bit for bit). ``threads=None`` (the default) draws
+from one process-wide budget of native threads, as many as the CPUs in the process's affinity
+mask (``os.sched_getaffinity``; ``os.cpu_count()`` where the OS has no such mask): the call
+waits until at least one of those CPUs is free of native work, then runs on every free one. So
+several stacks processed at once (threads of a server, a pipeline called from a pool) share the
+CPUs instead of each starting one thread per CPU. An explicit ``threads=n`` runs on exactly n
+threads without waiting, and counts against the budget that default calls see. The budget knows
+only cmrsdk's kernels: the inference engines' own threads (ONNX Runtime, PyTorch) are set
+through their options.
 
 Geometry
 --------
@@ -29,10 +41,12 @@ prefilter alike. The inverse (:func:`resample_argmax`) is bilinear with edge cla
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -87,12 +101,55 @@ class SliceTransform:
     size: tuple[int, int]
 
 
-def _threads(threads: int | None) -> int:
-    if threads is None:
-        return os.cpu_count() or 1
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+def _available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the OS has one (taskset, cgroup
+    cpusets and container CPU pinning narrow it), else ``os.cpu_count()``."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is not None:
+        try:
+            return max(1, len(getaffinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
+class _NativeThreads:
+    """The process-wide budget of threads running cmrsdk's native kernels (see "Threads")."""
+
+    def __init__(self) -> None:
+        self._free = threading.Condition()
+        self.in_use = 0  #: threads of the native calls running now
+        self.peak = 0  #: the most ever in use at once (tests read it)
+
+    @contextlib.contextmanager
+    def take(self, threads: int | None) -> Iterator[int]:
+        """Threads for one native call: ``threads`` as given, or for None every free CPU (at
+        least one, waiting until one is free). Held until the block ends."""
+        with self._free:
+            if threads is None:
+                cpus = _available_cpus()
+                self._free.wait_for(lambda: self.in_use < cpus)
+                threads = cpus - self.in_use
+            self.in_use += threads
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield threads
+        finally:
+            with self._free:
+                self.in_use -= threads
+                self._free.notify_all()
+
+
+_NATIVE_THREADS = _NativeThreads()
+
+
+def _threads(threads: int | None) -> contextlib.AbstractContextManager[int]:
+    """The thread count of one native call, checked and drawn from the budget: ``with``."""
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
+    ):
         raise InputError(f"'threads' must be a positive integer or None, got {threads!r}")
-    return int(threads)
+    return _NATIVE_THREADS.take(None if threads is None else int(threads))
 
 
 def _pair(value: object, name: str, what: str) -> tuple[float, float]:
@@ -154,13 +211,14 @@ def resampled_shape(
         raise InputError(f"'shape_yx' must be two positive integers (Y, X), got {shape_yx!r}")
     spacing = _spacing(spacing_yx, "spacing_yx")
     target = _spacing(target_spacing_yx, "target_spacing")
-    out = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
-    if max(out) > MAX_SIDE:
+    # In floats first: a huge ratio (1e300 mm over 1e-300 mm) is inf, which int() refuses.
+    sides = tuple(round(n * s / t) if math.isfinite(n * s / t) else math.inf for n, s, t in zip(shape, spacing, target))
+    if max(sides) > MAX_SIDE:
         raise InputError(
             f"'target_spacing' {target_spacing_yx!r} from spacing {spacing_yx!r} gives a resampled "
-            f"shape {out}, more than {MAX_SIDE} pixels per side"
+            f"shape {sides}, more than {MAX_SIDE} pixels per side"
         )
-    return out  # type: ignore[return-value]
+    return max(1, int(sides[0])), max(1, int(sides[1]))
 
 
 def _target_shape(
@@ -189,13 +247,15 @@ def resample_stack(
 
     Parameters
     ----------
-    pixels : (Z, Y, X) uint8, int16, uint16, float32 or float64, any memory order; finite.
+    pixels : (Z, Y, X) uint8, int16, uint16, float32 or float64, any memory order and byte
+        order; finite in float32 (float64 values beyond 3.4e38 are refused as infinite, as are
+        values so near that limit that interpolation overflows).
     spacing_yx : (dy, dx) of ``pixels`` in mm.
     target_spacing : (dy, dx) in mm to resample to; or
     shape : (Y', X') in pixels to resample to (exactly one of the two).
     order : 0 (nearest), 1 (linear) or 3 (cubic B-spline); see the module notes for the edge
         mode and the reference implementation.
-    threads : threads to use, default all cores.
+    threads : threads to use; default None: a share of the process-wide budget (see "Threads").
 
     Returns
     -------
@@ -207,9 +267,15 @@ def resample_stack(
     out_y, out_x = _target_shape(array.shape[1:], spacing_yx, target_spacing, shape)
     if array.shape[0] == 0:
         return np.empty((0, out_y, out_x), dtype=np.float32)
-    out, finite = _native.resample(array, out_y, out_x, int(order), _threads(threads))
-    if not finite:
+    with _threads(threads) as n:
+        out, status = _native.resample(array, out_y, out_x, int(order), n)
+    if status == 1:
         raise InputError(f"'pixels' contain NaN or infinite values (dtype {array.dtype}, shape {array.shape})")
+    if status == 2:
+        raise InputError(
+            f"'pixels' (dtype {array.dtype}, shape {array.shape}) lie so near float32's limit (3.4e38) "
+            f"that resampling with order {order} overflows; rescale them"
+        )
     return out
 
 
@@ -287,7 +353,7 @@ def normalize(
     pixels : any shape, uint8, int16, uint16, float32 or float64; finite.
     method : see the table.
     mask : bool, same shape as ``pixels``, or None (all voxels); must select at least one voxel.
-    threads : threads to use, default all cores.
+    threads : threads to use; default None: a share of the process-wide budget (see "Threads").
 
     Returns
     -------
@@ -310,7 +376,8 @@ def normalize(
             )
         flat_mask = np.ascontiguousarray(mask_array).reshape(-1).view(np.uint8)
     try:
-        out = kernels[method](flat, flat_mask, threads=_threads(threads))
+        with _threads(threads) as n:
+            out = kernels[method](flat, flat_mask, threads=n)
     except ValueError as exc:
         raise InputError(f"cannot normalise 'pixels' of shape {array.shape} ({method}): {exc}") from exc
     return out.reshape(array.shape)
@@ -376,7 +443,7 @@ def resample_argmax(
     ----------
     probabilities : float32 (Z, C, H, W), (H, W) = ``transform.size``, 1 <= C <= 256; finite.
     transform : the :class:`SliceTransform` of :func:`prepare_slices`.
-    threads : threads to use, default all cores.
+    threads : threads to use; default None: a share of the process-wide budget (see "Threads").
 
     Returns
     -------
@@ -384,6 +451,11 @@ def resample_argmax(
     """
     if not isinstance(transform, SliceTransform):
         raise InputError(f"'transform' must be a SliceTransform, got {type(transform).__name__}")
+    for name in ("native_shape", "resampled_shape", "size"):
+        _size(getattr(transform, name), f"transform.{name}")
+    oy, ox = _pair(transform.offset, "transform.offset", "(oy, ox) in pixels")
+    if not (oy.is_integer() and ox.is_integer()):
+        raise InputError(f"'transform.offset' must be two integers (oy, ox), got {transform.offset!r}")
     array = np.asarray(probabilities)
     if array.ndim != 4 or tuple(array.shape[2:]) != tuple(transform.size) or not 1 <= array.shape[1] <= 256:
         raise InputError(
@@ -393,10 +465,15 @@ def resample_argmax(
     if array.dtype != np.float32:
         raise InputError(f"'probabilities' must be float32, got {array.dtype}")
     array = np.ascontiguousarray(array)
-    ny, nx = transform.native_shape
-    ry, rx = transform.resampled_shape
-    oy, ox = transform.offset
-    labels, finite = _native.resample_argmax(array, ny, nx, ry, rx, oy, ox, _threads(threads))
+    ny, nx = (int(v) for v in transform.native_shape)
+    ry, rx = (int(v) for v in transform.resampled_shape)
+    h, w = array.shape[2:]
+    # A window that misses the resampled grid labels every pixel 0 wherever it lies: offsets
+    # beyond [-(size + resampled), resampled] are moved to that bound (same labels, no overflow).
+    oy = min(max(int(oy), -(h + ry)), ry)
+    ox = min(max(int(ox), -(w + rx)), rx)
+    with _threads(threads) as n:
+        labels, finite = _native.resample_argmax(array, ny, nx, ry, rx, oy, ox, n)
     if not finite:
         raise InputError(f"'probabilities' of shape {array.shape} contain NaN or infinite values")
     return labels
@@ -415,7 +492,7 @@ def largest_component(labels: np.ndarray, *, connectivity: int = 6, threads: int
     ----------
     labels : uint8 (Z, Y, X), any memory order.
     connectivity : 6, 18 or 26.
-    threads : threads to use, default all cores.
+    threads : threads to use; default None: a share of the process-wide budget (see "Threads").
 
     Returns
     -------
@@ -428,7 +505,9 @@ def largest_component(labels: np.ndarray, *, connectivity: int = 6, threads: int
         raise InputError(f"'labels' must be uint8, got {array.dtype}")
     if connectivity not in (6, 18, 26) or isinstance(connectivity, bool):
         raise InputError(f"'connectivity' must be 6, 18 or 26, got {connectivity!r}")
-    return _native.largest_component(np.ascontiguousarray(array), int(connectivity), _threads(threads))
+    array = np.ascontiguousarray(array)
+    with _threads(threads) as n:
+        return _native.largest_component(array, int(connectivity), n)
 
 
 def prepare_slices(
@@ -454,7 +533,7 @@ def prepare_slices(
         centre found on the native image); default the image centre.
     order : resampling order, 0, 1 or 3.
     normalization : "zscore", "robust_zscore" or "minmax" over the whole resampled stack.
-    threads : threads to use, default all cores.
+    threads : threads to use; default None: a share of the process-wide budget (see "Threads").
 
     Returns
     -------

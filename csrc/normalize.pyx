@@ -5,13 +5,17 @@ Every function takes a flat float32 C-contiguous array (the stack, raveled) and 
 flat uint8 mask of the same length (non-zero = the voxel counts towards the statistics), and
 returns a new flat float32 array. Statistics come from the masked voxels; the transform is
 applied to every voxel. Sums run in float64 over fixed blocks of 65536 voxels that are added in
-block order, so results do not depend on the thread count. The standard deviation is the
-population one (numpy's ``std()``). A NaN or infinite input, or a mask that selects nothing,
-raises ValueError (the wrapper turns it into cmrsdk's InputError).
+block order, so results do not depend on the thread count (parallel_for calls the block
+functions once per block, whatever the thread count: each block fills its own partial slot).
+The standard deviation is the population one (numpy's ``std()``). The transform runs in float64 and rounds once to float32.
+A NaN or infinite input, a mask that selects nothing, or a result beyond float32's range (finite
+input, but a mask whose voxels span a tiny range and others far from it) raises ValueError (the
+wrapper turns it into cmrsdk's InputError).
 """
 from libc.math cimport INFINITY, isfinite, sqrt
 from libc.stddef cimport ptrdiff_t
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, uint32_t
+from libc.string cimport memcpy
 from libcpp.vector cimport vector
 
 import numpy as np
@@ -41,11 +45,12 @@ cdef struct Ctx:
     double* part_lo
     double* part_hi
     double* part_raw
+    double* part_out
     ptrdiff_t* part_n
     float lo
     float hi
-    float shift
-    float scale
+    double shift
+    double scale
 
 cdef inline float _clip(float v, float lo, float hi) noexcept nogil:
     return lo if v < lo else (hi if v > hi else v)
@@ -78,17 +83,29 @@ cdef void _stats_block(void* p, ptrdiff_t b, ptrdiff_t e) noexcept nogil:
     c.part_n[k] = n
 
 cdef void _apply_block(void* p, ptrdiff_t b, ptrdiff_t e) noexcept nogil:
+    # In float64: in float32, x - min overflows to inf when the data span more than FLT_MAX
+    # (found by fuzz/fuzz_kernels.py: minmax of [-3e38, 3e38]), and the scale 1 / (max - min)
+    # would round to a subnormal.
     cdef Ctx* c = <Ctx*>p
-    cdef float shift = c.shift, scale = c.scale, lo = c.lo, hi = c.hi
+    cdef double shift = c.shift, scale = c.scale
+    cdef float lo = c.lo, hi = c.hi
     cdef ptrdiff_t i
     for i in range(b, e):
-        c.out[i] = (_clip(c.x[i], lo, hi) - shift) * scale
+        c.out[i] = <float>((<double>_clip(c.x[i], lo, hi) - shift) * scale)
+    # A result that overflowed float32 (finite input, but a mask whose voxels span a tiny range
+    # applied to voxels far from them) has all exponent bits set. An integer OR-reduction, which
+    # the compiler vectorises, unlike a float sum; memcpy, not a cast, to read the bits.
+    cdef uint32_t u, bad = 0
+    for i in range(b, e):
+        memcpy(&u, &c.out[i], 4)
+        bad |= (u & 0x7f800000u) == 0x7f800000u
+    c.part_out[b // GRAIN] = bad
 
 
 cdef class _Run:
     """One call's state: the block context and the per-block partial results."""
     cdef Ctx ctx
-    cdef vector[double] part_sum, part_sq, part_lo, part_hi, part_raw
+    cdef vector[double] part_sum, part_sq, part_lo, part_hi, part_raw, part_out
     cdef vector[ptrdiff_t] part_n
     cdef ptrdiff_t n, blocks, count
     cdef int threads
@@ -104,6 +121,7 @@ cdef class _Run:
         self.part_lo.resize(self.blocks)
         self.part_hi.resize(self.blocks)
         self.part_raw.resize(self.blocks)
+        self.part_out.resize(self.blocks)
         self.part_n.resize(self.blocks)
         self.out = np.empty(self.n, dtype=np.float32)
         cdef float[::1] out_view = self.out
@@ -117,6 +135,7 @@ cdef class _Run:
         self.ctx.part_lo = self.part_lo.data()
         self.ctx.part_hi = self.part_hi.data()
         self.ctx.part_raw = self.part_raw.data()
+        self.ctx.part_out = self.part_out.data()
         self.ctx.part_n = self.part_n.data()
         self.ctx.lo = -INFINITY
         self.ctx.hi = INFINITY
@@ -151,9 +170,15 @@ cdef class _Run:
         return 0
 
     cdef object apply(self, double shift, double scale):
-        self.ctx.shift = <float>shift
-        self.ctx.scale = <float>scale
+        self.ctx.shift = shift
+        self.ctx.scale = scale
         self.run(_apply_block)
+        cdef ptrdiff_t k
+        for k in range(self.blocks):
+            if self.part_out[k]:
+                raise ValueError(
+                    "normalised values overflow float32: the statistics' voxels span too narrow a "
+                    "range (or too wide a one) for the values of the others")
         return self.out
 
 

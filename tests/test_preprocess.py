@@ -52,6 +52,71 @@ def test_resample_matches_scipy_zoom(order: int, dtype: type, memory: str) -> No
             np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale, err_msg=f"{shape} -> {out_shape}")
 
 
+def swapped(array: np.ndarray) -> np.ndarray:
+    """The same values stored in the other byte order."""
+    return array.astype(array.dtype.newbyteorder("S"))
+
+
+#: views with negative and non-unit strides, as (name, index) over a (Z, Y, X) stack
+VIEWS = [
+    ("z reversed", np.s_[::-1]),
+    ("y reversed, step 2", np.s_[:, ::-2]),
+    ("x reversed", np.s_[:, :, ::-1]),
+    ("all reversed, x step 3", np.s_[::-1, ::-1, ::-3]),
+]
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_resample_negative_strides_and_byte_swapped_match_scipy(order: int, dtype: type) -> None:
+    rng = np.random.default_rng(2000 + order)
+    base = random_stack(rng, (4, 41, 46), dtype)
+    for name, index in VIEWS:
+        for byte_order in ("native", "swapped") if base.itemsize > 1 else ("native",):
+            stack = base if byte_order == "native" else swapped(base)
+            view = stack[index]
+            assert any(s < 0 for s in view.strides) and (byte_order == "native") == view.dtype.isnative
+            got = pp.resample_stack(view, (1.0, 1.0), shape=(29, 37), order=order, threads=2)
+            plain = np.ascontiguousarray(view).astype(np.dtype(dtype))
+            np.testing.assert_array_equal(got, pp.resample_stack(plain, (1.0, 1.0), shape=(29, 37), order=order),
+                                          err_msg=f"{name}, {byte_order}")
+            ref = zoom_reference(plain, (29, 37), order)
+            if order == 0:  # a copy of input pixels, rounded to float32
+                np.testing.assert_array_equal(got, ref.astype(np.float32), err_msg=f"{name}, {byte_order}")
+            else:
+                scale = max(1.0, float(np.abs(plain.astype(np.float64)).max()))
+                np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * scale, err_msg=f"{name}, {byte_order}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_normalize_negative_strides_and_byte_swapped_match_numpy(dtype: type) -> None:
+    rng = np.random.default_rng(22)
+    base = random_stack(rng, (5, 60, 50), dtype)
+    for name, index in VIEWS:
+        for stack in (base, swapped(base)):
+            view = stack[index]
+            values = view.astype(np.float64)
+            np.testing.assert_allclose(pp.normalize(view, "zscore"), (values - values.mean()) / values.std(),
+                                       rtol=0, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(pp.normalize(view, "minmax"), (values - values.min()) / np.ptp(values),
+                                       rtol=0, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(pp.normalize(view, "robust_zscore"), numpy_robust(values, None),
+                                       rtol=0, atol=1e-5 * max(1.0, np.abs(numpy_robust(values, None)).max()))
+
+
+def test_largest_component_negative_strides_match_scipy() -> None:
+    rng = np.random.default_rng(23)
+    base = (rng.integers(0, 4, size=(6, 30, 28)) * (rng.random((6, 30, 28)) < 0.45)).astype(np.uint8)
+    for name, index in VIEWS:
+        view = base[index]
+        ref = np.zeros(view.shape, np.uint8)
+        for value in (1, 2, 3):
+            components, _ = ndi.label(view == value, ndi.generate_binary_structure(3, 1))
+            sizes = np.bincount(components.ravel())[1:]
+            ref[components == 1 + sizes.argmax()] = value
+        np.testing.assert_array_equal(pp.largest_component(view, connectivity=6), ref, err_msg=name)
+
+
 def test_resample_order3_matches_skimage_resize() -> None:
     from skimage.transform import resize
 
@@ -131,6 +196,66 @@ def test_normalize_constant_and_empty() -> None:
     np.testing.assert_array_equal(pp.normalize(np.full((2, 3, 4), 5.0), "zscore"), 0.0)
     np.testing.assert_array_equal(pp.normalize(np.full((2, 3, 4), 5, np.uint8), "minmax"), 0.0)
     assert pp.normalize(np.zeros((0, 4, 4), np.float32)).shape == (0, 4, 4)
+
+
+def test_minmax_on_one_thread_spans_the_data_above_one_block() -> None:
+    # Regression (issue 17): with one thread the statistics of more than one 65,536-voxel block
+    # were taken over partial slots that still held zeros, so data not straddling 0 got a
+    # minimum of 0.0503 instead of 0.
+    x = (np.arange(4 * 200 * 200) % 190 + 10).astype(np.uint8).reshape(4, 200, 200)
+    for threads in (1, 2):
+        got = pp.normalize(x, "minmax", threads=threads)
+        assert got.min() == 0.0 and got.max() == pytest.approx(1.0, abs=1e-6), threads
+        np.testing.assert_allclose(got, (x - 10.0) / 189.0, rtol=0, atol=1e-6)
+    negative = -x.astype(np.float32) - 1000.0  # all negative: the zeros' max would win instead
+    assert pp.normalize(negative, "minmax", threads=1).max() == pytest.approx(1.0, abs=1e-6)
+
+
+#: below one block, exactly one, one plus a voxel, several with a partial last one.
+SIZES = [1000, 65536, 65537, 4 * 200 * 200]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["zscore", "robust_zscore", "minmax"])
+def test_normalize_bit_for_bit_across_thread_counts(dtype: type, method: str) -> None:
+    rng = np.random.default_rng(61)
+    for n in SIZES:
+        x = random_stack(rng, (n,), dtype)
+        if np.dtype(dtype).kind != "f":  # not straddling 0, the shape of the regression
+            x = x - x.min() + (np.iinfo(dtype).max // 50 if x.min() > 0 else 10)
+        x = x.reshape(-1, 8) if n % 8 == 0 else x
+        for mask in (None, rng.random(x.shape) < 0.4):
+            serial = pp.normalize(x, method, mask=mask, threads=1)
+            values = (x[mask] if mask is not None else x).astype(np.float64)
+            if method == "minmax":
+                assert serial.min() == 0.0 or (mask is not None and serial[mask].min() == 0.0), (n, mask is None)
+                np.testing.assert_allclose(serial, (x - values.min()) / (values.max() - values.min()), atol=1e-6)
+            elif method == "zscore":
+                np.testing.assert_allclose(serial, (x - values.mean()) / values.std(), atol=1e-4)
+            for threads in (2, 3, 8):
+                got = pp.normalize(x, method, mask=mask, threads=threads)
+                np.testing.assert_array_equal(got, serial, err_msg=f"{method} n={n} threads={threads}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_native_kernels_bit_for_bit_across_thread_counts(dtype: type) -> None:
+    rng = np.random.default_rng(62)
+    pixels = random_stack(rng, (9, 41, 37), dtype)
+    prob = rng.random((9, 4, 32, 32)).astype(np.float32)
+    labels = (rng.integers(0, 4, size=(9, 30, 30)) * (rng.random((9, 30, 30)) < 0.5)).astype(np.uint8)
+    t = pp.SliceTransform((41, 37), (1.0, 1.0), (36, 30), (1.2, 1.2), (2, -1), (32, 32))
+
+    def run(threads: int) -> tuple[np.ndarray, ...]:
+        return (
+            *(pp.resample_stack(pixels, (1.0, 1.0), shape=(50, 29), order=o, threads=threads) for o in (0, 1, 3)),
+            pp.resample_argmax(prob, t, threads=threads),
+            pp.largest_component(labels, connectivity=26, threads=threads),
+        )
+
+    serial = run(1)
+    for threads in (2, 3, 8):
+        for got, want in zip(run(threads), serial, strict=True):
+            np.testing.assert_array_equal(got, want, err_msg=f"threads={threads}")
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 65537, 300_000])
@@ -322,3 +447,69 @@ def t_size(pixels: np.ndarray, spacing: tuple[float, float]) -> tuple[int, int]:
 def test_bad_input_raises_input_error(call, match: str) -> None:
     with pytest.raises(InputError, match=match):
         call()
+
+
+# Regressions found by fuzz/fuzz_kernels.py (issue 17): each raised something other than
+# InputError, or turned finite input into a non-finite result.
+
+def test_resampled_shape_of_an_overflowing_ratio_is_an_input_error() -> None:
+    with pytest.raises(InputError, match=r"'target_spacing' .*more than 16384"):
+        pp.resampled_shape((10, 10), (1e300, 1.0), (1e-300, 1.0))
+    with pytest.raises(InputError, match=r"'target_spacing'"):
+        pp.resample_stack(np.zeros((1, 4, 4)), (1e300, 1), target_spacing=(1e-300, 1))
+
+
+@pytest.mark.parametrize(
+    "transform,match",
+    [
+        (pp.SliceTransform((0, 5), (1, 1), (4, 4), (1, 1), (0, 0), (3, 3)), r"'transform.native_shape'"),
+        (pp.SliceTransform((5, 5), (1, 1), (-1, 4), (1, 1), (0, 0), (3, 3)), r"'transform.resampled_shape'"),
+        (pp.SliceTransform((5, 5), (1, 1), (4, 4), (1, 1), (0.5, 0), (3, 3)), r"'transform.offset' .*\(0.5, 0\)"),
+        (pp.SliceTransform((5, 5), (1, 1), (4, 4), (1, 1), (0, 0), (0, 3)), r"'transform.size'"),
+        (pp.SliceTransform((10**6, 5), (1, 1), (4, 4), (1, 1), (0, 0), (3, 3)), r"'transform.native_shape' .*16384"),
+    ],
+)
+def test_resample_argmax_checks_the_transform(transform: pp.SliceTransform, match: str) -> None:
+    prob = np.zeros((1, 2, *[max(s, 1) for s in transform.size]), np.float32)
+    with pytest.raises(InputError, match=match):
+        pp.resample_argmax(prob, transform)
+
+
+def test_resample_argmax_far_offsets_label_nothing() -> None:
+    # A centre far outside the image gives an offset beyond int64: it was a TypeError.
+    rng = np.random.default_rng(81)
+    pixels = rng.integers(0, 500, size=(2, 20, 16)).astype(np.int16)
+    _, t = pp.prepare_slices(pixels, (1.0, 1.0), target_spacing=(1.0, 1.0), size=(8, 8), centre=(1e90, -1e90))
+    assert abs(t.offset[0]) > 2**63
+    prob = rng.random((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(pp.resample_argmax(prob, t), 0)
+    for offset in [(20, 0), (0, -30), (-29, 3), (10**30, 10**30)]:
+        far = pp.SliceTransform((20, 16), (1, 1), (20, 16), (1, 1), offset, (8, 8))
+        np.testing.assert_array_equal(pp.resample_argmax(prob, far), 0, err_msg=str(offset))
+    near = pp.SliceTransform((20, 16), (1, 1), (20, 16), (1, 1), (-7, 15), (8, 8))
+    assert pp.resample_argmax(prob, near).any()  # one corner pixel each way still overlaps
+
+
+def test_normalize_spans_beyond_float32_range() -> None:
+    x = np.array([-3e38, 0.0, 3e38], np.float32)
+    np.testing.assert_allclose(pp.normalize(x, "minmax"), [0.0, 0.5, 1.0], atol=1e-6)
+    assert np.isfinite(pp.normalize(x, "zscore")).all()
+
+
+def test_normalize_that_would_overflow_float32_is_an_input_error() -> None:
+    # The masked voxels are constant, so std is clamped to 1e-8; the others lie 1e31 away.
+    x = np.array([1.0, 1.0, 1e31], np.float32)
+    with pytest.raises(InputError, match=r"overflow float32"):
+        pp.normalize(x, "zscore", mask=np.array([True, True, False]))
+    with pytest.raises(InputError, match=r"overflow float32"):
+        pp.normalize(np.array([1.0, np.nextafter(np.float32(1), 2), -3e38], np.float32), "minmax",
+                     mask=np.array([True, True, False]))
+
+
+def test_resample_overflowing_float32_is_an_input_error() -> None:
+    # The cubic spline overshoots between alternating extremes; orders 0 and 1 stay within them.
+    pixels = np.tile(np.array([3.4e38, -3.4e38], np.float32), (1, 6, 3))
+    with pytest.raises(InputError, match=r"near float32's limit .*overflows"):
+        pp.resample_stack(pixels, (1.0, 1.0), shape=(11, 13), order=3)
+    for order in (0, 1):
+        assert np.isfinite(pp.resample_stack(pixels, (1.0, 1.0), shape=(11, 13), order=order)).all()

@@ -184,12 +184,13 @@ inline bool all_finite(const float* p, std::ptrdiff_t n) {
 }  // namespace
 
 template <class T>
-bool resample_stack(const StridedStack& in, float* out, std::ptrdiff_t out_y, std::ptrdiff_t out_x,
-                    int order, int threads) {
+ResampleStatus resample_stack(const StridedStack& in, float* out, std::ptrdiff_t out_y, std::ptrdiff_t out_x,
+                              int order, int threads) {
     const std::ptrdiff_t nz = in.shape[0], ny = in.shape[1], nx = in.shape[2];
     const AxisTable ty = make_table(ny, out_y, order);
     const AxisTable tx = make_table(nx, out_x, order);
     std::atomic<bool> finite{true};
+    std::atomic<bool> overflow{false};
     parallel_for(nz, threads, 1, [&](std::ptrdiff_t z0, std::ptrdiff_t z1) {
         std::vector<float> line(static_cast<std::size_t>(nx));
         // (Y, X') after the row pass; when Y does not change it is the output slice itself.
@@ -218,17 +219,24 @@ bool resample_stack(const StridedStack& in, float* out, std::ptrdiff_t out_y, st
                 if (order == 3) prefilter_cubic(mid, ny, out_x, out_x);
                 apply_columns_any(ty, mid, dst, out_y, out_x);
             }
+            if constexpr (std::is_floating_point_v<T>) {
+                // Finite input near FLT_MAX can overflow in the cubic spline, which overshoots
+                // (found by fuzz/fuzz_kernels.py); integer dtypes are far from it. One pass over
+                // a slice that is still in cache.
+                if (slice_finite && !all_finite(dst, out_y * out_x)) overflow.store(true);
+            }
         }
         if (!slice_finite) finite.store(false);
     });
-    return finite.load();
+    if (!finite.load()) return kInputNotFinite;
+    return overflow.load() ? kOutputOverflow : kFinite;
 }
 
-template bool resample_stack<std::uint8_t>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
-template bool resample_stack<std::int16_t>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
-template bool resample_stack<std::uint16_t>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
-template bool resample_stack<float>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
-template bool resample_stack<double>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
+template ResampleStatus resample_stack<std::uint8_t>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
+template ResampleStatus resample_stack<std::int16_t>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
+template ResampleStatus resample_stack<std::uint16_t>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
+template ResampleStatus resample_stack<float>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
+template ResampleStatus resample_stack<double>(const StridedStack&, float*, std::ptrdiff_t, std::ptrdiff_t, int, int);
 
 namespace {
 

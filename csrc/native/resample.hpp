@@ -13,11 +13,17 @@ struct StridedStack {
     std::ptrdiff_t strides[3];
 };
 
+// What resample_stack found; the output is meaningless unless kFinite.
+enum ResampleStatus : int {
+    kFinite = 0,           // input and output finite
+    kInputNotFinite = 1,   // a float input holds a NaN or an infinity (or a float64 beyond float32)
+    kOutputOverflow = 2,   // finite input near float32's limits whose interpolation overflowed
+};
+
 // Resamples every slice of `in` (element type T) to (out_y, out_x) with B-spline order 0, 1 or
-// 3, writing float32 C-contiguous (Z, out_y, out_x) to `out`. Returns false when a float input
-// holds a NaN or an infinity (the output is then meaningless).
+// 3, writing float32 C-contiguous (Z, out_y, out_x) to `out`.
 template <class T>
-bool resample_stack(const StridedStack& in, float* out, std::ptrdiff_t out_y, std::ptrdiff_t out_x,
+ResampleStatus resample_stack(const StridedStack& in, float* out, std::ptrdiff_t out_y, std::ptrdiff_t out_x,
                     int order, int threads);
 
 // The fused inverse: probabilities float32 C-contiguous (Z, C, H, W) on the network window,
