@@ -28,7 +28,7 @@ from cmrsdk.synth import synthetic_study
 
 ROOT = Path(__file__).resolve().parents[1]
 ACDC = "acdc/training/patient001"
-FAST = ["--mode", "baseline", "--no-overlay"]
+FAST = ["--mode", "baseline", "--no-overlay", "--no-report-html"]
 
 #: the batch and output kinds of the corpus, each a test below.
 BATCH_KINDS = [
@@ -306,7 +306,7 @@ def test_sunnybrook_to_seg_and_sr(shared_data, tmp_path, series, capsys):
     assert main(["segment", str(source), "-o", str(out), "--bundle", str(DEMO_BUNDLE)]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(f"{source}: LVEF ") and "Traceback" not in captured.err
-    assert _names(out) == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.json", "seg_ED.dcm", "seg_ES.dcm",
+    assert _names(out) == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm", "seg_ES.dcm",
                            "sr.dcm"]
     report = json.loads((out / "report.json").read_text())
     assert any("'PatientBirthDate' value '00000000'" in w for w in report["warnings"])

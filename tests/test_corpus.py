@@ -24,8 +24,8 @@ from cmrsdk.cli import main
 
 SUNNYBROOK = "sunnybrook/SCD0000101"
 ACDC = "acdc/training/patient001"
-ALL_OUTPUTS = ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.json", "seg_ED.dcm", "seg_ES.dcm", "sr.dcm"]
-NIFTI_OUTPUTS = ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.json"]
+ALL_OUTPUTS = ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm", "seg_ES.dcm", "sr.dcm"]
+NIFTI_OUTPUTS = ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json"]
 
 
 @pytest.fixture(scope="module")
@@ -399,10 +399,10 @@ DICOM_CASES = [
     Case("dicom_rle", _compressed("RLELossless"), outputs=ALL_OUTPUTS, check=_compressed_check("rle")),
     Case("dicom_missing_slice", _gap_build, outputs=ALL_OUTPUTS, check=_gap_check),
     Case("dicom_uneven_spacing", _uneven_build, outputs=ALL_OUTPUTS, check=_uneven_check),
-    Case("dicom_one_phase", _dicom(phases=(0,)), outputs=["labels_ED.nii.gz", "overlay.png", "report.json", "seg_ED.dcm",
+    Case("dicom_one_phase", _dicom(phases=(0,)), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm",
                                                            "sr.dcm"], check=_one_phase_check),
     Case("dicom_one_slice", _dicom(slices=[5]), outputs=["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png",
-                                                          "report.json", "seg_ED.dcm", "seg_ES.dcm"], check=_one_slice_check),
+                                                          "report.html", "report.json", "seg_ED.dcm", "seg_ES.dcm"], check=_one_slice_check),
     Case("dicom_all_zero_pixels", _dicom(_zero_pixels), outputs=ALL_OUTPUTS, check=_blank_check),
     Case("dicom_junk_files_beside", _junk_build, outputs=ALL_OUTPUTS, check=_measures_known),
     Case("dicom_enhanced_multiframe", _dicom(_set(SOPClassUID="1.2.840.10008.5.1.4.1.1.4.1", NumberOfFrames=1)), code=1,
@@ -606,17 +606,17 @@ def _subjects_build(tmp, data, files):
 
 
 NIFTI_CASES = [
-    Case("nifti_single_file_one_phase", _acdc_file("image.nii.gz"), outputs=["labels_ED.nii.gz", "overlay.png", "report.json"],
+    Case("nifti_single_file_one_phase", _acdc_file("image.nii.gz"), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
          check=_one_phase_check),
-    Case("nifti_upper_case_extension", _acdc_file("IMAGE.NII.GZ"), outputs=["labels_ED.nii.gz", "overlay.png", "report.json"],
+    Case("nifti_upper_case_extension", _acdc_file("IMAGE.NII.GZ"), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
          check=_one_phase_check),
-    Case("nifti_uncompressed", _acdc_file("image.nii"), outputs=["labels_ED.nii.gz", "overlay.png", "report.json"],
+    Case("nifti_uncompressed", _acdc_file("image.nii"), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
          check=_one_phase_check),
-    Case("nifti_scaled_int16", _acdc_file("image.nii.gz", _scaled), outputs=["labels_ED.nii.gz", "overlay.png", "report.json"],
+    Case("nifti_scaled_int16", _acdc_file("image.nii.gz", _scaled), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
          check=_one_phase_check),
-    Case("nifti_one_slice", _acdc_file("image.nii.gz", _one_slice), outputs=["labels_ED.nii.gz", "overlay.png", "report.json"],
+    Case("nifti_one_slice", _acdc_file("image.nii.gz", _one_slice), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
          check=_one_slice_check),
-    Case("nifti_all_zero", _acdc_file("image.nii.gz", _zeros), outputs=["labels_ED.nii.gz", "overlay.png", "report.json"],
+    Case("nifti_all_zero", _acdc_file("image.nii.gz", _zeros), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
          check=_blank_check),
     Case("nifti_rgb", _acdc_file("image.nii.gz", _rgb), code=1, error=r"NIfTI datatype RGB \(.*\) is not greyscale"),
     Case("nifti_four_d", _acdc_file("image.nii.gz", _four_d), code=1, error=r"NIfTI image must be 3-D \(X, Y, Z\) for one phase"),
