@@ -149,6 +149,11 @@ class Pipeline:
         ground-truth rule of `cmrsdk.regions` names the regions from its masks: one more network
         pass, regions that follow the anatomy of the whole stack, and no mask on slices without
         heart) or "bundle" (the default: the manifest's ``regions_from``).
+    precision : "fp32" (the default), "int8" (the bundle's "onnx-int8" artifacts, added by
+        ``python -m export.quantize``; their parity and Dice change against fp32 are in the
+        manifest) or "fp16" (CUDA). Every model runs at this precision; a bundle without an
+        artifact for it is refused, naming what is missing. Never chosen behind the caller's
+        back: "auto" picks the backend, not the arithmetic.
     region_source : in routed mode, replaces the bundle's classifier: a callable
         ``(stack, images) -> probabilities`` taking the `Stack` and its preprocessed float32
         (Z, 1, H, W) slices and returning float32 (Z, 4) region probabilities (non-cardiac,
@@ -172,6 +177,7 @@ class Pipeline:
         engine_options: Mapping[str, Any] | None = None,
         region_source: RegionSource | None = None,
         regions_from: str = "bundle",
+        precision: str = "fp32",
     ) -> None:
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
@@ -214,7 +220,15 @@ class Pipeline:
         if mode == "routed" and self.regions_from == "classifier":
             needed.add(self.bundle.classifier)
         options = dict(engine_options or {})
-        self._engines = {name: self.bundle.engine(name, backend=backend, device=device, **options) for name in sorted(needed)}
+        self.precision = precision
+        # The sizes each model will be fed: the classifier and the locating pass see the full
+        # window; the U-Nets the heart crop, or the full window where no heart is found. An
+        # artifact that cannot run them all (a TensorRT engine built for one size) is passed over.
+        full = tuple(self._pre.size)
+        unet_shapes = [full] if heart_crop is None else [full, heart_crop]
+        self._engines = {name: self.bundle.engine(name, backend=backend, device=device, precision=precision,
+                                                  shapes=[full] if name == self.bundle.classifier else unet_shapes, **options)
+                         for name in sorted(needed)}
 
     # -- stages -----------------------------------------------------------------------------
     def _route(self, images: np.ndarray, stack: Stack) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -401,6 +415,7 @@ class Pipeline:
             "manifest_sha256": self._manifest_sha256,
             "backends": {name: engine.backend for name, engine in self._engines.items()},
             "device": self.device,
+            "precision": self.precision,
             "mode": self.mode,
             "largest_component": self.largest_component,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
