@@ -376,7 +376,7 @@ class Bundle:
                 reasons.append(f"{candidate}: {missing}")
                 continue
             return artifact
-        raise BackendUnavailableError(f"no {precision} engine for model {model_name!r} on device {device!r}: " + "; ".join(reasons))
+        raise BackendUnavailableError(f"no engine for model {model_name!r} on device {device!r} in {precision}: " + "; ".join(reasons))
 
     def engine(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False,
                precision: str = "fp32", shapes: Sequence[tuple[int, int]] = (), **options: Any) -> Engine:

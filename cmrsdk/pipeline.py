@@ -149,10 +149,11 @@ class Pipeline:
         ground-truth rule of `cmrsdk.regions` names the regions from its masks: one more network
         pass, regions that follow the anatomy of the whole stack, and no mask on slices without
         heart) or "bundle" (the default: the manifest's ``regions_from``).
-    precision : "fp32" (the default), "int8" (the bundle's "onnx-int8" artifacts, added by
-        ``python -m export.quantize``; their parity and Dice change against fp32 are in the
-        manifest) or "fp16" (CUDA). Every model runs at this precision; a bundle without an
-        artifact for it is refused, naming what is missing. Never chosen behind the caller's
+    precision : "fp32" (the default), "int8" or "fp16" (CUDA). "int8" runs the bundle's int8
+        configuration, the one whose Dice change against fp32 ``python -m export.quantize``
+        measured and recorded in the manifest: the models that have an "onnx-int8" artifact in
+        int8, the others (the region classifier, by default) in fp32; a bundle with no int8
+        artifact is refused. "fp16" applies to every model. Never chosen behind the caller's
         back: "auto" picks the backend, not the arithmetic.
     region_source : in routed mode, replaces the bundle's classifier: a callable
         ``(stack, images) -> probabilities`` taking the `Stack` and its preprocessed float32
@@ -226,7 +227,12 @@ class Pipeline:
         # artifact that cannot run them all (a TensorRT engine built for one size) is passed over.
         full = tuple(self._pre.size)
         unet_shapes = [full] if heart_crop is None else [full, heart_crop]
-        self._engines = {name: self.bundle.engine(name, backend=backend, device=device, precision=precision,
+        int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
+        if precision == "int8" and not int8:
+            raise InputError(f"precision 'int8' needs int8 artifacts, and bundle {self.bundle.path} has none for "
+                             f"{sorted(needed)}; add them with: python -m export.quantize {self.bundle.path}")
+        self._engines = {name: self.bundle.engine(name, backend=backend, device=device,
+                                                  precision="fp32" if precision == "int8" and name not in int8 else precision,
                                                   shapes=[full] if name == self.bundle.classifier else unet_shapes, **options)
                          for name in sorted(needed)}
 
