@@ -90,6 +90,8 @@ def test_int8_artifacts_are_added_with_valid_hashes_and_records(source: Path, qu
         assert int8.sha256 == sha256_file(int8.path)
         # the fp32 artifact is untouched: same file, same hash
         assert bundle.manifest["models"][name]["artifacts"]["onnx"] == before["models"][name]["artifacts"]["onnx"]
+        # the export checked the fp32 artifact at both sizes the pipeline runs a U-Net
+        assert [p["input_hw"] for p in bundle.manifest["models"][name]["parity"] if p["artifact"] == "onnx"] == [[64, 64], [32, 32]]
         parity = [p for p in bundle.manifest["models"][name]["parity"] if p["artifact"] == "onnx-int8"]
         assert len(parity) == 1 and parity[0]["passed"]
         assert parity[0]["decided_argmax_agreement"] >= INT8_MIN_DECIDED_AGREEMENT
