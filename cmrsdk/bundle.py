@@ -50,7 +50,8 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .engines import AUTO_ORDER, Engine, backend_missing, check_device, create_engine
 from .errors import BackendUnavailableError, BundleError, InputError
