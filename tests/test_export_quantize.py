@@ -207,3 +207,22 @@ def test_int8_parity_on_real_slices_of_the_demo_bundle(shared_data: Path, tmp_pa
     assert all(s["argmax_agreement"] >= 0.98 for s in parity["sizes"])
     assert 1e-3 < parity["max_abs_diff"] <= 1.0  # it really runs in int8, and still gives probabilities
     assert out.stat().st_size < 0.5 * bundle.models["baseline"].artifacts["onnx"].path.stat().st_size
+
+
+def test_an_int8_file_loaded_alone_says_so(quantized):
+    from cmrsdk.engines import create_engine
+
+    bundle_dir, _ = quantized
+    assert create_engine(bundle_dir / "apex.int8.onnx").precision == "int8"
+    assert create_engine(bundle_dir / "apex.onnx").precision == "fp32"
+
+
+def test_the_command_reports_errors_and_changes_nothing(source: Path, capsys):
+    from export.quantize import main
+
+    before = (source / MANIFEST_NAME).read_bytes()
+    assert main([str(source), "--calibration-slices", "0"]) == 1
+    assert "'count' (--calibration-slices) must be a positive int, got 0" in capsys.readouterr().err
+    assert main([str(source), "--cache", str(source / "none"), "--acdc", str(source / "none")]) == 1
+    assert "no calibration slices" in capsys.readouterr().err
+    assert (source / MANIFEST_NAME).read_bytes() == before

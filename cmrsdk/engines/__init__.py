@@ -132,6 +132,9 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
         raise BackendUnavailableError(f"backend {backend!r} on device {device!r} is unavailable: {missing}")
     if backend == "onnx":
         from .onnx import OnnxEngine as cls
+
+        if path.name.endswith(".int8.onnx"):
+            options.setdefault("precision", "int8")  # export.quantize's file name: record what it holds
     elif backend == "torchscript":
         from .torchscript import TorchScriptEngine as cls  # type: ignore[assignment]
     else:
