@@ -135,6 +135,9 @@ def test_dice_deltas_are_computed_per_region_and_label(quantized, studies):
     finite = [r for r in dice["rows"] if math.isfinite(r["delta"])]
     assert finite and dice["worst_drop"] == pytest.approx(max(0.0, *(-r["delta"] for r in finite)))
     assert dice["slices"] == sum(s.ed.shape[0] + s.es.shape[0] for _, s in studies)
+    # for scale: fp32 with the heart crop moved by 1 pixel (the bundle has a crop)
+    assert all(math.isfinite(r["jitter"]) for r in finite) and dice["worst_jitter_drop"] >= 0.0
+    assert again["worst_jitter_drop"] is None and "jitter" not in again["rows"][0]
 
 
 def test_the_pipeline_runs_int8_on_request_only(quantized, studies):
