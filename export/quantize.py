@@ -259,10 +259,14 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, calibration: Seq
                          f"{sorted({x.shape[2:] for x in calibration})}")
     input_name = onnxruntime.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
+    # onnxruntime 1.32's percentile calibrator stacks every batch's activations into one array and
+    # fails ("inhomogeneous shape") when a last batch is shorter: one slice per run for it
+    step = 1 if method == "percentile" else batch
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches: Iterator[np.ndarray] = (np.ascontiguousarray(x[i:i + batch]) for x in calibration
-                                                   for i in range(0, len(x), batch))
+            self._batches: Iterator[np.ndarray] = (np.ascontiguousarray(x[i:i + step]) for x in calibration
+                                                   for i in range(0, len(x), step))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return {input_name: x} if (x := next(self._batches, None)) is not None else None
