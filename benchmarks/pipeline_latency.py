@@ -3,6 +3,8 @@
 Rows, all measured in this one process with the same thread count:
 
 - ``cmrsdk <backend> <mode>``: `cmrsdk.Pipeline.segment_study` on each ED+ES pair, per stage;
+  ``int8`` rows where the bundle has int8 artifacts (``python -m export.quantize``), run in the
+  same loop as the fp32 rows so that both see the same machine load;
 - ``reference``: the same pipeline as a typical research script writes it: scipy.ndimage.zoom
   (order 3) per slice, numpy z-score, eager PyTorch one slice at a time (classifier, then the
   region U-Net), torch bilinear interpolation back and argmax, scipy largest component; the same
@@ -235,17 +237,19 @@ def main() -> int:
     pipelines = {}
     # the product default (the bundle's heart crop) for every backend, then the full window for the first
     crop_default = load_bundle(args.bundle).preprocessing.heart_crop
-    variants = [(b, m, crop_default) for b in backends for m in ("baseline", "routed")]
+    variants = [(b, m, crop_default, "fp32") for b in backends for m in ("baseline", "routed")]
     if crop_default is not None:
-        variants += [(backends[0], m, None) for m in ("baseline", "routed")]
-    for backend, mode, crop in variants:
+        variants += [(backends[0], m, None, "fp32") for m in ("baseline", "routed")]
+    if "onnx" in backends and any("onnx-int8" in m.artifacts for m in load_bundle(args.bundle).models.values()):
+        variants[2:2] = [("onnx", m, crop_default, "int8") for m in ("baseline", "routed")]
+    for backend, mode, crop, precision in variants:
         if backend == "torchscript":
             import torch
 
             torch.set_num_threads(args.threads)
         pipe = Pipeline(args.bundle, backend=backend, mode=mode, threads=args.threads, engine_options=options[backend],
-                        heart_crop=crop)
-        pipelines[(backend, mode, crop)] = pipe
+                        heart_crop=crop, precision=precision)
+        pipelines[(backend, mode, crop, precision)] = pipe
         stage_times: dict[str, list[float]] = {}
 
         def segment(study, pipe=pipe):
@@ -254,7 +258,8 @@ def main() -> int:
                 stage_times.setdefault(k, []).append(v)
 
         ms, _ = median_ms(lambda: run_all(segment), args.repeats)
-        row = {"name": f"cmrsdk {backend} {mode}" + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window"),
+        row = {"name": f"cmrsdk {backend}{' int8' if precision == 'int8' else ''} {mode}"
+                       + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window"),
                "ms_per_pair": ms / len(pairs),
                "stages_ms": {k: statistics.median(v) for k, v in stage_times.items()}}
         rows.append(row)
@@ -294,7 +299,7 @@ def main() -> int:
 
     memory = {}
     if args.memory_calls:
-        pipe = pipelines[(backends[0], "routed", crop_default)]
+        pipe = pipelines[(backends[0], "routed", crop_default, "fp32")]
         stack = pairs[0][1].ed
         for _ in range(20):
             pipe.segment(stack)

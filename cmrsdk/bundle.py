@@ -8,6 +8,7 @@ Layout
       manifest.json          format, versions, labels, regions, routing, preprocessing, models
       <model>.pt             TorchScript (fp32)
       <model>.onnx           ONNX, opset >= 18, dynamic batch (fp32)
+      <model>.int8.onnx      ONNX, statically quantized int8 (QDQ), added by ``python -m export.quantize``
       <model>.fp32.ep        torch-tensorrt ExportedProgram, where it could be built
       <model>.fp16.ep
 
@@ -27,9 +28,20 @@ Manifest (format version 1), the keys a reader relies on::
     preprocessing: {target_spacing: [dy, dx] mm, size: [H, W], normalization: name},
     models: {name: {kind: "segmentation" | "classifier", architecture, input_shape,
                     output_shape, num_outputs, artifacts: {key: {file, format, precision,
-                    sha256, size}}, parity: {key: {...}}, training: {...}, metrics: {...}}}
+                    sha256, size, input_hw?}}, parity: [{...}], training: {...}, metrics: {...},
+                    tensorrt_max_batch?, quantization?: {...}}},
+    quantization?: {...}        # bundle-level record of ``export.quantize`` (Dice deltas)
 
-Artifact keys: "torchscript", "onnx", "tensorrt-fp32", "tensorrt-fp16".
+Artifact keys: "torchscript", "onnx", "onnx-int8", "tensorrt-fp32", "tensorrt-fp16".
+
+Which (H, W) an artifact runs (``input_hw``)
+--------------------------------------------
+An artifact may record ``input_hw: {"min": [h, w], "max": [H, W]}``, the inclusive range of
+input heights and widths it accepts. Without it, TensorRT artifacts accept the bundle's
+``preprocessing.size`` only (they were compiled for the full window before dynamic height and
+width were added), TorchScript and ONNX any size (traced and exported with dynamic height and
+width). `Bundle.select_artifact` skips an artifact that cannot run every shape asked for, so
+``backend="auto"`` never lands on one that would fail on the heart crop.
 """
 from __future__ import annotations
 
@@ -38,6 +50,7 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from .engines import AUTO_ORDER, Engine, backend_missing, check_device, create_engine
@@ -67,8 +80,19 @@ MANIFEST_NAME = "manifest.json"
 ARTIFACT_KEYS: dict[str, tuple[str, str]] = {
     "torchscript": ("torchscript", "fp32"),
     "onnx": ("onnx", "fp32"),
+    "onnx-int8": ("onnx", "int8"),
     "tensorrt-fp32": ("tensorrt", "fp32"),
     "tensorrt-fp16": ("tensorrt", "fp16"),
+}
+#: (backend, precision) -> artifact key: what `Bundle.select_artifact` looks for. TorchScript in
+#: fp16 is the fp32 archive cast at load (CUDA only); int8 is ONNX Runtime's alone.
+_KEY_OF: dict[tuple[str, str], str] = {
+    ("torchscript", "fp32"): "torchscript",
+    ("torchscript", "fp16"): "torchscript",
+    ("onnx", "fp32"): "onnx",
+    ("onnx", "int8"): "onnx-int8",
+    ("tensorrt", "fp32"): "tensorrt-fp32",
+    ("tensorrt", "fp16"): "tensorrt-fp16",
 }
 MODEL_KINDS: tuple[str, ...] = ("segmentation", "classifier")
 #: where routed mode takes each slice's region from (manifest key ``regions_from``).
@@ -117,12 +141,14 @@ class Artifact:
 
     Attributes
     ----------
-    key : "torchscript", "onnx", "tensorrt-fp32" or "tensorrt-fp16".
+    key : one of `ARTIFACT_KEYS`.
     backend : the engine backend that runs it.
-    precision : "fp32" or "fp16".
+    precision : "fp32", "fp16" or "int8".
     path : absolute path of the file inside the bundle.
     sha256 : hex digest recorded at export.
     size : bytes recorded at export.
+    input_hw : ((h_min, w_min), (h_max, w_max)), the input heights and widths it accepts
+        (inclusive), or None for any (see the module docstring).
     """
 
     key: str
@@ -131,6 +157,14 @@ class Artifact:
     path: Path
     sha256: str
     size: int
+    input_hw: tuple[tuple[int, int], tuple[int, int]] | None = None
+
+    def accepts(self, hw: tuple[int, int]) -> bool:
+        """Whether the artifact runs inputs of height and width ``hw`` = (H, W) in pixels."""
+        if self.input_hw is None:
+            return True
+        (h0, w0), (h1, w1) = self.input_hw
+        return h0 <= hw[0] <= h1 and w0 <= hw[1] <= w1
 
 
 @dataclass(frozen=True)
@@ -192,7 +226,20 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
                          (crop[0], crop[1]) if crop is not None else None)
 
 
-def _parse_model(name: str, raw: Any, root: Path, manifest: Path) -> ModelInfo:
+def _parse_input_hw(raw: Any, where: str, manifest: Path) -> tuple[tuple[int, int], tuple[int, int]]:
+    def pair(value: Any) -> tuple[int, int] | None:
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            return (value[0], value[1])
+        return None
+
+    lo, hi = (pair(raw.get("min")), pair(raw.get("max"))) if isinstance(raw, dict) else (None, None)
+    if lo is None or hi is None or lo[0] > hi[0] or lo[1] > hi[1]:
+        raise BundleError(f"{manifest}: '{where}input_hw' must be {{\"min\": [h, w], \"max\": [H, W]}} with positive "
+                          f"ints and min <= max, got {raw!r}")
+    return lo, hi
+
+
+def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: tuple[int, int]) -> ModelInfo:
     if not isinstance(raw, dict):
         raise BundleError(f"{manifest}: 'models.{name}' must be an object, got {type(raw).__name__}")
     where = f"models.{name}."
@@ -218,7 +265,12 @@ def _parse_model(name: str, raw: Any, root: Path, manifest: Path) -> ModelInfo:
         if path.parent != root.resolve():
             raise BundleError(f"{manifest}: '{where}artifacts.{key}.file' is {file!r}, expected a file name inside the bundle")
         backend, precision = ARTIFACT_KEYS[key]
-        artifacts[key] = Artifact(key, backend, precision, path, sha.lower(), size)
+        if "input_hw" in entry:
+            input_hw = _parse_input_hw(entry["input_hw"], f"{where}artifacts.{key}.", manifest)
+        else:
+            # before input_hw was recorded, TensorRT was compiled for the full window alone
+            input_hw = (full_window, full_window) if backend == "tensorrt" else None
+        artifacts[key] = Artifact(key, backend, precision, path, sha.lower(), size, input_hw)
     return ModelInfo(name, kind, architecture, num_outputs, artifacts, raw)
 
 
@@ -267,41 +319,68 @@ class Bundle:
         self._engines: dict[tuple[Any, ...], Engine] = {}
         self._lock = threading.Lock()
 
-    def select_artifact(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False) -> Artifact:
+    def select_artifact(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False,
+                        precision: str = "fp32", shapes: Sequence[tuple[int, int]] = ()) -> Artifact:
         """The artifact that `engine` would load (see `cmrsdk.engines.AUTO_ORDER` for "auto").
+
+        Parameters
+        ----------
+        model_name : a key of `models`.
+        backend : "auto", "torchscript", "onnx" or "tensorrt".
+        device : "cpu" or "cuda".
+        fp16 : the same as ``precision="fp16"`` (kept for callers written before ``precision``).
+        precision : "fp32", "fp16" (TorchScript cast at load or TensorRT's fp16 artifact, CUDA)
+            or "int8" (the "onnx-int8" artifact, added by ``python -m export.quantize``).
+        shapes : (H, W) input sizes in pixels the engine must run; an artifact that cannot
+            run one of them (its ``input_hw``, see the module docstring) is passed over.
 
         Raises
         ------
         InputError
-            Unknown model name, backend or device; fp16 with a backend that has no fp16 path.
+            Unknown model name, backend, device or precision.
         BackendUnavailableError
-            No artifact of the model can run here; the message names what is missing.
+            No artifact of the model can run here at that precision and those shapes; the
+            message names what is missing for each backend tried.
         """
         check_device(device)
         if model_name not in self.models:
             raise InputError(f"'model_name' {model_name!r} is not in the bundle {self.path}, expected one of {sorted(self.models)}")
-        model = self.models[model_name]
-        order = AUTO_ORDER[device] if backend == "auto" else (backend,)
         if backend != "auto" and backend not in ("torchscript", "onnx", "tensorrt"):
             raise InputError(f"'backend' must be 'auto', 'torchscript', 'onnx' or 'tensorrt', got {backend!r}")
-        if fp16 and backend == "onnx":
+        if precision not in ("fp32", "fp16", "int8"):
+            raise InputError(f"'precision' must be 'fp32', 'fp16' or 'int8', got {precision!r}")
+        if fp16 and precision not in ("fp32", "fp16"):
+            raise InputError(f"'fp16' asks for half precision but 'precision' is {precision!r}: give one of them")
+        precision = "fp16" if fp16 else precision
+        if precision == "fp16" and backend == "onnx":
             raise InputError("'fp16' is not offered by the 'onnx' backend; use 'torchscript' or 'tensorrt' on 'cuda'")
+        model = self.models[model_name]
+        order = AUTO_ORDER[device] if backend == "auto" else (backend,)
         reasons = []
         for candidate in order:
-            if fp16 and candidate == "onnx":
+            key = _KEY_OF.get((candidate, precision))
+            if key is None:
+                reasons.append(f"{candidate}: has no {precision} path")
                 continue
-            key = {"torchscript": "torchscript", "onnx": "onnx"}.get(candidate, "tensorrt-fp16" if fp16 else "tensorrt-fp32")
             if key not in model.artifacts:
                 reasons.append(f"{candidate}: the bundle has no {key!r} artifact for {model_name!r}")
+                continue
+            artifact = model.artifacts[key]
+            refused = [hw for hw in shapes if not artifact.accepts(tuple(hw))]  # type: ignore[arg-type]
+            if refused:
+                (h0, w0), (h1, w1) = artifact.input_hw  # type: ignore[misc]
+                reasons.append(f"{candidate}: the {key!r} artifact of {model_name!r} runs (H, W) from {h0}x{w0} to "
+                               f"{h1}x{w1}, not {' and '.join(f'{h}x{w}' for h, w in refused)}")
                 continue
             missing = backend_missing(candidate, device)
             if missing is not None:
                 reasons.append(f"{candidate}: {missing}")
                 continue
-            return model.artifacts[key]
-        raise BackendUnavailableError(f"no engine for model {model_name!r} on device {device!r}: " + "; ".join(reasons))
+            return artifact
+        raise BackendUnavailableError(f"no engine for model {model_name!r} on device {device!r} in {precision}: " + "; ".join(reasons))
 
-    def engine(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False, **options: Any) -> Engine:
+    def engine(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False,
+               precision: str = "fp32", shapes: Sequence[tuple[int, int]] = (), **options: Any) -> Engine:
         """The engine for one model, made on first use and shared after.
 
         Parameters
@@ -309,19 +388,25 @@ class Bundle:
         model_name : a key of `models` (e.g. ``routing[region]`` or `classifier`).
         backend : "auto", "torchscript", "onnx" or "tensorrt".
         device : "cpu" or "cuda".
-        fp16 : half precision (CUDA: TorchScript casts at load, TensorRT uses its fp16 artifact).
+        fp16 : half precision, the same as ``precision="fp16"``.
+        precision : "fp32", "fp16" or "int8" (see `select_artifact`).
+        shapes : (H, W) sizes the engine must run (see `select_artifact`).
         **options : passed to the engine (see `cmrsdk.engines.create_engine`).
 
         Returns
         -------
         Engine mapping float32 (N, 1, H, W) to float32 (N, C, H, W) for a segmentation model or
-        float32 (N, R) for the classifier.
+        float32 (N, R) for the classifier. A TensorRT engine gets the model's
+        ``tensorrt_max_batch`` as its ``max_batch``, so larger batches are split, not refused.
         """
-        artifact = self.select_artifact(model_name, backend, device, fp16=fp16)
-        if artifact.backend == "torchscript" and fp16:
-            options = {**options, "fp16": True}
-        if artifact.backend == "tensorrt":
-            options = {**options, "precision": artifact.precision}
+        artifact = self.select_artifact(model_name, backend, device, fp16=fp16, precision=precision, shapes=shapes)
+        if artifact.backend == "torchscript" and (fp16 or precision == "fp16"):
+            options["fp16"] = True  # the fp32 archive, cast at load
+        if artifact.backend == "tensorrt" or artifact.precision == "int8":
+            options["precision"] = artifact.precision
+        max_batch = self.models[model_name].record.get("tensorrt_max_batch")
+        if artifact.backend == "tensorrt" and max_batch is not None:
+            options.setdefault("max_batch", int(max_batch))
         key = (model_name, artifact.key, device, tuple(sorted(options.items())))
         with self._lock:
             engine = self._engines.get(key)
@@ -377,7 +462,7 @@ def load_bundle(path: str | Path) -> Bundle:
     labels = _int_keys(_require(raw, "labels", dict, "", manifest_path), "labels", manifest_path)
     regions = _int_keys(_require(raw, "regions", dict, "", manifest_path), "regions", manifest_path)
     models_raw = _require(raw, "models", dict, "", manifest_path)
-    models = {name: _parse_model(name, entry, root, manifest_path) for name, entry in models_raw.items()}
+    models = {name: _parse_model(name, entry, root, manifest_path, preprocessing.size) for name, entry in models_raw.items()}
     routing = _int_keys(_require(raw, "routing", dict, "", manifest_path), "routing", manifest_path)
     for region, name in routing.items():
         if region not in regions:

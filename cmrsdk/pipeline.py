@@ -156,6 +156,12 @@ class Pipeline:
         ground-truth rule of `cmrsdk.regions` names the regions from its masks: one more network
         pass, regions that follow the anatomy of the whole stack, and no mask on slices without
         heart) or "bundle" (the default: the manifest's ``regions_from``).
+    precision : "fp32" (the default), "int8" or "fp16" (CUDA). "int8" runs the bundle's int8
+        configuration, the one whose Dice change against fp32 ``python -m export.quantize``
+        measured and recorded in the manifest: the models that have an "onnx-int8" artifact in
+        int8, the others (the region classifier, by default) in fp32; a bundle with no int8
+        artifact is refused. "fp16" applies to every model. Never chosen behind the caller's
+        back: "auto" picks the backend, not the arithmetic.
     region_source : in routed mode, replaces the bundle's classifier: a callable
         ``(stack, images) -> probabilities`` taking the `Stack` and its preprocessed float32
         (Z, 1, H, W) slices and returning float32 (Z, 4) region probabilities (non-cardiac,
@@ -179,6 +185,7 @@ class Pipeline:
         engine_options: Mapping[str, Any] | None = None,
         region_source: RegionSource | None = None,
         regions_from: str = "bundle",
+        precision: str = "fp32",
     ) -> None:
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
@@ -226,7 +233,20 @@ class Pipeline:
         if mode == "routed" and self.regions_from == "classifier":
             needed.add(self.bundle.classifier)
         options = dict(engine_options or {})
-        self._engines = {name: self.bundle.engine(name, backend=backend, device=device, **options) for name in sorted(needed)}
+        self.precision = precision
+        # The sizes each model will be fed: the classifier and the locating pass see the full
+        # window; the U-Nets the heart crop, or the full window where no heart is found. An
+        # artifact that cannot run them all (a TensorRT engine built for one size) is passed over.
+        full = tuple(self._pre.size)
+        unet_shapes = [full] if heart_crop is None else [full, heart_crop]
+        int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
+        if precision == "int8" and not int8:
+            raise InputError(f"precision 'int8' needs int8 artifacts, and bundle {self.bundle.path} has none for "
+                             f"{sorted(needed)}; add them with: python -m export.quantize {self.bundle.path}")
+        self._engines = {name: self.bundle.engine(name, backend=backend, device=device,
+                                                  precision="fp32" if precision == "int8" and name not in int8 else precision,
+                                                  shapes=[full] if name == self.bundle.classifier else unet_shapes, **options)
+                         for name in sorted(needed)}
 
     # -- stages -----------------------------------------------------------------------------
     def _route(self, images: np.ndarray, stack: Stack) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -426,6 +446,7 @@ class Pipeline:
             "manifest_sha256": self._manifest_sha256,
             "backends": {name: engine.backend for name, engine in self._engines.items()},
             "device": self.device,
+            "precision": self.precision,
             "mode": self.mode,
             "largest_component": self.largest_component,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,

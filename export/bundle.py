@@ -46,7 +46,7 @@ from cmrsdk.errors import BundleError, InputError, ReadError, WriteError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
 from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
 
-__all__ = ["FORMATS", "ONNX_OPSET", "ProbabilityModel", "build_bundle", "load_checkpoint", "main"]
+__all__ = ["FORMATS", "ONNX_OPSET", "ProbabilityModel", "build_bundle", "load_checkpoint", "tensorrt_shapes", "main"]
 
 FORMATS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt")
 ONNX_OPSET = 18
@@ -126,15 +126,46 @@ def _export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path) -> 
     return opset
 
 
-def _export_tensorrt(model: ProbabilityModel, size: tuple[int, int], path: Path, precision: str, max_batch: int) -> None:
+def tensorrt_shapes(size: tuple[int, int], heart_crop: tuple[int, int] | None, max_batch: int) -> dict[str, tuple[int, int, int, int]]:
+    """The (N, 1, H, W) range a TensorRT artifact is compiled for: what the pipeline feeds it.
+
+    Batch 1..``max_batch``; height and width from the heart crop (or the full window, for a
+    bundle without one) up to the full window ``size``: the U-Nets see the crop, or the full
+    window where no heart is found and in the locating pass. Optimised for the common case, a
+    batch of 16 (at most ``max_batch``) heart crops.
+
+    Returns
+    -------
+    ``{"min_shape": ..., "opt_shape": ..., "max_shape": ...}``, the keyword arguments of
+    ``torch_tensorrt.Input``.
+    """
+    low = tuple(heart_crop) if heart_crop is not None else tuple(size)
+    if max_batch < 1 or not all(0 < lo <= hi for lo, hi in zip(low, size)):
+        raise InputError(f"'heart_crop' {heart_crop} must fit in 'size' {size} and 'max_batch' {max_batch} be >= 1")
+    return {"min_shape": (1, 1, *low), "opt_shape": (min(16, max_batch), 1, *low),  # type: ignore[dict-item]
+            "max_shape": (max_batch, 1, *size)}
+
+
+def _export_tensorrt(model: ProbabilityModel, shapes: Mapping[str, tuple[int, ...]], path: Path, precision: str) -> None:
+    """Compile for the dynamic range ``shapes`` (`tensorrt_shapes`) and save an ExportedProgram.
+
+    NOT EXECUTED on this project's machines yet (no GPU, no torch-tensorrt where it was written,
+    issue 16): written against torch-tensorrt's documented API. The network is exported first by
+    ``torch.export`` with the batch bounded and height and width ``Dim.AUTO`` (as for ONNX: the
+    exporter finds the U-Net's divisibility constraints itself), then compiled with
+    ``torch_tensorrt.dynamo.compile`` for the min / opt / max shapes.
+    """
     import torch_tensorrt
 
     module: nn.Module = copy.deepcopy(model).cuda().eval()
     if precision == "fp16":
         module = _HalfModel(module).eval()  # type: ignore[arg-type]
-    spec = torch_tensorrt.Input(min_shape=(1, 1, *size), opt_shape=(min(16, max_batch), 1, *size),
-                                max_shape=(max_batch, 1, *size), dtype=torch.float32)
-    compiled = torch_tensorrt.compile(module, ir="dynamo", inputs=[spec])
+    spec = torch_tensorrt.Input(**shapes, dtype=torch.float32)
+    example = torch.randn(*shapes["opt_shape"], device="cuda")
+    batch = torch.export.Dim("batch", min=1, max=int(shapes["max_shape"][0]))
+    exported = torch.export.export(module, (example,), dynamic_shapes={"image": {0: batch, 2: torch.export.Dim.AUTO,
+                                                                                 3: torch.export.Dim.AUTO}})
+    compiled = torch_tensorrt.dynamo.compile(exported, inputs=[spec])
     torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=[spec])
 
 
@@ -230,6 +261,14 @@ def build_bundle(
             with torch.inference_mode():
                 classes = _check_output(name, kinds[name], model(example), size, 2)
             reference = eager_probabilities(model, slices)
+            # every artifact is checked at each size the pipeline runs it: the full window, and
+            # for a U-Net of a bundle with a heart crop the crop too (centre of the window)
+            checks: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]] = [(slices, reference, size)]
+            crop = preprocessing.heart_crop
+            if kinds[name] == "segmentation" and crop is not None and tuple(crop) != tuple(size):
+                y0, x0 = (size[0] - crop[0]) // 2, (size[1] - crop[1]) // 2
+                cropped = np.ascontiguousarray(slices[:, :, y0:y0 + crop[0], x0:x0 + crop[1]])
+                checks.append((cropped, eager_probabilities(model, cropped), (crop[0], crop[1])))
             artifacts: dict[str, Any] = {}
             parity: list[dict[str, Any]] = []
             files: dict[str, Path] = {}
@@ -241,10 +280,14 @@ def build_bundle(
                 files["onnx"] = staging / f"{name}.onnx"
                 extra["onnx_opset"] = _export_onnx(model, example, files["onnx"])
             if "tensorrt" in formats and trt_missing is None:
+                # U-Nets run at the heart crop and the full window; the classifier at the window only
+                crop = preprocessing.heart_crop if kinds[name] == "segmentation" else None
+                trt_shapes = tensorrt_shapes(size, crop, max_batch)
                 for precision in ("fp32", "fp16"):
                     files[f"tensorrt-{precision}"] = staging / f"{name}.{precision}.ep"
-                    _export_tensorrt(model, size, files[f"tensorrt-{precision}"], precision, max_batch)
+                    _export_tensorrt(model, trt_shapes, files[f"tensorrt-{precision}"], precision)
                 extra["tensorrt_max_batch"] = max_batch
+                extra["tensorrt_shapes"] = {k: list(v) for k, v in trt_shapes.items()}
             for key, path in files.items():
                 backend, precision = ARTIFACT_KEYS[key]
                 runs: list[dict[str, Any]] = []
@@ -258,10 +301,15 @@ def build_bundle(
                     device = run["device"]
                     options = {k: v for k, v in run.items() if k != "device"}
                     engine = create_engine(path, backend, device, **options)
-                    result: ParityResult = check_parity(key, engine, reference, slices, real)
-                    parity.append(result.to_json())
+                    for x, ref, hw in checks:
+                        result: ParityResult = check_parity(key, engine, ref, x, real)
+                        parity.append({**result.to_json(), "input_hw": list(hw)})
                 artifacts[key] = {"file": path.name, "format": backend, "precision": precision,
                                   "sha256": sha256_file(path), "size": path.stat().st_size}
+                if backend == "tensorrt":
+                    # what select_artifact checks: TensorRT refuses sizes outside its profile
+                    artifacts[key]["input_hw"] = {"min": list(extra["tensorrt_shapes"]["min_shape"][2:]),
+                                                  "max": list(extra["tensorrt_shapes"]["max_shape"][2:])}
             spatial = ["N", 1, size[0], size[1]]
             records[name] = {
                 "kind": kinds[name],

@@ -182,3 +182,83 @@ def test_engine_selection_errors(source: Path):
     if backend_missing("torchscript", "cuda") is not None and backend_missing("onnx", "cuda") is not None:
         with pytest.raises(BackendUnavailableError, match="device 'cuda'.*tensorrt.*torchscript: no CUDA GPU.*onnxruntime-gpu"):
             bundle.engine("apex", device="cuda")
+
+
+# -- precision and input sizes (issue 16) -------------------------------------------------------
+
+def test_int8_is_asked_for_not_chosen(source: Path):
+    bundle = load_bundle(source)
+    assert bundle.select_artifact("apex").key == "onnx"  # auto on the CPU: fp32 ONNX first
+    with pytest.raises(BackendUnavailableError, match=r"no engine for model 'apex' on device 'cpu' in int8: "
+                                                      r"onnx: the bundle has no 'onnx-int8' artifact.*torchscript: has no int8 path"):
+        bundle.select_artifact("apex", precision="int8")
+    with pytest.raises(InputError, match="'precision' must be 'fp32', 'fp16' or 'int8', got 'int4'"):
+        bundle.select_artifact("apex", precision="int4")
+    with pytest.raises(InputError, match="'fp16' asks for half precision but 'precision' is 'int8'"):
+        bundle.select_artifact("apex", fp16=True, precision="int8")
+
+
+def test_an_artifact_that_cannot_run_the_shape_is_passed_over(bundle_dir: Path):
+    # the ONNX artifact says it runs the full window only: auto falls back to TorchScript for
+    # the heart crop, and asking for ONNX by name says why it cannot
+    _edit_manifest(bundle_dir, lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(input_hw={"min": [32, 32], "max": [32, 32]}))
+    bundle = load_bundle(bundle_dir)
+    assert bundle.models["apex"].artifacts["onnx"].input_hw == ((32, 32), (32, 32))
+    assert bundle.select_artifact("apex", shapes=[(32, 32)]).key == "onnx"
+    assert bundle.select_artifact("apex", shapes=[(32, 32), (16, 16)]).key == "torchscript"
+    with pytest.raises(BackendUnavailableError, match=r"'onnx' artifact of 'apex' runs \(H, W\) from 32x32 to 32x32, not 16x16"):
+        bundle.select_artifact("apex", "onnx", shapes=[(16, 16)])
+    from cmrsdk.pipeline import Pipeline
+
+    pipe = Pipeline(bundle, mode="baseline", heart_crop=(16, 16))
+    assert pipe.provenance["backends"] == {"baseline": "onnx"}  # baseline's ONNX has no limit
+    pipe = Pipeline(bundle, mode="oracle", heart_crop=(16, 16))
+    assert pipe.provenance["backends"] == {"apex": "torchscript", "baseline": "onnx"}
+    assert Pipeline(bundle, mode="oracle", heart_crop=None).provenance["backends"]["apex"] == "onnx"
+
+
+@pytest.mark.parametrize(("input_hw", "message"), [
+    ({"min": [32, 32]}, r"got \{'min': \[32, 32\]\}"), ({"min": [40, 32], "max": [32, 32]}, r"got \{'min': \[40, 32\]"),
+    ({"min": [0, 16], "max": [32, 32]}, r"got \{'min': \[0, 16\]"), ([16, 32], r"got \[16, 32\]")])
+def test_malformed_input_hw_is_refused(bundle_dir: Path, input_hw, message: str):
+    _edit_manifest(bundle_dir, lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(input_hw=input_hw))
+    with pytest.raises(BundleError, match=rf"'models\.apex\.artifacts\.onnx\.input_hw' must be .*min <= max, {message}"):
+        load_bundle(bundle_dir)
+
+
+def _with_tensorrt(bundle_dir: Path, **entry) -> None:
+    """Register a stand-in 'tensorrt-fp32' artifact (a copy of the ONNX file, valid hash) for apex."""
+    fake = bundle_dir / "apex.fp32.ep"
+    shutil.copy(bundle_dir / "apex.onnx", fake)
+
+    def edit(m):
+        m["models"]["apex"]["artifacts"]["tensorrt-fp32"] = {"file": fake.name, "format": "tensorrt", "precision": "fp32",
+                                                            "sha256": sha256_file(fake), "size": fake.stat().st_size, **entry}
+        m["models"]["apex"]["tensorrt_max_batch"] = 8
+    _edit_manifest(bundle_dir, edit)
+
+
+def test_auto_on_cuda_skips_a_tensorrt_engine_built_for_the_full_window(bundle_dir: Path, monkeypatch):
+    import cmrsdk.bundle as bundle_module
+
+    _with_tensorrt(bundle_dir)  # no input_hw: a TensorRT artifact from before dynamic sizes
+    made = []
+    monkeypatch.setattr(bundle_module, "backend_missing", lambda backend, device="cpu": None)  # pretend a GPU
+    monkeypatch.setattr(bundle_module, "create_engine", lambda path, backend, device, **options: made.append((path.name, backend, options)) or backend)
+    bundle = load_bundle(bundle_dir)
+    assert bundle.models["apex"].artifacts["tensorrt-fp32"].input_hw == (SIZE, SIZE)
+    assert bundle.select_artifact("apex", device="cuda", shapes=[SIZE]).key == "tensorrt-fp32"
+    assert bundle.select_artifact("apex", device="cuda", shapes=[SIZE, (16, 16)]).key == "torchscript"
+    # the engine gets the manifest's batch limit, so the pipeline's larger batches are split
+    bundle.engine("apex", "tensorrt", "cuda", shapes=[SIZE])
+    assert made[-1] == ("apex.fp32.ep", "tensorrt", {"precision": "fp32", "max_batch": 8})
+
+
+def test_a_tensorrt_engine_with_dynamic_sizes_is_chosen_for_the_crop(bundle_dir: Path, monkeypatch):
+    import cmrsdk.bundle as bundle_module
+
+    _with_tensorrt(bundle_dir, input_hw={"min": [16, 16], "max": list(SIZE)})
+    monkeypatch.setattr(bundle_module, "backend_missing", lambda backend, device="cpu": None)
+    bundle = load_bundle(bundle_dir)
+    assert bundle.select_artifact("apex", device="cuda", shapes=[SIZE, (16, 16)]).key == "tensorrt-fp32"
+    assert bundle.select_artifact("apex", device="cuda", shapes=[(8, 8)]).key == "torchscript"

@@ -29,7 +29,12 @@ def test_demo_bundle_is_verified_and_small():
     for model in bundle.models.values():
         assert {"torchscript", "onnx"} <= set(model.artifacts)
         for record in model.record["parity"]:
-            assert record["passed"] and record["argmax_agreement"] >= 0.999
+            if record["artifact"] == "onnx-int8":  # python -m export.quantize: its own bound, against fp32
+                from export.quantize import INT8_MIN_DECIDED_AGREEMENT
+
+                assert record["passed"] and record["decided_argmax_agreement"] >= INT8_MIN_DECIDED_AGREEMENT
+            else:
+                assert record["passed"] and record["argmax_agreement"] >= 0.999
 
 
 def _stack_dice(pred, truth):

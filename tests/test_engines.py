@@ -205,3 +205,52 @@ def test_importing_the_runtime_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'onnxruntime', 'torch_tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- batches above max_batch (issue 16) ---------------------------------------------------------
+
+class _Recording(Engine):
+    """An engine that answers each slice's mean and records the batch sizes it was called with."""
+
+    backend = "onnx"
+
+    def __init__(self, max_batch):
+        super().__init__("memory", "cpu", "fp32", max_batch)
+        self.calls: list[int] = []
+
+    def _infer(self, batch):
+        self.calls.append(batch.shape[0])
+        return batch.mean(axis=(1, 2, 3))[:, None].repeat(4, axis=1)
+
+
+def test_batches_above_max_batch_are_split_in_order():
+    x = np.random.default_rng(7).standard_normal((10, 1, 4, 4)).astype(np.float32)
+    engine = _Recording(max_batch=3)
+    out = engine.run(x)
+    assert engine.calls == [3, 3, 3, 1]
+    np.testing.assert_array_equal(out, _Recording(None).run(x))
+    np.testing.assert_allclose(out[:, 0], x.mean(axis=(1, 2, 3)), rtol=1e-6)
+    engine.calls.clear()
+    engine.run(x[:3])
+    assert engine.calls == [3]  # at the limit: one call
+    with pytest.raises(InputError, match="'max_batch' must be a positive int or None, got 0"):
+        _Recording(max_batch=0)
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+def test_split_batches_equal_unsplit_results(built, backend):
+    bundle, x, refs = built
+    whole = create_engine(_artifact(bundle, "seg", backend), backend)
+    split = create_engine(_artifact(bundle, "seg", backend), backend, max_batch=5)
+    assert split.max_batch == 5 and whole.max_batch is None
+    out = split.run(x[:23])
+    assert out.shape == (23, 4, *SIZE)
+    np.testing.assert_allclose(out, whole.run(x[:23]), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out, refs["seg"][:23], atol=FP32_MAX_ABS_DIFF, rtol=0)
+
+
+def test_onnx_precision_is_recorded_and_checked(built):
+    path = _artifact(built[0], "seg", "onnx")
+    assert create_engine(path, precision="int8").precision == "int8"
+    with pytest.raises(InputError, match="'precision' of the 'onnx' backend must be 'fp32' or 'int8', got 'fp16'"):
+        create_engine(path, precision="fp16")

@@ -209,3 +209,17 @@ def test_decided_agreement_ignores_near_ties_only():
     flipped_decided[0, :, 0] = [0.1, 0.9]
     assert decided_agreement(ref, flipped_decided) == 0.5  # one of the two decided pixels flipped
     assert decided_agreement(np.full((1, 2, 3), 0.5, np.float32), flipped_decided) == 1.0  # nothing decided
+
+
+# -- TensorRT sizes and parity at the heart crop (issue 16) -------------------------------------
+
+def test_tensorrt_is_compiled_for_the_heart_crop_up_to_the_window():
+    from export.bundle import tensorrt_shapes
+
+    assert tensorrt_shapes((224, 224), (128, 128), 64) == {
+        "min_shape": (1, 1, 128, 128), "opt_shape": (16, 1, 128, 128), "max_shape": (64, 1, 224, 224)}
+    # no crop (the classifier, or a bundle without one): the window alone; a small max_batch caps opt
+    assert tensorrt_shapes((224, 224), None, 8) == {
+        "min_shape": (1, 1, 224, 224), "opt_shape": (8, 1, 224, 224), "max_shape": (8, 1, 224, 224)}
+    with pytest.raises(InputError, match=r"'heart_crop' \(256, 128\) must fit in 'size' \(224, 224\)"):
+        tensorrt_shapes((224, 224), (256, 128), 64)

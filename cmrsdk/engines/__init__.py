@@ -16,6 +16,11 @@ artifacts per model; ``Bundle.engine(name, "auto", device)`` takes the first of
   ONNX Runtime ran a 1.9 M-parameter U-Net at batch 10 faster than TorchScript, and it needs
   no torch install.
 
+"auto" chooses the backend, never the arithmetic: the precision is the caller's (``fp32`` by
+default; ``int8`` selects the "onnx-int8" artifacts written by ``python -m export.quantize``,
+``fp16`` TensorRT's fp16 artifact or TorchScript cast at load). Where a size is asked for
+(``shapes``), an artifact that cannot run it is passed over (`cmrsdk.bundle`).
+
 Importing this package imports neither torch nor onnxruntime; each engine imports its runtime
 when it is made.
 """
@@ -97,8 +102,9 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
     artifact_path : a ``.pt`` (TorchScript), ``.onnx`` or ``.ep`` (torch-tensorrt) file.
     backend : "auto" (from the file suffix, see `SUFFIXES`), "torchscript", "onnx" or "tensorrt".
     device : "cpu" or "cuda".
-    **options : backend options: TorchScript ``fp16``, ``cuda_graphs``; ONNX
-        ``intra_op_threads``, ``inter_op_threads``, ``optimization``; TensorRT ``precision``.
+    **options : backend options: every backend ``max_batch`` (larger batches are split);
+        TorchScript ``fp16``, ``cuda_graphs``; ONNX ``intra_op_threads``, ``inter_op_threads``,
+        ``optimization``, ``spinning``, ``precision`` ("fp32" or "int8"); TensorRT ``precision``.
 
     Returns
     -------
@@ -126,6 +132,9 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
         raise BackendUnavailableError(f"backend {backend!r} on device {device!r} is unavailable: {missing}")
     if backend == "onnx":
         from .onnx import OnnxEngine as cls
+
+        if path.name.endswith(".int8.onnx"):
+            options.setdefault("precision", "int8")  # export.quantize's file name: record what it holds
     elif backend == "torchscript":
         from .torchscript import TorchScriptEngine as cls  # type: ignore[assignment]
     else:

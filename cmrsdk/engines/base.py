@@ -25,12 +25,14 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Engine", "BACKENDS", "DEVICES"]
+__all__ = ["Engine", "BACKENDS", "DEVICES", "PRECISIONS"]
 
 #: every backend name, in no particular order (see ``cmrsdk.engines`` for the "auto" rule).
 BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt")
 #: the devices an engine can be asked for.
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
+#: the arithmetic an engine may run in; inputs and outputs are float32 whatever it is.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 
 def check_device(device: str) -> str:
@@ -51,19 +53,25 @@ class Engine(ABC):
     ----------
     backend : "torchscript", "onnx" or "tensorrt".
     device : "cpu" or "cuda".
-    precision : "fp32" or "fp16", the arithmetic the engine runs in (inputs and outputs are
-        float32 either way).
+    precision : "fp32", "fp16" or "int8" (a statically quantized ONNX artifact), the arithmetic
+        the engine runs in (inputs and outputs are float32 either way).
     path : the artifact file.
+    max_batch : the largest N one backend call takes, or None for no limit. `run` cuts larger
+        batches into consecutive calls of at most ``max_batch`` slices and joins the answers,
+        so callers never see the limit (a TensorRT engine is built for batches 1..max_batch).
     """
 
     backend: str = ""
 
-    def __init__(self, path: str | Path, device: str, precision: str) -> None:
+    def __init__(self, path: str | Path, device: str, precision: str, max_batch: int | None = None) -> None:
         self.path = Path(path)
         self.device = check_device(device)
-        if precision not in ("fp32", "fp16"):
-            raise InputError(f"'precision' must be 'fp32' or 'fp16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"'precision' must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
+        if max_batch is not None and (not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1):
+            raise InputError(f"'max_batch' must be a positive int or None, got {max_batch!r}")
+        self.max_batch = max_batch
         # trailing output shape per input (H, W), learnt from the first batch of that size;
         # lets an empty batch return (0, C, H, W) or (0, R) without knowing the model's kind.
         self._trailing: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -101,8 +109,13 @@ class Engine(ABC):
                 self.run(np.zeros((1, 1, *size), dtype=np.float32))
                 trailing = self._trailing[size]
             return np.empty((0, *trailing), dtype=np.float32)
-        out = self._infer(np.ascontiguousarray(batch))
-        out = np.asarray(out, dtype=np.float32)
+        n, step = batch.shape[0], self.max_batch or batch.shape[0]
+        if n <= step:
+            out = np.asarray(self._infer(np.ascontiguousarray(batch)), dtype=np.float32)
+        else:
+            # above the backend's batch range: consecutive calls, answers joined in order
+            out = np.concatenate([np.asarray(self._infer(np.ascontiguousarray(batch[i:i + step])), dtype=np.float32)
+                                  for i in range(0, n, step)])
         if size not in self._trailing:
             with self._trailing_lock:
                 self._trailing[size] = tuple(int(s) for s in out.shape[1:])

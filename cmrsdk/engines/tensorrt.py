@@ -43,17 +43,18 @@ class TensorRTEngine(Engine):
     device : must be "cuda".
     precision : "fp32" or "fp16", what the artifact was built for (recorded in the manifest;
         informational, the arithmetic is fixed in the artifact).
-
-    Notes
-    -----
-    A batch outside the artifact's dynamic range (the manifest's ``max_batch``) is refused by
-    the TensorRT runtime; callers split larger batches.
+    max_batch : the top of the artifact's dynamic batch range (the manifest's
+        ``tensorrt_max_batch``). The TensorRT runtime refuses a larger batch, so `Engine.run`
+        splits one into calls of at most ``max_batch`` slices; `cmrsdk.Bundle.engine` passes it.
     """
 
     backend = "tensorrt"
 
-    def __init__(self, path: str | Path, device: str = "cuda", *, precision: str = "fp32") -> None:
-        super().__init__(path, check_device(device), precision)
+    def __init__(self, path: str | Path, device: str = "cuda", *, precision: str = "fp32",
+                 max_batch: int | None = None) -> None:
+        if precision not in ("fp32", "fp16"):
+            raise InputError(f"'precision' of the 'tensorrt' backend must be 'fp32' or 'fp16', got {precision!r}")
+        super().__init__(path, check_device(device), precision, max_batch)
         if device != "cuda":
             raise InputError("the 'tensorrt' backend runs on device 'cuda' only, got device 'cpu'")
         missing = tensorrt_missing()

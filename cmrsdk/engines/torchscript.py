@@ -49,6 +49,7 @@ class TorchScriptEngine(Engine):
     cuda_graphs : capture one CUDA graph per (N, H, W) the engine meets and replay it after
         (CUDA only); removes the per-kernel launch cost that dominates small batches. The graph
         owns fixed input and output buffers, so graph replays are serialised by a lock.
+    max_batch : the largest N per module call (see `Engine`); None: any N.
 
     Notes
     -----
@@ -58,8 +59,9 @@ class TorchScriptEngine(Engine):
 
     backend = "torchscript"
 
-    def __init__(self, path: str | Path, device: str = "cpu", *, fp16: bool = False, cuda_graphs: bool = False) -> None:
-        super().__init__(path, check_device(device), "fp16" if fp16 else "fp32")
+    def __init__(self, path: str | Path, device: str = "cpu", *, fp16: bool = False, cuda_graphs: bool = False,
+                 max_batch: int | None = None) -> None:
+        super().__init__(path, check_device(device), "fp16" if fp16 else "fp32", max_batch)
         torch = _import_torch()
         self._torch = torch
         if device == "cuda" and not torch.cuda.is_available():
