@@ -134,8 +134,8 @@ def test_dice_deltas_are_computed_per_region_and_label(quantized, studies):
     # recompute from the pipelines themselves: the record is what fp32 and int8 score
     again = dice_deltas(bundle_dir, studies, threads=1)
     for row, other in zip(dice["rows"], again["rows"]):
-        assert row["delta"] == pytest.approx(row["int8"] - row["fp32"], abs=1e-9)
-        assert row["fp32"] == pytest.approx(other["fp32"], abs=1e-9) and row["int8"] == pytest.approx(other["int8"], abs=1e-9)
+        assert row["delta"] == pytest.approx(row["int8"] - row["fp32"], abs=1e-9, nan_ok=True)
+        assert row["fp32"] == pytest.approx(other["fp32"], abs=1e-9, nan_ok=True) and row["int8"] == pytest.approx(other["int8"], abs=1e-9, nan_ok=True)
     finite = [r for r in dice["rows"] if math.isfinite(r["delta"])]
     assert finite and dice["worst_drop"] == pytest.approx(max(0.0, *(-r["delta"] for r in finite)))
     assert dice["slices"] == sum(s.ed.shape[0] + s.es.shape[0] for _, s in studies)
