@@ -18,6 +18,20 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+def _system_tool(name: str) -> str | None:
+    """A system program on PATH, skipping the virtual environment: pynetdicom installs apps named
+    like dcmtk's (storescu, echoscu) with other options, and the set-up puts .venv/bin first."""
+    venv = Path(sys.prefix).resolve()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if folder and not Path(folder).resolve().is_relative_to(venv):
+            found = shutil.which(name, path=folder)
+            if found:
+                return found
+    return None
+
+
+#: dcmtk's clients (Debian package dcmtk), or None where absent.
+STORESCU, ECHOSCU = _system_tool("storescu"), _system_tool("echoscu")
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 
 
@@ -155,7 +169,7 @@ class NodeProcess:
 def storescu(port: int, files: list[Path], *, calling: str = "SCANNER", called: str = "CMRSDK",
              timeout: float = 120) -> subprocess.CompletedProcess:
     """dcmtk's storescu sending ``files`` to 127.0.0.1:port over one association (-v: one line per response)."""
-    return subprocess.run(["storescu", "-v", "-aet", calling, "-aec", called, "-nh", "127.0.0.1", str(port),
+    return subprocess.run([STORESCU, "-v", "-aet", calling, "-aec", called, "-nh", "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=timeout)
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from _dicom_node import ORTHANC, NodeProcess, Orthanc, free_port, storescu, sunnybrook_files, wait_for
+from _dicom_node import ECHOSCU, ORTHANC, STORESCU, NodeProcess, Orthanc, free_port, storescu, sunnybrook_files, wait_for
 
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
 needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc (Debian package 'orthanc') is not installed")
-needs_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("echoscu") is None,
+needs_dcmtk = pytest.mark.skipif(STORESCU is None or ECHOSCU is None,
                                  reason="dcmtk (storescu, echoscu) is not installed")
 
 
@@ -217,10 +217,10 @@ def test_dcmtk_echo_allow_list_set_aside_and_full_spool(tmp_path):
     node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--allow", "SCANNER", "--max-spool-mb", "0.02",
                        "--max-associations", "1", log_path=tmp_path / "node.log")
     try:
-        echo = subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+        echo = subprocess.run([ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
                               capture_output=True, text=True, timeout=30)
         assert echo.returncode == 0, echo.stderr
-        refused = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+        refused = subprocess.run([ECHOSCU, "-aet", "INTRUDER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
                                  capture_output=True, text=True, timeout=30)
         assert refused.returncode != 0 and "Association Rejected" in refused.stderr + refused.stdout
         assert "association rejected from AE 'INTRUDER'" in node.text()
@@ -232,11 +232,11 @@ def test_dcmtk_echo_allow_list_set_aside_and_full_spool(tmp_path):
         assert "Received Store Response (Refused: OutOfResources)" in out, out[-2000:]
         assert node.process.poll() is None  # refused cleanly, still serving
         held = associate(port)  # --max-associations 1: a second caller waits its turn
-        busy = subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+        busy = subprocess.run([ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
                               capture_output=True, text=True, timeout=30)
         assert busy.returncode != 0 and "Association Rejected" in busy.stderr + busy.stdout
         held.release()
-        assert subprocess.run(["echoscu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+        assert subprocess.run([ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
                               capture_output=True, timeout=30).returncode == 0
         uid = series_uid(one)
         rows = wait_states(node, [uid], ("set_aside",), 30)
@@ -258,7 +258,7 @@ def test_five_series_over_three_associations_each_delivered_once(orthanc, tmp_pa
                        series_timeout=1.5)
     try:
         batches = [series[0] + series[1], series[2] + series[3], series[4]]
-        clients = [subprocess.Popen(["storescu", "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port),
+        clients = [subprocess.Popen([STORESCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port),
                                      *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                    for files in batches]
         for c in clients:
@@ -328,7 +328,7 @@ def test_forward_retries_with_backoff_until_acknowledged(tmp_path):
     import threading
 
     from pynetdicom import AE, evt
-    from pynetdicom.sop_class import SegmentationStorage
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
 
     files = synthetic_series(tmp_path / "in", seed=51)
     uid = series_uid(files)
@@ -356,9 +356,11 @@ def test_forward_retries_with_backoff_until_acknowledged(tmp_path):
         assert spool_rows(node)[uid].state == "forwarding" and "association not established" in node.text()
         pacs = AE(ae_title="PACS")
         pacs.add_supported_context(SegmentationStorage)
+        pacs.add_supported_context(Comprehensive3DSRStorage)
         server = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
         rows = wait_states(node, [uid], ("done",), 90)
-        assert len(refused) == 2 and sorted(received) == sorted(refused)  # each result once, after its refusal
+        # SEG ED, SEG ES and the SR: each once, after its refusal
+        assert len(refused) == 3 and sorted(received) == sorted(refused)
         assert "status 0xA700" in node.text() and rows[uid].state == "done"
     finally:
         if server is not None:
