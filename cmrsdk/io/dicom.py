@@ -93,7 +93,10 @@ def _read_header(path: Path) -> Dataset | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) and other vendor quirks
-            return pydicom.dcmread(str(path), stop_before_pixels=True)
+            header = pydicom.dcmread(str(path), stop_before_pixels=True)
+            for _ in header:  # pydicom decodes lazily: a corrupt element must fail here, named, not at first use
+                pass
+            return header
     except InvalidDicomError:
         return None
     except Exception as exc:  # truncated headers raise EOFError, struct.error, ...

@@ -79,7 +79,10 @@ def _load(path: Path) -> nib.Nifti1Image:
         raise ReadError(path, f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels, over the limit of "
                               f"{MAX_VOXELS} per phase (refused before reading the data)")
     if len(shape) == 4 and shape[3] == 1:
-        return image.slicer[..., 0]
+        try:
+            return image.slicer[..., 0]
+        except Exception as exc:  # a truncated file surfaces here, when the one volume is read
+            raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
     if len(shape) != 3:
         raise ReadError(path, f"NIfTI image must be 3-D (X, Y, Z) for one phase, got shape {shape} "
                               f"(dim[0] = {int(header['dim'][0])})")
