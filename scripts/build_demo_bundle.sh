@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The recipe of the committed demo bundle (cmrsdk/demo/bundle), resumable (re-running continues
+# The recipe of the previous demo bundle (0.49 M-parameter U-Nets + ShuffleNet classifier), shipped
+# until issue 12; the shipped bundle's recipe is scripts/train_bundle.sh. Resumable (re-running continues
 # from the last checkpoints). Budgets are in export/configs/demo_*.toml; times in export/README.md.
 #   stage 1: the five demo models trained from scratch on the ACDC training split (../shared/data/acdc);
 #   stage 2: each fine-tuned for 600 iterations on ACDC + 20 synthetic studies (cmrsdk.synth seeds
@@ -13,4 +14,4 @@ for m in "${models[@]}"; do python -m export.train "export/configs/demo_${m}_mix
 python -m export.bundle \
   --checkpoints $(for m in "${models[@]}"; do printf '%s=runs/demo/demo_%s_mix/last.pt ' "$m" "$m"; done) \
   --examples-from-cache cache/acdc_224 --formats torchscript onnx --heart-crop 128 128 --overwrite \
-  -o cmrsdk/demo/bundle
+  -o "${BUNDLE_OUT:-out/previous_demo_bundle}"
