@@ -7,7 +7,7 @@
 #   export:  TorchScript + ONNX, parity-checked; routed mode takes regions from the baseline's
 #            masks (regions_from = segmentation); middle slices keep the baseline's answer.
 # (The shipped one ran base and apex side by side, one thread each; here they run one after the
-# other on two threads, which reaches more iterations in the same budgets.)
+# other on two threads, so the iterations they reach will differ.)
 # Environment: BASELINE_SECONDS (default 5700), REGION_SECONDS (default 660), BUNDLE_OUT.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
