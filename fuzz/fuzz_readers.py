@@ -20,6 +20,7 @@ Run: ``[CMRSDK_FUZZ_KNOWN=1] python fuzz/fuzz_readers.py [libFuzzer flags, e.g. 
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -41,11 +42,8 @@ try:
 except ImportError:  # the test suite drives TestOneInput without atheris
     atheris = None
 
-if atheris is not None:
-    with atheris.instrument_imports(include=["cmrsdk"]):  # cmrsdk's code only: fast to start
-        from cmrsdk.errors import CmrError
-        from cmrsdk.io import read_dicom_study, read_nifti_stack, scan_dicom_series
-else:
+# cmrsdk's code only is instrumented (fast to start); without atheris, plain imports
+with atheris.instrument_imports(include=["cmrsdk"]) if atheris is not None else contextlib.nullcontext():
     from cmrsdk.errors import CmrError
     from cmrsdk.io import read_dicom_study, read_nifti_stack, scan_dicom_series
 
