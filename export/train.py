@@ -162,7 +162,9 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
     if config["experiment"]["task"] == "segmentation":
         train_set = train_set.select(regions=data["regions"])
         val_set = val_set.select(regions=data["regions"])
-    if len(train_set) == 0 or len(val_set) == 0:
+    # val_fraction = 0 is the final recipe's run on every non-test patient: no validation set
+    wants_val = data["source"] != "acdc" or float(data["val_fraction"]) > 0
+    if len(train_set) == 0 or (wants_val and len(val_set) == 0):
         raise InputError(f"[data] 'regions' {data['regions']} leave {len(train_set)} training and "
                          f"{len(val_set)} validation slices; both must be non-empty")
     return train_set, val_set
@@ -488,6 +490,7 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     def record(iteration: int, lr: float, validate: bool) -> None:
         """Validate (when asked), save the checkpoint and append a log row (rank 0 writes)."""
         nonlocal metrics
+        validate = validate and len(val_set) > 0
         if validate:
             metrics = _validate(task, net, val_set, torch_device, spec) if rank == 0 else {}
         state = state_now(iteration)
