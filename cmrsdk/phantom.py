@@ -15,19 +15,22 @@ long axis:
   trabeculae are all labelled LV blood pool, as ACDC's manual contours have them.
 - RV: a crescent wrapping the septum, bounded by an ellipse beside the LV; a thin dark free
   wall; it ends at about 80 % of the LV length.
-- Epicardial fat, thickest in the grooves where the RV meets the LV; the atria, the aortic root
-  and the pulmonary trunk above the mitral plane (blood, no label).
+- Epicardial fat, thickest in the grooves where the RV meets the LV. Above the mitral plane, as
+  a basal cut shows them: the left atrium (wide, behind), the right atrium, the aortic root and
+  the outflow tract, blood pools with thin walls side by side, no label (an atrium drawn as a
+  round pool in a dark ring where the LV lies was labelled LV by the shipped bundle).
 - Surroundings: skin, subcutaneous fat, chest-wall muscle and ribs, lungs with bright vessels,
   the diaphragm rising towards the apex with the liver (reader's left) and the stomach
-  (reader's right) beneath it, the descending aorta and the spine behind the heart, a smooth
+  (reader's right, food of intermediate signal) beneath it, the descending aorta and the spine behind the heart, a smooth
   tissue texture.
+- Planning as in ACDC: the first slice just below the ED mitral plane, the last below the apex.
 - Motion over the cycle (``n_phases`` >= 20 frames): contraction to ES at about 35 % of the RR
   interval, rapid filling, diastasis and the atrial kick; the wall thickens (myocardial volume
   kept); the mitral plane descends towards the still apex by about 13 % of the LV length, so a
   basal slice holds ventricle at ED and atrium at ES (through-plane motion).
 - Imaging: k-space acquired at 60-75 % of the matrix in the phase direction and 75-90 % in the
-  readout, zero-filled (the slight blur and ringing of a real reconstruction); blood about 3 x myocardium, fat brighter than blood, lungs and air dark; slices 8
-  mm thick every 10 mm, each the mean of three sub-planes across its thickness (partial volume at
+  readout, zero-filled (the slight blur and ringing of a real reconstruction); blood about 3 x myocardium, fat nearly as bright as blood, lungs and air dark;
+  slices 8 mm thick every 10 mm, each the mean of three sub-planes across its thickness (partial volume at
   the base and the apex); edges soft within a pixel; a smooth coil-sensitivity bias field
   (brighter near the anterior and posterior coils); Rician noise (the magnitude of complex
   Gaussian noise).
@@ -188,7 +191,9 @@ def _surroundings(a: _Anatomy, p: np.ndarray, q: np.ndarray, depth: float, tone:
     # the diaphragm itself: a thin dark muscle band along the dome
     _mix(image, tone["muscle"], inner * np.exp(-(((p - dome) / 2.5) ** 2)))
     stomach = below * (1.0 - liver) * _sigmoid((1.0 - np.hypot((p - dome - 30.0) / 32.0, (q - 70.0) / 40.0)) * 25.0 / edge)
-    _mix(image, tone["fluid"], stomach)
+    # a fed stomach: food of intermediate, mottled signal (a fluid-filled one, as bright as blood
+    # under a dark diaphragm, the apex U-Net took for a ventricle)
+    _mix(image, 0.5 * tone["fluid"] * (1.0 + 0.2 * texture), stomach)
     _mix(image, tone["lung"], stomach * _sigmoid((dome + 16.0 - p) / edge))  # gas above the fluid
     # the descending aorta and the spine behind the heart
     ap, aq, ar = a.aorta
@@ -227,16 +232,24 @@ def _heart(a: _Anatomy, s: dict[str, float], depth: float, g: _Plane, tone: dict
     labels = np.zeros(p.shape, np.uint8) if want_labels else None
     length, cap = s["length"], s["cap"]
     if depth < 0.0:
-        # above the mitral plane: the left atrium (behind), right atrium (reader's left), aortic root
-        # and pulmonary trunk (in front); blood pools with thin walls in fat; no label, as in ACDC
+        # above the mitral plane, as a basal short-axis cut shows it: the aortic root in the
+        # middle, the left atrium behind it (below in the image), the right atrium behind and
+        # to the reader's left, the right ventricular outflow tract and pulmonary trunk in front;
+        # thin-walled blood pools in mediastinal fat, no label, as in ACDC. None of them wears
+        # the thick dark ring of ventricular myocardium.
         if depth > -45.0:
-            grow = np.sqrt(max(0.0, 1.0 - ((depth + 22.0) / 24.0) ** 2))
-            pools = [((8.0, 6.0), 27.0 * grow), ((4.0, -34.0), 22.0 * grow), ((-24.0, 4.0), 14.0), ((-30.0, -24.0), 13.0)]
-            # atrial walls are thin (about 1 mm), unlike the ventricles' myocardium
-            for grow_mm, value in ((1.5 + a.fat, tone["fat"]), (1.0, tone["myocardium"]), (0.0, tone["blood"])):
-                for centre, r in pools:
-                    if r > 1.0:
-                        _disk(image, g.rows, g.cols, centre, r + grow_mm, value, edge)
+            grow = np.sqrt(max(0.0, 1.0 - ((depth + 20.0) / 24.0) ** 2))
+            # (centre p, q), (half-axes p, q) in mm; adjacent chambers share a thin wall
+            pools = [((14.0, 6.0), (17.0 * grow, 25.0 * grow)),     # left atrium, wide and flat
+                     ((5.0, -33.0), (20.0 * grow, 15.0 * grow)),    # right atrium
+                     ((-15.0, -4.0), (12.5, 12.5)),                 # aortic root
+                     ((-27.0, -30.0), (10.0, 15.0)),                # outflow tract / pulmonary trunk
+                     ]
+            pools = [(c, r) for c, r in pools if min(r) > 2.0]
+            for grow_mm, value in ((2.0 + 0.3 * a.fat, tone["fat"]), (1.2, tone["tissue"]), (0.0, None)):
+                for (cp, cq), (rp, rq) in pools:
+                    inside = (1.0 - np.hypot((p - cp) / (rp + grow_mm), (q - cq) / (rq + grow_mm))) * min(rp, rq)
+                    _mix(image, tone["blood"] * (1.0 + 0.04 * g.flow) if value is None else value, _sigmoid(inside / edge))
         return labels
 
     def profile(total: float) -> float:
@@ -334,8 +347,10 @@ def cine_phantom(seed: int = 0, *, n_phases: int = 25, noise: float | None = Non
             "marrow": rng.uniform(0.6, 0.75), "fluid": rng.uniform(0.7, 0.85)}
     tone = {k: v * scale for k, v in tone.items()}
 
-    # one slice above the mitral plane at ED (atria) to one below the apex
-    first = -rng.uniform(6.0, 9.0)
+    # planned as ACDC's stacks are: the first slice just below the ED mitral plane (its 8 mm slab
+    # starts 0-2 mm under the annulus) so that at ES, with the base descended by about one slice
+    # gap, it shows atrium; down to one slice below the apex
+    first = 5.0 + rng.uniform(-1.0, 1.0)
     z_count = int(np.ceil((a.length + a.wall + 6.0 - first) / dz)) + 1
     offset = np.array([rng.uniform(-25.0, -10.0), rng.uniform(-12.0, 12.0)])  # the heart a little above centre
     rows = (np.arange(ny) - (ny - 1) / 2) * dy - offset[0]
