@@ -43,6 +43,15 @@ LABEL_RGB: dict[int, tuple[int, int, int]] = {LVBP: (240, 60, 45), LVM: (50, 205
 #: what the legend calls each structure.
 LABEL_TITLES: dict[int, str] = {LVBP: "LV blood pool", LVM: "LV myocardium", RVBP: "RV blood pool"}
 _FILL_ALPHA = 0.22
+# Montages are drawn as palette indices, not RGB: one byte a pixel makes the blend a table
+# look-up and the PNG a third of the bytes to deflate (the PNG was half the drawing's cost).
+# Indices: 60 grey levels for each of background, LVBP, LVM, RVBP (the grey under that
+# structure's translucent fill), then the three contour colours, then the text inks.
+_GREY_LEVELS = 60
+_EDGE_INDEX = 4 * _GREY_LEVELS                  # + code - 1: the contour of LVBP, LVM, RVBP
+_INK = {"white": 243, "caption": 244, "legend": 245, "note": 246, "black": 247}
+_INK_RGB = {"white": (255, 255, 255), "caption": (255, 230, 120), "legend": (230, 230, 230), "note": (170, 170, 170),
+            "black": (0, 0, 0)}
 _PATIENT_LEFT = np.array([-1.0, 0.0, 0.0])                     # RAS+: -x is the patient's left
 _POSTERIOR_INFERIOR = np.array([0.0, -1.0, -1.0]) / np.sqrt(2.0)
 
@@ -118,21 +127,33 @@ def heart_window(labels: Sequence[np.ndarray], spacing_yx: tuple[float, float], 
     return (r[0] + r[-1]) / 2, (c[0] + c[-1]) / 2, max(side, min_side_mm)
 
 
+def _linear_taps(positions: np.ndarray, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The two taps of linear interpolation at fractional ``positions`` along an axis of ``size`` samples.
+
+    Returns [(index, weight), (index + 1, weight)]: intp indices clipped into the axis, float32
+    weights that are 0 where the tap falls outside it (so the image is 0 beyond its edges).
+    """
+    lower = np.floor(positions).astype(np.intp)
+    fraction = (positions - lower).astype(np.float32)
+    taps = []
+    for index, weight in ((lower, 1.0 - fraction), (lower + 1, fraction)):
+        inside = (index >= 0) & (index < size)
+        taps.append((np.clip(index, 0, size - 1), np.where(inside, weight, np.float32(0.0))))
+    return taps
+
+
 def _sample(images: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Bilinear samples of ``images`` (N, Y, X) on the grid rows x cols (fractional pixel indices), 0 outside.
 
     Returns float32 (N, len(rows), len(cols)).
     """
-    h, w = images.shape[1:]
-    padded = np.pad(images.astype(np.float32, copy=False), ((0, 0), (1, 1), (1, 1)))  # -1 and h land on zeros
-    r0 = np.clip(np.floor(rows).astype(np.intp) + 1, 0, h)
-    c0 = np.clip(np.floor(cols).astype(np.intp) + 1, 0, w)
-    fr = np.clip(rows + 1 - r0, 0, 1).astype(np.float32)[None, :, None]
-    fc = np.clip(cols + 1 - c0, 0, 1).astype(np.float32)[None, None, :]
-    top, bottom = padded[:, r0], padded[:, r0 + 1]
-    top = top[:, :, c0] * (1 - fc) + top[:, :, c0 + 1] * fc
-    bottom = bottom[:, :, c0] * (1 - fc) + bottom[:, :, c0 + 1] * fc
-    return top * (1 - fr) + bottom * fr
+    # four gathers straight onto the tile grid (a matrix-product form was slower here: BLAS
+    # threads on a loaded 2-core machine)
+    out = np.zeros((images.shape[0], len(rows), len(cols)), np.float32)
+    for ri, wr in _linear_taps(np.asarray(rows, np.float64), images.shape[1]):
+        for ci, wc in _linear_taps(np.asarray(cols, np.float64), images.shape[2]):
+            out += images[:, ri[:, None], ci[None, :]] * (wr[:, None] * wc[None, :])
+    return out
 
 
 def _nearest(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -140,7 +161,7 @@ def _nearest(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     h, w = labels.shape[1:]
     ri = np.rint(rows).astype(np.intp)
     ci = np.rint(cols).astype(np.intp)
-    out = labels[:, np.clip(ri, 0, h - 1)][:, :, np.clip(ci, 0, w - 1)]
+    out = labels[:, np.clip(ri, 0, h - 1)[:, None], np.clip(ci, 0, w - 1)[None, :]]  # one gather, no copy between
     out[:, (ri < 0) | (ri >= h), :] = 0
     out[:, :, (ci < 0) | (ci >= w)] = 0
     return out
@@ -158,6 +179,52 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     thick[:, 1:] |= edge[:, :-1] & (labels[:, 1:] == labels[:, :-1])
     thick[:, :, 1:] |= edge[:, :, :-1] & (labels[:, :, 1:] == labels[:, :, :-1])
     return thick
+
+
+def _tile_indices(pixels: np.ndarray, labels: np.ndarray, spacing_yx: tuple[float, float], slices: Sequence[int],
+                  window: tuple[float, float, float], orientation: Orientation, *, tile: int = 160,
+                  intensity: tuple[float, float] | None = None) -> list[np.ndarray]:
+    """`phase_tiles` as montage palette indices, uint8 (tile, tile) per slice; `_PALETTE` gives their colours."""
+    if tile < 16:
+        raise InputError(f"'tile' must be at least 16 pixels, got {tile}")
+    if not len(slices):
+        return []
+    cy, cx, side = window
+    dy, dx = spacing_yx
+    step = side / tile  # mm per screen pixel
+    offsets = (np.arange(tile) + 0.5 - tile / 2) * step
+    rows, cols = cy + offsets / dy, cx + offsets / dx
+    index = np.asarray(slices, dtype=np.intp)
+    grey = _sample(pixels[index], rows, cols)
+    if intensity is None:
+        # percentiles of a subsample: the same window, a fraction of the sorting
+        lo, hi = np.percentile(grey[:, ::3, ::3], (1.0, 99.5))
+    else:
+        lo, hi = intensity
+    scale = (_GREY_LEVELS - 1) / max(float(hi - lo), 1e-6)
+    level = np.clip((grey - lo) * scale + 0.5, 0, _GREY_LEVELS - 1).astype(np.uint8)
+    lab = _nearest(labels[index], rows, cols)
+    lab[lab > RVBP] = 0  # only the canonical structures are drawn
+    out = level + lab * np.uint8(_GREY_LEVELS)
+    edge = _edges(lab)
+    out[edge] = lab[edge] + np.uint8(_EDGE_INDEX - 1)
+    return [np.ascontiguousarray(orientation.apply(t)) for t in out]
+
+
+def _palette() -> np.ndarray:
+    """uint8 (256, 3): the RGB colour of every montage palette index (see `_GREY_LEVELS`)."""
+    palette = np.zeros((256, 3), np.float64)
+    grey = np.linspace(0.0, 255.0, _GREY_LEVELS)[:, None]
+    palette[:_GREY_LEVELS] = grey
+    for code, rgb in LABEL_RGB.items():
+        palette[code * _GREY_LEVELS : (code + 1) * _GREY_LEVELS] = grey * (1 - _FILL_ALPHA) + np.array(rgb) * _FILL_ALPHA
+        palette[_EDGE_INDEX + code - 1] = rgb
+    for name, index in _INK.items():
+        palette[index] = _INK_RGB[name]
+    return np.rint(palette).astype(np.uint8)
+
+
+_PALETTE = _palette()
 
 
 def phase_tiles(pixels: np.ndarray, labels: np.ndarray, spacing_yx: tuple[float, float], slices: Sequence[int],
@@ -178,43 +245,19 @@ def phase_tiles(pixels: np.ndarray, labels: np.ndarray, spacing_yx: tuple[float,
 
     Returns
     -------
-    uint8 (tile, tile, 3) arrays, in the order of ``slices``.
+    uint8 (tile, tile, 3) arrays, in the order of ``slices``; the grey is shown in 60 levels.
     """
-    if tile < 16:
-        raise InputError(f"'tile' must be at least 16 pixels, got {tile}")
-    if not len(slices):
-        return []
-    cy, cx, side = window
-    dy, dx = spacing_yx
-    step = side / tile  # mm per screen pixel
-    offsets = (np.arange(tile) + 0.5 - tile / 2) * step
-    rows, cols = cy + offsets / dy, cx + offsets / dx
-    index = np.asarray(slices, dtype=np.intp)
-    grey = _sample(pixels[index], rows, cols)
-    if intensity is None:
-        # percentiles of a subsample: the same window, a fraction of the sorting
-        lo, hi = np.percentile(grey[:, ::3, ::3], (1.0, 99.5))
-    else:
-        lo, hi = intensity
-    grey = np.clip((grey - lo) * (255.0 / max(float(hi - lo), 1e-6)), 0, 255)
-    lab = _nearest(labels[index], rows, cols)
-    # one look-up table per property: colour and fill opacity of each label code
-    colour = np.zeros((256, 3), np.float32)
-    alpha = np.zeros(256, np.float32)
-    for code, rgb in LABEL_RGB.items():
-        colour[code], alpha[code] = rgb, _FILL_ALPHA
-    a = alpha[lab][..., None]
-    fill = colour[lab]
-    out = grey[..., None] * (1 - a) + fill * a
-    edge = _edges(lab)
-    out[edge] = fill[edge]
-    out = out.astype(np.uint8)
-    return [np.ascontiguousarray(orientation.apply(t)) for t in out]
+    return [_PALETTE[t] for t in _tile_indices(pixels, labels, spacing_yx, slices, window, orientation, tile=tile,
+                                               intensity=intensity)]
 
 
-def _font(size: int):
+def _font(size: int | None):
+    """Pillow's built-in font at ``size`` pixels; None: its bitmap font (rendered several times faster, for the many captions)."""
     from PIL import ImageFont
 
+    if size is None:
+        bitmap = getattr(ImageFont, "load_default_imagefont", None)  # Pillow >= 10.1
+        return bitmap() if bitmap else ImageFont.load_default()
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: the bitmap font has one size
@@ -236,7 +279,19 @@ def compose_montage(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str
     -------
     uint8 (H, W, 3) image.
     """
+    return np.asarray(_compose(rows, columns=columns, mm_per_pixel=mm_per_pixel, note=note, indexed=False))
+
+
+def _compose(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], *, columns: int,
+             mm_per_pixel: float | None, note: str, indexed: bool):
+    """`compose_montage` as a Pillow image: "RGB" from RGB tiles, or "P" (`_PALETTE`) from index tiles."""
     from PIL import Image, ImageDraw
+
+    def ink(name: str) -> int | tuple[int, int, int]:
+        return _INK[name] if indexed else _INK_RGB[name]
+
+    def structure(code: int) -> int | tuple[int, int, int]:
+        return _EDGE_INDEX + code - 1 if indexed else LABEL_RGB[code]
 
     tile = next((t[0].shape[0] for _, t, _ in rows if len(t)), 64)
     gap, head, foot = 4, 22, 44 if note else 26
@@ -244,7 +299,7 @@ def compose_montage(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str
     lines = [max(1, -(-len(t) // columns)) for _, t, _ in rows]
     width = columns * (tile + gap) + gap
     height = sum(head + n * (tile + gap) for n in lines) + foot
-    canvas = np.zeros((height, width, 3), np.uint8)
+    canvas = np.full((height, width), _INK["black"], np.uint8) if indexed else np.zeros((height, width, 3), np.uint8)
     y = 0
     placements = []
     for (heading, tiles, captions), n in zip(rows, lines):
@@ -255,30 +310,32 @@ def compose_montage(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str
             canvas[ty : ty + tile, tx : tx + tile] = t
             placements.append(("caption", caption, tx + 3, ty + 2))
         y += n * (tile + gap)
-    image = Image.fromarray(canvas)
+    image = Image.fromarray(canvas, "P" if indexed else "RGB")
+    if indexed:
+        image.putpalette(_PALETTE.tobytes())
     draw = ImageDraw.Draw(image)
-    heading_font, small = _font(14), _font(11)
+    heading_font, small, caption_font = _font(14), _font(11), _font(None)
     for kind, text, x, ty in placements:
         if kind == "head":
-            draw.text((x, ty), text, fill=(255, 255, 255), font=heading_font)
+            draw.text((x, ty), text, fill=ink("white"), font=heading_font)
         else:
             # a dark box behind the caption keeps it legible over bright fat and blood
-            box = draw.textbbox((x, ty), text, font=small)
-            draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))
-            draw.text((x, ty), text, fill=(255, 230, 120), font=small)
+            box = draw.textbbox((x, ty), text, font=caption_font)
+            draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=ink("black"))
+            draw.text((x, ty), text, fill=ink("caption"), font=caption_font)
     x, ly = gap, y + 6
     for code, title in LABEL_TITLES.items():
-        draw.rectangle((x, ly + 2, x + 11, ly + 13), fill=LABEL_RGB[code], outline=(255, 255, 255))
-        draw.text((x + 16, ly), title, fill=(230, 230, 230), font=small)
+        draw.rectangle((x, ly + 2, x + 11, ly + 13), fill=structure(code), outline=ink("white"))
+        draw.text((x + 16, ly), title, fill=ink("legend"), font=small)
         x = draw.textbbox((x + 16, ly), title, font=small)[2] + 14
     if mm_per_pixel:
         bar = int(round(10.0 / mm_per_pixel))
         if x + bar + 50 < width:
-            draw.rectangle((x, ly + 6, x + bar, ly + 8), fill=(255, 255, 255))
-            draw.text((x + bar + 5, ly), "10 mm", fill=(230, 230, 230), font=small)
+            draw.rectangle((x, ly + 6, x + bar, ly + 8), fill=ink("white"))
+            draw.text((x + bar + 5, ly), "10 mm", fill=ink("legend"), font=small)
     if note:
-        draw.text((gap, ly + 18), note, fill=(170, 170, 170), font=small)
-    return np.asarray(image)
+        draw.text((gap, ly + 18), note, fill=ink("note"), font=small)
+    return image
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -341,8 +398,13 @@ def study_montage(result: StudySegmentation, *, max_slices: int = 12, tile: int 
 
     Returns
     -------
-    uint8 (H, W, 3) RGB image.
+    uint8 (H, W, 3) RGB image (greys in 60 levels, as in ``overlay.png``).
     """
+    return np.asarray(_study_montage_image(result, max_slices=max_slices, tile=tile, columns=columns).convert("RGB"))
+
+
+def _study_montage_image(result: StudySegmentation, *, max_slices: int, tile: int, columns: int):
+    """`study_montage` as a Pillow "P" image (palette `_PALETTE`), the form that is encoded."""
     same_grid = result.ed.labels.shape == result.es.labels.shape
     shared = heart_window([result.ed.labels, result.es.labels], result.ed.stack.spacing[1:]) if same_grid else None
     rows = []
@@ -352,14 +414,14 @@ def study_montage(result: StudySegmentation, *, max_slices: int = 12, tile: int 
         spacing = stack.spacing[1:]
         window = shared or heart_window([seg.labels], spacing)
         slices = cardiac_slices(seg.labels, seg.regions, max_slices)
-        tiles = phase_tiles(stack.pixels, seg.labels, spacing, slices, window, display_orientation(stack.affine), tile=tile)
+        tiles = _tile_indices(stack.pixels, seg.labels, spacing, slices, window, display_orientation(stack.affine), tile=tile)
         confidence = seg.region_confidence
         captions = [slice_caption(k, None if seg.regions is None else int(seg.regions[k]),
                                   None if confidence is None else float(confidence[k])) for k in slices]
         rows.append((f"{name} (phase {index}): slices in stored order", tiles, captions))
         scale = scale or window[2] / tile
-    return compose_montage(rows, columns=columns, mm_per_pixel=scale if shared else None,
-                           note="radiological view from the affine: the patient's left on the image's right")
+    return _compose(rows, columns=columns, mm_per_pixel=scale if shared else None,
+                    note="radiological view from the affine: the patient's left on the image's right", indexed=True)
 
 
 # overlay.png and report.html show the same picture: draw and encode it once per result
@@ -373,7 +435,10 @@ def study_montage_png(result: StudySegmentation, *, max_slices: int = 12, tile: 
     if cached is not None and cached[0] == key:
         return cached[1]
     t0 = time.perf_counter()
-    data = encode_png(study_montage(result, max_slices=max_slices, tile=tile, columns=columns))
+    buffer = io.BytesIO()
+    # the palette image, deflated at the fastest level (PNG's filters are off for palette images)
+    _study_montage_image(result, max_slices=max_slices, tile=tile, columns=columns).save(buffer, format="PNG", compress_level=1)
+    data = buffer.getvalue()
     _PNG_CACHE[result] = (key, data, (time.perf_counter() - t0) * 1000.0)
     return data
 

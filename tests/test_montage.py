@@ -1,14 +1,20 @@
 """Montages: radiological orientation from the affine, heart-centred window, bounded size and cost."""
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
 import pytest
+from PIL import Image
+from scipy import ndimage as ndi
 
+from cmrsdk import DEMO_BUNDLE, Pipeline
 from cmrsdk.errors import InputError
 from cmrsdk.montage import (
+    LABEL_RGB,
     Orientation,
+    _sample,
     cardiac_slices,
     display_orientation,
     heart_window,
@@ -83,13 +89,48 @@ def test_cardiac_slices_and_captions():
 
 
 def test_study_montage_is_bounded_and_faster_than_segmentation(segmented_phantom):
-    _, result = segmented_phantom
-    t0 = time.perf_counter()
+    study, result = segmented_phantom
     image = study_montage(result, max_slices=12, tile=144, columns=6)
-    drawing_ms = (time.perf_counter() - t0) * 1000.0
     assert image.shape[1] <= 6 * 148 + 4 and image.shape[0] <= 4 * 148 + 2 * 22 + 44
     assert image.std() > 20  # not blank
-    # drawing costs less than the segmentation it shows (typically ~10 x less, see the PR)
-    assert drawing_ms < result.timings_ms["wall"], (drawing_ms, result.timings_ms["wall"])
-    png = study_montage_png(result)
-    assert png[:4] == b"\x89PNG" and study_montage_png(result) is png  # drawn once, then reused
+    # the picture costs a small fraction of the segmentation it shows, both timed here on a fresh
+    # result (benchmarks/montage_cost.py: median ratio 0.05 on the loaded 2-core CPU; it was 0.4
+    # before the montage was drawn in palette indices)
+    pipeline = Pipeline(DEMO_BUNDLE)
+    ratios = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fresh = pipeline.segment_study(study)
+        t1 = time.perf_counter()
+        png = study_montage_png(fresh)
+        ratios.append((time.perf_counter() - t1) / (t1 - t0))
+    assert np.median(ratios) < 0.25, ratios
+    assert png[:4] == b"\x89PNG" and study_montage_png(fresh) is png  # drawn once, then reused
+
+
+def test_png_is_the_montage_in_a_palette(segmented_phantom):
+    _, result = segmented_phantom
+    with Image.open(io.BytesIO(study_montage_png(result))) as png:
+        assert png.mode == "P"
+        decoded = np.asarray(png.convert("RGB"))
+    np.testing.assert_array_equal(decoded, study_montage(result))
+    # every structure's contour colour is on the picture
+    for rgb in LABEL_RGB.values():
+        assert (decoded == rgb).all(axis=2).sum() > 100, rgb
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8])
+def test_bilinear_sampling_matches_scipy(dtype):
+    rng = np.random.default_rng(3)
+    images = (rng.uniform(0, 200, (3, 41, 37))).astype(dtype)
+    # the grid overhangs every edge: outside the slice the image is 0, with a linear fall-off
+    # over the first pixel beyond it (scipy on a zero-padded copy)
+    rows, cols = np.linspace(-2.6, 43.3, 55), np.linspace(-1.2, 38.9, 48)
+    r, c = np.meshgrid(rows + 1, cols + 1, indexing="ij")
+    expected = np.stack([ndi.map_coordinates(np.pad(im.astype(np.float64), 1), [r, c], order=1, mode="constant")
+                         for im in images])
+    got = _sample(images, rows, cols)
+    assert got.dtype == np.float32 and got.shape == (3, 55, 48)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
+    # identity: the pixel centres return the image
+    np.testing.assert_allclose(_sample(images, np.arange(41.0), np.arange(37.0)), images.astype(np.float32))
