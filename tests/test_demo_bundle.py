@@ -41,13 +41,13 @@ def _stack_dice(pred, truth):
 
 
 #: Dice of the shipped bundle on the embedded example (phantom seed 0, 20 frames), per phase.
-#: Measured with the bundle retrained on real ACDC data (README): LVBP 0.727 / 0.000, LVM 0.729 /
-#: 0.757, RVBP 0.829 / 0.730 (ED / ES). Floors a little below, so a broken bundle, pipeline or
-#: phantom fails. The phantom's ES blood pool (brighter than any ACDC one) is not recognised as
-#: LV at all, so it has no floor here (README; open: a phantom closer to real contrast, or synthetic
-#: studies in the training mix).
-EXAMPLE_DICE_FLOOR = {("LVBP", "ED"): 0.65, ("LVM", "ED"): 0.65, ("RVBP", "ED"): 0.75,
-                      ("LVM", "ES"): 0.65, ("RVBP", "ES"): 0.65}
+#: Measured with the bundle trained on real ACDC only (never on the phantom), ED / ES: LVBP 0.944 /
+#: 0.899, LVM 0.884 / 0.856, RVBP 0.913 / 0.960; LVEF 58.8 % against the true 63.7 %. (Before the
+#: phantom's atria and stack planning were made realistic: 0.727 / 0.000, 0.729 / 0.757, 0.829 /
+#: 0.730.) Floors 5 to 8 points below, so that a retrained bundle of the same recipe passes and a
+#: broken bundle, pipeline or phantom fails.
+EXAMPLE_DICE_FLOOR = {("LVBP", "ED"): 0.88, ("LVM", "ED"): 0.81, ("RVBP", "ED"): 0.85,
+                      ("LVBP", "ES"): 0.82, ("LVM", "ES"): 0.78, ("RVBP", "ES"): 0.88}
 
 
 def test_demo_command_segments_the_example_study(tmp_path, capsys):
@@ -60,8 +60,21 @@ def test_demo_command_segments_the_example_study(tmp_path, capsys):
     truth = report["ground_truth"]
     for (name, phase), floor in EXAMPLE_DICE_FLOOR.items():
         assert truth[f"Dice {name} {phase}"] >= floor, (name, phase, truth)
-    assert abs(report["measures"]["lvef_pct"] - truth["true LVEF (%)"]) < 10
+    assert abs(report["measures"]["lvef_pct"] - truth["true LVEF (%)"]) < 8  # measured 4.9 points
     assert "LVEF" in out and "Dice against the ground truth" in out and f"{truth['Dice LVBP ED']:.3f}" in out
+
+
+def test_example_atria_are_not_ventricle():
+    """At ES the base has descended: the example's first slice shows atria, which get no ventricle label."""
+    from cmrsdk.phantom import cine_phantom
+
+    study = cine_phantom(0, n_phases=2)
+    assert not study.es.labels[0].any()  # the truth: atria, aortic root, outflow tract
+    atrial = Pipeline(DEMO_BUNDLE).segment(study.es).labels[0]
+    counts = np.bincount(atrial.ravel(), minlength=4)
+    # measured: no LV or RV blood pool, 245 pixels of LV myocardium (a ring drawn round the right
+    # atrium; the slice holds about 35,000 pixels). Before: 1,909 pixels of LV blood pool.
+    assert counts[LVBP] < 100 and counts[RVBP] < 100 and counts[LVM] < 800, counts
 
 
 @pytest.mark.parametrize("mode", ["routed", "baseline", "oracle"])
