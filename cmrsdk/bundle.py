@@ -303,10 +303,12 @@ class Bundle:
     labels : label code -> name (0 background, 1 LVBP, 2 LVM, 3 RVBP).
     regions : region code -> name.
     models : model name -> `ModelInfo`.
+    manifest_sha256 : hex sha256 of ``manifest.json`` as read by `load_bundle`.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], preprocessing: Preprocessing, routing: dict[int, str],
-                 classifier: str | None, labels: dict[int, str], regions: dict[int, str], models: dict[str, ModelInfo]) -> None:
+                 classifier: str | None, labels: dict[int, str], regions: dict[int, str], models: dict[str, ModelInfo],
+                 manifest_sha256: str = "") -> None:
         self.path = path
         self.manifest = manifest
         self.preprocessing = preprocessing
@@ -316,6 +318,7 @@ class Bundle:
         self.labels = labels
         self.regions = regions
         self.models = models
+        self.manifest_sha256 = manifest_sha256
         self._engines: dict[tuple[Any, ...], Engine] = {}
         self._lock = threading.Lock()
 
@@ -446,8 +449,11 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{root}: not a bundle directory (it does not exist or is not a directory)")
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: the bundle manifest is missing")
+    # the bytes are read once, and the hash recorded in every segmentation's provenance is of the
+    # very bytes parsed (the file could change between a read and a second read)
+    data = manifest_path.read_bytes()
     try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict):
@@ -480,4 +486,4 @@ def load_bundle(path: str | Path) -> Bundle:
     for model in models.values():
         for artifact in model.artifacts.values():
             _verify_artifact(artifact)
-    return Bundle(root, raw, preprocessing, routing, classifier, labels, regions, models)
+    return Bundle(root, raw, preprocessing, routing, classifier, labels, regions, models, hashlib.sha256(data).hexdigest())

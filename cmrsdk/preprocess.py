@@ -383,13 +383,34 @@ def normalize(
     return out.reshape(array.shape)
 
 
+def window_offset(centre: Sequence[float], size: Sequence[int]) -> tuple[int, int]:
+    """Index (oy, ox) of a window's pixel (0, 0) that puts the window's centre on ``centre``.
+
+    The one crop-centring rule of cmrsdk, per axis ``offset = floor(centre - (size - 1) / 2)``:
+    `crop_or_pad` uses it, and so does the heart crop (`cmrsdk.heart.crop_to_heart`), which then
+    keeps the window inside the image. For an even size the window's centre lies between two
+    pixels, and a centre on a pixel goes to the lower-right one of the middle four.
+
+    Parameters
+    ----------
+    centre : (cy, cx) in pixel indices (fractions allowed).
+    size : (H, W) of the window in pixels.
+
+    Returns
+    -------
+    (oy, ox) in pixel indices; negative where the window starts before the image.
+    """
+    (cy, cx), (h, w) = centre, size
+    return math.floor(cy - (h - 1) / 2), math.floor(cx - (w - 1) / 2)
+
+
 def crop_or_pad(
     stack: np.ndarray, size: Sequence[int], centre: Sequence[float] | None = None, *, fill: float = 0.0
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Crop or pad every slice to (H, W) around a centre.
 
     The window's pixel (0, 0) is pixel ``offset = floor(centre - (size - 1) / 2)`` of the stack
-    (per axis), so that the window's centre falls on ``centre``; parts of the window outside the
+    (per axis, `window_offset`), so that the window's centre falls on ``centre``; parts of the window outside the
     stack are filled with ``fill``. A plain row copy: numpy's slicing already runs at memory
     speed, so there is no native kernel for this.
 
@@ -419,7 +440,7 @@ def crop_or_pad(
         cy, cx = _pair(centre, "centre", "(cy, cx) in pixel indices")
         if not (math.isfinite(cy) and math.isfinite(cx)):
             raise InputError(f"'centre' must be finite (cy, cx) pixel indices, got {centre!r}")
-    oy, ox = math.floor(cy - (h - 1) / 2), math.floor(cx - (w - 1) / 2)
+    oy, ox = window_offset((cy, cx), (h, w))
     window = np.full((array.shape[0], h, w), fill, dtype=array.dtype)
     ys, ye = max(oy, 0), min(oy + h, ny)
     xs, xe = max(ox, 0), min(ox + w, nx)
