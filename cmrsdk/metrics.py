@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._checks import check_label_map, check_spacing
 from .errors import InputError
 from .labels import LABEL_NAMES, LVBP, RVBP, STRUCTURES
 from .regions import labelled_slices_base_to_apex
@@ -32,18 +33,9 @@ __all__ = [
 MYOCARDIAL_DENSITY_G_PER_ML = 1.05
 
 
-def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise InputError(f"'{name}' must be a (Z, Y, X) label map, got shape {labels.shape}")
-    if labels.dtype.kind not in "ui":
-        raise InputError(f"'{name}' must hold integer labels, got dtype {labels.dtype}")
-    return labels
-
-
 def _check_pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    prediction = _check_labels(prediction, "prediction")
-    truth = _check_labels(truth, "truth")
+    prediction = check_label_map(prediction, "prediction")
+    truth = check_label_map(truth, "truth")
     if prediction.shape != truth.shape:
         raise InputError(f"'prediction' shape {prediction.shape} differs from 'truth' shape {truth.shape}")
     return prediction, truth
@@ -186,9 +178,7 @@ def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spa
     from scipy import ndimage  # optional dependency (cmrsdk[io])
 
     prediction, truth = _check_pair(prediction, truth)
-    spacing = tuple(float(v) for v in spacing)
-    if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
-        raise InputError(f"'spacing' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
+    spacing = check_spacing(spacing)
     p_surface, t_surface = _surface(prediction == label), _surface(truth == label)
     if not p_surface.any() and not t_surface.any():
         return float("nan"), float("nan")
@@ -215,10 +205,8 @@ def volumes_ml(labels: np.ndarray, spacing: Sequence[float], slice_positions: Se
     -------
     {"LVBP": mL, "LVM": mL, "RVBP": mL}
     """
-    labels = _check_labels(labels, "labels")
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"'spacing' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
+    labels = check_label_map(labels, "labels")
+    spacing = check_spacing(spacing)
     if slice_positions is None:
         voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
         counts = np.bincount(labels.ravel(), minlength=4)
@@ -330,7 +318,7 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[st
     -------
     Sorted list of flag names; empty when nothing is suspicious.
     """
-    labels = _check_labels(labels, "labels")
+    labels = check_label_map(labels, "labels")
     flags: set[str] = set()
     for code, name in ((LVBP, "lv"), (RVBP, "rv")):
         present = (labels == code).reshape(labels.shape[0], -1).any(1)
