@@ -53,7 +53,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from .engines import AUTO_ORDER, Engine, backend_missing, check_device, create_engine
+from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, check_device, create_engine
 from .errors import BackendUnavailableError, BundleError, InputError
 
 __all__ = [
@@ -348,8 +348,8 @@ class Bundle:
         check_device(device)
         if model_name not in self.models:
             raise InputError(f"'model_name' {model_name!r} is not in the bundle {self.path}, expected one of {sorted(self.models)}")
-        if backend != "auto" and backend not in ("torchscript", "onnx", "tensorrt"):
-            raise InputError(f"'backend' must be 'auto', 'torchscript', 'onnx' or 'tensorrt', got {backend!r}")
+        if backend != "auto" and backend not in BACKENDS:
+            raise InputError(f"'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
         if precision not in ("fp32", "fp16", "int8"):
             raise InputError(f"'precision' must be 'fp32', 'fp16' or 'int8', got {precision!r}")
         if fp16 and precision not in ("fp32", "fp16"):

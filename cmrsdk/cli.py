@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import DEMO_BUNDLE, __version__
+from .engines import BACKENDS
 from .errors import CmrError
 from .study import Interrupted, raise_on_sigterm, segment_one  # segment_one: kept importable from here
 
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def engine_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--bundle", default=str(DEMO_BUNDLE), help="model bundle directory (default: the demo bundle)")
-        p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torchscript", "tensorrt"],
+        p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                        help="inference backend (default: auto, the fastest available)")
 
     def pipeline_options(p: argparse.ArgumentParser) -> None:
