@@ -37,7 +37,6 @@ from cmrsdk.errors import InputError, ReadError
 from cmrsdk.evaluation import (EvaluationResult, classifier_table, dice_along_heart, evaluate, improvement_table,
                                markdown_table, regional_table, save_dice_along_heart, write_evaluation)
 from cmrsdk.io._atomic import atomic_path
-from cmrsdk.labels import REGION_NAMES
 from cmrsdk.routing import decode_regions
 from cmrsdk.types import Stack
 
