@@ -53,7 +53,8 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, check_device, create_engine
+from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine
+from .engines.base import check_device
 from .errors import BackendUnavailableError, BundleError, InputError
 
 __all__ = [
@@ -265,6 +266,7 @@ def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: t
         if path.parent != root.resolve():
             raise BundleError(f"{manifest}: '{where}artifacts.{key}.file' is {file!r}, expected a file name inside the bundle")
         backend, precision = ARTIFACT_KEYS[key]
+        input_hw: tuple[tuple[int, int], tuple[int, int]] | None
         if "input_hw" in entry:
             input_hw = _parse_input_hw(entry["input_hw"], f"{where}artifacts.{key}.", manifest)
         else:

@@ -62,7 +62,7 @@ def _error_line(source: object, exc: BaseException) -> str:
     """``cmrsdk: error: <input>: <reason>`` naming the input once, on one line."""
     if isinstance(exc, CmrError):
         text = str(exc)
-    elif isinstance(exc, ImportError) and getattr(exc, "name", None):
+    elif isinstance(exc, ImportError) and exc.name:
         # the command's outputs use the optional packages of cmrsdk[io]
         text = f"needs the optional package '{exc.name.split('.')[0]}': pip install 'cmrsdk[io]'"
     else:

@@ -90,14 +90,14 @@ def slice_dice(prediction: np.ndarray, truth: np.ndarray, labels: Sequence[int] 
 GAP_RATIO = 1.5
 
 
-def _positions(slice_positions: Sequence[float], n_slices: int) -> np.ndarray:
+def _positions(slice_positions: Sequence[float] | np.ndarray, n_slices: int) -> np.ndarray:
     positions = np.asarray(slice_positions, dtype=np.float64)
     if positions.shape != (n_slices,) or not np.all(np.isfinite(positions)):
         raise InputError(f"'slice_positions' must be {n_slices} finite mm values, got shape {positions.shape}")
     return np.sort(positions)
 
 
-def slice_thicknesses_mm(slice_positions: Sequence[float]) -> np.ndarray:
+def slice_thicknesses_mm(slice_positions: Sequence[float] | np.ndarray) -> np.ndarray:
     """The length of the stack each slice stands for, from the slice positions.
 
     Each slice reaches half-way to each neighbour; an end slice reaches as far outwards as its
@@ -128,7 +128,7 @@ def slice_thicknesses_mm(slice_positions: Sequence[float]) -> np.ndarray:
     return thickness
 
 
-def slice_gaps(slice_positions: Sequence[float], ratio: float = GAP_RATIO) -> list[dict[str, float]]:
+def slice_gaps(slice_positions: Sequence[float] | np.ndarray, ratio: float = GAP_RATIO) -> list[dict[str, float]]:
     """Steps between neighbouring slices longer than ``ratio`` times the median step.
 
     Returns
@@ -153,7 +153,8 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage  # optional dependency (cmrsdk[io])
 
     eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
-    return mask & ~eroded
+    surface: np.ndarray = mask & ~eroded
+    return surface
 
 
 def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spacing: Sequence[float]) -> tuple[float, float]:
@@ -190,7 +191,7 @@ def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spa
     return hd95, float(np.concatenate([to_truth, to_prediction]).mean())
 
 
-def volumes_ml(labels: np.ndarray, spacing: Sequence[float], slice_positions: Sequence[float] | None = None) -> dict[str, float]:
+def volumes_ml(labels: np.ndarray, spacing: Sequence[float], slice_positions: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
     """Volume of each structure in mL.
 
     Parameters
@@ -254,8 +255,8 @@ def cardiac_measures(
     ed_spacing: Sequence[float],
     es_spacing: Sequence[float] | None = None,
     *,
-    ed_positions: Sequence[float] | None = None,
-    es_positions: Sequence[float] | None = None,
+    ed_positions: Sequence[float] | np.ndarray | None = None,
+    es_positions: Sequence[float] | np.ndarray | None = None,
 ) -> CardiacMeasures:
     """LV and RV volumes, stroke volumes, ejection fractions and LV mass.
 

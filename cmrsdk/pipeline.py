@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, cast
 
 import numpy as np
 
@@ -186,7 +186,7 @@ class Pipeline:
         regions_from: str = "bundle",
         precision: str = "fp32",
     ) -> None:
-        if mode == "oracle":
+        if str(mode) == "oracle":
             raise InputError("'mode' 'oracle' is no longer a mode: route by the ground truth with mode 'routed', "
                              "regions_from='caller' and segment(stack, region_source=cmrsdk.evaluation.ground_truth_regions)")
         if mode not in MODES:
@@ -198,43 +198,45 @@ class Pipeline:
         self.largest_component = largest_component
         self.threads = threads
         self._pre = self.bundle.preprocessing
-        if heart_crop == "bundle":
-            heart_crop = self._pre.heart_crop
-        if heart_crop is not None:
-            heart_crop = (int(heart_crop[0]), int(heart_crop[1]))
-            if not all(0 < c <= s for c, s in zip(heart_crop, self._pre.size)):
-                raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {heart_crop}")
+        given = self._pre.heart_crop if heart_crop == "bundle" else heart_crop
+        crop: tuple[int, int] | None = None
+        if given is not None:
+            crop = (int(given[0]), int(given[1]))
+            if not all(0 < c <= s for c, s in zip(crop, self._pre.size)):
+                raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {crop}")
             # the U-Nets halve the image up to four times: sides not divisible fail inside the engine
             multiple = min(16, math.gcd(*self._pre.size) & -math.gcd(*self._pre.size))
-            if any(c % multiple for c in heart_crop):
-                raise InputError(f"'heart_crop' {heart_crop} must be multiples of {multiple} pixels (the U-Nets "
-                                 f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in heart_crop)}")
-        self.heart_crop = heart_crop
+            if any(c % multiple for c in crop):
+                raise InputError(f"'heart_crop' {crop} must be multiples of {multiple} pixels (the U-Nets "
+                                 f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in crop)}")
+        self.heart_crop = crop
         if region_decoding not in DECODINGS:
             raise InputError(f"'region_decoding' must be one of {', '.join(DECODINGS)}, got {region_decoding!r}")
         self.region_decoding = region_decoding
-        self._baseline = self.bundle.routing.get(NON_CARDIAC)
-        if self._baseline is None:
+        baseline = self.bundle.routing.get(NON_CARDIAC)
+        if baseline is None:
             raise InputError(f"bundle {self.bundle.path} routes no model for non-cardiac slices: it has no baseline U-Net")
+        self._baseline: str = baseline
         if regions_from not in REGIONS_FROM:
             raise InputError(f"'regions_from' must be one of {', '.join(REGIONS_FROM)}, got {regions_from!r}")
         self.regions_from = self.bundle.regions_from if regions_from == "bundle" else regions_from
-        if mode == "routed" and self.regions_from == "classifier" and self.bundle.classifier is None:
+        classifier = self.bundle.classifier
+        if mode == "routed" and self.regions_from == "classifier" and classifier is None:
             raise InputError(f"regions from the classifier need one, and bundle {self.bundle.path} has none; "
                              f"use regions_from='segmentation' or mode 'baseline'")
         # Create the engines now, not on the first call, so latency is flat from call one.
         needed = {self._baseline}
         if mode != "baseline":
             needed |= set(self.bundle.routing.values())
-        if mode == "routed" and self.regions_from == "classifier":
-            needed.add(self.bundle.classifier)
+        if mode == "routed" and self.regions_from == "classifier" and classifier is not None:
+            needed.add(classifier)
         options = dict(engine_options or {})
         self.precision = precision
         # The sizes each model will be fed: the classifier and the locating pass see the full
         # window; the U-Nets the heart crop, or the full window where no heart is found. An
         # artifact that cannot run them all (a TensorRT engine built for one size) is passed over.
-        full = tuple(self._pre.size)
-        unet_shapes = [full] if heart_crop is None else [full, heart_crop]
+        full = (int(self._pre.size[0]), int(self._pre.size[1]))
+        unet_shapes = [full] if crop is None else [full, crop]
         int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
         if precision == "int8" and not int8:
             raise InputError(f"precision 'int8' needs int8 artifacts, and bundle {self.bundle.path} has none for "
@@ -327,7 +329,7 @@ class Pipeline:
             stack.spacing[1:],
             target_spacing=self._pre.target_spacing,
             size=self._pre.size,
-            normalization=self._pre.normalization,
+            normalization=cast(preprocess.Normalization, self._pre.normalization),
             threads=self.threads,
         )
         t, timings["preprocess"] = _lap(t)

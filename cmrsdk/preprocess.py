@@ -46,7 +46,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -159,7 +159,7 @@ def _pair(value: object, name: str, what: str) -> tuple[float, float]:
         raise InputError(f"'{name}' must be {what}, got {value!r}") from exc
     if len(values) != 2:
         raise InputError(f"'{name}' must be {what}, got {value!r}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1]
 
 
 def _spacing(value: object, name: str) -> tuple[float, float]:
@@ -363,7 +363,7 @@ def normalize(
     if array.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
         supported = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise InputError(f"'pixels' dtype {array.dtype} is not supported; expected one of {supported}")
-    kernels = {"zscore": _normalize.zscore, "robust_zscore": _normalize.robust_zscore, "minmax": _normalize.minmax}
+    kernels: dict[str, Callable[..., np.ndarray]] = {"zscore": _normalize.zscore, "robust_zscore": _normalize.robust_zscore, "minmax": _normalize.minmax}
     if method not in kernels:
         raise InputError(f"'method' must be one of {', '.join(kernels)}, got {method!r}")
     flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
@@ -377,7 +377,7 @@ def normalize(
         flat_mask = np.ascontiguousarray(mask_array).reshape(-1).view(np.uint8)
     try:
         with _threads(threads) as n:
-            out = kernels[method](flat, flat_mask, threads=n)
+            out: np.ndarray = kernels[method](flat, flat_mask, threads=n)
     except ValueError as exc:
         raise InputError(f"cannot normalise 'pixels' of shape {array.shape} ({method}): {exc}") from exc
     return out.reshape(array.shape)

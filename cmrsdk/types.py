@@ -77,7 +77,8 @@ class Stack:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(Z, Y, X)."""
-        return self.pixels.shape  # type: ignore[return-value]
+        z, y, x = self.pixels.shape
+        return z, y, x
 
     def with_labels(self, labels: np.ndarray | None) -> "Stack":
         """A copy of this stack carrying ``labels`` (uint8 (Z, Y, X))."""

@@ -33,8 +33,9 @@ from .stats import (
 from .tables import markdown_table, write_csv
 
 if TYPE_CHECKING:
+    from ..metrics import CardiacMeasures
     from ..pipeline import Pipeline, RegionSource
-    from ..types import Study
+    from ..types import Stack, Study
 
 __all__ = ["EvaluationResult", "evaluate", "write_evaluation"]
 
@@ -57,7 +58,7 @@ class EvaluationResult:
 
     scores: list[SliceScore]
     regions: dict[str, tuple[np.ndarray, np.ndarray]]
-    measures: dict[str, list[tuple[str, object]]]
+    measures: dict[str, list[tuple[str, CardiacMeasures]]]
     latency_ms: dict[str, list[float]]
     cases: list[dict[str, object]] = field(default_factory=list)
     false_positive_ml: dict[str, list[float]] = field(default_factory=dict)
@@ -88,7 +89,7 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
     cases: list[dict[str, object]] = []
     true_regions: dict[str, list[np.ndarray]] = {m: [] for m in pipelines}
     pred_regions: dict[str, list[np.ndarray]] = {m: [] for m in pipelines}
-    measures: dict[str, list[tuple[str, object]]] = {m: [] for m in (*pipelines, "reference")}
+    measures: dict[str, list[tuple[str, CardiacMeasures]]] = {m: [] for m in (*pipelines, "reference")}
     latency: dict[str, list[float]] = {m: [] for m in pipelines}
     false_positive: dict[str, list[float]] = {m: [] for m in pipelines}
     items: Iterable[tuple[str, Study]] = list(studies)
@@ -106,10 +107,10 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
             result = pipeline.segment_study(study, region_source=sources.get(method))
             latency[method].append(result.timings_ms["wall"])
             measures[method].append((case, result.measures))
-            false_positive[method].append(sum(false_positive_ml(s.labels, s.stack.labels, s.stack.spacing)
-                                              for s in (result.ed, result.es)))
-            for seg in (result.ed, result.es):
-                truth = seg.stack.labels
+            truths = [_truth(seg.stack, case) for seg in (result.ed, result.es)]
+            false_positive[method].append(sum((false_positive_ml(seg.labels, truth, seg.stack.spacing)
+                                               for seg, truth in zip((result.ed, result.es), truths)), 0.0))
+            for seg, truth in zip((result.ed, result.es), truths):
                 scores += score_stack(seg.labels, truth, method=method, case=case, phase=seg.stack.phase or "")
                 cases += case_scores(seg.labels, truth, seg.stack.spacing, method=method, case=case, phase=seg.stack.phase or "")
                 if seg.regions is not None:
@@ -117,6 +118,13 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
                     pred_regions[method].append(seg.regions.astype(np.int64))
     regions = {m: (np.concatenate(true_regions[m]), np.concatenate(pred_regions[m])) for m in pipelines if true_regions[m]}
     return EvaluationResult(scores, regions, measures, latency, cases, false_positive)
+
+
+def _truth(stack: Stack, case: str) -> np.ndarray:
+    """The ground-truth labels of one of a study's stacks, uint8 (Z, Y, X)."""
+    if stack.labels is None:
+        raise InputError(f"study {case!r} has no ground-truth labels at {stack.phase or 'a phase'}: it cannot be evaluated")
+    return stack.labels
 
 
 def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline: str = "baseline", title: str = "") -> Path:
@@ -157,7 +165,7 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
     for method in methods:
         for case, measured in result.measures[method]:
             row: dict[str, object] = {"method": method, "case": case}
-            for key, value in measured.as_dict().items():  # type: ignore[attr-defined]
+            for key, value in measured.as_dict().items():
                 row[key] = value
                 row[f"reference_{key}"] = getattr(reference_by_case[case], key)
             measure_rows.append(row)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -125,7 +125,7 @@ def regional_table(scores: Sequence[SliceScore], method: str) -> list[dict[str, 
     return table
 
 
-def classifier_table(true_regions: np.ndarray, predicted_regions: np.ndarray) -> dict[str, object]:
+def classifier_table(true_regions: np.ndarray, predicted_regions: np.ndarray) -> dict[str, Any]:
     """Table 2 for one classifier: weighted-average precision and recall (%) and the confusion matrix.
 
     Parameters
@@ -223,7 +223,7 @@ def dice_along_heart(scores: Sequence[SliceScore], method: str, points: int = 10
     return curves
 
 
-def agreement(measured: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
+def agreement(measured: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Bland-Altman agreement: bias (mean of measured - reference) and 95% limits of agreement."""
     m = np.asarray(measured, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
