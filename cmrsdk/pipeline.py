@@ -2,8 +2,8 @@
 
 One `Pipeline.segment` call turns a `Stack` into uint8 labels on the stack's own grid:
 
-1. preprocess   native core: in-plane resample to the bundle's spacing, normalise, crop/pad to
-                the network size → float32 (Z, 1, H, W) and the inverse transform;
+1. preprocess   in-plane resample to the bundle's spacing (C++), normalise (Cython), crop/pad to
+                the network size (numpy) → float32 (Z, 1, H, W) and the inverse transform;
 2. classify     one batched call of the classifier → region and probabilities per slice, or
                 the regions a caller hands in (``region_source``, e.g. the ground truth's on
                 the evaluation side, `cmrsdk.evaluation.ground_truth_regions`);
