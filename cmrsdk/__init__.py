@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
 from .bundle import load_bundle
 from .errors import CmrError
 from .pipeline import Pipeline, Segmentation, StudySegmentation
 from .types import Stack, Study, StudyInfo
-
-__version__ = "0.1.0"
 
 #: the demo bundle shipped inside the package (trained on ACDC by export/, see README).
 DEMO_BUNDLE = Path(__file__).resolve().parent / "demo" / "bundle"

@@ -53,7 +53,8 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from .engines import AUTO_ORDER, Engine, backend_missing, check_device, create_engine
+from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine
+from .engines.base import check_device
 from .errors import BackendUnavailableError, BundleError, InputError
 
 __all__ = [
@@ -265,6 +266,7 @@ def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: t
         if path.parent != root.resolve():
             raise BundleError(f"{manifest}: '{where}artifacts.{key}.file' is {file!r}, expected a file name inside the bundle")
         backend, precision = ARTIFACT_KEYS[key]
+        input_hw: tuple[tuple[int, int], tuple[int, int]] | None
         if "input_hw" in entry:
             input_hw = _parse_input_hw(entry["input_hw"], f"{where}artifacts.{key}.", manifest)
         else:
@@ -303,10 +305,12 @@ class Bundle:
     labels : label code -> name (0 background, 1 LVBP, 2 LVM, 3 RVBP).
     regions : region code -> name.
     models : model name -> `ModelInfo`.
+    manifest_sha256 : hex sha256 of ``manifest.json`` as read by `load_bundle`.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], preprocessing: Preprocessing, routing: dict[int, str],
-                 classifier: str | None, labels: dict[int, str], regions: dict[int, str], models: dict[str, ModelInfo]) -> None:
+                 classifier: str | None, labels: dict[int, str], regions: dict[int, str], models: dict[str, ModelInfo],
+                 manifest_sha256: str = "") -> None:
         self.path = path
         self.manifest = manifest
         self.preprocessing = preprocessing
@@ -316,6 +320,7 @@ class Bundle:
         self.labels = labels
         self.regions = regions
         self.models = models
+        self.manifest_sha256 = manifest_sha256
         self._engines: dict[tuple[Any, ...], Engine] = {}
         self._lock = threading.Lock()
 
@@ -345,8 +350,8 @@ class Bundle:
         check_device(device)
         if model_name not in self.models:
             raise InputError(f"'model_name' {model_name!r} is not in the bundle {self.path}, expected one of {sorted(self.models)}")
-        if backend != "auto" and backend not in ("torchscript", "onnx", "tensorrt"):
-            raise InputError(f"'backend' must be 'auto', 'torchscript', 'onnx' or 'tensorrt', got {backend!r}")
+        if backend != "auto" and backend not in BACKENDS:
+            raise InputError(f"'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
         if precision not in ("fp32", "fp16", "int8"):
             raise InputError(f"'precision' must be 'fp32', 'fp16' or 'int8', got {precision!r}")
         if fp16 and precision not in ("fp32", "fp16"):
@@ -446,8 +451,11 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{root}: not a bundle directory (it does not exist or is not a directory)")
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: the bundle manifest is missing")
+    # the bytes are read once, and the hash recorded in every segmentation's provenance is of the
+    # very bytes parsed (the file could change between a read and a second read)
+    data = manifest_path.read_bytes()
     try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+        raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict):
@@ -480,4 +488,4 @@ def load_bundle(path: str | Path) -> Bundle:
     for model in models.values():
         for artifact in model.artifacts.values():
             _verify_artifact(artifact)
-    return Bundle(root, raw, preprocessing, routing, classifier, labels, regions, models)
+    return Bundle(root, raw, preprocessing, routing, classifier, labels, regions, models, hashlib.sha256(data).hexdigest())

@@ -10,11 +10,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import DEMO_BUNDLE, __version__
+from .engines import BACKENDS
 from .errors import CmrError
 from .study import Interrupted, raise_on_sigterm, segment_one  # segment_one: kept importable from here
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline, RegionSource
 
 __all__ = ["main", "DEMO_BUNDLE", "segment_one", "study_folder_names"]
 
@@ -58,7 +62,7 @@ def _error_line(source: object, exc: BaseException) -> str:
     """``cmrsdk: error: <input>: <reason>`` naming the input once, on one line."""
     if isinstance(exc, CmrError):
         text = str(exc)
-    elif isinstance(exc, ImportError) and getattr(exc, "name", None):
+    elif isinstance(exc, ImportError) and exc.name:
         # the command's outputs use the optional packages of cmrsdk[io]
         text = f"needs the optional package '{exc.name.split('.')[0]}': pip install 'cmrsdk[io]'"
     else:
@@ -75,9 +79,23 @@ def _heart_crop(args: argparse.Namespace):
     return None if args.full_window else tuple(args.heart_crop) if args.heart_crop else "bundle"
 
 
+def _method(mode: str, bundle: str, **options: Any) -> tuple[Pipeline, RegionSource | None]:
+    """The pipeline of a --mode / --modes name and the region source it routes by.
+
+    "oracle" is no pipeline mode but routing by the ground truth: a routed pipeline that takes
+    its regions from the caller, handed the evaluation side's `ground_truth_regions`.
+    """
+    from .pipeline import Pipeline
+
+    if mode == "oracle":
+        from .evaluation import ground_truth_regions
+
+        return Pipeline(bundle, mode="routed", regions_from="caller", **options), ground_truth_regions
+    return Pipeline(bundle, mode=mode, **options), None  # type: ignore[arg-type]
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .io import expand_inputs
-    from .pipeline import Pipeline
     from .study import check_output_folder
 
     output = Path(args.output)
@@ -106,9 +124,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             failures += 1
             print(_error_line(source, exc), file=sys.stderr)
     if planned:
-        pipeline = Pipeline(args.bundle, backend=args.backend, device=args.device, mode=args.mode,
-                            largest_component=not args.keep_fragments, threads=args.threads,
-                            heart_crop=_heart_crop(args), region_decoding=args.region_decoding)
+        pipeline, region_source = _method(args.mode, args.bundle, backend=args.backend, device=args.device,
+                                          largest_component=not args.keep_fragments, threads=args.threads,
+                                          heart_crop=_heart_crop(args), region_decoding=args.region_decoding)
     progress = None
     if len(planned) > 1 and sys.stderr.isatty():
         from tqdm import tqdm
@@ -119,7 +137,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for source, out_dir in planned:
         try:
             report = segment_one(pipeline, source, out_dir, overlay=not args.no_overlay,
-                                 report_html=not args.no_report_html)
+                                 report_html=not args.no_report_html, region_source=region_source)
         except Exception as exc:  # one study's failure never stops another's
             failures += 1
             print(_error_line(source, exc), file=sys.stderr)
@@ -212,24 +230,25 @@ def _case_folders(data: Path, every: int | None) -> list[Path]:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, write_evaluation
-    from .io import read_study
-    from .pipeline import Pipeline
-
     from .evaluation_sunnybrook import is_sunnybrook_root
+    from .io import read_study
 
     sunnybrook = [Path(d) for d in args.data if is_sunnybrook_root(d)]
     folders = [f for d in args.data if not is_sunnybrook_root(d) for f in _case_folders(Path(d), args.every)]
     if not folders and not sunnybrook:
         print(f"cmrsdk: error: no ACDC patient, M&Ms subject or Sunnybrook folders under {', '.join(args.data)}", file=sys.stderr)
         return 2
-    pipelines = {mode: Pipeline(args.bundle, backend=args.backend, mode=mode, threads=args.threads, heart_crop=_heart_crop(args),
-                                region_decoding=args.region_decoding) for mode in args.modes}
+    methods = {mode: _method(mode, args.bundle, backend=args.backend, threads=args.threads, heart_crop=_heart_crop(args),
+                             region_decoding=args.region_decoding) for mode in args.modes}
+    pipelines = {mode: pipeline for mode, (pipeline, _) in methods.items()}
+    sources = {mode: source for mode, (_, source) in methods.items() if source is not None}
     for root in sunnybrook:
-        _evaluate_sunnybrook(pipelines, root, Path(args.output))
+        # Sunnybrook's labels are partial: no ground-truth regions to route by
+        _evaluate_sunnybrook({m: p for m, p in pipelines.items() if m not in sources}, root, Path(args.output))
     if not folders:
         return 0
     studies = ((f.name, read_study(f)) for f in folders)
-    result = evaluate(pipelines, studies)
+    result = evaluate(pipelines, studies, region_sources=sources)
     report = write_evaluation(result, args.output, baseline="baseline", title=args.title or f"cmrsdk evaluation: {len(folders)} studies")
     print(f"{len(folders)} studies evaluated with {', '.join(args.modes)} -> {report}")
     return 0
@@ -245,8 +264,6 @@ def _evaluate_sunnybrook(pipelines: dict, root: Path, out: Path) -> None:
              "Dice (%) per contoured image: endocardium = LVBP against the i-contour, epicardium = LVBP + LVM "
              "against the o-contour.", ""]
     for method, pipeline in pipelines.items():
-        if method == "oracle":
-            continue  # Sunnybrook's labels are partial: no ground-truth regions to route by
         scores = evaluate_sunnybrook(pipeline, root)
         write_csv(out / f"sunnybrook_{method}.csv", [vars(s) for s in scores])
         rows = summarise(scores)
@@ -302,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def engine_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--bundle", default=str(DEMO_BUNDLE), help="model bundle directory (default: the demo bundle)")
-        p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torchscript", "tensorrt"],
+        p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                        help="inference backend (default: auto, the fastest available)")
 
     def pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -323,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--mode", default="routed", choices=["routed", "baseline", "oracle"],
                    help="routed: region U-Nets, regions from the bundle's classifier or from the baseline's masks "
-                        "(bundle's regions_from); baseline: one U-Net; oracle: ground-truth regions")
+                        "(bundle's regions_from); baseline: one U-Net; oracle: routed by the ground-truth regions "
+                        "(inputs with labels only)")
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
     p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.png (the slowest output)")

@@ -116,7 +116,7 @@ def evaluate_sunnybrook(pipeline: Pipeline, root: str | Path, *, progress: bool 
 
 def summarise(scores: list[ContourScore]) -> list[dict[str, object]]:
     """Per case and surface: images scored, mean, minimum Dice (%) and the images below 92 %."""
-    rows = []
+    rows: list[dict[str, object]] = []
     for case in sorted({s.case for s in scores}):
         for surface in ("endocardium", "epicardium"):
             d = np.array([s.dice for s in scores if s.case == case and s.surface == surface], np.float64)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ._checks import check_label_map, check_spacing
 from .errors import InputError
 from .labels import LABEL_NAMES, LVBP, RVBP, STRUCTURES
 from .regions import labelled_slices_base_to_apex
@@ -32,18 +33,9 @@ __all__ = [
 MYOCARDIAL_DENSITY_G_PER_ML = 1.05
 
 
-def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise InputError(f"'{name}' must be a (Z, Y, X) label map, got shape {labels.shape}")
-    if labels.dtype.kind not in "ui":
-        raise InputError(f"'{name}' must hold integer labels, got dtype {labels.dtype}")
-    return labels
-
-
 def _check_pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    prediction = _check_labels(prediction, "prediction")
-    truth = _check_labels(truth, "truth")
+    prediction = check_label_map(prediction, "prediction")
+    truth = check_label_map(truth, "truth")
     if prediction.shape != truth.shape:
         raise InputError(f"'prediction' shape {prediction.shape} differs from 'truth' shape {truth.shape}")
     return prediction, truth
@@ -98,14 +90,14 @@ def slice_dice(prediction: np.ndarray, truth: np.ndarray, labels: Sequence[int] 
 GAP_RATIO = 1.5
 
 
-def _positions(slice_positions: Sequence[float], n_slices: int) -> np.ndarray:
+def _positions(slice_positions: Sequence[float] | np.ndarray, n_slices: int) -> np.ndarray:
     positions = np.asarray(slice_positions, dtype=np.float64)
     if positions.shape != (n_slices,) or not np.all(np.isfinite(positions)):
         raise InputError(f"'slice_positions' must be {n_slices} finite mm values, got shape {positions.shape}")
     return np.sort(positions)
 
 
-def slice_thicknesses_mm(slice_positions: Sequence[float]) -> np.ndarray:
+def slice_thicknesses_mm(slice_positions: Sequence[float] | np.ndarray) -> np.ndarray:
     """The length of the stack each slice stands for, from the slice positions.
 
     Each slice reaches half-way to each neighbour; an end slice reaches as far outwards as its
@@ -136,7 +128,7 @@ def slice_thicknesses_mm(slice_positions: Sequence[float]) -> np.ndarray:
     return thickness
 
 
-def slice_gaps(slice_positions: Sequence[float], ratio: float = GAP_RATIO) -> list[dict[str, float]]:
+def slice_gaps(slice_positions: Sequence[float] | np.ndarray, ratio: float = GAP_RATIO) -> list[dict[str, float]]:
     """Steps between neighbouring slices longer than ``ratio`` times the median step.
 
     Returns
@@ -161,7 +153,8 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage  # optional dependency (cmrsdk[io])
 
     eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
-    return mask & ~eroded
+    surface: np.ndarray = mask & ~eroded
+    return surface
 
 
 def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spacing: Sequence[float]) -> tuple[float, float]:
@@ -186,9 +179,7 @@ def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spa
     from scipy import ndimage  # optional dependency (cmrsdk[io])
 
     prediction, truth = _check_pair(prediction, truth)
-    spacing = tuple(float(v) for v in spacing)
-    if len(spacing) != 3 or not all(np.isfinite(v) and v > 0 for v in spacing):
-        raise InputError(f"'spacing' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
+    spacing = check_spacing(spacing)
     p_surface, t_surface = _surface(prediction == label), _surface(truth == label)
     if not p_surface.any() and not t_surface.any():
         return float("nan"), float("nan")
@@ -200,7 +191,7 @@ def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spa
     return hd95, float(np.concatenate([to_truth, to_prediction]).mean())
 
 
-def volumes_ml(labels: np.ndarray, spacing: Sequence[float], slice_positions: Sequence[float] | None = None) -> dict[str, float]:
+def volumes_ml(labels: np.ndarray, spacing: Sequence[float], slice_positions: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
     """Volume of each structure in mL.
 
     Parameters
@@ -215,10 +206,8 @@ def volumes_ml(labels: np.ndarray, spacing: Sequence[float], slice_positions: Se
     -------
     {"LVBP": mL, "LVM": mL, "RVBP": mL}
     """
-    labels = _check_labels(labels, "labels")
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"'spacing' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
+    labels = check_label_map(labels, "labels")
+    spacing = check_spacing(spacing)
     if slice_positions is None:
         voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
         counts = np.bincount(labels.ravel(), minlength=4)
@@ -266,8 +255,8 @@ def cardiac_measures(
     ed_spacing: Sequence[float],
     es_spacing: Sequence[float] | None = None,
     *,
-    ed_positions: Sequence[float] | None = None,
-    es_positions: Sequence[float] | None = None,
+    ed_positions: Sequence[float] | np.ndarray | None = None,
+    es_positions: Sequence[float] | np.ndarray | None = None,
 ) -> CardiacMeasures:
     """LV and RV volumes, stroke volumes, ejection fractions and LV mass.
 
@@ -330,7 +319,7 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[st
     -------
     Sorted list of flag names; empty when nothing is suspicious.
     """
-    labels = _check_labels(labels, "labels")
+    labels = check_label_map(labels, "labels")
     flags: set[str] = set()
     for code, name in ((LVBP, "lv"), (RVBP, "rv")):
         present = (labels == code).reshape(labels.shape[0], -1).any(1)

@@ -380,7 +380,7 @@ def cine_phantom(seed: int = 0, *, n_phases: int = 25, noise: float | None = Non
     sigma = np.float32(noise_level * tone["blood"])
     affine = _affine(dz, dy, dx, (z_count, ny, nx))
     stacks, lv_volumes = [], []
-    for t, c in enumerate(contraction):
+    for c in contraction:
         s = a.shape(float(c))
         images = np.empty((z_count, ny, nx), np.float32)
         labels = np.zeros((z_count, ny, nx), np.uint8)

@@ -2,11 +2,14 @@
 
 One `Pipeline.segment` call turns a `Stack` into uint8 labels on the stack's own grid:
 
-1. preprocess   native core: in-plane resample to the bundle's spacing, normalise, crop/pad to
-                the network size → float32 (Z, 1, H, W) and the inverse transform;
-2. classify     one batched call of the classifier → region and probabilities per slice;
-   locate       (``heart_crop``) one baseline pass over one middle slice finds the heart, and
-                every slice's window is narrowed around it: the U-Nets then see fewer pixels;
+1. preprocess   in-plane resample to the bundle's spacing (C++), normalise (Cython), crop/pad to
+                the network size (numpy) → float32 (Z, 1, H, W) and the inverse transform;
+2. classify     one batched call of the classifier → region and probabilities per slice, or
+                the regions a caller hands in (``region_source``, e.g. the ground truth's on
+                the evaluation side, `cmrsdk.evaluation.ground_truth_regions`);
+   locate       (``heart_crop``, `cmrsdk.heart`) one baseline pass over one middle slice finds
+                the heart, once per study, and every slice's window is narrowed around it: the
+                U-Nets then see fewer pixels;
 3. segment      slices grouped by region, one batched call per region model (non-cardiac
                 slices → the baseline model) → probabilities (Z, C, H, W);
                 with regions from the segmentation (``regions_from="segmentation"``) the
@@ -17,37 +20,34 @@ One `Pipeline.segment` call turns a `Stack` into uint8 labels on the stack's own
                 the largest connected component of each structure.
 
 Modes: ``routed`` (the paper's classifier + region U-Nets), ``baseline`` (the baseline U-Net on
-every slice), ``oracle`` (routing by the ground-truth regions of ``stack.labels``: the upper
-bound of routing).
+every slice). Routing by regions known from elsewhere (the ground truth, stored predictions of
+another classifier) is not a mode: the caller hands a `RegionSource` to `Pipeline.segment`.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, cast
 
 import numpy as np
 
 from . import preprocess
-from .bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
+from .bundle import Bundle, load_bundle
 from .errors import InputError
-from .labels import MIDDLE, NON_CARDIAC, REGION_NAMES
+from .heart import crop_to_heart, locate_heart
+from .labels import NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
-from .regions import segmentation_regions, slice_regions
+from .regions import segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .types import Stack, Study
 
 __all__ = ["Mode", "MODES", "RegionSource", "Segmentation", "StudySegmentation", "Pipeline"]
 
-Mode = Literal["routed", "baseline", "oracle"]
-MODES: tuple[str, ...] = ("routed", "baseline", "oracle")
+Mode = Literal["routed", "baseline"]
+MODES: tuple[str, ...] = ("routed", "baseline")
 STAGES: tuple[str, ...] = ("preprocess", "classify", "locate", "segment", "postprocess")
-#: fewer foreground pixels than this in the locating pass: the heart was not found, keep the full window
-MIN_HEART_PIXELS = 50
-#: most baseline passes the heart search makes per stack (first choice, then the central slices).
-LOCATE_TRIES = 3
 #: with regions from the segmentation, a slice with fewer foreground pixels (at the bundle's
 #: spacing; 20 px is about 0.4 cm² at 1.48 mm) holds no heart: it is non-cardiac and gets no mask.
 MIN_SLICE_PIXELS = 20
@@ -56,7 +56,7 @@ MIN_SLICE_PIXELS = 20
 #: bundle: 0.93-0.97 on real ACDC, M&Ms and Sunnybrook stacks, 0.78-0.79 on constant and noise
 #: images, where the network's few hundred pixels of "heart" are a guess.
 MIN_HEART_CONFIDENCE = 0.88
-REGIONS_FROM: tuple[str, ...] = ("bundle", "classifier", "segmentation")
+REGIONS_FROM: tuple[str, ...] = ("bundle", "classifier", "segmentation", "caller")
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,12 +69,12 @@ class Segmentation:
     labels : uint8 (Z, Y, X) canonical labels on the stack's grid.
     regions : uint8 (Z,) region each slice was routed by (0 non-cardiac, 1 base, 2 middle,
         3 apex); None in ``baseline`` mode, where nothing is routed.
-    region_probabilities : float32 (Z, 4) classifier probabilities; one-hot of ``regions`` in
-        ``oracle`` mode and with regions from the segmentation (a rule, not a probability);
-        None in ``baseline`` mode.
+    region_probabilities : float32 (Z, 4) classifier probabilities (or a region source's); one-hot
+        of ``regions`` where the regions come from a rule, not a probability (from the
+        segmentation, or region codes handed in); None in ``baseline`` mode.
     timings_ms : milliseconds per stage ("preprocess", "classify", "locate", "segment",
         "postprocess") and "total".
-    provenance : bundle name and hash, backend, device, mode, cmrsdk version.
+    provenance : bundle name and hash, backend, device, mode, region source, cmrsdk version.
     """
 
     stack: Stack
@@ -125,7 +125,11 @@ class StudySegmentation:
         return self.phases[self.es_index]
 
 
-#: (stack, preprocessed float32 (Z, 1, H, W) slices) -> float32 (Z, 4) region probabilities.
+#: Regions from outside the pipeline, handed to `Pipeline.segment`: ``(stack, images)`` with the
+#: `Stack` and its preprocessed float32 (Z, 1, H, W) slices -> either float (Z, 4) region
+#: probabilities (non-cardiac, base, middle, apex), decoded as the classifier's are, or integer
+#: (Z,) region codes 0..3, used as they are (a rule such as the ground truth's, never re-decoded).
+#: A ``name`` attribute, where it has one, names it in the provenance.
 RegionSource = Callable[[Stack, np.ndarray], np.ndarray]
 
 
@@ -137,7 +141,7 @@ class Pipeline:
     bundle : a loaded `Bundle` or the path of a bundle directory.
     backend : "auto", "onnx", "torchscript" or "tensorrt" (see `cmrsdk.engines`).
     device : "cpu" or "cuda".
-    mode : "routed", "baseline" or "oracle".
+    mode : "routed" (region U-Nets) or "baseline" (the baseline U-Net on every slice).
     largest_component : keep only the largest 3-D connected component of each structure.
     threads : threads of the native kernels (default: all cores).
     heart_crop : (h, w) in pixels of the target spacing, None, or "bundle" (the default: the
@@ -155,18 +159,14 @@ class Pipeline:
         paper's slice classifier), "segmentation" (the baseline U-Net segments every slice and the
         ground-truth rule of `cmrsdk.regions` names the regions from its masks: one more network
         pass, regions that follow the anatomy of the whole stack, and no mask on slices without
-        heart) or "bundle" (the default: the manifest's ``regions_from``).
+        heart), "caller" (every call hands its regions in, see `segment`; no classifier is
+        loaded) or "bundle" (the default: the manifest's ``regions_from``).
     precision : "fp32" (the default), "int8" or "fp16" (CUDA). "int8" runs the bundle's int8
         configuration, the one whose Dice change against fp32 ``python -m export.quantize``
         measured and recorded in the manifest: the models that have an "onnx-int8" artifact in
         int8, the others (the region classifier, by default) in fp32; a bundle with no int8
         artifact is refused. "fp16" applies to every model. Never chosen behind the caller's
         back: "auto" picks the backend, not the arithmetic.
-    region_source : in routed mode, replaces the bundle's classifier: a callable
-        ``(stack, images) -> probabilities`` taking the `Stack` and its preprocessed float32
-        (Z, 1, H, W) slices and returning float32 (Z, 4) region probabilities (non-cardiac,
-        base, middle, apex), decoded as the classifier's are. For region labels known from
-        elsewhere (the scanner's slice planning, another classifier's stored predictions).
 
     The object holds no per-call state: one pipeline may serve several threads at once.
     """
@@ -183,10 +183,12 @@ class Pipeline:
         heart_crop: tuple[int, int] | None | Literal["bundle"] = "bundle",
         region_decoding: Decoding = "monotone",
         engine_options: Mapping[str, Any] | None = None,
-        region_source: RegionSource | None = None,
         regions_from: str = "bundle",
         precision: str = "fp32",
     ) -> None:
+        if str(mode) == "oracle":
+            raise InputError("'mode' 'oracle' is no longer a mode: route by the ground truth with mode 'routed', "
+                             "regions_from='caller' and segment(stack, region_source=cmrsdk.evaluation.ground_truth_regions)")
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -196,49 +198,45 @@ class Pipeline:
         self.largest_component = largest_component
         self.threads = threads
         self._pre = self.bundle.preprocessing
-        if heart_crop == "bundle":
-            heart_crop = self._pre.heart_crop
-        if heart_crop is not None:
-            heart_crop = (int(heart_crop[0]), int(heart_crop[1]))
-            if not all(0 < c <= s for c, s in zip(heart_crop, self._pre.size)):
-                raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {heart_crop}")
+        given = self._pre.heart_crop if heart_crop == "bundle" else heart_crop
+        crop: tuple[int, int] | None = None
+        if given is not None:
+            crop = (int(given[0]), int(given[1]))
+            if not all(0 < c <= s for c, s in zip(crop, self._pre.size)):
+                raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {crop}")
             # the U-Nets halve the image up to four times: sides not divisible fail inside the engine
             multiple = min(16, math.gcd(*self._pre.size) & -math.gcd(*self._pre.size))
-            if any(c % multiple for c in heart_crop):
-                raise InputError(f"'heart_crop' {heart_crop} must be multiples of {multiple} pixels (the U-Nets "
-                                 f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in heart_crop)}")
-        self.heart_crop = heart_crop
+            if any(c % multiple for c in crop):
+                raise InputError(f"'heart_crop' {crop} must be multiples of {multiple} pixels (the U-Nets "
+                                 f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in crop)}")
+        self.heart_crop = crop
         if region_decoding not in DECODINGS:
             raise InputError(f"'region_decoding' must be one of {', '.join(DECODINGS)}, got {region_decoding!r}")
         self.region_decoding = region_decoding
-        self._baseline = self.bundle.routing.get(NON_CARDIAC)
-        if self._baseline is None:
+        baseline = self.bundle.routing.get(NON_CARDIAC)
+        if baseline is None:
             raise InputError(f"bundle {self.bundle.path} routes no model for non-cardiac slices: it has no baseline U-Net")
-        if region_source is not None and not callable(region_source):
-            raise InputError(f"'region_source' must be callable (stack, images) -> (Z, 4) probabilities, got {type(region_source).__name__}")
-        self.region_source = region_source
+        self._baseline: str = baseline
         if regions_from not in REGIONS_FROM:
             raise InputError(f"'regions_from' must be one of {', '.join(REGIONS_FROM)}, got {regions_from!r}")
         self.regions_from = self.bundle.regions_from if regions_from == "bundle" else regions_from
-        if region_source is not None:
-            self.regions_from = "region_source"
-        if mode == "routed" and self.regions_from == "classifier" and self.bundle.classifier is None:
+        classifier = self.bundle.classifier
+        if mode == "routed" and self.regions_from == "classifier" and classifier is None:
             raise InputError(f"regions from the classifier need one, and bundle {self.bundle.path} has none; "
                              f"use regions_from='segmentation' or mode 'baseline'")
-        self._manifest_sha256 = sha256_file(self.bundle.path / MANIFEST_NAME)
         # Create the engines now, not on the first call, so latency is flat from call one.
         needed = {self._baseline}
         if mode != "baseline":
             needed |= set(self.bundle.routing.values())
-        if mode == "routed" and self.regions_from == "classifier":
-            needed.add(self.bundle.classifier)
+        if mode == "routed" and self.regions_from == "classifier" and classifier is not None:
+            needed.add(classifier)
         options = dict(engine_options or {})
         self.precision = precision
         # The sizes each model will be fed: the classifier and the locating pass see the full
         # window; the U-Nets the heart crop, or the full window where no heart is found. An
         # artifact that cannot run them all (a TensorRT engine built for one size) is passed over.
-        full = tuple(self._pre.size)
-        unet_shapes = [full] if heart_crop is None else [full, heart_crop]
+        full = (int(self._pre.size[0]), int(self._pre.size[1]))
+        unet_shapes = [full] if crop is None else [full, crop]
         int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
         if precision == "int8" and not int8:
             raise InputError(f"precision 'int8' needs int8 artifacts, and bundle {self.bundle.path} has none for "
@@ -249,57 +247,27 @@ class Pipeline:
                          for name in sorted(needed)}
 
     # -- stages -----------------------------------------------------------------------------
-    def _route(self, images: np.ndarray, stack: Stack) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Region per slice, uint8 (Z,), and its float32 (Z, 4) probabilities; None in baseline mode."""
-        if self.mode == "baseline" or self._by_segmentation:
-            return None, None  # by segmentation: the regions come with the segment stage
-        if self.mode == "oracle":
-            if stack.labels is None:
-                raise InputError(f"mode 'oracle' needs ground-truth labels on the stack ({stack.source or 'array'} has none)")
-            regions = slice_regions(stack.labels)
-            return regions, np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
-        if self.region_source is None:
-            probabilities = self._engines[self.bundle.classifier].run(images)
-        else:
-            probabilities = np.asarray(self.region_source(stack, images), dtype=np.float32)
-            if probabilities.shape != (images.shape[0], len(REGION_NAMES)) or not np.isfinite(probabilities).all():
-                raise InputError(f"'region_source' returned {probabilities.shape} probabilities for the "
-                                 f"{images.shape[0]} slices of {stack.source or 'the stack'}; expected finite "
-                                 f"({images.shape[0]}, {len(REGION_NAMES)})")
-        return decode_regions(probabilities, self.region_decoding), probabilities
+    def _route(self, images: np.ndarray, stack: Stack,
+               region_source: RegionSource | None) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+        """Region per slice, uint8 (Z,), its float32 (Z, 4) probabilities (None, None in baseline
+        mode and where the regions come with the segment stage, from the segmentation), and
+        whether the regions were decoded from probabilities."""
+        if self.mode == "baseline":
+            return None, None, False
+        if region_source is not None:
+            return _regions_from_source(region_source, stack, images, self.region_decoding)
+        if self.regions_from == "caller":
+            raise InputError(f"this pipeline takes its regions from the caller (regions_from='caller'): "
+                             f"segment({stack.source or 'stack'!r}) needs a 'region_source'")
+        if self._by_segmentation:
+            return None, None, False  # by segmentation: the regions come with the segment stage
+        probabilities = self._engines[str(self.bundle.classifier)].run(images)
+        return decode_regions(probabilities, self.region_decoding), probabilities, True
 
     def _locate(self, images: np.ndarray, regions: np.ndarray | None) -> tuple[float, float] | None:
-        """Centre (cy, cx) of the heart in window pixels, or None where no heart is found.
-
-        One baseline pass over the central middle slice: the foreground's centroid. Where that
-        slice shows no heart (the classifier's "middle" can be wrong: on held-out ACDC patient100
-        ES it was the last two slices, apex and below), the stack's central slice and then its
-        neighbours are tried, up to `LOCATE_TRIES` passes in all.
-        """
-        n = images.shape[0]
-        centre = n // 2
-        candidates = [centre + d for step in range(n) for d in ((step, -step) if step else (0,)) if 0 <= centre + d < n]
-        middle = np.flatnonzero(regions == MIDDLE) if regions is not None else np.empty(0, np.intp)
-        if len(middle):
-            first = int(middle[len(middle) // 2])
-            candidates = [first] + [k for k in candidates if k != first]
-        for k in dict.fromkeys(candidates[:LOCATE_TRIES]):
-            foreground = self._engines[self._baseline].run(images[k : k + 1])[0].argmax(0) > 0
-            if foreground.sum() >= MIN_HEART_PIXELS:
-                ys, xs = np.nonzero(foreground)
-                return float(ys.mean()), float(xs.mean())
-        return None
-
-    @staticmethod
-    def _crop(images: np.ndarray, transform: preprocess.SliceTransform, centre: tuple[float, float],
-              size: tuple[int, int]) -> tuple[np.ndarray, preprocess.SliceTransform]:
-        """Narrow every slice's window to ``size`` (h, w) around ``centre``, kept inside the full window."""
-        (h, w), (H, W) = size, images.shape[2:]
-        y0 = min(max(int(round(centre[0] - h / 2)), 0), H - h)
-        x0 = min(max(int(round(centre[1] - w / 2)), 0), W - w)
-        cropped = np.ascontiguousarray(images[:, :, y0 : y0 + h, x0 : x0 + w])
-        oy, ox = transform.offset
-        return cropped, replace(transform, offset=(oy + y0, ox + x0), size=(h, w))
+        """Centre (cy, cx) of the heart in window pixels, or None: `cmrsdk.heart.locate_heart`
+        with the baseline U-Net."""
+        return locate_heart(images, self._engines[self._baseline].run, regions)
 
     @property
     def _by_segmentation(self) -> bool:
@@ -344,20 +312,15 @@ class Pipeline:
             probabilities[index] = self._engines[str(name)].run(np.ascontiguousarray(images[index]))
         return probabilities
 
-    # -- public -----------------------------------------------------------------------------
-    def segment(self, stack: Stack) -> Segmentation:
-        """Segment one stack.
-
-        Parameters
-        ----------
-        stack : the short-axis stack; ``stack.labels`` is needed only in ``oracle`` mode.
-
-        Returns
-        -------
-        `Segmentation` with uint8 (Z, Y, X) labels on the stack's grid.
-        """
+    def _segment_stack(self, stack: Stack, region_source: RegionSource | None,
+                       centre: tuple[float, float] | None | _Unset) -> tuple[Segmentation, tuple[float, float] | None]:
+        """`segment`, with the heart centre given (a study's, found on another phase) or searched
+        for (``_UNSET``); returns the segmentation and the centre used."""
         if not isinstance(stack, Stack):
             raise InputError(f"'stack' must be a cmrsdk.Stack, got {type(stack).__name__}")
+        if region_source is not None and not callable(region_source):
+            raise InputError(f"'region_source' must be callable (stack, images) -> (Z, 4) probabilities or (Z,) "
+                             f"region codes, got {type(region_source).__name__}")
         timings: dict[str, float] = {}
         t0 = t = time.perf_counter()
 
@@ -366,21 +329,24 @@ class Pipeline:
             stack.spacing[1:],
             target_spacing=self._pre.target_spacing,
             size=self._pre.size,
-            normalization=self._pre.normalization,
+            normalization=cast(preprocess.Normalization, self._pre.normalization),
             threads=self.threads,
         )
         t, timings["preprocess"] = _lap(t)
 
-        regions, region_probabilities = self._route(images, stack)
+        regions, region_probabilities, decoded = self._route(images, stack, region_source)
         t, timings["classify"] = _lap(t)
 
-        if self.heart_crop is not None and images.shape[0]:
-            centre = self._locate(images, regions)
+        if self.heart_crop is None or not images.shape[0]:
+            centre = None
+        else:
+            if isinstance(centre, _Unset):
+                centre = self._locate(images, regions)
             if centre is not None:
-                images, transform = self._crop(images, transform, centre, self.heart_crop)
+                images, transform = crop_to_heart(images, transform, centre, self.heart_crop)
         t, timings["locate"] = _lap(t)
 
-        if self._by_segmentation:
+        if self._by_segmentation and region_source is None:
             probabilities, regions = self._segment_by_segmentation(images)
             region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
         else:
@@ -397,20 +363,52 @@ class Pipeline:
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 
-        return Segmentation(
+        provenance = self.provenance
+        if region_source is not None and self.mode == "routed":
+            provenance.update(regions_from="region_source", region_source=_source_name(region_source),
+                              region_decoding=self.region_decoding if decoded else None)
+        segmentation = Segmentation(
             stack=stack,
             labels=labels,
             regions=regions,
             region_probabilities=region_probabilities,
             timings_ms=timings,
-            provenance=self.provenance,
+            provenance=provenance,
         )
+        return segmentation, centre
 
-    def segment_study(self, study: Study) -> StudySegmentation:
+    # -- public -----------------------------------------------------------------------------
+    def segment(self, stack: Stack, *, region_source: RegionSource | None = None) -> Segmentation:
+        """Segment one stack.
+
+        Parameters
+        ----------
+        stack : the short-axis stack.
+        region_source : in routed mode, the regions to route by instead of the classifier's or
+            the segmentation's (see `RegionSource`): e.g. the ground truth's
+            (`cmrsdk.evaluation.ground_truth_regions`, the upper bound of routing) or another
+            classifier's stored predictions (``export.experiment.StoredRegions``). Ignored in
+            baseline mode. Required when the pipeline's ``regions_from`` is "caller".
+
+        Returns
+        -------
+        `Segmentation` with uint8 (Z, Y, X) labels on the stack's grid.
+        """
+        return self._segment_stack(stack, region_source, _UNSET)[0]
+
+    def segment_study(self, study: Study, *, region_source: RegionSource | None = None) -> StudySegmentation:
         """Segment ED and ES, or every phase of a full cine.
 
         For a cine whose ED and ES are unknown they are taken from the LV blood-pool volume
-        curve: ED at its largest, ES at its smallest volume.
+        curve: ED at its largest, ES at its smallest volume. With a heart crop the heart is
+        located once, on ED (on the first phase of a cine whose ED is unknown), and every phase
+        on the same grid is cropped around that centre; a phase on another grid (shape or
+        spacing) is located on its own.
+
+        Parameters
+        ----------
+        study : the study.
+        region_source : handed to `segment` for every phase.
         """
         if not isinstance(study, Study):
             raise InputError(f"'study' must be a cmrsdk.Study, got {type(study).__name__}")
@@ -419,7 +417,19 @@ class Pipeline:
             indices = [study.ed_index, study.es_index]
         else:
             indices = list(range(len(study.phases)))
-        segmentations = [self.segment(study.phases[i]) for i in indices]
+        # the phase located first: ED where known (the heart at its largest), else the first phase
+        first = indices.index(study.ed_index) if study.ed_index in indices else 0
+        order = [first] + [i for i in range(len(indices)) if i != first]
+        located = study.phases[indices[first]]
+        results: dict[int, Segmentation] = {}
+        centre: tuple[float, float] | None | _Unset = _UNSET
+        for i in order:
+            stack = study.phases[indices[i]]
+            same_grid = stack.shape == located.shape and tuple(stack.spacing) == tuple(located.spacing)
+            results[i], found = self._segment_stack(stack, region_source, centre if same_grid else _UNSET)
+            if i == first:
+                centre = found
+        segmentations = [results[i] for i in range(len(indices))]
         curve = np.array([s.volumes_ml()["LVBP"] for s in segmentations], dtype=np.float64)
         if study.ed_index is not None and study.es_index is not None:
             ed, es = indices.index(study.ed_index), indices.index(study.es_index)
@@ -438,23 +448,58 @@ class Pipeline:
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """Where a segmentation came from: bundle, backend, device, mode, versions."""
+        """Where a segmentation came from: bundle, backend, device, mode, versions (a new dict each call)."""
         from . import __version__
 
+        routed = self.mode == "routed"
         return {
             "bundle": str(self.bundle.path),
-            "manifest_sha256": self._manifest_sha256,
+            "manifest_sha256": self.bundle.manifest_sha256,
             "backends": {name: engine.backend for name, engine in self._engines.items()},
             "device": self.device,
             "precision": self.precision,
             "mode": self.mode,
             "largest_component": self.largest_component,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
-            "region_decoding": self.region_decoding if self.mode == "routed" and self.regions_from == "classifier" else None,
-            "regions_from": self.regions_from if self.mode == "routed" else None,
-            "region_source": getattr(self.region_source, "name", repr(self.region_source)) if self.region_source else None,
+            "region_decoding": self.region_decoding if routed and self.regions_from in ("classifier", "caller") else None,
+            "regions_from": self.regions_from if routed else None,
+            "region_source": None,
             "cmrsdk": __version__,
         }
+
+
+class _Unset:
+    """The heart centre of a stack not yet searched for (None means searched, and not found)."""
+
+
+_UNSET = _Unset()
+
+
+def _source_name(source: RegionSource) -> str:
+    """A region source's name for the provenance: its ``name``, else its qualified name."""
+    name = getattr(source, "name", None) or getattr(source, "__qualname__", None) or type(source).__qualname__
+    return str(name)
+
+
+def _regions_from_source(source: RegionSource, stack: Stack, images: np.ndarray,
+                         decoding: Decoding) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Regions uint8 (Z,), probabilities float32 (Z, 4) and whether they were decoded, from a
+    `RegionSource`'s answer, checked."""
+    n, r = images.shape[0], len(REGION_NAMES)
+    answer = np.asarray(source(stack, images))
+    where = stack.source or "the stack"
+    if answer.ndim == 1 and (np.issubdtype(answer.dtype, np.integer) or answer.dtype == np.bool_):
+        # region codes: a rule, not a probability, so used as they are (decoding could move them)
+        if answer.shape != (n,) or (n and (answer.min() < 0 or answer.max() >= r)):
+            raise InputError(f"'region_source' returned region codes of shape {answer.shape} for the {n} slices of "
+                             f"{where}; expected ({n},) codes in 0..{r - 1}")
+        regions = answer.astype(np.uint8)
+        return regions, np.eye(r, dtype=np.float32)[regions], False
+    probabilities = answer.astype(np.float32)
+    if probabilities.shape != (n, r) or not np.isfinite(probabilities).all():
+        raise InputError(f"'region_source' returned {probabilities.shape} probabilities for the "
+                         f"{n} slices of {where}; expected finite ({n}, {r})")
+    return decode_regions(probabilities, decoding), probabilities, True
 
 
 def _lap(start: float) -> tuple[float, float]:

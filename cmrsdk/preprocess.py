@@ -46,7 +46,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -159,7 +159,7 @@ def _pair(value: object, name: str, what: str) -> tuple[float, float]:
         raise InputError(f"'{name}' must be {what}, got {value!r}") from exc
     if len(values) != 2:
         raise InputError(f"'{name}' must be {what}, got {value!r}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1]
 
 
 def _spacing(value: object, name: str) -> tuple[float, float]:
@@ -363,7 +363,7 @@ def normalize(
     if array.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
         supported = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise InputError(f"'pixels' dtype {array.dtype} is not supported; expected one of {supported}")
-    kernels = {"zscore": _normalize.zscore, "robust_zscore": _normalize.robust_zscore, "minmax": _normalize.minmax}
+    kernels: dict[str, Callable[..., np.ndarray]] = {"zscore": _normalize.zscore, "robust_zscore": _normalize.robust_zscore, "minmax": _normalize.minmax}
     if method not in kernels:
         raise InputError(f"'method' must be one of {', '.join(kernels)}, got {method!r}")
     flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
@@ -377,10 +377,31 @@ def normalize(
         flat_mask = np.ascontiguousarray(mask_array).reshape(-1).view(np.uint8)
     try:
         with _threads(threads) as n:
-            out = kernels[method](flat, flat_mask, threads=n)
+            out: np.ndarray = kernels[method](flat, flat_mask, threads=n)
     except ValueError as exc:
         raise InputError(f"cannot normalise 'pixels' of shape {array.shape} ({method}): {exc}") from exc
     return out.reshape(array.shape)
+
+
+def window_offset(centre: Sequence[float], size: Sequence[int]) -> tuple[int, int]:
+    """Index (oy, ox) of a window's pixel (0, 0) that puts the window's centre on ``centre``.
+
+    The one crop-centring rule of cmrsdk, per axis ``offset = floor(centre - (size - 1) / 2)``:
+    `crop_or_pad` uses it, and so does the heart crop (`cmrsdk.heart.crop_to_heart`), which then
+    keeps the window inside the image. For an even size the window's centre lies between two
+    pixels, and a centre on a pixel goes to the lower-right one of the middle four.
+
+    Parameters
+    ----------
+    centre : (cy, cx) in pixel indices (fractions allowed).
+    size : (H, W) of the window in pixels.
+
+    Returns
+    -------
+    (oy, ox) in pixel indices; negative where the window starts before the image.
+    """
+    (cy, cx), (h, w) = centre, size
+    return math.floor(cy - (h - 1) / 2), math.floor(cx - (w - 1) / 2)
 
 
 def crop_or_pad(
@@ -389,7 +410,7 @@ def crop_or_pad(
     """Crop or pad every slice to (H, W) around a centre.
 
     The window's pixel (0, 0) is pixel ``offset = floor(centre - (size - 1) / 2)`` of the stack
-    (per axis), so that the window's centre falls on ``centre``; parts of the window outside the
+    (per axis, `window_offset`), so that the window's centre falls on ``centre``; parts of the window outside the
     stack are filled with ``fill``. A plain row copy: numpy's slicing already runs at memory
     speed, so there is no native kernel for this.
 
@@ -419,7 +440,7 @@ def crop_or_pad(
         cy, cx = _pair(centre, "centre", "(cy, cx) in pixel indices")
         if not (math.isfinite(cy) and math.isfinite(cx)):
             raise InputError(f"'centre' must be finite (cy, cx) pixel indices, got {centre!r}")
-    oy, ox = math.floor(cy - (h - 1) / 2), math.floor(cx - (w - 1) / 2)
+    oy, ox = window_offset((cy, cx), (h, w))
     window = np.full((array.shape[0], h, w), fill, dtype=array.dtype)
     ys, ye = max(oy, 0), min(oy + h, ny)
     xs, xe = max(ox, 0), min(ox + w, nx)

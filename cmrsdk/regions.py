@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_label_map
 from .errors import InputError
 from .labels import APEX, BASE, LVBP, LVM, MIDDLE, NON_CARDIAC
 
@@ -34,15 +35,6 @@ __all__ = ["AMBIGUITY", "labelled_slices_base_to_apex", "region_counts", "slice_
 
 #: relative change of area over the labelled range below which a direction is called ambiguous.
 AMBIGUITY = 0.05
-
-
-def _check_labels(labels: np.ndarray) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.ndim != 3:
-        raise InputError(f"'labels' must be 3-D (Z, Y, X), got shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
-        raise InputError(f"'labels' must be an integer label map (uint8 canonical labels), got dtype {array.dtype}")
-    return array
 
 
 def _area_slope(areas: np.ndarray) -> float | None:
@@ -70,7 +62,7 @@ def labelled_slices_base_to_apex(labels: np.ndarray) -> np.ndarray:
     -------
     int64 (n,) slice indices into Z, base first; empty when no slice holds a label.
     """
-    array = _check_labels(labels)
+    array = check_label_map(labels)
     foreground = array > 0
     labelled = np.flatnonzero(foreground.any(axis=(1, 2)))
     lv_area = ((array == LVBP) | (array == LVM)).sum(axis=(1, 2))[labelled].astype(np.float64)
@@ -105,7 +97,7 @@ def slice_regions(labels: np.ndarray) -> np.ndarray:
     -------
     uint8 (Z,): 0 non-cardiac, 1 base, 2 middle, 3 apex (see the module docstring for the rule).
     """
-    array = _check_labels(labels)
+    array = check_label_map(labels)
     regions = np.full(array.shape[0], NON_CARDIAC, dtype=np.uint8)
     order = labelled_slices_base_to_apex(array)
     n_base, n_middle, _ = region_counts(order.size)
@@ -127,7 +119,7 @@ def slice_positions(labels: np.ndarray) -> np.ndarray:
     float64 (Z,): ``k / (n - 1)`` for the k-th labelled slice from the base (0.5 when n = 1),
     NaN for non-cardiac slices.
     """
-    array = _check_labels(labels)
+    array = check_label_map(labels)
     positions = np.full(array.shape[0], np.nan, dtype=np.float64)
     order = labelled_slices_base_to_apex(array)
     if order.size == 1:
@@ -155,7 +147,7 @@ def segmentation_regions(labels: np.ndarray, min_pixels: int = 0) -> np.ndarray:
     -------
     uint8 (Z,) region codes, as `slice_regions`.
     """
-    array = _check_labels(labels)
+    array = check_label_map(labels)
     if min_pixels < 0:
         raise InputError(f"'min_pixels' must be >= 0, got {min_pixels}")
     empty = (array > 0).sum(axis=(1, 2)) < min_pixels

@@ -30,11 +30,16 @@ def _phase_flags(seg: Segmentation) -> list[str]:
     flags = set(quality_flags(seg.labels))
     if seg.stack.shape[0] < 2:
         flags.add("single_slice")  # no volume from one slice
-    if slice_gaps(seg.stack.slice_positions):
+    if slice_gaps(_positions(seg)):
         flags.add("slice_gap")
     if seg.stack.pixels.size and not np.any(seg.stack.pixels):
         flags.add("blank_image")  # all zero: never labelled
     return sorted(flags)
+
+
+def _positions(seg: Segmentation) -> np.ndarray:
+    """float64 (Z,) slice positions in mm (a `Stack` always has them once made)."""
+    return np.asarray(seg.stack.slice_positions, dtype=np.float64)
 
 
 def _phase_entry(seg: Segmentation) -> dict[str, Any]:
@@ -45,12 +50,12 @@ def _phase_entry(seg: Segmentation) -> dict[str, Any]:
         "spacing_mm": [round(s, 4) for s in seg.stack.spacing],
         "volumes_ml": {k: _finite(v) for k, v in seg.volumes_ml().items()},
         "quality_flags": _phase_flags(seg),
-        "slice_positions_mm": [round(float(p), 3) for p in seg.stack.slice_positions],
-        "slice_gaps": slice_gaps(seg.stack.slice_positions),
+        "slice_positions_mm": [round(float(p), 3) for p in _positions(seg)],
+        "slice_gaps": slice_gaps(_positions(seg)),
         "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()},
     }
-    if seg.regions is not None:
-        confidence = seg.region_confidence
+    confidence = seg.region_confidence
+    if seg.regions is not None and confidence is not None:
         entry["slices"] = [
             {"index": z, "region": REGION_NAMES[int(r)], "confidence": round(float(c), 4)}
             for z, (r, c) in enumerate(zip(seg.regions, confidence))
@@ -149,6 +154,8 @@ def ground_truth_agreement(result: StudySegmentation, truth: Study) -> dict[str,
         for code in STRUCTURES:
             out[f"Dice {LABEL_NAMES[code]} {name}"] = round(dice(seg.labels, labels, code), 4)
     ed, es = truth.ed, truth.es
+    if ed.labels is None or es.labels is None:
+        raise InputError(f"the ground truth {truth.info.source or ''} has no labels at ED and ES")
     true = cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing)
     out.update({"true LVEDV (mL)": round(true.lvedv_ml, 1), "true LVESV (mL)": round(true.lvesv_ml, 1),
                 "true LVEF (%)": round(true.lvef_pct, 1), "true RVEF (%)": round(true.rvef_pct, 1)})

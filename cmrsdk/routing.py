@@ -70,7 +70,8 @@ def decode_regions(probabilities: np.ndarray, decoding: Decoding = "monotone") -
     if p.ndim != 2 or p.shape[1] != 4:
         raise InputError(f"'probabilities' must be (Z, 4), got shape {p.shape}")
     if p.shape[0] == 0 or decoding == "independent":
-        return p.argmax(1).astype(np.uint8)
+        independent: np.ndarray = p.argmax(1).astype(np.uint8)
+        return independent
     log_p = np.log(np.clip(p, 1e-12, None))
     down = _best_path(log_p, _BASE_TO_APEX)
     up = _best_path(log_p, _APEX_TO_BASE)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import CmrWarning, WriteError
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline
+    from .pipeline import Pipeline, RegionSource
     from .types import Study
 
 __all__ = ["segment_one", "check_output_folder", "Interrupted", "raise_on_sigterm", "OUTPUT_PATTERN",
@@ -156,7 +156,8 @@ def _distinct_messages(messages: Iterator[str] | list[str]) -> list[str]:
 
 
 def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, overlay: bool = True,
-                keep: tuple[str, ...] = (), report_html: bool = True, truth: Study | None = None) -> dict[str, Any]:
+                keep: tuple[str, ...] = (), report_html: bool = True, truth: Study | None = None,
+                region_source: RegionSource | None = None) -> dict[str, Any]:
     """Read, segment and write one study; returns its report (the content of ``report.json``).
 
     Parameters
@@ -172,6 +173,8 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
     report_html : write ``report.html``, the study's page for a reader (``--no-report-html`` skips it).
     truth : a `Study` holding the ground truth of ``source`` (the embedded example), scored into
         the report's "ground_truth".
+    region_source : regions to route by instead of the pipeline's own (see
+        `cmrsdk.pipeline.RegionSource`; ``cmrsdk segment --mode oracle`` hands in the ground truth's).
 
     Returns
     -------
@@ -198,7 +201,9 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
         t0 = time.perf_counter()
         study = read_study(source)
         read_ms = (time.perf_counter() - t0) * 1000.0
-        result = pipeline.segment_study(study)
+        # the keyword only when given: a pipeline-like object (a test double, a wrapper) need not know it
+        result = (pipeline.segment_study(study) if region_source is None
+                  else pipeline.segment_study(study, region_source=region_source))
         report = study_report(result, study)
         report["timings_ms"]["read"] = round(read_ms, 2)
         if truth is not None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_spacing
 from .errors import InputError
 from .types import Stack, Study, StudyInfo
 
@@ -341,9 +342,7 @@ def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[
         pixel = rng.uniform(1.35, 1.8)
         dz, dy, dx = rng.uniform(8.0, 10.0), pixel, pixel
     else:
-        dz, dy, dx = (float(s) for s in spacing)
-        if not all(np.isfinite(s) and s > 0 for s in (dz, dy, dx)):
-            raise InputError(f"'spacing' must be three positive mm values (dz, dy, dx), got {spacing!r}")
+        dz, dy, dx = check_spacing(spacing)
     ny, nx = (int(rng.integers(208, 257)), int(rng.integers(170, 241))) if shape is None else (int(shape[0]), int(shape[1]))
     if ny < 32 or nx < 32:
         raise InputError(f"'shape' must be at least (32, 32) pixels, got {(ny, nx)}")

@@ -12,23 +12,13 @@ Geometry conventions
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 
+from ._checks import check_spacing
 from .errors import InputError
 
 __all__ = ["Stack", "StudyInfo", "Study"]
-
-
-def _check_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, float]:
-    try:
-        values = tuple(float(s) for s in spacing)
-    except TypeError as exc:
-        raise InputError(f"'{name}' must be (dz, dy, dx) in mm, got {spacing!r}") from exc
-    if len(values) != 3 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"'{name}' must be three finite positive mm values (dz, dy, dx), got {spacing!r}")
-    return values  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +54,7 @@ class Stack:
         if pixels.dtype != np.float32:
             pixels = pixels.astype(np.float32)
         object.__setattr__(self, "pixels", pixels)
-        object.__setattr__(self, "spacing", _check_spacing(self.spacing))
+        object.__setattr__(self, "spacing", check_spacing(self.spacing))
         affine = np.asarray(self.affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise InputError(f"Stack 'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
@@ -87,7 +77,8 @@ class Stack:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(Z, Y, X)."""
-        return self.pixels.shape  # type: ignore[return-value]
+        z, y, x = self.pixels.shape
+        return z, y, x
 
     def with_labels(self, labels: np.ndarray | None) -> "Stack":
         """A copy of this stack carrying ``labels`` (uint8 (Z, Y, X))."""

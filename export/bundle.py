@@ -40,15 +40,16 @@ from torch import nn
 import cmrsdk
 from cmrsdk.bundle import (ARTIFACT_KEYS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, MODEL_KINDS, REGIONS_FROM, Preprocessing,
                            sha256_file)
-from cmrsdk.engines import create_engine
+from cmrsdk.engines import BACKENDS, create_engine
 from cmrsdk.engines.tensorrt import tensorrt_missing
-from cmrsdk.errors import BundleError, InputError, ReadError, WriteError
+from cmrsdk.errors import BundleError, InputError, WriteError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
 from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ProbabilityModel", "build_bundle", "load_checkpoint", "tensorrt_shapes", "main"]
 
-FORMATS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt")
+#: artifact formats: one per engine backend (cmrsdk.engines.BACKENDS)
+FORMATS: tuple[str, ...] = BACKENDS
 ONNX_OPSET = 18
 
 
@@ -221,6 +222,40 @@ def build_bundle(
         ``out_dir`` exists and ``overwrite`` is False.
     """
     out = Path(out_dir)
+    kinds, classifier = _check_models(models, routing, formats, regions_from)
+    if out.exists() and not overwrite:
+        raise WriteError(f"'out_dir' {out} already exists; pass overwrite=True to replace it")
+
+    slices, real = parity_inputs(preprocessing.size, example_slices)
+    trt_missing = tensorrt_missing() if "tensorrt" in formats else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        records: dict[str, Any] = {}
+        for name, (net, info) in models.items():
+            model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval()).eval()
+            example = torch.from_numpy(slices[:2].copy())
+            with torch.inference_mode():
+                classes = _check_output(name, kinds[name], model(example), preprocessing.size, 2)
+            checks = _parity_references(model, kinds[name], slices, preprocessing)
+            files, extra = _export_artifacts(model, name, kinds[name], example, staging, formats, preprocessing,
+                                             max_batch, tensorrt=trt_missing is None)
+            artifacts, parity = _check_artifacts(files, checks, real, extra)
+            records[name] = _model_record(net, info, kinds[name], classes, preprocessing.size, artifacts, parity, extra)
+        skipped = {"tensorrt": trt_missing} if "tensorrt" in formats and trt_missing is not None else {}
+        manifest = _manifest(records, routing, preprocessing, classifier, regions_from, skipped)
+        _publish(staging, manifest, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+# -- the steps of build_bundle ----------------------------------------------------------------
+
+def _check_models(models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]], routing: Mapping[int, str],
+                  formats: Sequence[str], regions_from: str | None) -> tuple[dict[str, str], str | None]:
+    """Validate `build_bundle`'s arguments; returns model name -> kind, and the classifier's name or None."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise InputError(f"'formats' must be a non-empty subset of {FORMATS}, got {tuple(formats)}")
@@ -244,111 +279,129 @@ def build_bundle(
     if regions_from not in (None, *REGIONS_FROM) or (regions_from == "classifier" and not classifiers):
         raise InputError(f"'regions_from' must be one of {REGIONS_FROM} ('classifier' needs a classifier model), "
                          f"got {regions_from!r}")
-    if out.exists() and not overwrite:
-        raise WriteError(f"'out_dir' {out} already exists; pass overwrite=True to replace it")
+    return kinds, classifiers[0] if classifiers else None
 
+
+def _parity_references(model: nn.Module, kind: str, slices: np.ndarray,
+                       preprocessing: Preprocessing) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+    """(inputs float32 (N, 1, h, w), eager outputs, (h, w)) at each size the pipeline runs the model.
+
+    Every artifact is checked at the full window, and a U-Net of a bundle with a heart crop at
+    the crop too (its centre of the window).
+    """
     size = preprocessing.size
-    slices, real = parity_inputs(size, example_slices)
+    checks: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]] = [(slices, eager_probabilities(model, slices), size)]
+    crop = preprocessing.heart_crop
+    if kind == "segmentation" and crop is not None and tuple(crop) != tuple(size):
+        y0, x0 = (size[0] - crop[0]) // 2, (size[1] - crop[1]) // 2
+        cropped = np.ascontiguousarray(slices[:, :, y0:y0 + crop[0], x0:x0 + crop[1]])
+        checks.append((cropped, eager_probabilities(model, cropped), (crop[0], crop[1])))
+    return checks
+
+
+def _export_artifacts(model: nn.Module, name: str, kind: str, example: torch.Tensor, staging: Path,
+                      formats: Sequence[str], preprocessing: Preprocessing, max_batch: int, *,
+                      tensorrt: bool) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Write the model's artifacts into ``staging``; returns artifact key -> file, and the extra
+    manifest entries of the model (ONNX opset, TensorRT batch and shapes)."""
+    files: dict[str, Path] = {}
+    extra: dict[str, Any] = {}
+    if "torchscript" in formats:
+        files["torchscript"] = staging / f"{name}.pt"
+        _export_torchscript(model, example, files["torchscript"])
+    if "onnx" in formats:
+        files["onnx"] = staging / f"{name}.onnx"
+        extra["onnx_opset"] = _export_onnx(model, example, files["onnx"])
+    if "tensorrt" in formats and tensorrt:
+        # U-Nets run at the heart crop and the full window; the classifier at the window only
+        crop = preprocessing.heart_crop if kind == "segmentation" else None
+        trt_shapes = tensorrt_shapes(preprocessing.size, crop, max_batch)
+        for precision in ("fp32", "fp16"):
+            files[f"tensorrt-{precision}"] = staging / f"{name}.{precision}.ep"
+            _export_tensorrt(model, trt_shapes, files[f"tensorrt-{precision}"], precision)
+        extra["tensorrt_max_batch"] = max_batch
+        extra["tensorrt_shapes"] = {k: list(v) for k, v in trt_shapes.items()}
+    return files, extra
+
+
+def _check_artifacts(files: Mapping[str, Path], checks: Sequence[tuple[np.ndarray, np.ndarray, tuple[int, int]]],
+                     real: int, extra: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Reload every artifact in each engine that can run it here and compare it with the eager model.
+
+    Returns the manifest's ``artifacts`` entries and ``parity`` records; raises ParityError
+    (from `check_parity`) where an artifact differs beyond tolerance.
+    """
     cuda = torch.cuda.is_available()
-    trt_missing = tensorrt_missing() if "tensorrt" in formats else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        records: dict[str, Any] = {}
-        for name, (net, info) in models.items():
-            model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval()).eval()
-            example = torch.from_numpy(slices[:2].copy())
-            with torch.inference_mode():
-                classes = _check_output(name, kinds[name], model(example), size, 2)
-            reference = eager_probabilities(model, slices)
-            # every artifact is checked at each size the pipeline runs it: the full window, and
-            # for a U-Net of a bundle with a heart crop the crop too (centre of the window)
-            checks: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]] = [(slices, reference, size)]
-            crop = preprocessing.heart_crop
-            if kinds[name] == "segmentation" and crop is not None and tuple(crop) != tuple(size):
-                y0, x0 = (size[0] - crop[0]) // 2, (size[1] - crop[1]) // 2
-                cropped = np.ascontiguousarray(slices[:, :, y0:y0 + crop[0], x0:x0 + crop[1]])
-                checks.append((cropped, eager_probabilities(model, cropped), (crop[0], crop[1])))
-            artifacts: dict[str, Any] = {}
-            parity: list[dict[str, Any]] = []
-            files: dict[str, Path] = {}
-            extra: dict[str, Any] = {}
-            if "torchscript" in formats:
-                files["torchscript"] = staging / f"{name}.pt"
-                _export_torchscript(model, example, files["torchscript"])
-            if "onnx" in formats:
-                files["onnx"] = staging / f"{name}.onnx"
-                extra["onnx_opset"] = _export_onnx(model, example, files["onnx"])
-            if "tensorrt" in formats and trt_missing is None:
-                # U-Nets run at the heart crop and the full window; the classifier at the window only
-                crop = preprocessing.heart_crop if kinds[name] == "segmentation" else None
-                trt_shapes = tensorrt_shapes(size, crop, max_batch)
-                for precision in ("fp32", "fp16"):
-                    files[f"tensorrt-{precision}"] = staging / f"{name}.{precision}.ep"
-                    _export_tensorrt(model, trt_shapes, files[f"tensorrt-{precision}"], precision)
-                extra["tensorrt_max_batch"] = max_batch
-                extra["tensorrt_shapes"] = {k: list(v) for k, v in trt_shapes.items()}
-            for key, path in files.items():
-                backend, precision = ARTIFACT_KEYS[key]
-                runs: list[dict[str, Any]] = []
-                if backend == "tensorrt":
-                    runs.append({"device": "cuda", "precision": precision})
-                else:
-                    runs.append({"device": "cpu"})
-                    if cuda and backend == "torchscript":
-                        runs += [{"device": "cuda"}, {"device": "cuda", "fp16": True}]
-                for run in runs:
-                    device = run["device"]
-                    options = {k: v for k, v in run.items() if k != "device"}
-                    engine = create_engine(path, backend, device, **options)
-                    for x, ref, hw in checks:
-                        result: ParityResult = check_parity(key, engine, ref, x, real)
-                        parity.append({**result.to_json(), "input_hw": list(hw)})
-                artifacts[key] = {"file": path.name, "format": backend, "precision": precision,
-                                  "sha256": sha256_file(path), "size": path.stat().st_size}
-                if backend == "tensorrt":
-                    # what select_artifact checks: TensorRT refuses sizes outside its profile
-                    artifacts[key]["input_hw"] = {"min": list(extra["tensorrt_shapes"]["min_shape"][2:]),
-                                                  "max": list(extra["tensorrt_shapes"]["max_shape"][2:])}
-            spatial = ["N", 1, size[0], size[1]]
-            records[name] = {
-                "kind": kinds[name],
-                "architecture": str(info.get("architecture", type(net).__name__)),
-                "num_outputs": classes,
-                "input_shape": spatial,
-                "output_shape": ["N", classes, size[0], size[1]] if kinds[name] == "segmentation" else ["N", classes],
-                "artifacts": artifacts,
-                "parity": parity,
-                "training": dict(info.get("training", {})),
-                "metrics": dict(info.get("metrics", {})),
-                **extra,
-            }
-        skipped = {}
-        if "tensorrt" in formats and trt_missing is not None:
-            skipped["tensorrt"] = trt_missing
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-            "labels": {str(k): v for k, v in LABEL_NAMES.items()},
-            "regions": {str(k): v for k, v in REGION_NAMES.items()},
-            "classifier": classifiers[0] if classifiers else None,
-            "regions_from": regions_from or ("classifier" if classifiers else "segmentation"),
-            "routing": {str(k): v for k, v in sorted(routing.items())},
-            "preprocessing": preprocessing.to_json(),
-            "models": records,
-            "skipped": skipped,
-        }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-        os.chmod(staging, 0o755)  # mkdtemp makes the directory private; a bundle is meant to be shared
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+    artifacts: dict[str, Any] = {}
+    parity: list[dict[str, Any]] = []
+    for key, path in files.items():
+        backend, precision = ARTIFACT_KEYS[key]
+        runs: list[dict[str, Any]] = []
+        if backend == "tensorrt":
+            runs.append({"device": "cuda", "precision": precision})
+        else:
+            runs.append({"device": "cpu"})
+            if cuda and backend == "torchscript":
+                runs += [{"device": "cuda"}, {"device": "cuda", "fp16": True}]
+        for run in runs:
+            device = run["device"]
+            options = {k: v for k, v in run.items() if k != "device"}
+            engine = create_engine(path, backend, device, **options)
+            for x, ref, hw in checks:
+                result: ParityResult = check_parity(key, engine, ref, x, real)
+                parity.append({**result.to_json(), "input_hw": list(hw)})
+        artifacts[key] = {"file": path.name, "format": backend, "precision": precision,
+                          "sha256": sha256_file(path), "size": path.stat().st_size}
+        if backend == "tensorrt":
+            # what select_artifact checks: TensorRT refuses sizes outside its profile
+            artifacts[key]["input_hw"] = {"min": list(extra["tensorrt_shapes"]["min_shape"][2:]),
+                                          "max": list(extra["tensorrt_shapes"]["max_shape"][2:])}
+    return artifacts, parity
+
+
+def _model_record(net: nn.Module, info: Mapping[str, Any], kind: str, classes: int, size: tuple[int, int],
+                  artifacts: dict[str, Any], parity: list[dict[str, Any]], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's entry for one model."""
+    return {
+        "kind": kind,
+        "architecture": str(info.get("architecture", type(net).__name__)),
+        "num_outputs": classes,
+        "input_shape": ["N", 1, size[0], size[1]],
+        "output_shape": ["N", classes, size[0], size[1]] if kind == "segmentation" else ["N", classes],
+        "artifacts": artifacts,
+        "parity": parity,
+        "training": dict(info.get("training", {})),
+        "metrics": dict(info.get("metrics", {})),
+        **extra,
+    }
+
+
+def _manifest(records: dict[str, Any], routing: Mapping[int, str], preprocessing: Preprocessing, classifier: str | None,
+              regions_from: str | None, skipped: dict[str, str]) -> dict[str, Any]:
+    """The bundle's ``manifest.json`` content."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "labels": {str(k): v for k, v in LABEL_NAMES.items()},
+        "regions": {str(k): v for k, v in REGION_NAMES.items()},
+        "classifier": classifier,
+        "regions_from": regions_from or ("classifier" if classifier else "segmentation"),
+        "routing": {str(k): v for k, v in sorted(routing.items())},
+        "preprocessing": preprocessing.to_json(),
+        "models": records,
+        "skipped": skipped,
+    }
+
+
+def _publish(staging: Path, manifest: dict[str, Any], out: Path) -> None:
+    """Write the manifest last, then move the staged directory to ``out`` in one rename."""
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    os.chmod(staging, 0o755)  # mkdtemp makes the directory private; a bundle is meant to be shared
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -37,7 +37,6 @@ from cmrsdk.errors import InputError, ReadError
 from cmrsdk.evaluation import (EvaluationResult, classifier_table, dice_along_heart, evaluate, improvement_table,
                                markdown_table, regional_table, save_dice_along_heart, write_evaluation)
 from cmrsdk.io._atomic import atomic_path
-from cmrsdk.labels import REGION_NAMES
 from cmrsdk.routing import decode_regions
 from cmrsdk.types import Stack
 
@@ -79,7 +78,7 @@ PAPER: dict[str, Any] = {
 
 
 class StoredRegions:
-    """A `Pipeline` ``region_source`` that returns a classifier's stored held-out probabilities.
+    """A region source (`cmrsdk.pipeline.RegionSource`) that returns a classifier's stored held-out probabilities.
 
     Parameters
     ----------
@@ -279,8 +278,13 @@ def datasets(acdc: Path, mnms: Path, every: int = 5) -> dict[str, list[Path]]:
     return {k: v for k, v in out.items() if v}
 
 
-def pipelines(bundles: dict[str, Path], predictions: dict[str, np.ndarray] | None, threads: int | None):
+def pipelines(bundles: dict[str, Path], predictions: dict[str, np.ndarray] | None,
+              threads: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The compared methods: method name -> `cmrsdk.Pipeline`, and method name -> the region source
+    it routes by (`cmrsdk.evaluation.evaluate`'s ``region_sources``). The methods that route by
+    stored predictions and by the ground truth ("oracle") share the routed bundle's pipeline."""
     from cmrsdk.bundle import load_bundle
+    from cmrsdk.evaluation import ground_truth_regions
     from cmrsdk.pipeline import Pipeline
 
     loaded = {name: load_bundle(path) for name, path in bundles.items()}
@@ -290,13 +294,15 @@ def pipelines(bundles: dict[str, Path], predictions: dict[str, np.ndarray] | Non
         "sampling_high": Pipeline(loaded["sampling_high"], mode="baseline", threads=threads),
         "routed": Pipeline(loaded["routed"], mode="routed", threads=threads),
     }
+    sources: dict[str, Any] = {}
     for classifier in CLASSIFIERS:
         run = f"classifier_{classifier}"
         if predictions is not None and run in predictions:
-            methods[f"routed_{classifier}"] = Pipeline(loaded["routed"], mode="routed", threads=threads,
-                                                       region_source=StoredRegions(predictions, run))
-    methods["oracle"] = Pipeline(loaded["routed"], mode="oracle", threads=threads)
-    return methods
+            methods[f"routed_{classifier}"] = methods["routed"]
+            sources[f"routed_{classifier}"] = StoredRegions(predictions, run)
+    methods["oracle"] = methods["routed"]
+    sources["oracle"] = ground_truth_regions
+    return methods, sources
 
 
 def stored_classifier_table(predictions: dict[str, np.ndarray], dataset_prefix: str) -> list[dict[str, object]]:
@@ -438,11 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         bundles = ensure_bundles(args.runs, classifier, rebuild=args.rebuild_bundles)
         predictions_path = args.runs / "predictions.npz"
         predictions = dict(np.load(predictions_path)) if predictions_path.is_file() else None
-        methods = pipelines(bundles, predictions, args.threads)
+        methods, sources = pipelines(bundles, predictions, args.threads)
         results, table2 = {}, {}
         for dataset, folders in datasets(args.acdc, args.mnms).items():
             out = args.out / dataset
-            result = evaluate(methods, _studies(folders))
+            result = evaluate(methods, _studies(folders), region_sources=sources)
             write_evaluation(result, out, baseline="baseline", title=f"paper experiment, {dataset}")
             curves = {m: dice_along_heart(result.scores, m) for m in ("baseline", "sampling_high", "routed", "oracle")}
             save_dice_along_heart(out / "figure2_paper.png", curves, title=f"{dataset}: the paper's Figure 2 methods")

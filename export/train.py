@@ -351,6 +351,104 @@ def _open_log(path: Path, fields: list[str], start: int) -> None:
         writer.writerows(rows)
 
 
+# -- the steps of train -----------------------------------------------------------------------
+
+def _setup_device(device: str, threads: int) -> tuple[torch.device, int, int]:
+    """The torch device of this process, its rank and the world size (1 unless under torchrun)."""
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"'device' must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("'device' is 'cuda' but torch sees no CUDA device here")
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch and patch shapes: pick the fastest kernels once
+    rank, world = _distributed(torch_device)
+    if world > 1 and device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch_device = torch.device("cuda", local)
+        torch.cuda.set_device(torch_device)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return torch_device, rank, world
+
+
+def _build_model(name: str, kwargs: dict[str, Any], task: str, device: torch.device,
+                 world: int) -> tuple[nn.Module, nn.Module, bool]:
+    """(the network, what the loop trains: it wrapped for deep supervision and DDP, deep supervision on)."""
+    net = get_model(name, **kwargs).to(device)
+    deep = task == "segmentation" and bool(getattr(net, "deep_supervision", False))
+    trainable: nn.Module = _DeepSupervised(net) if deep else net
+    if world > 1:
+        trainable = nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None)
+    return net, trainable, deep
+
+
+def _optimizer(spec: dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
+    """[train] 'optimizer': SGD with Nesterov momentum (the U-Nets) or Adam (the classifiers)."""
+    if spec["optimizer"] == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=float(spec["lr"]), momentum=float(spec["momentum"]), nesterov=True,
+                               weight_decay=float(spec["weight_decay"]))
+    if spec["optimizer"] == "adam":
+        return torch.optim.Adam(net.parameters(), lr=float(spec["lr"]), weight_decay=float(spec["weight_decay"]))
+    raise InputError(f"[train] 'optimizer' is {spec['optimizer']!r}, expected 'sgd' or 'adam'")
+
+
+def _criterion(task: str, deep: bool, class_weighted: bool, regions: np.ndarray, device: torch.device) -> nn.Module:
+    """The loss: Dice + cross-entropy for segmentation, cross-entropy (optionally class-weighted by
+    the inverse frequency of ``regions``, int (N,) region codes) for the classifier."""
+    if task == "segmentation":
+        return DeepSupervisionLoss() if deep else DiceCELoss()
+    class_weights = None
+    if class_weighted:
+        counts = np.bincount(regions, minlength=4).astype(np.float64)
+        # inverse frequency, normalised to mean 1 (the paper found this hurts; kept to show it)
+        inverse = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
+        class_weights = torch.tensor(inverse / inverse[counts > 0].mean(), dtype=torch.float32, device=device)
+    return nn.CrossEntropyLoss(weight=class_weights)
+
+
+def _warm_start(net: nn.Module, init_path: Path, device: torch.device) -> None:
+    """Fine-tuning: load another run's weights into ``net`` (fresh optimiser and schedule)."""
+    if not init_path.is_file():
+        raise ReadError(init_path, "[train] 'init' checkpoint not found: train that run first")
+    init = torch.load(init_path, map_location=device, weights_only=False)
+    net.load_state_dict(init["state_dict"])
+
+
+def _schedule_progress(iteration: int, iterations: int, deadline: float | None, time_budget: float | None) -> float:
+    """How far through its schedule the run is at ``iteration`` (1-based), in [0, 1]: the larger of
+    the iteration and the time fraction, so that a run out of time still anneals to the end."""
+    fraction = (iteration - 1) / iterations
+    if deadline is not None and time_budget:
+        elapsed = 1.0 - (deadline - time.perf_counter()) / float(time_budget)
+        fraction = min(max(fraction, elapsed), 1.0)
+    return fraction
+
+
+def _learning_rate(spec: dict[str, Any], progress: float) -> float:
+    """SGD: the poly schedule ``lr * (1 - progress) ** poly_power``; Adam: constant ``lr``."""
+    if spec["optimizer"] != "sgd":
+        return float(spec["lr"])
+    return float(spec["lr"]) * (1 - progress) ** float(spec["poly_power"])
+
+
+def _step(trainable: nn.Module, net: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+          scaler: torch.amp.GradScaler, amp: Any, x: torch.Tensor, target: torch.Tensor, task: str,
+          grad_clip: float) -> float:
+    """One optimiser step on one batch (float32 (N, 1, h, w) images, labels or region targets); the loss."""
+    with amp:
+        outputs = trainable(x)
+        loss = criterion(outputs, target) if task == "segmentation" else criterion(outputs.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
 def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, resume: bool = False,
           max_iterations: int | None = None, device: str = "cpu", progress: bool = True,
           time_budget: float | None = None) -> dict[str, Any]:
@@ -379,20 +477,7 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
 
     experiment, spec = config["experiment"], config["train"]
     task = experiment["task"]
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"'device' must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("'device' is 'cuda' but torch sees no CUDA device here")
-    torch_device = torch.device(device)
-    if torch_device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed batch and patch shapes: pick the fastest kernels once
-    rank, world = _distributed(torch_device)
-    if world > 1 and device == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch_device = torch.device("cuda", local)
-        torch.cuda.set_device(torch_device)
-    if int(spec["threads"]) > 0:
-        torch.set_num_threads(int(spec["threads"]))
+    torch_device, rank, world = _setup_device(device, int(spec["threads"]))
     seed = int(experiment["seed"])
     torch.manual_seed(seed + rank)
     out_dir = _resolve(out or spec["out"] or f"runs/{experiment['name']}")
@@ -404,44 +489,17 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     augment = AugmentConfig.named(spec["augment"])
 
     model_kwargs = dict(config["model"]["kwargs"])
-    net = get_model(config["model"]["name"], **model_kwargs).to(torch_device)
-    deep = task == "segmentation" and getattr(net, "deep_supervision", False)
-    trainable: nn.Module = _DeepSupervised(net) if deep else net
-    if world > 1:
-        trainable = nn.parallel.DistributedDataParallel(
-            trainable, device_ids=[torch_device.index] if torch_device.type == "cuda" else None)
-    if spec["optimizer"] == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            net.parameters(), lr=float(spec["lr"]), momentum=float(spec["momentum"]), nesterov=True,
-            weight_decay=float(spec["weight_decay"]))
-    elif spec["optimizer"] == "adam":
-        optimizer = torch.optim.Adam(net.parameters(), lr=float(spec["lr"]), weight_decay=float(spec["weight_decay"]))
-    else:
-        raise InputError(f"[train] 'optimizer' is {spec['optimizer']!r}, expected 'sgd' or 'adam'")
+    net, trainable, deep = _build_model(config["model"]["name"], model_kwargs, task, torch_device, world)
+    optimizer = _optimizer(spec, net)
     scaler = torch.amp.GradScaler("cuda", enabled=torch_device.type == "cuda")
-
-    if task == "segmentation":
-        criterion: nn.Module = DeepSupervisionLoss() if deep else DiceCELoss()
-    else:
-        class_weights = None
-        if spec["class_weighted"]:
-            counts = np.bincount(train_set.regions, minlength=4).astype(np.float64)
-            # inverse frequency, normalised to mean 1 (the paper found this hurts; kept to show it)
-            inverse = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
-            class_weights = torch.tensor(inverse / inverse[counts > 0].mean(), dtype=torch.float32, device=torch_device)
-        criterion = nn.CrossEntropyLoss(weight=class_weights)
+    criterion = _criterion(task, deep, bool(spec["class_weighted"]), train_set.regions, torch_device)
 
     iterations = int(spec["iterations"])
     stop = min(iterations, int(max_iterations)) if max_iterations is not None else iterations
     checkpoint = out_dir / "last.pt"
     start, metrics = 0, {}
     if spec.get("init") and not (resume and checkpoint.is_file()):
-        # warm start (fine-tuning): the weights of another run, fresh optimiser and schedule
-        init_path = _resolve(spec["init"])
-        if not init_path.is_file():
-            raise ReadError(init_path, "[train] 'init' checkpoint not found: train that run first")
-        init = torch.load(init_path, map_location=torch_device, weights_only=False)
-        net.load_state_dict(init["state_dict"])
+        _warm_start(net, _resolve(spec["init"]), torch_device)
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=torch_device, weights_only=False)
         net.load_state_dict(state["state_dict"])
@@ -510,15 +568,11 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
     deadline = time.perf_counter() + time_budget if time_budget else None
     timed_out = finished = False
     for iteration in range(start + 1, stop + 1):
-        progress_fraction = (iteration - 1) / iterations
-        if deadline is not None:
-            elapsed = 1.0 - (deadline - time.perf_counter()) / float(time_budget)
-            progress_fraction = min(max(progress_fraction, elapsed), 1.0)
-            if progress_fraction >= 1.0 and iteration > start + 1:
-                stop, timed_out = iteration - 1, True  # out of time: validate and save where we are
-                break
-        lr = float(spec["lr"]) * (1 - progress_fraction) ** float(spec["poly_power"]) \
-            if spec["optimizer"] == "sgd" else float(spec["lr"])
+        progress_fraction = _schedule_progress(iteration, iterations, deadline, time_budget)
+        if progress_fraction >= 1.0 and deadline is not None and iteration > start + 1:
+            stop, timed_out = iteration - 1, True  # out of time: validate and save where we are
+            break
+        lr = _learning_rate(spec, progress_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = sampler.sample(per_rank)
@@ -526,19 +580,9 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         labels = labels_all[index]
         centres = crop_centres(labels, patch, torch.from_numpy(batch.foreground), generator)
         x, y = augment_batch(images_all[index][:, None].to(torch_device), labels, patch, centres, augment, generator)
-        with amp:
-            outputs = trainable(x)
-            if task == "segmentation":
-                loss = criterion(outputs, y.to(torch_device))
-            else:
-                loss = criterion(outputs.float(), targets_all[index].to(torch_device))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(net.parameters(), float(spec["grad_clip"]))
-        scaler.step(optimizer)
-        scaler.update()
-        losses.append(float(loss.detach()))
+        target = y if task == "segmentation" else targets_all[index]
+        losses.append(_step(trainable, net, criterion, optimizer, scaler, amp, x, target.to(torch_device),
+                            task, float(spec["grad_clip"])))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
 

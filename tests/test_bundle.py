@@ -212,9 +212,9 @@ def test_an_artifact_that_cannot_run_the_shape_is_passed_over(bundle_dir: Path):
 
     pipe = Pipeline(bundle, mode="baseline", heart_crop=(16, 16))
     assert pipe.provenance["backends"] == {"baseline": "onnx"}  # baseline's ONNX has no limit
-    pipe = Pipeline(bundle, mode="oracle", heart_crop=(16, 16))
+    pipe = Pipeline(bundle, mode="routed", regions_from="caller", heart_crop=(16, 16))
     assert pipe.provenance["backends"] == {"apex": "torchscript", "baseline": "onnx"}
-    assert Pipeline(bundle, mode="oracle", heart_crop=None).provenance["backends"]["apex"] == "onnx"
+    assert Pipeline(bundle, mode="routed", regions_from="caller", heart_crop=None).provenance["backends"]["apex"] == "onnx"
 
 
 @pytest.mark.parametrize(("input_hw", "message"), [

@@ -105,6 +105,22 @@ def test_tampered_bundle_is_refused_with_one_line(routing_bundle, tmp_path, caps
 
 
 def test_version(capsys):
+    import re
+    import tomllib
+    from pathlib import Path
+
+    import cmrsdk
+    from cmrsdk._version import __version__
+
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
-    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("cmrsdk 0.")
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"cmrsdk {__version__}\n"
+    assert cmrsdk.__version__ == __version__ and re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+    # one source of truth: pyproject reads the version from cmrsdk/_version.py; the changelog's
+    # newest entry is that version
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "cmrsdk._version.__version__"}
+    entries = re.findall(r"^## (\S+)", (root / "CHANGELOG.md").read_text(), re.M)
+    assert entries[0] == __version__ and len(entries) == len(set(entries))

@@ -148,8 +148,23 @@ def test_auto_backend_comes_from_the_suffix(built, tmp_path):
         create_engine(_artifact(bundle, "seg", "onnx"), "caffe")
     with pytest.raises(InputError, match="'device' must be.*'tpu'"):
         create_engine(_artifact(bundle, "seg", "onnx"), device="tpu")
-    with pytest.raises(InputError, match="does not accept the options.*'fp16'"):
-        create_engine(_artifact(bundle, "seg", "onnx"), fp16=True)
+    with pytest.raises(InputError, match=r"does not accept the options \['fp16'\]; it takes \[.*'intra_op_threads'"):
+        create_engine(_artifact(bundle, "seg", "onnx"), fp16=True, intra_op_threads=1)
+
+
+def test_a_type_error_inside_an_engine_is_not_called_an_unknown_option(built, monkeypatch):
+    import cmrsdk.engines.onnx as onnx_engine
+
+    class Broken(onnx_engine.OnnxEngine):
+        def __init__(self, path, device="cpu", *, intra_op_threads=None):
+            raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")  # a bug while loading
+
+    monkeypatch.setattr(onnx_engine, "OnnxEngine", Broken)
+    bundle, _, _ = built
+    with pytest.raises(TypeError, match="unsupported operand"):
+        create_engine(_artifact(bundle, "seg", "onnx"), intra_op_threads=1)
+    with pytest.raises(InputError, match=r"does not accept the options \['spinning'\]"):
+        create_engine(_artifact(bundle, "seg", "onnx"), spinning=True)
 
 
 def test_an_artifact_of_another_format_is_a_bundle_error(built):

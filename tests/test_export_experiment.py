@@ -389,7 +389,7 @@ def test_datasets_without_a_training_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def evaluation(routing_bundle):
-    from cmrsdk.evaluation import evaluate
+    from cmrsdk.evaluation import evaluate, ground_truth_regions
     from cmrsdk.pipeline import Pipeline
     from cmrsdk.synth import synthetic_study
 
@@ -397,9 +397,9 @@ def evaluation(routing_bundle):
                "sampling_low": Pipeline(routing_bundle, mode="baseline"),
                "sampling_high": Pipeline(routing_bundle, mode="baseline"),
                "routed": Pipeline(routing_bundle, mode="routed"),
-               "oracle": Pipeline(routing_bundle, mode="oracle")}
+               "oracle": Pipeline(routing_bundle, mode="routed", regions_from="caller")}
     studies = [(f"patient{5 * s:03d}", synthetic_study(seed=s)) for s in (1, 2)]
-    return evaluate(methods, studies, progress=False)
+    return evaluate(methods, studies, region_sources={"oracle": ground_truth_regions}, progress=False)
 
 
 def _table_rows(text: str, heading: str) -> list[list[str]]:

@@ -164,7 +164,7 @@ def test_int8_needs_int8_artifacts_and_leaves_the_others_in_fp32(source: Path, q
     manifest = json.loads((bundle_dir / MANIFEST_NAME).read_text())
     del manifest["models"]["apex"]["artifacts"]["onnx-int8"]
     (bundle_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
-    engines = Pipeline(bundle_dir, mode="oracle", precision="int8")._engines
+    engines = Pipeline(bundle_dir, mode="routed", regions_from="caller", precision="int8")._engines
     assert {name: e.precision for name, e in engines.items()} == {"apex": "fp32", "baseline": "int8"}
 
 

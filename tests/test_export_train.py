@@ -192,3 +192,21 @@ def test_mixed_precision_choices() -> None:
     assert y.dtype == torch.bfloat16
     with pytest.raises(InputError, match="'amp'"):
         _autocast("int8", torch.device("cpu"))
+
+
+def test_schedule_steps_poly_learning_rate_and_time_budget() -> None:
+    import time
+
+    from export.train import _learning_rate, _schedule_progress
+
+    sgd = {"optimizer": "sgd", "lr": 0.01, "poly_power": 0.9}
+    assert _learning_rate(sgd, 0.0) == pytest.approx(0.01)
+    assert _learning_rate(sgd, 0.5) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert _learning_rate(sgd, 1.0) == 0.0
+    assert _learning_rate({"optimizer": "adam", "lr": 3e-4, "poly_power": 0.9}, 0.7) == pytest.approx(3e-4)
+    assert _schedule_progress(1, 100, None, None) == 0.0
+    assert _schedule_progress(51, 100, None, None) == pytest.approx(0.5)
+    # half the time budget gone at iteration 11 of 100: the time fraction leads
+    deadline = time.perf_counter() + 50.0
+    assert _schedule_progress(11, 100, deadline, 100.0) == pytest.approx(0.5, abs=0.01)
+    assert _schedule_progress(11, 100, time.perf_counter() - 1.0, 100.0) == 1.0  # past the deadline: capped

@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 
 from _bundles import ANSWER  # noqa: E402
 from cmrsdk.errors import InputError  # noqa: E402
+from cmrsdk.evaluation import ground_truth_regions  # noqa: E402
 from cmrsdk.labels import APEX, BASE, MIDDLE, NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.regions import slice_regions  # noqa: E402
@@ -69,28 +70,49 @@ def test_baseline_mode_uses_only_the_baseline(routing_bundle):
     assert set(pipeline.provenance["backends"]) == {"baseline"}
 
 
-def test_oracle_mode_routes_by_ground_truth_regions(routing_bundle):
+def test_ground_truth_regions_route_as_handed_in(routing_bundle):
     study = synthetic_study(seed=3)
     stack = study.ed
-    pipeline = Pipeline(routing_bundle, mode="oracle", largest_component=False)
-    seg = pipeline.segment(stack)
+    pipeline = Pipeline(routing_bundle, mode="routed", regions_from="caller", largest_component=False)
+    assert "classifier" not in pipeline.provenance["backends"]  # regions come from the caller: none loaded
+    seg = pipeline.segment(stack, region_source=ground_truth_regions)
     truth = slice_regions(stack.labels)
     np.testing.assert_array_equal(seg.regions, truth)
+    np.testing.assert_array_equal(seg.region_probabilities, np.eye(4, dtype=np.float32)[truth])
     y, x = stack.shape[1] // 2, stack.shape[2] // 2
     for z, region in enumerate(truth):
         assert seg.labels[z, y, x] == ANSWER[pipeline.bundle.routing[int(region)]]
+    assert seg.provenance["region_source"] == "ground truth" and seg.provenance["regions_from"] == "region_source"
+    assert seg.provenance["region_decoding"] is None  # region codes are used as they are
+    assert pipeline.provenance["region_source"] is None  # the pipeline's own provenance is unchanged
     with pytest.raises(InputError, match="oracle.*labels"):
-        pipeline.segment(stack.with_labels(None))
+        pipeline.segment(stack.with_labels(None), region_source=ground_truth_regions)
+    with pytest.raises(InputError, match="needs a 'region_source'"):
+        pipeline.segment(stack)
+    with pytest.raises(InputError, match="'oracle' is no longer a mode.*ground_truth_regions"):
+        Pipeline(routing_bundle, mode="oracle")
+
+
+def test_region_codes_with_a_gap_are_not_decoded(routing_bundle):
+    # ground truth with an unlabelled slice inside the heart: monotone decoding would fill the gap
+    pipeline = Pipeline(routing_bundle, mode="routed", largest_component=False)
+    wanted = np.array([BASE, NON_CARDIAC, MIDDLE, APEX], np.uint8)
+    seg = pipeline.segment(_stepped_stack([0.5, 0.5, 0.5, 0.5]), region_source=lambda stack, images: wanted)
+    np.testing.assert_array_equal(seg.regions, wanted)
+    with pytest.raises(InputError, match=r"region codes of shape \(4,\).*3 slices.*0\.\.3"):
+        pipeline.segment(_stepped_stack([0.5, 0.5, 0.5]), region_source=lambda stack, images: wanted)
+    with pytest.raises(InputError, match=r"codes in 0\.\.3"):
+        pipeline.segment(_stepped_stack([0.5] * 4), region_source=lambda stack, images: wanted + 4)
 
 
 def test_labels_cover_the_native_grid_outside_the_window_as_background(routing_bundle):
     # 200 x 200 px at 1 mm resample to 100 x 100 at 2 mm; the 64 x 64 window covers the centre
     pixels = np.ones((2, 200, 200), np.float32)
     pixels[0] = 0.0
-    pipeline = Pipeline(routing_bundle, mode="oracle", largest_component=False)
+    pipeline = Pipeline(routing_bundle, mode="routed", regions_from="caller", largest_component=False)
     labels = np.zeros((2, 200, 200), np.uint8)
     labels[:, 90:110, 90:110] = 1
-    seg = pipeline.segment(Stack(pixels, (10.0, 1.0, 1.0), labels=labels))
+    seg = pipeline.segment(Stack(pixels, (10.0, 1.0, 1.0), labels=labels), region_source=ground_truth_regions)
     assert seg.labels.shape == (2, 200, 200)
     assert np.all(seg.labels[:, :20, :] == 0) and np.all(seg.labels[:, :, -20:] == 0)
     inside = seg.labels[:, 100 - 60 : 100 + 60, 100 - 60 : 100 + 60]
@@ -102,7 +124,8 @@ def test_labels_cover_the_native_grid_outside_the_window_as_background(routing_b
 def test_segment_study_finds_ed_and_es_from_the_volume_curve(routing_bundle):
     study = synthetic_study(seed=1, n_phases=6)
     unlabelled = type(study)(phases=study.phases, info=study.info)  # ED/ES unknown
-    result = Pipeline(routing_bundle, mode="oracle", largest_component=False).segment_study(unlabelled)
+    pipeline = Pipeline(routing_bundle, mode="routed", regions_from="caller", largest_component=False)
+    result = pipeline.segment_study(unlabelled, region_source=ground_truth_regions)
     assert len(result.phases) == 6 and result.lv_volume_curve_ml.shape == (6,)
     assert result.ed_index == int(result.lv_volume_curve_ml.argmax())
     assert result.es_index == int(result.lv_volume_curve_ml.argmin())
@@ -238,3 +261,39 @@ def test_regions_from_the_segmentation_on_a_classifier_bundle(routing_bundle):
     assert (result.regions == NON_CARDIAC).all() and not result.labels.any()
     with pytest.raises(InputError, match="'regions_from'"):
         Pipeline(routing_bundle, regions_from="scanner")
+
+
+
+def test_a_study_is_located_once_and_every_phase_shares_the_crop(threshold_bundle):
+    from cmrsdk.types import Study
+
+    calls = []
+
+    class Counting(Pipeline):
+        def _locate(self, images, regions):
+            calls.append(images.shape[0])
+            return super()._locate(images, regions)
+
+    def phase(top: int, left: int, name: str, side: int = 96) -> Stack:
+        pixels = np.zeros((3, side, side), np.float32)  # 2 mm pixels: the bundle's grid
+        pixels[:, top : top + 10, left : left + 10] = 1.0  # the "heart" (the threshold model's foreground)
+        return Stack(pixels, (8.0, 2.0, 2.0), phase=name)
+
+    # the heart moves between the phases, as it never does that much: ES is cropped around ED's centre
+    ed, es = phase(10, 60, "ED"), phase(60, 10, "ES")
+    pipeline = Counting(threshold_bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend="onnx")
+    result = pipeline.segment_study(Study((ed, es), ed_index=0, es_index=1))
+    assert calls == [3]  # one search, on ED
+    np.testing.assert_array_equal(result.ed.labels[:, 10:20, 60:70], 1)
+    assert not result.es.labels.any()  # ES's square lies outside the 32 x 32 window around ED's heart
+    alone = pipeline.segment(es)  # a lone stack is located on its own
+    assert calls == [3, 3] and np.count_nonzero(alone.labels[:, 60:70, 10:20]) == 3 * 100
+    # a phase on another grid (here one more slice) is located on its own
+    calls.clear()
+    es_other_grid = Stack(np.concatenate([es.pixels, es.pixels[:1]]), es.spacing, phase="ES")
+    result = pipeline.segment_study(Study((ed, es_other_grid), ed_index=0, es_index=1))
+    assert calls == [3, 4] and np.count_nonzero(result.es.labels[:, 60:70, 10:20]) == 4 * 100
+    # ED found first, whatever its place in the study
+    calls.clear()
+    result = pipeline.segment_study(Study((es, ed), ed_index=1, es_index=0))
+    assert calls == [3] and result.ed.labels.any() and not result.es.labels.any()

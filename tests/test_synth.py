@@ -96,7 +96,7 @@ def test_bad_options() -> None:
         synthetic_study(-1)
     with pytest.raises(InputError, match=r"'n_phases' must be at least 2 \(ED and ES\), got 1"):
         synthetic_study(0, n_phases=1)
-    with pytest.raises(InputError, match=r"'spacing' must be three positive mm values"):
+    with pytest.raises(InputError, match=r"'spacing' must be three finite positive mm values"):
         synthetic_study(0, spacing=(0.0, 1.0, 1.0))
     with pytest.raises(InputError, match=r"'shape' must be at least \(32, 32\) pixels, got \(8, 64\)"):
         synthetic_study(0, shape=(8, 64))

@@ -112,13 +112,12 @@ def run_batch(
     BatchSummary; a study is done when the journal holds an "ok" (or, without ``retry_failed``,
     a "failed") record for it with the same key and source.
     """
-    from ..bundle import MANIFEST_NAME, load_bundle, sha256_file
+    from ..bundle import load_bundle
 
     t0 = time.perf_counter()
     out = Path(out)
     bundle = load_bundle(spec.bundle)  # refuses a bundle whose hashes do not match, before any work
-    bundle_sha = sha256_file(bundle.path / MANIFEST_NAME)
-    key = spec.key(bundle_sha)
+    key = spec.key(bundle.manifest_sha256)
     summary = BatchSummary()
     with Journal(out) as journal:
         shutil.rmtree(out / _SCRATCH, ignore_errors=True)  # what a killed batch was writing
@@ -139,7 +138,7 @@ def run_batch(
                 todo.append(study)
 
         def commit(result: StudyResult) -> None:
-            row = dict(result.row, bundle_sha256=bundle_sha, options_key=key)
+            row = dict(result.row, bundle_sha256=bundle.manifest_sha256, options_key=key)
             target = out / STUDIES_DIR / result.study_id
             if row.get("status") == "ok":
                 try:

@@ -49,7 +49,9 @@ def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
     workers = args.workers
     if workers is None and args.engine == "ray" and args.device == "cuda":
         workers = 1
-    engine = lambda: create_engine(args.engine, spec, workers=workers, threads=args.threads, address=args.address)
+    def engine() -> Any:  # made only when some study needs running
+        return create_engine(args.engine, spec, workers=workers, threads=args.threads, address=args.address)
+
     try:
         summary = run_batch(studies, spec, args.output, engine, retry_failed=args.retry_failed, progress=not args.no_progress)
     except KeyboardInterrupt:  # after the studies (while drawing the figure): the journal and table are whole

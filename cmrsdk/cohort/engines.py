@@ -90,11 +90,11 @@ class BatchEngine(ABC):
                 in_flight[self._submit(study)] = study
                 isolating = True
             while not suspects and not isolating and not exhausted and len(in_flight) < self.workers * self.in_flight_per_worker:
-                study = next(pending, None)
-                if study is None:
+                upcoming = next(pending, None)
+                if upcoming is None:
                     exhausted = True
                     break
-                in_flight[self._submit(study)] = study
+                in_flight[self._submit(upcoming)] = upcoming
             if not in_flight:
                 return
             lost = False

@@ -27,6 +27,7 @@ when it is made.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,13 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
         from .torchscript import TorchScriptEngine as cls  # type: ignore[assignment]
     else:
         from .tensorrt import TensorRTEngine as cls  # type: ignore[assignment]
+    # Bind the options to the engine's signature first: only a binding failure is the caller's
+    # unknown option; a TypeError raised while the engine loads is a bug and propagates as one.
+    signature = inspect.signature(cls)
     try:
-        return cls(path, device, **options)
-    except TypeError as exc:  # an option this backend does not take
-        raise InputError(f"backend {backend!r} does not accept the options {sorted(options)}: {exc}") from exc
+        signature.bind(path, device, **options)
+    except TypeError as exc:
+        takes = [name for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(takes)) or sorted(options)
+        raise InputError(f"backend {backend!r} does not accept the options {unknown}; it takes {takes} ({exc})") from exc
+    return cls(path, device, **options)

@@ -91,7 +91,7 @@ def write_measurement_report(path: str | Path, measures: Mapping[str, float | No
     if not source_files:
         raise InputError(f"{path}: 'source_files' is empty; a DICOM SR needs the source images it reports on")
     unknown = sorted(set(measures) - set(SR_MEASURES))
-    known = {k: float(v) for k, v in measures.items() if k in SR_MEASURES and _known(v)}  # type: ignore[arg-type]
+    known = {k: float(v) for k, v in measures.items() if k in SR_MEASURES and _known(v)}  # type: ignore[arg-type,unused-ignore]
     if not known:
         raise InputError(f"{path}: no measure is known ({dict(measures)}); nothing to report")
     del unknown  # other keys of report.json's measures (none today) are simply not coded

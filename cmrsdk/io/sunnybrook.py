@@ -73,8 +73,8 @@ def read_sunnybrook(series_dir: str | Path, contour_dir: str | Path) -> Study:
     study = read_dicom_study(series_dir)
     where: dict[int, tuple[int, int]] = {}
     for t, stack in enumerate(study.phases):
-        for z, file in enumerate(stack.source_files):
-            stem = Path(file).stem
+        for z, source_file in enumerate(stack.source_files):
+            stem = Path(source_file).stem
             if stem.isdigit():
                 where[int(stem)] = (t, z)
     files = sorted(contour_dir.glob("*-contours/*contour-manual.txt"))

@@ -241,17 +241,17 @@ def write_acdc_patient(folder: str | Path, study: Study) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    frames = {"ED": study.ed_index, "ES": study.es_index}
-    if None in frames.values():
-        raise InputError(f"study from {study.info.source or 'memory'} needs known ED and ES phases, got {frames}")
+    if study.ed_index is None or study.es_index is None:
+        raise InputError(f"study from {study.info.source or 'memory'} needs known ED and ES phases, "
+                         f"got {{'ED': {study.ed_index}, 'ES': {study.es_index}}}")
     to_acdc = np.array([0, 3, 2, 1], dtype=np.uint8)  # canonical 1 LVBP, 2 LVM, 3 RVBP -> ACDC 3, 2, 1
-    for index in sorted(set(frames.values())):  # type: ignore[type-var]
+    for index in sorted({study.ed_index, study.es_index}):
         stack = study.phases[index]
         stem = f"{folder.name}_frame{index + 1:02d}"
         _save_nifti(folder / f"{stem}.nii.gz", stack.pixels, stack)
         if stack.labels is not None:
             _save_nifti(folder / f"{stem}_gt.nii.gz", to_acdc[stack.labels], stack)
-    lines = [f"ED: {frames['ED'] + 1}", f"ES: {frames['ES'] + 1}", f"Group: {study.info.group or 'NOR'}",  # type: ignore[operator]
+    lines = [f"ED: {study.ed_index + 1}", f"ES: {study.es_index + 1}", f"Group: {study.info.group or 'NOR'}",
              f"Height: {study.info.height_cm or 170.0}", f"NbFrame: {len(study.phases)}",
              f"Weight: {study.info.weight_kg or 70.0}"]
     with atomic_path(folder / "Info.cfg") as temporary:

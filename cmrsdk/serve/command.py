@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..engines import BACKENDS
 from ..errors import BackendUnavailableError, InputError
 
 __all__ = ["add_serve_parser", "run_serve"]
@@ -30,7 +31,7 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
     p.add_argument("--forward", metavar="AET@HOST:PORT", help="send the result DICOM files (SEG, SR) to this AE")
     p.add_argument("--allow", nargs="+", default=[], metavar="AET", help="calling AE titles accepted (default: any)")
     p.add_argument("--bundle", default=default_bundle, help="model bundle directory (default: the demo bundle)")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torchscript", "tensorrt"])
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--tls-cert", help="TLS certificate (PEM): associations must use TLS")
     p.add_argument("--tls-key", help="TLS private key (PEM) of --tls-cert")

@@ -1,0 +1,107 @@
+"""The heart search: where the heart lies in the network window, and the window narrowed to it.
+
+The pipeline's "locate" stage (`cmrsdk.pipeline.Pipeline` with a ``heart_crop``). Two pure
+functions, apart from the network pass they are handed:
+
+- `locate_heart` runs a segmentation model (the bundle's baseline U-Net) over one slice and takes
+  the centroid of its foreground; where that slice shows no heart it tries the stack's central
+  slices, at most `LOCATE_TRIES` passes in all;
+- `crop_to_heart` cuts an (h, w) window around that centre out of the full window, by the crop
+  rule of `cmrsdk.preprocess.window_offset` (the one `crop_or_pad` uses), kept inside the full
+  window, and returns the `SliceTransform` that maps the narrowed window back.
+
+A study is located once: ED and ES (and every phase of a cine) share the centre found on one
+phase (`Pipeline.segment_study`), so the networks see the same anatomy in every phase.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+from .labels import MIDDLE
+from .preprocess import SliceTransform, window_offset
+
+__all__ = ["MIN_HEART_PIXELS", "LOCATE_TRIES", "SliceSegmenter", "locate_heart", "crop_to_heart"]
+
+#: fewer foreground pixels than this in a locating pass: that slice shows no heart.
+MIN_HEART_PIXELS = 50
+#: most network passes the heart search makes per stack (first choice, then the central slices).
+LOCATE_TRIES = 3
+
+#: a segmentation model: float32 (N, 1, H, W) normalised slices -> float32 (N, C, H, W)
+#: class probabilities (class 0 background).
+SliceSegmenter = Callable[[np.ndarray], np.ndarray]
+
+
+def locate_heart(images: np.ndarray, segment: SliceSegmenter, regions: np.ndarray | None = None, *,
+                 tries: int = LOCATE_TRIES, min_pixels: int = MIN_HEART_PIXELS) -> tuple[float, float] | None:
+    """Centre (cy, cx) of the heart in window pixels, or None where no heart is found.
+
+    The first slice tried is the central one of the slices ``regions`` calls middle, or the
+    stack's central slice when there are none; then the stack's central slice and its
+    neighbours, alternately below and above (the classifier's "middle" can be wrong: on held-out
+    ACDC patient100 ES it was the last two slices, apex and below). The first slice whose
+    foreground (argmax over classes > 0) holds at least ``min_pixels`` pixels gives the centre:
+    the mean row and column of that foreground.
+
+    Parameters
+    ----------
+    images : float32 (Z, 1, H, W) normalised slices, the full network window.
+    segment : the model of the search (see `SliceSegmenter`), called on one slice at a time.
+    regions : uint8 (Z,) region codes (0 non-cardiac, 1 base, 2 middle, 3 apex), or None.
+    tries : most slices tried.
+    min_pixels : the smallest foreground that counts as a heart.
+
+    Returns
+    -------
+    (cy, cx) in pixel indices of the window (fractions), or None (no slice of the ones tried
+    shows a heart, or an empty stack).
+    """
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise InputError(f"'images' must be float32 (Z, 1, H, W), got shape {images.shape}")
+    if regions is not None and np.shape(regions) != images.shape[:1]:
+        raise InputError(f"'regions' must be ({images.shape[0]},) region codes, one per slice, got shape {np.shape(regions)}")
+    n = images.shape[0]
+    centre = n // 2
+    candidates = [centre + d for step in range(n) for d in ((step, -step) if step else (0,)) if 0 <= centre + d < n]
+    middle = np.flatnonzero(regions == MIDDLE) if regions is not None else np.empty(0, np.intp)
+    if len(middle):
+        first = int(middle[len(middle) // 2])
+        candidates = [first] + [k for k in candidates if k != first]
+    for k in dict.fromkeys(candidates[:tries]):
+        foreground = segment(images[k : k + 1])[0].argmax(0) > 0
+        if foreground.sum() >= min_pixels:
+            ys, xs = np.nonzero(foreground)
+            return float(ys.mean()), float(xs.mean())
+    return None
+
+
+def crop_to_heart(images: np.ndarray, transform: SliceTransform, centre: tuple[float, float],
+                  size: tuple[int, int]) -> tuple[np.ndarray, SliceTransform]:
+    """Narrow every slice's window to ``size`` around ``centre``, kept inside the full window.
+
+    Parameters
+    ----------
+    images : float32 (Z, 1, H, W) slices in the full window.
+    transform : the full window's `SliceTransform` (from `cmrsdk.preprocess.prepare_slices`).
+    centre : (cy, cx) in pixel indices of the full window (from `locate_heart`).
+    size : (h, w) of the narrowed window in pixels, h <= H and w <= W.
+
+    Returns
+    -------
+    images : float32 (Z, 1, h, w), C-contiguous.
+    transform : ``transform`` with its offset moved to the narrowed window's pixel (0, 0) and
+        its size (h, w), so that `cmrsdk.preprocess.resample_argmax` maps the narrowed window back.
+    """
+    (h, w), (H, W) = size, images.shape[2:]
+    if not (0 < h <= H and 0 < w <= W):
+        raise InputError(f"'size' must be (h, w) within the window {(H, W)}, got {size}")
+    oy, ox = window_offset(centre, size)
+    # unlike crop_or_pad, never pad: the full window already holds every pixel worth seeing
+    y0, x0 = min(max(oy, 0), H - h), min(max(ox, 0), W - w)
+    cropped = np.ascontiguousarray(images[:, :, y0 : y0 + h, x0 : x0 + w])
+    ty, tx = transform.offset
+    return cropped, replace(transform, offset=(ty + y0, tx + x0), size=(h, w))

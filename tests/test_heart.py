@@ -1,0 +1,90 @@
+"""The heart search stage (cmrsdk.heart): locate_heart with a stand-in model, crop_to_heart by the
+crop rule of crop_or_pad (cmrsdk.preprocess.window_offset)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmrsdk.errors import InputError
+from cmrsdk.heart import LOCATE_TRIES, crop_to_heart, locate_heart
+from cmrsdk.labels import BASE, MIDDLE
+from cmrsdk.preprocess import SliceTransform, crop_or_pad, window_offset
+
+
+def _square_model(top: int, left: int, side: int, bright: float = 0.5):
+    """Foreground (class 1) in a side x side square at (top, left) on slices whose mean is above
+    ``bright``; records the mean of every slice it is asked about."""
+    seen: list[float] = []
+
+    def segment(images: np.ndarray) -> np.ndarray:
+        out = np.zeros((images.shape[0], 4, *images.shape[2:]), np.float32)
+        out[:, 0] = 1.0
+        for i, image in enumerate(images):
+            seen.append(float(image.mean()))
+            if image.mean() > bright:
+                out[i, 0, top : top + side, left : left + side], out[i, 1, top : top + side, left : left + side] = 0.0, 1.0
+        return out
+
+    return segment, seen
+
+
+def _levels(levels: list[float], side: int = 64) -> np.ndarray:
+    return np.asarray(levels, np.float32)[:, None, None, None] * np.ones((len(levels), 1, side, side), np.float32)
+
+
+def test_locate_heart_takes_the_foreground_centroid_of_the_central_middle_slice():
+    segment, seen = _square_model(10, 20, 8)
+    images = _levels([0.1, 0.2, 0.9, 0.8, 0.3])
+    regions = np.array([BASE, MIDDLE, MIDDLE, MIDDLE, BASE], np.uint8)
+    assert locate_heart(images, segment, regions) == (13.5, 23.5)  # rows 10..17, columns 20..27
+    assert seen == [pytest.approx(0.9)]  # slice 2, the central middle slice: one pass
+
+
+def test_locate_heart_falls_back_to_the_central_slices_and_gives_up():
+    segment, seen = _square_model(20, 30, 20)
+    images = _levels([0.9] * 6 + [0.1] * 2, 64)
+    wrong_middle = np.array([BASE] * 6 + [MIDDLE] * 2, np.uint8)  # as on ACDC patient100 ES
+    assert locate_heart(images, segment, wrong_middle) == (29.5, 39.5)
+    assert seen == [pytest.approx(0.1), pytest.approx(0.9)]  # slice 7 (no heart), then the centre (4)
+    seen.clear()
+    assert locate_heart(np.zeros((8, 1, 64, 64), np.float32), segment) is None
+    assert len(seen) == LOCATE_TRIES
+    assert locate_heart(np.zeros((0, 1, 64, 64), np.float32), segment) is None
+    small, _ = _square_model(0, 0, 7)  # 49 px: under MIN_HEART_PIXELS
+    assert locate_heart(_levels([0.9]), small) is None
+    assert locate_heart(_levels([0.9]), small, min_pixels=49) == (3.0, 3.0)
+    with pytest.raises(InputError, match=r"'regions' must be \(2,\)"):
+        locate_heart(_levels([0.9, 0.9]), segment, np.zeros(3, np.uint8))
+    with pytest.raises(InputError, match=r"'images' must be float32 \(Z, 1, H, W\)"):
+        locate_heart(np.zeros((2, 64, 64), np.float32), segment)
+
+
+def _transform(offset: tuple[int, int], size: tuple[int, int]) -> SliceTransform:
+    return SliceTransform((100, 100), (1.0, 1.0), (100, 100), (1.0, 1.0), offset, size)
+
+
+@pytest.mark.parametrize("centre", [(31.5, 31.5), (20.0, 40.25), (20.5, 33.5), (17.49, 46.5)])
+def test_crop_to_heart_centres_as_crop_or_pad_inside_the_window(centre):
+    rng = np.random.default_rng(7)
+    images = rng.random((3, 1, 64, 64), dtype=np.float32)
+    cropped, transform = crop_to_heart(images, _transform((-2, 5), (64, 64)), centre, (32, 16))
+    reference, (oy, ox) = crop_or_pad(images[:, 0], (32, 16), centre)
+    assert (oy, ox) == window_offset(centre, (32, 16))
+    np.testing.assert_array_equal(cropped[:, 0], reference)  # inside the window: the same pixels
+    assert cropped.flags.c_contiguous and cropped.shape == (3, 1, 32, 16)
+    assert transform.offset == (-2 + oy, 5 + ox) and transform.size == (32, 16)
+
+
+def test_crop_to_heart_keeps_the_window_inside_and_checks_its_size():
+    images = np.arange(64 * 64, dtype=np.float32).reshape(1, 1, 64, 64)
+    cropped, transform = crop_to_heart(images, _transform((0, 0), (64, 64)), (2.0, 62.0), (32, 32))
+    assert transform.offset == (0, 32)  # crop_or_pad would pad: (-14, 47)
+    np.testing.assert_array_equal(cropped[0, 0], images[0, 0, :32, 32:])
+    with pytest.raises(InputError, match=r"'size' must be \(h, w\) within the window \(64, 64\)"):
+        crop_to_heart(images, _transform((0, 0), (64, 64)), (32.0, 32.0), (80, 32))
+
+
+def test_window_offset_puts_the_window_centre_on_the_centre():
+    assert window_offset((31.5, 31.5), (64, 64)) == (0, 0)  # the image centre of a 64 x 64 image
+    assert window_offset((10.0, 10.0), (5, 4)) == (8, 8)  # odd: centred; even: lower-right of the middle
+    assert window_offset((0.0, 0.0), (8, 8)) == (-4, -4)
