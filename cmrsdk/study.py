@@ -29,7 +29,6 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,8 +166,7 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
         patient or M&Ms subject folder.
     out_dir : the study's output folder; created, or replaced whole when it holds an earlier
         result (refused when it holds files cmrsdk does not write).
-    overlay : draw ``overlay.png`` (``--no-overlay`` skips it). Its montage, which report.html
-        shows too, is drawn on a second thread while the label files are written.
+    overlay : draw ``overlay.png`` (the slowest output; ``--no-overlay`` skips it).
     keep : entries of an existing ``out_dir`` to carry into the new result (see
         :func:`check_output_folder`).
     report_html : write ``report.html``, the study's page for a reader (``--no-report-html`` skips it).
@@ -192,7 +190,6 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
     warnings in another's report. Everything else here is per call.
     """
     from .io import read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
-    from .montage import study_montage_png
     from .report import ground_truth_agreement, save_overlay, study_report
 
     out_dir = check_output_folder(out_dir, keep=keep)
@@ -202,13 +199,6 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
         study = read_study(source)
         read_ms = (time.perf_counter() - t0) * 1000.0
         result = pipeline.segment_study(study)
-        # The montage (overlay.png and report.html show the same one, drawn once) is drawn on a
-        # second thread while the label files are written, not after them: numpy and zlib release
-        # the GIL, and the files a scanner waits for (NIfTI, SEG) no longer queue behind a picture.
-        # The thread only computes bytes in memory, so an error elsewhere need not wait for it.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cmrsdk-montage")
-        montage = pool.submit(study_montage_png, result) if overlay or report_html else None
-        pool.shutdown(wait=False)  # no further work; the thread ends with its one picture
         report = study_report(result, study)
         report["timings_ms"]["read"] = round(read_ms, 2)
         if truth is not None:
@@ -231,8 +221,6 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
                 if any(v is not None for v in report["measures"].values()):
                     written.append(write_measurement_report(staging / "sr.dcm", report["measures"], files,
                                                             series_number=SR_SERIES[0], series_description=SR_SERIES[1]))
-            if montage is not None:
-                montage.result()  # re-raises a drawing error here, inside the study's clean-up
             if overlay:
                 written.append(save_overlay(staging / "overlay.png", result))
             report["warnings"] = _distinct_messages(str(w.message) for w in caught if issubclass(w.category, CmrWarning))
