@@ -42,6 +42,7 @@ from cmrsdk import preprocess  # noqa: E402
 from cmrsdk.bundle import load_bundle  # noqa: E402
 from cmrsdk.cli import DEMO_BUNDLE  # noqa: E402
 from cmrsdk.engines import backend_missing  # noqa: E402
+from cmrsdk.engines.torchscript import quiet_torchscript  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.regions import slice_regions  # noqa: E402
@@ -96,7 +97,8 @@ class ReferencePipeline:
             if not spec:
                 raise SystemExit(f"model {name!r} of {bundle_path} has no training config: cannot rebuild it eagerly")
             net = ProbabilityModel(get_model(spec["name"], **spec.get("kwargs", {})))
-            scripted = torch.jit.load(str(info.artifacts["torchscript"].path), map_location="cpu")
+            with quiet_torchscript():  # torch.jit is deprecated: announced once, not per model
+                scripted = torch.jit.load(str(info.artifacts["torchscript"].path), map_location="cpu")
             net.load_state_dict(scripted.state_dict())
             self.models[name] = net.eval()
         pre = self.bundle.preprocessing

@@ -188,20 +188,15 @@ def calibration_slices(bundle: Bundle, count: int, *, cache: str | Path | None =
 
     root = Path(acdc) / "training"
     patients = sorted(p.name for p in root.glob("patient*") if p.name not in HELD_OUT)
-    # Two slices per patient, the patients evenly spread over ACDC's numbering: its five groups
-    # of 20 are five pathologies (DCM, HCM, MINF, NOR, RV), and a handful of patients drawn
-    # at random can miss one, and with it the activation range of a thin wall or a large RV.
-    order = np.unique(np.linspace(0, len(patients) - 1, min(len(patients), max(2, math.ceil(count / 2)))).round().astype(int))
-    share = np.full(len(order), count // len(order)) + (np.arange(len(order)) < count % len(order))
-    images, labels = [], []
-    for i, k in zip(order, share):
-        x, y = _prepared(bundle, [read_acdc_patient(root / patients[i])])
-        pick = np.sort(rng.choice(len(x), min(int(k), len(x)), replace=False))
-        images.append(x[pick])
-        labels.append(y[pick])
-    source = f"{sum(len(x) for x in images)} slices of {len(order)} ACDC training patients under {root}, evenly spread over " \
-             f"the patient numbers (seed {seed})"
-    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), source
+    # about 19 slices per patient (ED + ES): read just enough patients, chosen with the seed.
+    # Measured on the shipped 1.94 M bundle: 32 slices of 3 patients (seed 0) gave a worst Dice
+    # drop of 0.35 points; 48 slices spread two by two over 24 patients gave 0.79 (apex LVM). The
+    # apex rows (54 to 80 slices) move with the calibration draw; more patients did not help.
+    order = rng.permutation(len(patients))[:max(2, math.ceil(count / 12))]
+    images, labels = _prepared(bundle, [read_acdc_patient(root / patients[i]) for i in sorted(order)])
+    pick = np.sort(rng.choice(len(images), min(count, len(images)), replace=False))
+    source = f"{len(pick)} slices of {len(order)} ACDC training patients under {root} (seed {seed})"
+    return images[pick], labels[pick], source
 
 
 def check_slices(bundle: Bundle, studies: Sequence[Study], count: int = 48) -> dict[tuple[int, int], np.ndarray]:
