@@ -169,3 +169,9 @@ def test_torchscript_deprecation_is_announced_once(bundle_dir: Path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[-1] == "1", out
     assert "TorchScriptDeprecationWarning: TorchScript (torch.jit) is deprecated" in out[-2]
+
+
+def test_split_batches_equal_unsplit_results(bundle_dir: Path, slices: np.ndarray):
+    whole = create_engine(bundle_dir / "baseline.pt2")
+    split = create_engine(bundle_dir / "baseline.pt2", max_batch=4)  # 9 slices: calls of 4, 4 and 1
+    np.testing.assert_allclose(split.run(slices), whole.run(slices), atol=1e-6, rtol=0)
