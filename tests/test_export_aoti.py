@@ -131,9 +131,10 @@ def test_a_cpu_package_is_never_chosen_for_cuda(bundle_dir: Path):
 def test_auto_takes_the_backend_from_the_pt2_suffix(bundle_dir: Path, slices: np.ndarray):
     engine = create_engine(bundle_dir / "baseline.pt2")  # "auto": .pt2 -> aoti
     assert engine.backend == "aoti" and engine.device == "cpu"
-    # the exporter's Dim.AUTO leaves height and width free (this U-Net pads odd sizes): a size the
-    # export never checked still gives the eager model's answer; input_hw records what was checked
-    x = np.ascontiguousarray(slices[:2, :, :30, :32])
+    # NOTE (measured): at 30 x 32, which this U-Net cannot run (eager raises: its skip connections
+    # do not line up), the package does not refuse the batch either: Dim.AUTO exported no
+    # divisibility guard. Callers keep to multiples of 16 within input_hw, as the pipeline does.
+    x = np.ascontiguousarray(slices[:2, :, :48, :32])
     eager = eager_probabilities(rebuild_model(load_bundle(bundle_dir), "baseline"), x)
     np.testing.assert_allclose(engine.run(x), eager, atol=FP32_MAX_ABS_DIFF, rtol=0)
 
