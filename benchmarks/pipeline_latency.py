@@ -3,8 +3,9 @@
 Rows, all measured in this one process with the same thread count:
 
 - ``cmrsdk <backend> <mode>``: `cmrsdk.Pipeline.segment_study` on each ED+ES pair, per stage;
-  ``int8`` rows where the bundle has int8 artifacts (``python -m export.quantize``), run in the
-  same loop as the fp32 rows so that both see the same machine load;
+  ``int8`` rows where the bundle has int8 artifacts (``python -m export.quantize``), ``aoti``
+  rows where it has AOTInductor packages (``python -m export.aoti``); every variant takes its
+  turn within each repeat, so all of them see the same machine load;
 - ``reference``: the same pipeline as a typical research script writes it: scipy.ndimage.zoom
   (order 3) per slice, numpy z-score, eager PyTorch one slice at a time (classifier, then the
   region U-Net), torch bilinear interpolation back and argmax, scipy largest component; the same
@@ -18,6 +19,7 @@ the default backend. Usage::
 
     python benchmarks/pipeline_latency.py [--bundle cmrsdk/demo/bundle] [--cases 4] [--repeats 5]
         [--threads 2] [--nnunet] [--memory-calls 1000] [--json benchmarks/results/latency.json]
+        [--routed-only] [--no-reference]
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from cmrsdk.bundle import load_bundle  # noqa: E402
 from cmrsdk.cli import DEMO_BUNDLE  # noqa: E402
 from cmrsdk.engines import backend_missing  # noqa: E402
+from cmrsdk.engines.torchscript import quiet_torchscript  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.regions import slice_regions  # noqa: E402
@@ -93,7 +96,8 @@ class ReferencePipeline:
             if not spec:
                 raise SystemExit(f"model {name!r} of {bundle_path} has no training config: cannot rebuild it eagerly")
             net = ProbabilityModel(get_model(spec["name"], **spec.get("kwargs", {})))
-            scripted = torch.jit.load(str(info.artifacts["torchscript"].path), map_location="cpu")
+            with quiet_torchscript():  # torch.jit is deprecated: announced once, not per model
+                scripted = torch.jit.load(str(info.artifacts["torchscript"].path), map_location="cpu")
             net.load_state_dict(scripted.state_dict())
             self.models[name] = net.eval()
         pre = self.bundle.preprocessing
@@ -218,6 +222,8 @@ def main() -> int:
     parser.add_argument("--nnunet", action="store_true", help="also time nnU-Net v2's predictor (needs nnunetv2)")
     parser.add_argument("--memory-calls", type=int, default=1000, help="consecutive calls for the leak check (0: skip)")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
+    parser.add_argument("--routed-only", action="store_true", help="time the routed mode only, at the bundle's heart crop")
+    parser.add_argument("--no-reference", action="store_true", help="skip the eager torch + scipy reference run")
     args = parser.parse_args()
 
     pairs = load_pairs(args.cases)
@@ -229,45 +235,61 @@ def main() -> int:
         for _, study in pairs:
             segment(study)
 
-    # cmrsdk, every backend this machine can run, both modes
-    backends = [b for b in ("onnx", "torchscript") if backend_missing(b, "cpu") is None]
-    options = {"onnx": {"intra_op_threads": args.threads}, "torchscript": {}}
+    # cmrsdk, every backend this machine can run (and the bundle has artifacts for), both modes
+    bundle = load_bundle(args.bundle)
+    has = lambda key: all(key in bundle.models[m].artifacts for m in set(bundle.routing.values()))  # noqa: E731
+    backends = [b for b in ("onnx", "torchscript", "aoti") if backend_missing(b, "cpu") is None and has(b)]
+    options = {"onnx": {"intra_op_threads": args.threads}, "torchscript": {}, "aoti": {}}
     default_row = None
     pipelines = {}
     # the product default (the bundle's heart crop) for every backend, then the full window for the first
-    crop_default = load_bundle(args.bundle).preprocessing.heart_crop
-    variants = [(b, m, crop_default, "fp32") for b in backends for m in ("baseline", "routed")]
-    if crop_default is not None:
-        variants += [(backends[0], m, None, "fp32") for m in ("baseline", "routed")]
-    if "onnx" in backends and any("onnx-int8" in m.artifacts for m in load_bundle(args.bundle).models.values()):
-        variants[2:2] = [("onnx", m, crop_default, "int8") for m in ("baseline", "routed")]
-    for backend, mode, crop, precision in variants:
-        if backend == "torchscript":
-            import torch
+    crop_default = bundle.preprocessing.heart_crop
+    modes = ("routed",) if args.routed_only else ("baseline", "routed")
+    variants = [(b, m, crop_default, "fp32") for b in backends for m in modes]
+    if crop_default is not None and not args.routed_only:
+        variants += [(backends[0], m, None, "fp32") for m in modes]
+    if "onnx" in backends and any("onnx-int8" in m.artifacts for m in bundle.models.values()):
+        variants[len(modes):len(modes)] = [("onnx", m, crop_default, "int8") for m in modes]
+    if any(b != "onnx" for b in backends):
+        import torch
 
-            torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    segmenters, stage_times, times = [], [], []
+    for backend, mode, crop, precision in variants:
         pipe = Pipeline(args.bundle, backend=backend, mode=mode, threads=args.threads, engine_options=options[backend],
                         heart_crop=crop, precision=precision)
         pipelines[(backend, mode, crop, precision)] = pipe
-        stage_times: dict[str, list[float]] = {}
+        stages: dict[str, list[float]] = {}
 
-        def segment(study, pipe=pipe):
+        def segment(study, pipe=pipe, stages=stages):
             result = pipe.segment_study(study)
             for k, v in result.timings_ms.items():
-                stage_times.setdefault(k, []).append(v)
+                stages.setdefault(k, []).append(v)
 
-        ms, _ = median_ms(lambda: run_all(segment), args.repeats)
+        segmenters.append(segment)
+        stage_times.append(stages)
+        times.append([])
+        run_all(segment)  # warm-up: engines, allocators, caches
+    # the variants take turns within each repeat, so a change of the shared machine's load
+    # reaches all of them alike and the ratios stay fair
+    for _ in range(args.repeats):
+        for segment, spent in zip(segmenters, times):
+            t = time.perf_counter()
+            run_all(segment)
+            spent.append((time.perf_counter() - t) * 1000.0)
+    for (backend, mode, crop, precision), stages, spent in zip(variants, stage_times, times):
         row = {"name": f"cmrsdk {backend}{' int8' if precision == 'int8' else ''} {mode}"
                        + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window"),
-               "ms_per_pair": ms / len(pairs),
-               "stages_ms": {k: statistics.median(v) for k, v in stage_times.items()}}
+               "ms_per_pair": statistics.median(spent) / len(pairs),
+               "stages_ms": {k: statistics.median(v) for k, v in stages.items()}}
         rows.append(row)
         if default_row is None and mode == "routed":
             default_row = row
 
     ref = ReferencePipeline(Path(args.bundle), args.threads)
-    ms, _ = median_ms(lambda: run_all(lambda s: (ref.segment(s.ed), ref.segment(s.es))), max(1, args.repeats // 2))
-    rows.append({"name": "reference (eager torch + scipy, slice loop)", "ms_per_pair": ms / len(pairs)})
+    if not args.no_reference:
+        ms, _ = median_ms(lambda: run_all(lambda s: (ref.segment(s.ed), ref.segment(s.es))), max(1, args.repeats // 2))
+        rows.append({"name": "reference (eager torch + scipy, slice loop)", "ms_per_pair": ms / len(pairs)})
 
     if args.nnunet:
         from nnunet_reference import time_nnunet  # benchmarks/nnunet_reference.py

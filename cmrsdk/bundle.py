@@ -28,11 +28,13 @@ Manifest (format version 1), the keys a reader relies on::
     preprocessing: {target_spacing: [dy, dx] mm, size: [H, W], normalization: name},
     models: {name: {kind: "segmentation" | "classifier", architecture, input_shape,
                     output_shape, num_outputs, artifacts: {key: {file, format, precision,
-                    sha256, size, input_hw?}}, parity: [{...}], training: {...}, metrics: {...},
+                    sha256, size, input_hw?, device?}}, parity: [{...}], training: {...}, metrics: {...},
                     tensorrt_max_batch?, quantization?: {...}}},
     quantization?: {...}        # bundle-level record of ``export.quantize`` (Dice deltas)
 
-Artifact keys: "torchscript", "onnx", "onnx-int8", "tensorrt-fp32", "tensorrt-fp16".
+Artifact keys: "torchscript", "onnx", "onnx-int8", "aoti", "tensorrt-fp32", "tensorrt-fp16". An
+artifact that runs on one device only (an AOTInductor package is compiled for the CPU or for
+CUDA) records it as ``device``; `Bundle.select_artifact` passes it over on the other.
 
 Which (H, W) an artifact runs (``input_hw``)
 --------------------------------------------
@@ -82,6 +84,7 @@ ARTIFACT_KEYS: dict[str, tuple[str, str]] = {
     "torchscript": ("torchscript", "fp32"),
     "onnx": ("onnx", "fp32"),
     "onnx-int8": ("onnx", "int8"),
+    "aoti": ("aoti", "fp32"),
     "tensorrt-fp32": ("tensorrt", "fp32"),
     "tensorrt-fp16": ("tensorrt", "fp16"),
 }
@@ -92,6 +95,7 @@ _KEY_OF: dict[tuple[str, str], str] = {
     ("torchscript", "fp16"): "torchscript",
     ("onnx", "fp32"): "onnx",
     ("onnx", "int8"): "onnx-int8",
+    ("aoti", "fp32"): "aoti",
     ("tensorrt", "fp32"): "tensorrt-fp32",
     ("tensorrt", "fp16"): "tensorrt-fp16",
 }
@@ -376,6 +380,10 @@ class Bundle:
                 (h0, w0), (h1, w1) = artifact.input_hw  # type: ignore[misc]
                 reasons.append(f"{candidate}: the {key!r} artifact of {model_name!r} runs (H, W) from {h0}x{w0} to "
                                f"{h1}x{w1}, not {' and '.join(f'{h}x{w}' for h, w in refused)}")
+                continue
+            compiled = model.record["artifacts"][key].get("device")
+            if compiled is not None and compiled != device:  # an AOTInductor package runs where it was compiled
+                reasons.append(f"{candidate}: the {key!r} artifact of {model_name!r} was compiled for {compiled!r}")
                 continue
             missing = backend_missing(candidate, device)
             if missing is not None:

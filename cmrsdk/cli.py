@@ -126,7 +126,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if planned:
         pipeline, region_source = _method(args.mode, args.bundle, backend=args.backend, device=args.device,
                                           largest_component=not args.keep_fragments, threads=args.threads,
-                                          heart_crop=_heart_crop(args), region_decoding=args.region_decoding)
+                                          heart_crop=_heart_crop(args), region_decoding=args.region_decoding,
+                                          precision=args.precision)
     progress = None
     if len(planned) > 1 and sys.stderr.isatty():
         from tqdm import tqdm
@@ -191,7 +192,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     dicom_dir = out / "example_dicom"
     truth = cine_phantom(seed=args.seed, n_phases=args.phases)
     write_dicom_series(dicom_dir, truth, series_description=truth.info.series_description or "SAX cine")
-    pipeline = Pipeline(args.bundle, backend=args.backend, mode="routed")
+    pipeline = Pipeline(args.bundle, backend=args.backend, mode="routed", precision=args.precision)
     report = segment_one(pipeline, dicom_dir, out, keep=("example_dicom",), truth=truth)
     m, g = report["measures"], report["ground_truth"]
     print(f"example study: {dicom_dir} (synthetic bSSFP short-axis cine, {len(truth.phases)} frames, seed {args.seed})")
@@ -239,7 +240,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"cmrsdk: error: no ACDC patient, M&Ms subject or Sunnybrook folders under {', '.join(args.data)}", file=sys.stderr)
         return 2
     methods = {mode: _method(mode, args.bundle, backend=args.backend, threads=args.threads, heart_crop=_heart_crop(args),
-                             region_decoding=args.region_decoding) for mode in args.modes}
+                             region_decoding=args.region_decoding, precision=args.precision) for mode in args.modes}
     pipelines = {mode: pipeline for mode, (pipeline, _) in methods.items()}
     sources = {mode: source for mode, (_, source) in methods.items() if source is not None}
     for root in sunnybrook:
@@ -317,10 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmrsdk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def engine_options(p: argparse.ArgumentParser) -> None:
+    def engine_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
         p.add_argument("--bundle", default=str(DEMO_BUNDLE), help="model bundle directory (default: the demo bundle)")
         p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                        help="inference backend (default: auto, the fastest available)")
+        if precision:  # batch workers build their pipelines from a PipelineSpec, which has no precision yet
+            p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
+                           help="arithmetic: fp32 (default); int8 the bundle's int8 U-Nets (python -m export.quantize, "
+                                "Dice change in its manifest); fp16 on cuda")
 
     def pipeline_options(p: argparse.ArgumentParser) -> None:
         crop = p.add_mutually_exclusive_group()
@@ -357,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cohort.command import add_arguments as batch_arguments
 
     batch_arguments(p)
-    engine_options(p)
+    engine_options(p, precision=False)
     pipeline_options(p)
     p.set_defaults(func=_cmd_batch)
 

@@ -99,9 +99,12 @@ def _check_output(name: str, kind: str, out: torch.Tensor, size: tuple[int, int]
 
 def _export_torchscript(model: ProbabilityModel, example: torch.Tensor, path: Path) -> None:
     # trace, not script: the networks are static graphs and tracing needs no annotations.
-    # torch.jit is deprecated from torch 2.14 and warns; it stays because C++ libtorch loads it.
-    traced = torch.jit.trace(model, example, check_trace=False)
-    torch.jit.save(traced, str(path))
+    # torch.jit is deprecated from torch 2.14; it stays because C++ libtorch loads it (announced once).
+    from cmrsdk.engines.torchscript import quiet_torchscript
+
+    with quiet_torchscript():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path))
 
 
 def _export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path) -> int:

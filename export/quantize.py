@@ -188,7 +188,10 @@ def calibration_slices(bundle: Bundle, count: int, *, cache: str | Path | None =
 
     root = Path(acdc) / "training"
     patients = sorted(p.name for p in root.glob("patient*") if p.name not in HELD_OUT)
-    # about 19 slices per patient (ED + ES): read just enough patients, chosen with the seed
+    # about 19 slices per patient (ED + ES): read just enough patients, chosen with the seed.
+    # Measured on the shipped 1.94 M bundle: 32 slices of 3 patients (seed 0) gave a worst Dice
+    # drop of 0.35 points; 48 slices spread two by two over 24 patients gave 0.79 (apex LVM). The
+    # apex rows (54 to 80 slices) move with the calibration draw; more patients did not help.
     order = rng.permutation(len(patients))[:max(2, math.ceil(count / 12))]
     images, labels = _prepared(bundle, [read_acdc_patient(root / patients[i]) for i in sorted(order)])
     pick = np.sort(rng.choice(len(images), min(count, len(images)), replace=False))

@@ -1,4 +1,4 @@
-"""Inference engines: one interface (`Engine`) over TorchScript, ONNX Runtime and TensorRT.
+"""Inference engines: one interface (`Engine`) over TorchScript, AOTInductor, ONNX Runtime and TensorRT.
 
 ``Engine.run(batch)`` takes float32 (N, 1, H, W) normalised slices and returns float32
 probabilities: (N, C, H, W) for a segmentation U-Net, (N, R) for the region classifier.
@@ -6,7 +6,7 @@ probabilities: (N, C, H, W) for a segmentation U-Net, (N, R) for the region clas
 The ``backend="auto"`` rule
 ---------------------------
 An artifact file has one format, so `create_engine` with "auto" takes the backend from the
-file's suffix (``.pt`` TorchScript, ``.onnx`` ONNX, ``.ep`` TensorRT). A bundle holds several
+file's suffix (``.pt`` TorchScript, ``.pt2`` AOTInductor, ``.onnx`` ONNX, ``.ep`` TensorRT). A bundle holds several
 artifacts per model; ``Bundle.engine(name, "auto", device)`` takes the first of
 `AUTO_ORDER[device]` that has an artifact and is available here:
 
@@ -48,10 +48,10 @@ __all__ = [
 #: device -> backends in the order "auto" prefers them (see the module docstring).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("tensorrt", "torchscript", "onnx"),
-    "cpu": ("onnx", "torchscript"),
+    "cpu": ("onnx", "aoti", "torchscript"),
 }
 #: artifact file suffix -> backend.
-SUFFIXES: dict[str, str] = {".pt": "torchscript", ".onnx": "onnx", ".ep": "tensorrt"}
+SUFFIXES: dict[str, str] = {".pt": "torchscript", ".pt2": "aoti", ".onnx": "onnx", ".ep": "tensorrt"}
 
 
 def backend_missing(backend: str, device: str = "cpu") -> str | None:
@@ -62,6 +62,10 @@ def backend_missing(backend: str, device: str = "cpu") -> str | None:
     check_device(device)
     if backend not in BACKENDS:
         raise InputError(f"'backend' must be one of {BACKENDS}, got {backend!r}")
+    if backend == "aoti":
+        from .aoti import aoti_missing
+
+        return aoti_missing(device)
     if backend == "tensorrt":
         from .tensorrt import tensorrt_missing
 
@@ -100,8 +104,9 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
 
     Parameters
     ----------
-    artifact_path : a ``.pt`` (TorchScript), ``.onnx`` or ``.ep`` (torch-tensorrt) file.
-    backend : "auto" (from the file suffix, see `SUFFIXES`), "torchscript", "onnx" or "tensorrt".
+    artifact_path : a ``.pt`` (TorchScript), ``.pt2`` (AOTInductor), ``.onnx`` or ``.ep``
+        (torch-tensorrt) file.
+    backend : "auto" (from the file suffix, see `SUFFIXES`), "torchscript", "aoti", "onnx" or "tensorrt".
     device : "cpu" or "cuda".
     **options : backend options: every backend ``max_batch`` (larger batches are split);
         TorchScript ``fp16``, ``cuda_graphs``; ONNX ``intra_op_threads``, ``inter_op_threads``,
@@ -138,6 +143,8 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
             options.setdefault("precision", "int8")  # export.quantize's file name: record what it holds
     elif backend == "torchscript":
         from .torchscript import TorchScriptEngine as cls  # type: ignore[assignment]
+    elif backend == "aoti":
+        from .aoti import AotiEngine as cls  # type: ignore[assignment]
     else:
         from .tensorrt import TensorRTEngine as cls  # type: ignore[assignment]
     # Bind the options to the engine's signature first: only a binding failure is the caller's

@@ -28,7 +28,7 @@ from ..errors import InputError
 __all__ = ["Engine", "BACKENDS", "DEVICES", "PRECISIONS"]
 
 #: every backend name, in no particular order (see ``cmrsdk.engines`` for the "auto" rule).
-BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt")
+BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt", "aoti")
 #: the devices an engine can be asked for.
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 #: the arithmetic an engine may run in; inputs and outputs are float32 whatever it is.

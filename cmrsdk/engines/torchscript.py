@@ -3,12 +3,18 @@
 torch is imported here, when an engine is made, never when ``cmrsdk`` is imported: the
 scanner-side install may have ONNX Runtime only.
 
-TorchScript is deprecated from torch 2.14 (``torch.jit.load`` may warn); it is kept because it
-is the format C++ libtorch loads. The warning is left alone: cmrsdk silences nothing globally.
+TorchScript is deprecated from torch 2.14: every ``torch.jit.load``, ``trace`` and ``save``
+raises a FutureWarning (113 of them in one test run). cmrsdk keeps the format because C++
+libtorch loads it (examples/cpp), so it announces the deprecation once per process, with what
+to do about it (`TorchScriptDeprecationWarning`), and filters torch's own repeats around its
+own calls only (`quiet_torchscript`); nothing is silenced globally.
 """
 from __future__ import annotations
 
 import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +23,35 @@ import numpy as np
 from ..errors import BackendUnavailableError, BundleError, InputError
 from .base import Engine, check_device
 
-__all__ = ["TorchScriptEngine", "torch_available"]
+__all__ = ["TorchScriptEngine", "TorchScriptDeprecationWarning", "quiet_torchscript", "torch_available"]
+
+
+class TorchScriptDeprecationWarning(FutureWarning):
+    """torch deprecates TorchScript; cmrsdk keeps it for C++ libtorch and names its successor."""
+
+
+_announced = False
+_announce_lock = threading.Lock()
+
+
+@contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Within the block, torch's "`torch.jit.*` is deprecated" FutureWarnings are filtered and
+    replaced by one `TorchScriptDeprecationWarning` per process (the first time only).
+
+    Only the deprecation notices of ``torch.jit`` are filtered, and only inside the block.
+    """
+    global _announced
+    with _announce_lock:
+        first, _announced = not _announced, True
+    if first:
+        warnings.warn("TorchScript (torch.jit) is deprecated from torch 2.14; cmrsdk keeps its '.pt' artifacts "
+                      "because C++ libtorch loads them (examples/cpp). Its successor is the 'aoti' backend: "
+                      "AOTInductor '.pt2' packages, added to a bundle by 'python -m export.aoti BUNDLE'",
+                      TorchScriptDeprecationWarning, stacklevel=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is (deprecated|not supported)", category=FutureWarning)
+        yield
 
 
 def torch_available() -> bool:
@@ -71,7 +105,8 @@ class TorchScriptEngine(Engine):
         if cuda_graphs and device != "cuda":
             raise InputError("'cuda_graphs' is supported on device 'cuda' only")
         try:
-            module = torch.jit.load(str(self.path), map_location=device)
+            with quiet_torchscript():
+                module = torch.jit.load(str(self.path), map_location=device)
         except (RuntimeError, ValueError, OSError) as exc:
             raise BundleError(f"{self.path}: cannot be loaded as a TorchScript archive ({exc})") from exc
         module.eval()
