@@ -9,6 +9,7 @@ Compiler flags
   ``CMRSDK_NATIVE=1`` adds ``-march=native`` for a local build tuned to this CPU (not for
   wheels that travel).
 """
+
 from __future__ import annotations
 
 import os

@@ -17,6 +17,7 @@ Usage::
 
     python benchmarks/cohort_throughput.py [--studies 6] [--configs local:1 local:2 ray:1 ray:2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,15 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cores = len(os.sched_getaffinity(0))
     spec = PipelineSpec(bundle=str(DEMO_BUNDLE))
-    print(f"{args.studies} ACDC patients per run, demo bundle, {cores} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at start")
-    print("| engine | workers x threads | start-up S (s) | per-study t (s, median) | of which read / pipeline / "
-          "writers + overlay (s) | overhead o (s/study) | studies/min steady | studies/min end to end "
-          "| 100,000 studies, T = S + n(t+o)/W |")
+    print(
+        f"{args.studies} ACDC patients per run, demo bundle, {cores} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
+    print(
+        "| engine | workers x threads | start-up S (s) | per-study t (s, median) | of which read / pipeline / "
+        "writers + overlay (s) | overhead o (s/study) | studies/min steady | studies/min end to end "
+        "| 100,000 studies, T = S + n(t+o)/W |"
+    )
     print("|---|---|---:|---:|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "cohort"
@@ -77,10 +82,12 @@ def main() -> None:
             pipeline = statistics.median(r["timings_ms"]["wall"] / 1000 for r in reports)
             overhead = summary.run_s * workers / len(studies) - mean_t
             total = summary.startup_s + args.cohort * (mean_t + overhead) / workers
-            print(f"| {name} | {workers} x {threads} | {summary.startup_s:.1f} | {t:.2f} | "
-                  f"{read:.2f} / {pipeline:.2f} / {t - read - pipeline:.2f} | {overhead:.2f} | "
-                  f"{len(studies) / summary.run_s * 60:.1f} | {len(studies) / summary.wall_s * 60:.1f} | {_hours(total)} |",
-                  flush=True)
+            print(
+                f"| {name} | {workers} x {threads} | {summary.startup_s:.1f} | {t:.2f} | "
+                f"{read:.2f} / {pipeline:.2f} / {t - read - pipeline:.2f} | {overhead:.2f} | "
+                f"{len(studies) / summary.run_s * 60:.1f} | {len(studies) / summary.wall_s * 60:.1f} | {_hours(total)} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

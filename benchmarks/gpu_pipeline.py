@@ -11,6 +11,7 @@ first held-out ACDC patients. Usage::
 
     python benchmarks/gpu_pipeline.py [--bundle cmrsdk/demo/bundle] [--repeats 20] [--threads 2] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,26 +69,45 @@ def main() -> int:
         for name, options in variants.items():
             label = f"{args.device} torchscript {name} {mode}"
             try:
-                pipeline = Pipeline(args.bundle, backend="torchscript", device=args.device, mode=mode,
-                                    threads=args.threads, engine_options=options)
+                pipeline = Pipeline(
+                    args.bundle,
+                    backend="torchscript",
+                    device=args.device,
+                    mode=mode,
+                    threads=args.threads,
+                    engine_options=options,
+                )
                 rows[label] = time_pipeline(pipeline, studies, args.repeats, sync)
             except Exception as exc:  # one failing variant must not hide the others' figures
                 rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
             print(label, rows[label], flush=True)
     torch.set_num_threads(args.threads)
-    reference = Pipeline(args.bundle, backend="onnx", device="cpu", mode="routed", threads=args.threads,
-                         engine_options={"intra_op_threads": args.threads})
+    reference = Pipeline(
+        args.bundle,
+        backend="onnx",
+        device="cpu",
+        mode="routed",
+        threads=args.threads,
+        engine_options={"intra_op_threads": args.threads},
+    )
     rows["cpu onnx routed (reference)"] = time_pipeline(reference, studies, max(3, args.repeats // 4), lambda: None)
     print("cpu onnx routed (reference)", rows["cpu onnx routed (reference)"], flush=True)
     ref = rows["cpu onnx routed (reference)"]["median_ms_per_pair"]
-    lines = [f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}; torch {torch.__version__}; "
-             f"bundle {args.bundle}; {len(studies)} synthetic ED+ES pairs; median ms per pair", ""]
+    lines = [
+        f"device: {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}; torch {torch.__version__}; "
+        f"bundle {args.bundle}; {len(studies)} synthetic ED+ES pairs; median ms per pair",
+        "",
+    ]
     for label, row in rows.items():
         if "error" in row:
             lines.append(f"{label:>42}: {row['error']}")
         else:
-            lines.append(f"{label:>42}: {row['median_ms_per_pair']:8.2f} ms  ({ref / row['median_ms_per_pair']:5.1f}x the CPU)  "
-                         + ", ".join(f"{k.removesuffix('_ms_per_stack')} {v:.2f}" for k, v in row.items() if k.endswith("_stack")))
+            lines.append(
+                f"{label:>42}: {row['median_ms_per_pair']:8.2f} ms  ({ref / row['median_ms_per_pair']:5.1f}x the CPU)  "
+                + ", ".join(
+                    f"{k.removesuffix('_ms_per_stack')} {v:.2f}" for k, v in row.items() if k.endswith("_stack")
+                )
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_pipeline.json").write_text(json.dumps(rows, indent=1))
     (args.out / "gpu_pipeline.txt").write_text("\n".join(lines) + "\n")

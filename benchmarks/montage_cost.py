@@ -11,6 +11,7 @@ machine the wall ratio is about the CPU ratio times the segmentation's thread sp
 
     .venv/bin/python benchmarks/montage_cost.py [--repeats 9] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,20 @@ def main() -> None:
         montage_ms.append((t2 - t1) * 1000.0)
         ratios.append((t2 - t1) / (t1 - t0))
         cpu_ratios.append((c2 - c1) / (c1 - c0))
-    print(f"phantom seed 0 ED+ES {study.ed.shape} at {study.ed.spacing[1]:.3f} mm, {args.repeats} repeats, "
-          f"montage PNG {len(png) / 1024:.0f} KiB")
+    print(
+        f"phantom seed 0 ED+ES {study.ed.shape} at {study.ed.spacing[1]:.3f} mm, {args.repeats} repeats, "
+        f"montage PNG {len(png) / 1024:.0f} KiB"
+    )
     print(f"segmentation (ED+ES pair): median {statistics.median(segment_ms):.1f} ms")
     print(f"montage (draw + PNG):      median {statistics.median(montage_ms):.1f} ms")
-    print(f"ratio montage / segmentation, wall: median {statistics.median(ratios):.3f} "
-          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
-    print(f"ratio montage / segmentation, CPU:  median {statistics.median(cpu_ratios):.3f} "
-          f"(min {min(cpu_ratios):.3f}, max {max(cpu_ratios):.3f})")
+    print(
+        f"ratio montage / segmentation, wall: median {statistics.median(ratios):.3f} "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+    )
+    print(
+        f"ratio montage / segmentation, CPU:  median {statistics.median(cpu_ratios):.3f} "
+        f"(min {min(cpu_ratios):.3f}, max {max(cpu_ratios):.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Each ED and ES stack goes through ``nnUNetPredictor.predict_single_npy_array`` o
 process (no worker processes), with nnU-Net's preprocessing (crop to non-zero, normalisation,
 resampling), its sliding window and its resampling of the logits back to the native grid.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -95,8 +96,15 @@ def build_plans(size: Sequence[int], spacing: Sequence[float], features: Sequenc
         },
         "batch_dice": True,
     }
-    intensity = {"max": 1.0, "mean": 0.0, "median": 0.0, "min": 0.0, "percentile_00_5": 0.0,
-                 "percentile_99_5": 1.0, "std": 1.0}  # used by CTNormalization only
+    intensity = {
+        "max": 1.0,
+        "mean": 0.0,
+        "median": 0.0,
+        "min": 0.0,
+        "percentile_00_5": 0.0,
+        "percentile_99_5": 1.0,
+        "std": 1.0,
+    }  # used by CTNormalization only
     return {
         "dataset_name": "Dataset001_cmrsdk",
         "plans_name": "nnUNetPlans",
@@ -189,29 +197,49 @@ def build_predictor(ref, *, mirroring: bool):
     dataset_json = _dataset_json()
     label_manager = plans_manager.get_label_manager(dataset_json)
     arch = configuration.network_arch_init_kwargs
-    network = get_network_from_plans(configuration.network_arch_class_name, arch,
-                                     configuration.network_arch_init_kwargs_req_import,
-                                     1, label_manager.num_segmentation_heads, deep_supervision=False)
+    network = get_network_from_plans(
+        configuration.network_arch_class_name,
+        arch,
+        configuration.network_arch_init_kwargs_req_import,
+        1,
+        label_manager.num_segmentation_heads,
+        deep_supervision=False,
+    )
     why_not = _copy_weights(baseline, network, window)
     if why_not is None:
         weights = f"same weights as {name!r}"
     else:
         # the copy may have half-happened: start again from nnU-Net's own initialisation
-        network = get_network_from_plans(configuration.network_arch_class_name, arch,
-                                         configuration.network_arch_init_kwargs_req_import,
-                                         1, label_manager.num_segmentation_heads, deep_supervision=False)
+        network = get_network_from_plans(
+            configuration.network_arch_class_name,
+            arch,
+            configuration.network_arch_init_kwargs_req_import,
+            1,
+            label_manager.num_segmentation_heads,
+            deep_supervision=False,
+        )
         weights = f"random weights of the same architecture as {name!r} ({why_not})"
     flops_nnunet, flops_cmrsdk = _flops(network, window), _flops(baseline, window)
-    note = (f"{weights}; {flops_nnunet / 1e9:.3f} vs {flops_cmrsdk / 1e9:.3f} GFLOP per "
-            f"{window[0]}x{window[1]} window for nnU-Net vs cmrsdk")
+    note = (
+        f"{weights}; {flops_nnunet / 1e9:.3f} vs {flops_cmrsdk / 1e9:.3f} GFLOP per "
+        f"{window[0]}x{window[1]} window for nnU-Net vs cmrsdk"
+    )
 
     with _quiet():
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                    perform_everything_on_device=False, device=torch.device("cpu"),
-                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        predictor = nnUNetPredictor(
+            tile_step_size=0.5,
+            use_gaussian=True,
+            use_mirroring=mirroring,
+            perform_everything_on_device=False,
+            device=torch.device("cpu"),
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
     # mirroring axes as nnU-Net's 2D trainer allows them: both in-plane axes
-    predictor.manual_initialization(network, plans_manager, configuration, [network.state_dict()], dataset_json,
-                                    "nnUNetTrainer", (0, 1))
+    predictor.manual_initialization(
+        network, plans_manager, configuration, [network.state_dict()], dataset_json, "nnUNetTrainer", (0, 1)
+    )
     return predictor, note
 
 

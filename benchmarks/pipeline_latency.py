@@ -21,6 +21,7 @@ the default backend. Usage::
         [--threads 2] [--nnunet] [--memory-calls 1000] [--json benchmarks/results/latency.json]
         [--routed-only] [--no-reference]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,6 +78,7 @@ def median_ms(fn, repeats: int) -> tuple[float, list[float]]:
 
 # -- the reference: what a research script does ------------------------------------------
 
+
 class ReferencePipeline:
     """Eager PyTorch + scipy, one slice at a time, with the bundle's weights."""
 
@@ -125,16 +127,20 @@ class ReferencePipeline:
                 image = (np.clip(image, lo, hi) - mean) / max(std, 1e-8)
                 window = np.zeros((H, W), np.float32)
                 oy, ox = (image.shape[0] - H) // 2, (image.shape[1] - W) // 2
-                src = image[max(oy, 0): max(oy, 0) + H, max(ox, 0): max(ox, 0) + W]
-                window[max(-oy, 0): max(-oy, 0) + src.shape[0], max(-ox, 0): max(-ox, 0) + src.shape[1]] = src
+                src = image[max(oy, 0) : max(oy, 0) + H, max(ox, 0) : max(ox, 0) + W]
+                window[max(-oy, 0) : max(-oy, 0) + src.shape[0], max(-ox, 0) : max(-ox, 0) + src.shape[1]] = src
                 x = torch.from_numpy(window)[None, None]
                 windows.append((x, image.shape, oy, ox, src.shape))
                 if by_segmentation:  # the baseline on every slice first; regions from its masks
                     probs.append(self.models[baseline](x))
                 else:
-                    regions.append(int(self.models[self.bundle.classifier](x).argmax(1)) if self.bundle.classifier else NON_CARDIAC)
+                    regions.append(
+                        int(self.models[self.bundle.classifier](x).argmax(1)) if self.bundle.classifier else NON_CARDIAC
+                    )
             if by_segmentation:
-                regions = list(segmentation_regions(np.concatenate([p.argmax(1).numpy() for p in probs]), MIN_SLICE_PIXELS))
+                regions = list(
+                    segmentation_regions(np.concatenate([p.argmax(1).numpy() for p in probs]), MIN_SLICE_PIXELS)
+                )
             for z, (x, shape, oy, ox, src_shape) in enumerate(windows):
                 name = self.bundle.routing.get(int(regions[z]), baseline)
                 if by_segmentation and regions[z] == NON_CARDIAC:
@@ -143,9 +149,12 @@ class ReferencePipeline:
                 full = torch.zeros((1, prob.shape[1], *shape))
                 full[:, 0] = 1.0  # outside the window: background
                 ys, xs = max(oy, 0), max(ox, 0)
-                full[:, :, ys: ys + src_shape[0], xs: xs + src_shape[1]] = prob[:, :, max(-oy, 0): max(-oy, 0) + src_shape[0],
-                                                                                max(-ox, 0): max(-ox, 0) + src_shape[1]]
-                native = torch.nn.functional.interpolate(full, size=stack.shape[1:], mode="bilinear", align_corners=False)
+                full[:, :, ys : ys + src_shape[0], xs : xs + src_shape[1]] = prob[
+                    :, :, max(-oy, 0) : max(-oy, 0) + src_shape[0], max(-ox, 0) : max(-ox, 0) + src_shape[1]
+                ]
+                native = torch.nn.functional.interpolate(
+                    full, size=stack.shape[1:], mode="bilinear", align_corners=False
+                )
                 labels[z] = native.argmax(1)[0].numpy().astype(np.uint8)
         for label in (1, 2, 3):
             components, n = ndimage.label(labels == label)
@@ -156,6 +165,7 @@ class ReferencePipeline:
 
 
 # -- the floor ----------------------------------------------------------------------------
+
 
 def matmul_peak_gflops(threads: int) -> float:
     import torch
@@ -171,7 +181,9 @@ def matmul_peak_gflops(threads: int) -> float:
     return 2 * 2048**3 / best / 1e9
 
 
-def pipeline_gflop(ref: ReferencePipeline, pairs: list[tuple[str, Study]], crop: tuple[int, int] | None = None) -> float:
+def pipeline_gflop(
+    ref: ReferencePipeline, pairs: list[tuple[str, Study]], crop: tuple[int, int] | None = None
+) -> float:
     """Network FLOPs of the routed pipeline, GFLOP per pair: the classifier and one U-Net per slice
     (regions from the segmentation: the baseline on every slice, plus the region U-Net's slices);
     with ``crop``, the U-Nets at the cropped size plus one full-window baseline pass per stack (locate)."""
@@ -195,9 +207,16 @@ def pipeline_gflop(ref: ReferencePipeline, pairs: list[tuple[str, Study]], crop:
         if ref.bundle.regions_from == "segmentation":
             # the baseline on every slice, then again by its own U-Net each slice whose region has one
             # (counted from the ground-truth regions, which the pipeline's rule reproduces)
-            again = sum(int(np.isin(slice_regions(s.labels), [r for r, m in ref.bundle.routing.items()
-                                                              if r != NON_CARDIAC and m != baseline]).sum())
-                        for s in (study.ed, study.es) if s.labels is not None)
+            again = sum(
+                int(
+                    np.isin(
+                        slice_regions(s.labels),
+                        [r for r, m in ref.bundle.routing.items() if r != NON_CARDIAC and m != baseline],
+                    ).sum()
+                )
+                for s in (study.ed, study.es)
+                if s.labels is not None
+            )
             passes, classifier = n + again, 0
         else:
             passes, classifier = n, n * per_slice.get(ref.bundle.classifier, 0)
@@ -222,13 +241,17 @@ def main() -> int:
     parser.add_argument("--nnunet", action="store_true", help="also time nnU-Net v2's predictor (needs nnunetv2)")
     parser.add_argument("--memory-calls", type=int, default=1000, help="consecutive calls for the leak check (0: skip)")
     parser.add_argument("--json", default=None, help="write the results here as JSON")
-    parser.add_argument("--routed-only", action="store_true", help="time the routed mode only, at the bundle's heart crop")
+    parser.add_argument(
+        "--routed-only", action="store_true", help="time the routed mode only, at the bundle's heart crop"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the eager torch + scipy reference run")
     args = parser.parse_args()
 
     pairs = load_pairs(args.cases)
-    print(f"{len(pairs)} ED+ES pairs: {', '.join(n for n, _ in pairs)}; {args.threads} threads; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
+    print(
+        f"{len(pairs)} ED+ES pairs: {', '.join(n for n, _ in pairs)}; {args.threads} threads; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
     rows: list[dict] = []
 
     def run_all(segment) -> None:
@@ -249,15 +272,22 @@ def main() -> int:
     if crop_default is not None and not args.routed_only:
         variants += [(backends[0], m, None, "fp32") for m in modes]
     if "onnx" in backends and any("onnx-int8" in m.artifacts for m in bundle.models.values()):
-        variants[len(modes):len(modes)] = [("onnx", m, crop_default, "int8") for m in modes]
+        variants[len(modes) : len(modes)] = [("onnx", m, crop_default, "int8") for m in modes]
     if any(b != "onnx" for b in backends):
         import torch
 
         torch.set_num_threads(args.threads)
     segmenters, stage_times, times = [], [], []
     for backend, mode, crop, precision in variants:
-        pipe = Pipeline(args.bundle, backend=backend, mode=mode, threads=args.threads, engine_options=options[backend],
-                        heart_crop=crop, precision=precision)
+        pipe = Pipeline(
+            args.bundle,
+            backend=backend,
+            mode=mode,
+            threads=args.threads,
+            engine_options=options[backend],
+            heart_crop=crop,
+            precision=precision,
+        )
         pipelines[(backend, mode, crop, precision)] = pipe
         stages: dict[str, list[float]] = {}
 
@@ -278,10 +308,12 @@ def main() -> int:
             run_all(segment)
             spent.append((time.perf_counter() - t) * 1000.0)
     for (backend, mode, crop, precision), stages, spent in zip(variants, stage_times, times):
-        row = {"name": f"cmrsdk {backend}{' int8' if precision == 'int8' else ''} {mode}"
-                       + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window"),
-               "ms_per_pair": statistics.median(spent) / len(pairs),
-               "stages_ms": {k: statistics.median(v) for k, v in stages.items()}}
+        row = {
+            "name": f"cmrsdk {backend}{' int8' if precision == 'int8' else ''} {mode}"
+            + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window"),
+            "ms_per_pair": statistics.median(spent) / len(pairs),
+            "stages_ms": {k: statistics.median(v) for k, v in stages.items()},
+        }
         rows.append(row)
         if default_row is None and mode == "routed":
             default_row = row
@@ -295,25 +327,45 @@ def main() -> int:
         from nnunet_reference import time_nnunet  # benchmarks/nnunet_reference.py
 
         for mirroring in (True, False):
-            ms_pair, note = time_nnunet(ref, pairs, mirroring=mirroring, threads=args.threads, repeats=max(1, args.repeats // 5))
-            rows.append({"name": f"nnU-Net v2 predictor ({'mirroring' if mirroring else 'no mirroring'}; {note})",
-                         "ms_per_pair": ms_pair})
+            ms_pair, note = time_nnunet(
+                ref, pairs, mirroring=mirroring, threads=args.threads, repeats=max(1, args.repeats // 5)
+            )
+            rows.append(
+                {
+                    "name": f"nnU-Net v2 predictor ({'mirroring' if mirroring else 'no mirroring'}; {note})",
+                    "ms_per_pair": ms_pair,
+                }
+            )
 
     peak = matmul_peak_gflops(args.threads)
     gflop = pipeline_gflop(ref, pairs)
-    rows.append({"name": f"floor, full window ({gflop:.2f} GFLOP per pair at {peak:.0f} GFLOP/s matmul peak)",
-                 "ms_per_pair": gflop / peak * 1000.0})
+    rows.append(
+        {
+            "name": f"floor, full window ({gflop:.2f} GFLOP per pair at {peak:.0f} GFLOP/s matmul peak)",
+            "ms_per_pair": gflop / peak * 1000.0,
+        }
+    )
     if crop_default is not None:
         gflop_crop = pipeline_gflop(ref, pairs, crop_default)
-        rows.append({"name": f"floor, heart crop {crop_default[0]}x{crop_default[1]} ({gflop_crop:.2f} GFLOP per pair)",
-                     "ms_per_pair": gflop_crop / peak * 1000.0})
+        rows.append(
+            {
+                "name": f"floor, heart crop {crop_default[0]}x{crop_default[1]} ({gflop_crop:.2f} GFLOP per pair)",
+                "ms_per_pair": gflop_crop / peak * 1000.0,
+            }
+        )
 
     base = default_row["ms_per_pair"]
-    print(f"\n| pipeline | ms per ED+ES pair (median) | x routed {default_row['name'].split()[1]} | stages (ms: preprocess / classify / locate / segment / postprocess) |")
+    print(
+        f"\n| pipeline | ms per ED+ES pair (median) | x routed {default_row['name'].split()[1]} | stages (ms: preprocess / classify / locate / segment / postprocess) |"
+    )
     print("|---|---|---|---|")
     for row in rows:
         stages = row.get("stages_ms")
-        stage_text = " / ".join(f"{stages[k] / 2:.1f}" for k in ("preprocess", "classify", "locate", "segment", "postprocess")) if stages else ""
+        stage_text = (
+            " / ".join(f"{stages[k] / 2:.1f}" for k in ("preprocess", "classify", "locate", "segment", "postprocess"))
+            if stages
+            else ""
+        )
         row["ratio_to_routed"] = row["ms_per_pair"] / base
         print(f"| {row['name']} | {row['ms_per_pair']:.1f} | {row['ratio_to_routed']:.2f} | {stage_text} |")
     print("(stage times are per stack: half of a pair)")
@@ -328,14 +380,31 @@ def main() -> int:
         for _ in range(args.memory_calls):
             pipe.segment(stack)
         after = rss_mb()
-        memory = {"rss_after_warmup_mb": before, "rss_after_calls_mb": after, "calls": args.memory_calls,
-                  "growth_mb": after - before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        print(f"\nmemory: peak RSS {memory['peak_rss_mb']:.0f} MB; RSS {before:.0f} MB -> {after:.0f} MB over "
-              f"{args.memory_calls} further calls ({memory['growth_mb']:+.1f} MB)")
+        memory = {
+            "rss_after_warmup_mb": before,
+            "rss_after_calls_mb": after,
+            "calls": args.memory_calls,
+            "growth_mb": after - before,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        print(
+            f"\nmemory: peak RSS {memory['peak_rss_mb']:.0f} MB; RSS {before:.0f} MB -> {after:.0f} MB over "
+            f"{args.memory_calls} further calls ({memory['growth_mb']:+.1f} MB)"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"rows": rows, "memory": memory, "pairs": [n for n, _ in pairs],
-                                               "threads": args.threads, "peak_gflops": peak}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "rows": rows,
+                    "memory": memory,
+                    "pairs": [n for n, _ in pairs],
+                    "threads": args.threads,
+                    "peak_gflops": peak,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

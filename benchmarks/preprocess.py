@@ -9,6 +9,7 @@ cmrsdk's at the same thread count (> 1: cmrsdk is faster).
 
     .venv/bin/python benchmarks/preprocess.py [--repeats 7]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,7 +74,9 @@ def main() -> None:
     args = parser.parse_args()
     rows: list[tuple[str, str, str, int, float, float]] = []
 
-    def compare(task: str, name: str, threads: int, ours: Callable[[], object], refs: dict[str, Callable[[], object]]) -> None:
+    def compare(
+        task: str, name: str, threads: int, ours: Callable[[], object], refs: dict[str, Callable[[], object]]
+    ) -> None:
         torch.set_num_threads(threads)
         mine = median_ms(ours, args.repeats)
         rows.append((task, name, "cmrsdk", threads, mine, 1.0))
@@ -91,35 +94,81 @@ def main() -> None:
         floats = pixels.astype(np.float32)
         resampled = pp.resample_stack(pixels, spacing, shape=shape, order=3)
         z = pixels.shape[0]
-        prob = torch.softmax(torch.from_numpy(np.random.default_rng(1).normal(size=(z, 4, *shape)).astype(np.float32)), 1).numpy()
+        prob = torch.softmax(
+            torch.from_numpy(np.random.default_rng(1).normal(size=(z, 4, *shape)).astype(np.float32)), 1
+        ).numpy()
         transform = pp.SliceTransform(pixels.shape[1:], spacing, shape, TARGET, (0, 0), shape)  # window = whole grid
         for threads in (1, 2):
             for order, mode in ((1, "bilinear"), (3, "bicubic")):
-                compare(f"resample order {order}", name, threads,
-                        lambda: pp.resample_stack(pixels, spacing, shape=shape, order=order, threads=threads),
-                        {"scipy zoom": lambda: ndi.zoom(floats, factors, order=order, mode="mirror", grid_mode=True),
-                         "skimage resize": lambda: resize(floats, (z, *shape), order=order, mode="reflect", anti_aliasing=False),
-                         f"torch {mode}": lambda: torch.nn.functional.interpolate(
-                             torch.from_numpy(pixels.astype(np.float32))[:, None], size=shape, mode=mode, align_corners=False)})
-            compare("robust z-score", name, threads,
-                    lambda: pp.normalize(resampled, "robust_zscore", threads=threads),
-                    {"numpy": lambda: numpy_robust_zscore(resampled)})
-            compare("order 3 + robust z-score", name, threads,
-                    lambda: pp.normalize(pp.resample_stack(pixels, spacing, shape=shape, order=3, threads=threads),
-                                         "robust_zscore", threads=threads),
-                    {"skimage resize + numpy": lambda: numpy_robust_zscore(
-                        resize(floats, (z, *shape), order=3, mode="reflect", anti_aliasing=False)),
-                     "torch bicubic + numpy": lambda: numpy_robust_zscore(torch.nn.functional.interpolate(
-                         torch.from_numpy(pixels.astype(np.float32))[:, None], size=shape, mode="bicubic",
-                         align_corners=False)[:, 0].numpy())})
-            compare("inverse resample + argmax", name, threads,
-                    lambda: pp.resample_argmax(prob, transform, threads=threads),
-                    {"torch bilinear + argmax": lambda: torch.nn.functional.interpolate(
-                        torch.from_numpy(prob), size=pixels.shape[1:], mode="bilinear",
-                        align_corners=False).argmax(1).to(torch.uint8).numpy()})
+                compare(
+                    f"resample order {order}",
+                    name,
+                    threads,
+                    lambda: pp.resample_stack(pixels, spacing, shape=shape, order=order, threads=threads),
+                    {
+                        "scipy zoom": lambda: ndi.zoom(floats, factors, order=order, mode="mirror", grid_mode=True),
+                        "skimage resize": lambda: resize(
+                            floats, (z, *shape), order=order, mode="reflect", anti_aliasing=False
+                        ),
+                        f"torch {mode}": lambda: torch.nn.functional.interpolate(
+                            torch.from_numpy(pixels.astype(np.float32))[:, None],
+                            size=shape,
+                            mode=mode,
+                            align_corners=False,
+                        ),
+                    },
+                )
+            compare(
+                "robust z-score",
+                name,
+                threads,
+                lambda: pp.normalize(resampled, "robust_zscore", threads=threads),
+                {"numpy": lambda: numpy_robust_zscore(resampled)},
+            )
+            compare(
+                "order 3 + robust z-score",
+                name,
+                threads,
+                lambda: pp.normalize(
+                    pp.resample_stack(pixels, spacing, shape=shape, order=3, threads=threads),
+                    "robust_zscore",
+                    threads=threads,
+                ),
+                {
+                    "skimage resize + numpy": lambda: numpy_robust_zscore(
+                        resize(floats, (z, *shape), order=3, mode="reflect", anti_aliasing=False)
+                    ),
+                    "torch bicubic + numpy": lambda: numpy_robust_zscore(
+                        torch.nn.functional.interpolate(
+                            torch.from_numpy(pixels.astype(np.float32))[:, None],
+                            size=shape,
+                            mode="bicubic",
+                            align_corners=False,
+                        )[:, 0].numpy()
+                    ),
+                },
+            )
+            compare(
+                "inverse resample + argmax",
+                name,
+                threads,
+                lambda: pp.resample_argmax(prob, transform, threads=threads),
+                {
+                    "torch bilinear + argmax": lambda: (
+                        torch.nn.functional.interpolate(
+                            torch.from_numpy(prob), size=pixels.shape[1:], mode="bilinear", align_corners=False
+                        )
+                        .argmax(1)
+                        .to(torch.uint8)
+                        .numpy()
+                    )
+                },
+            )
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"numpy {np.__version__}, torch {torch.__version__}; medians of {args.repeats} runs (1 for scipy/skimage on 512 x 512)\n")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"numpy {np.__version__}, torch {torch.__version__}; medians of {args.repeats} runs (1 for scipy/skimage on 512 x 512)\n"
+    )
     print("| task | data | method | threads | median ms | ref / cmrsdk |")
     print("|---|---|---|---:|---:|---:|")
     for task, name, label, threads, t, ratio in rows:

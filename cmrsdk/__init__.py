@@ -5,6 +5,7 @@ The short public surface; everything else lives in its module (``cmrsdk.io``,
 Importing cmrsdk imports neither torch nor onnxruntime; the readers (pydicom, nibabel) load on
 first use of `read_study`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,17 @@ from .types import Stack, Study, StudyInfo
 DEMO_BUNDLE = Path(__file__).resolve().parent / "demo" / "bundle"
 
 __all__ = [
-    "CmrError", "Stack", "Study", "StudyInfo", "Pipeline", "Segmentation", "StudySegmentation",
-    "load_bundle", "read_study", "DEMO_BUNDLE", "__version__",
+    "CmrError",
+    "Stack",
+    "Study",
+    "StudyInfo",
+    "Pipeline",
+    "Segmentation",
+    "StudySegmentation",
+    "load_bundle",
+    "read_study",
+    "DEMO_BUNDLE",
+    "__version__",
 ]
 
 

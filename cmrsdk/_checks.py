@@ -3,6 +3,7 @@
 Each raises `cmrsdk.errors.InputError` naming the parameter, the value received and what was
 expected, and returns the value in the form the caller computes with.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 A page written here opens from a USB stick on a reading-room PC without network access, and
 prints on A4: the styles are inline, the images are PNG data URIs and the charts inline SVG.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,7 +53,9 @@ def img_tag(png: bytes, alt: str, *, width: int | None = None) -> str:
     return f'<img alt="{escape(alt)}"{size} src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: Sequence[int] = (), cls: str = "") -> str:
+def table(
+    header: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: Sequence[int] = (), cls: str = ""
+) -> str:
     """An HTML table; cells are escaped unless given as ``("html", markup)`` tuples."""
 
     def cell(value: object, index: int) -> str:
@@ -70,8 +73,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: S
 def page(title: str, body: str) -> str:
     """A whole HTML document around ``body``, with the shared styles."""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         # no network, even by accident: a page that tried to fetch would be blocked by its own policy
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"

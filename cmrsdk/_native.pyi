@@ -1,4 +1,5 @@
 """Type stubs of cmrsdk._native (csrc/native/*.cpp); call it through cmrsdk.preprocess."""
+
 import numpy as np
 import numpy.typing as npt
 

@@ -2,12 +2,15 @@
 
 Arrays are flat: x float32 (N,) C-contiguous, mask uint8 (N,) or None; results float32 (N,).
 """
+
 import numpy as np
 import numpy.typing as npt
 
 EPSILON: float
 
-def zscore(x: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8] | None = ..., threads: int = ...) -> npt.NDArray[np.float32]: ...
+def zscore(
+    x: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8] | None = ..., threads: int = ...
+) -> npt.NDArray[np.float32]: ...
 def robust_zscore(
     x: npt.NDArray[np.float32],
     mask: npt.NDArray[np.uint8] | None = ...,
@@ -15,7 +18,9 @@ def robust_zscore(
     upper: float = ...,
     threads: int = ...,
 ) -> npt.NDArray[np.float32]: ...
-def minmax(x: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8] | None = ..., threads: int = ...) -> npt.NDArray[np.float32]: ...
+def minmax(
+    x: npt.NDArray[np.float32], mask: npt.NDArray[np.uint8] | None = ..., threads: int = ...
+) -> npt.NDArray[np.float32]: ...
 def percentiles(
     x: npt.NDArray[np.float32],
     mask: npt.NDArray[np.uint8] | None = ...,

@@ -45,6 +45,7 @@ width were added), TorchScript and ONNX any size (traced and exported with dynam
 width). `Bundle.select_artifact` skips an artifact that cannot run every shape asked for, so
 ``backend="auto"`` never lands on one that would fail on the heart crop.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -133,8 +134,11 @@ class Preprocessing:
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's ``preprocessing`` object."""
-        out: dict[str, Any] = {"target_spacing": list(self.target_spacing), "size": list(self.size),
-                               "normalization": self.normalization}
+        out: dict[str, Any] = {
+            "target_spacing": list(self.target_spacing),
+            "size": list(self.size),
+            "normalization": self.normalization,
+        }
         if self.heart_crop is not None:
             out["heart_crop"] = list(self.heart_crop)
         return out
@@ -220,27 +224,44 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
     size = _require(raw, "size", list, "preprocessing.", manifest)
     normalization = _require(raw, "normalization", str, "preprocessing.", manifest)
     if len(spacing) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in spacing):
-        raise BundleError(f"{manifest}: 'preprocessing.target_spacing' must be two positive mm values [dy, dx], got {spacing!r}")
+        raise BundleError(
+            f"{manifest}: 'preprocessing.target_spacing' must be two positive mm values [dy, dx], got {spacing!r}"
+        )
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise BundleError(f"{manifest}: 'preprocessing.size' must be two positive ints [H, W], got {size!r}")
     crop = raw.get("heart_crop")
-    if crop is not None and (not isinstance(crop, list) or len(crop) != 2
-                             or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c <= s for c, s in zip(crop, size))):
-        raise BundleError(f"{manifest}: 'preprocessing.heart_crop' must be two ints [h, w] within 'size' {size}, got {crop!r}")
-    return Preprocessing((float(spacing[0]), float(spacing[1])), (size[0], size[1]), normalization,
-                         (crop[0], crop[1]) if crop is not None else None)
+    if crop is not None and (
+        not isinstance(crop, list)
+        or len(crop) != 2
+        or not all(isinstance(c, int) and not isinstance(c, bool) and 0 < c <= s for c, s in zip(crop, size))
+    ):
+        raise BundleError(
+            f"{manifest}: 'preprocessing.heart_crop' must be two ints [h, w] within 'size' {size}, got {crop!r}"
+        )
+    return Preprocessing(
+        (float(spacing[0]), float(spacing[1])),
+        (size[0], size[1]),
+        normalization,
+        (crop[0], crop[1]) if crop is not None else None,
+    )
 
 
 def _parse_input_hw(raw: Any, where: str, manifest: Path) -> tuple[tuple[int, int], tuple[int, int]]:
     def pair(value: Any) -> tuple[int, int] | None:
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        if (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        ):
             return (value[0], value[1])
         return None
 
     lo, hi = (pair(raw.get("min")), pair(raw.get("max"))) if isinstance(raw, dict) else (None, None)
     if lo is None or hi is None or lo[0] > hi[0] or lo[1] > hi[1]:
-        raise BundleError(f"{manifest}: '{where}input_hw' must be {{\"min\": [h, w], \"max\": [H, W]}} with positive "
-                          f"ints and min <= max, got {raw!r}")
+        raise BundleError(
+            f'{manifest}: \'{where}input_hw\' must be {{"min": [h, w], "max": [H, W]}} with positive '
+            f"ints and min <= max, got {raw!r}"
+        )
     return lo, hi
 
 
@@ -259,7 +280,9 @@ def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: t
     artifacts: dict[str, Artifact] = {}
     for key, entry in artifacts_raw.items():
         if key not in ARTIFACT_KEYS:
-            raise BundleError(f"{manifest}: '{where}artifacts' has the unknown key {key!r}, expected one of {tuple(ARTIFACT_KEYS)}")
+            raise BundleError(
+                f"{manifest}: '{where}artifacts' has the unknown key {key!r}, expected one of {tuple(ARTIFACT_KEYS)}"
+            )
         if not isinstance(entry, dict):
             raise BundleError(f"{manifest}: '{where}artifacts.{key}' must be an object, got {type(entry).__name__}")
         file = _require(entry, "file", str, f"{where}artifacts.{key}.", manifest)
@@ -268,7 +291,9 @@ def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: t
         path = (root / file).resolve()
         # a manifest must not point outside its own directory
         if path.parent != root.resolve():
-            raise BundleError(f"{manifest}: '{where}artifacts.{key}.file' is {file!r}, expected a file name inside the bundle")
+            raise BundleError(
+                f"{manifest}: '{where}artifacts.{key}.file' is {file!r}, expected a file name inside the bundle"
+            )
         backend, precision = ARTIFACT_KEYS[key]
         input_hw: tuple[tuple[int, int], tuple[int, int]] | None
         if "input_hw" in entry:
@@ -285,10 +310,14 @@ def _verify_artifact(artifact: Artifact) -> None:
         raise BundleError(f"{artifact.path}: the {artifact.key} artifact named in the manifest is missing")
     size = artifact.path.stat().st_size
     if size != artifact.size:
-        raise BundleError(f"{artifact.path}: size is {size} bytes, the manifest records {artifact.size} (truncated or replaced)")
+        raise BundleError(
+            f"{artifact.path}: size is {size} bytes, the manifest records {artifact.size} (truncated or replaced)"
+        )
     digest = sha256_file(artifact.path)
     if digest != artifact.sha256:
-        raise BundleError(f"{artifact.path}: sha256 is {digest}, the manifest records {artifact.sha256} (the file was modified)")
+        raise BundleError(
+            f"{artifact.path}: sha256 is {digest}, the manifest records {artifact.sha256} (the file was modified)"
+        )
 
 
 class Bundle:
@@ -312,9 +341,18 @@ class Bundle:
     manifest_sha256 : hex sha256 of ``manifest.json`` as read by `load_bundle`.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], preprocessing: Preprocessing, routing: dict[int, str],
-                 classifier: str | None, labels: dict[int, str], regions: dict[int, str], models: dict[str, ModelInfo],
-                 manifest_sha256: str = "") -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        preprocessing: Preprocessing,
+        routing: dict[int, str],
+        classifier: str | None,
+        labels: dict[int, str],
+        regions: dict[int, str],
+        models: dict[str, ModelInfo],
+        manifest_sha256: str = "",
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.preprocessing = preprocessing
@@ -328,8 +366,16 @@ class Bundle:
         self._engines: dict[tuple[Any, ...], Engine] = {}
         self._lock = threading.Lock()
 
-    def select_artifact(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False,
-                        precision: str = "fp32", shapes: Sequence[tuple[int, int]] = ()) -> Artifact:
+    def select_artifact(
+        self,
+        model_name: str,
+        backend: str = "auto",
+        device: str = "cpu",
+        *,
+        fp16: bool = False,
+        precision: str = "fp32",
+        shapes: Sequence[tuple[int, int]] = (),
+    ) -> Artifact:
         """The artifact that `engine` would load (see `cmrsdk.engines.AUTO_ORDER` for "auto").
 
         Parameters
@@ -353,7 +399,9 @@ class Bundle:
         """
         check_device(device)
         if model_name not in self.models:
-            raise InputError(f"'model_name' {model_name!r} is not in the bundle {self.path}, expected one of {sorted(self.models)}")
+            raise InputError(
+                f"'model_name' {model_name!r} is not in the bundle {self.path}, expected one of {sorted(self.models)}"
+            )
         if backend != "auto" and backend not in BACKENDS:
             raise InputError(f"'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
         if precision not in ("fp32", "fp16", "int8"):
@@ -378,8 +426,10 @@ class Bundle:
             refused = [hw for hw in shapes if not artifact.accepts(tuple(hw))]  # type: ignore[arg-type]
             if refused:
                 (h0, w0), (h1, w1) = artifact.input_hw  # type: ignore[misc]
-                reasons.append(f"{candidate}: the {key!r} artifact of {model_name!r} runs (H, W) from {h0}x{w0} to "
-                               f"{h1}x{w1}, not {' and '.join(f'{h}x{w}' for h, w in refused)}")
+                reasons.append(
+                    f"{candidate}: the {key!r} artifact of {model_name!r} runs (H, W) from {h0}x{w0} to "
+                    f"{h1}x{w1}, not {' and '.join(f'{h}x{w}' for h, w in refused)}"
+                )
                 continue
             compiled = model.record["artifacts"][key].get("device")
             if compiled is not None and compiled != device:  # an AOTInductor package runs where it was compiled
@@ -390,10 +440,21 @@ class Bundle:
                 reasons.append(f"{candidate}: {missing}")
                 continue
             return artifact
-        raise BackendUnavailableError(f"no engine for model {model_name!r} on device {device!r} in {precision}: " + "; ".join(reasons))
+        raise BackendUnavailableError(
+            f"no engine for model {model_name!r} on device {device!r} in {precision}: " + "; ".join(reasons)
+        )
 
-    def engine(self, model_name: str, backend: str = "auto", device: str = "cpu", *, fp16: bool = False,
-               precision: str = "fp32", shapes: Sequence[tuple[int, int]] = (), **options: Any) -> Engine:
+    def engine(
+        self,
+        model_name: str,
+        backend: str = "auto",
+        device: str = "cpu",
+        *,
+        fp16: bool = False,
+        precision: str = "fp32",
+        shapes: Sequence[tuple[int, int]] = (),
+        **options: Any,
+    ) -> Engine:
         """The engine for one model, made on first use and shared after.
 
         Parameters
@@ -473,21 +534,29 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{manifest_path}: 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
     version = raw.get("format_version")
     if version not in SUPPORTED_FORMAT_VERSIONS or isinstance(version, bool):
-        raise BundleError(f"{manifest_path}: 'format_version' is {version!r}, this cmrsdk reads {SUPPORTED_FORMAT_VERSIONS}")
+        raise BundleError(
+            f"{manifest_path}: 'format_version' is {version!r}, this cmrsdk reads {SUPPORTED_FORMAT_VERSIONS}"
+        )
     preprocessing = _parse_preprocessing(_require(raw, "preprocessing", dict, "", manifest_path), manifest_path)
     labels = _int_keys(_require(raw, "labels", dict, "", manifest_path), "labels", manifest_path)
     regions = _int_keys(_require(raw, "regions", dict, "", manifest_path), "regions", manifest_path)
     models_raw = _require(raw, "models", dict, "", manifest_path)
-    models = {name: _parse_model(name, entry, root, manifest_path, preprocessing.size) for name, entry in models_raw.items()}
+    models = {
+        name: _parse_model(name, entry, root, manifest_path, preprocessing.size) for name, entry in models_raw.items()
+    }
     routing = _int_keys(_require(raw, "routing", dict, "", manifest_path), "routing", manifest_path)
     for region, name in routing.items():
         if region not in regions:
             raise BundleError(f"{manifest_path}: 'routing' has region code {region}, expected one of {sorted(regions)}")
         if name not in models or models[name].kind != "segmentation":
-            raise BundleError(f"{manifest_path}: 'routing.{region}' names {name!r}, which is not a segmentation model of the bundle")
+            raise BundleError(
+                f"{manifest_path}: 'routing.{region}' names {name!r}, which is not a segmentation model of the bundle"
+            )
     classifier = raw.get("classifier")
     if classifier is not None and (classifier not in models or models[classifier].kind != "classifier"):
-        raise BundleError(f"{manifest_path}: 'classifier' names {classifier!r}, which is not a classifier model of the bundle")
+        raise BundleError(
+            f"{manifest_path}: 'classifier' names {classifier!r}, which is not a classifier model of the bundle"
+        )
     regions_from = raw.get("regions_from")
     if regions_from not in (None, *REGIONS_FROM):
         raise BundleError(f"{manifest_path}: 'regions_from' is {regions_from!r}, expected one of {REGIONS_FROM}")
@@ -496,4 +565,6 @@ def load_bundle(path: str | Path) -> Bundle:
     for model in models.values():
         for artifact in model.artifacts.values():
             _verify_artifact(artifact)
-    return Bundle(root, raw, preprocessing, routing, classifier, labels, regions, models, hashlib.sha256(data).hexdigest())
+    return Bundle(
+        root, raw, preprocessing, routing, classifier, labels, regions, models, hashlib.sha256(data).hexdigest()
+    )

@@ -3,6 +3,7 @@
 Every failure prints one line naming the input and the problem and makes the exit code
 non-zero; with several inputs, the others carry on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,10 +125,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             failures += 1
             print(_error_line(source, exc), file=sys.stderr)
     if planned:
-        pipeline, region_source = _method(args.mode, args.bundle, backend=args.backend, device=args.device,
-                                          largest_component=not args.keep_fragments, threads=args.threads,
-                                          heart_crop=_heart_crop(args), region_decoding=args.region_decoding,
-                                          precision=args.precision)
+        pipeline, region_source = _method(
+            args.mode,
+            args.bundle,
+            backend=args.backend,
+            device=args.device,
+            largest_component=not args.keep_fragments,
+            threads=args.threads,
+            heart_crop=_heart_crop(args),
+            region_decoding=args.region_decoding,
+            precision=args.precision,
+        )
     progress = None
     if len(planned) > 1 and sys.stderr.isatty():
         from tqdm import tqdm
@@ -137,8 +145,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     done = 0
     for source, out_dir in planned:
         try:
-            report = segment_one(pipeline, source, out_dir, overlay=not args.no_overlay,
-                                 report_html=not args.no_report_html, region_source=region_source)
+            report = segment_one(
+                pipeline,
+                source,
+                out_dir,
+                overlay=not args.no_overlay,
+                report_html=not args.no_report_html,
+                region_source=region_source,
+            )
         except Exception as exc:  # one study's failure never stops another's
             failures += 1
             print(_error_line(source, exc), file=sys.stderr)
@@ -166,8 +180,10 @@ def _result_line(source: Path, report: dict, out_dir: Path) -> str:
     wall = report["timings_ms"]["wall"]
     flags = sorted({f for phase in report["phases"] for f in phase["quality_flags"]} | set(report.get("flags", [])))
     if "single_phase" in flags:
-        head = (f"one phase only: LV volume {_fmt(m['lvedv_ml'], ' mL')}, RV volume {_fmt(m['rvedv_ml'], ' mL')}, "
-                "no SV or EF (needs ED and ES)")
+        head = (
+            f"one phase only: LV volume {_fmt(m['lvedv_ml'], ' mL')}, RV volume {_fmt(m['rvedv_ml'], ' mL')}, "
+            "no SV or EF (needs ED and ES)"
+        )
     else:
         head = f"LVEF {_fmt(m['lvef_pct'], '%')}, LVEDV {_fmt(m['lvedv_ml'], ' mL')}, RVEF {_fmt(m['rvef_pct'], '%')}"
     if "single_slice" in flags:
@@ -196,22 +212,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     report = segment_one(pipeline, dicom_dir, out, keep=("example_dicom",), truth=truth)
     m, g = report["measures"], report["ground_truth"]
     print(f"example study: {dicom_dir} (synthetic bSSFP short-axis cine, {len(truth.phases)} frames, seed {args.seed})")
-    print(f"routed segmentation with bundle {pipeline.bundle.path.name} ({', '.join(sorted(set(pipeline.provenance['backends'].values())))})")
-    print(f"  ED frame {report['ed_index']}, ES frame {report['es_index']} from the LV volume curve (truth: ES frame {truth.es_index})")
+    print(
+        f"routed segmentation with bundle {pipeline.bundle.path.name} ({', '.join(sorted(set(pipeline.provenance['backends'].values())))})"
+    )
+    print(
+        f"  ED frame {report['ed_index']}, ES frame {report['es_index']} from the LV volume curve (truth: ES frame {truth.es_index})"
+    )
     for index in (report["ed_index"], report["es_index"]):
         phase = report["phases"][index]
-        regions = " ".join(s["region"][0].upper() if s["region"] != "non-cardiac" else "-" for s in phase.get("slices", []))
+        regions = " ".join(
+            s["region"][0].upper() if s["region"] != "non-cardiac" else "-" for s in phase.get("slices", [])
+        )
         print(f"  {phase['phase']}: slice regions [{regions}], volumes {phase['volumes_ml']}")
-    print(f"  LVEDV {m['lvedv_ml']} mL, LVESV {m['lvesv_ml']} mL, LVEF {m['lvef_pct']}%, "
-          f"LV mass {m['lv_mass_g']} g, RVEF {m['rvef_pct']}%")
-    print(f"  ground truth: LVEDV {g['true LVEDV (mL)']} mL, LVESV {g['true LVESV (mL)']} mL, "
-          f"LVEF {g['true LVEF (%)']}%, RVEF {g['true RVEF (%)']}%")
-    print("  Dice against the ground truth (ED / ES): " + ", ".join(
-        f"{name} {g[f'Dice {name} ED']:.3f} / {g[f'Dice {name} ES']:.3f}" for name in ("LVBP", "LVM", "RVBP")))
+    print(
+        f"  LVEDV {m['lvedv_ml']} mL, LVESV {m['lvesv_ml']} mL, LVEF {m['lvef_pct']}%, "
+        f"LV mass {m['lv_mass_g']} g, RVEF {m['rvef_pct']}%"
+    )
+    print(
+        f"  ground truth: LVEDV {g['true LVEDV (mL)']} mL, LVESV {g['true LVESV (mL)']} mL, "
+        f"LVEF {g['true LVEF (%)']}%, RVEF {g['true RVEF (%)']}%"
+    )
+    print(
+        "  Dice against the ground truth (ED / ES): "
+        + ", ".join(
+            f"{name} {g[f'Dice {name} ED']:.3f} / {g[f'Dice {name} ES']:.3f}" for name in ("LVBP", "LVM", "RVBP")
+        )
+    )
     t = report["timings_ms"]
-    print(f"  latency: {t['wall']:.1f} ms for {len(report['phases'])} frames, first call (preprocess {t['preprocess']:.1f}, "
-          f"classify {t['classify']:.1f}, locate {t['locate']:.1f}, segment {t['segment']:.1f}, "
-          f"postprocess {t['postprocess']:.1f}); benchmarks/README.md has warm medians")
+    print(
+        f"  latency: {t['wall']:.1f} ms for {len(report['phases'])} frames, first call (preprocess {t['preprocess']:.1f}, "
+        f"classify {t['classify']:.1f}, locate {t['locate']:.1f}, segment {t['segment']:.1f}, "
+        f"postprocess {t['postprocess']:.1f}); benchmarks/README.md has warm medians"
+    )
     print(f"outputs in {out}: {', '.join(report['outputs'])} (open report.html in a browser)")
     return 0
 
@@ -237,10 +269,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     sunnybrook = [Path(d) for d in args.data if is_sunnybrook_root(d)]
     folders = [f for d in args.data if not is_sunnybrook_root(d) for f in _case_folders(Path(d), args.every)]
     if not folders and not sunnybrook:
-        print(f"cmrsdk: error: no ACDC patient, M&Ms subject or Sunnybrook folders under {', '.join(args.data)}", file=sys.stderr)
+        print(
+            f"cmrsdk: error: no ACDC patient, M&Ms subject or Sunnybrook folders under {', '.join(args.data)}",
+            file=sys.stderr,
+        )
         return 2
-    methods = {mode: _method(mode, args.bundle, backend=args.backend, threads=args.threads, heart_crop=_heart_crop(args),
-                             region_decoding=args.region_decoding, precision=args.precision) for mode in args.modes}
+    methods = {
+        mode: _method(
+            mode,
+            args.bundle,
+            backend=args.backend,
+            threads=args.threads,
+            heart_crop=_heart_crop(args),
+            region_decoding=args.region_decoding,
+            precision=args.precision,
+        )
+        for mode in args.modes
+    }
     pipelines = {mode: pipeline for mode, (pipeline, _) in methods.items()}
     sources = {mode: source for mode, (_, source) in methods.items() if source is not None}
     for root in sunnybrook:
@@ -250,7 +295,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     studies = ((f.name, read_study(f)) for f in folders)
     result = evaluate(pipelines, studies, region_sources=sources)
-    report = write_evaluation(result, args.output, baseline="baseline", title=args.title or f"cmrsdk evaluation: {len(folders)} studies")
+    report = write_evaluation(
+        result, args.output, baseline="baseline", title=args.title or f"cmrsdk evaluation: {len(folders)} studies"
+    )
     print(f"{len(folders)} studies evaluated with {', '.join(args.modes)} -> {report}")
     return 0
 
@@ -261,17 +308,23 @@ def _evaluate_sunnybrook(pipelines: dict, root: Path, out: Path) -> None:
     from .evaluation_sunnybrook import evaluate_sunnybrook, summarise
 
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Sunnybrook: LV contours of {root}", "",
-             "Dice (%) per contoured image: endocardium = LVBP against the i-contour, epicardium = LVBP + LVM "
-             "against the o-contour.", ""]
+    lines = [
+        f"# Sunnybrook: LV contours of {root}",
+        "",
+        "Dice (%) per contoured image: endocardium = LVBP against the i-contour, epicardium = LVBP + LVM "
+        "against the o-contour.",
+        "",
+    ]
     for method, pipeline in pipelines.items():
         scores = evaluate_sunnybrook(pipeline, root)
         write_csv(out / f"sunnybrook_{method}.csv", [vars(s) for s in scores])
         rows = summarise(scores)
         lines += [f"## {method}", "", markdown_table(rows), ""]
         for row in rows:
-            print(f"sunnybrook {method} {row['case']} {row['surface']}: mean Dice {row['mean']:.1f} %, "
-                  f"min {row['min']:.1f} %, {row['below_92']} of {row['images']} images below 92 %")
+            print(
+                f"sunnybrook {method} {row['case']} {row['surface']}: mean Dice {row['mean']:.1f} %, "
+                f"min {row['min']:.1f} %, {row['below_92']} of {row['images']} images below 92 %"
+            )
     (out / "sunnybrook.md").write_text("\n".join(lines))
 
 
@@ -283,7 +336,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"bundle {bundle.path} (format {m.get('format_version')}, created {m.get('created')})")
     p = bundle.preprocessing
     print(f"preprocessing: spacing {p.target_spacing} mm, size {p.size} px, normalisation {p.normalization}")
-    print("routing: " + ", ".join(f"{bundle.regions.get(r, r)} -> {name}" for r, name in sorted(bundle.routing.items())))
+    print(
+        "routing: " + ", ".join(f"{bundle.regions.get(r, r)} -> {name}" for r, name in sorted(bundle.routing.items()))
+    )
     print(f"classifier: {bundle.classifier or 'none'}; routed mode takes regions from the {bundle.regions_from}")
     for name, model in sorted(bundle.models.items()):
         sizes = ", ".join(f"{key} {a.size / 1e6:.1f} MB" for key, a in sorted(model.artifacts.items()))
@@ -320,33 +375,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     def engine_options(p: argparse.ArgumentParser, precision: bool = True) -> None:
         p.add_argument("--bundle", default=str(DEMO_BUNDLE), help="model bundle directory (default: the demo bundle)")
-        p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
-                       help="inference backend (default: auto, the fastest available)")
+        p.add_argument(
+            "--backend",
+            default="auto",
+            choices=["auto", *BACKENDS],
+            help="inference backend (default: auto, the fastest available)",
+        )
         if precision:  # batch workers build their pipelines from a PipelineSpec, which has no precision yet
-            p.add_argument("--precision", default="fp32", choices=["fp32", "int8", "fp16"],
-                           help="arithmetic: fp32 (default); int8 the bundle's int8 U-Nets (python -m export.quantize, "
-                                "Dice change in its manifest); fp16 on cuda")
+            p.add_argument(
+                "--precision",
+                default="fp32",
+                choices=["fp32", "int8", "fp16"],
+                help="arithmetic: fp32 (default); int8 the bundle's int8 U-Nets (python -m export.quantize, "
+                "Dice change in its manifest); fp16 on cuda",
+            )
 
     def pipeline_options(p: argparse.ArgumentParser) -> None:
         crop = p.add_mutually_exclusive_group()
-        crop.add_argument("--heart-crop", nargs=2, type=int, default=None, metavar=("H", "W"),
-                          help="U-Nets see only an H x W window around the heart (default: the bundle's, 128 128 for the demo)")
-        crop.add_argument("--full-window", action="store_true", help="U-Nets see the bundle's full window (no heart crop)")
-        p.add_argument("--region-decoding", default="monotone", choices=["monotone", "independent"],
-                       help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax")
+        crop.add_argument(
+            "--heart-crop",
+            nargs=2,
+            type=int,
+            default=None,
+            metavar=("H", "W"),
+            help="U-Nets see only an H x W window around the heart (default: the bundle's, 128 128 for the demo)",
+        )
+        crop.add_argument(
+            "--full-window", action="store_true", help="U-Nets see the bundle's full window (no heart crop)"
+        )
+        p.add_argument(
+            "--region-decoding",
+            default="monotone",
+            choices=["monotone", "independent"],
+            help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax",
+        )
 
-    p = sub.add_parser("segment", help="segment DICOM directories, NIfTI files, ACDC or M&Ms folders",
-                       description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm and sr.dcm (DICOM input), report.json, "
-                                   "report.html and overlay.png; each study whole or not at all.")
-    p.add_argument("inputs", nargs="+", help="DICOM directory, NIfTI file, ACDC patient or M&Ms subject folder, "
-                                             "or a folder of NIfTI files, ACDC patients or M&Ms subjects")
+    p = sub.add_parser(
+        "segment",
+        help="segment DICOM directories, NIfTI files, ACDC or M&Ms folders",
+        description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm and sr.dcm (DICOM input), report.json, "
+        "report.html and overlay.png; each study whole or not at all.",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="DICOM directory, NIfTI file, ACDC patient or M&Ms subject folder, "
+        "or a folder of NIfTI files, ACDC patients or M&Ms subjects",
+    )
     p.add_argument("-o", "--output", required=True, help="output directory (one sub-folder per study when several)")
     engine_options(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--mode", default="routed", choices=["routed", "baseline", "oracle"],
-                   help="routed: region U-Nets, regions from the bundle's classifier or from the baseline's masks "
-                        "(bundle's regions_from); baseline: one U-Net; oracle: routed by the ground-truth regions "
-                        "(inputs with labels only)")
+    p.add_argument(
+        "--mode",
+        default="routed",
+        choices=["routed", "baseline", "oracle"],
+        help="routed: region U-Nets, regions from the bundle's classifier or from the baseline's masks "
+        "(bundle's regions_from); baseline: one U-Net; oracle: routed by the ground-truth regions "
+        "(inputs with labels only)",
+    )
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
     p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.png (the slowest output)")
@@ -354,11 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
 
-    p = sub.add_parser("batch", help="segment a cohort into one table of measures (measures.csv), resumably, "
-                                     "on a process pool or a Ray cluster",
-                       description="Finds the studies under each root (or reads --list), segments those not done yet "
-                                   "with the same bundle and options, and writes OUT/measures.csv, OUT/cohort.png and "
-                                   "each study's outputs under OUT/studies/. Exit 1 when any study failed.")
+    p = sub.add_parser(
+        "batch",
+        help="segment a cohort into one table of measures (measures.csv), resumably, "
+        "on a process pool or a Ray cluster",
+        description="Finds the studies under each root (or reads --list), segments those not done yet "
+        "with the same bundle and options, and writes OUT/measures.csv, OUT/cohort.png and "
+        "each study's outputs under OUT/studies/. Exit 1 when any study failed.",
+    )
     from .cohort.command import add_arguments as batch_arguments
 
     batch_arguments(p)
@@ -373,12 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
     engine_options(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("evaluate", help="regional Dice, Tables 1-3, Figure 2 and volume agreement on labelled studies",
-                       description="Segments ED and ES of every ACDC patient / M&Ms subject folder under DATA with each mode "
-                                   "and writes CSV, Markdown and PNG results to OUT.")
-    p.add_argument("--data", nargs="+", required=True, help="folders of ACDC patients or M&Ms subjects (or single case folders)")
+    p = sub.add_parser(
+        "evaluate",
+        help="regional Dice, Tables 1-3, Figure 2 and volume agreement on labelled studies",
+        description="Segments ED and ES of every ACDC patient / M&Ms subject folder under DATA with each mode "
+        "and writes CSV, Markdown and PNG results to OUT.",
+    )
+    p.add_argument(
+        "--data", nargs="+", required=True, help="folders of ACDC patients or M&Ms subjects (or single case folders)"
+    )
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--modes", nargs="+", default=["baseline", "routed", "oracle"], choices=["baseline", "routed", "oracle"])
+    p.add_argument(
+        "--modes", nargs="+", default=["baseline", "routed", "oracle"], choices=["baseline", "routed", "oracle"]
+    )
     p.add_argument("--every", type=int, default=None, help="keep every N-th case folder (ACDC's held-out split: 5)")
     p.add_argument("--title", default="")
     p.add_argument("--threads", type=int, default=None)
@@ -411,8 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, Interrupted) as exc:
         # the study in progress was cleaned up on the way out (cmrsdk.study): nothing half-written
         signame = "SIGTERM" if isinstance(exc, Interrupted) else "SIGINT"
-        print(f"cmrsdk: interrupted ({signame}); finished studies are complete, the one in progress left nothing",
-              file=sys.stderr)
+        print(
+            f"cmrsdk: interrupted ({signame}); finished studies are complete, the one in progress left nothing",
+            file=sys.stderr,
+        )
         return 143 if isinstance(exc, Interrupted) else 130
     except BrokenPipeError:
         # the reader went away (`cmrsdk inspect ... | head -n 1`): stop quietly, as `cat` does

@@ -3,6 +3,7 @@
 Every message names the argument, file or DICOM tag at fault, the value received and what was
 expected, in the manner of pydicom ("'Bits Allocated' value of '12' is invalid, ...").
 """
+
 from __future__ import annotations
 
 __all__ = [

@@ -9,6 +9,7 @@ the Sunnybrook challenge reports its results (per image, then averaged).
 Layout read (``cmrsdk evaluate --data DIR``): ``DIR/link.csv`` (patient_id, original_id), the
 DICOM series ``DIR/<patient_id>/`` and the contours ``DIR/contours/<original_id>/``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -69,8 +70,9 @@ def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float("nan") if total == 0 else 2.0 * int(np.logical_and(prediction, truth).sum()) / total
 
 
-def score_contours(case: str, phase: int, predicted: np.ndarray, truth: np.ndarray,
-                   regions: np.ndarray | None = None) -> list[ContourScore]:
+def score_contours(
+    case: str, phase: int, predicted: np.ndarray, truth: np.ndarray, regions: np.ndarray | None = None
+) -> list[ContourScore]:
     """Scores of one phase's contoured images.
 
     Parameters
@@ -121,6 +123,14 @@ def summarise(scores: list[ContourScore]) -> list[dict[str, object]]:
         for surface in ("endocardium", "epicardium"):
             d = np.array([s.dice for s in scores if s.case == case and s.surface == surface], np.float64)
             if d.size:
-                rows.append({"case": case, "surface": surface, "images": int(d.size), "mean": float(np.nanmean(d) * 100),
-                             "min": float(np.nanmin(d) * 100), "below_92": int((d < 0.92).sum())})
+                rows.append(
+                    {
+                        "case": case,
+                        "surface": surface,
+                        "images": int(d.size),
+                        "mean": float(np.nanmean(d) * 100),
+                        "min": float(np.nanmin(d) * 100),
+                        "below_92": int((d < 0.92).sum()),
+                    }
+                )
     return rows

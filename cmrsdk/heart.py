@@ -13,6 +13,7 @@ functions, apart from the network pass they are handed:
 A study is located once: ED and ES (and every phase of a cine) share the centre found on one
 phase (`Pipeline.segment_study`), so the networks see the same anatomy in every phase.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -36,8 +37,14 @@ LOCATE_TRIES = 3
 SliceSegmenter = Callable[[np.ndarray], np.ndarray]
 
 
-def locate_heart(images: np.ndarray, segment: SliceSegmenter, regions: np.ndarray | None = None, *,
-                 tries: int = LOCATE_TRIES, min_pixels: int = MIN_HEART_PIXELS) -> tuple[float, float] | None:
+def locate_heart(
+    images: np.ndarray,
+    segment: SliceSegmenter,
+    regions: np.ndarray | None = None,
+    *,
+    tries: int = LOCATE_TRIES,
+    min_pixels: int = MIN_HEART_PIXELS,
+) -> tuple[float, float] | None:
     """Centre (cy, cx) of the heart in window pixels, or None where no heart is found.
 
     The first slice tried is the central one of the slices ``regions`` calls middle, or the
@@ -63,7 +70,9 @@ def locate_heart(images: np.ndarray, segment: SliceSegmenter, regions: np.ndarra
     if images.ndim != 4 or images.shape[1] != 1:
         raise InputError(f"'images' must be float32 (Z, 1, H, W), got shape {images.shape}")
     if regions is not None and np.shape(regions) != images.shape[:1]:
-        raise InputError(f"'regions' must be ({images.shape[0]},) region codes, one per slice, got shape {np.shape(regions)}")
+        raise InputError(
+            f"'regions' must be ({images.shape[0]},) region codes, one per slice, got shape {np.shape(regions)}"
+        )
     n = images.shape[0]
     centre = n // 2
     candidates = [centre + d for step in range(n) for d in ((step, -step) if step else (0,)) if 0 <= centre + d < n]
@@ -79,8 +88,9 @@ def locate_heart(images: np.ndarray, segment: SliceSegmenter, regions: np.ndarra
     return None
 
 
-def crop_to_heart(images: np.ndarray, transform: SliceTransform, centre: tuple[float, float],
-                  size: tuple[int, int]) -> tuple[np.ndarray, SliceTransform]:
+def crop_to_heart(
+    images: np.ndarray, transform: SliceTransform, centre: tuple[float, float], size: tuple[int, int]
+) -> tuple[np.ndarray, SliceTransform]:
     """Narrow every slice's window to ``size`` around ``centre``, kept inside the full window.
 
     Parameters

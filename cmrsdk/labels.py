@@ -1,9 +1,19 @@
 """Canonical label and region codes (fixed conventions of the design)."""
+
 from __future__ import annotations
 
 __all__ = [
-    "BACKGROUND", "LVBP", "LVM", "RVBP", "LABEL_NAMES", "STRUCTURES",
-    "NON_CARDIAC", "BASE", "MIDDLE", "APEX", "REGION_NAMES",
+    "BACKGROUND",
+    "LVBP",
+    "LVM",
+    "RVBP",
+    "LABEL_NAMES",
+    "STRUCTURES",
+    "NON_CARDIAC",
+    "BASE",
+    "MIDDLE",
+    "APEX",
+    "REGION_NAMES",
 ]
 
 BACKGROUND, LVBP, LVM, RVBP = 0, 1, 2, 3

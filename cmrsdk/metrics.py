@@ -4,6 +4,7 @@ Labels are uint8 (Z, Y, X) with 0 background, 1 LVBP, 2 LVM, 3 RVBP; spacing is
 (dz, dy, dx) in mm, so a voxel holds dz*dy*dx mm^3 = dz*dy*dx / 1000 mL. Volumes use slice
 summation (Simpson's disc method as clinical software applies it to short-axis stacks).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -143,9 +144,14 @@ def slice_gaps(slice_positions: Sequence[float] | np.ndarray, ratio: float = GAP
     median = float(np.median(steps))
     if median <= 0:
         return []
-    return [{"after_mm": round(float(positions[i]), 3), "step_mm": round(float(steps[i]), 3),
-             "missing_slices": int(round(steps[i] / median)) - 1}
-            for i in np.flatnonzero(steps > ratio * median)]
+    return [
+        {
+            "after_mm": round(float(positions[i]), 3),
+            "step_mm": round(float(steps[i]), 3),
+            "missing_slices": int(round(steps[i] / median)) - 1,
+        }
+        for i in np.flatnonzero(steps > ratio * median)
+    ]
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -157,7 +163,9 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return surface
 
 
-def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spacing: Sequence[float]) -> tuple[float, float]:
+def surface_distances(
+    prediction: np.ndarray, truth: np.ndarray, label: int, spacing: Sequence[float]
+) -> tuple[float, float]:
     """HD95 and mean surface distance (mm) of one label, as the ACDC challenge reports them.
 
     The surface of a mask is its voxels with a 6-connected neighbour outside it. Every surface
@@ -191,7 +199,9 @@ def surface_distances(prediction: np.ndarray, truth: np.ndarray, label: int, spa
     return hd95, float(np.concatenate([to_truth, to_prediction]).mean())
 
 
-def volumes_ml(labels: np.ndarray, spacing: Sequence[float], slice_positions: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
+def volumes_ml(
+    labels: np.ndarray, spacing: Sequence[float], slice_positions: Sequence[float] | np.ndarray | None = None
+) -> dict[str, float]:
     """Volume of each structure in mL.
 
     Parameters

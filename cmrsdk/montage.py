@@ -17,6 +17,7 @@ hundred milliseconds on a 2-core CPU; a picture of it must not cost more).
   blend is one table look-up and the PNG deflates one byte a pixel: the ED/ES montage costs
   about 4 % of the segmentation it shows (benchmarks/montage_cost.py).
 """
+
 from __future__ import annotations
 
 import io
@@ -38,9 +39,21 @@ if TYPE_CHECKING:
     from .pipeline import StudySegmentation
 
 __all__ = [
-    "Orientation", "LABEL_RGB", "LABEL_TITLES", "display_orientation", "heart_window", "phase_tiles",
-    "cardiac_slices", "slice_caption", "compose_montage", "study_montage", "study_montage_png",
-    "montage_drawing_ms", "encode_png", "save_png", "save_png_bytes",
+    "Orientation",
+    "LABEL_RGB",
+    "LABEL_TITLES",
+    "display_orientation",
+    "heart_window",
+    "phase_tiles",
+    "cardiac_slices",
+    "slice_caption",
+    "compose_montage",
+    "study_montage",
+    "study_montage_png",
+    "montage_drawing_ms",
+    "encode_png",
+    "save_png",
+    "save_png_bytes",
 ]
 
 #: colour of each structure (RGB, 0-255): LVBP red, LVM green, RVBP blue (the ACDC figures' habit).
@@ -53,11 +66,16 @@ _FILL_ALPHA = 0.22
 # Indices: 60 grey levels for each of background, LVBP, LVM, RVBP (the grey under that
 # structure's translucent fill), then the three contour colours, then the text inks.
 _GREY_LEVELS = 60
-_EDGE_INDEX = 4 * _GREY_LEVELS                  # + code - 1: the contour of LVBP, LVM, RVBP
+_EDGE_INDEX = 4 * _GREY_LEVELS  # + code - 1: the contour of LVBP, LVM, RVBP
 _INK = {"white": 243, "caption": 244, "legend": 245, "note": 246, "black": 247}
-_INK_RGB = {"white": (255, 255, 255), "caption": (255, 230, 120), "legend": (230, 230, 230), "note": (170, 170, 170),
-            "black": (0, 0, 0)}
-_PATIENT_LEFT = np.array([-1.0, 0.0, 0.0])                     # RAS+: -x is the patient's left
+_INK_RGB = {
+    "white": (255, 255, 255),
+    "caption": (255, 230, 120),
+    "legend": (230, 230, 230),
+    "note": (170, 170, 170),
+    "black": (0, 0, 0),
+}
+_PATIENT_LEFT = np.array([-1.0, 0.0, 0.0])  # RAS+: -x is the patient's left
 _POSTERIOR_INFERIOR = np.array([0.0, -1.0, -1.0]) / np.sqrt(2.0)
 
 
@@ -104,8 +122,9 @@ def display_orientation(affine: np.ndarray) -> Orientation:
     return best
 
 
-def heart_window(labels: Sequence[np.ndarray], spacing_yx: tuple[float, float], *, margin_mm: float = 20.0,
-                 min_side_mm: float = 90.0) -> tuple[float, float, float]:
+def heart_window(
+    labels: Sequence[np.ndarray], spacing_yx: tuple[float, float], *, margin_mm: float = 20.0, min_side_mm: float = 90.0
+) -> tuple[float, float, float]:
     """A square window around the heart: (centre row, centre column) in pixels and side in mm.
 
     Parameters
@@ -190,9 +209,17 @@ def _edges(labels: np.ndarray) -> np.ndarray:
     return thick
 
 
-def _tile_indices(pixels: np.ndarray, labels: np.ndarray, spacing_yx: tuple[float, float], slices: Sequence[int],
-                  window: tuple[float, float, float], orientation: Orientation, *, tile: int = 160,
-                  intensity: tuple[float, float] | None = None) -> list[np.ndarray]:
+def _tile_indices(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    spacing_yx: tuple[float, float],
+    slices: Sequence[int],
+    window: tuple[float, float, float],
+    orientation: Orientation,
+    *,
+    tile: int = 160,
+    intensity: tuple[float, float] | None = None,
+) -> list[np.ndarray]:
     """`phase_tiles` as montage palette indices, uint8 (tile, tile) per slice; `_PALETTE` gives their colours."""
     if tile < 16:
         raise InputError(f"'tile' must be at least 16 pixels, got {tile}")
@@ -226,7 +253,9 @@ def _palette() -> np.ndarray:
     grey = np.linspace(0.0, 255.0, _GREY_LEVELS)[:, None]
     palette[:_GREY_LEVELS] = grey
     for code, rgb in LABEL_RGB.items():
-        palette[code * _GREY_LEVELS : (code + 1) * _GREY_LEVELS] = grey * (1 - _FILL_ALPHA) + np.array(rgb) * _FILL_ALPHA
+        palette[code * _GREY_LEVELS : (code + 1) * _GREY_LEVELS] = (
+            grey * (1 - _FILL_ALPHA) + np.array(rgb) * _FILL_ALPHA
+        )
         palette[_EDGE_INDEX + code - 1] = rgb
     for name, index in _INK.items():
         palette[index] = _INK_RGB[name]
@@ -236,9 +265,17 @@ def _palette() -> np.ndarray:
 _PALETTE = _palette()
 
 
-def phase_tiles(pixels: np.ndarray, labels: np.ndarray, spacing_yx: tuple[float, float], slices: Sequence[int],
-                window: tuple[float, float, float], orientation: Orientation, *, tile: int = 160,
-                intensity: tuple[float, float] | None = None) -> list[np.ndarray]:
+def phase_tiles(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    spacing_yx: tuple[float, float],
+    slices: Sequence[int],
+    window: tuple[float, float, float],
+    orientation: Orientation,
+    *,
+    tile: int = 160,
+    intensity: tuple[float, float] | None = None,
+) -> list[np.ndarray]:
     """One RGB tile per slice: the window resampled to ``tile`` pixels a side, structures drawn on it.
 
     Parameters
@@ -256,8 +293,10 @@ def phase_tiles(pixels: np.ndarray, labels: np.ndarray, spacing_yx: tuple[float,
     -------
     uint8 (tile, tile, 3) arrays, in the order of ``slices``; the grey is shown in 60 levels.
     """
-    return [_PALETTE[t] for t in _tile_indices(pixels, labels, spacing_yx, slices, window, orientation, tile=tile,
-                                               intensity=intensity)]
+    return [
+        _PALETTE[t]
+        for t in _tile_indices(pixels, labels, spacing_yx, slices, window, orientation, tile=tile, intensity=intensity)
+    ]
 
 
 def _font(size: int | None):
@@ -273,8 +312,13 @@ def _font(size: int | None):
         return ImageFont.load_default()
 
 
-def compose_montage(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], *, columns: int = 6,
-                    mm_per_pixel: float | None = None, note: str = "") -> np.ndarray:
+def compose_montage(
+    rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]],
+    *,
+    columns: int = 6,
+    mm_per_pixel: float | None = None,
+    note: str = "",
+) -> np.ndarray:
     """Tiles laid out in a grid under a heading per phase, with a legend and a scale bar.
 
     Parameters
@@ -291,8 +335,14 @@ def compose_montage(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str
     return np.asarray(_compose(rows, columns=columns, mm_per_pixel=mm_per_pixel, note=note, indexed=False))
 
 
-def _compose(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]], *, columns: int,
-             mm_per_pixel: float | None, note: str, indexed: bool) -> PILImage:
+def _compose(
+    rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[str]]],
+    *,
+    columns: int,
+    mm_per_pixel: float | None,
+    note: str,
+    indexed: bool,
+) -> PILImage:
     """`compose_montage` as a Pillow image: "RGB" from RGB tiles, or "P" (`_PALETTE`) from index tiles."""
     from PIL import Image, ImageDraw
 
@@ -423,18 +473,33 @@ def _study_montage_image(result: StudySegmentation, *, max_slices: int, tile: in
         spacing = stack.spacing[1:]
         window = shared or heart_window([seg.labels], spacing)
         slices = cardiac_slices(seg.labels, seg.regions, max_slices)
-        tiles = _tile_indices(stack.pixels, seg.labels, spacing, slices, window, display_orientation(stack.affine), tile=tile)
+        tiles = _tile_indices(
+            stack.pixels, seg.labels, spacing, slices, window, display_orientation(stack.affine), tile=tile
+        )
         confidence = seg.region_confidence
-        captions = [slice_caption(k, None if seg.regions is None else int(seg.regions[k]),
-                                  None if confidence is None else float(confidence[k])) for k in slices]
+        captions = [
+            slice_caption(
+                k,
+                None if seg.regions is None else int(seg.regions[k]),
+                None if confidence is None else float(confidence[k]),
+            )
+            for k in slices
+        ]
         rows.append((f"{name} (phase {index}): slices in stored order", tiles, captions))
         scale = scale or window[2] / tile
-    return _compose(rows, columns=columns, mm_per_pixel=scale if shared else None,
-                    note="radiological view from the affine: the patient's left on the image's right", indexed=True)
+    return _compose(
+        rows,
+        columns=columns,
+        mm_per_pixel=scale if shared else None,
+        note="radiological view from the affine: the patient's left on the image's right",
+        indexed=True,
+    )
 
 
 # overlay.png and report.html show the same picture: draw and encode it once per result
-_PNG_CACHE: weakref.WeakKeyDictionary[StudySegmentation, tuple[tuple[int, int, int], bytes, float]] = weakref.WeakKeyDictionary()
+_PNG_CACHE: weakref.WeakKeyDictionary[StudySegmentation, tuple[tuple[int, int, int], bytes, float]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def study_montage_png(result: StudySegmentation, *, max_slices: int = 12, tile: int = 144, columns: int = 6) -> bytes:
@@ -446,7 +511,9 @@ def study_montage_png(result: StudySegmentation, *, max_slices: int = 12, tile: 
     t0 = time.perf_counter()
     buffer = io.BytesIO()
     # the palette image, deflated at the fastest level (PNG's filters are off for palette images)
-    _study_montage_image(result, max_slices=max_slices, tile=tile, columns=columns).save(buffer, format="PNG", compress_level=1)
+    _study_montage_image(result, max_slices=max_slices, tile=tile, columns=columns).save(
+        buffer, format="PNG", compress_level=1
+    )
     data = buffer.getvalue()
     _PNG_CACHE[result] = (key, data, (time.perf_counter() - t0) * 1000.0)
     return data

@@ -39,6 +39,7 @@ Arrays are stored as ACDC stores its short-axis frames (the reader's orientation
 affine places them in a patient: the long axis from base to apex points to the patient's
 left, anterior and inferior; array rows run posterior-inferior, columns to the patient's left.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,8 +49,8 @@ from .types import Stack, Study, StudyInfo
 
 __all__ = ["cine_phantom", "cycle_contraction"]
 
-_SUBPLANES_MM = (-2.7, 0.0, 2.7)   # across an 8 mm slice
-_SHORTENING = 0.13                            # fraction of the LV length lost from the base at ES
+_SUBPLANES_MM = (-2.7, 0.0, 2.7)  # across an 8 mm slice
+_SHORTENING = 0.13  # fraction of the LV length lost from the base at ES
 _LONG_AXIS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)  # base -> apex, RAS+
 
 
@@ -81,8 +82,16 @@ def _mix(image: np.ndarray, value: float | np.ndarray, alpha: np.ndarray) -> Non
     image += alpha * (value - image)
 
 
-def _disk(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, centre: tuple[float, float], radius: float,
-          value: float, edge: float, opacity: float = 1.0) -> None:
+def _disk(
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    centre: tuple[float, float],
+    radius: float,
+    value: float,
+    edge: float,
+    opacity: float = 1.0,
+) -> None:
     """Lay a soft disk of ``value`` over ``image`` (in place), touching only the pixels near it.
 
     ``rows``, ``cols`` : float64 (Y,), (X,) mm coordinates of the image's pixel centres.
@@ -111,25 +120,34 @@ class _Anatomy:
     """One subject's heart and surroundings (mm; p down = posterior-inferior, q right = patient's left)."""
 
     def __init__(self, rng: np.random.Generator, layer_rng: np.random.Generator) -> None:
-        self.cavity = rng.uniform(23.0, 26.0)        # basal endocardial radius at ED
-        self.wall = rng.uniform(7.5, 9.5)            # wall thickness at ED
-        self.length = rng.uniform(82.0, 92.0)        # mitral plane to the endocardial apex at ED
-        self.rv_width = rng.uniform(0.85, 1.0)       # RV crescent width at the septum / epicardial radius
-        self.rv_squeeze = rng.uniform(0.28, 0.34)    # RV width lost at ES
+        self.cavity = rng.uniform(23.0, 26.0)  # basal endocardial radius at ED
+        self.wall = rng.uniform(7.5, 9.5)  # wall thickness at ED
+        self.length = rng.uniform(82.0, 92.0)  # mitral plane to the endocardial apex at ED
+        self.rv_width = rng.uniform(0.85, 1.0)  # RV crescent width at the septum / epicardial radius
+        self.rv_squeeze = rng.uniform(0.28, 0.34)  # RV width lost at ES
         self.fat = rng.uniform(3.0, 6.0)
-        self.papillary = rng.uniform(0.15, 0.19)     # papillary radius / cavity radius
+        self.papillary = rng.uniform(0.15, 0.19)  # papillary radius / cavity radius
         self.harmonics = [(k, rng.uniform(0.005, 0.02), rng.uniform(0, 2 * np.pi)) for k in range(5, 15)]
-        self.trabeculae = [(rng.uniform(0.0, 2 * np.pi), rng.uniform(0.82, 0.95), rng.uniform(1.0, 1.9),
-                            rng.uniform(0.15, 0.85)) for _ in range(16)]
+        self.trabeculae = [
+            (rng.uniform(0.0, 2 * np.pi), rng.uniform(0.82, 0.95), rng.uniform(1.0, 1.9), rng.uniform(0.15, 0.85))
+            for _ in range(16)
+        ]
         # the trabecular layer lining the whole endocardium: many small islands within the outer
         # tenth of the cavity, inside the contour as ACDC draws it (without it the bundle drew the
         # blood pool about a millimetre wider than the truth). Its own generator keeps every
         # other draw as it was.
-        self.trabeculae += [(layer_rng.uniform(0.0, 2 * np.pi), layer_rng.uniform(0.88, 0.98),
-                             layer_rng.uniform(0.8, 1.4), 0.0) for _ in range(40)]
+        self.trabeculae += [
+            (layer_rng.uniform(0.0, 2 * np.pi), layer_rng.uniform(0.88, 0.98), layer_rng.uniform(0.8, 1.4), 0.0)
+            for _ in range(40)
+        ]
         # surroundings
         # the body cut obliquely: long in the rows, running off the bottom of the field
-        self.body = (rng.uniform(60.0, 80.0), rng.uniform(-10.0, 10.0), rng.uniform(230.0, 260.0), rng.uniform(165.0, 185.0))
+        self.body = (
+            rng.uniform(60.0, 80.0),
+            rng.uniform(-10.0, 10.0),
+            rng.uniform(230.0, 260.0),
+            rng.uniform(165.0, 185.0),
+        )
         self.subcutaneous = rng.uniform(8.0, 16.0)
         self.muscle = rng.uniform(9.0, 14.0)
         self.diaphragm = (rng.uniform(55.0, 70.0), rng.uniform(0.5, 0.7), rng.uniform(120.0, 170.0))
@@ -137,7 +155,10 @@ class _Anatomy:
         self.spine = (rng.uniform(80.0, 95.0), rng.uniform(-5.0, 10.0), rng.uniform(16.0, 19.0))
         self.vessels = [(rng.uniform(-150, 150), rng.uniform(-160, 160), rng.uniform(1.2, 3.0)) for _ in range(40)]
         self.hepatic = [(rng.uniform(60, 200), rng.uniform(-160, 20), rng.uniform(2.0, 5.0)) for _ in range(14)]
-        self.bowel = [(rng.uniform(90, 220), rng.uniform(20, 160), rng.uniform(6.0, 14.0), rng.uniform(0.3, 1.0)) for _ in range(14)]
+        self.bowel = [
+            (rng.uniform(90, 220), rng.uniform(20, 160), rng.uniform(6.0, 14.0), rng.uniform(0.3, 1.0))
+            for _ in range(14)
+        ]
 
     def shape(self, c: float) -> dict[str, float]:
         """The LV and RV at contraction ``c`` (0 ED, 1 ES)."""
@@ -145,16 +166,24 @@ class _Anatomy:
         cavity = self.cavity * (1.0 - 0.37 * c)
         # the myocardial cross-section grows as the cavity and the length shrink: volume kept
         outer = float(np.sqrt(cavity**2 + ((self.cavity + self.wall) ** 2 - self.cavity**2) * self.length / length))
-        return {"length": length, "cavity": cavity, "outer": outer, "cap": self.wall * (1.0 + 0.25 * c),
-                "base_shift": self.length - length, "rv_width": self.rv_width * (1.0 - self.rv_squeeze * c), "c": c}
+        return {
+            "length": length,
+            "cavity": cavity,
+            "outer": outer,
+            "cap": self.wall * (1.0 + 0.25 * c),
+            "base_shift": self.length - length,
+            "rv_width": self.rv_width * (1.0 - self.rv_squeeze * c),
+            "c": c,
+        }
 
 
-def _surroundings(a: _Anatomy, p: np.ndarray, q: np.ndarray, depth: float, tone: dict[str, float],
-                  texture: np.ndarray, edge: float) -> np.ndarray:
+def _surroundings(
+    a: _Anatomy, p: np.ndarray, q: np.ndarray, depth: float, tone: dict[str, float], texture: np.ndarray, edge: float
+) -> np.ndarray:
     """Intensity (float64 (Y, X)) of everything but the heart, in the plane ``depth`` mm below the ED mitral plane."""
     bp, bq, ba, bb = a.body
     rho = np.hypot((p - bp) / ba, (q - bq) / bb)
-    inward = (1.0 - rho) * 0.5 * (ba + bb)          # about the depth under the skin, mm
+    inward = (1.0 - rho) * 0.5 * (ba + bb)  # about the depth under the skin, mm
     image = tone["fat"] * _sigmoid(inward / edge) * (1.0 + 0.05 * texture)
     _mix(image, tone["muscle"] * (1.0 + 0.08 * texture), _sigmoid((inward - a.subcutaneous) / edge))
     inner = _sigmoid((inward - a.subcutaneous - a.muscle) / edge)
@@ -196,7 +225,9 @@ def _surroundings(a: _Anatomy, p: np.ndarray, q: np.ndarray, depth: float, tone:
             _disk(image, rows, cols, (bp_, bq_), br, tone["fluid"] * level, edge)
     # the diaphragm itself: a thin dark muscle band along the dome
     _mix(image, tone["muscle"], inner * np.exp(-(((p - dome) / 2.5) ** 2)))
-    stomach = below * (1.0 - liver) * _sigmoid((1.0 - np.hypot((p - dome - 30.0) / 32.0, (q - 70.0) / 40.0)) * 25.0 / edge)
+    stomach = (
+        below * (1.0 - liver) * _sigmoid((1.0 - np.hypot((p - dome - 30.0) / 32.0, (q - 70.0) / 40.0)) * 25.0 / edge)
+    )
     # a fed stomach: food of intermediate, mottled signal (a fluid-filled one, as bright as blood
     # under a dark diaphragm, the apex U-Net took for a ventricle)
     _mix(image, 0.5 * tone["fluid"] * (1.0 + 0.2 * texture), stomach)
@@ -222,14 +253,22 @@ class _Plane:
         self.d = np.hypot(self.p, self.q)
         self.theta = np.arctan2(self.p, self.q)
         self.irregular = 1.0 + sum(amp * np.cos(k * self.theta + phase) for k, amp, phase in a.harmonics)
-        self.groove = np.sin(self.theta) ** 8   # straight up and down: where the RV meets the LV
+        self.groove = np.sin(self.theta) ** 8  # straight up and down: where the RV meets the LV
         # towards the aortic outflow: up and towards the septum
         self.outflow = -0.8 * np.sin(self.theta) - 0.6 * np.cos(self.theta)
         self.flow = np.cos(0.15 * self.p + 0.1 * self.q)
 
 
-def _heart(a: _Anatomy, s: dict[str, float], depth: float, g: _Plane, tone: dict[str, float], edge: float,
-           image: np.ndarray, want_labels: bool) -> np.ndarray | None:
+def _heart(
+    a: _Anatomy,
+    s: dict[str, float],
+    depth: float,
+    g: _Plane,
+    tone: dict[str, float],
+    edge: float,
+    image: np.ndarray,
+    want_labels: bool,
+) -> np.ndarray | None:
     """Draw the heart of the plane ``depth`` mm below the (moving) mitral plane over ``image`` (in place).
 
     Returns uint8 labels of the plane when ``want_labels``, else None.
@@ -246,16 +285,21 @@ def _heart(a: _Anatomy, s: dict[str, float], depth: float, g: _Plane, tone: dict
         if depth > -45.0:
             grow = np.sqrt(max(0.0, 1.0 - ((depth + 20.0) / 24.0) ** 2))
             # (centre p, q), (half-axes p, q) in mm; adjacent chambers share a thin wall
-            pools = [((14.0, 6.0), (17.0 * grow, 25.0 * grow)),     # left atrium, wide and flat
-                     ((5.0, -33.0), (20.0 * grow, 15.0 * grow)),    # right atrium
-                     ((-15.0, -4.0), (12.5, 12.5)),                 # aortic root
-                     ((-27.0, -30.0), (10.0, 15.0)),                # outflow tract / pulmonary trunk
-                     ]
+            pools = [
+                ((14.0, 6.0), (17.0 * grow, 25.0 * grow)),  # left atrium, wide and flat
+                ((5.0, -33.0), (20.0 * grow, 15.0 * grow)),  # right atrium
+                ((-15.0, -4.0), (12.5, 12.5)),  # aortic root
+                ((-27.0, -30.0), (10.0, 15.0)),  # outflow tract / pulmonary trunk
+            ]
             pools = [(c, r) for c, r in pools if min(r) > 2.0]
             for grow_mm, value in ((2.0 + 0.3 * a.fat, tone["fat"]), (1.2, tone["tissue"]), (0.0, None)):
                 for (cp, cq), (rp, rq) in pools:
                     inside = (1.0 - np.hypot((p - cp) / (rp + grow_mm), (q - cq) / (rq + grow_mm))) * min(rp, rq)
-                    _mix(image, tone["blood"] * (1.0 + 0.04 * g.flow) if value is None else value, _sigmoid(inside / edge))
+                    _mix(
+                        image,
+                        tone["blood"] * (1.0 + 0.04 * g.flow) if value is None else value,
+                        _sigmoid(inside / edge),
+                    )
         return labels
 
     def profile(total: float) -> float:
@@ -278,10 +322,10 @@ def _heart(a: _Anatomy, s: dict[str, float], depth: float, g: _Plane, tone: dict
         aq = 0.25 * outer_r + width
         ap = 1.25 * outer_r * (0.6 + 0.4 * taper)
         rho = np.hypot((q - cq) / aq, (p - cp) / ap)
-        inside = (1.0 - rho) * min(aq, ap)     # about the distance inside the RV's edge, mm
+        inside = (1.0 - rho) * min(aq, ap)  # about the distance inside the RV's edge, mm
         outside_lv = _sigmoid((d - outer_r) / edge)
         _mix(image, tone["fat"], _sigmoid((inside + 3.0 + a.fat) / edge) * outside_lv)
-        _mix(image, tone["myocardium"], _sigmoid((inside + 3.0) / edge) * outside_lv)   # RV free wall, unlabelled
+        _mix(image, tone["myocardium"], _sigmoid((inside + 3.0) / edge) * outside_lv)  # RV free wall, unlabelled
         _mix(image, tone["blood"] * (1.0 + 0.04 * g.flow), _sigmoid(inside / edge) * outside_lv)
         if depth > 0.4 * length:
             # the moderator band: a dark strand across the apical RV
@@ -348,9 +392,18 @@ def cine_phantom(seed: int = 0, *, n_phases: int = 25, noise: float | None = Non
         raise InputError(f"'noise' must be a fraction in [0, 1), got {noise!r}")
     scale = rng.uniform(700.0, 1100.0)
     myocardium = rng.uniform(0.28, 0.34)
-    tone = {"blood": 1.0, "myocardium": myocardium, "fat": rng.uniform(0.8, 0.95), "muscle": myocardium * 0.95,
-            "tissue": rng.uniform(0.42, 0.5), "liver": rng.uniform(0.38, 0.46), "lung": 0.035, "bone": 0.06,
-            "marrow": rng.uniform(0.6, 0.75), "fluid": rng.uniform(0.7, 0.85)}
+    tone = {
+        "blood": 1.0,
+        "myocardium": myocardium,
+        "fat": rng.uniform(0.8, 0.95),
+        "muscle": myocardium * 0.95,
+        "tissue": rng.uniform(0.42, 0.5),
+        "liver": rng.uniform(0.38, 0.46),
+        "lung": 0.035,
+        "bone": 0.06,
+        "marrow": rng.uniform(0.6, 0.75),
+        "fluid": rng.uniform(0.7, 0.85),
+    }
     tone = {k: v * scale for k, v in tone.items()}
 
     # planned as ACDC's stacks are: the first slice just below the ED mitral plane (its 8 mm slab
@@ -365,12 +418,15 @@ def cine_phantom(seed: int = 0, *, n_phases: int = 25, noise: float | None = Non
     edge = 0.45 * dy
     texture = _texture(rng, p, q, 10, 40.0)
     # coil sensitivity: anterior and posterior arrays, a lateral tilt; about 1 at the heart
-    bias = (0.85 + 0.2 * np.exp(-((p + 170.0) / 110.0) ** 2) + 0.15 * np.exp(-((p - 200.0) / 110.0) ** 2)) \
-        * np.exp(rng.uniform(-0.15, 0.15) * q / 150.0)
+    bias = (0.85 + 0.2 * np.exp(-(((p + 170.0) / 110.0) ** 2)) + 0.15 * np.exp(-(((p - 200.0) / 110.0) ** 2))) * np.exp(
+        rng.uniform(-0.15, 0.15) * q / 150.0
+    )
     bias /= bias[np.argmin(np.abs(rows)), np.argmin(np.abs(cols))]
     # the heart changes only in a box around the LV axis
-    box = (slice(int(np.searchsorted(rows, -100.0)), int(np.searchsorted(rows, 90.0))),
-           slice(int(np.searchsorted(cols, -110.0)), int(np.searchsorted(cols, 85.0))))
+    box = (
+        slice(int(np.searchsorted(rows, -100.0)), int(np.searchsorted(rows, 90.0))),
+        slice(int(np.searchsorted(cols, -110.0)), int(np.searchsorted(cols, 85.0))),
+    )
     plane = _Plane(a, rows[box[0]], cols[box[1]])
     # the surroundings change slowly with depth: one rendering per slice serves its sub-planes
     static = [_surroundings(a, p, q, first + z * dz, tone, texture, edge) for z in range(z_count)]
@@ -404,13 +460,31 @@ def cine_phantom(seed: int = 0, *, n_phases: int = 25, noise: float | None = Non
     es_index = int(np.argmin(lv_volumes))
     rr = rng.uniform(850.0, 1000.0)
     positions = np.arange(z_count) * dz
-    phases = tuple(Stack(pixels=im, spacing=(dz, dy, dx), affine=affine, labels=lab, slice_positions=positions,
-                         phase="ED" if t == 0 else "ES" if t == es_index else f"frame {t}", source=f"phantom seed {seed}")
-                   for t, (im, lab) in enumerate(stacks))
-    info = StudyInfo(patient_id=f"PHANTOM{seed:04d}", manufacturer="cmrsdk phantom", field_strength_t=1.5,
-                     series_description="SAX cine bSSFP (synthetic phantom)", height_cm=round(rng.uniform(165.0, 185.0)),
-                     weight_kg=round(rng.uniform(62.0, 85.0)), group="NOR", source=f"phantom seed {seed}")
-    return Study(phases=phases, ed_index=0, es_index=es_index, trigger_times_ms=np.arange(n_phases) * rr / n_phases, info=info)
+    phases = tuple(
+        Stack(
+            pixels=im,
+            spacing=(dz, dy, dx),
+            affine=affine,
+            labels=lab,
+            slice_positions=positions,
+            phase="ED" if t == 0 else "ES" if t == es_index else f"frame {t}",
+            source=f"phantom seed {seed}",
+        )
+        for t, (im, lab) in enumerate(stacks)
+    )
+    info = StudyInfo(
+        patient_id=f"PHANTOM{seed:04d}",
+        manufacturer="cmrsdk phantom",
+        field_strength_t=1.5,
+        series_description="SAX cine bSSFP (synthetic phantom)",
+        height_cm=round(rng.uniform(165.0, 185.0)),
+        weight_kg=round(rng.uniform(62.0, 85.0)),
+        group="NOR",
+        source=f"phantom seed {seed}",
+    )
+    return Study(
+        phases=phases, ed_index=0, es_index=es_index, trigger_times_ms=np.arange(n_phases) * rr / n_phases, info=info
+    )
 
 
 def _kspace_window(ny: int, nx: int, phase_fraction: float, read_fraction: float) -> np.ndarray:
@@ -420,7 +494,7 @@ def _kspace_window(ny: int, nx: int, phase_fraction: float, read_fraction: float
     readout (``read_fraction``); a short cosine taper at the edge softens, not removes, the Gibbs
     ringing a real zero-filled reconstruction shows.
     """
-    ky = np.abs(np.fft.fftfreq(ny)) * 2.0        # 0 at the centre, 1 at the edge of k-space
+    ky = np.abs(np.fft.fftfreq(ny)) * 2.0  # 0 at the centre, 1 at the edge of k-space
     kx = np.abs(np.fft.rfftfreq(nx)) * 2.0
 
     def weights(k: np.ndarray, keep: float) -> np.ndarray:
@@ -434,8 +508,8 @@ def _kspace_window(ny: int, nx: int, phase_fraction: float, read_fraction: float
 
 def _affine(dz: float, dy: float, dx: float, shape: tuple[int, int, int]) -> np.ndarray:
     """float64 (4, 4) (z, y, x) -> RAS+ mm: z base to apex, y posterior-inferior, x to the patient's left."""
-    down = np.array([0.0, -1.0, -1.0]) / np.sqrt(2.0)   # lies in the short-axis plane of this long axis
-    right = np.cross(down, -_LONG_AXIS)                 # viewed from the apex: right x down = into the screen
+    down = np.array([0.0, -1.0, -1.0]) / np.sqrt(2.0)  # lies in the short-axis plane of this long axis
+    right = np.cross(down, -_LONG_AXIS)  # viewed from the apex: right x down = into the screen
     affine = np.eye(4)
     affine[:3, 0] = _LONG_AXIS * dz
     affine[:3, 1] = down * dy

@@ -23,6 +23,7 @@ Modes: ``routed`` (the paper's classifier + region U-Nets), ``baseline`` (the ba
 every slice). Routing by regions known from elsewhere (the ground truth, stored predictions of
 another classifier) is not a mode: the caller hands a `RegionSource` to `Pipeline.segment`.
 """
+
 from __future__ import annotations
 
 import math
@@ -187,8 +188,10 @@ class Pipeline:
         precision: str = "fp32",
     ) -> None:
         if str(mode) == "oracle":
-            raise InputError("'mode' 'oracle' is no longer a mode: route by the ground truth with mode 'routed', "
-                             "regions_from='caller' and segment(stack, region_source=cmrsdk.evaluation.ground_truth_regions)")
+            raise InputError(
+                "'mode' 'oracle' is no longer a mode: route by the ground truth with mode 'routed', "
+                "regions_from='caller' and segment(stack, region_source=cmrsdk.evaluation.ground_truth_regions)"
+            )
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -207,23 +210,29 @@ class Pipeline:
             # the U-Nets halve the image up to four times: sides not divisible fail inside the engine
             multiple = min(16, math.gcd(*self._pre.size) & -math.gcd(*self._pre.size))
             if any(c % multiple for c in crop):
-                raise InputError(f"'heart_crop' {crop} must be multiples of {multiple} pixels (the U-Nets "
-                                 f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in crop)}")
+                raise InputError(
+                    f"'heart_crop' {crop} must be multiples of {multiple} pixels (the U-Nets "
+                    f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in crop)}"
+                )
         self.heart_crop = crop
         if region_decoding not in DECODINGS:
             raise InputError(f"'region_decoding' must be one of {', '.join(DECODINGS)}, got {region_decoding!r}")
         self.region_decoding = region_decoding
         baseline = self.bundle.routing.get(NON_CARDIAC)
         if baseline is None:
-            raise InputError(f"bundle {self.bundle.path} routes no model for non-cardiac slices: it has no baseline U-Net")
+            raise InputError(
+                f"bundle {self.bundle.path} routes no model for non-cardiac slices: it has no baseline U-Net"
+            )
         self._baseline: str = baseline
         if regions_from not in REGIONS_FROM:
             raise InputError(f"'regions_from' must be one of {', '.join(REGIONS_FROM)}, got {regions_from!r}")
         self.regions_from = self.bundle.regions_from if regions_from == "bundle" else regions_from
         classifier = self.bundle.classifier
         if mode == "routed" and self.regions_from == "classifier" and classifier is None:
-            raise InputError(f"regions from the classifier need one, and bundle {self.bundle.path} has none; "
-                             f"use regions_from='segmentation' or mode 'baseline'")
+            raise InputError(
+                f"regions from the classifier need one, and bundle {self.bundle.path} has none; "
+                f"use regions_from='segmentation' or mode 'baseline'"
+            )
         # Create the engines now, not on the first call, so latency is flat from call one.
         needed = {self._baseline}
         if mode != "baseline":
@@ -239,16 +248,26 @@ class Pipeline:
         unet_shapes = [full] if crop is None else [full, crop]
         int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
         if precision == "int8" and not int8:
-            raise InputError(f"precision 'int8' needs int8 artifacts, and bundle {self.bundle.path} has none for "
-                             f"{sorted(needed)}; add them with: python -m export.quantize {self.bundle.path}")
-        self._engines = {name: self.bundle.engine(name, backend=backend, device=device,
-                                                  precision="fp32" if precision == "int8" and name not in int8 else precision,
-                                                  shapes=[full] if name == self.bundle.classifier else unet_shapes, **options)
-                         for name in sorted(needed)}
+            raise InputError(
+                f"precision 'int8' needs int8 artifacts, and bundle {self.bundle.path} has none for "
+                f"{sorted(needed)}; add them with: python -m export.quantize {self.bundle.path}"
+            )
+        self._engines = {
+            name: self.bundle.engine(
+                name,
+                backend=backend,
+                device=device,
+                precision="fp32" if precision == "int8" and name not in int8 else precision,
+                shapes=[full] if name == self.bundle.classifier else unet_shapes,
+                **options,
+            )
+            for name in sorted(needed)
+        }
 
     # -- stages -----------------------------------------------------------------------------
-    def _route(self, images: np.ndarray, stack: Stack,
-               region_source: RegionSource | None) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+    def _route(
+        self, images: np.ndarray, stack: Stack, region_source: RegionSource | None
+    ) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
         """Region per slice, uint8 (Z,), its float32 (Z, 4) probabilities (None, None in baseline
         mode and where the regions come with the segment stage, from the segmentation), and
         whether the regions were decoded from probabilities."""
@@ -257,8 +276,10 @@ class Pipeline:
         if region_source is not None:
             return _regions_from_source(region_source, stack, images, self.region_decoding)
         if self.regions_from == "caller":
-            raise InputError(f"this pipeline takes its regions from the caller (regions_from='caller'): "
-                             f"segment({stack.source or 'stack'!r}) needs a 'region_source'")
+            raise InputError(
+                f"this pipeline takes its regions from the caller (regions_from='caller'): "
+                f"segment({stack.source or 'stack'!r}) needs a 'region_source'"
+            )
         if self._by_segmentation:
             return None, None, False  # by segmentation: the regions come with the segment stage
         probabilities = self._engines[str(self.bundle.classifier)].run(images)
@@ -304,7 +325,9 @@ class Pipeline:
         if regions is None or images.shape[0] == 0:
             return self._engines[baseline].run(images)
         # non-cardiac slices (and any region without a model of its own) go to the baseline
-        model_of = np.array([self.bundle.routing.get(r, baseline) if r != NON_CARDIAC else baseline for r in REGION_NAMES])
+        model_of = np.array(
+            [self.bundle.routing.get(r, baseline) if r != NON_CARDIAC else baseline for r in REGION_NAMES]
+        )
         route = model_of[regions]
         probabilities = np.empty((images.shape[0], len(self.bundle.labels), *images.shape[2:]), np.float32)
         for name in np.unique(route):
@@ -312,15 +335,18 @@ class Pipeline:
             probabilities[index] = self._engines[str(name)].run(np.ascontiguousarray(images[index]))
         return probabilities
 
-    def _segment_stack(self, stack: Stack, region_source: RegionSource | None,
-                       centre: tuple[float, float] | None | _Unset) -> tuple[Segmentation, tuple[float, float] | None]:
+    def _segment_stack(
+        self, stack: Stack, region_source: RegionSource | None, centre: tuple[float, float] | None | _Unset
+    ) -> tuple[Segmentation, tuple[float, float] | None]:
         """`segment`, with the heart centre given (a study's, found on another phase) or searched
         for (``_UNSET``); returns the segmentation and the centre used."""
         if not isinstance(stack, Stack):
             raise InputError(f"'stack' must be a cmrsdk.Stack, got {type(stack).__name__}")
         if region_source is not None and not callable(region_source):
-            raise InputError(f"'region_source' must be callable (stack, images) -> (Z, 4) probabilities or (Z,) "
-                             f"region codes, got {type(region_source).__name__}")
+            raise InputError(
+                f"'region_source' must be callable (stack, images) -> (Z, 4) probabilities or (Z,) "
+                f"region codes, got {type(region_source).__name__}"
+            )
         timings: dict[str, float] = {}
         t0 = t = time.perf_counter()
 
@@ -365,8 +391,11 @@ class Pipeline:
 
         provenance = self.provenance
         if region_source is not None and self.mode == "routed":
-            provenance.update(regions_from="region_source", region_source=_source_name(region_source),
-                              region_decoding=self.region_decoding if decoded else None)
+            provenance.update(
+                regions_from="region_source",
+                region_source=_source_name(region_source),
+                region_decoding=self.region_decoding if decoded else None,
+            )
         segmentation = Segmentation(
             stack=stack,
             labels=labels,
@@ -438,8 +467,11 @@ class Pipeline:
         # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
         single = len(segmentations) == 1
         measures = cardiac_measures(
-            segmentations[ed].labels, None if single else segmentations[es].labels, segmentations[ed].stack.spacing,
-            segmentations[es].stack.spacing, ed_positions=segmentations[ed].stack.slice_positions,
+            segmentations[ed].labels,
+            None if single else segmentations[es].labels,
+            segmentations[ed].stack.spacing,
+            segmentations[es].stack.spacing,
+            ed_positions=segmentations[ed].stack.slice_positions,
             es_positions=segmentations[es].stack.slice_positions,
         )
         totals = {stage: sum(s.timings_ms[stage] for s in segmentations) for stage in (*STAGES, "total")}
@@ -461,7 +493,9 @@ class Pipeline:
             "mode": self.mode,
             "largest_component": self.largest_component,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
-            "region_decoding": self.region_decoding if routed and self.regions_from in ("classifier", "caller") else None,
+            "region_decoding": self.region_decoding
+            if routed and self.regions_from in ("classifier", "caller")
+            else None,
             "regions_from": self.regions_from if routed else None,
             "region_source": None,
             "cmrsdk": __version__,
@@ -481,8 +515,9 @@ def _source_name(source: RegionSource) -> str:
     return str(name)
 
 
-def _regions_from_source(source: RegionSource, stack: Stack, images: np.ndarray,
-                         decoding: Decoding) -> tuple[np.ndarray, np.ndarray, bool]:
+def _regions_from_source(
+    source: RegionSource, stack: Stack, images: np.ndarray, decoding: Decoding
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """Regions uint8 (Z,), probabilities float32 (Z, 4) and whether they were decoded, from a
     `RegionSource`'s answer, checked."""
     n, r = images.shape[0], len(REGION_NAMES)
@@ -491,14 +526,18 @@ def _regions_from_source(source: RegionSource, stack: Stack, images: np.ndarray,
     if answer.ndim == 1 and (np.issubdtype(answer.dtype, np.integer) or answer.dtype == np.bool_):
         # region codes: a rule, not a probability, so used as they are (decoding could move them)
         if answer.shape != (n,) or (n and (answer.min() < 0 or answer.max() >= r)):
-            raise InputError(f"'region_source' returned region codes of shape {answer.shape} for the {n} slices of "
-                             f"{where}; expected ({n},) codes in 0..{r - 1}")
+            raise InputError(
+                f"'region_source' returned region codes of shape {answer.shape} for the {n} slices of "
+                f"{where}; expected ({n},) codes in 0..{r - 1}"
+            )
         regions = answer.astype(np.uint8)
         return regions, np.eye(r, dtype=np.float32)[regions], False
     probabilities = answer.astype(np.float32)
     if probabilities.shape != (n, r) or not np.isfinite(probabilities).all():
-        raise InputError(f"'region_source' returned {probabilities.shape} probabilities for the "
-                         f"{n} slices of {where}; expected finite ({n}, {r})")
+        raise InputError(
+            f"'region_source' returned {probabilities.shape} probabilities for the "
+            f"{n} slices of {where}; expected finite ({n}, {r})"
+        )
     return decode_regions(probabilities, decoding), probabilities, True
 
 

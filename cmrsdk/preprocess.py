@@ -39,6 +39,7 @@ The edge mode is "mirror" (``d c b | a b c d | c b a``), for sampling and for th
 prefilter alike. The inverse (:func:`resample_argmax`) is bilinear with edge clamping, as
 ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -145,9 +146,7 @@ _NATIVE_THREADS = _NativeThreads()
 
 def _threads(threads: int | None) -> contextlib.AbstractContextManager[int]:
     """The thread count of one native call, checked and drawn from the budget: ``with``."""
-    if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1
-    ):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
         raise InputError(f"'threads' must be a positive integer or None, got {threads!r}")
     return _NATIVE_THREADS.take(None if threads is None else int(threads))
 
@@ -363,7 +362,11 @@ def normalize(
     if array.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
         supported = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         raise InputError(f"'pixels' dtype {array.dtype} is not supported; expected one of {supported}")
-    kernels: dict[str, Callable[..., np.ndarray]] = {"zscore": _normalize.zscore, "robust_zscore": _normalize.robust_zscore, "minmax": _normalize.minmax}
+    kernels: dict[str, Callable[..., np.ndarray]] = {
+        "zscore": _normalize.zscore,
+        "robust_zscore": _normalize.robust_zscore,
+        "minmax": _normalize.minmax,
+    }
     if method not in kernels:
         raise InputError(f"'method' must be one of {', '.join(kernels)}, got {method!r}")
     flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
@@ -449,9 +452,7 @@ def crop_or_pad(
     return window, (oy, ox)
 
 
-def resample_argmax(
-    probabilities: np.ndarray, transform: SliceTransform, *, threads: int | None = None
-) -> np.ndarray:
+def resample_argmax(probabilities: np.ndarray, transform: SliceTransform, *, threads: int | None = None) -> np.ndarray:
     """Labels on the native grid from network-window probabilities, in one fused pass.
 
     For every native pixel, its position in the resampled grid (pixel-centre aligned) less the

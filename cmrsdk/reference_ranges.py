@@ -6,6 +6,7 @@ measures. They are a reader's orientation, not a diagnosis: ranges differ betwee
 with age, ethnicity, field strength and whether papillary muscles count as blood pool (cmrsdk
 follows ACDC: they do). Quantities without a source here show no range.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,7 +24,7 @@ class ReferenceRange:
     source: str
 
     def outside(self, value: float) -> str:
-        """"low" or "high" when ``value`` is outside both sexes' ranges, "" otherwise (sex is often unknown)."""
+        """ "low" or "high" when ``value`` is outside both sexes' ranges, "" otherwise (sex is often unknown)."""
         if not math.isfinite(value):
             return ""
         if value < min(self.men[0], self.women[0]):
@@ -39,14 +40,14 @@ def _range(mean: float, sd: float) -> tuple[float, float]:
 
 SOURCES: dict[str, str] = {
     "hudsmith2005": "Hudsmith LE et al. Normal human left and right ventricular and left atrial dimensions using "
-                    "steady state free precession magnetic resonance imaging. J Cardiovasc Magn Reson 2005;7:775-782 "
-                    "(108 volunteers, 1.5 T bSSFP)",
+    "steady state free precession magnetic resonance imaging. J Cardiovasc Magn Reson 2005;7:775-782 "
+    "(108 volunteers, 1.5 T bSSFP)",
     "alfakih2003": "Alfakih K et al. Normal human left and right ventricular dimensions for MRI as assessed by turbo "
-                   "gradient echo and steady-state free precession imaging sequences. J Magn Reson Imaging "
-                   "2003;17:323-329 (60 volunteers, SSFP values)",
+    "gradient echo and steady-state free precession imaging sequences. J Magn Reson Imaging "
+    "2003;17:323-329 (60 volunteers, SSFP values)",
     "chuang2014": "Chuang ML et al. CMR reference values for left ventricular volumes, mass and ejection fraction using "
-                  "computer-aided analysis: the Framingham Heart Study. J Magn Reson Imaging 2014;39:895-900 "
-                  "(685 healthy adults, bSSFP)",
+    "computer-aided analysis: the Framingham Heart Study. J Magn Reson Imaging 2014;39:895-900 "
+    "(685 healthy adults, bSSFP)",
 }
 
 #: absolute measures (keys of `cmrsdk.metrics.CardiacMeasures`).

@@ -22,6 +22,7 @@ The rule (DESIGN.md, made exact here)
 Positions: the k-th labelled slice from the base (k = 0 .. n-1) sits at ``t = k / (n - 1)``
 (0 base, 1 apex; a single labelled slice sits at 0.5); non-cardiac slices are NaN.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,14 @@ from ._checks import check_label_map
 from .errors import InputError
 from .labels import APEX, BASE, LVBP, LVM, MIDDLE, NON_CARDIAC
 
-__all__ = ["AMBIGUITY", "labelled_slices_base_to_apex", "region_counts", "slice_regions", "slice_positions",
-           "segmentation_regions"]
+__all__ = [
+    "AMBIGUITY",
+    "labelled_slices_base_to_apex",
+    "region_counts",
+    "slice_regions",
+    "slice_positions",
+    "segmentation_regions",
+]
 
 #: relative change of area over the labelled range below which a direction is called ambiguous.
 AMBIGUITY = 0.05
@@ -102,8 +109,8 @@ def slice_regions(labels: np.ndarray) -> np.ndarray:
     order = labelled_slices_base_to_apex(array)
     n_base, n_middle, _ = region_counts(order.size)
     regions[order[:n_base]] = BASE
-    regions[order[n_base:n_base + n_middle]] = MIDDLE
-    regions[order[n_base + n_middle:]] = APEX
+    regions[order[n_base : n_base + n_middle]] = MIDDLE
+    regions[order[n_base + n_middle :]] = APEX
     return regions
 
 

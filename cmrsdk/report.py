@@ -3,6 +3,7 @@ and, for a study with a known ground truth, the agreement with it.
 
 Pure functions from a `StudySegmentation` to a dict or a figure file; the CLI writes them.
 """
+
 from __future__ import annotations
 
 import math
@@ -121,13 +122,18 @@ def _truth_on_grid(truth: Stack, stack: Stack) -> np.ndarray:
         raise InputError(f"the ground truth {truth.source or 'stack'} carries no labels")
     same_plane = np.allclose(truth.affine[:3, 1:3], stack.affine[:3, 1:3], atol=1e-3)
     if truth.shape != stack.shape or not same_plane:
-        raise InputError(f"the ground truth grid {truth.shape} does not match the segmented stack {stack.shape} "
-                         f"from {stack.source or 'memory'}")
-    centres = stack.affine @ np.stack([np.arange(stack.shape[0]), np.zeros(stack.shape[0]), np.zeros(stack.shape[0]),
-                                       np.ones(stack.shape[0])])
+        raise InputError(
+            f"the ground truth grid {truth.shape} does not match the segmented stack {stack.shape} "
+            f"from {stack.source or 'memory'}"
+        )
+    centres = stack.affine @ np.stack(
+        [np.arange(stack.shape[0]), np.zeros(stack.shape[0]), np.zeros(stack.shape[0]), np.ones(stack.shape[0])]
+    )
     index = np.rint((np.linalg.inv(truth.affine) @ centres)[0]).astype(int)
     if sorted(index.tolist()) != list(range(truth.shape[0])):
-        raise InputError(f"the ground truth slices do not line up with those of {stack.source or 'the segmented stack'}")
+        raise InputError(
+            f"the ground truth slices do not line up with those of {stack.source or 'the segmented stack'}"
+        )
     return truth.labels[index]
 
 
@@ -157,6 +163,12 @@ def ground_truth_agreement(result: StudySegmentation, truth: Study) -> dict[str,
     if ed.labels is None or es.labels is None:
         raise InputError(f"the ground truth {truth.info.source or ''} has no labels at ED and ES")
     true = cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing)
-    out.update({"true LVEDV (mL)": round(true.lvedv_ml, 1), "true LVESV (mL)": round(true.lvesv_ml, 1),
-                "true LVEF (%)": round(true.lvef_pct, 1), "true RVEF (%)": round(true.rvef_pct, 1)})
+    out.update(
+        {
+            "true LVEDV (mL)": round(true.lvedv_ml, 1),
+            "true LVESV (mL)": round(true.lvesv_ml, 1),
+            "true LVEF (%)": round(true.lvef_pct, 1),
+            "true RVEF (%)": round(true.rvef_pct, 1),
+        }
+    )
     return out

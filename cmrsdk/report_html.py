@@ -6,6 +6,7 @@ indexed values and published adult ranges; the quality flags in words; the ED an
 the cine with ED and ES marked; provenance and timings. Numbers come from the ``report`` dict
 (so the page and report.json never disagree); pictures from the segmentation itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "no_lv": "No LV blood pool was found on any slice.",
     "no_rv": "No RV blood pool was found on any slice.",
     "basal_coverage": "The most basal slice already holds LV blood pool: the stack may not cover the base, "
-                      "so volumes may be underestimated.",
+    "so volumes may be underestimated.",
     "apical_coverage": "The most apical slice still holds LV blood pool: the stack may not cover the apex.",
     "lv_gap": "A slice without LV blood pool lies between slices with it.",
     "rv_gap": "A slice without RV blood pool lies between slices with it.",
@@ -76,7 +77,10 @@ def _flagged(value: float | None, r: ReferenceRange | None) -> tuple[str, str]:
     if not where:
         return ("html", _html.escape(text))
     arrow = "↓" if where == "low" else "↑"
-    return ("html", f'<span class="{where}" title="outside the published range for both sexes">{_html.escape(text)} {arrow}</span>')
+    return (
+        "html",
+        f'<span class="{where}" title="outside the published range for both sexes">{_html.escape(text)} {arrow}</span>',
+    )
 
 
 def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
@@ -97,29 +101,38 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
         if bsa is not None:
             indexed = value / bsa if value is not None and unit in ("mL", "g") else None
             iref = INDEXED_RANGES.get(key) if indexed is not None else None
-            row += [_flagged(indexed, iref) if indexed is not None else "–",
-                    _range_text(iref) if indexed is not None else "–"]
+            row += [
+                _flagged(indexed, iref) if indexed is not None else "–",
+                _range_text(iref) if indexed is not None else "–",
+            ]
             if iref is not None and iref.source not in used_sources:
                 used_sources.append(iref.source)
         rows.append(row)
     parts = ["<h2>Measures</h2>", _html.table(header, rows, numeric=[1, 4] if bsa is not None else [1], cls="measures")]
     if bsa is not None:
-        parts.append(f'<p class="small">Body surface area {bsa:.2f} m² (Mosteller) from height {info.height_cm:g} cm and '
-                     f"weight {info.weight_kg:g} kg.</p>")
+        parts.append(
+            f'<p class="small">Body surface area {bsa:.2f} m² (Mosteller) from height {info.height_cm:g} cm and '
+            f"weight {info.weight_kg:g} kg.</p>"
+        )
     else:
         parts.append('<p class="small">Height and weight are not known: no indexed values.</p>')
     notes = "; ".join(f"[{i + 1}] {_html.escape(SOURCES[s])}" for i, s in enumerate(used_sources))
-    parts.append(f'<p class="small">Ranges are the published mean ± 2 SD of healthy adults, men / women '
-                 f"(values outside both are marked ↑ ↓); volumes by slice summation with papillary muscles in "
-                 f"the blood pool, as ACDC labels them. Sources: {notes}.</p>")
+    parts.append(
+        f'<p class="small">Ranges are the published mean ± 2 SD of healthy adults, men / women '
+        f"(values outside both are marked ↑ ↓); volumes by slice summation with papillary muscles in "
+        f"the blood pool, as ACDC labels them. Sources: {notes}.</p>"
+    )
     return "\n".join(parts)
 
 
 def _ed_es(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """The report's ED and ES phase entries (a cine's other frames are not measured)."""
     phases = report.get("phases", [])
-    picked = [phases[i] for i in dict.fromkeys((report.get("ed_index"), report.get("es_index")))
-              if isinstance(i, int) and 0 <= i < len(phases)]
+    picked = [
+        phases[i]
+        for i in dict.fromkeys((report.get("ed_index"), report.get("es_index")))
+        if isinstance(i, int) and 0 <= i < len(phases)
+    ]
     return picked or list(phases[:2])
 
 
@@ -159,16 +172,33 @@ def _slices_section(report: Mapping[str, Any]) -> str:
         rows.append(row)
     source = (report.get("provenance") or {}).get("regions_from") or "classifier"
     if source == "segmentation":
-        title, note = ("regions from the segmentation", "Regions by the ground-truth rule (20 / 60 / 20 % of the slices "
-                       "holding heart, base to apex) applied to the baseline U-Net's masks; a rule, so confidence is 1.")
+        title, note = (
+            "regions from the segmentation",
+            "Regions by the ground-truth rule (20 / 60 / 20 % of the slices "
+            "holding heart, base to apex) applied to the baseline U-Net's masks; a rule, so confidence is 1.",
+        )
     else:
-        title, note = ("slice classifier", "Confidence: the classifier's probability of the region the slice was routed by.")
-    return (f"<h3>Region of each slice ({title})</h3>" + _html.table(header, rows, numeric=[0, 2, 4])
-            + f'<p class="small">{note}</p>')
+        title, note = (
+            "slice classifier",
+            "Confidence: the classifier's probability of the region the slice was routed by.",
+        )
+    return (
+        f"<h3>Region of each slice ({title})</h3>"
+        + _html.table(header, rows, numeric=[0, 2, 4])
+        + f'<p class="small">{note}</p>'
+    )
 
 
-def volume_curve_svg(lv: Sequence[float | None], rv: Sequence[float | None], times_ms: Sequence[float] | None,
-                     ed_index: int, es_index: int, *, width: int = 520, height: int = 260) -> str:
+def volume_curve_svg(
+    lv: Sequence[float | None],
+    rv: Sequence[float | None],
+    times_ms: Sequence[float] | None,
+    ed_index: int,
+    es_index: int,
+    *,
+    width: int = 520,
+    height: int = 260,
+) -> str:
     """Inline SVG of the LV and RV blood-pool volume (mL) over the phases, ED and ES marked.
 
     ``times_ms`` : trigger time of each phase (x axis in ms), or None for the phase number.
@@ -186,28 +216,38 @@ def volume_curve_svg(lv: Sequence[float | None], rv: Sequence[float | None], tim
     def py(v: float) -> float:
         return upper + (1 - v / top) * (height - upper - lower)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-             'role="img" aria-label="LV and RV volume over the cardiac cycle" font-size="11" font-family="sans-serif">']
-    parts.append(f'<rect x="{left}" y="{upper}" width="{width - left - right}" height="{height - upper - lower}" fill="#fff" stroke="#888"/>')
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'role="img" aria-label="LV and RV volume over the cardiac cycle" font-size="11" font-family="sans-serif">'
+    ]
+    parts.append(
+        f'<rect x="{left}" y="{upper}" width="{width - left - right}" height="{height - upper - lower}" fill="#fff" stroke="#888"/>'
+    )
     step = 10 ** math.floor(math.log10(top / 2)) if top > 0 else 1
     step = step * (5 if top / step > 25 else 2 if top / step > 10 else 1)
     tick = 0.0
     while tick <= top:
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#eee"/>'
-                     f'<text x="{left - 4}" y="{py(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 4}" y="{py(tick) + 4:.1f}" text-anchor="end">{tick:g}</text>'
+        )
         tick += step
     xstep = 10 ** math.floor(math.log10(span / 2)) if span > 0 else 1
     xstep = xstep * (5 if span / xstep > 25 else 2 if span / xstep > 10 else 1)
     tick = math.ceil(min(xs) / xstep) * xstep
     while tick <= max(xs):
-        parts.append(f'<line x1="{px(tick):.1f}" x2="{px(tick):.1f}" y1="{height - lower}" y2="{height - lower + 4}" stroke="#888"/>'
-                     f'<text x="{px(tick):.1f}" y="{height - lower + 15}" text-anchor="middle">{tick:g}</text>')
+        parts.append(
+            f'<line x1="{px(tick):.1f}" x2="{px(tick):.1f}" y1="{height - lower}" y2="{height - lower + 4}" stroke="#888"/>'
+            f'<text x="{px(tick):.1f}" y="{height - lower + 15}" text-anchor="middle">{tick:g}</text>'
+        )
         tick += xstep
     for index, label in ((ed_index, "ED"), (es_index, "ES")):
         if 0 <= index < n:
             x = px(xs[index])
-            parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{upper}" y2="{height - lower}" stroke="#444" stroke-dasharray="4 3"/>'
-                         f'<text x="{x + 3:.1f}" y="{upper + 11}" font-weight="bold">{label}</text>')
+            parts.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{upper}" y2="{height - lower}" stroke="#444" stroke-dasharray="4 3"/>'
+                f'<text x="{x + 3:.1f}" y="{upper + 11}" font-weight="bold">{label}</text>'
+            )
     for name, series in (("LV", lv), ("RV", rv)):
         points = [(px(x), py(v)) for x, v in zip(xs, series) if v is not None and math.isfinite(v)]
         if len(points) > 1:
@@ -217,12 +257,16 @@ def volume_curve_svg(lv: Sequence[float | None], rv: Sequence[float | None], tim
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{_COLOURS[name]}"/>')
     axis = "trigger time (ms)" if times_ms is not None and len(times_ms) == n else "phase"
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">{axis}</text>')
-    parts.append(f'<text x="12" y="{(upper + height - lower) / 2}" text-anchor="middle" transform="rotate(-90 12 {(upper + height - lower) / 2})">volume (mL)</text>')
+    parts.append(
+        f'<text x="12" y="{(upper + height - lower) / 2}" text-anchor="middle" transform="rotate(-90 12 {(upper + height - lower) / 2})">volume (mL)</text>'
+    )
     legend_x = width - right - 150
     for i, name in enumerate(("LV", "RV")):
         y = upper + 12 + 14 * i
-        parts.append(f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{y - 4}" y2="{y - 4}" stroke="{_COLOURS[name]}" stroke-width="2"/>'
-                     f'<text x="{legend_x + 22}" y="{y}">{name} blood pool</text>')
+        parts.append(
+            f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{y - 4}" y2="{y - 4}" stroke="{_COLOURS[name]}" stroke-width="2"/>'
+            f'<text x="{legend_x + 22}" y="{y}">{name} blood pool</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -230,8 +274,10 @@ def volume_curve_svg(lv: Sequence[float | None], rv: Sequence[float | None], tim
 def _curve_section(report: Mapping[str, Any], study: Study | None) -> str:
     phases = report.get("phases", [])
     if len(phases) < 3:
-        return ("<h2>Volume over the cardiac cycle</h2><p>The study holds ED and ES only (no full cine), so there is "
-                "no volume curve; ED and ES were given by the input.</p>")
+        return (
+            "<h2>Volume over the cardiac cycle</h2><p>The study holds ED and ES only (no full cine), so there is "
+            "no volume curve; ED and ES were given by the input.</p>"
+        )
     lv = [p["volumes_ml"].get("LVBP") for p in phases]
     rv = [p["volumes_ml"].get("RVBP") for p in phases]
     times = None
@@ -240,8 +286,10 @@ def _curve_section(report: Mapping[str, Any], study: Study | None) -> str:
     svg = volume_curve_svg(lv, rv, times, int(report["ed_index"]), int(report["es_index"]))
     given = study is not None and study.ed_index is not None and study.es_index is not None
     chosen = "ED and ES as given by the input" if given else "ED at the largest and ES at the smallest LV volume"
-    return (f"<h2>Volume over the cardiac cycle</h2><figure>{svg}<figcaption>LV and RV blood-pool volume of each of "
-            f"the {len(phases)} phases; {chosen}.</figcaption></figure>")
+    return (
+        f"<h2>Volume over the cardiac cycle</h2><figure>{svg}<figcaption>LV and RV blood-pool volume of each of "
+        f"the {len(phases)} phases; {chosen}.</figcaption></figure>"
+    )
 
 
 def _provenance_section(report: Mapping[str, Any], extra_timings_ms: Mapping[str, float]) -> str:
@@ -255,24 +303,41 @@ def _provenance_section(report: Mapping[str, Any], extra_timings_ms: Mapping[str
         versions["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
-    rows = [("bundle", prov.get("bundle")), ("manifest sha256", prov.get("manifest_sha256")),
-            ("backends", ", ".join(f"{k}: {v}" for k, v in sorted((prov.get("backends") or {}).items()))),
-            ("device", prov.get("device")), ("mode", prov.get("mode")), ("region decoding", prov.get("region_decoding")),
-            ("heart crop (px)", prov.get("heart_crop")), ("largest component clean-up", prov.get("largest_component")),
-            ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v))]
+    rows = [
+        ("bundle", prov.get("bundle")),
+        ("manifest sha256", prov.get("manifest_sha256")),
+        ("backends", ", ".join(f"{k}: {v}" for k, v in sorted((prov.get("backends") or {}).items()))),
+        ("device", prov.get("device")),
+        ("mode", prov.get("mode")),
+        ("region decoding", prov.get("region_decoding")),
+        ("heart crop (px)", prov.get("heart_crop")),
+        ("largest component clean-up", prov.get("largest_component")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
+    ]
     timings = dict(report.get("timings_ms", {}))
     timings.update({k: round(v, 2) for k, v in extra_timings_ms.items()})
     order = ["read", "preprocess", "classify", "locate", "segment", "postprocess", "total", "wall", "montage"]
-    trows = [(k, _number(timings[k])) for k in order if k in timings] + \
-            [(k, _number(v)) for k, v in timings.items() if k not in order]
-    return ('<div class="grid"><div><h2>Provenance</h2>' + _html.table(["", ""], [(k, "" if v is None else v) for k, v in rows])
-            + '</div><div><h2>Timings (ms)</h2>' + _html.table(["stage", "ms"], trows, numeric=[1])
-            + '<p class="small">Summed over the phases segmented; "wall" is the whole study, "montage" drawing '
-              "the picture above.</p></div></div>")
+    trows = [(k, _number(timings[k])) for k in order if k in timings] + [
+        (k, _number(v)) for k, v in timings.items() if k not in order
+    ]
+    return (
+        '<div class="grid"><div><h2>Provenance</h2>'
+        + _html.table(["", ""], [(k, "" if v is None else v) for k, v in rows])
+        + "</div><div><h2>Timings (ms)</h2>"
+        + _html.table(["stage", "ms"], trows, numeric=[1])
+        + '<p class="small">Summed over the phases segmented; "wall" is the whole study, "montage" drawing '
+        "the picture above.</p></div></div>"
+    )
 
 
-def render_report_html(result: StudySegmentation, report: Mapping[str, Any], *, study: Study | None = None,
-                       ground_truth: Mapping[str, float] | None = None, title: str | None = None) -> tuple[str, str]:
+def render_report_html(
+    result: StudySegmentation,
+    report: Mapping[str, Any],
+    *,
+    study: Study | None = None,
+    ground_truth: Mapping[str, float] | None = None,
+    title: str | None = None,
+) -> tuple[str, str]:
     """The page's title and body (HTML) for one study.
 
     Parameters
@@ -291,31 +356,47 @@ def render_report_html(result: StudySegmentation, report: Mapping[str, Any], *, 
     m = report.get("measures", {})
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     described = ", ".join(str(info[k]) for k in ("series_description", "manufacturer", "group") if info.get(k))
-    body = [f"<h1>Cardiac MRI segmentation: {_html.escape(name)}</h1>",
-            f'<p class="sub">{_html.escape(described or "short-axis cine")} · generated {generated} by cmrsdk '
-            f'{_html.escape(report.get("provenance", {}).get("cmrsdk", ""))}</p>',
-            '<p class="banner">Automatic segmentation: check the contours below before using any number.</p>',
-            f'<p><b>LVEF {_number(m.get("lvef_pct"))} %</b> · LVEDV {_number(m.get("lvedv_ml"))} mL · '
-            f'LV mass {_number(m.get("lv_mass_g"))} g · <b>RVEF {_number(m.get("rvef_pct"))} %</b> · '
-            f'RVEDV {_number(m.get("rvedv_ml"))} mL</p>',
-            _measures_section(report, study)]
+    body = [
+        f"<h1>Cardiac MRI segmentation: {_html.escape(name)}</h1>",
+        f'<p class="sub">{_html.escape(described or "short-axis cine")} · generated {generated} by cmrsdk '
+        f"{_html.escape(report.get('provenance', {}).get('cmrsdk', ''))}</p>",
+        '<p class="banner">Automatic segmentation: check the contours below before using any number.</p>',
+        f"<p><b>LVEF {_number(m.get('lvef_pct'))} %</b> · LVEDV {_number(m.get('lvedv_ml'))} mL · "
+        f"LV mass {_number(m.get('lv_mass_g'))} g · <b>RVEF {_number(m.get('rvef_pct'))} %</b> · "
+        f"RVEDV {_number(m.get('rvedv_ml'))} mL</p>",
+        _measures_section(report, study),
+    ]
     ground_truth = ground_truth if ground_truth is not None else report.get("ground_truth")
     if ground_truth:
-        body.append("<h2>Against the known ground truth</h2>"
-                    + _html.table(["", "value"], [(k, _number(v, 3 if k.startswith("Dice") else 1))
-                                                for k, v in ground_truth.items()], numeric=[1]))
+        body.append(
+            "<h2>Against the known ground truth</h2>"
+            + _html.table(
+                ["", "value"],
+                [(k, _number(v, 3 if k.startswith("Dice") else 1)) for k, v in ground_truth.items()],
+                numeric=[1],
+            )
+        )
     body.append(_flags_section(report))
-    body.append('<h2>ED and ES slices</h2><figure>' + _html.img_tag(montage, "ED and ES slices with the segmentation")
-                + '<figcaption>Zoomed on the heart, one window for both phases; each slice labelled "z / region / '
-                  "confidence\" (z as stored in the input).</figcaption></figure>")
+    body.append(
+        "<h2>ED and ES slices</h2><figure>"
+        + _html.img_tag(montage, "ED and ES slices with the segmentation")
+        + '<figcaption>Zoomed on the heart, one window for both phases; each slice labelled "z / region / '
+        'confidence" (z as stored in the input).</figcaption></figure>'
+    )
     body.append(_slices_section(report))
     body.append(_curve_section(report, study))
     body.append(_provenance_section(report, {"montage": montage_ms}))
     return f"cmrsdk report: {name}", "\n".join(b for b in body if b)
 
 
-def write_report_html(path: str | Path, result: StudySegmentation, report: Mapping[str, Any], *,
-                      study: Study | None = None, ground_truth: Mapping[str, float] | None = None) -> Path:
+def write_report_html(
+    path: str | Path,
+    result: StudySegmentation,
+    report: Mapping[str, Any],
+    *,
+    study: Study | None = None,
+    ground_truth: Mapping[str, float] | None = None,
+) -> Path:
     """Write the study's self-contained report.html (see `render_report_html`); returns the path."""
     title, body = render_report_html(result, report, study=study, ground_truth=ground_truth)
     return _html.write_page(path, title, body)

@@ -7,6 +7,7 @@ most probable region, as the paper does; ``monotone`` decoding takes the most pr
 of that form (a 5-state left-to-right Viterbi pass in each direction, O(Z)), so that one
 uncertain slice cannot be routed to a region out of place.
 """
+
 from __future__ import annotations
 
 from typing import Literal

@@ -18,6 +18,7 @@ Outputs of one study (``out_dir``):
 | ``report.html`` | unless ``report_html=False``: the page a reader opens (`cmrsdk.report_html`) |
 | ``report.json`` | always; lists the files, the warnings and the flags |
 """
+
 from __future__ import annotations
 
 import os
@@ -39,11 +40,20 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline, RegionSource
     from .types import Study
 
-__all__ = ["segment_one", "check_output_folder", "Interrupted", "raise_on_sigterm", "OUTPUT_PATTERN",
-           "SEG_SERIES", "SR_SERIES"]
+__all__ = [
+    "segment_one",
+    "check_output_folder",
+    "Interrupted",
+    "raise_on_sigterm",
+    "OUTPUT_PATTERN",
+    "SEG_SERIES",
+    "SR_SERIES",
+]
 
 #: names cmrsdk writes in a study folder: a folder holding anything else is not replaced.
-OUTPUT_PATTERN = re.compile(r"^(labels_[A-Za-z0-9 ]+\.nii\.gz|seg_[A-Za-z0-9 ]+\.dcm|sr\.dcm|report\.json|report\.html|overlay\.png)$")
+OUTPUT_PATTERN = re.compile(
+    r"^(labels_[A-Za-z0-9 ]+\.nii\.gz|seg_[A-Za-z0-9 ]+\.dcm|sr\.dcm|report\.json|report\.html|overlay\.png)$"
+)
 #: (SeriesNumber, SeriesDescription) of the SEG of each phase: a PACS lists ED and ES apart.
 SEG_SERIES = {"ED": (901, "cmrsdk segmentation ED"), "ES": (902, "cmrsdk segmentation ES")}
 #: (SeriesNumber, SeriesDescription) of the measurement report.
@@ -59,6 +69,7 @@ class Interrupted(BaseException):
 @contextmanager
 def raise_on_sigterm() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Interrupted` in the main thread (restored after)."""
+
     def handler(signum: int, frame: object) -> None:
         raise Interrupted(f"signal {signal.Signals(signum).name}")
 
@@ -103,14 +114,18 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
         foreign = sorted(p.name for p in out_dir.iterdir() if not OUTPUT_PATTERN.match(p.name) and p.name not in keep)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-            raise WriteError(f"{out_dir}: output folder holds {len(foreign)} entries cmrsdk did not write ({shown}); "
-                             "a study's folder is replaced whole, so choose a new or empty folder")
+            raise WriteError(
+                f"{out_dir}: output folder holds {len(foreign)} entries cmrsdk did not write ({shown}); "
+                "a study's folder is replaced whole, so choose a new or empty folder"
+            )
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=".cmrsdk-probe-", dir=out_dir.parent)
         os.rmdir(probe)
     except OSError as exc:
-        raise WriteError(f"{out_dir}: output folder cannot be written ({exc.strerror or exc}: {exc.filename or out_dir.parent})") from exc
+        raise WriteError(
+            f"{out_dir}: output folder cannot be written ({exc.strerror or exc}: {exc.filename or out_dir.parent})"
+        ) from exc
     return out_dir
 
 
@@ -155,9 +170,17 @@ def _distinct_messages(messages: Iterator[str] | list[str]) -> list[str]:
     return list(kept.values())
 
 
-def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, overlay: bool = True,
-                keep: tuple[str, ...] = (), report_html: bool = True, truth: Study | None = None,
-                region_source: RegionSource | None = None) -> dict[str, Any]:
+def segment_one(
+    pipeline: Pipeline,
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    overlay: bool = True,
+    keep: tuple[str, ...] = (),
+    report_html: bool = True,
+    truth: Study | None = None,
+    region_source: RegionSource | None = None,
+) -> dict[str, Any]:
     """Read, segment and write one study; returns its report (the content of ``report.json``).
 
     Parameters
@@ -202,8 +225,11 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
         study = read_study(source)
         read_ms = (time.perf_counter() - t0) * 1000.0
         # the keyword only when given: a pipeline-like object (a test double, a wrapper) need not know it
-        result = (pipeline.segment_study(study) if region_source is None
-                  else pipeline.segment_study(study, region_source=region_source))
+        result = (
+            pipeline.segment_study(study)
+            if region_source is None
+            else pipeline.segment_study(study, region_source=region_source)
+        )
         report = study_report(result, study)
         report["timings_ms"]["read"] = round(read_ms, 2)
         if truth is not None:
@@ -220,16 +246,34 @@ def segment_one(pipeline: Pipeline, source: str | Path, out_dir: str | Path, *, 
             if dicom:
                 for name, seg in phases:
                     number, description = SEG_SERIES[name]
-                    written.append(write_dicom_seg(staging / f"seg_{name}.dcm", seg.labels, seg.stack,
-                                                   series_number=number, series_description=description))
+                    written.append(
+                        write_dicom_seg(
+                            staging / f"seg_{name}.dcm",
+                            seg.labels,
+                            seg.stack,
+                            series_number=number,
+                            series_description=description,
+                        )
+                    )
                 files = list(dict.fromkeys(f for _, seg in phases for f in seg.stack.source_files))
                 if any(v is not None for v in report["measures"].values()):
-                    written.append(write_measurement_report(staging / "sr.dcm", report["measures"], files,
-                                                            series_number=SR_SERIES[0], series_description=SR_SERIES[1]))
+                    written.append(
+                        write_measurement_report(
+                            staging / "sr.dcm",
+                            report["measures"],
+                            files,
+                            series_number=SR_SERIES[0],
+                            series_description=SR_SERIES[1],
+                        )
+                    )
             if overlay:
                 written.append(save_overlay(staging / "overlay.png", result))
-            report["warnings"] = _distinct_messages(str(w.message) for w in caught if issubclass(w.category, CmrWarning))
-            report["outputs"] = [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])
+            report["warnings"] = _distinct_messages(
+                str(w.message) for w in caught if issubclass(w.category, CmrWarning)
+            )
+            report["outputs"] = (
+                [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])
+            )
             if report_html:
                 from .report_html import write_report_html
 

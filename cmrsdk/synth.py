@@ -35,6 +35,7 @@ canonical uint8 (0 bg, 1 LVBP, 2 LVM, 3 RVBP); slice 0 is basal unless ``apex_fi
 The affine places the heart as in a patient: base-to-apex along RAS+ (-x, +y, -z), i.e. towards
 the patient's left, anterior and inferior.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,8 @@ from .types import Stack, Study, StudyInfo
 
 __all__ = ["synthetic_study", "contraction_curve"]
 
-_OPEN_MM = 10.0      # depth below the mitral plane over which the basal ring is open
-_SHORTENING = 0.12   # fraction of the LV length lost from the base at full contraction
+_OPEN_MM = 10.0  # depth below the mitral plane over which the basal ring is open
+_SHORTENING = 0.12  # fraction of the LV length lost from the base at full contraction
 _SUBPLANES = (-1.0 / 3.0, 0.0, 1.0 / 3.0)  # sub-plane offsets, in slice spacings
 
 
@@ -73,23 +74,31 @@ class _Heart:
     def __init__(self, rng: np.random.Generator) -> None:
         self.cavity_radius = rng.uniform(20.0, 28.0)
         self.wall = rng.uniform(7.0, 11.0)
-        self.length = rng.uniform(62.0, 84.0)          # mitral plane to cavity tip
+        self.length = rng.uniform(62.0, 84.0)  # mitral plane to cavity tip
         self.rv_axes = (rng.uniform(30.0, 38.0), rng.uniform(14.0, 20.0))
         # RV direction around the LV (radians, atan2(row, column)): image left, slightly below, as in ACDC
         self.rv_angle = np.pi + rng.uniform(-0.6, 0.25)
         self.open_angle = self.rv_angle + rng.uniform(0.5, 0.9)  # outflow tract, towards the RV
         self.atrium_depth = rng.uniform(14.0, 22.0)
-        self.drift = rng.uniform(-0.06, 0.06, size=2)   # LV centre shift per mm of depth (y, x)
-        self.fat = rng.uniform(3.0, 7.0)                # epicardial fat at the grooves
-        self.papillary = rng.uniform(0.12, 0.18)        # papillary muscle radius / cavity radius
+        self.drift = rng.uniform(-0.06, 0.06, size=2)  # LV centre shift per mm of depth (y, x)
+        self.fat = rng.uniform(3.0, 7.0)  # epicardial fat at the grooves
+        self.papillary = rng.uniform(0.12, 0.18)  # papillary muscle radius / cavity radius
 
     def shape_at(self, c: float) -> dict[str, float]:
         length = self.length * (1.0 - _SHORTENING * c)
         cavity = self.cavity_radius * (1.0 - 0.3 * c)
         # keep the myocardial cross-section area (and so, roughly, volume) through contraction
-        outer = np.sqrt(cavity**2 + ((self.cavity_radius + self.wall) ** 2 - self.cavity_radius**2) * self.length / length)
-        return {"length": length, "cavity": cavity, "outer": float(outer), "cap": self.wall * (1.0 + 0.3 * c),
-                "base_shift": self.length - length, "rv_scale": 1.0 - 0.25 * c}
+        outer = np.sqrt(
+            cavity**2 + ((self.cavity_radius + self.wall) ** 2 - self.cavity_radius**2) * self.length / length
+        )
+        return {
+            "length": length,
+            "cavity": cavity,
+            "outer": float(outer),
+            "cap": self.wall * (1.0 + 0.3 * c),
+            "base_shift": self.length - length,
+            "rv_scale": 1.0 - 0.25 * c,
+        }
 
 
 class _Body:
@@ -98,21 +107,34 @@ class _Body:
     def __init__(self, rng: np.random.Generator) -> None:
         # an oblique short-axis plane cuts the thorax long: the body runs off the bottom of the field
         self.centre = (rng.uniform(50.0, 90.0), rng.uniform(-15.0, 15.0))
-        self.axes = (rng.uniform(190.0, 240.0), rng.uniform(138.0, 158.0))   # (rows, columns) semi-axes
+        self.axes = (rng.uniform(190.0, 240.0), rng.uniform(138.0, 158.0))  # (rows, columns) semi-axes
         self.angle = rng.uniform(-0.15, 0.15)
-        self.fat = rng.uniform(8.0, 16.0)            # subcutaneous fat
-        self.muscle = rng.uniform(8.0, 15.0)         # chest wall muscle and ribs
+        self.fat = rng.uniform(8.0, 16.0)  # subcutaneous fat
+        self.muscle = rng.uniform(8.0, 15.0)  # chest wall muscle and ribs
         # diaphragm: a dome (row of its top at depth 0, rise per mm of depth, radius, column of its top)
-        self.diaphragm = (rng.uniform(50.0, 75.0), rng.uniform(0.55, 0.8), rng.uniform(110.0, 180.0),
-                          rng.uniform(-30.0, 10.0))
-        self.liver_edge = rng.uniform(10.0, 40.0)    # column where the liver gives way to the stomach
-        self.stomach = (rng.uniform(25.0, 45.0), rng.uniform(35.0, 60.0), rng.uniform(22.0, 35.0), rng.uniform(28.0, 45.0))
+        self.diaphragm = (
+            rng.uniform(50.0, 75.0),
+            rng.uniform(0.55, 0.8),
+            rng.uniform(110.0, 180.0),
+            rng.uniform(-30.0, 10.0),
+        )
+        self.liver_edge = rng.uniform(10.0, 40.0)  # column where the liver gives way to the stomach
+        self.stomach = (
+            rng.uniform(25.0, 45.0),
+            rng.uniform(35.0, 60.0),
+            rng.uniform(22.0, 35.0),
+            rng.uniform(28.0, 45.0),
+        )
         self.aorta = (rng.uniform(35.0, 60.0), rng.uniform(30.0, 55.0), rng.uniform(10.0, 13.0))
         self.spine = (rng.uniform(20.0, 30.0), rng.uniform(-35.0, -20.0), rng.uniform(15.0, 19.0))
         self.mediastinum = (rng.uniform(38.0, 46.0), rng.uniform(48.0, 58.0))
         # a smooth texture over the abdomen (bowel, vessels): random plane waves (row, column wavenumbers, phase)
-        self.waves = [(rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15), rng.uniform(0.0, 2 * np.pi)) for _ in range(8)]
-        self.ribs = rng.uniform(0.0, 2 * np.pi / 14)  # angular phase of the ribs around the chest wall  # (rows, columns) semi-axes at the base
+        self.waves = [
+            (rng.uniform(-0.15, 0.15), rng.uniform(-0.15, 0.15), rng.uniform(0.0, 2 * np.pi)) for _ in range(8)
+        ]
+        self.ribs = rng.uniform(
+            0.0, 2 * np.pi / 14
+        )  # angular phase of the ribs around the chest wall  # (rows, columns) semi-axes at the base
 
 
 def _mix(image: np.ndarray, value: float | np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -121,8 +143,15 @@ def _mix(image: np.ndarray, value: float | np.ndarray, alpha: np.ndarray) -> np.
     return image
 
 
-def _lay_disk(image: np.ndarray, p: np.ndarray, q: np.ndarray, centre: tuple[float, float], radius: float,
-              value: float, edge: float) -> None:
+def _lay_disk(
+    image: np.ndarray,
+    p: np.ndarray,
+    q: np.ndarray,
+    centre: tuple[float, float],
+    radius: float,
+    value: float,
+    edge: float,
+) -> None:
     """Lay a soft disk of ``value`` over ``image`` (in place), computing only the pixels near it.
 
     ``p``, ``q`` : float64 (Y, X) mm coordinates of a regular grid (rows along Y, columns along X).
@@ -145,8 +174,9 @@ class _Surroundings:
     relative to the LV axis at the ED mitral plane.
     """
 
-    def __init__(self, body: _Body, heart: _Heart, p: np.ndarray, q: np.ndarray, contrast: dict[str, float],
-                 edge: float) -> None:
+    def __init__(
+        self, body: _Body, heart: _Heart, p: np.ndarray, q: np.ndarray, contrast: dict[str, float], edge: float
+    ) -> None:
         self.body, self.heart, self.p, self.q, self.contrast, self.edge = body, heart, p, q, contrast, edge
         pc, qc = p - body.centre[0], q - body.centre[1]
         cos, sin = np.cos(body.angle), np.sin(body.angle)
@@ -172,10 +202,15 @@ class _Surroundings:
         # the layers are affine in what lies under them, so keep them as image -> scale * image + offset
         ap, aq, ar = body.aorta
         vp, vq, vr = ap + body.spine[0], aq + body.spine[1], body.spine[2]
-        layers = [((vp, vq), vr + 12.0, contrast["muscle"]), ((vp, vq), vr + 1.5, contrast["lung"]),
-                  ((vp, vq), vr, contrast["marrow"]), ((vp + vr + 8.0, vq - 4.0), 8.0, contrast["lung"]),
-                  ((vp + vr + 8.0, vq - 4.0), 6.0, contrast["fluid"]),  # spinal canal
-                  ((ap, aq), ar + 3.0, contrast["fat"]), ((ap, aq), ar, contrast["blood"])]
+        layers = [
+            ((vp, vq), vr + 12.0, contrast["muscle"]),
+            ((vp, vq), vr + 1.5, contrast["lung"]),
+            ((vp, vq), vr, contrast["marrow"]),
+            ((vp + vr + 8.0, vq - 4.0), 8.0, contrast["lung"]),
+            ((vp + vr + 8.0, vq - 4.0), 6.0, contrast["fluid"]),  # spinal canal
+            ((ap, aq), ar + 3.0, contrast["fat"]),
+            ((ap, aq), ar, contrast["blood"]),
+        ]
         self.offset, one = np.zeros(p.shape), np.ones(p.shape)
         for centre, radius, value in layers:
             _lay_disk(self.offset, p, q, centre, radius, value, edge)
@@ -203,7 +238,10 @@ class _Surroundings:
         rows, cols = p[:, 0], q[0, :]
         for _ in range(24):
             cp, cq, r = rng.uniform(-150.0, 150.0), rng.uniform(-150.0, 150.0), rng.uniform(1.5, 3.5)
-            i, j = min(int(np.searchsorted(rows, cp)), len(rows) - 1), min(int(np.searchsorted(cols, cq)), len(cols) - 1)
+            i, j = (
+                min(int(np.searchsorted(rows, cp)), len(rows) - 1),
+                min(int(np.searchsorted(cols, cq)), len(cols) - 1),
+            )
             if lung[i, j] > 0.9:
                 _lay_disk(image, p, q, (cp, cq), r, 0.7 * contrast["blood"], edge)
         # below the diaphragm: the liver on the image left, the stomach on the right
@@ -219,7 +257,9 @@ class _Surroundings:
             pw, qw, aw = p[window], q[window], abdomen[window]
             stomach = aw * _sigmoid((1.0 - np.hypot((pw - centre[0]) / sa, (qw - centre[1]) / sb)) * sa / edge)
             _mix(image[window], contrast["muscle"], stomach)
-            contents = aw * _sigmoid((1.0 - np.hypot((pw - centre[0]) / (sa - 4.0), (qw - centre[1]) / (sb - 4.0))) * sa / edge)
+            contents = aw * _sigmoid(
+                (1.0 - np.hypot((pw - centre[0]) / (sa - 4.0), (qw - centre[1]) / (sb - 4.0))) * sa / edge
+            )
             _mix(image[window], contrast["fluid"], contents)
             _mix(image[window], contrast["lung"], contents * _sigmoid((centre[0] - 0.5 * sa - pw) / edge))  # gas
         image *= self.scale
@@ -227,8 +267,16 @@ class _Surroundings:
         return image
 
 
-def _render_plane(heart: _Heart, shape: dict[str, float], depth: float, p: np.ndarray, q: np.ndarray,
-                  contrast: dict[str, float], edge: float, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _render_plane(
+    heart: _Heart,
+    shape: dict[str, float],
+    depth: float,
+    p: np.ndarray,
+    q: np.ndarray,
+    contrast: dict[str, float],
+    edge: float,
+    background: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Intensity (float64 (Y, X)) and labels (uint8 (Y, X)) of one plane at ``depth`` mm below the mitral plane.
 
     ``p``, ``q`` : float64 (Y, X) in-plane coordinates in mm of the pixel centres (rows, columns).
@@ -249,11 +297,17 @@ def _render_plane(heart: _Heart, shape: dict[str, float], depth: float, p: np.nd
             ra_centre = heart.cavity_radius + heart.rv_axes[1]
             ao_centre = 0.9 * heart.cavity_radius + 10.0
             pa_centre = heart.cavity_radius + 32.0
-            vessels = [((0.0, 0.0), radius),
-                       ((ra_centre * np.sin(heart.rv_angle), ra_centre * np.cos(heart.rv_angle)), 0.8 * radius),
-                       ((ao_centre * np.sin(heart.open_angle), ao_centre * np.cos(heart.open_angle)), 13.0),
-                       ((pa_centre * np.sin(heart.open_angle - 0.5), pa_centre * np.cos(heart.open_angle - 0.5)), 12.0)]
-            for grow, value in ((2.0 + heart.fat, contrast["fat"]), (2.0, contrast["myocardium"]), (0.0, contrast["blood"])):
+            vessels = [
+                ((0.0, 0.0), radius),
+                ((ra_centre * np.sin(heart.rv_angle), ra_centre * np.cos(heart.rv_angle)), 0.8 * radius),
+                ((ao_centre * np.sin(heart.open_angle), ao_centre * np.cos(heart.open_angle)), 13.0),
+                ((pa_centre * np.sin(heart.open_angle - 0.5), pa_centre * np.cos(heart.open_angle - 0.5)), 12.0),
+            ]
+            for grow, value in (
+                (2.0 + heart.fat, contrast["fat"]),
+                (2.0, contrast["myocardium"]),
+                (0.0, contrast["blood"]),
+            ):
                 for centre, r in vessels:
                     if r > 0.0:
                         _lay_disk(image, p, q, centre, r + grow, value, edge)
@@ -263,7 +317,9 @@ def _render_plane(heart: _Heart, shape: dict[str, float], depth: float, p: np.nd
     cavity_r = shape["cavity"] * np.sqrt(max(0.0, 1.0 - (depth / length) ** 2))
     outer_r = shape["outer"] * np.sqrt(max(0.0, 1.0 - (depth / (length + cap)) ** 2))
     # epicardial fat, thickest towards the grooves where the RV meets the LV
-    groove = ((p * np.cos(heart.rv_angle) - q * np.sin(heart.rv_angle)) / np.maximum(d, 1e-6)) ** 2  # sin^2 of the angle to the RV
+    groove = (
+        (p * np.cos(heart.rv_angle) - q * np.sin(heart.rv_angle)) / np.maximum(d, 1e-6)
+    ) ** 2  # sin^2 of the angle to the RV
     fat_alpha = _sigmoid((outer_r + heart.fat * (0.3 + 0.9 * groove) - d) / edge) if outer_r > 0 else np.zeros_like(d)
 
     # RV: an ellipse beside the LV, outside the LV wall, ending at 3/4 of the LV length
@@ -297,7 +353,10 @@ def _render_plane(heart: _Heart, shape: dict[str, float], depth: float, p: np.nd
         r = heart.papillary * cavity_r
         cavity_value = np.full(p.shape, contrast["blood"])
         for s in (-0.8, 0.8):
-            centre = (0.6 * cavity_r * np.sin(heart.rv_angle + np.pi + s), 0.6 * cavity_r * np.cos(heart.rv_angle + np.pi + s))
+            centre = (
+                0.6 * cavity_r * np.sin(heart.rv_angle + np.pi + s),
+                0.6 * cavity_r * np.cos(heart.rv_angle + np.pi + s),
+            )
             _lay_disk(cavity_value, p, q, centre, heart.papillary * cavity_r, contrast["myocardium"], edge)
     if depth < _OPEN_MM:
         # the basal ring opens at the outflow tract: the wedge of wall there is blood pool
@@ -312,9 +371,16 @@ def _render_plane(heart: _Heart, shape: dict[str, float], depth: float, p: np.nd
     return image, labels
 
 
-def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[int, int] | None = None,
-                    spacing: tuple[float, float, float] | None = None, n_phases: int = 2,
-                    apex_first: bool = False, noise: float | None = None) -> Study:
+def synthetic_study(
+    seed: int = 0,
+    *,
+    n_slices: int | None = None,
+    shape: tuple[int, int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
+    n_phases: int = 2,
+    apex_first: bool = False,
+    noise: float | None = None,
+) -> Study:
     """Draw one deterministic synthetic short-axis study with canonical labels.
 
     Parameters
@@ -343,7 +409,9 @@ def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[
         dz, dy, dx = rng.uniform(8.0, 10.0), pixel, pixel
     else:
         dz, dy, dx = check_spacing(spacing)
-    ny, nx = (int(rng.integers(208, 257)), int(rng.integers(170, 241))) if shape is None else (int(shape[0]), int(shape[1]))
+    ny, nx = (
+        (int(rng.integers(208, 257)), int(rng.integers(170, 241))) if shape is None else (int(shape[0]), int(shape[1]))
+    )
     if ny < 32 or nx < 32:
         raise InputError(f"'shape' must be at least (32, 32) pixels, got {(ny, nx)}")
     contractions, es_index = contraction_curve(n_phases)
@@ -353,10 +421,17 @@ def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[
     # cine bSSFP contrast, relative to the myocardium: blood and fat bright, lungs and air dark
     myocardium = rng.uniform(1.0, 8.0) * 100.0 * rng.uniform(0.5, 0.8)
     blood = myocardium * rng.uniform(2.6, 3.6)
-    contrast = {"myocardium": myocardium, "blood": blood, "fat": blood * rng.uniform(0.9, 1.2),
-                "muscle": myocardium * rng.uniform(0.8, 1.0), "tissue": myocardium * rng.uniform(1.1, 1.5),
-                "liver": myocardium * rng.uniform(1.1, 1.5), "lung": myocardium * rng.uniform(0.08, 0.2),
-                "marrow": myocardium * rng.uniform(1.6, 2.2), "fluid": blood * rng.uniform(0.7, 1.0)}
+    contrast = {
+        "myocardium": myocardium,
+        "blood": blood,
+        "fat": blood * rng.uniform(0.9, 1.2),
+        "muscle": myocardium * rng.uniform(0.8, 1.0),
+        "tissue": myocardium * rng.uniform(1.1, 1.5),
+        "liver": myocardium * rng.uniform(1.1, 1.5),
+        "lung": myocardium * rng.uniform(0.08, 0.2),
+        "marrow": myocardium * rng.uniform(1.6, 2.2),
+        "fluid": blood * rng.uniform(0.7, 1.0),
+    }
 
     # slice 0 sits one to two slices above the mitral plane (atria); the stack ends below the apex
     first_depth = -rng.uniform(1.0, 1.6) * dz
@@ -378,8 +453,10 @@ def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[
     bias = np.exp(tilt[0] * p / 150.0 + tilt[1] * q / 150.0 - rng.uniform(0.1, 0.4) * (p**2 + q**2) / 150.0**2)
     # the heart is drawn only in a box around the LV axis, over the once-drawn surroundings
     reach = 90.0 + 0.06 * (heart.length + heart.wall)
-    box = (slice(int(np.searchsorted(rows, -reach)), int(np.searchsorted(rows, reach))),
-           slice(int(np.searchsorted(cols, -reach)), int(np.searchsorted(cols, reach))))
+    box = (
+        slice(int(np.searchsorted(rows, -reach)), int(np.searchsorted(rows, reach))),
+        slice(int(np.searchsorted(cols, -reach)), int(np.searchsorted(cols, reach))),
+    )
     pb, qb = p[box], q[box]
 
     affine = _affine(seed=int(seed), spacing=(dz, dy, dx), shape=(z_count, ny, nx), apex_first=apex_first)
@@ -401,7 +478,9 @@ def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[
             centre_depth = first_depth + z * dz - state["base_shift"]
             signal = surroundings[z].copy()
             under = signal[box]
-            planes = [_render_plane(heart, state, centre_depth + o * dz, pb, qb, contrast, edge, under) for o in _SUBPLANES]
+            planes = [
+                _render_plane(heart, state, centre_depth + o * dz, pb, qb, contrast, edge, under) for o in _SUBPLANES
+            ]
             signal[box] = np.mean([plane[0] for plane in planes], axis=0)
             signal *= bias
             real, imaginary = rng.standard_normal((2, ny, nx), dtype=np.float32)
@@ -410,19 +489,35 @@ def synthetic_study(seed: int = 0, *, n_slices: int | None = None, shape: tuple[
         if apex_first:
             images, labels = images[::-1].copy(), labels[::-1].copy()
         phase = "ED" if index == 0 else "ES" if index == es_index else f"frame {index}"
-        stacks.append(Stack(pixels=images, spacing=(dz, dy, dx), affine=affine, labels=labels,
-                            slice_positions=positions, phase=phase, source=f"synthetic seed {seed}"))
+        stacks.append(
+            Stack(
+                pixels=images,
+                spacing=(dz, dy, dx),
+                affine=affine,
+                labels=labels,
+                slice_positions=positions,
+                phase=phase,
+                source=f"synthetic seed {seed}",
+            )
+        )
     if n_phases == 2:
         times = np.array([0.0, 1000.0 * 0.35])
     else:
         times = np.arange(n_phases, dtype=np.float64) * 1000.0 / n_phases
-    info = StudyInfo(patient_id=f"SYNTH{seed:06d}", manufacturer="cmrsdk synthetic", field_strength_t=1.5,
-                     series_description="SAX cine (synthetic)", group="synthetic", source=f"synthetic seed {seed}")
+    info = StudyInfo(
+        patient_id=f"SYNTH{seed:06d}",
+        manufacturer="cmrsdk synthetic",
+        field_strength_t=1.5,
+        series_description="SAX cine (synthetic)",
+        group="synthetic",
+        source=f"synthetic seed {seed}",
+    )
     return Study(phases=tuple(stacks), ed_index=0, es_index=es_index, trigger_times_ms=times, info=info)
 
 
-def _affine(*, seed: int, spacing: tuple[float, float, float], shape: tuple[int, int, int],
-            apex_first: bool) -> np.ndarray:
+def _affine(
+    *, seed: int, spacing: tuple[float, float, float], shape: tuple[int, int, int], apex_first: bool
+) -> np.ndarray:
     """float64 (4, 4) (z, y, x) -> RAS+ mm: base-to-apex along (-1, 1, -1)/sqrt(3) with a seeded tilt."""
     dz, dy, dx = spacing
     z_count, ny, nx = shape

@@ -9,6 +9,7 @@ Geometry conventions
   (z, y, x, 1) to RAS+ world coordinates in mm (the NIfTI/nibabel convention; DICOM LPS is
   converted by the reader).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -50,7 +51,9 @@ class Stack:
     def __post_init__(self) -> None:
         pixels = np.asarray(self.pixels)
         if pixels.ndim != 3:
-            raise InputError(f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {self.source or 'array'}")
+            raise InputError(
+                f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {self.source or 'array'}"
+            )
         if pixels.dtype != np.float32:
             pixels = pixels.astype(np.float32)
         object.__setattr__(self, "pixels", pixels)

@@ -11,6 +11,7 @@ The runtime package ``cmrsdk`` never imports this package: it loads the artifact
 - ``export.losses``: Dice + cross-entropy with deep supervision.
 - ``export.train``: the trainer and its command line (``python -m export.train CONFIG``).
 """
+
 from __future__ import annotations
 
 __all__: list[str] = []

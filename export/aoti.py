@@ -23,6 +23,7 @@ For each model with a "torchscript" artifact this writes ``<model>.pt2`` (artifa
 Compiling needs a C++ compiler (g++ or clang++) and torch's headers, both present wherever torch
 was installed from a wheel with a compiler beside it; running the package needs only torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,10 @@ def rebuild_model(bundle: Bundle, name: str) -> ProbabilityModel:
     model = bundle.models[name]
     spec = (model.record.get("training") or {}).get("config", {}).get("model") or {}
     if "torchscript" not in model.artifacts or not spec.get("name"):
-        raise BundleError(f"{bundle.path}: model {name!r} needs a 'torchscript' artifact and a training record "
-                          f"naming its network (training.config.model), to be rebuilt for torch.export")
+        raise BundleError(
+            f"{bundle.path}: model {name!r} needs a 'torchscript' artifact and a training record "
+            f"naming its network (training.config.model), to be rebuilt for torch.export"
+        )
     net = get_model(spec["name"], **dict(spec.get("kwargs") or {}))
     from cmrsdk.engines.torchscript import quiet_torchscript
 
@@ -79,8 +82,10 @@ def rebuild_model(bundle: Bundle, name: str) -> ProbabilityModel:
     try:
         wrapped.load_state_dict(archive.state_dict(), strict=True)
     except RuntimeError as exc:
-        raise BundleError(f"{model.artifacts['torchscript'].path}: its weights do not fit "
-                          f"{spec['name']}({spec.get('kwargs')}) ({str(exc).splitlines()[0]})") from exc
+        raise BundleError(
+            f"{model.artifacts['torchscript'].path}: its weights do not fit "
+            f"{spec['name']}({spec.get('kwargs')}) ({str(exc).splitlines()[0]})"
+        ) from exc
     return wrapped.eval()
 
 
@@ -116,8 +121,13 @@ def _real_slices(bundle: Bundle, acdc: Path | None, count: int = 16) -> np.ndarr
     return calibration_slices(bundle, count, cache=None, acdc=acdc, seed=1)[0]
 
 
-def add_aoti(bundle_dir: str | Path, *, models: Sequence[str] | None = None, acdc: str | Path | None = DEFAULT_ACDC,
-             log: Callable[[str], Any] = print) -> dict[str, Any]:
+def add_aoti(
+    bundle_dir: str | Path,
+    *,
+    models: Sequence[str] | None = None,
+    acdc: str | Path | None = DEFAULT_ACDC,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
     """Add "aoti" artifacts (``<model>.pt2``) to a bundle, with their parity; return {model: artifact entry}.
 
     Parameters
@@ -136,7 +146,9 @@ def add_aoti(bundle_dir: str | Path, *, models: Sequence[str] | None = None, acd
     """
     bundle = load_bundle(bundle_dir)
     root = bundle.path.resolve()
-    names = list(models) if models is not None else [n for n, m in bundle.models.items() if "torchscript" in m.artifacts]
+    names = (
+        list(models) if models is not None else [n for n, m in bundle.models.items() if "torchscript" in m.artifacts]
+    )
     for name in names:
         if name not in bundle.models or "torchscript" not in bundle.models[name].artifacts:
             raise InputError(f"'models' names {name!r}, which is not a model of {root} with a 'torchscript' artifact")
@@ -163,13 +175,15 @@ def add_aoti(bundle_dir: str | Path, *, models: Sequence[str] | None = None, acd
             shipped = TorchScriptEngine(bundle.models[name].artifacts["torchscript"].path).run(slices)
             diff, _ = compare(shipped, reference)
             if diff > FP32_MAX_ABS_DIFF:
-                raise BundleError(f"{name!r} rebuilt from its TorchScript weights differs from the archive by {diff:.2e} "
-                                  f"(> {FP32_MAX_ABS_DIFF}); the bundle {root} is unchanged")
+                raise BundleError(
+                    f"{name!r} rebuilt from its TorchScript weights differs from the archive by {diff:.2e} "
+                    f"(> {FP32_MAX_ABS_DIFF}); the bundle {root} is unchanged"
+                )
             checks = [(slices, reference, size)]
             crop = pre.heart_crop
             if bundle.models[name].kind == "segmentation" and crop is not None and tuple(crop) != size:
                 y0, x0 = (size[0] - crop[0]) // 2, (size[1] - crop[1]) // 2
-                cropped = np.ascontiguousarray(slices[:, :, y0:y0 + crop[0], x0:x0 + crop[1]])
+                cropped = np.ascontiguousarray(slices[:, :, y0 : y0 + crop[0], x0 : x0 + crop[1]])
                 checks.append((cropped, eager_probabilities(model, cropped), tuple(crop)))
             out = staging / f"{name}.pt2"
             export_aoti(model, out, torch.from_numpy(slices[:2].copy()))
@@ -178,17 +192,28 @@ def add_aoti(bundle_dir: str | Path, *, models: Sequence[str] | None = None, acd
             for x, ref, hw in checks:
                 result = check_parity("aoti", engine, ref, x, real)  # raises ParityError past the bound
                 parity.append({**result.to_json(), "input_hw": list(hw)})
-            entry = {"file": out.name, "format": "aoti", "precision": "fp32", "device": "cpu",
-                     "sha256": sha256_file(out), "size": out.stat().st_size,
-                     "input_hw": _input_hw(engine, [hw for _, _, hw in checks]),
-                     "compiled": {"tool": "torch._inductor.aoti_compile_and_package", "torch": torch.__version__,
-                                  "dynamic": {"batch": [1, MAX_BATCH], "height_width": "multiples the network needs"}}}
+            entry = {
+                "file": out.name,
+                "format": "aoti",
+                "precision": "fp32",
+                "device": "cpu",
+                "sha256": sha256_file(out),
+                "size": out.stat().st_size,
+                "input_hw": _input_hw(engine, [hw for _, _, hw in checks]),
+                "compiled": {
+                    "tool": "torch._inductor.aoti_compile_and_package",
+                    "torch": torch.__version__,
+                    "dynamic": {"batch": [1, MAX_BATCH], "height_width": "multiples the network needs"},
+                },
+            }
             record = manifest["models"][name]
             record["artifacts"]["aoti"] = entry
             record["parity"] = [p for p in record.get("parity", []) if p.get("artifact") != "aoti"] + parity
             entries[name] = entry
-            log(f"{name:>12} aoti: {time.perf_counter() - t:.0f} s, {entry['size'] / 1e6:.1f} MB, max|dp| "
-                f"{max(p['max_abs_diff'] for p in parity):.1e} at {[p['input_hw'] for p in parity]}")
+            log(
+                f"{name:>12} aoti: {time.perf_counter() - t:.0f} s, {entry['size'] / 1e6:.1f} MB, max|dp| "
+                f"{max(p['max_abs_diff'] for p in parity):.1e} at {[p['input_hw'] for p in parity]}"
+            )
         staged = staging / MANIFEST_NAME
         staged.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
         load_bundle(staging)  # every hash, old and new, verifies before anything moves
@@ -206,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.aoti", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path, help="the bundle directory to add .pt2 packages to")
     parser.add_argument("--models", nargs="+", default=None, help="models to compile (default: all with TorchScript)")
-    parser.add_argument("--acdc", type=Path, default=DEFAULT_ACDC, help=f"ACDC root for real parity slices (default {DEFAULT_ACDC})")
+    parser.add_argument(
+        "--acdc", type=Path, default=DEFAULT_ACDC, help=f"ACDC root for real parity slices (default {DEFAULT_ACDC})"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads is not None:

@@ -29,6 +29,7 @@ blur           0.2          Gaussian, sigma uniform in [0.5, 1.5] pixels
 
 Pixels that fall outside the input read 0 (the image) and background (the labels).
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,9 @@ class AugmentConfig:
         return schemes[name]()
 
 
-def crop_centres(labels: torch.Tensor, patch: tuple[int, int], foreground: torch.Tensor,
-                 generator: torch.Generator) -> torch.Tensor:
+def crop_centres(
+    labels: torch.Tensor, patch: tuple[int, int], foreground: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """Patch centres (row, column) in input pixel indices, float64 (B, 2).
 
     Random centres keep the patch inside the slice where it fits; a sample flagged in
@@ -116,9 +118,15 @@ def crop_centres(labels: torch.Tensor, patch: tuple[int, int], foreground: torch
     return centres
 
 
-def spatial_transform(images: torch.Tensor, labels: torch.Tensor | None, patch: tuple[int, int],
-                      centres: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor,
-                      mirror: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def spatial_transform(
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    patch: tuple[int, int],
+    centres: torch.Tensor,
+    angle: torch.Tensor,
+    scale: torch.Tensor,
+    mirror: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Resample a ``patch`` around each centre, rotated, scaled and mirrored.
 
     Parameters
@@ -141,8 +149,10 @@ def spatial_transform(images: torch.Tensor, labels: torch.Tensor | None, patch: 
     cos, sin = torch.cos(angle), torch.sin(angle)
     flip = 1.0 - 2.0 * mirror.to(torch.float64)
     # M maps a patch offset (x, y) in pixels to an input offset in pixels: rotation @ scale @ mirror
-    m = torch.stack([torch.stack([cos * flip[:, 1], -sin * flip[:, 0]], -1),
-                     torch.stack([sin * flip[:, 1], cos * flip[:, 0]], -1)], 1) * scale.view(b, 1, 1)
+    m = torch.stack(
+        [torch.stack([cos * flip[:, 1], -sin * flip[:, 0]], -1), torch.stack([sin * flip[:, 1], cos * flip[:, 0]], -1)],
+        1,
+    ) * scale.view(b, 1, 1)
     # normalised coordinates (align_corners=False): pixel i of n sits at (2 i + 1) / n - 1
     to_norm = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64)
     from_norm = torch.tensor([w / 2.0, h / 2.0], dtype=torch.float64)
@@ -154,14 +164,28 @@ def spatial_transform(images: torch.Tensor, labels: torch.Tensor | None, patch: 
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out_labels = None
     if labels is not None:
-        out_labels = F.grid_sample(labels[:, None].to(device=device, dtype=torch.float32), grid, mode="nearest",
-                                   padding_mode="zeros", align_corners=False)[:, 0].round().long()
+        out_labels = (
+            F.grid_sample(
+                labels[:, None].to(device=device, dtype=torch.float32),
+                grid,
+                mode="nearest",
+                padding_mode="zeros",
+                align_corners=False,
+            )[:, 0]
+            .round()
+            .long()
+        )
     return out, out_labels
 
 
-def augment_batch(images: torch.Tensor, labels: torch.Tensor | None, patch: tuple[int, int],
-                  centres: torch.Tensor, config: AugmentConfig,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+def augment_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    patch: tuple[int, int],
+    centres: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Crop ``patch`` around ``centres`` with random spatial and intensity transforms.
 
     Parameters
@@ -248,15 +272,15 @@ def _scanner_transforms(out: torch.Tensor, config: AugmentConfig, chosen, unifor
         out = torch.where(per_sample(bias_on) > 0, out * torch.exp(field)[:, None], out)
     for i in torch.nonzero(low_on).flatten().tolist():  # per sample: each has its own size
         size = (max(int(h / float(factor[i, 0])), 8), max(int(w / float(factor[i, 1])), 8))
-        small = F.interpolate(out[i:i + 1], size=size, mode="bilinear", align_corners=False, antialias=True)
-        out[i:i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        small = F.interpolate(out[i : i + 1], size=size, mode="bilinear", align_corners=False, antialias=True)
+        out[i : i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     for i in torch.nonzero(blur_on).flatten().tolist():
         s = float(sigma[i])
         radius = max(int(math.ceil(3 * s)), 1)
         t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
         kernel = torch.exp(-0.5 * (t / s) ** 2)
         kernel = kernel / kernel.sum()
-        x = F.pad(out[i:i + 1], (radius, radius, radius, radius), mode="replicate")
+        x = F.pad(out[i : i + 1], (radius, radius, radius, radius), mode="replicate")
         x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-        out[i:i + 1] = F.conv2d(x, kernel.view(1, 1, -1, 1))
+        out[i : i + 1] = F.conv2d(x, kernel.view(1, 1, -1, 1))
     return out

@@ -18,6 +18,7 @@ never reach an artifact). Each artifact is saved, loaded back through `cmrsdk.en
 compared with the eager model (`export.parity`); the bundle is written only when every
 artifact passes, into a temporary directory renamed into place at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,16 @@ import torch
 from torch import nn
 
 import cmrsdk
-from cmrsdk.bundle import (ARTIFACT_KEYS, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, MODEL_KINDS, REGIONS_FROM, Preprocessing,
-                           sha256_file)
+from cmrsdk.bundle import (
+    ARTIFACT_KEYS,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    MODEL_KINDS,
+    REGIONS_FROM,
+    Preprocessing,
+    sha256_file,
+)
 from cmrsdk.engines import BACKENDS, create_engine
 from cmrsdk.engines.tensorrt import tensorrt_missing
 from cmrsdk.errors import BundleError, InputError, WriteError
@@ -119,18 +128,31 @@ def _export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path) -> 
     batch = torch.export.Dim("batch", min=1, max=4096)
     auto = torch.export.Dim.AUTO
     # torch 2.14's exporter is the dynamo one: dynamic_shapes keyed by forward's argument name
-    torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["probabilities"],
-                      opset_version=ONNX_OPSET, dynamo=True, external_data=False,
-                      dynamic_shapes={"image": {0: batch, 2: auto, 3: auto}}, verbose=False)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["probabilities"],
+        opset_version=ONNX_OPSET,
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes={"image": {0: batch, 2: auto, 3: auto}},
+        verbose=False,
+    )
     proto = onnx.load(str(path))
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if opset < ONNX_OPSET or not dim0.dim_param:
-        raise BundleError(f"{path}: ONNX export wrote opset {opset} and batch axis {dim0}, expected opset >= {ONNX_OPSET} and a dynamic batch")
+        raise BundleError(
+            f"{path}: ONNX export wrote opset {opset} and batch axis {dim0}, expected opset >= {ONNX_OPSET} and a dynamic batch"
+        )
     return opset
 
 
-def tensorrt_shapes(size: tuple[int, int], heart_crop: tuple[int, int] | None, max_batch: int) -> dict[str, tuple[int, int, int, int]]:
+def tensorrt_shapes(
+    size: tuple[int, int], heart_crop: tuple[int, int] | None, max_batch: int
+) -> dict[str, tuple[int, int, int, int]]:
     """The (N, 1, H, W) range a TensorRT artifact is compiled for: what the pipeline feeds it.
 
     Batch 1..``max_batch``; height and width from the heart crop (or the full window, for a
@@ -146,11 +168,16 @@ def tensorrt_shapes(size: tuple[int, int], heart_crop: tuple[int, int] | None, m
     low = tuple(heart_crop) if heart_crop is not None else tuple(size)
     if max_batch < 1 or not all(0 < lo <= hi for lo, hi in zip(low, size)):
         raise InputError(f"'heart_crop' {heart_crop} must fit in 'size' {size} and 'max_batch' {max_batch} be >= 1")
-    return {"min_shape": (1, 1, *low), "opt_shape": (min(16, max_batch), 1, *low),  # type: ignore[dict-item]
-            "max_shape": (max_batch, 1, *size)}
+    return {
+        "min_shape": (1, 1, *low),
+        "opt_shape": (min(16, max_batch), 1, *low),  # type: ignore[dict-item]
+        "max_shape": (max_batch, 1, *size),
+    }
 
 
-def _export_tensorrt(model: ProbabilityModel, shapes: Mapping[str, tuple[int, ...]], path: Path, precision: str) -> None:
+def _export_tensorrt(
+    model: ProbabilityModel, shapes: Mapping[str, tuple[int, ...]], path: Path, precision: str
+) -> None:
     """Compile for the dynamic range ``shapes`` (`tensorrt_shapes`) and save an ExportedProgram.
 
     NOT EXECUTED on this project's machines yet (no GPU, no torch-tensorrt where it was written,
@@ -167,15 +194,20 @@ def _export_tensorrt(model: ProbabilityModel, shapes: Mapping[str, tuple[int, ..
     spec = torch_tensorrt.Input(**shapes, dtype=torch.float32)
     example = torch.randn(*shapes["opt_shape"], device="cuda")
     batch = torch.export.Dim("batch", min=1, max=int(shapes["max_shape"][0]))
-    exported = torch.export.export(module, (example,), dynamic_shapes={"image": {0: batch, 2: torch.export.Dim.AUTO,
-                                                                                 3: torch.export.Dim.AUTO}})
+    exported = torch.export.export(
+        module, (example,), dynamic_shapes={"image": {0: batch, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}}
+    )
     compiled = torch_tensorrt.dynamo.compile(exported, inputs=[spec])
     torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=[spec])
 
 
 def _versions() -> dict[str, str]:
-    versions = {"cmrsdk": cmrsdk.__version__, "torch": torch.__version__, "python": platform.python_version(),
-                "numpy": np.__version__}
+    versions = {
+        "cmrsdk": cmrsdk.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
     for module in ("onnx", "onnxruntime", "torch_tensorrt"):
         try:
             versions[module] = __import__(module).__version__
@@ -241,8 +273,17 @@ def build_bundle(
             with torch.inference_mode():
                 classes = _check_output(name, kinds[name], model(example), preprocessing.size, 2)
             checks = _parity_references(model, kinds[name], slices, preprocessing)
-            files, extra = _export_artifacts(model, name, kinds[name], example, staging, formats, preprocessing,
-                                             max_batch, tensorrt=trt_missing is None)
+            files, extra = _export_artifacts(
+                model,
+                name,
+                kinds[name],
+                example,
+                staging,
+                formats,
+                preprocessing,
+                max_batch,
+                tensorrt=trt_missing is None,
+            )
             artifacts, parity = _check_artifacts(files, checks, real, extra)
             records[name] = _model_record(net, info, kinds[name], classes, preprocessing.size, artifacts, parity, extra)
         skipped = {"tensorrt": trt_missing} if "tensorrt" in formats and trt_missing is not None else {}
@@ -256,8 +297,13 @@ def build_bundle(
 
 # -- the steps of build_bundle ----------------------------------------------------------------
 
-def _check_models(models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]], routing: Mapping[int, str],
-                  formats: Sequence[str], regions_from: str | None) -> tuple[dict[str, str], str | None]:
+
+def _check_models(
+    models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]],
+    routing: Mapping[int, str],
+    formats: Sequence[str],
+    regions_from: str | None,
+) -> tuple[dict[str, str], str | None]:
     """Validate `build_bundle`'s arguments; returns model name -> kind, and the classifier's name or None."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
@@ -274,19 +320,26 @@ def _check_models(models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]], rou
         kinds[name] = kind
     classifiers = [n for n, k in kinds.items() if k == "classifier"]
     if len(classifiers) > 1:
-        raise InputError(f"'models' holds {len(classifiers)} classifiers {classifiers}, a bundle routes with at most one")
+        raise InputError(
+            f"'models' holds {len(classifiers)} classifiers {classifiers}, a bundle routes with at most one"
+        )
     for region, name in routing.items():
         if region not in REGION_NAMES or kinds.get(name) != "segmentation":
-            raise InputError(f"'routing' maps {region!r} to {name!r}: expected region codes {sorted(REGION_NAMES)} "
-                             f"and segmentation model names {sorted(n for n, k in kinds.items() if k == 'segmentation')}")
+            raise InputError(
+                f"'routing' maps {region!r} to {name!r}: expected region codes {sorted(REGION_NAMES)} "
+                f"and segmentation model names {sorted(n for n, k in kinds.items() if k == 'segmentation')}"
+            )
     if regions_from not in (None, *REGIONS_FROM) or (regions_from == "classifier" and not classifiers):
-        raise InputError(f"'regions_from' must be one of {REGIONS_FROM} ('classifier' needs a classifier model), "
-                         f"got {regions_from!r}")
+        raise InputError(
+            f"'regions_from' must be one of {REGIONS_FROM} ('classifier' needs a classifier model), "
+            f"got {regions_from!r}"
+        )
     return kinds, classifiers[0] if classifiers else None
 
 
-def _parity_references(model: nn.Module, kind: str, slices: np.ndarray,
-                       preprocessing: Preprocessing) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
+def _parity_references(
+    model: nn.Module, kind: str, slices: np.ndarray, preprocessing: Preprocessing
+) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int]]]:
     """(inputs float32 (N, 1, h, w), eager outputs, (h, w)) at each size the pipeline runs the model.
 
     Every artifact is checked at the full window, and a U-Net of a bundle with a heart crop at
@@ -297,14 +350,23 @@ def _parity_references(model: nn.Module, kind: str, slices: np.ndarray,
     crop = preprocessing.heart_crop
     if kind == "segmentation" and crop is not None and tuple(crop) != tuple(size):
         y0, x0 = (size[0] - crop[0]) // 2, (size[1] - crop[1]) // 2
-        cropped = np.ascontiguousarray(slices[:, :, y0:y0 + crop[0], x0:x0 + crop[1]])
+        cropped = np.ascontiguousarray(slices[:, :, y0 : y0 + crop[0], x0 : x0 + crop[1]])
         checks.append((cropped, eager_probabilities(model, cropped), (crop[0], crop[1])))
     return checks
 
 
-def _export_artifacts(model: nn.Module, name: str, kind: str, example: torch.Tensor, staging: Path,
-                      formats: Sequence[str], preprocessing: Preprocessing, max_batch: int, *,
-                      tensorrt: bool) -> tuple[dict[str, Path], dict[str, Any]]:
+def _export_artifacts(
+    model: nn.Module,
+    name: str,
+    kind: str,
+    example: torch.Tensor,
+    staging: Path,
+    formats: Sequence[str],
+    preprocessing: Preprocessing,
+    max_batch: int,
+    *,
+    tensorrt: bool,
+) -> tuple[dict[str, Path], dict[str, Any]]:
     """Write the model's artifacts into ``staging``; returns artifact key -> file, and the extra
     manifest entries of the model (ONNX opset, TensorRT batch and shapes)."""
     files: dict[str, Path] = {}
@@ -327,8 +389,12 @@ def _export_artifacts(model: nn.Module, name: str, kind: str, example: torch.Ten
     return files, extra
 
 
-def _check_artifacts(files: Mapping[str, Path], checks: Sequence[tuple[np.ndarray, np.ndarray, tuple[int, int]]],
-                     real: int, extra: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _check_artifacts(
+    files: Mapping[str, Path],
+    checks: Sequence[tuple[np.ndarray, np.ndarray, tuple[int, int]]],
+    real: int,
+    extra: Mapping[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Reload every artifact in each engine that can run it here and compare it with the eager model.
 
     Returns the manifest's ``artifacts`` entries and ``parity`` records; raises ParityError
@@ -353,17 +419,32 @@ def _check_artifacts(files: Mapping[str, Path], checks: Sequence[tuple[np.ndarra
             for x, ref, hw in checks:
                 result: ParityResult = check_parity(key, engine, ref, x, real)
                 parity.append({**result.to_json(), "input_hw": list(hw)})
-        artifacts[key] = {"file": path.name, "format": backend, "precision": precision,
-                          "sha256": sha256_file(path), "size": path.stat().st_size}
+        artifacts[key] = {
+            "file": path.name,
+            "format": backend,
+            "precision": precision,
+            "sha256": sha256_file(path),
+            "size": path.stat().st_size,
+        }
         if backend == "tensorrt":
             # what select_artifact checks: TensorRT refuses sizes outside its profile
-            artifacts[key]["input_hw"] = {"min": list(extra["tensorrt_shapes"]["min_shape"][2:]),
-                                          "max": list(extra["tensorrt_shapes"]["max_shape"][2:])}
+            artifacts[key]["input_hw"] = {
+                "min": list(extra["tensorrt_shapes"]["min_shape"][2:]),
+                "max": list(extra["tensorrt_shapes"]["max_shape"][2:]),
+            }
     return artifacts, parity
 
 
-def _model_record(net: nn.Module, info: Mapping[str, Any], kind: str, classes: int, size: tuple[int, int],
-                  artifacts: dict[str, Any], parity: list[dict[str, Any]], extra: Mapping[str, Any]) -> dict[str, Any]:
+def _model_record(
+    net: nn.Module,
+    info: Mapping[str, Any],
+    kind: str,
+    classes: int,
+    size: tuple[int, int],
+    artifacts: dict[str, Any],
+    parity: list[dict[str, Any]],
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
     """The manifest's entry for one model."""
     return {
         "kind": kind,
@@ -379,8 +460,14 @@ def _model_record(net: nn.Module, info: Mapping[str, Any], kind: str, classes: i
     }
 
 
-def _manifest(records: dict[str, Any], routing: Mapping[int, str], preprocessing: Preprocessing, classifier: str | None,
-              regions_from: str | None, skipped: dict[str, str]) -> dict[str, Any]:
+def _manifest(
+    records: dict[str, Any],
+    routing: Mapping[int, str],
+    preprocessing: Preprocessing,
+    classifier: str | None,
+    regions_from: str | None,
+    skipped: dict[str, str],
+) -> dict[str, Any]:
     """The bundle's ``manifest.json`` content."""
     return {
         "format": FORMAT_NAME,
@@ -422,10 +509,13 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     net, meta = load_trained_model(path)  # raises ReadError naming the file
     spec = meta["model"]
     args = ", ".join(f"{k}={v!r}" for k, v in sorted(spec.get("kwargs", {}).items()))
-    info = {"kind": "segmentation" if meta.get("task") == "segmentation" else "classifier",
-            "architecture": f"{spec['name']}({args})",
-            "training": {"config": meta.get("config", {}), "iteration": meta.get("iteration"), "checkpoint": str(path)},
-            "metrics": meta.get("metrics", {}), "preprocessing": meta.get("preprocessing") or {}}
+    info = {
+        "kind": "segmentation" if meta.get("task") == "segmentation" else "classifier",
+        "architecture": f"{spec['name']}({args})",
+        "training": {"config": meta.get("config", {}), "iteration": meta.get("iteration"), "checkpoint": str(path)},
+        "metrics": meta.get("metrics", {}),
+        "preprocessing": meta.get("preprocessing") or {},
+    }
     return net, info
 
 
@@ -439,24 +529,35 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
-def _preprocessing(args: argparse.Namespace, models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]]) -> Preprocessing:
+def _preprocessing(
+    args: argparse.Namespace, models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]]
+) -> Preprocessing:
     """The bundle's preprocessing: the command-line values, else the one all checkpoints share."""
     values: dict[str, Any] = {}
-    for key, flag in (("target_spacing", args.target_spacing), ("size", args.size), ("normalization", args.normalization)):
+    for key, flag in (
+        ("target_spacing", args.target_spacing),
+        ("size", args.size),
+        ("normalization", args.normalization),
+    ):
         if flag is not None:
             values[key] = tuple(flag) if isinstance(flag, list) else flag
             continue
         seen = {name: info.get("preprocessing", {}).get(key) for name, (_, info) in models.items()}
         found = {json.dumps(v) for v in seen.values() if v is not None}
         if len(found) != 1:
-            raise InputError(f"'--{key.replace('_', '-')}' is not given and the checkpoints do not agree on one: {seen}")
+            raise InputError(
+                f"'--{key.replace('_', '-')}' is not given and the checkpoints do not agree on one: {seen}"
+            )
         value = json.loads(found.pop())
         if key == "size" and isinstance(value, int):  # the trainer records a square size as one int
             value = [value, value]
         values[key] = tuple(value) if isinstance(value, list) else value
-    return Preprocessing(tuple(float(v) for v in values["target_spacing"]),  # type: ignore[arg-type]
-                         tuple(int(v) for v in values["size"]), str(values["normalization"]),  # type: ignore[arg-type]
-                         tuple(args.heart_crop) if args.heart_crop else None)  # type: ignore[arg-type]
+    return Preprocessing(
+        tuple(float(v) for v in values["target_spacing"]),  # type: ignore[arg-type]
+        tuple(int(v) for v in values["size"]),
+        str(values["normalization"]),  # type: ignore[arg-type]
+        tuple(args.heart_crop) if args.heart_crop else None,
+    )  # type: ignore[arg-type]
 
 
 def cache_examples(cache_dir: str | Path, count: int = 32) -> np.ndarray:
@@ -474,27 +575,65 @@ def cache_examples(cache_dir: str | Path, count: int = 32) -> np.ndarray:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m export.bundle``: checkpoints in, verified bundle directory out."""
     parser = argparse.ArgumentParser(prog="python -m export.bundle", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoints", nargs="+", required=True, metavar="NAME=PATH",
-                        help="trained checkpoints by model name (e.g. baseline=, base=, middle=, apex=, classifier=)")
-    parser.add_argument("--routing", nargs="*", default=None, metavar="REGION=NAME",
-                        help="region code -> model; default: 0 baseline, 1 base, 2 middle, 3 apex, "
-                             "each falling back to baseline when absent")
-    parser.add_argument("--target-spacing", nargs=2, type=float, default=None, metavar=("DY", "DX"),
-                        help="mm; default: the checkpoints' own (they must agree)")
-    parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
-                        help="network input size; default: the checkpoints' own")
+    parser.add_argument(
+        "--checkpoints",
+        nargs="+",
+        required=True,
+        metavar="NAME=PATH",
+        help="trained checkpoints by model name (e.g. baseline=, base=, middle=, apex=, classifier=)",
+    )
+    parser.add_argument(
+        "--routing",
+        nargs="*",
+        default=None,
+        metavar="REGION=NAME",
+        help="region code -> model; default: 0 baseline, 1 base, 2 middle, 3 apex, "
+        "each falling back to baseline when absent",
+    )
+    parser.add_argument(
+        "--target-spacing",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("DY", "DX"),
+        help="mm; default: the checkpoints' own (they must agree)",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("H", "W"),
+        help="network input size; default: the checkpoints' own",
+    )
     parser.add_argument("--normalization", default=None, help="default: the checkpoints' own")
-    parser.add_argument("--heart-crop", nargs=2, type=int, default=None, metavar=("H", "W"),
-                        help="default window of the U-Nets around the heart (pipeline's heart_crop); "
-                             "default: none (the full window)")
-    parser.add_argument("--examples", type=Path, default=None, help=".npy float32 (N, 1, H, W) real normalised slices for parity")
-    parser.add_argument("--examples-from-cache", type=Path, default=None, metavar="CACHE",
-                        help="take the parity slices from an export.data slice cache instead (its validation patients)")
+    parser.add_argument(
+        "--heart-crop",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("H", "W"),
+        help="default window of the U-Nets around the heart (pipeline's heart_crop); default: none (the full window)",
+    )
+    parser.add_argument(
+        "--examples", type=Path, default=None, help=".npy float32 (N, 1, H, W) real normalised slices for parity"
+    )
+    parser.add_argument(
+        "--examples-from-cache",
+        type=Path,
+        default=None,
+        metavar="CACHE",
+        help="take the parity slices from an export.data slice cache instead (its validation patients)",
+    )
     parser.add_argument("--examples-count", type=int, default=32, help="slices taken with --examples-from-cache")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     parser.add_argument("--max-batch", type=int, default=64)
-    parser.add_argument("--regions-from", default=None, choices=REGIONS_FROM,
-                        help="routed mode's default region source (default: the classifier when given, else segmentation)")
+    parser.add_argument(
+        "--regions-from",
+        default=None,
+        choices=REGIONS_FROM,
+        help="routed mode's default region source (default: the classifier when given, else segmentation)",
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
     args = parser.parse_args(argv)
@@ -504,23 +643,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             routing = {int(k): v for k, v in _pairs(args.routing, "--routing").items()}
         else:
             fallback = "baseline" if "baseline" in models else None
-            routing = {code: name if name in models else fallback for code, name in
-                       ((0, "baseline"), (1, "base"), (2, "middle"), (3, "apex"))}
+            routing = {
+                code: name if name in models else fallback
+                for code, name in ((0, "baseline"), (1, "base"), (2, "middle"), (3, "apex"))
+            }
             routing = {k: v for k, v in routing.items() if v is not None}
         examples = np.load(args.examples) if args.examples else None
         if args.examples_from_cache is not None:
             examples = cache_examples(args.examples_from_cache, args.examples_count)
-        path = build_bundle(models, routing, _preprocessing(args, models),
-                            args.output, examples, args.formats, max_batch=args.max_batch, overwrite=args.overwrite,
-                            regions_from=args.regions_from)
+        path = build_bundle(
+            models,
+            routing,
+            _preprocessing(args, models),
+            args.output,
+            examples,
+            args.formats,
+            max_batch=args.max_batch,
+            overwrite=args.overwrite,
+            regions_from=args.regions_from,
+        )
     except (cmrsdk.CmrError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     manifest = json.loads((path / MANIFEST_NAME).read_text())
     for name, record in manifest["models"].items():
         for p in record["parity"]:
-            print(f"{name:>12} {p['artifact']:>14} {p['device']:>4} {p['precision']}: max|dp| {p['max_abs_diff']:.2e}, "
-                  f"argmax agreement {p['argmax_agreement']:.5f}")
+            print(
+                f"{name:>12} {p['artifact']:>14} {p['device']:>4} {p['precision']}: max|dp| {p['max_abs_diff']:.2e}, "
+                f"argmax agreement {p['argmax_agreement']:.5f}"
+            )
     for fmt, why in manifest["skipped"].items():
         print(f"skipped {fmt}: {why}")
     print(f"bundle written to {path}")

@@ -24,6 +24,7 @@ canonical labels; ``index.npz`` with ``cases`` str (N,), ``phases`` str (N,) "ED
 int64 (N,) slice index in its stack; ``meta.json`` with the build parameters (target
 spacing (dy, dx) mm, size, normalisation, splits).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,18 @@ from cmrsdk.types import Stack
 
 __all__ = [
     "synthetic_study_slices",
-    "concatenate", "stack_slices",
-    "CACHE_VERSION", "SliceSet", "acdc_patients", "split_patients", "prepare_stack",
-    "build_cache", "write_cache", "load_cache", "open_cache", "synthetic_slices",
+    "concatenate",
+    "stack_slices",
+    "CACHE_VERSION",
+    "SliceSet",
+    "acdc_patients",
+    "split_patients",
+    "prepare_stack",
+    "build_cache",
+    "write_cache",
+    "load_cache",
+    "open_cache",
+    "synthetic_slices",
 ]
 
 #: bumped whenever the cache content or layout changes, so stale caches are rebuilt.
@@ -89,9 +99,16 @@ class SliceSet:
         index = np.asarray(indices)
         if index.dtype == np.bool_:
             index = np.flatnonzero(index)
-        return SliceSet(np.ascontiguousarray(self.images[index]), np.ascontiguousarray(self.labels[index]),
-                        self.cases[index], self.phases[index], self.regions[index], self.positions[index],
-                        self.z[index], dict(self.meta))
+        return SliceSet(
+            np.ascontiguousarray(self.images[index]),
+            np.ascontiguousarray(self.labels[index]),
+            self.cases[index],
+            self.phases[index],
+            self.regions[index],
+            self.positions[index],
+            self.z[index],
+            dict(self.meta),
+        )
 
     def select(self, *, cases: Iterable[str] | None = None, regions: Iterable[int] | None = None) -> "SliceSet":
         """The slices of the given ``cases`` and / or ``regions`` (None: all)."""
@@ -125,8 +142,9 @@ def patient_number(patient: str) -> int:
     return int(digits)
 
 
-def split_patients(patients: Sequence[str], *, test_every: int = 5, val_fraction: float = 0.15,
-                   seed: int = 0) -> dict[str, list[str]]:
+def split_patients(
+    patients: Sequence[str], *, test_every: int = 5, val_fraction: float = 0.15, seed: int = 0
+) -> dict[str, list[str]]:
     """A fixed, seeded, patient-level split into "train", "val" and "test".
 
     Parameters
@@ -146,14 +164,21 @@ def split_patients(patients: Sequence[str], *, test_every: int = 5, val_fraction
     rest = [p for p in ordered if p not in test]
     n_val = int(round(val_fraction * len(rest)))
     val_index = set(np.random.default_rng(seed).choice(len(rest), size=n_val, replace=False).tolist())
-    return {"train": [p for i, p in enumerate(rest) if i not in val_index],
-            "val": [p for i, p in enumerate(rest) if i in val_index],
-            "test": test}
+    return {
+        "train": [p for i, p in enumerate(rest) if i not in val_index],
+        "val": [p for i, p in enumerate(rest) if i in val_index],
+        "test": test,
+    }
 
 
-def prepare_stack(stack: Stack, *, target_spacing: tuple[float, float], size: int,
-                  normalization: str = "robust_zscore", threads: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def prepare_stack(
+    stack: Stack,
+    *,
+    target_spacing: tuple[float, float],
+    size: int,
+    normalization: str = "robust_zscore",
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Preprocess one labelled stack as the runtime pipeline does.
 
     Parameters
@@ -173,43 +198,90 @@ def prepare_stack(stack: Stack, *, target_spacing: tuple[float, float], size: in
     if stack.labels is None:
         raise InputError(f"stack from {stack.source or 'memory'} has no labels to train on")
     spacing_yx = (stack.spacing[1], stack.spacing[2])
-    images, transform = prepare_slices(stack.pixels, spacing_yx, target_spacing=target_spacing, size=(size, size),
-                                       normalization=normalization, threads=threads)
+    images, transform = prepare_slices(
+        stack.pixels,
+        spacing_yx,
+        target_spacing=target_spacing,
+        size=(size, size),
+        normalization=normalization,
+        threads=threads,
+    )
     resampled = resample_labels(stack.labels, spacing_yx, shape=transform.resampled_shape, threads=threads)
     labels, offset = crop_or_pad(resampled, (size, size))
     if tuple(offset) != tuple(transform.offset):
         # both crop around the resampled image centre; a mismatch would misalign labels silently
-        raise InputError(f"label window offset {tuple(offset)} differs from the image window offset "
-                         f"{tuple(transform.offset)} for {stack.source}")
-    return (np.ascontiguousarray(images[:, 0], dtype=np.float32), np.ascontiguousarray(labels, dtype=np.uint8),
-            slice_regions(stack.labels), slice_positions(stack.labels))
+        raise InputError(
+            f"label window offset {tuple(offset)} differs from the image window offset "
+            f"{tuple(transform.offset)} for {stack.source}"
+        )
+    return (
+        np.ascontiguousarray(images[:, 0], dtype=np.float32),
+        np.ascontiguousarray(labels, dtype=np.uint8),
+        slice_regions(stack.labels),
+        slice_positions(stack.labels),
+    )
 
 
-def stack_slices(stacks: Iterable[tuple[str, str, Stack]], *, target_spacing: tuple[float, float], size: int,
-                 normalization: str = "robust_zscore", threads: int | None = None,
-                 meta: dict[str, Any] | None = None) -> SliceSet:
+def stack_slices(
+    stacks: Iterable[tuple[str, str, Stack]],
+    *,
+    target_spacing: tuple[float, float],
+    size: int,
+    normalization: str = "robust_zscore",
+    threads: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> SliceSet:
     """The slices of labelled stacks, each prepared by :func:`prepare_stack`, as one SliceSet.
 
     stacks : (case, phase, Stack) triples; every slice keeps its case, phase and index z.
     meta : the set's metadata (default: target spacing, size and normalisation).
     """
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")
+    }
     for case, phase, stack in stacks:
-        images, labels, regions, positions = prepare_stack(stack, target_spacing=target_spacing, size=size,
-                                                           normalization=normalization, threads=threads)
+        images, labels, regions, positions = prepare_stack(
+            stack, target_spacing=target_spacing, size=size, normalization=normalization, threads=threads
+        )
         n = images.shape[0]
-        for key, value in (("images", images), ("labels", labels), ("regions", regions), ("positions", positions),
-                           ("z", np.arange(n, dtype=np.int64)), ("cases", np.full(n, case)), ("phases", np.full(n, phase))):
+        for key, value in (
+            ("images", images),
+            ("labels", labels),
+            ("regions", regions),
+            ("positions", positions),
+            ("z", np.arange(n, dtype=np.int64)),
+            ("cases", np.full(n, case)),
+            ("phases", np.full(n, phase)),
+        ):
             parts[key].append(value)
     a = {k: np.concatenate(v) for k, v in parts.items()}
-    meta = {"target_spacing": list(target_spacing), "size": int(size), "normalization": normalization} if meta is None else meta
-    return SliceSet(a["images"], a["labels"], a["cases"].astype(str), a["phases"].astype(str), a["regions"],
-                    a["positions"], a["z"], meta)
+    meta = (
+        {"target_spacing": list(target_spacing), "size": int(size), "normalization": normalization}
+        if meta is None
+        else meta
+    )
+    return SliceSet(
+        a["images"],
+        a["labels"],
+        a["cases"].astype(str),
+        a["phases"].astype(str),
+        a["regions"],
+        a["positions"],
+        a["z"],
+        meta,
+    )
 
 
-def build_cache(root: str | Path, cache_dir: str | Path, *, splits: dict[str, list[str]], size: int = 224,
-                normalization: str = "robust_zscore", target_spacing: tuple[float, float] | None = None,
-                threads: int | None = None) -> SliceSet:
+def build_cache(
+    root: str | Path,
+    cache_dir: str | Path,
+    *,
+    splits: dict[str, list[str]],
+    size: int = 224,
+    normalization: str = "robust_zscore",
+    target_spacing: tuple[float, float] | None = None,
+    threads: int | None = None,
+) -> SliceSet:
     """Preprocess the "train" and "val" patients of ``splits`` and write the cache.
 
     The target spacing, when not given, is the median in-plane (dy, dx) spacing of the
@@ -225,11 +297,18 @@ def build_cache(root: str | Path, cache_dir: str | Path, *, splits: dict[str, li
         spacings = np.array([s.spacing[1:] for p in splits["train"] for s in (studies[p].ed, studies[p].es)])
         target_spacing = (float(np.median(spacings[:, 0])), float(np.median(spacings[:, 1])))
     stacks = ((p, phase, studies[p].ed if phase == "ED" else studies[p].es) for p in patients for phase in ("ED", "ES"))
-    slices = stack_slices(stacks, target_spacing=target_spacing, size=size, normalization=normalization, threads=threads)
-    slices.meta.update({
-        "version": CACHE_VERSION, "source": str(root), "splits": splits, "slices": len(slices),
-        "build_seconds": round(time.perf_counter() - started, 1),
-    })
+    slices = stack_slices(
+        stacks, target_spacing=target_spacing, size=size, normalization=normalization, threads=threads
+    )
+    slices.meta.update(
+        {
+            "version": CACHE_VERSION,
+            "source": str(root),
+            "splits": splits,
+            "slices": len(slices),
+            "build_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     return write_cache(cache_dir, slices)
 
 
@@ -244,9 +323,14 @@ def write_cache(cache_dir: str | Path, slices: SliceSet) -> SliceSet:
     tmp.mkdir(parents=True)
     np.save(tmp / "images.npy", np.asarray(slices.images, dtype=np.float32))
     np.save(tmp / "labels.npy", np.asarray(slices.labels, dtype=np.uint8))
-    np.savez(tmp / "index.npz", cases=slices.cases.astype(str), phases=slices.phases.astype(str),
-             regions=slices.regions.astype(np.uint8), positions=slices.positions.astype(np.float64),
-             z=slices.z.astype(np.int64))
+    np.savez(
+        tmp / "index.npz",
+        cases=slices.cases.astype(str),
+        phases=slices.phases.astype(str),
+        regions=slices.regions.astype(np.uint8),
+        positions=slices.positions.astype(np.float64),
+        z=slices.z.astype(np.int64),
+    )
     (tmp / "meta.json").write_text(json.dumps({**slices.meta, "version": CACHE_VERSION}, indent=1))
     if cache_dir.exists():
         shutil.rmtree(cache_dir)
@@ -265,13 +349,29 @@ def load_cache(cache_dir: str | Path, *, mmap: bool = True) -> SliceSet:
         raise ReadError(meta_path, f"cache 'version' is {meta.get('version')!r}, expected {CACHE_VERSION}")
     index = np.load(cache_dir / "index.npz")
     mode = "r" if mmap else None
-    return SliceSet(np.load(cache_dir / "images.npy", mmap_mode=mode), np.load(cache_dir / "labels.npy", mmap_mode=mode),
-                    index["cases"], index["phases"], index["regions"], index["positions"], index["z"], meta)
+    return SliceSet(
+        np.load(cache_dir / "images.npy", mmap_mode=mode),
+        np.load(cache_dir / "labels.npy", mmap_mode=mode),
+        index["cases"],
+        index["phases"],
+        index["regions"],
+        index["positions"],
+        index["z"],
+        meta,
+    )
 
 
-def open_cache(root: str | Path, cache_dir: str | Path, *, size: int = 224, normalization: str = "robust_zscore",
-               test_every: int = 5, val_fraction: float = 0.15, seed: int = 0,
-               threads: int | None = None) -> SliceSet:
+def open_cache(
+    root: str | Path,
+    cache_dir: str | Path,
+    *,
+    size: int = 224,
+    normalization: str = "robust_zscore",
+    test_every: int = 5,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    threads: int | None = None,
+) -> SliceSet:
     """Load the cache when it was built with these parameters, else (re)build it.
 
     The split is recomputed from the patients under ``root`` and must equal the cached one.
@@ -283,9 +383,12 @@ def open_cache(root: str | Path, cache_dir: str | Path, *, size: int = 224, norm
         cached = load_cache(cache_dir)
         held_out = [c for c in np.unique(cached.cases) if test_every and patient_number(str(c)) % test_every == 0]
         if cached.meta.get("size") != size or cached.meta.get("normalization") != normalization or held_out:
-            raise ReadError(cache_dir, f"does not match the configuration (size {cached.meta.get('size')}, "
-                                       f"normalization {cached.meta.get('normalization')!r}, test patients "
-                                       f"{held_out[:3]}) and {root} is not there to rebuild it")
+            raise ReadError(
+                cache_dir,
+                f"does not match the configuration (size {cached.meta.get('size')}, "
+                f"normalization {cached.meta.get('normalization')!r}, test patients "
+                f"{held_out[:3]}) and {root} is not there to rebuild it",
+            )
         return cached
     splits = split_patients(acdc_patients(root), test_every=test_every, val_fraction=val_fraction, seed=seed)
     if (cache_dir / "meta.json").is_file():
@@ -293,15 +396,25 @@ def open_cache(root: str | Path, cache_dir: str | Path, *, size: int = 224, norm
             cached = load_cache(cache_dir)
         except ReadError:
             cached = None
-        if cached is not None and cached.meta.get("splits") == splits and cached.meta.get("size") == size \
-                and cached.meta.get("normalization") == normalization:
+        if (
+            cached is not None
+            and cached.meta.get("splits") == splits
+            and cached.meta.get("size") == size
+            and cached.meta.get("normalization") == normalization
+        ):
             return cached
     return build_cache(root, cache_dir, splits=splits, size=size, normalization=normalization, threads=threads)
 
 
-def synthetic_study_slices(n_studies: int, *, target_spacing: tuple[float, float], size: int,
-                           normalization: str = "robust_zscore", first_seed: int = 1000,
-                           threads: int | None = None) -> SliceSet:
+def synthetic_study_slices(
+    n_studies: int,
+    *,
+    target_spacing: tuple[float, float],
+    size: int,
+    normalization: str = "robust_zscore",
+    first_seed: int = 1000,
+    threads: int | None = None,
+) -> SliceSet:
     """ED and ES slices of ``n_studies`` `cmrsdk.synth` studies, preprocessed as the ACDC cache is.
 
     Seeds ``first_seed`` .. ``first_seed + n_studies - 1`` (the embedded example uses seed 0, so
@@ -316,15 +429,31 @@ def synthetic_study_slices(n_studies: int, *, target_spacing: tuple[float, float
             yield f"synthetic{seed}", "ED", study.ed
             yield f"synthetic{seed}", "ES", study.es
 
-    return stack_slices(stacks(), target_spacing=target_spacing, size=size, normalization=normalization, threads=threads,
-                        meta={"target_spacing": list(target_spacing), "size": size, "normalization": normalization,
-                              "synthetic_studies": n_studies, "first_seed": first_seed})
+    return stack_slices(
+        stacks(),
+        target_spacing=target_spacing,
+        size=size,
+        normalization=normalization,
+        threads=threads,
+        meta={
+            "target_spacing": list(target_spacing),
+            "size": size,
+            "normalization": normalization,
+            "synthetic_studies": n_studies,
+            "first_seed": first_seed,
+        },
+    )
 
 
 def concatenate(first: SliceSet, second: SliceSet) -> SliceSet:
     """The slices of both sets (in memory), with the first set's metadata."""
-    return SliceSet(*(np.concatenate([getattr(first, k), getattr(second, k)])
-                      for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")), dict(first.meta))
+    return SliceSet(
+        *(
+            np.concatenate([getattr(first, k), getattr(second, k)])
+            for k in ("images", "labels", "cases", "phases", "regions", "positions", "z")
+        ),
+        dict(first.meta),
+    )
 
 
 def synthetic_slices(n: int, *, size: int = 64, seed: int = 0) -> SliceSet:
@@ -361,7 +490,13 @@ def synthetic_slices(n: int, *, size: int = 64, seed: int = 0) -> SliceSet:
             labels[i][d_lv < r] = 1
             image += np.choose(labels[i], [0.0, 0.8, -0.1, 0.7]) + rng.normal(0, 0.05, (size, size))
         images[i] = ((image - image.mean()) / image.std()).astype(np.float32)
-    return SliceSet(images, labels, np.array([f"synthetic{i // 8:03d}" for i in range(n)]),
-                    np.array(["ED" if (i // 4) % 2 == 0 else "ES" for i in range(n)]), regions, positions,
-                    np.arange(n, dtype=np.int64) % 4, {"target_spacing": [1.0, 1.0], "size": size,
-                                                       "normalization": "zscore", "synthetic": True})
+    return SliceSet(
+        images,
+        labels,
+        np.array([f"synthetic{i // 8:03d}" for i in range(n)]),
+        np.array(["ED" if (i // 4) % 2 == 0 else "ES" for i in range(n)]),
+        regions,
+        positions,
+        np.arange(n, dtype=np.int64) % 4,
+        {"target_spacing": [1.0, 1.0], "size": size, "normalization": "zscore", "synthetic": True},
+    )

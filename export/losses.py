@@ -1,4 +1,5 @@
 """Segmentation losses: soft Dice + cross-entropy (nnU-Net's), with deep supervision."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -10,8 +11,9 @@ from torch import nn
 __all__ = ["soft_dice_loss", "DiceCELoss", "DeepSupervisionLoss", "downsample_labels"]
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5,
-                   include_background: bool = False) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, smooth: float = 1e-5, include_background: bool = False
+) -> torch.Tensor:
     """1 - mean soft Dice over classes, computed over the whole batch at once.
 
     Parameters
@@ -66,7 +68,8 @@ class DeepSupervisionLoss(nn.Module):
 
     def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """outputs: logits at decreasing resolutions, full first; target int64 (N, H, W)."""
-        weights = torch.tensor([0.5 ** i for i in range(len(outputs))])
+        weights = torch.tensor([0.5**i for i in range(len(outputs))])
         weights = weights / weights.sum()
-        return sum(float(w) * self.loss(out, downsample_labels(target, out.shape[-2:]))
-                   for w, out in zip(weights, outputs))  # type: ignore[return-value]
+        return sum(
+            float(w) * self.loss(out, downsample_labels(target, out.shape[-2:])) for w, out in zip(weights, outputs)
+        )  # type: ignore[return-value]

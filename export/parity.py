@@ -27,6 +27,7 @@ by 1e-5; the two-pass variance in place of ONNX InstanceNormalization did not ch
 So 1e-4 cannot be met by ONNX Runtime here, and the argmax agreement, the quantity that decides
 a label, is required instead of it on top of the 1e-3 bound.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -99,8 +100,9 @@ class ParityResult:
         return out
 
 
-def parity_inputs(size: tuple[int, int], example_slices: np.ndarray | None = None, *, random_slices: int = 6,
-                  seed: int = 0) -> tuple[np.ndarray, int]:
+def parity_inputs(
+    size: tuple[int, int], example_slices: np.ndarray | None = None, *, random_slices: int = 6, seed: int = 0
+) -> tuple[np.ndarray, int]:
     """The slices a parity check runs: the real ones first, then seeded random ones.
 
     Parameters
@@ -120,7 +122,9 @@ def parity_inputs(size: tuple[int, int], example_slices: np.ndarray | None = Non
         return noise, 0
     real = np.asarray(example_slices)
     if real.dtype != np.float32 or real.ndim != 4 or real.shape[1:] != (1, *size):
-        raise InputError(f"'example_slices' must be float32 (N, 1, {size[0]}, {size[1]}), got {real.dtype} {real.shape}")
+        raise InputError(
+            f"'example_slices' must be float32 (N, 1, {size[0]}, {size[1]}), got {real.dtype} {real.shape}"
+        )
     return np.concatenate([real, noise]), int(real.shape[0])
 
 
@@ -145,7 +149,7 @@ def eager_probabilities(model: nn.Module, slices: np.ndarray, batch_size: int = 
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(slices), batch_size):
-            x = torch.from_numpy(slices[start:start + batch_size]).double()
+            x = torch.from_numpy(slices[start : start + batch_size]).double()
             outputs.append(reference(x).float().numpy())
     return np.concatenate(outputs)
 
@@ -162,7 +166,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]
     (max_abs_diff, argmax_agreement in 0..1)
     """
     if reference.shape != candidate.shape:
-        raise ParityError(f"the artifact's output shape {candidate.shape} differs from the eager model's {reference.shape}")
+        raise ParityError(
+            f"the artifact's output shape {candidate.shape} differs from the eager model's {reference.shape}"
+        )
     if reference.size == 0:
         return 0.0, 1.0
     diff = float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
@@ -186,8 +192,15 @@ def decided_agreement(reference: np.ndarray, candidate: np.ndarray, margin: floa
     return float(same[decided].mean())
 
 
-def check_parity(artifact: str, engine: Engine, reference: np.ndarray, slices: np.ndarray, real_slices: int,
-                 *, batch_sizes: tuple[int, ...] = (1, 3, 8)) -> ParityResult:
+def check_parity(
+    artifact: str,
+    engine: Engine,
+    reference: np.ndarray,
+    slices: np.ndarray,
+    real_slices: int,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 3, 8),
+) -> ParityResult:
     """Run ``engine`` on ``slices`` in several batch sizes and compare with ``reference``.
 
     Parameters
@@ -212,7 +225,7 @@ def check_parity(artifact: str, engine: Engine, reference: np.ndarray, slices: n
     outputs, used, start, i = [], [], 0, 0
     while start < len(slices):
         n = batch_sizes[i % len(batch_sizes)]
-        outputs.append(engine.run(slices[start:start + n]))
+        outputs.append(engine.run(slices[start : start + n]))
         used.append(min(n, len(slices) - start))
         start += n
         i += 1
@@ -227,11 +240,27 @@ def check_parity(artifact: str, engine: Engine, reference: np.ndarray, slices: n
         passed = diff <= tolerance and agreement >= FP16_MIN_ARGMAX_AGREEMENT
     else:
         tolerance, passed = FP32_MAX_ABS_DIFF, diff <= FP32_MAX_ABS_DIFF
-    result = ParityResult(artifact, engine.backend, engine.device, engine.precision, diff, agreement,
-                          int(len(slices)), int(real_slices), tuple(sorted(set(used))), tolerance, bool(passed))
+    result = ParityResult(
+        artifact,
+        engine.backend,
+        engine.device,
+        engine.precision,
+        diff,
+        agreement,
+        int(len(slices)),
+        int(real_slices),
+        tuple(sorted(set(used))),
+        tolerance,
+        bool(passed),
+    )
     if not passed:
-        bound = (f"argmax agreement {agreement:.5f} < {FP16_MIN_ARGMAX_AGREEMENT}" if agreement < FP16_MIN_ARGMAX_AGREEMENT
-                 else f"max abs difference {diff:.3g} > {tolerance}")
-        raise ParityError(f"{engine.path}: {artifact} ({engine.precision}, {engine.device}) fails parity with the eager model: "
-                          f"{bound} on {len(slices)} slices ({real_slices} real)")
+        bound = (
+            f"argmax agreement {agreement:.5f} < {FP16_MIN_ARGMAX_AGREEMENT}"
+            if agreement < FP16_MIN_ARGMAX_AGREEMENT
+            else f"max abs difference {diff:.3g} > {tolerance}"
+        )
+        raise ParityError(
+            f"{engine.path}: {artifact} ({engine.precision}, {engine.device}) fails parity with the eager model: "
+            f"{bound} on {len(slices)} slices ({real_slices} real)"
+        )
     return result

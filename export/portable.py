@@ -14,6 +14,7 @@ Commands::
     python -m export.portable pack-heldout .gpu/heldout.npz.xz --acdc ../shared/data/acdc --mnms ../shared/data/mnms
     python -m export.portable unpack .gpu/acdc_224.npz.xz cache/acdc_224
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,17 +49,29 @@ def pack(slices: SliceSet, path: str | Path) -> dict[str, float]:
     q = np.round((images - lo[:, None, None]) / scale[:, None, None]).clip(0, 255).astype(np.uint8)
     error = q * scale[:, None, None] + lo[:, None, None] - images
     buffer = io.BytesIO()
-    np.savez(buffer, q=q, lo=lo, scale=scale, labels=np.asarray(slices.labels, np.uint8), cases=slices.cases.astype(str),
-             phases=slices.phases.astype(str), regions=slices.regions.astype(np.uint8),
-             positions=slices.positions.astype(np.float64), z=slices.z.astype(np.int64),
-             meta=np.array(json.dumps(slices.meta)))
+    np.savez(
+        buffer,
+        q=q,
+        lo=lo,
+        scale=scale,
+        labels=np.asarray(slices.labels, np.uint8),
+        cases=slices.cases.astype(str),
+        phases=slices.phases.astype(str),
+        regions=slices.regions.astype(np.uint8),
+        positions=slices.positions.astype(np.float64),
+        z=slices.z.astype(np.int64),
+        meta=np.array(json.dumps(slices.meta)),
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(lzma.compress(buffer.getvalue(), preset=6))
     tmp.replace(path)
-    return {"bytes": path.stat().st_size, "rms_error": float(np.sqrt(np.mean(error ** 2))) if error.size else 0.0,
-            "max_error": float(np.abs(error).max()) if error.size else 0.0}
+    return {
+        "bytes": path.stat().st_size,
+        "rms_error": float(np.sqrt(np.mean(error**2))) if error.size else 0.0,
+        "max_error": float(np.abs(error).max()) if error.size else 0.0,
+    }
 
 
 def unpack(path: str | Path) -> SliceSet:
@@ -69,14 +82,22 @@ def unpack(path: str | Path) -> SliceSet:
         images = data["q"].astype(np.float32) * data["scale"][:, None, None] + data["lo"][:, None, None]
         meta = json.loads(str(data["meta"]))
         meta["quantized_bits"] = 8
-        return SliceSet(images, data["labels"], data["cases"], data["phases"], data["regions"], data["positions"],
-                        data["z"], meta)
+        return SliceSet(
+            images, data["labels"], data["cases"], data["phases"], data["regions"], data["positions"], data["z"], meta
+        )
     except (OSError, EOFError, lzma.LZMAError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as exc:
         raise ReadError(path, f"is not a slice pack written by export.portable: {exc}") from exc
 
 
-def heldout_slices(acdc_root: str | Path | None, mnms_root: str | Path | None, *, target_spacing: tuple[float, float],
-                   size: int, normalization: str = "robust_zscore", test_every: int = 5) -> SliceSet:
+def heldout_slices(
+    acdc_root: str | Path | None,
+    mnms_root: str | Path | None,
+    *,
+    target_spacing: tuple[float, float],
+    size: int,
+    normalization: str = "robust_zscore",
+    test_every: int = 5,
+) -> SliceSet:
     """ED and ES slices of the ACDC test split and of every M&Ms subject, as the pipeline prepares them.
 
     Cases are named ``acdc/patientNNN`` and ``mnms/SUBJECT``; regions and positions come from
@@ -100,9 +121,13 @@ def heldout_slices(acdc_root: str | Path | None, mnms_root: str | Path | None, *
             yield case, "ED", study.ed
             yield case, "ES", study.es
 
-    return stack_slices(stacks(), target_spacing=target_spacing, size=size, normalization=normalization,
-                        meta={"target_spacing": list(target_spacing), "size": size, "normalization": normalization,
-                              "heldout": True})
+    return stack_slices(
+        stacks(),
+        target_spacing=target_spacing,
+        size=size,
+        normalization=normalization,
+        meta={"target_spacing": list(target_spacing), "size": size, "normalization": normalization, "heldout": True},
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         stats = pack(load_cache(args.cache, mmap=False), args.pack)
     elif args.command == "pack-heldout":
         meta = load_cache(args.cache).meta
-        slices = heldout_slices(args.acdc, args.mnms, target_spacing=tuple(meta["target_spacing"]), size=int(meta["size"]),
-                                normalization=meta["normalization"])
+        slices = heldout_slices(
+            args.acdc,
+            args.mnms,
+            target_spacing=tuple(meta["target_spacing"]),
+            size=int(meta["size"]),
+            normalization=meta["normalization"],
+        )
         stats = pack(slices, args.pack)
     else:
         slices = write_cache(args.cache, unpack(args.pack))

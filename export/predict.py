@@ -12,6 +12,7 @@ slices and, per run, float32 (N, 4) softmax probabilities under the run's name.
 ``--update`` replaces (or adds) the named runs' probabilities in an existing file of the same
 slices and keeps the others'.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ from .train import _predict, load_trained_model
 __all__ = ["classifier_probabilities", "main"]
 
 
-def classifier_probabilities(checkpoint: str | Path, images: np.ndarray, *, device: str = "cpu", batch: int = 64) -> np.ndarray:
+def classifier_probabilities(
+    checkpoint: str | Path, images: np.ndarray, *, device: str = "cpu", batch: int = 64
+) -> np.ndarray:
     """Softmax over regions, float32 (N, 4), of a classifier checkpoint on float32 (N, H, W) slices."""
     model, meta = load_trained_model(checkpoint, map_location="cpu")
     if meta["task"] != "classification":
@@ -43,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="classification run directories holding last.pt (or model.pt)")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--update", action="store_true", help="keep the other runs' probabilities of an existing output")
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other runs' probabilities of an existing output"
+    )
     args = parser.parse_args(argv)
     slices = unpack(args.heldout)
     arrays = {"cases": slices.cases, "phases": slices.phases, "z": slices.z, "regions": slices.regions}

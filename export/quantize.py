@@ -39,6 +39,7 @@ manifest is replaced in one ``os.replace`` with the new artifacts (sha256, size)
 and the Dice record (``quantization``) added; every existing artifact and hash is untouched.
 Running the command again replaces the int8 artifacts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,18 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 #: operators given QuantizeLinear / DequantizeLinear pairs; everything else stays float32.
-QUANTIZED_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Concat", "LeakyRelu", "Relu",
-                                  "MaxPool", "GlobalAveragePool", "Add")
+QUANTIZED_OPS: tuple[str, ...] = (
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Concat",
+    "LeakyRelu",
+    "Relu",
+    "MaxPool",
+    "GlobalAveragePool",
+    "Add",
+)
 #: least decided argmax agreement (pixels the fp32 model decides by >= 0.05) of int8 against fp32.
 INT8_MIN_DECIDED_AGREEMENT = 0.99
 #: largest drop of mean slice Dice, in points, allowed in any region and label (issue 16's target).
@@ -107,6 +118,7 @@ class QuantizationError(BundleError):
 
 # -- slices ----------------------------------------------------------------------------------
 
+
 def _heart_crop(images: np.ndarray, labels: np.ndarray | None, crop: tuple[int, int]) -> np.ndarray:
     """float32 (N, 1, h, w) windows of ``images`` (N, 1, H, W) centred on each slice's labels
     (uint8 (N, H, W)), or on the window's centre where a slice has none; kept inside the window."""
@@ -119,7 +131,7 @@ def _heart_crop(images: np.ndarray, labels: np.ndarray | None, crop: tuple[int, 
             cy, cx = ys.mean(), xs.mean()
         y0 = min(max(int(round(cy - h / 2)), 0), H - h)
         x0 = min(max(int(round(cx - w / 2)), 0), W - w)
-        out[i] = images[i, :, y0:y0 + h, x0:x0 + w]
+        out[i] = images[i, :, y0 : y0 + h, x0 : x0 + w]
     return out
 
 
@@ -132,8 +144,13 @@ def _prepared(bundle: Bundle, studies: Sequence[Study]) -> tuple[np.ndarray, np.
     images, labels = [], []
     for study in studies:
         for stack in (study.ed, study.es):
-            x, transform = prepare_slices(stack.pixels, stack.spacing[1:], target_spacing=pre.target_spacing,
-                                          size=pre.size, normalization=pre.normalization)
+            x, transform = prepare_slices(
+                stack.pixels,
+                stack.spacing[1:],
+                target_spacing=pre.target_spacing,
+                size=pre.size,
+                normalization=pre.normalization,
+            )
             images.append(x)
             if stack.labels is not None:
                 resampled = resample_labels(stack.labels, stack.spacing[1:], shape=transform.resampled_shape)
@@ -146,12 +163,21 @@ def _prepared(bundle: Bundle, studies: Sequence[Study]) -> tuple[np.ndarray, np.
 def _cache_matches(meta: Mapping[str, Any], bundle: Bundle) -> bool:
     pre = bundle.preprocessing
     spacing = meta.get("target_spacing") or [0, 0]
-    return (meta.get("size") == pre.size[0] == pre.size[1] and meta.get("normalization") == pre.normalization
-            and all(abs(float(a) - b) < 1e-4 for a, b in zip(spacing, pre.target_spacing)))
+    return (
+        meta.get("size") == pre.size[0] == pre.size[1]
+        and meta.get("normalization") == pre.normalization
+        and all(abs(float(a) - b) < 1e-4 for a, b in zip(spacing, pre.target_spacing))
+    )
 
 
-def calibration_slices(bundle: Bundle, count: int, *, cache: str | Path | None = DEFAULT_CACHE,
-                       acdc: str | Path | None = DEFAULT_ACDC, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+def calibration_slices(
+    bundle: Bundle,
+    count: int,
+    *,
+    cache: str | Path | None = DEFAULT_CACHE,
+    acdc: str | Path | None = DEFAULT_ACDC,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Real normalised training slices to calibrate on, prepared as the bundle prepares them.
 
     Parameters
@@ -179,11 +205,16 @@ def calibration_slices(bundle: Bundle, count: int, *, cache: str | Path | None =
             train = np.flatnonzero(np.isin(slices.cases, np.asarray(slices.meta["splits"]["train"])))
             pick = np.sort(rng.choice(train, min(count, len(train)), replace=False))
             source = f"{len(pick)} slices of the 'train' split of the slice cache {cache} (seed {seed})"
-            return (np.ascontiguousarray(slices.images[pick][:, None], np.float32),
-                    np.ascontiguousarray(slices.labels[pick]), source)
+            return (
+                np.ascontiguousarray(slices.images[pick][:, None], np.float32),
+                np.ascontiguousarray(slices.labels[pick]),
+                source,
+            )
     if acdc is None or not (Path(acdc) / "training").is_dir():
-        raise InputError(f"no calibration slices: the slice cache {cache} is absent or prepared unlike the bundle "
-                         f"{bundle.path}, and 'acdc' {acdc} has no training/ folder")
+        raise InputError(
+            f"no calibration slices: the slice cache {cache} is absent or prepared unlike the bundle "
+            f"{bundle.path}, and 'acdc' {acdc} has no training/ folder"
+        )
     from cmrsdk.io import read_acdc_patient
 
     root = Path(acdc) / "training"
@@ -192,7 +223,7 @@ def calibration_slices(bundle: Bundle, count: int, *, cache: str | Path | None =
     # Measured on the shipped 1.94 M bundle: 32 slices of 3 patients (seed 0) gave a worst Dice
     # drop of 0.35 points; 48 slices spread two by two over 24 patients gave 0.79 (apex LVM). The
     # apex rows (54 to 80 slices) move with the calibration draw; more patients did not help.
-    order = rng.permutation(len(patients))[:max(2, math.ceil(count / 12))]
+    order = rng.permutation(len(patients))[: max(2, math.ceil(count / 12))]
     images, labels = _prepared(bundle, [read_acdc_patient(root / patients[i]) for i in sorted(order)])
     pick = np.sort(rng.choice(len(images), min(count, len(images)), replace=False))
     source = f"{len(pick)} slices of {len(order)} ACDC training patients under {root} (seed {seed})"
@@ -219,6 +250,7 @@ def check_slices(bundle: Bundle, studies: Sequence[Study], count: int = 48) -> d
 
 # -- quantization and parity -----------------------------------------------------------------
 
+
 def _end_nodes(path: Path) -> list[str]:
     """Names of the nodes that read the graph's input and of those whose output the final
     softmax reads: the model's first and last layers."""
@@ -230,8 +262,15 @@ def _end_nodes(path: Path) -> list[str]:
     return [n.name for n in graph.node if inputs & set(n.input) or softmax_inputs & set(n.output)]
 
 
-def quantize_model(fp32_path: str | Path, out_path: str | Path, calibration: Sequence[np.ndarray], *,
-                   method: str = "percentile", batch: int = 8, float_ends: bool = False) -> Path:
+def quantize_model(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: Sequence[np.ndarray],
+    *,
+    method: str = "percentile",
+    batch: int = 8,
+    float_ends: bool = False,
+) -> Path:
     """Quantize one fp32 ONNX model statically (QDQ, per-channel int8 weights, uint8 activations).
 
     Parameters
@@ -248,18 +287,28 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, calibration: Seq
         change smaller (worst drop 2.28 points with, 1.29 without; 32 calibration slices).
     """
     import onnxruntime
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIBRATION_METHODS:
         raise InputError(f"'method' must be one of {CALIBRATION_METHODS}, got {method!r}")
     for i, x in enumerate(calibration):
         if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4 and x.shape[1] == 1 and len(x)):
-            raise InputError(f"'calibration[{i}]' must be a non-empty float32 (N, 1, H, W) array, "
-                             f"got {getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+            raise InputError(
+                f"'calibration[{i}]' must be a non-empty float32 (N, 1, H, W) array, "
+                f"got {getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}"
+            )
     if method == "percentile" and len({x.shape[2:] for x in calibration}) > 1:
-        raise InputError(f"'method' 'percentile' calibrates at one (H, W); 'calibration' has "
-                         f"{sorted({x.shape[2:] for x in calibration})}")
+        raise InputError(
+            f"'method' 'percentile' calibrates at one (H, W); 'calibration' has "
+            f"{sorted({x.shape[2:] for x in calibration})}"
+        )
     input_name = onnxruntime.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     # onnxruntime 1.32's percentile calibrator stacks every batch's activations into one array and
@@ -268,8 +317,9 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, calibration: Seq
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches: Iterator[np.ndarray] = (np.ascontiguousarray(x[i:i + step]) for x in calibration
-                                                   for i in range(0, len(x), step))
+            self._batches: Iterator[np.ndarray] = (
+                np.ascontiguousarray(x[i : i + step]) for x in calibration for i in range(0, len(x), step)
+            )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return {input_name: x} if (x := next(self._batches, None)) is not None else None
@@ -282,19 +332,34 @@ def quantize_model(fp32_path: str | Path, out_path: str | Path, calibration: Seq
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         exclude = _end_nodes(prepared) if float_ends else []
         calibrate = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
-        quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=calibrate, nodes_to_exclude=exclude,
-                        # no CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops the ranges
-                        # collected so far instead of merging them ("No data is collected").
-                        # MinMax keeps only each batch's per-tensor min and max, so memory is small.
-                        extra_options={"CalibPercentile": PERCENTILE} if method == "percentile" else {},
-                        calibration_providers=["CPUExecutionProvider"])
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            calibrate_method=calibrate,
+            nodes_to_exclude=exclude,
+            # no CalibMaxIntermediateOutputs: in onnxruntime 1.32 it drops the ranges
+            # collected so far instead of merging them ("No data is collected").
+            # MinMax keeps only each batch's per-tensor min and max, so memory is small.
+            extra_options={"CalibPercentile": PERCENTILE} if method == "percentile" else {},
+            calibration_providers=["CPUExecutionProvider"],
+        )
     return out_path
 
 
-def int8_parity(fp32_path: str | Path, int8_path: str | Path, slices: Mapping[tuple[int, int], np.ndarray], *,
-                threads: int | None = None, min_agreement: float = INT8_MIN_DECIDED_AGREEMENT) -> dict[str, Any]:
+def int8_parity(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    slices: Mapping[tuple[int, int], np.ndarray],
+    *,
+    threads: int | None = None,
+    min_agreement: float = INT8_MIN_DECIDED_AGREEMENT,
+) -> dict[str, Any]:
     """Compare an int8 ONNX artifact with its fp32 one on real slices, at each size given.
 
     Parameters
@@ -318,17 +383,35 @@ def int8_parity(fp32_path: str | Path, int8_path: str | Path, slices: Mapping[tu
     for (h, w), x in slices.items():
         reference, candidate = fp32.run(x), int8.run(x)
         diff, agreement = compare(reference, candidate)
-        sizes.append({"input_hw": [h, w], "slices": int(len(x)), "max_abs_diff": diff, "argmax_agreement": agreement,
-                      "decided_argmax_agreement": decided_agreement(reference, candidate)})
+        sizes.append(
+            {
+                "input_hw": [h, w],
+                "slices": int(len(x)),
+                "max_abs_diff": diff,
+                "argmax_agreement": agreement,
+                "decided_argmax_agreement": decided_agreement(reference, candidate),
+            }
+        )
     worst = min(s["decided_argmax_agreement"] for s in sizes)
-    return {"artifact": "onnx-int8", "reference": "onnx", "backend": "onnx", "device": "cpu", "precision": "int8",
-            "max_abs_diff": max(s["max_abs_diff"] for s in sizes),
-            "argmax_agreement": min(s["argmax_agreement"] for s in sizes), "decided_argmax_agreement": worst,
-            "slices": sum(s["slices"] for s in sizes), "real_slices": sum(s["slices"] for s in sizes), "sizes": sizes,
-            "tolerance": min_agreement, "passed": bool(worst >= min_agreement)}
+    return {
+        "artifact": "onnx-int8",
+        "reference": "onnx",
+        "backend": "onnx",
+        "device": "cpu",
+        "precision": "int8",
+        "max_abs_diff": max(s["max_abs_diff"] for s in sizes),
+        "argmax_agreement": min(s["argmax_agreement"] for s in sizes),
+        "decided_argmax_agreement": worst,
+        "slices": sum(s["slices"] for s in sizes),
+        "real_slices": sum(s["slices"] for s in sizes),
+        "sizes": sizes,
+        "tolerance": min_agreement,
+        "passed": bool(worst >= min_agreement),
+    }
 
 
 # -- Dice ------------------------------------------------------------------------------------
+
 
 def _shifted_pipeline(*args: Any, **kwargs: Any) -> Any:
     """A `cmrsdk.Pipeline` whose heart crop sits 1 pixel lower and 1 pixel further right."""
@@ -348,9 +431,17 @@ def _mean_dice(scores: Sequence[Any], method: str, codes: Sequence[int], j: int)
     return (float(values.mean()) if len(values) else float("nan")), int(len(values))
 
 
-def dice_deltas(bundle: Bundle | str | Path, studies: Sequence[tuple[str, Study]], *, precision: str = "int8",
-                reference: str = "fp32", backend: str = "onnx", threads: int | None = None,
-                pipeline_options: Mapping[str, Any] | None = None, crop_jitter: bool = False) -> dict[str, Any]:
+def dice_deltas(
+    bundle: Bundle | str | Path,
+    studies: Sequence[tuple[str, Study]],
+    *,
+    precision: str = "int8",
+    reference: str = "fp32",
+    backend: str = "onnx",
+    threads: int | None = None,
+    pipeline_options: Mapping[str, Any] | None = None,
+    crop_jitter: bool = False,
+) -> dict[str, Any]:
     """Run the bundle's pipeline at two precisions on labelled studies and compare their Dice.
 
     Parameters
@@ -386,7 +477,12 @@ def dice_deltas(bundle: Bundle | str | Path, studies: Sequence[tuple[str, Study]
         pipes[shifted] = _shifted_pipeline(bundle, precision=reference, **kwargs)
     result = evaluate(pipes, list(studies), progress=False)
     rows = []
-    for region_name, codes in (("base", (BASE,)), ("middle", (MIDDLE,)), ("apex", (APEX,)), ("cardiac", (BASE, MIDDLE, APEX))):
+    for region_name, codes in (
+        ("base", (BASE,)),
+        ("middle", (MIDDLE,)),
+        ("apex", (APEX,)),
+        ("cardiac", (BASE, MIDDLE, APEX)),
+    ):
         for j, label in enumerate(STRUCTURES):
             row: dict[str, Any] = {"region": region_name, "label": LABEL_NAMES[label]}
             for p in (reference, precision):
@@ -396,12 +492,19 @@ def dice_deltas(bundle: Bundle | str | Path, studies: Sequence[tuple[str, Study]
                 row["jitter"] = _mean_dice(result.scores, shifted, codes, j)[0] - row[reference]
             rows.append(row)
     drops = [-r["delta"] for r in rows if math.isfinite(r["delta"])]
-    return {"studies": [c for c, _ in studies], "backend": backend, "reference": reference, "precision": precision,
-            "slices": sum(1 for s in result.scores if s.method == reference), "rows": rows,
-            "worst_drop": max(0.0, *drops) if drops else float("nan"),
-            "latency_ms": {p: float(np.median(v)) for p, v in result.latency_ms.items()},
-            "worst_jitter_drop": max(0.0, *(-r["jitter"] for r in rows if math.isfinite(r.get("jitter", math.nan))))
-            if any("jitter" in r for r in rows) else None}
+    return {
+        "studies": [c for c, _ in studies],
+        "backend": backend,
+        "reference": reference,
+        "precision": precision,
+        "slices": sum(1 for s in result.scores if s.method == reference),
+        "rows": rows,
+        "worst_drop": max(0.0, *drops) if drops else float("nan"),
+        "latency_ms": {p: float(np.median(v)) for p, v in result.latency_ms.items()},
+        "worst_jitter_drop": max(0.0, *(-r["jitter"] for r in rows if math.isfinite(r.get("jitter", math.nan))))
+        if any("jitter" in r for r in rows)
+        else None,
+    }
 
 
 def dice_table(record: Mapping[str, Any]) -> str:
@@ -409,15 +512,20 @@ def dice_table(record: Mapping[str, Any]) -> str:
     ref, cand = record["reference"], record["precision"]
     jitter = any("jitter" in r for r in record["rows"])
     extra = (f" {ref}, crop moved 1 px: change |", "---:|") if jitter else ("", "")
-    lines = [f"| region | label | {ref} Dice % | {cand} Dice % | change (points) |{extra[0]} slices |",
-             f"|---|---|---:|---:|---:|{extra[1]}---:|"]
+    lines = [
+        f"| region | label | {ref} Dice % | {cand} Dice % | change (points) |{extra[0]} slices |",
+        f"|---|---|---:|---:|---:|{extra[1]}---:|",
+    ]
     for r in record["rows"]:
         moved = f" {r['jitter']:+.2f} |" if jitter else ""
-        lines.append(f"| {r['region']} | {r['label']} | {r[ref]:.2f} | {r[cand]:.2f} | {r['delta']:+.2f} |{moved} {r[f'{ref}_n']} |")
+        lines.append(
+            f"| {r['region']} | {r['label']} | {r[ref]:.2f} | {r[cand]:.2f} | {r['delta']:+.2f} |{moved} {r[f'{ref}_n']} |"
+        )
     return "\n".join(lines)
 
 
 # -- the bundle ------------------------------------------------------------------------------
+
 
 def _load_studies(acdc: str | Path, names: Sequence[str]) -> list[tuple[str, Study]]:
     from cmrsdk.io import read_acdc_patient
@@ -429,11 +537,21 @@ def _load_studies(acdc: str | Path, names: Sequence[str]) -> list[tuple[str, Stu
     return [(n, read_acdc_patient(root / n)) for n in names]
 
 
-def quantize_bundle(bundle_dir: str | Path, *, calibration: np.ndarray, calibration_labels: np.ndarray | None = None,
-                    calibration_source: str = "", check_studies: Sequence[tuple[str, Study]],
-                    models: Sequence[str] | None = None, method: str = "percentile", max_dice_drop: float = MAX_DICE_DROP,
-                    threads: int | None = None, min_agreement: float = INT8_MIN_DECIDED_AGREEMENT,
-                    crop_jitter: bool = True, log=print) -> dict[str, Any]:
+def quantize_bundle(
+    bundle_dir: str | Path,
+    *,
+    calibration: np.ndarray,
+    calibration_labels: np.ndarray | None = None,
+    calibration_source: str = "",
+    check_studies: Sequence[tuple[str, Study]],
+    models: Sequence[str] | None = None,
+    method: str = "percentile",
+    max_dice_drop: float = MAX_DICE_DROP,
+    threads: int | None = None,
+    min_agreement: float = INT8_MIN_DECIDED_AGREEMENT,
+    crop_jitter: bool = True,
+    log=print,
+) -> dict[str, Any]:
     """Add "onnx-int8" artifacts to a bundle, with parity and Dice records; return the Dice record.
 
     Parameters
@@ -464,8 +582,11 @@ def quantize_bundle(bundle_dir: str | Path, *, calibration: np.ndarray, calibrat
     """
     bundle = load_bundle(bundle_dir)
     root = bundle.path.resolve()
-    names = list(models) if models is not None else [n for n, m in bundle.models.items()
-                                                     if "onnx" in m.artifacts and m.kind == "segmentation"]
+    names = (
+        list(models)
+        if models is not None
+        else [n for n, m in bundle.models.items() if "onnx" in m.artifacts and m.kind == "segmentation"]
+    )
     for name in names:
         if name not in bundle.models or "onnx" not in bundle.models[name].artifacts:
             raise InputError(f"'models' names {name!r}, which is not a model of {root} with an 'onnx' artifact")
@@ -473,8 +594,10 @@ def quantize_bundle(bundle_dir: str | Path, *, calibration: np.ndarray, calibrat
         raise InputError("'check_studies' is empty: the int8 artifacts need held-out labelled studies to be checked on")
     pre = bundle.preprocessing
     if calibration.dtype != np.float32 or calibration.ndim != 4 or calibration.shape[1:] != (1, *pre.size):
-        raise InputError(f"'calibration' must be float32 (N, 1, {pre.size[0]}, {pre.size[1]}), got "
-                         f"{calibration.dtype} {calibration.shape}")
+        raise InputError(
+            f"'calibration' must be float32 (N, 1, {pre.size[0]}, {pre.size[1]}), got "
+            f"{calibration.dtype} {calibration.shape}"
+        )
     crops = None
     if method == "minmax" and pre.heart_crop is not None and tuple(pre.heart_crop) != tuple(pre.size):
         crops = _heart_crop(calibration, calibration_labels, pre.heart_crop)
@@ -495,24 +618,41 @@ def quantize_bundle(bundle_dir: str | Path, *, calibration: np.ndarray, calibrat
             out = staging / f"{name}.int8.onnx"
             segmentation = model.kind == "segmentation"
             t = time.perf_counter()
-            quantize_model(fp32, out, [calibration] + ([crops] if crops is not None and segmentation else []), method=method)
+            quantize_model(
+                fp32, out, [calibration] + ([crops] if crops is not None and segmentation else []), method=method
+            )
             sizes = parity_slices if segmentation else {tuple(pre.size): parity_slices[tuple(pre.size)]}
             parity = int8_parity(fp32, out, sizes, threads=threads, min_agreement=min_agreement)  # type: ignore[arg-type]
-            log(f"{name:>12} onnx-int8: {time.perf_counter() - t:.0f} s, max|dp| {parity['max_abs_diff']:.3f}, argmax "
-                f"agreement {parity['argmax_agreement']:.4f}, decided {parity['decided_argmax_agreement']:.4f}")
+            log(
+                f"{name:>12} onnx-int8: {time.perf_counter() - t:.0f} s, max|dp| {parity['max_abs_diff']:.3f}, argmax "
+                f"agreement {parity['argmax_agreement']:.4f}, decided {parity['decided_argmax_agreement']:.4f}"
+            )
             if not parity["passed"]:
-                raise QuantizationError(f"{out.name}: decided argmax agreement {parity['decided_argmax_agreement']:.4f} "
-                                        f"with the fp32 artifact is below {min_agreement}; the bundle {root} "
-                                        f"is unchanged")
+                raise QuantizationError(
+                    f"{out.name}: decided argmax agreement {parity['decided_argmax_agreement']:.4f} "
+                    f"with the fp32 artifact is below {min_agreement}; the bundle {root} "
+                    f"is unchanged"
+                )
             record = manifest["models"][name]
-            entry = {"file": out.name, "format": "onnx", "precision": "int8", "sha256": sha256_file(out),
-                     "size": out.stat().st_size,
-                     "quantization": {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                                      "weights": "int8 per channel", "activations": "uint8 per tensor",
-                                      "method": method, **({"percentile": PERCENTILE} if method == "percentile" else {}), "operators": list(QUANTIZED_OPS),
-                                      "calibration": calibration_source,
-                                      "calibration_inputs": [[int(calibration.shape[0]), *pre.size]]
-                                      + ([[int(crops.shape[0]), *pre.heart_crop]] if crops is not None and segmentation else [])}}
+            entry = {
+                "file": out.name,
+                "format": "onnx",
+                "precision": "int8",
+                "sha256": sha256_file(out),
+                "size": out.stat().st_size,
+                "quantization": {
+                    "tool": "onnxruntime.quantization.quantize_static",
+                    "format": "QDQ",
+                    "weights": "int8 per channel",
+                    "activations": "uint8 per tensor",
+                    "method": method,
+                    **({"percentile": PERCENTILE} if method == "percentile" else {}),
+                    "operators": list(QUANTIZED_OPS),
+                    "calibration": calibration_source,
+                    "calibration_inputs": [[int(calibration.shape[0]), *pre.size]]
+                    + ([[int(crops.shape[0]), *pre.heart_crop]] if crops is not None and segmentation else []),
+                },
+            }
             record["artifacts"]["onnx-int8"] = entry
             record["parity"] = [p for p in record.get("parity", []) if p.get("artifact") != "onnx-int8"] + [parity]
         staged = staging / MANIFEST_NAME
@@ -520,14 +660,23 @@ def quantize_bundle(bundle_dir: str | Path, *, calibration: np.ndarray, calibrat
 
         t = time.perf_counter()
         dice = dice_deltas(staging, check_studies, threads=threads, crop_jitter=crop_jitter)
-        log(f"Dice on {len(check_studies)} held-out studies ({dice['slices']} slices), {time.perf_counter() - t:.0f} s:\n"
-            + dice_table(dice))
-        dice.update({"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                     "models": names, "max_dice_drop": max_dice_drop if math.isfinite(max_dice_drop) else None,
-                     "passed": bool(not dice["worst_drop"] > max_dice_drop)})
+        log(
+            f"Dice on {len(check_studies)} held-out studies ({dice['slices']} slices), {time.perf_counter() - t:.0f} s:\n"
+            + dice_table(dice)
+        )
+        dice.update(
+            {
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "models": names,
+                "max_dice_drop": max_dice_drop if math.isfinite(max_dice_drop) else None,
+                "passed": bool(not dice["worst_drop"] > max_dice_drop),
+            }
+        )
         if not dice["passed"]:
-            raise QuantizationError(f"int8 lowers the mean slice Dice by {dice['worst_drop']:.2f} points in some region "
-                                    f"and label, more than the {max_dice_drop} allowed; the bundle {root} is unchanged")
+            raise QuantizationError(
+                f"int8 lowers the mean slice Dice by {dice['worst_drop']:.2f} points in some region "
+                f"and label, more than the {max_dice_drop} allowed; the bundle {root} is unchanged"
+            )
         manifest["quantization"] = {"int8": dice}
         staged.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
         load_bundle(staging)  # every hash, old and new, verifies before anything moves
@@ -548,39 +697,77 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m export.quantize``: add int8 artifacts to a bundle directory."""
     parser = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path, help="the bundle directory to add int8 artifacts to")
-    parser.add_argument("--calibration-slices", type=int, default=32, metavar="N",
-                        help="training slices to calibrate on (default 32)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help=f"export.data slice cache to draw them from (default {DEFAULT_CACHE}; its 'train' split)")
-    parser.add_argument("--acdc", type=Path, default=DEFAULT_ACDC,
-                        help=f"ACDC root for held-out studies, and for calibration without a matching cache (default {DEFAULT_ACDC})")
-    parser.add_argument("--check-studies", nargs="+", default=list(HELD_OUT), metavar="PATIENT",
-                        help="held-out ACDC patients for parity and Dice (default patient005, 010, ..., 100)")
-    parser.add_argument("--models", nargs="+", default=None,
-                        help="models to quantize (default: the U-Nets; the classifier stays fp32)")
-    parser.add_argument("--method", default="percentile", choices=CALIBRATION_METHODS,
-                        help="calibration: 'percentile' (99.99th, window only; default) or 'minmax' (window and crop)")
-    parser.add_argument("--max-dice-drop", type=float, default=MAX_DICE_DROP,
-                        help="largest mean slice Dice fall (points) allowed in any region and label; 'inf' for none")
+    parser.add_argument(
+        "--calibration-slices", type=int, default=32, metavar="N", help="training slices to calibrate on (default 32)"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"export.data slice cache to draw them from (default {DEFAULT_CACHE}; its 'train' split)",
+    )
+    parser.add_argument(
+        "--acdc",
+        type=Path,
+        default=DEFAULT_ACDC,
+        help=f"ACDC root for held-out studies, and for calibration without a matching cache (default {DEFAULT_ACDC})",
+    )
+    parser.add_argument(
+        "--check-studies",
+        nargs="+",
+        default=list(HELD_OUT),
+        metavar="PATIENT",
+        help="held-out ACDC patients for parity and Dice (default patient005, 010, ..., 100)",
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="models to quantize (default: the U-Nets; the classifier stays fp32)"
+    )
+    parser.add_argument(
+        "--method",
+        default="percentile",
+        choices=CALIBRATION_METHODS,
+        help="calibration: 'percentile' (99.99th, window only; default) or 'minmax' (window and crop)",
+    )
+    parser.add_argument(
+        "--max-dice-drop",
+        type=float,
+        default=MAX_DICE_DROP,
+        help="largest mean slice Dice fall (points) allowed in any region and label; 'inf' for none",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    parser.add_argument("--no-crop-jitter", action="store_true",
-                        help="skip the fp32 run with the heart crop moved by 1 pixel (recorded for scale)")
+    parser.add_argument(
+        "--no-crop-jitter",
+        action="store_true",
+        help="skip the fp32 run with the heart crop moved by 1 pixel (recorded for scale)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
         bundle = load_bundle(args.bundle)
-        images, labels, source = calibration_slices(bundle, args.calibration_slices, cache=args.cache, acdc=args.acdc,
-                                                    seed=args.seed)
+        images, labels, source = calibration_slices(
+            bundle, args.calibration_slices, cache=args.cache, acdc=args.acdc, seed=args.seed
+        )
         print(f"calibration: {source}")
         studies = _load_studies(args.acdc, args.check_studies)
-        dice = quantize_bundle(args.bundle, calibration=images, calibration_labels=labels, calibration_source=source,
-                               check_studies=studies, models=args.models, method=args.method,
-                               max_dice_drop=args.max_dice_drop, threads=args.threads, crop_jitter=not args.no_crop_jitter)
+        dice = quantize_bundle(
+            args.bundle,
+            calibration=images,
+            calibration_labels=labels,
+            calibration_source=source,
+            check_studies=studies,
+            models=args.models,
+            method=args.method,
+            max_dice_drop=args.max_dice_drop,
+            threads=args.threads,
+            crop_jitter=not args.no_crop_jitter,
+        )
     except (CmrError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"int8 artifacts added to {args.bundle} (worst Dice drop {dice['worst_drop']:.2f} points; "
-          f"median per ED+ES pair: fp32 {dice['latency_ms']['fp32']:.0f} ms, int8 {dice['latency_ms']['int8']:.0f} ms)")
+    print(
+        f"int8 artifacts added to {args.bundle} (worst Dice drop {dice['worst_drop']:.2f} points; "
+        f"median per ED+ES pair: fp32 {dice['latency_ms']['fp32']:.0f} ms, int8 {dice['latency_ms']['int8']:.0f} ms)"
+    )
     return 0
 
 

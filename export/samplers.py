@@ -15,6 +15,7 @@ as nnU-Net's data loader does (a batch is a set of random draws, not an epoch pe
   same weights renormalised over them), and are flagged so that the patch crop is centred on
   a foreground pixel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ def uniform_weights(n: int) -> np.ndarray:
     return np.full(n, 1.0 / n)
 
 
-def region_weights(regions: np.ndarray, positions: np.ndarray, *, p_min: float = 1.0,
-                   p_max: float = 20.0) -> np.ndarray:
+def region_weights(
+    regions: np.ndarray, positions: np.ndarray, *, p_min: float = 1.0, p_max: float = 20.0
+) -> np.ndarray:
     """The region-aware sampling probabilities.
 
     Parameters
@@ -53,16 +55,20 @@ def region_weights(regions: np.ndarray, positions: np.ndarray, *, p_min: float =
     regions = np.asarray(regions)
     positions = np.asarray(positions, dtype=np.float64)
     if regions.ndim != 1 or positions.shape != regions.shape or regions.size == 0:
-        raise InputError(f"'regions' and 'positions' must be non-empty 1-D arrays of one length, "
-                         f"got shapes {regions.shape} and {positions.shape}")
+        raise InputError(
+            f"'regions' and 'positions' must be non-empty 1-D arrays of one length, "
+            f"got shapes {regions.shape} and {positions.shape}"
+        )
     if not 0 < p_min <= p_max:
         raise InputError(f"'p_min' and 'p_max' must satisfy 0 < p_min <= p_max, got {p_min} and {p_max}")
     n = regions.size
     cardiac = regions != NON_CARDIAC
     t = positions[cardiac]
     if not np.all((t >= 0) & (t <= 1)):
-        raise InputError(f"'positions' of cardiac slices must lie in [0, 1], got range "
-                         f"[{np.nanmin(t) if t.size else 'none'}, {np.nanmax(t) if t.size else 'none'}]")
+        raise InputError(
+            f"'positions' of cardiac slices must lie in [0, 1], got range "
+            f"[{np.nanmin(t) if t.size else 'none'}, {np.nanmax(t) if t.size else 'none'}]"
+        )
     weights = np.full(n, 1.0 / n)
     if t.size:
         raw = p_min + (p_max - p_min) * (2.0 * t - 1.0) ** 2
@@ -91,13 +97,26 @@ class SliceSampler:
     seed : seed of the sampler's own generator (give each DDP rank its own).
     """
 
-    def __init__(self, weights: np.ndarray, *, has_foreground: np.ndarray | None = None,
-                 foreground_fraction: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        weights: np.ndarray,
+        *,
+        has_foreground: np.ndarray | None = None,
+        foreground_fraction: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         weights = np.asarray(weights, dtype=np.float64)
-        if weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
-                or weights.sum() <= 0:
-            raise InputError(f"'weights' must be a non-empty 1-D array of finite non-negative values with a "
-                             f"positive sum, got shape {weights.shape}")
+        if (
+            weights.ndim != 1
+            or weights.size == 0
+            or not np.all(np.isfinite(weights))
+            or np.any(weights < 0)
+            or weights.sum() <= 0
+        ):
+            raise InputError(
+                f"'weights' must be a non-empty 1-D array of finite non-negative values with a "
+                f"positive sum, got shape {weights.shape}"
+            )
         if not 0.0 <= foreground_fraction <= 1.0:
             raise InputError(f"'foreground_fraction' must lie in [0, 1], got {foreground_fraction}")
         self.probabilities = weights / weights.sum()
@@ -105,12 +124,16 @@ class SliceSampler:
         self.fg_probabilities: np.ndarray | None = None
         if foreground_fraction > 0:
             if has_foreground is None or np.asarray(has_foreground).shape != weights.shape:
-                raise InputError(f"'has_foreground' must be a bool array of shape {weights.shape} when "
-                                 f"'foreground_fraction' > 0, got {None if has_foreground is None else np.shape(has_foreground)}")
+                raise InputError(
+                    f"'has_foreground' must be a bool array of shape {weights.shape} when "
+                    f"'foreground_fraction' > 0, got {None if has_foreground is None else np.shape(has_foreground)}"
+                )
             fg = self.probabilities * np.asarray(has_foreground, dtype=bool)
             if fg.sum() <= 0:
-                raise InputError("'has_foreground' marks no slice with positive weight, so no batch can be "
-                                 "forced to foreground; set 'foreground_fraction' to 0")
+                raise InputError(
+                    "'has_foreground' marks no slice with positive weight, so no batch can be "
+                    "forced to foreground; set 'foreground_fraction' to 0"
+                )
             self.fg_probabilities = fg / fg.sum()
         self.rng = np.random.default_rng(seed)
 
@@ -125,8 +148,10 @@ class SliceSampler:
         forced = int(round(self.foreground_fraction * batch_size)) if self.fg_probabilities is not None else 0
         free = self.rng.choice(n, size=batch_size - forced, p=self.probabilities)
         fg = self.rng.choice(n, size=forced, p=self.fg_probabilities) if forced else np.empty(0, dtype=np.int64)
-        return Batch(np.concatenate([free, fg]).astype(np.int64),
-                     np.concatenate([np.zeros(batch_size - forced, bool), np.ones(forced, bool)]))
+        return Batch(
+            np.concatenate([free, fg]).astype(np.int64),
+            np.concatenate([np.zeros(batch_size - forced, bool), np.ones(forced, bool)]),
+        )
 
     def state_dict(self) -> dict[str, object]:
         """The generator state, so that a resumed run draws what an uninterrupted one would."""

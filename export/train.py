@@ -23,6 +23,7 @@ option), Adam, whole slices with augmentation. The forward pass runs in mixed pr
 autocast on a CPU with native bf16 (about half the step time here), float32 elsewhere. Under torchrun each process draws ``batch_size /
 world_size`` slices per iteration with its own sampler seed; the gloo backend is used on CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,16 +61,42 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: every configuration key and its default; a configuration overrides some of them.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "experiment": {"name": "", "task": "segmentation", "seed": 0},
-    "data": {"source": "acdc", "root": "../shared/data/acdc", "cache": "cache/acdc_224", "size": 224,
-             "normalization": "robust_zscore", "test_every": 5, "val_fraction": 0.15, "split_seed": 0,
-             "regions": [0, 1, 2, 3], "synthetic_slices": 64, "synthetic_studies": 0},
+    "data": {
+        "source": "acdc",
+        "root": "../shared/data/acdc",
+        "cache": "cache/acdc_224",
+        "size": 224,
+        "normalization": "robust_zscore",
+        "test_every": 5,
+        "val_fraction": 0.15,
+        "split_seed": 0,
+        "regions": [0, 1, 2, 3],
+        "synthetic_slices": 64,
+        "synthetic_studies": 0,
+    },
     "model": {"name": "unet", "kwargs": {}},
     "sampler": {"kind": "uniform", "p_min": 1.0, "p_max": 20.0, "foreground_fraction": 0.33},
-    "train": {"iterations": 1000, "batch_size": 16, "patch": 128, "optimizer": "sgd", "lr": 0.01,
-              "momentum": 0.99, "weight_decay": 3e-5, "poly_power": 0.9, "grad_clip": 12.0,
-              "class_weighted": False, "augment": True, "checkpoint_every": 100, "val_every": 250,
-              "val_max_slices": 600, "val_batch": 16, "threads": 0, "out": "", "init": "",
-              "amp": "auto"},
+    "train": {
+        "iterations": 1000,
+        "batch_size": 16,
+        "patch": 128,
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "momentum": 0.99,
+        "weight_decay": 3e-5,
+        "poly_power": 0.9,
+        "grad_clip": 12.0,
+        "class_weighted": False,
+        "augment": True,
+        "checkpoint_every": 100,
+        "val_every": 250,
+        "val_max_slices": 600,
+        "val_batch": 16,
+        "threads": 0,
+        "out": "",
+        "init": "",
+        "amp": "auto",
+    },
 }
 
 
@@ -91,8 +118,9 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
             raise ReadError(path, f"section [{section}] is unknown, expected one of {sorted(DEFAULTS)}")
         for key, value in values.items():
             if key not in DEFAULTS[section]:
-                raise ReadError(path, f"key '{key}' of [{section}] is unknown, expected one of "
-                                      f"{sorted(DEFAULTS[section])}")
+                raise ReadError(
+                    path, f"key '{key}' of [{section}] is unknown, expected one of {sorted(DEFAULTS[section])}"
+                )
             config[section][key] = value
     task = config["experiment"]["task"]
     if task not in ("segmentation", "classification"):
@@ -108,6 +136,7 @@ def _resolve(path: str | Path) -> Path:
 
 
 # -- distributed ------------------------------------------------------------------------------------
+
 
 def _distributed(device: torch.device) -> tuple[int, int]:
     """(rank, world size); initialises the process group under torchrun."""
@@ -130,19 +159,26 @@ class _DeepSupervised(nn.Module):
 
 # -- data ---------------------------------------------------------------------------------------------
 
+
 def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, SliceSet]:
     """(train, validation) slices, loaded into memory, restricted to the configured regions."""
     data = config["data"]
     if data["source"] == "synthetic":
-        slices = synthetic_slices(int(data["synthetic_slices"]), size=int(data["size"]),
-                                  seed=int(config["experiment"]["seed"]))
+        slices = synthetic_slices(
+            int(data["synthetic_slices"]), size=int(data["size"]), seed=int(config["experiment"]["seed"])
+        )
         cases = np.unique(slices.cases)
-        val_cases = cases[-max(1, len(cases) // 4):]
+        val_cases = cases[-max(1, len(cases) // 4) :]
         train_set = slices.select(cases=[c for c in cases if c not in val_cases])
         val_set = slices.select(cases=val_cases)
     elif data["source"] == "acdc":
-        kwargs = dict(size=int(data["size"]), normalization=data["normalization"], test_every=int(data["test_every"]),
-                      val_fraction=float(data["val_fraction"]), seed=int(data["split_seed"]))
+        kwargs = dict(
+            size=int(data["size"]),
+            normalization=data["normalization"],
+            test_every=int(data["test_every"]),
+            val_fraction=float(data["val_fraction"]),
+            seed=int(data["split_seed"]),
+        )
         # rank 0 builds the cache; the others wait for it, then read it
         if rank == 0:
             slices = open_cache(_resolve(data["root"]), _resolve(data["cache"]), **kwargs)
@@ -154,8 +190,12 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
         train_set, val_set = slices.select(cases=splits["train"]), slices.select(cases=splits["val"])
         if int(data.get("synthetic_studies", 0)) > 0:
             # the phantom of cmrsdk.synth (the embedded example's kind of image) mixed into training only
-            synthetic = synthetic_study_slices(int(data["synthetic_studies"]), target_spacing=tuple(slices.meta["target_spacing"]),
-                                               size=int(data["size"]), normalization=data["normalization"])
+            synthetic = synthetic_study_slices(
+                int(data["synthetic_studies"]),
+                target_spacing=tuple(slices.meta["target_spacing"]),
+                size=int(data["size"]),
+                normalization=data["normalization"],
+            )
             train_set = concatenate(train_set, synthetic)
     else:
         raise InputError(f"[data] 'source' is {data['source']!r}, expected 'acdc' or 'synthetic'")
@@ -165,8 +205,10 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
     # val_fraction = 0 is the final recipe's run on every non-test patient: no validation set
     wants_val = data["source"] != "acdc" or float(data["val_fraction"]) > 0
     if len(train_set) == 0 or (wants_val and len(val_set) == 0):
-        raise InputError(f"[data] 'regions' {data['regions']} leave {len(train_set)} training and "
-                         f"{len(val_set)} validation slices; both must be non-empty")
+        raise InputError(
+            f"[data] 'regions' {data['regions']} leave {len(train_set)} training and "
+            f"{len(val_set)} validation slices; both must be non-empty"
+        )
     return train_set, val_set
 
 
@@ -175,8 +217,9 @@ def _sampler(config: dict[str, dict[str, Any]], slices: SliceSet, seed: int) -> 
     if spec["kind"] == "uniform":
         weights = uniform_weights(len(slices))
     elif spec["kind"] == "region":
-        weights = region_weights(slices.regions, slices.positions, p_min=float(spec["p_min"]),
-                                 p_max=float(spec["p_max"]))
+        weights = region_weights(
+            slices.regions, slices.positions, p_min=float(spec["p_min"]), p_max=float(spec["p_max"])
+        )
     else:
         raise InputError(f"[sampler] 'kind' is {spec['kind']!r}, expected 'uniform' or 'region'")
     fraction = float(spec["foreground_fraction"]) if config["experiment"]["task"] == "segmentation" else 0.0
@@ -187,12 +230,13 @@ def _sampler(config: dict[str, dict[str, Any]], slices: SliceSet, seed: int) -> 
 
 # -- evaluation ------------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def _predict(model: nn.Module, images: np.ndarray, device: torch.device, batch: int) -> torch.Tensor:
     """Logits of ``model`` over float32 (N, H, W) slices, on the CPU."""
     outputs = []
     for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch]))[:, None].to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch]))[:, None].to(device)
         with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext():
             outputs.append(model(x).float().cpu())
     return torch.cat(outputs)
@@ -224,16 +268,20 @@ def classification_metrics(predicted: np.ndarray, target: np.ndarray, num_classe
         precision = np.nan_to_num(np.diag(confusion) / confusion.sum(0))
         recall = np.nan_to_num(np.diag(confusion) / support)
     weights = support / max(support.sum(), 1)
-    metrics = {"accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
-               "precision": float((precision * weights).sum()), "recall": float((recall * weights).sum())}
+    metrics = {
+        "accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
+        "precision": float((precision * weights).sum()),
+        "recall": float((recall * weights).sum()),
+    }
     for c in range(num_classes):
         metrics[f"precision_{REGION_NAMES.get(c, c)}"] = float(precision[c])
         metrics[f"recall_{REGION_NAMES.get(c, c)}"] = float(recall[c])
     return metrics
 
 
-def _validate(task: str, model: nn.Module, val_set: SliceSet, device: torch.device,
-              train: dict[str, Any]) -> dict[str, float]:
+def _validate(
+    task: str, model: nn.Module, val_set: SliceSet, device: torch.device, train: dict[str, Any]
+) -> dict[str, float]:
     # a fixed, evenly spaced subset keeps validation cheap and comparable between rows
     index = np.linspace(0, len(val_set) - 1, min(len(val_set), int(train["val_max_slices"]))).round().astype(int)
     index = np.unique(index)
@@ -253,6 +301,7 @@ def _validate(task: str, model: nn.Module, val_set: SliceSet, device: torch.devi
 
 
 # -- checkpoints -------------------------------------------------------------------------------------
+
 
 def _autocast(name: str, device: torch.device) -> Any:
     """The forward pass's mixed precision: "auto" (float16 on CUDA, bfloat16 on a CPU with native
@@ -330,13 +379,17 @@ def export_weights(checkpoint: str | Path, target: str | Path, *, dtype: torch.d
 
 # -- training --------------------------------------------------------------------------------------------
 
+
 def _log_fields(task: str) -> list[str]:
     common = ["iteration", "lr", "train_loss", "seconds_per_iteration", "val_loss"]
     if task == "segmentation":
         return common + [f"val_dice_{LABEL_NAMES[s]}" for s in STRUCTURES] + ["val_dice_mean"]
     regions = [REGION_NAMES[r] for r in sorted(REGION_NAMES)]
-    return common + ["val_accuracy", "val_precision", "val_recall"] + \
-        [f"val_{kind}_{r}" for r in regions for kind in ("precision", "recall")]
+    return (
+        common
+        + ["val_accuracy", "val_precision", "val_recall"]
+        + [f"val_{kind}_{r}" for r in regions for kind in ("precision", "recall")]
+    )
 
 
 def _open_log(path: Path, fields: list[str], start: int) -> None:
@@ -352,6 +405,7 @@ def _open_log(path: Path, fields: list[str], start: int) -> None:
 
 
 # -- the steps of train -----------------------------------------------------------------------
+
 
 def _setup_device(device: str, threads: int) -> tuple[torch.device, int, int]:
     """The torch device of this process, its rank and the world size (1 unless under torchrun)."""
@@ -372,23 +426,30 @@ def _setup_device(device: str, threads: int) -> tuple[torch.device, int, int]:
     return torch_device, rank, world
 
 
-def _build_model(name: str, kwargs: dict[str, Any], task: str, device: torch.device,
-                 world: int) -> tuple[nn.Module, nn.Module, bool]:
+def _build_model(
+    name: str, kwargs: dict[str, Any], task: str, device: torch.device, world: int
+) -> tuple[nn.Module, nn.Module, bool]:
     """(the network, what the loop trains: it wrapped for deep supervision and DDP, deep supervision on)."""
     net = get_model(name, **kwargs).to(device)
     deep = task == "segmentation" and bool(getattr(net, "deep_supervision", False))
     trainable: nn.Module = _DeepSupervised(net) if deep else net
     if world > 1:
         trainable = nn.parallel.DistributedDataParallel(
-            trainable, device_ids=[device.index] if device.type == "cuda" else None)
+            trainable, device_ids=[device.index] if device.type == "cuda" else None
+        )
     return net, trainable, deep
 
 
 def _optimizer(spec: dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
     """[train] 'optimizer': SGD with Nesterov momentum (the U-Nets) or Adam (the classifiers)."""
     if spec["optimizer"] == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=float(spec["lr"]), momentum=float(spec["momentum"]), nesterov=True,
-                               weight_decay=float(spec["weight_decay"]))
+        return torch.optim.SGD(
+            net.parameters(),
+            lr=float(spec["lr"]),
+            momentum=float(spec["momentum"]),
+            nesterov=True,
+            weight_decay=float(spec["weight_decay"]),
+        )
     if spec["optimizer"] == "adam":
         return torch.optim.Adam(net.parameters(), lr=float(spec["lr"]), weight_decay=float(spec["weight_decay"]))
     raise InputError(f"[train] 'optimizer' is {spec['optimizer']!r}, expected 'sgd' or 'adam'")
@@ -433,9 +494,18 @@ def _learning_rate(spec: dict[str, Any], progress: float) -> float:
     return float(spec["lr"]) * (1 - progress) ** float(spec["poly_power"])
 
 
-def _step(trainable: nn.Module, net: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-          scaler: torch.amp.GradScaler, amp: Any, x: torch.Tensor, target: torch.Tensor, task: str,
-          grad_clip: float) -> float:
+def _step(
+    trainable: nn.Module,
+    net: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp: Any,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    task: str,
+    grad_clip: float,
+) -> float:
     """One optimiser step on one batch (float32 (N, 1, h, w) images, labels or region targets); the loss."""
     with amp:
         outputs = trainable(x)
@@ -449,9 +519,16 @@ def _step(trainable: nn.Module, net: nn.Module, criterion: nn.Module, optimizer:
     return float(loss.detach())
 
 
-def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, resume: bool = False,
-          max_iterations: int | None = None, device: str = "cpu", progress: bool = True,
-          time_budget: float | None = None) -> dict[str, Any]:
+def train(
+    config: dict[str, dict[str, Any]],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    max_iterations: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    time_budget: float | None = None,
+) -> dict[str, Any]:
     """Train the model a configuration describes.
 
     Parameters
@@ -511,8 +588,10 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         start, metrics = int(state["iteration"]), state.get("metrics", {})
         if state.get("finished"):
             # the schedule ended (by iterations or by its time budget): resuming must not restart it
-            print(f"[{experiment['name']}] {checkpoint} is finished (iteration {start}); nothing to resume",
-                  file=sys.stderr)
+            print(
+                f"[{experiment['name']}] {checkpoint} is finished (iteration {start}); nothing to resume",
+                file=sys.stderr,
+            )
             return {"iteration": start, "seconds_per_iteration": 0.0, "metrics": metrics, "checkpoint": str(checkpoint)}
     fields = _log_fields(task)
     log_path = out_dir / "log.csv"
@@ -534,17 +613,33 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
             samplers, augment_states = [None] * world, [None] * world
             dist.all_gather_object(samplers, sampler.state_dict())
             dist.all_gather_object(augment_states, generator.get_state())
-        return {"task": task, "iteration": iteration, "model": {"name": config["model"]["name"], "kwargs": model_kwargs},
-                "state_dict": net.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "sampler": samplers, "rng": {"augment": augment_states, "torch": torch.get_rng_state()},
-                "config": config, "metrics": metrics, "finished": finished or iteration >= iterations,
-                "preprocessing": {k: train_set.meta.get(k) for k in ("target_spacing", "size", "normalization")}}
+        return {
+            "task": task,
+            "iteration": iteration,
+            "model": {"name": config["model"]["name"], "kwargs": model_kwargs},
+            "state_dict": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "sampler": samplers,
+            "rng": {"augment": augment_states, "torch": torch.get_rng_state()},
+            "config": config,
+            "metrics": metrics,
+            "finished": finished or iteration >= iterations,
+            "preprocessing": {k: train_set.meta.get(k) for k in ("target_spacing", "size", "normalization")},
+        }
 
-    bar = tqdm(total=stop, initial=start, desc=experiment["name"], disable=not progress or rank != 0,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=stop,
+        initial=start,
+        desc=experiment["name"],
+        disable=not progress or rank != 0,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        dynamic_ncols=True,
+    )
     losses: list[float] = []
     row_started, sitting_started = time.perf_counter(), time.perf_counter()
     net.train()
+
     def record(iteration: int, lr: float, validate: bool) -> None:
         """Validate (when asked), save the checkpoint and append a log row (rank 0 writes)."""
         nonlocal metrics
@@ -555,13 +650,18 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         if rank != 0:
             return
         _save_checkpoint(checkpoint, state)
-        row = {"iteration": iteration, "lr": f"{lr:.6g}",
-               "train_loss": f"{np.mean(losses):.5f}" if losses else "",
-               "seconds_per_iteration": f"{(time.perf_counter() - row_started) / max(len(losses), 1):.4f}"}
+        row = {
+            "iteration": iteration,
+            "lr": f"{lr:.6g}",
+            "train_loss": f"{np.mean(losses):.5f}" if losses else "",
+            "seconds_per_iteration": f"{(time.perf_counter() - row_started) / max(len(losses), 1):.4f}",
+        }
         if validate:
             row.update({f"val_{k}": f"{v:.5f}" for k, v in metrics.items() if f"val_{k}" in fields})
-            bar.write(f"[{experiment['name']}] iteration {iteration}: " +
-                      ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_" not in k or "dice" in k))
+            bar.write(
+                f"[{experiment['name']}] iteration {iteration}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_" not in k or "dice" in k)
+            )
         with log_path.open("a", newline="") as f:
             csv.DictWriter(f, fields).writerow(row)
 
@@ -581,8 +681,20 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         centres = crop_centres(labels, patch, torch.from_numpy(batch.foreground), generator)
         x, y = augment_batch(images_all[index][:, None].to(torch_device), labels, patch, centres, augment, generator)
         target = y if task == "segmentation" else targets_all[index]
-        losses.append(_step(trainable, net, criterion, optimizer, scaler, amp, x, target.to(torch_device),
-                            task, float(spec["grad_clip"])))
+        losses.append(
+            _step(
+                trainable,
+                net,
+                criterion,
+                optimizer,
+                scaler,
+                amp,
+                x,
+                target.to(torch_device),
+                task,
+                float(spec["grad_clip"]),
+            )
+        )
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
 
@@ -596,8 +708,12 @@ def train(config: dict[str, dict[str, Any]], *, out: str | Path | None = None, r
         bar.write(f"[{experiment['name']}] time budget reached at iteration {stop}")
     bar.close()
     done = stop - start
-    return {"iteration": stop, "seconds_per_iteration": (time.perf_counter() - sitting_started) / max(done, 1),
-            "metrics": metrics, "checkpoint": str(checkpoint)}
+    return {
+        "iteration": stop,
+        "seconds_per_iteration": (time.perf_counter() - sitting_started) / max(done, 1),
+        "metrics": metrics,
+        "checkpoint": str(checkpoint),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -609,10 +725,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="run directory (default: the configuration's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one configuration value (TOML syntax), e.g. --set train.iterations=3000; repeatable")
-    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="stop, annealed, validated and saved, after this many seconds")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one configuration value (TOML syntax), e.g. --set train.iterations=3000; repeatable",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop, annealed, validated and saved, after this many seconds",
+    )
     args = parser.parse_args(argv)
     config = load_config(args.config)
     for item in args.set:
@@ -621,20 +747,31 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not dot or section not in DEFAULTS:
             parser.error(f"--set {item!r}: expected SECTION.KEY=VALUE with SECTION one of {', '.join(DEFAULTS)}")
         if name not in DEFAULTS[section]:
-            parser.error(f"--set {item!r}: [{section}] has no key {name!r}; known: {', '.join(sorted(DEFAULTS[section]))}")
+            parser.error(
+                f"--set {item!r}: [{section}] has no key {name!r}; known: {', '.join(sorted(DEFAULTS[section]))}"
+            )
         try:
             config[section][name] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError as exc:
             parser.error(f"--set {item!r}: the value is not TOML ({exc})")
     try:
-        result = train(config, out=args.out, resume=args.resume, max_iterations=args.max_iterations,
-                       device=args.device, progress=not args.no_progress, time_budget=args.time_budget)
+        result = train(
+            config,
+            out=args.out,
+            resume=args.resume,
+            max_iterations=args.max_iterations,
+            device=args.device,
+            progress=not args.no_progress,
+            time_budget=args.time_budget,
+        )
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"done: iteration {result['iteration']}, {result['seconds_per_iteration']:.3f} s/iteration, "
-              f"checkpoint {result['checkpoint']}, validation {result['metrics']}")
+        print(
+            f"done: iteration {result['iteration']}, {result['seconds_per_iteration']:.3f} s/iteration, "
+            f"checkpoint {result['checkpoint']}, validation {result['metrics']}"
+        )
     return 0
 
 

@@ -4,6 +4,7 @@ Plain Python rather than atheris' FuzzedDataProvider, so that the test suite can
 harnesses with seeded random bytes where atheris is not installed; libFuzzer's mutations work
 on the bytes either way.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ class Data:
         self.pos = 0
 
     def take(self, n: int) -> bytes:
-        chunk = self.data[self.pos:self.pos + n]
+        chunk = self.data[self.pos : self.pos + n]
         self.pos += len(chunk)
         return chunk
 

@@ -20,6 +20,7 @@ millisecond: the aim is many odd inputs, not big ones.
 
 Run: ``python fuzz/fuzz_kernels.py [libFuzzer flags, e.g. -runs=100000 -seed=1 corpus_dir]``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -114,8 +115,9 @@ def check_resample(d: Data) -> None:
     else:
         kwargs = {"target_spacing": (d.float(), d.float())}
         try:
-            out_shape = pp.resampled_shape(pixels.shape[1:] if pixels.shape[0] else (1, 1), spacing,
-                                           kwargs["target_spacing"])
+            out_shape = pp.resampled_shape(
+                pixels.shape[1:] if pixels.shape[0] else (1, 1), spacing, kwargs["target_spacing"]
+            )
         except InputError:
             out_shape = (1, 1)
         if pixels.shape[0] * out_shape[0] * out_shape[1] > MAX_OUT:
@@ -212,7 +214,9 @@ def check_argmax(d: Data) -> None:
 
 def check_components(d: Data) -> None:
     shape = (d.int(0, 5), d.int(0, 12), d.int(0, 12))
-    labels = (np.frombuffer(d.rest(int(np.prod(shape))), np.uint8).reshape(shape).astype(np.uint16) % d.pick([2, 3, 4, 256])).astype(np.uint8)
+    labels = (
+        np.frombuffer(d.rest(int(np.prod(shape))), np.uint8).reshape(shape).astype(np.uint16) % d.pick([2, 3, 4, 256])
+    ).astype(np.uint8)
     labels = layout(d, labels)
     if d.int(0, 15) == 0:
         labels = labels.astype(d.pick([np.int16, np.float32, np.bool_]))
@@ -239,8 +243,13 @@ def check_labels(d: Data) -> None:
     if labels.dtype.kind in "ui" and d.bool():
         labels = (labels % 5).astype(labels.dtype)
     try:
-        out = pp.resample_labels(labels, (d.float(), d.float()), shape=(d.int(0, 30), d.int(0, 30)),
-                                 method=d.pick(["nearest", "linear", "cubic"]), threads=d.int(1, 3))
+        out = pp.resample_labels(
+            labels,
+            (d.float(), d.float()),
+            shape=(d.int(0, 30), d.int(0, 30)),
+            method=d.pick(["nearest", "linear", "cubic"]),
+            threads=d.int(1, 3),
+        )
     except InputError:
         return
     assert out.dtype == np.uint8
@@ -260,9 +269,16 @@ def check_prepare(d: Data) -> None:
     size = (d.int(0, 40), d.int(0, 40))
     centre = (d.float() - 10, d.float() - 10) if d.bool() else None
     try:
-        batch, t = pp.prepare_slices(pixels, spacing, target_spacing=target, size=size, centre=centre,
-                                     order=d.pick([0, 1, 3]), normalization=d.pick(["zscore", "robust_zscore", "minmax"]),
-                                     threads=d.int(1, 3))
+        batch, t = pp.prepare_slices(
+            pixels,
+            spacing,
+            target_spacing=target,
+            size=size,
+            centre=centre,
+            order=d.pick([0, 1, 3]),
+            normalization=d.pick(["zscore", "robust_zscore", "minmax"]),
+            threads=d.int(1, 3),
+        )
     except InputError:
         return
     assert batch.shape == (pixels.shape[0], 1, *size) and batch.dtype == np.float32
@@ -273,8 +289,15 @@ def check_prepare(d: Data) -> None:
         assert back.shape == pixels.shape
 
 
-CHECKS = [check_resample, check_normalize, check_percentiles, check_argmax, check_components, check_labels,
-          check_prepare]
+CHECKS = [
+    check_resample,
+    check_normalize,
+    check_percentiles,
+    check_argmax,
+    check_components,
+    check_labels,
+    check_prepare,
+]
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)

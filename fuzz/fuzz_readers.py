@@ -18,6 +18,7 @@ not finite and positive, labels outside 0..3). Findings already reported are lis
 
 Run: ``[CMRSDK_FUZZ_KNOWN=1] python fuzz/fuzz_readers.py [libFuzzer flags, e.g. -runs=100000 corpus_dir]``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,10 +71,34 @@ logging.getLogger("nibabel").setLevel(logging.CRITICAL)  # its header fix-up not
 SCRATCH = Path(tempfile.mkdtemp(prefix="cmrsdk-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
 
 NIFTI_DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64, np.int8, np.complex64, np.int64]
-STRINGS = ["1", "1.5", "0", "-1", "nan", "inf", "1e309", "abc", "", "1\\2", "0.7\\0.7", "1\\0\\0\\0\\1\\0",
-           "1\\0\\0\\0\\0\\1", "0\\0\\0\\0\\0\\0", "-10\\20\\30", "1e-320", " 2 ", "1,5"]
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
-            JPEGBaseline8Bit, RLELossless]
+STRINGS = [
+    "1",
+    "1.5",
+    "0",
+    "-1",
+    "nan",
+    "inf",
+    "1e309",
+    "abc",
+    "",
+    "1\\2",
+    "0.7\\0.7",
+    "1\\0\\0\\0\\1\\0",
+    "1\\0\\0\\0\\0\\1",
+    "0\\0\\0\\0\\0\\0",
+    "-10\\20\\30",
+    "1e-320",
+    " 2 ",
+    "1,5",
+]
+SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+]
 
 
 def corrupt(d: Data, raw: bytes) -> bytes:
@@ -82,7 +107,7 @@ def corrupt(d: Data, raw: bytes) -> bytes:
     if kind == 0 or not raw:
         return raw
     if kind == 1:
-        return raw[:d.int(0, len(raw))]
+        return raw[: d.int(0, len(raw))]
     out = bytearray(raw)
     for _ in range(d.int(1, 8)):
         out[d.int(0, len(out) - 1)] = d.int(0, 255)
@@ -131,7 +156,7 @@ def nifti_bytes(d: Data, path: Path, labels: bool) -> bytes:
     if path.name.endswith(".gz"):
         raw = gzip.compress(raw, compresslevel=1)
         if d.int(0, 3) == 0:
-            raw = raw[:d.int(0, len(raw))]
+            raw = raw[: d.int(0, len(raw))]
     return raw
 
 
@@ -192,8 +217,11 @@ def make_dicom(d: Data, path: Path, series: list[str], index: int) -> None:
     ds.PhotometricInterpretation = d.pick(["MONOCHROME2", "MONOCHROME1", "RGB", "PALETTE COLOR"])
     if d.int(0, 7) == 0:
         set_text(ds, "NumberOfFrames", d.pick(["1", "2", "0", "x"]))
-    for keyword, default in (("PixelSpacing", "1.5\\1.5"), ("ImageOrientationPatient", "1\\0\\0\\0\\1\\0"),
-                             ("ImagePositionPatient", f"0\\0\\{10 * (index % 3)}")):
+    for keyword, default in (
+        ("PixelSpacing", "1.5\\1.5"),
+        ("ImageOrientationPatient", "1\\0\\0\\0\\1\\0"),
+        ("ImagePositionPatient", f"0\\0\\{10 * (index % 3)}"),
+    ):
         if d.int(0, 5):
             setattr(ds, keyword, default)
         elif d.bool():
@@ -250,12 +278,11 @@ def check_stack(stack: object) -> None:
 #: rewriting; tests/test_fuzz.py holds a reproducer of each. With CMRSDK_FUZZ_KNOWN=1 the harness
 #: counts them instead of stopping, so that a long run can look for new ones.
 KNOWN = {
-    "R1": "nifti._load: a 4-D image with one volume is sliced outside the try (nibabel's ValueError, "
-          "HeaderDataError)",
+    "R1": "nifti._load: a 4-D image with one volume is sliced outside the try (nibabel's ValueError, HeaderDataError)",
     "R2": "dicom: pydicom decodes elements lazily; a corrupt element (unknown VR, odd byte length) raises "
-          "at first access, outside _read_header's try",
+    "at first access, outside _read_header's try",
     "R3": "dicom: a multi-valued TriggerTime, InstanceNumber or RescaleSlope/Intercept is passed to "
-          "float()/int() (TypeError)",
+    "float()/int() (TypeError)",
 }
 KNOWN_SEEN: Counter[str] = Counter()
 INPUTS = [0]  # inputs run by this process
@@ -280,8 +307,11 @@ def known(exc: BaseException) -> str | None:
 
 def report_known() -> None:
     if KNOWN_SEEN:
-        print(f"known findings counted (CMRSDK_FUZZ_KNOWN=1) in {INPUTS[0]} inputs: {dict(sorted(KNOWN_SEEN.items()))}",
-              file=sys.stderr, flush=True)
+        print(
+            f"known findings counted (CMRSDK_FUZZ_KNOWN=1) in {INPUTS[0]} inputs: {dict(sorted(KNOWN_SEEN.items()))}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)

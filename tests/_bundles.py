@@ -1,4 +1,5 @@
 """Small recognisable models for pipeline and CLI tests (see tests/test_pipeline.py)."""
+
 from __future__ import annotations
 
 import torch
@@ -39,15 +40,14 @@ def build_routing_bundle(out_dir):
     """A bundle of `ConstantSegmenter`s (baseline 0, base 1, middle 2, apex 3) and a `MeanClassifier`."""
     from export.bundle import build_bundle
 
-    models = {name: (ConstantSegmenter(label), {"kind": "segmentation", "architecture": f"constant({label})"})
-              for name, label in ANSWER.items()}
+    models = {
+        name: (ConstantSegmenter(label), {"kind": "segmentation", "architecture": f"constant({label})"})
+        for name, label in ANSWER.items()
+    }
     models["classifier"] = (MeanClassifier(), {"kind": "classifier", "architecture": "mean-intensity"})
     routing = {NON_CARDIAC: "baseline", BASE: "base", MIDDLE: "middle", APEX: "apex"}
     pre = Preprocessing(target_spacing=(2.0, 2.0), size=SIZE, normalization="minmax")
-    return build_bundle(models, routing, pre, out_dir,
-                        formats=("onnx", "torchscript"))
-
-
+    return build_bundle(models, routing, pre, out_dir, formats=("onnx", "torchscript"))
 
 
 class ThresholdSegmenter(nn.Module):
@@ -63,8 +63,13 @@ def build_threshold_bundle(out_dir):
     from export.bundle import build_bundle
 
     pre = Preprocessing(target_spacing=(2.0, 2.0), size=(96, 96), normalization="minmax")
-    return build_bundle({"baseline": (ThresholdSegmenter(), {"kind": "segmentation"})}, {NON_CARDIAC: "baseline"}, pre,
-                        out_dir, formats=("onnx", "torchscript"))
+    return build_bundle(
+        {"baseline": (ThresholdSegmenter(), {"kind": "segmentation"})},
+        {NON_CARDIAC: "baseline"},
+        pre,
+        out_dir,
+        formats=("onnx", "torchscript"),
+    )
 
 
 def build_segmentation_routed_bundle(out_dir):
@@ -72,9 +77,11 @@ def build_segmentation_routed_bundle(out_dir):
     a base model that says LVM and an apex model that says RVBP everywhere; no classifier."""
     from export.bundle import build_bundle
 
-    models = {"baseline": (ThresholdSegmenter(), {"kind": "segmentation"}),
-              "base": (ConstantSegmenter(2), {"kind": "segmentation"}),
-              "apex": (ConstantSegmenter(3), {"kind": "segmentation"})}
+    models = {
+        "baseline": (ThresholdSegmenter(), {"kind": "segmentation"}),
+        "base": (ConstantSegmenter(2), {"kind": "segmentation"}),
+        "apex": (ConstantSegmenter(3), {"kind": "segmentation"}),
+    }
     routing = {NON_CARDIAC: "baseline", BASE: "base", MIDDLE: "baseline", APEX: "apex"}
     pre = Preprocessing(target_spacing=(2.0, 2.0), size=(64, 64), normalization="minmax")
     return build_bundle(models, routing, pre, out_dir, formats=("onnx",), regions_from="segmentation")

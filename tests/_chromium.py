@@ -5,6 +5,7 @@ messages ended by NUL), so nothing beyond the Debian ``chromium`` package is nee
 every network request the page made, console errors and uncaught exceptions, each image's
 natural size, the page text and a screenshot.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,10 +23,21 @@ from typing import Any
 
 __all__ = ["chromium_binary", "PageVisit", "visit"]
 
-_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-          "--disable-default-apps", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
-          "--remote-debugging-pipe"]
+_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--remote-debugging-pipe",
+]
 
 
 def chromium_binary() -> str | None:
@@ -41,12 +53,12 @@ def chromium_binary() -> str | None:
 class PageVisit:
     """What loading one page showed."""
 
-    requests: list[str] = field(default_factory=list)        # every URL the page asked for
-    errors: list[str] = field(default_factory=list)          # console errors, exceptions, failed loads
+    requests: list[str] = field(default_factory=list)  # every URL the page asked for
+    errors: list[str] = field(default_factory=list)  # console errors, exceptions, failed loads
     images: list[dict[str, Any]] = field(default_factory=list)  # {alt, naturalWidth, naturalHeight, complete}
-    text: str = ""                                           # document.body.innerText
+    text: str = ""  # document.body.innerText
     screenshot_png: bytes = b""
-    pdf: bytes = b""                                         # the page printed on A4, when asked for
+    pdf: bytes = b""  # the page printed on A4, when asked for
     title: str = ""
 
 
@@ -67,16 +79,21 @@ class _Pipe:
 
         self.process = subprocess.Popen(
             [binary, *_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_child_fds, close_fds=False)
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_child_fds,
+            close_fds=False,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict[str, Any]] = []
 
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict[str, Any]:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
@@ -136,7 +153,9 @@ _PROBE = """(() => ({
 }))()"""
 
 
-def visit(path: str | Path, *, width: int = 1280, height: int = 900, timeout: float = 60.0, pdf: bool = False) -> PageVisit:
+def visit(
+    path: str | Path, *, width: int = 1280, height: int = 900, timeout: float = 60.0, pdf: bool = False
+) -> PageVisit:
     """Load ``path`` in headless Chromium; return the requests, errors, images, text, a full-page screenshot
     and, with ``pdf``, the page printed on A4 (print styles applied)."""
     binary = chromium_binary()
@@ -157,14 +176,28 @@ def visit(path: str | Path, *, width: int = 1280, height: int = 900, timeout: fl
             value = probe["result"]["value"]
             metrics = pipe.send("Page.getLayoutMetrics", session=session)
             size = metrics.get("cssContentSize") or metrics["contentSize"]
-            shot = pipe.send("Page.captureScreenshot", {
-                "format": "png", "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}}, session=session)
-            result = PageVisit(title=value["title"], text=value["text"], images=value["images"],
-                               screenshot_png=base64.b64decode(shot["data"]))
+            shot = pipe.send(
+                "Page.captureScreenshot",
+                {
+                    "format": "png",
+                    "captureBeyondViewport": True,
+                    "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+                },
+                session=session,
+            )
+            result = PageVisit(
+                title=value["title"],
+                text=value["text"],
+                images=value["images"],
+                screenshot_png=base64.b64decode(shot["data"]),
+            )
             if pdf:
-                printed = pipe.send("Page.printToPDF", {"paperWidth": 8.27, "paperHeight": 11.69, "printBackground": True},
-                                    session=session, timeout=timeout)
+                printed = pipe.send(
+                    "Page.printToPDF",
+                    {"paperWidth": 8.27, "paperHeight": 11.69, "printBackground": True},
+                    session=session,
+                    timeout=timeout,
+                )
                 result.pdf = base64.b64decode(printed["data"])
             for event in pipe.events:
                 method, params = event.get("method"), event.get("params", {})

@@ -3,6 +3,7 @@
 Orthanc is the Debian package's ``/usr/sbin/Orthanc``, started on loopback ports with its own
 generated configuration in a temporary folder (never the system service's 4242/8042).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 def _system_tool(name: str) -> str | None:
     """A system program on PATH, skipping the virtual environment: pynetdicom installs apps named
     like dcmtk's (storescu, echoscu) with other options, and the set-up puts .venv/bin first."""
@@ -59,17 +62,29 @@ class Orthanc:
         self.http_port, self.dicom_port = free_port(), free_port()
         self.folder.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "cmrsdk-test", "DicomAet": aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-            "StorageDirectory": str(self.folder / "storage"), "IndexDirectory": str(self.folder / "index"),
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
-            "DicomServerEnabled": True, "Plugins": [], "ConcurrentJobs": 2, "HttpThreadsCount": 4,
+            "Name": "cmrsdk-test",
+            "DicomAet": aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "HttpServerEnabled": True,
+            "DicomServerEnabled": True,
+            "Plugins": [],
+            "ConcurrentJobs": 2,
+            "HttpThreadsCount": 4,
             "DicomModalities": {name: [a, "127.0.0.1", port] for name, (a, port) in modalities.items()},
-            "DicomScuTimeout": 30, "StableAge": 2, "SaveJobs": False,
+            "DicomScuTimeout": 30,
+            "StableAge": 2,
+            "SaveJobs": False,
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config, indent=2))
         self.log = open(self.folder / "orthanc.log", "wb")
-        self.process = subprocess.Popen([ORTHANC, str(self.folder / "orthanc.json")], stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [ORTHANC, str(self.folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT
+        )
         wait_for(self._up, 30, "Orthanc's REST API")
 
     def _up(self) -> bool:
@@ -81,8 +96,16 @@ class Orthanc:
         except OSError:
             return False
 
-    def request(self, method: str, path: str, body: bytes | dict | list | str | None = None, timeout: float = 300) -> Any:
-        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body.encode() if isinstance(body, str) else body
+    def request(
+        self, method: str, path: str, body: bytes | dict | list | str | None = None, timeout: float = 300
+    ) -> Any:
+        data = (
+            json.dumps(body).encode()
+            if isinstance(body, (dict, list))
+            else body.encode()
+            if isinstance(body, str)
+            else body
+        )
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
         with urllib.request.urlopen(req, timeout=timeout) as response:
             content = response.read()
@@ -109,8 +132,12 @@ class Orthanc:
         return out
 
     def instances_of_modality(self, modalities: tuple[str, ...]) -> list[str]:
-        return [iid for s in self.get("/series") for iid in self.get(f"/series/{s}")["Instances"]
-                if self.get(f"/series/{s}")["MainDicomTags"].get("Modality") in modalities]
+        return [
+            iid
+            for s in self.get("/series")
+            for iid in self.get(f"/series/{s}")["Instances"]
+            if self.get(f"/series/{s}")["MainDicomTags"].get("Modality") in modalities
+        ]
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -126,11 +153,34 @@ class Orthanc:
 class NodeProcess:
     """``python -m cmrsdk serve ...`` in a subprocess, its log in ``log_path``."""
 
-    def __init__(self, spool: Path, output: Path, port: int, *extra: str, log_path: Path,
-                 series_timeout: float = 1.0, wait_ready: bool = False) -> None:
+    def __init__(
+        self,
+        spool: Path,
+        output: Path,
+        port: int,
+        *extra: str,
+        log_path: Path,
+        series_timeout: float = 1.0,
+        wait_ready: bool = False,
+    ) -> None:
         self.spool, self.output, self.port, self.log_path = Path(spool), Path(output), port, Path(log_path)
-        self.args = [sys.executable, "-m", "cmrsdk", "serve", "--port", str(port), "--spool", str(spool),
-                     "--output", str(output), "--series-timeout", str(series_timeout), "--min-free-mb", "1", *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "cmrsdk",
+            "serve",
+            "--port",
+            str(port),
+            "--spool",
+            str(spool),
+            "--output",
+            str(output),
+            "--series-timeout",
+            str(series_timeout),
+            "--min-free-mb",
+            "1",
+            *extra,
+        ]
         self.log = open(self.log_path, "ab")
         self.offset = self.log.tell()  # a restarted node appends to the same log
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -162,15 +212,25 @@ class NodeProcess:
         return self.process.returncode
 
     def status(self) -> str:
-        return subprocess.run([sys.executable, "-m", "cmrsdk", "serve", "--status", str(self.spool)], cwd=str(REPO),
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            [sys.executable, "-m", "cmrsdk", "serve", "--status", str(self.spool)],
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
 
-def storescu(port: int, files: list[Path], *, calling: str = "SCANNER", called: str = "CMRSDK",
-             timeout: float = 120) -> subprocess.CompletedProcess:
+def storescu(
+    port: int, files: list[Path], *, calling: str = "SCANNER", called: str = "CMRSDK", timeout: float = 120
+) -> subprocess.CompletedProcess:
     """dcmtk's storescu sending ``files`` to 127.0.0.1:port over one association (-v: one line per response)."""
-    return subprocess.run([STORESCU, "-v", "-aet", calling, "-aec", called, "-nh", "127.0.0.1", str(port),
-                           *map(str, files)], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [STORESCU, "-v", "-aet", calling, "-aec", called, "-nh", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def sunnybrook_files(source: Path) -> list[Path]:

@@ -1,4 +1,5 @@
 """Shared fixtures: the real data beside the checkout, skipped (saying so) where absent."""
+
 from __future__ import annotations
 
 import sys

@@ -4,6 +4,7 @@ Each kind runs the real ``cmrsdk segment`` (in-process, or as a subprocess where
 pipes are the point) and asserts the exit code, the error and summary lines and the files
 left behind. ``BATCH_KINDS`` counts them for the corpus (tests/test_corpus.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,24 @@ FAST = ["--mode", "baseline", "--no-overlay", "--no-report-html"]
 
 #: the batch and output kinds of the corpus, each a test below.
 BATCH_KINDS = [
-    "same_folder_names", "one_failure_carries_on", "output_is_a_file", "output_under_a_file",
-    "output_cannot_be_created", "rerun_replaces_earlier_result", "foreign_files_refused", "no_overlay",
-    "overlay_bounded", "missing_input", "same_input_twice", "sigterm_leaves_nothing", "interrupt_keeps_earlier_result",
-    "broken_pipe", "heart_crop_not_multiple", "folder_of_nifti_files", "folder_of_subjects", "inspect_folder_of_nifti",
+    "same_folder_names",
+    "one_failure_carries_on",
+    "output_is_a_file",
+    "output_under_a_file",
+    "output_cannot_be_created",
+    "rerun_replaces_earlier_result",
+    "foreign_files_refused",
+    "no_overlay",
+    "overlay_bounded",
+    "missing_input",
+    "same_input_twice",
+    "sigterm_leaves_nothing",
+    "interrupt_keeps_earlier_result",
+    "broken_pipe",
+    "heart_crop_not_multiple",
+    "folder_of_nifti_files",
+    "folder_of_subjects",
+    "inspect_folder_of_nifti",
 ]
 
 
@@ -54,8 +69,15 @@ def _hidden(folder: Path) -> list[str]:
 
 
 def test_study_folder_names_disambiguate() -> None:
-    names = study_folder_names([Path("/a/site1/DICOM"), Path("/a/site2/DICOM"), Path("/b/p1.nii.gz"), Path("/b/p1.nii.gz"),
-                                Path("/x/y/IMG.NII.GZ")])
+    names = study_folder_names(
+        [
+            Path("/a/site1/DICOM"),
+            Path("/a/site2/DICOM"),
+            Path("/b/p1.nii.gz"),
+            Path("/b/p1.nii.gz"),
+            Path("/x/y/IMG.NII.GZ"),
+        ]
+    )
     assert names == ["site1_DICOM", "site2_DICOM", "p1", "p1-2", "IMG"]
 
 
@@ -106,7 +128,9 @@ def test_output_is_a_file(shared_data, tmp_path, capsys):
     target.write_text("keep me")
     started = time.perf_counter()
     assert main(["segment", str(image), "-o", str(target), *FAST]) == 1
-    assert capsys.readouterr().err.splitlines()[0] == (f"cmrsdk: error: {image}: {target}: output folder is a file, not a folder")
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"cmrsdk: error: {image}: {target}: output folder is a file, not a folder"
+    )
     assert target.read_text() == "keep me"
     assert time.perf_counter() - started < 30  # found before the bundle is loaded
 
@@ -150,7 +174,8 @@ def test_foreign_files_refused(shared_data, tmp_path, capsys):
     assert main(["segment", str(image), "-o", str(out), *FAST]) == 1
     assert capsys.readouterr().err.splitlines()[0] == (
         f"cmrsdk: error: {image}: {out}: output folder holds 1 entries cmrsdk did not write (thesis.docx); a study's "
-        "folder is replaced whole, so choose a new or empty folder")
+        "folder is replaced whole, so choose a new or empty folder"
+    )
     assert _names(out) == ["thesis.docx"]
 
 
@@ -196,8 +221,15 @@ def test_same_input_twice(shared_data, tmp_path):
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, "-m", "cmrsdk.cli", *args], cwd=ROOT, env=env, stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cmrsdk.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_sigterm_leaves_nothing(shared_data, tmp_path):
@@ -238,8 +270,15 @@ def test_interrupt_keeps_earlier_result(shared_data, tmp_path, monkeypatch):
 def test_broken_pipe(shared_data, tmp_path):
     source = shared_data / "sunnybrook" / "SCD0000101"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
-    result = subprocess.run(f"{sys.executable} -m cmrsdk.cli inspect {source} {source} | head -n 1", shell=True, cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        f"{sys.executable} -m cmrsdk.cli inspect {source} {source} | head -n 1",
+        shell=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.stdout == "{\n"
     assert result.stderr == ""
 
@@ -247,8 +286,10 @@ def test_broken_pipe(shared_data, tmp_path):
 def test_heart_crop_not_multiple(shared_data, tmp_path, capsys):
     image = _nifti(shared_data, tmp_path / "in" / "a.nii.gz")
     assert main(["segment", str(image), "-o", str(tmp_path / "out"), "--heart-crop", "100", "100"]) == 2
-    assert capsys.readouterr().err == ("cmrsdk: error: 'heart_crop' (100, 100) must be multiples of 16 pixels (the U-Nets "
-                                       "downsample by 16), e.g. (96, 96)\n")
+    assert capsys.readouterr().err == (
+        "cmrsdk: error: 'heart_crop' (100, 100) must be multiples of 16 pixels (the U-Nets "
+        "downsample by 16), e.g. (96, 96)\n"
+    )
     assert not (tmp_path / "out").exists() or _names(tmp_path / "out") == []
 
 
@@ -290,6 +331,7 @@ def test_inspect_folder_of_nifti(shared_data, tmp_path, capsys):
 
 # -- the shared Sunnybrook series: SEG and SR a PACS accepts ------------------------------------
 
+
 def _dciodvfy_errors(path: Path) -> list[str]:
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
@@ -306,8 +348,16 @@ def test_sunnybrook_to_seg_and_sr(shared_data, tmp_path, series, capsys):
     assert main(["segment", str(source), "-o", str(out), "--bundle", str(DEMO_BUNDLE)]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith(f"{source}: LVEF ") and "Traceback" not in captured.err
-    assert _names(out) == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm", "seg_ES.dcm",
-                           "sr.dcm"]
+    assert _names(out) == [
+        "labels_ED.nii.gz",
+        "labels_ES.nii.gz",
+        "overlay.png",
+        "report.html",
+        "report.json",
+        "seg_ED.dcm",
+        "seg_ES.dcm",
+        "sr.dcm",
+    ]
     report = json.loads((out / "report.json").read_text())
     assert any("'PatientBirthDate' value '00000000'" in w for w in report["warnings"])
     assert any("'FrameOfReferenceUID' (0020,0052) differs" in w for w in report["warnings"])
@@ -324,13 +374,16 @@ def test_sunnybrook_to_seg_and_sr(shared_data, tmp_path, series, capsys):
         n_slices = report["phases"][index]["shape_zyx"][0]
         assert [d.segment_label for d in seg.SegmentSequence] == ["LVBP", "LVM", "RVBP"]
         assert seg.PatientID == series and seg.PatientBirthDate == "" and seg.StudyDate == ""
-        referenced = [item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence]
+        referenced = [
+            item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+        ]
         assert len(referenced) == n_slices and set(referenced) <= set(sources)
         # the SEG's pixels are the NIfTI labels: same voxels per structure
         labels = np.asarray(nib.load(out / f"labels_{phase}.nii.gz").dataobj).transpose(2, 1, 0)
         array = seg.get_volume(combine_segments=True, allow_missing_positions=True, dtype=np.uint8).array
-        assert sorted(np.bincount(array.ravel(), minlength=4)[1:].tolist()) == \
-            sorted(np.bincount(labels.ravel(), minlength=4)[1:].tolist())
+        assert sorted(np.bincount(array.ravel(), minlength=4)[1:].tolist()) == sorted(
+            np.bincount(labels.ravel(), minlength=4)[1:].tolist()
+        )
     measured = {}
     for group in sr.content.get_image_measurement_groups():
         for item in group.get_measurements():

@@ -1,4 +1,5 @@
 """cmrsdk.bundle: verification on load (tamper tests), the manifest's view, lazy shared engines."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,17 @@ SIZE = (32, 32)
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     torch.manual_seed(3)
-    models = {"baseline": (unet(features=(8, 16, 32)), {"kind": "segmentation", "metrics": {"dice": 0.5}}),
-              "apex": (unet(features=(4, 8, 16)), {"kind": "segmentation"})}
-    return build_bundle(models, {0: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
-                        Preprocessing((1.25, 1.25), SIZE, "robust_zscore"), tmp_path_factory.mktemp("src") / "bundle",
-                        formats=("torchscript", "onnx"))
+    models = {
+        "baseline": (unet(features=(8, 16, 32)), {"kind": "segmentation", "metrics": {"dice": 0.5}}),
+        "apex": (unet(features=(4, 8, 16)), {"kind": "segmentation"}),
+    }
+    return build_bundle(
+        models,
+        {0: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
+        Preprocessing((1.25, 1.25), SIZE, "robust_zscore"),
+        tmp_path_factory.mktemp("src") / "bundle",
+        formats=("torchscript", "onnx"),
+    )
 
 
 @pytest.fixture()
@@ -114,20 +121,35 @@ def test_malformed_json_is_refused(bundle_dir: Path):
         load_bundle(bundle_dir)
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda m: m.pop("routing"), r"'routing' is missing"),
-    (lambda m: m["preprocessing"].update(size=[32]), r"'preprocessing.size' must be two positive ints"),
-    (lambda m: m["preprocessing"].update(target_spacing=[1.0, -1.0]), r"'preprocessing.target_spacing' must be two positive"),
-    (lambda m: m["models"]["apex"].update(kind="detector"), r"'models.apex.kind' is 'detector'"),
-    (lambda m: m["models"]["apex"]["artifacts"]["onnx"].pop("sha256"), r"'models.apex.artifacts.onnx.sha256' is missing"),
-    (lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(size="12"), r"'models.apex.artifacts.onnx.size' has the wrong type str"),
-    (lambda m: m["models"]["apex"]["artifacts"].update(caffe={}), r"unknown key 'caffe'"),
-    (lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(file="../apex.onnx"), r"expected a file name inside the bundle"),
-    (lambda m: m["routing"].update({"3": "ghost"}), r"'routing.3' names 'ghost'"),
-    (lambda m: m["routing"].update({"x": "apex"}), r"'routing' keys must be integer codes"),
-    (lambda m: m["routing"].update({"7": "apex"}), r"'routing' has region code 7"),
-    (lambda m: m.update(classifier="baseline"), r"'classifier' names 'baseline'"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.pop("routing"), r"'routing' is missing"),
+        (lambda m: m["preprocessing"].update(size=[32]), r"'preprocessing.size' must be two positive ints"),
+        (
+            lambda m: m["preprocessing"].update(target_spacing=[1.0, -1.0]),
+            r"'preprocessing.target_spacing' must be two positive",
+        ),
+        (lambda m: m["models"]["apex"].update(kind="detector"), r"'models.apex.kind' is 'detector'"),
+        (
+            lambda m: m["models"]["apex"]["artifacts"]["onnx"].pop("sha256"),
+            r"'models.apex.artifacts.onnx.sha256' is missing",
+        ),
+        (
+            lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(size="12"),
+            r"'models.apex.artifacts.onnx.size' has the wrong type str",
+        ),
+        (lambda m: m["models"]["apex"]["artifacts"].update(caffe={}), r"unknown key 'caffe'"),
+        (
+            lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(file="../apex.onnx"),
+            r"expected a file name inside the bundle",
+        ),
+        (lambda m: m["routing"].update({"3": "ghost"}), r"'routing.3' names 'ghost'"),
+        (lambda m: m["routing"].update({"x": "apex"}), r"'routing' keys must be integer codes"),
+        (lambda m: m["routing"].update({"7": "apex"}), r"'routing' has region code 7"),
+        (lambda m: m.update(classifier="baseline"), r"'classifier' names 'baseline'"),
+    ],
+)
 def test_malformed_manifest_fields_are_refused(bundle_dir: Path, edit, message: str):
     _edit_manifest(bundle_dir, edit)
     with pytest.raises(BundleError, match=r"manifest\.json: .*" + message):
@@ -158,7 +180,9 @@ def test_engines_of_a_bundle_agree(source: Path):
     bundle = load_bundle(source)
     x = np.random.default_rng(5).standard_normal((6, 1, *SIZE)).astype(np.float32)
     for name in bundle.models:
-        np.testing.assert_allclose(bundle.engine(name, "onnx").run(x), bundle.engine(name, "torchscript").run(x), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            bundle.engine(name, "onnx").run(x), bundle.engine(name, "torchscript").run(x), atol=1e-4, rtol=0
+        )
 
 
 def test_an_artifact_changed_after_loading_is_refused_when_its_engine_is_made(bundle_dir: Path):
@@ -177,20 +201,28 @@ def test_engine_selection_errors(source: Path):
         bundle.engine("apex", "onnx", fp16=True)
     with pytest.raises(InputError, match="'backend' must be .*'mxnet'"):
         bundle.engine("apex", "mxnet")
-    with pytest.raises(BackendUnavailableError, match=r"no engine for model 'apex' on device 'cpu'.*no 'tensorrt-fp32' artifact"):
+    with pytest.raises(
+        BackendUnavailableError, match=r"no engine for model 'apex' on device 'cpu'.*no 'tensorrt-fp32' artifact"
+    ):
         bundle.engine("apex", "tensorrt")
     if backend_missing("torchscript", "cuda") is not None and backend_missing("onnx", "cuda") is not None:
-        with pytest.raises(BackendUnavailableError, match="device 'cuda'.*tensorrt.*torchscript: no CUDA GPU.*onnxruntime-gpu"):
+        with pytest.raises(
+            BackendUnavailableError, match="device 'cuda'.*tensorrt.*torchscript: no CUDA GPU.*onnxruntime-gpu"
+        ):
             bundle.engine("apex", device="cuda")
 
 
 # -- precision and input sizes (issue 16) -------------------------------------------------------
 
+
 def test_int8_is_asked_for_not_chosen(source: Path):
     bundle = load_bundle(source)
     assert bundle.select_artifact("apex").key == "onnx"  # auto on the CPU: fp32 ONNX first
-    with pytest.raises(BackendUnavailableError, match=r"no engine for model 'apex' on device 'cpu' in int8: "
-                                                      r"onnx: the bundle has no 'onnx-int8' artifact.*torchscript: has no int8 path"):
+    with pytest.raises(
+        BackendUnavailableError,
+        match=r"no engine for model 'apex' on device 'cpu' in int8: "
+        r"onnx: the bundle has no 'onnx-int8' artifact.*torchscript: has no int8 path",
+    ):
         bundle.select_artifact("apex", precision="int8")
     with pytest.raises(InputError, match="'precision' must be 'fp32', 'fp16' or 'int8', got 'int4'"):
         bundle.select_artifact("apex", precision="int4")
@@ -201,12 +233,17 @@ def test_int8_is_asked_for_not_chosen(source: Path):
 def test_an_artifact_that_cannot_run_the_shape_is_passed_over(bundle_dir: Path):
     # the ONNX artifact says it runs the full window only: auto falls back to TorchScript for
     # the heart crop, and asking for ONNX by name says why it cannot
-    _edit_manifest(bundle_dir, lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(input_hw={"min": [32, 32], "max": [32, 32]}))
+    _edit_manifest(
+        bundle_dir,
+        lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(input_hw={"min": [32, 32], "max": [32, 32]}),
+    )
     bundle = load_bundle(bundle_dir)
     assert bundle.models["apex"].artifacts["onnx"].input_hw == ((32, 32), (32, 32))
     assert bundle.select_artifact("apex", shapes=[(32, 32)]).key == "onnx"
     assert bundle.select_artifact("apex", shapes=[(32, 32), (16, 16)]).key == "torchscript"
-    with pytest.raises(BackendUnavailableError, match=r"'onnx' artifact of 'apex' runs \(H, W\) from 32x32 to 32x32, not 16x16"):
+    with pytest.raises(
+        BackendUnavailableError, match=r"'onnx' artifact of 'apex' runs \(H, W\) from 32x32 to 32x32, not 16x16"
+    ):
         bundle.select_artifact("apex", "onnx", shapes=[(16, 16)])
     from cmrsdk.pipeline import Pipeline
 
@@ -214,15 +251,25 @@ def test_an_artifact_that_cannot_run_the_shape_is_passed_over(bundle_dir: Path):
     assert pipe.provenance["backends"] == {"baseline": "onnx"}  # baseline's ONNX has no limit
     pipe = Pipeline(bundle, mode="routed", regions_from="caller", heart_crop=(16, 16))
     assert pipe.provenance["backends"] == {"apex": "torchscript", "baseline": "onnx"}
-    assert Pipeline(bundle, mode="routed", regions_from="caller", heart_crop=None).provenance["backends"]["apex"] == "onnx"
+    assert (
+        Pipeline(bundle, mode="routed", regions_from="caller", heart_crop=None).provenance["backends"]["apex"] == "onnx"
+    )
 
 
-@pytest.mark.parametrize(("input_hw", "message"), [
-    ({"min": [32, 32]}, r"got \{'min': \[32, 32\]\}"), ({"min": [40, 32], "max": [32, 32]}, r"got \{'min': \[40, 32\]"),
-    ({"min": [0, 16], "max": [32, 32]}, r"got \{'min': \[0, 16\]"), ([16, 32], r"got \[16, 32\]")])
+@pytest.mark.parametrize(
+    ("input_hw", "message"),
+    [
+        ({"min": [32, 32]}, r"got \{'min': \[32, 32\]\}"),
+        ({"min": [40, 32], "max": [32, 32]}, r"got \{'min': \[40, 32\]"),
+        ({"min": [0, 16], "max": [32, 32]}, r"got \{'min': \[0, 16\]"),
+        ([16, 32], r"got \[16, 32\]"),
+    ],
+)
 def test_malformed_input_hw_is_refused(bundle_dir: Path, input_hw, message: str):
     _edit_manifest(bundle_dir, lambda m: m["models"]["apex"]["artifacts"]["onnx"].update(input_hw=input_hw))
-    with pytest.raises(BundleError, match=rf"'models\.apex\.artifacts\.onnx\.input_hw' must be .*min <= max, {message}"):
+    with pytest.raises(
+        BundleError, match=rf"'models\.apex\.artifacts\.onnx\.input_hw' must be .*min <= max, {message}"
+    ):
         load_bundle(bundle_dir)
 
 
@@ -232,9 +279,16 @@ def _with_tensorrt(bundle_dir: Path, **entry) -> None:
     shutil.copy(bundle_dir / "apex.onnx", fake)
 
     def edit(m):
-        m["models"]["apex"]["artifacts"]["tensorrt-fp32"] = {"file": fake.name, "format": "tensorrt", "precision": "fp32",
-                                                            "sha256": sha256_file(fake), "size": fake.stat().st_size, **entry}
+        m["models"]["apex"]["artifacts"]["tensorrt-fp32"] = {
+            "file": fake.name,
+            "format": "tensorrt",
+            "precision": "fp32",
+            "sha256": sha256_file(fake),
+            "size": fake.stat().st_size,
+            **entry,
+        }
         m["models"]["apex"]["tensorrt_max_batch"] = 8
+
     _edit_manifest(bundle_dir, edit)
 
 
@@ -244,7 +298,11 @@ def test_auto_on_cuda_skips_a_tensorrt_engine_built_for_the_full_window(bundle_d
     _with_tensorrt(bundle_dir)  # no input_hw: a TensorRT artifact from before dynamic sizes
     made = []
     monkeypatch.setattr(bundle_module, "backend_missing", lambda backend, device="cpu": None)  # pretend a GPU
-    monkeypatch.setattr(bundle_module, "create_engine", lambda path, backend, device, **options: made.append((path.name, backend, options)) or backend)
+    monkeypatch.setattr(
+        bundle_module,
+        "create_engine",
+        lambda path, backend, device, **options: made.append((path.name, backend, options)) or backend,
+    )
     bundle = load_bundle(bundle_dir)
     assert bundle.models["apex"].artifacts["tensorrt-fp32"].input_hw == (SIZE, SIZE)
     assert bundle.select_artifact("apex", device="cuda", shapes=[SIZE]).key == "tensorrt-fp32"

@@ -1,4 +1,5 @@
 """The shared input checks (cmrsdk._checks): one spacing validator, one label-map checker."""
+
 from __future__ import annotations
 
 import numpy as np

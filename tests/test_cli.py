@@ -1,4 +1,5 @@
 """The cmrsdk command: segment, evaluate, info, inspect, and one clear line per failure."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,16 @@ def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["segment", str(tmp_path / "dicom"), "-o", str(out), "--bundle", str(routing_bundle)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm",
-                     "seg_ES.dcm", "sr.dcm"]
+    assert names == [
+        "labels_ED.nii.gz",
+        "labels_ES.nii.gz",
+        "overlay.png",
+        "report.html",
+        "report.json",
+        "seg_ED.dcm",
+        "seg_ES.dcm",
+        "sr.dcm",
+    ]
     report = json.loads((out / "report.json").read_text())
     ed = read_study(tmp_path / "dicom").phases[report["ed_index"]]
     labels = np.asarray(nib.load(out / "labels_ED.nii.gz").dataobj)
@@ -37,8 +46,22 @@ def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
 def test_segment_no_report_html(routing_bundle, tmp_path):
     write_acdc_patient(tmp_path / "patient901", synthetic_study(seed=6))
     out = tmp_path / "out"
-    assert main(["segment", str(tmp_path / "patient901"), "-o", str(out), "--bundle", str(routing_bundle),
-                 "--mode", "baseline", "--no-report-html"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "patient901"),
+                "-o",
+                str(out),
+                "--bundle",
+                str(routing_bundle),
+                "--mode",
+                "baseline",
+                "--no-report-html",
+            ]
+        )
+        == 0
+    )
     assert not (out / "report.html").exists()
     assert "report.html" not in json.loads((out / "report.json").read_text())["outputs"]
 
@@ -46,8 +69,20 @@ def test_segment_no_report_html(routing_bundle, tmp_path):
 def test_several_studies_one_failure_carries_on(routing_bundle, tmp_path, capsys):
     write_acdc_patient(tmp_path / "patient900", synthetic_study(seed=4))
     (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti file")
-    code = main(["segment", str(tmp_path / "patient900"), str(tmp_path / "broken.nii.gz"), "-o", str(tmp_path / "out"),
-                 "--bundle", str(routing_bundle), "--mode", "baseline", "--full-window"])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "patient900"),
+            str(tmp_path / "broken.nii.gz"),
+            "-o",
+            str(tmp_path / "out"),
+            "--bundle",
+            str(routing_bundle),
+            "--mode",
+            "baseline",
+            "--full-window",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("cmrsdk: error:") == 1 and "broken.nii.gz" in err
@@ -59,8 +94,26 @@ def test_evaluate_writes_tables_and_figures(routing_bundle, tmp_path):
     for i in range(2):
         write_acdc_patient(tmp_path / "data" / f"patient90{i}", synthetic_study(seed=10 + i))
     out = tmp_path / "eval"
-    assert main(["evaluate", "--data", str(tmp_path / "data"), "-o", str(out), "--bundle", str(routing_bundle),
-                 "--modes", "baseline", "oracle", "--heart-crop", "32", "32"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(tmp_path / "data"),
+                "-o",
+                str(out),
+                "--bundle",
+                str(routing_bundle),
+                "--modes",
+                "baseline",
+                "oracle",
+                "--heart-crop",
+                "32",
+                "32",
+            ]
+        )
+        == 0
+    )
     report = (out / "report.md").read_text()
     assert "Table 1" in report and "Table 3" in report and "figure2.png" in report
     assert (out / "figure2.png").is_file() and (out / "table3.csv").is_file()

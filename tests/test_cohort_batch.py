@@ -3,6 +3,7 @@
 The table equals `segment`'s reports; a corrupt study fails alone; a batch SIGKILLed midway and run
 again completes with each study once; a rerun skips what is done.
 """
+
 from __future__ import annotations
 
 import csv
@@ -75,10 +76,15 @@ def test_table_equals_segment_for_every_study(local_run, cohort: Path, tmp_path:
         assert not (out / "studies" / "SCD0000101").exists()
     else:
         assert float(sunnybrook["heart_rate_bpm"]) == 80.0  # DICOM HeartRate (0018,1088)
-        assert float(sunnybrook["cardiac_output_l_min"]) == pytest.approx(float(sunnybrook["lvsv_ml"]) * 80 / 1000, abs=1e-3)
+        assert float(sunnybrook["cardiac_output_l_min"]) == pytest.approx(
+            float(sunnybrook["lvsv_ml"]) * 80 / 1000, abs=1e-3
+        )
     for study_id in ("patient001", "B5F8L9"):  # one per reader; every row against its own report below
         single = tmp_path / study_id
-        assert main(["segment", str(cohort / study_id), "-o", str(single), "--bundle", str(DEMO_BUNDLE), "--threads", "1"]) == 0
+        assert (
+            main(["segment", str(cohort / study_id), "-o", str(single), "--bundle", str(DEMO_BUNDLE), "--threads", "1"])
+            == 0
+        )
         expected = json.loads((single / "report.json").read_text())
         for name in MEASURES:
             assert float(table[study_id][name]) == expected["measures"][name], (study_id, name)
@@ -129,8 +135,12 @@ def test_rerun_skips_done_studies_and_retries_failed_ones_on_request(local_run, 
 def ray_instance():
     ray = pytest.importorskip("ray")
     # actors import this checkout's cmrsdk, not an installed one
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}},
+    )
     yield ray
     ray.shutdown()
 
@@ -151,7 +161,8 @@ def test_ray_engine_gives_the_local_table(ray_instance, local_run, cohort: Path,
         assert {n: float(remote[study_id][n]) for n in MEASURES} == {n: local["measures"][n] for n in MEASURES}
         assert remote[study_id]["quality_flags"] == ";".join(
             [f"ED:{f}" for f in local["phases"][local["ed_index"]]["quality_flags"]]
-            + [f"ES:{f}" for f in local["phases"][local["es_index"]]["quality_flags"]])
+            + [f"ES:{f}" for f in local["phases"][local["es_index"]]["quality_flags"]]
+        )
     assert ray_instance.is_initialized()  # a batch leaves running a Ray instance it did not start
 
 
@@ -183,8 +194,24 @@ def test_sigkill_midway_then_rerun_completes_each_study_once(engine: str, shared
     for name in names:
         (root / name).symlink_to(shared_data / "acdc" / "training" / name)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "cmrsdk", "batch", str(root), "-o", str(out), "--workers", "1", "--threads", "1",
-               "--bundle", str(DEMO_BUNDLE), "--no-progress", "--engine", engine]
+    command = [
+        sys.executable,
+        "-m",
+        "cmrsdk",
+        "batch",
+        str(root),
+        "-o",
+        str(out),
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--bundle",
+        str(DEMO_BUNDLE),
+        "--no-progress",
+        "--engine",
+        engine,
+    ]
     if engine == "ray":
         # the batch connects to a running cluster (this module's instance), as on a real one
         command += ["--address", request.getfixturevalue("ray_instance").get_runtime_context().gcs_address]

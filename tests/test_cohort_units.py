@@ -1,4 +1,5 @@
 """cmrsdk.cohort without a pipeline: discovery, study lists, the journal, table rows, the scheduler."""
+
 from __future__ import annotations
 
 import json
@@ -62,10 +63,14 @@ def test_discovery_refuses_missing_roots_and_clashing_ids(tmp_path: Path):
 
 def test_study_list_resolves_paths_and_checks_values(tmp_path: Path):
     listing = tmp_path / "lists" / "cohort.csv"
-    _touch(listing, b"study_id,source,height_cm,weight_kg,heart_rate_bpm\nS1,../data/p1,170,70,\n,/abs/p2.nii.gz,,,62\n")
+    _touch(
+        listing, b"study_id,source,height_cm,weight_kg,heart_rate_bpm\nS1,../data/p1,170,70,\n,/abs/p2.nii.gz,,,62\n"
+    )
     studies = read_study_list(listing)
-    assert studies == [StudySource("S1", str(tmp_path / "data" / "p1"), 170.0, 70.0, None),
-                       StudySource("p2", "/abs/p2.nii.gz", None, None, 62.0)]
+    assert studies == [
+        StudySource("S1", str(tmp_path / "data" / "p1"), 170.0, 70.0, None),
+        StudySource("p2", "/abs/p2.nii.gz", None, None, 62.0),
+    ]
     _touch(listing, b"source,weight_kg\np1,seventy\n")
     with pytest.raises(InputError, match=r"line 2: column 'weight_kg' value 'seventy' is not a number"):
         read_study_list(listing)
@@ -96,10 +101,23 @@ def test_journal_drops_a_torn_last_line_and_is_exclusive(tmp_path: Path):
 
 def test_bsa_and_indexed_measures():
     assert bsa_mosteller(180.0, 80.0) == pytest.approx(2.0)  # sqrt(180 * 80 / 3600)
-    report = {"measures": {"lvedv_ml": 150.0, "lvesv_ml": 60.0, "lvsv_ml": 90.0, "lvef_pct": 60.0, "lv_mass_g": 120.0,
-                           "rvedv_ml": 160.0, "rvesv_ml": 70.0, "rvsv_ml": 90.0, "rvef_pct": 56.25},
-              "study": {"height_cm": 180.0, "weight_kg": 80.0}, "ed_index": 0, "es_index": 1,
-              "phases": [{"quality_flags": ["basal_coverage"]}, {"quality_flags": []}]}
+    report = {
+        "measures": {
+            "lvedv_ml": 150.0,
+            "lvesv_ml": 60.0,
+            "lvsv_ml": 90.0,
+            "lvef_pct": 60.0,
+            "lv_mass_g": 120.0,
+            "rvedv_ml": 160.0,
+            "rvesv_ml": 70.0,
+            "rvsv_ml": 90.0,
+            "rvef_pct": 56.25,
+        },
+        "study": {"height_cm": 180.0, "weight_kg": 80.0},
+        "ed_index": 0,
+        "es_index": 1,
+        "phases": [{"quality_flags": ["basal_coverage"]}, {"quality_flags": []}],
+    }
     row = measures_row(report, heart_rate_bpm=70.0)
     assert row["bsa_m2"] == 2.0 and row["lvedvi_ml_m2"] == 75.0 and row["lv_massi_g_m2"] == 60.0
     assert row["cardiac_output_l_min"] == 6.3 and row["cardiac_index_l_min_m2"] == 3.15  # 90 mL x 70 bpm
@@ -178,9 +196,16 @@ class _ScriptedEngine(BatchEngine):
             outcome = self.script[study.study_id]
             if outcome == "interrupt":
                 raise KeyboardInterrupt
-            row = {"study_id": study.study_id, "source": study.source, "status": outcome,
-                   "error": "" if outcome == "ok" else "boom", "lvef_pct": 55.0 if outcome == "ok" else None}
-            yield StudyResult(study.study_id, row, {"report.json": b"{}", "sub/x.nii.gz": b"x"} if outcome == "ok" else {})
+            row = {
+                "study_id": study.study_id,
+                "source": study.source,
+                "status": outcome,
+                "error": "" if outcome == "ok" else "boom",
+                "lvef_pct": 55.0 if outcome == "ok" else None,
+            }
+            yield StudyResult(
+                study.study_id, row, {"report.json": b"{}", "sub/x.nii.gz": b"x"} if outcome == "ok" else {}
+            )
 
     _submit = _wait = _recover = None  # type: ignore[assignment]
 
@@ -193,8 +218,12 @@ def test_run_batch_commits_folders_skips_duplicates_and_resumes(tmp_path: Path):
     from cmrsdk.cohort.batch import run_batch
 
     spec = PipelineSpec(bundle=str(DEMO_BUNDLE))
-    studies = [StudySource("a", "/data/a"), StudySource("b", "/data/b"), StudySource("a2", "/data/a"),
-               StudySource("c", "/data/c")]
+    studies = [
+        StudySource("a", "/data/a"),
+        StudySource("b", "/data/b"),
+        StudySource("a2", "/data/a"),
+        StudySource("c", "/data/c"),
+    ]
     out = tmp_path / "out"
     engine = _ScriptedEngine({"a": "ok", "b": "failed", "c": "interrupt"})
     summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
@@ -202,8 +231,9 @@ def test_run_batch_commits_folders_skips_duplicates_and_resumes(tmp_path: Path):
     rows = {r["study_id"]: r for r in summary.rows}
     assert [r["study_id"] for r in summary.rows] == ["a", "b", "a2", "c"]
     assert rows["a"]["status"] == "ok" and rows["a"]["outputs"] == "studies/a"
-    assert sorted(p.relative_to(out / "studies" / "a").as_posix() for p in (out / "studies" / "a").rglob("*") if p.is_file()) \
-        == ["report.json", "sub/x.nii.gz"]
+    assert sorted(
+        p.relative_to(out / "studies" / "a").as_posix() for p in (out / "studies" / "a").rglob("*") if p.is_file()
+    ) == ["report.json", "sub/x.nii.gz"]
     assert rows["b"]["status"] == "failed" and not (out / "studies" / "b").exists()
     assert rows["a2"]["status"] == "skipped" and rows["a2"]["error"] == "same source as study 'a'"
     assert rows["c"]["status"] == "skipped" and "interrupted" in rows["c"]["error"]

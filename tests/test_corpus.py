@@ -5,6 +5,7 @@ M&Ms NIfTI) and asserts its exact outcome: the error line, the warning or flag, 
 outputs, and the files left behind. The pipeline is the demo bundle's, loaded once (baseline
 mode, the cheapest) so that the corpus stays fast; the command line is otherwise the real one.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,16 @@ from cmrsdk.cli import main
 
 SUNNYBROOK = "sunnybrook/SCD0000101"
 ACDC = "acdc/training/patient001"
-ALL_OUTPUTS = ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm", "seg_ES.dcm", "sr.dcm"]
+ALL_OUTPUTS = [
+    "labels_ED.nii.gz",
+    "labels_ES.nii.gz",
+    "overlay.png",
+    "report.html",
+    "report.json",
+    "seg_ED.dcm",
+    "seg_ES.dcm",
+    "sr.dcm",
+]
 NIFTI_OUTPUTS = ["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png", "report.html", "report.json"]
 
 
@@ -62,15 +72,20 @@ def sunnybrook_files(shared_data: Path) -> list[list[Path]]:
         warnings.simplefilter("ignore")
         for file in sorted(folder.glob("*.dcm")):
             ds = pydicom.dcmread(file, stop_before_pixels=True)
-            normal = np.cross(np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float))
-            rows.append((round(float(np.array(ds.ImagePositionPatient, float) @ normal), 1), float(ds.TriggerTime), file))
+            normal = np.cross(
+                np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
+            )
+            rows.append(
+                (round(float(np.array(ds.ImagePositionPatient, float) @ normal), 1), float(ds.TriggerTime), file)
+            )
     positions = sorted({r[0] for r in rows})
     columns = [sorted((r for r in rows if r[0] == position), key=lambda r: r[1]) for position in positions]
     return [[column[t][2] for column in columns] for t in range(len(columns[0]))]
 
 
-def _sunnybrook_subset(files: list[list[Path]], folder: Path, phases=(0, 7), slices=range(3, 9),
-                       clean: bool = True) -> list[list[Path]]:
+def _sunnybrook_subset(
+    files: list[list[Path]], folder: Path, phases=(0, 7), slices=range(3, 9), clean: bool = True
+) -> list[list[Path]]:
     """Copies of two phases x six slices; ``clean`` repairs dates and frame of reference first,
     so that each corpus kind injects exactly one defect."""
     import warnings
@@ -110,7 +125,9 @@ def _acdc_image(shared_data: Path) -> nib.Nifti1Image:
     return nib.load(shared_data / ACDC / "patient001_frame01.nii.gz")
 
 
-def _raw_nifti(path: Path, shape: tuple[int, ...], pixdim=(1.5, 1.5, 10.0), dtype_code: int = 4, data: bytes = b"") -> None:
+def _raw_nifti(
+    path: Path, shape: tuple[int, ...], pixdim=(1.5, 1.5, 10.0), dtype_code: int = 4, data: bytes = b""
+) -> None:
     """A NIfTI-1 file written byte by byte: headers nibabel would repair on save are kept as given."""
     header = nib.Nifti1Header()
     header.set_data_shape(shape)
@@ -129,14 +146,15 @@ class Case:
     name: str
     build: Callable[[Path, Path, list], list[Path]]
     code: int = 0
-    error: str | None = None            # regex the error line must match
-    warning: str | None = None          # regex one warning line must match
-    outputs: list[str] | None = None    # exact files left in the output folder (None: folder absent)
+    error: str | None = None  # regex the error line must match
+    warning: str | None = None  # regex one warning line must match
+    outputs: list[str] | None = None  # exact files left in the output folder (None: folder absent)
     check: Callable[[dict, Path], None] | None = None
     options: list[str] = field(default_factory=list)
 
 
 # -- DICOM kinds ---------------------------------------------------------------------------------
+
 
 def _dicom(change=None, which=None, **subset):
     def build(tmp: Path, data: Path, files) -> list[Path]:
@@ -146,6 +164,7 @@ def _dicom(change=None, which=None, **subset):
             for target in targets:
                 _edit(target, change)
         return [tmp / "in"]
+
     return build
 
 
@@ -153,6 +172,7 @@ def _set(**values):
     def change(ds):
         for key, value in values.items():
             setattr(ds, key, value)
+
     return change
 
 
@@ -163,6 +183,7 @@ def _raw(tag: int, text: bytes):
 
     def change(ds):
         ds[tag] = RawDataElement(Tag(tag), "DS", len(text), text, 0, False, True)
+
     return change
 
 
@@ -171,6 +192,7 @@ def _delete(*keywords):
         for keyword in keywords:
             if keyword in ds:
                 delattr(ds, keyword)
+
     return change
 
 
@@ -256,6 +278,7 @@ def _compressed(syntax_name):
         for f in [f for row in grid for f in row]:
             _edit(f, lambda ds: ds.compress(syntax))
         return [tmp / "in"]
+
     return build
 
 
@@ -263,6 +286,7 @@ def _compressed_check(name):
     def check(report, out):
         _measures_known(report, out)
         assert report["study"]["source"].endswith("in")
+
     return check
 
 
@@ -284,6 +308,7 @@ def _move_along_normal(mm):
         orientation = np.array(ds.ImageOrientationPatient, float)
         normal = np.cross(orientation[:3], orientation[3:])
         ds.ImagePositionPatient = [round(float(v), 4) for v in np.array(ds.ImagePositionPatient, float) + mm * normal]
+
     return change
 
 
@@ -347,6 +372,7 @@ def _mixed_sizes_build(tmp, data, files):
     def shrink(ds):
         ds.PixelData = np.zeros((128, 128), np.uint16).tobytes()
         ds.Rows, ds.Columns = 128, 128
+
     _edit(grid[0][2], shrink)
     return [tmp / "in"]
 
@@ -368,78 +394,204 @@ def _trigger_check(report, out):
 
 DICOM_CASES = [
     Case("dicom_clean", _dicom(), outputs=ALL_OUTPUTS, check=_no_warnings),
-    Case("dicom_sunnybrook_as_delivered", _dicom(clean=False), outputs=ALL_OUTPUTS,
-         warning=r"'FrameOfReferenceUID' \(0020,0052\) differs between the source images", check=_measures_known),
-    Case("dicom_birth_date_zeros", _dicom(_set(PatientBirthDate="00000000")), outputs=ALL_OUTPUTS,
-         warning=r"'PatientBirthDate' value '00000000' is not a valid DICOM date; written empty"),
-    Case("dicom_study_date_day_zero", _dicom(_set(StudyDate="20120000")), outputs=ALL_OUTPUTS,
-         warning=r"'StudyDate' value '20120000' is not a valid DICOM date"),
-    Case("dicom_study_date_unknown", _dicom(_set(StudyDate="UNKNOWN")), outputs=ALL_OUTPUTS,
-         warning=r"'StudyDate' value 'UNKNOWN' is not a valid DICOM date"),
-    Case("dicom_series_date_month_13", _dicom(_set(SeriesDate="20121301")), outputs=ALL_OUTPUTS,
-         warning=r"'SeriesDate' value '20121301' is not a valid DICOM date"),
-    Case("dicom_dates_absent", _dicom(_delete("StudyDate", "PatientBirthDate", "SeriesDate", "AcquisitionDate",
-                                              "ContentDate")), outputs=ALL_OUTPUTS, check=_no_warnings),
-    Case("dicom_study_time_invalid", _dicom(_set(StudyTime="256099")), outputs=ALL_OUTPUTS,
-         warning=r"'StudyTime' value '256099' is not a valid DICOM time"),
-    Case("dicom_frame_of_reference_absent", _dicom(_delete("FrameOfReferenceUID")), outputs=ALL_OUTPUTS,
-         warning=r"'FrameOfReferenceUID' \(0020,0052\) differs between the source images \(some have none\)"),
-    Case("dicom_trigger_time_text", _dicom(_raw(0x00181060, b"n/a "), which=_trigger_na), outputs=ALL_OUTPUTS,
-         warning=r"'TriggerTime' \(0018,1060\) value 'n/a' is not a number \(1 image\(s\)\); phases ordered by InstanceNumber",
-         check=_trigger_check),
+    Case(
+        "dicom_sunnybrook_as_delivered",
+        _dicom(clean=False),
+        outputs=ALL_OUTPUTS,
+        warning=r"'FrameOfReferenceUID' \(0020,0052\) differs between the source images",
+        check=_measures_known,
+    ),
+    Case(
+        "dicom_birth_date_zeros",
+        _dicom(_set(PatientBirthDate="00000000")),
+        outputs=ALL_OUTPUTS,
+        warning=r"'PatientBirthDate' value '00000000' is not a valid DICOM date; written empty",
+    ),
+    Case(
+        "dicom_study_date_day_zero",
+        _dicom(_set(StudyDate="20120000")),
+        outputs=ALL_OUTPUTS,
+        warning=r"'StudyDate' value '20120000' is not a valid DICOM date",
+    ),
+    Case(
+        "dicom_study_date_unknown",
+        _dicom(_set(StudyDate="UNKNOWN")),
+        outputs=ALL_OUTPUTS,
+        warning=r"'StudyDate' value 'UNKNOWN' is not a valid DICOM date",
+    ),
+    Case(
+        "dicom_series_date_month_13",
+        _dicom(_set(SeriesDate="20121301")),
+        outputs=ALL_OUTPUTS,
+        warning=r"'SeriesDate' value '20121301' is not a valid DICOM date",
+    ),
+    Case(
+        "dicom_dates_absent",
+        _dicom(_delete("StudyDate", "PatientBirthDate", "SeriesDate", "AcquisitionDate", "ContentDate")),
+        outputs=ALL_OUTPUTS,
+        check=_no_warnings,
+    ),
+    Case(
+        "dicom_study_time_invalid",
+        _dicom(_set(StudyTime="256099")),
+        outputs=ALL_OUTPUTS,
+        warning=r"'StudyTime' value '256099' is not a valid DICOM time",
+    ),
+    Case(
+        "dicom_frame_of_reference_absent",
+        _dicom(_delete("FrameOfReferenceUID")),
+        outputs=ALL_OUTPUTS,
+        warning=r"'FrameOfReferenceUID' \(0020,0052\) differs between the source images \(some have none\)",
+    ),
+    Case(
+        "dicom_trigger_time_text",
+        _dicom(_raw(0x00181060, b"n/a "), which=_trigger_na),
+        outputs=ALL_OUTPUTS,
+        warning=r"'TriggerTime' \(0018,1060\) value 'n/a' is not a number \(1 image\(s\)\); phases ordered by InstanceNumber",
+        check=_trigger_check,
+    ),
     Case("dicom_trigger_time_absent", _dicom(_delete("TriggerTime")), outputs=ALL_OUTPUTS, check=_no_trigger_check),
-    Case("dicom_duplicated_instance", _dup_build, outputs=ALL_OUTPUTS,
-         warning=r"'SOPInstanceUID' repeats that of 00_03.dcm; 1 duplicated instance\(s\) skipped"),
-    Case("dicom_patient_name_and_id_absent", _dicom(_delete("PatientName", "PatientID")), outputs=ALL_OUTPUTS,
-         check=_measures_known),
-    Case("dicom_rescale_slope_text", _dicom(_raw(0x00281053, b"n/a "), which=_first), outputs=ALL_OUTPUTS,
-         warning=r"'RescaleSlope' value 'n/a' is not a number; 1.0 used"),
+    Case(
+        "dicom_duplicated_instance",
+        _dup_build,
+        outputs=ALL_OUTPUTS,
+        warning=r"'SOPInstanceUID' repeats that of 00_03.dcm; 1 duplicated instance\(s\) skipped",
+    ),
+    Case(
+        "dicom_patient_name_and_id_absent",
+        _dicom(_delete("PatientName", "PatientID")),
+        outputs=ALL_OUTPUTS,
+        check=_measures_known,
+    ),
+    Case(
+        "dicom_rescale_slope_text",
+        _dicom(_raw(0x00281053, b"n/a "), which=_first),
+        outputs=ALL_OUTPUTS,
+        warning=r"'RescaleSlope' value 'n/a' is not a number; 1.0 used",
+    ),
     Case("dicom_jpeg_ls", _compressed("JPEGLSLossless"), outputs=ALL_OUTPUTS, check=_compressed_check("jpegls")),
     Case("dicom_jpeg_2000", _compressed("JPEG2000Lossless"), outputs=ALL_OUTPUTS, check=_compressed_check("j2k")),
     Case("dicom_rle", _compressed("RLELossless"), outputs=ALL_OUTPUTS, check=_compressed_check("rle")),
     Case("dicom_missing_slice", _gap_build, outputs=ALL_OUTPUTS, check=_gap_check),
     Case("dicom_uneven_spacing", _uneven_build, outputs=ALL_OUTPUTS, check=_uneven_check),
-    Case("dicom_one_phase", _dicom(phases=(0,)), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm",
-                                                           "sr.dcm"], check=_one_phase_check),
-    Case("dicom_one_slice", _dicom(slices=[5]), outputs=["labels_ED.nii.gz", "labels_ES.nii.gz", "overlay.png",
-                                                          "report.html", "report.json", "seg_ED.dcm", "seg_ES.dcm"], check=_one_slice_check),
+    Case(
+        "dicom_one_phase",
+        _dicom(phases=(0,)),
+        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm", "sr.dcm"],
+        check=_one_phase_check,
+    ),
+    Case(
+        "dicom_one_slice",
+        _dicom(slices=[5]),
+        outputs=[
+            "labels_ED.nii.gz",
+            "labels_ES.nii.gz",
+            "overlay.png",
+            "report.html",
+            "report.json",
+            "seg_ED.dcm",
+            "seg_ES.dcm",
+        ],
+        check=_one_slice_check,
+    ),
     Case("dicom_all_zero_pixels", _dicom(_zero_pixels), outputs=ALL_OUTPUTS, check=_blank_check),
     Case("dicom_junk_files_beside", _junk_build, outputs=ALL_OUTPUTS, check=_measures_known),
-    Case("dicom_enhanced_multiframe", _dicom(_set(SOPClassUID="1.2.840.10008.5.1.4.1.1.4.1", NumberOfFrames=1)), code=1,
-         error=r"enhanced multi-frame MR image \(SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.4\.1, 'NumberOfFrames' 1\) is not "
-               r"supported"),
-    Case("dicom_matrix_20000", _dicom(_set(Rows=20000, Columns=20000), which=_first), code=1,
-         error=r"'Rows' x 'Columns' \(0028,0010\)/\(0028,0011\) value 20000 x 20000 exceeds 2048 x 2048"),
-    Case("dicom_orientation_missing", _dicom(_delete("ImageOrientationPatient")), code=1,
-         error=r"'ImageOrientationPatient' \(0020,0037\) is missing"),
-    Case("dicom_orientation_not_orthogonal", _dicom(_set(ImageOrientationPatient=[1, 0, 0, 0.7071068, 0.7071068, 0])),
-         code=1, error=r"'ImageOrientationPatient' \(0020,0037\) value \[1\.0, 0\.0, 0\.0, 0\.7071068, 0\.7071068, 0\.0\] is not two "
-                       r"orthogonal unit vectors"),
-    Case("dicom_sheared_stack", _dicom(_shift, which=_sheared), code=1,
-         error=r"00_07\.dcm: 'ImagePositionPatient' \(0020,0032\) moves 3\.7 mm across the slice normal: the stack is sheared"),
-    Case("dicom_pixel_spacing_text", _dicom(_raw(0x00280030, b"abc\\def"), which=_first), code=1, error=r"'PixelSpacing' \(0028,0030\) value .* is not numeric"),
-    Case("dicom_pixel_spacing_zero", _dicom(_set(PixelSpacing=[0, 0])), code=1,
-         error=r"'PixelSpacing' \(0028,0030\) value \[0\.0, 0\.0\] must be positive"),
-    Case("dicom_pixel_spacing_absurd", _dicom(_set(PixelSpacing=[150, 150])), code=1,
-         error=r"'PixelSpacing' \(0028,0030\) value \[150\.0, 150\.0\] mm is outside 0\.05\.\.20\.0 mm"),
-    Case("dicom_slice_step_absurd", _dicom(_move_along_normal(500.0), which=_last_slices), code=1,
-         error=r"slice positions .* mm step by up to 510\.0 mm, over 100\.0 mm: not one short-axis stack"),
-    Case("dicom_study_uid_absent", _dicom(_delete("StudyInstanceUID")), code=1,
-         error=r"'StudyInstanceUID' \(0020,000D\) is missing; a SEG or SR cannot join the study"),
-    Case("dicom_truncated_file", _truncated_build, code=1, error=r"07_05\.dcm: pixel data cannot be decoded \(transfer syntax 1\.2\.840\.10008\.1\.2\.1; ValueError: The number "
-               r"of bytes of pixel data is less than expected"),
+    Case(
+        "dicom_enhanced_multiframe",
+        _dicom(_set(SOPClassUID="1.2.840.10008.5.1.4.1.1.4.1", NumberOfFrames=1)),
+        code=1,
+        error=r"enhanced multi-frame MR image \(SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.4\.1, 'NumberOfFrames' 1\) is not "
+        r"supported",
+    ),
+    Case(
+        "dicom_matrix_20000",
+        _dicom(_set(Rows=20000, Columns=20000), which=_first),
+        code=1,
+        error=r"'Rows' x 'Columns' \(0028,0010\)/\(0028,0011\) value 20000 x 20000 exceeds 2048 x 2048",
+    ),
+    Case(
+        "dicom_orientation_missing",
+        _dicom(_delete("ImageOrientationPatient")),
+        code=1,
+        error=r"'ImageOrientationPatient' \(0020,0037\) is missing",
+    ),
+    Case(
+        "dicom_orientation_not_orthogonal",
+        _dicom(_set(ImageOrientationPatient=[1, 0, 0, 0.7071068, 0.7071068, 0])),
+        code=1,
+        error=r"'ImageOrientationPatient' \(0020,0037\) value \[1\.0, 0\.0, 0\.0, 0\.7071068, 0\.7071068, 0\.0\] is not two "
+        r"orthogonal unit vectors",
+    ),
+    Case(
+        "dicom_sheared_stack",
+        _dicom(_shift, which=_sheared),
+        code=1,
+        error=r"00_07\.dcm: 'ImagePositionPatient' \(0020,0032\) moves 3\.7 mm across the slice normal: the stack is sheared",
+    ),
+    Case(
+        "dicom_pixel_spacing_text",
+        _dicom(_raw(0x00280030, b"abc\\def"), which=_first),
+        code=1,
+        error=r"'PixelSpacing' \(0028,0030\) value .* is not numeric",
+    ),
+    Case(
+        "dicom_pixel_spacing_zero",
+        _dicom(_set(PixelSpacing=[0, 0])),
+        code=1,
+        error=r"'PixelSpacing' \(0028,0030\) value \[0\.0, 0\.0\] must be positive",
+    ),
+    Case(
+        "dicom_pixel_spacing_absurd",
+        _dicom(_set(PixelSpacing=[150, 150])),
+        code=1,
+        error=r"'PixelSpacing' \(0028,0030\) value \[150\.0, 150\.0\] mm is outside 0\.05\.\.20\.0 mm",
+    ),
+    Case(
+        "dicom_slice_step_absurd",
+        _dicom(_move_along_normal(500.0), which=_last_slices),
+        code=1,
+        error=r"slice positions .* mm step by up to 510\.0 mm, over 100\.0 mm: not one short-axis stack",
+    ),
+    Case(
+        "dicom_study_uid_absent",
+        _dicom(_delete("StudyInstanceUID")),
+        code=1,
+        error=r"'StudyInstanceUID' \(0020,000D\) is missing; a SEG or SR cannot join the study",
+    ),
+    Case(
+        "dicom_truncated_file",
+        _truncated_build,
+        code=1,
+        error=r"07_05\.dcm: pixel data cannot be decoded \(transfer syntax 1\.2\.840\.10008\.1\.2\.1; ValueError: The number "
+        r"of bytes of pixel data is less than expected",
+    ),
     Case("dicom_empty_folder", _empty_build, code=1, error=r"in: no DICOM image files found \(0 files searched\)"),
     Case("dicom_only_a_report", _sr_build, code=1, error=r"report\.dcm: DICOM file without image data"),
-    Case("dicom_same_position_twice", _dup_position_build, code=1, error=r"00_03\.dcm: duplicate slice position: 3 images at the same position with TriggerTime/InstanceNumber "
-               r"\[18\.9873409, 18\.9873409, 284\.81012\]"),
+    Case(
+        "dicom_same_position_twice",
+        _dup_position_build,
+        code=1,
+        error=r"00_03\.dcm: duplicate slice position: 3 images at the same position with TriggerTime/InstanceNumber "
+        r"\[18\.9873409, 18\.9873409, 284\.81012\]",
+    ),
     Case("dicom_mixed_matrix_sizes", _mixed_sizes_build, code=1, error=r"mixed matrix sizes in one series"),
-    Case("dicom_differing_phase_counts", _phase_count_build, code=1, error=r"slice positions hold differing numbers of phases \[1, 2\]"),
-    Case("dicom_transfer_syntax_lies", _syntax_lies_build, code=1,
-         error=r"00_03\.dcm: pixel data cannot be decoded \(transfer syntax 1\.2\.840\.10008\.1\.2\.5;"),
+    Case(
+        "dicom_differing_phase_counts",
+        _phase_count_build,
+        code=1,
+        error=r"slice positions hold differing numbers of phases \[1, 2\]",
+    ),
+    Case(
+        "dicom_transfer_syntax_lies",
+        _syntax_lies_build,
+        code=1,
+        error=r"00_03\.dcm: pixel data cannot be decoded \(transfer syntax 1\.2\.840\.10008\.1\.2\.5;",
+    ),
 ]
 
 
 # -- NIfTI kinds ---------------------------------------------------------------------------------
+
 
 def _acdc_file(name: str, transform=None):
     def build(tmp, data, files):
@@ -449,6 +601,7 @@ def _acdc_file(name: str, transform=None):
         (tmp / "in").mkdir()
         nib.save(image, tmp / "in" / name)
         return [tmp / "in" / name]
+
     return build
 
 
@@ -460,6 +613,7 @@ def _sform_check(data_path: str, stem: str):
         assert int(written.header["qform_code"]) == int(source.header["qform_code"])
         np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
         np.testing.assert_allclose(written.header.get_zooms()[:3], source.header.get_zooms()[:3], atol=1e-6)
+
     return check
 
 
@@ -513,6 +667,7 @@ def _pixdim(values):
         struct.pack_into("<3f", raw, 80, *values)
         path.write_bytes(bytes(raw))
         return [path]
+
     return build
 
 
@@ -522,6 +677,7 @@ def _declared(shape):
         path = tmp / "in" / "huge.nii"
         _raw_nifti(path, shape, data=b"\0" * 1000)
         return [path]
+
     return build
 
 
@@ -606,45 +762,116 @@ def _subjects_build(tmp, data, files):
 
 
 NIFTI_CASES = [
-    Case("nifti_single_file_one_phase", _acdc_file("image.nii.gz"), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
-         check=_one_phase_check),
-    Case("nifti_upper_case_extension", _acdc_file("IMAGE.NII.GZ"), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
-         check=_one_phase_check),
-    Case("nifti_uncompressed", _acdc_file("image.nii"), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
-         check=_one_phase_check),
-    Case("nifti_scaled_int16", _acdc_file("image.nii.gz", _scaled), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
-         check=_one_phase_check),
-    Case("nifti_one_slice", _acdc_file("image.nii.gz", _one_slice), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
-         check=_one_slice_check),
-    Case("nifti_all_zero", _acdc_file("image.nii.gz", _zeros), outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
-         check=_blank_check),
+    Case(
+        "nifti_single_file_one_phase",
+        _acdc_file("image.nii.gz"),
+        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        check=_one_phase_check,
+    ),
+    Case(
+        "nifti_upper_case_extension",
+        _acdc_file("IMAGE.NII.GZ"),
+        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        check=_one_phase_check,
+    ),
+    Case(
+        "nifti_uncompressed",
+        _acdc_file("image.nii"),
+        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        check=_one_phase_check,
+    ),
+    Case(
+        "nifti_scaled_int16",
+        _acdc_file("image.nii.gz", _scaled),
+        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        check=_one_phase_check,
+    ),
+    Case(
+        "nifti_one_slice",
+        _acdc_file("image.nii.gz", _one_slice),
+        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        check=_one_slice_check,
+    ),
+    Case(
+        "nifti_all_zero",
+        _acdc_file("image.nii.gz", _zeros),
+        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        check=_blank_check,
+    ),
     Case("nifti_rgb", _acdc_file("image.nii.gz", _rgb), code=1, error=r"NIfTI datatype RGB \(.*\) is not greyscale"),
-    Case("nifti_four_d", _acdc_file("image.nii.gz", _four_d), code=1, error=r"NIfTI image must be 3-D \(X, Y, Z\) for one phase"),
-    Case("nifti_nan_pixels", _acdc_file("image.nii.gz", _nan), code=1, error=r"image holds 1 NaN or infinite pixel values"),
-    Case("nifti_sheared_affine", _acdc_file("image.nii.gz", _sheared_affine), code=1,
-         error=r"NIfTI affine \(sform/qform\) axes are not at right angles \(largest cosine 0\.447\)"),
-    Case("nifti_zero_slice_pixdim", _pixdim((1.5625, 1.5625, 0.0)), code=1,
-         error=r"NIfTI pixdim\[1:4\] \(voxel sizes\) \[1\.5625, 1\.5625, 0\.0\] must be finite and positive"),
-    Case("nifti_negative_pixdim", _pixdim((1.5625, -1.5625, 10.0)), code=1,
-         error=r"NIfTI pixdim\[1:4\] \(voxel sizes\) \[1\.5625, -1\.5625, 10\.0\] must be finite and positive"),
-    Case("nifti_absurd_in_plane_pixdim", _pixdim((150.0, 150.0, 10.0)), code=1,
-         error=r"NIfTI pixdim\[1:3\] \(in-plane voxel size\) \[150\.0, 150\.0\] mm is outside 0\.05\.\.20\.0 mm"),
-    Case("nifti_absurd_slice_pixdim", _pixdim((1.5625, 1.5625, 1000.0)), code=1,
-         error=r"NIfTI pixdim\[3\] \(slice spacing\) 1000\.0 mm is outside 0\.05\.\.100\.0 mm"),
-    Case("nifti_declares_20000_square", _declared((20000, 20000, 1)), code=1,
-         error=r"NIfTI header 'dim' declares 20000 x 20000 x 1 voxels; an in-plane side over 2048 .*refused before reading"),
-    Case("nifti_declares_20000_square_10_slices", _declared((20000, 20000, 10)), code=1,
-         error=r"declares 20000 x 20000 x 10 voxels"),
-    Case("nifti_declares_too_many_slices", _declared((512, 512, 1000)), code=1,
-         error=r"declares 512 x 512 x 1000 voxels, over the limit of 100000000 per phase"),
+    Case(
+        "nifti_four_d",
+        _acdc_file("image.nii.gz", _four_d),
+        code=1,
+        error=r"NIfTI image must be 3-D \(X, Y, Z\) for one phase",
+    ),
+    Case(
+        "nifti_nan_pixels",
+        _acdc_file("image.nii.gz", _nan),
+        code=1,
+        error=r"image holds 1 NaN or infinite pixel values",
+    ),
+    Case(
+        "nifti_sheared_affine",
+        _acdc_file("image.nii.gz", _sheared_affine),
+        code=1,
+        error=r"NIfTI affine \(sform/qform\) axes are not at right angles \(largest cosine 0\.447\)",
+    ),
+    Case(
+        "nifti_zero_slice_pixdim",
+        _pixdim((1.5625, 1.5625, 0.0)),
+        code=1,
+        error=r"NIfTI pixdim\[1:4\] \(voxel sizes\) \[1\.5625, 1\.5625, 0\.0\] must be finite and positive",
+    ),
+    Case(
+        "nifti_negative_pixdim",
+        _pixdim((1.5625, -1.5625, 10.0)),
+        code=1,
+        error=r"NIfTI pixdim\[1:4\] \(voxel sizes\) \[1\.5625, -1\.5625, 10\.0\] must be finite and positive",
+    ),
+    Case(
+        "nifti_absurd_in_plane_pixdim",
+        _pixdim((150.0, 150.0, 10.0)),
+        code=1,
+        error=r"NIfTI pixdim\[1:3\] \(in-plane voxel size\) \[150\.0, 150\.0\] mm is outside 0\.05\.\.20\.0 mm",
+    ),
+    Case(
+        "nifti_absurd_slice_pixdim",
+        _pixdim((1.5625, 1.5625, 1000.0)),
+        code=1,
+        error=r"NIfTI pixdim\[3\] \(slice spacing\) 1000\.0 mm is outside 0\.05\.\.100\.0 mm",
+    ),
+    Case(
+        "nifti_declares_20000_square",
+        _declared((20000, 20000, 1)),
+        code=1,
+        error=r"NIfTI header 'dim' declares 20000 x 20000 x 1 voxels; an in-plane side over 2048 .*refused before reading",
+    ),
+    Case(
+        "nifti_declares_20000_square_10_slices",
+        _declared((20000, 20000, 10)),
+        code=1,
+        error=r"declares 20000 x 20000 x 10 voxels",
+    ),
+    Case(
+        "nifti_declares_too_many_slices",
+        _declared((512, 512, 1000)),
+        code=1,
+        error=r"declares 512 x 512 x 1000 voxels, over the limit of 100000000 per phase",
+    ),
     Case("nifti_text_file", _text_build, code=1, error=r"image\.nii\.gz: not a readable NIfTI file"),
     Case("nifti_truncated_gzip", _truncated_gz_build, code=1, error=r"image\.nii\.gz: NIfTI data cannot be read"),
     Case("nifti_empty_file", _empty_file_build, code=1, error=r"image\.nii\.gz: not a readable NIfTI file"),
-    Case("acdc_patient_keeps_sform", _acdc_build, outputs=NIFTI_OUTPUTS,
-         check=None),  # sform check added below, needs the data path
+    Case(
+        "acdc_patient_keeps_sform", _acdc_build, outputs=NIFTI_OUTPUTS, check=None
+    ),  # sform check added below, needs the data path
     Case("acdc_info_without_es", _acdc_bad_cfg, code=1, error=r"Info\.cfg: key 'ES' \(frame number\) is missing"),
-    Case("acdc_frame_file_missing", _acdc_missing_frame, code=1,
-         error=r"patient001: ES image patient001_frame12\.nii\.gz \(frame 12 from Info\.cfg\) not found"),
+    Case(
+        "acdc_frame_file_missing",
+        _acdc_missing_frame,
+        code=1,
+        error=r"patient001: ES image patient001_frame12\.nii\.gz \(frame 12 from Info\.cfg\) not found",
+    ),
     Case("mnms2_layout", _mnms2_build, outputs=NIFTI_OUTPUTS, check=_ed_es_check),
     Case("mnms_layout", _mnms_build, outputs=NIFTI_OUTPUTS, check=_ed_es_check),
 ]
@@ -671,8 +898,9 @@ def test_corpus(case: Case, shared_data: Path, sunnybrook_files, cached_pipeline
         return
     assert not any(line.startswith("cmrsdk: error:") for line in err_lines), captured.err
     if case.warning is not None:
-        assert any(__import__("re").search(case.warning, line) for line in err_lines if line.startswith("cmrsdk: warning: ")), \
-            captured.err
+        assert any(
+            __import__("re").search(case.warning, line) for line in err_lines if line.startswith("cmrsdk: warning: ")
+        ), captured.err
     assert sorted(p.name for p in out.iterdir()) == expected
     report = json.loads((out / "report.json").read_text())
     assert sorted(report["outputs"]) == expected

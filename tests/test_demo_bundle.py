@@ -3,6 +3,7 @@
 Thresholds are set below what was measured (docs/RESULTS.md) so that they catch a broken
 bundle or pipeline, not noise.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,14 @@ def _stack_dice(pred, truth):
 #: phantom's atria, stack planning and trabecular layer were made realistic: 0.727 / 0.000, 0.729 /
 #: 0.757, 0.829 / 0.730, LVEF 60.6 against 62.8.) Floors 5 to 6 points below, so that a retrained
 #: bundle of the same recipe passes and a broken bundle, pipeline or phantom fails.
-EXAMPLE_DICE_FLOOR = {("LVBP", "ED"): 0.90, ("LVM", "ED"): 0.84, ("RVBP", "ED"): 0.86,
-                      ("LVBP", "ES"): 0.86, ("LVM", "ES"): 0.82, ("RVBP", "ES"): 0.90}
+EXAMPLE_DICE_FLOOR = {
+    ("LVBP", "ED"): 0.90,
+    ("LVM", "ED"): 0.84,
+    ("RVBP", "ED"): 0.86,
+    ("LVBP", "ES"): 0.86,
+    ("LVM", "ES"): 0.82,
+    ("RVBP", "ES"): 0.90,
+}
 
 
 def test_demo_command_segments_the_example_study(tmp_path, capsys):
@@ -102,8 +109,11 @@ def test_no_heart_no_mask(kind):
     from cmrsdk.types import Stack
 
     rng = np.random.default_rng(0)
-    pixels = {"blank": np.zeros((8, 192, 192), np.float32), "constant": np.full((8, 192, 192), 300.0, np.float32),
-              "noise": rng.rayleigh(40.0, (8, 192, 192)).astype(np.float32)}[kind]
+    pixels = {
+        "blank": np.zeros((8, 192, 192), np.float32),
+        "constant": np.full((8, 192, 192), 300.0, np.float32),
+        "noise": rng.rayleigh(40.0, (8, 192, 192)).astype(np.float32),
+    }[kind]
     result = Pipeline(DEMO_BUNDLE).segment(Stack(pixels, (10.0, 1.4, 1.4)))
     assert not result.labels.any(), (kind, np.bincount(result.labels.ravel()))
     assert (result.regions == 0).all()

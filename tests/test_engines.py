@@ -3,6 +3,7 @@
 The reference is the eager PyTorch model run in float64 (independent of every backend); the
 artifacts come from export.bundle.build_bundle, so this also covers the export wrapper.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -16,8 +17,13 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from cmrsdk.bundle import Preprocessing, load_bundle  # noqa: E402
-from cmrsdk.engines import (AUTO_ORDER, Engine, available_backends, backend_missing,  # noqa: E402
-                            create_engine)
+from cmrsdk.engines import (  # noqa: E402
+    AUTO_ORDER,
+    Engine,
+    available_backends,
+    backend_missing,
+    create_engine,
+)
 from cmrsdk.errors import BackendUnavailableError, BundleError, InputError  # noqa: E402
 from export.bundle import ProbabilityModel, build_bundle  # noqa: E402
 from export.models import unet  # noqa: E402
@@ -58,9 +64,14 @@ def built(tmp_path_factory):
     torch.manual_seed(0)
     seg = unet(features=(8, 16, 32))
     cls = TinyClassifier()
-    path = build_bundle({"seg": (seg, {"kind": "segmentation"}), "cls": (cls, {"kind": "classifier"})}, {0: "seg"},
-                        Preprocessing((1.5, 1.5), SIZE, "robust_zscore"), tmp_path_factory.mktemp("b") / "bundle",
-                        formats=("torchscript", "onnx", "tensorrt"), max_batch=32)
+    path = build_bundle(
+        {"seg": (seg, {"kind": "segmentation"}), "cls": (cls, {"kind": "classifier"})},
+        {0: "seg"},
+        Preprocessing((1.5, 1.5), SIZE, "robust_zscore"),
+        tmp_path_factory.mktemp("b") / "bundle",
+        formats=("torchscript", "onnx", "tensorrt"),
+        max_batch=32,
+    )
     rng = np.random.default_rng(1)
     x = rng.standard_normal((32, 1, *SIZE)).astype(np.float32)
     refs = {name: eager_probabilities(ProbabilityModel(net).eval(), x) for name, net in (("seg", seg), ("cls", cls))}
@@ -110,11 +121,11 @@ def test_empty_batch_returns_empty_probabilities(built, backend, device, options
 def test_run_is_safe_from_several_threads(built, backend, device, options):
     bundle, x, _ = built
     engine = create_engine(_artifact(bundle, "seg", backend), backend, device, **options)
-    expected = [engine.run(x[i:i + 4]) for i in range(0, 32, 4)]
+    expected = [engine.run(x[i : i + 4]) for i in range(0, 32, 4)]
     results: dict[int, np.ndarray] = {}
 
     def work(i: int) -> None:
-        results[i] = engine.run(x[4 * i:4 * i + 4])
+        results[i] = engine.run(x[4 * i : 4 * i + 4])
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
     for t in threads:
@@ -218,13 +229,16 @@ def test_backends_report_what_is_missing(built, tmp_path):
 
 
 def test_importing_the_runtime_does_not_import_torch():
-    code = ("import sys, cmrsdk, cmrsdk.engines, cmrsdk.bundle, cmrsdk.engines.onnx; "
-            "print(sorted(m for m in ('torch', 'onnxruntime', 'torch_tensorrt') if m in sys.modules))")
+    code = (
+        "import sys, cmrsdk, cmrsdk.engines, cmrsdk.bundle, cmrsdk.engines.onnx; "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'torch_tensorrt') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 # -- batches above max_batch (issue 16) ---------------------------------------------------------
+
 
 class _Recording(Engine):
     """An engine that answers each slice's mean and records the batch sizes it was called with."""

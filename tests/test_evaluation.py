@@ -1,4 +1,5 @@
 """cmrsdk.evaluation: the statistics against scipy on known inputs, tables on hand-made scores."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,8 +57,18 @@ def test_nan_dice_is_left_out_of_the_statistics():
 
 def test_improvement_table_paired_t_test_and_signs():
     baseline = _scores("baseline", np.random.default_rng(3))
-    better = [SliceScore("routed", s.case, s.phase, s.slice_index, s.region, s.position,
-                         tuple(min(1.0, v + (0.05 if s.region == APEX else 0.0)) for v in s.dice)) for s in baseline]
+    better = [
+        SliceScore(
+            "routed",
+            s.case,
+            s.phase,
+            s.slice_index,
+            s.region,
+            s.position,
+            tuple(min(1.0, v + (0.05 if s.region == APEX else 0.0)) for v in s.dice),
+        )
+        for s in baseline
+    ]
     table = improvement_table(baseline + better, "baseline", "routed")
     apex_lvm = next(r for r in table if r["region"] == "apex" and r["label"] == "LVM")
     a = np.array([s.dice[1] for s in baseline if s.region == APEX]) * 100
@@ -87,8 +98,10 @@ def test_classifier_table_weighted_precision_recall():
 
 
 def test_dice_along_heart_interpolates_each_stack():
-    scores = [SliceScore("m", "c", "ED", z, BASE if z == 0 else MIDDLE if z < 3 else APEX, z / 3, (z / 3, 1.0, float("nan")))
-              for z in range(4)]
+    scores = [
+        SliceScore("m", "c", "ED", z, BASE if z == 0 else MIDDLE if z < 3 else APEX, z / 3, (z / 3, 1.0, float("nan")))
+        for z in range(4)
+    ]
     curves = dice_along_heart(scores, "m")
     assert curves.shape == (1, 3, 101)
     assert curves[0, 0, 50] == pytest.approx(0.5)  # LVBP Dice equals t: linear

@@ -1,4 +1,5 @@
 """Scoring against Sunnybrook's LV contours: per-image endocardium and epicardium Dice."""
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,10 @@ def test_shared_sunnybrook_series_score_well_with_the_shipped_bundle(shared_data
 
     root = shared_data / "sunnybrook"
     assert [c[0] for c in sunnybrook_cases(root)] == ["SCD0000101", "SCD0000201"]
-    assert main(["evaluate", "--data", str(root), "-o", str(tmp_path), "--modes", "routed", "--bundle", str(DEMO_BUNDLE)]) == 0
+    assert (
+        main(["evaluate", "--data", str(root), "-o", str(tmp_path), "--modes", "routed", "--bundle", str(DEMO_BUNDLE)])
+        == 0
+    )
     import csv
 
     with (tmp_path / "sunnybrook_routed.csv").open() as f:

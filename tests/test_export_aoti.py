@@ -4,6 +4,7 @@ One small U-Net bundle; its package is compiled once for the module (inductor ru
 compiler: tens of seconds). The reference is the eager model; TorchScript and ONNX run the same
 slices for the cross-check the bundle's users rely on (labels from any backend agree).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ if shutil.which("c++") is None and shutil.which("g++") is None:
 from cmrsdk.bundle import MANIFEST_NAME, Preprocessing, load_bundle, sha256_file  # noqa: E402
 from cmrsdk.engines import create_engine  # noqa: E402
 from cmrsdk.engines.aoti import AotiEngine, aoti_missing  # noqa: E402
-from cmrsdk.errors import BackendUnavailableError, BundleError, InputError  # noqa: E402
+from cmrsdk.errors import BackendUnavailableError, BundleError  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
@@ -35,20 +36,29 @@ from export.parity import FP32_MAX_ABS_DIFF, eager_probabilities  # noqa: E402
 SIZE = (64, 64)
 CROP = (32, 32)
 FEATURES = [4, 8, 16]
-pytestmark = pytest.mark.skipif(aoti_missing("cpu") is not None, reason=f"AOTInductor unavailable: {aoti_missing('cpu')}")
+pytestmark = pytest.mark.skipif(
+    aoti_missing("cpu") is not None, reason=f"AOTInductor unavailable: {aoti_missing('cpu')}"
+)
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
     """A routed bundle (baseline + apex U-Nets, regions from the masks) with AOTInductor packages added."""
     torch.manual_seed(0)
-    info = {"kind": "segmentation", "architecture": f"unet(features={FEATURES})",
-            "training": {"config": {"model": {"name": "unet", "kwargs": {"features": FEATURES}}}}}
+    info = {
+        "kind": "segmentation",
+        "architecture": f"unet(features={FEATURES})",
+        "training": {"config": {"model": {"name": "unet", "kwargs": {"features": FEATURES}}}},
+    }
     models = {"baseline": (unet(features=FEATURES), dict(info)), "apex": (unet(features=FEATURES), dict(info))}
-    source = build_bundle(models, {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
-                          Preprocessing((2.0, 2.0), SIZE, "robust_zscore", heart_crop=CROP),
-                          tmp_path_factory.mktemp("aoti") / "bundle", formats=("torchscript", "onnx"),
-                          regions_from="segmentation")
+    source = build_bundle(
+        models,
+        {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
+        Preprocessing((2.0, 2.0), SIZE, "robust_zscore", heart_crop=CROP),
+        tmp_path_factory.mktemp("aoti") / "bundle",
+        formats=("torchscript", "onnx"),
+        regions_from="segmentation",
+    )
     logged: list[str] = []
     add_aoti(source, models=["baseline", "apex"], acdc=None, log=logged.append)
     assert len(logged) == 2 and "aoti" in logged[0]
@@ -86,7 +96,7 @@ def test_package_matches_eager_torchscript_and_onnx_at_every_batch_and_size(bund
     torchscript = bundle.engine("baseline", backend="torchscript")
     onnx = bundle.engine("baseline", backend="onnx")
     for hw in (SIZE, CROP, (48, 32)):  # window, heart crop, a size in between
-        x = np.ascontiguousarray(slices[:, :, :hw[0], :hw[1]])
+        x = np.ascontiguousarray(slices[:, :, : hw[0], : hw[1]])
         reference = eager_probabilities(eager, x)
         for n in (1, 2, 5, 9):
             out = engine.run(x[:n])
@@ -99,9 +109,12 @@ def test_package_matches_eager_torchscript_and_onnx_at_every_batch_and_size(bund
 
 def test_package_runs_from_several_threads(bundle_dir: Path, slices: np.ndarray):
     engine = load_bundle(bundle_dir).engine("baseline", backend="aoti")
-    expected = [engine.run(slices[i:i + 3]) for i in range(0, 9, 3)]
+    expected = [engine.run(slices[i : i + 3]) for i in range(0, 9, 3)]
     results: dict[int, np.ndarray] = {}
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, engine.run(slices[3 * i:3 * i + 3]))) for i in range(3)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, engine.run(slices[3 * i : 3 * i + 3])))
+        for i in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -1,4 +1,5 @@
 """export.augment and export.losses against direct tensor operations."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ def test_identity_transform_is_an_exact_crop() -> None:
     # centre (row, col) of a 9 x 10 patch whose pixel (0, 0) is input (2, 5): 2 + 4, 5 + 4.5
     centres = torch.tensor([[6.0, 9.5]] * 3, dtype=torch.float64)
     zeros = torch.zeros(3, dtype=torch.float64)
-    out, out_labels = spatial_transform(images, labels, (9, 10), centres, zeros, zeros + 1,
-                                        torch.zeros(3, 2, dtype=torch.bool))
+    out, out_labels = spatial_transform(
+        images, labels, (9, 10), centres, zeros, zeros + 1, torch.zeros(3, 2, dtype=torch.bool)
+    )
     torch.testing.assert_close(out, images[:, :, 2:11, 5:15], atol=1e-5, rtol=0)
     torch.testing.assert_close(out_labels, labels[:, 2:11, 5:15].long())
 
@@ -36,8 +38,15 @@ def test_mirror_and_quarter_rotation_match_flip_and_rot90() -> None:
     mirror = torch.tensor([[True, False]] * 3)
     out, _ = spatial_transform(square, None, (20, 20), centres, zeros, zeros + 1, mirror)
     torch.testing.assert_close(out, square.flip(2), atol=1e-5, rtol=0)
-    out, out_labels = spatial_transform(square, labels[:, :20, 2:22], (20, 20), centres, zeros + math.pi / 2,
-                                        zeros + 1, torch.zeros(3, 2, dtype=torch.bool))
+    out, out_labels = spatial_transform(
+        square,
+        labels[:, :20, 2:22],
+        (20, 20),
+        centres,
+        zeros + math.pi / 2,
+        zeros + 1,
+        torch.zeros(3, 2, dtype=torch.bool),
+    )
     # output (r, c) reads input (r, c) rotated by +90 degrees about the centre in (x, y)
     expected = torch.rot90(square, k=1, dims=(2, 3))
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
@@ -58,10 +67,12 @@ def test_forced_foreground_crops_are_centred_on_foreground() -> None:
 def test_augment_is_seeded_and_off_is_a_crop() -> None:
     images, labels = _batch(2)
     centres = torch.tensor([[9.5, 11.5]] * 3, dtype=torch.float64)
-    a = augment_batch(images, labels, (16, 16), centres, AugmentConfig(p_gamma=1, p_noise=1),
-                      torch.Generator().manual_seed(3))
-    b = augment_batch(images, labels, (16, 16), centres, AugmentConfig(p_gamma=1, p_noise=1),
-                      torch.Generator().manual_seed(3))
+    a = augment_batch(
+        images, labels, (16, 16), centres, AugmentConfig(p_gamma=1, p_noise=1), torch.Generator().manual_seed(3)
+    )
+    b = augment_batch(
+        images, labels, (16, 16), centres, AugmentConfig(p_gamma=1, p_noise=1), torch.Generator().manual_seed(3)
+    )
     torch.testing.assert_close(a[0], b[0])
     assert not torch.allclose(a[0], images[:, :, 2:18, 4:20])
     off = augment_batch(images, labels, (16, 16), centres, AugmentConfig.off(), torch.Generator().manual_seed(3))
@@ -101,7 +112,9 @@ def test_cross_vendor_intensity_transforms_stay_in_their_ranges() -> None:
     crop = images[:, :, 2:18, 4:20]
 
     def run(**on: float) -> torch.Tensor:
-        out, out_labels = augment_batch(images, labels, (16, 16), centres, _scanner_only(**on), torch.Generator().manual_seed(5))
+        out, out_labels = augment_batch(
+            images, labels, (16, 16), centres, _scanner_only(**on), torch.Generator().manual_seed(5)
+        )
         torch.testing.assert_close(out_labels, labels[:, 2:18, 4:20].long())  # labels never move
         return out
 

@@ -1,4 +1,5 @@
 """export.bundle and export.parity: artifacts that match their eager models, or no bundle at all."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ class TinyClassifier(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+        )
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,9 +54,18 @@ def built(tmp_path_factory):
     torch.manual_seed(7)
     seg = unet(features=(8, 16, 32), deep_supervision=True)  # heads exist, must not be exported
     cls = TinyClassifier()
-    models = {"baseline": (seg, {"kind": "segmentation", "architecture": "unet(features=(8, 16, 32))",
-                                 "training": {"iterations": 10}, "metrics": {"dice_mean": 0.25}}),
-              "regions": (cls, {"kind": "classifier"})}
+    models = {
+        "baseline": (
+            seg,
+            {
+                "kind": "segmentation",
+                "architecture": "unet(features=(8, 16, 32))",
+                "training": {"iterations": 10},
+                "metrics": {"dice_mean": 0.25},
+            },
+        ),
+        "regions": (cls, {"kind": "classifier"}),
+    }
     path = build_bundle(models, {r: "baseline" for r in range(4)}, PRE, tmp_path_factory.mktemp("b") / "bundle")
     return path, models
 
@@ -66,7 +77,11 @@ def test_manifest_records_what_the_runtime_and_an_auditor_need(built):
     assert {"cmrsdk", "torch", "onnx", "onnxruntime", "python"} <= set(manifest["versions"])
     assert manifest["classifier"] == "regions"
     assert manifest["routing"] == {"0": "baseline", "1": "baseline", "2": "baseline", "3": "baseline"}
-    assert manifest["preprocessing"] == {"target_spacing": [1.5625, 1.5625], "size": [32, 32], "normalization": "robust_zscore"}
+    assert manifest["preprocessing"] == {
+        "target_spacing": [1.5625, 1.5625],
+        "size": [32, 32],
+        "normalization": "robust_zscore",
+    }
     seg, cls = manifest["models"]["baseline"], manifest["models"]["regions"]
     assert seg["output_shape"] == ["N", 4, 32, 32] and cls["output_shape"] == ["N", 4]
     assert seg["input_shape"] == cls["input_shape"] == ["N", 1, 32, 32]
@@ -118,7 +133,7 @@ def _acdc_slices(root: Path, size: tuple[int, int]) -> np.ndarray:
     volume = np.asarray(nib.load(root / "acdc/training/patient001/patient001_frame01.nii.gz").dataobj, dtype=np.float32)
     stack = np.moveaxis(volume, 2, 0)  # NIfTI (X, Y, Z) -> (Z, X, Y); the axis order does not matter here
     y0, x0 = (stack.shape[1] - size[0]) // 2, (stack.shape[2] - size[1]) // 2
-    crop = stack[:, y0:y0 + size[0], x0:x0 + size[1]]
+    crop = stack[:, y0 : y0 + size[0], x0 : x0 + size[1]]
     crop = (crop - crop.mean()) / crop.std()
     return np.ascontiguousarray(crop[:, None], dtype=np.float32)
 
@@ -126,8 +141,14 @@ def _acdc_slices(root: Path, size: tuple[int, int]) -> np.ndarray:
 def test_parity_runs_on_real_slices(shared_data, tmp_path):
     torch.manual_seed(4)
     examples = _acdc_slices(shared_data, (64, 64))
-    path = build_bundle({"m": (unet(features=(4, 8, 16)), {"kind": "segmentation"})}, {0: "m"},
-                        Preprocessing((1.5, 1.5), (64, 64), "zscore"), tmp_path / "b", examples, formats=("onnx",))
+    path = build_bundle(
+        {"m": (unet(features=(4, 8, 16)), {"kind": "segmentation"})},
+        {0: "m"},
+        Preprocessing((1.5, 1.5), (64, 64), "zscore"),
+        tmp_path / "b",
+        examples,
+        formats=("onnx",),
+    )
     parity = json.loads((path / MANIFEST_NAME).read_text())["models"]["m"]["parity"]
     assert all(p["real_slices"] == len(examples) and p["slices"] > len(examples) and p["passed"] for p in parity)
 
@@ -150,7 +171,9 @@ def test_parity_breach_is_an_error(built):
     other = eager_probabilities(ProbabilityModel(unet(features=(8, 16, 32))).eval(), slices)
     engine = create_engine(path / "baseline.onnx")
     # ONNX fp32 must keep the argmax (>= 99.9 %) besides a 1e-3 bound (export/parity.py says why)
-    with pytest.raises(ParityError, match=r"baseline\.onnx: onnx \(fp32, cpu\) fails parity.*argmax agreement 0\.\d+ < 0\.999"):
+    with pytest.raises(
+        ParityError, match=r"baseline\.onnx: onnx \(fp32, cpu\) fails parity.*argmax agreement 0\.\d+ < 0\.999"
+    ):
         check_parity("onnx", engine, other, slices, real)
     good = eager_probabilities(ProbabilityModel(models["baseline"][0]).eval(), slices)
     assert check_parity("onnx", engine, good, slices, real).passed
@@ -177,11 +200,21 @@ def test_command_line_builds_a_bundle_from_a_training_checkpoint(tmp_path, capsy
     torch.manual_seed(5)
     kwargs = {"features": [4, 8, 16], "deep_supervision": True}
     net = get_model("unet", **kwargs)
-    torch.save({"task": "segmentation", "model": {"name": "unet", "kwargs": kwargs}, "state_dict": net.state_dict(),
-                "iteration": 3, "config": {"lr": 0.01}, "metrics": {"dice_mean": 0.1},
-                "preprocessing": {"target_spacing": [1.25, 1.25], "size": 32, "normalization": "zscore"}},
-               tmp_path / "last.pt")
-    assert main(["--checkpoints", f"baseline={tmp_path / 'last.pt'}", "--formats", "onnx", "-o", str(tmp_path / "b")]) == 0
+    torch.save(
+        {
+            "task": "segmentation",
+            "model": {"name": "unet", "kwargs": kwargs},
+            "state_dict": net.state_dict(),
+            "iteration": 3,
+            "config": {"lr": 0.01},
+            "metrics": {"dice_mean": 0.1},
+            "preprocessing": {"target_spacing": [1.25, 1.25], "size": 32, "normalization": "zscore"},
+        },
+        tmp_path / "last.pt",
+    )
+    assert (
+        main(["--checkpoints", f"baseline={tmp_path / 'last.pt'}", "--formats", "onnx", "-o", str(tmp_path / "b")]) == 0
+    )
     assert "baseline           onnx  cpu fp32" in capsys.readouterr().out
     bundle = load_bundle(tmp_path / "b")
     assert bundle.routing == {0: "baseline", 1: "baseline", 2: "baseline", 3: "baseline"}
@@ -213,13 +246,20 @@ def test_decided_agreement_ignores_near_ties_only():
 
 # -- TensorRT sizes and parity at the heart crop (issue 16) -------------------------------------
 
+
 def test_tensorrt_is_compiled_for_the_heart_crop_up_to_the_window():
     from export.bundle import tensorrt_shapes
 
     assert tensorrt_shapes((224, 224), (128, 128), 64) == {
-        "min_shape": (1, 1, 128, 128), "opt_shape": (16, 1, 128, 128), "max_shape": (64, 1, 224, 224)}
+        "min_shape": (1, 1, 128, 128),
+        "opt_shape": (16, 1, 128, 128),
+        "max_shape": (64, 1, 224, 224),
+    }
     # no crop (the classifier, or a bundle without one): the window alone; a small max_batch caps opt
     assert tensorrt_shapes((224, 224), None, 8) == {
-        "min_shape": (1, 1, 224, 224), "opt_shape": (8, 1, 224, 224), "max_shape": (8, 1, 224, 224)}
+        "min_shape": (1, 1, 224, 224),
+        "opt_shape": (8, 1, 224, 224),
+        "max_shape": (8, 1, 224, 224),
+    }
     with pytest.raises(InputError, match=r"'heart_crop' \(256, 128\) must fit in 'size' \(224, 224\)"):
         tensorrt_shapes((224, 224), (256, 128), 64)

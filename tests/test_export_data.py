@@ -1,4 +1,5 @@
 """export.data: splits, synthetic slices, and the on-disk cache against on-the-fly preprocessing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,5 +67,6 @@ def test_cache_equals_preprocessing_on_the_fly(shared_data: Path, tmp_path: Path
     native = (study.es.labels > 0).sum() * np.prod(study.es.spacing[1:])
     window = (labels > 0).sum() * np.prod(target)
     assert window == pytest.approx(native, rel=0.05)
-    assert len(cached) == sum(read_acdc_patient(root / "training" / p).ed.shape[0] * 2 for p in
-                              ["patient001", "patient002", "patient003"])
+    assert len(cached) == sum(
+        read_acdc_patient(root / "training" / p).ed.shape[0] * 2 for p in ["patient001", "patient002", "patient003"]
+    )

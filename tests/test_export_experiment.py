@@ -4,6 +4,7 @@ StoredRegions is covered in tests/test_region_source.py. The end-to-end test of 
 section uses the recognisable routing bundle of tests/_bundles.py: the baseline answers
 background everywhere, the base model LVBP, the middle model LVM and the apex model RVBP.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,11 +17,20 @@ import pytest
 
 from cmrsdk.errors import ReadError
 from cmrsdk.labels import APEX, BASE, MIDDLE, NON_CARDIAC
-from export.experiment import (BEGIN, END, best_classifier, datasets, generated_section, run_summary,
-                               stored_classifier_table, write_results_md)
+from export.experiment import (
+    BEGIN,
+    END,
+    best_classifier,
+    datasets,
+    generated_section,
+    run_summary,
+    stored_classifier_table,
+    write_results_md,
+)
 
 
 # -- run_summary / best_classifier ----------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def log_fields():
@@ -31,8 +41,9 @@ def log_fields():
     return _log_fields
 
 
-def _write_run(runs: Path, name: str, fields: list[str], rows: list[dict[str, object]],
-               weights: str | None = None) -> Path:
+def _write_run(
+    runs: Path, name: str, fields: list[str], rows: list[dict[str, object]], weights: str | None = None
+) -> Path:
     run = runs / name
     run.mkdir(parents=True)
     with (run / "log.csv").open("w", newline="") as f:
@@ -49,12 +60,15 @@ def _classifier_rows(seconds: list[float], validated: dict[int, tuple[float, flo
     """One row per 100 iterations; rows whose index is in ``validated`` carry (accuracy, precision, recall)."""
     rows = []
     for i, s in enumerate(seconds):
-        row: dict[str, object] = {"iteration": 100 * (i + 1), "lr": "0.001", "train_loss": "0.5",
-                                  "seconds_per_iteration": f"{s:.4f}"}
+        row: dict[str, object] = {
+            "iteration": 100 * (i + 1),
+            "lr": "0.001",
+            "train_loss": "0.5",
+            "seconds_per_iteration": f"{s:.4f}",
+        }
         if i in validated:
             accuracy, precision, recall = validated[i]
-            row.update({"val_loss": "0.4", "val_accuracy": accuracy, "val_precision": precision,
-                        "val_recall": recall})
+            row.update({"val_loss": "0.4", "val_accuracy": accuracy, "val_precision": precision, "val_recall": recall})
         rows.append(row)
     return rows
 
@@ -66,25 +80,66 @@ def runs(tmp_path, log_fields) -> Path:
     assert {"val_dice_LVBP", "val_dice_LVM", "val_dice_RVBP"} <= set(seg)
     assert {"val_accuracy", "val_precision", "val_recall"} <= set(cls)
     # the last row is a checkpoint without validation: the figures come from the row before
-    _write_run(runs, "unet_baseline", seg, [
-        {"iteration": 250, "lr": "0.01", "train_loss": "0.9", "seconds_per_iteration": "0.5000"},
-        {"iteration": 500, "lr": "0.009", "train_loss": "0.7", "seconds_per_iteration": "0.7000",
-         "val_loss": "0.3", "val_dice_LVBP": "0.91234", "val_dice_LVM": "0.8", "val_dice_RVBP": "0.85", "val_dice_mean": "0.85"},
-        {"iteration": 750, "lr": "0.008", "train_loss": "0.6", "seconds_per_iteration": "0.4000",
-         "val_loss": "0.25", "val_dice_LVBP": "0.93", "val_dice_LVM": "0.8351", "val_dice_RVBP": "0.86", "val_dice_mean": "0.87"},
-        {"iteration": 1000, "lr": "0.007", "train_loss": "0.5", "seconds_per_iteration": "0.9000"},
-    ], weights="model.pt")
-    _write_run(runs, "unet_apex", seg, [
-        {"iteration": 50, "lr": "0.01", "train_loss": "0.9", "seconds_per_iteration": "1.5"},
-    ])  # never validated, no weights
-    _write_run(runs, "classifier_resnet18", cls,
-               _classifier_rows([0.2, 0.3, 0.1], {1: (0.9, 0.88, 0.80)}), weights="model.pt")
-    _write_run(runs, "classifier_mobilenet_v2", cls,
-               _classifier_rows([0.2, 0.2], {0: (0.7, 0.7, 0.70), 1: (0.86, 0.85, 0.85)}), weights="last.pt")
-    _write_run(runs, "classifier_densenet121", cls,
-               _classifier_rows([0.6, 0.8], {1: (0.95, 0.95, 0.95)}))  # best recall, but predictions only
-    _write_run(runs, "classifier_densenet121_weighted", cls,
-               _classifier_rows([0.6], {0: (0.99, 0.99, 0.99)}), weights="model.pt")  # never chosen
+    _write_run(
+        runs,
+        "unet_baseline",
+        seg,
+        [
+            {"iteration": 250, "lr": "0.01", "train_loss": "0.9", "seconds_per_iteration": "0.5000"},
+            {
+                "iteration": 500,
+                "lr": "0.009",
+                "train_loss": "0.7",
+                "seconds_per_iteration": "0.7000",
+                "val_loss": "0.3",
+                "val_dice_LVBP": "0.91234",
+                "val_dice_LVM": "0.8",
+                "val_dice_RVBP": "0.85",
+                "val_dice_mean": "0.85",
+            },
+            {
+                "iteration": 750,
+                "lr": "0.008",
+                "train_loss": "0.6",
+                "seconds_per_iteration": "0.4000",
+                "val_loss": "0.25",
+                "val_dice_LVBP": "0.93",
+                "val_dice_LVM": "0.8351",
+                "val_dice_RVBP": "0.86",
+                "val_dice_mean": "0.87",
+            },
+            {"iteration": 1000, "lr": "0.007", "train_loss": "0.5", "seconds_per_iteration": "0.9000"},
+        ],
+        weights="model.pt",
+    )
+    _write_run(
+        runs,
+        "unet_apex",
+        seg,
+        [
+            {"iteration": 50, "lr": "0.01", "train_loss": "0.9", "seconds_per_iteration": "1.5"},
+        ],
+    )  # never validated, no weights
+    _write_run(
+        runs, "classifier_resnet18", cls, _classifier_rows([0.2, 0.3, 0.1], {1: (0.9, 0.88, 0.80)}), weights="model.pt"
+    )
+    _write_run(
+        runs,
+        "classifier_mobilenet_v2",
+        cls,
+        _classifier_rows([0.2, 0.2], {0: (0.7, 0.7, 0.70), 1: (0.86, 0.85, 0.85)}),
+        weights="last.pt",
+    )
+    _write_run(
+        runs, "classifier_densenet121", cls, _classifier_rows([0.6, 0.8], {1: (0.95, 0.95, 0.95)})
+    )  # best recall, but predictions only
+    _write_run(
+        runs,
+        "classifier_densenet121_weighted",
+        cls,
+        _classifier_rows([0.6], {0: (0.99, 0.99, 0.99)}),
+        weights="model.pt",
+    )  # never chosen
     _write_run(runs, "classifier_foo", cls, _classifier_rows([0.1], {0: (1.0, 1.0, 1.0)}), weights="model.pt")
     return runs
 
@@ -93,9 +148,14 @@ def test_run_summary_reads_logs(runs):
     summary = run_summary(runs)
     by_run = {r["run"]: r for r in summary}
     # the comparison's runs only, in the order of UNETS then CLASSIFIERS
-    assert [r["run"] for r in summary] == ["unet_baseline", "unet_apex", "classifier_densenet121",
-                                           "classifier_mobilenet_v2", "classifier_resnet18",
-                                           "classifier_densenet121_weighted"]
+    assert [r["run"] for r in summary] == [
+        "unet_baseline",
+        "unet_apex",
+        "classifier_densenet121",
+        "classifier_mobilenet_v2",
+        "classifier_resnet18",
+        "classifier_densenet121_weighted",
+    ]
 
     unet = by_run["unet_baseline"]
     assert unet["iterations"] == 1000  # the last row's, validated or not
@@ -105,8 +165,12 @@ def test_run_summary_reads_logs(runs):
     assert "val_recall" not in unet
 
     apex = by_run["unet_apex"]
-    assert (apex["iterations"], apex["s_per_iteration"], apex["validation"], apex["weights"]) == \
-        (50, pytest.approx(1.5), "", "predictions only")
+    assert (apex["iterations"], apex["s_per_iteration"], apex["validation"], apex["weights"]) == (
+        50,
+        pytest.approx(1.5),
+        "",
+        "predictions only",
+    )
 
     resnet = by_run["classifier_resnet18"]
     assert resnet["iterations"] == 300
@@ -148,14 +212,23 @@ def test_run_summary_from_weights_when_the_log_did_not_come_back(runs):
     torch = pytest.importorskip("torch")
     # as export.train.export_weights leaves them: the metrics of the last validation and the iteration
     (runs / "unet_middle").mkdir()
-    torch.save({"iteration": 800, "state_dict": {}, "metrics": {"loss": 0.2, "dice_LVBP": 0.9412, "dice_LVM": 0.8226,
-                                                                "dice_RVBP": 0.8779, "dice_mean": 0.88}},
-               runs / "unet_middle" / "model.pt")
-    (runs / "unet_middle.out").write_text("unet_middle: 10%|#| ...\ndone: iteration 400, 0.400 s/iteration, ...\n"
-                                          "resumed\ndone: iteration 800, 0.350 s/iteration, best ...\n")
+    torch.save(
+        {
+            "iteration": 800,
+            "state_dict": {},
+            "metrics": {"loss": 0.2, "dice_LVBP": 0.9412, "dice_LVM": 0.8226, "dice_RVBP": 0.8779, "dice_mean": 0.88},
+        },
+        runs / "unet_middle" / "model.pt",
+    )
+    (runs / "unet_middle.out").write_text(
+        "unet_middle: 10%|#| ...\ndone: iteration 400, 0.400 s/iteration, ...\n"
+        "resumed\ndone: iteration 800, 0.350 s/iteration, best ...\n"
+    )
     (runs / "classifier_squeezenet").mkdir()
-    torch.save({"iteration": 120, "state_dict": {}, "metrics": {"accuracy": 0.97, "precision": 0.96, "recall": 0.97}},
-               runs / "classifier_squeezenet" / "last.pt")  # no console output either
+    torch.save(
+        {"iteration": 120, "state_dict": {}, "metrics": {"accuracy": 0.97, "precision": 0.96, "recall": 0.97}},
+        runs / "classifier_squeezenet" / "last.pt",
+    )  # no console output either
     (runs / "unet_sampling_low").mkdir()  # neither log nor weights: left out
 
     summary = run_summary(runs)
@@ -183,8 +256,13 @@ def test_best_classifier_ignores_unvalidated_runs(tmp_path, log_fields):
 
 
 def test_run_summary_survives_a_header_only_log(tmp_path, log_fields):
-    _write_run(tmp_path, "unet_baseline", log_fields("segmentation"),
-               [{"iteration": 10, "seconds_per_iteration": "0.5"}], weights="model.pt")
+    _write_run(
+        tmp_path,
+        "unet_baseline",
+        log_fields("segmentation"),
+        [{"iteration": 10, "seconds_per_iteration": "0.5"}],
+        weights="model.pt",
+    )
     _write_run(tmp_path, "unet_base", log_fields("segmentation"), [])  # header only
     rows = {r["run"]: r for r in run_summary(tmp_path)}
     assert rows["unet_baseline"]["iterations"] == 10
@@ -239,8 +317,11 @@ def stacks():
 
 #: the order the rows are stored in, per stack: each reads as no single crossing of the heart
 #: (ED 2,0,0,1,3,2; ES 2,1,3,2; M&Ms 1,3,0,2), so decoding them unsorted would get them wrong
-STORED_ORDER = {("acdc/patient005", "ED"): [3, 0, 5, 1, 4, 2], ("acdc/patient005", "ES"): [2, 0, 3, 1],
-                ("mnms/A1B2C3", "ED"): [1, 3, 0, 2]}
+STORED_ORDER = {
+    ("acdc/patient005", "ED"): [3, 0, 5, 1, 4, 2],
+    ("acdc/patient005", "ES"): [2, 0, 3, 1],
+    ("mnms/A1B2C3", "ED"): [1, 3, 0, 2],
+}
 
 
 @pytest.fixture
@@ -256,10 +337,15 @@ def predictions(stacks):
         regions.append(truth[order])
         perfect.append(_peaked(truth, rng)[order])
         swapped.append(_peaked(SWAP[truth], rng)[order])
-    return {"cases": np.array(cases), "phases": np.array(phases), "z": np.concatenate(z),
-            "regions": np.concatenate(regions).astype(np.uint8),
-            "classifier_resnet18": np.concatenate(perfect), "classifier_alexnet": np.concatenate(swapped),
-            "classifier_not_in_the_comparison": np.concatenate(swapped)}
+    return {
+        "cases": np.array(cases),
+        "phases": np.array(phases),
+        "z": np.concatenate(z),
+        "regions": np.concatenate(regions).astype(np.uint8),
+        "classifier_resnet18": np.concatenate(perfect),
+        "classifier_alexnet": np.concatenate(swapped),
+        "classifier_not_in_the_comparison": np.concatenate(swapped),
+    }
 
 
 def test_stored_classifier_table_acdc(stacks, predictions):
@@ -319,6 +405,7 @@ def test_stored_classifier_table_skips_absent_classifiers(predictions):
 
 # -- write_results_md -----------------------------------------------------------------------------
 
+
 def _section(body: str) -> str:
     return "\n".join([BEGIN, "", body, "", END])
 
@@ -357,6 +444,7 @@ def test_write_results_md_creates_the_file(tmp_path):
 
 # -- datasets -------------------------------------------------------------------------------------
 
+
 def test_datasets_holds_out_every_fifth_patient(tmp_path):
     acdc, mnms = tmp_path / "acdc", tmp_path / "mnms"
     for i in range(1, 11):
@@ -387,27 +475,30 @@ def test_datasets_without_a_training_folder(tmp_path):
 
 # -- generated_section ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def evaluation(routing_bundle):
     from cmrsdk.evaluation import evaluate, ground_truth_regions
     from cmrsdk.pipeline import Pipeline
     from cmrsdk.synth import synthetic_study
 
-    methods = {"baseline": Pipeline(routing_bundle, mode="baseline"),
-               "sampling_low": Pipeline(routing_bundle, mode="baseline"),
-               "sampling_high": Pipeline(routing_bundle, mode="baseline"),
-               "routed": Pipeline(routing_bundle, mode="routed"),
-               "oracle": Pipeline(routing_bundle, mode="routed", regions_from="caller")}
+    methods = {
+        "baseline": Pipeline(routing_bundle, mode="baseline"),
+        "sampling_low": Pipeline(routing_bundle, mode="baseline"),
+        "sampling_high": Pipeline(routing_bundle, mode="baseline"),
+        "routed": Pipeline(routing_bundle, mode="routed"),
+        "oracle": Pipeline(routing_bundle, mode="routed", regions_from="caller"),
+    }
     studies = [(f"patient{5 * s:03d}", synthetic_study(seed=s)) for s in (1, 2)]
     return evaluate(methods, studies, region_sources={"oracle": ground_truth_regions}, progress=False)
 
 
 def _table_rows(text: str, heading: str) -> list[list[str]]:
     """The cells of the Markdown table that follows ``heading``."""
-    lines = text[text.index(heading):].split("\n")
+    lines = text[text.index(heading) :].split("\n")
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip() for c in line.strip("|").split("|")])
@@ -417,10 +508,23 @@ def _table_rows(text: str, heading: str) -> list[list[str]]:
 def test_generated_section_end_to_end(tmp_path, evaluation):
     docs = tmp_path / "docs"
     out = docs / "results" / "paper"
-    summary = [{"run": "unet_baseline", "iterations": 1000, "s_per_iteration": 0.6, "validation": "0.930 / 0.835 / 0.860",
-                "weights": "yes"},
-               {"run": "classifier_resnet18", "iterations": 300, "s_per_iteration": 0.2,
-                "validation": "accuracy 0.900, precision 0.880, recall 0.800", "weights": "yes", "val_recall": 0.8}]
+    summary = [
+        {
+            "run": "unet_baseline",
+            "iterations": 1000,
+            "s_per_iteration": 0.6,
+            "validation": "0.930 / 0.835 / 0.860",
+            "weights": "yes",
+        },
+        {
+            "run": "classifier_resnet18",
+            "iterations": 300,
+            "s_per_iteration": 0.2,
+            "validation": "accuracy 0.900, precision 0.880, recall 0.800",
+            "weights": "yes",
+            "val_recall": 0.8,
+        },
+    ]
     text = generated_section(summary, "classifier_x", {"acdc_heldout": evaluation}, {"acdc_heldout": []}, out, docs)
 
     assert text.startswith(BEGIN + "\n") and text.endswith("\n" + END)
@@ -432,8 +536,9 @@ def test_generated_section_end_to_end(tmp_path, evaluation):
     assert "#### Table 1:" in text and "#### Table 2:" in text and "#### Table 3:" in text
 
     table1 = _table_rows(text, "#### Table 1:")
-    assert [r[0] for r in table1] == [m for m in ("baseline", "sampling_low", "sampling_high", "routed", "oracle")
-                                      for _ in range(3)] + ["paper: nnU-Net baseline"] * 3
+    assert [r[0] for r in table1] == [
+        m for m in ("baseline", "sampling_low", "sampling_high", "routed", "oracle") for _ in range(3)
+    ] + ["paper: nnU-Net baseline"] * 3
     cells = {(r[0], r[1]): r[2:] for r in table1}
     assert cells[("paper: nnU-Net baseline", "LVBP")] == ["94.42 (7.76)", "94.28 (6.87)", "82.86* (23.47)"]
     # the baseline answers background everywhere: Dice 0 wherever the LV blood pool is
@@ -446,10 +551,23 @@ def test_generated_section_end_to_end(tmp_path, evaluation):
     assert oracle_lvbp[0] > 5.0 and oracle_lvbp[1] == 0.0
 
     table3 = _table_rows(text, "#### Table 3:")
-    assert [r[0] for r in table3] == ["sampling_low", "sampling_high", "routed", "oracle",
-                                      "paper: batch sampling (high)", "paper: classification + segmentation"]
+    assert [r[0] for r in table3] == [
+        "sampling_low",
+        "sampling_high",
+        "routed",
+        "oracle",
+        "paper: batch sampling (high)",
+        "paper: classification + segmentation",
+    ]
     assert table3[0][1:6] == ["+0.00 (+0.00)"] * 5  # the same model as the baseline
-    assert table3[5][1:] == ["-0.46 (-0.08)", "0.51 (3.36)", "1.88* (9.34)", "7.60* (9.19)", "-1.37* (-0.78)", "5.74* (6.87)"]
+    assert table3[5][1:] == [
+        "-0.46 (-0.08)",
+        "0.51 (3.36)",
+        "1.88* (9.34)",
+        "7.60* (9.19)",
+        "-1.37* (-0.78)",
+        "5.74* (6.87)",
+    ]
     assert float(table3[3][1].split()[0].rstrip("*")) > 5.0  # oracle LVBP at the base gains over background
 
     # links relative to docs/
@@ -464,8 +582,9 @@ def test_generated_section_end_to_end(tmp_path, evaluation):
 def test_generated_section_table2_and_outside_docs(tmp_path, evaluation, predictions):
     table2 = stored_classifier_table(predictions, "acdc/")
     out = tmp_path / "elsewhere"
-    text = generated_section([], "classifier_resnet18", {"acdc_heldout": evaluation}, {"acdc_heldout": table2},
-                             out, tmp_path / "docs")
+    text = generated_section(
+        [], "classifier_resnet18", {"acdc_heldout": evaluation}, {"acdc_heldout": table2}, out, tmp_path / "docs"
+    )
     rows = _table_rows(text, "#### Table 2:")
     assert [r[0] for r in rows] == ["alexnet", "resnet18"]
     assert rows[0][1:3] == ["40.00", "40.00"] and rows[1][1:3] == ["100.00", "100.00"]
@@ -491,12 +610,15 @@ def test_a_bundle_is_reused_only_while_it_holds_the_chosen_runs(tmp_path: Path) 
     def entry(run: str) -> dict:
         return {"training": {"config": {"experiment": {"name": run}}, "checkpoint": f"{runs / run / 'model.pt'}"}}
 
-    (bundle / "manifest.json").write_text(json.dumps({"models": {"baseline": entry("unet_baseline"),
-                                                                 "classifier": entry("classifier_densenet121")}}))
+    (bundle / "manifest.json").write_text(
+        json.dumps({"models": {"baseline": entry("unet_baseline"), "classifier": entry("classifier_densenet121")}})
+    )
     os.utime(bundle / "manifest.json", (2_000_000, 2_000_000))  # built after the weights
     wanted = {"baseline": "unet_baseline", "classifier": "classifier_densenet121"}
     assert _bundle_is_current(bundle, wanted, runs)
-    assert not _bundle_is_current(bundle, {**wanted, "classifier": "classifier_resnet18"}, runs)  # another classifier chosen
+    assert not _bundle_is_current(
+        bundle, {**wanted, "classifier": "classifier_resnet18"}, runs
+    )  # another classifier chosen
     assert not _bundle_is_current(bundle, {**wanted, "apex": "unet_baseline"}, runs)  # a role the bundle lacks
     os.utime(runs / "unet_baseline" / "model.pt", (3_000_000, 3_000_000))  # retrained after the bundle was built
     assert not _bundle_is_current(bundle, wanted, runs)
@@ -574,8 +696,23 @@ def test_the_documented_command_from_runs_to_results_md(tmp_path: Path, shared_d
     docs.mkdir()
     (docs / "RESULTS.md").write_text("# by hand\n\nkept\n")
 
-    assert experiment_main(["--runs", str(runs), "--acdc", str(tmp_path / "acdc"), "--mnms", str(tmp_path / "none"),
-                            "--out", str(docs / "results"), "--results-md", str(docs / "RESULTS.md")]) == 0
+    assert (
+        experiment_main(
+            [
+                "--runs",
+                str(runs),
+                "--acdc",
+                str(tmp_path / "acdc"),
+                "--mnms",
+                str(tmp_path / "none"),
+                "--out",
+                str(docs / "results"),
+                "--results-md",
+                str(docs / "RESULTS.md"),
+            ]
+        )
+        == 0
+    )
 
     for bundle in ("baseline", "sampling_low", "sampling_high", "routed"):
         assert (runs / "bundles" / bundle / "manifest.json").is_file()
@@ -586,5 +723,7 @@ def test_the_documented_command_from_runs_to_results_md(tmp_path: Path, shared_d
     assert methods == {"baseline", "sampling_low", "sampling_high", "routed", "oracle"}  # no stored predictions here
     text = (docs / "RESULTS.md").read_text()
     assert text.startswith("# by hand\n\nkept\n") and text.count(BEGIN) == 1 and text.count(END) == 1
-    assert "classifier_densenet121" in text and "![Dice along the heart](results/acdc_heldout/figure2_paper.png)" in text
+    assert (
+        "classifier_densenet121" in text and "![Dice along the heart](results/acdc_heldout/figure2_paper.png)" in text
+    )
     assert "held-out ACDC: 1 subjects" in text

@@ -1,6 +1,7 @@
 """The GPU-machine path of export/: slice packs, carried caches, --set and time budgets, weights-only
 export and held-out classifier probabilities (export.portable, export.data.open_cache,
 export.train, export.predict)."""
+
 from __future__ import annotations
 
 import csv
@@ -99,6 +100,7 @@ def classification_checkpoint(tmp_path_factory) -> Path:
 
 # -- export.portable ------------------------------------------------------------------------------------
 
+
 def _slices_with_flat(n: int = 12, size: int = 32, flat_index: int = 5, flat_value: float = 0.75) -> SliceSet:
     s = synthetic_slices(n, size=size, seed=3)
     images = np.array(s.images, dtype=np.float32, copy=True)
@@ -137,7 +139,7 @@ def test_pack_unpack_round_trip(tmp_path: Path) -> None:
     assert np.all(per_slice <= span / 255 / 2 + 1e-5), (per_slice, span / 510)
     assert np.abs(error).max() <= stats["max_error"] + 1e-6
     assert stats["max_error"] == pytest.approx(np.abs(error).max(), rel=1e-4, abs=1e-7)
-    assert stats["rms_error"] == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-4)
+    assert stats["rms_error"] == pytest.approx(np.sqrt(np.mean(error**2)), rel=1e-4)
     assert 0 < stats["rms_error"] < stats["max_error"]
     # a flat slice comes back exactly
     assert np.array_equal(back.images[5], original.images[5])
@@ -219,11 +221,18 @@ def test_cli_unpack_writes_a_loadable_cache(tmp_path: Path, capsys) -> None:
 
 # -- export.data.open_cache without the raw data --------------------------------------------------
 
+
 def _patient_cache(tmp_path: Path, cases: tuple[str, ...], size: int = 32) -> Path:
     s = synthetic_slices(4 * len(cases), size=size, seed=2)
     names = np.repeat(np.asarray(cases), 4)
-    meta = {"version": CACHE_VERSION, "source": "elsewhere", "size": size, "normalization": "robust_zscore",
-            "target_spacing": [1.25, 1.25], "splits": {"train": list(cases[:-1]), "val": [cases[-1]], "test": []}}
+    meta = {
+        "version": CACHE_VERSION,
+        "source": "elsewhere",
+        "size": size,
+        "normalization": "robust_zscore",
+        "target_spacing": [1.25, 1.25],
+        "splits": {"train": list(cases[:-1]), "val": [cases[-1]], "test": []},
+    }
     cache = tmp_path / "cache"
     write_cache(cache, SliceSet(s.images, s.labels, names, s.phases, s.regions, s.positions, s.z, meta))
     return cache
@@ -271,12 +280,28 @@ def test_open_cache_without_root_or_cache_raises(tmp_path: Path) -> None:
 
 # -- export.train: --set and time budgets ----------------------------------------------------------
 
+
 def test_main_set_overrides_train_three_iterations(tmp_path: Path, capsys) -> None:
     config = _write_config(tmp_path, SEGMENTATION.format(iterations=500, checkpoint_every=100, val_every=250))
     out = tmp_path / "out"
-    code = main([str(config), "--out", str(out), "--device", "cpu", "--no-progress",
-                 "--set", "train.iterations=3", "--set", "train.val_every=3", "--set", "train.checkpoint_every=1000",
-                 "--set", 'experiment.name="overridden"'])
+    code = main(
+        [
+            str(config),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--set",
+            "train.iterations=3",
+            "--set",
+            "train.val_every=3",
+            "--set",
+            "train.checkpoint_every=1000",
+            "--set",
+            'experiment.name="overridden"',
+        ]
+    )
     assert code == 0
     assert "done: iteration 3," in capsys.readouterr().out
     rows = _log(out)
@@ -289,8 +314,9 @@ def test_main_set_overrides_train_three_iterations(tmp_path: Path, capsys) -> No
     assert state["config"]["experiment"]["name"] == "overridden"
 
 
-@pytest.mark.parametrize("item", ["trainiterations=3", "train.iterations", "train.iterations=three",
-                                  "train.iterations=[1,", "nosuch.key=1"])
+@pytest.mark.parametrize(
+    "item", ["trainiterations=3", "train.iterations", "train.iterations=three", "train.iterations=[1,", "nosuch.key=1"]
+)
 def test_main_malformed_set_exits_2(tmp_path: Path, item: str, capsys) -> None:
     config = _write_config(tmp_path, SEGMENTATION.format(iterations=1, checkpoint_every=1, val_every=1))
     out = tmp_path / "out"
@@ -304,14 +330,25 @@ def test_main_malformed_set_exits_2(tmp_path: Path, item: str, capsys) -> None:
 def test_main_set_unknown_key_exits_2(tmp_path: Path) -> None:
     config = _write_config(tmp_path, SEGMENTATION.format(iterations=1, checkpoint_every=1, val_every=1))
     with pytest.raises(SystemExit) as info:
-        main([str(config), "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress",
-              "--set", "train.iteratons=3"])
+        main(
+            [
+                str(config),
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--set",
+                "train.iteratons=3",
+            ]
+        )
     assert info.value.code == 2
 
 
 def test_time_budget_stops_early_annealed_and_saved(tmp_path: Path) -> None:
-    config = load_config(_write_config(tmp_path, SEGMENTATION.format(iterations=100000, checkpoint_every=100000,
-                                                                     val_every=100000)))
+    config = load_config(
+        _write_config(tmp_path, SEGMENTATION.format(iterations=100000, checkpoint_every=100000, val_every=100000))
+    )
     out = tmp_path / "out"
     started = time.perf_counter()
     result = train(config, out=out, progress=False, time_budget=0.5)
@@ -340,6 +377,7 @@ def test_time_budget_on_a_finished_run_resumes_to_nothing(tmp_path: Path) -> Non
 
 
 # -- export.train.export_weights ---------------------------------------------------------------------
+
 
 def test_export_weights_float16_round_trip(tmp_path: Path, segmentation_checkpoint: Path) -> None:
     target = tmp_path / "weights" / "model.pt"
@@ -391,6 +429,7 @@ def test_export_weights_keeps_integer_buffers(tmp_path: Path, classification_che
 
 # -- export.predict --------------------------------------------------------------------------------
 
+
 def test_classifier_probabilities(classification_checkpoint: Path, segmentation_checkpoint: Path) -> None:
     images = synthetic_slices(6, size=48, seed=5).images
     probabilities = classifier_probabilities(classification_checkpoint, images)
@@ -403,8 +442,9 @@ def test_classifier_probabilities(classification_checkpoint: Path, segmentation_
         expected = torch.softmax(model(torch.from_numpy(np.ascontiguousarray(images))[:, None]), dim=1).numpy()
     np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
     # batches split anywhere give the same rows
-    np.testing.assert_allclose(classifier_probabilities(classification_checkpoint, images, batch=4), probabilities,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        classifier_probabilities(classification_checkpoint, images, batch=4), probabilities, rtol=1e-4, atol=1e-6
+    )
     with pytest.raises(ValueError, match="segmentation checkpoint, not a region classifier"):
         classifier_probabilities(segmentation_checkpoint, images[:, :32, :32])
 

@@ -1,4 +1,5 @@
 """export.models: builders, registry, shapes, deep supervision, learning on synthetic slices."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """export.quantize: int8 artifacts, their parity on real slices, the Dice record, the atomic rewrite."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,19 @@ from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
 from export.bundle import build_bundle  # noqa: E402
 from export.models import unet  # noqa: E402
-from export.quantize import (HELD_OUT, INT8_MIN_DECIDED_AGREEMENT, QuantizationError, _heart_crop, _prepared,  # noqa: E402
-                             calibration_slices, check_slices, dice_deltas, int8_parity, quantize_bundle,
-                             quantize_model)
+from export.quantize import (  # noqa: E402
+    HELD_OUT,
+    INT8_MIN_DECIDED_AGREEMENT,
+    QuantizationError,
+    _heart_crop,
+    _prepared,
+    calibration_slices,
+    check_slices,
+    dice_deltas,
+    int8_parity,
+    quantize_bundle,
+    quantize_model,
+)
 
 
 class EdgeSegmenter(torch.nn.Module):
@@ -37,10 +48,14 @@ class EdgeSegmenter(torch.nn.Module):
         self.smooth = torch.nn.Conv2d(1, 4, 3, padding=1)
         self.head = torch.nn.Conv2d(4, 4, 1)
         with torch.no_grad():
-            self.smooth.weight.copy_(torch.tensor([1.0, 1.0, 0.5, -1.0])[:, None, None, None] / 9.0 * torch.ones(4, 1, 3, 3))
+            self.smooth.weight.copy_(
+                torch.tensor([1.0, 1.0, 0.5, -1.0])[:, None, None, None] / 9.0 * torch.ones(4, 1, 3, 3)
+            )
             self.smooth.weight[2, 0, 1, 1] = -2.0  # an edge detector for the rim
             self.smooth.bias.copy_(torch.tensor([0.0, -0.4, 0.0, 0.0]))
-            self.head.weight.copy_(torch.tensor([[-4.0, 0, 0, 4], [0, 8, 0, 0], [0, 2, 6, 0], [-1, -1, -1, -1]])[..., None, None])
+            self.head.weight.copy_(
+                torch.tensor([[-4.0, 0, 0, 4], [0, 8, 0, 0], [0, 2, 6, 0], [-1, -1, -1, -1]])[..., None, None]
+            )
             self.head.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,11 +69,19 @@ SIZE = (64, 64)
 def source(tmp_path_factory) -> Path:
     """A small bundle: the edge segmenter as baseline (regions from its masks), a small U-Net for the apex."""
     torch.manual_seed(0)
-    models = {"baseline": (EdgeSegmenter(), {"kind": "segmentation"}),
-              "apex": (unet(features=(4, 8)), {"kind": "segmentation"})}
+    models = {
+        "baseline": (EdgeSegmenter(), {"kind": "segmentation"}),
+        "apex": (unet(features=(4, 8)), {"kind": "segmentation"}),
+    }
     pre = Preprocessing((2.0, 2.0), SIZE, "robust_zscore", heart_crop=(32, 32))
-    return build_bundle(models, {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "apex"}, pre,
-                        tmp_path_factory.mktemp("q") / "bundle", formats=("onnx",), regions_from="segmentation")
+    return build_bundle(
+        models,
+        {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
+        pre,
+        tmp_path_factory.mktemp("q") / "bundle",
+        formats=("onnx",),
+        regions_from="segmentation",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +96,19 @@ def quantized(source: Path, studies, tmp_path_factory):
     images, labels = _prepared(load_bundle(bundle_dir), [synthetic_study(seed=5)])
     # minmax here: it calibrates at the window and the heart crop; percentile (the default,
     # window only) is exercised by the real-slices test on the demo bundle
-    dice = quantize_bundle(bundle_dir, calibration=images, calibration_labels=labels, calibration_source="synthetic seed 5",
-                           check_studies=studies, max_dice_drop=math.inf, threads=1, log=lambda *a: None, method="minmax",
-                           # the apex U-Net has random weights: more near-ties than a trained one
-                           min_agreement=0.95)
+    dice = quantize_bundle(
+        bundle_dir,
+        calibration=images,
+        calibration_labels=labels,
+        calibration_source="synthetic seed 5",
+        check_studies=studies,
+        max_dice_drop=math.inf,
+        threads=1,
+        log=lambda *a: None,
+        method="minmax",
+        # the apex U-Net has random weights: more near-ties than a trained one
+        min_agreement=0.95,
+    )
     return bundle_dir, dice
 
 
@@ -93,7 +125,10 @@ def test_int8_artifacts_are_added_with_valid_hashes_and_records(source: Path, qu
         # the fp32 artifact is untouched: same file, same hash
         assert bundle.manifest["models"][name]["artifacts"]["onnx"] == before["models"][name]["artifacts"]["onnx"]
         # the export checked the fp32 artifact at both sizes the pipeline runs a U-Net
-        assert [p["input_hw"] for p in bundle.manifest["models"][name]["parity"] if p["artifact"] == "onnx"] == [[64, 64], [32, 32]]
+        assert [p["input_hw"] for p in bundle.manifest["models"][name]["parity"] if p["artifact"] == "onnx"] == [
+            [64, 64],
+            [32, 32],
+        ]
         parity = [p for p in bundle.manifest["models"][name]["parity"] if p["artifact"] == "onnx-int8"]
         assert len(parity) == 1 and parity[0]["passed"]
         assert parity[0]["tolerance"] == 0.95 and parity[0]["decided_argmax_agreement"] >= 0.95
@@ -130,12 +165,15 @@ def test_the_int8_graph_is_quantized(quantized):
 def test_dice_deltas_are_computed_per_region_and_label(quantized, studies):
     bundle_dir, dice = quantized
     assert [(r["region"], r["label"]) for r in dice["rows"]] == [
-        (region, label) for region in ("base", "middle", "apex", "cardiac") for label in ("LVBP", "LVM", "RVBP")]
+        (region, label) for region in ("base", "middle", "apex", "cardiac") for label in ("LVBP", "LVM", "RVBP")
+    ]
     # recompute from the pipelines themselves: the record is what fp32 and int8 score
     again = dice_deltas(bundle_dir, studies, threads=1)
     for row, other in zip(dice["rows"], again["rows"]):
         assert row["delta"] == pytest.approx(row["int8"] - row["fp32"], abs=1e-9, nan_ok=True)
-        assert row["fp32"] == pytest.approx(other["fp32"], abs=1e-9, nan_ok=True) and row["int8"] == pytest.approx(other["int8"], abs=1e-9, nan_ok=True)
+        assert row["fp32"] == pytest.approx(other["fp32"], abs=1e-9, nan_ok=True) and row["int8"] == pytest.approx(
+            other["int8"], abs=1e-9, nan_ok=True
+        )
     finite = [r for r in dice["rows"] if math.isfinite(r["delta"])]
     assert finite and dice["worst_drop"] == pytest.approx(max(0.0, *(-r["delta"] for r in finite)))
     assert dice["slices"] == sum(s.ed.shape[0] + s.es.shape[0] for _, s in studies)
@@ -174,17 +212,30 @@ def test_a_breached_dice_bound_leaves_the_bundle_unchanged(source: Path, studies
     images, labels = _prepared(load_bundle(bundle_dir), [synthetic_study(seed=5)])
     # a negative allowance cannot be met (the worst drop is >= 0): the checks run, then refuse
     with pytest.raises(QuantizationError, match=r"more than the -1.0 allowed; the bundle .* is unchanged"):
-        quantize_bundle(bundle_dir, calibration=images, calibration_labels=labels, check_studies=studies[:1],
-                        models=["baseline"], max_dice_drop=-1.0, threads=1, log=lambda *a: None, method="minmax")
+        quantize_bundle(
+            bundle_dir,
+            calibration=images,
+            calibration_labels=labels,
+            check_studies=studies[:1],
+            models=["baseline"],
+            max_dice_drop=-1.0,
+            threads=1,
+            log=lambda *a: None,
+            method="minmax",
+        )
     assert {p.name: p.read_bytes() for p in bundle_dir.iterdir()} == before
     assert not list(tmp_path.glob(".bundle.int8.*"))
 
 
 def test_bad_inputs_are_refused(source: Path, studies):
-    with pytest.raises(InputError, match=r"'calibration' must be float32 \(N, 1, 64, 64\), got float32 \(2, 1, 32, 32\)"):
+    with pytest.raises(
+        InputError, match=r"'calibration' must be float32 \(N, 1, 64, 64\), got float32 \(2, 1, 32, 32\)"
+    ):
         quantize_bundle(source, calibration=np.zeros((2, 1, 32, 32), np.float32), check_studies=studies)
     with pytest.raises(InputError, match="'models' names 'ghost'"):
-        quantize_bundle(source, calibration=np.zeros((2, 1, 64, 64), np.float32), check_studies=studies, models=["ghost"])
+        quantize_bundle(
+            source, calibration=np.zeros((2, 1, 64, 64), np.float32), check_studies=studies, models=["ghost"]
+        )
     with pytest.raises(InputError, match="'check_studies' is empty"):
         quantize_bundle(source, calibration=np.zeros((2, 1, 64, 64), np.float32), check_studies=[])
     with pytest.raises(InputError, match=r"'count' \(--calibration-slices\) must be a positive int, got 0"):
@@ -205,8 +256,11 @@ def test_int8_parity_on_real_slices_of_the_demo_bundle(shared_data: Path, tmp_pa
     assert not any(h in source for h in HELD_OUT)
     out = quantize_model(bundle.models["baseline"].artifacts["onnx"].path, tmp_path / "baseline.int8.onnx", [images])
     with pytest.raises(InputError, match=r"'method' 'percentile' calibrates at one \(H, W\)"):
-        quantize_model(bundle.models["baseline"].artifacts["onnx"].path, tmp_path / "x.onnx",
-                       [images, _heart_crop(images, labels, (128, 128))])
+        quantize_model(
+            bundle.models["baseline"].artifacts["onnx"].path,
+            tmp_path / "x.onnx",
+            [images, _heart_crop(images, labels, (128, 128))],
+        )
     held_out = check_slices(bundle, [read_acdc_patient(acdc / "training" / HELD_OUT[0])], count=12)
     assert sorted(held_out) == [(128, 128), (224, 224)]
     parity = int8_parity(bundle.models["baseline"].artifacts["onnx"].path, out, held_out, threads=1)

@@ -1,4 +1,5 @@
 """export.samplers: the region-aware weights, analytically and over 100,000 draws."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,8 +56,9 @@ def test_100000_draws_match_the_analytic_frequencies() -> None:
 
 def test_foreground_fraction_forces_the_batch_tail_onto_labelled_slices() -> None:
     regions, positions = _cohort()
-    sampler = SliceSampler(uniform_weights(regions.size), has_foreground=regions != 0, foreground_fraction=1 / 3,
-                           seed=0)
+    sampler = SliceSampler(
+        uniform_weights(regions.size), has_foreground=regions != 0, foreground_fraction=1 / 3, seed=0
+    )
     for _ in range(50):
         batch = sampler.sample(12)
         assert batch.foreground.tolist() == [False] * 8 + [True] * 4

@@ -1,4 +1,5 @@
 """export.train: every model type learns on synthetic slices; checkpoints round-trip; resume is exact."""
+
 from __future__ import annotations
 
 import csv
@@ -149,9 +150,28 @@ def test_every_shipped_configuration_loads() -> None:
 def test_torchrun_two_gloo_processes(tmp_path: Path) -> None:
     (tmp_path / "ddp.toml").write_text(SEGMENTATION.format(sampler="uniform", iterations=2, val_every=2))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "export.train", str(tmp_path / "ddp.toml"), "--out", str(tmp_path / "out"),
-                           "--device", "cpu", "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "export.train",
+            str(tmp_path / "ddp.toml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "done: iteration 2" in done.stdout
     state = torch.load(tmp_path / "out" / "last.pt", weights_only=False)
@@ -201,7 +221,7 @@ def test_schedule_steps_poly_learning_rate_and_time_budget() -> None:
 
     sgd = {"optimizer": "sgd", "lr": 0.01, "poly_power": 0.9}
     assert _learning_rate(sgd, 0.0) == pytest.approx(0.01)
-    assert _learning_rate(sgd, 0.5) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert _learning_rate(sgd, 0.5) == pytest.approx(0.01 * 0.5**0.9)
     assert _learning_rate(sgd, 1.0) == 0.0
     assert _learning_rate({"optimizer": "adam", "lr": 3e-4, "poly_power": 0.9}, 0.7) == pytest.approx(3e-4)
     assert _schedule_progress(1, 100, None, None) == 0.0

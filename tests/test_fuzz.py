@@ -4,6 +4,7 @@ reproducers of what the long runs found (fuzz/RESULTS.md).
 The harnesses' own oracles decide: an exception other than cmrsdk's, or a broken invariant
 (see the docstrings of fuzz/fuzz_kernels.py and fuzz/fuzz_readers.py), fails the test.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -48,14 +49,26 @@ def test_reader_harness_on_seeded_inputs(monkeypatch: pytest.MonkeyPatch) -> Non
         readers.TestOneInput(data)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed (pip install -e '.[fuzz]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("atheris") is None, reason="atheris not installed (pip install -e '.[fuzz]')"
+)
 @pytest.mark.parametrize("name,runs", [("kernels", 1000), ("readers", 40)])
 def test_short_atheris_run(name: str, runs: int, tmp_path: Path) -> None:
     env = dict(os.environ, CMRSDK_FUZZ_KNOWN="1", OMP_NUM_THREADS="1")
     child = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / f"fuzz_{name}.py"), f"-runs={runs}", "-seed=1", "-max_len=4096",
-         f"-artifact_prefix={tmp_path}/"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "fuzz" / f"fuzz_{name}.py"),
+            f"-runs={runs}",
+            "-seed=1",
+            "-max_len=4096",
+            f"-artifact_prefix={tmp_path}/",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     log = child.stderr[-3000:]
     assert child.returncode == 0, log

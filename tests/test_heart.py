@@ -1,5 +1,6 @@
 """The heart search stage (cmrsdk.heart): locate_heart with a stand-in model, crop_to_heart by the
 crop rule of crop_or_pad (cmrsdk.preprocess.window_offset)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,10 @@ def _square_model(top: int, left: int, side: int, bright: float = 0.5):
         for i, image in enumerate(images):
             seen.append(float(image.mean()))
             if image.mean() > bright:
-                out[i, 0, top : top + side, left : left + side], out[i, 1, top : top + side, left : left + side] = 0.0, 1.0
+                out[i, 0, top : top + side, left : left + side], out[i, 1, top : top + side, left : left + side] = (
+                    0.0,
+                    1.0,
+                )
         return out
 
     return segment, seen

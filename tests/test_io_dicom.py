@@ -1,4 +1,5 @@
 """DICOM reader and writers: synthetic round trips, Sunnybrook, SEG, inspect, the bad-input corpus."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,18 @@ import pydicom
 import pytest
 
 from cmrsdk.errors import ReadError, WriteError
-from cmrsdk.io import (inspect, read_dicom_study, read_nifti_stack, read_study, read_sunnybrook, write_acdc_patient,
-                       write_dicom_seg, write_dicom_series, write_json, write_nifti_labels)
+from cmrsdk.io import (
+    inspect,
+    read_dicom_study,
+    read_nifti_stack,
+    read_study,
+    read_sunnybrook,
+    write_acdc_patient,
+    write_dicom_seg,
+    write_dicom_series,
+    write_json,
+    write_nifti_labels,
+)
 from cmrsdk.io.sunnybrook import polygon_mask
 from cmrsdk.synth import synthetic_study
 
@@ -36,7 +47,9 @@ def test_dicom_round_trip_geometry_and_pixels(series: tuple[Path, object]) -> No
         flipped = float(got.affine[:3, 0] @ want.affine[:3, 0]) < 0
         last = want.shape[0] - 1
         for z, y, x in [(0, 0, 0), (last, 5, 9), (2, 47, 55)]:
-            np.testing.assert_allclose(got.affine @ [z, y, x, 1], want.affine @ [last - z if flipped else z, y, x, 1], atol=1e-6)
+            np.testing.assert_allclose(
+                got.affine @ [z, y, x, 1], want.affine @ [last - z if flipped else z, y, x, 1], atol=1e-6
+            )
         expected = want.pixels[::-1] if flipped else want.pixels
         step = (want.pixels.max() - want.pixels.min()) / 65535
         np.testing.assert_allclose(got.pixels, expected, atol=step)
@@ -68,6 +81,7 @@ def test_writers_read_back_identical(series: tuple[Path, object], tmp_path: Path
     np.testing.assert_allclose(back.affine, source.affine, atol=1e-4)
 
     import highdicom as hd
+
     write_dicom_seg(tmp_path / "seg.dcm", labels, source)
     seg = hd.seg.segread(tmp_path / "seg.dcm")
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["LVBP", "LVM", "RVBP"]
@@ -75,7 +89,11 @@ def test_writers_read_back_identical(series: tuple[Path, object], tmp_path: Path
     volume = seg.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, combine_segments=True)
     np.testing.assert_array_equal(volume, labels)
     raw = pydicom.dcmread(tmp_path / "seg.dcm")
-    assert raw.Modality == "SEG" and raw.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(source.source_files[0]).SeriesInstanceUID
+    assert (
+        raw.Modality == "SEG"
+        and raw.ReferencedSeriesSequence[0].SeriesInstanceUID
+        == pydicom.dcmread(source.source_files[0]).SeriesInstanceUID
+    )
 
     write_json(tmp_path / "report.json", {"ef": np.float32(0.5), "volumes": np.arange(3)})
     assert json.loads((tmp_path / "report.json").read_text()) == {"ef": 0.5, "volumes": [0, 1, 2]}
@@ -122,6 +140,7 @@ def test_polygon_mask_against_analytic_square() -> None:
 
 # --- bad input corpus -----------------------------------------------------------------------------
 
+
 def _copy(series: tuple[Path, object], tmp_path: Path) -> tuple[Path, list[Path]]:
     target = tmp_path / "copy"
     shutil.copytree(series[0], target)
@@ -153,15 +172,23 @@ def test_truncated_file(series: tuple[Path, object], tmp_path: Path) -> None:
     with pytest.raises(ReadError, match=rf"{files[3].name}: pixel data cannot be decoded"):
         read_dicom_study(folder)
     files[4].write_bytes(data[:300])
-    with pytest.raises(ReadError, match=rf"{files[4].name}: (DICOM header cannot be read|image header .* truncated file\?)"):
+    with pytest.raises(
+        ReadError, match=rf"{files[4].name}: (DICOM header cannot be read|image header .* truncated file\?)"
+    ):
         read_dicom_study(folder)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda ds: delattr(ds, "PixelSpacing"), r"'PixelSpacing' \(0028,0030\) is missing"),
-    (lambda ds: setattr(ds, "PixelSpacing", [2.0, 2.0]), r"mixed pixel sizes in one series: 'PixelSpacing' \[2\.0, 2\.0\]"),
-    (lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), r"mixed orientations in one series"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda ds: delattr(ds, "PixelSpacing"), r"'PixelSpacing' \(0028,0030\) is missing"),
+        (
+            lambda ds: setattr(ds, "PixelSpacing", [2.0, 2.0]),
+            r"mixed pixel sizes in one series: 'PixelSpacing' \[2\.0, 2\.0\]",
+        ),
+        (lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), r"mixed orientations in one series"),
+    ],
+)
 def test_broken_geometry(series: tuple[Path, object], tmp_path: Path, change, message: str) -> None:
     folder, files = _copy(series, tmp_path)
     ds = pydicom.dcmread(files[2])

@@ -1,4 +1,5 @@
 """NIfTI readers: geometry against nibabel, label conventions, the shared cases, bad input."""
+
 from __future__ import annotations
 
 import gzip
@@ -94,6 +95,7 @@ def test_every_shared_nifti_case_reads(shared_data: Path) -> None:
 
 # --- bad input: each gives a ReadError naming the file and the problem ---------------------------
 
+
 def test_wrong_number_of_dimensions(tmp_path: Path) -> None:
     path = _save(tmp_path / "four.nii.gz", np.zeros((4, 4, 3, 2), dtype=np.int16))
     with pytest.raises(ReadError, match=r"four\.nii\.gz: NIfTI image must be 3-D .* got shape \(4, 4, 3, 2\)"):
@@ -103,7 +105,10 @@ def test_wrong_number_of_dimensions(tmp_path: Path) -> None:
 def test_shape_mismatch(tmp_path: Path) -> None:
     image = _save(tmp_path / "img.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
     label = _save(tmp_path / "lab.nii.gz", np.zeros((8, 6, 4), dtype=np.uint8))
-    with pytest.raises(ReadError, match=r"lab\.nii\.gz: label map shape \(8, 6, 4\) .* differs from image img\.nii\.gz shape \(8, 6, 3\)"):
+    with pytest.raises(
+        ReadError,
+        match=r"lab\.nii\.gz: label map shape \(8, 6, 4\) .* differs from image img\.nii\.gz shape \(8, 6, 3\)",
+    ):
         read_nifti_stack(image, label)
 
 
@@ -154,7 +159,9 @@ def test_acdc_folder_problems(tmp_path: Path) -> None:
         read_acdc_patient(folder)
     (folder / "Info.cfg").write_text("ED: 1\nES: 7\n")
     _save(folder / "patient900_frame01.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
-    with pytest.raises(ReadError, match=r"patient900: ES image patient900_frame07\.nii\.gz \(frame 7 from Info\.cfg\) not found"):
+    with pytest.raises(
+        ReadError, match=r"patient900: ES image patient900_frame07\.nii\.gz \(frame 7 from Info\.cfg\) not found"
+    ):
         read_acdc_patient(folder)
     (folder / "Info.cfg").write_text("ED: one\n")
     with pytest.raises(ReadError, match=r"'ED' value 'one' is not a frame number"):

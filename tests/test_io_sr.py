@@ -1,4 +1,5 @@
 """The DICOM SR writer (TID 1500 measurement report) and the repair of source headers for SEG and SR."""
+
 from __future__ import annotations
 
 import math
@@ -28,17 +29,33 @@ def _measurements(path: Path) -> dict[str, list[tuple[str, float, str]]]:
     found: dict[str, list[tuple[str, float, str]]] = {}
     for group in sr.content.get_image_measurement_groups():
         for item in group.get_measurements():
-            found.setdefault(str(group.tracking_identifier), []).append((item.name.value, float(item.value), item.unit.value))
+            found.setdefault(str(group.tracking_identifier), []).append(
+                (item.name.value, float(item.value), item.unit.value)
+            )
     return found
 
 
 def test_report_holds_each_known_measure_with_its_code_and_unit(series, tmp_path):
-    measures = {"lvedv_ml": 151.25, "lvesv_ml": 61.5, "lvsv_ml": 89.75, "lvef_pct": 59.339, "lv_mass_g": 120.4,
-                "rvedv_ml": 160.0, "rvesv_ml": 70.0, "rvsv_ml": 90.0, "rvef_pct": 56.25}
+    measures = {
+        "lvedv_ml": 151.25,
+        "lvesv_ml": 61.5,
+        "lvsv_ml": 89.75,
+        "lvef_pct": 59.339,
+        "lv_mass_g": 120.4,
+        "rvedv_ml": 160.0,
+        "rvesv_ml": 70.0,
+        "rvsv_ml": 90.0,
+        "rvef_pct": 56.25,
+    }
     path = write_measurement_report(tmp_path / "sr.dcm", measures, series[:4], series_number=903)
     found = _measurements(path)
-    assert found["Left ventricle"] == [("18026-5", 151.25, "ml"), ("18148-7", 61.5, "ml"), ("90096001", 89.75, "ml"),
-                                       ("70822001", 59.339, "%"), ("18087-7", 120.4, "g")]
+    assert found["Left ventricle"] == [
+        ("18026-5", 151.25, "ml"),
+        ("18148-7", 61.5, "ml"),
+        ("90096001", 89.75, "ml"),
+        ("70822001", 59.339, "%"),
+        ("18087-7", 120.4, "g"),
+    ]
     assert found["Right ventricle at end diastole"] == [("118565006", 160.0, "ml")]
     assert found["Right ventricle at end systole"] == [("118565006", 70.0, "ml")]
     assert found["Right ventricle"] == [("90096001", 90.0, "ml"), ("70822001", 56.25, "%")]
@@ -50,9 +67,18 @@ def test_report_holds_each_known_measure_with_its_code_and_unit(series, tmp_path
 
 def test_unknown_measures_are_left_out_never_zero(series, tmp_path):
     # one phase: EDV and mass known, ES volumes, SV and EF unknown (None in report.json, NaN in memory)
-    path = write_measurement_report(tmp_path / "sr.dcm", {"lvedv_ml": 140.0, "lvesv_ml": None, "lvsv_ml": math.nan,
-                                                          "lvef_pct": None, "lv_mass_g": 99.0, "rvedv_ml": None},
-                                    series[:4])
+    path = write_measurement_report(
+        tmp_path / "sr.dcm",
+        {
+            "lvedv_ml": 140.0,
+            "lvesv_ml": None,
+            "lvsv_ml": math.nan,
+            "lvef_pct": None,
+            "lv_mass_g": 99.0,
+            "rvedv_ml": None,
+        },
+        series[:4],
+    )
     assert _measurements(path) == {"Left ventricle": [("18026-5", 140.0, "ml"), ("18087-7", 99.0, "g")]}
     with pytest.raises(InputError, match="no measure is known"):
         write_measurement_report(tmp_path / "none.dcm", {"lvef_pct": None}, series[:4])
@@ -61,14 +87,36 @@ def test_unknown_measures_are_left_out_never_zero(series, tmp_path):
     assert not (tmp_path / "none.dcm").exists()
 
 
-@pytest.mark.parametrize("value, ok", [("20120101", True), ("00000000", False), ("20120000", False), ("UNKNOWN", False),
-                                       ("20121301", False), ("2012010", False), ("20240229", True), ("20230229", False)])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("20120101", True),
+        ("00000000", False),
+        ("20120000", False),
+        ("UNKNOWN", False),
+        ("20121301", False),
+        ("2012010", False),
+        ("20240229", True),
+        ("20230229", False),
+    ],
+)
 def test_valid_date(value, ok):
     assert valid_date(value) is ok
 
 
-@pytest.mark.parametrize("value, ok", [("083237.000000", True), ("0832", True), ("08", True), ("256099", False),
-                                       ("0860", False), ("083237.1234567", False), ("", False), ("ab", False)])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("083237.000000", True),
+        ("0832", True),
+        ("08", True),
+        ("256099", False),
+        ("0860", False),
+        ("083237.1234567", False),
+        ("", False),
+        ("ab", False),
+    ],
+)
 def test_valid_time(value, ok):
     assert valid_time(value) is ok
 

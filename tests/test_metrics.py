@@ -1,4 +1,5 @@
 """cmrsdk.metrics on hand-made masks whose volumes and overlaps are known exactly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -98,6 +99,7 @@ def test_bad_input_names_the_argument():
 
 def _brute_surface_distances(p: np.ndarray, t: np.ndarray, spacing) -> tuple[float, float]:
     """Reference: surfaces by explicit 6-neighbour checks, all pairwise distances, no scipy."""
+
     def surface(mask):
         padded = np.pad(mask, 1)
         inner = np.ones_like(mask)
@@ -122,7 +124,7 @@ def test_surface_distances_match_a_brute_force_reference(seed):
     t = np.zeros_like(p)
     for mask in (p, t):
         z0, y0, x0 = rng.integers(0, 3), rng.integers(0, 8), rng.integers(0, 8)
-        mask[z0:z0 + 3, y0:y0 + 8, x0:x0 + 7] = 1
+        mask[z0 : z0 + 3, y0 : y0 + 8, x0 : x0 + 7] = 1
         mask[rng.random(mask.shape) < 0.05] = 1  # scattered voxels: many small surfaces
     hd95, msd = surface_distances(p, t, 1, spacing)
     want_hd95, want_msd = _brute_surface_distances(p == 1, t == 1, spacing)

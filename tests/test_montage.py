@@ -1,4 +1,5 @@
 """Montages: radiological orientation from the affine, heart-centred window, bounded size and cost."""
+
 from __future__ import annotations
 
 import io
@@ -76,7 +77,7 @@ def test_tiles_draw_contours_in_the_label_colours():
     tile = tiles[0]
     assert tile.shape == (64, 64, 3) and tile.dtype == np.uint8
     assert (tile == (240, 60, 45)).all(axis=2).sum() > 4 * 20  # the LVBP contour, drawn in red
-    assert (tile[2, 2] == tile[2, 2, 0]).all()                  # background stays grey
+    assert (tile[2, 2] == tile[2, 2, 0]).all()  # background stays grey
 
 
 def test_cardiac_slices_and_captions():
@@ -127,8 +128,9 @@ def test_bilinear_sampling_matches_scipy(dtype):
     # over the first pixel beyond it (scipy on a zero-padded copy)
     rows, cols = np.linspace(-2.6, 43.3, 55), np.linspace(-1.2, 38.9, 48)
     r, c = np.meshgrid(rows + 1, cols + 1, indexing="ij")
-    expected = np.stack([ndi.map_coordinates(np.pad(im.astype(np.float64), 1), [r, c], order=1, mode="constant")
-                         for im in images])
+    expected = np.stack(
+        [ndi.map_coordinates(np.pad(im.astype(np.float64), 1), [r, c], order=1, mode="constant") for im in images]
+    )
     got = _sample(images, rows, cols)
     assert got.dtype == np.float32 and got.shape == (3, 55, 48)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)

@@ -1,4 +1,5 @@
 """benchmarks/nnunet_reference.py: nnU-Net v2's predictor given the baseline U-Net (skipped without nnunetv2)."""
+
 from __future__ import annotations
 
 import sys
@@ -28,8 +29,9 @@ def _ref(features=FEATURES, model=None) -> SimpleNamespace:
     net = model if model is not None else get_model("unet", features=list(features))
     record = {"training": {"config": {"model": spec}}}
     bundle = SimpleNamespace(routing={0: "baseline"}, models={"baseline": SimpleNamespace(record=record)})
-    return SimpleNamespace(bundle=bundle, models={"baseline": ProbabilityModel(net).eval()},
-                           size=(32, 32), spacing=(1.5, 1.5))
+    return SimpleNamespace(
+        bundle=bundle, models={"baseline": ProbabilityModel(net).eval()}, size=(32, 32), spacing=(1.5, 1.5)
+    )
 
 
 def _study() -> Study:

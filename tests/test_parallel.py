@@ -1,5 +1,6 @@
 """cmr::parallel_for (csrc/native/parallel.hpp) and the process-wide budget of native threads
 (cmrsdk.preprocess, "Threads"): blocks, failures while starting threads, defaults, sharing."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The embedded example: a bSSFP short-axis cine phantom with an exact ground truth."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,9 +45,9 @@ def test_bssfp_contrast_and_rician_background(cine):
     ed = cine.ed
     blood = np.median(ed.pixels[ed.labels == LVBP])
     myocardium = np.median(ed.pixels[ed.labels == LVM])
-    assert 2.3 < blood / myocardium < 4.0          # bright blood, dark muscle
+    assert 2.3 < blood / myocardium < 4.0  # bright blood, dark muscle
     assert np.median(ed.pixels[ed.labels == RVBP]) > 2 * myocardium
-    corner = ed.pixels[:, :8, :8]                  # air outside the body: Rician noise, never negative
+    corner = ed.pixels[:, :8, :8]  # air outside the body: Rician noise, never negative
     assert corner.min() >= 0 and 0 < corner.mean() < 0.15 * blood
 
 

@@ -5,6 +5,7 @@ U-Net says "background" everywhere, the base model "LVBP", the middle model "LVM
 model "RVBP"; the classifier's region follows the slice's mean intensity. So every output label
 tells which model segmented the slice.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from cmrsdk.regions import slice_regions  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
 from cmrsdk.types import Stack  # noqa: E402
 
+
 def _stepped_stack(levels: list[float]) -> Stack:
     """A stack whose slice z is uniformly levels[z]; 100 px at 1.5 mm outgrow the 64 px window.
 
@@ -34,8 +36,9 @@ def _stepped_stack(levels: list[float]) -> Stack:
 
 
 def test_routed_mode_sends_each_slice_to_its_region_model(routing_bundle):
-    pipeline = Pipeline(routing_bundle, mode="routed", largest_component=False, backend="onnx",
-                        region_decoding="independent")
+    pipeline = Pipeline(
+        routing_bundle, mode="routed", largest_component=False, backend="onnx", region_decoding="independent"
+    )
     stack = _stepped_stack([1.0, 2 / 3, 1 / 3, 0.0, 1 / 3])
     seg = pipeline.segment(stack)
     assert seg.labels.shape == stack.shape and seg.labels.dtype == np.uint8
@@ -167,7 +170,9 @@ def test_heart_crop_narrows_the_window_around_the_heart(threshold_bundle, backen
     stack = Stack(pixels, (8.0, 2.0, 2.0))
     full = Pipeline(bundle, mode="baseline", largest_component=False, backend=backend).segment(stack)
     assert full.labels[0, 85, 10] == 1 and full.labels[0, 15, 65] == 1
-    cropped = Pipeline(bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend=backend).segment(stack)
+    cropped = Pipeline(bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend=backend).segment(
+        stack
+    )
     np.testing.assert_array_equal(cropped.labels[:, 10:20, 60:70], 1)  # the heart is kept
     assert cropped.labels[0, 85, 10] == 0  # outside the 32 x 32 window around the heart
     assert np.count_nonzero(cropped.labels) == 3 * 100
@@ -175,7 +180,9 @@ def test_heart_crop_narrows_the_window_around_the_heart(threshold_bundle, backen
     # no slice with a heart-sized foreground (25 px < MIN_HEART_PIXELS): the full window is used
     empty_middle = np.zeros_like(pixels)
     empty_middle[:, 83:88, 8:13] = 1.0
-    fallback = Pipeline(bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend=backend).segment(Stack(empty_middle, (8.0, 2.0, 2.0)))
+    fallback = Pipeline(bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend=backend).segment(
+        Stack(empty_middle, (8.0, 2.0, 2.0))
+    )
     assert fallback.labels[0, 85, 10] == 1
     with pytest.raises(InputError, match="'heart_crop'"):
         Pipeline(bundle, mode="baseline", heart_crop=(128, 32))
@@ -261,7 +268,6 @@ def test_regions_from_the_segmentation_on_a_classifier_bundle(routing_bundle):
     assert (result.regions == NON_CARDIAC).all() and not result.labels.any()
     with pytest.raises(InputError, match="'regions_from'"):
         Pipeline(routing_bundle, regions_from="scanner")
-
 
 
 def test_a_study_is_located_once_and_every_phase_shares_the_crop(threshold_bundle):

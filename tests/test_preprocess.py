@@ -3,6 +3,7 @@
 Tolerances: orders 0 exact; orders 1 and 3 within 1e-5 of the input's magnitude (the kernels
 compute in float32, scipy in float64); normalisation within 1e-5 (float32 output).
 """
+
 from __future__ import annotations
 
 import threading
@@ -78,8 +79,9 @@ def test_resample_negative_strides_and_byte_swapped_match_scipy(order: int, dtyp
             assert any(s < 0 for s in view.strides) and (byte_order == "native") == view.dtype.isnative
             got = pp.resample_stack(view, (1.0, 1.0), shape=(29, 37), order=order, threads=2)
             plain = np.ascontiguousarray(view).astype(np.dtype(dtype))
-            np.testing.assert_array_equal(got, pp.resample_stack(plain, (1.0, 1.0), shape=(29, 37), order=order),
-                                          err_msg=f"{name}, {byte_order}")
+            np.testing.assert_array_equal(
+                got, pp.resample_stack(plain, (1.0, 1.0), shape=(29, 37), order=order), err_msg=f"{name}, {byte_order}"
+            )
             ref = zoom_reference(plain, (29, 37), order)
             if order == 0:  # a copy of input pixels, rounded to float32
                 np.testing.assert_array_equal(got, ref.astype(np.float32), err_msg=f"{name}, {byte_order}")
@@ -96,12 +98,18 @@ def test_normalize_negative_strides_and_byte_swapped_match_numpy(dtype: type) ->
         for stack in (base, swapped(base)):
             view = stack[index]
             values = view.astype(np.float64)
-            np.testing.assert_allclose(pp.normalize(view, "zscore"), (values - values.mean()) / values.std(),
-                                       rtol=0, atol=1e-5, err_msg=name)
-            np.testing.assert_allclose(pp.normalize(view, "minmax"), (values - values.min()) / np.ptp(values),
-                                       rtol=0, atol=1e-6, err_msg=name)
-            np.testing.assert_allclose(pp.normalize(view, "robust_zscore"), numpy_robust(values, None),
-                                       rtol=0, atol=1e-5 * max(1.0, np.abs(numpy_robust(values, None)).max()))
+            np.testing.assert_allclose(
+                pp.normalize(view, "zscore"), (values - values.mean()) / values.std(), rtol=0, atol=1e-5, err_msg=name
+            )
+            np.testing.assert_allclose(
+                pp.normalize(view, "minmax"), (values - values.min()) / np.ptp(values), rtol=0, atol=1e-6, err_msg=name
+            )
+            np.testing.assert_allclose(
+                pp.normalize(view, "robust_zscore"),
+                numpy_robust(values, None),
+                rtol=0,
+                atol=1e-5 * max(1.0, np.abs(numpy_robust(values, None)).max()),
+            )
 
 
 def test_largest_component_negative_strides_match_scipy() -> None:
@@ -123,7 +131,15 @@ def test_resample_order3_matches_skimage_resize() -> None:
     rng = np.random.default_rng(7)
     pixels = random_stack(rng, (2, 48, 40), np.int16)
     got = pp.resample_stack(pixels, (1.5, 1.4), target_spacing=(1.25, 1.25), order=3, threads=1)
-    ref = resize(pixels.astype(np.float64), got.shape, order=3, mode="reflect", anti_aliasing=False, preserve_range=True, clip=False)
+    ref = resize(
+        pixels.astype(np.float64),
+        got.shape,
+        order=3,
+        mode="reflect",
+        anti_aliasing=False,
+        preserve_range=True,
+        clip=False,
+    )
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * 3000)
 
 
@@ -291,6 +307,7 @@ def test_crop_or_pad_offsets() -> None:
 
 def argmax_reference(prob: np.ndarray, t: pp.SliceTransform) -> tuple[np.ndarray, np.ndarray]:
     """Labels and top-2 margins by numpy in float64: bilinear at window coordinates, clamped."""
+
     def axis(n: int, r: int, o: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         c = (np.arange(n) + 0.5) * r / n - 0.5 - o
         inside = (c >= -0.5) & (c < size - 0.5)
@@ -326,7 +343,9 @@ def test_resample_argmax_equals_torch_on_full_window() -> None:
     rng = np.random.default_rng(32)
     t = pp.SliceTransform((70, 55), (1.0, 1.0), (56, 44), (1.25, 1.25), (0, 0), (56, 44))
     prob = rng.random((2, 3, 56, 44)).astype(np.float32)
-    up = torch.nn.functional.interpolate(torch.from_numpy(prob).double(), size=(70, 55), mode="bilinear", align_corners=False)
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(prob).double(), size=(70, 55), mode="bilinear", align_corners=False
+    )
     top = up.topk(2, dim=1).values
     decided = (top[:, 0] - top[:, 1]).numpy() > 1e-5
     np.testing.assert_array_equal(pp.resample_argmax(prob, t)[decided], up.argmax(1).numpy()[decided])
@@ -335,7 +354,9 @@ def test_resample_argmax_equals_torch_on_full_window() -> None:
 @pytest.mark.parametrize("connectivity,rank", [(6, 1), (18, 2), (26, 3)])
 def test_largest_component_matches_scipy_label(connectivity: int, rank: int) -> None:
     rng = np.random.default_rng(connectivity)
-    labels = np.asfortranarray((rng.integers(0, 4, size=(6, 30, 25)) * (rng.random((6, 30, 25)) < 0.45)).astype(np.uint8))
+    labels = np.asfortranarray(
+        (rng.integers(0, 4, size=(6, 30, 25)) * (rng.random((6, 30, 25)) < 0.45)).astype(np.uint8)
+    )
     structure = ndi.generate_binary_structure(3, rank)
     ref = np.zeros_like(labels)
     for value in (1, 2, 3):
@@ -358,8 +379,10 @@ def test_four_threads_at_once_give_the_serial_result() -> None:
 
     serial = work()
     results: list[tuple[np.ndarray, ...]] = [()] * 4
+
     def run(i: int) -> None:
         results[i] = work()
+
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for thread in threads:
         thread.start()
@@ -375,8 +398,9 @@ def test_four_threads_at_once_give_the_serial_result() -> None:
 def test_prepare_slices_geometry() -> None:
     rng = np.random.default_rng(51)
     pixels = random_stack(rng, (4, 200, 180), np.uint16)
-    batch, t = pp.prepare_slices(pixels, (1.5, 1.5), target_spacing=(1.25, 1.25), size=(224, 160), order=1,
-                                 normalization="zscore")
+    batch, t = pp.prepare_slices(
+        pixels, (1.5, 1.5), target_spacing=(1.25, 1.25), size=(224, 160), order=1, normalization="zscore"
+    )
     assert batch.shape == (4, 1, 224, 160) and batch.dtype == np.float32 and batch.flags.c_contiguous
     assert t.resampled_shape == (240, 216) and t.offset == (8, 28) and t.size == (224, 160)
     full = pp.normalize(pp.resample_stack(pixels, (1.5, 1.5), shape=(240, 216), order=1), "zscore")
@@ -390,7 +414,9 @@ def test_round_trip_on_real_acdc_labels(shared_data) -> None:
     nib = pytest.importorskip("nibabel")
     patient = shared_data / "acdc" / "training" / "patient001"
     image = nib.load(str(patient / "patient001_frame01.nii.gz"))
-    labels = np.asarray(nib.load(str(patient / "patient001_frame01_gt.nii.gz")).dataobj).transpose(2, 1, 0).astype(np.uint8)
+    labels = (
+        np.asarray(nib.load(str(patient / "patient001_frame01_gt.nii.gz")).dataobj).transpose(2, 1, 0).astype(np.uint8)
+    )
     pixels = np.asarray(image.dataobj).transpose(2, 1, 0)  # (Z, Y, X), as stored: any dtype, F order view
     spacing = tuple(float(s) for s in image.header.get_zooms()[1::-1])
     batch, t = pp.prepare_slices(pixels, spacing, target_spacing=(1.25, 1.25), size=t_size(pixels, spacing))
@@ -417,29 +443,53 @@ def t_size(pixels: np.ndarray, spacing: tuple[float, float]) -> tuple[int, int]:
         (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (np.nan, 1), target_spacing=(1, 1)), r"'spacing_yx' .*nan"),
         (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), target_spacing=(np.inf, 1)), r"'target_spacing'"),
         (lambda: pp.resample_stack(np.full((1, 4, 4), np.nan), (1, 1), shape=(2, 2)), r"'pixels' contain NaN"),
-        (lambda: pp.resample_stack(np.zeros((1, 4, 4), np.int32), (1, 1), shape=(2, 2)), r"int32 .*uint8, int16, uint16, float32, float64"),
+        (
+            lambda: pp.resample_stack(np.zeros((1, 4, 4), np.int32), (1, 1), shape=(2, 2)),
+            r"int32 .*uint8, int16, uint16, float32, float64",
+        ),
         (lambda: pp.resample_stack(np.zeros((1, 4, 4), bool), (1, 1), shape=(2, 2)), r"'pixels' dtype bool"),
         (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(0, 2)), r"'shape' .*\(0, 2\)"),
         (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(10**6, 2)), r"'shape' .*16384"),
         (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), target_spacing=(1e-6, 1)), r"'target_spacing' .*16384"),
         (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1)), r"exactly one of 'target_spacing' and 'shape'"),
         (lambda: pp.resample_stack(np.zeros((1, 0, 4)), (1, 1), shape=(2, 2)), r"'pixels' has empty slices"),
-        (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(2, 2), order=2), r"'order' must be 0, 1 or 3, got 2"),
+        (
+            lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(2, 2), order=2),
+            r"'order' must be 0, 1 or 3, got 2",
+        ),
         (lambda: pp.resample_stack(np.zeros((1, 4, 4)), (1, 1), shape=(2, 2), threads=0), r"'threads' .* got 0"),
         (lambda: pp.normalize(np.array([1.0, np.nan]), "zscore"), r"NaN"),
         (lambda: pp.normalize(np.ones(3), "zscore", mask=np.zeros(3, bool)), r"mask selects no voxel"),
-        (lambda: pp.normalize(np.ones(3), "zscore", mask=np.ones(4, bool)), r"'mask' must be a bool array of shape \(3,\)"),
+        (
+            lambda: pp.normalize(np.ones(3), "zscore", mask=np.ones(4, bool)),
+            r"'mask' must be a bool array of shape \(3,\)",
+        ),
         (lambda: pp.normalize(np.ones(3), "median"), r"'method' .*got 'median'"),
-        (lambda: pp.resample_argmax(np.zeros((1, 2, 3, 3), np.float32),
-                                    pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (4, 4))),
-         r"'probabilities' .*\(4, 4\).*\(1, 2, 3, 3\)"),
-        (lambda: pp.resample_argmax(np.full((1, 2, 3, 3), np.nan, np.float32),
-                                    pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (3, 3))), r"NaN"),
-        (lambda: pp.resample_argmax(np.zeros((1, 2, 3, 3)), pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (3, 3))),
-         r"'probabilities' must be float32, got float64"),
+        (
+            lambda: pp.resample_argmax(
+                np.zeros((1, 2, 3, 3), np.float32), pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (4, 4))
+            ),
+            r"'probabilities' .*\(4, 4\).*\(1, 2, 3, 3\)",
+        ),
+        (
+            lambda: pp.resample_argmax(
+                np.full((1, 2, 3, 3), np.nan, np.float32),
+                pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (3, 3)),
+            ),
+            r"NaN",
+        ),
+        (
+            lambda: pp.resample_argmax(
+                np.zeros((1, 2, 3, 3)), pp.SliceTransform((4, 4), (1, 1), (3, 3), (1, 1), (0, 0), (3, 3))
+            ),
+            r"'probabilities' must be float32, got float64",
+        ),
         (lambda: pp.largest_component(np.zeros((2, 2, 2), np.int16)), r"'labels' must be uint8, got int16"),
         (lambda: pp.largest_component(np.zeros((2, 2, 2), np.uint8), connectivity=8), r"'connectivity' .* got 8"),
-        (lambda: pp.resample_labels(np.full((1, 2, 2), 300, np.uint16), (1, 1), shape=(2, 2)), r"'labels' values .*300"),
+        (
+            lambda: pp.resample_labels(np.full((1, 2, 2), 300, np.uint16), (1, 1), shape=(2, 2)),
+            r"'labels' values .*300",
+        ),
         (lambda: pp.prepare_slices(np.zeros((1, 4, 4)), (1, 1), target_spacing=(1, 1), size=(0, 4)), r"'size'"),
         (lambda: pp.crop_or_pad(np.zeros((1, 4, 4)), (2, 2), centre=(np.nan, 0)), r"'centre'"),
     ],
@@ -451,6 +501,7 @@ def test_bad_input_raises_input_error(call, match: str) -> None:
 
 # Regressions found by fuzz/fuzz_kernels.py (issue 17): each raised something other than
 # InputError, or turned finite input into a non-finite result.
+
 
 def test_resampled_shape_of_an_overflowing_ratio_is_an_input_error() -> None:
     with pytest.raises(InputError, match=r"'target_spacing' .*more than 16384"):
@@ -502,8 +553,11 @@ def test_normalize_that_would_overflow_float32_is_an_input_error() -> None:
     with pytest.raises(InputError, match=r"overflow float32"):
         pp.normalize(x, "zscore", mask=np.array([True, True, False]))
     with pytest.raises(InputError, match=r"overflow float32"):
-        pp.normalize(np.array([1.0, np.nextafter(np.float32(1), 2), -3e38], np.float32), "minmax",
-                     mask=np.array([True, True, False]))
+        pp.normalize(
+            np.array([1.0, np.nextafter(np.float32(1), 2), -3e38], np.float32),
+            "minmax",
+            mask=np.array([True, True, False]),
+        )
 
 
 def test_resample_overflowing_float32_is_an_input_error() -> None:

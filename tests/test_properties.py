@@ -1,4 +1,5 @@
 """Property-based checks (hypothesis) of invariants that hand-picked cases can miss."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,9 @@ def test_region_split_covers_every_labelled_slice_symmetrically(n):
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes, st.integers(1, 50), st.integers(1, 50), st.floats(-20, 60), st.floats(-20, 60), st.integers(0, 2**31 - 1))
+@given(
+    shapes, st.integers(1, 50), st.integers(1, 50), st.floats(-20, 60), st.floats(-20, 60), st.integers(0, 2**31 - 1)
+)
 def test_crop_or_pad_keeps_the_pixels_it_covers(shape, h, w, cy, cx, seed):
     stack = np.random.default_rng(seed).random(shape, dtype=np.float32)
     window, (oy, ox) = crop_or_pad(stack, (h, w), (cy, cx), fill=-1.0)

@@ -5,6 +5,7 @@ Uses the recognisable routing bundle of tests/_bundles.py: the base model answer
 middle model LVM, the apex model RVBP and the baseline background, so the output labels tell
 which model segmented each slice.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,9 @@ def test_region_source_output_is_checked(routing_bundle):
     with pytest.raises(InputError, match=r"\(2, 4\).*5 slices"):
         pipeline.segment(_flat_stack(5), region_source=lambda stack, images: np.ones((2, 4), np.float32))
     with pytest.raises(InputError, match="finite"):
-        pipeline.segment(_flat_stack(3),
-                         region_source=lambda stack, images: np.full((images.shape[0], 4), np.nan, np.float32))
+        pipeline.segment(
+            _flat_stack(3), region_source=lambda stack, images: np.full((images.shape[0], 4), np.nan, np.float32)
+        )
     with pytest.raises(InputError, match="callable"):
         pipeline.segment(_flat_stack(3), region_source="not a function")
 
@@ -69,7 +71,9 @@ def test_stored_regions_match_stacks_by_case_folder_and_phase(routing_bundle):
     }
     source = StoredRegions(predictions, "classifier_x")
     pipeline = Pipeline(routing_bundle, mode="routed", largest_component=False, region_decoding="independent")
-    acdc = pipeline.segment(_flat_stack(3, "/data/acdc/patient005/patient005_frame01.nii.gz", "ED"), region_source=source)
+    acdc = pipeline.segment(
+        _flat_stack(3, "/data/acdc/patient005/patient005_frame01.nii.gz", "ED"), region_source=source
+    )
     assert acdc.regions.tolist() == [BASE, MIDDLE, APEX]  # sorted by z
     mnms = pipeline.segment(_flat_stack(2, "/data/mnms/A1B2C3/A1B2C3_sa_ES.nii.gz", "ES"), region_source=source)
     assert mnms.regions.tolist() == [BASE, MIDDLE]
@@ -90,10 +94,16 @@ def test_evaluate_hands_each_method_its_region_source(routing_bundle):
     pipeline = Pipeline(routing_bundle, mode="routed", largest_component=False)
     study = synthetic_study(seed=4)
     # one pipeline, two methods: its own classifier and the ground truth's regions
-    result = evaluate({"routed": pipeline, "oracle": pipeline}, [("case", study)],
-                      region_sources={"oracle": ground_truth_regions}, progress=False)
+    result = evaluate(
+        {"routed": pipeline, "oracle": pipeline},
+        [("case", study)],
+        region_sources={"oracle": ground_truth_regions},
+        progress=False,
+    )
     truth, routed_by = result.regions["oracle"]
-    np.testing.assert_array_equal(truth, np.concatenate([slice_regions(study.ed.labels), slice_regions(study.es.labels)]))
+    np.testing.assert_array_equal(
+        truth, np.concatenate([slice_regions(study.ed.labels), slice_regions(study.es.labels)])
+    )
     np.testing.assert_array_equal(routed_by, truth)  # the oracle routes by the ground truth exactly
     assert not np.array_equal(result.regions["routed"][1], truth)  # the flat classifier of the test bundle does not
     with pytest.raises(InputError, match=r"'region_sources' names methods \['oracel'\]"):

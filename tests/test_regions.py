@@ -1,4 +1,5 @@
 """Ground-truth regions and positions: the rounding rule, the anatomical direction, real cases."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,9 +26,22 @@ def _tapering_heart(radii: list[int], size: int = 32) -> np.ndarray:
     return labels
 
 
-@pytest.mark.parametrize("n, expected", [(0, (0, 0, 0)), (1, (0, 1, 0)), (2, (0, 2, 0)), (3, (1, 1, 1)),
-                                         (5, (1, 3, 1)), (7, (1, 5, 1)), (8, (2, 4, 2)), (10, (2, 6, 2)),
-                                         (12, (2, 8, 2)), (13, (3, 7, 3)), (20, (4, 12, 4))])
+@pytest.mark.parametrize(
+    "n, expected",
+    [
+        (0, (0, 0, 0)),
+        (1, (0, 1, 0)),
+        (2, (0, 2, 0)),
+        (3, (1, 1, 1)),
+        (5, (1, 3, 1)),
+        (7, (1, 5, 1)),
+        (8, (2, 4, 2)),
+        (10, (2, 6, 2)),
+        (12, (2, 8, 2)),
+        (13, (3, 7, 3)),
+        (20, (4, 12, 4)),
+    ],
+)
 def test_region_counts_follow_the_rounding_rule(n: int, expected: tuple[int, int, int]) -> None:
     assert region_counts(n) == expected
 
@@ -59,7 +73,7 @@ def test_lv_decides_when_whole_heart_area_is_flat() -> None:
     for z in range(6):
         labels[z, :10, :] = 3
         labels[z, 10:, : 20 - 2 * z] = 1
-        labels[z, 10:, 20 - 2 * z:] = 3
+        labels[z, 10:, 20 - 2 * z :] = 3
     np.testing.assert_array_equal(labelled_slices_base_to_apex(labels), np.arange(6))
     np.testing.assert_array_equal(labelled_slices_base_to_apex(labels[::-1]), np.arange(6)[::-1])
 

@@ -1,4 +1,5 @@
 """report.html: one self-contained page per study, checked as a reader's browser shows it."""
+
 from __future__ import annotations
 
 import io
@@ -28,7 +29,9 @@ def test_page_is_self_contained(page):
     path, _ = page
     html = path.read_text()
     # nothing to fetch: every image a data URI, no script, no stylesheet link, a policy that forbids the network
-    assert re.findall(r'src="([^"]+)"', html) and all(s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]+)"', html))
+    assert re.findall(r'src="([^"]+)"', html) and all(
+        s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]+)"', html)
+    )
     assert "<script" not in html and "<link" not in html and "http://" not in html and "https://" not in html
     assert "default-src 'none'" in html
     assert path.stat().st_size < 2_000_000
@@ -56,8 +59,9 @@ def test_page_without_height_weight_or_cine(segmented_phantom):
 
 
 def test_volume_curve_marks_ed_and_es():
-    svg = volume_curve_svg([150.0, 120.0, 60.0, 90.0, 140.0], [160.0, 130.0, 80.0, 100.0, 150.0],
-                           [0.0, 200.0, 400.0, 600.0, 800.0], 0, 2)
+    svg = volume_curve_svg(
+        [150.0, 120.0, 60.0, 90.0, 140.0], [160.0, 130.0, 80.0, 100.0, 150.0], [0.0, 200.0, 400.0, 600.0, 800.0], 0, 2
+    )
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and ">ED<" in svg and ">ES<" in svg
 
 
@@ -73,14 +77,18 @@ def test_markdown_report_to_html(tmp_path):
     from PIL import Image
 
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "figure2.png")
-    body = markdown_to_html("# Title\n\nsome text\n\n| a | b |\n|---|---|\n| x | 1.50 |\n\n![Dice](figure2.png)\n", tmp_path)
-    assert "<h1>Title</h1>" in body and "<td class=\"num\">1.50</td>" in body and "data:image/png;base64," in body
+    body = markdown_to_html(
+        "# Title\n\nsome text\n\n| a | b |\n|---|---|\n| x | 1.50 |\n\n![Dice](figure2.png)\n", tmp_path
+    )
+    assert "<h1>Title</h1>" in body and '<td class="num">1.50</td>' in body and "data:image/png;base64," in body
 
 
 # -- in a real browser -------------------------------------------------------------------
 
-needs_chromium = pytest.mark.skipif(chromium_binary() is None, reason="chromium is not installed: "
-                                    "the browser checks of report.html are skipped (scripts/env.sh installs it)")
+needs_chromium = pytest.mark.skipif(
+    chromium_binary() is None,
+    reason="chromium is not installed: the browser checks of report.html are skipped (scripts/env.sh installs it)",
+)
 
 
 @needs_chromium
@@ -98,7 +106,14 @@ def test_page_in_headless_chromium(page):
     text = seen.text
     for key in ("lvedv_ml", "lvesv_ml", "lvef_pct", "rvedv_ml", "rvef_pct"):
         assert f"{m[key]:.1f}" in text, key
-    for words in ("Measures", "Quality checks", "ED and ES slices", "Volume over the cardiac cycle", "Provenance", "Timings"):
+    for words in (
+        "Measures",
+        "Quality checks",
+        "ED and ES slices",
+        "Volume over the cardiac cycle",
+        "Provenance",
+        "Timings",
+    ):
         assert words in text
     shot = np.asarray(Image.open(io.BytesIO(seen.screenshot_png)).convert("RGB"), dtype=np.int16)
     assert shot.shape[1] == 1280 and shot.shape[0] > 1500  # the whole page, not one screen
@@ -109,7 +124,6 @@ def test_page_in_headless_chromium(page):
     # printable: a few A4 pages
     pages = len(re.findall(rb"/Type\s*/Page[^s]", seen.pdf))
     assert seen.pdf.startswith(b"%PDF") and 1 <= pages <= 6, pages
-
 
 
 @needs_chromium

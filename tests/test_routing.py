@@ -1,4 +1,5 @@
 """cmrsdk.routing: monotone region decoding against brute force and argmax."""
+
 from __future__ import annotations
 
 import itertools
@@ -33,8 +34,11 @@ def _crosses_once(regions) -> bool:
 
 def _brute_force(p: np.ndarray) -> float:
     log_p = np.log(np.clip(p, 1e-12, None))
-    return max(sum(log_p[z, r] for z, r in enumerate(seq))
-               for seq in itertools.product(range(4), repeat=p.shape[0]) if _crosses_once(seq))
+    return max(
+        sum(log_p[z, r] for z, r in enumerate(seq))
+        for seq in itertools.product(range(4), repeat=p.shape[0])
+        if _crosses_once(seq)
+    )
 
 
 @settings(max_examples=40, deadline=None)

@@ -4,6 +4,7 @@ Every node runs as its own process (``python -m cmrsdk serve``) so that it can b
 SIGKILL; Orthanc runs on free loopback ports with a configuration generated here. Tests that
 need Orthanc or dcmtk skip, saying so, where they are absent.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,14 +17,25 @@ from pathlib import Path
 
 import pytest
 
-from _dicom_node import ECHOSCU, ORTHANC, STORESCU, NodeProcess, Orthanc, free_port, storescu, sunnybrook_files, wait_for
+from _dicom_node import (
+    ECHOSCU,
+    ORTHANC,
+    STORESCU,
+    NodeProcess,
+    Orthanc,
+    free_port,
+    storescu,
+    sunnybrook_files,
+    wait_for,
+)
 
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
 needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc (Debian package 'orthanc') is not installed")
-needs_dcmtk = pytest.mark.skipif(STORESCU is None or ECHOSCU is None,
-                                 reason="dcmtk (storescu, echoscu) is not installed")
+needs_dcmtk = pytest.mark.skipif(
+    STORESCU is None or ECHOSCU is None, reason="dcmtk (storescu, echoscu) is not installed"
+)
 
 
 # ---- inputs -------------------------------------------------------------------------------
@@ -32,7 +44,9 @@ def synthetic_series(folder: Path, seed: int, *, n_phases: int = 2, n_slices: in
     from cmrsdk.io import write_dicom_series
     from cmrsdk.synth import synthetic_study
 
-    return write_dicom_series(folder, synthetic_study(seed=seed, n_phases=n_phases, n_slices=n_slices, shape=(size, size)))
+    return write_dicom_series(
+        folder, synthetic_study(seed=seed, n_phases=n_phases, n_slices=n_slices, shape=(size, size))
+    )
 
 
 def series_uid(files: list[Path]) -> str:
@@ -120,11 +134,15 @@ def spool_rows(node: NodeProcess) -> dict:
     return {r.series_uid: r for r in rows}
 
 
-def wait_states(node: NodeProcess, uids: list[str], states: tuple[str, ...], timeout_s: float,
-                interval_s: float = 0.2) -> dict:
-    return wait_for(lambda: (rows := spool_rows(node)) and all(u in rows and rows[u].state in states for u in uids)
-                    and rows, timeout_s, f"series {uids} to reach {states}; node log:\n{node.text()[-3000:]}",
-                    interval_s=interval_s)
+def wait_states(
+    node: NodeProcess, uids: list[str], states: tuple[str, ...], timeout_s: float, interval_s: float = 0.2
+) -> dict:
+    return wait_for(
+        lambda: (rows := spool_rows(node)) and all(u in rows and rows[u].state in states for u in uids) and rows,
+        timeout_s,
+        f"series {uids} to reach {states}; node log:\n{node.text()[-3000:]}",
+        interval_s=interval_s,
+    )
 
 
 def forward_args(orthanc: Orthanc) -> list[str]:
@@ -153,8 +171,14 @@ def test_orthanc_sends_a_real_cine_and_gets_seg_back_once(orthanc, sunnybrook, t
 
     port = free_port()
     point_orthanc_at(orthanc, port)
-    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc), log_path=tmp_path / "node.log",
-                       series_timeout=2)
+    node = NodeProcess(
+        tmp_path / "spool",
+        tmp_path / "out",
+        port,
+        *forward_args(orthanc),
+        log_path=tmp_path / "node.log",
+        series_timeout=2,
+    )
     try:
         r = storescu(orthanc.dicom_port, sunnybrook, called=orthanc.aet)  # the scanner fills the PACS
         assert r.returncode == 0, r.stderr[-2000:]
@@ -163,11 +187,17 @@ def test_orthanc_sends_a_real_cine_and_gets_seg_back_once(orthanc, sunnybrook, t
         t0 = time.monotonic()
         orthanc.request("POST", "/modalities/cmrsdk/store", {"Resources": [orthanc_id], "Synchronous": True})
         sent_s = time.monotonic() - t0
-        wait_for(lambda: seg_references(orthanc)[uid] >= 2, 240,
-                        f"2 SEGs referencing {uid} in Orthanc; node log:\n{node.text()[-3000:]}", interval_s=0.5)
+        wait_for(
+            lambda: seg_references(orthanc)[uid] >= 2,
+            240,
+            f"2 SEGs referencing {uid} in Orthanc; node log:\n{node.text()[-3000:]}",
+            interval_s=0.5,
+        )
         latency_s = time.monotonic() - t0 - sent_s
-        print(f"\n{len(sunnybrook)} instances sent by Orthanc in {sent_s:.1f} s ({len(sunnybrook) / sent_s:.0f}/s); "
-              f"SEGs in Orthanc {latency_s:.1f} s after the last instance (series timeout 2 s)")
+        print(
+            f"\n{len(sunnybrook)} instances sent by Orthanc in {sent_s:.1f} s ({len(sunnybrook) / sent_s:.0f}/s); "
+            f"SEGs in Orthanc {latency_s:.1f} s after the last instance (series timeout 2 s)"
+        )
         rows = wait_states(node, [uid], ("done",), 60)
         assert rows[uid].n_instances == 240 and (rows[uid].phases, rows[uid].slices) == (20, 12)
 
@@ -188,8 +218,11 @@ def test_orthanc_sends_a_real_cine_and_gets_seg_back_once(orthanc, sunnybrook, t
         for iid in by_modality.get("SR", []):  # the measurement report, where the study writer writes one
             sr = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{iid}/file")))
             assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
-            evidence = {str(se.SeriesInstanceUID) for st in sr.CurrentRequestedProcedureEvidenceSequence
-                        for se in st.ReferencedSeriesSequence}
+            evidence = {
+                str(se.SeriesInstanceUID)
+                for st in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in st.ReferencedSeriesSequence
+            }
             assert uid in evidence
 
         # the PACS sends the same series again: acknowledged, not processed again
@@ -214,14 +247,32 @@ def test_dcmtk_echo_allow_list_set_aside_and_full_spool(tmp_path):
     one = synthetic_series(tmp_path / "in", seed=11, n_phases=2, n_slices=4, size=64)
     port = free_port()
     # a limit that takes two 64 x 64 images (about 9 kB each) and refuses the third
-    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--allow", "SCANNER", "--max-spool-mb", "0.02",
-                       "--max-associations", "1", log_path=tmp_path / "node.log")
+    node = NodeProcess(
+        tmp_path / "spool",
+        tmp_path / "out",
+        port,
+        "--allow",
+        "SCANNER",
+        "--max-spool-mb",
+        "0.02",
+        "--max-associations",
+        "1",
+        log_path=tmp_path / "node.log",
+    )
     try:
-        echo = subprocess.run([ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
-                              capture_output=True, text=True, timeout=30)
+        echo = subprocess.run(
+            [ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert echo.returncode == 0, echo.stderr
-        refused = subprocess.run([ECHOSCU, "-aet", "INTRUDER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
-                                 capture_output=True, text=True, timeout=30)
+        refused = subprocess.run(
+            [ECHOSCU, "-aet", "INTRUDER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert refused.returncode != 0 and "Association Rejected" in refused.stderr + refused.stdout
         assert "association rejected from AE 'INTRUDER'" in node.text()
 
@@ -232,12 +283,20 @@ def test_dcmtk_echo_allow_list_set_aside_and_full_spool(tmp_path):
         assert "Received Store Response (Refused: OutOfResources)" in out, out[-2000:]
         assert node.process.poll() is None  # refused cleanly, still serving
         held = associate(port)  # --max-associations 1: a second caller waits its turn
-        busy = subprocess.run([ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
-                              capture_output=True, text=True, timeout=30)
+        busy = subprocess.run(
+            [ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert busy.returncode != 0 and "Association Rejected" in busy.stderr + busy.stdout
         held.release()
-        assert subprocess.run([ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)],
-                              capture_output=True, timeout=30).returncode == 0
+        assert (
+            subprocess.run(
+                [ECHOSCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port)], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
         uid = series_uid(one)
         rows = wait_states(node, [uid], ("set_aside",), 30)
         assert rows[uid].n_instances == 2 and rows[uid].reason == "not a short-axis stack: 1 slice position(s)"
@@ -254,13 +313,25 @@ def test_five_series_over_three_associations_each_delivered_once(orthanc, tmp_pa
     series = [synthetic_series(tmp_path / f"s{i}", seed=20 + i) for i in range(5)]
     uids = [series_uid(s) for s in series]
     port = free_port()
-    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc), log_path=tmp_path / "node.log",
-                       series_timeout=1.5)
+    node = NodeProcess(
+        tmp_path / "spool",
+        tmp_path / "out",
+        port,
+        *forward_args(orthanc),
+        log_path=tmp_path / "node.log",
+        series_timeout=1.5,
+    )
     try:
         batches = [series[0] + series[1], series[2] + series[3], series[4]]
-        clients = [subprocess.Popen([STORESCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port),
-                                     *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                   for files in batches]
+        clients = [
+            subprocess.Popen(
+                [STORESCU, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port), *map(str, files)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for files in batches
+        ]
         for c in clients:
             out, _ = c.communicate(timeout=120)
             assert c.returncode == 0, out[-2000:]
@@ -333,8 +404,14 @@ def test_forward_retries_with_backoff_until_acknowledged(tmp_path):
     files = synthetic_series(tmp_path / "in", seed=51)
     uid = series_uid(files)
     pacs_port, port = free_port(), free_port()
-    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--forward", f"PACS@127.0.0.1:{pacs_port}",
-                       log_path=tmp_path / "node.log")
+    node = NodeProcess(
+        tmp_path / "spool",
+        tmp_path / "out",
+        port,
+        "--forward",
+        f"PACS@127.0.0.1:{pacs_port}",
+        log_path=tmp_path / "node.log",
+    )
     received: list[str] = []
     refused: set[str] = set()
     lock = threading.Lock()
@@ -374,11 +451,37 @@ def test_tls_only_answers_tls(tmp_path):
     import ssl
 
     cert, key = tmp_path / "node.pem", tmp_path / "node.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
-    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, "--tls-cert", str(cert), "--tls-key", str(key),
-                       log_path=tmp_path / "node.log")
+    node = NodeProcess(
+        tmp_path / "spool",
+        tmp_path / "out",
+        port,
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        log_path=tmp_path / "node.log",
+    )
     try:
         from pynetdicom import AE
         from pynetdicom.sop_class import Verification

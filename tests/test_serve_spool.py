@@ -1,4 +1,5 @@
 """The node's spool, intake and forwarding rules, without a network (fast)."""
+
 from __future__ import annotations
 
 import errno
@@ -114,8 +115,14 @@ def test_full_disk_is_spool_full_not_a_crash(spool, monkeypatch):
 
 def test_status_reads_the_queue_while_the_node_holds_it(spool):
     spool.store_instance("5.5", "5.5.1", b"a")
-    spool.mark_complete("5.5", queue=False, phases=1, slices=1, reason="not a short-axis stack: 1 slice position(s)",
-                        quiet_since=spool.series("5.5").last_instance_at)
+    spool.mark_complete(
+        "5.5",
+        queue=False,
+        phases=1,
+        slices=1,
+        reason="not a short-axis stack: 1 slice position(s)",
+        quiet_since=spool.series("5.5").last_instance_at,
+    )
     rows, deliveries = read_status(spool.directory)
     lines = list(format_status(rows, deliveries))
     assert "set_aside" in lines[1] and "5.5" in lines[1] and "1 slice position" in lines[1]
@@ -176,8 +183,10 @@ def test_intake_sets_aside_a_single_phase_stack(tmp_path):
     from cmrsdk.types import Study
 
     study = synthetic_study(seed=4, shape=(32, 32), n_slices=4, n_phases=2)
-    write_dicom_series(tmp_path / "one", Study(phases=study.phases[:1], ed_index=None, es_index=None,
-                                               trigger_times_ms=None, info=study.info))
+    write_dicom_series(
+        tmp_path / "one",
+        Study(phases=study.phases[:1], ed_index=None, es_index=None, trigger_times_ms=None, info=study.info),
+    )
     verdict = judge_series(tmp_path / "one")
     assert not verdict.queue and verdict.reason == "not a cine: 1 phase per slice position"
 
@@ -188,8 +197,15 @@ def _worker(spool, tmp_path, forward=False):
     from cmrsdk.serve.worker import Worker
 
     finals: list[str] = []
-    worker = Worker(spool, tmp_path / "out", lambda: "pipeline", series_timeout_s=0.0, forward=forward,
-                    stop=threading.Event(), on_final=finals.append)
+    worker = Worker(
+        spool,
+        tmp_path / "out",
+        lambda: "pipeline",
+        series_timeout_s=0.0,
+        forward=forward,
+        stop=threading.Event(),
+        on_final=finals.append,
+    )
     worker.pipeline = "pipeline"
     (tmp_path / "out").mkdir(exist_ok=True)
     return worker, finals
@@ -197,7 +213,9 @@ def _worker(spool, tmp_path, forward=False):
 
 def _queued(spool, uid):
     spool.store_instance(uid, f"{uid}.1", b"x")
-    spool.mark_complete(uid, queue=True, phases=2, slices=3, reason=None, quiet_since=spool.series(uid).last_instance_at)
+    spool.mark_complete(
+        uid, queue=True, phases=2, slices=3, reason=None, quiet_since=spool.series(uid).last_instance_at
+    )
     assert spool.next_queued() == uid
 
 
@@ -223,7 +241,10 @@ def test_worker_records_failures_and_goes_on(spool, tmp_path, monkeypatch):
         _queued(spool, uid)
         worker.process(uid)
     assert spool.series("1.1").state == "failed"
-    assert spool.series("1.1").reason == "<spool>/instances/1.1/x.dcm: slice positions hold differing numbers of phases [19, 20]"
+    assert (
+        spool.series("1.1").reason
+        == "<spool>/instances/1.1/x.dcm: slice positions hold differing numbers of phases [19, 20]"
+    )
     assert (spool.series("1.2").state, spool.series("1.2").reason) == ("failed", "RuntimeError: a bug in a writer")
     assert spool.series("1.3").state == "forwarding"  # results wait for the peer's acknowledgement
     assert [d[0] for d in spool.due_deliveries()] == [str(tmp_path / "out" / "1.3" / "seg_ED.dcm")]

@@ -1,4 +1,5 @@
 """Synthetic studies: determinism, anatomy, motion, geometry, speed."""
+
 from __future__ import annotations
 
 
@@ -115,12 +116,12 @@ def test_surroundings_look_like_a_cine_scan() -> None:
     assert max(image[:10, :10].mean(), image[:10, -10:].mean()) < 0.2 * myocardium
     # lungs above the heart (towards row 0), 60 - 75 mm from the LV centre: darker than myocardium
     cy, cx = np.argwhere(labels == LVBP).mean(axis=0)
-    lung = image[int(cy - 75 / 1.8):int(cy - 60 / 1.8), int(cx - 10 / 1.8):int(cx + 10 / 1.8)]
+    lung = image[int(cy - 75 / 1.8) : int(cy - 60 / 1.8), int(cx - 10 / 1.8) : int(cx + 10 / 1.8)]
     assert lung.size and lung.mean() < 0.35 * myocardium, (lung.mean(), myocardium)
     # the body outline: along the LV centre's row, from the image edge, air then a bright fat ring
     row = image[int(cy)]
     inside = np.nonzero(row > 0.5 * myocardium)[0]
-    assert inside[0] > 5 and row[inside[0]:inside[0] + 15].max() > 1.5 * myocardium
+    assert inside[0] > 5 and row[inside[0] : inside[0] + 15].max() > 1.5 * myocardium
     # plenty of the slice is non-cardiac tissue of varied intensity, not a flat background
     outside = image[labels == 0]
     assert np.count_nonzero(outside < 0.3 * myocardium) > 0.2 * outside.size

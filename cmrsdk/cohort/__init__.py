@@ -4,6 +4,7 @@
 done through an engine (`LocalEngine`, `RayEngine`) into OUT with its journal, measures.csv and
 cohort.png. The ``cmrsdk batch`` command is `command.run_command`.
 """
+
 from __future__ import annotations
 
 from .batch import BatchSummary, run_batch
@@ -13,6 +14,15 @@ from .table import COLUMNS, bsa_mosteller
 from .worker import PipelineSpec
 
 __all__ = [
-    "StudySource", "discover_studies", "read_study_list", "PipelineSpec", "run_batch", "BatchSummary",
-    "create_engine", "LocalEngine", "RayEngine", "COLUMNS", "bsa_mosteller",
+    "StudySource",
+    "discover_studies",
+    "read_study_list",
+    "PipelineSpec",
+    "run_batch",
+    "BatchSummary",
+    "create_engine",
+    "LocalEngine",
+    "RayEngine",
+    "COLUMNS",
+    "bsa_mosteller",
 ]

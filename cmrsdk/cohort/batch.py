@@ -5,6 +5,7 @@ OUT holds ``measures.csv`` (one row per study, rebuilt from the journal), ``coho
 A study's folder is written whole under ``OUT/.tmp`` and renamed into place before its journal
 line is written, so a crash at any moment leaves every study either done or not started.
 """
+
 from __future__ import annotations
 
 import os
@@ -130,8 +131,12 @@ def run_batch(
                 continue
             first_of[study.source] = study.study_id
             record = journal.records.get(study.study_id)
-            done = (record is not None and record.get("key") == key and record.get("source") == study.source
-                    and (record.get("status") == "ok" or (record.get("status") == "failed" and not retry_failed)))
+            done = (
+                record is not None
+                and record.get("key") == key
+                and record.get("source") == study.source
+                and (record.get("status") == "ok" or (record.get("status") == "failed" and not retry_failed))
+            )
             if done:
                 summary.reused += 1
             else:
@@ -168,8 +173,14 @@ def run_batch(
                 if progress:
                     from tqdm import tqdm
 
-                    bar = tqdm(total=len(todo), unit="study", file=sys.stderr, smoothing=0.1, mininterval=1.0,
-                               desc=f"{runner.name} x{runner.workers}")
+                    bar = tqdm(
+                        total=len(todo),
+                        unit="study",
+                        file=sys.stderr,
+                        smoothing=0.1,
+                        mininterval=1.0,
+                        desc=f"{runner.name} x{runner.workers}",
+                    )
                 failed = 0
                 last_table = time.monotonic()
                 for result in runner.run(todo):
@@ -211,8 +222,14 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _rows(studies: Sequence[StudySource], records: dict[str, dict[str, Any]], key: str, duplicates: dict[str, str],
-          *, interrupted: bool) -> list[dict[str, Any]]:
+def _rows(
+    studies: Sequence[StudySource],
+    records: dict[str, dict[str, Any]],
+    key: str,
+    duplicates: dict[str, str],
+    *,
+    interrupted: bool,
+) -> list[dict[str, Any]]:
     rows = []
     for study in studies:
         record = records.get(study.study_id)

@@ -1,4 +1,5 @@
 """The ``cmrsdk batch`` command: arguments, the run, the summary lines and the exit code."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,18 +17,42 @@ __all__ = ["add_arguments", "run_command"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The batch's own options (the bundle, backend and pipeline options are `segment`'s, added by the caller)."""
-    p.add_argument("inputs", nargs="*", metavar="ROOT_OR_STUDY",
-                   help="folders searched for studies (DICOM series, NIfTI files, ACDC, M&Ms, M&Ms-2), or studies")
-    p.add_argument("--list", dest="study_list", metavar="STUDIES.csv",
-                   help=f"a CSV of studies instead of roots; columns {', '.join(LIST_COLUMNS)} (only source required)")
-    p.add_argument("-o", "--output", required=True, help="output folder: measures.csv, cohort.png, journal.jsonl, "
-                                                        f"{STUDIES_DIR}/<study>/")
-    p.add_argument("--workers", type=int, default=None, help="worker processes or Ray actors (default: half the cores; "
-                                                             "with --engine ray --device cuda, 1 per GPU asked)")
-    p.add_argument("--engine", default="local", choices=ENGINES, help="local: a process pool here (default); ray: Ray actors")
-    p.add_argument("--address", default=None, help="Ray cluster: 'auto', ray://HOST:PORT or HOST:PORT "
-                                                   "(default: a local Ray instance)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="with --engine ray, each actor asks for one GPU")
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="ROOT_OR_STUDY",
+        help="folders searched for studies (DICOM series, NIfTI files, ACDC, M&Ms, M&Ms-2), or studies",
+    )
+    p.add_argument(
+        "--list",
+        dest="study_list",
+        metavar="STUDIES.csv",
+        help=f"a CSV of studies instead of roots; columns {', '.join(LIST_COLUMNS)} (only source required)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help=f"output folder: measures.csv, cohort.png, journal.jsonl, {STUDIES_DIR}/<study>/",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes or Ray actors (default: half the cores; "
+        "with --engine ray --device cuda, 1 per GPU asked)",
+    )
+    p.add_argument(
+        "--engine", default="local", choices=ENGINES, help="local: a process pool here (default); ray: Ray actors"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: 'auto', ray://HOST:PORT or HOST:PORT (default: a local Ray instance)",
+    )
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="with --engine ray, each actor asks for one GPU"
+    )
     p.add_argument("--mode", default="routed", choices=["routed", "baseline", "oracle"])
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
     p.add_argument("--threads", type=int, default=None, help="threads per worker (default: cores / workers)")
@@ -42,28 +67,43 @@ def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
     if bool(args.inputs) == bool(args.study_list):
         raise InputError("give either ROOT_OR_STUDY folders or --list STUDIES.csv (one of the two)")
     studies = read_study_list(args.study_list) if args.study_list else discover_studies(args.inputs)
-    spec = PipelineSpec(bundle=str(args.bundle), backend=args.backend, device=args.device, mode=args.mode,
-                        largest_component=not args.keep_fragments, heart_crop=heart_crop,
-                        region_decoding=args.region_decoding, overlay=not args.no_overlay,
-                        report_html=not args.no_report_html)
+    spec = PipelineSpec(
+        bundle=str(args.bundle),
+        backend=args.backend,
+        device=args.device,
+        mode=args.mode,
+        largest_component=not args.keep_fragments,
+        heart_crop=heart_crop,
+        region_decoding=args.region_decoding,
+        overlay=not args.no_overlay,
+        report_html=not args.no_report_html,
+    )
     workers = args.workers
     if workers is None and args.engine == "ray" and args.device == "cuda":
         workers = 1
+
     def engine() -> Any:  # made only when some study needs running
         return create_engine(args.engine, spec, workers=workers, threads=args.threads, address=args.address)
 
     try:
-        summary = run_batch(studies, spec, args.output, engine, retry_failed=args.retry_failed, progress=not args.no_progress)
+        summary = run_batch(
+            studies, spec, args.output, engine, retry_failed=args.retry_failed, progress=not args.no_progress
+        )
     except KeyboardInterrupt:  # after the studies (while drawing the figure): the journal and table are whole
         print("cmrsdk: interrupted; run the same command again to finish", file=sys.stderr)
         return 130
     ok, failed, skipped = summary.count("ok"), summary.count("failed"), summary.count("skipped")
     rate = f", {summary.ran / summary.wall_s * 60:.1f} studies/min" if summary.ran else ""
-    print(f"{len(summary.rows)} studies: {ok} ok, {failed} failed, {skipped} skipped; "
-          f"{summary.ran} segmented now, {summary.reused} from earlier runs; {summary.wall_s:.1f} s{rate}")
+    print(
+        f"{len(summary.rows)} studies: {ok} ok, {failed} failed, {skipped} skipped; "
+        f"{summary.ran} segmented now, {summary.reused} from earlier runs; {summary.wall_s:.1f} s{rate}"
+    )
     print(f"table {summary.table}" + (f", figure {summary.figure}" if summary.figure else ""))
     if failed:
-        print(f"cmrsdk: {failed} studies failed (status 'failed' in the table); --retry-failed runs them again", file=sys.stderr)
+        print(
+            f"cmrsdk: {failed} studies failed (status 'failed' in the table); --retry-failed runs them again",
+            file=sys.stderr,
+        )
     if summary.interrupted:
         print("cmrsdk: interrupted; run the same command again to finish the rest", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ ACDC patient folder, an M&Ms or M&Ms-2 subject folder. Under a root, the walk st
 folder that is a study (a DICOM series folder may hold its images in sub-folders), so a root of
 thousands of subjects costs one directory listing per folder and a few file headers.
 """
+
 from __future__ import annotations
 
 import csv
@@ -108,11 +109,15 @@ def _unique(studies: list[StudySource], where: str) -> list[StudySource]:
     seen: dict[str, str] = {}
     for s in studies:
         if not s.study_id or s.study_id.startswith(".") or any(c in s.study_id for c in "/\\\0"):
-            raise InputError(f"study id {s.study_id!r} of {s.source} in {where} cannot name a folder: "
-                             "it must be non-empty, not start with '.', and hold no '/' or '\\'")
+            raise InputError(
+                f"study id {s.study_id!r} of {s.source} in {where} cannot name a folder: "
+                "it must be non-empty, not start with '.', and hold no '/' or '\\'"
+            )
         if s.study_id in seen:
-            raise InputError(f"study id '{s.study_id}' names two studies ({seen[s.study_id]} and {s.source}) in {where}; "
-                             "give each a study_id in a --list CSV")
+            raise InputError(
+                f"study id '{s.study_id}' names two studies ({seen[s.study_id]} and {s.source}) in {where}; "
+                "give each a study_id in a --list CSV"
+            )
         seen[s.study_id] = s.source
     return studies
 
@@ -139,7 +144,9 @@ def discover_studies(roots: Sequence[str | Path]) -> list[StudySource]:
             # the reader's error then says what it found
             found = [root]
         if not found:
-            raise InputError(f"'{root}' holds no study (DICOM series folder, NIfTI file, ACDC patient or M&Ms subject folder)")
+            raise InputError(
+                f"'{root}' holds no study (DICOM series folder, NIfTI file, ACDC patient or M&Ms subject folder)"
+            )
         for path in found:
             if path == root:
                 study_id = study_name(root)
@@ -194,13 +201,15 @@ def read_study_list(path: str | Path) -> list[StudySource]:
                 raise InputError(f"{where}: column 'source' is empty")
             source = Path(row["source"].strip()).expanduser()
             source = Path(os.path.abspath(source if source.is_absolute() else path.parent / source))
-            studies.append(StudySource(
-                study_id=(row.get("study_id") or "").strip() or study_name(source),
-                source=str(source),
-                height_cm=_number(row.get("height_cm", ""), "height_cm", where),
-                weight_kg=_number(row.get("weight_kg", ""), "weight_kg", where),
-                heart_rate_bpm=_number(row.get("heart_rate_bpm", ""), "heart_rate_bpm", where),
-            ))
+            studies.append(
+                StudySource(
+                    study_id=(row.get("study_id") or "").strip() or study_name(source),
+                    source=str(source),
+                    height_cm=_number(row.get("height_cm", ""), "height_cm", where),
+                    weight_kg=_number(row.get("weight_kg", ""), "weight_kg", where),
+                    heart_rate_bpm=_number(row.get("heart_rate_bpm", ""), "heart_rate_bpm", where),
+                )
+            )
     if not studies:
         raise InputError(f"{path}: no rows under the header")
     return _unique(studies, str(path))

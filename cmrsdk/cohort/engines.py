@@ -6,6 +6,7 @@ results as they finish. A study that kills its worker (a native crash, the OOM k
 found by re-running the studies that were in flight one at a time: the one that kills a
 worker alone is failed, the others carry on.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,8 +42,10 @@ class WorkerLost(Exception):
 
 
 def _failed(study: StudySource, error: str) -> StudyResult:
-    return StudyResult(study.study_id, {"study_id": study.study_id, "source": study.source, "status": "failed",
-                                        "error": error, "seconds": None})
+    return StudyResult(
+        study.study_id,
+        {"study_id": study.study_id, "source": study.source, "status": "failed", "error": error, "seconds": None},
+    )
 
 
 class BatchEngine(ABC):
@@ -89,7 +92,12 @@ class BatchEngine(ABC):
                 study = suspects.popleft()
                 in_flight[self._submit(study)] = study
                 isolating = True
-            while not suspects and not isolating and not exhausted and len(in_flight) < self.workers * self.in_flight_per_worker:
+            while (
+                not suspects
+                and not isolating
+                and not exhausted
+                and len(in_flight) < self.workers * self.in_flight_per_worker
+            ):
                 upcoming = next(pending, None)
                 if upcoming is None:
                     exhausted = True
@@ -107,7 +115,9 @@ class BatchEngine(ABC):
                     else:
                         suspects.append(study)
                 elif isinstance(outcome, Exception):
-                    yield _failed(study, str(outcome) if isinstance(outcome, CmrError) else f"{type(outcome).__name__}: {outcome}")
+                    yield _failed(
+                        study, str(outcome) if isinstance(outcome, CmrError) else f"{type(outcome).__name__}: {outcome}"
+                    )
                 else:
                     yield outcome
             if not in_flight:
@@ -183,8 +193,12 @@ class LocalEngine(BatchEngine):
 
         # spawn, not fork: a forked copy of a process holding thread pools (ONNX Runtime,
         # OpenMP) can deadlock
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.spec, self.threads, os.getpid()))
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.spec, self.threads, os.getpid()),
+        )
 
     def _start(self) -> None:
         self._pool = self._make_pool()
@@ -249,8 +263,15 @@ class RayEngine(BatchEngine):
 
     name = "ray"
 
-    def __init__(self, spec: PipelineSpec, workers: int, threads: int, *, address: str | None = None,
-                 gpus_per_worker: float = 0.0) -> None:
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        workers: int,
+        threads: int,
+        *,
+        address: str | None = None,
+        gpus_per_worker: float = 0.0,
+    ) -> None:
         super().__init__(spec, workers, threads)
         self.address = address
         self.gpus_per_worker = gpus_per_worker
@@ -271,13 +292,25 @@ class RayEngine(BatchEngine):
             runtime_env = {"env_vars": {"PYTHONPATH": checkout}} if checkout else None
             try:
                 if self.address:
-                    ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
+                    ray.init(
+                        address=self.address,
+                        runtime_env=runtime_env,
+                        log_to_driver=False,
+                        logging_level=logging.WARNING,
+                    )
                 else:
-                    ray.init(num_cpus=max(cpu_count(), self.workers * self.threads), include_dashboard=False,
-                             runtime_env=runtime_env, log_to_driver=False, logging_level=logging.WARNING)
+                    ray.init(
+                        num_cpus=max(cpu_count(), self.workers * self.threads),
+                        include_dashboard=False,
+                        runtime_env=runtime_env,
+                        log_to_driver=False,
+                        logging_level=logging.WARNING,
+                    )
             except Exception as exc:
-                raise CmrError(f"--address {self.address or '(local instance)'}: Ray could not start or connect "
-                               f"({type(exc).__name__}: {exc})") from exc
+                raise CmrError(
+                    f"--address {self.address or '(local instance)'}: Ray could not start or connect "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
             self._started_ray = True
         self._actor_class = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_worker)(StudyWorker)
         self._actors = [self._new_actor() for _ in range(self.workers)]
@@ -340,8 +373,9 @@ class RayEngine(BatchEngine):
             self._started_ray = False
 
 
-def create_engine(name: str, spec: PipelineSpec, *, workers: int | None = None, threads: int | None = None,
-                  address: str | None = None) -> BatchEngine:
+def create_engine(
+    name: str, spec: PipelineSpec, *, workers: int | None = None, threads: int | None = None, address: str | None = None
+) -> BatchEngine:
     """The engine ``name`` ("local" or "ray") sized for this machine when ``workers``/``threads`` are None.
 
     Local: ``workers`` defaults to half the cores (at least 1), ``threads`` to cores / workers, so

@@ -3,6 +3,7 @@
 Distributions of LVEF and RVEF, of the ventricular volumes and of LV mass, with the count,
 median and interquartile range in each title, and the counts of statuses and quality flags.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -47,7 +48,10 @@ def save_cohort_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], *, d
 
     path = Path(path)
     fig, axes = plt.subplots(2, 3, figsize=(14, 8))
-    for ax, column, name, normal in ((axes[0, 0], "lvef_pct", "LVEF", (52, 72)), (axes[0, 1], "rvef_pct", "RVEF", (45, 70))):
+    for ax, column, name, normal in (
+        (axes[0, 0], "lvef_pct", "LVEF", (52, 72)),
+        (axes[0, 1], "rvef_pct", "RVEF", (45, 70)),
+    ):
         values = _values(rows, column)
         ax.axvspan(*normal, color="tab:green", alpha=0.12, label=f"typical adult range {normal[0]}-{normal[1]} %")
         if values.size:
@@ -56,13 +60,18 @@ def save_cohort_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], *, d
         ax.set_xlabel(f"{name} (%)")
         ax.set_ylabel("studies")
         ax.legend(fontsize=7, loc="upper left")
-    for ax, (lv, rv, name) in ((axes[0, 2], ("lvedv_ml", "rvedv_ml", "EDV")), (axes[1, 0], ("lvesv_ml", "rvesv_ml", "ESV"))):
+    for ax, (lv, rv, name) in (
+        (axes[0, 2], ("lvedv_ml", "rvedv_ml", "EDV")),
+        (axes[1, 0], ("lvesv_ml", "rvesv_ml", "ESV")),
+    ):
         both = np.concatenate([_values(rows, lv), _values(rows, rv)])
         bins = np.linspace(both.min(), both.max() + 1e-6, 31) if both.size else 30  # one scale for LV and RV
         for column, colour in ((lv, "tab:red"), (rv, "tab:blue")):
             values = _values(rows, column)
             if values.size:
-                ax.hist(values, bins=bins, alpha=0.55, color=colour, label=_title(column[:2].upper() + name, values, "mL"))
+                ax.hist(
+                    values, bins=bins, alpha=0.55, color=colour, label=_title(column[:2].upper() + name, values, "mL")
+                )
         ax.set_title(f"{name}: LV red, RV blue", fontsize=9)
         ax.set_xlabel(f"{name} (mL)")
         ax.set_ylabel("studies")
@@ -79,8 +88,11 @@ def save_cohort_figure(path: str | Path, rows: Sequence[Mapping[str, Any]], *, d
         counts.update(flag for flag in str(r.get("quality_flags") or "").split(";") if flag)
     names = sorted(counts, key=lambda n: (not n.startswith("status"), n))
     ax = axes[1, 2]
-    bars = ax.barh(range(len(names)), [counts[n] for n in names],
-                   color=["tab:gray" if n.startswith("status") else "tab:orange" for n in names])
+    bars = ax.barh(
+        range(len(names)),
+        [counts[n] for n in names],
+        color=["tab:gray" if n.startswith("status") else "tab:orange" for n in names],
+    )
     ax.bar_label(bars, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.invert_yaxis()

@@ -4,6 +4,7 @@
 line is written only after its output folder is in place, so a crash at any moment loses at
 most the studies in flight. A line cut short by a crash is dropped when the journal is opened.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -47,8 +48,10 @@ class Journal:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock)
-            raise InputError(f"output folder '{self.folder}' is in use by another cmrsdk batch "
-                             f"(it holds {self.folder / LOCK_NAME}); wait for it or choose another -o") from None
+            raise InputError(
+                f"output folder '{self.folder}' is in use by another cmrsdk batch "
+                f"(it holds {self.folder / LOCK_NAME}); wait for it or choose another -o"
+            ) from None
         self.path = self.folder / JOURNAL_NAME
         self.records: dict[str, dict[str, Any]] = {}
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)

@@ -4,6 +4,7 @@ The volumes, EF and mass are `segment`'s report.json values unchanged; what a co
 indexing to body surface area (Mosteller), heart rate and cardiac output, and the quality flags
 of the ED and ES phases in one cell.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,14 +21,38 @@ __all__ = ["COLUMNS", "MEASURES", "INDEXED", "bsa_mosteller", "measures_row", "w
 #: segment's measures, in report.json's names and units (mL, %, g)
 MEASURES = ("lvedv_ml", "lvesv_ml", "lvsv_ml", "lvef_pct", "lv_mass_g", "rvedv_ml", "rvesv_ml", "rvsv_ml", "rvef_pct")
 #: measure -> its BSA-indexed column (per m²)
-INDEXED = {"lvedv_ml": "lvedvi_ml_m2", "lvesv_ml": "lvesvi_ml_m2", "lvsv_ml": "lvsvi_ml_m2", "lv_mass_g": "lv_massi_g_m2",
-           "rvedv_ml": "rvedvi_ml_m2", "rvesv_ml": "rvesvi_ml_m2", "rvsv_ml": "rvsvi_ml_m2"}
+INDEXED = {
+    "lvedv_ml": "lvedvi_ml_m2",
+    "lvesv_ml": "lvesvi_ml_m2",
+    "lvsv_ml": "lvsvi_ml_m2",
+    "lv_mass_g": "lv_massi_g_m2",
+    "rvedv_ml": "rvedvi_ml_m2",
+    "rvesv_ml": "rvesvi_ml_m2",
+    "rvsv_ml": "rvsvi_ml_m2",
+}
 
 COLUMNS = (
-    "study_id", "source", "status", "error", *MEASURES,
-    "height_cm", "weight_kg", "bsa_m2", *INDEXED.values(),
-    "heart_rate_bpm", "cardiac_output_l_min", "cardiac_index_l_min_m2",
-    "quality_flags", "notes", "phases", "ed_phase", "es_phase", "seconds", "bundle_sha256", "options_key", "outputs",
+    "study_id",
+    "source",
+    "status",
+    "error",
+    *MEASURES,
+    "height_cm",
+    "weight_kg",
+    "bsa_m2",
+    *INDEXED.values(),
+    "heart_rate_bpm",
+    "cardiac_output_l_min",
+    "cardiac_index_l_min_m2",
+    "quality_flags",
+    "notes",
+    "phases",
+    "ed_phase",
+    "es_phase",
+    "seconds",
+    "bundle_sha256",
+    "options_key",
+    "outputs",
 )
 
 # outside these a value is a unit mistake (PatientSize in cm, weight in g), not a person
@@ -47,8 +72,13 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def measures_row(report: Mapping[str, Any], *, height_cm: float | None = None, weight_kg: float | None = None,
-                 heart_rate_bpm: float | None = None) -> dict[str, Any]:
+def measures_row(
+    report: Mapping[str, Any],
+    *,
+    height_cm: float | None = None,
+    weight_kg: float | None = None,
+    heart_rate_bpm: float | None = None,
+) -> dict[str, Any]:
     """The measure columns of one study from its `segment` report.
 
     Parameters
@@ -66,9 +96,11 @@ def measures_row(report: Mapping[str, Any], *, height_cm: float | None = None, w
     measures = report.get("measures", {})
     row: dict[str, Any] = {name: _number(measures.get(name)) for name in MEASURES}
     study = report.get("study", {}) or {}
-    given = {"height_cm": height_cm if height_cm is not None else study.get("height_cm"),
-             "weight_kg": weight_kg if weight_kg is not None else study.get("weight_kg"),
-             "heart_rate_bpm": heart_rate_bpm}
+    given = {
+        "height_cm": height_cm if height_cm is not None else study.get("height_cm"),
+        "weight_kg": weight_kg if weight_kg is not None else study.get("weight_kg"),
+        "heart_rate_bpm": heart_rate_bpm,
+    }
     notes = []
     for name, value in given.items():
         value = _number(value)
@@ -81,7 +113,11 @@ def measures_row(report: Mapping[str, Any], *, height_cm: float | None = None, w
     row["bsa_m2"] = None if bsa is None else round(bsa, 4)
     for name, indexed in INDEXED.items():
         row[indexed] = None if bsa is None or row[name] is None else round(row[name] / bsa, 3)
-    output = None if row["heart_rate_bpm"] is None or row["lvsv_ml"] is None else row["lvsv_ml"] * row["heart_rate_bpm"] / 1000.0
+    output = (
+        None
+        if row["heart_rate_bpm"] is None or row["lvsv_ml"] is None
+        else row["lvsv_ml"] * row["heart_rate_bpm"] / 1000.0
+    )
     row["cardiac_output_l_min"] = None if output is None else round(output, 3)
     row["cardiac_index_l_min_m2"] = None if output is None or bsa is None else round(output / bsa, 3)
     phases = report.get("phases", [])

@@ -5,6 +5,7 @@ the batch's output folder: it segments into a private temporary folder and hands
 files' bytes, so the one writer of OUT is the batch's driver (no shared file system needed
 on a cluster, and no half-written folder left by a worker that dies).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,7 +40,7 @@ class PipelineSpec:
     largest_component: bool = True
     heart_crop: tuple[int, int] | None | str = "bundle"
     region_decoding: str = "monotone"
-    overlay: bool = True        # outputs a reader looks at; they do not change the numbers
+    overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
 
     def key(self, manifest_sha256: str) -> str:
@@ -82,8 +83,9 @@ def set_thread_count(threads: int) -> None:
         pass
 
 
-def segment_study(pipeline: Any, source: Path, out_dir: Path, *, overlay: bool = True,
-                  report_html: bool = True) -> dict[str, Any]:
+def segment_study(
+    pipeline: Any, source: Path, out_dir: Path, *, overlay: bool = True, report_html: bool = True
+) -> dict[str, Any]:
     """Read, segment and write one study as `cmrsdk segment` does; returns its report.
 
     The one place the batch calls the per-study function of the ``segment`` command.
@@ -102,8 +104,11 @@ def _dicom_heart_rate(source: Path, series_uid: str | None) -> float | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) warn when first read
             try:
-                header = pydicom.dcmread(str(path), stop_before_pixels=True,
-                                         specific_tags=["SeriesInstanceUID", "HeartRate", "NominalInterval"])
+                header = pydicom.dcmread(
+                    str(path),
+                    stop_before_pixels=True,
+                    specific_tags=["SeriesInstanceUID", "HeartRate", "NominalInterval"],
+                )
                 uid = str(header.get("SeriesInstanceUID", ""))
             except Exception:  # not DICOM, or unreadable: the reader already chose the series
                 continue
@@ -139,10 +144,17 @@ class StudyWorker:
         if {bundle.select_artifact(name, spec.backend, spec.device).backend for name in bundle.models} == {"onnx"}:
             # ONNX Runtime sizes its pool from the cores, not from OMP_NUM_THREADS
             options["intra_op_threads"] = threads
-        self.pipeline = Pipeline(bundle, backend=spec.backend, device=spec.device, mode=spec.mode,  # type: ignore[arg-type]
-                                 largest_component=spec.largest_component, threads=threads,
-                                 heart_crop=spec.heart_crop, region_decoding=spec.region_decoding,  # type: ignore[arg-type]
-                                 engine_options=options)
+        self.pipeline = Pipeline(
+            bundle,
+            backend=spec.backend,
+            device=spec.device,
+            mode=spec.mode,  # type: ignore[arg-type]
+            largest_component=spec.largest_component,
+            threads=threads,
+            heart_crop=spec.heart_crop,
+            region_decoding=spec.region_decoding,  # type: ignore[arg-type]
+            engine_options=options,
+        )
         self.pid = os.getpid()
         self.outputs = {"overlay": spec.overlay, "report_html": spec.report_html}
 
@@ -181,7 +193,9 @@ class StudyWorker:
             shutil.rmtree(scratch, ignore_errors=True)
         messages = list(dict.fromkeys((str(w.message).splitlines() or [""])[0][:100] for w in caught))
         if messages:
-            shown = "; ".join(f"warning: {m}" for m in messages[:3]) + (f"; {len(messages) - 3} more" if len(messages) > 3 else "")
+            shown = "; ".join(f"warning: {m}" for m in messages[:3]) + (
+                f"; {len(messages) - 3} more" if len(messages) > 3 else ""
+            )
             row["notes"] = "; ".join(n for n in (row.get("notes"), shown) if n)
         row.update(study_id=study.study_id, source=study.source, seconds=round(time.perf_counter() - t0, 3))
         return StudyResult(study.study_id, row, files)

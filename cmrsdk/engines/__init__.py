@@ -24,6 +24,7 @@ default; ``int8`` selects the "onnx-int8" artifacts written by ``python -m expor
 Importing this package imports neither torch nor onnxruntime; each engine imports its runtime
 when it is made.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -129,7 +130,9 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
     check_device(device)
     if backend == "auto":
         if path.suffix not in SUFFIXES:
-            raise InputError(f"'backend' 'auto' cannot tell the format of {str(path)!r}: expected a suffix in {tuple(SUFFIXES)}")
+            raise InputError(
+                f"'backend' 'auto' cannot tell the format of {str(path)!r}: expected a suffix in {tuple(SUFFIXES)}"
+            )
         backend = SUFFIXES[path.suffix]
     if backend not in BACKENDS:
         raise InputError(f"'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
@@ -155,5 +158,7 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
     except TypeError as exc:
         takes = [name for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY]
         unknown = sorted(set(options) - set(takes)) or sorted(options)
-        raise InputError(f"backend {backend!r} does not accept the options {unknown}; it takes {takes} ({exc})") from exc
+        raise InputError(
+            f"backend {backend!r} does not accept the options {unknown}; it takes {takes} ({exc})"
+        ) from exc
     return cls(path, device, **options)

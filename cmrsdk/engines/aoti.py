@@ -11,6 +11,7 @@ A package runs only on the device it was compiled for, and only at the sizes its
 dimensions allow (recorded as the artifact's ``input_hw``); both are checked by the bundle
 before an engine is made.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,7 @@ def aoti_missing(device: str = "cpu") -> str | None:
         return "PyTorch is not installed (pip install 'cmrsdk[torch]')"
     import torch
 
-    if not hasattr(torch, "_inductor") or not hasattr(getattr(torch, "_C"), "_aoti"):
+    if not hasattr(torch, "_inductor") or not hasattr(torch._C, "_aoti"):
         return f"this torch ({torch.__version__}) has no AOTInductor runtime (torch >= 2.6 does)"
     if device == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU is available to torch"
@@ -83,6 +84,8 @@ class AotiEngine(Engine):
                 out: Any = self._model(x)
             except RuntimeError as exc:
                 # a size outside the package's dynamic range fails a guard inside the library
-                raise InputError(f"{self.path}: the package cannot run a batch of shape {tuple(batch.shape)} "
-                                 f"({str(exc).splitlines()[0]})") from exc
+                raise InputError(
+                    f"{self.path}: the package cannot run a batch of shape {tuple(batch.shape)} "
+                    f"({str(exc).splitlines()[0]})"
+                ) from exc
             return out.float().cpu().numpy()

@@ -15,6 +15,7 @@ classifier      float32 (N, R)              region probabilities per slice (soft
 The softmax is part of the exported artifact, so every backend returns probabilities, never
 logits. An empty batch (N = 0) returns an empty array of the right trailing shape.
 """
+
 from __future__ import annotations
 
 import threading
@@ -114,8 +115,12 @@ class Engine(ABC):
             out = np.asarray(self._infer(np.ascontiguousarray(batch)), dtype=np.float32)
         else:
             # above the backend's batch range: consecutive calls, answers joined in order
-            out = np.concatenate([np.asarray(self._infer(np.ascontiguousarray(batch[i:i + step])), dtype=np.float32)
-                                  for i in range(0, n, step)])
+            out = np.concatenate(
+                [
+                    np.asarray(self._infer(np.ascontiguousarray(batch[i : i + step])), dtype=np.float32)
+                    for i in range(0, n, step)
+                ]
+            )
         if size not in self._trailing:
             with self._trailing_lock:
                 self._trailing[size] = tuple(int(s) for s in out.shape[1:])

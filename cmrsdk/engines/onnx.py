@@ -1,4 +1,5 @@
 """ONNX Runtime engine: the light scanner-side runtime (CPU; CUDA with onnxruntime-gpu)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ The artifact (``.ep``) is written by ``torch_tensorrt.save`` at export time for 
 (fp32 or fp16) and a dynamic batch range; its inputs and outputs are float32 either way (an
 fp16 artifact casts inside). torch and torch_tensorrt are imported when an engine is made.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -50,8 +51,9 @@ class TensorRTEngine(Engine):
 
     backend = "tensorrt"
 
-    def __init__(self, path: str | Path, device: str = "cuda", *, precision: str = "fp32",
-                 max_batch: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, device: str = "cuda", *, precision: str = "fp32", max_batch: int | None = None
+    ) -> None:
         if precision not in ("fp32", "fp16"):
             raise InputError(f"'precision' of the 'tensorrt' backend must be 'fp32' or 'fp16', got {precision!r}")
         super().__init__(path, check_device(device), precision, max_batch)

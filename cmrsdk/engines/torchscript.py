@@ -9,6 +9,7 @@ libtorch loads it (examples/cpp), so it announces the deprecation once per proce
 to do about it (`TorchScriptDeprecationWarning`), and filters torch's own repeats around its
 own calls only (`quiet_torchscript`); nothing is silenced globally.
 """
+
 from __future__ import annotations
 
 import threading
@@ -45,12 +46,17 @@ def quiet_torchscript() -> Iterator[None]:
     with _announce_lock:
         first, _announced = not _announced, True
     if first:
-        warnings.warn("TorchScript (torch.jit) is deprecated from torch 2.14; cmrsdk keeps its '.pt' artifacts "
-                      "because C++ libtorch loads them (examples/cpp). Its successor is the 'aoti' backend: "
-                      "AOTInductor '.pt2' packages, added to a bundle by 'python -m export.aoti BUNDLE'",
-                      TorchScriptDeprecationWarning, stacklevel=3)
+        warnings.warn(
+            "TorchScript (torch.jit) is deprecated from torch 2.14; cmrsdk keeps its '.pt' artifacts "
+            "because C++ libtorch loads them (examples/cpp). Its successor is the 'aoti' backend: "
+            "AOTInductor '.pt2' packages, added to a bundle by 'python -m export.aoti BUNDLE'",
+            TorchScriptDeprecationWarning,
+            stacklevel=3,
+        )
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is (deprecated|not supported)", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is (deprecated|not supported)", category=FutureWarning
+        )
         yield
 
 
@@ -93,15 +99,26 @@ class TorchScriptEngine(Engine):
 
     backend = "torchscript"
 
-    def __init__(self, path: str | Path, device: str = "cpu", *, fp16: bool = False, cuda_graphs: bool = False,
-                 max_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        *,
+        fp16: bool = False,
+        cuda_graphs: bool = False,
+        max_batch: int | None = None,
+    ) -> None:
         super().__init__(path, check_device(device), "fp16" if fp16 else "fp32", max_batch)
         torch = _import_torch()
         self._torch = torch
         if device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailableError("the 'torchscript' backend on device 'cuda' needs a CUDA GPU and a CUDA build of torch; none is available")
+            raise BackendUnavailableError(
+                "the 'torchscript' backend on device 'cuda' needs a CUDA GPU and a CUDA build of torch; none is available"
+            )
         if fp16 and device != "cuda":
-            raise InputError("'fp16' is supported on device 'cuda' only (half-precision convolutions on the CPU are slower, not faster)")
+            raise InputError(
+                "'fp16' is supported on device 'cuda' only (half-precision convolutions on the CPU are slower, not faster)"
+            )
         if cuda_graphs and device != "cuda":
             raise InputError("'cuda_graphs' is supported on device 'cuda' only")
         try:

@@ -10,23 +10,24 @@ One concept per module:
 
 The names below are re-exported here, where callers import them from.
 """
+
 from __future__ import annotations
 
 from .figures import save_bland_altman, save_dice_along_heart
 from .runner import EvaluationResult, evaluate, write_evaluation
 from .sources import ground_truth_regions
 from .stats import (
-                    SIGNIFICANCE,
-                    STRUCTURE_NAMES,
-                    SliceScore,
-                    agreement,
-                    case_scores,
-                    classifier_table,
-                    dice_along_heart,
-                    false_positive_ml,
-                    improvement_table,
-                    regional_table,
-                    score_stack,
+    SIGNIFICANCE,
+    STRUCTURE_NAMES,
+    SliceScore,
+    agreement,
+    case_scores,
+    classifier_table,
+    dice_along_heart,
+    false_positive_ml,
+    improvement_table,
+    regional_table,
+    score_stack,
 )
 from .tables import markdown_table, write_csv
 

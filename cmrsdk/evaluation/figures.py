@@ -2,6 +2,7 @@
 
 matplotlib (``cmrsdk[io]``) is imported on the first call, with the Agg backend: no display needed.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,7 +45,9 @@ def save_dice_along_heart(path: str | Path, curves: dict[str, np.ndarray], *, ti
     return _save(fig, path)
 
 
-def save_bland_altman(path: str | Path, measured: Sequence[float], reference: Sequence[float], *, quantity: str) -> Path:
+def save_bland_altman(
+    path: str | Path, measured: Sequence[float], reference: Sequence[float], *, quantity: str
+) -> Path:
     """A Bland-Altman plot of one quantity (e.g. "LVEF (%)") with bias and limits of agreement."""
     import matplotlib
 

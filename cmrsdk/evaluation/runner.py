@@ -6,6 +6,7 @@ the figures (`cmrsdk.evaluation.figures`) and the report from it. Routing by reg
 elsewhere -- the ground truth's (the "oracle", `ground_truth_regions`), another classifier's
 stored predictions -- is a method whose pipeline gets a region source handed in.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -64,8 +65,13 @@ class EvaluationResult:
     false_positive_ml: dict[str, list[float]] = field(default_factory=dict)
 
 
-def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Study]], *,
-             region_sources: Mapping[str, RegionSource] | None = None, progress: bool = True) -> EvaluationResult:
+def evaluate(
+    pipelines: Mapping[str, Pipeline],
+    studies: Iterable[tuple[str, Study]],
+    *,
+    region_sources: Mapping[str, RegionSource] | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
     """Segment ED and ES of labelled studies with each pipeline and score every slice.
 
     Parameters
@@ -101,33 +107,59 @@ def evaluate(pipelines: Mapping[str, Pipeline], studies: Iterable[tuple[str, Stu
         ed, es = study.ed, study.es
         if ed.labels is None or es.labels is None:
             raise InputError(f"study {case!r} has no ground-truth labels at ED and ES: it cannot be evaluated")
-        measures["reference"].append((case, cardiac_measures(ed.labels, es.labels, ed.spacing, es.spacing,
-                                                                      ed_positions=ed.slice_positions, es_positions=es.slice_positions)))
+        measures["reference"].append(
+            (
+                case,
+                cardiac_measures(
+                    ed.labels,
+                    es.labels,
+                    ed.spacing,
+                    es.spacing,
+                    ed_positions=ed.slice_positions,
+                    es_positions=es.slice_positions,
+                ),
+            )
+        )
         for method, pipeline in pipelines.items():
             result = pipeline.segment_study(study, region_source=sources.get(method))
             latency[method].append(result.timings_ms["wall"])
             measures[method].append((case, result.measures))
             truths = [_truth(seg.stack, case) for seg in (result.ed, result.es)]
-            false_positive[method].append(sum((false_positive_ml(seg.labels, truth, seg.stack.spacing)
-                                               for seg, truth in zip((result.ed, result.es), truths)), 0.0))
+            false_positive[method].append(
+                sum(
+                    (
+                        false_positive_ml(seg.labels, truth, seg.stack.spacing)
+                        for seg, truth in zip((result.ed, result.es), truths)
+                    ),
+                    0.0,
+                )
+            )
             for seg, truth in zip((result.ed, result.es), truths):
                 scores += score_stack(seg.labels, truth, method=method, case=case, phase=seg.stack.phase or "")
-                cases += case_scores(seg.labels, truth, seg.stack.spacing, method=method, case=case, phase=seg.stack.phase or "")
+                cases += case_scores(
+                    seg.labels, truth, seg.stack.spacing, method=method, case=case, phase=seg.stack.phase or ""
+                )
                 if seg.regions is not None:
                     true_regions[method].append(slice_regions(truth).astype(np.int64))
                     pred_regions[method].append(seg.regions.astype(np.int64))
-    regions = {m: (np.concatenate(true_regions[m]), np.concatenate(pred_regions[m])) for m in pipelines if true_regions[m]}
+    regions = {
+        m: (np.concatenate(true_regions[m]), np.concatenate(pred_regions[m])) for m in pipelines if true_regions[m]
+    }
     return EvaluationResult(scores, regions, measures, latency, cases, false_positive)
 
 
 def _truth(stack: Stack, case: str) -> np.ndarray:
     """The ground-truth labels of one of a study's stacks, uint8 (Z, Y, X)."""
     if stack.labels is None:
-        raise InputError(f"study {case!r} has no ground-truth labels at {stack.phase or 'a phase'}: it cannot be evaluated")
+        raise InputError(
+            f"study {case!r} has no ground-truth labels at {stack.phase or 'a phase'}: it cannot be evaluated"
+        )
     return stack.labels
 
 
-def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline: str = "baseline", title: str = "") -> Path:
+def write_evaluation(
+    result: EvaluationResult, out_dir: str | Path, *, baseline: str = "baseline", title: str = ""
+) -> Path:
     """Tables 1-3, Figure 2 and volume agreement as CSV, Markdown and PNG; returns report.md.
 
     Written: ``slice_dice.csv`` (one ``dice_<label>`` column per structure), ``case_scores.csv``
@@ -142,8 +174,11 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
     methods = list(result.latency_ms)
     md = [f"# {title or 'cmrsdk evaluation'}", ""]
     n_cases = len(result.measures["reference"])
-    md += [f"{n_cases} studies (ED and ES), methods: {', '.join(methods)}. Slice Dice in %, NaN (label absent in "
-           "both masks) left out; regions from the ground truth (20/60/20 base to apex).", ""]
+    md += [
+        f"{n_cases} studies (ED and ES), methods: {', '.join(methods)}. Slice Dice in %, NaN (label absent in "
+        "both masks) left out; regions from the ground truth (20/60/20 base to apex).",
+        "",
+    ]
     write_csv(out / "slice_dice.csv", result.scores)
     if result.cases:
         write_csv(out / "case_scores.csv", result.cases)
@@ -152,13 +187,26 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
         for method in methods:
             for phase in sorted({str(r["phase"]) for r in result.cases}):
                 for name in STRUCTURE_NAMES:
-                    rows_ = [r for r in result.cases if r["method"] == method and r["phase"] == phase and r["label"] == name]
+                    rows_ = [
+                        r for r in result.cases if r["method"] == method and r["phase"] == phase and r["label"] == name
+                    ]
+
                     def mean(key: str) -> float:
                         values = np.array([float(r[key]) for r in rows_], dtype=np.float64)  # type: ignore[arg-type]
                         values = values[np.isfinite(values)]
                         return float(values.mean()) if values.size else float("nan")
-                    summary.append({"method": method, "phase": phase, "label": name, "dice_pct": 100 * mean("dice"),
-                                    "hd95_mm": mean("hd95_mm"), "msd_mm": mean("msd_mm"), "cases": len(rows_)})
+
+                    summary.append(
+                        {
+                            "method": method,
+                            "phase": phase,
+                            "label": name,
+                            "dice_pct": 100 * mean("dice"),
+                            "hd95_mm": mean("hd95_mm"),
+                            "msd_mm": mean("msd_mm"),
+                            "cases": len(rows_),
+                        }
+                    )
         md += [markdown_table(summary), ""]
     measure_rows = []
     reference_by_case = {case: m for case, m in result.measures["reference"]}
@@ -190,8 +238,17 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
         rows = []
         for method, (t, p) in result.regions.items():
             c = classifier_table(t, p)
-            rows.append({"method": method, "precision": c["precision"], "recall": c["recall"], "accuracy": c["accuracy"],
-                         "confusion (rows true nc/base/mid/apex)": " / ".join(",".join(str(v) for v in row) for row in c["confusion"])})
+            rows.append(
+                {
+                    "method": method,
+                    "precision": c["precision"],
+                    "recall": c["recall"],
+                    "accuracy": c["accuracy"],
+                    "confusion (rows true nc/base/mid/apex)": " / ".join(
+                        ",".join(str(v) for v in row) for row in c["confusion"]
+                    ),
+                }
+            )
         write_csv(out / "table2.csv", rows)
         md += [markdown_table(rows), ""]
 
@@ -216,18 +273,41 @@ def write_evaluation(result: EvaluationResult, out_dir: str | Path, *, baseline:
             a = agreement([p[0] for p in pairs], [p[1] for p in pairs])
             rows.append({"method": method, "quantity": quantity, **a})
             if quantity in ("lvef_pct", "rvef_pct"):
-                save_bland_altman(out / f"bland_altman_{quantity}_{method}.png", [p[0] for p in pairs], [p[1] for p in pairs], quantity=quantity)
+                save_bland_altman(
+                    out / f"bland_altman_{quantity}_{method}.png",
+                    [p[0] for p in pairs],
+                    [p[1] for p in pairs],
+                    quantity=quantity,
+                )
     write_csv(out / "agreement.csv", rows)
     md += [markdown_table(rows), ""]
-    md += [f"![Bland-Altman {q} {m}](bland_altman_{q}_{m}.png)" for m in methods for q in ("lvef_pct", "rvef_pct")] + [""]
+    md += [f"![Bland-Altman {q} {m}](bland_altman_{q}_{m}.png)" for m in methods for q in ("lvef_pct", "rvef_pct")] + [
+        ""
+    ]
 
     if result.false_positive_ml:
-        md += ["## No heart, no mask: foreground predicted on slices the ground truth leaves empty (mL per study, ED + ES)", ""]
-        md += [markdown_table([{"method": m, "mean_ml": float(np.mean(v)), "max_ml": float(np.max(v)), "studies": len(v)}
-                               for m, v in result.false_positive_ml.items() if v]), ""]
+        md += [
+            "## No heart, no mask: foreground predicted on slices the ground truth leaves empty (mL per study, ED + ES)",
+            "",
+        ]
+        md += [
+            markdown_table(
+                [
+                    {"method": m, "mean_ml": float(np.mean(v)), "max_ml": float(np.max(v)), "studies": len(v)}
+                    for m, v in result.false_positive_ml.items()
+                    if v
+                ]
+            ),
+            "",
+        ]
 
     md += ["## Latency per ED+ES pair (ms, median)", ""]
-    md += [markdown_table([{"method": m, "median_ms": float(np.median(v)), "studies": len(v)} for m, v in result.latency_ms.items()]), ""]
+    md += [
+        markdown_table(
+            [{"method": m, "median_ms": float(np.median(v)), "studies": len(v)} for m, v in result.latency_ms.items()]
+        ),
+        "",
+    ]
     report = out / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(md))

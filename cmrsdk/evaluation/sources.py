@@ -6,6 +6,7 @@ classifier. ``export.experiment.StoredRegions`` (another classifier's stored pre
 `ground_truth_regions` -- routing by the ground truth, the upper bound of routing, the paper's
 "oracle" -- is the other.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,10 @@ def ground_truth_regions(stack: Stack, images: np.ndarray | None = None) -> np.n
         The stack carries no labels.
     """
     if stack.labels is None:
-        raise InputError(f"routing by the ground truth (the oracle) needs ground-truth labels on the stack "
-                         f"({stack.source or 'array'} has none)")
+        raise InputError(
+            f"routing by the ground truth (the oracle) needs ground-truth labels on the stack "
+            f"({stack.source or 'array'} has none)"
+        )
     return slice_regions(stack.labels)
 
 

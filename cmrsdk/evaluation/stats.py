@@ -6,6 +6,7 @@ masks, and such slices are left out of that label's statistics; ground-truth reg
 `cmrsdk.regions` (labelled slices split 20/60/20 base to apex, unlabelled slices non-cardiac).
 The tests need scipy (``cmrsdk[io]``); everything here is pure: no file is read or written.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,6 +46,7 @@ __all__ = [
 SIGNIFICANCE = 0.01
 #: names of the scored structures, in the order of `SliceScore.dice`: LVBP, LVM, RVBP.
 STRUCTURE_NAMES = tuple(LABEL_NAMES[s] for s in STRUCTURES)
+
 
 @dataclass(frozen=True)
 class SliceScore:
@@ -140,7 +142,9 @@ def classifier_table(true_regions: np.ndarray, predicted_regions: np.ndarray) ->
     t = np.asarray(true_regions, dtype=np.int64).ravel()
     p = np.asarray(predicted_regions, dtype=np.int64).ravel()
     if t.shape != p.shape or t.size == 0:
-        raise InputError(f"'true_regions' and 'predicted_regions' must be equal-length and non-empty, got {t.shape} and {p.shape}")
+        raise InputError(
+            f"'true_regions' and 'predicted_regions' must be equal-length and non-empty, got {t.shape} and {p.shape}"
+        )
     n = len(REGION_NAMES)
     if t.min() < 0 or p.min() < 0 or t.max() >= n or p.max() >= n:
         raise InputError(f"region codes must be in 0..{n - 1}")
@@ -185,16 +189,18 @@ def improvement_table(scores: Sequence[SliceScore], baseline: str, method: str) 
             ok = np.isfinite(a) & np.isfinite(b)
             a, b = a[ok], b[ok]
             p = float(stats.ttest_rel(b, a).pvalue) if len(a) > 1 and np.any(a != b) else float("nan")
-            table.append({
-                "method": method,
-                "region": REGION_NAMES[region],
-                "label": name,
-                "n": int(len(a)),
-                "mean_change": float(b.mean() - a.mean()) if len(a) else float("nan"),
-                "sd_change": float(a.std(ddof=1) - b.std(ddof=1)) if len(a) > 1 else float("nan"),
-                "p": p,
-                "significant": bool(p < SIGNIFICANCE),
-            })
+            table.append(
+                {
+                    "method": method,
+                    "region": REGION_NAMES[region],
+                    "label": name,
+                    "n": int(len(a)),
+                    "mean_change": float(b.mean() - a.mean()) if len(a) else float("nan"),
+                    "sd_change": float(a.std(ddof=1) - b.std(ddof=1)) if len(a) > 1 else float("nan"),
+                    "p": p,
+                    "significant": bool(p < SIGNIFICANCE),
+                }
+            )
     return table
 
 
@@ -232,13 +238,20 @@ def agreement(measured: Sequence[float] | np.ndarray, reference: Sequence[float]
     ok = np.isfinite(m) & np.isfinite(r)
     diff = m[ok] - r[ok]
     if len(diff) < 2:
-        return {"n": float(len(diff)), "bias": float("nan"), "sd": float("nan"), "loa_low": float("nan"), "loa_high": float("nan")}
+        return {
+            "n": float(len(diff)),
+            "bias": float("nan"),
+            "sd": float("nan"),
+            "loa_low": float("nan"),
+            "loa_high": float("nan"),
+        }
     bias, sd = float(diff.mean()), float(diff.std(ddof=1))
     return {"n": float(len(diff)), "bias": bias, "sd": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
 
 
-def case_scores(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], *, method: str, case: str,
-                phase: str) -> list[dict[str, object]]:
+def case_scores(
+    prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float], *, method: str, case: str, phase: str
+) -> list[dict[str, object]]:
     """Whole-stack Dice, HD95 and mean surface distance of each structure, as ACDC reports them.
 
     Parameters
@@ -255,8 +268,17 @@ def case_scores(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[flo
     rows: list[dict[str, object]] = []
     for label, name in zip(STRUCTURES, STRUCTURE_NAMES):
         hd95, msd = surface_distances(prediction, truth, label, spacing)
-        rows.append({"method": method, "case": case, "phase": phase, "label": name,
-                     "dice": dice(prediction, truth, label), "hd95_mm": hd95, "msd_mm": msd})
+        rows.append(
+            {
+                "method": method,
+                "case": case,
+                "phase": phase,
+                "label": name,
+                "dice": dice(prediction, truth, label),
+                "hd95_mm": hd95,
+                "msd_mm": msd,
+            }
+        )
     return rows
 
 

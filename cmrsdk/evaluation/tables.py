@@ -1,4 +1,5 @@
 """Evaluation outputs as text: CSV files and GitHub Markdown tables."""
+
 from __future__ import annotations
 
 import csv
@@ -38,7 +39,9 @@ def write_csv(path: str | Path, rows: Sequence[dict[str, object]] | Sequence[Sli
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        return "–" if not math.isfinite(value) else f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.1e}"
+        return (
+            "–" if not math.isfinite(value) else f"{value:.2f}" if abs(value) >= 0.01 or value == 0 else f"{value:.1e}"
+        )
     return str(value)
 
 

@@ -5,6 +5,7 @@ Every reader returns the data model of :mod:`cmrsdk.types` (arrays (Z, Y, X), sp
 cannot read with a :class:`cmrsdk.errors.ReadError` naming the file and the problem. Every
 writer writes to a temporary name and renames.
 """
+
 from __future__ import annotations
 
 from .dicom import read_dicom_study, scan_dicom_series
@@ -15,8 +16,20 @@ from .sunnybrook import read_sunnybrook
 from .writers import write_acdc_patient, write_dicom_seg, write_dicom_series, write_json, write_nifti_labels
 
 __all__ = [
-    "read_study", "read_dicom_study", "read_acdc_patient", "read_mnms_subject", "read_nifti_stack",
-    "read_sunnybrook", "scan_dicom_series", "detect_format", "expand_inputs", "inspect",
-    "write_nifti_labels", "write_dicom_seg", "write_json", "write_dicom_series", "write_acdc_patient",
+    "read_study",
+    "read_dicom_study",
+    "read_acdc_patient",
+    "read_mnms_subject",
+    "read_nifti_stack",
+    "read_sunnybrook",
+    "scan_dicom_series",
+    "detect_format",
+    "expand_inputs",
+    "inspect",
+    "write_nifti_labels",
+    "write_dicom_seg",
+    "write_json",
+    "write_dicom_series",
+    "write_acdc_patient",
     "write_measurement_report",
 ]

@@ -10,6 +10,7 @@ chosen for the series. Every repair warns once (:class:`cmrsdk.errors.CmrWarning
 file, the attribute and the value. UIDs are kept as they are: they are what the archive files
 the images under, and a derived object must reference them verbatim.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -29,8 +30,17 @@ __all__ = ["derivation_sources", "valid_date", "valid_time"]
 _DATES = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
 _TIMES = ("StudyTime", "SeriesTime", "AcquisitionTime", "ContentTime", "PatientBirthTime")
 #: Type 2 attributes highdicom copies from the first source image (absent ones are added empty).
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "AccessionNumber", "StudyID", "ReferringPhysicianName")
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+)
 
 
 def valid_date(value: object) -> bool:
@@ -49,9 +59,13 @@ def valid_time(value: object) -> bool:
     """True for a DICOM TM value ``HH[MM[SS[.F{1,6}]]]`` within a day."""
     text = str(value).strip()
     whole, _, fraction = text.partition(".")
-    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (fraction and not (fraction.isdigit() and len(fraction) <= 6)):
+    if (
+        not whole.isdigit()
+        or len(whole) not in (2, 4, 6)
+        or (fraction and not (fraction.isdigit() and len(fraction) <= 6))
+    ):
         return False
-    parts = [int(whole[i:i + 2]) for i in range(0, len(whole), 2)]
+    parts = [int(whole[i : i + 2]) for i in range(0, len(whole), 2)]
     limits = (23, 59, 60)  # 60: a leap second is a valid TM
     return all(p <= limit for p, limit in zip(parts, limits))
 
@@ -87,7 +101,9 @@ def derivation_sources(files: Sequence[str | Path]) -> list[Dataset]:
                 warnings.simplefilter("ignore")  # invalid UIDs are kept verbatim, see module docstring
                 datasets.append(pydicom.dcmread(str(file)))
         except Exception as exc:
-            raise ReadError(file, f"source image cannot be read again for the DICOM outputs ({type(exc).__name__}: {exc})") from exc
+            raise ReadError(
+                file, f"source image cannot be read again for the DICOM outputs ({type(exc).__name__}: {exc})"
+            ) from exc
     repaired: dict[str, tuple[str, str]] = {}
     for file, ds in zip(files, datasets):
         if not str(ds.get("StudyInstanceUID", "") or ""):
@@ -102,9 +118,13 @@ def derivation_sources(files: Sequence[str | Path]) -> list[Dataset]:
             if keyword not in ds:
                 setattr(ds, keyword, "")
     for keyword, (file, text) in repaired.items():
-        warnings.warn(CmrWarning(f"{file}: '{keyword}' value {text!r} is not a valid DICOM "
-                                 f"{'date' if keyword in _DATES else 'time'}; written empty in the DICOM outputs"),
-                      stacklevel=2)
+        warnings.warn(
+            CmrWarning(
+                f"{file}: '{keyword}' value {text!r} is not a valid DICOM "
+                f"{'date' if keyword in _DATES else 'time'}; written empty in the DICOM outputs"
+            ),
+            stacklevel=2,
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         frames = [str(ds.get("FrameOfReferenceUID", "") or "") for ds in datasets]
@@ -117,9 +137,14 @@ def derivation_sources(files: Sequence[str | Path]) -> list[Dataset]:
         warnings.simplefilter("ignore")
         series = str(datasets[0].get("SeriesInstanceUID", "") or datasets[0].get("StudyInstanceUID", ""))
     common = generate_uid(entropy_srcs=[series, "cmrsdk frame of reference"])
-    warnings.warn(CmrWarning(f"{files[0]}: 'FrameOfReferenceUID' (0020,0052) differs between the "
-                             f"source images{' (some have none)' if '' in frames else ''}; "
-                             f"the DICOM outputs use {common}"), stacklevel=2)
+    warnings.warn(
+        CmrWarning(
+            f"{files[0]}: 'FrameOfReferenceUID' (0020,0052) differs between the "
+            f"source images{' (some have none)' if '' in frames else ''}; "
+            f"the DICOM outputs use {common}"
+        ),
+        stacklevel=2,
+    )
     for ds in datasets:
         ds.FrameOfReferenceUID = common
     return datasets

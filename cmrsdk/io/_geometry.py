@@ -1,4 +1,5 @@
 """Geometry helpers shared by the readers: axis reordering and slice positions."""
+
 from __future__ import annotations
 
 import numpy as np

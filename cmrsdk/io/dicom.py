@@ -21,6 +21,7 @@ DICOM as it comes
   refused naming the package to install where it is missing.
 - Image sizes are checked from the headers before any pixel data is read.
 """
+
 from __future__ import annotations
 
 import re
@@ -55,15 +56,23 @@ SLICE_RANGE_MM = (0.05, 100.0)
 
 #: compressed transfer syntaxes -> the package that decodes them (pydicom decodes RLE itself).
 _DECODERS = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg", "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg", "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg", "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg", "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
 }
 
 #: MR, enhanced MR, CT and secondary-capture image storage: files of these classes must hold an image.
-_IMAGE_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.2",
-                      "1.2.840.10008.5.1.4.1.1.7"}
+_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1",
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.7",
+}
 
 
 def _sop_class(header: Dataset) -> str:
@@ -127,8 +136,11 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 continue
             rows, columns = int(header.Rows), int(header.Columns)
             if rows > MAX_MATRIX or columns > MAX_MATRIX:
-                raise ReadError(file, f"'Rows' x 'Columns' (0028,0010)/(0028,0011) value {rows} x {columns} exceeds "
-                                      f"{MAX_MATRIX} x {MAX_MATRIX}; not a cine MR image (refused before reading pixels)")
+                raise ReadError(
+                    file,
+                    f"'Rows' x 'Columns' (0028,0010)/(0028,0011) value {rows} x {columns} exceeds "
+                    f"{MAX_MATRIX} x {MAX_MATRIX}; not a cine MR image (refused before reading pixels)",
+                )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 uid = str(header.get("SOPInstanceUID", "") or "")
@@ -139,23 +151,36 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 seen[uid] = file
             images.append(_Image(file, header))
         elif _sop_class(header) in _IMAGE_SOP_CLASSES:
-            raise ReadError(file, f"image header ({_sop_class(header)}) lacks 'Rows'/'Columns' (0028,0010)/(0028,0011); "
-                                  "truncated file?")
+            raise ReadError(
+                file,
+                f"image header ({_sop_class(header)}) lacks 'Rows'/'Columns' (0028,0010)/(0028,0011); truncated file?",
+            )
         else:
             non_images.append(file)
     if duplicates:
         first = duplicates[0]
-        warnings.warn(CmrWarning(f"{first}: 'SOPInstanceUID' repeats that of {seen[_uid_of(first)].name}; "
-                                 f"{len(duplicates)} duplicated instance(s) skipped"), stacklevel=3)
+        warnings.warn(
+            CmrWarning(
+                f"{first}: 'SOPInstanceUID' repeats that of {seen[_uid_of(first)].name}; "
+                f"{len(duplicates)} duplicated instance(s) skipped"
+            ),
+            stacklevel=3,
+        )
     if not images and enhanced:
         file, header, frames = enhanced[0]
-        raise ReadError(file, f"enhanced multi-frame MR image (SOP class {_sop_class(header) or '?'}, 'NumberOfFrames' "
-                              f"{frames}) is not supported; cmrsdk reads classic single-frame MR images: export the "
-                              "series from the scanner or PACS as classic MR Image Storage")
+        raise ReadError(
+            file,
+            f"enhanced multi-frame MR image (SOP class {_sop_class(header) or '?'}, 'NumberOfFrames' "
+            f"{frames}) is not supported; cmrsdk reads classic single-frame MR images: export the "
+            "series from the scanner or PACS as classic MR Image Storage",
+        )
     if not images:
         if non_images:
-            raise ReadError(non_images[0], f"DICOM file without image data (no Rows/Columns); no image series "
-                                           f"found among the {len(non_images)} DICOM file(s) there")
+            raise ReadError(
+                non_images[0],
+                f"DICOM file without image data (no Rows/Columns); no image series "
+                f"found among the {len(non_images)} DICOM file(s) there",
+            )
         raise ReadError(path, f"no DICOM image files found ({len(files)} files searched)")
     return images, non_images
 
@@ -228,8 +253,10 @@ def _group_positions(images: list[_Image], by_trigger: bool = True) -> list[list
             groups.append([])
         groups[-1].append(images[i])
         last = positions[i]
-    return [sorted(g, key=lambda im: (_time_of(im, by_trigger), _int_or_none(im.header.get("InstanceNumber")) or 0))
-            for g in groups]
+    return [
+        sorted(g, key=lambda im: (_time_of(im, by_trigger), _int_or_none(im.header.get("InstanceNumber")) or 0))
+        for g in groups
+    ]
 
 
 def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
@@ -243,8 +270,9 @@ def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
             n_positions, n_phases = len(groups), max(len(g) for g in groups)
         except ReadError:
             n_positions, n_phases = 0, 0  # no usable geometry: never preferred
-        result[uid] = SeriesSummary(uid, str(members[0].header.get("SeriesDescription", "")), len(members),
-                                    n_positions, n_phases)
+        result[uid] = SeriesSummary(
+            uid, str(members[0].header.get("SeriesDescription", "")), len(members), n_positions, n_phases
+        )
     return result
 
 
@@ -267,21 +295,32 @@ def _check_consistent(images: list[_Image]) -> None:
     for image in images:
         other = _vector(image, "ImageOrientationPatient", "(0020,0037)", 6)
         if not np.allclose(other, orientation, atol=1e-3):
-            raise ReadError(image.path, f"mixed orientations in one series: 'ImageOrientationPatient' {other.tolist()} "
-                                        f"differs from {orientation.tolist()} in {first.path.name}")
+            raise ReadError(
+                image.path,
+                f"mixed orientations in one series: 'ImageOrientationPatient' {other.tolist()} "
+                f"differs from {orientation.tolist()} in {first.path.name}",
+            )
         other_spacing = _vector(image, "PixelSpacing", "(0028,0030)", 2)
         if not np.allclose(other_spacing, spacing, rtol=1e-4):
-            raise ReadError(image.path, f"mixed pixel sizes in one series: 'PixelSpacing' {other_spacing.tolist()} "
-                                        f"differs from {spacing.tolist()} in {first.path.name}")
+            raise ReadError(
+                image.path,
+                f"mixed pixel sizes in one series: 'PixelSpacing' {other_spacing.tolist()} "
+                f"differs from {spacing.tolist()} in {first.path.name}",
+            )
         other_size = (image.header.get("Rows"), image.header.get("Columns"))
         if other_size != size:
-            raise ReadError(image.path, f"mixed matrix sizes in one series: Rows x Columns {other_size} differs from {size}")
+            raise ReadError(
+                image.path, f"mixed matrix sizes in one series: Rows x Columns {other_size} differs from {size}"
+            )
     if np.any(spacing <= 0):
         raise ReadError(first.path, f"'PixelSpacing' (0028,0030) value {spacing.tolist()} must be positive")
     low, high = IN_PLANE_RANGE_MM
     if np.any(spacing < low) or np.any(spacing > high):
-        raise ReadError(first.path, f"'PixelSpacing' (0028,0030) value {spacing.tolist()} mm is outside {low}..{high} mm: "
-                                    "not a cardiac MR image, or a header error")
+        raise ReadError(
+            first.path,
+            f"'PixelSpacing' (0028,0030) value {spacing.tolist()} mm is outside {low}..{high} mm: "
+            "not a cardiac MR image, or a header error",
+        )
 
 
 def _raw_value(header: Dataset, keyword: str) -> str:
@@ -299,27 +338,41 @@ def _check_orientation(image: _Image, orientation: np.ndarray) -> None:
     row, column = orientation[:3], orientation[3:]
     lengths = (float(np.linalg.norm(row)), float(np.linalg.norm(column)))
     if not all(abs(length - 1.0) < 1e-2 for length in lengths) or abs(float(row @ column)) > 1e-2:
-        raise ReadError(image.path, f"'ImageOrientationPatient' (0020,0037) value {orientation.tolist()} is not two "
-                                    "orthogonal unit vectors (sheared or corrupt geometry)")
+        raise ReadError(
+            image.path,
+            f"'ImageOrientationPatient' (0020,0037) value {orientation.tolist()} is not two "
+            "orthogonal unit vectors (sheared or corrupt geometry)",
+        )
 
 
-def _check_stack_line(groups: list[list[_Image]], origins: np.ndarray, normal: np.ndarray, positions: np.ndarray) -> None:
+def _check_stack_line(
+    groups: list[list[_Image]], origins: np.ndarray, normal: np.ndarray, positions: np.ndarray
+) -> None:
     """Refuse a stack whose slices are not stacked along their normal, or that has zero steps."""
     steps = np.diff(positions)
     if np.any(steps > SLICE_RANGE_MM[1]):
-        raise ReadError(groups[int(np.argmax(steps)) + 1][0].path, f"slice positions {np.round(positions, 3).tolist()} mm "
-                                                                   f"step by up to {steps.max():.1f} mm, over "
-                                                                   f"{SLICE_RANGE_MM[1]} mm: not one short-axis stack")
+        raise ReadError(
+            groups[int(np.argmax(steps)) + 1][0].path,
+            f"slice positions {np.round(positions, 3).tolist()} mm "
+            f"step by up to {steps.max():.1f} mm, over "
+            f"{SLICE_RANGE_MM[1]} mm: not one short-axis stack",
+        )
     if np.any(steps <= 0.01):
-        raise ReadError(groups[0][0].path, f"slice positions {np.round(positions, 3).tolist()} mm repeat; expected "
-                                           "distinct positions along the slice normal")
+        raise ReadError(
+            groups[0][0].path,
+            f"slice positions {np.round(positions, 3).tolist()} mm repeat; expected "
+            "distinct positions along the slice normal",
+        )
     lateral = (origins - origins[0]) - np.outer(positions - positions[0], normal)
     drift = float(np.linalg.norm(lateral, axis=1).max())
     if drift > max(1.0, 0.1 * float(np.median(steps))):
         worst = int(np.linalg.norm(lateral, axis=1).argmax())
-        raise ReadError(groups[worst][0].path, f"'ImagePositionPatient' (0020,0032) moves {drift:.1f} mm across the "
-                                               "slice normal: the stack is sheared (tilted slices), which cmrsdk does "
-                                               "not resample; expected slices stacked along the normal")
+        raise ReadError(
+            groups[worst][0].path,
+            f"'ImagePositionPatient' (0020,0032) moves {drift:.1f} mm across the "
+            "slice normal: the stack is sheared (tilted slices), which cmrsdk does "
+            "not resample; expected slices stacked along the normal",
+        )
 
 
 def _pixels(image: _Image) -> np.ndarray:
@@ -337,18 +390,30 @@ def _pixels(image: _Image) -> np.ndarray:
     except Exception as exc:  # truncated pixel data, unsupported transfer syntax, ...
         package = _DECODERS.get(syntax)
         if package is not None and not _importable(package):
-            raise ReadError(image.path, f"pixel data in transfer syntax {pydicom.uid.UID(syntax).name} ({syntax}) needs "
-                                        f"the package {package}: pip install pylibjpeg {package}") from exc
-        raise ReadError(image.path, f"pixel data cannot be decoded (transfer syntax {syntax or 'unknown'}; "
-                                    f"{type(exc).__name__}: {exc})") from exc
+            raise ReadError(
+                image.path,
+                f"pixel data in transfer syntax {pydicom.uid.UID(syntax).name} ({syntax}) needs "
+                f"the package {package}: pip install pylibjpeg {package}",
+            ) from exc
+        raise ReadError(
+            image.path,
+            f"pixel data cannot be decoded (transfer syntax {syntax or 'unknown'}; {type(exc).__name__}: {exc})",
+        ) from exc
     if stored.ndim != 2:
-        raise ReadError(image.path, f"pixel data has shape {stored.shape}; only classic single-frame greyscale "
-                                    "images are supported (NumberOfFrames 1, SamplesPerPixel 1)")
+        raise ReadError(
+            image.path,
+            f"pixel data has shape {stored.shape}; only classic single-frame greyscale "
+            "images are supported (NumberOfFrames 1, SamplesPerPixel 1)",
+        )
     slope, intercept = _float_tag(dataset, "RescaleSlope"), _float_tag(dataset, "RescaleIntercept")
     for keyword, value, default in (("RescaleSlope", slope, 1.0), ("RescaleIntercept", intercept, 0.0)):
         if value is None and _raw_value(dataset, keyword) != "":
-            warnings.warn(CmrWarning(f"{image.path}: '{keyword}' value {_raw_value(dataset, keyword)!r} is not a number; "
-                                     f"{default} used"), stacklevel=2)
+            warnings.warn(
+                CmrWarning(
+                    f"{image.path}: '{keyword}' value {_raw_value(dataset, keyword)!r} is not a number; {default} used"
+                ),
+                stacklevel=2,
+            )
     slope = 1.0 if slope is None or slope == 0 else slope
     intercept = 0.0 if intercept is None else intercept
     pixels = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
@@ -407,25 +472,38 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     first = members[0]
     total = len(members) * int(first.header.Rows) * int(first.header.Columns)
     if total > MAX_SERIES_PIXELS:
-        raise ReadError(path, f"series {chosen} holds {len(members)} images of {first.header.Rows} x {first.header.Columns}: "
-                              f"{total} pixels exceeds the limit of {MAX_SERIES_PIXELS} (refused before reading pixels)")
+        raise ReadError(
+            path,
+            f"series {chosen} holds {len(members)} images of {first.header.Rows} x {first.header.Columns}: "
+            f"{total} pixels exceeds the limit of {MAX_SERIES_PIXELS} (refused before reading pixels)",
+        )
     # a time order needs every image's TriggerTime; where some are text, InstanceNumber orders them all
     unusable = [im for im in members if _trigger_time(im) is None and im.header.get("TriggerTime") is not None]
     by_trigger = not unusable and all(_trigger_time(im) is not None for im in members)
     if unusable:
-        warnings.warn(CmrWarning(f"{unusable[0].path}: 'TriggerTime' (0018,1060) value "
-                                 f"{_raw_value(unusable[0].header, 'TriggerTime')!r} is not a number "
-                                 f"({len(unusable)} image(s)); phases ordered by InstanceNumber instead"), stacklevel=2)
+        warnings.warn(
+            CmrWarning(
+                f"{unusable[0].path}: 'TriggerTime' (0018,1060) value "
+                f"{_raw_value(unusable[0].header, 'TriggerTime')!r} is not a number "
+                f"({len(unusable)} image(s)); phases ordered by InstanceNumber instead"
+            ),
+            stacklevel=2,
+        )
     groups = _group_positions(members, by_trigger)
     for group in groups:
         times = [_time_of(im, by_trigger) for im in group]
         if len(set(times)) != len(times):
-            raise ReadError(group[0].path, f"duplicate slice position: {len(group)} images at the same position "
-                                           f"with TriggerTime/InstanceNumber {times} (also {group[1].path.name})")
+            raise ReadError(
+                group[0].path,
+                f"duplicate slice position: {len(group)} images at the same position "
+                f"with TriggerTime/InstanceNumber {times} (also {group[1].path.name})",
+            )
     counts = {len(g) for g in groups}
     if len(counts) != 1:
         worst = min(groups, key=len)
-        raise ReadError(worst[0].path, f"slice positions hold differing numbers of phases {sorted(counts)} in series {chosen}")
+        raise ReadError(
+            worst[0].path, f"slice positions hold differing numbers of phases {sorted(counts)} in series {chosen}"
+        )
     n_phases = counts.pop()
 
     orientation = _vector(first, "ImageOrientationPatient", "(0020,0037)", 6)
@@ -443,9 +521,9 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         dz = _float_tag(first.header, "SpacingBetweenSlices") or _float_tag(first.header, "SliceThickness") or 1.0
         dz = dz if np.isfinite(dz) and dz > 0 else 1.0  # one slice: no volume is reported, dz only labels the grid
     affine_lps = np.eye(4)
-    affine_lps[:3, 0] = normal * dz                     # orthogonal by construction (checked above)
-    affine_lps[:3, 1] = orientation[3:] * row_spacing   # down a column: rows advance
-    affine_lps[:3, 2] = orientation[:3] * col_spacing   # along a row: columns advance
+    affine_lps[:3, 0] = normal * dz  # orthogonal by construction (checked above)
+    affine_lps[:3, 1] = orientation[3:] * row_spacing  # down a column: rows advance
+    affine_lps[:3, 2] = orientation[:3] * col_spacing  # along a row: columns advance
     affine_lps[:3, 3] = origins[0]
     affine = _LPS_TO_RAS @ affine_lps
 
@@ -454,22 +532,40 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         slices = [g[t] for g in groups]
         pixels = np.stack([_pixels(im) for im in slices])
         name = "ED" if t == 0 and n_phases > 1 else f"frame {t}"
-        phases.append(Stack(pixels=pixels, spacing=(dz, float(row_spacing), float(col_spacing)), affine=affine,
-                            slice_positions=positions, phase=name, source=str(path),
-                            source_files=tuple(str(im.path) for im in slices)))
+        phases.append(
+            Stack(
+                pixels=pixels,
+                spacing=(dz, float(row_spacing), float(col_spacing)),
+                affine=affine,
+                slice_positions=positions,
+                phase=name,
+                source=str(path),
+                source_files=tuple(str(im.path) for im in slices),
+            )
+        )
     times = np.array([[_time_of(g[t], by_trigger) for g in groups] for t in range(n_phases)]).mean(axis=1)
     header = first.header
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid UIDs are validated when first read
         info = _info(header, chosen, path)
-    return Study(phases=tuple(phases), ed_index=0 if n_phases > 1 else None, es_index=None,
-                 trigger_times_ms=times if by_trigger else None, info=info)
+    return Study(
+        phases=tuple(phases),
+        ed_index=0 if n_phases > 1 else None,
+        es_index=None,
+        trigger_times_ms=times if by_trigger else None,
+        info=info,
+    )
 
 
 def _info(header: Dataset, series_uid: str, path: Path) -> StudyInfo:
-    return StudyInfo(patient_id=str(header.get("PatientID", "")) or None, study_uid=str(header.get("StudyInstanceUID", "")) or None,
-                     series_uid=series_uid, series_description=str(header.get("SeriesDescription", "")) or None,
-                     manufacturer=str(header.get("Manufacturer", "")) or None,
-                     field_strength_t=_float_tag(header, "MagneticFieldStrength"),
-                     height_cm=_float_tag(header, "PatientSize", 100.0), weight_kg=_float_tag(header, "PatientWeight"),
-                     source=str(path))
+    return StudyInfo(
+        patient_id=str(header.get("PatientID", "")) or None,
+        study_uid=str(header.get("StudyInstanceUID", "")) or None,
+        series_uid=series_uid,
+        series_description=str(header.get("SeriesDescription", "")) or None,
+        manufacturer=str(header.get("Manufacturer", "")) or None,
+        field_strength_t=_float_tag(header, "MagneticFieldStrength"),
+        height_cm=_float_tag(header, "PatientSize", 100.0),
+        weight_kg=_float_tag(header, "PatientWeight"),
+        source=str(path),
+    )

@@ -1,4 +1,5 @@
 """`read_study`: one entry point that recognises what a path holds, and `inspect`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,8 +55,11 @@ def expand_inputs(path: str | Path) -> list[Path]:
     subjects = [p for p in entries if p.is_dir() and detect_format(p) in ("acdc", "mnms")]
     if subjects:
         return subjects
-    images = [p for p in entries if p.is_file() and is_nifti_name(p.name)
-              and not p.name.lower().split(".nii")[0].endswith("_gt")]
+    images = [
+        p
+        for p in entries
+        if p.is_file() and is_nifti_name(p.name) and not p.name.lower().split(".nii")[0].endswith("_gt")
+    ]
     return images or [path]
 
 
@@ -91,17 +95,35 @@ def inspect(path: str | Path) -> dict[str, Any]:
     stack = study.phases[0]
     axes = stack.affine[:3, :3] / np.asarray(stack.spacing)
     report: dict[str, Any] = {
-        "path": str(path), "format": kind, "patient_id": study.info.patient_id,
-        "slices": stack.shape[0], "phases": len(study.phases), "matrix": list(stack.shape[1:]),
+        "path": str(path),
+        "format": kind,
+        "patient_id": study.info.patient_id,
+        "slices": stack.shape[0],
+        "phases": len(study.phases),
+        "matrix": list(stack.shape[1:]),
         "spacing_mm": [round(float(s), 4) for s in stack.spacing],
-        "orientation": {"slice": axes[:, 0].round(4).tolist(), "row": axes[:, 2].round(4).tolist(),
-                        "column": axes[:, 1].round(4).tolist()},
-        "ed_index": study.ed_index, "es_index": study.es_index,
+        "orientation": {
+            "slice": axes[:, 0].round(4).tolist(),
+            "row": axes[:, 2].round(4).tolist(),
+            "column": axes[:, 1].round(4).tolist(),
+        },
+        "ed_index": study.ed_index,
+        "es_index": study.es_index,
         "labelled_phases": [i for i, s in enumerate(study.phases) if s.labels is not None],
-        "trigger_times_ms": None if study.trigger_times_ms is None else [round(float(t), 2) for t in study.trigger_times_ms],
+        "trigger_times_ms": None
+        if study.trigger_times_ms is None
+        else [round(float(t), 2) for t in study.trigger_times_ms],
         "manufacturer": study.info.manufacturer,
     }
     if kind == "dicom":
-        report["series"] = [{"uid": s.series_uid, "description": s.description, "images": s.n_images,
-                             "positions": s.n_positions, "phases": s.n_phases} for s in scan_dicom_series(path)]
+        report["series"] = [
+            {
+                "uid": s.series_uid,
+                "description": s.description,
+                "images": s.n_images,
+                "positions": s.n_positions,
+                "phases": s.n_phases,
+            }
+            for s in scan_dicom_series(path)
+        ]
     return report

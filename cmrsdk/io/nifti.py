@@ -7,6 +7,7 @@ Spacing comes from the header's voxel sizes (pixdim). Some files (ACDC among the
 whose columns are unit length while pixdim says 1.5625 x 1.5625 x 10 mm; the affine's direction
 columns are then rescaled to the pixdim sizes, so that ``affine`` and ``spacing`` always agree.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,15 +21,22 @@ from ..errors import ReadError
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
 
-__all__ = ["CONVENTIONS", "read_nifti_stack", "read_acdc_patient", "read_mnms_subject", "read_acdc_info", "is_nifti_name"]
+__all__ = [
+    "CONVENTIONS",
+    "read_nifti_stack",
+    "read_acdc_patient",
+    "read_mnms_subject",
+    "read_acdc_info",
+    "is_nifti_name",
+]
 
 Convention = Literal["canonical", "acdc", "mnms"]
 
 #: stored label value -> canonical label (0 bg, 1 LVBP, 2 LVM, 3 RVBP), for each dataset.
 CONVENTIONS: dict[str, dict[int, int]] = {
     "canonical": {0: 0, 1: 1, 2: 2, 3: 3},
-    "acdc": {0: 0, 1: 3, 2: 2, 3: 1},   # ACDC: 1 RV, 2 MYO, 3 LV
-    "mnms": {0: 0, 1: 1, 2: 2, 3: 3},   # M&Ms: 1 LV, 2 MYO, 3 RV
+    "acdc": {0: 0, 1: 3, 2: 2, 3: 1},  # ACDC: 1 RV, 2 MYO, 3 LV
+    "mnms": {0: 0, 1: 1, 2: 2, 3: 3},  # M&Ms: 1 LV, 2 MYO, 3 RV
 }
 
 #: M&Ms vendor letters (info.csv) -> manufacturer, as the challenge describes them.
@@ -70,22 +78,33 @@ def _load(path: Path) -> nib.Nifti1Image:
         reason = str(exc).replace(f"'{path}'", "the file").replace(str(path), "the file")  # the line names it already
         raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
     if dtype.fields is not None or dtype.kind not in "uifb":
-        raise ReadError(path, f"NIfTI datatype {header.get_value_label('datatype')} ({dtype}) is not greyscale; "
-                              "expected one integer or float value per voxel")
+        raise ReadError(
+            path,
+            f"NIfTI datatype {header.get_value_label('datatype')} ({dtype}) is not greyscale; "
+            "expected one integer or float value per voxel",
+        )
     if len(shape) >= 2 and (shape[0] > MAX_MATRIX or shape[1] > MAX_MATRIX):
-        raise ReadError(path, f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels; an in-plane side over "
-                              f"{MAX_MATRIX} is not a cine MR image (refused before reading the data)")
+        raise ReadError(
+            path,
+            f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels; an in-plane side over "
+            f"{MAX_MATRIX} is not a cine MR image (refused before reading the data)",
+        )
     if int(np.prod(shape[:3], dtype=np.int64)) > MAX_VOXELS:
-        raise ReadError(path, f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels, over the limit of "
-                              f"{MAX_VOXELS} per phase (refused before reading the data)")
+        raise ReadError(
+            path,
+            f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels, over the limit of "
+            f"{MAX_VOXELS} per phase (refused before reading the data)",
+        )
     if len(shape) == 4 and shape[3] == 1:
         try:
             return image.slicer[..., 0]
         except Exception as exc:  # a truncated file surfaces here, when the one volume is read
             raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
     if len(shape) != 3:
-        raise ReadError(path, f"NIfTI image must be 3-D (X, Y, Z) for one phase, got shape {shape} "
-                              f"(dim[0] = {int(header['dim'][0])})")
+        raise ReadError(
+            path,
+            f"NIfTI image must be 3-D (X, Y, Z) for one phase, got shape {shape} (dim[0] = {int(header['dim'][0])})",
+        )
     return image
 
 
@@ -113,8 +132,11 @@ def _geometry(image: nib.Nifti1Image, path: Path) -> tuple[np.ndarray, tuple[flo
         raise ReadError(path, f"NIfTI pixdim[1:4] (voxel sizes) {list(zooms)} must be finite and positive")
     low, high = IN_PLANE_RANGE_MM
     if not all(low <= z <= high for z in zooms[:2]):
-        raise ReadError(path, f"NIfTI pixdim[1:3] (in-plane voxel size) {list(zooms[:2])} mm is outside "
-                              f"{low}..{high} mm: not a cardiac MR image, or a header in other units")
+        raise ReadError(
+            path,
+            f"NIfTI pixdim[1:3] (in-plane voxel size) {list(zooms[:2])} mm is outside "
+            f"{low}..{high} mm: not a cardiac MR image, or a header in other units",
+        )
     low, high = SLICE_RANGE_MM
     if n_slices > 1 and not low <= zooms[2] <= high:
         raise ReadError(path, f"NIfTI pixdim[3] (slice spacing) {zooms[2]} mm is outside {low}..{high} mm")
@@ -126,9 +148,12 @@ def _geometry(image: nib.Nifti1Image, path: Path) -> tuple[np.ndarray, tuple[flo
     axes = affine[:3, :3] / norms
     cosines = np.abs(axes.T @ axes - np.eye(3))
     if cosines.max() > 1e-3:
-        raise ReadError(path, f"NIfTI affine (sform/qform) axes are not at right angles (largest cosine "
-                              f"{cosines.max():.3f}): a sheared grid, which cmrsdk does not resample; affine "
-                              f"{np.round(image.affine, 4).tolist()}")
+        raise ReadError(
+            path,
+            f"NIfTI affine (sform/qform) axes are not at right angles (largest cosine "
+            f"{cosines.max():.3f}): a sheared grid, which cmrsdk does not resample; affine "
+            f"{np.round(image.affine, 4).tolist()}",
+        )
     if not np.allclose(norms, spacing, rtol=1e-3):
         affine[:3, :3] = axes * np.asarray(spacing)
     return affine, spacing
@@ -142,8 +167,9 @@ def _to_canonical(raw: np.ndarray, path: Path, convention: str) -> np.ndarray:
         rounded = np.rint(raw)
         if not np.array_equal(rounded, raw):
             bad = raw[rounded != raw][:3]
-            raise ReadError(path, f"float label map is not integral (values such as {bad.tolist()}); "
-                                  "labels must be whole numbers")
+            raise ReadError(
+                path, f"float label map is not integral (values such as {bad.tolist()}); labels must be whole numbers"
+            )
         raw = rounded.astype(np.int64)
     elif raw.dtype.kind not in "iub":
         raise ReadError(path, f"label map dtype {raw.dtype} is not numeric")
@@ -151,16 +177,24 @@ def _to_canonical(raw: np.ndarray, path: Path, convention: str) -> np.ndarray:
     values = np.unique(raw)
     unknown = [int(v) for v in values if int(v) not in mapping]
     if unknown:
-        raise ReadError(path, f"label values {unknown} are outside the '{convention}' convention "
-                              f"(expected a subset of {sorted(mapping)})")
+        raise ReadError(
+            path,
+            f"label values {unknown} are outside the '{convention}' convention "
+            f"(expected a subset of {sorted(mapping)})",
+        )
     lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
     for stored, canonical in mapping.items():
         lut[stored] = canonical
     return lut[raw.astype(np.int64)]
 
 
-def read_nifti_stack(image_path: str | Path, label_path: str | Path | None = None, *,
-                     convention: Convention = "canonical", phase: str | None = None) -> Stack:
+def read_nifti_stack(
+    image_path: str | Path,
+    label_path: str | Path | None = None,
+    *,
+    convention: Convention = "canonical",
+    phase: str | None = None,
+) -> Stack:
     """Read one phase: a 3-D NIfTI image and, optionally, its label map.
 
     Parameters
@@ -185,7 +219,9 @@ def read_nifti_stack(image_path: str | Path, label_path: str | Path | None = Non
     """
     image_path = Path(image_path)
     if convention not in CONVENTIONS:
-        raise ReadError(image_path, f"label convention '{convention}' is unknown, expected one of {sorted(CONVENTIONS)}")
+        raise ReadError(
+            image_path, f"label convention '{convention}' is unknown, expected one of {sorted(CONVENTIONS)}"
+        )
     image = _load(image_path)
     pixels = _read_array(image, image_path).astype(np.float32)
     if not np.all(np.isfinite(pixels)):
@@ -198,12 +234,21 @@ def read_nifti_stack(image_path: str | Path, label_path: str | Path | None = Non
         label_image = _load(label_path)
         raw = _read_array(label_image, label_path)
         if raw.shape != pixels.shape:
-            raise ReadError(label_path, f"label map shape {raw.shape[::-1]} (X, Y, Z) differs from image "
-                                        f"{image_path.name} shape {pixels.shape[::-1]}")
+            raise ReadError(
+                label_path,
+                f"label map shape {raw.shape[::-1]} (X, Y, Z) differs from image "
+                f"{image_path.name} shape {pixels.shape[::-1]}",
+            )
         labels = _to_canonical(raw, label_path, convention)
-    return Stack(pixels=pixels, spacing=spacing, affine=affine, labels=labels,
-                 slice_positions=slice_positions_mm(affine, pixels.shape[0]),
-                 phase=phase, source=str(image_path))
+    return Stack(
+        pixels=pixels,
+        spacing=spacing,
+        affine=affine,
+        labels=labels,
+        slice_positions=slice_positions_mm(affine, pixels.shape[0]),
+        phase=phase,
+        source=str(image_path),
+    )
 
 
 def is_nifti_name(name: str) -> bool:
@@ -277,9 +322,13 @@ def read_acdc_patient(folder: str | Path) -> Study:
             raise ReadError(folder, f"{phase} image {stem}.nii.gz (frame {frame} from Info.cfg) not found")
         label = _find_nifti(folder, f"{stem}_gt")
         stacks.append(read_nifti_stack(image, label, convention="acdc", phase=phase))
-    info = StudyInfo(patient_id=folder.name, group=cfg.get("Group"),
-                     height_cm=_float_or_none(cfg.get("Height")), weight_kg=_float_or_none(cfg.get("Weight")),
-                     source=str(folder))
+    info = StudyInfo(
+        patient_id=folder.name,
+        group=cfg.get("Group"),
+        height_cm=_float_or_none(cfg.get("Height")),
+        weight_kg=_float_or_none(cfg.get("Weight")),
+        source=str(folder),
+    )
     return Study(phases=tuple(stacks), ed_index=0, es_index=1, info=info)
 
 

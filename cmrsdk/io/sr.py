@@ -19,6 +19,7 @@ Each group's finding site is the ventricle (SCT 87878005 / 53085002). A measure 
 written as zero. The evidence is the source images of ED and ES, repaired as for the SEG by
 :func:`cmrsdk.io._dicom_out.derivation_sources`.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,9 +59,15 @@ def _known(value: float | None) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def write_measurement_report(path: str | Path, measures: Mapping[str, float | None], source_files: Sequence[str | Path], *,
-                             series_number: int = 903, series_description: str = "cmrsdk cardiac measurements",
-                             series_instance_uid: str | None = None) -> Path:
+def write_measurement_report(
+    path: str | Path,
+    measures: Mapping[str, float | None],
+    source_files: Sequence[str | Path],
+    *,
+    series_number: int = 903,
+    series_description: str = "cmrsdk cardiac measurements",
+    series_instance_uid: str | None = None,
+) -> Path:
     """Write the study's cardiac measures as a DICOM Comprehensive 3D SR (TID 1500 measurement report).
 
     Parameters
@@ -105,22 +112,28 @@ def write_measurement_report(path: str | Path, measures: Mapping[str, float | No
     groups = []
     for group, (label, (site_value, site_meaning), time_point) in _GROUPS.items():
         items = [
-            hd.sr.Measurement(name=code(concept), value=known[key], unit=Code(unit, "UCUM", _UNITS[unit]),
-                              algorithm_id=algorithm)
-            for key, (where, concept, unit) in SR_MEASURES.items() if where == group and key in known
+            hd.sr.Measurement(
+                name=code(concept), value=known[key], unit=Code(unit, "UCUM", _UNITS[unit]), algorithm_id=algorithm
+            )
+            for key, (where, concept, unit) in SR_MEASURES.items()
+            if where == group and key in known
         ]
         if not items:
             continue
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
-            finding_sites=[hd.sr.FindingSite(anatomic_location=Code(site_value, "SCT", site_meaning))],
-            time_point_context=hd.sr.TimePointContext(time_point=time_point) if time_point else None,
-            algorithm_id=algorithm, measurements=items,
-        ))
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
+                finding_sites=[hd.sr.FindingSite(anatomic_location=Code(site_value, "SCT", site_meaning))],
+                time_point_context=hd.sr.TimePointContext(time_point=time_point) if time_point else None,
+                algorithm_id=algorithm,
+                measurements=items,
+            )
+        )
     observer = hd.sr.ObserverContext(
         observer_type=Code("121007", "DCM", "Device"),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="cmrsdk", manufacturer_name="cmrsdk", model_name="cmrsdk"),
+            uid=hd.UID(), name="cmrsdk", manufacturer_name="cmrsdk", model_name="cmrsdk"
+        ),
     )
     try:
         with warnings.catch_warnings():
@@ -131,9 +144,16 @@ def write_measurement_report(path: str | Path, measures: Mapping[str, float | No
                 imaging_measurements=groups,
             )
             sr = hd.sr.Comprehensive3DSR(
-                evidence=sources, content=report[0], series_number=series_number,
-                series_instance_uid=series_instance_uid or hd.UID(), sop_instance_uid=hd.UID(), instance_number=1,
-                manufacturer="cmrsdk", series_description=series_description[:64], is_complete=True, is_final=False,
+                evidence=sources,
+                content=report[0],
+                series_number=series_number,
+                series_instance_uid=series_instance_uid or hd.UID(),
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="cmrsdk",
+                series_description=series_description[:64],
+                is_complete=True,
+                is_final=False,
                 is_verified=False,
             )
     except (ValueError, TypeError, AttributeError) as exc:

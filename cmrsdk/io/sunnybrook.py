@@ -6,6 +6,7 @@ the i-contour (endocardium); LVM is inside the o-contour (epicardium) and outsid
 A pixel is inside when its centre (integer coordinates) is inside the polygon (even-odd rule).
 The RV is not contoured: RVBP never appears, and at ES (i-contours only) LVM is unknown (0).
 """
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,7 @@ def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, shape[1] - 1), min(y1, shape[0] - 1)
     if x1 < x0 or y1 < y0:
         return mask
-    yy, xx = np.mgrid[y0:y1 + 1, x0:x1 + 1].astype(np.float64)
+    yy, xx = np.mgrid[y0 : y1 + 1, x0 : x1 + 1].astype(np.float64)
     inside = np.zeros(yy.shape, dtype=bool)
     a, b = points, np.roll(points, -1, axis=0)
     for (ax, ay), (bx, by) in zip(a, b):
@@ -51,7 +52,7 @@ def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         crosses = (ay > yy) != (by > yy)
         x_cross = ax + (yy - ay) * (bx - ax) / (by - ay)
         inside ^= crosses & (xx < x_cross)
-    mask[y0:y1 + 1, x0:x1 + 1] = inside
+    mask[y0 : y1 + 1, x0 : x1 + 1] = inside
     return mask
 
 
@@ -101,5 +102,10 @@ def read_sunnybrook(series_dir: str | Path, contour_dir: str | Path) -> Study:
     ed_phases = sorted({t for t, _ in outer}) or sorted(labels)
     ed = ed_phases[0] if ed_phases else study.ed_index
     others = [t for t in sorted(labels) if t != ed]
-    return Study(phases=phases, ed_index=ed, es_index=others[0] if others else None,
-                 trigger_times_ms=study.trigger_times_ms, info=study.info)
+    return Study(
+        phases=phases,
+        ed_index=ed,
+        es_index=others[0] if others else None,
+        trigger_times_ms=study.trigger_times_ms,
+        info=study.info,
+    )

@@ -2,6 +2,7 @@
 
 Every writer goes through :func:`cmrsdk.io._atomic.atomic_path`: a temporary name, then a rename.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def _check_labels(labels: np.ndarray, stack: Stack) -> np.ndarray:
     if array.shape != stack.shape:
         raise InputError(f"'labels' shape {array.shape} differs from the stack's (Z, Y, X) {stack.shape}")
     if array.dtype != np.uint8 or (array.size and int(array.max()) > max(STRUCTURES)):
-        raise InputError(f"'labels' must be uint8 canonical labels 0..{max(STRUCTURES)}, got dtype {array.dtype}"
-                         f" with maximum {array.max() if array.size else None}")
+        raise InputError(
+            f"'labels' must be uint8 canonical labels 0..{max(STRUCTURES)}, got dtype {array.dtype}"
+            f" with maximum {array.max() if array.size else None}"
+        )
     return array
 
 
@@ -87,6 +90,7 @@ def write_nifti_labels(path: str | Path, labels: np.ndarray, stack: Stack) -> Pa
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (numpy scalars and arrays become numbers and lists)."""
+
     def default(value: Any) -> Any:
         if isinstance(value, np.ndarray):
             return value.tolist()
@@ -95,6 +99,7 @@ def write_json(path: str | Path, obj: Any) -> Path:
         if isinstance(value, Path):
             return str(value)
         raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
+
     try:
         text = json.dumps(obj, indent=2, default=default, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -104,8 +109,15 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return Path(path)
 
 
-def write_dicom_seg(path: str | Path, labels: np.ndarray, stack: Stack, *, series_description: str = "cmrsdk segmentation",
-                    series_number: int = 900, series_instance_uid: str | None = None) -> Path:
+def write_dicom_seg(
+    path: str | Path,
+    labels: np.ndarray,
+    stack: Stack,
+    *,
+    series_description: str = "cmrsdk segmentation",
+    series_number: int = 900,
+    series_instance_uid: str | None = None,
+) -> Path:
     """Write a DICOM SEG (highdicom, binary, one segment per structure) referencing ``stack``'s series.
 
     Parameters
@@ -128,19 +140,24 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, stack: Stack, *, serie
 
     array = _check_labels(labels, stack)
     if len(stack.source_files) != stack.shape[0]:
-        raise InputError(f"DICOM SEG needs the source DICOM file of each of the {stack.shape[0]} slices; "
-                         f"stack from {stack.source or 'memory'} has {len(stack.source_files)} (read it with read_dicom_study)")
+        raise InputError(
+            f"DICOM SEG needs the source DICOM file of each of the {stack.shape[0]} slices; "
+            f"stack from {stack.source or 'memory'} has {len(stack.source_files)} (read it with read_dicom_study)"
+        )
     sources = derivation_sources(stack.source_files)
     categories = codes.SCT.AnatomicalStructure
     # SNOMED CT codes of the structures; the segment label names the blood pool precisely
     properties = {1: codes.SCT.LeftVentricle, 2: codes.SCT.LeftVentricleMyocardium, 3: codes.SCT.RightVentricle}
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=label, segment_label=LABEL_NAMES[label],
-            segmented_property_category=categories, segmented_property_type=properties[label],
+            segment_number=label,
+            segment_label=LABEL_NAMES[label],
+            segmented_property_category=categories,
+            segmented_property_type=properties[label],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=hd.AlgorithmIdentificationSequence(name="cmrsdk", version=__version__,
-                                                                         family=codes.cid7162.ArtificialIntelligence),
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name="cmrsdk", version=__version__, family=codes.cid7162.ArtificialIntelligence
+            ),
         )
         for label in STRUCTURES
     ]
@@ -148,15 +165,25 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, stack: Stack, *, serie
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # source UIDs invalid per VR UI are referenced verbatim
             seg = hd.seg.Segmentation(
-                source_images=sources, pixel_array=array, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                segment_descriptions=descriptions, series_instance_uid=series_instance_uid or hd.UID(),
-                series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1, manufacturer="cmrsdk",
-                manufacturer_model_name="cmrsdk", software_versions=__version__, device_serial_number="0",
+                source_images=sources,
+                pixel_array=array,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descriptions,
+                series_instance_uid=series_instance_uid or hd.UID(),
+                series_number=series_number,
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="cmrsdk",
+                manufacturer_model_name="cmrsdk",
+                software_versions=__version__,
+                device_serial_number="0",
                 series_description=series_description[:64],
             )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise WriteError(f"{path}: DICOM SEG cannot be built from {stack.source_files[0]} and the other sources "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise WriteError(
+            f"{path}: DICOM SEG cannot be built from {stack.source_files[0]} and the other sources "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     with atomic_path(path) as temporary:
         seg.save_as(str(temporary))
     return Path(path)
@@ -242,8 +269,10 @@ def write_acdc_patient(folder: str | Path, study: Study) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if study.ed_index is None or study.es_index is None:
-        raise InputError(f"study from {study.info.source or 'memory'} needs known ED and ES phases, "
-                         f"got {{'ED': {study.ed_index}, 'ES': {study.es_index}}}")
+        raise InputError(
+            f"study from {study.info.source or 'memory'} needs known ED and ES phases, "
+            f"got {{'ED': {study.ed_index}, 'ES': {study.es_index}}}"
+        )
     to_acdc = np.array([0, 3, 2, 1], dtype=np.uint8)  # canonical 1 LVBP, 2 LVM, 3 RVBP -> ACDC 3, 2, 1
     for index in sorted({study.ed_index, study.es_index}):
         stack = study.phases[index]
@@ -251,9 +280,14 @@ def write_acdc_patient(folder: str | Path, study: Study) -> Path:
         _save_nifti(folder / f"{stem}.nii.gz", stack.pixels, stack)
         if stack.labels is not None:
             _save_nifti(folder / f"{stem}_gt.nii.gz", to_acdc[stack.labels], stack)
-    lines = [f"ED: {study.ed_index + 1}", f"ES: {study.es_index + 1}", f"Group: {study.info.group or 'NOR'}",
-             f"Height: {study.info.height_cm or 170.0}", f"NbFrame: {len(study.phases)}",
-             f"Weight: {study.info.weight_kg or 70.0}"]
+    lines = [
+        f"ED: {study.ed_index + 1}",
+        f"ES: {study.es_index + 1}",
+        f"Group: {study.info.group or 'NOR'}",
+        f"Height: {study.info.height_cm or 170.0}",
+        f"NbFrame: {len(study.phases)}",
+        f"Weight: {study.info.weight_kg or 70.0}",
+    ]
     with atomic_path(folder / "Info.cfg") as temporary:
         temporary.write_text("\n".join(lines) + "\n")
     return folder

@@ -5,6 +5,7 @@ Modules, one job each: :mod:`.spool` (instances on disk, queue state in SQLite),
 :mod:`.forward` (C-STORE of results with back-off), :mod:`.node` (all of them together) and
 :mod:`.command` (the command line). pynetdicom is imported when a node starts, not here.
 """
+
 from __future__ import annotations
 
 from .forward import Destination, parse_destination
@@ -12,5 +13,16 @@ from .node import Node, NodeConfig
 from .scp import ScpOptions, tls_context
 from .spool import Spool, SpoolBusy, SpoolFull, format_status, read_status
 
-__all__ = ["Node", "NodeConfig", "ScpOptions", "Destination", "parse_destination", "tls_context", "Spool",
-           "SpoolFull", "SpoolBusy", "read_status", "format_status"]
+__all__ = [
+    "Node",
+    "NodeConfig",
+    "ScpOptions",
+    "Destination",
+    "parse_destination",
+    "tls_context",
+    "Spool",
+    "SpoolFull",
+    "SpoolBusy",
+    "read_status",
+    "format_status",
+]

@@ -1,4 +1,5 @@
 """The ``cmrsdk serve`` command line: options, logging, ``--status``."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,19 +16,26 @@ __all__ = ["add_serve_parser", "run_serve"]
 
 def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "serve", help="DICOM node: receive series by C-STORE, segment them, send SEG and SR back",
+        "serve",
+        help="DICOM node: receive series by C-STORE, segment them, send SEG and SR back",
         description="Storage SCP (and C-ECHO). A series is complete after --series-timeout seconds without a new "
-                    "instance; short-axis cines are segmented one at a time, results written under --output and, "
-                    "with --forward, sent by C-STORE. The queue lives in the spool: after a crash, restart with the "
-                    "same --spool and everything received is finished and delivered once.")
+        "instance; short-axis cines are segmented one at a time, results written under --output and, "
+        "with --forward, sent by C-STORE. The queue lives in the spool: after a crash, restart with the "
+        "same --spool and everything received is finished and delivered once.",
+    )
     p.add_argument("--status", metavar="SPOOL", help="print the queue of the spool SPOOL and exit")
     p.add_argument("--port", type=int, help="TCP port to listen on (104 and 11112 are the usual DICOM ports)")
     p.add_argument("--spool", help="spool directory: received instances and the queue (SQLite)")
     p.add_argument("--output", help="results folder: one sub-folder per series, named by its SeriesInstanceUID")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--aet", default="CMRSDK", help="this node's AE title (default: CMRSDK)")
-    p.add_argument("--series-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="a series is complete after this many seconds without a new instance (default: 10)")
+    p.add_argument(
+        "--series-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a series is complete after this many seconds without a new instance (default: 10)",
+    )
     p.add_argument("--forward", metavar="AET@HOST:PORT", help="send the result DICOM files (SEG, SR) to this AE")
     p.add_argument("--allow", nargs="+", default=[], metavar="AET", help="calling AE titles accepted (default: any)")
     p.add_argument("--bundle", default=default_bundle, help="model bundle directory (default: the demo bundle)")
@@ -38,10 +46,18 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
     p.add_argument("--tls-ca", help="CA certificate (PEM): callers must present a certificate it signed")
     p.add_argument("--max-associations", type=int, default=8, help="associations at once (default: 8)")
     p.add_argument("--max-pdu", type=int, default=65536, help="largest PDU received, bytes (default: 65536; 0: any)")
-    p.add_argument("--max-spool-mb", type=float, default=None,
-                   help="refuse instances (status 0xA700) once the spool holds this many MB (default: no limit)")
-    p.add_argument("--min-free-mb", type=float, default=512.0,
-                   help="refuse instances (status 0xA700) when the spool's disk has less free (default: 512)")
+    p.add_argument(
+        "--max-spool-mb",
+        type=float,
+        default=None,
+        help="refuse instances (status 0xA700) once the spool holds this many MB (default: no limit)",
+    )
+    p.add_argument(
+        "--min-free-mb",
+        type=float,
+        default=512.0,
+        help="refuse instances (status 0xA700) when the spool's disk has less free (default: 512)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -53,8 +69,9 @@ def _check(args: argparse.Namespace) -> None:
     if not 0 <= args.port < 65536:
         raise InputError(f"--port value {args.port} is invalid; expected 0 to 65535")
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise InputError("--tls-cert and --tls-key go together; got only "
-                         f"{'--tls-cert' if args.tls_cert else '--tls-key'}")
+        raise InputError(
+            f"--tls-cert and --tls-key go together; got only {'--tls-cert' if args.tls_cert else '--tls-key'}"
+        )
     if args.tls_ca and not args.tls_cert:
         raise InputError("--tls-ca needs --tls-cert and --tls-key")
     if args.series_timeout <= 0:
@@ -85,21 +102,38 @@ def run_serve(args: argparse.Namespace) -> int:
     from .node import Node, NodeConfig
     from .scp import ScpOptions, tls_context
 
-    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
-                        format="%(asctime)s cmrsdk serve %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s cmrsdk serve %(levelname)s %(message)s",
+    )
     # pynetdicom logs every association and non-conformant UID, pydicom every vendor quirk in a header,
     # highdicom every copied module: the node's log is one line per series and what needs a person
     for noisy in ("pynetdicom", "pydicom", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"(pydicom|highdicom|pynetdicom)(\..*)?$")
     ssl_context = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
-    scp = ScpOptions(host=args.host, port=args.port, ae_title=args.aet.strip(), allow=tuple(a.strip() for a in args.allow),
-                     max_associations=args.max_associations, max_pdu=args.max_pdu, ssl_context=ssl_context)
-    config = NodeConfig(spool=Path(args.spool), output=Path(args.output), scp=scp, series_timeout_s=args.series_timeout,
-                        forward=parse_destination(args.forward) if args.forward else None, bundle=args.bundle,
-                        device=args.device, backend=args.backend,
-                        max_spool_bytes=int(args.max_spool_mb * 2**20) if args.max_spool_mb else None,
-                        min_free_bytes=int(args.min_free_mb * 2**20))
+    scp = ScpOptions(
+        host=args.host,
+        port=args.port,
+        ae_title=args.aet.strip(),
+        allow=tuple(a.strip() for a in args.allow),
+        max_associations=args.max_associations,
+        max_pdu=args.max_pdu,
+        ssl_context=ssl_context,
+    )
+    config = NodeConfig(
+        spool=Path(args.spool),
+        output=Path(args.output),
+        scp=scp,
+        series_timeout_s=args.series_timeout,
+        forward=parse_destination(args.forward) if args.forward else None,
+        bundle=args.bundle,
+        device=args.device,
+        backend=args.backend,
+        max_spool_bytes=int(args.max_spool_mb * 2**20) if args.max_spool_mb else None,
+        min_free_bytes=int(args.min_free_mb * 2**20),
+    )
     node = Node(config)
     node.install_signal_handlers()
     node.start()

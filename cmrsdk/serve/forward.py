@@ -1,4 +1,5 @@
 """Forwarding: results go to a remote AE by C-STORE, retried with back-off until acknowledged."""
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,10 @@ def parse_destination(text: str) -> Destination:
     """``AET@HOST:PORT`` -> :class:`Destination`."""
     match = _DESTINATION.match(text.strip())
     if not match or not 0 < int(match["port"]) < 65536:
-        raise InputError(f"--forward value '{text}' is invalid; expected AET@HOST:PORT, e.g. ORTHANC@pacs.local:4242 "
-                         "(AE title of 1 to 16 characters, port 1 to 65535)")
+        raise InputError(
+            f"--forward value '{text}' is invalid; expected AET@HOST:PORT, e.g. ORTHANC@pacs.local:4242 "
+            "(AE title of 1 to 16 characters, port 1 to 65535)"
+        )
     return Destination(match["aet"].strip(), match["host"], int(match["port"]))
 
 
@@ -63,10 +66,25 @@ class Forwarder(threading.Thread):
     deliveries survive a restart.
     """
 
-    def __init__(self, spool: Spool, destination: Destination, *, ae_title: str, stop: threading.Event,
-                 on_final: Callable[[str], None], backoff_cap_s: float = 60.0, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        destination: Destination,
+        *,
+        ae_title: str,
+        stop: threading.Event,
+        on_final: Callable[[str], None],
+        backoff_cap_s: float = 60.0,
+        timeout_s: float = 30.0,
+    ) -> None:
         super().__init__(name="cmrsdk-forwarder", daemon=True)
-        self.spool, self.destination, self.ae_title, self.stop, self.on_final = spool, destination, ae_title, stop, on_final
+        self.spool, self.destination, self.ae_title, self.stop, self.on_final = (
+            spool,
+            destination,
+            ae_title,
+            stop,
+            on_final,
+        )
         self.backoff_cap_s, self.timeout_s = backoff_cap_s, timeout_s
         self.wake = threading.Event()
 
@@ -101,10 +119,17 @@ class Forwarder(threading.Thread):
         assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
         if not assoc.is_established:
             for path, _, attempts in due:
-                self.spool.mark_delivery_failed(path, f"association with {self.destination} not established",
-                                                backoff_s(attempts + 1, cap_s=self.backoff_cap_s))
-            log.warning("forward to %s: association not established; %d result file(s) wait, next try in %.0f s",
-                        self.destination, len(due), backoff_s(due[0][2] + 1, cap_s=self.backoff_cap_s))
+                self.spool.mark_delivery_failed(
+                    path,
+                    f"association with {self.destination} not established",
+                    backoff_s(attempts + 1, cap_s=self.backoff_cap_s),
+                )
+            log.warning(
+                "forward to %s: association not established; %d result file(s) wait, next try in %.0f s",
+                self.destination,
+                len(due),
+                backoff_s(due[0][2] + 1, cap_s=self.backoff_cap_s),
+            )
             return
         try:
             for path, _, attempts in due:
@@ -124,8 +149,9 @@ class Forwarder(threading.Thread):
                             self.on_final(finished)
                         continue
                 self.spool.mark_delivery_failed(path, error, backoff_s(attempts + 1, cap_s=self.backoff_cap_s))
-                log.warning("forward to %s: %s refused (%s); retrying with back-off", self.destination,
-                            Path(path).name, error)
+                log.warning(
+                    "forward to %s: %s refused (%s); retrying with back-off", self.destination, Path(path).name, error
+                )
                 if not assoc.is_established:
                     break
         finally:

@@ -1,4 +1,5 @@
 """The node: SCP, worker and forwarder over one spool, started and stopped together."""
+
 from __future__ import annotations
 
 import logging
@@ -61,11 +62,27 @@ class Node:
         self.stop_event = threading.Event()
         self.spool = Spool(config.spool, max_bytes=config.max_spool_bytes, min_free_bytes=config.min_free_bytes)
         self.scp = StorageScp(self.spool, config.scp)
-        self.worker = Worker(self.spool, config.output, self._load_pipeline, series_timeout_s=config.series_timeout_s,
-                             forward=config.forward is not None, stop=self.stop_event, on_final=self._series_final)
-        self.forwarder = (Forwarder(self.spool, config.forward, ae_title=config.scp.ae_title, stop=self.stop_event,
-                                    on_final=self._series_final, backoff_cap_s=config.backoff_cap_s)
-                          if config.forward else None)
+        self.worker = Worker(
+            self.spool,
+            config.output,
+            self._load_pipeline,
+            series_timeout_s=config.series_timeout_s,
+            forward=config.forward is not None,
+            stop=self.stop_event,
+            on_final=self._series_final,
+        )
+        self.forwarder = (
+            Forwarder(
+                self.spool,
+                config.forward,
+                ae_title=config.scp.ae_title,
+                stop=self.stop_event,
+                on_final=self._series_final,
+                backoff_cap_s=config.backoff_cap_s,
+            )
+            if config.forward
+            else None
+        )
 
     def _load_pipeline(self) -> Any:
         from .. import DEMO_BUNDLE
@@ -76,8 +93,11 @@ class Node:
         t0 = time.perf_counter()
         pipeline = Pipeline(self.config.bundle or DEMO_BUNDLE, backend=self.config.backend, device=self.config.device)
         warm_up_writers()
-        log.info("ready: pipeline and writers loaded in %.1f s (%s)", time.perf_counter() - t0, ", ".join(
-            sorted(set(pipeline.provenance.get("backends", {}).values()))))
+        log.info(
+            "ready: pipeline and writers loaded in %.1f s (%s)",
+            time.perf_counter() - t0,
+            ", ".join(sorted(set(pipeline.provenance.get("backends", {}).values()))),
+        )
         return pipeline
 
     def _series_final(self, series_uid: str) -> None:
@@ -92,12 +112,20 @@ class Node:
         if self.forwarder:
             self.forwarder.start()
         o = self.config.scp
-        log.info("listening as %s on %s:%d%s; spool %s; output %s%s", o.ae_title, o.host, self.scp.port,
-                 " (TLS)" if o.ssl_context else "", self.config.spool, self.config.output,
-                 f"; forwarding to {self.config.forward}" if self.config.forward else "")
+        log.info(
+            "listening as %s on %s:%d%s; spool %s; output %s%s",
+            o.ae_title,
+            o.host,
+            self.scp.port,
+            " (TLS)" if o.ssl_context else "",
+            self.config.spool,
+            self.config.output,
+            f"; forwarding to {self.config.forward}" if self.config.forward else "",
+        )
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the node cleanly (the current write and segmentation finish)."""
+
         def handler(signum: int, _frame: Any) -> None:
             log.info("%s received: stopping after the current work", signal.Signals(signum).name)
             self.stop_event.set()

@@ -1,4 +1,5 @@
 """The Storage SCP (and Verification SCP): every instance is on disk before success is answered."""
+
 from __future__ import annotations
 
 import logging
@@ -27,9 +28,9 @@ class ScpOptions:
     host: str = "127.0.0.1"
     port: int = 11112
     ae_title: str = "CMRSDK"
-    allow: tuple[str, ...] = ()           # calling AE titles accepted; empty: any
+    allow: tuple[str, ...] = ()  # calling AE titles accepted; empty: any
     max_associations: int = 8
-    max_pdu: int = 65536                  # bytes; 0: unlimited
+    max_pdu: int = 65536  # bytes; 0: unlimited
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
 
 
@@ -68,10 +69,17 @@ class StorageScp:
         ae.require_calling_aet = list(self.options.allow)
         ae.supported_contexts = AllStoragePresentationContexts  # uncompressed syntaxes: the reader decodes these
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted),
-                    (evt.EVT_REJECTED, self._on_rejected)]
-        self._server = ae.start_server((self.options.host, self.options.port), block=False,
-                                       ssl_context=self.options.ssl_context, evt_handlers=handlers)
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self._server = ae.start_server(
+            (self.options.host, self.options.port),
+            block=False,
+            ssl_context=self.options.ssl_context,
+            evt_handlers=handlers,
+        )
 
     @property
     def port(self) -> int:
@@ -93,8 +101,9 @@ class StorageScp:
         log.debug("association accepted from %s (%s)", event.assoc.requestor.ae_title, event.assoc.requestor.address)
 
     def _on_rejected(self, event: Any) -> None:
-        log.warning("association rejected from AE '%s' at %s", event.assoc.requestor.ae_title,
-                    event.assoc.requestor.address)
+        log.warning(
+            "association rejected from AE '%s' at %s", event.assoc.requestor.ae_title, event.assoc.requestor.address
+        )
 
     def _on_store(self, event: Any) -> int:
         with self._idle:
@@ -117,8 +126,9 @@ class StorageScp:
             log.warning("C-STORE %s: no SeriesInstanceUID (0020,000E): refused", sop_uid)
             return STATUS_CANNOT_UNDERSTAND
         try:
-            outcome = self.spool.store_instance(series_uid, sop_uid, event.encoded_dataset(),
-                                                calling_ae=str(event.assoc.requestor.ae_title))
+            outcome = self.spool.store_instance(
+                series_uid, sop_uid, event.encoded_dataset(), calling_ae=str(event.assoc.requestor.ae_title)
+            )
         except SpoolFull as exc:
             outcome = "refused"
             log.warning("C-STORE refused, out of resources (0xA700): %s", exc)

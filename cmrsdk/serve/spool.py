@@ -17,6 +17,7 @@ from which :meth:`Spool.recover` and the worker finish the work: ``processing`` 
 by the peer but killed before its row was committed is sent again after restart: it is the same
 file with the same SOP Instance UID, so the PACS stores it once.
 """
+
 from __future__ import annotations
 
 import errno
@@ -152,8 +153,10 @@ class Spool:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self._lock_file.close()
-            raise SpoolBusy(f"spool {self.directory} is in use by another cmrsdk serve process (lock held on "
-                            f"{self.directory / 'lock'})") from exc
+            raise SpoolBusy(
+                f"spool {self.directory} is in use by another cmrsdk serve process (lock held on "
+                f"{self.directory / 'lock'})"
+            ) from exc
         self._db = sqlite3.connect(str(self.directory / "queue.sqlite"), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss, not just kill -9
@@ -172,8 +175,9 @@ class Spool:
         association fail and need the time to send the rest again.
         """
         with self._lock:
-            requeued = self._db.execute("UPDATE series SET state = 'queued', started_at = NULL "
-                                        "WHERE state = 'processing'").rowcount
+            requeued = self._db.execute(
+                "UPDATE series SET state = 'queued', started_at = NULL WHERE state = 'processing'"
+            ).rowcount
             self._db.execute("UPDATE series SET resumed_at = ? WHERE state = 'receiving'", (time.time(),))
         removed = 0
         for tmp in (self.directory / "instances").glob("*/.*.tmp"):
@@ -218,8 +222,11 @@ class Spool:
         if state not in (None, "receiving", "queued"):
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at, purged) "
-                                 "VALUES (?, ?, '', 0, ?, 1)", (sop_uid, series_uid, now))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at, purged) "
+                    "VALUES (?, ?, '', 0, ?, 1)",
+                    (sop_uid, series_uid, now),
+                )
                 self._db.execute("UPDATE series SET n_late = n_late + 1 WHERE series_uid = ?", (series_uid,))
                 self._db.execute("COMMIT")
             return "late"
@@ -246,7 +253,8 @@ class Spool:
             self._db.execute("BEGIN IMMEDIATE")
             inserted = self._db.execute(
                 "INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at) VALUES (?, ?, ?, ?, ?)",
-                (sop_uid, series_uid, str(target.relative_to(self.directory)), len(data), now)).rowcount
+                (sop_uid, series_uid, str(target.relative_to(self.directory)), len(data), now),
+            ).rowcount
             if not inserted:  # the same instance on two associations at once: the other one won
                 self._db.execute("COMMIT")
                 self._bytes -= len(data)
@@ -256,7 +264,8 @@ class Spool:
                 "INSERT INTO series (series_uid, state, n_instances, calling_ae, first_instance_at, last_instance_at) "
                 "VALUES (?, 'receiving', 1, ?, ?, ?) ON CONFLICT (series_uid) DO UPDATE SET state = 'receiving', "
                 "n_instances = n_instances + 1, last_instance_at = excluded.last_instance_at, queued_at = NULL",
-                (series_uid, calling_ae, now, now))
+                (series_uid, calling_ae, now, now),
+            )
             self._db.execute("COMMIT")
         return "stored"
 
@@ -265,13 +274,17 @@ class Spool:
             if self._closed:
                 raise SpoolFull(f"spool {self.directory} is closing: the node is stopping")
             if self.max_bytes is not None and self._bytes + size > self.max_bytes:
-                raise SpoolFull(f"spool {self.directory} holds {self._bytes} bytes; {size} more would exceed "
-                                f"its limit of {self.max_bytes} bytes (--max-spool-mb)")
+                raise SpoolFull(
+                    f"spool {self.directory} holds {self._bytes} bytes; {size} more would exceed "
+                    f"its limit of {self.max_bytes} bytes (--max-spool-mb)"
+                )
             if self.min_free_bytes:
                 free = os_free_bytes(self.directory)
                 if free - size < self.min_free_bytes:
-                    raise SpoolFull(f"spool {self.directory}: {free} bytes free on its disk, under the "
-                                    f"{self.min_free_bytes} bytes kept free (--min-free-mb)")
+                    raise SpoolFull(
+                        f"spool {self.directory}: {free} bytes free on its disk, under the "
+                        f"{self.min_free_bytes} bytes kept free (--min-free-mb)"
+                    )
             self._bytes += size
 
     @property
@@ -285,15 +298,26 @@ class Spool:
         """Series still receiving whose last instance arrived ``timeout_s`` or more ago, oldest first."""
         now = time.time() if now is None else now
         with self._lock:
-            rows = self._db.execute("SELECT series_uid FROM series WHERE state = 'receiving' AND "
-                                    f"{_QUIET_SINCE} <= ? ORDER BY last_instance_at", (now - timeout_s,)).fetchall()
+            rows = self._db.execute(
+                "SELECT series_uid FROM series WHERE state = 'receiving' AND "
+                f"{_QUIET_SINCE} <= ? ORDER BY last_instance_at",
+                (now - timeout_s,),
+            ).fetchall()
         return [r[0] for r in rows]
 
     def series_folder(self, series_uid: str) -> Path:
         return self.directory / "instances" / uid_file_name(series_uid)
 
-    def mark_complete(self, series_uid: str, *, queue: bool, phases: int | None, slices: int | None,
-                      reason: str | None, quiet_since: float) -> bool:
+    def mark_complete(
+        self,
+        series_uid: str,
+        *,
+        queue: bool,
+        phases: int | None,
+        slices: int | None,
+        reason: str | None,
+        quiet_since: float,
+    ) -> bool:
         """Queue a quiet series (or set it aside with ``reason``); False when an instance came meanwhile."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -301,8 +325,18 @@ class Spool:
                 "UPDATE series SET state = ?, queued_at = ?, phases = ?, slices = ?, reason = ?, "
                 "finished_at = CASE WHEN ? THEN NULL ELSE ? END "
                 f"WHERE series_uid = ? AND state = 'receiving' AND {_QUIET_SINCE} <= ?",
-                ("queued" if queue else "set_aside", time.time(), phases, slices, reason, queue, time.time(),
-                 series_uid, quiet_since)).rowcount
+                (
+                    "queued" if queue else "set_aside",
+                    time.time(),
+                    phases,
+                    slices,
+                    reason,
+                    queue,
+                    time.time(),
+                    series_uid,
+                    quiet_since,
+                ),
+            ).rowcount
             self._db.execute("COMMIT")
         return bool(changed)
 
@@ -310,11 +344,13 @@ class Spool:
         """Move the oldest queued series to ``processing`` and return it (None when the queue is empty)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("SELECT series_uid FROM series WHERE state = 'queued' ORDER BY queued_at, rowid "
-                                   "LIMIT 1").fetchone()
+            row = self._db.execute(
+                "SELECT series_uid FROM series WHERE state = 'queued' ORDER BY queued_at, rowid LIMIT 1"
+            ).fetchone()
             if row:
-                self._db.execute("UPDATE series SET state = 'processing', started_at = ? WHERE series_uid = ?",
-                                 (time.time(), row[0]))
+                self._db.execute(
+                    "UPDATE series SET state = 'processing', started_at = ? WHERE series_uid = ?", (time.time(), row[0])
+                )
             self._db.execute("COMMIT")
         return row[0] if row else None
 
@@ -325,27 +361,36 @@ class Spool:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             for path in deliveries:
-                self._db.execute("INSERT OR IGNORE INTO deliveries (path, series_uid, state) VALUES (?, ?, 'pending')",
-                                 (str(path), series_uid))
-            self._db.execute("UPDATE series SET state = ?, result_at = ?, output = ?, finished_at = ? "
-                             "WHERE series_uid = ?", (state, now, str(output), None if deliveries else now, series_uid))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO deliveries (path, series_uid, state) VALUES (?, ?, 'pending')",
+                    (str(path), series_uid),
+                )
+            self._db.execute(
+                "UPDATE series SET state = ?, result_at = ?, output = ?, finished_at = ? WHERE series_uid = ?",
+                (state, now, str(output), None if deliveries else now, series_uid),
+            )
             self._db.execute("COMMIT")
         return state
 
     def mark_failed(self, series_uid: str, reason: str) -> None:
         with self._lock:
-            self._db.execute("UPDATE series SET state = 'failed', reason = ?, finished_at = ? WHERE series_uid = ?",
-                             (reason, time.time(), series_uid))
+            self._db.execute(
+                "UPDATE series SET state = 'failed', reason = ?, finished_at = ? WHERE series_uid = ?",
+                (reason, time.time(), series_uid),
+            )
 
     def set_shape(self, series_uid: str, phases: int, slices: int) -> None:
         with self._lock:
-            self._db.execute("UPDATE series SET phases = ?, slices = ? WHERE series_uid = ?", (phases, slices, series_uid))
+            self._db.execute(
+                "UPDATE series SET phases = ?, slices = ? WHERE series_uid = ?", (phases, slices, series_uid)
+            )
 
     def purge_instances(self, series_uid: str) -> int:
         """Delete a finished series' instance files (its rows stay, so a resend is recognised); returns bytes freed."""
         with self._lock:
-            rows = self._db.execute("SELECT path, bytes FROM instances WHERE series_uid = ? AND purged = 0",
-                                    (series_uid,)).fetchall()
+            rows = self._db.execute(
+                "SELECT path, bytes FROM instances WHERE series_uid = ? AND purged = 0", (series_uid,)
+            ).fetchall()
         for path, _ in rows:
             (self.directory / path).unlink(missing_ok=True)
         folder = self.series_folder(series_uid)
@@ -362,9 +407,14 @@ class Spool:
         """(path, series_uid, attempts) of pending deliveries whose back-off has passed, oldest series first."""
         now = time.time() if now is None else now
         with self._lock:
-            return [tuple(r) for r in self._db.execute(
-                "SELECT d.path, d.series_uid, d.attempts FROM deliveries d JOIN series s USING (series_uid) "
-                "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY s.result_at, d.path", (now,))]
+            return [
+                tuple(r)
+                for r in self._db.execute(
+                    "SELECT d.path, d.series_uid, d.attempts FROM deliveries d JOIN series s USING (series_uid) "
+                    "WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY s.result_at, d.path",
+                    (now,),
+                )
+            ]
 
     def next_delivery_at(self) -> float | None:
         with self._lock:
@@ -375,23 +425,32 @@ class Spool:
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("UPDATE deliveries SET state = 'sent', sent_at = ?, attempts = attempts + 1 "
-                                   "WHERE path = ? AND state = 'pending' RETURNING series_uid", (now, path)).fetchone()
+            row = self._db.execute(
+                "UPDATE deliveries SET state = 'sent', sent_at = ?, attempts = attempts + 1 "
+                "WHERE path = ? AND state = 'pending' RETURNING series_uid",
+                (now, path),
+            ).fetchone()
             finished = None
             if row:
-                left = self._db.execute("SELECT COUNT(*) FROM deliveries WHERE series_uid = ? AND state = 'pending'",
-                                        (row[0],)).fetchone()[0]
+                left = self._db.execute(
+                    "SELECT COUNT(*) FROM deliveries WHERE series_uid = ? AND state = 'pending'", (row[0],)
+                ).fetchone()[0]
                 if not left:
-                    self._db.execute("UPDATE series SET state = 'done', finished_at = ? WHERE series_uid = ? "
-                                     "AND state = 'forwarding'", (now, row[0]))
+                    self._db.execute(
+                        "UPDATE series SET state = 'done', finished_at = ? WHERE series_uid = ? "
+                        "AND state = 'forwarding'",
+                        (now, row[0]),
+                    )
                     finished = row[0]
             self._db.execute("COMMIT")
         return finished
 
     def mark_delivery_failed(self, path: str, error: str, retry_in_s: float) -> None:
         with self._lock:
-            self._db.execute("UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? "
-                             "WHERE path = ?", (time.time() + retry_in_s, error[:500], path))
+            self._db.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE path = ?",
+                (time.time() + retry_in_s, error[:500], path),
+            )
 
     # ---- reading ----------------------------------------------------------------------------
     def series(self, series_uid: str) -> SeriesRow | None:
@@ -401,13 +460,16 @@ class Spool:
 
     def all_series(self) -> list[SeriesRow]:
         with self._lock:
-            return [SeriesRow(*r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM series ORDER BY first_instance_at")]
+            return [
+                SeriesRow(*r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM series ORDER BY first_instance_at")
+            ]
 
     def delivery_counts(self, series_uid: str) -> tuple[int, int]:
         """(sent, total) deliveries of a series."""
         with self._lock:
-            sent, total = self._db.execute("SELECT COALESCE(SUM(state = 'sent'), 0), COUNT(*) FROM deliveries "
-                                           "WHERE series_uid = ?", (series_uid,)).fetchone()
+            sent, total = self._db.execute(
+                "SELECT COALESCE(SUM(state = 'sent'), 0), COUNT(*) FROM deliveries WHERE series_uid = ?", (series_uid,)
+            ).fetchone()
         return int(sent), int(total)
 
 
@@ -427,8 +489,12 @@ def read_status(directory: str | Path) -> tuple[list[SeriesRow], dict[str, tuple
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = [SeriesRow(*r) for r in db.execute(f"SELECT {_COLUMNS} FROM series ORDER BY first_instance_at")]
-        deliveries = {uid: (int(sent), int(total)) for uid, sent, total in db.execute(
-            "SELECT series_uid, SUM(state = 'sent'), COUNT(*) FROM deliveries GROUP BY series_uid")}
+        deliveries = {
+            uid: (int(sent), int(total))
+            for uid, sent, total in db.execute(
+                "SELECT series_uid, SUM(state = 'sent'), COUNT(*) FROM deliveries GROUP BY series_uid"
+            )
+        }
     finally:
         db.close()
     return rows, deliveries
@@ -443,7 +509,9 @@ def format_status(rows: list[SeriesRow], deliveries: dict[str, tuple[int, int]])
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.last_instance_at)) if r.last_instance_at else "-"
         extra = f"  ({r.reason})" if r.reason else ""
         late = f" +{r.n_late} late" if r.n_late else ""
-        yield (f"{r.state:<11} {r.n_instances:>9} {shape:>15} {f'{sent}/{total}':>9}  {last:<19}  "
-               f"{r.series_uid}{late}{extra}")
+        yield (
+            f"{r.state:<11} {r.n_instances:>9} {shape:>15} {f'{sent}/{total}':>9}  {last:<19}  "
+            f"{r.series_uid}{late}{extra}"
+        )
     counts = {s: sum(r.state == s for r in rows) for s in STATES}
     yield "total: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if rows else "total: no series"

@@ -4,6 +4,7 @@ One thread, one :class:`cmrsdk.Pipeline` loaded once. Results are written into a
 folder beside the final one and renamed into place, so an output folder either holds a whole
 result or does not exist; a series killed mid-segmentation is segmented again after restart.
 """
+
 from __future__ import annotations
 
 import logging
@@ -113,8 +114,18 @@ class Worker(threading.Thread):
     on_final : called with the series UID when a series reaches a final state (for the log line).
     """
 
-    def __init__(self, spool: Spool, output: Path, load_pipeline: Callable[[], Any], *, series_timeout_s: float,
-                 forward: bool, stop: threading.Event, on_final: Callable[[str], None], poll_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        output: Path,
+        load_pipeline: Callable[[], Any],
+        *,
+        series_timeout_s: float,
+        forward: bool,
+        stop: threading.Event,
+        on_final: Callable[[str], None],
+        poll_s: float = 0.25,
+    ) -> None:
         super().__init__(name="cmrsdk-worker", daemon=True)
         self.spool, self.output, self.load_pipeline = spool, Path(output), load_pipeline
         self.series_timeout_s, self.forward, self.stop, self.on_final = series_timeout_s, forward, stop, on_final
@@ -151,8 +162,14 @@ class Worker(threading.Thread):
                 verdict = judge_series(self.spool.series_folder(series_uid))
             except Exception as exc:  # one sender's odd series must not stop the node
                 verdict = SeriesVerdict(False, f"cannot be judged ({type(exc).__name__}: {exc})", None, None)
-            if self.spool.mark_complete(series_uid, queue=verdict.queue, phases=verdict.phases, slices=verdict.slices,
-                                        reason=verdict.reason, quiet_since=now - self.series_timeout_s):
+            if self.spool.mark_complete(
+                series_uid,
+                queue=verdict.queue,
+                phases=verdict.phases,
+                slices=verdict.slices,
+                reason=verdict.reason,
+                quiet_since=now - self.series_timeout_s,
+            ):
                 if not verdict.queue:
                     self.spool.purge_instances(series_uid)
                     self.on_final(series_uid)

@@ -8,6 +8,7 @@ models, (N, C) for classifiers. Softmax is not part of these models; the exporte
 >>> sorted(list_models())[:3]
 ['alexnet', 'densenet121', 'mobilenet_v2']
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -21,8 +22,17 @@ from .classifiers import alexnet, densenet121, mobilenet_v2, resnet18, shufflene
 from .unet import UNet, unet
 
 __all__ = [
-    "get_model", "list_models", "UNet", "unet",
-    "alexnet", "densenet121", "mobilenet_v2", "resnet18", "shufflenet_v2", "squeezenet", "vgg11_bn",
+    "get_model",
+    "list_models",
+    "UNet",
+    "unet",
+    "alexnet",
+    "densenet121",
+    "mobilenet_v2",
+    "resnet18",
+    "shufflenet_v2",
+    "squeezenet",
+    "vgg11_bn",
 ]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {

@@ -8,6 +8,7 @@ Every classifier is wrapped in :class:`SliceClassifier`, which can resize its in
 fixed ``input_size`` first (bilinear), so the pipeline feeds the classifier the very
 (N, 1, H, W) window it feeds the U-Nets while the classifier runs at a lower, cheaper size.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,17 +21,33 @@ from torch import nn
 from cmrsdk.errors import InputError
 
 __all__ = [
-    "CLASSIFIERS", "SliceClassifier",
-    "alexnet", "densenet121", "mobilenet_v2", "resnet18", "shufflenet_v2", "squeezenet", "vgg11_bn",
+    "CLASSIFIERS",
+    "SliceClassifier",
+    "alexnet",
+    "densenet121",
+    "mobilenet_v2",
+    "resnet18",
+    "shufflenet_v2",
+    "squeezenet",
+    "vgg11_bn",
 ]
 
 #: the registry names of the seven classifier builders, in the paper's order.
 CLASSIFIERS: tuple[str, ...] = (
-    "alexnet", "densenet121", "mobilenet_v2", "resnet18", "shufflenet_v2", "squeezenet", "vgg11_bn",
+    "alexnet",
+    "densenet121",
+    "mobilenet_v2",
+    "resnet18",
+    "shufflenet_v2",
+    "squeezenet",
+    "vgg11_bn",
 )
 
 _SHUFFLENET_WIDTHS: dict[float, Callable[..., nn.Module]] = {
-    0.5: tvm.shufflenet_v2_x0_5, 1.0: tvm.shufflenet_v2_x1_0, 1.5: tvm.shufflenet_v2_x1_5, 2.0: tvm.shufflenet_v2_x2_0,
+    0.5: tvm.shufflenet_v2_x0_5,
+    1.0: tvm.shufflenet_v2_x1_0,
+    1.5: tvm.shufflenet_v2_x1_5,
+    2.0: tvm.shufflenet_v2_x2_0,
 }
 
 
@@ -61,16 +78,24 @@ def _replace_first_conv(net: nn.Module, in_channels: int) -> nn.Module:
     for parent in net.modules():
         for name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
-                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-                                 padding=child.padding, dilation=child.dilation, groups=1,
-                                 bias=child.bias is not None)
+                conv = nn.Conv2d(
+                    in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    stride=child.stride,
+                    padding=child.padding,
+                    dilation=child.dilation,
+                    groups=1,
+                    bias=child.bias is not None,
+                )
                 setattr(parent, name, conv)
                 return net
     raise InputError(f"network {type(net).__name__} has no Conv2d to adapt")  # pragma: no cover
 
 
-def _build(factory: Callable[..., nn.Module], in_channels: int, num_classes: int, input_size: int | None,
-           **kwargs: object) -> SliceClassifier:
+def _build(
+    factory: Callable[..., nn.Module], in_channels: int, num_classes: int, input_size: int | None, **kwargs: object
+) -> SliceClassifier:
     for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
         if not isinstance(value, int) or value < 1:
             raise InputError(f"'{name}' must be a positive int, got {value!r}")
@@ -90,8 +115,9 @@ def densenet121(*, in_channels: int = 1, num_classes: int = 4, input_size: int |
     return _build(tvm.densenet121, in_channels, num_classes, input_size)
 
 
-def mobilenet_v2(*, in_channels: int = 1, num_classes: int = 4, input_size: int | None = None,
-                 width: float = 1.0) -> SliceClassifier:
+def mobilenet_v2(
+    *, in_channels: int = 1, num_classes: int = 4, input_size: int | None = None, width: float = 1.0
+) -> SliceClassifier:
     """MobileNetV2 (Sandler et al., 2018); ``width`` is torchvision's ``width_mult``."""
     if not width > 0:
         raise InputError(f"'width' must be a positive multiplier, got {width!r}")
@@ -103,8 +129,9 @@ def resnet18(*, in_channels: int = 1, num_classes: int = 4, input_size: int | No
     return _build(tvm.resnet18, in_channels, num_classes, input_size)
 
 
-def shufflenet_v2(*, in_channels: int = 1, num_classes: int = 4, input_size: int | None = None,
-                  width: float = 1.0) -> SliceClassifier:
+def shufflenet_v2(
+    *, in_channels: int = 1, num_classes: int = 4, input_size: int | None = None, width: float = 1.0
+) -> SliceClassifier:
     """ShuffleNet V2 (Ma et al., 2018) at width 0.5, 1.0, 1.5 or 2.0."""
     if width not in _SHUFFLENET_WIDTHS:
         raise InputError(f"'width' of shufflenet_v2 must be one of {sorted(_SHUFFLENET_WIDTHS)}, got {width!r}")

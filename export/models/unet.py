@@ -8,6 +8,7 @@ the lowest) exist when ``deep_supervision=True``; they are used only by
 :meth:`UNet.forward_all` during training, never by :meth:`UNet.forward`, so an exported
 model (traced or scripted ``forward``) carries the heads' weights but never runs them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -27,8 +28,14 @@ class _Stage(nn.Sequential):
         layers: list[nn.Module] = []
         for i in range(2):
             layers += [
-                nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3,
-                          stride=stride if i == 0 else 1, padding=1, bias=True),
+                nn.Conv2d(
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    3,
+                    stride=stride if i == 0 else 1,
+                    padding=1,
+                    bias=True,
+                ),
                 nn.InstanceNorm2d(out_channels, eps=1e-5, affine=True),
                 nn.LeakyReLU(0.01, inplace=True),
             ]
@@ -47,8 +54,7 @@ class UNet(nn.Module):
     deep_supervision : create the deep-supervision heads used by :meth:`forward_all`.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, features: Sequence[int],
-                 deep_supervision: bool) -> None:
+    def __init__(self, in_channels: int, num_classes: int, features: Sequence[int], deep_supervision: bool) -> None:
         super().__init__()
         self.features = tuple(int(f) for f in features)
         self.deep_supervision = bool(deep_supervision)
@@ -65,9 +71,11 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(decoder)
         self.head = nn.Conv2d(self.features[0], num_classes, 1)
         # heads for the lower decoder outputs, in forward_all's order (half resolution first)
-        self.aux_heads = nn.ModuleList(
-            nn.Conv2d(f, num_classes, 1) for f in self.features[1:-1]
-        ) if self.deep_supervision else nn.ModuleList()
+        self.aux_heads = (
+            nn.ModuleList(nn.Conv2d(f, num_classes, 1) for f in self.features[1:-1])
+            if self.deep_supervision
+            else nn.ModuleList()
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -113,8 +121,13 @@ class UNet(nn.Module):
         return outputs
 
 
-def unet(*, in_channels: int = 1, num_classes: int = 4, features: Sequence[int] = (16, 32, 64, 128, 256),
-         deep_supervision: bool = False) -> UNet:
+def unet(
+    *,
+    in_channels: int = 1,
+    num_classes: int = 4,
+    features: Sequence[int] = (16, 32, 64, 128, 256),
+    deep_supervision: bool = False,
+) -> UNet:
     """Build an nnU-Net-style 2D U-Net (see :class:`UNet`).
 
     Raises
