@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import CmrError
 from .discover import StudySource
@@ -38,7 +38,7 @@ class PipelineSpec:
     device: str = "cpu"
     mode: str = "routed"
     largest_component: bool = True
-    heart_crop: tuple[int, int] | None | str = "bundle"
+    heart_crop: tuple[int, int] | None | Literal["bundle"] = "bundle"
     region_decoding: str = "monotone"
     overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
