@@ -3,7 +3,8 @@
 Rows, all measured in this one process with the same thread count:
 
 - ``cmrsdk <backend> <mode>``: `cmrsdk.Pipeline.segment_study` on each ED+ES pair, per stage;
-  ``int8`` rows where the bundle has int8 artifacts (``python -m export.quantize``), ``aoti``
+  ``int8`` rows where the bundle has int8 artifacts (``python -m export.quantize``), ``bf16``
+  rows (TorchScript cast at load) where the CPU has AVX512-BF16 or AMX, ``aoti``
   rows where it has AOTInductor packages (``python -m export.aoti``); every variant takes its
   turn within each repeat, so all of them see the same machine load;
 - ``reference``: the same pipeline as a typical research script writes it: scipy.ndimage.zoom
@@ -42,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from cmrsdk.bundle import load_bundle  # noqa: E402
 from cmrsdk.cli import DEMO_BUNDLE  # noqa: E402
 from cmrsdk.engines import backend_missing  # noqa: E402
-from cmrsdk.engines.torchscript import quiet_torchscript  # noqa: E402
+from cmrsdk.engines.torchscript import cpu_bf16_missing, quiet_torchscript  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.regions import slice_regions  # noqa: E402
@@ -273,6 +274,9 @@ def main() -> int:
         variants += [(backends[0], m, None, "fp32") for m in modes]
     if "onnx" in backends and any("onnx-int8" in m.artifacts for m in bundle.models.values()):
         variants[len(modes) : len(modes)] = [("onnx", m, crop_default, "int8") for m in modes]
+    if "torchscript" in backends and cpu_bf16_missing() is None:
+        # bf16: the TorchScript archives cast at load, on a CPU with AVX512-BF16 or AMX
+        variants[len(modes) : len(modes)] = [("torchscript", m, crop_default, "bf16") for m in modes]
     if any(b != "onnx" for b in backends):
         import torch
 
@@ -309,7 +313,7 @@ def main() -> int:
             spent.append((time.perf_counter() - t) * 1000.0)
     for (backend, mode, crop, precision), stages, spent in zip(variants, stage_times, times):
         row = {
-            "name": f"cmrsdk {backend}{' int8' if precision == 'int8' else ''} {mode}"
+            "name": f"cmrsdk {backend}{'' if precision == 'fp32' else ' ' + precision} {mode}"
             + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window"),
             "ms_per_pair": statistics.median(spent) / len(pairs),
             "stages_ms": {k: statistics.median(v) for k, v in stages.items()},

@@ -57,7 +57,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine
-from .engines.base import check_device
+from .engines.base import PRECISIONS, check_device
 from .errors import BackendUnavailableError, BundleError, InputError
 
 __all__ = [
@@ -90,10 +90,11 @@ ARTIFACT_KEYS: dict[str, tuple[str, str]] = {
     "tensorrt-fp16": ("tensorrt", "fp16"),
 }
 #: (backend, precision) -> artifact key: what `Bundle.select_artifact` looks for. TorchScript in
-#: fp16 is the fp32 archive cast at load (CUDA only); int8 is ONNX Runtime's alone.
+#: fp16 (CUDA) and bf16 (CPU) is the fp32 archive cast at load; int8 is ONNX Runtime's alone.
 _KEY_OF: dict[tuple[str, str], str] = {
     ("torchscript", "fp32"): "torchscript",
     ("torchscript", "fp16"): "torchscript",
+    ("torchscript", "bf16"): "torchscript",
     ("onnx", "fp32"): "onnx",
     ("onnx", "int8"): "onnx-int8",
     ("aoti", "fp32"): "aoti",
@@ -384,8 +385,9 @@ class Bundle:
         backend : "auto", "torchscript", "onnx" or "tensorrt".
         device : "cpu" or "cuda".
         fp16 : the same as ``precision="fp16"`` (kept for callers written before ``precision``).
-        precision : "fp32", "fp16" (TorchScript cast at load or TensorRT's fp16 artifact, CUDA)
-            or "int8" (the "onnx-int8" artifact, added by ``python -m export.quantize``).
+        precision : "fp32", "fp16" (TorchScript cast at load or TensorRT's fp16 artifact, CUDA),
+            "bf16" (TorchScript cast at load, a CPU with native bf16) or "int8" (the "onnx-int8"
+            artifact, added by ``python -m export.quantize``).
         shapes : (H, W) input sizes in pixels the engine must run; an artifact that cannot
             run one of them (its ``input_hw``, see the module docstring) is passed over.
 
@@ -404,13 +406,15 @@ class Bundle:
             )
         if backend != "auto" and backend not in BACKENDS:
             raise InputError(f"'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
-        if precision not in ("fp32", "fp16", "int8"):
-            raise InputError(f"'precision' must be 'fp32', 'fp16' or 'int8', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"'precision' must be one of {PRECISIONS}, got {precision!r}")
         if fp16 and precision not in ("fp32", "fp16"):
             raise InputError(f"'fp16' asks for half precision but 'precision' is {precision!r}: give one of them")
         precision = "fp16" if fp16 else precision
         if precision == "fp16" and backend == "onnx":
             raise InputError("'fp16' is not offered by the 'onnx' backend; use 'torchscript' or 'tensorrt' on 'cuda'")
+        if precision == "bf16" and device != "cpu":
+            raise InputError("'bf16' is offered on device 'cpu' only (TorchScript); on 'cuda' use 'fp16'")
         model = self.models[model_name]
         order = AUTO_ORDER[device] if backend == "auto" else (backend,)
         reasons = []
@@ -463,7 +467,7 @@ class Bundle:
         backend : "auto", "torchscript", "onnx" or "tensorrt".
         device : "cpu" or "cuda".
         fp16 : half precision, the same as ``precision="fp16"``.
-        precision : "fp32", "fp16" or "int8" (see `select_artifact`).
+        precision : "fp32", "fp16", "bf16" or "int8" (see `select_artifact`).
         shapes : (H, W) sizes the engine must run (see `select_artifact`).
         **options : passed to the engine (see `cmrsdk.engines.create_engine`).
 
@@ -476,6 +480,8 @@ class Bundle:
         artifact = self.select_artifact(model_name, backend, device, fp16=fp16, precision=precision, shapes=shapes)
         if artifact.backend == "torchscript" and (fp16 or precision == "fp16"):
             options["fp16"] = True  # the fp32 archive, cast at load
+        if artifact.backend == "torchscript" and precision == "bf16":
+            options["bf16"] = True
         if artifact.backend == "tensorrt" or artifact.precision == "int8":
             options["precision"] = artifact.precision
         max_batch = self.models[model_name].record.get("tensorrt_max_batch")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, cast
@@ -36,7 +37,7 @@ import numpy as np
 
 from . import preprocess
 from .bundle import Bundle, load_bundle
-from .errors import InputError
+from .errors import CmrWarning, InputError
 from .heart import crop_to_heart, locate_heart
 from .labels import NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
@@ -166,8 +167,12 @@ class Pipeline:
         configuration, the one whose Dice change against fp32 ``python -m export.quantize``
         measured and recorded in the manifest: the models that have an "onnx-int8" artifact in
         int8, the others (the region classifier, by default) in fp32; a bundle with no int8
-        artifact is refused. "fp16" applies to every model. Never chosen behind the caller's
-        back: "auto" picks the backend, not the arithmetic.
+        artifact is refused. "fp16" applies to every model. "bf16" (CPUs with AVX512-BF16 or
+        AMX) runs every model's TorchScript archive cast to bfloat16, for a bundle whose
+        manifest should record a passed bf16 Dice check (``python -m export.quantize BUNDLE
+        --precision bf16``; without one a `CmrWarning` says so); the fastest
+        CPU path (benchmarks/README.md). Never chosen behind
+        the caller's back: "auto" picks the backend, not the arithmetic.
 
     The object holds no per-call state: one pipeline may serve several threads at once.
     """
@@ -246,6 +251,15 @@ class Pipeline:
         # artifact that cannot run them all (a TensorRT engine built for one size) is passed over.
         full = (int(self._pre.size[0]), int(self._pre.size[1]))
         unet_shapes = [full] if crop is None else [full, crop]
+        if precision == "bf16" and not ((self.bundle.manifest.get("quantization") or {}).get("bf16") or {}).get(
+            "passed"
+        ):
+            warnings.warn(
+                f"bundle {self.bundle.path} records no bf16 Dice check: its masks in bf16 are unmeasured; "
+                f"measure and record it with: python -m export.quantize {self.bundle.path} --precision bf16",
+                CmrWarning,
+                stacklevel=2,
+            )
         int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
         if precision == "int8" and not int8:
             raise InputError(

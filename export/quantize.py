@@ -1,10 +1,16 @@
-"""Add int8 artifacts to an existing bundle: ONNX Runtime static quantization, checked by Dice.
+"""Add int8 artifacts to an existing bundle (ONNX Runtime static quantization), or check bf16; both by Dice.
 
 Command line::
 
     python -m export.quantize BUNDLE_DIR [--calibration-slices 32] [--cache cache/acdc_224]
         [--acdc ../shared/data/acdc] [--check-studies patient005 patient010 ...]
         [--models baseline base ...] [--method minmax] [--max-dice-drop 0.5] [--threads 2]
+    python -m export.quantize BUNDLE_DIR --precision bf16 [--check-studies ...] [--threads 2]
+
+With ``--precision bf16`` no file is written: the bundle's pipeline runs on the TorchScript
+archives cast to bfloat16 at load and in fp32, the Dice change is measured as in step 4 below
+and recorded as the manifest's ``quantization.bf16`` (`check_bf16`); `cmrsdk.Pipeline` runs
+bf16 only on a bundle holding a passed record.
 
 For each model with an "onnx" artifact this writes ``<model>.int8.onnx`` (artifact key
 "onnx-int8") beside it:
@@ -51,6 +57,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from cmrsdk.bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
-from cmrsdk.errors import BundleError, CmrError, InputError
+from cmrsdk.errors import BundleError, CmrError, CmrWarning, InputError
 from cmrsdk.labels import APEX, BASE, LABEL_NAMES, MIDDLE, STRUCTURES
 from cmrsdk.types import Study
 
@@ -76,6 +83,7 @@ __all__ = [
     "int8_parity",
     "dice_deltas",
     "quantize_bundle",
+    "check_bf16",
     "main",
 ]
 
@@ -677,7 +685,7 @@ def quantize_bundle(
                 f"int8 lowers the mean slice Dice by {dice['worst_drop']:.2f} points in some region "
                 f"and label, more than the {max_dice_drop} allowed; the bundle {root} is unchanged"
             )
-        manifest["quantization"] = {"int8": dice}
+        manifest.setdefault("quantization", {})["int8"] = dice  # a bf16 record, if any, stays
         staged.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
         load_bundle(staging)  # every hash, old and new, verifies before anything moves
         # new files first (fresh names: a reader of the old manifest never opens them), then the
@@ -693,10 +701,74 @@ def quantize_bundle(
     return dice
 
 
+def check_bf16(
+    bundle_dir: str | Path,
+    *,
+    check_studies: Sequence[tuple[str, Study]],
+    max_dice_drop: float = MAX_DICE_DROP,
+    threads: int | None = None,
+    crop_jitter: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Measure the bundle's pipeline in bf16 against fp32 and record it as ``quantization.bf16``.
+
+    bf16 needs no artifact: the TorchScript archives are cast at load (`cmrsdk.engines`), on
+    CPUs with native bf16 instructions. Both precisions run on the "torchscript" backend, so
+    only the arithmetic differs (`dice_deltas`). `cmrsdk.Pipeline` runs ``precision="bf16"``
+    only for a bundle whose manifest holds a passed record.
+
+    Returns the record; raises `QuantizationError` (the bundle unchanged) when some region and
+    label loses more than ``max_dice_drop`` points. The manifest is replaced in one
+    ``os.replace``; every artifact and hash is untouched.
+    """
+    bundle = load_bundle(bundle_dir)
+    root = bundle.path.resolve()
+    if not check_studies:
+        raise InputError("'check_studies' is empty: bf16 needs held-out labelled studies to be checked on")
+    t = time.perf_counter()
+    with warnings.catch_warnings():  # "no bf16 Dice check recorded": this is that check
+        warnings.filterwarnings("ignore", message=".*records no bf16 Dice check", category=CmrWarning)
+        dice = dice_deltas(
+            bundle, check_studies, precision="bf16", backend="torchscript", threads=threads, crop_jitter=crop_jitter
+        )
+    log(
+        f"Dice on {len(check_studies)} held-out studies ({dice['slices']} slices), {time.perf_counter() - t:.0f} s:\n"
+        + dice_table(dice)
+    )
+    dice.update(
+        {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "models": sorted(bundle.models),
+            "cast": "TorchScript archives cast to bfloat16 at load (weights and activations; oneDNN accumulates in fp32)",
+            "max_dice_drop": max_dice_drop if math.isfinite(max_dice_drop) else None,
+            "passed": bool(not dice["worst_drop"] > max_dice_drop),
+        }
+    )
+    if not dice["passed"]:
+        raise QuantizationError(
+            f"bf16 lowers the mean slice Dice by {dice['worst_drop']:.2f} points in some region and label, "
+            f"more than the {max_dice_drop} allowed; the bundle {root} is unchanged"
+        )
+    manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
+    manifest.setdefault("quantization", {})["bf16"] = dice
+    staged = root / f".{MANIFEST_NAME}.bf16.tmp"
+    staged.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(staged, root / MANIFEST_NAME)
+    load_bundle(root)
+    return dice
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m export.quantize``: add int8 artifacts to a bundle directory."""
     parser = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path, help="the bundle directory to add int8 artifacts to")
+    parser.add_argument(
+        "--precision",
+        default="int8",
+        choices=["int8", "bf16"],
+        help="int8 (default): write and check int8 ONNX artifacts; bf16: check the TorchScript archives "
+        "cast to bfloat16 at load (no new file) and record the Dice change",
+    )
     parser.add_argument(
         "--calibration-slices", type=int, default=32, metavar="N", help="training slices to calibrate on (default 32)"
     )
@@ -743,6 +815,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
+        if args.precision == "bf16":
+            load_bundle(args.bundle)
+            dice = check_bf16(
+                args.bundle,
+                check_studies=_load_studies(args.acdc, args.check_studies),
+                max_dice_drop=args.max_dice_drop,
+                threads=args.threads,
+                crop_jitter=not args.no_crop_jitter,
+            )
+            print(
+                f"bf16 recorded in {args.bundle} (worst Dice drop {dice['worst_drop']:.2f} points; median per "
+                f"ED+ES pair: fp32 {dice['latency_ms']['fp32']:.0f} ms, bf16 {dice['latency_ms']['bf16']:.0f} ms)"
+            )
+            return 0
         bundle = load_bundle(args.bundle)
         images, labels, source = calibration_slices(
             bundle, args.calibration_slices, cache=args.cache, acdc=args.acdc, seed=args.seed

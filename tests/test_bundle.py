@@ -224,7 +224,7 @@ def test_int8_is_asked_for_not_chosen(source: Path):
         r"onnx: the bundle has no 'onnx-int8' artifact.*torchscript: has no int8 path",
     ):
         bundle.select_artifact("apex", precision="int8")
-    with pytest.raises(InputError, match="'precision' must be 'fp32', 'fp16' or 'int8', got 'int4'"):
+    with pytest.raises(InputError, match=r"'precision' must be one of \('fp32', 'fp16', 'bf16', 'int8'\), got 'int4'"):
         bundle.select_artifact("apex", precision="int4")
     with pytest.raises(InputError, match="'fp16' asks for half precision but 'precision' is 'int8'"):
         bundle.select_artifact("apex", fp16=True, precision="int8")

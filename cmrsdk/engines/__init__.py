@@ -18,7 +18,8 @@ artifacts per model; ``Bundle.engine(name, "auto", device)`` takes the first of
 
 "auto" chooses the backend, never the arithmetic: the precision is the caller's (``fp32`` by
 default; ``int8`` selects the "onnx-int8" artifacts written by ``python -m export.quantize``,
-``fp16`` TensorRT's fp16 artifact or TorchScript cast at load). Where a size is asked for
+``fp16`` TensorRT's fp16 artifact or TorchScript cast at load on CUDA, ``bf16`` TorchScript cast
+at load on a CPU with native bf16 instructions). Where a size is asked for
 (``shapes``), an artifact that cannot run it is passed over (`cmrsdk.bundle`).
 
 Importing this package imports neither torch nor onnxruntime; each engine imports its runtime
@@ -110,7 +111,7 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
     backend : "auto" (from the file suffix, see `SUFFIXES`), "torchscript", "aoti", "onnx" or "tensorrt".
     device : "cpu" or "cuda".
     **options : backend options: every backend ``max_batch`` (larger batches are split);
-        TorchScript ``fp16``, ``cuda_graphs``; ONNX ``intra_op_threads``, ``inter_op_threads``,
+        TorchScript ``fp16``, ``bf16``, ``cuda_graphs``; ONNX ``intra_op_threads``, ``inter_op_threads``,
         ``optimization``, ``spinning``, ``precision`` ("fp32" or "int8"); TensorRT ``precision``.
 
     Returns

@@ -33,7 +33,7 @@ BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt", "aoti")
 #: the devices an engine can be asked for.
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 #: the arithmetic an engine may run in; inputs and outputs are float32 whatever it is.
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
 
 
 def check_device(device: str) -> str:
@@ -54,7 +54,7 @@ class Engine(ABC):
     ----------
     backend : "torchscript", "onnx" or "tensorrt".
     device : "cpu" or "cuda".
-    precision : "fp32", "fp16" or "int8" (a statically quantized ONNX artifact), the arithmetic
+    precision : "fp32", "fp16", "bf16" or "int8" (a statically quantized ONNX artifact), the arithmetic
         the engine runs in (inputs and outputs are float32 either way).
     path : the artifact file.
     max_batch : the largest N one backend call takes, or None for no limit. `run` cuts larger
