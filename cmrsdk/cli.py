@@ -135,6 +135,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             heart_crop=_heart_crop(args),
             region_decoding=args.region_decoding,
             precision=args.precision,
+            mirroring=args.mirroring,
         )
     progress = None
     if len(planned) > 1 and sys.stderr.isatty():
@@ -283,6 +284,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             heart_crop=_heart_crop(args),
             region_decoding=args.region_decoding,
             precision=args.precision,
+            mirroring=args.mirroring,
         )
         for mode in args.modes
     }
@@ -386,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--precision",
                 default="fp32",
                 choices=["fp32", "bf16", "int8", "fp16"],
-                help="arithmetic: fp32 (default); bf16 the fastest on CPUs with AVX512-BF16 or AMX; int8 the bundle's int8 U-Nets (python -m export.quantize, "
-                "bf16 and int8 need the Dice check recorded in its manifest); fp16 on cuda",
+                help="arithmetic: fp32 (default); bf16 the fastest on CPUs with AVX512-BF16 or AMX (warns where the "
+                "manifest records no bf16 Dice check); int8 the bundle's int8 U-Nets (python -m export.quantize, "
+                "Dice change in its manifest); fp16 on cuda",
             )
 
     def pipeline_options(p: argparse.ArgumentParser) -> None:
@@ -408,6 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
             default="monotone",
             choices=["monotone", "independent"],
             help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax",
+        )
+        p.add_argument(
+            "--mirroring",
+            action="store_true",
+            help="test-time mirroring: average each U-Net over the slice and its 3 flips (4x the network time)",
         )
 
     p = sub.add_parser(

@@ -303,3 +303,50 @@ def test_a_study_is_located_once_and_every_phase_shares_the_crop(threshold_bundl
     calls.clear()
     result = pipeline.segment_study(Study((es, ed), ed_index=1, es_index=0))
     assert calls == [3] and result.ed.labels.any() and not result.es.labels.any()
+
+
+def test_mirrored_averages_the_flipped_answers_flipped_back():
+    from cmrsdk.pipeline import MIRROR_AXES, mirrored
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(3, 1, 8, 6)).astype(np.float32)
+    calls = []
+
+    def left_half(batch: np.ndarray) -> np.ndarray:
+        """Probability 1 of class 1 where a pixel lies in the left half of the batch it is given."""
+        calls.append(batch.shape)
+        out = np.zeros((batch.shape[0], 2, *batch.shape[2:]), np.float32)
+        out[:, 1, :, :3], out[:, 0, :, 3:] = 1.0, 1.0
+        return out
+
+    p = mirrored(left_half, images)
+    assert calls == [(12, 1, 8, 6)]  # one engine call of 4N slices
+    # the W flips see the left half where the unflipped slices see the right: flipped back and
+    # averaged, every pixel gets class 1 in exactly two of the four passes
+    assert p.shape == (3, 2, 8, 6) and p.dtype == np.float32 and np.allclose(p, 0.5)
+    # a map that is the same in every flip (here: a function of the pixel's own value) is unchanged
+    square = lambda b: np.concatenate([b**2 / (1 + b**2), 1 / (1 + b**2)], axis=1)  # noqa: E731
+    assert np.allclose(mirrored(square, images), square(images), atol=1e-6)
+    assert len(MIRROR_AXES) == 4 and MIRROR_AXES[0] == ()
+
+
+def test_mirroring_runs_four_passes_per_unet_and_says_so(threshold_bundle):
+    from cmrsdk.synth import synthetic_study
+
+    plain = Pipeline(threshold_bundle, mode="baseline", heart_crop=None)
+    mirror = Pipeline(threshold_bundle, mode="baseline", heart_crop=None, mirroring=True)
+    stack = synthetic_study(seed=3).ed
+    seen = []
+    engine = mirror._engines[mirror._baseline]
+    run = engine.run
+    engine.run = lambda batch: seen.append(batch.shape[0]) or run(batch)  # type: ignore[method-assign]
+    try:
+        a, b = plain.segment(stack), mirror.segment(stack)
+    finally:
+        engine.run = run  # type: ignore[method-assign]
+    assert seen == [4 * stack.shape[0]]
+    # a pixel-wise threshold model answers the same in every flip: mirroring changes nothing
+    assert np.array_equal(a.labels, b.labels)
+    assert b.provenance["mirroring"] is True and a.provenance["mirroring"] is False
+    with pytest.raises(InputError, match="'mirroring' must be True or False, got 'yes'"):
+        Pipeline(threshold_bundle, mirroring="yes")  # type: ignore[arg-type]

@@ -75,6 +75,7 @@ def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
         largest_component=not args.keep_fragments,
         heart_crop=heart_crop,
         region_decoding=args.region_decoding,
+        mirroring=args.mirroring,
         overlay=not args.no_overlay,
         report_html=not args.no_report_html,
     )

@@ -40,6 +40,7 @@ class PipelineSpec:
     largest_component: bool = True
     heart_crop: tuple[int, int] | None | Literal["bundle"] = "bundle"
     region_decoding: str = "monotone"
+    mirroring: bool = False
     overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
 
@@ -153,6 +154,7 @@ class StudyWorker:
             threads=threads,
             heart_crop=spec.heart_crop,
             region_decoding=spec.region_decoding,  # type: ignore[arg-type]
+            mirroring=spec.mirroring,
             engine_options=options,
         )
         self.pid = os.getpid()
