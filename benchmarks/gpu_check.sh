@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check for the inference engines (issue 5), one short run (< 8 minutes) on a CUDA machine.
+# GPU check for the inference engines (issues 5 and 16), one short run (< 12 minutes) on a CUDA machine.
 #
 #   benchmarks/gpu_check.sh [RESULTS_DIR]        (default: $OUT if set, else benchmarks/results)
 #
@@ -10,7 +10,9 @@
 #    format this machine can build, parity-checked at export (TensorRT fp32 and fp16 included);
 # 3. times each CUDA engine at batch 1, 10, 20 and 40 (median of 20 runs after 5 warm-ups,
 #    host-to-host: numpy in, numpy out) against eager PyTorch in the same process.
-# Results: engine_tests.txt, bundle_manifest.json, gpu_timings.json and gpu_timings.txt.
+# 4. the device chain (cmrsdk.device_chain) against the host pipeline on CUDA, and both timed.
+# Results: engine_tests.txt, bundle_manifest.json, gpu_timings.json, gpu_timings.txt,
+# device_chain_tests.txt, gpu_pipeline.txt and gpu_pipeline.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS="${1:-${OUT:-benchmarks/results}}"
@@ -85,3 +87,10 @@ for n in (1, 10, 20, 40):
                                                       "unit": "ms per batch (median)", "timings": timings}, indent=2))
 PYEOF
 echo "timing exit status ${PIPESTATUS[0]}"
+
+# 4. the device chain (issue 16): its labels against the host pipeline's on CUDA, then the
+#    pipelines per ED+ES pair, host chain and device chain, fp32 / fp16 / fp16 + CUDA graphs.
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_device_chain.py -rs > "$RESULTS/device_chain_tests.txt" 2>&1
+echo "device chain tests exit status $?" | tee -a "$RESULTS/device_chain_tests.txt"
+timeout 240 "$PY" benchmarks/gpu_pipeline.py --repeats 20 --out "$RESULTS" > "$RESULTS/gpu_pipeline.log" 2>&1
+echo "gpu pipeline exit status $?" | tee -a "$RESULTS/gpu_pipeline.log"

@@ -3,7 +3,9 @@
 Rows (each the median over ``--repeats`` calls of `Pipeline.segment_study` after 3 warm-ups,
 numpy in and numpy out, per stage too):
 
-- ``cuda torchscript fp32 | fp16 | fp16 + CUDA graphs`` in routed and baseline modes;
+- ``cuda torchscript fp32 | fp16 | fp16 + CUDA graphs`` in routed and baseline modes, each
+  with the host chain (`cmrsdk.Pipeline`: numpy between the stages) and the device chain
+  (`cmrsdk.device_chain.DevicePipeline`: every stage on the GPU, labels copied back);
 - ``cpu onnx routed`` with ``--threads`` threads: the in-run reference.
 
 Studies: the embedded synthetic ones (seeds 0 and 1) and, where ../shared/data is there, the
@@ -15,6 +17,7 @@ first held-out ACDC patients. Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -25,7 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cmrsdk import DEMO_BUNDLE  # noqa: E402
+from cmrsdk.device_chain import DevicePipeline  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
+
+#: row suffix -> pipeline class: the host chain (numpy between the stages) and the device chain
+#: (every stage on the GPU, only the labels copied back; `cmrsdk.device_chain`).
+CHAINS = {"": Pipeline, ", device chain": DevicePipeline}
 from cmrsdk.synth import synthetic_study  # noqa: E402
 
 
@@ -66,10 +74,10 @@ def main() -> int:
     if args.device == "cpu":
         variants = {"fp32": {}}
     for mode in ("routed", "baseline"):
-        for name, options in variants.items():
-            label = f"{args.device} torchscript {name} {mode}"
+        for (name, options), (chain, cls) in itertools.product(variants.items(), CHAINS.items()):
+            label = f"{args.device} torchscript {name} {mode}{chain}"
             try:
-                pipeline = Pipeline(
+                pipeline = cls(
                     args.bundle,
                     backend="torchscript",
                     device=args.device,
@@ -100,10 +108,10 @@ def main() -> int:
     ]
     for label, row in rows.items():
         if "error" in row:
-            lines.append(f"{label:>42}: {row['error']}")
+            lines.append(f"{label:>56}: {row['error']}")
         else:
             lines.append(
-                f"{label:>42}: {row['median_ms_per_pair']:8.2f} ms  ({ref / row['median_ms_per_pair']:5.1f}x the CPU)  "
+                f"{label:>56}: {row['median_ms_per_pair']:8.2f} ms  ({ref / row['median_ms_per_pair']:5.1f}x the CPU)  "
                 + ", ".join(
                     f"{k.removesuffix('_ms_per_stack')} {v:.2f}" for k, v in row.items() if k.endswith("_stack")
                 )

@@ -25,7 +25,15 @@ from .errors import InputError
 from .labels import MIDDLE
 from .preprocess import SliceTransform, window_offset
 
-__all__ = ["MIN_HEART_PIXELS", "LOCATE_TRIES", "SliceSegmenter", "locate_heart", "crop_to_heart"]
+__all__ = [
+    "MIN_HEART_PIXELS",
+    "LOCATE_TRIES",
+    "SliceSegmenter",
+    "locate_heart",
+    "search_order",
+    "heart_window",
+    "crop_to_heart",
+]
 
 #: fewer foreground pixels than this in a locating pass: that slice shows no heart.
 MIN_HEART_PIXELS = 50
@@ -73,19 +81,40 @@ def locate_heart(
         raise InputError(
             f"'regions' must be ({images.shape[0]},) region codes, one per slice, got shape {np.shape(regions)}"
         )
-    n = images.shape[0]
+    for k in search_order(images.shape[0], regions, tries):
+        foreground = segment(images[k : k + 1])[0].argmax(0) > 0
+        if foreground.sum() >= min_pixels:
+            ys, xs = np.nonzero(foreground)
+            return float(ys.mean()), float(xs.mean())
+    return None
+
+
+def search_order(n: int, regions: np.ndarray | None, tries: int = LOCATE_TRIES) -> list[int]:
+    """The slices `locate_heart` tries, in order: at most ``tries`` distinct indices into n slices.
+
+    The central one of the slices ``regions`` calls middle first (where there are any), then the
+    stack's central slice and its neighbours, alternately below and above.
+    """
     centre = n // 2
     candidates = [centre + d for step in range(n) for d in ((step, -step) if step else (0,)) if 0 <= centre + d < n]
     middle = np.flatnonzero(regions == MIDDLE) if regions is not None else np.empty(0, np.intp)
     if len(middle):
         first = int(middle[len(middle) // 2])
         candidates = [first] + [k for k in candidates if k != first]
-    for k in dict.fromkeys(candidates[:tries]):
-        foreground = segment(images[k : k + 1])[0].argmax(0) > 0
-        if foreground.sum() >= min_pixels:
-            ys, xs = np.nonzero(foreground)
-            return float(ys.mean()), float(xs.mean())
-    return None
+    return list(dict.fromkeys(candidates[:tries]))
+
+
+def heart_window(centre: tuple[float, float], size: tuple[int, int], full: tuple[int, int]) -> tuple[int, int]:
+    """(y0, x0): the narrowed window's pixel (0, 0) in the full window, the window kept inside it.
+
+    `window_offset`'s centring rule, then clamped: unlike `cmrsdk.preprocess.crop_or_pad`, the
+    heart crop never pads (the full window already holds every pixel worth seeing).
+    """
+    (h, w), (H, W) = size, full
+    if not (0 < h <= H and 0 < w <= W):
+        raise InputError(f"'size' must be (h, w) within the window {(H, W)}, got {size}")
+    oy, ox = window_offset(centre, size)
+    return min(max(oy, 0), H - h), min(max(ox, 0), W - w)
 
 
 def crop_to_heart(
@@ -106,12 +135,8 @@ def crop_to_heart(
     transform : ``transform`` with its offset moved to the narrowed window's pixel (0, 0) and
         its size (h, w), so that `cmrsdk.preprocess.resample_argmax` maps the narrowed window back.
     """
-    (h, w), (H, W) = size, images.shape[2:]
-    if not (0 < h <= H and 0 < w <= W):
-        raise InputError(f"'size' must be (h, w) within the window {(H, W)}, got {size}")
-    oy, ox = window_offset(centre, size)
-    # unlike crop_or_pad, never pad: the full window already holds every pixel worth seeing
-    y0, x0 = min(max(oy, 0), H - h), min(max(ox, 0), W - w)
+    h, w = size
+    y0, x0 = heart_window(centre, size, images.shape[2:])
     cropped = np.ascontiguousarray(images[:, :, y0 : y0 + h, x0 : x0 + w])
     ty, tx = transform.offset
     return cropped, replace(transform, offset=(ty + y0, tx + x0), size=(h, w))

@@ -158,10 +158,11 @@ def mirrored(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.
     n = images.shape[0]
     batch = np.concatenate([np.flip(images, axes) if axes else images for axes in MIRROR_AXES])
     out = run(np.ascontiguousarray(batch))
-    total = out[:n].copy()
+    total: np.ndarray = out[:n].copy()
     for k, axes in enumerate(MIRROR_AXES[1:], start=1):
         total += np.flip(out[k * n : (k + 1) * n], axes)
-    return total / np.float32(len(MIRROR_AXES))
+    total /= np.float32(len(MIRROR_AXES))
+    return total
 
 
 class Pipeline:

@@ -38,6 +38,7 @@ __all__ = [
     "slice_regions",
     "slice_positions",
     "segmentation_regions",
+    "regions_from_areas",
 ]
 
 #: relative change of area over the labelled range below which a direction is called ambiguous.
@@ -71,9 +72,14 @@ def labelled_slices_base_to_apex(labels: np.ndarray) -> np.ndarray:
     """
     array = check_label_map(labels)
     foreground = array > 0
-    labelled = np.flatnonzero(foreground.any(axis=(1, 2)))
-    lv_area = ((array == LVBP) | (array == LVM)).sum(axis=(1, 2))[labelled].astype(np.float64)
-    all_area = foreground.sum(axis=(1, 2))[labelled].astype(np.float64)
+    return _base_to_apex(foreground.sum(axis=(1, 2)), ((array == LVBP) | (array == LVM)).sum(axis=(1, 2)))
+
+
+def _base_to_apex(heart_area: np.ndarray, lv_area: np.ndarray) -> np.ndarray:
+    """`labelled_slices_base_to_apex` from the per-slice areas (Z,) of the whole heart and the LV."""
+    labelled = np.flatnonzero(heart_area > 0)
+    lv_area = np.asarray(lv_area)[labelled].astype(np.float64)
+    all_area = np.asarray(heart_area)[labelled].astype(np.float64)
     slope = _area_slope(all_area)
     if slope is None:
         slope = _area_slope(lv_area)
@@ -105,8 +111,32 @@ def slice_regions(labels: np.ndarray) -> np.ndarray:
     uint8 (Z,): 0 non-cardiac, 1 base, 2 middle, 3 apex (see the module docstring for the rule).
     """
     array = check_label_map(labels)
-    regions = np.full(array.shape[0], NON_CARDIAC, dtype=np.uint8)
-    order = labelled_slices_base_to_apex(array)
+    return _regions(labelled_slices_base_to_apex(array), array.shape[0])
+
+
+def regions_from_areas(heart_area: np.ndarray, lv_area: np.ndarray, min_pixels: int = 0) -> np.ndarray:
+    """`segmentation_regions` from per-slice areas alone: the rule reads nothing else.
+
+    Parameters
+    ----------
+    heart_area : integer (Z,) foreground pixels (any label) per slice.
+    lv_area : integer (Z,) LVBP + LVM pixels per slice.
+    min_pixels : slices with less foreground hold no heart (see `segmentation_regions`).
+
+    Returns
+    -------
+    uint8 (Z,) region codes, as `slice_regions` on the label map they were counted on.
+    """
+    heart, lv = np.asarray(heart_area), np.asarray(lv_area)
+    if heart.ndim != 1 or heart.shape != lv.shape:
+        raise InputError(f"'heart_area' and 'lv_area' must be (Z,) alike, got {heart.shape} and {lv.shape}")
+    keep = heart >= max(min_pixels, 1)
+    return _regions(_base_to_apex(np.where(keep, heart, 0), np.where(keep, lv, 0)), heart.shape[0])
+
+
+def _regions(order: np.ndarray, z: int) -> np.ndarray:
+    """uint8 (Z,) regions from the labelled slices ordered base to apex."""
+    regions = np.full(z, NON_CARDIAC, dtype=np.uint8)
     n_base, n_middle, _ = region_counts(order.size)
     regions[order[:n_base]] = BASE
     regions[order[n_base : n_base + n_middle]] = MIDDLE

@@ -178,17 +178,27 @@ class TorchScriptEngine(Engine):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, dtype=self._dtype, non_blocking=True)
-            if self._cuda_graphs:
-                return self._replay(x)
-            return self._module(x).float().cpu().numpy()
+            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            return self.forward_tensor(x).cpu().numpy()
 
-    def _replay(self, x: Any) -> np.ndarray:
+    def forward_tensor(self, x: Any) -> Any:
+        """The model on a torch tensor already on the engine's device, for device-resident callers
+        (`cmrsdk.device_chain`): float32 (N, 1, H, W) -> float32 probabilities on the same device.
+
+        No host copy, no shape checks beyond the module's own; ``max_batch`` is the caller's
+        concern here. Call under ``torch.inference_mode()``.
+        """
+        x = x.to(self._dtype)
+        if self._cuda_graphs:
+            return self._replay(x)
+        return self._module(x).float()
+
+    def _replay(self, x: Any) -> Any:
         torch = self._torch
         key = tuple(x.shape)
         with self._graph_lock:
             if key in self._uncapturable:
-                return self._module(x).float().cpu().numpy()
+                return self._module(x).float()
             entry = self._graphs.get(key)
             if entry is None:
                 static_in = x.clone()
@@ -209,10 +219,11 @@ class TorchScriptEngine(Engine):
                     # resize): that shape runs eagerly from now on, with the reason kept.
                     torch.cuda.synchronize()
                     self._uncapturable[key] = str(exc).splitlines()[0]
-                    return self._module(x).float().cpu().numpy()
+                    return self._module(x).float()
                 entry = (graph, static_in, static_out)
                 self._graphs[key] = entry
             graph, static_in, static_out = entry
             static_in.copy_(x)
             graph.replay()
-            return static_out.float().cpu().numpy()
+            # a copy: the next replay overwrites the graph's output buffer
+            return static_out.float().clone()
