@@ -228,11 +228,7 @@ class DevicePipeline(Pipeline):
             labels_t = native.argmax(1).to(torch.uint8)  # ties: the lower class, as the host kernel
             covered = torch.from_numpy(in_y[:, None] & in_x[None, :]).to(dev)
             labels_t *= covered
-            labels = labels_t.cpu().numpy()
-        if self.largest_component:
-            labels = preprocess.largest_component(labels, threads=self.threads)
-        if stack.pixels.size and not np.any(stack.pixels):
-            labels = np.zeros_like(labels)
+            labels = self._clean(labels_t.cpu().numpy(), stack)
         timings["postprocess"] = lap()
         timings["total"] = (t - t0) * 1000.0
         provenance = {**self.provenance, "chain": f"device ({dev})"}

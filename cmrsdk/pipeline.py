@@ -388,6 +388,16 @@ class Pipeline:
             probabilities[index] = self._unet(str(name), np.ascontiguousarray(images[index]))
         return probabilities
 
+    def _clean(self, labels: np.ndarray, stack: Stack) -> np.ndarray:
+        """The clean-up of uint8 (Z, Y, X) native labels: the largest component of each structure
+        (when asked), and no mask at all on an all-zero image (a failed export, an empty series
+        holds no heart, whatever the networks make of normalised zeros)."""
+        if self.largest_component:
+            labels = preprocess.largest_component(labels, threads=self.threads)
+        if stack.pixels.size and not np.any(stack.pixels):
+            labels = np.zeros_like(labels)
+        return labels
+
     def _unet(self, name: str, images: np.ndarray) -> np.ndarray:
         """Probabilities float32 (N, C, H, W) of U-Net ``name`` on float32 (N, 1, H, W) slices,
         mirrored at test time when the pipeline asks for it."""
@@ -438,13 +448,7 @@ class Pipeline:
             probabilities = self._segment(images, regions)
         t, timings["segment"] = _lap(t)
 
-        labels = preprocess.resample_argmax(probabilities, transform, threads=self.threads)
-        if self.largest_component:
-            labels = preprocess.largest_component(labels, threads=self.threads)
-        # an all-zero image (a failed export, an empty series) holds no heart, whatever the networks
-        # make of normalised zeros
-        if stack.pixels.size and not np.any(stack.pixels):
-            labels = np.zeros_like(labels)
+        labels = self._clean(preprocess.resample_argmax(probabilities, transform, threads=self.threads), stack)
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 
