@@ -7,24 +7,25 @@
 #            train split (68 patients), validated on 12: this is where the recipe was chosen;
 #   stage 2: the same U-Net continued (warm restart, half the learning rate) on all 80 non-test
 #            patients, without validation;
-#   stage 3: base and apex U-Nets warm-started from stage 2, fine-tuned on their regions of all
-#            80 patients, side by side on one thread each;
+#   stage 3: three runs side by side on one thread each, all warm-started from stage 2 on the
+#            80 patients: the baseline continued once more (a quarter of stage 1's rate), and
+#            the base and apex U-Nets fine-tuned on their region and the non-cardiac slices;
 #   export:  TorchScript + ONNX, parity-checked; routed mode takes regions from the baseline's
 #            masks (regions_from = segmentation); middle slices keep the baseline's answer.
-# Environment: BASELINE_SECONDS (5700), FINAL_SECONDS (5400), REGION_SECONDS (600), BUNDLE_OUT.
+# Environment: BASELINE_SECONDS (5700), FINAL_SECONDS (5400), LONG_SECONDS (5400), BUNDLE_OUT.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-export OMP_WAIT_POLICY=PASSIVE   # two OpenMP threads on two cores: sleep, do not spin, between ops
+export OMP_WAIT_POLICY=PASSIVE   # OpenMP threads on two cores: sleep, do not spin, between ops
 python -m export.train export/configs/bundle_baseline.toml --resume --time-budget "${BASELINE_SECONDS:-5700}"
 python -m export.train export/configs/final_baseline.toml --resume --time-budget "${FINAL_SECONDS:-5400}"
 pids=()
-for m in base apex; do
-  python -m export.train "export/configs/final_$m.toml" --resume --no-progress --set train.threads=1 \
-    --time-budget "${REGION_SECONDS:-600}" & pids+=($!)
+for m in baseline base apex; do
+  python -m export.train "export/configs/long_$m.toml" --resume --no-progress \
+    --time-budget "${LONG_SECONDS:-5400}" & pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
 python -m export.bundle \
-  --checkpoints baseline=runs/final/baseline/last.pt base=runs/final/base/last.pt apex=runs/final/apex/last.pt \
+  --checkpoints baseline=runs/long/baseline/last.pt base=runs/long/base/last.pt apex=runs/long/apex/last.pt \
   --routing 0=baseline 1=base 2=baseline 3=apex --regions-from segmentation \
   --examples-from-cache cache/acdc_224 --formats torchscript onnx --heart-crop 128 128 --overwrite \
   -o "${BUNDLE_OUT:-cmrsdk/demo/bundle}"
