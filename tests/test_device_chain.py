@@ -49,7 +49,7 @@ def test_the_inverse_matrix_is_resample_argmax(native: int, resampled: int, offs
     )
     expected = resample_argmax(probabilities, transform)
     m, inside = inverse_matrix(native, resampled, offset, size)
-    values = np.einsum("yh,zchw,xw->zcyx", m, probabilities, m)
+    values = m @ probabilities @ m.T  # (Z, C, Y, X)
     labels = values.argmax(1).astype(np.uint8) * (inside[:, None] & inside[None, :])
     assert inside.any() and inside.all() == (offset <= 0 and offset + size >= resampled)
     assert np.mean(labels == expected) > 0.9999  # float summation order only
