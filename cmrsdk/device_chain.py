@@ -43,7 +43,7 @@ from .errors import InputError
 from .heart import MIN_HEART_PIXELS, heart_window, search_order
 from .labels import LVBP, LVM, NON_CARDIAC, REGION_NAMES
 from .pipeline import MIN_HEART_CONFIDENCE, MIN_SLICE_PIXELS, MIRROR_AXES, Pipeline, RegionSource, Segmentation, _Unset
-from .regions import regions_from_areas
+from .regions import index_toward_apex, regions_from_areas
 from .routing import decode_regions
 from .types import Stack
 
@@ -214,7 +214,7 @@ class DevicePipeline(Pipeline):
             timings["locate"] = lap()
 
             if self.mode == "routed" and self.regions_from == "segmentation":
-                probabilities, regions = self._by_segmentation_on_device(images)
+                probabilities, regions = self._by_segmentation_on_device(images, index_toward_apex(stack.affine))
                 region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
             else:
                 probabilities = self._routed_on_device(images, regions)
@@ -253,7 +253,7 @@ class DevicePipeline(Pipeline):
                 return float(ys.double().mean()), float(xs.double().mean())
         return None
 
-    def _by_segmentation_on_device(self, images: Any) -> tuple[Any, np.ndarray]:
+    def _by_segmentation_on_device(self, images: Any, toward_apex: int | None) -> tuple[Any, np.ndarray]:
         """`Pipeline._segment_by_segmentation` on the device; the region rule runs on (Z,) areas."""
         torch = self._torch
         baseline = self._baseline
@@ -262,7 +262,7 @@ class DevicePipeline(Pipeline):
         foreground = labels > 0
         if bool(foreground.any()) and float(probabilities.max(1).values[foreground].mean()) < MIN_HEART_CONFIDENCE:
             labels = torch.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
-        regions = _regions_from_labels(labels)
+        regions = _regions_from_labels(labels, toward_apex)
         empty = torch.from_numpy(np.flatnonzero(regions == NON_CARDIAC)).to(self._device)
         if len(empty):
             probabilities[empty] = 0.0
@@ -292,9 +292,9 @@ class DevicePipeline(Pipeline):
         return out
 
 
-def _regions_from_labels(labels: Any) -> np.ndarray:
+def _regions_from_labels(labels: Any, toward_apex: int | None) -> np.ndarray:
     """`cmrsdk.regions.segmentation_regions` (with `MIN_SLICE_PIXELS`) of a device label map,
     copying two areas per slice to the host: the rule reads nothing else."""
     heart = (labels > 0).sum(dim=(1, 2)).cpu().numpy()
     lv = ((labels == LVBP) | (labels == LVM)).sum(dim=(1, 2)).cpu().numpy()
-    return regions_from_areas(heart, lv, MIN_SLICE_PIXELS)
+    return regions_from_areas(heart, lv, MIN_SLICE_PIXELS, toward_apex)

@@ -41,7 +41,7 @@ from .errors import CmrWarning, InputError
 from .heart import crop_to_heart, locate_heart
 from .labels import NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
-from .regions import segmentation_regions
+from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .types import Stack, Study
 
@@ -347,10 +347,13 @@ class Pipeline:
     def _by_segmentation(self) -> bool:
         return self.mode == "routed" and self.regions_from == "segmentation"
 
-    def _segment_by_segmentation(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _segment_by_segmentation(
+        self, images: np.ndarray, toward_apex: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities float32 (Z, C, H, W) and regions uint8 (Z,), the regions from the baseline's masks.
 
-        The baseline segments every slice; `segmentation_regions` names the regions; slices without
+        The baseline segments every slice; `segmentation_regions` names the regions (base to apex
+        along ``toward_apex``, the stack's orientation, where it is known); slices without
         heart become background everywhere, and so does a whole stack whose foreground the
         baseline is unsure of (mean probability under `MIN_HEART_CONFIDENCE`); base, middle and apex slices are segmented again by
         their region's U-Net where the bundle has one (the baseline's answer stands elsewhere).
@@ -361,7 +364,7 @@ class Pipeline:
         foreground = labels > 0
         if foreground.any() and float(probabilities.max(1)[foreground].mean()) < MIN_HEART_CONFIDENCE:
             labels = np.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
-        regions = segmentation_regions(labels, MIN_SLICE_PIXELS)
+        regions = segmentation_regions(labels, MIN_SLICE_PIXELS, toward_apex)
         empty = np.flatnonzero(regions == NON_CARDIAC)
         probabilities[empty] = 0.0
         probabilities[empty, 0] = 1.0
@@ -442,7 +445,7 @@ class Pipeline:
         t, timings["locate"] = _lap(t)
 
         if self._by_segmentation and region_source is None:
-            probabilities, regions = self._segment_by_segmentation(images)
+            probabilities, regions = self._segment_by_segmentation(images, index_toward_apex(stack.affine))
             region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
         else:
             probabilities = self._segment(images, regions)

@@ -33,6 +33,9 @@ from .labels import APEX, BASE, LVBP, LVM, MIDDLE, NON_CARDIAC
 
 __all__ = [
     "AMBIGUITY",
+    "APEX_RAS",
+    "ORIENTED_COS",
+    "index_toward_apex",
     "labelled_slices_base_to_apex",
     "region_counts",
     "slice_regions",
@@ -43,6 +46,41 @@ __all__ = [
 
 #: relative change of area over the labelled range below which a direction is called ambiguous.
 AMBIGUITY = 0.05
+
+#: unit vector (RAS+) from the base of the heart to its apex: to the patient's left, anterior and
+#: inferior. Any axis-aligned direction meets it at |cos| = 1 / sqrt(3) = 0.577.
+APEX_RAS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
+
+#: |cos| between the slice axis and `APEX_RAS` from which the orientation is trusted. A real
+#: short-axis stack is double-oblique along the long axis: 0.96-0.99 on the shared M&Ms and
+#: Sunnybrook series. Axis-aligned affines (ACDC's NIfTI files, which carry no scanner
+#: orientation: their direction disagrees with the anatomy on all 200 label maps) stay at 0.577,
+#: and so does a heart whose apex points right (dextrocardia, about 0.33): both are left to the
+#: area rule.
+ORIENTED_COS = 0.7
+
+
+def index_toward_apex(affine: np.ndarray) -> int | None:
+    """Which way the slice index runs, from a stack's scanner orientation.
+
+    Parameters
+    ----------
+    affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm (`cmrsdk.Stack.affine`).
+
+    Returns
+    -------
+    +1 when the index grows toward the apex, -1 when toward the base, None when the orientation
+    cannot tell (the slice axis within ``acos(ORIENTED_COS)`` = 46 degrees of `APEX_RAS` or its
+    opposite, or a degenerate affine).
+    """
+    axis = np.asarray(affine, dtype=np.float64)[:3, 0]
+    norm = float(np.linalg.norm(axis))
+    if not np.isfinite(norm) or norm == 0.0:
+        return None
+    cos = float(axis @ APEX_RAS) / norm
+    if abs(cos) < ORIENTED_COS:
+        return None
+    return 1 if cos > 0 else -1
 
 
 def _area_slope(areas: np.ndarray) -> float | None:
@@ -75,9 +113,12 @@ def labelled_slices_base_to_apex(labels: np.ndarray) -> np.ndarray:
     return _base_to_apex(foreground.sum(axis=(1, 2)), ((array == LVBP) | (array == LVM)).sum(axis=(1, 2)))
 
 
-def _base_to_apex(heart_area: np.ndarray, lv_area: np.ndarray) -> np.ndarray:
-    """`labelled_slices_base_to_apex` from the per-slice areas (Z,) of the whole heart and the LV."""
+def _base_to_apex(heart_area: np.ndarray, lv_area: np.ndarray, toward_apex: int | None = None) -> np.ndarray:
+    """`labelled_slices_base_to_apex` from the per-slice areas (Z,) of the whole heart and the LV;
+    ``toward_apex`` (+1 / -1, see `index_toward_apex`), when given, sets the direction instead."""
     labelled = np.flatnonzero(heart_area > 0)
+    if toward_apex is not None:
+        return (labelled if toward_apex > 0 else labelled[::-1]).astype(np.int64)
     lv_area = np.asarray(lv_area)[labelled].astype(np.float64)
     all_area = np.asarray(heart_area)[labelled].astype(np.float64)
     slope = _area_slope(all_area)
@@ -114,7 +155,9 @@ def slice_regions(labels: np.ndarray) -> np.ndarray:
     return _regions(labelled_slices_base_to_apex(array), array.shape[0])
 
 
-def regions_from_areas(heart_area: np.ndarray, lv_area: np.ndarray, min_pixels: int = 0) -> np.ndarray:
+def regions_from_areas(
+    heart_area: np.ndarray, lv_area: np.ndarray, min_pixels: int = 0, toward_apex: int | None = None
+) -> np.ndarray:
     """`segmentation_regions` from per-slice areas alone: the rule reads nothing else.
 
     Parameters
@@ -122,6 +165,7 @@ def regions_from_areas(heart_area: np.ndarray, lv_area: np.ndarray, min_pixels: 
     heart_area : integer (Z,) foreground pixels (any label) per slice.
     lv_area : integer (Z,) LVBP + LVM pixels per slice.
     min_pixels : slices with less foreground hold no heart (see `segmentation_regions`).
+    toward_apex : the direction of the slice index (see `segmentation_regions`).
 
     Returns
     -------
@@ -131,7 +175,14 @@ def regions_from_areas(heart_area: np.ndarray, lv_area: np.ndarray, min_pixels: 
     if heart.ndim != 1 or heart.shape != lv.shape:
         raise InputError(f"'heart_area' and 'lv_area' must be (Z,) alike, got {heart.shape} and {lv.shape}")
     keep = heart >= max(min_pixels, 1)
-    return _regions(_base_to_apex(np.where(keep, heart, 0), np.where(keep, lv, 0)), heart.shape[0])
+    _check_direction(toward_apex)
+    order = _base_to_apex(np.where(keep, heart, 0), np.where(keep, lv, 0), toward_apex)
+    return _regions(order, heart.shape[0])
+
+
+def _check_direction(toward_apex: int | None) -> None:
+    if toward_apex not in (None, 1, -1):
+        raise InputError(f"'toward_apex' must be +1, -1 or None, got {toward_apex!r}")
 
 
 def _regions(order: np.ndarray, z: int) -> np.ndarray:
@@ -166,7 +217,7 @@ def slice_positions(labels: np.ndarray) -> np.ndarray:
     return positions
 
 
-def segmentation_regions(labels: np.ndarray, min_pixels: int = 0) -> np.ndarray:
+def segmentation_regions(labels: np.ndarray, min_pixels: int = 0, toward_apex: int | None = None) -> np.ndarray:
     """Regions by the ground-truth rule applied to a predicted label map.
 
     Routing by a segmentation: a U-Net trained on every slice (the baseline) segments the stack,
@@ -179,6 +230,8 @@ def segmentation_regions(labels: np.ndarray, min_pixels: int = 0) -> np.ndarray:
     labels : integer (Z, Y, X) predicted canonical labels (any in-plane grid).
     min_pixels : a slice with fewer foreground pixels than this holds no heart (region 0): specks
         on slices above the base or below the apex do not make them cardiac.
+    toward_apex : +1 when the slice index grows toward the apex, -1 when toward the base (from
+        the stack's orientation, `index_toward_apex`), None to read it from the masks' areas.
 
     Returns
     -------
@@ -187,8 +240,6 @@ def segmentation_regions(labels: np.ndarray, min_pixels: int = 0) -> np.ndarray:
     array = check_label_map(labels)
     if min_pixels < 0:
         raise InputError(f"'min_pixels' must be >= 0, got {min_pixels}")
-    empty = (array > 0).sum(axis=(1, 2)) < min_pixels
-    if empty.any():
-        array = array.copy()
-        array[empty] = 0
-    return slice_regions(array)
+    heart = (array > 0).sum(axis=(1, 2))
+    lv = ((array == LVBP) | (array == LVM)).sum(axis=(1, 2))
+    return regions_from_areas(heart, lv, min_pixels, toward_apex)

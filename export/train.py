@@ -12,6 +12,11 @@ Every relative path in a configuration is taken from the repository root (the fo
 - ``last.pt``: checkpoint, written every ``checkpoint_every`` iterations and at the end,
   atomically (temporary file + rename); ``--resume`` continues from it exactly (model,
   optimiser, AMP scaler, sampler and augmentation generators).
+- with ``[train] swa_start`` below 1: the checkpoint also holds the stochastic weight average
+  (Izmailov et al. 2018, ``torch.optim.swa_utils.AveragedModel``) of the weights taken every
+  ``swa_every`` iterations from that fraction of the schedule on; :func:`load_trained_model`
+  and the export use the average. SWA widens the minimum the run ends in, which is what
+  carries to scanners and vendors the training set lacks.
 - ``log.csv``: iteration, learning rate, mean training loss and seconds per iteration since
   the previous row, and validation Dice per label (segmentation) or accuracy, weighted and
   per-class precision / recall (classification) where a validation ran.
@@ -96,6 +101,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "out": "",
         "init": "",
         "amp": "auto",
+        "swa_start": 1.0,  # fraction of the schedule from which weights are averaged; 1 = no SWA
+        "swa_every": 50,
     },
 }
 
@@ -337,6 +344,11 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
 
 
+def _weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights to deploy: the stochastic weight average once one was taken."""
+    return state.get("swa_state_dict") or state["state_dict"]
+
+
 def load_trained_model(path: str | Path, *, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The trained model of a checkpoint, in eval mode, and the checkpoint's metadata.
 
@@ -354,9 +366,10 @@ def load_trained_model(path: str | Path, *, map_location: str = "cpu") -> tuple[
     if not isinstance(state, dict) or "model" not in state or "state_dict" not in state:
         raise ReadError(path, "is not an export.train checkpoint (no 'model' / 'state_dict' entries)")
     model = get_model(state["model"]["name"], **state["model"]["kwargs"])
-    model.load_state_dict(state["state_dict"])
+    model.load_state_dict(_weights(state))
     model.eval()
-    meta = {k: v for k, v in state.items() if k not in ("state_dict", "optimizer", "scaler", "sampler", "rng")}
+    dropped = ("state_dict", "swa_state_dict", "optimizer", "scaler", "sampler", "rng")
+    meta = {k: v for k, v in state.items() if k not in dropped}
     return model, meta
 
 
@@ -369,8 +382,9 @@ def export_weights(checkpoint: str | Path, target: str | Path, *, dtype: torch.d
     ``load_state_dict`` casts them back to the model's float32 on loading.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    slim = {k: v for k, v in state.items() if k not in ("optimizer", "scaler", "sampler", "rng")}
-    slim["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    slim = {k: v for k, v in state.items() if k not in ("optimizer", "scaler", "sampler", "rng", "swa_state_dict")}
+    weights = _weights(state)
+    slim["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
     slim["weights_dtype"] = str(dtype).removeprefix("torch.")
     target = Path(target)
     _save_checkpoint(target, slim)
@@ -474,7 +488,7 @@ def _warm_start(net: nn.Module, init_path: Path, device: torch.device) -> None:
     if not init_path.is_file():
         raise ReadError(init_path, "[train] 'init' checkpoint not found: train that run first")
     init = torch.load(init_path, map_location=device, weights_only=False)
-    net.load_state_dict(init["state_dict"])
+    net.load_state_dict(_weights(init))
 
 
 def _schedule_progress(iteration: int, iterations: int, deadline: float | None, time_budget: float | None) -> float:
@@ -568,6 +582,8 @@ def train(
     model_kwargs = dict(config["model"]["kwargs"])
     net, trainable, deep = _build_model(config["model"]["name"], model_kwargs, task, torch_device, world)
     optimizer = _optimizer(spec, net)
+    swa_start, swa_every = float(spec["swa_start"]), int(spec["swa_every"])
+    swa = torch.optim.swa_utils.AveragedModel(net, use_buffers=True) if swa_start < 1.0 else None
     scaler = torch.amp.GradScaler("cuda", enabled=torch_device.type == "cuda")
     criterion = _criterion(task, deep, bool(spec["class_weighted"]), train_set.regions, torch_device)
 
@@ -582,6 +598,9 @@ def train(
         net.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
+        if swa is not None and state.get("swa_state_dict"):
+            swa.module.load_state_dict(state["swa_state_dict"])
+            swa.n_averaged.fill_(int(state["swa_averaged"]))
         sampler.load_state_dict(state["sampler"][min(rank, len(state["sampler"]) - 1)])
         generator.set_state(state["rng"]["augment"][min(rank, len(state["rng"]["augment"]) - 1)])
         torch.set_rng_state(state["rng"]["torch"])
@@ -618,6 +637,9 @@ def train(
             "iteration": iteration,
             "model": {"name": config["model"]["name"], "kwargs": model_kwargs},
             "state_dict": net.state_dict(),
+            # empty until the first average is taken: the raw weights stand in until then
+            "swa_state_dict": swa.module.state_dict() if swa is not None and int(swa.n_averaged) else None,
+            "swa_averaged": int(swa.n_averaged) if swa is not None else 0,
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "sampler": samplers,
@@ -695,6 +717,8 @@ def train(
                 float(spec["grad_clip"]),
             )
         )
+        if swa is not None and progress_fraction >= swa_start and iteration % swa_every == 0:
+            swa.update_parameters(net)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
 

@@ -106,6 +106,26 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert [r["train_loss"] for r in _log(tmp_path / "a")] == [r["train_loss"] for r in _log(tmp_path / "b")]
 
 
+def test_swa_averages_snapshots_resumes_exactly_and_is_what_loads(tmp_path: Path) -> None:
+    """SWA from 40 % of the schedule, every 5 iterations of 20: the average of the weights at 10, 15
+    and 20 (snapshots taken by resuming a copy), kept across a resume, and what the export loads."""
+    text = SEGMENTATION.format(sampler="uniform", iterations=20, val_every=20)
+    config = _config(tmp_path, text.replace("threads = 1", "threads = 1\nswa_start = 0.4\nswa_every = 5"))
+    snapshots = []
+    for stop in (10, 15, 20):
+        part = train(config, out=tmp_path / "steps", max_iterations=stop, resume=True, progress=False)
+        snapshots.append(torch.load(part["checkpoint"], weights_only=False)["state_dict"])
+    state = torch.load(part["checkpoint"], weights_only=False)
+    assert state["swa_averaged"] == 3
+    straight = torch.load(train(config, out=tmp_path / "straight", progress=False)["checkpoint"], weights_only=False)
+    model, _ = load_trained_model(part["checkpoint"])
+    for key, value in model.state_dict().items():
+        mean = sum(s[key] for s in snapshots) / 3
+        torch.testing.assert_close(value, mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(straight["swa_state_dict"][key], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(state["state_dict"]["head.weight"], state["swa_state_dict"]["head.weight"])
+
+
 @pytest.mark.parametrize("name", ["shufflenet_v2", "squeezenet"])
 def test_classifier_loss_falls(tmp_path: Path, name: str) -> None:
     config = _config(tmp_path, CLASSIFICATION.format(name=name, iterations=30))

@@ -254,6 +254,12 @@ def test_regions_from_the_segmentation_route_by_the_ground_truth_rule(tmp_path):
     assert np.count_nonzero(result.labels[3] == 1) == 10 * 10  # middle: the baseline's own mask
     np.testing.assert_array_equal(result.region_probabilities.argmax(1), result.regions)
     assert result.provenance["regions_from"] == "segmentation"
+    # a scanner orientation with the index running toward the base outranks the narrowing
+    toward_base = np.diag([8.0, 2.0, 2.0, 1.0])
+    toward_base[:3, 0] = 8.0 * np.array([1.0, -1.0, 1.0]) / np.sqrt(3.0)
+    stack = _tapering_heart()
+    oriented = pipeline.segment(Stack(stack.pixels, stack.spacing, affine=toward_base))
+    np.testing.assert_array_equal(oriented.regions, [NON_CARDIAC, APEX, MIDDLE, MIDDLE, MIDDLE, BASE, NON_CARDIAC])
     # the classifier is refused where the bundle has none; baseline mode keeps the speck
     with pytest.raises(InputError, match="regions from the classifier need one"):
         Pipeline(bundle, mode="routed", regions_from="classifier")

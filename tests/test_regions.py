@@ -132,3 +132,55 @@ def test_segmentation_regions_ignore_specks_below_min_pixels() -> None:
     assert segmentation_regions(labels)[5] == 3
     with pytest.raises(InputError, match="'min_pixels'"):
         segmentation_regions(labels, min_pixels=-1)
+
+
+def _axis_affine(axis: list[float]) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, 0] = axis
+    return affine
+
+
+@pytest.mark.parametrize(
+    "axis, expected",
+    [
+        ([-1.0, 1.0, -1.0], 1),  # along the long axis, base to apex
+        ([0.9, -1.1, 1.0], -1),  # along it, apex to base
+        ([0.0, 0.0, 1.0], None),  # axis-aligned: no scanner orientation (ACDC's NIfTI files)
+        ([1.0, 0.0, 0.0], None),
+        ([1.0, 1.0, -1.0], None),  # dextrocardia: the apex points right (|cos| = 1/3)
+        ([0.0, 0.0, 0.0], None),  # degenerate
+    ],
+)
+def test_index_toward_apex_trusts_only_an_oblique_orientation(axis: list[float], expected: int | None) -> None:
+    from cmrsdk.regions import index_toward_apex
+
+    assert index_toward_apex(_axis_affine(axis)) == expected
+
+
+def test_orientation_overrides_a_misleading_area_slope() -> None:
+    """M&Ms B5F8L9 at ES: tissue marked above the base made the area grow toward the apex."""
+    from cmrsdk.regions import regions_from_areas, segmentation_regions
+
+    # apex at index 1, base at 7, then marks on 8-11 above the base: the slope says index 1 is basal
+    heart = np.array([0, 420, 500, 560, 600, 620, 600, 560, 380, 300, 220, 160])
+    lv = heart // 2
+    np.testing.assert_array_equal(regions_from_areas(heart, lv), [0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 3, 3])
+    np.testing.assert_array_equal(regions_from_areas(heart, lv, toward_apex=-1), [0, 3, 3, 2, 2, 2, 2, 2, 2, 2, 1, 1])
+    labels = _tapering_heart([0, 9, 9, 8, 8, 7, 6, 5, 4, 3, 2, 0])
+    np.testing.assert_array_equal(segmentation_regions(labels, toward_apex=1), slice_regions(labels))
+    np.testing.assert_array_equal(segmentation_regions(labels, toward_apex=-1), [0, 3, 3, 2, 2, 2, 2, 2, 2, 1, 1, 0])
+    with pytest.raises(InputError, match="'toward_apex'"):
+        regions_from_areas(heart, lv, toward_apex=0)
+
+
+def test_shared_oblique_series_orientation_agrees_with_their_labels(shared_data: Path) -> None:
+    """Every M&Ms label map's base-to-apex order matches `index_toward_apex` of its affine, and no
+    ACDC file (axis-aligned affines) gets a direction from it."""
+    from cmrsdk.regions import index_toward_apex
+
+    for folder in sorted(p for p in (shared_data / "mnms").iterdir() if p.is_dir()):
+        for stack in read_mnms_subject(folder).phases:
+            order = labelled_slices_base_to_apex(stack.labels)
+            assert index_toward_apex(stack.affine) == (1 if order[-1] > order[0] else -1), folder.name
+    for folder in sorted((shared_data / "acdc" / "training").glob("patient*"))[::10]:
+        assert all(index_toward_apex(s.affine) is None for s in read_acdc_patient(folder).phases)
