@@ -39,6 +39,7 @@ import pickle
 import sys
 import time
 import tomllib
+import zipfile
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -484,11 +485,32 @@ def _criterion(task: str, deep: bool, class_weighted: bool, regions: np.ndarray,
 
 
 def _warm_start(net: nn.Module, init_path: Path, device: torch.device) -> None:
-    """Fine-tuning: load another run's weights into ``net`` (fresh optimiser and schedule)."""
+    """Fine-tuning: load another run's weights into ``net`` (fresh optimiser and schedule).
+
+    ``init_path`` is a training checkpoint (its weight average where it has one) or a bundle's
+    TorchScript archive (``<bundle>/<model>.pt``: the network inside its softmax wrapper), so a
+    machine that has only the repository can continue from the shipped models.
+    """
     if not init_path.is_file():
         raise ReadError(init_path, "[train] 'init' checkpoint not found: train that run first")
-    init = torch.load(init_path, map_location=device, weights_only=False)
-    net.load_state_dict(_weights(init))
+    if zipfile.is_zipfile(init_path) and _is_torchscript(init_path):
+        from cmrsdk.engines.torchscript import quiet_torchscript
+
+        with quiet_torchscript():
+            archive = torch.jit.load(str(init_path), map_location=device)
+        weights = {k.removeprefix("net."): v for k, v in archive.state_dict().items()}
+    else:
+        weights = _weights(torch.load(init_path, map_location=device, weights_only=False))
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ReadError(init_path, f"its weights do not fit [model] ({str(exc).splitlines()[0]})") from exc
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether a zip archive is a TorchScript module (it holds ``code/``) rather than torch.save's."""
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
 
 
 def _schedule_progress(iteration: int, iterations: int, deadline: float | None, time_budget: float | None) -> float:

@@ -250,3 +250,23 @@ def test_schedule_steps_poly_learning_rate_and_time_budget() -> None:
     deadline = time.perf_counter() + 50.0
     assert _schedule_progress(11, 100, deadline, 100.0) == pytest.approx(0.5, abs=0.01)
     assert _schedule_progress(11, 100, time.perf_counter() - 1.0, 100.0) == 1.0  # past the deadline: capped
+
+
+def test_warm_start_from_a_bundle_archive(tmp_path: Path) -> None:
+    """`init` may name a bundle's TorchScript archive: a machine with only the repository continues
+    from the shipped models; an archive of another architecture is refused naming the file."""
+    from export.bundle import ProbabilityModel
+    from export.models import get_model
+    from export.train import _warm_start
+
+    torch.manual_seed(0)
+    shipped = get_model("unet", features=[8, 16, 32], deep_supervision=True).eval()
+    path = tmp_path / "baseline.pt"
+    torch.jit.trace(ProbabilityModel(shipped), torch.zeros(1, 1, 32, 32)).save(str(path))
+    torch.manual_seed(1)
+    net = get_model("unet", features=[8, 16, 32], deep_supervision=True)
+    _warm_start(net, path, torch.device("cpu"))
+    for key, value in shipped.state_dict().items():
+        assert torch.equal(net.state_dict()[key], value), key
+    with pytest.raises(ReadError, match="do not fit"):
+        _warm_start(get_model("unet", features=[8, 16], deep_supervision=True), path, torch.device("cpu"))
