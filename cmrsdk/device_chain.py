@@ -155,7 +155,11 @@ class DevicePipeline(Pipeline):
 
     # -- the chain ----------------------------------------------------------------------------
     def _segment_stack(
-        self, stack: Stack, region_source: RegionSource | None, centre: tuple[float, float] | None | _Unset
+        self,
+        stack: Stack,
+        region_source: RegionSource | None,
+        centre: tuple[float, float] | None | _Unset,
+        heart_known: bool = False,
     ) -> tuple[Segmentation, tuple[float, float] | None]:
         """`Pipeline._segment_stack` on the device: uint8 labels (Z, Y, X) on the stack's grid."""
         torch, dev = self._torch, self._device
@@ -214,7 +218,9 @@ class DevicePipeline(Pipeline):
             timings["locate"] = lap()
 
             if self.mode == "routed" and self.regions_from == "segmentation":
-                probabilities, regions = self._by_segmentation_on_device(images, index_toward_apex(stack.affine))
+                probabilities, regions = self._by_segmentation_on_device(
+                    images, index_toward_apex(stack.affine), heart_known
+                )
                 region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
             else:
                 probabilities = self._routed_on_device(images, regions)
@@ -253,14 +259,17 @@ class DevicePipeline(Pipeline):
                 return float(ys.double().mean()), float(xs.double().mean())
         return None
 
-    def _by_segmentation_on_device(self, images: Any, toward_apex: int | None) -> tuple[Any, np.ndarray]:
+    def _by_segmentation_on_device(
+        self, images: Any, toward_apex: int | None, heart_known: bool = False
+    ) -> tuple[Any, np.ndarray]:
         """`Pipeline._segment_by_segmentation` on the device; the region rule runs on (Z,) areas."""
         torch = self._torch
         baseline = self._baseline
         probabilities = self._unet(baseline, images)
         labels = probabilities.argmax(1)
         foreground = labels > 0
-        if bool(foreground.any()) and float(probabilities.max(1).values[foreground].mean()) < MIN_HEART_CONFIDENCE:
+        unsure = bool(foreground.any()) and float(probabilities.max(1).values[foreground].mean()) < MIN_HEART_CONFIDENCE
+        if unsure and not heart_known:
             labels = torch.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
         regions = _regions_from_labels(labels, toward_apex)
         empty = torch.from_numpy(np.flatnonzero(regions == NON_CARDIAC)).to(self._device)

@@ -255,8 +255,9 @@ class CardiacMeasures:
 
 
 def _ejection_fraction(edv: float, esv: float) -> float:
-    # NaN compares False: an unknown volume gives an unknown EF
-    return 100.0 * (edv - esv) / edv if edv > 0 and np.isfinite(esv) else float("nan")
+    # NaN compares False: an unknown volume gives an unknown EF. No ventricle empties to 0 mL: an
+    # empty ES mask is a failed segmentation, and its "100 %" would be a silently wrong number.
+    return 100.0 * (edv - esv) / edv if edv > 0 and esv > 0 else float("nan")
 
 
 def cardiac_measures(

@@ -348,21 +348,24 @@ class Pipeline:
         return self.mode == "routed" and self.regions_from == "segmentation"
 
     def _segment_by_segmentation(
-        self, images: np.ndarray, toward_apex: int | None = None
+        self, images: np.ndarray, toward_apex: int | None = None, heart_known: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities float32 (Z, C, H, W) and regions uint8 (Z,), the regions from the baseline's masks.
 
         The baseline segments every slice; `segmentation_regions` names the regions (base to apex
         along ``toward_apex``, the stack's orientation, where it is known); slices without
         heart become background everywhere, and so does a whole stack whose foreground the
-        baseline is unsure of (mean probability under `MIN_HEART_CONFIDENCE`); base, middle and apex slices are segmented again by
-        their region's U-Net where the bundle has one (the baseline's answer stands elsewhere).
+        baseline is unsure of (mean probability under `MIN_HEART_CONFIDENCE`), unless
+        ``heart_known`` (another phase of the study, on the same grid, showed the heart); base,
+        middle and apex slices are segmented again by their region's U-Net where the bundle has
+        one (the baseline's answer stands elsewhere).
         """
         baseline = self._baseline
         probabilities = self._unet(baseline, images)
         labels = probabilities.argmax(1)
         foreground = labels > 0
-        if foreground.any() and float(probabilities.max(1)[foreground].mean()) < MIN_HEART_CONFIDENCE:
+        unsure = foreground.any() and float(probabilities.max(1)[foreground].mean()) < MIN_HEART_CONFIDENCE
+        if unsure and not heart_known:
             labels = np.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
         regions = segmentation_regions(labels, MIN_SLICE_PIXELS, toward_apex)
         empty = np.flatnonzero(regions == NON_CARDIAC)
@@ -408,10 +411,16 @@ class Pipeline:
         return mirrored(engine.run, images) if self.mirroring else engine.run(images)
 
     def _segment_stack(
-        self, stack: Stack, region_source: RegionSource | None, centre: tuple[float, float] | None | _Unset
+        self,
+        stack: Stack,
+        region_source: RegionSource | None,
+        centre: tuple[float, float] | None | _Unset,
+        heart_known: bool = False,
     ) -> tuple[Segmentation, tuple[float, float] | None]:
         """`segment`, with the heart centre given (a study's, found on another phase) or searched
-        for (``_UNSET``); returns the segmentation and the centre used."""
+        for (``_UNSET``), and ``heart_known`` when another phase on the same grid showed the heart
+        (the whole-stack confidence gate is then not applied); returns the segmentation and the
+        centre used."""
         if not isinstance(stack, Stack):
             raise InputError(f"'stack' must be a cmrsdk.Stack, got {type(stack).__name__}")
         if region_source is not None and not callable(region_source):
@@ -445,7 +454,7 @@ class Pipeline:
         t, timings["locate"] = _lap(t)
 
         if self._by_segmentation and region_source is None:
-            probabilities, regions = self._segment_by_segmentation(images, index_toward_apex(stack.affine))
+            probabilities, regions = self._segment_by_segmentation(images, index_toward_apex(stack.affine), heart_known)
             region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
         else:
             probabilities = self._segment(images, regions)
@@ -498,7 +507,8 @@ class Pipeline:
         curve: ED at its largest, ES at its smallest volume. With a heart crop the heart is
         located once, on ED (on the first phase of a cine whose ED is unknown), and every phase
         on the same grid is cropped around that centre; a phase on another grid (shape or
-        spacing) is located on its own.
+        spacing) is located on its own. Likewise, once that first phase shows a heart, the other
+        phases on its grid are not emptied by the whole-stack confidence gate.
 
         Parameters
         ----------
@@ -518,12 +528,17 @@ class Pipeline:
         located = study.phases[indices[first]]
         results: dict[int, Segmentation] = {}
         centre: tuple[float, float] | None | _Unset = _UNSET
+        heart_found = False
         for i in order:
             stack = study.phases[indices[i]]
             same_grid = stack.shape == located.shape and tuple(stack.spacing) == tuple(located.spacing)
-            results[i], found = self._segment_stack(stack, region_source, centre if same_grid else _UNSET)
+            # the confidence gate is for series without a heart; once the first phase showed one,
+            # a less certain phase of the same study is a harder frame, not an empty one (mirroring
+            # lowers the certainty of M&Ms H1N8S6 at ES to 0.903: gated, it lost the whole ES)
+            known = same_grid and heart_found
+            results[i], found = self._segment_stack(stack, region_source, centre if same_grid else _UNSET, known)
             if i == first:
-                centre = found
+                centre, heart_found = found, bool(results[i].labels.any())
         segmentations = [results[i] for i in range(len(indices))]
         curve = np.array([s.volumes_ml()["LVBP"] for s in segmentations], dtype=np.float64)
         if study.ed_index is not None and study.es_index is not None:

@@ -117,3 +117,18 @@ def test_no_heart_no_mask(kind):
     result = Pipeline(DEMO_BUNDLE).segment(Stack(pixels, (10.0, 1.4, 1.4)))
     assert not result.labels.any(), (kind, np.bincount(result.labels.ravel()))
     assert (result.regions == 0).all()
+
+
+def test_a_phase_of_a_study_with_a_heart_is_not_emptied_by_the_confidence_gate(shared_data):
+    """M&Ms H1N8S6 with test-time mirroring: the baseline's certainty at ES falls to 0.903, under
+    the whole-stack gate (0.91) meant for series without a heart. The study's ED showed the heart,
+    so ES keeps its masks (before: ES emptied, LVEF reported as 100 %)."""
+    from cmrsdk.io import read_mnms_subject
+
+    study = read_mnms_subject(shared_data / "mnms" / "H1N8S6")
+    result = Pipeline(DEMO_BUNDLE, mirroring=True).segment_study(study)
+    assert result.measures.lvesv_ml > 30.0  # manual: 40.5 mL
+    assert 45.0 < result.measures.lvef_pct < 70.0  # manual: 57.6 %
+    # alone, the ES stack is still judged by the gate: the same certainty empties it
+    alone = Pipeline(DEMO_BUNDLE, mirroring=True).segment(study.es)
+    assert not alone.labels.any()

@@ -54,6 +54,9 @@ def test_cardiac_measures_known_values():
     assert m.rvedv_ml == pytest.approx(0.5)
     assert m.rvef_pct == pytest.approx(60.0)
     assert np.isnan(cardiac_measures(es * 0, es * 0, (1, 1, 1)).lvef_pct)
+    # an empty ES mask is a failed segmentation, not a ventricle that emptied: no "100 %"
+    failed = cardiac_measures(ed, es * 0, (10.0, 1.0, 1.0))
+    assert failed.lvesv_ml == 0.0 and np.isnan(failed.lvef_pct) and np.isnan(failed.rvef_pct)
 
 
 def test_dice_and_slice_dice_against_hand_counts():
