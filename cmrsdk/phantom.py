@@ -45,13 +45,14 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
+from .regions import APEX_RAS
 from .types import Stack, Study, StudyInfo
 
 __all__ = ["cine_phantom", "cycle_contraction"]
 
 _SUBPLANES_MM = (-2.7, 0.0, 2.7)  # across an 8 mm slice
 _SHORTENING = 0.13  # fraction of the LV length lost from the base at ES
-_LONG_AXIS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)  # base -> apex, RAS+
+_LONG_AXIS = APEX_RAS  # base -> apex, RAS+: the direction the region rule trusts in an affine
 
 
 def cycle_contraction(n_phases: int, es_fraction: float = 0.35) -> np.ndarray:
