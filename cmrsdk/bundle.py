@@ -197,6 +197,13 @@ class ModelInfo:
     num_outputs: int
     artifacts: dict[str, Artifact]
     record: dict[str, Any] = field(repr=False)
+    channels: int = 1
+
+    @property
+    def context(self) -> int:
+        """Stack neighbours each side a 2.5D model reads with each slice (0 for a 2D model): its
+        input is `cmrsdk.preprocess.context_slices` of the stack, ``channels = 2 context + 1``."""
+        return (self.channels - 1) // 2
 
 
 def _int_keys(value: Any, what: str, manifest: Path) -> dict[int, str]:
@@ -303,7 +310,17 @@ def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: t
             # before input_hw was recorded, TensorRT was compiled for the full window alone
             input_hw = (full_window, full_window) if backend == "tensorrt" else None
         artifacts[key] = Artifact(key, backend, precision, path, sha.lower(), size, input_hw)
-    return ModelInfo(name, kind, architecture, num_outputs, artifacts, raw)
+    # input_shape ["N", channels, H, W]: 1 for a 2D model, 2 context + 1 for a 2.5D one
+    shape = raw.get("input_shape", ["N", 1])
+    channels = shape[1] if isinstance(shape, list) and len(shape) > 1 else None
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1 or channels % 2 == 0:
+        raise BundleError(
+            f"{manifest}: '{where}input_shape' is {shape!r}: its channels must be an odd positive int "
+            f"(1, or a slice with its neighbours each side)"
+        )
+    if kind == "classifier" and channels != 1:
+        raise BundleError(f"{manifest}: '{where}input_shape' has {channels} channels; a region classifier reads one")
+    return ModelInfo(name, kind, architecture, num_outputs, artifacts, raw, channels)
 
 
 def _verify_artifact(artifact: Artifact) -> None:
@@ -473,7 +490,8 @@ class Bundle:
 
         Returns
         -------
-        Engine mapping float32 (N, 1, H, W) to float32 (N, C, H, W) for a segmentation model or
+        Engine mapping float32 (N, channels, H, W) (`ModelInfo.channels`: 1, or a 2.5D model's
+        slice between its neighbours) to float32 (N, C, H, W) for a segmentation model or
         float32 (N, R) for the classifier. A TensorRT engine gets the model's
         ``tensorrt_max_batch`` as its ``max_batch``, so larger batches are split, not refused.
         """
@@ -494,6 +512,7 @@ class Bundle:
                 # re-check the hash: the file may have changed since load_bundle
                 _verify_artifact(artifact)
                 engine = create_engine(artifact.path, artifact.backend, device, **options)
+                engine.channels = self.models[model_name].channels
                 self._engines[key] = engine
         return engine
 

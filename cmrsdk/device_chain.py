@@ -123,9 +123,24 @@ class DevicePipeline(Pipeline):
             self._matrices[key] = found
         return found
 
-    def _unet(self, name: str, x: Any) -> Any:
-        """float32 (N, C, h, w) probabilities of U-Net ``name`` on float32 (N, 1, h, w), mirrored when asked."""
+    def _inputs(self, name: str, images: Any, at: Any = None) -> Any:
+        """`cmrsdk.preprocess.context_slices` on the device: the slices ``at`` (int64 (N,) device
+        tensor, default all) of float32 (Z, 1, h, w) as model ``name`` reads them, (N, channels, h, w)."""
+        torch = self._torch
+        context = self.bundle.models[name].context
+        if at is None:
+            at = torch.arange(images.shape[0], device=images.device)
+        if context == 0:
+            return images[at]
+        offsets = torch.arange(-context, context + 1, device=images.device)
+        neighbours = (at[:, None] + offsets).clamp(0, max(images.shape[0] - 1, 0))
+        return images[neighbours, 0]
+
+    def _unet(self, name: str, images: Any, at: Any = None) -> Any:
+        """float32 (N, C, h, w) probabilities of U-Net ``name`` on the slices ``at`` (default all) of
+        one stack's float32 (Z, 1, h, w) slices (`_inputs`), mirrored when asked."""
         torch, forward = self._torch, self._forward(name)
+        x = self._inputs(name, images, at)
         if not x.shape[0]:
             return torch.zeros((0, len(self.bundle.labels), *x.shape[2:]), device=x.device)
         if not self.mirroring:
@@ -252,7 +267,8 @@ class DevicePipeline(Pipeline):
         """`cmrsdk.heart.locate_heart` on the device: the foreground centroid of the first search slice with a heart."""
         torch, forward = self._torch, self._forward(self._baseline)
         for k in search_order(window.shape[0], regions):  # never mirrored, as on the host
-            foreground = forward(window[k : k + 1])[0].argmax(0) > 0
+            at = torch.tensor([k], device=window.device)
+            foreground = forward(self._inputs(self._baseline, window, at))[0].argmax(0) > 0
             count = int(foreground.sum())
             if count >= MIN_HEART_PIXELS:
                 ys, xs = torch.nonzero(foreground, as_tuple=True)
@@ -281,7 +297,7 @@ class DevicePipeline(Pipeline):
             index = np.flatnonzero(regions == region)
             if region != NON_CARDIAC and name != baseline and len(index):
                 at = torch.from_numpy(index).to(self._device)
-                probabilities[at] = self._unet(name, images[at])
+                probabilities[at] = self._unet(name, images, at)
         return probabilities, regions
 
     def _routed_on_device(self, images: Any, regions: np.ndarray | None) -> Any:
@@ -297,7 +313,7 @@ class DevicePipeline(Pipeline):
         out = torch.empty((images.shape[0], len(self.bundle.labels), *images.shape[2:]), device=images.device)
         for name in np.unique(route):
             at = torch.from_numpy(np.flatnonzero(route == name)).to(self._device)
-            out[at] = self._unet(str(name), images[at])
+            out[at] = self._unet(str(name), images, at)
         return out
 
 

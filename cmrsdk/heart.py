@@ -40,7 +40,7 @@ MIN_HEART_PIXELS = 50
 #: most network passes the heart search makes per stack (first choice, then the central slices).
 LOCATE_TRIES = 3
 
-#: a segmentation model: float32 (N, 1, H, W) normalised slices -> float32 (N, C, H, W)
+#: a segmentation model: float32 (N, channels, H, W) normalised slices -> float32 (N, C, H, W)
 #: class probabilities (class 0 background).
 SliceSegmenter = Callable[[np.ndarray], np.ndarray]
 
@@ -64,7 +64,8 @@ def locate_heart(
 
     Parameters
     ----------
-    images : float32 (Z, 1, H, W) normalised slices, the full network window.
+    images : float32 (Z, channels, H, W) normalised slices, the full network window, as the
+        search model reads them (channels 1, or a 2.5D model's `cmrsdk.preprocess.context_slices`).
     segment : the model of the search (see `SliceSegmenter`), called on one slice at a time.
     regions : uint8 (Z,) region codes (0 non-cardiac, 1 base, 2 middle, 3 apex), or None.
     tries : most slices tried.
@@ -75,8 +76,8 @@ def locate_heart(
     (cy, cx) in pixel indices of the window (fractions), or None (no slice of the ones tried
     shows a heart, or an empty stack).
     """
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise InputError(f"'images' must be float32 (Z, 1, H, W), got shape {images.shape}")
+    if images.ndim != 4 or images.shape[1] < 1:
+        raise InputError(f"'images' must be float32 (Z, channels, H, W), got shape {images.shape}")
     if regions is not None and np.shape(regions) != images.shape[:1]:
         raise InputError(
             f"'regions' must be ({images.shape[0]},) region codes, one per slice, got shape {np.shape(regions)}"

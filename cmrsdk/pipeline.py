@@ -151,7 +151,7 @@ MIRROR_AXES: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 def mirrored(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
     """Test-time mirroring: the mean of ``run``'s probabilities over the flips of `MIRROR_AXES`.
 
-    ``images`` float32 (N, 1, H, W) -> float32 (N, C, H, W). The flipped copies go through
+    ``images`` float32 (N, channels, H, W) -> float32 (N, C, H, W). The flipped copies go through
     ``run`` as one batch of 4N (the engine splits it where it must), and each answer is flipped
     back before the mean, so a map that is the same in every flip comes back unchanged.
     """
@@ -341,7 +341,8 @@ class Pipeline:
     def _locate(self, images: np.ndarray, regions: np.ndarray | None) -> tuple[float, float] | None:
         """Centre (cy, cx) of the heart in window pixels, or None: `cmrsdk.heart.locate_heart`
         with the baseline U-Net."""
-        return locate_heart(images, self._engines[self._baseline].run, regions)
+        context = self.bundle.models[self._baseline].context
+        return locate_heart(preprocess.context_slices(images, context), self._engines[self._baseline].run, regions)
 
     @property
     def _by_segmentation(self) -> bool:
@@ -375,7 +376,7 @@ class Pipeline:
             name = self.bundle.routing.get(region, baseline)
             index = np.flatnonzero(regions == region)
             if region != NON_CARDIAC and name != baseline and len(index):
-                probabilities[index] = self._unet(name, np.ascontiguousarray(images[index]))
+                probabilities[index] = self._unet(name, images, index)
         return probabilities, regions
 
     def _segment(self, images: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
@@ -391,7 +392,7 @@ class Pipeline:
         probabilities = np.empty((images.shape[0], len(self.bundle.labels), *images.shape[2:]), np.float32)
         for name in np.unique(route):
             index = np.flatnonzero(route == name)
-            probabilities[index] = self._unet(str(name), np.ascontiguousarray(images[index]))
+            probabilities[index] = self._unet(str(name), images, index)
         return probabilities
 
     def _clean(self, labels: np.ndarray, stack: Stack) -> np.ndarray:
@@ -404,11 +405,13 @@ class Pipeline:
             labels = np.zeros_like(labels)
         return labels
 
-    def _unet(self, name: str, images: np.ndarray) -> np.ndarray:
-        """Probabilities float32 (N, C, H, W) of U-Net ``name`` on float32 (N, 1, H, W) slices,
-        mirrored at test time when the pipeline asks for it."""
+    def _unet(self, name: str, images: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities float32 (N, C, H, W) of U-Net ``name`` on the slices ``index`` (int (N,),
+        default all) of one stack's float32 (Z, 1, H, W) slices, each between its neighbours
+        when the U-Net is 2.5D; mirrored at test time when the pipeline asks for it."""
         engine = self._engines[name]
-        return mirrored(engine.run, images) if self.mirroring else engine.run(images)
+        batch = preprocess.context_slices(images, self.bundle.models[name].context, index)
+        return mirrored(engine.run, batch) if self.mirroring else engine.run(batch)
 
     def _segment_stack(
         self,

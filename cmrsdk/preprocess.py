@@ -65,6 +65,7 @@ __all__ = [
     "resample_argmax",
     "largest_component",
     "prepare_slices",
+    "context_slices",
 ]
 
 #: pixel dtypes the resampling kernels read directly (any memory order, native byte order).
@@ -588,3 +589,32 @@ def prepare_slices(
         size=(h, w),
     )
     return window[:, None], transform
+
+
+def context_slices(images: np.ndarray, context: int, index: np.ndarray | None = None) -> np.ndarray:
+    """2.5D network input: each slice between its stack neighbours, as channels.
+
+    Parameters
+    ----------
+    images : float32 (Z, 1, H, W) the prepared slices of one stack, in stack order.
+    context : neighbours each side (0: the slices as they are).
+    index : int (N,) the slices wanted (default: all Z).
+
+    Returns
+    -------
+    float32 (N, 2 context + 1, H, W), C-contiguous: channel ``context + d`` holds slice
+    ``index + d``; a neighbour beyond either end of the stack repeats the end slice, as
+    `export.data.SliceSet.neighbours` does in training.
+    """
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise InputError(f"'images' must be float32 (Z, 1, H, W), got shape {images.shape}")
+    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 0:
+        raise InputError(f"'context' must be an int >= 0, got {context!r}")
+    z = images.shape[0]
+    wanted = np.arange(z) if index is None else np.asarray(index, dtype=np.intp)
+    if wanted.size and (wanted.min() < 0 or wanted.max() >= z):
+        raise InputError(f"'index' must hold slice indices in [0, {z}), got {wanted.min()}..{wanted.max()}")
+    if context == 0:
+        return np.ascontiguousarray(images[wanted])
+    neighbours = np.clip(wanted[:, None] + np.arange(-int(context), int(context) + 1), 0, max(z - 1, 0))
+    return np.ascontiguousarray(images[neighbours, 0])

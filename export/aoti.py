@@ -44,6 +44,7 @@ from torch import nn
 from cmrsdk.bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
 from cmrsdk.engines.aoti import AotiEngine
 from cmrsdk.errors import BundleError, CmrError, InputError
+from cmrsdk.preprocess import context_slices
 from export.bundle import ProbabilityModel
 from export.parity import FP32_MAX_ABS_DIFF, check_parity, compare, eager_probabilities, parity_inputs
 
@@ -154,7 +155,7 @@ def add_aoti(
             raise InputError(f"'models' names {name!r}, which is not a model of {root} with a 'torchscript' artifact")
     pre = bundle.preprocessing
     size = tuple(pre.size)
-    slices, real = parity_inputs(size, _real_slices(bundle, Path(acdc) if acdc else None))  # type: ignore[arg-type]
+    stack, real = parity_inputs(size, _real_slices(bundle, Path(acdc) if acdc else None))  # type: ignore[arg-type]
     manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.aoti.", dir=root.parent))
     entries: dict[str, Any] = {}
@@ -168,6 +169,7 @@ def add_aoti(
         for name in names:
             t = time.perf_counter()
             model = rebuild_model(bundle, name)
+            slices = context_slices(stack, bundle.models[name].context)  # a 2.5D U-Net's neighbours
             reference = eager_probabilities(model, slices)
             # the rebuilt network must be the shipped one: compare with the TorchScript archive
             from cmrsdk.engines.torchscript import TorchScriptEngine

@@ -190,14 +190,16 @@ def augment_batch(
 
     Parameters
     ----------
-    images : float32 (B, 1, H, W) normalised slices (on any device).
-    labels : integer (B, H, W) or None.
+    images : float32 (B, C, H, W) normalised slices (on any device): C = 1, or a 2.5D slice
+        between its stack neighbours (C = 2 context + 1, in stack order; reversed for a random
+        half of the batch). Every channel of a sample gets the same transforms.
+    labels : integer (B, H, W) or None (the centre slice's).
     patch : (h, w) output size in pixels; centres : float (B, 2) (row, column) pixel indices.
     config : probabilities and ranges; generator : CPU generator for every random draw.
 
     Returns
     -------
-    float32 (B, 1, h, w) and int64 (B, h, w) (or None), on the device of ``images``.
+    float32 (B, C, h, w) and int64 (B, h, w) (or None), on the device of ``images``.
     """
     if images.ndim != 4:
         raise InputError(f"'images' must be (B, C, H, W), got shape {tuple(images.shape)}")
@@ -209,6 +211,12 @@ def augment_batch(
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(b, generator=generator, dtype=torch.float64)
 
+    if images.shape[1] > 1:
+        # 2.5D: the neighbours' order along the stack depends on how a series was written
+        # (base or apex first), so half of the batch sees it reversed; drawn only for C > 1, so
+        # 2D runs draw what they always did
+        reverse = chosen(0.5).to(images.device).view(b, 1, 1, 1)
+        images = torch.where(reverse, images.flip(1), images)
     max_angle = math.radians(config.max_rotation_deg)
     angle = torch.where(chosen(config.p_rotation), uniform(-max_angle, max_angle), torch.zeros(b, dtype=torch.float64))
     scale = torch.where(chosen(config.p_scale), uniform(*config.scale_range), torch.ones(b, dtype=torch.float64))
@@ -237,7 +245,7 @@ def augment_batch(
 
 
 def _scanner_transforms(out: torch.Tensor, config: AugmentConfig, chosen, uniform) -> torch.Tensor:
-    """Contrast, brightness, bias field, low resolution and blur on float32 (B, 1, h, w) patches.
+    """Contrast, brightness, bias field, low resolution and blur on float32 (B, C, h, w) patches.
 
     With all five off nothing is drawn, so nnU-Net's scheme draws what it always did; with any
     on, each draws its numbers whether or not it is enabled, so that turning one on does not
@@ -280,7 +288,7 @@ def _scanner_transforms(out: torch.Tensor, config: AugmentConfig, chosen, unifor
         t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
         kernel = torch.exp(-0.5 * (t / s) ** 2)
         kernel = kernel / kernel.sum()
-        x = F.pad(out[i : i + 1], (radius, radius, radius, radius), mode="replicate")
+        x = F.pad(out[i].unsqueeze(1), (radius, radius, radius, radius), mode="replicate")  # channels as a batch
         x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-        out[i : i + 1] = F.conv2d(x, kernel.view(1, 1, -1, 1))
+        out[i] = F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
     return out

@@ -51,6 +51,7 @@ from cmrsdk.bundle import (
 )
 from cmrsdk.engines import BACKENDS, create_engine
 from cmrsdk.engines.tensorrt import tensorrt_missing
+from cmrsdk.preprocess import context_slices
 from cmrsdk.errors import BundleError, InputError, WriteError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
 from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
@@ -94,6 +95,19 @@ class _HalfModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image.half()).float()
+
+
+def input_channels(net: nn.Module) -> int:
+    """The channels a network reads: its first convolution's (1 for a 2D U-Net, 2 context + 1 for
+    a 2.5D one); 1 for a network without one."""
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = int(first.in_channels) if first is not None else 1
+    if channels % 2 == 0:
+        raise InputError(
+            f"a network reading {channels} channels cannot be bundled: the input is one slice (1) or "
+            f"a slice between as many neighbours each side (an odd count)"
+        )
+    return channels
 
 
 def _check_output(name: str, kind: str, out: torch.Tensor, size: tuple[int, int], batch: int) -> int:
@@ -151,9 +165,9 @@ def _export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path) -> 
 
 
 def tensorrt_shapes(
-    size: tuple[int, int], heart_crop: tuple[int, int] | None, max_batch: int
+    size: tuple[int, int], heart_crop: tuple[int, int] | None, max_batch: int, channels: int = 1
 ) -> dict[str, tuple[int, int, int, int]]:
-    """The (N, 1, H, W) range a TensorRT artifact is compiled for: what the pipeline feeds it.
+    """The (N, channels, H, W) range a TensorRT artifact is compiled for: what the pipeline feeds it.
 
     Batch 1..``max_batch``; height and width from the heart crop (or the full window, for a
     bundle without one) up to the full window ``size``: the U-Nets see the crop, or the full
@@ -169,9 +183,9 @@ def tensorrt_shapes(
     if max_batch < 1 or not all(0 < lo <= hi for lo, hi in zip(low, size)):
         raise InputError(f"'heart_crop' {heart_crop} must fit in 'size' {size} and 'max_batch' {max_batch} be >= 1")
     return {
-        "min_shape": (1, 1, *low),
-        "opt_shape": (min(16, max_batch), 1, *low),  # type: ignore[dict-item]
-        "max_shape": (max_batch, 1, *size),
+        "min_shape": (1, channels, *low),
+        "opt_shape": (min(16, max_batch), channels, *low),  # type: ignore[dict-item]
+        "max_shape": (max_batch, channels, *size),
     }
 
 
@@ -232,7 +246,8 @@ def build_bundle(
 
     Parameters
     ----------
-    models : name -> (network, info). The network maps float32 (N, 1, H, W) to logits; info has
+    models : name -> (network, info). The network maps float32 (N, channels, H, W) to logits
+        (channels 1, or 2 context + 1 for a 2.5D U-Net: `input_channels`); info has
         ``kind`` ("segmentation" or "classifier", required) and optionally ``architecture``
         (text), ``training`` (config dict), ``metrics`` (validation figures).
     routing : region code (0 non-cardiac, 1 base, 2 middle, 3 apex) -> segmentation model name.
@@ -269,10 +284,13 @@ def build_bundle(
         records: dict[str, Any] = {}
         for name, (net, info) in models.items():
             model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval()).eval()
-            example = torch.from_numpy(slices[:2].copy())
+            channels = input_channels(net)
+            # a 2.5D U-Net reads each parity slice between its neighbours in the example set
+            inputs = context_slices(slices, (channels - 1) // 2)
+            example = torch.from_numpy(inputs[:2].copy())
             with torch.inference_mode():
                 classes = _check_output(name, kinds[name], model(example), preprocessing.size, 2)
-            checks = _parity_references(model, kinds[name], slices, preprocessing)
+            checks = _parity_references(model, kinds[name], inputs, preprocessing)
             files, extra = _export_artifacts(
                 model,
                 name,
@@ -380,7 +398,7 @@ def _export_artifacts(
     if "tensorrt" in formats and tensorrt:
         # U-Nets run at the heart crop and the full window; the classifier at the window only
         crop = preprocessing.heart_crop if kind == "segmentation" else None
-        trt_shapes = tensorrt_shapes(preprocessing.size, crop, max_batch)
+        trt_shapes = tensorrt_shapes(preprocessing.size, crop, max_batch, int(example.shape[1]))
         for precision in ("fp32", "fp16"):
             files[f"tensorrt-{precision}"] = staging / f"{name}.{precision}.ep"
             _export_tensorrt(model, trt_shapes, files[f"tensorrt-{precision}"], precision)
@@ -450,7 +468,7 @@ def _model_record(
         "kind": kind,
         "architecture": str(info.get("architecture", type(net).__name__)),
         "num_outputs": classes,
-        "input_shape": ["N", 1, size[0], size[1]],
+        "input_shape": ["N", input_channels(net), size[0], size[1]],
         "output_shape": ["N", classes, size[0], size[1]] if kind == "segmentation" else ["N", classes],
         "artifacts": artifacts,
         "parity": parity,

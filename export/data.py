@@ -67,7 +67,8 @@ class SliceSet:
 
     Attributes
     ----------
-    images : float32 (N, H, W) normalised slices at ``meta["target_spacing"]`` (dy, dx) mm.
+    images : float32 (N, H, W) normalised slices at ``meta["target_spacing"]`` (dy, dx) mm, or
+        (N, C, H, W) with each slice's stack neighbours (:meth:`with_context`).
     labels : uint8 (N, H, W) canonical labels (0 bg, 1 LVBP, 2 LVM, 3 RVBP).
     cases : str (N,) patient identifier of each slice.
     phases : str (N,) "ED" or "ES".
@@ -108,6 +109,36 @@ class SliceSet:
             self.positions[index],
             self.z[index],
             dict(self.meta),
+        )
+
+    def neighbours(self, context: int) -> np.ndarray:
+        """int64 (N, 2 context + 1) indices of each slice's stack neighbours z - context .. z + context.
+
+        A neighbour beyond either end of the stack repeats the end slice, as the runtime pipeline's
+        `cmrsdk.preprocess.context_slices` does. Stacks are the (case, phase) pairs; the set must
+        hold whole stacks (take neighbours before selecting regions).
+        """
+        if context < 0:
+            raise InputError(f"'context' must be >= 0, got {context}")
+        index = np.empty((len(self), 2 * context + 1), np.int64)
+        keys = np.char.add(np.char.add(self.cases.astype(str), " "), self.phases.astype(str))
+        for key in np.unique(keys):
+            members = np.flatnonzero(keys == key)
+            ordered = members[np.argsort(self.z[members], kind="stable")]
+            if not np.array_equal(self.z[ordered], np.arange(len(ordered))):
+                raise InputError(f"stack {key} is incomplete: its slices z are {self.z[ordered]}")
+            offsets = np.clip(np.arange(len(ordered))[:, None] + np.arange(-context, context + 1), 0, len(ordered) - 1)
+            index[ordered] = ordered[offsets]
+        return index
+
+    def with_context(self, context: int) -> "SliceSet":
+        """2.5D input: the set with float32 (N, 2 context + 1, H, W) images, each slice between its
+        stack neighbours in z order (:meth:`neighbours`); context 0 returns the set as it is."""
+        if context == 0:
+            return self
+        images = np.asarray(self.images)[self.neighbours(context)]
+        return SliceSet(
+            images, self.labels, self.cases, self.phases, self.regions, self.positions, self.z, dict(self.meta)
         )
 
     def select(self, *, cases: Iterable[str] | None = None, regions: Iterable[int] | None = None) -> "SliceSet":

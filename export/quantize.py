@@ -598,6 +598,12 @@ def quantize_bundle(
     for name in names:
         if name not in bundle.models or "onnx" not in bundle.models[name].artifacts:
             raise InputError(f"'models' names {name!r}, which is not a model of {root} with an 'onnx' artifact")
+        if bundle.models[name].channels != 1:
+            # calibration and checks draw single slices; a 2.5D model needs each with its stack neighbours
+            raise InputError(
+                f"model {name!r} of {root} is 2.5D ({bundle.models[name].channels} input channels): int8 "
+                f"quantization supports 2D models only; use bf16 (--precision bf16) for it"
+            )
     if not check_studies:
         raise InputError("'check_studies' is empty: the int8 artifacts need held-out labelled studies to be checked on")
     pre = bundle.preprocessing

@@ -79,6 +79,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "regions": [0, 1, 2, 3],
         "synthetic_slices": 64,
         "synthetic_studies": 0,
+        "context": 0,  # 2.5D: stack neighbours each side fed as channels; [model] in_channels = 2 context + 1
     },
     "model": {"name": "unet", "kwargs": {}},
     "sampler": {"kind": "uniform", "p_min": 1.0, "p_max": 20.0, "foreground_fraction": 0.33},
@@ -177,6 +178,7 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
         )
         cases = np.unique(slices.cases)
         val_cases = cases[-max(1, len(cases) // 4) :]
+        slices = slices.with_context(int(data["context"]))
         train_set = slices.select(cases=[c for c in cases if c not in val_cases])
         val_set = slices.select(cases=val_cases)
     elif data["source"] == "acdc":
@@ -195,6 +197,8 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
         if rank != 0:
             slices = open_cache(_resolve(data["root"]), _resolve(data["cache"]), **kwargs)
         splits = slices.meta["splits"]
+        # neighbours come from the whole stack, before the regions are selected
+        slices = slices.with_context(int(data["context"]))
         train_set, val_set = slices.select(cases=splits["train"]), slices.select(cases=splits["val"])
         if int(data.get("synthetic_studies", 0)) > 0:
             # the phantom of cmrsdk.synth (the embedded example's kind of image) mixed into training only
@@ -203,7 +207,7 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
                 target_spacing=tuple(slices.meta["target_spacing"]),
                 size=int(data["size"]),
                 normalization=data["normalization"],
-            )
+            ).with_context(int(data["context"]))
             train_set = concatenate(train_set, synthetic)
     else:
         raise InputError(f"[data] 'source' is {data['source']!r}, expected 'acdc' or 'synthetic'")
@@ -241,10 +245,11 @@ def _sampler(config: dict[str, dict[str, Any]], slices: SliceSet, seed: int) -> 
 
 @torch.no_grad()
 def _predict(model: nn.Module, images: np.ndarray, device: torch.device, batch: int) -> torch.Tensor:
-    """Logits of ``model`` over float32 (N, H, W) slices, on the CPU."""
+    """Logits of ``model`` over float32 (N, H, W) slices or (N, C, H, W) 2.5D slices, on the CPU."""
     outputs = []
     for start in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch]))[:, None].to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch]))
+        x = (x if x.ndim == 4 else x[:, None]).to(device)
         with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext():
             outputs.append(model(x).float().cpu())
     return torch.cat(outputs)
@@ -502,9 +507,24 @@ def _warm_start(net: nn.Module, init_path: Path, device: torch.device) -> None:
     else:
         weights = _weights(torch.load(init_path, map_location=device, weights_only=False))
     try:
-        net.load_state_dict(weights)
+        net.load_state_dict(_widen_inputs(weights, net.state_dict()))
     except RuntimeError as exc:
         raise ReadError(init_path, f"its weights do not fit [model] ({str(exc).splitlines()[0]})") from exc
+
+
+def _widen_inputs(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A 2D model's weights for its 2.5D twin: a first convolution (O, 1, k, k) becomes (O, C, k, k)
+    with the weights on the centre channel (the slice itself) and zeros on its neighbours, so the
+    twin starts as the 2D model and learns from there what the neighbours add."""
+    widened = dict(weights)
+    for key, value in weights.items():
+        want = target.get(key)
+        if want is not None and value.ndim == 4 and value.shape[1] == 1 and want.shape[1] > 1:
+            if want.shape[0] == value.shape[0] and want.shape[2:] == value.shape[2:] and want.shape[1] % 2:
+                grown = torch.zeros(want.shape, dtype=value.dtype, device=value.device)
+                grown[:, want.shape[1] // 2] = value[:, 0]
+                widened[key] = grown
+    return widened
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -602,6 +622,12 @@ def train(
     augment = AugmentConfig.named(spec["augment"])
 
     model_kwargs = dict(config["model"]["kwargs"])
+    channels = 1 if train_set.images.ndim == 3 else int(train_set.images.shape[1])
+    if int(model_kwargs.get("in_channels", 1)) != channels:
+        raise InputError(
+            f"[model] 'in_channels' is {model_kwargs.get('in_channels', 1)}, but [data] 'context' "
+            f"{config['data']['context']} feeds {channels} channels (2 context + 1)"
+        )
     net, trainable, deep = _build_model(config["model"]["name"], model_kwargs, task, torch_device, world)
     optimizer = _optimizer(spec, net)
     swa_start, swa_every = float(spec["swa_start"]), int(spec["swa_every"])
@@ -640,7 +666,7 @@ def train(
         _open_log(log_path, fields, start)
 
     per_rank = max(1, int(spec["batch_size"]) // world)
-    size = train_set.images.shape[1:]
+    size = train_set.images.shape[-2:]
     patch = (int(spec["patch"]),) * 2 if task == "segmentation" else tuple(size)
     images_all = torch.from_numpy(np.ascontiguousarray(train_set.images))
     labels_all = torch.from_numpy(np.ascontiguousarray(train_set.labels))
@@ -669,7 +695,10 @@ def train(
             "config": config,
             "metrics": metrics,
             "finished": finished or iteration >= iterations,
-            "preprocessing": {k: train_set.meta.get(k) for k in ("target_spacing", "size", "normalization")},
+            "preprocessing": {
+                **{k: train_set.meta.get(k) for k in ("target_spacing", "size", "normalization")},
+                "context": int(config["data"]["context"]),
+            },
         }
 
     bar = tqdm(
@@ -723,7 +752,8 @@ def train(
         index = torch.from_numpy(batch.indices)
         labels = labels_all[index]
         centres = crop_centres(labels, patch, torch.from_numpy(batch.foreground), generator)
-        x, y = augment_batch(images_all[index][:, None].to(torch_device), labels, patch, centres, augment, generator)
+        x = images_all[index] if images_all.ndim == 4 else images_all[index][:, None]
+        x, y = augment_batch(x.to(torch_device), labels, patch, centres, augment, generator)
         target = y if task == "segmentation" else targets_all[index]
         losses.append(
             _step(

@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -301,15 +302,16 @@ def test_auto_on_cuda_skips_a_tensorrt_engine_built_for_the_full_window(bundle_d
     monkeypatch.setattr(
         bundle_module,
         "create_engine",
-        lambda path, backend, device, **options: made.append((path.name, backend, options)) or backend,
+        lambda path, backend, device, **options: made.append((path.name, backend, options)) or SimpleNamespace(),
     )
     bundle = load_bundle(bundle_dir)
     assert bundle.models["apex"].artifacts["tensorrt-fp32"].input_hw == (SIZE, SIZE)
     assert bundle.select_artifact("apex", device="cuda", shapes=[SIZE]).key == "tensorrt-fp32"
     assert bundle.select_artifact("apex", device="cuda", shapes=[SIZE, (16, 16)]).key == "torchscript"
     # the engine gets the manifest's batch limit, so the pipeline's larger batches are split
-    bundle.engine("apex", "tensorrt", "cuda", shapes=[SIZE])
+    engine = bundle.engine("apex", "tensorrt", "cuda", shapes=[SIZE])
     assert made[-1] == ("apex.fp32.ep", "tensorrt", {"precision": "fp32", "max_batch": 8})
+    assert engine.channels == 1  # the manifest's input_shape: run refuses other channel counts
 
 
 def test_a_tensorrt_engine_with_dynamic_sizes_is_chosen_for_the_crop(bundle_dir: Path, monkeypatch):

@@ -141,9 +141,9 @@ def test_bad_batches_are_refused(built):
     engine = create_engine(_artifact(bundle, "seg", "onnx"))
     with pytest.raises(InputError, match="dtype must be float32.*float64"):
         engine.run(x.astype(np.float64))
-    with pytest.raises(InputError, match=r"shape \(N, 1, H, W\).*\(32, 32\)"):
+    with pytest.raises(InputError, match=r"shape \(N, channels, H, W\).*\(32, 32\)"):
         engine.run(x[0, 0])
-    with pytest.raises(InputError, match=r"\(2, 2, 32, 32\)"):
+    with pytest.raises(InputError, match=r"\(N, 1, H, W\): seg.onnx reads 1 channel.*\(2, 2, 32, 32\)"):
         engine.run(np.zeros((2, 2, *SIZE), np.float32))
     with pytest.raises(InputError, match="numpy array.*list"):
         engine.run([[0.0]])

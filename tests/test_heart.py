@@ -59,7 +59,7 @@ def test_locate_heart_falls_back_to_the_central_slices_and_gives_up():
     assert locate_heart(_levels([0.9]), small, min_pixels=49) == (3.0, 3.0)
     with pytest.raises(InputError, match=r"'regions' must be \(2,\)"):
         locate_heart(_levels([0.9, 0.9]), segment, np.zeros(3, np.uint8))
-    with pytest.raises(InputError, match=r"'images' must be float32 \(Z, 1, H, W\)"):
+    with pytest.raises(InputError, match=r"'images' must be float32 \(Z, channels, H, W\)"):
         locate_heart(np.zeros((2, 64, 64), np.float32), segment)
 
 

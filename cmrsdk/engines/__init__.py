@@ -1,6 +1,6 @@
 """Inference engines: one interface (`Engine`) over TorchScript, AOTInductor, ONNX Runtime and TensorRT.
 
-``Engine.run(batch)`` takes float32 (N, 1, H, W) normalised slices and returns float32
+``Engine.run(batch)`` takes float32 (N, channels, H, W) normalised slices and returns float32
 probabilities: (N, C, H, W) for a segmentation U-Net, (N, R) for the region classifier.
 
 The ``backend="auto"`` rule
@@ -116,7 +116,7 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
 
     Returns
     -------
-    Engine whose ``run`` maps float32 (N, 1, H, W) to float32 probabilities.
+    Engine whose ``run`` maps float32 (N, channels, H, W) to float32 probabilities.
 
     Raises
     ------

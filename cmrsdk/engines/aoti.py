@@ -41,7 +41,7 @@ def aoti_missing(device: str = "cpu") -> str | None:
 
 
 class AotiEngine(Engine):
-    """Run an AOTInductor ``.pt2`` package (float32 (N, 1, H, W) -> probabilities, see `Engine`).
+    """Run an AOTInductor ``.pt2`` package (float32 (N, channels, H, W) -> probabilities, see `Engine`).
 
     Parameters
     ----------

@@ -1,7 +1,8 @@
 """The one inference interface every backend implements: `Engine`.
 
 An engine runs one exported model. Its input is always a float32 batch of normalised slices
-(N, 1, H, W); what comes out depends on the model's kind:
+(N, 1, H, W), or (N, 2 context + 1, H, W) for a 2.5D U-Net (each slice between its stack
+neighbours, `cmrsdk.preprocess.context_slices`); what comes out depends on the model's kind:
 
 ==============  ==========================  ===================================================
 model kind      output                      meaning
@@ -60,6 +61,8 @@ class Engine(ABC):
     max_batch : the largest N one backend call takes, or None for no limit. `run` cuts larger
         batches into consecutive calls of at most ``max_batch`` slices and joins the answers,
         so callers never see the limit (a TensorRT engine is built for batches 1..max_batch).
+    channels : the input channels the model reads, where known (an ONNX graph records them; a
+        bundle's engine takes its model's ``input_shape``), else None; `run` refuses other counts.
     """
 
     backend: str = ""
@@ -73,6 +76,7 @@ class Engine(ABC):
         if max_batch is not None and (not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1):
             raise InputError(f"'max_batch' must be a positive int or None, got {max_batch!r}")
         self.max_batch = max_batch
+        self.channels: int | None = None
         # trailing output shape per input (H, W), learnt from the first batch of that size;
         # lets an empty batch return (0, C, H, W) or (0, R) without knowing the model's kind.
         self._trailing: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -83,8 +87,8 @@ class Engine(ABC):
 
         Parameters
         ----------
-        batch : float32 (N, 1, H, W), slices after resampling, cropping and normalisation;
-            N may be 0.
+        batch : float32 (N, channels, H, W), slices after resampling, cropping and normalisation
+            (channels 1, or 2 context + 1 for a 2.5D model); N may be 0.
 
         Returns
         -------
@@ -94,20 +98,25 @@ class Engine(ABC):
         Raises
         ------
         InputError
-            When ``batch`` is not a float32 array of shape (N, 1, H, W).
+            When ``batch`` is not a float32 array of shape (N, channels, H, W).
         """
         if not isinstance(batch, np.ndarray):
-            raise InputError(f"'batch' must be a numpy array float32 (N, 1, H, W), got {type(batch).__name__}")
+            raise InputError(f"'batch' must be a numpy array float32 (N, channels, H, W), got {type(batch).__name__}")
         if batch.dtype != np.float32:
             raise InputError(f"'batch' dtype must be float32 (supported: float32), got {batch.dtype}")
-        if batch.ndim != 4 or batch.shape[1] != 1 or batch.shape[2] < 1 or batch.shape[3] < 1:
-            raise InputError(f"'batch' must have shape (N, 1, H, W) with H, W >= 1, got {batch.shape}")
+        if batch.ndim != 4 or batch.shape[1] < 1 or batch.shape[2] < 1 or batch.shape[3] < 1:
+            raise InputError(f"'batch' must have shape (N, channels, H, W) with H, W >= 1, got {batch.shape}")
+        if self.channels is not None and batch.shape[1] != self.channels:
+            raise InputError(
+                f"'batch' must have shape (N, {self.channels}, H, W): {self.path.name} reads {self.channels} "
+                f"channel(s), got {batch.shape}"
+            )
         size = (int(batch.shape[2]), int(batch.shape[3]))
         if batch.shape[0] == 0:
             trailing = self._trailing.get(size)
             if trailing is None:
                 # one blank slice teaches us the output shape of this model at this size
-                self.run(np.zeros((1, 1, *size), dtype=np.float32))
+                self.run(np.zeros((1, batch.shape[1], *size), dtype=np.float32))
                 trailing = self._trailing[size]
             return np.empty((0, *trailing), dtype=np.float32)
         n, step = batch.shape[0], self.max_batch or batch.shape[0]
@@ -128,7 +137,7 @@ class Engine(ABC):
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        """Backend work: C-contiguous float32 (N >= 1, 1, H, W) -> float32 probabilities."""
+        """Backend work: C-contiguous float32 (N >= 1, channels, H, W) -> float32 probabilities."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(path={str(self.path)!r}, device={self.device!r}, precision={self.precision!r})"

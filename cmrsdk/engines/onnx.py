@@ -40,7 +40,7 @@ def onnx_providers() -> tuple[str, ...]:
 
 
 class OnnxEngine(Engine):
-    """Run an ONNX artifact with ONNX Runtime (float32 (N, 1, H, W) -> probabilities, see `Engine`).
+    """Run an ONNX artifact with ONNX Runtime (float32 (N, channels, H, W) -> probabilities, see `Engine`).
 
     Parameters
     ----------
@@ -109,6 +109,9 @@ class OnnxEngine(Engine):
         if len(inputs) != 1:
             raise BundleError(f"{self.path}: an ONNX model with exactly one input was expected, it has {len(inputs)}")
         self._input_name = inputs[0].name
+        shape = inputs[0].shape
+        if len(shape) == 4 and isinstance(shape[1], int):
+            self.channels = int(shape[1])  # the graph records it: a wrong count fails here, not in ORT
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is safe to call from several threads at once

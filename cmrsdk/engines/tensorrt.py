@@ -36,7 +36,7 @@ def tensorrt_missing() -> str | None:
 
 
 class TensorRTEngine(Engine):
-    """Run a torch-tensorrt artifact (float32 (N, 1, H, W) -> probabilities, see `Engine`).
+    """Run a torch-tensorrt artifact (float32 (N, channels, H, W) -> probabilities, see `Engine`).
 
     Parameters
     ----------

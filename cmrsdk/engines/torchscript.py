@@ -101,7 +101,7 @@ def _import_torch() -> Any:
 
 
 class TorchScriptEngine(Engine):
-    """Run a TorchScript artifact (fp32 float32 (N, 1, H, W) -> probabilities, see `Engine`).
+    """Run a TorchScript artifact (fp32 float32 (N, channels, H, W) -> probabilities, see `Engine`).
 
     Parameters
     ----------
@@ -183,7 +183,7 @@ class TorchScriptEngine(Engine):
 
     def forward_tensor(self, x: Any) -> Any:
         """The model on a torch tensor already on the engine's device, for device-resident callers
-        (`cmrsdk.device_chain`): float32 (N, 1, H, W) -> float32 probabilities on the same device.
+        (`cmrsdk.device_chain`): float32 (N, channels, H, W) -> float32 probabilities on the same device.
 
         No host copy, no shape checks beyond the module's own; ``max_batch`` is the caller's
         concern here. Call under ``torch.inference_mode()``.
