@@ -85,3 +85,32 @@ def build_segmentation_routed_bundle(out_dir):
     routing = {NON_CARDIAC: "baseline", BASE: "base", MIDDLE: "baseline", APEX: "apex"}
     pre = Preprocessing(target_spacing=(2.0, 2.0), size=(64, 64), normalization="minmax")
     return build_bundle(models, routing, pre, out_dir, formats=("onnx",), regions_from="segmentation")
+
+
+class NeighbourThreshold(nn.Module):
+    """A 2.5D `ThresholdSegmenter` (3 input channels) that reads one channel only: 0 the slice
+    before, 1 the slice itself, 2 the slice after (`cmrsdk.preprocess.context_slices`)."""
+
+    def __init__(self, channel: int) -> None:
+        super().__init__()
+        self.pick = nn.Conv2d(3, 1, 1, bias=False)
+        with torch.no_grad():
+            self.pick.weight.copy_(torch.eye(3)[channel].view(1, 3, 1, 1))
+        self.threshold = ThresholdSegmenter()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.threshold(self.pick(x))
+
+
+def build_neighbour_bundle(out_dir, channel: int):
+    """`build_threshold_bundle` with a `NeighbourThreshold` baseline (TorchScript and ONNX)."""
+    from export.bundle import build_bundle
+
+    pre = Preprocessing(target_spacing=(2.0, 2.0), size=(96, 96), normalization="minmax")
+    return build_bundle(
+        {"baseline": (NeighbourThreshold(channel), {"kind": "segmentation"})},
+        {NON_CARDIAC: "baseline"},
+        pre,
+        out_dir,
+        formats=("onnx", "torchscript"),
+    )

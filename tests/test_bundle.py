@@ -322,3 +322,12 @@ def test_a_tensorrt_engine_with_dynamic_sizes_is_chosen_for_the_crop(bundle_dir:
     bundle = load_bundle(bundle_dir)
     assert bundle.select_artifact("apex", device="cuda", shapes=[SIZE, (16, 16)]).key == "tensorrt-fp32"
     assert bundle.select_artifact("apex", device="cuda", shapes=[(8, 8)]).key == "torchscript"
+
+
+@pytest.mark.parametrize(
+    ("shape", "why"), [(["N", 2, 64, 64], "odd positive int"), (["N", "C", 64, 64], "odd positive int")]
+)
+def test_a_model_input_channel_count_must_be_a_slice_and_its_neighbours(bundle_dir: Path, shape, why):
+    _edit_manifest(bundle_dir, lambda m: m["models"]["apex"].update(input_shape=shape))
+    with pytest.raises(BundleError, match=rf"models\.apex\.input_shape.*{why}"):
+        load_bundle(bundle_dir)

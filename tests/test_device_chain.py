@@ -18,6 +18,7 @@ from cmrsdk.phantom import cine_phantom  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.preprocess import SliceTransform, resample_argmax, resample_stack  # noqa: E402
 from cmrsdk.regions import regions_from_areas, segmentation_regions  # noqa: E402
+from cmrsdk.types import Stack  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +114,19 @@ def test_the_chain_needs_tensor_engines():
         DevicePipeline(DEMO_BUNDLE, regions_from="caller")
     with pytest.raises(InputError, match="not by a 'region_source'"):
         DevicePipeline(DEMO_BUNDLE).segment(cine_phantom(0, n_phases=2).ed, region_source=lambda s, i: None)
+
+
+def test_the_chain_feeds_a_2_5d_unet_its_neighbours_as_the_host_does(tmp_path):
+    """A 2.5D baseline reading the slice before (tests/_bundles.py): the chain's device-side
+    `context_slices` gives the host's labels, heart crop and mirroring included."""
+    from _bundles import build_neighbour_bundle
+
+    bundle = build_neighbour_bundle(tmp_path / "neighbour", 0)
+    yy, xx = np.mgrid[:96, :96]
+    pixels = np.stack([((yy - 40) ** 2 + (xx - 50) ** 2 <= (4 + 3 * z) ** 2).astype(np.float32) for z in range(5)])
+    stack = Stack(pixels, (8.0, 2.0, 2.0))
+    for options in ({}, {"mirroring": True, "heart_crop": (64, 64)}):
+        common = {"mode": "baseline", "largest_component": False, "backend": "torchscript", **options}
+        host = Pipeline(bundle, **common).segment(stack).labels
+        assert host[1:].any() and not np.array_equal(host[1], host[2])
+        np.testing.assert_array_equal(DevicePipeline(bundle, **common).segment(stack).labels, host)

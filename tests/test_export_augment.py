@@ -149,3 +149,23 @@ def test_named_schemes() -> None:
     assert AugmentConfig.named("cross_vendor").p_bias_field > 0
     with pytest.raises(InputError, match="'augment'"):
         AugmentConfig.named("heavy")
+
+
+def test_2_5d_channels_share_every_transform_and_half_are_read_upside_down() -> None:
+    """A (B, 3, H, W) batch: each channel a multiple of one image (1, 2, 3), so a shared spatial
+    transform keeps the channels proportional; the stack order is reversed for about half."""
+    base = torch.randn(64, 1, 40, 40, generator=torch.Generator().manual_seed(0))
+    images = torch.cat([base, 2 * base, 3 * base], 1)
+    labels = torch.zeros(64, 40, 40, dtype=torch.long)
+    centres = torch.full((64, 2), 19.5, dtype=torch.float64)
+    config = AugmentConfig(p_rotation=1, p_scale=1, p_blur=1, p_gamma=0, p_noise=0)
+    out, _ = augment_batch(images, labels, (24, 24), centres, config, torch.Generator().manual_seed(2))
+    assert out.shape == (64, 3, 24, 24)
+    reversed_ = out[:, 2].abs().sum((1, 2)) < out[:, 0].abs().sum((1, 2))
+    first, last = (
+        torch.where(reversed_[:, None, None], out[:, 2], out[:, 0]),
+        torch.where(reversed_[:, None, None], out[:, 0], out[:, 2]),
+    )
+    torch.testing.assert_close(out[:, 1], 2 * first, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last, 3 * first, rtol=1e-4, atol=1e-4)
+    assert 16 <= int(reversed_.sum()) <= 48

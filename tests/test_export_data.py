@@ -70,3 +70,37 @@ def test_cache_equals_preprocessing_on_the_fly(shared_data: Path, tmp_path: Path
     assert len(cached) == sum(
         read_acdc_patient(root / "training" / p).ed.shape[0] * 2 for p in ["patient001", "patient002", "patient003"]
     )
+
+
+def test_neighbours_stay_in_their_stack_and_repeat_its_ends() -> None:
+    from export.data import SliceSet
+
+    # two stacks of 3 and 2 slices, stored out of order; each image holds its global row number
+    cases = np.array(["a", "b", "a", "a", "b"])
+    phases = np.array(["ED"] * 5)
+    z = np.array([1, 1, 0, 2, 0])
+    images = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((1, 4, 4), np.float32)
+    labels = np.zeros((5, 4, 4), np.uint8)
+    slices = SliceSet(images, labels, cases, phases, np.zeros(5, np.uint8), np.full(5, np.nan), z)
+    np.testing.assert_array_equal(slices.neighbours(1), [[2, 0, 3], [4, 1, 1], [2, 2, 0], [0, 3, 3], [4, 4, 1]])
+    np.testing.assert_array_equal(slices.neighbours(0), np.arange(5)[:, None])
+    wide = slices.with_context(1)
+    assert wide.images.shape == (5, 3, 4, 4)
+    np.testing.assert_array_equal(wide.images[:, :, 0, 0], slices.neighbours(1))
+    # a region selection after the neighbours keeps them; one before would lose them
+    with pytest.raises(InputError, match="stack a ED is incomplete"):
+        slices.subset(np.array([0, 3])).neighbours(1)
+
+
+def test_training_neighbours_are_the_pipelines(shared_data: Path) -> None:
+    """`SliceSet.neighbours` (training) and `cmrsdk.preprocess.context_slices` (inference) give a
+    real stack's slices the same neighbours."""
+    from cmrsdk.io import read_acdc_patient
+    from cmrsdk.preprocess import context_slices
+    from export.data import stack_slices
+
+    study = read_acdc_patient(shared_data / "acdc" / "training" / "patient001")
+    slices = stack_slices([("patient001", "ED", study.ed)], target_spacing=(1.5, 1.5), size=128)
+    runtime = context_slices(slices.images[:, None], 1)
+    np.testing.assert_array_equal(slices.with_context(1).images, runtime)
+    assert runtime.shape == (study.ed.shape[0], 3, 128, 128)

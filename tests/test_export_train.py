@@ -270,3 +270,38 @@ def test_warm_start_from_a_bundle_archive(tmp_path: Path) -> None:
         assert torch.equal(net.state_dict()[key], value), key
     with pytest.raises(ReadError, match="do not fit"):
         _warm_start(get_model("unet", features=[8, 16], deep_supervision=True), path, torch.device("cpu"))
+
+
+def test_a_2d_archive_warm_starts_its_2_5d_twin_as_the_same_function(tmp_path: Path) -> None:
+    """The widened first convolution reads the centre channel with the 2D weights and the
+    neighbours with zeros: whatever the neighbours hold, the twin answers as the 2D model did."""
+    from export.bundle import ProbabilityModel
+    from export.models import get_model
+    from export.train import _warm_start
+
+    torch.manual_seed(0)
+    flat = get_model("unet", features=[8, 16, 32], deep_supervision=True).eval()
+    path = tmp_path / "baseline.pt"
+    torch.jit.trace(ProbabilityModel(flat), torch.zeros(1, 1, 32, 32)).save(str(path))
+    twin = get_model("unet", in_channels=3, features=[8, 16, 32], deep_supervision=True).eval()
+    _warm_start(twin, path, torch.device("cpu"))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), flat(x[:, 1:2]), rtol=1e-5, atol=1e-5)
+    first = next(m for m in twin.modules() if isinstance(m, torch.nn.Conv2d)).weight
+    assert first.shape[1] == 3 and not first[:, 0].any() and not first[:, 2].any() and first[:, 1].abs().sum() > 0
+
+
+def test_a_2_5d_unet_trains_on_stack_neighbours(tmp_path: Path) -> None:
+    """[data] context = 1 feeds (B, 3, h, w) batches to a U-Net with in_channels 3; the checkpoint
+    records the context; a context the model cannot read is refused naming both keys."""
+    text = SEGMENTATION.format(sampler="uniform", iterations=10, val_every=10)
+    text = text.replace("synthetic_slices = 48", "synthetic_slices = 48\ncontext = 1")
+    config = _config(tmp_path, text.replace("kwargs = { features", "kwargs = { in_channels = 3, features"))
+    result = train(config, out=tmp_path / "out", progress=False)
+    assert result["iteration"] == 10 and 0.0 <= result["metrics"]["dice_mean"] <= 1.0
+    model, meta = load_trained_model(result["checkpoint"])
+    assert meta["preprocessing"]["context"] == 1
+    assert model(torch.zeros(1, 3, 48, 48)).shape == (1, 4, 48, 48)
+    with pytest.raises(InputError, match=r"'in_channels' is 1, but \[data\] 'context' 1 feeds 3 channels"):
+        train(_config(tmp_path, text, "flat"), out=tmp_path / "flat", progress=False)

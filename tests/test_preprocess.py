@@ -567,3 +567,18 @@ def test_resample_overflowing_float32_is_an_input_error() -> None:
         pp.resample_stack(pixels, (1.0, 1.0), shape=(11, 13), order=3)
     for order in (0, 1):
         assert np.isfinite(pp.resample_stack(pixels, (1.0, 1.0), shape=(11, 13), order=order)).all()
+
+
+def test_context_slices_put_each_slice_between_its_neighbours():
+    images = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 3, 2), np.float32)
+    out = pp.context_slices(images, 2, np.array([0, 3]))
+    assert out.shape == (2, 5, 3, 2) and out.flags.c_contiguous and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, :, 0, 0], [[0, 0, 0, 1, 2], [1, 2, 3, 3, 3]])
+    np.testing.assert_array_equal(pp.context_slices(images, 0), images)
+    assert pp.context_slices(images[:0], 1).shape == (0, 3, 3, 2)
+    with pytest.raises(InputError, match=r"'images' must be float32 \(Z, 1, H, W\)"):
+        pp.context_slices(images[:, 0], 1)
+    with pytest.raises(InputError, match="'context' must be an int >= 0, got -1"):
+        pp.context_slices(images, -1)
+    with pytest.raises(InputError, match=r"'index' must hold slice indices in \[0, 4\), got 0..4"):
+        pp.context_slices(images, 1, np.array([0, 4]))
