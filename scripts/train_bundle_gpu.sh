@@ -17,6 +17,8 @@
 # Without the pack (and without cache/acdc_224_all) export.train builds the cache from
 # ../shared/data/acdc. SET adds --set overrides to every run, e.g. SET='data.source="synthetic"'.
 # DEVICE=cpu ITERATIONS=4 runs the same path on a CPU in a minute (tests/test_train_bundle_gpu.py).
+# STAGE names the configurations, export/configs/<STAGE>_<model>.toml: "swa" (2D, stage 4) or
+# "ctx" (2.5D, stage 5: each slice with its stack neighbours).
 set -uo pipefail
 OUT=${1:?usage: train_bundle_gpu.sh OUT [BUDGET_SECONDS]}
 BUDGET=${2:-420}
@@ -27,6 +29,7 @@ RUNS=${RUNS:-runs/gpu_bundle}
 BUNDLE=${BUNDLE:-cmrsdk/demo/bundle}
 PACK=${PACK:-.gpu/acdc_224_all.npz.xz}
 SET=${SET:-}
+STAGE=${STAGE:-swa}
 MODELS="baseline base apex"
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
@@ -46,7 +49,7 @@ echo "set-up: $(( $(date +%s) - started )) s"
 pids=()
 for m in $MODELS; do
   # a small SWA interval: thousands of iterations fit a GPU lease, and the average wants many
-  $PY -m export.train "export/configs/swa_$m.toml" --device "$DEVICE" --out "$RUNS/$m" --no-progress \
+  $PY -m export.train "export/configs/${STAGE}_$m.toml" --device "$DEVICE" --out "$RUNS/$m" --no-progress \
       --set train.init="\"$BUNDLE/$m.pt\"" --set train.iterations="$ITERATIONS" --set train.threads=0 \
       --set train.swa_every=$(( ITERATIONS < 1000 ? 1 : 25 )) --set train.checkpoint_every=1000 \
       "${extra[@]}" --time-budget "$BUDGET" > "$RUNS/$m.out" 2>&1 &
