@@ -132,21 +132,30 @@ class ReferencePipeline:
                 window[max(-oy, 0) : max(-oy, 0) + src.shape[0], max(-ox, 0) : max(-ox, 0) + src.shape[1]] = src
                 x = torch.from_numpy(window)[None, None]
                 windows.append((x, image.shape, oy, ox, src.shape))
+
+            def inputs(name: str, z: int):
+                """Slice z as model ``name`` reads it: with its stack neighbours when it is 2.5D."""
+                c = self.bundle.models[name].context
+                return torch.cat([windows[min(max(k, 0), len(windows) - 1)][0] for k in range(z - c, z + c + 1)], 1)
+
+            for z in range(len(windows)):
                 if by_segmentation:  # the baseline on every slice first; regions from its masks
-                    probs.append(self.models[baseline](x))
+                    probs.append(self.models[baseline](inputs(baseline, z)))
                 else:
                     regions.append(
-                        int(self.models[self.bundle.classifier](x).argmax(1)) if self.bundle.classifier else NON_CARDIAC
+                        int(self.models[self.bundle.classifier](inputs(self.bundle.classifier, z)).argmax(1))
+                        if self.bundle.classifier
+                        else NON_CARDIAC
                     )
             if by_segmentation:
                 regions = list(
                     segmentation_regions(np.concatenate([p.argmax(1).numpy() for p in probs]), MIN_SLICE_PIXELS)
                 )
-            for z, (x, shape, oy, ox, src_shape) in enumerate(windows):
+            for z, (_, shape, oy, ox, src_shape) in enumerate(windows):
                 name = self.bundle.routing.get(int(regions[z]), baseline)
                 if by_segmentation and regions[z] == NON_CARDIAC:
                     continue  # no heart, no mask
-                prob = probs[z] if by_segmentation and name == baseline else self.models[name](x)  # (1, C, H, W)
+                prob = probs[z] if by_segmentation and name == baseline else self.models[name](inputs(name, z))
                 full = torch.zeros((1, prob.shape[1], *shape))
                 full[:, 0] = 1.0  # outside the window: background
                 ys, xs = max(oy, 0), max(ox, 0)
@@ -192,13 +201,12 @@ def pipeline_gflop(
     from torch.utils.flop_counter import FlopCounterMode
 
     H, W = ref.size
-    x = torch.zeros(1, 1, H, W)
     per_slice = {}
     with torch.inference_mode():
         for name, model in ref.models.items():
             counter = FlopCounterMode(display=False)
             with counter:
-                model(x)
+                model(torch.zeros(1, ref.bundle.models[name].channels, H, W))
             per_slice[name] = counter.get_total_flops()
     baseline = ref.bundle.routing[NON_CARDIAC]
     unet = per_slice[baseline]
