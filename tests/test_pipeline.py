@@ -188,15 +188,22 @@ def test_heart_crop_narrows_the_window_around_the_heart(threshold_bundle, backen
         Pipeline(bundle, mode="baseline", heart_crop=(128, 32))
 
 
-@pytest.mark.parametrize("backend", ["onnx", "torchscript"])
-def test_a_2_5d_unet_reads_each_slice_between_its_stack_neighbours(threshold_bundle, tmp_path, backend):
-    """A 2.5D baseline that thresholds only the slice before (channel 0) or after (channel 2) gives
-    slice z the 2D model's mask of slice z - 1 or z + 1, the ends repeating; the manifest and the
-    engines carry the three channels; the heart crop's locating pass and mirroring read them too."""
+@pytest.fixture(scope="module")
+def neighbour_bundles(tmp_path_factory):
+    """channel -> a bundle whose 2.5D baseline thresholds that channel only (tests/_bundles.py)."""
     from _bundles import build_neighbour_bundle
 
     from cmrsdk.bundle import load_bundle
 
+    root = tmp_path_factory.mktemp("bundles")
+    return {c: load_bundle(build_neighbour_bundle(root / f"channel{c}", c)) for c in (0, 2)}
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torchscript"])
+def test_a_2_5d_unet_reads_each_slice_between_its_stack_neighbours(threshold_bundle, neighbour_bundles, backend):
+    """A 2.5D baseline that thresholds only the slice before (channel 0) or after (channel 2) gives
+    slice z the 2D model's mask of slice z - 1 or z + 1, the ends repeating; the manifest and the
+    engines carry the three channels; the heart crop's locating pass and mirroring read them too."""
     pixels = np.zeros((5, 96, 96), np.float32)
     for z in range(5):  # a disc that grows slice by slice: every slice's mask differs
         yy, xx = np.mgrid[:96, :96]
@@ -204,7 +211,7 @@ def test_a_2_5d_unet_reads_each_slice_between_its_stack_neighbours(threshold_bun
     stack = Stack(pixels, (8.0, 2.0, 2.0))
     flat = Pipeline(threshold_bundle, mode="baseline", largest_component=False, backend=backend).segment(stack).labels
     for channel, shift in ((0, -1), (2, +1)):
-        bundle = load_bundle(build_neighbour_bundle(tmp_path / f"channel{channel}", channel))
+        bundle = neighbour_bundles[channel]
         assert bundle.models["baseline"].channels == 3 and bundle.models["baseline"].context == 1
         assert bundle.manifest["models"]["baseline"]["input_shape"] == ["N", 3, 96, 96]
         expected = flat[np.clip(np.arange(5) + shift, 0, 4)]
