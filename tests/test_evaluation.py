@@ -19,6 +19,7 @@ from cmrsdk.evaluation import (
     save_dice_along_heart,
     score_stack,
     write_csv,
+    zero_dice_table,
 )
 from cmrsdk.labels import APEX, BASE, MIDDLE
 
@@ -145,3 +146,33 @@ def test_false_positive_volume_counts_only_slices_without_ground_truth() -> None
     prediction[1] = 1  # over-segmentation inside the heart's slices does not count here
     assert false_positive_ml(prediction, truth, (10.0, 1.5, 1.5)) == pytest.approx(4 * 10 * 1.5 * 1.5 / 1000)
     assert false_positive_ml(truth, truth, (10.0, 1.5, 1.5)) == 0.0
+
+
+def test_zero_dice_slices_are_told_apart_by_cause(tmp_path):
+    """Five labelled slices (regions 20/60/20: base, middle x3, apex): on the base the model draws
+    an RV the truth lacks, on the apex it misses the truth's RV, on one middle slice its RV lies
+    beside the truth's; the table counts each cause and the CSV carries the pixel counts."""
+    truth = np.zeros((5, 20, 20), np.uint8)
+    truth[:4, 5:10, 5:10] = 1  # LVBP on every slice, narrowing at the apex (slice 4)
+    truth[4, 6:8, 6:8] = 1
+    truth[1:, 12:16, 12:16] = 3  # RVBP from the first middle slice down
+    prediction = truth.copy()
+    prediction[0, 12:16, 12:16] = 3  # drawn: the base has no RV in the truth
+    prediction[4, 12:16, 12:16] = 0  # missed: the apex RV
+    prediction[2, 12:16, 12:16] = 0
+    prediction[2, 0:4, 0:4] = 3  # apart: an RV, in the wrong place
+    scores = score_stack(prediction, truth, method="m", case="c", phase="ED")
+    assert [s.region for s in scores] == [BASE, MIDDLE, MIDDLE, MIDDLE, APEX]
+    assert scores[0].truth_pixels == (25, 0, 0) and scores[0].predicted_pixels == (25, 0, 16)
+    rows = {(r["region"], r["label"]): r for r in zero_dice_table(scores, "m")}
+    assert {k: (r["zero"], r["drawn"], r["missed"], r["apart"]) for k, r in rows.items() if r["zero"]} == {
+        ("base", "RVBP"): (1, 1, 0, 0),
+        ("middle", "RVBP"): (1, 0, 0, 1),
+        ("apex", "RVBP"): (1, 0, 1, 0),
+    }
+    middle = rows[("middle", "RVBP")]
+    assert middle["scored"] == 3 and middle["mean_pct"] == pytest.approx(200 / 3)
+    assert middle["mean_without_zero_pct"] == pytest.approx(100.0)
+    assert rows[("base", "LVBP")]["zero"] == 0 and rows[("base", "LVBP")]["mean_pct"] == 100.0
+    header = write_csv(tmp_path / "s.csv", scores).read_text().splitlines()[0].split(",")
+    assert header[-6:] == [f"{k}_px_{n}" for k in ("truth", "predicted") for n in ("LVBP", "LVM", "RVBP")]

@@ -28,6 +28,7 @@ from .stats import (
     improvement_table,
     regional_table,
     score_stack,
+    zero_dice_table,
 )
 from .tables import markdown_table, write_csv
 
@@ -36,6 +37,7 @@ __all__ = [
     "STRUCTURE_NAMES",
     "SliceScore",
     "score_stack",
+    "zero_dice_table",
     "regional_table",
     "classifier_table",
     "improvement_table",

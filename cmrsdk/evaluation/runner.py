@@ -30,6 +30,7 @@ from .stats import (
     improvement_table,
     regional_table,
     score_stack,
+    zero_dice_table,
 )
 from .tables import markdown_table, write_csv
 
@@ -166,6 +167,7 @@ def write_evaluation(
     (Dice, HD95 and mean surface distance per case, phase and structure), ``case_measures.csv``
     (volumes, EF, mass per case and method beside the ground truth's), ``table1_<method>.csv``, ``table2.csv`` (+ confusion matrices in
     the Markdown), ``table3.csv`` (when ``baseline`` was evaluated), ``agreement.csv``,
+    ``zero_dice.csv`` (`zero_dice_table`: the slices scoring 0, by cause),
     ``figure2.png``, ``bland_altman_<quantity>_<method>.png``, ``report.md`` and ``report.html`` (the
     same, with the figures inlined: one file to open in a browser).
     """
@@ -232,6 +234,18 @@ def write_evaluation(
                 cell[region] = f"{r[f'{region}_mean']:.2f}{star} ({r[f'{region}_sd']:.2f}) n={r[f'{region}_n']}"
             rows.append({"method": method, "label": r["label"], **cell})
         md += [markdown_table(rows), ""]
+
+    md += [
+        "## Where the Dice is lost: slices scoring 0, by cause",
+        "",
+        "drawn: the model drew the label where the annotators left it out; missed: they drew it and "
+        "the model did not; apart: both hold it without overlap. The last column is the mean Dice (%) "
+        "over the slices scoring above 0.",
+        "",
+    ]
+    zero_rows = [{"method": m, **row} for m in methods for row in zero_dice_table(result.scores, m)]
+    write_csv(out / "zero_dice.csv", zero_rows)
+    md += [markdown_table([r for r in zero_rows if r["zero"]]) if any(r["zero"] for r in zero_rows) else "none", ""]
 
     if result.regions:
         md += ["## Table 2: region classification (weighted precision and recall, %)", ""]

@@ -40,6 +40,7 @@ __all__ = [
     "agreement",
     "case_scores",
     "false_positive_ml",
+    "zero_dice_table",
 ]
 
 #: the p-value under which a difference is marked significant, as in the paper.
@@ -53,7 +54,9 @@ class SliceScore:
     """The Dice of one slice of one stack under one method.
 
     ``dice`` is (LVBP, LVM, RVBP) in [0, 1] or NaN; ``region`` the ground-truth region code;
-    ``position`` t in [0, 1] from base to apex (NaN for non-cardiac slices).
+    ``position`` t in [0, 1] from base to apex (NaN for non-cardiac slices); ``truth_pixels``
+    and ``predicted_pixels`` the (LVBP, LVM, RVBP) pixel counts of the slice in each mask, where
+    known (they tell a slice the annotators left without a label from one the model missed).
     """
 
     method: str
@@ -63,6 +66,8 @@ class SliceScore:
     region: int
     position: float
     dice: tuple[float, float, float]
+    truth_pixels: tuple[int, int, int] | None = None
+    predicted_pixels: tuple[int, int, int] | None = None
 
 
 def score_stack(prediction: np.ndarray, truth: np.ndarray, *, method: str, case: str, phase: str) -> list[SliceScore]:
@@ -76,8 +81,23 @@ def score_stack(prediction: np.ndarray, truth: np.ndarray, *, method: str, case:
     scores = slice_dice(prediction, truth)
     regions = slice_regions(truth)
     positions = slice_positions(truth)
+
+    def pixels(labels: np.ndarray, z: int) -> tuple[int, int, int]:
+        counts = np.bincount(labels[z].ravel(), minlength=max(STRUCTURES) + 1)
+        return tuple(int(counts[s]) for s in STRUCTURES)  # type: ignore[return-value]
+
     return [
-        SliceScore(method, case, phase, z, int(regions[z]), float(positions[z]), tuple(float(v) for v in scores[z]))  # type: ignore[arg-type]
+        SliceScore(
+            method,
+            case,
+            phase,
+            z,
+            int(regions[z]),
+            float(positions[z]),
+            tuple(float(v) for v in scores[z]),  # type: ignore[arg-type]
+            pixels(truth, z),
+            pixels(prediction, z),
+        )
         for z in range(truth.shape[0])
     ]
 
@@ -125,6 +145,45 @@ def regional_table(scores: Sequence[SliceScore], method: str) -> list[dict[str, 
             row[f"{REGION_NAMES[region]}_significant"] = bool(p < SIGNIFICANCE)
         table.append(row)
     return table
+
+
+def zero_dice_table(scores: Sequence[SliceScore], method: str) -> list[dict[str, object]]:
+    """Where the Dice is lost: the slices of one method scoring 0, per region and label, by cause.
+
+    A slice scores 0 when only one mask holds the label ("drawn": the model drew it where the
+    annotators left it out; "missed": they drew it and the model did not) or when both hold it
+    without overlap ("apart"). ``mean_pct`` is the region's mean Dice, ``mean_without_zero_pct``
+    the mean over the slices scoring above 0: the gap between them is what the zeros cost.
+    Slices without pixel counts (`SliceScore.truth_pixels` None) count as "apart".
+
+    Returns
+    -------
+    One row per region (base, middle, apex) and label: ``region``, ``label``, ``scored`` (slices
+    with a Dice), ``zero``, ``drawn``, ``missed``, ``apart``, ``mean_pct``, ``mean_without_zero_pct``.
+    """
+    rows: list[dict[str, object]] = []
+    for region in (BASE, MIDDLE, APEX):
+        chosen = [s for s in scores if s.method == method and s.region == region]
+        for j, name in enumerate(STRUCTURE_NAMES):
+            scored = [s for s in chosen if math.isfinite(s.dice[j])]
+            zero = [s for s in scored if s.dice[j] == 0.0]
+            drawn = sum(1 for s in zero if s.truth_pixels is not None and s.truth_pixels[j] == 0)
+            missed = sum(1 for s in zero if s.predicted_pixels is not None and s.predicted_pixels[j] == 0)
+            values = np.array([s.dice[j] for s in scored], dtype=np.float64) * 100.0
+            rows.append(
+                {
+                    "region": REGION_NAMES[region],
+                    "label": name,
+                    "scored": len(scored),
+                    "zero": len(zero),
+                    "drawn": drawn,
+                    "missed": missed,
+                    "apart": len(zero) - drawn - missed,
+                    "mean_pct": float(values.mean()) if len(values) else float("nan"),
+                    "mean_without_zero_pct": float(values[values > 0].mean()) if (values > 0).any() else float("nan"),
+                }
+            )
+    return rows
 
 
 def classifier_table(true_regions: np.ndarray, predicted_regions: np.ndarray) -> dict[str, Any]:

@@ -16,10 +16,14 @@ __all__ = ["write_csv", "markdown_table"]
 
 
 def _slice_row(score: SliceScore) -> dict[str, object]:
-    """A `SliceScore` as a flat row: one ``dice_<label>`` column per structure."""
+    """A `SliceScore` as a flat row: ``dice_<label>``, ``truth_px_<label>`` and
+    ``predicted_px_<label>`` columns per structure (pixel counts empty where unknown)."""
     row = asdict(score)
     values = row.pop("dice")
     row.update({f"dice_{name}": value for name, value in zip(STRUCTURE_NAMES, values)})
+    for key, column in (("truth_pixels", "truth_px"), ("predicted_pixels", "predicted_px")):
+        counts = row.pop(key)
+        row.update({f"{column}_{name}": "" if counts is None else counts[j] for j, name in enumerate(STRUCTURE_NAMES)})
     return row
 
 
