@@ -116,7 +116,8 @@ def test_the_chain_needs_tensor_engines():
         DevicePipeline(DEMO_BUNDLE).segment(cine_phantom(0, n_phases=2).ed, region_source=lambda s, i: None)
 
 
-def test_the_chain_feeds_a_2_5d_unet_its_neighbours_as_the_host_does(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_chain_feeds_a_2_5d_unet_its_neighbours_as_the_host_does(tmp_path, device: str):
     """A 2.5D baseline reading the slice before (tests/_bundles.py): the chain's device-side
     `context_slices` gives the host's labels, heart crop and mirroring included."""
     from _bundles import build_neighbour_bundle
@@ -129,4 +130,5 @@ def test_the_chain_feeds_a_2_5d_unet_its_neighbours_as_the_host_does(tmp_path):
         common = {"mode": "baseline", "largest_component": False, "backend": "torchscript", **options}
         host = Pipeline(bundle, **common).segment(stack).labels
         assert host[1:].any() and not np.array_equal(host[1], host[2])
-        np.testing.assert_array_equal(DevicePipeline(bundle, **common).segment(stack).labels, host)
+        chain = DevicePipeline(bundle, device=device, **common)
+        np.testing.assert_array_equal(chain.segment(stack).labels, host)
