@@ -14,10 +14,16 @@ torch = pytest.importorskip("torch")
 from export.train import REPO_ROOT, load_trained_model  # noqa: E402
 
 
-def test_three_shipped_models_continue_and_come_back_as_weight_averages(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stage", "averaged", "channels"), [("swa", 3, 1), ("ctx", 0, 3)])
+def test_three_shipped_models_continue_and_come_back_as_weight_averages(
+    tmp_path: Path, stage: str, averaged: int, channels: int
+) -> None:
+    """Stage 4 (SWA: the average of iterations 2, 3 and 4) and stage 5 (2.5D: the shipped 2D
+    archives widened to three input channels, no averaging) both come back from the bundle."""
     out = tmp_path / "out"
     env = dict(
         os.environ,
+        STAGE=stage,
         DEVICE="cpu",
         ITERATIONS="4",
         PYTHON=sys.executable,
@@ -35,7 +41,8 @@ def test_three_shipped_models_continue_and_come_back_as_weight_averages(tmp_path
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for name in ("baseline", "base", "apex"):
         model, meta = load_trained_model(out / f"{name}.pt")
-        assert meta["iteration"] == 4 and meta["swa_averaged"] == 3, name  # iterations 2, 3 and 4
+        assert meta["iteration"] == 4 and meta["swa_averaged"] == averaged, name
+        assert next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == channels
         assert meta["weights_dtype"] == "float16"
         assert sum(p.numel() for p in model.parameters()) > 1_900_000  # the shipped 1.94 M U-Net
         assert (out / f"{name}_log.csv").is_file()
