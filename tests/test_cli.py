@@ -120,7 +120,9 @@ def test_evaluate_writes_tables_and_figures(routing_bundle, tmp_path):
     page = (out / "report.html").read_text()  # the same tables and figures, one self-contained page
     assert "<h2>Table 1" in page and page.count("data:image/png;base64,") >= 2 and 'src="figure2.png"' not in page
     rows = (out / "slice_dice.csv").read_text().splitlines()
-    assert rows[0] == "method,case,phase,slice_index,region,position,dice_LVBP,dice_LVM,dice_RVBP" and len(rows) > 20
+    px = ",".join(f"{k}_px_{n}" for k in ("truth", "predicted") for n in ("LVBP", "LVM", "RVBP"))
+    assert rows[0] == f"method,case,phase,slice_index,region,position,dice_LVBP,dice_LVM,dice_RVBP,{px}"
+    assert len(rows) > 20 and (out / "zero_dice.csv").is_file() and "Where the Dice is lost" in report
     import csv
 
     cases = list(csv.DictReader((out / "case_scores.csv").open()))
