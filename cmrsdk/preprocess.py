@@ -614,7 +614,7 @@ def context_slices(images: np.ndarray, context: int, index: np.ndarray | None = 
     wanted = np.arange(z) if index is None else np.asarray(index, dtype=np.intp)
     if wanted.size and (wanted.min() < 0 or wanted.max() >= z):
         raise InputError(f"'index' must hold slice indices in [0, {z}), got {wanted.min()}..{wanted.max()}")
-    if context == 0:
-        return np.ascontiguousarray(images[wanted])
+    if context == 0:  # a 2D model: no copy on the hot path where all slices are wanted
+        return np.ascontiguousarray(images) if index is None else np.ascontiguousarray(images[wanted])
     neighbours = np.clip(wanted[:, None] + np.arange(-int(context), int(context) + 1), 0, max(z - 1, 0))
     return np.ascontiguousarray(images[neighbours, 0])
