@@ -289,3 +289,20 @@ def test_the_command_reports_errors_and_changes_nothing(source: Path, capsys):
     assert main([str(source), "--cache", str(source / "none"), "--acdc", str(source / "none")]) == 1
     assert "no calibration slices" in capsys.readouterr().err
     assert (source / MANIFEST_NAME).read_bytes() == before
+
+
+def test_a_2_5d_model_is_refused_by_name(tmp_path: Path) -> None:
+    """int8 calibration draws single slices: a 2.5D U-Net is refused before anything is written."""
+    from _bundles import build_neighbour_bundle
+
+    from export.quantize import quantize_bundle
+
+    bundle = build_neighbour_bundle(tmp_path / "neighbour", 1)
+    before = (bundle / MANIFEST_NAME).read_bytes()
+    with pytest.raises(InputError, match=r"model 'baseline' .* is 2\.5D \(3 input channels\): int8 .* 2D models only"):
+        quantize_bundle(
+            bundle,
+            calibration=np.zeros((2, 1, 96, 96), np.float32),
+            check_studies=[("synthetic", synthetic_study(seed=0))],
+        )
+    assert (bundle / MANIFEST_NAME).read_bytes() == before
