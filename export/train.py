@@ -105,6 +105,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "amp": "auto",
         "swa_start": 1.0,  # fraction of the schedule from which weights are averaged; 1 = no SWA
         "swa_every": 50,
+        "slice_dice": 0.0,  # share of the Dice term given to per-slice Dice (the evaluated metric)
     },
 }
 
@@ -475,11 +476,16 @@ def _optimizer(spec: dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
     raise InputError(f"[train] 'optimizer' is {spec['optimizer']!r}, expected 'sgd' or 'adam'")
 
 
-def _criterion(task: str, deep: bool, class_weighted: bool, regions: np.ndarray, device: torch.device) -> nn.Module:
-    """The loss: Dice + cross-entropy for segmentation, cross-entropy (optionally class-weighted by
-    the inverse frequency of ``regions``, int (N,) region codes) for the classifier."""
+def _criterion(
+    task: str, deep: bool, class_weighted: bool, regions: np.ndarray, device: torch.device, slice_dice: float = 0.0
+) -> nn.Module:
+    """The loss: Dice + cross-entropy for segmentation (``slice_dice`` of the Dice term per slice),
+    cross-entropy (optionally class-weighted by the inverse frequency of ``regions``, int (N,)
+    region codes) for the classifier."""
     if task == "segmentation":
-        return DeepSupervisionLoss() if deep else DiceCELoss()
+        if not 0.0 <= slice_dice <= 1.0:
+            raise InputError(f"[train] 'slice_dice' is {slice_dice}, expected a value in [0, 1]")
+        return DeepSupervisionLoss(slice_dice) if deep else DiceCELoss(slice_dice)
     class_weights = None
     if class_weighted:
         counts = np.bincount(regions, minlength=4).astype(np.float64)
@@ -633,7 +639,9 @@ def train(
     swa_start, swa_every = float(spec["swa_start"]), int(spec["swa_every"])
     swa = torch.optim.swa_utils.AveragedModel(net, use_buffers=True) if swa_start < 1.0 else None
     scaler = torch.amp.GradScaler("cuda", enabled=torch_device.type == "cuda")
-    criterion = _criterion(task, deep, bool(spec["class_weighted"]), train_set.regions, torch_device)
+    criterion = _criterion(
+        task, deep, bool(spec["class_weighted"]), train_set.regions, torch_device, float(spec["slice_dice"])
+    )
 
     iterations = int(spec["iterations"])
     stop = min(iterations, int(max_iterations)) if max_iterations is not None else iterations

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from export.augment import AugmentConfig, augment_batch, crop_centres, spatial_transform  # noqa: E402
-from export.losses import DeepSupervisionLoss, DiceCELoss, soft_dice_loss  # noqa: E402
+from export.losses import DeepSupervisionLoss, DiceCELoss, slice_dice_loss, soft_dice_loss  # noqa: E402
 
 
 def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,6 +88,38 @@ def test_dice_loss_matches_a_numpy_reference_and_is_zero_when_perfect() -> None:
     assert float(soft_dice_loss(logits, target)) == pytest.approx(1 - dice[1:].mean(), rel=1e-5)
     perfect = 100.0 * torch.nn.functional.one_hot(target, 4).permute(0, 3, 1, 2).float()
     assert float(DiceCELoss()(perfect, target)) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_slice_dice_scores_each_slice_and_punishes_a_structure_drawn_where_none_is_labelled() -> None:
+    g = torch.Generator().manual_seed(6)
+    logits, target = torch.randn(3, 4, 8, 8, generator=g), torch.randint(0, 4, (3, 8, 8), generator=g)
+    p = torch.softmax(logits, 1).numpy()
+    t = np.eye(4)[target.numpy()].transpose(0, 3, 1, 2)
+    dice = (2 * (p * t).sum((2, 3)) + 1) / (p.sum((2, 3)) + t.sum((2, 3)) + 1)
+    assert float(slice_dice_loss(logits, target)) == pytest.approx(1 - dice[:, 1:].mean(), rel=1e-5)
+
+    # slice 0 holds a 4-pixel RV (label 3), slice 1 none; the prediction draws 16 RV pixels on both
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, :2, :2] = 3
+    drawn = torch.zeros(2, 8, 8, dtype=torch.long)
+    drawn[:, :4, :4] = 3
+    logits = 100.0 * torch.nn.functional.one_hot(drawn, 4).permute(0, 3, 1, 2).float()
+    # slices: RV Dice 2*4/(16+4) and 1/(1+16); LV and myocardium absent and undrawn: 1
+    rv = [(2 * 4 + 1) / (16 + 4 + 1), 1 / (16 + 1)]
+    assert float(slice_dice_loss(logits, target)) == pytest.approx(1 - (4 + sum(rv)) / 6, rel=1e-4)
+    # batch Dice sees one RV of 4 pixels against 32 drawn and forgives the empty slice
+    assert float(soft_dice_loss(logits, target)) == pytest.approx(1 - (2 + 8 / 36) / 3, rel=1e-4)
+
+
+def test_dice_ce_mixes_batch_and_slice_dice_by_weight() -> None:
+    g = torch.Generator().manual_seed(7)
+    logits, target = torch.randn(2, 4, 8, 8, generator=g), torch.randint(0, 4, (2, 8, 8), generator=g)
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    mixed = 0.75 * soft_dice_loss(logits, target) + 0.25 * slice_dice_loss(logits, target) + ce
+    assert float(DiceCELoss(0.25)(logits, target)) == pytest.approx(float(mixed), rel=1e-6)
+    assert float(DiceCELoss(0.0)(logits, target)) == pytest.approx(float(soft_dice_loss(logits, target) + ce))
+    with pytest.raises(ValueError, match="slice_weight is 1.5"):
+        DiceCELoss(1.5)
 
 
 def test_deep_supervision_weights_halve() -> None:

@@ -74,9 +74,10 @@ def _log(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "region"])
-def test_unet_loss_falls_and_checkpoint_round_trips(tmp_path: Path, sampler: str) -> None:
+@pytest.mark.parametrize(("sampler", "slice_dice"), [("uniform", 0.0), ("region", 0.0), ("uniform", 0.5)])
+def test_unet_loss_falls_and_checkpoint_round_trips(tmp_path: Path, sampler: str, slice_dice: float) -> None:
     config = _config(tmp_path, SEGMENTATION.format(sampler=sampler, iterations=40, val_every=40))
+    config["train"]["slice_dice"] = slice_dice
     result = train(config, out=tmp_path / "out", progress=False)
     rows = _log(tmp_path / "out")
     assert [int(r["iteration"]) for r in rows] == [10, 20, 30, 40]
@@ -156,6 +157,10 @@ def test_bad_configuration_raises(tmp_path: Path) -> None:
         load_config(path)
     config = _config(tmp_path, SEGMENTATION.format(sampler="gaussian", iterations=2, val_every=2))
     with pytest.raises(InputError, match="\\[sampler\\] 'kind' is 'gaussian'"):
+        train(config, out=tmp_path / "out", progress=False)
+    config = _config(tmp_path, SEGMENTATION.format(sampler="uniform", iterations=2, val_every=2))
+    config["train"]["slice_dice"] = 1.5
+    with pytest.raises(InputError, match="\\[train\\] 'slice_dice' is 1.5"):
         train(config, out=tmp_path / "out", progress=False)
 
 
