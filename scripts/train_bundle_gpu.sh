@@ -17,8 +17,9 @@
 # Without the pack (and without cache/acdc_224_all) export.train builds the cache from
 # ../shared/data/acdc. SET adds --set overrides to every run, e.g. SET='data.source="synthetic"'.
 # DEVICE=cpu ITERATIONS=4 runs the same path on a CPU in a minute (tests/test_train_bundle_gpu.py).
-# STAGE names the configurations, export/configs/<STAGE>_<model>.toml: "swa" (2D, stage 4) or
-# "ctx" (2.5D, stage 5: each slice with its stack neighbours).
+# STAGE names the configurations, export/configs/<STAGE>_<model>.toml: "swa" (2D, stage 4), "ctx"
+# (2.5D, stage 5: each slice with its stack neighbours) or "slice" (2D, stage 6: half the Dice
+# term per slice; no weight average, so the files carry the last weights).
 set -uo pipefail
 OUT=${1:?usage: train_bundle_gpu.sh OUT [BUDGET_SECONDS]}
 BUDGET=${2:-420}
