@@ -113,30 +113,32 @@ def main(argv: list[str] | None = None) -> int:
 
     channels = load_bundle(args.bundle).models[args.model].channels
     batch = np.random.default_rng(0).standard_normal((args.slices, channels, args.size, args.size)).astype(np.float32)
-    variants = _variants(args.bundle, args.model, batch, not args.no_inductor)
-    reference = variants["ts_fp32"]()
-    for call in variants.values():  # warm-up: the profiling executor and oneDNN settle here
-        call()
-        call()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, call in variants.items():
-            started = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - started)
-    onnx = statistics.median(times["onnx_fp32"])
-    print(
-        f"{args.model} of {args.bundle}: {args.slices} x {channels} x {args.size} x {args.size}, "
-        f"{args.threads} threads, median of {args.repeats}"
-    )
-    print(f"{'variant':24s} {'ms':>8s} {'x onnx fp32':>12s} {'max |dp|':>10s} {'labels equal':>13s}")
-    for name, call in variants.items():
-        out = call()
-        agree = float((out.argmax(1) == reference.argmax(1)).mean())
-        median = statistics.median(times[name])
+    # under inference mode, as cmrsdk's engines run: TorchScript optimises differently under it
+    with torch.inference_mode():
+        variants = _variants(args.bundle, args.model, batch, not args.no_inductor)
+        reference = variants["ts_fp32"]()
+        for call in variants.values():  # warm-up: TorchScript's profiling executor optimises after a few calls
+            for _ in range(5):
+                call()
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, call in variants.items():
+                started = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - started)
+        onnx = statistics.median(times["onnx_fp32"])
         print(
-            f"{name:24s} {median * 1e3:8.1f} {median / onnx:12.2f} {np.abs(out - reference).max():10.4f} {agree:13.5f}"
+            f"{args.model} of {args.bundle}: {args.slices} x {channels} x {args.size} x {args.size}, "
+            f"{args.threads} threads, median of {args.repeats}"
         )
+        print(f"{'variant':24s} {'ms':>8s} {'x onnx fp32':>12s} {'max |dp|':>10s} {'labels equal':>13s}")
+        for name, call in variants.items():
+            out = call()
+            agree = float((out.argmax(1) == reference.argmax(1)).mean())
+            median = statistics.median(times[name])
+            print(
+                f"{name:24s} {median * 1e3:8.1f} {median / onnx:12.2f} {np.abs(out - reference).max():10.4f} {agree:13.5f}"
+            )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
