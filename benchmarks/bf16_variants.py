@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*TorchScript.*")
     torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     from cmrsdk.engines.torchscript import cpu_bf16_missing
 
     missing = cpu_bf16_missing()
@@ -139,13 +138,13 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name:24s} {median * 1e3:8.1f} {median / onnx:12.2f} {np.abs(out - reference).max():10.4f} {agree:13.5f}"
             )
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(3):
-                variants["ts_bf16"]()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    variants["ts_bf16"]()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
     return 0
 
 
