@@ -56,7 +56,8 @@ from cmrsdk.labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
 from .augment import AugmentConfig, augment_batch, crop_centres
 from .data import SliceSet, concatenate, open_cache, synthetic_slices, synthetic_study_slices
 from .losses import DeepSupervisionLoss, DiceCELoss
-from .models import get_model
+from .models import UNet, get_model
+from .models.grow import grow_unet_weights
 from .samplers import SliceSampler, region_weights, uniform_weights
 
 __all__ = ["REPO_ROOT", "DEFAULTS", "load_config", "train", "load_trained_model", "export_weights", "main"]
@@ -498,6 +499,9 @@ def _criterion(
 def _warm_start(net: nn.Module, init_path: Path, device: torch.device) -> None:
     """Fine-tuning: load another run's weights into ``net`` (fresh optimiser and schedule).
 
+    A U-Net may be wider than the one that trained them: `export.models.grow` places them so that
+    it starts as the same function; a 2D model's weights start its 2.5D twin (`_widen_inputs`).
+
     ``init_path`` is a training checkpoint (its weight average where it has one) or a bundle's
     TorchScript archive (``<bundle>/<model>.pt``: the network inside its softmax wrapper), so a
     machine that has only the repository can continue from the shipped models.
@@ -512,8 +516,15 @@ def _warm_start(net: nn.Module, init_path: Path, device: torch.device) -> None:
         weights = {k.removeprefix("net."): v for k, v in archive.state_dict().items()}
     else:
         weights = _weights(torch.load(init_path, map_location=device, weights_only=False))
+    target = net.state_dict()
+    weights = _widen_inputs(weights, target)
+    if isinstance(net, UNet) and any(k in target and v.shape != target[k].shape for k, v in weights.items()):
+        try:
+            weights = grow_unet_weights(weights, target)  # a wider twin: the same function at first
+        except InputError as exc:
+            raise ReadError(init_path, f"its weights do not fit [model] ({exc})") from exc
     try:
-        net.load_state_dict(_widen_inputs(weights, net.state_dict()))
+        net.load_state_dict(weights)
     except RuntimeError as exc:
         raise ReadError(init_path, f"its weights do not fit [model] ({str(exc).splitlines()[0]})") from exc
 
