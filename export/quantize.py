@@ -66,7 +66,7 @@ import numpy as np
 
 from cmrsdk.bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
 from cmrsdk.errors import BundleError, CmrError, CmrWarning, InputError
-from cmrsdk.labels import APEX, BASE, LABEL_NAMES, MIDDLE, STRUCTURES
+from cmrsdk.labels import APEX, BASE, LABEL_NAMES, MIDDLE, REGION_NAMES, STRUCTURES
 from cmrsdk.types import Study
 
 __all__ = [
@@ -82,6 +82,7 @@ __all__ = [
     "quantize_model",
     "int8_parity",
     "dice_deltas",
+    "moved_slices",
     "quantize_bundle",
     "check_bf16",
     "main",
@@ -439,6 +440,49 @@ def _mean_dice(scores: Sequence[Any], method: str, codes: Sequence[int], j: int)
     return (float(values.mean()) if len(values) else float("nan")), int(len(values))
 
 
+#: a slice's Dice must move by more than this (points) to be listed in `moved_slices`.
+MOVED_POINTS = 10.0
+
+
+def moved_slices(scores: Sequence[Any], reference: str, precision: str, most: int = 20) -> list[dict[str, Any]]:
+    """The slices whose Dice for some label moved by more than `MOVED_POINTS` between two methods.
+
+    A gate on mean slice Dice is refused by whole slices more often than by boundaries: a
+    structure drawn by one precision and not the other scores 0 against NaN (absent from both
+    masks) or against its Dice. Each entry: case, phase, slice, ground-truth region, label, both
+    Dice values (%, None where unscored) and both predicted pixel counts; the largest changes
+    first, at most ``most``.
+    """
+    by_key = {(s.case, s.phase, s.slice_index): s for s in scores if s.method == reference}
+    moved = []
+    for cand in (s for s in scores if s.method == precision):
+        ref = by_key.get((cand.case, cand.phase, cand.slice_index))
+        if ref is None:
+            continue
+        for j, label in enumerate(STRUCTURES):
+            a, b = ref.dice[j], cand.dice[j]
+            if math.isnan(a) and math.isnan(b):
+                continue
+            change = (0.0 if math.isnan(b) else b) - (0.0 if math.isnan(a) else a)
+            if math.isnan(a) != math.isnan(b) or abs(change) * 100.0 > MOVED_POINTS:
+                moved.append(
+                    {
+                        "case": cand.case,
+                        "phase": cand.phase,
+                        "slice": cand.slice_index,
+                        "region": REGION_NAMES.get(cand.region, str(cand.region)),
+                        "label": LABEL_NAMES[label],
+                        reference: None if math.isnan(a) else round(a * 100.0, 2),
+                        precision: None if math.isnan(b) else round(b * 100.0, 2),
+                        f"{reference}_pixels": ref.predicted_pixels[j] if ref.predicted_pixels else None,
+                        f"{precision}_pixels": cand.predicted_pixels[j] if cand.predicted_pixels else None,
+                        "_size": 1.0 if math.isnan(a) != math.isnan(b) else abs(change),  # a 0 joins the mean
+                    }
+                )
+    moved.sort(key=lambda m: -m["_size"])
+    return [{k: v for k, v in m.items() if k != "_size"} for m in moved[:most]]
+
+
 def dice_deltas(
     bundle: Bundle | str | Path,
     studies: Sequence[tuple[str, Study]],
@@ -501,6 +545,7 @@ def dice_deltas(
             rows.append(row)
     drops = [-r["delta"] for r in rows if math.isfinite(r["delta"])]
     return {
+        "moved": moved_slices(result.scores, reference, precision),
         "studies": [c for c, _ in studies],
         "backend": backend,
         "reference": reference,
@@ -528,6 +573,21 @@ def dice_table(record: Mapping[str, Any]) -> str:
         moved = f" {r['jitter']:+.2f} |" if jitter else ""
         lines.append(
             f"| {r['region']} | {r['label']} | {r[ref]:.2f} | {r[cand]:.2f} | {r['delta']:+.2f} |{moved} {r[f'{ref}_n']} |"
+        )
+    return "\n".join(lines)
+
+
+def moved_text(record: Mapping[str, Any]) -> str:
+    """`dice_deltas`'s moved slices as lines of text ("" when none moved)."""
+    ref, cand = record["reference"], record["precision"]
+    moved = record.get("moved") or []
+    if not moved:
+        return ""
+    lines = [f"\nslices whose Dice moved by more than {MOVED_POINTS:g} points ({ref} -> {cand}, Dice %, pixels drawn):"]
+    for m in moved:
+        lines.append(
+            f"  {m['case']} {m['phase']} slice {m['slice']} ({m['region']}) {m['label']}: "
+            f"{m[ref]} -> {m[cand]} ({m[f'{ref}_pixels']} -> {m[f'{cand}_pixels']} px)"
         )
     return "\n".join(lines)
 
@@ -677,6 +737,7 @@ def quantize_bundle(
         log(
             f"Dice on {len(check_studies)} held-out studies ({dice['slices']} slices), {time.perf_counter() - t:.0f} s:\n"
             + dice_table(dice)
+            + moved_text(dice)
         )
         dice.update(
             {
@@ -740,6 +801,7 @@ def check_bf16(
     log(
         f"Dice on {len(check_studies)} held-out studies ({dice['slices']} slices), {time.perf_counter() - t:.0f} s:\n"
         + dice_table(dice)
+        + moved_text(dice)
     )
     dice.update(
         {

@@ -306,3 +306,41 @@ def test_a_2_5d_model_is_refused_by_name(tmp_path: Path) -> None:
             check_studies=[("synthetic", synthetic_study(seed=0))],
         )
     assert (bundle / MANIFEST_NAME).read_bytes() == before
+
+
+def test_moved_slices_name_the_slices_that_decide_a_gate():
+    """A structure drawn by one precision only (Dice 0 against NaN) and a large boundary change
+    are listed, a structure drawn by one only first; a small change and a slice empty in both are not."""
+    from cmrsdk.evaluation.stats import SliceScore
+    from export.quantize import moved_slices, moved_text
+
+    nan = float("nan")
+
+    def score(method, index, dice, pixels):
+        return SliceScore(method, "patient030", "ES", index, 2, 0.5, dice, (10, 10, 0), pixels)
+
+    scores = [
+        score("fp32", 5, (0.95, 0.90, nan), (100, 80, 0)),
+        score("bf16", 5, (0.95, 0.89, 0.0), (100, 80, 31)),  # RV drawn in bf16 only
+        score("fp32", 6, (0.90, 0.80, nan), (100, 80, 0)),
+        score("bf16", 6, (0.75, 0.80, nan), (90, 80, 0)),  # LVBP -15 points
+        score("fp32", 7, (nan, nan, nan), (0, 0, 0)),
+        score("bf16", 7, (nan, nan, nan), (0, 0, 0)),
+    ]
+    moved = moved_slices(scores, "fp32", "bf16")
+    assert [(m["slice"], m["label"]) for m in moved] == [(5, "RVBP"), (6, "LVBP")]
+    assert moved[0] == {
+        "case": "patient030",
+        "phase": "ES",
+        "slice": 5,
+        "region": "middle",
+        "label": "RVBP",
+        "fp32": None,
+        "bf16": 0.0,
+        "fp32_pixels": 0,
+        "bf16_pixels": 31,
+    }
+    assert moved[1]["fp32"] == 90.0 and moved[1]["bf16"] == 75.0
+    text = moved_text({"reference": "fp32", "precision": "bf16", "moved": moved})
+    assert "patient030 ES slice 5 (middle) RVBP: None -> 0.0 (0 -> 31 px)" in text
+    assert moved_text({"reference": "fp32", "precision": "bf16", "moved": []}) == ""
