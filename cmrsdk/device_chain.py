@@ -175,6 +175,7 @@ class DevicePipeline(Pipeline):
         region_source: RegionSource | None,
         centre: tuple[float, float] | None | _Unset,
         heart_known: bool = False,
+        routes: np.ndarray | None = None,
     ) -> tuple[Segmentation, tuple[float, float] | None]:
         """`Pipeline._segment_stack` on the device: uint8 labels (Z, Y, X) on the stack's grid."""
         torch, dev = self._torch, self._device
@@ -234,7 +235,7 @@ class DevicePipeline(Pipeline):
 
             if self.mode == "routed" and self.regions_from == "segmentation":
                 probabilities, regions = self._by_segmentation_on_device(
-                    images, index_toward_apex(stack.affine), heart_known
+                    images, index_toward_apex(stack.affine), heart_known, routes
                 )
                 region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
             else:
@@ -276,22 +277,30 @@ class DevicePipeline(Pipeline):
         return None
 
     def _by_segmentation_on_device(
-        self, images: Any, toward_apex: int | None, heart_known: bool = False
+        self, images: Any, toward_apex: int | None, heart_known: bool = False, routes: np.ndarray | None = None
     ) -> tuple[Any, np.ndarray]:
         """`Pipeline._segment_by_segmentation` on the device; the region rule runs on (Z,) areas."""
         torch = self._torch
         baseline = self._baseline
-        probabilities = self._unet(baseline, images)
-        labels = probabilities.argmax(1)
-        foreground = labels > 0
-        unsure = bool(foreground.any()) and float(probabilities.max(1).values[foreground].mean()) < MIN_HEART_CONFIDENCE
-        if unsure and not heart_known:
-            labels = torch.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
+        if routes is not None:  # another phase's regions: one pass per slice
+            probabilities = self._routed_on_device(images, routes)
+            labels = probabilities.argmax(1)
+        else:
+            probabilities = self._unet(baseline, images)
+            labels = probabilities.argmax(1)
+            foreground = labels > 0
+            unsure = (
+                bool(foreground.any()) and float(probabilities.max(1).values[foreground].mean()) < MIN_HEART_CONFIDENCE
+            )
+            if unsure and not heart_known:
+                labels = torch.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
         regions = _regions_from_labels(labels, toward_apex)
         empty = torch.from_numpy(np.flatnonzero(regions == NON_CARDIAC)).to(self._device)
         if len(empty):
             probabilities[empty] = 0.0
             probabilities[empty, 0] = 1.0
+        if routes is not None:
+            return probabilities, regions
         for region in REGION_NAMES:
             name = self.bundle.routing.get(region, baseline)
             index = np.flatnonzero(regions == region)

@@ -390,3 +390,45 @@ def test_mirroring_runs_four_passes_per_unet_and_says_so(threshold_bundle):
     assert b.provenance["mirroring"] is True and a.provenance["mirroring"] is False
     with pytest.raises(InputError, match="'mirroring' must be True or False, got 'yes'"):
         Pipeline(threshold_bundle, mirroring="yes")  # type: ignore[arg-type]
+
+
+def test_a_studys_regions_are_found_once_and_route_its_other_phases():
+    """With regions from the segmentation, ED (the first phase) takes the baseline pass and its
+    region U-Nets' second pass; every other phase on its grid runs each slice once, through the
+    U-Net of that slice's region at ED, and names its own regions from its own masks."""
+    pytest.importorskip("onnxruntime")
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.labels import BASE, MIDDLE
+    from cmrsdk.phantom import cine_phantom
+
+    passes: list[tuple[str, int]] = []
+
+    class Counting(Pipeline):
+        def _unet(self, name, images, index=None):
+            passes.append((name, images.shape[0] if index is None else len(index)))
+            return super()._unet(name, images, index)
+
+    study = cine_phantom(0, n_phases=2)
+    pipeline = Counting(DEMO_BUNDLE, threads=1)
+    assert pipeline.regions_from == "segmentation"
+    result = pipeline.segment_study(study)
+    z = study.ed.pixels.shape[0]
+    ed_regions = result.ed.regions
+    routed = {r: pipeline.bundle.routing.get(r, "baseline") for r in (BASE, MIDDLE)}
+    assert routed[BASE] != "baseline" and (ed_regions == BASE).any()
+    # ED: the baseline on every slice, then its base and apex slices again (the search for the
+    # heart calls the engine directly, not through _unet)
+    again = [
+        r for r in (BASE, 3) if (ed_regions == r).any() and pipeline.bundle.routing.get(r, "baseline") != "baseline"
+    ]
+    assert passes[0] == ("baseline", z)
+    assert [n for _, n in passes[1 : 1 + len(again)]] == [int((ed_regions == r).sum()) for r in again]
+    # ES (the passes after ED's): z slices in all, each through its ED region's U-Net
+    es_passes = passes[1 + len(again) :]
+    assert sum(n for _, n in es_passes) == z
+    assert dict(es_passes).get(routed[BASE]) == int((ed_regions == BASE).sum())
+    assert result.es.regions is not None and result.es.regions.shape == (z,)
+    # a lone stack still routes by its own baseline pass
+    passes.clear()
+    pipeline.segment(study.es)
+    assert passes[0] == ("baseline", z) and sum(n for _, n in passes) > z
