@@ -46,7 +46,6 @@ from cmrsdk.engines import backend_missing  # noqa: E402
 from cmrsdk.engines.torchscript import cpu_bf16_missing, quiet_torchscript  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
-from cmrsdk.regions import slice_regions  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
 from cmrsdk.types import Stack, Study  # noqa: E402
 
@@ -192,11 +191,15 @@ def matmul_peak_gflops(threads: int) -> float:
 
 
 def pipeline_gflop(
-    ref: ReferencePipeline, pairs: list[tuple[str, Study]], crop: tuple[int, int] | None = None
+    ref: ReferencePipeline, pairs: list[tuple[str, Study]], crop: tuple[int, int] | None = None, threads: int = 1
 ) -> float:
-    """Network FLOPs of the routed pipeline, GFLOP per pair: the classifier and one U-Net per slice
-    (regions from the segmentation: the baseline on every slice, plus the region U-Net's slices);
-    with ``crop``, the U-Nets at the cropped size plus one full-window baseline pass per stack (locate)."""
+    """Network FLOPs of the routed pipeline, GFLOP per pair, counted from the passes it makes.
+
+    The bundle's routed pipeline (``crop``: its heart crop, None: the full window) segments every
+    pair once with each engine's calls counted: slices and pixels per model, the heart search's
+    full-window pass included; each model's FLOPs per slice (torch's FlopCounterMode at the full
+    window) are scaled by the pixels it saw (convolutions scale with the pixel count).
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -208,31 +211,18 @@ def pipeline_gflop(
             with counter:
                 model(torch.zeros(1, ref.bundle.models[name].channels, H, W))
             per_slice[name] = counter.get_total_flops()
-    baseline = ref.bundle.routing[NON_CARDIAC]
-    unet = per_slice[baseline]
-    total = 0.0
+    pipe = Pipeline(ref.bundle, mode="routed", heart_crop=crop, threads=threads)
+    pixels: dict[str, float] = {name: 0.0 for name in pipe._engines}
+    for name, engine in pipe._engines.items():
+
+        def counted(batch: np.ndarray, name: str = name, run=engine.run) -> np.ndarray:
+            pixels[name] += batch.shape[0] * batch.shape[-2] * batch.shape[-1]
+            return run(batch)
+
+        engine.run = counted  # type: ignore[method-assign]
     for _, study in pairs:
-        n = study.ed.shape[0] + study.es.shape[0]
-        if ref.bundle.regions_from == "segmentation":
-            # the baseline on every slice, then again by its own U-Net each slice whose region has one
-            # (counted from the ground-truth regions, which the pipeline's rule reproduces)
-            again = sum(
-                int(
-                    np.isin(
-                        slice_regions(s.labels),
-                        [r for r, m in ref.bundle.routing.items() if r != NON_CARDIAC and m != baseline],
-                    ).sum()
-                )
-                for s in (study.ed, study.es)
-                if s.labels is not None
-            )
-            passes, classifier = n + again, 0
-        else:
-            passes, classifier = n, n * per_slice.get(ref.bundle.classifier, 0)
-        if crop is None:
-            total += classifier + passes * unet
-        else:  # convolutions scale with the pixel count
-            total += classifier + passes * unet * crop[0] * crop[1] / (H * W) + 2 * unet
+        pipe.segment_study(study)
+    total = sum(per_slice[name] * count / (H * W) for name, count in pixels.items())
     return total / len(pairs) / 1e9
 
 
@@ -350,7 +340,7 @@ def main() -> int:
             )
 
     peak = matmul_peak_gflops(args.threads)
-    gflop = pipeline_gflop(ref, pairs)
+    gflop = pipeline_gflop(ref, pairs, threads=args.threads)
     rows.append(
         {
             "name": f"floor, full window ({gflop:.2f} GFLOP per pair at {peak:.0f} GFLOP/s matmul peak)",
@@ -358,7 +348,7 @@ def main() -> int:
         }
     )
     if crop_default is not None:
-        gflop_crop = pipeline_gflop(ref, pairs, crop_default)
+        gflop_crop = pipeline_gflop(ref, pairs, crop_default, args.threads)
         rows.append(
             {
                 "name": f"floor, heart crop {crop_default[0]}x{crop_default[1]} ({gflop_crop:.2f} GFLOP per pair)",

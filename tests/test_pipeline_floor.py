@@ -1,0 +1,43 @@
+"""benchmarks/pipeline_latency.py's FLOP floor counts the passes the pipeline makes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from cmrsdk import DEMO_BUNDLE  # noqa: E402
+from cmrsdk.labels import APEX, BASE  # noqa: E402
+from cmrsdk.phantom import cine_phantom  # noqa: E402
+from cmrsdk.pipeline import Pipeline  # noqa: E402
+from pipeline_latency import ReferencePipeline, pipeline_gflop  # noqa: E402
+
+
+def test_the_floor_counts_each_models_slices_and_pixels():
+    """ED: the heart search (one full-window slice), the baseline on every slice, its base and apex
+    slices again; ES: each slice once. The demo bundle's three U-Nets cost the same per pixel."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    study = cine_phantom(0, n_phases=2)
+    ref = ReferencePipeline(DEMO_BUNDLE, 1)
+    crop = (128, 128)
+    H, W = ref.size
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        ref.models["baseline"](torch.zeros(1, 1, H, W))
+    per_pixel = counter.get_total_flops() / (H * W)
+    ed = Pipeline(DEMO_BUNDLE, threads=1).segment_study(study).ed
+    z, again = ed.labels.shape[0], int(np.isin(ed.regions, [BASE, APEX]).sum())
+    assert again > 0
+    expected = per_pixel * (H * W + (2 * z + again) * crop[0] * crop[1]) / 1e9
+    assert pipeline_gflop(ref, [("phantom", study)], crop) == pytest.approx(expected, rel=1e-9)
+    # the full window: every U-Net pass at H x W, the search's included
+    expected_full = per_pixel * H * W * (1 + 2 * z + again) / 1e9
+    assert pipeline_gflop(ref, [("phantom", study)], None) == pytest.approx(expected_full, rel=0.05)
