@@ -30,6 +30,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,9 @@ from cmrsdk.bundle import (
 from cmrsdk.engines import BACKENDS, create_engine
 from cmrsdk.engines.tensorrt import tensorrt_missing
 from cmrsdk.preprocess import context_slices
-from cmrsdk.errors import BundleError, InputError, WriteError
+from cmrsdk.errors import BundleError, InputError, ReadError, WriteError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
+from export.models import get_model
 from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ProbabilityModel", "build_bundle", "load_checkpoint", "tensorrt_shapes", "main"]
@@ -513,7 +515,10 @@ def _publish(staging: Path, manifest: dict[str, Any], out: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained network from an ``export.train`` checkpoint (``last.pt``).
+    """Rebuild a trained network from an ``export.train`` checkpoint (``last.pt``), or from a
+    bundle's TorchScript archive (``<bundle>/<model>.pt``, its record read from the manifest
+    beside it), so a bundle can be rebuilt with one model replaced on a machine that has only the
+    repository.
 
     Returns
     -------
@@ -522,8 +527,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     arguments), ``training`` (the run's configuration and iteration), ``metrics`` (its last
     validation) and ``preprocessing`` (target_spacing, size, normalization as trained).
     """
-    from export.train import load_trained_model
+    from export.train import _is_torchscript, load_trained_model
 
+    path = Path(path)
+    if path.is_file() and zipfile.is_zipfile(path) and _is_torchscript(path):
+        return _archived_model(path)
     net, meta = load_trained_model(path)  # raises ReadError naming the file
     spec = meta["model"]
     args = ", ".join(f"{k}={v!r}" for k, v in sorted(spec.get("kwargs", {}).items()))
@@ -535,6 +543,45 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         "preprocessing": meta.get("preprocessing") or {},
     }
     return net, info
+
+
+def _archived_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """`load_checkpoint` for a bundle's TorchScript archive: the network rebuilt from the training
+    record of the model whose "torchscript" artifact the file is, its weights from the archive."""
+    from cmrsdk.engines.torchscript import quiet_torchscript
+
+    manifest_path = path.parent / MANIFEST_NAME
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReadError(path, f"is a TorchScript archive without a readable bundle manifest beside it ({exc})") from exc
+    records = [
+        (name, record)
+        for name, record in manifest.get("models", {}).items()
+        if record.get("artifacts", {}).get("torchscript", {}).get("file") == path.name
+    ]
+    if len(records) != 1:
+        raise ReadError(path, f"is not the torchscript artifact of one model of {manifest_path}")
+    name, record = records[0]
+    spec = record.get("training", {}).get("config", {}).get("model")
+    if not spec:
+        raise ReadError(path, f"model {name!r} of {manifest_path} records no training [model] to rebuild it from")
+    net = get_model(spec["name"], **spec.get("kwargs", {}))
+    with quiet_torchscript():
+        archive = torch.jit.load(str(path), map_location="cpu")
+    try:
+        net.load_state_dict({k.removeprefix("net."): v for k, v in archive.state_dict().items()})
+    except RuntimeError as exc:
+        raise ReadError(path, f"its weights do not fit its recorded [model] ({str(exc).splitlines()[0]})") from exc
+    pre = manifest.get("preprocessing", {})
+    info = {
+        "kind": record.get("kind", "segmentation"),
+        "architecture": record.get("architecture", spec["name"]),
+        "training": {**record.get("training", {}), "from_bundle": str(path)},
+        "metrics": record.get("metrics", {}),
+        "preprocessing": {k: pre[k] for k in ("target_spacing", "size", "normalization") if k in pre},
+    }
+    return net.eval(), info
 
 
 def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
@@ -561,14 +608,14 @@ def _preprocessing(
             values[key] = tuple(flag) if isinstance(flag, list) else flag
             continue
         seen = {name: info.get("preprocessing", {}).get(key) for name, (_, info) in models.items()}
+        if key == "size":  # the trainer records a square size as one int, a manifest as [h, w]
+            seen = {name: [v, v] if isinstance(v, int) else v for name, v in seen.items()}
         found = {json.dumps(v) for v in seen.values() if v is not None}
         if len(found) != 1:
             raise InputError(
                 f"'--{key.replace('_', '-')}' is not given and the checkpoints do not agree on one: {seen}"
             )
         value = json.loads(found.pop())
-        if key == "size" and isinstance(value, int):  # the trainer records a square size as one int
-            value = [value, value]
         values[key] = tuple(value) if isinstance(value, list) else value
     return Preprocessing(
         tuple(float(v) for v in values["target_spacing"]),  # type: ignore[arg-type]

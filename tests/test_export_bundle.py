@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,58 @@ def test_tensorrt_is_compiled_for_the_heart_crop_up_to_the_window():
     }
     with pytest.raises(InputError, match=r"'heart_crop' \(256, 128\) must fit in 'size' \(224, 224\)"):
         tensorrt_shapes((224, 224), (256, 128), 64)
+
+
+def test_a_bundle_is_rebuilt_from_its_own_archives_with_one_model_replaced(tmp_path, capsys):
+    """`--checkpoints name=<bundle>/<model>.pt` takes a model from a built bundle (its training
+    record from the manifest beside it) beside a training checkpoint: the shipped bundle can be
+    rebuilt with one U-Net replaced on a machine that has only the repository."""
+    torch.manual_seed(7)
+    kwargs = {"features": [4, 8, 16], "deep_supervision": True}
+    nets = {name: get_model("unet", **kwargs) for name in ("baseline", "apex")}
+    for name, net in nets.items():
+        torch.save(
+            {
+                "task": "segmentation",
+                "model": {"name": "unet", "kwargs": kwargs},
+                "state_dict": net.state_dict(),
+                "iteration": 11,
+                "config": {"model": {"name": "unet", "kwargs": kwargs}},
+                "metrics": {},
+                "preprocessing": {"target_spacing": [1.25, 1.25], "size": 32, "normalization": "zscore"},
+            },
+            tmp_path / f"{name}.ckpt",
+        )
+    first = ["--checkpoints", *(f"{n}={tmp_path / f'{n}.ckpt'}" for n in nets), "--routing", "3=apex"]
+    assert main([*first, "--formats", "torchscript", "onnx", "-o", str(tmp_path / "b")]) == 0
+    torch.manual_seed(8)
+    wider = get_model("unet", features=[4, 8, 24], deep_supervision=True)
+    torch.save(
+        {
+            "task": "segmentation",
+            "model": {"name": "unet", "kwargs": {"features": [4, 8, 24], "deep_supervision": True}},
+            "state_dict": wider.state_dict(),
+            "iteration": 5,
+            "config": {},
+            "metrics": {},
+            "preprocessing": {"target_spacing": [1.25, 1.25], "size": 32, "normalization": "zscore"},
+        },
+        tmp_path / "wide.ckpt",
+    )
+    again = ["--checkpoints", f"baseline={tmp_path / 'wide.ckpt'}", f"apex={tmp_path / 'b' / 'apex.pt'}"]
+    assert main([*again, "--routing", "3=apex", "--formats", "onnx", "-o", str(tmp_path / "c")]) == 0
+    rebuilt = load_bundle(tmp_path / "c")
+    assert rebuilt.models["apex"].record["training"]["iteration"] == 11
+    assert rebuilt.models["apex"].record["training"]["from_bundle"] == str(tmp_path / "b" / "apex.pt")
+    assert rebuilt.preprocessing == Preprocessing((1.25, 1.25), (32, 32), "zscore")
+    x = np.random.default_rng(9).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(
+        rebuilt.engine("apex").run(x), load_bundle(tmp_path / "b").engine("apex").run(x), atol=1e-6, rtol=0
+    )
+    # an archive away from its manifest is refused, naming the file
+    lone = tmp_path / "lone" / "apex.pt"
+    lone.parent.mkdir()
+    shutil.copy(tmp_path / "b" / "apex.pt", lone)
+    capsys.readouterr()
+    assert main(["--checkpoints", f"apex={lone}", "-o", str(tmp_path / "d")]) == 1
+    assert "apex.pt" in capsys.readouterr().err and not (tmp_path / "d").exists()
