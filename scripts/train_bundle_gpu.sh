@@ -19,7 +19,9 @@
 # DEVICE=cpu ITERATIONS=4 runs the same path on a CPU in a minute (tests/test_train_bundle_gpu.py).
 # STAGE names the configurations, export/configs/<STAGE>_<model>.toml: "swa" (2D, stage 4), "ctx"
 # (2.5D, stage 5: each slice with its stack neighbours) or "slice" (2D, stage 6: half the Dice
-# term per slice; no weight average, so the files carry the last weights).
+# term per slice; no weight average, so the files carry the last weights) or "wide" (stage 7: the
+# baseline grown to 160 / 320 deep channels; MODELS=baseline, the only model of that stage).
+# MODELS (default "baseline base apex") names the models trained.
 set -uo pipefail
 OUT=${1:?usage: train_bundle_gpu.sh OUT [BUDGET_SECONDS]}
 BUDGET=${2:-420}
@@ -31,7 +33,7 @@ BUNDLE=${BUNDLE:-cmrsdk/demo/bundle}
 PACK=${PACK:-.gpu/acdc_224_all.npz.xz}
 SET=${SET:-}
 STAGE=${STAGE:-swa}
-MODELS="baseline base apex"
+MODELS=${MODELS:-baseline base apex}
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT" "$RUNS"
