@@ -188,4 +188,6 @@ def test_torchscript_deprecation_is_announced_once(bundle_dir: Path):
 def test_split_batches_equal_unsplit_results(bundle_dir: Path, slices: np.ndarray):
     whole = create_engine(bundle_dir / "baseline.pt2")
     split = create_engine(bundle_dir / "baseline.pt2", max_batch=4)  # 9 slices: calls of 4, 4 and 1
-    np.testing.assert_allclose(split.run(slices), whole.run(slices), atol=1e-6, rtol=0)
+    # Inductor's CPU kernels may sum in another order for another batch size: on an AVX2-only CPU a
+    # batch of 1 differs from its row in a batch of 9 by up to 2e-6 (identical on AVX512 ones).
+    np.testing.assert_allclose(split.run(slices), whole.run(slices), atol=1e-5, rtol=0)
