@@ -16,11 +16,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cmrsdk.errors import ReadError  # noqa: E402
+from cmrsdk.errors import InputError, ReadError  # noqa: E402
 from export import portable  # noqa: E402
 from export.data import CACHE_VERSION, SliceSet, load_cache, open_cache, synthetic_slices, write_cache  # noqa: E402
 from export.predict import classifier_probabilities  # noqa: E402
-from export.train import export_weights, load_config, load_trained_model, main, train  # noqa: E402
+from export.train import average_weights, export_weights, load_config, load_trained_model, main, train  # noqa: E402
 
 SEGMENTATION = """
 [experiment]
@@ -425,6 +425,45 @@ def test_export_weights_keeps_integer_buffers(tmp_path: Path, classification_che
     with torch.no_grad():
         a, b = original(x), exported(x)
     assert float((a - b).norm() / a.norm()) < 1e-2
+
+
+def test_average_weights_is_the_element_wise_mean(tmp_path: Path, segmentation_checkpoint: Path) -> None:
+    state = torch.load(segmentation_checkpoint, map_location="cpu", weights_only=False)
+    shifted = dict(
+        state, state_dict={k: v + 2.0 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    )
+    torch.save(shifted, tmp_path / "shifted.pt")
+    target = tmp_path / "mean.pt"
+    size = average_weights([segmentation_checkpoint, tmp_path / "shifted.pt"], target, dtype=torch.float32)
+    assert size == target.stat().st_size
+    mean = torch.load(target, map_location="cpu", weights_only=False)
+    assert mean["averaged_from"] == [str(segmentation_checkpoint), str(tmp_path / "shifted.pt")]
+    assert mean["iteration"] == 2 * state["iteration"] and mean["weights_dtype"] == "float32"
+    assert not {"optimizer", "scaler", "sampler", "rng"} & set(mean)
+    for key, value in state["state_dict"].items():
+        expected = value + 1.0 if value.is_floating_point() else value
+        torch.testing.assert_close(mean["state_dict"][key], expected, rtol=0, atol=1e-6)
+    model, meta = load_trained_model(target)  # loads as any checkpoint does
+    assert meta["model"] == state["model"] and all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_average_weights_refuses_what_cannot_be_averaged(
+    tmp_path: Path, segmentation_checkpoint: Path, classification_checkpoint: Path
+) -> None:
+    with pytest.raises(InputError, match="at least two checkpoints, got 1"):
+        average_weights([segmentation_checkpoint], tmp_path / "a.pt")
+    with pytest.raises(InputError, match="differs from"):
+        average_weights([segmentation_checkpoint, classification_checkpoint], tmp_path / "b.pt")
+    state = torch.load(classification_checkpoint, map_location="cpu", weights_only=False)
+    integer = next(k for k, v in state["state_dict"].items() if not v.is_floating_point())
+    state["state_dict"][integer] = state["state_dict"][integer] + 1
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(InputError, match=f"integer tensor '{integer}' differs"):
+        average_weights([classification_checkpoint, tmp_path / "other.pt"], tmp_path / "c.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ReadError, match="junk.pt"):
+        average_weights([segmentation_checkpoint, tmp_path / "junk.pt"], tmp_path / "d.pt")
+    assert not list(tmp_path.glob("[abcd].pt"))  # nothing half-written
 
 
 # -- export.predict --------------------------------------------------------------------------------
