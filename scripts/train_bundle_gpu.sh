@@ -3,17 +3,19 @@
 #
 #   bash scripts/train_bundle_gpu.sh OUT [BUDGET_SECONDS]
 #
-# What a short GPU lease buys: stage 4 of scripts/train_bundle.sh (constant learning rate with
-# stochastic weight averaging, export/configs/swa_*.toml) for the baseline, base and apex U-Nets
-# at once, each warm-started from the shipped bundle's own archive (cmrsdk/demo/bundle/<m>.pt),
+# What a short GPU lease buys: the shipped bundle's U-Net (0.7.0: one 2.87 M baseline) continued
+# by its own recipe (STAGE=wide, export/configs/wide_baseline.toml), or the 0.3.0 bundle's three
+# U-Nets side by side (BUNDLE=runs/bundle_0.3.0 from scripts/restore_bundle.sh, STAGE=swa, MODELS=
+# "baseline base apex"), each warm-started from the bundle's own archive (<BUNDLE>/<m>.pt),
 # so the machine needs the repository and one slice pack, not the raw data or any checkpoint:
 #
 #   python -m export.portable pack-cache cache/acdc_224_all .gpu/acdc_224_all.npz.xz   # here, once
 #   (on the GPU machine)  bash scripts/train_bundle_gpu.sh "$OUT" 420
-#   (back here)           python -m export.bundle --checkpoints baseline=OUT/baseline.pt \
-#                           base=OUT/base.pt apex=OUT/apex.pt ...   (as in train_bundle.sh)
+#   (back here)           python -m export.bundle --checkpoints baseline=OUT/baseline.pt ...
+#                           (as in train_bundle.sh)
 #
-# OUT receives three float16 weight files (the weight averages, about 4 MB each) and the logs.
+# OUT receives one float16 weight file per model (the weight average where the stage takes one,
+# 4 to 6 MB each) and the logs.
 # Without the pack (and without cache/acdc_224_all) export.train builds the cache from
 # ../shared/data/acdc. SET adds --set overrides to every run, e.g. SET='data.source="synthetic"'.
 # DEVICE=cpu ITERATIONS=4 runs the same path on a CPU in a minute (tests/test_train_bundle_gpu.py).
@@ -21,7 +23,7 @@
 # (2.5D, stage 5: each slice with its stack neighbours) or "slice" (2D, stage 6: half the Dice
 # term per slice; no weight average, so the files carry the last weights) or "wide" (stage 7: the
 # baseline grown to 160 / 320 deep channels; MODELS=baseline, the only model of that stage).
-# MODELS (default "baseline base apex") names the models trained.
+# MODELS (default "baseline", the shipped bundle's one model) names the models trained.
 set -uo pipefail
 OUT=${1:?usage: train_bundle_gpu.sh OUT [BUDGET_SECONDS]}
 BUDGET=${2:-420}
@@ -32,8 +34,8 @@ RUNS=${RUNS:-runs/gpu_bundle}
 BUNDLE=${BUNDLE:-cmrsdk/demo/bundle}
 PACK=${PACK:-.gpu/acdc_224_all.npz.xz}
 SET=${SET:-}
-STAGE=${STAGE:-swa}
-MODELS=${MODELS:-baseline base apex}
+STAGE=${STAGE:-wide}
+MODELS=${MODELS:-baseline}
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT" "$RUNS"
