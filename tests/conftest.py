@@ -38,3 +38,24 @@ def segmented_phantom():
 
     study = cine_phantom(0, n_phases=2)
     return study, Pipeline(DEMO_BUNDLE).segment_study(study)
+
+
+@pytest.fixture(scope="session")
+def region_demo_bundle(tmp_path_factory) -> Path:
+    """The demo bundle with region U-Nets: its one U-Net also named "base" and "apex" (the same
+    files, so the same hashes) and routed to at the base and the apex, as 0.3.0's three were.
+    The shipped 0.7.0 bundle routes every region to its one U-Net; this keeps the second pass of
+    the routed pipeline under test on real weights."""
+    import json
+    import shutil
+
+    from cmrsdk import DEMO_BUNDLE
+
+    out = tmp_path_factory.mktemp("bundles") / "region_demo"
+    shutil.copytree(DEMO_BUNDLE, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("base", "apex"):
+        manifest["models"][name] = manifest["models"]["baseline"]
+    manifest["routing"] = {"0": "baseline", "1": "base", "2": "baseline", "3": "apex"}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out

@@ -392,12 +392,11 @@ def test_mirroring_runs_four_passes_per_unet_and_says_so(threshold_bundle):
         Pipeline(threshold_bundle, mirroring="yes")  # type: ignore[arg-type]
 
 
-def test_a_studys_regions_are_found_once_and_route_its_other_phases():
+def test_a_studys_regions_are_found_once_and_route_its_other_phases(region_demo_bundle):
     """With regions from the segmentation, ED (the first phase) takes the baseline pass and its
     region U-Nets' second pass; every other phase on its grid runs each slice once, through the
     U-Net of that slice's region at ED, and names its own regions from its own masks."""
     pytest.importorskip("onnxruntime")
-    from cmrsdk import DEMO_BUNDLE
     from cmrsdk.labels import BASE, MIDDLE
     from cmrsdk.phantom import cine_phantom
 
@@ -409,7 +408,7 @@ def test_a_studys_regions_are_found_once_and_route_its_other_phases():
             return super()._unet(name, images, index)
 
     study = cine_phantom(0, n_phases=2)
-    pipeline = Counting(DEMO_BUNDLE, threads=1)
+    pipeline = Counting(region_demo_bundle, threads=1)
     assert pipeline.regions_from == "segmentation"
     result = pipeline.segment_study(study)
     z = study.ed.pixels.shape[0]
