@@ -353,6 +353,10 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint intact
 
 
+#: what a training checkpoint holds only to resume training: dropped from its weights-only forms
+_RESUME_STATE = ("optimizer", "scaler", "sampler", "rng", "swa_state_dict")
+
+
 def _weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """A checkpoint's weights to deploy: the stochastic weight average once one was taken."""
     return state.get("swa_state_dict") or state["state_dict"]
@@ -391,7 +395,7 @@ def export_weights(checkpoint: str | Path, target: str | Path, *, dtype: torch.d
     ``load_state_dict`` casts them back to the model's float32 on loading.
     """
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    slim = {k: v for k, v in state.items() if k not in ("optimizer", "scaler", "sampler", "rng", "swa_state_dict")}
+    slim = {k: v for k, v in state.items() if k not in _RESUME_STATE}
     weights = _weights(state)
     slim["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
     slim["weights_dtype"] = str(dtype).removeprefix("torch.")
@@ -435,7 +439,7 @@ def average_weights(
             mean[name] = tensor
         else:
             raise InputError(f"integer tensor {name!r} differs between the checkpoints")
-    slim = {k: v for k, v in first.items() if k not in ("optimizer", "scaler", "sampler", "rng", "swa_state_dict")}
+    slim = {k: v for k, v in first.items() if k not in _RESUME_STATE}
     slim["state_dict"] = mean
     slim["weights_dtype"] = str(dtype).removeprefix("torch.")
     slim["averaged_from"] = [str(p) for p in checkpoints]
