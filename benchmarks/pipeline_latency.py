@@ -4,7 +4,8 @@ Rows, all measured in this one process with the same thread count:
 
 - ``cmrsdk <backend> <mode>``: `cmrsdk.Pipeline.segment_study` on each ED+ES pair, per stage;
   ``int8`` rows where the bundle has int8 artifacts (``python -m export.quantize``), ``bf16``
-  rows (TorchScript cast at load) where the CPU has AVX512-BF16 or AMX, ``aoti``
+  rows (OpenVINO, and TorchScript cast at load) where the CPU has AVX512-BF16 or AMX, ``openvino``
+  rows (the ONNX artifacts) where OpenVINO is installed, ``aoti``
   rows where it has AOTInductor packages (``python -m export.aoti``); every variant takes its
   turn within each repeat, so all of them see the same machine load;
 - ``reference``: the same pipeline as a typical research script writes it: scipy.ndimage.zoom
@@ -43,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from cmrsdk.bundle import load_bundle  # noqa: E402
 from cmrsdk.cli import DEMO_BUNDLE  # noqa: E402
 from cmrsdk.engines import backend_missing  # noqa: E402
+from cmrsdk.engines.openvino import openvino_bf16_missing  # noqa: E402
 from cmrsdk.engines.torchscript import cpu_bf16_missing, quiet_torchscript  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
@@ -260,8 +262,18 @@ def main() -> int:
     # cmrsdk, every backend this machine can run (and the bundle has artifacts for), both modes
     bundle = load_bundle(args.bundle)
     has = lambda key: all(key in bundle.models[m].artifacts for m in set(bundle.routing.values()))  # noqa: E731
-    backends = [b for b in ("onnx", "torchscript", "aoti") if backend_missing(b, "cpu") is None and has(b)]
-    options = {"onnx": {"intra_op_threads": args.threads}, "torchscript": {}, "aoti": {}}
+    artifact_of = {"openvino": "onnx"}  # OpenVINO runs the ONNX files
+    backends = [
+        b
+        for b in ("onnx", "torchscript", "aoti", "openvino")
+        if backend_missing(b, "cpu") is None and has(artifact_of.get(b, b))
+    ]
+    options = {
+        "onnx": {"intra_op_threads": args.threads},
+        "torchscript": {},
+        "aoti": {},
+        "openvino": {"threads": args.threads},
+    }
     default_row = None
     pipelines = {}
     # the product default (the bundle's heart crop) for every backend, then the full window for the first
@@ -275,6 +287,9 @@ def main() -> int:
     if "torchscript" in backends and cpu_bf16_missing() is None:
         # bf16: the TorchScript archives cast at load, on a CPU with AVX512-BF16 or AMX
         variants[len(modes) : len(modes)] = [("torchscript", m, crop_default, "bf16") for m in modes]
+    if "openvino" in backends and openvino_bf16_missing() is None:
+        # bf16: OpenVINO compiling the ONNX artifacts in bf16 (the pipeline's "auto" bf16 choice)
+        variants[len(modes) : len(modes)] = [("openvino", m, crop_default, "bf16") for m in modes]
     if any(b != "onnx" for b in backends):
         import torch
 

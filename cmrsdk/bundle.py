@@ -30,7 +30,8 @@ Manifest (format version 1), the keys a reader relies on::
                     output_shape, num_outputs, artifacts: {key: {file, format, precision,
                     sha256, size, input_hw?, device?}}, parity: [{...}], training: {...}, metrics: {...},
                     tensorrt_max_batch?, quantization?: {...}}},
-    quantization?: {...}        # bundle-level record of ``export.quantize`` (Dice deltas)
+    quantization?: {...}        # bundle-level record of ``export.quantize`` (Dice deltas): "int8";
+                                # "bf16" (TorchScript cast at load), "bf16-openvino" (`bf16_record_key`)
 
 Artifact keys: "torchscript", "onnx", "onnx-int8", "aoti", "tensorrt-fp32", "tensorrt-fp16". An
 artifact that runs on one device only (an AOTInductor package is compiled for the CPU or for
@@ -51,7 +52,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
@@ -69,6 +70,7 @@ __all__ = [
     "MODEL_KINDS",
     "REGIONS_FROM",
     "Artifact",
+    "bf16_record_key",
     "ModelInfo",
     "Preprocessing",
     "Bundle",
@@ -98,6 +100,8 @@ _KEY_OF: dict[tuple[str, str], str] = {
     ("onnx", "fp32"): "onnx",
     ("onnx", "int8"): "onnx-int8",
     ("aoti", "fp32"): "aoti",
+    ("openvino", "fp32"): "onnx",  # OpenVINO reads the ONNX file; bf16 is its compile option
+    ("openvino", "bf16"): "onnx",
     ("tensorrt", "fp32"): "tensorrt-fp32",
     ("tensorrt", "fp16"): "tensorrt-fp16",
 }
@@ -175,6 +179,16 @@ class Artifact:
             return True
         (h0, w0), (h1, w1) = self.input_hw
         return h0 <= hw[0] <= h1 and w0 <= hw[1] <= w1
+
+
+def bf16_record_key(backend: str) -> str:
+    """The manifest's ``quantization`` key of the bf16 Dice check made on ``backend``.
+
+    bf16 is an engine's arithmetic, not a file, and each backend rounds differently (OpenVINO
+    fuses norms into convolutions, TorchScript casts every op), so each is checked on its own:
+    "bf16" for TorchScript (the key bundles before OpenVINO hold), "bf16-<backend>" otherwise.
+    """
+    return "bf16" if backend == "torchscript" else f"bf16-{backend}"
 
 
 @dataclass(frozen=True)
@@ -399,12 +413,13 @@ class Bundle:
         Parameters
         ----------
         model_name : a key of `models`.
-        backend : "auto", "torchscript", "onnx" or "tensorrt".
+        backend : "auto" or one of `cmrsdk.engines.BACKENDS` ("openvino" runs the "onnx" artifact).
         device : "cpu" or "cuda".
         fp16 : the same as ``precision="fp16"`` (kept for callers written before ``precision``).
         precision : "fp32", "fp16" (TorchScript cast at load or TensorRT's fp16 artifact, CUDA),
-            "bf16" (TorchScript cast at load, a CPU with native bf16) or "int8" (the "onnx-int8"
-            artifact, added by ``python -m export.quantize``).
+            "bf16" (OpenVINO compiling the ONNX artifact in bf16, or TorchScript cast at load; a
+            CPU with native bf16) or "int8" (the "onnx-int8" artifact, added by
+            ``python -m export.quantize``).
         shapes : (H, W) input sizes in pixels the engine must run; an artifact that cannot
             run one of them (its ``input_hw``, see the module docstring) is passed over.
 
@@ -431,7 +446,7 @@ class Bundle:
         if precision == "fp16" and backend == "onnx":
             raise InputError("'fp16' is not offered by the 'onnx' backend; use 'torchscript' or 'tensorrt' on 'cuda'")
         if precision == "bf16" and device != "cpu":
-            raise InputError("'bf16' is offered on device 'cpu' only (TorchScript); on 'cuda' use 'fp16'")
+            raise InputError("'bf16' is offered on device 'cpu' only (OpenVINO, TorchScript); on 'cuda' use 'fp16'")
         model = self.models[model_name]
         order = AUTO_ORDER[device] if backend == "auto" else (backend,)
         reasons = []
@@ -460,7 +475,8 @@ class Bundle:
             if missing is not None:
                 reasons.append(f"{candidate}: {missing}")
                 continue
-            return artifact
+            # the backend that runs it: OpenVINO reads the "onnx" artifact
+            return artifact if artifact.backend == candidate else replace(artifact, backend=candidate)
         raise BackendUnavailableError(
             f"no engine for model {model_name!r} on device {device!r} in {precision}: " + "; ".join(reasons)
         )
@@ -481,7 +497,7 @@ class Bundle:
         Parameters
         ----------
         model_name : a key of `models` (e.g. ``routing[region]`` or `classifier`).
-        backend : "auto", "torchscript", "onnx" or "tensorrt".
+        backend : "auto" or one of `cmrsdk.engines.BACKENDS` ("openvino" runs the "onnx" artifact).
         device : "cpu" or "cuda".
         fp16 : half precision, the same as ``precision="fp16"``.
         precision : "fp32", "fp16", "bf16" or "int8" (see `select_artifact`).
@@ -500,6 +516,8 @@ class Bundle:
             options["fp16"] = True  # the fp32 archive, cast at load
         if artifact.backend == "torchscript" and precision == "bf16":
             options["bf16"] = True
+        if artifact.backend == "openvino":
+            options["precision"] = precision
         if artifact.backend == "tensorrt" or artifact.precision == "int8":
             options["precision"] = artifact.precision
         max_batch = self.models[model_name].record.get("tensorrt_max_batch")

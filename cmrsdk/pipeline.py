@@ -36,7 +36,7 @@ from typing import Any, Callable, Literal, Mapping, cast
 import numpy as np
 
 from . import preprocess
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, bf16_record_key, load_bundle
 from .errors import CmrWarning, InputError
 from .heart import crop_to_heart, locate_heart
 from .labels import NON_CARDIAC, REGION_NAMES
@@ -201,10 +201,11 @@ class Pipeline:
         measured and recorded in the manifest: the models that have an "onnx-int8" artifact in
         int8, the others (the region classifier, by default) in fp32; a bundle with no int8
         artifact is refused. "fp16" applies to every model. "bf16" (CPUs with AVX512-BF16 or
-        AMX) runs every model's TorchScript archive cast to bfloat16, for a bundle whose
-        manifest should record a passed bf16 Dice check (``python -m export.quantize BUNDLE
-        --precision bf16``; without one a `CmrWarning` says so); the fastest
-        CPU path (benchmarks/README.md). Never chosen behind
+        AMX) runs every model in bfloat16: OpenVINO compiling the ONNX artifacts (the "auto"
+        choice where OpenVINO is installed) or the TorchScript archives cast at load, for a
+        bundle whose manifest should record a passed bf16 Dice check on that backend
+        (``python -m export.quantize BUNDLE --precision bf16 --backend B``; without one a
+        `CmrWarning` says so); the fastest CPU path (benchmarks/README.md). Never chosen behind
         the caller's back: "auto" picks the backend, not the arithmetic.
     mirroring : test-time mirroring (nnU-Net's): every U-Net pass runs on the slices and their
         flips along H, W and both (`MIRROR_AXES`), and the four probability maps, flipped back,
@@ -293,15 +294,6 @@ class Pipeline:
         # artifact that cannot run them all (a TensorRT engine built for one size) is passed over.
         full = (int(self._pre.size[0]), int(self._pre.size[1]))
         unet_shapes = [full] if crop is None else [full, crop]
-        if precision == "bf16" and not ((self.bundle.manifest.get("quantization") or {}).get("bf16") or {}).get(
-            "passed"
-        ):
-            warnings.warn(
-                f"bundle {self.bundle.path} records no bf16 Dice check: its masks in bf16 are unmeasured; "
-                f"measure and record it with: python -m export.quantize {self.bundle.path} --precision bf16",
-                CmrWarning,
-                stacklevel=2,
-            )
         int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
         if precision == "int8" and not int8:
             raise InputError(
@@ -319,6 +311,16 @@ class Pipeline:
             )
             for name in sorted(needed)
         }
+        records = self.bundle.manifest.get("quantization") or {}
+        for bf16_backend in sorted({e.backend for e in self._engines.values() if e.precision == "bf16"}):
+            if not (records.get(bf16_record_key(bf16_backend)) or {}).get("passed"):
+                warnings.warn(
+                    f"bundle {self.bundle.path} records no bf16 Dice check on {bf16_backend!r}: its masks in "
+                    f"bf16 are unmeasured; measure and record it with: python -m export.quantize "
+                    f"{self.bundle.path} --precision bf16 --backend {bf16_backend}",
+                    CmrWarning,
+                    stacklevel=2,
+                )
 
     # -- stages -----------------------------------------------------------------------------
     def _route(

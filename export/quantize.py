@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from cmrsdk.bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
+from cmrsdk.bundle import MANIFEST_NAME, Bundle, bf16_record_key, load_bundle, sha256_file
 from cmrsdk.errors import BundleError, CmrError, CmrWarning, InputError
 from cmrsdk.labels import APEX, BASE, LABEL_NAMES, MIDDLE, REGION_NAMES, STRUCTURES
 from cmrsdk.types import Study
@@ -528,7 +528,9 @@ def dice_deltas(
     from cmrsdk.evaluation import evaluate
     from cmrsdk.pipeline import Pipeline
 
-    options = {"intra_op_threads": threads} if backend == "onnx" and threads else {}
+    options = (
+        {"onnx": {"intra_op_threads": threads}, "openvino": {"threads": threads}}.get(backend, {}) if threads else {}
+    )
     kwargs = {"backend": backend, "threads": threads, "engine_options": options, **dict(pipeline_options or {})}
     pipes = {p: Pipeline(bundle, precision=p, **kwargs) for p in (reference, precision)}
     shifted = f"{reference} crop +1 px"
@@ -775,26 +777,38 @@ def quantize_bundle(
     return dice
 
 
+#: how each bf16 backend makes its arithmetic (recorded with its Dice check).
+_BF16_CASTS: dict[str, str] = {
+    "torchscript": "TorchScript archives cast to bfloat16 at load (weights and activations; oneDNN accumulates in fp32)",
+    "openvino": "ONNX artifacts compiled by OpenVINO with INFERENCE_PRECISION_HINT bf16 (its CPU plugin "
+    "fuses convolution, norm and activation; accumulates in fp32)",
+}
+
+
 def check_bf16(
     bundle_dir: str | Path,
     *,
     check_studies: Sequence[tuple[str, Study]],
+    backend: str = "torchscript",
     max_dice_drop: float = MAX_DICE_DROP,
     threads: int | None = None,
     crop_jitter: bool = True,
     log=print,
 ) -> dict[str, Any]:
-    """Measure the bundle's pipeline in bf16 against fp32 and record it as ``quantization.bf16``.
+    """Measure the bundle's pipeline in bf16 against fp32 on one backend and record it in the manifest.
 
-    bf16 needs no artifact: the TorchScript archives are cast at load (`cmrsdk.engines`), on
-    CPUs with native bf16 instructions. Both precisions run on the "torchscript" backend, so
-    only the arithmetic differs (`dice_deltas`). `cmrsdk.Pipeline` runs ``precision="bf16"``
-    only for a bundle whose manifest holds a passed record.
+    bf16 needs no artifact: ``backend`` "torchscript" casts the TorchScript archives at load,
+    "openvino" compiles the ONNX artifacts in bf16 (`cmrsdk.engines`), on CPUs with native bf16
+    instructions. Both precisions run on that backend, so only the arithmetic differs
+    (`dice_deltas`). The record goes under ``quantization[bf16_record_key(backend)]`` ("bf16",
+    "bf16-openvino"); `cmrsdk.Pipeline` warns when it runs bf16 on a backend without a passed one.
 
     Returns the record; raises `QuantizationError` (the bundle unchanged) when some region and
     label loses more than ``max_dice_drop`` points. The manifest is replaced in one
     ``os.replace``; every artifact and hash is untouched.
     """
+    if backend not in _BF16_CASTS:
+        raise InputError(f"'backend' of a bf16 check must be one of {tuple(_BF16_CASTS)}, got {backend!r}")
     bundle = load_bundle(bundle_dir)
     root = bundle.path.resolve()
     if not check_studies:
@@ -803,7 +817,7 @@ def check_bf16(
     with warnings.catch_warnings():  # "no bf16 Dice check recorded": this is that check
         warnings.filterwarnings("ignore", message=".*records no bf16 Dice check", category=CmrWarning)
         dice = dice_deltas(
-            bundle, check_studies, precision="bf16", backend="torchscript", threads=threads, crop_jitter=crop_jitter
+            bundle, check_studies, precision="bf16", backend=backend, threads=threads, crop_jitter=crop_jitter
         )
     log(
         f"Dice on {len(check_studies)} held-out studies ({dice['slices']} slices), {time.perf_counter() - t:.0f} s:\n"
@@ -814,7 +828,7 @@ def check_bf16(
         {
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "models": sorted(bundle.models),
-            "cast": "TorchScript archives cast to bfloat16 at load (weights and activations; oneDNN accumulates in fp32)",
+            "cast": _BF16_CASTS[backend],
             "max_dice_drop": max_dice_drop if math.isfinite(max_dice_drop) else None,
             "passed": bool(not dice["worst_drop"] > max_dice_drop),
         }
@@ -825,7 +839,7 @@ def check_bf16(
             f"more than the {max_dice_drop} allowed; the bundle {root} is unchanged"
         )
     manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
-    manifest.setdefault("quantization", {})["bf16"] = dice
+    manifest.setdefault("quantization", {})[bf16_record_key(backend)] = dice
     staged = root / f".{MANIFEST_NAME}.bf16.tmp"
     staged.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(staged, root / MANIFEST_NAME)
@@ -883,6 +897,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument(
+        "--backend",
+        default="openvino",
+        choices=sorted(_BF16_CASTS),
+        help="with --precision bf16: the backend whose bf16 is checked (default openvino, the one "
+        "cmrsdk's 'auto' runs bf16 on; torchscript: its archives cast at load)",
+    )
+    parser.add_argument(
         "--no-crop-jitter",
         action="store_true",
         help="skip the fp32 run with the heart crop moved by 1 pixel (recorded for scale)",
@@ -895,12 +916,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             dice = check_bf16(
                 args.bundle,
                 check_studies=_load_studies(args.acdc, args.check_studies),
+                backend=args.backend,
                 max_dice_drop=args.max_dice_drop,
                 threads=args.threads,
                 crop_jitter=not args.no_crop_jitter,
             )
             print(
-                f"bf16 recorded in {args.bundle} (worst Dice drop {dice['worst_drop']:.2f} points; median per "
+                f"bf16 on {args.backend} recorded in {args.bundle} (worst Dice drop {dice['worst_drop']:.2f} points; median per "
                 f"ED+ES pair: fp32 {dice['latency_ms']['fp32']:.0f} ms, bf16 {dice['latency_ms']['bf16']:.0f} ms)"
             )
             return 0

@@ -81,8 +81,11 @@ def test_bf16_is_refused_where_it_cannot_run(bundle_copy: Path):
         bundle.select_artifact("baseline", "auto", "cuda", precision="bf16")
     with pytest.raises(BackendUnavailableError, match="onnx: has no bf16 path"):
         bundle.select_artifact("baseline", "onnx", "cpu", precision="bf16")
-    # "auto" passes over ONNX and AOTInductor (no bf16 path) to the TorchScript archive
-    assert bundle.select_artifact("baseline", "auto", "cpu", precision="bf16").key == "torchscript"
+    # "auto" passes over ONNX Runtime and AOTInductor (no bf16 path) to OpenVINO (the ONNX file)
+    chosen = bundle.select_artifact("baseline", "auto", "cpu", precision="bf16")
+    assert (chosen.backend, chosen.key) == ("openvino", "onnx")
+    chosen = bundle.select_artifact("baseline", "torchscript", "cpu", precision="bf16")
+    assert (chosen.backend, chosen.key) == ("torchscript", "torchscript")
     with pytest.raises(InputError, match=r"'precision' must be one of \('fp32', 'fp16', 'bf16', 'int8'\)"):
         bundle.select_artifact("baseline", precision="bf8")
 
@@ -90,8 +93,8 @@ def test_bf16_is_refused_where_it_cannot_run(bundle_copy: Path):
 @needs_bf16
 def test_check_bf16_records_the_dice_change_and_the_pipeline_uses_it(bundle_copy: Path, phantom):
     before = json.loads((bundle_copy / MANIFEST_NAME).read_text())
-    with pytest.warns(CmrWarning, match=r"records no bf16 Dice check.*--precision bf16"):
-        Pipeline(bundle_copy, precision="bf16")
+    with pytest.warns(CmrWarning, match=r"records no bf16 Dice check on 'torchscript'.*--precision bf16"):
+        Pipeline(bundle_copy, precision="bf16", backend="torchscript")
     # the phantom has 3 apical slices: one pixel's change moves their LVBP Dice by up to a point
     # (0.7.0: -0.93), so this test checks the record with a 1.5-point gate; the bundle's own
     # check runs on the 20 held-out ACDC patients at 0.5 (python -m export.quantize --precision bf16)
@@ -115,7 +118,7 @@ def test_check_bf16_records_the_dice_change_and_the_pipeline_uses_it(bundle_copy
     # with the record, bf16 runs without a warning, every model in bf16, and labels like fp32's
     with warnings.catch_warnings():
         warnings.simplefilter("error", CmrWarning)
-        pipe = Pipeline(bundle_copy, precision="bf16")
+        pipe = Pipeline(bundle_copy, precision="bf16", backend="torchscript")
     assert {e.precision for e in pipe._engines.values()} == {"bf16"}
     assert {e.backend for e in pipe._engines.values()} == {"torchscript"}
     a = Pipeline(bundle_copy, backend="torchscript").segment(phantom.ed).labels

@@ -79,7 +79,9 @@ def built(tmp_path_factory):
 
 
 def _artifact(bundle, model: str, backend: str, precision: str = "fp32"):
-    key = backend if backend != "tensorrt" else f"tensorrt-{precision}"
+    key = {"tensorrt": f"tensorrt-{precision}", "openvino": "onnx"}.get(
+        backend, backend
+    )  # OpenVINO reads the ONNX file
     return bundle.models[model].artifacts[key].path
 
 

@@ -1,4 +1,4 @@
-"""Inference engines: one interface (`Engine`) over TorchScript, AOTInductor, ONNX Runtime and TensorRT.
+"""Inference engines: one interface (`Engine`) over TorchScript, AOTInductor, ONNX Runtime, OpenVINO and TensorRT.
 
 ``Engine.run(batch)`` takes float32 (N, channels, H, W) normalised slices and returns float32
 probabilities: (N, C, H, W) for a segmentation U-Net, (N, R) for the region classifier.
@@ -6,20 +6,23 @@ probabilities: (N, C, H, W) for a segmentation U-Net, (N, R) for the region clas
 The ``backend="auto"`` rule
 ---------------------------
 An artifact file has one format, so `create_engine` with "auto" takes the backend from the
-file's suffix (``.pt`` TorchScript, ``.pt2`` AOTInductor, ``.onnx`` ONNX, ``.ep`` TensorRT). A bundle holds several
+file's suffix (``.pt`` TorchScript, ``.pt2`` AOTInductor, ``.onnx`` ONNX Runtime, ``.ep`` TensorRT; OpenVINO
+reads the ``.onnx`` files too, by name only). A bundle holds several
 artifacts per model; ``Bundle.engine(name, "auto", device)`` takes the first of
 `AUTO_ORDER[device]` that has an artifact and is available here:
 
 - "cuda": tensorrt > torchscript > onnx. TensorRT fuses the network into a few kernels;
   TorchScript with CUDA graphs comes next; ONNX Runtime's CUDA provider last.
-- "cpu": onnx > torchscript. Measured on this project's 2-core CPU (see docs/ENGINES.md and benchmarks/README.md):
-  ONNX Runtime ran a 1.9 M-parameter U-Net at batch 10 faster than TorchScript, and it needs
-  no torch install.
+- "cpu": onnx > aoti > openvino > torchscript. Measured on this project's 2-core CPU (see
+  docs/ENGINES.md and benchmarks/README.md): ONNX Runtime ran a 1.9 M-parameter U-Net at batch 10
+  faster than TorchScript, and it needs no torch install. In bf16 (which ONNX Runtime and
+  AOTInductor do not offer) OpenVINO comes first: it fuses each convolution with its norm and
+  activation, 1.4x faster than TorchScript cast to bf16 on the shipped U-Net.
 
 "auto" chooses the backend, never the arithmetic: the precision is the caller's (``fp32`` by
 default; ``int8`` selects the "onnx-int8" artifacts written by ``python -m export.quantize``,
-``fp16`` TensorRT's fp16 artifact or TorchScript cast at load on CUDA, ``bf16`` TorchScript cast
-at load on a CPU with native bf16 instructions). Where a size is asked for
+``fp16`` TensorRT's fp16 artifact or TorchScript cast at load on CUDA, ``bf16`` OpenVINO or
+TorchScript cast at load on a CPU with native bf16 instructions). Where a size is asked for
 (``shapes``), an artifact that cannot run it is passed over (`cmrsdk.bundle`).
 
 Importing this package imports neither torch nor onnxruntime; each engine imports its runtime
@@ -50,7 +53,7 @@ __all__ = [
 #: device -> backends in the order "auto" prefers them (see the module docstring).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("tensorrt", "torchscript", "onnx"),
-    "cpu": ("onnx", "aoti", "torchscript"),
+    "cpu": ("onnx", "aoti", "openvino", "torchscript"),
 }
 #: artifact file suffix -> backend.
 SUFFIXES: dict[str, str] = {".pt": "torchscript", ".pt2": "aoti", ".onnx": "onnx", ".ep": "tensorrt"}
@@ -72,6 +75,10 @@ def backend_missing(backend: str, device: str = "cpu") -> str | None:
         from .tensorrt import tensorrt_missing
 
         return "TensorRT runs on device 'cuda' only" if device == "cpu" else tensorrt_missing()
+    if backend == "openvino":
+        from .openvino import openvino_missing
+
+        return openvino_missing(device)
     if backend == "onnx":
         if importlib.util.find_spec("onnxruntime") is None:
             return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)"
@@ -108,11 +115,13 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
     ----------
     artifact_path : a ``.pt`` (TorchScript), ``.pt2`` (AOTInductor), ``.onnx`` or ``.ep``
         (torch-tensorrt) file.
-    backend : "auto" (from the file suffix, see `SUFFIXES`), "torchscript", "aoti", "onnx" or "tensorrt".
+    backend : "auto" (from the file suffix, see `SUFFIXES`), "torchscript", "aoti", "onnx",
+        "openvino" (an ``.onnx`` file) or "tensorrt".
     device : "cpu" or "cuda".
     **options : backend options: every backend ``max_batch`` (larger batches are split);
         TorchScript ``fp16``, ``bf16``, ``cuda_graphs``; ONNX ``intra_op_threads``, ``inter_op_threads``,
-        ``optimization``, ``spinning``, ``precision`` ("fp32" or "int8"); TensorRT ``precision``.
+        ``optimization``, ``spinning``, ``precision`` ("fp32" or "int8"); OpenVINO ``precision``
+        ("fp32" or "bf16"), ``threads``; TensorRT ``precision``.
 
     Returns
     -------
@@ -145,6 +154,8 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
 
         if path.name.endswith(".int8.onnx"):
             options.setdefault("precision", "int8")  # export.quantize's file name: record what it holds
+    elif backend == "openvino":
+        from .openvino import OpenVinoEngine as cls  # type: ignore[assignment]
     elif backend == "torchscript":
         from .torchscript import TorchScriptEngine as cls  # type: ignore[assignment]
     elif backend == "aoti":

@@ -30,7 +30,7 @@ from ..errors import InputError
 __all__ = ["Engine", "BACKENDS", "DEVICES", "PRECISIONS"]
 
 #: every backend name, in no particular order (see ``cmrsdk.engines`` for the "auto" rule).
-BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt", "aoti")
+BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt", "aoti", "openvino")
 #: the devices an engine can be asked for.
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 #: the arithmetic an engine may run in; inputs and outputs are float32 whatever it is.
@@ -53,7 +53,7 @@ class Engine(ABC):
 
     Attributes
     ----------
-    backend : "torchscript", "onnx" or "tensorrt".
+    backend : "torchscript", "onnx", "tensorrt", "aoti" or "openvino".
     device : "cpu" or "cuda".
     precision : "fp32", "fp16", "bf16" or "int8" (a statically quantized ONNX artifact), the arithmetic
         the engine runs in (inputs and outputs are float32 either way).
