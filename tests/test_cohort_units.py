@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,33 @@ def test_run_batch_commits_folders_skips_duplicates_and_resumes(tmp_path: Path):
     _, *lines = (out / "measures.csv").read_text().splitlines()
     assert len(lines) == 4
     assert not (out / ".tmp").exists() or not any((out / ".tmp").iterdir())
+
+
+@pytest.mark.parametrize(("backend", "property_"), [("onnx", None), ("openvino", "INFERENCE_NUM_THREADS")])
+def test_a_worker_gives_its_engines_its_thread_count(backend: str, property_: str | None, monkeypatch):
+    """Each cohort worker holds `threads` cores; a runtime that sizes its pool from all the cores
+    would oversubscribe the machine with several workers."""
+    torch = pytest.importorskip("torch")
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # the worker sets them
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    threads_before = torch.get_num_threads()  # so is torch's pool, which the worker caps
+    try:
+        _check_worker_threads(backend, property_)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _check_worker_threads(backend: str, property_: str | None) -> None:
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.cohort.worker import StudyWorker
+    from cmrsdk.engines import backend_missing
+
+    if backend_missing(backend) is not None:
+        pytest.skip(backend_missing(backend))
+    worker = StudyWorker(PipelineSpec(bundle=str(DEMO_BUNDLE), backend=backend), threads=1)
+    (engine,) = worker.pipeline._engines.values()
+    assert engine.backend == backend
+    if property_ is None:
+        assert engine._session.get_session_options().intra_op_num_threads == 1
+    else:
+        assert int(engine._compiled.get_property(property_)) == 1

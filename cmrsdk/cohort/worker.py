@@ -142,9 +142,12 @@ class StudyWorker:
 
         bundle = load_bundle(spec.bundle)
         options: dict[str, Any] = {}
-        if {bundle.select_artifact(name, spec.backend, spec.device).backend for name in bundle.models} == {"onnx"}:
-            # ONNX Runtime sizes its pool from the cores, not from OMP_NUM_THREADS
+        backends = {bundle.select_artifact(name, spec.backend, spec.device).backend for name in bundle.models}
+        # ONNX Runtime and OpenVINO size their pools from the cores, not from OMP_NUM_THREADS
+        if backends == {"onnx"}:
             options["intra_op_threads"] = threads
+        elif backends == {"openvino"}:
+            options["threads"] = threads
         self.pipeline = Pipeline(
             bundle,
             backend=spec.backend,
