@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from cmrsdk.bundle import load_bundle  # noqa: E402
 from cmrsdk.cli import DEMO_BUNDLE  # noqa: E402
-from cmrsdk.engines import backend_missing  # noqa: E402
+from cmrsdk.engines import backend_missing, thread_options  # noqa: E402
 from cmrsdk.engines.openvino import openvino_bf16_missing  # noqa: E402
 from cmrsdk.engines.torchscript import cpu_bf16_missing, quiet_torchscript  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
@@ -268,12 +268,6 @@ def main() -> int:
         for b in ("onnx", "torchscript", "aoti", "openvino")
         if backend_missing(b, "cpu") is None and has(artifact_of.get(b, b))
     ]
-    options = {
-        "onnx": {"intra_op_threads": args.threads},
-        "torchscript": {},
-        "aoti": {},
-        "openvino": {"threads": args.threads},
-    }
     default_row = None
     pipelines = {}
     # the product default (the bundle's heart crop) for every backend, then the full window for the first
@@ -301,7 +295,7 @@ def main() -> int:
             backend=backend,
             mode=mode,
             threads=args.threads,
-            engine_options=options[backend],
+            engine_options=thread_options(backend, args.threads),
             heart_crop=crop,
             precision=precision,
         )

@@ -66,6 +66,7 @@ from typing import Any
 import numpy as np
 
 from cmrsdk.bundle import MANIFEST_NAME, Bundle, bf16_record_key, load_bundle, sha256_file
+from cmrsdk.engines import thread_options
 from cmrsdk.errors import BundleError, CmrError, CmrWarning, InputError
 from cmrsdk.labels import APEX, BASE, LABEL_NAMES, MIDDLE, REGION_NAMES, STRUCTURES
 from cmrsdk.types import Study
@@ -528,10 +529,12 @@ def dice_deltas(
     from cmrsdk.evaluation import evaluate
     from cmrsdk.pipeline import Pipeline
 
-    options = (
-        {"onnx": {"intra_op_threads": threads}, "openvino": {"threads": threads}}.get(backend, {}) if threads else {}
-    )
-    kwargs = {"backend": backend, "threads": threads, "engine_options": options, **dict(pipeline_options or {})}
+    kwargs = {
+        "backend": backend,
+        "threads": threads,
+        "engine_options": thread_options(backend, threads),
+        **dict(pipeline_options or {}),
+    }
     pipes = {p: Pipeline(bundle, precision=p, **kwargs) for p in (reference, precision)}
     shifted = f"{reference} crop +1 px"
     if crop_jitter and pipes[reference].heart_crop is not None:

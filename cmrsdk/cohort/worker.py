@@ -138,16 +138,13 @@ class StudyWorker:
     def __init__(self, spec: PipelineSpec, threads: int) -> None:
         set_thread_count(threads)
         from ..bundle import load_bundle
+        from ..engines import thread_options
         from ..pipeline import Pipeline
 
         bundle = load_bundle(spec.bundle)
-        options: dict[str, Any] = {}
         backends = {bundle.select_artifact(name, spec.backend, spec.device).backend for name in bundle.models}
         # ONNX Runtime and OpenVINO size their pools from the cores, not from OMP_NUM_THREADS
-        if backends == {"onnx"}:
-            options["intra_op_threads"] = threads
-        elif backends == {"openvino"}:
-            options["threads"] = threads
+        options = thread_options(backends.pop(), threads) if len(backends) == 1 else {}
         self.pipeline = Pipeline(
             bundle,
             backend=spec.backend,

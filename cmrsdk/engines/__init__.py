@@ -48,6 +48,7 @@ __all__ = [
     "available_backends",
     "backend_missing",
     "create_engine",
+    "thread_options",
 ]
 
 #: device -> backends in the order "auto" prefers them (see the module docstring).
@@ -57,6 +58,17 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
 }
 #: artifact file suffix -> backend.
 SUFFIXES: dict[str, str] = {".pt": "torchscript", ".pt2": "aoti", ".onnx": "onnx", ".ep": "tensorrt"}
+
+
+#: backend -> its engine option for CPU threads; TorchScript and AOTInductor use torch's pool
+#: (``torch.set_num_threads``), and ONNX Runtime and OpenVINO size theirs from the cores.
+_THREAD_OPTION: dict[str, str] = {"onnx": "intra_op_threads", "openvino": "threads"}
+
+
+def thread_options(backend: str, threads: int | None) -> dict[str, int]:
+    """The engine options that give a ``backend`` engine ``threads`` CPU threads ({} for None,
+    and for backends that take torch's process-wide setting)."""
+    return {_THREAD_OPTION[backend]: threads} if threads and backend in _THREAD_OPTION else {}
 
 
 def backend_missing(backend: str, device: str = "cpu") -> str | None:
