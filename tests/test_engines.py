@@ -287,3 +287,15 @@ def test_onnx_precision_is_recorded_and_checked(built):
     assert create_engine(path, precision="int8").precision == "int8"
     with pytest.raises(InputError, match="'precision' of the 'onnx' backend must be 'fp32' or 'int8', got 'fp16'"):
         create_engine(path, precision="fp16")
+
+
+def test_thread_options_name_each_runtime_s_own_setting(built):
+    from cmrsdk.engines import thread_options
+
+    assert thread_options("onnx", 2) == {"intra_op_threads": 2}
+    assert thread_options("openvino", 1) == {"threads": 1}
+    assert thread_options("torchscript", 2) == {} and thread_options("onnx", None) == {}
+    # and each engine accepts what it is given
+    for backend in ("onnx", "openvino"):
+        if backend_missing(backend) is None:
+            create_engine(_artifact(built[0], "seg", backend), backend, **thread_options(backend, 1))
