@@ -60,8 +60,8 @@ from export.parity import ParityResult, check_parity, eager_probabilities, parit
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ProbabilityModel", "build_bundle", "load_checkpoint", "tensorrt_shapes", "main"]
 
-#: artifact formats: one per engine backend (cmrsdk.engines.BACKENDS)
-FORMATS: tuple[str, ...] = BACKENDS
+#: artifact formats: one per engine backend (cmrsdk.engines.BACKENDS) but OpenVINO, which runs the ONNX file
+FORMATS: tuple[str, ...] = tuple(b for b in BACKENDS if b != "openvino")
 ONNX_OPSET = 18
 
 
