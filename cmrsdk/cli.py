@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -348,6 +349,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
         parity = model.record.get("parity")
         if parity:
             print(f"  parity: {json.dumps(parity)}")
+    # the held-out Dice checks of reduced precisions (python -m export.quantize), one line each
+    for key, record in sorted((m.get("quantization") or {}).items()):
+        verdict = "passed" if record.get("passed") else "refused"
+        print(
+            f"precision check {key} on {record.get('backend')}: worst Dice drop {record.get('worst_drop', math.nan):.2f} "
+            f"points over {record.get('slices')} held-out slices (gate {record.get('max_dice_drop')}): {verdict}"
+        )
     return 0
 
 
