@@ -185,7 +185,7 @@ def bf16_record_key(backend: str) -> str:
     """The manifest's ``quantization`` key of the bf16 Dice check made on ``backend``.
 
     bf16 is an engine's arithmetic, not a file, and each backend rounds differently (OpenVINO
-    fuses norms into convolutions, TorchScript casts every op), so each is checked on its own:
+    fuses each norm with its activation, TorchScript casts every op), so each is checked on its own:
     "bf16" for TorchScript (the key bundles before OpenVINO hold), "bf16-<backend>" otherwise.
     """
     return "bf16" if backend == "torchscript" else f"bf16-{backend}"

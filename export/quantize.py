@@ -784,7 +784,7 @@ def quantize_bundle(
 _BF16_CASTS: dict[str, str] = {
     "torchscript": "TorchScript archives cast to bfloat16 at load (weights and activations; oneDNN accumulates in fp32)",
     "openvino": "ONNX artifacts compiled by OpenVINO with INFERENCE_PRECISION_HINT bf16 (its CPU plugin "
-    "fuses convolution, norm and activation; accumulates in fp32)",
+    "folds each instance norm's affine and activation into one kernel; accumulates in fp32)",
 }
 
 

@@ -16,8 +16,8 @@ artifacts per model; ``Bundle.engine(name, "auto", device)`` takes the first of
 - "cpu": onnx > aoti > openvino > torchscript. Measured on this project's 2-core CPU (see
   docs/ENGINES.md and benchmarks/README.md): ONNX Runtime ran a 1.9 M-parameter U-Net at batch 10
   faster than TorchScript, and it needs no torch install. In bf16 (which ONNX Runtime and
-  AOTInductor do not offer) OpenVINO comes first: it fuses each convolution with its norm and
-  activation, 1.4x faster than TorchScript cast to bf16 on the shipped U-Net.
+  AOTInductor do not offer) OpenVINO comes first: channels-last convolutions, each instance
+  norm and its activation in one kernel, twice as fast as TorchScript cast to bf16 on the shipped U-Net.
 
 "auto" chooses the backend, never the arithmetic: the precision is the caller's (``fp32`` by
 default; ``int8`` selects the "onnx-int8" artifacts written by ``python -m export.quantize``,
