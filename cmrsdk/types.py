@@ -37,6 +37,8 @@ class Stack:
     source : where the pixels came from (path), for error messages and provenance.
     source_files : for DICOM input, the file of each slice (Z,), so that writers such as
         DICOM SEG can reference the source instances; empty otherwise.
+    source_frames : for enhanced multi-frame DICOM input, the frame number (1-based) of each
+        slice (Z,) within its file in ``source_files``; empty for single-frame images.
     """
 
     pixels: np.ndarray
@@ -47,6 +49,7 @@ class Stack:
     phase: str | None = None
     source: str = ""
     source_files: tuple[str, ...] = ()
+    source_frames: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         pixels = np.asarray(self.pixels)
@@ -76,6 +79,10 @@ class Stack:
         if positions.shape != (pixels.shape[0],):
             raise InputError(f"Stack 'slice_positions' must have shape ({pixels.shape[0]},), got {positions.shape}")
         object.__setattr__(self, "slice_positions", positions)
+        if self.source_frames and len(self.source_frames) != pixels.shape[0]:
+            raise InputError(
+                f"Stack 'source_frames' must name one frame per slice ({pixels.shape[0]}), got {len(self.source_frames)}"
+            )
 
     @property
     def shape(self) -> tuple[int, int, int]:

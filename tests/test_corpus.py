@@ -210,6 +210,56 @@ def _no_warnings(report: dict, out: Path) -> None:
     _measures_known(report, out)
 
 
+def _drop_functional_groups(ds):
+    """Enhanced MR without the functional groups that say where its frames are."""
+    ds.SOPClassUID, ds.NumberOfFrames = "1.2.840.10008.5.1.4.1.1.4.1", 1
+    for keyword in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def _enhanced_build(tmp, data, files):
+    """The subset as one Enhanced MR Image, frames shuffled, as a Philips or Siemens XA scanner exports it."""
+    from _enhanced import as_enhanced_mr, legacy_converted
+
+    grid = _sunnybrook_subset(files, tmp / "classic")
+    as_enhanced_mr(legacy_converted([f for row in grid for f in row], tmp / "in" / "cine.dcm"), shuffle_seed=0)
+    return [tmp / "in"]
+
+
+def _enhanced_build_per(unit: str):
+    """Enhanced MR in several files of one series: all phases of a slice per file, or one frame per file."""
+
+    def build(tmp, data, files):
+        import highdicom as hd
+        from _enhanced import as_enhanced_mr, legacy_converted
+
+        grid = _sunnybrook_subset(files, tmp / "classic")
+        columns = [[row[z] for row in grid] for z in range(len(grid[0]))]
+        groups = columns if unit == "slice" else [[f] for row in grid for f in row]
+        series = hd.UID()
+        for i, group in enumerate(groups):
+            converted = legacy_converted(group, tmp / "in" / f"{i:02d}.dcm", series_uid=series)
+            if unit == "slice":  # as the scanner writes it; one frame per file stays as highdicom converts it
+                as_enhanced_mr(converted)
+        return [tmp / "in"]
+
+    return build
+
+
+def _enhanced_check(report: dict, out: Path) -> None:
+    _measures_known(report, out)
+    source = next(Path(report["study"]["source"]).glob("*.dcm"))
+    uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    seg = pydicom.dcmread(out / "seg_ES.dcm")
+    referenced = {
+        (str(r.ReferencedSOPInstanceUID), int(r.ReferencedFrameNumber))
+        for item in seg.PerFrameFunctionalGroupsSequence
+        for r in item.DerivationImageSequence[0].SourceImageSequence
+    }
+    assert {u for u, _ in referenced} == {uid} and len({f for _, f in referenced}) <= 6  # ES's own frames
+
+
 def _dup_build(tmp, data, files):
     _sunnybrook_subset(files, tmp / "in")
     shutil.copy(tmp / "in" / "00_03.dcm", tmp / "in" / "zz_copy.dcm")
@@ -496,12 +546,15 @@ DICOM_CASES = [
     ),
     Case("dicom_all_zero_pixels", _dicom(_zero_pixels), outputs=ALL_OUTPUTS, check=_blank_check),
     Case("dicom_junk_files_beside", _junk_build, outputs=ALL_OUTPUTS, check=_measures_known),
+    Case("dicom_enhanced_multiframe", _enhanced_build, outputs=ALL_OUTPUTS, check=_enhanced_check),
+    Case("dicom_enhanced_file_per_slice", _enhanced_build_per("slice"), outputs=ALL_OUTPUTS, check=_measures_known),
+    Case("dicom_enhanced_file_per_image", _enhanced_build_per("image"), outputs=ALL_OUTPUTS, check=_measures_known),
     Case(
-        "dicom_enhanced_multiframe",
-        _dicom(_set(SOPClassUID="1.2.840.10008.5.1.4.1.1.4.1", NumberOfFrames=1)),
+        "dicom_enhanced_without_functional_groups",
+        _dicom(_drop_functional_groups),
         code=1,
-        error=r"enhanced multi-frame MR image \(SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.4\.1, 'NumberOfFrames' 1\) is not "
-        r"supported",
+        error=r"enhanced MR image \(SOP class 1\.2\.840\.10008\.5\.1\.4\.1\.1\.4\.1, 'NumberOfFrames' 1\) has no "
+        r"'PerFrameFunctionalGroupsSequence' \(5200,9230\)",
     ),
     Case(
         "dicom_matrix_20000",

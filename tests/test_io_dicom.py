@@ -209,3 +209,97 @@ def test_duplicate_slice_positions(series: tuple[Path, object], tmp_path: Path) 
         f.unlink()
     with pytest.raises(ReadError, match=r"duplicate slice position: 2 images at the same position"):
         read_dicom_study(folder)
+
+
+# -- enhanced multi-frame MR ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def enhanced(series: tuple[Path, object], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The synthetic series as highdicom's Legacy Converted Enhanced MR, and as an Enhanced MR
+    Image with its frames shuffled and timing and rescale in the scanner's functional groups."""
+    from _enhanced import as_enhanced_mr, legacy_converted
+
+    folder, _ = series
+    files = sorted(folder.glob("*.dcm"))
+    root = tmp_path_factory.mktemp("enhanced")
+    legacy = legacy_converted(files, root / "legacy" / "cine.dcm")
+    scanner = root / "scanner" / "cine.dcm"
+    scanner.parent.mkdir()
+    shutil.copy(legacy, scanner)
+    return {"legacy": legacy, "scanner": as_enhanced_mr(scanner, shuffle_seed=3)}
+
+
+@pytest.mark.parametrize("kind", ["legacy", "scanner"])
+def test_enhanced_multiframe_reads_as_the_classic_series(series, enhanced, kind: str) -> None:
+    folder, _ = series
+    classic = read_dicom_study(folder)
+    multi = read_dicom_study(enhanced[kind].parent)
+    assert len(multi.phases) == len(classic.phases) == 3
+    np.testing.assert_allclose(multi.trigger_times_ms, classic.trigger_times_ms)
+    assert multi.info.study_uid == classic.info.study_uid
+    source = pydicom.dcmread(enhanced[kind])
+    frames = source.pixel_array
+    transform = (
+        source.PerFrameFunctionalGroupsSequence[0].get("PixelValueTransformationSequence")
+        or source.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    )[0]
+    for got, want in zip(multi.phases, classic.phases):
+        np.testing.assert_array_equal(got.pixels, want.pixels)  # same stored values, same rescale
+        np.testing.assert_allclose(got.affine, want.affine, atol=1e-6)
+        np.testing.assert_allclose(got.slice_positions, want.slice_positions, atol=1e-6)
+        assert got.spacing == pytest.approx(want.spacing)
+        assert got.source_files == (str(enhanced[kind]),) * got.shape[0]
+        assert len(set(got.source_frames)) == got.shape[0]
+        # each slice names the frame its pixels came from
+        for z, frame in enumerate(got.source_frames):
+            stored = frames[frame - 1].astype(np.float32)
+            expected = stored * np.float32(transform.RescaleSlope) + np.float32(transform.RescaleIntercept)
+            np.testing.assert_array_equal(got.pixels[z], expected)
+    assert [s.n_images for s in __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(enhanced[kind])] == [18]
+
+
+def test_enhanced_multiframe_seg_references_each_slices_own_frame(series, enhanced, tmp_path: Path) -> None:
+    import highdicom as hd
+
+    _, study = series
+    source = read_dicom_study(enhanced["scanner"])
+    for t in (0, 2):
+        stack = source.phases[t]
+        labels = study.phases[t].labels[::-1].copy()  # the reader stacks apex last: any label map will do
+        write_dicom_seg(tmp_path / f"seg{t}.dcm", labels, stack)
+        seg = hd.seg.segread(tmp_path / f"seg{t}.dcm")
+        uid = pydicom.dcmread(enhanced["scanner"], stop_before_pixels=True).SOPInstanceUID
+        back = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=uid, source_frame_numbers=list(stack.source_frames), combine_segments=True
+        )
+        np.testing.assert_array_equal(back, labels)
+        own = set(stack.source_frames)
+        for item in seg.PerFrameFunctionalGroupsSequence:
+            references = item.DerivationImageSequence[0].SourceImageSequence
+            assert len(references) == 1 and int(references[0].ReferencedFrameNumber) in own
+    if shutil.which("dciodvfy") is not None:
+        import subprocess
+
+        result = subprocess.run(["dciodvfy", str(tmp_path / "seg0.dcm")], capture_output=True, text=True, timeout=120)
+        assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == []
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda ds: delattr(ds, "PerFrameFunctionalGroupsSequence"), r"has no 'PerFrameFunctionalGroupsSequence'"),
+        (lambda ds: setattr(ds, "NumberOfFrames", 17), r"'NumberOfFrames' \(0028,0008\) value 17 differs from the 18"),
+        (
+            lambda ds: delattr(ds.PerFrameFunctionalGroupsSequence[4], "PlanePositionSequence"),
+            r"cine\.dcm: frame 5: 'ImagePositionPatient' \(0020,0032\) is missing",
+        ),
+    ],
+)
+def test_enhanced_multiframe_errors_name_file_and_frame(enhanced, tmp_path: Path, change, message: str) -> None:
+    target = tmp_path / "cine.dcm"
+    ds = pydicom.dcmread(enhanced["legacy"])
+    change(ds)
+    ds.save_as(target)
+    with pytest.raises(ReadError, match=message):
+        read_dicom_study(tmp_path)

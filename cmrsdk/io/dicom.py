@@ -1,4 +1,4 @@
-"""DICOM reader: a directory of classic single-frame MR images -> :class:`cmrsdk.Study`.
+"""DICOM reader: a directory of MR images (classic single-frame or enhanced multi-frame) -> :class:`cmrsdk.Study`.
 
 Series selection (when a directory holds several series, unless ``series_uid`` names one):
 the short-axis cine is the series with (1) three or more slice positions, then (2) two or more
@@ -16,7 +16,9 @@ DICOM as it comes
 - A second file with an already seen SOPInstanceUID (PACS re-exports) is skipped with a
   :class:`~cmrsdk.errors.CmrWarning`.
 - Text in TriggerTime ('n/a') falls back on InstanceNumber for that image, with a warning.
-- Enhanced multi-frame MR is refused for what it is; compressed transfer syntaxes are decoded
+- Enhanced multi-frame MR (and Legacy Converted Enhanced MR) is read frame by frame: each frame
+  gets the header a classic image would carry, from its functional groups
+  (:mod:`cmrsdk.io._multiframe`), and ``Stack.source_frames`` names it; compressed transfer syntaxes are decoded
   by the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000) or pydicom itself (RLE, deflate), and
   refused naming the package to install where it is missing.
 - Image sizes are checked from the headers before any pixel data is read.
@@ -36,6 +38,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import CmrWarning, ReadError
 from ..types import Stack, Study, StudyInfo
+from ._multiframe import ENHANCED_MR_CLASSES, frame_headers
 
 __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
 
@@ -49,7 +52,6 @@ MAX_MATRIX = 2048
 #: 1.6 GB as float32.
 MAX_SERIES_PIXELS = 400_000_000
 
-_ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 #: spacings outside these bounds (mm) are not those of a cardiac MR stack (as for NIfTI).
 IN_PLANE_RANGE_MM = (0.05, 20.0)
 SLICE_RANGE_MM = (0.05, 100.0)
@@ -69,10 +71,9 @@ _DECODERS = {
 #: MR, enhanced MR, CT and secondary-capture image storage: files of these classes must hold an image.
 _IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4",
-    "1.2.840.10008.5.1.4.1.1.4.1",
     "1.2.840.10008.5.1.4.1.1.2",
     "1.2.840.10008.5.1.4.1.1.7",
-}
+} | ENHANCED_MR_CLASSES
 
 
 def _sop_class(header: Dataset) -> str:
@@ -82,8 +83,11 @@ def _sop_class(header: Dataset) -> str:
 
 @dataclass(frozen=True)
 class _Image:
+    """One image: a classic file, or one frame (0-based ``frame``) of a multi-frame file."""
+
     path: Path
     header: Dataset
+    frame: int | None = None
 
 
 @dataclass(frozen=True)
@@ -115,13 +119,14 @@ def _read_header(path: Path) -> Dataset | None:
 def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
     """Image files (with pixel data) under ``path``, and DICOM files without pixel data.
 
-    Enhanced multi-frame images are set aside and refused only when nothing else is there;
-    a repeated SOPInstanceUID keeps its first file (sorted by path) and warns once.
+    A multi-frame file gives one image per frame; a repeated SOPInstanceUID keeps its first file
+    (sorted by path) and warns once.
     """
     if not path.exists():
         raise ReadError(path, "no such file or directory")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    images, non_images, enhanced = [], [], []
+    images: list[_Image] = []
+    non_images: list[Path] = []
     seen: dict[str, Path] = {}
     duplicates: list[Path] = []
     for file in files:
@@ -130,10 +135,6 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             continue
         # pixel data is not read yet (stop_before_pixels): an image is what has a matrix size
         if header.get("Rows") and header.get("Columns"):
-            frames = _int_or_none(header.get("NumberOfFrames"))
-            if _sop_class(header) == _ENHANCED_MR or (frames or 1) > 1:
-                enhanced.append((file, header, frames))
-                continue
             rows, columns = int(header.Rows), int(header.Columns)
             if rows > MAX_MATRIX or columns > MAX_MATRIX:
                 raise ReadError(
@@ -149,7 +150,11 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 continue
             if uid:
                 seen[uid] = file
-            images.append(_Image(file, header))
+            frames = _int_or_none(header.get("NumberOfFrames"))
+            if _sop_class(header) in ENHANCED_MR_CLASSES or "NumberOfFrames" in header and frames != 1:
+                images.extend(_Image(file, h, i) for i, h in enumerate(frame_headers(file, header)))
+            else:
+                images.append(_Image(file, header))
         elif _sop_class(header) in _IMAGE_SOP_CLASSES:
             raise ReadError(
                 file,
@@ -165,14 +170,6 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 f"{len(duplicates)} duplicated instance(s) skipped"
             ),
             stacklevel=3,
-        )
-    if not images and enhanced:
-        file, header, frames = enhanced[0]
-        raise ReadError(
-            file,
-            f"enhanced multi-frame MR image (SOP class {_sop_class(header) or '?'}, 'NumberOfFrames' "
-            f"{frames}) is not supported; cmrsdk reads classic single-frame MR images: export the "
-            "series from the scanner or PACS as classic MR Image Storage",
         )
     if not images:
         if non_images:
@@ -200,14 +197,16 @@ def _uid_of(file: Path) -> str:
 
 def _vector(image: _Image, keyword: str, tag: str, length: int) -> np.ndarray:
     value = image.header.get(keyword)
+    # a multi-frame file's frames keep these in functional groups: say which frame lacks it
+    frame = "" if image.frame is None else f"frame {image.frame + 1}: "
     if value is None:
-        raise ReadError(image.path, f"'{keyword}' {tag} is missing; it is needed for the geometry")
+        raise ReadError(image.path, f"{frame}'{keyword}' {tag} is missing; it is needed for the geometry")
     try:
         vector = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ReadError(image.path, f"'{keyword}' {tag} value {value!r} is not numeric") from exc
+        raise ReadError(image.path, f"{frame}'{keyword}' {tag} value {value!r} is not numeric") from exc
     if vector.shape != (length,) or not np.all(np.isfinite(vector)):
-        raise ReadError(image.path, f"'{keyword}' {tag} value {list(value)!r} must be {length} finite numbers")
+        raise ReadError(image.path, f"{frame}'{keyword}' {tag} value {list(value)!r} must be {length} finite numbers")
     return vector
 
 
@@ -375,42 +374,65 @@ def _check_stack_line(
         )
 
 
-def _pixels(image: _Image) -> np.ndarray:
+def _decode(path: Path) -> np.ndarray:
+    """The stored pixel values of a file: (Y, X) for one frame, (frames, Y, X) for several."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dataset = pydicom.dcmread(str(image.path))
+            dataset = pydicom.dcmread(str(path))
     except Exception as exc:
-        raise ReadError(image.path, f"DICOM file cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise ReadError(path, f"DICOM file cannot be read ({type(exc).__name__}: {exc})") from exc
     syntax = str(getattr(dataset.file_meta, "TransferSyntaxUID", "") or "") if hasattr(dataset, "file_meta") else ""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            stored = dataset.pixel_array
+            return np.asarray(dataset.pixel_array)
     except Exception as exc:  # truncated pixel data, unsupported transfer syntax, ...
         package = _DECODERS.get(syntax)
         if package is not None and not _importable(package):
             raise ReadError(
-                image.path,
+                path,
                 f"pixel data in transfer syntax {pydicom.uid.UID(syntax).name} ({syntax}) needs "
                 f"the package {package}: pip install pylibjpeg {package}",
             ) from exc
         raise ReadError(
-            image.path,
+            path,
             f"pixel data cannot be decoded (transfer syntax {syntax or 'unknown'}; {type(exc).__name__}: {exc})",
         ) from exc
-    if stored.ndim != 2:
-        raise ReadError(
-            image.path,
-            f"pixel data has shape {stored.shape}; only classic single-frame greyscale "
-            "images are supported (NumberOfFrames 1, SamplesPerPixel 1)",
-        )
-    slope, intercept = _float_tag(dataset, "RescaleSlope"), _float_tag(dataset, "RescaleIntercept")
+
+
+def _pixels(image: _Image, decoded: dict[Path, np.ndarray]) -> np.ndarray:
+    """float32 (Y, X) intensities of one image after rescale; ``decoded`` keeps each multi-frame
+    file's frames, so that a file of 300 frames is decoded once, not 300 times."""
+    if image.frame is None:
+        stored = _decode(image.path)
+        if stored.ndim != 2:
+            raise ReadError(
+                image.path,
+                f"pixel data has shape {stored.shape}; only greyscale images are supported "
+                "(SamplesPerPixel 1, one frame or an enhanced multi-frame MR image)",
+            )
+    else:
+        if image.path not in decoded:
+            frames = _decode(image.path)
+            decoded[image.path] = frames[None] if frames.ndim == 2 else frames
+        frames = decoded[image.path]
+        if frames.ndim != 3 or image.frame >= frames.shape[0]:
+            raise ReadError(
+                image.path,
+                f"pixel data has shape {frames.shape}; expected 'NumberOfFrames' greyscale frames "
+                f"(frame {image.frame + 1} asked for; SamplesPerPixel 1)",
+            )
+        stored = frames[image.frame]
+    header = image.header
+    frame_note = "" if image.frame is None else f" (frame {image.frame + 1})"
+    where = f"{image.path}{frame_note}"
+    slope, intercept = _float_tag(header, "RescaleSlope"), _float_tag(header, "RescaleIntercept")
     for keyword, value, default in (("RescaleSlope", slope, 1.0), ("RescaleIntercept", intercept, 0.0)):
-        if value is None and _raw_value(dataset, keyword) != "":
+        if value is None and _raw_value(header, keyword) != "":
             warnings.warn(
                 CmrWarning(
-                    f"{image.path}: '{keyword}' value {_raw_value(dataset, keyword)!r} is not a number; {default} used"
+                    f"{where}: '{keyword}' value {_raw_value(header, keyword)!r} is not a number; {default} used"
                 ),
                 stacklevel=2,
             )
@@ -418,7 +440,7 @@ def _pixels(image: _Image) -> np.ndarray:
     intercept = 0.0 if intercept is None else intercept
     pixels = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     if not np.all(np.isfinite(pixels)):
-        raise ReadError(image.path, "pixel data holds NaN or infinite values")
+        raise ReadError(image.path, f"pixel data holds NaN or infinite values{frame_note}")
     return pixels
 
 
@@ -528,9 +550,10 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     affine = _LPS_TO_RAS @ affine_lps
 
     phases = []
+    decoded: dict[Path, np.ndarray] = {}
     for t in range(n_phases):
         slices = [g[t] for g in groups]
-        pixels = np.stack([_pixels(im) for im in slices])
+        pixels = np.stack([_pixels(im, decoded) for im in slices])
         name = "ED" if t == 0 and n_phases > 1 else f"frame {t}"
         phases.append(
             Stack(
@@ -541,6 +564,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
                 phase=name,
                 source=str(path),
                 source_files=tuple(str(im.path) for im in slices),
+                source_frames=tuple(im.frame + 1 for im in slices if im.frame is not None),
             )
         )
     times = np.array([[_time_of(g[t], by_trigger) for g in groups] for t in range(n_phases)]).mean(axis=1)

@@ -124,7 +124,8 @@ def write_dicom_seg(
     ----------
     path : the .dcm file to write (through a temporary name, then renamed).
     labels : uint8 (Z, Y, X) canonical labels on ``stack``'s grid.
-    stack : a stack read from DICOM: ``stack.source_files`` names the source image of each slice.
+    stack : a stack read from DICOM: ``stack.source_files`` names the source image of each slice
+        (and ``stack.source_frames`` its frame, for an enhanced multi-frame source).
     series_description, series_number : of the new SEG series; give each phase its own, so
         that a PACS lists ED and ES apart.
     series_instance_uid : of the new series; a new UID when None.
@@ -137,6 +138,7 @@ def write_dicom_seg(
 
     from .. import __version__
     from ._dicom_out import derivation_sources
+    from ._seg_frames import multiframe_sources, reference_source_frames
 
     array = _check_labels(labels, stack)
     if len(stack.source_files) != stack.shape[0]:
@@ -144,7 +146,11 @@ def write_dicom_seg(
             f"DICOM SEG needs the source DICOM file of each of the {stack.shape[0]} slices; "
             f"stack from {stack.source or 'memory'} has {len(stack.source_files)} (read it with read_dicom_study)"
         )
-    sources = derivation_sources(stack.source_files)
+    positions = None
+    if stack.source_frames:  # enhanced MR: built from the slices' positions, references set after
+        sources, positions = multiframe_sources(stack)
+    else:
+        sources = derivation_sources(stack.source_files)
     categories = codes.SCT.AnatomicalStructure
     # SNOMED CT codes of the structures; the segment label names the blood pool precisely
     properties = {1: codes.SCT.LeftVentricle, 2: codes.SCT.LeftVentricleMyocardium, 3: codes.SCT.RightVentricle}
@@ -165,7 +171,7 @@ def write_dicom_seg(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # source UIDs invalid per VR UI are referenced verbatim
             seg = hd.seg.Segmentation(
-                source_images=sources,
+                source_images=sources if positions is None else sources[:1],
                 pixel_array=array,
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
                 segment_descriptions=descriptions,
@@ -178,7 +184,10 @@ def write_dicom_seg(
                 software_versions=__version__,
                 device_serial_number="0",
                 series_description=series_description[:64],
+                plane_positions=positions,
             )
+            if positions is not None:
+                reference_source_frames(seg, stack, sources, positions)
     except (ValueError, TypeError, AttributeError) as exc:
         raise WriteError(
             f"{path}: DICOM SEG cannot be built from {stack.source_files[0]} and the other sources "

@@ -1,0 +1,145 @@
+"""Enhanced multi-frame MR as the classic reader sees it: one header per frame.
+
+Newer scanners (Philips, Siemens XA) export a cine series as one Enhanced MR Image (or a Legacy
+Converted Enhanced MR Image) holding every slice and phase as frames. Its per-frame geometry,
+timing and rescale live in functional groups: each frame's own item of
+PerFrameFunctionalGroupsSequence, else the SharedFunctionalGroupsSequence. :func:`frame_headers`
+turns each frame into the header a classic single-frame image would carry (ImagePositionPatient,
+ImageOrientationPatient, PixelSpacing, TriggerTime, RescaleSlope, ...), so that series selection,
+slice and phase ordering and every geometry check are the classic reader's, unchanged.
+
+Where the timing comes from, first found: the frame's CardiacSynchronizationSequence
+NominalCardiacTriggerDelayTime (Enhanced MR), the TriggerTime of its Unassigned Per-Frame (or
+Shared) Converted Attributes (Legacy Converted); where none, phases are ordered by the
+frame's TemporalPositionIndex, else by frame number. Frames of several stacks (StackID) in one
+file stay one series: the reader refuses them as mixed orientations if they differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from ..errors import ReadError
+
+__all__ = ["ENHANCED_MR_CLASSES", "frame_headers"]
+
+#: Enhanced MR Image Storage and Legacy Converted Enhanced MR Image Storage.
+ENHANCED_MR_CLASSES = {"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}
+
+_PER_FRAME = "PerFrameFunctionalGroupsSequence"
+_SHARED = "SharedFunctionalGroupsSequence"
+#: (functional group sequence, attribute of its item) a classic header carries at its top level
+_GROUP_ATTRIBUTES = (
+    ("PlanePositionSequence", "ImagePositionPatient"),
+    ("PlaneOrientationSequence", "ImageOrientationPatient"),
+    ("PixelMeasuresSequence", "PixelSpacing"),
+    ("PixelMeasuresSequence", "SliceThickness"),
+    ("PixelMeasuresSequence", "SpacingBetweenSlices"),
+    ("PixelValueTransformationSequence", "RescaleSlope"),
+    ("PixelValueTransformationSequence", "RescaleIntercept"),
+)
+#: where a frame's time after the R wave (ms) is kept, first found: Enhanced MR, then Legacy
+#: Converted (per frame, or shared where all frames, or the file's one frame, have the same)
+_TIMING = (
+    ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
+    ("UnassignedPerFrameConvertedAttributesSequence", "TriggerTime"),
+    ("UnassignedSharedConvertedAttributesSequence", "TriggerTime"),
+)
+#: attributes of the whole file a frame's header must not carry over (they describe all frames)
+_FILE_ONLY = (_PER_FRAME, _SHARED, "NumberOfFrames", "DimensionIndexSequence", "DimensionOrganizationSequence")
+
+
+def _item(group: Dataset | None, sequence: str) -> Dataset | None:
+    if group is None or sequence not in group:
+        return None
+    value = group[sequence].value
+    return value[0] if isinstance(value, Sequence) and len(value) > 0 else None
+
+
+def _lookup(per_frame: Dataset, shared: Dataset | None, sequence: str, keyword: str) -> object | None:
+    """``keyword`` of the frame's ``sequence`` item, else of the shared one; None where neither has it."""
+    for group in (per_frame, shared):
+        item = _item(group, sequence)
+        if item is not None and keyword in item and item[keyword].value not in (None, ""):
+            return item[keyword].value
+    return None
+
+
+def _replace(frame: Dataset, keyword: str, value: object) -> None:
+    """Give ``frame`` its own element: assigning to an element shared with the other frames would change them all."""
+    if keyword in frame:
+        del frame[keyword]
+    setattr(frame, keyword, value)
+
+
+def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
+    """One classic-looking header per frame of an enhanced multi-frame MR image.
+
+    Parameters
+    ----------
+    path : the file, for error messages.
+    header : its header, read without pixel data.
+
+    Returns
+    -------
+    ``NumberOfFrames`` Datasets in frame order: the file's own attributes (patient, study,
+    series, Rows, Columns) with each frame's ImagePositionPatient, ImageOrientationPatient,
+    PixelSpacing, SliceThickness, SpacingBetweenSlices, RescaleSlope and RescaleIntercept from its
+    functional groups, TriggerTime (ms) where the file gives one, and InstanceNumber set to the
+    frame's TemporalPositionIndex (its frame number, 1-based, where absent) as the phase order of
+    last resort.
+
+    Raises
+    ------
+    ReadError : no PerFrameFunctionalGroupsSequence, or one whose length is not NumberOfFrames.
+    """
+    frames = header.get("NumberOfFrames")
+    try:
+        n_frames = int(frames) if frames not in (None, "") else None
+    except (TypeError, ValueError):
+        n_frames = None
+    if _PER_FRAME not in header:
+        raise ReadError(
+            path,
+            f"enhanced MR image (SOP class {header.get('SOPClassUID', '?')}, 'NumberOfFrames' {frames}) "
+            f"has no 'PerFrameFunctionalGroupsSequence' (5200,9230): its frames' positions are unknown",
+        )
+    per_frame = list(header[_PER_FRAME].value)
+    if n_frames is None or n_frames != len(per_frame) or n_frames < 1:
+        raise ReadError(
+            path,
+            f"'NumberOfFrames' (0028,0008) value {frames} differs from the {len(per_frame)} items of "
+            "'PerFrameFunctionalGroupsSequence' (5200,9230)",
+        )
+    shared = _item(header, _SHARED)
+    base = Dataset()
+    for element in header:
+        if element.keyword not in _FILE_ONLY:
+            base.add(element)
+    headers = []
+    for index, group in enumerate(per_frame):
+        frame = Dataset()
+        frame.update(base)  # elements are shared, not copied: the frame's own values replace them below
+        for sequence, keyword in _GROUP_ATTRIBUTES:
+            value = _lookup(group, shared, sequence, keyword)
+            if value is not None:
+                _replace(frame, keyword, value)
+        trigger = next(
+            (
+                value
+                for sequence, keyword in _TIMING
+                if (value := _lookup(group, shared, sequence, keyword)) is not None
+            ),
+            None,
+        )
+        if trigger is not None:
+            _replace(frame, "TriggerTime", trigger)
+        elif "TriggerTime" in frame and n_frames > 1:
+            del frame.TriggerTime  # one value for the whole file times no frame
+        temporal = _lookup(group, None, "FrameContentSequence", "TemporalPositionIndex")
+        _replace(frame, "InstanceNumber", temporal if isinstance(temporal, int) else index + 1)
+        headers.append(frame)
+    return headers
