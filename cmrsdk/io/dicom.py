@@ -465,14 +465,16 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
 
     Parameters
     ----------
-    path : a directory (or one file) of classic single-frame MR images.
+    path : a directory (or one file) of MR images: classic single-frame, or enhanced multi-frame
+        (one file per series, per slice or per frame).
     series_uid : SeriesInstanceUID of the series to read; None selects the short-axis cine by
         the module's rules.
 
     Returns
     -------
     Study with one :class:`Stack` per phase (float32 (Z, Y, X) pixels after rescale, spacing
-    (dz, dy, dx) mm, RAS+ affine, ``source_files`` per slice), ``trigger_times_ms`` (T,)
+    (dz, dy, dx) mm, RAS+ affine, ``source_files`` per slice and, for multi-frame files,
+    ``source_frames``), ``trigger_times_ms`` (T,)
     (mean over slices), ``ed_index = 0`` and ``es_index = None`` when there are several phases.
 
     Raises
