@@ -247,6 +247,22 @@ def _enhanced_build_per(unit: str):
     return build
 
 
+def _series_per_slice_build(tmp, data, files):
+    """Each slice position in its own series, one breath-hold each, as Siemens protocols store a cine."""
+    grid = _sunnybrook_subset(files, tmp / "in")
+    for z in range(len(grid[0])):
+        uid = pydicom.uid.generate_uid()
+        for row in grid:
+            _edit(row[z], _set(SeriesInstanceUID=uid, SeriesNumber=20 + z))
+    return [tmp / "in"]
+
+
+def _series_per_slice_check(report: dict, out: Path) -> None:
+    _measures_known(report, out)
+    assert report["study"]["series_uid"].count("+") == 5  # six series, one stack
+    assert len(pydicom.dcmread(out / "seg_ED.dcm").ReferencedSeriesSequence) == 6
+
+
 def _enhanced_check(report: dict, out: Path) -> None:
     _measures_known(report, out)
     source = next(Path(report["study"]["source"]).glob("*.dcm"))
@@ -547,6 +563,7 @@ DICOM_CASES = [
     Case("dicom_all_zero_pixels", _dicom(_zero_pixels), outputs=ALL_OUTPUTS, check=_blank_check),
     Case("dicom_junk_files_beside", _junk_build, outputs=ALL_OUTPUTS, check=_measures_known),
     Case("dicom_enhanced_multiframe", _enhanced_build, outputs=ALL_OUTPUTS, check=_enhanced_check),
+    Case("dicom_series_per_slice", _series_per_slice_build, outputs=ALL_OUTPUTS, check=_series_per_slice_check),
     Case("dicom_enhanced_file_per_slice", _enhanced_build_per("slice"), outputs=ALL_OUTPUTS, check=_measures_known),
     Case("dicom_enhanced_file_per_image", _enhanced_build_per("image"), outputs=ALL_OUTPUTS, check=_measures_known),
     Case(

@@ -303,3 +303,97 @@ def test_enhanced_multiframe_errors_name_file_and_frame(enhanced, tmp_path: Path
     ds.save_as(target)
     with pytest.raises(ReadError, match=message):
         read_dicom_study(tmp_path)
+
+
+# -- a short-axis cine stored one series per slice -----------------------------------------------
+
+
+def _series_per_slice(folder: Path, target: Path) -> list[list[Path]]:
+    """Copies of the classic series with each slice position in its own series (one breath-hold
+    each, as Siemens protocols store it); files by slice, in the reader's slice order."""
+    target.mkdir(parents=True)
+    by_position: dict[float, list[Path]] = {}
+    for file in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+        normal = np.cross(
+            np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
+        )
+        by_position.setdefault(round(float(np.array(ds.ImagePositionPatient, float) @ normal), 2), []).append(file)
+    out = []
+    for z, position in enumerate(sorted(by_position)):
+        uid = pydicom.uid.generate_uid()
+        files = []
+        for file in by_position[position]:
+            ds = pydicom.dcmread(file)
+            ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = uid, 10 + z, f"cine_sax_{z}"
+            ds.save_as(target / file.name)
+            files.append(target / file.name)
+        out.append(files)
+    return out
+
+
+def test_series_per_slice_read_as_one_stack(series, tmp_path: Path) -> None:
+    folder, _ = series
+    classic = read_dicom_study(folder)
+    by_slice = _series_per_slice(folder, tmp_path / "study")
+    stacked = read_dicom_study(tmp_path / "study")
+    uids = [str(pydicom.dcmread(files[0]).SeriesInstanceUID) for files in by_slice]
+    assert stacked.info.series_uid == "+".join(uids)  # in slice order
+    assert len(stacked.phases) == 3
+    np.testing.assert_allclose(stacked.trigger_times_ms, classic.trigger_times_ms)
+    for got, want in zip(stacked.phases, classic.phases):
+        np.testing.assert_array_equal(got.pixels, want.pixels)
+        np.testing.assert_allclose(got.affine, want.affine, atol=1e-6)
+    summaries = __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(tmp_path / "study")
+    assert summaries[0].series_uid == stacked.info.series_uid and summaries[0].n_positions == 6
+    assert sorted(s.n_positions for s in summaries[1:]) == [1] * 6  # each series is still listed
+    assert read_dicom_study(tmp_path / "study", series_uid=uids[2]).ed.shape == (1, 48, 56)
+
+    # a slice acquired again (higher SeriesNumber) replaces the first, with a warning
+    again = tmp_path / "study" / "again"
+    again.mkdir()
+    repeat_uid = pydicom.uid.generate_uid()
+    for file in by_slice[2]:
+        ds = pydicom.dcmread(file)
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SOPInstanceUID = repeat_uid, 40, pydicom.uid.generate_uid()
+        ds.save_as(again / file.name)
+    with pytest.warns(UserWarning, match=rf"series {uids[2]} images a slice position again in series {repeat_uid}"):
+        repeated = read_dicom_study(tmp_path / "study")
+    assert repeated.info.series_uid == "+".join(uids[:2] + [repeat_uid] + uids[3:])
+    assert all(Path(f).parent == again for f in [repeated.ed.source_files[2]])
+
+
+def test_series_per_slice_needs_three_alike(series, tmp_path: Path) -> None:
+    folder, _ = series
+    by_slice = _series_per_slice(folder, tmp_path / "study")
+    for files in by_slice[2:]:
+        for file in files:
+            file.unlink()
+    assert read_dicom_study(tmp_path / "study").ed.shape[0] == 1  # two slices are no stack
+    by_slice = _series_per_slice(folder, tmp_path / "tilted")
+    for file in by_slice[3]:  # another orientation: a long-axis view, never stacked with the others
+        ds = pydicom.dcmread(file)
+        ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+        ds.save_as(file)
+    read = read_dicom_study(tmp_path / "tilted")
+    assert read.ed.shape[0] == 5 and read.info.series_uid.count("+") == 4
+
+
+def test_series_per_slice_seg_references_every_series(series, tmp_path: Path) -> None:
+    import highdicom as hd
+
+    folder, study = series
+    _series_per_slice(folder, tmp_path / "study")
+    source = read_dicom_study(tmp_path / "study").ed
+    labels = study.ed.labels[::-1].copy()
+    write_dicom_seg(tmp_path / "seg.dcm", labels, source)
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    sop_uids = [pydicom.dcmread(f).SOPInstanceUID for f in source.source_files]
+    back = seg.get_pixels_by_source_instance(source_sop_instance_uids=sop_uids, combine_segments=True)
+    np.testing.assert_array_equal(back, labels)
+    assert len(seg.ReferencedSeriesSequence) == 6
+    if shutil.which("dciodvfy") is not None:
+        import subprocess
+
+        result = subprocess.run(["dciodvfy", str(tmp_path / "seg.dcm")], capture_output=True, text=True, timeout=120)
+        assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == []

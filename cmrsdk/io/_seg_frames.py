@@ -1,12 +1,13 @@
-"""DICOM SEG of a stack read from enhanced (multi-frame) MR: which source frame each SEG frame is.
+"""DICOM SEG of a stack highdicom cannot derive as it is: which source image each SEG frame is.
 
-highdicom derives a SEG from one multi-frame source laid out frame for frame, and refuses
-repeated plane positions, which every cine holds (all phases at each position; highdicom issues
-174 and 369); it also takes one multi-frame source only, where scanners may write one enhanced
-file per slice. The SEG is therefore built from the slices' plane positions with the first source
-as highdicom's anchor (patient, study, frame of reference), and :func:`reference_source_frames`
-then writes each SEG frame's DerivationImageSequence (source SOP instance and frame number of its
-slice) and the series' ReferencedInstanceSequence as the standard lays them out.
+highdicom derives a SEG from the images of one series, or from one multi-frame image laid out
+frame for frame; it refuses repeated plane positions, which every multi-frame cine holds (all
+phases at each position; highdicom issues 174 and 369). Stacks read from enhanced MR (one file
+per series, per slice or per frame) or from a short-axis cine stored one series per slice fall
+outside that. Their SEG is built from the slices' plane positions with the first source as
+highdicom's anchor (patient, study, frame of reference), and :func:`reference_sources` then writes
+each SEG frame's DerivationImageSequence (the source instance, and frame for multi-frame sources,
+of its slice) and the ReferencedSeriesSequence of every source series, as the standard lays out.
 """
 
 from __future__ import annotations
@@ -20,51 +21,61 @@ from ..errors import InputError
 from ..types import Stack
 from ._multiframe import frame_headers
 
-__all__ = ["multiframe_sources", "reference_source_frames"]
+__all__ = ["needs_own_references", "slice_plane_positions", "reference_sources"]
 
 
 def _position_key(position: Sequence[float]) -> tuple[float, ...]:
     return tuple(round(float(v), 3) for v in position)
 
 
-def multiframe_sources(stack: Stack) -> tuple[list[Dataset], list[Dataset]]:
-    """The source files of ``stack`` (repaired for derivation, in first-use order) and each slice's
-    PlanePositionSequence (highdicom's), from the frame its pixels came from.
+def needs_own_references(stack: Stack, sources: Sequence[Dataset]) -> bool:
+    """True where highdicom cannot reference the sources itself: multi-frame, or several series."""
+    return bool(stack.source_frames) or len({str(ds.get("SeriesInstanceUID", "")) for ds in sources}) > 1
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, "DCM", meaning
+    return code
+
+
+def slice_plane_positions(stack: Stack, by_file: dict[str, Dataset]) -> list[Dataset]:
+    """highdicom PlanePositionSequence of each slice of ``stack``, from the header (or the frame's
+    functional groups) of the image its pixels came from.
 
     Raises
     ------
-    InputError : sources from several series, a slice's frame number outside its file.
+    InputError : a slice's frame number outside its file.
     """
     import highdicom as hd
 
-    from ._dicom_out import derivation_sources
-
-    files = list(dict.fromkeys(stack.source_files))
-    sources = derivation_sources(files)
-    if len({str(ds.get("SeriesInstanceUID", "")) for ds in sources}) != 1:
-        raise InputError(f"{files[0]}: the stack's source files belong to several series; a SEG references one")
-    headers = {file: frame_headers(Path(file), ds) for file, ds in zip(files, sources)}
+    frames = stack.source_frames or (None,) * stack.shape[0]
+    headers: dict[str, list[Dataset]] = {}
     positions = []
-    for file, frame in zip(stack.source_files, stack.source_frames):
-        frames = headers[file]
-        if not 1 <= frame <= len(frames):
-            raise InputError(f"{file}: 'source_frames' names frame {frame}; the file has {len(frames)}")
-        positions.append(
-            hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, frames[frame - 1].ImagePositionPatient)
-        )
-    return sources, positions
+    for file, frame in zip(stack.source_files, frames):
+        source = by_file[file]
+        if frame is None:
+            position = source.ImagePositionPatient
+        else:
+            if file not in headers:
+                headers[file] = frame_headers(Path(file), source)
+            if not 1 <= frame <= len(headers[file]):
+                raise InputError(f"{file}: 'source_frames' names frame {frame}; the file has {len(headers[file])}")
+            position = headers[file][frame - 1].ImagePositionPatient
+        positions.append(hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, position))
+    return positions
 
 
-def reference_source_frames(seg: Dataset, stack: Stack, sources: list[Dataset], positions: list[Dataset]) -> None:
-    """Point every frame of ``seg`` at its slice's source instance and frame, and list all sources.
+def reference_sources(seg: Dataset, stack: Stack, by_file: dict[str, Dataset], positions: list[Dataset]) -> None:
+    """Point every frame of ``seg`` at its slice's source image (and frame), and list every source.
 
     Parameters
     ----------
     seg : the highdicom Segmentation, built from ``positions`` (one per slice of ``stack``).
-    stack : its ``source_files`` and ``source_frames`` (1-based) name each slice's source frame.
-    sources : the source datasets, one per distinct file of ``stack.source_files``.
+    stack : its ``source_files`` (and ``source_frames``, 1-based) name each slice's source.
+    by_file : the source dataset of each file of ``stack.source_files``.
+    positions : :func:`slice_plane_positions` of ``stack``.
     """
-    by_file = {file: ds for file, ds in zip(dict.fromkeys(stack.source_files), sources)}
     slice_at = {_position_key(p[0].ImagePositionPatient): z for z, p in enumerate(positions)}
     for item in seg.PerFrameFunctionalGroupsSequence:
         z = slice_at[_position_key(item.PlanePositionSequence[0].ImagePositionPatient)]
@@ -72,22 +83,24 @@ def reference_source_frames(seg: Dataset, stack: Stack, sources: list[Dataset], 
         reference = Dataset()
         reference.ReferencedSOPClassUID = source.SOPClassUID
         reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        reference.ReferencedFrameNumber = stack.source_frames[z]
-        purpose = Dataset()
-        purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
-        purpose.CodeMeaning = "Source image for image processing operation"
-        reference.PurposeOfReferenceCodeSequence = [purpose]
+        if stack.source_frames:
+            reference.ReferencedFrameNumber = stack.source_frames[z]
+        reference.PurposeOfReferenceCodeSequence = [_code("121322", "Source image for image processing operation")]
         reference.SpatialLocationsPreserved = "YES"  # the labels lie on the source grid, pixel for pixel
         derivation = Dataset()
-        code = Dataset()
-        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113076", "DCM", "Segmentation"
-        derivation.DerivationCodeSequence = [code]
+        derivation.DerivationCodeSequence = [_code("113076", "Segmentation")]
         derivation.SourceImageSequence = [reference]
         item.DerivationImageSequence = [derivation]
-    instances = []
-    for source in sources:
+    by_series: dict[str, list[Dataset]] = {}
+    for source in by_file.values():
         instance = Dataset()
         instance.ReferencedSOPClassUID = source.SOPClassUID
         instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        instances.append(instance)
-    seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence = instances
+        by_series.setdefault(str(source.SeriesInstanceUID), []).append(instance)
+    series_items = []
+    for uid, instances in by_series.items():
+        series = Dataset()
+        series.SeriesInstanceUID = uid
+        series.ReferencedInstanceSequence = instances
+        series_items.append(series)
+    seg.ReferencedSeriesSequence = series_items

@@ -3,7 +3,10 @@
 Series selection (when a directory holds several series, unless ``series_uid`` names one):
 the short-axis cine is the series with (1) three or more slice positions, then (2) two or more
 phases per position, then (3) a description naming a short axis ("sa", "sax", "short"), then
-(4) the most images. Within the series, slices are ordered by their position along the slice
+(4) one series before a stack of series, then (5) the most images. A short-axis cine stored one
+series per slice (one breath-hold each) is read as one stack: three or more one-slice cine series
+of the study with the same orientation, pixel size and matrix (a slice acquired twice: the later
+series). Within the series, slices are ordered by their position along the slice
 normal (row direction x column direction, ascending) and phases by TriggerTime (InstanceNumber
 where absent). Pixels are ``stored * RescaleSlope + RescaleIntercept``. The affine is built from
 ImagePositionPatient, ImageOrientationPatient and PixelSpacing in DICOM LPS and flipped to RAS+.
@@ -258,10 +261,80 @@ def _group_positions(images: list[_Image], by_trigger: bool = True) -> list[list
     ]
 
 
-def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
+#: a short-axis stack stored one series per slice needs at least this many slices to be taken as one
+MIN_SERIES_PER_STACK = 3
+
+
+def _stack_keys(images: list[_Image]) -> tuple[dict[str, str], dict[str, list[tuple[str, str]]]]:
+    """Series UID -> the stack it is read as: itself, or the stack of several one-slice series.
+
+    Many protocols (Siemens's among them) store a short-axis cine one series per slice, one
+    breath-hold each. Cine series of one slice position that share the study, orientation, pixel
+    size and matrix, three or more of them, form one stack, keyed by their UIDs joined with '+'
+    in slice order. Where two sit at the same position (a slice acquired again), the later one
+    (higher SeriesNumber) is taken and the other is left out of the stack.
+
+    Returns
+    -------
+    keys : every series UID -> its stack key.
+    repeats : stack key -> (series left out, series taken in its place), for the warning.
+    """
     by_series: dict[str, list[_Image]] = {}
     for image in images:
         by_series.setdefault(_series_key(image), []).append(image)
+    keys = {uid: uid for uid in by_series}
+    repeats: dict[str, list[tuple[str, str]]] = {}
+    candidates: dict[tuple, list[tuple[float, int, str]]] = {}
+    for uid, members in by_series.items():
+        try:
+            groups = _group_positions(members)
+            orientation = _vector(members[0], "ImageOrientationPatient", "(0020,0037)", 6)
+            spacing = _vector(members[0], "PixelSpacing", "(0028,0030)", 2)
+            position = float(_vector(members[0], "ImagePositionPatient", "(0020,0032)", 3) @ _normal(orientation))
+        except ReadError:
+            continue  # no usable geometry: never stacked
+        if len(groups) != 1 or len(groups[0]) < 2:
+            continue
+        header = members[0].header
+        signature = (
+            str(header.get("StudyInstanceUID", "")),
+            tuple(np.round(orientation, 3)),
+            tuple(np.round(spacing, 4)),
+            header.get("Rows"),
+            header.get("Columns"),
+        )
+        number = _int_or_none(header.get("SeriesNumber")) or 0
+        candidates.setdefault(signature, []).append((position, number, uid))
+    for series in candidates.values():
+        series.sort()
+        kept: list[tuple[float, int, str]] = []
+        left_out: list[tuple[str, str]] = []
+        for entry in series:
+            if kept and entry[0] - kept[-1][0] <= 0.01:  # the same slice again: the later acquisition replaces it
+                earlier, later = sorted([kept.pop(), entry], key=lambda e: e[1])
+                kept.append(later)
+                left_out.append((earlier[2], later[2]))
+            else:
+                kept.append(entry)
+        if len(kept) < MIN_SERIES_PER_STACK:
+            continue
+        key = "+".join(uid for _, _, uid in kept)
+        for _, _, uid in kept:
+            keys[uid] = key
+        if left_out:
+            repeats[key] = left_out
+    return keys, repeats
+
+
+def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
+    """A summary per series, and one per stack of one-slice series (:func:`_stack_keys`)."""
+    keys, _ = _stack_keys(images)
+    by_series: dict[str, list[_Image]] = {}
+    for image in images:
+        series = _series_key(image)
+        by_series.setdefault(series, []).append(image)
+        if keys[series] != series:
+            by_series.setdefault(keys[series], []).append(image)
     result = {}
     for uid, members in by_series.items():
         try:
@@ -276,14 +349,22 @@ def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
 
 
 def scan_dicom_series(path: str | Path) -> list[SeriesSummary]:
-    """Every image series under ``path`` (searched recursively), best short-axis cine candidate first."""
+    """Every image series under ``path`` (searched recursively), and every stack of one-slice cine
+    series (its ``series_uid`` their UIDs joined by '+'), best short-axis cine candidate first."""
     images, _ = _collect(Path(path))
     summaries = list(_summaries(images).values())
     return sorted(summaries, key=_preference, reverse=True)
 
 
-def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, int]:
-    return s.n_positions >= 3, s.n_phases >= 2, bool(_SAX_WORDS.search(s.description)), s.n_images
+def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, int]:
+    # one series before a stack of series when both qualify (a study rarely has both)
+    return (
+        s.n_positions >= 3,
+        s.n_phases >= 2,
+        bool(_SAX_WORDS.search(s.description)),
+        "+" not in s.series_uid,
+        s.n_images,
+    )
 
 
 def _check_consistent(images: list[_Image]) -> None:
@@ -491,7 +572,16 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         chosen = series_uid
     else:
         raise ReadError(path, f"series_uid '{series_uid}' not found; series present: {sorted(summaries)}")
-    members = [im for im in images if _series_key(im) == chosen]
+    keys, repeats = _stack_keys(images)
+    members = [im for im in images if chosen in (_series_key(im), keys[_series_key(im)])]
+    for left_out, taken in repeats.get(chosen, []):
+        warnings.warn(
+            CmrWarning(
+                f"{path}: series {left_out} images a slice position again in series {taken}; "
+                f"the later acquisition (higher SeriesNumber) is taken"
+            ),
+            stacklevel=2,
+        )
     _check_consistent(members)
     first = members[0]
     total = len(members) * int(first.header.Rows) * int(first.header.Columns)

@@ -125,7 +125,8 @@ def write_dicom_seg(
     path : the .dcm file to write (through a temporary name, then renamed).
     labels : uint8 (Z, Y, X) canonical labels on ``stack``'s grid.
     stack : a stack read from DICOM: ``stack.source_files`` names the source image of each slice
-        (and ``stack.source_frames`` its frame, for an enhanced multi-frame source).
+        (and ``stack.source_frames`` its frame, for an enhanced multi-frame source); a stack of
+        several series or of multi-frame sources is referenced by :mod:`cmrsdk.io._seg_frames`.
     series_description, series_number : of the new SEG series; give each phase its own, so
         that a PACS lists ED and ES apart.
     series_instance_uid : of the new series; a new UID when None.
@@ -138,7 +139,7 @@ def write_dicom_seg(
 
     from .. import __version__
     from ._dicom_out import derivation_sources
-    from ._seg_frames import multiframe_sources, reference_source_frames
+    from ._seg_frames import needs_own_references, reference_sources, slice_plane_positions
 
     array = _check_labels(labels, stack)
     if len(stack.source_files) != stack.shape[0]:
@@ -146,11 +147,13 @@ def write_dicom_seg(
             f"DICOM SEG needs the source DICOM file of each of the {stack.shape[0]} slices; "
             f"stack from {stack.source or 'memory'} has {len(stack.source_files)} (read it with read_dicom_study)"
         )
+    files = list(dict.fromkeys(stack.source_files))
+    by_file = dict(zip(files, derivation_sources(files)))
+    sources = [by_file[f] for f in stack.source_files]
     positions = None
-    if stack.source_frames:  # enhanced MR: built from the slices' positions, references set after
-        sources, positions = multiframe_sources(stack)
-    else:
-        sources = derivation_sources(stack.source_files)
+    if needs_own_references(stack, sources):  # multi-frame or several series: built from positions
+        positions = slice_plane_positions(stack, by_file)
+        sources = sources[:1]  # highdicom's anchor: patient, study, frame of reference
     categories = codes.SCT.AnatomicalStructure
     # SNOMED CT codes of the structures; the segment label names the blood pool precisely
     properties = {1: codes.SCT.LeftVentricle, 2: codes.SCT.LeftVentricleMyocardium, 3: codes.SCT.RightVentricle}
@@ -171,7 +174,7 @@ def write_dicom_seg(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # source UIDs invalid per VR UI are referenced verbatim
             seg = hd.seg.Segmentation(
-                source_images=sources if positions is None else sources[:1],
+                source_images=sources,
                 pixel_array=array,
                 segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
                 segment_descriptions=descriptions,
@@ -187,7 +190,7 @@ def write_dicom_seg(
                 plane_positions=positions,
             )
             if positions is not None:
-                reference_source_frames(seg, stack, sources, positions)
+                reference_sources(seg, stack, by_file, positions)
     except (ValueError, TypeError, AttributeError) as exc:
         raise WriteError(
             f"{path}: DICOM SEG cannot be built from {stack.source_files[0]} and the other sources "
