@@ -397,3 +397,27 @@ def test_series_per_slice_seg_references_every_series(series, tmp_path: Path) ->
 
         result = subprocess.run(["dciodvfy", str(tmp_path / "seg.dcm")], capture_output=True, text=True, timeout=120)
         assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_a_dynamic_series_is_never_taken_for_the_cine(series, tmp_path: Path) -> None:
+    """Perfusion or mapping (one trigger delay repeated) beside the cine: the cine is read, even
+    where the dynamic series has more images; alone, it is refused naming its TriggerTime span."""
+    folder, study = series
+    shutil.copytree(folder, tmp_path / "study" / "cine")
+    dynamic = synthetic_study(11, n_slices=6, shape=(48, 56), n_phases=8)
+    write_dicom_series(tmp_path / "study" / "perfusion", dynamic, series_description="SA perfusion")
+    for f in sorted((tmp_path / "study" / "perfusion").glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.TriggerTime = 120.0 + 0.5 * (int(ds.InstanceNumber) % 5)
+        ds.save_as(f)
+    chosen = read_dicom_study(tmp_path / "study")
+    assert len(chosen.phases) == 3 and chosen.info.series_description == "SAX cine"
+    summaries = __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(tmp_path / "study")
+    assert [s.is_dynamic for s in summaries] == [False, True] and summaries[1].trigger_span_ms == pytest.approx(2.0)
+    assert summaries[0].trigger_span_ms == pytest.approx(float(np.ptp(study.trigger_times_ms)))
+    with pytest.raises(
+        ReadError,
+        match=r"is not a cine: its 8 images per slice position share one cardiac phase "
+        r"\('TriggerTime' \(0018,1060\) spans 2\.0 ms, under 20\)",
+    ):
+        read_dicom_study(tmp_path / "study" / "perfusion")

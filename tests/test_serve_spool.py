@@ -191,6 +191,29 @@ def test_intake_sets_aside_a_single_phase_stack(tmp_path):
     assert not verdict.queue and verdict.reason == "not a cine: 1 phase per slice position"
 
 
+def test_intake_sets_aside_a_dynamic_series(tmp_path):
+    import numpy as np
+    import pydicom
+
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.synth import synthetic_study
+    from cmrsdk.types import Study
+
+    study = synthetic_study(seed=5, shape=(32, 32), n_slices=4, n_phases=6)
+    # perfusion: every dynamic at the same delay after the R wave (+-2 ms of jitter)
+    perfusion = Study(phases=study.phases, ed_index=None, es_index=None, trigger_times_ms=None, info=study.info)
+    folder = tmp_path / "perfusion"
+    write_dicom_series(folder, perfusion)
+    for i, f in enumerate(sorted(folder.glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        ds.TriggerTime = 150.0 + 2.0 * np.sin(i)
+        ds.save_as(f)
+    verdict = judge_series(folder)
+    assert not verdict.queue and verdict.reason.startswith(
+        "not a cine: its 6 images per slice position share one cardiac phase ('TriggerTime' spans 3."
+    )
+
+
 def _worker(spool, tmp_path, forward=False):
     import threading
 

@@ -2,13 +2,14 @@
 
 Series selection (when a directory holds several series, unless ``series_uid`` names one):
 the short-axis cine is the series with (1) three or more slice positions, then (2) two or more
-phases per position, then (3) a description naming a short axis ("sa", "sax", "short"), then
-(4) one series before a stack of series, then (5) the most images. A short-axis cine stored one
-series per slice (one breath-hold each) is read as one stack: three or more one-slice cine series
-of the study with the same orientation, pixel size and matrix (a slice acquired twice: the later
-series). Within the series, slices are ordered by their position along the slice
-normal (row direction x column direction, ascending) and phases by TriggerTime (InstanceNumber
-where absent). Pixels are ``stored * RescaleSlope + RescaleIntercept``. The affine is built from
+phases per position, then (3) phases that span the cardiac cycle (a dynamic series, perfusion or
+mapping, repeats one trigger delay: refused when chosen), then (4) a description naming a short
+axis ("sa", "sax", "short"), then (5) one series before a stack of series, then (6) the most
+images. A short-axis cine stored one series per slice (one breath-hold each) is read as one
+stack: three or more one-slice cine series of the study with the same orientation, pixel size
+and matrix (a slice acquired twice: the later series). Within the series, slices are ordered by
+their position along the slice normal (row direction x column direction, ascending) and phases
+by TriggerTime (InstanceNumber where absent). Pixels are ``stored * RescaleSlope + RescaleIntercept``. The affine is built from
 ImagePositionPatient, ImageOrientationPatient and PixelSpacing in DICOM LPS and flipped to RAS+.
 The first phase (the one nearest the ECG R wave) is taken as ED; ES is left unknown.
 
@@ -102,6 +103,14 @@ class SeriesSummary:
     n_images: int
     n_positions: int
     n_phases: int
+    #: span of TriggerTime (ms) over the images of the slice position with the most; None where
+    #: unknown (absent times, one image per position, or repeated InstanceNumbers)
+    trigger_span_ms: float | None = None
+
+    @property
+    def is_dynamic(self) -> bool:
+        """Several images per position at one cardiac phase: perfusion or T1/T2 mapping, not a cine."""
+        return self.n_phases >= 2 and self.trigger_span_ms is not None and self.trigger_span_ms < MIN_CINE_SPAN_MS
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -261,6 +270,10 @@ def _group_positions(images: list[_Image], by_trigger: bool = True) -> list[list
     ]
 
 
+#: a cine's phases at one position span the cardiac cycle (hundreds of ms); a dynamic series
+#: (perfusion, T1/T2 mapping) repeats one trigger delay: its TriggerTime spans less than this
+MIN_CINE_SPAN_MS = 20.0
+
 #: a short-axis stack stored one series per slice needs at least this many slices to be taken as one
 MIN_SERIES_PER_STACK = 3
 
@@ -296,7 +309,10 @@ def _stack_keys(images: list[_Image]) -> tuple[dict[str, str], dict[str, list[tu
         if len(groups) != 1 or len(groups[0]) < 2:
             continue
         header = members[0].header
+        times = [t for t in map(_trigger_time, groups[0]) if t is not None]
+        dynamic = len(times) == len(groups[0]) and max(times) - min(times) < MIN_CINE_SPAN_MS
         signature = (
+            dynamic,  # a cine is never stacked with mapping or perfusion series of the same geometry
             str(header.get("StudyInstanceUID", "")),
             tuple(np.round(orientation, 3)),
             tuple(np.round(spacing, 4)),
@@ -337,13 +353,20 @@ def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
             by_series.setdefault(keys[series], []).append(image)
     result = {}
     for uid, members in by_series.items():
+        span = None
         try:
             groups = _group_positions(members)
             n_positions, n_phases = len(groups), max(len(g) for g in groups)
+            fullest = max(groups, key=len)
+            times = [t for t in map(_trigger_time, fullest) if t is not None]
+            numbers = {_int_or_none(im.header.get("InstanceNumber")) for im in fullest}
+            # distinct instances (a copied file is a duplicate, refused as such, not a dynamic series)
+            if len(fullest) >= 2 and len(times) == len(fullest) == len(numbers):
+                span = float(max(times) - min(times))
         except ReadError:
             n_positions, n_phases = 0, 0  # no usable geometry: never preferred
         result[uid] = SeriesSummary(
-            uid, str(members[0].header.get("SeriesDescription", "")), len(members), n_positions, n_phases
+            uid, str(members[0].header.get("SeriesDescription", "")), len(members), n_positions, n_phases, span
         )
     return result
 
@@ -356,11 +379,12 @@ def scan_dicom_series(path: str | Path) -> list[SeriesSummary]:
     return sorted(summaries, key=_preference, reverse=True)
 
 
-def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, int]:
+def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, bool, int]:
     # one series before a stack of series when both qualify (a study rarely has both)
     return (
         s.n_positions >= 3,
         s.n_phases >= 2,
+        not s.is_dynamic,
         bool(_SAX_WORDS.search(s.description)),
         "+" not in s.series_uid,
         s.n_images,
@@ -572,6 +596,15 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         chosen = series_uid
     else:
         raise ReadError(path, f"series_uid '{series_uid}' not found; series present: {sorted(summaries)}")
+    if summaries[chosen].is_dynamic:
+        summary = summaries[chosen]
+        raise ReadError(
+            path,
+            f"series {chosen} ('{summary.description}') is not a cine: its {summary.n_phases} images per slice "
+            f"position share one cardiac phase ('TriggerTime' (0018,1060) spans {summary.trigger_span_ms:.1f} ms, "
+            f"under {MIN_CINE_SPAN_MS:.0f}): a dynamic series such as perfusion or T1/T2 mapping; cmrsdk "
+            "segments short-axis cine",
+        )
     keys, repeats = _stack_keys(images)
     members = [im for im in images if chosen in (_series_key(im), keys[_series_key(im)])]
     for left_out, taken in repeats.get(chosen, []):

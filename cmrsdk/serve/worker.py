@@ -62,7 +62,8 @@ def judge_series(folder: Path) -> SeriesVerdict:
     """Is the series in ``folder`` a short-axis cine worth segmenting? Reads headers only.
 
     Set aside, with the reason: other modalities than MR, localisers, fewer than 3 slice
-    positions (long-axis views, single slices), fewer than 2 phases (not a cine), and series
+    positions (long-axis views, single slices), fewer than 2 phases (not a cine), dynamic series
+    (perfusion, mapping: one cardiac phase repeated), and series
     whose headers cannot be read or lack the geometry.
     """
     import pydicom
@@ -97,6 +98,14 @@ def judge_series(folder: Path) -> SeriesVerdict:
         return SeriesVerdict(False, f"not a short-axis stack: {slices} slice position(s)", phases, slices)
     if phases < 2:
         return SeriesVerdict(False, f"not a cine: {phases} phase per slice position", phases, slices)
+    if best.is_dynamic:
+        return SeriesVerdict(
+            False,
+            f"not a cine: its {phases} images per slice position share one cardiac phase ('TriggerTime' spans "
+            f"{best.trigger_span_ms:.1f} ms): perfusion or T1/T2 mapping",
+            phases,
+            slices,
+        )
     return SeriesVerdict(True, None, phases, slices)
 
 
