@@ -415,6 +415,11 @@ def test_a_dynamic_series_is_never_taken_for_the_cine(series, tmp_path: Path) ->
     summaries = __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(tmp_path / "study")
     assert [s.is_dynamic for s in summaries] == [False, True] and summaries[1].trigger_span_ms == pytest.approx(2.0)
     assert summaries[0].trigger_span_ms == pytest.approx(float(np.ptp(study.trigger_times_ms)))
+    listed = inspect(tmp_path / "study")["series"]
+    assert [(s["dynamic"], s["trigger_span_ms"]) for s in listed] == [
+        (False, round(summaries[0].trigger_span_ms, 1)),
+        (True, 2.0),
+    ]
     with pytest.raises(
         ReadError,
         match=r"is not a cine: its 8 images per slice position share one cardiac phase "

@@ -84,7 +84,8 @@ def inspect(path: str | Path) -> dict[str, Any]:
     """What a path holds, as a JSON-ready dict: format, series, slices, phases, spacing, orientation, ED/ES.
 
     Keys: ``path``, ``format``, ``series`` (DICOM only: uid, description, images, positions,
-    phases of every series, the chosen one first), ``patient_id``, ``slices``, ``phases``,
+    phases, trigger_span_ms and dynamic of every series and stack of one-slice series, the chosen
+    one first), ``patient_id``, ``slices``, ``phases``,
     ``matrix`` [Y, X], ``spacing_mm`` [dz, dy, dx], ``orientation`` (the RAS+ unit vectors of
     the slice, row and column axes), ``ed_index``, ``es_index``, ``labelled_phases``,
     ``trigger_times_ms``.
@@ -123,6 +124,8 @@ def inspect(path: str | Path) -> dict[str, Any]:
                 "images": s.n_images,
                 "positions": s.n_positions,
                 "phases": s.n_phases,
+                "trigger_span_ms": None if s.trigger_span_ms is None else round(s.trigger_span_ms, 1),
+                "dynamic": s.is_dynamic,
             }
             for s in scan_dicom_series(path)
         ]
