@@ -9,8 +9,9 @@ images. A short-axis cine stored one series per slice (one breath-hold each) is 
 stack: three or more one-slice cine series of the study with the same orientation, pixel size
 and matrix (a slice acquired twice: the later series). Within the series, slices are ordered by
 their position along the slice normal (row direction x column direction, ascending) and phases
-by TriggerTime (InstanceNumber where absent). Pixels are ``stored * RescaleSlope + RescaleIntercept``. The affine is built from
-ImagePositionPatient, ImageOrientationPatient and PixelSpacing in DICOM LPS and flipped to RAS+.
+by TriggerTime (InstanceNumber where absent). Pixels are ``stored * RescaleSlope +
+RescaleIntercept``. The affine is built from ImagePositionPatient, ImageOrientationPatient and
+PixelSpacing in DICOM LPS and flipped to RAS+.
 The first phase (the one nearest the ECG R wave) is taken as ED; ES is left unknown.
 
 DICOM as it comes
@@ -22,8 +23,8 @@ DICOM as it comes
 - Text in TriggerTime ('n/a') falls back on InstanceNumber for that image, with a warning.
 - Enhanced multi-frame MR (and Legacy Converted Enhanced MR) is read frame by frame: each frame
   gets the header a classic image would carry, from its functional groups
-  (:mod:`cmrsdk.io._multiframe`), and ``Stack.source_frames`` names it; compressed transfer syntaxes are decoded
-  by the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000) or pydicom itself (RLE, deflate), and
+  (:mod:`cmrsdk.io._multiframe`), and ``Stack.source_frames`` names it.
+- Compressed transfer syntaxes are decoded by the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000) or pydicom itself (RLE, deflate), and
   refused naming the package to install where it is missing.
 - Image sizes are checked from the headers before any pixel data is read.
 """
@@ -163,7 +164,7 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             if uid:
                 seen[uid] = file
             frames = _int_or_none(header.get("NumberOfFrames"))
-            if _sop_class(header) in ENHANCED_MR_CLASSES or "NumberOfFrames" in header and frames != 1:
+            if _sop_class(header) in ENHANCED_MR_CLASSES or ("NumberOfFrames" in header and frames != 1):
                 images.extend(_Image(file, h, i) for i, h in enumerate(frame_headers(file, header)))
             else:
                 images.append(_Image(file, header))
@@ -309,10 +310,9 @@ def _stack_keys(images: list[_Image]) -> tuple[dict[str, str], dict[str, list[tu
         if len(groups) != 1 or len(groups[0]) < 2:
             continue
         header = members[0].header
-        times = [t for t in map(_trigger_time, groups[0]) if t is not None]
-        dynamic = len(times) == len(groups[0]) and max(times) - min(times) < MIN_CINE_SPAN_MS
+        span = _trigger_span(groups[0])
         signature = (
-            dynamic,  # a cine is never stacked with mapping or perfusion series of the same geometry
+            span is not None and span < MIN_CINE_SPAN_MS,  # a cine never stacks with perfusion or mapping
             str(header.get("StudyInstanceUID", "")),
             tuple(np.round(orientation, 3)),
             tuple(np.round(spacing, 4)),
@@ -342,9 +342,19 @@ def _stack_keys(images: list[_Image]) -> tuple[dict[str, str], dict[str, list[tu
     return keys, repeats
 
 
-def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
-    """A summary per series, and one per stack of one-slice series (:func:`_stack_keys`)."""
-    keys, _ = _stack_keys(images)
+def _trigger_span(images: list[_Image]) -> float | None:
+    """Span of TriggerTime (ms) over the images of one slice position; None where some lack it,
+    where there is one image, or where InstanceNumbers repeat (copies of one file are duplicates,
+    refused as such, not a dynamic series)."""
+    times = [t for t in map(_trigger_time, images) if t is not None]
+    numbers = {_int_or_none(im.header.get("InstanceNumber")) for im in images}
+    if len(images) < 2 or not len(times) == len(images) == len(numbers):
+        return None
+    return float(max(times) - min(times))
+
+
+def _summaries(images: list[_Image], keys: dict[str, str]) -> dict[str, SeriesSummary]:
+    """A summary per series, and one per stack of one-slice series (``keys``: :func:`_stack_keys`)."""
     by_series: dict[str, list[_Image]] = {}
     for image in images:
         series = _series_key(image)
@@ -353,18 +363,12 @@ def _summaries(images: list[_Image]) -> dict[str, SeriesSummary]:
             by_series.setdefault(keys[series], []).append(image)
     result = {}
     for uid, members in by_series.items():
-        span = None
         try:
             groups = _group_positions(members)
             n_positions, n_phases = len(groups), max(len(g) for g in groups)
-            fullest = max(groups, key=len)
-            times = [t for t in map(_trigger_time, fullest) if t is not None]
-            numbers = {_int_or_none(im.header.get("InstanceNumber")) for im in fullest}
-            # distinct instances (a copied file is a duplicate, refused as such, not a dynamic series)
-            if len(fullest) >= 2 and len(times) == len(fullest) == len(numbers):
-                span = float(max(times) - min(times))
+            span = _trigger_span(max(groups, key=len))
         except ReadError:
-            n_positions, n_phases = 0, 0  # no usable geometry: never preferred
+            n_positions, n_phases, span = 0, 0, None  # no usable geometry: never preferred
         result[uid] = SeriesSummary(
             uid, str(members[0].header.get("SeriesDescription", "")), len(members), n_positions, n_phases, span
         )
@@ -375,7 +379,7 @@ def scan_dicom_series(path: str | Path) -> list[SeriesSummary]:
     """Every image series under ``path`` (searched recursively), and every stack of one-slice cine
     series (its ``series_uid`` their UIDs joined by '+'), best short-axis cine candidate first."""
     images, _ = _collect(Path(path))
-    summaries = list(_summaries(images).values())
+    summaries = list(_summaries(images, _stack_keys(images)[0]).values())
     return sorted(summaries, key=_preference, reverse=True)
 
 
@@ -589,7 +593,8 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     """
     path = Path(path)
     images, _ = _collect(path)
-    summaries = _summaries(images)
+    keys, repeats = _stack_keys(images)
+    summaries = _summaries(images, keys)
     if series_uid is None:
         chosen = max(summaries.values(), key=_preference).series_uid
     elif series_uid in summaries:
@@ -605,7 +610,6 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
             f"under {MIN_CINE_SPAN_MS:.0f}): a dynamic series such as perfusion or T1/T2 mapping; cmrsdk "
             "segments short-axis cine",
         )
-    keys, repeats = _stack_keys(images)
     members = [im for im in images if chosen in (_series_key(im), keys[_series_key(im)])]
     for left_out, taken in repeats.get(chosen, []):
         warnings.warn(
