@@ -13,11 +13,13 @@ artifacts per model; ``Bundle.engine(name, "auto", device)`` takes the first of
 
 - "cuda": tensorrt > torchscript > onnx. TensorRT fuses the network into a few kernels;
   TorchScript with CUDA graphs comes next; ONNX Runtime's CUDA provider last.
-- "cpu": onnx > aoti > openvino > torchscript. Measured on this project's 2-core CPU (see
-  docs/ENGINES.md and benchmarks/README.md): ONNX Runtime ran a 1.9 M-parameter U-Net at batch 10
-  faster than TorchScript, and it needs no torch install. In bf16 (which ONNX Runtime and
-  AOTInductor do not offer) OpenVINO comes first: channels-last convolutions, each instance
-  norm and its activation in one kernel, twice as fast as TorchScript cast to bf16 on the shipped U-Net.
+- "cpu": openvino > onnx > aoti > torchscript. OpenVINO runs the bundle's ONNX files with
+  channels-last convolutions and each instance norm fused with its activation: the routed
+  pipeline with the shipped 0.7.0 bundle took 272.4 ms per ED+ES pair in fp32 against ONNX
+  Runtime's 378.0 ms, with the same held-out Dice to the hundredth (docs/ENGINES.md), and 174.5
+  ms in bf16. Where it is not installed (it is the ``cmrsdk[openvino]`` extra), ONNX Runtime
+  comes next: it ran a 1.9 M-parameter U-Net at batch 10 faster than TorchScript and needs no
+  torch install; int8 (ONNX Runtime's quantized artifacts) always lands there.
 
 "auto" chooses the backend, never the arithmetic: the precision is the caller's (``fp32`` by
 default; ``int8`` selects the "onnx-int8" artifacts written by ``python -m export.quantize``,
@@ -54,7 +56,7 @@ __all__ = [
 #: device -> backends in the order "auto" prefers them (see the module docstring).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("tensorrt", "torchscript", "onnx"),
-    "cpu": ("onnx", "aoti", "openvino", "torchscript"),
+    "cpu": ("openvino", "onnx", "aoti", "torchscript"),
 }
 #: artifact file suffix -> backend.
 SUFFIXES: dict[str, str] = {".pt": "torchscript", ".pt2": "aoti", ".onnx": "onnx", ".ep": "tensorrt"}
