@@ -69,18 +69,29 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
 
     Holds the regions per slice, volumes (mL), EF (%), LV mass (g), quality flags, timings (ms)
     and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
-    volumes of a one-slice stack) are written as null. Study flags: ``single_phase``; phase
+    volumes of a one-slice stack) are written as null. Study flags: ``single_phase``, and
+    ``lv_esv_exceeds_edv`` / ``rv_esv_exceeds_edv`` (a ventricle larger at ES than at ED: its SV
+    and EF are withheld as null, its volumes kept); phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
     ``blank_image`` (all zero, never labelled) to :func:`cmrsdk.metrics.quality_flags`.
     """
     single = len(result.phases) == 1
+    measures = {k: _finite(v) for k, v in result.measures.as_dict().items()}
+    # one phase: no ES, so volumes at that phase only; SV and EF are null, never 0
+    flags = ["single_phase"] if single else []
+    for side in ("lv", "rv"):
+        stroke = measures[f"{side}sv_ml"]
+        if stroke is not None and stroke < 0:
+            # a ventricle larger at ES than at ED ejected nothing: one of its two segmentations
+            # failed, and a negative EF is never real; withheld (null) and flagged, volumes kept
+            measures[f"{side}sv_ml"] = measures[f"{side}ef_pct"] = None
+            flags.append(f"{side}_esv_exceeds_edv")
     report: dict[str, Any] = {
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "ed_index": result.ed_index,
         "es_index": None if single else result.es_index,
-        # one phase: no ES, so volumes at that phase only; SV and EF are null, never 0
-        "flags": ["single_phase"] if single else [],
-        "measures": {k: _finite(v) for k, v in result.measures.as_dict().items()},
+        "flags": flags,
+        "measures": measures,
         "lv_volume_curve_ml": [_finite(v) for v in result.lv_volume_curve_ml],
         "phases": [_phase_entry(seg) for seg in result.phases],
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},

@@ -42,6 +42,14 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "lvm_fragments": "On at least one slice the LV myocardium falls into several pieces.",
     "rvbp_fragments": "On at least one slice the RV blood pool falls into several pieces.",
 }
+#: each study flag of `cmrsdk.report.study_report`, as a sentence.
+STUDY_FLAG_TEXT: dict[str, str] = {
+    "single_phase": "One phase only: volumes at that phase, no stroke volume or ejection fraction.",
+    "lv_esv_exceeds_edv": "The LV is larger at ES than at ED: one of its two segmentations failed; "
+    "LV stroke volume and ejection fraction are withheld.",
+    "rv_esv_exceeds_edv": "The RV is larger at ES than at ED: one of its two segmentations failed; "
+    "RV stroke volume and ejection fraction are withheld.",
+}
 
 #: (key in report["measures"], what it is, unit), in reading order.
 MEASURE_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -147,7 +155,10 @@ def _phase_name(report: Mapping[str, Any], phase: Mapping[str, Any]) -> str:
 
 
 def _flags_section(report: Mapping[str, Any]) -> str:
-    items = []
+    items = [
+        f"<li><b>Study</b>: {_html.escape(STUDY_FLAG_TEXT.get(flag, flag.replace('_', ' ')))}</li>"
+        for flag in report.get("flags", [])
+    ]
     for phase in _ed_es(report):
         for flag in phase.get("quality_flags", []):
             text = QUALITY_FLAG_TEXT.get(flag, flag.replace("_", " "))

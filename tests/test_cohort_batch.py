@@ -162,6 +162,7 @@ def test_ray_engine_gives_the_local_table(ray_instance, local_run, cohort: Path,
         assert remote[study_id]["quality_flags"] == ";".join(
             [f"ED:{f}" for f in local["phases"][local["ed_index"]]["quality_flags"]]
             + [f"ES:{f}" for f in local["phases"][local["es_index"]]["quality_flags"]]
+            + local["flags"]
         )
     assert ray_instance.is_initialized()  # a batch leaves running a Ray instance it did not start
 

@@ -134,3 +134,35 @@ def test_browser_check_detects_network_requests(tmp_path):
     seen = visit(leaky)
     assert any(u.startswith("http://") for u in seen.requests)
     assert seen.images[0]["naturalWidth"] == 0
+
+
+def test_a_ventricle_larger_at_es_gets_no_ef_and_a_flag(segmented_phantom):
+    """A negative stroke volume is never real: SV and EF are withheld (null), the volumes kept,
+    the study flagged; the cohort table and the command line carry the flag."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from cmrsdk.cli import _result_line
+    from cmrsdk.cohort.table import measures_row
+
+    study, result = segmented_phantom
+    assert study_report(result, study)["flags"] == []  # the phantom's segmentation ejects
+    measures = result.measures
+    swapped = replace(
+        measures,
+        rvedv_ml=measures.rvesv_ml,
+        rvesv_ml=measures.rvedv_ml,
+        rvsv_ml=-measures.rvsv_ml,
+        rvef_pct=-100.0 * measures.rvsv_ml / measures.rvesv_ml,
+    )
+    report = study_report(replace(result, measures=swapped), study)
+    m = report["measures"]
+    assert report["flags"] == ["rv_esv_exceeds_edv"]
+    assert m["rvsv_ml"] is None and m["rvef_pct"] is None
+    assert m["rvedv_ml"] == pytest.approx(measures.rvesv_ml, abs=1e-3) and m["lvef_pct"] is not None
+    assert measures_row(report)["rvef_pct"] is None
+    assert "rv_esv_exceeds_edv" in measures_row(report)["quality_flags"].split(";")
+    line = _result_line(Path("study"), report, Path("out"))
+    assert "RVEF n/a" in line and line.endswith("[flags: rv_esv_exceeds_edv]")
+    html = "".join(render_report_html(replace(result, measures=swapped), report, study=study))
+    assert "<b>Study</b>: The RV is larger at ES than at ED" in html

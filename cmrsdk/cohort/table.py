@@ -125,6 +125,7 @@ def measures_row(
     for label, index in (("ED", report.get("ed_index")), ("ES", report.get("es_index"))):
         if index is not None and 0 <= index < len(phases):
             flags += [f"{label}:{flag}" for flag in phases[index].get("quality_flags", [])]
+    flags += list(report.get("flags", []))  # the study's own: single_phase, rv_esv_exceeds_edv, ...
     row["quality_flags"] = ";".join(flags)
     row["notes"] = "; ".join(notes)
     row["phases"] = len(phases)
