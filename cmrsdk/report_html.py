@@ -45,10 +45,10 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
 #: each study flag of `cmrsdk.report.study_report`, as a sentence.
 STUDY_FLAG_TEXT: dict[str, str] = {
     "single_phase": "One phase only: volumes at that phase, no stroke volume or ejection fraction.",
-    "lv_esv_exceeds_edv": "The LV is larger at ES than at ED: one of its two segmentations failed; "
-    "LV stroke volume and ejection fraction are withheld.",
-    "rv_esv_exceeds_edv": "The RV is larger at ES than at ED: one of its two segmentations failed; "
-    "RV stroke volume and ejection fraction are withheld.",
+    "lv_esv_exceeds_edv": "The LV measures larger at ES than at ED: no ejection can be measured (a failed "
+    "segmentation, or a ventricle that barely ejects); LV stroke volume and ejection fraction are withheld.",
+    "rv_esv_exceeds_edv": "The RV measures larger at ES than at ED: no ejection can be measured (a failed "
+    "segmentation, or a ventricle that barely ejects); RV stroke volume and ejection fraction are withheld.",
 }
 
 #: (key in report["measures"], what it is, unit), in reading order.

@@ -165,4 +165,4 @@ def test_a_ventricle_larger_at_es_gets_no_ef_and_a_flag(segmented_phantom):
     line = _result_line(Path("study"), report, Path("out"))
     assert "RVEF n/a" in line and line.endswith("[flags: rv_esv_exceeds_edv]")
     html = "".join(render_report_html(replace(result, measures=swapped), report, study=study))
-    assert "<b>Study</b>: The RV is larger at ES than at ED" in html
+    assert "<b>Study</b>: The RV measures larger at ES than at ED: no ejection can be measured" in html
