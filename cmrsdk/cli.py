@@ -27,7 +27,7 @@ __all__ = ["main", "DEMO_BUNDLE", "segment_one", "study_folder_names"]
 
 def _study_name(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".dcm"):
+    for suffix in (".nii.gz", ".nii", ".dcm", ".zip"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name or "study"
@@ -36,7 +36,7 @@ def _study_name(path: Path) -> str:
 def study_folder_names(inputs: Sequence[Path]) -> list[str]:
     """One output folder name per input, all distinct.
 
-    The input's own name (without a NIfTI or DICOM extension); where two inputs share it
+    The input's own name (without a NIfTI, DICOM or ZIP extension); where two inputs share it
     (``site1/DICOM``, ``site2/DICOM``) their parent folders are prefixed until they differ
     (``site1_DICOM``, ``site2_DICOM``); the same input given twice gets ``-2``, ``-3``.
     """

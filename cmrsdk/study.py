@@ -187,7 +187,7 @@ def segment_one(
     ----------
     pipeline : a loaded :class:`cmrsdk.Pipeline` (one per worker, reused across studies).
     source : what :func:`cmrsdk.io.read_study` reads: a DICOM folder, a NIfTI file, an ACDC
-        patient or M&Ms subject folder.
+        patient or M&Ms subject folder; or a ZIP archive of one (:mod:`cmrsdk.io.archive`).
     out_dir : the study's output folder; created, or replaced whole when it holds an earlier
         result (refused when it holds files cmrsdk does not write).
     overlay : draw ``overlay.png`` (the slowest output; ``--no-overlay`` skips it).
@@ -216,13 +216,14 @@ def segment_one(
     warnings in another's report. Everything else here is per call.
     """
     from .io import read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
+    from .io.archive import unpacked
     from .report import ground_truth_agreement, save_overlay, study_report
 
     out_dir = check_output_folder(out_dir, keep=keep)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, unpacked(source) as readable:
         warnings.simplefilter("always", CmrWarning)
         t0 = time.perf_counter()
-        study = read_study(source)
+        study = read_study(readable.path)
         read_ms = (time.perf_counter() - t0) * 1000.0
         # the keyword only when given: a pipeline-like object (a test double, a wrapper) need not know it
         result = (
@@ -232,6 +233,10 @@ def segment_one(
         )
         report = study_report(result, study)
         report["timings_ms"]["read"] = round(read_ms, 2)
+        if readable.archive is not None:  # name the archive, not the folder it was unpacked into
+            report["study"]["source"] = str(source)
+            for phase in report["phases"]:
+                phase["source"] = readable.name(phase["source"])
         if truth is not None:
             report["ground_truth"] = ground_truth_agreement(result, truth)
         single = len(result.phases) == 1
@@ -269,7 +274,7 @@ def segment_one(
             if overlay:
                 written.append(save_overlay(staging / "overlay.png", result))
             report["warnings"] = _distinct_messages(
-                str(w.message) for w in caught if issubclass(w.category, CmrWarning)
+                readable.name(str(w.message)) for w in caught if issubclass(w.category, CmrWarning)
             )
             report["outputs"] = (
                 [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ReadError
 from ..types import Study, StudyInfo
+from .archive import is_archive, unpacked
 from .dicom import read_dicom_study, scan_dicom_series
 from .nifti import is_nifti_name, read_acdc_patient, read_mnms_subject, read_nifti_stack
 
@@ -22,7 +23,7 @@ def _mnms_layout(folder: Path) -> bool:
 
 
 def detect_format(path: str | Path) -> str:
-    """'acdc', 'mnms', 'nifti' or 'dicom' for what ``path`` holds (by layout, not content).
+    """'acdc', 'mnms', 'nifti', 'archive' (a ZIP file) or 'dicom' for what ``path`` holds (by layout, not content).
 
     A NIfTI file is recognised by its name in any case (``.nii``, ``.nii.gz``, ``.NII.GZ``);
     an M&Ms subject folder in the M&Ms and M&Ms-2 layouts.
@@ -30,6 +31,8 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise ReadError(path, "no such file or directory")
+    if is_archive(path):
+        return "archive"
     if path.is_file():
         return "nifti" if is_nifti_name(path.name) else "dicom"
     if (path / "Info.cfg").is_file():
@@ -46,6 +49,7 @@ def expand_inputs(path: str | Path) -> list[Path]:
     - a folder of ACDC patients or M&Ms subjects (as ``cmrsdk evaluate`` takes): each of them;
     - a folder of NIfTI files (any case of extension) and no subject folders: each image file,
       label maps (``*_gt``) left out;
+    - a folder holding only ZIP archives: each archive;
     - anything else (a DICOM folder, searched recursively): itself.
     """
     path = Path(path)
@@ -60,6 +64,8 @@ def expand_inputs(path: str | Path) -> list[Path]:
         for p in entries
         if p.is_file() and is_nifti_name(p.name) and not p.name.lower().split(".nii")[0].endswith("_gt")
     ]
+    if not images and entries and all(is_archive(p) for p in entries):
+        return entries  # a folder of ZIP archives, a study each
     return images or [path]
 
 
@@ -70,6 +76,12 @@ def read_study(path: str | Path, **options: Any) -> Study:
     a NIfTI file (which gives a one-phase study with ED and ES unknown).
     """
     kind = detect_format(path)
+    if kind == "archive":
+        raise ReadError(
+            path,
+            "a ZIP archive: read what `with cmrsdk.io.archive.unpacked(path) as u:` gives (u.path), "
+            "or give it to `cmrsdk segment`, which unpacks it",
+        )
     if kind == "acdc":
         return read_acdc_patient(path, **options)
     if kind == "mnms":
@@ -88,9 +100,13 @@ def inspect(path: str | Path) -> dict[str, Any]:
     one first), ``patient_id``, ``slices``, ``phases``,
     ``matrix`` [Y, X], ``spacing_mm`` [dz, dy, dx], ``orientation`` (the RAS+ unit vectors of
     the slice, row and column axes), ``ed_index``, ``es_index``, ``labelled_phases``,
-    ``trigger_times_ms``.
+    ``trigger_times_ms``; ``archive`` (True) for a ZIP archive, inspected unpacked.
     """
     path = Path(path)
+    if is_archive(path):
+        with unpacked(path) as readable:
+            inner = inspect(readable.path)
+        return {**inner, "path": str(path), "archive": True}
     kind = detect_format(path)
     study = read_study(path)
     stack = study.phases[0]
