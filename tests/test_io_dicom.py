@@ -426,3 +426,38 @@ def test_a_dynamic_series_is_never_taken_for_the_cine(series, tmp_path: Path) ->
         r"\('TriggerTime' \(0018,1060\) spans 2\.0 ms, under 20\)",
     ):
         read_dicom_study(tmp_path / "study" / "perfusion")
+
+
+def test_a_position_missing_an_image_of_a_long_cine_is_completed(tmp_path: Path) -> None:
+    """An archive that lost one image of a 12-phase cine: that phase takes the nearest image in
+    time at that position, with a warning; two lost, or a short cine, are refused as before."""
+    study = synthetic_study(5, n_slices=5, shape=(40, 48), n_phases=12)
+    folder = tmp_path / "cine"
+    write_dicom_series(folder, study)
+    complete = read_dicom_study(folder)
+    files = {(int(f.name[:3]), int(f.name[4:7])): f for f in folder.glob("*.dcm")}  # (phase, slice) -> file
+    files[(4, 2)].unlink()
+    with pytest.warns(
+        UserWarning, match=r"slice position \d holds 11 of 12 phases; each missing phase takes the image"
+    ):
+        read = read_dicom_study(folder)
+    assert len(read.phases) == 12
+    changed = [
+        (t, z)
+        for t in range(12)
+        for z in range(5)
+        if not np.array_equal(read.phases[t].pixels[z], complete.phases[t].pixels[z])
+    ]
+    assert len(changed) == 1  # only the lost image differs: phase 4 of that slice
+    (t, z) = changed[0]
+    assert t == 4 and any(
+        np.array_equal(read.phases[4].pixels[z], complete.phases[n].pixels[z]) for n in (3, 5)
+    )  # its nearest neighbour in time
+    files[(7, 2)].unlink()  # two of twelve lost at one position: more than a tenth
+    with pytest.raises(ReadError, match=r"slice positions hold differing numbers of phases \[10, 12\]"):
+        read_dicom_study(folder)
+    short = tmp_path / "short"
+    write_dicom_series(short, synthetic_study(5, n_slices=5, shape=(40, 48), n_phases=6))
+    next(short.glob("002_001.dcm")).unlink()
+    with pytest.raises(ReadError, match=r"slice positions hold differing numbers of phases \[5, 6\]"):
+        read_dicom_study(short)

@@ -569,6 +569,46 @@ def _float_tag(header: Dataset, keyword: str, scale: float = 1.0) -> float | Non
     return number if number is not None and np.isfinite(number) else None
 
 
+#: a cine of at least this many phases may miss a few images at a slice position (see below)
+MIN_PHASES_TO_FILL = 10
+
+
+def _fill_missing_phases(groups: list[list[_Image]], by_trigger: bool, series: str) -> list[list[_Image]]:
+    """Positions that miss an image or two of a long cine (an archive that lost them in transfer),
+    completed with each missing phase's nearest image in time at that position, with a warning.
+
+    Only where every image has a TriggerTime, the cine has at least :data:`MIN_PHASES_TO_FILL`
+    phases, most positions hold them all and none misses more than a tenth; otherwise the series
+    is refused naming the counts, as before: a phase taken from its neighbour moves that slice's
+    volume by a fraction of a phase's change, where a wrong phase order would move it by anything.
+    """
+    counts = sorted({len(g) for g in groups})
+    n_phases = counts[-1]
+    worst = min(groups, key=len)
+    full = [g for g in groups if len(g) == n_phases]
+    # most positions complete (else a position with extra images is likelier than many that lost some)
+    fillable = by_trigger and n_phases >= MIN_PHASES_TO_FILL and 2 * len(full) > len(groups)
+    if not fillable or n_phases - len(worst) > n_phases // 10:
+        raise ReadError(worst[0].path, f"slice positions hold differing numbers of phases {counts} in series {series}")
+    reference = np.median([[_time_of(im) for im in g] for g in full], axis=0)  # (n_phases,) ms
+    filled = []
+    for z, group in enumerate(groups):
+        if len(group) == n_phases:
+            filled.append(group)
+            continue
+        times = np.array([_time_of(im) for im in group])
+        nearest = [int(np.argmin(np.abs(times - t))) for t in reference]
+        filled.append([group[i] for i in nearest])
+        warnings.warn(
+            CmrWarning(
+                f"{group[0].path}: slice position {z} holds {len(group)} of {n_phases} phases; each missing "
+                "phase takes the image nearest in TriggerTime at that position"
+            ),
+            stacklevel=3,
+        )
+    return filled
+
+
 def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Study:
     """Read the short-axis cine series of a DICOM directory (searched recursively).
 
@@ -649,13 +689,9 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
                 f"duplicate slice position: {len(group)} images at the same position "
                 f"with TriggerTime/InstanceNumber {times} (also {group[1].path.name})",
             )
-    counts = {len(g) for g in groups}
-    if len(counts) != 1:
-        worst = min(groups, key=len)
-        raise ReadError(
-            worst[0].path, f"slice positions hold differing numbers of phases {sorted(counts)} in series {chosen}"
-        )
-    n_phases = counts.pop()
+    if len({len(g) for g in groups}) != 1:
+        groups = _fill_missing_phases(groups, by_trigger, chosen)
+    n_phases = len(groups[0])
 
     orientation = _vector(first, "ImageOrientationPatient", "(0020,0037)", 6)
     _check_orientation(first, orientation)
