@@ -190,7 +190,11 @@ def _result_line(source: Path, report: dict, out_dir: Path) -> str:
         head = f"LVEF {_fmt(m['lvef_pct'], '%')}, LVEDV {_fmt(m['lvedv_ml'], ' mL')}, RVEF {_fmt(m['rvef_pct'], '%')}"
     if "single_slice" in flags:
         head += " (one slice: no volume)"
-    shown = [f for f in flags if f in ("slice_gap", "blank_image", "no_lv", "lv_esv_exceeds_edv", "rv_esv_exceeds_edv")]
+    shown = [
+        f
+        for f in flags
+        if f in ("slice_gap", "blank_image", "no_lv", "no_volume_change", "lv_esv_exceeds_edv", "rv_esv_exceeds_edv")
+    ]
     return f"{source}: {head}, {wall:.0f} ms -> {out_dir}" + (f" [flags: {', '.join(shown)}]" if shown else "")
 
 

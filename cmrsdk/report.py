@@ -69,7 +69,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
 
     Holds the regions per slice, volumes (mL), EF (%), LV mass (g), quality flags, timings (ms)
     and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
-    volumes of a one-slice stack) are written as null. Study flags: ``single_phase``, and
+    volumes of a one-slice stack) are written as null. Study flags: ``single_phase``,
+    ``no_volume_change`` (ED and ES are one phase: the LV volume never changes; SV and EF null), and
     ``lv_esv_exceeds_edv`` / ``rv_esv_exceeds_edv`` (a ventricle larger at ES than at ED: its SV
     and EF are withheld as null, its volumes kept); phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
@@ -79,6 +80,12 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     measures = {k: _finite(v) for k, v in result.measures.as_dict().items()}
     # one phase: no ES, so volumes at that phase only; SV and EF are null, never 0
     flags = ["single_phase"] if single else []
+    if not single and result.ed_index == result.es_index:
+        # the LV volume never changes (a static series, frames repeated): no ES was found, and
+        # an EF of 0 % would read as a heart that does not beat
+        for key in ("lvsv_ml", "lvef_pct", "rvsv_ml", "rvef_pct"):
+            measures[key] = None
+        flags.append("no_volume_change")
     for side in ("lv", "rv"):
         stroke = measures[f"{side}sv_ml"]
         if stroke is not None and stroke < 0:

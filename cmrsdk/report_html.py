@@ -45,6 +45,8 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
 #: each study flag of `cmrsdk.report.study_report`, as a sentence.
 STUDY_FLAG_TEXT: dict[str, str] = {
     "single_phase": "One phase only: volumes at that phase, no stroke volume or ejection fraction.",
+    "no_volume_change": "The LV volume is the same in every phase (a static series): no end-systole was "
+    "found, so no stroke volume or ejection fraction.",
     "lv_esv_exceeds_edv": "The LV measures larger at ES than at ED: no ejection can be measured (a failed "
     "segmentation, or a ventricle that barely ejects); LV stroke volume and ejection fraction are withheld.",
     "rv_esv_exceeds_edv": "The RV measures larger at ES than at ED: no ejection can be measured (a failed "

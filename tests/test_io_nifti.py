@@ -166,3 +166,39 @@ def test_acdc_folder_problems(tmp_path: Path) -> None:
     (folder / "Info.cfg").write_text("ED: one\n")
     with pytest.raises(ReadError, match=r"'ED' value 'one' is not a frame number"):
         read_acdc_patient(folder)
+
+
+def test_a_4d_cine_reads_a_phase_per_frame_and_segments_as_the_patient(shared_data: Path, tmp_path: Path) -> None:
+    """ACDC patient001's ED and ES frames as one 4-D file (as UK Biobank and ACDC's *_4d ship a
+    cine): a phase per frame, the 3-D geometry, times from pixdim[4]; segmented, the same
+    measures as the patient folder, whose ED and ES are named."""
+    import json
+
+    from cmrsdk.cli import main
+    from cmrsdk.io import read_study
+
+    folder = shared_data / "acdc" / "training" / "patient001"
+    ed, es = (nib.load(str(folder / f"patient001_frame{n}.nii.gz")) for n in ("01", "12"))
+    cine = nib.Nifti1Image(
+        np.stack([np.asanyarray(ed.dataobj), np.asanyarray(es.dataobj)], axis=-1), ed.affine, ed.header
+    )
+    cine.header.set_xyzt_units("mm", "msec")
+    cine.header["pixdim"][4] = 35.0
+    path = tmp_path / "patient001_4d.nii.gz"
+    nib.save(cine, str(path))
+    study = read_study(path)
+    patient = read_acdc_patient(folder)
+    assert len(study.phases) == 2 and study.ed_index == 0 and study.es_index is None
+    np.testing.assert_allclose(study.trigger_times_ms, [0.0, 35.0])
+    for got, want in zip(study.phases, (patient.ed, patient.es)):
+        np.testing.assert_array_equal(got.pixels, want.pixels)
+        np.testing.assert_allclose(got.affine, want.affine)
+        assert got.spacing == want.spacing and got.labels is None
+    fast = ["--mode", "baseline", "--no-overlay", "--no-report-html"]
+    assert main(["segment", str(path), "-o", str(tmp_path / "cine"), *fast]) == 0
+    assert main(["segment", str(folder), "-o", str(tmp_path / "patient"), *fast]) == 0
+    cine_report, patient_report = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("cine", "patient"))
+    assert (cine_report["ed_index"], cine_report["es_index"]) == (0, 1)  # from the LV volume curve
+    assert cine_report["measures"] == patient_report["measures"]
+    with pytest.raises(ReadError, match=r"must be 3-D \(X, Y, Z\) for one phase, got shape \(\d+, \d+, \d+, 2\)"):
+        read_nifti_stack(path)  # one phase asked for (with a label map, say): refused as before

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .dicom import read_dicom_study, scan_dicom_series
 from .dispatch import detect_format, expand_inputs, inspect, read_study
-from .nifti import read_acdc_patient, read_mnms_subject, read_nifti_stack
+from .nifti import read_acdc_patient, read_mnms_subject, read_nifti_cine, read_nifti_stack
 from .sr import write_measurement_report
 from .sunnybrook import read_sunnybrook
 from .writers import write_acdc_patient, write_dicom_seg, write_dicom_series, write_json, write_nifti_labels
@@ -21,6 +21,7 @@ __all__ = [
     "read_acdc_patient",
     "read_mnms_subject",
     "read_nifti_stack",
+    "read_nifti_cine",
     "read_sunnybrook",
     "scan_dicom_series",
     "detect_format",

@@ -11,7 +11,7 @@ from ..errors import ReadError
 from ..types import Study, StudyInfo
 from .archive import is_archive, unpacked
 from .dicom import read_dicom_study, scan_dicom_series
-from .nifti import is_nifti_name, read_acdc_patient, read_mnms_subject, read_nifti_stack
+from .nifti import is_nifti_name, nifti_frames, read_acdc_patient, read_mnms_subject, read_nifti_cine, read_nifti_stack
 
 __all__ = ["detect_format", "expand_inputs", "read_study", "inspect"]
 
@@ -73,7 +73,8 @@ def read_study(path: str | Path, **options: Any) -> Study:
     """Read a study from a DICOM directory, an ACDC patient folder, an M&Ms subject folder or a NIfTI file.
 
     ``options`` go to the reader: ``series_uid`` for DICOM; ``label_path`` and ``convention`` for
-    a NIfTI file (which gives a one-phase study with ED and ES unknown).
+    a NIfTI file (which gives a one-phase study with ED and ES unknown). A 4-D NIfTI file
+    (X, Y, Z, T) read without options is a cine, a phase per frame (:func:`read_nifti_cine`).
     """
     kind = detect_format(path)
     if kind == "archive":
@@ -87,6 +88,8 @@ def read_study(path: str | Path, **options: Any) -> Study:
     if kind == "mnms":
         return read_mnms_subject(path, **options)
     if kind == "nifti":
+        if not options and nifti_frames(path) > 1:  # a 4-D cine (its label maps are not read)
+            return read_nifti_cine(path)
         stack = read_nifti_stack(path, **options)
         return Study(phases=(stack,), info=StudyInfo(source=str(path)))
     return read_dicom_study(path, **options)

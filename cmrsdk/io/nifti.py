@@ -23,6 +23,8 @@ from ._geometry import nifti_to_zyx_affine, slice_positions_mm
 
 __all__ = [
     "CONVENTIONS",
+    "nifti_frames",
+    "read_nifti_cine",
     "read_nifti_stack",
     "read_acdc_patient",
     "read_mnms_subject",
@@ -49,6 +51,10 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: checked from the header before any data is read (a 760 KB file may declare 20000 x 20000).
 MAX_MATRIX = 2048
 MAX_VOXELS = 100_000_000
+#: largest 4-D cine (all frames): 1.6 GB as float32, as for a DICOM series
+MAX_CINE_VOXELS = 400_000_000
+#: NIfTI xyzt_units time unit -> milliseconds
+_TIME_TO_MS = {"sec": 1000.0, "msec": 1.0, "usec": 0.001}
 #: spacings outside these bounds (mm) are not those of a cardiac MR stack: a wrong header.
 IN_PLANE_RANGE_MM = (0.05, 20.0)
 SLICE_RANGE_MM = (0.05, 100.0)
@@ -63,7 +69,8 @@ def _raw_pixdim(path: Path) -> np.ndarray:
     return np.asarray(header["pixdim"][1:4], dtype=np.float64)
 
 
-def _load(path: Path) -> nib.Nifti1Image:
+def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
+    """The image, checked from its header; 3-D, or with ``cine`` 4-D (X, Y, Z, T) too."""
     if not path.is_file():
         raise ReadError(path, "no such NIfTI file")
     try:
@@ -95,6 +102,14 @@ def _load(path: Path) -> nib.Nifti1Image:
             f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels, over the limit of "
             f"{MAX_VOXELS} per phase (refused before reading the data)",
         )
+    if cine and len(shape) == 4 and shape[3] > 1:
+        if int(np.prod(shape, dtype=np.int64)) > MAX_CINE_VOXELS:
+            raise ReadError(
+                path,
+                f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels, over the limit of "
+                f"{MAX_CINE_VOXELS} for a cine (refused before reading the data)",
+            )
+        return image
     if len(shape) == 4 and shape[3] == 1:
         try:
             return image.slicer[..., 0]
@@ -249,6 +264,55 @@ def read_nifti_stack(
         phase=phase,
         source=str(image_path),
     )
+
+
+def nifti_frames(path: str | Path) -> int:
+    """How many frames (dim[4]) a NIfTI file holds, from its header; 1 for a 3-D image."""
+    shape = _load(Path(path), cine=True).shape
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
+def read_nifti_cine(image_path: str | Path) -> Study:
+    """Read a 4-D (X, Y, Z, T) NIfTI cine, one frame per phase (UK Biobank ``sa.nii.gz``, ACDC
+    ``*_4d.nii.gz``, M&Ms ``*_sa.nii.gz``).
+
+    Returns
+    -------
+    Study with one :class:`Stack` per frame (float32 (Z, Y, X) pixels, spacing (dz, dy, dx) mm
+    and the affine of the 3-D part, as :func:`read_nifti_stack`), ``ed_index = 0`` (the frame at
+    the R wave, as a cine is triggered), ``es_index = None`` (found from the LV volume curve), and
+    ``trigger_times_ms`` (T,) from pixdim[4] and its time unit where they are given.
+
+    Raises
+    ------
+    ReadError : what :func:`read_nifti_stack` refuses, and over :data:`MAX_CINE_VOXELS` in all.
+    """
+    path = Path(image_path)
+    image = _load(path, cine=True)
+    if len(image.shape) == 3:
+        return Study(phases=(read_nifti_stack(path),), info=StudyInfo(source=str(path)))
+    try:
+        frames = np.asanyarray(image.dataobj).transpose(3, 2, 1, 0)  # (T, Z, Y, X)
+    except Exception as exc:  # truncated gzip streams surface only here
+        raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
+    if not np.all(np.isfinite(frames)):
+        raise ReadError(path, "image holds NaN or infinite pixel values")
+    affine, spacing = _geometry(image, path)
+    positions = slice_positions_mm(affine, frames.shape[1])
+    phases = tuple(
+        Stack(
+            pixels=frames[t].astype(np.float32),
+            spacing=spacing,
+            affine=affine,
+            slice_positions=positions,
+            phase="ED" if t == 0 else f"frame {t}",
+            source=str(path),
+        )
+        for t in range(frames.shape[0])
+    )
+    step = float(image.header["pixdim"][4]) * _TIME_TO_MS.get(image.header.get_xyzt_units()[1], 0.0)
+    times = np.arange(len(phases), dtype=np.float64) * step if np.isfinite(step) and step > 0 else None
+    return Study(phases=phases, ed_index=0, trigger_times_ms=times, info=StudyInfo(source=str(path)))
 
 
 def is_nifti_name(name: str) -> bool:
