@@ -283,3 +283,80 @@ def test_worker_keeps_a_result_renamed_before_a_crash(spool, tmp_path, monkeypat
     (tmp_path / "out" / "2.1").mkdir()  # renamed into place; the crash came before the commit
     worker.process("2.1")
     assert spool.series("2.1").state == "done" and finals == ["2.1"]
+
+
+def _store_series_per_slice(spool, tmp_path, seed=6, lax=True):
+    """A 5-slice, 3-phase synthetic cine stored one series per slice (and, with ``lax``, a
+    one-slice long-axis cine of the same study) into the spool; returns the per-slice UIDs."""
+    import pydicom
+    from test_io_dicom import _series_per_slice
+
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.synth import synthetic_study
+
+    folder = tmp_path / f"cine{seed}"
+    write_dicom_series(folder, synthetic_study(seed=seed, shape=(32, 32), n_slices=5, n_phases=3))
+    by_slice = _series_per_slice(folder, tmp_path / f"split{seed}")
+    uids = []
+    for z, files in enumerate(by_slice):
+        for file in files:
+            ds = pydicom.dcmread(file)
+            if lax and z == 4:  # another view of the same study: never in the short-axis stack
+                ds.SeriesInstanceUID, ds.ImageOrientationPatient = "9.9.9", [0, 1, 0, 0, 0, -1]
+                ds.SOPInstanceUID = pydicom.uid.generate_uid()
+                ds.save_as(file)
+            assert (
+                spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes()) == "stored"
+            )
+        uids.append(str(ds.SeriesInstanceUID))
+    return uids
+
+
+def test_a_cine_stored_a_series_per_slice_is_stacked_and_segmented_once(spool, tmp_path, monkeypatch):
+    from cmrsdk.io import read_dicom_study
+    from cmrsdk.serve.stacks import ONE_SLICE_REASON, stack_uid
+
+    uids = _store_series_per_slice(spool, tmp_path)  # 4 short-axis slices and the long-axis one
+    read = {}
+
+    def study_writer(pipeline, source, out_dir):
+        read["study"] = read_dicom_study(source)
+        out_dir.mkdir()
+        (out_dir / "report.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker, finals = _worker(spool, tmp_path)
+    worker.promote_quiet_series()
+    stack = stack_uid(uids)  # named by the series gathered, the long-axis one among them
+    row = spool.series(stack)
+    assert (row.state, row.slices, row.phases, row.n_instances) == ("queued", 4, 3, 12)
+    for uid in uids[:4]:
+        member = spool.series(uid)
+        assert (member.state, member.reason) == ("set_aside", f"stacked into {stack}")
+        assert not spool.series_folder(uid).exists()  # purged; the stack's links keep the files
+    assert (spool.series("9.9.9").state, spool.series("9.9.9").reason) == ("set_aside", ONE_SLICE_REASON)
+    assert sorted(finals) == sorted([*uids[:4], "9.9.9"])
+    assert spool.next_queued() == stack
+    worker.process(stack)
+    assert spool.series(stack).state == "done" and not spool.series_folder(stack).exists()
+    got = read["study"]
+    assert got.info.series_uid.count("+") == 3 and got.ed.shape == (4, 32, 32) and len(got.phases) == 3
+
+
+def test_one_slice_series_wait_for_their_study_to_be_quiet(spool, tmp_path):
+    import time
+
+    from cmrsdk.serve.stacks import StackGatherer
+
+    uids = _store_series_per_slice(spool, tmp_path, seed=7, lax=False)
+    finals: list[str] = []
+    gatherer = StackGatherer(spool, timeout_s=100.0, on_final=finals.append)
+    for uid in uids[:4]:
+        gatherer.hold(uid)
+    last = max(spool.series(u).last_instance_at for u in uids)
+    assert gatherer.gather(now=last + 50) == []  # not quiet yet
+    assert gatherer.gather(now=last + 200) == []  # quiet, but the study's fifth slice is still arriving
+    gatherer.hold(uids[4])
+    (stack,) = gatherer.gather(now=time.time() + 200)
+    assert spool.series(stack).slices == 5 and sorted(finals) == sorted(uids) and gatherer.waiting == {}

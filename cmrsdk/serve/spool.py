@@ -11,6 +11,11 @@ A series moves through these states (``--status`` prints them)::
     receiving -> queued -> processing -> forwarding -> done
          \\-> set_aside (not a short-axis cine)      \\-> failed (could not be segmented)
 
+A short-axis cine stored one series per slice waits in ``receiving`` until its study is quiet;
+the worker then links its files into one stack folder, queued as a series of its own
+(``stack.<hash>``), and sets the one-slice series aside as stacked into it
+(:meth:`Spool.queue_stack`, :mod:`cmrsdk.serve.stacks`).
+
 Every transition is one committed transaction, so a ``kill -9`` at any moment leaves a state
 from which :meth:`Spool.recover` and the worker finish the work: ``processing`` goes back to
 ``queued``; ``forwarding`` resends the deliveries not yet acknowledged. A delivery acknowledged
@@ -340,6 +345,33 @@ class Spool:
             self._db.execute("COMMIT")
         return bool(changed)
 
+    def queue_stack(self, stack_uid: str, members: list[str], *, phases: int, slices: int) -> bool:
+        """Queue a stack of one-slice series (its folder already holds their files, linked) and set
+        its members aside as stacked into it, in one transaction; False where a member has got a
+        new instance meanwhile (nothing changes then)."""
+        now = time.time()
+        marks = ", ".join("?" * len(members))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            receiving = self._db.execute(
+                f"SELECT COUNT(*) FROM series WHERE state = 'receiving' AND series_uid IN ({marks})", members
+            ).fetchone()[0]
+            if receiving != len(members):
+                self._db.execute("COMMIT")
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO series (series_uid, state, n_instances, first_instance_at, last_instance_at, "
+                "queued_at, phases, slices, reason) SELECT ?, 'queued', SUM(n_instances), MIN(first_instance_at), "
+                f"MAX(last_instance_at), ?, ?, ?, ? FROM series WHERE series_uid IN ({marks})",
+                (stack_uid, now, phases, slices, f"a stack of {len(members)} one-slice series", *members),
+            )
+            self._db.execute(
+                f"UPDATE series SET state = 'set_aside', reason = ?, finished_at = ? WHERE series_uid IN ({marks})",
+                (f"stacked into {stack_uid}", now, *members),
+            )
+            self._db.execute("COMMIT")
+        return True
+
     def next_queued(self) -> str | None:
         """Move the oldest queued series to ``processing`` and return it (None when the queue is empty)."""
         with self._lock:
@@ -394,8 +426,11 @@ class Spool:
         for path, _ in rows:
             (self.directory / path).unlink(missing_ok=True)
         folder = self.series_folder(series_uid)
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        if folder.is_dir():
+            for leftover in folder.glob("*.dcm"):  # a stack's links to its members' files have no rows
+                leftover.unlink(missing_ok=True)
+            if not any(folder.iterdir()):
+                folder.rmdir()
         freed = sum(size for _, size in rows)
         with self._lock:
             self._db.execute("UPDATE instances SET purged = 1 WHERE series_uid = ?", (series_uid,))

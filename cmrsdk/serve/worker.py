@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from ..errors import CmrError
 from .spool import Spool, uid_file_name
+from .stacks import StackGatherer
 
 __all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study", "warm_up_writers"]
 
@@ -56,13 +57,16 @@ class SeriesVerdict:
     reason: str | None
     phases: int | None
     slices: int | None
+    #: a one-slice cine: it waits for its study, to be stacked with the others (cmrsdk.serve.stacks)
+    stackable: bool = False
 
 
 def judge_series(folder: Path) -> SeriesVerdict:
     """Is the series in ``folder`` a short-axis cine worth segmenting? Reads headers only.
 
     Set aside, with the reason: other modalities than MR, localisers, fewer than 3 slice
-    positions (long-axis views, single slices), fewer than 2 phases (not a cine), dynamic series
+    positions (long-axis views, single slices; a one-slice cine is ``stackable``: it waits for
+    the other one-slice series of its study), fewer than 2 phases (not a cine), dynamic series
     (perfusion, mapping: one cardiac phase repeated), and series
     whose headers cannot be read or lack the geometry.
     """
@@ -95,7 +99,10 @@ def judge_series(folder: Path) -> SeriesVerdict:
     if slices == 0:
         return SeriesVerdict(False, "no usable geometry (ImagePositionPatient / ImageOrientationPatient)", None, None)
     if slices < 3:
-        return SeriesVerdict(False, f"not a short-axis stack: {slices} slice position(s)", phases, slices)
+        one_slice_cine = slices == 1 and phases >= 2 and not best.is_dynamic
+        return SeriesVerdict(
+            False, f"not a short-axis stack: {slices} slice position(s)", phases, slices, one_slice_cine
+        )
     if phases < 2:
         return SeriesVerdict(False, f"not a cine: {phases} phase per slice position", phases, slices)
     if best.is_dynamic:
@@ -139,6 +146,7 @@ class Worker(threading.Thread):
         self.spool, self.output, self.load_pipeline = spool, Path(output), load_pipeline
         self.series_timeout_s, self.forward, self.stop, self.on_final = series_timeout_s, forward, stop, on_final
         self.poll_s = poll_s
+        self.stacks = StackGatherer(spool, series_timeout_s, on_final)
         self.pipeline: Any = None
         self.error: BaseException | None = None
         self.ready = threading.Event()
@@ -167,10 +175,15 @@ class Worker(threading.Thread):
         """Queue every series quiet for the timeout, or set it aside saying why."""
         now = time.time()
         for series_uid in self.spool.quiet_series(self.series_timeout_s, now):
+            if series_uid in self.stacks.waiting:
+                continue
             try:
                 verdict = judge_series(self.spool.series_folder(series_uid))
             except Exception as exc:  # one sender's odd series must not stop the node
                 verdict = SeriesVerdict(False, f"cannot be judged ({type(exc).__name__}: {exc})", None, None)
+            if verdict.stackable:  # one slice of a cine stored a series per slice: waits for its study
+                self.stacks.hold(series_uid)
+                continue
             if self.spool.mark_complete(
                 series_uid,
                 queue=verdict.queue,
@@ -182,6 +195,7 @@ class Worker(threading.Thread):
                 if not verdict.queue:
                     self.spool.purge_instances(series_uid)
                     self.on_final(series_uid)
+        self.stacks.gather(now)
 
     def process(self, series_uid: str) -> None:
         """Segment one series and record its results; its failure is recorded, never raised."""
