@@ -344,6 +344,48 @@ def test_five_series_over_three_associations_each_delivered_once(orthanc, tmp_pa
 
 
 @needs_orthanc
+@needs_dcmtk
+def test_a_cine_sent_a_series_per_slice_comes_back_as_one_stack(orthanc, tmp_path):
+    """A scanner that stores each breath-hold's slice as its own series: six one-slice cine
+    series over one association, one stack segmented, its ED and ES SEG referencing all six."""
+    import pydicom
+
+    files = synthetic_series(tmp_path / "cine", seed=31, n_phases=2, n_slices=6, size=64)
+    by_slice: dict[int, list[Path]] = {}
+    for file in files:  # write_dicom_series names files phase_slice.dcm
+        by_slice.setdefault(int(file.name[4:7]), []).append(file)
+    uids = []
+    for z, group in sorted(by_slice.items()):
+        uid = pydicom.uid.generate_uid()
+        for file in group:
+            ds = pydicom.dcmread(file)
+            ds.SeriesInstanceUID, ds.SeriesNumber = uid, 10 + z
+            ds.save_as(file)
+        uids.append(uid)
+    port = free_port()
+    node = NodeProcess(
+        tmp_path / "spool",
+        tmp_path / "out",
+        port,
+        *forward_args(orthanc),
+        log_path=tmp_path / "node.log",
+        series_timeout=1.0,
+    )
+    try:
+        r = storescu(port, files, calling="SCANNER")
+        assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+        rows = wait_states(node, uids, ("set_aside",), 60)
+        (stack,) = {rows[u].reason.removeprefix("stacked into ") for u in uids}
+        rows = wait_states(node, [stack], ("done",), 120)
+        assert (rows[stack].slices, rows[stack].phases, rows[stack].n_instances) == (6, 2, 12)
+        refs = seg_references(orthanc)
+        assert [refs[u] for u in uids] == [2] * 6  # the ED and the ES SEG each reference every slice's series
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [stack]
+    finally:
+        assert node.terminate() == 0
+
+
+@needs_orthanc
 def test_kill9_mid_receive_and_mid_segmentation_then_restart(orthanc, tmp_path):
     a = synthetic_series(tmp_path / "a", seed=31)
     b = synthetic_series(tmp_path / "b", seed=32, n_phases=3)
