@@ -360,3 +360,17 @@ def test_one_slice_series_wait_for_their_study_to_be_quiet(spool, tmp_path):
     gatherer.hold(uids[4])
     (stack,) = gatherer.gather(now=time.time() + 200)
     assert spool.series(stack).slices == 5 and sorted(finals) == sorted(uids) and gatherer.waiting == {}
+
+
+def test_a_stacked_series_killed_before_its_purge_is_purged_at_restart(tmp_path):
+    s = Spool(tmp_path / "spool")
+    s.store_instance("8.1", "8.1.1", b"c")
+    assert s.queue_stack("stack.8", ["8.1"], phases=2, slices=3)  # committed; killed before the purge
+    s._db.close()
+    s._lock_file.close()
+    s = Spool(tmp_path / "spool")
+    assert s.recover() == {"requeued": 0, "temporary_files_removed": 0, "set_aside_purged": 1}
+    assert not s.series_folder("8.1").exists() and s.series("8.1").reason == "stacked into stack.8"
+    assert s.recover() == {"requeued": 0, "temporary_files_removed": 0}  # nothing left to purge
+    assert s.next_queued() == "stack.8"
+    s.close()

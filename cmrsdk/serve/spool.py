@@ -175,7 +175,8 @@ class Spool:
         """Undo what a crash left half-done; returns counts of what was reset.
 
         Series caught in ``processing`` go back to ``queued`` (their partial output is removed
-        by the worker); temporary instance files never committed are removed. Series still
+        by the worker); temporary instance files never committed are removed, and so are the files
+        of series set aside (``set_aside_purged``, where any) before their deletion. Series still
         receiving get the full series timeout again from now: their senders saw the
         association fail and need the time to send the rest again.
         """
@@ -188,7 +189,19 @@ class Spool:
         for tmp in (self.directory / "instances").glob("*/.*.tmp"):
             tmp.unlink(missing_ok=True)
             removed += 1
-        return {"requeued": requeued, "temporary_files_removed": removed}
+        # set aside (one-slice series stacked, say) but killed before their files were deleted
+        with self._lock:
+            unpurged = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT DISTINCT s.series_uid FROM series s JOIN instances i ON i.series_uid = s.series_uid "
+                    "WHERE s.state = 'set_aside' AND i.purged = 0"
+                )
+            ]
+        for series_uid in unpurged:
+            self.purge_instances(series_uid)
+        recovered = {"requeued": requeued, "temporary_files_removed": removed}
+        return recovered | ({"set_aside_purged": len(unpurged)} if unpurged else {})
 
     def close(self) -> None:
         with self._lock:
