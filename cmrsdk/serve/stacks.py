@@ -111,7 +111,10 @@ class StackGatherer:
             for file in self.spool.series_folder(uid).glob("*.dcm"):
                 target = folder / f"{uid}_{file.name}"  # '_' is in no UID: a member's links by prefix
                 if not target.exists():  # a restart may find the links made before it
-                    os.link(file, target)
+                    try:
+                        os.link(file, target)
+                    except OSError:  # a file system without hard links: a copy
+                        shutil.copy2(file, target)
         try:
             best = scan_dicom_series(folder)[0]
         except (CmrError, IndexError):
