@@ -461,3 +461,18 @@ def test_a_position_missing_an_image_of_a_long_cine_is_completed(tmp_path: Path)
     next(short.glob("002_001.dcm")).unlink()
     with pytest.raises(ReadError, match=r"slice positions hold differing numbers of phases \[5, 6\]"):
         read_dicom_study(short)
+
+
+def test_series_per_slice_stack_across_header_rounding(series, tmp_path: Path) -> None:
+    """Orientations 2e-5 apart that round to different thousandths still stack (the reader's own
+    tolerance decides, not a rounding boundary)."""
+    folder, _ = series
+    by_slice = _series_per_slice(folder, tmp_path / "study")
+    for z, files in enumerate(by_slice):
+        for file in files:
+            ds = pydicom.dcmread(file)
+            iop = [float(v) for v in ds.ImageOrientationPatient]
+            iop[0] = round(iop[0], 3) + (0.00049 if z % 2 else 0.00051)
+            ds.ImageOrientationPatient = iop
+            ds.save_as(file)
+    assert read_dicom_study(tmp_path / "study").ed.shape[0] == 6

@@ -298,7 +298,9 @@ def _stack_keys(images: list[_Image]) -> tuple[dict[str, str], dict[str, list[tu
         by_series.setdefault(_series_key(image), []).append(image)
     keys = {uid: uid for uid in by_series}
     repeats: dict[str, list[tuple[str, str]]] = {}
-    candidates: dict[tuple, list[tuple[float, int, str]]] = {}
+    # (exact part, orientation, pixel size, [(position, SeriesNumber, UID)]): orientation and pixel
+    # size within the tolerances of _check_consistent, so that what stacks also reads as one stack
+    candidates: list[tuple[tuple, np.ndarray, np.ndarray, list[tuple[float, int, str]]]] = []
     for uid, members in by_series.items():
         try:
             groups = _group_positions(members)
@@ -311,17 +313,24 @@ def _stack_keys(images: list[_Image]) -> tuple[dict[str, str], dict[str, list[tu
             continue
         header = members[0].header
         span = _trigger_span(groups[0])
-        signature = (
+        exact = (
             span is not None and span < MIN_CINE_SPAN_MS,  # a cine never stacks with perfusion or mapping
             str(header.get("StudyInstanceUID", "")),
-            tuple(np.round(orientation, 3)),
-            tuple(np.round(spacing, 4)),
             header.get("Rows"),
             header.get("Columns"),
         )
-        number = _int_or_none(header.get("SeriesNumber")) or 0
-        candidates.setdefault(signature, []).append((position, number, uid))
-    for series in candidates.values():
+        entry = (position, _int_or_none(header.get("SeriesNumber")) or 0, uid)
+        for other, first_orientation, first_spacing, entries in candidates:
+            if (
+                other == exact
+                and np.allclose(orientation, first_orientation, atol=1e-3)
+                and np.allclose(spacing, first_spacing, rtol=1e-4)
+            ):
+                entries.append(entry)
+                break
+        else:
+            candidates.append((exact, orientation, spacing, [entry]))
+    for _, _, _, series in candidates:
         series.sort()
         kept: list[tuple[float, int, str]] = []
         left_out: list[tuple[str, str]] = []
