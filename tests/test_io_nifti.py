@@ -202,3 +202,52 @@ def test_a_4d_cine_reads_a_phase_per_frame_and_segments_as_the_patient(shared_da
     assert cine_report["measures"] == patient_report["measures"]
     with pytest.raises(ReadError, match=r"must be 3-D \(X, Y, Z\) for one phase, got shape \(\d+, \d+, \d+, 2\)"):
         read_nifti_stack(path)  # one phase asked for (with a label map, say): refused as before
+
+
+def _mnms_release_subject(shared_data: Path, root: Path, *, ed: int = 4, es: int = 1, frames: int = 6) -> Path:
+    """A shared M&Ms subject written as the challenge released it: ``Training/Labeled/SUBJECT/``
+    holding one 4-D cine and a 4-D label map labelled at its ED and ES frames only, and the
+    subject table at the root."""
+    name = "H1N8S6"
+    source = shared_data / "mnms" / name
+    ed_image, es_image = (nib.load(str(source / f"{name}_sa_{p}.nii.gz")) for p in ("ED", "ES"))
+    ed_gt, es_gt = (np.asarray(nib.load(str(source / f"{name}_sa_{p}_gt.nii.gz")).dataobj) for p in ("ED", "ES"))
+    ed_px, es_px = np.asarray(ed_image.dataobj), np.asarray(es_image.dataobj)
+    cine = np.stack([(ed_px + es_px) / 2] * frames, axis=-1).astype(np.float32)
+    cine[..., ed], cine[..., es] = ed_px, es_px
+    gt = np.zeros(cine.shape, dtype=np.float64)  # float64, as M&Ms stores its labels
+    gt[..., ed], gt[..., es] = ed_gt, es_gt
+    folder = root / "Training" / "Labeled" / name
+    folder.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(cine, ed_image.affine, ed_image.header), str(folder / f"{name}_sa.nii.gz"))
+    nib.save(nib.Nifti1Image(gt, ed_image.affine), str(folder / f"{name}_sa_gt.nii.gz"))
+    (root / "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv").write_text(
+        f"External code,VendorName,Vendor,Centre,ED,ES\n{name},Philips,B,2,{ed},{es}\n"
+    )
+    return folder
+
+
+def test_mnms_release_layout_gives_the_labelled_frames(shared_data: Path, tmp_path: Path) -> None:
+    from cmrsdk.io import detect_format, expand_inputs
+
+    folder = _mnms_release_subject(shared_data, tmp_path, ed=4, es=1)  # ES labelled before ED
+    assert detect_format(folder) == "mnms"
+    assert expand_inputs(folder.parent) == [folder]
+    study = read_mnms_subject(folder)
+    split = read_mnms_subject(shared_data / "mnms" / "H1N8S6")
+    assert (study.ed_index, study.es_index) == (0, 1) and study.info.manufacturer == "Philips"
+    assert [s.phase for s in study.phases] == ["ED", "ES"] and study.ed.source.endswith("(frame 4)")
+    for got, want in zip(study.phases, split.phases, strict=True):
+        np.testing.assert_array_equal(got.pixels, want.pixels)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        np.testing.assert_allclose(got.affine, want.affine, atol=1e-5)
+        assert got.spacing == pytest.approx(want.spacing)
+
+
+def test_mnms_release_layout_refusals_and_no_labels(shared_data: Path, tmp_path: Path) -> None:
+    folder = _mnms_release_subject(shared_data, tmp_path / "one", ed=0, es=0)  # ES overwrote ED: one frame
+    with pytest.raises(ReadError, match=r"H1N8S6_sa_gt\.nii\.gz: labelled frames \[0\]: .* exactly two frames"):
+        read_mnms_subject(folder)
+    (folder / "H1N8S6_sa_gt.nii.gz").unlink()
+    study = read_mnms_subject(folder)  # no contours: the whole cine, ED/ES left to the LV curve
+    assert len(study.phases) == 6 and study.es_index is None and study.phases[0].labels is None

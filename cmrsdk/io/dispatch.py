@@ -17,9 +17,10 @@ __all__ = ["detect_format", "expand_inputs", "read_study", "inspect"]
 
 
 def _mnms_layout(folder: Path) -> bool:
-    """M&Ms (``SUBJECT_sa_ED.nii.gz``) or M&Ms-2 (``001_SA_ED.nii.gz``) subject folder, any case."""
-    wanted = f"{folder.name}_sa_ed.nii".lower()
-    return any(p.name.lower().startswith(wanted) for p in folder.iterdir())
+    """M&Ms (``SUBJECT_sa_ED.nii.gz``, or the release's 4-D ``SUBJECT_sa.nii.gz``) or M&Ms-2
+    (``001_SA_ED.nii.gz``) subject folder, any case."""
+    wanted = {f"{folder.name}_sa{part}.nii".lower() for part in ("_ed", "")}
+    return any(p.name.lower().split(".nii")[0] + ".nii" in wanted for p in folder.iterdir())
 
 
 def detect_format(path: str | Path) -> str:

@@ -11,6 +11,7 @@ columns are then rescaled to the pixdim sizes, so that ``affine`` and ``spacing`
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -396,31 +397,90 @@ def read_acdc_patient(folder: str | Path) -> Study:
     return Study(phases=tuple(stacks), ed_index=0, es_index=1, info=info)
 
 
+def _mnms_tables(folder: Path) -> list[Path]:
+    """Subject tables that may describe ``folder``: ``info.csv`` beside it (the shared layout), then
+    any small CSV up to three folders above (the release keeps its
+    ``*_M&Ms_Dataset_information*.csv`` at the root, above ``Training/Labeled/SUBJECT``)."""
+    tables = [folder.parent / "info.csv"]
+    for parent in folder.parents[:3]:
+        tables += sorted(p for p in parent.glob("*.csv") if p.name != "info.csv")
+    return [t for t in tables if t.is_file() and t.stat().st_size < 4_000_000]
+
+
 def _mnms_vendor(folder: Path) -> str | None:
-    """Manufacturer from the ``info.csv`` beside the subject folders (subject, vendor, ...)."""
-    table = folder.parent / "info.csv"
-    if not table.is_file():
-        return None
-    with table.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row.get("subject") == folder.name or row.get("External code") == folder.name:
-                vendor = (row.get("vendor") or row.get("Vendor") or "").strip()
-                return _MNMS_VENDORS.get(vendor, vendor or None)
+    """Manufacturer from a subject table (columns subject or External code; vendor, Vendor or VendorName)."""
+    for table in _mnms_tables(folder):
+        try:
+            with table.open(newline="", errors="replace") as handle:
+                for row in csv.DictReader(handle):
+                    if row.get("subject") == folder.name or row.get("External code") == folder.name:
+                        vendor = (row.get("vendor") or row.get("Vendor") or row.get("VendorName") or "").strip()
+                        return _MNMS_VENDORS.get(vendor, vendor or None)
+        except (OSError, csv.Error):  # an unrelated or damaged table: the vendor is optional
+            continue
     return None
+
+
+def _labelled_frames(label_path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[int]]:
+    """Canonical uint8 (T, Z, Y, X) labels of a 4-D M&Ms label map and the frames that hold any label."""
+    image = _load(label_path, cine=True)
+    if tuple(image.shape) != tuple(shape):
+        raise ReadError(
+            label_path, f"label map shape {tuple(image.shape)} (X, Y, Z, T) differs from the cine's {tuple(shape)}"
+        )
+    try:
+        raw = np.asanyarray(image.dataobj).transpose(3, 2, 1, 0)  # (T, Z, Y, X)
+    except Exception as exc:  # truncated gzip streams surface only here
+        raise ReadError(label_path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
+    labels = _to_canonical(raw, label_path, "mnms")
+    return labels, [t for t in range(labels.shape[0]) if labels[t].any()]
+
+
+def _read_mnms_cine(image_path: Path, label_path: Path | None, info: StudyInfo) -> Study:
+    """The M&Ms release layout: ``SUBJECT_sa.nii.gz`` (X, Y, Z, T) and ``SUBJECT_sa_gt.nii.gz``
+    labelled at two frames only (ED and ES); ED is the labelled frame of larger LV blood pool."""
+    cine = read_nifti_cine(image_path)
+    if label_path is None:  # no contours: a cine like any other, ED/ES from the LV volume curve
+        return Study(phases=cine.phases, ed_index=cine.ed_index, trigger_times_ms=cine.trigger_times_ms, info=info)
+    shape = _load(image_path, cine=True).shape
+    labels, frames = _labelled_frames(label_path, tuple(shape))
+    if len(frames) != 2:
+        raise ReadError(
+            label_path,
+            f"labelled frames {frames}: an M&Ms 4-D label map labels exactly two frames (ED and ES)",
+        )
+    ed, es = sorted(frames, key=lambda t: -int(np.count_nonzero(labels[t] == 1)))
+    stacks = tuple(
+        replace(cine.phases[t], labels=labels[t], phase=phase, source=f"{image_path} (frame {t})")
+        for t, phase in ((ed, "ED"), (es, "ES"))
+    )
+    return Study(phases=stacks, ed_index=0, es_index=1, info=info)
 
 
 def read_mnms_subject(folder: str | Path) -> Study:
     """Read an M&Ms subject folder: ``SUBJECT_sa_ED.nii.gz``, ``SUBJECT_sa_ES.nii.gz`` and ``_gt``.
 
     The M&Ms-2 layout (``001/001_SA_ED.nii.gz``, ``001_SA_ES_gt.nii.gz``; same label codes) is
-    read the same way: names are matched in any case.
+    read the same way: names are matched in any case. The challenge's release layout, one 4-D
+    cine ``SUBJECT_sa.nii.gz`` (X, Y, Z, T) with ``SUBJECT_sa_gt.nii.gz`` labelled at its ED and
+    ES frames only, gives the two labelled frames (ED: the one of larger LV blood pool); without
+    its label map, the whole cine (as :func:`read_nifti_cine`).
 
     Labels (M&Ms convention 1 LV, 2 MYO, 3 RV, stored as float64) are cast to canonical uint8.
     The manufacturer comes from ``../info.csv`` where present.
+
+    Returns
+    -------
+    Study with ``phases == (ED, ES)`` (float32 (Z, Y, X) pixels, uint8 (Z, Y, X) labels where
+    given), ``ed_index == 0``, ``es_index == 1``; a 4-D cine without labels: every frame.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ReadError(folder, "M&Ms subject folder not found")
+    info = StudyInfo(patient_id=folder.name, manufacturer=_mnms_vendor(folder), source=str(folder))
+    cine = _find_nifti(folder, f"{folder.name}_sa")
+    if cine is not None and _find_nifti(folder, f"{folder.name}_sa_ED") is None:
+        return _read_mnms_cine(cine, _find_nifti(folder, f"{folder.name}_sa_gt"), info)
     stacks = []
     for phase in ("ED", "ES"):
         stem = f"{folder.name}_sa_{phase}"
@@ -428,5 +488,4 @@ def read_mnms_subject(folder: str | Path) -> Study:
         if image is None:
             raise ReadError(folder, f"{phase} image {stem}.nii.gz not found")
         stacks.append(read_nifti_stack(image, _find_nifti(folder, f"{stem}_gt"), convention="mnms", phase=phase))
-    info = StudyInfo(patient_id=folder.name, manufacturer=_mnms_vendor(folder), source=str(folder))
     return Study(phases=tuple(stacks), ed_index=0, es_index=1, info=info)
