@@ -15,6 +15,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from _dicom_node import (
@@ -484,6 +485,75 @@ def test_forward_retries_with_backoff_until_acknowledged(tmp_path):
     finally:
         if server is not None:
             server.shutdown()
+        assert node.terminate() == 0
+
+
+def test_lossless_syntaxes_accepted_where_decodable_lossy_not():
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    from cmrsdk.serve.scp import LOSSLESS_SYNTAXES, accepted_transfer_syntaxes
+
+    syntaxes = accepted_transfer_syntaxes()
+    assert syntaxes[:2] == ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]  # uncompressed first
+    assert [s for s in syntaxes if s in LOSSLESS_SYNTAXES] == [
+        u for u in LOSSLESS_SYNTAXES if get_decoder(UID(u)).is_available
+    ]
+    assert "1.2.840.10008.1.2.4.70" in syntaxes  # JPEG Lossless SV1: pylibjpeg is in the environment
+    assert not {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.81"} & set(syntaxes)
+
+
+DCMCJPEG, DCMCRLE, DCMCJPLS = (shutil.which(n) for n in ("dcmcjpeg", "dcmcrle", "dcmcjpls"))
+
+
+@needs_dcmtk
+@pytest.mark.skipif(None in (DCMCJPEG, DCMCRLE, DCMCJPLS), reason="dcmtk's dcmcjpeg, dcmcrle, dcmcjpls not installed")
+def test_a_series_sent_compressed_segments_as_the_uncompressed_one(tmp_path):
+    """One cine sent twice by storescu: as stored, and compressed by dcmtk image by image (JPEG
+    Lossless, RLE, JPEG-LS: a transfer syntax per association, as storescu proposes one); the
+    node decodes all three and its masks equal the uncompressed series' voxel for voxel."""
+    import nibabel as nib
+    import pydicom
+
+    plain = synthetic_series(tmp_path / "plain", seed=51, n_phases=2, n_slices=6, size=64)
+    uid = pydicom.uid.generate_uid()
+    packed: dict[str, list[Path]] = {"-xs": [], "-xr": [], "-xt": []}
+    for i, file in enumerate(plain):
+        ds = pydicom.dcmread(file)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        copy = tmp_path / "copy" / file.name
+        copy.parent.mkdir(exist_ok=True)
+        ds.save_as(copy)
+        flag, tool = [("-xs", DCMCJPEG), ("-xr", DCMCRLE), ("-xt", DCMCJPLS)][i % 3]
+        target = tmp_path / "packed" / file.name
+        target.parent.mkdir(exist_ok=True)
+        subprocess.run([tool, str(copy), str(target)], check=True, capture_output=True, timeout=60)
+        packed[flag].append(target)
+    assert pydicom.dcmread(packed["-xr"][0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    port = free_port()
+    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, log_path=tmp_path / "node.log", series_timeout=1.0)
+    try:
+        assert storescu(port, plain).returncode == 0
+        for flag, files in packed.items():
+            r = subprocess.run(
+                [STORESCU, "-v", flag, "-aet", "SCANNER", "-aec", "CMRSDK", "127.0.0.1", str(port), *map(str, files)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            out = r.stdout + r.stderr
+            assert r.returncode == 0 and out.count("(Success)") == len(files), out[-2000:]
+            assert "-> Little Endian" not in out  # sent compressed, not decompressed by storescu
+        rows = wait_states(node, [series_uid(plain), uid], ("done",), 120)
+        assert rows[uid].n_instances == len(plain) and (rows[uid].phases, rows[uid].slices) == (2, 6)
+        for phase in ("ED", "ES"):
+            got, want = (
+                np.asarray(nib.load(tmp_path / "out" / u / f"labels_{phase}.nii.gz").dataobj)
+                for u in (uid, series_uid(plain))
+            )
+            assert np.count_nonzero(want) > 0 and np.array_equal(got, want)
+    finally:
         assert node.terminate() == 0
 
 

@@ -11,7 +11,14 @@ from typing import Any
 
 from .spool import Spool, SpoolFull
 
-__all__ = ["ScpOptions", "StorageScp", "tls_context", "STATUS_OUT_OF_RESOURCES", "STATUS_CANNOT_UNDERSTAND"]
+__all__ = [
+    "ScpOptions",
+    "StorageScp",
+    "accepted_transfer_syntaxes",
+    "tls_context",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_CANNOT_UNDERSTAND",
+]
 
 log = logging.getLogger("cmrsdk.serve")
 
@@ -19,6 +26,30 @@ log = logging.getLogger("cmrsdk.serve")
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+#: lossless compressed transfer syntaxes accepted beside the uncompressed ones, where pydicom has
+#: a decoder for them (the pylibjpeg plugins of ``cmrsdk[io]``): JPEG Lossless (SV1 and any
+#: predictor), JPEG-LS Lossless, JPEG 2000 Lossless, RLE Lossless. Lossy syntaxes are not
+#: accepted: a sender then decompresses, or sends the lossless original.
+LOSSLESS_SYNTAXES = (
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.5",
+)
+
+
+def accepted_transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes the node accepts for storage: pynetdicom's uncompressed defaults
+    first, then each lossless compressed syntax whose decoder is installed (so that every
+    instance received can be read)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+    from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
+
+    return [*DEFAULT_TRANSFER_SYNTAXES, *(uid for uid in LOSSLESS_SYNTAXES if get_decoder(UID(uid)).is_available)]
 
 
 @dataclass(frozen=True)
@@ -67,7 +98,9 @@ class StorageScp:
         ae.maximum_pdu_size = self.options.max_pdu
         # an empty list accepts any calling AE; otherwise others get A-ASSOCIATE-RJ (calling AE not recognised)
         ae.require_calling_aet = list(self.options.allow)
-        ae.supported_contexts = AllStoragePresentationContexts  # uncompressed syntaxes: the reader decodes these
+        syntaxes = accepted_transfer_syntaxes()
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
