@@ -506,9 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", nargs="?", default=str(DEMO_BUNDLE))
     p.set_defaults(func=_cmd_info)
 
-    from .serve.command import add_serve_parser, run_serve
+    from .serve.command import add_retrieve_parser, add_serve_parser, run_retrieve, run_serve
 
     add_serve_parser(sub, str(DEMO_BUNDLE)).set_defaults(func=run_serve)
+    add_retrieve_parser(sub).set_defaults(func=run_retrieve)
 
     p = sub.add_parser("inspect", help="describe what a DICOM directory or NIfTI input holds")
     p.add_argument("paths", nargs="+")

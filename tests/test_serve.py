@@ -611,3 +611,48 @@ def test_tls_only_answers_tls(tmp_path):
         assert not plain.is_established
     finally:
         assert node.terminate() == 0
+
+
+@needs_orthanc
+def test_retrieve_fetches_a_patients_mr_series_from_the_pacs(orthanc, tmp_path, capsys):
+    """C-FIND then C-GET from Orthanc: the MR series of the patient land whole, read as what was
+    stored; a second fetch, a bad --pacs value and an AE title the PACS does not know each give
+    one error line."""
+    from cmrsdk.cli import main
+    from cmrsdk.io import read_dicom_study
+    from cmrsdk.serve.forward import Destination
+    from cmrsdk.serve.retrieve import find_series
+
+    files = synthetic_series(tmp_path / "in", seed=61, n_phases=2, n_slices=6, size=64)
+    for f in files:
+        orthanc.request("POST", "/instances", f.read_bytes())
+    import pydicom
+
+    first = pydicom.dcmread(files[0])
+    patient, study = str(first.PatientID), str(first.StudyInstanceUID)
+    peer = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port)
+    (match,) = find_series(peer, patient_id=patient)  # CMRSDK is a modality Orthanc knows
+    assert (match.study_uid, match.series_uid, match.n_instances) == (study, series_uid(files), len(files))
+
+    assert main(["retrieve", str(peer), "--patient", patient, "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"study {study} (patient {patient}" in listed and f"{len(files)} images" in listed
+    assert main(["retrieve", str(peer), "--patient", patient, "-o", str(tmp_path / "out")]) == 0
+    folder = tmp_path / "out" / study
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [study]  # no staging folder left
+    assert len(list(folder.rglob("*.dcm"))) == len(files)
+    got, want = read_dicom_study(folder), read_dicom_study(tmp_path / "in")
+    assert len(got.phases) == len(want.phases) == 2
+    for a, b in zip(got.phases, want.phases, strict=True):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+
+    capsys.readouterr()
+    assert main(["retrieve", str(peer), "--study", study, "-o", str(tmp_path / "out")]) == 1
+    assert "exists: the study was retrieved before" in capsys.readouterr().err
+    assert main(["retrieve", "ORTHANC@host", "--study", study, "-o", str(tmp_path / "x")]) == 2
+    assert "PACS value 'ORTHANC@host' is invalid; expected AET@HOST:PORT" in capsys.readouterr().err
+    assert main(["retrieve", str(peer), "--study", study, "--aet", "STRANGER", "--list", "--timeout", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cmrsdk: error: PACS {peer}: C-FIND at STUDY level failed") and "'STRANGER'" in err
+    assert main(["retrieve", str(peer), "-o", str(tmp_path / "y")]) == 2
+    assert "needs --study, --patient or --accession" in capsys.readouterr().err

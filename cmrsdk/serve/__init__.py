@@ -2,8 +2,9 @@
 
 Modules, one job each: :mod:`.spool` (instances on disk, queue state in SQLite), :mod:`.scp`
 (Storage and Verification SCP), :mod:`.worker` (series completion, segmentation),
-:mod:`.forward` (C-STORE of results with back-off), :mod:`.node` (all of them together) and
-:mod:`.command` (the command line). pynetdicom is imported when a node starts, not here.
+:mod:`.forward` (C-STORE of results with back-off), :mod:`.node` (all of them together),
+:mod:`.stacks` (one-slice series stacked), :mod:`.retrieve` (C-FIND and C-GET from a PACS,
+``cmrsdk retrieve``) and :mod:`.command` (the command lines). pynetdicom is imported when a node starts, not here.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ import warnings
 from pathlib import Path
 
 from ..engines import BACKENDS
-from ..errors import BackendUnavailableError, InputError
+from ..errors import BackendUnavailableError, CmrError, InputError
 
-__all__ = ["add_serve_parser", "run_serve"]
+__all__ = ["add_serve_parser", "run_serve", "add_retrieve_parser", "run_retrieve"]
 
 
 def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> argparse.ArgumentParser:
@@ -138,3 +138,79 @@ def run_serve(args: argparse.Namespace) -> int:
     node.install_signal_handlers()
     node.start()
     return node.wait()
+
+
+def add_retrieve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "retrieve",
+        help="fetch a patient's or a study's MR series from a PACS (C-FIND, C-GET) for `cmrsdk segment`",
+        description="Asks the PACS for the studies matching --study, --patient or --accession and fetches their "
+        "MR series by C-GET into OUT/<StudyInstanceUID>/ (each study whole or not at all), ready for "
+        "`cmrsdk segment OUT/<StudyInstanceUID>`. The PACS must know this AE title (--aet) with C-FIND "
+        "and C-GET allowed.",
+    )
+    p.add_argument("pacs", metavar="AET@HOST:PORT", help="the PACS, e.g. ORTHANC@pacs.local:4242")
+    p.add_argument("--study", help="StudyInstanceUID")
+    p.add_argument("--patient", help="PatientID (every study of the patient)")
+    p.add_argument("--accession", help="AccessionNumber")
+    p.add_argument("-o", "--output", help="folder for the studies (not needed with --list)")
+    p.add_argument("--list", action="store_true", help="list the matching MR series and fetch nothing")
+    p.add_argument("--aet", default="CMRSDK", help="this side's AE title (default: CMRSDK)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the PACS per message (default 60)")
+    return p
+
+
+def run_retrieve(args: argparse.Namespace) -> int:
+    from .forward import parse_destination
+
+    peer = parse_destination(args.pacs, "PACS")
+    if not args.list and not args.output:
+        raise InputError("retrieve needs -o OUTPUT (or --list)")
+    if not 0 < len(args.aet.strip()) <= 16 or "\\" in args.aet:
+        raise InputError(f"--aet value '{args.aet}' is invalid; expected 1 to 16 characters without backslash")
+    try:
+        import pynetdicom  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError("cmrsdk retrieve needs pynetdicom: pip install 'cmrsdk[serve]'") from exc
+    from .retrieve import find_series, retrieve_study
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own lines for every association
+    aet = args.aet.strip()
+    matches = find_series(
+        peer,
+        study_uid=args.study,
+        patient_id=args.patient,
+        accession=args.accession,
+        ae_title=aet,
+        timeout_s=args.timeout,
+    )
+    if not matches:
+        print(f"{peer}: no MR series matches", file=sys.stderr)
+        return 1
+    studies: dict[str, list] = {}
+    for m in matches:
+        studies.setdefault(m.study_uid, []).append(m)
+    if args.list:
+        for uid, series in studies.items():
+            print(f"study {uid} (patient {series[0].patient_id or '?'}, {series[0].study_date or 'no date'})")
+            for m in series:
+                count = "?" if m.n_instances is None else m.n_instances
+                print(f"  series {m.series_number or '-':>4} {count:>5} images  {m.description or '-'}  {m.series_uid}")
+        return 0
+    from tqdm import tqdm
+
+    failures = 0
+    for uid, series in studies.items():
+        known = [m.n_instances for m in series]
+        total = None if None in known else sum(n for n in known if n is not None)
+        with tqdm(total=total, unit="image", desc=f"study {uid[-12:]}", file=sys.stderr, disable=None) as bar:
+            try:
+                folder = retrieve_study(
+                    peer, series, args.output, ae_title=aet, timeout_s=args.timeout, progress=bar.update
+                )
+            except CmrError as exc:
+                failures += 1
+                bar.write(f"cmrsdk: error: {' '.join(str(exc).split())}", file=sys.stderr)
+                continue
+        print(f"{folder}: {len(series)} MR series (segment it: cmrsdk segment {folder} -o OUT)")
+    return 1 if failures else 0

@@ -33,12 +33,12 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
-def parse_destination(text: str) -> Destination:
-    """``AET@HOST:PORT`` -> :class:`Destination`."""
+def parse_destination(text: str, option: str = "--forward") -> Destination:
+    """``AET@HOST:PORT`` -> :class:`Destination`; errors name ``option``."""
     match = _DESTINATION.match(text.strip())
     if not match or not 0 < int(match["port"]) < 65536:
         raise InputError(
-            f"--forward value '{text}' is invalid; expected AET@HOST:PORT, e.g. ORTHANC@pacs.local:4242 "
+            f"{option} value '{text}' is invalid; expected AET@HOST:PORT, e.g. ORTHANC@pacs.local:4242 "
             "(AE title of 1 to 16 characters, port 1 to 65535)"
         )
     return Destination(match["aet"].strip(), match["host"], int(match["port"]))

@@ -1,0 +1,277 @@
+"""Retrieval from a PACS: find a patient's or a study's MR series (C-FIND) and fetch them (C-GET).
+
+The way in for cohort studies and for a reader at a workstation: the PACS is asked, not pushed
+to, so it needs to know only this AE title (C-GET brings the images back on the association that
+asked, unlike C-MOVE, which needs the PACS to reach a listening port). Each study lands whole in
+``OUT/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` or not at all: it is
+gathered in a hidden folder beside it and renamed when every instance has arrived.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, ReadError
+from .forward import Destination
+from .scp import accepted_transfer_syntaxes
+
+__all__ = ["SeriesMatch", "find_series", "retrieve_study", "MR_STORAGE"]
+
+#: SOP classes fetched: the short-axis cine's (classic, enhanced and legacy-converted MR images)
+MR_STORAGE = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
+_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+_GET = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve Information Model - GET
+_PENDING = (0xFF00, 0xFF01)
+
+
+@dataclass(frozen=True)
+class SeriesMatch:
+    """One MR series a PACS holds, as its C-FIND answered."""
+
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    study_date: str
+    series_number: str
+    description: str
+    n_instances: int | None
+
+
+def _peer_error(peer: Destination, message: str) -> ReadError:
+    return ReadError(f"PACS {peer}", message)
+
+
+class _Association:
+    """One association with the PACS: Find, Get, and MR storage in the SCP role (for C-GET)."""
+
+    def __init__(self, peer: Destination, ae_title: str, timeout_s: float, on_store: Callable[[Any], int]) -> None:
+        from pynetdicom import AE, build_role, evt
+
+        ae = AE(ae_title=ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+        ae.add_requested_context(_FIND)
+        ae.add_requested_context(_GET)
+        syntaxes = accepted_transfer_syntaxes()
+        for sop_class in MR_STORAGE:
+            ae.add_requested_context(sop_class, syntaxes)
+        roles = [build_role(sop_class, scp_role=True) for sop_class in MR_STORAGE]
+        self.peer, self.ae_title = peer, ae_title
+        self.assoc = ae.associate(
+            peer.host,
+            peer.port,
+            ae_title=peer.ae_title,
+            ext_neg=roles,
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        )
+        if not self.assoc.is_established:
+            raise _peer_error(
+                peer,
+                f"association refused or not answered (calling AE '{ae_title}'; a PACS answers only AE "
+                "titles it knows: register this one there, with C-FIND and C-GET allowed)",
+            )
+
+    def find(self, query: Any) -> Iterator[Any]:
+        for status, identifier in self.assoc.send_c_find(query, _FIND):
+            code = int(status.Status) if status and "Status" in status else None
+            if code in _PENDING:
+                yield identifier
+            elif code != 0x0000:
+                text = self._no_answer() if code is None else f"status 0x{code:04X}"
+                raise _peer_error(self.peer, f"C-FIND at {query.QueryRetrieveLevel} level failed: {text}")
+
+    def get(self, query: Any) -> Any:
+        final = None
+        for status, _ in self.assoc.send_c_get(query, _GET):
+            if status and "Status" in status:
+                final = status
+        code = int(final.Status) if final is not None else None
+        if code not in (0x0000, 0xB000):
+            text = self._no_answer() if code is None else f"status 0x{code:04X}"
+            raise _peer_error(self.peer, f"C-GET of series {query.SeriesInstanceUID} failed: {text}")
+        return final
+
+    def _no_answer(self) -> str:
+        return (
+            f"no answer (timeout, or aborted: a PACS drops queries from AE titles it does not know; "
+            f"is '{self.ae_title}' registered there with C-FIND and C-GET allowed?)"
+        )
+
+    def close(self) -> None:
+        if self.assoc.is_established:
+            self.assoc.release()
+
+
+def _query(level: str, **keys: str) -> Any:
+    from pydicom import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def find_series(
+    peer: Destination,
+    *,
+    study_uid: str | None = None,
+    patient_id: str | None = None,
+    accession: str | None = None,
+    ae_title: str = "CMRSDK",
+    timeout_s: float = 30.0,
+) -> list[SeriesMatch]:
+    """The MR series of the studies matching ``study_uid``, ``patient_id`` and ``accession``.
+
+    Two C-FIND levels, as the Study Root model asks: the studies, then each study's series with
+    Modality MR. Returns them sorted by study date, study and series number.
+
+    Raises
+    ------
+    InputError : no key given.
+    ReadError : the PACS refused the association or a query, naming the PACS and the status.
+    """
+    keys = {"StudyInstanceUID": study_uid, "PatientID": patient_id, "AccessionNumber": accession}
+    if not any(keys.values()):
+        raise InputError("retrieve needs --study, --patient or --accession (what to ask the PACS for)")
+    link = _Association(peer, ae_title, timeout_s, lambda event: 0xC000)
+    try:
+        studies = list(
+            link.find(
+                _query(
+                    "STUDY",
+                    StudyInstanceUID=study_uid or "",
+                    PatientID=patient_id or "",
+                    AccessionNumber=accession or "",
+                    StudyDate="",
+                )
+            )
+        )
+        matches = []
+        for study in studies:
+            uid = str(study.get("StudyInstanceUID", "") or "")
+            if not uid:
+                continue
+            for series in link.find(
+                _query(
+                    "SERIES",
+                    StudyInstanceUID=uid,
+                    SeriesInstanceUID="",
+                    Modality="MR",
+                    SeriesNumber="",
+                    SeriesDescription="",
+                    NumberOfSeriesRelatedInstances="",
+                )
+            ):
+                if str(series.get("Modality", "MR") or "MR").upper() != "MR":  # a PACS that ignores the key
+                    continue
+                count = str(series.get("NumberOfSeriesRelatedInstances", "") or "")
+                matches.append(
+                    SeriesMatch(
+                        study_uid=uid,
+                        series_uid=str(series.SeriesInstanceUID),
+                        patient_id=str(study.get("PatientID", "") or ""),
+                        study_date=str(study.get("StudyDate", "") or ""),
+                        series_number=str(series.get("SeriesNumber", "") or ""),
+                        description=str(series.get("SeriesDescription", "") or ""),
+                        n_instances=int(count) if count.isdigit() else None,
+                    )
+                )
+    finally:
+        link.close()
+
+    def order(m: SeriesMatch) -> tuple[str, str, int, str]:
+        number = m.series_number.strip()
+        return (m.study_date, m.study_uid, int(number) if number.lstrip("-").isdigit() else 0, m.series_uid)
+
+    return sorted(matches, key=order)
+
+
+def _safe(uid: str) -> str:
+    """A UID as a folder or file name (a UID holds digits and dots; anything else is replaced)."""
+    return "".join(c if c.isalnum() or c == "." else "_" for c in uid)[:64] or "unknown"
+
+
+def retrieve_study(
+    peer: Destination,
+    series: list[SeriesMatch],
+    output: str | Path,
+    *,
+    ae_title: str = "CMRSDK",
+    timeout_s: float = 60.0,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Fetch ``series`` (all of one study) by C-GET into ``output/<StudyInstanceUID>/``.
+
+    The instances are written to a hidden folder beside it as they arrive, each
+    ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with its file meta, and the folder renamed
+    when every series has arrived complete; a failure leaves nothing. ``progress`` is called
+    with 1 for each instance stored.
+
+    Returns
+    -------
+    The study folder (``cmrsdk segment`` reads it: the short-axis cine is chosen among its series).
+
+    Raises
+    ------
+    InputError : series of several studies, or none.
+    ReadError : an association, C-GET or sub-operation failure, naming the PACS, the series
+        and the count of instances that did not arrive.
+    """
+    studies = {m.study_uid for m in series}
+    if len(studies) != 1:
+        raise InputError(f"retrieve_study takes the series of one study, got {len(studies)} studies")
+    study_uid = studies.pop()
+    output = Path(output)
+    target = output / _safe(study_uid)
+    if target.exists():
+        raise InputError(f"{target} exists: the study was retrieved before (remove it to fetch it again)")
+    output.mkdir(parents=True, exist_ok=True)
+    staging = output / f".{_safe(study_uid)}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    lock = threading.Lock()
+    refused: list[str] = []
+
+    def on_store(event: Any) -> int:
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            if str(ds.get("StudyInstanceUID", "")) != study_uid:
+                refused.append(str(event.request.AffectedSOPInstanceUID))
+                return 0xA900  # not of the study asked for
+            folder = staging / _safe(str(ds.SeriesInstanceUID))
+            with lock:
+                folder.mkdir(parents=True, exist_ok=True)
+            ds.save_as(folder / f"{_safe(str(ds.SOPInstanceUID))}.dcm", enforce_file_format=True)
+        except Exception as exc:  # a data set that cannot be decoded or written: counted as failed
+            refused.append(f"{event.request.AffectedSOPInstanceUID} ({type(exc).__name__})")
+            return 0xC000
+        if progress is not None:
+            progress(1)
+        return 0x0000
+
+    link = _Association(peer, ae_title, timeout_s, on_store)
+    try:
+        for match in series:
+            final = link.get(_query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=match.series_uid))
+            failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
+            if failed or refused:
+                raise _peer_error(
+                    peer,
+                    f"C-GET of series {match.series_uid}: {failed} instance(s) not delivered"
+                    + (f"; refused here: {', '.join(refused[:3])}" if refused else ""),
+                )
+        if not staging.is_dir():
+            raise _peer_error(peer, f"C-GET of study {study_uid} delivered no instance")
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        link.close()
+    return target
