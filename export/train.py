@@ -37,6 +37,7 @@ import math
 import os
 import pickle
 import sys
+import tempfile
 import time
 import tomllib
 import zipfile
@@ -449,6 +450,25 @@ def average_weights(
     return target.stat().st_size
 
 
+def average_grown(narrow: str | Path, wide: str | Path, target: str | Path) -> int:
+    """Write the mean of a U-Net and its grown, retrained twin (float16); returns its size in bytes.
+
+    ``narrow`` is a training checkpoint or a bundle's TorchScript model; ``wide`` the training
+    checkpoint of the wider U-Net that started as ``narrow`` grown (`export.models.grow`). Grown,
+    ``narrow`` computes its function whatever the weights that feed only a zeroed norm; growing it
+    into ``wide``'s own weights takes those from ``wide``, so the mean (:func:`average_weights`,
+    with ``wide``'s metadata) is the midpoint between ``wide`` and the point of ``narrow``'s
+    function nearest to it: old weights averaged, the new channels' norm scale and shift halved.
+    """
+    state = torch.load(wide, map_location="cpu", weights_only=False)
+    own = {k: v.float() for k, v in _weights(state).items()}
+    grown = grow_unet_weights({k: v.float() for k, v in _model_weights(Path(narrow)).items()}, own)
+    with tempfile.TemporaryDirectory() as tmp:
+        twin = Path(tmp) / "narrow_grown.pt"
+        _save_checkpoint(twin, {**{k: v for k, v in state.items() if k != "swa_state_dict"}, "state_dict": grown})
+        return average_weights([twin, wide], target)
+
+
 # -- training --------------------------------------------------------------------------------------------
 
 
@@ -558,14 +578,7 @@ def _warm_start(net: nn.Module, init_path: Path, device: torch.device) -> None:
     """
     if not init_path.is_file():
         raise ReadError(init_path, "[train] 'init' checkpoint not found: train that run first")
-    if zipfile.is_zipfile(init_path) and _is_torchscript(init_path):
-        from cmrsdk.engines.torchscript import quiet_torchscript
-
-        with quiet_torchscript():
-            archive = torch.jit.load(str(init_path), map_location=device)
-        weights = {k.removeprefix("net."): v for k, v in archive.state_dict().items()}
-    else:
-        weights = _weights(torch.load(init_path, map_location=device, weights_only=False))
+    weights = _model_weights(init_path, device)
     target = net.state_dict()
     weights = _widen_inputs(weights, target)
     if isinstance(net, UNet) and any(k in target and v.shape != target[k].shape for k, v in weights.items()):
@@ -577,6 +590,17 @@ def _warm_start(net: nn.Module, init_path: Path, device: torch.device) -> None:
         net.load_state_dict(weights)
     except RuntimeError as exc:
         raise ReadError(init_path, f"its weights do not fit [model] ({str(exc).splitlines()[0]})") from exc
+
+
+def _model_weights(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The network weights of a training checkpoint or of a bundle's TorchScript archive."""
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        from cmrsdk.engines.torchscript import quiet_torchscript
+
+        with quiet_torchscript():
+            archive = torch.jit.load(str(path), map_location=device)
+        return {k.removeprefix("net."): v for k, v in archive.state_dict().items()}
+    return _weights(torch.load(path, map_location=device, weights_only=False))
 
 
 def _widen_inputs(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
