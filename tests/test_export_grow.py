@@ -72,3 +72,27 @@ def test_warm_start_grows_a_bundle_archive_into_a_wider_unet(tmp_path: Path) -> 
         torch.testing.assert_close(grown(x), narrow(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(ReadError, match="baseline.pt.*do not fit"):
         _warm_start(get_model("unet", features=[8, 12, 24], deep_supervision=True), path, torch.device("cpu"))
+
+
+def test_average_grown_is_the_midpoint_to_the_narrow_function_nearest_the_wide_one(tmp_path: Path) -> None:
+    """Old weights averaged; the weights feeding only the grown twin's silent norms taken from
+    the wide run; the new norms' scale and shift halved."""
+    from export.train import _save_checkpoint, average_grown
+
+    narrow = _trained_like([8, 16, 32])
+    wide = _trained_like([8, 20, 40])  # stands for the retrained wide run
+    paths = {}
+    for name, net, features in (("narrow", narrow, [8, 16, 32]), ("wide", wide, [8, 20, 40])):
+        paths[name] = tmp_path / f"{name}.pt"
+        model = {"name": "unet", "kwargs": {"features": features, "deep_supervision": True}}
+        _save_checkpoint(paths[name], {"model": model, "state_dict": net.state_dict(), "iteration": 10})
+    average_grown(paths["narrow"], paths["wide"], tmp_path / "mean.pt")
+    mean = torch.load(tmp_path / "mean.pt", weights_only=False)
+    w, n, m = wide.state_dict(), narrow.state_dict(), mean["state_dict"]
+    assert mean["model"]["kwargs"]["features"] == [8, 20, 40] and m["encoder.1.0.weight"].dtype == torch.float16
+    conv, norm = "encoder.1.0.weight", "encoder.1.1.weight"  # stage 1: 16 -> 20 channels
+    expected_old = (w[conv][:16, :8] + n[conv]) / 2
+    torch.testing.assert_close(m[conv][:16, :8].float(), expected_old, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(m[conv][16:].float(), w[conv][16:], atol=1e-3, rtol=1e-3)  # the wide run's
+    torch.testing.assert_close(m[norm][16:].float(), w[norm][16:] / 2, atol=1e-3, rtol=1e-3)  # halved
+    torch.testing.assert_close(m[norm][:16].float(), (w[norm][:16] + n[norm]) / 2, atol=1e-3, rtol=1e-3)
