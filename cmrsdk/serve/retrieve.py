@@ -72,8 +72,9 @@ class _Association:
         if not self.assoc.is_established:
             raise _peer_error(
                 peer,
-                f"association refused or not answered (calling AE '{ae_title}'; a PACS answers only AE "
-                "titles it knows: register this one there, with C-FIND and C-GET allowed)",
+                f"association refused or not answered (is a PACS listening at {peer.host}:{peer.port} with AE "
+                f"title '{peer.ae_title}'? it answers only calling AE titles it knows: register '{ae_title}' "
+                "there, with C-FIND and C-GET allowed)",
             )
 
     def find(self, query: Any) -> Iterator[Any]:
