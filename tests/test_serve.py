@@ -630,6 +630,12 @@ def test_retrieve_fetches_a_patients_mr_series_from_the_pacs(orthanc, tmp_path, 
 
     first = pydicom.dcmread(files[0])
     patient, study = str(first.PatientID), str(first.StudyInstanceUID)
+    other = first.copy()  # a series of the study that is not MR: not fetched
+    other.Modality, other.SeriesInstanceUID = "OT", pydicom.uid.generate_uid()
+    other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    buffer = io.BytesIO()
+    other.save_as(buffer)
+    orthanc.request("POST", "/instances", buffer.getvalue())
     peer = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port)
     (match,) = find_series(peer, patient_id=patient)  # CMRSDK is a modality Orthanc knows
     assert (match.study_uid, match.series_uid, match.n_instances) == (study, series_uid(files), len(files))
