@@ -416,10 +416,11 @@ class Pipeline:
 
     def _clean(self, labels: np.ndarray, stack: Stack) -> np.ndarray:
         """The clean-up of uint8 (Z, Y, X) native labels: the largest component of each structure
-        (when asked), and no mask at all on an all-zero image (a failed export, an empty series
+        (when asked), with the slices a breath-hold displaced off it re-attached, and no mask at all on an all-zero image (a failed export, an empty series
         holds no heart, whatever the networks make of normalised zeros)."""
         if self.largest_component:
-            labels = preprocess.largest_component(labels, threads=self.threads)
+            cleaned = preprocess.largest_component(labels, threads=self.threads)
+            labels = preprocess.reattach_displaced_slices(labels, cleaned, stack.spacing[1:], threads=self.threads)
         if stack.pixels.size and not np.any(stack.pixels):
             labels = np.zeros_like(labels)
         return labels

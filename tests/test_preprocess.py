@@ -582,3 +582,32 @@ def test_context_slices_put_each_slice_between_its_neighbours():
         pp.context_slices(images, -1)
     with pytest.raises(InputError, match=r"'index' must hold slice indices in \[0, 4\), got 0..4"):
         pp.context_slices(images, 1, np.array([0, 4]))
+
+
+def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def test_a_slice_a_breath_hold_moved_off_the_heart_is_given_back() -> None:
+    """An LV of 6 slices whose apical two a breath-hold moved 11 mm off it (1 mm pixels): the 3-D
+    largest component drops them, the re-attachment gives them back; an in-plane fragment and a
+    blob 40 mm away stay out."""
+    labels = np.zeros((6, 64, 64), np.uint8)
+    for z in range(4):
+        labels[z][_disc((64, 64), (32, 32), 9 - z)] = 1
+    labels[4][_disc((64, 64), (32, 43), 4)] = 1  # moved: no voxel over slice 3's disc
+    labels[5][_disc((64, 64), (32, 44), 2)] = 1
+    labels[2][_disc((64, 64), (5, 5), 2)] = 1  # an in-plane fragment on a kept slice
+    assert not (labels[3] & labels[4]).any()
+    cleaned = pp.largest_component(labels)
+    assert not cleaned[4:].any() and cleaned[2, 5, 5] == 0
+    back = pp.reattach_displaced_slices(labels, cleaned, (1.0, 1.0))
+    np.testing.assert_array_equal(back[4:], labels[4:])  # both apical slices, outward
+    np.testing.assert_array_equal(back[:4], cleaned[:4])  # the fragment stays out
+    assert pp.reattach_displaced_slices(labels, cleaned, (1.0, 1.0), max_shift_mm=10.0)[4:].sum() == 0
+    far = cleaned.copy()
+    far[4][_disc((64, 64), (60, 60), 3)] = 1  # 40 mm from slice 3's LV: not the heart
+    assert not pp.reattach_displaced_slices(far, pp.largest_component(far), (1.0, 1.0))[4:].any()
+    with pytest.raises(InputError, match="same"):
+        pp.reattach_displaced_slices(labels, cleaned[:5], (1.0, 1.0))
