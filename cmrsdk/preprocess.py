@@ -577,7 +577,7 @@ def reattach_displaced_slices(
     lost = (labels != 0) & (cleaned == 0)
     if not lost.any():
         return cleaned
-    out = cleaned.copy()
+    out: np.ndarray = cleaned.copy()
     scale = np.asarray(spacing_yx, dtype=np.float64)
     for label in np.unique(labels[lost]):
         kept = out == label
