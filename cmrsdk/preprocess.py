@@ -580,22 +580,30 @@ def reattach_displaced_slices(
     out: np.ndarray = cleaned.copy()
     scale = np.asarray(spacing_yx, dtype=np.float64)
     for label in np.unique(labels[lost]):
-        kept = out == label
-        present = kept.any(axis=(1, 2))
-        centres: dict[int, np.ndarray] = {int(z): np.argwhere(kept[z]).mean(0) * scale for z in np.flatnonzero(present)}
+        drawn = (labels == label).any(axis=(1, 2))
+        present = (out == label).any(axis=(1, 2))
+        if not (drawn & ~present).any():  # only in-plane fragments were removed: the common case
+            continue
+        centres: dict[int, np.ndarray] = {}
+
+        def centre(z: int, label: int = int(label)) -> np.ndarray:
+            if z not in centres:
+                centres[z] = np.argwhere(out[z] == label).mean(0) * scale
+            return centres[z]
+
         grown = True
         while grown:  # outward, one slice at a time, from the slices the structure keeps
             grown = False
-            for z in np.flatnonzero(~present & (labels == label).any(axis=(1, 2))):
-                neighbours = [n for n in (z - 1, z + 1) if n in centres]
+            for z in np.flatnonzero(drawn & ~present):
+                neighbours = [int(n) for n in (z - 1, z + 1) if 0 <= n < len(present) and present[n]]
                 if not neighbours:
                     continue
                 own = np.ascontiguousarray(labels[z : z + 1] == label, dtype=np.uint8)
                 piece = largest_component(own, threads=threads)[0].astype(bool)
-                centre = np.argwhere(piece).mean(0) * scale
-                if min(float(np.linalg.norm(centre - centres[n])) for n in neighbours) <= max_shift_mm:
+                here = np.argwhere(piece).mean(0) * scale
+                if min(float(np.linalg.norm(here - centre(n))) for n in neighbours) <= max_shift_mm:
                     out[z][piece] = label
-                    centres[int(z)], present[z], grown = centre, True, True
+                    centres[int(z)], present[z], grown = here, True, True
     return out
 
 
