@@ -662,6 +662,8 @@ def test_retrieve_fetches_a_patients_mr_series_from_the_pacs(orthanc, tmp_path, 
     assert err.startswith(f"cmrsdk: error: PACS {peer}: C-FIND at STUDY level failed") and "'STRANGER'" in err
     assert main(["retrieve", str(peer), "-o", str(tmp_path / "y")]) == 2
     assert "needs --study, --patient or --accession" in capsys.readouterr().err
+    assert main(["retrieve", str(peer), "--study", study, "--aet", "A" * 17, "--list"]) == 2
+    assert f"AE title '{'A' * 17}' is invalid" in capsys.readouterr().err
     nobody = f"PACS@127.0.0.1:{free_port()}"  # nothing listens there
     assert main(["retrieve", nobody, "--patient", patient, "--list", "--timeout", "5"]) == 2
     assert f"PACS {nobody}: association refused or not answered" in capsys.readouterr().err

@@ -62,6 +62,11 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
     return p
 
 
+def _check_ae_title(aet: str) -> None:
+    if not 0 < len(aet.strip()) <= 16 or "\\" in aet:
+        raise InputError(f"AE title '{aet}' is invalid; expected 1 to 16 characters without backslash")
+
+
 def _check(args: argparse.Namespace) -> None:
     missing = [name for name in ("port", "spool", "output") if getattr(args, name) is None]
     if missing:
@@ -81,8 +86,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.max_spool_mb is not None and args.max_spool_mb <= 0:
         raise InputError(f"--max-spool-mb value {args.max_spool_mb} is invalid; expected MB > 0")
     for aet in [args.aet, *args.allow]:
-        if not 0 < len(aet.strip()) <= 16 or "\\" in aet:
-            raise InputError(f"AE title '{aet}' is invalid; expected 1 to 16 characters without backslash")
+        _check_ae_title(aet)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -166,8 +170,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
     peer = parse_destination(args.pacs, "PACS")
     if not args.list and not args.output:
         raise InputError("retrieve needs -o OUTPUT (or --list)")
-    if not 0 < len(args.aet.strip()) <= 16 or "\\" in args.aet:
-        raise InputError(f"--aet value '{args.aet}' is invalid; expected 1 to 16 characters without backslash")
+    _check_ae_title(args.aet)
     try:
         import pynetdicom  # noqa: F401
     except ImportError as exc:
