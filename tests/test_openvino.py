@@ -165,3 +165,18 @@ def test_the_shipped_bundle_records_bf16_on_openvino():
     assert record["passed"] and record["backend"] == "openvino" and record["max_dice_drop"] == 0.5
     assert len(record["studies"]) == 20 and record["slices"] > 300
     assert 0.0 <= record["worst_drop"] <= 0.5
+
+
+def test_bf16_is_refused_where_onednn_is_held_below_its_bf16_kernels(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX2 (users set it to match a fleet's oldest CPU): OpenVINO still lists
+    BF16 from the CPU's own flags, but its bf16 deconvolution then fails to compile; cmrsdk says
+    why before trying."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2 holds oneDNN below AVX512_CORE_BF16" in str(openvino_bf16_missing())
+    with pytest.raises(BackendUnavailableError, match="ONEDNN_MAX_CPU_ISA=AVX2"):
+        create_engine(ONNX, "openvino", precision="bf16")
+    from cmrsdk.engines.torchscript import cpu_bf16_missing
+
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in str(cpu_bf16_missing())  # PyTorch would emulate it: 65x slower here
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert openvino_bf16_missing() is None or "ONEDNN" not in str(openvino_bf16_missing())

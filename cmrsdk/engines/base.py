@@ -141,3 +141,22 @@ class Engine(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(path={str(self.path)!r}, device={self.device!r}, precision={self.precision!r})"
+
+
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) that still allow its native bf16 kernels
+_BF16_ISA_CAPS = frozenset(
+    {"ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16"}
+    | {"AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2"}
+)
+
+
+def onednn_bf16_capped() -> str | None:
+    """Why bf16 cannot run natively although the CPU has the instructions: ``ONEDNN_MAX_CPU_ISA``
+    (set to match a fleet's oldest CPU, or to test one) holds oneDNN below AVX512_CORE_BF16, and
+    neither PyTorch's nor OpenVINO's capability checks see it; None where no such cap is set."""
+    import os
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if cap and cap not in _BF16_ISA_CAPS:
+        return f"ONEDNN_MAX_CPU_ISA={cap} holds oneDNN below AVX512_CORE_BF16, where its bf16 kernels start"
+    return None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
-from .base import Engine, check_device
+from .base import Engine, check_device, onednn_bf16_capped
 
 __all__ = ["OpenVinoEngine", "openvino_missing", "openvino_bf16_missing"]
 
@@ -51,7 +51,11 @@ def openvino_missing(device: str = "cpu") -> str | None:
 
 
 def openvino_bf16_missing() -> str | None:
-    """Why OpenVINO cannot run bf16 on this CPU (no native bf16 instructions), or None."""
+    """Why OpenVINO cannot run bf16 on this CPU (no native bf16 instructions, or oneDNN held
+    below them by ``ONEDNN_MAX_CPU_ISA``, which OpenVINO's capability list does not show), or None."""
+    capped = onednn_bf16_capped()
+    if capped is not None:
+        return capped
     ov = _import_openvino()
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in capabilities:

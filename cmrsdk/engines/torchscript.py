@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
-from .base import Engine, check_device
+from .base import Engine, check_device, onednn_bf16_capped
 
 __all__ = [
     "TorchScriptEngine",
@@ -79,6 +79,9 @@ def cpu_bf16_missing() -> str | None:
     oneDNN runs bf16 convolutions on AVX512-BF16 or AMX; without either it emulates them, slower
     than float32. Imports torch (only called when a bf16 engine is asked for).
     """
+    capped = onednn_bf16_capped()
+    if capped is not None:
+        return capped
     torch = _import_torch()
     cpu = torch.cpu
     native = (
