@@ -387,6 +387,49 @@ def test_a_cine_sent_a_series_per_slice_comes_back_as_one_stack(orthanc, tmp_pat
 
 
 @needs_orthanc
+@needs_dcmtk
+def test_a_series_cut_off_and_resent_after_the_timeout_is_segmented_again_whole(orthanc, tmp_path):
+    """storescu's transfer stops after 5 of 8 slice positions; the node segments those (it cannot
+    know more are coming); the sender resends the whole series after the timeout: the node judges it
+    again with every instance, writes the result beside the first and forwards it."""
+    import pydicom
+
+    files = synthetic_series(tmp_path / "in", seed=61)
+    uid = series_uid(files)
+    position = {f: round(float(pydicom.dcmread(f, stop_before_pixels=True).SliceLocation), 3) for f in files}
+    first_five = sorted(set(position.values()))[:5]
+    cut_off = [f for f in files if position[f] in first_five]
+    port = free_port()
+    node = NodeProcess(
+        tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc), log_path=tmp_path / "node.log"
+    )
+    try:
+        assert storescu(port, cut_off).returncode == 0
+        rows = wait_states(node, [uid], ("done",), 120)
+        assert (rows[uid].slices, rows[uid].reopened) == (5, 0)
+        r = storescu(port, files)  # the sender's retry: every file again
+        assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+        rows = wait_for(
+            lambda: (rows := spool_rows(node)) and rows[uid].reopened == 1 and rows[uid].state == "done" and rows,
+            120,
+            f"series {uid} judged again; node log:\n{node.text()[-3000:]}",
+        )
+        assert (rows[uid].slices, rows[uid].n_instances, rows[uid].n_late) == (8, len(files), 0)
+        out = tmp_path / "out"
+        assert sorted(p.name for p in out.iterdir()) == [uid, f"{uid}_2"]
+        referenced = [
+            len(pydicom.dcmread(out / name / "seg_ED.dcm").ReferencedSeriesSequence[0].ReferencedInstanceSequence)
+            for name in (uid, f"{uid}_2")
+        ]
+        assert referenced == [5, 8]  # the first result on what came, the second on the whole series
+        assert seg_references(orthanc)[uid] == 4  # both results forwarded (ED and ES each), neither twice
+        assert "reopened, to be judged again when quiet" in node.text()
+        assert f"judged 2 times (instances came after a verdict), results in {out / (uid + '_2')}" in node.text()
+    finally:
+        assert node.terminate() == 0
+
+
+@needs_orthanc
 def test_kill9_mid_receive_and_mid_segmentation_then_restart(orthanc, tmp_path):
     a = synthetic_series(tmp_path / "a", seed=31)
     b = synthetic_series(tmp_path / "b", seed=32, n_phases=3)

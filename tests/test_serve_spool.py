@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import time
 
 import pytest
 
@@ -45,11 +46,129 @@ def test_series_completes_after_the_timeout_and_is_processed_once(spool):
     assert spool.next_queued() == "9.1"
     assert spool.next_queued() is None
     assert spool.mark_segmented("9.1", output=spool.directory, deliveries=[]) == "done"
+    assert spool.purge_expired() == ["9.1"]  # no reopen window: its files go at once
     # the same series again: known instances are duplicates, a new one is late and not queued
     assert spool.store_instance("9.1", "9.1.1", b"a") == "duplicate"
     assert spool.store_instance("9.1", "9.1.2", b"b") == "late"
     assert spool.series("9.1").state == "done" and spool.series("9.1").n_late == 1
     assert spool.quiet_series(0.0) == []
+
+
+def _segmented(spool, uid, *, files=2, deliveries=()):
+    for i in range(files):
+        spool.store_instance(uid, f"{uid}.{i}", b"x" * 10)
+    spool.mark_complete(
+        uid, queue=True, phases=2, slices=3, reason=None, quiet_since=spool.series(uid).last_instance_at
+    )
+    assert spool.next_queued() == uid
+    return spool.mark_segmented(uid, output=spool.directory / "out" / uid, deliveries=list(deliveries))
+
+
+def test_a_series_resent_in_full_after_its_result_is_judged_again_with_every_instance(tmp_path):
+    s = Spool(tmp_path / "spool", reopen_window_s=60.0)
+    out = tmp_path / "out"
+    assert _segmented(s, "5.1", deliveries=[out / "seg_ED.dcm", out / "seg_ES.dcm"]) == "forwarding"
+    assert s.mark_delivered(str(out / "seg_ED.dcm")) is None
+    assert s.purge_expired() == []  # within the window: its files are kept
+    assert s.store_instance("5.1", "5.1.0", b"x" * 10) == "duplicate"  # the resend's first instances are known
+    assert s.store_instance("5.1", "5.1.2", b"y" * 10) == "reopened"  # the one cut off the first time
+    row = s.series("5.1")
+    assert (row.state, row.n_instances, row.reopened, row.result_at, row.reason) == ("receiving", 3, 1, None, None)
+    assert sorted(f.name for f in s.series_folder("5.1").glob("*.dcm")) == ["5.1.0.dcm", "5.1.1.dcm", "5.1.2.dcm"]
+    assert s.due_deliveries() == []  # the superseded result's unsent file is never sent
+    assert s.delivery_counts("5.1") == (1, 1)
+    assert s.store_instance("5.1", "5.1.3", b"z" * 10) == "stored"  # receiving again: stored as any other
+    assert s.quiet_series(0.0) == ["5.1"]
+    rows, deliveries = read_status(tmp_path / "spool")
+    assert "(judged 2 times)" in "\n".join(format_status(rows, deliveries))
+    s.close()
+
+
+def test_a_new_instance_after_the_reopen_window_is_late(tmp_path):
+    s = Spool(tmp_path / "spool", reopen_window_s=60.0)
+    _segmented(s, "5.2")
+    verdict_at = s.series("5.2").result_at
+    assert s.purge_expired(now=verdict_at + 59) == [] and s.bytes_held == 20
+    assert s.purge_expired(now=verdict_at + 60) == ["5.2"] and s.bytes_held == 0
+    assert s.store_instance("5.2", "5.2.9", b"x") == "late"
+    assert (s.series("5.2").state, s.series("5.2").n_late, s.series("5.2").reopened) == ("done", 1, 0)
+    s.close()
+
+
+def test_set_aside_and_failed_series_reopen_and_stack_members_do_not(tmp_path):
+    s = Spool(tmp_path / "spool", reopen_window_s=60.0)
+    s.store_instance("6.1", "6.1.1", b"x")  # cut off after two slice positions: set aside
+    s.mark_complete(
+        "6.1",
+        queue=False,
+        phases=2,
+        slices=2,
+        reason="not a short-axis stack: 2 slice position(s)",
+        quiet_since=s.series("6.1").last_instance_at,
+    )
+    assert s.store_instance("6.1", "6.1.2", b"x") == "reopened"
+    assert s.series("6.1").state == "receiving"
+    s.store_instance("6.2", "6.2.1", b"x")
+    s.mark_complete("6.2", queue=True, phases=2, slices=3, reason=None, quiet_since=s.series("6.2").last_instance_at)
+    assert s.next_queued() == "6.2"
+    assert s.mark_failed("6.2", "slice positions hold differing numbers of phases [19, 20]") == "failed"
+    assert s.purge_expired(now=time.time() + 3600) == []  # 6.1 receives again; a failed series keeps its files
+    assert s.series_folder("6.2").is_dir()
+    assert s.store_instance("6.2", "6.2.2", b"x") == "reopened"  # the rest of it: judged again
+    s.store_instance("6.3", "6.3.1", b"x")
+    assert s.queue_stack("stack.6", ["6.3"], phases=2, slices=3)
+    assert s.store_instance("6.3", "6.3.2", b"x") == "late"  # a stack's member is not reopened
+    s.close()
+
+
+def test_an_instance_arriving_while_segmented_sends_the_series_back_to_receiving(tmp_path):
+    s = Spool(tmp_path / "spool", reopen_window_s=60.0)
+    s.store_instance("4.1", "4.1.1", b"x")
+    s.mark_complete("4.1", queue=True, phases=2, slices=3, reason=None, quiet_since=s.series("4.1").last_instance_at)
+    assert s.next_queued() == "4.1"
+    time.sleep(0.01)
+    assert s.store_instance("4.1", "4.1.2", b"x") == "stored"
+    assert s.series("4.1").state == "processing"  # the segmentation goes on with what it read
+    out = tmp_path / "out"
+    assert s.mark_segmented("4.1", output=out, deliveries=[out / "seg_ED.dcm"]) == "receiving"
+    row = s.series("4.1")
+    assert (row.state, row.n_instances, row.reopened) == ("receiving", 2, 1)
+    assert s.due_deliveries() == []  # that result is superseded before it is sent
+    s.store_instance("4.2", "4.2.1", b"x")
+    s.mark_complete("4.2", queue=True, phases=2, slices=3, reason=None, quiet_since=s.series("4.2").last_instance_at)
+    assert s.next_queued() == "4.2"
+    time.sleep(0.01)
+    s.store_instance("4.2", "4.2.2", b"x")
+    assert s.mark_failed("4.2", "cut off") == "receiving"
+    s.close()
+
+
+def test_files_kept_for_a_reopen_make_room_before_an_instance_is_refused(tmp_path):
+    s = Spool(tmp_path / "spool", max_bytes=50, reopen_window_s=600.0)
+    _segmented(s, "3.1")  # 20 bytes kept
+    _segmented(s, "3.2")  # 20 more
+    assert s.bytes_held == 40
+    assert s.store_instance("3.3", "3.3.1", b"x" * 25) == "stored"  # the oldest kept series makes room
+    assert s.bytes_held == 45 and not s.series_folder("3.1").exists() and s.series_folder("3.2").is_dir()
+    with pytest.raises(SpoolFull):
+        s.store_instance("3.4", "3.4.1", b"x" * 40)  # nothing kept is enough: refused, as before
+    s.close()
+
+
+def test_a_spool_written_before_reopening_existed_is_read_and_upgraded(tmp_path):
+    folder = tmp_path / "spool"
+    s = Spool(folder)
+    s.store_instance("2.1", "2.1.1", b"x")
+    s.close()
+    db = sqlite3.connect(folder / "queue.sqlite")
+    db.execute("ALTER TABLE series DROP COLUMN reopened")  # as 0.8.2 wrote it
+    db.commit()
+    db.close()
+    rows, _ = read_status(folder)
+    assert [(r.series_uid, r.reopened) for r in rows] == [("2.1", 0)]
+    s = Spool(folder)
+    assert s.series("2.1").reopened == 0
+    s.close()
 
 
 def test_an_instance_arriving_while_queued_reopens_the_series(spool):
@@ -274,6 +393,30 @@ def test_worker_records_failures_and_goes_on(spool, tmp_path, monkeypatch):
     assert finals == ["1.1", "1.2"] and calls == ["1.1", "1.2", "1.3"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.3"]  # nothing half-written
     assert spool.series_folder("1.1").is_dir() and not spool.series_folder("1.3").exists()  # failures kept
+
+
+def test_worker_writes_a_reopened_series_result_beside_the_first(tmp_path, monkeypatch):
+    def study_writer(pipeline, source, out_dir):
+        out_dir.mkdir()
+        (out_dir / "seg_ED.dcm").write_text(",".join(sorted(f.name for f in source.glob("*.dcm"))))
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    worker, finals = _worker(spool, tmp_path, forward=True)
+    _queued(spool, "8.1")
+    worker.process("8.1")
+    assert spool.series_folder("8.1").is_dir()  # kept for the window
+    assert spool.store_instance("8.1", "8.1.2", b"y") == "reopened"
+    spool.mark_complete("8.1", queue=True, phases=2, slices=3, reason=None, quiet_since=time.time())
+    assert spool.next_queued() == "8.1"
+    worker.process("8.1")
+    out = tmp_path / "out"
+    assert (out / "8.1" / "seg_ED.dcm").read_text() == "8.1.1.dcm"  # the first verdict's, left as forwarded
+    assert (out / "8.1_2" / "seg_ED.dcm").read_text() == "8.1.1.dcm,8.1.2.dcm"  # judged on every instance
+    assert [d[0] for d in spool.due_deliveries()] == [str(out / "8.1_2" / "seg_ED.dcm")]
+    assert spool.series("8.1").output == str(out / "8.1_2")
+    spool.close()
 
 
 def test_worker_keeps_a_result_renamed_before_a_crash(spool, tmp_path, monkeypatch):

@@ -36,6 +36,15 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
         metavar="SECONDS",
         help="a series is complete after this many seconds without a new instance (default: 10)",
     )
+    p.add_argument(
+        "--reopen-window",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="keep a series' instances this long after its result or verdict: new instances of it in that time "
+        "(a transfer cut off and resent) have it judged again with all of them, results in OUT/<UID>_2/ "
+        "(default: 600; 0: delete at once, later instances are recorded as late)",
+    )
     p.add_argument("--forward", metavar="AET@HOST:PORT", help="send the result DICOM files (SEG, SR) to this AE")
     p.add_argument("--allow", nargs="+", default=[], metavar="AET", help="calling AE titles accepted (default: any)")
     p.add_argument("--bundle", default=default_bundle, help="model bundle directory (default: the demo bundle)")
@@ -81,6 +90,8 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError("--tls-ca needs --tls-cert and --tls-key")
     if args.series_timeout <= 0:
         raise InputError(f"--series-timeout value {args.series_timeout} is invalid; expected seconds > 0")
+    if not args.reopen_window >= 0:
+        raise InputError(f"--reopen-window value {args.reopen_window} is invalid; expected seconds >= 0")
     if args.max_associations < 1:
         raise InputError(f"--max-associations value {args.max_associations} is invalid; expected 1 or more")
     if args.max_spool_mb is not None and args.max_spool_mb <= 0:
@@ -131,6 +142,7 @@ def run_serve(args: argparse.Namespace) -> int:
         output=Path(args.output),
         scp=scp,
         series_timeout_s=args.series_timeout,
+        reopen_window_s=args.reopen_window,
         forward=parse_destination(args.forward) if args.forward else None,
         bundle=args.bundle,
         device=args.device,

@@ -28,6 +28,7 @@ class NodeConfig:
     output: Path
     scp: ScpOptions = field(default_factory=ScpOptions)
     series_timeout_s: float = 10.0
+    reopen_window_s: float = 600.0
     forward: Destination | None = None
     bundle: str | Path | None = None
     device: str = "cpu"
@@ -51,6 +52,8 @@ def series_log_line(spool: Spool, series_uid: str) -> str:
         outcome = f"done, {sent}/{total} result files forwarded" if total else "done"
     if row.reason:
         outcome += f" ({row.reason})"
+    if row.reopened:
+        outcome += f"; judged {row.reopened + 1} times (instances came after a verdict), results in {row.output}"
     return f"series {series_uid}: {row.n_instances} instances, {shape}, {latency}, {outcome}"
 
 
@@ -60,7 +63,12 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.stop_event = threading.Event()
-        self.spool = Spool(config.spool, max_bytes=config.max_spool_bytes, min_free_bytes=config.min_free_bytes)
+        self.spool = Spool(
+            config.spool,
+            max_bytes=config.max_spool_bytes,
+            min_free_bytes=config.min_free_bytes,
+            reopen_window_s=config.reopen_window_s,
+        )
         self.scp = StorageScp(self.spool, config.scp)
         self.worker = Worker(
             self.spool,

@@ -87,7 +87,7 @@ class StorageScp:
         self._server: Any = None
         self._busy = 0
         self._idle = threading.Condition()
-        self.counts = {"stored": 0, "duplicate": 0, "late": 0, "refused": 0}
+        self.counts = {"stored": 0, "duplicate": 0, "reopened": 0, "late": 0, "refused": 0}
 
     def start(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -165,6 +165,8 @@ class StorageScp:
         except SpoolFull as exc:
             outcome = "refused"
             log.warning("C-STORE refused, out of resources (0xA700): %s", exc)
+        if outcome == "reopened":
+            log.info("series %s: a new instance after its verdict: reopened, to be judged again when quiet", series_uid)
         with self._idle:
             self.counts[outcome] += 1
         return STATUS_OUT_OF_RESOURCES if outcome == "refused" else STATUS_SUCCESS

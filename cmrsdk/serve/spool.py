@@ -11,6 +11,12 @@ A series moves through these states (``--status`` prints them)::
     receiving -> queued -> processing -> forwarding -> done
          \\-> set_aside (not a short-axis cine)      \\-> failed (could not be segmented)
 
+A series judged on part of its instances (a transfer cut off and resent after the series
+timeout) is judged again: an instance new to a series whose files are still in the spool
+(``reopen_window_s`` after its result or verdict, and for as long as it has failed) reopens it
+(back to ``receiving``; result files not yet forwarded are superseded, never sent), and its
+next result goes to a folder of its own (:func:`result_name`). Later ones are recorded as late.
+
 A short-axis cine stored one series per slice waits in ``receiving`` until its study is quiet;
 the worker then links its files into one stack folder, queued as a series of its own
 (``stack.<hash>``), and sets the one-slice series aside as stacked into it
@@ -38,7 +44,17 @@ from typing import Iterator
 
 from ..errors import CmrError, InputError
 
-__all__ = ["Spool", "SpoolFull", "SpoolBusy", "SeriesRow", "STATES", "read_status", "format_status", "uid_file_name"]
+__all__ = [
+    "Spool",
+    "SpoolFull",
+    "SpoolBusy",
+    "SeriesRow",
+    "STATES",
+    "read_status",
+    "format_status",
+    "uid_file_name",
+    "result_name",
+]
 
 STATES = ("receiving", "queued", "processing", "forwarding", "done", "set_aside", "failed")
 FINAL_STATES = ("done", "set_aside", "failed")
@@ -60,7 +76,8 @@ CREATE TABLE IF NOT EXISTS series (
     phases INTEGER,
     slices INTEGER,
     reason TEXT,
-    output TEXT
+    output TEXT,
+    reopened INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT PRIMARY KEY,
@@ -86,6 +103,11 @@ CREATE INDEX IF NOT EXISTS deliveries_series ON deliveries (series_uid);
 _UNSAFE = re.compile(r"[^0-9A-Za-z.]")
 #: when a receiving series last showed life: its last instance, or the node's restart after it
 _QUIET_SINCE = "MAX(last_instance_at, COALESCE(resumed_at, 0))"
+#: a series whose verdict may still be revised: its files are kept (stack members' never are)
+_REOPENABLE = (
+    "state IN ('done', 'forwarding', 'set_aside', 'failed') AND COALESCE(reason, '') NOT LIKE 'stacked into %' "
+    "AND EXISTS (SELECT 1 FROM instances i WHERE i.series_uid = series.series_uid AND i.purged = 0)"
+)
 
 
 class SpoolFull(CmrError):
@@ -116,12 +138,20 @@ class SeriesRow:
     slices: int | None
     reason: str | None
     output: str | None
+    #: how many times new instances reopened it after a verdict (its results: `result_name`)
+    reopened: int = 0
 
 
 def uid_file_name(uid: str) -> str:
     """A UID as a file name: UIDs are digits and dots, but a sender may put anything there."""
     name = _UNSAFE.sub("_", uid)[:64].strip(".")
     return name or "_"
+
+
+def result_name(series_uid: str, reopened: int) -> str:
+    """The results folder of a series' verdict: its UID's file name, then ``_2``, ``_3``... for the
+    verdicts after new instances reopened it ('_' is in no UID)."""
+    return uid_file_name(series_uid) + (f"_{reopened + 1}" if reopened else "")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -140,15 +170,29 @@ class Spool:
     directory : the spool directory (created when missing).
     max_bytes : refuse instances once the un-purged instances hold this many bytes (None: no limit).
     min_free_bytes : refuse instances when the file system has less free space than this.
+    reopen_window_s : keep a finished series' files this long after its result or verdict, so
+        that new instances of it (a transfer cut off and resent) reopen it (0: purge at once;
+        a failed series' files stay until it succeeds). Files so kept are released, oldest
+        first, before an instance is refused for space.
 
     Every method is thread-safe (one SQLite connection behind a lock): the SCP calls
     :meth:`store_instance` from one thread per association while the worker reads the queue.
     """
 
-    def __init__(self, directory: str | Path, *, max_bytes: int | None = None, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        max_bytes: int | None = None,
+        min_free_bytes: int = 0,
+        reopen_window_s: float = 0.0,
+    ) -> None:
         self.directory = Path(directory)
         if max_bytes is not None and max_bytes <= 0:
             raise InputError(f"'max_bytes' of the spool must be positive, got {max_bytes}")
+        if not reopen_window_s >= 0:
+            raise InputError(f"'reopen_window_s' of the spool must be >= 0 seconds, got {reopen_window_s}")
+        self.reopen_window_s = float(reopen_window_s)
         self.max_bytes = max_bytes
         self.min_free_bytes = int(min_free_bytes)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -166,6 +210,8 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss, not just kill -9
         self._db.executescript(_SCHEMA)
+        if "reopened" not in {r[1] for r in self._db.execute("PRAGMA table_info(series)")}:  # a spool of 0.8.2
+            self._db.execute("ALTER TABLE series ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.RLock()
         self._bytes = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM instances WHERE purged = 0").fetchone()[0]
         self._closed = False
@@ -189,13 +235,14 @@ class Spool:
         for tmp in (self.directory / "instances").glob("*/.*.tmp"):
             tmp.unlink(missing_ok=True)
             removed += 1
-        # set aside (one-slice series stacked, say) but killed before their files were deleted
+        # stacked into a stack but killed before their files were deleted (the worker's sweep
+        # purges the other finished series once their reopen window has passed)
         with self._lock:
             unpurged = [
                 r[0]
                 for r in self._db.execute(
                     "SELECT DISTINCT s.series_uid FROM series s JOIN instances i ON i.series_uid = s.series_uid "
-                    "WHERE s.state = 'set_aside' AND i.purged = 0"
+                    "WHERE s.state = 'set_aside' AND s.reason LIKE 'stacked into %' AND i.purged = 0"
                 )
             ]
         for series_uid in unpurged:
@@ -227,7 +274,12 @@ class Spool:
 
         ``"stored"``: written and committed. ``"duplicate"``: this SOP Instance UID was received
         before (acknowledged, nothing written: the same series sent twice is processed once).
-        ``"late"``: a new instance of a series already segmented; recorded, not processed again.
+        ``"reopened"``: a new instance of a series judged before whose files are still kept
+        (see ``reopen_window_s``): written, and the series is receiving again, to be judged
+        anew with every instance; its result files not yet forwarded are superseded. A series
+        being segmented takes the instance too, and goes back to receiving once its result is
+        written (:meth:`mark_segmented`). ``"late"``: a new instance of a series whose files are
+        gone (or a stack's member); recorded, not processed.
 
         Raises
         ------
@@ -237,16 +289,8 @@ class Spool:
         if self.has_instance(sop_uid):
             return "duplicate"
         state = self.series_state(series_uid)
-        if state not in (None, "receiving", "queued"):
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at, purged) "
-                    "VALUES (?, ?, '', 0, ?, 1)",
-                    (sop_uid, series_uid, now),
-                )
-                self._db.execute("UPDATE series SET n_late = n_late + 1 WHERE series_uid = ?", (series_uid,))
-                self._db.execute("COMMIT")
+        if state not in (None, "receiving", "queued", "processing") and not self.reopenable(series_uid):
+            self._record_late(series_uid, sop_uid, now)
             return "late"
         self._reserve(len(data))
         folder = self.directory / "instances" / uid_file_name(series_uid)
@@ -277,25 +321,78 @@ class Spool:
                 self._db.execute("COMMIT")
                 self._bytes -= len(data)
                 return "duplicate"
-            # a queued series not yet started takes the new instance and waits again
-            self._db.execute(
-                "INSERT INTO series (series_uid, state, n_instances, calling_ae, first_instance_at, last_instance_at) "
-                "VALUES (?, 'receiving', 1, ?, ?, ?) ON CONFLICT (series_uid) DO UPDATE SET state = 'receiving', "
-                "n_instances = n_instances + 1, last_instance_at = excluded.last_instance_at, queued_at = NULL",
-                (series_uid, calling_ae, now, now),
-            )
+            state = self.series_state(series_uid)
+            outcome = "stored"
+            if state == "processing":  # segmented meanwhile: mark_segmented sends it back to receiving
+                self._db.execute(
+                    "UPDATE series SET n_instances = n_instances + 1, last_instance_at = ? WHERE series_uid = ?",
+                    (now, series_uid),
+                )
+            elif state in (None, "receiving", "queued"):  # a queued series not yet started waits again
+                self._db.execute(
+                    "INSERT INTO series (series_uid, state, n_instances, calling_ae, first_instance_at, "
+                    "last_instance_at) VALUES (?, 'receiving', 1, ?, ?, ?) ON CONFLICT (series_uid) DO UPDATE SET "
+                    "state = 'receiving', n_instances = n_instances + 1, last_instance_at = excluded.last_instance_at, "
+                    "queued_at = NULL",
+                    (series_uid, calling_ae, now, now),
+                )
+            elif self._db.execute(
+                f"SELECT 1 FROM series WHERE series_uid = ? AND {_REOPENABLE}", (series_uid,)
+            ).fetchone():
+                self._reopen(series_uid, now, new_instances=1)
+                outcome = "reopened"
+            else:  # its files were purged while this one was written: late after all
+                self._db.execute("DELETE FROM instances WHERE sop_uid = ?", (sop_uid,))
+                self._db.execute("COMMIT")
+                target.unlink(missing_ok=True)
+                self._bytes -= len(data)
+                self._record_late(series_uid, sop_uid, now)
+                return "late"
             self._db.execute("COMMIT")
-        return "stored"
+        return outcome
+
+    def reopenable(self, series_uid: str) -> bool:
+        """Whether a new instance would reopen this series (its files are kept; not a stack or a member)."""
+        with self._lock:
+            row = self._db.execute(f"SELECT 1 FROM series WHERE series_uid = ? AND {_REOPENABLE}", (series_uid,))
+            return row.fetchone() is not None
+
+    def _reopen(self, series_uid: str, now: float, *, new_instances: int) -> None:
+        """Inside a transaction: the series receives again; unsent results of its verdict are superseded."""
+        self._db.execute(
+            "UPDATE series SET state = 'receiving', n_instances = n_instances + ?, last_instance_at = ?, "
+            "queued_at = NULL, started_at = NULL, result_at = NULL, finished_at = NULL, reason = NULL, "
+            "reopened = reopened + 1 WHERE series_uid = ?",
+            (new_instances, now, series_uid),
+        )
+        self._db.execute(
+            "UPDATE deliveries SET state = 'superseded' WHERE series_uid = ? AND state = 'pending'", (series_uid,)
+        )
+
+    def _record_late(self, series_uid: str, sop_uid: str, now: float) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at, purged) "
+                "VALUES (?, ?, '', 0, ?, 1)",
+                (sop_uid, series_uid, now),
+            )
+            self._db.execute("UPDATE series SET n_late = n_late + 1 WHERE series_uid = ?", (series_uid,))
+            self._db.execute("COMMIT")
 
     def _reserve(self, size: int) -> None:
         with self._lock:
             if self._closed:
                 raise SpoolFull(f"spool {self.directory} is closing: the node is stopping")
             if self.max_bytes is not None and self._bytes + size > self.max_bytes:
+                self._release_kept(self._bytes + size - self.max_bytes)
+            if self.max_bytes is not None and self._bytes + size > self.max_bytes:
                 raise SpoolFull(
                     f"spool {self.directory} holds {self._bytes} bytes; {size} more would exceed "
                     f"its limit of {self.max_bytes} bytes (--max-spool-mb)"
                 )
+            if self.min_free_bytes and os_free_bytes(self.directory) - size < self.min_free_bytes:
+                self._release_kept(self.min_free_bytes + size - os_free_bytes(self.directory))
             if self.min_free_bytes:
                 free = os_free_bytes(self.directory)
                 if free - size < self.min_free_bytes:
@@ -304,6 +401,33 @@ class Spool:
                         f"{self.min_free_bytes} bytes kept free (--min-free-mb)"
                     )
             self._bytes += size
+
+    def _kept_series(self, before: float | None = None) -> list[str]:
+        """Finished series (not failed) whose files are kept for a reopen, oldest verdict first;
+        with ``before``, those whose verdict came before that time."""
+        verdict_at = "COALESCE(result_at, finished_at, 0)"
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT series_uid FROM series WHERE state != 'failed' AND {_REOPENABLE} "
+                f"AND {verdict_at} <= ? ORDER BY {verdict_at}",
+                (float("inf") if before is None else before,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def _release_kept(self, needed: int) -> None:
+        """Purge kept series, oldest verdict first, until ``needed`` bytes are freed (or none are left)."""
+        for series_uid in self._kept_series():
+            if needed <= 0:
+                return
+            needed -= self.purge_instances(series_uid)
+
+    def purge_expired(self, now: float | None = None) -> list[str]:
+        """Purge the finished series whose reopen window has passed (failed ones stay); returns them."""
+        now = time.time() if now is None else now
+        expired = self._kept_series(before=now - self.reopen_window_s)
+        for series_uid in expired:
+            self.purge_instances(series_uid)
+        return expired
 
     @property
     def bytes_held(self) -> int:
@@ -399,8 +523,16 @@ class Spool:
             self._db.execute("COMMIT")
         return row[0] if row else None
 
+    def _grown_while_processing(self, series_uid: str) -> bool:
+        row = self._db.execute(
+            "SELECT last_instance_at > started_at FROM series WHERE series_uid = ? AND state = 'processing'",
+            (series_uid,),
+        ).fetchone()
+        return bool(row and row[0])
+
     def mark_segmented(self, series_uid: str, *, output: Path, deliveries: list[Path]) -> str:
-        """Record the written results; with deliveries the series waits in ``forwarding``. Returns the new state."""
+        """Record the written results; with deliveries the series waits in ``forwarding``. Returns the new state:
+        ``receiving`` where instances arrived while it was segmented (its results are then superseded)."""
         state = "forwarding" if deliveries else "done"
         now = time.time()
         with self._lock:
@@ -410,19 +542,32 @@ class Spool:
                     "INSERT OR IGNORE INTO deliveries (path, series_uid, state) VALUES (?, ?, 'pending')",
                     (str(path), series_uid),
                 )
+            grown = self._grown_while_processing(series_uid)
             self._db.execute(
                 "UPDATE series SET state = ?, result_at = ?, output = ?, finished_at = ? WHERE series_uid = ?",
                 (state, now, str(output), None if deliveries else now, series_uid),
             )
+            if grown:
+                self._reopen(series_uid, now, new_instances=0)
+                state = "receiving"
             self._db.execute("COMMIT")
         return state
 
-    def mark_failed(self, series_uid: str, reason: str) -> None:
+    def mark_failed(self, series_uid: str, reason: str) -> str:
+        """Record a failure; returns the new state: ``receiving`` where instances arrived while it was
+        segmented (it is judged again with them), else ``failed``."""
+        now = time.time()
         with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            grown = self._grown_while_processing(series_uid)
             self._db.execute(
                 "UPDATE series SET state = 'failed', reason = ?, finished_at = ? WHERE series_uid = ?",
-                (reason, time.time(), series_uid),
+                (reason, now, series_uid),
             )
+            if grown:
+                self._reopen(series_uid, now, new_instances=0)
+            self._db.execute("COMMIT")
+        return "receiving" if grown else "failed"
 
     def set_shape(self, series_uid: str, phases: int, slices: int) -> None:
         with self._lock:
@@ -516,7 +661,9 @@ class Spool:
         """(sent, total) deliveries of a series."""
         with self._lock:
             sent, total = self._db.execute(
-                "SELECT COALESCE(SUM(state = 'sent'), 0), COUNT(*) FROM deliveries WHERE series_uid = ?", (series_uid,)
+                "SELECT COALESCE(SUM(state = 'sent'), 0), COALESCE(SUM(state != 'superseded'), 0) FROM deliveries "
+                "WHERE series_uid = ?",
+                (series_uid,),
             ).fetchone()
         return int(sent), int(total)
 
@@ -536,11 +683,14 @@ def read_status(directory: str | Path) -> tuple[list[SeriesRow], dict[str, tuple
         raise InputError(f"--status: {directory} is not a cmrsdk spool (no queue.sqlite in it)")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = [SeriesRow(*r) for r in db.execute(f"SELECT {_COLUMNS} FROM series ORDER BY first_instance_at")]
+        columns = _COLUMNS
+        if "reopened" not in {r[1] for r in db.execute("PRAGMA table_info(series)")}:  # not opened since 0.8.2
+            columns = _COLUMNS.replace("reopened", "0")
+        rows = [SeriesRow(*r) for r in db.execute(f"SELECT {columns} FROM series ORDER BY first_instance_at")]
         deliveries = {
             uid: (int(sent), int(total))
             for uid, sent, total in db.execute(
-                "SELECT series_uid, SUM(state = 'sent'), COUNT(*) FROM deliveries GROUP BY series_uid"
+                "SELECT series_uid, SUM(state = 'sent'), SUM(state != 'superseded') FROM deliveries GROUP BY series_uid"
             )
         }
     finally:
@@ -556,7 +706,7 @@ def format_status(rows: list[SeriesRow], deliveries: dict[str, tuple[int, int]])
         shape = f"{r.phases} x {r.slices}" if r.phases else "-"
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.last_instance_at)) if r.last_instance_at else "-"
         extra = f"  ({r.reason})" if r.reason else ""
-        late = f" +{r.n_late} late" if r.n_late else ""
+        late = (f" +{r.n_late} late" if r.n_late else "") + (f" (judged {r.reopened + 1} times)" if r.reopened else "")
         yield (
             f"{r.state:<11} {r.n_instances:>9} {shape:>15} {f'{sent}/{total}':>9}  {last:<19}  "
             f"{r.series_uid}{late}{extra}"

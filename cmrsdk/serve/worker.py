@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CmrError
-from .spool import Spool, uid_file_name
+from .spool import Spool, result_name
 from .stacks import StackGatherer
 
 __all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study", "warm_up_writers"]
@@ -193,31 +193,42 @@ class Worker(threading.Thread):
                 quiet_since=now - self.series_timeout_s,
             ):
                 if not verdict.queue:
-                    self.spool.purge_instances(series_uid)
                     self.on_final(series_uid)
         self.stacks.gather(now)
+        self.spool.purge_expired()  # set aside or done, and no longer reopenable
 
     def process(self, series_uid: str) -> None:
-        """Segment one series and record its results; its failure is recorded, never raised."""
-        final = self.output / uid_file_name(series_uid)
+        """Segment one series and record its results; its failure is recorded, never raised.
+
+        The results of a series judged again after new instances reopened it go to a folder of
+        their own (`result_name`): the earlier ones were possibly forwarded already."""
+        row = self.spool.series(series_uid)
+        final = self.output / result_name(series_uid, row.reopened if row else 0)
         partial = self.output / f".{final.name}.partial"
         try:
             if not final.is_dir():  # a result renamed into place before a crash is kept, not redone
                 shutil.rmtree(partial, ignore_errors=True)
                 write_study(self.pipeline, self.spool.series_folder(series_uid), partial)
                 partial.rename(final)
-        except CmrError as exc:
-            shutil.rmtree(partial, ignore_errors=True)
-            self.spool.mark_failed(series_uid, str(exc).replace(str(self.spool.directory), "<spool>"))
-            self.on_final(series_uid)
-            return
         except Exception as exc:  # a bug in a writer must not stop the node: the series fails, the next goes on
             shutil.rmtree(partial, ignore_errors=True)
-            self.spool.mark_failed(series_uid, f"{type(exc).__name__}: {exc}")
-            self.on_final(series_uid)
+            reason = str(exc) if isinstance(exc, CmrError) else f"{type(exc).__name__}: {exc}"
+            if self.spool.mark_failed(series_uid, reason.replace(str(self.spool.directory), "<spool>")) == "failed":
+                self.on_final(series_uid)
+            else:
+                log.info("series %s: instances arrived while it was segmented: judged again when quiet", series_uid)
             return
         deliveries = sorted(final.glob("*.dcm")) if self.forward else []
         state = self.spool.mark_segmented(series_uid, output=final, deliveries=deliveries)
-        self.spool.purge_instances(series_uid)
+        if state != "receiving" and not self.spool.reopenable(series_uid):  # a stack: its members' files
+            self.spool.purge_instances(series_uid)
+        self.spool.purge_expired()
         if state == "done":
             self.on_final(series_uid)
+        elif state == "receiving":
+            log.info(
+                "series %s: instances arrived while it was segmented: its result %s is superseded, judged again "
+                "when quiet",
+                series_uid,
+                final.name,
+            )
