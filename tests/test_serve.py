@@ -430,6 +430,48 @@ def test_a_series_cut_off_and_resent_after_the_timeout_is_segmented_again_whole(
 
 
 @needs_orthanc
+@needs_dcmtk
+def test_slices_of_a_stacked_study_sent_after_a_pause_are_stacked_again_with_it(orthanc, tmp_path):
+    """A scanner sending each breath-hold as it is reconstructed, pausing longer than the series
+    timeout after the third: the node stacks three slices, then all six once the rest come."""
+    import pydicom
+
+    files = synthetic_series(tmp_path / "cine", seed=33, n_phases=2, n_slices=6, size=64)
+    by_slice: dict[int, list[Path]] = {}
+    for file in files:  # write_dicom_series names files phase_slice.dcm
+        by_slice.setdefault(int(file.name[4:7]), []).append(file)
+    uids = []
+    for z, group in sorted(by_slice.items()):
+        uid = pydicom.uid.generate_uid()
+        for file in group:
+            ds = pydicom.dcmread(file)
+            ds.SeriesInstanceUID, ds.SeriesNumber = uid, 10 + z
+            ds.save_as(file)
+        uids.append(uid)
+    groups = [by_slice[z] for z in sorted(by_slice)]
+    port = free_port()
+    node = NodeProcess(
+        tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc), log_path=tmp_path / "node.log"
+    )
+    try:
+        assert storescu(port, [f for g in groups[:3] for f in g]).returncode == 0
+        rows = wait_states(node, uids[:3], ("set_aside",), 60)
+        (first,) = {rows[u].reason.removeprefix("stacked into ") for u in uids[:3]}
+        wait_states(node, [first], ("done",), 120)
+        assert storescu(port, [f for g in groups[3:] for f in g]).returncode == 0
+        rows = wait_states(node, uids, ("set_aside",), 60)
+        (second,) = {rows[u].reason.removeprefix("stacked into ") for u in uids}
+        rows = wait_states(node, [second], ("done",), 120)
+        assert (rows[second].slices, rows[second].n_instances) == (6, 12)
+        assert rows[first].reason == f"stacked again into {second}"
+        refs = seg_references(orthanc)
+        assert [refs[u] for u in uids] == [4, 4, 4, 2, 2, 2]  # the 3-slice SEGs, then the 6-slice ones
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([first, second])
+    finally:
+        assert node.terminate() == 0
+
+
+@needs_orthanc
 def test_kill9_mid_receive_and_mid_segmentation_then_restart(orthanc, tmp_path):
     a = synthetic_series(tmp_path / "a", seed=31)
     b = synthetic_series(tmp_path / "b", seed=32, n_phases=3)

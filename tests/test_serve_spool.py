@@ -487,6 +487,63 @@ def test_a_cine_stored_a_series_per_slice_is_stacked_and_segmented_once(spool, t
     assert got.info.series_uid.count("+") == 3 and got.ed.shape == (4, 32, 32) and len(got.phases) == 3
 
 
+def test_one_slice_series_after_their_study_was_stacked_are_stacked_again_with_it(tmp_path, monkeypatch):
+    """A scanner sending each breath-hold as it is reconstructed, with a pause longer than the
+    series timeout: 3 slices are stacked and segmented; the last 2 come after, and the study is
+    judged again as one 5-slice stack."""
+    import pydicom
+    from test_io_dicom import _series_per_slice
+
+    from cmrsdk.io import read_dicom_study, write_dicom_series
+    from cmrsdk.serve.stacks import stack_uid
+    from cmrsdk.synth import synthetic_study
+
+    write_dicom_series(tmp_path / "cine", synthetic_study(seed=8, shape=(32, 32), n_slices=5, n_phases=3))
+    by_slice = _series_per_slice(tmp_path / "cine", tmp_path / "split")
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    read = []
+
+    def study_writer(pipeline, source, out_dir):
+        read.append(read_dicom_study(source))
+        out_dir.mkdir()
+        (out_dir / "seg_ED.dcm").write_bytes(b"seg")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker, finals = _worker(spool, tmp_path, forward=True)
+
+    def arrive(files_of_slices):
+        uids = []
+        for files in files_of_slices:
+            for file in files:
+                ds = pydicom.dcmread(file, stop_before_pixels=True)
+                spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes())
+            uids.append(str(ds.SeriesInstanceUID))
+        worker.promote_quiet_series()
+        return uids
+
+    first = arrive(by_slice[:3])
+    stack_a = stack_uid(first)
+    assert spool.next_queued() == stack_a
+    worker.process(stack_a)
+    assert spool.series(stack_a).state == "forwarding" and spool.series_folder(stack_a).is_dir()  # kept
+    late = arrive(by_slice[3:])
+    stack_b = stack_uid(first + late)
+    row = spool.series(stack_b)
+    assert (row.state, row.slices, row.phases, row.n_instances) == ("queued", 5, 3, 15)
+    assert row.reason == f"a stack of 5 one-slice series, 2 of them after {stack_a}"
+    assert {spool.series(u).reason for u in first + late} == {f"stacked into {stack_b}"}
+    assert spool.series(stack_a).reason == f"stacked again into {stack_b}"
+    assert not spool.series_folder(stack_a).exists()  # its links moved to the new stack
+    assert spool.due_deliveries() == []  # the 3-slice result is superseded before it is sent
+    assert spool.next_queued() == stack_b
+    worker.process(stack_b)
+    assert [study.ed.shape for study in read] == [(3, 32, 32), (5, 32, 32)]
+    assert [d[0] for d in spool.due_deliveries()] == [str(tmp_path / "out" / stack_b / "seg_ED.dcm")]
+    assert spool.purge_expired(now=time.time() + 601) == [stack_b] and not spool.series_folder(stack_b).exists()
+    spool.close()
+
+
 def test_one_slice_series_wait_for_their_study_to_be_quiet(spool, tmp_path):
     import time
 

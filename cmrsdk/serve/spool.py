@@ -424,7 +424,13 @@ class Spool:
     def purge_expired(self, now: float | None = None) -> list[str]:
         """Purge the finished series whose reopen window has passed (failed ones stay); returns them."""
         now = time.time() if now is None else now
-        expired = self._kept_series(before=now - self.reopen_window_s)
+        before = now - self.reopen_window_s
+        expired = self._kept_series(before=before)
+        expired += [  # stacks: their files are links, without rows of their own
+            r.series_uid
+            for r in self.kept_stacks()
+            if r.state in ("done", "forwarding", "set_aside") and (r.result_at or r.finished_at or 0) <= before
+        ]
         for series_uid in expired:
             self.purge_instances(series_uid)
         return expired
@@ -482,32 +488,76 @@ class Spool:
             self._db.execute("COMMIT")
         return bool(changed)
 
-    def queue_stack(self, stack_uid: str, members: list[str], *, phases: int, slices: int) -> bool:
+    def queue_stack(
+        self,
+        stack_uid: str,
+        members: list[str],
+        *,
+        phases: int,
+        slices: int,
+        previous: str | None = None,
+        restacked: tuple[str, ...] = (),
+    ) -> bool:
         """Queue a stack of one-slice series (its folder already holds their files, linked) and set
         its members aside as stacked into it, in one transaction; False where a member has got a
-        new instance meanwhile (nothing changes then)."""
+        new instance meanwhile, or ``previous`` was stacked again meanwhile (nothing changes then).
+
+        With ``previous``, an earlier stack of the study whose members ``restacked`` are stacked
+        again with the late ``members``: they are marked stacked into the new stack, and the
+        previous stack's result files not yet forwarded are superseded (never sent).
+        """
         now = time.time()
-        marks = ", ".join("?" * len(members))
+        everyone = [*members, *restacked]
+
+        def marks(uids: list[str] | tuple[str, ...]) -> str:
+            return ", ".join("?" * len(uids))
+
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             receiving = self._db.execute(
-                f"SELECT COUNT(*) FROM series WHERE state = 'receiving' AND series_uid IN ({marks})", members
+                f"SELECT COUNT(*) FROM series WHERE state = 'receiving' AND series_uid IN ({marks(members)})", members
             ).fetchone()[0]
-            if receiving != len(members):
+            still_stacked = self._db.execute(
+                f"SELECT COUNT(*) FROM series WHERE reason = ? AND series_uid IN ({marks(restacked)})",
+                (f"stacked into {previous}", *restacked),
+            ).fetchone()[0]
+            if receiving != len(members) or still_stacked != len(restacked):
                 self._db.execute("COMMIT")
                 return False
+            reason = f"a stack of {len(everyone)} one-slice series"
+            if previous:
+                reason += f", {len(members)} of them after {previous}"
             self._db.execute(
                 "INSERT OR REPLACE INTO series (series_uid, state, n_instances, first_instance_at, last_instance_at, "
                 "queued_at, phases, slices, reason) SELECT ?, 'queued', SUM(n_instances), MIN(first_instance_at), "
-                f"MAX(last_instance_at), ?, ?, ?, ? FROM series WHERE series_uid IN ({marks})",
-                (stack_uid, now, phases, slices, f"a stack of {len(members)} one-slice series", *members),
+                f"MAX(last_instance_at), ?, ?, ?, ? FROM series WHERE series_uid IN ({marks(everyone)})",
+                (stack_uid, now, phases, slices, reason, *everyone),
             )
             self._db.execute(
-                f"UPDATE series SET state = 'set_aside', reason = ?, finished_at = ? WHERE series_uid IN ({marks})",
+                f"UPDATE series SET state = 'set_aside', reason = ?, finished_at = ? WHERE series_uid IN ({marks(members)})",
                 (f"stacked into {stack_uid}", now, *members),
             )
+            if previous:
+                self._db.execute(
+                    f"UPDATE series SET reason = ? WHERE series_uid IN ({marks(restacked)})",
+                    (f"stacked into {stack_uid}", *restacked),
+                )
+                self._db.execute(
+                    "UPDATE series SET reason = ? WHERE series_uid = ?", (f"stacked again into {stack_uid}", previous)
+                )
+                self._db.execute(
+                    "UPDATE deliveries SET state = 'superseded' WHERE series_uid = ? AND state = 'pending'", (previous,)
+                )
             self._db.execute("COMMIT")
         return True
+
+    def kept_stacks(self) -> list[SeriesRow]:
+        """Stacks whose folder of linked files is still in the spool (for late members), oldest first."""
+        return [
+            r
+            for r in self.all_series()
+            if r.series_uid.startswith("stack.") and self.series_folder(r.series_uid).is_dir()
+        ]
 
     def next_queued(self) -> str | None:
         """Move the oldest queued series to ``processing`` and return it (None when the queue is empty)."""

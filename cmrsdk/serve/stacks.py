@@ -9,6 +9,13 @@ one-slice cine series of the study with the same orientation, pixel size and mat
 a series of its own (``stack.<hash>``, its results under that name); what does not stack is set
 aside with the one-slice reason. The hard links keep the files while the members are purged; the
 spool's byte count drops with the members' purge, before the stack's files are freed.
+
+A stack's folder is kept for the spool's reopen window after its result. One-slice series of
+the study arriving in that time (a scanner sending each breath-hold as it is reconstructed, with
+a pause longer than the timeout; a slice acquired again) are stacked with the earlier stack's
+members into a new stack, judged as a whole (where a slice position comes twice, the later
+series is read, see :func:`cmrsdk.io.read_dicom_study`); the earlier stack's unsent results are
+superseded.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CmrError
-from .spool import Spool
+from .spool import SeriesRow, Spool
 
 __all__ = ["ONE_SLICE_REASON", "StackGatherer", "stack_uid", "study_of"]
 
@@ -64,6 +71,7 @@ class StackGatherer:
         self.spool, self.timeout_s, self.on_final = spool, timeout_s, on_final
         self.waiting: dict[str, str] = {}  # series UID -> its study UID
         self._studies: dict[str, str] = {}  # receiving series UID -> study UID (read once)
+        self._stack_studies: dict[str, str] = {}  # kept stack -> its study UID (read once)
 
     def hold(self, series_uid: str) -> None:
         """Let a one-slice cine series wait for the rest of its study."""
@@ -92,7 +100,10 @@ class StackGatherer:
             )
             if not quiet or study in arriving:
                 continue
-            made = self._stack(members)
+            previous = self._previous_stack(study)
+            if previous is not None and previous.state in ("queued", "processing"):
+                continue  # stacked with its result, once there is one
+            made = self._stack(members, previous)
             for uid in members:
                 self.waiting.pop(uid, None)
                 self._studies.pop(uid, None)
@@ -100,16 +111,37 @@ class StackGatherer:
                 queued.append(made)
         return queued
 
-    def _stack(self, members: list[str]) -> str | None:
-        """Link the members into one folder and queue it where it reads as a stack; set aside the rest."""
+    def _previous_stack(self, study: str) -> SeriesRow | None:
+        """The latest stack of ``study`` whose files are kept (not a failed one), or None."""
+        found = None
+        for row in self.spool.kept_stacks():
+            if row.state == "failed" or (row.reason or "").startswith("stacked again into"):
+                continue
+            if row.series_uid not in self._stack_studies:
+                self._stack_studies[row.series_uid] = study_of(self.spool.series_folder(row.series_uid))
+            if self._stack_studies[row.series_uid] == study:
+                found = row
+        return found
+
+    def _stack(self, members: list[str], previous: SeriesRow | None = None) -> str | None:
+        """Link the members (and the ``previous`` stack's files) into one folder and queue it where it
+        reads as a stack; set aside the rest."""
         from ..io import scan_dicom_series
 
-        name = stack_uid(members)
+        earlier: list[str] = []
+        if previous is not None:
+            earlier = [
+                r.series_uid for r in self.spool.all_series() if r.reason == f"stacked into {previous.series_uid}"
+            ]
+        name = stack_uid([*members, *earlier])
         folder = self.spool.series_folder(name)
         folder.mkdir(parents=True, exist_ok=True)
-        for uid in members:
-            for file in self.spool.series_folder(uid).glob("*.dcm"):
-                target = folder / f"{uid}_{file.name}"  # '_' is in no UID: a member's links by prefix
+        sources = [(self.spool.series_folder(uid).glob("*.dcm"), f"{uid}_") for uid in members]
+        if previous is not None:  # its links are named <member>_<file> already
+            sources.append((self.spool.series_folder(previous.series_uid).glob("*.dcm"), ""))
+        for files, prefix in sources:
+            for file in files:
+                target = folder / f"{prefix}{file.name}"  # '_' is in no UID: a member's links by prefix
                 if not target.exists():  # a restart may find the links made before it
                     try:
                         os.link(file, target)
@@ -120,16 +152,27 @@ class StackGatherer:
         except (CmrError, IndexError):
             best = None
         stacked = [] if best is None or "+" not in best.series_uid or best.is_dynamic else best.series_uid.split("+")
+        # a slice position acquired twice: the later series is read, the earlier still belongs to the stack
+        restacked = tuple(earlier) if set(earlier) & set(stacked) else ()
         stacked = [uid for uid in stacked if uid in members]
-        if len(stacked) >= 3:
+        if len(stacked) + len(restacked) >= 3 and stacked:
             for uid in set(members) - set(stacked):  # same study, another geometry: not in this stack
                 for link in folder.glob(f"{uid}_*"):
                     link.unlink()
             phases, slices = (best.n_phases, best.n_positions) if best is not None else (0, 0)
-            if self.spool.queue_stack(name, stacked, phases=phases, slices=slices):
+            if self.spool.queue_stack(
+                name,
+                stacked,
+                phases=phases,
+                slices=slices,
+                previous=previous.series_uid if restacked and previous else None,
+                restacked=restacked,
+            ):
                 for uid in stacked:
                     self.spool.purge_instances(uid)
                     self.on_final(uid)
+                if restacked and previous is not None:
+                    self.spool.purge_instances(previous.series_uid)  # its files are linked into the new stack
             else:  # an instance came meanwhile: its series is judged again when quiet
                 shutil.rmtree(folder, ignore_errors=True)
                 return None

@@ -220,8 +220,6 @@ class Worker(threading.Thread):
             return
         deliveries = sorted(final.glob("*.dcm")) if self.forward else []
         state = self.spool.mark_segmented(series_uid, output=final, deliveries=deliveries)
-        if state != "receiving" and not self.spool.reopenable(series_uid):  # a stack: its members' files
-            self.spool.purge_instances(series_uid)
         self.spool.purge_expired()
         if state == "done":
             self.on_final(series_uid)
