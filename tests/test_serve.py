@@ -50,6 +50,26 @@ def synthetic_series(folder: Path, seed: int, *, n_phases: int = 2, n_slices: in
     )
 
 
+def series_per_slice(folder: Path, seed: int) -> tuple[list[list[Path]], list[str]]:
+    """A 6-slice, 2-phase cine stored one series per slice (as Siemens protocols do): the files of
+    each slice, base to apex, and their series UIDs."""
+    import pydicom
+
+    by_slice: dict[int, list[Path]] = {}
+    for file in synthetic_series(folder, seed=seed, n_phases=2, n_slices=6, size=64):
+        by_slice.setdefault(int(file.name[4:7]), []).append(file)  # files are named phase_slice.dcm
+    groups, uids = [], []
+    for z, group in sorted(by_slice.items()):
+        uid = pydicom.uid.generate_uid()
+        for file in group:
+            ds = pydicom.dcmread(file)
+            ds.SeriesInstanceUID, ds.SeriesNumber = uid, 10 + z
+            ds.save_as(file)
+        groups.append(group)
+        uids.append(uid)
+    return groups, uids
+
+
 def series_uid(files: list[Path]) -> str:
     import pydicom
 
@@ -349,20 +369,8 @@ def test_five_series_over_three_associations_each_delivered_once(orthanc, tmp_pa
 def test_a_cine_sent_a_series_per_slice_comes_back_as_one_stack(orthanc, tmp_path):
     """A scanner that stores each breath-hold's slice as its own series: six one-slice cine
     series over one association, one stack segmented, its ED and ES SEG referencing all six."""
-    import pydicom
-
-    files = synthetic_series(tmp_path / "cine", seed=31, n_phases=2, n_slices=6, size=64)
-    by_slice: dict[int, list[Path]] = {}
-    for file in files:  # write_dicom_series names files phase_slice.dcm
-        by_slice.setdefault(int(file.name[4:7]), []).append(file)
-    uids = []
-    for z, group in sorted(by_slice.items()):
-        uid = pydicom.uid.generate_uid()
-        for file in group:
-            ds = pydicom.dcmread(file)
-            ds.SeriesInstanceUID, ds.SeriesNumber = uid, 10 + z
-            ds.save_as(file)
-        uids.append(uid)
+    groups, uids = series_per_slice(tmp_path / "cine", seed=31)
+    files = [f for g in groups for f in g]
     port = free_port()
     node = NodeProcess(
         tmp_path / "spool",
@@ -434,21 +442,7 @@ def test_a_series_cut_off_and_resent_after_the_timeout_is_segmented_again_whole(
 def test_slices_of_a_stacked_study_sent_after_a_pause_are_stacked_again_with_it(orthanc, tmp_path):
     """A scanner sending each breath-hold as it is reconstructed, pausing longer than the series
     timeout after the third: the node stacks three slices, then all six once the rest come."""
-    import pydicom
-
-    files = synthetic_series(tmp_path / "cine", seed=33, n_phases=2, n_slices=6, size=64)
-    by_slice: dict[int, list[Path]] = {}
-    for file in files:  # write_dicom_series names files phase_slice.dcm
-        by_slice.setdefault(int(file.name[4:7]), []).append(file)
-    uids = []
-    for z, group in sorted(by_slice.items()):
-        uid = pydicom.uid.generate_uid()
-        for file in group:
-            ds = pydicom.dcmread(file)
-            ds.SeriesInstanceUID, ds.SeriesNumber = uid, 10 + z
-            ds.save_as(file)
-        uids.append(uid)
-    groups = [by_slice[z] for z in sorted(by_slice)]
+    groups, uids = series_per_slice(tmp_path / "cine", seed=33)
     port = free_port()
     node = NodeProcess(
         tmp_path / "spool", tmp_path / "out", port, *forward_args(orthanc), log_path=tmp_path / "node.log"
