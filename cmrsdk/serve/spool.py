@@ -553,11 +553,11 @@ class Spool:
 
     def kept_stacks(self) -> list[SeriesRow]:
         """Stacks whose folder of linked files is still in the spool (for late members), oldest first."""
-        return [
-            r
-            for r in self.all_series()
-            if r.series_uid.startswith("stack.") and self.series_folder(r.series_uid).is_dir()
-        ]
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM series WHERE series_uid LIKE 'stack.%' ORDER BY first_instance_at"
+            ).fetchall()
+        return [SeriesRow(*r) for r in rows if self.series_folder(r[0]).is_dir()]
 
     def next_queued(self) -> str | None:
         """Move the oldest queued series to ``processing`` and return it (None when the queue is empty)."""

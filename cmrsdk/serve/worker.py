@@ -150,6 +150,7 @@ class Worker(threading.Thread):
         self.pipeline: Any = None
         self.error: BaseException | None = None
         self.ready = threading.Event()
+        self._next_sweep = 0.0
 
     def run(self) -> None:
         try:
@@ -195,7 +196,9 @@ class Worker(threading.Thread):
                 if not verdict.queue:
                     self.on_final(series_uid)
         self.stacks.gather(now)
-        self.spool.purge_expired()  # set aside or done, and no longer reopenable
+        if now >= self._next_sweep:  # set aside or done, and no longer reopenable
+            self.spool.purge_expired()
+            self._next_sweep = now + min(self.spool.reopen_window_s, 5.0)
 
     def process(self, series_uid: str) -> None:
         """Segment one series and record its results; its failure is recorded, never raised.
