@@ -178,6 +178,29 @@ def test_serve_needs_its_options(capsys):
     assert "serve needs --spool, --output" in capsys.readouterr().err
     assert main(["serve", "--port", "1", "--spool", "s", "--output", "o", "--tls-cert", "c"]) == 2
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    assert main(["serve", "--port", "1", "--spool", "s", "--output", "o", "--forward-tls-ca", "ca.pem"]) == 2
+    assert "--forward-tls-ca, --forward-tls-cert and --forward-tls-key need --forward" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "serve",
+                "--port",
+                "1",
+                "--spool",
+                "s",
+                "--output",
+                "o",
+                "--forward",
+                "A@h:1",
+                "--forward-tls-ca",
+                "missing.pem",
+            ]
+        )
+        == 2
+    )
+    assert "--forward-tls-ca file 'missing.pem' not found" in capsys.readouterr().err
+    assert main(["serve", "--port", "1", "--spool", "s", "--output", "o", "--reopen-window", "-1"]) == 2
+    assert "--reopen-window value -1.0 is invalid" in capsys.readouterr().err
     assert main(["serve", "--port", "1", "--spool", "s", "--output", "o", "--forward", "nowhere"]) == 2
     assert "--forward value 'nowhere' is invalid" in capsys.readouterr().err
     assert main(["serve", "--port", "1", "--spool", "s", "--output", "o", "--allow", "A" * 17]) == 2
@@ -564,6 +587,101 @@ def test_forward_retries_with_backoff_until_acknowledged(tmp_path):
     finally:
         if server is not None:
             server.shutdown()
+        assert node.terminate() == 0
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _signed_certificate(
+    folder: Path, name: str, ca: tuple[Path, Path], subject_alt_name: str | None
+) -> tuple[Path, Path]:
+    """A certificate and key for ``name``, signed by ``ca`` (certificate, key), valid one day."""
+    cert, key, request = folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr"
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(request), "-subj", f"/CN={name}")
+    extensions = folder / f"{name}.ext"
+    extensions.write_text(f"subjectAltName={subject_alt_name}\n" if subject_alt_name else "basicConstraints=CA:FALSE\n")
+    _openssl(
+        "x509", "-req", "-in", str(request), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+        "-out", str(cert), "-days", "1", "-extfile", str(extensions),
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="openssl is not installed: no certificates to test TLS with"
+)
+def test_results_are_forwarded_over_mutual_tls_and_not_to_an_untrusted_peer(tmp_path):
+    """The PACS speaks TLS only and wants a client certificate from the hospital's CA: the node
+    forwards with --forward-tls-ca/-cert/-key; a PACS whose certificate another CA signed gets nothing."""
+    import ssl
+    import threading
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage
+
+    ca = (tmp_path / "ca.pem", tmp_path / "ca.key")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca[1]), "-out", str(ca[0]),
+             "-days", "1", "-subj", "/CN=hospital CA")  # fmt: skip
+    pacs_cert = _signed_certificate(tmp_path, "pacs", ca, "IP:127.0.0.1")
+    node_cert = _signed_certificate(tmp_path, "node", ca, None)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca[0]))
+    server_side.load_cert_chain(*map(str, pacs_cert))
+    server_side.verify_mode = ssl.CERT_REQUIRED  # mutual TLS
+    received: list[str] = []
+    lock = threading.Lock()
+
+    def on_store(event):
+        with lock:
+            received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    pacs = AE(ae_title="PACS")
+    pacs.add_supported_context(SegmentationStorage)
+    pacs.add_supported_context(Comprehensive3DSRStorage)
+    pacs_port, port = free_port(), free_port()
+    server = pacs.start_server(
+        ("127.0.0.1", pacs_port), block=False, ssl_context=server_side, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    files = synthetic_series(tmp_path / "in", seed=71)
+    uid = series_uid(files)
+    tls = [
+        "--forward-tls-ca",
+        str(ca[0]),
+        "--forward-tls-cert",
+        str(node_cert[0]),
+        "--forward-tls-key",
+        str(node_cert[1]),
+    ]
+    node = NodeProcess(
+        tmp_path / "spool", tmp_path / "out", port, "--forward", f"PACS@127.0.0.1:{pacs_port}", *tls,
+        log_path=tmp_path / "node.log",
+    )  # fmt: skip
+    try:
+        assert pynetdicom_send(port, files) == [0] * len(files)
+        rows = wait_states(node, [uid], ("done",), 120)
+        assert rows[uid].state == "done" and len(received) == 3  # SEG ED, SEG ES, SR over TLS
+        assert "(TLS)" in node.text()
+    finally:
+        assert node.terminate() == 0
+    # the same PACS address, but this node trusts only another CA: the association is refused, results wait
+    other = (tmp_path / "other.pem", tmp_path / "other.key")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(other[1]), "-out", str(other[0]),
+             "-days", "1", "-subj", "/CN=another CA")  # fmt: skip
+    files = synthetic_series(tmp_path / "in2", seed=72)
+    uid = series_uid(files)
+    node = NodeProcess(
+        tmp_path / "spool2", tmp_path / "out2", port, "--forward", f"PACS@127.0.0.1:{pacs_port}",
+        "--forward-tls-ca", str(other[0]), log_path=tmp_path / "node2.log",
+    )  # fmt: skip
+    try:
+        assert pynetdicom_send(port, files) == [0] * len(files)
+        wait_states(node, [uid], ("forwarding",), 120)
+        wait_for(lambda: "association not established (TLS" in node.text(), 30, "the refused TLS association")
+        assert spool_rows(node)[uid].state == "forwarding" and len(received) == 3
+    finally:
+        server.shutdown()
         assert node.terminate() == 0
 
 

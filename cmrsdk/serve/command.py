@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from ..engines import BACKENDS
 from ..errors import BackendUnavailableError, CmrError, InputError
@@ -46,6 +48,15 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
         "(default: 600; 0: delete at once, later instances are recorded as late)",
     )
     p.add_argument("--forward", metavar="AET@HOST:PORT", help="send the result DICOM files (SEG, SR) to this AE")
+    p.add_argument(
+        "--forward-tls-ca",
+        metavar="PEM",
+        help="forward over TLS: the peer's certificate must be signed by this CA and name its HOST",
+    )
+    p.add_argument(
+        "--forward-tls-cert", metavar="PEM", help="with --forward-tls-ca: this node's certificate (mutual TLS)"
+    )
+    p.add_argument("--forward-tls-key", metavar="PEM", help="private key (PEM) of --forward-tls-cert")
     p.add_argument("--allow", nargs="+", default=[], metavar="AET", help="calling AE titles accepted (default: any)")
     p.add_argument("--bundle", default=default_bundle, help="model bundle directory (default: the demo bundle)")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
@@ -90,6 +101,21 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError("--tls-ca needs --tls-cert and --tls-key")
     if args.series_timeout <= 0:
         raise InputError(f"--series-timeout value {args.series_timeout} is invalid; expected seconds > 0")
+    if (args.forward_tls_ca or args.forward_tls_cert or args.forward_tls_key) and not args.forward:
+        raise InputError("--forward-tls-ca, --forward-tls-cert and --forward-tls-key need --forward")
+    if (args.forward_tls_cert or args.forward_tls_key) and not args.forward_tls_ca:
+        raise InputError(
+            "--forward-tls-cert and --forward-tls-key need --forward-tls-ca (the CA the peer's certificate is checked against)"
+        )
+    if bool(args.forward_tls_cert) != bool(args.forward_tls_key):
+        raise InputError(
+            f"--forward-tls-cert and --forward-tls-key go together; got only "
+            f"{'--forward-tls-cert' if args.forward_tls_cert else '--forward-tls-key'}"
+        )
+    for option in ("tls_cert", "tls_key", "tls_ca", "forward_tls_ca", "forward_tls_cert", "forward_tls_key"):
+        value = getattr(args, option)
+        if value and not Path(value).is_file():
+            raise InputError(f"--{option.replace('_', '-')} file '{value}' not found")
     if not args.reopen_window >= 0:
         raise InputError(f"--reopen-window value {args.reopen_window} is invalid; expected seconds >= 0")
     if args.max_associations < 1:
@@ -98,6 +124,17 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--max-spool-mb value {args.max_spool_mb} is invalid; expected MB > 0")
     for aet in [args.aet, *args.allow]:
         _check_ae_title(aet)
+
+
+def _tls(build: Callable[[], ssl.SSLContext], options: str) -> ssl.SSLContext:
+    """A TLS context from PEM files, or one clear error naming the options (not OpenSSL's traceback)."""
+    try:
+        return build()
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise InputError(
+            f"TLS files given by {options} cannot be used: {reason} (PEM certificate and key expected)"
+        ) from exc
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -115,7 +152,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise BackendUnavailableError("cmrsdk serve needs pynetdicom: pip install 'cmrsdk[serve]'") from exc
     from .forward import parse_destination
     from .node import Node, NodeConfig
-    from .scp import ScpOptions, tls_context
+    from .scp import ScpOptions, client_tls_context, tls_context
 
     logging.basicConfig(
         level=getattr(logging, args.log_level),
@@ -127,7 +164,19 @@ def run_serve(args: argparse.Namespace) -> int:
     for noisy in ("pynetdicom", "pydicom", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"(pydicom|highdicom|pynetdicom)(\..*)?$")
-    ssl_context = tls_context(args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    ssl_context = (
+        _tls(lambda: tls_context(args.tls_cert, args.tls_key, args.tls_ca), "--tls-cert, --tls-key, --tls-ca")
+        if args.tls_cert
+        else None
+    )
+    forward_tls = (
+        _tls(
+            lambda: client_tls_context(args.forward_tls_ca, args.forward_tls_cert, args.forward_tls_key),
+            "--forward-tls-ca, --forward-tls-cert, --forward-tls-key",
+        )
+        if args.forward_tls_ca
+        else None
+    )
     scp = ScpOptions(
         host=args.host,
         port=args.port,
@@ -149,6 +198,7 @@ def run_serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         max_spool_bytes=int(args.max_spool_mb * 2**20) if args.max_spool_mb else None,
         min_free_bytes=int(args.min_free_mb * 2**20),
+        forward_tls=forward_tls,
     )
     node = Node(config)
     node.install_signal_handlers()

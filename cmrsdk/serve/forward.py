@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import threading
 import time
 import warnings
@@ -63,7 +64,8 @@ class Forwarder(threading.Thread):
 
     A failed association or a failure status leaves the delivery pending with its next
     attempt after :func:`backoff_s`; the state is in the spool, so back-off and pending
-    deliveries survive a restart.
+    deliveries survive a restart. With ``tls`` (:func:`cmrsdk.serve.scp.client_tls_context`)
+    every association is TLS, the peer's certificate checked against the destination's host.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Forwarder(threading.Thread):
         on_final: Callable[[str], None],
         backoff_cap_s: float = 60.0,
         timeout_s: float = 30.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(name="cmrsdk-forwarder", daemon=True)
         self.spool, self.destination, self.ae_title, self.stop, self.on_final = (
@@ -85,7 +88,7 @@ class Forwarder(threading.Thread):
             stop,
             on_final,
         )
-        self.backoff_cap_s, self.timeout_s = backoff_cap_s, timeout_s
+        self.backoff_cap_s, self.timeout_s, self.tls = backoff_cap_s, timeout_s, tls
         self.wake = threading.Event()
 
     def run(self) -> None:
@@ -116,17 +119,24 @@ class Forwarder(threading.Thread):
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         for sop_class, syntaxes in contexts.items():
             ae.add_requested_context(sop_class, sorted(syntaxes))
-        assoc = ae.associate(self.destination.host, self.destination.port, ae_title=self.destination.ae_title)
+        tls_args = (self.tls, self.destination.host) if self.tls else None
+        assoc = ae.associate(
+            self.destination.host, self.destination.port, ae_title=self.destination.ae_title, tls_args=tls_args
+        )
         if not assoc.is_established:
+            why = "association not established" + (
+                " (TLS: see the peer's certificate and --forward-tls-ca)" if self.tls else ""
+            )
             for path, _, attempts in due:
                 self.spool.mark_delivery_failed(
                     path,
-                    f"association with {self.destination} not established",
+                    f"{why} with {self.destination}",
                     backoff_s(attempts + 1, cap_s=self.backoff_cap_s),
                 )
             log.warning(
-                "forward to %s: association not established; %d result file(s) wait, next try in %.0f s",
+                "forward to %s: %s; %d result file(s) wait, next try in %.0f s",
                 self.destination,
+                why,
                 len(due),
                 backoff_s(due[0][2] + 1, cap_s=self.backoff_cap_s),
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class NodeConfig:
     max_spool_bytes: int | None = None
     min_free_bytes: int = 0
     backoff_cap_s: float = 60.0
+    forward_tls: ssl.SSLContext | None = None
 
 
 def series_log_line(spool: Spool, series_uid: str) -> str:
@@ -87,6 +89,7 @@ class Node:
                 stop=self.stop_event,
                 on_final=self._series_final,
                 backoff_cap_s=config.backoff_cap_s,
+                tls=config.forward_tls,
             )
             if config.forward
             else None
@@ -128,7 +131,9 @@ class Node:
             " (TLS)" if o.ssl_context else "",
             self.config.spool,
             self.config.output,
-            f"; forwarding to {self.config.forward}" if self.config.forward else "",
+            f"; forwarding to {self.config.forward}{' (TLS)' if self.config.forward_tls else ''}"
+            if self.config.forward
+            else "",
         )
 
     def install_signal_handlers(self) -> None:

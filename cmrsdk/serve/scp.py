@@ -79,6 +79,17 @@ def tls_context(cert: str | Path, key: str | Path, ca: str | Path | None = None)
     return context
 
 
+def client_tls_context(ca: str | Path, cert: str | Path | None = None, key: str | Path | None = None) -> ssl.SSLContext:
+    """A client-side TLS context for forwarding: the peer must present a certificate signed by
+    ``ca`` and naming its host (or IP address) as given in ``--forward``; with ``cert`` and
+    ``key`` this node presents its own (for peers that require mutual TLS)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key) if key else None)
+    return context
+
+
 class StorageScp:
     """pynetdicom's threaded server (one thread per association) writing into ``spool``."""
 
