@@ -861,6 +861,25 @@ def test_retrieve_fetches_a_patients_mr_series_from_the_pacs(orthanc, tmp_path, 
     assert "needs --study, --patient or --accession" in capsys.readouterr().err
     assert main(["retrieve", str(peer), "--study", study, "--aet", "A" * 17, "--list"]) == 2
     assert f"AE title '{'A' * 17}' is invalid" in capsys.readouterr().err
+    # a PACS that sends by C-MOVE: this side listens where the PACS knows MOVER to be
+    mover_port = free_port()
+    orthanc.request("PUT", "/modalities/mover", {"AET": "MOVER", "Host": "127.0.0.1", "Port": mover_port})
+    move = ["--aet", "MOVER", "--move-port", str(mover_port), "--move-host", "127.0.0.1"]
+    assert main(["retrieve", str(peer), "--study", study, "-o", str(tmp_path / "moved"), *move]) == 0
+    moved = read_dicom_study(tmp_path / "moved" / study)
+    for a, b in zip(moved.phases, want.phases, strict=True):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == [study]
+    orthanc.request("PUT", "/modalities/mover", {"AET": "MOVER", "Host": "127.0.0.1", "Port": free_port()})
+    capsys.readouterr()  # MOVER now registered at a port where nobody listens: the sub-operations fail
+    assert (
+        main(["retrieve", str(peer), "--study", study, "-o", str(tmp_path / "moved2"), *move, "--timeout", "10"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert f"PACS {peer}: C-MOVE to MOVER of series {series_uid(files)} failed: status 0xC000" in err
+    assert not any((tmp_path / "moved2").iterdir())  # nothing half-fetched, no staging folder left
+    assert main(["retrieve", str(peer), "--study", study, "-o", str(tmp_path / "z"), "--move-port", "70000"]) == 2
+    assert "--move-port value 70000 is invalid" in capsys.readouterr().err
     nobody = f"PACS@127.0.0.1:{free_port()}"  # nothing listens there
     assert main(["retrieve", nobody, "--patient", patient, "--list", "--timeout", "5"]) == 2
     assert f"PACS {nobody}: association refused or not answered" in capsys.readouterr().err

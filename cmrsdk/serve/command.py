@@ -223,6 +223,14 @@ def add_retrieve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--list", action="store_true", help="list the matching MR series and fetch nothing")
     p.add_argument("--aet", default="CMRSDK", help="this side's AE title (default: CMRSDK)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the PACS per message (default 60)")
+    p.add_argument(
+        "--move-port",
+        type=int,
+        metavar="PORT",
+        help="fetch by C-MOVE (for a PACS without C-GET): listen on PORT meanwhile, where the PACS must know "
+        "--aet to be (this host, PORT)",
+    )
+    p.add_argument("--move-host", default="0.0.0.0", help="address to listen on with --move-port (default: all)")
     return p
 
 
@@ -233,6 +241,8 @@ def run_retrieve(args: argparse.Namespace) -> int:
     if not args.list and not args.output:
         raise InputError("retrieve needs -o OUTPUT (or --list)")
     _check_ae_title(args.aet)
+    if args.move_port is not None and not 0 < args.move_port < 65536:
+        raise InputError(f"--move-port value {args.move_port} is invalid; expected 1 to 65535")
     try:
         import pynetdicom  # noqa: F401
     except ImportError as exc:
@@ -271,7 +281,14 @@ def run_retrieve(args: argparse.Namespace) -> int:
         with tqdm(total=total, unit="image", desc=f"study {uid[-12:]}", file=sys.stderr, disable=None) as bar:
             try:
                 folder = retrieve_study(
-                    peer, series, args.output, ae_title=aet, timeout_s=args.timeout, progress=bar.update
+                    peer,
+                    series,
+                    args.output,
+                    ae_title=aet,
+                    timeout_s=args.timeout,
+                    progress=bar.update,
+                    move_port=args.move_port,
+                    move_host=args.move_host,
                 )
             except CmrError as exc:
                 failures += 1

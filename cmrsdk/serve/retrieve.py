@@ -1,8 +1,11 @@
-"""Retrieval from a PACS: find a patient's or a study's MR series (C-FIND) and fetch them (C-GET).
+"""Retrieval from a PACS: find a patient's or a study's MR series (C-FIND) and fetch them (C-GET
+or C-MOVE).
 
 The way in for cohort studies and for a reader at a workstation: the PACS is asked, not pushed
-to, so it needs to know only this AE title (C-GET brings the images back on the association that
-asked, unlike C-MOVE, which needs the PACS to reach a listening port). Each study lands whole in
+to. By C-GET (the default) it needs to know only this AE title: the images come back on the
+association that asked. Many PACS offer only C-MOVE, which sends the images on an association
+of their own to where they know this AE title listens: with ``move_port`` a Storage SCP listens
+there for as long as the retrieval lasts. Each study lands whole in
 ``OUT/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` or not at all: it is
 gathered in a hidden folder beside it and renamed when every instance has arrived.
 """
@@ -27,6 +30,7 @@ __all__ = ["SeriesMatch", "find_series", "retrieve_study", "MR_STORAGE"]
 MR_STORAGE = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
 _FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
 _GET = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve Information Model - GET
+_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"  # Study Root Query/Retrieve Information Model - MOVE
 _PENDING = (0xFF00, 0xFF01)
 
 
@@ -57,6 +61,7 @@ class _Association:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
         ae.add_requested_context(_FIND)
         ae.add_requested_context(_GET)
+        ae.add_requested_context(_MOVE)
         syntaxes = accepted_transfer_syntaxes()
         for sop_class in MR_STORAGE:
             ae.add_requested_context(sop_class, syntaxes)
@@ -86,15 +91,24 @@ class _Association:
                 text = self._no_answer() if code is None else f"status 0x{code:04X}"
                 raise _peer_error(self.peer, f"C-FIND at {query.QueryRetrieveLevel} level failed: {text}")
 
-    def get(self, query: Any) -> Any:
+    def get(self, query: Any, move_to: str | None = None) -> Any:
+        """The final response of a C-GET, or of a C-MOVE to AE title ``move_to``; raises on failure."""
+        responses = (
+            self.assoc.send_c_get(query, _GET) if move_to is None else self.assoc.send_c_move(query, move_to, _MOVE)
+        )
         final = None
-        for status, _ in self.assoc.send_c_get(query, _GET):
+        for status, _ in responses:
             if status and "Status" in status:
                 final = status
         code = int(final.Status) if final is not None else None
         if code not in (0x0000, 0xB000):
             text = self._no_answer() if code is None else f"status 0x{code:04X}"
-            raise _peer_error(self.peer, f"C-GET of series {query.SeriesInstanceUID} failed: {text}")
+            if code == 0xA801:  # PS3.4 C.4.2.1.5: move destination unknown
+                text += (
+                    f" (the PACS does not know where '{move_to}' listens: register it there with this host and port)"
+                )
+            verb = "C-GET" if move_to is None else f"C-MOVE to {move_to}"
+            raise _peer_error(self.peer, f"{verb} of series {query.SeriesInstanceUID} failed: {text}")
         return final
 
     def _no_answer(self) -> str:
@@ -206,8 +220,12 @@ def retrieve_study(
     ae_title: str = "CMRSDK",
     timeout_s: float = 60.0,
     progress: Callable[[int], None] | None = None,
+    move_port: int | None = None,
+    move_host: str = "0.0.0.0",
 ) -> Path:
-    """Fetch ``series`` (all of one study) by C-GET into ``output/<StudyInstanceUID>/``.
+    """Fetch ``series`` (all of one study) by C-GET into ``output/<StudyInstanceUID>/``, or by
+    C-MOVE with ``move_port``: a Storage SCP with AE title ``ae_title`` listens on
+    ``move_host:move_port`` meanwhile, where the PACS must know ``ae_title`` to be.
 
     The instances are written to a hidden folder beside it as they arrive, each
     ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with its file meta, and the folder renamed
@@ -256,10 +274,15 @@ def retrieve_study(
             progress(1)
         return 0x0000
 
-    link = _Association(peer, ae_title, timeout_s, on_store)
+    server = _listen(ae_title, move_host, move_port, timeout_s, on_store) if move_port is not None else None
+    link: _Association | None = None
     try:
+        link = _Association(peer, ae_title, timeout_s, on_store)
         for match in series:
-            final = link.get(_query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=match.series_uid))
+            final = link.get(
+                _query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=match.series_uid),
+                move_to=ae_title if server is not None else None,
+            )
             failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
             if failed or refused:
                 raise _peer_error(
@@ -274,5 +297,23 @@ def retrieve_study(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        link.close()
+        if link is not None:
+            link.close()
+        if server is not None:
+            server.shutdown()
     return target
+
+
+def _listen(ae_title: str, host: str, port: int, timeout_s: float, on_store: Callable[[Any], int]) -> Any:
+    """A Storage SCP for MR images on ``host:port`` (C-MOVE's destination), running until shut down."""
+    from pynetdicom import AE, evt
+
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    syntaxes = accepted_transfer_syntaxes()
+    for sop_class in MR_STORAGE:
+        ae.add_supported_context(sop_class, syntaxes)
+    try:
+        return ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    except OSError as exc:
+        raise InputError(f"--move-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
