@@ -209,11 +209,11 @@ def run_serve(args: argparse.Namespace) -> int:
 def add_retrieve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "retrieve",
-        help="fetch a patient's or a study's MR series from a PACS (C-FIND, C-GET) for `cmrsdk segment`",
+        help="fetch a patient's or a study's MR series from a PACS (C-FIND; C-GET or C-MOVE) for `cmrsdk segment`",
         description="Asks the PACS for the studies matching --study, --patient or --accession and fetches their "
-        "MR series by C-GET into OUT/<StudyInstanceUID>/ (each study whole or not at all), ready for "
-        "`cmrsdk segment OUT/<StudyInstanceUID>`. The PACS must know this AE title (--aet) with C-FIND "
-        "and C-GET allowed.",
+        "MR series by C-GET (or C-MOVE with --move-port) into OUT/<StudyInstanceUID>/ (each study whole or not "
+        "at all), ready for `cmrsdk segment OUT/<StudyInstanceUID>`. The PACS must know this AE title (--aet) "
+        "with C-FIND and C-GET allowed, or, for C-MOVE, at this host and --move-port.",
     )
     p.add_argument("pacs", metavar="AET@HOST:PORT", help="the PACS, e.g. ORTHANC@pacs.local:4242")
     p.add_argument("--study", help="StudyInstanceUID")
