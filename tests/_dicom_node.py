@@ -57,7 +57,9 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.2) ->
 class Orthanc:
     """A private Orthanc PACS; ``modalities`` maps a name to (AET, port) of peers on 127.0.0.1."""
 
-    def __init__(self, folder: Path, modalities: dict[str, tuple[str, int]], aet: str = "ORTHANC") -> None:
+    def __init__(
+        self, folder: Path, modalities: dict[str, tuple[str, int]], aet: str = "ORTHANC", extra: dict | None = None
+    ) -> None:
         self.folder, self.aet = Path(folder), aet
         self.http_port, self.dicom_port = free_port(), free_port()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,7 @@ class Orthanc:
             "DicomScuTimeout": 30,
             "StableAge": 2,
             "SaveJobs": False,
+            **(extra or {}),
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config, indent=2))
         self.log = open(self.folder / "orthanc.log", "wb")

@@ -685,6 +685,59 @@ def test_results_are_forwarded_over_mutual_tls_and_not_to_an_untrusted_peer(tmp_
         assert node.terminate() == 0
 
 
+@needs_orthanc
+@pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="openssl is not installed: no certificates to test TLS with"
+)
+def test_retrieve_over_tls_from_a_pacs_that_speaks_only_tls(tmp_path, capsys):
+    """Orthanc with DICOM TLS, client certificates required: retrieve with --tls-ca/-cert/-key
+    fetches the series; without TLS, or trusting another CA, one error line and nothing written."""
+    from cmrsdk.cli import main
+    from cmrsdk.io import read_dicom_study
+
+    ca = (tmp_path / "ca.pem", tmp_path / "ca.key")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca[1]), "-out", str(ca[0]),
+             "-days", "1", "-subj", "/CN=hospital CA")  # fmt: skip
+    pacs_cert = _signed_certificate(tmp_path, "pacs", ca, "IP:127.0.0.1")
+    reader_cert = _signed_certificate(tmp_path, "reader", ca, None)
+    tls_config = {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(pacs_cert[0]),
+        "DicomTlsPrivateKey": str(pacs_cert[1]),
+        "DicomTlsTrustedCertificates": str(ca[0]),
+        "DicomTlsRemoteCertificateRequired": True,
+    }
+    orthanc = Orthanc(tmp_path / "orthanc", {"reader": ("READER", free_port())}, extra=tls_config)
+    try:
+        files = synthetic_series(tmp_path / "in", seed=81, n_phases=2, n_slices=4, size=48)
+        for f in files:
+            orthanc.request("POST", "/instances", f.read_bytes())
+        import pydicom
+
+        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        peer = f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"
+        tls = ["--tls-ca", str(ca[0]), "--tls-cert", str(reader_cert[0]), "--tls-key", str(reader_cert[1])]
+        out = tmp_path / "out"
+        assert main(["retrieve", peer, "--study", study, "--aet", "READER", "-o", str(out), *tls]) == 0
+        got, want = read_dicom_study(out / study), read_dicom_study(tmp_path / "in")
+        for a, b in zip(got.phases, want.phases, strict=True):
+            np.testing.assert_array_equal(a.pixels, b.pixels)
+        capsys.readouterr()
+        plain = ["retrieve", peer, "--study", study, "--aet", "READER", "--list", "--timeout", "5"]
+        assert main(plain) == 2  # no TLS: the PACS drops the association
+        assert f"PACS {peer}: " in capsys.readouterr().err
+        other = (tmp_path / "other.pem", tmp_path / "other.key")
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(other[1]), "-out", str(other[0]),
+                 "-days", "1", "-subj", "/CN=another CA")  # fmt: skip
+        untrusting = ["--tls-ca", str(other[0]), "--tls-cert", str(reader_cert[0]), "--tls-key", str(reader_cert[1])]
+        assert main([*plain, *untrusting]) == 2
+        assert "its certificate must be signed by --tls-ca" in capsys.readouterr().err
+        assert main(["retrieve", peer, "--study", study, "--list", "--tls-cert", str(reader_cert[0])]) == 2
+        assert "--tls-cert and --tls-key need --tls-ca" in capsys.readouterr().err
+    finally:
+        orthanc.close()
+
+
 def test_lossless_syntaxes_accepted_where_decodable_lossy_not():
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID

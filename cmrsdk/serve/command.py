@@ -103,16 +103,8 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--series-timeout value {args.series_timeout} is invalid; expected seconds > 0")
     if (args.forward_tls_ca or args.forward_tls_cert or args.forward_tls_key) and not args.forward:
         raise InputError("--forward-tls-ca, --forward-tls-cert and --forward-tls-key need --forward")
-    if (args.forward_tls_cert or args.forward_tls_key) and not args.forward_tls_ca:
-        raise InputError(
-            "--forward-tls-cert and --forward-tls-key need --forward-tls-ca (the CA the peer's certificate is checked against)"
-        )
-    if bool(args.forward_tls_cert) != bool(args.forward_tls_key):
-        raise InputError(
-            f"--forward-tls-cert and --forward-tls-key go together; got only "
-            f"{'--forward-tls-cert' if args.forward_tls_cert else '--forward-tls-key'}"
-        )
-    for option in ("tls_cert", "tls_key", "tls_ca", "forward_tls_ca", "forward_tls_cert", "forward_tls_key"):
+    _check_client_tls(args.forward_tls_ca, args.forward_tls_cert, args.forward_tls_key, "--forward-tls")
+    for option in ("tls_cert", "tls_key", "tls_ca"):
         value = getattr(args, option)
         if value and not Path(value).is_file():
             raise InputError(f"--{option.replace('_', '-')} file '{value}' not found")
@@ -124,6 +116,19 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--max-spool-mb value {args.max_spool_mb} is invalid; expected MB > 0")
     for aet in [args.aet, *args.allow]:
         _check_ae_title(aet)
+
+
+def _check_client_tls(ca: str | None, cert: str | None, key: str | None, prefix: str) -> None:
+    """A client's TLS options: a certificate and key together, only with the CA, each file there."""
+    if (cert or key) and not ca:
+        raise InputError(
+            f"{prefix}-cert and {prefix}-key need {prefix}-ca (the CA the peer's certificate is checked against)"
+        )
+    if bool(cert) != bool(key):
+        raise InputError(f"{prefix}-cert and {prefix}-key go together; got only {prefix}-{'cert' if cert else 'key'}")
+    for name, value in (("ca", ca), ("cert", cert), ("key", key)):
+        if value and not Path(value).is_file():
+            raise InputError(f"{prefix}-{name} file '{value}' not found")
 
 
 def _tls(build: Callable[[], ssl.SSLContext], options: str) -> ssl.SSLContext:
@@ -231,11 +236,17 @@ def add_retrieve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         "--aet to be (this host, PORT)",
     )
     p.add_argument("--move-host", default="0.0.0.0", help="address to listen on with --move-port (default: all)")
+    p.add_argument(
+        "--tls-ca", metavar="PEM", help="TLS: the PACS's certificate must be signed by this CA and name its HOST"
+    )
+    p.add_argument("--tls-cert", metavar="PEM", help="with --tls-ca: this side's certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key (PEM) of --tls-cert")
     return p
 
 
 def run_retrieve(args: argparse.Namespace) -> int:
     from .forward import parse_destination
+    from .scp import client_tls_context
 
     peer = parse_destination(args.pacs, "PACS")
     if not args.list and not args.output:
@@ -243,6 +254,12 @@ def run_retrieve(args: argparse.Namespace) -> int:
     _check_ae_title(args.aet)
     if args.move_port is not None and not 0 < args.move_port < 65536:
         raise InputError(f"--move-port value {args.move_port} is invalid; expected 1 to 65535")
+    _check_client_tls(args.tls_ca, args.tls_cert, args.tls_key, "--tls")
+    tls = (
+        _tls(lambda: client_tls_context(args.tls_ca, args.tls_cert, args.tls_key), "--tls-ca, --tls-cert, --tls-key")
+        if args.tls_ca
+        else None
+    )
     try:
         import pynetdicom  # noqa: F401
     except ImportError as exc:
@@ -258,6 +275,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
         accession=args.accession,
         ae_title=aet,
         timeout_s=args.timeout,
+        tls=tls,
     )
     if not matches:
         print(f"{peer}: no MR series matches", file=sys.stderr)
@@ -289,6 +307,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
                     progress=bar.update,
                     move_port=args.move_port,
                     move_host=args.move_host,
+                    tls=tls,
                 )
             except CmrError as exc:
                 failures += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -52,9 +53,17 @@ def _peer_error(peer: Destination, message: str) -> ReadError:
 
 
 class _Association:
-    """One association with the PACS: Find, Get, and MR storage in the SCP role (for C-GET)."""
+    """One association with the PACS: Find, Get, and MR storage in the SCP role (for C-GET); over
+    TLS with ``tls`` (:func:`cmrsdk.serve.scp.client_tls_context`)."""
 
-    def __init__(self, peer: Destination, ae_title: str, timeout_s: float, on_store: Callable[[Any], int]) -> None:
+    def __init__(
+        self,
+        peer: Destination,
+        ae_title: str,
+        timeout_s: float,
+        on_store: Callable[[Any], int],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         from pynetdicom import AE, build_role, evt
 
         ae = AE(ae_title=ae_title)
@@ -73,13 +82,20 @@ class _Association:
             ae_title=peer.ae_title,
             ext_neg=roles,
             evt_handlers=[(evt.EVT_C_STORE, on_store)],
+            tls_args=(tls, peer.host) if tls else None,
         )
         if not self.assoc.is_established:
             raise _peer_error(
                 peer,
                 f"association refused or not answered (is a PACS listening at {peer.host}:{peer.port} with AE "
                 f"title '{peer.ae_title}'? it answers only calling AE titles it knows: register '{ae_title}' "
-                "there, with C-FIND and C-GET allowed)",
+                "there, with C-FIND and C-GET allowed"
+                + (
+                    "; over TLS, its certificate must be signed by --tls-ca and name the host, and it may want "
+                    "this side's (--tls-cert, --tls-key))"
+                    if tls
+                    else ")"
+                ),
             )
 
     def find(self, query: Any) -> Iterator[Any]:
@@ -140,6 +156,7 @@ def find_series(
     accession: str | None = None,
     ae_title: str = "CMRSDK",
     timeout_s: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> list[SeriesMatch]:
     """The MR series of the studies matching ``study_uid``, ``patient_id`` and ``accession``.
 
@@ -154,7 +171,7 @@ def find_series(
     keys = {"StudyInstanceUID": study_uid, "PatientID": patient_id, "AccessionNumber": accession}
     if not any(keys.values()):
         raise InputError("retrieve needs --study, --patient or --accession (what to ask the PACS for)")
-    link = _Association(peer, ae_title, timeout_s, lambda event: 0xC000)
+    link = _Association(peer, ae_title, timeout_s, lambda event: 0xC000, tls)
     try:
         studies = list(
             link.find(
@@ -222,10 +239,12 @@ def retrieve_study(
     progress: Callable[[int], None] | None = None,
     move_port: int | None = None,
     move_host: str = "0.0.0.0",
+    tls: ssl.SSLContext | None = None,
 ) -> Path:
     """Fetch ``series`` (all of one study) by C-GET into ``output/<StudyInstanceUID>/``, or by
     C-MOVE with ``move_port``: a Storage SCP with AE title ``ae_title`` listens on
-    ``move_host:move_port`` meanwhile, where the PACS must know ``ae_title`` to be.
+    ``move_host:move_port`` meanwhile, where the PACS must know ``ae_title`` to be. With ``tls``
+    the associations this side opens are TLS (C-MOVE's incoming one is not).
 
     The instances are written to a hidden folder beside it as they arrive, each
     ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with its file meta, and the folder renamed
@@ -277,7 +296,7 @@ def retrieve_study(
     server = _listen(ae_title, move_host, move_port, timeout_s, on_store) if move_port is not None else None
     link: _Association | None = None
     try:
-        link = _Association(peer, ae_title, timeout_s, on_store)
+        link = _Association(peer, ae_title, timeout_s, on_store, tls)
         for match in series:
             final = link.get(
                 _query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=match.series_uid),
