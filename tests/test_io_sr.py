@@ -147,3 +147,47 @@ def test_sources_repaired_with_one_warning_per_attribute(series, tmp_path):
     again = derivation_sources(files[2:])
     assert again[0].FrameOfReferenceUID == repaired[0].FrameOfReferenceUID
     np.testing.assert_array_equal(repaired[0].pixel_array, pydicom.dcmread(files[0]).pixel_array)
+
+
+def test_rejection_note_withdraws_a_studys_results_and_validates(series, tmp_path):
+    """IHE IOCM: a Key Object Selection titled 'Rejected for Quality Reasons' (DCM 113001)
+    referencing the rejected instances, in their study; dciodvfy finds nothing to report."""
+    import shutil
+    import subprocess
+
+    from cmrsdk.errors import ReadError
+    from cmrsdk.io.rejection import write_rejection_note
+
+    reports = [write_measurement_report(tmp_path / f"sr{i}.dcm", {"lvef_pct": 50.0 + i}, series[:2]) for i in range(2)]
+    note = pydicom.dcmread(write_rejection_note(tmp_path / "note.dcm", reports))
+    assert (note.Modality, note.SOPClassUID) == ("KO", "1.2.840.10008.5.1.4.1.1.88.59")
+    title = note.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning) == (
+        "113001",
+        "DCM",
+        "Rejected for Quality Reasons",
+    )
+    rejected = [pydicom.dcmread(r, stop_before_pixels=True) for r in reports]
+    assert note.StudyInstanceUID == rejected[0].StudyInstanceUID
+    assert note.SeriesInstanceUID not in {r.SeriesInstanceUID for r in rejected}
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in note.CurrentRequestedProcedureEvidenceSequence
+        for series_item in study.ReferencedSeriesSequence
+        for item in series_item.ReferencedSOPSequence
+    }
+    assert evidence == {r.SOPInstanceUID for r in rejected}
+    if shutil.which("dciodvfy") is not None:
+        result = subprocess.run(["dciodvfy", str(tmp_path / "note.dcm")], capture_output=True, text=True, timeout=60)
+        assert not [
+            line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("Error", "Warning"))
+        ]
+    with pytest.raises(InputError, match="'rejected_files' is empty"):
+        write_rejection_note(tmp_path / "x.dcm", [])
+    other = write_dicom_series(tmp_path / "other", synthetic_study(seed=6, n_slices=3, shape=(32, 32), n_phases=2))
+    with pytest.raises(InputError, match="belong to 2 studies"):
+        write_rejection_note(tmp_path / "x.dcm", [reports[0], other[0]])
+    (tmp_path / "junk.dcm").write_bytes(b"not dicom")
+    with pytest.raises(ReadError, match="junk.dcm"):
+        write_rejection_note(tmp_path / "x.dcm", [tmp_path / "junk.dcm"])
+    assert not (tmp_path / "x.dcm").exists()

@@ -166,6 +166,28 @@ def wait_states(
     )
 
 
+def rejected_in_pacs(orthanc: Orthanc, files: list[Path]) -> list[set[str]]:
+    """The SOP Instance UIDs each rejection note in the PACS withdraws (IOCM KOS, 'Rejected for
+    Quality Reasons'), for the study of ``files``."""
+    import pydicom
+
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    notes = [
+        pydicom.dcmread(io.BytesIO(orthanc.request("GET", f"/instances/{i}/file")))
+        for i in orthanc.instances_of_modality(("KO",))
+    ]
+    return [
+        {
+            item.ReferencedSOPInstanceUID
+            for evidence in note.CurrentRequestedProcedureEvidenceSequence
+            for referenced in evidence.ReferencedSeriesSequence
+            for item in referenced.ReferencedSOPSequence
+        }
+        for note in notes
+        if note.StudyInstanceUID == study and note.ConceptNameCodeSequence[0].CodeValue == "113001"
+    ]
+
+
 def forward_args(orthanc: Orthanc) -> list[str]:
     return ["--forward", f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}"]
 
@@ -454,6 +476,8 @@ def test_a_series_cut_off_and_resent_after_the_timeout_is_segmented_again_whole(
         ]
         assert referenced == [5, 8]  # the first result on what came, the second on the whole series
         assert seg_references(orthanc)[uid] == 4  # both results forwarded (ED and ES each), neither twice
+        first = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in (out / uid).glob("*.dcm")}
+        assert rejected_in_pacs(orthanc, files) == [first] and len(first) == 3  # SEG ED, SEG ES, SR of 5 slices
         assert "reopened, to be judged again when quiet" in node.text()
         assert f"judged 2 times (instances came after a verdict), results in {out / (uid + '_2')}" in node.text()
     finally:
@@ -464,7 +488,10 @@ def test_a_series_cut_off_and_resent_after_the_timeout_is_segmented_again_whole(
 @needs_dcmtk
 def test_slices_of_a_stacked_study_sent_after_a_pause_are_stacked_again_with_it(orthanc, tmp_path):
     """A scanner sending each breath-hold as it is reconstructed, pausing longer than the series
-    timeout after the third: the node stacks three slices, then all six once the rest come."""
+    timeout after the third: the node stacks three slices, then all six once the rest come; a
+    rejection note withdraws the three-slice result from the PACS."""
+    import pydicom
+
     groups, uids = series_per_slice(tmp_path / "cine", seed=33)
     port = free_port()
     node = NodeProcess(
@@ -483,6 +510,10 @@ def test_slices_of_a_stacked_study_sent_after_a_pause_are_stacked_again_with_it(
         assert rows[first].reason == f"stacked again into {second}"
         refs = seg_references(orthanc)
         assert [refs[u] for u in uids] == [4, 4, 4, 2, 2, 2]  # the 3-slice SEGs, then the 6-slice ones
+        withdrawn = {
+            pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in (tmp_path / "out" / first).glob("*.dcm")
+        }
+        assert rejected_in_pacs(orthanc, groups[0]) == [withdrawn] and len(withdrawn) == 3
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([first, second])
     finally:
         assert node.terminate() == 0

@@ -84,6 +84,23 @@ def test_a_series_resent_in_full_after_its_result_is_judged_again_with_every_ins
     s.close()
 
 
+def test_results_the_peer_holds_are_withdrawn_once_by_the_next_judgement(tmp_path):
+    s = Spool(tmp_path / "spool", reopen_window_s=60.0)
+    out = tmp_path / "out"
+    first = [out / "5.3" / "seg_ED.dcm", out / "5.3" / "sr.dcm"]
+    _segmented(s, "5.3", deliveries=first)
+    s.mark_delivered(str(first[0]))  # the SR is still pending when the rest of the series comes
+    assert s.store_instance("5.3", "5.3.9", b"x") == "reopened"
+    assert s.sent_and_superseded("5.3") == [str(first[0])]  # the pending SR was superseded, never sent
+    s.mark_complete("5.3", queue=True, phases=2, slices=3, reason=None, quiet_since=time.time())
+    assert s.next_queued() == "5.3"
+    second = [out / "5.3_2" / "rejection_note.dcm", out / "5.3_2" / "seg_ED.dcm"]
+    assert s.mark_segmented("5.3", output=out / "5.3_2", deliveries=second, withdrawn=[str(first[0])]) == "forwarding"
+    assert s.sent_and_superseded("5.3") == []  # withdrawn: the next judgement does not withdraw it again
+    assert s.delivery_counts("5.3") == (0, 2)
+    s.close()
+
+
 def test_a_new_instance_after_the_reopen_window_is_late(tmp_path):
     s = Spool(tmp_path / "spool", reopen_window_s=60.0)
     _segmented(s, "5.2")

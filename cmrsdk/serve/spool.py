@@ -40,7 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from ..errors import CmrError, InputError
 
@@ -580,19 +580,40 @@ class Spool:
         ).fetchone()
         return bool(row and row[0])
 
-    def mark_segmented(self, series_uid: str, *, output: Path, deliveries: list[Path]) -> str:
+    def sent_and_superseded(self, series_uid: str) -> list[str]:
+        """Result files the peer acknowledged for earlier judgements of this series (or for the stack
+        it stacked again), not yet withdrawn: what a new result's rejection note withdraws."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT path FROM deliveries WHERE state = 'sent' AND (series_uid = ? OR series_uid IN "
+                "(SELECT series_uid FROM series WHERE reason = ?)) ORDER BY path",
+                (series_uid, f"stacked again into {series_uid}"),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def mark_segmented(
+        self,
+        series_uid: str,
+        *,
+        output: Path,
+        deliveries: list[Path],
+        withdrawn: Sequence[str] = (),
+    ) -> str:
         """Record the written results; with deliveries the series waits in ``forwarding``. Returns the new state:
-        ``receiving`` where instances arrived while it was segmented (its results are then superseded)."""
+        ``receiving`` where instances arrived while it was segmented (its results are then superseded).
+        ``withdrawn``: earlier results its rejection note withdraws (`sent_and_superseded`)."""
         state = "forwarding" if deliveries else "done"
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            grown = self._grown_while_processing(series_uid)
+            for sent in () if grown else withdrawn:  # grown: the next judgement's note withdraws them
+                self._db.execute("UPDATE deliveries SET state = 'withdrawn' WHERE path = ? AND state = 'sent'", (sent,))
             for path in deliveries:
                 self._db.execute(
                     "INSERT OR IGNORE INTO deliveries (path, series_uid, state) VALUES (?, ?, 'pending')",
                     (str(path), series_uid),
                 )
-            grown = self._grown_while_processing(series_uid)
             self._db.execute(
                 "UPDATE series SET state = ?, result_at = ?, output = ?, finished_at = ? WHERE series_uid = ?",
                 (state, now, str(output), None if deliveries else now, series_uid),
@@ -708,10 +729,10 @@ class Spool:
             ]
 
     def delivery_counts(self, series_uid: str) -> tuple[int, int]:
-        """(sent, total) deliveries of a series."""
+        """(sent, total) deliveries of a series' current result (superseded and withdrawn ones left out)."""
         with self._lock:
             sent, total = self._db.execute(
-                "SELECT COALESCE(SUM(state = 'sent'), 0), COALESCE(SUM(state != 'superseded'), 0) FROM deliveries "
+                "SELECT COALESCE(SUM(state = 'sent'), 0), COALESCE(SUM(state IN ('sent', 'pending')), 0) FROM deliveries "
                 "WHERE series_uid = ?",
                 (series_uid,),
             ).fetchone()
@@ -740,7 +761,7 @@ def read_status(directory: str | Path) -> tuple[list[SeriesRow], dict[str, tuple
         deliveries = {
             uid: (int(sent), int(total))
             for uid, sent, total in db.execute(
-                "SELECT series_uid, SUM(state = 'sent'), SUM(state != 'superseded') FROM deliveries GROUP BY series_uid"
+                "SELECT series_uid, SUM(state = 'sent'), SUM(state IN ('sent', 'pending')) FROM deliveries GROUP BY series_uid"
             )
         }
     finally:

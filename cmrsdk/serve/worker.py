@@ -116,6 +116,26 @@ def judge_series(folder: Path) -> SeriesVerdict:
     return SeriesVerdict(True, None, phases, slices)
 
 
+#: the result file that withdraws a series' earlier results from the PACS (cmrsdk.io.rejection)
+REJECTION_NOTE = "rejection_note.dcm"
+
+
+def _write_rejection_note(folder: Path, rejected: list[str]) -> list[str]:
+    """Write ``folder/rejection_note.dcm`` withdrawing the ``rejected`` files still on disk; returns
+    those it withdraws (none where it cannot be written: the node goes on, and says so)."""
+    from ..io.rejection import write_rejection_note
+
+    present = [path for path in rejected if Path(path).is_file()]
+    if not present:
+        return []
+    try:
+        write_rejection_note(folder / REJECTION_NOTE, present)
+    except CmrError as exc:
+        log.warning("rejection note not written, earlier results stay in the PACS: %s", exc)
+        return []
+    return present
+
+
 class Worker(threading.Thread):
     """Promotes quiet series to the queue and segments the queue in order, until ``stop`` is set.
 
@@ -209,10 +229,14 @@ class Worker(threading.Thread):
         final = self.output / result_name(series_uid, row.reopened if row else 0)
         partial = self.output / f".{final.name}.partial"
         try:
+            withdrawn = self.spool.sent_and_superseded(series_uid) if self.forward else []
             if not final.is_dir():  # a result renamed into place before a crash is kept, not redone
                 shutil.rmtree(partial, ignore_errors=True)
                 write_study(self.pipeline, self.spool.series_folder(series_uid), partial)
+                withdrawn = _write_rejection_note(partial, withdrawn)
                 partial.rename(final)
+            elif not (final / REJECTION_NOTE).is_file():
+                withdrawn = []
         except Exception as exc:  # a bug in a writer must not stop the node: the series fails, the next goes on
             shutil.rmtree(partial, ignore_errors=True)
             reason = str(exc) if isinstance(exc, CmrError) else f"{type(exc).__name__}: {exc}"
@@ -222,7 +246,9 @@ class Worker(threading.Thread):
                 log.info("series %s: instances arrived while it was segmented: judged again when quiet", series_uid)
             return
         deliveries = sorted(final.glob("*.dcm")) if self.forward else []
-        state = self.spool.mark_segmented(series_uid, output=final, deliveries=deliveries)
+        state = self.spool.mark_segmented(series_uid, output=final, deliveries=deliveries, withdrawn=withdrawn)
+        if withdrawn and state != "receiving":
+            log.info("series %s: %d earlier result file(s) withdrawn by %s", series_uid, len(withdrawn), REJECTION_NOTE)
         self.spool.purge_expired()
         if state == "done":
             self.on_final(series_uid)
