@@ -1,4 +1,4 @@
-"""Readers and writers: DICOM and NIfTI in, NIfTI, DICOM SEG, DICOM SR and JSON out.
+"""Readers and writers: DICOM and NIfTI in, NIfTI, DICOM SEG, DICOM SR, rejection notes and JSON out.
 
 Every reader returns the data model of :mod:`cmrsdk.types` (arrays (Z, Y, X), spacing
 (dz, dy, dx) mm, affine (z, y, x) voxel -> RAS+ mm, canonical uint8 labels) and refuses what it
@@ -11,6 +11,7 @@ from __future__ import annotations
 from .dicom import read_dicom_study, scan_dicom_series
 from .dispatch import detect_format, expand_inputs, inspect, read_study
 from .nifti import read_acdc_patient, read_mnms_subject, read_nifti_cine, read_nifti_stack
+from .rejection import write_rejection_note
 from .sr import write_measurement_report
 from .sunnybrook import read_sunnybrook
 from .writers import write_acdc_patient, write_dicom_seg, write_dicom_series, write_json, write_nifti_labels
@@ -33,4 +34,5 @@ __all__ = [
     "write_dicom_series",
     "write_acdc_patient",
     "write_measurement_report",
+    "write_rejection_note",
 ]
