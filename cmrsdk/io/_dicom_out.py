@@ -17,6 +17,7 @@ import datetime
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -24,7 +25,7 @@ from pydicom.uid import generate_uid
 
 from ..errors import CmrWarning, ReadError
 
-__all__ = ["derivation_sources", "valid_date", "valid_time"]
+__all__ = ["derivation_sources", "device_observer", "valid_date", "valid_time"]
 
 #: date (DA) and time (TM) attributes of the patient, study and series modules that SEG and SR copy.
 _DATES = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
@@ -41,6 +42,19 @@ _TYPE2 = (
     "StudyID",
     "ReferringPhysicianName",
 )
+
+
+def device_observer() -> Any:
+    """The SR observer context naming cmrsdk as the device that made a report or a note (highdicom)."""
+    import highdicom as hd
+    from pydicom.sr.coding import Code
+
+    return hd.sr.ObserverContext(
+        observer_type=Code("121007", "DCM", "Device"),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name="cmrsdk", manufacturer_name="cmrsdk", model_name="cmrsdk"
+        ),
+    )
 
 
 def valid_date(value: object) -> bool:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import InputError, ReadError, WriteError
 from ._atomic import atomic_path
+from ._dicom_out import device_observer
 
 __all__ = ["write_rejection_note", "REJECTED_FOR_QUALITY"]
 
@@ -66,19 +67,13 @@ def write_rejection_note(
     studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
     if len(studies) != 1:
         raise InputError(f"{path}: the rejected files belong to {len(studies)} studies; one note rejects one study's")
-    observer = hd.sr.ObserverContext(
-        observer_type=Code("121007", "DCM", "Device"),
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="cmrsdk", manufacturer_name="cmrsdk", model_name="cmrsdk"
-        ),
-    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # UIDs invalid per VR UI are referenced verbatim
             content = hd.ko.KeyObjectSelection(
                 document_title=Code(*REJECTED_FOR_QUALITY),
                 referenced_objects=datasets,
-                observer_device_context=observer,
+                observer_device_context=device_observer(),
                 description=description[:1024],
             )
             note = hd.ko.KeyObjectSelectionDocument(

@@ -93,7 +93,7 @@ def write_measurement_report(
     from pydicom.sr.coding import Code
 
     from .. import __version__
-    from ._dicom_out import derivation_sources
+    from ._dicom_out import derivation_sources, device_observer
 
     if not source_files:
         raise InputError(f"{path}: 'source_files' is empty; a DICOM SR needs the source images it reports on")
@@ -129,17 +129,11 @@ def write_measurement_report(
                 measurements=items,
             )
         )
-    observer = hd.sr.ObserverContext(
-        observer_type=Code("121007", "DCM", "Device"),
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="cmrsdk", manufacturer_name="cmrsdk", model_name="cmrsdk"
-        ),
-    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # source UIDs invalid per VR UI are referenced verbatim
             report = hd.sr.MeasurementReport(
-                observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+                observation_context=hd.sr.ObservationContext(observer_device_context=device_observer()),
                 procedure_reported=Code("241620005", "SCT", "Cardiac MRI"),
                 imaging_measurements=groups,
             )
