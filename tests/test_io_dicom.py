@@ -285,6 +285,61 @@ def test_enhanced_multiframe_seg_references_each_slices_own_frame(series, enhanc
         assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == []
 
 
+def test_enhanced_multiframe_with_two_stacks_reads_its_short_axis_stack(series, enhanced, tmp_path: Path) -> None:
+    """One file holding the short-axis cine (StackID 1) and two slices of another view (StackID 2,
+    another orientation): each stack is a series of its own, and the short-axis one is read."""
+    import copy
+
+    from cmrsdk.io import scan_dicom_series
+
+    folder, _ = series
+    ds = pydicom.dcmread(enhanced["legacy"])
+    frames = ds.pixel_array
+    groups = list(ds.PerFrameFunctionalGroupsSequence)
+    positions = [tuple(g.PlanePositionSequence[0].ImagePositionPatient) for g in groups]
+    two = sorted(set(positions))[:2]
+    extra = [i for i, p in enumerate(positions) if p in two]  # two slice positions, every phase
+    other_view = pydicom.Dataset()
+    other_view.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+    added = []
+    for i in extra:
+        item = copy.deepcopy(groups[i])
+        item.PlaneOrientationSequence = [copy.deepcopy(other_view)]
+        added.append(item)
+    for stack, items in (("1", groups), ("2", added)):
+        for item in items:
+            content = item.FrameContentSequence[0] if "FrameContentSequence" in item else pydicom.Dataset()
+            content.StackID = stack
+            item.FrameContentSequence = [content]
+    ds.PerFrameFunctionalGroupsSequence = groups + added
+    ds.NumberOfFrames = len(groups) + len(added)
+    ds.PixelData = np.ascontiguousarray(np.concatenate([frames, frames[extra]])).tobytes()
+    target = tmp_path / "two_stacks" / "cine.dcm"
+    target.parent.mkdir()
+    ds.save_as(target)
+
+    uid = str(ds.SeriesInstanceUID)
+    found = {s.series_uid: (s.n_positions, s.n_phases) for s in scan_dicom_series(target.parent)}
+    assert found == {f"{uid}#stack1": (6, 3), f"{uid}#stack2": (2, 3)}
+    got, classic = read_dicom_study(target.parent), read_dicom_study(folder)
+    assert got.info.series_uid == f"{uid}#stack1"
+    for a, b in zip(got.phases, classic.phases, strict=True):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_allclose(a.affine, b.affine, atol=1e-6)
+    assert max(f for phase in got.phases for f in phase.source_frames) <= len(groups)  # stack 1's frames only
+    import highdicom as hd  # its SEG references the short-axis stack's own frames of the file
+
+    _, study = series
+    stack, labels = got.phases[0], study.phases[0].labels[::-1].copy()
+    write_dicom_seg(tmp_path / "seg.dcm", labels, stack)
+    back = hd.seg.segread(tmp_path / "seg.dcm").get_pixels_by_source_frame(
+        source_sop_instance_uid=str(ds.SOPInstanceUID),
+        source_frame_numbers=list(stack.source_frames),
+        combine_segments=True,
+    )
+    np.testing.assert_array_equal(back, labels)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

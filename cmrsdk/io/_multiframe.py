@@ -11,8 +11,9 @@ slice and phase ordering and every geometry check are the classic reader's, unch
 Where the timing comes from, first found: the frame's CardiacSynchronizationSequence
 NominalCardiacTriggerDelayTime (Enhanced MR), the TriggerTime of its Unassigned Per-Frame (or
 Shared) Converted Attributes (Legacy Converted); where none, phases are ordered by the
-frame's TemporalPositionIndex, else by frame number. Frames of several stacks (StackID) in one
-file stay one series: the reader refuses them as mixed orientations if they differ.
+frame's TemporalPositionIndex, else by frame number. A file whose frames belong to several
+stacks (FrameContentSequence StackID: a short-axis stack and long-axis views, say) gives each
+frame its StackID, and the reader takes each stack as a series of its own to choose among.
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
     ``NumberOfFrames`` Datasets in frame order: the file's own attributes (patient, study,
     series, Rows, Columns) with each frame's ImagePositionPatient, ImageOrientationPatient,
     PixelSpacing, SliceThickness, SpacingBetweenSlices, RescaleSlope and RescaleIntercept from its
-    functional groups, TriggerTime (ms) where the file gives one, and InstanceNumber set to the
+    functional groups, TriggerTime (ms) where the file gives one, InstanceNumber set to the
     frame's TemporalPositionIndex (its frame number, 1-based, where absent) as the phase order of
-    last resort.
+    last resort, and StackID where the frames belong to more than one stack.
 
     Raises
     ------
@@ -142,4 +143,8 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
         temporal = _lookup(group, None, "FrameContentSequence", "TemporalPositionIndex")
         _replace(frame, "InstanceNumber", temporal if isinstance(temporal, int) else index + 1)
         headers.append(frame)
+    stacks = [_lookup(group, None, "FrameContentSequence", "StackID") for group in per_frame]
+    if len({str(s) for s in stacks}) > 1:  # several stacks in one file: each frame says which
+        for frame, stack in zip(headers, stacks):
+            _replace(frame, "StackID", "" if stack is None else str(stack))
     return headers

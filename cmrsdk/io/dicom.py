@@ -229,9 +229,13 @@ def _normal(orientation: np.ndarray) -> np.ndarray:
 
 
 def _series_key(image: _Image) -> str:
+    """The series an image belongs to: its SeriesInstanceUID, and ``#stack<StackID>`` for a frame
+    of a multi-frame file holding several stacks (`frame_headers`), each stack a series to choose."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) are validated on first access
-        return str(image.header.get("SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
+        uid = str(image.header.get("SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
+    stack = image.header.get("StackID") if image.frame is not None else None
+    return uid if stack is None else f"{uid}#stack{stack}"
 
 
 def _trigger_time(image: _Image) -> float | None:
