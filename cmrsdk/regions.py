@@ -97,20 +97,25 @@ def _area_slope(areas: np.ndarray) -> float | None:
     return slope
 
 
-def labelled_slices_base_to_apex(labels: np.ndarray) -> np.ndarray:
+def labelled_slices_base_to_apex(labels: np.ndarray, toward_apex: int | None = None) -> np.ndarray:
     """Indices of the labelled slices, ordered from base to apex.
 
     Parameters
     ----------
     labels : integer (Z, Y, X) canonical label map (0 bg, 1 LVBP, 2 LVM, 3 RVBP).
+    toward_apex : +1 / -1 from the stack's orientation (`index_toward_apex`), None to read the
+        direction from the areas (the module's rule).
 
     Returns
     -------
     int64 (n,) slice indices into Z, base first; empty when no slice holds a label.
     """
     array = check_label_map(labels)
+    _check_direction(toward_apex)
     foreground = array > 0
-    return _base_to_apex(foreground.sum(axis=(1, 2)), ((array == LVBP) | (array == LVM)).sum(axis=(1, 2)))
+    return _base_to_apex(
+        foreground.sum(axis=(1, 2)), ((array == LVBP) | (array == LVM)).sum(axis=(1, 2)), toward_apex
+    )
 
 
 def _base_to_apex(heart_area: np.ndarray, lv_area: np.ndarray, toward_apex: int | None = None) -> np.ndarray:
