@@ -137,6 +137,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             region_decoding=args.region_decoding,
             precision=args.precision,
             mirroring=args.mirroring,
+            systolic_base=args.systolic_base,
         )
     progress = None
     if len(planned) > 1 and sys.stderr.isatty():
@@ -290,6 +291,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             region_decoding=args.region_decoding,
             precision=args.precision,
             mirroring=args.mirroring,
+            systolic_base=args.systolic_base,
         )
         for mode in args.modes
     }
@@ -428,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--mirroring",
             action="store_true",
             help="test-time mirroring: average each U-Net over the slice and its 3 flips (4x the network time)",
+        )
+        p.add_argument(
+            "--no-systolic-base",
+            dest="systolic_base",
+            action="store_false",
+            help="keep the most basal ES RV even where it holds under 0.4 of that slice's ED RV "
+            "(by default dropped: the valve plane descended into it, cmrsdk.systole)",
         )
 
     p = sub.add_parser(

@@ -17,7 +17,8 @@ One `Pipeline.segment` call turns a `Stack` into uint8 labels on the stack's own
                 give the regions by the ground-truth rule (`cmrsdk.regions`); slices without
                 heart get no mask, region slices are segmented again by their region's U-Net;
 4. postprocess  native core: resample probabilities back and argmax in one fused pass, then
-                the largest connected component of each structure.
+                the largest connected component of each structure; in a study, the most basal
+                ES RV that the valve plane's descent made atrium is left out (`cmrsdk.systole`).
 
 Modes: ``routed`` (the paper's classifier + region U-Nets), ``baseline`` (the baseline U-Net on
 every slice). Routing by regions known from elsewhere (the ground truth, stored predictions of
@@ -29,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, cast
 
@@ -43,6 +44,7 @@ from .labels import NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
 from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
+from .systole import drop_systolic_atrium
 from .types import Stack, Study
 
 __all__ = [
@@ -212,6 +214,11 @@ class Pipeline:
         are averaged. The U-Nets of export/ train with both flips. Four times the network work;
         the Dice it buys on held-out data is in docs/RESULTS.md. The heart search and the region
         classifier are not mirrored.
+    systolic_base : in `segment_study`, where ED and ES share a grid, drop the RV of the most
+        basal ES slice when it holds less than `cmrsdk.systole.SYSTOLIC_BASE_RATIO` of that
+        slice's RV at ED: the valve plane descended into it in systole, and it holds atrium
+        (`cmrsdk.systole`; its Dice on the held-out sets in docs/RESULTS.md, Session 19). The
+        ES segmentation's provenance names the slice.
 
     The object holds no per-call state: one pipeline may serve several threads at once.
     """
@@ -231,6 +238,7 @@ class Pipeline:
         regions_from: str = "bundle",
         precision: str = "fp32",
         mirroring: bool = False,
+        systolic_base: bool = True,
     ) -> None:
         if str(mode) == "oracle":
             raise InputError(
@@ -247,6 +255,9 @@ class Pipeline:
         if not isinstance(mirroring, bool):
             raise InputError(f"'mirroring' must be True or False, got {mirroring!r}")
         self.mirroring = mirroring
+        if not isinstance(systolic_base, bool):
+            raise InputError(f"'systolic_base' must be True or False, got {systolic_base!r}")
+        self.systolic_base = systolic_base
         self.threads = threads
         self._pre = self.bundle.preprocessing
         given = self._pre.heart_crop if heart_crop == "bundle" else heart_crop
@@ -581,6 +592,8 @@ class Pipeline:
             ed, es = indices.index(study.ed_index), indices.index(study.es_index)
         else:
             ed, es = int(curve.argmax()), int(curve.argmin())
+        if self.systolic_base and ed != es:
+            segmentations[es] = self._systolic_base(segmentations[ed], segmentations[es])
         # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
         single = len(segmentations) == 1
         measures = cardiac_measures(
@@ -594,6 +607,19 @@ class Pipeline:
         totals = {stage: sum(s.timings_ms[stage] for s in segmentations) for stage in (*STAGES, "total")}
         totals["wall"] = (time.perf_counter() - t0) * 1000.0
         return StudySegmentation(tuple(segmentations), ed, es, curve, measures, totals)
+
+    @staticmethod
+    def _systolic_base(ed: Segmentation, es: Segmentation) -> Segmentation:
+        """ES with the atrium the valve plane's descent put in its most basal RV slice left out
+        (`cmrsdk.systole`); unchanged where ED and ES do not share a grid."""
+        same_grid = ed.labels.shape == es.labels.shape and np.allclose(
+            ed.stack.slice_positions, es.stack.slice_positions, atol=0.5
+        )
+        if not same_grid:
+            return es
+        labels, dropped = drop_systolic_atrium(ed.labels, es.labels, toward_apex=index_toward_apex(ed.stack.affine))
+        provenance = {**es.provenance, "systolic_base": {"rv_dropped_slice": dropped}}
+        return replace(es, labels=labels, provenance=provenance)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -609,6 +635,7 @@ class Pipeline:
             "precision": self.precision,
             "mode": self.mode,
             "largest_component": self.largest_component,
+            "systolic_base": self.systolic_base,
             "mirroring": self.mirroring,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
             "region_decoding": self.region_decoding

@@ -76,6 +76,7 @@ def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
         heart_crop=heart_crop,
         region_decoding=args.region_decoding,
         mirroring=args.mirroring,
+        systolic_base=args.systolic_base,
         overlay=not args.no_overlay,
         report_html=not args.no_report_html,
     )

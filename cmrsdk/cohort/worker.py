@@ -41,6 +41,7 @@ class PipelineSpec:
     heart_crop: tuple[int, int] | None | Literal["bundle"] = "bundle"
     region_decoding: str = "monotone"
     mirroring: bool = False
+    systolic_base: bool = True
     overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
 
@@ -155,6 +156,7 @@ class StudyWorker:
             heart_crop=spec.heart_crop,
             region_decoding=spec.region_decoding,  # type: ignore[arg-type]
             mirroring=spec.mirroring,
+            systolic_base=spec.systolic_base,
             engine_options=options,
         )
         self.pid = os.getpid()
