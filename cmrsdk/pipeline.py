@@ -612,9 +612,9 @@ class Pipeline:
     def _systolic_base(ed: Segmentation, es: Segmentation) -> Segmentation:
         """ES with the atrium the valve plane's descent put in its most basal RV slice left out
         (`cmrsdk.systole`); unchanged where ED and ES do not share a grid."""
-        same_grid = ed.labels.shape == es.labels.shape and np.allclose(
-            ed.stack.slice_positions, es.stack.slice_positions, atol=0.5
-        )
+        ed_z = np.asarray(ed.stack.slice_positions, dtype=np.float64)
+        es_z = np.asarray(es.stack.slice_positions, dtype=np.float64)
+        same_grid = ed.labels.shape == es.labels.shape and np.allclose(ed_z, es_z, atol=0.5)
         if not same_grid:
             return es
         labels, dropped = drop_systolic_atrium(ed.labels, es.labels, toward_apex=index_toward_apex(ed.stack.affine))

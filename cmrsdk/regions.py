@@ -113,9 +113,7 @@ def labelled_slices_base_to_apex(labels: np.ndarray, toward_apex: int | None = N
     array = check_label_map(labels)
     _check_direction(toward_apex)
     foreground = array > 0
-    return _base_to_apex(
-        foreground.sum(axis=(1, 2)), ((array == LVBP) | (array == LVM)).sum(axis=(1, 2)), toward_apex
-    )
+    return _base_to_apex(foreground.sum(axis=(1, 2)), ((array == LVBP) | (array == LVM)).sum(axis=(1, 2)), toward_apex)
 
 
 def _base_to_apex(heart_area: np.ndarray, lv_area: np.ndarray, toward_apex: int | None = None) -> np.ndarray:
