@@ -765,6 +765,27 @@ def test_retrieve_over_tls_from_a_pacs_that_speaks_only_tls(tmp_path, capsys):
         assert "its certificate must be signed by --tls-ca" in capsys.readouterr().err
         assert main(["retrieve", peer, "--study", study, "--list", "--tls-cert", str(reader_cert[0])]) == 2
         assert "--tls-cert and --tls-key need --tls-ca" in capsys.readouterr().err
+        # C-MOVE over TLS both ways: Orthanc delivers over TLS to where it knows MOVER to be
+        mover_port = free_port()
+        orthanc.request(
+            "PUT", "/modalities/mover", {"AET": "MOVER", "Host": "127.0.0.1", "Port": mover_port, "UseDicomTls": True}
+        )
+        move = ["--aet", "MOVER", "--move-port", str(mover_port), "--move-host", "127.0.0.1"]
+        assert main(["retrieve", peer, "--study", study, "-o", str(tmp_path / "moved"), *move, *tls]) == 0
+        moved = read_dicom_study(tmp_path / "moved" / study)
+        for a, b in zip(moved.phases, want.phases, strict=True):
+            np.testing.assert_array_equal(a.pixels, b.pixels)
+        # the listener speaks only TLS: a PACS delivering in the clear is refused, nothing is left
+        orthanc.request("PUT", "/modalities/mover", {"AET": "MOVER", "Host": "127.0.0.1", "Port": mover_port})
+        capsys.readouterr()
+        moved_plain = ["retrieve", peer, "--study", study, "-o", str(tmp_path / "m1"), *move, *tls, "--timeout", "10"]
+        assert main(moved_plain) == 1
+        assert "C-MOVE to MOVER of series" in capsys.readouterr().err
+        assert not any((tmp_path / "m1").iterdir())
+        only_ca = ["--tls-ca", str(ca[0])]
+        assert main(["retrieve", peer, "--study", study, "-o", str(tmp_path / "m2"), *move, *only_ca]) == 2
+        assert "--move-port over TLS needs --tls-cert and --tls-key" in capsys.readouterr().err
+        assert not (tmp_path / "m2").exists()
     finally:
         orthanc.close()
 

@@ -239,14 +239,19 @@ def add_retrieve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument(
         "--tls-ca", metavar="PEM", help="TLS: the PACS's certificate must be signed by this CA and name its HOST"
     )
-    p.add_argument("--tls-cert", metavar="PEM", help="with --tls-ca: this side's certificate (mutual TLS)")
+    p.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="with --tls-ca: this side's certificate (mutual TLS; with --move-port also the one the PACS "
+        "must trust when it delivers, over TLS, and it must present one --tls-ca signed)",
+    )
     p.add_argument("--tls-key", metavar="PEM", help="private key (PEM) of --tls-cert")
     return p
 
 
 def run_retrieve(args: argparse.Namespace) -> int:
     from .forward import parse_destination
-    from .scp import client_tls_context
+    from .scp import client_tls_context, tls_context
 
     peer = parse_destination(args.pacs, "PACS")
     if not args.list and not args.output:
@@ -255,9 +260,21 @@ def run_retrieve(args: argparse.Namespace) -> int:
     if args.move_port is not None and not 0 < args.move_port < 65536:
         raise InputError(f"--move-port value {args.move_port} is invalid; expected 1 to 65535")
     _check_client_tls(args.tls_ca, args.tls_cert, args.tls_key, "--tls")
+    if args.tls_ca and args.move_port is not None and not args.tls_cert:
+        raise InputError(
+            "--move-port over TLS needs --tls-cert and --tls-key: the PACS opens the delivering "
+            "association to this side, which must present a certificate"
+        )
     tls = (
         _tls(lambda: client_tls_context(args.tls_ca, args.tls_cert, args.tls_key), "--tls-ca, --tls-cert, --tls-key")
         if args.tls_ca
+        else None
+    )
+    # C-MOVE's delivery over TLS too: this side is the server, and the PACS must present a
+    # certificate the same CA signed (mutual TLS, PS3.15 B.1)
+    move_tls = (
+        _tls(lambda: tls_context(args.tls_cert, args.tls_key, args.tls_ca), "--tls-ca, --tls-cert, --tls-key")
+        if args.tls_ca and args.move_port is not None
         else None
     )
     try:
@@ -308,6 +325,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
                     move_port=args.move_port,
                     move_host=args.move_host,
                     tls=tls,
+                    move_tls=move_tls,
                 )
             except CmrError as exc:
                 failures += 1

@@ -240,11 +240,13 @@ def retrieve_study(
     move_port: int | None = None,
     move_host: str = "0.0.0.0",
     tls: ssl.SSLContext | None = None,
+    move_tls: ssl.SSLContext | None = None,
 ) -> Path:
     """Fetch ``series`` (all of one study) by C-GET into ``output/<StudyInstanceUID>/``, or by
     C-MOVE with ``move_port``: a Storage SCP with AE title ``ae_title`` listens on
     ``move_host:move_port`` meanwhile, where the PACS must know ``ae_title`` to be. With ``tls``
-    the associations this side opens are TLS (C-MOVE's incoming one is not).
+    the associations this side opens are TLS; with ``move_tls`` (a server context,
+    :func:`cmrsdk.serve.scp.tls_context`) so is the one the PACS opens to deliver a C-MOVE.
 
     The instances are written to a hidden folder beside it as they arrive, each
     ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with its file meta, and the folder renamed
@@ -293,7 +295,7 @@ def retrieve_study(
             progress(1)
         return 0x0000
 
-    server = _listen(ae_title, move_host, move_port, timeout_s, on_store) if move_port is not None else None
+    server = _listen(ae_title, move_host, move_port, timeout_s, on_store, move_tls) if move_port is not None else None
     link: _Association | None = None
     try:
         link = _Association(peer, ae_title, timeout_s, on_store, tls)
@@ -323,8 +325,16 @@ def retrieve_study(
     return target
 
 
-def _listen(ae_title: str, host: str, port: int, timeout_s: float, on_store: Callable[[Any], int]) -> Any:
-    """A Storage SCP for MR images on ``host:port`` (C-MOVE's destination), running until shut down."""
+def _listen(
+    ae_title: str,
+    host: str,
+    port: int,
+    timeout_s: float,
+    on_store: Callable[[Any], int],
+    tls: ssl.SSLContext | None = None,
+) -> Any:
+    """A Storage SCP for MR images on ``host:port`` (C-MOVE's destination), over TLS with ``tls``,
+    running until shut down."""
     from pynetdicom import AE, evt
 
     ae = AE(ae_title=ae_title)
@@ -333,6 +343,6 @@ def _listen(ae_title: str, host: str, port: int, timeout_s: float, on_store: Cal
     for sop_class in MR_STORAGE:
         ae.add_supported_context(sop_class, syntaxes)
     try:
-        return ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        return ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)], ssl_context=tls)
     except OSError as exc:
         raise InputError(f"--move-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc
