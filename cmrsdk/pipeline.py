@@ -218,7 +218,8 @@ class Pipeline:
         basal ES slice when it holds less than `cmrsdk.systole.SYSTOLIC_BASE_RATIO` of that
         slice's RV at ED: the valve plane descended into it in systole, and it holds atrium
         (`cmrsdk.systole`; its Dice on the held-out sets in docs/RESULTS.md, Session 19). The
-        ES segmentation's provenance names the slice.
+        ES segmentation's provenance names the slice (``systolic_base_rv_dropped_slice``, None
+        where none was dropped), and so does the study report.
 
     The object holds no per-call state: one pipeline may serve several threads at once.
     """
@@ -618,7 +619,7 @@ class Pipeline:
         if not same_grid:
             return es
         labels, dropped = drop_systolic_atrium(ed.labels, es.labels, toward_apex=index_toward_apex(ed.stack.affine))
-        provenance = {**es.provenance, "systolic_base": {"rv_dropped_slice": dropped}}
+        provenance = {**es.provenance, "systolic_base_rv_dropped_slice": dropped}
         return replace(es, labels=labels, provenance=provenance)
 
     @property

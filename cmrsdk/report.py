@@ -75,6 +75,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     and EF are withheld as null, its volumes kept); phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
     ``blank_image`` (all zero, never labelled) to :func:`cmrsdk.metrics.quality_flags`.
+    ``es_basal_rv_dropped_slice``: where the pipeline judged ES's basal RV (`cmrsdk.systole`),
+    the slice whose RV it left out as atrium, or null.
     """
     single = len(result.phases) == 1
     measures = {k: _finite(v) for k, v in result.measures.as_dict().items()}
@@ -105,6 +107,9 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         "provenance": result.phases[0].provenance,
     }
+    if not single and "systolic_base_rv_dropped_slice" in result.es.provenance:
+        # the most basal ES RV left out as atrium (cmrsdk.systole): which slice, None for none
+        report["es_basal_rv_dropped_slice"] = result.es.provenance["systolic_base_rv_dropped_slice"]
     if study is not None:
         info = study.info
         report["study"] = {k: v for k, v in vars(info).items() if v not in (None, "")}

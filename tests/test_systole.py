@@ -113,7 +113,13 @@ def test_held_out_patient_atrium_at_es_is_left_out(shared_data):
     truth = study.es.labels
     assert _rv(truth)[1] == 0 and _rv(without.es.labels)[1] > 300
     assert _rv(with_rule.es.labels)[1] == 0
-    assert with_rule.es.provenance["systolic_base"] == {"rv_dropped_slice": 1}
+    assert with_rule.es.provenance["systolic_base_rv_dropped_slice"] == 1
+    assert with_rule.ed.provenance["systolic_base"] is True
+    assert "systolic_base_rv_dropped_slice" not in without.es.provenance
+    from cmrsdk.report import study_report
+
+    assert study_report(with_rule)["es_basal_rv_dropped_slice"] == 1
+    assert "es_basal_rv_dropped_slice" not in study_report(without)
     changed = np.flatnonzero((with_rule.es.labels != without.es.labels).any(axis=(1, 2)))
     np.testing.assert_array_equal(changed, [1])
     np.testing.assert_array_equal(with_rule.ed.labels, without.ed.labels)
