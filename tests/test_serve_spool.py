@@ -134,7 +134,7 @@ def test_set_aside_and_failed_series_reopen_and_stack_members_do_not(tmp_path):
     assert s.store_instance("6.2", "6.2.2", b"x") == "reopened"  # the rest of it: judged again
     s.store_instance("6.3", "6.3.1", b"x")
     assert s.queue_stack("stack.6", ["6.3"], phases=2, slices=3)
-    assert s.store_instance("6.3", "6.3.2", b"x") == "late"  # a stack's member is not reopened
+    assert s.store_instance("6.3", "6.3.2", b"x") == "late"  # a member of a stack not yet judged is not reopened
     s.close()
 
 
@@ -545,7 +545,7 @@ def test_one_slice_series_after_their_study_was_stacked_are_stacked_again_with_i
     worker.process(stack_a)
     assert spool.series(stack_a).state == "forwarding" and spool.series_folder(stack_a).is_dir()  # kept
     late = arrive(by_slice[3:])
-    stack_b = stack_uid(first + late)
+    stack_b = stack_uid(first + late, after=stack_a)
     row = spool.series(stack_b)
     assert (row.state, row.slices, row.phases, row.n_instances) == ("queued", 5, 3, 15)
     assert row.reason == f"a stack of 5 one-slice series, 2 of them after {stack_a}"
@@ -558,6 +558,67 @@ def test_one_slice_series_after_their_study_was_stacked_are_stacked_again_with_i
     assert [study.ed.shape for study in read] == [(3, 32, 32), (5, 32, 32)]
     assert [d[0] for d in spool.due_deliveries()] == [str(tmp_path / "out" / stack_b / "seg_ED.dcm")]
     assert spool.purge_expired(now=time.time() + 601) == [stack_b] and not spool.series_folder(stack_b).exists()
+    spool.close()
+
+
+def test_a_stacked_slice_whose_missing_phase_comes_later_is_stacked_again_whole(tmp_path, monkeypatch):
+    """One slice's third phase fails to transfer: the study is stacked, and the stack fails (its
+    slices hold 2 and 3 phases). When the sender resends the phase, that slice's series is reopened
+    with its earlier files (linked back from the stack, not late) and the study is stacked again,
+    whole, and segmented."""
+    import pydicom
+    from test_io_dicom import _series_per_slice
+
+    from cmrsdk.io import read_dicom_study, write_dicom_series
+    from cmrsdk.serve.stacks import stack_uid
+    from cmrsdk.synth import synthetic_study
+
+    write_dicom_series(tmp_path / "cine", synthetic_study(seed=9, shape=(32, 32), n_slices=4, n_phases=3))
+    by_slice = _series_per_slice(tmp_path / "cine", tmp_path / "split")
+    held_back = by_slice[2][-1]  # slice 2, its last phase
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    read = []
+
+    def study_writer(pipeline, source, out_dir):
+        read.append(read_dicom_study(source))
+        out_dir.mkdir()
+        (out_dir / "seg_ED.dcm").write_bytes(b"seg")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker, _ = _worker(spool, tmp_path, forward=True)
+
+    def store(file):
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+        return str(ds.SeriesInstanceUID), spool.store_instance(
+            str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes()
+        )
+
+    uids = sorted({store(f)[0] for files in by_slice for f in files if f != held_back})
+    worker.promote_quiet_series()
+    first = stack_uid(uids)
+    assert spool.next_queued() == first
+    worker.process(first)
+    row = spool.series(first)
+    assert (row.state, row.n_instances) == ("failed", 11) and "differing numbers of phases [2, 3]" in row.reason
+    member, outcome = store(held_back)
+    assert outcome == "reopened" and spool.series(member).n_late == 0
+    row = spool.series(member)
+    assert (row.state, row.n_instances, row.reopened) == ("receiving", 3, 1)
+    assert len(list(spool.series_folder(member).glob("*.dcm"))) == 3  # two linked back, the new one
+    worker.promote_quiet_series()
+    second = stack_uid(uids, after=first)
+    row = spool.series(second)
+    assert (row.state, row.slices, row.phases, row.n_instances) == ("queued", 4, 3, 12)
+    assert {spool.series(u).reason for u in uids} == {f"stacked into {second}"}
+    assert spool.series(first).reason == f"stacked again into {second}"
+    assert not spool.series_folder(member).exists() and not spool.series_folder(first).exists()
+    assert spool.next_queued() == second
+    worker.process(second)
+    assert [(study.info.series_uid.count("+"), study.ed.shape, len(study.phases)) for study in read] == [
+        (3, (4, 32, 32), 3)
+    ]
+    assert store(held_back)[1] == "duplicate"
     spool.close()
 
 

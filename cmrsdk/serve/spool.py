@@ -20,7 +20,9 @@ next result goes to a folder of its own (:func:`result_name`). Later ones are re
 A short-axis cine stored one series per slice waits in ``receiving`` until its study is quiet;
 the worker then links its files into one stack folder, queued as a series of its own
 (``stack.<hash>``), and sets the one-slice series aside as stacked into it
-(:meth:`Spool.queue_stack`, :mod:`cmrsdk.serve.stacks`).
+(:meth:`Spool.queue_stack`, :mod:`cmrsdk.serve.stacks`). A new instance of such a member while
+its stack's folder is kept (a phase whose transfer failed, sent again) reopens the member with
+its earlier files linked back from the stack; it is stacked again with the stack's other members.
 
 Every transition is one committed transaction, so a ``kill -9`` at any moment leaves a state
 from which :meth:`Spool.recover` and the worker finish the work: ``processing`` goes back to
@@ -33,8 +35,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -278,8 +282,9 @@ class Spool:
         (see ``reopen_window_s``): written, and the series is receiving again, to be judged
         anew with every instance; its result files not yet forwarded are superseded. A series
         being segmented takes the instance too, and goes back to receiving once its result is
-        written (:meth:`mark_segmented`). ``"late"``: a new instance of a series whose files are
-        gone (or a stack's member); recorded, not processed.
+        written (:meth:`mark_segmented`). A member of a stack judged (a result, or failed) whose
+        folder is kept is reopened too, its earlier files linked back from the stack (:meth:`_relink_member`).
+        ``"late"``: a new instance of a series whose files are gone; recorded, not processed.
 
         Raises
         ------
@@ -341,7 +346,10 @@ class Spool:
             ).fetchone():
                 self._reopen(series_uid, now, new_instances=1)
                 outcome = "reopened"
-            else:  # its files were purged while this one was written: late after all
+            elif self._relink_member(series_uid):
+                self._reopen(series_uid, now, new_instances=1)
+                outcome = "reopened"
+            else:  # its files (or its stack's) were purged while this one was written: late after all
                 self._db.execute("DELETE FROM instances WHERE sop_uid = ?", (sop_uid,))
                 self._db.execute("COMMIT")
                 target.unlink(missing_ok=True)
@@ -352,10 +360,43 @@ class Spool:
         return outcome
 
     def reopenable(self, series_uid: str) -> bool:
-        """Whether a new instance would reopen this series (its files are kept; not a stack or a member)."""
+        """Whether a new instance would reopen this series: its files are kept, or it is a member of a
+        stack with a result whose folder is kept."""
         with self._lock:
             row = self._db.execute(f"SELECT 1 FROM series WHERE series_uid = ? AND {_REOPENABLE}", (series_uid,))
-            return row.fetchone() is not None
+            return row.fetchone() is not None or self._kept_stack_of(series_uid) is not None
+
+    def _kept_stack_of(self, series_uid: str) -> str | None:
+        """The stack a set-aside member was stacked into, where that stack was judged (a result, or
+        failed: a slice short of a phase fails) and its folder is kept."""
+        row = self._db.execute(
+            "SELECT s.series_uid FROM series m JOIN series s ON m.reason = 'stacked into ' || s.series_uid "
+            "WHERE m.series_uid = ? AND m.state = 'set_aside' AND s.state IN ('done', 'forwarding', 'failed')",
+            (series_uid,),
+        ).fetchone()
+        return row[0] if row and self.series_folder(row[0]).is_dir() else None
+
+    def _relink_member(self, series_uid: str) -> bool:
+        """Inside a transaction: link a stacked member's earlier files back from its kept stack's folder
+        into its own (hard links, no bytes counted twice), so that it is judged with all its instances
+        and stacked again (:mod:`cmrsdk.serve.stacks`); False where the stack or its links are gone."""
+        stack = self._kept_stack_of(series_uid)
+        if stack is None:
+            return False
+        prefix = f"{series_uid}_"  # the stack's links are named <member>_<file>
+        links = list(self.series_folder(stack).glob(f"{glob.escape(prefix)}*.dcm"))
+        if not links:
+            return False
+        folder = self.series_folder(series_uid)
+        for link in links:
+            target = folder / link.name.removeprefix(prefix)
+            if not target.exists():
+                try:
+                    os.link(link, target)
+                except OSError:  # a file system without hard links: a copy
+                    shutil.copy2(link, target)
+        _fsync_dir(folder)
+        return True
 
     def _reopen(self, series_uid: str, now: float, *, new_instances: int) -> None:
         """Inside a transaction: the series receives again; unsent results of its verdict are superseded."""

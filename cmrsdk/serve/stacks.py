@@ -15,7 +15,9 @@ the study arriving in that time (a scanner sending each breath-hold as it is rec
 a pause longer than the timeout; a slice acquired again) are stacked with the earlier stack's
 members into a new stack, judged as a whole (where a slice position comes twice, the later
 series is read, see :func:`cmrsdk.io.read_dicom_study`); the earlier stack's unsent results are
-superseded.
+superseded. So is a member that gets a new instance in that time (a phase sent again after a
+failed transfer): the spool reopens it with its earlier files (:meth:`Spool.store_instance`),
+and it waits here like a new one-slice series.
 """
 
 from __future__ import annotations
@@ -51,9 +53,12 @@ def study_of(folder: Path) -> str:
     return ""
 
 
-def stack_uid(members: list[str]) -> str:
-    """The queue's name for a stack: ``stack.`` and a hash of the one-slice series gathered for it (UID-safe)."""
-    return "stack." + hashlib.sha256("+".join(sorted(members)).encode()).hexdigest()[:24]
+def stack_uid(members: list[str], after: str | None = None) -> str:
+    """The queue's name for a stack: ``stack.`` and a hash of the one-slice series gathered for it
+    and of the stack it replaces, ``after`` (a member reopened by a new instance stacks again with
+    the same members), UID-safe."""
+    key = "+".join(sorted(members)) + (f"@{after}" if after else "")
+    return "stack." + hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
 class StackGatherer:
@@ -112,10 +117,11 @@ class StackGatherer:
         return queued
 
     def _previous_stack(self, study: str) -> SeriesRow | None:
-        """The latest stack of ``study`` whose files are kept (not a failed one), or None."""
+        """The latest stack of ``study`` whose files are kept (a failed one too: the slice it lacked
+        may be what came), or None."""
         found = None
         for row in self.spool.kept_stacks():
-            if row.state == "failed" or (row.reason or "").startswith("stacked again into"):
+            if (row.reason or "").startswith("stacked again into"):
                 continue
             if row.series_uid not in self._stack_studies:
                 self._stack_studies[row.series_uid] = study_of(self.spool.series_folder(row.series_uid))
@@ -133,7 +139,7 @@ class StackGatherer:
             earlier = [
                 r.series_uid for r in self.spool.all_series() if r.reason == f"stacked into {previous.series_uid}"
             ]
-        name = stack_uid([*members, *earlier])
+        name = stack_uid([*members, *earlier], after=previous.series_uid if previous is not None else None)
         folder = self.spool.series_folder(name)
         folder.mkdir(parents=True, exist_ok=True)
         sources = [(self.spool.series_folder(uid).glob("*.dcm"), f"{uid}_") for uid in members]
