@@ -60,7 +60,7 @@ from .data import SliceSet, concatenate, open_cache, synthetic_slices, synthetic
 from .losses import DeepSupervisionLoss, DiceCELoss
 from .models import UNet, get_model
 from .models.grow import grow_unet_weights
-from .samplers import SliceSampler, region_weights, uniform_weights
+from .samplers import SliceSampler, favour_non_cardiac, region_weights, uniform_weights
 
 __all__ = ["REPO_ROOT", "DEFAULTS", "load_config", "train", "load_trained_model", "export_weights", "main"]
 
@@ -85,7 +85,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "context": 0,  # 2.5D: stack neighbours each side fed as channels; [model] in_channels = 2 context + 1
     },
     "model": {"name": "unet", "kwargs": {}},
-    "sampler": {"kind": "uniform", "p_min": 1.0, "p_max": 20.0, "foreground_fraction": 0.33},
+    "sampler": {"kind": "uniform", "p_min": 1.0, "p_max": 20.0, "foreground_fraction": 0.33, "non_cardiac_weight": 1.0},
     "train": {
         "iterations": 1000,
         "batch_size": 16,
@@ -238,6 +238,8 @@ def _sampler(config: dict[str, dict[str, Any]], slices: SliceSet, seed: int) -> 
         )
     else:
         raise InputError(f"[sampler] 'kind' is {spec['kind']!r}, expected 'uniform' or 'region'")
+    if float(spec["non_cardiac_weight"]) != 1.0:
+        weights = favour_non_cardiac(weights, slices.regions, float(spec["non_cardiac_weight"]))
     fraction = float(spec["foreground_fraction"]) if config["experiment"]["task"] == "segmentation" else 0.0
     if fraction > 0 and not slices.has_foreground.any():
         fraction = 0.0  # a non-cardiac-only set has nothing to force

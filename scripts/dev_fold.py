@@ -1,15 +1,15 @@
 """Try the ES basal RV rule (cmrsdk.systole) at several ratios on labelled ACDC patients.
 
 A rule for the network's errors on unseen patients must be designed on patients the network did
-not train on: run this with a development-fold bundle (scripts/dev_fold.sh: a U-Net trained on
-68 patients) on the 12 it never saw. With the shipped bundle on its own training patients it
+not train on: run this with development-fold bundles (scripts/dev_fold.sh: U-Nets trained on 68
+patients each) on the 12 each never saw. With the shipped bundle on its own training patients it
 shows how often the rule drops a true RV where the masks are near-manual.
 
-    python scripts/dev_fold.py BUNDLE PATIENT_FOLDER... [--ratios 0.3 0.4 0.5]
+    python scripts/dev_fold.py --fold BUNDLE PATIENT_FOLDER... [--fold BUNDLE ...] [--ratios 0.3 0.4 0.5]
 
 Prints mean slice Dice (%) per region and label (regions from the manual labels, as `cmrsdk
-evaluate`), all slices, and every slice the rule drops with its ES / ED RV pixels and the manual
-RV pixels there (0: atrium, rightly dropped).
+evaluate`), all slices, per fold and, with several, over all of them; and every slice the rule
+drops with its ES / ED RV pixels and the manual RV pixels there (0: atrium, rightly dropped).
 """
 
 from __future__ import annotations
@@ -43,29 +43,35 @@ def summary(scores: list) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("bundle")
-    parser.add_argument("patients", nargs="+")
+    parser.add_argument("--fold", nargs="+", action="append", required=True, metavar="BUNDLE PATIENT_FOLDER")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.35, 0.4, 0.45, 0.5])
     args = parser.parse_args()
-    pipeline = Pipeline(args.bundle, systolic_base=False, threads=2)
-    studies = []
-    for folder in args.patients:
-        result = pipeline.segment_study(read_study(folder))
-        studies.append((folder.rstrip("/").split("/")[-1], result.ed, result.es))
-    for ratio in [0.0, *args.ratios]:
-        scores, dropped = [], []
-        for case, ed, es in studies:
-            labels, z = drop_systolic_atrium(
-                ed.labels, es.labels, ratio=ratio, toward_apex=index_toward_apex(ed.stack.affine)
-            )
-            if z is not None:
-                rv = [int((m[z] == RVBP).sum()) for m in (es.labels, ed.labels, es.stack.labels)]
-                dropped.append(f"{case} ES slice {z}: {rv[0]} / {rv[1]} px, manual {rv[2]}")
-            scores += score_stack(ed.labels, ed.stack.labels, method="m", case=case, phase="ED")
-            scores += score_stack(labels, es.stack.labels, method="m", case=case, phase="ES")
-        print(f"ratio {ratio:.2f}: {summary(scores)}")
-        for line in dropped:
-            print(f"    dropped {line}")
+    folds = []
+    for bundle, *patients in args.fold:
+        pipeline = Pipeline(bundle, systolic_base=False, threads=2)
+        studies = []
+        for folder in patients:
+            result = pipeline.segment_study(read_study(folder))
+            studies.append((folder.rstrip("/").split("/")[-1], result.ed, result.es))
+        folds.append((bundle, studies))
+    if len(folds) > 1:
+        folds.append(("all folds", [s for _, studies in folds for s in studies]))
+    for name, studies in folds:
+        print(f"{name}: {len(studies)} patients")
+        for ratio in [0.0, *args.ratios]:
+            scores, dropped = [], []
+            for case, ed, es in studies:
+                labels, z = drop_systolic_atrium(
+                    ed.labels, es.labels, ratio=ratio, toward_apex=index_toward_apex(ed.stack.affine)
+                )
+                if z is not None:
+                    rv = [int((m[z] == RVBP).sum()) for m in (es.labels, ed.labels, es.stack.labels)]
+                    dropped.append(f"{case} ES slice {z}: {rv[0]} / {rv[1]} px, manual {rv[2]}")
+                scores += score_stack(ed.labels, ed.stack.labels, method="m", case=case, phase="ED")
+                scores += score_stack(labels, es.stack.labels, method="m", case=case, phase="ES")
+            print(f"  ratio {ratio:.2f}: {summary(scores)}")
+            for line in dropped:
+                print(f"      dropped {line}")
 
 
 if __name__ == "__main__":

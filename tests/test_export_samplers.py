@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from cmrsdk.errors import InputError
-from export.samplers import SliceSampler, region_weights, uniform_weights
+from export.samplers import SliceSampler, favour_non_cardiac, region_weights, uniform_weights
 
 
 def _cohort() -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +52,20 @@ def test_100000_draws_match_the_analytic_frequencies() -> None:
     # and a uniform sampler would fail the same test against these weights
     uniform = np.bincount(SliceSampler(uniform_weights(p.size), seed=1).sample(100_000).indices, minlength=p.size)
     assert stats.chisquare(uniform, f_exp=p * 100_000).pvalue < 1e-10
+
+
+def test_non_cardiac_slices_drawn_factor_times_as_often() -> None:
+    regions, positions = _cohort()
+    p = favour_non_cardiac(uniform_weights(regions.size), regions, 4.0)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    # 12 non-cardiac slices at weight 4 against 24 cardiac at 1: a share of 48 / 72
+    assert p[regions == 0].sum() == pytest.approx(48 / 72)
+    assert p[regions == 0].max() / p[regions != 0].max() == pytest.approx(4.0)
+    q = favour_non_cardiac(region_weights(regions, positions), regions, 2.0)
+    base = region_weights(regions, positions)
+    np.testing.assert_allclose(q[regions != 0] / q[regions != 0].sum(), base[regions != 0] / base[regions != 0].sum())
+    with pytest.raises(InputError, match="'factor' must be positive"):
+        favour_non_cardiac(p, regions, 0.0)
 
 
 def test_foreground_fraction_forces_the_batch_tail_onto_labelled_slices() -> None:
