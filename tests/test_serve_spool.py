@@ -504,21 +504,19 @@ def test_a_cine_stored_a_series_per_slice_is_stacked_and_segmented_once(spool, t
     assert got.info.series_uid.count("+") == 3 and got.ed.shape == (4, 32, 32) and len(got.phases) == 3
 
 
-def test_one_slice_series_after_their_study_was_stacked_are_stacked_again_with_it(tmp_path, monkeypatch):
-    """A scanner sending each breath-hold as it is reconstructed, with a pause longer than the
-    series timeout: 3 slices are stacked and segmented; the last 2 come after, and the study is
-    judged again as one 5-slice stack."""
-    import pydicom
+def _stacking_spool(tmp_path, monkeypatch, *, seed: int, n_slices: int):
+    """A 3-phase synthetic cine split one series per slice (files per slice, base to apex), a spool
+    with a 600 s reopen window, its forwarding worker, and the studies the worker's (fake) study
+    writer read, in order."""
     from test_io_dicom import _series_per_slice
 
     from cmrsdk.io import read_dicom_study, write_dicom_series
-    from cmrsdk.serve.stacks import stack_uid
     from cmrsdk.synth import synthetic_study
 
-    write_dicom_series(tmp_path / "cine", synthetic_study(seed=8, shape=(32, 32), n_slices=5, n_phases=3))
+    write_dicom_series(tmp_path / "cine", synthetic_study(seed=seed, shape=(32, 32), n_slices=n_slices, n_phases=3))
     by_slice = _series_per_slice(tmp_path / "cine", tmp_path / "split")
     spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
-    read = []
+    read: list = []
 
     def study_writer(pipeline, source, out_dir):
         read.append(read_dicom_study(source))
@@ -527,7 +525,19 @@ def test_one_slice_series_after_their_study_was_stacked_are_stacked_again_with_i
         return {}
 
     monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
-    worker, finals = _worker(spool, tmp_path, forward=True)
+    worker, _ = _worker(spool, tmp_path, forward=True)
+    return by_slice, spool, worker, read
+
+
+def test_one_slice_series_after_their_study_was_stacked_are_stacked_again_with_it(tmp_path, monkeypatch):
+    """A scanner sending each breath-hold as it is reconstructed, with a pause longer than the
+    series timeout: 3 slices are stacked and segmented; the last 2 come after, and the study is
+    judged again as one 5-slice stack."""
+    import pydicom
+
+    from cmrsdk.serve.stacks import stack_uid
+
+    by_slice, spool, worker, read = _stacking_spool(tmp_path, monkeypatch, seed=8, n_slices=5)
 
     def arrive(files_of_slices):
         uids = []
@@ -567,26 +577,11 @@ def test_a_stacked_slice_whose_missing_phase_comes_later_is_stacked_again_whole(
     with its earlier files (linked back from the stack, not late) and the study is stacked again,
     whole, and segmented."""
     import pydicom
-    from test_io_dicom import _series_per_slice
 
-    from cmrsdk.io import read_dicom_study, write_dicom_series
     from cmrsdk.serve.stacks import stack_uid
-    from cmrsdk.synth import synthetic_study
 
-    write_dicom_series(tmp_path / "cine", synthetic_study(seed=9, shape=(32, 32), n_slices=4, n_phases=3))
-    by_slice = _series_per_slice(tmp_path / "cine", tmp_path / "split")
+    by_slice, spool, worker, read = _stacking_spool(tmp_path, monkeypatch, seed=9, n_slices=4)
     held_back = by_slice[2][-1]  # slice 2, its last phase
-    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
-    read = []
-
-    def study_writer(pipeline, source, out_dir):
-        read.append(read_dicom_study(source))
-        out_dir.mkdir()
-        (out_dir / "seg_ED.dcm").write_bytes(b"seg")
-        return {}
-
-    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
-    worker, _ = _worker(spool, tmp_path, forward=True)
 
     def store(file):
         ds = pydicom.dcmread(file, stop_before_pixels=True)
