@@ -361,7 +361,7 @@ class Spool:
 
     def reopenable(self, series_uid: str) -> bool:
         """Whether a new instance would reopen this series: its files are kept, or it is a member of a
-        stack with a result whose folder is kept."""
+        judged stack (a result, or failed) whose folder is kept."""
         with self._lock:
             row = self._db.execute(f"SELECT 1 FROM series WHERE series_uid = ? AND {_REOPENABLE}", (series_uid,))
             return row.fetchone() is not None or self._kept_stack_of(series_uid) is not None
