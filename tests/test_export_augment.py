@@ -53,6 +53,44 @@ def test_mirror_and_quarter_rotation_match_flip_and_rot90() -> None:
     torch.testing.assert_close(out_labels, torch.rot90(labels[:, :20, 2:22], k=1, dims=(1, 2)).long())
 
 
+def test_per_axis_scale_and_a_constant_displacement_move_where_the_patch_reads() -> None:
+    rows, cols = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    images = torch.stack([rows, cols])[None]  # channel 0 reads the row, channel 1 the column
+    centres = torch.tensor([[19.5, 19.5]], dtype=torch.float64)
+    zero, no_flip = torch.zeros(1, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.bool)
+    out, _ = spatial_transform(images, None, (10, 10), centres, zero, torch.tensor([[1.5, 0.8]]), no_flip)
+    # a linear ramp stays linear under bilinear sampling: its slope is the axis' zoom-out
+    np.testing.assert_allclose(out[0, 0, 1:, 5] - out[0, 0, :-1, 5], 1.5, atol=1e-4)
+    np.testing.assert_allclose(out[0, 1, 5, 1:] - out[0, 1, 5, :-1], 0.8, atol=1e-4)
+    shift = torch.zeros(1, 10, 10, 2)
+    shift[..., 0], shift[..., 1] = 3.0, -2.0  # x + 3 px, y - 2 px
+    moved, _ = spatial_transform(images, None, (10, 10), centres, zero, zero + 1, no_flip, shift)
+    plain, _ = spatial_transform(images, None, (10, 10), centres, zero, zero + 1, no_flip)
+    np.testing.assert_allclose(moved[0, 0] - plain[0, 0], -2.0, atol=1e-4)
+    np.testing.assert_allclose(moved[0, 1] - plain[0, 1], 3.0, atol=1e-4)
+
+
+def test_strong_deforms_shapes_but_keeps_labels_and_area() -> None:
+    # a 128 px patch (the training patch) around a disk the size of a left ventricle
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    disk = ((yy - 63.5) ** 2 + (xx - 63.5) ** 2 < 18**2).long()
+    labels = (disk * 3)[None].repeat(32, 1, 1)
+    images = labels[:, None].float()
+    centres = torch.full((32, 2), 63.5, dtype=torch.float64)
+    only_shape = AugmentConfig(p_rotation=0, p_scale=0, p_mirror=0, p_gamma=0, p_noise=0, p_anisotropy=1, p_elastic=1)
+    g = torch.Generator().manual_seed(0)
+    out, out_labels = augment_batch(images, labels, (128, 128), centres, only_shape, g)
+    assert set(out_labels.unique().tolist()) == {0, 3}
+    area = (out_labels == 3).flatten(1).sum(1).float() / disk.sum()
+    # anisotropy keeps the area and the displacement is smooth: the disk's area moves a little ...
+    assert float((area - 1).abs().max()) < 0.4 and abs(float(area.mean()) - 1) < 0.1
+    # ... while its outline does, differently per sample
+    changed = (out_labels != labels).flatten(1).sum(1)
+    assert int((changed > 20).sum()) >= 28 and len(set(changed.tolist())) > 20
+    again, _ = augment_batch(images, labels, (128, 128), centres, only_shape, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, again)
+
+
 def test_forced_foreground_crops_are_centred_on_foreground() -> None:
     labels = torch.zeros(4, 32, 32, dtype=torch.uint8)
     labels[:, 28:30, 1:3] = 2
@@ -179,6 +217,8 @@ def test_named_schemes() -> None:
     assert AugmentConfig.named(True) == AugmentConfig() == AugmentConfig.named("nnunet")
     assert AugmentConfig.named(False) == AugmentConfig.off()
     assert AugmentConfig.named("cross_vendor").p_bias_field > 0
+    strong = AugmentConfig.named("strong")
+    assert strong.p_elastic > 0 and strong.p_anisotropy > 0 and strong.p_bias_field == 0.3
     with pytest.raises(InputError, match="'augment'"):
         AugmentConfig.named("heavy")
 
