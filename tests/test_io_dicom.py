@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import json
 import shutil
 from pathlib import Path
@@ -338,6 +340,60 @@ def test_enhanced_multiframe_with_two_stacks_reads_its_short_axis_stack(series, 
         combine_segments=True,
     )
     np.testing.assert_array_equal(back, labels)
+
+
+def _with_components(source: Path, target: Path, extra: str | None, own: str = "MAGNITUDE") -> Path:
+    """``source``'s frames named ``own``, followed (when ``extra``) by a copy of each named
+    ``extra`` whose pixels are scrambled, as a scanner storing magnitude and phase in one file."""
+    import copy
+
+    ds = pydicom.dcmread(source)
+    frames = ds.pixel_array
+    groups = list(ds.PerFrameFunctionalGroupsSequence)
+    added = [copy.deepcopy(g) for g in groups] if extra else []
+    for items, component in ((groups, own), (added, extra)):
+        for item in items:
+            frame_type = pydicom.Dataset()
+            frame_type.FrameType = ["ORIGINAL", "PRIMARY", "M" if component == "MAGNITUDE" else "P", "NONE"]
+            frame_type.ComplexImageComponent = component
+            item.MRImageFrameTypeSequence = [frame_type]
+    ds.PerFrameFunctionalGroupsSequence = groups + added
+    ds.NumberOfFrames = len(groups) + len(added)
+    scrambled = np.random.default_rng(0).permutation(frames.reshape(-1)).reshape(frames.shape)
+    pixels = np.concatenate([frames, scrambled]) if extra else frames
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target)
+    return target
+
+
+def test_enhanced_multiframe_with_phase_frames_reads_its_magnitude(series, enhanced, tmp_path: Path) -> None:
+    from cmrsdk.errors import CmrWarning
+    from cmrsdk.io import scan_dicom_series
+
+    folder, _ = series
+    both = _with_components(enhanced["scanner"], tmp_path / "both" / "cine.dcm", "PHASE")
+    with pytest.warns(CmrWarning, match=r"cine\.dcm: 18 PHASE frame\(s\) left out .*its 18 MAGNITUDE read"):
+        got = read_dicom_study(both.parent)
+    classic = read_dicom_study(folder)
+    for a, b in zip(got.phases, classic.phases, strict=True):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        assert max(a.source_frames) <= 18  # the magnitude frames' own numbers
+    with pytest.warns(CmrWarning, match="18 PHASE"):
+        assert [s.n_images for s in scan_dicom_series(both.parent)] == [18]
+    # a file that names its frames all MAGNITUDE is read whole, without a word
+    plain = _with_components(enhanced["scanner"], tmp_path / "plain" / "cine.dcm", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CmrWarning)
+        np.testing.assert_array_equal(read_dicom_study(plain.parent).phases[0].pixels, classic.phases[0].pixels)
+    # phase and real maps without a magnitude are refused, naming the file, the field and the counts
+    maps = _with_components(enhanced["scanner"], tmp_path / "maps" / "cine.dcm", "REAL", own="PHASE")
+    with pytest.raises(
+        ReadError,
+        match=r"cine\.dcm.*'ComplexImageComponent' \(0008,9208\) of its frames is "
+        r"18 PHASE, 18 REAL: no MAGNITUDE frame",
+    ):
+        read_dicom_study(maps.parent)
 
 
 @pytest.mark.parametrize(

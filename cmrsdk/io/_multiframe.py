@@ -13,7 +13,10 @@ NominalCardiacTriggerDelayTime (Enhanced MR), the TriggerTime of its Unassigned 
 Shared) Converted Attributes (Legacy Converted); where none, phases are ordered by the
 frame's TemporalPositionIndex, else by frame number. A file whose frames belong to several
 stacks (FrameContentSequence StackID: a short-axis stack and long-axis views, say) gives each
-frame its StackID, and the reader takes each stack as a series of its own to choose among.
+frame its StackID, and the reader takes each stack as a series of its own to choose among. A
+file holding magnitude frames beside phase, real or imaginary ones (MRImageFrameTypeSequence
+ComplexImageComponent) is read from its magnitude frames (:func:`magnitude_frames`): only they
+show the anatomy a cine is segmented on.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pydicom.sequence import Sequence
 
 from ..errors import ReadError
 
-__all__ = ["ENHANCED_MR_CLASSES", "frame_headers"]
+__all__ = ["ENHANCED_MR_CLASSES", "frame_headers", "magnitude_frames"]
 
 #: Enhanced MR Image Storage and Legacy Converted Enhanced MR Image Storage.
 ENHANCED_MR_CLASSES = {"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}
@@ -91,7 +94,8 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
     PixelSpacing, SliceThickness, SpacingBetweenSlices, RescaleSlope and RescaleIntercept from its
     functional groups, TriggerTime (ms) where the file gives one, InstanceNumber set to the
     frame's TemporalPositionIndex (its frame number, 1-based, where absent) as the phase order of
-    last resort, and StackID where the frames belong to more than one stack.
+    last resort, StackID where the frames belong to more than one stack, and
+    ComplexImageComponent where the file says what each frame holds (MAGNITUDE, PHASE, ...).
 
     Raises
     ------
@@ -142,9 +146,46 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
             del frame.TriggerTime  # one value for the whole file times no frame
         temporal = _lookup(group, None, "FrameContentSequence", "TemporalPositionIndex")
         _replace(frame, "InstanceNumber", temporal if isinstance(temporal, int) else index + 1)
+        component = _lookup(group, shared, "MRImageFrameTypeSequence", "ComplexImageComponent")
+        if component is not None:
+            _replace(frame, "ComplexImageComponent", str(component).upper())
         headers.append(frame)
     stacks = [_lookup(group, None, "FrameContentSequence", "StackID") for group in per_frame]
     if len({str(s) for s in stacks}) > 1:  # several stacks in one file: each frame says which
         for frame, stack in zip(headers, stacks):
             _replace(frame, "StackID", "" if stack is None else str(stack))
     return headers
+
+
+def magnitude_frames(path: Path, headers: list[Dataset]) -> tuple[list[int], str]:
+    """The frames of an enhanced MR file to read: its magnitude frames where it says what each holds.
+
+    Parameters
+    ----------
+    path : the file, for error messages.
+    headers : :func:`frame_headers` of the file, in frame order.
+
+    Returns
+    -------
+    0-based indices of the frames to read (all of them where no frame names a ComplexImageComponent
+    or every one says MAGNITUDE), and a note of what was left out ("" when nothing was).
+
+    Raises
+    ------
+    ReadError : the frames name components and none is MAGNITUDE (a phase, real or imaginary map
+        alone is not a cine to segment).
+    """
+    components = [str(h.get("ComplexImageComponent", "") or "") for h in headers]
+    named = {c for c in components if c}
+    if not named or named == {"MAGNITUDE"}:
+        return list(range(len(headers))), ""
+    if "MAGNITUDE" not in named:
+        counts = ", ".join(f"{components.count(c)} {c}" for c in sorted(named))
+        raise ReadError(
+            path,
+            f"'ComplexImageComponent' (0008,9208) of its frames is {counts}: no MAGNITUDE frame, "
+            "and a cine is segmented on magnitude images",
+        )
+    kept = [i for i, c in enumerate(components) if c in ("MAGNITUDE", "")]
+    left = ", ".join(f"{sum(1 for c in components if c == other)} {other}" for other in sorted(named - {"MAGNITUDE"}))
+    return kept, f"{left} frame(s) left out ('ComplexImageComponent' (0008,9208)); its {len(kept)} MAGNITUDE read"

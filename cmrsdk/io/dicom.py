@@ -43,7 +43,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import CmrWarning, ReadError
 from ..types import Stack, Study, StudyInfo
-from ._multiframe import ENHANCED_MR_CLASSES, frame_headers
+from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, magnitude_frames
 
 __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
 
@@ -165,7 +165,11 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 seen[uid] = file
             frames = _int_or_none(header.get("NumberOfFrames"))
             if _sop_class(header) in ENHANCED_MR_CLASSES or ("NumberOfFrames" in header and frames != 1):
-                images.extend(_Image(file, h, i) for i, h in enumerate(frame_headers(file, header)))
+                headers = frame_headers(file, header)
+                kept, left_out = magnitude_frames(file, headers)
+                if left_out:
+                    warnings.warn(CmrWarning(f"{file}: {left_out}"), stacklevel=3)
+                images.extend(_Image(file, headers[i], i) for i in kept)
             else:
                 images.append(_Image(file, header))
         elif _sop_class(header) in _IMAGE_SOP_CLASSES:
