@@ -7,23 +7,25 @@
 # runs/dev68_s10). Then, as the rule's cost where masks are near-manual, the shipped bundle on its
 # own 80 training patients. Resumable: a finished run, cache or bundle is not redone.
 #   bash scripts/dev_fold.sh [SECONDS (3600)]
-# A recipe change is compared on the same folds at the same number of iterations as the first
-# runs (runs/dev68*/log.csv), e.g. the shape augmentation of session 21:
-#   DEV_AUGMENT=strong bash scripts/dev_fold.sh        # runs/dev68_strong, runs/dev68_s10_strong
+# A recipe change (DEV_SET: configuration overrides, space-separated) is compared on the same
+# folds at the same number of iterations as the first runs (runs/dev68*/log.csv), under a name
+# (DEV_NAME), on the folds of DEV_SEEDS (both by default):
+#   DEV_NAME=strong DEV_SET='train.augment="strong"' bash scripts/dev_fold.sh  # runs/dev68_strong, runs/dev68_s10_strong
+#   DEV_NAME=ctx DEV_SET='data.context=1' DEV_SEEDS=0 bash scripts/dev_fold.sh  # 2.5D, the first fold only
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export OMP_WAIT_POLICY=PASSIVE
 acdc=../shared/data/acdc/training
 folds=()
-for seed in 0 10; do
+for seed in ${DEV_SEEDS:-0 10}; do
   cache=cache/acdc_224 run=runs/dev68
   [ "$seed" = 0 ] || cache=cache/acdc_224_s10 run=runs/dev68_s10
   budget=(--time-budget "${1:-3600}") variant=()
-  if [ -n "${DEV_AUGMENT:-}" ]; then
+  if [ -n "${DEV_NAME:-}" ]; then
     [ -f "$run/log.csv" ] || { echo "dev_fold.sh: $run/log.csv missing: run the reference folds first" >&2; exit 1; }
     iterations=$(tail -1 "$run/log.csv" | cut -d, -f1)  # the reference run's, so both see as many batches
-    run=${run}_$DEV_AUGMENT budget=()
-    variant=(--set "train.augment=\"$DEV_AUGMENT\"" --set "train.iterations=$iterations")
+    run=${run}_$DEV_NAME budget=() variant=(--set "train.iterations=$iterations")
+    for item in ${DEV_SET:?DEV_SET names what DEV_NAME changes}; do variant+=(--set "$item"); done
   fi
   python -c "from export.data import open_cache; open_cache('../shared/data/acdc', '$cache', size=224, \
 normalization='robust_zscore', test_every=5, val_fraction=0.15, seed=$seed, threads=2)"
@@ -40,6 +42,6 @@ normalization='robust_zscore', test_every=5, val_fraction=0.15, seed=$seed, thre
 done
 echo "development folds: each bundle on the 12 validation patients it never saw, and the 24 together"
 python scripts/dev_fold.py "${folds[@]}"
-[ -z "${DEV_AUGMENT:-}" ] || exit 0
+[ -z "${DEV_NAME:-}" ] || exit 0
 echo "shipped bundle on its 80 training patients (every patient but 005, 010, ..., 100)"
 python scripts/dev_fold.py --fold cmrsdk/demo/bundle $(ls -d "$acdc"/patient* | awk 'substr($0, length($0) - 2) % 5')
