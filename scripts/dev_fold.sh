@@ -8,7 +8,8 @@
 # own 80 training patients. Resumable: a finished run, cache or bundle is not redone.
 #   bash scripts/dev_fold.sh [SECONDS (3600)]
 # A recipe change (DEV_SET: configuration overrides, space-separated) is compared on the same
-# folds at the same number of iterations as the first runs (runs/dev68*/log.csv), under a name
+# folds at the same number of iterations as the first runs (runs/dev68*/log.csv, or their recorded
+# counts where those runs are not on this machine), under a name
 # (DEV_NAME), on the folds of DEV_SEEDS (both by default):
 #   DEV_NAME=strong DEV_SET='train.augment="strong"' bash scripts/dev_fold.sh  # runs/dev68_strong, runs/dev68_s10_strong
 #   DEV_NAME=ctx DEV_SET='data.context=1' DEV_SEEDS=0 bash scripts/dev_fold.sh  # 2.5D, the first fold only
@@ -17,13 +18,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export OMP_WAIT_POLICY=PASSIVE
 acdc=../shared/data/acdc/training
 folds=()
+declare -A reference_iterations=([0]=6688 [10]=6366)  # runs/dev68*, docs/RESULTS.md Sessions 19-20
 for seed in ${DEV_SEEDS:-0 10}; do
   cache=cache/acdc_224 run=runs/dev68
   [ "$seed" = 0 ] || cache=cache/acdc_224_s10 run=runs/dev68_s10
   budget=(--time-budget "${1:-3600}") variant=()
   if [ -n "${DEV_NAME:-}" ]; then
-    [ -f "$run/log.csv" ] || { echo "dev_fold.sh: $run/log.csv missing: run the reference folds first" >&2; exit 1; }
-    iterations=$(tail -1 "$run/log.csv" | cut -d, -f1)  # the reference run's, so both see as many batches
+    # the reference run's, so both see as many batches; its recorded count on a fresh machine
+    iterations=${reference_iterations[$seed]:?no reference iteration count for split seed $seed}
+    [ ! -f "$run/log.csv" ] || iterations=$(tail -1 "$run/log.csv" | cut -d, -f1)
     run=${run}_$DEV_NAME budget=() variant=(--set "train.iterations=$iterations")
     for item in ${DEV_SET:?DEV_SET names what DEV_NAME changes}; do variant+=(--set "$item"); done
   fi
