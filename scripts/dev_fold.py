@@ -8,8 +8,8 @@ shows how often the rule drops a true RV where the masks are near-manual.
     python scripts/dev_fold.py --fold BUNDLE PATIENT_FOLDER... [--fold BUNDLE ...] [--ratios 0.3 0.4 0.5]
 
 Prints mean slice Dice (%) per region and label (regions from the manual labels, as `cmrsdk
-evaluate`), all slices, per fold and, with several, over all of them; and every slice the rule
-drops with its ES / ED RV pixels and the manual RV pixels there (0: atrium, rightly dropped).
+evaluate`) with its number of label-slices, all slices, per fold and, with several, over all of
+them; and every slice the rule drops with its ES / ED RV pixels and the manual RV pixels there (0: atrium, rightly dropped).
 """
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ def summary(scores: list) -> str:
             if not np.isnan(s.dice[j]):
                 by[(s.region, j)].append(s.dice[j])
                 every.append(s.dice[j])
-    cells = [" / ".join(f"{100 * np.mean(by[(r, j)]):.1f}" for j in range(3)) for r in (1, 2, 3)]
-    return f"all {100 * np.mean(every):.2f} | base {cells[0]} | middle {cells[1]} | apex {cells[2]}"
+    # the slice counts let folds scored apart be pooled later, when their bundles are gone
+    cells = [
+        " / ".join(f"{100 * np.mean(by[(r, j)]):.1f}" for j in range(3))
+        + f" (n {'/'.join(str(len(by[(r, j)])) for j in range(3))})"
+        for r in (1, 2, 3)
+    ]
+    return f"all {100 * np.mean(every):.2f} (n {len(every)}) | base {cells[0]} | middle {cells[1]} | apex {cells[2]}"
 
 
 def main() -> None:

@@ -5,7 +5,8 @@
 # tried at several ratios on the 12 validation patients each never saw. Two disjoint folds: the
 # validation draws of split seeds 0 (cache/acdc_224, runs/dev68) and 10 (cache/acdc_224_s10,
 # runs/dev68_s10). Then, as the rule's cost where masks are near-manual, the shipped bundle on its
-# own 80 training patients. Resumable: a finished run, cache or bundle is not redone.
+# own 80 training patients. Resumable: a finished run, cache or bundle is not redone. The folds'
+# scores are written to docs/results/dev_folds/ (NAME_folds_SEEDS.txt), to be committed.
 #   bash scripts/dev_fold.sh [SECONDS (3600)]
 # A recipe change (DEV_SET: configuration overrides, space-separated) is compared on the same
 # folds at the same number of iterations as the first runs (runs/dev68*/log.csv, or their recorded
@@ -44,7 +45,11 @@ normalization='robust_zscore', test_every=5, val_fraction=0.15, seed=$seed, thre
   folds+=(--fold "${run}_bundle" $(for p in $validation; do echo "$acdc/$p"; done))
 done
 echo "development folds: each bundle on the 12 validation patients it never saw, and the 24 together"
-python scripts/dev_fold.py "${folds[@]}"
+# kept in the repository: runs/ and its bundles do not outlive the machine
+seeds=${DEV_SEEDS:-0 10}
+record=docs/results/dev_folds/${DEV_NAME:-reference}_folds_${seeds// /_}.txt
+mkdir -p "$(dirname "$record")"
+python scripts/dev_fold.py "${folds[@]}" | tee "$record"
 [ -z "${DEV_NAME:-}" ] || exit 0
 echo "shipped bundle on its 80 training patients (every patient but 005, 010, ..., 100)"
 python scripts/dev_fold.py --fold cmrsdk/demo/bundle $(ls -d "$acdc"/patient* | awk 'substr($0, length($0) - 2) % 5')
