@@ -13,7 +13,8 @@
 # counts where those runs are not on this machine), under a name
 # (DEV_NAME), on the folds of DEV_SEEDS (both by default):
 #   DEV_NAME=strong DEV_SET='train.augment="strong"' bash scripts/dev_fold.sh  # runs/dev68_strong, runs/dev68_s10_strong
-#   DEV_NAME=ctx DEV_SET='data.context=1' DEV_SEEDS=0 bash scripts/dev_fold.sh  # 2.5D, the first fold only
+#   DEV_NAME=ctx DEV_SEEDS=0 bash scripts/dev_fold.sh  # 2.5D, the first fold only, with (no spaces in an item):
+#     DEV_SET='data.context=1 model.kwargs={in_channels=3,features=[16,32,64,128,256],deep_supervision=true}'
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export OMP_WAIT_POLICY=PASSIVE
@@ -29,7 +30,8 @@ for seed in ${DEV_SEEDS:-0 10}; do
     iterations=${reference_iterations[$seed]:?no reference iteration count for split seed $seed}
     [ ! -f "$run/log.csv" ] || iterations=$(tail -1 "$run/log.csv" | cut -d, -f1)
     run=${run}_$DEV_NAME budget=() variant=(--set "train.iterations=$iterations")
-    for item in ${DEV_SET:?DEV_SET names what DEV_NAME changes}; do variant+=(--set "$item"); done
+    read -ra items <<< "${DEV_SET:?DEV_SET names what DEV_NAME changes}"  # split on spaces, no globbing
+    for item in "${items[@]}"; do variant+=(--set "$item"); done
   fi
   python -c "from export.data import open_cache; open_cache('../shared/data/acdc', '$cache', size=224, \
 normalization='robust_zscore', test_every=5, val_fraction=0.15, seed=$seed, threads=2)"

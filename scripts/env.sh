@@ -29,7 +29,11 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
 fi
 stamp=.venv/.cmrsdk-installed
-want="$(cat pyproject.toml setup.py $(find csrc -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \) | sort) | sha256sum | cut -d' ' -f1)"
+# the native core's sources; the .cpp Cython writes beside a .pyx is a build output, not a source
+# (hashing it would make the second run reinstall)
+sources=$(for f in $(find csrc -type f \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxd' \) | sort); do
+  [[ $f == *.cpp && -f ${f%.cpp}.pyx ]] || echo "$f"; done)
+want="$(cat pyproject.toml setup.py $sources | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "cmrsdk: installing dependencies and building the native core" >&2
   # build requirements first, so that the editable build can run without isolation (faster, offline-friendly)
