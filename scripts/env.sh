@@ -36,6 +36,9 @@ sources=$(for f in $(find csrc -type f \( -name '*.cpp' -o -name '*.hpp' -o -nam
 want="$(cat pyproject.toml setup.py $sources | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "cmrsdk: installing dependencies and building the native core" >&2
+  # unlinked, not overwritten: a process still running on the old build (a training run) keeps it,
+  # where rewriting a loaded library in place would crash that process
+  rm -f cmrsdk/_native.*.so cmrsdk/_normalize.*.so
   # build requirements first, so that the editable build can run without isolation (faster, offline-friendly)
   .venv/bin/python -m pip install --quiet "setuptools>=77" wheel "numpy>=1.26" "Cython>=3.0" "pybind11>=2.12"
   .venv/bin/python -m pip install --quiet --no-build-isolation -e ".[all]"
