@@ -9,7 +9,8 @@ shows how often the rule drops a true RV where the masks are near-manual.
 
 Prints mean slice Dice (%) per region and label (regions from the manual labels, as `cmrsdk
 evaluate`) with its number of label-slices, all slices, per fold and, with several, over all of
-them; and every slice the rule drops with its ES / ED RV pixels and the manual RV pixels there (0: atrium, rightly dropped).
+them; and every slice the rule drops with its ES / ED RV pixels and the manual RV pixels there
+(0: atrium, rightly dropped).
 """
 
 from __future__ import annotations

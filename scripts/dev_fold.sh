@@ -10,8 +10,8 @@
 #   bash scripts/dev_fold.sh [SECONDS (3600)]
 # A recipe change (DEV_SET: configuration overrides, space-separated) is compared on the same
 # folds at the same number of iterations as the first runs (runs/dev68*/log.csv, or their recorded
-# counts where those runs are not on this machine), under a name
-# (DEV_NAME), on the folds of DEV_SEEDS (both by default):
+# counts where those runs are not on this machine), under a name (DEV_NAME), on the folds of
+# DEV_SEEDS (both by default):
 #   DEV_NAME=strong DEV_SET='train.augment="strong"' bash scripts/dev_fold.sh  # runs/dev68_strong, runs/dev68_s10_strong
 #   DEV_NAME=ctx DEV_SEEDS=0 bash scripts/dev_fold.sh  # 2.5D, the first fold only, with (no spaces in an item):
 #     DEV_SET='data.context=1 model.kwargs={in_channels=3,features=[16,32,64,128,256],deep_supervision=true}'
