@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import os
 import pickle
@@ -98,6 +99,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "grad_clip": 12.0,
         "class_weighted": False,
         "augment": True,
+        # false: no flips, so the network may learn the RV's side of the septum; every stack in
+        # ../shared is stored in the radiological view (seen from the apex, RV on the image left)
+        # and the pipeline flips a stack whose scanner orientation says otherwise (cmrsdk.chirality)
+        "mirror": True,
         "checkpoint_every": 100,
         "val_every": 250,
         "val_max_slices": 600,
@@ -111,6 +116,15 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "slice_dice": 0.0,  # share of the Dice term given to per-slice Dice (the evaluated metric)
     },
 }
+
+
+def augment_config(spec: dict[str, Any]) -> AugmentConfig:
+    """The augmentation a ``[train]`` section asks for: the scheme ``augment`` names, without
+    flips where ``mirror`` is false."""
+    augment = AugmentConfig.named(spec["augment"])
+    if not isinstance(spec["mirror"], bool):
+        raise InputError(f"[train] 'mirror' must be true or false, got {spec['mirror']!r}")
+    return augment if spec["mirror"] else dataclasses.replace(augment, p_mirror=0.0)
 
 
 def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -712,7 +726,7 @@ def train(
     train_set, val_set = _datasets(config, rank)
     sampler = _sampler(config, train_set, seed=seed + 1000 * rank)
     generator = torch.Generator().manual_seed(seed + 1000 * rank + 1)
-    augment = AugmentConfig.named(spec["augment"])
+    augment = augment_config(spec)
 
     model_kwargs = dict(config["model"]["kwargs"])
     channels = 1 if train_set.images.ndim == 3 else int(train_set.images.shape[1])
