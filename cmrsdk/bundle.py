@@ -219,6 +219,14 @@ class ModelInfo:
         input is `cmrsdk.preprocess.context_slices` of the stack, ``channels = 2 context + 1``."""
         return (self.channels - 1) // 2
 
+    @property
+    def side_aware(self) -> bool:
+        """Trained without flips (its training configuration's ``[train] mirror = false``), so it
+        may tell the RV's side of the septum: it must see stacks in the radiological view
+        (`cmrsdk.chirality`), and test-time mirroring may only turn it by half a turn."""
+        config = self.record.get("training", {}).get("config", {})
+        return isinstance(config, dict) and config.get("train", {}).get("mirror", True) is False
+
 
 def _int_keys(value: Any, what: str, manifest: Path) -> dict[int, str]:
     if not isinstance(value, dict):

@@ -42,7 +42,7 @@ from . import preprocess
 from .errors import InputError
 from .heart import MIN_HEART_PIXELS, heart_window, search_order
 from .labels import LVBP, LVM, NON_CARDIAC, REGION_NAMES
-from .pipeline import MIN_HEART_CONFIDENCE, MIN_SLICE_PIXELS, MIRROR_AXES, Pipeline, RegionSource, Segmentation, _Unset
+from .pipeline import MIN_HEART_CONFIDENCE, MIN_SLICE_PIXELS, Pipeline, RegionSource, Segmentation, _Unset, mirror_axes
 from .regions import index_toward_apex, regions_from_areas
 from .routing import decode_regions
 from .types import Stack
@@ -145,12 +145,12 @@ class DevicePipeline(Pipeline):
             return torch.zeros((0, len(self.bundle.labels), *x.shape[2:]), device=x.device)
         if not self.mirroring:
             return forward(x)
-        n = x.shape[0]
-        out = forward(torch.cat([torch.flip(x, axes) if axes else x for axes in MIRROR_AXES]))
+        n, flips = x.shape[0], mirror_axes(self.bundle.models[name].side_aware)
+        out = forward(torch.cat([torch.flip(x, axes) if axes else x for axes in flips]))
         total = out[:n].clone()
-        for k, axes in enumerate(MIRROR_AXES[1:], start=1):
+        for k, axes in enumerate(flips[1:], start=1):
             total += torch.flip(out[k * n : (k + 1) * n], axes)
-        return total / len(MIRROR_AXES)
+        return total / len(flips)
 
     def _normalise(self, x: Any, method: str) -> Any:
         torch = self._torch

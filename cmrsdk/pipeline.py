@@ -38,6 +38,7 @@ import numpy as np
 
 from . import preprocess
 from .bundle import Bundle, bf16_record_key, load_bundle
+from .chirality import flip_columns, seen_from_apex
 from .errors import CmrWarning, InputError
 from .heart import crop_to_heart, locate_heart
 from .labels import NON_CARDIAC, REGION_NAMES
@@ -152,21 +153,35 @@ RegionSource = Callable[[Stack, np.ndarray], np.ndarray]
 #: (H, W) axes of the (N, 1, H, W) batch flipped by test-time mirroring: none, W, H, both.
 MIRROR_AXES: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 
+#: the same for a side-aware U-Net (`cmrsdk.bundle.ModelInfo.side_aware`): a single flip would
+#: show it the mirror image, with the RV on the wrong side; both together are a half-turn.
+HALF_TURN_AXES: tuple[tuple[int, ...], ...] = ((), (2, 3))
 
-def mirrored(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
-    """Test-time mirroring: the mean of ``run``'s probabilities over the flips of `MIRROR_AXES`.
+
+def mirror_axes(side_aware: bool) -> tuple[tuple[int, ...], ...]:
+    """The flips test-time mirroring averages over for a U-Net that is, or is not, side-aware."""
+    return HALF_TURN_AXES if side_aware else MIRROR_AXES
+
+
+def mirrored(
+    run: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    axes: tuple[tuple[int, ...], ...] = MIRROR_AXES,
+) -> np.ndarray:
+    """Test-time mirroring: the mean of ``run``'s probabilities over the flips ``axes`` (the first
+    must be none).
 
     ``images`` float32 (N, channels, H, W) -> float32 (N, C, H, W). The flipped copies go through
-    ``run`` as one batch of 4N (the engine splits it where it must), and each answer is flipped
-    back before the mean, so a map that is the same in every flip comes back unchanged.
+    ``run`` as one batch (the engine splits it where it must), and each answer is flipped back
+    before the mean, so a map that is the same in every flip comes back unchanged.
     """
     n = images.shape[0]
-    batch = np.concatenate([np.flip(images, axes) if axes else images for axes in MIRROR_AXES])
+    batch = np.concatenate([np.flip(images, flip) if flip else images for flip in axes])
     out = run(np.ascontiguousarray(batch))
     total: np.ndarray = out[:n].copy()
-    for k, axes in enumerate(MIRROR_AXES[1:], start=1):
-        total += np.flip(out[k * n : (k + 1) * n], axes)
-    total /= np.float32(len(MIRROR_AXES))
+    for k, flip in enumerate(axes[1:], start=1):
+        total += np.flip(out[k * n : (k + 1) * n], flip)
+    total /= np.float32(len(axes))
     return total
 
 
@@ -323,6 +338,8 @@ class Pipeline:
             )
             for name in sorted(needed)
         }
+        # side-aware U-Nets see every stack in the radiological view (cmrsdk.chirality)
+        self.side_aware = any(self.bundle.models[n].side_aware for n in needed if n != self.bundle.classifier)
         records = self.bundle.manifest.get("quantization") or {}
         for bf16_backend in sorted({e.backend for e in self._engines.values() if e.precision == "bf16"}):
             if not (records.get(bf16_record_key(bf16_backend)) or {}).get("passed"):
@@ -441,9 +458,9 @@ class Pipeline:
         """Probabilities float32 (N, C, H, W) of U-Net ``name`` on the slices ``index`` (int (N,),
         default all) of one stack's float32 (Z, 1, H, W) slices, each between its neighbours
         when the U-Net is 2.5D; mirrored at test time when the pipeline asks for it."""
-        engine = self._engines[name]
-        batch = preprocess.context_slices(images, self.bundle.models[name].context, index)
-        return mirrored(engine.run, batch) if self.mirroring else engine.run(batch)
+        engine, model = self._engines[name], self.bundle.models[name]
+        batch = preprocess.context_slices(images, model.context, index)
+        return mirrored(engine.run, batch, mirror_axes(model.side_aware)) if self.mirroring else engine.run(batch)
 
     def _segment_stack(
         self,
@@ -537,7 +554,17 @@ class Pipeline:
         -------
         `Segmentation` with uint8 (Z, Y, X) labels on the stack's grid.
         """
-        return self._segment_stack(stack, region_source, _UNSET)[0]
+        if not isinstance(stack, Stack):
+            raise InputError(f"'stack' must be a cmrsdk.Stack, got {type(stack).__name__}")
+        flip = self._flips(stack)
+        return _unflipped(
+            self._segment_stack(flip_columns(stack) if flip else stack, region_source, _UNSET)[0], stack, flip
+        )
+
+    def _flips(self, stack: Stack) -> bool:
+        """Whether ``stack`` is flipped left to right for the networks: a side-aware bundle's, seen
+        from the base by its scanner orientation (`cmrsdk.chirality`)."""
+        return self.side_aware and seen_from_apex(stack.affine) is False
 
     def segment_study(self, study: Study, *, region_source: RegionSource | None = None) -> StudySegmentation:
         """Segment ED and ES, or every phase of a full cine.
@@ -575,14 +602,24 @@ class Pipeline:
         routes: np.ndarray | None = None
         for i in order:
             stack = study.phases[indices[i]]
-            same_grid = stack.shape == located.shape and tuple(stack.spacing) == tuple(located.spacing)
+            flip = self._flips(stack)
+            same_grid = (
+                stack.shape == located.shape
+                and tuple(stack.spacing) == tuple(located.spacing)
+                and flip == self._flips(located)
+            )
             # the confidence gate is for series without a heart; once the first phase showed one,
             # a less certain phase of the same study is a harder frame, not an empty one (mirroring
             # lowers the certainty of M&Ms H1N8S6 at ES to 0.903: gated, it lost the whole ES)
             known = same_grid and heart_found
-            results[i], found = self._segment_stack(
-                stack, region_source, centre if same_grid else _UNSET, known, routes if same_grid else None
+            segmentation, found = self._segment_stack(
+                flip_columns(stack) if flip else stack,
+                region_source,
+                centre if same_grid else _UNSET,
+                known,
+                routes if same_grid else None,
             )
+            results[i] = _unflipped(segmentation, stack, flip)
             if i == first:
                 centre, heart_found = found, bool(results[i].labels.any())
                 if self._by_segmentation and region_source is None and heart_found:
@@ -646,6 +683,16 @@ class Pipeline:
             "region_source": None,
             "cmrsdk": __version__,
         }
+
+
+def _unflipped(segmentation: Segmentation, stack: Stack, flipped: bool) -> Segmentation:
+    """A segmentation of ``stack`` made on its left-right flip (`cmrsdk.chirality.flip_columns`),
+    brought back to the stack's own grid; unchanged when not ``flipped``."""
+    if not flipped:
+        return segmentation
+    labels = np.ascontiguousarray(segmentation.labels[:, :, ::-1])
+    provenance = {**segmentation.provenance, "columns_flipped": True}
+    return replace(segmentation, stack=stack, labels=labels, provenance=provenance)
 
 
 class _Unset:

@@ -310,3 +310,28 @@ def test_a_2_5d_unet_trains_on_stack_neighbours(tmp_path: Path) -> None:
     assert model(torch.zeros(1, 3, 48, 48)).shape == (1, 4, 48, 48)
     with pytest.raises(InputError, match=r"'in_channels' is 1, but \[data\] 'context' 1 feeds 3 channels"):
         train(_config(tmp_path, text, "flat"), out=tmp_path / "flat", progress=False)
+
+
+def test_without_flips_the_bundle_knows_its_unet_is_side_aware(tmp_path: Path) -> None:
+    from cmrsdk.bundle import load_bundle
+    from export.bundle import main as bundle_main
+    from export.train import augment_config
+
+    spec = dict(load_config(REPO_ROOT / "export" / "configs" / "bundle_baseline.toml")["train"])
+    assert augment_config(spec).p_mirror == 0.5
+    spec["mirror"] = False
+    unflipped = augment_config(spec)
+    assert unflipped.p_mirror == 0.0 and unflipped.p_contrast == 0.3 and unflipped.p_rotation == 0.2
+    spec["mirror"] = "no"
+    with pytest.raises(InputError, match="\\[train\\] 'mirror' must be true or false, got 'no'"):
+        augment_config(spec)
+    # trained so, the run's configuration travels into the bundle, where the pipeline reads it
+    for mirror in (False, True):
+        config = _config(tmp_path, SEGMENTATION.format(sampler="uniform", iterations=2, val_every=2))
+        config["train"]["mirror"] = mirror
+        result = train(config, out=tmp_path / f"run_{mirror}", progress=False)
+        out = tmp_path / f"bundle_{mirror}"
+        assert (
+            bundle_main(["--checkpoints", f"baseline={result['checkpoint']}", "--formats", "onnx", "-o", str(out)]) == 0
+        )
+        assert load_bundle(out).models["baseline"].side_aware is (not mirror)

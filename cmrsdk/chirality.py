@@ -1,0 +1,57 @@
+"""Which side a short-axis stack is seen from, and the radiological view for side-aware U-Nets.
+
+A short-axis image seen from the apex (the radiological convention, and how every stack in the
+shared ACDC, M&Ms and Sunnybrook data is stored) has the RV on the image left of the septum; seen
+from the base it is the mirror image. U-Nets trained with flips (nnU-Net's default) find the RV
+by its look alone and do not care; U-Nets trained without them (``[train] mirror = false``,
+export/README.md stage 21) may learn the side, so a stack seen from the base is flipped left to
+right before them and their labels flipped back.
+
+The side comes from the scanner orientation: displayed with rows down and columns to the right,
+the line of sight is ``x_axis x y_axis`` (RAS+), which points from the apex toward the base when
+seen from the apex. It is trusted like the slice order (`cmrsdk.regions.ORIENTED_COS`): an
+axis-aligned affine (ACDC's NIfTI files carry no scanner orientation) tells nothing, and the stack
+is taken as stored, in the radiological view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .regions import APEX_RAS, ORIENTED_COS
+from .types import Stack
+
+__all__ = ["seen_from_apex", "flip_columns"]
+
+
+def seen_from_apex(affine: np.ndarray) -> bool | None:
+    """Whether a stack's slices are seen from the apex (True), from the base (False) or cannot tell
+    (None: the in-plane axes' normal within ``acos(ORIENTED_COS)`` of neither apex direction, or a
+    degenerate affine).
+
+    Parameters
+    ----------
+    affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm (`cmrsdk.Stack.affine`).
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    sight = np.cross(a[:3, 2], a[:3, 1])  # columns (x) cross rows (y): into the screen
+    norm = float(np.linalg.norm(sight))
+    if not np.isfinite(norm) or norm == 0.0:
+        return None
+    cos = float(sight @ APEX_RAS) / norm
+    if abs(cos) < ORIENTED_COS:
+        return None
+    return cos < 0  # looking from the apex toward the base
+
+
+def flip_columns(stack: Stack) -> Stack:
+    """The same anatomy with the image columns (x) reversed: pixels and labels flipped, the affine
+    changed so every voxel keeps its position in the scanner. Flipping twice gives the stack back."""
+    nx = stack.pixels.shape[2]
+    affine = np.array(stack.affine, dtype=np.float64)
+    affine[:3, 3] += affine[:3, 2] * (nx - 1)  # new column 0 is the old last column
+    affine[:3, 2] = -affine[:3, 2]
+    labels = None if stack.labels is None else np.ascontiguousarray(stack.labels[:, :, ::-1])
+    return replace(stack, pixels=np.ascontiguousarray(stack.pixels[:, :, ::-1]), affine=affine, labels=labels)
