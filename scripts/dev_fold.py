@@ -6,16 +6,20 @@ patients each) on the 12 each never saw. With the shipped bundle on its own trai
 shows how often the rule drops a true RV where the masks are near-manual.
 
     python scripts/dev_fold.py --fold BUNDLE PATIENT_FOLDER... [--fold BUNDLE ...] [--ratios 0.3 0.4 0.5]
+        [--slices SLICES.csv]
 
 Prints mean slice Dice (%) per region and label (regions from the manual labels, as `cmrsdk
 evaluate`) with its number of label-slices, all slices, per fold and, with several, over all of
 them; and every slice the rule drops with its ES / ED RV pixels and the manual RV pixels there
-(0: atrium, rightly dropped).
+(0: atrium, rightly dropped). With ``--slices``, every label-slice's Dice at the shipped ratio
+(`SYSTOLIC_BASE_RATIO`) goes to a CSV, so that two recipes can later be compared slice by slice
+(scripts/compare_folds.py) when their bundles are gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 from collections import defaultdict
 
 import numpy as np
@@ -25,7 +29,7 @@ from cmrsdk.evaluation.stats import score_stack
 from cmrsdk.io import read_study
 from cmrsdk.labels import RVBP
 from cmrsdk.regions import index_toward_apex
-from cmrsdk.systole import drop_systolic_atrium
+from cmrsdk.systole import SYSTOLIC_BASE_RATIO, drop_systolic_atrium
 
 LABELS = ("LVBP", "LVM", "RVBP")
 
@@ -47,10 +51,28 @@ def summary(scores: list) -> str:
     return f"all {100 * np.mean(every):.2f} (n {len(every)}) | base {cells[0]} | middle {cells[1]} | apex {cells[2]}"
 
 
+def write_slices(folds: list, path: str) -> None:
+    """One row per label-slice scored (bundle, case, phase, slice, region, label, dice), at the shipped ratio."""
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["bundle", "case", "phase", "slice", "region", "label", "dice"])
+        for bundle, studies in folds:
+            for case, ed, es in studies:
+                labels, _ = drop_systolic_atrium(
+                    ed.labels, es.labels, ratio=SYSTOLIC_BASE_RATIO, toward_apex=index_toward_apex(ed.stack.affine)
+                )
+                for phase, predicted, manual in (("ED", ed.labels, ed.stack.labels), ("ES", labels, es.stack.labels)):
+                    for s in score_stack(predicted, manual, method="m", case=case, phase=phase):
+                        for j, name in enumerate(LABELS):
+                            if not np.isnan(s.dice[j]):
+                                out.writerow([bundle, case, phase, s.slice_index, s.region, name, f"{s.dice[j]:.4f}"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fold", nargs="+", action="append", required=True, metavar="BUNDLE PATIENT_FOLDER")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.35, 0.4, 0.45, 0.5])
+    parser.add_argument("--slices", metavar="CSV", help="write each label-slice's Dice at the shipped ratio here")
     args = parser.parse_args()
     folds = []
     for bundle, *patients in args.fold:
@@ -60,6 +82,8 @@ def main() -> None:
             result = pipeline.segment_study(read_study(folder))
             studies.append((folder.rstrip("/").split("/")[-1], result.ed, result.es))
         folds.append((bundle, studies))
+    if args.slices:
+        write_slices(folds, args.slices)
     if len(folds) > 1:
         folds.append(("all folds", [s for _, studies in folds for s in studies]))
     for name, studies in folds:
