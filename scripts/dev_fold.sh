@@ -6,7 +6,8 @@
 # validation draws of split seeds 0 (cache/acdc_224, runs/dev68) and 10 (cache/acdc_224_s10,
 # runs/dev68_s10). Then, as the rule's cost where masks are near-manual, the shipped bundle on its
 # own 80 training patients. Resumable: a finished run, cache or bundle is not redone. The folds'
-# scores are written to docs/results/dev_folds/ (NAME_folds_SEEDS.txt), to be committed.
+# scores are written to docs/results/dev_folds/ (NAME_folds_SEEDS.txt, and each label-slice's Dice in
+# NAME_slices_SEEDS.csv for scripts/compare_folds.py), to be committed.
 #   bash scripts/dev_fold.sh [SECONDS (3600)]
 # A recipe change (DEV_SET: configuration overrides, space-separated) is compared on the same
 # folds at the same number of iterations as the first runs (runs/dev68*/log.csv, or their recorded
@@ -51,7 +52,8 @@ echo "development folds: each bundle on the 12 validation patients it never saw,
 seeds=${DEV_SEEDS:-0 10}
 record=docs/results/dev_folds/${DEV_NAME:-reference}_folds_${seeds// /_}.txt
 mkdir -p "$(dirname "$record")"
-python scripts/dev_fold.py "${folds[@]}" | tee "$record"
+slices=docs/results/dev_folds/${DEV_NAME:-reference}_slices_${seeds// /_}.csv  # for scripts/compare_folds.py
+python scripts/dev_fold.py "${folds[@]}" --slices "$slices" | tee "$record"
 [ -z "${DEV_NAME:-}" ] || exit 0
 echo "shipped bundle on its 80 training patients (every patient but 005, 010, ..., 100)"
 python scripts/dev_fold.py --fold cmrsdk/demo/bundle $(ls -d "$acdc"/patient* | awk 'substr($0, length($0) - 2) % 5')
