@@ -20,7 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .regions import APEX_RAS, ORIENTED_COS
+from .regions import ORIENTED_COS, apex_cosine
 from .types import Stack
 
 __all__ = ["seen_from_apex", "flip_columns"]
@@ -36,12 +36,8 @@ def seen_from_apex(affine: np.ndarray) -> bool | None:
     affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm (`cmrsdk.Stack.affine`).
     """
     a = np.asarray(affine, dtype=np.float64)
-    sight = np.cross(a[:3, 2], a[:3, 1])  # columns (x) cross rows (y): into the screen
-    norm = float(np.linalg.norm(sight))
-    if not np.isfinite(norm) or norm == 0.0:
-        return None
-    cos = float(sight @ APEX_RAS) / norm
-    if abs(cos) < ORIENTED_COS:
+    cos = apex_cosine(np.cross(a[:3, 2], a[:3, 1]))  # columns (x) cross rows (y): into the screen
+    if cos is None or abs(cos) < ORIENTED_COS:
         return None
     return cos < 0  # looking from the apex toward the base
 

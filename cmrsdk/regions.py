@@ -35,6 +35,7 @@ __all__ = [
     "AMBIGUITY",
     "APEX_RAS",
     "ORIENTED_COS",
+    "apex_cosine",
     "index_toward_apex",
     "labelled_slices_base_to_apex",
     "region_counts",
@@ -73,14 +74,19 @@ def index_toward_apex(affine: np.ndarray) -> int | None:
     cannot tell (the slice axis within ``acos(ORIENTED_COS)`` = 46 degrees of `APEX_RAS` or its
     opposite, or a degenerate affine).
     """
-    axis = np.asarray(affine, dtype=np.float64)[:3, 0]
-    norm = float(np.linalg.norm(axis))
-    if not np.isfinite(norm) or norm == 0.0:
-        return None
-    cos = float(axis @ APEX_RAS) / norm
-    if abs(cos) < ORIENTED_COS:
+    cos = apex_cosine(np.asarray(affine, dtype=np.float64)[:3, 0])
+    if cos is None or abs(cos) < ORIENTED_COS:
         return None
     return 1 if cos > 0 else -1
+
+
+def apex_cosine(vector: np.ndarray) -> float | None:
+    """cos of the angle between ``vector`` (float64 (3,), RAS+) and `APEX_RAS`; None for a zero or
+    non-finite vector."""
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0.0:
+        return None
+    return float(vector @ APEX_RAS) / norm
 
 
 def _area_slope(areas: np.ndarray) -> float | None:
