@@ -228,7 +228,13 @@ class Pipeline:
         flips along H, W and both (`MIRROR_AXES`), and the four probability maps, flipped back,
         are averaged. The U-Nets of export/ train with both flips. Four times the network work;
         the Dice it buys on held-out data is in docs/RESULTS.md. The heart search and the region
-        classifier are not mirrored.
+        classifier are not mirrored. A side-aware U-Net (trained without flips) is averaged over
+        the half-turn only (`HALF_TURN_AXES`), twice the network work.
+
+    A bundle with a side-aware U-Net (``side_aware``: `cmrsdk.bundle.ModelInfo.side_aware`) sees
+    every stack in the radiological view: one seen from the base by its scanner orientation is
+    flipped left to right before the networks and its labels flipped back
+    (`cmrsdk.chirality`; the segmentation's provenance then has ``columns_flipped``).
     systolic_base : in `segment_study`, where ED and ES share a grid, drop the RV of the most
         basal ES slice when it holds less than `cmrsdk.systole.SYSTOLIC_BASE_RATIO` of that
         slice's RV at ED: the valve plane descended into it in systole, and it holds atrium
