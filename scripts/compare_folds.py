@@ -10,7 +10,10 @@ interval of the mean difference, per region and label and over all label-slices.
 A label-slice scored in one run only (the label absent from the manual slice, drawn in one run
 and not the other) counts as Dice 1 where it was not drawn: leaving it empty was right.
 
-    python scripts/compare_folds.py REFERENCE.csv CANDIDATE.csv [--draws 2000]
+    python scripts/compare_folds.py REFERENCE.csv CANDIDATE.csv [--draws 2000] [--method routed]
+
+Either file may also be a ``cmrsdk evaluate`` ``slice_dice.csv`` (held-out sets), of which
+``--method`` picks the rows.
 
 Prints, per row: mean difference (candidate - reference, points of Dice %), its 95 % interval,
 and the number of label-slices and patients.
@@ -29,13 +32,30 @@ LABELS = ("LVBP", "LVM", "RVBP")
 Key = tuple[str, str, int, int, str]  # case, phase, slice, region, label
 
 
-def read_slices(path: str) -> dict[Key, float]:
-    """Label-slice Dice (0..1) by (case, phase, slice, region, label) from a ``--slices`` CSV."""
+def read_slices(path: str, method: str = "routed") -> dict[Key, float]:
+    """Label-slice Dice (0..1) by (case, phase, slice, region, label).
+
+    Reads a ``scripts/dev_fold.py --slices`` CSV (one row per label-slice) or a ``cmrsdk
+    evaluate`` ``slice_dice.csv`` (one row per slice and method, ``dice_<label>`` columns, NaN where
+    the label is in neither mask; ``method`` picks its rows), so held-out runs pair the same way.
+    """
     with open(path, newline="") as f:
-        return {
-            (r["case"], r["phase"], int(r["slice"]), int(r["region"]), r["label"]): float(r["dice"])
-            for r in csv.DictReader(f)
-        }
+        rows = list(csv.DictReader(f))
+    if rows and "dice" in rows[0]:
+        return {(r["case"], r["phase"], int(r["slice"]), int(r["region"]), r["label"]): float(r["dice"]) for r in rows}
+    if rows and "method" in rows[0]:
+        out = {}
+        for r in rows:
+            if r["method"] != method:
+                continue
+            for label in LABELS:
+                dice = float(r[f"dice_{label}"])
+                if not np.isnan(dice):
+                    out[(r["case"], r["phase"], int(r["slice_index"]), int(r["region"]), label)] = dice
+        if not out:
+            raise SystemExit(f"{path}: no rows of method {method!r}")
+        return out
+    raise SystemExit(f"{path}: neither a dev_fold.py --slices CSV nor a cmrsdk evaluate slice_dice.csv")
 
 
 def paired_differences(reference: dict[Key, float], candidate: dict[Key, float]) -> dict[Key, float]:
@@ -68,8 +88,10 @@ def main() -> None:
     parser.add_argument("reference")
     parser.add_argument("candidate")
     parser.add_argument("--draws", type=int, default=2000)
+    parser.add_argument("--method", default="routed", help="rows of a cmrsdk evaluate slice_dice.csv")
     args = parser.parse_args()
-    differences = paired_differences(read_slices(args.reference), read_slices(args.candidate))
+    reference, candidate = read_slices(args.reference, args.method), read_slices(args.candidate, args.method)
+    differences = paired_differences(reference, candidate)
     rows = [("all label-slices", differences)]
     for region, name in REGIONS.items():
         for label in LABELS:

@@ -68,3 +68,26 @@ def test_dev_fold_writes_the_slices_it_scores(shared_data, tmp_path: Path, monke
     assert len(slices) == int(line.split("(n ")[1].split(")")[0]) > 20
     assert pooled == pytest.approx(100 * sum(slices.values()) / len(slices), abs=0.006)
     assert {k[0] for k in slices} == {"patient005"} and {k[1] for k in slices} == {"ED", "ES"}
+
+
+def test_reads_cmrsdk_evaluate_slice_dice_of_one_method(tmp_path: Path) -> None:
+    head = "method,case,phase,slice_index,region,position,dice_LVBP,dice_LVM,dice_RVBP\n"
+    (tmp_path / "slice_dice.csv").write_text(
+        head
+        + "baseline,p1,ED,0,1,0.0,0.5,0.5,0.5\n"
+        + "routed,p1,ED,0,1,0.0,0.97,0.88,nan\n"  # no RV in either mask: not scored
+        + "routed,p1,ES,7,3,1.0,0.0,0.25,0.6\n"
+    )
+    got = read_slices(str(tmp_path / "slice_dice.csv"))
+    assert got == pytest.approx(
+        {
+            ("p1", "ED", 0, 1, "LVBP"): 0.97,
+            ("p1", "ED", 0, 1, "LVM"): 0.88,
+            ("p1", "ES", 7, 3, "LVBP"): 0.0,
+            ("p1", "ES", 7, 3, "LVM"): 0.25,
+            ("p1", "ES", 7, 3, "RVBP"): 0.6,
+        }
+    )
+    assert read_slices(str(tmp_path / "slice_dice.csv"), "baseline")[("p1", "ED", 0, 1, "RVBP")] == 0.5
+    with pytest.raises(SystemExit, match="oracle"):
+        read_slices(str(tmp_path / "slice_dice.csv"), "oracle")
