@@ -13,7 +13,10 @@ and not the other) counts as Dice 1 where it was not drawn: leaving it empty was
     python scripts/compare_folds.py REFERENCE.csv CANDIDATE.csv [--draws 2000] [--method routed]
 
 Either file may also be a ``cmrsdk evaluate`` ``slice_dice.csv`` (held-out sets), of which
-``--method`` picks the rows.
+``--method`` picks the rows. Several folds pool as comma-joined lists, in the same order on both
+sides (their patients must differ):
+
+    python scripts/compare_folds.py ref_slices_0.csv,ref_slices_10.csv chiral_slices_0.csv,chiral_slices_10.csv
 
 Prints, per row: mean difference (candidate - reference, points of Dice %), its 95 % interval,
 and the number of label-slices and patients.
@@ -58,6 +61,17 @@ def read_slices(path: str, method: str = "routed") -> dict[Key, float]:
     raise SystemExit(f"{path}: neither a dev_fold.py --slices CSV nor a cmrsdk evaluate slice_dice.csv")
 
 
+def read_folds(paths: str, method: str = "routed") -> dict[Key, float]:
+    """:func:`read_slices` of each comma-separated path, pooled; a label-slice in two of them is an error."""
+    pooled: dict[Key, float] = {}
+    for path in paths.split(","):
+        part = read_slices(path, method)
+        if twice := set(part) & set(pooled):
+            raise SystemExit(f"{path}: {len(twice)} label-slices already read from another fold, e.g. {min(twice)}")
+        pooled |= part
+    return pooled
+
+
 def paired_differences(reference: dict[Key, float], candidate: dict[Key, float]) -> dict[Key, float]:
     """Candidate minus reference Dice per label-slice scored in either (1.0 where one left it empty)."""
     return {k: candidate.get(k, 1.0) - reference.get(k, 1.0) for k in sorted(set(reference) | set(candidate))}
@@ -90,7 +104,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2000)
     parser.add_argument("--method", default="routed", help="rows of a cmrsdk evaluate slice_dice.csv")
     args = parser.parse_args()
-    reference, candidate = read_slices(args.reference, args.method), read_slices(args.candidate, args.method)
+    reference, candidate = read_folds(args.reference, args.method), read_folds(args.candidate, args.method)
     differences = paired_differences(reference, candidate)
     rows = [("all label-slices", differences)]
     for region, name in REGIONS.items():

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from compare_folds import bootstrap, paired_differences, read_slices  # noqa: E402
+from compare_folds import bootstrap, paired_differences, read_folds, read_slices  # noqa: E402
 
 HEADER = "bundle,case,phase,slice,region,label,dice\n"
 
@@ -91,3 +91,12 @@ def test_reads_cmrsdk_evaluate_slice_dice_of_one_method(tmp_path: Path) -> None:
     assert read_slices(str(tmp_path / "slice_dice.csv"), "baseline")[("p1", "ED", 0, 1, "RVBP")] == 0.5
     with pytest.raises(SystemExit, match="oracle"):
         read_slices(str(tmp_path / "slice_dice.csv"), "oracle")
+
+
+def test_pools_folds_and_refuses_a_patient_read_twice(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text(HEADER + "r,p1,ED,0,1,LVBP,0.9000\n")
+    (tmp_path / "b.csv").write_text(HEADER + "r,p2,ES,3,2,RVBP,0.8000\n")
+    a, b = str(tmp_path / "a.csv"), str(tmp_path / "b.csv")
+    assert read_folds(f"{a},{b}") == {("p1", "ED", 0, 1, "LVBP"): 0.9, ("p2", "ES", 3, 2, "RVBP"): 0.8}
+    with pytest.raises(SystemExit, match="already read"):
+        read_folds(f"{a},{a}")
