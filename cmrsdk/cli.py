@@ -81,6 +81,11 @@ def _heart_crop(args: argparse.Namespace):
     return None if args.full_window else tuple(args.heart_crop) if args.heart_crop else "bundle"
 
 
+def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The decision rules' options given on the command line; those not given keep `Pipeline`'s defaults."""
+    return {} if args.apical_rv_weight is None else {"apical_rv_weight": args.apical_rv_weight}
+
+
 def _method(mode: str, bundle: str, **options: Any) -> tuple[Pipeline, RegionSource | None]:
     """The pipeline of a --mode / --modes name and the region source it routes by.
 
@@ -138,6 +143,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             precision=args.precision,
             mirroring=args.mirroring,
             systolic_base=args.systolic_base,
+            **_rule_options(args),
         )
     progress = None
     if len(planned) > 1 and sys.stderr.isatty():
@@ -292,6 +298,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             precision=args.precision,
             mirroring=args.mirroring,
             systolic_base=args.systolic_base,
+            **_rule_options(args),
         )
         for mode in args.modes
     }
@@ -437,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_false",
             help="keep the most basal ES RV even where it holds under 0.4 of that slice's ED RV "
             "(by default dropped: the valve plane descended into it, cmrsdk.systole)",
+        )
+        p.add_argument(
+            "--apical-rv-weight",
+            type=float,
+            default=None,
+            metavar="W",
+            help="routed mode: multiply the RV's probability on apical slices by W before the argmax "
+            "(cmrsdk.apex; default: the pipeline's; 1: no prior)",
         )
 
     p = sub.add_parser(

@@ -41,7 +41,7 @@ import numpy as np
 from . import preprocess
 from .errors import InputError
 from .heart import MIN_HEART_PIXELS, heart_window, search_order
-from .labels import LVBP, LVM, NON_CARDIAC, REGION_NAMES
+from .labels import APEX, LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
 from .pipeline import MIN_HEART_CONFIDENCE, MIN_SLICE_PIXELS, Pipeline, RegionSource, Segmentation, _Unset, mirror_axes
 from .regions import index_toward_apex, regions_from_areas
 from .routing import decode_regions
@@ -240,6 +240,9 @@ class DevicePipeline(Pipeline):
                 region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
             else:
                 probabilities = self._routed_on_device(images, regions)
+            apex = np.flatnonzero(regions == APEX) if regions is not None else np.empty(0, np.intp)
+            if self.apical_rv_weight != 1.0 and len(apex):  # cmrsdk.apex, on the device
+                probabilities[torch.from_numpy(apex).to(dev), RVBP] *= self.apical_rv_weight
             timings["segment"] = lap()
 
             m_y, in_y = inverse_matrix(ny, ry, offset[0], size[0])

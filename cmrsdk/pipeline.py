@@ -16,6 +16,8 @@ One `Pipeline.segment` call turns a `Stack` into uint8 labels on the stack's own
                 classify stage is replaced by one baseline pass over every slice, whose masks
                 give the regions by the ground-truth rule (`cmrsdk.regions`); slices without
                 heart get no mask, region slices are segmented again by their region's U-Net;
+                on apical slices the RV's probability is weighted (``apical_rv_weight``,
+                `cmrsdk.apex`);
 4. postprocess  native core: resample probabilities back and argmax in one fused pass, then
                 the largest connected component of each structure; in a study, the most basal
                 ES RV that the valve plane's descent made atrium is left out (`cmrsdk.systole`).
@@ -37,6 +39,7 @@ from typing import Any, Callable, Literal, Mapping, cast
 import numpy as np
 
 from . import preprocess
+from .apex import check_apical_rv_weight, weigh_apical_rv
 from .bundle import Bundle, bf16_record_key, load_bundle
 from .chirality import flip_columns, seen_from_apex
 from .errors import CmrWarning, InputError
@@ -241,6 +244,11 @@ class Pipeline:
         (`cmrsdk.systole`; its Dice on the held-out sets in docs/RESULTS.md, Session 19). The
         ES segmentation's provenance names the slice (``systolic_base_rv_dropped_slice``, None
         where none was dropped), and so does the study report.
+    apical_rv_weight : in routed mode, the RV's probability on slices routed to the apex is
+        multiplied by this before the argmax: the U-Nets under-call the small apical RV on
+        unseen patients (`cmrsdk.apex`, whose `APICAL_RV_WEIGHT` was designed on development
+        folds; its Dice on the held-out sets in docs/RESULTS.md, Session 25). 1: no prior.
+        Recorded in the provenance.
 
     The object holds no per-call state: one pipeline may serve several threads at once.
     """
@@ -261,6 +269,7 @@ class Pipeline:
         precision: str = "fp32",
         mirroring: bool = False,
         systolic_base: bool = True,
+        apical_rv_weight: float = 1.0,
     ) -> None:
         if str(mode) == "oracle":
             raise InputError(
@@ -280,6 +289,7 @@ class Pipeline:
         if not isinstance(systolic_base, bool):
             raise InputError(f"'systolic_base' must be True or False, got {systolic_base!r}")
         self.systolic_base = systolic_base
+        self.apical_rv_weight = check_apical_rv_weight(apical_rv_weight)
         self.threads = threads
         self._pre = self.bundle.preprocessing
         given = self._pre.heart_crop if heart_crop == "bundle" else heart_crop
@@ -520,6 +530,8 @@ class Pipeline:
             region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
         else:
             probabilities = self._segment(images, regions)
+        if regions is not None:
+            weigh_apical_rv(probabilities, regions, self.apical_rv_weight)
         t, timings["segment"] = _lap(t)
 
         labels = self._clean(preprocess.resample_argmax(probabilities, transform, threads=self.threads), stack)
@@ -680,6 +692,7 @@ class Pipeline:
             "mode": self.mode,
             "largest_component": self.largest_component,
             "systolic_base": self.systolic_base,
+            "apical_rv_weight": self.apical_rv_weight if routed else None,
             "mirroring": self.mirroring,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
             "region_decoding": self.region_decoding

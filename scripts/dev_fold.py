@@ -6,7 +6,7 @@ patients each) on the 12 each never saw. With the shipped bundle on its own trai
 shows how often the rule drops a true RV where the masks are near-manual.
 
     python scripts/dev_fold.py --fold BUNDLE PATIENT_FOLDER... [--fold BUNDLE ...] [--ratios 0.3 0.4 0.5]
-        [--slices SLICES.csv]
+        [--slices SLICES.csv] [--apical-rv-weight W]
 
 Prints mean slice Dice (%) per region and label (regions from the manual labels, as `cmrsdk
 evaluate`) with its number of label-slices, all slices, per fold and, with several, over all of
@@ -73,10 +73,14 @@ def main() -> None:
     parser.add_argument("--fold", nargs="+", action="append", required=True, metavar="BUNDLE PATIENT_FOLDER")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.35, 0.4, 0.45, 0.5])
     parser.add_argument("--slices", metavar="CSV", help="write each label-slice's Dice at the shipped ratio here")
+    parser.add_argument(
+        "--apical-rv-weight", type=float, default=None, metavar="W", help="the pipeline's apical RV prior (cmrsdk.apex)"
+    )
     args = parser.parse_args()
     folds = []
     for bundle, *patients in args.fold:
-        pipeline = Pipeline(bundle, systolic_base=False, threads=2)
+        rules = {} if args.apical_rv_weight is None else {"apical_rv_weight": args.apical_rv_weight}
+        pipeline = Pipeline(bundle, systolic_base=False, threads=2, **rules)
         studies = []
         for folder in patients:
             result = pipeline.segment_study(read_study(folder))

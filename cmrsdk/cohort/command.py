@@ -77,6 +77,7 @@ def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
         region_decoding=args.region_decoding,
         mirroring=args.mirroring,
         systolic_base=args.systolic_base,
+        apical_rv_weight=args.apical_rv_weight,
         overlay=not args.no_overlay,
         report_html=not args.no_report_html,
     )

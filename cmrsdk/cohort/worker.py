@@ -42,6 +42,7 @@ class PipelineSpec:
     region_decoding: str = "monotone"
     mirroring: bool = False
     systolic_base: bool = True
+    apical_rv_weight: float | None = None  # None: the pipeline's default
     overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
 
@@ -146,6 +147,7 @@ class StudyWorker:
         backends = {bundle.select_artifact(name, spec.backend, spec.device).backend for name in bundle.models}
         # ONNX Runtime and OpenVINO size their pools from the cores, not from OMP_NUM_THREADS
         options = thread_options(backends.pop(), threads) if len(backends) == 1 else {}
+        rules: dict[str, Any] = {} if spec.apical_rv_weight is None else {"apical_rv_weight": spec.apical_rv_weight}
         self.pipeline = Pipeline(
             bundle,
             backend=spec.backend,
@@ -157,6 +159,7 @@ class StudyWorker:
             region_decoding=spec.region_decoding,  # type: ignore[arg-type]
             mirroring=spec.mirroring,
             systolic_base=spec.systolic_base,
+            **rules,
             engine_options=options,
         )
         self.pid = os.getpid()
