@@ -18,6 +18,7 @@ after) and, per fold, the label-slices' mean Dice with and without the rule.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,7 +29,7 @@ from cmrsdk.labels import LVBP, LVM, RVBP
 
 
 def reclaim_lv_apex(
-    raw: np.ndarray, cleaned: np.ndarray, spacing_yx: tuple[float, float], max_shift_mm: float
+    raw: np.ndarray, cleaned: np.ndarray, spacing_yx: Sequence[float], max_shift_mm: float
 ) -> np.ndarray:
     """uint8 (Z, Y, X) ``cleaned`` with the removed RV pieces at the LV's place made LV blood pool."""
     out = cleaned.copy()
@@ -70,6 +71,8 @@ def main() -> None:
                 cleaned = preprocess.reattach_displaced_slices(raw, cleaned, spacing)
                 changed = reclaim_lv_apex(raw, cleaned, spacing, args.max_shift_mm)
                 manual = seg.stack.labels
+                if manual is None:
+                    raise SystemExit(f"{folder}: {phase} has no manual labels to score against")
                 a = score_stack(cleaned, manual, method="m", case=case, phase=phase)
                 b = score_stack(changed, manual, method="m", case=case, phase=phase)
                 for sa, sb in zip(a, b):
