@@ -117,13 +117,22 @@ class AugmentConfig:
 
 
 def crop_centres(
-    labels: torch.Tensor, patch: tuple[int, int], foreground: torch.Tensor, generator: torch.Generator
+    labels: torch.Tensor,
+    patch: tuple[int, int],
+    foreground: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    hearts: torch.Tensor | None = None,
+    jitter: float = 0.0,
 ) -> torch.Tensor:
     """Patch centres (row, column) in input pixel indices, float64 (B, 2).
 
     Random centres keep the patch inside the slice where it fits; a sample flagged in
     ``foreground`` (bool (B,)) is centred on one of its foreground pixels chosen at random
-    (nnU-Net's forced-foreground crop), or placed at random when it has none.
+    (nnU-Net's forced-foreground crop), or placed at random when it has none. With ``hearts``,
+    an unflagged sample whose heart centre is known is centred there instead, moved by up to
+    ``jitter`` pixels along each axis and kept inside the slice: the window the pipeline's heart
+    crop shows the U-Net (`cmrsdk.heart.crop_to_heart`), non-cardiac slices included.
 
     Parameters
     ----------
@@ -131,6 +140,9 @@ def crop_centres(
     patch : (h, w) patch size in pixels.
     foreground : bool (B,) flags.
     generator : CPU generator all random numbers come from.
+    hearts : float64 (B, 2) heart centre (row, column) in pixel indices of each sample's stack
+        (`export.data.SliceSet.heart_centres`), NaN where the stack holds no label; None: random.
+    jitter : largest shift of a heart-centred patch, pixels per axis (uniform in [-jitter, jitter]).
     """
     b, height, width = labels.shape
     h, w = patch
@@ -139,6 +151,14 @@ def crop_centres(
     # a patch larger than the slice stays centred on the slice's centre
     low, high = torch.minimum(low, (low + high) / 2), torch.maximum(high, (low + high) / 2)
     centres = low + (high - low) * torch.rand(b, 2, generator=generator, dtype=torch.float64)
+    if hearts is not None:
+        if hearts.shape != (b, 2) or jitter < 0:
+            raise InputError(
+                f"'hearts' must be float ({b}, 2) and 'jitter' >= 0, got shape {tuple(hearts.shape)} and {jitter}"
+            )
+        shift = jitter * (2 * torch.rand(b, 2, generator=generator, dtype=torch.float64) - 1)
+        known = torch.isfinite(hearts).all(1) & ~foreground.cpu()
+        centres[known] = torch.clamp(hearts.to(torch.float64)[known] + shift[known], low, high)
     centres = centres.round()
     for i in torch.nonzero(foreground.cpu()).flatten().tolist():
         pixels = torch.nonzero(labels[i] > 0)

@@ -131,6 +131,19 @@ class SliceSet:
             index[ordered] = ordered[offsets]
         return index
 
+    def heart_centres(self) -> np.ndarray:
+        """float64 (N, 2) each slice's heart centre (row, column) in pixel indices: the centroid of
+        every labelled pixel of its stack (case, phase), so that the slices above and below the
+        heart share it as they share the pipeline's heart crop; NaN for a stack without labels."""
+        centres = np.full((len(self), 2), np.nan)
+        keys = np.char.add(np.char.add(self.cases.astype(str), " "), self.phases.astype(str))
+        for key in np.unique(keys):
+            members = np.flatnonzero(keys == key)
+            pixels = np.argwhere(np.asarray(self.labels[members]) > 0)  # (slice, row, column)
+            if len(pixels):
+                centres[members] = pixels[:, 1:].mean(0)
+        return centres
+
     def with_context(self, context: int) -> "SliceSet":
         """2.5D input: the set with float32 (N, 2 context + 1, H, W) images, each slice between its
         stack neighbours in z order (:meth:`neighbours`); context 0 returns the set as it is."""

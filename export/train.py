@@ -114,6 +114,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "swa_start": 1.0,  # fraction of the schedule from which weights are averaged; 1 = no SWA
         "swa_every": 50,
         "slice_dice": 0.0,  # share of the Dice term given to per-slice Dice (the evaluated metric)
+        # "random": patches not forced to foreground are placed anywhere in the window (nnU-Net);
+        # "heart": centred on their stack's heart, moved by up to heart_jitter pixels per axis,
+        # as the pipeline's heart crop shows every slice to the U-Net (segmentation only)
+        "crop": "random",
+        "heart_jitter": 16.0,
     },
 }
 
@@ -125,6 +130,19 @@ def augment_config(spec: dict[str, Any]) -> AugmentConfig:
     if not isinstance(spec["mirror"], bool):
         raise InputError(f"[train] 'mirror' must be true or false, got {spec['mirror']!r}")
     return augment if spec["mirror"] else dataclasses.replace(augment, p_mirror=0.0)
+
+
+def _heart_crops(spec: dict[str, Any], task: str, slices: SliceSet) -> tuple[torch.Tensor | None, float]:
+    """``[train] crop``: float64 (N, 2) heart centres of the training slices and the jitter in
+    pixels for "heart", (None, 0) for "random"."""
+    crop, jitter = spec["crop"], spec["heart_jitter"]
+    if crop not in ("random", "heart"):
+        raise InputError(f"[train] 'crop' must be \"random\" or \"heart\", got {crop!r}")
+    if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter <= 1000:
+        raise InputError(f"[train] 'heart_jitter' must be a number of pixels >= 0, got {jitter!r}")
+    if crop == "random" or task != "segmentation":
+        return None, 0.0
+    return torch.from_numpy(slices.heart_centres()), float(jitter)
 
 
 def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -779,6 +797,7 @@ def train(
     patch = (int(spec["patch"]),) * 2 if task == "segmentation" else tuple(size)
     images_all = torch.from_numpy(np.ascontiguousarray(train_set.images))
     labels_all = torch.from_numpy(np.ascontiguousarray(train_set.labels))
+    hearts_all, jitter = _heart_crops(spec, task, train_set)
     targets_all = torch.from_numpy(train_set.regions.astype(np.int64))
     amp = _autocast(str(spec["amp"]), torch_device)
 
@@ -860,7 +879,8 @@ def train(
         batch = sampler.sample(per_rank)
         index = torch.from_numpy(batch.indices)
         labels = labels_all[index]
-        centres = crop_centres(labels, patch, torch.from_numpy(batch.foreground), generator)
+        hearts = None if hearts_all is None else hearts_all[index]
+        centres = crop_centres(labels, patch, torch.from_numpy(batch.foreground), generator, hearts=hearts, jitter=jitter)
         x = images_all[index] if images_all.ndim == 4 else images_all[index][:, None]
         x, y = augment_batch(x.to(torch_device), labels, patch, centres, augment, generator)
         target = y if task == "segmentation" else targets_all[index]

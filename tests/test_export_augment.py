@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from cmrsdk.errors import InputError  # noqa: E402
 from export.augment import AugmentConfig, augment_batch, crop_centres, spatial_transform  # noqa: E402
 from export.losses import DeepSupervisionLoss, DiceCELoss, slice_dice_loss, soft_dice_loss  # noqa: E402
 
@@ -100,6 +101,22 @@ def test_forced_foreground_crops_are_centred_on_foreground() -> None:
         assert labels[0, int(row), int(col)] == 2
     # random centres keep the whole patch inside the slice
     assert torch.all((centres[2:] >= 7.5) & (centres[2:] <= 32 - 1 - 7.5))
+
+
+def test_heart_crops_are_centred_on_the_stack_heart_within_the_jitter() -> None:
+    labels = torch.zeros(6, 64, 64, dtype=torch.uint8)
+    labels[:, 40:44, 40:44] = 1
+    hearts = torch.tensor([[41.5, 41.5]] * 4 + [[60.0, 3.0], [float("nan")] * 2], dtype=torch.float64)
+    flagged = torch.tensor([True, False, False, False, False, False])
+    g = torch.Generator().manual_seed(0)
+    centres = crop_centres(labels, (32, 32), flagged, g, hearts=hearts, jitter=4.0)
+    assert labels[0, int(centres[0, 0]), int(centres[0, 1])] == 1  # forced to foreground, as before
+    assert torch.all((centres[1:4] - 41.5).abs() <= 4.5)  # the heart, moved by at most the jitter
+    assert len({tuple(c) for c in centres[1:4].tolist()}) > 1
+    np.testing.assert_array_equal(centres[4].numpy(), [48, 16])  # kept inside: 47.5 and 15.5, rounded
+    assert torch.all((centres[5] >= 15.5) & (centres[5] <= 47.5))  # no heart known: random
+    with pytest.raises(InputError, match="'hearts' must be float \\(6, 2\\)"):
+        crop_centres(labels, (32, 32), flagged, g, hearts=hearts[:3], jitter=4.0)
 
 
 def test_augment_is_seeded_and_off_is_a_crop() -> None:

@@ -92,6 +92,21 @@ def test_neighbours_stay_in_their_stack_and_repeat_its_ends() -> None:
         slices.subset(np.array([0, 3])).neighbours(1)
 
 
+def test_heart_centres_are_each_stacks_label_centroid() -> None:
+    from export.data import SliceSet
+
+    # stack (a, ED): a labelled square on slice 0, nothing on slice 1 (past the apex); (a, ES) unlabelled
+    labels = np.zeros((3, 8, 8), np.uint8)
+    labels[0, 2:4, 4:8] = 3
+    slices = SliceSet(
+        np.zeros((3, 8, 8), np.float32), labels, np.array(["a"] * 3), np.array(["ED", "ED", "ES"]),
+        np.array([1, 0, 0], np.uint8), np.full(3, np.nan), np.array([0, 1, 0]),
+    )  # fmt: skip
+    centres = slices.heart_centres()
+    np.testing.assert_array_equal(centres[:2], [[2.5, 5.5], [2.5, 5.5]])
+    assert np.isnan(centres[2]).all()
+
+
 def test_training_neighbours_are_the_pipelines(shared_data: Path) -> None:
     """`SliceSet.neighbours` (training) and `cmrsdk.preprocess.context_slices` (inference) give a
     real stack's slices the same neighbours."""

@@ -74,10 +74,14 @@ def _log(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize(("sampler", "slice_dice"), [("uniform", 0.0), ("region", 0.0), ("uniform", 0.5)])
-def test_unet_loss_falls_and_checkpoint_round_trips(tmp_path: Path, sampler: str, slice_dice: float) -> None:
+@pytest.mark.parametrize(
+    ("sampler", "slice_dice", "crop"),
+    [("uniform", 0.0, "random"), ("region", 0.0, "random"), ("uniform", 0.5, "random"), ("uniform", 0.0, "heart")],
+)
+def test_unet_loss_falls_and_checkpoint_round_trips(tmp_path: Path, sampler: str, slice_dice: float, crop: str) -> None:
     config = _config(tmp_path, SEGMENTATION.format(sampler=sampler, iterations=40, val_every=40))
     config["train"]["slice_dice"] = slice_dice
+    config["train"]["crop"] = crop
     result = train(config, out=tmp_path / "out", progress=False)
     rows = _log(tmp_path / "out")
     assert [int(r["iteration"]) for r in rows] == [10, 20, 30, 40]
@@ -161,6 +165,12 @@ def test_bad_configuration_raises(tmp_path: Path) -> None:
     config = _config(tmp_path, SEGMENTATION.format(sampler="uniform", iterations=2, val_every=2))
     config["train"]["slice_dice"] = 1.5
     with pytest.raises(InputError, match="\\[train\\] 'slice_dice' is 1.5"):
+        train(config, out=tmp_path / "out", progress=False)
+    config["train"]["slice_dice"], config["train"]["crop"] = 0.0, "centre"
+    with pytest.raises(InputError, match="\\[train\\] 'crop' must be \"random\" or \"heart\", got 'centre'"):
+        train(config, out=tmp_path / "out", progress=False)
+    config["train"]["crop"], config["train"]["heart_jitter"] = "heart", -4
+    with pytest.raises(InputError, match="'heart_jitter' must be a number of pixels >= 0, got -4"):
         train(config, out=tmp_path / "out", progress=False)
 
 
