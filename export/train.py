@@ -137,7 +137,7 @@ def _heart_crops(spec: dict[str, Any], task: str, slices: SliceSet) -> tuple[tor
     pixels for "heart", (None, 0) for "random"."""
     crop, jitter = spec["crop"], spec["heart_jitter"]
     if crop not in ("random", "heart"):
-        raise InputError(f"[train] 'crop' must be \"random\" or \"heart\", got {crop!r}")
+        raise InputError(f'[train] \'crop\' must be "random" or "heart", got {crop!r}')
     if not isinstance(jitter, (int, float)) or isinstance(jitter, bool) or not 0 <= jitter <= 1000:
         raise InputError(f"[train] 'heart_jitter' must be a number of pixels >= 0, got {jitter!r}")
     if crop == "random" or task != "segmentation":
@@ -880,7 +880,9 @@ def train(
         index = torch.from_numpy(batch.indices)
         labels = labels_all[index]
         hearts = None if hearts_all is None else hearts_all[index]
-        centres = crop_centres(labels, patch, torch.from_numpy(batch.foreground), generator, hearts=hearts, jitter=jitter)
+        centres = crop_centres(
+            labels, patch, torch.from_numpy(batch.foreground), generator, hearts=hearts, jitter=jitter
+        )
         x = images_all[index] if images_all.ndim == 4 else images_all[index][:, None]
         x, y = augment_batch(x.to(torch_device), labels, patch, centres, augment, generator)
         target = y if task == "segmentation" else targets_all[index]
