@@ -6,12 +6,14 @@ patients each) on the 12 each never saw. With the shipped bundle on its own trai
 shows how often the rule drops a true RV where the masks are near-manual.
 
     python scripts/dev_fold.py --fold BUNDLE PATIENT_FOLDER... [--fold BUNDLE ...] [--ratios 0.3 0.4 0.5]
-        [--slices SLICES.csv] [--apical-rv-weight W]
+        [--slices SLICES.csv] [--apical-rv-weight W] [--locate-with LOCATOR_BUNDLE ...]
 
 Prints mean slice Dice (%) per region and label (regions from the manual labels, as `cmrsdk
 evaluate`) with its number of label-slices, all slices, per fold and, with several, over all of
 them; and every slice the rule drops with its ES / ED RV pixels and the manual RV pixels there
-(0: atrium, rightly dropped). With ``--slices``, every label-slice's Dice at the shipped ratio
+(0: atrium, rightly dropped). With ``--locate-with`` (one bundle per fold, same
+preprocessing), the heart is found by that bundle's baseline U-Net and segmented by the fold's
+(stage 32b: a U-Net trained on heart-centred patches is a poor locator on the full window). With ``--slices``, every label-slice's Dice at the shipped ratio
 (`SYSTOLIC_BASE_RATIO`) goes to a CSV, so that two recipes can later be compared slice by slice
 (scripts/compare_folds.py) when their bundles are gone.
 """
@@ -76,11 +78,19 @@ def main() -> None:
     parser.add_argument(
         "--apical-rv-weight", type=float, default=None, metavar="W", help="the pipeline's apical RV prior (cmrsdk.apex)"
     )
+    parser.add_argument("--locate-with", nargs="+", metavar="BUNDLE", help="per fold, the bundle that finds the heart")
     args = parser.parse_args()
+    if args.locate_with and len(args.locate_with) != len(args.fold):
+        parser.error(f"--locate-with names {len(args.locate_with)} bundles for {len(args.fold)} folds")
     folds = []
-    for bundle, *patients in args.fold:
+    for i, (bundle, *patients) in enumerate(args.fold):
         rules = {} if args.apical_rv_weight is None else {"apical_rv_weight": args.apical_rv_weight}
         pipeline = Pipeline(bundle, systolic_base=False, threads=2, **rules)
+        if args.locate_with:
+            locator = Pipeline(args.locate_with[i], systolic_base=False, threads=2)
+            if locator.bundle.manifest["preprocessing"] != pipeline.bundle.manifest["preprocessing"]:
+                parser.error(f"{args.locate_with[i]} and {bundle} preprocess differently: one window cannot serve both")
+            pipeline._locate = locator._locate  # a probe: the pipeline has no locator of its own (yet)
         studies = []
         for folder in patients:
             result = pipeline.segment_study(read_study(folder))
