@@ -25,7 +25,8 @@ Manifest (format version 1), the keys a reader relies on::
     classifier: model name or null,
     regions_from: "classifier" | "segmentation"   # optional; default "classifier" (see Pipeline)
     routing: {"0": model, "1": model, "2": model, "3": model},   # region code -> U-Net
-    preprocessing: {target_spacing: [dy, dx] mm, size: [H, W], normalization: name},
+    preprocessing: {target_spacing: [dy, dx] mm, size: [H, W], normalization: name,
+                    heart_crop?: [h, w], heart_search?: "mean" | "largest"},
     models: {name: {kind: "segmentation" | "classifier", architecture, input_shape,
                     output_shape, num_outputs, artifacts: {key: {file, format, precision,
                     sha256, size, input_hw?, device?}}, parity: [{...}], training: {...}, metrics: {...},
@@ -60,6 +61,7 @@ from typing import Any
 from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine
 from .engines.base import PRECISIONS, check_device
 from .errors import BackendUnavailableError, BundleError, InputError
+from .heart import HEART_SEARCHES
 
 __all__ = [
     "FORMAT_NAME",
@@ -130,12 +132,15 @@ class Preprocessing:
     normalization : intensity normalisation name ("robust_zscore", "zscore" or "minmax").
     heart_crop : (h, w) in pixels: the window the U-Nets see around the heart by default
         (their training patch), or None for the full ``size`` (see `cmrsdk.Pipeline`).
+    heart_search : how the heart crop's centre is taken from the baseline U-Net's full-window
+        pass, one of `cmrsdk.heart.HEART_SEARCHES` ("mean" unless the manifest says otherwise).
     """
 
     target_spacing: tuple[float, float]
     size: tuple[int, int]
     normalization: str
     heart_crop: tuple[int, int] | None = None
+    heart_search: str = "mean"
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's ``preprocessing`` object."""
@@ -146,6 +151,8 @@ class Preprocessing:
         }
         if self.heart_crop is not None:
             out["heart_crop"] = list(self.heart_crop)
+        if self.heart_search != "mean":  # manifests written before it existed stay as they were
+            out["heart_search"] = self.heart_search
         return out
 
 
@@ -268,11 +275,15 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
         raise BundleError(
             f"{manifest}: 'preprocessing.heart_crop' must be two ints [h, w] within 'size' {size}, got {crop!r}"
         )
+    search = raw.get("heart_search", "mean")
+    if search not in HEART_SEARCHES:
+        raise BundleError(f"{manifest}: 'preprocessing.heart_search' must be one of {HEART_SEARCHES}, got {search!r}")
     return Preprocessing(
         (float(spacing[0]), float(spacing[1])),
         (size[0], size[1]),
         normalization,
         (crop[0], crop[1]) if crop is not None else None,
+        search,
     )
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from . import preprocess
 from .errors import InputError
-from .heart import MIN_HEART_PIXELS, heart_window, search_order
+from .heart import MIN_HEART_PIXELS, heart_centre, heart_window, search_order
 from .labels import APEX, LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
 from .pipeline import MIN_HEART_CONFIDENCE, MIN_SLICE_PIXELS, Pipeline, RegionSource, Segmentation, _Unset, mirror_axes
 from .regions import index_toward_apex, regions_from_areas
@@ -268,13 +268,16 @@ class DevicePipeline(Pipeline):
         return segmentation, centre
 
     def _locate_on_device(self, window: Any, regions: np.ndarray | None) -> tuple[float, float] | None:
-        """`cmrsdk.heart.locate_heart` on the device: the foreground centroid of the first search slice with a heart."""
+        """`cmrsdk.heart.locate_heart` on the device: the foreground centroid of the first search slice with a heart
+        (for a bundle whose heart search is "largest", that slice's mask is copied back for `heart_centre`)."""
         torch, forward = self._torch, self._forward(self._baseline)
         for k in search_order(window.shape[0], regions):  # never mirrored, as on the host
             at = torch.tensor([k], device=window.device)
             foreground = forward(self._inputs(self._baseline, window, at))[0].argmax(0) > 0
             count = int(foreground.sum())
             if count >= MIN_HEART_PIXELS:
+                if self._pre.heart_search != "mean":
+                    return heart_centre(foreground.cpu().numpy(), self._pre.heart_search)
                 ys, xs = torch.nonzero(foreground, as_tuple=True)
                 return float(ys.double().mean()), float(xs.double().mean())
         return None

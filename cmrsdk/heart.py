@@ -4,7 +4,8 @@ The pipeline's "locate" stage (`cmrsdk.pipeline.Pipeline` with a ``heart_crop``)
 functions, apart from the network pass they are handed:
 
 - `locate_heart` runs a segmentation model (the bundle's baseline U-Net) over one slice and takes
-  the centroid of its foreground; where that slice shows no heart it tries the stack's central
+  the centroid of its foreground (`heart_centre`: of every foreground pixel, or of the largest
+  piece where the bundle says so); where that slice shows no heart it tries the stack's central
   slices, at most `LOCATE_TRIES` passes in all;
 - `crop_to_heart` cuts an (h, w) window around that centre out of the full window, by the crop
   rule of `cmrsdk.preprocess.window_offset` (the one `crop_or_pad` uses), kept inside the full
@@ -23,11 +24,13 @@ import numpy as np
 
 from .errors import InputError
 from .labels import MIDDLE
-from .preprocess import SliceTransform, window_offset
+from .preprocess import SliceTransform, largest_component, window_offset
 
 __all__ = [
+    "HEART_SEARCHES",
     "MIN_HEART_PIXELS",
     "LOCATE_TRIES",
+    "heart_centre",
     "SliceSegmenter",
     "locate_heart",
     "search_order",
@@ -39,6 +42,11 @@ __all__ = [
 MIN_HEART_PIXELS = 50
 #: most network passes the heart search makes per stack (first choice, then the central slices).
 LOCATE_TRIES = 3
+
+#: what `heart_centre` takes the centre of: "mean", every foreground pixel (the default); "largest",
+#: the largest 8-connected piece, for U-Nets that draw pieces away from the heart in the full
+#: window they were not trained on (`[train] crop = "heart"`, export/README.md "Stage 35").
+HEART_SEARCHES = ("mean", "largest")
 
 #: a segmentation model: float32 (N, channels, H, W) normalised slices -> float32 (N, C, H, W)
 #: class probabilities (class 0 background).
@@ -52,6 +60,7 @@ def locate_heart(
     *,
     tries: int = LOCATE_TRIES,
     min_pixels: int = MIN_HEART_PIXELS,
+    search: str = "mean",
 ) -> tuple[float, float] | None:
     """Centre (cy, cx) of the heart in window pixels, or None where no heart is found.
 
@@ -60,7 +69,7 @@ def locate_heart(
     neighbours, alternately below and above (the classifier's "middle" can be wrong: on held-out
     ACDC patient100 ES it was the last two slices, apex and below). The first slice whose
     foreground (argmax over classes > 0) holds at least ``min_pixels`` pixels gives the centre:
-    the mean row and column of that foreground.
+    `heart_centre` of that foreground by ``search``.
 
     Parameters
     ----------
@@ -70,6 +79,7 @@ def locate_heart(
     regions : uint8 (Z,) region codes (0 non-cardiac, 1 base, 2 middle, 3 apex), or None.
     tries : most slices tried.
     min_pixels : the smallest foreground that counts as a heart.
+    search : one of `HEART_SEARCHES`.
 
     Returns
     -------
@@ -82,12 +92,28 @@ def locate_heart(
         raise InputError(
             f"'regions' must be ({images.shape[0]},) region codes, one per slice, got shape {np.shape(regions)}"
         )
+    if search not in HEART_SEARCHES:
+        raise InputError(f"'search' must be one of {HEART_SEARCHES}, got {search!r}")
     for k in search_order(images.shape[0], regions, tries):
         foreground = segment(images[k : k + 1])[0].argmax(0) > 0
         if foreground.sum() >= min_pixels:
-            ys, xs = np.nonzero(foreground)
-            return float(ys.mean()), float(xs.mean())
+            return heart_centre(foreground, search)
     return None
+
+
+def heart_centre(foreground: np.ndarray, search: str = "mean") -> tuple[float, float]:
+    """(cy, cx) in pixel indices (fractions): the mean row and column of every pixel of a bool
+    (H, W) ``foreground`` ("mean"), or of its largest 8-connected piece ("largest"). The
+    foreground must not be empty."""
+    if search not in HEART_SEARCHES:
+        raise InputError(f"'search' must be one of {HEART_SEARCHES}, got {search!r}")
+    mask = np.asarray(foreground, dtype=bool)
+    if mask.ndim != 2 or not mask.any():
+        raise InputError(f"'foreground' must be a non-empty bool (H, W) mask, got shape {mask.shape}")
+    if search == "largest":
+        mask = largest_component(mask[None].astype(np.uint8), connectivity=18)[0] > 0
+    ys, xs = np.nonzero(mask)
+    return float(ys.mean()), float(xs.mean())
 
 
 def search_order(n: int, regions: np.ndarray | None, tries: int = LOCATE_TRIES) -> list[int]:

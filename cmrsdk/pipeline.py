@@ -392,7 +392,12 @@ class Pipeline:
         """Centre (cy, cx) of the heart in window pixels, or None: `cmrsdk.heart.locate_heart`
         with the baseline U-Net."""
         context = self.bundle.models[self._baseline].context
-        return locate_heart(preprocess.context_slices(images, context), self._engines[self._baseline].run, regions)
+        return locate_heart(
+            preprocess.context_slices(images, context),
+            self._engines[self._baseline].run,
+            regions,
+            search=self._pre.heart_search,
+        )
 
     @property
     def _by_segmentation(self) -> bool:

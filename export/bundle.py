@@ -55,6 +55,7 @@ from cmrsdk.engines.tensorrt import tensorrt_missing
 from cmrsdk.preprocess import context_slices
 from cmrsdk.errors import BundleError, InputError, ReadError, WriteError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
+from cmrsdk.heart import HEART_SEARCHES
 from export.models import get_model
 from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
 
@@ -622,6 +623,7 @@ def _preprocessing(
         tuple(int(v) for v in values["size"]),
         str(values["normalization"]),  # type: ignore[arg-type]
         tuple(args.heart_crop) if args.heart_crop else None,
+        args.heart_search,
     )  # type: ignore[arg-type]
 
 
@@ -679,6 +681,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar=("H", "W"),
         help="default window of the U-Nets around the heart (pipeline's heart_crop); default: none (the full window)",
+    )
+    parser.add_argument(
+        "--heart-search",
+        choices=HEART_SEARCHES,
+        default="mean",
+        help="the heart crop's centre from the baseline's full-window pass: every foreground pixel's mean, or the "
+        'largest piece\'s (U-Nets trained with [train] crop = "heart" draw pieces away from the heart there)',
     )
     parser.add_argument(
         "--examples", type=Path, default=None, help=".npy float32 (N, 1, H, W) real normalised slices for parity"

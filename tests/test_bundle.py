@@ -334,3 +334,23 @@ def test_a_model_input_channel_count_must_be_a_slice_and_its_neighbours(bundle_d
     _edit_manifest(bundle_dir, lambda m: m["models"]["apex"].update(input_shape=shape))
     with pytest.raises(BundleError, match=rf"models\.apex\.input_shape.*{why}"):
         load_bundle(bundle_dir)
+
+
+def test_the_heart_search_is_read_from_the_manifest_and_checked(tmp_path: Path) -> None:
+    from cmrsdk import DEMO_BUNDLE
+
+    assert "heart_search" not in Preprocessing((1.5, 1.5), (224, 224), "robust_zscore").to_json()
+    assert (
+        Preprocessing((1.5, 1.5), (224, 224), "robust_zscore", (128, 128), "largest").to_json()["heart_search"]
+        == "largest"
+    )
+    assert load_bundle(DEMO_BUNDLE).preprocessing.heart_search == "mean"  # manifests without it
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE, bundle)
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    manifest["preprocessing"]["heart_search"] = "median"
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(
+        BundleError, match=r"'preprocessing\.heart_search' must be one of \('mean', 'largest'\), got 'median'"
+    ):
+        load_bundle(bundle)

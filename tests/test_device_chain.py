@@ -132,3 +132,21 @@ def test_the_chain_feeds_a_2_5d_unet_its_neighbours_as_the_host_does(tmp_path, d
         assert host[1:].any() and not np.array_equal(host[1], host[2])
         chain = DevicePipeline(bundle, device=device, **common)
         np.testing.assert_array_equal(chain.segment(stack).labels, host)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_chain_takes_the_bundles_heart_search(tmp_path, device: str):
+    """A bundle whose manifest says "largest": host and chain locate the heart by it, and agree."""
+    import json
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["preprocessing"]["heart_search"] = "largest"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    stack = cine_phantom(0, n_phases=2).ed
+    host = Pipeline(bundle, backend="torchscript")
+    assert host.bundle.preprocessing.heart_search == "largest"
+    chain = DevicePipeline(host.bundle, device=device)
+    np.testing.assert_array_equal(chain.segment(stack).labels, host.segment(stack).labels)

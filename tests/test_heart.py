@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cmrsdk.errors import InputError
-from cmrsdk.heart import LOCATE_TRIES, crop_to_heart, locate_heart
+from cmrsdk.heart import LOCATE_TRIES, crop_to_heart, heart_centre, locate_heart
 from cmrsdk.labels import BASE, MIDDLE
 from cmrsdk.preprocess import SliceTransform, crop_or_pad, window_offset
 
@@ -92,3 +92,30 @@ def test_window_offset_puts_the_window_centre_on_the_centre():
     assert window_offset((31.5, 31.5), (64, 64)) == (0, 0)  # the image centre of a 64 x 64 image
     assert window_offset((10.0, 10.0), (5, 4)) == (8, 8)  # odd: centred; even: lower-right of the middle
     assert window_offset((0.0, 0.0), (8, 8)) == (-4, -4)
+
+
+def test_the_largest_piece_keeps_the_centre_on_the_heart() -> None:
+    """A full-window pass that draws the heart (an 8 x 8 square) and, away from it, a 4 x 4 piece:
+    every pixel's mean is pulled toward the piece, the largest piece's centroid is the heart's."""
+    foreground = np.zeros((64, 64), bool)
+    foreground[10:18, 20:28] = True
+    foreground[50:54, 50:54] = True
+    assert heart_centre(foreground) == pytest.approx((13.5 + 0.2 * (51.5 - 13.5), 23.5 + 0.2 * (51.5 - 23.5)))
+    assert heart_centre(foreground, "largest") == (13.5, 23.5)
+    foreground[18, 28] = True  # touching the square's corner only: the same piece (8-connected)
+    assert heart_centre(foreground, "largest") == pytest.approx(
+        (np.mean([13.5] * 64 + [18]), np.mean([23.5] * 64 + [28]))
+    )
+
+    def segment(images: np.ndarray) -> np.ndarray:
+        out = np.zeros((images.shape[0], 4, 64, 64), np.float32)
+        out[:, 0], out[:, 2] = ~foreground, foreground
+        return out
+
+    images = np.ones((3, 1, 64, 64), np.float32)
+    assert locate_heart(images, segment, search="largest") == heart_centre(foreground, "largest")
+    assert locate_heart(images, segment) == heart_centre(foreground)
+    with pytest.raises(InputError, match="'search' must be one of \\('mean', 'largest'\\), got 'median'"):
+        locate_heart(images, segment, search="median")
+    with pytest.raises(InputError, match="non-empty bool \\(H, W\\) mask"):
+        heart_centre(np.zeros((8, 8), bool), "largest")
