@@ -16,15 +16,20 @@
 #   DEV_NAME=strong DEV_SET='train.augment="strong"' bash scripts/dev_fold.sh  # runs/dev68_strong, runs/dev68_s10_strong
 #   DEV_NAME=ctx DEV_SEEDS=0 bash scripts/dev_fold.sh  # 2.5D, the first fold only, with (no spaces in an item):
 #     DEV_SET='data.context=1 model.kwargs={in_channels=3,features=[16,32,64,128,256],deep_supervision=true}'
+# DEV_BUNDLE adds arguments to the bundling (e.g. '--heart-search largest'). A split seed other than
+# 0 and 10 is a further fold (cache/acdc_224_sSEED, runs/dev68_sSEED); its reference is a named run
+# too (DEV_NAME=ref DEV_SET='experiment.seed=0'), at the iteration count recorded for it below.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export OMP_WAIT_POLICY=PASSIVE
 acdc=../shared/data/acdc/training
 folds=()
-declare -A reference_iterations=([0]=6688 [10]=6366)  # runs/dev68*, docs/RESULTS.md Sessions 19-20
+# runs/dev68*, docs/RESULTS.md Sessions 19-20; 118: a third fold at fold 1's count (export/README.md "Stage 36")
+declare -A reference_iterations=([0]=6688 [10]=6366 [118]=6688)
+read -ra bundle_extra <<< "${DEV_BUNDLE:-}"
 for seed in ${DEV_SEEDS:-0 10}; do
   cache=cache/acdc_224 run=runs/dev68
-  [ "$seed" = 0 ] || cache=cache/acdc_224_s10 run=runs/dev68_s10
+  [ "$seed" = 0 ] || cache=cache/acdc_224_s$seed run=runs/dev68_s$seed
   budget=(--time-budget "${1:-3600}") variant=()
   if [ -n "${DEV_NAME:-}" ]; then
     # the reference run's, so both see as many batches; its recorded count on a fresh machine
@@ -43,7 +48,7 @@ normalization='robust_zscore', test_every=5, val_fraction=0.15, seed=$seed, thre
   }
   [ -f "${run}_bundle/manifest.json" ] || python -m export.bundle --checkpoints "baseline=$run/last.pt" \
     --routing 0=baseline 1=baseline 2=baseline 3=baseline --regions-from segmentation \
-    --examples-from-cache "$cache" --formats onnx --heart-crop 128 128 -o "${run}_bundle"
+    --examples-from-cache "$cache" --formats onnx --heart-crop 128 128 "${bundle_extra[@]}" -o "${run}_bundle"
   validation=$(python -c "import json; print(' '.join(json.load(open('$cache/meta.json'))['splits']['val']))")
   folds+=(--fold "${run}_bundle" $(for p in $validation; do echo "$acdc/$p"; done))
 done
