@@ -60,6 +60,10 @@ SEG_SERIES = {"ED": (901, "cmrsdk segmentation ED"), "ES": (902, "cmrsdk segment
 SR_SERIES = (903, "cmrsdk cardiac measurements")
 _STAGING = ".cmrsdk-staging-"
 _RETIRED = ".cmrsdk-replaced-"
+_PROBE = ".cmrsdk-probe-"
+#: Name prefixes of the writer's own short-lived entries beside a study's folder: a process
+#: killed (SIGKILL) between creating and removing one leaves it; a restart may delete them.
+TRANSIENT_PREFIXES = (_STAGING, _RETIRED, _PROBE)
 
 
 class Interrupted(BaseException):
@@ -120,7 +124,7 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
             )
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=".cmrsdk-probe-", dir=out_dir.parent)
+        probe = tempfile.mkdtemp(prefix=_PROBE, dir=out_dir.parent)
         os.rmdir(probe)
     except OSError as exc:
         raise WriteError(

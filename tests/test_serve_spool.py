@@ -647,3 +647,19 @@ def test_a_stacked_series_killed_before_its_purge_is_purged_at_restart(tmp_path)
     assert s.recover() == {"requeued": 0, "temporary_files_removed": 0}  # nothing left to purge
     assert s.next_queued() == "stack.8"
     s.close()
+
+
+def test_worker_start_removes_what_a_killed_writer_left_and_nothing_else(spool, tmp_path):
+    """SIGKILL between creating and removing a transient entry leaves it; the restart clears it."""
+    worker, _ = _worker(spool, tmp_path)
+    out = tmp_path / "out"
+    left = [".1.2.3.partial", ".cmrsdk-probe-k2j9", ".cmrsdk-replaced-x1", ".cmrsdk-staging-1.2.3-99-ab"]
+    kept = ["1.2.3", ".cmrsdk-notes", ".hidden"]
+    for name in left + kept:
+        (out / name).mkdir()
+    (out / "1.2.3" / "seg_ED.dcm").write_bytes(b"seg")
+    worker.stop.set()  # run() clears, loads the pipeline, then sees stop and returns
+    worker.run()
+    assert worker.error is None and worker.ready.is_set()
+    assert sorted(p.name for p in out.iterdir()) == sorted(kept)
+    assert (out / "1.2.3" / "seg_ED.dcm").read_bytes() == b"seg"

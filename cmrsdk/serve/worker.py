@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CmrError
+from ..study import TRANSIENT_PREFIXES
 from .spool import Spool, result_name
 from .stacks import StackGatherer
 
@@ -175,8 +176,9 @@ class Worker(threading.Thread):
     def run(self) -> None:
         try:
             self.output.mkdir(parents=True, exist_ok=True)
-            # a segmentation killed half-way: our folder, and the study writer's own staging folders
-            for partial in [*self.output.glob(".*.partial"), *self.output.glob(".cmrsdk-staging-*")]:
+            # a segmentation killed half-way: our folder, and the study writer's own transient ones
+            transient = [p for p in self.output.glob(".cmrsdk-*") if p.name.startswith(TRANSIENT_PREFIXES)]
+            for partial in [*self.output.glob(".*.partial"), *transient]:
                 shutil.rmtree(partial, ignore_errors=True)
             self.pipeline = self.load_pipeline()
             self.ready.set()
