@@ -88,7 +88,12 @@ def main() -> None:
         pipeline = Pipeline(bundle, systolic_base=False, threads=2, **rules)
         if args.locate_with:
             locator = Pipeline(args.locate_with[i], systolic_base=False, threads=2)
-            if locator.bundle.manifest["preprocessing"] != pipeline.bundle.manifest["preprocessing"]:
+            # the window must agree; how the locator searches its pass (heart_search) is its own
+            window = [
+                {k: v for k, v in p.bundle.manifest["preprocessing"].items() if k != "heart_search"}
+                for p in (locator, pipeline)
+            ]
+            if window[0] != window[1]:
                 parser.error(f"{args.locate_with[i]} and {bundle} preprocess differently: one window cannot serve both")
             pipeline._locate = locator._locate  # a probe: the pipeline has no locator of its own (yet)
         studies = []
