@@ -7,13 +7,17 @@ shows how often the rule drops a true RV where the masks are near-manual.
 
     python scripts/dev_fold.py --fold BUNDLE PATIENT_FOLDER... [--fold BUNDLE ...] [--ratios 0.3 0.4 0.5]
         [--slices SLICES.csv] [--apical-rv-weight W] [--locate-with LOCATOR_BUNDLE ...]
+        [--ensemble-with BUNDLE ...]
 
 Prints mean slice Dice (%) per region and label (regions from the manual labels, as `cmrsdk
 evaluate`) with its number of label-slices, all slices, per fold and, with several, over all of
 them; and every slice the rule drops with its ES / ED RV pixels and the manual RV pixels there
 (0: atrium, rightly dropped). With ``--locate-with`` (one bundle per fold, same
 preprocessing), the heart is found by that bundle's baseline U-Net and segmented by the fold's
-(stage 32b: a U-Net trained on heart-centred patches is a poor locator on the full window). With ``--slices``, every label-slice's Dice at the shipped ratio
+(stage 32b: a U-Net trained on heart-centred patches is a poor locator on the full window).
+With ``--ensemble-with`` (one bundle per fold, same window), the fold's baseline U-Net's
+probabilities are averaged with that bundle's on every slice, heart search included (stage 34b: a
+second training seed). With ``--slices``, every label-slice's Dice at the shipped ratio
 (`SYSTOLIC_BASE_RATIO`) goes to a CSV, so that two recipes can later be compared slice by slice
 (scripts/compare_folds.py) when their bundles are gone.
 """
@@ -79,9 +83,17 @@ def main() -> None:
         "--apical-rv-weight", type=float, default=None, metavar="W", help="the pipeline's apical RV prior (cmrsdk.apex)"
     )
     parser.add_argument("--locate-with", nargs="+", metavar="BUNDLE", help="per fold, the bundle that finds the heart")
+    parser.add_argument(
+        "--ensemble-with",
+        nargs="+",
+        metavar="BUNDLE",
+        help="per fold, a bundle whose baseline's probabilities are averaged in",
+    )
     args = parser.parse_args()
     if args.locate_with and len(args.locate_with) != len(args.fold):
         parser.error(f"--locate-with names {len(args.locate_with)} bundles for {len(args.fold)} folds")
+    if args.ensemble_with and len(args.ensemble_with) != len(args.fold):
+        parser.error(f"--ensemble-with names {len(args.ensemble_with)} bundles for {len(args.fold)} folds")
     folds = []
     for i, (bundle, *patients) in enumerate(args.fold):
         rules = {} if args.apical_rv_weight is None else {"apical_rv_weight": args.apical_rv_weight}
@@ -96,6 +108,15 @@ def main() -> None:
             if window[0] != window[1]:
                 parser.error(f"{args.locate_with[i]} and {bundle} preprocess differently: one window cannot serve both")
             pipeline._locate = locator._locate  # a probe: the pipeline has no locator of its own (yet)
+        if args.ensemble_with:
+            other = Pipeline(args.ensemble_with[i], systolic_base=False, threads=2)
+            if other.bundle.manifest["preprocessing"] != pipeline.bundle.manifest["preprocessing"]:
+                parser.error(
+                    f"{args.ensemble_with[i]} and {bundle} preprocess differently: one window cannot serve both"
+                )
+            mine, theirs = pipeline._engines[pipeline._baseline], other._engines[other._baseline]
+            run_mine = mine.run
+            mine.run = lambda x, a=run_mine, b=theirs.run: 0.5 * (a(x) + b(x))  # a probe, not a product path
         studies = []
         for folder in patients:
             result = pipeline.segment_study(read_study(folder))
