@@ -177,7 +177,7 @@ class Worker(threading.Thread):
         try:
             self.output.mkdir(parents=True, exist_ok=True)
             # a segmentation killed half-way: our folder, and the study writer's own transient ones
-            transient = [p for p in self.output.glob(".cmrsdk-*") if p.name.startswith(TRANSIENT_PREFIXES)]
+            transient = [p for p in self.output.iterdir() if p.name.startswith(TRANSIENT_PREFIXES)]
             for partial in [*self.output.glob(".*.partial"), *transient]:
                 shutil.rmtree(partial, ignore_errors=True)
             self.pipeline = self.load_pipeline()
