@@ -74,6 +74,11 @@ def write_slices(folds: list, path: str) -> None:
                                 out.writerow([bundle, case, phase, s.slice_index, s.region, name, f"{s.dice[j]:.4f}"])
 
 
+def _window(pipeline: Pipeline, *ignored: str) -> dict:
+    """The bundle's preprocessing (the window its U-Nets see), less the keys ``ignored``."""
+    return {k: v for k, v in pipeline.bundle.manifest["preprocessing"].items() if k not in ignored}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fold", nargs="+", action="append", required=True, metavar="BUNDLE PATIENT_FOLDER")
@@ -100,17 +105,13 @@ def main() -> None:
         pipeline = Pipeline(bundle, systolic_base=False, threads=2, **rules)
         if args.locate_with:
             locator = Pipeline(args.locate_with[i], systolic_base=False, threads=2)
-            # the window must agree; how the locator searches its pass (heart_search) is its own
-            window = [
-                {k: v for k, v in p.bundle.manifest["preprocessing"].items() if k != "heart_search"}
-                for p in (locator, pipeline)
-            ]
-            if window[0] != window[1]:
+            # how the locator searches its pass (heart_search) is its own; the window must agree
+            if _window(locator, "heart_search") != _window(pipeline, "heart_search"):
                 parser.error(f"{args.locate_with[i]} and {bundle} preprocess differently: one window cannot serve both")
             pipeline._locate = locator._locate  # a probe: the pipeline has no locator of its own (yet)
         if args.ensemble_with:
             other = Pipeline(args.ensemble_with[i], systolic_base=False, threads=2)
-            if other.bundle.manifest["preprocessing"] != pipeline.bundle.manifest["preprocessing"]:
+            if _window(other) != _window(pipeline):
                 parser.error(
                     f"{args.ensemble_with[i]} and {bundle} preprocess differently: one window cannot serve both"
                 )
