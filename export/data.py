@@ -15,6 +15,9 @@ Splits (:func:`split_patients`)
   in blocks of 20). They are never cached nor trained on; the evaluation reads them raw.
 - validation: a seeded random ``val_fraction`` of the remaining patients.
 - train: the rest. The target spacing is the median in-plane spacing of the train patients.
+- a training subset (:func:`training_subset`, ``[data] train_patients``): the first n of the
+  train patients in a seeded order that interleaves ACDC's diagnosis groups, so every group keeps
+  its share and a smaller subset lies inside a larger one (the learning curve's nested draws).
 
 Cache layout (a directory, written under a temporary name and renamed)
 ---------------------------------------------------------------------
@@ -49,6 +52,7 @@ __all__ = [
     "SliceSet",
     "acdc_patients",
     "split_patients",
+    "training_subset",
     "prepare_stack",
     "build_cache",
     "write_cache",
@@ -213,6 +217,34 @@ def split_patients(
         "val": [p for i, p in enumerate(rest) if i in val_index],
         "test": test,
     }
+
+
+def training_subset(patients: Sequence[str], n: int, *, seed: int = 0, group_size: int = 20) -> list[str]:
+    """The first ``n`` of ``patients`` in a seeded order that interleaves their diagnosis groups.
+
+    ACDC lists its 5 diagnosis groups in blocks of ``group_size`` patients (001-020, 021-040, ...).
+    Each group is shuffled (seeded) and patient i of a group of m is ranked (i + 0.5) / m, so the
+    first n patients hold each group in proportion, and the subset for a smaller n lies inside
+    the subset for a larger one.
+
+    Parameters
+    ----------
+    patients : identifiers ending in their number (a split's "train" list).
+    n : how many to keep, 1 <= n <= len(patients).
+    seed : seed of the shuffle within each group.
+    group_size : patients per diagnosis group in the numbering.
+    """
+    if not 1 <= n <= len(patients):
+        raise InputError(f"'train_patients' must lie in [1, {len(patients)}] (the training split), got {n}")
+    groups: dict[int, list[str]] = {}
+    for patient in sorted(patients):
+        groups.setdefault((patient_number(patient) - 1) // group_size, []).append(patient)
+    rng = np.random.default_rng(seed)
+    ranked = []
+    for group, members in sorted(groups.items()):
+        order = rng.permutation(len(members))
+        ranked += [((rank + 0.5) / len(members), group, members[i]) for rank, i in enumerate(order)]
+    return sorted(patient for _, _, patient in sorted(ranked)[:n])
 
 
 def prepare_stack(

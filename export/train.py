@@ -57,7 +57,7 @@ from cmrsdk.errors import InputError, ReadError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
 
 from .augment import AugmentConfig, augment_batch, crop_centres
-from .data import SliceSet, concatenate, open_cache, synthetic_slices, synthetic_study_slices
+from .data import SliceSet, concatenate, open_cache, synthetic_slices, synthetic_study_slices, training_subset
 from .losses import DeepSupervisionLoss, DiceCELoss
 from .models import UNet, get_model
 from .models.grow import grow_unet_weights
@@ -83,6 +83,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "regions": [0, 1, 2, 3],
         "synthetic_slices": 64,
         "synthetic_studies": 0,
+        "train_patients": 0,  # > 0: only so many training patients (export.data.training_subset), 0: all
         "context": 0,  # 2.5D: stack neighbours each side fed as channels; [model] in_channels = 2 context + 1
     },
     "model": {"name": "unet", "kwargs": {}},
@@ -232,7 +233,12 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
             dist.barrier()
         if rank != 0:
             slices = open_cache(_resolve(data["root"]), _resolve(data["cache"]), **kwargs)
-        splits = slices.meta["splits"]
+        splits = dict(slices.meta["splits"])
+        if int(data["train_patients"]) > 0:
+            # the learning curve: the split's validation patients kept, fewer training patients
+            splits["train"] = training_subset(
+                splits["train"], int(data["train_patients"]), seed=int(data["split_seed"])
+            )
         # neighbours come from the whole stack, before the regions are selected
         slices = slices.with_context(int(data["context"]))
         train_set, val_set = slices.select(cases=splits["train"]), slices.select(cases=splits["val"])

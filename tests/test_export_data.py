@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from cmrsdk.errors import InputError, ReadError
-from export.data import acdc_patients, build_cache, load_cache, prepare_stack, split_patients, synthetic_slices
+from export.data import (
+    acdc_patients,
+    build_cache,
+    load_cache,
+    prepare_stack,
+    split_patients,
+    synthetic_slices,
+    training_subset,
+)
 
 
 def test_split_is_patient_level_fixed_and_seeded() -> None:
@@ -24,6 +32,21 @@ def test_split_is_patient_level_fixed_and_seeded() -> None:
         split_patients(patients, val_fraction=1.5)
     with pytest.raises(InputError, match="does not end in its number"):
         split_patients(["patientX"])
+
+
+def test_training_subset_keeps_each_group_share_and_nests() -> None:
+    train = split_patients([f"patient{i:03d}" for i in range(1, 101)], seed=0)["train"]
+    per_group = {g: sum((int(p[-3:]) - 1) // 20 == g for p in train) for g in range(5)}
+    small, half = training_subset(train, 17), training_subset(train, 34)
+    assert len(small) == 17 and len(half) == 34 and set(small) < set(half) < set(train)
+    for subset in (small, half):
+        for group, count in per_group.items():
+            share = sum((int(p[-3:]) - 1) // 20 == group for p in subset)
+            assert abs(share - count * len(subset) / len(train)) < 1  # each group in proportion
+    assert training_subset(train, 68) == sorted(train)
+    assert training_subset(train, 17, seed=0) == small and training_subset(train, 17, seed=1) != small
+    with pytest.raises(InputError, match=r"'train_patients' must lie in \[1, 68\]"):
+        training_subset(train, 69)
 
 
 def test_synthetic_slices_are_seeded_and_labelled() -> None:
