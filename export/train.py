@@ -234,11 +234,12 @@ def _datasets(config: dict[str, dict[str, Any]], rank: int) -> tuple[SliceSet, S
         if rank != 0:
             slices = open_cache(_resolve(data["root"]), _resolve(data["cache"]), **kwargs)
         splits = dict(slices.meta["splits"])
-        if int(data["train_patients"]) > 0:
+        subset = data["train_patients"]
+        if not isinstance(subset, int) or isinstance(subset, bool) or subset < 0:
+            raise InputError(f"[data] 'train_patients' must be a whole number >= 0 (0: all), got {subset!r}")
+        if subset > 0:
             # the learning curve: the split's validation patients kept, fewer training patients
-            splits["train"] = training_subset(
-                splits["train"], int(data["train_patients"]), seed=int(data["split_seed"])
-            )
+            splits["train"] = training_subset(splits["train"], subset, seed=int(data["split_seed"]))
         # neighbours come from the whole stack, before the regions are selected
         slices = slices.with_context(int(data["context"]))
         train_set, val_set = slices.select(cases=splits["train"]), slices.select(cases=splits["val"])

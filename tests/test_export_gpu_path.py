@@ -20,7 +20,16 @@ from cmrsdk.errors import InputError, ReadError  # noqa: E402
 from export import portable  # noqa: E402
 from export.data import CACHE_VERSION, SliceSet, load_cache, open_cache, synthetic_slices, write_cache  # noqa: E402
 from export.predict import classifier_probabilities  # noqa: E402
-from export.train import average_weights, export_weights, load_config, load_trained_model, main, train  # noqa: E402
+from export.train import (  # noqa: E402
+    REPO_ROOT,
+    _datasets,
+    average_weights,
+    export_weights,
+    load_config,
+    load_trained_model,
+    main,
+    train,
+)
 
 SEGMENTATION = """
 [experiment]
@@ -271,6 +280,25 @@ def test_open_cache_rejects_a_carried_cache_holding_test_patients(tmp_path: Path
     # no test split: the same cache is fine; another period that spares 1 and 5 too
     assert len(open_cache(root, cache, size=32, test_every=0)) == 8
     assert len(open_cache(root, cache, size=32, test_every=4)) == 8
+
+
+def test_train_patients_keeps_a_stratified_subset_and_the_validation_patients(tmp_path: Path) -> None:
+    cases = ("patient001", "patient002", "patient021", "patient022", "patient041")  # 041: validation
+    cache = _patient_cache(tmp_path, cases)
+    config = load_config(REPO_ROOT / "export" / "configs" / "bundle_baseline.toml")
+    config["data"].update(root=str(tmp_path / "no_raw_data"), cache=str(cache), size=32)
+    config["data"]["train_patients"] = 2
+    train_set, val_set = _datasets(config, rank=0)
+    kept = set(train_set.cases.tolist())
+    assert len(kept) == 2 and {int(p[-3:]) <= 20 for p in kept} == {True, False}  # one per group
+    assert set(val_set.cases.tolist()) == {"patient041"}
+    for bad in (-1, 2.5, True):
+        config["data"]["train_patients"] = bad
+        with pytest.raises(InputError, match=f"'train_patients' must be a whole number >= 0 .*got {bad!r}"):
+            _datasets(config, rank=0)
+    config["data"]["train_patients"] = 5
+    with pytest.raises(InputError, match=r"'train_patients' must lie in \[1, 4\]"):
+        _datasets(config, rank=0)
 
 
 def test_open_cache_without_root_or_cache_raises(tmp_path: Path) -> None:
