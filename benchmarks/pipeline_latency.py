@@ -21,7 +21,10 @@ the default backend. Usage::
 
     python benchmarks/pipeline_latency.py [--bundle cmrsdk/demo/bundle] [--cases 4] [--repeats 5]
         [--threads 2] [--nnunet] [--memory-calls 1000] [--json benchmarks/results/latency.json]
-        [--routed-only] [--no-reference]
+        [--routed-only] [--no-reference] [--segment-spacing MM]
+
+Every row segments on the bundle's training grid; routed rows are timed again on a finer grid
+(`cmrsdk.grid`) where the bundle's manifest names one or ``--segment-spacing`` asks for one.
 """
 
 from __future__ import annotations
@@ -193,14 +196,19 @@ def matmul_peak_gflops(threads: int) -> float:
 
 
 def pipeline_gflop(
-    ref: ReferencePipeline, pairs: list[tuple[str, Study]], crop: tuple[int, int] | None = None, threads: int = 1
+    ref: ReferencePipeline,
+    pairs: list[tuple[str, Study]],
+    crop: tuple[int, int] | None = None,
+    threads: int = 1,
+    grid: float | None = None,
 ) -> float:
     """Network FLOPs of the routed pipeline, GFLOP per pair, counted from the passes it makes.
 
     The bundle's routed pipeline (``crop``: its heart crop, None: the full window) segments every
     pair once with each engine's calls counted: slices and pixels per model, the heart search's
     full-window pass included; each model's FLOPs per slice (torch's FlopCounterMode at the full
-    window) are scaled by the pixels it saw (convolutions scale with the pixel count).
+    window) are scaled by the pixels it saw (convolutions scale with the pixel count). ``grid``:
+    the in-plane spacing (mm) segmented on, None for the training grid.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -213,7 +221,7 @@ def pipeline_gflop(
             with counter:
                 model(torch.zeros(1, ref.bundle.models[name].channels, H, W))
             per_slice[name] = counter.get_total_flops()
-    pipe = Pipeline(ref.bundle, mode="routed", heart_crop=crop, threads=threads)
+    pipe = Pipeline(ref.bundle, mode="routed", heart_crop=crop, threads=threads, segment_spacing=grid)
     pixels: dict[str, float] = {name: 0.0 for name in pipe._engines}
     for name, engine in pipe._engines.items():
 
@@ -246,6 +254,9 @@ def main() -> int:
         "--routed-only", action="store_true", help="time the routed mode only, at the bundle's heart crop"
     )
     parser.add_argument("--no-reference", action="store_true", help="skip the eager torch + scipy reference run")
+    parser.add_argument(
+        "--segment-spacing", type=float, default=None, metavar="MM", help="also time routed rows on this grid"
+    )
     args = parser.parse_args()
 
     pairs = load_pairs(args.cases)
@@ -273,23 +284,25 @@ def main() -> int:
     # the product default (the bundle's heart crop) for every backend, then the full window for the first
     crop_default = bundle.preprocessing.heart_crop
     modes = ("routed",) if args.routed_only else ("baseline", "routed")
-    variants = [(b, m, crop_default, "fp32") for b in backends for m in modes]
+    variants = [(b, m, crop_default, "fp32", None) for b in backends for m in modes]
     if crop_default is not None and not args.routed_only:
-        variants += [(backends[0], m, None, "fp32") for m in modes]
+        variants += [(backends[0], m, None, "fp32", None) for m in modes]
     if "onnx" in backends and any("onnx-int8" in m.artifacts for m in bundle.models.values()):
-        variants[len(modes) : len(modes)] = [("onnx", m, crop_default, "int8") for m in modes]
+        variants[len(modes) : len(modes)] = [("onnx", m, crop_default, "int8", None) for m in modes]
     if "torchscript" in backends and cpu_bf16_missing() is None:
         # bf16: the TorchScript archives cast at load, on a CPU with AVX512-BF16 or AMX
-        variants[len(modes) : len(modes)] = [("torchscript", m, crop_default, "bf16") for m in modes]
+        variants[len(modes) : len(modes)] = [("torchscript", m, crop_default, "bf16", None) for m in modes]
     if "openvino" in backends and openvino_bf16_missing() is None:
         # bf16: OpenVINO compiling the ONNX artifacts in bf16 (the pipeline's "auto" bf16 choice)
-        variants[len(modes) : len(modes)] = [("openvino", m, crop_default, "bf16") for m in modes]
+        variants[len(modes) : len(modes)] = [("openvino", m, crop_default, "bf16", None) for m in modes]
+    grids = sorted({g for g in (args.segment_spacing, (bundle.preprocessing.segment_spacing or [None])[0]) if g})
+    variants += [(b, "routed", c, p, g) for g in grids for b, m, c, p, _ in list(variants) if m == "routed" and c]
     if any(b != "onnx" for b in backends):
         import torch
 
         torch.set_num_threads(args.threads)
     segmenters, stage_times, times = [], [], []
-    for backend, mode, crop, precision in variants:
+    for backend, mode, crop, precision, grid in variants:
         pipe = Pipeline(
             args.bundle,
             backend=backend,
@@ -298,8 +311,9 @@ def main() -> int:
             engine_options=thread_options(backend, args.threads),
             heart_crop=crop,
             precision=precision,
+            segment_spacing=grid,
         )
-        pipelines[(backend, mode, crop, precision)] = pipe
+        pipelines[(backend, mode, crop, precision, grid)] = pipe
         stages: dict[str, list[float]] = {}
 
         def segment(study, pipe=pipe, stages=stages):
@@ -318,10 +332,11 @@ def main() -> int:
             t = time.perf_counter()
             run_all(segment)
             spent.append((time.perf_counter() - t) * 1000.0)
-    for (backend, mode, crop, precision), stages, spent in zip(variants, stage_times, times):
+    for (backend, mode, crop, precision, grid), stages, spent in zip(variants, stage_times, times):
         row = {
             "name": f"cmrsdk {backend}{'' if precision == 'fp32' else ' ' + precision} {mode}"
-            + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window"),
+            + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window")
+            + (f", segment grid {grid} mm" if grid else ""),
             "ms_per_pair": statistics.median(spent) / len(pairs),
             "stages_ms": {k: statistics.median(v) for k, v in stages.items()},
         }
@@ -349,7 +364,7 @@ def main() -> int:
             )
 
     peak = matmul_peak_gflops(args.threads)
-    gflop = pipeline_gflop(ref, pairs, threads=args.threads)
+    gflop = pipeline_gflop(ref, pairs, threads=args.threads)  # the training grid: segment_spacing None
     rows.append(
         {
             "name": f"floor, full window ({gflop:.2f} GFLOP per pair at {peak:.0f} GFLOP/s matmul peak)",
@@ -364,6 +379,14 @@ def main() -> int:
                 "ms_per_pair": gflop_crop / peak * 1000.0,
             }
         )
+        for grid in grids:
+            gflop_grid = pipeline_gflop(ref, pairs, crop_default, args.threads, grid)
+            rows.append(
+                {
+                    "name": f"floor, heart crop, segment grid {grid} mm ({gflop_grid:.2f} GFLOP per pair)",
+                    "ms_per_pair": gflop_grid / peak * 1000.0,
+                }
+            )
 
     base = default_row["ms_per_pair"]
     print(
@@ -383,7 +406,7 @@ def main() -> int:
 
     memory = {}
     if args.memory_calls:
-        pipe = pipelines[(backends[0], "routed", crop_default, "fp32")]
+        pipe = pipelines[(backends[0], "routed", crop_default, "fp32", None)]
         stack = pairs[0][1].ed
         for _ in range(20):
             pipe.segment(stack)

@@ -26,7 +26,8 @@ Manifest (format version 1), the keys a reader relies on::
     regions_from: "classifier" | "segmentation"   # optional; default "classifier" (see Pipeline)
     routing: {"0": model, "1": model, "2": model, "3": model},   # region code -> U-Net
     preprocessing: {target_spacing: [dy, dx] mm, size: [H, W], normalization: name,
-                    heart_crop?: [h, w], heart_search?: "mean" | "largest"},
+                    heart_crop?: [h, w], heart_search?: "mean" | "largest",
+                    segment_spacing?: [dy, dx] mm},
     models: {name: {kind: "segmentation" | "classifier", architecture, input_shape,
                     output_shape, num_outputs, artifacts: {key: {file, format, precision,
                     sha256, size, input_hw?, device?}}, parity: [{...}], training: {...}, metrics: {...},
@@ -134,6 +135,8 @@ class Preprocessing:
         (their training patch), or None for the full ``size`` (see `cmrsdk.Pipeline`).
     heart_search : how the heart crop's centre is taken from the baseline U-Net's full-window
         pass, one of `cmrsdk.heart.HEART_SEARCHES` ("mean" unless the manifest says otherwise).
+    segment_spacing : (dy, dx) in mm, a grid finer than ``target_spacing`` that the pipeline
+        segments on by default (`cmrsdk.grid`), or None: the training grid.
     """
 
     target_spacing: tuple[float, float]
@@ -141,6 +144,7 @@ class Preprocessing:
     normalization: str
     heart_crop: tuple[int, int] | None = None
     heart_search: str = "mean"
+    segment_spacing: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest's ``preprocessing`` object."""
@@ -153,6 +157,8 @@ class Preprocessing:
             out["heart_crop"] = list(self.heart_crop)
         if self.heart_search != "mean":  # manifests written before it existed stay as they were
             out["heart_search"] = self.heart_search
+        if self.segment_spacing is not None:
+            out["segment_spacing"] = list(self.segment_spacing)
         return out
 
 
@@ -278,12 +284,23 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
     search = raw.get("heart_search", "mean")
     if search not in HEART_SEARCHES:
         raise BundleError(f"{manifest}: 'preprocessing.heart_search' must be one of {HEART_SEARCHES}, got {search!r}")
+    segment = raw.get("segment_spacing")
+    if segment is not None and (
+        not isinstance(segment, list)
+        or len(segment) != 2
+        or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= t for s, t in zip(segment, spacing))
+    ):
+        raise BundleError(
+            f"{manifest}: 'preprocessing.segment_spacing' must be two positive mm values [dy, dx] no coarser "
+            f"than 'target_spacing' {spacing}, got {segment!r}"
+        )
     return Preprocessing(
         (float(spacing[0]), float(spacing[1])),
         (size[0], size[1]),
         normalization,
         (crop[0], crop[1]) if crop is not None else None,
         search,
+        (float(segment[0]), float(segment[1])) if segment is not None else None,
     )
 
 

@@ -81,9 +81,30 @@ def _heart_crop(args: argparse.Namespace):
     return None if args.full_window else tuple(args.heart_crop) if args.heart_crop else "bundle"
 
 
+def _segment_spacing(args: argparse.Namespace) -> float | None | str:
+    """The Pipeline's segment_spacing from --segment-spacing MM | training (default: the bundle's)."""
+    given = args.segment_spacing
+    return "bundle" if given is None else None if given == "training" else float(given)
+
+
 def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
     """The decision rules' options given on the command line; those not given keep `Pipeline`'s defaults."""
-    return {} if args.apical_rv_weight is None else {"apical_rv_weight": args.apical_rv_weight}
+    rules: dict[str, Any] = {"segment_spacing": _segment_spacing(args)}
+    if args.apical_rv_weight is not None:
+        rules["apical_rv_weight"] = args.apical_rv_weight
+    return rules
+
+
+def _spacing_or_training(text: str) -> str:
+    """argparse type of --segment-spacing: a positive number of mm, or "training"."""
+    if text != "training":
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a spacing in mm (> 0) or 'training', got {text!r}")
+    return text
 
 
 def _method(mode: str, bundle: str, **options: Any) -> tuple[Pipeline, RegionSource | None]:
@@ -208,7 +229,7 @@ def _result_line(source: Path, report: dict, out_dir: Path) -> str:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from .cohort.command import run_command
 
-    return run_command(args, _heart_crop(args))
+    return run_command(args, _heart_crop(args), _segment_spacing(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -452,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="W",
             help="routed mode: multiply the RV's probability on apical slices by W before the argmax "
             "(cmrsdk.apex; default: the pipeline's; 1: no prior)",
+        )
+        p.add_argument(
+            "--segment-spacing",
+            type=_spacing_or_training,
+            default=None,
+            metavar="MM|training",
+            help="routed mode: the in-plane grid (mm) the U-Nets segment on, finer than the bundle's "
+            "training grid; base slices go back to the training grid (cmrsdk.grid; default: the "
+            "bundle's preprocessing.segment_spacing; 'training': the training grid)",
         )
 
     p = sub.add_parser(

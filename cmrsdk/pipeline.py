@@ -43,8 +43,9 @@ from .apex import check_apical_rv_weight, weigh_apical_rv
 from .bundle import Bundle, bf16_record_key, load_bundle
 from .chirality import flip_columns, seen_from_apex
 from .errors import CmrWarning, InputError
+from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
-from .labels import NON_CARDIAC, REGION_NAMES
+from .labels import BASE, NON_CARDIAC, REGION_NAMES
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
 from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
@@ -249,6 +250,14 @@ class Pipeline:
         unseen patients (`cmrsdk.apex`, whose `APICAL_RV_WEIGHT` was designed on development
         folds; its Dice on the held-out sets in docs/RESULTS.md, Session 25). 1: no prior.
         Recorded in the provenance.
+    segment_spacing : in routed mode, the in-plane grid (mm; one value or (dy, dx)) the U-Nets
+        segment on when finer than the bundle's training grid, None for the training grid, or
+        "bundle" (the default: the manifest's ``preprocessing.segment_spacing``, itself None when
+        the bundle sets none). The heart is found and every slice segmented on it, with the window,
+        heart crop and pixel thresholds grown to the same field of view and areas; the slices
+        routed to the base are segmented again on the training grid, where the finer grid draws
+        RV into the atrium (`cmrsdk.grid`; its Dice on the held-out sets in docs/RESULTS.md,
+        Session 32). Baseline mode segments on the training grid. Recorded in the provenance.
 
     The object holds no per-call state: one pipeline may serve several threads at once.
     """
@@ -270,6 +279,7 @@ class Pipeline:
         mirroring: bool = False,
         systolic_base: bool = True,
         apical_rv_weight: float = 1.0,
+        segment_spacing: float | tuple[float, float] | None | Literal["bundle"] = "bundle",
     ) -> None:
         if str(mode) == "oracle":
             raise InputError(
@@ -306,6 +316,8 @@ class Pipeline:
                     f"downsample by {multiple}), e.g. {tuple(max(multiple, c // multiple * multiple) for c in crop)}"
                 )
         self.heart_crop = crop
+        grid = self._segment_grid(segment_spacing)  # checked in every mode, used in routed mode
+        self._grid = grid if mode == "routed" else None
         if region_decoding not in DECODINGS:
             raise InputError(f"'region_decoding' must be one of {', '.join(DECODINGS)}, got {region_decoding!r}")
         self.region_decoding = region_decoding
@@ -337,6 +349,9 @@ class Pipeline:
         # artifact that cannot run them all (a TensorRT engine built for one size) is passed over.
         full = (int(self._pre.size[0]), int(self._pre.size[1]))
         unet_shapes = [full] if crop is None else [full, crop]
+        if self._grid is not None:
+            grown = self._grid.preprocessing.size
+            unet_shapes += [(int(grown[0]), int(grown[1]))] + ([self._grid.heart_crop] if self._grid.heart_crop else [])
         int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
         if precision == "int8" and not int8:
             raise InputError(
@@ -366,6 +381,31 @@ class Pipeline:
                     CmrWarning,
                     stacklevel=2,
                 )
+
+    def _segment_grid(self, value: object) -> SegmentGrid | None:
+        """`__init__`'s ``segment_spacing`` as the grid to segment on (None: the training grid)."""
+        given = self._pre.segment_spacing if isinstance(value, str) and value == "bundle" else value
+        if given is None:
+            return None
+        pair = (given, given) if isinstance(given, (int, float)) else given
+        if (
+            not isinstance(pair, (tuple, list))
+            or len(pair) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+        ):
+            raise InputError(
+                f"'segment_spacing' must be a spacing in mm, (dy, dx), None or 'bundle', got {value!r}"
+            )
+        return segment_grid(self._pre, self.heart_crop, (float(pair[0]), float(pair[1])))
+
+    @property
+    def segment_spacing(self) -> tuple[float, float] | None:
+        """(dy, dx) mm of the grid the U-Nets segment on in routed mode, None for the training grid."""
+        return None if self._grid is None else self._grid.preprocessing.target_spacing
+
+    def _pixels(self, count: int) -> int:
+        """A pixel count of the training grid on the grid segmented on (the same area)."""
+        return count if self._grid is None else self._grid.pixels(count)
 
     # -- stages -----------------------------------------------------------------------------
     def _route(
@@ -435,7 +475,7 @@ class Pipeline:
             unsure = foreground.any() and float(probabilities.max(1)[foreground].mean()) < MIN_HEART_CONFIDENCE
             if unsure and not heart_known:
                 labels = np.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
-        regions = segmentation_regions(labels, MIN_SLICE_PIXELS, toward_apex)
+        regions = segmentation_regions(labels, self._pixels(MIN_SLICE_PIXELS), toward_apex)
         empty = np.flatnonzero(regions == NON_CARDIAC)
         probabilities[empty] = 0.0
         probabilities[empty, 0] = 1.0
@@ -463,6 +503,37 @@ class Pipeline:
             index = np.flatnonzero(route == name)
             probabilities[index] = self._unet(str(name), images, index)
         return probabilities
+
+    def _prepare(self, stack: Stack, pre: Any) -> tuple[np.ndarray, preprocess.SliceTransform]:
+        """float32 (Z, 1, H, W) slices of ``stack`` on the grid and window of ``pre`` (a bundle's
+        `Preprocessing`), and the transform back to the stack's grid."""
+        return preprocess.prepare_slices(
+            stack.pixels,
+            stack.spacing[1:],
+            target_spacing=pre.target_spacing,
+            size=pre.size,
+            normalization=cast(preprocess.Normalization, pre.normalization),
+            threads=self.threads,
+        )
+
+    def _base_on_training_grid(
+        self,
+        regions: np.ndarray,
+        training: tuple[np.ndarray, preprocess.SliceTransform],
+        centre: tuple[float, float] | None,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The slices ``regions`` (uint8 (Z,)) calls base, segmented by the base's U-Net on the
+        training grid (``training``: `_prepare`'s slices and transform there) around the heart
+        ``centre`` (pixels of that full window): their indices (N,) and uint8 (N, Y, X) native
+        labels, or None where no slice is base."""
+        index = np.flatnonzero(regions == BASE)
+        if not len(index):
+            return None
+        images, transform = training
+        if centre is not None and self.heart_crop is not None:
+            images, transform = crop_to_heart(images, transform, centre, self.heart_crop)
+        name = self.bundle.routing.get(BASE, self._baseline)
+        return index, preprocess.resample_argmax(self._unet(name, images, index), transform, threads=self.threads)
 
     def _clean(self, labels: np.ndarray, stack: Stack) -> np.ndarray:
         """The clean-up of uint8 (Z, Y, X) native labels: the largest component of each structure
@@ -506,26 +577,26 @@ class Pipeline:
         timings: dict[str, float] = {}
         t0 = t = time.perf_counter()
 
-        images, transform = preprocess.prepare_slices(
-            stack.pixels,
-            stack.spacing[1:],
-            target_spacing=self._pre.target_spacing,
-            size=self._pre.size,
-            normalization=cast(preprocess.Normalization, self._pre.normalization),
-            threads=self.threads,
-        )
+        training = self._prepare(stack, self._pre)
+        images, transform = training if self._grid is None else self._prepare(stack, self._grid.preprocessing)
+        window = transform  # the full window's, before any crop
         t, timings["preprocess"] = _lap(t)
 
-        regions, region_probabilities, decoded = self._route(images, stack, region_source)
+        # the classifier and a caller's region source see the training grid, as they were made
+        regions, region_probabilities, decoded = self._route(training[0], stack, region_source)
         t, timings["classify"] = _lap(t)
 
-        if self.heart_crop is None or not images.shape[0]:
+        # the heart is found on the training grid (its centre in that full window's pixels), so
+        # the base, segmented there again on a finer grid, sees the window it would without one
+        crop = self.heart_crop if self._grid is None else self._grid.heart_crop
+        if crop is None or not images.shape[0]:
             centre = None
         else:
             if isinstance(centre, _Unset):
-                centre = self._locate(images, regions)
+                centre = self._locate(training[0], regions)
             if centre is not None:
-                images, transform = crop_to_heart(images, transform, centre, self.heart_crop)
+                moved = centre if self._grid is None else move_centre(centre, training[1], window)
+                images, transform = crop_to_heart(images, transform, moved, crop)
         t, timings["locate"] = _lap(t)
 
         if self._by_segmentation and region_source is None:
@@ -537,9 +608,15 @@ class Pipeline:
             probabilities = self._segment(images, regions)
         if regions is not None:
             weigh_apical_rv(probabilities, regions, self.apical_rv_weight)
+        base = None
+        if self._grid is not None and regions is not None:
+            base = self._base_on_training_grid(regions, training, centre)
         t, timings["segment"] = _lap(t)
 
-        labels = self._clean(preprocess.resample_argmax(probabilities, transform, threads=self.threads), stack)
+        labels = preprocess.resample_argmax(probabilities, transform, threads=self.threads)
+        if base is not None:
+            labels[base[0]] = base[1]
+        labels = self._clean(labels, stack)
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 
@@ -700,6 +777,7 @@ class Pipeline:
             "apical_rv_weight": self.apical_rv_weight if routed else None,
             "mirroring": self.mirroring,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
+            "segment_spacing": list(self.segment_spacing) if self.segment_spacing else None,
             "region_decoding": self.region_decoding
             if routed and self.regions_from in ("classifier", "caller")
             else None,

@@ -7,9 +7,10 @@ shows how often the rule drops a true RV where the masks are near-manual.
 
     python scripts/dev_fold.py --fold BUNDLE PATIENT_FOLDER... [--fold BUNDLE ...] [--ratios 0.3 0.4 0.5]
         [--slices SLICES.csv] [--apical-rv-weight W] [--locate-with LOCATOR_BUNDLE ...]
-        [--ensemble-with BUNDLE ...]
+        [--ensemble-with BUNDLE ...] [--segment-spacing MM]
 
-Prints mean slice Dice (%) per region and label (regions from the manual labels, as `cmrsdk
+Prints mean slice Dice (%) per region and label, the foreground volume drawn on slices the
+annotators left empty (mL per study, ED + ES), (regions from the manual labels, as `cmrsdk
 evaluate`) with its number of label-slices, all slices, per fold and, with several, over all of
 them; and every slice the rule drops with its ES / ED RV pixels and the manual RV pixels there
 (0: atrium, rightly dropped). With ``--locate-with`` (one bundle per fold, same
@@ -17,7 +18,8 @@ preprocessing), the heart is found by that bundle's baseline U-Net and segmented
 (stage 32b: a U-Net trained on heart-centred patches is a poor locator on the full window).
 With ``--ensemble-with`` (one bundle per fold, same window), the fold's baseline U-Net's
 probabilities are averaged with that bundle's on every slice, heart search included (stage 34b: a
-second training seed). With ``--slices``, every label-slice's Dice at the shipped ratio
+second training seed). With ``--segment-spacing``, the pipeline segments on that finer grid
+(`cmrsdk.grid`, Session 32). With ``--slices``, every label-slice's Dice at the shipped ratio
 (`SYSTOLIC_BASE_RATIO`) goes to a CSV, so that two recipes can later be compared slice by slice
 (scripts/compare_folds.py) when their bundles are gone.
 """
@@ -31,7 +33,7 @@ from collections import defaultdict
 import numpy as np
 
 from cmrsdk import Pipeline
-from cmrsdk.evaluation.stats import score_stack
+from cmrsdk.evaluation.stats import false_positive_ml, score_stack
 from cmrsdk.io import read_study
 from cmrsdk.labels import RVBP
 from cmrsdk.regions import index_toward_apex
@@ -94,6 +96,9 @@ def main() -> None:
         metavar="BUNDLE",
         help="per fold, a bundle whose baseline's probabilities are averaged in",
     )
+    parser.add_argument(
+        "--segment-spacing", type=float, default=None, metavar="MM", help="the grid the U-Nets segment on (cmrsdk.grid)"
+    )
     args = parser.parse_args()
     if args.locate_with and len(args.locate_with) != len(args.fold):
         parser.error(f"--locate-with names {len(args.locate_with)} bundles for {len(args.fold)} folds")
@@ -102,7 +107,7 @@ def main() -> None:
     folds = []
     for i, (bundle, *patients) in enumerate(args.fold):
         rules = {} if args.apical_rv_weight is None else {"apical_rv_weight": args.apical_rv_weight}
-        pipeline = Pipeline(bundle, systolic_base=False, threads=2, **rules)
+        pipeline = Pipeline(bundle, systolic_base=False, threads=2, segment_spacing=args.segment_spacing, **rules)
         if args.locate_with:
             locator = Pipeline(args.locate_with[i], systolic_base=False, threads=2)
             # how the locator searches its pass (heart_search) is its own; the window must agree
@@ -130,7 +135,7 @@ def main() -> None:
     for name, studies in folds:
         print(f"{name}: {len(studies)} patients")
         for ratio in [0.0, *args.ratios]:
-            scores, dropped = [], []
+            scores, dropped, false_ml = [], [], []
             for case, ed, es in studies:
                 labels, z = drop_systolic_atrium(
                     ed.labels, es.labels, ratio=ratio, toward_apex=index_toward_apex(ed.stack.affine)
@@ -140,7 +145,11 @@ def main() -> None:
                     dropped.append(f"{case} ES slice {z}: {rv[0]} / {rv[1]} px, manual {rv[2]}")
                 scores += score_stack(ed.labels, ed.stack.labels, method="m", case=case, phase="ED")
                 scores += score_stack(labels, es.stack.labels, method="m", case=case, phase="ES")
-            print(f"  ratio {ratio:.2f}: {summary(scores)}")
+                false_ml.append(
+                    false_positive_ml(ed.labels, ed.stack.labels, ed.stack.spacing)
+                    + false_positive_ml(labels, es.stack.labels, es.stack.spacing)
+                )
+            print(f"  ratio {ratio:.2f}: {summary(scores)} | false positive {np.mean(false_ml):.2f} mL per study")
             for line in dropped:
                 print(f"      dropped {line}")
 

@@ -62,8 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-report-html", action="store_true", help="skip each study's report.html")
 
 
-def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
-    """Run ``cmrsdk batch``: 0 when every study is measured, 1 when any failed, 130 when interrupted."""
+def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any = "bundle") -> int:
+    """Run ``cmrsdk batch``: 0 when every study is measured, 1 when any failed, 130 when interrupted.
+    ``heart_crop`` and ``segment_spacing`` as `cmrsdk.Pipeline` takes them."""
     if bool(args.inputs) == bool(args.study_list):
         raise InputError("give either ROOT_OR_STUDY folders or --list STUDIES.csv (one of the two)")
     studies = read_study_list(args.study_list) if args.study_list else discover_studies(args.inputs)
@@ -78,6 +79,7 @@ def run_command(args: argparse.Namespace, heart_crop: Any) -> int:
         mirroring=args.mirroring,
         systolic_base=args.systolic_base,
         apical_rv_weight=args.apical_rv_weight,
+        segment_spacing=segment_spacing,
         overlay=not args.no_overlay,
         report_html=not args.no_report_html,
     )

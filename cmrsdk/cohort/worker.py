@@ -43,6 +43,7 @@ class PipelineSpec:
     mirroring: bool = False
     systolic_base: bool = True
     apical_rv_weight: float | None = None  # None: the pipeline's default
+    segment_spacing: float | None | Literal["bundle"] = "bundle"  # None: the training grid
     overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
 
@@ -159,6 +160,7 @@ class StudyWorker:
             region_decoding=spec.region_decoding,  # type: ignore[arg-type]
             mirroring=spec.mirroring,
             systolic_base=spec.systolic_base,
+            segment_spacing=spec.segment_spacing,
             **rules,
             engine_options=options,
         )
