@@ -488,8 +488,10 @@ class Pipeline:
                 probabilities[index] = self._unet(name, images, index)
         return probabilities, regions
 
-    def _segment(self, images: np.ndarray, regions: np.ndarray | None) -> np.ndarray:
-        """Probabilities float32 (Z, C, H, W): one batched engine call per model used."""
+    def _segment(self, images: np.ndarray, regions: np.ndarray | None, skip_base: bool = False) -> np.ndarray:
+        """Probabilities float32 (Z, C, H, W): one batched engine call per model used. With
+        ``skip_base`` the base slices are not run and read as background (their labels come
+        from the training grid, `_base_on_training_grid`)."""
         baseline = self._baseline
         if regions is None or images.shape[0] == 0:
             return self._unet(baseline, images)
@@ -499,8 +501,11 @@ class Pipeline:
         )
         route = model_of[regions]
         probabilities = np.empty((images.shape[0], len(self.bundle.labels), *images.shape[2:]), np.float32)
-        for name in np.unique(route):
-            index = np.flatnonzero(route == name)
+        run = regions != BASE if skip_base else np.ones(len(regions), bool)
+        probabilities[~run] = 0.0
+        probabilities[~run, 0] = 1.0
+        for name in np.unique(route[run]):
+            index = np.flatnonzero((route == name) & run)
             probabilities[index] = self._unet(str(name), images, index)
         return probabilities
 
@@ -605,7 +610,7 @@ class Pipeline:
             )
             region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
         else:
-            probabilities = self._segment(images, regions)
+            probabilities = self._segment(images, regions, skip_base=self._grid is not None)
         if regions is not None:
             weigh_apical_rv(probabilities, regions, self.apical_rv_weight)
         base = None
