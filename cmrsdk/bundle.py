@@ -288,7 +288,9 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
     if segment is not None and (
         not isinstance(segment, list)
         or len(segment) != 2
-        or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= t for s, t in zip(segment, spacing))
+        or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= t for s, t in zip(segment, spacing)
+        )
     ):
         raise BundleError(
             f"{manifest}: 'preprocessing.segment_spacing' must be two positive mm values [dy, dx] no coarser "

@@ -81,9 +81,7 @@ def segment_grid(
     )
 
 
-def move_centre(
-    centre: tuple[float, float], source: SliceTransform, target: SliceTransform
-) -> tuple[float, float]:
+def move_centre(centre: tuple[float, float], source: SliceTransform, target: SliceTransform) -> tuple[float, float]:
     """(cy, cx) in pixels of ``source``'s window as pixels of ``target``'s window: the same point
     of the native slice, both transforms from `cmrsdk.preprocess.prepare_slices` of one stack."""
     out = []

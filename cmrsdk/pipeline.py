@@ -393,9 +393,7 @@ class Pipeline:
             or len(pair) != 2
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
         ):
-            raise InputError(
-                f"'segment_spacing' must be a spacing in mm, (dy, dx), None or 'bundle', got {value!r}"
-            )
+            raise InputError(f"'segment_spacing' must be a spacing in mm, (dy, dx), None or 'bundle', got {value!r}")
         return segment_grid(self._pre, self.heart_crop, (float(pair[0]), float(pair[1])))
 
     @property

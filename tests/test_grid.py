@@ -42,7 +42,9 @@ def test_move_centre_finds_the_same_native_point_on_another_grid():
     centres = []
     prepared = []
     for spacing, size in (((1.4844, 1.4844), (224, 224)), ((1.25, 1.25), (272, 272))):
-        images, transform = prepare_slices(pixels, (1.1, 1.3), target_spacing=spacing, size=size, normalization="minmax")
+        images, transform = prepare_slices(
+            pixels, (1.1, 1.3), target_spacing=spacing, size=size, normalization="minmax"
+        )
         bright = images[0, 0] > 0.5
         centres.append(tuple(float(np.mean(i)) for i in np.nonzero(bright)))
         prepared.append(transform)
