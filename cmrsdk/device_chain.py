@@ -108,6 +108,11 @@ class DevicePipeline(Pipeline):
             )
         if self.mode == "routed" and self.regions_from == "caller":
             raise InputError("the device chain routes by the segmentation or the classifier, not by a caller's regions")
+        if self.segment_spacing is not None:
+            raise InputError(
+                f"the device chain segments on the bundle's training grid {self._pre.target_spacing} mm only, "
+                f"not on 'segment_spacing' {self.segment_spacing}: pass segment_spacing=None, or use cmrsdk.Pipeline"
+            )
         self._device = torch.device(self.device)
         self._matrices: dict[tuple[Any, ...], Any] = {}
 
