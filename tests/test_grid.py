@@ -14,25 +14,26 @@ from cmrsdk.grid import move_centre, segment_grid
 from cmrsdk.labels import BASE
 from cmrsdk.preprocess import prepare_slices
 
-SHIPPED = Preprocessing((1.4844, 1.4844), (224, 224), "robust_zscore", (128, 128))
+#: a development fold's preprocessing (68 patients' median spacing)
+FOLD = Preprocessing((1.4844, 1.4844), (224, 224), "robust_zscore", (128, 128))
 
 
 def test_a_finer_grid_keeps_the_field_of_view_and_the_areas():
-    grid = segment_grid(SHIPPED, SHIPPED.heart_crop, (1.25, 1.25))
+    grid = segment_grid(FOLD, FOLD.heart_crop, (1.25, 1.25))
     assert grid.preprocessing.target_spacing == (1.25, 1.25)
     # 224 x 1.4844 / 1.25 = 266 -> 272 and 128 -> 152 -> 160: multiples of 16, the same mm
     assert grid.preprocessing.size == (272, 272) and grid.heart_crop == (160, 160)
     assert grid.preprocessing.normalization == "robust_zscore"
     assert grid.area_ratio == pytest.approx((1.4844 / 1.25) ** 2)
     assert grid.pixels(20) == 28 and grid.pixels(0) == 0
-    assert segment_grid(SHIPPED, None, (1.25, 1.25)).heart_crop is None
-    assert segment_grid(SHIPPED, SHIPPED.heart_crop, (1.4844, 1.4844)) is None  # the training grid itself
+    assert segment_grid(FOLD, None, (1.25, 1.25)).heart_crop is None
+    assert segment_grid(FOLD, FOLD.heart_crop, (1.4844, 1.4844)) is None  # the training grid itself
 
 
 @pytest.mark.parametrize("spacing", [(2.0, 2.0), (1.25, 1.6), (0.0, 1.25), (-1.0, -1.0)])
 def test_a_coarser_or_impossible_grid_is_refused(spacing):
     with pytest.raises(InputError, match="segment_spacing"):
-        segment_grid(SHIPPED, SHIPPED.heart_crop, spacing)
+        segment_grid(FOLD, FOLD.heart_crop, spacing)
 
 
 def test_move_centre_finds_the_same_native_point_on_another_grid():
