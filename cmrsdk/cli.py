@@ -373,6 +373,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"bundle {bundle.path} (format {m.get('format_version')}, created {m.get('created')})")
     p = bundle.preprocessing
     print(f"preprocessing: spacing {p.target_spacing} mm, size {p.size} px, normalisation {p.normalization}")
+    crop = f"heart crop {p.heart_crop} px (search {p.heart_search})" if p.heart_crop else "no heart crop"
+    grid = f"segment grid {p.segment_spacing} mm (routed)" if p.segment_spacing else "segments on the training grid"
+    print(f"pipeline defaults: {crop}; {grid}")
     print(
         "routing: " + ", ".join(f"{bundle.regions.get(r, r)} -> {name}" for r, name in sorted(bundle.routing.items()))
     )

@@ -139,6 +139,7 @@ def test_info_and_inspect(routing_bundle, tmp_path, capsys):
     assert main(["info", str(routing_bundle)]) == 0
     out = capsys.readouterr().out
     assert "routing: non-cardiac -> baseline" in out and "classifier: classifier" in out
+    assert "pipeline defaults: no heart crop; segments on the training grid" in out
     write_dicom_series(tmp_path / "dicom", synthetic_study(seed=5))
     assert main(["inspect", str(tmp_path / "dicom")]) == 0
     found = json.loads(capsys.readouterr().out)
@@ -153,6 +154,7 @@ def test_info_names_the_shipped_bundle_s_precision_checks(capsys):
     assert "precision check bf16-openvino on openvino: worst Dice drop 0.04 points over 386 held-out slices" in out
     assert "precision check bf16 on torchscript: worst Dice drop 0.15 points" in out
     assert sum(line.endswith("): passed") for line in out.splitlines()) == 2
+    assert "pipeline defaults: heart crop (128, 128) px (search mean); segments on the training grid" in out
 
 
 def test_tampered_bundle_is_refused_with_one_line(routing_bundle, tmp_path, capsys):

@@ -113,7 +113,7 @@ def test_bad_segment_spacing_values_are_one_clear_error(routing_bundle, value):
         Pipeline(routing_bundle, segment_spacing=value, backend="onnx")
 
 
-def test_the_manifest_names_the_grid_and_bad_ones_are_refused(routing_bundle, tmp_path):
+def test_the_manifest_names_the_grid_and_bad_ones_are_refused(routing_bundle, tmp_path, capsys):
     from cmrsdk.pipeline import Pipeline
 
     bundle = tmp_path / "bundle"
@@ -127,6 +127,10 @@ def test_the_manifest_names_the_grid_and_bad_ones_are_refused(routing_bundle, tm
     assert loaded.preprocessing.to_json()["segment_spacing"] == [1.0, 1.0]
     assert Pipeline(loaded, backend="onnx").segment_spacing == (1.0, 1.0)  # the bundle's default
     assert Pipeline(loaded, backend="onnx", segment_spacing=None).segment_spacing is None
+    from cmrsdk.cli import main
+
+    assert main(["info", str(bundle)]) == 0
+    assert "segment grid (1.0, 1.0) mm (routed)" in capsys.readouterr().out
     for bad in ([3.0, 3.0], [1.0], "1.0", [True, 1.0]):
         raw["preprocessing"]["segment_spacing"] = bad
         manifest.write_text(json.dumps(raw))
