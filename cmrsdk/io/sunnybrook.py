@@ -1,9 +1,13 @@
 """Sunnybrook Cardiac Data: the DICOM cine plus manual LV contours, as a labelled study.
 
 Contours are text files ``IM-0001-NNNN-{i,o}contour-manual.txt`` of ``x y`` points in pixel
-coordinates (x along a row = column index, y = row index) of image ``NNNN.dcm``. LVBP is inside
-the i-contour (endocardium); LVM is inside the o-contour (epicardium) and outside the i-contour.
-A pixel is inside when its centre (integer coordinates) is inside the polygon (even-odd rule).
+coordinates (x along a row = column index, y = row index) of image ``NNNN.dcm``, **one-based**:
+the first pixel's centre is (1, 1), as MATLAB counts. The files do not say so; the images do
+(`scripts/sunnybrook_contour_origin.py`, docs/RESULTS.md "Session 34"): read as one-based, the
+i-contours run along the strongest edges and enclose the brightest blood pool; read as zero-based
+they sit one pixel down and right of both. LVBP is inside the i-contour (endocardium); LVM is
+inside the o-contour (epicardium) and outside the i-contour. A pixel is inside when its centre
+(integer zero-based coordinates) is inside the polygon (even-odd rule).
 The RV is not contoured: RVBP never appears, and at ES (i-contours only) LVM is unknown (0).
 """
 
@@ -19,20 +23,25 @@ from ..labels import LVBP, LVM
 from ..types import Study
 from .dicom import read_dicom_study
 
-__all__ = ["read_sunnybrook", "polygon_mask", "read_contour"]
+__all__ = ["CONTOUR_ORIGIN", "read_sunnybrook", "polygon_mask", "read_contour"]
 
 _CONTOUR_NAME = re.compile(r"IM-\d+-(\d+)-([io])contour-manual\.txt$")
 
 
+CONTOUR_ORIGIN = 1.0
+"""Pixel coordinate of the first pixel's centre in Sunnybrook contour files (one-based)."""
+
+
 def read_contour(path: Path) -> np.ndarray:
-    """float64 (N, 2) polygon points (x, y) in pixel coordinates from a Sunnybrook contour file."""
+    """float64 (N, 2) polygon points (x, y) in zero-based pixel coordinates (the first pixel's
+    centre at (0, 0), as numpy indexes) from a Sunnybrook contour file (one-based, `CONTOUR_ORIGIN`)."""
     try:
         points = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as exc:
         raise ReadError(path, f"contour is not a list of 'x y' numbers ({exc})") from exc
     if points.shape[1] != 2 or points.shape[0] < 3 or not np.all(np.isfinite(points)):
         raise ReadError(path, f"contour must hold at least 3 finite 'x y' points, got shape {points.shape}")
-    return points
+    return points - CONTOUR_ORIGIN
 
 
 def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
