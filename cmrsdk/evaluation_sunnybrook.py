@@ -20,10 +20,17 @@ import numpy as np
 
 from .errors import ReadError
 from .labels import LVBP, LVM
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Segmentation
 from .types import Study
 
-__all__ = ["ContourScore", "is_sunnybrook_root", "sunnybrook_cases", "score_contours", "evaluate_sunnybrook"]
+__all__ = [
+    "ContourScore",
+    "is_sunnybrook_root",
+    "sunnybrook_cases",
+    "score_contours",
+    "segment_contoured",
+    "evaluate_sunnybrook",
+]
 
 
 @dataclass(frozen=True)
@@ -96,8 +103,23 @@ def score_contours(
     return scores
 
 
+def segment_contoured(pipeline: Pipeline, study: Study) -> dict[int, Segmentation]:
+    """The segmentation of each contoured phase of a Sunnybrook ``study`` (`read_sunnybrook`), by
+    phase index: the contoured phases (ED with o-contours, ES) segmented as one study, as
+    `cmrsdk segment` segments a study (the heart located and the regions named once, on ED)."""
+    contoured = [t for t, stack in enumerate(study.phases) if stack.labels is not None]
+    pair = Study(
+        phases=tuple(study.phases[t] for t in contoured),
+        ed_index=contoured.index(study.ed_index) if study.ed_index in contoured else None,
+        es_index=contoured.index(study.es_index) if study.es_index in contoured else None,
+        info=study.info,
+    )
+    return dict(zip(contoured, pipeline.segment_study(pair).phases))
+
+
 def evaluate_sunnybrook(pipeline: Pipeline, root: str | Path, *, progress: bool = True) -> list[ContourScore]:
-    """Segment every contoured phase of the Sunnybrook cases under ``root`` and score each image."""
+    """Segment the contoured phases of the Sunnybrook cases under ``root`` (`segment_contoured`)
+    and score each image."""
     from .io.sunnybrook import read_sunnybrook
 
     cases = sunnybrook_cases(root)
@@ -108,11 +130,10 @@ def evaluate_sunnybrook(pipeline: Pipeline, root: str | Path, *, progress: bool 
     scores: list[ContourScore] = []
     for patient, series, contours in cases:
         study: Study = read_sunnybrook(series, contours)
-        for t, stack in enumerate(study.phases):
-            if stack.labels is None:
-                continue
-            result = pipeline.segment(stack)
-            scores += score_contours(patient, t, result.labels, stack.labels, result.regions)
+        for t, result in segment_contoured(pipeline, study).items():
+            truth = study.phases[t].labels
+            if truth is not None:  # always: the contoured phases
+                scores += score_contours(patient, t, result.labels, truth, result.regions)
     return scores
 
 

@@ -692,7 +692,7 @@ class Pipeline:
             raise InputError(f"'study' must be a cmrsdk.Study, got {type(study).__name__}")
         t0 = time.perf_counter()
         if study.ed_index is not None and study.es_index is not None and not study.is_cine:
-            indices = [study.ed_index, study.es_index]
+            indices = sorted((study.ed_index, study.es_index))  # time order, as `phases` promises
         else:
             indices = list(range(len(study.phases)))
         # the phase located first: ED where known (the heart at its largest), else the first phase

@@ -7,9 +7,9 @@ reads them, one-based; d = +1: as if they were zero-based) and prints, per d:
 - edge: the image's gradient magnitude (Gaussian, sigma 1 pixel) along the i-contours, as a
   fraction of each contour's best d, averaged: the endocardium is drawn on the blood pool's edge;
 - blood: the mean intensity inside the i-contours, likewise: the blood pool is the bright part;
-- with ``--bundle``: the mean Dice (%) of the bundle's routed masks (each contoured phase
-  segmented alone, as `cmrsdk evaluate` does) against the moved contours (LVBP against
-  i-contours, LVBP + LVM against o-contours).
+- with ``--bundle``: the mean Dice (%) of the bundle's routed masks (as `cmrsdk evaluate` makes
+  them, `segment_contoured`) against the moved contours (LVBP against i-contours, LVBP + LVM
+  against o-contours).
 
 The first two use no model. Usage (about a minute with a bundle on 2 cores):
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from cmrsdk.evaluation_sunnybrook import sunnybrook_cases
+from cmrsdk.evaluation_sunnybrook import segment_contoured, sunnybrook_cases
 from cmrsdk.io import read_sunnybrook
 from cmrsdk.io.sunnybrook import _CONTOUR_NAME, polygon_mask, read_contour
 from cmrsdk.labels import LVBP, LVM
@@ -55,8 +55,8 @@ def measure(root: Path, bundle: str | None) -> dict[str, np.ndarray]:
         study = read_sunnybrook(series, contours)
         where = {int(Path(f).stem): (t, z) for t, s in enumerate(study.phases) for z, f in enumerate(s.source_files)}
         masks = None
-        if pipeline is not None:  # each contoured phase alone, as `cmrsdk evaluate` scores Sunnybrook
-            masks = {t: pipeline.segment(s).labels for t, s in enumerate(study.phases) if s.labels is not None}
+        if pipeline is not None:  # as `cmrsdk evaluate` segments them
+            masks = {t: result.labels for t, result in segment_contoured(pipeline, study).items()}
         for file in sorted(Path(contours).glob("*-contours/*contour-manual.txt")):
             match = _CONTOUR_NAME.search(file.name)
             if match is None:

@@ -343,6 +343,9 @@ def test_a_study_is_located_once_and_every_phase_shares_the_crop(threshold_bundl
     calls.clear()
     result = pipeline.segment_study(Study((es, ed), ed_index=1, es_index=0))
     assert calls == [3] and result.ed.labels.any() and not result.es.labels.any()
+    # and the segmentations keep the study's time order (ES first here), so they pair with its phases
+    assert (result.ed_index, result.es_index) == (1, 0)
+    assert [r.stack.phase for r in result.phases] == ["ES", "ED"]
 
 
 def test_mirrored_averages_the_flipped_answers_flipped_back():
