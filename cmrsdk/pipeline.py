@@ -544,7 +544,9 @@ class Pipeline:
         holds no heart, whatever the networks make of normalised zeros)."""
         if self.largest_component:
             cleaned = preprocess.largest_component(labels, threads=self.threads)
-            labels = preprocess.reattach_displaced_slices(labels, cleaned, stack.spacing[1:], threads=self.threads)
+            labels = preprocess.reattach_displaced_slices(
+                labels, cleaned, stack.spacing[1:], max_gap_mm=preprocess.MAX_SLICE_GAP_MM, threads=self.threads
+            )
         if stack.pixels.size and not np.any(stack.pixels):
             labels = np.zeros_like(labels)
         return labels

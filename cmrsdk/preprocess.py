@@ -538,6 +538,10 @@ def largest_component(labels: np.ndarray, *, connectivity: int = 6, threads: int
 #: to it and still be taken for it: breath-holds misregister neighbouring slices by a few mm up
 #: to about 10 (more at the apex, where the LV tapers too).
 MAX_SLICE_SHIFT_MM = 15.0
+#: how near (mm, in-plane, nearest pixels) a slice's piece may lie to the same structure on the
+#: slice next to it and still be taken for it, whatever their centroids: a tapering RV's apical
+#: piece sits at one horn of the crescent above it, 15-18 mm from its centroid (Session 34).
+MAX_SLICE_GAP_MM = 5.0
 
 
 def reattach_displaced_slices(
@@ -546,6 +550,7 @@ def reattach_displaced_slices(
     spacing_yx: Sequence[float],
     *,
     max_shift_mm: float = MAX_SLICE_SHIFT_MM,
+    max_gap_mm: float | None = MAX_SLICE_GAP_MM,
     threads: int | None = None,
 ) -> np.ndarray:
     """Give back the slices :func:`largest_component` took from a structure because a breath-hold
@@ -556,8 +561,10 @@ def reattach_displaced_slices(
     apex, where the LV is small, most often; held-out ACDC patient050 lost two apical slices of
     594 and 81 LV pixels so). Going outward from the slices the component kept, a slice where it
     kept nothing of a structure gets back that structure's largest in-plane component when its
-    centroid lies within ``max_shift_mm`` of the structure's centroid on the neighbouring slice.
-    In-plane fragments stay removed; a blob far from the heart stays out.
+    centroid lies within ``max_shift_mm`` of the structure's centroid on the neighbouring slice,
+    or any of its pixels within ``max_gap_mm`` of the structure there (the RV's apex, a small
+    piece at one end of the crescent above it). In-plane fragments stay removed; a blob far from
+    the heart stays out.
 
     Parameters
     ----------
@@ -565,6 +572,8 @@ def reattach_displaced_slices(
     cleaned : uint8 (Z, Y, X), ``largest_component(labels)``.
     spacing_yx : (dy, dx) mm of the slices.
     max_shift_mm : largest in-plane centroid distance to the neighbouring slice's structure.
+    max_gap_mm : largest in-plane distance between the nearest pixels of the piece and of the
+        neighbouring slice's structure; None: the centroids alone decide.
     threads : as for :func:`largest_component`.
 
     Returns
@@ -600,11 +609,21 @@ def reattach_displaced_slices(
                     continue
                 own = np.ascontiguousarray(labels[z : z + 1] == label, dtype=np.uint8)
                 piece = largest_component(own, threads=threads)[0].astype(bool)
-                here = np.argwhere(piece).mean(0) * scale
-                if min(float(np.linalg.norm(here - centre(n))) for n in neighbours) <= max_shift_mm:
+                pixels = np.argwhere(piece) * scale
+                here = pixels.mean(0)
+                near = min(float(np.linalg.norm(here - centre(n))) for n in neighbours) <= max_shift_mm
+                if not near and max_gap_mm is not None:
+                    near = min(_gap_mm(pixels, np.argwhere(out[n] == label) * scale) for n in neighbours) <= max_gap_mm
+                if near:
                     out[z][piece] = label
                     centres[int(z)], present[z], grown = here, True, True
     return out
+
+
+def _gap_mm(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest distance between two point sets, float (N, 2) and (M, 2) in mm (in chunks of
+    256 points of ``a``, so that a large pair never holds N x M distances at once)."""
+    return min(float(np.sqrt(((a[i : i + 256, None] - b[None]) ** 2).sum(-1)).min()) for i in range(0, len(a), 256))
 
 
 def prepare_slices(

@@ -7,7 +7,7 @@ shows how often the rule drops a true RV where the masks are near-manual.
 
     python scripts/dev_fold.py --fold BUNDLE PATIENT_FOLDER... [--fold BUNDLE ...] [--ratios 0.3 0.4 0.5]
         [--slices SLICES.csv] [--apical-rv-weight W] [--locate-with LOCATOR_BUNDLE ...]
-        [--ensemble-with BUNDLE ...] [--segment-spacing MM]
+        [--ensemble-with BUNDLE ...] [--segment-spacing MM] [--slice-gap-mm MM|off]
 
 Prints mean slice Dice (%) per region and label, the foreground volume drawn on slices the
 annotators left empty (mL per study, ED + ES), (regions from the manual labels, as `cmrsdk
@@ -19,7 +19,9 @@ preprocessing), the heart is found by that bundle's baseline U-Net and segmented
 With ``--ensemble-with`` (one bundle per fold, same window), the fold's baseline U-Net's
 probabilities are averaged with that bundle's on every slice, heart search included (stage 34b: a
 second training seed). With ``--segment-spacing``, the pipeline segments on that finer grid
-(`cmrsdk.grid`, Session 32). With ``--slices``, every label-slice's Dice at the shipped ratio
+(`cmrsdk.grid`, Session 32). With ``--slice-gap-mm``, the clean-up re-attaches a lost slice's
+piece within that many mm of the structure next to it (``off``: by centroids alone; Session 34).
+With ``--slices``, every label-slice's Dice at the shipped ratio
 (`SYSTOLIC_BASE_RATIO`) goes to a CSV, so that two recipes can later be compared slice by slice
 (scripts/compare_folds.py) when their bundles are gone.
 """
@@ -32,7 +34,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from cmrsdk import Pipeline
+from cmrsdk import Pipeline, preprocess
 from cmrsdk.evaluation.stats import false_positive_ml, score_stack
 from cmrsdk.io import read_study
 from cmrsdk.labels import RVBP
@@ -99,7 +101,15 @@ def main() -> None:
     parser.add_argument(
         "--segment-spacing", type=float, default=None, metavar="MM", help="the grid the U-Nets segment on (cmrsdk.grid)"
     )
+    parser.add_argument(
+        "--slice-gap-mm",
+        default=None,
+        metavar="MM|off",
+        help="the clean-up's re-attachment gap (cmrsdk.preprocess.MAX_SLICE_GAP_MM); off: centroids alone",
+    )
     args = parser.parse_args()
+    if args.slice_gap_mm is not None:  # a probe of the clean-up's rule, for this run only
+        preprocess.MAX_SLICE_GAP_MM = None if args.slice_gap_mm == "off" else float(args.slice_gap_mm)
     if args.locate_with and len(args.locate_with) != len(args.fold):
         parser.error(f"--locate-with names {len(args.locate_with)} bundles for {len(args.fold)} folds")
     if args.ensemble_with and len(args.ensemble_with) != len(args.fold):
