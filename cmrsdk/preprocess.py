@@ -539,9 +539,12 @@ def largest_component(labels: np.ndarray, *, connectivity: int = 6, threads: int
 #: to about 10 (more at the apex, where the LV tapers too).
 MAX_SLICE_SHIFT_MM = 15.0
 #: how near (mm, in-plane, nearest pixels) a slice's piece may lie to the same structure on the
-#: slice next to it and still be taken for it, whatever their centroids: a tapering RV's apical
-#: piece sits at one horn of the crescent above it, 15-18 mm from its centroid (Session 34).
-MAX_SLICE_GAP_MM = 5.0
+#: slice next to it and still be taken for it, whatever their centroids (a tapering RV's apical
+#: piece sits at one horn of the crescent above it); None: the centroids alone decide. Off: at
+#: 5 mm it gave back apical RVs the annotators left empty on three development folds' unseen
+#: patients and true ones only on the patient that suggested it (stage 40, docs/RESULTS.md,
+#: Session 34); `scripts/dev_fold.py --slice-gap-mm` probes it.
+MAX_SLICE_GAP_MM: float | None = None
 
 
 def reattach_displaced_slices(

@@ -68,6 +68,14 @@ def test_dev_fold_writes_the_slices_it_scores(shared_data, tmp_path: Path, monke
     assert len(slices) == int(line.split("(n ")[1].split(")")[0]) > 20
     assert pooled == pytest.approx(100 * sum(slices.values()) / len(slices), abs=0.006)
     assert {k[0] for k in slices} == {"patient005"} and {k[1] for k in slices} == {"ED", "ES"}
+    # --slice-gap-mm probes the clean-up's gap criterion for the run (off by default in the pipeline)
+    from cmrsdk import preprocess
+
+    monkeypatch.setattr(preprocess, "MAX_SLICE_GAP_MM", None)
+    monkeypatch.setattr(sys, "argv", [*argv, "--slice-gap-mm", "5"])
+    dev_fold.main()
+    assert preprocess.MAX_SLICE_GAP_MM == 5.0
+    assert read_slices(str(out)) == slices  # patient005 loses no slice to the clean-up either way
 
 
 def test_reads_cmrsdk_evaluate_slice_dice_of_one_method(tmp_path: Path) -> None:

@@ -611,3 +611,30 @@ def test_a_slice_a_breath_hold_moved_off_the_heart_is_given_back() -> None:
     assert not pp.reattach_displaced_slices(far, pp.largest_component(far), (1.0, 1.0))[4:].any()
     with pytest.raises(InputError, match="same"):
         pp.reattach_displaced_slices(labels, cleaned[:5], (1.0, 1.0))
+
+
+def test_the_gap_criterion_gives_back_a_piece_at_the_crescents_horn() -> None:
+    """An RV crescent on slice 0 and, on slice 1, a small piece under one horn, not touching it in
+    3-D (1 mm pixels): its centroid lies 27 mm from the crescent's, its nearest pixel 4.2 mm from it.
+    Centroids alone (the default, `MAX_SLICE_GAP_MM` None) leave it out, as does a 3 mm gap; a 5 mm
+    gap gives it back; a piece 23 mm from the crescent stays out."""
+    assert pp.MAX_SLICE_GAP_MM is None
+    labels = np.zeros((2, 80, 80), np.uint8)
+    ring = _disc((80, 80), (40, 40), 20) & ~_disc((80, 80), (40, 48), 20)
+    labels[0][ring & (np.mgrid[:80, :80][1] < 40)] = 3  # the crescent's left half: horns at rows 20 and 60
+    piece = _disc((80, 80), (18, 44), 2)  # right of the upper horn, off it on slice 0
+    labels[1][piece] = 3
+    assert not (labels[0] & labels[1]).any()
+    cleaned = pp.largest_component(labels)
+    assert not cleaned[1].any()
+    centroid = np.argwhere(labels[0] == 3).mean(0)
+    assert np.linalg.norm(centroid - (18, 44)) > 15
+    assert not pp.reattach_displaced_slices(labels, cleaned, (1.0, 1.0))[1].any()
+    assert not pp.reattach_displaced_slices(labels, cleaned, (1.0, 1.0), max_gap_mm=3.0)[1].any()
+    np.testing.assert_array_equal(
+        pp.reattach_displaced_slices(labels, cleaned, (1.0, 1.0), max_gap_mm=5.0)[1], labels[1]
+    )
+    far = labels.copy()
+    far[1] = 0
+    far[1][_disc((80, 80), (8, 60), 2)] = 3  # 23 mm from the crescent
+    assert not pp.reattach_displaced_slices(far, pp.largest_component(far), (1.0, 1.0), max_gap_mm=5.0)[1].any()
