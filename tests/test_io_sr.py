@@ -191,3 +191,53 @@ def test_rejection_note_withdraws_a_studys_results_and_validates(series, tmp_pat
     with pytest.raises(ReadError, match="junk.dcm"):
         write_rejection_note(tmp_path / "x.dcm", [tmp_path / "junk.dcm"])
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_seg_written_from_sources_highdicom_refuses_as_they_are(tmp_path):
+    """Three headers real scanners write that highdicom refuses for a SEG: direction cosines
+    rounded differently on one image, a character set with code extensions (Japanese), no
+    SliceThickness. Each is repaired with one warning naming file, attribute and value, and the
+    SEG is written with the patient's name intact and passes dciodvfy."""
+    import shutil
+    import subprocess
+
+    from cmrsdk.io import read_dicom_study, write_dicom_seg
+
+    folder = tmp_path / "series"
+    write_dicom_series(folder, synthetic_study(seed=3, n_slices=4, shape=(32, 32), n_phases=2))
+    name = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    files = sorted(folder.glob("*.dcm"))
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientName = name
+        del ds.SliceThickness
+        if path.name.startswith("000_002"):  # one image's cosines a rounding apart
+            ds.ImageOrientationPatient = [float(v) + 1e-6 for v in ds.ImageOrientationPatient]
+        ds.save_as(path)
+    stack = read_dicom_study(folder).phases[0]
+    odd = next(f for f in stack.source_files if Path(f).name.startswith("000_002"))
+    labels = np.zeros(stack.shape, np.uint8)
+    labels[:, 10:20, 10:20] = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg_path = write_dicom_seg(tmp_path / "seg.dcm", labels, stack)
+    messages = [str(w.message) for w in caught if issubclass(w.category, CmrWarning)]
+    first = stack.source_files[0]
+    assert len(messages) == 3
+    assert messages[:2] == [
+        f"{first}: 'SpecificCharacterSet' (0008,0005) value '\\\\ISO 2022 IR 87' cannot be written by the DICOM "
+        "writer; text is written as UTF-8 (ISO_IR 192) in the DICOM outputs",
+        f"{first}: 'SliceThickness' (0018,0050) is missing; the DICOM outputs give the slice spacing, "
+        f"{stack.spacing[0]:.6g} mm",
+    ]
+    assert messages[2].startswith(f"{odd}: 'ImageOrientationPatient' (0020,0037) ")
+    assert f"differs from {Path(first).name}'s by 1e-06 (rounding)" in messages[2]
+    seg = pydicom.dcmread(seg_path)
+    assert seg.SpecificCharacterSet == "ISO_IR 192" and str(seg.PatientName) == name
+    assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness) == pytest.approx(
+        stack.spacing[0]
+    )
+    if shutil.which("dciodvfy"):
+        result = subprocess.run(["dciodvfy", str(seg_path)], capture_output=True, text=True, timeout=120)
+        assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == []

@@ -2,13 +2,18 @@
 
 Research and anonymised archives carry values that a strict writer refuses or that make the
 derived object invalid: dates such as ``00000000`` or ``20120000`` or ``UNKNOWN``, absent Type 2
-attributes, and (Sunnybrook) a different FrameOfReferenceUID on every image of one series.
-:func:`derivation_sources` reads the source files and repairs only what the derived object
-copies, so that it passes ``dciodvfy``: invalid dates and times are written empty (Type 2),
-missing Type 2 patient and study attributes are added empty, and one frame of reference is
-chosen for the series. Every repair warns once (:class:`cmrsdk.errors.CmrWarning`), naming the
-file, the attribute and the value. UIDs are kept as they are: they are what the archive files
-the images under, and a derived object must reference them verbatim.
+attributes, (Sunnybrook) a different FrameOfReferenceUID on every image of one series, direction
+cosines rounded differently per image, no SliceThickness, and character sets highdicom does not
+write (code extensions such as Japanese ``\\ISO 2022 IR 87``, misnamed ones such as
+``ISO-8859-1``). :func:`derivation_sources` reads the source files and repairs only what the
+derived object copies, so that it passes ``dciodvfy``: invalid dates and times are written empty
+(Type 2), missing Type 2 patient and study attributes are added empty, one frame of reference is
+chosen for the series, orientations the reader stacked as one plane (`ORIENTATION_ATOL`) take
+the first image's, an absent SliceThickness takes the slice spacing, and text in an unwritable
+character set is decoded and written as UTF-8 (``ISO_IR 192``). Every repair warns once
+(:class:`cmrsdk.errors.CmrWarning`), naming the file, the attribute and the value. UIDs are kept
+as they are: they are what the archive files the images under, and a derived object must
+reference them verbatim.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 
 from ..errors import CmrWarning, ReadError
+from ._geometry import ORIENTATION_ATOL
 
 __all__ = ["derivation_sources", "device_observer", "valid_date", "valid_time"]
 
@@ -90,19 +97,23 @@ def _raw_text(dataset: Dataset, keyword: str) -> str:
     return value.decode(errors="replace").strip() if isinstance(value, bytes) else str(value or "").strip()
 
 
-def derivation_sources(files: Sequence[str | Path]) -> list[Dataset]:
+def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | None = None) -> list[Dataset]:
     """The source images of one stack (one per slice), read and repaired for SEG and SR writers.
 
     Parameters
     ----------
     files : the DICOM file of each slice, in slice order (``Stack.source_files``).
+    slice_spacing_mm : the stack's slice spacing (mm), written as the SliceThickness of sources
+        that have none (a SEG's pixel measures need one); None leaves it absent.
 
     Returns
     -------
     One pydicom Dataset per file, in order, with invalid dates and times emptied, absent Type 2
-    attributes added empty and a single FrameOfReferenceUID: the shared one where all agree,
-    otherwise one derived from all of them (the same for every phase of the series: derived from its
-    SeriesInstanceUID), with a warning.
+    attributes added empty, one ImageOrientationPatient (the first image's, where the others
+    differ from it by rounding only), SliceThickness where absent (``slice_spacing_mm``), text
+    re-encoded as UTF-8 where highdicom cannot write the source's character set, and a single
+    FrameOfReferenceUID: the shared one where all agree, otherwise one derived from all of them
+    (the same for every phase of the series: derived from its SeriesInstanceUID), with a warning.
 
     Raises
     ------
@@ -118,7 +129,7 @@ def derivation_sources(files: Sequence[str | Path]) -> list[Dataset]:
             raise ReadError(
                 file, f"source image cannot be read again for the DICOM outputs ({type(exc).__name__}: {exc})"
             ) from exc
-    repaired: dict[str, tuple[str, str]] = {}
+    repaired: dict[str, str] = {}  # one warning per attribute: the first file and value met
     for file, ds in zip(files, datasets):
         if not str(ds.get("StudyInstanceUID", "") or ""):
             raise ReadError(file, "'StudyInstanceUID' (0020,000D) is missing; a SEG or SR cannot join the study")
@@ -126,19 +137,35 @@ def derivation_sources(files: Sequence[str | Path]) -> list[Dataset]:
             if keyword in ds:
                 text = _raw_text(ds, keyword)
                 if text and not check(text):
-                    repaired.setdefault(keyword, (str(file), text))
+                    kind = "date" if keyword in _DATES else "time"
+                    repaired.setdefault(
+                        keyword,
+                        f"{file}: '{keyword}' value {text!r} is not a valid DICOM {kind}; "
+                        "written empty in the DICOM outputs",
+                    )
                     ds[keyword].value = ""
         for keyword in _TYPE2:
             if keyword not in ds:
                 setattr(ds, keyword, "")
-    for keyword, (file, text) in repaired.items():
-        warnings.warn(
-            CmrWarning(
-                f"{file}: '{keyword}' value {text!r} is not a valid DICOM "
-                f"{'date' if keyword in _DATES else 'time'}; written empty in the DICOM outputs"
-            ),
-            stacklevel=2,
-        )
+        charset = _unwritable_charset(ds)
+        if charset is not None:
+            ds.decode()  # text to str with the source's character set, before it is renamed
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            repaired.setdefault(
+                "SpecificCharacterSet",
+                f"{file}: 'SpecificCharacterSet' (0008,0005) value {charset!r} cannot be written by "
+                "the DICOM writer; text is written as UTF-8 (ISO_IR 192) in the DICOM outputs",
+            )
+        if slice_spacing_mm is not None and "SliceThickness" not in ds and "PixelData" in ds:
+            ds.SliceThickness = _ds_text(slice_spacing_mm)
+            repaired.setdefault(
+                "SliceThickness",
+                f"{file}: 'SliceThickness' (0018,0050) is missing; the DICOM outputs give the slice "
+                f"spacing, {_ds_text(slice_spacing_mm)} mm",
+            )
+    _share_orientation(files, datasets, repaired)
+    for message in repaired.values():
+        warnings.warn(CmrWarning(message), stacklevel=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         frames = [str(ds.get("FrameOfReferenceUID", "") or "") for ds in datasets]
@@ -162,3 +189,47 @@ def derivation_sources(files: Sequence[str | Path]) -> list[Dataset]:
     for ds in datasets:
         ds.FrameOfReferenceUID = common
     return datasets
+
+
+def _ds_text(value: float) -> str:
+    """``value`` as a decimal string (VR DS) of at most 16 characters."""
+    return f"{value:.6g}"
+
+
+def _unwritable_charset(ds: Dataset) -> str | None:
+    """The source's SpecificCharacterSet as text where highdicom cannot write it (None where it
+    can, or where there is none: the default repertoire). highdicom takes single defined terms
+    (``ISO_IR 100``, ``ISO_IR 192``, ...); code extensions (``\\ISO 2022 IR 87``) and names that
+    are not defined terms (``ISO-8859-1``, ``ISO_IR 6``) it refuses."""
+    from highdicom import SpecificCharacterSetValues
+
+    value = ds.get("SpecificCharacterSet")
+    if value is None or value == "":
+        return None
+    values = [str(v) for v in value] if isinstance(value, MultiValue) else [str(value)]
+    writable = {v.value for v in SpecificCharacterSetValues if "2022" not in v.value}
+    if len(values) == 1 and values[0] in writable:
+        return None
+    return "\\".join(values)
+
+
+def _share_orientation(files: Sequence[str | Path], datasets: list[Dataset], repaired: dict[str, str]) -> None:
+    """Give every single-frame source the first one's ImageOrientationPatient where they differ
+    by rounding only (within `ORIENTATION_ATOL`, as the reader stacked them): highdicom builds a
+    SEG only from sources whose orientations are equal to the last digit."""
+    orientations = [ds.get("ImageOrientationPatient") for ds in datasets]
+    if any(o is None or len(o) != 6 for o in orientations):
+        return  # multi-frame sources: their frames carry the geometry
+    first = [float(v) for v in orientations[0]]
+    gaps = [max(abs(float(v) - f) for v, f in zip(o, first)) for o in orientations]
+    worst = max(range(len(gaps)), key=gaps.__getitem__)
+    if gaps[worst] == 0.0 or gaps[worst] > ORIENTATION_ATOL:
+        return  # equal already, or not one plane (the reader refuses such a series)
+    for ds in datasets:
+        ds.ImageOrientationPatient = list(orientations[0])
+    repaired.setdefault(
+        "ImageOrientationPatient",
+        f"{files[worst]}: 'ImageOrientationPatient' (0020,0037) {[float(v) for v in orientations[worst]]} "
+        f"differs from {Path(files[0]).name}'s by {gaps[worst]:.1g} (rounding); the DICOM outputs use "
+        f"{Path(files[0]).name}'s",
+    )

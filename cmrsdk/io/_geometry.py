@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["nifti_to_zyx_affine", "slice_normal", "slice_positions_mm", "spacing_from_affine"]
+#: images whose ImageOrientationPatient direction cosines agree within this stack as one series
+#: (scanners round them per image: 1e-6 apart is one plane)
+ORIENTATION_ATOL = 1e-3
+
+__all__ = [
+    "ORIENTATION_ATOL",
+    "nifti_to_zyx_affine",
+    "slice_normal",
+    "slice_positions_mm",
+    "spacing_from_affine",
+]
 
 
 def nifti_to_zyx_affine(affine_xyz: np.ndarray) -> np.ndarray:

@@ -43,6 +43,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import CmrWarning, ReadError
 from ..types import Stack, Study, StudyInfo
+from ._geometry import ORIENTATION_ATOL
 from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, magnitude_frames
 
 __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
@@ -331,7 +332,7 @@ def _stack_keys(images: list[_Image]) -> tuple[dict[str, str], dict[str, list[tu
         for other, first_orientation, first_spacing, entries in candidates:
             if (
                 other == exact
-                and np.allclose(orientation, first_orientation, atol=1e-3)
+                and np.allclose(orientation, first_orientation, atol=ORIENTATION_ATOL)
                 and np.allclose(spacing, first_spacing, rtol=1e-4)
             ):
                 entries.append(entry)
@@ -419,7 +420,7 @@ def _check_consistent(images: list[_Image]) -> None:
     size = (first.header.get("Rows"), first.header.get("Columns"))
     for image in images:
         other = _vector(image, "ImageOrientationPatient", "(0020,0037)", 6)
-        if not np.allclose(other, orientation, atol=1e-3):
+        if not np.allclose(other, orientation, atol=ORIENTATION_ATOL):
             raise ReadError(
                 image.path,
                 f"mixed orientations in one series: 'ImageOrientationPatient' {other.tolist()} "

@@ -148,7 +148,7 @@ def write_dicom_seg(
             f"stack from {stack.source or 'memory'} has {len(stack.source_files)} (read it with read_dicom_study)"
         )
     files = list(dict.fromkeys(stack.source_files))
-    by_file = dict(zip(files, derivation_sources(files)))
+    by_file = dict(zip(files, derivation_sources(files, slice_spacing_mm=stack.spacing[0])))
     sources = [by_file[f] for f in stack.source_files]
     positions = None
     if needs_own_references(stack, sources):  # multi-frame or several series: built from positions
