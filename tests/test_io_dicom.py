@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from cmrsdk.errors import ReadError, WriteError
+from cmrsdk.errors import CmrWarning, ReadError, WriteError
 from cmrsdk.io import (
     inspect,
     read_dicom_study,
@@ -587,3 +587,46 @@ def test_series_per_slice_stack_across_header_rounding(series, tmp_path: Path) -
             ds.ImageOrientationPatient = iop
             ds.save_as(file)
     assert read_dicom_study(tmp_path / "study").ed.shape[0] == 6
+
+
+def _copy_series(source: Path, target: Path, series_number: int, study_uid: str | None = None) -> str:
+    """``source``'s images as a new series (new Series and SOP Instance UIDs), optionally of another study."""
+    target.mkdir(parents=True)
+    uid = pydicom.uid.generate_uid()
+    for path in sorted(source.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SeriesNumber = uid, series_number
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        if study_uid is not None:
+            ds.StudyInstanceUID, ds.PatientID = study_uid, "OTHER"
+        ds.save_as(target / path.name)
+    return uid
+
+
+@pytest.mark.parametrize("repeat_folder", ["a_repeat", "z_repeat"])  # the folders' order must not decide
+def test_a_repeated_cine_reads_the_later_series_and_names_the_other(series, tmp_path: Path, repeat_folder) -> None:
+    folder, _ = series
+    first = _copy_series(folder, tmp_path / "m_first", series_number=5)
+    repeat = _copy_series(folder, tmp_path / repeat_folder, series_number=17)
+    with pytest.warns(CmrWarning) as caught:
+        study = read_dicom_study(tmp_path)
+    assert study.info.series_uid == repeat
+    message = next(str(w.message) for w in caught if "short-axis cine series" in str(w.message))
+    assert message.startswith(f"{tmp_path}: 2 short-axis cine series; reading {repeat} (")
+    assert "SeriesNumber 17, 18 images" in message and f"not {first} ('SAX cine', SeriesNumber 5)" in message
+    assert read_dicom_study(tmp_path, series_uid=first).info.series_uid == first
+
+
+def test_cines_of_two_studies_in_one_folder_are_refused_naming_both(series, tmp_path: Path) -> None:
+    folder, _ = series
+    mine = pydicom.dcmread(next(folder.glob("*.dcm")))
+    _copy_series(folder, tmp_path / "one", series_number=5)
+    other_study = pydicom.uid.generate_uid()
+    other = _copy_series(folder, tmp_path / "two", series_number=5, study_uid=other_study)
+    with pytest.raises(ReadError) as error:
+        read_dicom_study(tmp_path)
+    text = str(error.value)
+    assert "holds short-axis cines of 2 studies" in text
+    assert f"StudyInstanceUID {mine.StudyInstanceUID} (PatientID '{mine.PatientID}')" in text
+    assert f"StudyInstanceUID {other_study} (PatientID 'OTHER')" in text
+    assert read_dicom_study(tmp_path, series_uid=other).info.series_uid == other  # named: read

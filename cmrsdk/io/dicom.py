@@ -5,7 +5,9 @@ the short-axis cine is the series with (1) three or more slice positions, then (
 phases per position, then (3) phases that span the cardiac cycle (a dynamic series, perfusion or
 mapping, repeats one trigger delay: refused when chosen), then (4) a description naming a short
 axis ("sa", "sax", "short"), then (5) one series before a stack of series, then (6) the most
-images. A short-axis cine stored one series per slice (one breath-hold each) is read as one
+images, then (7) the later series (highest SeriesNumber): a repeated cine, with a warning naming
+the other; short-axis cines of two studies (StudyInstanceUID) are refused, one study being read
+at a time. A short-axis cine stored one series per slice (one breath-hold each) is read as one
 stack: three or more one-slice cine series of the study with the same orientation, pixel size
 and matrix (a slice acquired twice: the later series). Within the series, slices are ordered by
 their position along the slice normal (row direction x column direction, ascending) and phases
@@ -108,11 +110,20 @@ class SeriesSummary:
     #: span of TriggerTime (ms) over the images of the slice position with the most; None where
     #: unknown (absent times, one image per position, or repeated InstanceNumbers)
     trigger_span_ms: float | None = None
+    #: the highest SeriesNumber among its images (0 where absent): a repeat is acquired later
+    series_number: int = 0
+    study_uid: str = ""
+    patient_id: str = ""
 
     @property
     def is_dynamic(self) -> bool:
         """Several images per position at one cardiac phase: perfusion or T1/T2 mapping, not a cine."""
         return self.n_phases >= 2 and self.trigger_span_ms is not None and self.trigger_span_ms < MIN_CINE_SPAN_MS
+
+    @property
+    def is_sax_cine(self) -> bool:
+        """Three or more slice positions, two or more phases each, spanning the cardiac cycle."""
+        return self.n_positions >= 3 and self.n_phases >= 2 and not self.is_dynamic
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -387,8 +398,17 @@ def _summaries(images: list[_Image], keys: dict[str, str]) -> dict[str, SeriesSu
             span = _trigger_span(max(groups, key=len))
         except ReadError:
             n_positions, n_phases, span = 0, 0, None  # no usable geometry: never preferred
+        header = members[0].header
         result[uid] = SeriesSummary(
-            uid, str(members[0].header.get("SeriesDescription", "")), len(members), n_positions, n_phases, span
+            uid,
+            str(header.get("SeriesDescription", "")),
+            len(members),
+            n_positions,
+            n_phases,
+            span,
+            max(_int_or_none(m.header.get("SeriesNumber")) or 0 for m in members),
+            str(header.get("StudyInstanceUID", "") or ""),
+            str(header.get("PatientID", "") or ""),
         )
     return result
 
@@ -401,8 +421,9 @@ def scan_dicom_series(path: str | Path) -> list[SeriesSummary]:
     return sorted(summaries, key=_preference, reverse=True)
 
 
-def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, bool, int]:
-    # one series before a stack of series when both qualify (a study rarely has both)
+def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, bool, int, int]:
+    # one series before a stack of series when both qualify (a study rarely has both); of two
+    # complete cines, the later acquisition (a cine is repeated when the first was not usable)
     return (
         s.n_positions >= 3,
         s.n_phases >= 2,
@@ -410,7 +431,34 @@ def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, bool, int]:
         bool(_SAX_WORDS.search(s.description)),
         "+" not in s.series_uid,
         s.n_images,
+        s.series_number,
     )
+
+
+def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
+    """The series to read by the module's rules; refused where the short-axis cines found belong
+    to more than one study (one study is segmented at a time), warned where one study has several."""
+    chosen = max(summaries.values(), key=_preference)
+    cines = sorted((s for s in summaries.values() if s.is_sax_cine), key=_preference, reverse=True)
+    studies = sorted({(s.study_uid, s.patient_id) for s in cines})
+    if len(studies) > 1:
+        named = "; ".join(f"StudyInstanceUID {uid or '(none)'} (PatientID '{pid}')" for uid, pid in studies)
+        raise ReadError(
+            path,
+            f"holds short-axis cines of {len(studies)} studies ({named}); cmrsdk reads one study at a "
+            "time: give each study's folder, or read one series with cmrsdk.read_dicom_study(path, series_uid=...)",
+        )
+    if len(cines) > 1:
+        others = ", ".join(f"{s.series_uid} ('{s.description}', SeriesNumber {s.series_number})" for s in cines[1:])
+        warnings.warn(
+            CmrWarning(
+                f"{path}: {len(cines)} short-axis cine series; reading {chosen.series_uid} ('{chosen.description}', "
+                f"SeriesNumber {chosen.series_number}, {chosen.n_images} images), not {others} "
+                "(read another with cmrsdk.read_dicom_study(path, series_uid=...))"
+            ),
+            stacklevel=3,
+        )
+    return chosen.series_uid
 
 
 def _check_consistent(images: list[_Image]) -> None:
@@ -654,7 +702,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     keys, repeats = _stack_keys(images)
     summaries = _summaries(images, keys)
     if series_uid is None:
-        chosen = max(summaries.values(), key=_preference).series_uid
+        chosen = _choose_cine(path, summaries)
     elif series_uid in summaries:
         chosen = series_uid
     else:
