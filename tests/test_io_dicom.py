@@ -630,3 +630,26 @@ def test_cines_of_two_studies_in_one_folder_are_refused_naming_both(series, tmp_
     assert f"StudyInstanceUID {mine.StudyInstanceUID} (PatientID '{mine.PatientID}')" in text
     assert f"StudyInstanceUID {other_study} (PatientID 'OTHER')" in text
     assert read_dicom_study(tmp_path, series_uid=other).info.series_uid == other  # named: read
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_bare_data_sets_without_the_preamble_read_as_their_part10_files(series, tmp_path: Path, implicit) -> None:
+    """Data sets written without the preamble, 'DICM' and file meta (older systems, gateways) are
+    read, pixels included, as the same images with them; a text file beside them stays ignored."""
+    from pydicom.dataset import FileMetaDataset
+
+    folder, _ = series
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    files = sorted(bare.glob("*.dcm"))
+    for path in files[::2]:  # every other image, ED and ES among them
+        ds = pydicom.dcmread(path)
+        ds.file_meta, ds.preamble = FileMetaDataset(), None
+        pydicom.dcmwrite(path, ds, implicit_vr=implicit, little_endian=True, enforce_file_format=False)
+        assert path.read_bytes()[128:132] != b"DICM"
+    (bare / "notes.txt").write_text("not DICOM\n")
+    expected, got = read_dicom_study(folder), read_dicom_study(bare)
+    assert len(got.phases) == len(expected.phases)
+    for a, b in zip(expected.phases, got.phases):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        np.testing.assert_allclose(a.affine, b.affine)

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 
 from ..errors import CmrWarning, ReadError
+from ._dataset import read_dataset
 from ._geometry import ORIENTATION_ATOL
 
 __all__ = ["derivation_sources", "device_observer", "valid_date", "valid_time"]
@@ -122,9 +122,7 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
     datasets = []
     for file in files:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # invalid UIDs are kept verbatim, see module docstring
-                datasets.append(pydicom.dcmread(str(file)))
+            datasets.append(read_dataset(file))  # invalid UIDs are kept verbatim, see module docstring
         except Exception as exc:
             raise ReadError(
                 file, f"source image cannot be read again for the DICOM outputs ({type(exc).__name__}: {exc})"

@@ -29,6 +29,9 @@ DICOM as it comes
 - Compressed transfer syntaxes are decoded by the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000) or pydicom itself (RLE, deflate), and
   refused naming the package to install where it is missing.
 - Image sizes are checked from the headers before any pixel data is read.
+- A data set written without the Part 10 preamble and file meta (older systems, gateways) is
+  read as its file would be (:mod:`cmrsdk.io._dataset`); other files without ``DICM`` are not
+  DICOM and are passed over.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import CmrWarning, ReadError
 from ..types import Stack, Study, StudyInfo
+from ._dataset import read_dataset
 from ._geometry import ORIENTATION_ATOL
 from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, magnitude_frames
 
@@ -129,9 +133,9 @@ class SeriesSummary:
 def _read_header(path: Path) -> Dataset | None:
     """The header of a DICOM file, None for files that are not DICOM at all."""
     try:
+        header = read_dataset(path, stop_before_pixels=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) and other vendor quirks
-            header = pydicom.dcmread(str(path), stop_before_pixels=True)
             for _ in header:  # pydicom decodes lazily: a corrupt element must fail here, named, not at first use
                 pass
             return header
@@ -221,7 +225,7 @@ def _int_or_none(value: object) -> int | None:
 def _uid_of(file: Path) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return str(pydicom.dcmread(str(file), stop_before_pixels=True).get("SOPInstanceUID", ""))
+        return str(read_dataset(file, stop_before_pixels=True).get("SOPInstanceUID", ""))
 
 
 def _vector(image: _Image, keyword: str, tag: str, length: int) -> np.ndarray:
@@ -552,9 +556,7 @@ def _check_stack_line(
 def _decode(path: Path) -> np.ndarray:
     """The stored pixel values of a file: (Y, X) for one frame, (frames, Y, X) for several."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dataset = pydicom.dcmread(str(path))
+        dataset = read_dataset(path)
     except Exception as exc:
         raise ReadError(path, f"DICOM file cannot be read ({type(exc).__name__}: {exc})") from exc
     syntax = str(getattr(dataset.file_meta, "TransferSyntaxUID", "") or "") if hasattr(dataset, "file_meta") else ""
