@@ -653,3 +653,21 @@ def test_bare_data_sets_without_the_preamble_read_as_their_part10_files(series, 
     for a, b in zip(expected.phases, got.phases):
         np.testing.assert_array_equal(a.pixels, b.pixels)
         np.testing.assert_allclose(a.affine, b.affine)
+
+
+def test_a_series_half_multi_frame_half_single_frame_is_one_error_naming_both(series, tmp_path: Path) -> None:
+    from _enhanced import legacy_converted
+
+    folder, _ = series
+    files = sorted(folder.glob("*.dcm"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for path in files[6:]:
+        shutil.copy(path, mixed / path.name)
+    # the first six images as one Legacy Converted Enhanced MR file of the same series
+    legacy_converted(files[:6], mixed / "a_enhanced.dcm", series_uid=str(pydicom.dcmread(files[0]).SeriesInstanceUID))
+    with pytest.raises(ReadError) as error:
+        read_dicom_study(mixed)
+    text = str(error.value)
+    assert text.startswith(f"{mixed / 'a_enhanced.dcm'}: series mixes multi-frame images ('SOPClassUID' (0008,0016) ")
+    assert f"with single-frame ones (1.2.840.10008.5.1.4.1.1.4 in {files[6].name})" in text

@@ -467,6 +467,16 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
 
 def _check_consistent(images: list[_Image]) -> None:
     first = images[0]
+    # a slice is referenced by its file, or by a frame of a multi-frame file: one way per series
+    mixed = next((im for im in images if (im.frame is None) != (first.frame is None)), None)
+    if mixed is not None:
+        multi, single = (first, mixed) if first.frame is not None else (mixed, first)
+        raise ReadError(
+            multi.path,
+            f"series mixes multi-frame images ('SOPClassUID' (0008,0016) {_sop_class(multi.header)} here) with "
+            f"single-frame ones ({_sop_class(single.header)} in {single.path.name}); cmrsdk reads a series "
+            "stored one way (all single-frame, or all multi-frame)",
+        )
     orientation = _vector(first, "ImageOrientationPatient", "(0020,0037)", 6)
     spacing = _vector(first, "PixelSpacing", "(0028,0030)", 2)
     size = (first.header.get("Rows"), first.header.get("Columns"))
