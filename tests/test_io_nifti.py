@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cmrsdk.errors import ReadError
+from cmrsdk.errors import CmrWarning, ReadError
 from cmrsdk.io import read_acdc_patient, read_mnms_subject, read_nifti_stack
 
 
@@ -251,3 +251,83 @@ def test_mnms_release_layout_refusals_and_no_labels(shared_data: Path, tmp_path:
     (folder / "H1N8S6_sa_gt.nii.gz").unlink()
     study = read_mnms_subject(folder)  # no contours: the whole cine, ED/ES left to the LV curve
     assert len(study.phases) == 6 and study.es_index is None and study.phases[0].labels is None
+
+
+def test_slices_stored_first_read_as_the_xyz_file(tmp_path: Path) -> None:
+    """numpy's and SimpleITK's (Z, Y, X) order, the affine permuted to match: the same stack, warned."""
+    rng = np.random.default_rng(1)
+    data_xyz = rng.integers(0, 900, size=(20, 16, 6)).astype(np.int16)
+    labels_xyz = rng.integers(0, 4, size=(20, 16, 6)).astype(np.uint8)
+    expected = read_nifti_stack(_save(tmp_path / "xyz.nii.gz", data_xyz), _save(tmp_path / "xyz_gt.nii.gz", labels_xyz))
+    zyx_affine = _affine_xyz()[:, [2, 1, 0, 3]]
+    image = _save(tmp_path / "zyx.nii.gz", data_xyz.transpose(2, 1, 0).copy(), zyx_affine)
+    label = _save(tmp_path / "zyx_gt.nii.gz", labels_xyz.transpose(2, 1, 0).copy(), zyx_affine)
+    with pytest.warns(
+        CmrWarning, match=r"zyx\.nii\.gz: the slice axis is array axis 1 \(pixdim\[1:4\] \[8\.0, 1\.5, 1\.25\]"
+    ):
+        stack = read_nifti_stack(image, label)
+    np.testing.assert_array_equal(stack.pixels, expected.pixels)
+    np.testing.assert_array_equal(stack.labels, expected.labels)
+    np.testing.assert_allclose(stack.affine, expected.affine, atol=1e-5)
+    assert stack.spacing == pytest.approx(expected.spacing)
+
+
+def test_nifti2_reads_as_nifti1(tmp_path: Path) -> None:
+    data = np.arange(8 * 6 * 3, dtype=np.int16).reshape(8, 6, 3)
+    one = read_nifti_stack(_save(tmp_path / "one.nii.gz", data))
+    nib.save(nib.Nifti2Image(data, _affine_xyz()), str(tmp_path / "two.nii.gz"))
+    two = read_nifti_stack(tmp_path / "two.nii.gz")
+    np.testing.assert_array_equal(two.pixels, one.pixels)
+    np.testing.assert_allclose(two.affine, one.affine)
+
+
+def test_labels_on_another_grid_are_refused(tmp_path: Path) -> None:
+    image = _save(tmp_path / "img.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    moved = _affine_xyz()
+    moved[0, 3] += 40.0
+    label = _save(tmp_path / "lab.nii.gz", np.zeros((8, 6, 3), dtype=np.uint8), moved)
+    with pytest.raises(
+        ReadError, match=r"lab\.nii\.gz: label map affine differs from image img\.nii\.gz's by up to 40"
+    ):
+        read_nifti_stack(image, label)
+
+
+def test_float_labels_a_rounding_off_whole_read_as_whole(tmp_path: Path) -> None:
+    """nibabel writes uint8 labels from float data with an automatic scl_slope: 2 reads back 2.00000004."""
+    image = _save(tmp_path / "img.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    labels = np.zeros((8, 6, 3), dtype=np.float64)
+    labels[2:5, 1:4, :] = 2.0
+    labels[0, 0, 0] = 3.0 * 0.9999
+    stack = read_nifti_stack(image, _save(tmp_path / "lab.nii.gz", labels), convention="mnms")
+    assert stack.labels[0, 0, 0] == 3 and (stack.labels == 2).sum() == 27
+
+
+def test_sform_edited_without_its_pixdim_gives_the_affines_sizes(tmp_path: Path) -> None:
+    image = nib.Nifti1Image(np.zeros((8, 6, 3), dtype=np.int16), np.diag([0.6, 0.6, 9.6, 1.0]))
+    image.header.set_zooms((1.2, 1.2, 9.6))  # stale: the sform was halved in-plane after
+    nib.save(image, str(tmp_path / "stale.nii.gz"))
+    with pytest.warns(
+        CmrWarning, match=r"pixdim\[1:4\] \[1\.2, 1\.2, 9\.6\] mm disagrees with the affine's voxel sizes"
+    ):
+        stack = read_nifti_stack(tmp_path / "stale.nii.gz")
+    assert stack.spacing == pytest.approx((9.6, 0.6, 0.6))
+
+
+def test_compression_and_name_disagree_say_how_to_rename(tmp_path: Path) -> None:
+    good = _save(tmp_path / "good.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    (tmp_path / "gz.nii").write_bytes(good.read_bytes())
+    with pytest.raises(ReadError, match=r"gz\.nii: the file is gzip-compressed but its name ends in \.nii: rename it"):
+        read_nifti_stack(tmp_path / "gz.nii")
+    (tmp_path / "plain.nii.gz").write_bytes(gzip.decompress(good.read_bytes()))
+    with pytest.raises(ReadError, match=r"plain\.nii\.gz: the file is an uncompressed NIfTI but its name ends in \.gz"):
+        read_nifti_stack(tmp_path / "plain.nii.gz")
+
+
+def test_info_cfg_with_a_byte_order_mark(tmp_path: Path) -> None:
+    folder = tmp_path / "patient901"
+    folder.mkdir()
+    (folder / "Info.cfg").write_bytes("ED: 1\r\nES: 2\r\nGroup: NOR\r\n".encode("utf-8-sig"))
+    for frame in (1, 2):
+        _save(folder / f"patient901_frame{frame:02d}.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    study = read_acdc_patient(folder)
+    assert [s.phase for s in study.phases] == ["ED", "ES"] and study.info.group == "NOR"

@@ -6,11 +6,20 @@ order of :class:`cmrsdk.Stack` and reorders the affine to match (see ``cmrsdk.ty
 Spacing comes from the header's voxel sizes (pixdim). Some files (ACDC among them) carry an sform
 whose columns are unit length while pixdim says 1.5625 x 1.5625 x 10 mm; the affine's direction
 columns are then rescaled to the pixdim sizes, so that ``affine`` and ``spacing`` always agree.
+Where the affine's columns are not unit length and disagree with pixdim (an sform edited without
+its pixdim), the affine (sform, else qform) is taken, as nibabel takes it, with a warning.
+
+The slice axis is the third array axis, as scanners' converters write it (dcm2niix). A file
+stored with it first or second (numpy's or SimpleITK's (Z, Y, X) order, its affine permuted to
+match) is recognised by its voxel sizes -- one axis at least 1.5 times coarser than both others --
+and read as (X, Y, Z) again (axes reversed when the slices come first), with a warning. NIfTI-1 and NIfTI-2 headers are read.
 """
 
 from __future__ import annotations
 
 import csv
+import struct
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -18,7 +27,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from ..errors import ReadError
+from ..errors import CmrWarning, ReadError
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
 
@@ -61,13 +70,48 @@ IN_PLANE_RANGE_MM = (0.05, 20.0)
 SLICE_RANGE_MM = (0.05, 100.0)
 
 
-def _raw_pixdim(path: Path) -> np.ndarray:
-    """pixdim[1:4] as stored: nibabel's loader silently turns zeros into 1 mm."""
+#: a voxel size at least this many times both others marks the slice axis
+SLICE_AXIS_RATIO = 1.5
+#: a label map's affine must equal its image's within this (mm for the origin; the direction
+#: columns likewise): float32 headers written by other tools round at about 1e-5
+AFFINE_ATOL = 1e-3
+#: a float label value within this of a whole number is that number (nibabel writes uint8 labels
+#: from float data with an automatic scl_slope: 2 reads back as 2.00000004)
+LABEL_ATOL = 1e-3
+
+
+def _raw_pixdim(path: Path, header_class: type = nib.Nifti1Header) -> np.ndarray:
+    """pixdim[1:4] as stored (``header_class``: the image's, NIfTI-1 or NIfTI-2): nibabel's
+    loader silently turns zeros into 1 mm."""
     from nibabel.openers import ImageOpener
 
     with ImageOpener(str(path)) as handle:
-        header = nib.Nifti1Header.from_fileobj(handle, check=False)
+        header = header_class.from_fileobj(handle, check=False)
     return np.asarray(header["pixdim"][1:4], dtype=np.float64)
+
+
+def _axis_order(image: nib.Nifti1Image, path: Path, *, warn: bool = True) -> tuple[int, int, int]:
+    """The order of the first three array axes that puts the slice axis last: (0, 1, 2) unless
+    one of the first two has a voxel size `SLICE_AXIS_RATIO` times both others (warned)."""
+    zooms = _raw_pixdim(path, type(image.header))
+    if len(image.shape) < 3 or not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        return (0, 1, 2)  # no voxel sizes to tell by: `_geometry` refuses what it must
+    coarse = int(np.argmax(zooms))
+    others = np.delete(zooms, coarse)
+    if coarse == 2 or zooms[coarse] < SLICE_AXIS_RATIO * others.max():
+        return (0, 1, 2)
+    # slices first: numpy's and SimpleITK's (Z, Y, X) order, read back as (X, Y, Z); second: (X, Z, Y)
+    order = (2, 1, 0) if coarse == 0 else (0, 2, 1)
+    if not warn:
+        return order
+    warnings.warn(
+        CmrWarning(
+            f"{path}: the slice axis is array axis {coarse + 1} (pixdim[1:4] {zooms.tolist()} mm), not the "
+            f"third; read with its {image.shape[coarse]} slices as the stack"
+        ),
+        stacklevel=4,
+    )
+    return order
 
 
 def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
@@ -83,7 +127,15 @@ def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
         shape = image.shape
         dtype = header.get_data_dtype()
     except Exception as exc:  # nibabel raises many kinds (ImageFileError, EOFError, zlib errors)
-        reason = str(exc).replace(f"'{path}'", "the file").replace(str(path), "the file")  # the line names it already
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        named_gz = path.name.lower().endswith(".gz")
+        if head[:2] == b"\x1f\x8b" and not named_gz:
+            raise ReadError(path, "the file is gzip-compressed but its name ends in .nii: rename it .nii.gz") from exc
+        sizes = struct.unpack("<i", head) + struct.unpack(">i", head) if len(head) == 4 else ()
+        if named_gz and any(size in (348, 540) for size in sizes):  # sizeof_hdr: a NIfTI-1 or -2 header
+            raise ReadError(path, "the file is an uncompressed NIfTI but its name ends in .gz: rename it .nii") from exc
+        reason = str(exc).replace(str(path), "this file")  # the line names it already
         raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
     if dtype.fields is not None or dtype.kind not in "uifb":
         raise ReadError(
@@ -124,28 +176,47 @@ def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
     return image
 
 
-def _read_array(image: nib.Nifti1Image, path: Path) -> np.ndarray:
+def _read_array(image: nib.Nifti1Image, path: Path, order: tuple[int, int, int] = (0, 1, 2)) -> np.ndarray:
+    """The image's (Z, Y, X) array, the slice axis being array axis ``order[2]`` (`_axis_order`)."""
     try:
         # dataobj applies scl_slope/inter; the transpose gives (Z, Y, X)
-        return np.asanyarray(image.dataobj).transpose(2, 1, 0)
+        return np.asanyarray(image.dataobj).transpose(order[2], order[1], order[0])
     except Exception as exc:  # truncated gzip streams surface only here
         raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
-def _geometry(image: nib.Nifti1Image, path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """(affine (4, 4) for (z, y, x), spacing (dz, dy, dx) mm) of a 3-D NIfTI image.
+def _geometry(
+    image: nib.Nifti1Image, path: Path, order: tuple[int, int, int] = (0, 1, 2)
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """(affine (4, 4) for (z, y, x), spacing (dz, dy, dx) mm) of a 3-D NIfTI image whose array
+    axes ``order`` are (x, y, slice) (`_axis_order`).
 
     Refused: pixdim that is zero, negative, not finite or outside the ranges of a cardiac stack
     (a single slice may have any slice pixdim: it gives no volume), and an affine whose axes
     are not at right angles (sheared).
     """
-    raw = _raw_pixdim(path)
-    n_slices = image.shape[2]
+    raw = _raw_pixdim(path, type(image.header))[list(order)]
+    n_slices = image.shape[order[2]]
     zooms = tuple(float(z) for z in raw)
     if n_slices == 1 and not (np.isfinite(zooms[2]) and zooms[2] > 0):
         zooms = (zooms[0], zooms[1], 1.0)  # one slice: no volume is reported, dz only labels the grid
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise ReadError(path, f"NIfTI pixdim[1:4] (voxel sizes) {list(zooms)} must be finite and positive")
+    affine = nifti_to_zyx_affine(image.affine[:, [*order, 3]])
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(norms == 0) or not np.all(np.isfinite(affine)):
+        raise ReadError(path, f"NIfTI affine is degenerate: {image.affine.tolist()}")
+    stored = (zooms[2], zooms[1], zooms[0])
+    if not np.allclose(norms, stored, rtol=1e-3) and not np.allclose(norms, 1.0, atol=1e-3):
+        # sizes in the affine, not unit columns (ACDC's): an sform edited without its pixdim
+        zooms = (float(norms[2]), float(norms[1]), float(norms[0]))
+        warnings.warn(
+            CmrWarning(
+                f"{path}: NIfTI pixdim[1:4] {[round(float(v), 4) for v in raw]} mm disagrees with the affine's voxel sizes "
+                f"{[round(z, 4) for z in zooms]} mm (sform/qform); the affine's are used"
+            ),
+            stacklevel=3,
+        )
     low, high = IN_PLANE_RANGE_MM
     if not all(low <= z <= high for z in zooms[:2]):
         raise ReadError(
@@ -156,11 +227,7 @@ def _geometry(image: nib.Nifti1Image, path: Path) -> tuple[np.ndarray, tuple[flo
     low, high = SLICE_RANGE_MM
     if n_slices > 1 and not low <= zooms[2] <= high:
         raise ReadError(path, f"NIfTI pixdim[3] (slice spacing) {zooms[2]} mm is outside {low}..{high} mm")
-    affine = nifti_to_zyx_affine(image.affine)
     spacing = (zooms[2], zooms[1], zooms[0])
-    norms = np.linalg.norm(affine[:3, :3], axis=0)
-    if np.any(norms == 0) or not np.all(np.isfinite(affine)):
-        raise ReadError(path, f"NIfTI affine is degenerate: {image.affine.tolist()}")
     axes = affine[:3, :3] / norms
     cosines = np.abs(axes.T @ axes - np.eye(3))
     if cosines.max() > 1e-3:
@@ -181,8 +248,9 @@ def _to_canonical(raw: np.ndarray, path: Path, convention: str) -> np.ndarray:
         if not np.all(np.isfinite(raw)):
             raise ReadError(path, "label map holds NaN or infinite values")
         rounded = np.rint(raw)
-        if not np.array_equal(rounded, raw):
-            bad = raw[rounded != raw][:3]
+        off = np.abs(raw - rounded) > LABEL_ATOL
+        if off.any():
+            bad = raw[off][:3]
             raise ReadError(
                 path, f"float label map is not integral (values such as {bad.tolist()}); labels must be whole numbers"
             )
@@ -239,23 +307,31 @@ def read_nifti_stack(
             image_path, f"label convention '{convention}' is unknown, expected one of {sorted(CONVENTIONS)}"
         )
     image = _load(image_path)
-    pixels = _read_array(image, image_path).astype(np.float32)
+    order = _axis_order(image, image_path)
+    pixels = _read_array(image, image_path, order).astype(np.float32)
     if not np.all(np.isfinite(pixels)):
         count = int(np.size(pixels) - np.count_nonzero(np.isfinite(pixels)))
         raise ReadError(image_path, f"image holds {count} NaN or infinite pixel values")
-    affine, spacing = _geometry(image, image_path)
+    affine, spacing = _geometry(image, image_path, order)
     labels = None
     if label_path is not None:
         label_path = Path(label_path)
         label_image = _load(label_path)
-        raw = _read_array(label_image, label_path)
-        if raw.shape != pixels.shape:
+        if label_image.shape != image.shape:
             raise ReadError(
                 label_path,
-                f"label map shape {raw.shape[::-1]} (X, Y, Z) differs from image "
-                f"{image_path.name} shape {pixels.shape[::-1]}",
+                f"label map shape {label_image.shape} (X, Y, Z) differs from image "
+                f"{image_path.name} shape {image.shape}",
             )
-        labels = _to_canonical(raw, label_path, convention)
+        gap = float(np.abs(label_image.affine - image.affine).max())
+        if gap > AFFINE_ATOL:
+            raise ReadError(
+                label_path,
+                f"label map affine differs from image {image_path.name}'s by up to {gap:.3g} (mm or "
+                f"direction): the labels lie on another grid; label {np.round(label_image.affine, 3).tolist()}, "
+                f"image {np.round(image.affine, 3).tolist()}",
+            )
+        labels = _to_canonical(_read_array(label_image, label_path, order), label_path, convention)
     return Stack(
         pixels=pixels,
         spacing=spacing,
@@ -292,13 +368,14 @@ def read_nifti_cine(image_path: str | Path) -> Study:
     image = _load(path, cine=True)
     if len(image.shape) == 3:
         return Study(phases=(read_nifti_stack(path),), info=StudyInfo(source=str(path)))
+    order = _axis_order(image, path)
     try:
-        frames = np.asanyarray(image.dataobj).transpose(3, 2, 1, 0)  # (T, Z, Y, X)
+        frames = np.asanyarray(image.dataobj).transpose(3, order[2], order[1], order[0])  # (T, Z, Y, X)
     except Exception as exc:  # truncated gzip streams surface only here
         raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
     if not np.all(np.isfinite(frames)):
         raise ReadError(path, "image holds NaN or infinite pixel values")
-    affine, spacing = _geometry(image, path)
+    affine, spacing = _geometry(image, path, order)
     positions = slice_positions_mm(affine, frames.shape[1])
     phases = tuple(
         Stack(
@@ -338,7 +415,8 @@ def read_acdc_info(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise ReadError(path, "ACDC Info.cfg not found (it gives the ED and ES frame numbers)")
     entries: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    # utf-8-sig: an Info.cfg saved by Windows Notepad starts with a byte-order mark
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         key, sep, value = line.partition(":")
@@ -421,15 +499,18 @@ def _mnms_vendor(folder: Path) -> str | None:
     return None
 
 
-def _labelled_frames(label_path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, list[int]]:
-    """Canonical uint8 (T, Z, Y, X) labels of a 4-D M&Ms label map and the frames that hold any label."""
+def _labelled_frames(
+    label_path: Path, shape: tuple[int, ...], order: tuple[int, int, int] = (0, 1, 2)
+) -> tuple[np.ndarray, list[int]]:
+    """Canonical uint8 (T, Z, Y, X) labels of a 4-D M&Ms label map (its slice axis array axis
+    ``order[2]``, as its cine's) and the frames that hold any label."""
     image = _load(label_path, cine=True)
     if tuple(image.shape) != tuple(shape):
         raise ReadError(
             label_path, f"label map shape {tuple(image.shape)} (X, Y, Z, T) differs from the cine's {tuple(shape)}"
         )
     try:
-        raw = np.asanyarray(image.dataobj).transpose(3, 2, 1, 0)  # (T, Z, Y, X)
+        raw = np.asanyarray(image.dataobj).transpose(3, order[2], order[1], order[0])  # (T, Z, Y, X)
     except Exception as exc:  # truncated gzip streams surface only here
         raise ReadError(label_path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
     labels = _to_canonical(raw, label_path, "mnms")
@@ -442,8 +523,9 @@ def _read_mnms_cine(image_path: Path, label_path: Path | None, info: StudyInfo) 
     cine = read_nifti_cine(image_path)
     if label_path is None:  # no contours: a cine like any other, ED/ES from the LV volume curve
         return Study(phases=cine.phases, ed_index=cine.ed_index, trigger_times_ms=cine.trigger_times_ms, info=info)
-    shape = _load(image_path, cine=True).shape
-    labels, frames = _labelled_frames(label_path, tuple(shape))
+    image = _load(image_path, cine=True)
+    order = _axis_order(image, image_path, warn=False)  # read_nifti_cine warned
+    labels, frames = _labelled_frames(label_path, tuple(image.shape), order)
     if len(frames) != 2:
         raise ReadError(
             label_path,
