@@ -5,7 +5,7 @@ shared ACDC, M&Ms and Sunnybrook data is stored) has the RV on the image left of
 from the base it is the mirror image. U-Nets trained with flips (nnU-Net's default) find the RV
 by its look alone and do not care; U-Nets trained without them (``[train] mirror = false``,
 export/README.md stage 21) may learn the side, so a stack seen from the base is flipped left to
-right before them and their labels flipped back.
+right before them and their labels flipped back (`cmrsdk.layout.turn_stack`).
 
 The side comes from the scanner orientation: displayed with rows down and columns to the right,
 the line of sight is ``x_axis x y_axis`` (RAS+), which points from the apex toward the base when
@@ -16,14 +16,11 @@ is taken as stored, in the radiological view.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .regions import ORIENTED_COS, apex_cosine
-from .types import Stack
 
-__all__ = ["seen_from_apex", "flip_columns"]
+__all__ = ["seen_from_apex"]
 
 
 def seen_from_apex(affine: np.ndarray) -> bool | None:
@@ -40,14 +37,3 @@ def seen_from_apex(affine: np.ndarray) -> bool | None:
     if cos is None or abs(cos) < ORIENTED_COS:
         return None
     return cos < 0  # looking from the apex toward the base
-
-
-def flip_columns(stack: Stack) -> Stack:
-    """The same anatomy with the image columns (x) reversed: pixels and labels flipped, the affine
-    changed so every voxel keeps its position in the scanner. Flipping twice gives the stack back."""
-    nx = stack.pixels.shape[2]
-    affine = np.array(stack.affine, dtype=np.float64)
-    affine[:3, 3] += affine[:3, 2] * (nx - 1)  # new column 0 is the old last column
-    affine[:3, 2] = -affine[:3, 2]
-    labels = None if stack.labels is None else np.ascontiguousarray(stack.labels[:, :, ::-1])
-    return replace(stack, pixels=np.ascontiguousarray(stack.pixels[:, :, ::-1]), affine=affine, labels=labels)

@@ -92,6 +92,8 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
     rules: dict[str, Any] = {"segment_spacing": _segment_spacing(args)}
     if args.apical_rv_weight is not None:
         rules["apical_rv_weight"] = args.apical_rv_weight
+    if args.training_layout is not None:
+        rules["training_layout"] = args.training_layout
     return rules
 
 
@@ -476,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="W",
             help="routed mode: multiply the RV's probability on apical slices by W before the argmax "
             "(cmrsdk.apex; default: the pipeline's; 1: no prior)",
+        )
+        p.add_argument(
+            "--training-layout",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="turn stacks with a scanner orientation to the in-plane layout the U-Nets were trained in "
+            "before the networks, and the labels back (cmrsdk.layout; default: the pipeline's)",
         )
         p.add_argument(
             "--segment-spacing",

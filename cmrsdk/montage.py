@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -32,6 +31,7 @@ import numpy as np
 from .errors import InputError
 from .io._atomic import atomic_path
 from .labels import LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
+from .layout import Orientation, display_orientation
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -75,51 +75,6 @@ _INK_RGB = {
     "note": (170, 170, 170),
     "black": (0, 0, 0),
 }
-_PATIENT_LEFT = np.array([-1.0, 0.0, 0.0])  # RAS+: -x is the patient's left
-_POSTERIOR_INFERIOR = np.array([0.0, -1.0, -1.0]) / np.sqrt(2.0)
-
-
-@dataclass(frozen=True)
-class Orientation:
-    """How to turn a (Y, X) slice for display: transpose first, then flip rows, then flip columns."""
-
-    transpose: bool = False
-    flip_rows: bool = False
-    flip_cols: bool = False
-
-    def apply(self, image: np.ndarray) -> np.ndarray:
-        """``image`` (Y, X, ...) turned for display (a view; square tiles keep their shape)."""
-        if self.transpose:
-            image = np.swapaxes(image, 0, 1)
-        if self.flip_rows:
-            image = image[::-1]
-        if self.flip_cols:
-            image = image[:, ::-1]
-        return image
-
-
-def display_orientation(affine: np.ndarray) -> Orientation:
-    """The radiological display orientation of slices whose voxel (z, y, x) -> RAS+ mm map is ``affine``.
-
-    Parameters
-    ----------
-    affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm (as `cmrsdk.Stack.affine`).
-    """
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise InputError(f"'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
-    axes = [affine[:3, 1], affine[:3, 2]]  # world direction of +row (y) and +column (x)
-    axes = [a / n if (n := np.linalg.norm(a)) > 0 else a for a in axes]
-    best, best_score = Orientation(), -np.inf
-    for transpose in (False, True):
-        for flip_rows in (False, True):
-            for flip_cols in (False, True):
-                down = axes[1 if transpose else 0] * (-1.0 if flip_rows else 1.0)
-                right = axes[0 if transpose else 1] * (-1.0 if flip_cols else 1.0)
-                score = float(right @ _PATIENT_LEFT + down @ _POSTERIOR_INFERIOR)
-                if score > best_score + 1e-9:
-                    best, best_score = Orientation(transpose, flip_rows, flip_cols), score
-    return best
 
 
 def heart_window(

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, cast
 
@@ -41,8 +41,9 @@ import numpy as np
 from . import preprocess
 from .apex import check_apical_rv_weight, weigh_apical_rv
 from .bundle import Bundle, bf16_record_key, load_bundle
-from .chirality import flip_columns, seen_from_apex
+from .chirality import seen_from_apex
 from .errors import CmrWarning, InputError
+from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
 from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
 from .labels import BASE, NON_CARDIAC, REGION_NAMES
@@ -239,6 +240,11 @@ class Pipeline:
     every stack in the radiological view: one seen from the base by its scanner orientation is
     flipped left to right before the networks and its labels flipped back
     (`cmrsdk.chirality`; the segmentation's provenance then has ``columns_flipped``).
+    training_layout : turn every stack with a trusted scanner orientation to the in-plane layout
+        the U-Nets were trained in (ACDC's: the radiological view with its rows flipped) before
+        the networks, by exact flips and transposes, and its labels back
+        (`cmrsdk.layout.training_layout_turn`); an axis-aligned stack is segmented as stored. The
+        turn is recorded in the segmentation's provenance (``in_plane_turn``).
     systolic_base : in `segment_study`, where ED and ES share a grid, drop the RV of the most
         basal ES slice when it holds less than `cmrsdk.systole.SYSTOLIC_BASE_RATIO` of that
         slice's RV at ED: the valve plane descended into it in systole, and it holds atrium
@@ -280,6 +286,7 @@ class Pipeline:
         systolic_base: bool = True,
         apical_rv_weight: float = 1.0,
         segment_spacing: float | tuple[float, float] | None | Literal["bundle"] = "bundle",
+        training_layout: bool = False,
     ) -> None:
         if str(mode) == "oracle":
             raise InputError(
@@ -296,6 +303,9 @@ class Pipeline:
         if not isinstance(mirroring, bool):
             raise InputError(f"'mirroring' must be True or False, got {mirroring!r}")
         self.mirroring = mirroring
+        if not isinstance(training_layout, bool):
+            raise InputError(f"'training_layout' must be True or False, got {training_layout!r}")
+        self.training_layout = training_layout
         if not isinstance(systolic_base, bool):
             raise InputError(f"'systolic_base' must be True or False, got {systolic_base!r}")
         self.systolic_base = systolic_base
@@ -661,15 +671,18 @@ class Pipeline:
         """
         if not isinstance(stack, Stack):
             raise InputError(f"'stack' must be a cmrsdk.Stack, got {type(stack).__name__}")
-        flip = self._flips(stack)
-        return _unflipped(
-            self._segment_stack(flip_columns(stack) if flip else stack, region_source, _UNSET)[0], stack, flip
-        )
+        turn = self._turn(stack)
+        return _unturned(self._segment_stack(_turned(stack, turn), region_source, _UNSET)[0], stack, turn)
 
-    def _flips(self, stack: Stack) -> bool:
-        """Whether ``stack`` is flipped left to right for the networks: a side-aware bundle's, seen
-        from the base by its scanner orientation (`cmrsdk.chirality`)."""
-        return self.side_aware and seen_from_apex(stack.affine) is False
+    def _turn(self, stack: Stack) -> Orientation | None:
+        """How ``stack`` is turned in-plane for the networks, None for not at all: to the training
+        layout (``training_layout``, a trusted scanner orientation: `cmrsdk.layout`), else, for a
+        side-aware bundle, left to right when seen from the base (`cmrsdk.chirality`)."""
+        if self.training_layout and (turn := training_layout_turn(stack.affine)) is not None:
+            return None if turn == Orientation() else turn
+        if self.side_aware and seen_from_apex(stack.affine) is False:
+            return Orientation(flip_cols=True)
+        return None
 
     def segment_study(self, study: Study, *, region_source: RegionSource | None = None) -> StudySegmentation:
         """Segment ED and ES, or every phase of a full cine.
@@ -707,24 +720,24 @@ class Pipeline:
         routes: np.ndarray | None = None
         for i in order:
             stack = study.phases[indices[i]]
-            flip = self._flips(stack)
+            turn = self._turn(stack)
             same_grid = (
                 stack.shape == located.shape
                 and tuple(stack.spacing) == tuple(located.spacing)
-                and flip == self._flips(located)
+                and turn == self._turn(located)
             )
             # the confidence gate is for series without a heart; once the first phase showed one,
             # a less certain phase of the same study is a harder frame, not an empty one (mirroring
             # lowers the certainty of M&Ms H1N8S6 at ES to 0.903: gated, it lost the whole ES)
             known = same_grid and heart_found
             segmentation, found = self._segment_stack(
-                flip_columns(stack) if flip else stack,
+                _turned(stack, turn),
                 region_source,
                 centre if same_grid else _UNSET,
                 known,
                 routes if same_grid else None,
             )
-            results[i] = _unflipped(segmentation, stack, flip)
+            results[i] = _unturned(segmentation, stack, turn)
             if i == first:
                 centre, heart_found = found, bool(results[i].labels.any())
                 if self._by_segmentation and region_source is None and heart_found:
@@ -781,6 +794,7 @@ class Pipeline:
             "systolic_base": self.systolic_base,
             "apical_rv_weight": self.apical_rv_weight if routed else None,
             "mirroring": self.mirroring,
+            "training_layout": self.training_layout,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
             "segment_spacing": list(self.segment_spacing) if self.segment_spacing else None,
             "region_decoding": self.region_decoding
@@ -792,13 +806,20 @@ class Pipeline:
         }
 
 
-def _unflipped(segmentation: Segmentation, stack: Stack, flipped: bool) -> Segmentation:
-    """A segmentation of ``stack`` made on its left-right flip (`cmrsdk.chirality.flip_columns`),
-    brought back to the stack's own grid; unchanged when not ``flipped``."""
-    if not flipped:
+def _turned(stack: Stack, turn: Orientation | None) -> Stack:
+    """``stack`` turned in-plane for the networks (`cmrsdk.layout.turn_stack`), or as it is."""
+    return stack if turn is None else turn_stack(stack, turn)
+
+
+def _unturned(segmentation: Segmentation, stack: Stack, turn: Orientation | None) -> Segmentation:
+    """A segmentation of ``stack`` made on its turn (`_turned`), brought back to the stack's own
+    grid; unchanged where it was not turned."""
+    if turn is None:
         return segmentation
-    labels = np.ascontiguousarray(segmentation.labels[:, :, ::-1])
-    provenance = {**segmentation.provenance, "columns_flipped": True}
+    provenance = {**segmentation.provenance, "in_plane_turn": asdict(turn)}
+    if turn == Orientation(flip_cols=True):
+        provenance["columns_flipped"] = True
+    labels = unturn_labels(segmentation.labels, turn)
     return replace(segmentation, stack=stack, labels=labels, provenance=provenance)
 
 

@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmrsdk.chirality import flip_columns, seen_from_apex
+from cmrsdk.chirality import seen_from_apex
+from cmrsdk.layout import Orientation, turn_stack
 from cmrsdk.io import read_study
 from cmrsdk.regions import APEX_RAS
 from cmrsdk.types import Stack, Study
+
+
+def _flip_columns(stack: Stack) -> Stack:
+    return turn_stack(stack, Orientation(flip_cols=True))
 
 
 def _oblique_affine(spacing: tuple[float, float, float]) -> np.ndarray:
@@ -36,7 +41,7 @@ def test_the_side_follows_the_scanner_orientation():
     affine = _oblique_affine((8.0, 1.5, 1.5))
     assert seen_from_apex(affine) is True
     stack = Stack(np.zeros((3, 5, 7), np.float32), (8.0, 1.5, 1.5), affine=affine)
-    assert seen_from_apex(flip_columns(stack).affine) is False
+    assert seen_from_apex(_flip_columns(stack).affine) is False
     assert seen_from_apex(np.diag([8.0, 1.5, 1.5, 1.0])) is None  # axis-aligned: ACDC's NIfTI
     assert seen_from_apex(np.zeros((4, 4))) is None
 
@@ -46,13 +51,13 @@ def test_flipping_keeps_every_voxel_where_it_is_in_the_scanner():
     pixels = rng.standard_normal((3, 5, 7)).astype(np.float32)
     labels = rng.integers(0, 4, (3, 5, 7)).astype(np.uint8)
     stack = Stack(pixels, (8.0, 1.5, 1.2), affine=_oblique_affine((8.0, 1.5, 1.2)), labels=labels)
-    flipped = flip_columns(stack)
+    flipped = _flip_columns(stack)
     z, y, x = 2, 1, 5
     here = stack.affine @ [z, y, x, 1.0]
     there = flipped.affine @ [z, y, 7 - 1 - x, 1.0]
     np.testing.assert_allclose(here, there, atol=1e-9)
     assert flipped.pixels[z, y, 7 - 1 - x] == pixels[z, y, x] and flipped.labels[z, y, 1] == labels[z, y, 5]
-    again = flip_columns(flipped)
+    again = _flip_columns(flipped)
     np.testing.assert_array_equal(again.pixels, pixels)
     np.testing.assert_allclose(again.affine, stack.affine, atol=1e-12)
 
@@ -89,7 +94,7 @@ def test_a_side_aware_bundle_sees_a_stack_seen_from_the_base_flipped(side_aware_
     study = Study(
         phases=tuple(_viewed_from_apex(s) for s in phantom.phases), ed_index=phantom.ed_index, es_index=phantom.es_index
     )
-    from_base = Study(phases=tuple(flip_columns(s) for s in study.phases), ed_index=0, es_index=1)
+    from_base = Study(phases=tuple(_flip_columns(s) for s in study.phases), ed_index=0, es_index=1)
     aware = Pipeline(side_aware_bundle, threads=1)
     assert aware.side_aware and not Pipeline(DEMO_BUNDLE, threads=1).side_aware
     straight, flipped = aware.segment_study(study), aware.segment_study(from_base)
