@@ -331,3 +331,14 @@ def test_info_cfg_with_a_byte_order_mark(tmp_path: Path) -> None:
         _save(folder / f"patient901_frame{frame:02d}.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
     study = read_acdc_patient(folder)
     assert [s.phase for s in study.phases] == ["ED", "ES"] and study.info.group == "NOR"
+
+
+def test_an_analyze_pair_is_named_as_such(tmp_path: Path) -> None:
+    from cmrsdk.io import read_study
+
+    nib.save(nib.Nifti1Pair(np.zeros((8, 6, 3), dtype=np.int16), _affine_xyz()), str(tmp_path / "image.hdr"))
+    for path in (tmp_path, tmp_path / "image.hdr"):
+        with pytest.raises(
+            ReadError, match=r"image\.(hdr|img): an Analyze / NIfTI-1 pair \(\.hdr \+ \.img\) is not read"
+        ):
+            read_study(path)

@@ -211,6 +211,13 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 f"DICOM file without image data (no Rows/Columns); no image series "
                 f"found among the {len(non_images)} DICOM file(s) there",
             )
+        pairs = [f for f in files if f.suffix.lower() in (".hdr", ".img")]
+        if pairs:  # what dcm2niix -n or old SPM pipelines write: say so, not "no DICOM"
+            raise ReadError(
+                pairs[0],
+                "an Analyze / NIfTI-1 pair (.hdr + .img) is not read; convert it to one .nii.gz file "
+                "(e.g. nibabel: nib.save(nib.load('x.hdr'), 'x.nii.gz'))",
+            )
         raise ReadError(path, f"no DICOM image files found ({len(files)} files searched)")
     return images, non_images
 
