@@ -43,10 +43,10 @@ from .apex import check_apical_rv_weight, weigh_apical_rv
 from .bundle import Bundle, bf16_record_key, load_bundle
 from .chirality import seen_from_apex
 from .errors import CmrWarning, InputError
-from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
 from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
 from .labels import BASE, NON_CARDIAC, REGION_NAMES
+from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
 from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
 from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cmrsdk.chirality import seen_from_apex
-from cmrsdk.layout import Orientation, turn_stack
 from cmrsdk.io import read_study
+from cmrsdk.layout import Orientation, turn_stack
 from cmrsdk.regions import APEX_RAS
 from cmrsdk.types import Stack, Study
 
