@@ -53,6 +53,20 @@ def test_discovery_finds_each_layout_once_and_names_them_by_path(tmp_path: Path)
     assert [s.study_id for s in discover_studies([root / "acdc" / "patient001"])] == ["patient001"]
 
 
+def test_discovery_looks_past_a_dicomdir_and_the_runs_own_output(tmp_path: Path):
+    """A CD or USB export has a DICOMDIR at its root, beside the patients' folders; a run may
+    write its results under the root it reads (`batch ROOT -o ROOT/results`, then resumed)."""
+    root = tmp_path / "export"
+    _dicom_like(root / "DICOMDIR")
+    _dicom_like(root / "PAT1" / "STUDY1" / "SER300" / "IM1")
+    _dicom_like(root / "PAT2" / "STUDY1" / "SER300" / "IM1")
+    _dicom_like(root / "results" / "studies" / "PAT1_STUDY1_SER300" / "seg_ED.dcm")
+    studies = discover_studies([root], output=root / "results")
+    assert [s.study_id for s in studies] == ["PAT1_STUDY1_SER300", "PAT2_STUDY1_SER300"]
+    # without the output named, its folders are walked like any other
+    assert len(discover_studies([root])) == 3
+
+
 def test_discovery_refuses_missing_roots_and_clashing_ids(tmp_path: Path):
     with pytest.raises(InputError, match="no such file or directory"):
         discover_studies([tmp_path / "absent"])

@@ -67,7 +67,7 @@ def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any 
     ``heart_crop`` and ``segment_spacing`` as `cmrsdk.Pipeline` takes them."""
     if bool(args.inputs) == bool(args.study_list):
         raise InputError("give either ROOT_OR_STUDY folders or --list STUDIES.csv (one of the two)")
-    studies = read_study_list(args.study_list) if args.study_list else discover_studies(args.inputs)
+    studies = read_study_list(args.study_list) if args.study_list else discover_studies(args.inputs, args.output)
     spec = PipelineSpec(
         bundle=str(args.bundle),
         backend=args.backend,

@@ -79,8 +79,9 @@ def _is_case_folder(folder: Path, names: Sequence[str]) -> bool:
     return any(n.lower().startswith(stem) for n in names)
 
 
-def _walk(path: Path) -> Iterator[Path]:
-    """The studies at or under ``path``, in sorted order."""
+def _walk(path: Path, skip: Path | None = None) -> Iterator[Path]:
+    """The studies at or under ``path``, in sorted order; the folder ``skip`` (the run's own
+    output, when it lies under a root) is not entered."""
     if path.is_file():
         if _NIFTI.search(path.name) and not _LABEL_MAP.search(path.name):
             yield path
@@ -93,7 +94,11 @@ def _walk(path: Path) -> Iterator[Path]:
     if _is_case_folder(path, names):
         yield path
         return
-    files = [Path(e.path) for e in entries if e.is_file() and not e.name.startswith(".")]
+    # a DICOMDIR (the media directory at the root of every CD and USB export) indexes the
+    # series below it; it is not an image of a series held in this folder
+    files = [
+        Path(e.path) for e in entries if e.is_file() and not e.name.startswith(".") and e.name.upper() != "DICOMDIR"
+    ]
     if any(_is_dicom_file(f) for f in files[:_DICOM_PROBES]):
         yield path  # a series folder: the reader searches its sub-folders too
         return
@@ -101,8 +106,8 @@ def _walk(path: Path) -> Iterator[Path]:
         if _NIFTI.search(file.name) and not _LABEL_MAP.search(file.name):
             yield file  # a folder of loose NIfTI stacks: each file is one (one-phase) study
     for entry in entries:
-        if entry.is_dir() and not entry.name.startswith("."):
-            yield from _walk(Path(entry.path))
+        if entry.is_dir() and not entry.name.startswith(".") and Path(entry.path) != skip:
+            yield from _walk(Path(entry.path), skip)
 
 
 def _unique(studies: list[StudySource], where: str) -> list[StudySource]:
@@ -122,8 +127,10 @@ def _unique(studies: list[StudySource], where: str) -> list[StudySource]:
     return studies
 
 
-def discover_studies(roots: Sequence[str | Path]) -> list[StudySource]:
-    """The studies at or under each root, in the order given, each root's sorted.
+def discover_studies(roots: Sequence[str | Path], output: str | Path | None = None) -> list[StudySource]:
+    """The studies at or under each root, in the order given, each root's sorted; the run's
+    ``output`` folder, where it lies under a root, is not searched (its SEG and SR are results,
+    not studies).
 
     A root that is itself a study keeps its own name as study id; a study found under a root is
     named by its path relative to the root, folders joined by ``_`` (``site1/DICOM`` becomes
@@ -138,7 +145,7 @@ def discover_studies(roots: Sequence[str | Path]) -> list[StudySource]:
         root = Path(os.path.abspath(root))
         if not root.exists():
             raise InputError(f"'{root}': no such file or directory")
-        found = list(_walk(root))
+        found = list(_walk(root, None if output is None else Path(os.path.abspath(output))))
         if not found and root.is_dir():
             # a folder the walk does not recognise is still worth one try as a DICOM series:
             # the reader's error then says what it found
