@@ -6,6 +6,7 @@ import errno
 import sqlite3
 import time
 
+import pydicom
 import pytest
 
 from cmrsdk.errors import InputError
@@ -663,3 +664,53 @@ def test_worker_start_removes_what_a_killed_writer_left_and_nothing_else(spool, 
     assert worker.error is None and worker.ready.is_set()
     assert sorted(p.name for p in out.iterdir()) == sorted(kept)
     assert (out / "1.2.3" / "seg_ED.dcm").read_bytes() == b"seg"
+
+
+def test_a_spool_that_cannot_be_written_is_one_clear_error(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(InputError, match=r"spool .*a_file/spool cannot be written .*give --spool a writable folder"):
+        Spool(tmp_path / "a_file" / "spool")
+
+
+def test_the_node_refuses_as_out_of_resources_and_says_why_in_one_line(tmp_path, monkeypatch, caplog):
+    """A spool that went read-only under a running node: each C-STORE gets 0xA700 and one log
+    line, no traceback; a sender offering only lossy syntaxes is named in the node's log."""
+    import logging
+
+    from pydicom.uid import JPEGBaseline8Bit
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.serve.scp import ScpOptions, StorageScp
+    from cmrsdk.synth import synthetic_study
+
+    files = write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
+    spool = Spool(tmp_path / "spool")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(spool, "store_instance", read_only)
+    scp = StorageScp(spool, ScpOptions(port=0))
+    scp.start()
+    try:
+        caplog.set_level(logging.INFO, logger="cmrsdk.serve")
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="CMRSDK")
+        assert assoc.is_established
+        status = assoc.send_c_store(pydicom.dcmread(files[0]))
+        assoc.release()
+        assert status.Status == 0xA700
+        lossy = AE(ae_title="SCANNER")
+        lossy.add_requested_context(MRImageStorage, [JPEGBaseline8Bit])
+        assert not lossy.associate("127.0.0.1", scp.port, ae_title="CMRSDK").is_established
+    finally:
+        scp.stop()
+    text = caplog.text
+    assert (
+        "refused, out of resources (0xA700): the spool" in text and "PermissionError: Operation not permitted" in text
+    )
+    assert "Traceback" not in text
+    assert "no presentation context accepted; transfer syntaxes offered: JPEG Baseline (Process 1)" in text

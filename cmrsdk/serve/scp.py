@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,18 @@ class StorageScp:
         self._server = None
 
     def _on_accepted(self, event: Any) -> None:
-        log.debug("association accepted from %s (%s)", event.assoc.requestor.ae_title, event.assoc.requestor.address)
+        assoc = event.assoc
+        log.debug("association accepted from %s (%s)", assoc.requestor.ae_title, assoc.requestor.address)
+        refused = sorted({str(ts.name) for cx in assoc.rejected_contexts for ts in cx.transfer_syntax})
+        if refused and not assoc.accepted_contexts:
+            # the sender can store nothing here: say why in the node's log, not only in the sender's
+            log.warning(
+                "association from AE '%s' at %s: no presentation context accepted; transfer syntaxes offered: "
+                "%s (this node takes uncompressed and lossless ones: senders decompress lossy images)",
+                assoc.requestor.ae_title,
+                assoc.requestor.address,
+                ", ".join(refused),
+            )
 
     def _on_rejected(self, event: Any) -> None:
         log.warning(
@@ -176,6 +188,15 @@ class StorageScp:
         except SpoolFull as exc:
             outcome = "refused"
             log.warning("C-STORE refused, out of resources (0xA700): %s", exc)
+        except (OSError, sqlite3.Error) as exc:  # the spool's disk or queue went read-only or away
+            outcome = "refused"
+            log.error(
+                "C-STORE %s refused, out of resources (0xA700): the spool %s cannot be written (%s: %s)",
+                sop_uid,
+                self.spool.directory,
+                type(exc).__name__,
+                getattr(exc, "strerror", None) or exc,
+            )
         if outcome == "reopened":
             log.info("series %s: a new instance after its verdict: reopened, to be judged again when quiet", series_uid)
         with self._idle:

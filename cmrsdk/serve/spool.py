@@ -199,9 +199,15 @@ class Spool:
         self.reopen_window_s = float(reopen_window_s)
         self.max_bytes = max_bytes
         self.min_free_bytes = int(min_free_bytes)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "instances").mkdir(exist_ok=True)
-        self._lock_file = open(self.directory / "lock", "a+")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / "instances").mkdir(exist_ok=True)
+            self._lock_file = open(self.directory / "lock", "a+")
+        except OSError as exc:  # a read-only or full disk, a path under a file: one line, no traceback
+            raise InputError(
+                f"spool {self.directory} cannot be written ({exc.strerror or type(exc).__name__}: "
+                f"{exc.filename or self.directory}); give --spool a writable folder"
+            ) from exc
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
