@@ -714,3 +714,42 @@ def test_the_node_refuses_as_out_of_resources_and_says_why_in_one_line(tmp_path,
     )
     assert "Traceback" not in text
     assert "no presentation context accepted; transfer syntaxes offered: JPEG Baseline (Process 1)" in text
+
+
+def test_a_sop_instance_uid_reused_by_another_series_is_refused_not_dropped_silently(spool):
+    """Some anonymisers change patient, study and series UIDs and keep SOP Instance UIDs."""
+    assert spool.store_instance("1.2.3", "1.2.3.1", b"first") == "stored"
+    assert spool.store_instance("1.2.3", "1.2.3.1", b"first") == "duplicate"  # the same series resent
+    assert spool.store_instance("9.8.7", "1.2.3.1", b"anonymised copy") == "reused"
+    assert spool.series_state("9.8.7") is None  # nothing recorded for it
+
+
+def test_the_node_answers_a_reused_uid_with_the_duplicate_status_and_a_line(tmp_path, caplog):
+    import logging
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.serve.scp import STATUS_DUPLICATE_SOP_INSTANCE, ScpOptions, StorageScp
+    from cmrsdk.synth import synthetic_study
+
+    files = write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
+    spool = Spool(tmp_path / "spool")
+    scp = StorageScp(spool, ScpOptions(port=0))
+    scp.start()
+    try:
+        caplog.set_level(logging.INFO, logger="cmrsdk.serve")
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="CMRSDK")
+        original = pydicom.dcmread(files[0])
+        copy = pydicom.dcmread(files[0])
+        copy.SeriesInstanceUID, copy.PatientID = pydicom.uid.generate_uid(), "ANON"
+        statuses = [assoc.send_c_store(ds).Status for ds in (original, original, copy)]
+        assoc.release()
+    finally:
+        scp.stop()
+        spool.close()
+    assert statuses == [0x0000, 0x0000, STATUS_DUPLICATE_SOP_INSTANCE]
+    assert f"C-STORE {original.SOPInstanceUID} of series {copy.SeriesInstanceUID} refused (0x0111" in caplog.text

@@ -19,6 +19,7 @@ __all__ = [
     "tls_context",
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_DUPLICATE_SOP_INSTANCE",
 ]
 
 log = logging.getLogger("cmrsdk.serve")
@@ -26,6 +27,7 @@ log = logging.getLogger("cmrsdk.serve")
 #: C-STORE statuses (DICOM PS3.4 Table B.2-1)
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4.2.1.4: a failure, unlike a resend of one series
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
@@ -99,7 +101,7 @@ class StorageScp:
         self._server: Any = None
         self._busy = 0
         self._idle = threading.Condition()
-        self.counts = {"stored": 0, "duplicate": 0, "reopened": 0, "late": 0, "refused": 0}
+        self.counts = {"stored": 0, "duplicate": 0, "reused": 0, "reopened": 0, "late": 0, "refused": 0}
 
     def start(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -197,8 +199,17 @@ class StorageScp:
                 type(exc).__name__,
                 getattr(exc, "strerror", None) or exc,
             )
+        if outcome == "reused":
+            log.warning(
+                "C-STORE %s of series %s refused (0x0111 duplicate SOP instance): that SOP Instance UID was "
+                "received before in another series (an anonymiser keeping SOP Instance UIDs?); send it with new ones",
+                sop_uid,
+                series_uid,
+            )
         if outcome == "reopened":
             log.info("series %s: a new instance after its verdict: reopened, to be judged again when quiet", series_uid)
         with self._idle:
             self.counts[outcome] += 1
+        if outcome == "reused":
+            return STATUS_DUPLICATE_SOP_INSTANCE
         return STATUS_OUT_OF_RESOURCES if outcome == "refused" else STATUS_SUCCESS

@@ -283,7 +283,9 @@ class Spool:
         """Write one received instance durably, then record it; returns what was done.
 
         ``"stored"``: written and committed. ``"duplicate"``: this SOP Instance UID was received
-        before (acknowledged, nothing written: the same series sent twice is processed once).
+        before in this series (acknowledged, nothing written: the same series sent twice is
+        processed once). ``"reused"``: it was received before in another series (an anonymiser
+        that keeps SOP Instance UIDs and changes the rest): nothing written.
         ``"reopened"``: a new instance of a series judged before whose files are still kept
         (see ``reopen_window_s``): written, and the series is receiving again, to be judged
         anew with every instance; its result files not yet forwarded are superseded. A series
@@ -297,8 +299,10 @@ class Spool:
         SpoolFull : the size limit or the disk's free space would be exceeded (nothing is written).
         """
         now = time.time()
-        if self.has_instance(sop_uid):
-            return "duplicate"
+        with self._lock:
+            held = self._db.execute("SELECT series_uid FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        if held is not None:
+            return "duplicate" if held[0] == series_uid else "reused"
         state = self.series_state(series_uid)
         if state not in (None, "receiving", "queued", "processing") and not self.reopenable(series_uid):
             self._record_late(series_uid, sop_uid, now)
