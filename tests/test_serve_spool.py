@@ -753,3 +753,37 @@ def test_the_node_answers_a_reused_uid_with_the_duplicate_status_and_a_line(tmp_
         spool.close()
     assert statuses == [0x0000, 0x0000, STATUS_DUPLICATE_SOP_INSTANCE]
     assert f"C-STORE {original.SOPInstanceUID} of series {copy.SeriesInstanceUID} refused (0x0111" in caplog.text
+
+
+def test_a_peer_that_does_not_store_seg_is_named_so_in_the_log(tmp_path, caplog):
+    """A --forward PACS configured without Segmentation Storage: the log says that, not
+    'association not established'."""
+    import logging
+    import threading
+
+    import numpy as np
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import BasicTextSRStorage
+
+    from cmrsdk.io import read_dicom_study, write_dicom_seg, write_dicom_series
+    from cmrsdk.serve.forward import Forwarder
+    from cmrsdk.synth import synthetic_study
+
+    write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
+    stack = read_dicom_study(tmp_path / "series").phases[0]
+    labels = np.zeros(stack.shape, np.uint8)
+    labels[:, 8:16, 8:16] = 1
+    seg = write_dicom_seg(tmp_path / "seg_ED.dcm", labels, stack)
+    pacs = AE(ae_title="PACS")
+    pacs.add_supported_context(BasicTextSRStorage)  # reports yes, segmentations no
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0x0000)])
+    spool = Spool(tmp_path / "spool")
+    try:
+        destination = parse_destination(f"PACS@127.0.0.1:{server.server_address[1]}")
+        forwarder = Forwarder(spool, destination, ae_title="CMRSDK", stop=threading.Event(), on_final=lambda uid: None)
+        caplog.set_level(logging.WARNING, logger="cmrsdk.serve")
+        forwarder.send([(str(seg), "1.2.3", 0)])
+    finally:
+        server.shutdown()
+        spool.close()
+    assert "the peer accepts no presentation context for Segmentation Storage (it does not store them)" in caplog.text

@@ -50,6 +50,16 @@ def backoff_s(attempts: int, *, base_s: float = 1.0, cap_s: float = 60.0) -> flo
     return min(cap_s, base_s * 2.0 ** max(0, attempts - 1))
 
 
+def _sop_class_name(path: Path) -> str:
+    """The SOP class of a result file, by name ('Segmentation Storage'), or its UID."""
+    from pydicom.uid import UID
+
+    try:
+        return str(UID(_context_of(path)[0]).name)
+    except Exception:  # unreadable: the caller's message names the file anyway
+        return "its SOP class"
+
+
 def _context_of(path: Path) -> tuple[str, str]:
     import pydicom
 
@@ -124,9 +134,16 @@ class Forwarder(threading.Thread):
             self.destination.host, self.destination.port, ae_title=self.destination.ae_title, tls_args=tls_args
         )
         if not assoc.is_established:
-            why = "association not established" + (
-                " (TLS: see the peer's certificate and --forward-tls-ca)" if self.tls else ""
+            refused = sorted(
+                {str(getattr(cx.abstract_syntax, "name", cx.abstract_syntax)) for cx in assoc.rejected_contexts}
             )
+            if refused and not assoc.accepted_contexts:
+                # the peer answered, and takes none of these SOP classes: a retry cannot change that
+                why = f"the peer accepts no presentation context for {', '.join(refused)} (it does not store them)"
+            else:
+                why = "association not established" + (
+                    " (TLS: see the peer's certificate and --forward-tls-ca)" if self.tls else ""
+                )
             for path, _, attempts in due:
                 self.spool.mark_delivery_failed(
                     path,
@@ -149,6 +166,8 @@ class Forwarder(threading.Thread):
                     status = assoc.send_c_store(Path(path))
                 except Exception as exc:  # a file pynetdicom cannot send: retried later, never fatal
                     status, error = None, f"{type(exc).__name__}: {exc}"
+                    if "No presentation context" in str(exc):
+                        error = f"the peer does not accept {_sop_class_name(Path(path))} (no presentation context)"
                 else:
                     code = int(status.Status) if status is not None and "Status" in status else None
                     error = "no response (association lost)" if code is None else f"status 0x{code:04X}"
