@@ -787,3 +787,40 @@ def test_a_peer_that_does_not_store_seg_is_named_so_in_the_log(tmp_path, caplog)
         server.shutdown()
         spool.close()
     assert "the peer accepts no presentation context for Segmentation Storage (it does not store them)" in caplog.text
+
+
+def test_an_aborted_association_names_the_series_it_cut_off(tmp_path, caplog):
+    import logging
+    import time as clock
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.serve.scp import ScpOptions, StorageScp
+    from cmrsdk.synth import synthetic_study
+
+    files = write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
+    spool = Spool(tmp_path / "spool")
+    scp = StorageScp(spool, ScpOptions(port=0))
+    scp.start()
+    try:
+        caplog.set_level(logging.INFO, logger="cmrsdk.serve")
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(MRImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="CMRSDK")
+        for path in files[:2]:
+            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+        assoc.abort()
+        released = ae.associate("127.0.0.1", scp.port, ae_title="CMRSDK")
+        assert released.send_c_store(pydicom.dcmread(files[2])).Status == 0x0000
+        released.release()
+        deadline = clock.time() + 5
+        while "aborted after" not in caplog.text and clock.time() < deadline:
+            clock.sleep(0.05)
+    finally:
+        scp.stop()
+        spool.close()
+    series = pydicom.dcmread(files[0]).SeriesInstanceUID
+    assert f"association from AE 'SCANNER' aborted after 2 instance(s) of series {series}" in caplog.text
+    assert caplog.text.count("aborted after") == 1  # the released association names nothing

@@ -102,6 +102,8 @@ class StorageScp:
         self._busy = 0
         self._idle = threading.Condition()
         self.counts = {"stored": 0, "duplicate": 0, "reused": 0, "reopened": 0, "late": 0, "refused": 0}
+        # instances stored per series in each open association, to name what an abort cut off
+        self._received: dict[int, dict[str, int]] = {}
 
     def start(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -120,6 +122,8 @@ class StorageScp:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_RELEASED, self._on_released),
         ]
         self._server = ae.start_server(
             (self.options.host, self.options.port),
@@ -162,6 +166,20 @@ class StorageScp:
         log.warning(
             "association rejected from AE '%s' at %s", event.assoc.requestor.ae_title, event.assoc.requestor.address
         )
+
+    def _on_aborted(self, event: Any) -> None:
+        received = self._received.pop(id(event.assoc), {})
+        for series_uid, count in received.items():
+            log.warning(
+                "association from AE '%s' aborted after %d instance(s) of series %s: the series is judged on what "
+                "arrived when it falls quiet; if the sender gave up, send it again whole (its result is then replaced)",
+                event.assoc.requestor.ae_title,
+                count,
+                series_uid,
+            )
+
+    def _on_released(self, event: Any) -> None:
+        self._received.pop(id(event.assoc), None)
 
     def _on_store(self, event: Any) -> int:
         with self._idle:
@@ -210,6 +228,9 @@ class StorageScp:
             log.info("series %s: a new instance after its verdict: reopened, to be judged again when quiet", series_uid)
         with self._idle:
             self.counts[outcome] += 1
+            if outcome in ("stored", "reopened"):
+                per_series = self._received.setdefault(id(event.assoc), {})
+                per_series[series_uid] = per_series.get(series_uid, 0) + 1
         if outcome == "reused":
             return STATUS_DUPLICATE_SOP_INSTANCE
         return STATUS_OUT_OF_RESOURCES if outcome == "refused" else STATUS_SUCCESS
