@@ -14,7 +14,7 @@ from cmrsdk.cohort.engines import BatchEngine, WorkerLost
 from cmrsdk.cohort.journal import Journal
 from cmrsdk.cohort.table import COLUMNS, bsa_mosteller, measures_row, write_measures_csv
 from cmrsdk.cohort.worker import PipelineSpec, StudyResult
-from cmrsdk.errors import InputError
+from cmrsdk.errors import CmrWarning, InputError
 
 
 def _touch(path: Path, data: bytes = b"") -> Path:
@@ -65,6 +65,15 @@ def test_discovery_looks_past_a_dicomdir_and_the_runs_own_output(tmp_path: Path)
     assert [s.study_id for s in studies] == ["PAT1_STUDY1_SER300", "PAT2_STUDY1_SER300"]
     # without the output named, its folders are walked like any other
     assert len(discover_studies([root])) == 3
+
+
+def test_discovery_names_the_folders_that_hold_no_study(tmp_path: Path):
+    root = tmp_path / "cohort"
+    _dicom_like(root / "good" / "IM1")
+    (root / "empty").mkdir()
+    _touch(root / "only_jpeg" / "IMG0001.JPG", b"\xff\xd8\xff\xe0")
+    with pytest.warns(CmrWarning, match=r"2 folder\(s\) hold no study .* get no row: empty, only_jpeg"):
+        assert [s.study_id for s in discover_studies([root])] == ["good"]
 
 
 def test_discovery_refuses_missing_roots_and_clashing_ids(tmp_path: Path):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
-from ..errors import InputError
+from ..errors import CmrWarning, InputError
 from .batch import STUDIES_DIR, run_batch
 from .discover import LIST_COLUMNS, discover_studies, read_study_list
 from .engines import ENGINES, create_engine
@@ -67,7 +68,11 @@ def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any 
     ``heart_crop`` and ``segment_spacing`` as `cmrsdk.Pipeline` takes them."""
     if bool(args.inputs) == bool(args.study_list):
         raise InputError("give either ROOT_OR_STUDY folders or --list STUDIES.csv (one of the two)")
-    studies = read_study_list(args.study_list) if args.study_list else discover_studies(args.inputs, args.output)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CmrWarning)
+        studies = read_study_list(args.study_list) if args.study_list else discover_studies(args.inputs, args.output)
+    for warning in caught:  # what discovery passed over, said as the other commands say it
+        print(f"cmrsdk: warning: {warning.message}", file=sys.stderr)
     spec = PipelineSpec(
         bundle=str(args.bundle),
         backend=args.backend,

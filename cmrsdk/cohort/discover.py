@@ -12,11 +12,12 @@ import csv
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import CmrWarning, InputError
 
 __all__ = ["StudySource", "discover_studies", "read_study_list", "study_name", "LIST_COLUMNS"]
 
@@ -79,9 +80,10 @@ def _is_case_folder(folder: Path, names: Sequence[str]) -> bool:
     return any(n.lower().startswith(stem) for n in names)
 
 
-def _walk(path: Path, skip: Path | None = None) -> Iterator[Path]:
+def _walk(path: Path, skip: Path | None = None, barren: list[Path] | None = None) -> Iterator[Path]:
     """The studies at or under ``path``, in sorted order; the folder ``skip`` (the run's own
-    output, when it lies under a root) is not entered."""
+    output, when it lies under a root) is not entered; folders without sub-folders that hold
+    no study are added to ``barren``."""
     if path.is_file():
         if _NIFTI.search(path.name) and not _LABEL_MAP.search(path.name):
             yield path
@@ -102,12 +104,13 @@ def _walk(path: Path, skip: Path | None = None) -> Iterator[Path]:
     if any(_is_dicom_file(f) for f in files[:_DICOM_PROBES]):
         yield path  # a series folder: the reader searches its sub-folders too
         return
-    for file in files:
-        if _NIFTI.search(file.name) and not _LABEL_MAP.search(file.name):
-            yield file  # a folder of loose NIfTI stacks: each file is one (one-phase) study
-    for entry in entries:
-        if entry.is_dir() and not entry.name.startswith(".") and Path(entry.path) != skip:
-            yield from _walk(Path(entry.path), skip)
+    loose = [f for f in files if _NIFTI.search(f.name) and not _LABEL_MAP.search(f.name)]
+    yield from loose  # a folder of loose NIfTI stacks: each file is one (one-phase) study
+    folders = [e for e in entries if e.is_dir() and not e.name.startswith(".") and Path(e.path) != skip]
+    if not loose and not folders and barren is not None:
+        barren.append(path)
+    for entry in folders:
+        yield from _walk(Path(entry.path), skip, barren)
 
 
 def _unique(studies: list[StudySource], where: str) -> list[StudySource]:
@@ -145,7 +148,17 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
         root = Path(os.path.abspath(root))
         if not root.exists():
             raise InputError(f"'{root}': no such file or directory")
-        found = list(_walk(root, None if output is None else Path(os.path.abspath(output))))
+        barren: list[Path] = []
+        found = list(_walk(root, None if output is None else Path(os.path.abspath(output)), barren))
+        if found and barren:  # a cohort's folder with nothing to segment gets no row: say which
+            shown = ", ".join(str(p.relative_to(root)) for p in barren[:5]) + (", ..." if len(barren) > 5 else "")
+            warnings.warn(
+                CmrWarning(
+                    f"'{root}': {len(barren)} folder(s) hold no study (no DICOM image, NIfTI file, ACDC "
+                    f"patient or M&Ms subject) and get no row: {shown}"
+                ),
+                stacklevel=2,
+            )
         if not found and root.is_dir():
             # a folder the walk does not recognise is still worth one try as a DICOM series:
             # the reader's error then says what it found
