@@ -672,12 +672,13 @@ def test_a_spool_that_cannot_be_written_is_one_clear_error(tmp_path):
         Spool(tmp_path / "a_file" / "spool")
 
 
-def test_the_node_refuses_as_out_of_resources_and_says_why_in_one_line(tmp_path, monkeypatch, caplog):
-    """A spool that went read-only under a running node: each C-STORE gets 0xA700 and one log
-    line, no traceback; a sender offering only lossy syntaxes is named in the node's log."""
+@pytest.fixture
+def node(tmp_path, caplog):
+    """A storage SCP on a free port over a fresh spool, a synthetic series' files (3 slices x 2
+    phases) and an AE to send them with; the node's log captured from INFO."""
     import logging
+    from types import SimpleNamespace
 
-    from pydicom.uid import JPEGBaseline8Bit
     from pynetdicom import AE
     from pynetdicom.sop_class import MRImageStorage
 
@@ -687,27 +688,37 @@ def test_the_node_refuses_as_out_of_resources_and_says_why_in_one_line(tmp_path,
 
     files = write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
     spool = Spool(tmp_path / "spool")
+    scp = StorageScp(spool, ScpOptions(port=0))
+    scp.start()
+    caplog.set_level(logging.INFO, logger="cmrsdk.serve")
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(MRImageStorage)
+    try:
+        yield SimpleNamespace(scp=scp, spool=spool, files=files, ae=ae)
+    finally:
+        scp.stop()
+        spool.close()
+
+
+def test_the_node_refuses_as_out_of_resources_and_says_why_in_one_line(node, monkeypatch, caplog):
+    """A spool that went read-only under a running node: each C-STORE gets 0xA700 and one log
+    line, no traceback; a sender offering only lossy syntaxes is named in the node's log."""
+    from pydicom.uid import JPEGBaseline8Bit
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
 
     def read_only(*args, **kwargs):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(spool, "store_instance", read_only)
-    scp = StorageScp(spool, ScpOptions(port=0))
-    scp.start()
-    try:
-        caplog.set_level(logging.INFO, logger="cmrsdk.serve")
-        ae = AE(ae_title="SCANNER")
-        ae.add_requested_context(MRImageStorage)
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="CMRSDK")
-        assert assoc.is_established
-        status = assoc.send_c_store(pydicom.dcmread(files[0]))
-        assoc.release()
-        assert status.Status == 0xA700
-        lossy = AE(ae_title="SCANNER")
-        lossy.add_requested_context(MRImageStorage, [JPEGBaseline8Bit])
-        assert not lossy.associate("127.0.0.1", scp.port, ae_title="CMRSDK").is_established
-    finally:
-        scp.stop()
+    monkeypatch.setattr(node.spool, "store_instance", read_only)
+    assoc = node.ae.associate("127.0.0.1", node.scp.port, ae_title="CMRSDK")
+    assert assoc.is_established
+    status = assoc.send_c_store(pydicom.dcmread(node.files[0]))
+    assoc.release()
+    assert status.Status == 0xA700
+    lossy = AE(ae_title="SCANNER")
+    lossy.add_requested_context(MRImageStorage, [JPEGBaseline8Bit])
+    assert not lossy.associate("127.0.0.1", node.scp.port, ae_title="CMRSDK").is_established
     text = caplog.text
     assert (
         "refused, out of resources (0xA700): the spool" in text and "PermissionError: Operation not permitted" in text
@@ -724,33 +735,15 @@ def test_a_sop_instance_uid_reused_by_another_series_is_refused_not_dropped_sile
     assert spool.series_state("9.8.7") is None  # nothing recorded for it
 
 
-def test_the_node_answers_a_reused_uid_with_the_duplicate_status_and_a_line(tmp_path, caplog):
-    import logging
+def test_the_node_answers_a_reused_uid_with_the_duplicate_status_and_a_line(node, caplog):
+    from cmrsdk.serve.scp import STATUS_DUPLICATE_SOP_INSTANCE
 
-    from pynetdicom import AE
-    from pynetdicom.sop_class import MRImageStorage
-
-    from cmrsdk.io import write_dicom_series
-    from cmrsdk.serve.scp import STATUS_DUPLICATE_SOP_INSTANCE, ScpOptions, StorageScp
-    from cmrsdk.synth import synthetic_study
-
-    files = write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
-    spool = Spool(tmp_path / "spool")
-    scp = StorageScp(spool, ScpOptions(port=0))
-    scp.start()
-    try:
-        caplog.set_level(logging.INFO, logger="cmrsdk.serve")
-        ae = AE(ae_title="SCANNER")
-        ae.add_requested_context(MRImageStorage)
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="CMRSDK")
-        original = pydicom.dcmread(files[0])
-        copy = pydicom.dcmread(files[0])
-        copy.SeriesInstanceUID, copy.PatientID = pydicom.uid.generate_uid(), "ANON"
-        statuses = [assoc.send_c_store(ds).Status for ds in (original, original, copy)]
-        assoc.release()
-    finally:
-        scp.stop()
-        spool.close()
+    assoc = node.ae.associate("127.0.0.1", node.scp.port, ae_title="CMRSDK")
+    original = pydicom.dcmread(node.files[0])
+    copy = pydicom.dcmread(node.files[0])
+    copy.SeriesInstanceUID, copy.PatientID = pydicom.uid.generate_uid(), "ANON"
+    statuses = [assoc.send_c_store(ds).Status for ds in (original, original, copy)]
+    assoc.release()
     assert statuses == [0x0000, 0x0000, STATUS_DUPLICATE_SOP_INSTANCE]
     assert f"C-STORE {original.SOPInstanceUID} of series {copy.SeriesInstanceUID} refused (0x0111" in caplog.text
 
@@ -789,38 +782,19 @@ def test_a_peer_that_does_not_store_seg_is_named_so_in_the_log(tmp_path, caplog)
     assert "the peer accepts no presentation context for Segmentation Storage (it does not store them)" in caplog.text
 
 
-def test_an_aborted_association_names_the_series_it_cut_off(tmp_path, caplog):
-    import logging
+def test_an_aborted_association_names_the_series_it_cut_off(node, caplog):
     import time as clock
 
-    from pynetdicom import AE
-    from pynetdicom.sop_class import MRImageStorage
-
-    from cmrsdk.io import write_dicom_series
-    from cmrsdk.serve.scp import ScpOptions, StorageScp
-    from cmrsdk.synth import synthetic_study
-
-    files = write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
-    spool = Spool(tmp_path / "spool")
-    scp = StorageScp(spool, ScpOptions(port=0))
-    scp.start()
-    try:
-        caplog.set_level(logging.INFO, logger="cmrsdk.serve")
-        ae = AE(ae_title="SCANNER")
-        ae.add_requested_context(MRImageStorage)
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title="CMRSDK")
-        for path in files[:2]:
-            assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000
-        assoc.abort()
-        released = ae.associate("127.0.0.1", scp.port, ae_title="CMRSDK")
-        assert released.send_c_store(pydicom.dcmread(files[2])).Status == 0x0000
-        released.release()
-        deadline = clock.time() + 5
-        while "aborted after" not in caplog.text and clock.time() < deadline:
-            clock.sleep(0.05)
-    finally:
-        scp.stop()
-        spool.close()
-    series = pydicom.dcmread(files[0]).SeriesInstanceUID
+    assoc = node.ae.associate("127.0.0.1", node.scp.port, ae_title="CMRSDK")
+    for path in node.files[:2]:
+        assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+    assoc.abort()
+    released = node.ae.associate("127.0.0.1", node.scp.port, ae_title="CMRSDK")
+    assert released.send_c_store(pydicom.dcmread(node.files[2])).Status == 0x0000
+    released.release()
+    deadline = clock.time() + 5
+    while "aborted after" not in caplog.text and clock.time() < deadline:
+        clock.sleep(0.05)
+    series = pydicom.dcmread(node.files[0]).SeriesInstanceUID
     assert f"association from AE 'SCANNER' aborted after 2 instance(s) of series {series}" in caplog.text
     assert caplog.text.count("aborted after") == 1  # the released association names nothing
