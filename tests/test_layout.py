@@ -30,7 +30,8 @@ def _oblique_stack() -> Stack:
 def test_a_turned_stack_keeps_every_voxel_where_it_is(orientation: Orientation) -> None:
     stack = _oblique_stack()
     turned = turn_stack(stack, orientation)
-    assert turned.pixels.shape[1:] == (stack.shape[2], stack.shape[1]) if orientation.transpose else stack.shape[1:]
+    expected = (stack.shape[2], stack.shape[1]) if orientation.transpose else stack.shape[1:]
+    assert turned.pixels.shape[1:] == expected
     np.testing.assert_allclose(np.linalg.norm(turned.affine[:3, :3], axis=0), turned.spacing)
     # each voxel of the turned stack shows the stored voxel at the same scanner position
     inverse = np.linalg.inv(stack.affine)
