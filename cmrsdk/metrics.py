@@ -28,6 +28,7 @@ __all__ = [
     "CardiacMeasures",
     "cardiac_measures",
     "quality_flags",
+    "reaches_field_edge",
 ]
 
 #: density of myocardium used for LV mass (g/mL), as in SCMR post-processing guidelines.
@@ -357,3 +358,25 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[st
                 flags.add(f"{LABEL_NAMES[code].lower()}_fragments")
                 break
     return sorted(flags)
+
+
+def reaches_field_edge(labels: np.ndarray, field: tuple[int, int, int, int] | None) -> bool:
+    """Whether any structure touches the border of the field the networks saw.
+
+    A mask on the first or last row or column of that field (the network window, within the image)
+    is a heart the field cut: the part outside was never segmented, so volumes are too small.
+
+    Parameters
+    ----------
+    labels : integer (Z, Y, X) canonical label map.
+    field : (y0, y1, x0, x1) first and last native row and column the networks saw, inclusive
+        (`cmrsdk.preprocess.window_field`); None where they saw nothing (never true then).
+    """
+    labels = check_label_map(labels, "labels")
+    if field is None:
+        return False
+    y0, y1, x0, x1 = (int(v) for v in field)
+    inside = labels[:, y0 : y1 + 1, x0 : x1 + 1] > 0
+    if not inside.size:
+        return False
+    return bool(inside[:, 0].any() or inside[:, -1].any() or inside[:, :, 0].any() or inside[:, :, -1].any())

@@ -47,7 +47,7 @@ from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
 from .labels import BASE, NON_CARDIAC, REGION_NAMES
 from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
-from .metrics import CardiacMeasures, cardiac_measures, volumes_ml
+from .metrics import CardiacMeasures, cardiac_measures, reaches_field_edge, volumes_ml
 from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .systole import drop_systolic_atrium
@@ -78,6 +78,9 @@ MIN_SLICE_PIXELS = 20
 #: the network's few hundred pixels of "heart" are a guess. (0.3.0's weights: 0.935-0.975 real,
 #: 0.84-0.89 noise, gate 0.91.)
 MIN_HEART_CONFIDENCE = 0.92
+#: most times the full window is moved to the masks when they run into one of its edges inside the
+#: image (a heart far off the image centre; README "Not supported"): each move costs one more pass.
+MAX_WINDOW_MOVES = 2
 REGIONS_FROM: tuple[str, ...] = ("bundle", "classifier", "segmentation", "caller")
 
 
@@ -97,6 +100,9 @@ class Segmentation:
     timings_ms : milliseconds per stage ("preprocess", "classify", "locate", "segment",
         "postprocess") and "total".
     provenance : bundle name and hash, backend, device, mode, region source, cmrsdk version.
+    flags : what the pipeline saw go wrong, beside the labels' own quality flags:
+        ``field_edge``, a mask on the border of the field the networks saw (the window around the
+        heart, within the image), so the heart may reach beyond it and the volumes fall short.
     """
 
     stack: Stack
@@ -105,6 +111,7 @@ class Segmentation:
     region_probabilities: np.ndarray | None
     timings_ms: dict[str, float]
     provenance: dict[str, Any]
+    flags: tuple[str, ...] = ()
 
     @property
     def region_confidence(self) -> np.ndarray | None:
@@ -188,6 +195,14 @@ def mirrored(
         total += np.flip(out[k * n : (k + 1) * n], flip)
     total /= np.float32(len(axes))
     return total
+
+
+class _Unset:
+    """The heart centre of a stack not yet searched for (None means searched, and not found), or
+    a full window not yet placed."""
+
+
+_UNSET = _Unset()
 
 
 class Pipeline:
@@ -517,15 +532,19 @@ class Pipeline:
             probabilities[index] = self._unet(str(name), images, index)
         return probabilities
 
-    def _prepare(self, stack: Stack, pre: Any) -> tuple[np.ndarray, preprocess.SliceTransform]:
+    def _prepare(
+        self, stack: Stack, pre: Any, window_centre: tuple[float, float] | None = None
+    ) -> tuple[np.ndarray, preprocess.SliceTransform]:
         """float32 (Z, 1, H, W) slices of ``stack`` on the grid and window of ``pre`` (a bundle's
-        `Preprocessing`), and the transform back to the stack's grid."""
+        `Preprocessing`), the window centred on ``window_centre`` ((cy, cx) native pixels; default
+        the image centre), and the transform back to the stack's grid."""
         return preprocess.prepare_slices(
             stack.pixels,
             stack.spacing[1:],
             target_spacing=pre.target_spacing,
             size=pre.size,
             normalization=cast(preprocess.Normalization, pre.normalization),
+            centre=window_centre,
             threads=self.threads,
         )
 
@@ -576,12 +595,43 @@ class Pipeline:
         centre: tuple[float, float] | None | _Unset,
         heart_known: bool = False,
         routes: np.ndarray | None = None,
-    ) -> tuple[Segmentation, tuple[float, float] | None]:
+        window_centre: tuple[float, float] | None | _Unset = _UNSET,
+    ) -> tuple[Segmentation, tuple[float, float] | None, tuple[float, float] | None]:
+        """`_segment_window` with the full window centred on ``window_centre`` ((cy, cx) native
+        pixels; None: the image centre), or placed (``_UNSET``): at the image centre, then moved
+        to the masks' centroid while they run into a window edge inside the image, at most
+        `MAX_WINDOW_MOVES` times. Returns the segmentation and the heart and window centres used."""
+        given = not isinstance(window_centre, _Unset)
+        placed = window_centre if not isinstance(window_centre, _Unset) else None
+        for move in range(MAX_WINDOW_MOVES + 1):
+            segmentation, found, cuts = self._segment_window(stack, region_source, centre, heart_known, routes, placed)
+            if given or not cuts or move == MAX_WINDOW_MOVES:
+                break
+            cy, cx = (float(v) for v in np.argwhere(segmentation.labels > 0)[:, 1:].mean(0))
+            if placed is not None and math.hypot(cy - placed[0], cx - placed[1]) < 1.0:
+                break  # the masks' centre stays put: the heart fills the window
+            placed = (cy, cx)
+        if placed is not None:
+            provenance = {**segmentation.provenance, "window_centre_px": [round(v, 1) for v in placed]}
+            segmentation = replace(segmentation, provenance=provenance)
+        return segmentation, found, placed
+
+    def _segment_window(
+        self,
+        stack: Stack,
+        region_source: RegionSource | None,
+        centre: tuple[float, float] | None | _Unset,
+        heart_known: bool,
+        routes: np.ndarray | None,
+        window_centre: tuple[float, float] | None,
+    ) -> tuple[Segmentation, tuple[float, float] | None, bool]:
         """`segment`, with the heart centre given (a study's, found on another phase) or searched
         for (``_UNSET``), ``heart_known`` when another phase on the same grid showed the heart
-        (the whole-stack confidence gate is then not applied) and, with regions from the
-        segmentation, ``routes``: that phase's regions (see `_segment_by_segmentation`); returns
-        the segmentation and the centre used."""
+        (the whole-stack confidence gate is then not applied), with regions from the
+        segmentation, ``routes``: that phase's regions (see `_segment_by_segmentation`), and the
+        full window centred on ``window_centre`` (native pixels; None: the image centre). Returns
+        the segmentation, the heart centre used and whether the masks run into an edge of the
+        full window inside the image (`_window_cuts_heart`)."""
         if not isinstance(stack, Stack):
             raise InputError(f"'stack' must be a cmrsdk.Stack, got {type(stack).__name__}")
         if region_source is not None and not callable(region_source):
@@ -592,8 +642,10 @@ class Pipeline:
         timings: dict[str, float] = {}
         t0 = t = time.perf_counter()
 
-        training = self._prepare(stack, self._pre)
-        images, transform = training if self._grid is None else self._prepare(stack, self._grid.preprocessing)
+        training = self._prepare(stack, self._pre, window_centre)
+        images, transform = (
+            training if self._grid is None else self._prepare(stack, self._grid.preprocessing, window_centre)
+        )
         window = transform  # the full window's, before any crop
         t, timings["preprocess"] = _lap(t)
 
@@ -632,6 +684,7 @@ class Pipeline:
         if base is not None:
             labels[base[0]] = base[1]
         labels = self._clean(labels, stack)
+        flags = ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(transform)) else ()
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 
@@ -649,8 +702,9 @@ class Pipeline:
             region_probabilities=region_probabilities,
             timings_ms=timings,
             provenance=provenance,
+            flags=flags,
         )
-        return segmentation, centre
+        return segmentation, centre, _window_cuts_heart(labels, window)
 
     # -- public -----------------------------------------------------------------------------
     def segment(self, stack: Stack, *, region_source: RegionSource | None = None) -> Segmentation:
@@ -716,6 +770,7 @@ class Pipeline:
         located = study.phases[indices[first]]
         results: dict[int, Segmentation] = {}
         centre: tuple[float, float] | None | _Unset = _UNSET
+        window: tuple[float, float] | None | _Unset = _UNSET
         heart_found = False
         routes: np.ndarray | None = None
         for i in order:
@@ -730,16 +785,18 @@ class Pipeline:
             # a less certain phase of the same study is a harder frame, not an empty one (mirroring
             # lowers the certainty of M&Ms H1N8S6 at ES to 0.903: gated, it lost the whole ES)
             known = same_grid and heart_found
-            segmentation, found = self._segment_stack(
+            segmentation, found, placed = self._segment_stack(
                 _turned(stack, turn),
                 region_source,
                 centre if same_grid else _UNSET,
                 known,
                 routes if same_grid else None,
+                window if same_grid else _UNSET,
             )
             results[i] = _unturned(segmentation, stack, turn)
             if i == first:
                 centre, heart_found = found, bool(results[i].labels.any())
+                window = placed if heart_found else _UNSET  # no heart seen: each phase places its own
                 if self._by_segmentation and region_source is None and heart_found:
                     routes = results[i].regions  # a study's regions are found once, as its heart
         segmentations = [results[i] for i in range(len(indices))]
@@ -823,11 +880,21 @@ def _unturned(segmentation: Segmentation, stack: Stack, turn: Orientation | None
     return replace(segmentation, stack=stack, labels=labels, provenance=provenance)
 
 
-class _Unset:
-    """The heart centre of a stack not yet searched for (None means searched, and not found)."""
-
-
-_UNSET = _Unset()
+def _window_cuts_heart(labels: np.ndarray, window: preprocess.SliceTransform) -> bool:
+    """Whether uint8 (Z, Y, X) native labels touch an edge of the full network window that lies
+    inside the image (an edge on the image's own border cuts nothing a new window could show)."""
+    field = preprocess.window_field(window)
+    if field is None:
+        return False
+    y0, y1, x0, x1 = field
+    ny, nx = labels.shape[1:]
+    fg = labels > 0
+    return bool(
+        (y0 > 0 and fg[:, y0].any())
+        or (y1 < ny - 1 and fg[:, y1].any())
+        or (x0 > 0 and fg[:, :, x0].any())
+        or (x1 < nx - 1 and fg[:, :, x1].any())
+    )
 
 
 def _source_name(source: RegionSource) -> str:

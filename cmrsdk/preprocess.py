@@ -63,6 +63,7 @@ __all__ = [
     "normalize",
     "crop_or_pad",
     "resample_argmax",
+    "window_field",
     "largest_component",
     "reattach_displaced_slices",
     "prepare_slices",
@@ -452,6 +453,28 @@ def crop_or_pad(
     if ys < ye and xs < xe:
         window[:, ys - oy : ye - oy, xs - ox : xe - ox] = array[:, ys:ye, xs:xe]
     return window, (oy, ox)
+
+
+def window_field(transform: SliceTransform) -> tuple[int, int, int, int] | None:
+    """The native pixels a network window covers: (y0, y1, x0, x1), first and last row and column
+    (inclusive), or None where the window misses the image.
+
+    The rule is `resample_argmax`'s: native pixel ``i`` lies at window coordinate
+    ``r = (i + 0.5) * resampled / native - 0.5 - offset`` and is inside when ``-0.5 <= r < size - 0.5``;
+    so this is the rectangle `resample_argmax` can label, within the image.
+    """
+    if not isinstance(transform, SliceTransform):
+        raise InputError(f"'transform' must be a SliceTransform, got {type(transform).__name__}")
+    bounds: list[int] = []
+    for n_native, n_resampled, offset, size in zip(
+        transform.native_shape, transform.resampled_shape, transform.offset, transform.size
+    ):
+        r = (np.arange(int(n_native)) + 0.5) * (int(n_resampled) / int(n_native)) - 0.5 - int(offset)
+        inside = np.flatnonzero((r >= -0.5) & (r < int(size) - 0.5))
+        if not len(inside):
+            return None
+        bounds += [int(inside[0]), int(inside[-1])]
+    return bounds[0], bounds[1], bounds[2], bounds[3]
 
 
 def resample_argmax(probabilities: np.ndarray, transform: SliceTransform, *, threads: int | None = None) -> np.ndarray:

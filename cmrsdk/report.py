@@ -28,7 +28,7 @@ def _finite(value: float) -> float | None:
 
 def _phase_flags(seg: Segmentation) -> list[str]:
     """Quality flags of the labels plus those of the geometry and the input."""
-    flags = set(quality_flags(seg.labels))
+    flags = set(quality_flags(seg.labels)) | set(seg.flags)
     if seg.stack.shape[0] < 2:
         flags.add("single_slice")  # no volume from one slice
     if slice_gaps(_positions(seg)):
@@ -74,7 +74,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     ``lv_esv_exceeds_edv`` / ``rv_esv_exceeds_edv`` (a ventricle larger at ES than at ED: its SV
     and EF are withheld as null, its volumes kept); phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
-    ``blank_image`` (all zero, never labelled) to :func:`cmrsdk.metrics.quality_flags`.
+    ``blank_image`` (all zero, never labelled) and the pipeline's own (`Segmentation.flags`:
+    ``field_edge``) to :func:`cmrsdk.metrics.quality_flags`.
     ``es_basal_rv_dropped_slice``: where the pipeline judged ES's basal RV (`cmrsdk.systole`),
     the slice whose RV it left out as atrium, or null.
     """
