@@ -47,6 +47,14 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
         "(a transfer cut off and resent) have it judged again with all of them, results in OUT/<UID>_2/ "
         "(default: 600; 0: delete at once, later instances are recorded as late)",
     )
+    p.add_argument(
+        "--abort-hold",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="a series whose sender aborted the transfer is held, not segmented, until it is sent again; after "
+        "this many seconds quiet it fails unsegmented (default: 600; 0: judge it on what arrived)",
+    )
     p.add_argument("--forward", metavar="AET@HOST:PORT", help="send the result DICOM files (SEG, SR) to this AE")
     p.add_argument(
         "--forward-tls-ca",
@@ -110,6 +118,8 @@ def _check(args: argparse.Namespace) -> None:
             raise InputError(f"--{option.replace('_', '-')} file '{value}' not found")
     if not args.reopen_window >= 0:
         raise InputError(f"--reopen-window value {args.reopen_window} is invalid; expected seconds >= 0")
+    if not args.abort_hold >= 0:
+        raise InputError(f"--abort-hold value {args.abort_hold} is invalid; expected seconds >= 0")
     if args.max_associations < 1:
         raise InputError(f"--max-associations value {args.max_associations} is invalid; expected 1 or more")
     if args.max_spool_mb is not None and args.max_spool_mb <= 0:
@@ -197,6 +207,7 @@ def run_serve(args: argparse.Namespace) -> int:
         scp=scp,
         series_timeout_s=args.series_timeout,
         reopen_window_s=args.reopen_window,
+        abort_hold_s=args.abort_hold,
         forward=parse_destination(args.forward) if args.forward else None,
         bundle=args.bundle,
         device=args.device,

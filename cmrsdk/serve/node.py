@@ -30,6 +30,7 @@ class NodeConfig:
     scp: ScpOptions = field(default_factory=ScpOptions)
     series_timeout_s: float = 10.0
     reopen_window_s: float = 600.0
+    abort_hold_s: float = 600.0
     forward: Destination | None = None
     bundle: str | Path | None = None
     device: str = "cpu"
@@ -71,7 +72,7 @@ class Node:
             min_free_bytes=config.min_free_bytes,
             reopen_window_s=config.reopen_window_s,
         )
-        self.scp = StorageScp(self.spool, config.scp)
+        self.scp = StorageScp(self.spool, config.scp, abort_hold_s=config.abort_hold_s)
         self.worker = Worker(
             self.spool,
             config.output,
@@ -80,6 +81,7 @@ class Node:
             forward=config.forward is not None,
             stop=self.stop_event,
             on_final=self._series_final,
+            abort_hold_s=config.abort_hold_s,
         )
         self.forwarder = (
             Forwarder(

@@ -96,14 +96,18 @@ def client_tls_context(ca: str | Path, cert: str | Path | None = None, key: str 
 class StorageScp:
     """pynetdicom's threaded server (one thread per association) writing into ``spool``."""
 
-    def __init__(self, spool: Spool, options: ScpOptions) -> None:
+    def __init__(self, spool: Spool, options: ScpOptions, *, abort_hold_s: float = 600.0) -> None:
         self.spool, self.options = spool, options
+        #: how long a series whose sender aborted waits to be sent again (`Worker`; 0: not held)
+        self.abort_hold_s = float(abort_hold_s)
         self._server: Any = None
         self._busy = 0
         self._idle = threading.Condition()
         self.counts = {"stored": 0, "duplicate": 0, "reused": 0, "reopened": 0, "late": 0, "refused": 0}
-        # instances stored per series in each open association, to name what an abort cut off
+        # instances stored per series in each open association, to name what an abort cut off,
+        # and the series each one sent (duplicates too: a whole resend ends a series' hold)
         self._received: dict[int, dict[str, int]] = {}
+        self._sent: dict[int, set[str]] = {}
 
     def start(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -168,18 +172,28 @@ class StorageScp:
         )
 
     def _on_aborted(self, event: Any) -> None:
-        received = self._received.pop(id(event.assoc), {})
+        with self._idle:
+            received = self._received.pop(id(event.assoc), {})
+            self._sent.pop(id(event.assoc), None)
         for series_uid, count in received.items():
+            held = self.abort_hold_s > 0 and self.spool.mark_interrupted(series_uid)
             log.warning(
-                "association from AE '%s' aborted after %d instance(s) of series %s: the series is judged on what "
-                "arrived when it falls quiet; if the sender gave up, send it again whole (its result is then replaced)",
+                "association from AE '%s' aborted after %d instance(s) of series %s: %s",
                 event.assoc.requestor.ae_title,
                 count,
                 series_uid,
+                f"held, not segmented, until it is sent again (it fails after {self.abort_hold_s:g} s quiet)"
+                if held
+                else "the series is judged on what arrived when it falls quiet; if the sender gave up, send it "
+                "again whole (its result is then replaced)",
             )
 
     def _on_released(self, event: Any) -> None:
-        self._received.pop(id(event.assoc), None)
+        with self._idle:
+            self._received.pop(id(event.assoc), None)
+            sent = self._sent.pop(id(event.assoc), set())
+        for series_uid in sent:  # a transfer that ended normally: no longer held for an abort
+            self.spool.clear_interrupted(series_uid)
 
     def _on_store(self, event: Any) -> int:
         with self._idle:
@@ -231,6 +245,8 @@ class StorageScp:
             if outcome in ("stored", "reopened"):
                 per_series = self._received.setdefault(id(event.assoc), {})
                 per_series[series_uid] = per_series.get(series_uid, 0) + 1
+            if outcome in ("stored", "reopened", "duplicate"):
+                self._sent.setdefault(id(event.assoc), set()).add(series_uid)
         if outcome == "reused":
             return STATUS_DUPLICATE_SOP_INSTANCE
         return STATUS_OUT_OF_RESOURCES if outcome == "refused" else STATUS_SUCCESS

@@ -11,6 +11,9 @@ A series moves through these states (``--status`` prints them)::
     receiving -> queued -> processing -> forwarding -> done
          \\-> set_aside (not a short-axis cine)      \\-> failed (could not be segmented)
 
+A series whose sender aborted its association stays in ``receiving``, held (``interrupted``),
+until a transfer of it ends normally; the worker fails it unsegmented after ``--abort-hold``.
+
 A series judged on part of its instances (a transfer cut off and resent after the series
 timeout) is judged again: an instance new to a series whose files are still in the spool
 (``reopen_window_s`` after its result or verdict, and for as long as it has failed) reopens it
@@ -81,7 +84,8 @@ CREATE TABLE IF NOT EXISTS series (
     slices INTEGER,
     reason TEXT,
     output TEXT,
-    reopened INTEGER NOT NULL DEFAULT 0
+    reopened INTEGER NOT NULL DEFAULT 0,
+    interrupted INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT PRIMARY KEY,
@@ -144,6 +148,8 @@ class SeriesRow:
     output: str | None
     #: how many times new instances reopened it after a verdict (its results: `result_name`)
     reopened: int = 0
+    #: 1 while its last transfer was aborted by the sender and not yet sent again (`mark_interrupted`)
+    interrupted: int = 0
 
 
 def uid_file_name(uid: str) -> str:
@@ -220,8 +226,11 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a committed row survives power loss, not just kill -9
         self._db.executescript(_SCHEMA)
-        if "reopened" not in {r[1] for r in self._db.execute("PRAGMA table_info(series)")}:  # a spool of 0.8.2
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(series)")}
+        if "reopened" not in columns:  # a spool of 0.8.2
             self._db.execute("ALTER TABLE series ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0")
+        if "interrupted" not in columns:  # a spool of 0.9.9 or before
+            self._db.execute("ALTER TABLE series ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.RLock()
         self._bytes = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM instances WHERE purged = 0").fetchone()[0]
         self._closed = False
@@ -506,6 +515,36 @@ class Spool:
 
     def series_folder(self, series_uid: str) -> Path:
         return self.directory / "instances" / uid_file_name(series_uid)
+
+    def mark_interrupted(self, series_uid: str) -> bool:
+        """A sender aborted its association while sending this series: held in ``receiving``, not
+        judged when quiet, until a transfer of it ends normally (`clear_interrupted`) or the
+        worker gives up on it (`give_up`). False where it is not receiving (judged already)."""
+        with self._lock:
+            return bool(
+                self._db.execute(
+                    "UPDATE series SET interrupted = 1 WHERE series_uid = ? AND state = 'receiving'", (series_uid,)
+                ).rowcount
+            )
+
+    def clear_interrupted(self, series_uid: str) -> None:
+        """An association that sent instances of this series (new or already held) ended normally."""
+        with self._lock:
+            self._db.execute("UPDATE series SET interrupted = 0 WHERE series_uid = ?", (series_uid,))
+
+    def give_up(self, series_uid: str, reason: str, *, quiet_since: float) -> bool:
+        """Fail a series still receiving and quiet since ``quiet_since`` (one held after an aborted
+        transfer) without segmenting it; its files stay, so a new instance reopens it. False when
+        an instance came meanwhile."""
+        now = time.time()
+        with self._lock:
+            return bool(
+                self._db.execute(
+                    "UPDATE series SET state = 'failed', reason = ?, finished_at = ? "
+                    f"WHERE series_uid = ? AND state = 'receiving' AND {_QUIET_SINCE} <= ?",
+                    (reason, now, series_uid, quiet_since),
+                ).rowcount
+            )
 
     def mark_complete(
         self,
@@ -806,8 +845,10 @@ def read_status(directory: str | Path) -> tuple[list[SeriesRow], dict[str, tuple
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         columns = _COLUMNS
-        if "reopened" not in {r[1] for r in db.execute("PRAGMA table_info(series)")}:  # not opened since 0.8.2
-            columns = _COLUMNS.replace("reopened", "0")
+        present = {r[1] for r in db.execute("PRAGMA table_info(series)")}
+        for name in ("reopened", "interrupted"):  # a spool not opened since 0.8.2 / 0.9.9
+            if name not in present:
+                columns = columns.replace(name, "0")
         rows = [SeriesRow(*r) for r in db.execute(f"SELECT {columns} FROM series ORDER BY first_instance_at")]
         deliveries = {
             uid: (int(sent), int(total))
@@ -828,6 +869,8 @@ def format_status(rows: list[SeriesRow], deliveries: dict[str, tuple[int, int]])
         shape = f"{r.phases} x {r.slices}" if r.phases else "-"
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.last_instance_at)) if r.last_instance_at else "-"
         extra = f"  ({r.reason})" if r.reason else ""
+        if r.interrupted and r.state == "receiving":
+            extra += "  (held: its transfer was aborted; waiting for it to be sent again)"
         late = (f" +{r.n_late} late" if r.n_late else "") + (f" (judged {r.reopened + 1} times)" if r.reopened else "")
         yield (
             f"{r.state:<11} {r.n_instances:>9} {shape:>15} {f'{sent}/{total}':>9}  {last:<19}  "

@@ -149,6 +149,9 @@ class Worker(threading.Thread):
     series_timeout_s : a series is complete after this many seconds without a new instance.
     forward : whether results are to be forwarded (the series then waits in ``forwarding``).
     on_final : called with the series UID when a series reaches a final state (for the log line).
+    abort_hold_s : a series whose sender aborted its transfer (`Spool.mark_interrupted`) waits
+        this long after its last instance to be sent again, then fails unsegmented: what arrived
+        is part of a study, and its volumes would be wrong (0: judged on what arrived when quiet).
     """
 
     def __init__(
@@ -162,11 +165,12 @@ class Worker(threading.Thread):
         stop: threading.Event,
         on_final: Callable[[str], None],
         poll_s: float = 0.25,
+        abort_hold_s: float = 600.0,
     ) -> None:
         super().__init__(name="cmrsdk-worker", daemon=True)
         self.spool, self.output, self.load_pipeline = spool, Path(output), load_pipeline
         self.series_timeout_s, self.forward, self.stop, self.on_final = series_timeout_s, forward, stop, on_final
-        self.poll_s = poll_s
+        self.poll_s, self.abort_hold_s = poll_s, float(abort_hold_s)
         self.stacks = StackGatherer(spool, series_timeout_s, on_final)
         self.pipeline: Any = None
         self.error: BaseException | None = None
@@ -198,7 +202,7 @@ class Worker(threading.Thread):
         """Queue every series quiet for the timeout, or set it aside saying why."""
         now = time.time()
         for series_uid in self.spool.quiet_series(self.series_timeout_s, now):
-            if series_uid in self.stacks.waiting:
+            if series_uid in self.stacks.waiting or self._held(series_uid, now):
                 continue
             try:
                 verdict = judge_series(self.spool.series_folder(series_uid))
@@ -221,6 +225,23 @@ class Worker(threading.Thread):
         if now >= self._next_sweep:  # set aside or done, and no longer reopenable
             self.spool.purge_expired()
             self._next_sweep = now + min(self.spool.reopen_window_s, 5.0)
+
+    def _held(self, series_uid: str, now: float) -> bool:
+        """Whether a quiet series is held after an aborted transfer (`abort_hold_s`); one held
+        past that fails here, unsegmented, saying why."""
+        row = self.spool.series(series_uid)
+        if row is None or not row.interrupted or self.abort_hold_s <= 0:
+            return False
+        quiet_since = now - self.abort_hold_s
+        if max(row.last_instance_at or 0.0, row.resumed_at or 0.0) > quiet_since:
+            return True
+        reason = (
+            f"its transfer was aborted after {row.n_instances} instance(s) and not sent again within "
+            f"{self.abort_hold_s:g} s: not segmented (part of a study gives wrong volumes); send the series again whole"
+        )
+        if self.spool.give_up(series_uid, reason, quiet_since=quiet_since):
+            self.on_final(series_uid)
+        return True
 
     def process(self, series_uid: str) -> None:
         """Segment one series and record its results; its failure is recorded, never raised.
