@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 import sqlite3
 import time
 
@@ -829,6 +830,56 @@ def test_a_peer_that_does_not_store_seg_is_named_so_in_the_log(tmp_path, caplog)
         server.shutdown()
         spool.close()
     assert "the peer accepts no presentation context for Segmentation Storage (it does not store them)" in caplog.text
+
+
+def test_a_result_the_peer_never_stores_is_given_up_after_its_attempts(tmp_path, caplog):
+    """A PACS that takes MR images but no DICOM SEG: the image goes, the SEG is tried
+    ``max_attempts`` times, then left undeliverable; the series is done, saying what was not
+    forwarded, and its line counts 1/2 forwarded."""
+    import logging
+    import threading
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    import numpy as np
+
+    from cmrsdk.io import read_dicom_study, write_dicom_seg, write_dicom_series
+    from cmrsdk.serve.forward import Forwarder, is_permanent_refusal
+    from cmrsdk.serve.node import series_log_line
+    from cmrsdk.synth import synthetic_study
+
+    files = write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
+    stack = read_dicom_study(tmp_path / "series").phases[0]
+    labels = np.zeros(stack.shape, np.uint8)
+    labels[:, 8:16, 8:16] = 1
+    seg = write_dicom_seg(tmp_path / "seg_ED.dcm", labels, stack)
+    pacs = AE(ae_title="PACS")
+    pacs.add_supported_context(MRImageStorage)
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0x0000)])
+    spool = Spool(tmp_path / "spool")
+    finals: list[str] = []
+    try:
+        assert _segmented(spool, "7.1", deliveries=[Path(files[0]), Path(seg)]) == "forwarding"
+        destination = parse_destination(f"PACS@127.0.0.1:{server.server_address[1]}")
+        forwarder = Forwarder(
+            spool, destination, ae_title="CMRSDK", stop=threading.Event(), on_final=finals.append, max_attempts=2
+        )
+        caplog.set_level(logging.WARNING, logger="cmrsdk.serve")
+        forwarder.send(spool.due_deliveries())
+        assert spool.series("7.1").state == "forwarding" and spool.delivery_counts("7.1") == (1, 2)
+        forwarder.send(spool.due_deliveries(now=time.time() + 3600))  # after the back-off
+        row = spool.series("7.1")
+        assert spool.due_deliveries(now=time.time() + 3600) == [] and finals == ["7.1"]
+        line = series_log_line(spool, "7.1")
+    finally:
+        server.shutdown()
+        spool.close()
+    assert row.state == "done" and row.reason.startswith("1 result file(s) not forwarded: the peer")
+    assert "Segmentation Storage" in row.reason
+    assert "done, 1/2 result files forwarded" in line and "not forwarded" in line
+    assert "seg_ED.dcm refused 2 times" in caplog.text
+    assert is_permanent_refusal(0xC211) and is_permanent_refusal(0xA900) and not is_permanent_refusal(0xA700)
 
 
 def test_an_aborted_association_names_the_series_it_cut_off(node, caplog):

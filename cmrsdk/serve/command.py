@@ -57,6 +57,15 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
     )
     p.add_argument("--forward", metavar="AET@HOST:PORT", help="send the result DICOM files (SEG, SR) to this AE")
     p.add_argument(
+        "--forward-attempts",
+        type=int,
+        default=10,
+        metavar="N",
+        help="a result file the --forward peer refuses for good (it stores no such object) is tried N times, "
+        "then left in the results folder and logged as not forwarded (default: 10; network failures are "
+        "retried for as long as the node runs)",
+    )
+    p.add_argument(
         "--forward-tls-ca",
         metavar="PEM",
         help="forward over TLS: the peer's certificate must be signed by this CA and name its HOST",
@@ -118,6 +127,8 @@ def _check(args: argparse.Namespace) -> None:
             raise InputError(f"--{option.replace('_', '-')} file '{value}' not found")
     if not args.reopen_window >= 0:
         raise InputError(f"--reopen-window value {args.reopen_window} is invalid; expected seconds >= 0")
+    if args.forward_attempts < 1:
+        raise InputError(f"--forward-attempts value {args.forward_attempts} is invalid; expected a count >= 1")
     if not args.abort_hold >= 0:
         raise InputError(f"--abort-hold value {args.abort_hold} is invalid; expected seconds >= 0")
     if args.max_associations < 1:
@@ -208,6 +219,7 @@ def run_serve(args: argparse.Namespace) -> int:
         series_timeout_s=args.series_timeout,
         reopen_window_s=args.reopen_window,
         abort_hold_s=args.abort_hold,
+        forward_attempts=args.forward_attempts,
         forward=parse_destination(args.forward) if args.forward else None,
         bundle=args.bundle,
         device=args.device,

@@ -15,7 +15,7 @@ from typing import Callable
 from ..errors import InputError
 from .spool import Spool
 
-__all__ = ["Destination", "parse_destination", "Forwarder", "backoff_s"]
+__all__ = ["Destination", "parse_destination", "Forwarder", "backoff_s", "is_permanent_refusal"]
 
 log = logging.getLogger("cmrsdk.serve")
 
@@ -43,6 +43,13 @@ def parse_destination(text: str, option: str = "--forward") -> Destination:
             "(AE title of 1 to 16 characters, port 1 to 65535)"
         )
     return Destination(match["aet"].strip(), match["host"], int(match["port"]))
+
+
+#: C-STORE failure statuses a retry of the same file cannot change (PS3.4 B.2.3): 0xA9xx data set
+#: does not match the SOP class, 0xCxxx cannot understand; 0x0122 SOP class not supported.
+def is_permanent_refusal(code: int) -> bool:
+    """Whether a C-STORE failure status says the peer will never store this file as it is."""
+    return code == 0x0122 or 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF
 
 
 def backoff_s(attempts: int, *, base_s: float = 1.0, cap_s: float = 60.0) -> float:
@@ -76,6 +83,10 @@ class Forwarder(threading.Thread):
     attempt after :func:`backoff_s`; the state is in the spool, so back-off and pending
     deliveries survive a restart. With ``tls`` (:func:`cmrsdk.serve.scp.client_tls_context`)
     every association is TLS, the peer's certificate checked against the destination's host.
+    A delivery the peer refuses for good (no presentation context for its SOP class, or a
+    status of `is_permanent_refusal`) is tried ``max_attempts`` times in all, then recorded as
+    undeliverable (`Spool.mark_undeliverable`) and logged as an error; network failures and
+    transient statuses are retried for as long as the node runs.
     """
 
     def __init__(
@@ -89,8 +100,12 @@ class Forwarder(threading.Thread):
         backoff_cap_s: float = 60.0,
         timeout_s: float = 30.0,
         tls: ssl.SSLContext | None = None,
+        max_attempts: int = 10,
     ) -> None:
         super().__init__(name="cmrsdk-forwarder", daemon=True)
+        if max_attempts < 1:
+            raise InputError(f"'max_attempts' of the forwarder must be >= 1, got {max_attempts}")
+        self.max_attempts = int(max_attempts)
         self.spool, self.destination, self.ae_title, self.stop, self.on_final = (
             spool,
             destination,
@@ -144,12 +159,9 @@ class Forwarder(threading.Thread):
                 why = "association not established" + (
                     " (TLS: see the peer's certificate and --forward-tls-ca)" if self.tls else ""
                 )
+            permanent = bool(refused and not assoc.accepted_contexts)
             for path, _, attempts in due:
-                self.spool.mark_delivery_failed(
-                    path,
-                    f"{why} with {self.destination}",
-                    backoff_s(attempts + 1, cap_s=self.backoff_cap_s),
-                )
+                self._failed(path, f"{why} with {self.destination}", attempts, permanent, quiet=True)
             log.warning(
                 "forward to %s: %s; %d result file(s) wait, next try in %.0f s",
                 self.destination,
@@ -162,12 +174,14 @@ class Forwarder(threading.Thread):
             for path, _, attempts in due:
                 if self.stop.is_set():
                     break
+                permanent = False
                 try:
                     status = assoc.send_c_store(Path(path))
                 except Exception as exc:  # a file pynetdicom cannot send: retried later, never fatal
                     status, error = None, f"{type(exc).__name__}: {exc}"
                     if "No presentation context" in str(exc):
                         error = f"the peer does not accept {_sop_class_name(Path(path))} (no presentation context)"
+                        permanent = True
                 else:
                     code = int(status.Status) if status is not None and "Status" in status else None
                     error = "no response (association lost)" if code is None else f"status 0x{code:04X}"
@@ -177,12 +191,31 @@ class Forwarder(threading.Thread):
                         if finished:
                             self.on_final(finished)
                         continue
-                self.spool.mark_delivery_failed(path, error, backoff_s(attempts + 1, cap_s=self.backoff_cap_s))
-                log.warning(
-                    "forward to %s: %s refused (%s); retrying with back-off", self.destination, Path(path).name, error
-                )
+                    permanent = code is not None and is_permanent_refusal(code)
+                self._failed(path, error, attempts, permanent)
                 if not assoc.is_established:
                     break
         finally:
             if assoc.is_established:
                 assoc.release()
+
+    def _failed(self, path: str, error: str, attempts: int, permanent: bool, *, quiet: bool = False) -> None:
+        """Record a failed try (``attempts`` made before it): retried after back-off, or, refused
+        for good ``max_attempts`` times, undeliverable."""
+        if permanent and attempts + 1 >= self.max_attempts:
+            finished = self.spool.mark_undeliverable(path, error)
+            log.error(
+                "forward to %s: %s refused %d times (%s): not forwarded; it stays in the results folder",
+                self.destination,
+                Path(path).name,
+                attempts + 1,
+                error,
+            )
+            if finished:
+                self.on_final(finished)
+            return
+        self.spool.mark_delivery_failed(path, error, backoff_s(attempts + 1, cap_s=self.backoff_cap_s))
+        if not quiet:
+            log.warning(
+                "forward to %s: %s refused (%s); retrying with back-off", self.destination, Path(path).name, error
+            )

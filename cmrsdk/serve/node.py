@@ -38,6 +38,7 @@ class NodeConfig:
     max_spool_bytes: int | None = None
     min_free_bytes: int = 0
     backoff_cap_s: float = 60.0
+    forward_attempts: int = 10
     forward_tls: ssl.SSLContext | None = None
 
 
@@ -91,6 +92,7 @@ class Node:
                 stop=self.stop_event,
                 on_final=self._series_final,
                 backoff_cap_s=config.backoff_cap_s,
+                max_attempts=config.forward_attempts,
                 tls=config.forward_tls,
             )
             if config.forward

@@ -790,10 +790,14 @@ class Spool:
                     "SELECT COUNT(*) FROM deliveries WHERE series_uid = ? AND state = 'pending'", (row[0],)
                 ).fetchone()[0]
                 if not left:
+                    failed = self._db.execute(
+                        "SELECT COUNT(*), MAX(last_error) FROM deliveries WHERE series_uid = ? AND state = 'undeliverable'",
+                        (row[0],),
+                    ).fetchone()
                     self._db.execute(
-                        "UPDATE series SET state = 'done', finished_at = ? WHERE series_uid = ? "
-                        "AND state = 'forwarding'",
-                        (now, row[0]),
+                        "UPDATE series SET state = 'done', finished_at = ?, reason = COALESCE(?, reason) "
+                        "WHERE series_uid = ? AND state = 'forwarding'",
+                        (now, f"{failed[0]} result file(s) not forwarded: {failed[1][:300]}" if failed[0] else None, row[0]),
                     )
                     finished = row[0]
             self._db.execute("COMMIT")
@@ -805,6 +809,35 @@ class Spool:
                 "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE path = ?",
                 (time.time() + retry_in_s, error[:500], path),
             )
+
+    def mark_undeliverable(self, path: str, error: str) -> str | None:
+        """Stop trying a delivery the peer refuses for good (it stores no such object); returns the
+        series UID when no delivery of its series is left pending: the series is then ``done``,
+        its reason naming what was not forwarded (the file stays in its results folder)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            row = self._db.execute(
+                "UPDATE deliveries SET state = 'undeliverable', attempts = attempts + 1, last_error = ? "
+                "WHERE path = ? AND state = 'pending' RETURNING series_uid",
+                (error[:500], path),
+            ).fetchone()
+            finished = None
+            if row:
+                left, failed = self._db.execute(
+                    "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'undeliverable'), 0) "
+                    "FROM deliveries WHERE series_uid = ?",
+                    (row[0],),
+                ).fetchone()
+                if not left:
+                    self._db.execute(
+                        "UPDATE series SET state = 'done', finished_at = ?, reason = ? WHERE series_uid = ? "
+                        "AND state = 'forwarding'",
+                        (now, f"{failed} result file(s) not forwarded: {error[:300]}", row[0]),
+                    )
+                    finished = row[0]
+            self._db.execute("COMMIT")
+        return finished
 
     # ---- reading ----------------------------------------------------------------------------
     def series(self, series_uid: str) -> SeriesRow | None:
@@ -822,7 +855,8 @@ class Spool:
         """(sent, total) deliveries of a series' current result (superseded and withdrawn ones left out)."""
         with self._lock:
             sent, total = self._db.execute(
-                "SELECT COALESCE(SUM(state = 'sent'), 0), COALESCE(SUM(state IN ('sent', 'pending')), 0) FROM deliveries "
+                "SELECT COALESCE(SUM(state = 'sent'), 0), COALESCE(SUM(state IN ('sent', 'pending', 'undeliverable')), 0) "
+                "FROM deliveries "
                 "WHERE series_uid = ?",
                 (series_uid,),
             ).fetchone()
@@ -853,7 +887,8 @@ def read_status(directory: str | Path) -> tuple[list[SeriesRow], dict[str, tuple
         deliveries = {
             uid: (int(sent), int(total))
             for uid, sent, total in db.execute(
-                "SELECT series_uid, SUM(state = 'sent'), SUM(state IN ('sent', 'pending')) FROM deliveries GROUP BY series_uid"
+                "SELECT series_uid, SUM(state = 'sent'), SUM(state IN ('sent', 'pending', 'undeliverable')) FROM deliveries "
+                "GROUP BY series_uid"
             )
         }
     finally:
