@@ -261,6 +261,11 @@ def _ejection_fraction(edv: float, esv: float) -> float:
     return 100.0 * (edv - esv) / edv if edv > 0 and esv > 0 else float("nan")
 
 
+def _stroke_volume(edv: float, esv: float) -> float:
+    # as the EF: an empty mask at ED or ES is a failed segmentation, not a ventricle of 0 mL
+    return edv - esv if edv > 0 and esv > 0 else float("nan")
+
+
 def cardiac_measures(
     ed_labels: np.ndarray,
     es_labels: np.ndarray | None,
@@ -292,12 +297,12 @@ def cardiac_measures(
     return CardiacMeasures(
         lvedv_ml=ed["LVBP"],
         lvesv_ml=es["LVBP"],
-        lvsv_ml=ed["LVBP"] - es["LVBP"],
+        lvsv_ml=_stroke_volume(ed["LVBP"], es["LVBP"]),
         lvef_pct=_ejection_fraction(ed["LVBP"], es["LVBP"]),
         lv_mass_g=ed["LVM"] * MYOCARDIAL_DENSITY_G_PER_ML,
         rvedv_ml=ed["RVBP"],
         rvesv_ml=es["RVBP"],
-        rvsv_ml=ed["RVBP"] - es["RVBP"],
+        rvsv_ml=_stroke_volume(ed["RVBP"], es["RVBP"]),
         rvef_pct=_ejection_fraction(ed["RVBP"], es["RVBP"]),
     )
 

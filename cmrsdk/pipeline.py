@@ -742,8 +742,8 @@ class Pipeline:
         """Segment ED and ES, or every phase of a full cine.
 
         For a cine whose ED and ES are unknown they are taken from the LV blood-pool volume
-        curve: ED at its largest, ES at its smallest volume. With a heart crop the heart is
-        located once, on ED (on the first phase of a cine whose ED is unknown), and every phase
+        curve: ED at its largest, ES at its smallest volume among the phases showing an LV
+        (`_ed_es`). With a heart crop the heart is located once, on ED (on the first phase of a cine whose ED is unknown), and every phase
         on the same grid is cropped around that centre; a phase on another grid (shape or
         spacing) is located on its own. Likewise, once that first phase shows a heart, the other
         phases on its grid are not emptied by the whole-stack confidence gate, and with regions
@@ -804,7 +804,7 @@ class Pipeline:
         if study.ed_index is not None and study.es_index is not None:
             ed, es = indices.index(study.ed_index), indices.index(study.es_index)
         else:
-            ed, es = int(curve.argmax()), int(curve.argmin())
+            ed, es = _ed_es(curve)
         if self.systolic_base and ed != es:
             segmentations[es] = self._systolic_base(segmentations[ed], segmentations[es])
         # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
@@ -878,6 +878,20 @@ def _unturned(segmentation: Segmentation, stack: Stack, turn: Orientation | None
         provenance["columns_flipped"] = True
     labels = unturn_labels(segmentation.labels, turn)
     return replace(segmentation, stack=stack, labels=labels, provenance=provenance)
+
+
+def _ed_es(curve: np.ndarray) -> tuple[int, int]:
+    """ED and ES indices from a cine's float64 (T,) LV blood-pool volumes (mL): the largest and
+    the smallest, the smallest among phases with a ventricle, so that a blank frame or one the
+    networks found no LV in is never taken for end-systole (its "0 mL" would make the whole
+    EDV the stroke volume); NaN volumes (one slice) count for neither."""
+    finite = np.flatnonzero(np.isfinite(curve))
+    if not len(finite):
+        return 0, 0
+    ed = int(finite[np.argmax(curve[finite])])
+    beating = finite[curve[finite] > 0]
+    candidates = beating if len(beating) else finite
+    return ed, int(candidates[np.argmin(curve[candidates])])
 
 
 def _window_cuts_heart(labels: np.ndarray, window: preprocess.SliceTransform) -> bool:

@@ -43,9 +43,18 @@ def _positions(seg: Segmentation) -> np.ndarray:
     return np.asarray(seg.stack.slice_positions, dtype=np.float64)
 
 
-def _phase_entry(seg: Segmentation) -> dict[str, Any]:
+def _phase_name(seg: Segmentation, index: int, result: StudySegmentation) -> str | None:
+    """A study of two phases: "ED" and "ES" as the pipeline chose them. A cine: each frame its
+    reader's name, "frame N" where that name claims ED or ES (a reader names a cine's first
+    frame ED before the volume curve is known); ``ed_index`` and ``es_index`` say which."""
+    if len(result.phases) <= 2 and index in (result.ed_index, result.es_index):
+        return "ED" if index == result.ed_index else "ES"
+    return f"frame {index}" if seg.stack.phase in ("ED", "ES") else seg.stack.phase
+
+
+def _phase_entry(seg: Segmentation, name: str | None) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "phase": seg.stack.phase,
+        "phase": name,
         "source": seg.stack.source,
         "shape_zyx": list(seg.stack.shape),
         "spacing_mm": [round(s, 4) for s in seg.stack.spacing],
@@ -70,7 +79,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     Holds the regions per slice, volumes (mL), EF (%), LV mass (g), quality flags, timings (ms)
     and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
     volumes of a one-slice stack) are written as null. Study flags: ``single_phase``,
-    ``no_volume_change`` (ED and ES are one phase: the LV volume never changes; SV and EF null), and
+    ``no_volume_change`` (ED and ES are one phase: the LV volume never changes; SV and EF null),
+    ``phase_without_lv`` (a phase of the cine shows no LV while others do: never taken for ES), and
     ``lv_esv_exceeds_edv`` / ``rv_esv_exceeds_edv`` (a ventricle larger at ES than at ED: its SV
     and EF are withheld as null, its volumes kept); phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
@@ -83,7 +93,12 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     measures = {k: _finite(v) for k, v in result.measures.as_dict().items()}
     # one phase: no ES, so volumes at that phase only; SV and EF are null, never 0
     flags = ["single_phase"] if single else []
-    if not single and result.ed_index == result.es_index:
+    curve = np.asarray(result.lv_volume_curve_ml, dtype=np.float64)
+    if not single and (curve == 0).any() and (curve > 0).any():
+        # a phase without an LV in a cine with one (a blank frame, a failed segmentation): left
+        # out of the choice of ES (`Pipeline.segment_study`), and said here
+        flags.append("phase_without_lv")
+    if not single and result.ed_index == result.es_index and np.isfinite(curve).any():
         # the LV volume never changes (a static series, frames repeated): no ES was found, and
         # an EF of 0 % would read as a heart that does not beat
         for key in ("lvsv_ml", "lvef_pct", "rvsv_ml", "rvef_pct"):
@@ -104,7 +119,7 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         "flags": flags,
         "measures": measures,
         "lv_volume_curve_ml": [_finite(v) for v in result.lv_volume_curve_ml],
-        "phases": [_phase_entry(seg) for seg in result.phases],
+        "phases": [_phase_entry(seg, _phase_name(seg, i, result)) for i, seg in enumerate(result.phases)],
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         "provenance": result.phases[0].provenance,
     }

@@ -67,6 +67,20 @@ def test_discovery_looks_past_a_dicomdir_and_the_runs_own_output(tmp_path: Path)
     assert len(discover_studies([root])) == 3
 
 
+def test_discovery_skips_earlier_cmrsdk_results_under_a_root(tmp_path: Path):
+    """`cmrsdk segment cohort/a.nii.gz -o cohort/out/a`, then `cmrsdk batch cohort`: the labels in
+    out/a are results, not studies (they were segmented as studies before 0.10.0)."""
+    root = tmp_path / "cohort"
+    _touch(root / "a.nii.gz", b"x")
+    for name in ("labels_ED.nii.gz", "report.json", "overlay.png"):
+        _touch(root / "out" / "a" / name, b"x")
+    _touch(root / "mixed" / "report.json", b"x")
+    _touch(root / "mixed" / "b.nii.gz", b"x")  # not a result folder: a name cmrsdk does not write beside it
+    with pytest.warns(CmrWarning, match=r"1 folder\(s\) hold cmrsdk results, not studies, and are skipped: out/a"):
+        studies = discover_studies([root])
+    assert [s.study_id for s in studies] == ["a", "mixed_b"]
+
+
 def test_discovery_names_the_folders_that_hold_no_study(tmp_path: Path):
     root = tmp_path / "cohort"
     _dicom_like(root / "good" / "IM1")

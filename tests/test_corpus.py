@@ -636,7 +636,7 @@ DICOM_CASES = [
         r"of bytes of pixel data is less than expected",
     ),
     Case("dicom_empty_folder", _empty_build, code=1, error=r"in: no DICOM image files found \(0 files searched\)"),
-    Case("dicom_only_a_report", _sr_build, code=1, error=r"report\.dcm: DICOM file without image data"),
+    Case("dicom_only_a_report", _sr_build, code=1, error=r"report\.dcm: DICOM file that is no image to segment"),
     Case(
         "dicom_same_position_twice",
         _dup_position_build,

@@ -163,7 +163,7 @@ def test_non_image_and_non_dicom(tmp_path: Path) -> None:
     ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.save_as(tmp_path / "report.dcm", enforce_file_format=True)
-    with pytest.raises(ReadError, match=r"report\.dcm: DICOM file without image data"):
+    with pytest.raises(ReadError, match=r"report\.dcm: DICOM file that is no image to segment"):
         read_dicom_study(tmp_path)
 
 
@@ -671,3 +671,22 @@ def test_a_series_half_multi_frame_half_single_frame_is_one_error_naming_both(se
     text = str(error.value)
     assert text.startswith(f"{mixed / 'a_enhanced.dcm'}: series mixes multi-frame images ('SOPClassUID' (0008,0016) ")
     assert f"with single-frame ones (1.2.840.10008.5.1.4.1.1.4 in {files[6].name})" in text
+
+
+def test_a_segmentation_beside_the_images_is_no_series(tmp_path):
+    """cmrsdk's own SEG read back from an output folder inside the input (`segment S -o S/out`,
+    run twice): a result, not images; before 0.10.0 it was a series of 3 phases and failed."""
+    from cmrsdk.io import read_dicom_study, scan_dicom_series, write_dicom_seg, write_dicom_series
+    from cmrsdk.synth import synthetic_study
+
+    write_dicom_series(tmp_path / "study", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))
+    plain = read_dicom_study(tmp_path / "study")
+    labels = np.zeros(plain.phases[0].shape, np.uint8)
+    labels[:, 8:16, 8:16] = 1
+    (tmp_path / "study" / "out").mkdir()
+    write_dicom_seg(tmp_path / "study" / "out" / "seg_ED.dcm", labels, plain.phases[0])
+    again = read_dicom_study(tmp_path / "study")
+    assert len(scan_dicom_series(tmp_path / "study")) == 1
+    np.testing.assert_array_equal(np.stack([p.pixels for p in again.phases]), np.stack([p.pixels for p in plain.phases]))
+    with pytest.raises(ReadError, match=r"seg_ED\.dcm: DICOM file that is no image to segment"):
+        read_dicom_study(tmp_path / "study" / "out")

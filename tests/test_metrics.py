@@ -57,6 +57,8 @@ def test_cardiac_measures_known_values():
     # an empty ES mask is a failed segmentation, not a ventricle that emptied: no "100 %"
     failed = cardiac_measures(ed, es * 0, (10.0, 1.0, 1.0))
     assert failed.lvesv_ml == 0.0 and np.isnan(failed.lvef_pct) and np.isnan(failed.rvef_pct)
+    # nor a stroke volume equal to the whole EDV (it reached the SR as a number before 0.10.0)
+    assert np.isnan(failed.lvsv_ml) and np.isnan(failed.rvsv_ml)
 
 
 def test_dice_and_slice_dice_against_hand_counts():

@@ -135,6 +135,36 @@ def test_segment_study_finds_ed_and_es_from_the_volume_curve(routing_bundle):
     assert result.measures.lvedv_ml == pytest.approx(result.lv_volume_curve_ml.max())
 
 
+def test_a_blank_frame_is_never_taken_for_end_systole(routing_bundle):
+    """A cine with one all-zero frame (a frame lost in export): it has no LV, so its 0 mL is not
+    ES; the report says a phase shows no LV, and the measures are those of the true ED and ES."""
+    import dataclasses
+
+    from cmrsdk.pipeline import _ed_es
+    from cmrsdk.report import study_report
+    from cmrsdk.types import Study
+
+    assert _ed_es(np.array([120.0, 80.0, 0.0, 60.0, 100.0])) == (0, 3)
+    assert _ed_es(np.array([0.0, 0.0])) == (0, 0)
+    assert _ed_es(np.array([np.nan, np.nan])) == (0, 0)
+    assert _ed_es(np.array([np.nan, 50.0, 40.0])) == (1, 2)
+    study = synthetic_study(seed=1, n_phases=6)
+    phases = list(study.phases)
+    blank = np.zeros_like(phases[3].pixels)
+    phases[3] = dataclasses.replace(phases[3], pixels=blank, labels=np.zeros(blank.shape, np.uint8))
+    pipeline = Pipeline(routing_bundle, mode="routed", regions_from="caller", largest_component=False)
+    result = pipeline.segment_study(Study(tuple(phases), info=study.info), region_source=ground_truth_regions)
+    curve = result.lv_volume_curve_ml
+    assert curve[3] == 0 and curve.min() == 0 and result.es_index != 3
+    assert result.es_index == int(np.argmin(np.where(curve > 0, curve, np.inf)))
+    assert result.measures.lvsv_ml == pytest.approx(curve.max() - curve[result.es_index])
+    report = study_report(result)
+    assert "phase_without_lv" in report["flags"] and "blank_image" in report["phases"][3]["quality_flags"]
+    # a cine's frames keep their frame names; ed_index and es_index say which are ED and ES
+    names = [p["phase"] for p in report["phases"]]
+    assert names.count("ED") == 0 and names[0] == "frame 0" and names[result.ed_index] == f"frame {result.ed_index}"
+
+
 def test_concurrent_calls_give_the_serial_results(routing_bundle):
     pipeline = Pipeline(routing_bundle, mode="routed")
     stacks = [synthetic_study(seed=s).ed for s in range(4)]

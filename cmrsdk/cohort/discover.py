@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CmrWarning, InputError
+from ..study import OUTPUT_PATTERN
 
 __all__ = ["StudySource", "discover_studies", "read_study_list", "study_name", "LIST_COLUMNS"]
 
@@ -80,9 +81,17 @@ def _is_case_folder(folder: Path, names: Sequence[str]) -> bool:
     return any(n.lower().startswith(stem) for n in names)
 
 
-def _walk(path: Path, skip: Path | None = None, barren: list[Path] | None = None) -> Iterator[Path]:
+def _is_result_folder(names: Sequence[str]) -> bool:
+    """A folder `cmrsdk segment` wrote: its report.json and only names cmrsdk writes."""
+    return "report.json" in names and all(OUTPUT_PATTERN.match(n) for n in names if not n.startswith("."))
+
+
+def _walk(
+    path: Path, skip: Path | None = None, barren: list[Path] | None = None, results: list[Path] | None = None
+) -> Iterator[Path]:
     """The studies at or under ``path``, in sorted order; the folder ``skip`` (the run's own
-    output, when it lies under a root) is not entered; folders without sub-folders that hold
+    output, when it lies under a root) is not entered, nor are earlier results of cmrsdk (their
+    labels and SEGs are no studies; added to ``results``); folders without sub-folders that hold
     no study are added to ``barren``."""
     if path.is_file():
         if _NIFTI.search(path.name) and not _LABEL_MAP.search(path.name):
@@ -93,6 +102,10 @@ def _walk(path: Path, skip: Path | None = None, barren: list[Path] | None = None
     except OSError as exc:
         raise InputError(f"'{path}' cannot be listed: {exc.strerror}") from exc
     names = [e.name for e in entries]
+    if _is_result_folder(names):
+        if results is not None:
+            results.append(path)
+        return
     if _is_case_folder(path, names):
         yield path
         return
@@ -110,7 +123,7 @@ def _walk(path: Path, skip: Path | None = None, barren: list[Path] | None = None
     if not loose and not folders and barren is not None:
         barren.append(path)
     for entry in folders:
-        yield from _walk(Path(entry.path), skip, barren)
+        yield from _walk(Path(entry.path), skip, barren, results)
 
 
 def _unique(studies: list[StudySource], where: str) -> list[StudySource]:
@@ -149,7 +162,14 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
         if not root.exists():
             raise InputError(f"'{root}': no such file or directory")
         barren: list[Path] = []
-        found = list(_walk(root, None if output is None else Path(os.path.abspath(output)), barren))
+        results: list[Path] = []
+        found = list(_walk(root, None if output is None else Path(os.path.abspath(output)), barren, results))
+        if results:  # earlier `cmrsdk segment` outputs under the root: not studies, and said so
+            shown = ", ".join(str(p.relative_to(root)) for p in results[:5]) + (", ..." if len(results) > 5 else "")
+            warnings.warn(
+                CmrWarning(f"'{root}': {len(results)} folder(s) hold cmrsdk results, not studies, and are skipped: {shown}"),
+                stacklevel=2,
+            )
         if found and barren:  # a cohort's folder with nothing to segment gets no row: say which
             shown = ", ".join(str(p.relative_to(root)) for p in barren[:5]) + (", ..." if len(barren) > 5 else "")
             warnings.warn(

@@ -88,6 +88,15 @@ _IMAGE_SOP_CLASSES = {
 } | ENHANCED_MR_CLASSES
 
 
+#: objects with a matrix that are results, not images to segment: segmentations (cmrsdk's own
+#: SEG among them, read back from an output folder inside the input) and parametric maps.
+_DERIVED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map Storage
+}
+
+
 def _sop_class(header: Dataset) -> str:
     meta = getattr(header, "file_meta", None)
     return str(header.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
@@ -163,7 +172,9 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
         if header is None:
             continue
         # pixel data is not read yet (stop_before_pixels): an image is what has a matrix size
-        if header.get("Rows") and header.get("Columns"):
+        if _sop_class(header) in _DERIVED_SOP_CLASSES:
+            non_images.append(file)
+        elif header.get("Rows") and header.get("Columns"):
             rows, columns = int(header.Rows), int(header.Columns)
             if rows > MAX_MATRIX or columns > MAX_MATRIX:
                 raise ReadError(
@@ -208,8 +219,8 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
         if non_images:
             raise ReadError(
                 non_images[0],
-                f"DICOM file without image data (no Rows/Columns); no image series "
-                f"found among the {len(non_images)} DICOM file(s) there",
+                f"DICOM file that is no image to segment (no Rows/Columns, or a segmentation or "
+                f"parametric map); no image series found among the {len(non_images)} DICOM file(s) there",
             )
         pairs = [f for f in files if f.suffix.lower() in (".hdr", ".img")]
         if pairs:  # what dcm2niix -n or old SPM pipelines write: say so, not "no DICOM"
