@@ -92,8 +92,10 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
     """Check, before any compute, that ``out_dir`` can receive a study's outputs; create its parent.
 
     Refused (:class:`WriteError` naming the folder and the reason): a file where the folder or
-    one of its parents should be, a parent that cannot be created or written, and an existing
-    folder holding files cmrsdk does not write (it would be replaced whole).
+    one of its parents should be, a parent that cannot be created or written, a path the system
+    cannot hold (too long), the current folder or one holding it, and an existing folder
+    holding files cmrsdk does not write (it would be replaced whole). A symbolic link to a
+    folder is followed: the result replaces the folder it points to.
 
     Parameters
     ----------
@@ -105,15 +107,26 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
 
     Returns
     -------
-    ``out_dir`` as a Path.
+    ``out_dir`` as an absolute Path (the link's target where it is a link to a folder).
     """
-    out_dir = Path(out_dir)
-    for ancestor in [out_dir, *out_dir.parents]:
-        if ancestor.exists() or ancestor.is_symlink():
-            if not ancestor.is_dir():
-                where = "is a file" if ancestor == out_dir else f"lies under {ancestor}, which is a file"
-                raise WriteError(f"{out_dir}: output folder {where}, not a folder")
-            break
+    given = out_dir
+    out_dir = Path(os.path.abspath(out_dir))
+    try:
+        if out_dir.is_symlink() and out_dir.is_dir():
+            out_dir = Path(os.path.realpath(out_dir))  # replaced where it lies, the link kept
+        for ancestor in [out_dir, *out_dir.parents]:
+            if ancestor.exists() or ancestor.is_symlink():
+                if not ancestor.is_dir():
+                    where = "is a file" if ancestor == out_dir else f"lies under {ancestor}, which is a file"
+                    raise WriteError(f"{given}: output folder {where}, not a folder")
+                break
+    except OSError as exc:  # a name or path longer than the file system holds
+        raise WriteError(f"{given}: output folder cannot be used ({exc.strerror or exc})") from exc
+    if contents and Path(os.getcwd()).is_relative_to(out_dir):
+        raise WriteError(
+            f"{given}: output folder is the current folder or holds it; a study's folder is replaced whole, "
+            "so name a new folder (e.g. -o results)"
+        )
     if contents and out_dir.is_dir():
         foreign = sorted(p.name for p in out_dir.iterdir() if not OUTPUT_PATTERN.match(p.name) and p.name not in keep)
         if foreign:
@@ -245,7 +258,8 @@ def segment_one(
             report["ground_truth"] = ground_truth_agreement(result, truth)
         single = len(result.phases) == 1
         phases = [("ED", result.ed)] if single else [("ED", result.ed), ("ES", result.es)]
-        staging = out_dir.parent / f"{_STAGING}{out_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        # short, whatever the folder's name: a name near the file system's limit must still fit
+        staging = out_dir.parent / f"{_STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(mode=0o777)  # the umask applies, as for any folder the user creates
         try:
             written: list[Path] = []

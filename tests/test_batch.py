@@ -152,6 +152,33 @@ def test_output_cannot_be_created(shared_data, tmp_path, capsys):
     assert line.startswith(f"cmrsdk: error: {image}: {target}: output folder cannot be written")
 
 
+def test_output_names_at_the_limit_links_and_the_current_folder(shared_data, tmp_path, capsys, monkeypatch):
+    """A folder name of 230 characters (the staging folder beside it took its name plus 40: the
+    write failed after the segmentation); a link to an earlier result (replaced beside the
+    link before 0.10.0, the old result left); `-o .` (the staging folder was made inside it and
+    the rename failed after the work); a path longer than the system holds (a traceback)."""
+    image = _nifti(shared_data, tmp_path / "in" / "a.nii.gz")
+    long_name = tmp_path / ("L" * 230)
+    assert main(["segment", str(image), "-o", str(long_name), *FAST]) == 0
+    assert (long_name / "report.json").is_file()
+    target = tmp_path / "target"
+    assert main(["segment", str(image), "-o", str(target), *FAST]) == 0
+    (tmp_path / "link").symlink_to(target)
+    assert main(["segment", str(image), "-o", str(tmp_path / "link"), *FAST]) == 0
+    assert (tmp_path / "link").is_symlink() and (target / "report.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left beside
+    capsys.readouterr()
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["segment", str(image), "-o", ".", *FAST]) == 1
+    assert "output folder is the current folder or holds it" in capsys.readouterr().err
+    assert list(here.iterdir()) == []
+    deep = tmp_path.joinpath(*["d" * 200] * 22)
+    assert main(["segment", str(image), "-o", str(deep), *FAST]) == 1
+    assert "output folder cannot be used (File name too long)" in capsys.readouterr().err
+
+
 def test_rerun_replaces_earlier_result(shared_data, tmp_path, capsys):
     # first a DICOM study (SEG + SR), then a NIfTI one into the same folder: no SEG may survive
     dicom = tmp_path / "dicom"
