@@ -113,6 +113,10 @@ MODEL_KINDS: tuple[str, ...] = ("segmentation", "classifier")
 REGIONS_FROM: tuple[str, ...] = ("classifier", "segmentation")
 
 
+#: intensity normalisations the pipeline knows (`cmrsdk.preprocess.normalize`).
+NORMALIZATIONS = ("robust_zscore", "zscore", "minmax")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks of ``chunk`` bytes."""
     digest = hashlib.sha256()
@@ -266,6 +270,10 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
     spacing = _require(raw, "target_spacing", list, "preprocessing.", manifest)
     size = _require(raw, "size", list, "preprocessing.", manifest)
     normalization = _require(raw, "normalization", str, "preprocessing.", manifest)
+    if normalization not in NORMALIZATIONS:
+        raise BundleError(
+            f"{manifest}: 'preprocessing.normalization' is {normalization!r}, expected one of {', '.join(NORMALIZATIONS)}"
+        )
     if len(spacing) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in spacing):
         raise BundleError(
             f"{manifest}: 'preprocessing.target_spacing' must be two positive mm values [dy, dx], got {spacing!r}"
@@ -579,6 +587,9 @@ class Bundle:
 def load_bundle(path: str | Path) -> Bundle:
     """Read and verify a bundle directory.
 
+    A file of the bundle that cannot be read (permissions, a disk error) is one `BundleError`
+    naming it, as a modified one is.
+
     Parameters
     ----------
     path : the bundle directory (holding ``manifest.json``), or the manifest file itself.
@@ -593,6 +604,14 @@ def load_bundle(path: str | Path) -> Bundle:
         Missing or malformed manifest, unknown format or version, routing to unknown models,
         or a missing, truncated or modified artifact; the message names the file.
     """
+    try:
+        return _load_bundle(path)
+    except OSError as exc:
+        where = exc.filename or path
+        raise BundleError(f"{where}: bundle file cannot be read ({exc.strerror or type(exc).__name__})") from exc
+
+
+def _load_bundle(path: str | Path) -> Bundle:
     root = Path(path)
     if root.is_file() and root.name == MANIFEST_NAME:
         root = root.parent

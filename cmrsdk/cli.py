@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from . import DEMO_BUNDLE, __version__
 from .engines import BACKENDS
 from .errors import CmrError
-from .study import Interrupted, raise_on_sigterm, segment_one  # segment_one: kept importable from here
+from .study import Interrupted, check_output_folder, raise_on_sigterm, segment_one  # segment_one: kept importable from here
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline, RegionSource
@@ -97,6 +97,17 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
     return rules
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts (--threads, --every): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _spacing_or_training(text: str) -> str:
     """argparse type of --segment-spacing: a positive number of mm, or "training"."""
     if text != "training":
@@ -126,7 +137,6 @@ def _method(mode: str, bundle: str, **options: Any) -> tuple[Pipeline, RegionSou
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from .io import expand_inputs
-    from .study import check_output_folder
 
     output = Path(args.output)
     inputs: list[Path] = []
@@ -302,6 +312,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation_sunnybrook import is_sunnybrook_root
     from .io import read_study
 
+    check_output_folder(args.output, contents=False)  # a file there: refused now, not after the evaluation
     sunnybrook = [Path(d) for d in args.data if is_sunnybrook_root(d)]
     folders = [f for d in args.data if not is_sunnybrook_root(d) for f in _case_folders(Path(d), args.every)]
     if not folders and not sunnybrook:
@@ -520,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(inputs with labels only)",
     )
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
-    p.add_argument("--threads", type=int, default=None, help="native-kernel threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None, help="native-kernel threads (default: all cores)")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.png (the slowest output)")
     p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")
     pipeline_options(p)
@@ -561,9 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modes", nargs="+", default=["baseline", "routed", "oracle"], choices=["baseline", "routed", "oracle"]
     )
-    p.add_argument("--every", type=int, default=None, help="keep every N-th case folder (ACDC's held-out split: 5)")
+    p.add_argument(
+        "--every", type=positive_int, default=None, help="keep every N-th case folder (ACDC's held-out split: 5)"
+    )
     p.add_argument("--title", default="")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     engine_options(p)
     pipeline_options(p)
     p.set_defaults(func=_cmd_evaluate)

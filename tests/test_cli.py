@@ -191,3 +191,48 @@ def test_version(capsys):
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "cmrsdk._version.__version__"}
     entries = re.findall(r"^## (\S+)", (root / "CHANGELOG.md").read_text(), re.M)
     assert entries[0] == __version__ and len(entries) == len(set(entries))
+
+
+def test_counts_and_the_evaluation_folder_are_checked_before_any_work(tmp_path, capsys):
+    """--threads 0 was taken for a study's error after the bundle loaded ('0 of 1 studies
+    segmented'); --every 0 silently kept every case; `evaluate -o FILE` failed after the whole
+    evaluation with a traceback."""
+    for argv in (
+        ["segment", str(tmp_path), "-o", str(tmp_path / "o"), "--threads", "0"],
+        ["evaluate", "--data", str(tmp_path), "-o", str(tmp_path / "o"), "--every", "-1"],
+        ["evaluate", "--data", str(tmp_path), "-o", str(tmp_path / "o"), "--threads", "x"],
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "expected a whole number >= 1" in capsys.readouterr().err
+    blocker = tmp_path / "result.txt"
+    blocker.write_text("keep")
+    assert main(["evaluate", "--data", str(tmp_path), "-o", str(blocker)]) == 2
+    assert capsys.readouterr().err == f"cmrsdk: error: {blocker}: output folder is a file, not a folder\n"
+    assert blocker.read_text() == "keep"
+
+
+def test_an_unreadable_bundle_file_is_one_error_naming_it(tmp_path, monkeypatch):
+    """A model file the user may not read (chmod 000 as another user) gave a PermissionError
+    traceback; the manifest's normalization was checked only at the first study."""
+    import json
+    import shutil
+
+    from cmrsdk import DEMO_BUNDLE, bundle
+    from cmrsdk.errors import BundleError
+
+    def denied(path, chunk=1 << 20):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bundle, "sha256_file", denied)
+    with pytest.raises(BundleError, match=r"baseline\.\w+: bundle file cannot be read \(Permission denied\)"):
+        bundle.load_bundle(DEMO_BUNDLE)
+    monkeypatch.undo()
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEMO_BUNDLE, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocessing"]["normalization"] = "foo"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"manifest\.json: 'preprocessing\.normalization' is 'foo', expected one of"):
+        bundle.load_bundle(copy)
