@@ -91,6 +91,9 @@ def test_discovery_names_the_folders_that_hold_no_study(tmp_path: Path):
 
 
 def test_discovery_refuses_missing_roots_and_clashing_ids(tmp_path: Path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(InputError, match="empty' holds no study: it holds no file at all"):
+        discover_studies([tmp_path / "empty"])  # not "1 study, 1 failed"
     with pytest.raises(InputError, match="no such file or directory"):
         discover_studies([tmp_path / "absent"])
     _touch(tmp_path / "a" / "patient001" / "Info.cfg")

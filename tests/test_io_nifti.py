@@ -342,3 +342,18 @@ def test_an_analyze_pair_is_named_as_such(tmp_path: Path) -> None:
             ReadError, match=r"image\.(hdr|img): an Analyze / NIfTI-1 pair \(\.hdr \+ \.img\) is not read"
         ):
             read_study(path)
+
+
+def test_a_cine_with_spare_trailing_axes_reads_and_a_5d_one_is_named_as_such(tmp_path: Path) -> None:
+    """(X, Y, Z, T, 1), as some converters write a cine, was refused as not 3-D."""
+    from cmrsdk.io import read_study
+
+    volume = np.random.default_rng(0).normal(100, 20, (32, 32, 4)).astype(np.float32)
+    cine = np.stack([volume, volume * 0.9, volume * 1.1], -1)
+    nib.save(nib.Nifti1Image(cine[..., None], np.diag([1.5, 1.5, 8.0, 1.0])), tmp_path / "spare.nii.gz")
+    study = read_study(tmp_path / "spare.nii.gz")
+    assert len(study.phases) == 3 and study.phases[2].shape == (4, 32, 32)
+    np.testing.assert_allclose(study.phases[1].pixels, volume.transpose(2, 1, 0) * 0.9, rtol=1e-6)
+    nib.save(nib.Nifti1Image(np.stack([cine, cine], -1), np.diag([1.5, 1.5, 8.0, 1.0])), tmp_path / "five.nii.gz")
+    with pytest.raises(ReadError, match=r"for one phase or 4-D \(X, Y, Z, T\) for a cine, got shape \(32, 32, 4, 3, 2\)"):
+        read_study(tmp_path / "five.nii.gz")

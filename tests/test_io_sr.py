@@ -241,3 +241,19 @@ def test_seg_written_from_sources_highdicom_refuses_as_they_are(tmp_path):
     if shutil.which("dciodvfy"):
         result = subprocess.run(["dciodvfy", str(seg_path)], capture_output=True, text=True, timeout=120)
         assert [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")] == []
+
+
+def test_an_empty_segmentation_is_written_whole_and_quietly(series, tmp_path, caplog):
+    """A study with no heart found: the SEG holds every (empty) frame, and highdicom's line about
+    reverting "omit_empty_frames" no longer reaches the user's terminal."""
+    import logging
+
+    import pydicom
+
+    from cmrsdk.io import read_dicom_study, write_dicom_seg
+
+    stack = read_dicom_study(series[0].parent).phases[0]
+    caplog.set_level(logging.INFO)
+    path = write_dicom_seg(tmp_path / "seg.dcm", np.zeros(stack.shape, np.uint8), stack)
+    assert not [r for r in caplog.records if r.name.startswith("highdicom") and r.levelno >= logging.WARNING]
+    assert int(pydicom.dcmread(path).NumberOfFrames) == 3 * stack.shape[0]  # every frame, one per structure

@@ -179,6 +179,8 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
                 ),
                 stacklevel=2,
             )
+        if not found and root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
+            raise InputError(f"'{root}' holds no study: it holds no file at all")
         if not found and root.is_dir():
             # a folder the walk does not recognise is still worth one try as a DICOM series:
             # the reader's error then says what it found

@@ -137,6 +137,9 @@ def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
             raise ReadError(path, "the file is an uncompressed NIfTI but its name ends in .gz: rename it .nii") from exc
         reason = str(exc).replace(str(path), "this file")  # the line names it already
         raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
+    if len(shape) > 4 and set(shape[4:]) == {1}:  # (X, Y, Z, T, 1): a converter's spare axes
+        image = nib.funcs.squeeze_image(image)
+        shape = image.shape
     if dtype.fields is not None or dtype.kind not in "uifb":
         raise ReadError(
             path,
@@ -171,7 +174,8 @@ def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
     if len(shape) != 3:
         raise ReadError(
             path,
-            f"NIfTI image must be 3-D (X, Y, Z) for one phase, got shape {shape} (dim[0] = {int(header['dim'][0])})",
+            f"NIfTI image must be 3-D (X, Y, Z) for one phase{' or 4-D (X, Y, Z, T) for a cine' if cine else ''}, "
+            f"got shape {shape} (dim[0] = {int(header['dim'][0])})",
         )
     return image
 

@@ -188,6 +188,8 @@ def write_dicom_seg(
                 device_serial_number="0",
                 series_description=series_description[:64],
                 plane_positions=positions,
+                # an empty study keeps every frame (highdicom would say so on stderr otherwise)
+                omit_empty_frames=bool(np.any(array)),
             )
             if positions is not None:
                 reference_sources(seg, stack, by_file, positions)
