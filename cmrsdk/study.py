@@ -163,6 +163,36 @@ def _replace_folder(staging: Path, out_dir: Path, keep: tuple[str, ...] = ()) ->
         raise
 
 
+#: a staging or retired folder older than this beside an output folder was left by a killed run.
+STALE_AFTER_S = 3600.0
+
+
+def _remove_stale(parent: Path) -> None:
+    """Delete what a run killed outright (SIGKILL, power loss) left beside its output folder: its
+    staging or retired folder, once older than `STALE_AFTER_S` and its process gone."""
+    now = time.time()
+    for entry in [*parent.glob(f"{_STAGING}*"), *parent.glob(f"{_RETIRED}*")]:
+        try:
+            if not entry.is_dir() or entry.is_symlink() or now - entry.stat().st_mtime < STALE_AFTER_S:
+                continue
+        except OSError:
+            continue
+        pid = re.match(rf"{re.escape(_STAGING)}(\d+)-", entry.name)
+        if pid and _process_alive(int(pid.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or a number no process has: leave it
+    return True
+
+
 def _swap(staging: Path, out_dir: Path) -> None:
     retired = None
     if out_dir.exists():
@@ -258,6 +288,7 @@ def segment_one(
             report["ground_truth"] = ground_truth_agreement(result, truth)
         single = len(result.phases) == 1
         phases = [("ED", result.ed)] if single else [("ED", result.ed), ("ES", result.es)]
+        _remove_stale(out_dir.parent)
         # short, whatever the folder's name: a name near the file system's limit must still fit
         staging = out_dir.parent / f"{_STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(mode=0o777)  # the umask applies, as for any folder the user creates

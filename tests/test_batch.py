@@ -177,6 +177,14 @@ def test_output_names_at_the_limit_links_and_the_current_folder(shared_data, tmp
     deep = tmp_path.joinpath(*["d" * 200] * 22)
     assert main(["segment", str(image), "-o", str(deep), *FAST]) == 1
     assert "output folder cannot be used (File name too long)" in capsys.readouterr().err
+    # what a run killed outright left beside its output: removed once stale, a fresh one kept
+    old, fresh = tmp_path / ".cmrsdk-staging-999999999-abcd1234", tmp_path / ".cmrsdk-staging-999999998-abcd1234"
+    for left in (old, fresh):
+        (left / "labels_ED.nii.gz").parent.mkdir()
+        (left / "labels_ED.nii.gz").write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert main(["segment", str(image), "-o", str(target), *FAST]) == 0
+    assert not old.exists() and fresh.is_dir()
 
 
 def test_rerun_replaces_earlier_result(shared_data, tmp_path, capsys):
