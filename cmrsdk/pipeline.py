@@ -602,7 +602,7 @@ class Pipeline:
         to the masks' centroid while they run into a window edge inside the image, at most
         `MAX_WINDOW_MOVES` times. Returns the segmentation and the heart and window centres used."""
         given = not isinstance(window_centre, _Unset)
-        placed = window_centre if not isinstance(window_centre, _Unset) else None
+        placed = None if isinstance(window_centre, _Unset) else window_centre
         for move in range(MAX_WINDOW_MOVES + 1):
             segmentation, found, cuts = self._segment_window(stack, region_source, centre, heart_known, routes, placed)
             if given or not cuts or move == MAX_WINDOW_MOVES:
