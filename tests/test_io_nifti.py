@@ -357,3 +357,21 @@ def test_a_cine_with_spare_trailing_axes_reads_and_a_5d_one_is_named_as_such(tmp
     nib.save(nib.Nifti1Image(np.stack([cine, cine], -1), np.diag([1.5, 1.5, 8.0, 1.0])), tmp_path / "five.nii.gz")
     with pytest.raises(ReadError, match=r"for one phase or 4-D \(X, Y, Z, T\) for a cine, got shape \(32, 32, 4, 3, 2\)"):
         read_study(tmp_path / "five.nii.gz")
+
+
+def test_spatial_units_other_than_mm_are_converted_or_named(tmp_path: Path) -> None:
+    """xyzt_units 'micron' or 'meter' were ignored: a header in metres with sizes in mm read as
+    mm silently, one whose sizes were in its stated unit was refused as 'mm outside 0.05..20'."""
+    pixels = np.random.default_rng(0).normal(100, 20, (32, 32, 4)).astype(np.float32)
+    for unit, per_mm in (("micron", 1000.0), ("meter", 0.001)):
+        zooms = np.array([1.25, 1.25, 8.0]) * per_mm
+        image = nib.Nifti1Image(pixels, np.diag([*zooms, 1.0]))
+        image.header.set_xyzt_units(unit)
+        image.header.set_zooms(tuple(zooms))
+        nib.save(image, tmp_path / f"{unit}.nii.gz")
+        np.testing.assert_allclose(read_nifti_stack(tmp_path / f"{unit}.nii.gz").spacing, (8.0, 1.25, 1.25), rtol=1e-6)
+        wrong = nib.Nifti1Image(pixels, np.diag([1.25, 1.25, 8.0, 1.0]))  # sizes in mm, unit says otherwise
+        wrong.header.set_xyzt_units(unit)
+        nib.save(wrong, tmp_path / f"{unit}_wrong.nii.gz")
+        with pytest.raises(ReadError, match=f"outside 0.05..20.0 mm: .*\\(its xyzt_units say '{unit}'\\)"):
+            read_nifti_stack(tmp_path / f"{unit}_wrong.nii.gz")

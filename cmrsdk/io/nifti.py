@@ -189,6 +189,10 @@ def _read_array(image: nib.Nifti1Image, path: Path, order: tuple[int, int, int] 
         raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
+#: millimetres per NIfTI spatial unit other than mm ('unknown' is read as mm, as ACDC's and M&Ms's files need).
+_UNIT_MM = {"micron": 1e-3, "meter": 1e3}
+
+
 def _geometry(
     image: nib.Nifti1Image, path: Path, order: tuple[int, int, int] = (0, 1, 2)
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -199,7 +203,10 @@ def _geometry(
     (a single slice may have any slice pixdim: it gives no volume), and an affine whose axes
     are not at right angles (sheared).
     """
-    raw = _raw_pixdim(path, type(image.header))[list(order)]
+    unit = str(image.header.get_xyzt_units()[0])
+    # the NIfTI header's spatial unit (xyzt_units): millimetres unless it says micrometres or metres
+    scale = _UNIT_MM.get(unit, 1.0)
+    raw = _raw_pixdim(path, type(image.header))[list(order)] * scale
     n_slices = image.shape[order[2]]
     zooms = tuple(float(z) for z in raw)
     if n_slices == 1 and not (np.isfinite(zooms[2]) and zooms[2] > 0):
@@ -207,6 +214,7 @@ def _geometry(
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise ReadError(path, f"NIfTI pixdim[1:4] (voxel sizes) {list(zooms)} must be finite and positive")
     affine = nifti_to_zyx_affine(image.affine[:, [*order, 3]])
+    affine[:3] *= scale
     norms = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(norms == 0) or not np.all(np.isfinite(affine)):
         raise ReadError(path, f"NIfTI affine is degenerate: {image.affine.tolist()}")
@@ -226,11 +234,16 @@ def _geometry(
         raise ReadError(
             path,
             f"NIfTI pixdim[1:3] (in-plane voxel size) {list(zooms[:2])} mm is outside "
-            f"{low}..{high} mm: not a cardiac MR image, or a header in other units",
+            f"{low}..{high} mm: not a cardiac MR image, or a header in other units "
+            f"(its xyzt_units say '{unit}'{'' if unit in _UNIT_MM else ', read as mm'})",
         )
     low, high = SLICE_RANGE_MM
     if n_slices > 1 and not low <= zooms[2] <= high:
-        raise ReadError(path, f"NIfTI pixdim[3] (slice spacing) {zooms[2]} mm is outside {low}..{high} mm")
+        raise ReadError(
+            path,
+            f"NIfTI pixdim[3] (slice spacing) {zooms[2]} mm is outside {low}..{high} mm (its xyzt_units say "
+            f"'{unit}'{'' if unit in _UNIT_MM else ', read as mm'})",
+        )
     spacing = (zooms[2], zooms[1], zooms[0])
     axes = affine[:3, :3] / norms
     cosines = np.abs(axes.T @ axes - np.eye(3))
