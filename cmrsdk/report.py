@@ -35,7 +35,30 @@ def _phase_flags(seg: Segmentation) -> list[str]:
         flags.add("slice_gap")
     if seg.stack.pixels.size and not np.any(seg.stack.pixels):
         flags.add("blank_image")  # all zero: never labelled
+    if _repeated_slice(seg):
+        flags.add("repeated_slice")
     return sorted(flags)
+
+
+#: neighbouring slices closer than this share of the median step are one position acquired twice.
+REPEAT_RATIO = 0.25
+
+
+def _repeated_slice(seg: Segmentation) -> bool:
+    """Whether a slice is in the stack twice: two positions much closer than the slice step (a
+    breath-hold repeated, kept beside the first), or neighbours with identical pixels (a slice
+    copied by an export): either is counted twice in the volumes."""
+    positions = np.sort(_positions(seg))
+    steps = np.diff(positions)
+    if len(steps) >= 2 and np.median(steps) > 0 and np.any(steps < REPEAT_RATIO * np.median(steps)):
+        return True
+    pixels = seg.stack.pixels
+    return any(np.any(pixels[z]) and np.array_equal(pixels[z], pixels[z + 1]) for z in range(len(pixels) - 1))
+
+
+def _same_positions(a: Segmentation, b: Segmentation, atol_mm: float = 0.5) -> bool:
+    pa, pb = np.sort(_positions(a)), np.sort(_positions(b))
+    return pa.shape == pb.shape and bool(np.allclose(pa, pb, atol=atol_mm))
 
 
 def _positions(seg: Segmentation) -> np.ndarray:
@@ -80,10 +103,13 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
     volumes of a one-slice stack) are written as null. Study flags: ``single_phase``,
     ``no_volume_change`` (ED and ES are one phase: the LV volume never changes; SV and EF null),
-    ``phase_without_lv`` (a phase of the cine shows no LV while others do: never taken for ES), and
+    ``phase_without_lv`` (a phase of the cine shows no LV while others do: never taken for ES),
+    ``ed_es_coverage_differs`` (ED and ES hold other slice positions: the ES basal RV rule is not
+    applied, and the volumes compare unlike stacks), and
     ``lv_esv_exceeds_edv`` / ``rv_esv_exceeds_edv`` (a ventricle larger at ES than at ED: its SV
     and EF are withheld as null, its volumes kept); phase
-    flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size) and
+    flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size),
+    ``repeated_slice`` (a position twice, or neighbours with identical pixels: counted twice) and
     ``blank_image`` (all zero, never labelled) and the pipeline's own (`Segmentation.flags`:
     ``field_edge``) to :func:`cmrsdk.metrics.quality_flags`.
     ``es_basal_rv_dropped_slice``: where the pipeline judged ES's basal RV (`cmrsdk.systole`),
@@ -94,6 +120,10 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     # one phase: no ES, so volumes at that phase only; SV and EF are null, never 0
     flags = ["single_phase"] if single else []
     curve = np.asarray(result.lv_volume_curve_ml, dtype=np.float64)
+    if not single and not _same_positions(result.ed, result.es):
+        # ED and ES cover the heart differently (a slice missing at one of them): the volumes
+        # compare unlike stacks, and the ES basal RV rule (`cmrsdk.systole`) is not applied
+        flags.append("ed_es_coverage_differs")
     if not single and (curve == 0).any() and (curve > 0).any():
         # a phase without an LV in a cine with one (a blank frame, a failed segmentation): left
         # out of the choice of ES (`Pipeline.segment_study`), and said here

@@ -165,6 +165,41 @@ def test_a_blank_frame_is_never_taken_for_end_systole(routing_bundle):
     assert names.count("ED") == 0 and names[0] == "frame 0" and names[result.ed_index] == f"frame {result.ed_index}"
 
 
+def test_unlike_ed_and_es_stacks_and_repeated_slices_are_flagged(routing_bundle):
+    """A slice missing at ES moved LVEF by up to 8 points with no flag (the ES basal RV rule
+    silently off); a slice copied into a stack added 8-15 % to every volume, unflagged."""
+    import dataclasses
+
+    from cmrsdk.report import study_report
+    from cmrsdk.types import Study
+
+    study = synthetic_study(seed=2, n_phases=2)
+    ed, es = study.phases
+    pipeline = Pipeline(routing_bundle, mode="routed", regions_from="caller", largest_component=False)
+    plain = study_report(pipeline.segment_study(study, region_source=ground_truth_regions))
+    assert "ed_es_coverage_differs" not in plain["flags"]
+    assert all("repeated_slice" not in p["quality_flags"] for p in plain["phases"])
+    short = dataclasses.replace(
+        es, pixels=es.pixels[1:], labels=es.labels[1:], slice_positions=es.slice_positions[1:]
+    )
+    report = study_report(pipeline.segment_study(Study((ed, short), ed_index=0, es_index=1), region_source=ground_truth_regions))
+    assert "ed_es_coverage_differs" in report["flags"]
+    copied = np.concatenate([ed.pixels[:3], ed.pixels[2:3], ed.pixels[3:-1]])  # slice 2 twice, the last dropped
+    twice = dataclasses.replace(ed, pixels=copied, labels=np.concatenate([ed.labels[:3], ed.labels[2:3], ed.labels[3:-1]]))
+    report = study_report(pipeline.segment_study(Study((twice, es), ed_index=0, es_index=1), region_source=ground_truth_regions))
+    assert "repeated_slice" in report["phases"][0]["quality_flags"]
+    assert "repeated_slice" not in report["phases"][1]["quality_flags"]
+    close = np.array(ed.slice_positions, dtype=np.float64)
+    close[4] = close[3] + 0.05 * (close[1] - close[0])  # a breath-hold repeated 0.05 steps off
+    report = study_report(
+        pipeline.segment_study(
+            Study((dataclasses.replace(ed, slice_positions=close), es), ed_index=0, es_index=1),
+            region_source=ground_truth_regions,
+        )
+    )
+    assert "repeated_slice" in report["phases"][0]["quality_flags"]
+
+
 def test_concurrent_calls_give_the_serial_results(routing_bundle):
     pipeline = Pipeline(routing_bundle, mode="routed")
     stacks = [synthetic_study(seed=s).ed for s in range(4)]
