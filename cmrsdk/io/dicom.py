@@ -777,6 +777,17 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
             stacklevel=2,
         )
     groups = _group_positions(members, by_trigger)
+    missing = [im for im in members if im.header.get("TriggerTime") is None]
+    if missing and not unusable and max(len(g) for g in groups) > 1:
+        # a cine's time order then rests on the sender's numbering (the volume curve still picks ED
+        # and ES, but the heart is located on the first phase, and the frames are named in that order)
+        warnings.warn(
+            CmrWarning(
+                f"{missing[0].path}: no 'TriggerTime' (0018,1060) ({len(missing)} of {len(members)} image(s)); "
+                "phases ordered by InstanceNumber"
+            ),
+            stacklevel=2,
+        )
     for group in groups:
         times = [_time_of(im, by_trigger) for im in group]
         if len(set(times)) != len(times):
