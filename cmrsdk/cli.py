@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 from . import DEMO_BUNDLE, __version__
 from .engines import BACKENDS
 from .errors import CmrError
-from .study import Interrupted, check_output_folder, raise_on_sigterm, segment_one  # segment_one: kept importable from here
+from .study import (
+    Interrupted,
+    check_output_folder,
+    raise_on_sigterm,
+    segment_one,
+)  # segment_one: kept importable from here
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline, RegionSource

@@ -42,7 +42,17 @@ from . import preprocess
 from .errors import InputError
 from .heart import MIN_HEART_PIXELS, heart_centre, heart_window, search_order
 from .labels import APEX, LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
-from .pipeline import MIN_HEART_CONFIDENCE, MIN_SLICE_PIXELS, Pipeline, RegionSource, Segmentation, _Unset, mirror_axes
+from .metrics import reaches_field_edge
+from .pipeline import (
+    MIN_HEART_CONFIDENCE,
+    MIN_SLICE_PIXELS,
+    Pipeline,
+    RegionSource,
+    Segmentation,
+    _Unset,
+    _window_cuts_heart,
+    mirror_axes,
+)
 from .regions import index_toward_apex, regions_from_areas
 from .routing import decode_regions
 from .types import Stack
@@ -174,15 +184,17 @@ class DevicePipeline(Pipeline):
         return ((x.double() - mean) / std.clamp_min(1e-8)).float()
 
     # -- the chain ----------------------------------------------------------------------------
-    def _segment_stack(
+    def _segment_window(
         self,
         stack: Stack,
         region_source: RegionSource | None,
         centre: tuple[float, float] | None | _Unset,
-        heart_known: bool = False,
-        routes: np.ndarray | None = None,
-    ) -> tuple[Segmentation, tuple[float, float] | None]:
-        """`Pipeline._segment_stack` on the device: uint8 labels (Z, Y, X) on the stack's grid."""
+        heart_known: bool,
+        routes: np.ndarray | None,
+        window_centre: tuple[float, float] | None,
+    ) -> tuple[Segmentation, tuple[float, float] | None, bool]:
+        """`Pipeline._segment_window` on the device: uint8 labels (Z, Y, X) on the stack's grid,
+        the heart centre used, and whether the masks run into an edge of the full window."""
         torch, dev = self._torch, self._device
         if not isinstance(stack, Stack):
             raise InputError(f"'stack' must be a cmrsdk.Stack, got {type(stack).__name__}")
@@ -211,7 +223,12 @@ class DevicePipeline(Pipeline):
             pixels = torch.from_numpy(np.ascontiguousarray(stack.pixels, dtype=np.float32)).to(dev)
             resampled = a_y @ pixels @ a_x.T  # (Z, ry, rx)
             normalised = self._normalise(resampled, pre.normalization)
-            oy, ox = preprocess.window_offset(((ry - 1) / 2, (rx - 1) / 2), (H, W))
+            if window_centre is None:
+                placed = ((ry - 1) / 2, (rx - 1) / 2)
+            else:  # native index -> resampled index, pixel-centre aligned (`preprocess.prepare_slices`)
+                cy, cx = window_centre
+                placed = ((cy + 0.5) * ry / ny - 0.5, (cx + 0.5) * rx / nx - 0.5)
+            oy, ox = preprocess.window_offset(placed, (H, W))
             window = torch.zeros((z, 1, H, W), device=dev)
             ys, ye, xs, xe = max(oy, 0), min(oy + H, ry), max(ox, 0), min(ox + W, rx)
             if ys < ye and xs < xe:
@@ -259,6 +276,10 @@ class DevicePipeline(Pipeline):
             covered = torch.from_numpy(in_y[:, None] & in_x[None, :]).to(dev)
             labels_t *= covered
             labels = self._clean(labels_t.cpu().numpy(), stack)
+        target = (float(pre.target_spacing[0]), float(pre.target_spacing[1]))
+        full = preprocess.SliceTransform((ny, nx), (dy, dx), (ry, rx), target, (oy, ox), (H, W))
+        seen = preprocess.SliceTransform((ny, nx), (dy, dx), (ry, rx), target, offset, size)
+        flags = ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(seen)) else ()
         timings["postprocess"] = lap()
         timings["total"] = (t - t0) * 1000.0
         provenance = {**self.provenance, "chain": f"device ({dev})"}
@@ -269,8 +290,9 @@ class DevicePipeline(Pipeline):
             region_probabilities=region_probabilities,
             timings_ms=timings,
             provenance=provenance,
+            flags=flags,
         )
-        return segmentation, centre
+        return segmentation, centre, _window_cuts_heart(labels, full)
 
     def _locate_on_device(self, window: Any, regions: np.ndarray | None) -> tuple[float, float] | None:
         """`cmrsdk.heart.locate_heart` on the device: the foreground centroid of the first search slice with a heart

@@ -98,6 +98,14 @@ def test_the_chain_gives_the_host_pipelines_labels(phantom, mode: str, device: s
     study_host, study_device = pipe.segment_study(phantom), chain.segment_study(phantom)
     assert (study_device.ed_index, study_device.es_index) == (study_host.ed_index, study_host.es_index)
     assert study_device.measures.lvef_pct == pytest.approx(study_host.measures.lvef_pct, abs=0.5)
+    # a heart far off the image centre: the chain moves its window to the masks, as the host does
+    import dataclasses
+
+    widths = ((0, 0), (0, 0), (0, 200))  # the heart about 156 mm left of the image centre
+    far = dataclasses.replace(phantom.ed, pixels=np.pad(phantom.ed.pixels, widths), labels=None)
+    host, on_device = pipe.segment(far), chain.segment(far)
+    assert host.provenance["window_centre_px"] == on_device.provenance["window_centre_px"]
+    assert np.mean(host.labels == on_device.labels) > (0.9995 if device == "cpu" else 0.999)
 
 
 def test_the_chain_mirrors_like_the_host(phantom):

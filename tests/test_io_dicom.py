@@ -687,6 +687,8 @@ def test_a_segmentation_beside_the_images_is_no_series(tmp_path):
     write_dicom_seg(tmp_path / "study" / "out" / "seg_ED.dcm", labels, plain.phases[0])
     again = read_dicom_study(tmp_path / "study")
     assert len(scan_dicom_series(tmp_path / "study")) == 1
-    np.testing.assert_array_equal(np.stack([p.pixels for p in again.phases]), np.stack([p.pixels for p in plain.phases]))
+    np.testing.assert_array_equal(
+        np.stack([p.pixels for p in again.phases]), np.stack([p.pixels for p in plain.phases])
+    )
     with pytest.raises(ReadError, match=r"seg_ED\.dcm: DICOM file that is no image to segment"):
         read_dicom_study(tmp_path / "study" / "out")

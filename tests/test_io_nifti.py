@@ -355,7 +355,9 @@ def test_a_cine_with_spare_trailing_axes_reads_and_a_5d_one_is_named_as_such(tmp
     assert len(study.phases) == 3 and study.phases[2].shape == (4, 32, 32)
     np.testing.assert_allclose(study.phases[1].pixels, volume.transpose(2, 1, 0) * 0.9, rtol=1e-6)
     nib.save(nib.Nifti1Image(np.stack([cine, cine], -1), np.diag([1.5, 1.5, 8.0, 1.0])), tmp_path / "five.nii.gz")
-    with pytest.raises(ReadError, match=r"for one phase or 4-D \(X, Y, Z, T\) for a cine, got shape \(32, 32, 4, 3, 2\)"):
+    with pytest.raises(
+        ReadError, match=r"for one phase or 4-D \(X, Y, Z, T\) for a cine, got shape \(32, 32, 4, 3, 2\)"
+    ):
         read_study(tmp_path / "five.nii.gz")
 
 

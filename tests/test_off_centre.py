@@ -51,6 +51,7 @@ def test_reaches_field_edge():
 def _pad(study, widths):
     """The study with every phase padded by ``widths`` ((before, after) for z, y, x), the labels
     alike and the affine's origin moved, so the anatomy stays where it was in the scanner."""
+
     def one(stack):
         affine = stack.affine.copy()
         affine[:3, 3] -= affine[:3, 1] * widths[1][0] + affine[:3, 2] * widths[2][0]

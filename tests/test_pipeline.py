@@ -179,14 +179,18 @@ def test_unlike_ed_and_es_stacks_and_repeated_slices_are_flagged(routing_bundle)
     plain = study_report(pipeline.segment_study(study, region_source=ground_truth_regions))
     assert "ed_es_coverage_differs" not in plain["flags"]
     assert all("repeated_slice" not in p["quality_flags"] for p in plain["phases"])
-    short = dataclasses.replace(
-        es, pixels=es.pixels[1:], labels=es.labels[1:], slice_positions=es.slice_positions[1:]
+    short = dataclasses.replace(es, pixels=es.pixels[1:], labels=es.labels[1:], slice_positions=es.slice_positions[1:])
+    report = study_report(
+        pipeline.segment_study(Study((ed, short), ed_index=0, es_index=1), region_source=ground_truth_regions)
     )
-    report = study_report(pipeline.segment_study(Study((ed, short), ed_index=0, es_index=1), region_source=ground_truth_regions))
     assert "ed_es_coverage_differs" in report["flags"]
     copied = np.concatenate([ed.pixels[:3], ed.pixels[2:3], ed.pixels[3:-1]])  # slice 2 twice, the last dropped
-    twice = dataclasses.replace(ed, pixels=copied, labels=np.concatenate([ed.labels[:3], ed.labels[2:3], ed.labels[3:-1]]))
-    report = study_report(pipeline.segment_study(Study((twice, es), ed_index=0, es_index=1), region_source=ground_truth_regions))
+    twice = dataclasses.replace(
+        ed, pixels=copied, labels=np.concatenate([ed.labels[:3], ed.labels[2:3], ed.labels[3:-1]])
+    )
+    report = study_report(
+        pipeline.segment_study(Study((twice, es), ed_index=0, es_index=1), region_source=ground_truth_regions)
+    )
     assert "repeated_slice" in report["phases"][0]["quality_flags"]
     assert "repeated_slice" not in report["phases"][1]["quality_flags"]
     close = np.array(ed.slice_positions, dtype=np.float64)

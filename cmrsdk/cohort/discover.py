@@ -167,7 +167,9 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
         if results:  # earlier `cmrsdk segment` outputs under the root: not studies, and said so
             shown = ", ".join(str(p.relative_to(root)) for p in results[:5]) + (", ..." if len(results) > 5 else "")
             warnings.warn(
-                CmrWarning(f"'{root}': {len(results)} folder(s) hold cmrsdk results, not studies, and are skipped: {shown}"),
+                CmrWarning(
+                    f"'{root}': {len(results)} folder(s) hold cmrsdk results, not studies, and are skipped: {shown}"
+                ),
                 stacklevel=2,
             )
         if found and barren:  # a cohort's folder with nothing to segment gets no row: say which

@@ -797,7 +797,11 @@ class Spool:
                     self._db.execute(
                         "UPDATE series SET state = 'done', finished_at = ?, reason = COALESCE(?, reason) "
                         "WHERE series_uid = ? AND state = 'forwarding'",
-                        (now, f"{failed[0]} result file(s) not forwarded: {failed[1][:300]}" if failed[0] else None, row[0]),
+                        (
+                            now,
+                            f"{failed[0]} result file(s) not forwarded: {failed[1][:300]}" if failed[0] else None,
+                            row[0],
+                        ),
                     )
                     finished = row[0]
             self._db.execute("COMMIT")
