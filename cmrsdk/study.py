@@ -122,7 +122,11 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
                 break
     except OSError as exc:  # a name or path longer than the file system holds
         raise WriteError(f"{given}: output folder cannot be used ({exc.strerror or exc})") from exc
-    if contents and Path(os.getcwd()).is_relative_to(out_dir):
+    try:
+        here = Path(os.getcwd())
+    except OSError:  # the current folder was deleted under the process: it holds nothing to protect
+        here = None
+    if contents and here is not None and here.is_relative_to(out_dir):
         raise WriteError(
             f"{given}: output folder is the current folder or holds it; a study's folder is replaced whole, "
             "so name a new folder (e.g. -o results)"
