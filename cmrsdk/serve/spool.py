@@ -776,36 +776,7 @@ class Spool:
 
     def mark_delivered(self, path: str) -> str | None:
         """Record an acknowledged delivery; returns the series UID when that completes its series."""
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                "UPDATE deliveries SET state = 'sent', sent_at = ?, attempts = attempts + 1 "
-                "WHERE path = ? AND state = 'pending' RETURNING series_uid",
-                (now, path),
-            ).fetchone()
-            finished = None
-            if row:
-                left = self._db.execute(
-                    "SELECT COUNT(*) FROM deliveries WHERE series_uid = ? AND state = 'pending'", (row[0],)
-                ).fetchone()[0]
-                if not left:
-                    failed = self._db.execute(
-                        "SELECT COUNT(*), MAX(last_error) FROM deliveries WHERE series_uid = ? AND state = 'undeliverable'",
-                        (row[0],),
-                    ).fetchone()
-                    self._db.execute(
-                        "UPDATE series SET state = 'done', finished_at = ?, reason = COALESCE(?, reason) "
-                        "WHERE series_uid = ? AND state = 'forwarding'",
-                        (
-                            now,
-                            f"{failed[0]} result file(s) not forwarded: {failed[1][:300]}" if failed[0] else None,
-                            row[0],
-                        ),
-                    )
-                    finished = row[0]
-            self._db.execute("COMMIT")
-        return finished
+        return self._end_delivery(path, "sent", None)
 
     def mark_delivery_failed(self, path: str, error: str, retry_in_s: float) -> None:
         with self._lock:
@@ -818,26 +789,32 @@ class Spool:
         """Stop trying a delivery the peer refuses for good (it stores no such object); returns the
         series UID when no delivery of its series is left pending: the series is then ``done``,
         its reason naming what was not forwarded (the file stays in its results folder)."""
+        return self._end_delivery(path, "undeliverable", error[:500])
+
+    def _end_delivery(self, path: str, state: str, error: str | None) -> str | None:
+        """A pending delivery sent or given up; the last one of its series ends the series
+        (``done``, naming the files not forwarded). Returns the series UID when it ended."""
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
-                "UPDATE deliveries SET state = 'undeliverable', attempts = attempts + 1, last_error = ? "
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, "
+                "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, last_error = COALESCE(?, last_error) "
                 "WHERE path = ? AND state = 'pending' RETURNING series_uid",
-                (error[:500], path),
+                (state, state, now, error, path),
             ).fetchone()
             finished = None
             if row:
-                left, failed = self._db.execute(
-                    "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'undeliverable'), 0) "
-                    "FROM deliveries WHERE series_uid = ?",
+                left, failed, why = self._db.execute(
+                    "SELECT COALESCE(SUM(state = 'pending'), 0), COALESCE(SUM(state = 'undeliverable'), 0), "
+                    "MAX(CASE WHEN state = 'undeliverable' THEN last_error END) FROM deliveries WHERE series_uid = ?",
                     (row[0],),
                 ).fetchone()
                 if not left:
                     self._db.execute(
-                        "UPDATE series SET state = 'done', finished_at = ?, reason = ? WHERE series_uid = ? "
-                        "AND state = 'forwarding'",
-                        (now, f"{failed} result file(s) not forwarded: {error[:300]}", row[0]),
+                        "UPDATE series SET state = 'done', finished_at = ?, reason = COALESCE(?, reason) "
+                        "WHERE series_uid = ? AND state = 'forwarding'",
+                        (now, f"{failed} result file(s) not forwarded: {why[:300]}" if failed else None, row[0]),
                     )
                     finished = row[0]
             self._db.execute("COMMIT")
