@@ -40,7 +40,7 @@ import numpy as np
 
 from . import preprocess
 from .errors import InputError
-from .heart import MIN_HEART_PIXELS, heart_centre, heart_window, search_order
+from .heart import MIN_HEART_PIXELS, heart_centre, heart_window, mean_centre, search_groups
 from .labels import APEX, LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
 from .metrics import reaches_field_edge
 from .pipeline import (
@@ -295,18 +295,24 @@ class DevicePipeline(Pipeline):
         return segmentation, centre, _window_cuts_heart(labels, full)
 
     def _locate_on_device(self, window: Any, regions: np.ndarray | None) -> tuple[float, float] | None:
-        """`cmrsdk.heart.locate_heart` on the device: the foreground centroid of the first search slice with a heart
-        (for a bundle whose heart search is "largest", that slice's mask is copied back for `heart_centre`)."""
+        """`cmrsdk.heart.locate_heart` on the device: the mean foreground centroid of the first group of search slices
+        with a heart (for a bundle whose heart search is "largest", those slices' masks are copied back for
+        `heart_centre`)."""
         torch, forward = self._torch, self._forward(self._baseline)
-        for k in search_order(window.shape[0], regions):  # never mirrored, as on the host
-            at = torch.tensor([k], device=window.device)
-            foreground = forward(self._inputs(self._baseline, window, at))[0].argmax(0) > 0
-            count = int(foreground.sum())
-            if count >= MIN_HEART_PIXELS:
+        for group in search_groups(window.shape[0], regions):  # never mirrored, as on the host
+            at = torch.tensor(group, device=window.device)
+            foregrounds = forward(self._inputs(self._baseline, window, at)).argmax(1) > 0
+            centres = []
+            for foreground in foregrounds:
+                if int(foreground.sum()) < MIN_HEART_PIXELS:
+                    continue
                 if self._pre.heart_search != "mean":
-                    return heart_centre(foreground.cpu().numpy(), self._pre.heart_search)
-                ys, xs = torch.nonzero(foreground, as_tuple=True)
-                return float(ys.double().mean()), float(xs.double().mean())
+                    centres.append(heart_centre(foreground.cpu().numpy(), self._pre.heart_search))
+                else:
+                    ys, xs = torch.nonzero(foreground, as_tuple=True)
+                    centres.append((float(ys.double().mean()), float(xs.double().mean())))
+            if centres:
+                return mean_centre(centres)
         return None
 
     def _by_segmentation_on_device(

@@ -3,10 +3,12 @@
 The pipeline's "locate" stage (`cmrsdk.pipeline.Pipeline` with a ``heart_crop``). Two pure
 functions, apart from the network pass they are handed:
 
-- `locate_heart` runs a segmentation model (the bundle's baseline U-Net) over one slice and takes
-  the centroid of its foreground (`heart_centre`: of every foreground pixel, or of the largest
-  piece where the bundle says so); where that slice shows no heart it tries the stack's central
-  slices, at most `LOCATE_TRIES` passes in all;
+- `locate_heart` runs a segmentation model (the bundle's baseline U-Net) over the central slice
+  (odd count) or the two central slices (even count) and takes the centroid of their foreground
+  (`heart_centre`: of every foreground pixel, or of the largest piece where the bundle says so;
+  two slices' centres averaged); where they show no heart it tries the pairs outward, at most
+  `LOCATE_TRIES` groups in all. The groups are symmetric, so a stack stored apex-first is located
+  where the same stack stored base-first is (export/README.md, stage 43);
 - `crop_to_heart` cuts an (h, w) window around that centre out of the full window, by the crop
   rule of `cmrsdk.preprocess.window_offset` (the one `crop_or_pad` uses), kept inside the full
   window, and returns the `SliceTransform` that maps the narrowed window back.
@@ -33,14 +35,14 @@ __all__ = [
     "heart_centre",
     "SliceSegmenter",
     "locate_heart",
-    "search_order",
+    "search_groups",
     "heart_window",
     "crop_to_heart",
 ]
 
 #: fewer foreground pixels than this in a locating pass: that slice shows no heart.
 MIN_HEART_PIXELS = 50
-#: most network passes the heart search makes per stack (first choice, then the central slices).
+#: most groups of slices (one network call each) the heart search tries per stack.
 LOCATE_TRIES = 3
 
 #: what `heart_centre` takes the centre of: "mean", every foreground pixel (the default); "largest",
@@ -64,20 +66,20 @@ def locate_heart(
 ) -> tuple[float, float] | None:
     """Centre (cy, cx) of the heart in window pixels, or None where no heart is found.
 
-    The first slice tried is the central one of the slices ``regions`` calls middle, or the
-    stack's central slice when there are none; then the stack's central slice and its
-    neighbours, alternately below and above (the classifier's "middle" can be wrong: on held-out
-    ACDC patient100 ES it was the last two slices, apex and below). The first slice whose
-    foreground (argmax over classes > 0) holds at least ``min_pixels`` pixels gives the centre:
-    `heart_centre` of that foreground by ``search``.
+    The slices are tried in the groups of `search_groups`: first the central slice, or the two
+    central slices, of those ``regions`` calls middle (where there are any), then of the stack
+    and outward (the classifier's "middle" can be wrong: on held-out ACDC patient100 ES it was
+    the last two slices, apex and below). Each group is one call of ``segment``; of its slices,
+    those whose foreground (argmax over classes > 0) holds at least ``min_pixels`` pixels each
+    give a centre (`heart_centre` by ``search``), and the first group with any gives their mean.
 
     Parameters
     ----------
     images : float32 (Z, channels, H, W) normalised slices, the full network window, as the
         search model reads them (channels 1, or a 2.5D model's `cmrsdk.preprocess.context_slices`).
-    segment : the model of the search (see `SliceSegmenter`), called on one slice at a time.
+    segment : the model of the search (see `SliceSegmenter`), called on one or two slices at a time.
     regions : uint8 (Z,) region codes (0 non-cardiac, 1 base, 2 middle, 3 apex), or None.
-    tries : most slices tried.
+    tries : most groups tried.
     min_pixels : the smallest foreground that counts as a heart.
     search : one of `HEART_SEARCHES`.
 
@@ -94,11 +96,17 @@ def locate_heart(
         )
     if search not in HEART_SEARCHES:
         raise InputError(f"'search' must be one of {HEART_SEARCHES}, got {search!r}")
-    for k in search_order(images.shape[0], regions, tries):
-        foreground = segment(images[k : k + 1])[0].argmax(0) > 0
-        if foreground.sum() >= min_pixels:
-            return heart_centre(foreground, search)
+    for group in search_groups(images.shape[0], regions, tries):
+        foregrounds = segment(images[group]).argmax(1) > 0
+        centres = [heart_centre(f, search) for f in foregrounds if f.sum() >= min_pixels]
+        if centres:
+            return mean_centre(centres)
     return None
+
+
+def mean_centre(centres: list[tuple[float, float]]) -> tuple[float, float]:
+    """The mean (cy, cx) of one or more centres, in the order-free way a reversed stack gives it too."""
+    return float(np.mean([c[0] for c in centres])), float(np.mean([c[1] for c in centres]))
 
 
 def heart_centre(foreground: np.ndarray, search: str = "mean") -> tuple[float, float]:
@@ -116,19 +124,33 @@ def heart_centre(foreground: np.ndarray, search: str = "mean") -> tuple[float, f
     return float(ys.mean()), float(xs.mean())
 
 
-def search_order(n: int, regions: np.ndarray | None, tries: int = LOCATE_TRIES) -> list[int]:
-    """The slices `locate_heart` tries, in order: at most ``tries`` distinct indices into n slices.
+def _outward(indices: list[int]) -> list[list[int]]:
+    """Groups of ``indices`` symmetric about their middle: the central one or two, then the pairs outward."""
+    lo, hi, groups = (len(indices) - 1) // 2, len(indices) // 2, []
+    while lo >= 0:
+        groups.append(sorted({indices[lo], indices[hi]}))
+        lo, hi = lo - 1, hi + 1
+    return groups
 
-    The central one of the slices ``regions`` calls middle first (where there are any), then the
-    stack's central slice and its neighbours, alternately below and above.
+
+def search_groups(n: int, regions: np.ndarray | None, tries: int = LOCATE_TRIES) -> list[list[int]]:
+    """The groups of slices `locate_heart` tries, in order: at most ``tries`` groups of one or two
+    distinct indices into n slices, no slice twice.
+
+    The central group of the slices ``regions`` calls middle first (where there are any), then the
+    stack's central slice (odd n) or two central slices (even n) and the pairs outward. Every
+    group is symmetric about a centre, so the groups of a stack stored in reverse order are the
+    same slices (mirrored indices).
     """
-    centre = n // 2
-    candidates = [centre + d for step in range(n) for d in ((step, -step) if step else (0,)) if 0 <= centre + d < n]
-    middle = np.flatnonzero(regions == MIDDLE) if regions is not None else np.empty(0, np.intp)
-    if len(middle):
-        first = int(middle[len(middle) // 2])
-        candidates = [first] + [k for k in candidates if k != first]
-    return list(dict.fromkeys(candidates[:tries]))
+    middle = np.flatnonzero(regions == MIDDLE).tolist() if regions is not None else []
+    candidates = _outward(middle)[:1] + _outward(list(range(n)))
+    groups, seen = [], set()
+    for group in candidates:
+        fresh = [k for k in group if k not in seen]
+        if fresh:
+            groups.append(fresh)
+            seen.update(fresh)
+    return groups[:tries]
 
 
 def heart_window(centre: tuple[float, float], size: tuple[int, int], full: tuple[int, int]) -> tuple[int, int]:

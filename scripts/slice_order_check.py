@@ -75,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
                 largest[m] = max(largest[m], abs(d))
         if any(abs(d) > args.tolerance for d in deltas.values() if np.isfinite(d)):
             moved += 1
-            text = ", ".join(f"{m} {getattr(a, m):.1f} -> {getattr(b, m):.1f}" for m, d in deltas.items() if abs(d) > args.tolerance)
+            text = ", ".join(
+                f"{m} {getattr(a, m):.1f} -> {getattr(b, m):.1f}" for m, d in deltas.items() if abs(d) > args.tolerance
+            )
             print(f"{path.name}: {text}")
     what = f"{args.shift} columns added" if args.shift else "slices reversed"
-    print(f"{moved} of {len(paths)} studies moved by more than {args.tolerance} ({what}); largest change: "
-          + ", ".join(f"{m} {v:.2f}" for m, v in largest.items()))
+    print(
+        f"{moved} of {len(paths)} studies moved by more than {args.tolerance} ({what}); largest change: "
+        + ", ".join(f"{m} {v:.2f}" for m, v in largest.items())
+    )
     return 0
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cmrsdk.errors import InputError
-from cmrsdk.heart import LOCATE_TRIES, crop_to_heart, heart_centre, locate_heart
+from cmrsdk.heart import LOCATE_TRIES, crop_to_heart, heart_centre, locate_heart, search_groups
 from cmrsdk.labels import BASE, MIDDLE
 from cmrsdk.preprocess import SliceTransform, crop_or_pad, window_offset
 
@@ -49,10 +49,11 @@ def test_locate_heart_falls_back_to_the_central_slices_and_gives_up():
     images = _levels([0.9] * 6 + [0.1] * 2, 64)
     wrong_middle = np.array([BASE] * 6 + [MIDDLE] * 2, np.uint8)  # as on ACDC patient100 ES
     assert locate_heart(images, segment, wrong_middle) == (29.5, 39.5)
-    assert seen == [pytest.approx(0.1), pytest.approx(0.9)]  # slice 7 (no heart), then the centre (4)
+    # slices 6 and 7 (no heart), then the central pair 3 and 4
+    assert seen == [pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.9), pytest.approx(0.9)]
     seen.clear()
     assert locate_heart(np.zeros((8, 1, 64, 64), np.float32), segment) is None
-    assert len(seen) == LOCATE_TRIES
+    assert len(seen) == 2 * LOCATE_TRIES  # three pairs: (3, 4), (2, 5), (1, 6)
     assert locate_heart(np.zeros((0, 1, 64, 64), np.float32), segment) is None
     small, _ = _square_model(0, 0, 7)  # 49 px: under MIN_HEART_PIXELS
     assert locate_heart(_levels([0.9]), small) is None
@@ -119,3 +120,50 @@ def test_the_largest_piece_keeps_the_centre_on_the_heart() -> None:
         locate_heart(images, segment, search="median")
     with pytest.raises(InputError, match="non-empty bool \\(H, W\\) mask"):
         heart_centre(np.zeros((8, 8), bool), "largest")
+
+
+@pytest.mark.parametrize(
+    "n, regions, groups",
+    [
+        (0, None, []),
+        (1, None, [[0]]),
+        (5, None, [[2], [1, 3], [0, 4]]),
+        (8, None, [[3, 4], [2, 5], [1, 6]]),
+        (8, [BASE] * 6 + [MIDDLE] * 2, [[6, 7], [3, 4], [2, 5]]),
+        (7, [BASE, MIDDLE, MIDDLE, MIDDLE, BASE, BASE, BASE], [[2], [3], [4]]),  # (2, 4) without 2
+    ],
+)
+def test_search_groups(n, regions, groups):
+    regions = None if regions is None else np.asarray(regions, np.uint8)
+    assert search_groups(n, regions) == groups
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_search_groups_of_a_reversed_stack_are_the_same_slices(seed):
+    """A stack stored last-first is searched on the same slices in the same order (indices
+    mirrored), so its heart is located at the same place (export/README.md, stage 43)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 16))
+    regions = rng.integers(0, 4, n).astype(np.uint8) if seed % 2 else None
+    mirrored = [sorted(n - 1 - k for k in g) for g in search_groups(n, regions, tries=n)]
+    flipped = None if regions is None else regions[::-1].copy()
+    assert search_groups(n, flipped, tries=n) == mirrored
+    assert sorted(k for g in search_groups(n, regions, tries=n) for k in g) == list(range(n))
+
+
+def test_locate_heart_averages_the_two_central_slices():
+    """An even stack whose central slices show the heart 4 px apart: their mean, whichever way up."""
+
+    def segment(images: np.ndarray) -> np.ndarray:
+        out = np.zeros((images.shape[0], 4, 64, 64), np.float32)
+        out[:, 0] = 1.0
+        for i, image in enumerate(images):
+            top = int(round(float(image.mean()) * 10))  # the square moves with the slice's level
+            out[i, 0, top : top + 10, 20:30], out[i, 1, top : top + 10, 20:30] = 0.0, 1.0
+        return out
+
+    images = _levels([0.0, 1.0, 2.0, 2.4, 3.0, 4.0])  # central slices 2 and 3: squares at rows 20 and 24
+    assert locate_heart(images, segment) == (26.5, 24.5)
+    assert locate_heart(images[::-1].copy(), segment) == (26.5, 24.5)
+    lone = _levels([0.0, 1.0, 2.0, 2.4, 3.0])  # odd: its central slice (2, row 20) alone
+    assert locate_heart(lone, segment) == (24.5, 24.5)
