@@ -692,3 +692,157 @@ def test_a_segmentation_beside_the_images_is_no_series(tmp_path):
     )
     with pytest.raises(ReadError, match=r"seg_ED\.dcm: DICOM file that is no image to segment"):
         read_dicom_study(tmp_path / "study" / "out")
+
+
+# -- a whole exam in one folder: the short-axis cine among the other series ----------------------
+
+
+def _split(folder: Path, target: Path, parts: list[list[int]], numbers: list[int] | None = None) -> list[str]:
+    """The classic series rewritten as one series per part (slice indices in the reader's order),
+    as breath-holds of a few slices each store it; returns the parts' SeriesInstanceUIDs."""
+    by_slice = _series_per_slice(folder, target / "tmp")
+    uids = []
+    for n, part in enumerate(parts):
+        uid = pydicom.uid.generate_uid()
+        uids.append(uid)
+        for z in part:
+            for file in by_slice[z]:
+                ds = pydicom.dcmread(file)
+                ds.SeriesInstanceUID, ds.SeriesDescription = uid, f"cine part {n + 1}"
+                ds.SeriesNumber = (numbers or list(range(5, 5 + len(parts))))[n]
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+                ds.save_as(target / f"{n}_{file.name}")
+    shutil.rmtree(target / "tmp")
+    return uids
+
+
+@pytest.mark.parametrize("parts", [[[0, 1, 2], [3, 4, 5]], [[0, 2, 4], [1, 3, 5]], [[0, 1], [2, 3, 4, 5]]])
+def test_a_cine_split_over_series_reads_as_one_stack(series, tmp_path: Path, parts) -> None:
+    """Halves, interleaved breath-holds, two basal slices apart: one stack, as the series stored
+    whole (each part alone gave half the heart's volume, silently)."""
+    folder, _ = series
+    whole = read_dicom_study(folder)
+    uids = _split(folder, tmp_path, parts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CmrWarning)  # the parts are not named as other cines
+        read = read_dicom_study(tmp_path)
+    assert set(read.info.series_uid.split("+")) == set(uids)
+    for got, want in zip(read.phases, whole.phases):
+        np.testing.assert_array_equal(got.pixels, want.pixels)
+
+
+def test_overlapping_parts_take_the_later_acquisition(series, tmp_path: Path) -> None:
+    folder, _ = series
+    whole = read_dicom_study(folder)
+    first, later = _split(folder, tmp_path, [[0, 1, 2, 3], [2, 3, 4, 5]])
+    with pytest.warns(CmrWarning, match=rf"series {first} images a slice position again in series {later}"):
+        read = read_dicom_study(tmp_path)
+    assert read.ed.shape == whole.ed.shape
+    assert [Path(f).name[0] for f in read.ed.source_files] == ["0", "0", "1", "1", "1", "1"]
+    assert read_dicom_study(tmp_path, series_uid=first).ed.shape[0] == 4  # a part named alone: whole
+
+
+def test_a_split_cine_that_cannot_stack_is_refused_naming_its_parts(series, tmp_path: Path) -> None:
+    """A second part on another matrix: no stack, and one part alone would give wrong volumes."""
+    folder, _ = series
+    first, second = _split(folder, tmp_path, [[0, 1, 2], [3, 4, 5]])
+    for file in tmp_path.glob("1_*.dcm"):
+        ds = pydicom.dcmread(file)
+        ds.PixelData, ds.Columns = ds.pixel_array[:, :40].tobytes(), 40
+        ds.save_as(file)
+    with pytest.raises(
+        ReadError,
+        match=rf"the short-axis cine {second} .* goes on in series cmrsdk cannot stack with it .*{first} \('cine part 1', 3 slice",
+    ):
+        read_dicom_study(tmp_path)
+    assert read_dicom_study(tmp_path, series_uid=second).ed.shape == (3, 48, 40)
+
+
+def _restamp(folder: Path, **changes) -> None:
+    """Every file of ``folder`` with ``changes`` (keyword -> value, or function of the data set)."""
+    for file in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(file)
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value(ds) if callable(value) else value)
+        ds.save_as(file)
+
+
+def test_the_short_axis_stack_wins_over_larger_axial_radial_and_real_time_ones(series, tmp_path: Path) -> None:
+    """Image count no longer decides: an axial cine stack (an ARVC protocol), a radial long-axis
+    set and a coarser real-time cine, each with more images, beside the short-axis cine."""
+    folder, _ = series
+    shutil.copytree(folder, tmp_path / "sax")
+    _restamp(tmp_path / "sax", SeriesDescription="FIESTA CINE")
+    big = synthetic_study(3, n_slices=8, shape=(48, 56), n_phases=6)
+    same = pydicom.dcmread(next((tmp_path / "sax").glob("*.dcm")))
+    study = {"StudyInstanceUID": same.StudyInstanceUID, "PatientID": same.PatientID}  # one exam
+    write_dicom_series(tmp_path / "axial", big, series_description="FIESTA CINE")
+    _restamp(
+        tmp_path / "axial",
+        **study,
+        SeriesInstanceUID="1.2.3.4.1",
+        ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        ImagePositionPatient=lambda ds: [0.0, 0.0, 8.0 * ((int(ds.InstanceNumber) - 1) % 8)],
+    )
+    chosen = read_dicom_study(tmp_path)
+    assert chosen.ed.shape == (6, 48, 56) and len(chosen.phases) == 3
+    # radial: one series whose planes turn about a common axis
+    write_dicom_series(tmp_path / "radial", big, series_description="FIESTA CINE")
+
+    def plane(ds):
+        angle = np.pi * ((int(ds.InstanceNumber) - 1) % 8) / 8
+        return [float(np.cos(angle)), float(np.sin(angle)), 0.0, 0.0, 0.0, -1.0]
+
+    _restamp(
+        tmp_path / "radial",
+        **study,
+        SeriesInstanceUID="1.2.3.4.2",
+        ImageOrientationPatient=plane,
+        ImagePositionPatient=[0, 0, 0],
+    )
+    assert read_dicom_study(tmp_path).ed.shape == (6, 48, 56)
+    # real time: the same stack on coarser pixels, twice the phases
+    write_dicom_series(
+        tmp_path / "realtime", synthetic_study(7, n_slices=6, shape=(48, 56), n_phases=6, apex_first=True)
+    )
+    _restamp(
+        tmp_path / "realtime",
+        **study,
+        SeriesInstanceUID="1.2.3.4.3",
+        SeriesNumber=30,
+        PixelSpacing=lambda ds: [2 * float(v) for v in ds.PixelSpacing],
+    )
+    assert len(read_dicom_study(tmp_path).phases) == 3
+    summaries = __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(tmp_path)
+    assert summaries[0].is_short_axis and not next(s for s in summaries if s.series_uid == "1.2.3.4.1").is_short_axis
+    assert next(s for s in summaries if s.series_uid == "1.2.3.4.2").n_positions == 0  # several planes: never chosen
+
+
+def test_t1_mapping_and_late_enhancement_are_not_cines(series, tmp_path: Path) -> None:
+    """MOLLI (one position, InversionTime stepping, trigger times spread by the sequence) is never
+    stacked as a cine; a one-phase inversion-recovery stack (LGE) is refused, not measured."""
+    folder, _ = series
+    molli = synthetic_study(4, n_slices=1, shape=(48, 56), n_phases=8)
+    for n in range(3):
+        write_dicom_series(tmp_path / "exam" / f"molli{n}", molli, series_description=f"MOLLI T1 SAX {n}")
+        _restamp(
+            tmp_path / "exam" / f"molli{n}",
+            SeriesInstanceUID=f"1.2.3.5.{n}",
+            ImagePositionPatient=lambda ds, n=n: [0.0, 0.0, 8.0 * n],
+            InversionTime=lambda ds: 100.0 + 80.0 * int(ds.InstanceNumber),
+            TriggerTime=lambda ds: 400.0 * int(ds.InstanceNumber),
+        )
+    with pytest.raises(ReadError, match="is not a cine"):
+        read_dicom_study(tmp_path / "exam")
+    summaries = __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(tmp_path / "exam")
+    assert all(s.is_dynamic and "+" not in s.series_uid for s in summaries)
+    shutil.copytree(folder, tmp_path / "exam" / "cine")
+    assert len(read_dicom_study(tmp_path / "exam").phases) == 3
+    lge = synthetic_study(5, n_slices=6, shape=(48, 56), n_phases=2)
+    write_dicom_series(tmp_path / "lge", lge, series_description="LGE PSIR")
+    last = max(int(f.name[:3]) for f in (tmp_path / "lge").glob("*.dcm"))
+    for file in (tmp_path / "lge").glob(f"{last:03d}_*.dcm"):  # one phase
+        file.unlink()
+    _restamp(tmp_path / "lge", InversionTime=300.0)
+    with pytest.raises(ReadError, match=r"is one phase with 'InversionTime' \(0018,0082\) 300 ms: .*late gadolinium"):
+        read_dicom_study(tmp_path / "lge")

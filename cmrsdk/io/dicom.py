@@ -3,13 +3,19 @@
 Series selection (when a directory holds several series, unless ``series_uid`` names one):
 the short-axis cine is the series with (1) three or more slice positions, then (2) two or more
 phases per position, then (3) phases that span the cardiac cycle (a dynamic series, perfusion or
-mapping, repeats one trigger delay: refused when chosen), then (4) a description naming a short
-axis ("sa", "sax", "short"), then (5) one series before a stack of series, then (6) the most
-images, then (7) the later series (highest SeriesNumber): a repeated cine, with a warning naming
+mapping, repeats one trigger delay or steps its InversionTime: refused when chosen), then (4) a
+slice normal within 46 degrees of the heart's long axis (`cmrsdk.regions.ORIENTED_COS`: short
+axis, not an axial, coronal, sagittal or long-axis stack), then (5) the most slice positions, then
+(6) the finest pixels (a real-time cine beside the standard one), then (7) a description naming a
+short axis ("sa", "sax", "short"), then (8) one series before a stack of series, then (9) the most
+images, then (10) the later series (highest SeriesNumber): a repeated cine, with a warning naming
 the other; short-axis cines of two studies (StudyInstanceUID) are refused, one study being read
-at a time. A short-axis cine stored one series per slice (one breath-hold each) is read as one
-stack: three or more one-slice cine series of the study with the same orientation, pixel size
-and matrix (a slice acquired twice: the later series). Within the series, slices are ordered by
+at a time. A series whose images lie in several planes (a radial long-axis set) is never chosen.
+A short-axis cine stored over several series (one breath-hold each: a slice per series, or a few)
+is read as one stack: cine series of the study with the same orientation, pixel size and matrix
+and, for series of several slices, the same phase count, that together cover more positions than
+any of them alone and three or more (a slice acquired twice: the later series). Within the
+series, slices are ordered by
 their position along the slice normal (row direction x column direction, ascending) and phases
 by TriggerTime (InstanceNumber where absent). Pixels are ``stored * RescaleSlope +
 RescaleIntercept``. The affine is built from ImagePositionPatient, ImageOrientationPatient and
@@ -40,6 +46,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pydicom
@@ -47,6 +54,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..errors import CmrWarning, ReadError
+from ..regions import ORIENTED_COS, apex_cosine
 from ..types import Stack, Study, StudyInfo
 from ._dataset import read_dataset
 from ._geometry import ORIENTATION_ATOL
@@ -127,11 +135,29 @@ class SeriesSummary:
     series_number: int = 0
     study_uid: str = ""
     patient_id: str = ""
+    #: |cos| between the slice normal and the heart's long axis (`cmrsdk.regions.apex_cosine`);
+    #: None where the geometry is unusable
+    apex_cos: float | None = None
+    #: mean PixelSpacing (mm); 0 where unknown
+    pixel_mm: float = 0.0
+    #: images at one position step through InversionTime (T1 mapping, MOLLI / ShMOLLI)
+    inversion_steps: bool = False
+    #: unit slice normal (LPS) and the first and last slice positions along it (mm); None where
+    #: the geometry is unusable
+    normal: tuple[float, float, float] | None = None
+    extent_mm: tuple[float, float] | None = None
 
     @property
     def is_dynamic(self) -> bool:
         """Several images per position at one cardiac phase: perfusion or T1/T2 mapping, not a cine."""
+        if self.n_phases >= 2 and self.inversion_steps:
+            return True
         return self.n_phases >= 2 and self.trigger_span_ms is not None and self.trigger_span_ms < MIN_CINE_SPAN_MS
+
+    @property
+    def is_short_axis(self) -> bool:
+        """The slice normal within acos(`ORIENTED_COS`) (46 degrees) of the heart's long axis."""
+        return self.apex_cos is not None and self.apex_cos >= ORIENTED_COS
 
     @property
     def is_sax_cine(self) -> bool:
@@ -321,76 +347,119 @@ MIN_CINE_SPAN_MS = 20.0
 MIN_SERIES_PER_STACK = 3
 
 
-def _stack_keys(images: list[_Image]) -> tuple[dict[str, str], dict[str, list[tuple[str, str]]]]:
-    """Series UID -> the stack it is read as: itself, or the stack of several one-slice series.
+#: a series as `_stack_keys` weighs it: (phase count, SeriesNumber, UID, [(position, its images)])
+_Part = tuple[int, int, str, list[tuple[float, list[_Image]]]]
 
-    Many protocols (Siemens's among them) store a short-axis cine one series per slice, one
-    breath-hold each. Cine series of one slice position that share the study, orientation, pixel
-    size and matrix, three or more of them, form one stack, keyed by their UIDs joined with '+'
-    in slice order. Where two sit at the same position (a slice acquired again), the later one
-    (higher SeriesNumber) is taken and the other is left out of the stack.
+
+def _stack_keys(
+    images: list[_Image],
+) -> tuple[dict[str, str], dict[str, list[tuple[str, str]]], frozenset[int]]:
+    """Series UID -> the stack it is read as: itself, or the stack of several series.
+
+    Many protocols store a short-axis cine over several series, one breath-hold each: a slice
+    per series (Siemens's among them), or a few. Cine series that share the study, orientation,
+    pixel size and matrix form one stack, keyed by their UIDs joined with '+' in slice order,
+    where together they cover three or more positions and more than any of them alone; where
+    one of them holds several slices, only series with its phase count join it (one-slice series
+    of differing phase counts still stack, to be refused naming the counts). Where two sit at the
+    same position (a slice acquired again), the later one (higher SeriesNumber) is taken there.
 
     Returns
     -------
     keys : every series UID -> its stack key.
-    repeats : stack key -> (series left out, series taken in its place), for the warning.
+    repeats : stack key -> (series left out at a position, series taken there), for the warning.
+    dropped : ``id()`` of the images a stack leaves out (its repeated positions' earlier images).
     """
     by_series: dict[str, list[_Image]] = {}
     for image in images:
         by_series.setdefault(_series_key(image), []).append(image)
     keys = {uid: uid for uid in by_series}
     repeats: dict[str, list[tuple[str, str]]] = {}
-    # (exact part, orientation, pixel size, [(position, SeriesNumber, UID)]): orientation and pixel
-    # size within the tolerances of _check_consistent, so that what stacks also reads as one stack
-    candidates: list[tuple[tuple, np.ndarray, np.ndarray, list[tuple[float, int, str]]]] = []
+    dropped: set[int] = set()
+    # (exact part, orientation, pixel size, [series]): orientation and pixel size within the
+    # tolerances of _check_consistent, so that what stacks also reads as one stack
+    buckets: list[tuple[tuple, np.ndarray, np.ndarray, list[_Part]]] = []
     for uid, members in by_series.items():
         try:
+            if not _one_plane(members):
+                continue  # a radial set: never stacked
             groups = _group_positions(members)
             orientation = _vector(members[0], "ImageOrientationPatient", "(0020,0037)", 6)
             spacing = _vector(members[0], "PixelSpacing", "(0028,0030)", 2)
-            position = float(_vector(members[0], "ImagePositionPatient", "(0020,0032)", 3) @ _normal(orientation))
+            normal = _normal(orientation)
+            positions = [float(_vector(g[0], "ImagePositionPatient", "(0020,0032)", 3) @ normal) for g in groups]
         except ReadError:
             continue  # no usable geometry: never stacked
-        if len(groups) != 1 or len(groups[0]) < 2:
-            continue
+        if min(len(g) for g in groups) < 2:
+            continue  # a position without phases: no cine
         header = members[0].header
-        span = _trigger_span(groups[0])
+        span = _trigger_span(max(groups, key=len))
         exact = (
-            span is not None and span < MIN_CINE_SPAN_MS,  # a cine never stacks with perfusion or mapping
+            # a cine never stacks with perfusion or mapping
+            (span is not None and span < MIN_CINE_SPAN_MS) or any(_inversion_steps(g) for g in groups),
             str(header.get("StudyInstanceUID", "")),
             header.get("Rows"),
             header.get("Columns"),
         )
-        entry = (position, _int_or_none(header.get("SeriesNumber")) or 0, uid)
-        for other, first_orientation, first_spacing, entries in candidates:
+        part = (
+            max(len(g) for g in groups),
+            _int_or_none(header.get("SeriesNumber")) or 0,
+            uid,
+            list(zip(positions, groups)),
+        )
+        for other, first_orientation, first_spacing, parts in buckets:
             if (
                 other == exact
                 and np.allclose(orientation, first_orientation, atol=ORIENTATION_ATOL)
                 and np.allclose(spacing, first_spacing, rtol=1e-4)
             ):
-                entries.append(entry)
+                parts.append(part)
                 break
         else:
-            candidates.append((exact, orientation, spacing, [entry]))
-    for _, _, _, series in candidates:
-        series.sort()
-        kept: list[tuple[float, int, str]] = []
-        left_out: list[tuple[str, str]] = []
-        for entry in series:
-            if kept and entry[0] - kept[-1][0] <= 0.01:  # the same slice again: the later acquisition replaces it
-                earlier, later = sorted([kept.pop(), entry], key=lambda e: e[1])
-                kept.append(later)
-                left_out.append((earlier[2], later[2]))
-            else:
-                kept.append(entry)
-        if len(kept) < MIN_SERIES_PER_STACK:
-            continue
-        key = "+".join(uid for _, _, uid in kept)
-        for _, _, uid in kept:
-            keys[uid] = key
-        if left_out:
-            repeats[key] = left_out
-    return keys, repeats
+            buckets.append((exact, orientation, spacing, [part]))
+    for _, _, _, parts in buckets:
+        if all(len(slices) == 1 for *_, slices in parts):
+            alike = [parts]
+        else:  # series of several slices join series of their own phase count only
+            counts = sorted({phases for phases, *_ in parts})
+            alike = [[p for p in parts if p[0] == n] for n in counts]
+        for group in alike:
+            _join(group, keys, repeats, dropped)
+    return keys, repeats, frozenset(dropped)
+
+
+def _join(
+    parts: list[_Part],
+    keys: dict[str, str],
+    repeats: dict[str, list[tuple[str, str]]],
+    dropped: set[int],
+) -> None:
+    """Stack ``parts`` (:func:`_stack_keys`' series) where they cover more together, filling its outputs."""
+    entries = sorted(
+        ((position, number, uid, members) for _, number, uid, slices in parts for position, members in slices),
+        key=lambda e: e[:3],
+    )
+    kept: list[tuple[float, int, str, list[_Image]]] = []
+    left_out: list[tuple[str, str]] = []
+    lost: list[_Image] = []
+    for entry in entries:
+        if kept and entry[0] - kept[-1][0] <= 0.01:  # the same slice again: the later acquisition replaces it
+            earlier, later = sorted([kept.pop(), entry], key=lambda e: e[1])
+            kept.append(later)
+            left_out.append((earlier[2], later[2]))
+            lost.extend(earlier[3])
+        else:
+            kept.append(entry)
+    uids = list(dict.fromkeys(uid for _, _, uid, _ in kept))
+    widest = max(len(slices) for *_, slices in parts)
+    if len(kept) < MIN_SERIES_PER_STACK or len(uids) < 2 or len(kept) <= widest:
+        return
+    key = "+".join(uids)
+    for uid in uids:
+        keys[uid] = key
+    if left_out:
+        repeats[key] = list(dict.fromkeys(left_out))
+    dropped.update(id(image) for image in lost)
 
 
 def _trigger_span(images: list[_Image]) -> float | None:
@@ -404,20 +473,56 @@ def _trigger_span(images: list[_Image]) -> float | None:
     return float(max(times) - min(times))
 
 
-def _summaries(images: list[_Image], keys: dict[str, str]) -> dict[str, SeriesSummary]:
-    """A summary per series, and one per stack of one-slice series (``keys``: :func:`_stack_keys`)."""
+def _inversion_steps(group: list[_Image]) -> bool:
+    """The images of one slice position carry two or more InversionTime values (T1 mapping)."""
+    values = set()
+    for image in group:
+        try:
+            value = image.header.get("InversionTime")
+            values.add(round(float(value), 1) if value not in (None, "") else None)
+        except (TypeError, ValueError):
+            continue
+    return len(values - {None}) >= 2
+
+
+def _one_plane(members: list[_Image]) -> bool:
+    """Every image shares the first one's orientation (a radial long-axis set does not)."""
+    first = _vector(members[0], "ImageOrientationPatient", "(0020,0037)", 6)
+    return all(
+        np.allclose(_vector(m, "ImageOrientationPatient", "(0020,0037)", 6), first, atol=ORIENTATION_ATOL)
+        for m in members
+    )
+
+
+def _summaries(
+    images: list[_Image], keys: dict[str, str], dropped: frozenset[int] = frozenset()
+) -> dict[str, SeriesSummary]:
+    """A summary per series, and one per stack of series (``keys``, ``dropped``: :func:`_stack_keys`)."""
     by_series: dict[str, list[_Image]] = {}
     for image in images:
         series = _series_key(image)
         by_series.setdefault(series, []).append(image)
-        if keys[series] != series:
+        if keys[series] != series and id(image) not in dropped:
             by_series.setdefault(keys[series], []).append(image)
     result = {}
     for uid, members in by_series.items():
+        apex_cos, pixel_mm, steps, normal, extent = None, 0.0, False, None, None
         try:
+            if not _one_plane(members):
+                raise ReadError(members[0].path, "images in several planes")  # never preferred
             groups = _group_positions(members)
             n_positions, n_phases = len(groups), max(len(g) for g in groups)
             span = _trigger_span(max(groups, key=len))
+            steps = any(_inversion_steps(g) for g in groups)
+            orientation = _vector(members[0], "ImageOrientationPatient", "(0020,0037)", 6)
+            cos = apex_cosine(_LPS_TO_RAS[:3, :3] @ _normal(orientation))
+            apex_cos = None if cos is None else abs(cos)
+            pixel_mm = float(np.mean(_vector(members[0], "PixelSpacing", "(0028,0030)", 2)))
+            axis = _normal(orientation)
+            ends = [
+                float(_vector(g[0], "ImagePositionPatient", "(0020,0032)", 3) @ axis) for g in (groups[0], groups[-1])
+            ]
+            normal, extent = (float(axis[0]), float(axis[1]), float(axis[2])), (ends[0], ends[1])
         except ReadError:
             n_positions, n_phases, span = 0, 0, None  # no usable geometry: never preferred
         header = members[0].header
@@ -431,6 +536,11 @@ def _summaries(images: list[_Image], keys: dict[str, str]) -> dict[str, SeriesSu
             max(_int_or_none(m.header.get("SeriesNumber")) or 0 for m in members),
             str(header.get("StudyInstanceUID", "") or ""),
             str(header.get("PatientID", "") or ""),
+            apex_cos,
+            pixel_mm,
+            steps,
+            normal,
+            extent,
         )
     return result
 
@@ -439,17 +549,22 @@ def scan_dicom_series(path: str | Path) -> list[SeriesSummary]:
     """Every image series under ``path`` (searched recursively), and every stack of one-slice cine
     series (its ``series_uid`` their UIDs joined by '+'), best short-axis cine candidate first."""
     images, _ = _collect(Path(path))
-    summaries = list(_summaries(images, _stack_keys(images)[0]).values())
+    keys, _, dropped = _stack_keys(images)
+    summaries = list(_summaries(images, keys, dropped).values())
     return sorted(summaries, key=_preference, reverse=True)
 
 
-def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, bool, int, int]:
-    # one series before a stack of series when both qualify (a study rarely has both); of two
-    # complete cines, the later acquisition (a cine is repeated when the first was not usable)
+def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, int, float, bool, bool, int, int]:
+    # coverage before the name (a 3-slice repeat named "SAX" beside a full cine named "FIESTA"); one
+    # series before a stack of series when both cover as much; of two complete cines alike, the
+    # later acquisition (a cine is repeated when the first was not usable)
     return (
         s.n_positions >= 3,
         s.n_phases >= 2,
         not s.is_dynamic,
+        s.is_short_axis,
+        s.n_positions,
+        -round(s.pixel_mm, 1),
         bool(_SAX_WORDS.search(s.description)),
         "+" not in s.series_uid,
         s.n_images,
@@ -470,17 +585,71 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
             f"holds short-axis cines of {len(studies)} studies ({named}); cmrsdk reads one study at a "
             "time: give each study's folder, or read one series with cmrsdk.read_dicom_study(path, series_uid=...)",
         )
-    if len(cines) > 1:
+    beyond = _continued_elsewhere(chosen, summaries.values())
+    if beyond:
+        first = chosen
+        named = "; ".join(
+            f"{s.series_uid} ('{s.description}', {s.n_positions} slice(s), {s.n_phases} phases, "
+            f"{s.pixel_mm:.2f} mm pixels, at {s.extent_mm[0]:.1f}..{s.extent_mm[1]:.1f} mm)"
+            for s in beyond
+        )
+        raise ReadError(
+            path,
+            f"the short-axis cine {chosen.series_uid} ('{first.description}', {first.n_positions} slices, {first.n_phases} "
+            f"phases, {first.pixel_mm:.2f} mm pixels, at {first.extent_mm[0]:.1f}..{first.extent_mm[1]:.1f} mm "
+            f"along its normal) goes on in series cmrsdk cannot stack with it (phase count, matrix or pixel size "
+            f"differ): {named}; volumes from one part would be wrong: export the stack as one series, or read one "
+            "part with cmrsdk segment --series UID (cmrsdk.read_dicom_study(path, series_uid=...))",
+        )
+    # the warning names real alternatives: not the parts of the stack read, nor (when the one read
+    # is a short-axis stack) axial or long-axis stacks
+    parts = set(chosen.series_uid.split("+"))
+    alternatives = [
+        s
+        for s in cines
+        if s is not chosen and s.series_uid not in parts and (s.is_short_axis or not chosen.is_short_axis)
+    ]
+    if alternatives:
+        cines = [chosen, *alternatives]
         others = ", ".join(f"{s.series_uid} ('{s.description}', SeriesNumber {s.series_number})" for s in cines[1:])
         warnings.warn(
             CmrWarning(
                 f"{path}: {len(cines)} short-axis cine series; reading {chosen.series_uid} ('{chosen.description}', "
                 f"SeriesNumber {chosen.series_number}, {chosen.n_images} images), not {others} "
-                "(read another with cmrsdk.read_dicom_study(path, series_uid=...))"
+                "(read another with cmrsdk segment --series UID, or cmrsdk.read_dicom_study(path, series_uid=...))"
             ),
             stacklevel=3,
         )
     return chosen.series_uid
+
+
+def _continued_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummary]) -> list[SeriesSummary]:
+    """Cine series of ``chosen``'s study and orientation with slices outside its extent by more
+    than half a slice step: the rest of a stack split over series that did not stack with it."""
+    if chosen.normal is None or chosen.extent_mm is None or chosen.n_positions < 2:
+        return []
+    normal = np.asarray(chosen.normal)
+    lo, hi = sorted(chosen.extent_mm)
+    margin = 0.5 * (hi - lo) / (chosen.n_positions - 1)
+    found = []
+    for s in summaries:
+        if (
+            "+" in s.series_uid  # a stack's parts are listed on their own too
+            or s.series_uid == chosen.series_uid
+            or s.series_uid in chosen.series_uid.split("+")
+            or s.normal is None
+            or s.extent_mm is None
+            or s.n_phases < 2
+            or s.is_dynamic
+            or s.study_uid != chosen.study_uid
+            or abs(float(np.asarray(s.normal) @ normal)) < 1.0 - 1e-4
+        ):
+            continue
+        sign = 1.0 if float(np.asarray(s.normal) @ normal) > 0 else -1.0
+        ends = sorted(sign * e for e in s.extent_mm)
+        if ends[0] < lo - margin or ends[1] > hi + margin:
+            found.append(s)
+    return found
 
 
 def _check_consistent(images: list[_Image]) -> None:
@@ -729,8 +898,8 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     """
     path = Path(path)
     images, _ = _collect(path)
-    keys, repeats = _stack_keys(images)
-    summaries = _summaries(images, keys)
+    keys, repeats, dropped = _stack_keys(images)
+    summaries = _summaries(images, keys, dropped)
     if series_uid is None:
         chosen = _choose_cine(path, summaries)
     elif series_uid in summaries:
@@ -746,7 +915,10 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
             f"under {MIN_CINE_SPAN_MS:.0f}): a dynamic series such as perfusion or T1/T2 mapping; cmrsdk "
             "segments short-axis cine",
         )
-    members = [im for im in images if chosen in (_series_key(im), keys[_series_key(im)])]
+    # a series named alone is read whole; a stack leaves out the earlier images of a repeated slice
+    members = [
+        im for im in images if _series_key(im) == chosen or (keys[_series_key(im)] == chosen and id(im) not in dropped)
+    ]
     for left_out, taken in repeats.get(chosen, []):
         warnings.warn(
             CmrWarning(
@@ -799,6 +971,15 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     if len({len(g) for g in groups}) != 1:
         groups = _fill_missing_phases(groups, by_trigger, chosen)
     n_phases = len(groups[0])
+    inversion = _float_tag(first.header, "InversionTime")
+    if n_phases == 1 and inversion is not None and inversion > 0:
+        # late gadolinium enhancement: the myocardium nulled, the U-Nets' cine contrast gone
+        raise ReadError(
+            first.path,
+            f"series {chosen} ('{summaries[chosen].description}') is one phase with 'InversionTime' (0018,0082) "
+            f"{inversion:g} ms: an inversion-recovery image such as late gadolinium enhancement, not a cine; "
+            "cmrsdk segments short-axis cine (bSSFP)",
+        )
 
     orientation = _vector(first, "ImageOrientationPatient", "(0020,0037)", 6)
     _check_orientation(first, orientation)
