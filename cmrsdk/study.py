@@ -21,6 +21,7 @@ Outputs of one study (``out_dir``):
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import CmrWarning, WriteError
+from .errors import CmrError, CmrWarning, InputError, WriteError
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline, RegionSource
@@ -141,7 +142,7 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
             )
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=_PROBE, dir=out_dir.parent)
+        probe = tempfile.mkdtemp(prefix=f"{_PROBE}{os.getpid()}-", dir=out_dir.parent)
         os.rmdir(probe)
     except OSError as exc:
         raise WriteError(
@@ -167,24 +168,39 @@ def _replace_folder(staging: Path, out_dir: Path, keep: tuple[str, ...] = ()) ->
         raise
 
 
-#: a staging or retired folder older than this beside an output folder was left by a killed run.
+#: a staging, probe or retired folder older than this beside an output folder was left by a killed run.
 STALE_AFTER_S = 3600.0
+#: the transient names: prefix, the writer's pid, "-", 8 random characters; a retired one then "-" and OUT's name
+_TRANSIENT_NAME = re.compile(
+    rf"^(?:{re.escape(_STAGING)}|{re.escape(_PROBE)}|({re.escape(_RETIRED)}))(\d+)-[0-9a-z_]{{8}}(?:-(.+))?$", re.S
+)
 
 
 def _remove_stale(parent: Path) -> None:
-    """Delete what a run killed outright (SIGKILL, power loss) left beside its output folder: its
-    staging or retired folder, once older than `STALE_AFTER_S` and its process gone."""
+    """Clear what a run killed outright (SIGKILL, power loss) left beside its output folder, once
+    older than `STALE_AFTER_S` and its process gone: its staging and probe folders are deleted; its
+    retired folder (the earlier result, killed between the two renames of `_swap`) is renamed back
+    to its output folder's name where that is missing, else deleted."""
     now = time.time()
-    for entry in [*parent.glob(f"{_STAGING}*"), *parent.glob(f"{_RETIRED}*")]:
+    for entry in parent.glob(".cmrsdk-*"):
+        if not entry.name.startswith(TRANSIENT_PREFIXES):
+            continue
         try:
             if not entry.is_dir() or entry.is_symlink() or now - entry.stat().st_mtime < STALE_AFTER_S:
                 continue
         except OSError:
             continue
-        pid = re.match(rf"{re.escape(_STAGING)}(\d+)-", entry.name)
-        if pid and _process_alive(int(pid.group(1))):
+        named = _TRANSIENT_NAME.match(entry.name)
+        if named and _process_alive(int(named.group(2))):
             continue
-        shutil.rmtree(entry, ignore_errors=True)
+        if named and named.group(1) and named.group(3) and not os.path.lexists(parent / named.group(3)):
+            try:
+                os.rename(entry, parent / named.group(3))
+                continue
+            except OSError:
+                if not os.path.lexists(parent / named.group(3)):
+                    continue  # cannot be put back now: left for a later run rather than lost
+        shutil.rmtree(entry, ignore_errors=True)  # a retired one here: superseded by the result at its OUT
 
 
 def _process_alive(pid: int) -> bool:
@@ -197,18 +213,39 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _retired_path(out_dir: Path) -> Path:
+    """Where `_swap` parks an earlier result: the name says whose it is, so `_remove_stale` can put it back."""
+    name = f"{_RETIRED}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    named = f"{name}-{out_dir.name}"
+    return out_dir.parent / (named if len(os.fsencode(named)) <= 255 else name)  # 255: NAME_MAX of common file systems
+
+
 def _swap(staging: Path, out_dir: Path) -> None:
-    retired = None
-    if out_dir.exists():
-        retired = Path(tempfile.mkdtemp(prefix=_RETIRED, dir=out_dir.parent))
-        os.rmdir(retired)
-        os.rename(out_dir, retired)
+    """Rename ``staging`` to ``out_dir``, an earlier ``out_dir`` retired first and deleted after.
+
+    Any failure or interrupt between the two renames puts the earlier result back; a kill there
+    leaves it retired, and `_remove_stale` puts it back. Another run's result that lands at
+    ``out_dir`` in between is kept (it is the newer one) and this run fails with a WriteError.
+    """
+    retired = _retired_path(out_dir) if out_dir.exists() else None
     try:
+        if retired is not None:
+            os.rename(out_dir, retired)
         os.rename(staging, out_dir)
-    except BaseException:
-        if retired is not None and not out_dir.exists():
-            os.rename(retired, out_dir)  # put the earlier result back rather than lose both
-        raise
+    except BaseException as exc:
+        if retired is not None and retired.exists():
+            if out_dir.exists():  # this run's own (an interrupt after the rename) or another run's result
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.rename(retired, out_dir)  # put the earlier result back rather than lose both
+        if not isinstance(exc, OSError):
+            raise
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise WriteError(
+                f"{out_dir}: output folder was written by another run at the same time; its result was kept, "
+                "this one discarded"
+            ) from exc
+        raise WriteError(f"{out_dir}: output folder could not be replaced ({exc.strerror or exc})") from exc
     if retired is not None:
         shutil.rmtree(retired, ignore_errors=True)
 
@@ -231,6 +268,7 @@ def segment_one(
     report_html: bool = True,
     truth: Study | None = None,
     region_source: RegionSource | None = None,
+    series_uid: str | None = None,
 ) -> dict[str, Any]:
     """Read, segment and write one study; returns its report (the content of ``report.json``).
 
@@ -249,6 +287,8 @@ def segment_one(
         the report's "ground_truth".
     region_source : regions to route by instead of the pipeline's own (see
         `cmrsdk.pipeline.RegionSource`; ``cmrsdk segment --mode oracle`` hands in the ground truth's).
+    series_uid : the DICOM series to read (``cmrsdk segment --series``) instead of the short-axis
+        cine the reader chooses; DICOM sources only.
 
     Returns
     -------
@@ -266,7 +306,7 @@ def segment_one(
     that run studies in several threads at once (rather than processes) may see one study's
     warnings in another's report. Everything else here is per call.
     """
-    from .io import read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
+    from .io import detect_format, read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
     from .io.archive import unpacked
     from .report import ground_truth_agreement, save_overlay, study_report
 
@@ -274,7 +314,12 @@ def segment_one(
     with warnings.catch_warnings(record=True) as caught, unpacked(source) as readable:
         warnings.simplefilter("always", CmrWarning)
         t0 = time.perf_counter()
-        study = read_study(readable.path)
+        if series_uid is None:
+            study = read_study(readable.path)
+        elif detect_format(readable.path) != "dicom":
+            raise InputError(f"{source}: a series UID ({series_uid}) selects a DICOM series; this input is not DICOM")
+        else:
+            study = read_study(readable.path, series_uid=series_uid)
         read_ms = (time.perf_counter() - t0) * 1000.0
         # the keyword only when given: a pipeline-like object (a test double, a wrapper) need not know it
         result = (
@@ -338,6 +383,9 @@ def segment_one(
                 write_report_html(staging / "report.html", result, report, study=study)
             write_json(staging / "report.json", report)
             _replace_folder(staging, out_dir, keep)
+        except CmrError as exc:  # name the file in OUT the user looks for, not the staging folder about to vanish
+            exc.args = tuple(a.replace(str(staging), str(out_dir)) if isinstance(a, str) else a for a in exc.args)
+            raise
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

@@ -132,3 +132,37 @@ def test_errors_inside_the_archive_name_the_member(series: Path, tmp_path: Path)
         with unpacked(archive) as readable:
             read_study(readable.path)
     assert caught.value.path.startswith(f"{archive}!")
+
+
+def test_unpacking_removes_what_killed_runs_left_and_nothing_else(tmp_path: Path, monkeypatch) -> None:
+    """A SIGKILL mid-study leaves its unpacked study (patient data) in the temporary folder: the
+    next unpacking deletes it once stale and its process gone; a live or fresh one stays."""
+    import os
+    import tempfile
+    import time
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    dead_old, dead_fresh, live_old, unknown_old, other = (
+        temp / "cmrsdk-zip-999999999-abcd1234",
+        temp / "cmrsdk-zip-999999998-abcd1234",
+        temp / f"cmrsdk-zip-{os.getpid()}-abcd1234",
+        temp / "cmrsdk-zip-k2j9xq1w",  # named by an earlier cmrsdk, without the process
+        temp / "someone-else",
+    )
+    for folder in (dead_old, dead_fresh, live_old, unknown_old, other):
+        (folder / "IM0001.dcm").parent.mkdir()
+        (folder / "IM0001.dcm").write_bytes(b"patient data")
+    for folder in (dead_old, live_old, unknown_old, other):
+        os.utime(folder, (time.time() - 7200, time.time() - 7200))
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("a.dcm", b"x")
+    with unpacked(archive) as readable:
+        assert readable.folder is not None and readable.folder.parent == temp
+        assert readable.folder.name.startswith(f"cmrsdk-zip-{os.getpid()}-")
+        assert sorted(p.name for p in temp.iterdir()) == sorted(
+            [readable.folder.name, dead_fresh.name, live_old.name, other.name]
+        )
+    assert sorted(p.name for p in temp.iterdir()) == sorted([dead_fresh.name, live_old.name, other.name])

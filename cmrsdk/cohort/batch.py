@@ -3,7 +3,8 @@
 OUT holds ``measures.csv`` (one row per study, rebuilt from the journal), ``cohort.png``,
 ``journal.jsonl`` and ``studies/<study_id>/`` (each study's outputs as ``segment`` writes them).
 A study's folder is written whole under ``OUT/.tmp`` and renamed into place before its journal
-line is written, so a crash at any moment leaves every study either done or not started.
+line is written, so a crash at any moment leaves every study either done or not started. The
+workers segment under ``OUT/.tmp`` too; each batch clears it when it starts.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def run_batch(
     key = spec.key(bundle.manifest_sha256)
     summary = BatchSummary()
     with Journal(out) as journal:
-        shutil.rmtree(out / _SCRATCH, ignore_errors=True)  # what a killed batch was writing
+        shutil.rmtree(out / _SCRATCH, ignore_errors=True)  # what a killed batch and its workers were writing
+        (out / _SCRATCH).mkdir(exist_ok=True)
         first_of: dict[str, str] = {}
         duplicates: dict[str, str] = {}
         todo: list[StudySource] = []
@@ -166,6 +168,7 @@ def run_batch(
             previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)} if _main_thread() else {}
             bar = None
             runner = engine() if callable(engine) and not isinstance(engine, BatchEngine) else engine
+            runner.scratch = str((out / _SCRATCH).absolute())  # workers segment there: the next batch clears it
             try:
                 runner.start()
                 summary.startup_s = runner.startup_s

@@ -68,6 +68,8 @@ class BatchEngine(ABC):
             raise InputError(f"'--threads' must be at least 1, got {threads}")
         self.spec, self.workers, self.threads = spec, workers, threads
         self.startup_s = 0.0
+        #: where workers segment; `run_batch` sets OUT/.tmp before `start` (None: the system's temporary folder)
+        self.scratch: str | None = None
 
     def start(self) -> None:
         """Start the workers and wait until each has loaded its pipeline (timed in `startup_s`).
@@ -161,13 +163,13 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _init_worker(spec: PipelineSpec, threads: int, parent: int) -> None:
+def _init_worker(spec: PipelineSpec, threads: int, parent: int, scratch: str | None = None) -> None:
     global _WORKER, _WORKER_ERROR
     # Ctrl-C reaches the whole process group: the driver alone handles it and stops the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
-        _WORKER = StudyWorker(spec, threads)
+        _WORKER = StudyWorker(spec, threads, scratch)
     except Exception as exc:  # reported by _ready, so that the batch stops with the reason
         _WORKER_ERROR = str(exc) if isinstance(exc, CmrError) else f"{type(exc).__name__}: {exc}"
 
@@ -197,7 +199,7 @@ class LocalEngine(BatchEngine):
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.spec, self.threads, os.getpid()),
+            initargs=(self.spec, self.threads, os.getpid(), self.scratch),
         )
 
     def _start(self) -> None:
@@ -321,7 +323,7 @@ class RayEngine(BatchEngine):
             raise CmrError(f"a Ray worker cannot load the pipeline: {exc}") from exc
 
     def _new_actor(self) -> Any:
-        actor = self._actor_class.remote(self.spec, self.threads)
+        actor = self._actor_class.remote(self.spec, self.threads, self.scratch)
         self._load[actor] = 0
         return actor
 

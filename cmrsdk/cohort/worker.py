@@ -1,9 +1,10 @@
 """One worker's job: a pipeline loaded once, then study after study into a result row and files.
 
-The same `StudyWorker` runs in a local pool process and in a Ray actor. It writes nothing into
-the batch's output folder: it segments into a private temporary folder and hands back the
-files' bytes, so the one writer of OUT is the batch's driver (no shared file system needed
-on a cluster, and no half-written folder left by a worker that dies).
+The same `StudyWorker` runs in a local pool process and in a Ray actor. It segments into a
+private folder under the batch's scratch folder ``OUT/.tmp`` (which the next batch clears, so a
+worker killed mid-study leaves no patient data in the system's temporary folder) and hands back
+the files' bytes, so the one writer of OUT's results is the batch's driver. On a node that
+cannot reach OUT (a cluster without a shared file system) it uses the system's temporary folder.
 """
 
 from __future__ import annotations
@@ -136,9 +137,11 @@ class StudyWorker:
     ----------
     spec : the pipeline to build.
     threads : threads for this worker's math libraries and native kernels.
+    scratch : the folder to segment in (the batch's ``OUT/.tmp``); None, or a folder this node
+        does not have: the system's temporary folder.
     """
 
-    def __init__(self, spec: PipelineSpec, threads: int) -> None:
+    def __init__(self, spec: PipelineSpec, threads: int, scratch: str | None = None) -> None:
         set_thread_count(threads)
         from ..bundle import load_bundle
         from ..engines import thread_options
@@ -165,6 +168,7 @@ class StudyWorker:
             engine_options=options,
         )
         self.pid = os.getpid()
+        self.scratch = scratch
         self.outputs = {"overlay": spec.overlay, "report_html": spec.report_html}
 
     def ready(self) -> int:
@@ -178,7 +182,9 @@ class StudyWorker:
         carries on with the next study.
         """
         t0 = time.perf_counter()
-        scratch = Path(tempfile.mkdtemp(prefix="cmrsdk-batch-"))
+        root = self.scratch if self.scratch and os.path.isdir(self.scratch) else None
+        # hidden in OUT/.tmp, where the driver writes OUT/.tmp/<study_id>
+        scratch = Path(tempfile.mkdtemp(prefix=".worker-" if root else "cmrsdk-batch-", dir=root))
         caught: list[warnings.WarningMessage] = []
         try:
             source = Path(study.source)

@@ -36,4 +36,21 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             raise  # KeyboardInterrupt, SystemExit: cleaned up, passed on unchanged
         if isinstance(exc, WriteError):
             raise
-        raise WriteError(f"{target}: could not be written ({type(exc).__name__}: {exc})") from exc
+        raise WriteError(f"{target}: could not be written ({_root_cause(exc)})") from exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """One line saying what failed: the system's error where one is in the chain.
+
+    pydicom re-raises a write's OSError as a new one without errno whose message holds the tag
+    and a whole traceback ("With tag (7FE0,0010) got exception: [Errno 28] ..."); the original
+    is its ``__cause__``.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.strerror:  # its filename is the temporary one: left out
+            return f"{type(cause).__name__}: [Errno {cause.errno}] {cause.strerror}"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"

@@ -5,12 +5,17 @@ Refused, naming the archive and the member: a file that is not a readable ZIP, e
 members, more than :data:`MAX_MEMBERS` files, more than :data:`MAX_UNPACKED_BYTES` unpacked
 (an archive bomb is refused from its directory, before anything is written), and members that
 fail their CRC. Member names cannot climb out of the folder: :mod:`zipfile` drops absolute
-paths and ``..`` components when it extracts.
+paths and ``..`` components when it extracts. A folder that a run killed outright left behind
+is deleted by a later unpacking, once stale and its process gone.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -26,6 +31,26 @@ __all__ = ["MAX_MEMBERS", "MAX_UNPACKED_BYTES", "Unpacked", "is_archive", "unpac
 MAX_MEMBERS = 100_000
 #: 4 GiB unpacked: ten times the largest series the DICOM reader accepts (1.6 GB as float32)
 MAX_UNPACKED_BYTES = 4 * 2**30
+#: the unpacked folders' names: prefix, the unpacking process's id, "-", a random part
+_PREFIX = "cmrsdk-zip-"
+
+
+def _remove_stale_folders() -> None:
+    """Delete the folders (patient data) that runs killed outright (SIGKILL, power loss) left in the
+    temporary folder: older than the study writer's stale age and their process gone."""
+    from ..study import STALE_AFTER_S, _process_alive  # the rule the study writer applies beside OUT
+
+    now = time.time()
+    for entry in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            if not entry.is_dir() or entry.is_symlink() or now - entry.stat().st_mtime < STALE_AFTER_S:
+                continue
+        except OSError:
+            continue
+        pid = re.match(rf"{_PREFIX}(\d+)-", entry.name)
+        if pid and _process_alive(int(pid.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def is_archive(path: str | Path) -> bool:
@@ -71,7 +96,8 @@ def unpacked(path: str | Path) -> Iterator[Unpacked]:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ReadError(path, f"not a readable ZIP archive ({type(exc).__name__}: {exc})") from exc
-    with archive, tempfile.TemporaryDirectory(prefix="cmrsdk-zip-") as folder:
+    _remove_stale_folders()
+    with archive, tempfile.TemporaryDirectory(prefix=f"{_PREFIX}{os.getpid()}-") as folder:
         members = [m for m in archive.infolist() if not m.is_dir()]
         if not members:
             raise ReadError(path, "the ZIP archive holds no files")
