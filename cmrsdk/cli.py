@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from . import DEMO_BUNDLE, __version__
 from .engines import BACKENDS
-from .errors import CmrError
+from .errors import CmrError, InputError
 from .study import (
     Interrupted,
     check_output_folder,
@@ -154,6 +154,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             continue
         inputs.extend(expand_inputs(path))
     several = len(inputs) > 1 or len(args.inputs) > 1
+    if args.series is not None and several:
+        raise InputError(f"--series {args.series} names a series of one study: give one DICOM input, not {len(inputs)}")
     if several:
         check_output_folder(output, contents=False)  # -o itself: a file, under a file, not writable
         targets = [output / name for name in study_folder_names(inputs)]
@@ -199,6 +201,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 overlay=not args.no_overlay,
                 report_html=not args.no_report_html,
                 region_source=region_source,
+                series_uid=args.series,
             )
         except Exception as exc:  # one study's failure never stops another's
             failures += 1
@@ -539,6 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None, help="native-kernel threads (default: all cores)")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.png (the slowest output)")
     p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")
+    p.add_argument(
+        "--series",
+        metavar="UID",
+        default=None,
+        help="read this DICOM series (a SeriesInstanceUID, or a stack's UIDs joined by '+', as cmrsdk inspect "
+        "lists them) instead of the short-axis cine the reader chooses; one DICOM input only",
+    )
     pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
 

@@ -236,3 +236,25 @@ def test_an_unreadable_bundle_file_is_one_error_naming_it(tmp_path, monkeypatch)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"manifest\.json: 'preprocessing\.normalization' is 'foo', expected one of"):
         bundle.load_bundle(copy)
+
+
+def test_segment_series_reads_the_named_series_of_one_dicom_study(routing_bundle, tmp_path, capsys):
+    """--series: the part of an exam the reader would not choose (here a second, smaller cine);
+    refused with several inputs and for non-DICOM input, before any study is read."""
+    write_dicom_series(tmp_path / "exam" / "cine", synthetic_study(seed=2))
+    write_dicom_series(tmp_path / "exam" / "other", synthetic_study(seed=3, n_slices=4), series_description="other")
+    other = str(pydicom.dcmread(next((tmp_path / "exam" / "other").glob("*.dcm"))).SeriesInstanceUID)
+    out = tmp_path / "out"
+    args = ["--bundle", str(routing_bundle), "--no-overlay"]
+    assert main(["segment", str(tmp_path / "exam"), "-o", str(out), "--series", other, *args]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["study"]["series_uid"] == other and len(report["phases"][0]["slices"]) == 4
+    capsys.readouterr()
+    assert (
+        main(["segment", str(tmp_path / "exam"), str(tmp_path / "exam"), "-o", str(out), "--series", other, *args]) == 2
+    )
+    assert f"--series {other} names a series of one study: give one DICOM input, not 2" in capsys.readouterr().err
+    write_acdc_patient(tmp_path / "patient001", synthetic_study(seed=1))
+    assert main(["segment", str(tmp_path / "patient001"), "-o", str(tmp_path / "o2"), "--series", other, *args]) == 1
+    assert "selects a DICOM series; this input is not DICOM" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
