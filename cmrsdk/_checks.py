@@ -13,7 +13,12 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["check_spacing", "check_label_map"]
+__all__ = ["IN_PLANE_RANGE_MM", "SLICE_RANGE_MM", "check_spacing", "check_label_map", "check_stack_geometry"]
+
+#: pixel sizes (mm) of a cardiac MR image; outside, a header error or other units (metres)
+IN_PLANE_RANGE_MM = (0.05, 20.0)
+#: distances between slice centres (mm) of a short-axis stack
+SLICE_RANGE_MM = (0.05, 100.0)
 
 
 def check_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, float]:
@@ -47,3 +52,37 @@ def check_label_map(labels: Any, name: str = "labels") -> np.ndarray:
     if array.dtype.kind not in "uib":
         raise InputError(f"'{name}' must hold integer labels (uint8 canonical labels), got dtype {array.dtype}")
     return array
+
+
+def check_stack_geometry(spacing: tuple[float, float, float], positions: np.ndarray, source: str) -> None:
+    """A stack's (dz, dy, dx) spacing and (Z,) slice positions (mm) as a cardiac MR stack has them.
+
+    The readers refuse other sizes from the file headers; a stack built in Python meets the same
+    bounds, so that spacing in metres (0.0016) or positions all equal give an error, not 0 mL.
+
+    Raises
+    ------
+    InputError
+        In-plane spacing outside `IN_PLANE_RANGE_MM`; slice spacing, or (two or more slices) the
+        median distance between neighbouring positions, outside `SLICE_RANGE_MM`; a position
+        not finite.
+    """
+    where = f" of {source}" if source else ""
+    low, high = IN_PLANE_RANGE_MM
+    if not all(low <= s <= high for s in spacing[1:]):
+        raise InputError(
+            f"Stack{where} 'spacing' (dy, dx) {list(spacing[1:])} mm is outside {low}..{high} mm: "
+            "pixel sizes in other units (metres?)"
+        )
+    low, high = SLICE_RANGE_MM
+    if not low <= spacing[0] <= high:
+        raise InputError(f"Stack{where} 'spacing' dz {spacing[0]} mm is outside {low}..{high} mm")
+    if not np.all(np.isfinite(positions)):
+        raise InputError(f"Stack{where} 'slice_positions' must be finite mm values, got {positions.tolist()}")
+    if len(positions) >= 2:
+        step = float(np.median(np.abs(np.diff(positions))))
+        if not low <= step <= high:
+            raise InputError(
+                f"Stack{where} 'slice_positions' are {step:g} mm apart (median), outside {low}..{high} mm: "
+                f"positions in other units, or every slice at one place ({positions.tolist()[:6]}...)"
+            )

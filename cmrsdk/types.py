@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ._checks import check_spacing
+from ._checks import check_label_map, check_spacing, check_stack_geometry
 from .errors import InputError
 
 __all__ = ["Stack", "StudyInfo", "Study"]
@@ -52,13 +52,22 @@ class Stack:
     source_frames: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        where = self.source or "array"
         pixels = np.asarray(self.pixels)
         if pixels.ndim != 3:
-            raise InputError(
-                f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {self.source or 'array'}"
-            )
+            raise InputError(f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {where}")
+        if pixels.dtype.kind not in "uif":
+            # a mask (bool) or a complex image is not intensities: dropping a part would be silent
+            raise InputError(f"Stack 'pixels' from {where} must be real intensities, got dtype {pixels.dtype}")
         if pixels.dtype != np.float32:
-            pixels = pixels.astype(np.float32)
+            with np.errstate(over="ignore"):
+                pixels = pixels.astype(np.float32)
+        finite = np.isfinite(pixels)
+        if not finite.all():
+            z = int(np.flatnonzero(~finite.reshape(len(pixels), -1).all(1))[0])
+            beyond = np.isfinite(np.asarray(self.pixels)).all() if np.asarray(self.pixels).dtype.kind == "f" else True
+            what = "values beyond float32's range (3.4e38)" if beyond else "NaN or infinite values"
+            raise InputError(f"Stack 'pixels' from {where} hold {what} (slice {z} of {len(pixels)})")
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "spacing", check_spacing(self.spacing))
         affine = np.asarray(self.affine, dtype=np.float64)
@@ -66,9 +75,14 @@ class Stack:
             raise InputError(f"Stack 'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
         object.__setattr__(self, "affine", affine)
         if self.labels is not None:
-            labels = np.asarray(self.labels)
+            labels = check_label_map(self.labels, "Stack 'labels'")
             if labels.shape != pixels.shape:
                 raise InputError(f"Stack 'labels' shape {labels.shape} differs from 'pixels' shape {pixels.shape}")
+            if labels.size and (labels.min() < 0 or labels.max() > 3):
+                raise InputError(
+                    f"Stack 'labels' from {where} must be canonical labels 0..3 (background, LVBP, LVM, RVBP), "
+                    f"got values {labels.min()}..{labels.max()}"
+                )
             if labels.dtype != np.uint8:
                 labels = labels.astype(np.uint8)
             object.__setattr__(self, "labels", labels)
@@ -78,6 +92,7 @@ class Stack:
         positions = np.asarray(positions, dtype=np.float64)
         if positions.shape != (pixels.shape[0],):
             raise InputError(f"Stack 'slice_positions' must have shape ({pixels.shape[0]},), got {positions.shape}")
+        check_stack_geometry(self.spacing, positions, self.source)
         object.__setattr__(self, "slice_positions", positions)
         if self.source_frames and len(self.source_frames) != pixels.shape[0]:
             raise InputError(
@@ -134,8 +149,13 @@ class Study:
         object.__setattr__(self, "phases", tuple(self.phases))
         if not self.phases:
             raise InputError(f"Study from {self.info.source or 'memory'} has no phases")
+        for k, phase in enumerate(self.phases):
+            if not isinstance(phase, Stack):
+                raise InputError(f"Study 'phases' must be cmrsdk.Stack objects, got {type(phase).__name__} at {k}")
         for name in ("ed_index", "es_index"):
             index = getattr(self, name)
+            if index is not None and (isinstance(index, bool) or not isinstance(index, (int, np.integer))):
+                raise InputError(f"Study '{name}' must be a phase index (int) or None, got {index!r}")
             if index is not None and not 0 <= index < len(self.phases):
                 raise InputError(f"Study '{name}' is {index}, expected 0..{len(self.phases) - 1}")
 

@@ -53,6 +53,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from .._checks import IN_PLANE_RANGE_MM, SLICE_RANGE_MM
 from ..errors import CmrWarning, ReadError
 from ..regions import ORIENTED_COS, apex_cosine
 from ..types import Stack, Study, StudyInfo
@@ -72,9 +73,6 @@ MAX_MATRIX = 2048
 #: 1.6 GB as float32.
 MAX_SERIES_PIXELS = 400_000_000
 
-#: spacings outside these bounds (mm) are not those of a cardiac MR stack (as for NIfTI).
-IN_PLANE_RANGE_MM = (0.05, 20.0)
-SLICE_RANGE_MM = (0.05, 100.0)
 
 #: compressed transfer syntaxes -> the package that decodes them (pydicom decodes RLE itself).
 _DECODERS = {

@@ -27,6 +27,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
+from .._checks import IN_PLANE_RANGE_MM, SLICE_RANGE_MM
 from ..errors import CmrWarning, ReadError
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
@@ -65,9 +66,6 @@ MAX_VOXELS = 100_000_000
 MAX_CINE_VOXELS = 400_000_000
 #: NIfTI xyzt_units time unit -> milliseconds
 _TIME_TO_MS = {"sec": 1000.0, "msec": 1.0, "usec": 0.001}
-#: spacings outside these bounds (mm) are not those of a cardiac MR stack: a wrong header.
-IN_PLANE_RANGE_MM = (0.05, 20.0)
-SLICE_RANGE_MM = (0.05, 100.0)
 
 
 #: a voxel size at least this many times both others marks the slice axis
