@@ -176,17 +176,18 @@ _TRANSIENT_NAME = re.compile(
 )
 
 
-def _remove_stale(parent: Path) -> None:
+def _remove_stale(parent: Path, older_than_s: float = STALE_AFTER_S) -> None:
     """Clear what a run killed outright (SIGKILL, power loss) left beside its output folder, once
-    older than `STALE_AFTER_S` and its process gone: its staging and probe folders are deleted; its
+    older than ``older_than_s`` and its process gone: its staging and probe folders are deleted; its
     retired folder (the earlier result, killed between the two renames of `_swap`) is renamed back
-    to its output folder's name where that is missing, else deleted."""
+    to its output folder's name where that is missing, else deleted. (`cmrsdk serve` clears its own
+    output folder on starting, with no age: it is the one writer there.)"""
     now = time.time()
     for entry in parent.glob(".cmrsdk-*"):
         if not entry.name.startswith(TRANSIENT_PREFIXES):
             continue
         try:
-            if not entry.is_dir() or entry.is_symlink() or now - entry.stat().st_mtime < STALE_AFTER_S:
+            if not entry.is_dir() or entry.is_symlink() or now - entry.stat().st_mtime < older_than_s:
                 continue
         except OSError:
             continue

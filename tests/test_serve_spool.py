@@ -709,11 +709,16 @@ def test_worker_start_removes_what_a_killed_writer_left_and_nothing_else(spool, 
     for name in left + kept:
         (out / name).mkdir()
     (out / "1.2.3" / "seg_ED.dcm").write_bytes(b"seg")
+    # an earlier result retired by a swap the kill cut short (pid no process has): put back
+    retired = out / ".cmrsdk-replaced-4194305-abcdefgh-1.2.4"
+    retired.mkdir()
+    (retired / "seg_ED.dcm").write_bytes(b"earlier")
     worker.stop.set()  # run() clears, loads the pipeline, then sees stop and returns
     worker.run()
     assert worker.error is None and worker.ready.is_set()
-    assert sorted(p.name for p in out.iterdir()) == sorted(kept)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*kept, "1.2.4"])
     assert (out / "1.2.3" / "seg_ED.dcm").read_bytes() == b"seg"
+    assert (out / "1.2.4" / "seg_ED.dcm").read_bytes() == b"earlier"
 
 
 def test_a_spool_that_cannot_be_written_is_one_clear_error(tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CmrError
-from ..study import TRANSIENT_PREFIXES
+from ..study import _remove_stale
 from .spool import Spool, result_name
 from .stacks import StackGatherer
 
@@ -181,9 +181,10 @@ class Worker(threading.Thread):
         try:
             self.output.mkdir(parents=True, exist_ok=True)
             # a segmentation killed half-way: our folder, and the study writer's own transient ones
-            transient = [p for p in self.output.iterdir() if p.name.startswith(TRANSIENT_PREFIXES)]
-            for partial in [*self.output.glob(".*.partial"), *transient]:
+            # (an earlier result retired by a swap the kill cut short goes back to its name)
+            for partial in self.output.glob(".*.partial"):
                 shutil.rmtree(partial, ignore_errors=True)
+            _remove_stale(self.output, older_than_s=0.0)
             self.pipeline = self.load_pipeline()
             self.ready.set()
             while not self.stop.is_set():
