@@ -401,7 +401,8 @@ def _verify_artifact(artifact: Artifact) -> None:
 class Bundle:
     """A verified model bundle; make engines with `engine`.
 
-    Do not construct directly: use `load_bundle`.
+    Do not construct directly: use `load_bundle`. A bundle pickles as its directory, loaded and
+    verified again where it is unpickled.
 
     Attributes
     ----------
@@ -580,6 +581,16 @@ class Bundle:
                 self._engines[key] = engine
         return engine
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its directory (engines and locks cannot travel): the unpickling process loads
+        and verifies it again, and refuses it where its manifest changed meanwhile."""
+        if self.path is None or not (Path(self.path) / MANIFEST_NAME).is_file():
+            raise BundleError(
+                f"bundle {self.path} cannot be pickled: it is rebuilt from its directory, and {self.path} "
+                f"holds no {MANIFEST_NAME}; pickle a bundle read by load_bundle, or its path"
+            )
+        return (_reload_bundle, (str(self.path), self.manifest_sha256))
+
     def __repr__(self) -> str:
         return f"Bundle(path={str(self.path)!r}, models={sorted(self.models)}, routing={self.routing})"
 
@@ -609,6 +620,17 @@ def load_bundle(path: str | Path) -> Bundle:
     except OSError as exc:
         where = exc.filename or path
         raise BundleError(f"{where}: bundle file cannot be read ({exc.strerror or type(exc).__name__})") from exc
+
+
+def _reload_bundle(path: str, manifest_sha256: str) -> Bundle:
+    """`Bundle.__reduce__`'s rebuild in the unpickling process."""
+    bundle = load_bundle(path)
+    if manifest_sha256 and bundle.manifest_sha256 != manifest_sha256:
+        raise BundleError(
+            f"{path}: the manifest's sha256 is {bundle.manifest_sha256}, the pickled bundle's was "
+            f"{manifest_sha256} (the bundle changed after it was pickled)"
+        )
+    return bundle
 
 
 def _load_bundle(path: str | Path) -> Bundle:

@@ -30,6 +30,8 @@ another classifier) is not a mode: the caller hands a `RegionSource` to `Pipelin
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -205,6 +207,11 @@ class _Unset:
 _UNSET = _Unset()
 
 
+def _rebuild_pipeline(cls: type[Pipeline], bundle: Bundle, arguments: dict[str, Any]) -> Pipeline:
+    """`Pipeline.__reduce__`'s rebuild in the unpickling process."""
+    return cls(bundle, **arguments)
+
+
 class Pipeline:
     """Routed cardiac MRI segmentation with the models of one bundle.
 
@@ -216,7 +223,7 @@ class Pipeline:
     mode : "routed" (region U-Nets) or "baseline" (the baseline U-Net on every slice).
     largest_component : keep only the largest 3-D connected component of each structure.
     threads : threads of the native kernels (default: all cores).
-    heart_crop : (h, w) in pixels of the target spacing, None, or "bundle" (the default: the
+    heart_crop : (h, w), two integers, in pixels of the target spacing, None, or "bundle" (the default: the
         bundle's ``preprocessing.heart_crop``, itself None when the bundle sets none). When set,
         the U-Nets see only an (h, w) window centred on the heart, found by one baseline pass
         over a middle slice; where no heart is found they see the bundle's full window. Must be
@@ -280,7 +287,9 @@ class Pipeline:
         RV into the atrium (`cmrsdk.grid`; its Dice on the held-out sets in docs/RESULTS.md,
         Session 32). Baseline mode segments on the training grid. Recorded in the provenance.
 
-    The object holds no per-call state: one pipeline may serve several threads at once.
+    The object holds no per-call state: one pipeline may serve several threads at once. It pickles
+    as its bundle directory and arguments, and is rebuilt, engines and all, where it is unpickled
+    (a 'spawn' worker); a 'torchscript' one refuses to run in a process forked from its own.
     """
 
     def __init__(
@@ -310,6 +319,32 @@ class Pipeline:
             )
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
+        if not isinstance(bundle, (Bundle, str, os.PathLike)):
+            raise InputError(f"'bundle' must be a Bundle or the path of a bundle directory, got {bundle!r}")
+        if engine_options is not None and not isinstance(engine_options, Mapping):
+            raise InputError(
+                f"'engine_options' must be a mapping (option name -> value) or None, got {engine_options!r}"
+            )
+        if not isinstance(largest_component, bool):
+            raise InputError(f"'largest_component' must be True or False, got {largest_component!r}")
+        # what pickling rebuilds the pipeline from in another process (`__reduce__`)
+        self._arguments: dict[str, Any] = {
+            "backend": backend,
+            "device": device,
+            "mode": mode,
+            "largest_component": largest_component,
+            "threads": threads,
+            "heart_crop": heart_crop,
+            "region_decoding": region_decoding,
+            "engine_options": dict(engine_options or {}),
+            "regions_from": regions_from,
+            "precision": precision,
+            "mirroring": mirroring,
+            "systolic_base": systolic_base,
+            "apical_rv_weight": apical_rv_weight,
+            "segment_spacing": segment_spacing,
+            "training_layout": training_layout,
+        }
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = backend
         self.device = device
@@ -327,9 +362,18 @@ class Pipeline:
         self.apical_rv_weight = check_apical_rv_weight(apical_rv_weight)
         self.threads = threads
         self._pre = self.bundle.preprocessing
-        given = self._pre.heart_crop if heart_crop == "bundle" else heart_crop
+        given = self._pre.heart_crop if isinstance(heart_crop, str) and heart_crop == "bundle" else heart_crop
         crop: tuple[int, int] | None = None
         if given is not None:
+            # int() would truncate 128.7 and read '12' from a string: two integers or nothing
+            if not (
+                isinstance(given, (tuple, list))
+                and len(given) == 2
+                and all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in given)
+            ):
+                raise InputError(
+                    f"'heart_crop' must be two positive integers (h, w), None or 'bundle', got {heart_crop!r}"
+                )
             crop = (int(given[0]), int(given[1]))
             if not all(0 < c <= s for c, s in zip(crop, self._pre.size)):
                 raise InputError(f"'heart_crop' must be (h, w) within the bundle's window {self._pre.size}, got {crop}")
@@ -407,6 +451,11 @@ class Pipeline:
                     stacklevel=2,
                 )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its class, bundle and constructor arguments: the unpickling process (a
+        'spawn' worker) builds its own engines, as runtime sessions and thread pools cannot travel."""
+        return (_rebuild_pipeline, (type(self), self.bundle, self._arguments))
+
     def _segment_grid(self, value: object) -> SegmentGrid | None:
         """`__init__`'s ``segment_spacing`` as the grid to segment on (None: the training grid)."""
         given = self._pre.segment_spacing if isinstance(value, str) and value == "bundle" else value
@@ -419,6 +468,15 @@ class Pipeline:
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
         ):
             raise InputError(f"'segment_spacing' must be a spacing in mm, (dy, dx), None or 'bundle', got {value!r}")
+        # a spacing fine enough to grow the window past the largest side preprocessing takes
+        finest = tuple(
+            math.ceil(t * s / preprocess.MAX_SIDE * 1e4) / 1e4 for t, s in zip(self._pre.target_spacing, self._pre.size)
+        )
+        if any(0 < v < f for v, f in zip(pair, finest)):
+            raise InputError(
+                f"'segment_spacing' {tuple(pair)} mm would grow the bundle's {tuple(self._pre.size)} window past "
+                f"{preprocess.MAX_SIDE} pixels a side; give a spacing of at least {finest} mm"
+            )
         return segment_grid(self._pre, self.heart_crop, (float(pair[0]), float(pair[1])))
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cmrsdk.bundle import FORMAT_VERSION, MANIFEST_NAME, Preprocessing, load_bundle, sha256_file  # noqa: E402
+from cmrsdk.bundle import FORMAT_VERSION, MANIFEST_NAME, Bundle, Preprocessing, load_bundle, sha256_file  # noqa: E402
 from cmrsdk.engines import available_backends, backend_missing  # noqa: E402
 from cmrsdk.errors import BackendUnavailableError, BundleError, InputError  # noqa: E402
 from export.bundle import build_bundle  # noqa: E402
@@ -354,3 +355,29 @@ def test_the_heart_search_is_read_from_the_manifest_and_checked(tmp_path: Path) 
         BundleError, match=r"'preprocessing\.heart_search' must be one of \('mean', 'largest'\), got 'median'"
     ):
         load_bundle(bundle)
+
+
+def test_a_pickled_bundle_is_loaded_again_from_its_directory(source: Path):
+    bundle = load_bundle(source)
+    bundle.engine("baseline", "onnx")  # engines and their lock do not travel: they are made again
+    back = pickle.loads(pickle.dumps(bundle))
+    assert back.path == bundle.path and back.manifest == bundle.manifest
+    assert back.manifest_sha256 == bundle.manifest_sha256 and back.routing == bundle.routing
+    x = np.random.default_rng(6).standard_normal((3, 1, *SIZE)).astype(np.float32)
+    np.testing.assert_array_equal(back.engine("baseline", "onnx").run(x), bundle.engine("baseline", "onnx").run(x))
+
+
+def test_a_pickled_bundle_whose_manifest_changed_is_refused(bundle_dir: Path):
+    data = pickle.dumps(load_bundle(bundle_dir))
+    _edit_manifest(bundle_dir, lambda m: m.update(regions_from="segmentation"))
+    with pytest.raises(BundleError, match=r"manifest's sha256 is .*the bundle changed after it was pickled"):
+        pickle.loads(data)
+
+
+def test_a_bundle_without_a_directory_cannot_be_pickled(source: Path, tmp_path: Path):
+    b = load_bundle(source)
+    orphan = Bundle(
+        tmp_path / "nowhere", b.manifest, b.preprocessing, b.routing, b.classifier, b.labels, b.regions, b.models
+    )
+    with pytest.raises(BundleError, match=r"nowhere cannot be pickled: it is rebuilt from its directory"):
+        pickle.dumps(orphan)

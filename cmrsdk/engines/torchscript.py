@@ -12,6 +12,7 @@ own calls only (`quiet_torchscript`); nothing is silenced globally.
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -124,7 +125,8 @@ class TorchScriptEngine(Engine):
     Notes
     -----
     The number of CPU threads is torch's process-wide setting (``torch.set_num_threads``); an
-    engine does not change it behind the caller's back.
+    engine does not change it behind the caller's back. That pool does not survive ``fork``: an
+    engine refuses to run in a process forked from the one that made it (use 'spawn').
     """
 
     backend = "torchscript"
@@ -175,6 +177,7 @@ class TorchScriptEngine(Engine):
             with quiet_torchscript():
                 module = torch.jit.optimize_for_inference(torch.jit.freeze(module.to(torch.bfloat16)))
         self._module = module
+        self._pid = os.getpid()  # see `forward_tensor`: a forked child must not run it
         self._dtype = torch.float16 if fp16 else torch.bfloat16 if bf16 else torch.float32
         self._cuda_graphs = cuda_graphs
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
@@ -194,7 +197,20 @@ class TorchScriptEngine(Engine):
 
         No host copy, no shape checks beyond the module's own; ``max_batch`` is the caller's
         concern here. Call under ``torch.inference_mode()``.
+
+        Raises
+        ------
+        BackendUnavailableError
+            In a process forked from the one that made the engine: torch's CPU thread pool
+            does not survive fork, and the call may hang for ever.
         """
+        if os.getpid() != self._pid:
+            raise BackendUnavailableError(
+                f"the 'torchscript' engine of {self.path.name} was made in process {self._pid} and called in "
+                f"forked process {os.getpid()}: torch's thread pool does not survive fork, and the call may "
+                f"hang; use the 'spawn' start method (multiprocessing.get_context('spawn'); a Pipeline "
+                f"pickles, and is rebuilt in the worker) or another backend ('onnx', 'openvino')"
+            )
         x = x.to(self._dtype)
         if self._cuda_graphs:
             return self._replay(x)

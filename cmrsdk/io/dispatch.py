@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ReadError
+from ..errors import InputError, ReadError
 from ..types import Study, StudyInfo
 from .archive import is_archive, unpacked
 from .dicom import read_dicom_study, scan_dicom_series
@@ -32,6 +34,8 @@ def detect_format(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
         raise ReadError(path, "no such file or directory")
+    if not (path.is_file() or path.is_dir()):
+        raise ReadError(path, "not a regular file or a directory (a device, pipe or socket)")
     if is_archive(path):
         return "archive"
     if path.is_file():
@@ -70,14 +74,44 @@ def expand_inputs(path: str | Path) -> list[Path]:
     return images or [path]
 
 
+def _reader_options(kind: str) -> tuple[str, ...]:
+    """The options `read_study` passes on to the reader of format ``kind`` (its parameters after the path)."""
+    readers = {
+        "acdc": read_acdc_patient,
+        "mnms": read_mnms_subject,
+        "nifti": read_nifti_stack,
+        "dicom": read_dicom_study,
+    }
+    return tuple(signature(readers[kind]).parameters)[1:] if kind in readers else ()
+
+
 def read_study(path: str | Path, **options: Any) -> Study:
     """Read a study from a DICOM directory, an ACDC patient folder, an M&Ms subject folder or a NIfTI file.
 
     ``options`` go to the reader: ``series_uid`` for DICOM; ``label_path`` and ``convention`` for
     a NIfTI file (which gives a one-phase study with ED and ES unknown). A 4-D NIfTI file
     (X, Y, Z, T) read without options is a cine, a phase per frame (:func:`read_nifti_cine`).
+    An option the format does not take is refused, unless it is None (not given).
+
+    Raises
+    ------
+    InputError
+        ``path`` is not a non-empty str or os.PathLike path, or an option is not the format's.
+    ReadError
+        ``path`` does not exist, is not a file or directory, or cannot be read as a study.
     """
+    # '' would read the working directory, and bytes paths are refused by Path later, raw
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str) or not os.fspath(path):
+        raise InputError(f"'path' must be a non-empty str or os.PathLike path, got {path!r}")
     kind = detect_format(path)
+    takes = _reader_options(kind)
+    unknown = sorted(name for name, value in options.items() if name not in takes and value is not None)
+    if unknown:
+        raise InputError(
+            f"read_study options {unknown} do not apply to {path} ({kind}): it takes "
+            f"{list(takes) if takes else 'no options'}"
+        )
+    options = {name: value for name, value in options.items() if name in takes}
     if kind == "archive":
         raise ReadError(
             path,
