@@ -49,7 +49,7 @@ from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
 from .labels import BASE, NON_CARDIAC, REGION_NAMES
 from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
-from .metrics import CardiacMeasures, cardiac_measures, reaches_field_edge, volumes_ml
+from .metrics import CardiacMeasures, cardiac_measures, reaches_field_edge, volumes_ml, withhold_unreal
 from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .systole import drop_systolic_atrium
@@ -137,7 +137,11 @@ class StudySegmentation:
     phases : one `Segmentation` per segmented phase, in the study's time order.
     ed_index, es_index : indices into ``phases``.
     lv_volume_curve_ml : float64 (T,) LV blood-pool volume of each phase, mL.
-    measures : volumes, EF and LV mass from the ED and ES segmentations.
+    measures : volumes, EF and LV mass from the ED and ES segmentations, SV and EF withheld (NaN)
+        where they cannot be real (`cmrsdk.metrics.withhold_unreal`: ED and ES one phase, a
+        ventricle larger at ES than at ED), as the report shows them.
+    measured : the same as measured from the masks, nothing withheld (agreement with manual
+        contours counts a negative EF as the miss it is); None where not computed.
     """
 
     phases: tuple[Segmentation, ...]
@@ -146,6 +150,7 @@ class StudySegmentation:
     lv_volume_curve_ml: np.ndarray
     measures: CardiacMeasures
     timings_ms: dict[str, float] = field(default_factory=dict)
+    measured: CardiacMeasures | None = None
 
     @property
     def ed(self) -> Segmentation:
@@ -819,7 +824,8 @@ class Pipeline:
             raise InputError(f"'study' must be a cmrsdk.Study, got {type(study).__name__}")
         t0 = time.perf_counter()
         if study.ed_index is not None and study.es_index is not None and not study.is_cine:
-            indices = sorted((study.ed_index, study.es_index))  # time order, as `phases` promises
+            # time order, as `phases` promises; ED and ES one phase: segmented once, measured as one
+            indices = sorted({study.ed_index, study.es_index})
         else:
             indices = list(range(len(study.phases)))
         # the phase located first: ED where known (the heart at its largest), else the first phase
@@ -867,7 +873,7 @@ class Pipeline:
             segmentations[es] = self._systolic_base(segmentations[ed], segmentations[es])
         # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
         single = len(segmentations) == 1
-        measures = cardiac_measures(
+        measured = cardiac_measures(
             segmentations[ed].labels,
             None if single else segmentations[es].labels,
             segmentations[ed].stack.spacing,
@@ -875,9 +881,10 @@ class Pipeline:
             ed_positions=segmentations[ed].stack.slice_positions,
             es_positions=segmentations[es].stack.slice_positions,
         )
+        measures = withhold_unreal(measured, same_phase=not single and ed == es)
         totals = {stage: sum(s.timings_ms[stage] for s in segmentations) for stage in (*STAGES, "total")}
         totals["wall"] = (time.perf_counter() - t0) * 1000.0
-        return StudySegmentation(tuple(segmentations), ed, es, curve, measures, totals)
+        return StudySegmentation(tuple(segmentations), ed, es, curve, measures, totals, measured)
 
     @staticmethod
     def _systolic_base(ed: Segmentation, es: Segmentation) -> Segmentation:

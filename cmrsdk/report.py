@@ -134,8 +134,9 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         for key in ("lvsv_ml", "lvef_pct", "rvsv_ml", "rvef_pct"):
             measures[key] = None
         flags.append("no_volume_change")
+    measured = result.measured if result.measured is not None else result.measures
     for side in ("lv", "rv"):
-        stroke = measures[f"{side}sv_ml"]
+        stroke = _finite(getattr(measured, f"{side}sv_ml"))
         if stroke is not None and stroke < 0:
             # a ventricle measured larger at ES than at ED: a failed segmentation, or one that
             # barely ejects (held-out ACDC patient020: manual RVEF 3.9 %, measured -2.9 %); a

@@ -172,3 +172,19 @@ def test_one_phase_gives_no_stroke_volume_or_ef():
     labels[:, :5, :5] = 1
     m = cardiac_measures(labels, None, (10.0, 1.0, 1.0))
     assert m.lvedv_ml == pytest.approx(0.75) and np.isnan(m.lvesv_ml) and np.isnan(m.lvsv_ml) and np.isnan(m.lvef_pct)
+
+
+def test_withhold_unreal_sets_what_cannot_be_real_to_nan():
+    from dataclasses import replace
+
+    from cmrsdk.metrics import CardiacMeasures, withhold_unreal
+
+    real = CardiacMeasures(150.0, 60.0, 90.0, 60.0, 120.0, 160.0, 80.0, 80.0, 50.0)
+    assert withhold_unreal(real) == real
+    rv_larger_at_es = replace(real, rvesv_ml=170.0, rvsv_ml=-10.0, rvef_pct=-6.25)
+    kept = withhold_unreal(rv_larger_at_es)
+    assert np.isnan(kept.rvsv_ml) and np.isnan(kept.rvef_pct) and kept.rvesv_ml == 170.0
+    assert kept.lvef_pct == 60.0
+    one = withhold_unreal(real, same_phase=True)
+    assert all(np.isnan(getattr(one, k)) for k in ("lvsv_ml", "lvef_pct", "rvsv_ml", "rvef_pct"))
+    assert one.lvedv_ml == 150.0 and one.lv_mass_g == 120.0

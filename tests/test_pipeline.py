@@ -503,3 +503,20 @@ def test_a_studys_regions_are_found_once_and_route_its_other_phases(region_demo_
     passes.clear()
     pipeline.segment(study.es)
     assert passes[0] == ("baseline", z) and sum(n for _, n in passes) > z
+
+
+def test_the_api_withholds_what_the_report_withholds(shared_data):
+    """ED and ES handed in swapped gave LVEF -30 % and RVEF -103 % in `result.measures` (the report
+    already withheld them); ED and ES one phase gave 0 % and two phases. Now NaN, as measured kept."""
+    import dataclasses
+
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.io import read_acdc_patient
+
+    study = read_acdc_patient(shared_data / "acdc" / "training" / "patient001")
+    pipeline = Pipeline(DEMO_BUNDLE, threads=1)
+    swapped = pipeline.segment_study(dataclasses.replace(study, ed_index=1, es_index=0))
+    assert np.isnan(swapped.measures.lvef_pct) and np.isnan(swapped.measures.rvsv_ml)
+    assert swapped.measured.lvef_pct < 0 and swapped.measures.lvedv_ml == swapped.measured.lvedv_ml
+    same = pipeline.segment_study(dataclasses.replace(study, ed_index=0, es_index=0))
+    assert len(same.phases) == 1 and np.isnan(same.measures.lvef_pct) and same.measures.lvedv_ml > 100

@@ -155,7 +155,7 @@ def test_a_ventricle_larger_at_es_gets_no_ef_and_a_flag(segmented_phantom):
         rvsv_ml=-measures.rvsv_ml,
         rvef_pct=-100.0 * measures.rvsv_ml / measures.rvesv_ml,
     )
-    report = study_report(replace(result, measures=swapped), study)
+    report = study_report(replace(result, measures=swapped, measured=swapped), study)
     m = report["measures"]
     assert report["flags"] == ["rv_esv_exceeds_edv"]
     assert m["rvsv_ml"] is None and m["rvef_pct"] is None
@@ -164,5 +164,5 @@ def test_a_ventricle_larger_at_es_gets_no_ef_and_a_flag(segmented_phantom):
     assert "rv_esv_exceeds_edv" in measures_row(report)["quality_flags"].split(";")
     line = _result_line(Path("study"), report, Path("out"))
     assert "RVEF n/a" in line and line.endswith("[flags: rv_esv_exceeds_edv]")
-    html = "".join(render_report_html(replace(result, measures=swapped), report, study=study))
+    html = "".join(render_report_html(replace(result, measures=swapped, measured=swapped), report, study=study))
     assert "<b>Study</b>: The RV measures larger at ES than at ED: no ejection can be measured" in html
