@@ -961,10 +961,13 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     for group in groups:
         times = [_time_of(im, by_trigger) for im in group]
         if len(set(times)) != len(times):
+            repeated = sorted({t for t in times if times.count(t) > 1})
+            shown = ", ".join(f"{t:g}" for t in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
             raise ReadError(
                 group[0].path,
-                f"duplicate slice position: {len(group)} images at the same position "
-                f"with TriggerTime/InstanceNumber {times} (also {group[1].path.name})",
+                f"duplicate slice position: {len(group)} images at the same position, {len(times) - len(set(times))} "
+                f"of them repeating a TriggerTime/InstanceNumber ({shown}; also {group[1].path.name}): the slice "
+                "acquired twice in one series, or copies of its files",
             )
     if len({len(g) for g in groups}) != 1:
         groups = _fill_missing_phases(groups, by_trigger, chosen)
