@@ -813,6 +813,13 @@ def test_the_short_axis_stack_wins_over_larger_axial_radial_and_real_time_ones(s
         PixelSpacing=lambda ds: [2 * float(v) for v in ds.PixelSpacing],
     )
     assert len(read_dicom_study(tmp_path).phases) == 3
+    with pytest.warns(CmrWarning, match="2 short-axis cine series"):
+        listed = inspect(tmp_path)  # the real-time cine is the other short-axis one
+    assert listed["series_read"] == listed["series"][0]["uid"] and len(listed["warnings"]) == 1
+    assert [(s["short_axis"], s["pixel_mm"]) for s in listed["series"][:2]] == [
+        (True, round(listed["spacing_mm"][1], 3)),
+        (True, round(2 * listed["spacing_mm"][1], 3)),
+    ]
     summaries = __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(tmp_path)
     assert summaries[0].is_short_axis and not next(s for s in summaries if s.series_uid == "1.2.3.4.1").is_short_axis
     assert next(s for s in summaries if s.series_uid == "1.2.3.4.2").n_positions == 0  # several planes: never chosen

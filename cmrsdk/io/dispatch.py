@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from inspect import signature
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ReadError
+from ..errors import CmrWarning, InputError, ReadError
 from ..types import Study, StudyInfo
 from .archive import is_archive, unpacked
 from .dicom import read_dicom_study, scan_dicom_series
@@ -134,8 +135,9 @@ def inspect(path: str | Path) -> dict[str, Any]:
     """What a path holds, as a JSON-ready dict: format, series, slices, phases, spacing, orientation, ED/ES.
 
     Keys: ``path``, ``format``, ``series`` (DICOM only: uid, description, images, positions,
-    phases, trigger_span_ms and dynamic of every series and stack of one-slice series, the chosen
-    one first), ``patient_id``, ``slices``, ``phases``,
+    phases, trigger_span_ms, dynamic, short_axis and pixel_mm of every series and stack of
+    series, the chosen one first), ``series_read`` (DICOM only: the uid read), ``warnings`` (what
+    reading it warned, such as other cines passed over), ``patient_id``, ``slices``, ``phases``,
     ``matrix`` [Y, X], ``spacing_mm`` [dz, dy, dx], ``orientation`` (the RAS+ unit vectors of
     the slice, row and column axes), ``ed_index``, ``es_index``, ``labelled_phases``,
     ``trigger_times_ms``; ``archive`` (True) for a ZIP archive, inspected unpacked.
@@ -146,7 +148,11 @@ def inspect(path: str | Path) -> dict[str, Any]:
             inner = inspect(readable.path)
         return {**inner, "path": str(path), "archive": True}
     kind = detect_format(path)
-    study = read_study(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CmrWarning)
+        study = read_study(path)
+    for warning in caught:  # said in the result, and still to the caller
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     stack = study.phases[0]
     axes = stack.affine[:3, :3] / np.asarray(stack.spacing)
     report: dict[str, Any] = {
@@ -169,8 +175,10 @@ def inspect(path: str | Path) -> dict[str, Any]:
         if study.trigger_times_ms is None
         else [round(float(t), 2) for t in study.trigger_times_ms],
         "manufacturer": study.info.manufacturer,
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, CmrWarning)],
     }
     if kind == "dicom":
+        report["series_read"] = study.info.series_uid
         report["series"] = [
             {
                 "uid": s.series_uid,
@@ -180,6 +188,8 @@ def inspect(path: str | Path) -> dict[str, Any]:
                 "phases": s.n_phases,
                 "trigger_span_ms": None if s.trigger_span_ms is None else round(s.trigger_span_ms, 1),
                 "dynamic": s.is_dynamic,
+                "short_axis": s.is_short_axis,
+                "pixel_mm": round(s.pixel_mm, 3),
             }
             for s in scan_dicom_series(path)
         ]
