@@ -157,7 +157,9 @@ def test_a_blank_frame_is_never_taken_for_end_systole(routing_bundle):
     curve = result.lv_volume_curve_ml
     assert curve[3] == 0 and curve.min() == 0 and result.es_index != 3
     assert result.es_index == int(np.argmin(np.where(curve > 0, curve, np.inf)))
-    assert result.measures.lvsv_ml == pytest.approx(curve.max() - curve[result.es_index])
+    assert result.measured.lvsv_ml == pytest.approx(curve.max() - curve[result.es_index])
+    # this stand-in bundle's curve is flat outside the blank frame: ED and ES one phase, SV withheld
+    assert result.ed_index == result.es_index and np.isnan(result.measures.lvsv_ml)
     report = study_report(result)
     assert "phase_without_lv" in report["flags"] and "blank_image" in report["phases"][3]["quality_flags"]
     # a cine's frames keep their frame names; ed_index and es_index say which are ED and ES
