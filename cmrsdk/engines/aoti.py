@@ -14,13 +14,14 @@ before an engine is made.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
-from .base import Engine, check_device
+from .base import Engine, check_device, refuse_forked
 
 __all__ = ["AotiEngine", "aoti_missing"]
 
@@ -53,7 +54,8 @@ class AotiEngine(Engine):
     -----
     Calls from several threads are serialised by the package's runner (one compiled model
     instance). The CPU threads are torch's process-wide setting (``torch.set_num_threads``),
-    as for TorchScript.
+    as for TorchScript, and as there an engine refuses to run in a process forked from the one
+    that made it (`cmrsdk.engines.base.refuse_forked`).
     """
 
     backend = "aoti"
@@ -67,6 +69,7 @@ class AotiEngine(Engine):
         import torch._inductor
 
         self._torch = torch
+        self._pid = os.getpid()
         try:
             self._model = torch._inductor.aoti_load_package(str(self.path))
         except Exception as exc:  # the C++ loader raises RuntimeError; a bad zip raises others
@@ -77,6 +80,7 @@ class AotiEngine(Engine):
             raise InputError(f"{self.path}: the package was compiled for device {compiled!r}, not {device!r}")
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
+        refuse_forked(self.backend, self.path, self._pid)
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)

@@ -19,13 +19,14 @@ logits. An empty batch (N = 0) returns an empty array of the right trailing shap
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BackendUnavailableError, InputError
 
 __all__ = ["Engine", "BACKENDS", "DEVICES", "PRECISIONS"]
 
@@ -35,6 +36,19 @@ BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt", "aoti", "openvin
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 #: the arithmetic an engine may run in; inputs and outputs are float32 whatever it is.
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+
+
+def refuse_forked(backend: str, path: Path, made_in: int) -> None:
+    """Raise `BackendUnavailableError` where a torch engine made in process ``made_in`` is called in
+    a process forked from it: torch's CPU thread pool does not survive fork, and the call may hang
+    for ever (a TorchScript child never returned)."""
+    if os.getpid() != made_in:
+        raise BackendUnavailableError(
+            f"the '{backend}' engine of {path.name} was made in process {made_in} and called in forked process "
+            f"{os.getpid()}: torch's thread pool does not survive fork, and the call may hang; use the 'spawn' "
+            "start method (multiprocessing.get_context('spawn'); a Pipeline pickles, and is rebuilt in the "
+            "worker) or another backend ('onnx', 'openvino')"
+        )
 
 
 def check_device(device: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
-from .base import Engine, check_device, onednn_bf16_capped
+from .base import Engine, check_device, onednn_bf16_capped, refuse_forked
 
 __all__ = [
     "TorchScriptEngine",
@@ -204,13 +204,7 @@ class TorchScriptEngine(Engine):
             In a process forked from the one that made the engine: torch's CPU thread pool
             does not survive fork, and the call may hang for ever.
         """
-        if os.getpid() != self._pid:
-            raise BackendUnavailableError(
-                f"the 'torchscript' engine of {self.path.name} was made in process {self._pid} and called in "
-                f"forked process {os.getpid()}: torch's thread pool does not survive fork, and the call may "
-                f"hang; use the 'spawn' start method (multiprocessing.get_context('spawn'); a Pipeline "
-                f"pickles, and is rebuilt in the worker) or another backend ('onnx', 'openvino')"
-            )
+        refuse_forked(self.backend, self.path, self._pid)
         x = x.to(self._dtype)
         if self._cuda_graphs:
             return self._replay(x)
