@@ -231,9 +231,9 @@ class Pipeline:
     heart_crop : (h, w), two integers, in pixels of the target spacing, None, or "bundle" (the default: the
         bundle's ``preprocessing.heart_crop``, itself None when the bundle sets none). When set,
         the U-Nets see only an (h, w) window centred on the heart, found by one baseline pass
-        over a middle slice; where no heart is found they see the bundle's full window. Must be
-        a size the U-Nets accept (a multiple of 16 for the 5-stage U-Nets of export/) and fit
-        in the full window. The U-Nets of export/ train on 128 x 128 patches: at that window
+        over the central slice or pair of slices (`cmrsdk.heart`); where no heart is found they
+        see the bundle's full window. Must be a size the U-Nets accept (a multiple of 16 for the
+        5-stage U-Nets of export/) and fit in the full window. The U-Nets of export/ train on 128 x 128 patches: at that window
         they are both faster and better than on the full one (README, docs/RESULTS.md).
     region_decoding : "monotone" (the most probable region sequence that crosses the heart once,
         see `cmrsdk.routing`) or "independent" (each slice's most probable region, the paper's).
