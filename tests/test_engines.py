@@ -6,7 +6,6 @@ artifacts come from export.bundle.build_bundle, so this also covers the export w
 
 from __future__ import annotations
 
-import multiprocessing
 import subprocess
 import sys
 import threading
@@ -305,28 +304,12 @@ def test_thread_options_name_each_runtime_s_own_setting(built):
 def test_a_torchscript_engine_used_before_fork_refuses_to_run_in_the_child(built):
     """torch's thread pool does not survive fork: the child's first call used to hang for ever;
     it now raises, naming the cure ('spawn')."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no 'fork' start method on this platform")
+    from _fork import call_in_forked_child
+
     bundle, x, refs = built
     engine = create_engine(_artifact(bundle, "seg", "torchscript"), "torchscript")
     engine.run(x[:4])  # the parent's thread pool is running
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-
-    def child() -> None:
-        try:
-            engine.run(x[:4])
-            send.send("ran")
-        except Exception as exc:
-            send.send(f"{type(exc).__name__}: {exc}")
-
-    process = context.Process(target=child)
-    process.start()
-    try:
-        answer = receive.recv() if receive.poll(60) else "no answer in 60 s (hung)"
-    finally:
-        process.kill()
-        process.join()
+    answer = call_in_forked_child(engine, x[:4])
     assert answer.startswith("BackendUnavailableError: the 'torchscript' engine of seg.pt"), answer
     assert "does not survive fork" in answer and "'spawn'" in answer
     # the parent's engine is unharmed

@@ -134,30 +134,13 @@ def test_pipeline_on_aoti_gives_the_torchscript_labels(bundle_dir: Path):
 
 
 def test_a_package_used_before_fork_refuses_to_run_in_the_child(bundle_dir: Path, slices: np.ndarray):
-    """As for TorchScript (tests/test_engines.py): torch's thread pool does not survive fork."""
-    import multiprocessing
+    """As for TorchScript (tests/test_engines.py): torch's thread pool does not survive fork (the
+    child hung, no answer in 60 s, before the engine refused)."""
+    from _fork import call_in_forked_child
 
-    if "fork" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no 'fork' start method on this platform")
     engine = load_bundle(bundle_dir).engine("baseline", backend="aoti")
     expected = engine.run(slices[:2])  # the parent's thread pool is running
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-
-    def child() -> None:
-        try:
-            engine.run(slices[:2])
-            send.send("ran")
-        except Exception as exc:
-            send.send(f"{type(exc).__name__}: {exc}")
-
-    process = context.Process(target=child)
-    process.start()
-    try:
-        answer = receive.recv() if receive.poll(60) else "no answer in 60 s (hung)"
-    finally:
-        process.kill()
-        process.join()
+    answer = call_in_forked_child(engine, slices[:2])
     assert answer.startswith("BackendUnavailableError: the 'aoti' engine of baseline"), answer
     assert "does not survive fork" in answer
     np.testing.assert_array_equal(engine.run(slices[:2]), expected)
