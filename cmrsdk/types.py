@@ -53,7 +53,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         where = self.source or "array"
-        pixels = np.asarray(self.pixels)
+        pixels = given = np.asarray(self.pixels)
         if pixels.ndim != 3:
             raise InputError(f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {where}")
         if pixels.dtype.kind not in "uif":
@@ -65,7 +65,7 @@ class Stack:
         finite = np.isfinite(pixels)
         if not finite.all():
             z = int(np.flatnonzero(~finite.reshape(len(pixels), -1).all(1))[0])
-            beyond = np.isfinite(np.asarray(self.pixels)).all() if np.asarray(self.pixels).dtype.kind == "f" else True
+            beyond = given.dtype.kind != "f" or bool(np.isfinite(given).all())  # finite before the cast
             what = "values beyond float32's range (3.4e38)" if beyond else "NaN or infinite values"
             raise InputError(f"Stack 'pixels' from {where} hold {what} (slice {z} of {len(pixels)})")
         object.__setattr__(self, "pixels", pixels)

@@ -585,19 +585,13 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
         )
     beyond = _continued_elsewhere(chosen, summaries.values())
     if beyond:
-        first = chosen
-        named = "; ".join(
-            f"{s.series_uid} ('{s.description}', {s.n_positions} slice(s), {s.n_phases} phases, "
-            f"{s.pixel_mm:.2f} mm pixels, at {s.extent_mm[0]:.1f}..{s.extent_mm[1]:.1f} mm)"
-            for s in beyond
-        )
+        named = "; ".join(_describe_part(s) for s in beyond)
         raise ReadError(
             path,
-            f"the short-axis cine {chosen.series_uid} ('{first.description}', {first.n_positions} slices, {first.n_phases} "
-            f"phases, {first.pixel_mm:.2f} mm pixels, at {first.extent_mm[0]:.1f}..{first.extent_mm[1]:.1f} mm "
-            f"along its normal) goes on in series cmrsdk cannot stack with it (phase count, matrix or pixel size "
-            f"differ): {named}; volumes from one part would be wrong: export the stack as one series, or read one "
-            "part with cmrsdk segment --series UID (cmrsdk.read_dicom_study(path, series_uid=...))",
+            f"the short-axis cine {_describe_part(chosen)} goes on in series cmrsdk cannot stack with it (phase "
+            f"count, matrix or pixel size differ): {named}; volumes from one part would be wrong: export the stack "
+            "as one series, or read one part with cmrsdk segment --series UID "
+            "(cmrsdk.read_dicom_study(path, series_uid=...))",
         )
     # the warning names real alternatives: not the parts of the stack read, nor (when the one read
     # is a short-axis stack) axial or long-axis stacks
@@ -619,6 +613,15 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
             stacklevel=3,
         )
     return chosen.series_uid
+
+
+def _describe_part(s: SeriesSummary) -> str:
+    """'UID ('description', N slice(s), T phases, P mm pixels, at a..b mm)': a part of a split cine."""
+    lo, hi = s.extent_mm or (float("nan"), float("nan"))
+    return (
+        f"{s.series_uid} ('{s.description}', {s.n_positions} slice(s), {s.n_phases} phases, "
+        f"{s.pixel_mm:.2f} mm pixels, at {lo:.1f}..{hi:.1f} mm along its normal)"
+    )
 
 
 def _continued_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummary]) -> list[SeriesSummary]:
