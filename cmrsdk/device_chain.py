@@ -167,9 +167,11 @@ class DevicePipeline(Pipeline):
             total += torch.flip(out[k * n : (k + 1) * n], axes)
         return total / len(flips)
 
-    def _normalise(self, x: Any, method: str) -> Any:
+    def _normalise(self, x: Any, method: str, mask: Any = None) -> Any:
+        """``preprocess.normalize`` on the device: statistics over ``mask`` (bool, x's shape) or
+        every element where it is None, the transform applied to every element."""
         torch = self._torch
-        flat = x.reshape(-1).double()
+        flat = (x if mask is None else x[mask]).reshape(-1).double()
         if method == "minmax":
             lo, hi = flat.min(), flat.max()
             span = hi - lo
@@ -222,7 +224,9 @@ class DevicePipeline(Pipeline):
             a_x = self._matrix(("a", nx, rx, dx), lambda: resampling_matrix(nx, rx, dx))
             pixels = torch.from_numpy(np.ascontiguousarray(stack.pixels, dtype=np.float32)).to(dev)
             resampled = a_y @ pixels @ a_x.T  # (Z, ry, rx)
-            normalised = self._normalise(resampled, pre.normalization)
+            mask = preprocess.statistics_mask(stack.pixels, (dy, dx), (ry, rx), threads=self.threads)
+            mask = None if mask is None else torch.from_numpy(mask).to(dev)
+            normalised = self._normalise(resampled, pre.normalization, mask)
             if window_centre is None:
                 placed = ((ry - 1) / 2, (rx - 1) / 2)
             else:  # native index -> resampled index, pixel-centre aligned (`preprocess.prepare_slices`)

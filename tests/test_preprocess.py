@@ -638,3 +638,31 @@ def test_the_gap_criterion_gives_back_a_piece_at_the_crescents_horn() -> None:
     far[1] = 0
     far[1][_disc((80, 80), (8, 60), 2)] = 3  # 23 mm from the crescent
     assert not pp.reattach_displaced_slices(far, pp.largest_component(far), (1.0, 1.0), max_gap_mm=5.0)[1].any()
+
+
+def test_the_statistics_skip_a_zero_background_only_where_it_is_a_quarter() -> None:
+    """export/README.md, stage 44: at 25 % exact zeros or more, the zeros leave the statistics."""
+    rng = np.random.default_rng(44)
+    image = rng.uniform(10.0, 100.0, (2, 40, 40)).astype(np.float32)
+    image[:, :6] = 0.0  # 15 % zeros: ACDC stacks reach 12.5 %
+    assert pp.statistics_mask(image, (1.0, 1.0), (40, 40)) is None
+    image[:, :12] = 0.0  # 30 %
+    mask = pp.statistics_mask(image, (1.0, 1.0), (40, 40))
+    assert mask is not None and mask.dtype == np.bool_ and np.array_equal(mask, image != 0)
+    half = pp.statistics_mask(image, (1.0, 1.0), (20, 20))  # the resampled grid's nearest native pixels
+    assert half is not None and half.shape == (2, 20, 20) and not half[:, :6].any() and half[:, 6:].all()
+    assert pp.statistics_mask(np.zeros((2, 8, 8), np.int16), (1.0, 1.0), (8, 8)) is None  # all zeros: all pixels
+    disk = (image > 0).astype(np.uint8)  # two values: without the zeros nothing would be left to divide by
+    assert pp.statistics_mask(disk, (1.0, 1.0), (40, 40)) is None
+
+
+def test_a_zero_filled_field_does_not_shift_the_network_input() -> None:
+    """The same slices inside a wide zero border (a converter's larger field) reach the network as
+    without it; before stage 44 the border pulled the mean and spread down and every z-score moved."""
+    rng = np.random.default_rng(7)
+    image = rng.gamma(2.0, 50.0, (3, 64, 48)).astype(np.float32) + 1.0  # no zeros
+    padded = np.pad(image, ((0, 0), (100, 100), (100, 100)))
+    kwargs = dict(target_spacing=(1.0, 1.0), size=(32, 32))
+    plain, _ = pp.prepare_slices(image, (1.0, 1.0), centre=(31.5, 23.5), **kwargs)
+    wide, _ = pp.prepare_slices(padded, (1.0, 1.0), centre=(131.5, 123.5), **kwargs)
+    np.testing.assert_allclose(wide, plain, atol=1e-4)
