@@ -180,6 +180,32 @@ def test_truncated_file(series: tuple[Path, object], tmp_path: Path) -> None:
         read_dicom_study(folder)
 
 
+@pytest.mark.parametrize("syntax", ["JPEGLSLossless", "JPEG2000Lossless", "RLELossless"])
+def test_a_damaged_compressed_frame_is_refused(series: tuple[Path, object], tmp_path: Path, syntax: str) -> None:
+    """A JPEG-LS frame cut to half or a JPEG 2000 frame zeroed after 200 bytes decodes without an
+    error, half the rows or all of them wrong (the sweep of session 38: LVEF 29.5 -> 41.8 %);
+    such a frame is refused naming the file. Intact compressed files read as the originals."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    folder, files = _copy(series, tmp_path)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.compress(getattr(pydicom.uid, syntax))
+        ds.save_as(f, enforce_file_format=True)
+    intact = read_dicom_study(folder)
+    np.testing.assert_array_equal(intact.ed.pixels, read_dicom_study(series[0]).ed.pixels)
+    ds = pydicom.dcmread(files[3])
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    damaged = frame[: len(frame) // 2] if syntax == "JPEGLSLossless" else frame[:200] + bytes(len(frame) - 200)
+    ds.PixelData = encapsulate([damaged])
+    ds.save_as(files[3], enforce_file_format=True)
+    message = "is damaged: its frame does not end with the end-of-image marker FF D9"
+    if syntax == "RLELossless":  # RLE has no end marker: its decoder finds the damage itself
+        message = "pixel data cannot be decoded"
+    with pytest.raises(ReadError, match=rf"{files[3].name}: .*{message}"):
+        read_dicom_study(folder).ed.pixels
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

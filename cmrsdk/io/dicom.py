@@ -86,6 +86,10 @@ _DECODERS = {
     "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg",
 }
 
+#: transfer syntaxes whose every frame is a JPEG, JPEG-LS or JPEG 2000 stream: it ends with the
+#: marker FF D9 (end of image / of codestream), which cannot occur inside the coded data
+_FF_D9_SYNTAXES = frozenset(_DECODERS) | {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+
 #: MR, enhanced MR, CT and secondary-capture image storage: files of these classes must hold an image.
 _IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4",
@@ -758,6 +762,8 @@ def _decode(path: Path) -> np.ndarray:
     except Exception as exc:
         raise ReadError(path, f"DICOM file cannot be read ({type(exc).__name__}: {exc})") from exc
     syntax = str(getattr(dataset.file_meta, "TransferSyntaxUID", "") or "") if hasattr(dataset, "file_meta") else ""
+    if syntax in _FF_D9_SYNTAXES:
+        _check_frames_end(path, dataset, syntax)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -772,8 +778,30 @@ def _decode(path: Path) -> np.ndarray:
             ) from exc
         raise ReadError(
             path,
-            f"pixel data cannot be decoded (transfer syntax {syntax or 'unknown'}; {type(exc).__name__}: {exc})",
+            f"pixel data cannot be decoded (transfer syntax {syntax or 'unknown'}; {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())})",  # one line: the decoders' messages hold one per plugin
         ) from exc
+
+
+def _check_frames_end(path: Path, dataset: Dataset, syntax: str) -> None:
+    """Refuse a JPEG-family frame cut short or overwritten: the decoders give such a frame back
+    without an error, half of it or all of it wrong, and the masks and volumes with it."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        count = int(dataset.get("NumberOfFrames") or 1)
+        frames = list(generate_frames(dataset.PixelData, number_of_frames=count))
+    except Exception:  # an unreadable encapsulation: the decoder names it
+        return
+    for k, frame in enumerate(frames):
+        tail = bytes(frame).rstrip(b"\x00")[-16:]  # after the padding to an even length
+        if b"\xff\xd9" not in tail:
+            where = f"frame {k + 1} of {len(frames)}" if len(frames) > 1 else "its frame"
+            raise ReadError(
+                path,
+                f"pixel data in {pydicom.uid.UID(syntax).name} is damaged: {where} does not end with the "
+                "end-of-image marker FF D9 (cut short or overwritten in transfer or storage); send it again",
+            )
 
 
 def _pixels(image: _Image, decoded: dict[Path, np.ndarray]) -> np.ndarray:
