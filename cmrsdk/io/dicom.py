@@ -88,7 +88,11 @@ _DECODERS = {
 
 #: transfer syntaxes whose every frame is a JPEG, JPEG-LS or JPEG 2000 stream: it ends with the
 #: marker FF D9 (end of image / of codestream), which cannot occur inside the coded data
-_FF_D9_SYNTAXES = frozenset(_DECODERS) | {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"}
+_FF_D9_SYNTAXES = frozenset(_DECODERS) | {
+    "1.2.840.10008.1.2.4.201",
+    "1.2.840.10008.1.2.4.202",
+    "1.2.840.10008.1.2.4.203",
+}
 
 #: MR, enhanced MR, CT and secondary-capture image storage: files of these classes must hold an image.
 _IMAGE_SOP_CLASSES = {
