@@ -253,6 +253,7 @@ def main() -> int:
     parser.add_argument(
         "--routed-only", action="store_true", help="time the routed mode only, at the bundle's heart crop"
     )
+    parser.add_argument("--mirroring", action="store_true", help="also time routed rows with test-time mirroring")
     parser.add_argument("--no-reference", action="store_true", help="skip the eager torch + scipy reference run")
     parser.add_argument(
         "--segment-spacing", type=float, default=None, metavar="MM", help="also time routed rows on this grid"
@@ -284,25 +285,29 @@ def main() -> int:
     # the product default (the bundle's heart crop) for every backend, then the full window for the first
     crop_default = bundle.preprocessing.heart_crop
     modes = ("routed",) if args.routed_only else ("baseline", "routed")
-    variants = [(b, m, crop_default, "fp32", None) for b in backends for m in modes]
+    # (backend, mode, heart crop, precision, segment grid, test-time mirroring)
+    variants = [(b, m, crop_default, "fp32", None, False) for b in backends for m in modes]
     if crop_default is not None and not args.routed_only:
-        variants += [(backends[0], m, None, "fp32", None) for m in modes]
+        variants += [(backends[0], m, None, "fp32", None, False) for m in modes]
     if "onnx" in backends and any("onnx-int8" in m.artifacts for m in bundle.models.values()):
-        variants[len(modes) : len(modes)] = [("onnx", m, crop_default, "int8", None) for m in modes]
+        variants[len(modes) : len(modes)] = [("onnx", m, crop_default, "int8", None, False) for m in modes]
     if "torchscript" in backends and cpu_bf16_missing() is None:
         # bf16: the TorchScript archives cast at load, on a CPU with AVX512-BF16 or AMX
-        variants[len(modes) : len(modes)] = [("torchscript", m, crop_default, "bf16", None) for m in modes]
+        variants[len(modes) : len(modes)] = [("torchscript", m, crop_default, "bf16", None, False) for m in modes]
     if "openvino" in backends and openvino_bf16_missing() is None:
         # bf16: OpenVINO compiling the ONNX artifacts in bf16 (the pipeline's "auto" bf16 choice)
-        variants[len(modes) : len(modes)] = [("openvino", m, crop_default, "bf16", None) for m in modes]
+        variants[len(modes) : len(modes)] = [("openvino", m, crop_default, "bf16", None, False) for m in modes]
     grids = sorted({g for g in (args.segment_spacing, (bundle.preprocessing.segment_spacing or [None])[0]) if g})
-    variants += [(b, "routed", c, p, g) for g in grids for b, m, c, p, _ in list(variants) if m == "routed" and c]
+    plain = [v for v in variants if v[1] == "routed" and v[2]]
+    variants += [(b, "routed", c, p, g, False) for g in grids for b, _, c, p, _, _ in plain]
+    if args.mirroring:
+        variants += [(b, "routed", c, p, None, True) for b, _, c, p, _, _ in plain]
     if any(b != "onnx" for b in backends):
         import torch
 
         torch.set_num_threads(args.threads)
     segmenters, stage_times, times = [], [], []
-    for backend, mode, crop, precision, grid in variants:
+    for backend, mode, crop, precision, grid, mirroring in variants:
         pipe = Pipeline(
             args.bundle,
             backend=backend,
@@ -312,8 +317,9 @@ def main() -> int:
             heart_crop=crop,
             precision=precision,
             segment_spacing=grid,
+            mirroring=mirroring,
         )
-        pipelines[(backend, mode, crop, precision, grid)] = pipe
+        pipelines[(backend, mode, crop, precision, grid, mirroring)] = pipe
         stages: dict[str, list[float]] = {}
 
         def segment(study, pipe=pipe, stages=stages):
@@ -332,11 +338,12 @@ def main() -> int:
             t = time.perf_counter()
             run_all(segment)
             spent.append((time.perf_counter() - t) * 1000.0)
-    for (backend, mode, crop, precision, grid), stages, spent in zip(variants, stage_times, times):
+    for (backend, mode, crop, precision, grid, mirroring), stages, spent in zip(variants, stage_times, times):
         row = {
             "name": f"cmrsdk {backend}{'' if precision == 'fp32' else ' ' + precision} {mode}"
             + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window")
-            + (f", segment grid {grid} mm" if grid else ""),
+            + (f", segment grid {grid} mm" if grid else "")
+            + (", test-time mirroring" if mirroring else ""),
             "ms_per_pair": statistics.median(spent) / len(pairs),
             "stages_ms": {k: statistics.median(v) for k, v in stages.items()},
         }
@@ -406,7 +413,7 @@ def main() -> int:
 
     memory = {}
     if args.memory_calls:
-        pipe = pipelines[(backends[0], "routed", crop_default, "fp32", None)]
+        pipe = pipelines[(backends[0], "routed", crop_default, "fp32", None, False)]
         stack = pairs[0][1].ed
         for _ in range(20):
             pipe.segment(stack)
