@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import ssl
 import sys
 import warnings
@@ -186,9 +187,11 @@ def run_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s cmrsdk serve %(levelname)s %(message)s",
     )
     # pynetdicom logs every association and non-conformant UID, pydicom every vendor quirk in a header,
-    # highdicom every copied module: the node's log is one line per series and what needs a person
-    for noisy in ("pynetdicom", "pydicom", "highdicom"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # highdicom every copied module: the node's log is one line per series and what needs a person.
+    # pydicom logs a frame it cannot decode as an ERROR with its traceback before it raises: the
+    # series' failure line gives the reason, so only its CRITICAL lines pass
+    for noisy, level in (("pynetdicom", logging.ERROR), ("pydicom", logging.CRITICAL), ("highdicom", logging.ERROR)):
+        logging.getLogger(noisy).setLevel(level)
     warnings.filterwarnings("ignore", module=r"(pydicom|highdicom|pynetdicom)(\..*)?$")
     ssl_context = (
         _tls(lambda: tls_context(args.tls_cert, args.tls_key, args.tls_ca), "--tls-cert, --tls-key, --tls-ca")
@@ -272,6 +275,15 @@ def add_retrieve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     return p
 
 
+def _check_output_folder(output: Path) -> None:
+    """-o must be a folder or a path where one can be made: refused before the PACS is asked."""
+    for folder in (output, *output.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise InputError(f"-o value '{output}' is invalid: {folder} is a file, not a folder")
+            return
+
+
 def run_retrieve(args: argparse.Namespace) -> int:
     from .forward import parse_destination
     from .scp import client_tls_context, tls_context
@@ -280,6 +292,10 @@ def run_retrieve(args: argparse.Namespace) -> int:
     if not args.list and not args.output:
         raise InputError("retrieve needs -o OUTPUT (or --list)")
     _check_ae_title(args.aet)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):  # 0 would time out every message at once
+        raise InputError(f"--timeout value {args.timeout} is invalid; expected seconds > 0")
+    if not args.list:
+        _check_output_folder(Path(args.output))
     if args.move_port is not None and not 0 < args.move_port < 65536:
         raise InputError(f"--move-port value {args.move_port} is invalid; expected 1 to 65535")
     _check_client_tls(args.tls_ca, args.tls_cert, args.tls_key, "--tls")
@@ -307,6 +323,9 @@ def run_retrieve(args: argparse.Namespace) -> int:
     from .retrieve import find_series, retrieve_study
 
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own lines for every association
+    # pydicom warns for each non-conformant UID of each instance stored (a GE cine: one per image):
+    # they are stored as sent, and `cmrsdk segment` says what matters in them
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
     aet = args.aet.strip()
     matches = find_series(
         peer,
@@ -349,10 +368,12 @@ def run_retrieve(args: argparse.Namespace) -> int:
                     move_host=args.move_host,
                     tls=tls,
                     move_tls=move_tls,
+                    note=lambda line: bar.write(line, file=sys.stderr),
                 )
             except CmrError as exc:
                 failures += 1
                 bar.write(f"cmrsdk: error: {' '.join(str(exc).split())}", file=sys.stderr)
                 continue
-        print(f"{folder}: {len(series)} MR series (segment it: cmrsdk segment {folder} -o OUT)")
+        kept = sum(1 for p in folder.iterdir() if p.is_dir())  # a series of screen saves only is not kept
+        print(f"{folder}: {kept} MR series (segment it: cmrsdk segment {folder} -o OUT)")
     return 1 if failures else 0

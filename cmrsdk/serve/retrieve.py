@@ -7,25 +7,28 @@ association that asked. Many PACS offer only C-MOVE, which sends the images on a
 of their own to where they know this AE title listens: with ``move_port`` a Storage SCP listens
 there for as long as the retrieval lasts. Each study lands whole in
 ``OUT/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` or not at all: it is
-gathered in a hidden folder beside it and renamed when every instance has arrived.
+gathered in a hidden folder beside it and renamed when every instance has arrived. Objects of
+the study that are not MR images (screen saves, reports, results of an earlier run) may come
+with the series: they are accepted, so that the PACS counts them delivered, and discarded.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import ssl
+import tempfile
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, ReadError
+from ..errors import CmrError, InputError, ReadError, WriteError
 from .forward import Destination
 from .scp import accepted_transfer_syntaxes
 
-__all__ = ["SeriesMatch", "find_series", "retrieve_study", "MR_STORAGE"]
+__all__ = ["SeriesMatch", "find_series", "retrieve_study", "MR_STORAGE", "OTHER_STORAGE"]
 
 #: SOP classes fetched: the short-axis cine's (classic, enhanced and legacy-converted MR images)
 MR_STORAGE = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
@@ -33,6 +36,43 @@ _FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information M
 _GET = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root Query/Retrieve Information Model - GET
 _MOVE = "1.2.840.10008.5.1.4.1.2.2.2"  # Study Root Query/Retrieve Information Model - MOVE
 _PENDING = (0xFF00, 0xFF01)
+#: other storage classes an MR study holds, labelled MR or not (screen saves, spectroscopy, reports,
+#: segmentations, key objects, presentation states, PDFs): without a context for them the PACS
+#: fails the sub-operation and with it the whole series; they are accepted and discarded
+OTHER_STORAGE = (
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image (a scanner's "Screen Save")
+    "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame Single Bit Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.4.2",  # MR Spectroscopy
+    "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color Image
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw Data
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Key Object Selection Document
+    "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+)
+_REFUSED = 0xA700  # C-STORE "out of resources": the retrieval was given up, nothing more is kept
+_NO_SYNTAX_HINT = (
+    "the PACS could not send an instance in a SOP class and transfer syntax offered: an object that is not "
+    "an MR image, or one stored compressed in a syntax it cannot convert to one of those offered"
+)
+
+
+def _get_contexts(syntaxes: list[str]) -> list[tuple[str, list[str]]]:
+    """The storage presentation contexts a C-GET proposes: one per (SOP class, transfer syntax)
+    for MR and Secondary Capture images, so that the PACS sends each instance as it stores it
+    (Orthanc, offered one context holding every syntax, accepts one uncompressed syntax and must
+    then transcode, which it cannot do from JPEG 2000); one context each for the other classes,
+    which are discarded. pynetdicom proposes at most 128: with the 9 syntaxes the node accepts at
+    most (4 uncompressed, 5 lossless), 4 x 9 + 14 here and 3 for C-FIND, C-GET and C-MOVE = 53."""
+    per_syntax = [*MR_STORAGE, OTHER_STORAGE[0]]
+    contexts = [(sop_class, [syntax]) for sop_class in per_syntax for syntax in syntaxes]
+    return contexts + [(sop_class, syntaxes) for sop_class in OTHER_STORAGE[1:]]
 
 
 @dataclass(frozen=True)
@@ -71,10 +111,9 @@ class _Association:
         ae.add_requested_context(_FIND)
         ae.add_requested_context(_GET)
         ae.add_requested_context(_MOVE)
-        syntaxes = accepted_transfer_syntaxes()
-        for sop_class in MR_STORAGE:
+        for sop_class, syntaxes in _get_contexts(accepted_transfer_syntaxes()):
             ae.add_requested_context(sop_class, syntaxes)
-        roles = [build_role(sop_class, scp_role=True) for sop_class in MR_STORAGE]
+        roles = [build_role(sop_class, scp_role=True) for sop_class in (*MR_STORAGE, *OTHER_STORAGE)]
         self.peer, self.ae_title = peer, ae_title
         self.assoc = ae.associate(
             peer.host,
@@ -98,7 +137,18 @@ class _Association:
                 ),
             )
 
+    def _require(self, abstract_syntax: str, service: str, instead: str) -> None:
+        """One error line where the PACS did not accept ``service`` (pynetdicom raises ValueError)."""
+        if not any(cx.abstract_syntax == abstract_syntax and cx.as_scu for cx in self.assoc.accepted_contexts):
+            raise _peer_error(self.peer, f"does not offer {service}: {instead}")
+
     def find(self, query: Any) -> Iterator[Any]:
+        self._require(
+            _FIND,
+            "C-FIND in the Study Root model",
+            "it cannot be asked for studies and series this way (ask its administrator to allow "
+            f"Study Root C-FIND for '{self.ae_title}')",
+        )
         for status, identifier in self.assoc.send_c_find(query, _FIND):
             code = int(status.Status) if status and "Status" in status else None
             if code in _PENDING:
@@ -109,6 +159,15 @@ class _Association:
 
     def get(self, query: Any, move_to: str | None = None) -> Any:
         """The final response of a C-GET, or of a C-MOVE to AE title ``move_to``; raises on failure."""
+        if move_to is None:
+            self._require(
+                _GET,
+                "C-GET",
+                "fetch by C-MOVE with --move-port PORT (a port of this host where the PACS knows "
+                f"'{self.ae_title}' to listen)",
+            )
+        else:
+            self._require(_MOVE, "C-MOVE", "fetch by C-GET (without --move-port)")
         responses = (
             self.assoc.send_c_get(query, _GET) if move_to is None else self.assoc.send_c_move(query, move_to, _MOVE)
         )
@@ -123,6 +182,13 @@ class _Association:
                 text += (
                     f" (the PACS does not know where '{move_to}' listens: register it there with this host and port)"
                 )
+            elif code == 0xC000:  # Orthanc's answer when sub-operations failed: the likely causes
+                text += (
+                    f" ({_NO_SYNTAX_HINT})"
+                    if move_to is None
+                    else f" (the PACS could not deliver to '{move_to}': nothing listens where it knows it to be, or "
+                    f"it {_NO_SYNTAX_HINT.removeprefix('the PACS ')})"
+                )
             verb = "C-GET" if move_to is None else f"C-MOVE to {move_to}"
             raise _peer_error(self.peer, f"{verb} of series {query.SeriesInstanceUID} failed: {text}")
         return final
@@ -136,6 +202,12 @@ class _Association:
     def close(self) -> None:
         if self.assoc.is_established:
             self.assoc.release()
+
+    def abort(self) -> None:
+        """Drop the association at once: a release would wait for the PACS to finish the C-GET or
+        C-MOVE in progress, up to the timeout."""
+        if self.assoc.is_established:
+            self.assoc.abort()
 
 
 def _query(level: str, **keys: str) -> Any:
@@ -241,6 +313,7 @@ def retrieve_study(
     move_host: str = "0.0.0.0",
     tls: ssl.SSLContext | None = None,
     move_tls: ssl.SSLContext | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> Path:
     """Fetch ``series`` (all of one study) by C-GET into ``output/<StudyInstanceUID>/``, or by
     C-MOVE with ``move_port``: a Storage SCP with AE title ``ae_title`` listens on
@@ -250,8 +323,10 @@ def retrieve_study(
 
     The instances are written to a hidden folder beside it as they arrive, each
     ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with its file meta, and the folder renamed
-    when every series has arrived complete; a failure leaves nothing. ``progress`` is called
-    with 1 for each instance stored.
+    when every series has arrived complete; a failure or an interrupt leaves nothing. Instances
+    that are not MR images (:data:`OTHER_STORAGE`: screen saves, reports...) are accepted and
+    discarded, and ``note`` is called with one line saying so. ``progress`` is called with 1 for
+    each instance stored.
 
     Returns
     -------
@@ -259,7 +334,8 @@ def retrieve_study(
 
     Raises
     ------
-    InputError : series of several studies, or none.
+    InputError : series of several studies, or none; the study folder exists (fetched before, or
+        by another retrieval at the same time); ``output`` cannot be a folder.
     ReadError : an association, C-GET or sub-operation failure, naming the PACS, the series
         and the count of instances that did not arrive.
     """
@@ -270,14 +346,23 @@ def retrieve_study(
     output = Path(output)
     target = output / _safe(study_uid)
     if target.exists():
-        raise InputError(f"{target} exists: the study was retrieved before (remove it to fetch it again)")
-    output.mkdir(parents=True, exist_ok=True)
-    staging = output / f".{_safe(study_uid)}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+        raise _exists(target)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        # unique per call, not per process: two retrievals in one process do not share it
+        staging = Path(tempfile.mkdtemp(prefix=f".{_safe(study_uid)}.partial-", dir=output))
+    except OSError as exc:
+        raise InputError(f"output folder '{output}' cannot be used: {exc.strerror or exc}") from exc
     lock = threading.Lock()
+    stopped = threading.Event()  # set, under the lock, before the staging folder is removed
     refused: list[str] = []
+    skipped: Counter[str] = Counter()
 
     def on_store(event: Any) -> int:
+        sop_class = str(event.request.AffectedSOPClassUID)
+        if sop_class not in MR_STORAGE:
+            skipped[sop_class] += 1
+            return 0x0000  # delivered as far as the PACS is concerned: it fails nothing for it
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
@@ -285,9 +370,13 @@ def retrieve_study(
                 refused.append(str(event.request.AffectedSOPInstanceUID))
                 return 0xA900  # not of the study asked for
             folder = staging / _safe(str(ds.SeriesInstanceUID))
+            # a store after the retrieval was given up (the PACS still delivering) would
+            # recreate the folder the clean-up removed: refused under the same lock
             with lock:
+                if stopped.is_set():
+                    return _REFUSED
                 folder.mkdir(parents=True, exist_ok=True)
-            ds.save_as(folder / f"{_safe(str(ds.SOPInstanceUID))}.dcm", enforce_file_format=True)
+                ds.save_as(folder / f"{_safe(str(ds.SOPInstanceUID))}.dcm", enforce_file_format=True)
         except Exception as exc:  # a data set that cannot be decoded or written: counted as failed
             refused.append(f"{event.request.AffectedSOPInstanceUID} ({type(exc).__name__})")
             return 0xC000
@@ -295,9 +384,11 @@ def retrieve_study(
             progress(1)
         return 0x0000
 
-    server = _listen(ae_title, move_host, move_port, timeout_s, on_store, move_tls) if move_port is not None else None
+    server = None
     link: _Association | None = None
     try:
+        if move_port is not None:
+            server = _listen(ae_title, move_host, move_port, timeout_s, on_store, move_tls)
         link = _Association(peer, ae_title, timeout_s, on_store, tls)
         for match in series:
             final = link.get(
@@ -309,12 +400,30 @@ def retrieve_study(
                 raise _peer_error(
                     peer,
                     f"C-GET of series {match.series_uid}: {failed} instance(s) not delivered"
+                    + (f" ({_NO_SYNTAX_HINT})" if failed else "")
                     + (f"; refused here: {', '.join(refused[:3])}" if refused else ""),
                 )
-        if not staging.is_dir():
-            raise _peer_error(peer, f"C-GET of study {study_uid} delivered no instance")
-        staging.rename(target)
-    except BaseException:
+        if not any(staging.iterdir()):
+            raise _peer_error(
+                peer,
+                f"C-GET of study {study_uid} delivered no MR image"
+                + (f" ({_describe(skipped)}, not kept)" if skipped else ""),
+            )
+        try:
+            staging.rename(target)
+        except OSError as exc:
+            if target.exists():  # another retrieval of the study into the same folder finished first
+                raise _exists(target) from exc
+            raise WriteError(f"{target}: cannot be written ({exc.strerror or exc})") from exc
+    except BaseException as exc:
+        with lock:
+            stopped.set()
+        if not isinstance(exc, CmrError):  # an interrupt: stop the PACS sending, at once
+            if link is not None:
+                link.abort()
+            if server is not None:
+                for association in server.active_associations:
+                    association.abort()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
@@ -322,7 +431,22 @@ def retrieve_study(
             link.close()
         if server is not None:
             server.shutdown()
+    if skipped and note is not None:
+        note(f"{target}: {_describe(skipped)} skipped (not MR images)")
     return target
+
+
+def _exists(target: Path) -> InputError:
+    return InputError(f"{target} exists: the study was retrieved before (remove it to fetch it again)")
+
+
+def _describe(skipped: Counter[str]) -> str:
+    """``3 instances (2 Secondary Capture Image Storage, 1 Comprehensive SR Storage)``."""
+    from pydicom.uid import UID
+
+    total = sum(skipped.values())
+    kinds = ", ".join(f"{n} {UID(uid).name}" for uid, n in skipped.most_common())
+    return f"{total} instance{'s' if total != 1 else ''} ({kinds})"
 
 
 def _listen(
@@ -335,13 +459,15 @@ def _listen(
 ) -> Any:
     """A Storage SCP for MR images on ``host:port`` (C-MOVE's destination), over TLS with ``tls``,
     running until shut down."""
-    from pynetdicom import AE, evt
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
 
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     syntaxes = accepted_transfer_syntaxes()
     for sop_class in MR_STORAGE:
         ae.add_supported_context(sop_class, syntaxes)
+    for sop_class in OTHER_STORAGE:  # discarded on arrival: any syntax, none is decoded
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     try:
         return ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)], ssl_context=tls)
     except OSError as exc:
