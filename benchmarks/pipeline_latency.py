@@ -50,7 +50,7 @@ from cmrsdk.engines import backend_missing, thread_options  # noqa: E402
 from cmrsdk.engines.openvino import openvino_bf16_missing  # noqa: E402
 from cmrsdk.engines.torchscript import cpu_bf16_missing, quiet_torchscript  # noqa: E402
 from cmrsdk.labels import NON_CARDIAC  # noqa: E402
-from cmrsdk.pipeline import Pipeline  # noqa: E402
+from cmrsdk.pipeline import DEFAULT_MIRRORING, MIRRORING, Pipeline  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
 from cmrsdk.types import Stack, Study  # noqa: E402
 
@@ -253,7 +253,9 @@ def main() -> int:
     parser.add_argument(
         "--routed-only", action="store_true", help="time the routed mode only, at the bundle's heart crop"
     )
-    parser.add_argument("--mirroring", action="store_true", help="also time routed rows with test-time mirroring")
+    parser.add_argument(
+        "--mirroring", action="store_true", help="also time routed rows with the other test-time mirrorings"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the eager torch + scipy reference run")
     parser.add_argument(
         "--segment-spacing", type=float, default=None, metavar="MM", help="also time routed rows on this grid"
@@ -285,23 +287,25 @@ def main() -> int:
     # the product default (the bundle's heart crop) for every backend, then the full window for the first
     crop_default = bundle.preprocessing.heart_crop
     modes = ("routed",) if args.routed_only else ("baseline", "routed")
-    # (backend, mode, heart crop, precision, segment grid, test-time mirroring)
-    variants = [(b, m, crop_default, "fp32", None, False) for b in backends for m in modes]
+    # (backend, mode, heart crop, precision, segment grid, test-time mirroring: the pipeline's default)
+    flips = DEFAULT_MIRRORING
+    variants = [(b, m, crop_default, "fp32", None, flips) for b in backends for m in modes]
     if crop_default is not None and not args.routed_only:
-        variants += [(backends[0], m, None, "fp32", None, False) for m in modes]
+        variants += [(backends[0], m, None, "fp32", None, flips) for m in modes]
     if "onnx" in backends and any("onnx-int8" in m.artifacts for m in bundle.models.values()):
-        variants[len(modes) : len(modes)] = [("onnx", m, crop_default, "int8", None, False) for m in modes]
+        variants[len(modes) : len(modes)] = [("onnx", m, crop_default, "int8", None, flips) for m in modes]
     if "torchscript" in backends and cpu_bf16_missing() is None:
         # bf16: the TorchScript archives cast at load, on a CPU with AVX512-BF16 or AMX
-        variants[len(modes) : len(modes)] = [("torchscript", m, crop_default, "bf16", None, False) for m in modes]
+        variants[len(modes) : len(modes)] = [("torchscript", m, crop_default, "bf16", None, flips) for m in modes]
     if "openvino" in backends and openvino_bf16_missing() is None:
         # bf16: OpenVINO compiling the ONNX artifacts in bf16 (the pipeline's "auto" bf16 choice)
-        variants[len(modes) : len(modes)] = [("openvino", m, crop_default, "bf16", None, False) for m in modes]
+        variants[len(modes) : len(modes)] = [("openvino", m, crop_default, "bf16", None, flips) for m in modes]
     grids = sorted({g for g in (args.segment_spacing, (bundle.preprocessing.segment_spacing or [None])[0]) if g})
     plain = [v for v in variants if v[1] == "routed" and v[2]]
-    variants += [(b, "routed", c, p, g, False) for g in grids for b, _, c, p, _, _ in plain]
+    variants += [(b, "routed", c, p, g, flips) for g in grids for b, _, c, p, _, _ in plain]
     if args.mirroring:
-        variants += [(b, "routed", c, p, None, True) for b, _, c, p, _, _ in plain]
+        others = [f for f in MIRRORING if f != flips]
+        variants += [(b, "routed", c, p, None, f) for f in others for b, _, c, p, _, _ in plain]
     if any(b != "onnx" for b in backends):
         import torch
 
@@ -343,7 +347,11 @@ def main() -> int:
             "name": f"cmrsdk {backend}{'' if precision == 'fp32' else ' ' + precision} {mode}"
             + (f", heart crop {crop[0]}x{crop[1]}" if crop else ", full window")
             + (f", segment grid {grid} mm" if grid else "")
-            + (", test-time mirroring" if mirroring else ""),
+            + (
+                ""
+                if mirroring == flips
+                else {False: ", one pass", "half_turn": ", half-turn", True: ", every flip"}[mirroring]
+            ),
             "ms_per_pair": statistics.median(spent) / len(pairs),
             "stages_ms": {k: statistics.median(v) for k, v in stages.items()},
         }
@@ -413,7 +421,7 @@ def main() -> int:
 
     memory = {}
     if args.memory_calls:
-        pipe = pipelines[(backends[0], "routed", crop_default, "fp32", None, False)]
+        pipe = pipelines[(backends[0], "routed", crop_default, "fp32", None, flips)]
         stack = pairs[0][1].ed
         for _ in range(20):
             pipe.segment(stack)

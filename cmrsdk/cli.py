@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from . import DEMO_BUNDLE, __version__
 from .engines import BACKENDS
 from .errors import CmrError, InputError
+from .pipeline import DEFAULT_MIRRORING
 from .study import (
     Interrupted,
     check_output_folder,
@@ -478,10 +479,30 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["monotone", "independent"],
             help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax",
         )
-        p.add_argument(
+        flips = p.add_mutually_exclusive_group()
+        flips.add_argument(
             "--mirroring",
-            action="store_true",
-            help="test-time mirroring: average each U-Net over the slice and its 3 flips (4x the network time)",
+            dest="mirroring",
+            action="store_const",
+            const=True,
+            default=DEFAULT_MIRRORING,
+            help="test-time mirroring: each U-Net averaged over the slice and its 3 flips (4x the network time)"
+            + (" (the default)" if DEFAULT_MIRRORING is True else ""),
+        )
+        flips.add_argument(
+            "--half-turn",
+            dest="mirroring",
+            action="store_const",
+            const="half_turn",
+            help="each U-Net averaged over the slice and its half-turn (2x the network time)"
+            + (" (the default)" if DEFAULT_MIRRORING == "half_turn" else ""),
+        )
+        flips.add_argument(
+            "--no-mirroring",
+            dest="mirroring",
+            action="store_const",
+            const=False,
+            help="one network pass per slice" + (" (the default)" if DEFAULT_MIRRORING is False else ""),
         )
         p.add_argument(
             "--no-systolic-base",

@@ -160,7 +160,7 @@ class DevicePipeline(Pipeline):
             return torch.zeros((0, len(self.bundle.labels), *x.shape[2:]), device=x.device)
         if not self.mirroring:
             return forward(x)
-        n, flips = x.shape[0], mirror_axes(self.bundle.models[name].side_aware)
+        n, flips = x.shape[0], mirror_axes(self.bundle.models[name].side_aware, self.mirroring)
         out = forward(torch.cat([torch.flip(x, axes) if axes else x for axes in flips]))
         total = out[:n].clone()
         for k, axes in enumerate(flips[1:], start=1):

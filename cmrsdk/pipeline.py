@@ -177,9 +177,17 @@ MIRROR_AXES: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 HALF_TURN_AXES: tuple[tuple[int, ...], ...] = ((), (2, 3))
 
 
-def mirror_axes(side_aware: bool) -> tuple[tuple[int, ...], ...]:
-    """The flips test-time mirroring averages over for a U-Net that is, or is not, side-aware."""
-    return HALF_TURN_AXES if side_aware else MIRROR_AXES
+#: what `Pipeline`'s ``mirroring`` takes: one pass, the half-turn (two passes), every flip (four)
+MIRRORING: tuple[bool | str, ...] = (False, "half_turn", True)
+
+#: the pipeline's test-time mirroring unless the caller asks otherwise (export/README.md, stage 45)
+DEFAULT_MIRRORING: bool | str = "half_turn"
+
+
+def mirror_axes(side_aware: bool, mirroring: bool | str = True) -> tuple[tuple[int, ...], ...]:
+    """The flips test-time ``mirroring`` (True or "half_turn") averages over for a U-Net that is,
+    or is not, side-aware."""
+    return HALF_TURN_AXES if side_aware or mirroring == "half_turn" else MIRROR_AXES
 
 
 def mirrored(
@@ -256,12 +264,15 @@ class Pipeline:
         (``python -m export.quantize BUNDLE --precision bf16 --backend B``; without one a
         `CmrWarning` says so); the fastest CPU path (benchmarks/README.md). Never chosen behind
         the caller's back: "auto" picks the backend, not the arithmetic.
-    mirroring : test-time mirroring (nnU-Net's): every U-Net pass runs on the slices and their
-        flips along H, W and both (`MIRROR_AXES`), and the four probability maps, flipped back,
-        are averaged. The U-Nets of export/ train with both flips. Four times the network work;
-        the Dice it buys on held-out data is in docs/RESULTS.md. The heart search and the region
-        classifier are not mirrored. A side-aware U-Net (trained without flips) is averaged over
-        the half-turn only (`HALF_TURN_AXES`), twice the network work.
+    mirroring : test-time mirroring (nnU-Net's). True: every U-Net pass runs on the slices and
+        their flips along H, W and both (`MIRROR_AXES`), and the four probability maps, flipped
+        back, are averaged; four times the network work. "half_turn": the slices and their
+        half-turn (both axes flipped, `HALF_TURN_AXES`), twice the work. False: one pass. The
+        U-Nets of export/ train with both flips; a flip moves every pixel's place in the
+        network's stride-2 grid, so the average follows the anatomy's place in the window less
+        (export/README.md, stage 45; the Dice each buys on held-out data is in docs/RESULTS.md).
+        The heart search and the region classifier are not mirrored. A side-aware U-Net
+        (trained without flips) is averaged over the half-turn only, with True as well.
 
     A bundle with a side-aware U-Net (``side_aware``: `cmrsdk.bundle.ModelInfo.side_aware`) sees
     every stack in the radiological view: one seen from the base by its scanner orientation is
@@ -311,7 +322,7 @@ class Pipeline:
         engine_options: Mapping[str, Any] | None = None,
         regions_from: str = "bundle",
         precision: str = "fp32",
-        mirroring: bool = False,
+        mirroring: bool | str = DEFAULT_MIRRORING,
         systolic_base: bool = True,
         apical_rv_weight: float = 1.0,
         segment_spacing: float | tuple[float, float] | None | Literal["bundle"] = "bundle",
@@ -355,8 +366,8 @@ class Pipeline:
         self.device = device
         self.mode = mode
         self.largest_component = largest_component
-        if not isinstance(mirroring, bool):
-            raise InputError(f"'mirroring' must be True or False, got {mirroring!r}")
+        if not any(mirroring is m or (isinstance(m, str) and mirroring == m) for m in MIRRORING):
+            raise InputError(f"'mirroring' must be False, 'half_turn' or True, got {mirroring!r}")
         self.mirroring = mirroring
         if not isinstance(training_layout, bool):
             raise InputError(f"'training_layout' must be True or False, got {training_layout!r}")
@@ -649,7 +660,9 @@ class Pipeline:
         when the U-Net is 2.5D; mirrored at test time when the pipeline asks for it."""
         engine, model = self._engines[name], self.bundle.models[name]
         batch = preprocess.context_slices(images, model.context, index)
-        return mirrored(engine.run, batch, mirror_axes(model.side_aware)) if self.mirroring else engine.run(batch)
+        if not self.mirroring:
+            return engine.run(batch)
+        return mirrored(engine.run, batch, mirror_axes(model.side_aware, self.mirroring))
 
     def _segment_stack(
         self,

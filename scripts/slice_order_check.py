@@ -1,6 +1,6 @@
 """Does a study's result depend on the order its slices are stored in? (export/README.md, stage 43)
 
-    python scripts/slice_order_check.py [--bundle B] [--data ../shared/data] [--shift PX | --pad PX] [--mirroring]
+    python scripts/slice_order_check.py [--bundle B] [--data ../shared/data] [--shift PX | --pad PX] [--mirroring | --half-turn | --no-mirroring]
 
 Each held-out ACDC patient (patient005, 010, ..., 100) and each shared M&Ms subject is segmented
 as stored and with its slices stored in reverse order: the same anatomy at the same places in the
@@ -72,10 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--shift", type=int, default=0, help="compare with PX empty columns added (0: reversed slices)")
     parser.add_argument("--pad", type=int, default=0, help="compare with PX zero pixels on every side (0: reversed)")
-    parser.add_argument("--mirroring", action="store_true", help="segment with test-time mirroring")
+    flips = parser.add_mutually_exclusive_group()
+    flips.add_argument("--mirroring", dest="mirroring", action="store_const", const=True, help="every flip averaged")
+    flips.add_argument("--half-turn", dest="mirroring", action="store_const", const="half_turn", help="the half-turn")
+    flips.add_argument("--no-mirroring", dest="mirroring", action="store_const", const=False, help="one pass")
     parser.add_argument("--tolerance", type=float, default=0.1)
     args = parser.parse_args(argv)
-    pipeline = cmrsdk.Pipeline(args.bundle, mirroring=args.mirroring)
+    pipeline = cmrsdk.Pipeline(args.bundle, **({} if args.mirroring is None else {"mirroring": args.mirroring}))
     moved, largest = 0, {m: 0.0 for m in MEASURES}
     paths = studies(args.data)
     for path in paths:

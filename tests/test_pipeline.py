@@ -444,26 +444,30 @@ def test_mirrored_averages_the_flipped_answers_flipped_back():
     assert len(MIRROR_AXES) == 4 and MIRROR_AXES[0] == ()
 
 
-def test_mirroring_runs_four_passes_per_unet_and_says_so(threshold_bundle):
+def test_mirroring_runs_four_passes_per_unet_the_half_turn_two_and_says_so(threshold_bundle):
     from cmrsdk.synth import synthetic_study
 
-    plain = Pipeline(threshold_bundle, mode="baseline", heart_crop=None)
-    mirror = Pipeline(threshold_bundle, mode="baseline", heart_crop=None, mirroring=True)
     stack = synthetic_study(seed=3).ed
-    seen = []
-    engine = mirror._engines[mirror._baseline]
-    run = engine.run
-    engine.run = lambda batch: seen.append(batch.shape[0]) or run(batch)  # type: ignore[method-assign]
-    try:
-        a, b = plain.segment(stack), mirror.segment(stack)
-    finally:
-        engine.run = run  # type: ignore[method-assign]
-    assert seen == [4 * stack.shape[0]]
+    labels = {}
+    for mirroring, passes in ((False, 1), ("half_turn", 2), (True, 4)):
+        pipeline = Pipeline(threshold_bundle, mode="baseline", heart_crop=None, mirroring=mirroring)
+        seen = []
+        engine = pipeline._engines[pipeline._baseline]
+        run = engine.run
+        engine.run = lambda batch, run=run, seen=seen: seen.append(batch.shape[0]) or run(batch)  # type: ignore[method-assign]
+        try:
+            result = pipeline.segment(stack)
+        finally:
+            engine.run = run  # type: ignore[method-assign]
+        assert seen == [passes * stack.shape[0]]
+        assert result.provenance["mirroring"] == mirroring
+        labels[mirroring] = result.labels
     # a pixel-wise threshold model answers the same in every flip: mirroring changes nothing
-    assert np.array_equal(a.labels, b.labels)
-    assert b.provenance["mirroring"] is True and a.provenance["mirroring"] is False
-    with pytest.raises(InputError, match="'mirroring' must be True or False, got 'yes'"):
-        Pipeline(threshold_bundle, mirroring="yes")  # type: ignore[arg-type]
+    assert np.array_equal(labels[False], labels[True]) and np.array_equal(labels[False], labels["half_turn"])
+    with pytest.raises(InputError, match="'mirroring' must be False, 'half_turn' or True, got 'yes'"):
+        Pipeline(threshold_bundle, mirroring="yes")
+    with pytest.raises(InputError, match="'mirroring' must be False, 'half_turn' or True, got 1"):
+        Pipeline(threshold_bundle, mirroring=1)  # type: ignore[arg-type]
 
 
 def test_a_studys_regions_are_found_once_and_route_its_other_phases(region_demo_bundle):

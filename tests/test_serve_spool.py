@@ -929,3 +929,73 @@ def test_an_aborted_association_holds_its_series_until_sent_again(node):
         clock.sleep(0.05)
     assert node.spool.series(series).interrupted == 0
     assert node.spool.series(series).n_instances == len(node.files)
+
+
+def _store_cine_in_parts(spool, tmp_path, per_part: int, n_slices: int = 8):
+    """An ``n_slices``-slice, 3-phase synthetic cine (slices 8 mm apart) stored as series of
+    ``per_part`` slices each, one breath-hold each, into the spool; returns the parts' UIDs."""
+    import pydicom
+    from test_io_dicom import _series_per_slice
+
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.synth import synthetic_study
+
+    study = synthetic_study(seed=9, shape=(32, 32), n_slices=n_slices, n_phases=3, spacing=(8.0, 1.5, 1.5))
+    write_dicom_series(tmp_path / "cine", study)
+    by_slice = _series_per_slice(tmp_path / "cine", tmp_path / "split")
+    uids = []
+    for first in range(0, n_slices, per_part):
+        uid = pydicom.uid.generate_uid()
+        for file in [f for files in by_slice[first : first + per_part] for f in files]:
+            ds = pydicom.dcmread(file)
+            ds.SeriesInstanceUID, ds.SeriesNumber = uid, 20 + first
+            ds.save_as(file)
+            assert spool.store_instance(uid, str(ds.SOPInstanceUID), file.read_bytes()) == "stored"
+        uids.append(uid)
+    return uids
+
+
+@pytest.mark.parametrize(("per_part", "parts"), [(4, 2), (2, 4)])
+def test_a_cine_split_over_series_of_a_few_slices_is_stacked_whole(spool, tmp_path, monkeypatch, per_part, parts):
+    """Two series of 4 slices (24 mm each), or four of 2: judged alone, each 4-slice part was
+    segmented as a study of its own (a fraction of the ventricles), each 2-slice one set aside;
+    now they wait for their study and are stacked into the 8-slice cine."""
+    from cmrsdk.io import read_dicom_study
+    from cmrsdk.serve.stacks import stack_uid
+
+    uids = _store_cine_in_parts(spool, tmp_path, per_part)
+    assert len(uids) == parts
+    read = {}
+
+    def study_writer(pipeline, source, out_dir):
+        read["study"] = read_dicom_study(source)
+        out_dir.mkdir()
+        (out_dir / "report.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker, finals = _worker(spool, tmp_path)
+    worker.promote_quiet_series()
+    stack = stack_uid(uids)
+    row = spool.series(stack)
+    assert (row.state, row.slices, row.phases, row.n_instances) == ("queued", 8, 3, 24)
+    for uid in uids:
+        assert (spool.series(uid).state, spool.series(uid).reason) == ("set_aside", f"stacked into {stack}")
+    assert spool.next_queued() == stack
+    worker.process(stack)
+    assert read["study"].ed.shape == (8, 32, 32) and len(read["study"].phases) == 3
+
+
+def test_a_short_stack_with_no_other_part_is_segmented_alone(spool, tmp_path):
+    """A 4-slice cine (24 mm) whose study sends nothing else waits for its study, then is queued
+    as it is; a 2-slice one is set aside naming its count."""
+    short = _store_cine_in_parts(spool, tmp_path / "a", 4, n_slices=4)[0]
+    worker, finals = _worker(spool, tmp_path)
+    worker.promote_quiet_series()
+    row = spool.series(short)
+    assert (row.state, row.slices, row.phases, row.reason) == ("queued", 4, 3, None) and finals == []
+    pair = _store_cine_in_parts(spool, tmp_path / "b", 2, n_slices=2)[0]
+    worker.promote_quiet_series()
+    row = spool.series(pair)
+    assert (row.state, row.reason) == ("set_aside", "not a short-axis stack: 2 slice position(s)")
+    assert finals == [pair]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import CmrError
+from ..pipeline import DEFAULT_MIRRORING
 from .discover import StudySource
 from .table import measures_row
 
@@ -41,7 +42,7 @@ class PipelineSpec:
     largest_component: bool = True
     heart_crop: tuple[int, int] | None | Literal["bundle"] = "bundle"
     region_decoding: str = "monotone"
-    mirroring: bool = False
+    mirroring: bool | str = DEFAULT_MIRRORING
     systolic_base: bool = True
     apical_rv_weight: float | None = None  # None: the pipeline's default
     segment_spacing: float | None | Literal["bundle"] = "bundle"  # None: the training grid

@@ -1,13 +1,17 @@
-"""Short-axis cines stored one series per slice, stacked at the node.
+"""Short-axis cines stored one series per slice (or per few slices), stacked at the node.
 
 Many protocols (Siemens's among them) store a short-axis cine one series per slice, one
-breath-hold each; judged alone, each is "not a short-axis stack". Such a one-slice cine waits
-(:class:`StackGatherer`) in ``receiving`` until every waiting series of its study has been quiet
-for the series timeout and no other series of the study is still arriving. Their files are then
-linked into one folder that :func:`cmrsdk.io.read_dicom_study` reads as one stack (three or more
-one-slice cine series of the study with the same orientation, pixel size and matrix), queued as
-a series of its own (``stack.<hash>``, its results under that name); what does not stack is set
-aside with the one-slice reason. The hard links keep the files while the members are purged; the
+breath-hold each; judged alone, each is "not a short-axis stack". Others store two or three
+slices per breath-hold, each part a short stack that alone would give a fraction of the
+ventricles. Such a part (one or two slices, or a short-axis cine spanning less than
+`cmrsdk.serve.worker.PART_SPAN_MM`) waits (:class:`StackGatherer`) in ``receiving`` until every
+waiting series of its study has been quiet for the series timeout and no other series of the
+study is still arriving. Their files are then linked into one folder that
+:func:`cmrsdk.io.read_dicom_study` reads as one stack (parts of the study with the same
+orientation, pixel size, matrix and phase count, at different positions, three or more in all),
+queued as a series of its own (``stack.<hash>``, its results under that name); a part of three
+or more slices that stacks with nothing is segmented alone, the rest is set aside with its
+reason. The hard links keep the files while the members are purged; the
 spool's byte count drops with the members' purge, before the stack's files are freed.
 
 A stack's folder is kept for the spool's reopen window after its result. One-slice series of
@@ -75,12 +79,16 @@ class StackGatherer:
     def __init__(self, spool: Spool, timeout_s: float, on_final: Callable[[str], None]) -> None:
         self.spool, self.timeout_s, self.on_final = spool, timeout_s, on_final
         self.waiting: dict[str, str] = {}  # series UID -> its study UID
+        # waiting series -> (segmented alone where it stacks with nothing, phases, slice positions)
+        self._parts: dict[str, tuple[bool, int | None, int]] = {}
         self._studies: dict[str, str] = {}  # receiving series UID -> study UID (read once)
         self._stack_studies: dict[str, str] = {}  # kept stack -> its study UID (read once)
 
-    def hold(self, series_uid: str) -> None:
-        """Let a one-slice cine series wait for the rest of its study."""
+    def hold(self, series_uid: str, *, queue: bool = False, phases: int | None = None, slices: int | None = 1) -> None:
+        """Let a part of a cine wait for the rest of its study; with ``queue`` it is segmented alone
+        (``phases`` x ``slices``) where it stacks with nothing, otherwise set aside."""
         self.waiting[series_uid] = self._study(series_uid)
+        self._parts[series_uid] = (queue, phases, slices or 1)
 
     def _study(self, series_uid: str) -> str:
         if series_uid not in self._studies:
@@ -95,6 +103,7 @@ class StackGatherer:
         rows = {r.series_uid: r for r in self.spool.all_series() if r.state == "receiving"}
         for uid in [u for u in self.waiting if u not in rows]:  # handled meanwhile (none today): forget it
             del self.waiting[uid]
+            self._parts.pop(uid, None)
         self._studies = {u: s for u, s in self._studies.items() if u in rows}
         arriving = {self._study(u) for u in rows if u not in self.waiting}
         queued = []
@@ -161,7 +170,8 @@ class StackGatherer:
         # a slice position acquired twice: the later series is read, the earlier still belongs to the stack
         restacked = tuple(earlier) if set(earlier) & set(stacked) else ()
         stacked = [uid for uid in stacked if uid in members]
-        if len(stacked) + len(restacked) >= 3 and stacked:
+        # three slice positions in all, from two series or more (a stack's parts, or one-slice series)
+        if best is not None and best.n_positions >= 3 and len(stacked) + len(restacked) >= 2 and stacked:
             for uid in set(members) - set(stacked):  # same study, another geometry: not in this stack
                 for link in folder.glob(f"{uid}_*"):
                     link.unlink()
@@ -188,9 +198,18 @@ class StackGatherer:
         for uid in sorted(set(members) - set(stacked)):
             row = self.spool.series(uid)
             quiet_since = 0.0 if row is None else max(row.last_instance_at or 0.0, row.resumed_at or 0.0)
+            alone, part_phases, part_slices = self._parts.pop(uid, (False, None, 1))
+            if alone:  # a short stack that stacked with nothing: segmented as it is
+                self.spool.mark_complete(
+                    uid, queue=True, phases=part_phases, slices=part_slices, reason=None, quiet_since=quiet_since
+                )
+                continue
+            reason = f"not a short-axis stack: {part_slices} slice position(s)"  # ONE_SLICE_REASON for one
             if self.spool.mark_complete(
-                uid, queue=False, phases=None, slices=1, reason=ONE_SLICE_REASON, quiet_since=quiet_since
+                uid, queue=False, phases=None, slices=part_slices, reason=reason, quiet_since=quiet_since
             ):
                 self.spool.purge_instances(uid)
                 self.on_final(uid)
+        for uid in stacked:
+            self._parts.pop(uid, None)
         return name if stacked else None

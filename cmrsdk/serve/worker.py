@@ -50,6 +50,12 @@ def warm_up_writers() -> None:
         importlib.import_module(module)
 
 
+#: a short-axis cine covering less than this (mm, first to last slice) is taken for a part of a
+#: cine split over series: a left ventricle is 70-100 mm long, so no whole stack is this short,
+#: and a whole one taken for a part only waits for its study before it is segmented alone
+PART_SPAN_MM = 50.0
+
+
 @dataclass(frozen=True)
 class SeriesVerdict:
     """What the intake decided of a complete series."""
@@ -58,7 +64,9 @@ class SeriesVerdict:
     reason: str | None
     phases: int | None
     slices: int | None
-    #: a one-slice cine: it waits for its study, to be stacked with the others (cmrsdk.serve.stacks)
+    #: a part of a cine split over series (one or two slices, or a short stack): it waits for its
+    #: study, to be stacked with the other parts (cmrsdk.serve.stacks); ``queue`` says whether it
+    #: is segmented alone where it stacks with nothing
     stackable: bool = False
 
 
@@ -66,10 +74,12 @@ def judge_series(folder: Path) -> SeriesVerdict:
     """Is the series in ``folder`` a short-axis cine worth segmenting? Reads headers only.
 
     Set aside, with the reason: other modalities than MR, localisers, fewer than 3 slice
-    positions (long-axis views, single slices; a one-slice cine is ``stackable``: it waits for
-    the other one-slice series of its study), fewer than 2 phases (not a cine), dynamic series
+    positions (long-axis views, single slices; a one- or two-slice cine is ``stackable``: it
+    waits for the other parts of its study), fewer than 2 phases (not a cine), dynamic series
     (perfusion, mapping: one cardiac phase repeated), and series
-    whose headers cannot be read or lack the geometry.
+    whose headers cannot be read or lack the geometry. A short-axis cine spanning less than
+    `PART_SPAN_MM` is queued and ``stackable``: a part of a cine split over series of a few
+    slices, it waits for the others and is segmented alone where none comes.
     """
     import pydicom
 
@@ -100,10 +110,8 @@ def judge_series(folder: Path) -> SeriesVerdict:
     if slices == 0:
         return SeriesVerdict(False, "no usable geometry (ImagePositionPatient / ImageOrientationPatient)", None, None)
     if slices < 3:
-        one_slice_cine = slices == 1 and phases >= 2 and not best.is_dynamic
-        return SeriesVerdict(
-            False, f"not a short-axis stack: {slices} slice position(s)", phases, slices, one_slice_cine
-        )
+        part = phases >= 2 and not best.is_dynamic
+        return SeriesVerdict(False, f"not a short-axis stack: {slices} slice position(s)", phases, slices, part)
     if phases < 2:
         return SeriesVerdict(False, f"not a cine: {phases} phase per slice position", phases, slices)
     if best.is_dynamic:
@@ -114,7 +122,9 @@ def judge_series(folder: Path) -> SeriesVerdict:
             phases,
             slices,
         )
-    return SeriesVerdict(True, None, phases, slices)
+    extent = best.extent_mm
+    part = best.is_short_axis and extent is not None and abs(extent[1] - extent[0]) < PART_SPAN_MM
+    return SeriesVerdict(True, None, phases, slices, part)
 
 
 #: the result file that withdraws a series' earlier results from the PACS (cmrsdk.io.rejection)
@@ -209,8 +219,8 @@ class Worker(threading.Thread):
                 verdict = judge_series(self.spool.series_folder(series_uid))
             except Exception as exc:  # one sender's odd series must not stop the node
                 verdict = SeriesVerdict(False, f"cannot be judged ({type(exc).__name__}: {exc})", None, None)
-            if verdict.stackable:  # one slice of a cine stored a series per slice: waits for its study
-                self.stacks.hold(series_uid)
+            if verdict.stackable:  # a part of a cine split over series: waits for its study
+                self.stacks.hold(series_uid, queue=verdict.queue, phases=verdict.phases, slices=verdict.slices)
                 continue
             if self.spool.mark_complete(
                 series_uid,
