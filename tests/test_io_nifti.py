@@ -377,3 +377,30 @@ def test_spatial_units_other_than_mm_are_converted_or_named(tmp_path: Path) -> N
         nib.save(wrong, tmp_path / f"{unit}_wrong.nii.gz")
         with pytest.raises(ReadError, match=f"outside 0.05..20.0 mm: .*\\(its xyzt_units say '{unit}'\\)"):
             read_nifti_stack(tmp_path / f"{unit}_wrong.nii.gz")
+
+
+def test_labels_of_a_stack_with_a_missing_slice_stay_where_they_were_acquired(tmp_path) -> None:
+    """Slices at 0, 8, 24 and 32 mm (the 16 mm slice left out of the series): written evenly, the
+    last two sat 8 mm from their images (Sunnybrook SCD0000101 without slice 5: five slices 10 mm
+    off). Now an empty slice fills the gap and each label slice lies at its own position."""
+    from cmrsdk.io import write_nifti_labels
+    from cmrsdk.types import Stack
+
+    affine = np.diag([8.0, 1.5, 1.5, 1.0])
+    affine[:3, 3] = (10.0, -20.0, 5.0)
+    positions = np.array([0.0, 8.0, 24.0, 32.0])
+    stack = Stack(np.ones((4, 6, 5), np.float32), (8.0, 1.5, 1.5), affine=affine, slice_positions=positions)
+    labels = np.zeros((4, 6, 5), np.uint8)
+    for z in range(4):
+        labels[z, : z + 1] = 1 + z % 3
+    image = nib.load(str(write_nifti_labels(tmp_path / "labels.nii.gz", labels, stack)))
+    data = np.asarray(image.dataobj).transpose(2, 1, 0)  # (Z, Y, X)
+    assert data.shape == (5, 6, 5) and not data[2].any()
+    np.testing.assert_array_equal(data[[0, 1, 3, 4]], labels)
+    for z, position in zip((0, 1, 3, 4), positions):  # each slice's first voxel where it was acquired
+        np.testing.assert_allclose(image.affine @ [0, 0, z, 1], [10.0 + position, -20.0, 5.0, 1.0])
+    regular = Stack(
+        np.ones((4, 6, 5), np.float32), (8.0, 1.5, 1.5), affine=affine, slice_positions=np.array([0.0, 8.0, 16.0, 24.0])
+    )
+    again = nib.load(str(write_nifti_labels(tmp_path / "regular.nii.gz", labels, regular)))
+    assert again.shape == (5, 6, 4)  # a regular stack is written as it is

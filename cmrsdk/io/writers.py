@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +79,44 @@ def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack) -> None:
         nib.save(image, str(temporary))
 
 
+def _gaps_filled(labels: np.ndarray, stack: Stack) -> tuple[np.ndarray, Stack]:
+    """``labels`` and ``stack`` on a regular slice grid where a stack's slices are a regular grid
+    with slices missing (a slice left out of the series): empty slices where they are missing, so
+    that each slice lies where it was acquired (a NIfTI file has one slice step). Unchanged where
+    the positions are regular, unknown, or not whole steps apart."""
+    positions = stack.slice_positions
+    if positions is None or len(positions) < 3:
+        return labels, stack
+    steps = np.diff(np.asarray(positions, np.float64))
+    step = float(steps.min())
+    if step <= 0:
+        return labels, stack
+    counts = np.rint(steps / step).astype(int)
+    if counts.max() == 1 or np.abs(steps - counts * step).max() > 0.1 * step:
+        return labels, stack
+    at = np.concatenate([[0], np.cumsum(counts)])
+    filled = np.zeros((int(at[-1]) + 1, *labels.shape[1:]), np.uint8)
+    filled[at] = labels
+    affine = stack.affine.copy()
+    affine[:3, 0] = stack.affine[:3, 0] / np.linalg.norm(stack.affine[:3, 0]) * step
+    pixels = np.zeros(filled.shape, np.float32)
+    spacing = (step, *stack.spacing[1:])
+    grid = replace(stack, pixels=pixels, labels=None, affine=affine, spacing=spacing, slice_positions=None)
+    return filled, grid
+
+
 def write_nifti_labels(path: str | Path, labels: np.ndarray, stack: Stack) -> Path:
     """Write uint8 (Z, Y, X) canonical ``labels`` as NIfTI with ``stack``'s affine and spacing.
 
     The file holds the (X, Y, Z) array nibabel expects, so :func:`read_nifti_stack` reads it back
-    identical, and viewers overlay it on the source image.
+    identical, and viewers overlay it on the source image. A stack with slices missing from a
+    regular grid (a gap) is written on that grid with empty slices in the gap (Z' > Z), so each
+    slice stays where it was acquired; the report's volumes give each slice its own thickness
+    (`cmrsdk.metrics.slice_thicknesses_mm`, the gap shared by its neighbours), so they are more
+    than the file's voxels count there.
     """
-    _save_nifti(Path(path), _check_labels(labels, stack), stack)
+    filled, grid = _gaps_filled(_check_labels(labels, stack), stack)
+    _save_nifti(Path(path), filled, grid)
     return Path(path)
 
 
