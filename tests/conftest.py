@@ -59,3 +59,16 @@ def region_demo_bundle(tmp_path_factory) -> Path:
     manifest["routing"] = {"0": "baseline", "1": "base", "2": "baseline", "3": "apex"}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """A private Orthanc (tests/_dicom_node.py) knowing this node as CMRSDK, one per test module;
+    the test is skipped where Orthanc is not installed."""
+    from _dicom_node import ORTHANC, Orthanc, free_port
+
+    if ORTHANC is None:
+        pytest.skip("Orthanc (Debian package 'orthanc') is not installed")
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"), {"cmrsdk": ("CMRSDK", free_port())})
+    yield server
+    server.close()

@@ -88,15 +88,6 @@ def mover(orthanc: Orthanc) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    if ORTHANC is None:
-        pytest.skip("Orthanc (Debian package 'orthanc') is not installed")
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"), {"cmrsdk": ("CMRSDK", free_port())})
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def small_study(orthanc, tmp_path_factory) -> tuple[str, list[Path]]:
     """(StudyInstanceUID, files) of a small cine in the PACS."""
     files = synthetic_series(tmp_path_factory.mktemp("small"), seed=81)

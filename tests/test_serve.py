@@ -120,13 +120,6 @@ def pynetdicom_send(port: int, files: list[Path]) -> list[int | None]:
 
 
 # ---- Orthanc ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    if ORTHANC is None:
-        pytest.skip("Orthanc (Debian package 'orthanc') is not installed")
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"), {"cmrsdk": ("CMRSDK", free_port())})
-    yield server
-    server.close()
 
 
 def point_orthanc_at(orthanc: Orthanc, port: int) -> None:

@@ -523,12 +523,11 @@ def _store_series_per_slice(spool, tmp_path, seed=6, lax=True):
     return uids
 
 
-def test_a_cine_stored_a_series_per_slice_is_stacked_and_segmented_once(spool, tmp_path, monkeypatch):
+def _reading_worker(spool, tmp_path, monkeypatch):
+    """A worker whose (fake) study writer reads each study it is given into ``read["study"]``."""
     from cmrsdk.io import read_dicom_study
-    from cmrsdk.serve.stacks import ONE_SLICE_REASON, stack_uid
 
-    uids = _store_series_per_slice(spool, tmp_path)  # 4 short-axis slices and the long-axis one
-    read = {}
+    read: dict = {}
 
     def study_writer(pipeline, source, out_dir):
         read["study"] = read_dicom_study(source)
@@ -538,6 +537,14 @@ def test_a_cine_stored_a_series_per_slice_is_stacked_and_segmented_once(spool, t
 
     monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
     worker, finals = _worker(spool, tmp_path)
+    return worker, finals, read
+
+
+def test_a_cine_stored_a_series_per_slice_is_stacked_and_segmented_once(spool, tmp_path, monkeypatch):
+    from cmrsdk.serve.stacks import ONE_SLICE_REASON, stack_uid
+
+    uids = _store_series_per_slice(spool, tmp_path)  # 4 short-axis slices and the long-axis one
+    worker, finals, read = _reading_worker(spool, tmp_path, monkeypatch)
     worker.promote_quiet_series()
     stack = stack_uid(uids)  # named by the series gathered, the long-axis one among them
     row = spool.series(stack)
@@ -960,21 +967,11 @@ def test_a_cine_split_over_series_of_a_few_slices_is_stacked_whole(spool, tmp_pa
     """Two series of 4 slices (24 mm each), or four of 2: judged alone, each 4-slice part was
     segmented as a study of its own (a fraction of the ventricles), each 2-slice one set aside;
     now they wait for their study and are stacked into the 8-slice cine."""
-    from cmrsdk.io import read_dicom_study
     from cmrsdk.serve.stacks import stack_uid
 
     uids = _store_cine_in_parts(spool, tmp_path, per_part)
     assert len(uids) == parts
-    read = {}
-
-    def study_writer(pipeline, source, out_dir):
-        read["study"] = read_dicom_study(source)
-        out_dir.mkdir()
-        (out_dir / "report.json").write_text("{}")
-        return {}
-
-    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
-    worker, finals = _worker(spool, tmp_path)
+    worker, finals, read = _reading_worker(spool, tmp_path, monkeypatch)
     worker.promote_quiet_series()
     stack = stack_uid(uids)
     row = spool.series(stack)
