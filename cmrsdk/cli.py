@@ -232,7 +232,8 @@ def _result_line(source: Path, report: dict, out_dir: Path) -> str:
     flags = sorted({f for phase in report["phases"] for f in phase["quality_flags"]} | set(report.get("flags", [])))
     if "single_phase" in flags:
         head = (
-            f"one phase only: LV volume {_fmt(m['lvedv_ml'], ' mL')}, RV volume {_fmt(m['rvedv_ml'], ' mL')}, "
+            f"one phase only: LV volume {_fmt(m.get('lv_volume_ml'), ' mL')}, "
+            f"RV volume {_fmt(m.get('rv_volume_ml'), ' mL')}, "
             "no SV or EF (needs ED and ES)"
         )
     else:

@@ -12,7 +12,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ReferenceRange", "REFERENCE_RANGES", "INDEXED_RANGES", "SOURCES", "body_surface_area_m2"]
+__all__ = [
+    "ReferenceRange",
+    "REFERENCE_RANGES",
+    "INDEXED_RANGES",
+    "SOURCES",
+    "PLAUSIBLE",
+    "implausible",
+    "body_surface_area_m2",
+]
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,30 @@ INDEXED_RANGES: dict[str, ReferenceRange] = {
 }
 
 
+#: the one plausibility rule for patient data (report.json, report.html, `cmrsdk batch`'s table):
+#: outside these a value is a unit mistake (PatientSize in cm, weight in g, height in m), not a person.
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "height_cm": (50.0, 250.0),
+    "weight_kg": (2.0, 400.0),
+    "heart_rate_bpm": (20.0, 250.0),
+}
+
+
+def implausible(name: str, value: float | None) -> str:
+    """Why ``value`` of ``name`` (a key of `PLAUSIBLE`) is not used, "" when it is plausible or unknown."""
+    if value is None:
+        return ""
+    lo, hi = PLAUSIBLE[name]
+    if not math.isfinite(value) or not lo <= value <= hi:
+        return f"{name} {value:g} outside {lo:g}-{hi:g}, not used"
+    return ""
+
+
 def body_surface_area_m2(height_cm: float | None, weight_kg: float | None) -> float | None:
-    """Mosteller's body surface area, sqrt(height cm x weight kg / 3600) in m^2; None when either is unknown."""
+    """Mosteller's body surface area, sqrt(height cm x weight kg / 3600) in m^2; None when either is
+    unknown or outside `PLAUSIBLE` (a BSA of 20 m^2 from a height in the wrong unit indexes nothing)."""
     if height_cm is None or weight_kg is None:
         return None
-    if not (math.isfinite(height_cm) and math.isfinite(weight_kg)) or height_cm <= 0 or weight_kg <= 0:
+    if implausible("height_cm", height_cm) or implausible("weight_kg", weight_kg):
         return None
     return math.sqrt(height_cm * weight_kg / 3600.0)

@@ -7,15 +7,17 @@ Pure functions from a `StudySegmentation` to a dict or a figure file; the CLI wr
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import CmrWarning, InputError
 from .labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
 from .metrics import cardiac_measures, dice, quality_flags, slice_gaps
 from .pipeline import Segmentation, StudySegmentation
+from .reference_ranges import implausible
 from .types import Stack, Study
 
 __all__ = ["study_report", "save_overlay", "ground_truth_agreement"]
@@ -66,10 +68,17 @@ def _positions(seg: Segmentation) -> np.ndarray:
     return np.asarray(seg.stack.slice_positions, dtype=np.float64)
 
 
+#: the phase name of a one-phase study: nothing says where in the cycle its one phase lies
+SINGLE_PHASE = "single phase"
+
+
 def _phase_name(seg: Segmentation, index: int, result: StudySegmentation) -> str | None:
     """A study of two phases: "ED" and "ES" as the pipeline chose them. A cine: each frame its
     reader's name, "frame N" where that name claims ED or ES (a reader names a cine's first
-    frame ED before the volume curve is known); ``ed_index`` and ``es_index`` say which."""
+    frame ED before the volume curve is known); ``ed_index`` and ``es_index`` say which. One
+    phase: `SINGLE_PHASE` (a reader names it ED by default, not because it is)."""
+    if len(result.phases) == 1:
+        return SINGLE_PHASE
     if len(result.phases) <= 2 and index in (result.ed_index, result.es_index):
         return "ED" if index == result.ed_index else "ES"
     return f"frame {index}" if seg.stack.phase in ("ED", "ES") else seg.stack.phase
@@ -101,8 +110,12 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
 
     Holds the regions per slice, volumes (mL), EF (%), LV mass (g), quality flags, timings (ms)
     and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
-    volumes of a one-slice stack) are written as null. Study flags: ``single_phase``,
-    ``no_volume_change`` (ED and ES are one phase: the LV volume never changes; SV and EF null),
+    volumes of a one-slice stack) are written as null. ``ed_es_from``: "input" (the study named
+    ED and ES), "lv_volume" (the pipeline chose them from the LV volume curve), or null (one
+    phase, or no ``study`` given). Study flags: ``single_phase`` (the one phase's blood-pool
+    volumes are ``lv_volume_ml`` and ``rv_volume_ml``; every ED and ES measure is null, as nothing
+    says which phase it is), ``no_volume_change`` (ED and ES are one phase: the LV volume never
+    changes; ESV, SV and EF null),
     ``phase_without_lv`` (a phase of the cine shows no LV while others do: never taken for ES),
     ``ed_es_coverage_differs`` (ED and ES hold other slice positions: the ES basal RV rule is not
     applied, and the volumes compare unlike stacks), and
@@ -119,6 +132,12 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     measures = {k: _finite(v) for k, v in result.measures.as_dict().items()}
     # one phase: no ES, so volumes at that phase only; SV and EF are null, never 0
     flags = ["single_phase"] if single else []
+    if single:
+        # a reader calls its one phase ED by default: its volumes are of an unknown phase, never
+        # EDVs to be compared with an ED range or coded as end-diastolic in the SR
+        measures["lv_volume_ml"], measures["rv_volume_ml"] = measures["lvedv_ml"], measures["rvedv_ml"]
+        for key in ("lvedv_ml", "lvesv_ml", "rvedv_ml", "rvesv_ml"):
+            measures[key] = None
     curve = np.asarray(result.lv_volume_curve_ml, dtype=np.float64)
     if not single and not _same_positions(result.ed, result.es):
         # ED and ES cover the heart differently (a slice missing at one of them): the volumes
@@ -131,7 +150,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     if not single and result.ed_index == result.es_index and np.isfinite(curve).any():
         # the LV volume never changes (a static series, frames repeated): no ES was found, and
         # an EF of 0 % would read as a heart that does not beat
-        for key in ("lvsv_ml", "lvef_pct", "rvsv_ml", "rvef_pct"):
+        # an ES volume would be the ED volume again: withheld as SV and EF are
+        for key in ("lvesv_ml", "lvsv_ml", "lvef_pct", "rvesv_ml", "rvsv_ml", "rvef_pct"):
             measures[key] = None
         flags.append("no_volume_change")
     measured = result.measured if result.measured is not None else result.measures
@@ -147,6 +167,7 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "ed_index": result.ed_index,
         "es_index": None if single else result.es_index,
+        "ed_es_from": _ed_es_from(result, study),
         "flags": flags,
         "measures": measures,
         "lv_volume_curve_ml": [_finite(v) for v in result.lv_volume_curve_ml],
@@ -160,7 +181,22 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     if study is not None:
         info = study.info
         report["study"] = {k: v for k, v in vars(info).items() if v not in (None, "")}
+        for name in ("height_cm", "weight_kg"):
+            why = implausible(name, getattr(info, name))
+            if why:
+                # kept in "study" as the input gives it; the caller collects the warning into report["warnings"]
+                warnings.warn(
+                    f"{info.source or 'study'}: {why}: no body surface area or indexed values", CmrWarning, stacklevel=2
+                )
     return report
+
+
+def _ed_es_from(result: StudySegmentation, study: Study | None) -> str | None:
+    """Who named ED and ES: "input", "lv_volume" (`Pipeline.segment_study` from the LV volume curve),
+    or None where unknown (no ``study``) or meaningless (one phase)."""
+    if study is None or len(result.phases) == 1:
+        return None
+    return "input" if study.ed_index is not None and study.es_index is not None else "lv_volume"
 
 
 def save_overlay(path: str | Path, result: StudySegmentation, *, max_slices: int = 12, dpi: int = 110) -> Path:

@@ -24,6 +24,7 @@ from .reference_ranges import (
     SOURCES,
     ReferenceRange,
     body_surface_area_m2,
+    implausible,
 )
 from .types import Study
 
@@ -44,9 +45,10 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
 }
 #: each study flag of `cmrsdk.report.study_report`, as a sentence.
 STUDY_FLAG_TEXT: dict[str, str] = {
-    "single_phase": "One phase only: volumes at that phase, no stroke volume or ejection fraction.",
+    "single_phase": "One phase only: nothing says where in the cardiac cycle it lies, so its volumes are "
+    "those of that phase, with no stroke volume or ejection fraction.",
     "no_volume_change": "The LV volume is the same in every phase (a static series): no end-systole was "
-    "found, so no stroke volume or ejection fraction.",
+    "found, so no end-systolic volume, stroke volume or ejection fraction.",
     "lv_esv_exceeds_edv": "The LV measures larger at ES than at ED: no ejection can be measured (a failed "
     "segmentation, or a ventricle that barely ejects); LV stroke volume and ejection fraction are withheld.",
     "rv_esv_exceeds_edv": "The RV measures larger at ES than at ED: no ejection can be measured (a failed "
@@ -65,7 +67,18 @@ MEASURE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("rvsv_ml", "RV stroke volume", "mL"),
     ("rvef_pct", "RV ejection fraction", "%"),
 )
+#: the rows of a one-phase study (`cmrsdk.report.study_report`'s ``lv_volume_ml``, ``rv_volume_ml``):
+#: nothing says which phase it is, so no end-diastolic name and no ED range.
+SINGLE_PHASE_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("lv_volume_ml", "LV blood-pool volume (the one phase)", "mL"),
+    ("lv_mass_g", "LV mass (1.05 g/mL)", "g"),
+    ("rv_volume_ml", "RV blood-pool volume (the one phase)", "mL"),
+)
 _COLOURS = {"LV": "#d62f22", "RV": "#2f6fe0"}
+
+
+def _single(report: Mapping[str, Any]) -> bool:
+    return "single_phase" in report.get("flags", []) or len(report.get("phases", [])) == 1
 
 
 def _number(value: Any, digits: int = 1) -> str:
@@ -81,9 +94,12 @@ def _range_text(r: ReferenceRange | None) -> str:
 
 
 def _flagged(value: float | None, r: ReferenceRange | None) -> tuple[str, str]:
-    """The value's cell as ("html", markup), marked when outside both sexes' range."""
+    """The value's cell as ("html", markup), marked when outside both sexes' range.
+
+    Judged by the value as shown (one decimal, as the range bounds): 58.96 shows "59.0" beside
+    "59–83" and is not marked low, where the reader could not see why it was."""
     text = _number(value)
-    where = r.outside(float(value)) if (r is not None and value is not None) else ""
+    where = r.outside(float(text)) if (r is not None and value is not None and text != "–") else ""
     if not where:
         return ("html", _html.escape(text))
     arrow = "↓" if where == "low" else "↑"
@@ -96,13 +112,14 @@ def _flagged(value: float | None, r: ReferenceRange | None) -> tuple[str, str]:
 def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     measures = report.get("measures", {})
     info = study.info if study is not None else None
-    bsa = body_surface_area_m2(getattr(info, "height_cm", None), getattr(info, "weight_kg", None))
+    height, weight = getattr(info, "height_cm", None), getattr(info, "weight_kg", None)
+    bsa = body_surface_area_m2(height, weight)
     header = ["measure", "value", "unit", "adult range, men / women"]
     if bsa is not None:
         header += ["indexed (/m² BSA)", "indexed range, men / women"]
     rows = []
     used_sources: list[str] = []
-    for key, title, unit in MEASURE_ROWS:
+    for key, title, unit in SINGLE_PHASE_ROWS if _single(report) else MEASURE_ROWS:
         value = measures.get(key)
         ref = REFERENCE_RANGES.get(key)
         row: list[object] = [title, _flagged(value, ref), unit, _range_text(ref)]
@@ -119,13 +136,7 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
                 used_sources.append(iref.source)
         rows.append(row)
     parts = ["<h2>Measures</h2>", _html.table(header, rows, numeric=[1, 4] if bsa is not None else [1], cls="measures")]
-    if bsa is not None:
-        parts.append(
-            f'<p class="small">Body surface area {bsa:.2f} m² (Mosteller) from height {info.height_cm:g} cm and '
-            f"weight {info.weight_kg:g} kg.</p>"
-        )
-    else:
-        parts.append('<p class="small">Height and weight are not known: no indexed values.</p>')
+    parts.append(f'<p class="small">{_html.escape(_bsa_text(bsa, height, weight))}</p>')
     notes = "; ".join(f"[{i + 1}] {_html.escape(SOURCES[s])}" for i, s in enumerate(used_sources))
     parts.append(
         f'<p class="small">Ranges are the published mean ± 2 SD of healthy adults, men / women '
@@ -133,6 +144,24 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
         f"the blood pool, as ACDC labels them. Sources: {notes}.</p>"
     )
     return "\n".join(parts)
+
+
+def _bsa_text(bsa: float | None, height: float | None, weight: float | None) -> str:
+    """Where the BSA comes from, or why there is none, naming what is known and what is set aside."""
+    if bsa is not None:
+        return f"Body surface area {bsa:.2f} m² (Mosteller) from height {height:g} cm and weight {weight:g} kg."
+    said = []
+    for name, value, unit in (("height", height, "cm"), ("weight", weight, "kg")):
+        if value is None:
+            said.append(f"{name} is not known")
+        elif implausible(f"{name}_{unit}", value):
+            said.append(f"{name} {value:g} {unit} is not a plausible {name} (a unit mistake?) and is not used")
+        else:
+            said.append(f"{name} {value:g} {unit}")
+    if height is None and weight is None:
+        return "Height and weight are not known: no indexed values."
+    text = "; ".join(said)
+    return f"{text[:1].upper()}{text[1:]}: no body surface area, so no indexed values."
 
 
 def _ed_es(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -149,6 +178,8 @@ def _ed_es(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def _phase_name(report: Mapping[str, Any], phase: Mapping[str, Any]) -> str:
     """ "ED" / "ES" for the chosen frames (readers name a cine's frames "frame 7"), else the phase's own name."""
     phases = report.get("phases", [])
+    if len(phases) == 1:  # nothing says which phase of the cycle it is
+        return str(phase.get("phase") or "single phase")
     for key, name in (("ed_index", "ED"), ("es_index", "ES")):
         index = report.get(key)
         if isinstance(index, int) and 0 <= index < len(phases) and phases[index] is phase:
@@ -166,7 +197,8 @@ def _flags_section(report: Mapping[str, Any]) -> str:
             text = QUALITY_FLAG_TEXT.get(flag, flag.replace("_", " "))
             items.append(f"<li><b>{_html.escape(_phase_name(report, phase))}</b>: {_html.escape(text)}</li>")
     if not items:
-        return '<h2>Quality checks</h2><p class="ok">No automatic quality flag was raised at ED or ES.</p>'
+        where = "" if _single(report) else " at ED or ES"
+        return f'<h2>Quality checks</h2><p class="ok">No automatic quality flag was raised{where}.</p>'
     return '<h2>Quality checks</h2><ul class="flags">' + "".join(items) + "</ul>"
 
 
@@ -286,10 +318,20 @@ def volume_curve_svg(
 
 def _curve_section(report: Mapping[str, Any], study: Study | None) -> str:
     phases = report.get("phases", [])
+    if len(phases) == 1:
+        return (
+            "<h2>Volume over the cardiac cycle</h2><p>The study holds one phase only, so there is no volume "
+            "curve, and nothing says whether that phase is end-diastole, end-systole or another.</p>"
+        )
     if len(phases) < 3:
+        chosen = {
+            "input": "ED and ES were given by the input",
+            "lv_volume": "the input did not say which is ED and which ES: ED is the phase with the larger LV "
+            "volume, ES the one with the smaller",
+        }.get(str(report.get("ed_es_from")), "")
         return (
             "<h2>Volume over the cardiac cycle</h2><p>The study holds ED and ES only (no full cine), so there is "
-            "no volume curve; ED and ES were given by the input.</p>"
+            f"no volume curve{'; ' + chosen if chosen else ''}.</p>"
         )
     lv = [p["volumes_ml"].get("LVBP") for p in phases]
     rv = [p["volumes_ml"].get("RVBP") for p in phases]
@@ -368,15 +410,24 @@ def render_report_html(
     name = title or info.get("patient_id") or info.get("source") or "study"
     m = report.get("measures", {})
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if _single(report):  # one phase of unknown place in the cycle: no EDV, no EF
+        headline = (
+            f"<p>LV volume {_number(m.get('lv_volume_ml'))} mL · LV mass {_number(m.get('lv_mass_g'))} g · "
+            f"RV volume {_number(m.get('rv_volume_ml'))} mL (one phase)</p>"
+        )
+    else:
+        headline = (
+            f"<p><b>LVEF {_number(m.get('lvef_pct'))} %</b> · LVEDV {_number(m.get('lvedv_ml'))} mL · "
+            f"LV mass {_number(m.get('lv_mass_g'))} g · <b>RVEF {_number(m.get('rvef_pct'))} %</b> · "
+            f"RVEDV {_number(m.get('rvedv_ml'))} mL</p>"
+        )
     described = ", ".join(str(info[k]) for k in ("series_description", "manufacturer", "group") if info.get(k))
     body = [
         f"<h1>Cardiac MRI segmentation: {_html.escape(name)}</h1>",
         f'<p class="sub">{_html.escape(described or "short-axis cine")} · generated {generated} by cmrsdk '
         f"{_html.escape(report.get('provenance', {}).get('cmrsdk', ''))}</p>",
         '<p class="banner">Automatic segmentation: check the contours below before using any number.</p>',
-        f"<p><b>LVEF {_number(m.get('lvef_pct'))} %</b> · LVEDV {_number(m.get('lvedv_ml'))} mL · "
-        f"LV mass {_number(m.get('lv_mass_g'))} g · <b>RVEF {_number(m.get('rvef_pct'))} %</b> · "
-        f"RVEDV {_number(m.get('rvedv_ml'))} mL</p>",
+        headline,
         _measures_section(report, study),
     ]
     ground_truth = ground_truth if ground_truth is not None else report.get("ground_truth")
@@ -390,10 +441,11 @@ def render_report_html(
             )
         )
     body.append(_flags_section(report))
+    shown = "Slices of the one phase" if _single(report) else "ED and ES slices"
     body.append(
-        "<h2>ED and ES slices</h2><figure>"
-        + _html.img_tag(montage, "ED and ES slices with the segmentation")
-        + '<figcaption>Zoomed on the heart, one window for both phases; each slice labelled "z / region / '
+        f"<h2>{shown}</h2><figure>"
+        + _html.img_tag(montage, f"{shown} with the segmentation")
+        + '<figcaption>Zoomed on the heart, one window for all phases shown; each slice labelled "z / region / '
         'confidence" (z as stored in the input).</figcaption></figure>'
     )
     body.append(_slices_section(report))

@@ -427,7 +427,7 @@ def test_sunnybrook_to_seg_and_sr(shared_data, tmp_path, series, capsys):
     assert ("Left Ventricular End Diastolic Volume", round(m["lvedv_ml"], 3)) in measured["Left ventricle"]
     assert ("Cardiac ejection fraction", round(m["lvef_pct"], 3)) in measured["Left ventricle"]
     assert ("Left Ventricle Mass", round(m["lv_mass_g"], 3)) in measured["Left ventricle"]
-    assert ("Volume", round(m["rvesv_ml"], 3)) in measured["Right ventricle at end systole"]
+    assert ("Right Ventricular ES Volume", round(m["rvesv_ml"], 3)) in measured["Right ventricle"]
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (dicom3tools) not installed: SEG and SR were read back by highdicom but not validated")
     source_uids: set[str] = set()

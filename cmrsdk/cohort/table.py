@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io._atomic import atomic_path
+from ..reference_ranges import implausible
 
 __all__ = ["COLUMNS", "MEASURES", "INDEXED", "bsa_mosteller", "measures_row", "write_measures_csv"]
 
@@ -54,9 +55,6 @@ COLUMNS = (
     "options_key",
     "outputs",
 )
-
-# outside these a value is a unit mistake (PatientSize in cm, weight in g), not a person
-_PLAUSIBLE = {"height_cm": (50.0, 250.0), "weight_kg": (2.0, 400.0), "heart_rate_bpm": (20.0, 250.0)}
 
 
 def bsa_mosteller(height_cm: float, weight_kg: float) -> float:
@@ -104,9 +102,9 @@ def measures_row(
     notes = []
     for name, value in given.items():
         value = _number(value)
-        lo, hi = _PLAUSIBLE[name]
-        if value is not None and not lo <= value <= hi:
-            notes.append(f"{name} {value:g} outside {lo:g}-{hi:g}, not used")
+        why = implausible(name, value)  # the rule report.json and report.html apply
+        if why:
+            notes.append(why)
             value = None
         row[name] = value
     bsa = bsa_mosteller(row["height_cm"], row["weight_kg"]) if row["height_cm"] and row["weight_kg"] else None

@@ -1071,6 +1071,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
 
 
 def _info(header: Dataset, series_uid: str, path: Path) -> StudyInfo:
+    height = _float_tag(header, "PatientSize", 100.0)  # metres: 1.15 * 100 is 114.99999999999999
     return StudyInfo(
         patient_id=str(header.get("PatientID", "")) or None,
         study_uid=str(header.get("StudyInstanceUID", "")) or None,
@@ -1078,7 +1079,7 @@ def _info(header: Dataset, series_uid: str, path: Path) -> StudyInfo:
         series_description=str(header.get("SeriesDescription", "")) or None,
         manufacturer=str(header.get("Manufacturer", "")) or None,
         field_strength_t=_float_tag(header, "MagneticFieldStrength"),
-        height_cm=_float_tag(header, "PatientSize", 100.0),
+        height_cm=None if height is None else round(height, 2),
         weight_kg=_float_tag(header, "PatientWeight"),
         source=str(path),
     )

@@ -18,6 +18,7 @@ and read as (X, Y, Z) again (axes reversed when the slices come first), with a w
 from __future__ import annotations
 
 import csv
+import re
 import struct
 import warnings
 from dataclasses import replace
@@ -448,6 +449,30 @@ def _float_or_none(value: str | None) -> float | None:
         return None
 
 
+#: Info.cfg field -> (its unit, other units written after the number -> factor to that unit)
+_INFO_UNITS: dict[str, tuple[str, dict[str, float]]] = {
+    "Height": ("cm", {"cm": 1.0, "m": 100.0, "mm": 0.1}),
+    "Weight": ("kg", {"kg": 1.0, "g": 0.001}),
+}
+
+
+def _info_number(cfg: dict[str, str], key: str, path: Path) -> float | None:
+    """``Height`` (cm) or ``Weight`` (kg) of an Info.cfg, a trailing unit understood ("95kg",
+    "1.84 m"); a value that is not a number in a known unit is dropped with a warning naming it,
+    never silently (the page would say the value is not known)."""
+    text = cfg.get(key)
+    if text is None or not text.strip():
+        return None
+    unit, factors = _INFO_UNITS[key]
+    match = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z]*)", text.strip())
+    factor = factors.get(match.group(2).lower() or unit) if match else None
+    value = float(match.group(1)) if match else None
+    if value is None or factor is None or not np.isfinite(value):
+        warnings.warn(f"{path}: '{key}' value {text!r} is not a number in {unit}; not used", CmrWarning, stacklevel=3)
+        return None
+    return round(value * factor, 2)  # 1.84 m -> 184.0, not 184.00000000000003
+
+
 def read_acdc_patient(folder: str | Path) -> Study:
     """Read an ACDC patient folder: the ED and ES stacks with canonical labels.
 
@@ -483,8 +508,8 @@ def read_acdc_patient(folder: str | Path) -> Study:
     info = StudyInfo(
         patient_id=folder.name,
         group=cfg.get("Group"),
-        height_cm=_float_or_none(cfg.get("Height")),
-        weight_kg=_float_or_none(cfg.get("Weight")),
+        height_cm=_info_number(cfg, "Height", cfg_path),
+        weight_kg=_info_number(cfg, "Weight", cfg_path),
         source=str(folder),
     )
     return Study(phases=tuple(stacks), ed_index=0, es_index=1, info=info)

@@ -11,12 +11,16 @@ cmrsdk:
 | LVSV | Stroke Volume (SCT 90096001) | ml | Left ventricle |
 | LVEF | Cardiac ejection fraction (SCT 70822001) | % | Left ventricle |
 | LV mass | Left Ventricle Mass (LN 18087-7) | g | Left ventricle |
-| RVEDV, RVESV | Volume (SCT 118565006), time point "end diastole" / "end systole" | ml | Right ventricle ED / ES |
+| RVEDV | Right Ventricular ED Volume (LN 8822-9, PS3.16 CID 3835) | ml | Right ventricle |
+| RVESV | Right Ventricular ES Volume (LN 8824-5, PS3.16 CID 3835) | ml | Right ventricle |
 | RVSV, RVEF | Stroke Volume, Cardiac ejection fraction | ml, % | Right ventricle |
+| LV, RV volume of a one-phase study | Volume (SCT 118565006), no time point | ml | Left / Right ventricle |
 
 Each group's finding site is the ventricle (SCT 87878005 / 53085002). A measure that is unknown
-(null in ``report.json``: one phase gives no SV or EF, one slice no volume) is left out, never
-written as zero. The evidence is the source images of ED and ES, repaired as for the SEG by
+(null in ``report.json``: one phase gives no SV or EF, one slice no volume, a static cine no
+ESV) is left out, never written as zero. A one-phase study's volumes (``lv_volume_ml``,
+``rv_volume_ml``) are of a phase nothing names, so they are coded as a plain volume, never as
+end-diastolic. The evidence is the source images of ED and ES, repaired as for the SEG by
 :func:`cmrsdk.io._dicom_out.derivation_sources`.
 """
 
@@ -39,19 +43,21 @@ SR_MEASURES: dict[str, tuple[str, str, str]] = {
     "lvsv_ml": ("lv", "SCT:90096001:Stroke Volume", "ml"),
     "lvef_pct": ("lv", "SCT:70822001:Cardiac ejection fraction", "%"),
     "lv_mass_g": ("lv", "LN:18087-7:Left Ventricle Mass", "g"),
-    "rvedv_ml": ("rv_ed", "SCT:118565006:Volume", "ml"),
-    "rvesv_ml": ("rv_es", "SCT:118565006:Volume", "ml"),
+    # PS3.16 CID 3835's own RV codes: a phase in the concept, not only in a time point's free text
+    "rvedv_ml": ("rv", "LN:8822-9:Right Ventricular ED Volume", "ml"),
+    "rvesv_ml": ("rv", "LN:8824-5:Right Ventricular ES Volume", "ml"),
     "rvsv_ml": ("rv", "SCT:90096001:Stroke Volume", "ml"),
     "rvef_pct": ("rv", "SCT:70822001:Cardiac ejection fraction", "%"),
+    # a one-phase study (cmrsdk.report.study_report): the blood-pool volume of a phase nothing names
+    "lv_volume_ml": ("lv", "SCT:118565006:Volume", "ml"),
+    "rv_volume_ml": ("rv", "SCT:118565006:Volume", "ml"),
 }
 
 _UNITS = {"ml": "milliliter", "%": "percent", "g": "gram"}
-#: group key -> (tracking identifier text, finding site (SCT code, meaning), time point or None)
+#: group key -> (tracking identifier text, finding site (SCT code, meaning))
 _GROUPS = {
-    "lv": ("Left ventricle", ("87878005", "Left ventricle"), None),
-    "rv_ed": ("Right ventricle at end diastole", ("53085002", "Right ventricle"), "end diastole"),
-    "rv_es": ("Right ventricle at end systole", ("53085002", "Right ventricle"), "end systole"),
-    "rv": ("Right ventricle", ("53085002", "Right ventricle"), None),
+    "lv": ("Left ventricle", ("87878005", "Left ventricle")),
+    "rv": ("Right ventricle", ("53085002", "Right ventricle")),
 }
 
 
@@ -110,7 +116,7 @@ def write_measurement_report(
 
     algorithm = hd.sr.AlgorithmIdentification(name="cmrsdk", version=__version__)
     groups = []
-    for group, (label, (site_value, site_meaning), time_point) in _GROUPS.items():
+    for group, (label, (site_value, site_meaning)) in _GROUPS.items():
         items = [
             hd.sr.Measurement(
                 name=code(concept), value=known[key], unit=Code(unit, "UCUM", _UNITS[unit]), algorithm_id=algorithm
@@ -124,7 +130,6 @@ def write_measurement_report(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
                 finding_sites=[hd.sr.FindingSite(anatomic_location=Code(site_value, "SCT", site_meaning))],
-                time_point_context=hd.sr.TimePointContext(time_point=time_point) if time_point else None,
                 algorithm_id=algorithm,
                 measurements=items,
             )
