@@ -31,13 +31,21 @@ class ReferenceRange:
     women: tuple[float, float]
     source: str
 
-    def outside(self, value: float) -> str:
-        """ "low" or "high" when ``value`` is outside both sexes' ranges, "" otherwise (sex is often unknown)."""
+    def outside(self, value: float, sex: str | None = None) -> str:
+        """ "low" or "high" when ``value`` is outside the range of ``sex`` ("M" or "F"), or outside
+        both sexes' ranges where the sex is unknown (None); "" otherwise."""
         if not math.isfinite(value):
             return ""
-        if value < min(self.men[0], self.women[0]):
+        low, high = {"M": self.men, "F": self.women}.get(
+            sex or "",
+            (
+                min(self.men[0], self.women[0]),
+                max(self.men[1], self.women[1]),
+            ),
+        )
+        if value < low:
             return "low"
-        if value > max(self.men[1], self.women[1]):
+        if value > high:
             return "high"
         return ""
 

@@ -93,19 +93,25 @@ def _range_text(r: ReferenceRange | None) -> str:
     return f"{r.men[0]:g}–{r.men[1]:g} / {r.women[0]:g}–{r.women[1]:g}"
 
 
-def _flagged(value: float | None, r: ReferenceRange | None) -> tuple[str, str]:
-    """The value's cell as ("html", markup), marked when outside both sexes' range.
+#: under this age (years) the adult ranges do not apply: values are shown unmarked
+ADULT_AGE_YEARS = 18.0
+
+
+def _flagged(value: float | None, r: ReferenceRange | None, sex: str | None = None) -> tuple[str, str]:
+    """The value's cell as ("html", markup), marked when outside the range of the patient's
+    ``sex`` ("M" / "F"), or of both sexes where it is unknown.
 
     Judged by the value as shown (one decimal, as the range bounds): 58.96 shows "59.0" beside
     "59–83" and is not marked low, where the reader could not see why it was."""
     text = _number(value)
-    where = r.outside(float(text)) if (r is not None and value is not None and text != "–") else ""
+    where = r.outside(float(text), sex) if (r is not None and value is not None and text != "–") else ""
     if not where:
         return ("html", _html.escape(text))
     arrow = "↓" if where == "low" else "↑"
+    whose = {"M": "men", "F": "women"}.get(sex or "", "both sexes")
     return (
         "html",
-        f'<span class="{where}" title="outside the published range for both sexes">{_html.escape(text)} {arrow}</span>',
+        f'<span class="{where}" title="outside the published range for {whose}">{_html.escape(text)} {arrow}</span>',
     )
 
 
@@ -113,6 +119,8 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     measures = report.get("measures", {})
     info = study.info if study is not None else None
     height, weight = getattr(info, "height_cm", None), getattr(info, "weight_kg", None)
+    sex, age = getattr(info, "sex", None), getattr(info, "age_years", None)
+    child = age is not None and age < ADULT_AGE_YEARS
     bsa = body_surface_area_m2(height, weight)
     header = ["measure", "value", "unit", "adult range, men / women"]
     if bsa is not None:
@@ -122,14 +130,14 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     for key, title, unit in SINGLE_PHASE_ROWS if _single(report) else MEASURE_ROWS:
         value = measures.get(key)
         ref = REFERENCE_RANGES.get(key)
-        row: list[object] = [title, _flagged(value, ref), unit, _range_text(ref)]
+        row: list[object] = [title, _flagged(value, None if child else ref, sex), unit, _range_text(ref)]
         if ref is not None and ref.source not in used_sources:
             used_sources.append(ref.source)
         if bsa is not None:
             indexed = value / bsa if value is not None and unit in ("mL", "g") else None
             iref = INDEXED_RANGES.get(key) if indexed is not None else None
             row += [
-                _flagged(indexed, iref) if indexed is not None else "–",
+                _flagged(indexed, None if child else iref, sex) if indexed is not None else "–",
                 _range_text(iref) if indexed is not None else "–",
             ]
             if iref is not None and iref.source not in used_sources:
@@ -138,9 +146,16 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     parts = ["<h2>Measures</h2>", _html.table(header, rows, numeric=[1, 4] if bsa is not None else [1], cls="measures")]
     parts.append(f'<p class="small">{_html.escape(_bsa_text(bsa, height, weight))}</p>')
     notes = "; ".join(f"[{i + 1}] {_html.escape(SOURCES[s])}" for i, s in enumerate(used_sources))
+    marked = (
+        f"not marked: the patient is {age:g} years old and the ranges are adults'"
+        if child
+        else f"values outside the {'men' if sex == 'M' else 'women'}'s range are marked ↑ ↓"
+        if sex in ("M", "F")
+        else "values outside both are marked ↑ ↓: the patient's sex is not known"
+    )
     parts.append(
         f'<p class="small">Ranges are the published mean ± 2 SD of healthy adults, men / women '
-        f"(values outside both are marked ↑ ↓); volumes by slice summation with papillary muscles in "
+        f"({marked}); volumes by slice summation with papillary muscles in "
         f"the blood pool, as ACDC labels them. Sources: {notes}.</p>"
     )
     return "\n".join(parts)

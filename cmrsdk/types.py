@@ -123,6 +123,8 @@ class StudyInfo:
     height_cm: float | None = None
     weight_kg: float | None = None
     group: str | None = None  # diagnosis group (ACDC) or pathology (M&Ms)
+    sex: str | None = None  # "M" or "F" (DICOM PatientSex); None where unknown or other
+    age_years: float | None = None  # DICOM PatientAge ("045Y", "006M", ...) in years
     source: str = ""
 
 

@@ -251,3 +251,38 @@ def test_sr_codes_and_meanings_match_pydicoms_dictionary():
     _, rvesv, _ = SR_MEASURES["rvesv_ml"]
     assert rvedv == f"LN:8822-9:{ln['8822-9']}" and rvesv == f"LN:8824-5:{ln['8824-5']}"
     assert ln["8822-9"] == "Right Ventricular ED Volume" and ln["8824-5"] == "Right Ventricular ES Volume"
+
+
+# -- 8. the patient's own ranges: sex and age ----------------------------------------------------
+
+
+def test_a_value_is_flagged_against_the_patients_own_sex():
+    """A woman's LVEDV of 202.3 mL (women 83-187, men 102-218) went unmarked: it was flagged only
+    outside both sexes' ranges (sweep 9)."""
+    lvedv = REFERENCE_RANGES["lvedv_ml"]
+    assert lvedv.outside(202.3, "F") == "high" and lvedv.outside(202.3, "M") == ""
+    assert lvedv.outside(202.3) == "" and lvedv.outside(230.0) == "high"
+    assert "202.3 ↑" in _flagged(202.3, lvedv, "F")[1] and "women" in _flagged(202.3, lvedv, "F")[1]
+    assert _flagged(202.3, lvedv) == ("html", "202.3")
+
+
+def test_dicom_sex_and_age_are_read_and_a_child_is_not_marked(segmented_phantom):
+    from pydicom.dataset import Dataset
+
+    from cmrsdk.io.dicom import _info
+
+    header = Dataset()
+    header.PatientSex, header.PatientAge = "f ", "006Y"
+    info = _info(header, "1.2.3", Path("x"))
+    assert (info.sex, info.age_years) == ("F", 6.0)
+    header.PatientSex, header.PatientAge = "O", "018M"
+    info = _info(header, "1.2.3", Path("x"))
+    assert (info.sex, info.age_years) == (None, 1.5)
+    study, result = segmented_phantom
+    report = study_report(result, study)
+    woman = replace(study, info=replace(study.info, sex="F", age_years=45.0))
+    assert "outside the women's range are marked" in _page(result, report, woman)
+    child = replace(study, info=replace(study.info, sex="F", age_years=6.0))
+    page = _page(result, report, child)
+    assert "the patient is 6 years old" in page and "↑" not in page.split("<h2>Measures</h2>")[1].split("</table>")[0]
+    assert "the patient's sex is not known" in _page(result, report, study)

@@ -1081,5 +1081,17 @@ def _info(header: Dataset, series_uid: str, path: Path) -> StudyInfo:
         field_strength_t=_float_tag(header, "MagneticFieldStrength"),
         height_cm=None if height is None else round(height, 2),
         weight_kg=_float_tag(header, "PatientWeight"),
+        sex={"M": "M", "F": "F"}.get(str(header.get("PatientSex", "") or "").strip().upper()),
+        age_years=_age_years(header.get("PatientAge")),
         source=str(path),
     )
+
+
+#: years per unit of DICOM's Age String (PS3.5 AS: nnnD, nnnW, nnnM or nnnY)
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _age_years(value: object) -> float | None:
+    """PatientAge in years, or None where absent or not an Age String ("045Y", "006M")."""
+    match = re.fullmatch(r"(\d{1,3})\s*([DWMY])", str(value or "").strip().upper())
+    return None if match is None else round(int(match.group(1)) * _AGE_UNITS[match.group(2)], 2)
