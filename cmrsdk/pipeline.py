@@ -366,7 +366,7 @@ class Pipeline:
         self.device = device
         self.mode = mode
         self.largest_component = largest_component
-        if not any(mirroring is m or (isinstance(m, str) and mirroring == m) for m in MIRRORING):
+        if not (isinstance(mirroring, bool) or mirroring == "half_turn"):
             raise InputError(f"'mirroring' must be False, 'half_turn' or True, got {mirroring!r}")
         self.mirroring = mirroring
         if not isinstance(training_layout, bool):
