@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         "segment",
         help="segment DICOM directories, NIfTI files, ACDC or M&Ms folders",
         description="Writes labels_ED/ES.nii.gz, seg_ED/ES.dcm and sr.dcm (DICOM input), report.json, "
-        "report.html and overlay.png; each study whole or not at all.",
+        "report.html and overlay.png (labels.nii.gz, seg.dcm for a one-phase input); each study whole or not at all.",
     )
     p.add_argument(
         "inputs",

@@ -11,9 +11,9 @@ Outputs of one study (``out_dir``):
 
 | file | when |
 |---|---|
-| ``labels_ED.nii.gz``, ``labels_ES.nii.gz`` | always (ED only for a one-phase input) |
-| ``seg_ED.dcm``, ``seg_ES.dcm`` | DICOM input: DICOM SEG per phase, own SeriesNumber and description |
-| ``sr.dcm`` | DICOM input with a known measure: TID 1500 measurement report |
+| ``labels_ED.nii.gz``, ``labels_ES.nii.gz`` | always; ``labels.nii.gz`` for a one-phase input (a phase nothing names) |
+| ``seg_ED.dcm``, ``seg_ES.dcm`` | DICOM input: DICOM SEG per phase, own SeriesNumber and description; ``seg.dcm`` for one phase |
+| ``sr.dcm`` | DICOM input with a known measure: TID 1500 measurement report referencing the SEGs, with the quality flags |
 | ``overlay.png`` | unless ``overlay=False`` |
 | ``report.html`` | unless ``report_html=False``: the page a reader opens (`cmrsdk.report_html`) |
 | ``report.json`` | always; lists the files, the warnings and the flags |
@@ -53,10 +53,15 @@ __all__ = [
 
 #: names cmrsdk writes in a study folder: a folder holding anything else is not replaced.
 OUTPUT_PATTERN = re.compile(
-    r"^(labels_[A-Za-z0-9 ]+\.nii\.gz|seg_[A-Za-z0-9 ]+\.dcm|sr\.dcm|report\.json|report\.html|overlay\.png)$"
+    r"^(labels(_[A-Za-z0-9 ]+)?\.nii\.gz|seg(_[A-Za-z0-9 ]+)?\.dcm|sr\.dcm|report\.json|report\.html|overlay\.png)$"
 )
-#: (SeriesNumber, SeriesDescription) of the SEG of each phase: a PACS lists ED and ES apart.
-SEG_SERIES = {"ED": (901, "cmrsdk segmentation ED"), "ES": (902, "cmrsdk segmentation ES")}
+#: (SeriesNumber, SeriesDescription) of the SEG of each phase: a PACS lists ED and ES apart; the
+#: one SEG of a one-phase study (phase "", file ``seg.dcm``) names no phase.
+SEG_SERIES = {
+    "ED": (901, "cmrsdk segmentation ED"),
+    "ES": (902, "cmrsdk segmentation ES"),
+    "": (901, "cmrsdk segmentation"),
+}
 #: (SeriesNumber, SeriesDescription) of the measurement report.
 SR_SERIES = (903, "cmrsdk cardiac measurements")
 _STAGING = ".cmrsdk-staging-"
@@ -65,6 +70,24 @@ _PROBE = ".cmrsdk-probe-"
 #: Name prefixes of the writer's own short-lived entries beside a study's folder: a process
 #: killed (SIGKILL) between creating and removing one leaves it; a restart may delete them.
 TRANSIENT_PREFIXES = (_STAGING, _RETIRED, _PROBE)
+
+
+def _named(stem: str, phase: str, suffix: str) -> str:
+    """``labels_ED.nii.gz`` for a phase, ``labels.nii.gz`` for a one-phase study's ("")."""
+    return f"{stem}_{phase}{suffix}" if phase else f"{stem}{suffix}"
+
+
+def _flags_by_scope(report: dict[str, Any]) -> dict[str, list[str]]:
+    """report.json's flags for the SR: the study's, then ED's and ES's (a one-phase study's one)."""
+    from .report import SINGLE_PHASE
+
+    scopes = {"study": list(report.get("flags", []))}
+    phases = report["phases"]
+    for key, name in (("ed_index", "ED"), ("es_index", "ES")):
+        index = report.get(key)
+        if isinstance(index, int) and 0 <= index < len(phases):
+            scopes[SINGLE_PHASE if len(phases) == 1 else name] = list(phases[index]["quality_flags"])
+    return scopes
 
 
 class Interrupted(BaseException):
@@ -309,7 +332,7 @@ def segment_one(
     """
     from .io import detect_format, read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
     from .io.archive import unpacked
-    from .report import ground_truth_agreement, save_overlay, study_report
+    from .report import SINGLE_PHASE, ground_truth_agreement, save_overlay, study_report
 
     out_dir = check_output_folder(out_dir, keep=keep)
     with warnings.catch_warnings(record=True) as caught, unpacked(source) as readable:
@@ -337,7 +360,8 @@ def segment_one(
         if truth is not None:
             report["ground_truth"] = ground_truth_agreement(result, truth)
         single = len(result.phases) == 1
-        phases = [("ED", result.ed)] if single else [("ED", result.ed), ("ES", result.es)]
+        # a one-phase study's files name no phase: its reader calls it ED by default, nothing else does
+        phases = [("", result.ed)] if single else [("ED", result.ed), ("ES", result.es)]
         _remove_stale(out_dir.parent)
         # short, whatever the folder's name: a name near the file system's limit must still fit
         staging = out_dir.parent / f"{_STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -345,14 +369,16 @@ def segment_one(
         try:
             written: list[Path] = []
             for name, seg in phases:
-                written.append(write_nifti_labels(staging / f"labels_{name}.nii.gz", seg.labels, seg.stack))
+                written.append(write_nifti_labels(staging / _named("labels", name, ".nii.gz"), seg.labels, seg.stack))
             dicom = all(seg.stack.source_files for _, seg in phases)
             if dicom:
+                segs: dict[str, Path] = {}
                 for name, seg in phases:
                     number, description = SEG_SERIES[name]
+                    segs[name or SINGLE_PHASE] = staging / _named("seg", name, ".dcm")
                     written.append(
                         write_dicom_seg(
-                            staging / f"seg_{name}.dcm",
+                            segs[name or SINGLE_PHASE],
                             seg.labels,
                             seg.stack,
                             series_number=number,
@@ -366,6 +392,8 @@ def segment_one(
                             staging / "sr.dcm",
                             report["measures"],
                             files,
+                            segmentations=segs,
+                            quality_flags=_flags_by_scope(report),
                             series_number=SR_SERIES[0],
                             series_description=SR_SERIES[1],
                         )

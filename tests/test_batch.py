@@ -196,7 +196,7 @@ def test_rerun_replaces_earlier_result(shared_data, tmp_path, capsys):
     assert _names(out) == ["labels_ED.nii.gz", "labels_ES.nii.gz", "report.json", "seg_ED.dcm", "seg_ES.dcm", "sr.dcm"]
     image = _nifti(shared_data, tmp_path / "in" / "a.nii.gz")
     assert main(["segment", str(image), "-o", str(out), *FAST]) == 0
-    assert _names(out) == ["labels_ED.nii.gz", "report.json"]
+    assert _names(out) == ["labels.nii.gz", "report.json"]
     assert json.loads((out / "report.json").read_text())["study"]["source"] == str(image)
     assert _hidden(tmp_path) == []
 
@@ -420,14 +420,20 @@ def test_sunnybrook_to_seg_and_sr(shared_data, tmp_path, series, capsys):
             np.bincount(labels.ravel(), minlength=4)[1:].tolist()
         )
     measured = {}
-    for group in sr.content.get_image_measurement_groups():
+    for group in [*sr.content.get_image_measurement_groups(), *sr.content.get_volumetric_roi_measurement_groups()]:
         for item in group.get_measurements():
             measured.setdefault(str(group.tracking_identifier), []).append((item.name.meaning, round(item.value, 3)))
     m = report["measures"]
-    assert ("Left Ventricular End Diastolic Volume", round(m["lvedv_ml"], 3)) in measured["Left ventricle"]
+    assert ("Left Ventricular End Diastolic Volume", round(m["lvedv_ml"], 3)) in measured["LV blood pool at ED"]
     assert ("Cardiac ejection fraction", round(m["lvef_pct"], 3)) in measured["Left ventricle"]
-    assert ("Left Ventricle Mass", round(m["lv_mass_g"], 3)) in measured["Left ventricle"]
-    assert ("Right Ventricular ES Volume", round(m["rvesv_ml"], 3)) in measured["Right ventricle"]
+    assert ("Left Ventricle Mass", round(m["lv_mass_g"], 3)) in measured["LV myocardium at ED"]
+    assert ("Right Ventricular ES Volume", round(m["rvesv_ml"], 3)) in measured["RV blood pool at ES"]
+    # each of those groups references its own phase's SEG
+    refs = {
+        str(g.tracking_identifier): g.referenced_segment for g in sr.content.get_volumetric_roi_measurement_groups()
+    }
+    assert refs["RV blood pool at ES"].referenced_sop_instance_uid == segs["ES"].SOPInstanceUID
+    assert refs["LV myocardium at ED"].referenced_segment_numbers == [2]
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (dicom3tools) not installed: SEG and SR were read back by highdicom but not validated")
     source_uids: set[str] = set()

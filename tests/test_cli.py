@@ -41,6 +41,38 @@ def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
     assert (out / "overlay.png").read_bytes()[:4] == b"\x89PNG"
     assert "report.html" in report["outputs"] and "<table" in (out / "report.html").read_text()
     assert "LVEF" in capsys.readouterr().out
+    # the SR: each phase's volumes reference that phase's SEG, the report's flags come as caveats
+    import highdicom as hd
+
+    sr = hd.sr.srread(out / "sr.dcm").content
+    uid = {p: pydicom.dcmread(out / f"seg_{p}.dcm", stop_before_pixels=True).SOPInstanceUID for p in ("ED", "ES")}
+    refs = {
+        str(g.tracking_identifier): (
+            g.referenced_segment.referenced_sop_instance_uid,
+            float(g.get_measurements()[0].value),
+        )
+        for g in sr.get_volumetric_roi_measurement_groups()
+    }
+    expected = {
+        f"{name} at {phase}": (uid[phase], pytest.approx(report["measures"][key], abs=1e-3))
+        for key, name, phase in [
+            ("lvedv_ml", "LV blood pool", "ED"),
+            ("lvesv_ml", "LV blood pool", "ES"),
+            ("lv_mass_g", "LV myocardium", "ED"),
+            ("rvedv_ml", "RV blood pool", "ED"),
+            ("rvesv_ml", "RV blood pool", "ES"),
+        ]
+        if report["measures"][key] is not None
+    }
+    assert refs == expected and "LV blood pool at ED" in refs
+    caveats = {
+        str(g.tracking_identifier): sorted(q.value.value for q in g.get_qualitative_evaluations())
+        for g in sr.get_image_measurement_groups()
+        if g.get_qualitative_evaluations()
+    }
+    ed_flags = sorted(report["phases"][report["ed_index"]]["quality_flags"])
+    assert caveats.get("Quality caveats at ED", []) == ed_flags
+    assert caveats.get("Quality caveats", []) == sorted(report["flags"])
 
 
 def test_segment_no_report_html(routing_bundle, tmp_path):

@@ -324,6 +324,21 @@ def _one_phase_check(report, out):
     assert m["lvef_pct"] is None and m["lvsv_ml"] is None and m["lvesv_ml"] is None and m["rvef_pct"] is None
     assert m["lvedv_ml"] is None  # one phase: nothing says it is end-diastole (sweep 9)
     assert m["lv_volume_ml"] is not None and m["lv_volume_ml"] > 0
+    if (out / "sr.dcm").exists():  # DICOM: the one phase's volumes and mass reference its one SEG
+        import highdicom as hd
+
+        seg = pydicom.dcmread(out / "seg.dcm", stop_before_pixels=True).SOPInstanceUID
+        groups = hd.sr.srread(out / "sr.dcm").content.get_volumetric_roi_measurement_groups()
+        found = {
+            str(g.tracking_identifier): ([i.name.value for i in g.get_measurements()], g.referenced_segment)
+            for g in groups
+        }
+        assert {k: v[0] for k, v in found.items()} == {
+            "LV blood pool": ["118565006"],
+            "LV myocardium": ["18087-7"],
+            "RV blood pool": ["118565006"],
+        }
+        assert {v[1].referenced_sop_instance_uid for v in found.values()} == {seg}
 
 
 def _one_slice_check(report, out):
@@ -340,7 +355,8 @@ def _blank_check(report, out):
     volume = m["lv_volume_ml"] if "single_phase" in report["flags"] else m["lvedv_ml"]
     assert volume == 0.0 and m["lvef_pct"] is None
     assert "blank_image" in report["phases"][0]["quality_flags"] and "no_lv" in report["phases"][0]["quality_flags"]
-    assert np.count_nonzero(np.asarray(nib.load(out / "labels_ED.nii.gz").dataobj)) == 0
+    name = "labels.nii.gz" if "single_phase" in report["flags"] else "labels_ED.nii.gz"
+    assert np.count_nonzero(np.asarray(nib.load(out / name).dataobj)) == 0
 
 
 def _compressed(syntax_name):
@@ -550,7 +566,7 @@ DICOM_CASES = [
     Case(
         "dicom_one_phase",
         _dicom(phases=(0,)),
-        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json", "seg_ED.dcm", "sr.dcm"],
+        outputs=["labels.nii.gz", "overlay.png", "report.html", "report.json", "seg.dcm", "sr.dcm"],
         check=_one_phase_check,
     ),
     Case(
@@ -849,37 +865,37 @@ NIFTI_CASES = [
     Case(
         "nifti_single_file_one_phase",
         _acdc_file("image.nii.gz"),
-        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        outputs=["labels.nii.gz", "overlay.png", "report.html", "report.json"],
         check=_one_phase_check,
     ),
     Case(
         "nifti_upper_case_extension",
         _acdc_file("IMAGE.NII.GZ"),
-        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        outputs=["labels.nii.gz", "overlay.png", "report.html", "report.json"],
         check=_one_phase_check,
     ),
     Case(
         "nifti_uncompressed",
         _acdc_file("image.nii"),
-        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        outputs=["labels.nii.gz", "overlay.png", "report.html", "report.json"],
         check=_one_phase_check,
     ),
     Case(
         "nifti_scaled_int16",
         _acdc_file("image.nii.gz", _scaled),
-        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        outputs=["labels.nii.gz", "overlay.png", "report.html", "report.json"],
         check=_one_phase_check,
     ),
     Case(
         "nifti_one_slice",
         _acdc_file("image.nii.gz", _one_slice),
-        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        outputs=["labels.nii.gz", "overlay.png", "report.html", "report.json"],
         check=_one_slice_check,
     ),
     Case(
         "nifti_all_zero",
         _acdc_file("image.nii.gz", _zeros),
-        outputs=["labels_ED.nii.gz", "overlay.png", "report.html", "report.json"],
+        outputs=["labels.nii.gz", "overlay.png", "report.html", "report.json"],
         check=_blank_check,
     ),
     Case("nifti_rgb", _acdc_file("image.nii.gz", _rgb), code=1, error=r"NIfTI datatype RGB \(.*\) is not greyscale"),
@@ -992,6 +1008,9 @@ def test_corpus(case: Case, shared_data: Path, sunnybrook_files, cached_pipeline
     if "seg_ED.dcm" in expected:
         seg = pydicom.dcmread(out / "seg_ED.dcm")
         assert seg.Modality == "SEG" and seg.SeriesNumber == 901 and seg.SeriesDescription == "cmrsdk segmentation ED"
+    if "seg.dcm" in expected:  # one phase: nothing names it, neither the file nor the series
+        seg = pydicom.dcmread(out / "seg.dcm")
+        assert seg.Modality == "SEG" and seg.SeriesNumber == 901 and seg.SeriesDescription == "cmrsdk segmentation"
     if case.name == "acdc_patient_keeps_sform":
         _sform_check(str(shared_data / ACDC / "{stem}.nii.gz"), "patient001_frame01")(report, out)
     if case.check is not None:

@@ -262,3 +262,110 @@ def test_an_empty_segmentation_is_written_whole_and_quietly(series, tmp_path, ca
     path = write_dicom_seg(tmp_path / "seg.dcm", np.zeros(stack.shape, np.uint8), stack)
     assert not [r for r in caplog.records if r.name.startswith("highdicom") and r.levelno >= logging.WARNING]
     assert int(pydicom.dcmread(path).NumberOfFrames) == 3 * stack.shape[0]  # every frame, one per structure
+
+
+# -- the SEG each measure is read from, and the report's quality caveats ------------------------
+
+
+@pytest.fixture(scope="module")
+def segs(series, tmp_path_factory) -> dict[str, Path]:
+    """ED and ES SEGs of the 2-phase synthetic series: an LV blood pool and myocardium on slices
+    1-2, no RV (an empty segment has no frames to reference)."""
+    from cmrsdk.io import read_study, write_dicom_seg
+
+    folder = tmp_path_factory.mktemp("segs")
+    study = read_study(series[0].parent)
+    written = {}
+    for name, stack in zip(("ED", "ES"), study.phases):
+        labels = np.zeros(stack.shape, np.uint8)
+        labels[1:3, 10:15, 10:15] = 1
+        labels[1:3, 8:10, 8:17] = 2
+        written[name] = write_dicom_seg(folder / f"seg_{name}.dcm", labels, stack)
+    return written
+
+
+def _volumetric(path: Path) -> dict[str, tuple[list[tuple[str, float]], str | None, list[int]]]:
+    """tracking identifier -> (measures (code, value), referenced SEG SOP instance UID, segment numbers)."""
+    import highdicom as hd
+
+    found = {}
+    for group in hd.sr.srread(path).content.get_volumetric_roi_measurement_groups():
+        ref = group.referenced_segment
+        found[str(group.tracking_identifier)] = (
+            [(m.name.value, float(m.value)) for m in group.get_measurements()],
+            ref.referenced_sop_instance_uid,
+            list(ref.referenced_segment_numbers),
+        )
+    return found
+
+
+def _caveats(path: Path) -> dict[str, list[tuple[str, str, str]]]:
+    import highdicom as hd
+
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for group in hd.sr.srread(path).content.get_image_measurement_groups():
+        for item in group.get_qualitative_evaluations():
+            found.setdefault(str(group.tracking_identifier), []).append(
+                (item.value.value, item.value.scheme_designator, item.value.meaning)
+            )
+    return found
+
+
+def test_each_volume_references_the_segment_it_was_read_from(series, segs, tmp_path):
+    import shutil
+    import subprocess
+
+    measures = {"lvedv_ml": 151.25, "lvesv_ml": 61.5, "lvsv_ml": 89.75, "lvef_pct": 59.339, "lv_mass_g": 120.4}
+    measures |= {"rvedv_ml": 0.0, "rvesv_ml": 0.0}
+    path = write_measurement_report(tmp_path / "sr.dcm", measures, series, segmentations=segs)
+    uid = {name: pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for name, p in segs.items()}
+    assert _volumetric(path) == {
+        "LV blood pool at ED": ([("18026-5", 151.25)], uid["ED"], [1]),
+        "LV blood pool at ES": ([("18148-7", 61.5)], uid["ES"], [1]),
+        "LV myocardium at ED": ([("18087-7", 120.4)], uid["ED"], [2]),
+        # no RV drawn: segment 3 has no frames, so its series is referenced instead of frames
+        "RV blood pool at ED": ([("8822-9", 0.0)], uid["ED"], [3]),
+        "RV blood pool at ES": ([("8824-5", 0.0)], uid["ES"], [3]),
+    }
+    # read from two phases, SV and EF stay in the ventricle's group
+    assert _measurements(path) == {"Left ventricle": [("90096001", 89.75, "ml"), ("70822001", 59.339, "%")]}
+    ds = pydicom.dcmread(path)
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for s in study.ReferencedSeriesSequence
+        for item in s.ReferencedSOPSequence
+    }
+    assert set(uid.values()) <= evidence
+    if shutil.which("dciodvfy") is not None:
+        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_quality_flags_are_coded_as_caveats_by_scope(series, segs, tmp_path):
+    from cmrsdk.io.sr import SR_CAVEATS
+
+    flags = {"study": ["rv_esv_exceeds_edv"], "ED": ["no_rv", "basal_coverage"], "ES": [], "single phase": []}
+    path = write_measurement_report(tmp_path / "sr.dcm", {"lvef_pct": 55.0}, series, quality_flags=flags)
+    assert _caveats(path) == {
+        "Quality caveats": [("rv_esv_gt_edv", "99CMRSDK", "RV larger at ES than at ED: SV and EF withheld")],
+        "Quality caveats at ED": [
+            ("no_rv", "99CMRSDK", "No RV blood pool on any slice"),
+            ("basal_coverage", "99CMRSDK", "Basal slice holds LV: stack may miss the base"),
+        ],
+    }
+    # a flag added later without an entry keeps its name rather than stopping the report
+    path = write_measurement_report(
+        tmp_path / "sr2.dcm", {"lvef_pct": 55.0}, series, quality_flags={"ES": ["a_new_flag"]}
+    )
+    assert _caveats(path) == {"Quality caveats at ES": [("a_new_flag", "99CMRSDK", "a new flag")]}
+    # DICOM's limits: a code value is SH (16 characters), a meaning LO (64); each code one flag
+    assert all(len(v) <= 16 and len(m) <= 64 for v, m in SR_CAVEATS.values())
+    assert len({v for v, _ in SR_CAVEATS.values()}) == len(SR_CAVEATS)
+
+
+def test_sr_single_phase_constant_is_the_reports():
+    from cmrsdk.io.sr import SINGLE_PHASE
+    from cmrsdk.report import SINGLE_PHASE as REPORTED
+
+    assert SINGLE_PHASE == REPORTED

@@ -16,7 +16,15 @@ cmrsdk:
 | RVSV, RVEF | Stroke Volume, Cardiac ejection fraction | ml, % | Right ventricle |
 | LV, RV volume of a one-phase study | Volume (SCT 118565006), no time point | ml | Left / Right ventricle |
 
-Each group's finding site is the ventricle (SCT 87878005 / 53085002). A measure that is unknown
+Each group's finding site is the ventricle (SCT 87878005 / 53085002). Given the study's DICOM
+SEGs, a measure read from one segment at one phase (an ED or ES volume, the LV mass, a one-phase
+volume) is reported in a volumetric group (TID 1411, "LV blood pool at ED", ...) that references
+that segment of that SEG, and the SEGs join the evidence; stroke volumes and ejection fractions,
+read from two phases, stay in the ventricles' groups. The report's quality flags (``report.json``'s
+``flags`` and each phase's ``quality_flags``) are coded as qualitative evaluations, "Quality
+caveat" = the flag, in groups named "Quality caveats" (the study's) and "Quality caveats at ED"
+(a phase's), under the local coding scheme ``99CMRSDK`` (PS3.16 8.2's private designators), as
+:data:`SR_CAVEATS` codes them. A measure that is unknown
 (null in ``report.json``: one phase gives no SV or EF, one slice no volume, a static cine no
 ESV) is left out, never written as zero. A one-phase study's volumes (``lv_volume_ml``,
 ``rv_volume_ml``) are of a phase nothing names, so they are coded as a plain volume, never as
@@ -30,11 +38,13 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError, WriteError
+from ..labels import LVBP, LVM, RVBP
 from ._atomic import atomic_path
 
-__all__ = ["write_measurement_report", "SR_MEASURES"]
+__all__ = ["write_measurement_report", "SR_MEASURES", "SR_CAVEATS", "SEGMENT_MEASURES", "SINGLE_PHASE"]
 
 #: report.json measure key -> (group, concept, unit); concepts and units are built on first use.
 SR_MEASURES: dict[str, tuple[str, str, str]] = {
@@ -53,6 +63,47 @@ SR_MEASURES: dict[str, tuple[str, str, str]] = {
     "rv_volume_ml": ("rv", "SCT:118565006:Volume", "ml"),
 }
 
+#: the phase name of a one-phase study (as `cmrsdk.report.SINGLE_PHASE`): its one SEG's key
+SINGLE_PHASE = "single phase"
+#: report.json measure key -> (phase of the SEG, segment number = canonical label) it is read from;
+#: the LV mass of a one-phase study is of that phase (``_segment_of``)
+SEGMENT_MEASURES: dict[str, tuple[str, int]] = {
+    "lvedv_ml": ("ED", LVBP),
+    "lvesv_ml": ("ES", LVBP),
+    "lv_mass_g": ("ED", LVM),
+    "rvedv_ml": ("ED", RVBP),
+    "rvesv_ml": ("ES", RVBP),
+    "lv_volume_ml": (SINGLE_PHASE, LVBP),
+    "rv_volume_ml": (SINGLE_PHASE, RVBP),
+}
+_SEGMENT_GROUPS = {LVBP: ("LV blood pool", "lv"), LVM: ("LV myocardium", "lv"), RVBP: ("RV blood pool", "rv")}
+
+#: quality flag (`cmrsdk.report.study_report`) -> (code value, at most 16 characters; meaning, at
+#: most 64), coded under ``99CMRSDK``; the report's page (`cmrsdk.report_html`) says each in full.
+SR_CAVEATS: dict[str, tuple[str, str]] = {
+    "no_lv": ("no_lv", "No LV blood pool on any slice"),
+    "no_rv": ("no_rv", "No RV blood pool on any slice"),
+    "basal_coverage": ("basal_coverage", "Basal slice holds LV: stack may miss the base"),
+    "apical_coverage": ("apical_coverage", "Apical slice holds LV: stack may miss the apex"),
+    "lv_gap": ("lv_gap", "A slice without LV between slices with it"),
+    "rv_gap": ("rv_gap", "A slice without RV between slices with it"),
+    "lvbp_fragments": ("lvbp_fragments", "LV blood pool in several pieces on a slice"),
+    "lvm_fragments": ("lvm_fragments", "LV myocardium in several pieces on a slice"),
+    "rvbp_fragments": ("rvbp_fragments", "RV blood pool in several pieces on a slice"),
+    "single_slice": ("single_slice", "One slice: no volume"),
+    "slice_gap": ("slice_gap", "Slice positions leave a gap"),
+    "blank_image": ("blank_image", "All pixels zero: not segmented"),
+    "repeated_slice": ("repeated_slice", "A slice position acquired twice"),
+    "field_edge": ("field_edge", "Heart reaches the edge of the analysed field"),
+    "single_phase": ("single_phase", "One phase: no SV or EF"),
+    "no_volume_change": ("no_volume_change", "LV volume never changes: no ES, SV or EF"),
+    "lv_esv_exceeds_edv": ("lv_esv_gt_edv", "LV larger at ES than at ED: SV and EF withheld"),
+    "rv_esv_exceeds_edv": ("rv_esv_gt_edv", "RV larger at ES than at ED: SV and EF withheld"),
+    "ed_es_coverage_differs": ("ed_es_coverage", "ED and ES stacks cover the heart differently"),
+    "phase_without_lv": ("phase_without_lv", "A phase without LV, left out of the ES choice"),
+}
+_LOCAL = "99CMRSDK"
+
 _UNITS = {"ml": "milliliter", "%": "percent", "g": "gram"}
 #: group key -> (tracking identifier text, finding site (SCT code, meaning))
 _GROUPS = {
@@ -65,11 +116,23 @@ def _known(value: float | None) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _segment_of(key: str, segmentations: Mapping[str, object]) -> tuple[str, int] | None:
+    """The (phase, segment number) a measure is read from, where that phase's SEG is given."""
+    if key not in SEGMENT_MEASURES:
+        return None
+    phase, number = SEGMENT_MEASURES[key]
+    if key == "lv_mass_g" and "ED" not in segmentations:
+        phase = SINGLE_PHASE  # a one-phase study's mass is of its one phase
+    return (phase, number) if phase in segmentations else None
+
+
 def write_measurement_report(
     path: str | Path,
     measures: Mapping[str, float | None],
     source_files: Sequence[str | Path],
     *,
+    segmentations: Mapping[str, str | Path] | None = None,
+    quality_flags: Mapping[str, Sequence[str]] | None = None,
     series_number: int = 903,
     series_description: str = "cmrsdk cardiac measurements",
     series_instance_uid: str | None = None,
@@ -83,6 +146,12 @@ def write_measurement_report(
         ``lv_mass_g``, ...) to mL, %, g; None or NaN for unknown measures (left out).
     source_files : the DICOM source images the measures come from (ED and ES slices); the
         first gives the patient and study the report joins.
+    segmentations : the study's DICOM SEG files by phase, ``"ED"`` / ``"ES"``, or
+        :data:`SINGLE_PHASE` for a one-phase study; each segment number is a canonical label
+        (`cmrsdk.io.write_dicom_seg`). The measures read from one segment reference it
+        (:data:`SEGMENT_MEASURES`). None: every measure in the ventricles' groups, no reference.
+    quality_flags : flags by scope: ``"study"`` (report.json's ``flags``) and phase names
+        (each phase's ``quality_flags``), coded by :data:`SR_CAVEATS`.
     series_number, series_description, series_instance_uid : of the new SR series.
 
     Returns
@@ -92,46 +161,84 @@ def write_measurement_report(
     Raises
     ------
     InputError : no source files, or no known measure at all.
-    ReadError : a source file that cannot be read.
+    ReadError : a source or SEG file that cannot be read.
     WriteError : highdicom refuses to build the report, or the file cannot be written.
     """
     import highdicom as hd  # optional dependency (cmrsdk[io])
     from pydicom.sr.coding import Code
 
     from .. import __version__
+    from ._dataset import read_dataset
     from ._dicom_out import derivation_sources, device_observer
 
     if not source_files:
         raise InputError(f"{path}: 'source_files' is empty; a DICOM SR needs the source images it reports on")
-    unknown = sorted(set(measures) - set(SR_MEASURES))
     known = {k: float(v) for k, v in measures.items() if k in SR_MEASURES and _known(v)}  # type: ignore[arg-type,unused-ignore]
     if not known:
         raise InputError(f"{path}: no measure is known ({dict(measures)}); nothing to report")
-    del unknown  # other keys of report.json's measures (none today) are simply not coded
+    flags = {scope: list(found) for scope, found in (quality_flags or {}).items() if found}
+    segs = {phase: read_dataset(Path(file)) for phase, file in (segmentations or {}).items()}
     sources = derivation_sources(source_files)
 
     def code(text: str) -> Code:
         scheme, value, meaning = text.split(":", 2)
         return Code(value, {"LN": "LN", "SCT": "SCT"}[scheme], meaning)
 
+    def measurement(key: str) -> Any:
+        _, concept, unit = SR_MEASURES[key]
+        return hd.sr.Measurement(
+            name=code(concept), value=known[key], unit=Code(unit, "UCUM", _UNITS[unit]), algorithm_id=algorithm
+        )
+
+    def site(group: str) -> list[Any]:
+        value, meaning = _GROUPS[group][1]
+        return [hd.sr.FindingSite(anatomic_location=Code(value, "SCT", meaning))]
+
+    def time_point(phase: str) -> Any:
+        return None if phase == SINGLE_PHASE else hd.sr.TimePointContext(time_point=phase)
+
     algorithm = hd.sr.AlgorithmIdentification(name="cmrsdk", version=__version__)
-    groups = []
-    for group, (label, (site_value, site_meaning)) in _GROUPS.items():
+    on_segment = {key: where for key in known if (where := _segment_of(key, segs)) is not None}
+    groups: list[Any] = []
+    for group, (label, _) in _GROUPS.items():
         items = [
-            hd.sr.Measurement(
-                name=code(concept), value=known[key], unit=Code(unit, "UCUM", _UNITS[unit]), algorithm_id=algorithm
-            )
-            for key, (where, concept, unit) in SR_MEASURES.items()
-            if where == group and key in known
+            measurement(k) for k, (g, _, _) in SR_MEASURES.items() if g == group and k in known and k not in on_segment
         ]
-        if not items:
-            continue
+        if items:
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
+                    finding_sites=site(group),
+                    algorithm_id=algorithm,
+                    measurements=items,
+                )
+            )
+    for (phase, number), keys in _by_segment(on_segment).items():
+        name, group = _SEGMENT_GROUPS[number]
+        label = name if phase == SINGLE_PHASE else f"{name} at {phase}"
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
+                referenced_segment=_referenced_segment(hd, segs[phase], number),
+                time_point_context=time_point(phase),
+                finding_sites=site(group),
+                algorithm_id=algorithm,
+                measurements=[measurement(k) for k in keys],
+            )
+        )
+    caveat = Code("caveat", _LOCAL, "Quality caveat")
+    for scope, found in flags.items():
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
-                finding_sites=[hd.sr.FindingSite(anatomic_location=Code(site_value, "SCT", site_meaning))],
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(), identifier="Quality caveats" if scope == "study" else f"Quality caveats at {scope}"
+                ),
+                time_point_context=None if scope == "study" else time_point(scope),
                 algorithm_id=algorithm,
-                measurements=items,
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(name=caveat, value=Code(value, _LOCAL, meaning))
+                    for value, meaning in map(_caveat, found)
+                ],
             )
         )
     try:
@@ -143,7 +250,7 @@ def write_measurement_report(
                 imaging_measurements=groups,
             )
             sr = hd.sr.Comprehensive3DSR(
-                evidence=sources,
+                evidence=[*sources, *segs.values()],
                 content=report[0],
                 series_number=series_number,
                 series_instance_uid=series_instance_uid or hd.UID(),
@@ -160,3 +267,41 @@ def write_measurement_report(
     with atomic_path(path) as temporary:
         sr.save_as(str(temporary))
     return Path(path)
+
+
+def _caveat(flag: str) -> tuple[str, str]:
+    """A flag's (code value, meaning); one without an entry keeps its name (a flag added later
+    must not stop the report being written)."""
+    return SR_CAVEATS.get(flag, (flag[:16], flag.replace("_", " ")[:64]))
+
+
+def _by_segment(on_segment: Mapping[str, tuple[str, int]]) -> dict[tuple[str, int], list[str]]:
+    """Measure keys grouped by the (phase, segment) they are read from, in SR_MEASURES' order."""
+    grouped: dict[tuple[str, int], list[str]] = {}
+    for key in SR_MEASURES:
+        if key in on_segment:
+            grouped.setdefault(on_segment[key], []).append(key)
+    return grouped
+
+
+def _referenced_segment(hd: Any, seg: Any, number: int) -> Any:
+    """The SR's reference to one segment: its frames where it has any, else its source series
+    (an empty segment, such as a study without an RV, has no frames to name)."""
+    if any(int(item.ReferencedSegmentNumber) == number for item in _segment_identifications(seg)):
+        return hd.sr.ReferencedSegment.from_segmentation(seg, number)
+    series = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=number,
+        source_series=hd.sr.SourceSeriesForSegmentation(series),
+    )
+
+
+def _segment_identifications(seg: Any) -> list[Any]:
+    """Each frame's SegmentIdentificationSequence item of a SEG dataset."""
+    return [
+        frame.SegmentIdentificationSequence[0]
+        for frame in getattr(seg, "PerFrameFunctionalGroupsSequence", [])
+        if "SegmentIdentificationSequence" in frame
+    ]
