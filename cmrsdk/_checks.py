@@ -13,12 +13,30 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["IN_PLANE_RANGE_MM", "SLICE_RANGE_MM", "check_spacing", "check_label_map", "check_stack_geometry"]
+__all__ = [
+    "IN_PLANE_RANGE_MM",
+    "SLICE_RANGE_MM",
+    "MAX_PIXEL_ASPECT",
+    "MAX_STEP_RATIO",
+    "MAX_MATRIX",
+    "check_spacing",
+    "check_label_map",
+    "check_stack_geometry",
+]
 
-#: pixel sizes (mm) of a cardiac MR image; outside, a header error or other units (metres)
-IN_PLANE_RANGE_MM = (0.05, 20.0)
+#: pixel sizes (mm) of a cardiac MR image; outside, a header error or other units (metres, or
+#: centimetres: a 1.56 mm pixel is 0.156 cm; human cines are 0.6-3 mm, interpolated ones 0.5 mm)
+IN_PLANE_RANGE_MM = (0.3, 20.0)
 #: distances between slice centres (mm) of a short-axis stack
 SLICE_RANGE_MM = (0.05, 100.0)
+#: the largest ratio of a pixel's two sides: cine pixels are square or nearly so, and a spacing
+#: given in (dx, dy, dz) order, (1.56, 1.56, 10), reads as 1.56 x 10 mm pixels
+MAX_PIXEL_ASPECT = 3.0
+#: the largest ratio between the slice spacing dz and the slices' median distance apart: positions
+#: in centimetres beside a spacing in millimetres measure every volume ten times too small
+MAX_STEP_RATIO = 2.0
+#: rows or columns of a cine MR image at most; larger is another kind of image (or pixels misread)
+MAX_MATRIX = 2048
 
 
 def check_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, float]:
@@ -63,16 +81,22 @@ def check_stack_geometry(spacing: tuple[float, float, float], positions: np.ndar
     Raises
     ------
     InputError
-        In-plane spacing outside `IN_PLANE_RANGE_MM`; slice spacing, or (two or more slices) the
-        median distance between neighbouring positions, outside `SLICE_RANGE_MM`; a position
-        not finite.
+        In-plane spacing outside `IN_PLANE_RANGE_MM` or a pixel more than `MAX_PIXEL_ASPECT`
+        times as long as wide; slice spacing, or (two or more slices) the median distance
+        between neighbouring positions, outside `SLICE_RANGE_MM`, or that distance more than
+        `MAX_STEP_RATIO` times off the slice spacing; a position not finite.
     """
     where = f" of {source}" if source else ""
     low, high = IN_PLANE_RANGE_MM
     if not all(low <= s <= high for s in spacing[1:]):
         raise InputError(
             f"Stack{where} 'spacing' (dy, dx) {list(spacing[1:])} mm is outside {low}..{high} mm: "
-            "pixel sizes in other units (metres?)"
+            "pixel sizes in other units (metres, centimetres?)"
+        )
+    if max(spacing[1:]) > MAX_PIXEL_ASPECT * min(spacing[1:]):
+        raise InputError(
+            f"Stack{where} 'spacing' {list(spacing)} gives pixels of {spacing[1]:g} x {spacing[2]:g} mm, more "
+            f"than {MAX_PIXEL_ASPECT:g} times as long as wide: spacing is (dz, dy, dx), slice spacing first"
         )
     low, high = SLICE_RANGE_MM
     if not low <= spacing[0] <= high:
@@ -85,4 +109,9 @@ def check_stack_geometry(spacing: tuple[float, float, float], positions: np.ndar
             raise InputError(
                 f"Stack{where} 'slice_positions' are {step:g} mm apart (median), outside {low}..{high} mm: "
                 f"positions in other units, or every slice at one place ({positions.tolist()[:6]}...)"
+            )
+        if not spacing[0] / MAX_STEP_RATIO <= step <= spacing[0] * MAX_STEP_RATIO:
+            raise InputError(
+                f"Stack{where} 'slice_positions' are {step:g} mm apart (median) but 'spacing' dz is "
+                f"{spacing[0]:g} mm: both in mm? (volumes count each slice by its distance to its neighbours)"
             )

@@ -336,13 +336,21 @@ class Pipeline:
         if mode not in MODES:
             raise InputError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}")
         if not isinstance(bundle, (Bundle, str, os.PathLike)):
-            raise InputError(f"'bundle' must be a Bundle or the path of a bundle directory, got {bundle!r}")
+            raise InputError(
+                f"'bundle' must be a Bundle or the path of a bundle directory, got {type(bundle).__name__}"
+            )
         if engine_options is not None and not isinstance(engine_options, Mapping):
             raise InputError(
                 f"'engine_options' must be a mapping (option name -> value) or None, got {engine_options!r}"
             )
         if not isinstance(largest_component, bool):
             raise InputError(f"'largest_component' must be True or False, got {largest_component!r}")
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1
+        ):
+            raise InputError(
+                f"'threads' must be a positive whole number of threads or None (all cores), got {threads!r}"
+            )
         # what pickling rebuilds the pipeline from in another process (`__reduce__`)
         self._arguments: dict[str, Any] = {
             "backend": backend,
@@ -1006,8 +1014,9 @@ def _regions_from_source(
     if answer.ndim == 1 and (np.issubdtype(answer.dtype, np.integer) or answer.dtype == np.bool_):
         # region codes: a rule, not a probability, so used as they are (decoding could move them)
         if answer.shape != (n,) or (n and (answer.min() < 0 or answer.max() >= r)):
+            got = f"values {answer.min()}..{answer.max()}" if answer.shape == (n,) else f"shape {answer.shape}"
             raise InputError(
-                f"'region_source' returned region codes of shape {answer.shape} for the {n} slices of "
+                f"'region_source' returned region codes of {got} for the {n} slices of "
                 f"{where}; expected ({n},) codes in 0..{r - 1}"
             )
         regions = answer.astype(np.uint8)

@@ -334,6 +334,15 @@ def segment_one(
     from .io.archive import unpacked
     from .report import SINGLE_PHASE, ground_truth_agreement, save_overlay, study_report
 
+    if not callable(getattr(pipeline, "segment_study", None)):
+        raise InputError(
+            f"'pipeline' must be a loaded cmrsdk.Pipeline (cmrsdk.Pipeline(bundle)), got {type(pipeline).__name__}"
+        )
+    if not isinstance(source, (str, Path)):
+        raise InputError(
+            f"'source' must be the path of a study (a DICOM folder, a NIfTI file, ...), got {type(source).__name__}; "
+            "segment a Study in memory with Pipeline.segment_study"
+        )
     out_dir = check_output_folder(out_dir, keep=keep)
     with warnings.catch_warnings(record=True) as caught, unpacked(source) as readable:
         warnings.simplefilter("always", CmrWarning)

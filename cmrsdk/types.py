@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ._checks import check_label_map, check_spacing, check_stack_geometry
+from ._checks import MAX_MATRIX, check_label_map, check_spacing, check_stack_geometry
 from .errors import InputError
 
 __all__ = ["Stack", "StudyInfo", "Study"]
@@ -56,6 +56,12 @@ class Stack:
         pixels = given = np.asarray(self.pixels)
         if pixels.ndim != 3:
             raise InputError(f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {where}")
+        if max(pixels.shape[1:]) > MAX_MATRIX:
+            # the readers refuse such headers before reading pixels; an array built in Python alike
+            raise InputError(
+                f"Stack 'pixels' from {where} are {pixels.shape[1]} x {pixels.shape[2]} pixels, more than "
+                f"{MAX_MATRIX} a side: not a cine MR image"
+            )
         if pixels.dtype.kind not in "uif":
             # a mask (bool) or a complex image is not intensities: dropping a part would be silent
             raise InputError(f"Stack 'pixels' from {where} must be real intensities, got dtype {pixels.dtype}")
@@ -75,7 +81,7 @@ class Stack:
             raise InputError(f"Stack 'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
         object.__setattr__(self, "affine", affine)
         if self.labels is not None:
-            labels = check_label_map(self.labels, "Stack 'labels'")
+            labels = check_label_map(self.labels, "labels")
             if labels.shape != pixels.shape:
                 raise InputError(f"Stack 'labels' shape {labels.shape} differs from 'pixels' shape {pixels.shape}")
             if labels.size and (labels.min() < 0 or labels.max() > 3):

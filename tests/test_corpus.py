@@ -637,7 +637,7 @@ DICOM_CASES = [
         "dicom_pixel_spacing_absurd",
         _dicom(_set(PixelSpacing=[150, 150])),
         code=1,
-        error=r"'PixelSpacing' \(0028,0030\) value \[150\.0, 150\.0\] mm is outside 0\.05\.\.20\.0 mm",
+        error=r"'PixelSpacing' \(0028,0030\) value \[150\.0, 150\.0\] mm is outside 0\.3\.\.20\.0 mm",
     ),
     Case(
         "dicom_slice_step_absurd",
@@ -928,7 +928,7 @@ NIFTI_CASES = [
         "nifti_absurd_in_plane_pixdim",
         _pixdim((150.0, 150.0, 10.0)),
         code=1,
-        error=r"NIfTI pixdim\[1:3\] \(in-plane voxel size\) \[150\.0, 150\.0\] mm is outside 0\.05\.\.20\.0 mm",
+        error=r"NIfTI pixdim\[1:3\] \(in-plane voxel size\) \[150\.0, 150\.0\] mm is outside 0\.3\.\.20\.0 mm",
     ),
     Case(
         "nifti_absurd_slice_pixdim",

@@ -166,6 +166,42 @@ def test_acdc_folder_problems(tmp_path: Path) -> None:
     (folder / "Info.cfg").write_text("ED: one\n")
     with pytest.raises(ReadError, match=r"'ED' value 'one' is not a frame number"):
         read_acdc_patient(folder)
+    # two patients' frames in one folder: no code to go by, so the folder's name, and the files named
+    (folder / "Info.cfg").write_text("ED: 1\nES: 7\n")
+    _save(folder / "patient901_frame07.nii.gz", np.zeros((8, 6, 3), dtype=np.int16))
+    with pytest.raises(
+        ReadError,
+        match=r"ES image patient900_frame07\.nii\.gz .* not found \(the folder holds: "
+        r"patient900_frame01\.nii\.gz, patient901_frame07\.nii\.gz\)",
+    ):
+        read_acdc_patient(folder)
+
+
+def test_renamed_subject_folders_read_by_their_files_codes(shared_data: Path, tmp_path: Path) -> None:
+    """A cohort copies subjects into folders of its own names (sweep 10): an ACDC patient in
+    ``copy_of_002/`` failed ("patient ... copy_of_002_frame01 not found" beside
+    patient002_frame01), an M&Ms subject in ``mnms_B5F8L9/`` became two one-phase studies."""
+    import shutil
+
+    from cmrsdk.io import detect_format, expand_inputs, read_study
+
+    acdc = tmp_path / "cohort" / "copy_of_002"
+    shutil.copytree(shared_data / "acdc" / "training" / "patient002", acdc)
+    mnms = tmp_path / "cohort" / "mnms_B5F8L9"
+    shutil.copytree(shared_data / "mnms" / "B5F8L9", mnms)
+    shutil.copy(shared_data / "mnms" / "info.csv", tmp_path / "cohort" / "info.csv")
+    assert expand_inputs(tmp_path / "cohort") == [acdc, mnms]
+    assert (detect_format(acdc), detect_format(mnms)) == ("acdc", "mnms")
+    for folder, original, code in [
+        (acdc, read_acdc_patient(shared_data / "acdc" / "training" / "patient002"), "patient002"),
+        (mnms, read_mnms_subject(shared_data / "mnms" / "B5F8L9"), "B5F8L9"),
+    ]:
+        study = read_study(folder)
+        assert study.info.patient_id == code and (study.ed_index, study.es_index) == (0, 1)
+        assert study.info.manufacturer == original.info.manufacturer
+        for got, want in zip(study.phases, original.phases):
+            np.testing.assert_array_equal(got.pixels, want.pixels)
+            np.testing.assert_array_equal(got.labels, want.labels)
 
 
 def test_a_4d_cine_reads_a_phase_per_frame_and_segments_as_the_patient(shared_data: Path, tmp_path: Path) -> None:
@@ -375,7 +411,7 @@ def test_spatial_units_other_than_mm_are_converted_or_named(tmp_path: Path) -> N
         wrong = nib.Nifti1Image(pixels, np.diag([1.25, 1.25, 8.0, 1.0]))  # sizes in mm, unit says otherwise
         wrong.header.set_xyzt_units(unit)
         nib.save(wrong, tmp_path / f"{unit}_wrong.nii.gz")
-        with pytest.raises(ReadError, match=f"outside 0.05..20.0 mm: .*\\(its xyzt_units say '{unit}'\\)"):
+        with pytest.raises(ReadError, match=f"outside 0.3..20.0 mm: .*\\(its xyzt_units say '{unit}'\\)"):
             read_nifti_stack(tmp_path / f"{unit}_wrong.nii.gz")
 
 

@@ -189,3 +189,22 @@ def test_batch_workers_segment_under_the_batch_output(shared_data: Path, tmp_pat
     assert [p.parent for p in places] == [(out / ".tmp").absolute()]
     assert list((out / ".tmp").iterdir()) == [] and list(system_temp.iterdir()) == []
     assert (out / "studies" / "p1" / "report.json").is_file()
+
+
+def test_segment_one_names_a_pipeline_or_source_of_the_wrong_kind(tmp_path: Path) -> None:
+    """Sweep 10: a path for the pipeline gave AttributeError, a Study for the source a TypeError
+    from pathlib; each is one InputError naming the argument, before any folder is made."""
+    from cmrsdk.errors import InputError
+    from cmrsdk.study import segment_one
+    from cmrsdk.synth import synthetic_study
+
+    with pytest.raises(InputError, match=r"^'pipeline' must be a loaded cmrsdk.Pipeline .*got str$"):
+        segment_one("some/bundle", tmp_path / "a.nii.gz", tmp_path / "out")  # type: ignore[arg-type]
+
+    class Segmenter:  # anything with segment_study passes the first check
+        def segment_study(self, study):  # pragma: no cover - never reached
+            raise AssertionError
+
+    with pytest.raises(InputError, match=r"^'source' must be the path of a study .*got Study; .*segment_study"):
+        segment_one(Segmenter(), synthetic_study(seed=0), tmp_path / "out")  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists()

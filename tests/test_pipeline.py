@@ -104,7 +104,8 @@ def test_region_codes_with_a_gap_are_not_decoded(routing_bundle):
     np.testing.assert_array_equal(seg.regions, wanted)
     with pytest.raises(InputError, match=r"region codes of shape \(4,\).*3 slices.*0\.\.3"):
         pipeline.segment(_stepped_stack([0.5, 0.5, 0.5]), region_source=lambda stack, images: wanted)
-    with pytest.raises(InputError, match=r"codes in 0\.\.3"):
+    # the values named, not the shape that is right (sweep 10)
+    with pytest.raises(InputError, match=r"region codes of values 4\.\.7 for the 4 slices .*codes in 0\.\.3"):
         pipeline.segment(_stepped_stack([0.5] * 4), region_source=lambda stack, images: wanted + 4)
 
 

@@ -42,6 +42,10 @@ def study():
         ({"heart_crop": (0, 0)}, r"'heart_crop' must be \(h, w\) within the bundle's window"),
         ({"engine_options": [1, 2]}, r"'engine_options' must be a mapping .*got \[1, 2\]"),
         ({"largest_component": "no"}, r"'largest_component' must be True or False, got 'no'"),
+        # sweep 10: accepted here and refused only at the first segment
+        ({"threads": 0}, r"'threads' must be a positive whole number of threads or None \(all cores\), got 0"),
+        ({"threads": -1}, r"'threads' must be a positive whole number .*got -1"),
+        ({"threads": 2.5}, r"'threads' must be a positive whole number .*got 2\.5"),
         ({"segment_spacing": 0.01}, r"'segment_spacing' \(0\.01, 0\.01\) mm would grow .* at least \(0\.02\d*, "),
     ],
 )
@@ -50,10 +54,12 @@ def test_odd_constructor_arguments_are_refused_by_name(bundle: Bundle, options, 
         Pipeline(bundle, **options)
 
 
-@pytest.mark.parametrize("value", [None, 123, b"some/bundle"])
+@pytest.mark.parametrize("value", [None, 123, b"some/bundle", np.zeros((4, 64, 64))])
 def test_a_bundle_that_is_neither_a_bundle_nor_a_path_is_refused(value):
+    # the type, not the value: an array's repr would fill the screen (sweep 10)
     with pytest.raises(
-        InputError, match=rf"'bundle' must be a Bundle or the path of a bundle directory, got {re.escape(repr(value))}"
+        InputError,
+        match=rf"'bundle' must be a Bundle or the path of a bundle directory, got {re.escape(type(value).__name__)}$",
     ):
         Pipeline(value)
 

@@ -20,7 +20,17 @@ def _pixels(z: int = 4) -> np.ndarray:
         (
             (8.0, 0.0015625, 0.0015625),
             None,
-            r"'spacing' \(dy, dx\) \[0\.0015625, 0\.0015625\] mm is outside 0\.05\.\.20\.0",
+            r"'spacing' \(dy, dx\) \[0\.0015625, 0\.0015625\] mm is outside 0\.3\.\.20\.0",
+        ),
+        # centimetres (sweep 10: 0 mL for every structure, flagged only no_lv / no_rv)
+        ((1.0, 0.15625, 0.15625), None, r"\[0\.15625, 0\.15625\] mm is outside 0\.3\.\.20\.0 mm: .*centimetres"),
+        # (dx, dy, dz) order: 1.56 x 10 mm pixels
+        ((1.5625, 1.5625, 10.0), None, r"pixels of 1\.5625 x 10 mm, more than 3 times .* slice spacing first"),
+        # positions in cm beside a spacing in mm (sweep 10: LVEDV 29.0 mL for 290.4, no flag)
+        (
+            (10.0, 1.5, 1.5),
+            [0.0, 1.0, 2.0, 3.0],
+            r"'slice_positions' are 1 mm apart \(median\) but 'spacing' dz is 10 mm",
         ),
         ((1000.0, 1.5, 1.5), None, r"'spacing' dz 1000\.0 mm is outside 0\.05\.\.100\.0"),
         ((8.0, 1.5, 1.5), [0.0, 0.008, 0.016, 0.024], r"'slice_positions' are 0\.008 mm apart \(median\)"),
@@ -88,3 +98,15 @@ def test_study_indices_are_integers(kwargs, message):
 def test_study_phases_are_stacks():
     with pytest.raises(InputError, match=r"'phases' must be cmrsdk\.Stack objects, got ndarray at 0"):
         Study((_pixels(), _pixels()))
+
+
+def test_an_array_larger_than_any_cine_is_refused_as_the_readers_refuse_its_header():
+    # sweep 10: a 5000-pixel-wide Stack was segmented through the API; the readers refuse > 2048
+    with pytest.raises(InputError, match=r"are 16 x 5000 pixels, more than 2048 a side: not a cine MR image"):
+        Stack(np.zeros((2, 16, 5000), np.float32), (8.0, 1.5, 1.5))
+    assert Stack(np.zeros((2, 16, 2048), np.float32), (8.0, 1.5, 1.5)).shape == (2, 16, 2048)
+
+
+def test_integer_labels_message_names_the_argument_once():
+    with pytest.raises(InputError, match=r"^'labels' must hold integer labels"):
+        Stack(_pixels(), (8.0, 1.5, 1.5), labels=np.zeros((4, 16, 16), np.float32))

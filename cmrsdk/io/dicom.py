@@ -53,7 +53,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .._checks import IN_PLANE_RANGE_MM, SLICE_RANGE_MM
+from .._checks import IN_PLANE_RANGE_MM, MAX_MATRIX, SLICE_RANGE_MM
 from ..errors import CmrWarning, ReadError
 from ..regions import ORIENTED_COS, apex_cosine
 from ..types import Stack, Study, StudyInfo
@@ -67,8 +67,6 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SAX_WORDS = re.compile(r"(^|[^a-z])(sa|sax|short)([^a-z]|$)", re.IGNORECASE)
 
 
-#: largest Rows or Columns accepted: cine matrices are 128..512, so more is a header error.
-MAX_MATRIX = 2048
 #: largest number of pixels a series may hold (all images), checked before pixel data is read:
 #: 1.6 GB as float32.
 MAX_SERIES_PIXELS = 400_000_000

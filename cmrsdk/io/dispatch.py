@@ -14,16 +14,28 @@ from ..errors import CmrWarning, InputError, ReadError
 from ..types import Study, StudyInfo
 from .archive import is_archive, unpacked
 from .dicom import read_dicom_study, scan_dicom_series
-from .nifti import is_nifti_name, nifti_frames, read_acdc_patient, read_mnms_subject, read_nifti_cine, read_nifti_stack
+from .nifti import (
+    MNMS_IMAGE,
+    is_nifti_name,
+    nifti_frames,
+    read_acdc_patient,
+    read_mnms_subject,
+    read_nifti_cine,
+    read_nifti_stack,
+    subject_stem,
+)
 
 __all__ = ["detect_format", "expand_inputs", "read_study", "inspect"]
 
 
 def _mnms_layout(folder: Path) -> bool:
     """M&Ms (``SUBJECT_sa_ED.nii.gz``, or the release's 4-D ``SUBJECT_sa.nii.gz``) or M&Ms-2
-    (``001_SA_ED.nii.gz``) subject folder, any case."""
+    (``001_SA_ED.nii.gz``) subject folder, any case; a folder renamed is known by one subject's
+    ED / ES images (``copy/A1D0Q7_sa_ED.nii.gz``)."""
     wanted = {f"{folder.name}_sa{part}.nii".lower() for part in ("_ed", "")}
-    return any(p.name.lower().split(".nii")[0] + ".nii" in wanted for p in folder.iterdir())
+    if any(p.name.lower().split(".nii")[0] + ".nii" in wanted for p in folder.iterdir()):
+        return True
+    return subject_stem(folder, MNMS_IMAGE) is not None
 
 
 def detect_format(path: str | Path) -> str:

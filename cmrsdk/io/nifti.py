@@ -28,7 +28,7 @@ from typing import Literal
 import nibabel as nib
 import numpy as np
 
-from .._checks import IN_PLANE_RANGE_MM, SLICE_RANGE_MM
+from .._checks import IN_PLANE_RANGE_MM, MAX_MATRIX, SLICE_RANGE_MM
 from ..errors import CmrWarning, ReadError
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
@@ -60,8 +60,6 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 #: largest in-plane side accepted (pixels), and largest number of voxels of one phase, both
-#: checked from the header before any data is read (a 760 KB file may declare 20000 x 20000).
-MAX_MATRIX = 2048
 MAX_VOXELS = 100_000_000
 #: largest 4-D cine (all frames): 1.6 GB as float32, as for a DICOM series
 MAX_CINE_VOXELS = 400_000_000
@@ -425,6 +423,37 @@ def _find_nifti(folder: Path, stem: str) -> Path | None:
     return matches[0] if matches else None
 
 
+#: a subject's image names in its folder: ACDC ``patient001_frame01``, M&Ms ``A1D0Q7_sa_ED`` / ``_ES``
+#: (any case); group 1 is the subject's code. The release's 4-D ``A1D0Q7_sa`` is recognised by
+#: its folder's name only: ``cine_sa.nii.gz`` alone says too little.
+ACDC_IMAGE = re.compile(r"(.+)_frame\d+", re.IGNORECASE)
+MNMS_IMAGE = re.compile(r"(.+)_sa_e[ds]", re.IGNORECASE)
+
+
+def subject_stem(folder: Path, pattern: re.Pattern[str]) -> str | None:
+    """The subject code the images of ``folder`` are named by (``pattern``'s group 1): the folder's
+    own name where its images carry it, else the one code they all carry (a subject folder
+    renamed, ``copy_of_002/patient002_frame01.nii.gz``); None where none or several do."""
+    stems = set()
+    for path in folder.iterdir() if folder.is_dir() else ():
+        name = path.name
+        stem = name[: name.lower().rfind(".nii")] if ".nii" in name.lower() else None
+        if stem is not None and path.is_file() and (match := pattern.fullmatch(stem)) is not None:
+            stems.add(match.group(1))
+    if folder.name.lower() in {s.lower() for s in stems}:
+        return next(s for s in sorted(stems) if s.lower() == folder.name.lower())
+    return stems.pop() if len(stems) == 1 else None
+
+
+def _holds(folder: Path, most: int = 6) -> str:
+    """``" (the folder holds: a.nii.gz, b.nii.gz)"``: the NIfTI names an error about a missing image shows."""
+    names = sorted(p.name for p in folder.iterdir() if is_nifti_name(p.name))
+    if not names:
+        return " (the folder holds no NIfTI file)"
+    more = f", ... ({len(names)} in all)" if len(names) > most else ""
+    return f" (the folder holds: {', '.join(names[:most])}{more})"
+
+
 def read_acdc_info(path: str | Path) -> dict[str, str]:
     """The ``key: value`` pairs of an ACDC ``Info.cfg`` file (ED, ES, Group, Height, NbFrame, Weight)."""
     path = Path(path)
@@ -491,6 +520,7 @@ def read_acdc_patient(folder: str | Path) -> Study:
         raise ReadError(folder, "ACDC patient folder not found")
     cfg_path = folder / "Info.cfg"
     cfg = read_acdc_info(cfg_path)
+    subject = subject_stem(folder, ACDC_IMAGE) or folder.name  # the files' own code: a folder may be renamed
     stacks = []
     for phase in ("ED", "ES"):
         if phase not in cfg:
@@ -499,14 +529,16 @@ def read_acdc_patient(folder: str | Path) -> Study:
             frame = int(cfg[phase])
         except ValueError as exc:
             raise ReadError(cfg_path, f"'{phase}' value {cfg[phase]!r} is not a frame number") from exc
-        stem = f"{folder.name}_frame{frame:02d}"
+        stem = f"{subject}_frame{frame:02d}"
         image = _find_nifti(folder, stem)
         if image is None:
-            raise ReadError(folder, f"{phase} image {stem}.nii.gz (frame {frame} from Info.cfg) not found")
+            raise ReadError(
+                folder, f"{phase} image {stem}.nii.gz (frame {frame} from Info.cfg) not found{_holds(folder)}"
+            )
         label = _find_nifti(folder, f"{stem}_gt")
         stacks.append(read_nifti_stack(image, label, convention="acdc", phase=phase))
     info = StudyInfo(
-        patient_id=folder.name,
+        patient_id=subject,
         group=cfg.get("Group"),
         height_cm=_info_number(cfg, "Height", cfg_path),
         weight_kg=_info_number(cfg, "Weight", cfg_path),
@@ -525,13 +557,13 @@ def _mnms_tables(folder: Path) -> list[Path]:
     return [t for t in tables if t.is_file() and t.stat().st_size < 4_000_000]
 
 
-def _mnms_vendor(folder: Path) -> str | None:
+def _mnms_vendor(folder: Path, subject: str) -> str | None:
     """Manufacturer from a subject table (columns subject or External code; vendor, Vendor or VendorName)."""
     for table in _mnms_tables(folder):
         try:
             with table.open(newline="", errors="replace") as handle:
                 for row in csv.DictReader(handle):
-                    if row.get("subject") == folder.name or row.get("External code") == folder.name:
+                    if row.get("subject") == subject or row.get("External code") == subject:
                         vendor = (row.get("vendor") or row.get("Vendor") or row.get("VendorName") or "").strip()
                         return _MNMS_VENDORS.get(vendor, vendor or None)
         except (OSError, csv.Error):  # an unrelated or damaged table: the vendor is optional
@@ -599,15 +631,16 @@ def read_mnms_subject(folder: str | Path) -> Study:
     folder = Path(folder)
     if not folder.is_dir():
         raise ReadError(folder, "M&Ms subject folder not found")
-    info = StudyInfo(patient_id=folder.name, manufacturer=_mnms_vendor(folder), source=str(folder))
-    cine = _find_nifti(folder, f"{folder.name}_sa")
-    if cine is not None and _find_nifti(folder, f"{folder.name}_sa_ED") is None:
-        return _read_mnms_cine(cine, _find_nifti(folder, f"{folder.name}_sa_gt"), info)
+    subject = subject_stem(folder, MNMS_IMAGE) or folder.name  # the files' own code: a folder may be renamed
+    info = StudyInfo(patient_id=subject, manufacturer=_mnms_vendor(folder, subject), source=str(folder))
+    cine = _find_nifti(folder, f"{subject}_sa")
+    if cine is not None and _find_nifti(folder, f"{subject}_sa_ED") is None:
+        return _read_mnms_cine(cine, _find_nifti(folder, f"{subject}_sa_gt"), info)
     stacks = []
     for phase in ("ED", "ES"):
-        stem = f"{folder.name}_sa_{phase}"
+        stem = f"{subject}_sa_{phase}"
         image = _find_nifti(folder, stem)
         if image is None:
-            raise ReadError(folder, f"{phase} image {stem}.nii.gz not found")
+            raise ReadError(folder, f"{phase} image {stem}.nii.gz not found{_holds(folder)}")
         stacks.append(read_nifti_stack(image, _find_nifti(folder, f"{stem}_gt"), convention="mnms", phase=phase))
     return Study(phases=tuple(stacks), ed_index=0, es_index=1, info=info)
