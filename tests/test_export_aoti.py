@@ -1,7 +1,7 @@
 """export.aoti and the 'aoti' engine: AOTInductor packages added to a bundle, checked against eager.
 
-One small U-Net bundle; its package is compiled once for the module (inductor runs a C++
-compiler: tens of seconds). The reference is the eager model; TorchScript and ONNX run the same
+One small one-U-Net bundle; its package is compiled once for the module (inductor runs a C++
+compiler: tens of seconds, per model: so one model, every region routed to it). The reference is the eager model; TorchScript and ONNX run the same
 slices for the cross-check the bundle's users rely on (labels from any backend agree).
 """
 
@@ -43,25 +43,25 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
-    """A routed bundle (baseline + apex U-Nets, regions from the masks) with AOTInductor packages added."""
+    """A routed bundle (one U-Net for every region, regions from the masks) with its AOTInductor package added."""
     torch.manual_seed(0)
     info = {
         "kind": "segmentation",
         "architecture": f"unet(features={FEATURES})",
         "training": {"config": {"model": {"name": "unet", "kwargs": {"features": FEATURES}}}},
     }
-    models = {"baseline": (unet(features=FEATURES), dict(info)), "apex": (unet(features=FEATURES), dict(info))}
+    models = {"baseline": (unet(features=FEATURES), dict(info))}
     source = build_bundle(
         models,
-        {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
+        {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "baseline"},
         Preprocessing((2.0, 2.0), SIZE, "robust_zscore", heart_crop=CROP),
         tmp_path_factory.mktemp("aoti") / "bundle",
         formats=("torchscript", "onnx"),
         regions_from="segmentation",
     )
     logged: list[str] = []
-    add_aoti(source, models=["baseline", "apex"], acdc=None, log=logged.append)
-    assert len(logged) == 2 and "aoti" in logged[0]
+    add_aoti(source, models=["baseline"], acdc=None, log=logged.append)
+    assert len(logged) == 1 and "aoti" in logged[0]
     return source
 
 
@@ -73,7 +73,7 @@ def slices() -> np.ndarray:
 
 def test_packages_are_recorded_with_hashes_parity_and_sizes(bundle_dir: Path):
     bundle = load_bundle(bundle_dir)  # every hash verifies
-    for name in ("baseline", "apex"):
+    for name in ("baseline",):
         artifact = bundle.models[name].artifacts["aoti"]
         assert (artifact.backend, artifact.precision, artifact.path.name) == ("aoti", "fp32", f"{name}.pt2")
         assert artifact.sha256 == sha256_file(artifact.path)
@@ -175,10 +175,10 @@ def test_a_file_that_is_not_a_package_is_refused(tmp_path: Path):
 def test_rebuild_needs_the_training_record(bundle_dir: Path, tmp_path: Path):
     copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
     manifest = json.loads((copy / MANIFEST_NAME).read_text())
-    manifest["models"]["apex"]["training"] = {}
+    manifest["models"]["baseline"]["training"] = {}
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="training record naming its network"):
-        add_aoti(copy, models=["apex"], acdc=None, log=lambda *a: None)
+        add_aoti(copy, models=["baseline"], acdc=None, log=lambda *a: None)
     assert json.loads((copy / MANIFEST_NAME).read_text()) == manifest  # unchanged
 
 
