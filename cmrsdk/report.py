@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CmrWarning, InputError
-from .labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
+from .labels import LABEL_NAMES, LVBP, REGION_NAMES, RVBP, STRUCTURES
 from .metrics import cardiac_measures, dice, quality_flags, slice_gaps
 from .pipeline import Segmentation, StudySegmentation
 from .reference_ranges import implausible
@@ -154,6 +154,10 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         for key in ("lvesv_ml", "lvsv_ml", "lvef_pct", "rvesv_ml", "rvsv_ml", "rvef_pct"):
             measures[key] = None
         flags.append("no_volume_change")
+    flags += _not_found(result, measures, single)
+    rv_es = _rv_smallest_elsewhere(result)
+    if rv_es is not None:
+        flags.append("rv_es_differs")
     measured = result.measured if result.measured is not None else result.measures
     for side in ("lv", "rv"):
         stroke = _finite(getattr(measured, f"{side}sv_ml"))
@@ -175,6 +179,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         "provenance": result.phases[0].provenance,
     }
+    if rv_es is not None:
+        report["rv_smallest_index"], report["rv_volume_curve_ml"] = rv_es
     if not single and "systolic_base_rv_dropped_slice" in result.es.provenance:
         # the most basal ES RV left out as atrium (cmrsdk.systole): which slice, None for none
         report["es_basal_rv_dropped_slice"] = result.es.provenance["systolic_base_rv_dropped_slice"]
@@ -189,6 +195,56 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
                     f"{info.source or 'study'}: {why}: no body surface area or indexed values", CmrWarning, stacklevel=2
                 )
     return report
+
+
+#: the measures of each ventricle read at ED, at ES, and from both phases
+_SIDE_MEASURES = {
+    "lv": (("lvedv_ml", "lv_mass_g", "lv_volume_ml"), ("lvesv_ml",), ("lvsv_ml", "lvef_pct")),
+    "rv": (("rvedv_ml", "rv_volume_ml"), ("rvesv_ml",), ("rvsv_ml", "rvef_pct")),
+}
+
+
+def _not_found(result: StudySegmentation, measures: dict[str, Any], single: bool) -> list[str]:
+    """``lv_not_found`` / ``rv_not_found``: ED or ES (or the one phase) shows none of that
+    ventricle's blood pool, so its measures there are not measured, never 0 mL (a heart the
+    networks did not find, a blank image: 0.0 mL would be marked below every range). Sets
+    those measures, and SV and EF, to None in ``measures``."""
+    phases = [result.ed] if single else [result.ed, result.es]
+    flags = []
+    for side, code in (("lv", LVBP), ("rv", RVBP)):
+        at_ed, at_es, both = _SIDE_MEASURES[side]
+        missing = [not np.any(seg.labels == code) for seg in phases]
+        if not any(missing):
+            continue
+        flags.append(f"{side}_not_found")
+        gone = both + (at_ed if missing[0] else ()) + (at_es if len(missing) > 1 and missing[1] else ())
+        for key in gone:
+            if key in measures:
+                measures[key] = None
+    return flags
+
+
+#: the RV's smallest volume, this much below the RV at the LV's end-systole, flags ``rv_es_differs``
+RV_ES_RATIO = 1.2
+
+
+def _rv_smallest_elsewhere(result: StudySegmentation) -> tuple[int, list[float | None]] | None:
+    """A cine whose RV is smallest far from the LV's ES: (that phase's index, the RV volume
+    curve, mL) where the RV at the LV's ES is over `RV_ES_RATIO` times its smallest volume
+    (Sunnybrook SCD0000201: 103 mL at the LV's ES, 63 mL four frames later), else None. The
+    RVESV stays the one at the LV's ES (one ES per study, as the reference ranges assume); the
+    flag says that the RV ejects on another beat of the curve, or that its contours fail there."""
+    if len(result.phases) <= 2:
+        return None
+    curve = np.array([seg.volumes_ml()["RVBP"] for seg in result.phases], dtype=np.float64)
+    beating = np.flatnonzero(np.isfinite(curve) & (curve > 0))
+    at_es = curve[result.es_index]
+    if not len(beating) or not np.isfinite(at_es) or at_es <= 0:
+        return None
+    smallest = int(beating[np.argmin(curve[beating])])
+    if at_es <= RV_ES_RATIO * curve[smallest]:
+        return None
+    return smallest, [_finite(v) for v in curve]
 
 
 def _ed_es_from(result: StudySegmentation, study: Study | None) -> str | None:

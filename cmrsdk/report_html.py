@@ -53,6 +53,11 @@ STUDY_FLAG_TEXT: dict[str, str] = {
     "segmentation, or a ventricle that barely ejects); LV stroke volume and ejection fraction are withheld.",
     "rv_esv_exceeds_edv": "The RV measures larger at ES than at ED: no ejection can be measured (a failed "
     "segmentation, or a ventricle that barely ejects); RV stroke volume and ejection fraction are withheld.",
+    "lv_not_found": "No LV blood pool was found at ED or ES (a heart the networks did not find, a blank or "
+    "unusual image): the LV measures there are not measured, not 0 mL.",
+    "rv_not_found": "No RV blood pool was found at ED or ES: the RV measures there are not measured, not 0 mL.",
+    "rv_es_differs": "The RV is far smaller on another phase than at the LV's end-systole: RVESV and RVEF are "
+    "read at the LV's end-systole and may be wrong; check the RV contours on the curve's phases.",
 }
 
 #: (key in report["measures"], what it is, unit), in reading order.
@@ -79,6 +84,12 @@ _COLOURS = {"LV": "#d62f22", "RV": "#2f6fe0"}
 
 def _single(report: Mapping[str, Any]) -> bool:
     return "single_phase" in report.get("flags", []) or len(report.get("phases", [])) == 1
+
+
+def _with_unit(value: Any, unit: str, digits: int = 1) -> str:
+    """``"59.0 %"``, or ``"–"`` alone for an unknown value (no unit after a dash)."""
+    text = _number(value, digits)
+    return text if text == "–" else f"{text} {unit}"
 
 
 def _number(value: Any, digits: int = 1) -> str:
@@ -213,7 +224,10 @@ def _flags_section(report: Mapping[str, Any]) -> str:
             items.append(f"<li><b>{_html.escape(_phase_name(report, phase))}</b>: {_html.escape(text)}</li>")
     if not items:
         where = "" if _single(report) else " at ED or ES"
-        return f'<h2>Quality checks</h2><p class="ok">No automatic quality flag was raised{where}.</p>'
+        return (
+            f'<h2>Quality checks</h2><p class="ok">No automatic quality flag was raised{where}. The checks see '
+            "coverage, gaps, pieces and implausible volumes, not every wrong contour: check the picture.</p>"
+        )
     return '<h2>Quality checks</h2><ul class="flags">' + "".join(items) + "</ul>"
 
 
@@ -267,7 +281,7 @@ def volume_curve_svg(
     xs = list(times_ms) if times_ms is not None and len(times_ms) == n else list(range(n))
     values = [v for v in (*lv, *rv) if v is not None and math.isfinite(v)]
     top = max(values) * 1.1 if values else 1.0
-    left, right, upper, lower = 48, 12, 14, 36
+    left, right, upper, lower = 48, 12, 30, 36  # the legend in the top margin, never over the curves
     span = (max(xs) - min(xs)) or 1.0
 
     def px(x: float) -> float:
@@ -304,9 +318,11 @@ def volume_curve_svg(
     for index, label in ((ed_index, "ED"), (es_index, "ES")):
         if 0 <= index < n:
             x = px(xs[index])
+            # the label to the line's left where it would run off the plot's right edge
+            anchor, dx = ("end", -3) if x > width - right - 24 else ("start", 3)
             parts.append(
                 f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{upper}" y2="{height - lower}" stroke="#444" stroke-dasharray="4 3"/>'
-                f'<text x="{x + 3:.1f}" y="{upper + 11}" font-weight="bold">{label}</text>'
+                f'<text x="{x + dx:.1f}" y="{upper + 11}" font-weight="bold" text-anchor="{anchor}">{label}</text>'
             )
     for name, series in (("LV", lv), ("RV", rv)):
         points = [(px(x), py(v)) for x, v in zip(xs, series) if v is not None and math.isfinite(v)]
@@ -320,12 +336,11 @@ def volume_curve_svg(
     parts.append(
         f'<text x="12" y="{(upper + height - lower) / 2}" text-anchor="middle" transform="rotate(-90 12 {(upper + height - lower) / 2})">volume (mL)</text>'
     )
-    legend_x = width - right - 150
     for i, name in enumerate(("LV", "RV")):
-        y = upper + 12 + 14 * i
+        x, y = left + 130 * i, 18
         parts.append(
-            f'<line x1="{legend_x}" x2="{legend_x + 18}" y1="{y - 4}" y2="{y - 4}" stroke="{_COLOURS[name]}" stroke-width="2"/>'
-            f'<text x="{legend_x + 22}" y="{y}">{name} blood pool</text>'
+            f'<line x1="{x}" x2="{x + 18}" y1="{y - 4}" y2="{y - 4}" stroke="{_COLOURS[name]}" stroke-width="2"/>'
+            f'<text x="{x + 22}" y="{y}">{name} blood pool</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -392,7 +407,7 @@ def _provenance_section(report: Mapping[str, Any], extra_timings_ms: Mapping[str
     ]
     return (
         '<div class="grid"><div><h2>Provenance</h2>'
-        + _html.table(["", ""], [(k, "" if v is None else v) for k, v in rows])
+        + _html.table(["", ""], [(k, "–" if v is None or v == "" else v) for k, v in rows])
         + "</div><div><h2>Timings (ms)</h2>"
         + _html.table(["stage", "ms"], trows, numeric=[1])
         + '<p class="small">Summed over the phases segmented; "wall" is the whole study, "montage" drawing '
@@ -427,14 +442,14 @@ def render_report_html(
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if _single(report):  # one phase of unknown place in the cycle: no EDV, no EF
         headline = (
-            f"<p>LV volume {_number(m.get('lv_volume_ml'))} mL · LV mass {_number(m.get('lv_mass_g'))} g · "
-            f"RV volume {_number(m.get('rv_volume_ml'))} mL (one phase)</p>"
+            f"<p>LV volume {_with_unit(m.get('lv_volume_ml'), 'mL')} · LV mass {_with_unit(m.get('lv_mass_g'), 'g')} · "
+            f"RV volume {_with_unit(m.get('rv_volume_ml'), 'mL')} (one phase)</p>"
         )
     else:
         headline = (
-            f"<p><b>LVEF {_number(m.get('lvef_pct'))} %</b> · LVEDV {_number(m.get('lvedv_ml'))} mL · "
-            f"LV mass {_number(m.get('lv_mass_g'))} g · <b>RVEF {_number(m.get('rvef_pct'))} %</b> · "
-            f"RVEDV {_number(m.get('rvedv_ml'))} mL</p>"
+            f"<p><b>LVEF {_with_unit(m.get('lvef_pct'), '%')}</b> · LVEDV {_with_unit(m.get('lvedv_ml'), 'mL')} · "
+            f"LV mass {_with_unit(m.get('lv_mass_g'), 'g')} · <b>RVEF {_with_unit(m.get('rvef_pct'), '%')}</b> · "
+            f"RVEDV {_with_unit(m.get('rvedv_ml'), 'mL')}</p>"
         )
     described = ", ".join(str(info[k]) for k in ("series_description", "manufacturer", "group") if info.get(k))
     body = [

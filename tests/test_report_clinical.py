@@ -286,3 +286,56 @@ def test_dicom_sex_and_age_are_read_and_a_child_is_not_marked(segmented_phantom)
     page = _page(result, report, child)
     assert "the patient is 6 years old" in page and "↑" not in page.split("<h2>Measures</h2>")[1].split("</table>")[0]
     assert "the patient's sex is not known" in _page(result, report, study)
+
+
+# -- a ventricle not found, and an RV smallest away from the LV's ES (sweep 11) -----------------
+
+
+def _without(seg, code: int):
+    """``seg`` with every pixel of label ``code`` set to background."""
+    labels = seg.labels.copy()
+    labels[labels == code] = 0
+    return replace(seg, labels=labels)
+
+
+def test_a_ventricle_not_found_is_not_measured_never_zero(segmented_phantom):
+    """A heart in a corner the networks did not find gave "LVEDV 0.0 mL · LV mass 0.0 g", marked
+    below the ranges, with no study flag; not measured now, and said."""
+    study, result = segmented_phantom
+    ed, es = result.ed_index, result.es_index
+    phases = list(result.phases)
+    phases[es] = _without(phases[es], 3)  # no RV at ES
+    phases[ed] = _without(phases[ed], 1)  # no LV blood pool at ED
+    report = study_report(replace(result, phases=tuple(phases)), study)
+    m = report["measures"]
+    assert {"lv_not_found", "rv_not_found"} <= set(report["flags"])
+    assert all(m[k] is None for k in ("lvedv_ml", "lv_mass_g", "lvsv_ml", "lvef_pct"))
+    assert m["lvesv_ml"] == pytest.approx(result.measures.lvesv_ml, abs=1e-3)  # ES still has its LV
+    assert all(m[k] is None for k in ("rvesv_ml", "rvsv_ml", "rvef_pct"))
+    assert m["rvedv_ml"] == pytest.approx(result.measures.rvedv_ml, abs=1e-3)
+    page = _page(result, report, study)
+    assert "No LV blood pool was found at ED or ES" in page and "RVEF –</b>" in page and "RVEF – %" not in page
+    # the phantom as segmented raises neither
+    assert not {"lv_not_found", "rv_not_found"} & set(study_report(result, study)["flags"])
+
+
+def test_an_rv_smallest_far_from_the_lvs_es_is_flagged(segmented_phantom):
+    """Sunnybrook SCD0000201: RVEF 17.1 % shown bold, the RV 103 mL at the LV's ES and 63 mL four
+    frames later, no flag. A cine of three phases whose third holds half the ES RV."""
+    study, result = segmented_phantom
+    es = result.phases[result.es_index]
+    labels = es.labels.copy()
+    rows = (labels == 3).any(axis=(0, 2)).nonzero()[0]
+    lower = labels.copy()
+    lower[:, rows[len(rows) // 2] :, :] = 0  # the RV's lower half of rows, and only there
+    labels[(labels == 3) & (lower == 0)] = 0
+    smaller = replace(es, labels=labels)
+    curve = list(result.lv_volume_curve_ml) + [smaller.volumes_ml()["LVBP"]]
+    cine = replace(result, phases=(*result.phases, smaller), lv_volume_curve_ml=curve)
+    report = study_report(cine, None)
+    assert smaller.volumes_ml()["RVBP"] * 1.2 < es.volumes_ml()["RVBP"]
+    assert "rv_es_differs" in report["flags"] and report["rv_smallest_index"] == 2
+    assert report["rv_volume_curve_ml"][2] == pytest.approx(smaller.volumes_ml()["RVBP"], abs=1e-3)
+    assert "RVESV and RVEF are read at the LV&#x27;s end-systole" in _page(cine, report)
+    # an RV smallest at the LV's ES: no flag
+    assert "rv_es_differs" not in study_report(replace(result, phases=(*result.phases, es)), None)["flags"]

@@ -101,6 +101,9 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "rv_esv_exceeds_edv": ("rv_esv_gt_edv", "RV larger at ES than at ED: SV and EF withheld"),
     "ed_es_coverage_differs": ("ed_es_coverage", "ED and ES stacks cover the heart differently"),
     "phase_without_lv": ("phase_without_lv", "A phase without LV, left out of the ES choice"),
+    "lv_not_found": ("lv_not_found", "No LV blood pool at ED or ES: not measured there"),
+    "rv_not_found": ("rv_not_found", "No RV blood pool at ED or ES: not measured there"),
+    "rv_es_differs": ("rv_es_differs", "RV far smaller on another phase than at the LV's ES"),
 }
 _LOCAL = "99CMRSDK"
 
