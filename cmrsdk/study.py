@@ -21,6 +21,7 @@ Outputs of one study (``out_dir``):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import re
@@ -293,6 +294,8 @@ def segment_one(
     truth: Study | None = None,
     region_source: RegionSource | None = None,
     series_uid: str | None = None,
+    height_cm: float | None = None,
+    weight_kg: float | None = None,
 ) -> dict[str, Any]:
     """Read, segment and write one study; returns its report (the content of ``report.json``).
 
@@ -313,6 +316,8 @@ def segment_one(
         `cmrsdk.pipeline.RegionSource`; ``cmrsdk segment --mode oracle`` hands in the ground truth's).
     series_uid : the DICOM series to read (``cmrsdk segment --series``) instead of the short-axis
         cine the reader chooses; DICOM sources only.
+    height_cm, weight_kg : the patient's, replacing the file's own (Info.cfg, DICOM PatientSize and
+        PatientWeight) in the reports; a cohort's study list gives them (``cmrsdk batch --list``).
 
     Returns
     -------
@@ -353,6 +358,10 @@ def segment_one(
             raise InputError(f"{source}: a series UID ({series_uid}) selects a DICOM series; this input is not DICOM")
         else:
             study = read_study(readable.path, series_uid=series_uid)
+        if height_cm is not None:
+            study = dataclasses.replace(study, info=dataclasses.replace(study.info, height_cm=height_cm))
+        if weight_kg is not None:
+            study = dataclasses.replace(study, info=dataclasses.replace(study.info, weight_kg=weight_kg))
         read_ms = (time.perf_counter() - t0) * 1000.0
         # the keyword only when given: a pipeline-like object (a test double, a wrapper) need not know it
         result = (

@@ -253,3 +253,33 @@ def test_heart_rate_comes_from_the_dicom_header(shared_data: Path):
     # Sunnybrook's GE cine: HeartRate (0018,1088) 80, NominalInterval (0018,1062) 750 ms
     assert _dicom_heart_rate(shared_data / "sunnybrook" / "SCD0000101", None) == 80.0
     assert _dicom_heart_rate(shared_data / "sunnybrook" / "SCD0000101", "no such series") is None
+
+
+def test_sigterm_stops_a_ray_batch_like_ctrl_c(ray_instance, shared_data: Path, tmp_path: Path):
+    """Sweep 10: ray.init replaced the batch's SIGTERM handler; a scheduler's stop printed Ray's
+    "*** SIGTERM received" and exited 1 with no table. Now: exit 130, the table, the line saying so."""
+    root = tmp_path / "acdc"
+    root.mkdir()
+    names = ("patient021", "patient022", "patient024")
+    for name in names:
+        (root / name).symlink_to(shared_data / "acdc" / "training" / name)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cmrsdk", "batch", str(root), "-o", str(out), "--workers", "1"]
+    command += ["--threads", "1", "--bundle", str(DEMO_BUNDLE), "--no-progress", "--no-overlay", "--engine", "ray"]
+    command += ["--address", ray_instance.get_runtime_context().gcs_address]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    batch = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and batch.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.05)
+    batch.send_signal(signal.SIGTERM)  # to the batch only, as a service manager stops it
+    stdout, stderr = batch.communicate(timeout=120)
+    assert batch.returncode == 130, stderr[-2000:]
+    assert "SIGTERM received" not in stderr and "interrupted; run the same command again" in stderr
+    table = _table(out)
+    assert sorted(table) == sorted(names)
+    assert 1 <= sum(r["status"] == "ok" for r in table.values()) < len(names), "the batch was not stopped midway"
+    assert (out / "cohort.png").is_file() and "studies:" in stdout

@@ -39,16 +39,19 @@ def test_discovery_finds_each_layout_once_and_names_them_by_path(tmp_path: Path)
     _touch(root / "loose" / "case7.NII.GZ")
     _touch(root / "loose" / "case7_gt.nii.gz")  # a label map is not a study
     _touch(root / ".hidden" / "x.dcm")
-    _touch(root / "contours" / "i.txt")  # nothing to segment
-    studies = discover_studies([root])
+    _touch(root / "contours" / "i.txt")  # nothing to segment: a "skipped" row saying so
+    with pytest.warns(CmrWarning, match=r"1 folder\(s\) hold no study .* skipped: contours"):
+        studies = discover_studies([root])
     assert [(s.study_id, Path(s.source).relative_to(root).as_posix()) for s in studies] == [
         ("acdc_patient001", "acdc/patient001"),
+        ("contours", "contours"),
         ("loose_case7", "loose/case7.NII.GZ"),
         ("mnms_A1B2C3", "mnms/A1B2C3"),
         ("mnms2_001", "mnms2/001"),
         ("site1_DICOM", "site1/DICOM"),
         ("site2_DICOM_sub", "site2/DICOM/sub"),
     ]
+    assert [s.study_id for s in studies if s.skip_reason] == ["contours"]
     # a root that is itself a study keeps its own name
     assert [s.study_id for s in discover_studies([root / "acdc" / "patient001"])] == ["patient001"]
 
@@ -86,8 +89,13 @@ def test_discovery_names_the_folders_that_hold_no_study(tmp_path: Path):
     _dicom_like(root / "good" / "IM1")
     (root / "empty").mkdir()
     _touch(root / "only_jpeg" / "IMG0001.JPG", b"\xff\xd8\xff\xe0")
-    with pytest.warns(CmrWarning, match=r"2 folder\(s\) hold no study .* get no row: empty, only_jpeg"):
-        assert [s.study_id for s in discover_studies([root])] == ["good"]
+    with pytest.warns(CmrWarning, match=r"2 folder\(s\) hold no study .* are skipped: empty, only_jpeg"):
+        studies = discover_studies([root])
+    assert [(s.study_id, s.skip_reason is None) for s in studies] == [
+        ("empty", False),
+        ("good", True),
+        ("only_jpeg", False),
+    ]
 
 
 def test_discovery_refuses_missing_roots_and_clashing_ids(tmp_path: Path):

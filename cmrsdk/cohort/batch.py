@@ -44,6 +44,8 @@ class BatchSummary:
     ----------
     rows : the table, one dict per study in input order.
     ran : studies segmented in this run; ``reused`` taken from an earlier run's journal.
+    redone : studies run again because their earlier result was made with other options, another
+        bundle or another cmrsdk version (another options key).
     interrupted : the run was stopped (SIGINT / SIGTERM) before every study was done.
     startup_s, run_s, wall_s : seconds to start the engine's workers, from then until the last
         study was committed, and of the whole call.
@@ -52,6 +54,7 @@ class BatchSummary:
     rows: list[dict[str, Any]] = field(default_factory=list)
     ran: int = 0
     reused: int = 0
+    redone: int = 0
     interrupted: bool = False
     startup_s: float = 0.0
     run_s: float = 0.0
@@ -79,8 +82,9 @@ def _replace_folder(scratch: Path, target: Path, files: dict[str, bytes]) -> Non
     shutil.rmtree(old, ignore_errors=True)
 
 
-class _Interrupted(Exception):
-    pass
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: also by Ray, whose waits turn only a KeyboardInterrupt from a
+    signal handler into an interruption (any other exception there becomes a SystemError)."""
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -113,6 +117,13 @@ def run_batch(
     -------
     BatchSummary; a study is done when the journal holds an "ok" (or, without ``retry_failed``,
     a "failed") record for it with the same key and source.
+
+    Each study is counted once: a source that resolves (symlinks followed) to one listed before
+    it is not run, and a study whose files are byte-identical to another's (the workers'
+    `content_sha256`) keeps no result of its own; both get a "skipped" row naming the study
+    that has the result. A `StudySource` with a ``skip_reason`` (a folder without a study) gets
+    a "skipped" row with that reason. Results redone because the key changed are counted in
+    `BatchSummary.redone` and said on stderr before the run.
     """
     from ..bundle import load_bundle
 
@@ -124,14 +135,20 @@ def run_batch(
     with Journal(out) as journal:
         shutil.rmtree(out / _SCRATCH, ignore_errors=True)  # what a killed batch and its workers were writing
         (out / _SCRATCH).mkdir(exist_ok=True)
-        first_of: dict[str, str] = {}
-        duplicates: dict[str, str] = {}
+        first_of: dict[str, StudySource] = {}
+        duplicates: dict[str, str] = {}  # study id -> why it is not run
         todo: list[StudySource] = []
         for study in studies:
-            if study.source in first_of:
-                duplicates[study.study_id] = first_of[study.source]
+            if study.skip_reason:  # a folder that holds no study: a row saying so, nothing to run
                 continue
-            first_of[study.source] = study.study_id
+            # the same files reached by another path (a symlink, a link to a folder, "x/" and "x") run once
+            real = os.path.realpath(study.source)
+            if real in first_of:
+                first = first_of[real]
+                same = "" if first.source == study.source else f" (both are {real})"
+                duplicates[study.study_id] = f"same source as study '{first.study_id}'{same}"
+                continue
+            first_of[real] = study
             record = journal.records.get(study.study_id)
             done = (
                 record is not None
@@ -143,6 +160,15 @@ def run_batch(
                 summary.reused += 1
             else:
                 todo.append(study)
+                if record is not None and record.get("key") != key and record.get("source") == study.source:
+                    summary.redone += 1
+        if summary.redone:
+            n = summary.redone
+            print(
+                f"cmrsdk: {n} earlier result{'s use' if n > 1 else ' uses'} other options, another bundle or "
+                f"another cmrsdk version and {'are' if n > 1 else 'is'} redone",
+                file=sys.stderr,
+            )
 
         def commit(result: StudyResult) -> None:
             row = dict(result.row, bundle_sha256=bundle.manifest_sha256, options_key=key)
@@ -202,7 +228,7 @@ def run_batch(
                         table()
                         last_table = time.monotonic()
                 summary.run_s = time.perf_counter() - started
-            except (KeyboardInterrupt, _Interrupted):
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_Interrupted)
                 summary.interrupted = True
             finally:
                 if bar:
@@ -233,13 +259,37 @@ def _rows(
     *,
     interrupted: bool,
 ) -> list[dict[str, Any]]:
+    current = {
+        s.study_id: records[s.study_id]
+        for s in studies
+        if not s.skip_reason
+        and s.study_id not in duplicates
+        and s.study_id in records
+        and records[s.study_id].get("key") == key
+        and records[s.study_id].get("source") == s.source
+    }
+    # byte-identical copies under other paths (the workers' content_sha256): one row keeps the
+    # result, the first "ok" one in the table's order, else the first; the others name it
+    keeper: dict[str, str] = {}
+    for study_id, record in current.items():  # in the table's order
+        content = record.get("content_sha256")
+        if not content:
+            continue
+        if content not in keeper or (record.get("status") == "ok" and current[keeper[content]].get("status") != "ok"):
+            keeper[content] = study_id
     rows = []
     for study in studies:
-        record = records.get(study.study_id)
-        if study.study_id in duplicates:
-            row = {"status": "skipped", "error": f"same source as study '{duplicates[study.study_id]}'"}
-        elif record is not None and record.get("key") == key and record.get("source") == study.source:
-            row = dict(record)
+        done = current.get(study.study_id)
+        if study.skip_reason:
+            row = {"status": "skipped", "error": study.skip_reason}
+        elif study.study_id in duplicates:
+            row = {"status": "skipped", "error": duplicates[study.study_id]}
+        elif done is not None:
+            first = keeper.get(str(done.get("content_sha256") or ""))
+            if first is not None and first != study.study_id:
+                row = {"status": "skipped", "error": f"same content as study '{first}' (byte-identical files)"}
+            else:
+                row = dict(done)
         else:
             why = "batch interrupted" if interrupted else "batch stopped"
             row = {"status": "skipped", "error": f"not run ({why}); run the same command again to finish"}

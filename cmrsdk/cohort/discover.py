@@ -41,7 +41,10 @@ class StudySource:
     study_id : the study's name in the table and its output folder (unique in a run).
     source : absolute path of what `cmrsdk segment` reads.
     height_cm, weight_kg, heart_rate_bpm : values from a study list; they take precedence over
-        the file's own (Info.cfg, DICOM PatientSize / PatientWeight / HeartRate).
+        the file's own (Info.cfg, DICOM PatientSize / PatientWeight / HeartRate) in the table and
+        in the study's report.json and report.html.
+    skip_reason : set for a folder under a root that holds no study (an empty folder, one of
+        JPEGs): it is not segmented, and its row in the table is "skipped" with this reason.
     """
 
     study_id: str
@@ -49,6 +52,7 @@ class StudySource:
     height_cm: float | None = None
     weight_kg: float | None = None
     heart_rate_bpm: float | None = None
+    skip_reason: str | None = None
 
 
 def study_name(path: Path) -> str:
@@ -121,7 +125,7 @@ def _walk(
     yield from loose  # a folder of loose NIfTI stacks: each file is one (one-phase) study
     folders = [e for e in entries if e.is_dir() and not e.name.startswith(".") and Path(e.path) != skip]
     if not loose and not folders and barren is not None:
-        barren.append(path)
+        barren.append(path)  # in the walk's order: its row goes where the study would have been
     for entry in folders:
         yield from _walk(Path(entry.path), skip, barren, results)
 
@@ -152,6 +156,10 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
     named by its path relative to the root, folders joined by ``_`` (``site1/DICOM`` becomes
     ``site1_DICOM``), so that names stay the same between runs.
 
+    A folder under a root that holds no study (an empty folder, one of JPEGs or text files) is
+    named the same way and carries a `StudySource.skip_reason`: the batch gives it a "skipped"
+    row saying why, so that the table accounts for every folder of the cohort.
+
     Raises
     ------
     InputError : a root that does not exist or holds no study; two studies with one id.
@@ -163,7 +171,13 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
             raise InputError(f"'{root}': no such file or directory")
         barren: list[Path] = []
         results: list[Path] = []
-        found = list(_walk(root, None if output is None else Path(os.path.abspath(output)), barren, results))
+        found: list[Path] = []
+        order: list[tuple[Path, bool]] = []  # (path, holds a study) in the walk's order
+        for path in _walk(root, None if output is None else Path(os.path.abspath(output)), barren, results):
+            order += [(b, False) for b in barren[len(order) - len(found) :]]
+            found.append(path)
+            order.append((path, True))
+        order += [(b, False) for b in barren[len(order) - len(found) :]]
         if results:  # earlier `cmrsdk segment` outputs under the root: not studies, and said so
             shown = ", ".join(str(p.relative_to(root)) for p in results[:5]) + (", ..." if len(results) > 5 else "")
             warnings.warn(
@@ -172,12 +186,12 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
                 ),
                 stacklevel=2,
             )
-        if found and barren:  # a cohort's folder with nothing to segment gets no row: say which
+        if found and barren:  # a cohort's folder with nothing to segment: said now, and a "skipped" row
             shown = ", ".join(str(p.relative_to(root)) for p in barren[:5]) + (", ..." if len(barren) > 5 else "")
             warnings.warn(
                 CmrWarning(
                     f"'{root}': {len(barren)} folder(s) hold no study (no DICOM image, NIfTI file, ACDC "
-                    f"patient or M&Ms subject) and get no row: {shown}"
+                    f"patient or M&Ms subject) and are skipped: {shown}"
                 ),
                 stacklevel=2,
             )
@@ -191,14 +205,39 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
             raise InputError(
                 f"'{root}' holds no study (DICOM series folder, NIfTI file, ACDC patient or M&Ms subject folder)"
             )
-        for path in found:
+        if not any(holds_study for _, holds_study in order):
+            order = [(path, True) for path in found]  # the root itself, tried as a DICOM series
+        for path, holds_study in order:
             if path == root:
                 study_id = study_name(root)
             else:
                 parts = path.relative_to(root).parts
                 study_id = "_".join((*parts[:-1], study_name(path)))
-            studies.append(StudySource(study_id, str(path)))
-    return _unique(studies, "the roots given")
+            if holds_study:
+                studies.append(StudySource(study_id, str(path)))
+            else:
+                studies.append(StudySource(study_id, str(path), skip_reason=_no_study(path)))
+    # a folder without a study gives way to a study of the same id (folder "a/" beside "a.nii.gz"),
+    # or to such a folder named before it: it never makes a clash that stops the run
+    taken = {s.study_id for s in studies if not s.skip_reason}
+    kept = []
+    for s in studies:
+        if s.skip_reason:
+            if s.study_id in taken:
+                continue
+            taken.add(s.study_id)
+        kept.append(s)
+    return _unique(kept, "the roots given")
+
+
+def _no_study(folder: Path) -> str:
+    """Why a folder under a root has no row of measures."""
+    try:
+        empty = not any(folder.iterdir())
+    except OSError:
+        empty = False
+    what = "it is empty" if empty else "no DICOM image, NIfTI file, ACDC patient or M&Ms subject in it"
+    return f"no study in this folder ({what})"
 
 
 def _number(value: str, column: str, where: str) -> float | None:

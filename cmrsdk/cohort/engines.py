@@ -289,6 +289,11 @@ class RayEngine(BatchEngine):
             raise CmrError("--engine ray needs Ray: pip install 'cmrsdk[cohort]' (or pip install ray)") from None
         self._ray = ray
         if not ray.is_initialized():
+            # ray.init replaces this process's SIGTERM handler (Python's with sys.exit, then its C++
+            # core's, which prints a stack and exits 1): the caller's is put back once it returns,
+            # so that `run_batch` ends a stopped run as it does on the local engine (exit 130, table)
+            main = threading.current_thread() is threading.main_thread()
+            sigterm = signal.getsignal(signal.SIGTERM) if main else None
             checkout = _source_checkout()
             # workers import this same cmrsdk, also when it runs from a source checkout
             runtime_env = {"env_vars": {"PYTHONPATH": checkout}} if checkout else None
@@ -313,6 +318,9 @@ class RayEngine(BatchEngine):
                     f"--address {self.address or '(local instance)'}: Ray could not start or connect "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
+            finally:
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
             self._started_ray = True
         self._actor_class = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_worker)(StudyWorker)
         self._actors = [self._new_actor() for _ in range(self.workers)]

@@ -3,6 +3,16 @@
 The volumes, EF and mass are `segment`'s report.json values unchanged; what a cohort adds is
 indexing to body surface area (Mosteller), heart rate and cardiac output, and the quality flags
 of the ED and ES phases in one cell.
+
+Units are in the column names (``_ml``, ``_pct``, ``_g``, ``_m2``, ``_l_min``, ``_bpm``, ``_cm``,
+``_kg``). Rounding (`DECIMALS`, at most this many decimals, trailing zeros dropped): the measures
+as report.json gives them (3 decimals: volumes in mL, EF in %, mass in g), BSA 4 decimals, the
+indexed values, cardiac output and index 3, height, weight and heart rate 4 (as the file or list
+gives them, to 4), seconds 3. Unknown values are empty cells. The CSV holds only the header row
+and one row per study (no comment lines, so that any CSV reader takes it).
+
+A one-phase study (flag ``single_phase``) has no ED or ES: its volumes are in ``lv_volume_ml`` and
+``rv_volume_ml`` (empty for every other study), its ED/ES measures empty, as in report.json.
 """
 
 from __future__ import annotations
@@ -17,10 +27,21 @@ from typing import Any
 from ..io._atomic import atomic_path
 from ..reference_ranges import implausible
 
-__all__ = ["COLUMNS", "MEASURES", "INDEXED", "bsa_mosteller", "measures_row", "write_measures_csv"]
+__all__ = [
+    "COLUMNS",
+    "MEASURES",
+    "SINGLE_PHASE_MEASURES",
+    "INDEXED",
+    "DECIMALS",
+    "bsa_mosteller",
+    "measures_row",
+    "write_measures_csv",
+]
 
 #: segment's measures, in report.json's names and units (mL, %, g)
 MEASURES = ("lvedv_ml", "lvesv_ml", "lvsv_ml", "lvef_pct", "lv_mass_g", "rvedv_ml", "rvesv_ml", "rvsv_ml", "rvef_pct")
+#: a one-phase study's blood-pool volumes (mL), at a phase nothing names ED or ES
+SINGLE_PHASE_MEASURES = ("lv_volume_ml", "rv_volume_ml")
 #: measure -> its BSA-indexed column (per m²)
 INDEXED = {
     "lvedv_ml": "lvedvi_ml_m2",
@@ -38,6 +59,7 @@ COLUMNS = (
     "status",
     "error",
     *MEASURES,
+    *SINGLE_PHASE_MEASURES,
     "height_cm",
     "weight_kg",
     "bsa_m2",
@@ -55,6 +77,20 @@ COLUMNS = (
     "options_key",
     "outputs",
 )
+
+
+#: column -> the most decimals its numbers are written with (report.json's measures have 3)
+DECIMALS: dict[str, int] = {
+    **{name: 3 for name in (*MEASURES, *SINGLE_PHASE_MEASURES)},
+    "height_cm": 4,
+    "weight_kg": 4,
+    "bsa_m2": 4,
+    **{name: 3 for name in INDEXED.values()},
+    "heart_rate_bpm": 4,
+    "cardiac_output_l_min": 3,
+    "cardiac_index_l_min_m2": 3,
+    "seconds": 3,
+}
 
 
 def bsa_mosteller(height_cm: float, weight_kg: float) -> float:
@@ -86,13 +122,13 @@ def measures_row(
 
     Returns
     -------
-    dict with the columns of `MEASURES`, biometrics, BSA-indexed values (when height and weight
+    dict with the columns of `MEASURES` and `SINGLE_PHASE_MEASURES`, biometrics, BSA-indexed values (when height and weight
     are known and plausible), heart rate and cardiac output (LVSV x HR), ``quality_flags``
     (``ED:flag;ES:flag``), ``notes`` (biometrics set aside), ``phases``, ``ed_phase``, ``es_phase``.
     Unknown values are None.
     """
     measures = report.get("measures", {})
-    row: dict[str, Any] = {name: _number(measures.get(name)) for name in MEASURES}
+    row: dict[str, Any] = {name: _number(measures.get(name)) for name in (*MEASURES, *SINGLE_PHASE_MEASURES)}
     study = report.get("study", {}) or {}
     given = {
         "height_cm": height_cm if height_cm is not None else study.get("height_cm"),
@@ -108,16 +144,18 @@ def measures_row(
             value = None
         row[name] = value
     bsa = bsa_mosteller(row["height_cm"], row["weight_kg"]) if row["height_cm"] and row["weight_kg"] else None
-    row["bsa_m2"] = None if bsa is None else round(bsa, 4)
+    row["bsa_m2"] = None if bsa is None else round(bsa, DECIMALS["bsa_m2"])
     for name, indexed in INDEXED.items():
-        row[indexed] = None if bsa is None or row[name] is None else round(row[name] / bsa, 3)
+        row[indexed] = None if bsa is None or row[name] is None else round(row[name] / bsa, DECIMALS[indexed])
     output = (
         None
         if row["heart_rate_bpm"] is None or row["lvsv_ml"] is None
         else row["lvsv_ml"] * row["heart_rate_bpm"] / 1000.0
     )
-    row["cardiac_output_l_min"] = None if output is None else round(output, 3)
-    row["cardiac_index_l_min_m2"] = None if output is None or bsa is None else round(output / bsa, 3)
+    row["cardiac_output_l_min"] = None if output is None else round(output, DECIMALS["cardiac_output_l_min"])
+    row["cardiac_index_l_min_m2"] = (
+        None if output is None or bsa is None else round(output / bsa, DECIMALS["cardiac_index_l_min_m2"])
+    )
     phases = report.get("phases", [])
     flags = []
     for label, index in (("ED", report.get("ed_index")), ("ES", report.get("es_index"))):
@@ -131,24 +169,25 @@ def measures_row(
     return row
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return "" if not math.isfinite(value) else repr(round(value, 4))
+        return "" if not math.isfinite(value) else repr(round(value, DECIMALS.get(column, 4)))
     return str(value)
 
 
 def write_measures_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write ``rows`` (dicts keyed by `COLUMNS`) as CSV, atomically: readers see the old table or the new one.
 
-    Unknown values are empty cells; columns missing from a row are empty.
+    Unknown values are empty cells; columns missing from a row are empty; numbers are rounded
+    to `DECIMALS` (4 decimals for a column it does not name).
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+        writer.writerow([_cell(row.get(c), c) for c in COLUMNS])
     path = Path(path)
     with atomic_path(path) as temporary:
         temporary.write_text(buffer.getvalue(), encoding="utf-8")

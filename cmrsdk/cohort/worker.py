@@ -25,7 +25,7 @@ from ..pipeline import DEFAULT_MIRRORING
 from .discover import StudySource
 from .table import measures_row
 
-__all__ = ["PipelineSpec", "StudyResult", "StudyWorker", "segment_study", "set_thread_count"]
+__all__ = ["PipelineSpec", "StudyResult", "StudyWorker", "content_sha256", "segment_study", "set_thread_count"]
 
 
 @dataclass(frozen=True)
@@ -90,15 +90,58 @@ def set_thread_count(threads: int) -> None:
 
 
 def segment_study(
-    pipeline: Any, source: Path, out_dir: Path, *, overlay: bool = True, report_html: bool = True
+    pipeline: Any,
+    source: Path,
+    out_dir: Path,
+    *,
+    overlay: bool = True,
+    report_html: bool = True,
+    height_cm: float | None = None,
+    weight_kg: float | None = None,
 ) -> dict[str, Any]:
     """Read, segment and write one study as `cmrsdk segment` does; returns its report.
 
     The one place the batch calls the per-study function of the ``segment`` command.
+    ``height_cm`` / ``weight_kg`` (a study list's) replace the file's own in the report.
     """
     from ..study import segment_one
 
-    return segment_one(pipeline, source, out_dir, overlay=overlay, report_html=report_html)
+    return segment_one(
+        pipeline, source, out_dir, overlay=overlay, report_html=report_html, height_cm=height_cm, weight_kg=weight_kg
+    )
+
+
+def content_sha256(source: Path) -> str | None:
+    """SHA-256 of a study's bytes: of the file, or of a folder's files (hidden ones left out) in
+    the order of their digests, names left out; None where it cannot be read. Byte-identical
+    copies under other names give the same value; any changed byte another.
+
+    Costs one read of the study (about 1 GB/s; a 240-image DICOM cine of 32 MB takes 40 ms), in the
+    worker, beside a segmentation of seconds.
+    """
+    try:
+        if source.is_file():
+            files = [source]
+        elif source.is_dir():
+            files = sorted(
+                p
+                for p in source.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+            )
+        else:
+            return None
+        digests = []
+        for path in files:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            digests.append(digest.hexdigest())
+    except Exception:  # unreadable, a name the file system refuses, ...: no identity, the study is still segmented
+        return None
+    if not digests:
+        return None
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
 
 
 def _dicom_heart_rate(source: Path, series_uid: str | None) -> float | None:
@@ -183,6 +226,8 @@ class StudyWorker:
         carries on with the next study.
         """
         t0 = time.perf_counter()
+        # the batch counts byte-identical copies once (the journal keeps it; not a table column)
+        content = content_sha256(Path(study.source))
         root = self.scratch if self.scratch and os.path.isdir(self.scratch) else None
         # hidden in OUT/.tmp, where the driver writes OUT/.tmp/<study_id>
         scratch = Path(tempfile.mkdtemp(prefix=".worker-" if root else "cmrsdk-batch-", dir=root))
@@ -192,7 +237,14 @@ class StudyWorker:
             # a cohort's thousands of reader warnings would bury the progress bar: they go to the row
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                report = segment_study(self.pipeline, source, scratch, **self.outputs)
+                report = segment_study(
+                    self.pipeline,
+                    source,
+                    scratch,
+                    **self.outputs,
+                    height_cm=study.height_cm,
+                    weight_kg=study.weight_kg,
+                )
             heart_rate = study.heart_rate_bpm
             if heart_rate is None and source.exists() and (source.is_dir() or source.suffix.lower() == ".dcm"):
                 from ..io import detect_format
@@ -214,4 +266,6 @@ class StudyWorker:
             )
             row["notes"] = "; ".join(n for n in (row.get("notes"), shown) if n)
         row.update(study_id=study.study_id, source=study.source, seconds=round(time.perf_counter() - t0, 3))
+        if content is not None:
+            row["content_sha256"] = content
         return StudyResult(study.study_id, row, files)
