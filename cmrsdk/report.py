@@ -256,7 +256,7 @@ def _ed_es_from(result: StudySegmentation, study: Study | None) -> str | None:
 
 
 def save_overlay(path: str | Path, result: StudySegmentation, *, max_slices: int = 12, dpi: int = 110) -> Path:
-    """A montage PNG: ED above, ES below, zoomed on the heart, radiologically oriented (`cmrsdk.montage`).
+    """A montage PNG: ED above, ES below (one row for one phase), base to apex, zoomed on the heart (`cmrsdk.montage`).
 
     Parameters
     ----------

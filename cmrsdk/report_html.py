@@ -79,7 +79,9 @@ SINGLE_PHASE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("lv_mass_g", "LV mass (1.05 g/mL)", "g"),
     ("rv_volume_ml", "RV blood-pool volume (the one phase)", "mL"),
 )
-_COLOURS = {"LV": "#d62f22", "RV": "#2f6fe0"}
+#: the curves' colours: Okabe-Ito vermillion and blue, apart for colour-blind readers and on white
+#: (the picture's RV yellow, `cmrsdk.montage.STRUCTURE_COLOURS`, would not show on a white plot)
+_COLOURS = {"LV": "#d55e00", "RV": "#0072b2"}
 
 
 def _single(report: Mapping[str, Any]) -> bool:
@@ -475,8 +477,9 @@ def render_report_html(
     body.append(
         f"<h2>{shown}</h2><figure>"
         + _html.img_tag(montage, f"{shown} with the segmentation")
-        + '<figcaption>Zoomed on the heart, one window for all phases shown; each slice labelled "z / region / '
-        'confidence" (z as stored in the input).</figcaption></figure>'
+        + "<figcaption>Zoomed on the heart, one window for all phases shown; slices from base to apex, each "
+        "labelled z (its index as stored), its position in mm and its region; the classifier's probability "
+        "only where below 1.</figcaption></figure>"
     )
     body.append(_slices_section(report))
     body.append(_curve_section(report, study))
