@@ -166,10 +166,14 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
         if sex in ("M", "F")
         else "values outside both are marked ↑ ↓: the patient's sex is not known"
     )
+    ranges = (
+        f"Ranges are the published mean ± 2 SD of healthy adults, men / women ({marked}); "
+        if used_sources
+        else "No reference range applies to these measures; "
+    )
     parts.append(
-        f'<p class="small">Ranges are the published mean ± 2 SD of healthy adults, men / women '
-        f"({marked}); volumes by slice summation with papillary muscles in "
-        f"the blood pool, as ACDC labels them. Sources: {notes}.</p>"
+        f'<p class="small">{ranges}volumes by slice summation with papillary muscles in '
+        f"the blood pool, as ACDC labels them.{f' Sources: {notes}.' if notes else ''}</p>"
     )
     return "\n".join(parts)
 
@@ -439,7 +443,8 @@ def render_report_html(
     montage = study_montage_png(result)
     montage_ms = montage_drawing_ms(result) or 0.0
     info = report.get("study", {})
-    name = title or info.get("patient_id") or info.get("source") or "study"
+    # the file's name, not its whole path, where nothing else names the study
+    name = title or info.get("patient_id") or Path(str(info.get("source") or "study")).name
     m = report.get("measures", {})
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if _single(report):  # one phase of unknown place in the cycle: no EDV, no EF
@@ -453,10 +458,14 @@ def render_report_html(
             f"LV mass {_with_unit(m.get('lv_mass_g'), 'g')} · <b>RVEF {_with_unit(m.get('rvef_pct'), '%')}</b> · "
             f"RVEDV {_with_unit(m.get('rvedv_ml'), 'mL')}</p>"
         )
-    described = ", ".join(str(info[k]) for k in ("series_description", "manufacturer", "group") if info.get(k))
+    described = ", ".join(
+        [str(info[k]) for k in ("series_description", "manufacturer") if info.get(k)]
+        + ([f"diagnosis group {info['group']}"] if info.get("group") else [])
+    )
+    kind = "one short-axis stack" if _single(report) else "short-axis cine"
     body = [
         f"<h1>Cardiac MRI segmentation: {_html.escape(name)}</h1>",
-        f'<p class="sub">{_html.escape(described or "short-axis cine")} · generated {generated} by cmrsdk '
+        f'<p class="sub">{_html.escape(f"{kind}, {described}" if described else kind)} · generated {generated} by cmrsdk '
         f"{_html.escape(report.get('provenance', {}).get('cmrsdk', ''))}</p>",
         '<p class="banner">Automatic segmentation: check the contours below before using any number.</p>',
         headline,

@@ -339,3 +339,14 @@ def test_an_rv_smallest_far_from_the_lvs_es_is_flagged(segmented_phantom):
     assert "RVESV and RVEF are read at the LV&#x27;s end-systole" in _page(cine, report)
     # an RV smallest at the LV's ES: no flag
     assert "rv_es_differs" not in study_report(replace(result, phases=(*result.phases, es)), None)["flags"]
+
+
+def test_a_one_phase_page_says_what_it_holds_and_no_empty_sources(single):
+    """Sweep 11: a one-phase page ended "Sources: ." and called a 3-D volume a cine; titles gave
+    the whole path; ACDC's "DCM" stood unlabelled in the subtitle."""
+    study, result = single
+    anonymous = replace(study, info=StudyInfo(source="/data/site/run 7/patient001_frame01.nii.gz", group="DCM"))
+    page = _page(result, study_report(result, anonymous), anonymous)
+    assert "Sources: ." not in page and "No reference range applies to these measures" in page
+    assert "<h1>Cardiac MRI segmentation: patient001_frame01.nii.gz</h1>" in page
+    assert "diagnosis group DCM" in page and "one short-axis stack" in page and "short-axis cine" not in page
