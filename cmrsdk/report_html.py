@@ -219,6 +219,23 @@ def _phase_name(report: Mapping[str, Any], phase: Mapping[str, Any]) -> str:
     return str(phase.get("phase") or "")
 
 
+#: (key in report["study"], what it is): the identifiers a reader matches the page to the patient by
+_IDENTIFIERS = (
+    ("patient_id", "Patient ID"),
+    ("study_date", "study date"),
+    ("accession_number", "accession"),
+    ("study_uid", "study UID"),
+    ("series_uid", "series UID"),
+)
+
+
+def _identifiers(info: Mapping[str, Any]) -> str:
+    """One line of the study's identifiers, or one saying the input carried none (NIfTI)."""
+    known = [f"{name} {info[key]}" for key, name in _IDENTIFIERS if info.get(key)]
+    text = " · ".join(known) if known else "The input carries no patient or study identifiers."
+    return f'<p class="sub">{_html.escape(text)}</p>'
+
+
 def _flags_section(report: Mapping[str, Any]) -> str:
     items = [
         f"<li><b>Study</b>: {_html.escape(STUDY_FLAG_TEXT.get(flag, flag.replace('_', ' ')))}</li>"
@@ -467,6 +484,7 @@ def render_report_html(
         f"<h1>Cardiac MRI segmentation: {_html.escape(name)}</h1>",
         f'<p class="sub">{_html.escape(f"{kind}, {described}" if described else kind)} · generated {generated} by cmrsdk '
         f"{_html.escape(report.get('provenance', {}).get('cmrsdk', ''))}</p>",
+        _identifiers(info),
         '<p class="banner">Automatic segmentation: check the contours below before using any number.</p>',
         headline,
         _measures_section(report, study),

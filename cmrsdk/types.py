@@ -131,6 +131,8 @@ class StudyInfo:
     group: str | None = None  # diagnosis group (ACDC) or pathology (M&Ms)
     sex: str | None = None  # "M" or "F" (DICOM PatientSex); None where unknown or other
     age_years: float | None = None  # DICOM PatientAge ("045Y", "006M", ...) in years
+    study_date: str | None = None  # DICOM StudyDate as ISO "YYYY-MM-DD"; None where absent or invalid
+    accession_number: str | None = None  # DICOM AccessionNumber
     source: str = ""
 
 

@@ -350,3 +350,27 @@ def test_a_one_phase_page_says_what_it_holds_and_no_empty_sources(single):
     assert "Sources: ." not in page and "No reference range applies to these measures" in page
     assert "<h1>Cardiac MRI segmentation: patient001_frame01.nii.gz</h1>" in page
     assert "diagnosis group DCM" in page and "one short-axis stack" in page and "short-axis cine" not in page
+
+
+def test_the_page_names_the_patient_and_study_it_is_about(segmented_phantom, sources, tmp_path):
+    """Sweep 11: no study date, UID or accession on the page. DICOM StudyDate (valid only) and
+    AccessionNumber are read; a NIfTI input says it carries none."""
+    from cmrsdk.io import read_study
+
+    for value, expected in (("20120315", "2012-03-15"), ("00000000", None)):
+        folder = tmp_path / value
+        folder.mkdir()
+        for path in sources:
+            ds = pydicom.dcmread(path)
+            ds.StudyDate, ds.AccessionNumber = value, "ACC 42"
+            ds.save_as(folder / path.name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info = read_study(folder).info
+        assert (info.study_date, info.accession_number) == (expected, "ACC 42")
+    study, result = segmented_phantom
+    dated = replace(study, info=replace(info, study_date="2012-03-15", patient_id="PAT 7"))
+    page = _page(result, study_report(result, dated), dated)
+    assert "Patient ID PAT 7 · study date 2012-03-15 · accession ACC 42 · study UID " in page
+    bare = replace(study, info=StudyInfo(source="a.nii.gz"))
+    assert "The input carries no patient or study identifiers." in _page(result, study_report(result, bare), bare)

@@ -1081,8 +1081,19 @@ def _info(header: Dataset, series_uid: str, path: Path) -> StudyInfo:
         weight_kg=_float_tag(header, "PatientWeight"),
         sex={"M": "M", "F": "F"}.get(str(header.get("PatientSex", "") or "").strip().upper()),
         age_years=_age_years(header.get("PatientAge")),
+        study_date=_iso_date(header.get("StudyDate")),
+        accession_number=str(header.get("AccessionNumber", "") or "").strip() or None,
         source=str(path),
     )
+
+
+def _iso_date(value: object) -> str | None:
+    """A DICOM date (DA, "20120101") as "2012-01-01"; None where absent or not a real date
+    (anonymised archives hold "00000000", "UNKNOWN")."""
+    from ._dicom_out import valid_date
+
+    text = str(value or "").strip()
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if valid_date(text) else None
 
 
 #: years per unit of DICOM's Age String (PS3.5 AS: nnnD, nnnW, nnnM or nnnY)
