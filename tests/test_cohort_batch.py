@@ -167,6 +167,15 @@ def test_ray_engine_gives_the_local_table(ray_instance, local_run, cohort: Path,
     assert ray_instance.is_initialized()  # a batch leaves running a Ray instance it did not start
 
 
+def _wait_for_a_finished_study(batch: subprocess.Popen, journal: Path, timeout: float = 300.0) -> None:
+    """Until the batch's journal holds its first line (a study done), or the batch ends."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and batch.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 1:
+            return
+        time.sleep(0.05)
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -219,11 +228,7 @@ def test_sigkill_midway_then_rerun_completes_each_study_once(engine: str, shared
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     batch = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out / "journal.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and batch.poll() is None:
-        if journal.exists() and journal.read_bytes().count(b"\n") >= 1:
-            break
-        time.sleep(0.05)
+    _wait_for_a_finished_study(batch, journal)
     workers = _children(batch.pid)
     batch.send_signal(signal.SIGKILL)
     batch.wait()
@@ -270,11 +275,7 @@ def test_sigterm_stops_a_ray_batch_like_ctrl_c(ray_instance, shared_data: Path, 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     batch = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal = out / "journal.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and batch.poll() is None:
-        if journal.exists() and journal.read_bytes().count(b"\n") >= 1:
-            break
-        time.sleep(0.05)
+    _wait_for_a_finished_study(batch, journal)
     batch.send_signal(signal.SIGTERM)  # to the batch only, as a service manager stops it
     stdout, stderr = batch.communicate(timeout=120)
     assert batch.returncode == 130, stderr[-2000:]

@@ -16,30 +16,11 @@ from pathlib import Path
 import pytest
 
 from cmrsdk.cohort.discover import StudySource, discover_studies
-from cmrsdk.cohort.engines import BatchEngine
+from _cohort import InProcess
+
 from cmrsdk.cohort.table import COLUMNS, write_measures_csv
 from cmrsdk.cohort.worker import PipelineSpec
 from cmrsdk.errors import CmrWarning
-
-
-class _InProcess(BatchEngine):
-    """The batch's `StudyWorker` in this process: real reports, no pool to start."""
-
-    name = "in-process"
-
-    def _start(self) -> None:
-        from cmrsdk.cohort.worker import StudyWorker
-
-        self.worker = StudyWorker(self.spec, self.threads, self.scratch)
-
-    def run(self, studies):
-        for study in studies:
-            yield self.worker.run(study)
-
-    _submit = _wait = _recover = None  # type: ignore[assignment]
-
-    def close(self) -> None:
-        pass
 
 
 def _spec() -> PipelineSpec:
@@ -71,7 +52,7 @@ def cohort_run(shared_data: Path, tmp_path_factory):
     ]
     out = tmp_path_factory.mktemp("out10") / "out"
     spec = _spec()
-    summary = run_batch(studies, spec, out, _InProcess(spec, 1, 1), progress=False, figure=False)
+    summary = run_batch(studies, spec, out, InProcess(spec, 1, 1), progress=False, figure=False)
     with (out / "measures.csv").open(newline="") as handle:
         table = {r["study_id"]: r for r in csv.DictReader(handle)}
     return out, summary, table

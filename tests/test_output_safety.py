@@ -143,27 +143,13 @@ def test_a_write_error_names_the_output_folder_not_the_staging_one(shared_data: 
 def test_batch_workers_segment_under_the_batch_output(shared_data: Path, tmp_path: Path, monkeypatch) -> None:
     """Workers segmented in the system's temporary folder: a killed batch left patient data there
     (/tmp/cmrsdk-batch-*, /tmp/.cmrsdk-staging-*) that nothing cleared; under OUT/.tmp the next batch does."""
+    from _cohort import InProcess
+
     from cmrsdk import DEMO_BUNDLE
     from cmrsdk.cohort import worker as worker_module
     from cmrsdk.cohort.batch import run_batch
     from cmrsdk.cohort.discover import StudySource
-    from cmrsdk.cohort.engines import BatchEngine
-    from cmrsdk.cohort.worker import PipelineSpec, StudyWorker
-
-    class InProcess(BatchEngine):
-        name = "in-process"
-
-        def _start(self) -> None:
-            self.worker = StudyWorker(self.spec, self.threads, self.scratch)
-
-        def run(self, studies):
-            for study in studies:
-                yield self.worker.run(study)
-
-        _submit = _wait = _recover = None  # type: ignore[assignment]
-
-        def close(self) -> None:
-            pass
+    from cmrsdk.cohort.worker import PipelineSpec
 
     system_temp = tmp_path / "system-tmp"
     system_temp.mkdir()
