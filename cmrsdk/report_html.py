@@ -42,6 +42,13 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "lvbp_fragments": "On at least one slice the LV blood pool falls into several pieces.",
     "lvm_fragments": "On at least one slice the LV myocardium falls into several pieces.",
     "rvbp_fragments": "On at least one slice the RV blood pool falls into several pieces.",
+    "single_slice": "One slice only: no volume can be measured from it.",
+    "slice_gap": "The slice positions leave a gap (a slice missing): each slice counts with the distance "
+    "to its neighbours, so the volumes are measured at the stack's real size; check the missing slice.",
+    "repeated_slice": "A slice position is in the stack twice (a repeated breath-hold, or a copied slice): "
+    "it is counted twice in the volumes.",
+    "blank_image": "Every pixel is zero: nothing was segmented.",
+    "field_edge": "The masks reach the edge of the field the networks saw: part of the heart may lie outside it.",
 }
 #: each study flag of `cmrsdk.report.study_report`, as a sentence.
 STUDY_FLAG_TEXT: dict[str, str] = {
@@ -53,6 +60,10 @@ STUDY_FLAG_TEXT: dict[str, str] = {
     "segmentation, or a ventricle that barely ejects); LV stroke volume and ejection fraction are withheld.",
     "rv_esv_exceeds_edv": "The RV measures larger at ES than at ED: no ejection can be measured (a failed "
     "segmentation, or a ventricle that barely ejects); RV stroke volume and ejection fraction are withheld.",
+    "phase_without_lv": "A phase of the cine shows no LV while others do (a blank frame, a failed "
+    "segmentation): it was never taken for end-systole.",
+    "ed_es_coverage_differs": "ED and ES hold other slice positions: the volumes compare unlike stacks, "
+    "and the rule for the ES basal RV is not applied.",
     "lv_not_found": "No LV blood pool was found at ED or ES (a heart the networks did not find, a blank or "
     "unusual image): the LV measures there are not measured, not 0 mL.",
     "rv_not_found": "No RV blood pool was found at ED or ES: the RV measures there are not measured, not 0 mL.",

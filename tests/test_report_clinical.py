@@ -374,3 +374,11 @@ def test_the_page_names_the_patient_and_study_it_is_about(segmented_phantom, sou
     assert "Patient ID PAT 7 · study date 2012-03-15 · accession ACC 42 · study UID " in page
     bare = replace(study, info=StudyInfo(source="a.nii.gz"))
     assert "The input carries no patient or study identifiers." in _page(result, study_report(result, bare), bare)
+
+
+def test_every_flag_the_sr_codes_has_a_sentence_on_the_page():
+    """Sweep 12: seven flags showed as raw names ("field edge", "slice gap", ...) on the page."""
+    from cmrsdk.io.sr import SR_CAVEATS
+    from cmrsdk.report_html import QUALITY_FLAG_TEXT, STUDY_FLAG_TEXT
+
+    assert set(SR_CAVEATS) == set(QUALITY_FLAG_TEXT) | set(STUDY_FLAG_TEXT)
