@@ -155,7 +155,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
             measures[key] = None
         flags.append("no_volume_change")
     flags += _not_found(result, measures, single)
-    rv_es = _rv_smallest_elsewhere(result)
+    phases = [_phase_entry(seg, _phase_name(seg, i, result)) for i, seg in enumerate(result.phases)]
+    rv_es = _rv_smallest_elsewhere([p["volumes_ml"]["RVBP"] for p in phases], result.es_index)
     if rv_es is not None:
         flags.append("rv_es_differs")
     measured = result.measured if result.measured is not None else result.measures
@@ -175,7 +176,7 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         "flags": flags,
         "measures": measures,
         "lv_volume_curve_ml": [_finite(v) for v in result.lv_volume_curve_ml],
-        "phases": [_phase_entry(seg, _phase_name(seg, i, result)) for i, seg in enumerate(result.phases)],
+        "phases": phases,
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         "provenance": result.phases[0].provenance,
     }
@@ -228,23 +229,26 @@ def _not_found(result: StudySegmentation, measures: dict[str, Any], single: bool
 RV_ES_RATIO = 1.2
 
 
-def _rv_smallest_elsewhere(result: StudySegmentation) -> tuple[int, list[float | None]] | None:
+def _rv_smallest_elsewhere(rv_ml: list[float | None], es_index: int) -> tuple[int, list[float | None]] | None:
     """A cine whose RV is smallest far from the LV's ES: (that phase's index, the RV volume
     curve, mL) where the RV at the LV's ES is over `RV_ES_RATIO` times its smallest volume
-    (Sunnybrook SCD0000201: 103 mL at the LV's ES, 63 mL four frames later), else None. The
-    RVESV stays the one at the LV's ES (one ES per study, as the reference ranges assume); the
-    flag says that the RV ejects on another beat of the curve, or that its contours fail there."""
-    if len(result.phases) <= 2:
+    (Sunnybrook SCD0000201: 103 mL at the LV's ES, 63 mL four frames later), else None.
+
+    ``rv_ml`` is each phase's RV blood-pool volume as report.json gives it (None where one
+    slice gives none). The RVESV stays the one at the LV's ES (one ES per study, as the reference
+    ranges assume); the flag says that the RV ejects on another beat of the curve, or that its
+    contours fail there."""
+    if len(rv_ml) <= 2:
         return None
-    curve = np.array([seg.volumes_ml()["RVBP"] for seg in result.phases], dtype=np.float64)
+    curve = np.array([np.nan if v is None else v for v in rv_ml], dtype=np.float64)
     beating = np.flatnonzero(np.isfinite(curve) & (curve > 0))
-    at_es = curve[result.es_index]
+    at_es = curve[es_index]
     if not len(beating) or not np.isfinite(at_es) or at_es <= 0:
         return None
     smallest = int(beating[np.argmin(curve[beating])])
     if at_es <= RV_ES_RATIO * curve[smallest]:
         return None
-    return smallest, [_finite(v) for v in curve]
+    return smallest, list(rv_ml)
 
 
 def _ed_es_from(result: StudySegmentation, study: Study | None) -> str | None:
