@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
+from ._version import __version__
 from .chirality import seen_from_apex
 from .errors import InputError
 from .io._atomic import atomic_path
@@ -666,7 +667,9 @@ def montage_note(result: StudySegmentation) -> str:
         for confidence in (result.phases[index].region_confidence for _, index in _phases_shown(result))
     )
     captions = "Captions: z (slice index as stored), slice position in mm, region of the slice"
-    return f"{view}\n{captions}{', classifier probability where below 1' if probabilities else ''}."
+    # the picture travels without its page: it says itself that no one has checked it
+    automatic = f"Automatic segmentation by cmrsdk {__version__}, not verified: check the contours before use."
+    return f"{view}\n{captions}{', classifier probability where below 1' if probabilities else ''}.\n{automatic}"
 
 
 def study_montage(result: StudySegmentation, *, max_slices: int = 12, tile: int = 144, columns: int = 6) -> np.ndarray:

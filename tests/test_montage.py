@@ -233,6 +233,8 @@ def test_orientation_note_says_when_the_file_does_not_tell():
     assert "not known" in unknown and "radiological" not in unknown.lower()
     known = montage.montage_note(_study(_phase(affine=_phantom_affine())))
     assert "Radiological view" in known and "not known" not in known
+    # the picture travels without its page: it says it is automatic and unchecked (sweep 11)
+    assert known.splitlines()[-1].startswith("Automatic segmentation by cmrsdk ") and "not verified" in known
 
 
 def test_headings_name_the_phases_as_the_page_does():
