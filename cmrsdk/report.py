@@ -18,7 +18,7 @@ from .labels import LABEL_NAMES, LVBP, REGION_NAMES, RVBP, STRUCTURES
 from .metrics import cardiac_measures, dice, quality_flags, slice_gaps
 from .pipeline import Segmentation, StudySegmentation
 from .reference_ranges import implausible
-from .types import Stack, Study
+from .types import SINGLE_PHASE, Stack, Study
 
 __all__ = ["study_report", "save_overlay", "ground_truth_agreement"]
 
@@ -66,10 +66,6 @@ def _same_positions(a: Segmentation, b: Segmentation, atol_mm: float = 0.5) -> b
 def _positions(seg: Segmentation) -> np.ndarray:
     """float64 (Z,) slice positions in mm (a `Stack` always has them once made)."""
     return np.asarray(seg.stack.slice_positions, dtype=np.float64)
-
-
-#: the phase name of a one-phase study: nothing says where in the cycle its one phase lies
-SINGLE_PHASE = "single phase"
 
 
 def _phase_name(seg: Segmentation, index: int, result: StudySegmentation) -> str | None:

@@ -80,7 +80,7 @@ def _named(stem: str, phase: str, suffix: str) -> str:
 
 def _flags_by_scope(report: dict[str, Any]) -> dict[str, list[str]]:
     """report.json's flags for the SR: the study's, then ED's and ES's (a one-phase study's one)."""
-    from .report import SINGLE_PHASE
+    from .types import SINGLE_PHASE
 
     scopes = {"study": list(report.get("flags", []))}
     phases = report["phases"]
@@ -337,7 +337,8 @@ def segment_one(
     """
     from .io import detect_format, read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
     from .io.archive import unpacked
-    from .report import SINGLE_PHASE, ground_truth_agreement, save_overlay, study_report
+    from .report import ground_truth_agreement, save_overlay, study_report
+    from .types import SINGLE_PHASE
 
     if not callable(getattr(pipeline, "segment_study", None)):
         raise InputError(

@@ -19,7 +19,11 @@ import numpy as np
 from ._checks import MAX_MATRIX, check_label_map, check_spacing, check_stack_geometry
 from .errors import InputError
 
-__all__ = ["Stack", "StudyInfo", "Study"]
+__all__ = ["Stack", "StudyInfo", "Study", "SINGLE_PHASE"]
+
+#: the phase name of a one-phase study (report.json, the SR's key for its one SEG): nothing says
+#: where in the cycle its one phase lies
+SINGLE_PHASE = "single phase"
 
 
 @dataclass(frozen=True, eq=False)

@@ -362,10 +362,3 @@ def test_quality_flags_are_coded_as_caveats_by_scope(series, segs, tmp_path):
     # DICOM's limits: a code value is SH (16 characters), a meaning LO (64); each code one flag
     assert all(len(v) <= 16 and len(m) <= 64 for v, m in SR_CAVEATS.values())
     assert len({v for v, _ in SR_CAVEATS.values()}) == len(SR_CAVEATS)
-
-
-def test_sr_single_phase_constant_is_the_reports():
-    from cmrsdk.io.sr import SINGLE_PHASE
-    from cmrsdk.report import SINGLE_PHASE as REPORTED
-
-    assert SINGLE_PHASE == REPORTED

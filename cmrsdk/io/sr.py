@@ -42,9 +42,10 @@ from typing import Any
 
 from ..errors import InputError, WriteError
 from ..labels import LVBP, LVM, RVBP
+from ..types import SINGLE_PHASE
 from ._atomic import atomic_path
 
-__all__ = ["write_measurement_report", "SR_MEASURES", "SR_CAVEATS", "SEGMENT_MEASURES", "SINGLE_PHASE"]
+__all__ = ["write_measurement_report", "SR_MEASURES", "SR_CAVEATS", "SEGMENT_MEASURES"]
 
 #: report.json measure key -> (group, concept, unit); concepts and units are built on first use.
 SR_MEASURES: dict[str, tuple[str, str, str]] = {
@@ -63,8 +64,6 @@ SR_MEASURES: dict[str, tuple[str, str, str]] = {
     "rv_volume_ml": ("rv", "SCT:118565006:Volume", "ml"),
 }
 
-#: the phase name of a one-phase study (as `cmrsdk.report.SINGLE_PHASE`): its one SEG's key
-SINGLE_PHASE = "single phase"
 #: report.json measure key -> (phase of the SEG, segment number = canonical label) it is read from;
 #: the LV mass of a one-phase study is of that phase (``_segment_of``)
 SEGMENT_MEASURES: dict[str, tuple[str, int]] = {
@@ -150,7 +149,7 @@ def write_measurement_report(
     source_files : the DICOM source images the measures come from (ED and ES slices); the
         first gives the patient and study the report joins.
     segmentations : the study's DICOM SEG files by phase, ``"ED"`` / ``"ES"``, or
-        :data:`SINGLE_PHASE` for a one-phase study; each segment number is a canonical label
+        ``cmrsdk.types.SINGLE_PHASE`` for a one-phase study; each segment number is a canonical label
         (`cmrsdk.io.write_dicom_seg`). The measures read from one segment reference it
         (:data:`SEGMENT_MEASURES`). None: every measure in the ventricles' groups, no reference.
     quality_flags : flags by scope: ``"study"`` (report.json's ``flags``) and phase names
