@@ -203,6 +203,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 report_html=not args.no_report_html,
                 region_source=region_source,
                 series_uid=args.series,
+                label_convention=args.label_convention,
             )
         except Exception as exc:  # one study's failure never stops another's
             failures += 1
@@ -537,6 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
             "bundle's preprocessing.segment_spacing; 'training': the training grid)",
         )
 
+    def label_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--label-convention",
+            choices=["acdc", "mnms", "canonical"],
+            default=None,
+            help="how the label maps (_gt) code the structures where a pipeline wrote them otherwise than "
+            "their layout's: acdc 1 RV 2 MYO 3 LV, mnms and canonical 1 LV 2 MYO 3 RV (default: an ACDC "
+            "folder's acdc, an M&Ms folder's mnms; a map coded the other way round is refused, naming it)",
+        )
+
     p = sub.add_parser(
         "segment",
         help="segment DICOM directories, NIfTI files, ACDC or M&Ms folders",
@@ -552,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output directory (one sub-folder per study when several)")
     engine_options(p)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    label_options(p)
     p.add_argument(
         "--mode",
         default="routed",

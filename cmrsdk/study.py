@@ -296,6 +296,7 @@ def segment_one(
     series_uid: str | None = None,
     height_cm: float | None = None,
     weight_kg: float | None = None,
+    label_convention: str | None = None,
 ) -> dict[str, Any]:
     """Read, segment and write one study; returns its report (the content of ``report.json``).
 
@@ -318,6 +319,9 @@ def segment_one(
         cine the reader chooses; DICOM sources only.
     height_cm, weight_kg : the patient's, replacing the file's own (Info.cfg, DICOM PatientSize and
         PatientWeight) in the reports; a cohort's study list gives them (``cmrsdk batch --list``).
+    label_convention : how a NIfTI source's label maps code the structures ("acdc", "mnms",
+        "canonical"; ``cmrsdk segment --label-convention``) where they differ from its layout's
+        (`cmrsdk.io.read_study`'s ``convention``); None: the layout's own.
 
     Returns
     -------
@@ -354,7 +358,7 @@ def segment_one(
         warnings.simplefilter("always", CmrWarning)
         t0 = time.perf_counter()
         if series_uid is None:
-            study = read_study(readable.path)
+            study = read_study(readable.path, convention=label_convention)
         elif detect_format(readable.path) != "dicom":
             raise InputError(f"{source}: a series UID ({series_uid}) selects a DICOM series; this input is not DICOM")
         else:

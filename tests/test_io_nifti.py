@@ -299,7 +299,7 @@ def test_slices_stored_first_read_as_the_xyz_file(tmp_path: Path) -> None:
     image = _save(tmp_path / "zyx.nii.gz", data_xyz.transpose(2, 1, 0).copy(), zyx_affine)
     label = _save(tmp_path / "zyx_gt.nii.gz", labels_xyz.transpose(2, 1, 0).copy(), zyx_affine)
     with pytest.warns(
-        CmrWarning, match=r"zyx\.nii\.gz: the slice axis is array axis 1 \(pixdim\[1:4\] \[8\.0, 1\.5, 1\.25\]"
+        CmrWarning, match=r"zyx\.nii\.gz: the slice axis is array axis 1 \(voxel sizes \[8\.0, 1\.5, 1\.25\]"
     ):
         stack = read_nifti_stack(image, label)
     np.testing.assert_array_equal(stack.pixels, expected.pixels)

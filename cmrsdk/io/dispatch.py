@@ -124,7 +124,7 @@ def read_study(path: str | Path, **options: Any) -> Study:
             f"read_study options {unknown} do not apply to {path} ({kind}): it takes "
             f"{list(takes) if takes else 'no options'}"
         )
-    options = {name: value for name, value in options.items() if name in takes}
+    options = {name: value for name, value in options.items() if name in takes and value is not None}
     if kind == "archive":
         raise ReadError(
             path,

@@ -30,6 +30,7 @@ import numpy as np
 
 from .._checks import IN_PLANE_RANGE_MM, MAX_MATRIX, SLICE_RANGE_MM
 from ..errors import CmrWarning, ReadError
+from ..labels import LVBP, LVM, RVBP
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
 
@@ -52,6 +53,20 @@ CONVENTIONS: dict[str, dict[int, int]] = {
     "acdc": {0: 0, 1: 3, 2: 2, 3: 1},  # ACDC: 1 RV, 2 MYO, 3 LV
     "mnms": {0: 0, 1: 1, 2: 2, 3: 3},  # M&Ms: 1 LV, 2 MYO, 3 RV
 }
+
+#: what each convention's stored values 1, 2, 3 are, for messages
+_CONVENTION_NAMES = {
+    "canonical": "1 LV blood pool, 2 LV myocardium, 3 RV blood pool",
+    "acdc": "1 RV, 2 MYO, 3 LV",
+    "mnms": "1 LV, 2 MYO, 3 RV",
+}
+#: the convention that codes the two blood pools the other way round
+_SWAPPED = {"canonical": "acdc", "acdc": "mnms", "mnms": "acdc"}
+#: a label map is refused as coded the other way round when the structure read as RV blood pool
+#: is ringed by myocardium on this much more of its border than the one read as LV blood pool.
+#: On the 208 shared ACDC and M&Ms label maps the LV's ring is 98-100 % myocardium, the RV's at
+#: most 43 % (its septal side only): the least margin the right way round is 0.57.
+SIDES_MARGIN = 0.2
 
 #: M&Ms vendor letters (info.csv) -> manufacturer, as the challenge describes them.
 _MNMS_VENDORS = {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}
@@ -89,10 +104,21 @@ def _raw_pixdim(path: Path, header_class: type = nib.Nifti1Header) -> np.ndarray
 
 def _axis_order(image: nib.Nifti1Image, path: Path, *, warn: bool = True) -> tuple[int, int, int]:
     """The order of the first three array axes that puts the slice axis last: (0, 1, 2) unless
-    one of the first two has a voxel size `SLICE_AXIS_RATIO` times both others (warned)."""
+    one of the first two has a voxel size `SLICE_AXIS_RATIO` times both others (warned). The
+    voxel sizes are pixdim's, or the affine's where they differ and are not unit columns, as
+    `_geometry` measures the stack (a writer that left pixdim 1 1 1 and put the sizes in the sform)."""
     zooms = _raw_pixdim(path, type(image.header))
     if len(image.shape) < 3 or not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         return (0, 1, 2)  # no voxel sizes to tell by: `_geometry` refuses what it must
+    norms = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
+    scale = _UNIT_MM.get(str(image.header.get_xyzt_units()[0]), 1.0)
+    if (
+        np.all(np.isfinite(norms))
+        and np.all(norms > 0)
+        and not np.allclose(norms, zooms, rtol=1e-3)
+        and not np.allclose(norms * scale, 1.0, atol=1e-3)
+    ):
+        zooms = norms
     coarse = int(np.argmax(zooms))
     others = np.delete(zooms, coarse)
     if coarse == 2 or zooms[coarse] < SLICE_AXIS_RATIO * others.max():
@@ -103,7 +129,7 @@ def _axis_order(image: nib.Nifti1Image, path: Path, *, warn: bool = True) -> tup
         return order
     warnings.warn(
         CmrWarning(
-            f"{path}: the slice axis is array axis {coarse + 1} (pixdim[1:4] {zooms.tolist()} mm), not the "
+            f"{path}: the slice axis is array axis {coarse + 1} (voxel sizes {np.round(zooms, 4).tolist()} mm), not the "
             f"third; read with its {image.shape[coarse]} slices as the stack"
         ),
         stacklevel=4,
@@ -271,7 +297,9 @@ def _to_canonical(raw: np.ndarray, path: Path, convention: str) -> np.ndarray:
         raw = rounded.astype(np.int64)
     elif raw.dtype.kind not in "iub":
         raise ReadError(path, f"label map dtype {raw.dtype} is not numeric")
-    mapping = CONVENTIONS[convention]
+    mapping = CONVENTIONS.get(convention)
+    if mapping is None:
+        raise ReadError(path, f"label convention '{convention}' is unknown, expected one of {sorted(CONVENTIONS)}")
     values = np.unique(raw)
     unknown = [int(v) for v in values if int(v) not in mapping]
     if unknown:
@@ -284,6 +312,115 @@ def _to_canonical(raw: np.ndarray, path: Path, convention: str) -> np.ndarray:
     for stored, canonical in mapping.items():
         lut[stored] = canonical
     return lut[raw.astype(np.int64)]
+
+
+#: an "image" of at most this many distinct whole values, all within 0..`_LABEL_CODES_MAX`, is a
+#: label map or mask (an MR image holds hundreds of grey values)
+_LABEL_VALUES_MAX = 5
+_LABEL_CODES_MAX = 10
+
+
+def _refuse_label_map(pixels: np.ndarray, path: Path) -> None:
+    """Refuse an image file that holds a label map (``case_ES_label.nii.gz`` given as an image
+    would be segmented and measured as if it were anatomy). pixels: any shape, float."""
+    step = max(1, int(np.sqrt(pixels.size / 65_536)))
+    if np.unique(pixels[..., ::step, ::step]).size > _LABEL_VALUES_MAX:
+        return  # an image: a sample of about 65,000 pixels shows it, in about a millisecond
+    values = np.unique(pixels)
+    if values.size < 2:
+        return  # a blank image: segmented, and found empty
+    whole = np.array_equal(values, np.rint(values))
+    if values.size <= _LABEL_VALUES_MAX and whole and values.min() >= 0 and values.max() <= _LABEL_CODES_MAX:
+        raise ReadError(
+            path,
+            f"holds only the values {[int(v) for v in values]}: a label map or mask, not an image to segment "
+            "(an ACDC / M&Ms folder pairs each image with its label map by the '_gt' suffix)",
+        )
+
+
+def _ringed_by_myocardium(labels: np.ndarray, structure: int) -> float:
+    """The fraction of the pixels just outside ``structure`` (in-plane 4-neighbours, every slice)
+    that are LV myocardium; NaN where the structure is absent. labels: canonical (..., Y, X)."""
+    inside = labels == structure
+    if not inside.any():
+        return float("nan")
+    ring = np.zeros_like(inside)
+    ring[..., 1:, :] |= inside[..., :-1, :]
+    ring[..., :-1, :] |= inside[..., 1:, :]
+    ring[..., :, 1:] |= inside[..., :, :-1]
+    ring[..., :, :-1] |= inside[..., :, 1:]
+    ring &= ~inside
+    return float(np.count_nonzero(labels[ring] == LVM)) / max(int(np.count_nonzero(ring)), 1)
+
+
+def _check_sides(labels: np.ndarray, path: Path, convention: str) -> None:
+    """Refuse a label map whose blood pools are coded the other way round from ``convention``
+    (an M&Ms-coded map in an ACDC folder swaps LV and RV, silently, in every Dice and volume):
+    the LV blood pool is ringed by its myocardium, the RV's is not. labels: canonical (..., Y, X)."""
+    lv, rv = _ringed_by_myocardium(labels, LVBP), _ringed_by_myocardium(labels, RVBP)
+    if not (np.isfinite(lv) and np.isfinite(rv)) or rv - lv <= SIDES_MARGIN:
+        return
+    stored = {canonical: value for value, canonical in CONVENTIONS[convention].items()}
+    other = _SWAPPED[convention]
+    raise ReadError(
+        path,
+        f"label map looks coded the other way round from the '{convention}' convention read here "
+        f"({_CONVENTION_NAMES[convention]}): the structure stored as {stored[RVBP]}, read as RV blood pool, "
+        f"is ringed by myocardium on {100 * rv:.0f} % of its border, the one stored as {stored[LVBP]}, read as "
+        f"LV blood pool, on {100 * lv:.0f} % (an LV blood pool lies inside its myocardium, an RV does not); "
+        f"if it is coded {_CONVENTION_NAMES[other]}, say so: --label-convention {other} "
+        f"(cmrsdk segment / evaluate) or convention='{other}' (cmrsdk.io.read_study)",
+    )
+
+
+def _on_image_grid(
+    label_image: nib.Nifti1Image, image: nib.Nifti1Image, label_path: Path, image_path: Path
+) -> nib.Nifti1Image:
+    """The label map on its image's voxel grid: as stored; reoriented where it holds the same
+    grid in another voxel order (flipped or permuted axes, as ``nib.as_closest_canonical`` writes
+    it); taken on the image's grid where its writer left it no position (sform and qform codes
+    0) but the same shape and voxel sizes (warned). Refused otherwise, saying what differs."""
+    gap = float(np.abs(label_image.affine - image.affine).max())
+    if label_image.shape == image.shape and gap <= AFFINE_ATOL:
+        return label_image
+    header = label_image.header
+    unplaced = int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0
+    if (
+        unplaced
+        and label_image.shape == image.shape
+        and np.allclose(header.get_zooms()[:3], image.header.get_zooms()[:3], rtol=1e-3)
+    ):
+        warnings.warn(
+            CmrWarning(
+                f"{label_path}: label map has no position (sform and qform codes 0); taken on the grid of "
+                f"{image_path.name}, whose shape and voxel sizes it has"
+            ),
+            stacklevel=4,
+        )
+        return label_image
+    turn = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(label_image.affine), nib.orientations.io_orientation(image.affine)
+    )
+    turned = label_image.as_reoriented(turn)
+    if turned.shape[:3] == image.shape[:3] and float(np.abs(turned.affine - image.affine).max()) <= AFFINE_ATOL:
+        warnings.warn(
+            CmrWarning(
+                f"{label_path}: label map holds the grid of {image_path.name} in another voxel order; reoriented to it"
+            ),
+            stacklevel=4,
+        )
+        return turned
+    if label_image.shape != image.shape:
+        raise ReadError(
+            label_path,
+            f"label map shape {label_image.shape} (X, Y, Z) differs from image {image_path.name} shape {image.shape}",
+        )
+    raise ReadError(
+        label_path,
+        f"label map affine differs from image {image_path.name}'s by up to {gap:.3g} (mm or "
+        f"direction): the labels lie on another grid; label {np.round(label_image.affine, 3).tolist()}, "
+        f"image {np.round(image.affine, 3).tolist()}",
+    )
 
 
 def read_nifti_stack(
@@ -326,26 +463,14 @@ def read_nifti_stack(
     if not np.all(np.isfinite(pixels)):
         count = int(np.size(pixels) - np.count_nonzero(np.isfinite(pixels)))
         raise ReadError(image_path, f"image holds {count} NaN or infinite pixel values")
+    _refuse_label_map(pixels, image_path)
     affine, spacing = _geometry(image, image_path, order)
     labels = None
     if label_path is not None:
         label_path = Path(label_path)
-        label_image = _load(label_path)
-        if label_image.shape != image.shape:
-            raise ReadError(
-                label_path,
-                f"label map shape {label_image.shape} (X, Y, Z) differs from image "
-                f"{image_path.name} shape {image.shape}",
-            )
-        gap = float(np.abs(label_image.affine - image.affine).max())
-        if gap > AFFINE_ATOL:
-            raise ReadError(
-                label_path,
-                f"label map affine differs from image {image_path.name}'s by up to {gap:.3g} (mm or "
-                f"direction): the labels lie on another grid; label {np.round(label_image.affine, 3).tolist()}, "
-                f"image {np.round(image.affine, 3).tolist()}",
-            )
+        label_image = _on_image_grid(_load(label_path), image, label_path, image_path)
         labels = _to_canonical(_read_array(label_image, label_path, order), label_path, convention)
+        _check_sides(labels, label_path, convention)
     return Stack(
         pixels=pixels,
         spacing=spacing,
@@ -390,6 +515,7 @@ def read_nifti_cine(image_path: str | Path) -> Study:
     if not np.all(np.isfinite(frames)):
         raise ReadError(path, "image holds NaN or infinite pixel values")
     affine, spacing = _geometry(image, path, order)
+    _refuse_label_map(frames, path)
     positions = slice_positions_mm(affine, frames.shape[1])
     phases = tuple(
         Stack(
@@ -448,6 +574,13 @@ def subject_stem(folder: Path, pattern: re.Pattern[str]) -> str | None:
 def _holds(folder: Path, most: int = 6) -> str:
     """``" (the folder holds: a.nii.gz, b.nii.gz)"``: the NIfTI names an error about a missing image shows."""
     names = sorted(p.name for p in folder.iterdir() if is_nifti_name(p.name))
+    pairs = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".hdr")
+    if not names and pairs:  # what dcm2niix -n or old SPM pipelines write: say so, as for one file
+        return (
+            f" (the folder holds no NIfTI file but {len(pairs)} Analyze / NIfTI-1 pair(s) (.hdr + .img) such as "
+            f"{pairs[0]}, which are not read; convert each to one .nii.gz file, e.g. nibabel: "
+            "nib.save(nib.load('x.hdr'), 'x.nii.gz'))"
+        )
     if not names:
         return " (the folder holds no NIfTI file)"
     more = f", ... ({len(names)} in all)" if len(names) > most else ""
@@ -502,13 +635,15 @@ def _info_number(cfg: dict[str, str], key: str, path: Path) -> float | None:
     return round(value * factor, 2)  # 1.84 m -> 184.0, not 184.00000000000003
 
 
-def read_acdc_patient(folder: str | Path) -> Study:
+def read_acdc_patient(folder: str | Path, convention: Convention = "acdc") -> Study:
     """Read an ACDC patient folder: the ED and ES stacks with canonical labels.
 
     Parameters
     ----------
     folder : ``patientNNN/`` holding ``Info.cfg`` and ``patientNNN_frameFF.nii.gz`` for the ED and
         ES frames, with ``_gt`` label maps (ACDC convention, mapped to canonical) where present.
+    convention : how the ``_gt`` maps code the structures (`read_nifti_stack`): ACDC's unless a
+        pipeline wrote them otherwise.
 
     Returns
     -------
@@ -536,7 +671,7 @@ def read_acdc_patient(folder: str | Path) -> Study:
                 folder, f"{phase} image {stem}.nii.gz (frame {frame} from Info.cfg) not found{_holds(folder)}"
             )
         label = _find_nifti(folder, f"{stem}_gt")
-        stacks.append(read_nifti_stack(image, label, convention="acdc", phase=phase))
+        stacks.append(read_nifti_stack(image, label, convention=convention, phase=phase))
     info = StudyInfo(
         patient_id=subject,
         group=cfg.get("Group"),
@@ -572,7 +707,7 @@ def _mnms_vendor(folder: Path, subject: str) -> str | None:
 
 
 def _labelled_frames(
-    label_path: Path, shape: tuple[int, ...], order: tuple[int, int, int] = (0, 1, 2)
+    label_path: Path, shape: tuple[int, ...], order: tuple[int, int, int] = (0, 1, 2), convention: str = "mnms"
 ) -> tuple[np.ndarray, list[int]]:
     """Canonical uint8 (T, Z, Y, X) labels of a 4-D M&Ms label map (its slice axis array axis
     ``order[2]``, as its cine's) and the frames that hold any label."""
@@ -585,11 +720,12 @@ def _labelled_frames(
         raw = np.asanyarray(image.dataobj).transpose(3, order[2], order[1], order[0])  # (T, Z, Y, X)
     except Exception as exc:  # truncated gzip streams surface only here
         raise ReadError(label_path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
-    labels = _to_canonical(raw, label_path, "mnms")
+    labels = _to_canonical(raw, label_path, convention)
+    _check_sides(labels, label_path, convention)
     return labels, [t for t in range(labels.shape[0]) if labels[t].any()]
 
 
-def _read_mnms_cine(image_path: Path, label_path: Path | None, info: StudyInfo) -> Study:
+def _read_mnms_cine(image_path: Path, label_path: Path | None, info: StudyInfo, convention: str = "mnms") -> Study:
     """The M&Ms release layout: ``SUBJECT_sa.nii.gz`` (X, Y, Z, T) and ``SUBJECT_sa_gt.nii.gz``
     labelled at two frames only (ED and ES); ED is the labelled frame of larger LV blood pool."""
     cine = read_nifti_cine(image_path)
@@ -597,7 +733,7 @@ def _read_mnms_cine(image_path: Path, label_path: Path | None, info: StudyInfo) 
         return Study(phases=cine.phases, ed_index=cine.ed_index, trigger_times_ms=cine.trigger_times_ms, info=info)
     image = _load(image_path, cine=True)
     order = _axis_order(image, image_path, warn=False)  # read_nifti_cine warned
-    labels, frames = _labelled_frames(label_path, tuple(image.shape), order)
+    labels, frames = _labelled_frames(label_path, tuple(image.shape), order, convention)
     if len(frames) != 2:
         raise ReadError(
             label_path,
@@ -611,7 +747,7 @@ def _read_mnms_cine(image_path: Path, label_path: Path | None, info: StudyInfo) 
     return Study(phases=stacks, ed_index=0, es_index=1, info=info)
 
 
-def read_mnms_subject(folder: str | Path) -> Study:
+def read_mnms_subject(folder: str | Path, convention: Convention = "mnms") -> Study:
     """Read an M&Ms subject folder: ``SUBJECT_sa_ED.nii.gz``, ``SUBJECT_sa_ES.nii.gz`` and ``_gt``.
 
     The M&Ms-2 layout (``001/001_SA_ED.nii.gz``, ``001_SA_ES_gt.nii.gz``; same label codes) is
@@ -621,7 +757,8 @@ def read_mnms_subject(folder: str | Path) -> Study:
     its label map, the whole cine (as :func:`read_nifti_cine`).
 
     Labels (M&Ms convention 1 LV, 2 MYO, 3 RV, stored as float64) are cast to canonical uint8.
-    The manufacturer comes from ``../info.csv`` where present.
+    The manufacturer comes from ``../info.csv`` where present; ``convention`` (`read_nifti_stack`)
+    says how the ``_gt`` maps code the structures where a pipeline wrote them otherwise.
 
     Returns
     -------
@@ -635,12 +772,12 @@ def read_mnms_subject(folder: str | Path) -> Study:
     info = StudyInfo(patient_id=subject, manufacturer=_mnms_vendor(folder, subject), source=str(folder))
     cine = _find_nifti(folder, f"{subject}_sa")
     if cine is not None and _find_nifti(folder, f"{subject}_sa_ED") is None:
-        return _read_mnms_cine(cine, _find_nifti(folder, f"{subject}_sa_gt"), info)
+        return _read_mnms_cine(cine, _find_nifti(folder, f"{subject}_sa_gt"), info, convention)
     stacks = []
     for phase in ("ED", "ES"):
         stem = f"{subject}_sa_{phase}"
         image = _find_nifti(folder, stem)
         if image is None:
             raise ReadError(folder, f"{phase} image {stem}.nii.gz not found{_holds(folder)}")
-        stacks.append(read_nifti_stack(image, _find_nifti(folder, f"{stem}_gt"), convention="mnms", phase=phase))
+        stacks.append(read_nifti_stack(image, _find_nifti(folder, f"{stem}_gt"), convention=convention, phase=phase))
     return Study(phases=tuple(stacks), ed_index=0, es_index=1, info=info)
