@@ -175,3 +175,28 @@ def test_an_analyze_pair_in_a_case_folder_is_named(tmp_path: Path) -> None:
         ReadError, match=r"Analyze / NIfTI-1 pair\(s\) \(\.hdr \+ \.img\) such as patient001_frame01\.hdr"
     ):
         read_acdc_patient(folder)
+
+
+def test_labels_are_written_in_the_voxel_order_of_their_source(tmp_path: Path) -> None:
+    """A source with its slices on array axis 0 (F15): labels_*.nii.gz holds the same array order,
+    so it compares voxel by voxel with the user's own maps, and reads back as the stack's labels."""
+    from cmrsdk.io import write_nifti_labels
+
+    heart = _heart()
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = SLICE_MM, PIXEL_MM, PIXEL_MM, 1.0
+    source = tmp_path / "zyx.nii.gz"
+    nib.save(nib.Nifti1Image(np.moveaxis(_image(), 2, 0), affine), str(source))
+    users = tmp_path / "zyx_gt.nii.gz"
+    nib.save(nib.Nifti1Image(np.moveaxis(heart, 2, 0), affine), str(users))
+    with pytest.warns(CmrWarning, match="slice axis"):
+        stack = read_nifti_stack(source, users, convention="acdc")
+    written = write_nifti_labels(tmp_path / "labels.nii.gz", stack.labels, stack)
+    image = nib.load(str(written))
+    assert image.shape == (4, 64, 64)
+    np.testing.assert_allclose(image.affine, affine, atol=1e-5)
+    canonical = np.asarray(image.dataobj)
+    np.testing.assert_array_equal(canonical == 1, np.moveaxis(heart, 2, 0) == 3)  # LV where the user's map has it
+    with pytest.warns(CmrWarning, match="slice axis"):
+        again = read_nifti_stack(source, written)
+    np.testing.assert_array_equal(again.labels, stack.labels)

@@ -45,7 +45,8 @@ def _nifti_affine(stack: Stack) -> np.ndarray:
 
 
 def _source_header(stack: Stack, shape_xyz: tuple[int, ...]) -> nib.Nifti1Header | None:
-    """The header of the NIfTI file ``stack`` was read from, when it exists and has this grid."""
+    """The header of the NIfTI file ``stack`` was read from, when it exists and has this grid
+    (``shape_xyz``, after `_in_source_order`)."""
     from .nifti import is_nifti_name
 
     source = Path(stack.source) if stack.source else None
@@ -58,8 +59,32 @@ def _source_header(stack: Stack, shape_xyz: tuple[int, ...]) -> nib.Nifti1Header
     return header if tuple(header.get_data_shape()[:3]) == tuple(shape_xyz) else None
 
 
+def _in_source_order(array_xyz: np.ndarray, stack: Stack) -> np.ndarray:
+    """``array_xyz`` in the voxel order of the NIfTI file ``stack`` was read from where that file
+    stores the same grid another way (slices on its first axis, as numpy and SimpleITK write):
+    the labels then match the user's own maps voxel for voxel. Unchanged otherwise."""
+    from .nifti import is_nifti_name
+
+    source = Path(stack.source) if stack.source else None
+    if source is None or not is_nifti_name(source.name) or not source.is_file():
+        return array_xyz
+    try:
+        image = nib.load(str(source))
+    except Exception:
+        return array_xyz  # the source moved or changed since it was read
+    shape = tuple(image.shape[:3])
+    if shape == array_xyz.shape or sorted(shape) != sorted(array_xyz.shape):
+        return array_xyz
+    ours = nib.Nifti1Image(array_xyz, _nifti_affine(stack))
+    turn = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(ours.affine), nib.orientations.io_orientation(image.affine)
+    )
+    turned = np.asarray(ours.as_reoriented(turn).dataobj)
+    return turned if turned.shape == shape else array_xyz
+
+
 def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack) -> None:
-    array = np.ascontiguousarray(array_zyx.transpose(2, 1, 0))
+    array = np.ascontiguousarray(_in_source_order(array_zyx.transpose(2, 1, 0), stack))
     image = nib.Nifti1Image(array, _nifti_affine(stack))
     source = _source_header(stack, array.shape)
     if source is not None:
