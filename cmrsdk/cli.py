@@ -305,33 +305,95 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _case_folders(data: Path, every: int | None) -> list[Path]:
-    """The ACDC patient or M&Ms subject folders under ``data`` (or ``data`` itself), sorted."""
-    from .io import detect_format
+def _case_folders(data: Path, every: int | None) -> tuple[list[Path], list[tuple[Path, str]], int]:
+    """The ACDC patient or M&Ms subject folders under ``data`` (or ``data`` itself) kept by ``every``,
+    sorted; the folders holding NIfTI files that are not recognised, with the reason (printed
+    here); and how many case folders were found before ``every``."""
+    from .evaluation.cases import find_case_folders
 
-    if detect_format(data) in ("acdc", "mnms"):
-        return [data]
-    folders = sorted(p for p in data.iterdir() if p.is_dir() and detect_format(p) in ("acdc", "mnms"))
-    if every:
-        # ACDC's held-out split of export/ is every N-th patient: patient005, patient010, ...
-        folders = [p for i, p in enumerate(folders, start=1) if i % every == 0]
-    return folders
+    # ACDC's held-out split of export/ is every N-th patient: patient005, patient010, ...
+    found = find_case_folders(data, every)
+    for path, reason in found.skipped:
+        print(f"cmrsdk: warning: skipped {path}: {' '.join(reason.split())}", file=sys.stderr)
+    return found.folders, found.skipped, found.found
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .errors import CmrWarning
     from .evaluation import evaluate, write_evaluation
+    from .evaluation.cases import check_ground_truth
+    from .evaluation.output import check_evaluation_folder, staged_output
     from .evaluation_sunnybrook import is_sunnybrook_root
     from .io import read_study
 
     check_output_folder(args.output, contents=False)  # a file there: refused now, not after the evaluation
+    out = check_evaluation_folder(args.output)  # replaced whole at the end: nothing foreign may be in it
     sunnybrook = [Path(d) for d in args.data if is_sunnybrook_root(d)]
-    folders = [f for d in args.data if not is_sunnybrook_root(d) for f in _case_folders(Path(d), args.every)]
+    folders: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    found = 0
+    for given in args.data:
+        if is_sunnybrook_root(given):
+            continue
+        kept, unrecognised, count = _case_folders(Path(given), args.every)
+        found += count
+        skipped += [(str(path), reason) for path, reason in unrecognised]
+        # the same folder named twice (--data d d/patient001) is one case, evaluated once
+        folders += [f for f in kept if f.resolve() not in {g.resolve() for g in folders}]
     if not folders and not sunnybrook:
-        print(
-            f"cmrsdk: error: no ACDC patient, M&Ms subject or Sunnybrook folders under {', '.join(args.data)}",
-            file=sys.stderr,
-        )
+        where = ", ".join(args.data)
+        if found:
+            k = args.every
+            text = (
+                f"{found} case folders found under {where}; --every {k} keeps none (it keeps the {k}th, {2 * k}th, ...)"
+            )
+        else:
+            text = f"no ACDC patient, M&Ms subject or Sunnybrook folders under {where}"
+            text += f"; {len(skipped)} folders not recognised (listed above)" if skipped else ""
+        print(f"cmrsdk: error: {text}", file=sys.stderr)
         return 2
+    # one name per case, distinct: site1/patient001 and site2/patient001 never share a reference
+    names = study_folder_names(folders)
+    # every study read and checked before any is segmented: all the unusable ones named at once
+    studies = []
+    unreadable: list[tuple[Path, str]] = []
+    read_warnings: dict[str, list[str]] = {}
+    for name, folder in zip(names, folders):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CmrWarning)
+            try:
+                study = read_study(folder, convention=args.label_convention)
+                check_ground_truth(study, folder)
+            except Exception as exc:
+                unreadable.append((folder, _error_line(folder, exc).removeprefix("cmrsdk: error: ")))
+            else:
+                studies.append((name, study))
+        for w in caught:
+            if not issubclass(w.category, CmrWarning):
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        said = list(
+            dict.fromkeys(" ".join(str(w.message).split()) for w in caught if issubclass(w.category, CmrWarning))
+        )
+        for message in said:
+            print(f"cmrsdk: warning: {message}", file=sys.stderr)
+        if said:
+            read_warnings[name] = said
+    if unreadable:
+        if not args.skip_unreadable or not (studies or sunnybrook):
+            for _, line in unreadable:
+                print(f"cmrsdk: error: {line}", file=sys.stderr)
+            rest = f"; --skip-unreadable evaluates the other {len(studies)}" if studies else ""
+            print(
+                f"cmrsdk: error: {len(unreadable)} of {len(folders)} studies cannot be evaluated (listed above); "
+                f"nothing was written{rest}",
+                file=sys.stderr,
+            )
+            return 2
+        for folder, line in unreadable:
+            print(f"cmrsdk: warning: skipped {line}", file=sys.stderr)
+            skipped.append((str(folder), line.removeprefix(f"{folder}: ")))
     methods = {
         mode: _method(
             mode,
@@ -349,17 +411,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     }
     pipelines = {mode: pipeline for mode, (pipeline, _) in methods.items()}
     sources = {mode: source for mode, (_, source) in methods.items() if source is not None}
-    for root in sunnybrook:
-        # Sunnybrook's labels are partial: no ground-truth regions to route by
-        _evaluate_sunnybrook({m: p for m, p in pipelines.items() if m not in sources}, root, Path(args.output))
-    if not folders:
-        return 0
-    studies = ((f.name, read_study(f)) for f in folders)
-    result = evaluate(pipelines, studies, region_sources=sources)
-    report = write_evaluation(
-        result, args.output, baseline="baseline", title=args.title or f"cmrsdk evaluation: {len(folders)} studies"
-    )
-    print(f"{len(folders)} studies evaluated with {', '.join(args.modes)} -> {report}")
+    result = evaluate(pipelines, studies, region_sources=sources) if studies else None
+    if result is not None:
+        # raised while segmenting, and the references' structures not annotated: printed, and kept per study
+        for case, said in result.warnings.items():
+            for message in said:
+                print(f"cmrsdk: warning: {case}: {message}", file=sys.stderr)
+        result.warnings = {
+            case: list(dict.fromkeys([*read_warnings.get(case, []), *result.warnings.get(case, [])]))
+            for case in dict.fromkeys([*read_warnings, *result.warnings])
+        }
+    # OUT replaced whole at the end: a failure leaves the earlier result, no file of another run survives
+    with staged_output(out) as staging:
+        for root in sunnybrook:
+            # Sunnybrook's labels are partial: no ground-truth regions to route by
+            _evaluate_sunnybrook({m: p for m, p in pipelines.items() if m not in sources}, root, staging)
+        if result is not None:
+            title = args.title or f"cmrsdk evaluation: {len(studies)} studies"
+            write_evaluation(result, staging, baseline="baseline", title=title, skipped=skipped)
+    if result is not None:
+        note = f" ({len(skipped)} folders skipped, listed in report.md)" if skipped else ""
+        print(
+            f"{len(studies)} studies evaluated with {', '.join(args.modes)} -> {Path(args.output) / 'report.md'}{note}"
+        )
     return 0
 
 
@@ -612,7 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="regional Dice, Tables 1-3, Figure 2 and volume agreement on labelled studies",
         description="Segments ED and ES of every ACDC patient / M&Ms subject folder under DATA with each mode "
-        "and writes CSV, Markdown and PNG results to OUT.",
+        "and writes CSV, Markdown and PNG results to OUT, replaced whole (an earlier evaluation's files do not "
+        "survive; a failed run leaves OUT as it was).",
     )
     p.add_argument(
         "--data", nargs="+", required=True, help="folders of ACDC patients or M&Ms subjects (or single case folders)"
@@ -625,6 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--every", type=positive_int, default=None, help="keep every N-th case folder (ACDC's held-out split: 5)"
     )
     p.add_argument("--title", default="")
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="evaluate the readable studies and list the others in report.md (default: refuse, naming them all)",
+    )
+    label_options(p)
     p.add_argument("--threads", type=positive_int, default=None)
     engine_options(p)
     pipeline_options(p)

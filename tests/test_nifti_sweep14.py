@@ -200,3 +200,12 @@ def test_labels_are_written_in_the_voxel_order_of_their_source(tmp_path: Path) -
     with pytest.warns(CmrWarning, match="slice axis"):
         again = read_nifti_stack(source, written)
     np.testing.assert_array_equal(again.labels, stack.labels)
+
+
+def test_evaluate_label_convention_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _acdc_folder(tmp_path / "in", lv=1, rv=3)
+    args = ["evaluate", "--data", str(folder), "--modes", "baseline"]
+    assert main([*args, "-o", str(tmp_path / "refused")]) == 2
+    assert "--label-convention mnms" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "said"), "--label-convention", "mnms"]) == 0
+    assert (tmp_path / "said" / "report.md").is_file()

@@ -6,6 +6,8 @@ One concept per module:
 - `cmrsdk.evaluation.figures`: the PNG figures (matplotlib);
 - `cmrsdk.evaluation.tables`: CSV files and Markdown tables;
 - `cmrsdk.evaluation.sources`: region sources of the evaluation side (the ground truth's);
+- `cmrsdk.evaluation.cases`: the case folders read and skipped, the ground truth each must hold;
+- `cmrsdk.evaluation.output`: the output folder, replaced whole or not at all;
 - `cmrsdk.evaluation.runner`: `evaluate` (segment and score) and `write_evaluation` (the report).
 
 The names below are re-exported here, where callers import them from.
@@ -17,6 +19,7 @@ from .figures import save_bland_altman, save_dice_along_heart
 from .runner import EvaluationResult, evaluate, write_evaluation
 from .sources import ground_truth_regions
 from .stats import (
+    MIN_SUBJECTS,
     SIGNIFICANCE,
     STRUCTURE_NAMES,
     SliceScore,
@@ -34,6 +37,7 @@ from .tables import markdown_table, write_csv
 
 __all__ = [
     "SIGNIFICANCE",
+    "MIN_SUBJECTS",
     "STRUCTURE_NAMES",
     "SliceScore",
     "score_stack",

@@ -6,6 +6,7 @@ matplotlib (``cmrsdk[io]``) is imported on the first call, with the Agg backend:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,7 +15,7 @@ import numpy as np
 from ..io._atomic import atomic_path
 from .stats import STRUCTURE_NAMES, agreement
 
-__all__ = ["save_dice_along_heart", "save_bland_altman"]
+__all__ = ["save_dice_along_heart", "save_bland_altman", "bland_altman_title"]
 
 
 def save_dice_along_heart(path: str | Path, curves: dict[str, np.ndarray], *, title: str = "") -> Path:
@@ -32,7 +33,9 @@ def save_dice_along_heart(path: str | Path, curves: dict[str, np.ndarray], *, ti
         ax = axes[j]
         for method, c in curves.items():
             grid = np.linspace(0, 100, c.shape[-1])
-            with np.errstate(all="ignore"):
+            with warnings.catch_warnings():
+                # a structure nobody annotated has no curve: NaN, drawn as nothing
+                warnings.simplefilter("ignore", RuntimeWarning)
                 ax.plot(grid, np.nanmean(c[:, j], axis=0) * 100.0, label=method)
         ax.set_title(name)
         ax.set_xlabel("position base → apex (%)")
@@ -63,9 +66,18 @@ def save_bland_altman(
             ax.axhline(stats_[key], color="k", linestyle=style, linewidth=1)
     ax.set_xlabel(f"mean of automatic and manual {quantity}")
     ax.set_ylabel(f"automatic − manual {quantity}")
-    ax.set_title(f"bias {stats_['bias']:.2f}, LoA [{stats_['loa_low']:.2f}, {stats_['loa_high']:.2f}]", fontsize=9)
+    ax.set_title(bland_altman_title(stats_), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def bland_altman_title(stats_: dict[str, float]) -> str:
+    """The figure's title from `agreement`'s dict: bias and limits, n used and left out; no NaN text."""
+    n, excluded = int(stats_["n"]), int(stats_.get("excluded", 0))
+    left_out = f", {excluded} left out (no value)" if excluded else ""
+    if not math.isfinite(stats_["bias"]):
+        return f"n = {n}: no limits of agreement{left_out}"
+    return f"bias {stats_['bias']:.2f}, LoA [{stats_['loa_low']:.2f}, {stats_['loa_high']:.2f}], n = {n}{left_out}"
 
 
 def _save(fig: Any, path: str | Path) -> Path:

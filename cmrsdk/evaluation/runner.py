@@ -9,17 +9,22 @@ stored predictions -- is a method whose pipeline gets a region source handed in.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CmrWarning, InputError
 from ..io._atomic import atomic_path
 from ..regions import slice_regions
+from .cases import check_ground_truth, not_annotated
 from .figures import save_bland_altman, save_dice_along_heart
 from .stats import (
+    MIN_SUBJECTS,
     STRUCTURE_NAMES,
     SliceScore,
     agreement,
@@ -56,6 +61,13 @@ class EvaluationResult:
     cases : rows of :func:`case_scores` (Dice, HD95, MSD per case, phase, structure, method).
     false_positive_ml : method -> per study, the foreground volume (mL, ED + ES) predicted on
         slices the ground truth leaves empty (above the base, below the apex): no heart, no mask.
+    sources : case -> where its study was read from (`StudyInfo.source`).
+    not_annotated : case -> {(phase, structure)} the reference leaves empty in a whole phase
+        (`cmrsdk.evaluation.cases.not_annotated`): left out of the Dice scores (NaN) and of the
+        reference measures that need them (NaN).
+    warnings : case -> the warnings raised while scoring it (cmrsdk's, one line each).
+    notes : remarks on the whole evaluation for the top of the report (a bundle whose routing
+        cannot change a segmentation).
     """
 
     scores: list[SliceScore]
@@ -64,6 +76,24 @@ class EvaluationResult:
     latency_ms: dict[str, list[float]]
     cases: list[dict[str, object]] = field(default_factory=list)
     false_positive_ml: dict[str, list[float]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    not_annotated: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+#: (phase, structure) each measure needs annotated in the reference.
+_NEEDS = {
+    "lvedv_ml": (("ED", "LVBP"),),
+    "lvesv_ml": (("ES", "LVBP"),),
+    "lvsv_ml": (("ED", "LVBP"), ("ES", "LVBP")),
+    "lvef_pct": (("ED", "LVBP"), ("ES", "LVBP")),
+    "lv_mass_g": (("ED", "LVM"),),
+    "rvedv_ml": (("ED", "RVBP"),),
+    "rvesv_ml": (("ES", "RVBP"),),
+    "rvsv_ml": (("ED", "RVBP"), ("ES", "RVBP")),
+    "rvef_pct": (("ED", "RVBP"), ("ES", "RVBP")),
+}
 
 
 def evaluate(
@@ -79,13 +109,25 @@ def evaluate(
     ----------
     pipelines : method name -> `cmrsdk.pipeline.Pipeline` (e.g. "baseline", "routed", "oracle");
         one pipeline may serve several methods.
-    studies : (case name, `Study` whose ED and ES stacks carry ground-truth labels).
+    studies : (case name, `Study` whose ED and ES stacks carry ground-truth labels); case names
+        must be distinct (two studies are never merged into one reference).
     region_sources : method name -> the region source its routed pipeline routes by (see
         `cmrsdk.pipeline.RegionSource`), e.g. ``{"oracle": ground_truth_regions}``; methods not
         named route as their pipeline does.
     progress : show a tqdm progress bar over the studies.
+
+    A structure the reference leaves empty in a whole phase was not annotated: it is left out of
+    that phase's scores and of the measures that need it, with a warning in ``warnings``. cmrsdk
+    warnings raised while segmenting are recorded per case in ``warnings``, not shown.
+
+    Raises
+    ------
+    InputError
+        A case name given twice, a region source for an unknown method.
+    ReadError
+        A study without label maps at ED or ES, or whose label maps hold no label.
     """
-    from ..metrics import cardiac_measures
+    from ..metrics import CardiacMeasures, cardiac_measures
 
     sources = dict(region_sources or {})
     unknown = sorted(set(sources) - set(pipelines))
@@ -100,54 +142,151 @@ def evaluate(
     latency: dict[str, list[float]] = {m: [] for m in pipelines}
     false_positive: dict[str, list[float]] = {m: [] for m in pipelines}
     items: Iterable[tuple[str, Study]] = list(studies)
+    sources_of: dict[str, str] = {}
+    for case, study in items:
+        where = study.info.source or case
+        if case in sources_of:
+            raise InputError(
+                f"case name {case!r} is given twice ({sources_of[case]} and {where}): each case needs its own name, "
+                "or the two would share one reference"
+            )
+        sources_of[case] = where
+        check_ground_truth(study, where)  # every study's problem before any is segmented
+    missing_of: dict[str, set[tuple[str, str]]] = {}
+    case_warnings: dict[str, list[str]] = {}
     if progress:
         from tqdm import tqdm
 
         items = tqdm(items, unit="study", desc="evaluate")
     for case, study in items:
         ed, es = study.ed, study.es
-        if ed.labels is None or es.labels is None:
-            raise InputError(f"study {case!r} has no ground-truth labels at ED and ES: it cannot be evaluated")
-        measures["reference"].append(
-            (
-                case,
-                cardiac_measures(
-                    ed.labels,
-                    es.labels,
-                    ed.spacing,
-                    es.spacing,
-                    ed_positions=ed.slice_positions,
-                    es_positions=es.slice_positions,
-                ),
-            )
+        missing, notes = not_annotated(study)
+        missing_of[case] = missing
+        reference = cardiac_measures(
+            _truth(ed, case),
+            _truth(es, case),
+            ed.spacing,
+            es.spacing,
+            ed_positions=ed.slice_positions,
+            es_positions=es.slice_positions,
         )
-        for method, pipeline in pipelines.items():
-            result = pipeline.segment_study(study, region_source=sources.get(method))
-            latency[method].append(result.timings_ms["wall"])
-            # as measured: a withheld negative EF counts against the method, not out of the test
-            measures[method].append((case, result.measured or result.measures))
-            truths = [_truth(seg.stack, case) for seg in (result.ed, result.es)]
-            false_positive[method].append(
-                sum(
-                    (
-                        false_positive_ml(seg.labels, truth, seg.stack.spacing)
-                        for seg, truth in zip((result.ed, result.es), truths)
-                    ),
-                    0.0,
-                )
+        # a volume of a structure nobody drew is unknown, not 0 mL
+        undrawn = {key: float("nan") for key, needs in _NEEDS.items() if missing & set(needs)}
+        measures["reference"].append((case, CardiacMeasures(**{**reference.as_dict(), **undrawn})))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CmrWarning)
+            _segment_and_score(
+                case,
+                study,
+                missing,
+                pipelines,
+                sources,
+                scores=scores,
+                cases=cases,
+                true_regions=true_regions,
+                pred_regions=pred_regions,
+                measures=measures,
+                latency=latency,
+                false_positive=false_positive,
             )
-            for seg, truth in zip((result.ed, result.es), truths):
-                scores += score_stack(seg.labels, truth, method=method, case=case, phase=seg.stack.phase or "")
-                cases += case_scores(
-                    seg.labels, truth, seg.stack.spacing, method=method, case=case, phase=seg.stack.phase or ""
-                )
-                if seg.regions is not None:
-                    true_regions[method].append(slice_regions(truth).astype(np.int64))
-                    pred_regions[method].append(seg.regions.astype(np.int64))
+        for w in caught:
+            if not issubclass(w.category, CmrWarning):  # not the study's: shown as it would have been
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        said = [" ".join(str(w.message).split()) for w in caught if issubclass(w.category, CmrWarning)]
+        case_warnings[case] = list(dict.fromkeys([*notes, *said]))
     regions = {
         m: (np.concatenate(true_regions[m]), np.concatenate(pred_regions[m])) for m in pipelines if true_regions[m]
     }
-    return EvaluationResult(scores, regions, measures, latency, cases, false_positive)
+    return EvaluationResult(
+        scores,
+        regions,
+        measures,
+        latency,
+        cases,
+        false_positive,
+        sources=sources_of,
+        not_annotated=missing_of,
+        warnings={case: said for case, said in case_warnings.items() if said},
+        notes=_routing_notes(pipelines, sources),
+    )
+
+
+def _segment_and_score(
+    case: str,
+    study: Study,
+    missing: set[tuple[str, str]],
+    pipelines: Mapping[str, Pipeline],
+    sources: Mapping[str, RegionSource],
+    *,
+    scores: list[SliceScore],
+    cases: list[dict[str, object]],
+    true_regions: dict[str, list[np.ndarray]],
+    pred_regions: dict[str, list[np.ndarray]],
+    measures: dict[str, list[tuple[str, CardiacMeasures]]],
+    latency: dict[str, list[float]],
+    false_positive: dict[str, list[float]],
+) -> None:
+    """One study under every method, its rows appended to the lists of `evaluate`."""
+    nan = float("nan")
+    blank = {phase: {j for j, name in enumerate(STRUCTURE_NAMES) if (phase, name) in missing} for phase in ("ED", "ES")}
+    # a phase nobody annotated has no heart to route by, score against or find false positives beside
+    annotated = {phase for phase in ("ED", "ES") if len(blank[phase]) < len(STRUCTURE_NAMES)}
+    for method, pipeline in pipelines.items():
+        result = pipeline.segment_study(study, region_source=sources.get(method))
+        latency[method].append(result.timings_ms["wall"])
+        # as measured: a withheld negative EF counts against the method, not out of the test
+        measures[method].append((case, result.measured or result.measures))
+        truths = [_truth(seg.stack, case) for seg in (result.ed, result.es)]
+        false_positive[method].append(
+            sum(
+                (
+                    false_positive_ml(seg.labels, truth, seg.stack.spacing)
+                    for seg, truth, phase in zip((result.ed, result.es), truths, ("ED", "ES"))
+                    if phase in annotated
+                ),
+                0.0,
+            )
+        )
+        for seg, truth, phase in zip((result.ed, result.es), truths, ("ED", "ES")):
+            rows = score_stack(seg.labels, truth, method=method, case=case, phase=seg.stack.phase or phase)
+            if blank[phase]:  # not annotated: NaN, left out like a label absent from both masks
+                rows = [
+                    dataclasses.replace(r, dice=tuple(nan if j in blank[phase] else d for j, d in enumerate(r.dice)))  # type: ignore[arg-type]
+                    for r in rows
+                ]
+            scores += rows
+            for row in case_scores(
+                seg.labels, truth, seg.stack.spacing, method=method, case=case, phase=seg.stack.phase or phase
+            ):
+                if (phase, row["label"]) in missing:
+                    row.update(dice=nan, hd95_mm=nan, msd_mm=nan)
+                cases.append(row)
+            if seg.regions is not None and phase in annotated:
+                true_regions[method].append(slice_regions(truth).astype(np.int64))
+                pred_regions[method].append(seg.regions.astype(np.int64))
+
+
+def _routing_notes(pipelines: Mapping[str, Pipeline], sources: Mapping[str, RegionSource]) -> list[str]:
+    """A note where routing cannot change anything: every region of every method's bundle goes to one U-Net."""
+    weights: set[tuple[str, ...]] = set()
+    names: set[str] = set()
+    for pipeline in pipelines.values():
+        bundle = getattr(pipeline, "bundle", None)
+        routing = getattr(bundle, "routing", None)
+        if not routing:
+            return []
+        for name in set(routing.values()):
+            names.add(name)
+            # the same weights under two names (region models copied from the baseline) are one U-Net
+            weights.add(tuple(sorted(a.sha256 for a in bundle.models[name].artifacts.values())))  # type: ignore[union-attr]
+    routed = [m for m, p in pipelines.items() if getattr(p, "mode", "") == "routed" or m in sources]
+    if len(weights) != 1 or not routed:
+        return []
+    alike = f"{', '.join(pipelines)} segment alike" if len(pipelines) > 1 else f"{routed[0]} segments as the baseline"
+    return [
+        f"this bundle routes every region to one U-Net ({', '.join(sorted(names))}): routing changes no slice, "
+        f"so {alike}"
+    ]
 
 
 def _truth(stack: Stack, case: str) -> np.ndarray:
@@ -160,7 +299,12 @@ def _truth(stack: Stack, case: str) -> np.ndarray:
 
 
 def write_evaluation(
-    result: EvaluationResult, out_dir: str | Path, *, baseline: str = "baseline", title: str = ""
+    result: EvaluationResult,
+    out_dir: str | Path,
+    *,
+    baseline: str = "baseline",
+    title: str = "",
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Tables 1-3, Figure 2 and volume agreement as CSV, Markdown and PNG; returns report.md.
 
@@ -171,6 +315,13 @@ def write_evaluation(
     ``zero_dice.csv`` (`zero_dice_table`: the slices scoring 0, by cause),
     ``figure2.png``, ``bland_altman_<quantity>_<method>.png``, ``report.md`` and ``report.html`` (the
     same, with the figures inlined: one file to open in a browser).
+
+    The files go into ``out_dir`` as they are made; `cmrsdk evaluate` hands a staging folder
+    (`cmrsdk.evaluation.output.staged_output`) so that OUT is replaced whole or not at all.
+
+    Parameters
+    ----------
+    skipped : (folder, reason) of the studies not evaluated, listed at the top of the report.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,38 +330,27 @@ def write_evaluation(
     n_cases = len(result.measures["reference"])
     md += [
         f"{n_cases} studies (ED and ES), methods: {', '.join(methods)}. Slice Dice in %, NaN (label absent in "
-        "both masks) left out; regions from the ground truth (20/60/20 base to apex).",
+        "both masks, or not annotated) left out; regions from the ground truth (20/60/20 base to apex).",
         "",
     ]
+    md += [f"**Note:** {note}." for note in result.notes] + ([""] if result.notes else [])
+    if skipped:
+        md += [f"**{len(skipped)} folders not evaluated**, left out of every table:", ""]
+        md += [f"- skipped: {path}: {' '.join(reason.split())}" for path, reason in skipped] + [""]
+    missing = {case: m for case, m in result.not_annotated.items() if m}
+    if missing:
+        md += ["**Not annotated** (left out of the Dice scores and of the volume agreement, not charged to the model):"]
+        md += [""] + [f"- {case}: {_describe_missing(m)}" for case, m in missing.items()] + [""]
+    if n_cases < MIN_SUBJECTS:
+        md += [
+            f"**Too few subjects for tests:** p-values need at least {MIN_SUBJECTS} subjects (slices of one heart "
+            f"are not independent); with {n_cases}, Tables 1 and 3 give none (–).",
+            "",
+        ]
     write_csv(out / "slice_dice.csv", result.scores)
     if result.cases:
         write_csv(out / "case_scores.csv", result.cases)
-        md += ["## Per-case scores: mean Dice (%), HD95 and mean surface distance (mm) per structure and phase", ""]
-        summary = []
-        for method in methods:
-            for phase in sorted({str(r["phase"]) for r in result.cases}):
-                for name in STRUCTURE_NAMES:
-                    rows_ = [
-                        r for r in result.cases if r["method"] == method and r["phase"] == phase and r["label"] == name
-                    ]
-
-                    def mean(key: str) -> float:
-                        values = np.array([float(r[key]) for r in rows_], dtype=np.float64)  # type: ignore[arg-type]
-                        values = values[np.isfinite(values)]
-                        return float(values.mean()) if values.size else float("nan")
-
-                    summary.append(
-                        {
-                            "method": method,
-                            "phase": phase,
-                            "label": name,
-                            "dice_pct": 100 * mean("dice"),
-                            "hd95_mm": mean("hd95_mm"),
-                            "msd_mm": mean("msd_mm"),
-                            "cases": len(rows_),
-                        }
-                    )
-        md += [markdown_table(summary), ""]
+        md += _case_summary(result.cases, methods)
     measure_rows = []
     reference_by_case = {case: m for case, m in result.measures["reference"]}
     for method in methods:
@@ -223,7 +363,11 @@ def write_evaluation(
     if measure_rows:
         write_csv(out / "case_measures.csv", measure_rows)
 
-    md += ["## Table 1: mean (SD) Dice per region; * p < 0.01 (Welch's t-test against the middle)", ""]
+    md += [
+        "## Table 1: mean (SD) Dice per region, n slices; * p < 0.01 (Welch's t-test against the middle, "
+        f"from {MIN_SUBJECTS} subjects)",
+        "",
+    ]
     for method in methods:
         table = regional_table(result.scores, method)
         write_csv(out / f"table1_{method}.csv", table)
@@ -232,7 +376,8 @@ def write_evaluation(
             cell = {}
             for region in ("base", "middle", "apex"):
                 star = "*" if r.get(f"{region}_significant") else ""
-                cell[region] = f"{r[f'{region}_mean']:.2f}{star} ({r[f'{region}_sd']:.2f}) n={r[f'{region}_n']}"
+                mean, sd = _number(r[f"{region}_mean"]), _number(r[f"{region}_sd"])
+                cell[region] = f"{mean}{star} ({sd}) n={r[f'{region}_n']}" if r[f"{region}_n"] else "–"
             rows.append({"method": method, "label": r["label"], **cell})
         md += [markdown_table(rows), ""]
 
@@ -268,37 +413,25 @@ def write_evaluation(
         md += [markdown_table(rows), ""]
 
     if baseline in methods and len(methods) > 1:
-        md += [f"## Table 3: change against {baseline} (mean and SD, points of %); * p < 0.01 (paired t-test)", ""]
+        md += [
+            f"## Table 3: change against {baseline} (mean and SD, points of %); * p < 0.01 (paired t-test, "
+            f"from {MIN_SUBJECTS} subjects)",
+            "",
+        ]
         rows3 = [row for m in methods if m != baseline for row in improvement_table(result.scores, baseline, m)]
         write_csv(out / "table3.csv", rows3)
         for row in rows3:
-            row["mean_change"] = f"{row['mean_change']:+.2f}{'*' if row['significant'] else ''}"
-        md += [markdown_table(rows3, ["method", "region", "label", "n", "mean_change", "sd_change", "p"]), ""]
+            change = float(row["mean_change"])  # type: ignore[arg-type]
+            star = "*" if row["significant"] else ""
+            row["mean_change"] = f"{change:+.2f}{star}" if math.isfinite(change) else "–"
+        md += [markdown_table(rows3, ["method", "region", "label", "n", "subjects", "mean_change", "sd_change", "p"])]
+        md += [""]
 
     curves = {m: dice_along_heart(result.scores, m) for m in methods}
     save_dice_along_heart(out / "figure2.png", curves, title=title)
     md += ["## Figure 2: Dice from base to apex", "", "![Dice along the heart](figure2.png)", ""]
 
-    md += ["## Volumes and EF against the ground truth (Bland-Altman)", ""]
-    reference = {case: m for case, m in result.measures["reference"]}
-    rows = []
-    for method in methods:
-        for quantity in ("lvedv_ml", "lvesv_ml", "lvef_pct", "lv_mass_g", "rvedv_ml", "rvesv_ml", "rvef_pct"):
-            pairs = [(getattr(m, quantity), getattr(reference[case], quantity)) for case, m in result.measures[method]]
-            a = agreement([p[0] for p in pairs], [p[1] for p in pairs])
-            rows.append({"method": method, "quantity": quantity, **a})
-            if quantity in ("lvef_pct", "rvef_pct"):
-                save_bland_altman(
-                    out / f"bland_altman_{quantity}_{method}.png",
-                    [p[0] for p in pairs],
-                    [p[1] for p in pairs],
-                    quantity=quantity,
-                )
-    write_csv(out / "agreement.csv", rows)
-    md += [markdown_table(rows), ""]
-    md += [f"![Bland-Altman {q} {m}](bland_altman_{q}_{m}.png)" for m in methods for q in ("lvef_pct", "rvef_pct")] + [
-        ""
-    ]
+    md += _agreement_section(result, methods, out)
 
     if result.false_positive_ml:
         md += [
@@ -323,6 +456,22 @@ def write_evaluation(
         ),
         "",
     ]
+    if result.sources:
+        md += ["## Cases: where each was read from", ""]
+        md += [
+            markdown_table(
+                [
+                    {"case": case, "folder": source, "warnings": len(result.warnings.get(case, []))}
+                    for case, source in result.sources.items()
+                ]
+            ),
+            "",
+        ]
+    if result.warnings:
+        md += ["## Warnings per study", ""]
+        for case, said in result.warnings.items():
+            md += [f"- {case}: {message}" for message in said]
+        md += [""]
     report = out / "report.md"
     with atomic_path(report) as tmp:
         tmp.write_text("\n".join(md))
@@ -331,3 +480,123 @@ def write_evaluation(
 
     write_page(out / "report.html", title or "cmrsdk evaluation", markdown_to_html("\n".join(md), out))
     return report
+
+
+def _number(value: object) -> str:
+    """A float to two decimals, NaN as an en dash (as `markdown_table` writes it)."""
+    return f"{value:.2f}" if isinstance(value, float) and math.isfinite(value) else "–"
+
+
+def _describe_missing(missing: set[tuple[str, str]]) -> str:
+    """``ES (no label at all); RVBP at ED`` from {(phase, structure)}."""
+    parts = []
+    for phase in ("ED", "ES"):
+        names = [name for name in STRUCTURE_NAMES if (phase, name) in missing]
+        if len(names) == len(STRUCTURE_NAMES):
+            parts.append(f"{phase} (no label at all)")
+        elif names:
+            parts.append(f"{', '.join(names)} at {phase}")
+    return "; ".join(parts)
+
+
+def _case_summary(rows: list[dict[str, object]], methods: list[str]) -> list[str]:
+    """The per-case summary: means over the cases scored, infinite HD95 counted and named, not hidden."""
+    md = ["## Per-case scores: mean Dice (%), HD95 and mean surface distance (mm) per structure and phase", ""]
+    summary = []
+    infinite = []
+    for method in methods:
+        for phase in sorted({str(r["phase"]) for r in rows}):
+            for name in STRUCTURE_NAMES:
+                chosen = [r for r in rows if r["method"] == method and r["phase"] == phase and r["label"] == name]
+                # NaN Dice: not annotated (or absent from both masks): no case to score
+                scored = [r for r in chosen if math.isfinite(float(r["dice"]))]  # type: ignore[arg-type]
+                lost = [r for r in scored if not math.isfinite(float(r["hd95_mm"]))]  # type: ignore[arg-type]
+                infinite += lost
+
+                def mean(key: str) -> float:
+                    values = np.array([float(r[key]) for r in scored], dtype=np.float64)  # type: ignore[arg-type]
+                    values = values[np.isfinite(values)]
+                    return float(values.mean()) if values.size else float("nan")
+
+                summary.append(
+                    {
+                        "method": method,
+                        "phase": phase,
+                        "label": name,
+                        "dice_pct": 100 * mean("dice"),
+                        "hd95_mm": mean("hd95_mm"),
+                        "msd_mm": mean("msd_mm"),
+                        "cases": len(scored),
+                        "hd95_left_out": len(lost),
+                    }
+                )
+    md += [markdown_table(summary), ""]
+    if infinite:
+        md += [
+            f"hd95_left_out: {len(infinite)} case scores with the structure in the reference only: HD95 and mean "
+            "surface distance infinite, left out of those means (their Dice counts):",
+            "",
+        ]
+        md += [
+            f"- {r['method']}, {r['case']}, {r['phase']}: no predicted {r['label']} (Dice {float(r['dice']):.2f})"  # type: ignore[arg-type]
+            for r in infinite
+        ]
+        md += [""]
+    return md
+
+
+#: the measures compared with the reference in the agreement table and its figures.
+_AGREEMENT = ("lvedv_ml", "lvesv_ml", "lvef_pct", "lv_mass_g", "rvedv_ml", "rvesv_ml", "rvef_pct")
+
+
+def _agreement_section(result: EvaluationResult, methods: list[str], out: Path) -> list[str]:
+    """Bland-Altman rows with n used and n left out, each case left out named with the reason."""
+    md = ["## Volumes and EF against the ground truth (Bland-Altman)", ""]
+    reference = {case: m for case, m in result.measures["reference"]}
+    rows = []
+    left_out: dict[tuple[str, str, str], list[str]] = {}
+    for method in methods:
+        for quantity in _AGREEMENT:
+            pairs = [
+                (case, float(getattr(m, quantity)), float(getattr(reference[case], quantity)))
+                for case, m in result.measures[method]
+            ]
+            a = agreement([p[1] for p in pairs], [p[2] for p in pairs])
+            rows.append({"method": method, "quantity": quantity, **a})
+            for case, measured, truth in pairs:
+                if not (math.isfinite(measured) and math.isfinite(truth)):
+                    why = _why_no_value(result, method, case, quantity, truth)
+                    left_out.setdefault((method, case, why), []).append(quantity)
+            if quantity in ("lvef_pct", "rvef_pct"):
+                save_bland_altman(
+                    out / f"bland_altman_{quantity}_{method}.png",
+                    [p[1] for p in pairs],
+                    [p[2] for p in pairs],
+                    quantity=quantity,
+                )
+    write_csv(out / "agreement.csv", rows)
+    md += [markdown_table(rows), ""]
+    if left_out:
+        md += ["excluded: the cases left out of a row, and why:", ""]
+        md += [
+            f"- {method}, {case}: {', '.join(quantities)} ({why})"
+            for (method, case, why), quantities in left_out.items()
+        ]
+        md += [""]
+    md += [f"![Bland-Altman {q} {m}](bland_altman_{q}_{m}.png)" for m in methods for q in ("lvef_pct", "rvef_pct")]
+    return md + [""]
+
+
+def _why_no_value(result: EvaluationResult, method: str, case: str, quantity: str, truth: float) -> str:
+    """Why a (measured, reference) pair has no number: not annotated, or what the method failed to find."""
+    if not math.isfinite(truth):
+        needs = set(_NEEDS[quantity]) & result.not_annotated.get(case, set())
+        if needs:
+            return "not annotated: " + ", ".join(f"{name} at {phase}" for phase, name in sorted(needs))
+        return "no reference value"
+    measured = dict(result.measures[method])[case]
+    side = "lv" if quantity.startswith("lv") else "rv"
+    empty = [phase for phase in ("ED", "ES") if not getattr(measured, f"{side}{phase.lower()}v_ml") > 0]
+    if empty:
+        return f"no predicted {'LV' if side == 'lv' else 'RV'} at {' and '.join(empty)}"
+    return "no measured value"

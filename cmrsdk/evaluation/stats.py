@@ -30,6 +30,7 @@ from ..regions import slice_positions, slice_regions
 
 __all__ = [
     "SIGNIFICANCE",
+    "MIN_SUBJECTS",
     "STRUCTURE_NAMES",
     "SliceScore",
     "score_stack",
@@ -45,6 +46,9 @@ __all__ = [
 
 #: the p-value under which a difference is marked significant, as in the paper.
 SIGNIFICANCE = 0.01
+#: the fewest subjects (cases) a test needs before its p-value is given: slices of one heart are
+#: not independent, so a t-test over the slices of one or two subjects claims far too much.
+MIN_SUBJECTS = 3
 #: names of the scored structures, in the order of `SliceScore.dice`: LVBP, LVM, RVBP.
 STRUCTURE_NAMES = tuple(LABEL_NAMES[s] for s in STRUCTURES)
 
@@ -108,6 +112,11 @@ def _select(scores: Iterable[SliceScore], method: str, region: int) -> np.ndarra
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
 
+def _subjects(scores: Iterable[SliceScore], method: str, region: int, label: int) -> int:
+    """How many cases have a Dice of structure ``label`` (index into `STRUCTURE_NAMES`) in one region."""
+    return len({s.case for s in scores if s.method == method and s.region == region and math.isfinite(s.dice[label])})
+
+
 def _welch(a: np.ndarray, b: np.ndarray) -> float:
     from scipy import stats
 
@@ -123,9 +132,10 @@ def regional_table(scores: Sequence[SliceScore], method: str) -> list[dict[str, 
     Returns
     -------
     One row per label: ``label``, and for each of base, middle, apex ``<region>_mean``,
-    ``<region>_sd``, ``<region>_n`` and for base and apex ``<region>_p`` (Welch's
-    unequal-variance t-test of that region's slices against the middle's) and
-    ``<region>_significant`` (p < `SIGNIFICANCE`).
+    ``<region>_sd``, ``<region>_n`` (slices), ``<region>_subjects`` (cases) and for base and apex
+    ``<region>_p`` (Welch's unequal-variance t-test of that region's slices against the middle's;
+    NaN where either side holds fewer than `MIN_SUBJECTS` cases) and ``<region>_significant``
+    (p < `SIGNIFICANCE`).
     """
     by_region = {r: _select(scores, method, r) for r in (BASE, MIDDLE, APEX)}
     if not any(len(v) for v in by_region.values()):
@@ -133,14 +143,17 @@ def regional_table(scores: Sequence[SliceScore], method: str) -> list[dict[str, 
     table = []
     for j, name in enumerate(STRUCTURE_NAMES):
         row: dict[str, object] = {"label": name}
+        subjects = {region: _subjects(scores, method, region, j) for region in by_region}
         for region, values in by_region.items():
             v = values[:, j][np.isfinite(values[:, j])] * 100.0
             key = REGION_NAMES[region]
             row[f"{key}_mean"] = float(v.mean()) if len(v) else float("nan")
             row[f"{key}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
             row[f"{key}_n"] = int(len(v))
+            row[f"{key}_subjects"] = subjects[region]
         for region in (BASE, APEX):
-            p = _welch(by_region[region][:, j], by_region[MIDDLE][:, j])
+            few = min(subjects[region], subjects[MIDDLE])
+            p = _welch(by_region[region][:, j], by_region[MIDDLE][:, j]) if few >= MIN_SUBJECTS else float("nan")
             row[f"{REGION_NAMES[region]}_p"] = p
             row[f"{REGION_NAMES[region]}_significant"] = bool(p < SIGNIFICANCE)
         table.append(row)
@@ -228,7 +241,8 @@ def improvement_table(scores: Sequence[SliceScore], baseline: str, method: str) 
 
     Positive ``mean_change`` is a higher mean, positive ``sd_change`` a smaller spread (the
     paper's sign convention). Slices are paired by (case, phase, slice); pairs with a NaN on
-    either side are dropped; ``p`` is the paired Student's t-test of the two means.
+    either side are dropped; ``n`` counts the pairs, ``subjects`` their cases; ``p`` is the paired
+    Student's t-test of the two means, NaN below `MIN_SUBJECTS` cases.
     """
     from scipy import stats
 
@@ -247,13 +261,16 @@ def improvement_table(scores: Sequence[SliceScore], baseline: str, method: str) 
             b = np.array([method_rows[k].dice[j] for k in keys], dtype=np.float64) * 100.0
             ok = np.isfinite(a) & np.isfinite(b)
             a, b = a[ok], b[ok]
-            p = float(stats.ttest_rel(b, a).pvalue) if len(a) > 1 and np.any(a != b) else float("nan")
+            subjects = len({k[0] for k, kept in zip(keys, ok) if kept})
+            testable = len(a) > 1 and np.any(a != b) and subjects >= MIN_SUBJECTS
+            p = float(stats.ttest_rel(b, a).pvalue) if testable else float("nan")
             table.append(
                 {
                     "method": method,
                     "region": REGION_NAMES[region],
                     "label": name,
                     "n": int(len(a)),
+                    "subjects": subjects,
                     "mean_change": float(b.mean() - a.mean()) if len(a) else float("nan"),
                     "sd_change": float(a.std(ddof=1) - b.std(ddof=1)) if len(a) > 1 else float("nan"),
                     "p": p,
@@ -289,23 +306,30 @@ def dice_along_heart(scores: Sequence[SliceScore], method: str, points: int = 10
 
 
 def agreement(measured: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Bland-Altman agreement: bias (mean of measured - reference) and 95% limits of agreement."""
+    """Bland-Altman agreement: bias (mean of measured - reference) and 95% limits of agreement.
+
+    Returns
+    -------
+    ``n`` (pairs used, an int), ``excluded`` (pairs with a NaN or infinite value on either side,
+    left out: an int), ``bias``, ``sd``, ``loa_low``, ``loa_high`` (NaN below 2 pairs).
+    """
     m = np.asarray(measured, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     if m.shape != r.shape or m.ndim != 1:
         raise InputError(f"'measured' and 'reference' must be 1-D and of equal length, got {m.shape} and {r.shape}")
     ok = np.isfinite(m) & np.isfinite(r)
     diff = m[ok] - r[ok]
+    counts = {"n": int(len(diff)), "excluded": int((~ok).sum())}
     if len(diff) < 2:
         return {
-            "n": float(len(diff)),
+            **counts,
             "bias": float("nan"),
             "sd": float("nan"),
             "loa_low": float("nan"),
             "loa_high": float("nan"),
         }
     bias, sd = float(diff.mean()), float(diff.std(ddof=1))
-    return {"n": float(len(diff)), "bias": bias, "sd": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
+    return {**counts, "bias": bias, "sd": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
 
 
 def case_scores(
