@@ -51,8 +51,16 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from . import _native, _normalize
 from .errors import InputError
+
+try:
+    from . import _native, _normalize
+except ImportError as exc:  # a source checkout not built, or a package copied without its .so files
+    raise ImportError(
+        f"cmrsdk's native core (cmrsdk._native, cmrsdk._normalize) is not built for this Python ({exc}): "
+        "in a source checkout run `pip install -e .` (or `bash scripts/env.sh`); from a clone's root with "
+        "cmrsdk installed elsewhere, run from another folder, since the clone's cmrsdk/ shadows the installed one"
+    ) from exc
 
 __all__ = [
     "SUPPORTED_DTYPES",
