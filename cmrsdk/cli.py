@@ -66,13 +66,20 @@ def study_folder_names(inputs: Sequence[Path]) -> list[str]:
     return unique
 
 
+def _missing_package(exc: ImportError) -> str:
+    """What to install for an optional package that a command's path imported and did not find."""
+    name = (exc.name or "?").split(".")[0]
+    extra = "io" if name in IO_MODULES or name == "pylibjpeg" else EXTRAS.get(name)
+    where = f"pip install 'cmrsdk[{extra}]'" if extra else "install the cmrsdk extra that holds it"
+    return f"needs the optional package '{name}': {where} (README 'Installation extras')"
+
+
 def _error_line(source: object, exc: BaseException) -> str:
     """``cmrsdk: error: <input>: <reason>`` naming the input once, on one line."""
     if isinstance(exc, CmrError):
         text = str(exc)
     elif isinstance(exc, ImportError) and exc.name:
-        # the command's outputs use the optional packages of cmrsdk[io]
-        text = f"needs the optional package '{exc.name.split('.')[0]}': pip install 'cmrsdk[io]'"
+        text = _missing_package(exc)
     else:
         text = f"unexpected {type(exc).__name__}: {exc} (please report this)"
     text = " ".join(text.split())  # one line, whatever the exception holds
@@ -80,6 +87,35 @@ def _error_line(source: object, exc: BaseException) -> str:
     if text.startswith(where):  # a ReadError already names the input or a file under it
         return f"cmrsdk: error: {text}"
     return f"cmrsdk: error: {where}: {text}"
+
+
+#: the modules of cmrsdk[io] that the commands writing a study's outputs import (SEG and SR,
+#: overlay and page, quality flags, progress)
+IO_MODULES = ("scipy", "highdicom", "matplotlib", "PIL", "tqdm")
+
+
+#: the extra of pyproject.toml that installs each optional package outside cmrsdk[io]
+EXTRAS = {
+    "ray": "cohort",
+    "pynetdicom": "serve",
+    "torch": "torch",
+    "openvino": "openvino",
+    "torch_tensorrt": "tensorrt",
+    "onnx": "train",
+}
+
+
+def require_io(command: str) -> None:
+    """Refuse, before any study is read or any network runs, a command whose outputs need
+    cmrsdk[io] where it is not installed (it failed after the segmentation, or in a traceback)."""
+    from importlib.util import find_spec
+
+    missing = [name for name in IO_MODULES if find_spec(name) is None]
+    if missing:
+        raise InputError(
+            f"cmrsdk {command} needs the optional package{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            "of cmrsdk[io]: pip install 'cmrsdk[io]'"
+        )
 
 
 def _heart_crop(args: argparse.Namespace):
@@ -142,6 +178,7 @@ def _method(mode: str, bundle: str, **options: Any) -> tuple[Pipeline, RegionSou
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    require_io("segment")
     from .io import expand_inputs
 
     output = Path(args.output)
@@ -250,6 +287,7 @@ def _result_line(source: Path, report: dict, out_dir: Path) -> str:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
+    require_io("batch")
     from .cohort.command import run_command
 
     return run_command(args, _heart_crop(args), _segment_spacing(args))
@@ -257,6 +295,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Write the embedded example cine as DICOM, segment it like any scanner series, score it on its truth."""
+    require_io("demo")
     from .io import write_dicom_series
     from .phantom import cine_phantom
     from .pipeline import Pipeline
@@ -319,6 +358,7 @@ def _case_folders(data: Path, every: int | None) -> tuple[list[Path], list[tuple
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    require_io("evaluate")
     import warnings
 
     from .errors import CmrWarning
@@ -733,6 +773,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
     except CmrError as exc:
         print(f"cmrsdk: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        if not exc.name:
+            raise
+        # an optional package a path of the command needs: one line, not a traceback
+        print(f"cmrsdk: error: {_missing_package(exc)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted) as exc:
         # the study in progress was cleaned up on the way out (cmrsdk.study): nothing half-written

@@ -1,0 +1,45 @@
+"""An integrator's install (runs/redteam13, sweep 13): what the command line says when an
+optional package is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import cmrsdk.cli as cli
+
+
+@pytest.mark.parametrize("command", ["demo", "segment", "evaluate"])
+def test_a_missing_io_package_is_named_before_any_work(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "IO_MODULES", (*cli.IO_MODULES, "cmrsdk_absent_package"))
+    out = tmp_path / "out"
+    argv = {
+        "demo": ["demo", "-o", str(out)],
+        "segment": ["segment", str(tmp_path), "-o", str(out)],
+        "evaluate": ["evaluate", "--data", str(tmp_path), "-o", str(out)],
+    }[command]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"cmrsdk: error: cmrsdk {command} needs the optional package cmrsdk_absent_package of cmrsdk[io]: "
+        "pip install 'cmrsdk[io]'"
+    )
+    assert not out.exists()
+
+
+def test_an_optional_package_missing_deeper_in_a_command_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def needs_ray(args: object) -> int:
+        raise ModuleNotFoundError("No module named 'ray'", name="ray")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["info"].set_defaults(func=needs_ray)  # type: ignore[union-attr]
+    assert cli.main(["info"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cmrsdk: error: needs the optional package 'ray': pip install 'cmrsdk[cohort]' (README 'Installation extras')"
+    )
