@@ -8,8 +8,15 @@ first use of `read_study`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+
+# onnxruntime (1.29 and later) records usage events with a device identifier on Linux and macOS
+# (~/.cache/Microsoft/DeveloperTools/.onnxruntime) and uploads them: a scanner-side SDK sends
+# nothing unasked. Read once, when onnxruntime first starts, so it is set here, before any engine
+# loads; a value the user set (ORT_DISABLE_TELEMETRY=0) stands. README "Privacy".
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from ._version import __version__
 from .bundle import load_bundle

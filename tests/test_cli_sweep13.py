@@ -43,3 +43,16 @@ def test_an_optional_package_missing_deeper_in_a_command_is_one_line(
     assert capsys.readouterr().err.strip() == (
         "cmrsdk: error: needs the optional package 'ray': pip install 'cmrsdk[cohort]' (README 'Installation extras')"
     )
+
+
+def test_onnxruntime_telemetry_is_off_unless_the_user_turns_it_on() -> None:
+    """onnxruntime's POSIX telemetry (1.29+) stays off: the variable is set before any engine loads."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, cmrsdk; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "1"
+    env["ORT_DISABLE_TELEMETRY"] = "0"  # the user's own choice stands
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "0"
