@@ -319,6 +319,25 @@ def test_a_ventricle_not_found_is_not_measured_never_zero(segmented_phantom):
     assert not {"lv_not_found", "rv_not_found"} & set(study_report(result, study)["flags"])
 
 
+def test_a_few_stray_pixels_are_no_ventricle(segmented_phantom):
+    """A failed model's RV of a few pixels read "RVEDV 0.073 mL, RVEF 0.0 %" with no flag (sweep
+    13): under MIN_BLOOD_POOL_ML a blood pool is not found, its measures not measured."""
+    from cmrsdk.report import MIN_BLOOD_POOL_ML
+
+    study, result = segmented_phantom
+    ed = result.ed_index
+    phases = list(result.phases)
+    stray = _without(phases[ed], 3)
+    labels = stray.labels.copy()
+    z = labels.shape[0] // 2
+    labels[z, :2, :2] = 3  # four pixels
+    phases[ed] = replace(stray, labels=labels)
+    assert 0 < phases[ed].volumes_ml()["RVBP"] < MIN_BLOOD_POOL_ML
+    report = study_report(replace(result, phases=tuple(phases)), study)
+    assert "rv_not_found" in report["flags"]
+    assert all(report["measures"][k] is None for k in ("rvedv_ml", "rvsv_ml", "rvef_pct"))
+
+
 def test_an_rv_smallest_far_from_the_lvs_es_is_flagged(segmented_phantom):
     """Sunnybrook SCD0000201: RVEF 17.1 % shown bold, the RV 103 mL at the LV's ES and 63 mL four
     frames later, no flag. A cine of three phases whose third holds half the ES RV."""
