@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from . import DEMO_BUNDLE, __version__
 from .engines import BACKENDS
-from .errors import CmrError, InputError
+from .errors import CmrError, CmrWarning, InputError
 from .pipeline import DEFAULT_MIRRORING
 from .study import (
     Interrupted,
@@ -361,7 +361,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     require_io("evaluate")
     import warnings
 
-    from .errors import CmrWarning
     from .evaluation import evaluate, write_evaluation
     from .evaluation.cases import check_ground_truth
     from .evaluation.output import check_evaluation_folder, staged_output
@@ -766,10 +765,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """`warnings.showwarning` of the command line: one ``cmrsdk: warning:`` line, as the errors
+    are, without Python's file name and source line; another package's names its category."""
+    text = " ".join(str(message).split())
+    own = issubclass(category, CmrWarning) or category.__module__.startswith("cmrsdk")
+    print(f"cmrsdk: warning: {text if own else f'{category.__name__}: {text}'}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
     try:
-        with raise_on_sigterm():
+        with raise_on_sigterm(), warnings.catch_warnings():
+            warnings.showwarning = _warning_line
             return int(args.func(args))
     except CmrError as exc:
         print(f"cmrsdk: error: {' '.join(str(exc).split())}", file=sys.stderr)

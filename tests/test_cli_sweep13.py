@@ -56,3 +56,26 @@ def test_onnxruntime_telemetry_is_off_unless_the_user_turns_it_on() -> None:
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "1"
     env["ORT_DISABLE_TELEMETRY"] = "0"  # the user's own choice stands
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "0"
+
+
+def test_warnings_on_the_command_line_are_one_line_each(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TorchScript's deprecation notice came with Python's file name and source line (sweep 13, F15)."""
+    import warnings
+
+    from cmrsdk.errors import CmrWarning
+
+    def warns(args: object) -> int:
+        warnings.warn(CmrWarning("a cmrsdk notice\n  over two lines"), stacklevel=1)
+        warnings.warn("another package's notice", UserWarning, stacklevel=1)
+        return 0
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["info"].set_defaults(func=warns)  # type: ignore[union-attr]
+    assert cli.main(["info"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "cmrsdk: warning: a cmrsdk notice over two lines",
+        "cmrsdk: warning: UserWarning: another package's notice",
+    ]
