@@ -48,7 +48,7 @@ from cmrsdk.preprocess import context_slices
 from export.bundle import ProbabilityModel
 from export.parity import FP32_MAX_ABS_DIFF, check_parity, compare, eager_probabilities, parity_inputs
 
-__all__ = ["MAX_BATCH", "rebuild_model", "export_aoti", "add_aoti", "main"]
+__all__ = ["MAX_BATCH", "rebuild_model", "export_aoti", "package_fields", "add_aoti", "main"]
 
 #: the largest batch the packages accept (the U-Nets' memory at 224 x 224 grows ~25 MB a slice).
 MAX_BATCH = 1024
@@ -107,10 +107,21 @@ def export_aoti(model: nn.Module, path: str | Path, example: torch.Tensor) -> Pa
     return Path(out)
 
 
-def _input_hw(engine: AotiEngine, sizes: Sequence[tuple[int, int]]) -> dict[str, list[int]]:
+def package_fields(sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """A CPU package's manifest entries besides file, format, precision, sha256 and size: its
+    device, the (H, W) range it was checked at (``sizes``, the parity checks' heights and widths)
+    and how it was compiled. Shared with `export.bundle`, which writes packages too."""
     low = min(sizes, key=lambda s: s[0] * s[1])
     high = max(sizes, key=lambda s: s[0] * s[1])
-    return {"min": list(low), "max": list(high)}
+    return {
+        "device": "cpu",
+        "input_hw": {"min": list(low), "max": list(high)},
+        "compiled": {
+            "tool": "torch._inductor.aoti_compile_and_package",
+            "torch": torch.__version__,
+            "dynamic": {"batch": [1, MAX_BATCH], "height_width": "multiples the network needs"},
+        },
+    }
 
 
 def _real_slices(bundle: Bundle, acdc: Path | None, count: int = 16) -> np.ndarray | None:
@@ -198,15 +209,9 @@ def add_aoti(
                 "file": out.name,
                 "format": "aoti",
                 "precision": "fp32",
-                "device": "cpu",
                 "sha256": sha256_file(out),
                 "size": out.stat().st_size,
-                "input_hw": _input_hw(engine, [hw for _, _, hw in checks]),
-                "compiled": {
-                    "tool": "torch._inductor.aoti_compile_and_package",
-                    "torch": torch.__version__,
-                    "dynamic": {"batch": [1, MAX_BATCH], "height_width": "multiples the network needs"},
-                },
+                **package_fields([hw for _, _, hw in checks]),
             }
             record = manifest["models"][name]
             record["artifacts"]["aoti"] = entry

@@ -16,7 +16,9 @@ normalised batch (N, 1, H, W) to softmax probabilities: (N, C, H, W) for a U-Net
 the region classifier. Only the full-resolution output is exported (deep-supervision outputs
 never reach an artifact). Each artifact is saved, loaded back through `cmrsdk.engines` and
 compared with the eager model (`export.parity`); the bundle is written only when every
-artifact passes, into a temporary directory renamed into place at the end.
+artifact passes, into a temporary directory renamed into place at the end. An existing output
+folder is replaced only when asked (``--overwrite``) and only when it is a bundle: its manifest
+and the artifact files that manifest names, nothing else.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +53,32 @@ from cmrsdk.bundle import (
     sha256_file,
 )
 from cmrsdk.engines import BACKENDS, create_engine
+from cmrsdk.engines.aoti import aoti_missing
 from cmrsdk.engines.tensorrt import tensorrt_missing
 from cmrsdk.preprocess import context_slices
 from cmrsdk.errors import BundleError, InputError, ReadError, WriteError
+from cmrsdk.study import _swap
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
 from cmrsdk.heart import HEART_SEARCHES
 from export.models import get_model
 from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
 
-__all__ = ["FORMATS", "ONNX_OPSET", "ProbabilityModel", "build_bundle", "load_checkpoint", "tensorrt_shapes", "main"]
+__all__ = [
+    "FORMATS",
+    "DEFAULT_FORMATS",
+    "ONNX_OPSET",
+    "ProbabilityModel",
+    "build_bundle",
+    "load_checkpoint",
+    "tensorrt_shapes",
+    "main",
+]
 
 #: artifact formats: one per engine backend (cmrsdk.engines.BACKENDS) but OpenVINO, which runs the ONNX file
 FORMATS: tuple[str, ...] = tuple(b for b in BACKENDS if b != "openvino")
+#: what is written unless asked otherwise: AOTInductor compiles C++ for tens of seconds a model, so
+#: it is written only when named (or added later by ``python -m export.aoti BUNDLE``)
+DEFAULT_FORMATS: tuple[str, ...] = tuple(f for f in FORMATS if f != "aoti")
 ONNX_OPSET = 18
 
 
@@ -239,11 +255,12 @@ def build_bundle(
     preprocessing: Preprocessing,
     out_dir: str | Path,
     example_slices: np.ndarray | None = None,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
     *,
     max_batch: int = 64,
     overwrite: bool = False,
     regions_from: str | None = None,
+    inputs: Sequence[str | Path] = (),
 ) -> Path:
     """Export models into a bundle directory, with parity checks, and return its path.
 
@@ -254,66 +271,185 @@ def build_bundle(
         ``kind`` ("segmentation" or "classifier", required) and optionally ``architecture``
         (text), ``training`` (config dict), ``metrics`` (validation figures).
     routing : region code (0 non-cardiac, 1 base, 2 middle, 3 apex) -> segmentation model name.
-    preprocessing : target spacing (dy, dx) mm, input size (H, W), normalisation name.
+    preprocessing : target spacing (dy, dx) mm, input size (H, W), normalisation name. A U-Net's
+        strides must divide ``size`` and ``heart_crop``.
     out_dir : the bundle directory to create.
     example_slices : float32 (N, 1, H, W) real normalised slices for the parity checks (seeded
         random slices are added either way).
-    formats : any of "torchscript", "onnx", "tensorrt". TensorRT is skipped, with the reason
-        recorded in the manifest's ``skipped``, where torch-tensorrt or a CUDA GPU is missing.
+    formats : any of "torchscript", "onnx", "tensorrt", "aoti" (default: all but "aoti", whose
+        C++ compilation takes tens of seconds a model). TensorRT is skipped where torch-tensorrt
+        or a CUDA GPU is missing, AOTInductor where its runtime or a C++ compiler is, with the
+        reason recorded in the manifest's ``skipped``; formats that leave nothing to write are refused.
     max_batch : the largest batch a TensorRT artifact accepts (its dynamic range is 1..max_batch).
-    overwrite : replace an existing ``out_dir``.
+    overwrite : replace an existing ``out_dir``, which must be a bundle (its manifest and the files
+        it names, nothing else) and is swapped for the new one only once that is complete.
     regions_from : routed mode's default region source, "classifier" or "segmentation" (None:
         the classifier when the bundle has one, else the segmentation rule).
+    inputs : the files the models and examples were read from: ``out_dir`` may neither be nor hold one.
 
     Raises
     ------
     InputError
-        Bad models, routing, formats or example slices.
+        Bad models, routing, formats, window sizes or example slices.
     ParityError
         An artifact differs from its eager model beyond tolerance (nothing is written).
     WriteError
-        ``out_dir`` exists and ``overwrite`` is False.
+        ``out_dir`` exists and ``overwrite`` is False; or it is not a bundle, or holds an input
+        or the current folder.
     """
     out = Path(out_dir)
     kinds, classifier = _check_models(models, routing, formats, regions_from)
-    if out.exists() and not overwrite:
-        raise WriteError(f"'out_dir' {out} already exists; pass overwrite=True to replace it")
+    _check_window(models, kinds, preprocessing)
+    target = _check_out_dir(out, overwrite=overwrite, inputs=inputs)
+    skipped = _skipped(formats)
+    written = [f for f in formats if f not in skipped]
+    if not written:
+        reasons = "; ".join(f"{fmt}: {why}" for fmt, why in skipped.items())
+        raise InputError(
+            f"'formats' {tuple(formats)} leave no artifact that can be written here ({reasons}); "
+            "add torchscript or onnx"
+        )
 
     slices, real = parity_inputs(preprocessing.size, example_slices)
-    trt_missing = tensorrt_missing() if "tensorrt" in formats else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         records: dict[str, Any] = {}
         for name, (net, info) in models.items():
             model = ProbabilityModel(copy.deepcopy(net).float().cpu().eval()).eval()
             channels = input_channels(net)
             # a 2.5D U-Net reads each parity slice between its neighbours in the example set
-            inputs = context_slices(slices, (channels - 1) // 2)
-            example = torch.from_numpy(inputs[:2].copy())
-            with torch.inference_mode():
-                classes = _check_output(name, kinds[name], model(example), preprocessing.size, 2)
-            checks = _parity_references(model, kinds[name], inputs, preprocessing)
+            inputs_ = context_slices(slices, (channels - 1) // 2)
+            example = torch.from_numpy(inputs_[:2].copy())
+            try:
+                with torch.inference_mode():
+                    eager = model(example)
+            except RuntimeError as exc:  # a network whose own constraints the window breaks
+                raise InputError(
+                    f"model {name!r} cannot run a {tuple(example.shape)} input ({str(exc).splitlines()[0]})"
+                ) from exc
+            classes = _check_output(name, kinds[name], eager, preprocessing.size, 2)
+            checks = _parity_references(model, kinds[name], inputs_, preprocessing)
             files, extra = _export_artifacts(
-                model,
-                name,
-                kinds[name],
-                example,
-                staging,
-                formats,
-                preprocessing,
-                max_batch,
-                tensorrt=trt_missing is None,
+                model, name, kinds[name], example, staging, written, preprocessing, max_batch
             )
             artifacts, parity = _check_artifacts(files, checks, real, extra)
             records[name] = _model_record(net, info, kinds[name], classes, preprocessing.size, artifacts, parity, extra)
-        skipped = {"tensorrt": trt_missing} if "tensorrt" in formats and trt_missing is not None else {}
         manifest = _manifest(records, routing, preprocessing, classifier, regions_from, skipped)
-        _publish(staging, manifest, out)
+        _publish(staging, manifest, target, overwrite=overwrite, inputs=inputs)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _skipped(formats: Collection[str]) -> dict[str, str]:
+    """Format -> why it cannot be written here, for the requested formats that need what is missing."""
+    skipped: dict[str, str] = {}
+    if "tensorrt" in formats and (why := tensorrt_missing()) is not None:
+        skipped["tensorrt"] = why
+    if "aoti" in formats:
+        why = aoti_missing("cpu")
+        if why is None and shutil.which("c++") is None and shutil.which("g++") is None:
+            why = "AOTInductor compiles C++ and no c++ / g++ is on PATH"
+        if why is not None:
+            skipped["aoti"] = why
+    return skipped
+
+
+def _check_out_dir(out: Path, *, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """Where the bundle goes, checked before any export; returns it absolute (a link to a folder followed).
+
+    The folder is replaced whole, so it must be new, or with ``overwrite`` an earlier bundle (or
+    empty): a manifest and only the files that manifest names. It may neither be nor hold one of
+    ``inputs`` or the current folder.
+    """
+    target = Path(os.path.realpath(out))  # a link to a folder: replaced where it lies, the link kept
+    here: Path | None
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the current folder was deleted under the process: nothing there to protect
+        here = None
+    for source in inputs:
+        path = Path(os.path.realpath(source))
+        if path.is_relative_to(target):
+            raise WriteError(
+                f"{out}: output folder is or holds the input {source}; the bundle replaces the folder whole, "
+                "so write it to another folder"
+            )
+    if here is not None and here.is_relative_to(target):
+        raise WriteError(
+            f"{out}: output folder is the current folder or holds it; the bundle replaces the folder whole, "
+            "so write it to another folder"
+        )
+    if not os.path.lexists(target):
+        return target
+    if not target.is_dir():
+        raise WriteError(f"{out}: output folder is a file, not a folder")
+    if not overwrite:
+        raise WriteError(f"'out_dir' {out} already exists; pass overwrite=True (--overwrite) to replace a bundle there")
+    entries = sorted(target.iterdir())
+    if not entries:
+        return target
+    try:
+        manifest = json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+            raise ValueError(f"its 'format' is not {FORMAT_NAME!r}")
+        named = {MANIFEST_NAME} | {
+            str(artifact["file"])
+            for record in manifest.get("models", {}).values()
+            for artifact in record.get("artifacts", {}).values()
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        shown = _shown([e.name + ("/" if e.is_dir() else "") for e in entries])
+        why = "no" if isinstance(exc, FileNotFoundError) else f"an unreadable ({type(exc).__name__}: {exc})"
+        raise WriteError(
+            f"{out}: --overwrite replaces only a cmrsdk bundle, and this folder holds {why} bundle "
+            f"{MANIFEST_NAME}; it holds {shown}: choose a new or empty folder"
+        ) from exc
+    foreign = [e.name + ("/" if e.is_dir() else "") for e in entries if e.name not in named or not e.is_file()]
+    if foreign:
+        raise WriteError(
+            f"{out}: --overwrite replaces only a cmrsdk bundle, and this bundle folder also holds "
+            f"{len(foreign)} entries its manifest does not name ({_shown(foreign)}): move them, or choose a new "
+            "or empty folder"
+        )
+    return target
+
+
+def _shown(names: Sequence[str], limit: int = 3) -> str:
+    """The first ``limit`` names and how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_window(
+    models: Mapping[str, tuple[nn.Module, Mapping[str, Any]]],
+    kinds: Mapping[str, str],
+    preprocessing: Preprocessing,
+    flags: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse a window or heart crop that a U-Net's strides do not divide (its skip connections
+    would not line up), naming the option, the U-Net and the nearest valid sizes.
+
+    ``flags``: field ("size", "heart_crop") -> the command-line option to name in the message.
+    """
+    for name, (net, _) in models.items():
+        divisor = getattr(net, "divisor", None)
+        if kinds[name] != "segmentation" or not isinstance(divisor, int) or divisor <= 1:
+            continue
+        for field_name, hw in (("size", preprocessing.size), ("heart_crop", preprocessing.heart_crop)):
+            if hw is None or all(int(v) % divisor == 0 for v in hw):
+                continue
+            where = (flags or {}).get(field_name, f"preprocessing.{field_name}")
+            below = [v if v % divisor == 0 else max(divisor, v // divisor * divisor) for v in map(int, hw)]
+            above = [v if v % divisor == 0 else (v // divisor + 1) * divisor for v in map(int, hw)]
+            nearest = " or ".join(dict.fromkeys(" ".join(map(str, c)) for c in (below, above)))
+            features = list(getattr(net, "features", []))
+            raise InputError(
+                f"{where} {' '.join(map(str, hw))}: model {name!r} is a U-Net of {len(features)} stages "
+                f"(features {features}), whose strides need heights and widths that are multiples of "
+                f"{divisor}; nearest valid: {nearest}"
+            )
 
 
 # -- the steps of build_bundle ----------------------------------------------------------------
@@ -385,11 +521,10 @@ def _export_artifacts(
     formats: Sequence[str],
     preprocessing: Preprocessing,
     max_batch: int,
-    *,
-    tensorrt: bool,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Write the model's artifacts into ``staging``; returns artifact key -> file, and the extra
-    manifest entries of the model (ONNX opset, TensorRT batch and shapes)."""
+    """Write the model's artifacts in ``formats`` (those that can be written here) into ``staging``;
+    returns artifact key -> file, and the extra manifest entries of the model (ONNX opset, TensorRT
+    batch and shapes)."""
     files: dict[str, Path] = {}
     extra: dict[str, Any] = {}
     if "torchscript" in formats:
@@ -398,7 +533,12 @@ def _export_artifacts(
     if "onnx" in formats:
         files["onnx"] = staging / f"{name}.onnx"
         extra["onnx_opset"] = _export_onnx(model, example, files["onnx"])
-    if "tensorrt" in formats and tensorrt:
+    if "aoti" in formats:
+        from export.aoti import export_aoti  # export.aoti imports this module
+
+        files["aoti"] = staging / f"{name}.pt2"
+        export_aoti(model, files["aoti"], example)
+    if "tensorrt" in formats:
         # U-Nets run at the heart crop and the full window; the classifier at the window only
         crop = preprocessing.heart_crop if kind == "segmentation" else None
         trt_shapes = tensorrt_shapes(preprocessing.size, crop, max_batch, int(example.shape[1]))
@@ -447,6 +587,10 @@ def _check_artifacts(
             "sha256": sha256_file(path),
             "size": path.stat().st_size,
         }
+        if backend == "aoti":
+            from export.aoti import package_fields
+
+            artifacts[key].update(package_fields([hw for _, _, hw in checks]))
         if backend == "tensorrt":
             # what select_artifact checks: TensorRT refuses sizes outside its profile
             artifacts[key]["input_hw"] = {
@@ -506,13 +650,19 @@ def _manifest(
     }
 
 
-def _publish(staging: Path, manifest: dict[str, Any], out: Path) -> None:
-    """Write the manifest last, then move the staged directory to ``out`` in one rename."""
+def _publish(
+    staging: Path, manifest: dict[str, Any], out: Path, *, overwrite: bool, inputs: Sequence[str | Path]
+) -> None:
+    """Write the manifest last, then move the staged directory to ``out``.
+
+    ``out`` is checked again (the export took minutes, in which it may have changed); an earlier
+    bundle there is renamed aside, the new one renamed in, and only then the earlier one deleted
+    (`cmrsdk.study._swap`: any failure between the renames puts it back).
+    """
     (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     os.chmod(staging, 0o755)  # mkdtemp makes the directory private; a bundle is meant to be shared
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    _check_out_dir(out, overwrite=overwrite, inputs=inputs)
+    _swap(staging, out)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -700,7 +850,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="take the parity slices from an export.data slice cache instead (its validation patients)",
     )
     parser.add_argument("--examples-count", type=int, default=32, help="slices taken with --examples-from-cache")
-    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=list(DEFAULT_FORMATS),
+        choices=FORMATS,
+        help=f"artifacts to write (default: {' '.join(DEFAULT_FORMATS)}; tensorrt only where torch-tensorrt and "
+        "a CUDA GPU are). aoti compiles an AOTInductor package for the CPU, tens of seconds a model; "
+        "python -m export.aoti BUNDLE adds one to a bundle later",
+    )
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument(
         "--regions-from",
@@ -708,11 +866,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=REGIONS_FROM,
         help="routed mode's default region source (default: the classifier when given, else segmentation)",
     )
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing bundle at -o (only a bundle: its manifest and the files it names), "
+        "once the new one is complete",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="bundle directory to create")
     args = parser.parse_args(argv)
     try:
-        models = {name: load_checkpoint(path) for name, path in _pairs(args.checkpoints, "--checkpoints").items()}
+        checkpoints = _pairs(args.checkpoints, "--checkpoints")
+        inputs = [*checkpoints.values(), *(p for p in (args.examples, args.examples_from_cache) if p is not None)]
+        _check_out_dir(args.output, overwrite=args.overwrite, inputs=inputs)  # before minutes of export
+        models = {name: load_checkpoint(path) for name, path in checkpoints.items()}
         if args.routing is not None:
             routing = {int(k): v for k, v in _pairs(args.routing, "--routing").items()}
         else:
@@ -725,16 +891,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         examples = np.load(args.examples) if args.examples else None
         if args.examples_from_cache is not None:
             examples = cache_examples(args.examples_from_cache, args.examples_count)
+        preprocessing = _preprocessing(args, models)
+        kinds = {name: str(info.get("kind")) for name, (_, info) in models.items()}
+        _check_window(models, kinds, preprocessing, {"size": "--size", "heart_crop": "--heart-crop"})
         path = build_bundle(
             models,
             routing,
-            _preprocessing(args, models),
+            preprocessing,
             args.output,
             examples,
             args.formats,
             max_batch=args.max_batch,
             overwrite=args.overwrite,
             regions_from=args.regions_from,
+            inputs=inputs,
         )
     except (cmrsdk.CmrError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

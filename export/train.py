@@ -2,7 +2,8 @@
 
 Command line::
 
-    python -m export.train CONFIG [--resume] [--max-iterations N] [--out DIR] [--device cpu|cuda]
+    python -m export.train CONFIG [--resume | --resume-or-start] [--max-iterations N] [--out DIR]
+        [--device cpu|cuda]
     torchrun --nproc_per_node 2 -m export.train CONFIG        # DistributedDataParallel
 
 Every relative path in a configuration is taken from the repository root (the folder above
@@ -11,7 +12,9 @@ Every relative path in a configuration is taken from the repository root (the fo
 
 - ``last.pt``: checkpoint, written every ``checkpoint_every`` iterations and at the end,
   atomically (temporary file + rename); ``--resume`` continues from it exactly (model,
-  optimiser, AMP scaler, sampler and augmentation generators).
+  optimiser, AMP scaler, sampler and augmentation generators). A run directory that holds one
+  is never overwritten: without ``--resume`` the command refuses it, and ``--resume`` refuses a
+  directory without one (``--resume-or-start`` starts there instead, for recipes run again).
 - with ``[train] swa_start`` below 1: the checkpoint also holds the stochastic weight average
   (Izmailov et al. 2018, ``torch.optim.swa_utils.AveragedModel``) of the weights taken every
   ``swa_every`` iterations from that fraction of the schedule on; :func:`load_trained_model`
@@ -40,12 +43,23 @@ import pickle
 import sys
 import tempfile
 import time
-import tomllib
 import zipfile
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomllib is the standard library's copy of tomli (3.11+)
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "export.train reads TOML configurations: on Python 3.10 it needs the package 'tomli' "
+            "(pip install tomli); Python 3.11 and later have it built in (tomllib)",
+            name="tomli",
+        ) from None
 
 import numpy as np
 import torch
@@ -53,7 +67,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from cmrsdk.errors import InputError, ReadError
+from cmrsdk.errors import CmrError, InputError, ReadError
 from cmrsdk.labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
 
 from .augment import AugmentConfig, augment_batch, crop_centres
@@ -63,7 +77,16 @@ from .models import UNet, get_model
 from .models.grow import grow_unet_weights
 from .samplers import SliceSampler, favour_non_cardiac, region_weights, uniform_weights
 
-__all__ = ["REPO_ROOT", "DEFAULTS", "load_config", "train", "load_trained_model", "export_weights", "main"]
+__all__ = [
+    "REPO_ROOT",
+    "DEFAULTS",
+    "load_config",
+    "run_directory",
+    "train",
+    "load_trained_model",
+    "export_weights",
+    "main",
+]
 
 #: the repository root; relative paths in configurations are taken from here.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,6 +202,35 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
 def _resolve(path: str | Path) -> Path:
     path = Path(path)
     return (path if path.is_absolute() else REPO_ROOT / path).resolve()
+
+
+def run_directory(config: dict[str, dict[str, Any]], out: str | Path | None = None) -> Path:
+    """The run directory `train` writes: ``out``, else [train] 'out', else ``runs/<experiment name>``
+    (relative paths from the repository root)."""
+    return _resolve(out or config["train"]["out"] or f"runs/{config['experiment']['name']}")
+
+
+def _check_sizes(config: dict[str, dict[str, Any]]) -> None:
+    """Refuse a [data] 'size' or [train] 'patch' that a segmentation U-Net's strides do not divide
+    (its skip connections would not line up: a torch error at the first validation), before any data
+    is read; names the key and the nearest valid values."""
+    if config["experiment"]["task"] != "segmentation":
+        return
+    net = get_model(config["model"]["name"], **dict(config["model"]["kwargs"]))
+    divisor = getattr(net, "divisor", None)
+    if not isinstance(divisor, int) or divisor <= 1:
+        return
+    for section, key in (("data", "size"), ("train", "patch")):
+        value = config[section][key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise InputError(f"[{section}] '{key}' must be a whole number of pixels > 0, got {value!r}")
+        if value % divisor:
+            below, above = max(divisor, value // divisor * divisor), (value // divisor + 1) * divisor
+            nearest = f"{below} or {above}" if below != above else str(above)
+            raise InputError(
+                f"[{section}] '{key}' is {value}: the U-Net's {len(net.features)} stages (features "
+                f"{list(net.features)}) need a multiple of {divisor}; nearest valid: {nearest}"
+            )
 
 
 # -- distributed ------------------------------------------------------------------------------------
@@ -716,14 +768,18 @@ def train(
     device: str = "cpu",
     progress: bool = True,
     time_budget: float | None = None,
+    require_checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Train the model a configuration describes.
 
     Parameters
     ----------
     config : as returned by :func:`load_config`.
-    out : run directory (default: [train] 'out', else ``runs/<experiment name>``).
-    resume : continue from ``out/last.pt`` when it exists.
+    out : run directory (default: [train] 'out', else ``runs/<experiment name>``, see `run_directory`).
+    resume : continue from ``out/last.pt`` when it exists (else start the run). Without it, a run
+        directory that already holds ``last.pt`` is refused rather than overwritten.
+    require_checkpoint : with ``resume``, refuse a run directory without ``last.pt`` (a mistyped
+        ``--out``) instead of starting there.
     max_iterations : stop after this iteration (the schedule still spans [train] 'iterations'),
         to run a long schedule in several sittings or for a quick look.
     device : "cpu" or "cuda".
@@ -737,15 +793,34 @@ def train(
     -------
     dict with "iteration" reached, "seconds_per_iteration" (mean of this sitting), "metrics"
     (last validation) and "checkpoint" path.
+
+    Raises
+    ------
+    InputError
+        A bad configuration value; a run directory holding a checkpoint without ``resume``, or
+        none with ``require_checkpoint``.
     """
     from tqdm import tqdm
 
     experiment, spec = config["experiment"], config["train"]
     task = experiment["task"]
+    out_dir = run_directory(config, out)
+    checkpoint = out_dir / "last.pt"
+    # before anything starts: a run's hours must not be overwritten by re-running its first command
+    if checkpoint.exists() and not resume:
+        raise InputError(
+            f"run folder {out_dir} already holds a training run ({checkpoint.name}); --resume continues it, "
+            "or choose a new --out to start another"
+        )
+    if resume and require_checkpoint and not checkpoint.is_file():
+        raise InputError(
+            f"--resume: run folder {out_dir} holds no checkpoint ({checkpoint.name}) to continue; check --out, "
+            "or leave --resume out (or use --resume-or-start) to start the run there"
+        )
+    _check_sizes(config)
     torch_device, rank, world = _setup_device(device, int(spec["threads"]))
     seed = int(experiment["seed"])
     torch.manual_seed(seed + rank)
-    out_dir = _resolve(out or spec["out"] or f"runs/{experiment['name']}")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     train_set, val_set = _datasets(config, rank)
@@ -771,7 +846,6 @@ def train(
 
     iterations = int(spec["iterations"])
     stop = min(iterations, int(max_iterations)) if max_iterations is not None else iterations
-    checkpoint = out_dir / "last.pt"
     start, metrics = 0, {}
     if spec.get("init") and not (resume and checkpoint.is_file()):
         _warm_start(net, _resolve(spec["init"]), torch_device)
@@ -934,7 +1008,16 @@ def main(argv: list[str] | None = None) -> int:
     """The ``python -m export.train`` command."""
     parser = argparse.ArgumentParser(prog="python -m export.train", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="TOML configuration (export/configs/*.toml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run directory's last.pt")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's last.pt (refused where it has none)"
+    )
+    resume.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="continue from the run directory's last.pt where it has one, else start the run (recipes run again "
+        "after an interruption)",
+    )
     parser.add_argument("--max-iterations", type=int, default=None, help="stop after this iteration")
     parser.add_argument("--out", default=None, help="run directory (default: the configuration's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
@@ -954,7 +1037,11 @@ def main(argv: list[str] | None = None) -> int:
         help="stop, annealed, validated and saved, after this many seconds",
     )
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except CmrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for item in args.set:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
@@ -972,12 +1059,16 @@ def main(argv: list[str] | None = None) -> int:
         result = train(
             config,
             out=args.out,
-            resume=args.resume,
+            resume=args.resume or args.resume_or_start,
             max_iterations=args.max_iterations,
             device=args.device,
             progress=not args.no_progress,
             time_budget=args.time_budget,
+            require_checkpoint=args.resume,
         )
+    except CmrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

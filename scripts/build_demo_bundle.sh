@@ -9,8 +9,8 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 models=(baseline base middle apex classifier)
-for m in "${models[@]}"; do python -m export.train "export/configs/demo_$m.toml" --resume; done
-for m in "${models[@]}"; do python -m export.train "export/configs/demo_${m}_mix.toml" --resume; done
+for m in "${models[@]}"; do python -m export.train "export/configs/demo_$m.toml" --resume-or-start; done
+for m in "${models[@]}"; do python -m export.train "export/configs/demo_${m}_mix.toml" --resume-or-start; done
 python -m export.bundle \
   --checkpoints $(for m in "${models[@]}"; do printf '%s=runs/demo/demo_%s_mix/last.pt ' "$m" "$m"; done) \
   --examples-from-cache cache/acdc_224 --formats torchscript onnx --heart-crop 128 128 --overwrite \

@@ -42,7 +42,7 @@ for seed in ${DEV_SEEDS:-0 10}; do
   python -c "from export.data import open_cache; open_cache('../shared/data/acdc', '$cache', size=224, \
 normalization='robust_zscore', test_every=5, val_fraction=0.15, seed=$seed, threads=2)"
   [ -f "$run/done" ] || {
-    python -m export.train export/configs/bundle_baseline.toml --out "$run" --resume --no-progress \
+    python -m export.train export/configs/bundle_baseline.toml --out "$run" --resume-or-start --no-progress \
       --set "data.cache=\"$cache\"" --set "data.split_seed=$seed" "${budget[@]}" "${variant[@]}"
     touch "$run/done"
   }

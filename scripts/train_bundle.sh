@@ -21,11 +21,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 export OMP_WAIT_POLICY=PASSIVE   # OpenMP threads on two cores: sleep, do not spin, between ops
-python -m export.train export/configs/bundle_baseline.toml --resume --time-budget "${BASELINE_SECONDS:-5700}"
-python -m export.train export/configs/final_baseline.toml --resume --time-budget "${FINAL_SECONDS:-5400}"
+python -m export.train export/configs/bundle_baseline.toml --resume-or-start --time-budget "${BASELINE_SECONDS:-5700}"
+python -m export.train export/configs/final_baseline.toml --resume-or-start --time-budget "${FINAL_SECONDS:-5400}"
 pids=()
 for m in baseline base apex; do
-  python -m export.train "export/configs/long_$m.toml" --resume --no-progress \
+  python -m export.train "export/configs/long_$m.toml" --resume-or-start --no-progress \
     --time-budget "${LONG_SECONDS:-5400}" & pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
@@ -34,9 +34,9 @@ python -m export.bundle \
   --routing 0=baseline 1=base 2=baseline 3=apex --regions-from segmentation \
   --examples-from-cache cache/acdc_224 --formats torchscript onnx --heart-crop 128 128 --overwrite \
   -o "${BUNDLE_0_3_0_OUT:-runs/bundle_0.3.0}"
-python -m export.train export/configs/wide_baseline_long.toml --resume --no-progress \
+python -m export.train export/configs/wide_baseline_long.toml --resume-or-start --no-progress \
   --set 'train.init="runs/long/baseline/last.pt"' --set train.threads=2
-python -m export.train export/configs/wide_baseline_restart.toml --resume --no-progress --set train.threads=2
+python -m export.train export/configs/wide_baseline_restart.toml --resume-or-start --no-progress --set train.threads=2
 python - <<'EOF'
 from export.train import average_weights, export_weights
 export_weights("runs/wide_long/baseline/last.pt", "runs/stage9_baseline_fp16.pt")  # stage 5's init
