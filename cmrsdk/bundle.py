@@ -13,9 +13,25 @@ Layout
       <model>.fp16.ep
 
 `load_bundle` checks the format version and the size and sha256 of every artifact before
-anything is used, and refuses a bundle that fails (`BundleError` naming the file). Engines are
-made lazily, once per (model, backend, device, options), under a lock: one `Bundle` may be
-shared by threads.
+anything is used, and refuses a bundle that fails (`BundleError` naming the file). It also checks
+the manifest's fields against each other (label and region names, ``num_outputs``, input and
+output shapes, the window against a U-Net's stride, the routing) and warns (`CmrWarning`) of keys
+it does not know, naming the nearest known one. Engines are made lazily, once per (model,
+backend, device, options), under a lock: one `Bundle` may be shared by threads.
+
+An artifact's ``file`` is a name inside the bundle directory. It may be a symbolic link to a
+regular file elsewhere (DVC, git-annex): the size and sha256 are checked on the file it points to.
+
+Labels and regions
+------------------
+cmrsdk's codes are fixed (`cmrsdk.labels`): labels 0 background, 1 LVBP, 2 LVM, 3 RVBP; regions
+0 non-cardiac, 1 base, 2 middle, 3 apex. A manifest's ``labels`` (``regions``) say which output
+channel of its U-Nets (its classifier) holds which structure (region): code c is channel c. The
+names must be cmrsdk's, each once, on the codes 0..3, in any order; a model trained in another
+order (ACDC's 1 RVBP ... 3 LVBP) is put in cmrsdk's order right after inference
+(`ModelInfo.output_order`, `Engine.output_order`), and ``routing`` keys are the manifest's own
+region codes. `Bundle.labels` and `Bundle.regions` are cmrsdk's names, `Bundle.routing` is keyed
+by cmrsdk's region codes.
 
 Manifest (format version 1), the keys a reader relies on::
 
@@ -51,9 +67,14 @@ width). `Bundle.select_artifact` skips an artifact that cannot run every shape a
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import os
+import re
 import threading
+import warnings
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
@@ -61,8 +82,9 @@ from typing import Any
 
 from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine
 from .engines.base import PRECISIONS, check_device
-from .errors import BackendUnavailableError, BundleError, InputError
+from .errors import BackendUnavailableError, BundleError, CmrWarning, InputError
 from .heart import HEART_SEARCHES
+from .labels import LABEL_NAMES, REGION_NAMES
 
 __all__ = [
     "FORMAT_NAME",
@@ -74,6 +96,7 @@ __all__ = [
     "REGIONS_FROM",
     "Artifact",
     "bf16_record_key",
+    "precision_missing",
     "ModelInfo",
     "Preprocessing",
     "Bundle",
@@ -115,6 +138,28 @@ REGIONS_FROM: tuple[str, ...] = ("classifier", "segmentation")
 
 #: intensity normalisations the pipeline knows (`cmrsdk.preprocess.normalize`).
 NORMALIZATIONS = ("robust_zscore", "zscore", "minmax")
+
+#: the keys each level of a manifest may hold (written by export/ or read here); any other is
+#: warned of, naming the nearest of these (a misspelt ``heartcrop`` would silently drop the crop)
+_KNOWN_KEYS: dict[str, tuple[str, ...]] = {
+    "": (
+        "format", "format_version", "created", "versions", "labels", "regions", "classifier",
+        "regions_from", "routing", "preprocessing", "models", "quantization", "skipped",
+    ),
+    "preprocessing": ("target_spacing", "size", "normalization", "heart_crop", "heart_search", "segment_spacing"),
+    "model": (
+        "kind", "architecture", "num_outputs", "input_shape", "output_shape", "artifacts", "parity",
+        "training", "metrics", "tensorrt_max_batch", "tensorrt_shapes", "onnx_opset", "quantization",
+    ),
+    "artifact": ("file", "format", "precision", "sha256", "size", "input_hw", "device", "compiled", "quantization"),
+}  # fmt: skip
+#: export/'s U-Net: ``unet(..., features=[f0, ..., fk], ...)`` halves the image k times
+_UNET_FEATURES = re.compile(r"^\s*unet\s*\(.*\bfeatures\s*=\s*[\[(]([\d\s,]+)[\])]")
+#: how a missing artifact is added to a bundle, for the message that says it is missing
+_ADD_ARTIFACT = {
+    "aoti": "add one with: python -m export.aoti {bundle}",
+    "onnx-int8": "add them with: python -m export.quantize {bundle}",
+}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -208,6 +253,22 @@ def bf16_record_key(backend: str) -> str:
     return "bf16" if backend == "torchscript" else f"bf16-{backend}"
 
 
+def precision_missing(backend: str, precision: str) -> str | None:
+    """Why ``backend`` cannot run ``precision`` at all, whatever the bundle holds (naming the
+    backends that can), or None when it can, or when either name is not one cmrsdk knows (the
+    callers' own checks name those).
+
+    Parameters
+    ----------
+    backend : one of `cmrsdk.engines.BACKENDS` ("auto" gives None: it picks among those that can).
+    precision : one of `cmrsdk.engines.base.PRECISIONS`.
+    """
+    if backend not in BACKENDS or precision not in PRECISIONS or (backend, precision) in _KEY_OF:
+        return None
+    able = [b for b in BACKENDS if (b, precision) in _KEY_OF]
+    return f"backend {backend!r} has no {precision} path; {precision} runs on {', '.join(repr(b) for b in able)}"
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """One model of the bundle as the manifest describes it.
@@ -220,6 +281,10 @@ class ModelInfo:
     num_outputs : C classes (segmentation) or R regions (classifier).
     artifacts : artifact key -> `Artifact`.
     record : the model's full manifest entry (input/output shapes, parity, training, metrics).
+    channels : the input channels it reads (1, or 2 context + 1 for a 2.5D U-Net).
+    output_order : canonical code k (label, or region for the classifier) is the model's output
+        channel ``output_order[k]``, from the manifest's ``labels`` / ``regions`` names; the
+        identity for a model trained in cmrsdk's order.
     """
 
     name: str
@@ -229,6 +294,7 @@ class ModelInfo:
     artifacts: dict[str, Artifact]
     record: dict[str, Any] = field(repr=False)
     channels: int = 1
+    output_order: tuple[int, ...] | None = None
 
     @property
     def context(self) -> int:
@@ -257,6 +323,42 @@ def _int_keys(value: Any, what: str, manifest: Path) -> dict[int, str]:
     return out
 
 
+def _canonical_order(names: dict[int, str], canonical: dict[int, str], what: str, manifest: Path) -> tuple[int, ...]:
+    """The manifest's ``labels`` or ``regions`` ({code: name}, code = the models' output channel) as
+    the channel of each canonical code: ``order[k]`` holds ``canonical[k]``. Refuses any name that
+    is not cmrsdk's, a repeated or missing one, and codes other than 0..n-1."""
+    expected = ", ".join(f'"{k}": "{v}"' for k, v in canonical.items())
+    by_name: dict[str, int] = {}
+    for code, name in sorted(names.items()):
+        if name not in canonical.values():
+            raise BundleError(
+                f"{manifest}: '{what}.{code}' is {name!r}, not one of cmrsdk's names; '{what}' must name "
+                f"{{{expected}}} (any codes 0..{len(canonical) - 1}, each name once: the models' outputs are "
+                f"put in this order)"
+            )
+        if name in by_name:
+            raise BundleError(f"{manifest}: '{what}' names {name!r} twice (codes {by_name[name]} and {code})")
+        by_name[name] = code
+    if sorted(names) != list(range(len(canonical))) or len(by_name) != len(canonical):
+        missing = [n for n in canonical.values() if n not in by_name]
+        raise BundleError(
+            f"{manifest}: '{what}' has codes {sorted(names)}{f' and lacks {missing}' if missing else ''}; "
+            f"it must name each of {{{expected}}} once, on the codes 0..{len(canonical) - 1}"
+        )
+    return tuple(by_name[name] for _, name in sorted(canonical.items()))
+
+
+def _warn_unknown(obj: dict[str, Any], level: str, where: str, manifest: Path) -> None:
+    """A `CmrWarning` for each key of ``obj`` that a manifest's ``level`` does not hold (a typo
+    would otherwise be ignored in silence), naming the nearest known key."""
+    known = _KNOWN_KEYS[level]
+    for key in obj:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(known)})"
+            warnings.warn(f"{manifest}: unknown key '{where}{key}' is ignored{hint}", CmrWarning, stacklevel=4)
+
+
 def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, manifest: Path) -> Any:
     if key not in obj:
         raise BundleError(f"{manifest}: '{where}{key}' is missing")
@@ -267,6 +369,7 @@ def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where
 
 
 def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
+    _warn_unknown(raw, "preprocessing", "preprocessing.", manifest)
     spacing = _require(raw, "target_spacing", list, "preprocessing.", manifest)
     size = _require(raw, "size", list, "preprocessing.", manifest)
     normalization = _require(raw, "normalization", str, "preprocessing.", manifest)
@@ -333,15 +436,88 @@ def _parse_input_hw(raw: Any, where: str, manifest: Path) -> tuple[tuple[int, in
     return lo, hi
 
 
-def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: tuple[int, int]) -> ModelInfo:
+def _artifact_path(file: str, root: Path, where: str, manifest: Path) -> Path:
+    """The artifact ``file`` as a path in the bundle directory ``root``; refuses a name in another
+    directory (``sub/x.onnx``, ``../x.onnx``). The file may be a link to one elsewhere (DVC, git-annex):
+    its size and hash are checked on the target (`_verify_artifact`)."""
+    base = root.resolve()
+    # lexical, not resolved: a symbolic link named in the bundle is the bundle's file
+    path = Path(os.path.normpath(base / file))
+    if path.parent.resolve() != base or not path.name or path.name in (".", ".."):
+        raise BundleError(
+            f"{manifest}: '{where}file' is {file!r}, expected a file name inside the bundle directory "
+            f"(no sub-folder or path outside it)"
+        )
+    return base / path.name
+
+
+def _stride(architecture: str) -> int | None:
+    """How many times export/'s U-Net divides the input's height and width (2 ** its stages - 1),
+    read from the manifest's ``architecture``, or None for another architecture."""
+    match = _UNET_FEATURES.match(architecture)
+    if match is None:
+        return None
+    stages = [f for f in match.group(1).split(",") if f.strip()]
+    return 2 ** (len(stages) - 1) if stages else None
+
+
+def _check_shapes(
+    raw: dict[str, Any], kind: str, num_outputs: int, pre: Preprocessing, where: str, manifest: Path
+) -> None:
+    """``input_shape`` and ``output_shape`` (where given with numbers) against ``num_outputs`` and the
+    preprocessing window; the window and heart crop against a U-Net's stride."""
+    window = list(pre.size)
+    shape = raw.get("input_shape")
+    if isinstance(shape, list) and len(shape) == 4 and all(isinstance(v, int) for v in shape[2:]):
+        if shape[2:] != window:
+            raise BundleError(
+                f"{manifest}: '{where}input_shape' is {shape!r}: its (H, W) must be 'preprocessing.size' {window}"
+            )
+    answer = raw.get("output_shape")
+    if answer is not None:
+        expected = ["N", num_outputs, *window] if kind == "segmentation" else ["N", num_outputs]
+        if (
+            not isinstance(answer, list)
+            or len(answer) != len(expected)
+            or any(isinstance(a, int) and a != e for a, e in zip(answer[1:], expected[1:]))
+        ):
+            raise BundleError(
+                f"{manifest}: '{where}output_shape' is {answer!r}, expected {expected!r} "
+                f"('num_outputs' {num_outputs}{', the window' if kind == 'segmentation' else ''})"
+            )
+    stride = _stride(str(raw.get("architecture", "")))
+    if kind != "segmentation" or stride is None:
+        return
+    for field_name, hw in (("size", pre.size), ("heart_crop", pre.heart_crop)):
+        if hw is not None and any(v % stride for v in hw):
+            fit = [max(stride, v // stride * stride) for v in hw]
+            raise BundleError(
+                f"{manifest}: 'preprocessing.{field_name}' is {list(hw)}, but '{where}architecture' "
+                f"{raw['architecture']!r} divides the image by {stride}: give multiples of {stride}, e.g. {fit}"
+            )
+
+
+def _parse_model(
+    name: str, raw: Any, root: Path, manifest: Path, pre: Preprocessing, orders: dict[str, tuple[int, ...]]
+) -> ModelInfo:
+    """One ``models`` entry; ``orders`` is the canonical order of each kind's outputs (`_canonical_order`)."""
+    full_window = pre.size
     if not isinstance(raw, dict):
         raise BundleError(f"{manifest}: 'models.{name}' must be an object, got {type(raw).__name__}")
     where = f"models.{name}."
+    _warn_unknown(raw, "model", where, manifest)
     kind = _require(raw, "kind", str, where, manifest)
     if kind not in MODEL_KINDS:
         raise BundleError(f"{manifest}: '{where}kind' is {kind!r}, expected one of {MODEL_KINDS}")
     architecture = _require(raw, "architecture", str, where, manifest)
     num_outputs = _require(raw, "num_outputs", int, where, manifest)
+    order = orders[kind]
+    if num_outputs != len(order):
+        names = "labels" if kind == "segmentation" else "regions"
+        raise BundleError(
+            f"{manifest}: '{where}num_outputs' is {num_outputs!r}, but a {kind} model answers one channel per "
+            f"entry of '{names}': {len(order)}"
+        )
     artifacts_raw = _require(raw, "artifacts", dict, where, manifest)
     if not artifacts_raw:
         raise BundleError(f"{manifest}: '{where}artifacts' is empty: the model has no exported file")
@@ -353,15 +529,11 @@ def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: t
             )
         if not isinstance(entry, dict):
             raise BundleError(f"{manifest}: '{where}artifacts.{key}' must be an object, got {type(entry).__name__}")
+        _warn_unknown(entry, "artifact", f"{where}artifacts.{key}.", manifest)
         file = _require(entry, "file", str, f"{where}artifacts.{key}.", manifest)
         sha = _require(entry, "sha256", str, f"{where}artifacts.{key}.", manifest)
         size = _require(entry, "size", int, f"{where}artifacts.{key}.", manifest)
-        path = (root / file).resolve()
-        # a manifest must not point outside its own directory
-        if path.parent != root.resolve():
-            raise BundleError(
-                f"{manifest}: '{where}artifacts.{key}.file' is {file!r}, expected a file name inside the bundle"
-            )
+        path = _artifact_path(file, root, f"{where}artifacts.{key}.", manifest)
         backend, precision = ARTIFACT_KEYS[key]
         input_hw: tuple[tuple[int, int], tuple[int, int]] | None
         if "input_hw" in entry:
@@ -380,11 +552,17 @@ def _parse_model(name: str, raw: Any, root: Path, manifest: Path, full_window: t
         )
     if kind == "classifier" and channels != 1:
         raise BundleError(f"{manifest}: '{where}input_shape' has {channels} channels; a region classifier reads one")
-    return ModelInfo(name, kind, architecture, num_outputs, artifacts, raw, channels)
+    _check_shapes(raw, kind, num_outputs, pre, where, manifest)
+    return ModelInfo(name, kind, architecture, num_outputs, artifacts, raw, channels, order)
 
 
 def _verify_artifact(artifact: Artifact) -> None:
     if not artifact.path.is_file():
+        if artifact.path.is_symlink():  # is_file follows the link: its target is gone or not a file
+            raise BundleError(
+                f"{artifact.path}: the {artifact.key} artifact is a symbolic link to {os.readlink(artifact.path)}, "
+                f"which is missing or not a regular file (a DVC or git-annex file not fetched yet?)"
+            )
         raise BundleError(f"{artifact.path}: the {artifact.key} artifact named in the manifest is missing")
     size = artifact.path.stat().st_size
     if size != artifact.size:
@@ -409,13 +587,15 @@ class Bundle:
     path : the bundle directory.
     manifest : the parsed ``manifest.json`` (read-only by convention).
     preprocessing : `Preprocessing` (target spacing (dy, dx) mm, size (H, W), normalisation).
-    routing : region code (0 non-cardiac, 1 base, 2 middle, 3 apex) -> segmentation model name.
+    routing : region code (0 non-cardiac, 1 base, 2 middle, 3 apex) -> segmentation model name
+        (cmrsdk's codes, whatever the manifest's ``regions`` numbering).
     classifier : the region classifier's model name, or None for a bundle without one.
     regions_from : how routed mode finds each slice's region by default: "classifier" (the
         paper's slice classifier) or "segmentation" (the ground-truth rule of `cmrsdk.regions`
         applied to the baseline U-Net's masks).
-    labels : label code -> name (0 background, 1 LVBP, 2 LVM, 3 RVBP).
-    regions : region code -> name.
+    labels : label code -> name (0 background, 1 LVBP, 2 LVM, 3 RVBP): the channels of every
+        segmentation engine's answer, whatever order the manifest names (see the module docstring).
+    regions : region code -> name (0 non-cardiac, 1 base, 2 middle, 3 apex), likewise.
     models : model name -> `ModelInfo`.
     manifest_sha256 : hex sha256 of ``manifest.json`` as read by `load_bundle`.
     """
@@ -500,10 +680,18 @@ class Bundle:
         for candidate in order:
             key = _KEY_OF.get((candidate, precision))
             if key is None:
-                reasons.append(f"{candidate}: has no {precision} path")
+                able = ", ".join(b for b in BACKENDS if (b, precision) in _KEY_OF)
+                reasons.append(f"{candidate}: has no {precision} path ({precision} runs on {able})")
+                continue
+            if candidate == "tensorrt" and (missing := backend_missing(candidate, device)) is not None:
+                # a CPU-only machine lacks more than the file: say that first
+                reasons.append(f"{candidate}: {missing}")
                 continue
             if key not in model.artifacts:
-                reasons.append(f"{candidate}: the bundle has no {key!r} artifact for {model_name!r}")
+                hint = _ADD_ARTIFACT.get(key, "").format(bundle=self.path)
+                reasons.append(
+                    f"{candidate}: the bundle has no {key!r} artifact for {model_name!r}{f' ({hint})' if hint else ''}"
+                )
                 continue
             artifact = model.artifacts[key]
             refused = [hw for hw in shapes if not artifact.accepts(tuple(hw))]  # type: ignore[arg-type]
@@ -577,9 +765,27 @@ class Bundle:
                 # re-check the hash: the file may have changed since load_bundle
                 _verify_artifact(artifact)
                 engine = create_engine(artifact.path, artifact.backend, device, **options)
-                engine.channels = self.models[model_name].channels
+                self._fit(engine, model_name)
                 self._engines[key] = engine
         return engine
+
+    def _fit(self, engine: Engine, model_name: str) -> None:
+        """Check what the artifact records (an ONNX graph's input and output channels) against the
+        manifest, then give the engine the manifest's input channels and output order."""
+        model = self.models[model_name]
+        manifest = self.path / MANIFEST_NAME
+        if engine.channels is not None and engine.channels != model.channels:
+            raise BundleError(
+                f"{manifest}: 'models.{model_name}.input_shape' gives {model.channels} input channel(s), but "
+                f"{engine.path.name} reads {engine.channels}"
+            )
+        if engine.num_outputs is not None and engine.num_outputs != model.num_outputs:
+            raise BundleError(
+                f"{manifest}: 'models.{model_name}.num_outputs' is {model.num_outputs}, but {engine.path.name} "
+                f"answers {engine.num_outputs} channels"
+            )
+        engine.channels = model.channels
+        engine.output_order = model.output_order
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as its directory (engines and locks cannot travel): the unpickling process loads
@@ -638,6 +844,8 @@ def _load_bundle(path: str | Path) -> Bundle:
     if root.is_file() and root.name == MANIFEST_NAME:
         root = root.parent
     manifest_path = root / MANIFEST_NAME
+    if root.is_file() and zipfile.is_zipfile(root):
+        raise BundleError(f"{root}: a ZIP archive, not a bundle directory: unpack it first and give the folder")
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory (it does not exist or is not a directory)")
     if not manifest_path.is_file():
@@ -646,7 +854,7 @@ def _load_bundle(path: str | Path) -> Bundle:
     # very bytes parsed (the file could change between a read and a second read)
     data = manifest_path.read_bytes()
     try:
-        raw = json.loads(data.decode("utf-8"))
+        raw = json.loads(data.decode("utf-8-sig"))  # -sig: a byte-order mark (Windows editors) is not JSON
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict):
@@ -659,21 +867,36 @@ def _load_bundle(path: str | Path) -> Bundle:
         raise BundleError(
             f"{manifest_path}: 'format_version' is {version!r}, this cmrsdk reads {SUPPORTED_FORMAT_VERSIONS}"
         )
+    _warn_unknown(raw, "", "", manifest_path)
     preprocessing = _parse_preprocessing(_require(raw, "preprocessing", dict, "", manifest_path), manifest_path)
     labels = _int_keys(_require(raw, "labels", dict, "", manifest_path), "labels", manifest_path)
     regions = _int_keys(_require(raw, "regions", dict, "", manifest_path), "regions", manifest_path)
+    # the models' output channels in cmrsdk's order, by the manifest's names
+    orders = {
+        "segmentation": _canonical_order(labels, LABEL_NAMES, "labels", manifest_path),
+        "classifier": _canonical_order(regions, REGION_NAMES, "regions", manifest_path),
+    }
     models_raw = _require(raw, "models", dict, "", manifest_path)
     models = {
-        name: _parse_model(name, entry, root, manifest_path, preprocessing.size) for name, entry in models_raw.items()
+        name: _parse_model(name, entry, root, manifest_path, preprocessing, orders)
+        for name, entry in models_raw.items()
     }
-    routing = _int_keys(_require(raw, "routing", dict, "", manifest_path), "routing", manifest_path)
-    for region, name in routing.items():
+    routing_raw = _int_keys(_require(raw, "routing", dict, "", manifest_path), "routing", manifest_path)
+    if not routing_raw:
+        raise BundleError(
+            f"{manifest_path}: 'routing' is empty: it must route region {REGION_NAMES[0]!r} (and any other) to a "
+            f'segmentation model, e.g. {{"0": "baseline"}}'
+        )
+    for region, name in routing_raw.items():
         if region not in regions:
             raise BundleError(f"{manifest_path}: 'routing' has region code {region}, expected one of {sorted(regions)}")
         if name not in models or models[name].kind != "segmentation":
             raise BundleError(
                 f"{manifest_path}: 'routing.{region}' names {name!r}, which is not a segmentation model of the bundle"
             )
+    # keyed by the manifest's region codes; the pipeline asks by cmrsdk's
+    region_order = orders["classifier"]
+    routing = {k: routing_raw[region_order[k]] for k in sorted(REGION_NAMES) if region_order[k] in routing_raw}
     classifier = raw.get("classifier")
     if classifier is not None and (classifier not in models or models[classifier].kind != "classifier"):
         raise BundleError(
@@ -688,5 +911,13 @@ def _load_bundle(path: str | Path) -> Bundle:
         for artifact in model.artifacts.values():
             _verify_artifact(artifact)
     return Bundle(
-        root, raw, preprocessing, routing, classifier, labels, regions, models, hashlib.sha256(data).hexdigest()
+        root,
+        raw,
+        preprocessing,
+        routing,
+        classifier,
+        dict(LABEL_NAMES),  # the engines answer in cmrsdk's order whatever the manifest's
+        dict(REGION_NAMES),
+        models,
+        hashlib.sha256(data).hexdigest(),
     )

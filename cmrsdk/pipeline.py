@@ -42,7 +42,7 @@ import numpy as np
 
 from . import preprocess
 from .apex import check_apical_rv_weight, weigh_apical_rv
-from .bundle import Bundle, bf16_record_key, load_bundle
+from .bundle import Bundle, bf16_record_key, load_bundle, precision_missing
 from .chirality import seen_from_apex
 from .errors import CmrWarning, InputError
 from .grid import SegmentGrid, move_centre, segment_grid
@@ -445,6 +445,8 @@ class Pipeline:
         if self._grid is not None:
             grown = self._grid.preprocessing.size
             unet_shapes += [(int(grown[0]), int(grown[1]))] + ([self._grid.heart_crop] if self._grid.heart_crop else [])
+        if precision == "int8" and (why := precision_missing(backend, precision)) is not None:
+            raise InputError(why)  # no file would help: say so before suggesting python -m export.quantize
         int8 = {name for name in needed if "onnx-int8" in self.bundle.models[name].artifacts}
         if precision == "int8" and not int8:
             raise InputError(

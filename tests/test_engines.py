@@ -212,7 +212,9 @@ def test_torchscript_cpu_refuses_cuda_only_options(built):
 
 def test_backends_report_what_is_missing(built, tmp_path):
     assert available_backends("cpu") == AUTO_ORDER["cpu"]  # onnxruntime and torch are installed here
-    assert backend_missing("tensorrt", "cpu") == "TensorRT runs on device 'cuda' only"
+    assert (
+        backend_missing("tensorrt", "cpu") == "TensorRT needs a CUDA GPU: it runs on device 'cuda' only, not on the CPU"
+    )
     fake = tmp_path / "m.ep"
     fake.write_bytes(b"x")
     if backend_missing("tensorrt", "cuda") is not None:

@@ -120,7 +120,7 @@ def test_read_study_refuses_a_device_file():
 def test_read_study_refuses_options_the_format_does_not_take(shared_data: Path):
     patient = shared_data / "acdc" / "training" / "patient001"
     with pytest.raises(
-        InputError, match=r"options \['series_uid'\] do not apply to .*patient001 \(acdc\): it takes no"
+        InputError, match=r"options \['series_uid'\] do not apply to .*patient001 \(acdc\): it takes \['convention'\]"
     ):
         read_study(patient, series_uid="1.2.3")
     with pytest.raises(InputError, match=r"options \['bogus'\] do not apply"):

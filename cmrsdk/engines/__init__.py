@@ -88,7 +88,9 @@ def backend_missing(backend: str, device: str = "cpu") -> str | None:
     if backend == "tensorrt":
         from .tensorrt import tensorrt_missing
 
-        return "TensorRT runs on device 'cuda' only" if device == "cpu" else tensorrt_missing()
+        if device == "cpu":
+            return "TensorRT needs a CUDA GPU: it runs on device 'cuda' only, not on the CPU"
+        return tensorrt_missing()
     if backend == "openvino":
         from .openvino import openvino_missing
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, InputError
+from ..errors import BackendUnavailableError, BundleError, InputError
 
 __all__ = ["Engine", "BACKENDS", "DEVICES", "PRECISIONS"]
 
@@ -77,6 +77,11 @@ class Engine(ABC):
         so callers never see the limit (a TensorRT engine is built for batches 1..max_batch).
     channels : the input channels the model reads, where known (an ONNX graph records them; a
         bundle's engine takes its model's ``input_shape``), else None; `run` refuses other counts.
+    num_outputs : the output channels (C or R) the artifact records (an ONNX graph), else None.
+    output_order : canonical channel k of `run`'s answer is the model's channel ``output_order[k]``
+        (set by a bundle whose manifest names its ``labels`` or ``regions`` in another order than
+        `cmrsdk.labels`), or None: the model's own order. `run` refuses an answer with another
+        number of channels than ``len(output_order)``.
     """
 
     backend: str = ""
@@ -91,6 +96,8 @@ class Engine(ABC):
             raise InputError(f"'max_batch' must be a positive int or None, got {max_batch!r}")
         self.max_batch = max_batch
         self.channels: int | None = None
+        self.num_outputs: int | None = None
+        self.output_order: tuple[int, ...] | None = None
         # trailing output shape per input (H, W), learnt from the first batch of that size;
         # lets an empty batch return (0, C, H, W) or (0, R) without knowing the model's kind.
         self._trailing: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -144,10 +151,24 @@ class Engine(ABC):
                     for i in range(0, n, step)
                 ]
             )
+        if self.output_order is not None:
+            out = self._canonical(out, self.output_order)
         if size not in self._trailing:
             with self._trailing_lock:
                 self._trailing[size] = tuple(int(s) for s in out.shape[1:])
         return out
+
+    def _canonical(self, out: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+        """float32 (N, C, ...) in the model's channel order -> the canonical order (`output_order`),
+        right after inference: everything downstream indexes channels by canonical code."""
+        if out.ndim < 2 or out.shape[1] != len(order):
+            raise BundleError(
+                f"{self.path}: the model answers {out.shape[1] if out.ndim > 1 else 'no'} channels of shape "
+                f"{tuple(out.shape)}, its manifest declares {len(order)} ('num_outputs', 'labels' or 'regions')"
+            )
+        if order == tuple(range(len(order))):
+            return out
+        return np.ascontiguousarray(out[:, list(order)])
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -112,6 +112,9 @@ class OnnxEngine(Engine):
         shape = inputs[0].shape
         if len(shape) == 4 and isinstance(shape[1], int):
             self.channels = int(shape[1])  # the graph records it: a wrong count fails here, not in ORT
+        outputs = self._session.get_outputs()[0].shape
+        if len(outputs) >= 2 and isinstance(outputs[1], int):
+            self.num_outputs = int(outputs[1])  # checked against the manifest by `Bundle.engine`
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is safe to call from several threads at once

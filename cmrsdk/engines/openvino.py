@@ -115,6 +115,9 @@ class OpenVinoEngine(Engine):
         shape = model.inputs[0].get_partial_shape()
         if shape.rank.is_static and shape.rank.get_length() == 4 and shape[1].is_static:
             self.channels = int(shape[1].get_length())
+        answer = model.outputs[0].get_partial_shape()
+        if answer.rank.is_static and answer.rank.get_length() >= 2 and answer[1].is_static:
+            self.num_outputs = int(answer[1].get_length())  # checked against the manifest by `Bundle.engine`
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads

@@ -58,7 +58,7 @@ class TensorRTEngine(Engine):
             raise InputError(f"'precision' of the 'tensorrt' backend must be 'fp32' or 'fp16', got {precision!r}")
         super().__init__(path, check_device(device), precision, max_batch)
         if device != "cuda":
-            raise InputError("the 'tensorrt' backend runs on device 'cuda' only, got device 'cpu'")
+            raise InputError("the 'tensorrt' backend needs a CUDA GPU: it runs on device 'cuda' only, got device 'cpu'")
         missing = tensorrt_missing()
         if missing is not None:
             raise BackendUnavailableError(f"the 'tensorrt' backend is unavailable: {missing}")

@@ -189,21 +189,40 @@ class TorchScriptEngine(Engine):
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            return self.forward_tensor(x).cpu().numpy()
+            # the model's own channel order: `Engine.run` puts it in canonical order
+            return self._forward(x).cpu().numpy()
 
     def forward_tensor(self, x: Any) -> Any:
         """The model on a torch tensor already on the engine's device, for device-resident callers
         (`cmrsdk.device_chain`): float32 (N, channels, H, W) -> float32 probabilities on the same device.
 
         No host copy, no shape checks beyond the module's own; ``max_batch`` is the caller's
-        concern here. Call under ``torch.inference_mode()``.
+        concern here. The channels come in canonical order (`Engine.output_order`), as from
+        `run`. Call under ``torch.inference_mode()``.
 
         Raises
         ------
         BackendUnavailableError
             In a process forked from the one that made the engine: torch's CPU thread pool
             does not survive fork, and the call may hang for ever.
+        BundleError
+            The model answers another number of channels than its manifest declares.
         """
+        out = self._forward(x)
+        order = self.output_order
+        if order is None:
+            return out
+        if out.ndim < 2 or out.shape[1] != len(order):
+            raise BundleError(
+                f"{self.path}: the model answers {out.shape[1] if out.ndim > 1 else 'no'} channels of shape "
+                f"{tuple(out.shape)}, its manifest declares {len(order)} ('num_outputs', 'labels' or 'regions')"
+            )
+        if order == tuple(range(len(order))):
+            return out
+        return out[:, list(order)]
+
+    def _forward(self, x: Any) -> Any:
+        """`forward_tensor` in the model's own channel order."""
         refuse_forked(self.backend, self.path, self._pid)
         x = x.to(self._dtype)
         if self._cuda_graphs:
