@@ -78,7 +78,12 @@ def test_writers_read_back_identical(series: tuple[Path, object], tmp_path: Path
     source = read_dicom_study(folder).ed
     labels = study.ed.labels[::-1].copy()  # any label map on the source grid
     write_nifti_labels(tmp_path / "labels.nii.gz", labels, source)
-    back = read_nifti_stack(tmp_path / "labels.nii.gz", tmp_path / "labels.nii.gz")
+    import nibabel as nib
+
+    written = nib.load(str(tmp_path / "labels.nii.gz"))  # an image on the labels' grid, to read them with
+    image = np.random.default_rng(0).normal(100, 10, written.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, written.affine, written.header), str(tmp_path / "image.nii.gz"))
+    back = read_nifti_stack(tmp_path / "image.nii.gz", tmp_path / "labels.nii.gz")
     np.testing.assert_array_equal(back.labels, labels)
     np.testing.assert_allclose(back.affine, source.affine, atol=1e-4)
 
