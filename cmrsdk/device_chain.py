@@ -233,7 +233,8 @@ class DevicePipeline(Pipeline):
                 cy, cx = window_centre
                 placed = ((cy + 0.5) * ry / ny - 0.5, (cx + 0.5) * rx / nx - 0.5)
             oy, ox = preprocess.window_offset(placed, (H, W))
-            window = torch.zeros((z, 1, H, W), device=dev)
+            # padded as the host pads (`cmrsdk.preprocess.background_value`): the stack's darkest value
+            window = torch.full((z, 1, H, W), float(normalised.min()) if normalised.numel() else 0.0, device=dev)
             ys, ye, xs, xe = max(oy, 0), min(oy + H, ry), max(ox, 0), min(ox + W, rx)
             if ys < ye and xs < xe:
                 window[:, 0, ys - oy : ye - oy, xs - ox : xe - ox] = normalised[:, ys:ye, xs:xe]

@@ -797,7 +797,10 @@ def prepare_slices(
             raise InputError(f"'centre' must be finite (cy, cx) native pixel indices, got {centre!r}")
         # native index -> resampled index, pixel-centre aligned
         centre_r = ((cy + 0.5) * ry / ny - 0.5, (cx + 0.5) * rx / nx - 0.5)
-    window, offset = crop_or_pad(normalised, (h, w), centre_r)
+    # a field narrower than the window is padded with its darkest value, as air outside the body
+    # looks, not with 0 (the stack's mean): a mid-grey frame round a heart-tight field emptied
+    # whole studies (sweep 15; docs/RESULTS.md, session 40)
+    window, offset = crop_or_pad(normalised, (h, w), centre_r, fill=background_value(normalised))
     transform = SliceTransform(
         native_shape=(int(ny), int(nx)),
         native_spacing=native_spacing,
@@ -807,6 +810,13 @@ def prepare_slices(
         size=(h, w),
     )
     return window[:, None], transform
+
+
+def background_value(normalised: np.ndarray) -> float:
+    """What the network window is padded with beyond a field: the darkest normalised value of the
+    stack (air outside the body; the clipped lower percentile for ``robust_zscore``), 0.0 for an
+    empty stack. normalised: float32 (Z, Y, X)."""
+    return float(normalised.min()) if normalised.size else 0.0
 
 
 def context_slices(images: np.ndarray, context: int, index: np.ndarray | None = None) -> np.ndarray:

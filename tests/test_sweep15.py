@@ -55,3 +55,17 @@ def test_no_shared_stack_holds_a_bright_artefact(shared_data: Path) -> None:
                 pixels = stack.pixels[stack.pixels != 0]
                 p95, p995 = np.percentile(pixels, (95, 99.5))
                 assert p995 < 0.75 * BRIGHT_ARTEFACT_RATIO * p95, folder
+
+
+def test_a_field_narrower_than_the_window_is_padded_with_its_background() -> None:
+    """A heart-tight field (100 mm) was framed in mid-grey (0: the stack's mean) and 4 of 14 studies
+    came back empty; the frame is now the stack's darkest value, as air outside the body."""
+    from cmrsdk.preprocess import prepare_slices
+
+    field = _heart_like()[:, 24:72, 24:72]  # 48 pixels of 1.5 mm: 72 mm across
+    batch, transform = prepare_slices(field, (1.5, 1.5), target_spacing=(1.5, 1.5), size=(64, 64))
+    oy, ox = transform.offset
+    inside = batch[:, 0, -oy : -oy + 48, -ox : -ox + 48]
+    frame = batch[:, 0, :-oy, :]
+    assert frame.size and np.all(frame == inside.min())
+    assert inside.min() < -0.5  # the darkest tissue, well below the mean (0) the frame had
