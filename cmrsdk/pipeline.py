@@ -52,7 +52,7 @@ from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
 from .metrics import CardiacMeasures, cardiac_measures, reaches_field_edge, volumes_ml, withhold_unreal
 from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
-from .systole import drop_systolic_atrium
+from .systole import basal_rv_ratio, drop_systolic_atrium
 from .types import Stack, Study
 
 __all__ = [
@@ -918,8 +918,17 @@ class Pipeline:
         same_grid = ed.labels.shape == es.labels.shape and np.allclose(ed_z, es_z, atol=0.5)
         if not same_grid:
             return es
-        labels, dropped = drop_systolic_atrium(ed.labels, es.labels, toward_apex=index_toward_apex(ed.stack.affine))
+        toward_apex = index_toward_apex(ed.stack.affine)
+        labels, dropped = drop_systolic_atrium(ed.labels, es.labels, toward_apex=toward_apex)
         provenance = {**es.provenance, "systolic_base_rv_dropped_slice": dropped}
+        found = basal_rv_ratio(ed.labels, es.labels, toward_apex=toward_apex)
+        if found is not None and np.isfinite(found[1]):
+            # what the rule decided by, and the RV it kept or left out: the report offers the other decision
+            z, ratio = found
+            alone = np.zeros_like(es.labels)
+            alone[z] = es.labels[z]
+            rv_ml = volumes_ml(alone, es.stack.spacing, es.stack.slice_positions)["RVBP"]
+            provenance |= {"systolic_base_rv_slice": z, "systolic_base_rv_ratio": ratio, "systolic_base_rv_ml": rv_ml}
         return replace(es, labels=labels, provenance=provenance)
 
     @property

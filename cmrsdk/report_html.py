@@ -67,6 +67,9 @@ STUDY_FLAG_TEXT: dict[str, str] = {
     "lv_not_found": "No LV blood pool was found at ED or ES (a heart the networks did not find, a blank or "
     "unusual image): the LV measures there are not measured, not 0 mL.",
     "rv_not_found": "No RV blood pool was found at ED or ES: the RV measures there are not measured, not 0 mL.",
+    "es_basal_rv_uncertain": "The most basal end-systolic RV slice lies near the rule that tells ventricle from "
+    "atrium where the valve plane descends (cmrsdk.systole: kept from 0.4 of that slice's RV area at ED): the "
+    "decision is close, and the RV's end-systolic measures hang on it; check that slice.",
     "rv_es_differs": "The RV is far smaller on another phase than at the LV's end-systole: RVESV and RVEF are "
     "read at the LV's end-systole and may be wrong; check the RV contours on the curve's phases.",
 }
@@ -247,9 +250,20 @@ def _identifiers(info: Mapping[str, Any]) -> str:
     return f'<p class="sub">{_html.escape(text)}</p>'
 
 
+def _flag_detail(flag: str, report: Mapping[str, Any]) -> str:
+    """The figures a study flag's sentence goes on with, where the report holds them."""
+    other = report.get("es_basal_rv_other_decision")
+    if flag != "es_basal_rv_uncertain" or not other:
+        return ""
+    return (
+        f" Slice {other['slice']}: its RV is {other['area_ratio']:.2f} of its area at ED and was "
+        f"{other['decided']}; decided the other way, RVESV {other['rvesv_ml']:.1f} mL and RVEF {other['rvef_pct']:.1f} %."
+    )
+
+
 def _flags_section(report: Mapping[str, Any]) -> str:
     items = [
-        f"<li><b>Study</b>: {_html.escape(STUDY_FLAG_TEXT.get(flag, flag.replace('_', ' ')))}</li>"
+        f"<li><b>Study</b>: {_html.escape(STUDY_FLAG_TEXT.get(flag, flag.replace('_', ' ')) + _flag_detail(flag, report))}</li>"
         for flag in report.get("flags", [])
     ]
     for phase in _ed_es(report):

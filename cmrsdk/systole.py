@@ -27,7 +27,7 @@ from .errors import InputError
 from .labels import RVBP
 from .regions import labelled_slices_base_to_apex
 
-__all__ = ["SYSTOLIC_BASE_RATIO", "drop_systolic_atrium"]
+__all__ = ["SYSTOLIC_BASE_RATIO", "basal_rv_ratio", "drop_systolic_atrium"]
 
 #: the most basal ES slice keeps its RV when its area is at least this fraction of the ED area
 SYSTOLIC_BASE_RATIO = 0.4
@@ -52,19 +52,27 @@ def drop_systolic_atrium(
     (labels, z): uint8 (Z, Y, X) ES labels (a copy where a slice changed, ``es`` itself
     otherwise) and the index of the slice whose RV was dropped, or None.
     """
+    if not 0.0 <= ratio < 1.0:
+        raise InputError(f"'ratio' must be in [0, 1), got {ratio}")
+    found = basal_rv_ratio(ed, es, toward_apex=toward_apex)
+    if found is None or found[1] >= ratio:
+        return es, None
+    z = found[0]
+    dropped = es.copy()
+    dropped[z][dropped[z] == RVBP] = 0
+    return dropped, z
+
+
+def basal_rv_ratio(ed: np.ndarray, es: np.ndarray, *, toward_apex: int | None = None) -> tuple[int, float] | None:
+    """The most basal ES slice holding RV and its RV area as a fraction of the same slice's at
+    ED (inf where ED holds none there), or None where ES holds no RV: what `drop_systolic_atrium`
+    decides by. ed, es: uint8 (Z, Y, X) canonical labels on one grid; ``toward_apex`` as there."""
     ed, es = check_label_map(ed), check_label_map(es)
     if ed.shape != es.shape:
         raise InputError(f"ED and ES labels must share a grid, got shapes {ed.shape} and {es.shape}")
-    if not 0.0 <= ratio < 1.0:
-        raise InputError(f"'ratio' must be in [0, 1), got {ratio}")
     rv_ed = (ed == RVBP).sum(axis=(1, 2))
     rv_es = (es == RVBP).sum(axis=(1, 2))
     for z in labelled_slices_base_to_apex(ed, toward_apex):
-        if not rv_es[z]:
-            continue
-        if rv_es[z] < ratio * rv_ed[z]:
-            dropped = es.copy()
-            dropped[z][dropped[z] == RVBP] = 0
-            return dropped, int(z)
-        break
-    return es, None
+        if rv_es[z]:
+            return int(z), float(rv_es[z] / rv_ed[z]) if rv_ed[z] else float("inf")
+    return None

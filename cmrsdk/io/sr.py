@@ -103,6 +103,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "lv_not_found": ("lv_not_found", "No LV blood pool at ED or ES: not measured there"),
     "rv_not_found": ("rv_not_found", "No RV blood pool at ED or ES: not measured there"),
     "rv_es_differs": ("rv_es_differs", "RV far smaller on another phase than at the LV's ES"),
+    "es_basal_rv_uncertain": ("es_basal_rv_near", "Most basal ES RV slice near the atrium rule's bound"),
 }
 _LOCAL = "99CMRSDK"
 
