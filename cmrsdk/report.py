@@ -155,6 +155,9 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     rv_es = _rv_smallest_elsewhere([p["volumes_ml"]["RVBP"] for p in phases], result.es_index)
     if rv_es is not None:
         flags.append("rv_es_differs")
+    named = _named_off_curve(result, study)
+    if named is not None:
+        flags.append("ed_es_off_curve")
     measured = result.measured if result.measured is not None else result.measures
     for side in ("lv", "rv"):
         stroke = _finite(getattr(measured, f"{side}sv_ml"))
@@ -178,6 +181,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     }
     if rv_es is not None:
         report["rv_smallest_index"], report["rv_volume_curve_ml"] = rv_es
+    if named is not None:
+        report["lv_largest_index"], report["lv_smallest_index"] = named
     if not single and "systolic_base_rv_dropped_slice" in result.es.provenance:
         # the most basal ES RV left out as atrium (cmrsdk.systole): which slice, None for none
         report["es_basal_rv_dropped_slice"] = result.es.provenance["systolic_base_rv_dropped_slice"]
@@ -282,6 +287,29 @@ def _rv_smallest_elsewhere(rv_ml: list[float | None], es_index: int) -> tuple[in
     if at_es <= RV_ES_RATIO * curve[smallest]:
         return None
     return smallest, list(rv_ml)
+
+
+#: a cine's named ES holding this many times the LV curve's smallest volume, or its named ED this
+#: many times less than the largest, flags ``ed_es_off_curve``
+LV_NAMED_RATIO = 1.2
+
+
+def _named_off_curve(result: StudySegmentation, study: Study | None) -> tuple[int, int] | None:
+    """(largest, smallest) phase of the LV volume curve where a cine's input named an ED or ES
+    far from them (over `LV_NAMED_RATIO`), else None: Sunnybrook SCD0000101 with ES named three
+    frames late measured LVEF 8.8 % for 29.8 %, flagged only for its RV (sweep 15)."""
+    if _ed_es_from(result, study) != "input" or len(result.phases) <= 2:
+        return None
+    curve = np.asarray(result.lv_volume_curve_ml, dtype=np.float64)
+    beating = np.flatnonzero(np.isfinite(curve) & (curve > 0))
+    if len(beating) <= 2:
+        return None
+    largest = int(beating[np.argmax(curve[beating])])
+    smallest = int(beating[np.argmin(curve[beating])])
+    at_ed, at_es = curve[result.ed_index], curve[result.es_index]
+    late_es = not np.isfinite(at_es) or at_es > LV_NAMED_RATIO * curve[smallest]
+    small_ed = not np.isfinite(at_ed) or at_ed * LV_NAMED_RATIO < curve[largest]
+    return (largest, smallest) if late_es or small_ed else None
 
 
 def _ed_es_from(result: StudySegmentation, study: Study | None) -> str | None:

@@ -70,6 +70,8 @@ STUDY_FLAG_TEXT: dict[str, str] = {
     "es_basal_rv_uncertain": "The most basal end-systolic RV slice lies near the rule that tells ventricle from "
     "atrium where the valve plane descends (cmrsdk.systole: kept from 0.4 of that slice's RV area at ED): the "
     "decision is close, and the RV's end-systolic measures hang on it; check that slice.",
+    "ed_es_off_curve": "The ED or ES the input names is far from the LV volume curve's largest or smallest phase "
+    "(over 1.2 times): the measures are read at the named phases; check that the input names the right ones.",
     "rv_es_differs": "The RV is far smaller on another phase than at the LV's end-systole: RVESV and RVEF are "
     "read at the LV's end-systole and may be wrong; check the RV contours on the curve's phases.",
 }
@@ -252,6 +254,17 @@ def _identifiers(info: Mapping[str, Any]) -> str:
 
 def _flag_detail(flag: str, report: Mapping[str, Any]) -> str:
     """The figures a study flag's sentence goes on with, where the report holds them."""
+    if flag == "ed_es_off_curve" and "lv_smallest_index" in report:
+        curve = report.get("lv_volume_curve_ml") or []
+        named = [
+            (i, curve[i]) for i in (report.get("ed_index"), report.get("es_index")) if i is not None and i < len(curve)
+        ]
+        at = ", ".join(f"phase {i}: {v:.1f} mL" for i, v in named if v is not None)
+        big, small = report["lv_largest_index"], report["lv_smallest_index"]
+        return (
+            f" Named ED and ES: {at}; the curve's largest phase {big} ({curve[big]:.1f} mL), "
+            f"smallest phase {small} ({curve[small]:.1f} mL)."
+        )
     other = report.get("es_basal_rv_other_decision")
     if flag != "es_basal_rv_uncertain" or not other:
         return ""

@@ -108,3 +108,27 @@ def test_a_close_call_of_the_es_basal_rv_rule_gives_the_other_decision(shared_da
     assert abs(other["rvef_pct"] - 53.1) < abs(m["rvef_pct"] - 53.1)  # nearer the manual contours
     page = "".join(render_report_html(result, report, study=study))
     assert f"RVEF {other['rvef_pct']:.1f} %" in page and "tells ventricle from atrium" in page
+
+
+def test_a_cine_whose_named_es_is_far_from_the_lv_curve_is_flagged() -> None:
+    """Sunnybrook SCD0000101 with ES named three frames late measured LVEF 8.8 % for 29.8 %, with
+    no word on the LV (sweep 15, F6): the named phases are kept, and the curve's extremes given."""
+    from dataclasses import replace
+
+    import cmrsdk
+    from cmrsdk.phantom import cine_phantom
+    from cmrsdk.report import study_report
+    from cmrsdk.report_html import render_report_html
+
+    truth = cine_phantom(seed=0, n_phases=20)
+    pipeline = cmrsdk.Pipeline(cmrsdk.DEMO_BUNDLE)
+    right = replace(truth, ed_index=0, es_index=truth.es_index)
+    result = pipeline.segment_study(right)
+    assert "ed_es_off_curve" not in study_report(result, right)["flags"]
+    late = replace(truth, ed_index=0, es_index=truth.es_index + 4)
+    result = pipeline.segment_study(late)
+    report = study_report(result, late)
+    assert "ed_es_off_curve" in report["flags"] and report["es_index"] == truth.es_index + 4
+    assert abs(report["lv_smallest_index"] - truth.es_index) <= 1 and report["lv_largest_index"] in (0, 1, 19)
+    page = "".join(render_report_html(result, report, study=late))
+    assert f"phase {truth.es_index + 4}: " in page and "smallest phase" in page
