@@ -48,6 +48,8 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "repeated_slice": "A slice position is in the stack twice (a repeated breath-hold, or a copied slice): "
     "it is counted twice in the volumes.",
     "blank_image": "Every pixel is zero: nothing was segmented.",
+    "thick_slices": "The slices lie over 12 mm apart, beyond the 5-10 mm the networks were trained and tested on: "
+    "the basal and apical slices, and the RV above all, are less certain; check the picture.",
     "field_edge": "The masks reach the edge of the field the networks saw: part of the heart may lie outside it.",
 }
 #: each study flag of `cmrsdk.report.study_report`, as a sentence.

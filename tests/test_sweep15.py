@@ -132,3 +132,20 @@ def test_a_cine_whose_named_es_is_far_from_the_lv_curve_is_flagged() -> None:
     assert abs(report["lv_smallest_index"] - truth.es_index) <= 1 and report["lv_largest_index"] in (0, 1, 19)
     page = "".join(render_report_html(result, report, study=late))
     assert f"phase {truth.es_index + 4}: " in page and "smallest phase" in page
+
+
+def test_slices_further_apart_than_the_networks_know_are_flagged() -> None:
+    """At 20 mm between slices sweep 15 saw RVEDV move by up to 93 mL with no flag (F7)."""
+    from dataclasses import replace
+
+    from cmrsdk.pipeline import Segmentation
+    from cmrsdk.report import THICK_SLICE_MM, _phase_flags
+    from cmrsdk.types import Stack
+
+    labels = np.zeros((4, 32, 32), np.uint8)
+    labels[:, 10:20, 10:20] = 1
+    stack = Stack(pixels=_heart_like()[:4, :32, :32], spacing=(10.0, 1.5, 1.5), affine=np.diag([10.0, 1.5, 1.5, 1.0]))
+    seg = Segmentation(stack, labels, None, None, {}, {})
+    assert "thick_slices" not in _phase_flags(seg)
+    thick = replace(stack, spacing=(THICK_SLICE_MM + 8, 1.5, 1.5), affine=np.diag([20.0, 1.5, 1.5, 1.0]))
+    assert "thick_slices" in _phase_flags(replace(seg, stack=thick))

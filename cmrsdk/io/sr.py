@@ -93,6 +93,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "slice_gap": ("slice_gap", "Slice positions leave a gap"),
     "blank_image": ("blank_image", "All pixels zero: not segmented"),
     "repeated_slice": ("repeated_slice", "A slice position acquired twice"),
+    "thick_slices": ("thick_slices", "Slices over 12 mm apart: outside the validated 5-10 mm"),
     "field_edge": ("field_edge", "Heart reaches the edge of the analysed field"),
     "single_phase": ("single_phase", "One phase: no SV or EF"),
     "no_volume_change": ("no_volume_change", "LV volume never changes: no ES, SV or EF"),
