@@ -343,7 +343,7 @@ def volume_curve_svg(
     n = len(lv)
     xs = list(times_ms) if times_ms is not None and len(times_ms) == n else list(range(n))
     values = [v for v in (*lv, *rv) if v is not None and math.isfinite(v)]
-    top = max(values) * 1.1 if values else 1.0
+    top = max(values) * 1.1 if values and max(values) > 0 else 1.0  # all 0 mL (no heart found): an empty chart
     left, right, upper, lower = 48, 12, 30, 36  # the legend in the top margin, never over the curves
     span = (max(xs) - min(xs)) or 1.0
 

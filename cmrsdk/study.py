@@ -358,7 +358,9 @@ def segment_one(
         warnings.simplefilter("always", CmrWarning)
         t0 = time.perf_counter()
         if series_uid is None:
-            study = read_study(readable.path, convention=label_convention)
+            # a convention says how label maps are coded: only ACDC and M&Ms folders are read with theirs
+            labelled = label_convention is not None and detect_format(readable.path) in ("acdc", "mnms")
+            study = read_study(readable.path, convention=label_convention if labelled else None)
         elif detect_format(readable.path) != "dicom":
             raise InputError(f"{source}: a series UID ({series_uid}) selects a DICOM series; this input is not DICOM")
         else:
