@@ -277,3 +277,19 @@ def test_reader_warnings_are_cmrsdk_lines_and_listed_per_study(routing_bundle, t
     assert "CmrWarning" not in err
     report = (out / "report.md").read_text()
     assert f"## Warnings per study\n\n- patient001: {folder}/patient001_frame01.nii.gz: pixdim and affine" in report
+
+
+def test_false_positives_count_only_the_structures_the_reference_annotated() -> None:
+    """LV-only contours: an RV drawn on a slice without LV is no false positive (review 16)."""
+    import numpy as np
+
+    from cmrsdk.evaluation.stats import false_positive_ml
+
+    truth = np.zeros((3, 4, 4), np.uint8)
+    truth[1, 1:3, 1:3] = 1  # LV on the middle slice only
+    prediction = truth.copy()
+    prediction[0, :2, :2] = 3  # RV on the first slice: 4 voxels
+    prediction[2, :1, :1] = 1  # LV on the last: 1 voxel
+    spacing = (10.0, 1.0, 1.0)  # 0.01 mL a voxel
+    assert false_positive_ml(prediction, truth, spacing) == pytest.approx(0.05)
+    assert false_positive_ml(prediction, truth, spacing, labels=[1, 2]) == pytest.approx(0.01)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..labels import STRUCTURES
 from ..errors import CmrWarning, InputError
 from ..io._atomic import atomic_path
 from ..regions import slice_regions
@@ -240,7 +241,12 @@ def _segment_and_score(
         false_positive[method].append(
             sum(
                 (
-                    false_positive_ml(seg.labels, truth, seg.stack.spacing)
+                    false_positive_ml(
+                        seg.labels,
+                        truth,
+                        seg.stack.spacing,
+                        [code for j, code in enumerate(STRUCTURES) if j not in blank[phase]],
+                    )
                     for seg, truth, phase in zip((result.ed, result.es), truths, ("ED", "ES"))
                     if phase in annotated
                 ),

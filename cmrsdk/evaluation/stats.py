@@ -365,10 +365,19 @@ def case_scores(
     return rows
 
 
-def false_positive_ml(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, float, float]) -> float:
+def false_positive_ml(
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    spacing: tuple[float, float, float],
+    labels: Sequence[int] | None = None,
+) -> float:
     """Foreground volume (mL) predicted on slices whose ground truth holds no label.
 
-    prediction, truth : integer (Z, Y, X) label maps; spacing : (dz, dy, dx) mm.
+    prediction, truth : integer (Z, Y, X) label maps; spacing : (dz, dy, dx) mm; labels : the
+    predicted labels that count (those the reference annotated: an RV drawn beside LV-only
+    contours is not a false positive), None for every foreground label.
     """
     empty = ~(np.asarray(truth) > 0).any(axis=(1, 2))
-    return float((np.asarray(prediction)[empty] > 0).sum() * float(np.prod(spacing)) / 1000.0)
+    predicted = np.asarray(prediction)[empty]
+    drawn = predicted > 0 if labels is None else np.isin(predicted, list(labels))
+    return float(drawn.sum() * float(np.prod(spacing)) / 1000.0)
