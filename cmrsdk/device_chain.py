@@ -42,7 +42,7 @@ from . import preprocess
 from .errors import InputError
 from .heart import MIN_HEART_PIXELS, heart_centre, heart_window, mean_centre, search_groups
 from .labels import APEX, LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
-from .metrics import reaches_field_edge
+from .metrics import heart_like, reaches_field_edge
 from .pipeline import (
     MIN_HEART_CONFIDENCE,
     MIN_SLICE_PIXELS,
@@ -260,8 +260,9 @@ class DevicePipeline(Pipeline):
                     offset, size = (oy + y0, ox + x0), (h, w)
             timings["locate"] = lap()
 
+            unsure = False
             if self.mode == "routed" and self.regions_from == "segmentation":
-                probabilities, regions = self._by_segmentation_on_device(
+                probabilities, regions, unsure = self._by_segmentation_on_device(
                     images, index_toward_apex(stack.affine), heart_known, routes
                 )
                 region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
@@ -284,7 +285,9 @@ class DevicePipeline(Pipeline):
         target = (float(pre.target_spacing[0]), float(pre.target_spacing[1]))
         full = preprocess.SliceTransform((ny, nx), (dy, dx), (ry, rx), target, (oy, ox), (H, W))
         seen = preprocess.SliceTransform((ny, nx), (dy, dx), (ry, rx), target, offset, size)
-        flags = ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(seen)) else ()
+        flags: tuple[str, ...] = ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(seen)) else ()
+        if unsure and labels.any():
+            flags += ("low_confidence",)
         timings["postprocess"] = lap()
         timings["total"] = (t - t0) * 1000.0
         provenance = {**self.provenance, "chain": f"device ({dev})"}
@@ -322,10 +325,11 @@ class DevicePipeline(Pipeline):
 
     def _by_segmentation_on_device(
         self, images: Any, toward_apex: int | None, heart_known: bool = False, routes: np.ndarray | None = None
-    ) -> tuple[Any, np.ndarray]:
+    ) -> tuple[Any, np.ndarray, bool]:
         """`Pipeline._segment_by_segmentation` on the device; the region rule runs on (Z,) areas."""
         torch = self._torch
         baseline = self._baseline
+        unsure = False
         if routes is not None:  # another phase's regions: one pass per slice
             probabilities = self._routed_on_device(images, routes)
             labels = probabilities.argmax(1)
@@ -336,22 +340,23 @@ class DevicePipeline(Pipeline):
             unsure = (
                 bool(foreground.any()) and float(probabilities.max(1).values[foreground].mean()) < MIN_HEART_CONFIDENCE
             )
-            if unsure and not heart_known:
+            if unsure and not heart_known and not heart_like(labels.to(torch.uint8).cpu().numpy()):
                 labels = torch.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
+                unsure = False
         regions = _regions_from_labels(labels, toward_apex)
         empty = torch.from_numpy(np.flatnonzero(regions == NON_CARDIAC)).to(self._device)
         if len(empty):
             probabilities[empty] = 0.0
             probabilities[empty, 0] = 1.0
         if routes is not None:
-            return probabilities, regions
+            return probabilities, regions, unsure
         for region in REGION_NAMES:
             name = self.bundle.routing.get(region, baseline)
             index = np.flatnonzero(regions == region)
             if region != NON_CARDIAC and name != baseline and len(index):
                 at = torch.from_numpy(index).to(self._device)
                 probabilities[at] = self._unet(name, images, at)
-        return probabilities, regions
+        return probabilities, regions, unsure
 
     def _routed_on_device(self, images: Any, regions: np.ndarray | None) -> Any:
         """`Pipeline._segment` on the device: one batched call per model used."""

@@ -49,7 +49,7 @@ from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
 from .labels import BASE, NON_CARDIAC, REGION_NAMES
 from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
-from .metrics import CardiacMeasures, cardiac_measures, reaches_field_edge, volumes_ml, withhold_unreal
+from .metrics import CardiacMeasures, cardiac_measures, heart_like, reaches_field_edge, volumes_ml, withhold_unreal
 from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .systole import basal_rv_ratio, drop_systolic_atrium
@@ -104,7 +104,9 @@ class Segmentation:
     provenance : bundle name and hash, backend, device, mode, region source, cmrsdk version.
     flags : what the pipeline saw go wrong, beside the labels' own quality flags:
         ``field_edge``, a mask on the border of the field the networks saw (the window around the
-        heart, within the image), so the heart may reach beyond it and the volumes fall short.
+        heart, within the image), so the heart may reach beyond it and the volumes fall short;
+        ``low_confidence``, masks kept although the baseline's mean foreground probability was
+        under `MIN_HEART_CONFIDENCE` (a heart-like stack, or a later phase of a study with a heart).
     """
 
     stack: Stack
@@ -556,14 +558,16 @@ class Pipeline:
         toward_apex: int | None = None,
         heart_known: bool = False,
         routes: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities float32 (Z, C, H, W) and regions uint8 (Z,), the regions from the masks.
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Probabilities float32 (Z, C, H, W), regions uint8 (Z,) named from the masks, and
+        whether the baseline was unsure of a stack it kept (``low_confidence``).
 
         The baseline segments every slice; `segmentation_regions` names the regions (base to apex
         along ``toward_apex``, the stack's orientation, where it is known); slices without
         heart become background everywhere, and so does a whole stack whose foreground the
-        baseline is unsure of (mean probability under `MIN_HEART_CONFIDENCE`), unless
-        ``heart_known`` (another phase of the study, on the same grid, showed the heart); base,
+        baseline is unsure of (mean probability under `MIN_HEART_CONFIDENCE`) unless its masks
+        are `cmrsdk.metrics.heart_like` (a real heart from a scanner unlike the training data's)
+        or ``heart_known`` (another phase of the study, on the same grid, showed the heart); base,
         middle and apex slices are segmented again by their region's U-Net where the bundle has
         one (the baseline's answer stands elsewhere).
 
@@ -572,6 +576,7 @@ class Pipeline:
         named from those masks, and slices without heart are emptied as above.
         """
         baseline = self._baseline
+        unsure = False
         if routes is not None:
             probabilities = self._segment(images, routes)
             labels = probabilities.argmax(1)
@@ -579,21 +584,22 @@ class Pipeline:
             probabilities = self._unet(baseline, images)
             labels = probabilities.argmax(1)
             foreground = labels > 0
-            unsure = foreground.any() and float(probabilities.max(1)[foreground].mean()) < MIN_HEART_CONFIDENCE
-            if unsure and not heart_known:
+            unsure = bool(foreground.any()) and float(probabilities.max(1)[foreground].mean()) < MIN_HEART_CONFIDENCE
+            if unsure and not heart_known and not heart_like(labels):
                 labels = np.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
+                unsure = False
         regions = segmentation_regions(labels, self._pixels(MIN_SLICE_PIXELS), toward_apex)
         empty = np.flatnonzero(regions == NON_CARDIAC)
         probabilities[empty] = 0.0
         probabilities[empty, 0] = 1.0
         if routes is not None:
-            return probabilities, regions
+            return probabilities, regions, unsure
         for region in REGION_NAMES:
             name = self.bundle.routing.get(region, baseline)
             index = np.flatnonzero(regions == region)
             if region != NON_CARDIAC and name != baseline and len(index):
                 probabilities[index] = self._unet(name, images, index)
-        return probabilities, regions
+        return probabilities, regions, unsure
 
     def _segment(self, images: np.ndarray, regions: np.ndarray | None, skip_base: bool = False) -> np.ndarray:
         """Probabilities float32 (Z, C, H, W): one batched engine call per model used. With
@@ -752,8 +758,9 @@ class Pipeline:
                 images, transform = crop_to_heart(images, transform, moved, crop)
         t, timings["locate"] = _lap(t)
 
+        unsure = False
         if self._by_segmentation and region_source is None:
-            probabilities, regions = self._segment_by_segmentation(
+            probabilities, regions, unsure = self._segment_by_segmentation(
                 images, index_toward_apex(stack.affine), heart_known, routes
             )
             region_probabilities = np.eye(len(REGION_NAMES), dtype=np.float32)[regions]
@@ -770,7 +777,11 @@ class Pipeline:
         if base is not None:
             labels[base[0]] = base[1]
         labels = self._clean(labels, stack)
-        flags = ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(transform)) else ()
+        flags: tuple[str, ...] = (
+            ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(transform)) else ()
+        )
+        if unsure and labels.any():
+            flags += ("low_confidence",)
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 

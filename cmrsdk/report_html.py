@@ -51,6 +51,9 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "thick_slices": "The slices lie over 12 mm apart, beyond the 5-10 mm the networks were trained and tested on: "
     "the basal and apical slices, and the RV above all, are less certain; check the picture.",
     "field_edge": "The masks reach the edge of the field the networks saw: part of the heart may lie outside it.",
+    "low_confidence": "The networks were less certain of this stack than of any in their test sets (an image "
+    "unlike their training data's: another scanner, sequence or artefact); the masks look like a heart and were "
+    "kept: check every contour.",
 }
 #: each study flag of `cmrsdk.report.study_report`, as a sentence.
 STUDY_FLAG_TEXT: dict[str, str] = {

@@ -30,7 +30,8 @@ import numpy as np
 
 from .._checks import IN_PLANE_RANGE_MM, MAX_MATRIX, SLICE_RANGE_MM
 from ..errors import CmrWarning, ReadError
-from ..labels import LVBP, LVM, RVBP
+from ..labels import LVBP, RVBP
+from ..metrics import ringed_by_myocardium
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
 
@@ -338,26 +339,11 @@ def _refuse_label_map(pixels: np.ndarray, path: Path) -> None:
         )
 
 
-def _ringed_by_myocardium(labels: np.ndarray, structure: int) -> float:
-    """The fraction of the pixels just outside ``structure`` (in-plane 4-neighbours, every slice)
-    that are LV myocardium; NaN where the structure is absent. labels: canonical (..., Y, X)."""
-    inside = labels == structure
-    if not inside.any():
-        return float("nan")
-    ring = np.zeros_like(inside)
-    ring[..., 1:, :] |= inside[..., :-1, :]
-    ring[..., :-1, :] |= inside[..., 1:, :]
-    ring[..., :, 1:] |= inside[..., :, :-1]
-    ring[..., :, :-1] |= inside[..., :, 1:]
-    ring &= ~inside
-    return float(np.count_nonzero(labels[ring] == LVM)) / max(int(np.count_nonzero(ring)), 1)
-
-
 def _check_sides(labels: np.ndarray, path: Path, convention: str) -> None:
     """Refuse a label map whose blood pools are coded the other way round from ``convention``
     (an M&Ms-coded map in an ACDC folder swaps LV and RV, silently, in every Dice and volume):
     the LV blood pool is ringed by its myocardium, the RV's is not. labels: canonical (..., Y, X)."""
-    lv, rv = _ringed_by_myocardium(labels, LVBP), _ringed_by_myocardium(labels, RVBP)
+    lv, rv = ringed_by_myocardium(labels, LVBP), ringed_by_myocardium(labels, RVBP)
     if not (np.isfinite(lv) and np.isfinite(rv)) or rv - lv <= SIDES_MARGIN:
         return
     stored = {canonical: value for value, canonical in CONVENTIONS[convention].items()}
