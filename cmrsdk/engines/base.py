@@ -23,6 +23,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,9 +159,10 @@ class Engine(ABC):
                 self._trailing[size] = tuple(int(s) for s in out.shape[1:])
         return out
 
-    def _canonical(self, out: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    def _canonical(self, out: Any, order: tuple[int, ...]) -> Any:
         """float32 (N, C, ...) in the model's channel order -> the canonical order (`output_order`),
-        right after inference: everything downstream indexes channels by canonical code."""
+        right after inference: everything downstream indexes channels by canonical code. A numpy
+        array or, on the device chain, a torch tensor (`TorchScriptEngine.forward_tensor`)."""
         if out.ndim < 2 or out.shape[1] != len(order):
             raise BundleError(
                 f"{self.path}: the model answers {out.shape[1] if out.ndim > 1 else 'no'} channels of shape "
@@ -168,7 +170,9 @@ class Engine(ABC):
             )
         if order == tuple(range(len(order))):
             return out
-        return np.ascontiguousarray(out[:, list(order)])
+        picked = out[:, list(order)]
+        # numpy's fancy indexing on axis 1 copies into a non-C order: the engines promise C order
+        return np.ascontiguousarray(picked) if isinstance(picked, np.ndarray) else picked
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -209,17 +209,7 @@ class TorchScriptEngine(Engine):
             The model answers another number of channels than its manifest declares.
         """
         out = self._forward(x)
-        order = self.output_order
-        if order is None:
-            return out
-        if out.ndim < 2 or out.shape[1] != len(order):
-            raise BundleError(
-                f"{self.path}: the model answers {out.shape[1] if out.ndim > 1 else 'no'} channels of shape "
-                f"{tuple(out.shape)}, its manifest declares {len(order)} ('num_outputs', 'labels' or 'regions')"
-            )
-        if order == tuple(range(len(order))):
-            return out
-        return out[:, list(order)]
+        return out if self.output_order is None else self._canonical(out, self.output_order)
 
     def _forward(self, x: Any) -> Any:
         """`forward_tensor` in the model's own channel order."""
