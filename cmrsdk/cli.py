@@ -517,6 +517,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "routing: " + ", ".join(f"{bundle.regions.get(r, r)} -> {name}" for r, name in sorted(bundle.routing.items()))
     )
     print(f"classifier: {bundle.classifier or 'none'}; routed mode takes regions from the {bundle.regions_from}")
+    declared = {str(k): v for k, v in (m.get("labels") or {}).items()}
+    order = ", ".join(f"{k} {v}" for k, v in sorted(declared.items(), key=lambda kv: int(kv[0])))
+    canonical = [str(k) for k in sorted(bundle.labels)] == sorted(declared, key=int) and all(
+        bundle.labels[int(k)] == v for k, v in declared.items()
+    )
+    print(f"labels: {order}" + ("" if canonical else " (the outputs are put in cmrsdk's order: 1 LVBP, 2 LVM, 3 RVBP)"))
     for name, model in sorted(bundle.models.items()):
         sizes = ", ".join(f"{key} {a.size / 1e6:.1f} MB" for key, a in sorted(model.artifacts.items()))
         print(f"model {name}: {model.kind}, {model.architecture}; {sizes}")

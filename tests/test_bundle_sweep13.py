@@ -317,3 +317,18 @@ def test_a_manifest_with_a_byte_order_mark_is_read(demo_copy: Path):
     path = demo_copy / MANIFEST_NAME
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert load_bundle(demo_copy).routing == load_bundle(DEMO_BUNDLE).routing
+
+
+def test_info_says_when_a_bundle_declares_its_labels_in_another_order(
+    demo_copy: Path, capsys: pytest.CaptureFixture[str]
+):
+    from cmrsdk.cli import main
+
+    assert main(["info", str(DEMO_BUNDLE)]) == 0
+    assert "labels: 0 background, 1 LVBP, 2 LVM, 3 RVBP\n" in capsys.readouterr().out
+    _edit(demo_copy, lambda m: m.update(labels=ACDC_LABELS))
+    assert main(["info", str(demo_copy)]) == 0
+    assert (
+        "labels: 0 background, 1 RVBP, 2 LVM, 3 LVBP (the outputs are put in cmrsdk's order: 1 LVBP, 2 LVM, 3 RVBP)"
+        in capsys.readouterr().out
+    )
