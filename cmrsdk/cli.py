@@ -716,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cohort.command import add_arguments as batch_arguments
 
     batch_arguments(p)
+    label_options(p)
     engine_options(p, precision=False)
     pipeline_options(p)
     p.set_defaults(func=_cmd_batch)

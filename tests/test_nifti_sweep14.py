@@ -98,6 +98,19 @@ def test_segment_label_convention_option(tmp_path: Path, capsys: pytest.CaptureF
     assert json.loads((out / "report.json").read_text())["study"]["source"] == str(folder)
 
 
+def test_batch_label_convention_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The batch reads a cohort's label maps as segment does: refused, then read when told how."""
+    _acdc_folder(tmp_path / "cohort", lv=1, rv=3)
+    out = tmp_path / "out"
+    args = ["batch", str(tmp_path / "cohort"), "-o", str(out), "--workers", "1", "--no-progress", "--no-overlay"]
+    assert main(args) == 1
+    assert "--label-convention mnms (cmrsdk segment, batch, evaluate)" in capsys.readouterr().err
+    # the convention decides whether a study is read, not its numbers: the failure is kept until retried
+    assert main([*args, "--label-convention", "mnms", "--retry-failed"]) == 0
+    rows = (out / "measures.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",ok," in rows[1]
+
+
 def test_a_label_map_given_as_an_image_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "case001_ES_label.nii.gz"
     nib.save(nib.Nifti1Image(_heart().astype(np.float32), _affine()), str(path))

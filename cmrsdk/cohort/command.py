@@ -87,6 +87,7 @@ def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any 
         segment_spacing=segment_spacing,
         overlay=not args.no_overlay,
         report_html=not args.no_report_html,
+        label_convention=args.label_convention,
     )
     workers = args.workers
     if workers is None and args.engine == "ray" and args.device == "cuda":

@@ -48,15 +48,20 @@ class PipelineSpec:
     segment_spacing: float | None | Literal["bundle"] = "bundle"  # None: the training grid
     overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
+    # how ACDC / M&Ms label maps are coded (cmrsdk.io.read_study's convention): a map read the
+    # wrong way is refused, so it decides whether a study is read, never its numbers
+    label_convention: str | None = None
 
     def key(self, manifest_sha256: str) -> str:
         """A short hash of what decides the numbers: the bundle's manifest, the options, cmrsdk's version.
 
-        The device, thread counts and engine are left out: they decide how fast, not what.
+        The device, thread counts and engine are left out: they decide how fast, not what; so is
+        the label convention, which decides only whether a study is read (``--retry-failed``).
         """
         from .. import __version__
 
-        what = {k: v for k, v in asdict(self).items() if k not in ("bundle", "device", "overlay", "report_html")}
+        how = ("bundle", "device", "overlay", "report_html", "label_convention")
+        what = {k: v for k, v in asdict(self).items() if k not in how}
         what.update(manifest_sha256=manifest_sha256, cmrsdk=__version__)
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -98,16 +103,25 @@ def segment_study(
     report_html: bool = True,
     height_cm: float | None = None,
     weight_kg: float | None = None,
+    label_convention: str | None = None,
 ) -> dict[str, Any]:
     """Read, segment and write one study as `cmrsdk segment` does; returns its report.
 
     The one place the batch calls the per-study function of the ``segment`` command.
-    ``height_cm`` / ``weight_kg`` (a study list's) replace the file's own in the report.
+    ``height_cm`` / ``weight_kg`` (a study list's) replace the file's own in the report;
+    ``label_convention`` is `cmrsdk.study.segment_one`'s.
     """
     from ..study import segment_one
 
     return segment_one(
-        pipeline, source, out_dir, overlay=overlay, report_html=report_html, height_cm=height_cm, weight_kg=weight_kg
+        pipeline,
+        source,
+        out_dir,
+        overlay=overlay,
+        report_html=report_html,
+        height_cm=height_cm,
+        weight_kg=weight_kg,
+        label_convention=label_convention,
     )
 
 
@@ -214,6 +228,7 @@ class StudyWorker:
         self.pid = os.getpid()
         self.scratch = scratch
         self.outputs = {"overlay": spec.overlay, "report_html": spec.report_html}
+        self.label_convention = spec.label_convention
 
     def ready(self) -> int:
         """The worker's process id, once its pipeline is loaded."""
@@ -244,6 +259,7 @@ class StudyWorker:
                     **self.outputs,
                     height_cm=study.height_cm,
                     weight_kg=study.weight_kg,
+                    label_convention=self.label_convention,
                 )
             heart_rate = study.heart_rate_bpm
             if heart_rate is None and source.exists() and (source.is_dir() or source.suffix.lower() == ".dcm"):

@@ -355,7 +355,7 @@ def _check_sides(labels: np.ndarray, path: Path, convention: str) -> None:
         f"is ringed by myocardium on {100 * rv:.0f} % of its border, the one stored as {stored[LVBP]}, read as "
         f"LV blood pool, on {100 * lv:.0f} % (an LV blood pool lies inside its myocardium, an RV does not); "
         f"if it is coded {_CONVENTION_NAMES[other]}, say so: --label-convention {other} "
-        f"(cmrsdk segment / evaluate) or convention='{other}' (cmrsdk.io.read_study)",
+        f"(cmrsdk segment, batch, evaluate) or convention='{other}' (cmrsdk.io.read_study)",
     )
 
 
