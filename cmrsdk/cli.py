@@ -364,12 +364,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, write_evaluation
     from .evaluation.cases import check_ground_truth
     from .evaluation.output import check_evaluation_folder, staged_output
-    from .evaluation_sunnybrook import is_sunnybrook_root
+    from .evaluation_sunnybrook import is_sunnybrook_root, sunnybrook_cases
     from .io import read_study
 
     check_output_folder(args.output, contents=False)  # a file there: refused now, not after the evaluation
     out = check_evaluation_folder(args.output)  # replaced whole at the end: nothing foreign may be in it
-    sunnybrook = [Path(d) for d in args.data if is_sunnybrook_root(d)]
+    roots = list({Path(d).resolve(): Path(d) for d in args.data if is_sunnybrook_root(d)}.values())
+    # every root's link.csv read before any work; one table for all, a name per series, distinct
+    listed = [case for root in roots for case in sunnybrook_cases(root)]
+    sunnybrook = [
+        (name, series, contours)
+        for name, (_, series, contours) in zip(study_folder_names([series for _, series, _ in listed]), listed)
+    ]
     folders: list[Path] = []
     skipped: list[tuple[str, str]] = []
     found = 0
@@ -462,9 +468,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         }
     # OUT replaced whole at the end: a failure leaves the earlier result, no file of another run survives
     with staged_output(out) as staging:
-        for root in sunnybrook:
+        if sunnybrook:
             # Sunnybrook's labels are partial: no ground-truth regions to route by
-            _evaluate_sunnybrook({m: p for m, p in pipelines.items() if m not in sources}, root, staging)
+            unrouted = {m: p for m, p in pipelines.items() if m not in sources}
+            _evaluate_sunnybrook(unrouted, roots, sunnybrook, staging)
         if result is not None:
             title = args.title or f"cmrsdk evaluation: {len(studies)} studies"
             write_evaluation(result, staging, baseline="baseline", title=title, skipped=skipped)
@@ -476,21 +483,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_sunnybrook(pipelines: dict, root: Path, out: Path) -> None:
-    """Endocardium and epicardium Dice on every contoured Sunnybrook image, per method."""
+def _evaluate_sunnybrook(pipelines: dict, roots: list[Path], cases: list[tuple[str, Path, Path]], out: Path) -> None:
+    """Endocardium and epicardium Dice on every contoured Sunnybrook image of ``cases`` (name,
+    DICOM folder, contour folder; from ``roots``), per method, in one table."""
     from .evaluation import markdown_table, write_csv
     from .evaluation_sunnybrook import evaluate_sunnybrook, summarise
 
     out.mkdir(parents=True, exist_ok=True)
     lines = [
-        f"# Sunnybrook: LV contours of {root}",
+        f"# Sunnybrook: LV contours of {', '.join(map(str, roots))}",
         "",
         "Dice (%) per contoured image: endocardium = LVBP against the i-contour, epicardium = LVBP + LVM "
         "against the o-contour.",
         "",
     ]
     for method, pipeline in pipelines.items():
-        scores = evaluate_sunnybrook(pipeline, root)
+        scores = evaluate_sunnybrook(pipeline, roots[0], cases=cases)
         write_csv(out / f"sunnybrook_{method}.csv", [vars(s) for s in scores])
         rows = summarise(scores)
         lines += [f"## {method}", "", markdown_table(rows), ""]

@@ -117,18 +117,28 @@ def segment_contoured(pipeline: Pipeline, study: Study) -> dict[int, Segmentatio
     return dict(zip(contoured, pipeline.segment_study(pair).phases))
 
 
-def evaluate_sunnybrook(pipeline: Pipeline, root: str | Path, *, progress: bool = True) -> list[ContourScore]:
+def evaluate_sunnybrook(
+    pipeline: Pipeline,
+    root: str | Path,
+    *,
+    progress: bool = True,
+    cases: list[tuple[str, Path, Path]] | None = None,
+) -> list[ContourScore]:
     """Segment the contoured phases of the Sunnybrook cases under ``root`` (`segment_contoured`)
-    and score each image."""
+    and score each image.
+
+    ``cases`` : (case name, DICOM folder, contour folder) to score instead of ``root``'s
+    `sunnybrook_cases` (several roots in one table, their names made distinct by the caller).
+    """
     from .io.sunnybrook import read_sunnybrook
 
-    cases = sunnybrook_cases(root)
+    listed = sunnybrook_cases(root) if cases is None else cases
     if progress:
         from tqdm import tqdm
 
-        cases = tqdm(cases, unit="series", desc="sunnybrook")
+        listed = tqdm(listed, unit="series", desc="sunnybrook")
     scores: list[ContourScore] = []
-    for patient, series, contours in cases:
+    for patient, series, contours in listed:
         study: Study = read_sunnybrook(series, contours)
         for t, result in segment_contoured(pipeline, study).items():
             truth = study.phases[t].labels

@@ -90,3 +90,39 @@ def test_shared_contours_sit_on_the_blood_pool_read_one_based(shared_data) -> No
         assert len(found[name]) == 36
     edge = (found["edge"] / found["edge"].max(axis=1, keepdims=True)).mean(axis=0)
     assert edge[zero] - edge[one] > 0.1, edge  # measured 0.959 against 0.816
+
+
+def _one_series_root(root, shared) -> None:
+    """A Sunnybrook root holding SCD0000101 alone (links to the shared files)."""
+    (root / "contours").mkdir(parents=True)
+    (root / "SCD0000101").symlink_to(shared / "SCD0000101")
+    (root / "contours" / "SC-HF-I-1").symlink_to(shared / "contours" / "SC-HF-I-1")
+    (root / "link.csv").write_text("patient_id,original_id\nSCD0000101,SC-HF-I-1\n")
+
+
+def test_several_sunnybrook_roots_share_one_table_with_distinct_names(shared_data, tmp_path, capsys) -> None:
+    """Two sites' roots holding a series of one name: both scored, neither overwrites the other."""
+    import csv
+
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.cli import main
+
+    for site in ("siteA", "siteB"):
+        _one_series_root(tmp_path / site / "sb", shared_data / "sunnybrook")
+    broken = tmp_path / "siteC" / "sb"
+    (broken / "contours").mkdir(parents=True)
+    (broken / "link.csv").write_text("patient_id,original_id\nSCD9,SC-9\n")
+    args = ["evaluate", "-o", str(tmp_path / "o"), "--modes", "baseline", "--bundle", str(DEMO_BUNDLE)]
+    roots = [str(tmp_path / s / "sb") for s in ("siteA", "siteB")]
+    # a root that cannot be read is named before any series is segmented
+    assert main([*args, "--data", *roots, str(broken)]) == 2
+    assert "SCD9,SC-9" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main([*args, "--data", *roots, roots[0]]) == 0  # a root named twice is scored once
+    with (tmp_path / "o" / "sunnybrook_baseline.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    cases = sorted({r["case"] for r in rows})
+    assert cases == ["siteA_sb_SCD0000101", "siteB_sb_SCD0000101"]
+    per_case = [[r["dice"] for r in rows if r["case"] == c] for c in cases]
+    assert len(per_case[0]) == 27 and per_case[0] == per_case[1]  # 9 slices x (ED endo, ES endo, ED epi)
+    text = (tmp_path / "o" / "sunnybrook.md").read_text()
+    assert str(tmp_path / "siteA" / "sb") in text and str(tmp_path / "siteB" / "sb") in text
