@@ -130,6 +130,22 @@ def _range_text(r: ReferenceRange | None) -> str:
 #: under this age (years) the adult ranges do not apply: values are shown unmarked
 ADULT_AGE_YEARS = 18.0
 
+#: where the age is unknown (NIfTI, ACDC folders, anonymised DICOM), a patient under this height
+#: (cm) or weight (kg) may be a child, and the adult ranges are not marked either: a 110 cm,
+#: 18 kg child's LVEDV of 49 mL was marked low against 83-187 (sweep 17)
+CHILD_HEIGHT_CM = 150.0
+CHILD_WEIGHT_KG = 40.0
+
+
+def _possibly_child(height_cm: float | None, weight_kg: float | None) -> str:
+    """Why a patient of unknown age may be a child ("" when nothing says so): a plausible height
+    under `CHILD_HEIGHT_CM` or weight under `CHILD_WEIGHT_KG`."""
+    if height_cm is not None and not implausible("height_cm", height_cm) and height_cm < CHILD_HEIGHT_CM:
+        return f"height {height_cm:g} cm"
+    if weight_kg is not None and not implausible("weight_kg", weight_kg) and weight_kg < CHILD_WEIGHT_KG:
+        return f"weight {weight_kg:g} kg"
+    return ""
+
 
 def _flagged(value: float | None, r: ReferenceRange | None, sex: str | None = None) -> tuple[str, str]:
     """The value's cell as ("html", markup), marked when outside the range of the patient's
@@ -154,7 +170,8 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     info = study.info if study is not None else None
     height, weight = getattr(info, "height_cm", None), getattr(info, "weight_kg", None)
     sex, age = getattr(info, "sex", None), getattr(info, "age_years", None)
-    child = age is not None and age < ADULT_AGE_YEARS
+    small = _possibly_child(height, weight) if age is None else ""
+    child = (age is not None and age < ADULT_AGE_YEARS) or bool(small)
     bsa = body_surface_area_m2(height, weight)
     header = ["measure", "value", "unit", "adult range, men / women"]
     if bsa is not None:
@@ -182,6 +199,8 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     notes = "; ".join(f"[{i + 1}] {_html.escape(SOURCES[s])}" for i, s in enumerate(used_sources))
     marked = (
         f"not marked: the patient is {age:g} years old and the ranges are adults'"
+        if child and age is not None
+        else f"not marked: the age is not known and the {small} may be a child's"
         if child
         else f"values outside the {'men' if sex == 'M' else 'women'}'s range are marked ↑ ↓"
         if sex in ("M", "F")

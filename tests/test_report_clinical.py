@@ -288,6 +288,32 @@ def test_dicom_sex_and_age_are_read_and_a_child_is_not_marked(segmented_phantom)
     assert "the patient's sex is not known" in _page(result, report, study)
 
 
+def test_a_small_patient_of_unknown_age_is_not_marked_against_adult_ranges(segmented_phantom):
+    """A 110 cm, 18 kg child with no age (NIfTI, ACDC folders, anonymised DICOM) had LVEDV 49 mL
+    marked low against the adults' 83-187 (sweep 17); an adult of unknown age is still marked."""
+    study, result = segmented_phantom
+    report = study_report(result, study)
+    report = {**report, "measures": {**report["measures"], "lvedv_ml": 49.3}}  # the child's, sweep 17
+
+    def measures_table(info_changes: dict) -> tuple[str, str]:
+        page = _page(result, report, replace(study, info=replace(study.info, **info_changes)))
+        section = page.split("<h2>Measures</h2>")[1]
+        return section.split("</table>")[0], section
+
+    adult, _ = measures_table({"height_cm": 180.0, "weight_kg": 80.0, "age_years": None})
+    assert "49.3 ↓" in adult  # low for an adult (83-187 / 102-218)
+    for changes, said in (
+        ({"height_cm": 110.0, "weight_kg": 18.0, "age_years": None}, "the height 110 cm may be a child's"),
+        ({"height_cm": None, "weight_kg": 30.0, "age_years": None}, "the weight 30 kg may be a child's"),
+    ):
+        table, section = measures_table(changes)
+        assert "↑" not in table and "↓" not in table, changes
+        assert f"not marked: the age is not known and {said}" in section
+    # a known adult age keeps the marks whatever the size
+    table, _ = measures_table({"height_cm": 145.0, "weight_kg": 38.0, "age_years": 40.0})
+    assert "49.3 ↓" in table
+
+
 # -- a ventricle not found, and an RV smallest away from the LV's ES (sweep 11) -----------------
 
 
