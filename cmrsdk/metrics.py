@@ -30,6 +30,7 @@ __all__ = [
     "cardiac_measures",
     "withhold_unreal",
     "quality_flags",
+    "APICAL_TRUNCATION_RATIO",
     "ringed_by_myocardium",
     "heart_like",
     "reaches_field_edge",
@@ -367,6 +368,14 @@ def heart_like(labels: np.ndarray) -> bool:
     return slices >= HEART_SLICES and math.isfinite(ring) and ring >= HEART_RING
 
 
+#: an LV blood pool whose most apical slice keeps this fraction of its largest area, with slices
+#: beyond it, stops abruptly (`quality_flags`): 3 of the 208 shared manual label maps (an HCM
+#: cavity kept to the apex: ACDC patient047 ED and ES at 0.86 and 0.84, patient054 ES at 0.68;
+#: every other at most 0.39), and on the held-out predictions the phases that lost their apical
+#: slices (patient050 ED and ES, 0.58 and 0.68; patient055 ED, 0.52; sweep 17).
+APICAL_TRUNCATION_RATIO = 0.5
+
+
 def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[str]:
     """Automatic quality-control flags in the manner of UK Biobank pipelines.
 
@@ -376,6 +385,9 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[st
     - ``basal_coverage``: the most basal slice of the stack already holds LV blood pool,
       so the heart may extend beyond the stack (volumes underestimated).
     - ``apical_coverage``: the most apical slice of the stack holds LV blood pool.
+    - ``apical_truncation``: the LV blood pool ends toward the apex on a slice holding at least
+      `APICAL_TRUNCATION_RATIO` of its largest area, with slices beyond it: an apex the networks
+      drew as something else (an infarcted apex drawn as RV, then cleaned up) or missed.
     - ``lv_gap`` / ``rv_gap``: a slice without the structure between slices with it.
     - ``<structure>_fragments``: a slice where the structure falls into several pieces.
 
@@ -410,6 +422,11 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None) -> list[st
             flags.add("basal_coverage")
         if lvbp_present[apex]:
             flags.add("apical_coverage")
+        area = (labels == LVBP).reshape(labels.shape[0], -1).sum(1)
+        toward_apex = area if base_first else area[::-1]
+        last = int(np.flatnonzero(toward_apex)[-1])
+        if last < len(toward_apex) - 1 and toward_apex[last] >= APICAL_TRUNCATION_RATIO * toward_apex.max():
+            flags.add("apical_truncation")
     for code in STRUCTURES:
         for z in np.flatnonzero((labels == code).reshape(labels.shape[0], -1).any(1)):
             if _components_2d(labels[z] == code) > 1:

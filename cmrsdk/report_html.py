@@ -37,6 +37,8 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "basal_coverage": "The most basal slice already holds LV blood pool: the stack may not cover the base, "
     "so volumes may be underestimated.",
     "apical_coverage": "The most apical slice still holds LV blood pool: the stack may not cover the apex.",
+    "apical_truncation": "The LV blood pool stops abruptly toward the apex, with slices beyond it: an apical "
+    "piece may be missing or drawn as another structure (LV volumes and mass too small); check the apex.",
     "lv_gap": "A slice without LV blood pool lies between slices with it.",
     "rv_gap": "A slice without RV blood pool lies between slices with it.",
     "lvbp_fragments": "On at least one slice the LV blood pool falls into several pieces.",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cmrsdk.errors import InputError
+from cmrsdk.labels import LVBP, RVBP
 from cmrsdk.metrics import (
     MYOCARDIAL_DENSITY_G_PER_ML,
     cardiac_measures,
@@ -83,7 +84,7 @@ def test_quality_flags_on_made_up_defects():
     # LVBP already in the first (basal) slice and in the last (apical) slice
     assert {"basal_coverage", "apical_coverage"} <= set(quality_flags(labels))
     padded = np.concatenate([np.zeros((1, 40, 40), np.uint8), labels, np.zeros((1, 40, 40), np.uint8)])
-    assert quality_flags(padded) == []
+    assert quality_flags(padded) == []  # tapering to the apex: no flag
     gapped = padded.copy()
     gapped[3][gapped[3] == 1] = 0
     assert "lv_gap" in quality_flags(gapped)
@@ -91,6 +92,40 @@ def test_quality_flags_on_made_up_defects():
     fragmented[2, 35:38, 35:38] = 3
     assert "rvbp_fragments" in quality_flags(fragmented)
     assert {"no_lv", "no_rv"} <= set(quality_flags(np.zeros((3, 8, 8), np.uint8)))
+
+
+def test_apical_truncation_flags_an_lv_stopping_at_half_its_area():
+    """Base first, LV blood pool areas per slice; slices beyond the last are empty."""
+
+    def stack(areas: list[int]) -> np.ndarray:
+        labels = np.zeros((len(areas), 20, 20), np.uint8)
+        for z, a in enumerate(areas):
+            labels[z].reshape(-1)[:a] = LVBP
+            labels[z, 19, 19] = RVBP
+        return labels
+
+    assert "apical_truncation" in quality_flags(stack([100, 100, 80, 50, 0, 0]), base_first=True)
+    assert "apical_truncation" not in quality_flags(stack([100, 100, 80, 49, 0, 0]), base_first=True)
+    assert "apical_truncation" in quality_flags(stack([0, 0, 60, 90, 100, 100])[::-1], base_first=True)
+    assert "apical_truncation" not in quality_flags(stack([0, 0, 30, 90, 100, 100]), base_first=False)
+    # the LV on the last slice: the stack may miss the apex (apical_coverage), not a cut
+    flags = quality_flags(stack([0, 100, 100, 80, 60]), base_first=True)
+    assert "apical_coverage" in flags and "apical_truncation" not in flags
+
+
+def test_apical_truncation_on_the_shared_manual_label_maps(shared_data):
+    """The ratio was chosen on these: only the HCM cavities kept to the apex reach it."""
+    from cmrsdk.io import read_study
+
+    flagged = []
+    for folder in sorted((shared_data / "acdc" / "training").glob("patient*")):
+        study = read_study(folder)
+        flagged += [
+            f"{folder.name} {p}"
+            for p, s in (("ED", study.ed), ("ES", study.es))
+            if "apical_truncation" in quality_flags(s.labels)
+        ]
+    assert flagged == ["patient047 ED", "patient047 ES", "patient054 ES"]
 
 
 def test_bad_input_names_the_argument():

@@ -84,6 +84,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "no_rv": ("no_rv", "No RV blood pool on any slice"),
     "basal_coverage": ("basal_coverage", "Basal slice holds LV: stack may miss the base"),
     "apical_coverage": ("apical_coverage", "Apical slice holds LV: stack may miss the apex"),
+    "apical_truncation": ("apical_cut", "LV stops abruptly before the last apical slice"),
     "lv_gap": ("lv_gap", "A slice without LV between slices with it"),
     "rv_gap": ("rv_gap", "A slice without RV between slices with it"),
     "lvbp_fragments": ("lvbp_fragments", "LV blood pool in several pieces on a slice"),
