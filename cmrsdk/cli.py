@@ -136,6 +136,8 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
         rules["apical_rv_weight"] = args.apical_rv_weight
     if args.training_layout is not None:
         rules["training_layout"] = args.training_layout
+    if args.small_heart is not None:
+        rules["small_heart"] = args.small_heart
     return rules
 
 
@@ -663,6 +665,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="routed mode: the in-plane grid (mm) the U-Nets segment on, finer than the bundle's "
             "training grid; base slices go back to the training grid (cmrsdk.grid; default: the "
             "bundle's preprocessing.segment_spacing; 'training': the training grid)",
+        )
+
+        p.add_argument(
+            "--small-heart",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="segment again, as if its pixels were larger, a study whose ED LV is smaller than any the "
+            "U-Nets learnt (a child's heart; cmrsdk.heart_size; default: on)",
         )
 
     def label_options(p: argparse.ArgumentParser) -> None:

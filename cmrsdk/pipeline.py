@@ -47,6 +47,7 @@ from .chirality import seen_from_apex
 from .errors import CmrWarning, InputError
 from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
+from .heart_size import enlarged, heart_scale, lv_area_mm2
 from .labels import BASE, NON_CARDIAC, REGION_NAMES
 from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
 from .metrics import CardiacMeasures, cardiac_measures, heart_like, reaches_field_edge, volumes_ml, withhold_unreal
@@ -304,6 +305,11 @@ class Pipeline:
         routed to the base are segmented again on the training grid, where the finer grid draws
         RV into the atrium (`cmrsdk.grid`; its Dice on the held-out sets in docs/RESULTS.md,
         Session 32). Baseline mode segments on the training grid. Recorded in the provenance.
+    small_heart : in `segment_study`, where the first pass finds an ED LV smaller than any the
+        U-Nets learnt (`cmrsdk.heart_size.SMALL_HEART_MM2`: a child's heart), segment the study
+        again as if its pixels were larger, so the heart lies on the grid at a trained size, and
+        measure it with its own spacing; its phases are flagged ``small_heart``, the scale in
+        their provenance (``heart_scale``). False: one pass whatever the size.
 
     The object holds no per-call state: one pipeline may serve several threads at once. It pickles
     as its bundle directory and arguments, and is rebuilt, engines and all, where it is unpickled
@@ -329,6 +335,7 @@ class Pipeline:
         apical_rv_weight: float = 1.0,
         segment_spacing: float | tuple[float, float] | None | Literal["bundle"] = "bundle",
         training_layout: bool = False,
+        small_heart: bool = True,
     ) -> None:
         if str(mode) == "oracle":
             raise InputError(
@@ -370,6 +377,7 @@ class Pipeline:
             "apical_rv_weight": apical_rv_weight,
             "segment_spacing": segment_spacing,
             "training_layout": training_layout,
+            "small_heart": small_heart,
         }
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = backend
@@ -382,6 +390,9 @@ class Pipeline:
         if not isinstance(training_layout, bool):
             raise InputError(f"'training_layout' must be True or False, got {training_layout!r}")
         self.training_layout = training_layout
+        if not isinstance(small_heart, bool):
+            raise InputError(f"'small_heart' must be True or False, got {small_heart!r}")
+        self.small_heart = small_heart
         if not isinstance(systolic_base, bool):
             raise InputError(f"'systolic_base' must be True or False, got {systolic_base!r}")
         self.systolic_base = systolic_base
@@ -857,11 +868,61 @@ class Pipeline:
         if not isinstance(study, Study):
             raise InputError(f"'study' must be a cmrsdk.Study, got {type(study).__name__}")
         t0 = time.perf_counter()
+        result = self._segment_phases(study, region_source)
+        scale = heart_scale(lv_area_mm2(result.ed.labels, result.ed.stack.spacing)) if self.small_heart else None
+        if scale is not None:
+            # smaller than any heart the U-Nets learnt: again at their size (cmrsdk.heart_size)
+            again = self._segment_phases(enlarged(study, scale), region_source)
+            result = self._on_true_spacing(again, study, scale)
+        return replace(result, timings_ms={**result.timings_ms, "wall": (time.perf_counter() - t0) * 1000.0})
+
+    @staticmethod
+    def _phase_indices(study: Study) -> list[int]:
+        """The phases segmented: ED and ES (in time order) where both are known and the study is
+        not a cine, else every phase."""
         if study.ed_index is not None and study.es_index is not None and not study.is_cine:
             # time order, as `phases` promises; ED and ES one phase: segmented once, measured as one
-            indices = sorted({study.ed_index, study.es_index})
-        else:
-            indices = list(range(len(study.phases)))
+            return sorted({study.ed_index, study.es_index})
+        return list(range(len(study.phases)))
+
+    def _on_true_spacing(self, result: StudySegmentation, study: Study, scale: float) -> StudySegmentation:
+        """``result`` of ``study`` segmented `enlarged` by ``scale``, put back on the study's own
+        stacks (the labels are on their pixels already), flagged ``small_heart`` and measured."""
+        stacks = [study.phases[i] for i in self._phase_indices(study)]
+        segmentations = []
+        for seg, stack in zip(result.phases, stacks):
+            provenance = {**seg.provenance, "heart_scale": round(scale, 3)}
+            if "systolic_base_rv_ml" in provenance:  # a volume: in-plane areas scale by scale²
+                provenance["systolic_base_rv_ml"] = provenance["systolic_base_rv_ml"] * scale**2
+            segmentations.append(
+                replace(
+                    seg, stack=stack, provenance=provenance, flags=tuple(dict.fromkeys((*seg.flags, "small_heart")))
+                )
+            )
+        curve = np.array([s.volumes_ml()["LVBP"] for s in segmentations], dtype=np.float64)
+        measures, measured = self._measures(segmentations, result.ed_index, result.es_index)
+        return StudySegmentation(
+            tuple(segmentations), result.ed_index, result.es_index, curve, measures, result.timings_ms, measured
+        )
+
+    @staticmethod
+    def _measures(segmentations: list[Segmentation], ed: int, es: int) -> tuple[CardiacMeasures, CardiacMeasures]:
+        """The study's measures as reported (unreal ones withheld) and as measured, from ED and ES."""
+        single = len(segmentations) == 1
+        measured = cardiac_measures(
+            segmentations[ed].labels,
+            None if single else segmentations[es].labels,
+            segmentations[ed].stack.spacing,
+            segmentations[es].stack.spacing,
+            ed_positions=segmentations[ed].stack.slice_positions,
+            es_positions=segmentations[es].stack.slice_positions,
+        )
+        return withhold_unreal(measured, same_phase=not single and ed == es), measured
+
+    def _segment_phases(self, study: Study, region_source: RegionSource | None) -> StudySegmentation:
+        """`segment_study` on the study's own grid (one pass)."""
+        t0 = time.perf_counter()
+        indices = self._phase_indices(study)
         # the phase located first: ED where known (the heart at its largest), else the first phase
         first = indices.index(study.ed_index) if study.ed_index in indices else 0
         order = [first] + [i for i in range(len(indices)) if i != first]
@@ -906,16 +967,7 @@ class Pipeline:
         if self.systolic_base and ed != es:
             segmentations[es] = self._systolic_base(segmentations[ed], segmentations[es])
         # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
-        single = len(segmentations) == 1
-        measured = cardiac_measures(
-            segmentations[ed].labels,
-            None if single else segmentations[es].labels,
-            segmentations[ed].stack.spacing,
-            segmentations[es].stack.spacing,
-            ed_positions=segmentations[ed].stack.slice_positions,
-            es_positions=segmentations[es].stack.slice_positions,
-        )
-        measures = withhold_unreal(measured, same_phase=not single and ed == es)
+        measures, measured = self._measures(segmentations, ed, es)
         totals = {stage: sum(s.timings_ms[stage] for s in segmentations) for stage in (*STAGES, "total")}
         totals["wall"] = (time.perf_counter() - t0) * 1000.0
         return StudySegmentation(tuple(segmentations), ed, es, curve, measures, totals, measured)
@@ -960,6 +1012,7 @@ class Pipeline:
             "apical_rv_weight": self.apical_rv_weight if routed else None,
             "mirroring": self.mirroring,
             "training_layout": self.training_layout,
+            "small_heart": self.small_heart,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
             "segment_spacing": list(self.segment_spacing) if self.segment_spacing else None,
             "region_decoding": self.region_decoding

@@ -56,6 +56,9 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "low_confidence": "The networks were less certain of this stack than of any in their test sets (an image "
     "unlike their training data's: another scanner, sequence or artefact); the masks look like a heart and were "
     "kept: check every contour.",
+    "small_heart": "The LV is smaller than any the networks were trained on (a child's heart, or pixel sizes "
+    "misstated): the study was segmented again as if its pixels were larger, so the heart lay at a trained "
+    "size, and measured with its own; check every contour.",
 }
 #: each study flag of `cmrsdk.report.study_report`, as a sentence.
 STUDY_FLAG_TEXT: dict[str, str] = {

@@ -167,7 +167,7 @@ def test_results_redone_for_other_options_are_said_on_one_line(tmp_path: Path, c
     summary = run_batch(studies, other, out, engine, progress=False, figure=False)
     assert summary.redone == 2 and engine.seen == ["a", "b", "c"]
     assert capsys.readouterr().err.splitlines() == [
-        "cmrsdk: 2 earlier results use other options, another bundle or another cmrsdk version and are redone"
+        "cmrsdk: 2 earlier results use other options, another bundle or another cmrsdk build and are redone"
     ]
 
 
@@ -184,3 +184,62 @@ def test_the_tables_rounding_is_one_stated_rule(tmp_path: Path):
     for column, decimals in DECIMALS.items():
         assert written[column] == repr(round(1 / 3, decimals)), column
     assert written["bsa_m2"] == "0.3333" and written["lvef_pct"] == "0.333"
+
+
+def test_every_pipeline_option_of_the_batch_reaches_its_pipeline(shared_data: Path, tmp_path: Path):
+    """`cmrsdk batch --training-layout` was accepted and silently ignored (sweep 17's review);
+    each rule option the batch takes must reach the workers' pipelines and the options key."""
+    from cmrsdk.cli import main
+
+    out = tmp_path / "out"
+    args = ["batch", str(shared_data / "mnms" / "B5F8L9"), "-o", str(out), "--workers", "1", "--no-progress"]
+    assert main([*args, "--no-overlay", "--no-report-html", "--training-layout", "--no-small-heart"]) == 0
+    provenance = json.loads((out / "studies" / "B5F8L9" / "report.json").read_text())["provenance"]
+    assert provenance["training_layout"] is True and provenance["small_heart"] is False
+    spec = PipelineSpec(bundle="b")
+    keys = {spec.key("m"), PipelineSpec(bundle="b", training_layout=True).key("m")}
+    assert len(keys | {PipelineSpec(bundle="b", small_heart=False).key("m")}) == 3
+
+
+def test_a_study_whose_inputs_changed_is_redone(tmp_path: Path, capsys, monkeypatch):
+    """Sweep 18: a study's images replaced under the same names, its Info.cfg height corrected, a
+    list's height changed or its source deleted kept the earlier row (LVEDV 207.4 for 159.6)."""
+    import os
+
+    from test_cohort_units import _ScriptedEngine
+
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.cohort import worker
+    from cmrsdk.cohort.batch import run_batch
+
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "image.nii.gz").write_bytes(b"pixels")
+        (tmp_path / name / "Info.cfg").write_text("Height: 170\n")
+    studies = [StudySource(n, str(tmp_path / n), height_cm=180.0 if n == "c" else None) for n in "abcd"]
+    spec, out = PipelineSpec(bundle=str(DEMO_BUNDLE)), tmp_path / "out"
+    everything = {n: "ok" for n in "abcd"}
+    run_batch(studies, spec, out, _ScriptedEngine(everything), progress=False, figure=False)
+    capsys.readouterr()
+    (tmp_path / "a" / "Info.cfg").write_text("Height: 150\n")  # corrected
+    image = tmp_path / "b" / "image.nii.gz"
+    mtime = image.stat().st_mtime_ns
+    image.write_bytes(b"other!")  # another heart under the same name, the same size
+    os.utime(image, ns=(mtime + 10**9, mtime + 10**9))
+    studies[2] = StudySource("c", str(tmp_path / "c"), height_cm=160.0)  # the list's height changed
+    engine = _ScriptedEngine(everything)
+    summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
+    assert engine.seen == ["a", "b", "c"] and summary.changed == 3 and summary.reused == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "cmrsdk: 3 studies have changed since the last run (files, or the list's height, weight or heart rate) "
+        "and are redone"
+    ]
+    shutil.rmtree(tmp_path / "d")  # a listed source gone: run again, and the worker's read fails it
+    engine = _ScriptedEngine({"d": "failed"})
+    summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
+    assert engine.seen == ["d"] and [r["status"] for r in summary.rows] == ["ok", "ok", "ok", "failed"]
+    # another build of cmrsdk under the same version number: every result redone
+    monkeypatch.setattr(worker, "code_sha256", lambda: "another build")
+    engine = _ScriptedEngine(everything)
+    summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
+    assert summary.redone == 4 and engine.seen == list("abcd")

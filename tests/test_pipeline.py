@@ -399,7 +399,15 @@ def test_a_study_is_located_once_and_every_phase_shares_the_crop(threshold_bundl
 
     # the heart moves between the phases, as it never does that much: ES is cropped around ED's centre
     ed, es = phase(10, 60, "ED"), phase(60, 10, "ES")
-    pipeline = Counting(threshold_bundle, mode="baseline", largest_component=False, heart_crop=(32, 32), backend="onnx")
+    # a 10 x 10 px "heart" is smaller than any real one: no second pass at a larger size here
+    pipeline = Counting(
+        threshold_bundle,
+        mode="baseline",
+        largest_component=False,
+        heart_crop=(32, 32),
+        backend="onnx",
+        small_heart=False,
+    )
     result = pipeline.segment_study(Study((ed, es), ed_index=0, es_index=1))
     assert calls == [3]  # one search, on ED
     np.testing.assert_array_equal(result.ed.labels[:, 10:20, 60:70], 1)

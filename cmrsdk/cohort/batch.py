@@ -24,7 +24,7 @@ from .discover import StudySource
 from .engines import BatchEngine
 from .journal import Journal
 from .table import write_measures_csv
-from .worker import PipelineSpec, StudyResult
+from .worker import PipelineSpec, StudyResult, inputs_fingerprint
 
 __all__ = ["BatchSummary", "run_batch", "STUDIES_DIR", "TABLE_NAME", "FIGURE_NAME"]
 
@@ -45,7 +45,9 @@ class BatchSummary:
     rows : the table, one dict per study in input order.
     ran : studies segmented in this run; ``reused`` taken from an earlier run's journal.
     redone : studies run again because their earlier result was made with other options, another
-        bundle or another cmrsdk version (another options key).
+        bundle or another cmrsdk build (another options key).
+    changed : studies run again because their inputs changed since (`inputs_fingerprint`: their
+        files, or the study list's height, weight or heart rate; a source gone fails).
     interrupted : the run was stopped (SIGINT / SIGTERM) before every study was done.
     startup_s, run_s, wall_s : seconds to start the engine's workers, from then until the last
         study was committed, and of the whole call.
@@ -55,6 +57,7 @@ class BatchSummary:
     ran: int = 0
     reused: int = 0
     redone: int = 0
+    changed: int = 0
     interrupted: bool = False
     startup_s: float = 0.0
     run_s: float = 0.0
@@ -116,7 +119,8 @@ def run_batch(
     Returns
     -------
     BatchSummary; a study is done when the journal holds an "ok" (or, without ``retry_failed``,
-    a "failed") record for it with the same key and source.
+    a "failed") record for it with the same key, source and inputs (`inputs_fingerprint`: a
+    study whose files or list values changed since is redone).
 
     Each study is counted once: a source that resolves (symlinks followed) to one listed before
     it is not run, and a study whose files are byte-identical to another's (the workers'
@@ -136,6 +140,7 @@ def run_batch(
         shutil.rmtree(out / _SCRATCH, ignore_errors=True)  # what a killed batch and its workers were writing
         (out / _SCRATCH).mkdir(exist_ok=True)
         first_of: dict[str, StudySource] = {}
+        inputs: dict[str, str] = {}  # study id -> `inputs_fingerprint` now
         duplicates: dict[str, str] = {}  # study id -> why it is not run
         todo: list[StudySource] = []
         for study in studies:
@@ -150,10 +155,12 @@ def run_batch(
                 continue
             first_of[real] = study
             record = journal.records.get(study.study_id)
+            inputs[study.study_id] = inputs_fingerprint(study)
+            earlier = record is not None and record.get("key") == key and record.get("source") == study.source
             done = (
-                record is not None
-                and record.get("key") == key
-                and record.get("source") == study.source
+                earlier
+                and record is not None
+                and record.get("inputs") == inputs[study.study_id]
                 and (record.get("status") == "ok" or (record.get("status") == "failed" and not retry_failed))
             )
             if done:
@@ -162,11 +169,20 @@ def run_batch(
                 todo.append(study)
                 if record is not None and record.get("key") != key and record.get("source") == study.source:
                     summary.redone += 1
+                elif earlier and record is not None and record.get("inputs") != inputs[study.study_id]:
+                    summary.changed += 1
         if summary.redone:
             n = summary.redone
             print(
                 f"cmrsdk: {n} earlier result{'s use' if n > 1 else ' uses'} other options, another bundle or "
-                f"another cmrsdk version and {'are' if n > 1 else 'is'} redone",
+                f"another cmrsdk build and {'are' if n > 1 else 'is'} redone",
+                file=sys.stderr,
+            )
+        if summary.changed:
+            n = summary.changed
+            print(
+                f"cmrsdk: {n} {'studies have' if n > 1 else 'study has'} changed since the last run (files, or the "
+                f"list's height, weight or heart rate) and {'are' if n > 1 else 'is'} redone",
                 file=sys.stderr,
             )
 
@@ -183,10 +199,15 @@ def run_batch(
                 # an earlier run's folder (other options, or a since-corrupted source) no longer matches the table
                 shutil.rmtree(target, ignore_errors=True)
                 row["outputs"] = ""
-            journal.append({**row, "key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            stamp = {
+                "key": key,
+                "inputs": inputs.get(result.study_id),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            journal.append({**row, **stamp})
 
         def table() -> Path:
-            summary.rows = _rows(studies, journal.records, key, duplicates, interrupted=summary.interrupted)
+            summary.rows = _rows(studies, journal.records, key, inputs, duplicates, interrupted=summary.interrupted)
             return write_measures_csv(out / TABLE_NAME, summary.rows)
 
         if todo:
@@ -255,6 +276,7 @@ def _rows(
     studies: Sequence[StudySource],
     records: dict[str, dict[str, Any]],
     key: str,
+    inputs: dict[str, str],
     duplicates: dict[str, str],
     *,
     interrupted: bool,
@@ -267,6 +289,7 @@ def _rows(
         and s.study_id in records
         and records[s.study_id].get("key") == key
         and records[s.study_id].get("source") == s.source
+        and records[s.study_id].get("inputs") == inputs.get(s.study_id)
     }
     # byte-identical copies under other paths (the workers' content_sha256): one row keeps the
     # result, the first "ok" one in the table's order, else the first; the others name it

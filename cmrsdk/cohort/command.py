@@ -84,6 +84,8 @@ def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any 
         mirroring=args.mirroring,
         systolic_base=args.systolic_base,
         apical_rv_weight=args.apical_rv_weight,
+        training_layout=args.training_layout,
+        small_heart=args.small_heart,
         segment_spacing=segment_spacing,
         overlay=not args.no_overlay,
         report_html=not args.no_report_html,

@@ -9,6 +9,7 @@ cannot reach OUT (a cluster without a shared file system) it uses the system's t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,7 +26,16 @@ from ..pipeline import DEFAULT_MIRRORING
 from .discover import StudySource
 from .table import measures_row
 
-__all__ = ["PipelineSpec", "StudyResult", "StudyWorker", "content_sha256", "segment_study", "set_thread_count"]
+__all__ = [
+    "PipelineSpec",
+    "StudyResult",
+    "StudyWorker",
+    "code_sha256",
+    "content_sha256",
+    "inputs_fingerprint",
+    "segment_study",
+    "set_thread_count",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,8 @@ class PipelineSpec:
     mirroring: bool | str = DEFAULT_MIRRORING
     systolic_base: bool = True
     apical_rv_weight: float | None = None  # None: the pipeline's default
+    training_layout: bool | None = None  # None: the pipeline's default
+    small_heart: bool | None = None  # None: the pipeline's default
     segment_spacing: float | None | Literal["bundle"] = "bundle"  # None: the training grid
     overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
@@ -57,12 +69,14 @@ class PipelineSpec:
 
         The device, thread counts and engine are left out: they decide how fast, not what; so is
         the label convention, which decides only whether a study is read (``--retry-failed``).
+        cmrsdk's own code is in (`code_sha256`): a build between two runs of one version number
+        (a checkout, a patched install) must not leave rows of the old code in the table.
         """
         from .. import __version__
 
         how = ("bundle", "device", "overlay", "report_html", "label_convention")
         what = {k: v for k, v in asdict(self).items() if k not in how}
-        what.update(manifest_sha256=manifest_sha256, cmrsdk=__version__)
+        what.update(manifest_sha256=manifest_sha256, cmrsdk=__version__, code=code_sha256())
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -123,6 +137,44 @@ def segment_study(
         weight_kg=weight_kg,
         label_convention=label_convention,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def code_sha256() -> str:
+    """SHA-256 of cmrsdk's installed code (every .py and native module of the package, with their
+    paths), once per process: what decides a result besides the options and the bundle."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".so", ".pyd") and p.is_file()):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def inputs_fingerprint(study: StudySource) -> str:
+    """What says a study's inputs are those of an earlier run: its files' relative paths, sizes and
+    modification times (hidden ones left out, as `content_sha256` leaves them) and the study
+    list's values; "missing" where the source is gone. Costs a stat per file, not a read."""
+    source = Path(study.source)
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = sorted(
+            p
+            for p in source.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+        )
+    else:
+        return "missing"
+    digest = hashlib.sha256(repr((study.height_cm, study.weight_kg, study.heart_rate_bpm)).encode())
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # removed while listed: the worker's read says so
+        name = path.name if path == source else str(path.relative_to(source))
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def content_sha256(source: Path) -> str | None:
@@ -209,7 +261,12 @@ class StudyWorker:
         backends = {bundle.select_artifact(name, spec.backend, spec.device).backend for name in bundle.models}
         # ONNX Runtime and OpenVINO size their pools from the cores, not from OMP_NUM_THREADS
         options = thread_options(backends.pop(), threads) if len(backends) == 1 else {}
-        rules: dict[str, Any] = {} if spec.apical_rv_weight is None else {"apical_rv_weight": spec.apical_rv_weight}
+        given = {
+            "apical_rv_weight": spec.apical_rv_weight,
+            "training_layout": spec.training_layout,
+            "small_heart": spec.small_heart,
+        }
+        rules: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         self.pipeline = Pipeline(
             bundle,
             backend=spec.backend,

@@ -97,6 +97,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "thick_slices": ("thick_slices", "Slices over 12 mm apart: outside the validated 5-10 mm"),
     "field_edge": ("field_edge", "Heart reaches the edge of the analysed field"),
     "low_confidence": ("low_confidence", "Networks less certain than on any test stack"),
+    "small_heart": ("small_heart", "LV smaller than any trained on: segmented enlarged"),
     "single_phase": ("single_phase", "One phase: no SV or EF"),
     "no_volume_change": ("no_volume_change", "LV volume never changes: no ES, SV or EF"),
     "lv_esv_exceeds_edv": ("lv_esv_gt_edv", "LV larger at ES than at ED: SV and EF withheld"),

@@ -1,0 +1,65 @@
+"""A heart smaller than any the U-Nets learnt is segmented again at a trained size (sweep 17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmrsdk.heart_size import MIN_HEART_SCALE, SMALL_HEART_MM2, TARGET_HEART_MM2, enlarged, heart_scale, lv_area_mm2
+from cmrsdk.labels import LVBP, LVM, RVBP
+from cmrsdk.types import Stack, Study
+
+
+def test_the_scale_comes_from_the_area_under_the_threshold_only():
+    assert heart_scale(0.0) is None and heart_scale(SMALL_HEART_MM2) is None and heart_scale(4400.0) is None
+    assert heart_scale(TARGET_HEART_MM2 / 4) == pytest.approx(0.5)
+    assert heart_scale(1.0) == MIN_HEART_SCALE  # a few pixels: a guess, not a size
+    labels = np.zeros((3, 10, 10), np.uint8)
+    labels[1, :4, :5] = LVBP  # 20 px
+    labels[1, 4, :5] = LVM  # 5 px
+    labels[2, :9, :9] = RVBP  # not the LV
+    assert lv_area_mm2(labels, (8.0, 1.5, 2.0)) == pytest.approx(25 * 3.0)
+
+
+def test_enlarged_changes_the_in_plane_spacing_and_affine_only():
+    affine = np.diag([1.5, 1.25, 8.0, 1.0])[:, [2, 1, 0, 3]]  # columns: z, y, x steps
+    stack = Stack(np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5), (8.0, 1.25, 1.5), affine)
+    study = Study(phases=(stack, stack), ed_index=0, es_index=1)
+    big = enlarged(study, 0.5).phases[0]
+    assert big.spacing == pytest.approx((8.0, 2.5, 3.0))
+    np.testing.assert_allclose(big.affine[:3, 0], affine[:3, 0])
+    np.testing.assert_allclose(big.affine[:3, 1:3], affine[:3, 1:3] * 2)
+    np.testing.assert_array_equal(big.pixels, stack.pixels)
+
+
+@pytest.fixture(scope="module")
+def child_sized(shared_data: Path):
+    """ACDC patient080 (NOR) with its pixels claimed half as large: a heart half its size a side,
+    its manual measures a quarter of the adult's."""
+    from cmrsdk import DEMO_BUNDLE, Pipeline
+    from cmrsdk.io import read_acdc_patient
+    from cmrsdk.metrics import cardiac_measures
+
+    adult = read_acdc_patient(shared_data / "acdc" / "training" / "patient080")
+    child = enlarged(adult, 2.0)
+    truth = cardiac_measures(child.ed.labels, child.es.labels, child.ed.spacing, child.es.spacing)
+    return Pipeline(DEMO_BUNDLE), adult, child, truth
+
+
+def test_a_child_sized_heart_is_measured_at_a_trained_size(child_sized):
+    from cmrsdk import DEMO_BUNDLE, Pipeline
+
+    pipeline, adult, child, truth = child_sized
+    assert "small_heart" not in pipeline.segment_study(adult).ed.flags  # an adult: one pass
+    result = pipeline.segment_study(child)
+    assert result.ed.flags[-1] == "small_heart" and result.ed.provenance["heart_scale"] == pytest.approx(0.62, abs=0.05)
+    assert result.ed.stack is child.ed  # measured on its own spacing
+    # measured (0.7.0 weights): LVEDV 25.07, RVEDV 28.50, LV mass 19.13 against 24.70, 28.07, 18.66
+    for name in ("lvedv_ml", "rvedv_ml", "lv_mass_g"):
+        assert getattr(result.measures, name) == pytest.approx(getattr(truth, name), rel=0.06), name
+    # one pass on the adult grid: RVEDV 19.19 (0.68 of the truth), LV mass 21.82 (1.17)
+    once = Pipeline(DEMO_BUNDLE, small_heart=False).segment_study(child)
+    assert "small_heart" not in once.ed.flags
+    assert once.measures.rvedv_ml < 0.8 * truth.rvedv_ml and once.measures.lv_mass_g > 1.1 * truth.lv_mass_g
