@@ -136,8 +136,8 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
         rules["apical_rv_weight"] = args.apical_rv_weight
     if args.training_layout is not None:
         rules["training_layout"] = args.training_layout
-    if args.small_heart is not None:
-        rules["small_heart"] = args.small_heart
+    if args.rescale_heart is not None:
+        rules["rescale_heart"] = args.rescale_heart
     return rules
 
 
@@ -668,11 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
         p.add_argument(
-            "--small-heart",
+            "--rescale-heart",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help="segment again, as if its pixels were larger, a study whose ED LV is smaller than any the "
-            "U-Nets learnt (a child's heart; cmrsdk.heart_size; default: on)",
+            help="segment again, at a size the U-Nets learnt, a study whose ED LV is smaller or larger than any "
+            "they learnt (a child's heart, a huge dilated one; cmrsdk.heart_size; default: on)",
         )
 
     def label_options(p: argparse.ArgumentParser) -> None:

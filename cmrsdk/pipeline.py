@@ -47,7 +47,7 @@ from .chirality import seen_from_apex
 from .errors import CmrWarning, InputError
 from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
-from .heart_size import enlarged, heart_scale, lv_area_mm2
+from .heart_size import heart_scale, lv_area_mm2, rescaled
 from .labels import BASE, NON_CARDIAC, REGION_NAMES
 from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
 from .metrics import CardiacMeasures, cardiac_measures, heart_like, reaches_field_edge, volumes_ml, withhold_unreal
@@ -305,11 +305,12 @@ class Pipeline:
         routed to the base are segmented again on the training grid, where the finer grid draws
         RV into the atrium (`cmrsdk.grid`; its Dice on the held-out sets in docs/RESULTS.md,
         Session 32). Baseline mode segments on the training grid. Recorded in the provenance.
-    small_heart : in `segment_study`, where the first pass finds an ED LV smaller than any the
-        U-Nets learnt (`cmrsdk.heart_size.SMALL_HEART_MM2`: a child's heart), segment the study
-        again as if its pixels were larger, so the heart lies on the grid at a trained size, and
-        measure it with its own spacing; its phases are flagged ``small_heart``, the scale in
-        their provenance (``heart_scale``). False: one pass whatever the size.
+    rescale_heart : in `segment_study`, where the first pass finds an ED LV smaller or larger than
+        any the U-Nets learnt (`cmrsdk.heart_size`: a child's heart, a huge dilated one), segment
+        the study again as if its pixels were larger or smaller, so the heart lies on the grid at
+        a trained size, and measure it with its own spacing; its phases are flagged
+        ``small_heart`` or ``large_heart``, the scale in their provenance (``heart_scale``).
+        False: one pass whatever the size.
 
     The object holds no per-call state: one pipeline may serve several threads at once. It pickles
     as its bundle directory and arguments, and is rebuilt, engines and all, where it is unpickled
@@ -335,7 +336,7 @@ class Pipeline:
         apical_rv_weight: float = 1.0,
         segment_spacing: float | tuple[float, float] | None | Literal["bundle"] = "bundle",
         training_layout: bool = False,
-        small_heart: bool = True,
+        rescale_heart: bool = True,
     ) -> None:
         if str(mode) == "oracle":
             raise InputError(
@@ -377,7 +378,7 @@ class Pipeline:
             "apical_rv_weight": apical_rv_weight,
             "segment_spacing": segment_spacing,
             "training_layout": training_layout,
-            "small_heart": small_heart,
+            "rescale_heart": rescale_heart,
         }
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.backend = backend
@@ -390,9 +391,9 @@ class Pipeline:
         if not isinstance(training_layout, bool):
             raise InputError(f"'training_layout' must be True or False, got {training_layout!r}")
         self.training_layout = training_layout
-        if not isinstance(small_heart, bool):
-            raise InputError(f"'small_heart' must be True or False, got {small_heart!r}")
-        self.small_heart = small_heart
+        if not isinstance(rescale_heart, bool):
+            raise InputError(f"'rescale_heart' must be True or False, got {rescale_heart!r}")
+        self.rescale_heart = rescale_heart
         if not isinstance(systolic_base, bool):
             raise InputError(f"'systolic_base' must be True or False, got {systolic_base!r}")
         self.systolic_base = systolic_base
@@ -869,10 +870,10 @@ class Pipeline:
             raise InputError(f"'study' must be a cmrsdk.Study, got {type(study).__name__}")
         t0 = time.perf_counter()
         result = self._segment_phases(study, region_source)
-        scale = heart_scale(lv_area_mm2(result.ed.labels, result.ed.stack.spacing)) if self.small_heart else None
+        scale = heart_scale(lv_area_mm2(result.ed.labels, result.ed.stack.spacing)) if self.rescale_heart else None
         if scale is not None:
-            # smaller than any heart the U-Nets learnt: again at their size (cmrsdk.heart_size)
-            again = self._segment_phases(enlarged(study, scale), region_source)
+            # smaller or larger than any heart the U-Nets learnt: again at their size (cmrsdk.heart_size)
+            again = self._segment_phases(rescaled(study, scale), region_source)
             result = self._on_true_spacing(again, study, scale)
         return replace(result, timings_ms={**result.timings_ms, "wall": (time.perf_counter() - t0) * 1000.0})
 
@@ -886,18 +887,18 @@ class Pipeline:
         return list(range(len(study.phases)))
 
     def _on_true_spacing(self, result: StudySegmentation, study: Study, scale: float) -> StudySegmentation:
-        """``result`` of ``study`` segmented `enlarged` by ``scale``, put back on the study's own
-        stacks (the labels are on their pixels already), flagged ``small_heart`` and measured."""
+        """``result`` of ``study`` segmented `rescaled` by ``scale``, put back on the study's own
+        stacks (the labels are on their pixels already), flagged ``small_heart`` (``scale`` < 1) or
+        ``large_heart`` and measured."""
         stacks = [study.phases[i] for i in self._phase_indices(study)]
+        flag = "small_heart" if scale < 1.0 else "large_heart"
         segmentations = []
         for seg, stack in zip(result.phases, stacks):
             provenance = {**seg.provenance, "heart_scale": round(scale, 3)}
             if "systolic_base_rv_ml" in provenance:  # a volume: in-plane areas scale by scale²
                 provenance["systolic_base_rv_ml"] = provenance["systolic_base_rv_ml"] * scale**2
             segmentations.append(
-                replace(
-                    seg, stack=stack, provenance=provenance, flags=tuple(dict.fromkeys((*seg.flags, "small_heart")))
-                )
+                replace(seg, stack=stack, provenance=provenance, flags=tuple(dict.fromkeys((*seg.flags, flag))))
             )
         curve = np.array([s.volumes_ml()["LVBP"] for s in segmentations], dtype=np.float64)
         measures, measured = self._measures(segmentations, result.ed_index, result.es_index)
@@ -1012,7 +1013,7 @@ class Pipeline:
             "apical_rv_weight": self.apical_rv_weight if routed else None,
             "mirroring": self.mirroring,
             "training_layout": self.training_layout,
-            "small_heart": self.small_heart,
+            "rescale_heart": self.rescale_heart,
             "heart_crop": list(self.heart_crop) if self.heart_crop else None,
             "segment_spacing": list(self.segment_spacing) if self.segment_spacing else None,
             "region_decoding": self.region_decoding

@@ -59,6 +59,9 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "small_heart": "The LV is smaller than any the networks were trained on (a child's heart, or pixel sizes "
     "misstated): the study was segmented again as if its pixels were larger, so the heart lay at a trained "
     "size, and measured with its own; check every contour.",
+    "large_heart": "The LV is larger than any the networks were trained on (a hugely dilated heart, or pixel "
+    "sizes misstated): the study was segmented again as if its pixels were smaller, so the heart lay at a "
+    "trained size within the analysed field, and measured with its own; check every contour.",
 }
 #: each study flag of `cmrsdk.report.study_report`, as a sentence.
 STUDY_FLAG_TEXT: dict[str, str] = {

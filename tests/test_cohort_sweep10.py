@@ -193,12 +193,12 @@ def test_every_pipeline_option_of_the_batch_reaches_its_pipeline(shared_data: Pa
 
     out = tmp_path / "out"
     args = ["batch", str(shared_data / "mnms" / "B5F8L9"), "-o", str(out), "--workers", "1", "--no-progress"]
-    assert main([*args, "--no-overlay", "--no-report-html", "--training-layout", "--no-small-heart"]) == 0
+    assert main([*args, "--no-overlay", "--no-report-html", "--training-layout", "--no-rescale-heart"]) == 0
     provenance = json.loads((out / "studies" / "B5F8L9" / "report.json").read_text())["provenance"]
-    assert provenance["training_layout"] is True and provenance["small_heart"] is False
+    assert provenance["training_layout"] is True and provenance["rescale_heart"] is False
     spec = PipelineSpec(bundle="b")
     keys = {spec.key("m"), PipelineSpec(bundle="b", training_layout=True).key("m")}
-    assert len(keys | {PipelineSpec(bundle="b", small_heart=False).key("m")}) == 3
+    assert len(keys | {PipelineSpec(bundle="b", rescale_heart=False).key("m")}) == 3
 
 
 def test_a_study_whose_inputs_changed_is_redone(tmp_path: Path, capsys, monkeypatch):

@@ -406,7 +406,7 @@ def test_a_study_is_located_once_and_every_phase_shares_the_crop(threshold_bundl
         largest_component=False,
         heart_crop=(32, 32),
         backend="onnx",
-        small_heart=False,
+        rescale_heart=False,
     )
     result = pipeline.segment_study(Study((ed, es), ed_index=0, es_index=1))
     assert calls == [3]  # one search, on ED

@@ -85,7 +85,7 @@ def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any 
         systolic_base=args.systolic_base,
         apical_rv_weight=args.apical_rv_weight,
         training_layout=args.training_layout,
-        small_heart=args.small_heart,
+        rescale_heart=args.rescale_heart,
         segment_spacing=segment_spacing,
         overlay=not args.no_overlay,
         report_html=not args.no_report_html,

@@ -56,7 +56,7 @@ class PipelineSpec:
     systolic_base: bool = True
     apical_rv_weight: float | None = None  # None: the pipeline's default
     training_layout: bool | None = None  # None: the pipeline's default
-    small_heart: bool | None = None  # None: the pipeline's default
+    rescale_heart: bool | None = None  # None: the pipeline's default
     segment_spacing: float | None | Literal["bundle"] = "bundle"  # None: the training grid
     overlay: bool = True  # outputs a reader looks at; they do not change the numbers
     report_html: bool = True
@@ -264,7 +264,7 @@ class StudyWorker:
         given = {
             "apical_rv_weight": spec.apical_rv_weight,
             "training_layout": spec.training_layout,
-            "small_heart": spec.small_heart,
+            "rescale_heart": spec.rescale_heart,
         }
         rules: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
         self.pipeline = Pipeline(

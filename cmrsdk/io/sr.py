@@ -98,6 +98,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "field_edge": ("field_edge", "Heart reaches the edge of the analysed field"),
     "low_confidence": ("low_confidence", "Networks less certain than on any test stack"),
     "small_heart": ("small_heart", "LV smaller than any trained on: segmented enlarged"),
+    "large_heart": ("large_heart", "LV larger than any trained on: segmented shrunk"),
     "single_phase": ("single_phase", "One phase: no SV or EF"),
     "no_volume_change": ("no_volume_change", "LV volume never changes: no ES, SV or EF"),
     "lv_esv_exceeds_edv": ("lv_esv_gt_edv", "LV larger at ES than at ED: SV and EF withheld"),
