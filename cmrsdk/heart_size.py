@@ -12,7 +12,10 @@ So where the first pass finds an ED LV under `SMALL_HEART_MM2` or over `LARGE_HE
 every training heart), the study is segmented again as if its pixels were ``1 / scale`` times
 their size (`heart_scale`), which puts the heart on the grid at `TARGET_HEART_MM2` or
 `TARGET_LARGE_HEART_MM2`. The labels come back on the stack's own pixels, so only the true
-spacing is put back and the volumes measured with it.
+spacing is put back and the volumes measured with it. The second pass's millimetre limits
+(the clean-up's re-attachment of a displaced slice, `cmrsdk.preprocess.MAX_SLICE_SHIFT_MM`)
+read the claimed spacing: they scale with the heart, as the displacement a breath-hold gives a
+heart does.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ._checks import IN_PLANE_RANGE_MM
 from .labels import LVBP, LVM
 from .types import Stack, Study
 
@@ -33,6 +37,7 @@ __all__ = [
     "MIN_HEART_SCALE",
     "lv_area_mm2",
     "heart_scale",
+    "feasible_scale",
     "rescaled",
 ]
 
@@ -75,6 +80,17 @@ def heart_scale(area_mm2: float) -> float | None:
     if area_mm2 > LARGE_HEART_MM2 and math.isfinite(area_mm2):
         return math.sqrt(area_mm2 / TARGET_LARGE_HEART_MM2)
     return None
+
+
+def feasible_scale(scale: float, study: Study) -> float | None:
+    """``scale`` limited so that every phase's claimed pixels stay within `IN_PLANE_RANGE_MM` (a
+    study of 0.45 mm pixels cannot be claimed 1.6 times finer); None where no rescale is left."""
+    low, high = IN_PLANE_RANGE_MM
+    finest = min(min(s.spacing[1:]) for s in study.phases)
+    coarsest = max(max(s.spacing[1:]) for s in study.phases)
+    # claimed spacing = spacing / scale must stay within [low, high]
+    scale = min(max(scale, coarsest / high), finest / low)
+    return None if abs(scale - 1.0) < 0.05 else scale
 
 
 def _rescaled_stack(stack: Stack, scale: float) -> Stack:

@@ -47,7 +47,7 @@ from .chirality import seen_from_apex
 from .errors import CmrWarning, InputError
 from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
-from .heart_size import heart_scale, lv_area_mm2, rescaled
+from .heart_size import feasible_scale, heart_scale, lv_area_mm2, rescaled
 from .labels import BASE, NON_CARDIAC, REGION_NAMES
 from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
 from .metrics import CardiacMeasures, cardiac_measures, heart_like, reaches_field_edge, volumes_ml, withhold_unreal
@@ -871,10 +871,14 @@ class Pipeline:
         t0 = time.perf_counter()
         result = self._segment_phases(study, region_source)
         scale = heart_scale(lv_area_mm2(result.ed.labels, result.ed.stack.spacing)) if self.rescale_heart else None
+        scale = feasible_scale(scale, study) if scale is not None else None
         if scale is not None:
             # smaller or larger than any heart the U-Nets learnt: again at their size (cmrsdk.heart_size)
+            first = result.timings_ms
             again = self._segment_phases(rescaled(study, scale), region_source)
             result = self._on_true_spacing(again, study, scale)
+            both = {stage: first[stage] + again.timings_ms[stage] for stage in (*STAGES, "total")}
+            result = replace(result, timings_ms={**result.timings_ms, **both})
         return replace(result, timings_ms={**result.timings_ms, "wall": (time.perf_counter() - t0) * 1000.0})
 
     @staticmethod

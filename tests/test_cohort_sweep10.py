@@ -199,6 +199,8 @@ def test_every_pipeline_option_of_the_batch_reaches_its_pipeline(shared_data: Pa
     spec = PipelineSpec(bundle="b")
     keys = {spec.key("m"), PipelineSpec(bundle="b", training_layout=True).key("m")}
     assert len(keys | {PipelineSpec(bundle="b", rescale_heart=False).key("m")}) == 3
+    # left to the pipeline's default, or the default said: one key (review 19)
+    assert spec.key("m") == PipelineSpec(bundle="b", training_layout=False, rescale_heart=True).key("m")
 
 
 def test_a_study_whose_inputs_changed_is_redone(tmp_path: Path, capsys, monkeypatch):
@@ -243,3 +245,19 @@ def test_a_study_whose_inputs_changed_is_redone(tmp_path: Path, capsys, monkeypa
     engine = _ScriptedEngine(everything)
     summary = run_batch(studies, spec, out, engine, progress=False, figure=False)
     assert summary.redone == 4 and engine.seen == list("abcd")
+
+
+def test_a_file_name_that_is_not_utf8_is_fingerprinted(tmp_path: Path):
+    """Review 19: a latin-1 file name in a study folder stopped the whole batch with a
+    UnicodeEncodeError before any study ran."""
+    import os
+
+    from cmrsdk.cohort.worker import inputs_fingerprint
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    with open(os.path.join(os.fsencode(folder), b"caf\xe9.dcm"), "wb") as handle:
+        handle.write(b"x")
+    first = inputs_fingerprint(StudySource("s", str(folder)))
+    os.rename(os.path.join(os.fsencode(folder), b"caf\xe9.dcm"), os.path.join(os.fsencode(folder), b"caf\xe8.dcm"))
+    assert inputs_fingerprint(StudySource("s", str(folder))) != first

@@ -13,6 +13,7 @@ from cmrsdk.heart_size import (
     SMALL_HEART_MM2,
     TARGET_HEART_MM2,
     TARGET_LARGE_HEART_MM2,
+    feasible_scale,
     heart_scale,
     lv_area_mm2,
     rescaled,
@@ -32,6 +33,20 @@ def test_the_scale_comes_from_the_area_under_the_threshold_only():
     labels[1, 4, :5] = LVM  # 5 px
     labels[2, :9, :9] = RVBP  # not the LV
     assert lv_area_mm2(labels, (8.0, 1.5, 2.0)) == pytest.approx(25 * 3.0)
+
+
+def test_the_claimed_pixels_stay_within_what_a_reader_accepts():
+    """Review 19: an LV of 14,762 mm² on 0.45 mm pixels asked for 0.287 mm pixels, and a valid
+    study failed as if its header were in the wrong unit."""
+
+    def study(pixel_mm: float) -> Study:
+        stack = Stack(np.zeros((2, 8, 8), np.float32), (8.0, pixel_mm, pixel_mm))
+        return Study(phases=(stack,), ed_index=0, es_index=0)
+
+    assert feasible_scale(1.57, study(0.45)) == pytest.approx(1.5)  # 0.3 mm pixels at the finest
+    assert feasible_scale(0.4, study(10.0)) == pytest.approx(0.5)  # 20 mm at the coarsest
+    assert feasible_scale(0.5, study(1.5)) == 0.5
+    assert feasible_scale(1.6, study(0.3)) is None  # no room left: one pass
 
 
 def test_rescaled_changes_the_in_plane_spacing_and_affine_only():
@@ -67,6 +82,8 @@ def test_a_child_sized_heart_is_measured_at_a_trained_size(child_sized):
     result = pipeline.segment_study(child)
     assert result.ed.flags[-1] == "small_heart" and result.ed.provenance["heart_scale"] == pytest.approx(0.62, abs=0.05)
     assert result.ed.stack is child.ed  # measured on its own spacing
+    # the study's stage timings hold both passes (review 19: the first pass went uncounted)
+    assert result.timings_ms["total"] > sum(p.timings_ms["total"] for p in result.phases)
     # measured (0.7.0 weights): LVEDV 25.07, RVEDV 28.50, LV mass 19.13 against 24.70, 28.07, 18.66
     for name in ("lvedv_ml", "rvedv_ml", "lv_mass_g"):
         assert getattr(result.measures, name) == pytest.approx(getattr(truth, name), rel=0.06), name

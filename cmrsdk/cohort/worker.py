@@ -76,6 +76,8 @@ class PipelineSpec:
 
         how = ("bundle", "device", "overlay", "report_html", "label_convention")
         what = {k: v for k, v in asdict(self).items() if k not in how}
+        # an option left to the pipeline's default and the default said are one option
+        what.update(training_layout=bool(self.training_layout), rescale_heart=self.rescale_heart is not False)
         what.update(manifest_sha256=manifest_sha256, cmrsdk=__version__, code=code_sha256())
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -145,7 +147,9 @@ def code_sha256() -> str:
     paths), once per process: what decides a result besides the options and the bundle."""
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".so", ".pyd") and p.is_file()):
+    code = (p for p in package.rglob("*") if p.suffix in (".py", ".so", ".pyd") and p.is_file())
+    # the DICOM node's code decides no number of a batch
+    for path in sorted(p for p in code if p.relative_to(package).parts[0] != "serve"):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -172,8 +176,9 @@ def inputs_fingerprint(study: StudySource) -> str:
             stat = path.stat()
         except OSError:
             continue  # removed while listed: the worker's read says so
-        name = path.name if path == source else str(path.relative_to(source))
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        # file names as the file system stores them: a latin-1 name is not UTF-8
+        name = os.fsencode(path.name if path == source else path.relative_to(source))
+        digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
