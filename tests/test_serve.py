@@ -316,6 +316,9 @@ def test_dcmtk_echo_allow_list_set_aside_and_full_spool(tmp_path):
         "0.02",
         "--max-associations",
         "1",
+        # judged on what arrived: a series with an instance refused is otherwise held (test_serve_sweep18.py)
+        "--abort-hold",
+        "0",
         log_path=tmp_path / "node.log",
     )
     try:

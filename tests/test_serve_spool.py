@@ -131,7 +131,7 @@ def test_set_aside_and_failed_series_reopen_and_stack_members_do_not(tmp_path):
     s.mark_complete("6.2", queue=True, phases=2, slices=3, reason=None, quiet_since=s.series("6.2").last_instance_at)
     assert s.next_queued() == "6.2"
     assert s.mark_failed("6.2", "slice positions hold differing numbers of phases [19, 20]") == "failed"
-    assert s.purge_expired(now=time.time() + 3600) == []  # 6.1 receives again; a failed series keeps its files
+    assert s.purge_expired(now=time.time() + 30) == []  # 6.1 receives again; 6.2 is in its reopen window
     assert s.series_folder("6.2").is_dir()
     assert s.store_instance("6.2", "6.2.2", b"x") == "reopened"  # the rest of it: judged again
     s.store_instance("6.3", "6.3.1", b"x")
@@ -460,7 +460,8 @@ def test_worker_records_failures_and_goes_on(spool, tmp_path, monkeypatch):
     assert [d[0] for d in spool.due_deliveries()] == [str(tmp_path / "out" / "1.3" / "seg_ED.dcm")]
     assert finals == ["1.1", "1.2"] and calls == ["1.1", "1.2", "1.3"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1.3"]  # nothing half-written
-    assert spool.series_folder("1.1").is_dir() and not spool.series_folder("1.3").exists()  # failures kept
+    # failures' files are released as results' are (here at once: no reopen window); their reason stays
+    assert not spool.series_folder("1.1").exists() and not spool.series_folder("1.3").exists()
 
 
 def test_worker_writes_a_reopened_series_result_beside_the_first(tmp_path, monkeypatch):

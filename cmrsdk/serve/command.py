@@ -190,7 +190,10 @@ def run_serve(args: argparse.Namespace) -> int:
     # highdicom every copied module: the node's log is one line per series and what needs a person.
     # pydicom logs a frame it cannot decode as an ERROR with its traceback before it raises: the
     # series' failure line gives the reason, so only its CRITICAL lines pass
-    for noisy, level in (("pynetdicom", logging.ERROR), ("pydicom", logging.CRITICAL), ("highdicom", logging.ERROR)):
+    # pynetdicom's ERROR lines repeat, each forwarding attempt, what the node's own back-off line says
+    # once (a PACS outage flooded the log): they pass with --log-level DEBUG only
+    quiet_net = logging.DEBUG if args.log_level == "DEBUG" else logging.CRITICAL
+    for noisy, level in (("pynetdicom", quiet_net), ("pydicom", logging.CRITICAL), ("highdicom", logging.ERROR)):
         logging.getLogger(noisy).setLevel(level)
     warnings.filterwarnings("ignore", module=r"(pydicom|highdicom|pynetdicom)(\..*)?$")
     ssl_context = (
@@ -216,8 +219,9 @@ def run_serve(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
     )
     config = NodeConfig(
-        spool=Path(args.spool),
-        output=Path(args.output),
+        # absolute: result files are recorded by path, and a restart from another folder must find them
+        spool=Path(args.spool).expanduser().resolve(),
+        output=Path(args.output).expanduser().resolve(),
         scp=scp,
         series_timeout_s=args.series_timeout,
         reopen_window_s=args.reopen_window,

@@ -131,13 +131,25 @@ class Forwarder(threading.Thread):
         from pynetdicom import AE
 
         contexts: dict[str, set[str]] = {}
-        for path, _, _ in due:
+        readable = []
+        for path, series_uid, attempts in due:
             try:
                 sop_class, syntax = _context_of(Path(path))
-            except Exception as exc:  # a result that vanished or is unreadable cannot be delivered: say so, keep trying
-                self.spool.mark_delivery_failed(path, f"cannot be read: {exc}", self.backoff_cap_s)
+            except Exception as exc:  # a result that vanished (deleted, or recorded relative to another cwd)
+                why = f"cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})"
+                if attempts == 0:  # said once; given up after max_attempts like a refusal
+                    log.warning(
+                        "forward to %s: result file %s %s; tried %d times in all, then not forwarded",
+                        self.destination,
+                        path,
+                        why,
+                        self.max_attempts,
+                    )
+                self._failed(path, why, attempts, True, quiet=True, unreadable=True)
                 continue
             contexts.setdefault(sop_class, set()).add(syntax)
+            readable.append((path, series_uid, attempts))
+        due = readable
         if not contexts:
             return
         ae = AE(ae_title=self.ae_title)
@@ -166,7 +178,7 @@ class Forwarder(threading.Thread):
                 "forward to %s: %s; %d result file(s) wait, next try in %.0f s",
                 self.destination,
                 why,
-                len(due),
+                self.spool.pending_deliveries(),  # all of them, not only those due in this batch
                 backoff_s(due[0][2] + 1, cap_s=self.backoff_cap_s),
             )
             return
@@ -199,17 +211,21 @@ class Forwarder(threading.Thread):
             if assoc.is_established:
                 assoc.release()
 
-    def _failed(self, path: str, error: str, attempts: int, permanent: bool, *, quiet: bool = False) -> None:
+    def _failed(
+        self, path: str, error: str, attempts: int, permanent: bool, *, quiet: bool = False, unreadable: bool = False
+    ) -> None:
         """Record a failed try (``attempts`` made before it): retried after back-off, or, refused
-        for good ``max_attempts`` times, undeliverable."""
+        for good (or ``unreadable``) ``max_attempts`` times, undeliverable."""
         if permanent and attempts + 1 >= self.max_attempts:
             finished = self.spool.mark_undeliverable(path, error)
             log.error(
-                "forward to %s: %s refused %d times (%s): not forwarded; it stays in the results folder",
+                "forward to %s: %s %s %d times (%s): not forwarded%s",
                 self.destination,
-                Path(path).name,
+                path if unreadable else Path(path).name,
+                "tried" if unreadable else "refused",
                 attempts + 1,
                 error,
+                "" if unreadable else "; it stays in the results folder",
             )
             if finished:
                 self.on_final(finished)

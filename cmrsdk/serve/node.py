@@ -48,8 +48,11 @@ def series_log_line(spool: Spool, series_uid: str) -> str:
     if row is None:
         return f"series {series_uid}: unknown"
     shape = f"{row.phases} phases x {row.slices} slices" if row.phases else "shape unknown"
-    end = row.finished_at or time.time()
+    # the result's latency apart from the forwarding's: a slow or absent PACS is not slow segmentation
+    end = row.result_at or row.finished_at or time.time()
     latency = f"{end - row.last_instance_at:.1f} s from last instance to result" if row.last_instance_at else ""
+    if row.result_at and row.finished_at and latency and spool.delivery_counts(series_uid)[1]:
+        latency += f", {row.finished_at - row.result_at:.1f} s forwarding"
     outcome = row.state.replace("_", " ")
     if row.state == "done":
         sent, total = spool.delivery_counts(series_uid)
@@ -122,6 +125,9 @@ class Node:
         recovered = self.spool.recover()
         if recovered["requeued"]:
             log.info("recovered after a crash: %d series queued again", recovered["requeued"])
+        rebased = self.spool.rebase_deliveries(self.config.output)
+        if rebased:
+            log.info("%d result file(s) recorded at another path found under %s", rebased, self.config.output)
         self.scp.start()
         self.worker.start()
         if self.forwarder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import ssl
 import sqlite3
@@ -10,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .spool import Spool, SpoolFull
+from ..errors import InputError
+from .spool import FINAL_STATES, Spool, SpoolFull
 
 __all__ = [
     "ScpOptions",
@@ -108,6 +110,11 @@ class StorageScp:
         # and the series each one sent (duplicates too: a whole resend ends a series' hold)
         self._received: dict[int, dict[str, int]] = {}
         self._sent: dict[int, set[str]] = {}
+        # per association: instances refused per series (0xA700: the series is held, as for an
+        # abort), and instances acknowledged but not processed (late, or a judged series sent
+        # again), each named once when the association ends
+        self._refused: dict[int, dict[str, int]] = {}
+        self._ignored: dict[int, dict[str, tuple[str, int]]] = {}
 
     def start(self) -> None:
         from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -129,12 +136,28 @@ class StorageScp:
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_RELEASED, self._on_released),
         ]
-        self._server = ae.start_server(
-            (self.options.host, self.options.port),
-            block=False,
-            ssl_context=self.options.ssl_context,
-            evt_handlers=handlers,
-        )
+        try:
+            self._server = ae.start_server(
+                (self.options.host, self.options.port),
+                block=False,
+                ssl_context=self.options.ssl_context,
+                evt_handlers=handlers,
+            )
+        except OSError as exc:  # one line naming the port, not socketserver's traceback
+            where = f"{self.options.host}:{self.options.port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise InputError(
+                    f"--port {self.options.port}: {where} is already in use (another cmrsdk serve or DICOM "
+                    "node?); stop it or choose another --port"
+                ) from exc
+            if exc.errno == errno.EACCES:
+                raise InputError(
+                    f"--port {self.options.port}: not allowed to listen on {where} (ports below 1024 need root "
+                    "or CAP_NET_BIND_SERVICE); choose a port of 1024 or more"
+                ) from exc
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise InputError(f"--host {self.options.host}: no such address on this machine") from exc
+            raise
 
     @property
     def port(self) -> int:
@@ -175,6 +198,7 @@ class StorageScp:
         with self._idle:
             received = self._received.pop(id(event.assoc), {})
             self._sent.pop(id(event.assoc), None)
+        self._report_ended(event.assoc)
         for series_uid, count in received.items():
             held = self.abort_hold_s > 0 and self.spool.mark_interrupted(series_uid)
             log.warning(
@@ -192,8 +216,51 @@ class StorageScp:
         with self._idle:
             self._received.pop(id(event.assoc), None)
             sent = self._sent.pop(id(event.assoc), set())
-        for series_uid in sent:  # a transfer that ended normally: no longer held for an abort
+        refused = self._report_ended(event.assoc)
+        for series_uid in sent - refused:  # a transfer that ended normally: no longer held for an abort
             self.spool.clear_interrupted(series_uid)
+
+    def _report_ended(self, assoc: Any) -> set[str]:
+        """One line per series of an ended association that had instances refused or not processed
+        (the sender saw 0xA700, or Success for instances dropped); returns the series refused."""
+        with self._idle:
+            refused = self._refused.pop(id(assoc), {})
+            ignored = self._ignored.pop(id(assoc), {})
+        ae = assoc.requestor.ae_title
+        for series_uid, count in refused.items():
+            row = self.spool.series(series_uid)
+            held = self.abort_hold_s > 0 and row is not None and row.state == "receiving" and row.interrupted
+            log.warning(
+                "association from AE '%s': %d instance(s) of series %s refused, out of resources (0xA700): %s",
+                ae,
+                count,
+                series_uid,
+                f"held, not segmented (part of a series gives wrong volumes), until it is sent again whole "
+                f"(it fails after {self.abort_hold_s:g} s quiet); make room (--max-spool-mb, --min-free-mb)"
+                if held
+                else "the sender must send them again once the spool has room (--max-spool-mb, --min-free-mb)",
+            )
+        for series_uid, (what, count) in ignored.items():
+            if what == "late":
+                why = (
+                    "it was judged and its instances are no longer kept (--reopen-window "
+                    f"{self.spool.reopen_window_s:g} s): its verdict stands; to have it judged with them, send it "
+                    "whole as a new series (new SeriesInstanceUID), or keep instances longer with --reopen-window"
+                )
+            else:
+                why = (
+                    f"it was {what.replace('_', ' ')} already and these SOP Instance UIDs are held: the same "
+                    "series is processed once (--status shows it); to have it judged again, send it as a new "
+                    "series (new SeriesInstanceUID and SOP Instance UIDs)"
+                )
+            log.warning(
+                "association from AE '%s': %d instance(s) of series %s acknowledged but not processed: %s",
+                ae,
+                count,
+                series_uid,
+                why,
+            )
+        return set(refused)
 
     def _on_store(self, event: Any) -> int:
         with self._idle:
@@ -240,8 +307,25 @@ class StorageScp:
             )
         if outcome == "reopened":
             log.info("series %s: a new instance after its verdict: reopened, to be judged again when quiet", series_uid)
+        if outcome == "refused":  # a series cut short is held like an aborted one, not judged on part of it
+            try:
+                self.spool.mark_refused(series_uid)
+            except sqlite3.Error:  # the queue cannot be written: the refusal is still answered and logged
+                pass
+        ignored = None
+        if outcome == "late":
+            ignored = "late"
+        elif outcome == "duplicate":  # a judged series sent again (not the rest of a held or receiving one)
+            state = self.spool.series_state(series_uid)
+            ignored = state if state in FINAL_STATES or state == "forwarding" else None
         with self._idle:
             self.counts[outcome] += 1
+            if outcome == "refused":
+                per_series = self._refused.setdefault(id(event.assoc), {})
+                per_series[series_uid] = per_series.get(series_uid, 0) + 1
+            if ignored:
+                per_assoc = self._ignored.setdefault(id(event.assoc), {})
+                per_assoc[series_uid] = (ignored, per_assoc.get(series_uid, (ignored, 0))[1] + 1)
             if outcome in ("stored", "reopened"):
                 per_series = self._received.setdefault(id(event.assoc), {})
                 per_series[series_uid] = per_series.get(series_uid, 0) + 1

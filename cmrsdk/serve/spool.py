@@ -11,14 +11,16 @@ A series moves through these states (``--status`` prints them)::
     receiving -> queued -> processing -> forwarding -> done
          \\-> set_aside (not a short-axis cine)      \\-> failed (could not be segmented)
 
-A series whose sender aborted its association stays in ``receiving``, held (``interrupted``),
-until a transfer of it ends normally; the worker fails it unsegmented after ``--abort-hold``.
+A series whose sender aborted its association, or one with instances refused for space
+(``refused``), stays in ``receiving``, held (``interrupted``), until a transfer of it ends
+normally; the worker fails it unsegmented after ``--abort-hold``.
 
 A series judged on part of its instances (a transfer cut off and resent after the series
 timeout) is judged again: an instance new to a series whose files are still in the spool
-(``reopen_window_s`` after its result or verdict, and for as long as it has failed) reopens it
-(back to ``receiving``; result files not yet forwarded are superseded, never sent), and its
-next result goes to a folder of its own (:func:`result_name`). Later ones are recorded as late.
+(``reopen_window_s`` after its result or verdict) reopens it, and any instance of a failed
+series, new or sent before, does so even after its files were released (back to ``receiving``;
+result files not yet forwarded are superseded, never sent), and its next result goes to a
+folder of its own (:func:`result_name`). Later ones are recorded as late.
 
 A short-axis cine stored one series per slice waits in ``receiving`` until its study is quiet;
 the worker then links its files into one stack folder, queued as a series of its own
@@ -85,7 +87,8 @@ CREATE TABLE IF NOT EXISTS series (
     reason TEXT,
     output TEXT,
     reopened INTEGER NOT NULL DEFAULT 0,
-    interrupted INTEGER NOT NULL DEFAULT 0
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    refused INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_uid TEXT PRIMARY KEY,
@@ -96,6 +99,8 @@ CREATE TABLE IF NOT EXISTS instances (
     purged INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
+-- the files still held: what the reopen and release scans look for, among a year of purged rows
+CREATE INDEX IF NOT EXISTS instances_kept ON instances (series_uid) WHERE purged = 0;
 CREATE TABLE IF NOT EXISTS deliveries (
     path TEXT PRIMARY KEY,
     series_uid TEXT NOT NULL,
@@ -150,6 +155,8 @@ class SeriesRow:
     reopened: int = 0
     #: 1 while its last transfer was aborted by the sender and not yet sent again (`mark_interrupted`)
     interrupted: int = 0
+    #: instances of it refused for space (0xA700) since it was last sent whole (`mark_refused`)
+    refused: int = 0
 
 
 def uid_file_name(uid: str) -> str:
@@ -182,8 +189,8 @@ class Spool:
     min_free_bytes : refuse instances when the file system has less free space than this.
     reopen_window_s : keep a finished series' files this long after its result or verdict, so
         that new instances of it (a transfer cut off and resent) reopen it (0: purge at once;
-        a failed series' files stay until it succeeds). Files so kept are released, oldest
-        first, before an instance is refused for space.
+        failed series' too: any instance of one sent again reopens it). Files so kept are
+        released, oldest first, before an instance is refused for space.
 
     Every method is thread-safe (one SQLite connection behind a lock): the SCP calls
     :meth:`store_instance` from one thread per association while the worker reads the queue.
@@ -231,6 +238,8 @@ class Spool:
             self._db.execute("ALTER TABLE series ADD COLUMN reopened INTEGER NOT NULL DEFAULT 0")
         if "interrupted" not in columns:  # a spool of 0.9.9 or before
             self._db.execute("ALTER TABLE series ADD COLUMN interrupted INTEGER NOT NULL DEFAULT 0")
+        if "refused" not in columns:  # a spool of 0.14.1 or before
+            self._db.execute("ALTER TABLE series ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.RLock()
         self._bytes = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM instances WHERE purged = 0").fetchone()[0]
         self._closed = False
@@ -309,9 +318,13 @@ class Spool:
         """
         now = time.time()
         with self._lock:
-            held = self._db.execute("SELECT series_uid FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
-        if held is not None:
-            return "duplicate" if held[0] == series_uid else "reused"
+            held = self._db.execute("SELECT series_uid, purged FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
+        if held is not None and held[0] != series_uid:
+            return "reused"
+        # a failed series sent again (a full disk, a bug since fixed) gets another try, its files kept or not
+        retried = self.series_state(series_uid) == "failed" and self._retry_failed(series_uid, now)
+        if held is not None and not (retried and held[1]):
+            return "reopened" if retried else "duplicate"
         state = self.series_state(series_uid)
         if state not in (None, "receiving", "queued", "processing") and not self.reopenable(series_uid):
             self._record_late(series_uid, sop_uid, now)
@@ -376,7 +389,25 @@ class Spool:
                 self._record_late(series_uid, sop_uid, now)
                 return "late"
             self._db.execute("COMMIT")
-        return outcome
+        return "reopened" if retried else outcome
+
+    def _retry_failed(self, series_uid: str, now: float) -> bool:
+        """Reopen a failed series for an instance of it sent again; where its files were released
+        (`purge_expired`), its instance rows go too, so that the resend is stored anew, not taken
+        for duplicates. False where it is no longer failed."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            failed = self.series_state(series_uid) == "failed"
+            if failed:
+                self._db.execute("DELETE FROM instances WHERE series_uid = ? AND purged = 1", (series_uid,))
+                self._reopen(series_uid, now, new_instances=0)
+                self._db.execute(
+                    "UPDATE series SET n_late = 0, n_instances = (SELECT COUNT(*) FROM instances WHERE series_uid = ?) "
+                    "WHERE series_uid = ?",
+                    (series_uid, series_uid),
+                )
+            self._db.execute("COMMIT")
+        return failed
 
     def reopenable(self, series_uid: str) -> bool:
         """Whether a new instance would reopen this series: its files are kept, or it is a member of a
@@ -463,13 +494,13 @@ class Spool:
             self._bytes += size
 
     def _kept_series(self, before: float | None = None) -> list[str]:
-        """Finished series (not failed) whose files are kept for a reopen, oldest verdict first;
-        with ``before``, those whose verdict came before that time."""
+        """Finished series whose files are kept for a reopen, oldest verdict first; with ``before``,
+        those whose verdict came before that time. Failed ones too (kept for good, a few of them
+        filled the spool and every new study was refused); a resend still retries them (`_retry_failed`)."""
         verdict_at = "COALESCE(result_at, finished_at, 0)"
         with self._lock:
             rows = self._db.execute(
-                f"SELECT series_uid FROM series WHERE state != 'failed' AND {_REOPENABLE} "
-                f"AND {verdict_at} <= ? ORDER BY {verdict_at}",
+                f"SELECT series_uid FROM series WHERE {_REOPENABLE} AND {verdict_at} <= ? ORDER BY {verdict_at}",
                 (float("inf") if before is None else before,),
             ).fetchall()
         return [r[0] for r in rows]
@@ -482,7 +513,7 @@ class Spool:
             needed -= self.purge_instances(series_uid)
 
     def purge_expired(self, now: float | None = None) -> list[str]:
-        """Purge the finished series whose reopen window has passed (failed ones stay); returns them."""
+        """Purge the finished series (failed ones too) whose reopen window has passed; returns them."""
         now = time.time() if now is None else now
         before = now - self.reopen_window_s
         expired = self._kept_series(before=before)
@@ -527,10 +558,23 @@ class Spool:
                 ).rowcount
             )
 
+    def mark_refused(self, series_uid: str) -> bool:
+        """An instance of this series was refused for space (0xA700): the series is cut short, so it
+        is held as after an aborted transfer (`mark_interrupted`), counting the refusals, until a
+        transfer of it ends with none refused. False where it is not receiving or queued."""
+        with self._lock:
+            return bool(
+                self._db.execute(
+                    "UPDATE series SET interrupted = 1, refused = refused + 1, state = 'receiving', queued_at = NULL "
+                    "WHERE series_uid = ? AND state IN ('receiving', 'queued')",
+                    (series_uid,),
+                ).rowcount
+            )
+
     def clear_interrupted(self, series_uid: str) -> None:
         """An association that sent instances of this series (new or already held) ended normally."""
         with self._lock:
-            self._db.execute("UPDATE series SET interrupted = 0 WHERE series_uid = ?", (series_uid,))
+            self._db.execute("UPDATE series SET interrupted = 0, refused = 0 WHERE series_uid = ?", (series_uid,))
 
     def give_up(self, series_uid: str, reason: str, *, quiet_since: float) -> bool:
         """Fail a series still receiving and quiet since ``quiet_since`` (one held after an aborted
@@ -770,6 +814,29 @@ class Spool:
                 )
             ]
 
+    def rebase_deliveries(self, output: Path) -> int:
+        """Point deliveries whose file is not where recorded at ``output/<result folder>/<file>``, where
+        it is: a spool of a node started with a relative --output, restarted from another folder (or
+        its results moved). Returns how many were found so."""
+        with self._lock:
+            rows = self._db.execute("SELECT path FROM deliveries WHERE state IN ('pending', 'sent')").fetchall()
+        moved = 0
+        for (recorded,) in rows:
+            old = Path(recorded)
+            found = Path(output) / old.parent.name / old.name  # results are always OUT/<result_name>/<file>
+            if not old.is_absolute() or not old.is_file():
+                if found.is_file() and str(found) != recorded:
+                    with self._lock:
+                        moved += self._db.execute(
+                            "UPDATE OR IGNORE deliveries SET path = ? WHERE path = ?", (str(found), recorded)
+                        ).rowcount
+        return moved
+
+    def pending_deliveries(self) -> int:
+        """Result files waiting to be forwarded, due or in back-off."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'").fetchone()[0])
+
     def next_delivery_at(self) -> float | None:
         with self._lock:
             return self._db.execute("SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'").fetchone()[0]
@@ -861,7 +928,7 @@ def read_status(directory: str | Path) -> tuple[list[SeriesRow], dict[str, tuple
     try:
         columns = _COLUMNS
         present = {r[1] for r in db.execute("PRAGMA table_info(series)")}
-        for name in ("reopened", "interrupted"):  # a spool not opened since 0.8.2 / 0.9.9
+        for name in ("reopened", "interrupted", "refused"):  # a spool not opened since 0.8.2 / 0.9.9 / 0.14.1
             if name not in present:
                 columns = columns.replace(name, "0")
         rows = [SeriesRow(*r) for r in db.execute(f"SELECT {columns} FROM series ORDER BY first_instance_at")]

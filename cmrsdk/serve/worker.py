@@ -246,9 +246,14 @@ class Worker(threading.Thread):
         quiet_since = now - self.abort_hold_s
         if max(row.last_instance_at or 0.0, row.resumed_at or 0.0) > quiet_since:
             return True
+        cut = (
+            f"{row.refused} of its instances were refused for space (0xA700, --max-spool-mb or --min-free-mb) and "
+            if row.refused
+            else f"its transfer was aborted after {row.n_instances} instance(s) and "
+        )
         reason = (
-            f"its transfer was aborted after {row.n_instances} instance(s) and not sent again within "
-            f"{self.abort_hold_s:g} s: not segmented (part of a study gives wrong volumes); send the series again whole"
+            f"{cut}not sent again within {self.abort_hold_s:g} s: not segmented (part of a study gives wrong "
+            "volumes); send the series again whole"
         )
         if self.spool.give_up(series_uid, reason, quiet_since=quiet_since):
             self.on_final(series_uid)
