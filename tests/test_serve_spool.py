@@ -397,7 +397,7 @@ def test_intake_sets_aside_a_dynamic_series(tmp_path):
         ds.save_as(f)
     verdict = judge_series(folder)
     assert not verdict.queue and verdict.reason.startswith(
-        "not a cine: its 6 images per slice position share one cardiac phase ('TriggerTime' spans 3."
+        "not a cine: its 6 images per slice position share one cardiac phase ('TriggerTime' (0018,1060) spans 3."
     )
 
 

@@ -66,6 +66,13 @@ __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SAX_WORDS = re.compile(r"(^|[^a-z])(sa|sax|short)([^a-z]|$)", re.IGNORECASE)
 
+#: a tagged cine (SPAMM, CSPAMM, grid tagging): a cine, but the tag lines are not the U-Nets' contrast
+_TAG_WORDS = re.compile(r"(^|[^a-z])(tag\w*|c?spamm|grid)([^a-z]|$)", re.IGNORECASE)
+
+#: ImageType (0008,0008) values of images that are not cine magnitude: parametric maps (T1, T2,
+#: T2* mapping) and phase-sensitive inversion recovery (late gadolinium enhancement)
+_NOT_CINE_IMAGE_TYPES = ("MAP", "T1 MAP", "T2 MAP", "T2* MAP", "T1MAP", "T2MAP", "T2STAR MAP", "PSIR")
+
 
 #: largest number of pixels a series may hold (all images), checked before pixel data is read:
 #: 1.6 GB as float32.
@@ -150,13 +157,61 @@ class SeriesSummary:
     #: the geometry is unusable
     normal: tuple[float, float, float] | None = None
     extent_mm: tuple[float, float] | None = None
+    #: span of AcquisitionTime (s) over the images of the slice position with the most; None where unknown
+    acquisition_span_s: float | None = None
+    #: ImageType (0008,0008) of its first image, upper case
+    image_type: tuple[str, ...] = ()
+
+    @property
+    def dynamic_reason(self) -> str:
+        """Why its images per position are not the phases of one heartbeat ("" where they may be):
+        perfusion or T1/T2 mapping repeat one trigger delay, step InversionTime, or go on over
+        many heartbeats (TriggerTime beyond one RR interval, AcquisitionTime over a breath-hold)."""
+        if self.n_phases < 2:
+            return ""
+        if self.inversion_steps:
+            return "its images per slice position step through 'InversionTime' (0018,0082): T1 mapping"
+        span = self.trigger_span_ms
+        if span is not None and span < MIN_CINE_SPAN_MS:
+            return (
+                f"its {self.n_phases} images per slice position share one cardiac phase ('TriggerTime' (0018,1060) "
+                f"spans {span:.1f} ms, under {MIN_CINE_SPAN_MS:.0f}): perfusion or T1/T2 mapping"
+            )
+        if span is not None and span > MAX_CINE_SPAN_MS:
+            return (
+                f"its {self.n_phases} images per slice position span {span:.0f} ms of 'TriggerTime' (0018,1060), "
+                f"more than one heartbeat ({MAX_CINE_SPAN_MS:.0f}): a dynamic series such as perfusion"
+            )
+        acquired = self.acquisition_span_s
+        if acquired is not None and acquired > MAX_CINE_ACQUISITION_S:
+            return (
+                f"its {self.n_phases} images per slice position were acquired over {acquired:.0f} s "
+                f"('AcquisitionTime' (0008,0032)), more than a breath-hold ({MAX_CINE_ACQUISITION_S:.0f} s): "
+                "a dynamic series such as perfusion"
+            )
+        return ""
 
     @property
     def is_dynamic(self) -> bool:
-        """Several images per position at one cardiac phase: perfusion or T1/T2 mapping, not a cine."""
-        if self.n_phases >= 2 and self.inversion_steps:
-            return True
-        return self.n_phases >= 2 and self.trigger_span_ms is not None and self.trigger_span_ms < MIN_CINE_SPAN_MS
+        """Several images per position that are not the phases of one heartbeat (`dynamic_reason`)."""
+        return bool(self.dynamic_reason)
+
+    @property
+    def image_type_reason(self) -> str:
+        """Why its ImageType says it is not a cine ("" where it does not): a parametric map or PSIR."""
+        found = [t for t in self.image_type if t in _NOT_CINE_IMAGE_TYPES]
+        if not found:
+            return ""
+        value = "\\".join(self.image_type)
+        return (
+            f"'ImageType' (0008,0008) is {value} ({found[0]}): a parametric map or a "
+            "phase-sensitive inversion-recovery (late enhancement) image, not a cine"
+        )
+
+    @property
+    def is_tagged(self) -> bool:
+        """Its SeriesDescription names tagging (TAG, SPAMM, GRID): ranked below an untagged cine."""
+        return bool(_TAG_WORDS.search(self.description))
 
     @property
     def is_short_axis(self) -> bool:
@@ -166,7 +221,7 @@ class SeriesSummary:
     @property
     def is_sax_cine(self) -> bool:
         """Three or more slice positions, two or more phases each, spanning the cardiac cycle."""
-        return self.n_positions >= 3 and self.n_phases >= 2 and not self.is_dynamic
+        return self.n_positions >= 3 and self.n_phases >= 2 and not self.is_dynamic and not self.image_type_reason
 
 
 def _read_header(path: Path) -> Dataset | None:
@@ -347,6 +402,13 @@ def _group_positions(images: list[_Image], by_trigger: bool = True) -> list[list
 #: (perfusion, T1/T2 mapping) repeats one trigger delay: its TriggerTime spans less than this
 MIN_CINE_SPAN_MS = 20.0
 
+#: ... or it steps TriggerTime on over many heartbeats (perfusion stamped with the time since
+#: its start): a cine spans one RR interval, at most 2,000 ms (30 beats a minute)
+MAX_CINE_SPAN_MS = 3000.0
+
+#: a cine's images of one position are acquired within one breath-hold; perfusion's over a minute
+MAX_CINE_ACQUISITION_S = 30.0
+
 #: a short-axis stack stored one series per slice needs at least this many slices to be taken as one
 MIN_SERIES_PER_STACK = 3
 
@@ -477,6 +539,23 @@ def _trigger_span(images: list[_Image]) -> float | None:
     return float(max(times) - min(times))
 
 
+def _acquisition_span(images: list[_Image]) -> float | None:
+    """Span of AcquisitionTime (s) over the images of one slice position; None where some lack it
+    or one image. A span over 12 h is one across midnight, taken the short way round."""
+    seconds = []
+    for image in images:
+        text = str(image.header.get("AcquisitionTime", "") or "").strip()
+        match = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(\.\d+)?", text)
+        if match is None:
+            return None
+        h, m, sec, frac = match.groups()
+        seconds.append(int(h) * 3600 + int(m or 0) * 60 + int(sec or 0) + float(frac or 0.0))
+    if len(seconds) < 2:
+        return None
+    span = max(seconds) - min(seconds)
+    return min(span, 86400.0 - span) if span > 43200.0 else span
+
+
 def _inversion_steps(group: list[_Image]) -> bool:
     """The images of one slice position carry two or more InversionTime values (T1 mapping)."""
     values = set()
@@ -510,13 +589,14 @@ def _summaries(
             by_series.setdefault(keys[series], []).append(image)
     result = {}
     for uid, members in by_series.items():
-        apex_cos, pixel_mm, steps, normal, extent = None, 0.0, False, None, None
+        apex_cos, pixel_mm, steps, normal, extent, acquired = None, 0.0, False, None, None, None
         try:
             if not _one_plane(members):
                 raise ReadError(members[0].path, "images in several planes")  # never preferred
             groups = _group_positions(members)
             n_positions, n_phases = len(groups), max(len(g) for g in groups)
             span = _trigger_span(max(groups, key=len))
+            acquired = _acquisition_span(max(groups, key=len))
             steps = any(_inversion_steps(g) for g in groups)
             orientation = _vector(members[0], "ImageOrientationPatient", "(0020,0037)", 6)
             cos = apex_cosine(_LPS_TO_RAS[:3, :3] @ _normal(orientation))
@@ -545,8 +625,22 @@ def _summaries(
             steps,
             normal,
             extent,
+            acquired,
+            tuple(str(v).strip().upper() for v in _image_type(header)),
         )
     return result
+
+
+def _image_type(header: Dataset) -> list[str]:
+    """ImageType (0008,0008) values of a header, [] where absent or unreadable."""
+    try:
+        value = header.get("ImageType")
+    except Exception:  # a malformed value must not stop the scan
+        return []
+    if value is None:
+        return []
+    # one value reads as a str, several as a MultiValue
+    return [str(value)] if isinstance(value, str) else [str(v) for v in value]
 
 
 def scan_dicom_series(path: str | Path) -> list[SeriesSummary]:
@@ -558,7 +652,7 @@ def scan_dicom_series(path: str | Path) -> list[SeriesSummary]:
     return sorted(summaries, key=_preference, reverse=True)
 
 
-def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, int, float, bool, bool, int, int]:
+def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, bool, bool, int, float, bool, bool, int, int]:
     # coverage before the name (a 3-slice repeat named "SAX" beside a full cine named "FIESTA"); one
     # series before a stack of series when both cover as much; of two complete cines alike, the
     # later acquisition (a cine is repeated when the first was not usable)
@@ -566,6 +660,8 @@ def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, int, float, b
         s.n_positions >= 3,
         s.n_phases >= 2,
         not s.is_dynamic,
+        not s.image_type_reason,
+        not s.is_tagged,
         s.is_short_axis,
         s.n_positions,
         -round(s.pixel_mm, 1),
@@ -937,14 +1033,19 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         chosen = series_uid
     else:
         raise ReadError(path, f"series_uid '{series_uid}' not found; series present: {sorted(summaries)}")
-    if summaries[chosen].is_dynamic:
-        summary = summaries[chosen]
+    summary = summaries[chosen]
+    why = summary.dynamic_reason or summary.image_type_reason
+    if why:
         raise ReadError(
-            path,
-            f"series {chosen} ('{summary.description}') is not a cine: its {summary.n_phases} images per slice "
-            f"position share one cardiac phase ('TriggerTime' (0018,1060) spans {summary.trigger_span_ms:.1f} ms, "
-            f"under {MIN_CINE_SPAN_MS:.0f}): a dynamic series such as perfusion or T1/T2 mapping; cmrsdk "
-            "segments short-axis cine",
+            path, f"series {chosen} ('{summary.description}') is not a cine: {why}; cmrsdk segments short-axis cine"
+        )
+    if summary.is_tagged:
+        warnings.warn(
+            CmrWarning(
+                f"{path}: series {chosen} ('{summary.description}') is named a tagged cine: the tag lines are not the "
+                "contrast the U-Nets learnt; check every contour"
+            ),
+            stacklevel=2,
         )
     # a series named alone is read whole; a stack leaves out the earlier images of a repeated slice
     members = [

@@ -114,14 +114,9 @@ def judge_series(folder: Path) -> SeriesVerdict:
         return SeriesVerdict(False, f"not a short-axis stack: {slices} slice position(s)", phases, slices, part)
     if phases < 2:
         return SeriesVerdict(False, f"not a cine: {phases} phase per slice position", phases, slices)
-    if best.is_dynamic:
-        return SeriesVerdict(
-            False,
-            f"not a cine: its {phases} images per slice position share one cardiac phase ('TriggerTime' spans "
-            f"{best.trigger_span_ms:.1f} ms): perfusion or T1/T2 mapping",
-            phases,
-            slices,
-        )
+    why = best.dynamic_reason or best.image_type_reason
+    if why:  # perfusion, mapping, PSIR: refused by the reader too (cmrsdk.io.dicom)
+        return SeriesVerdict(False, f"not a cine: {why}", phases, slices)
     extent = best.extent_mm
     part = best.is_short_axis and extent is not None and abs(extent[1] - extent[0]) < PART_SPAN_MM
     return SeriesVerdict(True, None, phases, slices, part)
