@@ -107,3 +107,25 @@ def test_the_node_sets_them_aside_saying_why(cine: Path, tmp_path: Path) -> None
     mapped = judge_series(_edited(cine, tmp_path / "t2map", t2_map))
     assert not mapped.queue and "'ImageType' (0008,0008) is DERIVED\\PRIMARY\\MAP\\T2 MAP (MAP)" in mapped.reason
     assert judge_series(cine).queue
+
+
+def test_late_enhancement_as_an_enhanced_mr_file_is_refused(cine: Path, tmp_path: Path) -> None:
+    """Classic LGE (one phase, InversionTime 300) was refused, but converted to a Legacy Converted
+    Enhanced MR its inversion time sat in the converted attributes and it was measured (LV 217.3 mL)."""
+    from _enhanced import legacy_converted
+
+    one_phase = sorted(cine.glob("000_*.dcm"))  # phase 0: every slice, one phase
+
+    def lge(ds, i):
+        ds.InversionTime = 300.0
+
+    classic = _edited(cine, tmp_path / "classic", lge)
+    for path in classic.glob("*.dcm"):
+        if not path.name.startswith("000_"):
+            path.unlink()
+    with pytest.raises(ReadError, match="one phase with 'InversionTime' \\(0018,0082\\) 300 ms"):
+        read_dicom_study(classic)
+    enhanced = legacy_converted(sorted(classic.glob("*.dcm")), tmp_path / "enhanced" / "lge.dcm")
+    assert len(one_phase) == len(list(classic.glob("*.dcm")))
+    with pytest.raises(ReadError, match="one phase with 'InversionTime' \\(0018,0082\\) 300 ms"):
+        read_dicom_study(enhanced.parent)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from ..errors import ReadError
@@ -51,6 +52,13 @@ _TIMING = (
     ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
     ("UnassignedPerFrameConvertedAttributesSequence", "TriggerTime"),
     ("UnassignedSharedConvertedAttributesSequence", "TriggerTime"),
+)
+#: where a frame's inversion time (ms) is kept: Enhanced MR (the first of InversionTimes), then
+#: Legacy Converted; a one-phase image with one is late enhancement, refused by the reader
+_INVERSION = (
+    ("MRModifierSequence", "InversionTimes"),
+    ("UnassignedPerFrameConvertedAttributesSequence", "InversionTime"),
+    ("UnassignedSharedConvertedAttributesSequence", "InversionTime"),
 )
 #: attributes of the whole file a frame's header must not carry over (they describe all frames)
 _FILE_ONLY = (_PER_FRAME, _SHARED, "NumberOfFrames", "DimensionIndexSequence", "DimensionOrganizationSequence")
@@ -92,7 +100,7 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
     ``NumberOfFrames`` Datasets in frame order: the file's own attributes (patient, study,
     series, Rows, Columns) with each frame's ImagePositionPatient, ImageOrientationPatient,
     PixelSpacing, SliceThickness, SpacingBetweenSlices, RescaleSlope and RescaleIntercept from its
-    functional groups, TriggerTime (ms) where the file gives one, InstanceNumber set to the
+    functional groups, TriggerTime and InversionTime (ms) where the file gives them, InstanceNumber set to the
     frame's TemporalPositionIndex (its frame number, 1-based, where absent) as the phase order of
     last resort, StackID where the frames belong to more than one stack, and
     ComplexImageComponent where the file says what each frame holds (MAGNITUDE, PHASE, ...).
@@ -144,6 +152,17 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
             _replace(frame, "TriggerTime", trigger)
         elif "TriggerTime" in frame and n_frames > 1:
             del frame.TriggerTime  # one value for the whole file times no frame
+        inversion = next(
+            (
+                value
+                for sequence, keyword in _INVERSION
+                if (value := _lookup(group, shared, sequence, keyword)) is not None
+            ),
+            None,
+        )
+        if inversion is not None:  # InversionTimes is multi-valued: its first is the frame's
+            first = inversion[0] if isinstance(inversion, (list, tuple, MultiValue)) else inversion
+            _replace(frame, "InversionTime", first)
         temporal = _lookup(group, None, "FrameContentSequence", "TemporalPositionIndex")
         _replace(frame, "InstanceNumber", temporal if isinstance(temporal, int) else index + 1)
         component = _lookup(group, shared, "MRImageFrameTypeSequence", "ComplexImageComponent")
