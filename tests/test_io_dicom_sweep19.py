@@ -129,3 +129,21 @@ def test_late_enhancement_as_an_enhanced_mr_file_is_refused(cine: Path, tmp_path
     assert len(one_phase) == len(list(classic.glob("*.dcm")))
     with pytest.raises(ReadError, match="one phase with 'InversionTime' \\(0018,0082\\) 300 ms"):
         read_dicom_study(enhanced.parent)
+
+
+def test_a_stack_that_is_not_short_axis_is_said_and_set_aside(cine: Path, tmp_path: Path) -> None:
+    """An axial cine stack was segmented and its volumes sent by the node (LVEDV 139.7 mL in the SR)."""
+    from cmrsdk.serve.worker import judge_series
+
+    names = sorted(p.name for p in cine.glob("*.dcm"))
+
+    def axial(ds, i):
+        z = int(names[i].split("_")[1].split(".")[0])
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.ImagePositionPatient = [-100.0, -100.0, 10.0 * z]
+
+    folder = _edited(cine, tmp_path / "axial", axial)
+    verdict = judge_series(folder)
+    assert not verdict.queue and verdict.reason.startswith("not a short-axis stack: its slice normal lies 55 degrees")
+    with pytest.warns(CmrWarning, match="is not a short-axis stack: its slice normal lies 55 degrees"):
+        read_dicom_study(folder)

@@ -42,6 +42,7 @@ DICOM as it comes
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -1038,6 +1039,16 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     if why:
         raise ReadError(
             path, f"series {chosen} ('{summary.description}') is not a cine: {why}; cmrsdk segments short-axis cine"
+        )
+    if summary.apex_cos is not None and not summary.is_short_axis:
+        angle = math.degrees(math.acos(min(1.0, summary.apex_cos)))
+        warnings.warn(
+            CmrWarning(
+                f"{path}: series {chosen} ('{summary.description}') is not a short-axis stack: its slice normal lies "
+                f"{angle:.0f} degrees from the heart's usual long axis (over 46): its volumes are not a short-axis "
+                "stack's; check the picture"
+            ),
+            stacklevel=2,
         )
     if summary.is_tagged:
         warnings.warn(

@@ -8,6 +8,7 @@ result or does not exist; a series killed mid-segmentation is segmented again af
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 import time
@@ -117,6 +118,16 @@ def judge_series(folder: Path) -> SeriesVerdict:
     why = best.dynamic_reason or best.image_type_reason
     if why:  # perfusion, mapping, PSIR: refused by the reader too (cmrsdk.io.dicom)
         return SeriesVerdict(False, f"not a cine: {why}", phases, slices)
+    if best.apex_cos is not None and not best.is_short_axis:
+        # an axial or coronal stack, a long-axis set: segmented, it sent volumes of no short-axis stack
+        angle = math.degrees(math.acos(min(1.0, best.apex_cos)))
+        return SeriesVerdict(
+            False,
+            f"not a short-axis stack: its slice normal lies {angle:.0f} degrees from the heart's usual long axis "
+            "(over 46; 'ImageOrientationPatient' (0020,0037)); cmrsdk segment --series reads it where it is one",
+            phases,
+            slices,
+        )
     extent = best.extent_mm
     part = best.is_short_axis and extent is not None and abs(extent[1] - extent[0]) < PART_SPAN_MM
     return SeriesVerdict(True, None, phases, slices, part)
