@@ -17,6 +17,20 @@ from ..errors import BackendUnavailableError, CmrError, InputError
 __all__ = ["add_serve_parser", "run_serve", "add_retrieve_parser", "run_retrieve"]
 
 
+class _OutageFilter(logging.Filter):
+    """Drops pynetdicom's lines for a peer that cannot be reached (and the TLS traceback after them)."""
+
+    PREFIXES = ("Association request failed", "TCP Initialisation Error")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.funcName == "connect":  # LOGGER.exception(exc) of a TLS failure
+            return False
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+_OUTAGE_LINES = _OutageFilter()
+
+
 def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
@@ -190,11 +204,18 @@ def run_serve(args: argparse.Namespace) -> int:
     # highdicom every copied module: the node's log is one line per series and what needs a person.
     # pydicom logs a frame it cannot decode as an ERROR with its traceback before it raises: the
     # series' failure line gives the reason, so only its CRITICAL lines pass
-    # pynetdicom's ERROR lines repeat, each forwarding attempt, what the node's own back-off line says
-    # once (a PACS outage flooded the log): they pass with --log-level DEBUG only
-    quiet_net = logging.DEBUG if args.log_level == "DEBUG" else logging.CRITICAL
-    for noisy, level in (("pynetdicom", quiet_net), ("pydicom", logging.CRITICAL), ("highdicom", logging.ERROR)):
+    # pynetdicom's connection failures repeat, each forwarding attempt, what the node's own back-off
+    # line says once (a PACS outage flooded the log): they pass with --log-level DEBUG only. Its other
+    # ERROR lines pass: an exception in the node's C-STORE handler is answered 0xC211 and said only there
+    debug = args.log_level == "DEBUG"
+    for noisy, level in (
+        ("pynetdicom", logging.DEBUG if debug else logging.ERROR),
+        ("pydicom", logging.CRITICAL),
+        ("highdicom", logging.ERROR),
+    ):
         logging.getLogger(noisy).setLevel(level)
+    transport = logging.getLogger("pynetdicom.transport")  # a logger's filter sees only its own records
+    (transport.removeFilter if debug else transport.addFilter)(_OUTAGE_LINES)
     warnings.filterwarnings("ignore", module=r"(pydicom|highdicom|pynetdicom)(\..*)?$")
     ssl_context = (
         _tls(lambda: tls_context(args.tls_cert, args.tls_key, args.tls_ca), "--tls-cert, --tls-key, --tls-ca")

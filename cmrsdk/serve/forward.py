@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import ssl
@@ -137,15 +138,20 @@ class Forwarder(threading.Thread):
                 sop_class, syntax = _context_of(Path(path))
             except Exception as exc:  # a result that vanished (deleted, or recorded relative to another cwd)
                 why = f"cannot be read ({getattr(exc, 'strerror', None) or type(exc).__name__})"
-                if attempts == 0:  # said once; given up after max_attempts like a refusal
+                # gone, or not a DICOM file: given up after max_attempts like a refusal; any other
+                # OSError (EIO, ESTALE on a network share, EACCES) may pass: retried for good
+                gone = not isinstance(exc, OSError) or exc.errno == errno.ENOENT
+                if attempts == 0:  # said once
                     log.warning(
-                        "forward to %s: result file %s %s; tried %d times in all, then not forwarded",
+                        "forward to %s: result file %s %s; %s",
                         self.destination,
                         path,
                         why,
-                        self.max_attempts,
+                        f"tried {self.max_attempts} times in all, then not forwarded"
+                        if gone
+                        else "retrying with back-off",
                     )
-                self._failed(path, why, attempts, True, quiet=True, unreadable=True)
+                self._failed(path, why, attempts, gone, quiet=True, unreadable=True)
                 continue
             contexts.setdefault(sop_class, set()).add(syntax)
             readable.append((path, series_uid, attempts))

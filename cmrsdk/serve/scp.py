@@ -217,8 +217,10 @@ class StorageScp:
             self._received.pop(id(event.assoc), None)
             sent = self._sent.pop(id(event.assoc), set())
         refused = self._report_ended(event.assoc)
-        for series_uid in sent - refused:  # a transfer that ended normally: no longer held for an abort
-            self.spool.clear_interrupted(series_uid)
+        with self._idle:  # held still for the instances another open association had refused
+            refused |= {uid for per_series in self._refused.values() for uid in per_series}
+            for series_uid in sent - refused:  # a transfer that ended normally: no longer held for an abort
+                self.spool.clear_interrupted(series_uid)
 
     def _report_ended(self, assoc: Any) -> set[str]:
         """One line per series of an ended association that had instances refused or not processed
@@ -307,11 +309,6 @@ class StorageScp:
             )
         if outcome == "reopened":
             log.info("series %s: a new instance after its verdict: reopened, to be judged again when quiet", series_uid)
-        if outcome == "refused":  # a series cut short is held like an aborted one, not judged on part of it
-            try:
-                self.spool.mark_refused(series_uid)
-            except sqlite3.Error:  # the queue cannot be written: the refusal is still answered and logged
-                pass
         ignored = None
         if outcome == "late":
             ignored = "late"
@@ -323,6 +320,14 @@ class StorageScp:
             if outcome == "refused":
                 per_series = self._refused.setdefault(id(event.assoc), {})
                 per_series[series_uid] = per_series.get(series_uid, 0) + 1
+                # a series cut short is held like an aborted one, not judged on part of it (unless
+                # holds are off: a series all refused would be a row without instances, set aside);
+                # marked with the refusal noted, so that no parallel release clears it in between
+                try:
+                    if self.abort_hold_s > 0:
+                        self.spool.mark_refused(series_uid, calling_ae=str(event.assoc.requestor.ae_title))
+                except sqlite3.Error:  # the queue cannot be written: the refusal is still answered and logged
+                    pass
             if ignored:
                 per_assoc = self._ignored.setdefault(id(event.assoc), {})
                 per_assoc[series_uid] = (ignored, per_assoc.get(series_uid, (ignored, 0))[1] + 1)

@@ -47,6 +47,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -116,6 +117,9 @@ CREATE INDEX IF NOT EXISTS deliveries_series ON deliveries (series_uid);
 _UNSAFE = re.compile(r"[^0-9A-Za-z.]")
 #: when a receiving series last showed life: its last instance, or the node's restart after it
 _QUIET_SINCE = "MAX(last_instance_at, COALESCE(resumed_at, 0))"
+#: the states of a stack whose folder of links is released after the reopen window (failed
+#: ones too: a slice short of a phase fails, and its links held the members' files for good)
+_STACK_RELEASED = ("done", "forwarding", "set_aside", "failed")
 #: a series whose verdict may still be revised: its files are kept (stack members' never are)
 _REOPENABLE = (
     "state IN ('done', 'forwarding', 'set_aside', 'failed') AND COALESCE(reason, '') NOT LIKE 'stacked into %' "
@@ -287,6 +291,20 @@ class Spool:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction under the lock, committed, or rolled back on any exception: the
+        connection is shared, and one left open (a full disk mid-way) made every later BEGIN fail."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # a failed COMMIT may have ended it already
+                    self._db.execute("ROLLBACK")
+                raise
+
     # ---- receiving ----------------------------------------------------------------------
     def has_instance(self, sop_uid: str) -> bool:
         with self._lock:
@@ -317,19 +335,26 @@ class Spool:
         SpoolFull : the size limit or the disk's free space would be exceeded (nothing is written).
         """
         now = time.time()
+        # one hold of the lock from the state read to the retry: a parallel resend's retry of a
+        # failed series deletes its purged rows, and a row read before it was taken for a duplicate
         with self._lock:
+            state = self.series_state(series_uid)
             held = self._db.execute("SELECT series_uid, purged FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
-        if held is not None and held[0] != series_uid:
-            return "reused"
-        # a failed series sent again (a full disk, a bug since fixed) gets another try, its files kept or not
-        retried = self.series_state(series_uid) == "failed" and self._retry_failed(series_uid, now)
-        if held is not None and not (retried and held[1]):
-            return "reopened" if retried else "duplicate"
-        state = self.series_state(series_uid)
-        if state not in (None, "receiving", "queued", "processing") and not self.reopenable(series_uid):
-            self._record_late(series_uid, sop_uid, now)
-            return "late"
-        self._reserve(len(data))
+            if held is not None and held[0] != series_uid:
+                return "reused"
+            # a failed series sent again (a full disk, a bug since fixed) gets another try, its files kept or not
+            failed = state == "failed"
+            if held is not None and not (failed and held[1]):
+                return "reopened" if failed and self._retry_failed(series_uid, now) else "duplicate"
+            if (
+                not failed
+                and state not in (None, "receiving", "queued", "processing")
+                and not self.reopenable(series_uid)
+            ):
+                self._record_late(series_uid, sop_uid, now)
+                return "late"
+            self._reserve(len(data))  # before the retry: a resend refused for space leaves the failure as it was
+            retried = failed and self._retry_failed(series_uid, now)
         folder = self.directory / "instances" / uid_file_name(series_uid)
         target = folder / f"{uid_file_name(sop_uid)}.dcm"
         temporary = folder / f".{target.name}.{threading.get_ident()}.tmp"
@@ -348,14 +373,13 @@ class Spool:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull(f"spool {self.directory}: disk full writing {target.name} ({exc.strerror})") from exc
             raise
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        late = False
+        with self._transaction():
             inserted = self._db.execute(
                 "INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at) VALUES (?, ?, ?, ?, ?)",
                 (sop_uid, series_uid, str(target.relative_to(self.directory)), len(data), now),
             ).rowcount
             if not inserted:  # the same instance on two associations at once: the other one won
-                self._db.execute("COMMIT")
                 self._bytes -= len(data)
                 return "duplicate"
             state = self.series_state(series_uid)
@@ -383,20 +407,20 @@ class Spool:
                 outcome = "reopened"
             else:  # its files (or its stack's) were purged while this one was written: late after all
                 self._db.execute("DELETE FROM instances WHERE sop_uid = ?", (sop_uid,))
-                self._db.execute("COMMIT")
-                target.unlink(missing_ok=True)
+                late = True
+        if late:
+            target.unlink(missing_ok=True)
+            with self._lock:
                 self._bytes -= len(data)
-                self._record_late(series_uid, sop_uid, now)
-                return "late"
-            self._db.execute("COMMIT")
+            self._record_late(series_uid, sop_uid, now)
+            return "late"
         return "reopened" if retried else outcome
 
     def _retry_failed(self, series_uid: str, now: float) -> bool:
         """Reopen a failed series for an instance of it sent again; where its files were released
         (`purge_expired`), its instance rows go too, so that the resend is stored anew, not taken
         for duplicates. False where it is no longer failed."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             failed = self.series_state(series_uid) == "failed"
             if failed:
                 self._db.execute("DELETE FROM instances WHERE series_uid = ? AND purged = 1", (series_uid,))
@@ -406,7 +430,6 @@ class Spool:
                     "WHERE series_uid = ?",
                     (series_uid, series_uid),
                 )
-            self._db.execute("COMMIT")
         return failed
 
     def reopenable(self, series_uid: str) -> bool:
@@ -461,15 +484,13 @@ class Spool:
         )
 
     def _record_late(self, series_uid: str, sop_uid: str, now: float) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             self._db.execute(
                 "INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at, purged) "
                 "VALUES (?, ?, '', 0, ?, 1)",
                 (sop_uid, series_uid, now),
             )
             self._db.execute("UPDATE series SET n_late = n_late + 1 WHERE series_uid = ?", (series_uid,))
-            self._db.execute("COMMIT")
 
     def _reserve(self, size: int) -> None:
         with self._lock:
@@ -513,18 +534,30 @@ class Spool:
             needed -= self.purge_instances(series_uid)
 
     def purge_expired(self, now: float | None = None) -> list[str]:
-        """Purge the finished series (failed ones too) whose reopen window has passed; returns them."""
+        """Purge the finished series (failed ones and stacks too) whose reopen window has passed; returns them."""
         now = time.time() if now is None else now
         before = now - self.reopen_window_s
-        expired = self._kept_series(before=before)
-        expired += [  # stacks: their files are links, without rows of their own
-            r.series_uid
-            for r in self.kept_stacks()
-            if r.state in ("done", "forwarding", "set_aside") and (r.result_at or r.finished_at or 0) <= before
-        ]
-        for series_uid in expired:
-            self.purge_instances(series_uid)
-        return expired
+        verdict_at = "COALESCE(result_at, finished_at, 0)"
+        # one hold of the lock, each series checked again before its files go: a resend between
+        # the listing and the purge reopened a series whose files (its new one too) were deleted
+        with self._lock:
+            expired = self._kept_series(before=before)
+            expired += [  # stacks: their files are links, without rows of their own
+                r.series_uid
+                for r in self.kept_stacks()
+                if r.state in _STACK_RELEASED and (r.result_at or r.finished_at or 0) <= before
+            ]
+            purged = []
+            for series_uid in expired:
+                still = self._db.execute(
+                    f"SELECT 1 FROM series WHERE series_uid = ? AND {verdict_at} <= ? AND ({_REOPENABLE} OR "
+                    f"(series_uid LIKE 'stack.%' AND state IN ({', '.join('?' * len(_STACK_RELEASED))})))",
+                    (series_uid, before, *_STACK_RELEASED),
+                ).fetchone()
+                if still:
+                    self.purge_instances(series_uid)
+                    purged.append(series_uid)
+        return purged
 
     @property
     def bytes_held(self) -> int:
@@ -558,16 +591,21 @@ class Spool:
                 ).rowcount
             )
 
-    def mark_refused(self, series_uid: str) -> bool:
+    def mark_refused(self, series_uid: str, *, calling_ae: str = "") -> bool:
         """An instance of this series was refused for space (0xA700): the series is cut short, so it
         is held as after an aborted transfer (`mark_interrupted`), counting the refusals, until a
-        transfer of it ends with none refused. False where it is not receiving or queued."""
+        transfer of it ends with none refused. A series new to the spool gets its row here (its first
+        instances refused, the rest stored: judged on part of it otherwise). False where it is not
+        receiving or queued."""
+        now = time.time()
         with self._lock:
             return bool(
                 self._db.execute(
-                    "UPDATE series SET interrupted = 1, refused = refused + 1, state = 'receiving', queued_at = NULL "
-                    "WHERE series_uid = ? AND state IN ('receiving', 'queued')",
-                    (series_uid,),
+                    "INSERT INTO series (series_uid, state, calling_ae, first_instance_at, last_instance_at, "
+                    "interrupted, refused) VALUES (?, 'receiving', ?, ?, ?, 1, 1) ON CONFLICT (series_uid) DO UPDATE "
+                    "SET interrupted = 1, refused = refused + 1, state = 'receiving', queued_at = NULL "
+                    "WHERE state IN ('receiving', 'queued')",
+                    (series_uid, calling_ae, now, now),
                 ).rowcount
             )
 
@@ -601,8 +639,7 @@ class Spool:
         quiet_since: float,
     ) -> bool:
         """Queue a quiet series (or set it aside with ``reason``); False when an instance came meanwhile."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             changed = self._db.execute(
                 "UPDATE series SET state = ?, queued_at = ?, phases = ?, slices = ?, reason = ?, "
                 "finished_at = CASE WHEN ? THEN NULL ELSE ? END "
@@ -619,7 +656,6 @@ class Spool:
                     quiet_since,
                 ),
             ).rowcount
-            self._db.execute("COMMIT")
         return bool(changed)
 
     def queue_stack(
@@ -646,8 +682,7 @@ class Spool:
         def marks(uids: list[str] | tuple[str, ...]) -> str:
             return ", ".join("?" * len(uids))
 
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             receiving = self._db.execute(
                 f"SELECT COUNT(*) FROM series WHERE state = 'receiving' AND series_uid IN ({marks(members)})", members
             ).fetchone()[0]
@@ -656,7 +691,6 @@ class Spool:
                 (f"stacked into {previous}", *restacked),
             ).fetchone()[0]
             if receiving != len(members) or still_stacked != len(restacked):
-                self._db.execute("COMMIT")
                 return False
             reason = f"a stack of {len(everyone)} one-slice series"
             if previous:
@@ -682,7 +716,6 @@ class Spool:
                 self._db.execute(
                     "UPDATE deliveries SET state = 'superseded' WHERE series_uid = ? AND state = 'pending'", (previous,)
                 )
-            self._db.execute("COMMIT")
         return True
 
     def kept_stacks(self) -> list[SeriesRow]:
@@ -695,8 +728,7 @@ class Spool:
 
     def next_queued(self) -> str | None:
         """Move the oldest queued series to ``processing`` and return it (None when the queue is empty)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             row = self._db.execute(
                 "SELECT series_uid FROM series WHERE state = 'queued' ORDER BY queued_at, rowid LIMIT 1"
             ).fetchone()
@@ -704,7 +736,6 @@ class Spool:
                 self._db.execute(
                     "UPDATE series SET state = 'processing', started_at = ? WHERE series_uid = ?", (time.time(), row[0])
                 )
-            self._db.execute("COMMIT")
         return row[0] if row else None
 
     def _grown_while_processing(self, series_uid: str) -> bool:
@@ -738,8 +769,7 @@ class Spool:
         ``withdrawn``: earlier results its rejection note withdraws (`sent_and_superseded`)."""
         state = "forwarding" if deliveries else "done"
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             grown = self._grown_while_processing(series_uid)
             for sent in () if grown else withdrawn:  # grown: the next judgement's note withdraws them
                 self._db.execute("UPDATE deliveries SET state = 'withdrawn' WHERE path = ? AND state = 'sent'", (sent,))
@@ -755,15 +785,13 @@ class Spool:
             if grown:
                 self._reopen(series_uid, now, new_instances=0)
                 state = "receiving"
-            self._db.execute("COMMIT")
         return state
 
     def mark_failed(self, series_uid: str, reason: str) -> str:
         """Record a failure; returns the new state: ``receiving`` where instances arrived while it was
         segmented (it is judged again with them), else ``failed``."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             grown = self._grown_while_processing(series_uid)
             self._db.execute(
                 "UPDATE series SET state = 'failed', reason = ?, finished_at = ? WHERE series_uid = ?",
@@ -771,7 +799,6 @@ class Spool:
             )
             if grown:
                 self._reopen(series_uid, now, new_instances=0)
-            self._db.execute("COMMIT")
         return "receiving" if grown else "failed"
 
     def set_shape(self, series_uid: str, phases: int, slices: int) -> None:
@@ -862,8 +889,7 @@ class Spool:
         """A pending delivery sent or given up; the last one of its series ends the series
         (``done``, naming the files not forwarded). Returns the series UID when it ended."""
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             row = self._db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, "
                 "sent_at = CASE WHEN ? = 'sent' THEN ? ELSE sent_at END, last_error = COALESCE(?, last_error) "
@@ -884,7 +910,6 @@ class Spool:
                         (now, f"{failed} result file(s) not forwarded: {why[:300]}" if failed else None, row[0]),
                     )
                     finished = row[0]
-            self._db.execute("COMMIT")
         return finished
 
     # ---- reading ----------------------------------------------------------------------------
@@ -953,7 +978,8 @@ def format_status(rows: list[SeriesRow], deliveries: dict[str, tuple[int, int]])
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.last_instance_at)) if r.last_instance_at else "-"
         extra = f"  ({r.reason})" if r.reason else ""
         if r.interrupted and r.state == "receiving":
-            extra += "  (held: its transfer was aborted; waiting for it to be sent again)"
+            cut = f"{r.refused} instance(s) refused for space" if r.refused else "its transfer was aborted"
+            extra += f"  (held: {cut}; waiting for it to be sent again)"
         late = (f" +{r.n_late} late" if r.n_late else "") + (f" (judged {r.reopened + 1} times)" if r.reopened else "")
         yield (
             f"{r.state:<11} {r.n_instances:>9} {shape:>15} {f'{sent}/{total}':>9}  {last:<19}  "
