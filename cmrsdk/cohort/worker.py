@@ -155,20 +155,27 @@ def code_sha256() -> str:
     return digest.hexdigest()
 
 
+def _study_files(source: Path) -> list[Path] | None:
+    """A study's files: the file itself, or a folder's files (hidden ones left out), sorted; None
+    where the source is neither."""
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        return sorted(
+            p
+            for p in source.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+        )
+    return None
+
+
 def inputs_fingerprint(study: StudySource) -> str:
     """What says a study's inputs are those of an earlier run: its files' relative paths, sizes and
     modification times (hidden ones left out, as `content_sha256` leaves them) and the study
     list's values; "missing" where the source is gone. Costs a stat per file, not a read."""
     source = Path(study.source)
-    if source.is_file():
-        files = [source]
-    elif source.is_dir():
-        files = sorted(
-            p
-            for p in source.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
-        )
-    else:
+    files = _study_files(source)
+    if files is None:
         return "missing"
     digest = hashlib.sha256(repr((study.height_cm, study.weight_kg, study.heart_rate_bpm)).encode())
     for path in files:
@@ -191,15 +198,8 @@ def content_sha256(source: Path) -> str | None:
     worker, beside a segmentation of seconds.
     """
     try:
-        if source.is_file():
-            files = [source]
-        elif source.is_dir():
-            files = sorted(
-                p
-                for p in source.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
-            )
-        else:
+        files = _study_files(source)
+        if files is None:
             return None
         digests = []
         for path in files:
