@@ -240,3 +240,34 @@ def sunnybrook_files(source: Path) -> list[Path]:
     """A Sunnybrook series' files as the archive holds them (invalid dates, a frame of reference per
     image, UIDs with leading zeros), sorted by file number: what a real PACS would send."""
     return sorted(Path(source).glob("*.dcm"), key=lambda p: int(p.stem))
+
+
+def serve_parser_with_fake_node(monkeypatch, tmp_path: Path) -> tuple[Any, list[Any]]:
+    """`cmrsdk serve`'s argument parser, with `Node` replaced by one that records its config and
+    returns at once (run in ``tmp_path``): what `command.run_serve` sets up, without a node.
+
+    Returns the parser (``parser.parse_args(["serve", ...])``) and the list of configs recorded."""
+    import argparse
+
+    from cmrsdk.serve import command, node
+
+    configs: list[Any] = []
+
+    class FakeNode:
+        def __init__(self, config):
+            configs.append(config)
+
+        def install_signal_handlers(self):
+            pass
+
+        def start(self):
+            pass
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(node, "Node", FakeNode)
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    command.add_serve_parser(parser.add_subparsers(), "bundle")
+    return parser, configs

@@ -4,7 +4,6 @@ stacks kept for good, a transaction left open, and the minor ones (runs/review20
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
@@ -153,28 +152,14 @@ def test_an_exception_in_the_store_handler_is_logged_and_outage_lines_are_not(tm
     from pynetdicom import AE
     from pynetdicom.sop_class import MRImageStorage
 
+    from _dicom_node import serve_parser_with_fake_node
+
     from cmrsdk.io import write_dicom_series
-    from cmrsdk.serve import command, node
+    from cmrsdk.serve import command
     from cmrsdk.serve.scp import ScpOptions, StorageScp
     from cmrsdk.synth import synthetic_study
 
-    class FakeNode:
-        def __init__(self, config):
-            pass
-
-        def install_signal_handlers(self):
-            pass
-
-        def start(self):
-            pass
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(node, "Node", FakeNode)
-    monkeypatch.chdir(tmp_path)
-    parser = argparse.ArgumentParser()
-    command.add_serve_parser(parser.add_subparsers(), "bundle")
+    parser, _ = serve_parser_with_fake_node(monkeypatch, tmp_path)
     transport = logging.getLogger("pynetdicom.transport")
     levels = {name: logging.getLogger(name).level for name in ("pynetdicom", "pydicom", "highdicom")}
     files = write_dicom_series(tmp_path / "series", synthetic_study(seed=0, n_slices=3, shape=(32, 32), n_phases=2))

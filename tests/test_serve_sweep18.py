@@ -4,7 +4,6 @@ series holding the spool, and the spool's history (runs/redteam18)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import socket
 import subprocess
@@ -134,27 +133,11 @@ def test_an_unreadable_result_file_is_said_once_and_given_up_after_its_attempts(
 def test_serve_records_its_folders_as_absolute_paths_and_quiets_pynetdicom(tmp_path, monkeypatch):
     """Relative --spool/--output are resolved at start: a restart from another folder finds the
     results recorded; pynetdicom's per-attempt ERROR lines pass only with --log-level DEBUG."""
-    from cmrsdk.serve import command, node
+    from _dicom_node import serve_parser_with_fake_node
 
-    configs = []
+    from cmrsdk.serve import command
 
-    class FakeNode:
-        def __init__(self, config):
-            configs.append(config)
-
-        def install_signal_handlers(self):
-            pass
-
-        def start(self):
-            pass
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(node, "Node", FakeNode)
-    monkeypatch.chdir(tmp_path)
-    parser = argparse.ArgumentParser()
-    command.add_serve_parser(parser.add_subparsers(), "bundle")
+    parser, configs = serve_parser_with_fake_node(monkeypatch, tmp_path)
     levels = {name: logging.getLogger(name).level for name in ("pynetdicom", "pydicom", "highdicom")}
     try:
         for level, expected in (("INFO", logging.ERROR), ("DEBUG", logging.DEBUG)):
