@@ -40,6 +40,12 @@ anisotropy     0.3          Y / X aspect uniform in [0.8, 1.25] (area kept)
 elastic        0.3          smooth displacement, up to 4 px (4 x 4 control grid)
 =============  ===========  =============================================
 
+:meth:`AugmentConfig.random_convolution` (stage 47) adds to :meth:`cross_vendor` the global
+intensity non-linear augmentation of Ouyang et al. (GIN, IEEE TMI 2023): with probability 0.5 a
+patch goes through its own random four-layer network of 1 x 1 or 3 x 3 convolutions (Gaussian
+weights, leaky ReLU), is brought back to its mean and standard deviation and blended with itself
+by a uniform weight, so that tissue contrast and texture vary while the shapes stay.
+
 Pixels that fall outside the input read 0 (the image) and background (the labels).
 """
 
@@ -83,6 +89,7 @@ class AugmentConfig:
     anisotropy_range: tuple[float, float] = (0.8, 1.25)
     p_elastic: float = 0.0
     max_elastic_px: float = 4.0
+    p_random_convolution: float = 0.0
 
     @classmethod
     def off(cls) -> "AugmentConfig":
@@ -103,15 +110,25 @@ class AugmentConfig:
         )  # fmt: skip
 
     @classmethod
+    def random_convolution(cls) -> "AugmentConfig":
+        """:meth:`cross_vendor` with half of the patches passed through a random shallow network (see the module)."""
+        return cls(
+            p_contrast=0.3, p_brightness=0.3, p_bias_field=0.3, p_low_resolution=0.25, p_blur=0.2,
+            p_random_convolution=0.5,
+        )  # fmt: skip
+
+    @classmethod
     def named(cls, name: bool | str) -> "AugmentConfig":
-        """The scheme ``[train] augment`` names: true / "nnunet", "cross_vendor", "strong", false / "off"."""
+        """The scheme ``[train] augment`` names: true / "nnunet", "cross_vendor", "strong",
+        "random_convolution", false / "off"."""
         schemes = {
             True: cls, "nnunet": cls, "cross_vendor": cls.cross_vendor, "strong": cls.strong,
-            False: cls.off, "off": cls.off,
+            "random_convolution": cls.random_convolution, False: cls.off, "off": cls.off,
         }  # fmt: skip
         if name not in schemes:
             raise InputError(
-                f"[train] 'augment' is {name!r}, expected true, false, 'nnunet', 'cross_vendor', 'strong' or 'off'"
+                f"[train] 'augment' is {name!r}, expected true, false, 'nnunet', 'cross_vendor', 'strong', "
+                "'random_convolution' or 'off'"
             )
         return schemes[name]()
 
@@ -301,7 +318,48 @@ def augment_batch(
         out = torch.where(gamma_on.view(b, 1, 1, 1), g, out)
     out = out + noise * (sigma * noise_on).view(b, 1, 1, 1)
     out = _scanner_transforms(out, config, chosen, uniform)
+    if config.p_random_convolution:  # drawn only when on: the other schemes draw as before
+        out = _random_convolution(out, chosen(config.p_random_convolution), generator)
     return out, out_labels
+
+
+#: (channels in the hidden layers, number of layers) of the random network; GIN's choice
+RANDOM_NETWORK = (2, 4)
+
+
+def _random_convolution(out: torch.Tensor, on: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Global intensity non-linear augmentation (GIN; Ouyang et al., IEEE TMI 2023) of the ``on``
+    samples of float32 (B, C, h, w) patches.
+
+    Each chosen sample goes through its own freshly drawn shallow network (3 x 3 or 1 x 1
+    convolutions with Gaussian weights and leaky ReLUs), is brought back to its own mean and
+    standard deviation, and is blended with the input by a uniform weight: the shapes stay, the
+    mapping from tissue to intensity and local texture changes as between vendors and sequences.
+    Every channel of a sample gets the same network.
+    """
+    if not bool(on.any()):
+        return out
+    b, c, h, w = out.shape
+    device = out.device
+    width, depth = RANDOM_NETWORK
+    x = out.reshape(1, b * c, h, w)  # each (sample, channel) a group: one network per sample
+    n = b * c
+    for layer in range(depth):
+        cin, cout = (1 if layer == 0 else width), (1 if layer == depth - 1 else width)
+        k = 3 if torch.rand(1, generator=generator).item() < 0.5 else 1
+        weight = torch.randn(b, cout, cin, k, k, generator=generator).repeat_interleave(c, 0)
+        bias = torch.randn(b, cout, generator=generator).repeat_interleave(c, 0)
+        x = F.conv2d(
+            x, weight.reshape(n * cout, cin, k, k).to(device), bias.reshape(-1).to(device), padding=k // 2, groups=n
+        )
+        if layer < depth - 1:
+            x = F.leaky_relu(x, 0.2)
+    x = x.reshape(b, c, h, w)
+    mean, std = out.mean((2, 3), keepdim=True), out.std((2, 3), keepdim=True)
+    x = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp_min(1e-6) * std + mean
+    alpha = torch.rand(b, generator=generator).to(device).view(b, 1, 1, 1)
+    mixed = alpha * x + (1 - alpha) * out
+    return torch.where(on.to(device).view(b, 1, 1, 1), mixed, out)
 
 
 def _elastic_field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -238,6 +239,41 @@ def test_named_schemes() -> None:
     assert strong.p_elastic > 0 and strong.p_anisotropy > 0 and strong.p_bias_field == 0.3
     with pytest.raises(InputError, match="'augment'"):
         AugmentConfig.named("heavy")
+    gin = AugmentConfig.named("random_convolution")
+    assert gin.p_random_convolution == 0.5 and gin.p_bias_field == AugmentConfig.cross_vendor().p_bias_field
+
+
+def test_random_convolution_changes_the_intensities_of_the_chosen_patches_only() -> None:
+    """GIN: a chosen patch keeps its shape's labels and its mean but not its intensity mapping;
+    with it off, cross_vendor draws exactly what it drew before the option existed."""
+    images, labels = _batch(3)
+    images = torch.cat([images, images + 1.0], 0)  # 6 samples
+    labels = torch.cat([labels, labels], 0)
+    centres = torch.tensor([[9.5, 11.5]] * 6, dtype=torch.float64)
+    crop = images[:, :, 2:18, 4:20]
+
+    def run(config: AugmentConfig, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+        out, out_labels = augment_batch(images, labels, (16, 16), centres, config, torch.Generator().manual_seed(seed))
+        assert out_labels is not None
+        return out, out_labels
+
+    out, out_labels = run(_scanner_only(p_random_convolution=1.0))
+    torch.testing.assert_close(out_labels, labels[:, 2:18, 4:20].long())
+    torch.testing.assert_close(out.mean((2, 3)), crop.mean((2, 3)), atol=1e-4, rtol=0)
+    assert torch.isfinite(out).all()
+    change = (out - crop).flatten(1).abs().amax(1)
+    assert (change > 1e-3).all()
+    again, _ = run(_scanner_only(p_random_convolution=1.0))
+    torch.testing.assert_close(out, again, atol=0, rtol=0)  # seeded
+    unchanged, _ = run(_scanner_only(p_random_convolution=0.0))
+    torch.testing.assert_close(unchanged, crop, atol=1e-5, rtol=0)  # bilinear resampling's rounding
+    half, _ = run(_scanner_only(p_random_convolution=0.5), seed=11)
+    untouched = (half - unchanged).flatten(1).abs().amax(1) == 0
+    assert 0 < int(untouched.sum()) < 6  # some samples chosen, some left as they were
+    # the shared transforms draw the same numbers before the random network acts
+    plain, _ = run(AugmentConfig.cross_vendor(), seed=13)
+    gin_none = dataclasses.replace(AugmentConfig.random_convolution(), p_random_convolution=0.0)
+    torch.testing.assert_close(run(gin_none, seed=13)[0], plain, atol=0, rtol=0)
 
 
 def test_2_5d_channels_share_every_transform_and_half_are_read_upside_down() -> None:
