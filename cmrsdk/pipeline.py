@@ -1001,14 +1001,17 @@ class Pipeline:
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """Where a segmentation came from: bundle, backend, device, mode, versions (a new dict each call)."""
+        """Where a segmentation came from: bundle, backend, device, mode, options, cmrsdk's version
+        and code hash, the runtimes' versions (a new dict each call)."""
         from . import __version__
+        from ._build import code_sha256, runtime_versions
 
         routed = self.mode == "routed"
+        backends = {name: engine.backend for name, engine in self._engines.items()}
         return {
             "bundle": str(self.bundle.path),
             "manifest_sha256": self.bundle.manifest_sha256,
-            "backends": {name: engine.backend for name, engine in self._engines.items()},
+            "backends": backends,
             "device": self.device,
             "precision": self.precision,
             "mode": self.mode,
@@ -1026,6 +1029,8 @@ class Pipeline:
             "regions_from": self.regions_from if routed else None,
             "region_source": None,
             "cmrsdk": __version__,
+            "code_sha256": code_sha256(),
+            "runtimes": runtime_versions(sorted(set(backends.values()))),
         }
 
 

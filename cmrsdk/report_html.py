@@ -470,28 +470,36 @@ def _curve_section(report: Mapping[str, Any], study: Study | None) -> str:
     )
 
 
+#: report.json provenance keys the page shows, in this order, with their row names: everything
+#: that decides a mask or a number besides the images (the rest of the provenance is in report.json)
+PROVENANCE_ROWS = (
+    ("bundle", "bundle"), ("manifest_sha256", "manifest sha256"), ("code_sha256", "cmrsdk code sha256"),
+    ("backends", "backends"), ("device", "device"), ("precision", "precision"), ("mode", "mode"),
+    ("mirroring", "test-time mirroring"), ("heart_crop", "heart crop (px)"), ("rescale_heart", "heart-size rule"),
+    ("heart_scale", "heart scale applied"), ("training_layout", "training layout"),
+    ("segment_spacing", "segmentation grid (mm)"), ("regions_from", "regions from"),
+    ("region_decoding", "region decoding"), ("apical_rv_weight", "apical RV weight"),
+    ("systolic_base", "systolic base rule"), ("largest_component", "largest component clean-up"),
+)  # fmt: skip
+
+
 def _provenance_section(report: Mapping[str, Any], extra_timings_ms: Mapping[str, float]) -> str:
     prov = report.get("provenance", {})
     import numpy
 
+    # the runtimes that ran (recorded by the pipeline), not whatever this process can import
     versions = {"cmrsdk": prov.get("cmrsdk"), "python": platform.python_version(), "numpy": numpy.__version__}
-    try:
-        import onnxruntime
+    versions.update(prov.get("runtimes") or {})
 
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    rows = [
-        ("bundle", prov.get("bundle")),
-        ("manifest sha256", prov.get("manifest_sha256")),
-        ("backends", ", ".join(f"{k}: {v}" for k, v in sorted((prov.get("backends") or {}).items()))),
-        ("device", prov.get("device")),
-        ("mode", prov.get("mode")),
-        ("region decoding", prov.get("region_decoding")),
-        ("heart crop (px)", prov.get("heart_crop")),
-        ("largest component clean-up", prov.get("largest_component")),
-        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
-    ]
+    def shown(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return ", ".join(f"{k}: {v}" for k, v in sorted(value.items()))
+        if isinstance(value, (list, tuple)):
+            return " x ".join(str(v) for v in value)
+        return value
+
+    rows = [(name, shown(prov.get(key))) for key, name in PROVENANCE_ROWS]
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)))
     timings = dict(report.get("timings_ms", {}))
     timings.update({k: round(v, 2) for k, v in extra_timings_ms.items()})
     order = ["read", "preprocess", "classify", "locate", "segment", "postprocess", "total", "wall", "montage"]

@@ -408,6 +408,7 @@ def segment_one(
                             seg.stack,
                             series_number=number,
                             series_description=description,
+                            provenance=report["provenance"],
                         )
                     )
                 files = list(dict.fromkeys(f for _, seg in phases for f in seg.stack.source_files))
@@ -421,6 +422,7 @@ def segment_one(
                             quality_flags=_flags_by_scope(report),
                             series_number=SR_SERIES[0],
                             series_description=SR_SERIES[1],
+                            provenance=report["provenance"],
                         )
                     )
             if overlay:

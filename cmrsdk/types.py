@@ -147,8 +147,10 @@ class Study:
     Attributes
     ----------
     phases : the stacks in time order; for an ED/ES-only study exactly (ED, ES).
-    ed_index, es_index : which of ``phases`` are ED and ES, None when not known yet
-        (the pipeline then finds them from the LV volume curve).
+    ed_index, es_index : which of ``phases`` are ED and ES, None when not known yet. A cine
+        read from DICOM or a 4-D NIfTI file names no ES and takes its first phase as ED (the
+        R-wave trigger); the pipeline then measures at the LV volume curve's largest and smallest
+        phases, which may be another (report.json's ``ed_index``, ``ed_es_from`` "lv_volume").
     trigger_times_ms : float64 (T,) trigger time of each phase in ms, or None.
     info : identifiers and patient data.
     """

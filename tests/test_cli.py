@@ -73,6 +73,34 @@ def test_segment_dicom_writes_every_output(routing_bundle, tmp_path, capsys):
     ed_flags = sorted(report["phases"][report["ed_index"]]["quality_flags"])
     assert caveats.get("Quality caveats at ED", []) == ed_flags
     assert caveats.get("Quality caveats", []) == sorted(report["flags"])
+    # provenance a PACS can read: the bundle in the algorithm's version, code, runtime, arithmetic
+    # and options in its parameters, the same in the SEG, the SR, report.json and report.html
+    prov = report["provenance"]
+    assert len(prov["code_sha256"]) == 64 and prov["runtimes"] and prov["precision"] == "fp32"
+    version = f"{prov['cmrsdk']} bundle {prov['manifest_sha256'][:16]}"
+    seg = pydicom.dcmread(out / "seg_ED.dcm", stop_before_pixels=True)
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmVersion == version
+    parameters = dict(item.split("=", 1) for item in algorithm.AlgorithmParameters.split(","))
+    assert parameters["code_sha256"] == prov["code_sha256"] and parameters["precision"] == "fp32"
+    assert (
+        parameters["mirroring"] == str(prov["mirroring"]) and parameters["manifest_sha256"] == prov["manifest_sha256"]
+    )
+    assert list(seg.SoftwareVersions) == [prov["cmrsdk"], f"code {prov['code_sha256'][:16]}"]
+
+    def texts(items) -> list[tuple[str, str]]:
+        found = []
+        for item in items:
+            if "TextValue" in item:
+                found.append((item.ConceptNameCodeSequence[0].CodeMeaning, item.TextValue))
+            found += texts(item.get("ContentSequence", []))
+        return found
+
+    said = texts(pydicom.dcmread(out / "sr.dcm").ContentSequence)
+    assert ("Algorithm Version", version) in said
+    assert ("Algorithm Parameters", "precision=fp32") in said
+    page = (out / "report.html").read_text()
+    assert "precision" in page and prov["code_sha256"] in page
 
 
 def test_segment_no_report_html(routing_bundle, tmp_path):

@@ -301,6 +301,11 @@ def test_run_batch_commits_folders_skips_duplicates_and_resumes(tmp_path: Path):
     _, *lines = (out / "measures.csv").read_text().splitlines()
     assert len(lines) == 4
     assert not (out / ".tmp").exists() or not any((out / ".tmp").iterdir())
+    # the table's options_key in words, beside it
+    options = json.loads((out / "options.json").read_text())
+    key = spec.key(options["manifest_sha256"])
+    assert options["options_key"] == key == summary.rows[0]["options_key"]
+    assert options["mode"] == spec.mode and len(options["code"]) == 64 and "bundle" not in options
 
 
 @pytest.mark.parametrize(("backend", "property_"), [("onnx", None), ("openvino", "INFERENCE_NUM_THREADS")])

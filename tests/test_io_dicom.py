@@ -41,6 +41,8 @@ def test_dicom_round_trip_geometry_and_pixels(series: tuple[Path, object]) -> No
     folder, study = series
     read = read_dicom_study(folder)
     assert len(read.phases) == 3 and read.ed_index == 0 and read.es_index is None
+    # the first phase is the R-wave frame; segment measures where the LV volume curve says
+    assert inspect(folder)["ed_es_from"] == "lv_volume"
     for got, want in zip(read.phases, study.phases):
         assert got.shape == want.shape and len(got.source_files) == want.shape[0]
         np.testing.assert_allclose(got.spacing, want.spacing, rtol=1e-9)
@@ -115,6 +117,7 @@ def test_acdc_layout_and_inspect(tmp_path: Path) -> None:
     write_acdc_patient(tmp_path / "patient900", study)
     report = inspect(tmp_path / "patient900")
     assert report["format"] == "acdc" and report["slices"] == 7 and report["ed_index"] == 0 and report["es_index"] == 1
+    assert report["ed_es_from"] == "input"
     np.testing.assert_allclose(report["spacing_mm"], np.round(study.ed.spacing, 4))
     back = read_study(tmp_path / "patient900")
     np.testing.assert_array_equal(back.es.labels, study.es.labels)

@@ -1,7 +1,9 @@
 """`run_batch`: a cohort's studies through an engine into OUT, resumably.
 
 OUT holds ``measures.csv`` (one row per study, rebuilt from the journal), ``cohort.png``,
-``journal.jsonl`` and ``studies/<study_id>/`` (each study's outputs as ``segment`` writes them).
+``journal.jsonl``, ``options.json`` (what the table's ``options_key`` stands for: bundle, options,
+cmrsdk version and code hash) and ``studies/<study_id>/`` (each study's outputs as ``segment``
+writes them).
 A study's folder is written whole under ``OUT/.tmp`` and renamed into place before its journal
 line is written, so a crash at any moment leaves every study either done or not started. The
 workers segment under ``OUT/.tmp`` too; each batch clears it when it starts.
@@ -20,17 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WriteError
+from ..io import write_json
 from .discover import StudySource
 from .engines import BatchEngine
 from .journal import Journal
 from .table import write_measures_csv
 from .worker import PipelineSpec, StudyResult, inputs_fingerprint
 
-__all__ = ["BatchSummary", "run_batch", "STUDIES_DIR", "TABLE_NAME", "FIGURE_NAME"]
+__all__ = ["BatchSummary", "run_batch", "STUDIES_DIR", "TABLE_NAME", "FIGURE_NAME", "OPTIONS_NAME"]
 
 STUDIES_DIR = "studies"
 TABLE_NAME = "measures.csv"
 FIGURE_NAME = "cohort.png"
+OPTIONS_NAME = "options.json"
 _SCRATCH = ".tmp"
 #: rewrite measures.csv at most this often while a long batch runs (seconds)
 _TABLE_EVERY_S = 60.0
@@ -137,6 +141,8 @@ def run_batch(
     key = spec.key(bundle.manifest_sha256)
     summary = BatchSummary()
     with Journal(out) as journal:
+        # the table's options_key in words: the bundle, options, cmrsdk version and code it stands for
+        write_json(out / OPTIONS_NAME, {"options_key": key, **spec.key_inputs(bundle.manifest_sha256)})
         shutil.rmtree(out / _SCRATCH, ignore_errors=True)  # what a killed batch and its workers were writing
         (out / _SCRATCH).mkdir(exist_ok=True)
         first_of: dict[str, StudySource] = {}

@@ -9,7 +9,6 @@ cannot reach OUT (a cluster without a shared file system) it uses the system's t
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .._build import code_sha256
 from ..errors import CmrError
 from ..pipeline import DEFAULT_MIRRORING
 from .discover import StudySource
@@ -64,8 +64,9 @@ class PipelineSpec:
     # wrong way is refused, so it decides whether a study is read, never its numbers
     label_convention: str | None = None
 
-    def key(self, manifest_sha256: str) -> str:
-        """A short hash of what decides the numbers: the bundle's manifest, the options, cmrsdk's version.
+    def key_inputs(self, manifest_sha256: str) -> dict[str, Any]:
+        """What decides the numbers: the bundle's manifest, the options, cmrsdk's version and code
+        (written beside the table as ``options.json``, so that a key can be read in words).
 
         The device, thread counts and engine are left out: they decide how fast, not what; so is
         the label convention, which decides only whether a study is read (``--retry-failed``).
@@ -79,6 +80,11 @@ class PipelineSpec:
         # an option left to the pipeline's default and the default said are one option
         what.update(training_layout=bool(self.training_layout), rescale_heart=self.rescale_heart is not False)
         what.update(manifest_sha256=manifest_sha256, cmrsdk=__version__, code=code_sha256())
+        return what
+
+    def key(self, manifest_sha256: str) -> str:
+        """A short hash of `key_inputs`: the table's ``options_key``."""
+        what = self.key_inputs(manifest_sha256)
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -139,20 +145,6 @@ def segment_study(
         weight_kg=weight_kg,
         label_convention=label_convention,
     )
-
-
-@functools.lru_cache(maxsize=1)
-def code_sha256() -> str:
-    """SHA-256 of cmrsdk's installed code (every .py and native module of the package, with their
-    paths), once per process: what decides a result besides the options and the bundle."""
-    package = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    code = (p for p in package.rglob("*") if p.suffix in (".py", ".so", ".pyd") and p.is_file())
-    # the DICOM node's code decides no number of a batch
-    for path in sorted(p for p in code if p.relative_to(package).parts[0] != "serve"):
-        digest.update(str(path.relative_to(package)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _study_files(source: Path) -> list[Path] | None:

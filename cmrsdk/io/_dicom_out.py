@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import datetime
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,15 @@ from ..errors import CmrWarning, ReadError
 from ._dataset import read_dataset
 from ._geometry import ORIENTATION_ATOL
 
-__all__ = ["derivation_sources", "device_observer", "valid_date", "valid_time"]
+__all__ = [
+    "derivation_sources",
+    "device_observer",
+    "valid_date",
+    "valid_time",
+    "ALGORITHM_PARAMETERS",
+    "algorithm_version",
+    "algorithm_parameters",
+]
 
 #: date (DA) and time (TM) attributes of the patient, study and series modules that SEG and SR copy.
 _DATES = ("PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
@@ -62,6 +70,40 @@ def device_observer() -> Any:
             uid=hd.UID(), name="cmrsdk", manufacturer_name="cmrsdk", model_name="cmrsdk"
         ),
     )
+
+
+#: provenance keys (`cmrsdk.Pipeline.provenance`) a SEG or SR names its algorithm by: what decides
+#: its masks and numbers besides the images (bundle, code, runtime, arithmetic, options)
+ALGORITHM_PARAMETERS = (
+    "manifest_sha256", "code_sha256", "backends", "runtimes", "precision", "device", "mode",
+    "mirroring", "rescale_heart", "heart_scale", "training_layout", "heart_crop", "segment_spacing", "regions_from",
+    "region_decoding", "apical_rv_weight", "systolic_base", "largest_component",
+)  # fmt: skip
+
+
+def algorithm_version(provenance: Mapping[str, Any] | None) -> str:
+    """AlgorithmVersion (LO, at most 64 characters): cmrsdk's version and the first 16 hex digits
+    of the bundle's manifest SHA-256, so that a PACS tells two models of one release apart."""
+    from .. import __version__
+
+    sha = str((provenance or {}).get("manifest_sha256") or "")
+    return f"{__version__} bundle {sha[:16]}" if sha else __version__
+
+
+def algorithm_parameters(provenance: Mapping[str, Any] | None) -> dict[str, str]:
+    """The run's `ALGORITHM_PARAMETERS` as text by key (unknown ones left out): mappings as
+    ``name:value`` joined by spaces, lists by ``x``, so no value holds the ``,`` or ``=`` the
+    DICOM encodings put between parameters."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, Mapping):
+            return " ".join(f"{k}:{text(v)}" for k, v in sorted(value.items()))
+        if isinstance(value, (list, tuple)):
+            return "x".join(text(v) for v in value)
+        return str(value).replace(",", " ").replace("=", ":")
+
+    prov = provenance or {}
+    return {key: text(prov[key]) for key in ALGORITHM_PARAMETERS if prov.get(key) not in (None, "", {}, [])}
 
 
 def valid_date(value: object) -> bool:

@@ -151,7 +151,10 @@ def inspect(path: str | Path) -> dict[str, Any]:
     series, the chosen one first), ``series_read`` (DICOM only: the uid read), ``warnings`` (what
     reading it warned, such as other cines passed over), ``patient_id``, ``slices``, ``phases``,
     ``matrix`` [Y, X], ``spacing_mm`` [dz, dy, dx], ``orientation`` (the RAS+ unit vectors of
-    the slice, row and column axes), ``ed_index``, ``es_index``, ``labelled_phases``,
+    the slice, row and column axes), ``ed_index``, ``es_index``, ``ed_es_from`` ("input": both
+    named by the files; "lv_volume": a cine, measured where its LV volume curve is largest and
+    smallest, so ``ed_index`` 0, the first phase, is only the R-wave trigger's; None: one phase),
+    ``labelled_phases``,
     ``trigger_times_ms``; ``archive`` (True) for a ZIP archive, inspected unpacked.
     """
     path = Path(path)
@@ -182,6 +185,10 @@ def inspect(path: str | Path) -> dict[str, Any]:
         },
         "ed_index": study.ed_index,
         "es_index": study.es_index,
+        # what segment measures at: the named phases, or the cine's volume curve (report.ed_es_from)
+        "ed_es_from": None
+        if len(study.phases) == 1
+        else ("input" if study.ed_index is not None and study.es_index is not None else "lv_volume"),
         "labelled_phases": [i for i, s in enumerate(study.phases) if s.labels is not None],
         "trigger_times_ms": None
         if study.trigger_times_ms is None

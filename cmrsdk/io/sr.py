@@ -145,6 +145,7 @@ def write_measurement_report(
     series_number: int = 903,
     series_description: str = "cmrsdk cardiac measurements",
     series_instance_uid: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the study's cardiac measures as a DICOM Comprehensive 3D SR (TID 1500 measurement report).
 
@@ -162,6 +163,9 @@ def write_measurement_report(
     quality_flags : flags by scope: ``"study"`` (report.json's ``flags``) and phase names
         (each phase's ``quality_flags``), coded by :data:`SR_CAVEATS`.
     series_number, series_description, series_instance_uid : of the new SR series.
+    provenance : the pipeline's (report.json's): the algorithm identification then names the
+        bundle in its version and the code, runtime, precision and options in its parameters,
+        as the SEGs do; None: cmrsdk's version alone.
 
     Returns
     -------
@@ -176,9 +180,8 @@ def write_measurement_report(
     import highdicom as hd  # optional dependency (cmrsdk[io])
     from pydicom.sr.coding import Code
 
-    from .. import __version__
     from ._dataset import read_dataset
-    from ._dicom_out import derivation_sources, device_observer
+    from ._dicom_out import algorithm_parameters, algorithm_version, derivation_sources, device_observer
 
     if not source_files:
         raise InputError(f"{path}: 'source_files' is empty; a DICOM SR needs the source images it reports on")
@@ -206,7 +209,10 @@ def write_measurement_report(
     def time_point(phase: str) -> Any:
         return None if phase == SINGLE_PHASE else hd.sr.TimePointContext(time_point=phase)
 
-    algorithm = hd.sr.AlgorithmIdentification(name="cmrsdk", version=__version__)
+    parameters = [f"{key}={value}" for key, value in algorithm_parameters(provenance).items()]
+    algorithm = hd.sr.AlgorithmIdentification(
+        name="cmrsdk", version=algorithm_version(provenance), parameters=parameters or None
+    )
     on_segment = {key: where for key in known if (where := _segment_of(key, segs)) is not None}
     groups: list[Any] = []
     for group, (label, _) in _GROUPS.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ def write_dicom_seg(
     series_description: str = "cmrsdk segmentation",
     series_number: int = 900,
     series_instance_uid: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a DICOM SEG (highdicom, binary, one segment per structure) referencing ``stack``'s series.
 
@@ -187,6 +189,10 @@ def write_dicom_seg(
     series_description, series_number : of the new SEG series; give each phase its own, so
         that a PACS lists ED and ES apart.
     series_instance_uid : of the new series; a new UID when None.
+    provenance : the pipeline's (`cmrsdk.Pipeline.provenance`, report.json's): each segment's
+        algorithm identification then names the bundle in its version and the code, runtime,
+        precision and options in its parameters (`cmrsdk.io._dicom_out.algorithm_parameters`), and
+        SoftwareVersions holds the code's hash; None: cmrsdk's version alone.
 
     Source headers as archives deliver them (invalid dates, a frame of reference per image) are
     repaired for the SEG by :func:`cmrsdk.io._dicom_out.derivation_sources`, with warnings.
@@ -195,7 +201,7 @@ def write_dicom_seg(
     from pydicom.sr.codedict import codes
 
     from .. import __version__
-    from ._dicom_out import derivation_sources
+    from ._dicom_out import algorithm_parameters, algorithm_version, derivation_sources
     from ._seg_frames import needs_own_references, reference_sources, slice_plane_positions
 
     array = _check_labels(labels, stack)
@@ -222,11 +228,16 @@ def write_dicom_seg(
             segmented_property_type=properties[label],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=hd.AlgorithmIdentificationSequence(
-                name="cmrsdk", version=__version__, family=codes.cid7162.ArtificialIntelligence
+                name="cmrsdk",
+                version=algorithm_version(provenance),
+                family=codes.cid7162.ArtificialIntelligence,
+                parameters=algorithm_parameters(provenance) or None,
             ),
         )
         for label in STRUCTURES
     ]
+    code = str((provenance or {}).get("code_sha256") or "")
+    software: str | tuple[str, str] = (__version__, f"code {code[:16]}") if code else __version__
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # source UIDs invalid per VR UI are referenced verbatim
@@ -241,7 +252,7 @@ def write_dicom_seg(
                 instance_number=1,
                 manufacturer="cmrsdk",
                 manufacturer_model_name="cmrsdk",
-                software_versions=__version__,
+                software_versions=software,
                 device_serial_number="0",
                 series_description=series_description[:64],
                 plane_positions=positions,
