@@ -887,3 +887,21 @@ def test_t1_mapping_and_late_enhancement_are_not_cines(series, tmp_path: Path) -
     _restamp(tmp_path / "lge", InversionTime=300.0)
     with pytest.raises(ReadError, match=r"is one phase with 'InversionTime' \(0018,0082\) 300 ms: .*late gadolinium"):
         read_dicom_study(tmp_path / "lge")
+
+
+def test_series_folders_reached_through_links_are_read_once(series, tmp_path: Path) -> None:
+    """A study assembled from linked series folders reads as the series itself; a link back up
+    the tree (a loop) is searched once, and the same images reached twice are kept once."""
+    folder, study = series
+    root = tmp_path / "study"
+    root.mkdir()
+    (root / "cine").symlink_to(folder, target_is_directory=True)
+    (root / "again").symlink_to(root, target_is_directory=True)  # a loop
+    direct = read_dicom_study(folder)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        linked = read_dicom_study(root)
+    assert len(linked.phases) == len(direct.phases) == 3
+    for a, b in zip(linked.phases, direct.phases):
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        assert all(str(f).startswith(str(root / "cine")) for f in a.source_files)  # the path the user gave

@@ -43,6 +43,7 @@ DICOM as it comes
 from __future__ import annotations
 
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -240,6 +241,23 @@ def _read_header(path: Path) -> Dataset | None:
         raise ReadError(path, f"DICOM header cannot be read ({type(exc).__name__}: {exc}); truncated file?") from exc
 
 
+def _files_under(folder: Path) -> list[Path]:
+    """Every file under ``folder``, sorted, named by the path the user sees: folders reached
+    through symbolic links are searched too (a study assembled from linked series folders),
+    each real folder once, so a link back up the tree cannot loop."""
+    files: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        files += [p for name in names if (p := Path(root) / name).is_file()]
+    return sorted(files)
+
+
 def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
     """Image files (with pixel data) under ``path``, and DICOM files without pixel data.
 
@@ -248,7 +266,7 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
     """
     if not path.exists():
         raise ReadError(path, "no such file or directory")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else _files_under(path)
     images: list[_Image] = []
     non_images: list[Path] = []
     seen: dict[str, Path] = {}
