@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -817,12 +818,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (KeyboardInterrupt, Interrupted) as exc:
         # the study in progress was cleaned up on the way out (cmrsdk.study): nothing half-written
-        signame = "SIGTERM" if isinstance(exc, Interrupted) else "SIGINT"
+        signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
         print(
-            f"cmrsdk: interrupted ({signame}); finished studies are complete, the one in progress left nothing",
+            f"cmrsdk: interrupted ({signal.Signals(signum).name}); finished studies are complete, the one in "
+            "progress left nothing",
             file=sys.stderr,
         )
-        return 143 if isinstance(exc, Interrupted) else 130
+        return 128 + signum
     except BrokenPipeError:
         # the reader went away (`cmrsdk inspect ... | head -n 1`): stop quietly, as `cat` does
         devnull = os.open(os.devnull, os.O_WRONLY)

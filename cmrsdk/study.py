@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import time
 import uuid
@@ -92,25 +93,44 @@ def _flags_by_scope(report: dict[str, Any]) -> dict[str, list[str]]:
 
 
 class Interrupted(BaseException):
-    """SIGTERM arrived: raised in the main thread so that clean-up (``finally``) runs, as for Ctrl-C."""
+    """SIGTERM or SIGHUP arrived: raised in the main thread so that clean-up (``finally``) runs,
+    as for Ctrl-C. ``signum`` is the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signal.Signals(signum).name}")
+        self.signum = int(signum)
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a run as Ctrl-C does: SIGTERM (a scheduler, ``kill``) and SIGHUP (the
+    terminal or ssh session went away; killed outright, a study being written left its staging
+    folder behind), SIGHUP only where it is not ignored (``nohup``)."""
+    hup = getattr(signal, "SIGHUP", None)
+    if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN:
+        return (signal.SIGTERM, hup)
+    return (signal.SIGTERM,)
 
 
 @contextmanager
 def raise_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Interrupted` in the main thread (restored after)."""
+    """Within the block, SIGTERM and SIGHUP (`stop_signals`) raise :class:`Interrupted` in the
+    main thread (the earlier handlers restored after)."""
 
     def handler(signum: int, frame: object) -> None:
-        raise Interrupted(f"signal {signal.Signals(signum).name}")
+        raise Interrupted(signum)
 
+    previous: dict[signal.Signals, Any] = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for s in stop_signals():
+            previous[s] = signal.signal(s, handler)
     except ValueError:  # not the main thread: leave signals to whoever owns it
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler_before in previous.items():
+            signal.signal(s, handler_before)
 
 
 def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), contents: bool = True) -> Path:
@@ -157,7 +177,11 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
             "so name a new folder (e.g. -o results)"
         )
     if contents and out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir() if not OUTPUT_PATTERN.match(p.name) and p.name not in keep)
+        try:
+            names = [p.name for p in out_dir.iterdir()]
+        except OSError as exc:  # another user's folder: said before any work, not as a traceback
+            raise WriteError(f"{out_dir}: output folder cannot be read ({exc.strerror or exc})") from exc
+        foreign = sorted(name for name in names if not OUTPUT_PATTERN.match(name) and name not in keep)
         if foreign:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise WriteError(
@@ -172,7 +196,24 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
         raise WriteError(
             f"{out_dir}: output folder cannot be written ({exc.strerror or exc}: {exc.filename or out_dir.parent})"
         ) from exc
+    if contents and _sticky_and_not_ours(out_dir):
+        raise WriteError(
+            f"{out_dir}: output folder belongs to another user in a shared folder ({out_dir.parent} has the "
+            "sticky bit), so it cannot be replaced; choose another -o"
+        )
     return out_dir
+
+
+def _sticky_and_not_ours(folder: Path) -> bool:
+    """True where ``folder`` exists in a sticky folder (``/tmp``, a shared results folder) and
+    neither it nor that folder is this process's user's: renaming it would be refused after the
+    study was segmented."""
+    try:
+        own, parent = folder.lstat(), folder.parent.stat()
+    except OSError:
+        return False
+    user = os.geteuid()
+    return bool(parent.st_mode & stat.S_ISVTX) and user != 0 and user not in (own.st_uid, parent.st_uid)
 
 
 def _replace_folder(staging: Path, out_dir: Path, keep: tuple[str, ...] = ()) -> None:

@@ -267,22 +267,42 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
-def test_sigterm_leaves_nothing(shared_data, tmp_path):
-    # SIGTERM while the study is read and segmented: no study folder, no staging folder
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_leaves_nothing(shared_data, tmp_path, stop):
+    # SIGTERM (a scheduler) or SIGHUP (the terminal or ssh session gone; sweep 20: killed
+    # outright, it left a hidden staging folder of patient data) while the study is read and
+    # segmented: no study folder, no staging folder
     results = tmp_path / "results"
     out = results / "study"
     source = shared_data / "sunnybrook" / "SCD0000101"
-    process = _cli("segment", str(source), "-o", str(out), "--mode", "baseline")
+    # SIGHUP as a terminal's child gets it (not ignored, as a nohup'd test runner would pass on)
+    process = _cli(
+        "segment", str(source), "-o", str(out), "--mode", "baseline",
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.time() + 120
     # the output checks create `results` once the handlers are in place, before any compute
     while not results.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err
-    assert "cmrsdk: interrupted (SIGTERM)" in err and "Traceback" not in err
+    assert process.returncode == 128 + stop, err
+    assert f"cmrsdk: interrupted ({stop.name})" in err and "Traceback" not in err
     assert _names(results) == [] and _hidden(tmp_path) == []
+
+
+def test_a_nohup_run_keeps_running_through_a_hang_up():
+    """Under nohup (SIGHUP ignored) a hang-up must not stop a run: only SIGTERM is taken over."""
+    from cmrsdk.study import stop_signals
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert stop_signals() == (signal.SIGTERM,)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert stop_signals() == (signal.SIGTERM, signal.SIGHUP)
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_interrupt_keeps_earlier_result(shared_data, tmp_path, monkeypatch):

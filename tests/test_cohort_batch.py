@@ -262,7 +262,8 @@ def test_heart_rate_comes_from_the_dicom_header(shared_data: Path):
 
 def test_sigterm_stops_a_ray_batch_like_ctrl_c(ray_instance, shared_data: Path, tmp_path: Path):
     """Sweep 10: ray.init replaced the batch's SIGTERM handler; a scheduler's stop printed Ray's
-    "*** SIGTERM received" and exited 1 with no table. Now: exit 130, the table, the line saying so."""
+    "*** SIGTERM received" and exited 1 with no table. Now: exit 143 (128 + SIGTERM, as `segment`),
+    the table, the line saying so."""
     root = tmp_path / "acdc"
     root.mkdir()
     names = ("patient021", "patient022", "patient024")
@@ -278,9 +279,34 @@ def test_sigterm_stops_a_ray_batch_like_ctrl_c(ray_instance, shared_data: Path, 
     _wait_for_a_finished_study(batch, journal)
     batch.send_signal(signal.SIGTERM)  # to the batch only, as a service manager stops it
     stdout, stderr = batch.communicate(timeout=120)
-    assert batch.returncode == 130, stderr[-2000:]
+    assert batch.returncode == 143, stderr[-2000:]
     assert "SIGTERM received" not in stderr and "interrupted; run the same command again" in stderr
     table = _table(out)
     assert sorted(table) == sorted(names)
     assert 1 <= sum(r["status"] == "ok" for r in table.values()) < len(names), "the batch was not stopped midway"
     assert (out / "cohort.png").is_file() and "studies:" in stdout
+
+
+def test_workers_that_cannot_start_give_one_line(shared_data: Path, tmp_path: Path):
+    """Sweep 20: under a low open-file limit the worker pool's pipes were refused and the batch
+    ended in a traceback from multiprocessing. Now one line naming the limits, exit 2, no study run."""
+    import resource
+
+    root = tmp_path / "acdc"
+    root.mkdir()
+    (root / "patient021").symlink_to(shared_data / "acdc" / "training" / "patient021")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cmrsdk", "batch", str(root), "-o", str(out), "--workers", "2"]
+    command += ["--threads", "1", "--no-progress", "--no-overlay"]
+
+    def few_files() -> None:  # as `ulimit -n 16` in the shell that starts it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    batch = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, preexec_fn=few_files
+    )
+    assert batch.returncode == 2, batch.stderr[-2000:]
+    assert "Traceback" not in batch.stderr
+    assert "cannot start 2 worker processes" in batch.stderr and "ulimit -n" in batch.stderr
+    assert not (out / "studies").exists() or not any((out / "studies").iterdir())

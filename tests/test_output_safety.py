@@ -194,3 +194,50 @@ def test_segment_one_names_a_pipeline_or_source_of_the_wrong_kind(tmp_path: Path
     with pytest.raises(InputError, match=r"^'source' must be the path of a study .*got Study; .*segment_study"):
         segment_one(Segmenter(), synthetic_study(seed=0), tmp_path / "out")  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()
+
+
+def test_another_users_output_folder_is_one_line_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    """Sweep 20: a second user meeting the first one's results got tracebacks (an unreadable
+    folder, the batch's lock) or segmented a whole study before a refused rename. Now each is one
+    cmrsdk error before any work. Run as root here, so the refusals are the system's answers
+    replayed: an unreadable folder, a lock file not ours, a folder of another user in /tmp-like
+    shared space."""
+    from cmrsdk.cohort.journal import LOCK_NAME, Journal
+
+    theirs = _result(tmp_path / "theirs", "{}")
+    real_iterdir = Path.iterdir
+
+    def refused(self):
+        if self == theirs:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refused)
+    with pytest.raises(WriteError, match="output folder cannot be read .Permission denied"):
+        study_module.check_output_folder(theirs)
+    monkeypatch.undo()
+
+    real_open = os.open
+
+    def lock_refused(path, *args, **kwargs):
+        if Path(path).name == LOCK_NAME:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", lock_refused)
+    with pytest.raises(WriteError, match=f"cannot be written .Permission denied: {LOCK_NAME}"):
+        Journal(tmp_path / "batch")
+    monkeypatch.undo()
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # sticky, as /tmp
+    other = _result(shared / "study", "{}")
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another user needs root (the parts above ran)")
+    os.chown(other, 4321, 4321)
+    monkeypatch.setattr(os, "geteuid", lambda: 1234)  # neither the folder's user nor the shared folder's
+    with pytest.raises(WriteError, match="belongs to another user in a shared folder"):
+        study_module.check_output_folder(other)
+    monkeypatch.setattr(os, "geteuid", lambda: 4321)  # its own user may replace it
+    assert study_module.check_output_folder(other) == other

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import WriteError
 from ..io import write_json
+from ..study import stop_signals
 from .discover import StudySource
 from .engines import BatchEngine
 from .journal import Journal
@@ -52,7 +53,8 @@ class BatchSummary:
         bundle or another cmrsdk build (another options key).
     changed : studies run again because their inputs changed since (`inputs_fingerprint`: their
         files, or the study list's height, weight or heart rate; a source gone fails).
-    interrupted : the run was stopped (SIGINT / SIGTERM) before every study was done.
+    interrupted : the run was stopped (SIGINT, SIGTERM or SIGHUP) before every study was done;
+        ``stop_signal`` is that signal's number (0 when not interrupted).
     startup_s, run_s, wall_s : seconds to start the engine's workers, from then until the last
         study was committed, and of the whole call.
     """
@@ -63,6 +65,7 @@ class BatchSummary:
     redone: int = 0
     changed: int = 0
     interrupted: bool = False
+    stop_signal: int = 0
     startup_s: float = 0.0
     run_s: float = 0.0
     wall_s: float = 0.0
@@ -90,12 +93,17 @@ def _replace_folder(scratch: Path, target: Path, files: dict[str, bytes]) -> Non
 
 
 class _Interrupted(KeyboardInterrupt):
-    """SIGTERM, handled as Ctrl-C is: also by Ray, whose waits turn only a KeyboardInterrupt from a
-    signal handler into an interruption (any other exception there becomes a SystemError)."""
+    """SIGTERM or SIGHUP, handled as Ctrl-C is: also by Ray, whose waits turn only a
+    KeyboardInterrupt from a signal handler into an interruption (any other exception there
+    becomes a SystemError)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise _Interrupted(signal.Signals(signum).name)
+    raise _Interrupted(signum)
 
 
 def run_batch(
@@ -217,8 +225,13 @@ def run_batch(
             return write_measures_csv(out / TABLE_NAME, summary.rows)
 
         if todo:
-            # SIGTERM (a scheduler's stop) ends the run like Ctrl-C: workers stopped, table written
-            previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)} if _main_thread() else {}
+            # SIGTERM (a scheduler's stop) and SIGHUP (the terminal gone) end the run like Ctrl-C:
+            # workers stopped, table written
+            def stop(signum: int, frame: Any) -> None:
+                summary.stop_signal = signum  # Ray's waits re-raise a plain KeyboardInterrupt
+                _raise_interrupt(signum, frame)
+
+            previous = {s: signal.signal(s, stop) for s in stop_signals()} if _main_thread() else {}
             bar = None
             runner = engine() if callable(engine) and not isinstance(engine, BatchEngine) else engine
             runner.scratch = str((out / _SCRATCH).absolute())  # workers segment there: the next batch clears it
@@ -255,8 +268,9 @@ def run_batch(
                         table()
                         last_table = time.monotonic()
                 summary.run_s = time.perf_counter() - started
-            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_Interrupted)
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (_Interrupted)
                 summary.interrupted = True
+                summary.stop_signal = summary.stop_signal or int(signal.SIGINT)
             finally:
                 if bar:
                     bar.close()

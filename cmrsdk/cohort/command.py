@@ -64,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any = "bundle") -> int:
-    """Run ``cmrsdk batch``: 0 when every study is measured, 1 when any failed, 130 when interrupted.
+    """Run ``cmrsdk batch``: 0 when every study is measured, 1 when any failed, 128 + the signal's
+    number when interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
     ``heart_crop`` and ``segment_spacing`` as `cmrsdk.Pipeline` takes them."""
     if bool(args.inputs) == bool(args.study_list):
         raise InputError("give either ROOT_OR_STUDY folders or --list STUDIES.csv (one of the two)")
@@ -119,5 +120,5 @@ def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any 
         )
     if summary.interrupted:
         print("cmrsdk: interrupted; run the same command again to finish the rest", file=sys.stderr)
-        return 130
+        return 128 + (summary.stop_signal or 2)  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP
     return 1 if failed else 0

@@ -203,12 +203,21 @@ class LocalEngine(BatchEngine):
         )
 
     def _start(self) -> None:
-        self._pool = self._make_pool()
-        for future in [self._pool.submit(_ready) for _ in range(self.workers)]:
-            _, error = future.result()
-            if error:
-                self.close()
-                raise CmrError(f"a worker cannot load the pipeline: {error}")
+        try:
+            self._pool = self._make_pool()
+            errors = [future.result()[1] for future in [self._pool.submit(_ready) for _ in range(self.workers)]]
+        except (OSError, RuntimeError) as exc:  # a pipe, a process or a thread refused (BrokenProcessPool too)
+            self.close()
+            n = self.workers
+            raise CmrError(
+                f"cannot start {n} worker process{'es' if n > 1 else ''} ({type(exc).__name__}: {exc}); the "
+                "limits on open files or processes (ulimit -n, ulimit -u) may be too low: lower --workers "
+                "or raise them"
+            ) from exc
+        error = next((e for e in errors if e), None)
+        if error:
+            self.close()
+            raise CmrError(f"a worker cannot load the pipeline: {error}")
 
     def _submit(self, study: StudySource) -> Any:
         return self._pool.submit(_run, study)

@@ -43,7 +43,13 @@ class Journal:
         except OSError as exc:
             raise WriteError(f"output folder '{self.folder}' cannot be created: {exc.strerror}") from exc
         # flock dies with its process, so a SIGKILLed batch never leaves a stale lock behind
-        self._lock = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._lock = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # another user's output folder: one line, before any work
+            raise WriteError(
+                f"output folder '{self.folder}' cannot be written ({exc.strerror or exc}: {LOCK_NAME}); "
+                "choose another -o"
+            ) from exc
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -54,7 +60,14 @@ class Journal:
             ) from None
         self.path = self.folder / JOURNAL_NAME
         self.records: dict[str, dict[str, Any]] = {}
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            os.close(self._lock)
+            raise WriteError(
+                f"output folder '{self.folder}' cannot be written ({exc.strerror or exc}: {JOURNAL_NAME}); "
+                "choose another -o"
+            ) from exc
         self._load()
 
     def _load(self) -> None:

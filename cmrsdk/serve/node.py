@@ -147,14 +147,16 @@ class Node:
         )
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT stop the node cleanly (the current write and segmentation finish)."""
+        """SIGTERM, SIGINT and SIGHUP (the terminal gone; not where ignored, as under nohup) stop
+        the node cleanly (the current write and segmentation finish)."""
+        from ..study import stop_signals
 
         def handler(signum: int, _frame: Any) -> None:
             log.info("%s received: stopping after the current work", signal.Signals(signum).name)
             self.stop_event.set()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        for s in (*stop_signals(), signal.SIGINT):
+            signal.signal(s, handler)
 
     def wait(self) -> int:
         """Block until stopped; then stop every part; returns the exit status (1 when the worker died)."""
