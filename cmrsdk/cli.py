@@ -68,8 +68,12 @@ def study_folder_names(inputs: Sequence[Path]) -> list[str]:
 
 
 def _missing_package(exc: ImportError) -> str:
-    """What to install for an optional package that a command's path imported and did not find."""
+    """What to install for an optional package that a command's path imported and did not find;
+    for one installed whose libraries did not load (not a ModuleNotFoundError: a memory cap,
+    ``ulimit -v``, refuses its shared objects), the loader's reason instead of "install"."""
     name = (exc.name or "?").split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError):
+        return f"the installed package '{exc.name}' cannot be loaded ({exc}); a memory limit (ulimit -v) or a broken install?"
     extra = "io" if name in IO_MODULES or name == "pylibjpeg" else EXTRAS.get(name)
     where = f"pip install 'cmrsdk[{extra}]'" if extra else "install the cmrsdk extra that holds it"
     return f"needs the optional package '{name}': {where} (README 'Installation extras')"
@@ -81,6 +85,8 @@ def _error_line(source: object, exc: BaseException) -> str:
         text = str(exc)
     elif isinstance(exc, ImportError) and exc.name:
         text = _missing_package(exc)
+    elif isinstance(exc, MemoryError):
+        text = f"out of memory{_memory_limit()}"
     else:
         text = f"unexpected {type(exc).__name__}: {exc} (please report this)"
     text = " ".join(text.split())  # one line, whatever the exception holds
@@ -88,6 +94,18 @@ def _error_line(source: object, exc: BaseException) -> str:
     if text.startswith(where):  # a ReadError already names the input or a file under it
         return f"cmrsdk: error: {text}"
     return f"cmrsdk: error: {where}: {text}"
+
+
+def _memory_limit() -> str:
+    """The process's address-space limit as the reason for a MemoryError, where one is set."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return ""
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        return ""
+    return f" (this process may use {limit / 2**30:.1f} GiB of address space: ulimit -v {limit // 1024})"
 
 
 #: the modules of cmrsdk[io] that the commands writing a study's outputs import (SEG and SR,
@@ -815,6 +833,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # an optional package a path of the command needs: one line, not a traceback
         print(f"cmrsdk: error: {_missing_package(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"cmrsdk: error: out of memory{_memory_limit()}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Interrupted) as exc:
         # the study in progress was cleaned up on the way out (cmrsdk.study): nothing half-written

@@ -318,3 +318,44 @@ def test_segment_series_reads_the_named_series_of_one_dicom_study(routing_bundle
     assert main(["segment", str(tmp_path / "patient001"), "-o", str(tmp_path / "o2"), "--series", other, *args]) == 1
     assert "selects a DICOM series; this input is not DICOM" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_package_that_is_installed_but_does_not_load_is_not_sent_to_pip(tmp_path, monkeypatch):
+    """Sweep 20: under a memory cap (ulimit -v) scipy's and torch's shared objects failed to map,
+    and the error said to install them (they were installed); a MemoryError said "please report
+    this". Now the loader's reason, and "out of memory" with the limit."""
+    from cmrsdk.cli import _error_line
+    from cmrsdk.engines.base import import_runtime
+    from cmrsdk.errors import BackendUnavailableError
+
+    refused = ImportError("libscipy.so: failed to map segment from shared object", name="scipy.special._ufuncs")
+    line = _error_line("study", refused)
+    assert "cannot be loaded" in line and "failed to map segment" in line and "pip install" not in line
+    absent = ModuleNotFoundError("No module named 'highdicom'", name="highdicom")
+    assert "pip install 'cmrsdk[io]'" in _error_line("study", absent)
+    assert _error_line("study", MemoryError()).startswith("cmrsdk: error: study: out of memory")
+
+    (tmp_path / "brokenruntime").mkdir()
+    (tmp_path / "brokenruntime" / "__init__.py").write_text(
+        "raise ImportError('libruntime.so: cannot allocate memory')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BackendUnavailableError, match="installed but cannot be loaded .ImportError: libruntime.so"):
+        import_runtime("brokenruntime", "onnx", "ONNX Runtime", "pip install onnxruntime")
+    with pytest.raises(BackendUnavailableError, match="needs ONNX Runtime, which is not installed: pip install"):
+        import_runtime("no_such_runtime_here", "onnx", "ONNX Runtime", "pip install onnxruntime")
+
+
+def test_a_runtime_refused_threads_is_not_blamed_on_the_model():
+    """Sweep 20: under a process limit (ulimit -u 4) OpenVINO's compile failed with "Resource
+    temporarily unavailable" and cmrsdk said the model could not be compiled."""
+    from cmrsdk.engines.base import load_failure
+    from cmrsdk.errors import BackendUnavailableError, BundleError
+
+    refused = load_failure("b/baseline.onnx", "OpenVINO cannot compile it for the CPU", RuntimeError(
+        "Exception from src/inference/src/cpp/core.cpp:112: plugin.cpp:54: Resource temporarily unavailable"))  # fmt: skip
+    assert isinstance(refused, BackendUnavailableError) and "ulimit -u" in str(refused)
+    broken = load_failure(
+        "b/baseline.onnx", "cannot be loaded as an ONNX model", RuntimeError("protobuf parsing failed")
+    )
+    assert isinstance(broken, BundleError) and "protobuf parsing failed" in str(broken)

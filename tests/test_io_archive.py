@@ -166,3 +166,23 @@ def test_unpacking_removes_what_killed_runs_left_and_nothing_else(tmp_path: Path
             [readable.folder.name, dead_fresh.name, live_old.name, other.name]
         )
     assert sorted(p.name for p in temp.iterdir()) == sorted([dead_fresh.name, live_old.name, other.name])
+
+
+def test_no_writable_temporary_folder_is_one_line(series: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Sweep 20: with /tmp read-only and no TMPDIR, a ZIP study ended in "unexpected
+    FileNotFoundError ... (please report this)"; an aoti bundle in a traceback, and with a bad
+    TMPDIR its error blamed the .pt2 package. Now each names the temporary folder."""
+    import tempfile
+
+    from cmrsdk.engines.aoti import aoti_missing
+
+    target = _zip(series, tmp_path / "study.zip")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "no such folder"))
+    with pytest.raises(ReadError, match="cannot be unpacked: no writable temporary folder .* set TMPDIR"):
+        with unpacked(target):
+            pass
+    assert main(["inspect", str(target)]) != 0
+    assert "no writable temporary folder" in capsys.readouterr().err
+    if __import__("importlib").util.find_spec("torch") is not None:
+        assert "no writable temporary folder (TMPDIR=" in str(aoti_missing("cpu"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -180,3 +181,27 @@ def test_bf16_is_refused_where_onednn_is_held_below_its_bf16_kernels(monkeypatch
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in str(cpu_bf16_missing())  # PyTorch would emulate it: 49x its fp32 time here
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert openvino_bf16_missing() is None or "ONEDNN" not in str(openvino_bf16_missing())
+
+
+def test_the_runtime_writes_nothing_in_home_and_leaves_logging_alone(tmp_path):
+    """Sweep 20: `import openvino` ran its conversion tools' telemetry, which wrote a client id and
+    a usage count into ~/intel on every run and, with HOME unwritable, configured the root logger,
+    after which 1,011 pydicom warnings reached stderr for one DICOM study."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    code = (
+        "import logging, sys\n"
+        "from cmrsdk.engines.openvino import _import_openvino\n"
+        "_import_openvino()\n"
+        "print(len(logging.root.handlers), 'openvino_telemetry' in sys.modules)\n"
+    )
+    for where in (home, tmp_path / "no such home"):
+        env = {**os.environ, "HOME": str(where)}
+        env.pop("CI", None)  # openvino-telemetry's own switch: not what is tested
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == ["0", "False"], run.stderr  # no handler: library warnings stay quiet
+    assert list(home.iterdir()) == []

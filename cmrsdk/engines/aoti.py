@@ -32,13 +32,34 @@ def aoti_missing(device: str = "cpu") -> str | None:
 
     if importlib.util.find_spec("torch") is None:
         return "PyTorch is not installed (pip install 'cmrsdk[torch]')"
+    unwritable = _temporary_folder_missing()
+    if unwritable:
+        return unwritable
     import torch
 
-    if not hasattr(torch, "_inductor") or not hasattr(torch._C, "_aoti"):
+    try:
+        runtime = hasattr(torch, "_inductor") and hasattr(torch._C, "_aoti")
+    except Exception as exc:  # torch._inductor's import reads the temporary folder, among others
+        return f"torch's AOTInductor cannot be loaded ({type(exc).__name__}: {exc})"
+    if not runtime:
         return f"this torch ({torch.__version__}) has no AOTInductor runtime (torch >= 2.6 does)"
     if device == "cuda" and not torch.cuda.is_available():
         return "no CUDA GPU is available to torch"
     return None
+
+
+def _temporary_folder_missing() -> str | None:
+    """Why torch cannot unpack a ``.pt2`` package here: its loader unpacks into ``$TMPDIR`` as
+    given (Python's ``tempfile`` would quietly fall back to /tmp), or /tmp where it is unset."""
+    given = os.environ.get("TMPDIR")
+    folder = given or "/tmp"
+    if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+        return None
+    named = f"TMPDIR={given}" if given else "/tmp, TMPDIR unset"
+    return (
+        f"no writable temporary folder ({named}): the aoti backend unpacks its .pt2 package there; "
+        "set TMPDIR to a writable folder"
+    )
 
 
 class AotiEngine(Engine):

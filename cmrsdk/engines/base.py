@@ -19,6 +19,7 @@ logits. An empty batch (N = 0) returns an empty array of the right trailing shap
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
 
-__all__ = ["Engine", "BACKENDS", "DEVICES", "PRECISIONS"]
+__all__ = ["Engine", "BACKENDS", "DEVICES", "PRECISIONS", "import_runtime", "load_failure"]
 
 #: every backend name, in no particular order (see ``cmrsdk.engines`` for the "auto" rule).
 BACKENDS: tuple[str, ...] = ("torchscript", "onnx", "tensorrt", "aoti", "openvino")
@@ -199,3 +200,48 @@ def onednn_bf16_capped() -> str | None:
     if cap and cap not in _BF16_ISA_CAPS:
         return f"ONEDNN_MAX_CPU_ISA={cap} holds oneDNN below AVX512_CORE_BF16, where its bf16 kernels start"
     return None
+
+
+def import_runtime(module: str, backend: str, runtime: str, install: str) -> Any:
+    """``module``, the runtime of the ``backend`` backend, imported.
+
+    Raises
+    ------
+    BackendUnavailableError : saying "not installed" (and ``install``) only where the package is
+        absent; where it is installed but does not load (its shared libraries refused under a
+        memory cap, ``ulimit -v``, or a broken install), the loader's own reason, so that no one
+        is sent to reinstall what is there (sweep 20).
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] != module.split(".")[0]:  # one of its own dependencies
+            raise BackendUnavailableError(
+                f"the '{backend}' backend's {runtime} cannot be loaded: it needs the package '{exc.name}', "
+                "which is not installed"
+            ) from exc
+        raise BackendUnavailableError(
+            f"the '{backend}' backend needs {runtime}, which is not installed: {install}"
+        ) from exc
+    except (ImportError, OSError, MemoryError) as exc:
+        raise BackendUnavailableError(
+            f"the '{backend}' backend's {runtime} is installed but cannot be loaded ({type(exc).__name__}: "
+            f"{exc}); a memory limit (ulimit -v) or a broken install?"
+        ) from exc
+
+
+#: what a runtime's message says when the system, not the model, refused: threads or memory
+_SYSTEM_REFUSALS = ("resource temporarily unavailable", "pthread_create", "cannot allocate memory", "bad_alloc")
+
+
+def load_failure(path: Path | str, what: str, exc: BaseException) -> Exception:
+    """The error for a model a runtime could not load: `BundleError` naming the model, or, where
+    the runtime's message says the system refused threads or memory (a process limit, ``ulimit
+    -u``, or a memory cap; sweep 20), `BackendUnavailableError` saying so, not blaming the model."""
+    text = str(exc)
+    if any(refusal in text.lower() for refusal in _SYSTEM_REFUSALS):
+        return BackendUnavailableError(
+            f"{path}: {what}: the system refused threads or memory ({' '.join(text.split())[:300]}); "
+            "raise the process or memory limit (ulimit -u, ulimit -v), or try --backend onnx"
+        )
+    return BundleError(f"{path}: {what} ({exc})")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
-from .base import Engine, check_device
+from .base import Engine, check_device, import_runtime, load_failure
 
 __all__ = ["OnnxEngine", "OPTIMIZATION_LEVELS", "onnx_providers"]
 
@@ -22,13 +22,7 @@ OPTIMIZATION_LEVELS: dict[str, str] = {
 
 
 def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "the 'onnx' backend needs ONNX Runtime, which is not installed: pip install onnxruntime (or onnxruntime-gpu)"
-        ) from exc
-    return onnxruntime
+    return import_runtime("onnxruntime", "onnx", "ONNX Runtime", "pip install onnxruntime (or onnxruntime-gpu)")
 
 
 def onnx_providers() -> tuple[str, ...]:
@@ -104,7 +98,7 @@ class OnnxEngine(Engine):
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
-            raise BundleError(f"{self.path}: cannot be loaded as an ONNX model ({exc})") from exc
+            raise load_failure(self.path, "cannot be loaded as an ONNX model", exc) from exc
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise BundleError(f"{self.path}: an ONNX model with exactly one input was expected, it has {len(inputs)}")

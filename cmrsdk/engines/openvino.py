@@ -14,6 +14,7 @@ an engine never runs in another arithmetic than the one it reports.
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
-from .base import Engine, check_device, onednn_bf16_capped
+from .base import Engine, check_device, import_runtime, load_failure, onednn_bf16_capped
 
 __all__ = ["OpenVinoEngine", "openvino_missing", "openvino_bf16_missing"]
 
@@ -30,13 +31,20 @@ _HINTS: dict[str, str] = {"fp32": "f32", "bf16": "bf16"}
 
 
 def _import_openvino() -> Any:
+    # `import openvino` imports its model conversion tools, whose telemetry writes a client id and
+    # a usage count into ~/intel on every run and, where HOME cannot be written, logs through the
+    # root logger, which from then on prints every library's warnings (1,011 lines of pydicom's
+    # for one DICOM study; sweep 20). cmrsdk runs the runtime only: the tools get OpenVINO's own
+    # telemetry stub, as where openvino-telemetry is not installed. A program that imported
+    # openvino before cmrsdk keeps what it chose.
+    blocked = "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules
+    if blocked:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # an ImportError for its importers
     try:
-        import openvino
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "the 'openvino' backend needs OpenVINO, which is not installed: pip install 'cmrsdk[openvino]'"
-        ) from exc
-    return openvino
+        return import_runtime("openvino", "openvino", "OpenVINO", "pip install 'cmrsdk[openvino]'")
+    finally:
+        if blocked:
+            del sys.modules["openvino_telemetry"]
 
 
 def openvino_missing(device: str = "cpu") -> str | None:
@@ -45,8 +53,8 @@ def openvino_missing(device: str = "cpu") -> str | None:
         return "cmrsdk runs OpenVINO on device 'cpu' only"
     try:
         _import_openvino()
-    except BackendUnavailableError:
-        return "OpenVINO is not installed (pip install 'cmrsdk[openvino]')"
+    except BackendUnavailableError as exc:
+        return str(exc)
     return None
 
 
@@ -124,7 +132,7 @@ class OpenVinoEngine(Engine):
         try:
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
-            raise BundleError(f"{self.path}: OpenVINO cannot compile it for the CPU ({exc})") from exc
+            raise load_failure(self.path, "OpenVINO cannot compile it for the CPU", exc) from exc
         hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino.Type
         ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         if ran != _HINTS[precision]:  # never report an arithmetic the plugin did not take

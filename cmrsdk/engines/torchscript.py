@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
-from .base import Engine, check_device, onednn_bf16_capped, refuse_forked
+from .base import Engine, check_device, import_runtime, onednn_bf16_capped, refuse_forked
 
 __all__ = [
     "TorchScriptEngine",
@@ -95,13 +95,7 @@ def cpu_bf16_missing() -> str | None:
 
 
 def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "the 'torchscript' backend needs PyTorch, which is not installed: pip install 'cmrsdk[torch]'"
-        ) from exc
-    return torch
+    return import_runtime("torch", "torchscript", "PyTorch", "pip install 'cmrsdk[torch]'")
 
 
 class TorchScriptEngine(Engine):

@@ -96,8 +96,17 @@ def unpacked(path: str | Path) -> Iterator[Unpacked]:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ReadError(path, f"not a readable ZIP archive ({type(exc).__name__}: {exc})") from exc
-    _remove_stale_folders()
-    with archive, tempfile.TemporaryDirectory(prefix=f"{_PREFIX}{os.getpid()}-") as folder:
+    try:
+        _remove_stale_folders()
+        unpacking = tempfile.TemporaryDirectory(prefix=f"{_PREFIX}{os.getpid()}-")
+    except OSError as exc:  # no usable temporary folder (a read-only /tmp, TMPDIR on a full disk)
+        archive.close()
+        raise ReadError(
+            path,
+            f"cannot be unpacked: no writable temporary folder ({exc.strerror or exc}; TMPDIR="
+            f"{os.environ.get('TMPDIR', 'unset')}); set TMPDIR to a writable folder or unpack it first",
+        ) from exc
+    with archive, unpacking as folder:
         members = [m for m in archive.infolist() if not m.is_dir()]
         if not members:
             raise ReadError(path, "the ZIP archive holds no files")
