@@ -336,3 +336,17 @@ def _check_worker_threads(backend: str, property_: str | None) -> None:
         assert engine._session.get_session_options().intra_op_num_threads == 1
     else:
         assert int(engine._compiled.get_property(property_)) == 1
+
+
+def test_no_progress_bar_frames_in_a_log_file(tmp_path: Path, capsys):
+    """Sweep 20: a batch writing to a log file (stderr not a terminal) drew its progress bar
+    there, frame after frame; now only the lines a reader needs (a failed study) reach it."""
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.cohort.batch import run_batch
+
+    studies = [StudySource("a", "/data/a"), StudySource("b", "/data/b")]
+    engine = _ScriptedEngine({"a": "ok", "b": "failed"})
+    run_batch(studies, PipelineSpec(bundle=str(DEMO_BUNDLE)), tmp_path / "out", engine, progress=True, figure=False)
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "study/s" not in err and "%|" not in err
+    assert "b" in err and "boom" in err  # the failure is still said

@@ -249,6 +249,7 @@ def run_batch(
                         smoothing=0.1,
                         mininterval=1.0,
                         desc=f"{runner.name} x{runner.workers}",
+                        disable=None,  # no bar in a log file (not a terminal): it filled logs with frames
                     )
                 failed = 0
                 last_table = time.monotonic()
