@@ -350,3 +350,32 @@ def test_no_progress_bar_frames_in_a_log_file(tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert "it/s" not in err and "study/s" not in err and "%|" not in err
     assert "b" in err and "boom" in err  # the failure is still said
+
+
+def test_a_stop_during_a_journal_write_keeps_the_record(tmp_path: Path, monkeypatch):
+    """A SIGTERM arriving while a finished study's line was synced interrupted the journal before
+    it remembered the record: the table written on the way out said "not run" for a study the
+    journal holds as done (the Ray SIGTERM test, under the full suite's load)."""
+    import signal as signals
+
+    from cmrsdk.cohort.journal import Journal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signals.signal(signals.SIGTERM, stop)
+    real_fsync = os.fsync
+
+    def fsync_then_stopped(fd):
+        real_fsync(fd)
+        os.kill(os.getpid(), signals.SIGTERM)  # a scheduler's stop, just as the line is synced
+
+    monkeypatch.setattr(os, "fsync", fsync_then_stopped)
+    journal = Journal(tmp_path / "out")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            journal.append({"study_id": "a", "status": "ok"})
+        assert journal.records["a"]["status"] == "ok"  # remembered before the stop was taken
+    finally:
+        signals.signal(signals.SIGTERM, previous)
+        journal.close()

@@ -10,8 +10,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import InputError, WriteError
 
@@ -86,13 +89,19 @@ class Journal:
                 self.records[str(record["study_id"])] = record
 
     def append(self, record: dict[str, Any]) -> None:
-        """Write one record durably (one write call, then fsync) and remember it."""
+        """Write one record durably (one write call, then fsync) and remember it.
+
+        Ctrl-C, SIGTERM and SIGHUP wait until both are done: a stop that came between the write
+        and the remembering left a study "ok" in the journal and "not run" in the table written
+        on the way out (the test stopping a batch at its first journal line caught it).
+        """
         line = (json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n").encode()
-        written = os.write(self._fd, line)
-        if written != len(line):
-            raise WriteError(f"{self.path}: short write ({written} of {len(line)} bytes); is the disk full?")
-        os.fsync(self._fd)
-        self.records[str(record["study_id"])] = record
+        with _signals_held():
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise WriteError(f"{self.path}: short write ({written} of {len(line)} bytes); is the disk full?")
+            os.fsync(self._fd)
+            self.records[str(record["study_id"])] = record
 
     def close(self) -> None:
         """Release the journal and the folder's lock."""
@@ -107,3 +116,18 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Within the block, SIGINT, SIGTERM and SIGHUP are held (delivered when it ends); in the
+    main thread only, where Python runs signal handlers."""
+    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
