@@ -97,13 +97,9 @@ class _Interrupted(KeyboardInterrupt):
     KeyboardInterrupt from a signal handler into an interruption (any other exception there
     becomes a SystemError)."""
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = int(signum)
-
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise _Interrupted(signum)
+    raise _Interrupted(signal.Signals(signum).name)
 
 
 def run_batch(
