@@ -925,11 +925,38 @@ class Pipeline:
         return withhold_unreal(measured, same_phase=not single and ed == es), measured
 
     def _segment_phases(self, study: Study, region_source: RegionSource | None) -> StudySegmentation:
-        """`segment_study` on the study's own grid (one pass)."""
+        """`segment_study` on the study's own grid (one pass; two where the cine's ED is found late)."""
         t0 = time.perf_counter()
         indices = self._phase_indices(study)
         # the phase located first: ED where known (the heart at its largest), else the first phase
         first = indices.index(study.ed_index) if study.ed_index in indices else 0
+        segmentations = self._segment_located(study, indices, first, region_source)
+        curve = np.array([s.volumes_ml()["LVBP"] for s in segmentations], dtype=np.float64)
+        if study.ed_index is not None and study.es_index is not None:
+            ed, es = indices.index(study.ed_index), indices.index(study.es_index)
+        else:
+            ed, es = _ed_es(curve)
+            if ed != first and segmentations[first].labels.any():
+                # the window and the regions follow the located phase, and the U-Nets are not
+                # shift-equivariant: a cine stored from another point of the cycle (trigger delay,
+                # pulse triggering) moved LVEF by 3 points. Locating on the curve's ED makes the
+                # masks independent of where the cine starts, at one more pass for such studies.
+                segmentations = self._segment_located(study, indices, ed, region_source)
+                curve = np.array([s.volumes_ml()["LVBP"] for s in segmentations], dtype=np.float64)
+                ed, es = _ed_es(curve)
+        if self.systolic_base and ed != es:
+            segmentations[es] = self._systolic_base(segmentations[ed], segmentations[es])
+        # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
+        measures, measured = self._measures(segmentations, ed, es)
+        totals = {stage: sum(s.timings_ms[stage] for s in segmentations) for stage in (*STAGES, "total")}
+        totals["wall"] = (time.perf_counter() - t0) * 1000.0
+        return StudySegmentation(tuple(segmentations), ed, es, curve, measures, totals, measured)
+
+    def _segment_located(
+        self, study: Study, indices: list[int], first: int, region_source: RegionSource | None
+    ) -> list[Segmentation]:
+        """Every phase of ``indices`` segmented, in time order, the heart and (with regions from the
+        segmentation) the regions found on phase ``first`` (a position in ``indices``) and kept."""
         order = [first] + [i for i in range(len(indices)) if i != first]
         located = study.phases[indices[first]]
         results: dict[int, Segmentation] = {}
@@ -963,19 +990,7 @@ class Pipeline:
                 window = placed if heart_found else _UNSET  # no heart seen: each phase places its own
                 if self._by_segmentation and region_source is None and heart_found:
                     routes = results[i].regions  # a study's regions are found once, as its heart
-        segmentations = [results[i] for i in range(len(indices))]
-        curve = np.array([s.volumes_ml()["LVBP"] for s in segmentations], dtype=np.float64)
-        if study.ed_index is not None and study.es_index is not None:
-            ed, es = indices.index(study.ed_index), indices.index(study.es_index)
-        else:
-            ed, es = _ed_es(curve)
-        if self.systolic_base and ed != es:
-            segmentations[es] = self._systolic_base(segmentations[ed], segmentations[es])
-        # one phase: volumes at that phase, but no ES, so no SV or EF (NaN, never 0)
-        measures, measured = self._measures(segmentations, ed, es)
-        totals = {stage: sum(s.timings_ms[stage] for s in segmentations) for stage in (*STAGES, "total")}
-        totals["wall"] = (time.perf_counter() - t0) * 1000.0
-        return StudySegmentation(tuple(segmentations), ed, es, curve, measures, totals, measured)
+        return [results[i] for i in range(len(indices))]
 
     @staticmethod
     def _systolic_base(ed: Segmentation, es: Segmentation) -> Segmentation:

@@ -17,10 +17,13 @@ and, for series of several slices, the same phase count, that together cover mor
 any of them alone and three or more (a slice acquired twice: the later series). Within the
 series, slices are ordered by
 their position along the slice normal (row direction x column direction, ascending) and phases
-by TriggerTime (InstanceNumber where absent). Pixels are ``stored * RescaleSlope +
+by TriggerTime (NominalCardiacTriggerDelayTime, then InstanceNumber or TemporalPositionIdentifier
+where absent). Pixels are ``stored * RescaleSlope +
 RescaleIntercept``. The affine is built from ImagePositionPatient, ImageOrientationPatient and
 PixelSpacing in DICOM LPS and flipped to RAS+.
-The first phase (the one nearest the ECG R wave) is taken as ED; ES is left unknown.
+The first phase (the one nearest the ECG R wave) is named ED and ES is left unknown: the pipeline
+takes both from the LV volume curve (and locates the heart on the curve's ED, wherever the cine
+starts).
 
 DICOM as it comes
 -----------------
@@ -28,7 +31,8 @@ DICOM as it comes
   archives (Sunnybrook) give every image its own frame of reference.
 - A second file with an already seen SOPInstanceUID (PACS re-exports) is skipped with a
   :class:`~cmrsdk.errors.CmrWarning`.
-- Text in TriggerTime ('n/a') falls back on InstanceNumber for that image, with a warning.
+- Text in TriggerTime ('n/a'), where no NominalCardiacTriggerDelayTime stands in, orders the
+  series by InstanceNumber, with a warning.
 - Enhanced multi-frame MR (and Legacy Converted Enhanced MR) is read frame by frame: each frame
   gets the header a classic image would carry, from its functional groups
   (:mod:`cmrsdk.io._multiframe`), and ``Stack.source_frames`` names it.
@@ -380,21 +384,42 @@ def _series_key(image: _Image) -> str:
     return uid if stack is None else f"{uid}#stack{stack}"
 
 
+#: where a phase's time (ms) is kept: TriggerTime, else the nominal delay that converters and
+#: anonymisers keep where they drop TriggerTime (the multi-frame reader's source too)
+TIME_KEYWORDS = ("TriggerTime", "NominalCardiacTriggerDelayTime")
+
+#: where a phase's place is kept without a time: its number, else its temporal position
+ORDER_KEYWORDS = ("InstanceNumber", "TemporalPositionIdentifier")
+
+
 def _trigger_time(image: _Image) -> float | None:
-    """TriggerTime in ms, None where absent or not a number ('n/a' in some exports)."""
-    try:
-        value = image.header.get("TriggerTime")
-        time = float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-    return time if time is not None and np.isfinite(time) else None
+    """The phase's time in ms from the first of :data:`TIME_KEYWORDS` that is a number; None
+    where none is ('n/a' in some exports)."""
+    for keyword in TIME_KEYWORDS:
+        try:
+            value = image.header.get(keyword)
+            time = float(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            continue
+        if time is not None and np.isfinite(time):
+            return time
+    return None
+
+
+def _order_number(image: _Image) -> int | None:
+    """The first of :data:`ORDER_KEYWORDS` the image carries as an integer, else None."""
+    for keyword in ORDER_KEYWORDS:
+        number = _int_or_none(image.header.get(keyword))
+        if number is not None:
+            return number
+    return None
 
 
 def _time_of(image: _Image, by_trigger: bool = True) -> float:
     time = _trigger_time(image) if by_trigger else None
     if time is not None:
         return time
-    return float(_int_or_none(image.header.get("InstanceNumber")) or 0)
+    return float(_order_number(image) or 0)
 
 
 def _group_positions(images: list[_Image], by_trigger: bool = True) -> list[list[_Image]]:
@@ -411,10 +436,7 @@ def _group_positions(images: list[_Image], by_trigger: bool = True) -> list[list
             groups.append([])
         groups[-1].append(images[i])
         last = positions[i]
-    return [
-        sorted(g, key=lambda im: (_time_of(im, by_trigger), _int_or_none(im.header.get("InstanceNumber")) or 0))
-        for g in groups
-    ]
+    return [sorted(g, key=lambda im: (_time_of(im, by_trigger), _order_number(im) or 0)) for g in groups]
 
 
 #: a cine's phases at one position span the cardiac cycle (hundreds of ms); a dynamic series
@@ -552,7 +574,7 @@ def _trigger_span(images: list[_Image]) -> float | None:
     where there is one image, or where InstanceNumbers repeat (copies of one file are duplicates,
     refused as such, not a dynamic series)."""
     times = [t for t in map(_trigger_time, images) if t is not None]
-    numbers = {_int_or_none(im.header.get("InstanceNumber")) for im in images}
+    numbers = {_order_number(im) for im in images}
     if len(images) < 2 or not len(times) == len(images) == len(numbers):
         return None
     return float(max(times) - min(times))
@@ -1110,14 +1132,14 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
             stacklevel=2,
         )
     groups = _group_positions(members, by_trigger)
-    missing = [im for im in members if im.header.get("TriggerTime") is None]
+    missing = [im for im in members if _trigger_time(im) is None and im.header.get("TriggerTime") is None]
     if missing and not unusable and max(len(g) for g in groups) > 1:
         # a cine's time order then rests on the sender's numbering (the volume curve still picks ED
-        # and ES, but the heart is located on the first phase, and the frames are named in that order)
+        # and ES, and the frames are named in that order)
         warnings.warn(
             CmrWarning(
-                f"{missing[0].path}: no 'TriggerTime' (0018,1060) ({len(missing)} of {len(members)} image(s)); "
-                "phases ordered by InstanceNumber"
+                f"{missing[0].path}: no 'TriggerTime' (0018,1060) or 'NominalCardiacTriggerDelayTime' "
+                f"(0020,9153) ({len(missing)} of {len(members)} image(s)); phases ordered by InstanceNumber"
             ),
             stacklevel=2,
         )
@@ -1126,15 +1148,34 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         if len(set(times)) != len(times):
             repeated = sorted({t for t in times if times.count(t) > 1})
             shown = ", ".join(f"{t:g}" for t in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
+            if not by_trigger and all(_order_number(im) is None for im in group):
+                raise ReadError(
+                    group[0].path,
+                    f"{len(group)} images at one slice position and nothing to order them by: no 'TriggerTime' "
+                    "(0018,1060), 'NominalCardiacTriggerDelayTime' (0020,9153), 'InstanceNumber' (0020,0013) "
+                    f"or 'TemporalPositionIdentifier' (0020,0100) (also {group[1].path.name})",
+                )
+            field = "'TriggerTime' (0018,1060)" if by_trigger else "'InstanceNumber' (0020,0013; no usable TriggerTime)"
             raise ReadError(
                 group[0].path,
                 f"duplicate slice position: {len(group)} images at the same position, {len(times) - len(set(times))} "
-                f"of them repeating a TriggerTime/InstanceNumber ({shown}; also {group[1].path.name}): the slice "
+                f"of them repeating a {field} ({shown}; also {group[1].path.name}): the slice "
                 "acquired twice in one series, or copies of its files",
             )
     if len({len(g) for g in groups}) != 1:
         groups = _fill_missing_phases(groups, by_trigger, chosen)
     n_phases = len(groups[0])
+    stated = _int_or_none(first.header.get("CardiacNumberOfImages"))
+    if stated is not None and 1 < n_phases < stated:
+        # the same phases missing at every position reads as a complete shorter cine (a transfer
+        # cut short at a phase boundary): ED or ES may be among them, and the EF wrong
+        warnings.warn(
+            CmrWarning(
+                f"{first.path}: series {chosen} holds {n_phases} phases per slice position, but "
+                f"'CardiacNumberOfImages' (0018,1090) is {stated}: the cine may be incomplete, its ED or ES missing"
+            ),
+            stacklevel=2,
+        )
     inversion = _float_tag(first.header, "InversionTime")
     if n_phases == 1 and inversion is not None and inversion > 0:
         # late gadolinium enhancement: the myocardium nulled, the U-Nets' cine contrast gone

@@ -1,0 +1,41 @@
+"""A cine's numbers do not depend on the phase it starts at (sweep 22, docs/RESULTS.md Session 43).
+
+Scanners triggered late (a trigger delay, peripheral-pulse triggering) store the same cycle from
+another point. The heart window and the regions are found on one phase and kept for all; the
+U-Nets are not shift-equivariant, so locating on whatever phase came first moved LVEF by 3
+points on a Sunnybrook cine. The pipeline now locates on the volume curve's ED."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+
+def _rolled(study, k: int):
+    """``study`` with its phases started ``k`` frames later and ED / ES unknown (as DICOM)."""
+    phases = study.phases[k:] + study.phases[:k]
+    return replace(study, phases=phases, ed_index=None, es_index=None)
+
+
+@pytest.mark.parametrize("k", [7])
+def test_measures_do_not_depend_on_the_first_phase(k: int) -> None:
+    from cmrsdk import DEMO_BUNDLE, Pipeline
+    from cmrsdk.phantom import cine_phantom
+
+    study = cine_phantom(2, n_phases=20)
+    pipeline = Pipeline(DEMO_BUNDLE)
+    start = pipeline.segment_study(_rolled(study, 0))
+    late = pipeline.segment_study(_rolled(study, k))
+    n = len(study.phases)
+    # the same frames chosen, whatever their place in the stored order
+    assert (late.ed_index + k) % n == start.ed_index
+    assert (late.es_index + k) % n == start.es_index
+    for name in ("lvedv_ml", "lvesv_ml", "lvef_pct", "lv_mass_g", "rvedv_ml", "rvesv_ml", "rvef_pct"):
+        assert getattr(late.measures, name) == pytest.approx(getattr(start.measures, name), abs=1e-9), name
+    # and every frame's masks
+    for i in range(n):
+        np.testing.assert_array_equal(late.phases[(i - k) % n].labels, start.phases[i].labels)

@@ -1,0 +1,91 @@
+"""The cine's time axis as archives store it (sweep 22, docs/RESULTS.md Session 43): the phase
+time where TriggerTime was dropped, the order without InstanceNumber, a cine cut short."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from cmrsdk.errors import CmrWarning, ReadError
+from cmrsdk.io import read_dicom_study, write_dicom_series
+from cmrsdk.synth import synthetic_study
+
+
+@pytest.fixture()
+def cine(tmp_path: Path) -> tuple[Path, object]:
+    folder = tmp_path / "cine"
+    write_dicom_series(folder, synthetic_study(3, n_slices=4, shape=(40, 48), n_phases=6))
+    return folder, read_dicom_study(folder)
+
+
+def _rewrite(folder: Path, change) -> None:
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        change(ds)
+        ds.save_as(f)
+
+
+def _same_order(read, complete) -> bool:
+    return all(np.array_equal(a.pixels, b.pixels) for a, b in zip(read.phases, complete.phases))
+
+
+def test_the_nominal_trigger_delay_stands_in_for_trigger_time(cine) -> None:
+    """An anonymiser that dropped TriggerTime and renumbered the images kept (0020,9153)."""
+    folder, complete = cine
+    n = len(list(folder.glob("*.dcm")))
+
+    def change(ds) -> None:
+        ds.NominalCardiacTriggerDelayTime = float(ds.TriggerTime)
+        del ds.TriggerTime
+        ds.InstanceNumber = n + 1 - int(ds.InstanceNumber)  # numbered against time
+
+    _rewrite(folder, change)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CmrWarning)  # no "ordered by InstanceNumber"
+        read = read_dicom_study(folder)
+    assert _same_order(read, complete)
+    np.testing.assert_allclose(read.trigger_times_ms, complete.trigger_times_ms)
+
+
+def test_the_temporal_position_orders_a_cine_without_numbers(cine) -> None:
+    folder, complete = cine
+    n_slices = complete.phases[0].shape[0]
+
+    def change(ds) -> None:
+        ds.TemporalPositionIdentifier = (int(ds.InstanceNumber) - 1) // n_slices + 1
+        del ds.TriggerTime, ds.InstanceNumber
+
+    _rewrite(folder, change)
+    with pytest.warns(CmrWarning, match=r"no 'TriggerTime'.*phases ordered by InstanceNumber"):
+        read = read_dicom_study(folder)
+    assert _same_order(read, complete)
+
+
+def test_nothing_to_order_the_phases_by_is_said(cine) -> None:
+    folder, _ = cine
+    _rewrite(folder, lambda ds: delattr(ds, "TriggerTime") or delattr(ds, "InstanceNumber"))
+    with pytest.raises(ReadError, match=r"nothing to order them by: no 'TriggerTime' \(0018,1060\)") as error:
+        read_dicom_study(folder)
+    assert "duplicate" not in str(error.value)
+
+
+def test_a_cine_cut_short_is_said(cine) -> None:
+    """The last phases missing at every position read as a whole shorter cine; the header's
+    CardiacNumberOfImages shows what is missing."""
+    folder, _ = cine
+    _rewrite(folder, lambda ds: setattr(ds, "CardiacNumberOfImages", 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CmrWarning)
+        read_dicom_study(folder)  # complete: nothing said
+    for f in folder.glob("*.dcm"):
+        if int(f.name[:3]) >= 4:  # phases 4 and 5 of 0..5 lost everywhere
+            f.unlink()
+    with pytest.warns(
+        CmrWarning, match=r"holds 4 phases per slice position, but 'CardiacNumberOfImages' \(0018,1090\) is 6"
+    ):
+        read = read_dicom_study(folder)
+    assert len(read.phases) == 4
