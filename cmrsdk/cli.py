@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import io
 import signal
 import sys
 from pathlib import Path
@@ -820,6 +821,11 @@ def _warning_line(message: Warning | str, category: type[Warning], *_: object, *
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
+    for stream in (sys.stdout, sys.stderr):
+        # a folder named in another encoding, or an ASCII-only terminal (PYTHONIOENCODING=ascii),
+        # must not end a run at its result line: what cannot be shown is shown escaped
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         with raise_on_sigterm(), warnings.catch_warnings():

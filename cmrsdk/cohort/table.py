@@ -181,7 +181,8 @@ def write_measures_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> P
     """Write ``rows`` (dicts keyed by `COLUMNS`) as CSV, atomically: readers see the old table or the new one.
 
     Unknown values are empty cells; columns missing from a row are empty; numbers are rounded
-    to `DECIMALS` (4 decimals for a column it does not name).
+    to `DECIMALS` (4 decimals for a column it does not name); a path's bytes that are not UTF-8
+    are written as backslash escapes.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -190,5 +191,7 @@ def write_measures_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> P
         writer.writerow([_cell(row.get(c), c) for c in COLUMNS])
     path = Path(path)
     with atomic_path(path) as temporary:
-        temporary.write_text(buffer.getvalue(), encoding="utf-8")
+        # a study folder named in another encoding (old shares, CDs) holds bytes UTF-8 cannot
+        # write: they are written as escapes (\udcfc), the table still complete
+        temporary.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")
     return path

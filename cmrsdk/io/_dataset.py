@@ -17,10 +17,29 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.charset import convert_encodings, python_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["is_bare_dataset", "read_dataset"]
+__all__ = ["is_bare_dataset", "read_dataset", "settle_character_set"]
+
+#: text VRs whose bytes follow SpecificCharacterSet
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
+
+
+def _squashed(name: str) -> str:
+    return "".join(c for c in name.upper() if c.isalnum())
+
+
+#: SpecificCharacterSet as written by hand or by non-conforming software ("UTF-8", "ISO_IR_192",
+#: "iso-ir 100") to the defined term it means; pydicom would decode such text as ASCII/Latin-1
+_TERMS = {_squashed(term): term for term in python_encoding if term} | {
+    "UTF8": "ISO_IR 192",
+    "LATIN1": "ISO_IR 100",
+    "ISO88591": "ISO_IR 100",
+}
 
 
 def is_bare_dataset(path: str | Path) -> bool:
@@ -58,3 +77,49 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
         implicit = dataset.original_encoding[0] if dataset.original_encoding else True
         meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     return dataset
+
+
+def settle_character_set(dataset: Dataset) -> str | None:
+    """Name the character set ``dataset``'s text is in, before its text is decoded.
+
+    A SpecificCharacterSet that misspells a defined term ("UTF-8", "ISO_IR_192") is replaced by
+    the term; where there is none and some top-level text holds 8-bit bytes, it is set to UTF-8
+    (ISO_IR 192) where all such bytes are valid UTF-8, else Latin-1 (ISO_IR 100), the two sets
+    undeclared text is written in. Returns what was done, for a warning, or None.
+    """
+    value = dataset.get("SpecificCharacterSet")
+    if value not in (None, ""):
+        values = [str(v) for v in value] if not isinstance(value, str) else [value]
+        named = [v if v in python_encoding else _TERMS.get(_squashed(v), v) for v in values]
+        if named == values:
+            return None
+        _name(dataset, named[0] if len(named) == 1 else named)
+        return f"'SpecificCharacterSet' (0008,0005) value {chr(92).join(values)!r} read as {chr(92).join(named)!r}"
+    eight_bit = []
+    for element in dataset.elements():
+        if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes):
+            continue
+        try:
+            vr = element.VR or dictionary_VR(element.tag)
+        except KeyError:  # a private tag in implicit VR: its bytes are not known to be text
+            continue
+        if vr in _TEXT_VRS and any(b > 127 for b in element.value):
+            eight_bit.append(element.value)
+    if not eight_bit:
+        return None
+    try:
+        for text in eight_bit:
+            text.decode("utf-8")
+        _name(dataset, "ISO_IR 192")
+        name = "UTF-8 (ISO_IR 192)"
+    except UnicodeDecodeError:
+        _name(dataset, "ISO_IR 100")
+        name = "Latin-1 (ISO_IR 100)"
+    return f"no 'SpecificCharacterSet' (0008,0005), and 8-bit text: read as {name}"
+
+
+def _name(dataset: Dataset, terms: str | list[str]) -> None:
+    """Set SpecificCharacterSet, and the encoding pydicom decodes the text read with (it keeps the
+    one the file was read with)."""
+    dataset.SpecificCharacterSet = terms
+    dataset.set_original_encoding(dataset.read_implicit_vr, dataset.read_little_endian, convert_encodings(terms))

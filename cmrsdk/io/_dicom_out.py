@@ -19,17 +19,20 @@ reference them verbatim.
 from __future__ import annotations
 
 import datetime
+import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import dictionary_VM
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 
 from ..errors import CmrWarning, ReadError
-from ._dataset import read_dataset
+from ._dataset import read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
 
 __all__ = [
@@ -171,6 +174,9 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
             ) from exc
     repaired: dict[str, str] = {}  # one warning per attribute: the first file and value met
     for file, ds in zip(files, datasets):
+        settled = settle_character_set(ds)  # before any text is decoded
+        if settled is not None:
+            repaired.setdefault("character set", f"{file}: {settled}")
         if not str(ds.get("StudyInstanceUID", "") or ""):
             raise ReadError(file, "'StudyInstanceUID' (0020,000D) is missing; a SEG or SR cannot join the study")
         for keyword, check in [(k, valid_date) for k in _DATES] + [(k, valid_time) for k in _TIMES]:
@@ -196,13 +202,16 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
                 f"{file}: 'SpecificCharacterSet' (0008,0005) value {charset!r} cannot be written by "
                 "the DICOM writer; text is written as UTF-8 (ISO_IR 192) in the DICOM outputs",
             )
-        if slice_spacing_mm is not None and "SliceThickness" not in ds and "PixelData" in ds:
+        thickness = _number(ds, "SliceThickness") if "SliceThickness" in ds else None
+        if slice_spacing_mm is not None and "PixelData" in ds and not (thickness and thickness > 0):
+            said = "missing" if "SliceThickness" not in ds else f"{_raw_text(ds, 'SliceThickness')!r}"
             ds.SliceThickness = _ds_text(slice_spacing_mm)
             repaired.setdefault(
                 "SliceThickness",
-                f"{file}: 'SliceThickness' (0018,0050) is missing; the DICOM outputs give the slice "
+                f"{file}: 'SliceThickness' (0018,0050) is {said}; the DICOM outputs give the slice "
                 f"spacing, {_ds_text(slice_spacing_mm)} mm",
             )
+        _fit_text(file, ds, repaired)
     _share_orientation(files, datasets, repaired)
     for message in repaired.values():
         warnings.warn(CmrWarning(message), stacklevel=2)
@@ -229,6 +238,60 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
     for ds in datasets:
         ds.FrameOfReferenceUID = common
     return datasets
+
+
+#: most characters per value the outputs may copy (PS3.5 table 6.2-1; PN: per component group)
+_TEXT_LIMITS = {"SH": 16, "LO": 64, "PN": 64}
+
+#: kept verbatim, as UIDs are: the archive matches the outputs to the patient and order by them
+_IDENTIFIERS = frozenset({"PatientID", "IssuerOfPatientID", "AccessionNumber", "StudyID"})
+
+#: control characters no SH, LO or PN value may hold (CR, LF, NUL, DEL, ...)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    """A DS value as a finite number, a decimal comma read as a point; None where it is not one."""
+    text = _raw_text(ds, keyword).replace(",", ".")
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _fit_text(file: str | Path, ds: Dataset, repaired: dict[str, str]) -> None:
+    """The top-level text a derived object copies made valid: control characters as spaces,
+    values cut to their VR's length, the first of several names where one is allowed (other
+    text keeps its values: the archive files the outputs by the PatientID the source holds), and
+    decimal commas in the patient's DS values read as points."""
+    for keyword in ("PatientWeight", "PatientSize"):
+        raw = _raw_text(ds, keyword) if keyword in ds else ""
+        if "," in raw:
+            number = _number(ds, keyword)
+            ds[keyword].value = "" if number is None else _ds_text(number)
+            repaired.setdefault(
+                keyword,
+                f"{file}: '{keyword}' value {raw!r} is not a DICOM decimal; written "
+                f"{ds[keyword].value or 'empty'!r} in the DICOM outputs",
+            )
+    for element in list(ds):
+        limit = _TEXT_LIMITS.get(str(element.VR))
+        if limit is None or element.value in (None, "") or element.keyword in _IDENTIFIERS:
+            continue
+        values = [str(v) for v in element.value] if isinstance(element.value, MultiValue) else [str(element.value)]
+        fitted = [_CONTROL.sub(" ", v).strip()[:limit] for v in values]
+        if element.VR == "PN" and len(fitted) > 1 and dictionary_VM(element.tag) == "1":
+            fitted = fitted[:1]  # the writers take one name only
+        if fitted == values:
+            continue
+        element.value = fitted[0] if len(fitted) == 1 else fitted
+        repaired.setdefault(
+            f"text {element.tag}",
+            f"{file}: {element.keyword or element.tag} value {chr(92).join(values)!r} is not valid {element.VR} "
+            f"(control characters, over {limit} characters, or several names); written "
+            f"{chr(92).join(fitted)!r} in the DICOM outputs",
+        )
 
 
 def _ds_text(value: float) -> str:

@@ -58,12 +58,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from .._checks import IN_PLANE_RANGE_MM, MAX_MATRIX, SLICE_RANGE_MM
 from ..errors import CmrWarning, ReadError
 from ..regions import ORIENTED_COS, apex_cosine
 from ..types import Stack, Study, StudyInfo
-from ._dataset import read_dataset
+from ._dataset import read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
 from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, magnitude_frames
 
@@ -234,6 +235,7 @@ def _read_header(path: Path) -> Dataset | None:
     """The header of a DICOM file, None for files that are not DICOM at all."""
     try:
         header = read_dataset(path, stop_before_pixels=True)
+        settle_character_set(header)  # the DICOM outputs say what was assumed
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) and other vendor quirks
             for _ in header:  # pydicom decodes lazily: a corrupt element must fail here, named, not at first use
@@ -994,12 +996,35 @@ def _importable(package: str) -> bool:
 
 
 def _float_tag(header: Dataset, keyword: str, scale: float = 1.0) -> float | None:
+    """A number of the header, None where absent or not a number."""
     try:
         value = header.get(keyword)
         number = float(value) * scale if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
     return number if number is not None and np.isfinite(number) else None
+
+
+def _patient_number(header: Dataset, keyword: str, scale: float = 1.0) -> float | None:
+    """A patient's number (weight, size, field strength), its decimal comma ('72,5', as
+    European consoles write it) read as a point; None where absent or not a number."""
+    number = _float_tag(header, keyword, scale)
+    if number is None and "," in _raw_value(header, keyword):
+        try:
+            number = float(_raw_value(header, keyword).replace(",", ".")) * scale
+        except ValueError:
+            return None
+    return number if number is not None and np.isfinite(number) else None
+
+
+def _text_tag(header: Dataset, keyword: str) -> str | None:
+    """A text value as one line: several values joined by the backslash that separated them,
+    control characters as spaces; None where absent or blank."""
+    value = header.get(keyword)
+    if value is None:
+        return None
+    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value)
+    return " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", text).split()) or None
 
 
 #: a cine of at least this many phases may miss a few images at a slice position (see below)
@@ -1240,20 +1265,20 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
 
 
 def _info(header: Dataset, series_uid: str, path: Path) -> StudyInfo:
-    height = _float_tag(header, "PatientSize", 100.0)  # metres: 1.15 * 100 is 114.99999999999999
+    height = _patient_number(header, "PatientSize", 100.0)  # metres: 1.15 * 100 is 114.99999999999999
     return StudyInfo(
-        patient_id=str(header.get("PatientID", "")) or None,
+        patient_id=_text_tag(header, "PatientID"),
         study_uid=str(header.get("StudyInstanceUID", "")) or None,
         series_uid=series_uid,
-        series_description=str(header.get("SeriesDescription", "")) or None,
-        manufacturer=str(header.get("Manufacturer", "")) or None,
-        field_strength_t=_float_tag(header, "MagneticFieldStrength"),
+        series_description=_text_tag(header, "SeriesDescription"),
+        manufacturer=_text_tag(header, "Manufacturer"),
+        field_strength_t=_patient_number(header, "MagneticFieldStrength"),
         height_cm=None if height is None else round(height, 2),
-        weight_kg=_float_tag(header, "PatientWeight"),
+        weight_kg=_patient_number(header, "PatientWeight"),
         sex={"M": "M", "F": "F"}.get(str(header.get("PatientSex", "") or "").strip().upper()),
         age_years=_age_years(header.get("PatientAge")),
         study_date=_iso_date(header.get("StudyDate")),
-        accession_number=str(header.get("AccessionNumber", "") or "").strip() or None,
+        accession_number=_text_tag(header, "AccessionNumber"),
         source=str(path),
     )
 

@@ -17,6 +17,7 @@ and read as (X, Y, Z) again (axes reversed when the slices come first), with a w
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
 import struct
@@ -580,7 +581,10 @@ def read_acdc_info(path: str | Path) -> dict[str, str]:
         raise ReadError(path, "ACDC Info.cfg not found (it gives the ED and ES frame numbers)")
     entries: dict[str, str] = {}
     # utf-8-sig: an Info.cfg saved by Windows Notepad starts with a byte-order mark
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), start=1):
+    raw = path.read_bytes()
+    # Windows editors save "Unicode" text as UTF-16 with a byte-order mark
+    encoding = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    for number, line in enumerate(raw.decode(encoding, errors="replace").splitlines(), start=1):
         if not line.strip():
             continue
         key, sep, value = line.partition(":")
