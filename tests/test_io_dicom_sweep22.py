@@ -89,3 +89,22 @@ def test_a_cine_cut_short_is_said(cine) -> None:
     ):
         read = read_dicom_study(folder)
     assert len(read.phases) == 4
+
+
+def test_a_cine_stored_one_series_per_phase_is_said(cine) -> None:
+    """Read as one phase (volumes, no EF): said, not silent."""
+    folder, _ = cine
+    uids = {}
+
+    def per_phase(f: Path) -> None:
+        phase = int(f.name[:3])
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = uids.setdefault(phase, pydicom.uid.generate_uid())
+        ds.SeriesNumber = phase + 1
+        ds.save_as(f)
+
+    for f in sorted(folder.glob("*.dcm")):
+        per_phase(f)
+    with pytest.warns(CmrWarning, match=r"and 5 other series of its study hold one phase each .* one series per phase"):
+        read = read_dicom_study(folder)
+    assert len(read.phases) == 1

@@ -738,6 +738,18 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
             "as one series, or read one part with cmrsdk segment --series UID "
             "(cmrsdk.read_dicom_study(path, series_uid=...))",
         )
+    split = _phases_elsewhere(chosen, summaries.values())
+    if split:
+        warnings.warn(
+            CmrWarning(
+                f"{path}: series {chosen.series_uid} ('{chosen.description}') holds one phase, and {len(split)} other "
+                f"series of its study hold one phase each at the same {chosen.n_positions} slice positions (SeriesNumber "
+                f"{', '.join(str(s.series_number) for s in split[:5])}{', ...' if len(split) > 5 else ''}): a cine stored "
+                "one series per phase, which cmrsdk does not stack; reading one phase (volumes, no EF): export the "
+                "cine as one series"
+            ),
+            stacklevel=3,
+        )
     # the warning names real alternatives: not the parts of the stack read, nor (when the one read
     # is a short-axis stack) axial or long-axis stacks
     parts = set(chosen.series_uid.split("+"))
@@ -796,6 +808,34 @@ def _continued_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummar
         if ends[0] < lo - margin or ends[1] > hi + margin:
             found.append(s)
     return found
+
+
+def _phases_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummary]) -> list[SeriesSummary]:
+    """Other one-phase series of ``chosen``'s study, orientation and slice positions, where
+    ``chosen`` is a one-phase stack: a cine stored one series per phase."""
+    if chosen.n_phases != 1 or chosen.n_positions < 3 or chosen.normal is None or chosen.extent_mm is None:
+        return []
+    normal = np.asarray(chosen.normal)
+    lo, hi = sorted(chosen.extent_mm)
+    margin = 0.5 * (hi - lo) / (chosen.n_positions - 1)
+    found = []
+    for s in summaries:
+        if (
+            s.series_uid == chosen.series_uid
+            or "+" in s.series_uid
+            or s.n_phases != 1
+            or s.n_positions != chosen.n_positions
+            or s.normal is None
+            or s.extent_mm is None
+            or s.study_uid != chosen.study_uid
+            or abs(float(np.asarray(s.normal) @ normal)) < 1.0 - 1e-4
+        ):
+            continue
+        sign = 1.0 if float(np.asarray(s.normal) @ normal) > 0 else -1.0
+        ends = sorted(sign * e for e in s.extent_mm)
+        if abs(ends[0] - lo) <= margin and abs(ends[1] - hi) <= margin:
+            found.append(s)
+    return sorted(found, key=lambda s: s.series_number)
 
 
 def _check_consistent(images: list[_Image]) -> None:
