@@ -108,3 +108,22 @@ def test_a_cine_stored_one_series_per_phase_is_said(cine) -> None:
     with pytest.warns(CmrWarning, match=r"and 5 other series of its study hold one phase each .* one series per phase"):
         read = read_dicom_study(folder)
     assert len(read.phases) == 1
+
+
+def test_a_nifti_cine_with_time_and_slice_axes_swapped_is_refused(tmp_path: Path) -> None:
+    """(x, y, t, z): read as (x, y, z, t) its phases were measured as slices (LVEDV 452 mL)."""
+    import nibabel as nib
+
+    from cmrsdk.io import read_study
+
+    affine = np.diag([1.4, 1.4, 10.0, 1.0])
+    cine = np.random.default_rng(0).normal(100, 10, (32, 32, 20, 6)).astype(np.float32)  # x, y, t=20, z=6
+    image = nib.Nifti1Image(cine, affine)
+    image.header.set_zooms((1.4, 1.4, 37.5, 10.0))
+    nib.save(image, tmp_path / "xytz.nii.gz")
+    with pytest.raises(ReadError, match=r"pixdim\[3\] 37.5 is not the affine's slice spacing 10 mm .* \(x, y, t, z\)"):
+        read_study(tmp_path / "xytz.nii.gz")
+    right = nib.Nifti1Image(cine.transpose(0, 1, 3, 2), affine)
+    right.header.set_zooms((1.4, 1.4, 10.0, 37.5))
+    nib.save(right, tmp_path / "xyzt.nii.gz")
+    assert len(read_study(tmp_path / "xyzt.nii.gz").phases) == 20

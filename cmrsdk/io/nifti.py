@@ -245,6 +245,15 @@ def _geometry(
         raise ReadError(path, f"NIfTI affine is degenerate: {image.affine.tolist()}")
     stored = (zooms[2], zooms[1], zooms[0])
     if not np.allclose(norms, stored, rtol=1e-3) and not np.allclose(norms, 1.0, atol=1e-3):
+        fourth = float(image.header["pixdim"][4]) * scale if len(image.shape) > 3 else 0.0
+        if not np.isclose(zooms[2], norms[0], rtol=1e-3) and np.isclose(fourth, norms[0], rtol=1e-3):
+            # (x, y, t, z): the affine's slice spacing is in pixdim[4], the time step in pixdim[3];
+            # read as (x, y, z, t) it measures phases as slices (LVEDV 452 mL for 187)
+            raise ReadError(
+                path,
+                f"NIfTI pixdim[3] {zooms[2]:g} is not the affine's slice spacing {float(norms[0]):g} mm but "
+                f"pixdim[4] {fourth:g} is: the axes look stored as (x, y, t, z); store a cine as (x, y, z, t)",
+            )
         # sizes in the affine, not unit columns (ACDC's): an sform edited without its pixdim
         zooms = (float(norms[2]), float(norms[1]), float(norms[0]))
         warnings.warn(
