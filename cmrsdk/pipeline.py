@@ -852,7 +852,9 @@ class Pipeline:
 
         For a cine whose ED and ES are unknown they are taken from the LV blood-pool volume
         curve: ED at its largest, ES at its smallest volume among the phases showing an LV
-        (`_ed_es`). With a heart crop the heart is located once, on ED (on the first phase of a cine whose ED is unknown), and every phase
+        (`_ed_es`). With a heart crop the heart is located once, on ED (for a cine whose ED is
+        unknown, on the curve's ED: the cine is segmented again, located there, where its first
+        phase is not ED, so that where a cine starts does not move its masks), and every phase
         on the same grid is cropped around that centre; a phase on another grid (shape or
         spacing) is located on its own. Likewise, once that first phase shows a heart, the other
         phases on its grid are not emptied by the whole-stack confidence gate, and with regions
