@@ -196,6 +196,14 @@ def _delete(*keywords):
     return change
 
 
+def _both(*changes):
+    def change(ds):
+        for one in changes:
+            one(ds)
+
+    return change
+
+
 def _first(grid):
     return [grid[0][0]]
 
@@ -528,18 +536,21 @@ DICOM_CASES = [
     ),
     Case(
         "dicom_trigger_time_text",
-        _dicom(_raw(0x00181060, b"n/a "), which=_trigger_na),
+        _dicom(_both(_raw(0x00181060, b"n/a "), _delete("NominalCardiacTriggerDelayTime")), which=_trigger_na),
         outputs=ALL_OUTPUTS,
         warning=r"'TriggerTime' \(0018,1060\) value 'n/a' is not a number \(1 image\(s\)\); phases ordered by InstanceNumber",
         check=_trigger_check,
     ),
     Case(
         "dicom_trigger_time_absent",
-        _dicom(_delete("TriggerTime")),
+        _dicom(_delete("TriggerTime", "NominalCardiacTriggerDelayTime")),
         outputs=ALL_OUTPUTS,
-        warning=r"no 'TriggerTime' \(0018,1060\) \(12 of 12 image\(s\)\); phases ordered by InstanceNumber",
+        warning=r"no 'TriggerTime' \(0018,1060\) or 'NominalCardiacTriggerDelayTime' \(0020,9153\) \(12 of 12 "
+        r"image\(s\)\); phases ordered by InstanceNumber",
         check=_measures_known,
     ),
+    # an anonymiser that drops TriggerTime keeps the nominal delay GE writes beside it (sweep 22)
+    Case("dicom_trigger_time_nominal_only", _dicom(_delete("TriggerTime")), outputs=ALL_OUTPUTS, check=_no_warnings),
     Case(
         "dicom_duplicated_instance",
         _dup_build,
@@ -671,7 +682,7 @@ DICOM_CASES = [
         _dup_position_build,
         code=1,
         error=r"00_03\.dcm: duplicate slice position: 3 images at the same position, 1 of them repeating a "
-        r"TriggerTime/InstanceNumber \(18\.9873; also .*\): the slice acquired twice in one series, or copies",
+        r"'TriggerTime' \(0018,1060\) \(18\.9873; also .*\): the slice acquired twice in one series, or copies",
     ),
     Case("dicom_mixed_matrix_sizes", _mixed_sizes_build, code=1, error=r"mixed matrix sizes in one series"),
     Case(

@@ -127,3 +127,14 @@ def test_a_nifti_cine_with_time_and_slice_axes_swapped_is_refused(tmp_path: Path
     right.header.set_zooms((1.4, 1.4, 10.0, 37.5))
     nib.save(right, tmp_path / "xyzt.nii.gz")
     assert len(read_study(tmp_path / "xyzt.nii.gz").phases) == 20
+
+
+def test_an_ed_es_export_of_a_cine_is_not_called_incomplete(cine) -> None:
+    folder, _ = cine
+    _rewrite(folder, lambda ds: setattr(ds, "CardiacNumberOfImages", 6))
+    for f in folder.glob("*.dcm"):
+        if int(f.name[:3]) not in (0, 3):  # ED and ES kept, as archives export them
+            f.unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CmrWarning)
+        assert len(read_dicom_study(folder).phases) == 2

@@ -120,14 +120,28 @@ class Journal:
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """Within the block, SIGINT, SIGTERM and SIGHUP are held (delivered when it ends); in the
-    main thread only, where Python runs signal handlers."""
-    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    """Within the block, SIGINT, SIGTERM and SIGHUP are noted, not acted on, and raised again when
+    it ends; in the main thread only, where Python runs signal handlers. The Python handlers are
+    swapped rather than the signals blocked: a process with other threads (Ray's, pytest-xdist's)
+    takes a signal on any thread that does not block it, and Python still runs the handler in the
+    main thread (the full suite caught a stop that a blocked main thread let through)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    caught: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    previous = {}
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(stop)
+        if handler is not None and handler is not signal.SIG_IGN:  # None: set outside Python, kept
+            previous[stop] = signal.signal(stop, note)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+        for signum in dict.fromkeys(caught):
+            signal.raise_signal(signum)

@@ -1231,9 +1231,10 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         groups = _fill_missing_phases(groups, by_trigger, chosen)
     n_phases = len(groups[0])
     stated = _int_or_none(first.header.get("CardiacNumberOfImages"))
-    if stated is not None and 1 < n_phases < stated:
+    if stated is not None and 2 < n_phases < stated:
         # the same phases missing at every position reads as a complete shorter cine (a transfer
-        # cut short at a phase boundary): ED or ES may be among them, and the EF wrong
+        # cut short at a phase boundary): ED or ES may be among them, and the EF wrong. Two
+        # phases are an ED and ES export, which keeps the cine's count
         warnings.warn(
             CmrWarning(
                 f"{first.path}: series {chosen} holds {n_phases} phases per slice position, but "
