@@ -392,3 +392,32 @@ def test_a_stop_during_a_journal_write_keeps_the_record(tmp_path: Path, monkeypa
         done.set()
         signals.signal(signals.SIGTERM, previous)
         journal.close()
+
+
+def test_a_study_stored_one_folder_per_series_is_one_study(tmp_path: Path):
+    """The layout `cmrsdk retrieve` and many PACS exports write (STUDY/<one folder per series>):
+    each series folder was measured as a study of its own (a cine in two 6-slice series gave two
+    "ok" rows, LVEF 20.9 and 45.2 % where the study is 30.0; sweep 24). Folders of one study are
+    one study; folders of two studies stay two."""
+    from cmrsdk.io import write_dicom_series
+    from cmrsdk.synth import synthetic_study
+
+    def split(folder: Path, seed: int, names: tuple[str, str]) -> None:
+        files = write_dicom_series(
+            tmp_path / f"flat{seed}", synthetic_study(seed, n_slices=4, shape=(32, 32), n_phases=2)
+        )
+        for f in files:
+            half = names[int(f.name[4:7]) >= 2]  # PPP_SSS.dcm: slices 0-1 and 2-3
+            (folder / half).mkdir(parents=True, exist_ok=True)
+            f.rename(folder / half / f.name)
+
+    root = tmp_path / "cohort"
+    split(root / "study1", 1, ("series3", "series4"))
+    split(root / "patient2" / "exam_a", 2, ("s1", "s2"))
+    split(root / "patient2" / "exam_b", 3, ("s1", "s2"))
+    studies = discover_studies([root])
+    assert [(s.study_id, Path(s.source).relative_to(root).as_posix()) for s in studies] == [
+        ("patient2_exam_a", "patient2/exam_a"),
+        ("patient2_exam_b", "patient2/exam_b"),
+        ("study1", "study1"),
+    ]

@@ -138,3 +138,28 @@ def test_an_ed_es_export_of_a_cine_is_not_called_incomplete(cine) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", CmrWarning)
         assert len(read_dicom_study(folder).phases) == 2
+
+
+def test_a_legacy_converted_cine_keeps_the_nominal_trigger_delay(cine, tmp_path: Path) -> None:
+    """Converted from images whose TriggerTime was dropped and whose numbers run against time: the
+    nominal delay in each frame's converted attributes orders the phases (frame order did; sweep 24:
+    LVEF 12.8 % for 30.0)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _enhanced import legacy_converted
+
+    folder, complete = cine
+    n = len(list(folder.glob("*.dcm")))
+
+    def change(ds) -> None:
+        ds.NominalCardiacTriggerDelayTime = float(ds.TriggerTime)
+        del ds.TriggerTime
+        ds.InstanceNumber = n + 1 - int(ds.InstanceNumber)
+
+    _rewrite(folder, change)
+    # the converter keeps its input order as the frame order: against time, as the numbers
+    files = sorted(folder.glob("*.dcm"), key=lambda f: int(pydicom.dcmread(f).InstanceNumber))
+    converted = legacy_converted(files, tmp_path / "enhanced" / "cine.dcm")
+    read = read_dicom_study(converted.parent)
+    assert _same_order(read, complete)

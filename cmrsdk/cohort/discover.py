@@ -124,10 +124,47 @@ def _walk(
     loose = [f for f in files if _NIFTI.search(f.name) and not _LABEL_MAP.search(f.name)]
     yield from loose  # a folder of loose NIfTI stacks: each file is one (one-phase) study
     folders = [e for e in entries if e.is_dir() and not e.name.startswith(".") and Path(e.path) != skip]
+    if not loose and _one_study_of_series([Path(e.path) for e in folders]):
+        # a study stored one folder per series (as `cmrsdk retrieve` and many PACS exports write
+        # it: a cine split over series, one per slice or breath-hold): the reader stacks them
+        yield path
+        return
     if not loose and not folders and barren is not None:
         barren.append(path)  # in the walk's order: its row goes where the study would have been
     for entry in folders:
         yield from _walk(Path(entry.path), skip, barren, results)
+
+
+def _one_study_of_series(folders: list[Path]) -> bool:
+    """Two or more folders, each of DICOM files (no deeper folders), all of one StudyInstanceUID."""
+    if len(folders) < 2:
+        return False
+    studies = set()
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return False
+        if any(e.is_dir() for e in entries):
+            return False
+        files = sorted(Path(e.path) for e in entries if e.is_file() and not e.name.startswith("."))
+        dicom = next((f for f in files[:_DICOM_PROBES] if _is_dicom_file(f)), None)
+        if dicom is None:
+            return False
+        studies.add(_study_uid(dicom))
+    return len(studies) == 1 and "" not in studies
+
+
+def _study_uid(path: Path) -> str:
+    """StudyInstanceUID of a DICOM file ('' where it cannot be read)."""
+    from ..io._dataset import read_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return str(read_dataset(path, stop_before_pixels=True).get("StudyInstanceUID", "") or "")
+    except Exception:  # not readable as DICOM: the reader says so when the study is read
+        return ""
 
 
 def _unique(studies: list[StudySource], where: str) -> list[StudySource]:

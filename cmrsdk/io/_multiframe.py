@@ -52,6 +52,9 @@ _TIMING = (
     ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
     ("UnassignedPerFrameConvertedAttributesSequence", "TriggerTime"),
     ("UnassignedSharedConvertedAttributesSequence", "TriggerTime"),
+    # a source whose TriggerTime an anonymiser dropped keeps the nominal delay (sweep 24)
+    ("UnassignedPerFrameConvertedAttributesSequence", "NominalCardiacTriggerDelayTime"),
+    ("UnassignedSharedConvertedAttributesSequence", "NominalCardiacTriggerDelayTime"),
 )
 #: where a frame's inversion time (ms) is kept: Enhanced MR (the first of InversionTimes), then
 #: Legacy Converted; a one-phase image with one is late enhancement, refused by the reader
