@@ -1011,6 +1011,7 @@ def _pixels(image: _Image, decoded: dict[Path, np.ndarray]) -> np.ndarray:
     header = image.header
     frame_note = "" if image.frame is None else f" (frame {image.frame + 1})"
     where = f"{image.path}{frame_note}"
+    stored = _greyscale(image, stored)
     slope, intercept = _float_tag(header, "RescaleSlope"), _float_tag(header, "RescaleIntercept")
     for keyword, value, default in (("RescaleSlope", slope, 1.0), ("RescaleIntercept", intercept, 0.0)):
         if value is None and _raw_value(header, keyword) != "":
@@ -1020,12 +1021,45 @@ def _pixels(image: _Image, decoded: dict[Path, np.ndarray]) -> np.ndarray:
                 ),
                 stacklevel=2,
             )
+    if slope is not None and slope < 0:
+        # it would turn the image's contrast over: blood dark, the U-Nets' cine gone
+        raise ReadError(image.path, f"'RescaleSlope' (0028,1053) value {slope:g} is negative{frame_note}")
     slope = 1.0 if slope is None or slope == 0 else slope
     intercept = 0.0 if intercept is None else intercept
     pixels = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     if not np.all(np.isfinite(pixels)):
         raise ReadError(image.path, f"pixel data holds NaN or infinite values{frame_note}")
     return pixels
+
+
+def _greyscale(image: _Image, stored: np.ndarray) -> np.ndarray:
+    """Stored values (Y, X) as MONOCHROME2 values: padding (PixelPaddingValue, up to
+    PixelPaddingRangeLimit) given the darkest value the image holds, MONOCHROME1 turned over
+    within BitsStored; any other PhotometricInterpretation refused naming it."""
+    header = image.header
+    kind = str(header.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
+    if kind not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ReadError(
+            image.path,
+            f"'PhotometricInterpretation' (0028,0004) value {kind!r}: only greyscale images "
+            "(MONOCHROME2, MONOCHROME1) are supported",
+        )
+    pad = _int_or_none(header.get("PixelPaddingValue"))
+    if pad is not None:
+        limit = _int_or_none(header.get("PixelPaddingRangeLimit"))
+        low, high = sorted((pad, pad if limit is None else limit))
+        padded = (stored >= low) & (stored <= high)
+        if padded.any() and not padded.all():
+            # the border a scanner or archive padded with (often -2000 or 32767) is background,
+            # not tissue: left as stored it shifts the intensity statistics or floods the window
+            kept = stored[~padded]
+            stored = np.where(padded, kept.max() if kind == "MONOCHROME1" else kept.min(), stored)
+    if kind == "MONOCHROME1":  # the smallest value white: turned over within the stored bits
+        bits = _int_or_none(header.get("BitsStored")) or 8 * stored.dtype.itemsize
+        signed = _int_or_none(header.get("PixelRepresentation")) == 1
+        top = -1 if signed else (1 << bits) - 1
+        stored = top - stored.astype(np.int64)
+    return stored
 
 
 def _importable(package: str) -> bool:

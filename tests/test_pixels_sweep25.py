@@ -1,0 +1,90 @@
+"""Pixel data as vendors and archives encode it (sweep 25, docs/RESULTS.md Session 43): padding,
+MONOCHROME1, palette colour and a negative rescale slope."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from cmrsdk.errors import ReadError
+from cmrsdk.io import read_dicom_study, write_dicom_series
+from cmrsdk.synth import synthetic_study
+
+
+@pytest.fixture()
+def cine(tmp_path: Path) -> tuple[Path, object]:
+    folder = tmp_path / "cine"
+    write_dicom_series(folder, synthetic_study(4, n_slices=4, shape=(40, 48), n_phases=2))
+    return folder, read_dicom_study(folder)
+
+
+def _rewrite(folder: Path, change) -> None:
+    for f in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        change(ds)
+        ds.save_as(f)
+
+
+def _stored(ds) -> np.ndarray:
+    return ds.pixel_array.copy()
+
+
+def _set_stored(ds, values: np.ndarray) -> None:
+    ds.PixelData = values.astype(ds.pixel_array.dtype).tobytes()
+
+
+def test_monochrome1_reads_as_its_monochrome2_twin(cine) -> None:
+    """Stored turned over (the smallest value white): read as it was (no LV, silently, before)."""
+    folder, complete = cine
+
+    def change(ds) -> None:
+        top = (1 << int(ds.BitsStored)) - 1
+        _set_stored(ds, top - _stored(ds).astype(np.int64))
+        ds.PhotometricInterpretation = "MONOCHROME1"
+
+    _rewrite(folder, change)
+    read = read_dicom_study(folder)
+    for a, b in zip(read.phases, complete.phases):
+        np.testing.assert_allclose(a.pixels, b.pixels, rtol=1e-6)
+
+
+def test_a_padded_border_reads_as_background(cine) -> None:
+    """A 4-pixel border stored as PixelPaddingValue: it takes the image's darkest value (it was
+    read as bright tissue: LVESV -11.1 mL, or no LV at all, in sweep 25)."""
+    folder, complete = cine
+    pad = 65535
+
+    def change(ds) -> None:
+        values = _stored(ds) // 2  # the image in the lower half of the range, the padding above it
+        ds.RescaleSlope = f"{float(ds.RescaleSlope) * 2:.10g}"
+        values[:4], values[:, :4] = pad, pad
+        _set_stored(ds, values)
+        ds.add_new(0x00280120, "US", pad)  # PixelPaddingValue
+
+    _rewrite(folder, change)
+    read = read_dicom_study(folder)
+    step = 4 * (complete.phases[0].pixels.max() - complete.phases[0].pixels.min()) / 65535
+    for a, b in zip(read.phases, complete.phases):
+        np.testing.assert_allclose(a.pixels[:, 4:, 4:], b.pixels[:, 4:, 4:], atol=step)
+        for z in range(a.shape[0]):
+            assert np.all(a.pixels[z, :4] <= a.pixels[z, 4:, 4:].min() + 1e-3)  # darkest, not bright
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda ds: setattr(ds, "PhotometricInterpretation", "PALETTE COLOR"),
+            r"'PhotometricInterpretation' \(0028,0004\) value 'PALETTE COLOR'",
+        ),
+        (lambda ds: setattr(ds, "RescaleSlope", "-1"), r"'RescaleSlope' \(0028,1053\) value -1 is negative"),
+    ],
+)
+def test_images_that_would_be_misread_are_refused_naming_the_field(cine, change, message: str) -> None:
+    folder, _ = cine
+    _rewrite(folder, change)
+    with pytest.raises(ReadError, match=message):
+        read_dicom_study(folder)
