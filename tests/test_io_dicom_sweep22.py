@@ -60,7 +60,7 @@ def test_the_temporal_position_orders_a_cine_without_numbers(cine) -> None:
         del ds.TriggerTime, ds.InstanceNumber
 
     _rewrite(folder, change)
-    with pytest.warns(CmrWarning, match=r"no 'TriggerTime'.*phases ordered by InstanceNumber"):
+    with pytest.warns(CmrWarning, match=r"no 'TriggerTime'.*phases ordered by TemporalPositionIdentifier"):
         read = read_dicom_study(folder)
     assert _same_order(read, complete)
 
@@ -162,4 +162,21 @@ def test_a_legacy_converted_cine_keeps_the_nominal_trigger_delay(cine, tmp_path:
     files = sorted(folder.glob("*.dcm"), key=lambda f: int(pydicom.dcmread(f).InstanceNumber))
     converted = legacy_converted(files, tmp_path / "enhanced" / "cine.dcm")
     read = read_dicom_study(converted.parent)
+    assert _same_order(read, complete)
+
+
+def test_the_temporal_position_orders_where_numbers_restart_per_phase(cine) -> None:
+    """No TriggerTime, InstanceNumber restarting at every phase (the slice's number), the phase in
+    TemporalPositionIdentifier: refused as a duplicate slice position before (sweep 24)."""
+    folder, complete = cine
+    n_slices = complete.phases[0].shape[0]
+
+    def change(ds) -> None:
+        ds.TemporalPositionIdentifier = (int(ds.InstanceNumber) - 1) // n_slices + 1
+        ds.InstanceNumber = (int(ds.InstanceNumber) - 1) % n_slices + 1
+        del ds.TriggerTime
+
+    _rewrite(folder, change)
+    with pytest.warns(CmrWarning, match=r"phases ordered by TemporalPositionIdentifier"):
+        read = read_dicom_study(folder)
     assert _same_order(read, complete)

@@ -408,37 +408,51 @@ def _trigger_time(image: _Image) -> float | None:
     return None
 
 
-def _order_number(image: _Image) -> int | None:
-    """The first of :data:`ORDER_KEYWORDS` the image carries as an integer, else None."""
-    for keyword in ORDER_KEYWORDS:
+def _order_number(image: _Image, keywords: tuple[str, ...] = ORDER_KEYWORDS) -> int | None:
+    """The first of ``keywords`` the image carries as an integer, else None."""
+    for keyword in keywords:
         number = _int_or_none(image.header.get(keyword))
         if number is not None:
             return number
     return None
 
 
-def _time_of(image: _Image, by_trigger: bool = True) -> float:
+def _time_of(image: _Image, by_trigger: bool = True, order: tuple[str, ...] = ORDER_KEYWORDS) -> float:
     time = _trigger_time(image) if by_trigger else None
     if time is not None:
         return time
-    return float(_order_number(image) or 0)
+    return float(_order_number(image, order) or 0)
 
 
-def _group_positions(images: list[_Image], by_trigger: bool = True) -> list[list[_Image]]:
+def _untimed_order(groups: list[list[_Image]]) -> tuple[str, ...]:
+    """What orders the phases of a series without times: InstanceNumber, or TemporalPositionIdentifier
+    where InstanceNumber repeats at a slice position and it does not (numbers restarting per phase)."""
+
+    def distinct(keyword: str) -> bool:
+        return all(len({_int_or_none(im.header.get(keyword)) for im in g} - {None}) == len(g) for g in groups)
+
+    if not distinct("InstanceNumber") and distinct("TemporalPositionIdentifier"):
+        return ("TemporalPositionIdentifier",)
+    return ORDER_KEYWORDS
+
+
+def _group_positions(
+    images: list[_Image], by_trigger: bool = True, order: tuple[str, ...] = ORDER_KEYWORDS
+) -> list[list[_Image]]:
     """Images grouped by slice position along the normal (ascending), each group sorted by time."""
     orientation = _vector(images[0], "ImageOrientationPatient", "(0020,0037)", 6)
     normal = _normal(orientation)
     positions = np.array([_vector(im, "ImagePositionPatient", "(0020,0032)", 3) @ normal for im in images])
-    order = np.argsort(positions, kind="stable")
+    ranked = np.argsort(positions, kind="stable")
     groups: list[list[_Image]] = []
     last = None
-    for i in order:
+    for i in ranked:
         # positions within 0.01 mm are the same slice (rounding in the header)
         if last is None or positions[i] - last > 0.01:
             groups.append([])
         groups[-1].append(images[i])
         last = positions[i]
-    return [sorted(g, key=lambda im: (_time_of(im, by_trigger), _order_number(im) or 0)) for g in groups]
+    return [sorted(g, key=lambda im: (_time_of(im, by_trigger, order), _order_number(im, order) or 0)) for g in groups]
 
 
 #: a cine's phases at one position span the cardiac cycle (hundreds of ms); a dynamic series
@@ -1231,6 +1245,9 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
             stacklevel=2,
         )
     groups = _group_positions(members, by_trigger)
+    order = ORDER_KEYWORDS if by_trigger else _untimed_order(groups)
+    if order != ORDER_KEYWORDS:
+        groups = _group_positions(members, by_trigger, order)
     missing = [im for im in members if _trigger_time(im) is None and im.header.get("TriggerTime") is None]
     if missing and not unusable and max(len(g) for g in groups) > 1:
         # a cine's time order then rests on the sender's numbering (the volume curve still picks ED
@@ -1238,16 +1255,16 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         warnings.warn(
             CmrWarning(
                 f"{missing[0].path}: no 'TriggerTime' (0018,1060) or 'NominalCardiacTriggerDelayTime' "
-                f"(0020,9153) ({len(missing)} of {len(members)} image(s)); phases ordered by InstanceNumber"
+                f"(0020,9153) ({len(missing)} of {len(members)} image(s)); phases ordered by {order[0]}"
             ),
             stacklevel=2,
         )
     for group in groups:
-        times = [_time_of(im, by_trigger) for im in group]
+        times = [_time_of(im, by_trigger, order) for im in group]
         if len(set(times)) != len(times):
             repeated = sorted({t for t in times if times.count(t) > 1})
             shown = ", ".join(f"{t:g}" for t in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
-            if not by_trigger and all(_order_number(im) is None for im in group):
+            if not by_trigger and all(_order_number(im, order) is None for im in group):
                 raise ReadError(
                     group[0].path,
                     f"{len(group)} images at one slice position and nothing to order them by: no 'TriggerTime' "
