@@ -88,3 +88,31 @@ def test_images_that_would_be_misread_are_refused_naming_the_field(cine, change,
     _rewrite(folder, change)
     with pytest.raises(ReadError, match=message):
         read_dicom_study(folder)
+
+
+def test_lossy_compression_is_said_and_carried_into_the_seg(cine, tmp_path: Path) -> None:
+    """JPEG-LS near-lossless without the source's LossyImageCompression: the reader says so, the
+    SEG's sources say "01" (the SEG said "00": sweep 25)."""
+    import warnings
+
+    from pydicom.uid import JPEGLSNearLossless
+
+    from cmrsdk.errors import CmrWarning
+    from cmrsdk.io._dicom_out import derivation_sources
+
+    folder, complete = cine
+
+    def change(ds) -> None:
+        ds.compress(JPEGLSNearLossless, jls_error=2)
+        ds.pop("LossyImageCompression", None)
+        ds.pop("LossyImageCompressionRatio", None)
+        ds.pop("LossyImageCompressionMethod", None)
+
+    _rewrite(folder, change)
+    with pytest.warns(CmrWarning, match=r"8 of 8 image\(s\) compressed with loss \(JPEG-LS Lossy"):
+        read = read_dicom_study(folder)
+    np.testing.assert_allclose(read.ed.pixels, complete.ed.pixels, atol=0.05 * float(np.ptp(complete.ed.pixels)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sources = derivation_sources(read.ed.source_files)
+    assert {ds.LossyImageCompression for ds in sources} == {"01"}

@@ -23,7 +23,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["is_bare_dataset", "read_dataset", "settle_character_set"]
+__all__ = ["LOSSY_SYNTAXES", "is_bare_dataset", "is_lossy", "read_dataset", "settle_character_set"]
 
 #: text VRs whose bytes follow SpecificCharacterSet
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
@@ -123,3 +123,19 @@ def _name(dataset: Dataset, terms: str | list[str]) -> None:
     one the file was read with)."""
     dataset.SpecificCharacterSet = terms
     dataset.set_original_encoding(dataset.read_implicit_vr, dataset.read_little_endian, convert_encodings(terms))
+
+
+#: transfer syntaxes whose pixels lost detail to their compression (JPEG baseline and extended,
+#: JPEG-LS near-lossless); JPEG 2000 and HTJ2K may be either, and are lossy where the image
+#: says so (LossyImageCompression "01")
+LOSSY_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
+)
+
+
+def is_lossy(header: Dataset) -> bool:
+    """True where the image's pixels were compressed with loss (its transfer syntax, or its own
+    LossyImageCompression '01')."""
+    meta = getattr(header, "file_meta", None)
+    syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    return syntax in LOSSY_SYNTAXES or str(header.get("LossyImageCompression", "") or "").strip() == "01"

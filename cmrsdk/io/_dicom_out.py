@@ -32,7 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 
 from ..errors import CmrWarning, ReadError
-from ._dataset import read_dataset, settle_character_set
+from ._dataset import is_lossy, read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
 
 __all__ = [
@@ -212,6 +212,8 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
                 f"spacing, {_ds_text(slice_spacing_mm)} mm",
             )
         _fit_text(file, ds, repaired)
+        if is_lossy(ds):  # a derived object says its source lost detail (the reader warned)
+            ds.LossyImageCompression = "01"
     _share_orientation(files, datasets, repaired)
     for message in repaired.values():
         warnings.warn(CmrWarning(message), stacklevel=2)

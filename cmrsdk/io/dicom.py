@@ -64,7 +64,7 @@ from .._checks import IN_PLANE_RANGE_MM, MAX_MATRIX, SLICE_RANGE_MM
 from ..errors import CmrWarning, ReadError
 from ..regions import ORIENTED_COS, apex_cosine
 from ..types import Stack, Study, StudyInfo
-from ._dataset import read_dataset, settle_character_set
+from ._dataset import is_lossy, read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
 from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, magnitude_frames
 
@@ -1225,6 +1225,18 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         )
     _check_consistent(members)
     first = members[0]
+    lossy = [im for im in members if is_lossy(im.header)]
+    if lossy:
+        # measured (sweep 25): 8-bit JPEG moved LVEF by 1.45 points, JPEG 2000 at 20:1 LV mass by 2.6 g
+        syntax = str(getattr(getattr(lossy[0].header, "file_meta", None), "TransferSyntaxUID", "") or "")
+        name = pydicom.uid.UID(syntax).name if syntax else "unknown"
+        warnings.warn(
+            CmrWarning(
+                f"{lossy[0].path}: {len(lossy)} of {len(members)} image(s) compressed with loss ({name}); "
+                "the masks and measures carry that loss, and the DICOM SEG says so (LossyImageCompression 01)"
+            ),
+            stacklevel=2,
+        )
     total = len(members) * int(first.header.Rows) * int(first.header.Columns)
     if total > MAX_SERIES_PIXELS:
         raise ReadError(
