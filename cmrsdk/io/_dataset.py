@@ -128,9 +128,7 @@ def _name(dataset: Dataset, terms: str | list[str]) -> None:
 #: transfer syntaxes whose pixels lost detail to their compression (JPEG baseline and extended,
 #: JPEG-LS near-lossless); JPEG 2000 and HTJ2K may be either, and are lossy where the image
 #: says so (LossyImageCompression "01")
-LOSSY_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"}
-)
+LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"})
 
 
 def is_lossy(header: Dataset) -> bool:
