@@ -795,31 +795,45 @@ def _describe_part(s: SeriesSummary) -> str:
     )
 
 
+def _extent_along(chosen: SeriesSummary, s: SeriesSummary) -> tuple[float, float] | None:
+    """``s``'s first and last slice positions along ``chosen``'s slice normal (mm, ascending);
+    None where either lacks a usable geometry or their planes are not parallel."""
+    if chosen.normal is None or s.normal is None or s.extent_mm is None:
+        return None
+    cos = float(np.asarray(s.normal) @ np.asarray(chosen.normal))
+    if abs(cos) < 1.0 - 1e-4:
+        return None
+    sign = 1.0 if cos > 0 else -1.0
+    low, high = sorted(sign * e for e in s.extent_mm)
+    return low, high
+
+
+def _half_step(chosen: SeriesSummary) -> float:
+    """Half of ``chosen``'s slice step (mm): how far a position may lie and still be the same one."""
+    lo, hi = sorted(chosen.extent_mm or (0.0, 0.0))
+    return 0.5 * (hi - lo) / max(chosen.n_positions - 1, 1)
+
+
 def _continued_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummary]) -> list[SeriesSummary]:
     """Cine series of ``chosen``'s study and orientation with slices outside its extent by more
     than half a slice step: the rest of a stack split over series that did not stack with it."""
     if chosen.normal is None or chosen.extent_mm is None or chosen.n_positions < 2:
         return []
-    normal = np.asarray(chosen.normal)
     lo, hi = sorted(chosen.extent_mm)
-    margin = 0.5 * (hi - lo) / (chosen.n_positions - 1)
+    margin = _half_step(chosen)
     found = []
     for s in summaries:
         if (
             "+" in s.series_uid  # a stack's parts are listed on their own too
             or s.series_uid == chosen.series_uid
             or s.series_uid in chosen.series_uid.split("+")
-            or s.normal is None
-            or s.extent_mm is None
             or s.n_phases < 2
             or s.is_dynamic
             or s.study_uid != chosen.study_uid
-            or abs(float(np.asarray(s.normal) @ normal)) < 1.0 - 1e-4
         ):
             continue
-        sign = 1.0 if float(np.asarray(s.normal) @ normal) > 0 else -1.0
-        ends = sorted(sign * e for e in s.extent_mm)
-        if ends[0] < lo - margin or ends[1] > hi + margin:
+        ends = _extent_along(chosen, s)
+        if ends is not None and (ends[0] < lo - margin or ends[1] > hi + margin):
             found.append(s)
     return found
 
@@ -829,9 +843,8 @@ def _phases_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummary])
     ``chosen`` is a one-phase stack: a cine stored one series per phase."""
     if chosen.n_phases != 1 or chosen.n_positions < 3 or chosen.normal is None or chosen.extent_mm is None:
         return []
-    normal = np.asarray(chosen.normal)
     lo, hi = sorted(chosen.extent_mm)
-    margin = 0.5 * (hi - lo) / (chosen.n_positions - 1)
+    margin = _half_step(chosen)
     found = []
     for s in summaries:
         if (
@@ -839,15 +852,11 @@ def _phases_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummary])
             or "+" in s.series_uid
             or s.n_phases != 1
             or s.n_positions != chosen.n_positions
-            or s.normal is None
-            or s.extent_mm is None
             or s.study_uid != chosen.study_uid
-            or abs(float(np.asarray(s.normal) @ normal)) < 1.0 - 1e-4
         ):
             continue
-        sign = 1.0 if float(np.asarray(s.normal) @ normal) > 0 else -1.0
-        ends = sorted(sign * e for e in s.extent_mm)
-        if abs(ends[0] - lo) <= margin and abs(ends[1] - hi) <= margin:
+        ends = _extent_along(chosen, s)
+        if ends is not None and abs(ends[0] - lo) <= margin and abs(ends[1] - hi) <= margin:
             found.append(s)
     return sorted(found, key=lambda s: s.series_number)
 
