@@ -208,14 +208,15 @@ def test_a_series_whose_transfer_was_aborted_is_held_then_fails_unsegmented(spoo
     wrong: LVEF 54.1 % for 30.2 % from 6 of 12 slices, docs/RESULTS.md Session 35): it waits
     for the sender, fails after the hold saying why, and a resend reopens it."""
     finals: list[str] = []
-    worker = _holding_worker(spool, tmp_path, 0.3, finals)
+    worker = _holding_worker(spool, tmp_path, 30.0, finals)  # a hold no loaded machine outlasts
     spool.store_instance("5.1", "5.1.1", b"a")
     assert spool.mark_interrupted("5.1")
     time.sleep(0.05)
     worker.promote_quiet_series()
     assert spool.series("5.1").state == "receiving" and finals == []  # quiet, but held
     assert "held: its transfer was aborted" in "\n".join(format_status(spool.all_series(), {}))
-    time.sleep(0.3)
+    worker.abort_hold_s = 0.3  # then a hold that has passed
+    time.sleep(0.35)
     worker.promote_quiet_series()
     row = spool.series("5.1")
     assert row.state == "failed" and finals == ["5.1"] and spool.next_queued() is None

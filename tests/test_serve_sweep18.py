@@ -79,11 +79,12 @@ def test_a_series_cut_short_by_the_spool_limit_is_held_like_an_aborted_one(scp_n
     assert (row.state, row.interrupted, row.refused) == ("receiving", 1, 2)
     assert f"2 instance(s) of series {node.uid} refused, out of resources (0xA700): held, not segmented" in caplog.text
     finals: list[str] = []
-    worker = _holding_worker(node.spool, tmp_path, 0.5, finals)
+    worker = _holding_worker(node.spool, tmp_path, 30.0, finals)  # a hold no loaded machine outlasts
     time.sleep(0.05)
     worker.promote_quiet_series()
     assert node.spool.series(node.uid).state == "receiving" and finals == []  # quiet, but held
-    time.sleep(0.5)
+    worker.abort_hold_s = 0.5  # then a hold that has passed (the full suite under load outlasted 0.5 s above)
+    time.sleep(0.55)
     worker.promote_quiet_series()
     row = node.spool.series(node.uid)
     assert row.state == "failed" and finals == [node.uid]
