@@ -180,3 +180,22 @@ def test_the_temporal_position_orders_where_numbers_restart_per_phase(cine) -> N
     with pytest.warns(CmrWarning, match=r"phases ordered by TemporalPositionIdentifier"):
         read = read_dicom_study(folder)
     assert _same_order(read, complete)
+
+
+def test_an_enhanced_source_is_not_said_to_lack_its_slice_thickness(cine, tmp_path: Path) -> None:
+    """Its thickness is in the functional groups' pixel measures (sweep 24: a false warning on
+    every enhanced file)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _enhanced import legacy_converted
+
+    from cmrsdk.io._dicom_out import derivation_sources
+
+    folder, _ = cine
+    converted = legacy_converted(sorted(folder.glob("*.dcm")), tmp_path / "enhanced" / "cine.dcm")
+    study = read_dicom_study(converted.parent)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        derivation_sources(study.ed.source_files, slice_spacing_mm=8.0)
+    assert not [w for w in caught if "SliceThickness" in str(w.message)]

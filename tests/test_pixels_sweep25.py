@@ -116,3 +116,17 @@ def test_lossy_compression_is_said_and_carried_into_the_seg(cine, tmp_path: Path
         warnings.simplefilter("ignore")
         sources = derivation_sources(read.ed.source_files)
     assert {ds.LossyImageCompression for ds in sources} == {"01"}
+
+
+def test_rescale_slopes_that_cannot_be_used_are_named(cine) -> None:
+    """A slope of 0 was taken as 1 without a word; one that overflows float32 was refused as
+    "NaN or infinite values" without naming it (sweep 25)."""
+    from cmrsdk.errors import CmrWarning
+
+    folder, complete = cine
+    _rewrite(folder, lambda ds: setattr(ds, "RescaleSlope", "0"))
+    with pytest.warns(CmrWarning, match=r"'RescaleSlope' value '0' is 0; 1.0 used"):
+        read_dicom_study(folder)
+    _rewrite(folder, lambda ds: setattr(ds, "RescaleSlope", "1e36"))
+    with pytest.raises(ReadError, match=r"NaN or infinite values after 'RescaleSlope' 1e\+36"):
+        read_dicom_study(folder)

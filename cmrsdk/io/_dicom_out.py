@@ -203,7 +203,9 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
                 "the DICOM writer; text is written as UTF-8 (ISO_IR 192) in the DICOM outputs",
             )
         thickness = _number(ds, "SliceThickness") if "SliceThickness" in ds else None
-        if slice_spacing_mm is not None and "PixelData" in ds and not (thickness and thickness > 0):
+        # an enhanced multi-frame source keeps it in its functional groups' pixel measures
+        multiframe = "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
+        if slice_spacing_mm is not None and "PixelData" in ds and not multiframe and not (thickness and thickness > 0):
             said = "missing" if "SliceThickness" not in ds else f"{_raw_text(ds, 'SliceThickness')!r}"
             ds.SliceThickness = _ds_text(slice_spacing_mm)
             repaired.setdefault(

@@ -1037,11 +1037,11 @@ def _pixels(image: _Image, decoded: dict[Path, np.ndarray]) -> np.ndarray:
     stored = _greyscale(image, stored)
     slope, intercept = _float_tag(header, "RescaleSlope"), _float_tag(header, "RescaleIntercept")
     for keyword, value, default in (("RescaleSlope", slope, 1.0), ("RescaleIntercept", intercept, 0.0)):
-        if value is None and _raw_value(header, keyword) != "":
+        zero = keyword == "RescaleSlope" and value == 0  # every pixel would be the intercept
+        if (value is None and _raw_value(header, keyword) != "") or zero:
+            said = "is 0" if zero else "is not a number"
             warnings.warn(
-                CmrWarning(
-                    f"{where}: '{keyword}' value {_raw_value(header, keyword)!r} is not a number; {default} used"
-                ),
+                CmrWarning(f"{where}: '{keyword}' value {_raw_value(header, keyword)!r} {said}; {default} used"),
                 stacklevel=2,
             )
     if slope is not None and slope < 0:
@@ -1051,7 +1051,9 @@ def _pixels(image: _Image, decoded: dict[Path, np.ndarray]) -> np.ndarray:
     intercept = 0.0 if intercept is None else intercept
     pixels = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     if not np.all(np.isfinite(pixels)):
-        raise ReadError(image.path, f"pixel data holds NaN or infinite values{frame_note}")
+        scaled = np.all(np.isfinite(stored)) if np.issubdtype(stored.dtype, np.floating) else True
+        cause = f" after 'RescaleSlope' {slope:g} and 'RescaleIntercept' {intercept:g}" if scaled else ""
+        raise ReadError(image.path, f"pixel data holds NaN or infinite values{cause}{frame_note}")
     return pixels
 
 
