@@ -133,3 +133,16 @@ def test_an_ascii_terminal_does_not_end_the_run(tmp_path: Path, monkeypatch) -> 
     err.flush()
     shown = err.buffer.getvalue().decode("ascii")
     assert shown.startswith("cmrsdk: error:") and "\\u5c71\\u7530" in shown
+
+
+def test_a_private_name_with_several_values_is_left_as_it_is(series) -> None:
+    """A vendor's private PN element has no VM in the dictionary: asking for it raised KeyError
+    after the whole study (found reading this session's change again)."""
+
+    def change(ds) -> None:
+        block = ds.private_block(0x0029, "CMRSDK TEST", create=True)
+        block.add_new(0x10, "PN", ["Doe^John", "Roe^Richard"])
+
+    _rewrite(series, change)
+    datasets, _ = _sources(series)
+    assert [str(v) for v in datasets[0][0x00291010].value] == ["Doe^John", "Roe^Richard"]

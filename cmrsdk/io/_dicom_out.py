@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydicom.datadict import dictionary_VM
+from pydicom.datadict import dictionary_has_tag, dictionary_VM
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
@@ -285,7 +285,8 @@ def _fit_text(file: str | Path, ds: Dataset, repaired: dict[str, str]) -> None:
             continue
         values = [str(v) for v in element.value] if isinstance(element.value, MultiValue) else [str(element.value)]
         fitted = [_CONTROL.sub(" ", v).strip()[:limit] for v in values]
-        if element.VR == "PN" and len(fitted) > 1 and dictionary_VM(element.tag) == "1":
+        one_name = dictionary_has_tag(element.tag) and dictionary_VM(element.tag) == "1"  # private tags: no VM known
+        if element.VR == "PN" and len(fitted) > 1 and one_name:
             fitted = fitted[:1]  # the writers take one name only
         if fitted == values:
             continue
