@@ -118,6 +118,36 @@ def test_lossy_compression_is_said_and_carried_into_the_seg(cine, tmp_path: Path
     assert {ds.LossyImageCompression for ds in sources} == {"01"}
 
 
+@pytest.mark.parametrize("lossy", [True, False])
+def test_jpeg2000_is_lossy_where_its_wavelet_is_irreversible(cine, lossy: bool) -> None:
+    """JPEG 2000 (the syntax that allows either) without LossyImageCompression: its codestream's
+    9-7 wavelet says lossy (it was taken as lossless: sweep 25); the 5-3 wavelet stays lossless."""
+    import warnings
+
+    from pydicom.uid import JPEG2000, JPEG2000Lossless
+
+    from cmrsdk.errors import CmrWarning
+
+    folder, _ = cine
+
+    def change(ds) -> None:
+        if lossy:
+            ds.compress(JPEG2000, j2k_cr=[20])
+        else:  # the reversible wavelet under the syntax that allows either, as archives store it
+            ds.compress(JPEG2000Lossless)
+            ds.file_meta.TransferSyntaxUID = JPEG2000
+        ds.pop("LossyImageCompression", None)
+
+    _rewrite(folder, change)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read_dicom_study(folder)
+    said = [str(w.message) for w in caught if issubclass(w.category, CmrWarning) and "with loss" in str(w.message)]
+    assert len(said) == int(lossy)
+    if lossy:
+        assert "8 of 8 image(s) compressed with loss (JPEG 2000 Image Compression)" in said[0]
+
+
 def test_rescale_slopes_that_cannot_be_used_are_named(cine) -> None:
     """A slope of 0 was taken as 1 without a word; one that overflows float32 was refused as
     "NaN or infinite values" without naming it (sweep 25)."""

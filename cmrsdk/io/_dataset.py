@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.charset import convert_encodings, python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -126,14 +127,48 @@ def _name(dataset: Dataset, terms: str | list[str]) -> None:
 
 
 #: transfer syntaxes whose pixels lost detail to their compression (JPEG baseline and extended,
-#: JPEG-LS near-lossless); JPEG 2000 and HTJ2K may be either, and are lossy where the image
-#: says so (LossyImageCompression "01")
+#: JPEG-LS near-lossless)
 LOSSY_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81"})
 
+#: JPEG 2000 and HTJ2K syntaxes that allow either: the codestream's wavelet says which
+_J2K_EITHER = frozenset({"1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
 
-def is_lossy(header: Dataset) -> bool:
-    """True where the image's pixels were compressed with loss (its transfer syntax, or its own
-    LossyImageCompression '01')."""
+_J2K_SOC_SIZ, _J2K_COD, _J2K_SOT = b"\xff\x4f\xff\x51", b"\xff\x52", b"\xff\x90"
+
+
+def is_lossy(header: Dataset, path: str | Path | None = None) -> bool:
+    """True where the image's pixels were compressed with loss: a lossy transfer syntax, its own
+    LossyImageCompression '01', or JPEG 2000 coded with the irreversible 9-7 wavelet (read from
+    ``path`` where ``header`` was read without its pixels)."""
     meta = getattr(header, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", "") or "")
-    return syntax in LOSSY_SYNTAXES or str(header.get("LossyImageCompression", "") or "").strip() == "01"
+    if syntax in LOSSY_SYNTAXES or str(header.get("LossyImageCompression", "") or "").strip() == "01":
+        return True
+    return syntax in _J2K_EITHER and _irreversible_wavelet(header, path)
+
+
+def _irreversible_wavelet(header: Dataset, path: str | Path | None) -> bool:
+    """True where the first frame's JPEG 2000 codestream declares the 9-7 irreversible wavelet
+    (COD marker, SPcod transformation 0), which no decoder can undo exactly (ISO 15444-1 A.6.1)."""
+    try:
+        if "PixelData" not in header:
+            if path is None:
+                return False
+            header = pydicom.dcmread(str(path), force=True)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        frame = next(generate_frames(header.PixelData, number_of_frames=frames))
+    except (OSError, ValueError, TypeError, StopIteration, InvalidDicomError):
+        return False  # the pixel reader names what is wrong with the data
+    position = frame.find(_J2K_SOC_SIZ)
+    if position < 0:
+        return False
+    position += 2  # marker segments follow SOC until the first tile (SOT)
+    while position + 14 <= len(frame):
+        marker = frame[position : position + 2]
+        if marker == _J2K_COD:
+            # marker, Lcod, Scod, SGcod (4 bytes), levels, code-block width, height and style
+            return frame[position + 13] == 0
+        if marker == _J2K_SOT or marker[0] != 0xFF:
+            return False
+        position += 2 + int.from_bytes(frame[position + 2 : position + 4], "big")
+    return False

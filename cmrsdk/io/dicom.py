@@ -1236,7 +1236,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         )
     _check_consistent(members)
     first = members[0]
-    lossy = [im for im in members if is_lossy(im.header)]
+    lossy = [im for im in members if is_lossy(im.header, im.path)]
     if lossy:
         # measured (sweep 25): 8-bit JPEG moved LVEF by 1.45 points, JPEG 2000 at 20:1 LV mass by 2.6 g
         syntax = str(getattr(getattr(lossy[0].header, "file_meta", None), "TransferSyntaxUID", "") or "")
