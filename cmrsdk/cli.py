@@ -303,7 +303,11 @@ def _result_line(source: Path, report: dict, out_dir: Path) -> str:
     shown = [
         f
         for f in flags
-        if f in ("slice_gap", "blank_image", "no_lv", "no_volume_change", "lv_esv_exceeds_edv", "rv_esv_exceeds_edv")
+        if f
+        in (
+            "slice_gap", "blank_image", "no_lv", "no_volume_change", "lv_esv_exceeds_edv", "rv_esv_exceeds_edv",
+            "es_lv_lost", "lv_not_ringed", "lvedv_below_adult",
+        )  # fmt: skip
     ]
     return f"{source}: {head}, {wall:.0f} ms -> {out_dir}" + (f" [flags: {', '.join(shown)}]" if shown else "")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CmrWarning, InputError
 from .labels import LABEL_NAMES, LVBP, REGION_NAMES, RVBP, STRUCTURES
-from .metrics import cardiac_measures, dice, quality_flags, slice_gaps
+from .metrics import ES_LV_LOST_SLICES, cardiac_measures, dice, es_lv_lost_slices, quality_flags, slice_gaps
 from .pipeline import Segmentation, StudySegmentation
 from .reference_ranges import implausible
 from .types import SINGLE_PHASE, Stack, Study
@@ -30,7 +30,8 @@ def _finite(value: float | None) -> float | None:
 
 def _phase_flags(seg: Segmentation) -> list[str]:
     """Quality flags of the labels plus those of the geometry and the input."""
-    flags = set(quality_flags(seg.labels)) | set(seg.flags)
+    dy, dx = seg.stack.spacing[1:]
+    flags = set(quality_flags(seg.labels, pixel_mm2=dy * dx)) | set(seg.flags)
     if seg.stack.shape[0] < 2:
         flags.add("single_slice")  # no volume from one slice
     if slice_gaps(_positions(seg)):
@@ -42,6 +43,12 @@ def _phase_flags(seg: Segmentation) -> list[str]:
     if seg.stack.shape[0] >= 2 and seg.stack.spacing[0] > THICK_SLICE_MM:
         flags.add("thick_slices")
     return sorted(flags)
+
+
+#: an LVEDV under this (mL) is smaller than an adult's (the 100 shared ACDC patients' smallest: 49
+#: mL): voxel sizes misstated (sweep 27: an ACDC NIfTI with its pixdim lost measured 14.4 mL for
+#: 289.9, unflagged), or a child's heart
+MIN_ADULT_LVEDV_ML = 40.0
 
 
 #: slices further apart than this (mm) lie outside what the networks were trained and tested on
@@ -123,10 +130,14 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     ``ed_es_coverage_differs`` (ED and ES hold other slice positions: the ES basal RV rule is not
     applied, and the volumes compare unlike stacks), and
     ``lv_esv_exceeds_edv`` / ``rv_esv_exceeds_edv`` (a ventricle larger at ES than at ED: its SV
-    and EF are withheld as null, its volumes kept); phase
+    and EF are withheld as null, its volumes kept), ``es_lv_lost`` (ES has no LV on
+    `cmrsdk.metrics.ES_LV_LOST_SLICES` or more slices where ED's is large: a failed end-systole)
+    and ``lvedv_below_adult`` (LVEDV under `MIN_ADULT_LVEDV_ML`: voxel sizes misstated, or a
+    child); phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size),
     ``repeated_slice`` (a position twice, or neighbours with identical pixels: counted twice) and
-    ``blank_image`` (all zero, never labelled) and the pipeline's own (`Segmentation.flags`:
+    ``blank_image`` (all zero, never labelled), ``lv_not_ringed`` (`cmrsdk.metrics.quality_flags`
+    given the pixel area) and the pipeline's own (`Segmentation.flags`:
     ``field_edge``) to :func:`cmrsdk.metrics.quality_flags`.
     ``es_basal_rv_dropped_slice``: where the pipeline judged ES's basal RV (`cmrsdk.systole`),
     the slice whose RV it left out as atrium, or null.
@@ -174,6 +185,12 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
             # negative EF is never real, so SV and EF are withheld (null) and flagged, volumes kept
             measures[f"{side}sv_ml"] = measures[f"{side}ef_pct"] = None
             flags.append(f"{side}_esv_exceeds_edv")
+    if not single and "ed_es_coverage_differs" not in flags:
+        if es_lv_lost_slices(result.ed.labels, result.es.labels) >= ES_LV_LOST_SLICES:
+            flags.append("es_lv_lost")
+    lvedv = measures.get("lvedv_ml")
+    if lvedv is not None and 0 < lvedv < MIN_ADULT_LVEDV_ML:
+        flags.append("lvedv_below_adult")
     report: dict[str, Any] = {
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
         "ed_index": result.ed_index,

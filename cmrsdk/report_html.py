@@ -56,6 +56,9 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "low_confidence": "The networks were less certain of this stack than of any in their test sets (an image "
     "unlike their training data's: another scanner, sequence or artefact); the masks look like a heart and were "
     "kept: check every contour.",
+    "lv_not_ringed": "On a slice away from the base the LV blood pool is not ringed by myocardium (under 60 % "
+    "of its border): not an LV a reader would draw (an RV or atrium drawn as LV, or a failed slice); check "
+    "the LV contours.",
     "small_heart": "The LV is smaller than any the networks were trained on (a child's heart, or pixel sizes "
     "misstated): the study was segmented again as if its pixels were larger, so the heart lay at a trained "
     "size, and measured with its own; check every contour.",
@@ -83,6 +86,12 @@ STUDY_FLAG_TEXT: dict[str, str] = {
     "es_basal_rv_uncertain": "The most basal end-systolic RV slice lies near the rule that tells ventricle from "
     "atrium where the valve plane descends (cmrsdk.systole: kept from 0.4 of that slice's RV area at ED): the "
     "decision is close, and the RV's end-systolic measures hang on it; check that slice.",
+    "es_lv_lost": "End-systole has no LV on three or more slices where end-diastole's LV is large: an LV "
+    "does not empty in systole, so the end-systolic volume, stroke volume and ejection fraction are likely "
+    "wrong; check the end-systolic contours.",
+    "lvedv_below_adult": "The LV end-diastolic volume is under 40 mL, smaller than an adult's: the voxel "
+    "sizes may be misstated (a file that lost its pixel spacing or slice spacing) or the heart is a "
+    "child's; check the voxel sizes before reading any volume.",
     "ed_es_off_curve": "The ED or ES the input names is far from the LV volume curve's largest or smallest phase "
     "(over 1.2 times): the measures are read at the named phases; check that the input names the right ones.",
     "rv_es_differs": "The RV is far smaller on another phase than at the LV's end-systole: RVESV and RVEF are "

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from cmrsdk.errors import InputError
 from cmrsdk.labels import LVBP, RVBP
 from cmrsdk.metrics import (
+    ES_LV_LOST_SLICES,
     MYOCARDIAL_DENSITY_G_PER_ML,
     cardiac_measures,
     dice,
+    es_lv_lost_slices,
     quality_flags,
     slice_dice,
     volumes_ml,
@@ -223,3 +227,56 @@ def test_withhold_unreal_sets_what_cannot_be_real_to_nan():
     one = withhold_unreal(real, same_phase=True)
     assert all(np.isnan(getattr(one, k)) for k in ("lvsv_ml", "lvef_pct", "rvsv_ml", "rvef_pct"))
     assert one.lvedv_ml == 150.0 and one.lv_mass_g == 120.0
+
+
+def test_an_lv_not_ringed_by_myocardium_away_from_the_base_is_flagged():
+    """Sweep 27: an RV or atrium drawn as LV, a failed slice; the base, where the outflow tract
+    opens the ring, is left out, and so is a slice under 200 mm² (2 x 2 mm pixels here)."""
+    labels = np.concatenate([_box_heart(), np.zeros((1, 40, 40), np.uint8)])  # base first, apex empty
+    assert "lv_not_ringed" not in quality_flags(labels, base_first=True, pixel_mm2=4.0)
+    middle = labels.copy()
+    middle[2][middle[2] == 2] = 0  # slice 2's LV (64 px, 256 mm²) without its ring
+    assert "lv_not_ringed" in quality_flags(middle, base_first=True, pixel_mm2=4.0)
+    assert "lv_not_ringed" not in quality_flags(middle, base_first=True)  # no pixel area: not judged
+    assert "lv_not_ringed" not in quality_flags(middle, base_first=True, pixel_mm2=3.0)  # 192 mm²: too small
+    basal = labels.copy()
+    basal[0][basal[0] == 2] = 0
+    assert "lv_not_ringed" not in quality_flags(basal, base_first=True, pixel_mm2=4.0)
+    assert "lv_not_ringed" in quality_flags(basal[::-1], base_first=True, pixel_mm2=4.0)  # now apical
+
+
+def test_es_lv_lost_counts_slices_emptied_where_ed_is_large():
+    ed = _box_heart()  # LV areas 100, 81, 64, 49, 36, 16 px: 30 % of the largest is 30
+    es = ed.copy()
+    for z in (1, 2, 4):
+        es[z][es[z] == 1] = 2
+    assert es_lv_lost_slices(ed, es) == 3
+    es[4] = ed[4]
+    assert es_lv_lost_slices(ed, es) == 2
+    es[5][es[5] == 1] = 2  # 16 px at ED: under 30 %, an apex that may close in systole
+    assert es_lv_lost_slices(ed, es) == 2
+    assert es_lv_lost_slices(ed, es[1:]) == 0  # other positions: not compared
+
+
+def test_the_plausibility_flags_stay_quiet_on_the_shared_manual_label_maps(shared_data):
+    """True anatomy (100 ACDC patients, 4 M&Ms subjects, ED and ES): no LV without its ring away
+    from the base (every ring 0.99 or more), no more than 2 slices emptied at ES, no LVEDV under
+    40 mL (the smallest 49 mL); measured before the thresholds were set (runs of sweep 27)."""
+    from cmrsdk.io import read_study
+    from cmrsdk.report import MIN_ADULT_LVEDV_ML
+
+    folders = sorted((shared_data / "acdc" / "training").glob("patient*")) + sorted(
+        p for p in (shared_data / "mnms").iterdir() if p.is_dir()
+    )
+    rings, lost, smallest = [], [], math.inf
+    for folder in folders:
+        study = read_study(folder)
+        for stack in (study.ed, study.es):
+            dz, dy, dx = stack.spacing
+            if "lv_not_ringed" in quality_flags(stack.labels, pixel_mm2=dy * dx):
+                rings.append(folder.name)
+        lost.append(es_lv_lost_slices(study.ed.labels, study.es.labels))
+        smallest = min(smallest, volumes_ml(study.ed.labels, study.ed.spacing)["LVBP"])
+    assert len(folders) == 104 and rings == []
+    assert max(lost) == 2 < ES_LV_LOST_SLICES
+    assert 49.0 < smallest < 49.5 and smallest > MIN_ADULT_LVEDV_ML

@@ -427,3 +427,30 @@ def test_every_flag_the_sr_codes_has_a_sentence_on_the_page():
     from cmrsdk.report_html import QUALITY_FLAG_TEXT, STUDY_FLAG_TEXT
 
     assert set(SR_CAVEATS) == set(QUALITY_FLAG_TEXT) | set(STUDY_FLAG_TEXT)
+
+
+def test_a_failed_end_systole_and_an_unadult_lvedv_are_flagged(segmented_phantom):
+    """Sweep 27: an ES that lost its LV on three slices where ED's is large (noise: LVEF 16.3 ->
+    59.4 % unflagged) and an LVEDV of 14.4 mL (a NIfTI that lost its voxel sizes) went unsaid."""
+    import numpy as np
+
+    study, result = segmented_phantom
+    report = study_report(result, study)
+    assert not {"es_lv_lost", "lvedv_below_adult"} & set(report["flags"])
+    assert result.measures.lvedv_ml > 40
+    area = (result.ed.labels == 1).sum(axis=(1, 2))
+    large = np.flatnonzero(area >= 0.3 * area.max())
+    assert large.size >= 3
+    for lost, flagged in ((large[:2], False), (large[:3], True)):
+        labels = result.es.labels.copy()
+        for z in lost:
+            labels[z][labels[z] == 1] = 2
+        phases = list(result.phases)
+        phases[result.es_index] = replace(result.es, labels=labels)
+        report = study_report(replace(result, phases=tuple(phases)), study)
+        assert ("es_lv_lost" in report["flags"]) is flagged
+    small = replace(result.measures, lvedv_ml=14.4)
+    report = study_report(replace(result, measures=small, measured=small), study)
+    assert "lvedv_below_adult" in report["flags"]
+    page = _page(replace(result, measures=small, measured=small), report, study)
+    assert "under 40 mL, smaller than an adult" in page

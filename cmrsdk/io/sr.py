@@ -97,6 +97,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "thick_slices": ("thick_slices", "Slices over 12 mm apart: outside the validated 5-10 mm"),
     "field_edge": ("field_edge", "Heart reaches the edge of the analysed field"),
     "low_confidence": ("low_confidence", "Networks less certain than on any test stack"),
+    "lv_not_ringed": ("lv_not_ringed", "LV blood pool not ringed by myocardium on a slice"),
     "small_heart": ("small_heart", "LV smaller than any trained on: segmented enlarged"),
     "large_heart": ("large_heart", "LV larger than any trained on: segmented shrunk"),
     "single_phase": ("single_phase", "One phase: no SV or EF"),
@@ -110,6 +111,8 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "rv_es_differs": ("rv_es_differs", "RV far smaller on another phase than at the LV's ES"),
     "es_basal_rv_uncertain": ("es_basal_rv_near", "Most basal ES RV slice near the atrium rule's bound"),
     "ed_es_off_curve": ("ed_es_off_curve", "Named ED or ES far from the LV volume curve's extremes"),
+    "es_lv_lost": ("es_lv_lost", "ES has no LV on 3+ slices where ED's LV is large"),
+    "lvedv_below_adult": ("lvedv_lt_adult", "LVEDV under 40 mL: voxel sizes misstated, or a child"),
 }
 _LOCAL = "99CMRSDK"
 
