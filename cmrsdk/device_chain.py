@@ -329,20 +329,17 @@ class DevicePipeline(Pipeline):
         """`Pipeline._segment_by_segmentation` on the device; the region rule runs on (Z,) areas."""
         torch = self._torch
         baseline = self._baseline
-        unsure = False
         if routes is not None:  # another phase's regions: one pass per slice
             probabilities = self._routed_on_device(images, routes)
-            labels = probabilities.argmax(1)
         else:
             probabilities = self._unet(baseline, images)
-            labels = probabilities.argmax(1)
-            foreground = labels > 0
-            unsure = (
-                bool(foreground.any()) and float(probabilities.max(1).values[foreground].mean()) < MIN_HEART_CONFIDENCE
-            )
-            if unsure and not heart_known and not heart_like(labels.to(torch.uint8).cpu().numpy()):
-                labels = torch.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
-                unsure = False
+        labels = probabilities.argmax(1)
+        foreground = labels > 0
+        unsure = bool(foreground.any()) and float(probabilities.max(1).values[foreground].mean()) < MIN_HEART_CONFIDENCE
+        # a later phase (routes) is never emptied, only said unsure, as on the host
+        if routes is None and unsure and not heart_known and not heart_like(labels.to(torch.uint8).cpu().numpy()):
+            labels = torch.zeros_like(labels)  # an unsure guess over the whole stack: no heart, no mask
+            unsure = False
         regions = _regions_from_labels(labels, toward_apex)
         empty = torch.from_numpy(np.flatnonzero(regions == NON_CARDIAC)).to(self._device)
         if len(empty):

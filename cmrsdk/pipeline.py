@@ -79,7 +79,11 @@ MIN_SLICE_PIXELS = 20
 #: mirroring down to 0.929 at ED, 0.901 at ES: a study's later phases are not gated), 0.78-0.911
 #: on Rayleigh and Gaussian noise images (blank and constant ones get no foreground at all), where
 #: the network's few hundred pixels of "heart" are a guess. (0.3.0's weights: 0.935-0.975 real,
-#: 0.84-0.89 noise, gate 0.91.)
+#: 0.84-0.89 noise, gate 0.91.) Later phases are flagged ``low_confidence`` under it, not emptied
+#: (0.14.4; the half-turn default): held-out ES 0.919-0.965 (the one under it, M&Ms H1N8S6, off
+#: by over 10 EF points), Sunnybrook's 38 later phases 0.930-0.958; on sweep 27's degraded
+#: held-out inputs it marked 22 of 86 grossly wrong results, 13 that the ED flag did not, and
+#: none of 54 within limits.
 MIN_HEART_CONFIDENCE = 0.92
 #: most times the full window is moved to the masks when they run into one of its edges inside the
 #: image (a heart far off the image centre; README "Not supported"): each move costs one more pass.
@@ -106,8 +110,9 @@ class Segmentation:
     flags : what the pipeline saw go wrong, beside the labels' own quality flags:
         ``field_edge``, a mask on the border of the field the networks saw (the window around the
         heart, within the image), so the heart may reach beyond it and the volumes fall short;
-        ``low_confidence``, masks kept although the baseline's mean foreground probability was
-        under `MIN_HEART_CONFIDENCE` (a heart-like stack, or a later phase of a study with a heart).
+        ``low_confidence``, masks kept although the networks' mean foreground probability was
+        under `MIN_HEART_CONFIDENCE` (a heart-like stack, or a later phase of a study with a heart,
+        which is never emptied).
     """
 
     stack: Stack
@@ -572,7 +577,7 @@ class Pipeline:
         routes: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, bool]:
         """Probabilities float32 (Z, C, H, W), regions uint8 (Z,) named from the masks, and
-        whether the baseline was unsure of a stack it kept (``low_confidence``).
+        whether the networks were unsure of a stack they kept (``low_confidence``).
 
         The baseline segments every slice; `segmentation_regions` names the regions (base to apex
         along ``toward_apex``, the stack's orientation, where it is known); slices without
@@ -585,13 +590,18 @@ class Pipeline:
 
         With ``routes`` (uint8 (Z,) regions of another phase of the study on the same grid) each
         slice is segmented once, by the U-Net of its region there; the regions returned are
-        named from those masks, and slices without heart are emptied as above.
+        named from those masks, and slices without heart are emptied as above; the stack is never
+        emptied whole, and said unsure by the same measure.
         """
         baseline = self._baseline
         unsure = False
         if routes is not None:
             probabilities = self._segment(images, routes)
             labels = probabilities.argmax(1)
+            # a later phase is never emptied (the study showed its heart), but an unsure one is
+            # said: sweep 27's ES phases that failed under noise or ghosting went unflagged
+            foreground = labels > 0
+            unsure = bool(foreground.any()) and float(probabilities.max(1)[foreground].mean()) < MIN_HEART_CONFIDENCE
         else:
             probabilities = self._unet(baseline, images)
             labels = probabilities.argmax(1)

@@ -129,6 +129,8 @@ def test_a_phase_of_a_study_with_a_heart_is_not_emptied_by_the_confidence_gate(s
     result = Pipeline(DEMO_BUNDLE, mirroring=True).segment_study(study)
     assert result.measures.lvesv_ml > 30.0  # manual: 40.5 mL
     assert 45.0 < result.measures.lvef_pct < 70.0  # manual: 57.6 %
+    # kept, but said (0.14.4): a later phase the networks are unsure of is flagged as a first is
+    assert "low_confidence" in result.es.flags and "low_confidence" not in result.ed.flags
     # alone, the ES stack is under the gate too, but its masks are a heart (an LV blood pool ringed
     # by myocardium over several slices): kept, and flagged, where 0.13.0 emptied it (session 40)
     alone = Pipeline(DEMO_BUNDLE, mirroring=True).segment(study.es)
