@@ -285,6 +285,15 @@ def _fmt(value: object, unit: str) -> str:
     return "n/a" if value is None else f"{value}{unit}"
 
 
+#: the flags a result line names: the numbers on it are missing or likely wrong
+_RESULT_LINE_FLAGS = frozenset(
+    {
+        "slice_gap", "blank_image", "no_lv", "no_volume_change", "lv_esv_exceeds_edv", "rv_esv_exceeds_edv",
+        "es_lv_lost", "lv_not_ringed", "lvedv_below_adult",
+    }
+)  # fmt: skip
+
+
 def _result_line(source: Path, report: dict, out_dir: Path) -> str:
     """One line per study: EF and volumes, or what is missing and why."""
     m = report["measures"]
@@ -300,15 +309,7 @@ def _result_line(source: Path, report: dict, out_dir: Path) -> str:
         head = f"LVEF {_fmt(m['lvef_pct'], '%')}, LVEDV {_fmt(m['lvedv_ml'], ' mL')}, RVEF {_fmt(m['rvef_pct'], '%')}"
     if "single_slice" in flags:
         head += " (one slice: no volume)"
-    shown = [
-        f
-        for f in flags
-        if f
-        in (
-            "slice_gap", "blank_image", "no_lv", "no_volume_change", "lv_esv_exceeds_edv", "rv_esv_exceeds_edv",
-            "es_lv_lost", "lv_not_ringed", "lvedv_below_adult",
-        )  # fmt: skip
-    ]
+    shown = [f for f in flags if f in _RESULT_LINE_FLAGS]
     return f"{source}: {head}, {wall:.0f} ms -> {out_dir}" + (f" [flags: {', '.join(shown)}]" if shown else "")
 
 

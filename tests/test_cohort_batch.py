@@ -311,3 +311,39 @@ def test_workers_that_cannot_start_give_one_line(shared_data: Path, tmp_path: Pa
     assert "Traceback" not in batch.stderr
     assert "cannot start 2 worker processes" in batch.stderr and "ulimit -n" in batch.stderr
     assert not (out / "studies").exists() or not any((out / "studies").iterdir())
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A 2 MB tmpfs for the batch's output: a disk that fills up midway (mounting needs root, as
+    the README's test command runs)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]
+    if os.geteuid() != 0 or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_stops_the_batch_and_the_same_command_finishes_it(small_disk: Path, shared_data, capsys):
+    """Sweep 26: on a full disk every remaining study was segmented only to fail on write, each
+    journalled "failed" (a rerun skipped them), the summary never printed and the exit was 2."""
+    cohort = small_disk.parent / "cohort"
+    cohort.mkdir()
+    names = [f"patient{i:03d}" for i in range(1, 9)]
+    for name in names:
+        (cohort / name).symlink_to(shared_data / "acdc" / "training" / name)
+    out = small_disk / "out"
+    assert _batch(str(cohort), "-o", str(out), "--workers", "1") == 1
+    said = capsys.readouterr()
+    assert "stopped, the output's disk is full" in said.err and "No space left on device" in said.err
+    assert "8 studies:" in said.out
+    records = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines() if line.strip()]
+    assert records and len(records) < 8 and {r["status"] for r in records} == {"ok"}
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert _batch(str(cohort), "-o", str(out), "--workers", "1") == 0
+    done = len(records)
+    assert f"{8 - done} segmented now, {done} from earlier runs" in capsys.readouterr().out
+    table = _table(out)
+    assert sorted(table) == names and {r["status"] for r in table.values()} == {"ok"}

@@ -28,7 +28,7 @@ from .discover import StudySource
 from .engines import BatchEngine
 from .journal import Journal
 from .table import write_measures_csv
-from .worker import PipelineSpec, StudyResult, inputs_fingerprint
+from .worker import PipelineSpec, StudyResult, disk_full_error, inputs_fingerprint
 
 __all__ = ["BatchSummary", "run_batch", "STUDIES_DIR", "TABLE_NAME", "FIGURE_NAME", "OPTIONS_NAME"]
 
@@ -55,6 +55,8 @@ class BatchSummary:
         files, or the study list's height, weight or heart rate; a source gone fails).
     interrupted : the run was stopped (SIGINT, SIGTERM or SIGHUP) before every study was done;
         ``stop_signal`` is that signal's number (0 when not interrupted).
+    disk_full : why the run stopped early because OUT's disk (or quota) was full, "" otherwise: the
+        study that met it is not recorded, so the same command finishes the rest once there is room.
     startup_s, run_s, wall_s : seconds to start the engine's workers, from then until the last
         study was committed, and of the whole call.
     """
@@ -66,6 +68,7 @@ class BatchSummary:
     changed: int = 0
     interrupted: bool = False
     stop_signal: int = 0
+    disk_full: str = ""
     startup_s: float = 0.0
     run_s: float = 0.0
     wall_s: float = 0.0
@@ -217,7 +220,12 @@ def run_batch(
             journal.append({**row, **stamp})
 
         def table() -> Path:
-            summary.rows = _rows(studies, journal.records, key, inputs, duplicates, interrupted=summary.interrupted)
+            why = (
+                "the output's disk was full"
+                if summary.disk_full
+                else ("batch interrupted" if summary.interrupted else "")
+            )
+            summary.rows = _rows(studies, journal.records, key, inputs, duplicates, stopped=why or "batch stopped")
             return write_measures_csv(out / TABLE_NAME, summary.rows)
 
         if todo:
@@ -250,7 +258,18 @@ def run_batch(
                 failed = 0
                 last_table = time.monotonic()
                 for result in runner.run(todo):
-                    commit(result)
+                    if not result.disk_full:
+                        try:
+                            commit(result)
+                        except (OSError, WriteError) as exc:
+                            if not disk_full_error(exc):
+                                raise
+                            result.disk_full, result.row["error"] = True, str(exc)
+                    if result.disk_full:
+                        # every study after it would be segmented only to fail the same way: stop,
+                        # leaving it unrecorded so that the same command runs it once there is room
+                        summary.disk_full = f"{result.study_id}: {result.row.get('error')}"
+                        break
                     summary.ran += 1
                     if result.row.get("status") != "ok":
                         failed += 1
@@ -274,8 +293,13 @@ def run_batch(
                 runner.close()
                 for s, handler in previous.items():
                     signal.signal(s, handler)
-        summary.table = table()
-        if figure:
+        try:
+            summary.table = table()
+        except (OSError, WriteError) as exc:
+            if not (summary.disk_full or disk_full_error(exc)):
+                raise
+            summary.disk_full = summary.disk_full or str(exc)  # the journal holds what was done
+        if figure and not summary.disk_full:
             from .figure import save_cohort_figure
 
             summary.figure = save_cohort_figure(out / FIGURE_NAME, summary.rows)
@@ -296,7 +320,7 @@ def _rows(
     inputs: dict[str, str],
     duplicates: dict[str, str],
     *,
-    interrupted: bool,
+    stopped: str,
 ) -> list[dict[str, Any]]:
     current = {
         s.study_id: records[s.study_id]
@@ -331,8 +355,7 @@ def _rows(
             else:
                 row = dict(done)
         else:
-            why = "batch interrupted" if interrupted else "batch stopped"
-            row = {"status": "skipped", "error": f"not run ({why}); run the same command again to finish"}
+            row = {"status": "skipped", "error": f"not run ({stopped}); run the same command again to finish"}
         row.update(study_id=study.study_id, source=study.source)
         rows.append(row)
     return rows

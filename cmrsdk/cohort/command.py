@@ -64,8 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any = "bundle") -> int:
-    """Run ``cmrsdk batch``: 0 when every study is measured, 1 when any failed, 128 + the signal's
-    number when interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    """Run ``cmrsdk batch``: 0 when every study is measured, 1 when any failed or the output's disk
+    filled up, 128 + the signal's number when interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
     ``heart_crop`` and ``segment_spacing`` as `cmrsdk.Pipeline` takes them."""
     if bool(args.inputs) == bool(args.study_list):
         raise InputError("give either ROOT_OR_STUDY folders or --list STUDIES.csv (one of the two)")
@@ -112,12 +112,20 @@ def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any 
         f"{len(summary.rows)} studies: {ok} ok, {failed} failed, {skipped} skipped; "
         f"{summary.ran} segmented now, {summary.reused} from earlier runs; {summary.wall_s:.1f} s{rate}"
     )
-    print(f"table {summary.table}" + (f", figure {summary.figure}" if summary.figure else ""))
+    if summary.table is not None:
+        print(f"table {summary.table}" + (f", figure {summary.figure}" if summary.figure else ""))
     if failed:
         print(
             f"cmrsdk: {failed} studies failed (status 'failed' in the table); --retry-failed runs them again",
             file=sys.stderr,
         )
+    if summary.disk_full:
+        print(
+            f"cmrsdk: error: stopped, the output's disk is full ({summary.disk_full}); make room and run the same "
+            "command again to finish the rest",
+            file=sys.stderr,
+        )
+        return 1
     if summary.interrupted:
         print("cmrsdk: interrupted; run the same command again to finish the rest", file=sys.stderr)
         return 128 + (summary.stop_signal or 2)  # 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP

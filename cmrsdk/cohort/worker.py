@@ -97,11 +97,27 @@ class StudyResult:
     study_id : the study's id.
     row : the table's columns for this study (status "ok" or "failed", ``error``, ``seconds``, measures).
     files : relative path -> bytes of each output `segment` wrote; empty for a failed study.
+    disk_full : it failed because the disk (or the user's quota) was full: not the study's fault,
+        and every study after it would fail the same way (`disk_full_error`).
     """
 
     study_id: str
     row: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
+    disk_full: bool = False
+
+
+def disk_full_error(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from, is a full disk or quota (ENOSPC, EDQUOT)."""
+    import errno
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def set_thread_count(threads: int) -> None:
@@ -295,6 +311,7 @@ class StudyWorker:
         carries on with the next study.
         """
         t0 = time.perf_counter()
+        full = False
         # the batch counts byte-identical copies once (the journal keeps it; not a table column)
         content = content_sha256(Path(study.source))
         root = self.scratch if self.scratch and os.path.isdir(self.scratch) else None
@@ -327,6 +344,7 @@ class StudyWorker:
         except (Exception, SystemExit) as exc:  # one study's fault must never stop the others
             message = str(exc) if isinstance(exc, CmrError) else f"{type(exc).__name__}: {exc}"
             row, files = {"status": "failed", "error": message.replace("\n", " ")}, {}
+            full = disk_full_error(exc)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         messages = list(dict.fromkeys((str(w.message).splitlines() or [""])[0][:100] for w in caught))
@@ -338,4 +356,4 @@ class StudyWorker:
         row.update(study_id=study.study_id, source=study.source, seconds=round(time.perf_counter() - t0, 3))
         if content is not None:
             row["content_sha256"] = content
-        return StudyResult(study.study_id, row, files)
+        return StudyResult(study.study_id, row, files, disk_full=full)
