@@ -11,6 +11,7 @@ import json
 import math
 import os
 import io
+import re
 import signal
 import sys
 from pathlib import Path
@@ -80,13 +81,26 @@ def _missing_package(exc: ImportError) -> str:
     return f"needs the optional package '{name}': {where} (README 'Installation extras')"
 
 
+#: what the inference runtimes' C++ cores say when an allocation fails: OpenVINO ("Failed to allocate
+#: 12845056 bytes of memory", sweep 26 under ulimit -v), ONNX Runtime, PyTorch's CPU allocator, the C++
+#: library; they raise RuntimeError (or their own class), not MemoryError
+_ALLOCATION_FAILED = re.compile(
+    r"failed to allocate|can't allocate memory|std::bad_alloc|cannot allocate memory|out of memory", re.IGNORECASE
+)
+
+
+def _allocation_failed(exc: BaseException) -> bool:
+    """Whether a runtime's own exception says that memory could not be allocated."""
+    return isinstance(exc, (RuntimeError, OSError)) and bool(_ALLOCATION_FAILED.search(str(exc)))
+
+
 def _error_line(source: object, exc: BaseException) -> str:
     """``cmrsdk: error: <input>: <reason>`` naming the input once, on one line."""
     if isinstance(exc, CmrError):
         text = str(exc)
     elif isinstance(exc, ImportError) and exc.name:
         text = _missing_package(exc)
-    elif isinstance(exc, MemoryError):
+    elif isinstance(exc, MemoryError) or _allocation_failed(exc):
         text = f"out of memory{_memory_limit()}"
     else:
         text = f"unexpected {type(exc).__name__}: {exc} (please report this)"

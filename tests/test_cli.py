@@ -359,3 +359,17 @@ def test_a_runtime_refused_threads_is_not_blamed_on_the_model():
         "b/baseline.onnx", "cannot be loaded as an ONNX model", RuntimeError("protobuf parsing failed")
     )
     assert isinstance(broken, BundleError) and "protobuf parsing failed" in str(broken)
+
+
+def test_an_inference_runtime_out_of_memory_is_said_as_such() -> None:
+    """OpenVINO's allocation failure under ulimit -v (sweep 26) read "unexpected RuntimeError ...
+    (please report this)", as if a bug; MemoryError was already said as out of memory."""
+    from cmrsdk.cli import _error_line
+
+    openvino = RuntimeError(
+        "Exception from src/inference/src/cpp/infer_request.cpp:224: [CPU] Concat node with name 'node_cat_3' "
+        "Check 'ptr' failed at src/plugins/intel_cpu/src/cpu_memory.cpp:257: Failed to allocate 12845056 bytes of memory"
+    )
+    line = _error_line("cohort/patient001", openvino)
+    assert line.startswith("cmrsdk: error: cohort/patient001: out of memory") and "report" not in line
+    assert "please report this" in _error_line("x", RuntimeError("a shape mismatch"))

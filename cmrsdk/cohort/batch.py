@@ -293,6 +293,9 @@ def run_batch(
                 runner.close()
                 for s, handler in previous.items():
                     signal.signal(s, handler)
+        # the workers are stopped: what one was writing when stopped (a study cut short by Ctrl-C)
+        # must not stay under OUT until a next run clears it
+        shutil.rmtree(out / _SCRATCH, ignore_errors=True)
         try:
             summary.table = table()
         except (OSError, WriteError) as exc:
