@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import CmrError, CmrWarning, InputError, WriteError
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline, RegionSource
+    from .pipeline import PhaseProgress, Pipeline, RegionSource
     from .types import Study
 
 __all__ = [
@@ -338,6 +338,7 @@ def segment_one(
     height_cm: float | None = None,
     weight_kg: float | None = None,
     label_convention: str | None = None,
+    progress: PhaseProgress | None = None,
 ) -> dict[str, Any]:
     """Read, segment and write one study; returns its report (the content of ``report.json``).
 
@@ -363,6 +364,7 @@ def segment_one(
     label_convention : how a NIfTI source's label maps code the structures ("acdc", "mnms",
         "canonical"; ``cmrsdk segment --label-convention``) where they differ from its layout's
         (`cmrsdk.io.read_study`'s ``convention``); None: the layout's own.
+    progress : handed to `Pipeline.segment_study`: told each phase segmented (a progress bar).
 
     Returns
     -------
@@ -412,11 +414,8 @@ def segment_one(
             study = dataclasses.replace(study, info=dataclasses.replace(study.info, weight_kg=weight_kg))
         read_ms = (time.perf_counter() - t0) * 1000.0
         # the keyword only when given: a pipeline-like object (a test double, a wrapper) need not know it
-        result = (
-            pipeline.segment_study(study)
-            if region_source is None
-            else pipeline.segment_study(study, region_source=region_source)
-        )
+        given: dict[str, Any] = {"region_source": region_source, "progress": progress}
+        result = pipeline.segment_study(study, **{k: v for k, v in given.items() if v is not None})
         report = study_report(result, study)
         report["timings_ms"]["read"] = round(read_ms, 2)
         if readable.archive is not None:  # name the archive, not the folder it was unpacked into
