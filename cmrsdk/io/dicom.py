@@ -339,8 +339,23 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 "an Analyze / NIfTI-1 pair (.hdr + .img) is not read; convert it to one .nii.gz file "
                 "(e.g. nibabel: nib.save(nib.load('x.hdr'), 'x.nii.gz'))",
             )
+        others = [f for f in files if _OTHER_FORMATS.get("".join(f.suffixes[-1:]).lower())]
+        if others:  # what SimpleITK, 3D Slicer, FreeSurfer or dcm2niix -e write (sweep 28)
+            name = _OTHER_FORMATS["".join(others[0].suffixes[-1:]).lower()]
+            raise ReadError(
+                others[0],
+                f"{name} file ({others[0].suffix}) is not read; convert it to NIfTI (.nii.gz), e.g. SimpleITK: "
+                f"sitk.WriteImage(sitk.ReadImage('x{others[0].suffix}'), 'x.nii.gz'), or give the DICOM series",
+            )
         raise ReadError(path, f"no DICOM image files found ({len(files)} files searched)")
     return images, non_images
+
+
+#: image formats of other tools that hold no DICOM: named in the error rather than searched for DICOM
+_OTHER_FORMATS = {
+    ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage", ".mgh": "FreeSurfer MGH",
+    ".mgz": "FreeSurfer MGH", ".npy": "NumPy array", ".npz": "NumPy array", ".h5": "HDF5", ".mat": "MATLAB",
+}  # fmt: skip
 
 
 def _int_or_none(value: object) -> int | None:

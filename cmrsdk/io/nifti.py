@@ -89,6 +89,10 @@ SLICE_AXIS_RATIO = 1.5
 #: a label map's affine must equal its image's within this (mm for the origin; the direction
 #: columns likewise): float32 headers written by other tools round at about 1e-5
 AFFINE_ATOL = 1e-3
+#: or its voxel centres must lie within this share of a voxel of the image's everywhere (the grid's
+#: corners): a converter's slice spacing rounded differently (dcm2niix 9.99935 mm, cmrsdk's DICOM
+#: reader 9.99998) moves the far corner of a 256-pixel slice by 0.005 mm (sweep 28)
+GRID_VOXEL_TOLERANCE = 0.05
 #: a float label value within this of a whole number is that number (nibabel writes uint8 labels
 #: from float data with an automatic scl_slope: 2 reads back as 2.00000004)
 LABEL_ATOL = 1e-3
@@ -369,6 +373,19 @@ def _check_sides(labels: np.ndarray, path: Path, convention: str) -> None:
     )
 
 
+def _same_grid(label_affine: np.ndarray, image: nib.Nifti1Image) -> bool:
+    """Whether voxels under ``label_affine`` lie where ``image``'s do: the affines equal within
+    `AFFINE_ATOL`, or every corner of the grid within `GRID_VOXEL_TOLERANCE` of a voxel."""
+    gap = float(np.abs(label_affine - image.affine).max())
+    if gap <= AFFINE_ATOL:
+        return True
+    extent = np.array(image.shape[:3], dtype=np.float64) - 1.0
+    corners = np.array([[x, y, z, 1.0] for x in (0, extent[0]) for y in (0, extent[1]) for z in (0, extent[2])])
+    apart = np.linalg.norm((corners @ label_affine.T - corners @ image.affine.T)[:, :3], axis=1).max()
+    voxel = float(np.min(np.linalg.norm(image.affine[:3, :3], axis=0)))
+    return bool(voxel > 0 and apart <= GRID_VOXEL_TOLERANCE * voxel)
+
+
 def _on_image_grid(
     label_image: nib.Nifti1Image, image: nib.Nifti1Image, label_path: Path, image_path: Path
 ) -> nib.Nifti1Image:
@@ -376,8 +393,7 @@ def _on_image_grid(
     grid in another voxel order (flipped or permuted axes, as ``nib.as_closest_canonical`` writes
     it); taken on the image's grid where its writer left it no position (sform and qform codes
     0) but the same shape and voxel sizes (warned). Refused otherwise, saying what differs."""
-    gap = float(np.abs(label_image.affine - image.affine).max())
-    if label_image.shape == image.shape and gap <= AFFINE_ATOL:
+    if label_image.shape == image.shape and _same_grid(label_image.affine, image):
         return label_image
     header = label_image.header
     unplaced = int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0
@@ -398,7 +414,7 @@ def _on_image_grid(
         nib.orientations.io_orientation(label_image.affine), nib.orientations.io_orientation(image.affine)
     )
     turned = label_image.as_reoriented(turn)
-    if turned.shape[:3] == image.shape[:3] and float(np.abs(turned.affine - image.affine).max()) <= AFFINE_ATOL:
+    if turned.shape[:3] == image.shape[:3] and _same_grid(turned.affine, image):
         warnings.warn(
             CmrWarning(
                 f"{label_path}: label map holds the grid of {image_path.name} in another voxel order; reoriented to it"
@@ -406,11 +422,14 @@ def _on_image_grid(
             stacklevel=4,
         )
         return turned
-    if label_image.shape != image.shape:
+    if label_image.shape != image.shape and turned.shape[:3] != image.shape[:3]:
         raise ReadError(
             label_path,
             f"label map shape {label_image.shape} (X, Y, Z) differs from image {image_path.name} shape {image.shape}",
         )
+    if turned.shape[:3] == image.shape[:3]:  # the gap of the voxel order that matches, not of the stored one
+        label_image = turned
+    gap = float(np.abs(label_image.affine - image.affine).max())
     raise ReadError(
         label_path,
         f"label map affine differs from image {image_path.name}'s by up to {gap:.3g} (mm or "

@@ -1,0 +1,66 @@
+"""The same studies as researchers' converters write them (sweep 28, docs/RESULTS.md Session 44):
+dcm2niix, SimpleITK and nibabel re-saves; each test checked to fail without its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cmrsdk.errors import ReadError
+
+
+def _cine_files(folder: Path, spacing: tuple[float, ...], label_spacing: tuple[float, ...], flip_image: bool):
+    """An oblique image (X, Y, Z) = (256, 60, 8), its columns stored in the other order where
+    ``flip_image`` (as dcm2niix stores DICOM rows), and a label map written by another tool."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, (256, 60, 8)).astype(np.float32)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[120:140, 20:40, 2:6] = 2
+    labels[124:136, 24:36, 2:6] = 1
+    rotation, _ = np.linalg.qr(np.array([[0.77, -0.15, 0.62], [0.62, 0.41, -0.67], [0.16, -0.90, -0.41]]))
+
+    def affine(zooms):
+        a = np.eye(4)
+        a[:3, :3] = rotation * np.array(zooms)
+        a[:3, 3] = [76.8, 147.4, -220.4]
+        return a
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image_file = nib.Nifti1Image(image, affine(spacing))
+    if flip_image:
+        image_file = image_file.as_reoriented(np.array([[0, -1], [1, 1], [2, 1]]))
+    nib.save(image_file, folder / "cine.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine(label_spacing)), folder / "cine_gt.nii.gz")
+    return folder / "cine.nii.gz", folder / "cine_gt.nii.gz"
+
+
+def test_a_label_map_on_the_same_grid_rounded_otherwise_is_read(tmp_path: Path) -> None:
+    """A label map in the other column order whose pixel size another tool rounded 2e-5 mm apart:
+    the far corner 0.005 mm away, refused before as "another grid" (sweep 28: dcm2niix's frames
+    beside the DICOM run's labels), with the gap of the order as stored (313 mm there)."""
+    from cmrsdk.io.nifti import read_nifti_stack
+
+    image, labels = _cine_files(tmp_path / "a", (1.36719, 1.36719, 10.0), (1.36721, 1.36719, 10.0), True)
+    with pytest.warns(match="another voxel order; reoriented"):
+        stack = read_nifti_stack(image, labels)
+    assert int((stack.labels == 1).sum()) == 12 * 12 * 4
+    # half a millimetre is another grid, and the message gives that gap, not the stored order's
+    image, labels = _cine_files(tmp_path / "b", (1.36719, 1.36719, 10.0), (1.36719, 1.36719, 10.0625), True)
+    with pytest.raises(ReadError, match=r"by up to 0\.\d+ \(mm or direction\)"):
+        read_nifti_stack(image, labels)
+
+
+def test_other_image_formats_are_named_not_searched_for_dicom(tmp_path: Path, suffix: str, name: str) -> None:
+    """SimpleITK's and dcm2niix's other outputs read "no DICOM image files found" (sweep 28)."""
+    from cmrsdk.io import read_study
+
+    folder = tmp_path / "converted"
+    folder.mkdir()
+    (folder / f"cine{suffix}").write_bytes(b"\x00" * 64)
+    with pytest.raises(ReadError, match=rf"{name} file .* is not read; convert it to NIfTI"):
+        read_study(folder)
+    with pytest.raises(ReadError, match=rf"{name} file .* is not read; convert it to NIfTI"):
+        read_study(folder / f"cine{suffix}")
