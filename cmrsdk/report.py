@@ -42,6 +42,8 @@ def _phase_flags(seg: Segmentation) -> list[str]:
         flags.add("repeated_slice")
     if seg.stack.shape[0] >= 2 and seg.stack.spacing[0] > THICK_SLICE_MM:
         flags.add("thick_slices")
+    if seg.stack.shape[0] >= 2 and seg.stack.spacing[0] < THIN_SLICE_MM:
+        flags.add("thin_slices")
     return sorted(flags)
 
 
@@ -54,6 +56,11 @@ MIN_ADULT_LVEDV_ML = 40.0
 #: slices further apart than this (mm) lie outside what the networks were trained and tested on
 #: (ACDC 5-10 mm, M&Ms 9.6-10, Sunnybrook 10): at 20 mm sweep 15 saw the RVEDV move by up to 93 mL
 THICK_SLICE_MM = 12.0
+
+#: slices closer than this (mm) are no short-axis cine's (5-10 mm): a 3-D acquisition, voxel sizes
+#: lost (a re-save that wrote 1 mm), or a cine's phases stacked as slices (sweep 28: SimpleITK's
+#: series reader on a whole cine folder gave 240 slices 0.46 mm apart, LVEDV 145 mL for 187)
+THIN_SLICE_MM = 3.0
 
 
 #: neighbouring slices closer than this share of the median step are one position acquired twice.
@@ -136,7 +143,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     child); phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size),
     ``repeated_slice`` (a position twice, or neighbours with identical pixels: counted twice) and
-    ``blank_image`` (all zero, never labelled), ``lv_not_ringed`` (`cmrsdk.metrics.quality_flags`
+    ``blank_image`` (all zero, never labelled), ``thick_slices`` / ``thin_slices`` (slices over
+    `THICK_SLICE_MM` or under `THIN_SLICE_MM` apart), ``lv_not_ringed`` (`cmrsdk.metrics.quality_flags`
     given the pixel area) and the pipeline's own (`Segmentation.flags`:
     ``field_edge``) to :func:`cmrsdk.metrics.quality_flags`.
     ``es_basal_rv_dropped_slice``: where the pipeline judged ES's basal RV (`cmrsdk.systole`),

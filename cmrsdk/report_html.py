@@ -52,6 +52,9 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "blank_image": "Every pixel is zero: nothing was segmented.",
     "thick_slices": "The slices lie over 12 mm apart, beyond the 5-10 mm the networks were trained and tested on: "
     "the basal and apical slices, and the RV above all, are less certain; check the picture.",
+    "thin_slices": "The slices lie under 3 mm apart, closer than any short-axis cine's (5-10 mm): a 3-D "
+    "acquisition, voxel sizes lost by a converter (1 mm written), or a cine's phases stacked as slices; the "
+    "volumes are measured with that spacing: check the voxel sizes and the input.",
     "field_edge": "The masks reach the edge of the field the networks saw: part of the heart may lie outside it.",
     "low_confidence": "The networks were less certain of this stack than of any in their test sets (an image "
     "unlike their training data's: another scanner, sequence or artefact); the masks look like a heart and were "

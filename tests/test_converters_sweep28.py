@@ -64,3 +64,21 @@ def test_other_image_formats_are_named_not_searched_for_dicom(tmp_path: Path, su
         read_study(folder)
     with pytest.raises(ReadError, match=rf"{name} file .* is not read; convert it to NIfTI"):
         read_study(folder / f"cine{suffix}")
+
+
+def test_a_re_save_that_lost_the_voxel_sizes_is_said(shared_data: Path, tmp_path: Path) -> None:
+    """ACDC re-saved as nib.Nifti1Image(array, img.affine): ACDC's affine has unit columns, so the
+    file says 1 x 1 x 1 mm; measured with it, LVEDV 11.8 mL for 290.4, only an LVEDV flag (sweep 28).
+    Now a reader warning, and the phase flagged thin_slices."""
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.study import segment_one
+    from cmrsdk.pipeline import Pipeline
+
+    source = shared_data / "acdc" / "training" / "patient001" / "patient001_frame01.nii.gz"
+    original = nib.load(source)
+    resaved = tmp_path / "patient001_frame01.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(original.dataobj), original.affine), resaved)
+    assert nib.load(resaved).header.get_zooms()[:3] == (1.0, 1.0, 1.0)
+    report = segment_one(Pipeline(DEMO_BUNDLE), resaved, tmp_path / "out", overlay=False, report_html=False)
+    assert any("voxel sizes are 1 x 1 x 1 mm" in w for w in report["warnings"])
+    assert "thin_slices" in report["phases"][0]["quality_flags"]

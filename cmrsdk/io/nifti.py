@@ -283,6 +283,16 @@ def _geometry(
             f"'{unit}'{'' if unit in _UNIT_MM else ', read as mm'})",
         )
     spacing = (zooms[2], zooms[1], zooms[0])
+    if n_slices > 1 and all(z == 1.0 for z in zooms):
+        # no cine is acquired so; a re-save that kept ACDC's unit-column affine writes it (sweep 28:
+        # LVEDV 11.8 mL for 290.4)
+        warnings.warn(
+            CmrWarning(
+                f"{path}: NIfTI voxel sizes are 1 x 1 x 1 mm (pixdim and affine): no short-axis cine's; a file "
+                "re-saved without its pixdim? Volumes and mass are measured with 1 mm"
+            ),
+            stacklevel=3,
+        )
     axes = affine[:3, :3] / norms
     cosines = np.abs(axes.T @ axes - np.eye(3))
     if cosines.max() > 1e-3:

@@ -95,6 +95,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "blank_image": ("blank_image", "All pixels zero: not segmented"),
     "repeated_slice": ("repeated_slice", "A slice position acquired twice"),
     "thick_slices": ("thick_slices", "Slices over 12 mm apart: outside the validated 5-10 mm"),
+    "thin_slices": ("thin_slices", "Slices under 3 mm apart: no short-axis cine's spacing"),
     "field_edge": ("field_edge", "Heart reaches the edge of the analysed field"),
     "low_confidence": ("low_confidence", "Networks less certain than on any test stack"),
     "lv_not_ringed": ("lv_not_ringed", "LV blood pool not ringed by myocardium on a slice"),
