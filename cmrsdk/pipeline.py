@@ -869,10 +869,15 @@ class Pipeline:
 
     def _turn(self, stack: Stack) -> Orientation | None:
         """How ``stack`` is turned in-plane for the networks, None for not at all: to the training
-        layout (``training_layout``, a trusted scanner orientation: `cmrsdk.layout`), else, for a
-        side-aware bundle, left to right when seen from the base (`cmrsdk.chirality`)."""
+        layout (``training_layout``, a trusted scanner orientation: `cmrsdk.layout`), else to its
+        source DICOM's layout (`cmrsdk.Stack.dicom_turn`), else, for a side-aware bundle, left to
+        right when seen from the base (`cmrsdk.chirality`)."""
         if self.training_layout and (turn := training_layout_turn(stack.affine)) is not None:
             return None if turn == Orientation() else turn
+        if stack.dicom_turn is not None and Orientation(*stack.dicom_turn) != Orientation():
+            # a converter's NIfTI segmented as its DICOM is: the U-Nets are not flip-invariant,
+            # and dcm2niix's rows bottom-up gave RVEF 41.8 % where the DICOM gives 18.2 (sweep 28)
+            return Orientation(*stack.dicom_turn)
         if self.side_aware and seen_from_apex(stack.affine) is False:
             return Orientation(flip_cols=True)
         return None
@@ -1096,7 +1101,7 @@ class Pipeline:
 
 def _turned(stack: Stack, turn: Orientation | None) -> Stack:
     """``stack`` turned in-plane for the networks (`cmrsdk.layout.turn_stack`), or as it is."""
-    return stack if turn is None else turn_stack(stack, turn)
+    return stack if turn is None else replace(turn_stack(stack, turn), dicom_turn=None)
 
 
 def _unturned(segmentation: Segmentation, stack: Stack, turn: Orientation | None) -> Segmentation:

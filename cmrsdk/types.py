@@ -43,6 +43,10 @@ class Stack:
         DICOM SEG can reference the source instances; empty otherwise.
     source_frames : for enhanced multi-frame DICOM input, the frame number (1-based) of each
         slice (Z,) within its file in ``source_files``; empty for single-frame images.
+    dicom_turn : for a NIfTI converted from DICOM whose sidecar names the source's orientation
+        (dcm2niix's ImageOrientationPatientDICOM), the in-plane turn (transpose, flip rows, flip
+        columns, as `cmrsdk.layout.Orientation`) that lays its slices out as the DICOM stored
+        them, so that the pipeline segments them as it segments the DICOM; None otherwise.
     """
 
     pixels: np.ndarray
@@ -54,6 +58,7 @@ class Stack:
     source: str = ""
     source_files: tuple[str, ...] = ()
     source_frames: tuple[int, ...] = ()
+    dicom_turn: tuple[bool, bool, bool] | None = None
 
     def __post_init__(self) -> None:
         where = self.source or "array"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import json
 import re
 import struct
 import warnings
@@ -448,6 +449,45 @@ def _on_image_grid(
     )
 
 
+def sidecar_path(image_path: Path) -> Path:
+    """The JSON sidecar a converter writes beside a NIfTI file (``x.nii.gz`` -> ``x.json``)."""
+    name = image_path.name
+    stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else image_path.stem
+    return image_path.with_name(stem + ".json")
+
+
+def dicom_turn(image_path: Path, affine: np.ndarray) -> tuple[bool, bool, bool] | None:
+    """The in-plane turn (transpose, flip rows, flip columns: `cmrsdk.layout.Orientation`) that lays a
+    converted NIfTI's slices out as its source DICOM stored them, from the JSON sidecar's
+    ``ImageOrientationPatientDICOM`` (dcm2niix; the DICOM's row and column directions, LPS);
+    None without a sidecar, without that field, or where the axes are not exact flips or a
+    transpose of the DICOM's (a resampled image).
+
+    ``affine`` : float64 (4, 4) of the stack's (z, y, x) voxels -> RAS+ mm.
+    """
+    sidecar = sidecar_path(image_path)
+    if not sidecar.is_file():
+        return None
+    try:
+        values = [float(v) for v in json.loads(sidecar.read_text(errors="replace"))["ImageOrientationPatientDICOM"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not a converter's sidecar, or one without the orientation: segmented as stored
+    if len(values) != 6 or not np.all(np.isfinite(values)):
+        return None
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    along_row = np.asarray(values[:3]) * lps_to_ras  # the DICOM's x (column index) direction
+    down_column = np.asarray(values[3:]) * lps_to_ras  # its y (row index) direction
+    axes = np.asarray(affine, dtype=np.float64)[:3, 1:3]
+    y_axis, x_axis = (axes / np.linalg.norm(axes, axis=0)).T
+    transpose = abs(float(y_axis @ down_column)) < abs(float(x_axis @ down_column))
+    if transpose:
+        y_axis, x_axis = x_axis, y_axis
+    y_cos, x_cos = float(y_axis @ down_column), float(x_axis @ along_row)
+    if min(abs(y_cos), abs(x_cos)) < 0.99:
+        return None
+    return (transpose, y_cos < 0, x_cos < 0)
+
+
 def read_nifti_stack(
     image_path: str | Path,
     label_path: str | Path | None = None,
@@ -504,6 +544,7 @@ def read_nifti_stack(
         slice_positions=slice_positions_mm(affine, pixels.shape[0]),
         phase=phase,
         source=str(image_path),
+        dicom_turn=dicom_turn(image_path, affine),
     )
 
 
@@ -542,6 +583,7 @@ def read_nifti_cine(image_path: str | Path) -> Study:
     affine, spacing = _geometry(image, path, order)
     _refuse_label_map(frames, path)
     positions = slice_positions_mm(affine, frames.shape[1])
+    turn = dicom_turn(path, affine)
     phases = tuple(
         Stack(
             pixels=frames[t].astype(np.float32),
@@ -550,6 +592,7 @@ def read_nifti_cine(image_path: str | Path) -> Study:
             slice_positions=positions,
             phase="ED" if t == 0 else f"frame {t}",
             source=str(path),
+            dicom_turn=turn,
         )
         for t in range(frames.shape[0])
     )
