@@ -53,6 +53,7 @@ def test_a_label_map_on_the_same_grid_rounded_otherwise_is_read(tmp_path: Path) 
         read_nifti_stack(image, labels)
 
 
+@pytest.mark.parametrize("suffix, name", [(".nrrd", "NRRD"), (".mha", "MetaImage"), (".mgz", "FreeSurfer MGH")])
 def test_other_image_formats_are_named_not_searched_for_dicom(tmp_path: Path, suffix: str, name: str) -> None:
     """SimpleITK's and dcm2niix's other outputs read "no DICOM image files found" (sweep 28)."""
     from cmrsdk.io import read_study
