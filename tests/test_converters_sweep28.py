@@ -117,3 +117,56 @@ def test_a_converters_nifti_is_segmented_as_its_dicom(shared_data: Path, tmp_pat
     dicom = pipeline.segment(stack).labels
     assert np.array_equal(as_dicom, dicom)
     assert np.count_nonzero(as_stored != dicom) > 100  # what the layout alone moved
+
+
+@pytest.mark.parametrize(
+    "sidecar, said",
+    [
+        ('{"ImageOrientationPatientDICOM": [0.77, 0.6', "is not readable JSON"),
+        ('{"ImageOrientationPatientDICOM": [1e308, "abc", null, 0, 1, 0]}', "is not 6 numbers"),
+        ('{"ImageOrientationPatientDICOM": [1, 0, 0, 0, 1]}', "is not 6 numbers"),
+        ('{"ImageOrientationPatientDICOM": [1, 0, 0, 0, 0.94, 0.34]}', "is not the image's plane"),
+        ('{"Modality": "MR"}', None),
+    ],
+)
+def test_a_sidecar_whose_orientation_cannot_be_used_is_said(tmp_path: Path, sidecar: str, said: str | None) -> None:
+    """Sweep 29: a broken, short or mismatched orientation was ignored without a word, and the
+    NIfTI segmented as stored (LVEF 35.3 % where its DICOM gives 31.7)."""
+    import warnings
+
+    from cmrsdk.errors import CmrWarning
+    from cmrsdk.io.nifti import read_nifti_stack
+
+    image = tmp_path / "cine.nii.gz"
+    affine = np.diag([1.4, 1.4, 8.0, 1.0])
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(100, 10, (40, 48, 6)).astype(np.float32), affine), image)
+    (tmp_path / "cine.json").write_text(sidecar)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stack = read_nifti_stack(image)
+    messages = [str(w.message) for w in caught if issubclass(w.category, CmrWarning)]
+    assert stack.dicom_turn is None
+    if said is None:
+        assert not [m for m in messages if "sidecar" in m or "cine.json" in m]
+    else:
+        assert any(said in m and "segmented as stored" in m for m in messages), messages
+
+
+def test_batch_counts_a_niftis_sidecar_among_its_inputs(tmp_path: Path) -> None:
+    """Sweep 29: a changed sidecar kept the earlier result ("1 from earlier runs"), and a copy
+    with another sidecar was skipped as byte-identical; the sidecar can turn the layout."""
+    from cmrsdk.cohort.discover import StudySource
+    from cmrsdk.cohort.worker import content_sha256, inputs_fingerprint
+
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    (tmp_path / "a.json").write_text('{"ImageOrientationPatientDICOM": [1, 0, 0, 0, 1, 0]}')
+    (tmp_path / "b.json").write_text('{"ImageOrientationPatientDICOM": [1, 0, 0, 0, -1, 0]}')
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    assert content_sha256(a) != content_sha256(b)
+    before = inputs_fingerprint(StudySource("a", str(a)))
+    (tmp_path / "a.json").write_text('{"Modality": "MR"}')
+    assert inputs_fingerprint(StudySource("a", str(a))) != before
+    (tmp_path / "a.json").unlink()
+    (tmp_path / "b.json").unlink()
+    assert content_sha256(a) == content_sha256(b)

@@ -164,10 +164,14 @@ def segment_study(
 
 
 def _study_files(source: Path) -> list[Path] | None:
-    """A study's files: the file itself, or a folder's files (hidden ones left out), sorted; None
-    where the source is neither."""
+    """A study's files: the file itself (with a NIfTI's JSON sidecar, which can turn its layout:
+    `cmrsdk.Stack.dicom_turn`), or a folder's files (hidden ones left out), sorted; None where the
+    source is neither."""
     if source.is_file():
-        return [source]
+        from ..io.nifti import sidecar_path
+
+        sidecar = sidecar_path(source) if source.name.lower().endswith((".nii", ".nii.gz")) else None
+        return [source, sidecar] if sidecar is not None and sidecar.is_file() else [source]
     if source.is_dir():
         return sorted(
             p
@@ -192,7 +196,7 @@ def inputs_fingerprint(study: StudySource) -> str:
         except OSError:
             continue  # removed while listed: the worker's read says so
         # file names as the file system stores them: a latin-1 name is not UTF-8
-        name = os.fsencode(path.name if path == source else path.relative_to(source))
+        name = os.fsencode(path.name if source.is_file() else path.relative_to(source))
         digest.update(name + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 

@@ -469,11 +469,18 @@ def dicom_turn(image_path: Path, affine: np.ndarray) -> tuple[bool, bool, bool] 
     if not sidecar.is_file():
         return None
     try:
-        values = [float(v) for v in json.loads(sidecar.read_text(errors="replace"))["ImageOrientationPatientDICOM"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # not a converter's sidecar, or one without the orientation: segmented as stored
+        fields = json.loads(sidecar.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return _unused(sidecar, "is not readable JSON")
+    if not isinstance(fields, dict) or "ImageOrientationPatientDICOM" not in fields:
+        return None  # another tool's sidecar, without the orientation: segmented as stored
+    given = fields["ImageOrientationPatientDICOM"]
+    try:
+        values = [float(v) for v in given]
+    except (TypeError, ValueError):
+        return _unused(sidecar, f"'ImageOrientationPatientDICOM' {given!r} is not 6 numbers")
     if len(values) != 6 or not np.all(np.isfinite(values)):
-        return None
+        return _unused(sidecar, f"'ImageOrientationPatientDICOM' {given!r} is not 6 numbers")
     lps_to_ras = np.array([-1.0, -1.0, 1.0])
     along_row = np.asarray(values[:3]) * lps_to_ras  # the DICOM's x (column index) direction
     down_column = np.asarray(values[3:]) * lps_to_ras  # its y (row index) direction
@@ -484,8 +491,18 @@ def dicom_turn(image_path: Path, affine: np.ndarray) -> tuple[bool, bool, bool] 
         y_axis, x_axis = x_axis, y_axis
     y_cos, x_cos = float(y_axis @ down_column), float(x_axis @ along_row)
     if min(abs(y_cos), abs(x_cos)) < 0.99:
-        return None
+        return _unused(sidecar, f"'ImageOrientationPatientDICOM' {values} is not the image's plane turned or flipped")
     return (transpose, y_cos < 0, x_cos < 0)
+
+
+def _unused(sidecar: Path, why: str) -> tuple[bool, bool, bool] | None:
+    """Say that a sidecar's DICOM orientation cannot be used (returns None: no turn): the NIfTI
+    is segmented as stored, whose numbers may differ from its DICOM's (`dicom_turn`)."""
+    warnings.warn(
+        CmrWarning(f"{sidecar}: {why}; the NIfTI is segmented as stored, not in its DICOM's layout"),
+        stacklevel=4,
+    )
+    return None
 
 
 def read_nifti_stack(
