@@ -786,6 +786,8 @@ class Bundle:
             )
         engine.channels = model.channels
         engine.output_order = model.output_order
+        if model.kind == "segmentation":
+            engine.multiple = _stride(model.architecture)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as its directory (engines and locks cannot travel): the unpickling process loads

@@ -42,7 +42,7 @@ from . import preprocess
 from .errors import InputError
 from .heart import MIN_HEART_PIXELS, heart_centre, heart_window, mean_centre, search_groups
 from .labels import APEX, LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
-from .metrics import heart_like, reaches_field_edge
+from .metrics import heart_like
 from .pipeline import (
     MIN_HEART_CONFIDENCE,
     MIN_SLICE_PIXELS,
@@ -51,6 +51,7 @@ from .pipeline import (
     Segmentation,
     _Unset,
     _window_cuts_heart,
+    judged_segmentation,
     mirror_axes,
 )
 from .regions import index_toward_apex, regions_from_areas
@@ -285,20 +286,11 @@ class DevicePipeline(Pipeline):
         target = (float(pre.target_spacing[0]), float(pre.target_spacing[1]))
         full = preprocess.SliceTransform((ny, nx), (dy, dx), (ry, rx), target, (oy, ox), (H, W))
         seen = preprocess.SliceTransform((ny, nx), (dy, dx), (ry, rx), target, offset, size)
-        flags: tuple[str, ...] = ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(seen)) else ()
-        if unsure and labels.any():
-            flags += ("low_confidence",)
         timings["postprocess"] = lap()
         timings["total"] = (t - t0) * 1000.0
         provenance = {**self.provenance, "chain": f"device ({dev})"}
-        segmentation = Segmentation(
-            stack=stack,
-            labels=labels,
-            regions=regions,
-            region_probabilities=region_probabilities,
-            timings_ms=timings,
-            provenance=provenance,
-            flags=flags,
+        segmentation = judged_segmentation(
+            stack, labels, regions, region_probabilities, timings, provenance, seen=seen, unsure=unsure
         )
         return segmentation, centre, _window_cuts_heart(labels, full)
 

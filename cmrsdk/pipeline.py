@@ -819,11 +819,6 @@ class Pipeline:
         if base is not None:
             labels[base[0]] = base[1]
         labels = self._clean(labels, stack)
-        flags: tuple[str, ...] = (
-            ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(transform)) else ()
-        )
-        if unsure and labels.any():
-            flags += ("low_confidence",)
         t, timings["postprocess"] = _lap(t)
         timings["total"] = (t - t0) * 1000.0
 
@@ -834,14 +829,8 @@ class Pipeline:
                 region_source=_source_name(region_source),
                 region_decoding=self.region_decoding if decoded else None,
             )
-        segmentation = Segmentation(
-            stack=stack,
-            labels=labels,
-            regions=regions,
-            region_probabilities=region_probabilities,
-            timings_ms=timings,
-            provenance=provenance,
-            flags=flags,
+        segmentation = judged_segmentation(
+            stack, labels, regions, region_probabilities, timings, provenance, seen=transform, unsure=unsure
         )
         return segmentation, centre, _window_cuts_heart(labels, window)
 
@@ -1097,6 +1086,50 @@ class Pipeline:
             "code_sha256": code_sha256(),
             "runtimes": runtime_versions(sorted(set(backends.values()))),
         }
+
+
+def judged_segmentation(
+    stack: Stack,
+    labels: np.ndarray,
+    regions: np.ndarray | None,
+    region_probabilities: np.ndarray | None,
+    timings: dict[str, float],
+    provenance: dict[str, Any],
+    *,
+    seen: preprocess.SliceTransform,
+    unsure: bool,
+) -> Segmentation:
+    """One stack's `Segmentation` as either chain ends it: flagged ``field_edge`` where the masks
+    reach the border of the window the U-Nets saw (``seen``) inside the image, ``low_confidence``
+    where the confidence gate was unsure (``unsure``) and masks were kept; the window recorded
+    in the provenance as ``network_window`` (`network_window`), so that a re-implementation of the
+    pipeline can check its crop against cmrsdk's (docs/CONTRACT.md, sweep 31)."""
+    flags: tuple[str, ...] = ("field_edge",) if reaches_field_edge(labels, preprocess.window_field(seen)) else ()
+    if unsure and labels.any():
+        flags += ("low_confidence",)
+    return Segmentation(
+        stack=stack,
+        labels=labels,
+        regions=regions,
+        region_probabilities=region_probabilities,
+        timings_ms=timings,
+        provenance={**provenance, "network_window": network_window(seen)},
+        flags=flags,
+    )
+
+
+def network_window(seen: preprocess.SliceTransform) -> dict[str, list[float] | list[int]]:
+    """Where the U-Nets' window sat on a stack, JSON-ready: ``target_spacing_mm`` (dy, dx) and
+    ``resampled_shape`` (Y', X') of the grid it was cut from, ``offset_yx`` (oy, ox), the index on
+    that grid of the window's pixel (0, 0) (negative where padded), and ``size`` (H, W), pixels.
+    On the stack as the networks saw it: turned first where the provenance has ``in_plane_turn``,
+    scaled where it has ``heart_scale``."""
+    return {
+        "target_spacing_mm": [round(float(v), 6) for v in seen.target_spacing],
+        "resampled_shape": [int(v) for v in seen.resampled_shape],
+        "offset_yx": [int(v) for v in seen.offset],
+        "size": [int(v) for v in seen.size],
+    }
 
 
 def _turned(stack: Stack, turn: Orientation | None) -> Stack:

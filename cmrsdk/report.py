@@ -113,6 +113,10 @@ def _phase_entry(seg: Segmentation, name: str | None) -> dict[str, Any]:
         "slice_gaps": slice_gaps(_positions(seg)),
         "timings_ms": {k: round(v, 2) for k, v in seg.timings_ms.items()},
     }
+    if "network_window" in seg.provenance:
+        # where this phase's U-Net window sat (`cmrsdk.pipeline.network_window`): a re-implementation
+        # checks its crop against it (docs/CONTRACT.md)
+        entry["network_window"] = seg.provenance["network_window"]
     confidence = seg.region_confidence
     if seg.regions is not None and confidence is not None:
         entry["slices"] = [
@@ -209,7 +213,7 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         "lv_volume_curve_ml": [_finite(v) for v in result.lv_volume_curve_ml],
         "phases": phases,
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
-        "provenance": result.phases[0].provenance,
+        "provenance": {k: v for k, v in result.phases[0].provenance.items() if k != "network_window"},
     }
     if rv_es is not None:
         report["rv_smallest_index"], report["rv_volume_curve_ml"] = rv_es

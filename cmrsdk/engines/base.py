@@ -80,6 +80,10 @@ class Engine(ABC):
     channels : the input channels the model reads, where known (an ONNX graph records them; a
         bundle's engine takes its model's ``input_shape``), else None; `run` refuses other counts.
     num_outputs : the output channels (C or R) the artifact records (an ONNX graph), else None.
+    multiple : the factor the model's height and width must be multiples of (a bundle's U-Net:
+        2 ** (stages - 1), from its manifest's ``architecture``), else None; `run` refuses other sizes
+        rather than hand them to a runtime (OpenVINO with a thread count set answered such a batch
+        with the previous call's probabilities, silently: sweep 31).
     output_order : canonical channel k of `run`'s answer is the model's channel ``output_order[k]``
         (set by a bundle whose manifest names its ``labels`` or ``regions`` in another order than
         `cmrsdk.labels`), or None: the model's own order. `run` refuses an answer with another
@@ -99,6 +103,7 @@ class Engine(ABC):
         self.max_batch = max_batch
         self.channels: int | None = None
         self.num_outputs: int | None = None
+        self.multiple: int | None = None
         self.output_order: tuple[int, ...] | None = None
         # trailing output shape per input (H, W), learnt from the first batch of that size;
         # lets an empty batch return (0, C, H, W) or (0, R) without knowing the model's kind.
@@ -135,6 +140,12 @@ class Engine(ABC):
                 f"channel(s), got {batch.shape}"
             )
         size = (int(batch.shape[2]), int(batch.shape[3]))
+        if self.multiple is not None and any(v % self.multiple for v in size):
+            fit = tuple(max(self.multiple, v // self.multiple * self.multiple) for v in size)
+            raise InputError(
+                f"'batch' height and width must be multiples of {self.multiple} for {self.path.name} (the U-Net "
+                f"halves the image {self.multiple.bit_length() - 1} times), got {size}; e.g. crop or pad to {fit}"
+            )
         if batch.shape[0] == 0:
             trailing = self._trailing.get(size)
             if trailing is None:
@@ -153,12 +164,24 @@ class Engine(ABC):
                     for i in range(0, n, step)
                 ]
             )
+        self._check_answer(out, batch.shape)
         if self.output_order is not None:
             out = self._canonical(out, self.output_order)
         if size not in self._trailing:
             with self._trailing_lock:
                 self._trailing[size] = tuple(int(s) for s in out.shape[1:])
         return out
+
+    def _check_answer(self, out: np.ndarray, shape: tuple[int, ...]) -> None:
+        """Refuse an answer that is not one per slice, (N, R) or (N, C, H, W) at the batch's N, H, W: a
+        runtime handed a size its graph cannot take may answer with an earlier call's output instead of
+        failing (OpenVINO with a thread count set, sweep 31)."""
+        n, size = shape[0], tuple(shape[2:])
+        if out.ndim not in (2, 4) or out.shape[0] != n or (out.ndim == 4 and tuple(out.shape[2:]) != size):
+            raise InputError(
+                f"{self.path.name} ({self.backend}) answered shape {tuple(out.shape)} for a batch of shape {tuple(shape)}: "
+                "the model does not take this height and width (export/'s U-Nets take multiples of 16)"
+            )
 
     def _canonical(self, out: Any, order: tuple[int, ...]) -> Any:
         """float32 (N, C, ...) in the model's channel order -> the canonical order (`output_order`),
