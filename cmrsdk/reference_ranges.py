@@ -10,6 +10,7 @@ follows ACDC: they do). Quantities without a source here show no range.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -18,8 +19,12 @@ __all__ = [
     "INDEXED_RANGES",
     "SOURCES",
     "PLAUSIBLE",
+    "PLAUSIBLE_BMI",
+    "INDEXED",
     "implausible",
+    "unused_biometrics",
     "body_surface_area_m2",
+    "indexed_measures",
 ]
 
 
@@ -92,21 +97,68 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
 }
 
 
+#: a height and a weight whose body-mass index (kg/m^2) is outside this are not one person's: one of
+#: them is in another unit. Each alone passes `PLAUSIBLE` where a height in inches meets a weight in
+#: kg (72.4 "cm" and 95 kg: 181 kg/m^2, indexing every volume 59 % high; sweep 32); a weight in pounds
+#: at an adult height (209.4 "kg" at 184 cm: 62 kg/m^2) stays inside, as real patients do.
+PLAUSIBLE_BMI = (8.0, 100.0)
+
+#: measure (report.json's name) -> its body-surface-area-indexed name (per m^2)
+INDEXED = {
+    "lvedv_ml": "lvedvi_ml_m2",
+    "lvesv_ml": "lvesvi_ml_m2",
+    "lvsv_ml": "lvsvi_ml_m2",
+    "lv_mass_g": "lv_massi_g_m2",
+    "rvedv_ml": "rvedvi_ml_m2",
+    "rvesv_ml": "rvesvi_ml_m2",
+    "rvsv_ml": "rvsvi_ml_m2",
+}
+
+
 def implausible(name: str, value: float | None) -> str:
     """Why ``value`` of ``name`` (a key of `PLAUSIBLE`) is not used, "" when it is plausible or unknown."""
     if value is None:
         return ""
+    if value == 0:  # what many consoles store for "not entered"
+        return f"{name} 0 (not entered), not used"
     lo, hi = PLAUSIBLE[name]
     if not math.isfinite(value) or not lo <= value <= hi:
         return f"{name} {value:g} outside {lo:g}-{hi:g}, not used"
     return ""
 
 
+def unused_biometrics(height_cm: float | None, weight_kg: float | None) -> dict[str, str]:
+    """Why the height or the weight is set aside, by name ("height_cm", "weight_kg"); empty where
+    both are used or unknown. Each is judged alone (`implausible`), then the pair by its body-mass
+    index (`PLAUSIBLE_BMI`): a pair no person has sets both aside, with one reason."""
+    why = {
+        name: text
+        for name, value in (("height_cm", height_cm), ("weight_kg", weight_kg))
+        if (text := implausible(name, value))
+    }
+    if why or height_cm is None or weight_kg is None:
+        return why
+    bmi = weight_kg / (height_cm / 100.0) ** 2
+    lo, hi = PLAUSIBLE_BMI
+    if lo <= bmi <= hi:
+        return {}
+    text = (
+        f"height {height_cm:g} cm with weight {weight_kg:g} kg is a body-mass index of {bmi:.0f} kg/m², "
+        f"outside {lo:g}-{hi:g} (one of them in another unit?), neither used"
+    )
+    return {"height_cm": text, "weight_kg": text}
+
+
 def body_surface_area_m2(height_cm: float | None, weight_kg: float | None) -> float | None:
     """Mosteller's body surface area, sqrt(height cm x weight kg / 3600) in m^2; None when either is
-    unknown or outside `PLAUSIBLE` (a BSA of 20 m^2 from a height in the wrong unit indexes nothing)."""
-    if height_cm is None or weight_kg is None:
-        return None
-    if implausible("height_cm", height_cm) or implausible("weight_kg", weight_kg):
+    unknown or set aside (`unused_biometrics`: a BSA of 20 m^2 from a height in the wrong unit indexes nothing)."""
+    if height_cm is None or weight_kg is None or unused_biometrics(height_cm, weight_kg):
         return None
     return math.sqrt(height_cm * weight_kg / 3600.0)
+
+
+def indexed_measures(measures: Mapping[str, float | None], bsa_m2: float | None) -> dict[str, float | None]:
+    """Each measure of `INDEXED` divided by the body surface area (m^2), under its indexed name;
+    None where the measure or the BSA is unknown. measures: report.json's ``measures`` (mL, g)."""
+    values = {indexed: measures.get(name) for name, indexed in INDEXED.items()}
+    return {indexed: None if bsa_m2 is None or v is None else float(v) / bsa_m2 for indexed, v in values.items()}

@@ -17,7 +17,7 @@ from .errors import CmrWarning, InputError
 from .labels import LABEL_NAMES, LVBP, REGION_NAMES, RVBP, STRUCTURES
 from .metrics import ES_LV_LOST_SLICES, cardiac_measures, dice, es_lv_lost_slices, quality_flags, slice_gaps
 from .pipeline import Segmentation, StudySegmentation
-from .reference_ranges import implausible
+from .reference_ranges import body_surface_area_m2, indexed_measures, unused_biometrics
 from .types import SINGLE_PHASE, Stack, Study
 
 __all__ = ["study_report", "save_overlay", "ground_truth_agreement"]
@@ -144,7 +144,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     and EF are withheld as null, its volumes kept), ``es_lv_lost`` (ES has no LV on
     `cmrsdk.metrics.ES_LV_LOST_SLICES` or more slices where ED's is large: a failed end-systole)
     and ``lvedv_below_adult`` (LVEDV under `MIN_ADULT_LVEDV_ML`: voxel sizes misstated, or a
-    child); phase
+    child), ``ed_es_swapped`` (the input named ED and ES, and both ventricles measure larger at its
+    ES: the names are likely the wrong way round; volumes kept as named, SV and EF withheld); phase
     flags add ``single_slice``, ``slice_gap`` (``slice_gaps`` gives each gap's size),
     ``repeated_slice`` (a position twice, or neighbours with identical pixels: counted twice) and
     ``blank_image`` (all zero, never labelled), ``thick_slices`` / ``thin_slices`` (slices over
@@ -152,7 +153,9 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     given the pixel area) and the pipeline's own (`Segmentation.flags`:
     ``field_edge``) to :func:`cmrsdk.metrics.quality_flags`.
     ``es_basal_rv_dropped_slice``: where the pipeline judged ES's basal RV (`cmrsdk.systole`),
-    the slice whose RV it left out as atrium, or null.
+    the slice whose RV it left out as atrium, or null. With a ``study`` whose height and weight
+    are known and used (`cmrsdk.reference_ranges.unused_biometrics`), ``body_surface_area_m2``
+    (Mosteller) and ``indexed_measures`` (`cmrsdk.reference_ranges.INDEXED`: mL/m², g/m²), else null.
     """
     single = len(result.phases) == 1
     measures = {k: _finite(v) for k, v in result.measures.as_dict().items()}
@@ -197,6 +200,10 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
             # negative EF is never real, so SV and EF are withheld (null) and flagged, volumes kept
             measures[f"{side}sv_ml"] = measures[f"{side}ef_pct"] = None
             flags.append(f"{side}_esv_exceeds_edv")
+    if {"lv_esv_exceeds_edv", "rv_esv_exceeds_edv"} <= set(flags) and _ed_es_from(result, study) == "input":
+        # both ventricles "eject" backwards: the signature of ED and ES named the wrong way round
+        # (an Info.cfg with ED 12, ES 1: LV 223 -> 290 mL, RV 69 -> 140; sweep 32), not of a failed mask
+        flags.append("ed_es_swapped")
     if not single and "ed_es_coverage_differs" not in flags:
         if es_lv_lost_slices(result.ed.labels, result.es.labels) >= ES_LV_LOST_SLICES:
             flags.append("es_lv_lost")
@@ -229,13 +236,14 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
     if study is not None:
         info = study.info
         report["study"] = {k: v for k, v in vars(info).items() if v not in (None, "")}
-        for name in ("height_cm", "weight_kg"):
-            why = implausible(name, getattr(info, name))
-            if why:
-                # kept in "study" as the input gives it; the caller collects the warning into report["warnings"]
-                warnings.warn(
-                    f"{info.source or 'study'}: {why}: no body surface area or indexed values", CmrWarning, stacklevel=2
-                )
+        for why in dict.fromkeys(unused_biometrics(info.height_cm, info.weight_kg).values()):
+            # kept in "study" as the input gives it; the caller collects the warning into report["warnings"]
+            warnings.warn(
+                f"{info.source or 'study'}: {why}: no body surface area or indexed values", CmrWarning, stacklevel=2
+            )
+        bsa = body_surface_area_m2(info.height_cm, info.weight_kg)
+        report["body_surface_area_m2"] = None if bsa is None else round(bsa, 4)
+        report["indexed_measures"] = {k: _finite(v) for k, v in indexed_measures(measures, bsa).items()}
     return report
 
 

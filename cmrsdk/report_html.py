@@ -10,6 +10,7 @@ the cine with ED and ES marked; provenance and timings. Numbers come from the ``
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from .reference_ranges import (
     SOURCES,
     ReferenceRange,
     body_surface_area_m2,
-    implausible,
+    unused_biometrics,
 )
 from .types import Study
 
@@ -46,7 +47,9 @@ QUALITY_FLAG_TEXT: dict[str, str] = {
     "rvbp_fragments": "On at least one slice the RV blood pool falls into several pieces.",
     "single_slice": "One slice only: no volume can be measured from it.",
     "slice_gap": "The slice positions leave a gap (a slice missing): each slice counts with the distance "
-    "to its neighbours, so the volumes are measured at the stack's real size; check the missing slice.",
+    "to its neighbours, so the volumes are measured at the stack's real size; check the missing slice. "
+    "The labels NIfTI holds an empty slice in the gap (one slice step per file, each slice where it was "
+    "acquired): its voxels sum to less than these volumes.",
     "repeated_slice": "A slice position is in the stack twice (a repeated breath-hold, or a copied slice): "
     "it is counted twice in the volumes.",
     "blank_image": "Every pixel is zero: nothing was segmented.",
@@ -79,6 +82,9 @@ STUDY_FLAG_TEXT: dict[str, str] = {
     "segmentation, or a ventricle that barely ejects); LV stroke volume and ejection fraction are withheld.",
     "rv_esv_exceeds_edv": "The RV measures larger at ES than at ED: no ejection can be measured (a failed "
     "segmentation, or a ventricle that barely ejects); RV stroke volume and ejection fraction are withheld.",
+    "ed_es_swapped": "Both ventricles measure larger at the phase the input names ES than at the one it names "
+    "ED: ED and ES look swapped in the input (Info.cfg, file names, the DICOM's phases). The volumes and the "
+    "LV mass are given at the phases as named and are not marked against the ranges; check which is which.",
     "phase_without_lv": "A phase of the cine shows no LV while others do (a blank frame, a failed "
     "segmentation): it was never taken for end-systole.",
     "ed_es_coverage_differs": "ED and ES hold other slice positions: the volumes compare unlike stacks, "
@@ -136,9 +142,11 @@ def _with_unit(value: Any, unit: str, digits: int = 1) -> str:
 
 
 def _number(value: Any, digits: int = 1) -> str:
+    """``value`` to ``digits`` decimals, halves rounded up as a reader rounds report.json's number
+    (its 98.85 mL shows 98.9, where binary rounding gave 98.8: sweep 32)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    return f"{float(value):.{digits}f}"
+    return str(Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 def _range_text(r: ReferenceRange | None) -> str:
@@ -158,11 +166,13 @@ CHILD_WEIGHT_KG = 40.0
 
 
 def _possibly_child(height_cm: float | None, weight_kg: float | None) -> str:
-    """Why a patient of unknown age may be a child ("" when nothing says so): a plausible height
-    under `CHILD_HEIGHT_CM` or weight under `CHILD_WEIGHT_KG`."""
-    if height_cm is not None and not implausible("height_cm", height_cm) and height_cm < CHILD_HEIGHT_CM:
+    """Why a patient of unknown age may be a child ("" when nothing says so): a height under
+    `CHILD_HEIGHT_CM` or a weight under `CHILD_WEIGHT_KG` that is used (not set aside by
+    `unused_biometrics`: a height in inches is no child's, and silenced every mark, sweep 32)."""
+    unused = unused_biometrics(height_cm, weight_kg)
+    if height_cm is not None and "height_cm" not in unused and height_cm < CHILD_HEIGHT_CM:
         return f"height {height_cm:g} cm"
-    if weight_kg is not None and not implausible("weight_kg", weight_kg) and weight_kg < CHILD_WEIGHT_KG:
+    if weight_kg is not None and "weight_kg" not in unused and weight_kg < CHILD_WEIGHT_KG:
         return f"weight {weight_kg:g} kg"
     return ""
 
@@ -191,6 +201,7 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     height, weight = getattr(info, "height_cm", None), getattr(info, "weight_kg", None)
     sex, age = getattr(info, "sex", None), getattr(info, "age_years", None)
     small = _possibly_child(height, weight) if age is None else ""
+    swapped = "ed_es_swapped" in report.get("flags", [])
     child = (age is not None and age < ADULT_AGE_YEARS) or bool(small)
     bsa = body_surface_area_m2(height, weight)
     header = ["measure", "value", "unit", "adult range, men / women"]
@@ -201,14 +212,14 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     for key, title, unit in SINGLE_PHASE_ROWS if _single(report) else MEASURE_ROWS:
         value = measures.get(key)
         ref = REFERENCE_RANGES.get(key)
-        row: list[object] = [title, _flagged(value, None if child else ref, sex), unit, _range_text(ref)]
+        row: list[object] = [title, _flagged(value, None if child or swapped else ref, sex), unit, _range_text(ref)]
         if ref is not None and ref.source not in used_sources:
             used_sources.append(ref.source)
         if bsa is not None:
             indexed = value / bsa if value is not None and unit in ("mL", "g") else None
             iref = INDEXED_RANGES.get(key) if indexed is not None else None
             row += [
-                _flagged(indexed, None if child else iref, sex) if indexed is not None else "–",
+                _flagged(indexed, None if child or swapped else iref, sex) if indexed is not None else "–",
                 _range_text(iref) if indexed is not None else "–",
             ]
             if iref is not None and iref.source not in used_sources:
@@ -218,7 +229,9 @@ def _measures_section(report: Mapping[str, Any], study: Study | None) -> str:
     parts.append(f'<p class="small">{_html.escape(_bsa_text(bsa, height, weight))}</p>')
     notes = "; ".join(f"[{i + 1}] {_html.escape(SOURCES[s])}" for i, s in enumerate(used_sources))
     marked = (
-        f"not marked: the patient is {age:g} years old and the ranges are adults'"
+        "not marked: ED and ES look swapped in the input"
+        if swapped
+        else f"not marked: the patient is {age:g} years old and the ranges are adults'"
         if child and age is not None
         else f"not marked: the age is not known and the {small} may be a child's"
         if child
@@ -242,16 +255,23 @@ def _bsa_text(bsa: float | None, height: float | None, weight: float | None) -> 
     """Where the BSA comes from, or why there is none, naming what is known and what is set aside."""
     if bsa is not None:
         return f"Body surface area {bsa:.2f} m² (Mosteller) from height {height:g} cm and weight {weight:g} kg."
+    if height is None and weight is None:
+        return "Height and weight are not known: no indexed values."
+    unused = unused_biometrics(height, weight)
     said = []
     for name, value, unit in (("height", height, "cm"), ("weight", weight, "kg")):
+        why = unused.get(f"{name}_{unit}", "")
         if value is None:
             said.append(f"{name} is not known")
-        elif implausible(f"{name}_{unit}", value):
+        elif why and value == 0:
+            said.append(f"{name} 0 {unit} means not entered, and is not used")
+        elif why and "body-mass index" in why:
+            if why not in said:
+                said.append(why)
+        elif why:
             said.append(f"{name} {value:g} {unit} is not a plausible {name} (a unit mistake?) and is not used")
         else:
             said.append(f"{name} {value:g} {unit}")
-    if height is None and weight is None:
-        return "Height and weight are not known: no indexed values."
     text = "; ".join(said)
     return f"{text[:1].upper()}{text[1:]}: no body surface area, so no indexed values."
 

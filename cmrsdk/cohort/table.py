@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io._atomic import atomic_path
-from ..reference_ranges import implausible
+from ..reference_ranges import INDEXED, body_surface_area_m2, implausible, indexed_measures, unused_biometrics
 
 __all__ = [
     "COLUMNS",
@@ -42,16 +42,6 @@ __all__ = [
 MEASURES = ("lvedv_ml", "lvesv_ml", "lvsv_ml", "lvef_pct", "lv_mass_g", "rvedv_ml", "rvesv_ml", "rvsv_ml", "rvef_pct")
 #: a one-phase study's blood-pool volumes (mL), at a phase nothing names ED or ES
 SINGLE_PHASE_MEASURES = ("lv_volume_ml", "rv_volume_ml")
-#: measure -> its BSA-indexed column (per m²)
-INDEXED = {
-    "lvedv_ml": "lvedvi_ml_m2",
-    "lvesv_ml": "lvesvi_ml_m2",
-    "lvsv_ml": "lvsvi_ml_m2",
-    "lv_mass_g": "lv_massi_g_m2",
-    "rvedv_ml": "rvedvi_ml_m2",
-    "rvesv_ml": "rvesvi_ml_m2",
-    "rvsv_ml": "rvsvi_ml_m2",
-}
 
 COLUMNS = (
     "study_id",
@@ -135,18 +125,18 @@ def measures_row(
         "weight_kg": weight_kg if weight_kg is not None else study.get("weight_kg"),
         "heart_rate_bpm": heart_rate_bpm,
     }
-    notes = []
-    for name, value in given.items():
-        value = _number(value)
-        why = implausible(name, value)  # the rule report.json and report.html apply
-        if why:
-            notes.append(why)
-            value = None
-        row[name] = value
-    bsa = bsa_mosteller(row["height_cm"], row["weight_kg"]) if row["height_cm"] and row["weight_kg"] else None
+    height, weight = _number(given["height_cm"]), _number(given["weight_kg"])
+    unused = unused_biometrics(height, weight)  # the rule report.json and report.html apply
+    heart_rate = _number(given["heart_rate_bpm"])
+    if why := implausible("heart_rate_bpm", heart_rate):
+        unused["heart_rate_bpm"] = why
+    notes = list(dict.fromkeys(unused.values()))  # a pair set aside together is said once
+    for name, value in (("height_cm", height), ("weight_kg", weight), ("heart_rate_bpm", heart_rate)):
+        row[name] = None if name in unused else value
+    bsa = body_surface_area_m2(row["height_cm"], row["weight_kg"])
     row["bsa_m2"] = None if bsa is None else round(bsa, DECIMALS["bsa_m2"])
-    for name, indexed in INDEXED.items():
-        row[indexed] = None if bsa is None or row[name] is None else round(row[name] / bsa, DECIMALS[indexed])
+    for indexed, value in indexed_measures(row, bsa).items():
+        row[indexed] = None if value is None else round(value, DECIMALS[indexed])
     output = (
         None
         if row["heart_rate_bpm"] is None or row["lvsv_ml"] is None
@@ -158,14 +148,22 @@ def measures_row(
     )
     phases = report.get("phases", [])
     flags = []
-    for label, index in (("ED", report.get("ed_index")), ("ES", report.get("es_index"))):
+    # a one-phase study's phase is neither ED nor ES (report.json's measures say so): its flags are
+    # the phase's, and no column names it ED (sweep 32)
+    single = "single_phase" in report.get("flags", [])
+    named = (
+        (("phase", report.get("ed_index")),)
+        if single
+        else (("ED", report.get("ed_index")), ("ES", report.get("es_index")))
+    )
+    for label, index in named:
         if index is not None and 0 <= index < len(phases):
             flags += [f"{label}:{flag}" for flag in phases[index].get("quality_flags", [])]
     flags += list(report.get("flags", []))  # the study's own: single_phase, rv_esv_exceeds_edv, ...
     row["quality_flags"] = ";".join(flags)
     row["notes"] = "; ".join(notes)
     row["phases"] = len(phases)
-    row["ed_phase"], row["es_phase"] = report.get("ed_index"), report.get("es_index")
+    row["ed_phase"], row["es_phase"] = (None, None) if single else (report.get("ed_index"), report.get("es_index"))
     return row
 
 

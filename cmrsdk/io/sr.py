@@ -105,6 +105,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "no_volume_change": ("no_volume_change", "LV volume never changes: no ES, SV or EF"),
     "lv_esv_exceeds_edv": ("lv_esv_gt_edv", "LV larger at ES than at ED: SV and EF withheld"),
     "rv_esv_exceeds_edv": ("rv_esv_gt_edv", "RV larger at ES than at ED: SV and EF withheld"),
+    "ed_es_swapped": ("ed_es_swapped", "Both ventricles larger at ES: ED and ES likely swapped"),
     "ed_es_coverage_differs": ("ed_es_coverage", "ED and ES stacks cover the heart differently"),
     "phase_without_lv": ("phase_without_lv", "A phase without LV, left out of the ES choice"),
     "lv_not_found": ("lv_not_found", "No LV blood pool at ED or ES: not measured there"),
