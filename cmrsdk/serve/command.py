@@ -31,6 +31,16 @@ class _OutageFilter(logging.Filter):
 _OUTAGE_LINES = _OutageFilter()
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Each record one line: a control character in a message is written escaped (``\\n``,
+    ``\\x1b``). The node quotes the UIDs and AE titles it logs itself (`spool.printable`);
+    this also covers pynetdicom's and pydicom's lines, which quote none (``--log-level DEBUG``)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return line if line.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+
 def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
@@ -38,12 +48,20 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
         description="Storage SCP (and C-ECHO). A series is complete after --series-timeout seconds without a new "
         "instance; short-axis cines are segmented one at a time, results written under --output and, "
         "with --forward, sent by C-STORE. The queue lives in the spool: after a crash, restart with the "
-        "same --spool and everything received is finished and delivered once.",
+        "same --spool and everything received is finished and delivered once. Transfer syntaxes accepted: "
+        "implicit and explicit VR little endian, explicit VR big endian, and JPEG Lossless, JPEG-LS Lossless, "
+        "JPEG 2000 Lossless and RLE where their decoders are installed; not deflated (a few MB of it inflate "
+        "to gigabytes: senders fall back to an uncompressed syntax) nor lossy.",
     )
     p.add_argument("--status", metavar="SPOOL", help="print the queue of the spool SPOOL and exit")
     p.add_argument("--port", type=int, help="TCP port to listen on (104 and 11112 are the usual DICOM ports)")
     p.add_argument("--spool", help="spool directory: received instances and the queue (SQLite)")
-    p.add_argument("--output", help="results folder: one sub-folder per series, named by its SeriesInstanceUID")
+    p.add_argument(
+        "--output",
+        help="results folder: one sub-folder per series, named by its SeriesInstanceUID (a UID that is not a "
+        "safe file name is shortened, its characters other than letters, digits and dots made '_', and a hash "
+        "of it appended: _h and 12 hex digits)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--aet", default="CMRSDK", help="this node's AE title (default: CMRSDK)")
     p.add_argument(
@@ -195,11 +213,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from .node import Node, NodeConfig
     from .scp import ScpOptions, client_tls_context, tls_context
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        stream=sys.stderr,
-        format="%(asctime)s cmrsdk serve %(levelname)s %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("%(asctime)s cmrsdk serve %(levelname)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level), handlers=[handler])
     # pynetdicom logs every association and non-conformant UID, pydicom every vendor quirk in a header,
     # highdicom every copied module: the node's log is one line per series and what needs a person.
     # pydicom logs a frame it cannot decode as an ERROR with its traceback before it raises: the
@@ -346,6 +362,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise BackendUnavailableError("cmrsdk retrieve needs pynetdicom: pip install 'cmrsdk[serve]'") from exc
     from .retrieve import find_series, retrieve_study
+    from .spool import printable
 
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its own lines for every association
     # pydicom warns for each non-conformant UID of each instance stored (a GE cine: one per image):
@@ -368,11 +385,16 @@ def run_retrieve(args: argparse.Namespace) -> int:
     for m in matches:
         studies.setdefault(m.study_uid, []).append(m)
     if args.list:
-        for uid, series in studies.items():
-            print(f"study {uid} (patient {series[0].patient_id or '?'}, {series[0].study_date or 'no date'})")
+        for uid, series in studies.items():  # the PACS's text: quoted where it would not print as it is
+            first = series[0]
+            print(
+                f"study {printable(uid)} (patient {printable(first.patient_id or '?')}, "
+                f"{printable(first.study_date or 'no date')})"
+            )
             for m in series:
                 count = "?" if m.n_instances is None else m.n_instances
-                print(f"  series {m.series_number or '-':>4} {count:>5} images  {m.description or '-'}  {m.series_uid}")
+                number, description = printable(m.series_number or "-"), printable(m.description or "-")
+                print(f"  series {number:>4} {count:>5} images  {description}  {printable(m.series_uid)}")
         return 0
     from tqdm import tqdm
 
@@ -380,7 +402,9 @@ def run_retrieve(args: argparse.Namespace) -> int:
     for uid, series in studies.items():
         known = [m.n_instances for m in series]
         total = None if None in known else sum(n for n in known if n is not None)
-        with tqdm(total=total, unit="image", desc=f"study {uid[-12:]}", file=sys.stderr, disable=None) as bar:
+        with tqdm(
+            total=total, unit="image", desc=f"study {printable(uid[-12:])}", file=sys.stderr, disable=None
+        ) as bar:
             try:
                 folder = retrieve_study(
                     peer,

@@ -13,7 +13,7 @@ from typing import Any
 
 from .forward import Destination, Forwarder
 from .scp import ScpOptions, StorageScp
-from .spool import Spool
+from .spool import Spool, printable
 from .worker import Worker
 
 __all__ = ["NodeConfig", "Node", "series_log_line"]
@@ -45,8 +45,9 @@ class NodeConfig:
 def series_log_line(spool: Spool, series_uid: str) -> str:
     """The one patient-free line logged per series: UID, shape, latency, outcome."""
     row = spool.series(series_uid)
+    shown = printable(series_uid)  # a sender's text: no forged lines in the log
     if row is None:
-        return f"series {series_uid}: unknown"
+        return f"series {shown}: unknown"
     shape = f"{row.phases} phases x {row.slices} slices" if row.phases else "shape unknown"
     # the result's latency apart from the forwarding's: a slow or absent PACS is not slow segmentation
     end = row.result_at or row.finished_at or time.time()
@@ -58,10 +59,10 @@ def series_log_line(spool: Spool, series_uid: str) -> str:
         sent, total = spool.delivery_counts(series_uid)
         outcome = f"done, {sent}/{total} result files forwarded" if total else "done"
     if row.reason:
-        outcome += f" ({row.reason})"
+        outcome += f" ({printable(row.reason)})"
     if row.reopened:
         outcome += f"; judged {row.reopened + 1} times (instances came after a verdict), results in {row.output}"
-    return f"series {series_uid}: {row.n_instances} instances, {shape}, {latency}, {outcome}"
+    return f"series {shown}: {row.n_instances} instances, {shape}, {latency}, {outcome}"
 
 
 class Node:

@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import CmrError, InputError, ReadError, WriteError
 from .forward import Destination
 from .scp import accepted_transfer_syntaxes
+from .spool import uid_file_name
 
 __all__ = ["SeriesMatch", "find_series", "retrieve_study", "MR_STORAGE", "OTHER_STORAGE"]
 
@@ -68,8 +69,8 @@ def _get_contexts(syntaxes: list[str]) -> list[tuple[str, list[str]]]:
     for MR and Secondary Capture images, so that the PACS sends each instance as it stores it
     (Orthanc, offered one context holding every syntax, accepts one uncompressed syntax and must
     then transcode, which it cannot do from JPEG 2000); one context each for the other classes,
-    which are discarded. pynetdicom proposes at most 128: with the 9 syntaxes the node accepts at
-    most (4 uncompressed, 5 lossless), 4 x 9 + 14 here and 3 for C-FIND, C-GET and C-MOVE = 53."""
+    which are discarded. pynetdicom proposes at most 128: with the 8 syntaxes the node accepts at
+    most (3 uncompressed, 5 lossless), 4 x 8 + 14 here and 3 for C-FIND, C-GET and C-MOVE = 49."""
     per_syntax = [*MR_STORAGE, OTHER_STORAGE[0]]
     contexts = [(sop_class, [syntax]) for sop_class in per_syntax for syntax in syntaxes]
     return contexts + [(sop_class, syntaxes) for sop_class in OTHER_STORAGE[1:]]
@@ -296,11 +297,6 @@ def find_series(
     return sorted(matches, key=order)
 
 
-def _safe(uid: str) -> str:
-    """A UID as a folder or file name (a UID holds digits and dots; anything else is replaced)."""
-    return "".join(c if c.isalnum() or c == "." else "_" for c in uid)[:64] or "unknown"
-
-
 def retrieve_study(
     peer: Destination,
     series: list[SeriesMatch],
@@ -322,8 +318,9 @@ def retrieve_study(
     :func:`cmrsdk.serve.scp.tls_context`) so is the one the PACS opens to deliver a C-MOVE.
 
     The instances are written to a hidden folder beside it as they arrive, each
-    ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with its file meta, and the folder renamed
-    when every series has arrived complete; a failure or an interrupt leaves nothing. Instances
+    ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with its file meta (each UID named by
+    :func:`cmrsdk.serve.spool.uid_file_name`: a PACS's ``..`` is no way out of the folder, two
+    UIDs never share a name), and the folder renamed when every series has arrived complete; a failure or an interrupt leaves nothing. Instances
     that are not MR images (:data:`OTHER_STORAGE`: screen saves, reports...) are accepted and
     discarded, and ``note`` is called with one line saying so. ``progress`` is called with 1 for
     each instance stored.
@@ -344,13 +341,13 @@ def retrieve_study(
         raise InputError(f"retrieve_study takes the series of one study, got {len(studies)} studies")
     study_uid = studies.pop()
     output = Path(output)
-    target = output / _safe(study_uid)
+    target = output / uid_file_name(study_uid)
     if target.exists():
         raise _exists(target)
     try:
         output.mkdir(parents=True, exist_ok=True)
         # unique per call, not per process: two retrievals in one process do not share it
-        staging = Path(tempfile.mkdtemp(prefix=f".{_safe(study_uid)}.partial-", dir=output))
+        staging = Path(tempfile.mkdtemp(prefix=f".{uid_file_name(study_uid)}.partial-", dir=output))
     except OSError as exc:
         raise InputError(f"output folder '{output}' cannot be used: {exc.strerror or exc}") from exc
     lock = threading.Lock()
@@ -369,14 +366,14 @@ def retrieve_study(
             if str(ds.get("StudyInstanceUID", "")) != study_uid:
                 refused.append(str(event.request.AffectedSOPInstanceUID))
                 return 0xA900  # not of the study asked for
-            folder = staging / _safe(str(ds.SeriesInstanceUID))
+            folder = staging / uid_file_name(str(ds.SeriesInstanceUID))
             # a store after the retrieval was given up (the PACS still delivering) would
             # recreate the folder the clean-up removed: refused under the same lock
             with lock:
                 if stopped.is_set():
                     return _REFUSED
                 folder.mkdir(parents=True, exist_ok=True)
-                ds.save_as(folder / f"{_safe(str(ds.SOPInstanceUID))}.dcm", enforce_file_format=True)
+                ds.save_as(folder / f"{uid_file_name(str(ds.SOPInstanceUID))}.dcm", enforce_file_format=True)
         except Exception as exc:  # a data set that cannot be decoded or written: counted as failed
             refused.append(f"{event.request.AffectedSOPInstanceUID} ({type(exc).__name__})")
             return 0xC000

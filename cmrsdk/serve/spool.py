@@ -4,7 +4,8 @@ Layout under the spool directory::
 
     queue.sqlite            series, instances and deliveries (WAL, synchronous=FULL)
     lock                    held (flock) by the one node that owns the spool
-    instances/<series>/     <sop>.dcm files, each fsync'ed before its row is committed
+    instances/<series>/     <sop>.dcm files, each fsync'ed before its row is committed (UIDs as
+                            file names: :func:`uid_file_name`, one name per UID)
 
 A series moves through these states (``--status`` prints them)::
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import hashlib
 import os
 import re
 import shutil
@@ -64,6 +66,7 @@ __all__ = [
     "format_status",
     "uid_file_name",
     "result_name",
+    "printable",
 ]
 
 STATES = ("receiving", "queued", "processing", "forwarding", "done", "set_aside", "failed")
@@ -115,6 +118,8 @@ CREATE INDEX IF NOT EXISTS deliveries_series ON deliveries (series_uid);
 """
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z.]")
+#: a UID that is its own file name: 1 to 64 letters, digits and dots, no dot at either end
+_SAFE_NAME = re.compile(r"[0-9A-Za-z](?:[0-9A-Za-z.]{0,62}[0-9A-Za-z])?")
 #: when a receiving series last showed life: its last instance, or the node's restart after it
 _QUIET_SINCE = "MAX(last_instance_at, COALESCE(resumed_at, 0))"
 #: the states of a stack whose folder of links is released after the reopen window (failed
@@ -164,15 +169,35 @@ class SeriesRow:
 
 
 def uid_file_name(uid: str) -> str:
-    """A UID as a file name: UIDs are digits and dots, but a sender may put anything there."""
+    """A UID as a file name, a distinct one for each UID. UIDs are digits and dots, but a sender
+    may put anything there, and real (anonymised) data carries invalid ones: never refused here.
+
+    A UID of 1 to 64 letters, digits and dots, with no dot at either end, is its own name (the
+    name spools and results always had). Any other has its other characters made ``_``, is cut
+    to 64 and stripped of end dots, then ends in ``_h`` and 12 hex digits of its SHA-256: ``U``
+    and ``U.``, or two UIDs sharing 64 characters, had one name, so one patient's series took
+    another's folder and result. So a name is never ``.`` or ``..``, and never ends in
+    ``_<digits>``, the suffix of `result_name`.
+    """
+    if _SAFE_NAME.fullmatch(uid):
+        return uid
     name = _UNSAFE.sub("_", uid)[:64].strip(".")
-    return name or "_"
+    digest = hashlib.sha256(uid.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{name}_h{digest}"
 
 
 def result_name(series_uid: str, reopened: int) -> str:
     """The results folder of a series' verdict: its UID's file name, then ``_2``, ``_3``... for the
-    verdicts after new instances reopened it ('_' is in no UID)."""
+    verdicts after new instances reopened it (no `uid_file_name` ends in ``_<digits>``)."""
     return uid_file_name(series_uid) + (f"_{reopened + 1}" if reopened else "")
+
+
+def printable(text: object) -> str:
+    """``text`` as the node logs or prints it: as it is where every character prints, else quoted
+    as ``repr`` quotes it, so that a UID or AE title holding a newline or an escape sequence
+    (sent by anyone who reaches the port) cannot forge log lines or drive the terminal."""
+    shown = str(text)
+    return shown if shown.isprintable() else repr(shown)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -456,7 +481,7 @@ class Spool:
         stack = self._kept_stack_of(series_uid)
         if stack is None:
             return False
-        prefix = f"{series_uid}_"  # the stack's links are named <member>_<file>
+        prefix = f"{uid_file_name(series_uid)}_"  # the stack's links are named <member>_<file>
         links = list(self.series_folder(stack).glob(f"{glob.escape(prefix)}*.dcm"))
         if not links:
             return False
@@ -976,14 +1001,14 @@ def format_status(rows: list[SeriesRow], deliveries: dict[str, tuple[int, int]])
         sent, total = deliveries.get(r.series_uid, (0, 0))
         shape = f"{r.phases} x {r.slices}" if r.phases else "-"
         last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.last_instance_at)) if r.last_instance_at else "-"
-        extra = f"  ({r.reason})" if r.reason else ""
+        extra = f"  ({printable(r.reason)})" if r.reason else ""
         if r.interrupted and r.state == "receiving":
             cut = f"{r.refused} instance(s) refused for space" if r.refused else "its transfer was aborted"
             extra += f"  (held: {cut}; waiting for it to be sent again)"
         late = (f" +{r.n_late} late" if r.n_late else "") + (f" (judged {r.reopened + 1} times)" if r.reopened else "")
         yield (
             f"{r.state:<11} {r.n_instances:>9} {shape:>15} {f'{sent}/{total}':>9}  {last:<19}  "
-            f"{r.series_uid}{late}{extra}"
+            f"{printable(r.series_uid)}{late}{extra}"
         )
     counts = {s: sum(r.state == s for r in rows) for s in STATES}
     yield "total: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n) if rows else "total: no series"

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CmrError
-from .spool import SeriesRow, Spool
+from .spool import SeriesRow, Spool, uid_file_name
 
 __all__ = ["ONE_SLICE_REASON", "StackGatherer", "stack_uid", "study_of"]
 
@@ -151,12 +151,13 @@ class StackGatherer:
         name = stack_uid([*members, *earlier], after=previous.series_uid if previous is not None else None)
         folder = self.spool.series_folder(name)
         folder.mkdir(parents=True, exist_ok=True)
-        sources = [(self.spool.series_folder(uid).glob("*.dcm"), f"{uid}_") for uid in members]
+        # a member's links by prefix, its UID's file name (a UID is a sender's text: '/' or '..' in it)
+        sources = [(self.spool.series_folder(uid).glob("*.dcm"), f"{uid_file_name(uid)}_") for uid in members]
         if previous is not None:  # its links are named <member>_<file> already
             sources.append((self.spool.series_folder(previous.series_uid).glob("*.dcm"), ""))
         for files, prefix in sources:
             for file in files:
-                target = folder / f"{prefix}{file.name}"  # '_' is in no UID: a member's links by prefix
+                target = folder / f"{prefix}{file.name}"
                 if not target.exists():  # a restart may find the links made before it
                     try:
                         os.link(file, target)
@@ -173,8 +174,9 @@ class StackGatherer:
         # three slice positions in all, from two series or more (a stack's parts, or one-slice series)
         if best is not None and best.n_positions >= 3 and len(stacked) + len(restacked) >= 2 and stacked:
             for uid in set(members) - set(stacked):  # same study, another geometry: not in this stack
-                for link in folder.glob(f"{uid}_*"):
-                    link.unlink()
+                # exactly its links: a glob of its prefix also matched a member named '<its name>_...'
+                for file in self.spool.series_folder(uid).glob("*.dcm"):
+                    (folder / f"{uid_file_name(uid)}_{file.name}").unlink(missing_ok=True)
             phases, slices = (best.n_phases, best.n_positions) if best is not None else (0, 0)
             if self.spool.queue_stack(
                 name,

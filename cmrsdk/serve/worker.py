@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from ..errors import CmrError
 from ..study import _remove_stale
-from .spool import Spool, result_name
+from .spool import Spool, printable, result_name
 from .stacks import StackGatherer
 
 __all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study", "warm_up_writers"]
@@ -288,12 +288,20 @@ class Worker(threading.Thread):
             if self.spool.mark_failed(series_uid, reason.replace(str(self.spool.directory), "<spool>")) == "failed":
                 self.on_final(series_uid)
             else:
-                log.info("series %s: instances arrived while it was segmented: judged again when quiet", series_uid)
+                log.info(
+                    "series %s: instances arrived while it was segmented: judged again when quiet",
+                    printable(series_uid),
+                )
             return
         deliveries = sorted(final.glob("*.dcm")) if self.forward else []
         state = self.spool.mark_segmented(series_uid, output=final, deliveries=deliveries, withdrawn=withdrawn)
         if withdrawn and state != "receiving":
-            log.info("series %s: %d earlier result file(s) withdrawn by %s", series_uid, len(withdrawn), REJECTION_NOTE)
+            log.info(
+                "series %s: %d earlier result file(s) withdrawn by %s",
+                printable(series_uid),
+                len(withdrawn),
+                REJECTION_NOTE,
+            )
         self.spool.purge_expired()
         if state == "done":
             self.on_final(series_uid)
@@ -301,6 +309,6 @@ class Worker(threading.Thread):
             log.info(
                 "series %s: instances arrived while it was segmented: its result %s is superseded, judged again "
                 "when quiet",
-                series_uid,
+                printable(series_uid),
                 final.name,
             )
