@@ -80,7 +80,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
-from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine
+from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine, thread_options
 from .engines.base import PRECISIONS, check_device
 from .errors import BackendUnavailableError, BundleError, CmrWarning, InputError
 from .heart import HEART_SEARCHES
@@ -725,6 +725,7 @@ class Bundle:
         fp16: bool = False,
         precision: str = "fp32",
         shapes: Sequence[tuple[int, int]] = (),
+        threads: int | None = None,
         **options: Any,
     ) -> Engine:
         """The engine for one model, made on first use and shared after.
@@ -737,6 +738,10 @@ class Bundle:
         fp16 : half precision, the same as ``precision="fp16"``.
         precision : "fp32", "fp16", "bf16" or "int8" (see `select_artifact`).
         shapes : (H, W) sizes the engine must run (see `select_artifact`).
+        threads : CPU threads of one inference, given as the chosen backend takes them
+            (`cmrsdk.engines.thread_options`: ONNX Runtime's ``intra_op_threads``, OpenVINO's
+            ``threads``; an option given in ``options`` wins); None, or a TorchScript or AOTInductor
+            engine (torch's process-wide pool, ``torch.set_num_threads``): the runtime's own choice.
         **options : passed to the engine (see `cmrsdk.engines.create_engine`).
 
         Returns
@@ -747,6 +752,8 @@ class Bundle:
         ``tensorrt_max_batch`` as its ``max_batch``, so larger batches are split, not refused.
         """
         artifact = self.select_artifact(model_name, backend, device, fp16=fp16, precision=precision, shapes=shapes)
+        if device == "cpu":
+            options = {**thread_options(artifact.backend, threads), **options}
         if artifact.backend == "torchscript" and (fp16 or precision == "fp16"):
             options["fp16"] = True  # the fp32 archive, cast at load
         if artifact.backend == "torchscript" and precision == "bf16":

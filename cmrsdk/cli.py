@@ -210,8 +210,16 @@ def _method(mode: str, bundle: str, **options: Any) -> tuple[Pipeline, RegionSou
     if mode == "oracle":
         from .evaluation import ground_truth_regions
 
-        return Pipeline(bundle, mode="routed", regions_from="caller", **options), ground_truth_regions
-    return Pipeline(bundle, mode=mode, **options), None  # type: ignore[arg-type]
+        pipeline = Pipeline(bundle, mode="routed", regions_from="caller", **options)
+        source: RegionSource | None = ground_truth_regions
+    else:
+        pipeline, source = Pipeline(bundle, mode=mode, **options), None  # type: ignore[arg-type]
+    threads = options.get("threads")
+    if threads and {"torchscript", "aoti"} & set(pipeline.provenance["backends"].values()):
+        import torch  # a torch engine's pool is the process's: --threads caps it here, the command's process
+
+        torch.set_num_threads(threads)
+    return pipeline, source
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -774,7 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(inputs with labels only)",
     )
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
-    p.add_argument("--threads", type=positive_int, default=None, help="native-kernel threads (default: all cores)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads of the kernels and networks (default: all cores)",
+    )
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.png (the slowest output)")
     p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")
     p.add_argument(
@@ -834,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate the readable studies and list the others in report.md (default: refuse, naming them all)",
     )
     label_options(p)
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads of the kernels and networks")
     engine_options(p)
     pipeline_options(p)
     p.set_defaults(func=_cmd_evaluate)

@@ -130,9 +130,9 @@ class Segmentation:
     flags : what the pipeline saw go wrong, beside the labels' own quality flags:
         ``field_edge``, a mask on the border of the field the networks saw (the window around the
         heart, within the image), so the heart may reach beyond it and the volumes fall short;
-        ``low_confidence``, masks kept although the networks' mean foreground probability was
-        under `MIN_HEART_CONFIDENCE` (a heart-like stack, or a later phase of a study with a heart,
-        which is never emptied).
+        ``low_confidence``, masks kept although the networks' mean confidence over the pixels
+        they call foreground (each pixel's winning probability) was under `MIN_HEART_CONFIDENCE`
+        (a heart-like stack, or a later phase of a study with a heart, which is never emptied).
     """
 
     stack: Stack
@@ -263,7 +263,9 @@ class Pipeline:
     device : "cpu" or "cuda".
     mode : "routed" (region U-Nets) or "baseline" (the baseline U-Net on every slice).
     largest_component : keep only the largest 3-D connected component of each structure.
-    threads : threads of the native kernels (default: all cores).
+    threads : CPU threads of the native kernels and of each network inference (ONNX Runtime,
+        OpenVINO: `Bundle.engine`'s ``threads``; TorchScript and AOTInductor use torch's
+        process-wide pool, which the caller sets); default: all cores.
     heart_crop : (h, w), two integers, in pixels of the target spacing, None, or "bundle" (the default: the
         bundle's ``preprocessing.heart_crop``, itself None when the bundle sets none). When set,
         the U-Nets see only an (h, w) window centred on the heart, found by one baseline pass
@@ -499,6 +501,7 @@ class Pipeline:
                 device=device,
                 precision="fp32" if precision == "int8" and name not in int8 else precision,
                 shapes=[full] if name == self.bundle.classifier else unet_shapes,
+                threads=None if threads is None else int(threads),
                 **options,
             )
             for name in sorted(needed)

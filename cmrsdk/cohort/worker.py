@@ -271,13 +271,9 @@ class StudyWorker:
     def __init__(self, spec: PipelineSpec, threads: int, scratch: str | None = None) -> None:
         set_thread_count(threads)
         from ..bundle import load_bundle
-        from ..engines import thread_options
         from ..pipeline import Pipeline
 
         bundle = load_bundle(spec.bundle)
-        backends = {bundle.select_artifact(name, spec.backend, spec.device).backend for name in bundle.models}
-        # ONNX Runtime and OpenVINO size their pools from the cores, not from OMP_NUM_THREADS
-        options = thread_options(backends.pop(), threads) if len(backends) == 1 else {}
         given = {
             "apical_rv_weight": spec.apical_rv_weight,
             "training_layout": spec.training_layout,
@@ -297,8 +293,7 @@ class StudyWorker:
             systolic_base=spec.systolic_base,
             segment_spacing=spec.segment_spacing,
             **rules,
-            engine_options=options,
-        )
+        )  # `threads` reaches ONNX Runtime's and OpenVINO's pools too, which size themselves from the cores
         self.pid = os.getpid()
         self.scratch = scratch
         self.outputs = {"overlay": spec.overlay, "report_html": spec.report_html}
