@@ -231,7 +231,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     failures = 0
     for given in args.inputs:
         path = Path(given)
-        if not path.exists():
+        try:
+            missing = not path.exists()
+        except OSError:  # it cannot be looked at (a link into another user's /proc): its reader says so
+            missing = False
+        if missing:
             failures += 1
             print(f"cmrsdk: error: {path}: no such file or directory", file=sys.stderr)
             continue
@@ -627,7 +631,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     failures = 0
     for given in args.paths:
         # a folder of NIfTI files or of subjects is described study by study, as segment reads it
-        paths = expand_inputs(given) if Path(given).exists() else [Path(given)]
+        paths = expand_inputs(given) if os.path.exists(given) else [Path(given)]  # False where it cannot be read
         for path in paths:
             try:
                 print(json.dumps(inspect(path), indent=2, default=str))

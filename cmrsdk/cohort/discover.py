@@ -16,9 +16,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import CmrWarning, InputError
 from ..study import OUTPUT_PATTERN
+
+if TYPE_CHECKING:
+    from ..io._walk import Passed
 
 __all__ = ["StudySource", "discover_studies", "read_study_list", "study_name", "LIST_COLUMNS"]
 
@@ -91,20 +95,36 @@ def _is_result_folder(names: Sequence[str]) -> bool:
 
 
 def _walk(
-    path: Path, skip: Path | None = None, barren: list[Path] | None = None, results: list[Path] | None = None
+    path: Path,
+    skip: Path | None = None,
+    barren: list[Path] | None = None,
+    results: list[Path] | None = None,
+    passed: Passed | None = None,
+    top: bool = True,
 ) -> Iterator[Path]:
     """The studies at or under ``path``, in sorted order; the folder ``skip`` (the run's own
     output, when it lies under a root) is not entered, nor are earlier results of cmrsdk (their
     labels and SEGs are no studies; added to ``results``); folders without sub-folders that hold
-    no study are added to ``barren``."""
+    no study are added to ``barren``.
+
+    Links to studies elsewhere are followed (a cohort of linked study folders), but not a link
+    to a folder that holds it (``loop -> .``, ``up -> ..``, ``root -> /``: the walk would go
+    round, or over the whole file system); such links, and entries below ``path`` that cannot
+    be listed or looked at, are skipped and noted in ``passed``."""
+    from ..io._walk import entry_kind, holds
+
     if path.is_file():
         if _NIFTI.search(path.name) and not _LABEL_MAP.search(path.name):
             yield path
         return
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
+        real = os.path.realpath(path)
     except OSError as exc:
-        raise InputError(f"'{path}' cannot be listed: {exc.strerror}") from exc
+        if top or passed is None:  # the root itself
+            raise InputError(f"'{path}' cannot be listed: {exc.strerror}") from exc
+        passed.cannot_read(path, exc)
+        return
     names = [e.name for e in entries]
     if _is_result_folder(names):
         if results is not None:
@@ -113,26 +133,48 @@ def _walk(
     if _is_case_folder(path, names):
         yield path
         return
+    kinds: dict[str, str | None] = {}
+    cannot: list[tuple[Path, OSError]] = []  # said where this folder is walked, not read as a study
+    for e in entries:
+        if e.name.startswith("."):  # hidden entries are never studies
+            continue
+        try:
+            kinds[e.name] = entry_kind(e)
+        except OSError as exc:
+            cannot.append((Path(e.path), exc))
     # a DICOMDIR (the media directory at the root of every CD and USB export) indexes the
     # series below it; it is not an image of a series held in this folder
-    files = [
-        Path(e.path) for e in entries if e.is_file() and not e.name.startswith(".") and e.name.upper() != "DICOMDIR"
-    ]
+    files = [Path(e.path) for e in entries if kinds.get(e.name) == "file" and e.name.upper() != "DICOMDIR"]
     if any(_is_dicom_file(f) for f in files[:_DICOM_PROBES]):
         yield path  # a series folder: the reader searches its sub-folders too
         return
     loose = [f for f in files if _NIFTI.search(f.name) and not _LABEL_MAP.search(f.name)]
     yield from loose  # a folder of loose NIfTI stacks: each file is one (one-phase) study
-    folders = [e for e in entries if e.is_dir() and not e.name.startswith(".") and Path(e.path) != skip]
-    if not loose and _one_study_of_series([Path(e.path) for e in folders]):
+    folders = []
+    for e in entries:
+        if kinds.get(e.name) != "dir" or Path(e.path) == skip:
+            continue
+        try:
+            if e.is_symlink() and holds(os.path.realpath(e.path), real):
+                if passed is not None:
+                    passed.link(Path(e.path), "a folder holding it (the walk would go round)")
+                continue
+        except OSError as exc:
+            cannot.append((Path(e.path), exc))
+            continue
+        folders.append(Path(e.path))
+    if not loose and _one_study_of_series(folders):
         # a study stored one folder per series (as `cmrsdk retrieve` and many PACS exports write
         # it: a cine split over series, one per slice or breath-hold): the reader stacks them
         yield path
         return
+    if passed is not None:
+        for entry, error in cannot:
+            passed.cannot_read(entry, error)
     if not loose and not folders and barren is not None:
         barren.append(path)  # in the walk's order: its row goes where the study would have been
-    for entry in folders:
-        yield from _walk(Path(entry.path), skip, barren, results)
+    for folder in folders:
+        yield from _walk(folder, skip, barren, results, passed, top=False)
 
 
 def _one_study_of_series(folders: list[Path]) -> bool:
@@ -143,11 +185,11 @@ def _one_study_of_series(folders: list[Path]) -> bool:
     for folder in folders:
         try:
             entries = list(os.scandir(folder))
-        except OSError:
+            if any(e.is_dir() for e in entries):
+                return False
+            files = sorted(Path(e.path) for e in entries if e.is_file() and not e.name.startswith("."))
+        except OSError:  # an entry that cannot be looked at: the walk says so
             return False
-        if any(e.is_dir() for e in entries):
-            return False
-        files = sorted(Path(e.path) for e in entries if e.is_file() and not e.name.startswith("."))
         dicom = next((f for f in files[:_DICOM_PROBES] if _is_dicom_file(f)), None)
         if dicom is None:
             return False
@@ -201,20 +243,30 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
     ------
     InputError : a root that does not exist or holds no study; two studies with one id.
     """
+    from ..io._walk import Passed, entry_kind, reason
+
     studies: list[StudySource] = []
     for root in roots:
         root = Path(os.path.abspath(root))
-        if not root.exists():
+        try:
+            kind = entry_kind(root)
+        except OSError as exc:  # a link into another user's /proc, a folder without search permission
+            raise InputError(f"'{root}' cannot be read ({reason(exc)})") from exc
+        if kind is None and not root.exists():
             raise InputError(f"'{root}': no such file or directory")
         barren: list[Path] = []
         results: list[Path] = []
         found: list[Path] = []
+        passed = Passed()
         order: list[tuple[Path, bool]] = []  # (path, holds a study) in the walk's order
-        for path in _walk(root, None if output is None else Path(os.path.abspath(output)), barren, results):
+        for path in _walk(root, None if output is None else Path(os.path.abspath(output)), barren, results, passed):
             order += [(b, False) for b in barren[len(order) - len(found) :]]
             found.append(path)
             order.append((path, True))
         order += [(b, False) for b in barren[len(order) - len(found) :]]
+        if not found and (passed.links or passed.unreadable):  # nothing left to read: one error says why
+            raise InputError(f"'{root}' holds no study that can be read: {'; '.join(passed.messages())}")
+        passed.warn(stacklevel=2)
         if results:  # earlier `cmrsdk segment` outputs under the root: not studies, and said so
             shown = ", ".join(str(p.relative_to(root)) for p in results[:5]) + (", ..." if len(results) > 5 else "")
             warnings.warn(
@@ -232,9 +284,9 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
                 ),
                 stacklevel=2,
             )
-        if not found and root.is_dir() and not any(p.is_file() for p in root.rglob("*")):
+        if not found and kind == "dir" and not _holds_a_file(root):
             raise InputError(f"'{root}' holds no study: it holds no file at all")
-        if not found and root.is_dir():
+        if not found and kind == "dir":
             # a folder the walk does not recognise is still worth one try as a DICOM series:
             # the reader's error then says what it found
             found = [root]
@@ -265,6 +317,20 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
             taken.add(s.study_id)
         kept.append(s)
     return _unique(kept, "the roots given")
+
+
+def _holds_a_file(root: Path) -> bool:
+    """Whether a regular file lies under ``root`` (links to folders not followed)."""
+    from ..io._walk import entry_kind
+
+    for folder, _, names in os.walk(root):  # folders that cannot be listed are passed over
+        for name in names:
+            try:
+                if entry_kind(Path(folder, name)) == "file":
+                    return True
+            except OSError:  # the walk has said so
+                continue
+    return False
 
 
 def _no_study(folder: Path) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+import zlib
 from pathlib import Path
 
 import pydicom
@@ -24,7 +25,16 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["LOSSY_SYNTAXES", "is_bare_dataset", "is_lossy", "read_dataset", "settle_character_set"]
+from ..errors import ReadError
+
+__all__ = [
+    "LOSSY_SYNTAXES",
+    "MAX_INFLATED_BYTES",
+    "is_bare_dataset",
+    "is_lossy",
+    "read_dataset",
+    "settle_character_set",
+]
 
 #: text VRs whose bytes follow SpecificCharacterSet
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
@@ -55,14 +65,86 @@ def is_bare_dataset(path: str | Path) -> bool:
     return group in (0x0002, 0x0008) and element < 0x1000
 
 
+#: most bytes a deflated data set (Deflated Explicit VR Little Endian) may inflate to: the
+#: largest series the DICOM reader takes (2 x `cmrsdk.io.dicom.MAX_SERIES_PIXELS`: 400 M pixels
+#: at 16 bits), as one enhanced multi-frame file would hold it. pydicom inflates such a file
+#: whole before any header can be checked: a 2 MB file holding a 2 GiB private element of zeros
+#: took 4.3 GB and 38 s (sweep 30)
+MAX_INFLATED_BYTES = 800_000_000
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+#: explicit VRs whose length takes 4 bytes (after 2 reserved), and those whose length takes 2
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
+
+
+def _meta_ends_within(head: bytes, position: int) -> bool:
+    """True where the file meta (group 0002) from ``position`` parses as explicit VR little
+    endian, as pydicom parses it, and ends within ``head``; anything unusual is False."""
+    while position + 8 <= len(head):
+        group, vr = struct.unpack_from("<H", head, position)[0], head[position + 4 : position + 6]
+        if group != 0x0002:
+            return True
+        if vr in _SHORT_VRS:
+            position += 8 + struct.unpack_from("<H", head, position + 6)[0]
+        elif vr in _LONG_VRS and position + 12 <= len(head):
+            position += 12 + struct.unpack_from("<I", head, position + 8)[0]
+        else:
+            return False
+    return position == len(head)  # the file ends with its meta
+
+
+def _refuse_deflate_bomb(path: str | Path, limit: int) -> None:
+    """Inflate a deflated data set in pieces, keeping none, and refuse it where it inflates
+    beyond ``limit`` bytes; any other file is left to pydicom, which says what is wrong."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 13)  # a file meta is a few hundred bytes
+        start = 132 if head[128:132] == b"DICM" else 0 if head[:2] == b"\x02\x00" else None
+        if start is None:
+            return  # no file meta (a bare data set starts with it): no transfer syntax to inflate by
+        if _DEFLATED.encode() not in head and _meta_ends_within(head, start):
+            return  # the whole meta is here, and names no deflated syntax: pydicom's parse not needed
+        from pydicom import filereader
+
+        f.seek(0)
+        try:  # as pydicom finds where the data set starts: preamble (or none), meta, command set
+            filereader.read_preamble(f, True)
+            syntax = filereader._read_file_meta_info(f).get("TransferSyntaxUID")
+            if syntax != _DEFLATED:
+                return
+            getattr(filereader, "_read_command_set_elements", lambda f: None)(f)
+        except Exception:  # not DICOM, or a broken meta: pydicom's own read raises it
+            return
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = 0
+        while chunk := f.read(1 << 20):
+            while chunk:
+                try:
+                    inflated += len(inflater.decompress(chunk, 1 << 22))  # at most 4 MiB at a time
+                except zlib.error:
+                    return  # a corrupt stream: pydicom's own read raises it
+                if inflated > limit:
+                    raise ReadError(
+                        path,
+                        f"its deflated data set (transfer syntax {_DEFLATED}) inflates to more than {limit} bytes, "
+                        "over the limit for one file: refused before reading it",
+                    )
+                chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                return
+
+
 def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Dataset:
     """The DICOM data set in ``path`` (pydicom), with or without the Part 10 preamble.
 
     Raises
     ------
+    ReadError : a deflated data set that inflates beyond :data:`MAX_INFLATED_BYTES`.
     pydicom.errors.InvalidDicomError : not DICOM at all (no ``DICM``, not a bare data set).
     Anything pydicom raises for a truncated or corrupt file.
     """
+    _refuse_deflate_bomb(path, MAX_INFLATED_BYTES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) and other vendor quirks
         try:

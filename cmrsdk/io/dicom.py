@@ -67,6 +67,7 @@ from ..types import Stack, Study, StudyInfo
 from ._dataset import is_lossy, read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
 from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, magnitude_frames
+from ._walk import Passed, entry_kind, holds, reason
 
 __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
 
@@ -243,24 +244,62 @@ def _read_header(path: Path) -> Dataset | None:
             return header
     except InvalidDicomError:
         return None
+    except ReadError:  # refused by `read_dataset` itself (a deflated data set too large)
+        raise
+    except OSError as exc:
+        if exc.errno is None:  # raised by the parser, not by the file system
+            raise ReadError(
+                path, f"DICOM header cannot be read ({type(exc).__name__}: {exc}); truncated file?"
+            ) from exc
+        raise  # the file cannot be opened or read (permissions, a vanished file): `_collect` skips it
+    except RecursionError as exc:  # pydicom reads a nested sequence by recursion
+        raise ReadError(
+            path, "DICOM header cannot be read: its sequences are nested too deeply (RecursionError)"
+        ) from exc
     except Exception as exc:  # truncated headers raise EOFError, struct.error, ...
         raise ReadError(path, f"DICOM header cannot be read ({type(exc).__name__}: {exc}); truncated file?") from exc
 
 
-def _files_under(folder: Path) -> list[Path]:
-    """Every file under ``folder``, sorted, named by the path the user sees: folders reached
-    through symbolic links are searched too (a study assembled from linked series folders),
-    each real folder once, so a link back up the tree cannot loop."""
+def _files_under(folder: Path, passed: Passed) -> list[Path]:
+    """Every file under ``folder``, sorted, named by the path the user sees. Symbolic links are
+    followed (a study assembled from series folders linked in from elsewhere), each real folder
+    once, so a link back up the tree cannot loop; a link to a folder that holds ``folder`` itself
+    (``root -> /``, ``up -> ..``: the whole file system, or every sibling study, read as this one)
+    is not followed, and an entry that cannot be listed or looked at is skipped: both are noted
+    in ``passed``, as `cmrsdk batch`'s discovery does (`cmrsdk.cohort.discover`)."""
+    top = os.path.realpath(folder)
     files: list[Path] = []
     seen: set[str] = set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:
-            dirs[:] = []
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        try:
+            real = os.path.realpath(current)
+            if real in seen:
+                continue
+            seen.add(real)
+            with os.scandir(current) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            passed.cannot_read(current, exc)
             continue
-        seen.add(real)
-        dirs.sort()
-        files += [p for name in names if (p := Path(root) / name).is_file()]
+        folders = []
+        for entry in entries:
+            path = Path(current, entry.name)
+            try:
+                target = os.path.realpath(path) if entry.is_symlink() else top
+                if target != top and holds(target, top):  # itself (`loop -> .`) is read once, as any folder
+                    passed.link(path, f"a folder that holds {folder}")
+                    continue
+                kind = entry_kind(entry)
+            except OSError as exc:
+                passed.cannot_read(path, exc)
+                continue
+            if kind == "file":
+                files.append(path)
+            elif kind == "dir":
+                folders.append(path)
+        pending += reversed(folders)  # sorted order, depth first, as the user sees the tree
     return sorted(files)
 
 
@@ -270,15 +309,26 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
     A multi-frame file gives one image per frame; a repeated SOPInstanceUID keeps its first file
     (sorted by path) and warns once.
     """
-    if not path.exists():
+    try:
+        kind = entry_kind(path)
+    except OSError as exc:  # a link into another user's /proc, a folder without search permission
+        raise ReadError(path, f"cannot be read ({reason(exc)})") from exc
+    if kind is None and not path.exists():
         raise ReadError(path, "no such file or directory")
-    files = [path] if path.is_file() else _files_under(path)
+    passed = Passed()
+    files = [path] if kind == "file" else _files_under(path, passed)
     images: list[_Image] = []
     non_images: list[Path] = []
     seen: dict[str, Path] = {}
     duplicates: list[Path] = []
     for file in files:
-        header = _read_header(file)
+        try:
+            header = _read_header(file)
+        except OSError as exc:
+            if file == path:
+                raise ReadError(path, f"cannot be read ({reason(exc)})") from exc
+            passed.cannot_read(file, exc)
+            continue
         if header is None:
             continue
         # pixel data is not read yet (stop_before_pixels): an image is what has a matrix size
@@ -316,6 +366,8 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             )
         else:
             non_images.append(file)
+    if images:
+        passed.warn(stacklevel=3)
     if duplicates:
         first = duplicates[0]
         warnings.warn(
@@ -326,18 +378,20 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             stacklevel=3,
         )
     if not images:
+        # what the walk passed over is said in the error: a study's warnings are lost with it
+        said = "".join(f"; {message}" for message in passed.messages())
         if non_images:
             raise ReadError(
                 non_images[0],
                 f"DICOM file that is no image to segment (no Rows/Columns, or a segmentation or "
-                f"parametric map); no image series found among the {len(non_images)} DICOM file(s) there",
+                f"parametric map); no image series found among the {len(non_images)} DICOM file(s) there{said}",
             )
         pairs = [f for f in files if f.suffix.lower() in (".hdr", ".img")]
         if pairs:  # what dcm2niix -n or old SPM pipelines write: say so, not "no DICOM"
             raise ReadError(
                 pairs[0],
                 "an Analyze / NIfTI-1 pair (.hdr + .img) is not read; convert it to one .nii.gz file "
-                "(e.g. nibabel: nib.save(nib.load('x.hdr'), 'x.nii.gz'))",
+                f"(e.g. nibabel: nib.save(nib.load('x.hdr'), 'x.nii.gz')){said}",
             )
         others = [f for f in files if _OTHER_FORMATS.get("".join(f.suffixes[-1:]).lower())]
         if others:  # what SimpleITK, 3D Slicer, FreeSurfer or dcm2niix -e write (sweep 28)
@@ -345,9 +399,9 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             raise ReadError(
                 others[0],
                 f"{name} file ({others[0].suffix}) is not read; convert it to NIfTI (.nii.gz), e.g. SimpleITK: "
-                f"sitk.WriteImage(sitk.ReadImage('x{others[0].suffix}'), 'x.nii.gz'), or give the DICOM series",
+                f"sitk.WriteImage(sitk.ReadImage('x{others[0].suffix}'), 'x.nii.gz'), or give the DICOM series{said}",
             )
-        raise ReadError(path, f"no DICOM image files found ({len(files)} files searched)")
+        raise ReadError(path, f"no DICOM image files found ({len(files)} files searched){said}")
     return images, non_images
 
 
@@ -978,6 +1032,8 @@ def _decode(path: Path) -> np.ndarray:
     """The stored pixel values of a file: (Y, X) for one frame, (frames, Y, X) for several."""
     try:
         dataset = read_dataset(path)
+    except ReadError:
+        raise
     except Exception as exc:
         raise ReadError(path, f"DICOM file cannot be read ({type(exc).__name__}: {exc})") from exc
     syntax = str(getattr(dataset.file_meta, "TransferSyntaxUID", "") or "") if hasattr(dataset, "file_meta") else ""

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import CmrWarning, InputError, ReadError
 from ..types import Study, StudyInfo
 from .archive import is_archive, unpacked
+from ._walk import Passed, entry_kind, reason
 from .dicom import read_dicom_study, scan_dicom_series
 from .nifti import (
     MNMS_IMAGE,
@@ -45,18 +46,22 @@ def detect_format(path: str | Path) -> str:
     an M&Ms subject folder in the M&Ms and M&Ms-2 layouts.
     """
     path = Path(path)
-    if not path.exists():
-        raise ReadError(path, "no such file or directory")
-    if not (path.is_file() or path.is_dir()):
-        raise ReadError(path, "not a regular file or a directory (a device, pipe or socket)")
-    if is_archive(path):
-        return "archive"
-    if path.is_file():
-        return "nifti" if is_nifti_name(path.name) else "dicom"
-    if (path / "Info.cfg").is_file():
-        return "acdc"
-    if _mnms_layout(path):
-        return "mnms"
+    try:
+        kind = entry_kind(path)
+        if kind is None and not path.exists():
+            raise ReadError(path, "no such file or directory")
+        if kind is None:
+            raise ReadError(path, "not a regular file or a directory (a device, pipe or socket)")
+        if is_archive(path):
+            return "archive"
+        if kind == "file":
+            return "nifti" if is_nifti_name(path.name) else "dicom"
+        if (path / "Info.cfg").is_file():
+            return "acdc"
+        if _mnms_layout(path):
+            return "mnms"
+    except OSError as exc:  # a folder without permission, a link into another user's /proc
+        raise ReadError(path, f"cannot be read ({reason(exc)})") from exc
     return "dicom"
 
 
@@ -71,20 +76,40 @@ def expand_inputs(path: str | Path) -> list[Path]:
     - anything else (a DICOM folder, searched recursively): itself.
     """
     path = Path(path)
-    if not path.is_dir() or detect_format(path) != "dicom":
+    try:
+        if entry_kind(path) != "dir" or detect_format(path) != "dicom":
+            return [path]
+    except (OSError, ReadError):  # its reader says why it cannot be read, as that study's error
         return [path]
-    entries = sorted(path.iterdir())
-    subjects = [p for p in entries if p.is_dir() and detect_format(p) in ("acdc", "mnms")]
-    if subjects:
-        return subjects
+    entries: list[Path] = []
+    kinds: dict[Path, str | None] = {}
+    passed = Passed()
+    for entry in sorted(path.iterdir()):
+        try:  # an entry that cannot be looked at is said once, not a traceback
+            kind = entry_kind(entry)
+            kinds[entry] = detect_format(entry) if kind == "dir" else kind
+        except OSError as exc:
+            passed.cannot_read(entry, exc)
+            continue
+        except ReadError as exc:
+            if not isinstance(exc.__cause__, OSError):
+                raise
+            passed.cannot_read(entry, exc.__cause__)
+            continue
+        entries.append(entry)
+    subjects = [p for p in entries if kinds[p] in ("acdc", "mnms")]
     images = [
         p
         for p in entries
-        if p.is_file() and is_nifti_name(p.name) and not p.name.lower().split(".nii")[0].endswith("_gt")
+        if kinds[p] == "file" and is_nifti_name(p.name) and not p.name.lower().split(".nii")[0].endswith("_gt")
     ]
-    if not images and entries and all(is_archive(p) for p in entries):
-        return entries  # a folder of ZIP archives, a study each
-    return images or [path]
+    archives = bool(entries) and all(is_archive(p) for p in entries)
+    if not (subjects or images or archives):
+        return [path]  # a DICOM folder: its reader's walk says what it passes over
+    passed.warn()
+    if subjects:
+        return subjects
+    return images or entries  # loose NIfTI images, else ZIP archives: a study each
 
 
 def _reader_options(kind: str) -> tuple[str, ...]:

@@ -170,6 +170,11 @@ def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
     if len(shape) > 4 and set(shape[4:]) == {1}:  # (X, Y, Z, T, 1): a converter's spare axes
         image = nib.funcs.squeeze_image(image)
         shape = image.shape
+    if any(side < 1 for side in shape):  # nibabel takes dim as given: a negative side failed deep in numpy
+        raise ReadError(
+            path,
+            f"NIfTI header 'dim' declares {' x '.join(map(str, shape))} voxels; every side must be 1 or more",
+        )
     if dtype.fields is not None or dtype.kind not in "uifb":
         raise ReadError(
             path,
