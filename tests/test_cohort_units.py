@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -380,7 +381,22 @@ def test_a_stop_during_a_journal_write_keeps_the_record(tmp_path: Path, monkeypa
         if taken_by == "main thread":
             os.kill(os.getpid(), signals.SIGTERM)
         else:
+            # the other thread takes it when the kernel next runs it, and Python's handler (the
+            # journal's) runs in this thread after that: wait for it here, so that it is taken
+            # during the sync, never after the test put SIG_DFL back (which killed the xdist
+            # worker, session 45)
+            noted, handled = signals.getsignal(signals.SIGTERM), threading.Event()
+
+            def noting(signum, frame):
+                handled.set()
+                noted(signum, frame)
+
+            signals.signal(signals.SIGTERM, noting)
             signals.pthread_kill(other.ident, signals.SIGTERM)
+            deadline = time.monotonic() + 10
+            while not handled.is_set() and time.monotonic() < deadline:
+                time.sleep(0.001)  # Python runs a handler between bytecodes, not in a blocked wait
+            signals.signal(signals.SIGTERM, noted)
 
     monkeypatch.setattr(os, "fsync", fsync_then_stopped)
     journal = Journal(tmp_path / "out")
