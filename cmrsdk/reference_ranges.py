@@ -142,9 +142,10 @@ def unused_biometrics(height_cm: float | None, weight_kg: float | None) -> dict[
     lo, hi = PLAUSIBLE_BMI
     if lo <= bmi <= hi:
         return {}
+    side = f"under {lo:g}" if bmi < lo else f"over {hi:g}"
     text = (
-        f"height {height_cm:g} cm with weight {weight_kg:g} kg is a body-mass index of {bmi:.0f} kg/m², "
-        f"outside {lo:g}-{hi:g} (one of them in another unit?), neither used"
+        f"height {height_cm:g} cm with weight {weight_kg:g} kg is a body-mass index of {bmi:.1f} kg/m², "
+        f"{side} (one of them in another unit?), neither used"
     )
     return {"height_cm": text, "weight_kg": text}
 

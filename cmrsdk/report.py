@@ -233,6 +233,8 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         if other is not None:
             report["es_basal_rv_other_decision"] = other
             flags.append("es_basal_rv_uncertain")
+    report["body_surface_area_m2"] = None  # unknown without a study's height and weight
+    report["indexed_measures"] = {k: None for k in indexed_measures(measures, None)}
     if study is not None:
         info = study.info
         report["study"] = {k: v for k, v in vars(info).items() if v not in (None, "")}

@@ -10,7 +10,7 @@ the cine with ED and ES marked; provenance and timings. Numbers come from the ``
 from __future__ import annotations
 
 import math
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,7 +146,10 @@ def _number(value: Any, digits: int = 1) -> str:
     (its 98.85 mL shows 98.9, where binary rounding gave 98.8: sweep 32)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
-    return str(Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+    try:
+        return str(Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+    except InvalidOperation:  # beyond the decimal context's 28 digits: no measure, but never a crash
+        return f"{float(value):.{digits}f}"
 
 
 def _range_text(r: ReferenceRange | None) -> str:

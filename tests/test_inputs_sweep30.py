@@ -290,3 +290,17 @@ def test_a_file_that_cannot_be_opened_is_said_so() -> None:
         pytest.skip("root may read /proc/1/environ here")
     with pytest.raises(ReadError, match=r"^/proc/1/environ: cannot be read \(permission denied\)$"):
         read_study(path)
+
+
+def test_inspect_says_a_link_not_followed_once(series: Path, tmp_path: Path, capsys) -> None:
+    """Sweep 34: `cmrsdk inspect` walked the folder twice (the study, then its series list) and
+    printed the warning for ``up -> ..`` twice."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "cine").symlink_to(series, target_is_directory=True)  # a series linked in from elsewhere: read
+    (study / "up").symlink_to("..")
+    assert main(["inspect", str(study)]) == 0
+    captured = capsys.readouterr()
+    assert len([line for line in captured.err.splitlines() if "not followed" in line]) == 1, captured.err
+    described = json.loads(captured.out)
+    assert described["phases"] == 3 and len(described["warnings"]) == 1

@@ -44,9 +44,9 @@ def test_a_height_in_inches_with_a_weight_in_kg_is_not_indexed_and_not_taken_for
     report, said = _report(result, inches)
     assert report["body_surface_area_m2"] is None
     assert all(v is None for v in report["indexed_measures"].values())
-    assert len(said) == 1 and "body-mass index of 181 kg/m²" in said[0], said
+    assert len(said) == 1 and "body-mass index of 181.2 kg/m², over 100" in said[0], said
     page = _page(result, report, inches)
-    assert "indexed (/m² BSA)" not in page and "body-mass index of 181" in page
+    assert "indexed (/m² BSA)" not in page and "body-mass index of 181.2" in page
     assert "may be a child" not in page  # a height set aside says nothing of the patient's age
     row = measures_row(report)
     assert row["bsa_m2"] is None and row["height_cm"] is None and row["weight_kg"] is None
@@ -117,3 +117,16 @@ def test_a_one_phase_studys_table_row_names_no_ed(segmented_phantom):
     row = measures_row(report)
     assert row["ed_phase"] is None and row["es_phase"] is None
     assert "ED:" not in row["quality_flags"] and "single_phase" in row["quality_flags"]
+
+
+def test_the_bmi_bounds_are_said_as_they_are_judged_and_no_study_gives_nulls(segmented_phantom):
+    """Sweep 34: 100 cm with 7.99 kg read "a body-mass index of 8 kg/m², outside 8-100"."""
+    from cmrsdk.report_html import _number
+
+    assert unused_biometrics(100.0, 8.0) == {} and unused_biometrics(150.0, 225.0) == {}
+    assert "7.99 kg is a body-mass index of 8.0 kg/m², under 8" in unused_biometrics(100.0, 7.99)["height_cm"]
+    assert "over 100" in unused_biometrics(150.0, 225.1)["weight_kg"]
+    _, result = segmented_phantom
+    report = study_report(result)  # no study: no height or weight
+    assert report["body_surface_area_m2"] is None and set(report["indexed_measures"].values()) == {None}
+    assert _number(1e30) == f"{1e30:.1f}"  # past the decimal context's 28 digits: formatted, not raised

@@ -223,6 +223,13 @@ def inspect(path: str | Path) -> dict[str, Any]:
     }
     if kind == "dicom":
         report["series_read"] = study.info.series_uid
+        with warnings.catch_warnings(record=True) as again:  # the same folder walked again: said once
+            warnings.simplefilter("always", CmrWarning)
+            scanned = scan_dicom_series(path)
+        said = {str(w.message) for w in caught}
+        for warning in again:
+            if str(warning.message) not in said:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         report["series"] = [
             {
                 "uid": s.series_uid,
@@ -235,6 +242,6 @@ def inspect(path: str | Path) -> dict[str, Any]:
                 "short_axis": s.is_short_axis,
                 "pixel_mm": round(s.pixel_mm, 3),
             }
-            for s in scan_dicom_series(path)
+            for s in scanned
         ]
     return report
