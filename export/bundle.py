@@ -147,6 +147,41 @@ def _export_torchscript(model: ProbabilityModel, example: torch.Tensor, path: Pa
     with quiet_torchscript():
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path))
+    strip_torchscript_debug(path)
+
+
+def strip_torchscript_debug(path: Path) -> None:
+    """Rewrite a TorchScript archive without its ``.debug_pkl`` entries: they hold the export
+    machine's source paths, used only to point error messages at Python lines; the graph, code
+    and weights are copied byte for byte (the same outputs)."""
+
+    with zipfile.ZipFile(path) as archive:
+        kept = [
+            (info, archive.read(info.filename))
+            for info in archive.infolist()
+            if not info.filename.endswith(".debug_pkl")
+        ]
+    temporary = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(temporary, "w") as archive:
+        for info, data in kept:
+            archive.writestr(info, data)
+    temporary.replace(path)
+
+
+#: the node metadata of torch's ONNX exporter that holds the export machine's source paths
+ONNX_STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
+def strip_onnx_stack_traces(proto: Any) -> int:
+    """Drop `ONNX_STACK_TRACE` from every node's metadata of an ``onnx.ModelProto`` (in place);
+    returns how many were dropped. The graph and weights are untouched."""
+    dropped = 0
+    for node in proto.graph.node:
+        kept = [p for p in node.metadata_props if p.key != ONNX_STACK_TRACE]
+        dropped += len(node.metadata_props) - len(kept)
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return dropped
 
 
 def _export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path) -> int:
@@ -174,6 +209,8 @@ def _export_onnx(model: ProbabilityModel, example: torch.Tensor, path: Path) -> 
         verbose=False,
     )
     proto = onnx.load(str(path))
+    if strip_onnx_stack_traces(proto):  # the export machine's source paths: not shipped
+        onnx.save(proto, str(path))
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     dim0 = proto.graph.input[0].type.tensor_type.shape.dim[0]
     if opset < ONNX_OPSET or not dim0.dim_param:

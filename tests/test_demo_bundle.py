@@ -136,3 +136,19 @@ def test_a_phase_of_a_study_with_a_heart_is_not_emptied_by_the_confidence_gate(s
     alone = Pipeline(DEMO_BUNDLE, mirroring=True).segment(study.es)
     assert alone.labels.any() and "low_confidence" in alone.flags
     assert "low_confidence" not in Pipeline(DEMO_BUNDLE).segment(study.ed).flags
+
+
+def test_the_shipped_artifacts_carry_no_export_machine_paths():
+    """torch's exporters write the export machine's source paths into the artifacts (TorchScript's
+    ``.debug_pkl`` entries, ONNX nodes' ``pkg.torch.onnx.stack_trace``): export/bundle.py strips
+    them, and the shipped bundle carries none (session 45 stripped 0.7.0's: the same outputs)."""
+    import zipfile
+
+    import onnx
+
+    from export.bundle import ONNX_STACK_TRACE
+
+    with zipfile.ZipFile(DEMO_BUNDLE / "baseline.pt") as archive:
+        assert not [n for n in archive.namelist() if n.endswith(".debug_pkl")]
+    proto = onnx.load(str(DEMO_BUNDLE / "baseline.onnx"))
+    assert not [p for node in proto.graph.node for p in node.metadata_props if p.key == ONNX_STACK_TRACE]

@@ -108,6 +108,20 @@ def test_onnx_artifact_has_dynamic_batch_and_one_output(built):
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= ONNX_OPSET
 
 
+def test_artifacts_carry_no_export_machine_paths(built):
+    """torch writes its source paths into TorchScript's .debug_pkl entries and ONNX nodes' stack
+    traces (the shipped 0.7.0 artifacts carried them): the bundle's artifacts hold neither."""
+    import zipfile
+
+    from export.bundle import ONNX_STACK_TRACE
+
+    path, _ = built
+    with zipfile.ZipFile(path / "baseline.pt") as archive:
+        assert archive.namelist() and not [n for n in archive.namelist() if n.endswith(".debug_pkl")]
+    proto = onnx.load(str(path / "baseline.onnx"))
+    assert proto.graph.node and not [p for n in proto.graph.node for p in n.metadata_props if p.key == ONNX_STACK_TRACE]
+
+
 def test_artifacts_reproduce_eager_probabilities(built):
     path, models = built
     x = np.random.default_rng(11).standard_normal((5, 1, *SIZE)).astype(np.float32)
