@@ -50,10 +50,10 @@ def test_report_holds_each_known_measure_with_its_code_and_unit(series, tmp_path
     path = write_measurement_report(tmp_path / "sr.dcm", measures, series[:4], series_number=903)
     found = _measurements(path)
     assert found["Left ventricle"] == [
-        ("18026-5", 151.25, "ml"),
-        ("18148-7", 61.5, "ml"),
+        ("8821-1", 151.25, "ml"),
+        ("8823-7", 61.5, "ml"),
         ("90096001", 89.75, "ml"),
-        ("70822001", 59.339, "%"),
+        ("8811-2", 59.339, "%"),
         ("18087-7", 120.4, "g"),
     ]
     # PS3.16 CID 3835's RV ED / ES volume codes, not one "Volume" told apart by a time point's text
@@ -61,9 +61,18 @@ def test_report_holds_each_known_measure_with_its_code_and_unit(series, tmp_path
         ("8822-9", 160.0, "ml"),
         ("8824-5", 70.0, "ml"),
         ("90096001", 90.0, "ml"),
-        ("70822001", 56.25, "%"),
+        ("8818-7", 56.25, "%"),
     ]
     assert set(found) == {"Left ventricle", "Right ventricle"}
+    # each item names its ventricle itself: the two stroke volumes share one code
+    import highdicom as hd
+
+    sites = {
+        (m.name.value, m.value): [s.value.meaning for s in m.finding_sites]
+        for g in hd.sr.srread(path).content.get_image_measurement_groups()
+        for m in g.get_measurements()
+    }
+    assert sites[("90096001", 89.75)] == ["Left ventricle"] and sites[("90096001", 90.0)] == ["Right ventricle"]
     ds = pydicom.dcmread(path)
     source = pydicom.dcmread(series[0])
     assert ds.Modality == "SR" and ds.SeriesNumber == 903 and ds.StudyInstanceUID == source.StudyInstanceUID
@@ -84,7 +93,7 @@ def test_unknown_measures_are_left_out_never_zero(series, tmp_path):
         },
         series[:4],
     )
-    assert _measurements(path) == {"Left ventricle": [("18026-5", 140.0, "ml"), ("18087-7", 99.0, "g")]}
+    assert _measurements(path) == {"Left ventricle": [("8821-1", 140.0, "ml"), ("18087-7", 99.0, "g")]}
     with pytest.raises(InputError, match="no measure is known"):
         write_measurement_report(tmp_path / "none.dcm", {"lvef_pct": None}, series[:4])
     with pytest.raises(InputError, match="'source_files' is empty"):
@@ -124,6 +133,26 @@ def test_valid_date(value, ok):
 )
 def test_valid_time(value, ok):
     assert valid_time(value) is ok
+
+
+def test_a_classic_image_with_an_empty_functional_group_gets_its_slice_thickness(series, tmp_path):
+    """GE's classic MR images carry an empty PerFrameFunctionalGroupsSequence (every Sunnybrook
+    file): taken for multi-frame, a source without SliceThickness kept none and highdicom refused
+    the SEG, so the study got no output at all (sweep 35)."""
+    from pydicom.dataset import Dataset
+
+    files = []
+    for i, path in enumerate(series[:2]):
+        ds = pydicom.dcmread(path)
+        ds.PerFrameFunctionalGroupsSequence = [Dataset()]
+        del ds.SliceThickness
+        ds.save_as(tmp_path / f"{i}.dcm")
+        files.append(tmp_path / f"{i}.dcm")
+    with pytest.warns(
+        CmrWarning, match="'SliceThickness' \\(0018,0050\\) is missing; the DICOM outputs give the slice spacing, 8"
+    ):
+        repaired = derivation_sources(files, slice_spacing_mm=8.0)
+    assert [float(ds.SliceThickness) for ds in repaired] == [8.0, 8.0]
 
 
 def test_sources_repaired_with_one_warning_per_attribute(series, tmp_path):
@@ -320,15 +349,15 @@ def test_each_volume_references_the_segment_it_was_read_from(series, segs, tmp_p
     path = write_measurement_report(tmp_path / "sr.dcm", measures, series, segmentations=segs)
     uid = {name: pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for name, p in segs.items()}
     assert _volumetric(path) == {
-        "LV blood pool at ED": ([("18026-5", 151.25)], uid["ED"], [1]),
-        "LV blood pool at ES": ([("18148-7", 61.5)], uid["ES"], [1]),
+        "LV blood pool at ED": ([("8821-1", 151.25)], uid["ED"], [1]),
+        "LV blood pool at ES": ([("8823-7", 61.5)], uid["ES"], [1]),
         "LV myocardium at ED": ([("18087-7", 120.4)], uid["ED"], [2]),
         # no RV drawn: segment 3 has no frames, so its series is referenced instead of frames
         "RV blood pool at ED": ([("8822-9", 0.0)], uid["ED"], [3]),
         "RV blood pool at ES": ([("8824-5", 0.0)], uid["ES"], [3]),
     }
     # read from two phases, SV and EF stay in the ventricle's group
-    assert _measurements(path) == {"Left ventricle": [("90096001", 89.75, "ml"), ("70822001", 59.339, "%")]}
+    assert _measurements(path) == {"Left ventricle": [("90096001", 89.75, "ml"), ("8811-2", 59.339, "%")]}
     ds = pydicom.dcmread(path)
     evidence = {
         item.ReferencedSOPInstanceUID
@@ -343,6 +372,9 @@ def test_each_volume_references_the_segment_it_was_read_from(series, segs, tmp_p
 
 
 def test_quality_flags_are_coded_as_caveats_by_scope(series, segs, tmp_path):
+    import shutil
+    import subprocess
+
     from cmrsdk.io.sr import SR_CAVEATS
 
     flags = {"study": ["rv_esv_exceeds_edv"], "ED": ["no_rv", "basal_coverage"], "ES": [], "single phase": []}
@@ -359,6 +391,15 @@ def test_quality_flags_are_coded_as_caveats_by_scope(series, segs, tmp_path):
         tmp_path / "sr2.dcm", {"lvef_pct": 55.0}, series, quality_flags={"ES": ["a_new_flag"]}
     )
     assert _caveats(path) == {"Quality caveats at ES": [("a_new_flag", "99CMRSDK", "a new flag")]}
+    # the private scheme is declared, for a reader to look it up (dciodvfy still warns that it is
+    # no defined term: it checks PS3.16's list only)
+    (scheme,) = pydicom.dcmread(path).CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == "99CMRSDK" and scheme.CodingSchemeResponsibleOrganization == "cmrsdk"
+    if shutil.which("dciodvfy") is not None:
+        result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        assert not [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    plain = write_measurement_report(tmp_path / "sr3.dcm", {"lvef_pct": 55.0}, series)
+    assert "CodingSchemeIdentificationSequence" not in pydicom.dcmread(plain)
     # DICOM's limits: a code value is SH (16 characters), a meaning LO (64); each code one flag
     assert all(len(v) <= 16 and len(m) <= 64 for v, m in SR_CAVEATS.values())
     assert len({v for v, _ in SR_CAVEATS.values()}) == len(SR_CAVEATS)

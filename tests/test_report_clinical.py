@@ -19,7 +19,7 @@ from cmrsdk.report_html import _flagged, render_report_html
 from cmrsdk.types import Study, StudyInfo
 
 #: the ED- or ES-specific concepts of the SR (cmrsdk.io.sr.SR_MEASURES)
-PHASE_CODES = {"18026-5", "18148-7", "8822-9", "8824-5"}
+PHASE_CODES = {"8821-1", "8823-7", "8822-9", "8824-5"}
 
 
 def _sr_codes(path: Path) -> dict[str, list[tuple[str, float]]]:
@@ -107,7 +107,7 @@ def test_static_cine_withholds_esv_as_sv_and_ef(segmented_phantom, sources, tmp_
     codes = {
         c for items in _sr_codes(write_measurement_report(tmp_path / "sr.dcm", m, sources)).values() for c, _ in items
     }
-    assert "18026-5" in codes and "18148-7" not in codes and "8824-5" not in codes
+    assert "8821-1" in codes and "8823-7" not in codes and "8824-5" not in codes
 
 
 # -- 3. implausible height or weight: no BSA, no indexed values, a warning ----------------------

@@ -34,6 +34,7 @@ from pydicom.uid import generate_uid
 from ..errors import CmrWarning, ReadError
 from ._dataset import is_lossy, read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
+from ._multiframe import is_multiframe
 
 __all__ = [
     "derivation_sources",
@@ -204,8 +205,12 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
             )
         thickness = _number(ds, "SliceThickness") if "SliceThickness" in ds else None
         # an enhanced multi-frame source keeps it in its functional groups' pixel measures
-        multiframe = "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
-        if slice_spacing_mm is not None and "PixelData" in ds and not multiframe and not (thickness and thickness > 0):
+        if (
+            slice_spacing_mm is not None
+            and "PixelData" in ds
+            and not is_multiframe(ds)
+            and not (thickness and thickness > 0)
+        ):
             said = "missing" if "SliceThickness" not in ds else f"{_raw_text(ds, 'SliceThickness')!r}"
             ds.SliceThickness = _ds_text(slice_spacing_mm)
             repaired.setdefault(

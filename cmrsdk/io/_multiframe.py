@@ -29,7 +29,7 @@ from pydicom.sequence import Sequence
 
 from ..errors import ReadError
 
-__all__ = ["ENHANCED_MR_CLASSES", "frame_headers", "magnitude_frames"]
+__all__ = ["ENHANCED_MR_CLASSES", "frame_headers", "is_multiframe", "magnitude_frames"]
 
 #: Enhanced MR Image Storage and Legacy Converted Enhanced MR Image Storage.
 ENHANCED_MR_CLASSES = {"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}
@@ -65,6 +65,22 @@ _INVERSION = (
 )
 #: attributes of the whole file a frame's header must not carry over (they describe all frames)
 _FILE_ONLY = (_PER_FRAME, _SHARED, "NumberOfFrames", "DimensionIndexSequence", "DimensionOrganizationSequence")
+
+
+def is_multiframe(header: Dataset) -> bool:
+    """Whether a file holds its images as frames: an enhanced MR SOP class, or a NumberOfFrames
+    other than 1. Not the presence of functional groups: GE's classic MR images carry an empty
+    PerFrameFunctionalGroupsSequence (every Sunnybrook file does; sweep 35)."""
+    meta = getattr(header, "file_meta", None)
+    sop_class = str(header.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    if sop_class in ENHANCED_MR_CLASSES:
+        return True
+    if "NumberOfFrames" not in header:
+        return False
+    try:
+        return int(header.NumberOfFrames) != 1
+    except (TypeError, ValueError):  # a value that is no number is refused by the frame reader
+        return True
 
 
 def _item(group: Dataset | None, sequence: str) -> Dataset | None:

@@ -66,7 +66,7 @@ from ..regions import ORIENTED_COS, apex_cosine
 from ..types import Stack, Study, StudyInfo
 from ._dataset import is_lossy, read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
-from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, magnitude_frames
+from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, is_multiframe, magnitude_frames
 from ._walk import Passed, entry_kind, holds, reason
 
 __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
@@ -350,8 +350,7 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 continue
             if uid:
                 seen[uid] = file
-            frames = _int_or_none(header.get("NumberOfFrames"))
-            if _sop_class(header) in ENHANCED_MR_CLASSES or ("NumberOfFrames" in header and frames != 1):
+            if is_multiframe(header):
                 headers = frame_headers(file, header)
                 kept, left_out = magnitude_frames(file, headers)
                 if left_out:

@@ -49,16 +49,19 @@ __all__ = ["write_measurement_report", "SR_MEASURES", "SR_CAVEATS", "SEGMENT_MEA
 
 #: report.json measure key -> (group, concept, unit); concepts and units are built on first use.
 SR_MEASURES: dict[str, tuple[str, str, str]] = {
-    "lvedv_ml": ("lv", "LN:18026-5:Left Ventricular End Diastolic Volume", "ml"),
-    "lvesv_ml": ("lv", "LN:18148-7:Left Ventricular End Systolic Volume", "ml"),
-    "lvsv_ml": ("lv", "SCT:90096001:Stroke Volume", "ml"),
-    "lvef_pct": ("lv", "SCT:70822001:Cardiac ejection fraction", "%"),
-    "lv_mass_g": ("lv", "LN:18087-7:Left Ventricle Mass", "g"),
-    # PS3.16 CID 3835's own RV codes: a phase in the concept, not only in a time point's free text
+    # PS3.16's cardiac CT/MR codes: volumes CID 3835 (a phase and a ventricle in the concept),
+    # ejection fractions CID 3833 ("by MR"); a reader looking a measure up by code finds each
+    # alone, without reading the group's finding site (sweep 35: the echo codes 18026-5 and
+    # 18148-7, and one generic EF for both ventricles, before 0.14.6)
+    "lvedv_ml": ("lv", "LN:8821-1:Left Ventricular ED Volume", "ml"),
+    "lvesv_ml": ("lv", "LN:8823-7:Left Ventricular ES Volume", "ml"),
+    "lvsv_ml": ("lv", "SCT:90096001:Stroke Volume", "ml"),  # CID 3835's, with a finding site on the item
+    "lvef_pct": ("lv", "LN:8811-2:Left ventricular ejection fraction by MR", "%"),
+    "lv_mass_g": ("lv", "LN:18087-7:Left Ventricle Mass", "g"),  # no CT/MR context group has a mass
     "rvedv_ml": ("rv", "LN:8822-9:Right Ventricular ED Volume", "ml"),
     "rvesv_ml": ("rv", "LN:8824-5:Right Ventricular ES Volume", "ml"),
     "rvsv_ml": ("rv", "SCT:90096001:Stroke Volume", "ml"),
-    "rvef_pct": ("rv", "SCT:70822001:Cardiac ejection fraction", "%"),
+    "rvef_pct": ("rv", "LN:8818-7:Right ventricular ejection fraction by MR", "%"),
     # a one-phase study (cmrsdk.report.study_report): the blood-pool volume of a phase nothing names
     "lv_volume_ml": ("lv", "SCT:118565006:Volume", "ml"),
     "rv_volume_ml": ("rv", "SCT:118565006:Volume", "ml"),
@@ -202,9 +205,13 @@ def write_measurement_report(
         return Code(value, {"LN": "LN", "SCT": "SCT"}[scheme], meaning)
 
     def measurement(key: str) -> Any:
-        _, concept, unit = SR_MEASURES[key]
-        return hd.sr.Measurement(
-            name=code(concept), value=known[key], unit=Code(unit, "UCUM", _UNITS[unit]), algorithm_id=algorithm
+        group, concept, unit = SR_MEASURES[key]
+        return hd.sr.Measurement(  # the site on each item too: stroke volumes share one code
+            name=code(concept),
+            value=known[key],
+            unit=Code(unit, "UCUM", _UNITS[unit]),
+            algorithm_id=algorithm,
+            finding_sites=site(group),
         )
 
     def site(group: str) -> list[Any]:
@@ -284,9 +291,23 @@ def write_measurement_report(
             )
     except (ValueError, TypeError, AttributeError) as exc:
         raise WriteError(f"{path}: DICOM SR cannot be built ({type(exc).__name__}: {exc})") from exc
+    if flags:  # the private coding scheme named where it is used (PS3.3 C.12.1.1.5)
+        sr.CodingSchemeIdentificationSequence = [_local_scheme()]
     with atomic_path(path) as temporary:
         sr.save_as(str(temporary))
     return Path(path)
+
+
+def _local_scheme() -> Any:
+    """The CodingSchemeIdentificationSequence item naming ``99CMRSDK`` for a reader to look up
+    (dciodvfy still warns that it is no defined term: it knows PS3.16's schemes only)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodingSchemeDesignator = _LOCAL
+    item.CodingSchemeName = "cmrsdk quality caveats"
+    item.CodingSchemeResponsibleOrganization = "cmrsdk"
+    return item
 
 
 def _caveat(flag: str) -> tuple[str, str]:

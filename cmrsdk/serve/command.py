@@ -123,6 +123,13 @@ def add_serve_parser(sub: argparse._SubParsersAction, default_bundle: str) -> ar
         help="refuse instances (status 0xA700) once the spool holds this many MB (default: no limit)",
     )
     p.add_argument(
+        "--max-instance-mb",
+        type=float,
+        default=2048.0,
+        help="refuse larger instances (status 0xA700; each is written to the spool's disk as it arrives, "
+        "bytes past this are not) (default: 2048; 0: no limit)",
+    )
+    p.add_argument(
         "--min-free-mb",
         type=float,
         default=512.0,
@@ -168,6 +175,8 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError(f"--max-associations value {args.max_associations} is invalid; expected 1 or more")
     if args.max_spool_mb is not None and args.max_spool_mb <= 0:
         raise InputError(f"--max-spool-mb value {args.max_spool_mb} is invalid; expected MB > 0")
+    if not args.max_instance_mb >= 0:
+        raise InputError(f"--max-instance-mb value {args.max_instance_mb} is invalid; expected MB > 0 (0: no limit)")
     for aet in [args.aet, *args.allow]:
         _check_ae_title(aet)
 
@@ -253,6 +262,7 @@ def run_serve(args: argparse.Namespace) -> int:
         allow=tuple(a.strip() for a in args.allow),
         max_associations=args.max_associations,
         max_pdu=args.max_pdu,
+        max_instance_bytes=int(args.max_instance_mb * 2**20) if args.max_instance_mb else None,
         ssl_context=ssl_context,
     )
     config = NodeConfig(

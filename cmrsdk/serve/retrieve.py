@@ -14,6 +14,7 @@ with the series: they are accepted, so that the PACS counts them delivered, and 
 
 from __future__ import annotations
 
+import os
 import shutil
 import ssl
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any
 
 from ..errors import CmrError, InputError, ReadError, WriteError
 from .forward import Destination
-from .scp import accepted_transfer_syntaxes
+from .scp import accepted_transfer_syntaxes, discard_unfinished, read_header, receive_into_files, received_file
 from .spool import uid_file_name
 
 __all__ = ["SeriesMatch", "find_series", "retrieve_study", "MR_STORAGE", "OTHER_STORAGE"]
@@ -104,10 +105,13 @@ class _Association:
         timeout_s: float,
         on_store: Callable[[Any], int],
         tls: ssl.SSLContext | None = None,
+        receive_dir: Path | None = None,
     ) -> None:
         from pynetdicom import AE, build_role, evt
 
         ae = AE(ae_title=ae_title)
+        if receive_dir is not None:  # instances are written there as they arrive, not held in memory
+            receive_into_files(ae, receive_dir)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
         ae.add_requested_context(_FIND)
         ae.add_requested_context(_GET)
@@ -121,7 +125,7 @@ class _Association:
             peer.port,
             ae_title=peer.ae_title,
             ext_neg=roles,
-            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+            evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_CLOSE, discard_unfinished)],
             tls_args=(tls, peer.host) if tls else None,
         )
         if not self.assoc.is_established:
@@ -350,19 +354,38 @@ def retrieve_study(
         staging = Path(tempfile.mkdtemp(prefix=f".{uid_file_name(study_uid)}.partial-", dir=output))
     except OSError as exc:
         raise InputError(f"output folder '{output}' cannot be used: {exc.strerror or exc}") from exc
+    try:  # where each instance is written as it arrives (the same disk: renamed into the staging
+        # folder when kept), removed at the end whatever happens
+        incoming = Path(tempfile.mkdtemp(prefix=f".{uid_file_name(study_uid)}.receiving-", dir=output))
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InputError(f"output folder '{output}' cannot be used: {exc.strerror or exc}") from exc
     lock = threading.Lock()
     stopped = threading.Event()  # set, under the lock, before the staging folder is removed
     refused: list[str] = []
     skipped: Counter[str] = Counter()
 
     def on_store(event: Any) -> int:
+        received = received_file(event)
+        try:
+            return store(event, received)
+        finally:
+            if received is not None:  # refused or skipped: no file left (moved when kept)
+                received.discard()
+
+    def store(event: Any, received: Any) -> int:
         sop_class = str(event.request.AffectedSOPClassUID)
         if sop_class not in MR_STORAGE:
             skipped[sop_class] += 1
             return 0x0000  # delivered as far as the PACS is concerned: it fails nothing for it
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            if received is None:
+                ds = event.dataset
+                ds.file_meta = event.file_meta
+            elif received.error is not None:  # it could not be written as it arrived (a full disk)
+                raise received.error
+            else:  # the header only: the file is renamed into place, never read whole
+                ds = read_header(received.path, ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
             if str(ds.get("StudyInstanceUID", "")) != study_uid:
                 refused.append(str(event.request.AffectedSOPInstanceUID))
                 return 0xA900  # not of the study asked for
@@ -373,7 +396,11 @@ def retrieve_study(
                 if stopped.is_set():
                     return _REFUSED
                 folder.mkdir(parents=True, exist_ok=True)
-                ds.save_as(folder / f"{uid_file_name(str(ds.SOPInstanceUID))}.dcm", enforce_file_format=True)
+                path = folder / f"{uid_file_name(str(ds.SOPInstanceUID))}.dcm"
+                if received is None:
+                    ds.save_as(path, enforce_file_format=True)
+                else:  # as sent, with the file meta of its presentation context
+                    os.replace(received.path, path)
         except Exception as exc:  # a data set that cannot be decoded or written: counted as failed
             refused.append(f"{event.request.AffectedSOPInstanceUID} ({type(exc).__name__})")
             return 0xC000
@@ -385,8 +412,8 @@ def retrieve_study(
     link: _Association | None = None
     try:
         if move_port is not None:
-            server = _listen(ae_title, move_host, move_port, timeout_s, on_store, move_tls)
-        link = _Association(peer, ae_title, timeout_s, on_store, tls)
+            server = _listen(ae_title, move_host, move_port, timeout_s, on_store, move_tls, receive_dir=incoming)
+        link = _Association(peer, ae_title, timeout_s, on_store, tls, receive_dir=incoming)
         for match in series:
             final = link.get(
                 _query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=match.series_uid),
@@ -428,6 +455,7 @@ def retrieve_study(
             link.close()
         if server is not None:
             server.shutdown()
+        shutil.rmtree(incoming, ignore_errors=True)
     if skipped and note is not None:
         note(f"{target}: {_describe(skipped)} skipped (not MR images)")
     return target
@@ -453,12 +481,15 @@ def _listen(
     timeout_s: float,
     on_store: Callable[[Any], int],
     tls: ssl.SSLContext | None = None,
+    receive_dir: Path | None = None,
 ) -> Any:
     """A Storage SCP for MR images on ``host:port`` (C-MOVE's destination), over TLS with ``tls``,
-    running until shut down."""
+    running until shut down; with ``receive_dir``, instances are written there as they arrive."""
     from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, evt
 
     ae = AE(ae_title=ae_title)
+    if receive_dir is not None:
+        receive_into_files(ae, receive_dir)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     syntaxes = accepted_transfer_syntaxes()
     for sop_class in MR_STORAGE:
@@ -466,6 +497,7 @@ def _listen(
     for sop_class in OTHER_STORAGE:  # discarded on arrival: any syntax, none is decoded
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     try:
-        return ae.start_server((host, port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)], ssl_context=tls)
+        handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_CLOSE, discard_unfinished)]
+        return ae.start_server((host, port), block=False, evt_handlers=handlers, ssl_context=tls)
     except OSError as exc:
         raise InputError(f"--move-port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from exc

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import secrets
 import ssl
 import sqlite3
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,11 @@ from .spool import FINAL_STATES, Spool, SpoolFull, printable
 __all__ = [
     "ScpOptions",
     "StorageScp",
+    "ReceivedFile",
+    "receive_into_files",
+    "received_file",
+    "discard_unfinished",
+    "read_header",
     "accepted_transfer_syntaxes",
     "tls_context",
     "STATUS_OUT_OF_RESOURCES",
@@ -76,6 +84,8 @@ class ScpOptions:
     allow: tuple[str, ...] = ()  # calling AE titles accepted; empty: any
     max_associations: int = 8
     max_pdu: int = 65536  # bytes; 0: unlimited
+    #: larger instances are refused with 0xA700 (bytes past it are counted, not written); None: no limit
+    max_instance_bytes: int | None = 2 * 2**30
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False)
 
 
@@ -102,6 +112,158 @@ def client_tls_context(ca: str | Path, cert: str | Path | None = None, key: str 
     if cert:
         context.load_cert_chain(certfile=str(cert), keyfile=str(key) if key else None)
     return context
+
+
+# ---- receiving into files -------------------------------------------------------------------
+# pynetdicom holds a C-STORE's data set in memory whole while it arrives, and the handler's copy
+# of it doubles that: a 400 MB instance took the node 1.26 GB. Its chunked receiving
+# (`_config.STORE_RECV_CHUNKED_DATASET`) writes each fragment to a file instead, but the switch
+# is process-wide and the file goes to the system's temporary folder (a tmpfs is memory again;
+# another disk means a copy). So the switch is made true only in the threads of associations of
+# an AE given to `receive_into_files`, and pynetdicom's temporary file, for those, is a
+# `ReceivedFile` in the folder given (the spool's own disk: the file is renamed into place).
+
+
+class ReceivedFile:
+    """One C-STORE data set written to a file as its fragments arrive, in the DICOM file format
+    (preamble, file meta, data set as sent), so that no instance is held in memory.
+
+    Bytes past ``limit`` are counted in :attr:`size`, not written, and a write that fails (a full
+    disk) is kept in :attr:`error`, not raised in pynetdicom's thread: the handler refuses such an
+    instance (0xA700). pynetdicom writes it (``write``, ``file.flush``), closes it after the handler
+    and unlinks its ``name``, which is gone by then where the handler moved the file into place.
+    """
+
+    def __init__(self, directory: Path, limit: int | None) -> None:
+        self.limit = limit
+        self.size = 0  # bytes received, written or not
+        self.error: OSError | None = None
+        self.discarded = False
+        self.file = self  # flushed after each fragment by pynetdicom: written unbuffered, nothing to flush
+        self._fd: int | None = None
+        self._lock = threading.Lock()  # closed by the handler's thread, pynetdicom's, or at the connection's end
+        for _ in range(100):
+            self.path = directory / f".receiving-{secrets.token_hex(8)}.dcm"
+            try:  # the process's umask applies, as to the files written before (mkstemp's are 0600)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:  # the folder is gone or cannot be written: refused by the handler
+                self.error = exc
+                break
+        self.name = str(self.path)
+
+    @property
+    def over_limit(self) -> bool:
+        return self.limit is not None and self.size > self.limit
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self._fd is not None and self.error is None and not self.over_limit:
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            except OSError as exc:
+                self.error = exc
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def discard(self) -> None:
+        """Close and remove the file (nothing to remove once it was moved into place)."""
+        self.discarded = True
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+#: the AEs whose C-STORE data sets are received into files: the folder and the size limit
+_RECEIVERS: weakref.WeakKeyDictionary[Any, tuple[Path, int | None]] = weakref.WeakKeyDictionary()
+_INSTALL = threading.Lock()
+
+
+def _receiver_of_this_thread() -> tuple[Path, int | None] | None:
+    """The folder and limit for the association whose DUL thread this is (pynetdicom decodes the
+    P-DATA it receives in that thread), None for an AE not given to :func:`receive_into_files`."""
+    ae = getattr(getattr(threading.current_thread(), "assoc", None), "ae", None)
+    try:
+        return _RECEIVERS.get(ae) if ae is not None else None
+    except TypeError:  # not weakly referenceable: not one of ours
+        return None
+
+
+class _ChunkedForReceivers:
+    """`_config.STORE_RECV_CHUNKED_DATASET`, true in the threads of the receivers' associations only."""
+
+    def __bool__(self) -> bool:
+        return _receiver_of_this_thread() is not None
+
+    def __repr__(self) -> str:
+        return "<true for the AEs given to cmrsdk.serve.scp.receive_into_files>"
+
+
+def _temporary_file(*args: Any, **kwargs: Any) -> Any:
+    """pynetdicom's ``NamedTemporaryFile`` for a chunked data set: a :class:`ReceivedFile` for ours."""
+    from tempfile import NamedTemporaryFile
+
+    receiver = _receiver_of_this_thread()
+    if receiver is None:  # chunked receiving switched on for every AE by someone else
+        return NamedTemporaryFile(*args, **kwargs)
+    return ReceivedFile(*receiver)
+
+
+def receive_into_files(ae: Any, directory: Path, *, limit: int | None = None) -> None:
+    """Have every C-STORE data set that ``ae`` (a pynetdicom ``AE``) receives written to a
+    :class:`ReceivedFile` in ``directory`` as it arrives, none larger than ``limit`` bytes; other
+    AEs of the process receive as before (in memory). The handler takes it with
+    :func:`received_file`; bind :func:`discard_unfinished` to ``EVT_CONN_CLOSE`` so that a
+    transfer cut off leaves no file."""
+    from pynetdicom import _config, dimse_messages
+
+    with _INSTALL:
+        if dimse_messages.NamedTemporaryFile is not _temporary_file:
+            dimse_messages.NamedTemporaryFile = _temporary_file
+        if _config.STORE_RECV_CHUNKED_DATASET is False:
+            _config.STORE_RECV_CHUNKED_DATASET = _ChunkedForReceivers()  # type: ignore[assignment]
+        _RECEIVERS[ae] = (Path(directory), limit)
+
+
+def received_file(event: Any) -> ReceivedFile | None:
+    """The file a C-STORE's data set was received into (:func:`receive_into_files`); None where
+    it was received in memory (``event.encoded_dataset()``)."""
+    received = getattr(event.request, "_dataset_file", None)
+    return received if isinstance(received, ReceivedFile) else None
+
+
+def discard_unfinished(event: Any) -> None:
+    """``EVT_CONN_CLOSE`` handler: remove the files of data sets the connection's end left
+    unhandled: one cut off mid-transfer, and those received but not yet handled (pynetdicom
+    leaves both)."""
+    dimse = getattr(event.assoc, "dimse", None)
+    left = [getattr(getattr(dimse, "message", None), "_data_set_file", None)]
+    left += [
+        getattr(item[1], "_dataset_file", None)
+        for item in list(getattr(getattr(dimse, "msg_queue", None), "queue", ()))
+    ]
+    for received in left:
+        if isinstance(received, ReceivedFile):
+            received.discard()
+
+
+def read_header(path: Path, keywords: tuple[str, ...]) -> Any:
+    """The elements ``keywords`` of a received file, read without its large values (pixel data,
+    or any other large element: skipped, not read), as a pydicom ``Dataset``."""
+    import pydicom
+
+    return pydicom.dcmread(path, specific_tags=list(keywords), stop_before_pixels=True)
 
 
 class StorageScp:
@@ -138,8 +300,11 @@ class StorageScp:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
+        # each instance is written to the spool's disk as it arrives, not held in memory
+        receive_into_files(ae, self.spool.incoming, limit=self.options.max_instance_bytes)
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_CONN_CLOSE, discard_unfinished),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
@@ -287,19 +452,53 @@ class StorageScp:
                 self._idle.notify_all()
 
     def _store(self, event: Any) -> int:
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        received = received_file(event)
         try:
-            series_uid = str(event.dataset.get("SeriesInstanceUID", "") or "")
+            return self._store_received(event, received)
+        finally:
+            if received is not None:  # refused, a duplicate, an error: no file left (moved when stored)
+                received.discard()
+
+    def _store_received(self, event: Any, received: ReceivedFile | None) -> int:
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        if received is not None and received.discarded:  # its connection closed before it was handled
+            return STATUS_OUT_OF_RESOURCES
+        try:
+            if received is None:
+                series_uid = str(event.dataset.get("SeriesInstanceUID", "") or "")
+            else:  # the header only: the file is not read whole
+                series_uid = str(read_header(received.path, ("SeriesInstanceUID",)).get("SeriesInstanceUID", "") or "")
         except Exception as exc:  # deferred decoding of a malformed data set
-            log.warning("C-STORE %s: data set cannot be decoded (%s): refused", printable(sop_uid), type(exc).__name__)
-            return STATUS_CANNOT_UNDERSTAND
-        if not series_uid:
+            if received is None or received.error is None:
+                log.warning(
+                    "C-STORE %s: data set cannot be decoded (%s): refused", printable(sop_uid), type(exc).__name__
+                )
+                return STATUS_CANNOT_UNDERSTAND
+            series_uid = ""  # not written: refused below, for space
+        if not series_uid and (received is None or received.error is None):
             log.warning("C-STORE %s: no SeriesInstanceUID (0020,000E): refused", printable(sop_uid))
             return STATUS_CANNOT_UNDERSTAND
         try:
-            outcome = self.spool.store_instance(
-                series_uid, sop_uid, event.encoded_dataset(), calling_ae=str(event.assoc.requestor.ae_title)
-            )
+            if received is not None and received.error is not None:
+                raise received.error  # the data set could not be written as it arrived (a full disk)
+            if received is not None and received.over_limit:
+                outcome = "refused"
+                log.warning(
+                    "C-STORE %s of series %s from AE '%s' refused, out of resources (0xA700): %d bytes, over the "
+                    "limit of %d bytes for one instance (--max-instance-mb)",
+                    printable(sop_uid),
+                    printable(series_uid),
+                    printable(event.assoc.requestor.ae_title),
+                    received.size,
+                    received.limit,
+                )
+            else:
+                outcome = self.spool.store_instance(
+                    series_uid,
+                    sop_uid,
+                    event.encoded_dataset() if received is None else received.path,
+                    calling_ae=str(event.assoc.requestor.ae_title),
+                )
         except SpoolFull as exc:
             outcome = "refused"
             log.warning("C-STORE refused, out of resources (0xA700): %s", exc)
@@ -312,6 +511,10 @@ class StorageScp:
                 type(exc).__name__,
                 getattr(exc, "strerror", None) or exc,
             )
+        if not series_uid:  # nothing to hold a series for: refused, counted
+            with self._idle:
+                self.counts["refused"] += 1
+            return STATUS_OUT_OF_RESOURCES
         if outcome == "reused":
             log.warning(
                 "C-STORE %s of series %s refused (0x0111 duplicate SOP instance): that SOP Instance UID was "

@@ -6,6 +6,8 @@ Layout under the spool directory::
     lock                    held (flock) by the one node that owns the spool
     instances/<series>/     <sop>.dcm files, each fsync'ed before its row is committed (UIDs as
                             file names: :func:`uid_file_name`, one name per UID)
+    incoming/               instances being received, written as they arrive, renamed into
+                            instances/ when stored (:attr:`Spool.incoming`)
 
 A series moves through these states (``--status`` prints them)::
 
@@ -200,6 +202,29 @@ def printable(text: object) -> str:
     return shown if shown.isprintable() else repr(shown)
 
 
+def _move_file(source: Path, temporary: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` durably: fsync'ed, then renamed; from another file system,
+    copied to ``temporary`` (in chunks) and renamed, ``source`` left where it is."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    shutil.copyfile(source, temporary)
+    fd = os.open(temporary, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, target)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -244,6 +269,10 @@ class Spool:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             (self.directory / "instances").mkdir(exist_ok=True)
+            #: instances being received are written here as they arrive (`cmrsdk.serve.scp.ReceivedFile`):
+            #: on the spool's disk, so that storing one renames it into place
+            self.incoming = self.directory / "incoming"
+            self.incoming.mkdir(exist_ok=True)
             self._lock_file = open(self.directory / "lock", "a+")
         except OSError as exc:  # a read-only or full disk, a path under a file: one line, no traceback
             raise InputError(
@@ -291,6 +320,9 @@ class Spool:
         removed = 0
         for tmp in (self.directory / "instances").glob("*/.*.tmp"):
             tmp.unlink(missing_ok=True)
+            removed += 1
+        for partial in self.incoming.glob(".receiving-*"):  # instances cut off as they arrived
+            partial.unlink(missing_ok=True)
             removed += 1
         # stacked into a stack but killed before their files were deleted (the worker's sweep
         # purges the other finished series once their reopen window has passed)
@@ -340,8 +372,13 @@ class Spool:
             row = self._db.execute("SELECT state FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
         return row[0] if row else None
 
-    def store_instance(self, series_uid: str, sop_uid: str, data: bytes, *, calling_ae: str = "") -> str:
+    def store_instance(self, series_uid: str, sop_uid: str, data: bytes | Path, *, calling_ae: str = "") -> str:
         """Write one received instance durably, then record it; returns what was done.
+
+        ``data`` is the instance in the DICOM file format: its bytes, or the path of a file holding
+        them (the node's, received into :attr:`incoming`), which is moved into the spool when
+        written (renamed, where it is on the spool's file system; else copied, never read whole)
+        and otherwise left where it is, for the caller to remove.
 
         ``"stored"``: written and committed. ``"duplicate"``: this SOP Instance UID was received
         before in this series (acknowledged, nothing written: the same series sent twice is
@@ -360,6 +397,12 @@ class Spool:
         SpoolFull : the size limit or the disk's free space would be exceeded (nothing is written).
         """
         now = time.time()
+        if isinstance(data, bytes):
+            size, on_disk = len(data), False
+        else:
+            source = os.stat(data)
+            # on the spool's own file system its bytes take no more room there once stored
+            size, on_disk = source.st_size, source.st_dev == os.stat(self.directory).st_dev
         # one hold of the lock from the state read to the retry: a parallel resend's retry of a
         # failed series deletes its purged rows, and a row read before it was taken for a duplicate
         with self._lock:
@@ -378,23 +421,27 @@ class Spool:
             ):
                 self._record_late(series_uid, sop_uid, now)
                 return "late"
-            self._reserve(len(data))  # before the retry: a resend refused for space leaves the failure as it was
+            # before the retry: a resend refused for space leaves the failure as it was
+            self._reserve(size, written=on_disk)
             retried = failed and self._retry_failed(series_uid, now)
         folder = self.directory / "instances" / uid_file_name(series_uid)
         target = folder / f"{uid_file_name(sop_uid)}.dcm"
         temporary = folder / f".{target.name}.{threading.get_ident()}.tmp"
         try:
             folder.mkdir(exist_ok=True)
-            with open(temporary, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, target)
+            if isinstance(data, bytes):
+                with open(temporary, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(temporary, target)
+            else:
+                _move_file(Path(data), temporary, target)
             _fsync_dir(folder)  # the rename itself must survive a crash before we answer success
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             with self._lock:
-                self._bytes -= len(data)
+                self._bytes -= size
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull(f"spool {self.directory}: disk full writing {target.name} ({exc.strerror})") from exc
             raise
@@ -402,10 +449,10 @@ class Spool:
         with self._transaction():
             inserted = self._db.execute(
                 "INSERT OR IGNORE INTO instances (sop_uid, series_uid, path, bytes, received_at) VALUES (?, ?, ?, ?, ?)",
-                (sop_uid, series_uid, str(target.relative_to(self.directory)), len(data), now),
+                (sop_uid, series_uid, str(target.relative_to(self.directory)), size, now),
             ).rowcount
             if not inserted:  # the same instance on two associations at once: the other one won
-                self._bytes -= len(data)
+                self._bytes -= size
                 return "duplicate"
             state = self.series_state(series_uid)
             outcome = "stored"
@@ -436,7 +483,7 @@ class Spool:
         if late:
             target.unlink(missing_ok=True)
             with self._lock:
-                self._bytes -= len(data)
+                self._bytes -= size
             self._record_late(series_uid, sop_uid, now)
             return "late"
         return "reopened" if retried else outcome
@@ -517,7 +564,10 @@ class Spool:
             )
             self._db.execute("UPDATE series SET n_late = n_late + 1 WHERE series_uid = ?", (series_uid,))
 
-    def _reserve(self, size: int) -> None:
+    def _reserve(self, size: int, *, written: bool = False) -> None:
+        """Count ``size`` bytes more in the spool, or raise :class:`SpoolFull`; ``written``: they are
+        on its disk already (received into :attr:`incoming`), so its free space is not lowered again."""
+        more = 0 if written else size  # what writing them takes from the disk's free space
         with self._lock:
             if self._closed:
                 raise SpoolFull(f"spool {self.directory} is closing: the node is stopping")
@@ -528,11 +578,11 @@ class Spool:
                     f"spool {self.directory} holds {self._bytes} bytes; {size} more would exceed "
                     f"its limit of {self.max_bytes} bytes (--max-spool-mb)"
                 )
-            if self.min_free_bytes and os_free_bytes(self.directory) - size < self.min_free_bytes:
-                self._release_kept(self.min_free_bytes + size - os_free_bytes(self.directory))
+            if self.min_free_bytes and os_free_bytes(self.directory) - more < self.min_free_bytes:
+                self._release_kept(self.min_free_bytes + more - os_free_bytes(self.directory))
             if self.min_free_bytes:
                 free = os_free_bytes(self.directory)
-                if free - size < self.min_free_bytes:
+                if free - more < self.min_free_bytes:
                     raise SpoolFull(
                         f"spool {self.directory}: {free} bytes free on its disk, under the "
                         f"{self.min_free_bytes} bytes kept free (--min-free-mb)"
