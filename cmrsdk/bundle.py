@@ -73,7 +73,6 @@ import json
 import os
 import re
 import threading
-import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,9 +81,10 @@ from typing import Any
 
 from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine, thread_options
 from .engines.base import PRECISIONS, check_device
-from .errors import BackendUnavailableError, BundleError, CmrWarning, InputError
+from .errors import BackendUnavailableError, BundleError, InputError
 from .heart import HEART_SEARCHES
 from .labels import LABEL_NAMES, REGION_NAMES
+from ._warn import warn
 
 __all__ = [
     "FORMAT_NAME",
@@ -356,7 +356,7 @@ def _warn_unknown(obj: dict[str, Any], level: str, where: str, manifest: Path) -
         if key not in known:
             near = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(known)})"
-            warnings.warn(f"{manifest}: unknown key '{where}{key}' is ignored{hint}", CmrWarning, stacklevel=4)
+            warn(f"{manifest}: unknown key '{where}{key}' is ignored{hint}", stacklevel=4)
 
 
 def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, manifest: Path) -> Any:

@@ -33,7 +33,6 @@ import math
 import numbers
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, cast
@@ -44,7 +43,7 @@ from . import preprocess
 from .apex import check_apical_rv_weight, weigh_apical_rv
 from .bundle import Bundle, bf16_record_key, load_bundle, precision_missing
 from .chirality import seen_from_apex
-from .errors import CmrWarning, InputError
+from .errors import InputError
 from .grid import SegmentGrid, move_centre, segment_grid
 from .heart import crop_to_heart, locate_heart
 from .heart_size import feasible_scale, heart_scale, lv_area_mm2, rescaled
@@ -55,6 +54,7 @@ from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .systole import basal_rv_ratio, drop_systolic_atrium
 from .types import Stack, Study
+from ._warn import warn
 
 __all__ = [
     "Mode",
@@ -511,11 +511,10 @@ class Pipeline:
         records = self.bundle.manifest.get("quantization") or {}
         for bf16_backend in sorted({e.backend for e in self._engines.values() if e.precision == "bf16"}):
             if not (records.get(bf16_record_key(bf16_backend)) or {}).get("passed"):
-                warnings.warn(
+                warn(
                     f"bundle {self.bundle.path} records no bf16 Dice check on {bf16_backend!r}: its masks in "
                     f"bf16 are unmeasured; measure and record it with: python -m export.quantize "
                     f"{self.bundle.path} --precision bf16 --backend {bf16_backend}",
-                    CmrWarning,
                     stacklevel=2,
                 )
 

@@ -46,13 +46,13 @@ import contextlib
 import math
 import os
 import threading
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
 from .errors import CmrWarning, InputError
+from ._warn import warn
 
 try:
     from . import _native, _normalize
@@ -480,7 +480,7 @@ def _bright_artefact(array: np.ndarray, keep: np.ndarray | None) -> np.ndarray |
         return None
     bound = BRIGHT_ARTEFACT_RATIO * float(np.percentile(values, 95.0))
     bright = array > bound
-    warnings.warn(
+    warn(
         CmrWarning(
             f"{100 * np.count_nonzero(bright) / array.size:.2g} % of the stack's pixels are over "
             f"{BRIGHT_ARTEFACT_RATIO:g} times its 95th intensity percentile (a bright artefact, burned-in text, a "

@@ -7,18 +7,18 @@ Pure functions from a `StudySegmentation` to a dict or a figure file; the CLI wr
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import CmrWarning, InputError
+from .errors import InputError
 from .labels import LABEL_NAMES, LVBP, REGION_NAMES, RVBP, STRUCTURES
 from .metrics import ES_LV_LOST_SLICES, cardiac_measures, dice, es_lv_lost_slices, quality_flags, slice_gaps
 from .pipeline import Segmentation, StudySegmentation
 from .reference_ranges import body_surface_area_m2, indexed_measures, unused_biometrics
 from .types import SINGLE_PHASE, Stack, Study
+from ._warn import warn
 
 __all__ = ["study_report", "save_overlay", "ground_truth_agreement"]
 
@@ -240,9 +240,7 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         report["study"] = {k: v for k, v in vars(info).items() if v not in (None, "")}
         for why in dict.fromkeys(unused_biometrics(info.height_cm, info.weight_kg).values()):
             # kept in "study" as the input gives it; the caller collects the warning into report["warnings"]
-            warnings.warn(
-                f"{info.source or 'study'}: {why}: no body surface area or indexed values", CmrWarning, stacklevel=2
-            )
+            warn(f"{info.source or 'study'}: {why}: no body surface area or indexed values", stacklevel=2)
         bsa = body_surface_area_m2(info.height_cm, info.weight_kg)
         report["body_surface_area_m2"] = None if bsa is None else round(bsa, 4)
         report["indexed_measures"] = {k: _finite(v) for k, v in indexed_measures(measures, bsa).items()}

@@ -31,13 +31,13 @@ import stat
 import tempfile
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CmrError, CmrWarning, InputError, WriteError
+from ._warn import collect
 
 if TYPE_CHECKING:
     from .pipeline import PhaseProgress, Pipeline, RegionSource
@@ -378,9 +378,8 @@ def segment_one(
 
     Notes
     -----
-    Warnings are collected with ``warnings.catch_warnings``, which is process-wide: callers
-    that run studies in several threads at once (rather than processes) may see one study's
-    warnings in another's report. Everything else here is per call.
+    The study's warnings are collected per thread (`cmrsdk._warn.collect`): studies run in
+    several threads at once each get their own, and the host's warnings are left alone.
     """
     from .io import detect_format, read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
     from .io.archive import unpacked
@@ -397,8 +396,7 @@ def segment_one(
             "segment a Study in memory with Pipeline.segment_study"
         )
     out_dir = check_output_folder(out_dir, keep=keep)
-    with warnings.catch_warnings(record=True) as caught, unpacked(source) as readable:
-        warnings.simplefilter("always", CmrWarning)
+    with collect() as caught, unpacked(source) as readable:
         t0 = time.perf_counter()
         if series_uid is None:
             # a convention says how label maps are coded: only ACDC and M&Ms folders are read with theirs

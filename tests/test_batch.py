@@ -444,8 +444,8 @@ def test_sunnybrook_to_seg_and_sr(shared_data, tmp_path, series, capsys):
         for item in group.get_measurements():
             measured.setdefault(str(group.tracking_identifier), []).append((item.name.meaning, round(item.value, 3)))
     m = report["measures"]
-    assert ("Left Ventricular End Diastolic Volume", round(m["lvedv_ml"], 3)) in measured["LV blood pool at ED"]
-    assert ("Cardiac ejection fraction", round(m["lvef_pct"], 3)) in measured["Left ventricle"]
+    assert ("Left Ventricular ED Volume", round(m["lvedv_ml"], 3)) in measured["LV blood pool at ED"]
+    assert ("Left ventricular ejection fraction by MR", round(m["lvef_pct"], 3)) in measured["Left ventricle"]
     assert ("Left Ventricle Mass", round(m["lv_mass_g"], 3)) in measured["LV myocardium at ED"]
     assert ("Right Ventricular ES Volume", round(m["rvesv_ml"], 3)) in measured["RV blood pool at ES"]
     # each of those groups references its own phase's SEG

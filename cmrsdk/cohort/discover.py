@@ -12,7 +12,6 @@ import csv
 import math
 import os
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CmrWarning, InputError
 from ..study import OUTPUT_PATTERN
+from .._warn import quiet, warn
 
 if TYPE_CHECKING:
     from ..io._walk import Passed
@@ -202,8 +202,7 @@ def _study_uid(path: Path) -> str:
     from ..io._dataset import read_dataset
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             return str(read_dataset(path, stop_before_pixels=True).get("StudyInstanceUID", "") or "")
     except Exception:  # not readable as DICOM: the reader says so when the study is read
         return ""
@@ -269,7 +268,7 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
         passed.warn(stacklevel=2)
         if results:  # earlier `cmrsdk segment` outputs under the root: not studies, and said so
             shown = ", ".join(str(p.relative_to(root)) for p in results[:5]) + (", ..." if len(results) > 5 else "")
-            warnings.warn(
+            warn(
                 CmrWarning(
                     f"'{root}': {len(results)} folder(s) hold cmrsdk results, not studies, and are skipped: {shown}"
                 ),
@@ -277,7 +276,7 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
             )
         if found and barren:  # a cohort's folder with nothing to segment: said now, and a "skipped" row
             shown = ", ".join(str(p.relative_to(root)) for p in barren[:5]) + (", ..." if len(barren) > 5 else "")
-            warnings.warn(
+            warn(
                 CmrWarning(
                     f"'{root}': {len(barren)} folder(s) hold no study (no DICOM image, NIfTI file, ACDC "
                     f"patient or M&Ms subject) and are skipped: {shown}"

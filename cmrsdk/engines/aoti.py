@@ -103,7 +103,8 @@ class AotiEngine(Engine):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         refuse_forked(self.backend, self.path, self._pid)
         torch = self._torch
-        with torch.inference_mode():
+        # autocast off: a host's torch.autocast must not change the arithmetic `precision` reports
+        with torch.inference_mode(), torch.autocast(self.device, enabled=False):
             x = torch.from_numpy(batch).to(self.device)
             try:
                 out: Any = self._model(x)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, BundleError, InputError
 from .base import Engine, check_device, import_runtime, onednn_bf16_capped, refuse_forked
+from .._warn import own_filters
 
 __all__ = [
     "TorchScriptEngine",
@@ -48,19 +49,30 @@ def quiet_torchscript() -> Iterator[None]:
     replaced by one `TorchScriptDeprecationWarning` per process (the first time only).
 
     Only the deprecation notices of ``torch.jit`` are filtered, and only inside the block.
+
+    The announcement is informational and never stops an engine being made: where the host's
+    filters turn it into an exception (``warnings.simplefilter("error")``, ``python -W error``,
+    pytest's ``-W error``) it is dropped, not raised, and the block runs as usual; the process
+    counts as announced only once the warning was actually issued, so a later block under
+    other filters still shows it. To silence it, filter `TorchScriptDeprecationWarning`.
     """
     global _announced
     with _announce_lock:
         first, _announced = not _announced, True
     if first:
-        warnings.warn(
-            "TorchScript (torch.jit) is deprecated from torch 2.14; cmrsdk keeps its '.pt' artifacts "
-            "because C++ libtorch loads them (examples/cpp). Its successor is the 'aoti' backend: "
-            "AOTInductor '.pt2' packages, added to a bundle by 'python -m export.aoti BUNDLE'",
-            TorchScriptDeprecationWarning,
-            stacklevel=3,
-        )
-    with warnings.catch_warnings():
+        try:
+            warnings.warn(
+                "TorchScript (torch.jit) is deprecated from torch 2.14; cmrsdk keeps its '.pt' artifacts "
+                "because C++ libtorch loads them (examples/cpp). Its successor is the 'aoti' backend: "
+                "AOTInductor '.pt2' packages, added to a bundle by 'python -m export.aoti BUNDLE'",
+                TorchScriptDeprecationWarning,
+                stacklevel=3,
+            )
+        except TorchScriptDeprecationWarning:
+            # an "error" filter raised it: not announced after all (see the docstring)
+            with _announce_lock:
+                _announced = False
+    with own_filters():  # under cmrsdk's lock: a thread's swap never interleaves another's
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.\w+` is (deprecated|not supported)", category=FutureWarning
         )
@@ -121,6 +133,9 @@ class TorchScriptEngine(Engine):
     The number of CPU threads is torch's process-wide setting (``torch.set_num_threads``); an
     engine does not change it behind the caller's back. That pool does not survive ``fork``: an
     engine refuses to run in a process forked from the one that made it (use 'spawn').
+
+    A caller's ``torch.autocast`` does not reach the module: it runs with autocast off for its
+    device, in the precision the engine reports (fp16/bf16 cast the weights, not autocast).
     """
 
     backend = "torchscript"
@@ -208,10 +223,14 @@ class TorchScriptEngine(Engine):
     def _forward(self, x: Any) -> Any:
         """`forward_tensor` in the model's own channel order."""
         refuse_forked(self.backend, self.path, self._pid)
-        x = x.to(self._dtype)
-        if self._cuda_graphs:
-            return self._replay(x)
-        return self._module(x).float()
+        # A host's torch.autocast (a training script validating under bf16 autocast) would reach
+        # the module: other arithmetic than `precision` says, and on the CPU about 20x slower.
+        # fp16/bf16 here cast the module and the input; no precision relies on autocast.
+        with self._torch.autocast(self.device, enabled=False):
+            x = x.to(self._dtype)
+            if self._cuda_graphs:
+                return self._replay(x)
+            return self._module(x).float()
 
     def _replay(self, x: Any) -> Any:
         torch = self._torch

@@ -12,7 +12,6 @@ its file meta so that its pixel data decodes.
 from __future__ import annotations
 
 import struct
-import warnings
 import zlib
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..errors import ReadError
+from .._warn import quiet
 
 __all__ = [
     "LOSSY_SYNTAXES",
@@ -145,8 +145,7 @@ def read_dataset(path: str | Path, *, stop_before_pixels: bool = False) -> Datas
     Anything pydicom raises for a truncated or corrupt file.
     """
     _refuse_deflate_bomb(path, MAX_INFLATED_BYTES)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) and other vendor quirks
+    with quiet():  # invalid UIDs (Sunnybrook) and other vendor quirks
         try:
             return pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from ..errors import CmrWarning, ReadError
 from ._dataset import is_lossy, read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
 from ._multiframe import is_multiframe
+from .._warn import quiet, warn
 
 __all__ = [
     "derivation_sources",
@@ -174,69 +174,68 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
                 file, f"source image cannot be read again for the DICOM outputs ({type(exc).__name__}: {exc})"
             ) from exc
     repaired: dict[str, str] = {}  # one warning per attribute: the first file and value met
-    for file, ds in zip(files, datasets):
-        settled = settle_character_set(ds)  # before any text is decoded
-        if settled is not None:
-            repaired.setdefault("character set", f"{file}: {settled}")
-        if not str(ds.get("StudyInstanceUID", "") or ""):
-            raise ReadError(file, "'StudyInstanceUID' (0020,000D) is missing; a SEG or SR cannot join the study")
-        for keyword, check in [(k, valid_date) for k in _DATES] + [(k, valid_time) for k in _TIMES]:
-            if keyword in ds:
-                text = _raw_text(ds, keyword)
-                if text and not check(text):
-                    kind = "date" if keyword in _DATES else "time"
-                    repaired.setdefault(
-                        keyword,
-                        f"{file}: '{keyword}' value {text!r} is not a valid DICOM {kind}; "
-                        "written empty in the DICOM outputs",
-                    )
-                    ds[keyword].value = ""
-        for keyword in _TYPE2:
-            if keyword not in ds:
-                setattr(ds, keyword, "")
-        charset = _unwritable_charset(ds)
-        if charset is not None:
-            ds.decode()  # text to str with the source's character set, before it is renamed
-            ds.SpecificCharacterSet = "ISO_IR 192"
-            repaired.setdefault(
-                "SpecificCharacterSet",
-                f"{file}: 'SpecificCharacterSet' (0008,0005) value {charset!r} cannot be written by "
-                "the DICOM writer; text is written as UTF-8 (ISO_IR 192) in the DICOM outputs",
-            )
-        thickness = _number(ds, "SliceThickness") if "SliceThickness" in ds else None
-        # an enhanced multi-frame source keeps it in its functional groups' pixel measures
-        if (
-            slice_spacing_mm is not None
-            and "PixelData" in ds
-            and not is_multiframe(ds)
-            and not (thickness and thickness > 0)
-        ):
-            said = "missing" if "SliceThickness" not in ds else f"{_raw_text(ds, 'SliceThickness')!r}"
-            ds.SliceThickness = _ds_text(slice_spacing_mm)
-            repaired.setdefault(
-                "SliceThickness",
-                f"{file}: 'SliceThickness' (0018,0050) is {said}; the DICOM outputs give the slice "
-                f"spacing, {_ds_text(slice_spacing_mm)} mm",
-            )
-        _fit_text(file, ds, repaired)
-        if is_lossy(ds):  # a derived object says its source lost detail (the reader warned)
-            ds.LossyImageCompression = "01"
-    _share_orientation(files, datasets, repaired)
+    with quiet():  # the sources' values are checked and repaired here: pydicom's notices about them are not news
+        for file, ds in zip(files, datasets):
+            settled = settle_character_set(ds)  # before any text is decoded
+            if settled is not None:
+                repaired.setdefault("character set", f"{file}: {settled}")
+            if not str(ds.get("StudyInstanceUID", "") or ""):
+                raise ReadError(file, "'StudyInstanceUID' (0020,000D) is missing; a SEG or SR cannot join the study")
+            for keyword, check in [(k, valid_date) for k in _DATES] + [(k, valid_time) for k in _TIMES]:
+                if keyword in ds:
+                    text = _raw_text(ds, keyword)
+                    if text and not check(text):
+                        kind = "date" if keyword in _DATES else "time"
+                        repaired.setdefault(
+                            keyword,
+                            f"{file}: '{keyword}' value {text!r} is not a valid DICOM {kind}; "
+                            "written empty in the DICOM outputs",
+                        )
+                        ds[keyword].value = ""
+            for keyword in _TYPE2:
+                if keyword not in ds:
+                    setattr(ds, keyword, "")
+            charset = _unwritable_charset(ds)
+            if charset is not None:
+                ds.decode()  # text to str with the source's character set, before it is renamed
+                ds.SpecificCharacterSet = "ISO_IR 192"
+                repaired.setdefault(
+                    "SpecificCharacterSet",
+                    f"{file}: 'SpecificCharacterSet' (0008,0005) value {charset!r} cannot be written by "
+                    "the DICOM writer; text is written as UTF-8 (ISO_IR 192) in the DICOM outputs",
+                )
+            thickness = _number(ds, "SliceThickness") if "SliceThickness" in ds else None
+            # an enhanced multi-frame source keeps it in its functional groups' pixel measures
+            if (
+                slice_spacing_mm is not None
+                and "PixelData" in ds
+                and not is_multiframe(ds)
+                and not (thickness and thickness > 0)
+            ):
+                said = "missing" if "SliceThickness" not in ds else f"{_raw_text(ds, 'SliceThickness')!r}"
+                ds.SliceThickness = _ds_text(slice_spacing_mm)
+                repaired.setdefault(
+                    "SliceThickness",
+                    f"{file}: 'SliceThickness' (0018,0050) is {said}; the DICOM outputs give the slice "
+                    f"spacing, {_ds_text(slice_spacing_mm)} mm",
+                )
+            _fit_text(file, ds, repaired)
+            if is_lossy(ds):  # a derived object says its source lost detail (the reader warned)
+                ds.LossyImageCompression = "01"
+        _share_orientation(files, datasets, repaired)
     for message in repaired.values():
-        warnings.warn(CmrWarning(message), stacklevel=2)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warn(CmrWarning(message), stacklevel=2)
+    with quiet():
         frames = [str(ds.get("FrameOfReferenceUID", "") or "") for ds in datasets]
     distinct = sorted(set(frames) - {""})
     if len(distinct) == 1 and "" not in frames:
         return datasets
     # Images stacked in one series share one space whatever their headers say (the reader checked
     # the geometry); a UID derived from all of them is the same for the ED and ES outputs.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         series = str(datasets[0].get("SeriesInstanceUID", "") or datasets[0].get("StudyInstanceUID", ""))
     common = generate_uid(entropy_srcs=[series, "cmrsdk frame of reference"])
-    warnings.warn(
+    warn(
         CmrWarning(
             f"{files[0]}: 'FrameOfReferenceUID' (0020,0052) differs between the "
             f"source images{' (some have none)' if '' in frames else ''}; "

@@ -13,12 +13,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from ..errors import CmrWarning
+from .._warn import warn
 
 __all__ = ["Passed", "entry_kind", "holds", "reason"]
 
@@ -89,4 +89,4 @@ class Passed:
     def warn(self, stacklevel: int = 2) -> None:
         """Each message as a `CmrWarning`, ``stacklevel`` counted from the caller."""
         for message in self.messages():
-            warnings.warn(CmrWarning(message), stacklevel=stacklevel + 1)
+            warn(CmrWarning(message), stacklevel=stacklevel + 1)

@@ -49,7 +49,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -68,6 +67,7 @@ from ._dataset import is_lossy, read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
 from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, is_multiframe, magnitude_frames
 from ._walk import Passed, entry_kind, holds, reason
+from .._warn import quiet, warn
 
 __all__ = ["read_dicom_study", "scan_dicom_series", "SeriesSummary"]
 
@@ -237,8 +237,7 @@ def _read_header(path: Path) -> Dataset | None:
     try:
         header = read_dataset(path, stop_before_pixels=True)
         settle_character_set(header)  # the DICOM outputs say what was assumed
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) and other vendor quirks
+        with quiet():  # invalid UIDs (Sunnybrook) and other vendor quirks
             for _ in header:  # pydicom decodes lazily: a corrupt element must fail here, named, not at first use
                 pass
             return header
@@ -342,8 +341,7 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                     f"'Rows' x 'Columns' (0028,0010)/(0028,0011) value {rows} x {columns} exceeds "
                     f"{MAX_MATRIX} x {MAX_MATRIX}; not a cine MR image (refused before reading pixels)",
                 )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet():
                 uid = str(header.get("SOPInstanceUID", "") or "")
             if uid and uid in seen:
                 duplicates.append(file)
@@ -354,7 +352,7 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 headers = frame_headers(file, header)
                 kept, left_out = magnitude_frames(file, headers)
                 if left_out:
-                    warnings.warn(CmrWarning(f"{file}: {left_out}"), stacklevel=3)
+                    warn(CmrWarning(f"{file}: {left_out}"), stacklevel=3)
                 images.extend(_Image(file, headers[i], i) for i in kept)
             else:
                 images.append(_Image(file, header))
@@ -369,7 +367,7 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
         passed.warn(stacklevel=3)
     if duplicates:
         first = duplicates[0]
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{first}: 'SOPInstanceUID' repeats that of {seen[_uid_of(first)].name}; "
                 f"{len(duplicates)} duplicated instance(s) skipped"
@@ -419,8 +417,7 @@ def _int_or_none(value: object) -> int | None:
 
 
 def _uid_of(file: Path) -> str:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         return str(read_dataset(file, stop_before_pixels=True).get("SOPInstanceUID", ""))
 
 
@@ -447,8 +444,7 @@ def _normal(orientation: np.ndarray) -> np.ndarray:
 def _series_key(image: _Image) -> str:
     """The series an image belongs to: its SeriesInstanceUID, and ``#stack<StackID>`` for a frame
     of a multi-frame file holding several stacks (`frame_headers`), each stack a series to choose."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid UIDs (Sunnybrook) are validated on first access
+    with quiet():  # invalid UIDs (Sunnybrook) are validated on first access
         uid = str(image.header.get("SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
     stack = image.header.get("StackID") if image.frame is not None else None
     return uid if stack is None else f"{uid}#stack{stack}"
@@ -822,7 +818,7 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
         )
     split = _phases_elsewhere(chosen, summaries.values())
     if split:
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{path}: series {chosen.series_uid} ('{chosen.description}') holds one phase, and {len(split)} other "
                 f"series of its study hold one phase each at the same {chosen.n_positions} slice positions (SeriesNumber "
@@ -843,7 +839,7 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
     if alternatives:
         cines = [chosen, *alternatives]
         others = ", ".join(f"{s.series_uid} ('{s.description}', SeriesNumber {s.series_number})" for s in cines[1:])
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{path}: {len(cines)} short-axis cine series; reading {chosen.series_uid} ('{chosen.description}', "
                 f"SeriesNumber {chosen.series_number}, {chosen.n_images} images), not {others} "
@@ -1039,8 +1035,7 @@ def _decode(path: Path) -> np.ndarray:
     if syntax in _FF_D9_SYNTAXES:
         _check_frames_end(path, dataset, syntax)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet():
             return np.asarray(dataset.pixel_array)
     except Exception as exc:  # truncated pixel data, unsupported transfer syntax, ...
         package = _DECODERS.get(syntax)
@@ -1110,7 +1105,7 @@ def _pixels(image: _Image, decoded: dict[Path, np.ndarray]) -> np.ndarray:
         zero = keyword == "RescaleSlope" and value == 0  # every pixel would be the intercept
         if (value is None and _raw_value(header, keyword) != "") or zero:
             said = "is 0" if zero else "is not a number"
-            warnings.warn(
+            warn(
                 CmrWarning(f"{where}: '{keyword}' value {_raw_value(header, keyword)!r} {said}; {default} used"),
                 stacklevel=2,
             )
@@ -1226,7 +1221,7 @@ def _fill_missing_phases(groups: list[list[_Image]], by_trigger: bool, series: s
         times = np.array([_time_of(im) for im in group])
         nearest = [int(np.argmin(np.abs(times - t))) for t in reference]
         filled.append([group[i] for i in nearest])
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{group[0].path}: slice position {z} holds {len(group)} of {n_phases} phases; each missing "
                 "phase takes the image nearest in TriggerTime at that position"
@@ -1276,7 +1271,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         )
     if summary.apex_cos is not None and not summary.is_short_axis:
         angle = math.degrees(math.acos(min(1.0, summary.apex_cos)))
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{path}: series {chosen} ('{summary.description}') is not a short-axis stack: its slice normal lies "
                 f"{angle:.0f} degrees from the heart's usual long axis (over 46): its volumes are not a short-axis "
@@ -1285,7 +1280,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
             stacklevel=2,
         )
     if summary.is_tagged:
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{path}: series {chosen} ('{summary.description}') is named a tagged cine: the tag lines are not the "
                 "contrast the U-Nets learnt; check every contour"
@@ -1297,7 +1292,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         im for im in images if _series_key(im) == chosen or (keys[_series_key(im)] == chosen and id(im) not in dropped)
     ]
     for left_out, taken in repeats.get(chosen, []):
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{path}: series {left_out} images a slice position again in series {taken}; "
                 f"the later acquisition (higher SeriesNumber) is taken"
@@ -1311,7 +1306,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         # measured (sweep 25): 8-bit JPEG moved LVEF by 1.45 points, JPEG 2000 at 20:1 LV mass by 2.6 g
         syntax = str(getattr(getattr(lossy[0].header, "file_meta", None), "TransferSyntaxUID", "") or "")
         name = pydicom.uid.UID(syntax).name if syntax else "unknown"
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{lossy[0].path}: {len(lossy)} of {len(members)} image(s) compressed with loss ({name}); "
                 "the masks and measures carry that loss, and the DICOM SEG says so (LossyImageCompression 01)"
@@ -1329,7 +1324,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     unusable = [im for im in members if _trigger_time(im) is None and im.header.get("TriggerTime") is not None]
     by_trigger = not unusable and all(_trigger_time(im) is not None for im in members)
     if unusable:
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{unusable[0].path}: 'TriggerTime' (0018,1060) value "
                 f"{_raw_value(unusable[0].header, 'TriggerTime')!r} is not a number "
@@ -1345,7 +1340,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
     if missing and not unusable and max(len(g) for g in groups) > 1:
         # a cine's time order then rests on the sender's numbering (the volume curve still picks ED
         # and ES, and the frames are named in that order)
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{missing[0].path}: no 'TriggerTime' (0018,1060) or 'NominalCardiacTriggerDelayTime' "
                 f"(0020,9153) ({len(missing)} of {len(members)} image(s)); phases ordered by {order[0]}"
@@ -1379,7 +1374,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         # the same phases missing at every position reads as a complete shorter cine (a transfer
         # cut short at a phase boundary): ED or ES may be among them, and the EF wrong. Two
         # phases are an ED and ES export, which keeps the cine's count
-        warnings.warn(
+        warn(
             CmrWarning(
                 f"{first.path}: series {chosen} holds {n_phases} phases per slice position, but "
                 f"'CardiacNumberOfImages' (0018,1090) is {stated}: the cine may be incomplete, its ED or ES missing"
@@ -1437,8 +1432,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None) -> Stud
         )
     times = np.array([[_time_of(g[t], by_trigger) for g in groups] for t in range(n_phases)]).mean(axis=1)
     header = first.header
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid UIDs are validated when first read
+    with quiet():  # invalid UIDs are validated when first read
         info = _info(header, chosen, path)
     return Study(
         phases=tuple(phases),

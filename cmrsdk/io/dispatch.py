@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from inspect import signature
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from .nifti import (
     read_nifti_stack,
     subject_stem,
 )
+from .._warn import collect, reissue
 
 __all__ = ["detect_format", "expand_inputs", "read_study", "inspect"]
 
@@ -188,11 +188,10 @@ def inspect(path: str | Path) -> dict[str, Any]:
             inner = inspect(readable.path)
         return {**inner, "path": str(path), "archive": True}
     kind = detect_format(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CmrWarning)
+    with collect() as caught:
         study = read_study(path)
     for warning in caught:  # said in the result, and still to the caller
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        reissue(warning)
     stack = study.phases[0]
     axes = stack.affine[:3, :3] / np.asarray(stack.spacing)
     report: dict[str, Any] = {
@@ -223,13 +222,12 @@ def inspect(path: str | Path) -> dict[str, Any]:
     }
     if kind == "dicom":
         report["series_read"] = study.info.series_uid
-        with warnings.catch_warnings(record=True) as again:  # the same folder walked again: said once
-            warnings.simplefilter("always", CmrWarning)
+        with collect() as again:  # the same folder walked again: said once
             scanned = scan_dicom_series(path)
         said = {str(w.message) for w in caught}
         for warning in again:
             if str(warning.message) not in said:
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+                reissue(warning)
         report["series"] = [
             {
                 "uid": s.series_uid,

@@ -22,7 +22,6 @@ import csv
 import json
 import re
 import struct
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -36,6 +35,7 @@ from ..labels import LVBP, RVBP
 from ..metrics import ringed_by_myocardium
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
+from .. import _warn
 
 __all__ = [
     "CONVENTIONS",
@@ -134,7 +134,7 @@ def _axis_order(image: nib.Nifti1Image, path: Path, *, warn: bool = True) -> tup
     order = (2, 1, 0) if coarse == 0 else (0, 2, 1)
     if not warn:
         return order
-    warnings.warn(
+    _warn.warn(
         CmrWarning(
             f"{path}: the slice axis is array axis {coarse + 1} (voxel sizes {np.round(zooms, 4).tolist()} mm), not the "
             f"third; read with its {image.shape[coarse]} slices as the stack"
@@ -149,10 +149,8 @@ def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
     if not path.is_file():
         raise ReadError(path, "no such NIfTI file")
     try:
-        import logging
-
-        logging.getLogger("nibabel.global").setLevel(logging.ERROR)  # its pixdim notice; checked below
-        image = nib.load(str(path))
+        with _warn.quiet_logs():  # nibabel's pixdim notice (checked below), this thread's only
+            image = nib.load(str(path))
         header = image.header
         shape = image.shape
         dtype = header.get_data_dtype()
@@ -266,7 +264,7 @@ def _geometry(
             )
         # sizes in the affine, not unit columns (ACDC's): an sform edited without its pixdim
         zooms = (float(norms[2]), float(norms[1]), float(norms[0]))
-        warnings.warn(
+        _warn.warn(
             CmrWarning(
                 f"{path}: NIfTI pixdim[1:4] {[round(float(v), 4) for v in raw]} mm disagrees with the affine's voxel sizes "
                 f"{[round(z, 4) for z in zooms]} mm (sform/qform); the affine's are used"
@@ -292,7 +290,7 @@ def _geometry(
     if n_slices > 1 and all(z == 1.0 for z in zooms):
         # no cine is acquired so; a re-save that kept ACDC's unit-column affine writes it (sweep 28:
         # LVEDV 11.8 mL for 290.4)
-        warnings.warn(
+        _warn.warn(
             CmrWarning(
                 f"{path}: NIfTI voxel sizes are 1 x 1 x 1 mm (pixdim and affine): no short-axis cine's; a file "
                 "re-saved without its pixdim? Volumes and mass are measured with 1 mm"
@@ -418,7 +416,7 @@ def _on_image_grid(
         and label_image.shape == image.shape
         and np.allclose(header.get_zooms()[:3], image.header.get_zooms()[:3], rtol=1e-3)
     ):
-        warnings.warn(
+        _warn.warn(
             CmrWarning(
                 f"{label_path}: label map has no position (sform and qform codes 0); taken on the grid of "
                 f"{image_path.name}, whose shape and voxel sizes it has"
@@ -431,7 +429,7 @@ def _on_image_grid(
     )
     turned = label_image.as_reoriented(turn)
     if turned.shape[:3] == image.shape[:3] and _same_grid(turned.affine, image):
-        warnings.warn(
+        _warn.warn(
             CmrWarning(
                 f"{label_path}: label map holds the grid of {image_path.name} in another voxel order; reoriented to it"
             ),
@@ -503,7 +501,7 @@ def dicom_turn(image_path: Path, affine: np.ndarray) -> tuple[bool, bool, bool] 
 def _unused(sidecar: Path, why: str) -> tuple[bool, bool, bool] | None:
     """Say that a sidecar's DICOM orientation cannot be used (returns None: no turn): the NIfTI
     is segmented as stored, whose numbers may differ from its DICOM's (`dicom_turn`)."""
-    warnings.warn(
+    _warn.warn(
         CmrWarning(f"{sidecar}: {why}; the NIfTI is segmented as stored, not in its DICOM's layout"),
         stacklevel=4,
     )
@@ -723,7 +721,7 @@ def _info_number(cfg: dict[str, str], key: str, path: Path) -> float | None:
     factor = factors.get(match.group(2).lower() or unit) if match else None
     value = float(match.group(1)) if match else None
     if value is None or factor is None or not np.isfinite(value):
-        warnings.warn(f"{path}: '{key}' value {text!r} is not a number in {unit}; not used", CmrWarning, stacklevel=3)
+        _warn.warn(f"{path}: '{key}' value {text!r} is not a number in {unit}; not used", stacklevel=3)
         return None
     return round(value * factor, 2)  # 1.84 m -> 184.0, not 184.00000000000003
 

@@ -10,13 +10,13 @@ reader sees it. The note joins the rejected instances' study, in a series of its
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import InputError, ReadError, WriteError
 from ._atomic import atomic_path
 from ._dicom_out import device_observer
+from .._warn import quiet
 
 __all__ = ["write_rejection_note", "REJECTED_FOR_QUALITY"]
 
@@ -59,8 +59,7 @@ def write_rejection_note(
     datasets = []
     for file in rejected_files:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet():
                 datasets.append(pydicom.dcmread(str(file)))
         except Exception as exc:  # any file pydicom cannot parse
             raise ReadError(Path(file), f"cannot be read as DICOM ({type(exc).__name__}: {exc})") from exc
@@ -68,8 +67,7 @@ def write_rejection_note(
     if len(studies) != 1:
         raise InputError(f"{path}: the rejected files belong to {len(studies)} studies; one note rejects one study's")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # UIDs invalid per VR UI are referenced verbatim
+        with quiet():  # UIDs invalid per VR UI are referenced verbatim
             content = hd.ko.KeyObjectSelection(
                 document_title=Code(*REJECTED_FOR_QUALITY),
                 referenced_objects=datasets,

@@ -35,7 +35,6 @@ end-diastolic. The evidence is the source images of ED and ES, repaired as for t
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from ..errors import InputError, WriteError
 from ..labels import LVBP, LVM, RVBP
 from ..types import SINGLE_PHASE
 from ._atomic import atomic_path
+from .._warn import quiet
 
 __all__ = ["write_measurement_report", "SR_MEASURES", "SR_CAVEATS", "SEGMENT_MEASURES"]
 
@@ -225,52 +225,55 @@ def write_measurement_report(
     algorithm = hd.sr.AlgorithmIdentification(
         name="cmrsdk", version=algorithm_version(provenance), parameters=parameters or None
     )
-    on_segment = {key: where for key in known if (where := _segment_of(key, segs)) is not None}
-    groups: list[Any] = []
-    for group, (label, _) in _GROUPS.items():
-        items = [
-            measurement(k) for k, (g, _, _) in SR_MEASURES.items() if g == group and k in known and k not in on_segment
-        ]
-        if items:
+    with quiet():  # the SEGs' and sources' UIDs are read: pydicom's notices about them are not news
+        on_segment = {key: where for key in known if (where := _segment_of(key, segs)) is not None}
+        groups: list[Any] = []
+        for group, (label, _) in _GROUPS.items():
+            items = [
+                measurement(k)
+                for k, (g, _, _) in SR_MEASURES.items()
+                if g == group and k in known and k not in on_segment
+            ]
+            if items:
+                groups.append(
+                    hd.sr.MeasurementsAndQualitativeEvaluations(
+                        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
+                        finding_sites=site(group),
+                        algorithm_id=algorithm,
+                        measurements=items,
+                    )
+                )
+        for (phase, number), keys in _by_segment(on_segment).items():
+            name, group = _SEGMENT_GROUPS[number]
+            label = name if phase == SINGLE_PHASE else f"{name} at {phase}"
             groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
+                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                     tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
+                    referenced_segment=_referenced_segment(hd, segs[phase], number),
+                    time_point_context=time_point(phase),
                     finding_sites=site(group),
                     algorithm_id=algorithm,
-                    measurements=items,
+                    measurements=[measurement(k) for k in keys],
                 )
             )
-    for (phase, number), keys in _by_segment(on_segment).items():
-        name, group = _SEGMENT_GROUPS[number]
-        label = name if phase == SINGLE_PHASE else f"{name} at {phase}"
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=label),
-                referenced_segment=_referenced_segment(hd, segs[phase], number),
-                time_point_context=time_point(phase),
-                finding_sites=site(group),
-                algorithm_id=algorithm,
-                measurements=[measurement(k) for k in keys],
+        caveat = Code("caveat", _LOCAL, "Quality caveat")
+        for scope, found in flags.items():
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=hd.UID(),
+                        identifier="Quality caveats" if scope == "study" else f"Quality caveats at {scope}",
+                    ),
+                    time_point_context=None if scope == "study" else time_point(scope),
+                    algorithm_id=algorithm,
+                    qualitative_evaluations=[
+                        hd.sr.QualitativeEvaluation(name=caveat, value=Code(value, _LOCAL, meaning))
+                        for value, meaning in map(_caveat, found)
+                    ],
+                )
             )
-        )
-    caveat = Code("caveat", _LOCAL, "Quality caveat")
-    for scope, found in flags.items():
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=hd.UID(), identifier="Quality caveats" if scope == "study" else f"Quality caveats at {scope}"
-                ),
-                time_point_context=None if scope == "study" else time_point(scope),
-                algorithm_id=algorithm,
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(name=caveat, value=Code(value, _LOCAL, meaning))
-                    for value, meaning in map(_caveat, found)
-                ],
-            )
-        )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # source UIDs invalid per VR UI are referenced verbatim
+        with quiet():  # source UIDs invalid per VR UI are referenced verbatim
             report = hd.sr.MeasurementReport(
                 observation_context=hd.sr.ObservationContext(observer_device_context=device_observer()),
                 procedure_reported=Code("241620005", "SCT", "Cardiac MRI"),

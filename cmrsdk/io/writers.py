@@ -6,7 +6,6 @@ Every writer goes through :func:`cmrsdk.io._atomic.atomic_path`: a temporary nam
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -22,10 +21,14 @@ from ..errors import InputError, WriteError
 from ..labels import LABEL_NAMES, STRUCTURES
 from ..types import Stack, Study
 from ._atomic import atomic_path
+from .._warn import quiet
 
 __all__ = ["write_nifti_labels", "write_dicom_seg", "write_json", "write_dicom_series", "write_acdc_patient"]
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: the NIfTI ``descrip`` of `write_nifti_labels`' maps: their label convention (canonical,
+#: `cmrsdk.labels`), which a reader cannot guess; ACDC's own maps code 1 RV, 2 MYO, 3 LV.
+_LABELS_DESCRIP = "cmrsdk labels: " + ", ".join(f"{code} {LABEL_NAMES[code]}" for code in STRUCTURES)
 
 
 def _check_labels(labels: np.ndarray, stack: Stack) -> np.ndarray:
@@ -84,7 +87,9 @@ def _in_source_order(array_xyz: np.ndarray, stack: Stack) -> np.ndarray:
     return turned if turned.shape == shape else array_xyz
 
 
-def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack) -> None:
+def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack, *, descrip: str | None = None) -> None:
+    """Write (Z, Y, X) ``array_zyx`` on ``stack``'s grid; ``descrip``: the header's description
+    (ASCII, at most 80 bytes), else the empty one."""
     array = np.ascontiguousarray(_in_source_order(array_zyx.transpose(2, 1, 0), stack))
     image = nib.Nifti1Image(array, _nifti_affine(stack))
     source = _source_header(stack, array.shape)
@@ -101,6 +106,10 @@ def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack) -> None:
         image.header.set_zooms(stack.spacing[::-1])
         image.set_qform(_nifti_affine(stack), code=1)
         image.set_sform(_nifti_affine(stack), code=1)
+        # a Stack's spacing is in mm (DICOM's unit); time in seconds, NIfTI's usual choice
+        image.header.set_xyzt_units("mm", "sec")
+    if descrip is not None:
+        image.header["descrip"] = descrip.encode("ascii")
     with atomic_path(path) as temporary:
         nib.save(image, str(temporary))
 
@@ -140,9 +149,14 @@ def write_nifti_labels(path: str | Path, labels: np.ndarray, stack: Stack) -> Pa
     slice stays where it was acquired; the report's volumes give each slice its own thickness
     (`cmrsdk.metrics.slice_thicknesses_mm`, the gap shared by its neighbours), so they are more
     than the file's voxels count there.
+
+    The header's ``descrip`` names the label convention, ``"cmrsdk labels: 1 LVBP, 2 LVM,
+    3 RVBP"`` (0 is background), as report.json's ``"labels"`` does. The grid's header fields
+    (sform, qform, pixdim, units) are copied from a NIfTI source; from DICOM the units are mm
+    and seconds.
     """
     filled, grid = _gaps_filled(_check_labels(labels, stack), stack)
-    _save_nifti(Path(path), filled, grid)
+    _save_nifti(Path(path), filled, grid, descrip=_LABELS_DESCRIP)
     return Path(path)
 
 
@@ -196,11 +210,16 @@ def write_dicom_seg(
 
     Source headers as archives deliver them (invalid dates, a frame of reference per image) are
     repaired for the SEG by :func:`cmrsdk.io._dicom_out.derivation_sources`, with warnings.
+
+    Each segment's RecommendedDisplayCIELabValue (0062,000D) is its colour in the overlay and
+    report pictures (`cmrsdk.montage.STRUCTURE_COLOURS`, sRGB, as CIELab D65 by highdicom), so
+    OHIF and 3D Slicer show the same colour-blind-safe palette.
     """
     import highdicom as hd  # optional dependency (cmrsdk[io])
     from pydicom.sr.codedict import codes
 
     from .. import __version__
+    from ..montage import STRUCTURE_COLOURS
     from ._dicom_out import algorithm_parameters, algorithm_version, derivation_sources
     from ._seg_frames import needs_own_references, reference_sources, slice_plane_positions
 
@@ -227,6 +246,7 @@ def write_dicom_seg(
             segmented_property_category=categories,
             segmented_property_type=properties[label],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            display_color=hd.color.CIELabColor.from_rgb(*STRUCTURE_COLOURS[label]),
             algorithm_identification=hd.AlgorithmIdentificationSequence(
                 name="cmrsdk",
                 version=algorithm_version(provenance),
@@ -239,8 +259,7 @@ def write_dicom_seg(
     code = str((provenance or {}).get("code_sha256") or "")
     software: str | tuple[str, str] = (__version__, f"code {code[:16]}") if code else __version__
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # source UIDs invalid per VR UI are referenced verbatim
+        with quiet():  # source UIDs invalid per VR UI are referenced verbatim
             seg = hd.seg.Segmentation(
                 source_images=sources,
                 pixel_array=array,

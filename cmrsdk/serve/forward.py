@@ -8,13 +8,13 @@ import re
 import ssl
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import InputError
 from .spool import Spool
+from .._warn import quiet
 
 __all__ = ["Destination", "parse_destination", "Forwarder", "backoff_s", "is_permanent_refusal"]
 
@@ -71,8 +71,7 @@ def _sop_class_name(path: Path) -> str:
 def _context_of(path: Path) -> tuple[str, str]:
     import pydicom
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         meta = pydicom.dcmread(str(path), stop_before_pixels=True).file_meta
     return str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
 

@@ -30,12 +30,12 @@ import hashlib
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import CmrError
 from .spool import SeriesRow, Spool, uid_file_name
+from .._warn import quiet
 
 __all__ = ["ONE_SLICE_REASON", "StackGatherer", "stack_uid", "study_of"]
 
@@ -49,8 +49,7 @@ def study_of(folder: Path) -> str:
 
     for file in sorted(folder.glob("*.dcm")):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet():
                 return str(pydicom.dcmread(str(file), stop_before_pixels=True).get("StudyInstanceUID", "") or "")
         except Exception:  # an unreadable instance: try the next
             continue

@@ -12,7 +12,6 @@ import math
 import shutil
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +20,7 @@ from ..errors import CmrError
 from ..study import _remove_stale
 from .spool import Spool, printable, result_name
 from .stacks import StackGatherer
+from .._warn import quiet
 
 __all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study", "warm_up_writers"]
 
@@ -90,8 +90,7 @@ def judge_series(folder: Path) -> SeriesVerdict:
     if not files:
         return SeriesVerdict(False, "no instances left in the spool", None, None)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # invalid UIDs and other vendor quirks
+        with quiet():  # invalid UIDs and other vendor quirks
             header = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
             modality = str(header.get("Modality", ""))
             image_type = [str(v).upper() for v in (header.get("ImageType") or [])]
