@@ -450,7 +450,9 @@ def segment_one(
                         )
                     )
                 files = list(dict.fromkeys(f for _, seg in phases for f in seg.stack.source_files))
-                if any(v is not None for v in report["measures"].values()):
+                # nothing measured (a blank image, no LV found): the SR still says why, for a PACS
+                # that gets the SEG and no report.json (sweep 35)
+                if any(v is not None for v in report["measures"].values()) or any(_flags_by_scope(report).values()):
                     written.append(
                         write_measurement_report(
                             staging / "sr.dcm",

@@ -94,8 +94,16 @@ def test_unknown_measures_are_left_out_never_zero(series, tmp_path):
         series[:4],
     )
     assert _measurements(path) == {"Left ventricle": [("8821-1", 140.0, "ml"), ("18087-7", 99.0, "g")]}
-    with pytest.raises(InputError, match="no measure is known"):
+    with pytest.raises(InputError, match="no measure is known .* and no caveat"):
         write_measurement_report(tmp_path / "none.dcm", {"lvef_pct": None}, series[:4])
+    # nothing measured but the flags that say why: a report of its caveats alone (sweep 35: a
+    # blank study's PACS got an empty SEG and no SR)
+    why = write_measurement_report(
+        tmp_path / "why.dcm", {"lvef_pct": None}, series[:4], quality_flags={"ED": ["no_lv"], "study": []}
+    )
+    assert _measurements(why) == {} and _caveats(why) == {
+        "Quality caveats at ED": [("no_lv", "99CMRSDK", "No LV blood pool on any slice")]
+    }
     with pytest.raises(InputError, match="'source_files' is empty"):
         write_measurement_report(tmp_path / "none.dcm", {"lvedv_ml": 1.0}, [])
     assert not (tmp_path / "none.dcm").exists()

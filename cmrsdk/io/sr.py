@@ -181,7 +181,8 @@ def write_measurement_report(
 
     Raises
     ------
-    InputError : no source files, or no known measure at all.
+    InputError : no source files, or neither a known measure nor a quality flag (a study where
+        nothing was measured gets a report of its caveats alone: they say why).
     ReadError : a source or SEG file that cannot be read.
     WriteError : highdicom refuses to build the report, or the file cannot be written.
     """
@@ -194,9 +195,9 @@ def write_measurement_report(
     if not source_files:
         raise InputError(f"{path}: 'source_files' is empty; a DICOM SR needs the source images it reports on")
     known = {k: float(v) for k, v in measures.items() if k in SR_MEASURES and _known(v)}  # type: ignore[arg-type,unused-ignore]
-    if not known:
-        raise InputError(f"{path}: no measure is known ({dict(measures)}); nothing to report")
     flags = {scope: list(found) for scope, found in (quality_flags or {}).items() if found}
+    if not known and not flags:
+        raise InputError(f"{path}: no measure is known ({dict(measures)}) and no caveat; nothing to report")
     segs = {phase: read_dataset(Path(file)) for phase, file in (segmentations or {}).items()}
     sources = derivation_sources(source_files)
 
