@@ -20,11 +20,13 @@ inside :func:`quiet` goes unseen: Python 3.11 offers no per-thread filters.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
 from .errors import CmrWarning
 
@@ -125,12 +127,31 @@ def own_filters() -> Iterator[None]:
         yield
 
 
+def _filters_changed() -> None:
+    """Tell the warnings module its filter list changed (what filterwarnings does after adding)."""
+    mutated = getattr(warnings, "_filters_mutated", None)
+    if callable(mutated):
+        mutated()
+
+
 @contextmanager
 def quiet() -> Iterator[None]:
     """The warnings and log records of pydicom, highdicom and nibabel silenced (cmrsdk's own kept)
     while a short block runs (a header read, a SEG built); the filter swap under one process-wide
     lock (see the module's docstring). Keep such blocks short: they are serialised across threads."""
-    with own_filters(), quiet_logs():
-        # only what these libraries issue: a host thread's own warnings meanwhile still reach it
-        warnings.filterwarnings("ignore", module=_NOISY_MODULES)
-        yield
+    # One entry put in front and taken out again by identity, not the whole list saved and put
+    # back: a filter the host adds meanwhile stays (sweep 37: catch_warnings dropped 174 of 200).
+    # Only what these libraries issue: a host thread's own warnings meanwhile still reach it.
+    entry = ("ignore", None, Warning, re.compile(_NOISY_MODULES), 0)
+    filters = cast("list[Any]", warnings.filters)  # a list; typeshed says Sequence
+    with _SWAP, quiet_logs():
+        filters.insert(0, entry)
+        _filters_changed()
+        try:
+            yield
+        finally:
+            for i, item in enumerate(filters):
+                if item is entry:
+                    del filters[i]
+                    _filters_changed()
+                    break

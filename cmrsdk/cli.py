@@ -904,6 +904,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print(f"cmrsdk: error: out of memory{_memory_limit()}", file=sys.stderr)
         return 2
+    except CmrWarning as exc:  # -W error / PYTHONWARNINGS=error made a warning the run's end
+        print(
+            f"cmrsdk: error: {' '.join(str(exc).split())} (a warning, raised as an error by the "
+            "interpreter's warning filters: -W error or PYTHONWARNINGS)",
+            file=sys.stderr,
+        )
+        return 2
     except (KeyboardInterrupt, Interrupted) as exc:
         # the study in progress was cleaned up on the way out (cmrsdk.study): nothing half-written
         signum = exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)

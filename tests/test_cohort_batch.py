@@ -94,6 +94,8 @@ def test_table_equals_segment_for_every_study(local_run, cohort: Path, tmp_path:
             own = json.loads((out / "studies" / study_id / "report.json").read_text())
             assert {n: float(row[n]) for n in MEASURES} == {n: own["measures"][n] for n in MEASURES}
             assert row["bundle_sha256"] == own["provenance"]["manifest_sha256"]
+            if own["warnings"]:  # the study's own warnings reach its row (never did before 0.14.6)
+                assert own["warnings"][0].splitlines()[0][:100] in row["notes"], study_id
     # ACDC's Info.cfg gives height and weight: indexed by Mosteller BSA
     p1 = table["patient001"]
     bsa = (184.0 * 95.0 / 3600) ** 0.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -263,7 +264,18 @@ def enhanced(series: tuple[Path, object], tmp_path_factory: pytest.TempPathFacto
     scanner = root / "scanner" / "cine.dcm"
     scanner.parent.mkdir()
     shutil.copy(legacy, scanner)
-    return {"legacy": legacy, "scanner": as_enhanced_mr(scanner, shuffle_seed=3)}
+    scanner = as_enhanced_mr(scanner, shuffle_seed=3)
+    # Philips keeps the pixel measures and orientation in each frame's groups, not the shared one
+    philips = root / "philips" / "cine.dcm"
+    philips.parent.mkdir()
+    ds = pydicom.dcmread(scanner)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for group in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            setattr(item, group, copy.deepcopy(shared[group].value))
+        delattr(shared, group)
+    ds.save_as(philips)
+    return {"legacy": legacy, "scanner": scanner, "philips": philips}
 
 
 @pytest.mark.parametrize("kind", ["legacy", "scanner"])
@@ -295,17 +307,47 @@ def test_enhanced_multiframe_reads_as_the_classic_series(series, enhanced, kind:
     assert [s.n_images for s in __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(enhanced[kind])] == [18]
 
 
-def test_enhanced_multiframe_seg_references_each_slices_own_frame(series, enhanced, tmp_path: Path) -> None:
+def test_enhanced_files_of_one_frame_without_timing_keep_their_files_order(series, enhanced, tmp_path: Path) -> None:
+    """One frame per file, no trigger delay and no TemporalPositionIndex (an export that dropped
+    them): each frame's number restarted at 1, and the series was refused as copies of its files
+    (sweep 38); the files' own InstanceNumbers order the phases, as for classic images."""
+    folder, _ = series
+    classic = read_dicom_study(folder)
+    ds = pydicom.dcmread(enhanced["scanner"])
+    frames = ds.pixel_array
+    groups = list(ds.PerFrameFunctionalGroupsSequence)
+    delays = sorted({float(g.CardiacSynchronizationSequence[0].NominalCardiacTriggerDelayTime) for g in groups})
+    for i, group in enumerate(groups):
+        one = copy.deepcopy(ds)
+        phase = delays.index(float(group.CardiacSynchronizationSequence[0].NominalCardiacTriggerDelayTime))
+        del group.CardiacSynchronizationSequence
+        one.PerFrameFunctionalGroupsSequence = [group]
+        one.NumberOfFrames = 1
+        one.PixelData = np.ascontiguousarray(frames[i]).tobytes()
+        one.InstanceNumber = phase * 100 + i + 1  # the phase order, as a scanner numbers its images
+        one.SOPInstanceUID = one.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        one.save_as(tmp_path / f"IM_{i:04d}")
+    with pytest.warns(CmrWarning, match="phases ordered by InstanceNumber"):
+        split = read_dicom_study(tmp_path)
+    assert len(split.phases) == len(classic.phases) == 3
+    for got, want in zip(split.phases, classic.phases):
+        np.testing.assert_array_equal(got.pixels, want.pixels)
+
+
+@pytest.mark.parametrize("kind", ["scanner", "philips"])
+def test_enhanced_multiframe_seg_references_each_slices_own_frame(series, enhanced, tmp_path: Path, kind: str) -> None:
+    """ "philips": the geometry in each frame's groups, where highdicom does not look (sweep 38:
+    "'Dataset' object has no attribute 'PixelMeasuresSequence'", and every output lost)."""
     import highdicom as hd
 
     _, study = series
-    source = read_dicom_study(enhanced["scanner"])
+    source = read_dicom_study(enhanced[kind])
     for t in (0, 2):
         stack = source.phases[t]
         labels = study.phases[t].labels[::-1].copy()  # the reader stacks apex last: any label map will do
         write_dicom_seg(tmp_path / f"seg{t}.dcm", labels, stack)
         seg = hd.seg.segread(tmp_path / f"seg{t}.dcm")
-        uid = pydicom.dcmread(enhanced["scanner"], stop_before_pixels=True).SOPInstanceUID
+        uid = pydicom.dcmread(enhanced[kind], stop_before_pixels=True).SOPInstanceUID
         back = seg.get_pixels_by_source_frame(
             source_sop_instance_uid=uid, source_frame_numbers=list(stack.source_frames), combine_segments=True
         )

@@ -163,6 +163,22 @@ def test_a_classic_image_with_an_empty_functional_group_gets_its_slice_thickness
     assert [float(ds.SliceThickness) for ds in repaired] == [8.0, 8.0]
 
 
+@pytest.mark.parametrize("frames", ["", "0", "1"])
+def test_a_classic_image_with_no_frame_count_is_not_multi_frame(frames):
+    """An empty, zero or garbled NumberOfFrames on a classic MR image was refused as a
+    multi-frame file (sweep 37)."""
+    from pydicom.dataset import Dataset
+
+    from cmrsdk.io._multiframe import is_multiframe
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.NumberOfFrames = frames
+    assert not is_multiframe(ds)
+    ds.NumberOfFrames = "12"
+    assert is_multiframe(ds)
+
+
 def test_sources_repaired_with_one_warning_per_attribute(series, tmp_path):
     files = []
     for i, path in enumerate(series[:4]):

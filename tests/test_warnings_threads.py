@@ -150,3 +150,50 @@ def test_reading_nifti_leaves_nibabels_log_level(tmp_path):
         assert logger.level == logging.DEBUG  # set to ERROR for good before
     finally:
         logger.setLevel(level)
+
+
+def test_a_filter_the_host_adds_during_a_quiet_block_stays():
+    """quiet() took catch_warnings' copy of the list and put it back: 174 of 200 filters a host
+    added meanwhile were lost (sweep 37)."""
+    from cmrsdk._warn import quiet
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def reader() -> None:
+        with quiet():
+            inside.set()
+            leave.wait(10)
+
+    with warnings.catch_warnings():
+        before = len(warnings.filters)
+        thread = threading.Thread(target=reader)
+        thread.start()
+        inside.wait(10)
+        assert len(warnings.filters) == before + 1  # the one entry quiet() put in front
+        warnings.filterwarnings("error", category=HostWarning)
+        leave.set()
+        thread.join()
+        assert warnings.filters[0][:3] == ("error", None, HostWarning) and len(warnings.filters) == before + 1
+        with pytest.raises(HostWarning):
+            warnings.warn("the host's filter holds", HostWarning, stacklevel=1)
+
+
+def test_a_warning_raised_as_an_error_ends_the_command_in_one_line(tmp_path, capsys):
+    """`python -W error` or PYTHONWARNINGS=error made a CmrWarning a traceback (sweep 37)."""
+    import nibabel as nib
+    import numpy as np
+
+    from cmrsdk.cli import main
+
+    # slices on the first array axis: read, with a CmrWarning saying so
+    image = nib.Nifti1Image(np.ones((4, 32, 32), np.float32), np.diag([8.0, 1.5, 1.5, 1.0]))
+    nib.save(image, tmp_path / "stack.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code = main(["inspect", str(tmp_path / "stack.nii.gz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("cmrsdk: error: ") and "the slice axis is array axis 1" in err
+    assert err.rstrip().endswith(
+        "(a warning, raised as an error by the interpreter's warning filters: -W error or PYTHONWARNINGS)"
+    )

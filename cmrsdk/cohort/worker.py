@@ -333,6 +333,7 @@ class StudyWorker:
         # hidden in OUT/.tmp, where the driver writes OUT/.tmp/<study_id>
         scratch = Path(tempfile.mkdtemp(prefix=".worker-" if root else "cmrsdk-batch-", dir=root))
         caught: list[warnings.WarningMessage] = []
+        said: list[str] = []  # the study's own warnings (report.json's), collected by segment_one
         try:
             source = Path(study.source)
             # a cohort's thousands of reader warnings would bury the progress bar: they go to the row
@@ -353,6 +354,7 @@ class StudyWorker:
 
                 if detect_format(source) == "dicom":
                     heart_rate = _dicom_heart_rate(source, (report.get("study") or {}).get("series_uid"))
+            said = [str(w) for w in report.get("warnings", [])]
             row = measures_row(report, height_cm=study.height_cm, weight_kg=study.weight_kg, heart_rate_bpm=heart_rate)
             files = {str(p.relative_to(scratch)): p.read_bytes() for p in sorted(scratch.rglob("*")) if p.is_file()}
             row.update(status="ok", error="")
@@ -362,7 +364,9 @@ class StudyWorker:
             full = disk_full_error(exc)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        messages = list(dict.fromkeys((str(w.message).splitlines() or [""])[0][:100] for w in caught))
+        messages = list(
+            dict.fromkeys((text.splitlines() or [""])[0][:100] for text in [*said, *(str(w.message) for w in caught)])
+        )
         if messages:
             shown = "; ".join(f"warning: {m}" for m in messages[:3]) + (
                 f"; {len(messages) - 3} more" if len(messages) > 3 else ""

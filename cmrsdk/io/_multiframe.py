@@ -67,6 +67,13 @@ _INVERSION = (
 _FILE_ONLY = (_PER_FRAME, _SHARED, "NumberOfFrames", "DimensionIndexSequence", "DimensionOrganizationSequence")
 
 
+def _frame_number(own: int | None, n_frames: int, index: int) -> int:
+    """A frame's InstanceNumber where its file gives no TemporalPositionIndex: the file's own
+    number then the frame's index, so that files of one frame each, or one file per phase, keep
+    their order across files (sweep 38: each restarted at 1, refused as copies of each other)."""
+    return index + 1 if own is None else own * n_frames + index
+
+
 def is_multiframe(header: Dataset) -> bool:
     """Whether a file holds its images as frames: an enhanced MR SOP class, or a NumberOfFrames
     other than 1. Not the presence of functional groups: GE's classic MR images carry an empty
@@ -75,12 +82,10 @@ def is_multiframe(header: Dataset) -> bool:
     sop_class = str(header.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
     if sop_class in ENHANCED_MR_CLASSES:
         return True
-    if "NumberOfFrames" not in header:
+    try:  # an empty, zero or garbled count on a classic image is no frame count (sweep 37)
+        return int(header.get("NumberOfFrames") or 1) > 1
+    except (TypeError, ValueError):
         return False
-    try:
-        return int(header.NumberOfFrames) != 1
-    except (TypeError, ValueError):  # a value that is no number is refused by the frame reader
-        return True
 
 
 def _item(group: Dataset | None, sequence: str) -> Dataset | None:
@@ -120,8 +125,8 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
     series, Rows, Columns) with each frame's ImagePositionPatient, ImageOrientationPatient,
     PixelSpacing, SliceThickness, SpacingBetweenSlices, RescaleSlope and RescaleIntercept from its
     functional groups, TriggerTime and InversionTime (ms) where the file gives them, InstanceNumber set to the
-    frame's TemporalPositionIndex (its frame number, 1-based, where absent) as the phase order of
-    last resort, StackID where the frames belong to more than one stack, and
+    frame's TemporalPositionIndex (where absent, from the file's InstanceNumber and the frame's
+    index: `_frame_number`) as the phase order of last resort, StackID where the frames belong to more than one stack, and
     ComplexImageComponent where the file says what each frame holds (MAGNITUDE, PHASE, ...).
 
     Raises
@@ -147,6 +152,10 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
             "'PerFrameFunctionalGroupsSequence' (5200,9230)",
         )
     shared = _item(header, _SHARED)
+    try:
+        own: int | None = int(header.get("InstanceNumber"))
+    except (TypeError, ValueError):
+        own = None
     base = Dataset()
     for element in header:
         if element.keyword not in _FILE_ONLY:
@@ -183,7 +192,9 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
             first = inversion[0] if isinstance(inversion, (list, tuple, MultiValue)) else inversion
             _replace(frame, "InversionTime", first)
         temporal = _lookup(group, None, "FrameContentSequence", "TemporalPositionIndex")
-        _replace(frame, "InstanceNumber", temporal if isinstance(temporal, int) else index + 1)
+        _replace(
+            frame, "InstanceNumber", temporal if isinstance(temporal, int) else _frame_number(own, n_frames, index)
+        )
         component = _lookup(group, shared, "MRImageFrameTypeSequence", "ComplexImageComponent")
         if component is not None:
             _replace(frame, "ComplexImageComponent", str(component).upper())

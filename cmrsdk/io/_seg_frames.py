@@ -12,6 +12,7 @@ of its slice) and the ReferencedSeriesSequence of every source series, as the st
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..errors import InputError
 from ..types import Stack
 from ._multiframe import frame_headers
 
-__all__ = ["needs_own_references", "slice_plane_positions", "reference_sources"]
+__all__ = ["needs_own_references", "slice_plane_positions", "share_frame_geometry", "reference_sources"]
 
 
 def _position_key(position: Sequence[float]) -> tuple[float, ...]:
@@ -64,6 +65,24 @@ def slice_plane_positions(stack: Stack, by_file: dict[str, Dataset]) -> list[Dat
             position = headers[file][frame - 1].ImagePositionPatient
         positions.append(hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, position))
     return positions
+
+
+def share_frame_geometry(anchor: Dataset, stack: Stack) -> None:
+    """Put the pixel measures and plane orientation of ``stack``'s first frame into the shared
+    functional groups of ``anchor`` (its multi-frame source, as read for the SEG), where they are
+    not there: highdicom reads them from a source's shared groups only, and Philips keeps them in
+    each frame's (sweep 38: every output of such a study was lost). The reader checked that the
+    stack's frames share them."""
+    frame = (stack.source_frames or (1,))[0]
+    per_frame = anchor.get("PerFrameFunctionalGroupsSequence") or []
+    if not 1 <= frame <= len(per_frame):
+        return
+    if not anchor.get("SharedFunctionalGroupsSequence"):
+        anchor.SharedFunctionalGroupsSequence = [Dataset()]
+    shared = anchor.SharedFunctionalGroupsSequence[0]
+    for group in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        if group not in shared and group in per_frame[frame - 1]:
+            setattr(shared, group, copy.deepcopy(per_frame[frame - 1][group].value))
 
 
 def reference_sources(seg: Dataset, stack: Stack, by_file: dict[str, Dataset], positions: list[Dataset]) -> None:

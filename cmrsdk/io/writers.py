@@ -221,7 +221,7 @@ def write_dicom_seg(
     from .. import __version__
     from ..montage import STRUCTURE_COLOURS
     from ._dicom_out import algorithm_parameters, algorithm_version, derivation_sources
-    from ._seg_frames import needs_own_references, reference_sources, slice_plane_positions
+    from ._seg_frames import needs_own_references, reference_sources, share_frame_geometry, slice_plane_positions
 
     array = _check_labels(labels, stack)
     if len(stack.source_files) != stack.shape[0]:
@@ -236,6 +236,8 @@ def write_dicom_seg(
     if needs_own_references(stack, sources):  # multi-frame or several series: built from positions
         positions = slice_plane_positions(stack, by_file)
         sources = sources[:1]  # highdicom's anchor: patient, study, frame of reference
+        if stack.source_frames:  # a multi-frame anchor's geometry may sit in its frames' groups
+            share_frame_geometry(sources[0], stack)
     categories = codes.SCT.AnatomicalStructure
     # SNOMED CT codes of the structures; the segment label names the blood pool precisely
     properties = {1: codes.SCT.LeftVentricle, 2: codes.SCT.LeftVentricleMyocardium, 3: codes.SCT.RightVentricle}
