@@ -470,6 +470,16 @@ def test_enhanced_multiframe_with_phase_frames_reads_its_magnitude(series, enhan
         r"18 PHASE, 18 REAL: no MAGNITUDE frame",
     ):
         read_dicom_study(maps.parent)
+    # told apart only by FrameType, the file saying MIXED: refused for that (sweep 38: "36 MIXED:
+    # no MAGNITUDE frame", blaming a value no frame carried)
+    mixed = pydicom.dcmread(both)
+    for item in mixed.PerFrameFunctionalGroupsSequence:
+        del item.MRImageFrameTypeSequence[0].ComplexImageComponent
+    mixed.ComplexImageComponent = "MIXED"
+    (tmp_path / "mixed").mkdir()
+    mixed.save_as(tmp_path / "mixed" / "cine.dcm")
+    with pytest.raises(ReadError, match=r"cine\.dcm.*says MIXED for the file and no frame says which it holds"):
+        read_dicom_study(tmp_path / "mixed")
 
 
 @pytest.mark.parametrize(

@@ -228,6 +228,13 @@ def magnitude_frames(path: Path, headers: list[Dataset]) -> tuple[list[int], str
     named = {c for c in components if c}
     if not named or named == {"MAGNITUDE"}:
         return list(range(len(headers))), ""
+    if named == {"MIXED"}:  # the file's own value, in every frame: no frame says what it holds
+        raise ReadError(
+            path,
+            "'ComplexImageComponent' (0008,9208) says MIXED for the file and no frame says which it "
+            "holds (its MRImageFrameTypeSequence gives none): its magnitude frames cannot be told apart "
+            "from its phase frames; export the magnitude images alone",
+        )
     if "MAGNITUDE" not in named:
         counts = ", ".join(f"{components.count(c)} {c}" for c in sorted(named))
         raise ReadError(
