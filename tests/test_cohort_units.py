@@ -437,3 +437,24 @@ def test_a_study_stored_one_folder_per_series_is_one_study(tmp_path: Path):
         ("patient2_exam_b", "patient2/exam_b"),
         ("study1", "study1"),
     ]
+
+
+def test_a_thumbnails_folder_does_not_split_a_study_stored_one_series_per_slice(tmp_path: Path):
+    """A disc's JPEG thumbnails beside the series folders made each series a study of its own (sweep
+    39: 23 rows, 15 "ok" without measures, no LVEF for the patient)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    study_uid, root = generate_uid(), tmp_path / "disc" / "PATIENT" / "STUDY"
+    for n in range(3):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+        (root / f"SE{n:06d}").mkdir(parents=True)
+        ds.save_as(root / f"SE{n:06d}" / "IM000000", enforce_file_format=True)
+    _touch(root / "THUMBS" / "IM000000.JPG", b"\xff\xd8\xff\xe0")
+    studies = discover_studies([tmp_path / "disc"])
+    assert [s.source for s in studies] == [str(root)]

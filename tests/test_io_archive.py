@@ -186,3 +186,21 @@ def test_no_writable_temporary_folder_is_one_line(series: Path, tmp_path: Path, 
     assert "no writable temporary folder" in capsys.readouterr().err
     if __import__("importlib").util.find_spec("torch") is not None:
         assert "no writable temporary folder (TMPDIR=" in str(aoti_missing("cpu"))
+
+
+@pytest.mark.parametrize("name, kind", [("disc.tar", "tar"), ("disc.tar.gz", "tar"), ("disc.7z", "7-Zip")])
+def test_an_archive_other_than_zip_is_named_not_searched(tmp_path, name, kind):
+    """A disc sent as a tarball got "no DICOM image files found (1 files searched)" (sweep 39)."""
+    import tarfile
+
+    archive = tmp_path / name
+    if name.startswith("disc.tar"):
+        (tmp_path / "IM000000").write_bytes(b"\0" * 132)
+        with tarfile.open(archive, "w:gz" if name.endswith(".gz") else "w") as tar:
+            tar.add(tmp_path / "IM000000", arcname="DICOM/IM000000")
+    else:
+        archive.write_bytes(b"7z\xbc\xaf\x27\x1c" + b"\0" * 64)
+    with pytest.raises(ReadError, match=rf"{name}: a {kind} archive is not read \(ZIP archives are\)"):
+        read_study(archive)
+    with pytest.raises(ReadError, match=rf"{name}: a {kind} archive is not read"):
+        read_study(tmp_path)  # in a folder too

@@ -307,6 +307,73 @@ def test_enhanced_multiframe_reads_as_the_classic_series(series, enhanced, kind:
     assert [s.n_images for s in __import__("cmrsdk.io", fromlist=["x"]).scan_dicom_series(enhanced[kind])] == [18]
 
 
+def _concatenation(source: Path, folder: Path, parts: int, *, keep: int | None = None, untimed: bool = False) -> None:
+    """``source``'s frames split over ``parts`` files of one concatenation (PS3.3 C.7.6.16.2.2.4),
+    as Siemens XA and Philips store big series; only the first ``keep`` parts written."""
+    ds = pydicom.dcmread(source)
+    frames = ds.pixel_array
+    groups = list(ds.PerFrameFunctionalGroupsSequence)
+    if untimed:  # no trigger delay, no TemporalPositionIndex: ordered by frame number alone
+        for group in groups:
+            for item in group.get("UnassignedPerFrameConvertedAttributesSequence", []):
+                if "TriggerTime" in item:
+                    del item.TriggerTime
+    bounds = np.linspace(0, len(groups), parts + 1).astype(int)
+    folder.mkdir(parents=True)
+    uid = pydicom.uid.generate_uid()
+    for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+        if keep is not None and n > keep:
+            break
+        part = copy.deepcopy(ds)
+        part.PerFrameFunctionalGroupsSequence = groups[a:b]
+        part.NumberOfFrames = int(b - a)
+        part.PixelData = np.ascontiguousarray(frames[a:b]).tobytes()
+        part.ConcatenationUID, part.SOPInstanceUIDOfConcatenationSource = uid, ds.SOPInstanceUID
+        part.InConcatenationNumber, part.InConcatenationTotalNumber = n, parts
+        part.ConcatenationFrameOffsetNumber = int(a)
+        part.SOPInstanceUID = part.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        part.save_as(folder / f"IM{n:06d}")
+
+
+def test_a_concatenation_reads_whole_refused_with_a_part_missing(series, enhanced, tmp_path: Path) -> None:
+    """A concatenation lacking a part was measured on the parts there (8 of 12 slices: LVEF 39.1 %
+    for 31.7, exit 0), and one without timing refused as copies (its parts share one
+    InstanceNumber) (sweep 39)."""
+    folder, _ = series
+    classic = read_dicom_study(folder)
+    _concatenation(enhanced["legacy"], tmp_path / "whole", 3)
+    _concatenation(enhanced["legacy"], tmp_path / "untimed", 3, untimed=True)
+    for name in ("whole", "untimed"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CmrWarning)
+            study = read_dicom_study(tmp_path / name)
+        assert len(study.phases) == len(classic.phases) == 3
+        for got, want in zip(study.phases, classic.phases):
+            np.testing.assert_array_equal(got.pixels, want.pixels)
+    _concatenation(enhanced["legacy"], tmp_path / "short", 3, keep=2)
+    with pytest.raises(ReadError, match=r"part\(s\) 3 of the 3 files of concatenation .* are missing"):
+        read_dicom_study(tmp_path / "short")
+
+
+def test_a_screen_save_in_the_cines_series_is_left_out(series, tmp_path: Path) -> None:
+    """A Secondary Capture without geometry stored in the cine's own series zeroed that series'
+    geometry: the cine vanished and a one-slice long-axis series was measured, exit 0 (sweep 39)."""
+    folder, _ = series
+    for file in folder.glob("*.dcm"):
+        shutil.copy(file, tmp_path / file.name)
+    screen = pydicom.dcmread(next(folder.glob("*.dcm")))
+    screen.SOPClassUID = screen.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    screen.SOPInstanceUID = screen.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient"):
+        delattr(screen, keyword)
+    screen.save_as(tmp_path / "screen_save.dcm")
+    with pytest.warns(CmrWarning, match=r"screen_save\.dcm: 1 Secondary Capture image\(s\) without .* left out"):
+        study = read_dicom_study(tmp_path)
+    classic = read_dicom_study(folder)
+    assert len(study.phases) == len(classic.phases) == 3
+    np.testing.assert_array_equal(study.phases[0].pixels, classic.phases[0].pixels)
+
+
 def test_enhanced_files_of_one_frame_without_timing_keep_their_files_order(series, enhanced, tmp_path: Path) -> None:
     """One frame per file, no trigger delay and no TemporalPositionIndex (an export that dropped
     them): each frame's number restarted at 1, and the series was refused as copies of its files

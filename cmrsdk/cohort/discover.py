@@ -178,10 +178,13 @@ def _walk(
 
 
 def _one_study_of_series(folders: list[Path]) -> bool:
-    """Two or more folders, each of DICOM files (no deeper folders), all of one StudyInstanceUID."""
+    """Two or more folders of DICOM files (no deeper folders), all of one StudyInstanceUID; a
+    folder beside them without DICOM files (a disc's thumbnails) is no series and does not count
+    (sweep 39: one such folder split a study stored one series per slice into 23 rows)."""
     if len(folders) < 2:
         return False
     studies = set()
+    series = 0
     for folder in folders:
         try:
             entries = list(os.scandir(folder))
@@ -191,10 +194,10 @@ def _one_study_of_series(folders: list[Path]) -> bool:
         except OSError:  # an entry that cannot be looked at: the walk says so
             return False
         dicom = next((f for f in files[:_DICOM_PROBES] if _is_dicom_file(f)), None)
-        if dicom is None:
-            return False
-        studies.add(_study_uid(dicom))
-    return len(studies) == 1 and "" not in studies
+        if dicom is not None:
+            series += 1
+            studies.add(_study_uid(dicom))
+    return series >= 2 and len(studies) == 1 and "" not in studies
 
 
 def _study_uid(path: Path) -> str:

@@ -67,11 +67,14 @@ _INVERSION = (
 _FILE_ONLY = (_PER_FRAME, _SHARED, "NumberOfFrames", "DimensionIndexSequence", "DimensionOrganizationSequence")
 
 
-def _frame_number(own: int | None, n_frames: int, index: int) -> int:
+def _frame_number(own: int | None, n_frames: int, index: int, concatenated: bool = False) -> int:
     """A frame's InstanceNumber where its file gives no TemporalPositionIndex: the file's own
-    number then the frame's index, so that files of one frame each, or one file per phase, keep
-    their order across files (sweep 38: each restarted at 1, refused as copies of each other)."""
-    return index + 1 if own is None else own * n_frames + index
+    number then the frame's index (in its concatenation, where it is a part of one), so that
+    files of one frame each, one file per phase, or a concatenation's parts keep their order
+    across files (sweeps 38 and 39: each restarted at 1, refused as copies of each other)."""
+    if own is None:
+        return index + 1
+    return own * (1_000_000 if concatenated else n_frames) + index
 
 
 def is_multiframe(header: Dataset) -> bool:
@@ -156,6 +159,10 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
         own: int | None = int(header.get("InstanceNumber"))
     except (TypeError, ValueError):
         own = None
+    try:  # a part of a concatenation: its frames follow the earlier parts' (all share one InstanceNumber)
+        offset = int(header.get("ConcatenationFrameOffsetNumber") or 0)
+    except (TypeError, ValueError):
+        offset = 0
     base = Dataset()
     for element in header:
         if element.keyword not in _FILE_ONLY:
@@ -192,9 +199,8 @@ def frame_headers(path: Path, header: Dataset) -> list[Dataset]:
             first = inversion[0] if isinstance(inversion, (list, tuple, MultiValue)) else inversion
             _replace(frame, "InversionTime", first)
         temporal = _lookup(group, None, "FrameContentSequence", "TemporalPositionIndex")
-        _replace(
-            frame, "InstanceNumber", temporal if isinstance(temporal, int) else _frame_number(own, n_frames, index)
-        )
+        number = temporal if isinstance(temporal, int) else _frame_number(own, n_frames, offset + index, offset > 0)
+        _replace(frame, "InstanceNumber", number)
         component = _lookup(group, shared, "MRImageFrameTypeSequence", "ComplexImageComponent")
         if component is not None:
             _replace(frame, "ComplexImageComponent", str(component).upper())

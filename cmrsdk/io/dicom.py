@@ -115,6 +115,9 @@ _IMAGE_SOP_CLASSES = {
 } | ENHANCED_MR_CLASSES
 
 
+#: Secondary Capture Image Storage: one without a position and orientation is a screen save
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
 #: objects with a matrix that are results, not images to segment: segmentations (cmrsdk's own
 #: SEG among them, read back from an output folder inside the input) and parametric maps.
 _DERIVED_SOP_CLASSES = {
@@ -320,6 +323,9 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
     non_images: list[Path] = []
     seen: dict[str, Path] = {}
     duplicates: list[Path] = []
+    screen_saves: list[Path] = []
+    # ConcatenationUID -> (InConcatenationTotalNumber, the parts' InConcatenationNumber -> file)
+    concatenations: dict[str, tuple[int | None, dict[int | None, Path]]] = {}
     for file in files:
         try:
             header = _read_header(file)
@@ -332,6 +338,11 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             continue
         # pixel data is not read yet (stop_before_pixels): an image is what has a matrix size
         if _sop_class(header) in _DERIVED_SOP_CLASSES:
+            non_images.append(file)
+        elif _sop_class(header) == _SECONDARY_CAPTURE and not (
+            "ImagePositionPatient" in header and "ImageOrientationPatient" in header
+        ):  # a screen save a console or viewer stored in the series: no geometry to stack (sweep 39)
+            screen_saves.append(file)
             non_images.append(file)
         elif header.get("Rows") and header.get("Columns"):
             rows, columns = int(header.Rows), int(header.Columns)
@@ -349,6 +360,12 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             if uid:
                 seen[uid] = file
             if is_multiframe(header):
+                concatenation = str(header.get("ConcatenationUID", "") or "")
+                if concatenation:
+                    total, parts = concatenations.setdefault(
+                        concatenation, (_int_or_none(header.get("InConcatenationTotalNumber")), {})
+                    )
+                    parts[_int_or_none(header.get("InConcatenationNumber"))] = file
                 headers = frame_headers(file, header)
                 kept, left_out = magnitude_frames(file, headers)
                 if left_out:
@@ -365,6 +382,23 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             non_images.append(file)
     if images:
         passed.warn(stacklevel=3)
+    for concatenation, (total, parts) in concatenations.items():
+        missing = sorted(set(range(1, total + 1)) - set(parts)) if total else []
+        if missing:  # measured on the parts there, a cine loses slices or phases silently (sweep 39)
+            raise ReadError(
+                next(iter(parts.values())),
+                f"part(s) {', '.join(map(str, missing))} of the {total} files of concatenation {concatenation} "
+                "('InConcatenationNumber' (0020,9162) of 'InConcatenationTotalNumber' (0020,9163)) are missing; "
+                "copy or send every part of the series",
+            )
+    if images and screen_saves:
+        warn(
+            CmrWarning(
+                f"{screen_saves[0]}: {len(screen_saves)} Secondary Capture image(s) without "
+                "'ImagePositionPatient'/'ImageOrientationPatient' (screen saves) left out"
+            ),
+            stacklevel=3,
+        )
     if duplicates:
         first = duplicates[0]
         warn(
@@ -398,8 +432,28 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 f"{name} file ({others[0].suffix}) is not read; convert it to NIfTI (.nii.gz), e.g. SimpleITK: "
                 f"sitk.WriteImage(sitk.ReadImage('x{others[0].suffix}'), 'x.nii.gz'), or give the DICOM series{said}",
             )
+        packed = [f for f in files if _archive_kind(f)]
+        if packed:  # a disc sent as a tarball or 7-Zip: say what is read (sweep 39)
+            raise ReadError(
+                packed[0],
+                f"a {_archive_kind(packed[0])} archive is not read (ZIP archives are); unpack it and give "
+                f"its folder, or give it as a .zip{said}",
+            )
         raise ReadError(path, f"no DICOM image files found ({len(files)} files searched){said}")
     return images, non_images
+
+
+#: archive formats other than ZIP, by their names' endings
+_ARCHIVES = {
+    ".tar": "tar", ".tar.gz": "tar", ".tgz": "tar", ".tar.bz2": "tar", ".tar.xz": "tar", ".7z": "7-Zip",
+    ".rar": "RAR", ".iso": "ISO disc image",
+}  # fmt: skip
+
+
+def _archive_kind(file: Path) -> str | None:
+    """The kind of a non-ZIP archive named so (``disc.tar.gz``: tar), None for another file."""
+    name = file.name.lower()
+    return next((kind for ending, kind in _ARCHIVES.items() if name.endswith(ending)), None)
 
 
 #: image formats of other tools that hold no DICOM: named in the error rather than searched for DICOM
