@@ -458,3 +458,17 @@ def test_a_thumbnails_folder_does_not_split_a_study_stored_one_series_per_slice(
     _touch(root / "THUMBS" / "IM000000.JPG", b"\xff\xd8\xff\xe0")
     studies = discover_studies([tmp_path / "disc"])
     assert [s.source for s in studies] == [str(root)]
+
+
+def test_a_folder_of_zip_exports_is_a_study_per_zip(tmp_path: Path):
+    """`segment` reads a ZIP; `batch` on a folder of them said "no DICOM image files found (2
+    files searched)" (sweep 39). Each ZIP is a study named by its stem."""
+    root = tmp_path / "exports"
+    _touch(root / "patient_a.zip", b"PK\x05\x06" + b"\0" * 18)
+    _touch(root / "PATIENT_B.ZIP", b"PK\x05\x06" + b"\0" * 18)
+    _touch(root / "readme.txt", b"from the portal")
+    studies = discover_studies([root])
+    assert sorted((s.study_id, Path(s.source).name) for s in studies) == [
+        ("PATIENT_B", "PATIENT_B.ZIP"),
+        ("patient_a", "patient_a.zip"),
+    ]

@@ -60,14 +60,20 @@ class StudySource:
 
 
 def study_name(path: Path) -> str:
-    """A study's name from its path: the folder name, or the file name less .nii.gz / .nii / .dcm."""
+    """A study's name from its path: the folder name, or the file name less .nii.gz / .nii / .dcm / .zip."""
     name = path.name
     match = _NIFTI.search(name)
     if match:
         return name[: match.start()]
-    if name.lower().endswith(".dcm"):
+    if name.lower().endswith((".dcm", ".zip")):
         return name[:-4]
     return name or "study"
+
+
+def _is_study_file(path: Path) -> bool:
+    """A NIfTI stack (not a label map) or a ZIP archive (a study as a PACS web portal sends it,
+    unpacked by `segment_one`; sweep 39: a folder of disc ZIPs gave "no DICOM image files")."""
+    return bool(_NIFTI.search(path.name) and not _LABEL_MAP.search(path.name)) or path.suffix.lower() == ".zip"
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -114,7 +120,7 @@ def _walk(
     from ..io._walk import entry_kind, holds
 
     if path.is_file():
-        if _NIFTI.search(path.name) and not _LABEL_MAP.search(path.name):
+        if _is_study_file(path):
             yield path
         return
     try:
@@ -148,8 +154,8 @@ def _walk(
     if any(_is_dicom_file(f) for f in files[:_DICOM_PROBES]):
         yield path  # a series folder: the reader searches its sub-folders too
         return
-    loose = [f for f in files if _NIFTI.search(f.name) and not _LABEL_MAP.search(f.name)]
-    yield from loose  # a folder of loose NIfTI stacks: each file is one (one-phase) study
+    loose = [f for f in files if _is_study_file(f)]
+    yield from loose  # a folder of loose NIfTI stacks or ZIPs: each file is one study
     folders = []
     for e in entries:
         if kinds.get(e.name) != "dir" or Path(e.path) == skip:
