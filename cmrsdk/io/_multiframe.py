@@ -29,7 +29,7 @@ from pydicom.sequence import Sequence
 
 from ..errors import ReadError
 
-__all__ = ["ENHANCED_MR_CLASSES", "frame_headers", "is_multiframe", "magnitude_frames"]
+__all__ = ["ENHANCED_MR_CLASSES", "frame_headers", "is_multiframe", "magnitude_frames", "sop_class"]
 
 #: Enhanced MR Image Storage and Legacy Converted Enhanced MR Image Storage.
 ENHANCED_MR_CLASSES = {"1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4"}
@@ -77,13 +77,17 @@ def _frame_number(own: int | None, n_frames: int, index: int, concatenated: bool
     return own * (1_000_000 if concatenated else n_frames) + index
 
 
+def sop_class(header: Dataset) -> str:
+    """A header's SOPClassUID, else its file meta's MediaStorageSOPClassUID ("" where neither)."""
+    meta = getattr(header, "file_meta", None)
+    return str(header.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
+
+
 def is_multiframe(header: Dataset) -> bool:
     """Whether a file holds its images as frames: an enhanced MR SOP class, or a NumberOfFrames
     other than 1. Not the presence of functional groups: GE's classic MR images carry an empty
     PerFrameFunctionalGroupsSequence (every Sunnybrook file does; sweep 35)."""
-    meta = getattr(header, "file_meta", None)
-    sop_class = str(header.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
-    if sop_class in ENHANCED_MR_CLASSES:
+    if sop_class(header) in ENHANCED_MR_CLASSES:
         return True
     try:  # an empty, zero or garbled count on a classic image is no frame count (sweep 37)
         return int(header.get("NumberOfFrames") or 1) > 1

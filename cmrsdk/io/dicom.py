@@ -65,7 +65,7 @@ from ..regions import ORIENTED_COS, apex_cosine
 from ..types import Stack, Study, StudyInfo
 from ._dataset import is_lossy, read_dataset, settle_character_set
 from ._geometry import ORIENTATION_ATOL
-from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, is_multiframe, magnitude_frames
+from ._multiframe import ENHANCED_MR_CLASSES, frame_headers, is_multiframe, magnitude_frames, sop_class
 from ._walk import Passed, entry_kind, holds, reason
 from .._warn import quiet, warn
 
@@ -125,11 +125,6 @@ _DERIVED_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.66.7",  # Label Map Segmentation Storage
     "1.2.840.10008.5.1.4.1.1.30",  # Parametric Map Storage
 }
-
-
-def _sop_class(header: Dataset) -> str:
-    meta = getattr(header, "file_meta", None)
-    return str(header.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -337,9 +332,9 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
         if header is None:
             continue
         # pixel data is not read yet (stop_before_pixels): an image is what has a matrix size
-        if _sop_class(header) in _DERIVED_SOP_CLASSES:
+        if sop_class(header) in _DERIVED_SOP_CLASSES:
             non_images.append(file)
-        elif _sop_class(header) == _SECONDARY_CAPTURE and not (
+        elif sop_class(header) == _SECONDARY_CAPTURE and not (
             "ImagePositionPatient" in header and "ImageOrientationPatient" in header
         ):  # a screen save a console or viewer stored in the series: no geometry to stack (sweep 39)
             screen_saves.append(file)
@@ -373,10 +368,10 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
                 images.extend(_Image(file, headers[i], i) for i in kept)
             else:
                 images.append(_Image(file, header))
-        elif _sop_class(header) in _IMAGE_SOP_CLASSES:
+        elif sop_class(header) in _IMAGE_SOP_CLASSES:
             raise ReadError(
                 file,
-                f"image header ({_sop_class(header)}) lacks 'Rows'/'Columns' (0028,0010)/(0028,0011); truncated file?",
+                f"image header ({sop_class(header)}) lacks 'Rows'/'Columns' (0028,0010)/(0028,0011); truncated file?",
             )
         else:
             non_images.append(file)
@@ -987,8 +982,8 @@ def _check_consistent(images: list[_Image]) -> None:
         multi, single = (first, mixed) if first.frame is not None else (mixed, first)
         raise ReadError(
             multi.path,
-            f"series mixes multi-frame images ('SOPClassUID' (0008,0016) {_sop_class(multi.header)} here) with "
-            f"single-frame ones ({_sop_class(single.header)} in {single.path.name}); cmrsdk reads a series "
+            f"series mixes multi-frame images ('SOPClassUID' (0008,0016) {sop_class(multi.header)} here) with "
+            f"single-frame ones ({sop_class(single.header)} in {single.path.name}); cmrsdk reads a series "
             "stored one way (all single-frame, or all multi-frame)",
         )
     orientation = _vector(first, "ImageOrientationPatient", "(0020,0037)", 6)
