@@ -131,12 +131,14 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
 
     Holds the regions per slice, volumes (mL), EF (%), LV mass (g), quality flags, timings (ms)
     and provenance; NaN values (EF of an empty ventricle, SV and EF of a one-phase study,
-    volumes of a one-slice stack) are written as null. ``ed_es_from``: "input" (the study named
+    volumes of a one-slice stack) are written as null. ``ed_index`` and ``es_index``: which of
+    ``phases`` are ED and ES, both null for a one-phase study (flag ``single_phase``: no ED or ES
+    was determined, its one phase is ``phases[0]``). ``ed_es_from``: "input" (the study named
     ED and ES), "lv_volume" (the pipeline chose them from the LV volume curve), or null (one
     phase, or no ``study`` given). Study flags: ``single_phase`` (the one phase's blood-pool
-    volumes are ``lv_volume_ml`` and ``rv_volume_ml``; every ED and ES measure is null, as nothing
-    says which phase it is), ``no_volume_change`` (ED and ES are one phase: the LV volume never
-    changes; ESV, SV and EF null),
+    volumes are ``lv_volume_ml`` and ``rv_volume_ml``; every ED and ES measure is null, and so are
+    ``ed_index`` and ``es_index``, as nothing says which phase it is), ``no_volume_change`` (ED
+    and ES are one phase: the LV volume never changes; ESV, SV and EF null),
     ``phase_without_lv`` (a phase of the cine shows no LV while others do: never taken for ES),
     ``ed_es_coverage_differs`` (ED and ES hold other slice positions: the ES basal RV rule is not
     applied, and the volumes compare unlike stacks), and
@@ -212,7 +214,9 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         flags.append("lvedv_below_adult")
     report: dict[str, Any] = {
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
-        "ed_index": result.ed_index,
+        # one phase: neither ED nor ES was determined (a reader names it ED by default); an index
+        # 0 read as "phase 0 is ED", as an EDV of it read as end-diastolic
+        "ed_index": None if single else result.ed_index,
         "es_index": None if single else result.es_index,
         "ed_es_from": _ed_es_from(result, study),
         "flags": flags,

@@ -85,10 +85,13 @@ def _flags_by_scope(report: dict[str, Any]) -> dict[str, list[str]]:
 
     scopes = {"study": list(report.get("flags", []))}
     phases = report["phases"]
+    if len(phases) == 1:  # its ed_index and es_index are null: neither ED nor ES was determined
+        scopes[SINGLE_PHASE] = list(phases[0]["quality_flags"])
+        return scopes
     for key, name in (("ed_index", "ED"), ("es_index", "ES")):
         index = report.get(key)
         if isinstance(index, int) and 0 <= index < len(phases):
-            scopes[SINGLE_PHASE if len(phases) == 1 else name] = list(phases[index]["quality_flags"])
+            scopes[name] = list(phases[index]["quality_flags"])
     return scopes
 
 

@@ -152,7 +152,8 @@ def measures_row(
     # the phase's, and no column names it ED (sweep 32)
     single = "single_phase" in report.get("flags", [])
     named = (
-        (("phase", report.get("ed_index")),)
+        # its ed_index is null (0.14.7: no ED was determined); 0.14.6's reports gave 0
+        (("phase", 0 if len(phases) == 1 else report.get("ed_index")),)
         if single
         else (("ED", report.get("ed_index")), ("ES", report.get("es_index")))
     )

@@ -10,15 +10,29 @@ there for as long as the retrieval lasts. Each study lands whole in
 gathered in a hidden folder beside it and renamed when every instance has arrived. Objects of
 the study that are not MR images (screen saves, reports, results of an earlier run) may come
 with the series: they are accepted, so that the PACS counts them delivered, and discarded.
+
+A retrieval works in two hidden folders of ``OUT`` that share a random suffix, removed when it
+ends, however it ends but killed outright::
+
+    .<StudyInstanceUID>.receiving-XXXXXXXX/   instances as they arrive, and owner.lock: held
+                                              (flock) by the retrieval for as long as it runs
+    .<StudyInstanceUID>.partial-XXXXXXXX/     the study as kept, renamed to OUT/<StudyInstanceUID>
+                                              when complete
+
+A retrieval killed outright (SIGKILL, the OOM killer, power loss) leaves them; the next one into
+``OUT`` removes them (`_remove_stale_work`), never those of a retrieval still running.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
 import shutil
 import ssl
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CmrError, InputError, ReadError, WriteError
+from ..study import STALE_AFTER_S
 from .forward import Destination
 from .scp import accepted_transfer_syntaxes, discard_unfinished, read_header, receive_into_files, received_file
 from .spool import uid_file_name
@@ -63,6 +78,88 @@ _NO_SYNTAX_HINT = (
     "the PACS could not send an instance in a SOP class and transfer syntax offered: an object that is not "
     "an MR image, or one stored compressed in a syntax it cannot convert to one of those offered"
 )
+
+
+#: a retrieval's folders in OUT: the study's uid_file_name, "partial" (the study kept) or
+#: "receiving" (instances arriving), and tempfile.mkdtemp's 8 characters, one suffix for both
+_WORK_NAME = re.compile(r"^\.([A-Za-z0-9._]+)\.(partial|receiving)-([a-z0-9_]{8})$")
+#: in a retrieval's receiving folder: the file it holds an flock on for as long as it runs
+_OWNER = "owner.lock"
+
+
+def _own(folder: Path) -> int:
+    """Make ``folder`` this retrieval's: an flock on its `_OWNER` file, held by the returned
+    descriptor until it is closed or the process ends, however it ends. The file is locked under
+    another name and then renamed, so that `_remove_stale_work` never finds it unlocked."""
+    claim = folder / f".{_OWNER}-{os.getpid()}"
+    fd = os.open(claim, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(claim, folder / _OWNER)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _remove_owned(folder: Path) -> None:
+    """Remove ``folder``, its `_OWNER` file last: killed part-way, what is left is still known stale."""
+    try:
+        entries = [entry for entry in folder.iterdir() if entry.name != _OWNER]
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stale(owned: Path, entry: Path) -> bool:
+    """Whether ``entry`` (a retrieval's folder) was left by a retrieval that is gone: one whose
+    receiving folder ``owned`` holds an `_OWNER` this call can lock (the kernel releases a lock
+    when its process ends, however it ends), or, without one (0.14.6 and before; made this
+    instant), ``entry`` older than `cmrsdk.study.STALE_AFTER_S`. A lock held, or a file that
+    cannot be opened (another user's), is a retrieval to keep."""
+    try:
+        fd = os.open(owned / _OWNER, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        try:
+            return time.time() - entry.stat().st_mtime >= STALE_AFTER_S
+        except OSError:
+            return False
+    except OSError:
+        return False
+    try:  # no one locks it again once free: a retrieval never takes over another's folder
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # BlockingIOError: its retrieval runs
+        return False
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_work(output: Path) -> list[str]:
+    """Remove the folders retrievals into ``output`` killed outright (SIGKILL, the OOM killer,
+    power loss) left there (`_stale`); returns their names. A study's partial folder is judged
+    by its receiving folder's lock and removed first: that lock is the last thing to go."""
+    try:
+        found = [m for m in map(_WORK_NAME.match, sorted(e.name for e in output.iterdir())) if m is not None]
+    except OSError:
+        return []
+    removed = []
+    for kind in ("partial", "receiving"):
+        for named in found:
+            uid, this_kind, suffix = named.groups()
+            entry = output / named.string
+            if this_kind != kind or entry.is_symlink() or not entry.is_dir():
+                continue
+            if _stale(output / f".{uid}.receiving-{suffix}", entry):
+                _remove_owned(entry)
+                if not os.path.lexists(entry):
+                    removed.append(entry.name)
+    return removed
 
 
 def _get_contexts(syntaxes: list[str]) -> list[tuple[str, list[str]]]:
@@ -324,7 +421,9 @@ def retrieve_study(
     The instances are written to a hidden folder beside it as they arrive, each
     ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with its file meta (each UID named by
     :func:`cmrsdk.serve.spool.uid_file_name`: a PACS's ``..`` is no way out of the folder, two
-    UIDs never share a name), and the folder renamed when every series has arrived complete; a failure or an interrupt leaves nothing. Instances
+    UIDs never share a name), and the folder renamed when every series has arrived complete; a failure or an interrupt leaves nothing.
+    What retrievals into ``output`` killed outright left there is removed first (one ``note``
+    line names it), never what a retrieval still running holds. Instances
     that are not MR images (:data:`OTHER_STORAGE`: screen saves, reports...) are accepted and
     discarded, and ``note`` is called with one line saying so. ``progress`` is called with 1 for
     each instance stored.
@@ -346,20 +445,33 @@ def retrieve_study(
     study_uid = studies.pop()
     output = Path(output)
     target = output / uid_file_name(study_uid)
+    cleared = _remove_stale_work(output)
+    if cleared and note is not None:
+        shown = ", ".join(cleared[:4]) + (f" and {len(cleared) - 4} more" if len(cleared) > 4 else "")
+        plural = "s" if len(cleared) != 1 else ""
+        note(f"{output}: removed {len(cleared)} folder{plural} left by a retrieval killed outright: {shown}")
     if target.exists():
         raise _exists(target)
     try:
         output.mkdir(parents=True, exist_ok=True)
-        # unique per call, not per process: two retrievals in one process do not share it
-        staging = Path(tempfile.mkdtemp(prefix=f".{uid_file_name(study_uid)}.partial-", dir=output))
-    except OSError as exc:
-        raise InputError(f"output folder '{output}' cannot be used: {exc.strerror or exc}") from exc
-    try:  # where each instance is written as it arrives (the same disk: renamed into the staging
-        # folder when kept), removed at the end whatever happens
+        # where each instance is written as it arrives (the same disk: renamed into the staging
+        # folder when kept), removed at the end whatever happens; unique per call, not per
+        # process: two retrievals in one process do not share it
         incoming = Path(tempfile.mkdtemp(prefix=f".{uid_file_name(study_uid)}.receiving-", dir=output))
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise InputError(f"output folder '{output}' cannot be used: {exc.strerror or exc}") from exc
+    owner: int | None = None
+    try:  # owned before the staging folder exists, released after it is gone (renamed or removed)
+        owner = _own(incoming)
+        staging = output / incoming.name.replace(".receiving-", ".partial-", 1)
+        staging.mkdir()
+    except BaseException as exc:  # an interrupt here too: nothing is left
+        _remove_owned(incoming)
+        if owner is not None:
+            os.close(owner)
+        if isinstance(exc, OSError):
+            raise InputError(f"output folder '{output}' cannot be used: {exc.strerror or exc}") from exc
+        raise
     lock = threading.Lock()
     stopped = threading.Event()  # set, under the lock, before the staging folder is removed
     refused: list[str] = []
@@ -455,7 +567,8 @@ def retrieve_study(
             link.close()
         if server is not None:
             server.shutdown()
-        shutil.rmtree(incoming, ignore_errors=True)
+        _remove_owned(incoming)
+        os.close(owner)  # after: what could not be removed is stale from here on
     if skipped and note is not None:
         note(f"{target}: {_describe(skipped)} skipped (not MR images)")
     return target
