@@ -243,6 +243,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     several = len(inputs) > 1 or len(args.inputs) > 1
     if args.series is not None and several:
         raise InputError(f"--series {args.series} names a series of one study: give one DICOM input, not {len(inputs)}")
+    if args.study is not None and several:
+        raise InputError(f"--study {args.study} names one study: give one DICOM input, not {len(inputs)}")
     if several:
         check_output_folder(output, contents=False)  # -o itself: a file, under a file, not writable
         targets = [output / name for name in study_folder_names(inputs)]
@@ -290,6 +292,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                     report_html=not args.no_report_html,
                     region_source=region_source,
                     series_uid=args.series,
+                    study_uid=args.study,
                     label_convention=args.label_convention,
                     progress=phases,
                 )
@@ -800,6 +803,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="read this DICOM series (a SeriesInstanceUID, or a stack's UIDs joined by '+', as cmrsdk inspect "
         "lists them) instead of the short-axis cine the reader chooses; one DICOM input only",
+    )
+    p.add_argument(
+        "--study",
+        metavar="UID",
+        default=None,
+        help="read this DICOM study (a StudyInstanceUID; a folder holding several is refused naming them) of a "
+        "folder holding several, its short-axis cine chosen by the reader's rules; one DICOM input only",
     )
     pipeline_options(p)
     p.set_defaults(func=_cmd_segment)

@@ -338,6 +338,7 @@ def segment_one(
     truth: Study | None = None,
     region_source: RegionSource | None = None,
     series_uid: str | None = None,
+    study_uid: str | None = None,
     height_cm: float | None = None,
     weight_kg: float | None = None,
     label_convention: str | None = None,
@@ -362,6 +363,8 @@ def segment_one(
         `cmrsdk.pipeline.RegionSource`; ``cmrsdk segment --mode oracle`` hands in the ground truth's).
     series_uid : the DICOM series to read (``cmrsdk segment --series``) instead of the short-axis
         cine the reader chooses; DICOM sources only.
+    study_uid : the DICOM study to read (``cmrsdk segment --study``) where the source holds
+        several (`cmrsdk.io.read_dicom_study`); DICOM sources only.
     height_cm, weight_kg : the patient's, replacing the file's own (Info.cfg, DICOM PatientSize and
         PatientWeight) in the reports; a cohort's study list gives them (``cmrsdk batch --list``).
     label_convention : how a NIfTI source's label maps code the structures ("acdc", "mnms",
@@ -401,14 +404,15 @@ def segment_one(
     out_dir = check_output_folder(out_dir, keep=keep)
     with collect() as caught, unpacked(source) as readable:
         t0 = time.perf_counter()
-        if series_uid is None:
+        if series_uid is None and study_uid is None:
             # a convention says how label maps are coded: only ACDC and M&Ms folders are read with theirs
             labelled = label_convention is not None and detect_format(readable.path) in ("acdc", "mnms")
             study = read_study(readable.path, convention=label_convention if labelled else None)
         elif detect_format(readable.path) != "dicom":
-            raise InputError(f"{source}: a series UID ({series_uid}) selects a DICOM series; this input is not DICOM")
+            named = f"series UID ({series_uid})" if series_uid is not None else f"study UID ({study_uid})"
+            raise InputError(f"{source}: a {named} selects DICOM images; this input is not DICOM")
         else:
-            study = read_study(readable.path, series_uid=series_uid)
+            study = read_study(readable.path, series_uid=series_uid, study_uid=study_uid)
         if height_cm is not None:
             study = dataclasses.replace(study, info=dataclasses.replace(study.info, height_cm=height_cm))
         if weight_kg is not None:

@@ -7,10 +7,17 @@ writes them).
 A study's folder is written whole under ``OUT/.tmp`` and renamed into place before its journal
 line is written, so a crash at any moment leaves every study either done or not started. The
 workers segment under ``OUT/.tmp`` too; each batch clears it when it starts.
+
+A result is filed under the batch's key only when its report.json names the cmrsdk build and
+bundle the key stands for: a worker started again (after a crash) loads the code and bundle on
+disk, which an upgrade may have replaced while the batch ran. An earlier result of a study id
+this run no longer has, whose files this run measures as another study (ids changed with
+cmrsdk's version), is moved from ``studies/`` to ``superseded/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,9 +37,19 @@ from .journal import Journal
 from .table import write_measures_csv
 from .worker import PipelineSpec, StudyResult, disk_full_error, inputs_fingerprint
 
-__all__ = ["BatchSummary", "run_batch", "STUDIES_DIR", "TABLE_NAME", "FIGURE_NAME", "OPTIONS_NAME"]
+__all__ = [
+    "BatchSummary",
+    "run_batch",
+    "STUDIES_DIR",
+    "SUPERSEDED_DIR",
+    "TABLE_NAME",
+    "FIGURE_NAME",
+    "OPTIONS_NAME",
+]
 
 STUDIES_DIR = "studies"
+#: earlier results whose files this run measures as another study (study ids changed)
+SUPERSEDED_DIR = "superseded"
 TABLE_NAME = "measures.csv"
 FIGURE_NAME = "cohort.png"
 OPTIONS_NAME = "options.json"
@@ -57,6 +74,13 @@ class BatchSummary:
         ``stop_signal`` is that signal's number (0 when not interrupted).
     disk_full : why the run stopped early because OUT's disk (or quota) was full, "" otherwise: the
         study that met it is not recorded, so the same command finishes the rest once there is room.
+    build_changed : why the run stopped early because a result was made by another cmrsdk build or
+        bundle than the one its key stands for (the install or the bundle was replaced while it ran,
+        and a worker started again loaded the new one), "" otherwise: that result is not recorded.
+    superseded : ids of earlier results moved from ``studies/`` to ``superseded/``: no study of this
+        run has their id, and this run measures their files as another study.
+    unlisted : ids of earlier results left in ``studies/`` that no study of this run has and whose
+        files this run does not read (inputs not given this time): not in the table.
     startup_s, run_s, wall_s : seconds to start the engine's workers, from then until the last
         study was committed, and of the whole call.
     """
@@ -69,6 +93,9 @@ class BatchSummary:
     interrupted: bool = False
     stop_signal: int = 0
     disk_full: str = ""
+    build_changed: str = ""
+    superseded: list[str] = field(default_factory=list)
+    unlisted: list[str] = field(default_factory=list)
     startup_s: float = 0.0
     run_s: float = 0.0
     wall_s: float = 0.0
@@ -130,15 +157,21 @@ def run_batch(
     Returns
     -------
     BatchSummary; a study is done when the journal holds an "ok" (or, without ``retry_failed``,
-    a "failed") record for it with the same key, source and inputs (`inputs_fingerprint`: a
-    study whose files or list values changed since is redone).
+    a "failed") record for it with the same key, source (and StudyInstanceUID) and inputs
+    (`inputs_fingerprint`: a study whose files or list values changed since is redone).
 
     Each study is counted once: a source that resolves (symlinks followed) to one listed before
-    it is not run, and a study whose files are byte-identical to another's (the workers'
-    `content_sha256`) keeps no result of its own; both get a "skipped" row naming the study
-    that has the result. A `StudySource` with a ``skip_reason`` (a folder without a study) gets
-    a "skipped" row with that reason. Results redone because the key changed are counted in
-    `BatchSummary.redone` and said on stderr before the run.
+    it (and, for one study of a folder of several, to the same StudyInstanceUID) is not run, and
+    a study whose files are byte-identical to another's (the workers' `content_sha256`) keeps no
+    result of its own; both get a "skipped" row naming the study that has the result. A
+    `StudySource` with a ``skip_reason`` (a folder without a study) gets a "skipped" row with
+    that reason. Results redone because the key changed are counted in `BatchSummary.redone` and
+    said on stderr before the run.
+
+    A result whose report.json names another cmrsdk version, code hash or bundle manifest than the
+    key's stops the run unrecorded (`BatchSummary.build_changed`): the table never mixes two builds
+    under one key. Earlier results of ids this run does not have are said on stderr and, where this
+    run measures their files as another study, moved to ``superseded/`` (`BatchSummary.superseded`).
     """
     from ..bundle import load_bundle
 
@@ -146,30 +179,39 @@ def run_batch(
     out = Path(out)
     bundle = load_bundle(spec.bundle)  # refuses a bundle whose hashes do not match, before any work
     key = spec.key(bundle.manifest_sha256)
+    key_inputs = spec.key_inputs(bundle.manifest_sha256)
+    # what each result's report.json must name to be filed under the key
+    build = {
+        "cmrsdk": key_inputs["cmrsdk"],
+        "code_sha256": key_inputs["code"],
+        "manifest_sha256": bundle.manifest_sha256,
+    }
     summary = BatchSummary()
     with Journal(out) as journal:
         # the table's options_key in words: the bundle, options, cmrsdk version and code it stands for
-        write_json(out / OPTIONS_NAME, {"options_key": key, **spec.key_inputs(bundle.manifest_sha256)})
+        write_json(out / OPTIONS_NAME, {"options_key": key, **key_inputs})
         shutil.rmtree(out / _SCRATCH, ignore_errors=True)  # what a killed batch and its workers were writing
         (out / _SCRATCH).mkdir(exist_ok=True)
-        first_of: dict[str, StudySource] = {}
+        summary.superseded, summary.unlisted = _set_aside_other_ids(out, journal, studies)
+        first_of: dict[tuple[str, str | None], StudySource] = {}
         inputs: dict[str, str] = {}  # study id -> `inputs_fingerprint` now
         duplicates: dict[str, str] = {}  # study id -> why it is not run
         todo: list[StudySource] = []
         for study in studies:
             if study.skip_reason:  # a folder that holds no study: a row saying so, nothing to run
                 continue
-            # the same files reached by another path (a symlink, a link to a folder, "x/" and "x") run once
+            # the same files reached by another path (a symlink, a link to a folder, "x/" and "x") run
+            # once; the studies of one folder of several (StudySource.study_uid) are each their own
             real = os.path.realpath(study.source)
-            if real in first_of:
-                first = first_of[real]
+            if (real, study.study_uid) in first_of:
+                first = first_of[real, study.study_uid]
                 same = "" if first.source == study.source else f" (both are {real})"
                 duplicates[study.study_id] = f"same source as study '{first.study_id}'{same}"
                 continue
-            first_of[real] = study
+            first_of[real, study.study_uid] = study
             record = journal.records.get(study.study_id)
             inputs[study.study_id] = inputs_fingerprint(study)
-            earlier = record is not None and record.get("key") == key and record.get("source") == study.source
+            earlier = record is not None and record.get("key") == key and _same_source(record, study)
             done = (
                 earlier
                 and record is not None
@@ -180,7 +222,7 @@ def run_batch(
                 summary.reused += 1
             else:
                 todo.append(study)
-                if record is not None and record.get("key") != key and record.get("source") == study.source:
+                if record is not None and record.get("key") != key and _same_source(record, study):
                     summary.redone += 1
                 elif earlier and record is not None and record.get("inputs") != inputs[study.study_id]:
                     summary.changed += 1
@@ -189,6 +231,22 @@ def run_batch(
             print(
                 f"cmrsdk: {n} earlier result{'s use' if n > 1 else ' uses'} other options, another bundle or "
                 f"another cmrsdk build and {'are' if n > 1 else 'is'} redone",
+                file=sys.stderr,
+            )
+        if summary.superseded:
+            n = len(summary.superseded)
+            print(
+                f"cmrsdk: {n} earlier result{'s' if n > 1 else ''} of study ids this run no longer has (their files "
+                f"are measured as another study now) moved from {STUDIES_DIR}/ to {SUPERSEDED_DIR}/: "
+                f"{_some(summary.superseded)}",
+                file=sys.stderr,
+            )
+        if summary.unlisted:
+            n = len(summary.unlisted)
+            print(
+                f"cmrsdk: {n} earlier result{'s' if n > 1 else ''} in {STUDIES_DIR}/ belong{'' if n > 1 else 's'} "
+                f"to no study of this run (inputs not given) and {'are' if n > 1 else 'is'} not in "
+                f"{TABLE_NAME}: {_some(summary.unlisted)}",
                 file=sys.stderr,
             )
         if summary.changed:
@@ -223,9 +281,19 @@ def run_batch(
             why = (
                 "the output's disk was full"
                 if summary.disk_full
+                else "cmrsdk or its bundle changed under the batch"
+                if summary.build_changed
                 else ("batch interrupted" if summary.interrupted else "")
             )
-            summary.rows = _rows(studies, journal.records, key, inputs, duplicates, stopped=why or "batch stopped")
+            summary.rows = _rows(
+                studies,
+                journal.records,
+                key,
+                inputs,
+                duplicates,
+                stopped=why or "batch stopped",
+                studies_dir=out / STUDIES_DIR,
+            )
             return write_measures_csv(out / TABLE_NAME, summary.rows)
 
         if todo:
@@ -258,6 +326,12 @@ def run_batch(
                 failed = 0
                 last_table = time.monotonic()
                 for result in runner.run(todo):
+                    other = _other_build(result, build)
+                    if other:
+                        # every worker started again since loads the same: stop, the result unrecorded;
+                        # the same command (the new install's key) redoes the studies of the old one
+                        summary.build_changed = other
+                        break
                     if not result.disk_full:
                         try:
                             commit(result)
@@ -310,6 +384,106 @@ def run_batch(
     return summary
 
 
+def _other_build(result: StudyResult, build: dict[str, str]) -> str:
+    """How the build named in ``result``'s report.json differs from the batch's ``build`` (cmrsdk,
+    code_sha256, manifest_sha256), "" when it does not. A result naming no build (no report.json, or
+    one without provenance: not written by `segment`) has nothing to compare."""
+    data = result.files.get("report.json")
+    if data is None:
+        return ""
+    try:
+        made = json.loads(data).get("provenance")
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(made, dict):
+        return ""
+    if not any(field in made and made[field] != value for field, value in build.items()):
+        return ""
+
+    def named(of: dict[str, Any]) -> str:
+        code, manifest = str(of.get("code_sha256"))[:12], str(of.get("manifest_sha256"))[:12]
+        return f"cmrsdk {of.get('cmrsdk')} (code {code}, bundle manifest {manifest})"
+
+    return (
+        f"study '{result.study_id}' was segmented by {named(made)}, this batch runs {named(build)}: cmrsdk or its "
+        "bundle was replaced while the batch ran and a worker started since loaded the new one; its result is not filed"
+    )
+
+
+def _set_aside_other_ids(out: Path, journal: Journal, studies: Sequence[StudySource]) -> tuple[list[str], list[str]]:
+    """Earlier results in ``out/studies/`` of study ids this run does not have: (superseded, unlisted).
+
+    Only a folder the batch wrote is looked at: the journal's last record of its id is "ok" with
+    outputs ``studies/<id>``, and it holds a report.json. Where this run reads that result's files
+    (its source is, holds or lies in a source of this run: a cine once a study per series folder,
+    now one study), it is moved to ``out/superseded/<id>`` and the journal says so; where not (inputs
+    not given this time) it stays, and is only named.
+    """
+    ids = {study.study_id for study in studies}
+    others = [
+        (study_id, record)
+        for study_id, record in journal.records.items()
+        if study_id not in ids
+        and record.get("status") == "ok"
+        and record.get("outputs") == f"{STUDIES_DIR}/{study_id}"
+        and study_id not in ("", ".", "..")
+        and "/" not in study_id
+        and (out / STUDIES_DIR / study_id / "report.json").is_file()
+    ]
+    if not others:
+        return [], []
+    # each of this run's sources and every folder above one -> the study reading it
+    reads: dict[str, str] = {}
+    above: dict[str, str] = {}
+    for study in studies:
+        if study.skip_reason:
+            continue
+        real = Path(os.path.realpath(study.source))
+        reads.setdefault(str(real), study.study_id)
+        for parent in real.parents:
+            above.setdefault(str(parent), study.study_id)
+    superseded: list[str] = []
+    unlisted: list[str] = []
+    for study_id, record in others:
+        source = str(record.get("source") or "")
+        was = Path(os.path.realpath(source))
+        # this run reads a folder inside it, or it lies in (or is) a source of this run
+        by = above.get(str(was)) or next((reads[str(p)] for p in (was, *was.parents) if str(p) in reads), None)
+        if not source or by is None:
+            unlisted.append(study_id)
+            continue
+        target = out / SUPERSEDED_DIR / study_id
+        try:
+            shutil.rmtree(target, ignore_errors=True)  # an older one set aside under this id
+            target.parent.mkdir(exist_ok=True)
+            os.replace(out / STUDIES_DIR / study_id, target)
+        except OSError as exc:
+            raise WriteError(f"{out / STUDIES_DIR / study_id}: cannot be moved to {target} ({exc})") from exc
+        note = f"superseded: its files are measured as study '{by}'"
+        journal.append(
+            {
+                **record,
+                "status": "superseded",
+                "error": note,
+                "outputs": f"{SUPERSEDED_DIR}/{study_id}",
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        superseded.append(study_id)
+    return superseded, unlisted
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    """The first ``shown`` names, and how many more."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _same_source(record: dict[str, Any], study: StudySource) -> bool:
+    """The journal's record was made of this study's source: the same path and, for one study of a
+    folder of several, the same StudyInstanceUID (None in both for a study alone)."""
+    return record.get("source") == study.source and record.get("study_uid") == study.study_uid
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -324,6 +498,7 @@ def _rows(
     duplicates: dict[str, str],
     *,
     stopped: str,
+    studies_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     current = {
         s.study_id: records[s.study_id]
@@ -331,8 +506,9 @@ def _rows(
         if not s.skip_reason
         and s.study_id not in duplicates
         and s.study_id in records
+        and records[s.study_id].get("status") in ("ok", "failed")  # not "superseded": set aside by a later run
         and records[s.study_id].get("key") == key
-        and records[s.study_id].get("source") == s.source
+        and _same_source(records[s.study_id], s)
         and records[s.study_id].get("inputs") == inputs.get(s.study_id)
     }
     # byte-identical copies under other paths (the workers' content_sha256): one row keeps the
@@ -358,7 +534,11 @@ def _rows(
             else:
                 row = dict(done)
         else:
-            row = {"status": "skipped", "error": f"not run ({stopped}); run the same command again to finish"}
+            error = f"not run ({stopped}); run the same command again to finish"
+            if studies_dir is not None and (studies_dir / study.study_id / "report.json").is_file():
+                # an earlier run's (other options, build or inputs), kept until this study's result replaces it
+                error += f"; {STUDIES_DIR}/{study.study_id} is an earlier run's result, not this table's"
+            row = {"status": "skipped", "error": error}
         row.update(study_id=study.study_id, source=study.source)
         rows.append(row)
     return rows

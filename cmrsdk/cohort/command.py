@@ -64,8 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any = "bundle") -> int:
-    """Run ``cmrsdk batch``: 0 when every study is measured, 1 when any failed or the output's disk
-    filled up, 128 + the signal's number when interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+    """Run ``cmrsdk batch``: 0 when every study is measured, 1 when any failed, the output's disk
+    filled up or cmrsdk or its bundle changed under the batch, 128 + the signal's number when
+    interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
     ``heart_crop`` and ``segment_spacing`` as `cmrsdk.Pipeline` takes them."""
     if bool(args.inputs) == bool(args.study_list):
         raise InputError("give either ROOT_OR_STUDY folders or --list STUDIES.csv (one of the two)")
@@ -123,6 +124,13 @@ def run_command(args: argparse.Namespace, heart_crop: Any, segment_spacing: Any 
         print(
             f"cmrsdk: error: stopped, the output's disk is full ({summary.disk_full}); make room and run the same "
             "command again to finish the rest",
+            file=sys.stderr,
+        )
+        return 1
+    if summary.build_changed:
+        print(
+            f"cmrsdk: error: stopped, {summary.build_changed}; run the same command again: it redoes every study "
+            "with the cmrsdk and bundle now installed",
             file=sys.stderr,
         )
         return 1

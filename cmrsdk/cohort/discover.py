@@ -4,18 +4,30 @@ A *study* is what `cmrsdk segment` takes as one input: a DICOM series folder, a 
 ACDC patient folder, an M&Ms or M&Ms-2 subject folder. Under a root, the walk stops at the first
 folder that is a study (a DICOM series folder may hold its images in sub-folders), so a root of
 thousands of subjects costs one directory listing per folder and a few file headers.
+
+A folder (or a ZIP archive) of DICOM files of several studies (StudyInstanceUID: two patients,
+or two visits of one, exported together) is one study per StudyInstanceUID, each read by the
+reader's rules among its own series (`cmrsdk.io.read_dicom_study`'s ``study_uid``). Whether it holds more than one is told from the headers of a
+few of its files spread over their sorted names (`_STUDY_PROBES`, and one per
+`_STUDY_PROBE_EVERY` files beyond); only where they differ are all its headers read.
+
+Under a disc's root (a folder holding a DICOMDIR), folders without any DICOM file (the
+viewer program's, exported JPEG pictures, IHE web pages) are the disc's, not the cohort's:
+they get no row.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import CmrWarning, InputError
 from ..study import OUTPUT_PATTERN
@@ -34,6 +46,21 @@ _LABEL_MAP = re.compile(r"_gt\.nii(\.gz)?$", re.IGNORECASE)
 _DICOM_SUFFIXES = {".dcm", ".ima", ".dicom"}
 #: files looked at to tell whether a folder holds DICOM: enough for folders mixing in a text file
 _DICOM_PROBES = 8
+#: headers read (first and last file included, the rest spread between) to tell whether a DICOM
+#: folder holds more than one study; a second study whose files lie between two probes alone
+#: is not seen (the reader then refuses the folder, naming both studies)
+_STUDY_PROBES = 8
+#: one header more per this many files of a big folder (5,000 files: 27 headers)
+_STUDY_PROBE_EVERY = 256
+#: a study's id within a folder of several: the folder's id, then its StudyInstanceUID (a UID
+#: holds only digits and dots; anything else a file carries is written as "_")
+_UID_UNSAFE = re.compile(r"[^0-9A-Za-z.\-]")
+#: the id suffix of the DICOM files of such a folder that carry no StudyInstanceUID
+_NO_STUDY_UID = "no-StudyInstanceUID"
+#: bytes of a ZIP member read for its StudyInstanceUID: a classic image's header takes a few KB
+_MEMBER_HEAD = 64 * 1024
+#: Deflated Explicit VR Little Endian, named in the file meta of a deflated data set
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,13 @@ class StudySource:
         in the study's report.json and report.html.
     skip_reason : set for a folder under a root that holds no study (an empty folder, one of
         JPEGs): it is not segmented, and its row in the table is "skipped" with this reason.
+    study_uid : set where ``source`` is a folder (or ZIP archive) holding the DICOM files of several
+        studies: the StudyInstanceUID of the one this entry reads ("" for files that carry none).
+    files : with ``study_uid``, that study's files as paths relative to ``source`` (or member
+        names of the archive; POSIX separators), sorted; files that are no readable DICOM go with
+        every study of the folder. The worker reads ``study_uid``'s series of the folder; the
+        batch's content hash covers these files alone, its fingerprint these (a folder's) or the
+        archive and the UID.
     """
 
     study_id: str
@@ -57,6 +91,16 @@ class StudySource:
     weight_kg: float | None = None
     heart_rate_bpm: float | None = None
     skip_reason: str | None = None
+    study_uid: str | None = None
+    files: tuple[str, ...] = ()
+
+
+class _Found(NamedTuple):
+    """A study the walk found: a path, and for one study of a folder of several its UID and files."""
+
+    path: Path
+    study_uid: str | None = None
+    files: tuple[str, ...] = ()
 
 
 def study_name(path: Path) -> str:
@@ -77,14 +121,18 @@ def _is_study_file(path: Path) -> bool:
 
 
 def _is_dicom_file(path: Path) -> bool:
+    """A DICOM suffix, the Part 10 preamble ("DICM"), or a data set written without it (which the
+    reader reads: `cmrsdk.io._dataset.is_bare_dataset`)."""
+    from ..io._dataset import is_bare_dataset
+
     if path.suffix.lower() in _DICOM_SUFFIXES:
         return True
     try:
         with path.open("rb") as handle:
             head = handle.read(132)
+        return head[128:132] == b"DICM" or is_bare_dataset(path)
     except OSError:
         return False
-    return head[128:132] == b"DICM"
 
 
 def _is_case_folder(folder: Path, names: Sequence[str]) -> bool:
@@ -107,11 +155,14 @@ def _walk(
     results: list[Path] | None = None,
     passed: Passed | None = None,
     top: bool = True,
-) -> Iterator[Path]:
+    disc: bool = False,
+) -> Iterator[_Found]:
     """The studies at or under ``path``, in sorted order; the folder ``skip`` (the run's own
     output, when it lies under a root) is not entered, nor are earlier results of cmrsdk (their
     labels and SEGs are no studies; added to ``results``); folders without sub-folders that hold
-    no study are added to ``barren``.
+    no study are added to ``barren``, except under a disc's root (``disc``: a DICOMDIR at or
+    above ``path``) where those without a DICOM file are the disc's own (its viewer, its
+    pictures) and left out.
 
     Links to studies elsewhere are followed (a cohort of linked study folders), but not a link
     to a folder that holds it (``loop -> .``, ``up -> ..``, ``root -> /``: the walk would go
@@ -121,7 +172,7 @@ def _walk(
 
     if path.is_file():
         if _is_study_file(path):
-            yield path
+            yield from _file_studies(path)
         return
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
@@ -137,7 +188,7 @@ def _walk(
             results.append(path)
         return
     if _is_case_folder(path, names):
-        yield path
+        yield _Found(path)
         return
     kinds: dict[str, str | None] = {}
     cannot: list[tuple[Path, OSError]] = []  # said where this folder is walked, not read as a study
@@ -151,11 +202,15 @@ def _walk(
     # a DICOMDIR (the media directory at the root of every CD and USB export) indexes the
     # series below it; it is not an image of a series held in this folder
     files = [Path(e.path) for e in entries if kinds.get(e.name) == "file" and e.name.upper() != "DICOMDIR"]
+    disc = disc or any(kinds.get(e.name) == "file" and e.name.upper() == "DICOMDIR" for e in entries)
     if any(_is_dicom_file(f) for f in files[:_DICOM_PROBES]):
-        yield path  # a series folder: the reader searches its sub-folders too
+        # a series folder: the reader searches its sub-folders too; one entry per study it holds
+        studies = _studies_of(path, files, any(kinds.get(e.name) == "dir" for e in entries))
+        yield from (_Found(path, uid, members) for uid, members in studies) if studies else [_Found(path)]
         return
     loose = [f for f in files if _is_study_file(f)]
-    yield from loose  # a folder of loose NIfTI stacks or ZIPs: each file is one study
+    for file in loose:  # a folder of loose NIfTI stacks or ZIPs: each file is one study (or a ZIP's, several)
+        yield from _file_studies(file)
     folders = []
     for e in entries:
         if kinds.get(e.name) != "dir" or Path(e.path) == skip:
@@ -172,15 +227,115 @@ def _walk(
     if not loose and _one_study_of_series(folders):
         # a study stored one folder per series (as `cmrsdk retrieve` and many PACS exports write
         # it: a cine split over series, one per slice or breath-hold): the reader stacks them
-        yield path
+        yield _Found(path)
         return
     if passed is not None:
         for entry, error in cannot:
             passed.cannot_read(entry, error)
     if not loose and not folders and barren is not None:
-        barren.append(path)  # in the walk's order: its row goes where the study would have been
+        # in the walk's order: its row goes where the study would have been; on a disc, a folder
+        # without DICOM (VIEWER, JPEG, IHE_PDI) is the disc's, not the cohort's: no row. One with
+        # a DICOM file the probes did not reach is said as anywhere else
+        if not disc or any(_is_dicom_file(f) for f in files):
+            barren.append(path)
     for folder in folders:
-        yield from _walk(folder, skip, barren, results, passed, top=False)
+        yield from _walk(folder, skip, barren, results, passed, top=False, disc=disc)
+
+
+def _studies_of(folder: Path, files: list[Path], deeper: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """The studies of a DICOM series folder holding more than one: (StudyInstanceUID, its files
+    relative to ``folder``) each (`_by_study`); [] where it holds one, or where that cannot be
+    told (no header read, a link to a folder within).
+
+    ``files``: the folder's own files (hidden ones and DICOMDIR left out); ``deeper``: it has
+    sub-folders, whose files the reader reads with it (listed here only then)."""
+    if deeper:
+        listed = _files_below(folder)
+        if listed is None:
+            return []
+        files = listed
+    return _by_study([f.relative_to(folder).as_posix() for f in files], lambda name: _header_study_uid(folder / name))
+
+
+def _file_studies(path: Path) -> Iterator[_Found]:
+    """A study file as the walk gives it: itself, or for a ZIP archive of DICOM files of several
+    studies, one entry per study (`_studies_of_archive`)."""
+    studies = _studies_of_archive(path) if path.suffix.lower() == ".zip" else []
+    if not studies:
+        yield _Found(path)
+    for uid, members in studies:
+        yield _Found(path, uid, members)
+
+
+def _studies_of_archive(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """As `_studies_of`, for the members of a ZIP archive, read where they lie (nothing unpacked);
+    [] where it cannot be opened, holds encrypted members, member names that climb out of their
+    folder or more members than the unpacker takes (its reader then says what it says)."""
+    from ..io.archive import MAX_MEMBERS
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {
+                m.filename: m
+                for m in archive.infolist()
+                if not m.is_dir()
+                and not any(part.startswith(".") for part in m.filename.split("/"))
+                and m.filename.rsplit("/", 1)[-1].upper() != "DICOMDIR"
+            }
+            unsafe = any(m.filename.startswith("/") or ".." in m.filename.split("/") for m in members.values())
+            if unsafe or len(members) > MAX_MEMBERS or any(m.flag_bits & 0x1 for m in members.values()):
+                return []
+            return _by_study(sorted(members), lambda name: _member_study_uid(archive, members[name]))
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError):
+        return []
+
+
+def _by_study(names: list[str], uid_of: Callable[[str], str | None]) -> list[tuple[str, tuple[str, ...]]]:
+    """``names`` (sorted) grouped by the StudyInstanceUID ``uid_of`` reads from each (None: no
+    readable DICOM), in the order of each study's first; [] where they hold one study.
+
+    A few are read, spread over the names (`_STUDY_PROBES`, first and last among them); all of
+    them only where those name two studies or more. Names of no readable DICOM go with every
+    study: each study's reader says what they are."""
+    n = len(names)
+    if n < 2:
+        return []
+    count = min(n, _STUDY_PROBES + n // _STUDY_PROBE_EVERY)
+    probes = sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
+    uids = {names[i]: uid_of(names[i]) for i in probes}
+    if len({uid for uid in uids.values() if uid is not None}) < 2:
+        return []
+    groups: dict[str, list[str]] = {}
+    shared: list[str] = []
+    for name in names:
+        uid = uids[name] if name in uids else uid_of(name)
+        if uid is None:
+            shared.append(name)
+        else:
+            groups.setdefault(uid, []).append(name)
+    if len(groups) < 2:
+        return []
+    return [(uid, tuple(sorted(members + shared))) for uid, members in groups.items()]
+
+
+def _files_below(folder: Path) -> list[Path] | None:
+    """The files under ``folder`` (hidden entries and DICOMDIR left out), sorted; None where a
+    link to a folder lies within (the reader follows it; a split here would not) or a folder
+    cannot be listed."""
+    found: list[Path] = []
+    failed: list[OSError] = []
+    for current, dirs, names in os.walk(folder, onerror=failed.append):
+        here = Path(current)
+        if any((here / d).is_symlink() for d in dirs):
+            return None
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [here / n for n in names if not n.startswith(".") and n.upper() != "DICOMDIR"]
+    return None if failed else sorted(found)
+
+
+def _study_label(uid: str) -> str:
+    """A study's UID as the end of its id: "_" for characters a UID does not hold."""
+    return _UID_UNSAFE.sub("_", uid) if uid else _NO_STUDY_UID
 
 
 def _one_study_of_series(folders: list[Path]) -> bool:
@@ -208,13 +363,45 @@ def _one_study_of_series(folders: list[Path]) -> bool:
 
 def _study_uid(path: Path) -> str:
     """StudyInstanceUID of a DICOM file ('' where it cannot be read)."""
+    return _header_study_uid(path) or ""
+
+
+def _header_study_uid(path: Path) -> str | None:
+    """StudyInstanceUID of a DICOM file ('' where it carries none), None where it is no readable
+    DICOM. Reads the header only (about 1 ms), as the reader does (`cmrsdk.io._dataset`: files
+    without the preamble, the deflated-size limit)."""
     from ..io._dataset import read_dataset
 
     try:
         with quiet():
             return str(read_dataset(path, stop_before_pixels=True).get("StudyInstanceUID", "") or "")
     except Exception:  # not readable as DICOM: the reader says so when the study is read
-        return ""
+        return None
+
+
+def _member_study_uid(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> str | None:
+    """StudyInstanceUID of a ZIP member, from its first `_MEMBER_HEAD` bytes ('' where it carries
+    none), None where it is no readable DICOM (or a header longer than that, or deflated: pydicom
+    would inflate it whole, which the reader's size limit guards against)."""
+    import pydicom
+
+    try:
+        with archive.open(member) as handle:
+            head = handle.read(_MEMBER_HEAD)
+    except Exception:  # a corrupt member: the reader says so when the study is unpacked
+        return None
+    if _DEFLATED in head[:2048]:
+        return None
+    # a data set written without the preamble, as `cmrsdk.io._dataset.is_bare_dataset` tells it
+    bare = len(head) >= 8 and head[1] == 0 and head[0] in (2, 8) and head[3] < 0x10
+    try:
+        with quiet():
+            header = pydicom.dcmread(
+                io.BytesIO(head), stop_before_pixels=True, specific_tags=["StudyInstanceUID"], force=bare
+            )
+            return str(header.get("StudyInstanceUID", "") or "")
+    except Exception:  # not DICOM, or its header goes on past the bytes read
+        return None
 
 
 def _unique(studies: list[StudySource], where: str) -> list[StudySource]:
@@ -243,9 +430,15 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
     named by its path relative to the root, folders joined by ``_`` (``site1/DICOM`` becomes
     ``site1_DICOM``), so that names stay the same between runs.
 
+    A folder or ZIP archive of DICOM files of several studies (StudyInstanceUID) gives one entry
+    per study, named by its id, ``_`` and the UID (``flat_1.2.840.113619.2.1``), with
+    `StudySource.study_uid` and `StudySource.files` set: the worker reads that study's files alone.
+
     A folder under a root that holds no study (an empty folder, one of JPEGs or text files) is
     named the same way and carries a `StudySource.skip_reason`: the batch gives it a "skipped"
-    row saying why, so that the table accounts for every folder of the cohort.
+    row saying why, so that the table accounts for every folder of the cohort. Under a disc's
+    root (a DICOMDIR beside it or above), a folder without a DICOM file (the viewer program's,
+    exported pictures) is the disc's, not a folder of the cohort: it gets no row.
 
     Raises
     ------
@@ -266,12 +459,12 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
         results: list[Path] = []
         found: list[Path] = []
         passed = Passed()
-        order: list[tuple[Path, bool]] = []  # (path, holds a study) in the walk's order
-        for path in _walk(root, None if output is None else Path(os.path.abspath(output)), barren, results, passed):
-            order += [(b, False) for b in barren[len(order) - len(found) :]]
-            found.append(path)
-            order.append((path, True))
-        order += [(b, False) for b in barren[len(order) - len(found) :]]
+        order: list[tuple[_Found, bool]] = []  # (what, holds a study) in the walk's order
+        for each in _walk(root, None if output is None else Path(os.path.abspath(output)), barren, results, passed):
+            order += [(_Found(b), False) for b in barren[len(order) - len(found) :]]
+            found.append(each.path)
+            order.append((each, True))
+        order += [(_Found(b), False) for b in barren[len(order) - len(found) :]]
         if not found and (passed.links or passed.unreadable):  # nothing left to read: one error says why
             raise InputError(f"'{root}' holds no study that can be read: {'; '.join(passed.messages())}")
         passed.warn(stacklevel=2)
@@ -303,14 +496,18 @@ def discover_studies(roots: Sequence[str | Path], output: str | Path | None = No
                 f"'{root}' holds no study (DICOM series folder, NIfTI file, ACDC patient or M&Ms subject folder)"
             )
         if not any(holds_study for _, holds_study in order):
-            order = [(path, True) for path in found]  # the root itself, tried as a DICOM series
-        for path, holds_study in order:
+            order = [(_Found(path), True) for path in found]  # the root itself, tried as a DICOM series
+        for (path, study_uid, files), holds_study in order:
             if path == root:
                 study_id = study_name(root)
             else:
                 parts = path.relative_to(root).parts
                 study_id = "_".join((*parts[:-1], study_name(path)))
-            if holds_study:
+            if study_uid is not None:  # one study of a folder of several: its UID makes the id
+                studies.append(
+                    StudySource(f"{study_id}_{_study_label(study_uid)}", str(path), study_uid=study_uid, files=files)
+                )
+            elif holds_study:
                 studies.append(StudySource(study_id, str(path)))
             else:
                 studies.append(StudySource(study_id, str(path), skip_reason=_no_study(path)))

@@ -13,7 +13,7 @@ from ..errors import CmrWarning, InputError, ReadError
 from ..types import Study, StudyInfo
 from .archive import is_archive, unpacked
 from ._walk import Passed, entry_kind, reason
-from .dicom import read_dicom_study, scan_dicom_series
+from .dicom import one_walk, read_dicom_study, scan_dicom_series
 from .nifti import (
     MNMS_IMAGE,
     is_nifti_name,
@@ -188,6 +188,12 @@ def inspect(path: str | Path) -> dict[str, Any]:
             inner = inspect(readable.path)
         return {**inner, "path": str(path), "archive": True}
     kind = detect_format(path)
+    with one_walk():  # the study and its series list from one reading of the headers
+        return _inspect(path, kind)
+
+
+def _inspect(path: Path, kind: str) -> dict[str, Any]:
+    """`inspect` of a path that is not an archive, of format ``kind``."""
     with collect() as caught:
         study = read_study(path)
     for warning in caught:  # said in the result, and still to the caller
@@ -222,7 +228,7 @@ def inspect(path: str | Path) -> dict[str, Any]:
     }
     if kind == "dicom":
         report["series_read"] = study.info.series_uid
-        with collect() as again:  # the same folder walked again: said once
+        with collect() as again:  # the headers read above (`one_walk`): what they said, said once
             scanned = scan_dicom_series(path)
         said = {str(w.message) for w in caught}
         for warning in again:
