@@ -343,7 +343,8 @@ def _fmt(value: object, unit: str) -> str:
 _RESULT_LINE_FLAGS = frozenset(
     {
         "slice_gap", "blank_image", "no_lv", "no_volume_change", "lv_esv_exceeds_edv", "rv_esv_exceeds_edv",
-        "es_lv_lost", "lv_not_ringed", "lvedv_below_adult", "thin_slices", "ed_es_swapped",
+        "es_lv_lost", "lv_not_ringed", "lvedv_below_adult", "thin_slices", "thick_slices",
+        "ed_es_swapped",
     }
 )  # fmt: skip
 

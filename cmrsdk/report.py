@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .labels import LABEL_NAMES, LVBP, REGION_NAMES, RVBP, STRUCTURES
+from .labels import LABEL_NAMES, LVBP, LVM, REGION_NAMES, RVBP, STRUCTURES
 from .metrics import ES_LV_LOST_SLICES, cardiac_measures, dice, es_lv_lost_slices, quality_flags, slice_gaps
 from .pipeline import Segmentation, StudySegmentation
 from .reference_ranges import body_surface_area_m2, indexed_measures, unused_biometrics
@@ -178,8 +178,9 @@ def study_report(result: StudySegmentation, study: Study | None = None) -> dict[
         # a phase without an LV in a cine with one (a blank frame, a failed segmentation): left
         # out of the choice of ES (`Pipeline.segment_study`), and said here
         flags.append("phase_without_lv")
-    if not single and result.ed_index == result.es_index and np.isfinite(curve).any():
+    if not single and result.ed_index == result.es_index and (curve > 0).any():
         # the LV volume never changes (a static series, frames repeated): no ES was found, and
+        # (an LV found at no phase is ``lv_not_found``'s, not a heart that does not beat: sweep 40)
         # an EF of 0 % would read as a heart that does not beat
         # an ES volume would be the ED volume again: withheld as SV and EF are
         for key in ("lvesv_ml", "lvsv_ml", "lvef_pct", "rvesv_ml", "rvsv_ml", "rvef_pct"):
@@ -268,13 +269,21 @@ def _not_found(result: StudySegmentation, measures: dict[str, Any], single: bool
     """``lv_not_found`` / ``rv_not_found``: ED or ES (or the one phase) shows none of that
     ventricle's blood pool, or less than `MIN_BLOOD_POOL_ML`, so its measures there are not
     measured, never 0 mL (a heart the networks did not find, a blank image: 0.0 mL would be
-    marked below every range). Sets those measures, and SV and EF, to None in ``measures``."""
+    marked below every range). Sets those measures, and SV and EF, to None in ``measures``.
+
+    An RV drawn where neither LV blood pool nor myocardium was found is not measured either: in a
+    short-axis cine the RV wraps the LV, and a blob alone is what the networks drew elsewhere
+    (sweep 40: a heart outside the networks' field gave "RVEDV 5.469 mL, RVEF 1.786 %")."""
     phases = [result.ed] if single else [result.ed, result.es]
+    lv_parts = (LABEL_NAMES[LVBP], LABEL_NAMES[LVM])
+    no_lv = [max(seg.volumes_ml()[part] for part in lv_parts) < MIN_BLOOD_POOL_ML for seg in phases]
     flags = []
     for side, code in (("lv", LVBP), ("rv", RVBP)):
         at_ed, at_es, both = _SIDE_MEASURES[side]
         name = LABEL_NAMES[code]
         missing = [not np.any(seg.labels == code) or seg.volumes_ml()[name] < MIN_BLOOD_POOL_ML for seg in phases]
+        if side == "rv":
+            missing = [rv or none for rv, none in zip(missing, no_lv)]
         if not any(missing):
             continue
         flags.append(f"{side}_not_found")

@@ -91,7 +91,8 @@ STUDY_FLAG_TEXT: dict[str, str] = {
     "and the rule for the ES basal RV is not applied.",
     "lv_not_found": "No LV blood pool was found at ED or ES (a heart the networks did not find, a blank or "
     "unusual image): the LV measures there are not measured, not 0 mL.",
-    "rv_not_found": "No RV blood pool was found at ED or ES: the RV measures there are not measured, not 0 mL.",
+    "rv_not_found": "No RV blood pool was found at ED or ES, or none beside an LV: the RV measures there are not "
+    "measured, not 0 mL.",
     "es_basal_rv_uncertain": "The most basal end-systolic RV slice lies near the rule that tells ventricle from "
     "atrium where the valve plane descends (cmrsdk.systole: kept from 0.4 of that slice's RV area at ED): the "
     "decision is close, and the RV's end-systolic measures hang on it; check that slice.",

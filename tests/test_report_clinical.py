@@ -454,3 +454,22 @@ def test_a_failed_end_systole_and_an_unadult_lvedv_are_flagged(segmented_phantom
     assert "lvedv_below_adult" in report["flags"]
     page = _page(replace(result, measures=small, measured=small), report, study)
     assert "under 40 mL, smaller than an adult" in page
+
+
+def test_an_rv_without_any_lv_is_not_measured(segmented_phantom):
+    """A heart outside the networks' field (sweep 40: ACDC patient045 in a field twice as wide)
+    gave "RVEDV 5.469 mL, RVEF 1.786 %" from a blob where no LV was drawn, flagged lv_not_found
+    alone: an RV beside no LV blood pool or myocardium is not measured; one beside an LV wall
+    whose cavity was missed still is (the test above)."""
+    from cmrsdk.labels import LVM
+
+    study, result = segmented_phantom
+    ed, es = result.ed_index, result.es_index
+    phases = list(result.phases)
+    phases[ed] = _without(_without(phases[ed], 1), LVM)  # ED: an RV, nothing of the LV
+    report = study_report(replace(result, phases=tuple(phases)), study)
+    m = report["measures"]
+    assert {"lv_not_found", "rv_not_found"} <= set(report["flags"])
+    assert all(m[k] is None for k in ("rvedv_ml", "rvsv_ml", "rvef_pct", "lvedv_ml", "lvef_pct"))
+    assert m["rvesv_ml"] == pytest.approx(result.measures.rvesv_ml, abs=1e-3)  # ES keeps its LV, its RV measured
+    assert "no_volume_change" not in report["flags"]

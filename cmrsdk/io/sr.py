@@ -112,7 +112,7 @@ SR_CAVEATS: dict[str, tuple[str, str]] = {
     "ed_es_coverage_differs": ("ed_es_coverage", "ED and ES stacks cover the heart differently"),
     "phase_without_lv": ("phase_without_lv", "A phase without LV, left out of the ES choice"),
     "lv_not_found": ("lv_not_found", "No LV blood pool at ED or ES: not measured there"),
-    "rv_not_found": ("rv_not_found", "No RV blood pool at ED or ES: not measured there"),
+    "rv_not_found": ("rv_not_found", "No RV blood pool (or no LV) at ED or ES: not measured there"),
     "rv_es_differs": ("rv_es_differs", "RV far smaller on another phase than at the LV's ES"),
     "es_basal_rv_uncertain": ("es_basal_rv_near", "Most basal ES RV slice near the atrium rule's bound"),
     "ed_es_off_curve": ("ed_es_off_curve", "Named ED or ES far from the LV volume curve's extremes"),
