@@ -33,9 +33,18 @@ order (ACDC's 1 RVBP ... 3 LVBP) is put in cmrsdk's order right after inference
 region codes. `Bundle.labels` and `Bundle.regions` are cmrsdk's names, `Bundle.routing` is keyed
 by cmrsdk's region codes.
 
-Manifest (format version 1), the keys a reader relies on::
+Format versions
+---------------
+A manifest carries the lowest format version that every reader accepting it reads the same
+(`required_format_version`): 1, unless its ``labels`` or ``regions`` are in another order than
+cmrsdk's, then 2. cmrsdk before 0.14.0 reads format 1 only and takes output channel c as code c
+whatever the names say: it would swap the LV and RV of a model trained in ACDC's order without a
+word, and refuses format 2 instead. This cmrsdk reads 1 and 2 (`SUPPORTED_FORMAT_VERSIONS`), and
+warns of a format-1 manifest in another order (written by hand for 0.14.0 to 0.14.7).
 
-    format: "cmrsdk-bundle", format_version: 1, created: ISO 8601 UTC,
+Manifest (format version 1, or 2 as above), the keys a reader relies on::
+
+    format: "cmrsdk-bundle", format_version: 1 | 2, created: ISO 8601 UTC,
     versions: {cmrsdk, torch, onnx, onnxruntime, python, ...},
     labels: {"0": "background", ...}, regions: {"0": "non-cardiac", ...},
     classifier: model name or null,
@@ -76,7 +85,7 @@ import threading
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .engines import AUTO_ORDER, BACKENDS, Engine, backend_missing, create_engine, thread_options
@@ -94,6 +103,7 @@ __all__ = [
     "ARTIFACT_KEYS",
     "MODEL_KINDS",
     "REGIONS_FROM",
+    "required_format_version",
     "Artifact",
     "bf16_record_key",
     "precision_missing",
@@ -105,8 +115,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "cmrsdk-bundle"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
+#: the newest format version this cmrsdk writes and reads; a manifest is written with the lowest
+#: one that means the same to every reader (`required_format_version`)
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 MANIFEST_NAME = "manifest.json"
 #: artifact key -> (backend, precision)
 ARTIFACT_KEYS: dict[str, tuple[str, str]] = {
@@ -160,6 +172,32 @@ _ADD_ARTIFACT = {
     "aoti": "add one with: python -m export.aoti {bundle}",
     "onnx-int8": "add them with: python -m export.quantize {bundle}",
 }
+
+
+def required_format_version(manifest: Mapping[str, Any]) -> int:
+    """The ``format_version`` a manifest must carry: the lowest that every reader accepting it
+    reads the same.
+
+    2 where its ``labels`` or ``regions`` name cmrsdk's codes in another order (a model trained in
+    ACDC's 1 RVBP, 2 LVM, 3 LVBP): cmrsdk before 0.14.0 reads format 1 only and takes channel c as
+    code c whatever the names, so it would swap the LV and RV; it refuses format 2, naming the
+    version. 1 otherwise (the shipped bundle and every one `export.bundle` builds), which every
+    cmrsdk reads.
+
+    Parameters
+    ----------
+    manifest : a manifest's content; ``labels`` and ``regions`` as {code: name}, codes as JSON's
+        strings or ints. Only those two keys are looked at.
+    """
+    for key, canonical in (("labels", LABEL_NAMES), ("regions", REGION_NAMES)):
+        names = manifest.get(key, canonical)
+        try:
+            in_order = {int(k): v for k, v in names.items()} == canonical
+        except (AttributeError, TypeError, ValueError):  # not {code: name}: not read by any cmrsdk
+            in_order = False
+        if not in_order:
+            return 2
+    return 1
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -873,8 +911,10 @@ def _load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{manifest_path}: 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
     version = raw.get("format_version")
     if version not in SUPPORTED_FORMAT_VERSIONS or isinstance(version, bool):
+        newer = type(version) is int and version > FORMAT_VERSION
         raise BundleError(
             f"{manifest_path}: 'format_version' is {version!r}, this cmrsdk reads {SUPPORTED_FORMAT_VERSIONS}"
+            + (" (written for a newer cmrsdk: upgrade cmrsdk to read it)" if newer else "")
         )
     _warn_unknown(raw, "", "", manifest_path)
     preprocessing = _parse_preprocessing(_require(raw, "preprocessing", dict, "", manifest_path), manifest_path)
@@ -885,6 +925,16 @@ def _load_bundle(path: str | Path) -> Bundle:
         "segmentation": _canonical_order(labels, LABEL_NAMES, "labels", manifest_path),
         "classifier": _canonical_order(regions, REGION_NAMES, "regions", manifest_path),
     }
+    # read right here whatever the version; but cmrsdk before 0.14.0 reads format 1 with channel c as code c
+    moved = [f"'{key}'" for key, kind in (("labels", "segmentation"), ("regions", "classifier"))
+             if orders[kind] != tuple(range(len(orders[kind])))]  # fmt: skip
+    if moved and version < 2:
+        warn(
+            f"{manifest_path}: {' and '.join(moved)} {'name' if len(moved) > 1 else 'names'} cmrsdk's codes in "
+            f"another order, but 'format_version' is {version}: cmrsdk before 0.14.0 reads format 1 with output "
+            f'channel c as code c (LV and RV swapped, without a word); set "format_version": 2, which they refuse',
+            stacklevel=3,
+        )
     models_raw = _require(raw, "models", dict, "", manifest_path)
     models = {
         name: _parse_model(name, entry, root, manifest_path, preprocessing, orders)

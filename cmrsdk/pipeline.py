@@ -338,6 +338,10 @@ class Pipeline:
         a trained size, and measure it with its own spacing; its phases are flagged
         ``small_heart`` or ``large_heart``, the scale in their provenance (``heart_scale``).
         False: one pass whatever the size.
+    region_source : removed in 0.2.0, refused naming its replacement: a region source is handed in
+        per call (`segment` / `segment_study`'s ``region_source``), with ``regions_from="caller"``
+        to load no classifier. Kept in the signature so that 0.1.0's call gets that pointer rather
+        than Python's "unexpected keyword argument".
 
     The object holds no per-call state: one pipeline may serve several threads at once. It pickles
     as its bundle directory and arguments, and is rebuilt, engines and all, where it is unpickled
@@ -364,7 +368,15 @@ class Pipeline:
         segment_spacing: float | tuple[float, float] | None | Literal["bundle"] = "bundle",
         training_layout: bool = False,
         rescale_heart: bool = True,
+        region_source: None = None,
     ) -> None:
+        if region_source is not None:
+            raise InputError(
+                f"'region_source' is no longer an argument of Pipeline (removed in 0.2.0), got "
+                f"{_source_name(region_source)!r}: hand the regions in per call, "
+                f"segment(stack, region_source=...) or segment_study(study, region_source=...), and build "
+                f"the pipeline with regions_from='caller' to load no classifier"
+            )
         if str(mode) == "oracle":
             raise InputError(
                 "'mode' 'oracle' is no longer a mode: route by the ground truth with mode 'routed', "

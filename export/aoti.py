@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmrsdk.bundle import MANIFEST_NAME, Bundle, load_bundle, sha256_file
+from cmrsdk.bundle import MANIFEST_NAME, Bundle, load_bundle, required_format_version, sha256_file
 from cmrsdk.engines.aoti import AotiEngine
 from cmrsdk.errors import BundleError, CmrError, InputError
 from cmrsdk.preprocess import context_slices
@@ -221,6 +221,8 @@ def add_aoti(
                 f"{name:>12} aoti: {time.perf_counter() - t:.0f} s, {entry['size'] / 1e6:.1f} MB, max|dp| "
                 f"{max(p['max_abs_diff'] for p in parity):.1e} at {[p['input_hw'] for p in parity]}"
             )
+        # format 2 where the labels are in another order (`required_format_version`), as every writer
+        manifest["format_version"] = max(manifest.get("format_version", 1), required_format_version(manifest))
         staged = staging / MANIFEST_NAME
         staged.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
         load_bundle(staging)  # every hash, old and new, verifies before anything moves

@@ -45,11 +45,11 @@ import cmrsdk
 from cmrsdk.bundle import (
     ARTIFACT_KEYS,
     FORMAT_NAME,
-    FORMAT_VERSION,
     MANIFEST_NAME,
     MODEL_KINDS,
     REGIONS_FROM,
     Preprocessing,
+    required_format_version,
     sha256_file,
 )
 from cmrsdk.engines import BACKENDS, create_engine
@@ -670,10 +670,11 @@ def _manifest(
     regions_from: str | None,
     skipped: dict[str, str],
 ) -> dict[str, Any]:
-    """The bundle's ``manifest.json`` content."""
-    return {
+    """The bundle's ``manifest.json`` content, with the lowest ``format_version`` that means it to
+    every reader (`cmrsdk.bundle.required_format_version`: 1 in cmrsdk's label and region order)."""
+    manifest: dict[str, Any] = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1,  # set below, from the content
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "labels": {str(k): v for k, v in LABEL_NAMES.items()},
@@ -685,6 +686,8 @@ def _manifest(
         "models": records,
         "skipped": skipped,
     }
+    manifest["format_version"] = required_format_version(manifest)
+    return manifest
 
 
 def _publish(

@@ -65,7 +65,14 @@ from typing import Any
 
 import numpy as np
 
-from cmrsdk.bundle import MANIFEST_NAME, Bundle, bf16_record_key, load_bundle, sha256_file
+from cmrsdk.bundle import (
+    MANIFEST_NAME,
+    Bundle,
+    bf16_record_key,
+    load_bundle,
+    required_format_version,
+    sha256_file,
+)
 from cmrsdk.engines import thread_options
 from cmrsdk.errors import BundleError, CmrError, CmrWarning, InputError
 from cmrsdk.labels import APEX, BASE, LABEL_NAMES, MIDDLE, REGION_NAMES, STRUCTURES
@@ -741,6 +748,9 @@ def quantize_bundle(
             }
             record["artifacts"]["onnx-int8"] = entry
             record["parity"] = [p for p in record.get("parity", []) if p.get("artifact") != "onnx-int8"] + [parity]
+        # a manifest in another label order written as format 1 (by hand) leaves as format 2, which
+        # cmrsdk before 0.14.0 refuses instead of swapping LV and RV
+        manifest["format_version"] = max(manifest.get("format_version", 1), required_format_version(manifest))
         staged = staging / MANIFEST_NAME
         staged.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
 
@@ -843,6 +853,7 @@ def check_bf16(
         )
     manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
     manifest.setdefault("quantization", {})[bf16_record_key(backend)] = dice
+    manifest["format_version"] = max(manifest.get("format_version", 1), required_format_version(manifest))
     staged = root / f".{MANIFEST_NAME}.bf16.tmp"
     staged.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(staged, root / MANIFEST_NAME)
