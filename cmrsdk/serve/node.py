@@ -13,7 +13,7 @@ from typing import Any
 
 from .forward import Destination, Forwarder
 from .scp import ScpOptions, StorageScp
-from .spool import Spool, printable
+from .spool import NO_INSTANCES, Spool, printable
 from .worker import Worker
 
 __all__ = ["NodeConfig", "Node", "series_log_line"]
@@ -126,6 +126,30 @@ class Node:
         recovered = self.spool.recover()
         if recovered["requeued"]:
             log.info("recovered after a crash: %d series queued again", recovered["requeued"])
+        if recovered.get("series_renamed"):
+            log.info(
+                "%d series spooled by an older version moved to this version's folder names",
+                recovered["series_renamed"],
+            )
+        if recovered.get("reopened_whole"):
+            log.warning(
+                "%d series judged by 0.14.5 to 0.14.7 without the instances an older version had spooled of them: "
+                "judged again with all of them when quiet (results in OUT/<UID>_<n>/, the earlier ones superseded)",
+                recovered["reopened_whole"],
+            )
+        if recovered.get("judged_again"):
+            log.info(
+                "%d series judged on an empty folder by 0.14.5 to 0.14.7 (their instances were under an older name): "
+                "judged again when quiet",
+                recovered["judged_again"],
+            )
+        if recovered.get("released_unjudged"):
+            log.warning(
+                "%d series set aside by 0.14.5 to 0.14.7 as '%s' had their instances released unjudged: now "
+                "failed (--status names them); send them again",
+                recovered["released_unjudged"],
+                NO_INSTANCES,
+            )
         rebased = self.spool.rebase_deliveries(self.config.output)
         if rebased:
             log.info("%d result file(s) recorded at another path found under %s", rebased, self.config.output)

@@ -5,7 +5,8 @@ Layout under the spool directory::
     queue.sqlite            series, instances and deliveries (WAL, synchronous=FULL)
     lock                    held (flock) by the one node that owns the spool
     instances/<series>/     <sop>.dcm files, each fsync'ed before its row is committed (UIDs as
-                            file names: :func:`uid_file_name`, one name per UID)
+                            file names: :func:`uid_file_name`, one name per UID; files an older
+                            version named otherwise are moved there at start, :meth:`Spool.recover`)
     incoming/               instances being received, written as they arrive, renamed into
                             instances/ when stored (:attr:`Spool.incoming`)
 
@@ -69,10 +70,13 @@ __all__ = [
     "uid_file_name",
     "result_name",
     "printable",
+    "NO_INSTANCES",
 ]
 
 STATES = ("receiving", "queued", "processing", "forwarding", "done", "set_aside", "failed")
 FINAL_STATES = ("done", "set_aside", "failed")
+#: the reason a series is set aside with when its folder holds no instance file
+NO_INSTANCES = "no instances left in the spool"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -311,6 +315,12 @@ class Spool:
         of series set aside (``set_aside_purged``, where any) before their deletion. Series still
         receiving get the full series timeout again from now: their senders saw the
         association fail and need the time to send the rest again.
+
+        A spool written by an older version is brought to this one's names: instance files not
+        where `series_folder` and `uid_file_name` put them are moved there (``series_renamed``;
+        ``reopened_whole``: judged on part of them; :meth:`_move_to_current_names`), and series
+        judged on an empty folder because of that are judged again (``judged_again``,
+        ``released_unjudged``: :meth:`_judge_again_misjudged`).
         """
         with self._lock:
             requeued = self._db.execute(
@@ -324,6 +334,8 @@ class Spool:
         for partial in self.incoming.glob(".receiving-*"):  # instances cut off as they arrived
             partial.unlink(missing_ok=True)
             removed += 1
+        renamed, reopened = self._move_to_current_names()
+        judged_again, released = self._judge_again_misjudged()
         # stacked into a stack but killed before their files were deleted (the worker's sweep
         # purges the other finished series once their reopen window has passed)
         with self._lock:
@@ -337,7 +349,128 @@ class Spool:
         for series_uid in unpurged:
             self.purge_instances(series_uid)
         recovered = {"requeued": requeued, "temporary_files_removed": removed}
-        return recovered | ({"set_aside_purged": len(unpurged)} if unpurged else {})
+        counts = {
+            "set_aside_purged": len(unpurged),
+            "series_renamed": renamed,
+            "reopened_whole": reopened,
+            "judged_again": judged_again,
+            "released_unjudged": released,
+        }
+        return recovered | {name: n for name, n in counts.items() if n}
+
+    def _move_to_current_names(self) -> tuple[int, int]:
+        """Move every kept instance file that is not where this version puts it (`series_folder`,
+        then ``uid_file_name(sop) + '.dcm'``) there, its row with it; returns (series moved,
+        series reopened).
+
+        0.14.4 and before named a UID that is no safe name (over 64 characters, other characters
+        than letters, digits and dots, an end dot) by cutting it to 64, where 0.14.5 adds a hash:
+        their spool holds such a series under a folder that `series_folder` no longer names, and
+        0.14.5 to 0.14.7 judged it on an empty folder. Moved once here, at start (before the SCP
+        and the worker), every part of the node finds the files where it always looks, and the
+        series' next instances join them. The rows are the truth: an old folder two UIDs shared
+        (0.14.4 gave ``U`` and ``U.`` one name) is split by them, file by file.
+
+        A series judged with files in both folders (an old node received part of it, 0.14.5 to
+        0.14.7 the rest, and judged that rest alone: its volumes are wrong) is reopened, to be
+        judged again on all of them as a series judged on part of its instances is
+        (:meth:`_reopen`: results in ``OUT/<UID>_2/``, its earlier ones superseded or withdrawn).
+
+        Crash-safe, and done again where cut short: each file is renamed (atomic; its folders
+        fsync'ed) before the rows are updated, and the reopens made, in one transaction; a row
+        whose file is already at its new place (a kill between the two) is only updated. A row
+        whose file is in neither place is left as it is.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_uid, series_uid, path FROM instances WHERE purged = 0 AND path != ''"
+            ).fetchall()
+        moved: list[tuple[str, str]] = []
+        series: set[str] = set()
+        in_place: set[str] = set()  # series with files in their current folder already
+        elsewhere: set[str] = set()  # series with files in another folder
+        sources: set[Path] = set()
+        targets: set[Path] = set()
+        for sop_uid, series_uid, path in rows:
+            current = Path("instances", uid_file_name(series_uid), f"{uid_file_name(sop_uid)}.dcm")
+            if Path(path).parent == current.parent:
+                in_place.add(series_uid)
+            if Path(path) == current:
+                continue
+            source, target = self.directory / path, self.directory / current
+            if source.is_file():
+                target.parent.mkdir(exist_ok=True)
+                os.replace(source, target)
+            elif not target.is_file():
+                continue
+            sources.add(source.parent)
+            targets.add(target.parent)
+            moved.append((str(current), sop_uid))
+            series.add(series_uid)
+            if Path(path).parent != current.parent:
+                elsewhere.add(series_uid)
+        if not moved:
+            return 0, 0
+        for folder in {*sources, *targets, self.directory / "instances"}:  # the renames, before the rows
+            _fsync_dir(folder)
+        now = time.time()
+        with self._transaction():
+            self._db.executemany("UPDATE instances SET path = ? WHERE sop_uid = ?", moved)
+            judged = ("done", "forwarding", "set_aside", "failed")
+            reopened = [uid for uid in sorted(elsewhere & in_place) if self.series_state(uid) in judged]
+            for uid in reopened:
+                self._reopen(uid, now, new_instances=0)
+        for folder in sources - targets:
+            try:
+                folder.rmdir()
+            except OSError:  # it holds another series' files still (0.14.4 gave two UIDs one name)
+                pass
+        return len(series), len(reopened)
+
+    def _judge_again_misjudged(self) -> tuple[int, int]:
+        """Series 0.14.5 to 0.14.7 judged on an empty folder while their files were in the spool
+        under an older version's name (`_move_to_current_names`): set aside as `NO_INSTANCES`, or
+        failed as their folder not existing. Those whose files are now in their folder receive
+        again (judged when quiet, their first result); a set-aside one whose files were released
+        since becomes ``failed``, saying so, so that the series sent again is stored and judged
+        (a resend of a set-aside series is a duplicate). Returns (judged again, released)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.series_uid, s.state, s.reason, COUNT(*), COALESCE(SUM(i.purged = 0), 0) FROM series s "
+                "JOIN instances i ON i.series_uid = s.series_uid "
+                "WHERE s.state IN ('set_aside', 'failed') AND (s.reason = ? OR s.reason LIKE ?) AND i.path != '' "
+                "GROUP BY s.series_uid",
+                (NO_INSTANCES, "<spool>/instances/%: no such file or directory"),
+            ).fetchall()
+        again, released = [], []
+        for series_uid, state, reason, n, kept in rows:
+            missing = f"<spool>/instances/{uid_file_name(series_uid)}: no such file or directory"
+            if reason not in (NO_INSTANCES, missing):
+                continue
+            if kept and any(self.series_folder(series_uid).glob("*.dcm")):
+                again.append(series_uid)
+            elif not kept and state == "set_aside":
+                released.append((n, series_uid))
+        now = time.time()
+        with self._transaction():
+            for series_uid in again:
+                self._db.execute(
+                    "UPDATE series SET state = 'receiving', resumed_at = ?, queued_at = NULL, started_at = NULL, "
+                    "result_at = NULL, finished_at = NULL, phases = NULL, slices = NULL, reason = NULL, "
+                    "interrupted = 0, refused = 0 WHERE series_uid = ?",
+                    (now, series_uid),
+                )
+            for n, series_uid in released:
+                self._db.execute(
+                    "UPDATE series SET state = 'failed', reason = ? WHERE series_uid = ?",
+                    (
+                        f"set aside as '{NO_INSTANCES}' while its {n} instance(s) were in it under an older "
+                        "version's folder name (cmrsdk 0.14.5 to 0.14.7), and released since: not segmented; "
+                        "send the series again",
+                        series_uid,
+                    ),
+                )
+        return len(again), len(released)
 
     def close(self) -> None:
         with self._lock:

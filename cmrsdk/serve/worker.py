@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..errors import CmrError
 from ..study import _remove_stale
-from .spool import Spool, printable, result_name
+from .spool import NO_INSTANCES, Spool, printable, result_name
 from .stacks import StackGatherer
 from .._warn import quiet
 
@@ -88,7 +88,7 @@ def judge_series(folder: Path) -> SeriesVerdict:
 
     files = sorted(folder.glob("*.dcm"))
     if not files:
-        return SeriesVerdict(False, "no instances left in the spool", None, None)
+        return SeriesVerdict(False, NO_INSTANCES, None, None)
     try:
         with quiet():  # invalid UIDs and other vendor quirks
             header = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
