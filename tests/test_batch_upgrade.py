@@ -249,3 +249,19 @@ def test_a_study_not_run_says_its_folder_holds_an_earlier_runs_result(tmp_path):
         "not run (batch interrupted); run the same command again to finish; studies/b is an earlier run's "
         "result, not this table's"
     )
+
+
+def test_a_failure_of_code_installed_while_the_batch_ran_is_not_filed(one_phase_studies, tmp_path, monkeypatch):
+    """A study that fails has no report.json to name its build: its worker's own
+    (`StudyResult.build`, taken as its pipeline loaded) is checked, so a failure of the new
+    install is not filed under the old key either."""
+    spec = PipelineSpec(bundle=str(DEMO_BUNDLE), mode="baseline", overlay=False, report_html=False)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a NIfTI file")
+    studies = [one_phase_studies[0], StudySource("broken", str(broken))]
+    summary = run_batch(
+        studies, spec, tmp_path / "out", _RestartedMidway(spec, lambda: _new_install(monkeypatch)), progress=False
+    )
+    assert summary.ran == 1
+    assert summary.build_changed.startswith("study 'broken' was segmented by cmrsdk 0.14.8 (code 0e59e468cbe9, ")
+    assert [r["study_id"] for r in _journal(tmp_path / "out")] == ["p1"]

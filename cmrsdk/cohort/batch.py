@@ -385,17 +385,16 @@ def run_batch(
 
 
 def _other_build(result: StudyResult, build: dict[str, str]) -> str:
-    """How the build named in ``result``'s report.json differs from the batch's ``build`` (cmrsdk,
-    code_sha256, manifest_sha256), "" when it does not. A result naming no build (no report.json, or
-    one without provenance: not written by `segment`) has nothing to compare."""
+    """How the build named in ``result``'s report.json (a failed study's: its worker's,
+    `StudyResult.build`) differs from the batch's ``build`` (cmrsdk, code_sha256, manifest_sha256),
+    "" when it does not. A result naming no build (a report.json without provenance, not written by
+    `segment`; an engine's result without one) has nothing to compare."""
     data = result.files.get("report.json")
-    if data is None:
-        return ""
     try:
-        made = json.loads(data).get("provenance")
+        made = json.loads(data).get("provenance") if data is not None else result.build
     except (ValueError, AttributeError):
         return ""
-    if not isinstance(made, dict):
+    if not isinstance(made, dict) or not made:
         return ""
     if not any(field in made and made[field] != value for field, value in build.items()):
         return ""

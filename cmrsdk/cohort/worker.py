@@ -102,12 +102,16 @@ class StudyResult:
     files : relative path -> bytes of each output `segment` wrote; empty for a failed study.
     disk_full : it failed because the disk (or the user's quota) was full: not the study's fault,
         and every study after it would fail the same way (`disk_full_error`).
+    build : the worker's cmrsdk version, code hash and bundle manifest hash (its pipeline's
+        provenance, taken as it loaded): what the batch checks a result against its key by where
+        no report.json names them (a failed study).
     """
 
     study_id: str
     row: dict[str, Any]
     files: dict[str, bytes] = field(default_factory=dict)
     disk_full: bool = False
+    build: dict[str, str] = field(default_factory=dict)
 
 
 def disk_full_error(exc: BaseException | None) -> bool:
@@ -330,6 +334,8 @@ class StudyWorker:
             **rules,
         )  # `threads` reaches ONNX Runtime's and OpenVINO's pools too, which size themselves from the cores
         self.pid = os.getpid()
+        made = self.pipeline.provenance  # the code hash taken now, as the pipeline loads: what this worker runs
+        self.build = {k: str(made[k]) for k in ("cmrsdk", "code_sha256", "manifest_sha256")}
         self.scratch = scratch
         self.outputs = {"overlay": spec.overlay, "report_html": spec.report_html}
         self.label_convention = spec.label_convention
@@ -397,4 +403,4 @@ class StudyWorker:
             row["study_uid"] = study.study_uid
         if content is not None:
             row["content_sha256"] = content
-        return StudyResult(study.study_id, row, files, disk_full=full)
+        return StudyResult(study.study_id, row, files, disk_full=full, build=self.build)
