@@ -409,8 +409,12 @@ def segment_one(
             labelled = label_convention is not None and detect_format(readable.path) in ("acdc", "mnms")
             study = read_study(readable.path, convention=label_convention if labelled else None)
         elif detect_format(readable.path) != "dicom":
-            named = f"series UID ({series_uid})" if series_uid is not None else f"study UID ({study_uid})"
-            raise InputError(f"{source}: a {named} selects DICOM images; this input is not DICOM")
+            named = (
+                f"series UID ({series_uid}) selects a DICOM series"
+                if series_uid is not None
+                else (f"study UID ({study_uid}) selects a DICOM study")
+            )
+            raise InputError(f"{source}: a {named}; this input is not DICOM")
         else:
             study = read_study(readable.path, series_uid=series_uid, study_uid=study_uid)
         if height_cm is not None:

@@ -344,3 +344,33 @@ def test_segment_names_one_study_of_a_folder(disc: Path, tmp_path: Path, capsys)
     code = main(["segment", str(disc / "DICOM"), str(disc / "DICOM"), "-o", str(tmp_path / "o"), "--study", "1.2"])
     assert code == 2
     assert "--study 1.2 names one study: give one DICOM input, not 2" in capsys.readouterr().err
+
+
+def test_a_cine_with_strays_of_other_studies_stays_one_study(shared_data: Path, tmp_path: Path):
+    """Sweep 42: SCD0000101 beside one image without StudyInstanceUID was split into two rows (the
+    stray segmented as a study and failed, the cine renamed). A folder is split only where two
+    studies or more hold a short-axis cine, as the reader refuses only those; a stray image of
+    another study or of none (a localizer, an earlier exam's key object) stays with the cine."""
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "one_plus_strays"
+    folder.mkdir()
+    cine = sorted((shared_data / "sunnybrook" / "SCD0000101").glob("*.dcm"))
+    for path in cine:
+        (folder / path.name).symlink_to(path)
+    for name, source, study_uid in (
+        ("z_no_uid.dcm", cine[0], None),
+        ("z_other.dcm", sorted((shared_data / "sunnybrook" / "SCD0000201").glob("*.dcm"))[0], "1.2.3.4"),
+        ("a_other.dcm", cine[5], "1.2.3.5"),  # where the first probe reads
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = pydicom.dcmread(source)
+        header.SeriesInstanceUID, header.SOPInstanceUID = generate_uid(), generate_uid()
+        if study_uid is None:
+            del header.StudyInstanceUID
+        else:
+            header.StudyInstanceUID = study_uid
+        header.save_as(folder / name)
+    studies = discover_studies([folder])
+    assert [(s.study_id, s.study_uid, s.files) for s in studies] == [("one_plus_strays", None, ())]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import CmrWarning, InputError
 from ..study import OUTPUT_PATTERN
-from .._warn import quiet, warn
+from .._warn import collect, quiet, warn
 
 if TYPE_CHECKING:
     from ..io._walk import Passed
@@ -254,7 +254,11 @@ def _studies_of(folder: Path, files: list[Path], deeper: bool) -> list[tuple[str
         if listed is None:
             return []
         files = listed
-    return _by_study([f.relative_to(folder).as_posix() for f in files], lambda name: _header_study_uid(folder / name))
+    return _by_study(
+        [f.relative_to(folder).as_posix() for f in files],
+        lambda name: _header_study_uid(folder / name),
+        lambda: _cine_studies(folder),
+    )
 
 
 def _file_studies(path: Path) -> Iterator[_Found]:
@@ -285,34 +289,60 @@ def _studies_of_archive(path: Path) -> list[tuple[str, tuple[str, ...]]]:
             unsafe = any(m.filename.startswith("/") or ".." in m.filename.split("/") for m in members.values())
             if unsafe or len(members) > MAX_MEMBERS or any(m.flag_bits & 0x1 for m in members.values()):
                 return []
-            return _by_study(sorted(members), lambda name: _member_study_uid(archive, members[name]))
+            return _by_study(
+                sorted(members), lambda name: _member_study_uid(archive, members[name]), lambda: _cine_studies(path)
+            )
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError):
         return []
 
 
-def _by_study(names: list[str], uid_of: Callable[[str], str | None]) -> list[tuple[str, tuple[str, ...]]]:
+def _cine_studies(source: Path) -> set[str]:
+    """The StudyInstanceUIDs under ``source`` (a folder, or a ZIP archive unpacked for the
+    while) that hold a short-axis cine by the reader's own survey (`cmrsdk.io.scan_dicom_series`);
+    empty where it cannot be read (the reader says why when the study is read)."""
+    from ..errors import CmrError
+    from ..io.archive import unpacked
+    from ..io.dicom import scan_dicom_series
+
+    try:
+        with quiet(), collect():  # what the reader says is said when the study is read
+            with unpacked(source) as readable:
+                return {s.study_uid for s in scan_dicom_series(readable.path) if s.is_sax_cine}
+    except (CmrError, OSError):
+        return set()
+
+
+def _by_study(
+    names: list[str], uid_of: Callable[[str], str | None], cine_studies: Callable[[], set[str]]
+) -> list[tuple[str, tuple[str, ...]]]:
     """``names`` (sorted) grouped by the StudyInstanceUID ``uid_of`` reads from each (None: no
     readable DICOM), in the order of each study's first; [] where they hold one study.
 
     A few are read, spread over the names (`_STUDY_PROBES`, first and last among them); all of
-    them only where those name two studies or more. Names of no readable DICOM go with every
-    study: each study's reader says what they are."""
+    them only where those name two studies or more, and only where two of them or more hold a
+    short-axis cine (``cine_studies``, the reader's survey: the reader refuses such a folder, and
+    takes one whose other studies left a localizer, a report or a key object beside the cine, as
+    it did before 0.14.7). Names of no readable DICOM, of no StudyInstanceUID or of a study
+    without a cine go with every study: each study's reader says what they are."""
     n = len(names)
     if n < 2:
         return []
     count = min(n, _STUDY_PROBES + n // _STUDY_PROBE_EVERY)
     probes = sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
     uids = {names[i]: uid_of(names[i]) for i in probes}
-    if len({uid for uid in uids.values() if uid is not None}) < 2:
+    if len({uid for uid in uids.values() if uid}) < 2:
+        return []
+    cines = cine_studies()
+    if len(cines - {""}) < 2:
         return []
     groups: dict[str, list[str]] = {}
     shared: list[str] = []
     for name in names:
         uid = uids[name] if name in uids else uid_of(name)
-        if uid is None:
-            shared.append(name)
-        else:
+        if uid and uid in cines:
             groups.setdefault(uid, []).append(name)
+        else:
+            shared.append(name)
     if len(groups) < 2:
         return []
     return [(uid, tuple(sorted(members + shared))) for uid, members in groups.items()]
