@@ -9,7 +9,9 @@ One `Pipeline.segment` call turns a `Stack` into uint8 labels on the stack's own
                 the evaluation side, `cmrsdk.evaluation.ground_truth_regions`);
    locate       (``heart_crop``, `cmrsdk.heart`) one baseline pass over one middle slice finds
                 the heart, once per study, and every slice's window is narrowed around it: the
-                U-Nets then see fewer pixels;
+                U-Nets then see fewer pixels; where the window at the image centre shows no LV
+                and the field is larger than it, the whole field is searched window by window
+                (`cmrsdk.heart.search_field`) and the window placed on the heart found there;
 3. segment      slices grouped by region, one batched call per region model (non-cardiac
                 slices → the baseline model) → probabilities (Z, C, H, W);
                 with regions from the segmentation (``regions_from="segmentation"``) the
@@ -45,9 +47,9 @@ from .bundle import Bundle, bf16_record_key, load_bundle, precision_missing
 from .chirality import seen_from_apex
 from .errors import InputError
 from .grid import SegmentGrid, move_centre, segment_grid
-from .heart import crop_to_heart, locate_heart
+from .heart import crop_to_heart, locate_heart, search_field
 from .heart_size import feasible_scale, heart_scale, lv_area_mm2, rescaled
-from .labels import BASE, NON_CARDIAC, REGION_NAMES
+from .labels import BASE, LVBP, NON_CARDIAC, REGION_NAMES
 from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
 from .metrics import CardiacMeasures, cardiac_measures, heart_like, reaches_field_edge, volumes_ml, withhold_unreal
 from .regions import index_toward_apex, segmentation_regions
@@ -88,6 +90,7 @@ MIN_SLICE_PIXELS = 20
 MIN_HEART_CONFIDENCE = 0.92
 #: most times the full window is moved to the masks when they run into one of its edges inside the
 #: image (a heart far off the image centre; README "Not supported"): each move costs one more pass.
+#: A heart wholly outside the window is found by the field search instead (`Pipeline._search_field`).
 MAX_WINDOW_MOVES = 2
 REGIONS_FROM: tuple[str, ...] = ("bundle", "classifier", "segmentation", "caller")
 
@@ -748,21 +751,91 @@ class Pipeline:
         """`_segment_window` with the full window centred on ``window_centre`` ((cy, cx) native
         pixels; None: the image centre), or placed (``_UNSET``): at the image centre, then moved
         to the masks' centroid while they run into a window edge inside the image, at most
-        `MAX_WINDOW_MOVES` times. Returns the segmentation and the heart and window centres used."""
-        given = not isinstance(window_centre, _Unset)
-        placed = None if isinstance(window_centre, _Unset) else window_centre
+        `MAX_WINDOW_MOVES` times; where that shows no LV and the field is larger than the window,
+        the whole field is searched (`_search_field`) and the window placed on the heart found
+        there, the same way. Returns the segmentation and the heart and window centres used."""
+        if not isinstance(window_centre, _Unset):
+            segmentation, found, _ = self._segment_window(
+                stack, region_source, centre, heart_known, routes, window_centre
+            )
+            return self._placed(segmentation, window_centre), found, window_centre
+        segmentation, found, placed = self._place_window(stack, region_source, centre, heart_known, routes, None)
+        if not np.any(segmentation.labels == LVBP):
+            # only where the image-centred window showed no LV: a study whose heart was found there
+            # never gets here, and is segmented exactly as without the search
+            t = time.perf_counter()
+            far = self._search_field(stack)
+            searched_ms = (time.perf_counter() - t) * 1000.0
+            if far is not None:
+                again = self._place_window(stack, region_source, centre, heart_known, routes, far)
+                if np.any(again[0].labels == LVBP):  # else the first answer stands (noise, a blank)
+                    segmentation, found, placed = again
+                    provenance = {**segmentation.provenance, "heart_search": "field", "field_search_ms": searched_ms}
+                    segmentation = replace(segmentation, provenance=provenance)
+        return self._placed(segmentation, placed), found, placed
+
+    @staticmethod
+    def _placed(segmentation: Segmentation, placed: tuple[float, float] | None) -> Segmentation:
+        """``segmentation`` with the full window's centre (native pixels) in its provenance, where placed."""
+        if placed is None:
+            return segmentation
+        provenance = {**segmentation.provenance, "window_centre_px": [round(v, 1) for v in placed]}
+        return replace(segmentation, provenance=provenance)
+
+    def _place_window(
+        self,
+        stack: Stack,
+        region_source: RegionSource | None,
+        centre: tuple[float, float] | None | _Unset,
+        heart_known: bool,
+        routes: np.ndarray | None,
+        placed: tuple[float, float] | None,
+    ) -> tuple[Segmentation, tuple[float, float] | None, tuple[float, float] | None]:
+        """`_segment_window` with the full window first centred on ``placed`` (native pixels; None:
+        the image centre), then moved to the masks' centroid while they run into a window edge
+        inside the image, at most `MAX_WINDOW_MOVES` times."""
         for move in range(MAX_WINDOW_MOVES + 1):
             segmentation, found, cuts = self._segment_window(stack, region_source, centre, heart_known, routes, placed)
-            if given or not cuts or move == MAX_WINDOW_MOVES:
+            if not cuts or move == MAX_WINDOW_MOVES:
                 break
             cy, cx = (float(v) for v in np.argwhere(segmentation.labels > 0)[:, 1:].mean(0))
             if placed is not None and math.hypot(cy - placed[0], cx - placed[1]) < 1.0:
                 break  # the masks' centre stays put: the heart fills the window
             placed = (cy, cx)
-        if placed is not None:
-            provenance = {**segmentation.provenance, "window_centre_px": [round(v, 1) for v in placed]}
-            segmentation = replace(segmentation, provenance=provenance)
         return segmentation, found, placed
+
+    def _search_field(self, stack: Stack) -> tuple[float, float] | None:
+        """Centre (cy, cx) in native pixels of the heart that `cmrsdk.heart.search_field` finds
+        over the whole field, on the training grid, with the baseline U-Net; None where the field
+        fits the network window (the first pass saw all of it) or no window of it shows an LV."""
+        pre = self._pre
+        h, w = pre.size
+        ny, nx = stack.pixels.shape[1:]
+        if not stack.pixels.shape[0] or not stack.pixels.any():
+            return None  # an empty or all-zero series holds no heart (`_clean`)
+        ry, rx = preprocess.resampled_shape((ny, nx), stack.spacing[1:], pre.target_spacing)
+        if ry <= h and rx <= w:
+            return None
+        images, transform = preprocess.prepare_slices(
+            stack.pixels,
+            stack.spacing[1:],
+            target_spacing=pre.target_spacing,
+            size=(max(ry, h), max(rx, w)),
+            normalization=cast(preprocess.Normalization, pre.normalization),
+            threads=self.threads,
+        )
+        context = self.bundle.models[self._baseline].context
+        found = search_field(
+            preprocess.context_slices(images, context),
+            self._engines[self._baseline].run,
+            (h, w),
+            search=pre.heart_search,
+        )
+        if found is None:
+            return None
+        # field pixel -> resampled pixel -> native pixel (pixel-centre aligned, as prepare_slices)
+        (oy, ox), (ry, rx) = transform.offset, transform.resampled_shape
+        return (found[0] + oy + 0.5) * ny / ry - 0.5, (found[1] + ox + 0.5) * nx / rx - 0.5
 
     def _segment_window(
         self,
