@@ -307,3 +307,17 @@ def test_a_corrupt_element_in_a_disc_is_a_read_error(disc: Path, tmp_path: Path)
         read_dicom_study(folder)
     with pytest.raises(ReadError, match=r"s2/7\.dcm: DICOM header cannot be read \(OverflowError: "):
         dispatch.inspect(folder)
+
+
+def test_rows_of_two_values_is_refused_naming_the_file(shared_data: Path, tmp_path: Path) -> None:
+    """Sweep 42: a Rows (0028,0010) holding two US values (VM 1) ended `inspect` and `segment` in a
+    TypeError traceback (0.14.6 too): one ReadError naming the file and the values."""
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        header = pydicom.dcmread(sorted((shared_data / "sunnybrook" / "SCD0000101").glob("*.dcm"))[0])
+        header.add_new(0x00280010, "US", [256, 256])
+        header.save_as(folder / "1.dcm")
+    with pytest.raises(ReadError, match=r"1\.dcm: 'Rows' x 'Columns' .* value \[256, 256\] x 256 is not one number"):
+        read_dicom_study(folder)

@@ -377,7 +377,12 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             screen_saves.append(file)
             non_images.append(file)
         elif header.get("Rows") and header.get("Columns"):
-            rows, columns = int(header.Rows), int(header.Columns)
+            rows, columns = header.Rows, header.Columns
+            if not (isinstance(rows, int) and isinstance(columns, int)):  # US of VM 1: two values is a corrupt header
+                raise ReadError(
+                    file,
+                    f"'Rows' x 'Columns' (0028,0010)/(0028,0011) value {rows!r} x {columns!r} is not one number each",
+                )
             if rows > MAX_MATRIX or columns > MAX_MATRIX:
                 raise ReadError(
                     file,
@@ -927,8 +932,8 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
         raise ReadError(
             path,
             f"holds short-axis cines of {len(studies)} studies ({named}); cmrsdk reads one study at a "
-            "time: name one with cmrsdk segment --study UID (cmrsdk.read_dicom_study(path, study_uid=...)); "
-            "cmrsdk batch segments each study of the folder",
+            "time: name one with cmrsdk segment --study UID (cmrsdk.read_dicom_study(path, study_uid=...)), or "
+            "give each study its own folder",
         )
     beyond = _continued_elsewhere(chosen, summaries.values())
     if beyond:
