@@ -464,7 +464,7 @@ def test_an_rv_without_any_lv_is_not_measured(segmented_phantom):
     from cmrsdk.labels import LVM
 
     study, result = segmented_phantom
-    ed, es = result.ed_index, result.es_index
+    ed = result.ed_index
     phases = list(result.phases)
     phases[ed] = _without(_without(phases[ed], 1), LVM)  # ED: an RV, nothing of the LV
     report = study_report(replace(result, phases=tuple(phases)), study)
