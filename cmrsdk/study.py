@@ -388,6 +388,7 @@ def segment_one(
     several threads at once each get their own, and the host's warnings are left alone.
     """
     from .io import detect_format, read_study, write_dicom_seg, write_json, write_measurement_report, write_nifti_labels
+    from .io._dicom_out import check_derivation_sources
     from .io.archive import unpacked
     from .report import ground_truth_agreement, save_overlay, study_report
     from .types import SINGLE_PHASE
@@ -421,6 +422,12 @@ def segment_one(
             study = dataclasses.replace(study, info=dataclasses.replace(study.info, height_cm=height_cm))
         if weight_kg is not None:
             study = dataclasses.replace(study, info=dataclasses.replace(study.info, weight_kg=weight_kg))
+        if all(stack.source_files for stack in study.phases):
+            # what the SEG and SR take from the sources, checked before the networks run: a
+            # de-identifier's deleted UID would otherwise fail the study after its segmentation.
+            # De-identifiers treat every file alike, so one file per phase stands for its phase (a
+            # lone file without one is still named, later, when the SEG is built)
+            check_derivation_sources([stack.source_files[0] for stack in study.phases])
         read_ms = (time.perf_counter() - t0) * 1000.0
         # the keyword only when given: a pipeline-like object (a test double, a wrapper) need not know it
         given: dict[str, Any] = {"region_source": region_source, "progress": progress}
@@ -491,7 +498,12 @@ def segment_one(
             write_json(staging / "report.json", report)
             _replace_folder(staging, out_dir, keep)
         except CmrError as exc:  # name the file in OUT the user looks for, not the staging folder about to vanish
-            exc.args = tuple(a.replace(str(staging), str(out_dir)) if isinstance(a, str) else a for a in exc.args)
+            # a hidden OUT is a caller's scratch (`cmrsdk batch`'s OUT/.tmp/.worker-*), gone as well: the file's name alone
+            final = "" if out_dir.name.startswith(".") else f"{out_dir}/"
+            exc.args = tuple(
+                a.replace(f"{staging}/", final).replace(str(staging), str(out_dir)) if isinstance(a, str) else a
+                for a in exc.args
+            )
             raise
         finally:
             if staging.exists():

@@ -10,7 +10,10 @@ derived object copies, so that it passes ``dciodvfy``: invalid dates and times a
 (Type 2), missing Type 2 patient and study attributes are added empty, one frame of reference is
 chosen for the series, orientations the reader stacked as one plane (`ORIENTATION_ATOL`) take
 the first image's, an absent SliceThickness takes the slice spacing, and text in an unwritable
-character set is decoded and written as UTF-8 (``ISO_IR 192``). Every repair warns once
+character set is decoded and written as UTF-8 (``ISO_IR 192``); de-identifiers' values (sweep 43)
+are made valid too: a PatientSex outside M/F/O written empty (a case difference upper-cased), a
+PatientAge that is no Age String and ReferencedStudySequence items with emptied UIDs left out,
+and dates before 1900 (``00010101``) emptied. Every repair warns once
 (:class:`cmrsdk.errors.CmrWarning`), naming the file, the attribute and the value. UIDs are kept
 as they are: they are what the archive files the images under, and a derived object must
 reference them verbatim.
@@ -38,6 +41,7 @@ from .._warn import quiet, warn
 
 __all__ = [
     "derivation_sources",
+    "check_derivation_sources",
     "device_observer",
     "valid_date",
     "valid_time",
@@ -61,6 +65,31 @@ _TYPE2 = (
     "StudyID",
     "ReferringPhysicianName",
 )
+
+
+#: the earliest year a date the outputs copy may name (`valid_date`)
+_FIRST_YEAR = 1900
+#: enumerated values of the patient module that SEG and SR copy -> the defined terms; another
+#: value (an anonymiser's 'U', 'ANON', 'MALE') is no longer what the standard names: PatientSex
+#: (Type 2, highdicom refuses any other) is written empty, the Type 3 ones are left out
+_ENUMERATED = {
+    "PatientSex": ("M", "F", "O"),
+    "PatientSexNeutered": ("ALTERED", "UNALTERED"),
+    "PatientIdentityRemoved": ("YES", "NO"),
+    "QualityControlSubject": ("YES", "NO"),
+}
+#: an Age String (AS): three digits and D, W, M or Y
+_AGE = re.compile(r"^\d{3}[DWMY]$")
+#: sequences of the patient and study modules whose items reference an instance (both UIDs Type 1)
+_REFERENCE_SEQUENCES = ("ReferencedStudySequence", "ReferencedPatientSequence")
+#: what a SEG and an SR cannot do without from each source image (Type 1 there) -> (tag, why)
+_REQUIRED = {
+    "StudyInstanceUID": ("(0020,000D)", "a SEG or SR cannot join the study"),
+    "SeriesInstanceUID": ("(0020,000E)", "a DICOM SEG references the source series by it"),
+    "SOPInstanceUID": ("(0008,0018)", "a DICOM SEG references each source image by it"),
+    "SOPClassUID": ("(0008,0016)", "a DICOM SEG references each source image by it and its instance UID"),
+    "Modality": ("(0008,0060)", "a DICOM SEG's content label names the source's modality"),
+}
 
 
 def device_observer() -> Any:
@@ -111,9 +140,13 @@ def algorithm_parameters(provenance: Mapping[str, Any] | None) -> dict[str, str]
 
 
 def valid_date(value: object) -> bool:
-    """True for a DICOM DA value ``YYYYMMDD`` naming a real calendar date (year 1..9999)."""
+    """True for a DICOM DA value ``YYYYMMDD`` naming a real calendar date (year 1900..9999).
+
+    Years before 1900 are anonymisers' placeholders (dicom-anonymizer writes ``00010101``), not
+    dates of an MR study or of a living patient's birth; 1900 itself stays (PS3.15's "zero" date).
+    """
     text = str(value).strip()
-    if len(text) != 8 or not text.isdigit():
+    if len(text) != 8 or not text.isdigit() or int(text[:4]) < _FIRST_YEAR:
         return False
     try:
         datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
@@ -163,7 +196,8 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
 
     Raises
     ------
-    ReadError : a file that cannot be read, or a source without StudyInstanceUID.
+    ReadError : a file that cannot be read, or a source without a UID or Modality the outputs
+        reference it by (`check_derivation_sources`).
     """
     datasets = []
     for file in files:
@@ -179,8 +213,8 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
             settled = settle_character_set(ds)  # before any text is decoded
             if settled is not None:
                 repaired.setdefault("character set", f"{file}: {settled}")
-            if not str(ds.get("StudyInstanceUID", "") or ""):
-                raise ReadError(file, "'StudyInstanceUID' (0020,000D) is missing; a SEG or SR cannot join the study")
+            _check_required(file, ds)
+            _fit_patient(file, ds, repaired)
             for keyword, check in [(k, valid_date) for k in _DATES] + [(k, valid_time) for k in _TIMES]:
                 if keyword in ds:
                     text = _raw_text(ds, keyword)
@@ -246,6 +280,85 @@ def derivation_sources(files: Sequence[str | Path], slice_spacing_mm: float | No
     for ds in datasets:
         ds.FrameOfReferenceUID = common
     return datasets
+
+
+def check_derivation_sources(files: Sequence[str | Path]) -> None:
+    """Check, before any segmentation, that SEG and SR can be derived from ``files``: each holds
+    the UIDs and Modality they reference it by (pydicom/deid's default recipe deletes them).
+
+    Raises
+    ------
+    ReadError : the first file that cannot be read, or that lacks one (naming the attribute).
+    """
+    for file in files:
+        try:
+            dataset = read_dataset(file, stop_before_pixels=True)
+        except Exception as exc:
+            raise ReadError(
+                file, f"source image cannot be read again for the DICOM outputs ({type(exc).__name__}: {exc})"
+            ) from exc
+        with quiet():  # invalid UIDs are kept verbatim, see module docstring
+            _check_required(file, dataset)
+
+
+def _check_required(file: str | Path, ds: Dataset) -> None:
+    for keyword, (tag, why) in _REQUIRED.items():
+        if not _raw_text(ds, keyword):
+            raise ReadError(file, f"'{keyword}' {tag} is missing; {why}")
+
+
+def _fit_patient(file: str | Path, ds: Dataset, repaired: dict[str, str]) -> None:
+    """The patient and study values the outputs copy (highdicom copies those modules whole) made
+    valid: enumerated values outside their defined terms (a case or space difference upper-cased
+    and kept), an age that is no Age String, and reference items whose Type 1 UIDs are empty."""
+    for keyword, terms in _ENUMERATED.items():
+        if keyword not in ds:
+            continue
+        text = _raw_text(ds, keyword)
+        if not text or text in terms:
+            continue
+        fixed = text.upper() if text.upper() in terms else ""
+        if fixed:
+            ds[keyword].value = fixed
+            said = f"written {fixed!r} in"
+        elif keyword == "PatientSex":  # Type 2: present, empty
+            ds[keyword].value = ""
+            said = "written empty in"
+        else:  # Type 3: absent
+            del ds[keyword]
+            said = "left out of"
+        repaired.setdefault(
+            keyword, f"{file}: '{keyword}' value {text!r} is not one of {'/'.join(terms)}; {said} the DICOM outputs"
+        )
+    if "PatientAge" in ds:
+        text = _raw_text(ds, "PatientAge")
+        if text and not _AGE.match(text):
+            del ds.PatientAge  # Type 3
+            repaired.setdefault(
+                "PatientAge",
+                f"{file}: 'PatientAge' (0010,1010) value {text!r} is not a DICOM age (nnnD/W/M/Y); "
+                "left out of the DICOM outputs",
+            )
+    for keyword in _REFERENCE_SEQUENCES:
+        if keyword not in ds or ds[keyword].VR != "SQ":
+            continue
+        items = list(ds[keyword].value)
+        kept = [
+            item
+            for item in items
+            if _raw_text(item, "ReferencedSOPClassUID") and _raw_text(item, "ReferencedSOPInstanceUID")
+        ]
+        if len(kept) == len(items):
+            continue
+        if kept:
+            ds[keyword].value = kept
+        else:
+            del ds[keyword]  # Type 3
+        repaired.setdefault(
+            keyword,
+            f"{file}: '{keyword}' has {len(items) - len(kept)} of {len(items)} items with an empty "
+            "ReferencedSOPClassUID or ReferencedSOPInstanceUID; left out of the DICOM outputs",
+        )
 
 
 #: most characters per value the outputs may copy (PS3.5 table 6.2-1; PN: per component group)

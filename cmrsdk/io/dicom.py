@@ -32,7 +32,14 @@ DICOM as it comes
 - A second file with an already seen SOPInstanceUID (PACS re-exports) is skipped with a
   :class:`~cmrsdk.errors.CmrWarning`.
 - Text in TriggerTime ('n/a'), where no NominalCardiacTriggerDelayTime stands in, orders the
-  series by InstanceNumber, with a warning.
+  series by InstanceNumber, with a warning; so does one time in every image (zeroed by a
+  de-identification tool). Ordering by InstanceNumber is refused where it does not step by one
+  stride at every slice position (renumbered at random or in the files' name order).
+- Series of one image each (a de-identification tool that gave every file its own
+  SeriesInstanceUID) that together form positions x phases of one geometry, SeriesNumber,
+  description and ImageType are regrouped as one candidate, with a warning.
+- AcquisitionTime spread over more than a breath-hold does not refuse a series whose TriggerTime
+  steps through one heartbeat at every position (times shifted per file by a de-identification tool).
 - Enhanced multi-frame MR (and Legacy Converted Enhanced MR) is read frame by frame: each frame
   gets the header a classic image would carry, from its functional groups
   (:mod:`cmrsdk.io._multiframe`), and ``Stack.source_frames`` names it.
@@ -174,6 +181,8 @@ class SeriesSummary:
     acquisition_span_s: float | None = None
     #: ImageType (0008,0008) of its first image, upper case
     image_type: tuple[str, ...] = ()
+    #: TriggerTime orders the images of every slice position over one cardiac cycle (`_trigger_cycle`)
+    trigger_cycle: bool = False
 
     @property
     def dynamic_reason(self) -> str:
@@ -196,7 +205,9 @@ class SeriesSummary:
                 f"more than one heartbeat ({MAX_CINE_SPAN_MS:.0f}): a dynamic series such as perfusion"
             )
         acquired = self.acquisition_span_s
-        if acquired is not None and acquired > MAX_CINE_ACQUISITION_S:
+        # times a de-identification tool shifted per file scatter AcquisitionTime; a cine's
+        # TriggerTime still steps through one heartbeat at every position, perfusion's does not
+        if acquired is not None and acquired > MAX_CINE_ACQUISITION_S and not self.trigger_cycle:
             return (
                 f"its {self.n_phases} images per slice position were acquired over {acquired:.0f} s "
                 f"('AcquisitionTime' (0008,0032)), more than a breath-hold ({MAX_CINE_ACQUISITION_S:.0f} s): "
@@ -780,6 +791,155 @@ def _inversion_steps(group: list[_Image]) -> bool:
     return len(values - {None}) >= 2
 
 
+#: a cine's TriggerTime at a position spans at least this (ms): 20 phases of a 150 bpm heartbeat
+MIN_CYCLE_SPAN_MS = 200.0
+
+
+def _trigger_cycle(groups: list[list[_Image]]) -> bool:
+    """At every slice position of two or more images, TriggerTime is distinct per image and steps
+    evenly (no step over three times the median) through 200..3,000 ms: the phases of one
+    heartbeat. Perfusion repeats one delay, or scatters it with the heart rate, at a position."""
+    cycled = False
+    for group in groups:
+        if len(group) < 2:
+            continue
+        times = [_trigger_time(im) for im in group]
+        if any(t is None for t in times) or len(set(times)) != len(times):
+            return False
+        steps = np.diff(sorted(times))  # type: ignore[type-var]
+        span = float(steps.sum())
+        if not MIN_CYCLE_SPAN_MS <= span <= MAX_CINE_SPAN_MS or steps.max() > 3.0 * float(np.median(steps)):
+            return False
+        cycled = True
+    return cycled
+
+
+def _constant_times(images: list[_Image]) -> float | None:
+    """The one time every image of the series carries (TriggerTime and the nominal delay zeroed by
+    a de-identification tool, or filled with one value): no time order at all, unlike perfusion's
+    one delay per position. None where the times differ or some image has none."""
+    times = {_trigger_time(im) for im in images}
+    return next(iter(times)) if len(images) > 1 and len(times) == 1 and None not in times else None
+
+
+#: one-image series regrouped as a cine (`_regroup_singletons`) hold at least this many images
+MIN_REGROUPED_IMAGES = 6
+
+
+def _regroup_singletons(images: list[_Image], keys: dict[str, str]) -> dict[str, int]:
+    """Series of one image each that together form a cine, regrouped: key -> number of series.
+
+    A de-identification tool that gives every file its own SeriesInstanceUID (dcmtk ``dcmodify
+    -gse``, per-file scripts) leaves a cine as one-image series, of which one was read. Such
+    series sharing what those tools keep (orientation, matrix, PixelSpacing, SeriesNumber,
+    SeriesDescription, ProtocolName, ImageType; not StudyInstanceUID or FrameOfReferenceUID,
+    which they regenerate too) are one candidate where they cover three or more positions of two
+    or more images each. ``keys`` maps each regrouped series to the key ('first UID+N more')."""
+    by_series: dict[str, list[_Image]] = {}
+    for image in images:
+        by_series.setdefault(_series_key(image), []).append(image)
+    buckets: list[tuple[tuple, np.ndarray, np.ndarray, list[tuple[str, _Image]]]] = []
+    for uid, members in by_series.items():
+        if len(members) != 1 or members[0].frame is not None or keys[uid] != uid:
+            continue
+        image = members[0]
+        try:
+            orientation = _vector(image, "ImageOrientationPatient", "(0020,0037)", 6)
+            spacing = _vector(image, "PixelSpacing", "(0028,0030)", 2)
+            _vector(image, "ImagePositionPatient", "(0020,0032)", 3)
+        except ReadError:
+            continue  # no usable geometry: never regrouped
+        header = image.header
+        with quiet():
+            exact = (
+                header.get("Rows"),
+                header.get("Columns"),
+                _int_or_none(header.get("SeriesNumber")),
+                str(header.get("SeriesDescription", "") or "").strip(),
+                str(header.get("ProtocolName", "") or "").strip(),
+                tuple(v.strip().upper() for v in _image_type(header)),
+            )
+        for other, first_orientation, first_spacing, parts in buckets:
+            if (
+                other == exact
+                and np.allclose(orientation, first_orientation, atol=ORIENTATION_ATOL)
+                and np.allclose(spacing, first_spacing, rtol=1e-4)
+            ):
+                parts.append((uid, image))
+                break
+        else:
+            buckets.append((exact, orientation, spacing, [(uid, image)]))
+    regrouped: dict[str, int] = {}
+    for *_, parts in buckets:
+        if len(parts) < MIN_REGROUPED_IMAGES:
+            continue
+        groups = _group_positions([image for _, image in parts])
+        if len(groups) < MIN_SERIES_PER_STACK or min(len(g) for g in groups) < 2:
+            continue  # localizers, one-phase series: left as they are
+        key = f"{parts[0][0]}+{len(parts) - 1} more"
+        for uid, _ in parts:
+            keys[uid] = key
+        regrouped[key] = len(parts)
+    return regrouped
+
+
+#: a missing image or two leaves a step of two or three strides in an otherwise regular numbering
+MAX_STRIDE_GAP = 3
+MAX_IRREGULAR_STEPS = 2
+
+
+def _check_regular(groups: list[list[_Image]], order: tuple[str, ...], untimed: str) -> None:
+    """Refuse phases ordered by number (``order``: InstanceNumber, else TemporalPositionIdentifier)
+    where the numbers do not step regularly: at every slice position by one common stride (1
+    stored slice by slice or restarting per position, the number of positions stored phase by
+    phase), a missing image or two aside. Numbers renumbered at random or in the files' name
+    order mix the phases, and the EF with them. ``untimed``: why there are no times, for the message."""
+    if any(im.frame is not None for g in groups for im in g):
+        return  # frames of multi-frame files: numbered by `frame_headers` from their order in the file
+    numbered = [[_order_number(im, order) for im in g] for g in groups]
+    if any(n is None for numbers in numbered for n in numbers):
+        return  # images without numbers: refused or warned where duplicates are checked
+    steps = [int(d) for numbers in numbered for d in np.diff(numbers)]
+    if not steps:
+        return
+    stride = max(set(steps), key=lambda d: (steps.count(d), -d))
+    if stride <= 0:
+        return  # repeated numbers: refused as duplicates
+    odd = [d for d in steps if d != stride]
+    if len(odd) <= MAX_IRREGULAR_STEPS and all(d % stride == 0 and d // stride <= MAX_STRIDE_GAP for d in odd):
+        return
+    z, numbers = next((z, numbers) for z, numbers in enumerate(numbered) if any(d != stride for d in np.diff(numbers)))
+    keyword = next(k for k in order if _int_or_none(groups[z][0].header.get(k)) is not None)
+    field = f"'{keyword}' " + ("(0020,0013)" if keyword == "InstanceNumber" else "(0020,0100)")
+    shown = ", ".join(map(str, numbers[:10])) + (", ..." if len(numbers) > 10 else "")
+    raise ReadError(
+        groups[z][0].path,
+        f"the phases cannot be ordered: {untimed} and {field} does not step regularly: at slice position {z} "
+        f"its values are {shown} ({len(odd)} of {len(steps)} steps differ from the common {stride}), renumbered "
+        "by a de-identification tool or an export; keep TriggerTime or the original numbering",
+    )
+
+
+def _dynamic_detail(groups: list[list[_Image]], summary: SeriesSummary) -> tuple[Path, str]:
+    """A file and the values behind `SeriesSummary.dynamic_reason`, at the position of the most images."""
+    group = max(groups, key=len)
+    if summary.inversion_steps:
+        values = sorted({str(im.header.get("InversionTime")) for im in group})
+        return group[0].path, f"'InversionTime' values {', '.join(values[:6])} at one slice position"
+    span = summary.trigger_span_ms
+    if span is not None and not MIN_CINE_SPAN_MS <= span <= MAX_CINE_SPAN_MS:
+        timed = sorted(group, key=lambda im: _trigger_time(im) or 0.0)
+        first, last = timed[0], timed[-1]
+        return first.path, (
+            f"'TriggerTime' {_trigger_time(first):g} ms here and {_trigger_time(last):g} ms in {last.path.name} "
+            "at one slice position"
+        )
+    acquired = [(str(im.header.get("AcquisitionTime", "") or "").strip(), im) for im in group]
+    acquired.sort(key=lambda pair: pair[0])
+    (early, first), (late, last) = acquired[0], acquired[-1]
+    return first.path, f"'AcquisitionTime' {early} here and {late} in {last.path.name} at one slice position"
+
+
 def _one_plane(members: list[_Image]) -> bool:
     """Every image shares the first one's orientation (a radial long-axis set does not)."""
     first = _vector(members[0], "ImageOrientationPatient", "(0020,0037)", 6)
@@ -801,14 +961,16 @@ def _summaries(
             by_series.setdefault(keys[series], []).append(image)
     result = {}
     for uid, members in by_series.items():
-        apex_cos, pixel_mm, steps, normal, extent, acquired = None, 0.0, False, None, None, None
+        apex_cos, pixel_mm, steps, normal, extent, acquired, cycle = None, 0.0, False, None, None, None, False
         try:
             if not _one_plane(members):
                 raise ReadError(members[0].path, "images in several planes")  # never preferred
             groups = _group_positions(members)
             n_positions, n_phases = len(groups), max(len(g) for g in groups)
-            span = _trigger_span(max(groups, key=len))
+            # one time for every image orders nothing (zeroed by a de-identification tool): unknown, not perfusion
+            span = None if _constant_times(members) is not None else _trigger_span(max(groups, key=len))
             acquired = _acquisition_span(max(groups, key=len))
+            cycle = _trigger_cycle(groups)
             steps = any(_inversion_steps(g) for g in groups)
             orientation = _vector(members[0], "ImageOrientationPatient", "(0020,0037)", 6)
             cos = apex_cosine(_LPS_TO_RAS[:3, :3] @ _normal(orientation))
@@ -839,6 +1001,7 @@ def _summaries(
             extent,
             acquired,
             tuple(str(v).strip().upper() for v in _image_type(header)),
+            cycle,
         )
     return result
 
@@ -870,6 +1033,8 @@ class _Survey(NamedTuple):
     repeats: dict[str, list[tuple[str, str]]]
     dropped: frozenset[int]
     summaries: dict[str, SeriesSummary]
+    #: candidate key -> number of one-image series regrouped into it (`_regroup_singletons`)
+    regrouped: dict[str, int]
 
 
 #: the folders surveyed within `one_walk`'s block, by path; None outside one
@@ -895,7 +1060,11 @@ def _survey(path: Path) -> _Survey:
         return walked[path]
     images, _ = _collect(path)
     keys, repeats, dropped = _stack_keys(images)
-    survey = _Survey(images, keys, repeats, dropped, _summaries(images, keys, dropped))
+    regrouped = _regroup_singletons(images, keys)
+    summaries = _summaries(images, keys, dropped)
+    # the one-image series regrouped are listed as their candidate alone (inspect listed 240 of them)
+    summaries = {uid: s for uid, s in summaries.items() if keys.get(uid, uid) not in regrouped or uid in regrouped}
+    survey = _Survey(images, keys, repeats, dropped, summaries, regrouped)
     if walked is not None:
         walked[path] = survey
     return survey
@@ -1387,7 +1556,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None, study_u
         sizes, duplicate slice positions, slices with differing phase counts, an unknown series.
     """
     path = Path(path)
-    images, keys, repeats, dropped, summaries = _survey(path)
+    images, keys, repeats, dropped, summaries, regrouped = _survey(path)
     if study_uid is not None:
         ours = {uid: s for uid, s in summaries.items() if s.study_uid == study_uid}
         if not ours:
@@ -1403,8 +1572,17 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None, study_u
     summary = summaries[chosen]
     why = summary.dynamic_reason or summary.image_type_reason
     if why:
+        # named by a file and its values: the folder alone left the user to find which images
+        parts = [im for im in images if keys[_series_key(im)] == chosen or _series_key(im) == chosen]
+        file, detail = (
+            _dynamic_detail(_group_positions(parts), summary)
+            if summary.dynamic_reason
+            else (parts[0].path, f"in {path}")
+        )
         raise ReadError(
-            path, f"series {chosen} ('{summary.description}') is not a cine: {why}; cmrsdk segments short-axis cine"
+            file,
+            f"series {chosen} ('{summary.description}') is not a cine: {why} ({detail}); cmrsdk segments "
+            "short-axis cine",
         )
     if summary.apex_cos is not None and not summary.is_short_axis:
         angle = math.degrees(math.acos(min(1.0, summary.apex_cos)))
@@ -1428,6 +1606,16 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None, study_u
     members = [
         im for im in images if _series_key(im) == chosen or (keys[_series_key(im)] == chosen and id(im) not in dropped)
     ]
+    if chosen in regrouped:
+        warn(
+            CmrWarning(
+                f"{path}: {regrouped[chosen]} series of one image each were regrouped by geometry (orientation, "
+                f"matrix, pixel size, SeriesNumber {summary.series_number}, description) into one cine of "
+                f"{summary.n_positions} slice positions x {summary.n_phases} phases: an anonymiser gave each file "
+                "its own SeriesInstanceUID"
+            ),
+            stacklevel=2,
+        )
     for left_out, taken in repeats.get(chosen, []):
         warn(
             CmrWarning(
@@ -1463,7 +1651,16 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None, study_u
         )
     # a time order needs every image's TriggerTime; where some are text, InstanceNumber orders them all
     unusable = [im for im in members if _trigger_time(im) is None and im.header.get("TriggerTime") is not None]
-    by_trigger = not unusable and all(_trigger_time(im) is not None for im in members)
+    constant = _constant_times(members)
+    by_trigger = not unusable and constant is None and all(_trigger_time(im) is not None for im in members)
+    if constant is not None and max(len(g) for g in _group_positions(members)) > 1:
+        warn(
+            CmrWarning(
+                f"{first.path}: 'TriggerTime' (0018,1060) (or 'NominalCardiacTriggerDelayTime' (0020,9153)) is "
+                f"{constant:g} ms in all {len(members)} images: no time order; phases ordered by InstanceNumber"
+            ),
+            stacklevel=2,
+        )
     if unusable:
         warn(
             CmrWarning(
@@ -1490,6 +1687,18 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None, study_u
         )
     for group in groups:
         times = [_time_of(im, by_trigger, order) for im in group]
+        if len(set(times)) != len(times) and chosen in regrouped:
+            # two one-image series at one place and time: two acquisitions alike, not told apart
+            value = next(t for t in times if times.count(t) > 1)
+            a, b = [im for im, t in zip(group, times) if t == value][:2]
+            field = "'TriggerTime' (0018,1060)" if by_trigger else f"'{order[0]}'"
+            raise ReadError(
+                a.path,
+                f"the {regrouped[chosen]} one-image series regrouped by geometry (each file its own "
+                f"SeriesInstanceUID) collide: this image and {b.path.name} lie at one slice position with "
+                f"{field} {value:g}: two acquisitions alike that cannot be told apart; give each its own folder "
+                "or keep the SeriesInstanceUIDs when de-identifying",
+            )
         if len(set(times)) != len(times):
             repeated = sorted({t for t in times if times.count(t) > 1})
             shown = ", ".join(f"{t:g}" for t in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
@@ -1507,6 +1716,16 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None, study_u
                 f"of them repeating a {field} ({shown}; also {group[1].path.name}): the slice "
                 "acquired twice in one series, or copies of its files",
             )
+    if not by_trigger and max(len(g) for g in groups) > 1:
+        # the numbering is then the only time order: renumbered at random it mixes the phases silently
+        untimed = (
+            "'TriggerTime' (0018,1060) is not a number"
+            if unusable
+            else "'TriggerTime' (0018,1060) is one value for every image"
+            if constant is not None
+            else "'TriggerTime' (0018,1060) is absent"
+        )
+        _check_regular(groups, order, untimed)
     if len({len(g) for g in groups}) != 1:
         groups = _fill_missing_phases(groups, by_trigger, chosen)
     n_phases = len(groups[0])
@@ -1617,6 +1836,9 @@ _AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
 def _age_years(value: object) -> float | None:
-    """PatientAge in years, or None where absent or not an Age String ("045Y", "006M")."""
+    """PatientAge in years, or None where absent, not an Age String ("045Y", "006M") or 0: "000Y"
+    is an anonymiser's placeholder, not entered, as a height or weight of 0 is."""
     match = re.fullmatch(r"(\d{1,3})\s*([DWMY])", str(value or "").strip().upper())
-    return None if match is None else round(int(match.group(1)) * _AGE_UNITS[match.group(2)], 2)
+    if match is None or int(match.group(1)) == 0:
+        return None
+    return round(int(match.group(1)) * _AGE_UNITS[match.group(2)], 2)
