@@ -424,10 +424,9 @@ def segment_one(
             study = dataclasses.replace(study, info=dataclasses.replace(study.info, weight_kg=weight_kg))
         if all(stack.source_files for stack in study.phases):
             # what the SEG and SR take from the sources, checked before the networks run: a
-            # de-identifier's deleted UID would otherwise fail the study after its segmentation.
-            # De-identifiers treat every file alike, so one file per phase stands for its phase (a
-            # lone file without one is still named, later, when the SEG is built)
-            check_derivation_sources([stack.source_files[0] for stack in study.phases])
+            # de-identifier's deleted UID would otherwise fail the study after its segmentation
+            # (every file: one file without it lost the study as surely, sweep 44)
+            check_derivation_sources(list(dict.fromkeys(f for stack in study.phases for f in stack.source_files)))
         read_ms = (time.perf_counter() - t0) * 1000.0
         # the keyword only when given: a pipeline-like object (a test double, a wrapper) need not know it
         given: dict[str, Any] = {"region_source": region_source, "progress": progress}

@@ -238,3 +238,19 @@ def test_an_error_in_a_hidden_scratch_folder_names_the_file_alone(series, tmp_pa
     with pytest.raises(WriteError) as caught:
         segment_one(Pipeline(DEMO_BUNDLE, mode="baseline"), series, scratch, overlay=False, report_html=False)
     assert str(caught.value) == "seg_ED.dcm: DICOM SEG cannot be built (ValueError: refused)"
+
+
+def test_one_file_without_its_sop_instance_uid_is_refused_before_segmenting(series, tmp_path):
+    """Sweep 44: checked on one file per phase, one ED file without it was segmented whole (16.5 s),
+    then lost the study at its SEG."""
+    from cmrsdk.study import segment_one
+
+    last = sorted(series.glob("*.dcm"))[-1].name
+    folder = _variant(series, tmp_path / "in")
+    ds = pydicom.dcmread(folder / last)
+    del ds.SOPInstanceUID
+    ds.save_as(folder / last, enforce_file_format=False)
+    with pytest.raises(ReadError) as caught:
+        segment_one(_MustNotSegment(), folder, tmp_path / "out", overlay=False, report_html=False)  # type: ignore[arg-type]
+    assert Path(caught.value.path) == folder / last
+    assert "'SOPInstanceUID' (0008,0018) is missing" in str(caught.value)

@@ -277,3 +277,20 @@ def test_age_zero_is_not_entered(cine: Path, tmp_path: Path) -> None:
 
     study, _ = _read(_edited(cine, tmp_path / "age", placeholder))
     assert study.info.age_years is None
+
+
+def test_two_patients_per_file_series_of_one_geometry_are_not_one_cine(cine: Path, tmp_path: Path) -> None:
+    """Sweep 44: two patients' per-file series, one geometry and SeriesNumber, were regrouped into
+    one cine of both patients' positions and measured as one (LVEF 28.342 % for 31.705 and 27.918)."""
+    folder = tmp_path / "both"
+    _edited(cine, folder / "a", _per_file_uids)
+
+    def other_patient(ds, i) -> None:
+        _per_file_uids(ds, i)
+        ds.PatientID, ds.PatientName = "OTHER", "Other^Patient"
+        ds.ImagePositionPatient = [float(v) + 2.5 for v in ds.ImagePositionPatient]  # positions between the first's
+
+    _edited(cine, folder / "b", other_patient)
+    summaries = [s for s in scan_dicom_series(folder) if s.is_sax_cine]
+    assert len(summaries) == 2
+    assert all((s.n_positions, s.n_phases) == (N_SLICES, N_PHASES) for s in summaries)

@@ -831,7 +831,7 @@ def _regroup_singletons(images: list[_Image], keys: dict[str, str]) -> dict[str,
 
     A de-identification tool that gives every file its own SeriesInstanceUID (dcmtk ``dcmodify
     -gse``, per-file scripts) leaves a cine as one-image series, of which one was read. Such
-    series sharing what those tools keep (orientation, matrix, PixelSpacing, SeriesNumber,
+    series sharing what those tools keep (patient ID and name, orientation, matrix, PixelSpacing, SeriesNumber,
     SeriesDescription, ProtocolName, ImageType; not StudyInstanceUID or FrameOfReferenceUID,
     which they regenerate too) are one candidate where they cover three or more positions of two
     or more images each. ``keys`` maps each regrouped series to the key ('first UID+N more')."""
@@ -852,6 +852,9 @@ def _regroup_singletons(images: list[_Image], keys: dict[str, str]) -> dict[str,
         header = image.header
         with quiet():
             exact = (
+                # two patients' per-file series of one geometry (sweep 44) must not become one cine
+                str(header.get("PatientID", "") or "").strip(),
+                str(header.get("PatientName", "") or "").strip(),
                 header.get("Rows"),
                 header.get("Columns"),
                 _int_or_none(header.get("SeriesNumber")),
@@ -1101,7 +1104,7 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
         raise ReadError(
             path,
             f"holds short-axis cines of {len(studies)} studies ({named}); cmrsdk reads one study at a "
-            "time: name one with cmrsdk segment --study UID (cmrsdk.read_dicom_study(path, study_uid=...)), or "
+            "time: name one with cmrsdk segment --study UID (cmrsdk.io.read_dicom_study(path, study_uid=...)), or "
             "give each study its own folder",
         )
     beyond = _continued_elsewhere(chosen, summaries.values())
@@ -1112,7 +1115,7 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
             f"the short-axis cine {_describe_part(chosen)} goes on in series cmrsdk cannot stack with it (phase "
             f"count, matrix or pixel size differ): {named}; volumes from one part would be wrong: export the stack "
             "as one series, or read one part with cmrsdk segment --series UID "
-            "(cmrsdk.read_dicom_study(path, series_uid=...))",
+            "(cmrsdk.io.read_dicom_study(path, series_uid=...))",
         )
     split = _phases_elsewhere(chosen, summaries.values())
     if split:
