@@ -126,7 +126,15 @@ class OpenVinoEngine(Engine):
         answer = model.outputs[0].get_partial_shape()
         if answer.rank.is_static and answer.rank.get_length() >= 2 and answer[1].is_static:
             self.num_outputs = int(answer[1].get_length())  # checked against the manifest by `Bundle.engine`
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        # no CPU pinning: pinned, the inference threads of every process start on the first cores,
+        # so a batch's workers of one thread each all ran on CPU 0 (twice the time for two on two
+        # cores; Intel KB 000058227). One process gains nothing from it here (183 ms both ways,
+        # 16 slices of 128 x 128). The plugin takes the setting from a process's first compilation.
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": _HINTS[precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,
+        }
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
