@@ -176,6 +176,19 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
     return rules
 
 
+def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """`Pipeline`'s keyword arguments from `add_pipeline_options`, --keep-fragments and --threads."""
+    return {
+        "largest_component": not args.keep_fragments,
+        "threads": args.threads,
+        "heart_crop": _heart_crop(args),
+        "region_decoding": args.region_decoding,
+        "mirroring": args.mirroring,
+        "systolic_base": args.systolic_base,
+        **_rule_options(args),
+    }
+
+
 def positive_int(text: str) -> int:
     """argparse type of counts (--threads, --every): an integer >= 1."""
     try:
@@ -265,14 +278,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             args.bundle,
             backend=args.backend,
             device=args.device,
-            largest_component=not args.keep_fragments,
-            threads=args.threads,
-            heart_crop=_heart_crop(args),
-            region_decoding=args.region_decoding,
             precision=args.precision,
-            mirroring=args.mirroring,
-            systolic_base=args.systolic_base,
-            **_rule_options(args),
+            **pipeline_arguments(args),
         )
     progress = None
     if len(planned) > 1 and sys.stderr.isatty():
@@ -373,6 +380,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from .cohort.command import run_command
 
     return run_command(args, _heart_crop(args), _segment_spacing(args))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.command import run_serve
+
+    return run_serve(args, {"mode": args.mode, **pipeline_arguments(args)})
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -645,6 +658,91 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """The options of the pipeline's rules (`Pipeline`'s keyword arguments) that segment, batch,
+    evaluate and serve take alike: `pipeline_arguments` reads them back."""
+    crop = p.add_mutually_exclusive_group()
+    crop.add_argument(
+        "--heart-crop",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("H", "W"),
+        help="U-Nets see only an H x W window around the heart (default: the bundle's, 128 128 for the demo)",
+    )
+    crop.add_argument("--full-window", action="store_true", help="U-Nets see the bundle's full window (no heart crop)")
+    p.add_argument(
+        "--region-decoding",
+        default="monotone",
+        choices=["monotone", "independent"],
+        help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax",
+    )
+    flips = p.add_mutually_exclusive_group()
+    flips.add_argument(
+        "--mirroring",
+        dest="mirroring",
+        action="store_const",
+        const=True,
+        default=DEFAULT_MIRRORING,
+        help="test-time mirroring: each U-Net averaged over the slice and its 3 flips (4x the network time)"
+        + (" (the default)" if DEFAULT_MIRRORING is True else ""),
+    )
+    flips.add_argument(
+        "--half-turn",
+        dest="mirroring",
+        action="store_const",
+        const="half_turn",
+        help="each U-Net averaged over the slice and its half-turn (2x the network time)"
+        + (" (the default)" if DEFAULT_MIRRORING == "half_turn" else ""),
+    )
+    flips.add_argument(
+        "--no-mirroring",
+        dest="mirroring",
+        action="store_const",
+        const=False,
+        help="one network pass per slice" + (" (the default)" if DEFAULT_MIRRORING is False else ""),
+    )
+    p.add_argument(
+        "--no-systolic-base",
+        dest="systolic_base",
+        action="store_false",
+        help="keep the most basal ES RV even where it holds under 0.4 of that slice's ED RV "
+        "(by default dropped: the valve plane descended into it, cmrsdk.systole)",
+    )
+    p.add_argument(
+        "--apical-rv-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="routed mode: multiply the RV's probability on apical slices by W before the argmax "
+        "(cmrsdk.apex; default: the pipeline's; 1: no prior)",
+    )
+    p.add_argument(
+        "--training-layout",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="turn stacks with a scanner orientation to the in-plane layout the U-Nets were trained in "
+        "before the networks, and the labels back (cmrsdk.layout; default: the pipeline's)",
+    )
+    p.add_argument(
+        "--segment-spacing",
+        type=_spacing_or_training,
+        default=None,
+        metavar="MM|training",
+        help="routed mode: the in-plane grid (mm) the U-Nets segment on, finer than the bundle's "
+        "training grid; base slices go back to the training grid (cmrsdk.grid; default: the "
+        "bundle's preprocessing.segment_spacing; 'training': the training grid)",
+    )
+
+    p.add_argument(
+        "--rescale-heart",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="segment again, at a size the U-Nets learnt, a study whose ED LV is smaller or larger than any "
+        "they learnt (a child's heart, a huge dilated one; cmrsdk.heart_size; default: on)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmrsdk",
@@ -670,90 +768,6 @@ def build_parser() -> argparse.ArgumentParser:
                 "manifest records no bf16 Dice check); int8 the bundle's int8 U-Nets (python -m export.quantize, "
                 "Dice change in its manifest); fp16 on cuda",
             )
-
-    def pipeline_options(p: argparse.ArgumentParser) -> None:
-        crop = p.add_mutually_exclusive_group()
-        crop.add_argument(
-            "--heart-crop",
-            nargs=2,
-            type=int,
-            default=None,
-            metavar=("H", "W"),
-            help="U-Nets see only an H x W window around the heart (default: the bundle's, 128 128 for the demo)",
-        )
-        crop.add_argument(
-            "--full-window", action="store_true", help="U-Nets see the bundle's full window (no heart crop)"
-        )
-        p.add_argument(
-            "--region-decoding",
-            default="monotone",
-            choices=["monotone", "independent"],
-            help="monotone: the region sequence crosses the heart once (default); independent: per-slice argmax",
-        )
-        flips = p.add_mutually_exclusive_group()
-        flips.add_argument(
-            "--mirroring",
-            dest="mirroring",
-            action="store_const",
-            const=True,
-            default=DEFAULT_MIRRORING,
-            help="test-time mirroring: each U-Net averaged over the slice and its 3 flips (4x the network time)"
-            + (" (the default)" if DEFAULT_MIRRORING is True else ""),
-        )
-        flips.add_argument(
-            "--half-turn",
-            dest="mirroring",
-            action="store_const",
-            const="half_turn",
-            help="each U-Net averaged over the slice and its half-turn (2x the network time)"
-            + (" (the default)" if DEFAULT_MIRRORING == "half_turn" else ""),
-        )
-        flips.add_argument(
-            "--no-mirroring",
-            dest="mirroring",
-            action="store_const",
-            const=False,
-            help="one network pass per slice" + (" (the default)" if DEFAULT_MIRRORING is False else ""),
-        )
-        p.add_argument(
-            "--no-systolic-base",
-            dest="systolic_base",
-            action="store_false",
-            help="keep the most basal ES RV even where it holds under 0.4 of that slice's ED RV "
-            "(by default dropped: the valve plane descended into it, cmrsdk.systole)",
-        )
-        p.add_argument(
-            "--apical-rv-weight",
-            type=float,
-            default=None,
-            metavar="W",
-            help="routed mode: multiply the RV's probability on apical slices by W before the argmax "
-            "(cmrsdk.apex; default: the pipeline's; 1: no prior)",
-        )
-        p.add_argument(
-            "--training-layout",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="turn stacks with a scanner orientation to the in-plane layout the U-Nets were trained in "
-            "before the networks, and the labels back (cmrsdk.layout; default: the pipeline's)",
-        )
-        p.add_argument(
-            "--segment-spacing",
-            type=_spacing_or_training,
-            default=None,
-            metavar="MM|training",
-            help="routed mode: the in-plane grid (mm) the U-Nets segment on, finer than the bundle's "
-            "training grid; base slices go back to the training grid (cmrsdk.grid; default: the "
-            "bundle's preprocessing.segment_spacing; 'training': the training grid)",
-        )
-
-        p.add_argument(
-            "--rescale-heart",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="segment again, at a size the U-Nets learnt, a study whose ED LV is smaller or larger than any "
-            "they learnt (a child's heart, a huge dilated one; cmrsdk.heart_size; default: on)",
-        )
 
     def label_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -812,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read this DICOM study (a StudyInstanceUID; a folder holding several is refused naming them) of a "
         "folder holding several, its short-axis cine chosen by the reader's rules; one DICOM input only",
     )
-    pipeline_options(p)
+    add_pipeline_options(p)
     p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser(
@@ -828,7 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch_arguments(p)
     label_options(p)
     engine_options(p, precision=False)
-    pipeline_options(p)
+    add_pipeline_options(p)
     p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("demo", help="segment the embedded example study with the demo bundle")
@@ -864,16 +878,31 @@ def build_parser() -> argparse.ArgumentParser:
     label_options(p)
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads of the kernels and networks")
     engine_options(p)
-    pipeline_options(p)
+    add_pipeline_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("info", help="describe a model bundle (models, routing, preprocessing, parity)")
     p.add_argument("bundle", nargs="?", default=str(DEMO_BUNDLE))
     p.set_defaults(func=_cmd_info)
 
-    from .serve.command import add_retrieve_parser, add_serve_parser, run_retrieve, run_serve
+    from .serve.command import add_retrieve_parser, add_serve_parser, run_retrieve
 
-    add_serve_parser(sub, str(DEMO_BUNDLE)).set_defaults(func=run_serve)
+    p = add_serve_parser(sub, str(DEMO_BUNDLE))
+    p.add_argument(
+        "--mode",
+        default="routed",
+        choices=["routed", "baseline"],
+        help="routed: region U-Nets (default); baseline: one U-Net",
+    )
+    p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads of the kernels and networks (default: all cores)",
+    )
+    add_pipeline_options(p)
+    p.set_defaults(func=_cmd_serve)
     add_retrieve_parser(sub).set_defaults(func=run_retrieve)
 
     p = sub.add_parser("inspect", help="describe what a DICOM directory or NIfTI input holds")

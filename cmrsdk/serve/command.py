@@ -9,7 +9,7 @@ import ssl
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..engines import BACKENDS
 from ..errors import BackendUnavailableError, CmrError, InputError
@@ -205,7 +205,9 @@ def _tls(build: Callable[[], ssl.SSLContext], options: str) -> ssl.SSLContext:
         ) from exc
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace, pipeline: dict[str, Any] | None = None) -> int:
+    """Run ``cmrsdk serve`` (or print its spool's status with --status). ``pipeline``: `Pipeline`'s
+    keyword arguments besides bundle, backend and device (mode, threads, mirroring, ...)."""
     from .spool import format_status, read_status
 
     if args.status:
@@ -281,6 +283,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_spool_bytes=int(args.max_spool_mb * 2**20) if args.max_spool_mb else None,
         min_free_bytes=int(args.min_free_mb * 2**20),
         forward_tls=forward_tls,
+        pipeline=dict(pipeline or {}),
     )
     node = Node(config)
     node.install_signal_handlers()

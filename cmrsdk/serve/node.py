@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .forward import Destination, Forwarder
 from .scp import ScpOptions, StorageScp
@@ -40,6 +40,8 @@ class NodeConfig:
     backoff_cap_s: float = 60.0
     forward_attempts: int = 10
     forward_tls: ssl.SSLContext | None = None
+    #: `Pipeline`'s keyword arguments besides bundle, backend and device (mode, threads, mirroring, ...)
+    pipeline: Mapping[str, Any] = field(default_factory=dict)
 
 
 def series_log_line(spool: Spool, series_uid: str) -> str:
@@ -110,11 +112,19 @@ class Node:
         from .worker import warm_up_writers
 
         t0 = time.perf_counter()
-        pipeline = Pipeline(self.config.bundle or DEMO_BUNDLE, backend=self.config.backend, device=self.config.device)
+        options = dict(self.config.pipeline)
+        if options.get("threads"):
+            from ..cohort.worker import set_thread_count
+
+            set_thread_count(options["threads"])  # torch's pool (TorchScript, AOTInductor) is the process's
+        pipeline = Pipeline(
+            self.config.bundle or DEMO_BUNDLE, backend=self.config.backend, device=self.config.device, **options
+        )
         warm_up_writers()
         log.info(
-            "ready: pipeline and writers loaded in %.1f s (%s)",
+            "ready: pipeline and writers loaded in %.1f s (%s, %s)",
             time.perf_counter() - t0,
+            pipeline.mode,
             ", ".join(sorted(set(pipeline.provenance.get("backends", {}).values()))),
         )
         return pipeline

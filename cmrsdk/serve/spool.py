@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import filecmp
 import glob
 import hashlib
 import os
@@ -227,6 +228,19 @@ def _move_file(source: Path, temporary: Path, target: Path) -> None:
     finally:
         os.close(fd)
     os.replace(temporary, target)
+
+
+def _same_bytes(stored: Path, data: bytes | Path, size: int) -> bool:
+    """Whether the file ``stored`` holds exactly ``data`` (bytes, or a file's path) of ``size`` bytes;
+    False where it cannot be read."""
+    try:
+        if stored.stat().st_size != size:
+            return False
+        if isinstance(data, bytes):
+            return stored.read_bytes() == data
+        return filecmp.cmp(stored, data, shallow=False)
+    except OSError:
+        return False
 
 
 def _fsync_dir(path: Path) -> None:
@@ -515,7 +529,9 @@ class Spool:
 
         ``"stored"``: written and committed. ``"duplicate"``: this SOP Instance UID was received
         before in this series (acknowledged, nothing written: the same series sent twice is
-        processed once). ``"reused"``: it was received before in another series (an anonymiser
+        processed once). An instance of a series still receiving, or failed with its files kept,
+        sent again in other bytes is the sender's correction: it replaces the stored copy
+        (``"stored"``, or ``"reopened"`` for the failed series, judged again on the corrections). ``"reused"``: it was received before in another series (an anonymiser
         that keeps SOP Instance UIDs and changes the rest): nothing written.
         ``"reopened"``: a new instance of a series judged before whose files are still kept
         (see ``reopen_window_s``): written, and the series is receiving again, to be judged
@@ -540,12 +556,22 @@ class Spool:
         # failed series deletes its purged rows, and a row read before it was taken for a duplicate
         with self._lock:
             state = self.series_state(series_uid)
-            held = self._db.execute("SELECT series_uid, purged FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
+            held = self._db.execute(
+                "SELECT series_uid, purged, path, bytes FROM instances WHERE sop_uid = ?", (sop_uid,)
+            ).fetchone()
             if held is not None and held[0] != series_uid:
                 return "reused"
             # a failed series sent again (a full disk, a bug since fixed) gets another try, its files kept or not
             failed = state == "failed"
-            if held is not None and not (failed and held[1]):
+            # a series refused for its content is sent again corrected under the same UIDs: judged
+            # on the old copies, it failed again (sweep 44)
+            replacing = (
+                held is not None
+                and not held[1]
+                and (failed or state == "receiving")
+                and not _same_bytes(self.directory / held[2], data, size)
+            )
+            if held is not None and not (failed and held[1]) and not replacing:
                 return "reopened" if failed and self._retry_failed(series_uid, now) else "duplicate"
             if (
                 not failed
@@ -558,7 +584,8 @@ class Spool:
             self._reserve(size, written=on_disk)
             retried = failed and self._retry_failed(series_uid, now)
         folder = self.directory / "instances" / uid_file_name(series_uid)
-        target = folder / f"{uid_file_name(sop_uid)}.dcm"
+        target = self.directory / held[2] if replacing else folder / f"{uid_file_name(sop_uid)}.dcm"
+        folder = target.parent
         temporary = folder / f".{target.name}.{threading.get_ident()}.tmp"
         try:
             folder.mkdir(exist_ok=True)
@@ -578,6 +605,15 @@ class Spool:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise SpoolFull(f"spool {self.directory}: disk full writing {target.name} ({exc.strerror})") from exc
             raise
+        if replacing:
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE instances SET bytes = ?, received_at = ? WHERE sop_uid = ?", (size, now, sop_uid)
+                )
+                self._db.execute("UPDATE series SET last_instance_at = ? WHERE series_uid = ?", (now, series_uid))
+            with self._lock:
+                self._bytes -= held[3]
+            return "reopened" if retried else "stored"
         late = False
         with self._transaction():
             inserted = self._db.execute(
