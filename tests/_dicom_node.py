@@ -153,8 +153,15 @@ class Orthanc:
         self.log.close()
 
 
+#: the pipeline options of a test node: the node's receiving, queue and forwarding are under test,
+#: and the one-U-Net pipeline on one thread leaves the CPU to the suite's other worker
+#: (tests/test_serve.py runs one node with the defaults, routed and mirrored)
+FAST_NODE = ("--mode", "baseline", "--no-mirroring", "--threads", "1")
+
+
 class NodeProcess:
-    """``python -m cmrsdk serve ...`` in a subprocess, its log in ``log_path``."""
+    """``python -m cmrsdk serve ...`` in a subprocess, its log in ``log_path``; ``pipeline``: its
+    pipeline options (`FAST_NODE`; () for the defaults)."""
 
     def __init__(
         self,
@@ -165,6 +172,7 @@ class NodeProcess:
         log_path: Path,
         series_timeout: float = 1.0,
         wait_ready: bool = False,
+        pipeline: tuple[str, ...] = FAST_NODE,
     ) -> None:
         self.spool, self.output, self.port, self.log_path = Path(spool), Path(output), port, Path(log_path)
         self.args = [
@@ -182,6 +190,7 @@ class NodeProcess:
             str(series_timeout),
             "--min-free-mb",
             "1",
+            *pipeline,
             *extra,
         ]
         self.log = open(self.log_path, "ab")

@@ -36,8 +36,13 @@ def _table(out: Path) -> dict[str, dict[str, str]]:
     return {r["study_id"]: r for r in rows}
 
 
+#: the pipeline of this module's batches and of the `segment` runs they are held against: one
+#: U-Net, one pass a slice (the batch's bookkeeping is under test here; test_batch.py runs the defaults)
+FAST = ["--mode", "baseline", "--no-mirroring", "--threads", "1"]
+
+
 def _batch(*args: str) -> int:
-    return main(["batch", *args, "--bundle", str(DEMO_BUNDLE), "--threads", "1", "--no-progress"])
+    return main(["batch", *args, "--bundle", str(DEMO_BUNDLE), *FAST, "--no-progress"])
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +86,7 @@ def test_table_equals_segment_for_every_study(local_run, cohort: Path, tmp_path:
         )
     for study_id in ("patient001", "B5F8L9"):  # one per reader; every row against its own report below
         single = tmp_path / study_id
-        assert (
-            main(["segment", str(cohort / study_id), "-o", str(single), "--bundle", str(DEMO_BUNDLE), "--threads", "1"])
-            == 0
-        )
+        assert main(["segment", str(cohort / study_id), "-o", str(single), "--bundle", str(DEMO_BUNDLE), *FAST]) == 0
         expected = json.loads((single / "report.json").read_text())
         for name in MEASURES:
             assert float(table[study_id][name]) == expected["measures"][name], (study_id, name)
@@ -244,7 +246,9 @@ def test_sigkill_midway_then_rerun_completes_each_study_once(engine: str, shared
             time.sleep(0.2)
         assert not [w for w in workers if _alive(w)]
 
-    assert _batch(str(root), "-o", str(out), "--workers", "1", "--engine", engine) == 0
+    # the killed batch's options (the defaults: their slower studies leave time to stop it midway)
+    again = ["batch", str(root), "-o", str(out), "--workers", "1", "--engine", engine, "--threads", "1"]
+    assert main([*again, "--bundle", str(DEMO_BUNDLE), "--no-progress"]) == 0
     records = [json.loads(line) for line in journal.read_text().splitlines()]
     assert sorted(r["study_id"] for r in records) == sorted(names)  # each study segmented once in all
     table = _table(out)

@@ -8,6 +8,7 @@ need Orthanc or dcmtk skip, saying so, where they are absent.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import time
@@ -409,7 +410,8 @@ def test_five_series_over_three_associations_each_delivered_once(orthanc, tmp_pa
 @needs_dcmtk
 def test_a_cine_sent_a_series_per_slice_comes_back_as_one_stack(orthanc, tmp_path):
     """A scanner that stores each breath-hold's slice as its own series: six one-slice cine
-    series over one association, one stack segmented, its ED and ES SEG referencing all six."""
+    series over one association, one stack segmented, its ED and ES SEG referencing all six.
+    The node runs the default pipeline here (routed, mirrored): the other node tests' is FAST_NODE."""
     groups, uids = series_per_slice(tmp_path / "cine", seed=31)
     files = [f for g in groups for f in g]
     port = free_port()
@@ -420,6 +422,7 @@ def test_a_cine_sent_a_series_per_slice_comes_back_as_one_stack(orthanc, tmp_pat
         *forward_args(orthanc),
         log_path=tmp_path / "node.log",
         series_timeout=1.0,
+        pipeline=(),
     )
     try:
         r = storescu(port, files, calling="SCANNER")
@@ -431,6 +434,8 @@ def test_a_cine_sent_a_series_per_slice_comes_back_as_one_stack(orthanc, tmp_pat
         refs = seg_references(orthanc)
         assert [refs[u] for u in uids] == [2] * 6  # the ED and the ES SEG each reference every slice's series
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [stack]
+        provenance = json.loads((tmp_path / "out" / stack / "report.json").read_text())["provenance"]
+        assert (provenance["mode"], provenance["mirroring"]) == ("routed", "half_turn")
     finally:
         assert node.terminate() == 0
 

@@ -103,7 +103,7 @@ def test_a_cine_refused_at_the_node_and_sent_again_corrected_is_segmented(tmp_pa
     # the node's pipeline options, as segment's (before 0.14.9 it ran the defaults only)
     fast = ("--mode", "baseline", "--no-mirroring", "--threads", "1")
     node = NodeProcess(
-        tmp_path / "spool", tmp_path / "out", port, *fast, log_path=tmp_path / "node.log", series_timeout=1
+        tmp_path / "spool", tmp_path / "out", port, log_path=tmp_path / "node.log", series_timeout=1, pipeline=fast
     )
     try:
         assert _send(port, broken) == [0] * len(broken)
