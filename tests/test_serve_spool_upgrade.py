@@ -128,7 +128,7 @@ def test_a_real_cine_an_old_node_spooled_under_a_long_uid_is_segmented_after_the
 ):
     """0.14.0 received SCD0000101 (SeriesInstanceUID of 70 characters) and was stopped before judging
     it; this node, started on its spool, moves the files to today's folder and segments them: SEG
-    and SR as from the original series (LVEF 31.705 %), where 0.14.7 set the series aside."""
+    and SR as from the original series, where 0.14.7 set the series aside."""
     import logging
 
     import highdicom as hd
@@ -143,7 +143,10 @@ def test_a_real_cine_an_old_node_spooled_under_a_long_uid_is_segmented_after_the
     sent = {sop_uid: data for _, sop_uid, data in sunnybrook_long_uid}
 
     caplog.set_level(logging.INFO, logger="cmrsdk.serve")
-    node = Node(NodeConfig(folder, out, scp=ScpOptions(port=0), series_timeout_s=0.5))
+    # one U-Net a slice (the spool's upgrade is under test): LVEF 31.68 % as `cmrsdk batch` gives
+    # the original series with these options (tests/test_batch_flat_disc.py)
+    fast = {"mode": "baseline", "mirroring": False}
+    node = Node(NodeConfig(folder, out, scp=ScpOptions(port=0), series_timeout_s=0.5, pipeline=fast))
     node.start()
     try:
         wait_for(
@@ -162,7 +165,7 @@ def test_a_real_cine_an_old_node_spooled_under_a_long_uid_is_segmented_after_the
     result = out / uid_file_name(LONG_UID)
     assert {"seg_ED.dcm", "seg_ES.dcm", "sr.dcm", "report.json"} <= {p.name for p in result.iterdir()}
     report = json.loads((result / "report.json").read_text())
-    assert report["measures"]["lvef_pct"] == pytest.approx(31.705, abs=5e-4)
+    assert report["measures"]["lvef_pct"] == pytest.approx(31.68, abs=5e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         segs = [hd.seg.segread(result / f"seg_{phase}.dcm") for phase in ("ED", "ES")]
@@ -176,7 +179,7 @@ def test_a_real_cine_an_old_node_spooled_under_a_long_uid_is_segmented_after_the
         if str(group.tracking_identifier) == "Left ventricle"
         for item in group.get_measurements()
     ]
-    assert ("Left ventricular ejection fraction by MR", 31.705) in measured
+    assert ("Left ventricular ejection fraction by MR", 31.68) in measured
 
 
 def test_a_folder_two_uids_shared_under_0_14_0_is_split_by_the_rows(small_cine, tmp_path):
