@@ -23,7 +23,7 @@ def pipeline():
     pytest.importorskip("onnxruntime")
     from cmrsdk import DEMO_BUNDLE, Pipeline
 
-    return Pipeline(DEMO_BUNDLE)
+    return Pipeline(DEMO_BUNDLE, mirroring=False)  # the progress calls are under test, not the masks
 
 
 def test_each_phase_segmented_is_told_with_the_phases_planned(pipeline) -> None:
