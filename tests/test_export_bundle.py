@@ -301,7 +301,7 @@ def test_a_bundle_is_rebuilt_from_its_own_archives_with_one_model_replaced(tmp_p
             tmp_path / f"{name}.ckpt",
         )
     first = ["--checkpoints", *(f"{n}={tmp_path / f'{n}.ckpt'}" for n in nets), "--routing", "3=apex"]
-    assert main([*first, "--formats", "torchscript", "onnx", "-o", str(tmp_path / "b")]) == 0
+    assert main([*first, "--formats", "torchscript", "-o", str(tmp_path / "b")]) == 0  # the archives reused
     torch.manual_seed(8)
     wider = get_model("unet", features=[4, 8, 24], deep_supervision=True)
     torch.save(
@@ -323,8 +323,11 @@ def test_a_bundle_is_rebuilt_from_its_own_archives_with_one_model_replaced(tmp_p
     assert rebuilt.models["apex"].record["training"]["from_bundle"] == str(tmp_path / "b" / "apex.pt")
     assert rebuilt.preprocessing == Preprocessing((1.25, 1.25), (32, 32), "zscore")
     x = np.random.default_rng(9).standard_normal((2, 1, 32, 32)).astype(np.float32)
-    np.testing.assert_allclose(
-        rebuilt.engine("apex").run(x), load_bundle(tmp_path / "b").engine("apex").run(x), atol=1e-6, rtol=0
+    np.testing.assert_allclose(  # the same weights: ONNX against the TorchScript archive they came from
+        rebuilt.engine("apex", backend="onnx").run(x),
+        load_bundle(tmp_path / "b").engine("apex").run(x),
+        atol=1e-5,
+        rtol=0,
     )
     # an archive away from its manifest is refused, naming the file
     lone = tmp_path / "lone" / "apex.pt"
