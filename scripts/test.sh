@@ -11,7 +11,7 @@ tests=0
 # computes, so two processes on two cores take 8 min where one took 10.7 (session 39); each test
 # file's module fixtures are built in the worker that runs it. `bash scripts/test.sh -n 0` runs serially,
 # as does a machine where pytest-xdist could not be installed (said, not failed).
-workers=(-n 2 --dist loadgroup)  # loadgroup: tests/conftest.py keeps a module with costly fixtures on one worker
+workers=(-n 2)
 if ! python -c "import xdist" 2>/dev/null; then
   echo "cmrsdk: pytest-xdist is not installed; the suite runs in one process" >&2
   workers=()

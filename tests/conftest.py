@@ -72,26 +72,3 @@ def orthanc(tmp_path_factory):
     server = Orthanc(tmp_path_factory.mktemp("orthanc"), {"cmrsdk": ("CMRSDK", free_port())})
     yield server
     server.close()
-
-
-#: modules whose module-scoped fixtures cost 10 s or more (an AOTInductor compilation, a quantized
-#: bundle, a batch of real studies): with ``--dist loadgroup`` (scripts/test.sh) each runs whole on
-#: one worker, so its fixtures are built once, not once per worker that ran one of its tests
-#: (junit times of session 49: test_bundle's 11 s and test_export_quantize's 15 s built twice)
-SHARED_FIXTURE_MODULES = frozenset(
-    {
-        "test_batch_flat_disc",
-        "test_bundle",
-        "test_cohort_batch",
-        "test_device_chain",
-        "test_export_aoti",
-        "test_export_quantize",
-    }
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.path.stem
-        if module in SHARED_FIXTURE_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
