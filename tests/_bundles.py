@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
 import torch
 from torch import nn
 
@@ -114,3 +120,23 @@ def build_neighbour_bundle(out_dir, channel: int):
         out_dir,
         formats=("onnx", "torchscript"),
     )
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder ``name`` that ``build(folder)`` fills, built once for the whole run: the first
+    pytest-xdist worker to ask builds it under a file lock, the others wait and share it (read
+    only). pytest-xdist's recipe for a fixture that must execute once: a module's tests run on both
+    workers, and each worker compiled the AOTInductor bundle of tests/test_export_aoti.py (45 s)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder = root / f"built-once-{name}"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            (folder / ".built").touch()
+    return folder

@@ -18,6 +18,7 @@ from cmrsdk.bundle import FORMAT_VERSION, MANIFEST_NAME, Bundle, Preprocessing, 
 from cmrsdk.engines import available_backends, backend_missing  # noqa: E402
 from cmrsdk.errors import BackendUnavailableError, BundleError, InputError  # noqa: E402
 from export.bundle import build_bundle  # noqa: E402
+from _bundles import built_once  # noqa: E402
 from export.models import unet  # noqa: E402
 
 SIZE = (32, 32)
@@ -27,18 +28,24 @@ CPU_AUTO = available_backends("cpu")[0]
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    torch.manual_seed(3)
-    models = {
-        "baseline": (unet(features=(8, 16, 32)), {"kind": "segmentation", "metrics": {"dice": 0.5}}),
-        "apex": (unet(features=(4, 8, 16)), {"kind": "segmentation"}),
-    }
-    return build_bundle(
-        models,
-        {0: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
-        Preprocessing((1.25, 1.25), SIZE, "robust_zscore"),
-        tmp_path_factory.mktemp("src") / "bundle",
-        formats=("torchscript", "onnx"),
-    )
+    """Two small U-Nets' bundle, built once for the run (`built_once`) and read only: tests that
+    change it take a copy (`bundle_dir`)."""
+
+    def build(folder: Path) -> None:
+        torch.manual_seed(3)
+        models = {
+            "baseline": (unet(features=(8, 16, 32)), {"kind": "segmentation", "metrics": {"dice": 0.5}}),
+            "apex": (unet(features=(4, 8, 16)), {"kind": "segmentation"}),
+        }
+        build_bundle(
+            models,
+            {0: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
+            Preprocessing((1.25, 1.25), SIZE, "robust_zscore"),
+            folder / "bundle",
+            formats=("torchscript", "onnx"),
+        )
+
+    return built_once(tmp_path_factory, "test-bundle-source", build) / "bundle"
 
 
 @pytest.fixture()

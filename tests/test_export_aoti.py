@@ -30,6 +30,7 @@ from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
 from export.aoti import add_aoti, rebuild_model  # noqa: E402
 from export.bundle import build_bundle  # noqa: E402
+from _bundles import built_once  # noqa: E402
 from export.models import unet  # noqa: E402
 from export.parity import FP32_MAX_ABS_DIFF, eager_probabilities  # noqa: E402
 
@@ -43,26 +44,30 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
-    """A routed bundle (one U-Net for every region, regions from the masks) with its AOTInductor package added."""
-    torch.manual_seed(0)
-    info = {
-        "kind": "segmentation",
-        "architecture": f"unet(features={FEATURES})",
-        "training": {"config": {"model": {"name": "unet", "kwargs": {"features": FEATURES}}}},
-    }
-    models = {"baseline": (unet(features=FEATURES), dict(info))}
-    source = build_bundle(
-        models,
-        {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "baseline"},
-        Preprocessing((2.0, 2.0), SIZE, "robust_zscore", heart_crop=CROP),
-        tmp_path_factory.mktemp("aoti") / "bundle",
-        formats=("torchscript", "onnx"),
-        regions_from="segmentation",
-    )
-    logged: list[str] = []
-    add_aoti(source, models=["baseline"], acdc=None, log=logged.append)
-    assert len(logged) == 1 and "aoti" in logged[0]
-    return source
+    """A routed bundle (one U-Net for every region, regions from the masks) with its AOTInductor
+    package added; compiled once for the run (`built_once`), read only by the tests."""
+
+    def build(folder: Path) -> None:
+        torch.manual_seed(0)
+        info = {
+            "kind": "segmentation",
+            "architecture": f"unet(features={FEATURES})",
+            "training": {"config": {"model": {"name": "unet", "kwargs": {"features": FEATURES}}}},
+        }
+        models = {"baseline": (unet(features=FEATURES), dict(info))}
+        source = build_bundle(
+            models,
+            {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "baseline"},
+            Preprocessing((2.0, 2.0), SIZE, "robust_zscore", heart_crop=CROP),
+            folder / "bundle",
+            formats=("torchscript", "onnx"),
+            regions_from="segmentation",
+        )
+        logged: list[str] = []
+        add_aoti(source, models=["baseline"], acdc=None, log=logged.append)
+        assert len(logged) == 1 and "aoti" in logged[0]
+
+    return built_once(tmp_path_factory, "aoti-bundle", build) / "bundle"
 
 
 @pytest.fixture(scope="module")
