@@ -8,8 +8,8 @@ Cython), which run with the GIL released on ``threads`` threads.
 Threads
 -------
 Results do not depend on the thread count (bit for bit). ``threads=None`` (the default) draws
-from one process-wide budget of native threads, as many as the CPUs in the process's affinity
-mask (``os.sched_getaffinity``; ``os.cpu_count()`` where the OS has no such mask): the call
+from one process-wide budget of native threads, as many as the CPUs the process may use (its
+affinity mask, capped by its cgroup's CPU quota: `cmrsdk.cpus.usable_cpus`): the call
 waits until at least one of those CPUs is free of native work, then runs on every free one. So
 several stacks processed at once (threads of a server, a pipeline called from a pool) share the
 CPUs instead of each starting one thread per CPU. An explicit ``threads=n`` runs on exactly n
@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
+from .cpus import usable_cpus
 from .errors import CmrWarning, InputError
 from ._warn import warn
 
@@ -124,18 +124,6 @@ class SliceTransform:
     size: tuple[int, int]
 
 
-def _available_cpus() -> int:
-    """CPUs this process may run on: its affinity mask where the OS has one (taskset, cgroup
-    cpusets and container CPU pinning narrow it), else ``os.cpu_count()``."""
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    if getaffinity is not None:
-        try:
-            return max(1, len(getaffinity(0)))
-        except OSError:
-            pass
-    return os.cpu_count() or 1
-
-
 class _NativeThreads:
     """The process-wide budget of threads running cmrsdk's native kernels (see "Threads")."""
 
@@ -150,7 +138,7 @@ class _NativeThreads:
         least one, waiting until one is free). Held until the block ends."""
         with self._free:
             if threads is None:
-                cpus = _available_cpus()
+                cpus = usable_cpus()
                 self._free.wait_for(lambda: self.in_use < cpus)
                 threads = cpus - self.in_use
             self.in_use += threads

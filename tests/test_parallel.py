@@ -70,15 +70,15 @@ def test_a_failed_thread_start_joins_the_started_threads_and_rethrows() -> None:
 def test_default_threads_follow_the_cpu_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 9}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    assert pp._available_cpus() == 3
+    assert pp.usable_cpus() == 3
     with pp._NATIVE_THREADS.take(None) as n:
         assert n == 3
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
-    assert pp._available_cpus() == 64
+    assert pp.usable_cpus() == 64
 
 
 def test_a_default_call_takes_the_free_cpus_and_waits_when_none_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pp, "_available_cpus", lambda: 4)
+    monkeypatch.setattr(pp, "usable_cpus", lambda: 4)
     budget = pp._NativeThreads()
     with budget.take(None) as first:
         assert first == 4
@@ -101,7 +101,7 @@ def test_a_default_call_takes_the_free_cpus_and_waits_when_none_is_free(monkeypa
 
 
 def test_concurrent_default_calls_never_oversubscribe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pp, "_available_cpus", lambda: 3)
+    monkeypatch.setattr(pp, "usable_cpus", lambda: 3)
     budget = pp._NativeThreads()
     monkeypatch.setattr(pp, "_NATIVE_THREADS", budget)
     rng = np.random.default_rng(71)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..cpus import usable_cpus
 from ..errors import CmrError, InputError
 from .discover import StudySource
 from .worker import PipelineSpec, StudyResult, StudyWorker
@@ -30,11 +31,9 @@ ENGINES = ("local", "ray")
 
 
 def cpu_count() -> int:
-    """Cores this process may use (the affinity mask, which containers and taskset narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """Cores this process may use: the affinity mask (taskset, cpusets), capped by the cgroup's
+    CPU quota (a container's --cpus; `cmrsdk.cpus.usable_cpus`)."""
+    return usable_cpus()
 
 
 class WorkerLost(Exception):

@@ -1,0 +1,82 @@
+"""The CPUs this process may use: its affinity mask (taskset, cpusets) and its cgroup's CPU quota
+(a container's ``--cpus``, a Kubernetes CPU limit), whichever allows fewer.
+
+A quota leaves the affinity mask whole: in a container limited to 2 CPUs on a 64-core host the
+mask still lists 64, and a batch sized from it started 32 workers of one pipeline each."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+__all__ = ["cgroup_cpu_limit", "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: the affinity mask's count (``os.cpu_count()`` where the OS
+    has none), capped by the cgroup quota (`cgroup_cpu_limit`); at least 1."""
+    cpus = 0
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    if getaffinity is not None:
+        try:
+            cpus = len(getaffinity(0))
+        except OSError:
+            cpus = 0
+    cpus = cpus or os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cpus, limit) if limit else cpus)
+
+
+def cgroup_cpu_limit(proc_cgroup: str | Path = "/proc/self/cgroup", root: str | Path = "/sys/fs/cgroup") -> int | None:
+    """The CPUs the process's cgroup quota allows, rounded up: the tightest quota of its cgroup and
+    of the cgroups above it, cgroup v2 (``cpu.max``) or v1 (``cpu.cfs_quota_us`` over
+    ``cpu.cfs_period_us``); None where none is set or none can be read.
+
+    ``proc_cgroup``: the process's cgroup list (``/proc/self/cgroup``); ``root``: where the
+    cgroup file systems are mounted.
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    root = Path(root)
+    found: list[int] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2: one hierarchy, mounted at root (or at root/unified beside v1)
+            for mount in (root, root / "unified"):
+                found += [n for f in _upwards(mount, path) if (n := _v2_quota(f / "cpu.max"))]
+        elif "cpu" in controllers.split(","):  # v1: the cpu controller's own hierarchy
+            mount = root / controllers if (root / controllers).is_dir() else root / "cpu"
+            found += [n for f in _upwards(mount, path) if (n := _v1_quota(f))]
+    return min(found) if found else None
+
+
+def _upwards(mount: Path, path: str) -> list[Path]:
+    """``mount``/``path`` and each folder above it up to ``mount`` (a container sees its own
+    cgroup at the mount's root, under whatever path the host gives it)."""
+    relative = Path(path.strip().lstrip("/"))
+    return [mount / relative, *(mount / p for p in relative.parents if p != Path("."))] + (
+        [mount] if relative != Path(".") else []
+    )
+
+
+def _v2_quota(cpu_max: Path) -> int | None:
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        return max(1, math.ceil(int(quota) / int(period))) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(folder: Path) -> int | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
