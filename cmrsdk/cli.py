@@ -658,6 +658,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def add_fragment_and_thread_options(p: argparse.ArgumentParser) -> None:
+    """--keep-fragments and --threads of a command that runs one pipeline (segment, serve):
+    `pipeline_arguments` reads them back."""
+    p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads of the kernels and networks (default: all cores)",
+    )
+
+
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """The options of the pipeline's rules (`Pipeline`'s keyword arguments) that segment, batch,
     evaluate and serve take alike: `pipeline_arguments` reads them back."""
@@ -803,13 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(bundle's regions_from); baseline: one U-Net; oracle: routed by the ground-truth regions "
         "(inputs with labels only)",
     )
-    p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="CPU threads of the kernels and networks (default: all cores)",
-    )
+    add_fragment_and_thread_options(p)
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.png (the slowest output)")
     p.add_argument("--no-report-html", action="store_true", help="do not write report.html (the page for a reader)")
     p.add_argument(
@@ -894,13 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["routed", "baseline"],
         help="routed: region U-Nets (default); baseline: one U-Net",
     )
-    p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="CPU threads of the kernels and networks (default: all cores)",
-    )
+    add_fragment_and_thread_options(p)
     add_pipeline_options(p)
     p.set_defaults(func=_cmd_serve)
     add_retrieve_parser(sub).set_defaults(func=run_retrieve)
