@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["cgroup_cpu_limit", "usable_cpus"]
+__all__ = ["cgroup_cpu_limit", "quota_threads", "usable_cpus"]
 
 
 def usable_cpus() -> int:
@@ -26,6 +26,19 @@ def usable_cpus() -> int:
     cpus = cpus or os.cpu_count() or 1
     limit = cgroup_cpu_limit()
     return max(1, min(cpus, limit) if limit else cpus)
+
+
+def quota_threads() -> int | None:
+    """The thread count for an inference runtime left to its default (ONNX Runtime, OpenVINO):
+    the cgroup quota where it allows fewer CPUs than the affinity mask holds (the runtimes count
+    the mask's cores), else None (the runtime's own default)."""
+    limit = cgroup_cpu_limit()
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    try:
+        mask = len(getaffinity(0)) if getaffinity is not None else os.cpu_count() or 1
+    except OSError:
+        mask = os.cpu_count() or 1
+    return limit if limit is not None and limit < mask else None
 
 
 def cgroup_cpu_limit(proc_cgroup: str | Path = "/proc/self/cgroup", root: str | Path = "/sys/fs/cgroup") -> int | None:

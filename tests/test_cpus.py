@@ -63,21 +63,25 @@ def test_without_a_quota_the_affinity_mask_counts():
 
 _SIZES = """
 import numpy as np
-from cmrsdk import preprocess
+from cmrsdk import DEMO_BUNDLE, preprocess
+from cmrsdk.engines import create_engine as engine_for
 from cmrsdk.cohort.engines import cpu_count, create_engine
 from cmrsdk.cohort.worker import PipelineSpec
 engine = create_engine("local", PipelineSpec(bundle="unused"))
 preprocess.prepare_slices(
     np.ones((8, 96, 96), np.float32), (1.5, 1.5), target_spacing=(1.25, 1.25), size=(64, 64), normalization="zscore"
 )
-print(cpu_count(), engine.workers, engine.threads, preprocess._NATIVE_THREADS.peak)
+onnx = engine_for(DEMO_BUNDLE / "baseline.onnx", "onnx")._session.get_session_options().intra_op_num_threads
+openvino = engine_for(DEMO_BUNDLE / "baseline.onnx", "openvino")._compiled.get_property("INFERENCE_NUM_THREADS")
+print(cpu_count(), engine.workers, engine.threads, preprocess._NATIVE_THREADS.peak, onnx, openvino)
 """
 
 
 def test_a_process_in_a_cgroup_of_one_cpu_sizes_its_batch_for_one(tmp_path: Path):
     """A real cgroup (v1 cpu controller, as root) with a quota of one CPU: the batch's default
-    workers and threads, and the threads of a native call left to its default, are those of one
-    CPU; outside it, the mask's."""
+    workers and threads, the threads of a native call left to its default, and ONNX Runtime's and
+    OpenVINO's threads where none are given, are those of one CPU; outside it, the mask's (the
+    runtimes' own defaults: 0, ONNX Runtime's "its choice", and OpenVINO's count)."""
     mount = Path("/sys/fs/cgroup/cpu")
     if os.geteuid() != 0 or not (mount / "cpu.cfs_quota_us").is_file() or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs root, a writable cgroup v1 cpu controller and two CPUs or more")
@@ -99,7 +103,7 @@ def test_a_process_in_a_cgroup_of_one_cpu_sizes_its_batch_for_one(tmp_path: Path
             env=dict(os.environ, PYTHONPATH=str(REPO)),
         )
         assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.split() == ["1", "1", "1", "1"]
+        assert done.stdout.split() == ["1", "1", "1", "1", "1", "1"]
         free = subprocess.run(
             [sys.executable, "-c", _SIZES],
             capture_output=True,
@@ -109,6 +113,7 @@ def test_a_process_in_a_cgroup_of_one_cpu_sizes_its_batch_for_one(tmp_path: Path
             env=dict(os.environ, PYTHONPATH=str(REPO)),
         )
         cpus = str(len(os.sched_getaffinity(0)))
-        assert free.stdout.split()[::3] == [cpus, cpus]  # outside the cgroup: every CPU of the mask
+        sizes = free.stdout.split()
+        assert sizes[::3] == [cpus, cpus] and sizes[4] == "0"  # outside: every CPU, the runtimes' own choice
     finally:
         group.rmdir()

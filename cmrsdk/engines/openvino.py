@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cpus import quota_threads
 from ..errors import BackendUnavailableError, BundleError, InputError
 from .base import Engine, check_device, import_runtime, load_failure, onednn_bf16_capped
 
@@ -81,7 +82,7 @@ class OpenVinoEngine(Engine):
     precision : "fp32" or "bf16" (CPUs with AVX512-BF16 or AMX; refused elsewhere). Inputs and
         outputs are float32 either way.
     threads : CPU threads of one inference (OpenVINO's ``INFERENCE_NUM_THREADS``); None: all
-        cores.
+        cores, or the cgroup's CPU quota where it allows fewer (`cmrsdk.cpus.quota_threads`).
     max_batch : the largest N per call (see `Engine`); None: any N.
 
     The model keeps the ONNX graph's dynamic batch, height and width; OpenVINO compiles a shape's
@@ -135,6 +136,8 @@ class OpenVinoEngine(Engine):
             "PERFORMANCE_HINT": "LATENCY",
             "ENABLE_CPU_PINNING": False,
         }
+        if threads is None:  # a container's CPU quota, which the plugin's core count does not see
+            threads = quota_threads()
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
