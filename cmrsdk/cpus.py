@@ -6,6 +6,7 @@ mask still lists 64, and a batch sized from it started 32 workers of one pipelin
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -16,15 +17,7 @@ __all__ = ["cgroup_cpu_limit", "quota_threads", "usable_cpus"]
 def usable_cpus() -> int:
     """CPUs this process may run on: the affinity mask's count (``os.cpu_count()`` where the OS
     has none), capped by the cgroup quota (`cgroup_cpu_limit`); at least 1."""
-    cpus = 0
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    if getaffinity is not None:
-        try:
-            cpus = len(getaffinity(0))
-        except OSError:
-            cpus = 0
-    cpus = cpus or os.cpu_count() or 1
-    limit = cgroup_cpu_limit()
+    cpus, limit = _mask_cpus(), _own_quota()
     return max(1, min(cpus, limit) if limit else cpus)
 
 
@@ -32,13 +25,25 @@ def quota_threads() -> int | None:
     """The thread count for an inference runtime left to its default (ONNX Runtime, OpenVINO):
     the cgroup quota where it allows fewer CPUs than the affinity mask holds (the runtimes count
     the mask's cores), else None (the runtime's own default)."""
-    limit = cgroup_cpu_limit()
+    limit = _own_quota()
+    return limit if limit is not None and limit < _mask_cpus() else None
+
+
+def _mask_cpus() -> int:
+    """The affinity mask's CPUs, read each time (taskset may change it while the process runs)."""
     getaffinity = getattr(os, "sched_getaffinity", None)
-    try:
-        mask = len(getaffinity(0)) if getaffinity is not None else os.cpu_count() or 1
-    except OSError:
-        mask = os.cpu_count() or 1
-    return limit if limit is not None and limit < mask else None
+    if getaffinity is not None:
+        try:
+            return max(1, len(getaffinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
+@functools.cache
+def _own_quota() -> int | None:
+    """This process's `cgroup_cpu_limit`, read once: the native kernels ask on every call."""
+    return cgroup_cpu_limit()
 
 
 def cgroup_cpu_limit(proc_cgroup: str | Path = "/proc/self/cgroup", root: str | Path = "/sys/fs/cgroup") -> int | None:
