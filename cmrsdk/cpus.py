@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["cgroup_cpu_limit", "quota_threads", "usable_cpus"]
+__all__ = ["cgroup_cpu_limit", "quota_threads", "usable_cores", "usable_cpus"]
 
 
 def usable_cpus() -> int:
@@ -19,6 +19,32 @@ def usable_cpus() -> int:
     has none), capped by the cgroup quota (`cgroup_cpu_limit`); at least 1."""
     cpus, limit = _mask_cpus(), _own_quota()
     return max(1, min(cpus, limit) if limit else cpus)
+
+
+def usable_cores() -> int:
+    """Physical cores this process may run on: the affinity mask's CPUs counted once per core
+    (hyper-threads of one core share it; ``topology/core_cpus_list`` in sysfs, each CPU its own
+    core where that cannot be read), capped by the cgroup quota; at least 1. ONNX Runtime's own
+    default thread count is this count without the quota."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    try:
+        mask = sorted(getaffinity(0)) if getaffinity is not None else []
+    except OSError:
+        mask = []
+    cores = {_core_of(cpu) for cpu in mask} if mask else set()
+    count, limit = len(cores) or _mask_cpus(), _own_quota()
+    return max(1, min(count, limit) if limit else count)
+
+
+def _core_of(cpu: int) -> str:
+    """The CPUs sharing ``cpu``'s core as sysfs lists them ("0,32"); the CPU alone where unreadable."""
+    topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+    for name in ("core_cpus_list", "thread_siblings_list"):
+        try:
+            return (topology / name).read_text().strip()
+        except OSError:
+            continue
+    return str(cpu)
 
 
 def quota_threads() -> int | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cmrsdk.cpus import cgroup_cpu_limit, usable_cpus
+from cmrsdk.cpus import cgroup_cpu_limit, usable_cores, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +61,14 @@ def test_without_a_quota_the_affinity_mask_counts():
         assert usable_cpus() == len(os.sched_getaffinity(0))
 
 
+def test_cores_count_the_cpus_of_a_core_once():
+    """ONNX Runtime's default is a thread per physical core: hyper-threads of one core count once."""
+    mask = os.sched_getaffinity(0)
+    cores = {Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_cpus_list").read_text() for cpu in mask}
+    limit = cgroup_cpu_limit()
+    assert usable_cores() == min(len(cores), limit or len(cores)) <= usable_cpus()
+
+
 _SIZES = """
 import numpy as np
 from cmrsdk import DEMO_BUNDLE, preprocess
@@ -80,8 +88,8 @@ print(cpu_count(), engine.workers, engine.threads, preprocess._NATIVE_THREADS.pe
 def test_a_process_in_a_cgroup_of_one_cpu_sizes_its_batch_for_one(tmp_path: Path):
     """A real cgroup (v1 cpu controller, as root) with a quota of one CPU: the batch's default
     workers and threads, the threads of a native call left to its default, and ONNX Runtime's and
-    OpenVINO's threads where none are given, are those of one CPU; outside it, the mask's (the
-    runtimes' own defaults: 0, ONNX Runtime's "its choice", and OpenVINO's count)."""
+    OpenVINO's threads where none are given, are those of one CPU; outside it, the mask's (ONNX
+    Runtime's: one per physical core of the mask)."""
     mount = Path("/sys/fs/cgroup/cpu")
     if os.geteuid() != 0 or not (mount / "cpu.cfs_quota_us").is_file() or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs root, a writable cgroup v1 cpu controller and two CPUs or more")
@@ -114,6 +122,6 @@ def test_a_process_in_a_cgroup_of_one_cpu_sizes_its_batch_for_one(tmp_path: Path
         )
         cpus = str(len(os.sched_getaffinity(0)))
         sizes = free.stdout.split()
-        assert sizes[::3] == [cpus, cpus] and sizes[4] == "0"  # outside: every CPU, the runtimes' own choice
+        assert sizes[::3] == [cpus, cpus] and sizes[4] == str(usable_cores())  # outside: every CPU
     finally:
         group.rmdir()

@@ -6,6 +6,7 @@ artifacts come from export.bundle.build_bundle, so this also covers the export w
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -16,7 +17,11 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
+from _threads import thread_masks  # noqa: E402
+
+from cmrsdk import DEMO_BUNDLE  # noqa: E402
 from cmrsdk.bundle import Preprocessing, load_bundle  # noqa: E402
+from cmrsdk.cpus import usable_cores  # noqa: E402
 from cmrsdk.engines import (  # noqa: E402
     AUTO_ORDER,
     Engine,
@@ -199,6 +204,18 @@ def test_onnx_options(built):
         create_engine(path, optimization="max")
     with pytest.raises(InputError, match="'intra_op_threads'.*0"):
         create_engine(path, intra_op_threads=0)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning shows only with two CPUs or more")
+def test_onnx_threads_are_not_pinned_to_the_first_cores():
+    """Left to choose its thread count, ONNX Runtime pinned its intra-op worker to CPU 1 of two, so
+    two processes (a user's own pool of pipelines) shared that core. With no count given the engine
+    passes one per core of the mask, and every thread keeps the process's mask."""
+    assert create_engine(DEMO_BUNDLE / "baseline.onnx", "onnx")._session.get_session_options().intra_op_num_threads == (
+        usable_cores()
+    )
+    mask, seen = thread_masks(DEMO_BUNDLE / "baseline.onnx", "onnx")
+    assert seen == [mask], f"threads narrowed to CPUs {seen} of {mask}"
 
 
 def test_torchscript_cpu_refuses_cuda_only_options(built):

@@ -78,6 +78,21 @@ def test_per_file_series_uids_are_regrouped_as_the_cine(cine: Path, tmp_path: Pa
     assert summary.is_sax_cine and summary.series_uid.endswith(f"+{N_SLICES * N_PHASES - 1} more")
 
 
+def test_regrouping_without_series_numbers_says_they_are_absent(cine: Path, tmp_path: Path) -> None:
+    """SeriesNumber removed with the UIDs: the warning said "SeriesNumber 0", a value no file holds."""
+
+    def strip(ds, i) -> None:
+        _per_file_uids(ds, i)
+        del ds.SeriesNumber
+
+    study, said = _read(_edited(cine, tmp_path / "anon", strip))
+    assert study.phases[0].pixels.shape[0] == N_SLICES
+    (regrouped,) = [m for m in said if "regrouped by geometry" in m]
+    assert "SeriesNumber (absent)" in regrouped and "SeriesNumber 0" not in regrouped
+    (summary,) = scan_dicom_series(tmp_path / "anon")
+    assert summary.series_number is None
+
+
 def test_regrouped_images_that_collide_are_refused(cine: Path, tmp_path: Path) -> None:
     """Two such cines alike in one folder put two images at one position and time: refused, named."""
     exam = tmp_path / "exam"

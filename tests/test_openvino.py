@@ -24,6 +24,8 @@ from cmrsdk.errors import BackendUnavailableError, BundleError, CmrWarning, Inpu
 from cmrsdk.phantom import cine_phantom  # noqa: E402
 from cmrsdk.preprocess import prepare_slices  # noqa: E402
 
+from _threads import thread_masks  # noqa: E402
+
 needs_bf16 = pytest.mark.skipif(openvino_bf16_missing() is not None, reason=str(openvino_bf16_missing()))
 ONNX = DEMO_BUNDLE / "baseline.onnx"
 
@@ -207,41 +209,10 @@ def test_the_runtime_writes_nothing_in_home_and_leaves_logging_alone(tmp_path):
     assert list(home.iterdir()) == []
 
 
-_PINNING_PROBE = """
-import glob, os, sys, threading
-import numpy as np
-from cmrsdk.engines import create_engine
-engine = create_engine(sys.argv[1], "openvino", threads=1)
-mask = open("/proc/self/status").read().split("Cpus_allowed_list:")[1].split()[0]
-seen, done = set(), threading.Event()
-def infer():
-    for _ in range(20):
-        engine.run(np.zeros((8, 1, 128, 128), np.float32))
-    done.set()
-worker = threading.Thread(target=infer)
-worker.start()
-while not done.is_set():  # every thread's CPU mask while the inference threads run
-    for task in glob.glob(f"/proc/{os.getpid()}/task/*/status"):
-        try:
-            seen.add(open(task).read().split("Cpus_allowed_list:")[1].split()[0])
-        except OSError:
-            pass
-worker.join()
-print(mask, *sorted(seen))
-"""
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning shows only with two CPUs or more")
 def test_inference_threads_are_not_pinned_to_the_first_cpus():
     """Pinned (OpenVINO's default), a one-thread engine ran on CPU 0 whatever else ran there: a
     batch's two workers of one thread each shared CPU 0 and took 44 s a Sunnybrook cine against
     36 s unpinned, on two cores. Every thread keeps the process's CPU mask now."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-c", _PINNING_PROBE, str(ONNX)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    mask, *seen = done.stdout.split()
+    mask, seen = thread_masks(ONNX, "openvino", threads=1)
     assert seen == [mask], f"threads narrowed to CPUs {seen} of {mask}"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cpus import quota_threads
+from ..cpus import usable_cores
 from ..errors import BackendUnavailableError, BundleError, InputError
 from .base import Engine, check_device, import_runtime, load_failure
 
@@ -41,9 +41,9 @@ class OnnxEngine(Engine):
     ----------
     path : the ``.onnx`` file.
     device : "cpu" (CPUExecutionProvider) or "cuda" (CUDAExecutionProvider, from onnxruntime-gpu).
-    intra_op_threads : threads inside one operator (a convolution); None lets ONNX Runtime use
-        one per physical core, or the cgroup's CPU quota where it allows fewer CPUs than the
-        affinity mask holds (`cmrsdk.cpus.quota_threads`).
+    intra_op_threads : threads inside one operator (a convolution); None is one per physical
+        core of the affinity mask, capped by the cgroup's CPU quota (`cmrsdk.cpus.usable_cores`),
+        given as a count so that ONNX Runtime does not pin its threads to the first cores.
     inter_op_threads : threads across independent operators; None is ONNX Runtime's default.
     optimization : graph optimisation level, one of `OPTIMIZATION_LEVELS` ("all" by default).
     spinning : let idle worker threads spin-wait for the next run (ONNX Runtime's default).
@@ -89,10 +89,9 @@ class OnnxEngine(Engine):
             providers = ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
-        if intra_op_threads is None:  # a container's CPU quota, which ONNX Runtime's core count does not see
-            intra_op_threads = quota_threads()
-        if intra_op_threads is not None:
-            options.intra_op_num_threads = intra_op_threads
+        # Always a count: left to choose, ONNX Runtime pins its workers to the mask's first cores
+        # (two processes shared CPU 1) and misses a container's CPU quota.
+        options.intra_op_num_threads = usable_cores() if intra_op_threads is None else intra_op_threads
         if inter_op_threads is not None:
             options.inter_op_num_threads = inter_op_threads
         # A pipeline runs several sessions one after another; by default each session's idle

@@ -162,8 +162,8 @@ class SeriesSummary:
     #: span of TriggerTime (ms) over the images of the slice position with the most; None where
     #: unknown (absent times, one image per position, or repeated InstanceNumbers)
     trigger_span_ms: float | None = None
-    #: the highest SeriesNumber among its images (0 where absent): a repeat is acquired later
-    series_number: int = 0
+    #: the highest SeriesNumber among its images (None where none has one): a repeat is acquired later
+    series_number: int | None = None
     study_uid: str = ""
     patient_id: str = ""
     #: |cos| between the slice normal and the heart's long axis (`cmrsdk.regions.apex_cosine`);
@@ -994,7 +994,7 @@ def _summaries(
             n_positions,
             n_phases,
             span,
-            max(_int_or_none(m.header.get("SeriesNumber")) or 0 for m in members),
+            max((n for m in members if (n := _int_or_none(m.header.get("SeriesNumber"))) is not None), default=None),
             str(header.get("StudyInstanceUID", "") or ""),
             str(header.get("PatientID", "") or ""),
             apex_cos,
@@ -1089,7 +1089,7 @@ def _preference(s: SeriesSummary) -> tuple[bool, bool, bool, bool, bool, bool, i
         bool(_SAX_WORDS.search(s.description)),
         "+" not in s.series_uid,
         s.n_images,
-        s.series_number,
+        _sort_number(s),
     )
 
 
@@ -1123,7 +1123,7 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
             CmrWarning(
                 f"{path}: series {chosen.series_uid} ('{chosen.description}') holds one phase, and {len(split)} other "
                 f"series of its study hold one phase each at the same {chosen.n_positions} slice positions (SeriesNumber "
-                f"{', '.join(str(s.series_number) for s in split[:5])}{', ...' if len(split) > 5 else ''}): a cine stored "
+                f"{', '.join(_number_text(s) for s in split[:5])}{', ...' if len(split) > 5 else ''}): a cine stored "
                 "one series per phase, which cmrsdk does not stack; reading one phase (volumes, no EF): export the "
                 "cine as one series"
             ),
@@ -1139,11 +1139,11 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
     ]
     if alternatives:
         cines = [chosen, *alternatives]
-        others = ", ".join(f"{s.series_uid} ('{s.description}', SeriesNumber {s.series_number})" for s in cines[1:])
+        others = ", ".join(f"{s.series_uid} ('{s.description}', SeriesNumber {_number_text(s)})" for s in cines[1:])
         warn(
             CmrWarning(
                 f"{path}: {len(cines)} short-axis cine series; reading {chosen.series_uid} ('{chosen.description}', "
-                f"SeriesNumber {chosen.series_number}, {chosen.n_images} images), not {others} "
+                f"SeriesNumber {_number_text(chosen)}, {chosen.n_images} images), not {others} "
                 "(read another with cmrsdk segment --series UID, or cmrsdk.read_dicom_study(path, series_uid=...))"
             ),
             stacklevel=3,
@@ -1223,7 +1223,17 @@ def _phases_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummary])
         ends = _extent_along(chosen, s)
         if ends is not None and abs(ends[0] - lo) <= margin and abs(ends[1] - hi) <= margin:
             found.append(s)
-    return sorted(found, key=lambda s: s.series_number)
+    return sorted(found, key=_sort_number)
+
+
+def _sort_number(s: SeriesSummary) -> int:
+    """SeriesNumber to order by; a series without one ranks as number 0."""
+    return s.series_number if s.series_number is not None else 0
+
+
+def _number_text(s: SeriesSummary) -> str:
+    """SeriesNumber as a message shows it: "(absent)" rather than a number no header holds."""
+    return str(s.series_number) if s.series_number is not None else "(absent)"
 
 
 def _check_consistent(images: list[_Image]) -> None:
@@ -1613,7 +1623,7 @@ def read_dicom_study(path: str | Path, *, series_uid: str | None = None, study_u
         warn(
             CmrWarning(
                 f"{path}: {regrouped[chosen]} series of one image each were regrouped by geometry (orientation, "
-                f"matrix, pixel size, SeriesNumber {summary.series_number}, description) into one cine of "
+                f"matrix, pixel size, SeriesNumber {_number_text(summary)}, description) into one cine of "
                 f"{summary.n_positions} slice positions x {summary.n_phases} phases: an anonymiser gave each file "
                 "its own SeriesInstanceUID"
             ),
