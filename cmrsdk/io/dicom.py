@@ -183,6 +183,9 @@ class SeriesSummary:
     image_type: tuple[str, ...] = ()
     #: TriggerTime orders the images of every slice position over one cardiac cycle (`_trigger_cycle`)
     trigger_cycle: bool = False
+    #: the SeriesInstanceUIDs read as this candidate: its own, or those of a stack of series or of
+    #: one-image series regrouped (`cmrsdk.serve` purges them once their stack is queued)
+    parts: tuple[str, ...] = ()
 
     @property
     def dynamic_reason(self) -> str:
@@ -962,6 +965,9 @@ def _summaries(
         by_series.setdefault(series, []).append(image)
         if keys[series] != series and id(image) not in dropped:
             by_series.setdefault(keys[series], []).append(image)
+    parts: dict[str, list[str]] = {}
+    for series, key in keys.items():
+        parts.setdefault(key, []).append(series)
     result = {}
     for uid, members in by_series.items():
         apex_cos, pixel_mm, steps, normal, extent, acquired, cycle = None, 0.0, False, None, None, None, False
@@ -1005,6 +1011,7 @@ def _summaries(
             acquired,
             tuple(str(v).strip().upper() for v in _image_type(header)),
             cycle,
+            tuple(sorted(parts.get(uid, [uid]))) if keys.get(uid, uid) == uid else (uid,),
         )
     return result
 
@@ -1131,7 +1138,7 @@ def _choose_cine(path: Path, summaries: dict[str, SeriesSummary]) -> str:
         )
     # the warning names real alternatives: not the parts of the stack read, nor (when the one read
     # is a short-axis stack) axial or long-axis stacks
-    parts = set(chosen.series_uid.split("+"))
+    parts = set(chosen.parts)
     alternatives = [
         s
         for s in cines
@@ -1191,7 +1198,7 @@ def _continued_elsewhere(chosen: SeriesSummary, summaries: Iterable[SeriesSummar
         if (
             "+" in s.series_uid  # a stack's parts are listed on their own too
             or s.series_uid == chosen.series_uid
-            or s.series_uid in chosen.series_uid.split("+")
+            or s.series_uid in chosen.parts
             or s.n_phases < 2
             or s.is_dynamic
             or s.study_uid != chosen.study_uid

@@ -166,7 +166,7 @@ class StackGatherer:
             best = scan_dicom_series(folder)[0]
         except (CmrError, IndexError):
             best = None
-        stacked = [] if best is None or "+" not in best.series_uid or best.is_dynamic else best.series_uid.split("+")
+        stacked = [] if best is None or len(best.parts) < 2 or best.is_dynamic else list(best.parts)
         # a slice position acquired twice: the later series is read, the earlier still belongs to the stack
         restacked = tuple(earlier) if set(earlier) & set(stacked) else ()
         stacked = [uid for uid in stacked if uid in members]

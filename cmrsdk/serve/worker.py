@@ -76,7 +76,8 @@ def judge_series(folder: Path) -> SeriesVerdict:
 
     Set aside, with the reason: other modalities than MR, localisers, fewer than 3 slice
     positions (long-axis views, single slices; a one- or two-slice cine is ``stackable``: it
-    waits for the other parts of its study), fewer than 2 phases (not a cine), dynamic series
+    waits for the other parts of its study, as does a one-image series, which may be one file of
+    a cine stored a SeriesInstanceUID per file), fewer than 2 phases (not a cine), dynamic series
     (perfusion, mapping: one cardiac phase repeated), and series
     whose headers cannot be read or lack the geometry. A short-axis cine spanning less than
     `PART_SPAN_MM` is queued and ``stackable``: a part of a cine split over series of a few
@@ -110,7 +111,9 @@ def judge_series(folder: Path) -> SeriesVerdict:
     if slices == 0:
         return SeriesVerdict(False, "no usable geometry (ImagePositionPatient / ImageOrientationPatient)", None, None)
     if slices < 3:
-        part = phases >= 2 and not best.is_dynamic
+        # one image: perhaps one file of a cine whose files each got their own SeriesInstanceUID
+        # (a de-identification tool); its study's one-image series are regrouped as the reader does
+        part = (phases >= 2 or best.n_images == 1) and not best.is_dynamic
         return SeriesVerdict(False, f"not a short-axis stack: {slices} slice position(s)", phases, slices, part)
     if phases < 2:
         return SeriesVerdict(False, f"not a cine: {phases} phase per slice position", phases, slices)

@@ -1,0 +1,139 @@
+"""A cine whose files each got their own SeriesInstanceUID (dcmtk ``dcmodify -gse``, per-file
+de-identification scripts) sent to the node. Before 0.14.10 each image was judged alone and set
+aside ("not a short-axis stack: 1 slice position(s)", 240 times for a Sunnybrook cine); the node
+now lets one-image series wait for their study and regroups them as `cmrsdk segment` does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from cmrsdk.io import read_dicom_study, write_dicom_series
+from cmrsdk.serve.spool import Spool, read_status
+from cmrsdk.synth import synthetic_study
+
+from _dicom_node import NodeProcess, free_port, wait_for
+
+N_SLICES, N_PHASES = 5, 4
+
+
+def _per_file_series(cine: Path, target: Path) -> list[Path]:
+    """Copies of ``cine``'s files, each with a SeriesInstanceUID (and SOPInstanceUID) of its own."""
+    target.mkdir()
+    copies = []
+    for file in sorted(cine.glob("*.dcm")):
+        ds = pydicom.dcmread(file)
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(target / file.name)
+        copies.append(target / file.name)
+    return copies
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """A synthetic 5-slice, 4-phase cine and its per-file-series copies."""
+    cine = tmp_path / "cine"
+    write_dicom_series(cine, synthetic_study(seed=5, shape=(32, 32), n_slices=N_SLICES, n_phases=N_PHASES))
+    return cine, _per_file_series(cine, tmp_path / "per_file")
+
+
+def test_one_image_series_of_a_study_are_regrouped_and_segmented_once(tmp_path: Path, split, monkeypatch):
+    from test_serve_spool import _worker
+
+    from cmrsdk.serve.stacks import ONE_SLICE_REASON, stack_uid
+
+    cine, files = split
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    uids = []
+    for file in files:
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+        assert spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes()) == "stored"
+        uids.append(str(ds.SeriesInstanceUID))
+    lone = pydicom.dcmread(files[0])  # a one-image long-axis view of the same study: no part of the cine
+    lone.SeriesInstanceUID, lone.SOPInstanceUID = "9.9.9", pydicom.uid.generate_uid()
+    lone.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    lone.save_as(tmp_path / "lone.dcm")
+    spool.store_instance("9.9.9", str(lone.SOPInstanceUID), (tmp_path / "lone.dcm").read_bytes())
+    read: list = []
+
+    def study_writer(pipeline, source, out_dir):
+        read.append(read_dicom_study(source))
+        out_dir.mkdir()
+        (out_dir / "report.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker, finals = _worker(spool, tmp_path)
+    worker.promote_quiet_series()
+    stack = stack_uid([*uids, "9.9.9"])
+    row = spool.series(stack)
+    assert (row.state, row.slices, row.phases, row.n_instances) == ("queued", N_SLICES, N_PHASES, N_SLICES * N_PHASES)
+    assert {(spool.series(u).state, spool.series(u).reason) for u in uids} == {("set_aside", f"stacked into {stack}")}
+    assert (spool.series("9.9.9").state, spool.series("9.9.9").reason) == ("set_aside", ONE_SLICE_REASON)
+    assert sorted(finals) == sorted([*uids, "9.9.9"])
+    worker.process(stack)
+    assert spool.series(stack).state == "done"
+    (got,) = read
+    reference = read_dicom_study(cine)
+    assert len(got.phases) == N_PHASES
+    for mine, theirs in zip(got.phases, reference.phases):
+        np.testing.assert_array_equal(mine.pixels, theirs.pixels)
+    np.testing.assert_allclose(got.trigger_times_ms, reference.trigger_times_ms)
+    spool.close()
+
+
+def test_a_lone_one_image_series_is_set_aside_as_before(tmp_path: Path, split):
+    from test_serve_spool import _worker
+
+    from cmrsdk.serve.stacks import ONE_SLICE_REASON
+
+    _, files = split
+    spool = Spool(tmp_path / "spool")
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), files[0].read_bytes())
+    worker, finals = _worker(spool, tmp_path)
+    worker.promote_quiet_series()
+    row = spool.series(str(ds.SeriesInstanceUID))
+    assert (row.state, row.reason) == ("set_aside", ONE_SLICE_REASON) and finals == [str(ds.SeriesInstanceUID)]
+    assert spool.next_queued() is None
+    spool.close()
+
+
+def _stack_row(spool: Path):
+    try:
+        rows = read_status(spool)[0]
+    except Exception:  # the node has not created its database yet
+        return None
+    return next((r for r in rows if r.series_uid.startswith("stack.") and r.state in ("done", "failed")), None)
+
+
+def test_a_per_file_series_cine_sent_to_a_real_node_is_segmented(tmp_path: Path, split):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    _, files = split
+    port = free_port()
+    node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, log_path=tmp_path / "node.log", series_timeout=1)
+    try:
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        assoc = ae.associate("127.0.0.1", port, ae_title="CMRSDK")
+        assert assoc.is_established
+        assert [int(assoc.send_c_store(pydicom.dcmread(f)).Status) for f in files] == [0] * len(files)
+        assoc.release()
+        row = wait_for(lambda: _stack_row(node.spool), 180, "the regrouped cine's verdict")
+        assert (row.state, row.slices, row.phases, row.n_instances) == ("done", N_SLICES, N_PHASES, len(files)), (
+            node.text()[-3000:]
+        )
+        report = json.loads((Path(row.output) / "report.json").read_text())
+        assert len(report["lv_volume_curve_ml"]) == N_PHASES  # every phase of the cine, not one image
+        assert report["phases"][0]["shape_zyx"] == [N_SLICES, 32, 32]
+        assert (Path(row.output) / "seg_ED.dcm").is_file()
+        assert any("regrouped by geometry" in w for w in report["warnings"]), report["warnings"]
+    finally:
+        assert node.terminate() == 0
