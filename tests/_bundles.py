@@ -108,8 +108,8 @@ class NeighbourThreshold(nn.Module):
         return self.threshold(self.pick(x))
 
 
-def build_neighbour_bundle(out_dir, channel: int):
-    """`build_threshold_bundle` with a `NeighbourThreshold` baseline (TorchScript and ONNX)."""
+def build_neighbour_bundle(out_dir, channel: int, formats: tuple[str, ...] = ("onnx", "torchscript")):
+    """`build_threshold_bundle` with a `NeighbourThreshold` baseline (TorchScript and ONNX, or ``formats``)."""
     from export.bundle import build_bundle
 
     pre = Preprocessing(target_spacing=(2.0, 2.0), size=(96, 96), normalization="minmax")
@@ -118,7 +118,7 @@ def build_neighbour_bundle(out_dir, channel: int):
         {NON_CARDIAC: "baseline"},
         pre,
         out_dir,
-        formats=("onnx", "torchscript"),
+        formats=formats,
     )
 
 

@@ -33,6 +33,7 @@ from cmrsdk.bundle import (  # noqa: E402
 from cmrsdk.errors import BundleError, CmrWarning, InputError  # noqa: E402
 from cmrsdk.labels import LABEL_NAMES, NON_CARDIAC, REGION_NAMES  # noqa: E402
 from cmrsdk.types import Stack  # noqa: E402
+from _bundles import built_once  # noqa: E402
 
 #: ACDC's label order: channel 1 is the RV, channel 3 the LV cavity
 ACDC_LABELS = {"0": "background", "1": "RVBP", "2": "LVM", "3": "LVBP"}
@@ -79,14 +80,18 @@ def _write(path: Path, manifest: dict) -> None:
 def bundles(tmp_path_factory) -> dict[str, Path]:
     """``canonical``: the segmenter in cmrsdk's order, as export.bundle writes it. ``acdc``: the same
     segmenter answering in ACDC's order, its manifest saying so and without a version of its own
-    (format 1, as written by hand for 0.14.0 to 0.14.7): each test sets the version it checks."""
-    root = tmp_path_factory.mktemp("versions")
-    canonical = _build(root / "canonical", (0, 1, 2, 3))
-    acdc = _build(root / "acdc", ACDC_ORDER)
-    manifest = _manifest(acdc)
-    manifest["labels"] = ACDC_LABELS
-    _write(acdc, manifest)
-    return {"canonical": canonical, "acdc": acdc}
+    (format 1, as written by hand for 0.14.0 to 0.14.7): each test sets the version it checks.
+    Built once for the run (`built_once`) and read only: tests that change one take a copy (`_copy`)."""
+
+    def build(root: Path) -> None:
+        _build(root / "canonical", (0, 1, 2, 3))
+        acdc = _build(root / "acdc", ACDC_ORDER)
+        manifest = _manifest(acdc)
+        manifest["labels"] = ACDC_LABELS
+        _write(acdc, manifest)
+
+    root = built_once(tmp_path_factory, "bundle-versions", build)
+    return {"canonical": root / "canonical", "acdc": root / "acdc"}
 
 
 def _copy(bundles: dict[str, Path], name: str, tmp_path: Path, version: int) -> Path:

@@ -17,6 +17,7 @@ from cmrsdk.bundle import MANIFEST_NAME, Preprocessing, load_bundle  # noqa: E40
 from cmrsdk.engines import create_engine  # noqa: E402
 from cmrsdk.errors import InputError, WriteError  # noqa: E402
 from export.bundle import ONNX_OPSET, ProbabilityModel, build_bundle, main  # noqa: E402
+from _bundles import built_once  # noqa: E402
 from export.models import get_model, unet  # noqa: E402
 from export.parity import ParityError, check_parity, compare, eager_probabilities, parity_inputs  # noqa: E402
 
@@ -50,12 +51,12 @@ class TinyClassifier(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def _built_models() -> dict:
+    """The two models of `built`, initialised from seed 7."""
     torch.manual_seed(7)
     seg = unet(features=(8, 16, 32), deep_supervision=True)  # heads exist, must not be exported
     cls = TinyClassifier()
-    models = {
+    return {
         "baseline": (
             seg,
             {
@@ -67,8 +68,24 @@ def built(tmp_path_factory):
         ),
         "regions": (cls, {"kind": "classifier"}),
     }
-    path = build_bundle(models, {r: "baseline" for r in range(4)}, PRE, tmp_path_factory.mktemp("b") / "bundle")
-    return path, models
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(bundle, models): the bundle of `_built_models`, built once for the run (`built_once`) and
+    read only, and the eager models it was exported from (their weights saved beside it, so a
+    pytest-xdist worker that did not build it compares against the very weights exported)."""
+
+    def build(folder: Path) -> None:
+        models = _built_models()
+        build_bundle(models, {r: "baseline" for r in range(4)}, PRE, folder / "bundle")
+        torch.save({name: net.state_dict() for name, (net, _) in models.items()}, folder / "eager.pt")
+
+    folder = built_once(tmp_path_factory, "export-bundle-built", build)
+    models = _built_models()
+    for name, state in torch.load(folder / "eager.pt", weights_only=True).items():
+        models[name][0].load_state_dict(state)
+    return folder / "bundle", models
 
 
 def test_manifest_records_what_the_runtime_and_an_auditor_need(built):

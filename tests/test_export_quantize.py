@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cmrsdk.labels import NON_CARDIAC  # noqa: E402
 from cmrsdk.pipeline import Pipeline  # noqa: E402
 from cmrsdk.synth import synthetic_study  # noqa: E402
 from export.bundle import build_bundle  # noqa: E402
+from _bundles import built_once  # noqa: E402
 from export.models import unet  # noqa: E402
 from export.quantize import (  # noqa: E402
     HELD_OUT,
@@ -67,21 +69,26 @@ SIZE = (64, 64)
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """A small bundle: the edge segmenter as baseline (regions from its masks), a small U-Net for the apex."""
-    torch.manual_seed(0)
-    models = {
-        "baseline": (EdgeSegmenter(), {"kind": "segmentation"}),
-        "apex": (unet(features=(4, 8)), {"kind": "segmentation"}),
-    }
-    pre = Preprocessing((2.0, 2.0), SIZE, "robust_zscore", heart_crop=(32, 32))
-    return build_bundle(
-        models,
-        {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
-        pre,
-        tmp_path_factory.mktemp("q") / "bundle",
-        formats=("onnx",),
-        regions_from="segmentation",
-    )
+    """A small bundle: the edge segmenter as baseline (regions from its masks), a small U-Net for the
+    apex; built once for the run (`built_once`) and read only: tests that change it take a copy."""
+
+    def build(folder: Path) -> None:
+        torch.manual_seed(0)
+        models = {
+            "baseline": (EdgeSegmenter(), {"kind": "segmentation"}),
+            "apex": (unet(features=(4, 8)), {"kind": "segmentation"}),
+        }
+        pre = Preprocessing((2.0, 2.0), SIZE, "robust_zscore", heart_crop=(32, 32))
+        build_bundle(
+            models,
+            {NON_CARDIAC: "baseline", 1: "baseline", 2: "baseline", 3: "apex"},
+            pre,
+            folder / "bundle",
+            formats=("onnx",),
+            regions_from="segmentation",
+        )
+
+    return built_once(tmp_path_factory, "quantize-source", build) / "bundle"
 
 
 @pytest.fixture(scope="module")
@@ -91,25 +98,31 @@ def studies():
 
 @pytest.fixture(scope="module")
 def quantized(source: Path, studies, tmp_path_factory):
-    """A copy of the bundle with int8 artifacts added, and the Dice record."""
-    bundle_dir = Path(shutil.copytree(source, tmp_path_factory.mktemp("q8") / "bundle"))
-    images, labels = _prepared(load_bundle(bundle_dir), [synthetic_study(seed=5)])
-    # minmax here: it calibrates at the window and the heart crop; percentile (the default,
-    # window only) is exercised by the real-slices test on the demo bundle
-    dice = quantize_bundle(
-        bundle_dir,
-        calibration=images,
-        calibration_labels=labels,
-        calibration_source="synthetic seed 5",
-        check_studies=studies,
-        max_dice_drop=math.inf,
-        threads=1,
-        log=lambda *a: None,
-        method="minmax",
-        # the apex U-Net has random weights: more near-ties than a trained one
-        min_agreement=0.95,
-    )
-    return bundle_dir, dice
+    """A copy of the bundle with int8 artifacts added, and the Dice record; quantized once for the
+    run (`built_once`, the record pickled beside the bundle) and read only."""
+
+    def build(folder: Path) -> None:
+        bundle_dir = Path(shutil.copytree(source, folder / "bundle"))
+        images, labels = _prepared(load_bundle(bundle_dir), [synthetic_study(seed=5)])
+        # minmax here: it calibrates at the window and the heart crop; percentile (the default,
+        # window only) is exercised by the real-slices test on the demo bundle
+        dice = quantize_bundle(
+            bundle_dir,
+            calibration=images,
+            calibration_labels=labels,
+            calibration_source="synthetic seed 5",
+            check_studies=studies,
+            max_dice_drop=math.inf,
+            threads=1,
+            log=lambda *a: None,
+            method="minmax",
+            # the apex U-Net has random weights: more near-ties than a trained one
+            min_agreement=0.95,
+        )
+        (folder / "dice.pkl").write_bytes(pickle.dumps(dice))
+
+    folder = built_once(tmp_path_factory, "quantize-int8", build)
+    return folder / "bundle", pickle.loads((folder / "dice.pkl").read_bytes())
 
 
 def test_int8_artifacts_are_added_with_valid_hashes_and_records(source: Path, quantized):
@@ -306,7 +319,7 @@ def test_a_2_5d_model_is_refused_by_name(tmp_path: Path) -> None:
 
     from export.quantize import quantize_bundle
 
-    bundle = build_neighbour_bundle(tmp_path / "neighbour", 1)
+    bundle = build_neighbour_bundle(tmp_path / "neighbour", 1, formats=("onnx",))  # int8 reads the ONNX only
     before = (bundle / MANIFEST_NAME).read_bytes()
     with pytest.raises(InputError, match=r"model 'baseline' .* is 2\.5D \(3 input channels\): int8 .* 2D models only"):
         quantize_bundle(

@@ -25,6 +25,7 @@ from export.bundle import main as bundle_main  # noqa: E402
 from export.models import get_model, unet  # noqa: E402
 from export.train import REPO_ROOT, load_config, train  # noqa: E402
 from export.train import main as train_main  # noqa: E402
+from _bundles import built_once  # noqa: E402
 
 SIZE = (32, 32)
 PRE = Preprocessing((1.5625, 1.5625), SIZE, "robust_zscore")
@@ -80,6 +81,17 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory) -> Path:
+    """`_models()` exported to ONNX, built once for the run (`built_once`) and read only: the
+    earlier bundle that the --overwrite tests replace, each in a copy of its own."""
+
+    def build(folder: Path) -> None:
+        build_bundle(_models(), {0: "m"}, PRE, folder / "bundle", formats=("onnx",))
+
+    return built_once(tmp_path_factory, "sweep13-onnx", build) / "bundle"
+
+
 # -- F1: --overwrite replaces only a bundle, never an input, and never loses the earlier one -------------
 
 
@@ -107,9 +119,10 @@ def test_overwrite_refuses_a_folder_that_is_not_a_bundle_and_keeps_it(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "precious"]  # no staging left
 
 
-def test_overwrite_replaces_a_bundle_but_not_one_holding_other_files_or_the_input(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "bundle"
-    build_bundle(_models(), {0: "m"}, PRE, out, formats=("onnx",))
+def test_overwrite_replaces_a_bundle_but_not_one_holding_other_files_or_the_input(
+    tmp_path: Path, capsys, onnx_bundle: Path
+) -> None:
+    out = Path(shutil.copytree(onnx_bundle, tmp_path / "bundle"))
     assert set(json.loads((out / MANIFEST_NAME).read_text())["models"]["m"]["artifacts"]) == {"onnx"}
     build_bundle(_models(), {0: "m"}, PRE, out, formats=("torchscript",), overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["m.pt", MANIFEST_NAME]  # replaced whole, not merged
@@ -128,9 +141,8 @@ def test_overwrite_replaces_a_bundle_but_not_one_holding_other_files_or_the_inpu
     assert _tree(out) == before
 
 
-def test_a_failed_swap_leaves_the_earlier_bundle_in_place(tmp_path: Path, monkeypatch) -> None:
-    out = tmp_path / "bundle"
-    build_bundle(_models(), {0: "m"}, PRE, out, formats=("onnx",))
+def test_a_failed_swap_leaves_the_earlier_bundle_in_place(tmp_path: Path, monkeypatch, onnx_bundle: Path) -> None:
+    out = Path(shutil.copytree(onnx_bundle, tmp_path / "bundle"))
     before = _tree(out)
     real_rename, real_replace = os.rename, os.replace
 
