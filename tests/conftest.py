@@ -22,11 +22,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def routing_bundle(tmp_path_factory) -> Path:
-    """A bundle whose models answer recognisably (tests/_bundles.py); built once per session."""
+    """A bundle whose models answer recognisably (tests/_bundles.py); built once for the run and
+    shared by the pytest-xdist workers (`built_once`: 8.6 s of exports each built), read only."""
     pytest.importorskip("torch")
-    from _bundles import build_routing_bundle
+    from _bundles import build_routing_bundle, built_once
 
-    return build_routing_bundle(tmp_path_factory.mktemp("bundles") / "routing")
+    return built_once(tmp_path_factory, "routing-bundle", lambda folder: build_routing_bundle(folder / "routing")) / (
+        "routing"
+    )
 
 
 @pytest.fixture(scope="session")
