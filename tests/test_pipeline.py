@@ -227,9 +227,12 @@ def test_bad_arguments(routing_bundle):
 
 @pytest.fixture(scope="module")
 def threshold_bundle(tmp_path_factory):
-    from _bundles import build_threshold_bundle
+    """Built once for the run, shared by the pytest-xdist workers (read only)."""
+    from _bundles import build_threshold_bundle, built_once
 
-    return build_threshold_bundle(tmp_path_factory.mktemp("bundles") / "threshold")
+    return built_once(tmp_path_factory, "threshold-bundle", lambda f: build_threshold_bundle(f / "threshold")) / (
+        "threshold"
+    )
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torchscript"])
@@ -262,13 +265,18 @@ def test_heart_crop_narrows_the_window_around_the_heart(threshold_bundle, backen
 
 @pytest.fixture(scope="module")
 def neighbour_bundles(tmp_path_factory):
-    """channel -> a bundle whose 2.5D baseline thresholds that channel only (tests/_bundles.py)."""
-    from _bundles import build_neighbour_bundle
+    """channel -> a bundle whose 2.5D baseline thresholds that channel only (tests/_bundles.py);
+    built once for the run, shared by the pytest-xdist workers (read only)."""
+    from _bundles import build_neighbour_bundle, built_once
 
     from cmrsdk.bundle import load_bundle
 
-    root = tmp_path_factory.mktemp("bundles")
-    return {c: load_bundle(build_neighbour_bundle(root / f"channel{c}", c)) for c in (0, 2)}
+    def build(root) -> None:
+        for c in (0, 2):
+            build_neighbour_bundle(root / f"channel{c}", c)
+
+    root = built_once(tmp_path_factory, "neighbour-bundles", build)
+    return {c: load_bundle(root / f"channel{c}") for c in (0, 2)}
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torchscript"])
