@@ -6,6 +6,7 @@ now lets one-image series wait for their study and regroups them as `cmrsdk segm
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,18 @@ from _dicom_node import NodeProcess, free_port, wait_for
 N_SLICES, N_PHASES = 5, 4
 
 
-def _per_file_series(cine: Path, target: Path) -> list[Path]:
-    """Copies of ``cine``'s files, each with a SeriesInstanceUID (and SOPInstanceUID) of its own."""
+def _per_file_series(cine: Path, target: Path, *, studies: bool = False, patient: str | None = None) -> list[Path]:
+    """Copies of ``cine``'s files, each with a SeriesInstanceUID (and SOPInstanceUID) of its own;
+    with ``studies`` a StudyInstanceUID of its own too (``dcmodify -gst -gse``)."""
     target.mkdir()
     copies = []
     for file in sorted(cine.glob("*.dcm")):
         ds = pydicom.dcmread(file)
         ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+        if studies:
+            ds.StudyInstanceUID = pydicom.uid.generate_uid()
+        if patient is not None:
+            ds.PatientID = ds.PatientName = patient
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
         ds.save_as(target / file.name)
         copies.append(target / file.name)
@@ -87,6 +93,78 @@ def test_one_image_series_of_a_study_are_regrouped_and_segmented_once(tmp_path: 
     spool.close()
 
 
+def _store(spool: Spool, files: list[Path]) -> list[str]:
+    uids = []
+    for file in files:
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+        assert spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes()) == "stored"
+        uids.append(str(ds.SeriesInstanceUID))
+    return uids
+
+
+def test_files_each_of_their_own_study_too_are_gathered_by_patient(tmp_path: Path, monkeypatch):
+    """``dcmodify -gst -gse``: every file its own study and series. Two patients' cines sent
+    together: one stack each, with every image of its patient and none of the other's."""
+    from test_serve_spool import _worker
+
+    cines = []
+    for seed, patient in ((5, "A"), (6, "B")):
+        cine = tmp_path / f"cine{patient}"
+        write_dicom_series(cine, synthetic_study(seed=seed, shape=(32, 32), n_slices=N_SLICES, n_phases=N_PHASES))
+        cines.append((cine, _per_file_series(cine, tmp_path / f"anon{patient}", studies=True, patient=patient)))
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    uids = [_store(spool, files) for _, files in cines]
+    read: list = []
+
+    def study_writer(pipeline, source, out_dir):
+        read.append(read_dicom_study(source))
+        out_dir.mkdir()
+        (out_dir / "report.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker, finals = _worker(spool, tmp_path)
+    worker.promote_quiet_series()
+    assert len(finals) == 2 * N_SLICES * N_PHASES  # every one-image series stacked
+    stacks = []
+    while (stack := spool.next_queued()) is not None:
+        row = spool.series(stack)
+        assert (row.slices, row.phases, row.n_instances) == (N_SLICES, N_PHASES, N_SLICES * N_PHASES)
+        stacks.append(stack)
+        worker.process(stack)
+    assert len(stacks) == 2 and len(read) == 2
+    for (cine, _), got in zip(cines, sorted(read, key=lambda study: study.info.patient_id)):
+        reference = read_dicom_study(cine)
+        for mine, theirs in zip(got.phases, reference.phases, strict=True):
+            np.testing.assert_array_equal(mine.pixels, theirs.pixels)
+    for member_uids in uids:  # each patient's images in one stack
+        assert len({spool.series(u).reason for u in member_uids}) == 1
+    spool.close()
+
+
+def test_a_patient_whose_files_still_arrive_is_not_stacked_yet(tmp_path: Path, monkeypatch):
+    """Files of their own studies, sent slower than the series timeout: the first ones quiet, the
+    last still arriving. Gathered by patient, nothing is stacked until the last is quiet too."""
+    from test_serve_spool import _worker
+
+    cine = tmp_path / "cine"
+    write_dicom_series(cine, synthetic_study(seed=5, shape=(32, 32), n_slices=N_SLICES, n_phases=N_PHASES))
+    files = _per_file_series(cine, tmp_path / "anon", studies=True)
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    _store(spool, files[:-1])
+    worker, _ = _worker(spool, tmp_path)
+    worker.series_timeout_s = worker.stacks.timeout_s = 0.5
+    time.sleep(0.6)
+    _store(spool, files[-1:])  # the last file: still receiving when the others are judged
+    worker.promote_quiet_series()
+    assert spool.next_queued() is None and len(worker.stacks.waiting) == len(files) - 1
+    time.sleep(0.6)
+    worker.promote_quiet_series()
+    stack = spool.next_queued()
+    assert stack is not None and spool.series(stack).n_instances == len(files)
+    spool.close()
+
+
 def test_a_lone_one_image_series_is_set_aside_as_before(tmp_path: Path, split):
     from test_serve_spool import _worker
 
@@ -112,11 +190,14 @@ def _stack_row(spool: Path):
     return next((r for r in rows if r.series_uid.startswith("stack.") and r.state in ("done", "failed")), None)
 
 
-def test_a_per_file_series_cine_sent_to_a_real_node_is_segmented(tmp_path: Path, split):
+@pytest.mark.parametrize("studies", [False, True], ids=["series_per_file", "study_and_series_per_file"])
+def test_a_per_file_series_cine_sent_to_a_real_node_is_segmented(tmp_path: Path, split, studies: bool):
     from pynetdicom import AE
     from pynetdicom.sop_class import MRImageStorage
 
-    _, files = split
+    cine, files = split
+    if studies:
+        files = _per_file_series(cine, tmp_path / "per_file_study", studies=True)
     port = free_port()
     node = NodeProcess(tmp_path / "spool", tmp_path / "out", port, log_path=tmp_path / "node.log", series_timeout=1)
     try:

@@ -11,7 +11,9 @@ study is still arriving. Their files are then linked into one folder that
 orientation, pixel size, matrix and phase count, at different positions, three or more in all),
 queued as a series of its own (``stack.<hash>``, its results under that name); a part of three
 or more slices that stacks with nothing is segmented alone, the rest is set aside with its
-reason. The hard links keep the files while the members are purged; the
+reason. A one-image series waits too (one file of a cine whose every file has its own
+SeriesInstanceUID); where each file has its own StudyInstanceUID as well, such series are
+gathered by patient (PatientID and PatientName) instead of study. The hard links keep the files while the members are purged; the
 spool's byte count drops with the members' purge, before the stack's files are freed.
 
 A stack's folder is kept for the spool's reopen window after its result. One-slice series of
@@ -42,15 +44,27 @@ __all__ = ["ONE_SLICE_REASON", "StackGatherer", "stack_uid", "study_of"]
 #: the reason a one-slice series is set aside with when it stacks with nothing
 ONE_SLICE_REASON = "not a short-axis stack: 1 slice position(s)"
 
+#: the prefix of a group of one-image series gathered by patient, not study (`StackGatherer._groups`)
+_PATIENT = "patient:"
+
 
 def study_of(folder: Path) -> str:
     """StudyInstanceUID of a series folder's first instance ('' where none can be read)."""
+    return _first_header(folder, "StudyInstanceUID")
+
+
+def patient_of(folder: Path) -> str:
+    """'PatientID | PatientName' of a series folder's first instance (' | ' where none can be read)."""
+    return f"{_first_header(folder, 'PatientID')} | {_first_header(folder, 'PatientName')}"
+
+
+def _first_header(folder: Path, keyword: str) -> str:
     import pydicom
 
     for file in sorted(folder.glob("*.dcm")):
         try:
             with quiet():
-                return str(pydicom.dcmread(str(file), stop_before_pixels=True).get("StudyInstanceUID", "") or "")
+                return str(pydicom.dcmread(str(file), stop_before_pixels=True).get(keyword, "") or "").strip()
         except Exception:  # an unreadable instance: try the next
             continue
     return ""
@@ -81,6 +95,7 @@ class StackGatherer:
         # waiting series -> (segmented alone where it stacks with nothing, phases, slice positions)
         self._parts: dict[str, tuple[bool, int | None, int]] = {}
         self._studies: dict[str, str] = {}  # receiving series UID -> study UID (read once)
+        self._patients: dict[str, str] = {}  # receiving series UID -> patient (read once, where asked)
         self._stack_studies: dict[str, str] = {}  # kept stack -> its study UID (read once)
 
     def hold(self, series_uid: str, *, queue: bool = False, phases: int | None = None, slices: int | None = 1) -> None:
@@ -104,37 +119,67 @@ class StackGatherer:
             del self.waiting[uid]
             self._parts.pop(uid, None)
         self._studies = {u: s for u, s in self._studies.items() if u in rows}
-        arriving = {self._study(u) for u in rows if u not in self.waiting}
+        self._patients = {u: p for u, p in self._patients.items() if u in rows}
+        others = [u for u in rows if u not in self.waiting]
+        arriving = {self._study(u) for u in others}
         queued = []
-        for study in sorted(set(self.waiting.values())):
-            members = sorted(u for u, s in self.waiting.items() if s == study)
+        for group, members in sorted(self._groups().items()):
             quiet = all(
                 now - max(rows[u].last_instance_at or 0.0, rows[u].resumed_at or 0.0) >= self.timeout_s for u in members
             )
-            if not quiet or study in arriving:
+            if not quiet or any(self.waiting[u] in arriving for u in members):
                 continue
-            previous = self._previous_stack(study)
+            if group.startswith(_PATIENT) and group[len(_PATIENT) :] in {self._patient(u) for u in others}:
+                continue  # more of the patient's files are still arriving
+            previous = None if group.startswith(_PATIENT) else self._previous_stack(group)
             if previous is not None and previous.state in ("queued", "processing"):
                 continue  # stacked with its result, once there is one
             made = self._stack(members, previous)
             for uid in members:
                 self.waiting.pop(uid, None)
                 self._studies.pop(uid, None)
+                self._patients.pop(uid, None)
             if made is not None:
                 queued.append(made)
         return queued
 
+    def _groups(self) -> dict[str, list[str]]:
+        """The waiting series by study. A study of one waiting one-image series and no earlier stack
+        (every file its own StudyInstanceUID too: ``dcmodify -gst -gse``) joins its patient's
+        others, keyed `_PATIENT` + `patient_of`; the reader regroups them by geometry, patient
+        and series attributes, and refuses two acquisitions that collide."""
+        by_study: dict[str, list[str]] = {}
+        for uid, study in self.waiting.items():
+            by_study.setdefault(study, []).append(uid)
+        stacked = self._previous_stacks()
+        groups: dict[str, list[str]] = {}
+        for study, members in by_study.items():
+            lone = len(members) == 1 and self._parts.get(members[0], (False, None, 1))[1] == 1  # one image
+            if lone and study not in stacked:
+                groups.setdefault(_PATIENT + self._patient(members[0]), []).extend(members)
+            else:
+                groups.setdefault(study, []).extend(members)
+        return {group: sorted(members) for group, members in groups.items()}
+
+    def _patient(self, series_uid: str) -> str:
+        if series_uid not in self._patients:
+            self._patients[series_uid] = patient_of(self.spool.series_folder(series_uid))
+        return self._patients[series_uid]
+
     def _previous_stack(self, study: str) -> SeriesRow | None:
         """The latest stack of ``study`` whose files are kept (a failed one too: the slice it lacked
         may be what came), or None."""
-        found = None
+        return self._previous_stacks().get(study)
+
+    def _previous_stacks(self) -> dict[str, SeriesRow]:
+        """`_previous_stack` of every study that has one."""
+        found = {}
         for row in self.spool.kept_stacks():
             if (row.reason or "").startswith("stacked again into"):
                 continue
             if row.series_uid not in self._stack_studies:
                 self._stack_studies[row.series_uid] = study_of(self.spool.series_folder(row.series_uid))
-            if self._stack_studies[row.series_uid] == study:
-                found = row
+            found[self._stack_studies[row.series_uid]] = row
         return found
 
     def _stack(self, members: list[str], previous: SeriesRow | None = None) -> str | None:
