@@ -218,3 +218,41 @@ def test_a_per_file_series_cine_sent_to_a_real_node_is_segmented(tmp_path: Path,
         assert any("regrouped by geometry" in w for w in report["warnings"]), report["warnings"]
     finally:
         assert node.terminate() == 0
+
+
+def test_waiting_images_of_an_aborted_association_are_held_not_stacked(tmp_path: Path, split):
+    """Sweep 45: a cine's first files, quiet and waiting for their study when the sender aborted
+    the association, were stacked though marked interrupted (3 of 40 images; the 203-image stack
+    failed on [3, 20] phases). They leave the wait and are held (``--abort-hold``), then fail."""
+    import threading
+
+    from cmrsdk.serve.worker import Worker
+
+    _, files = split
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    worker = Worker(
+        spool,
+        tmp_path / "out",
+        lambda: "pipeline",
+        series_timeout_s=0.3,
+        forward=False,
+        stop=threading.Event(),
+        on_final=lambda uid: None,
+        abort_hold_s=1.0,
+    )
+    first = _store(spool, files[:8])
+    time.sleep(0.4)
+    _store(spool, files[8:9])  # the association goes on: the study is still arriving
+    worker.promote_quiet_series()
+    assert set(worker.stacks.waiting) == set(first)
+    for uid in first:  # then it is aborted (the node marks every series it carried)
+        assert spool.mark_interrupted(uid)
+    time.sleep(0.4)
+    worker.promote_quiet_series()
+    assert not set(first) & set(worker.stacks.waiting) and spool.next_queued() is None
+    assert {spool.series(u).state for u in first} == {"receiving"}  # held
+    time.sleep(1.1)
+    worker.promote_quiet_series()
+    assert {spool.series(u).state for u in first} == {"failed"}
+    assert "its transfer was aborted" in spool.series(first[0]).reason
+    spool.close()

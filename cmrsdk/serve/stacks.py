@@ -87,10 +87,15 @@ class StackGatherer:
     timeout_s : the series timeout: a study is quiet when its waiting series have had no
         instance for this long and none of its other series is still receiving.
     on_final : called with each series UID set aside here.
+    abort_hold : whether the node holds a series whose transfer was aborted (``--abort-hold``
+        above 0): a waiting series whose association is aborted then leaves the wait, to be
+        held (`cmrsdk.serve.worker.Worker`) rather than stacked with the study's other parts.
     """
 
-    def __init__(self, spool: Spool, timeout_s: float, on_final: Callable[[str], None]) -> None:
-        self.spool, self.timeout_s, self.on_final = spool, timeout_s, on_final
+    def __init__(
+        self, spool: Spool, timeout_s: float, on_final: Callable[[str], None], *, abort_hold: bool = False
+    ) -> None:
+        self.spool, self.timeout_s, self.on_final, self.abort_hold = spool, timeout_s, on_final, abort_hold
         self.waiting: dict[str, str] = {}  # series UID -> its study UID
         # waiting series -> (segmented alone where it stacks with nothing, phases, slice positions)
         self._parts: dict[str, tuple[bool, int | None, int]] = {}
@@ -116,6 +121,10 @@ class StackGatherer:
         now = time.time() if now is None else now
         rows = {r.series_uid: r for r in self.spool.all_series() if r.state == "receiving"}
         for uid in [u for u in self.waiting if u not in rows]:  # handled meanwhile (none today): forget it
+            del self.waiting[uid]
+            self._parts.pop(uid, None)
+        for uid in [u for u in self.waiting if self.abort_hold and rows[u].interrupted]:
+            # quiet before its association was aborted (a cine's first files): held, not stacked
             del self.waiting[uid]
             self._parts.pop(uid, None)
         self._studies = {u: s for u, s in self._studies.items() if u in rows}

@@ -189,7 +189,7 @@ class Worker(threading.Thread):
         self.spool, self.output, self.load_pipeline = spool, Path(output), load_pipeline
         self.series_timeout_s, self.forward, self.stop, self.on_final = series_timeout_s, forward, stop, on_final
         self.poll_s, self.abort_hold_s = poll_s, float(abort_hold_s)
-        self.stacks = StackGatherer(spool, series_timeout_s, on_final)
+        self.stacks = StackGatherer(spool, series_timeout_s, on_final, abort_hold=self.abort_hold_s > 0)
         self.pipeline: Any = None
         self.error: BaseException | None = None
         self.ready = threading.Event()
