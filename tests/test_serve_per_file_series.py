@@ -22,9 +22,12 @@ from _dicom_node import NodeProcess, free_port, wait_for
 N_SLICES, N_PHASES = 5, 4
 
 
-def _per_file_series(cine: Path, target: Path, *, studies: bool = False, patient: str | None = None) -> list[Path]:
+def _per_file_series(
+    cine: Path, target: Path, *, studies: bool = False, patient: str | None = None, study: str | None = None
+) -> list[Path]:
     """Copies of ``cine``'s files, each with a SeriesInstanceUID (and SOPInstanceUID) of its own;
-    with ``studies`` a StudyInstanceUID of its own too (``dcmodify -gst -gse``)."""
+    with ``studies`` a StudyInstanceUID of its own too (``dcmodify -gst -gse``), else ``study``
+    where given."""
     target.mkdir()
     copies = []
     for file in sorted(cine.glob("*.dcm")):
@@ -32,6 +35,8 @@ def _per_file_series(cine: Path, target: Path, *, studies: bool = False, patient
         ds.SeriesInstanceUID = pydicom.uid.generate_uid()
         if studies:
             ds.StudyInstanceUID = pydicom.uid.generate_uid()
+        elif study is not None:
+            ds.StudyInstanceUID = study
         if patient is not None:
             ds.PatientID = ds.PatientName = patient
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
@@ -102,16 +107,19 @@ def _store(spool: Spool, files: list[Path]) -> list[str]:
     return uids
 
 
-def test_files_each_of_their_own_study_too_are_gathered_by_patient(tmp_path: Path, monkeypatch):
-    """``dcmodify -gst -gse``: every file its own study and series. Two patients' cines sent
-    together: one stack each, with every image of its patient and none of the other's."""
+@pytest.mark.parametrize("studies", [True, False], ids=["study_per_file", "one_study"])
+def test_two_patients_per_file_cines_sent_together_give_a_stack_each(tmp_path: Path, monkeypatch, studies: bool):
+    """Two patients' cines sent together, every file its own series and (``dcmodify -gst -gse``)
+    its own study, or both patients under one StudyInstanceUID (sweep 45: the second patient's
+    240 images were set aside one by one): one stack each, with every image of its patient."""
     from test_serve_spool import _worker
 
-    cines = []
+    cines, shared = [], pydicom.uid.generate_uid()
     for seed, patient in ((5, "A"), (6, "B")):
         cine = tmp_path / f"cine{patient}"
         write_dicom_series(cine, synthetic_study(seed=seed, shape=(32, 32), n_slices=N_SLICES, n_phases=N_PHASES))
-        cines.append((cine, _per_file_series(cine, tmp_path / f"anon{patient}", studies=True, patient=patient)))
+        anon = _per_file_series(cine, tmp_path / f"anon{patient}", studies=studies, patient=patient, study=shared)
+        cines.append((cine, anon))
     spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
     uids = [_store(spool, files) for _, files in cines]
     read: list = []

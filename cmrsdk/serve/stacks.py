@@ -148,8 +148,7 @@ class StackGatherer:
                 self.waiting.pop(uid, None)
                 self._studies.pop(uid, None)
                 self._patients.pop(uid, None)
-            if made is not None:
-                queued.append(made)
+            queued += made
         return queued
 
     def _groups(self) -> dict[str, list[str]]:
@@ -191,9 +190,10 @@ class StackGatherer:
             found[self._stack_studies[row.series_uid]] = row
         return found
 
-    def _stack(self, members: list[str], previous: SeriesRow | None = None) -> str | None:
+    def _stack(self, members: list[str], previous: SeriesRow | None = None) -> list[str]:
         """Link the members (and the ``previous`` stack's files) into one folder and queue it where it
-        reads as a stack; set aside the rest."""
+        reads as a stack, and any other short-axis cine of the members in a folder of its own (two
+        patients' per-file cines in one study); set aside the rest. Returns the stacks queued."""
         from ..io import scan_dicom_series
 
         earlier: list[str] = []
@@ -203,39 +203,28 @@ class StackGatherer:
             ]
         name = stack_uid([*members, *earlier], after=previous.series_uid if previous is not None else None)
         folder = self.spool.series_folder(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        # a member's links by prefix, its UID's file name (a UID is a sender's text: '/' or '..' in it)
-        sources = [(self.spool.series_folder(uid).glob("*.dcm"), f"{uid_file_name(uid)}_") for uid in members]
-        if previous is not None:  # its links are named <member>_<file> already
-            sources.append((self.spool.series_folder(previous.series_uid).glob("*.dcm"), ""))
-        for files, prefix in sources:
-            for file in files:
-                target = folder / f"{prefix}{file.name}"
-                if not target.exists():  # a restart may find the links made before it
-                    try:
-                        os.link(file, target)
-                    except OSError:  # a file system without hard links: a copy
-                        shutil.copy2(file, target)
+        self._link(folder, members, previous)
         try:
-            best = scan_dicom_series(folder)[0]
-        except (CmrError, IndexError):
-            best = None
+            summaries = scan_dicom_series(folder)
+        except CmrError:
+            summaries = []
+        best = summaries[0] if summaries else None
         stacked = [] if best is None or len(best.parts) < 2 or best.is_dynamic else list(best.parts)
         # a slice position acquired twice: the later series is read, the earlier still belongs to the stack
         restacked = tuple(earlier) if set(earlier) & set(stacked) else ()
         stacked = [uid for uid in stacked if uid in members]
+        made: list[str] = []
         # three slice positions in all, from two series or more (a stack's parts, or one-slice series)
         if best is not None and best.n_positions >= 3 and len(stacked) + len(restacked) >= 2 and stacked:
             for uid in set(members) - set(stacked):  # same study, another geometry: not in this stack
                 # exactly its links: a glob of its prefix also matched a member named '<its name>_...'
                 for file in self.spool.series_folder(uid).glob("*.dcm"):
                     (folder / f"{uid_file_name(uid)}_{file.name}").unlink(missing_ok=True)
-            phases, slices = (best.n_phases, best.n_positions) if best is not None else (0, 0)
             if self.spool.queue_stack(
                 name,
                 stacked,
-                phases=phases,
-                slices=slices,
+                phases=best.n_phases,
+                slices=best.n_positions,
                 previous=previous.series_uid if restacked and previous else None,
                 restacked=restacked,
             ):
@@ -244,13 +233,25 @@ class StackGatherer:
                     self.on_final(uid)
                 if restacked and previous is not None:
                     self.spool.purge_instances(previous.series_uid)  # its files are linked into the new stack
+                made.append(name)
             else:  # an instance came meanwhile: its series is judged again when quiet
                 shutil.rmtree(folder, ignore_errors=True)
-                return None
+                return []
         else:
             shutil.rmtree(folder, ignore_errors=True)
             stacked = []
-        for uid in sorted(set(members) - set(stacked)):
+        taken, pending = set(stacked), set[str]()
+        for other in summaries[1:]:  # another patient's cine, each file its own series, in the same study
+            parts = [uid for uid in other.parts if uid in members and uid not in taken | pending]
+            if len(parts) < 2 or len(parts) != len(other.parts) or not (other.is_sax_cine and other.is_short_axis):
+                continue
+            queued = self._stack_alone(parts, other.n_phases, other.n_positions)
+            if queued is None:  # an instance came meanwhile: judged again when quiet
+                pending.update(parts)
+            else:
+                made.append(queued)
+                taken.update(parts)
+        for uid in sorted(set(members) - taken - pending):
             row = self.spool.series(uid)
             quiet_since = 0.0 if row is None else max(row.last_instance_at or 0.0, row.resumed_at or 0.0)
             alone, part_phases, part_slices = self._parts.pop(uid, (False, None, 1))
@@ -265,6 +266,36 @@ class StackGatherer:
             ):
                 self.spool.purge_instances(uid)
                 self.on_final(uid)
-        for uid in stacked:
+        for uid in taken:
             self._parts.pop(uid, None)
-        return name if stacked else None
+        return made
+
+    def _stack_alone(self, parts: list[str], phases: int, slices: int) -> str | None:
+        """Queue ``parts`` as a stack of their own (their files linked into its folder); None where
+        one of them got an instance meanwhile."""
+        name = stack_uid(parts)
+        folder = self.spool.series_folder(name)
+        self._link(folder, parts, None)
+        if not self.spool.queue_stack(name, parts, phases=phases, slices=slices):
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        for uid in parts:
+            self.spool.purge_instances(uid)
+            self.on_final(uid)
+        return name
+
+    def _link(self, folder: Path, members: list[str], previous: SeriesRow | None) -> None:
+        """Hard-link the members' files (and the ``previous`` stack's) into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        # a member's links by prefix, its UID's file name (a UID is a sender's text: '/' or '..' in it)
+        sources = [(self.spool.series_folder(uid).glob("*.dcm"), f"{uid_file_name(uid)}_") for uid in members]
+        if previous is not None:  # its links are named <member>_<file> already
+            sources.append((self.spool.series_folder(previous.series_uid).glob("*.dcm"), ""))
+        for files, prefix in sources:
+            for file in files:
+                target = folder / f"{prefix}{file.name}"
+                if not target.exists():  # a restart may find the links made before it
+                    try:
+                        os.link(file, target)
+                    except OSError:  # a file system without hard links: a copy
+                        shutil.copy2(file, target)
