@@ -264,3 +264,48 @@ def test_waiting_images_of_an_aborted_association_are_held_not_stacked(tmp_path:
     assert {spool.series(u).state for u in first} == {"failed"}
     assert "its transfer was aborted" in spool.series(first[0]).reason
     spool.close()
+
+
+def test_a_cine_cut_off_and_sent_again_whole_is_stacked_whole(tmp_path: Path, split, monkeypatch):
+    """Sweep 45: the first two slice positions of a per-file cine came in an association of their
+    own and were judged alone (set aside, files deleted); the whole cine sent again found them
+    duplicates, and the other positions were stacked and reported "done" as a whole heart (LVEF
+    26.4 % for 31.7). The parts set aside keep their files for the reopen window and join the
+    stack their study makes in that time."""
+    from test_serve_spool import _worker
+
+    cine, files = split
+    by_position: dict[float, list[Path]] = {}
+    for file in files:
+        by_position.setdefault(float(pydicom.dcmread(file, stop_before_pixels=True).SliceLocation), []).append(file)
+    first = [f for z in sorted(by_position)[:2] for f in by_position[z]]
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    early = _store(spool, first)
+    worker, _ = _worker(spool, tmp_path)
+    worker.promote_quiet_series()
+    assert {spool.series(u).state for u in early} == {"set_aside"} and spool.next_queued() is None
+    for file in files:  # sent again whole: the first ones are duplicates of what is kept
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+        assert spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes()) in (
+            "stored",
+            "duplicate",
+        )
+    worker.promote_quiet_series()
+    stack = spool.next_queued()
+    assert stack is not None
+    row = spool.series(stack)
+    assert (row.slices, row.phases, row.n_instances) == (N_SLICES, N_PHASES, len(files))
+    assert {spool.series(u).reason for u in early} == {f"stacked into {stack}"}
+    read: list = []
+
+    def study_writer(pipeline, source, out_dir):
+        read.append(read_dicom_study(source))
+        out_dir.mkdir()
+        (out_dir / "report.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker.process(stack)
+    for mine, theirs in zip(read[0].phases, read_dicom_study(cine).phases, strict=True):
+        np.testing.assert_array_equal(mine.pixels, theirs.pixels)
+    spool.close()

@@ -911,17 +911,21 @@ class Spool:
         slices: int,
         previous: str | None = None,
         restacked: tuple[str, ...] = (),
+        rejoined: tuple[str, ...] = (),
     ) -> bool:
         """Queue a stack of one-slice series (its folder already holds their files, linked) and set
         its members aside as stacked into it, in one transaction; False where a member has got a
-        new instance meanwhile, or ``previous`` was stacked again meanwhile (nothing changes then).
+        new instance meanwhile, or ``previous`` was stacked again meanwhile, or one of ``rejoined``
+        was reopened meanwhile (nothing changes then).
 
         With ``previous``, an earlier stack of the study whose members ``restacked`` are stacked
         again with the late ``members``: they are marked stacked into the new stack, and the
-        previous stack's result files not yet forwarded are superseded (never sent).
+        previous stack's result files not yet forwarded are superseded (never sent). ``rejoined``:
+        parts of the study set aside earlier as stacking with nothing, their files kept (the first
+        slices of a cine whose transfer was cut off and sent again), stacked with the members.
         """
         now = time.time()
-        everyone = [*members, *restacked]
+        everyone = [*members, *restacked, *rejoined]
 
         def marks(uids: list[str] | tuple[str, ...]) -> str:
             return ", ".join("?" * len(uids))
@@ -934,7 +938,12 @@ class Spool:
                 f"SELECT COUNT(*) FROM series WHERE reason = ? AND series_uid IN ({marks(restacked)})",
                 (f"stacked into {previous}", *restacked),
             ).fetchone()[0]
-            if receiving != len(members) or still_stacked != len(restacked):
+            still_aside = self._db.execute(
+                f"SELECT COUNT(*) FROM series WHERE state = 'set_aside' AND reason LIKE 'not a short-axis stack: %' "
+                f"AND series_uid IN ({marks(rejoined)})",
+                rejoined,
+            ).fetchone()[0]
+            if receiving != len(members) or still_stacked != len(restacked) or still_aside != len(rejoined):
                 return False
             reason = f"a stack of {len(everyone)} one-slice series"
             if previous:
@@ -949,6 +958,11 @@ class Spool:
                 f"UPDATE series SET state = 'set_aside', reason = ?, finished_at = ? WHERE series_uid IN ({marks(members)})",
                 (f"stacked into {stack_uid}", now, *members),
             )
+            if rejoined:
+                self._db.execute(
+                    f"UPDATE series SET reason = ? WHERE series_uid IN ({marks(rejoined)})",
+                    (f"stacked into {stack_uid}", *rejoined),
+                )
             if previous:
                 self._db.execute(
                     f"UPDATE series SET reason = ? WHERE series_uid IN ({marks(restacked)})",

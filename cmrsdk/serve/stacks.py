@@ -32,7 +32,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import CmrError
@@ -102,6 +102,7 @@ class StackGatherer:
         self._studies: dict[str, str] = {}  # receiving series UID -> study UID (read once)
         self._patients: dict[str, str] = {}  # receiving series UID -> patient (read once, where asked)
         self._stack_studies: dict[str, str] = {}  # kept stack -> its study UID (read once)
+        self._aside_keys: dict[str, tuple[str, str]] = {}  # set-aside part -> (study, patient) (read once)
 
     def hold(self, series_uid: str, *, queue: bool = False, phases: int | None = None, slices: int | None = 1) -> None:
         """Let a part of a cine wait for the rest of its study; with ``queue`` it is segmented alone
@@ -143,7 +144,7 @@ class StackGatherer:
             previous = None if group.startswith(_PATIENT) else self._previous_stack(group)
             if previous is not None and previous.state in ("queued", "processing"):
                 continue  # stacked with its result, once there is one
-            made = self._stack(members, previous)
+            made = self._stack(members, previous, self._set_aside_parts(group))
             for uid in members:
                 self.waiting.pop(uid, None)
                 self._studies.pop(uid, None)
@@ -169,6 +170,25 @@ class StackGatherer:
                 groups.setdefault(study, []).extend(members)
         return {group: sorted(members) for group, members in groups.items()}
 
+    def _set_aside_parts(self, group: str) -> list[str]:
+        """Parts of ``group`` (a study, or `_PATIENT` and a patient) set aside earlier as stacking
+        with nothing, their files kept for the reopen window: a cine's first slices, judged before
+        the rest came (a transfer cut off and sent again whole: the resent copies of those slices
+        are duplicates, sweep 45 lost them and stacked the rest as a whole heart)."""
+        found = []
+        for row in self.spool.all_series():
+            if row.state != "set_aside" or not (row.reason or "").startswith("not a short-axis stack: "):
+                continue
+            folder = self.spool.series_folder(row.series_uid)
+            if not any(folder.glob("*.dcm")):
+                continue
+            if row.series_uid not in self._aside_keys:
+                self._aside_keys[row.series_uid] = (study_of(folder), patient_of(folder))
+            study, patient = self._aside_keys[row.series_uid]
+            if group in (study, _PATIENT + patient):
+                found.append(row.series_uid)
+        return found
+
     def _patient(self, series_uid: str) -> str:
         if series_uid not in self._patients:
             self._patients[series_uid] = patient_of(self.spool.series_folder(series_uid))
@@ -190,10 +210,11 @@ class StackGatherer:
             found[self._stack_studies[row.series_uid]] = row
         return found
 
-    def _stack(self, members: list[str], previous: SeriesRow | None = None) -> list[str]:
-        """Link the members (and the ``previous`` stack's files) into one folder and queue it where it
-        reads as a stack, and any other short-axis cine of the members in a folder of its own (two
-        patients' per-file cines in one study); set aside the rest. Returns the stacks queued."""
+    def _stack(self, members: list[str], previous: SeriesRow | None = None, aside: Sequence[str] = ()) -> list[str]:
+        """Link the members (and the ``previous`` stack's files, and the set-aside parts ``aside``)
+        into one folder and queue it where it reads as a stack, and any other short-axis cine of the
+        members in a folder of its own (two patients' per-file cines in one study); set aside the
+        rest. Returns the stacks queued."""
         from ..io import scan_dicom_series
 
         earlier: list[str] = []
@@ -203,7 +224,7 @@ class StackGatherer:
             ]
         name = stack_uid([*members, *earlier], after=previous.series_uid if previous is not None else None)
         folder = self.spool.series_folder(name)
-        self._link(folder, members, previous)
+        self._link(folder, [*members, *aside], previous)
         try:
             summaries = scan_dicom_series(folder)
         except CmrError:
@@ -212,11 +233,17 @@ class StackGatherer:
         stacked = [] if best is None or len(best.parts) < 2 or best.is_dynamic else list(best.parts)
         # a slice position acquired twice: the later series is read, the earlier still belongs to the stack
         restacked = tuple(earlier) if set(earlier) & set(stacked) else ()
+        rejoined = tuple(uid for uid in stacked if uid in aside)
         stacked = [uid for uid in stacked if uid in members]
         made: list[str] = []
         # three slice positions in all, from two series or more (a stack's parts, or one-slice series)
-        if best is not None and best.n_positions >= 3 and len(stacked) + len(restacked) >= 2 and stacked:
-            for uid in set(members) - set(stacked):  # same study, another geometry: not in this stack
+        if (
+            best is not None
+            and best.n_positions >= 3
+            and len(stacked) + len(restacked) + len(rejoined) >= 2
+            and stacked
+        ):
+            for uid in set(members) - set(stacked) | set(aside) - set(rejoined):  # another geometry: not in it
                 # exactly its links: a glob of its prefix also matched a member named '<its name>_...'
                 for file in self.spool.series_folder(uid).glob("*.dcm"):
                     (folder / f"{uid_file_name(uid)}_{file.name}").unlink(missing_ok=True)
@@ -227,8 +254,9 @@ class StackGatherer:
                 slices=best.n_positions,
                 previous=previous.series_uid if restacked and previous else None,
                 restacked=restacked,
+                rejoined=rejoined,
             ):
-                for uid in stacked:
+                for uid in [*stacked, *rejoined]:
                     self.spool.purge_instances(uid)
                     self.on_final(uid)
                 if restacked and previous is not None:
@@ -264,7 +292,8 @@ class StackGatherer:
             if self.spool.mark_complete(
                 uid, queue=False, phases=None, slices=part_slices, reason=reason, quiet_since=quiet_since
             ):
-                self.spool.purge_instances(uid)
+                if self.spool.reopen_window_s <= 0:  # else kept: the rest of its cine may come (`_set_aside_parts`)
+                    self.spool.purge_instances(uid)
                 self.on_final(uid)
         for uid in taken:
             self._parts.pop(uid, None)
