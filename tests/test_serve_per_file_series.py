@@ -211,10 +211,14 @@ def test_a_per_file_series_cine_sent_to_a_real_node_is_segmented(tmp_path: Path,
     try:
         ae = AE(ae_title="SCANNER")
         ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
-        assoc = ae.associate("127.0.0.1", port, ae_title="CMRSDK")
-        assert assoc.is_established
-        assert [int(assoc.send_c_store(pydicom.dcmread(f)).Status) for f in files] == [0] * len(files)
-        assoc.release()
+
+        def send() -> None:
+            assoc = ae.associate("127.0.0.1", port, ae_title="CMRSDK")
+            assert assoc.is_established
+            assert [int(assoc.send_c_store(pydicom.dcmread(f)).Status) for f in files] == [0] * len(files)
+            assoc.release()
+
+        send()
         row = wait_for(lambda: _stack_row(node.spool), 180, "the regrouped cine's verdict")
         assert (row.state, row.slices, row.phases, row.n_instances) == ("done", N_SLICES, N_PHASES, len(files)), (
             node.text()[-3000:]
@@ -224,6 +228,13 @@ def test_a_per_file_series_cine_sent_to_a_real_node_is_segmented(tmp_path: Path,
         assert report["phases"][0]["shape_zyx"] == [N_SLICES, 32, 32]
         assert (Path(row.output) / "seg_ED.dcm").is_file()
         assert any("regrouped by geometry" in w for w in report["warnings"]), report["warnings"]
+        # sweep 45: a line per member (20 here, 240 for a Sunnybrook cine), and as many warnings
+        # when it was sent again; now the stack's line, and one warning naming the stack
+        assert node.text().count("(stacked into ") == 0 and node.text().count(f"series {row.series_uid}:") == 1
+        send()
+        said = wait_for(lambda: "acknowledged but not processed" in node.text() and node.text(), 60, "the warning")
+        assert said.count("acknowledged but not processed") == 1
+        assert f"{len(files)} instance(s) of {len(files)} series stacked into {row.series_uid}" in said
     finally:
         assert node.terminate() == 0
 

@@ -130,7 +130,10 @@ class Node:
         return pipeline
 
     def _series_final(self, series_uid: str) -> None:
-        log.info(series_log_line(self.spool, series_uid))
+        row = self.spool.series(series_uid)
+        # a stack's members at DEBUG: the stack's own line counts them (a per-file cine gave 240 lines)
+        stacked = row is not None and (row.reason or "").startswith("stacked into ")
+        log.log(logging.DEBUG if stacked else logging.INFO, series_log_line(self.spool, series_uid))
 
     def start(self) -> None:
         recovered = self.spool.recover()

@@ -419,6 +419,23 @@ class StorageScp:
                 if held
                 else "the sender must send them again once the spool has room (--max-spool-mb, --min-free-mb)",
             )
+        stacks: dict[str, list[int]] = {}  # a stack's members sent again: one line per stack (240 for a per-file cine)
+        for series_uid, (what, count) in list(ignored.items()):
+            row = self.spool.series(series_uid) if what != "late" else None
+            if row is not None and (row.reason or "").startswith("stacked into "):
+                stack = stacks.setdefault((row.reason or "").removeprefix("stacked into "), [0, 0])
+                stack[0], stack[1] = stack[0] + 1, stack[1] + count
+                del ignored[series_uid]
+        for stack_uid, (n_series, count) in stacks.items():
+            log.warning(
+                "association from AE '%s': %d instance(s) of %d series stacked into %s acknowledged but not processed: "
+                "the stack was judged already and these SOP Instance UIDs are held (--status shows it); to have it "
+                "judged again, send the cine as new series (new SeriesInstanceUIDs and SOP Instance UIDs)",
+                ae,
+                count,
+                n_series,
+                printable(stack_uid),
+            )
         for series_uid, (what, count) in ignored.items():
             if what == "late":
                 why = (
