@@ -133,7 +133,9 @@ class Node:
         row = self.spool.series(series_uid)
         # a stack's members at DEBUG: the stack's own line counts them (a per-file cine gave 240 lines)
         stacked = row is not None and (row.reason or "").startswith("stacked into ")
-        log.log(logging.DEBUG if stacked else logging.INFO, series_log_line(self.spool, series_uid))
+        level = logging.DEBUG if stacked else logging.INFO
+        if log.isEnabledFor(level):  # the line queries the spool: not for 800 members unlogged
+            log.log(level, series_log_line(self.spool, series_uid))
 
     def start(self) -> None:
         recovered = self.spool.recover()
