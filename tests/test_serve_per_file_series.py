@@ -320,3 +320,58 @@ def test_a_cine_cut_off_and_sent_again_whole_is_stacked_whole(tmp_path: Path, sp
     for mine, theirs in zip(read[0].phases, read_dicom_study(cine).phases, strict=True):
         np.testing.assert_array_equal(mine.pixels, theirs.pixels)
     spool.close()
+
+
+def test_the_rest_of_a_cine_whose_first_files_were_cut_off_is_not_reported_whole(tmp_path: Path, split, monkeypatch):
+    """Sweep 46: the association aborted after a cine's first files, which were held and failed,
+    and the rest sent alone was stacked and reported done as a whole heart (LVEF 26.4 % for
+    31.7). The rest fails too, naming the cut; the study sent again whole is stacked whole."""
+    import threading
+
+    from cmrsdk.serve.stacks import STUDY_CUT
+    from cmrsdk.serve.worker import Worker
+
+    cine, files = split
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
+    worker = Worker(
+        spool,
+        tmp_path / "out",
+        lambda: "pipeline",
+        series_timeout_s=0.2,
+        forward=False,
+        stop=threading.Event(),
+        on_final=lambda uid: None,
+        abort_hold_s=0.5,
+    )
+    first = _store(spool, files[:8])
+    for uid in first:  # the association carrying them was aborted
+        spool.mark_interrupted(uid)
+    rest = _store(spool, files[8:])  # sent alone, in an association that ended normally
+    time.sleep(0.6)
+    worker.promote_quiet_series()  # the cut-off ones fail after the hold
+    worker.promote_quiet_series()
+    assert {spool.series(u).state for u in first} == {"failed"}
+    assert {spool.series(u).state for u in rest} == {"failed"} and spool.next_queued() is None
+    assert spool.series(rest[0]).reason.startswith(STUDY_CUT)
+    for file in files:  # the study sent again whole: every series reopens
+        ds = pydicom.dcmread(file, stop_before_pixels=True)
+        assert spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes()) == "reopened"
+    for uid in first + rest:  # in an association that ended normally (the node's `clear_interrupted`)
+        spool.clear_interrupted(uid)
+    time.sleep(0.3)
+    worker.promote_quiet_series()
+    stack = spool.next_queued()
+    assert stack is not None and spool.series(stack).n_instances == len(files)
+    read: list = []
+
+    def study_writer(pipeline, source, out_dir):
+        read.append(read_dicom_study(source))
+        out_dir.mkdir()
+        (out_dir / "report.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    worker.process(stack)
+    for mine, theirs in zip(read[0].phases, read_dicom_study(cine).phases, strict=True):
+        np.testing.assert_array_equal(mine.pixels, theirs.pixels)
+    spool.close()

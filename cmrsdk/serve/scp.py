@@ -420,12 +420,25 @@ class StorageScp:
                 else "the sender must send them again once the spool has room (--max-spool-mb, --min-free-mb)",
             )
         stacks: dict[str, list[int]] = {}  # a stack's members sent again: one line per stack (240 for a per-file cine)
+        parts = [0, 0]  # parts set aside with their files kept: they join their study's next stack
         for series_uid, (what, count) in list(ignored.items()):
             row = self.spool.series(series_uid) if what != "late" else None
-            if row is not None and (row.reason or "").startswith("stacked into "):
-                stack = stacks.setdefault((row.reason or "").removeprefix("stacked into "), [0, 0])
+            reason = "" if row is None else row.reason or ""
+            if reason.startswith("stacked into "):
+                stack = stacks.setdefault(reason.removeprefix("stacked into "), [0, 0])
                 stack[0], stack[1] = stack[0] + 1, stack[1] + count
                 del ignored[series_uid]
+            elif reason.startswith("not a short-axis stack: ") and self.spool.reopen_window_s > 0:
+                parts[0], parts[1] = parts[0] + 1, parts[1] + count
+                del ignored[series_uid]
+        if parts[0]:
+            log.info(
+                "association from AE '%s': %d instance(s) of %d series held already, set aside as one or two slice "
+                "positions each: kept for --reopen-window, they join a stack their study makes in that time",
+                ae,
+                parts[1],
+                parts[0],
+            )
         for stack_uid, (n_series, count) in stacks.items():
             log.warning(
                 "association from AE '%s': %d instance(s) of %d series stacked into %s acknowledged but not processed: "

@@ -921,8 +921,9 @@ class Spool:
         With ``previous``, an earlier stack of the study whose members ``restacked`` are stacked
         again with the late ``members``: they are marked stacked into the new stack, and the
         previous stack's result files not yet forwarded are superseded (never sent). ``rejoined``:
-        parts of the study set aside earlier as stacking with nothing, their files kept (the first
-        slices of a cine whose transfer was cut off and sent again), stacked with the members.
+        parts of the study set aside earlier as stacking with nothing, or failed as parts of a study
+        cut off (`cmrsdk.serve.stacks.STUDY_CUT`), their files kept (the first slices of a cine whose
+        transfer was cut off and sent again), stacked with the members.
         """
         now = time.time()
         everyone = [*members, *restacked, *rejoined]
@@ -939,7 +940,8 @@ class Spool:
                 (f"stacked into {previous}", *restacked),
             ).fetchone()[0]
             still_aside = self._db.execute(
-                f"SELECT COUNT(*) FROM series WHERE state = 'set_aside' AND reason LIKE 'not a short-axis stack: %' "
+                "SELECT COUNT(*) FROM series WHERE ((state = 'set_aside' AND reason LIKE 'not a short-axis stack: %') "
+                f"OR (state = 'failed' AND reason LIKE 'not segmented: a series of its study was cut off%')) "
                 f"AND series_uid IN ({marks(rejoined)})",
                 rejoined,
             ).fetchone()[0]
@@ -958,9 +960,9 @@ class Spool:
                 f"UPDATE series SET state = 'set_aside', reason = ?, finished_at = ? WHERE series_uid IN ({marks(members)})",
                 (f"stacked into {stack_uid}", now, *members),
             )
-            if rejoined:
+            if rejoined:  # set aside, or failed as part of a study cut off and now sent again whole
                 self._db.execute(
-                    f"UPDATE series SET reason = ? WHERE series_uid IN ({marks(rejoined)})",
+                    f"UPDATE series SET state = 'set_aside', reason = ? WHERE series_uid IN ({marks(rejoined)})",
                     (f"stacked into {stack_uid}", *rejoined),
                 )
             if previous:

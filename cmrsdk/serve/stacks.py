@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import CmrError
-from .spool import SeriesRow, Spool, uid_file_name
+from .spool import SeriesRow, Spool, printable, uid_file_name
 from .._warn import quiet
 
 __all__ = ["ONE_SLICE_REASON", "StackGatherer", "stack_uid", "study_of"]
@@ -46,6 +46,12 @@ ONE_SLICE_REASON = "not a short-axis stack: 1 slice position(s)"
 
 #: the prefix of a group of one-image series gathered by patient, not study (`StackGatherer._groups`)
 _PATIENT = "patient:"
+
+#: in the reason of a series failed after an aborted transfer (`cmrsdk.serve.worker.Worker`)
+NOT_SENT_AGAIN = "not sent again within"
+
+#: the reason's start for waiting parts failed because a series of their study was cut off
+STUDY_CUT = "not segmented: a series of its study was cut off by an aborted transfer"
 
 
 def study_of(folder: Path) -> str:
@@ -102,7 +108,7 @@ class StackGatherer:
         self._studies: dict[str, str] = {}  # receiving series UID -> study UID (read once)
         self._patients: dict[str, str] = {}  # receiving series UID -> patient (read once, where asked)
         self._stack_studies: dict[str, str] = {}  # kept stack -> its study UID (read once)
-        self._aside_keys: dict[str, tuple[str, str]] = {}  # set-aside part -> (study, patient) (read once)
+        self._earlier_keys: dict[str, tuple[str, str]] = {}  # judged series -> (study, patient) (read once)
 
     def hold(self, series_uid: str, *, queue: bool = False, phases: int | None = None, slices: int | None = 1) -> None:
         """Let a part of a cine wait for the rest of its study; with ``queue`` it is segmented alone
@@ -144,7 +150,12 @@ class StackGatherer:
             previous = None if group.startswith(_PATIENT) else self._previous_stack(group)
             if previous is not None and previous.state in ("queued", "processing"):
                 continue  # stacked with its result, once there is one
-            made = self._stack(members, previous, self._set_aside_parts(group))
+            aside, cut = self._earlier(group)
+            if cut:  # the rest of a cine whose transfer was aborted: no whole heart (sweep 46)
+                self._fail(members, cut, now)
+                made = []
+            else:
+                made = self._stack(members, previous, aside)
             for uid in members:
                 self.waiting.pop(uid, None)
                 self._studies.pop(uid, None)
@@ -170,24 +181,47 @@ class StackGatherer:
                 groups.setdefault(study, []).extend(members)
         return {group: sorted(members) for group, members in groups.items()}
 
-    def _set_aside_parts(self, group: str) -> list[str]:
-        """Parts of ``group`` (a study, or `_PATIENT` and a patient) set aside earlier as stacking
-        with nothing, their files kept for the reopen window: a cine's first slices, judged before
-        the rest came (a transfer cut off and sent again whole: the resent copies of those slices
-        are duplicates, sweep 45 lost them and stacked the rest as a whole heart)."""
-        found = []
+    def _earlier(self, group: str) -> tuple[list[str], list[str]]:
+        """Series of ``group`` (a study, or `_PATIENT` and a patient) judged before, their files
+        kept for the reopen window: (parts to stack with the waiting ones, series cut off).
+
+        Parts: set aside as stacking with nothing (a cine's first slices, judged before the rest
+        came; a transfer cut off and sent again whole makes the resent copies of those slices
+        duplicates: sweep 45 lost them and stacked the rest as a whole heart), or failed because
+        their study was cut off (`STUDY_CUT`). Cut off: failed after an aborted transfer
+        (``--abort-hold``), whose slices the rest of the study lacks (sweep 46: the other 200
+        images of a per-file cine reported done, LVEF 26.4 % for 31.7)."""
+        parts: list[str] = []
+        cut: list[str] = []
         for row in self.spool.all_series():
-            if row.state != "set_aside" or not (row.reason or "").startswith("not a short-axis stack: "):
+            reason = row.reason or ""
+            part = (row.state == "set_aside" and reason.startswith("not a short-axis stack: ")) or (
+                row.state == "failed" and reason.startswith(STUDY_CUT)
+            )
+            aborted = row.state == "failed" and NOT_SENT_AGAIN in reason
+            if not (part or aborted):
                 continue
             folder = self.spool.series_folder(row.series_uid)
             if not any(folder.glob("*.dcm")):
                 continue
-            if row.series_uid not in self._aside_keys:
-                self._aside_keys[row.series_uid] = (study_of(folder), patient_of(folder))
-            study, patient = self._aside_keys[row.series_uid]
+            if row.series_uid not in self._earlier_keys:
+                self._earlier_keys[row.series_uid] = (study_of(folder), patient_of(folder))
+            study, patient = self._earlier_keys[row.series_uid]
             if group in (study, _PATIENT + patient):
-                found.append(row.series_uid)
-        return found
+                (parts if part else cut).append(row.series_uid)
+        return parts, cut
+
+    def _fail(self, members: list[str], cut: list[str], now: float) -> None:
+        """Fail the waiting ``members`` of a study whose series ``cut`` failed after an aborted
+        transfer; their files stay, so the study sent again whole reopens and stacks them all."""
+        reason = (
+            f"{STUDY_CUT} ({len(cut)} series failed, {printable(cut[0])} among them): part of a cine gives wrong "
+            "volumes; send the study again whole"
+        )
+        for uid in members:
+            self._parts.pop(uid, None)
+            if self.spool.give_up(uid, reason, quiet_since=now - self.timeout_s):
+                self.on_final(uid)
 
     def _patient(self, series_uid: str) -> str:
         if series_uid not in self._patients:
@@ -222,7 +256,7 @@ class StackGatherer:
             earlier = [
                 r.series_uid for r in self.spool.all_series() if r.reason == f"stacked into {previous.series_uid}"
             ]
-        name = stack_uid([*members, *earlier], after=previous.series_uid if previous is not None else None)
+        name = stack_uid([*members, *earlier, *aside], after=previous.series_uid if previous is not None else None)
         folder = self.spool.series_folder(name)
         self._link(folder, [*members, *aside], previous)
         try:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ..errors import CmrError
 from ..study import _remove_stale
 from .spool import NO_INSTANCES, Spool, printable, result_name
-from .stacks import StackGatherer
+from .stacks import NOT_SENT_AGAIN, StackGatherer
 from .._warn import quiet
 
 __all__ = ["Worker", "SeriesVerdict", "judge_series", "write_study", "warm_up_writers"]
@@ -260,7 +260,7 @@ class Worker(threading.Thread):
             else f"its transfer was aborted after {row.n_instances} instance(s) and "
         )
         reason = (
-            f"{cut}not sent again within {self.abort_hold_s:g} s: not segmented (part of a study gives wrong "
+            f"{cut}{NOT_SENT_AGAIN} {self.abort_hold_s:g} s: not segmented (part of a study gives wrong "
             "volumes); send the series again whole"
         )
         if self.spool.give_up(series_uid, reason, quiet_since=quiet_since):
