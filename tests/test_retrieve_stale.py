@@ -97,6 +97,11 @@ def test_a_retrieve_killed_outright_leaves_a_folder_the_next_one_removes(long_st
     assert len(list((out / uid_file_name(study)).glob("*/*.dcm"))) == 240
 
 
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (state T in /proc/PID/stat)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 @needs_orthanc
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_a_running_retrievals_folder_is_kept_and_it_ends_with_the_exists_error(long_study, tmp_path, capsys):
@@ -110,6 +115,8 @@ def test_a_running_retrievals_folder_is_kept_and_it_ends_with_the_exists_error(l
     first = start_retrieve(peer, study, out)
     try:
         first.send_signal(signal.SIGSTOP)
+        # stopped once the kernel says so: a file it wrote just after the signal failed the listing below
+        wait_for(lambda: _stopped(first.pid), 10, "the first retrieval stopped")
         theirs = hidden(out)
         assert [name.split("-")[0] for name in theirs] == [
             f".{uid_file_name(study)}.{k}" for k in ("partial", "receiving")
