@@ -53,6 +53,38 @@ def split(tmp_path: Path) -> tuple[Path, list[Path]]:
     return cine, _per_file_series(cine, tmp_path / "per_file")
 
 
+def _reading(monkeypatch) -> list:
+    """The studies a worker's (fake) study writer reads, in order, as it is given them."""
+    read: list = []
+
+    def study_writer(pipeline, source, out_dir):
+        read.append(read_dicom_study(source))
+        out_dir.mkdir()
+        (out_dir / "report.json").write_text("{}")
+        return {}
+
+    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    return read
+
+
+def _timed_worker(spool: Spool, tmp_path: Path, *, timeout_s: float, abort_hold_s: float):
+    """A node's worker with a series timeout and an abort hold of its own (no pipeline)."""
+    import threading
+
+    from cmrsdk.serve.worker import Worker
+
+    return Worker(
+        spool,
+        tmp_path / "out",
+        lambda: "pipeline",
+        series_timeout_s=timeout_s,
+        forward=False,
+        stop=threading.Event(),
+        on_final=lambda uid: None,
+        abort_hold_s=abort_hold_s,
+    )
+
+
 def test_one_image_series_of_a_study_are_regrouped_and_segmented_once(tmp_path: Path, split, monkeypatch):
     from test_serve_spool import _worker
 
@@ -70,15 +102,7 @@ def test_one_image_series_of_a_study_are_regrouped_and_segmented_once(tmp_path: 
     lone.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
     lone.save_as(tmp_path / "lone.dcm")
     spool.store_instance("9.9.9", str(lone.SOPInstanceUID), (tmp_path / "lone.dcm").read_bytes())
-    read: list = []
-
-    def study_writer(pipeline, source, out_dir):
-        read.append(read_dicom_study(source))
-        out_dir.mkdir()
-        (out_dir / "report.json").write_text("{}")
-        return {}
-
-    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    read = _reading(monkeypatch)
     worker, finals = _worker(spool, tmp_path)
     worker.promote_quiet_series()
     stack = stack_uid([*uids, "9.9.9"])
@@ -122,15 +146,7 @@ def test_two_patients_per_file_cines_sent_together_give_a_stack_each(tmp_path: P
         cines.append((cine, anon))
     spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
     uids = [_store(spool, files) for _, files in cines]
-    read: list = []
-
-    def study_writer(pipeline, source, out_dir):
-        read.append(read_dicom_study(source))
-        out_dir.mkdir()
-        (out_dir / "report.json").write_text("{}")
-        return {}
-
-    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    read = _reading(monkeypatch)
     worker, finals = _worker(spool, tmp_path)
     worker.promote_quiet_series()
     assert len(finals) == 2 * N_SLICES * N_PHASES  # every one-image series stacked
@@ -243,22 +259,9 @@ def test_waiting_images_of_an_aborted_association_are_held_not_stacked(tmp_path:
     """Sweep 45: a cine's first files, quiet and waiting for their study when the sender aborted
     the association, were stacked though marked interrupted (3 of 40 images; the 203-image stack
     failed on [3, 20] phases). They leave the wait and are held (``--abort-hold``), then fail."""
-    import threading
-
-    from cmrsdk.serve.worker import Worker
-
     _, files = split
     spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
-    worker = Worker(
-        spool,
-        tmp_path / "out",
-        lambda: "pipeline",
-        series_timeout_s=0.3,
-        forward=False,
-        stop=threading.Event(),
-        on_final=lambda uid: None,
-        abort_hold_s=1.0,
-    )
+    worker = _timed_worker(spool, tmp_path, timeout_s=0.3, abort_hold_s=1.0)
     first = _store(spool, files[:8])
     time.sleep(0.4)
     _store(spool, files[8:9])  # the association goes on: the study is still arriving
@@ -307,15 +310,7 @@ def test_a_cine_cut_off_and_sent_again_whole_is_stacked_whole(tmp_path: Path, sp
     row = spool.series(stack)
     assert (row.slices, row.phases, row.n_instances) == (N_SLICES, N_PHASES, len(files))
     assert {spool.series(u).reason for u in early} == {f"stacked into {stack}"}
-    read: list = []
-
-    def study_writer(pipeline, source, out_dir):
-        read.append(read_dicom_study(source))
-        out_dir.mkdir()
-        (out_dir / "report.json").write_text("{}")
-        return {}
-
-    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    read = _reading(monkeypatch)
     worker.process(stack)
     for mine, theirs in zip(read[0].phases, read_dicom_study(cine).phases, strict=True):
         np.testing.assert_array_equal(mine.pixels, theirs.pixels)
@@ -326,23 +321,11 @@ def test_the_rest_of_a_cine_whose_first_files_were_cut_off_is_not_reported_whole
     """Sweep 46: the association aborted after a cine's first files, which were held and failed,
     and the rest sent alone was stacked and reported done as a whole heart (LVEF 26.4 % for
     31.7). The rest fails too, naming the cut; the study sent again whole is stacked whole."""
-    import threading
-
     from cmrsdk.serve.stacks import STUDY_CUT
-    from cmrsdk.serve.worker import Worker
 
     cine, files = split
     spool = Spool(tmp_path / "spool", reopen_window_s=600.0)
-    worker = Worker(
-        spool,
-        tmp_path / "out",
-        lambda: "pipeline",
-        series_timeout_s=0.2,
-        forward=False,
-        stop=threading.Event(),
-        on_final=lambda uid: None,
-        abort_hold_s=0.5,
-    )
+    worker = _timed_worker(spool, tmp_path, timeout_s=0.2, abort_hold_s=0.5)
     first = _store(spool, files[:8])
     for uid in first:  # the association carrying them was aborted
         spool.mark_interrupted(uid)
@@ -362,15 +345,7 @@ def test_the_rest_of_a_cine_whose_first_files_were_cut_off_is_not_reported_whole
     worker.promote_quiet_series()
     stack = spool.next_queued()
     assert stack is not None and spool.series(stack).n_instances == len(files)
-    read: list = []
-
-    def study_writer(pipeline, source, out_dir):
-        read.append(read_dicom_study(source))
-        out_dir.mkdir()
-        (out_dir / "report.json").write_text("{}")
-        return {}
-
-    monkeypatch.setattr("cmrsdk.serve.worker.write_study", study_writer)
+    read = _reading(monkeypatch)
     worker.process(stack)
     for mine, theirs in zip(read[0].phases, read_dicom_study(cine).phases, strict=True):
         np.testing.assert_array_equal(mine.pixels, theirs.pixels)
