@@ -17,8 +17,7 @@ __all__ = ["cgroup_cpu_limit", "quota_threads", "usable_cores", "usable_cpus"]
 def usable_cpus() -> int:
     """CPUs this process may run on: the affinity mask's count (``os.cpu_count()`` where the OS
     has none), capped by the cgroup quota (`cgroup_cpu_limit`); at least 1."""
-    cpus, limit = _mask_cpus(), _own_quota()
-    return max(1, min(cpus, limit) if limit else cpus)
+    return _capped(_mask_cpus())
 
 
 def usable_cores() -> int:
@@ -26,13 +25,12 @@ def usable_cores() -> int:
     (hyper-threads of one core share it; ``topology/core_cpus_list`` in sysfs, each CPU its own
     core where that cannot be read), capped by the cgroup quota; at least 1. ONNX Runtime's own
     default thread count is this count without the quota."""
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    try:
-        mask = sorted(getaffinity(0)) if getaffinity is not None else []
-    except OSError:
-        mask = []
-    cores = {_core_of(cpu) for cpu in mask} if mask else set()
-    count, limit = len(cores) or _mask_cpus(), _own_quota()
+    return _capped(len({_core_of(cpu) for cpu in _mask()}) or _mask_cpus())
+
+
+def _capped(count: int) -> int:
+    """``count`` capped by the cgroup quota; at least 1."""
+    limit = _own_quota()
     return max(1, min(count, limit) if limit else count)
 
 
@@ -56,14 +54,18 @@ def quota_threads() -> int | None:
 
 
 def _mask_cpus() -> int:
-    """The affinity mask's CPUs, read each time (taskset may change it while the process runs)."""
+    """The affinity mask's CPU count (``os.cpu_count()`` where the OS gives no mask)."""
+    return len(_mask()) or os.cpu_count() or 1
+
+
+def _mask() -> list[int]:
+    """The affinity mask's CPUs, read each time (taskset may change it while the process runs);
+    empty where the OS gives none."""
     getaffinity = getattr(os, "sched_getaffinity", None)
-    if getaffinity is not None:
-        try:
-            return max(1, len(getaffinity(0)))
-        except OSError:
-            pass
-    return os.cpu_count() or 1
+    try:
+        return sorted(getaffinity(0)) if getaffinity is not None else []
+    except OSError:
+        return []
 
 
 @functools.cache
