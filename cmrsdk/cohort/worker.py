@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -131,12 +132,12 @@ def set_thread_count(threads: int) -> None:
     """Cap the math libraries' thread pools of this process (before they start) so workers share cores."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[name] = str(threads)
-    try:
-        import torch  # only where installed; the TorchScript engine uses torch's pool
-
+    # torch sizes its pool (TorchScript, AOTInductor) from OMP_NUM_THREADS when first imported, so
+    # only a torch loaded already is told; importing it here cost every ONNX Runtime or OpenVINO
+    # node and batch worker 2.8 s and PyTorch's memory for nothing (session 51)
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:
-        pass
 
 
 def segment_study(
