@@ -55,7 +55,9 @@ def test_torch_loaded_already_is_capped():
 def test_an_openvino_node_never_maps_libtorch(tmp_path: Path):
     """The node's process, pipeline loaded (OpenVINO, one thread): no PyTorch library in its memory map."""
     pytest.importorskip("openvino")
-    node = NodeProcess(tmp_path / "spool", tmp_path / "out", free_port(), log_path=tmp_path / "node.log", wait_ready=True)
+    node = NodeProcess(
+        tmp_path / "spool", tmp_path / "out", free_port(), log_path=tmp_path / "node.log", wait_ready=True
+    )
     try:
         assert "(baseline, openvino)" in node.text()
         maps = Path(f"/proc/{node.process.pid}/maps").read_text()
