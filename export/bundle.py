@@ -62,6 +62,7 @@ from cmrsdk.labels import LABEL_NAMES, REGION_NAMES
 from cmrsdk.heart import HEART_SEARCHES
 from export.models import get_model
 from export.parity import ParityResult, check_parity, eager_probabilities, parity_inputs
+from export.reuse import exported, network_key
 
 __all__ = [
     "FORMATS",
@@ -561,7 +562,27 @@ def _export_artifacts(
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Write the model's artifacts in ``formats`` (those that can be written here) into ``staging``;
     returns artifact key -> file, and the extra manifest entries of the model (ONNX opset, TensorRT
-    batch and shapes)."""
+    batch and shapes). Within `export.reuse.reused_exports`, a network exported already is copied."""
+    settings = (kind, tuple(formats), tuple(preprocessing.size), preprocessing.heart_crop, max_batch)
+    return exported(
+        lambda: network_key(model, example, settings),
+        name,
+        staging,
+        lambda: _write_artifacts(model, name, kind, example, staging, formats, preprocessing, max_batch),
+    )
+
+
+def _write_artifacts(
+    model: nn.Module,
+    name: str,
+    kind: str,
+    example: torch.Tensor,
+    staging: Path,
+    formats: Sequence[str],
+    preprocessing: Preprocessing,
+    max_batch: int,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """`_export_artifacts` without reuse: every format exported."""
     files: dict[str, Path] = {}
     extra: dict[str, Any] = {}
     if "torchscript" in formats:

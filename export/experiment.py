@@ -310,6 +310,7 @@ def ensure_bundles(runs: Path, classifier: str, *, rebuild: bool = False) -> dic
     modification time no longer match what the bundle was built from (`_bundle_is_current`).
     """
     from export.bundle import main as bundle_main
+    from export.reuse import reused_exports
 
     needed = {
         "baseline": {"baseline": "unet_baseline"},
@@ -324,34 +325,36 @@ def ensure_bundles(runs: Path, classifier: str, *, rebuild: bool = False) -> dic
         },
     }
     paths = {}
-    for bundle, models in needed.items():
-        out = runs / "bundles" / bundle
-        paths[bundle] = out
-        if not rebuild and _bundle_is_current(out, models, runs):
-            continue
-        checkpoints = []
-        for role, run in models.items():
-            weights = _weights(runs / run)
-            if weights is None:
-                raise ReadError(runs / run, f"has no model.pt or last.pt: the {bundle!r} bundle needs it")
-            checkpoints.append(f"{role}={weights}")
-        args = [
-            "--checkpoints",
-            *checkpoints,
-            "--heart-crop",
-            "128",
-            "128",
-            "--formats",
-            "onnx",
-            "torchscript",
-            "--overwrite",
-            "-o",
-            str(out),
-        ]
-        if _cache_matches(CACHE, _weights(runs / models["baseline"])):
-            args += ["--examples-from-cache", str(CACHE)]  # real slices for the parity checks
-        if bundle_main(args) != 0:
-            raise ReadError(out, "bundle export failed (see the messages above)")
+    # a network in several bundles (the baseline U-Net: its own and the routed one) is exported once
+    with reused_exports():
+        for bundle, models in needed.items():
+            out = runs / "bundles" / bundle
+            paths[bundle] = out
+            if not rebuild and _bundle_is_current(out, models, runs):
+                continue
+            checkpoints = []
+            for role, run in models.items():
+                weights = _weights(runs / run)
+                if weights is None:
+                    raise ReadError(runs / run, f"has no model.pt or last.pt: the {bundle!r} bundle needs it")
+                checkpoints.append(f"{role}={weights}")
+            args = [
+                "--checkpoints",
+                *checkpoints,
+                "--heart-crop",
+                "128",
+                "128",
+                "--formats",
+                "onnx",
+                "torchscript",
+                "--overwrite",
+                "-o",
+                str(out),
+            ]
+            if _cache_matches(CACHE, _weights(runs / models["baseline"])):
+                args += ["--examples-from-cache", str(CACHE)]  # real slices for the parity checks
+            if bundle_main(args) != 0:
+                raise ReadError(out, "bundle export failed (see the messages above)")
     return paths
 
 

@@ -668,13 +668,24 @@ threads = 1
 """
 
 
-def test_the_documented_command_from_runs_to_results_md(tmp_path: Path, shared_data: Path) -> None:
-    """`python -m export.experiment` end to end: tiny runs, one real ACDC patient, RESULTS.md written."""
+def test_the_documented_command_from_runs_to_results_md(tmp_path: Path, shared_data: Path, monkeypatch) -> None:
+    """`python -m export.experiment` end to end: tiny runs, one real ACDC patient, RESULTS.md written.
+
+    One tiny U-Net stands in for all six, so its eight models are two networks: each exported
+    once (`export.reuse`), the other six copies checked by their bundle's parity runs."""
     import shutil
 
+    import export.bundle
+    from cmrsdk.bundle import load_bundle
     from export.experiment import BEGIN, END, UNETS
     from export.experiment import main as experiment_main
     from export.train import load_config, train
+
+    written: list[str] = []
+    write = export.bundle._write_artifacts
+    monkeypatch.setattr(
+        export.bundle, "_write_artifacts", lambda model, name, *rest: written.append(name) or write(model, name, *rest)
+    )
 
     runs = tmp_path / "runs"
     trained = {}
@@ -716,6 +727,13 @@ def test_the_documented_command_from_runs_to_results_md(tmp_path: Path, shared_d
 
     for bundle in ("baseline", "sampling_low", "sampling_high", "routed"):
         assert (runs / "bundles" / bundle / "manifest.json").is_file()
+    assert written == ["baseline", "classifier"]  # the routed bundle's classifier comes last
+    routed = load_bundle(runs / "bundles" / "routed")  # every copy's hash verifies
+    assert sorted(routed.models) == ["apex", "base", "baseline", "classifier", "middle"]
+    records = routed.manifest["models"]
+    assert all(p["passed"] for m in records.values() for p in m["parity"])
+    onnx = {m: routed.models[m].artifacts["onnx"].path for m in ("baseline", "base", "apex")}
+    assert onnx["base"].name == "base.onnx" and onnx["base"].read_bytes() == onnx["baseline"].read_bytes()
     out = docs / "results" / "acdc_heldout"
     for name in ("report.md", "slice_dice.csv", "table3.csv", "figure2.png", "figure2_paper.png"):
         assert (out / name).is_file(), name
