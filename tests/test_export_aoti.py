@@ -93,6 +93,55 @@ def test_packages_are_recorded_with_hashes_parity_and_sizes(bundle_dir: Path):
     assert not list(bundle_dir.parent.glob(".bundle.aoti.*"))
 
 
+def test_the_bundle_command_writes_a_checked_package(bundle_dir: Path, tmp_path: Path, monkeypatch, capsys):
+    """`python -m export.bundle --formats aoti` (sweep 13): a bundle whose package is checked at the
+    window and the heart crop. Its network is this module's, from the same weights, so the
+    compilation is the module's (`export_aoti` replaced by a copy of that package: one compilation
+    of tens of seconds for the suite, not two); the command's parity checks run the copy for real."""
+    import export.aoti
+    from export.bundle import main as bundle_main
+
+    net = rebuild_model(load_bundle(bundle_dir), "baseline").net
+    checkpoint = tmp_path / "run" / "last.pt"
+    checkpoint.parent.mkdir()
+    torch.save(
+        {
+            "task": "segmentation",
+            "model": {"name": "unet", "kwargs": {"features": FEATURES}},
+            "state_dict": net.state_dict(),
+            "iteration": 3,
+            "config": {},
+            "metrics": {},
+            "preprocessing": {"target_spacing": [2.0, 2.0], "size": SIZE[0], "normalization": "zscore"},
+        },
+        checkpoint,
+    )
+    compiled: list[tuple[int, ...]] = []
+
+    def the_modules_package(model, path, example):
+        weights = model.net.state_dict()
+        assert all(torch.equal(weights[k], v) for k, v in net.state_dict().items())  # the checkpoint's network
+        compiled.append(tuple(example.shape))
+        shutil.copyfile(bundle_dir / "baseline.pt2", path)
+        return Path(path)
+
+    monkeypatch.setattr(export.aoti, "export_aoti", the_modules_package)
+    out = tmp_path / "b"
+    args = ["--checkpoints", f"baseline={checkpoint}", "--formats", "aoti", "--heart-crop", *map(str, CROP)]
+    assert bundle_main([*args, "-o", str(out)]) == 0
+    assert f"bundle written to {out}" in capsys.readouterr().out
+    assert compiled == [(2, 1, *SIZE)]
+    bundle = load_bundle(out)
+    artifact = bundle.models["baseline"].artifacts["aoti"]
+    assert artifact.path.name == "baseline.pt2" and artifact.input_hw == (CROP, SIZE)
+    record = bundle.manifest["models"]["baseline"]
+    assert set(record["artifacts"]) == {"aoti"} and record["artifacts"]["aoti"]["device"] == "cpu"
+    assert [p["input_hw"] for p in record["parity"]] == [list(SIZE), list(CROP)]
+    assert all(p["passed"] for p in record["parity"])
+    x = torch.randn(3, 1, *SIZE, generator=torch.Generator().manual_seed(1)).numpy()
+    assert bundle.engine("baseline", backend="aoti").run(x).shape == (3, 4, *SIZE)
+
+
 def test_package_matches_eager_torchscript_and_onnx_at_every_batch_and_size(bundle_dir: Path, slices: np.ndarray):
     bundle = load_bundle(bundle_dir)
     eager = rebuild_model(bundle, "baseline")

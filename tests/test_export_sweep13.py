@@ -17,7 +17,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from cmrsdk.bundle import MANIFEST_NAME, Preprocessing, load_bundle  # noqa: E402
-from cmrsdk.engines.aoti import aoti_missing  # noqa: E402
 from cmrsdk.engines.tensorrt import tensorrt_missing  # noqa: E402
 from cmrsdk.errors import InputError, WriteError  # noqa: E402
 from export.bundle import FORMATS, build_bundle  # noqa: E402
@@ -184,27 +183,7 @@ def test_formats_that_write_nothing_are_refused(tmp_path: Path, capsys) -> None:
     assert "aoti" in FORMATS and "aoti" not in DEFAULT_FORMATS
 
 
-@pytest.mark.skipif(
-    aoti_missing("cpu") is not None or (shutil.which("c++") is None and shutil.which("g++") is None),
-    reason="AOTInductor or a C++ compiler is missing",
-)
-def test_formats_aoti_writes_a_checked_package(tmp_path: Path, capsys) -> None:
-    """One AOTInductor compilation of a two-stage U-Net (tens of seconds on this CPU)."""
-    checkpoint = _checkpoint(tmp_path / "run" / "last.pt", features=[4, 8])
-    out = tmp_path / "b"
-    args = ["--checkpoints", f"baseline={checkpoint}", "--formats", "aoti", "--heart-crop", "16", "16", "-o", str(out)]
-    assert bundle_main(args) == 0
-    assert f"bundle written to {out}" in capsys.readouterr().out
-    bundle = load_bundle(out)
-    artifact = bundle.models["baseline"].artifacts["aoti"]
-    assert artifact.path.name == "baseline.pt2" and artifact.input_hw == ((16, 16), (32, 32))
-    record = bundle.manifest["models"]["baseline"]
-    assert record["artifacts"]["aoti"]["device"] == "cpu"
-    assert [p["input_hw"] for p in record["parity"]] == [[32, 32], [16, 16]] and all(
-        p["passed"] for p in record["parity"]
-    )
-    x = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1)).numpy()
-    assert bundle.engine("baseline", backend="aoti").run(x).shape == (3, 4, 32, 32)
+# `--formats aoti` writing a checked package: tests/test_export_aoti.py (one compilation for both)
 
 
 # -- F6: a run folder is not overwritten by a re-run, and --resume needs a checkpoint -----------------------
