@@ -317,6 +317,64 @@ def test_a_cine_cut_off_and_sent_again_whole_is_stacked_whole(tmp_path: Path, sp
     spool.close()
 
 
+def test_a_cines_first_slices_released_for_space_fail_its_study_not_a_partial_stack(tmp_path: Path, monkeypatch):
+    """Sweep 46 (F2): a spool at its limit releases kept series oldest first, and the first slice
+    positions of a per-slice cine, set aside until the rest came, went first: the rest was stacked
+    without them and reported done (10 slices of 12, LVEF 32.77 % for 31.68). The released part
+    fails naming its study, the rest fails too (files kept), and the study sent again whole, with
+    room, is stacked whole."""
+    from test_serve_spool import _worker
+
+    from cmrsdk.serve.spool import RELEASED_PART
+    from cmrsdk.serve.stacks import STUDY_CUT
+
+    cine = tmp_path / "cine"
+    write_dicom_series(cine, synthetic_study(seed=6, shape=(32, 32), n_slices=N_SLICES, n_phases=N_PHASES))
+    positions: dict[float, list[Path]] = {}
+    uids: dict[float, str] = {}
+    (tmp_path / "per_slice").mkdir()
+    for file in sorted(cine.glob("*.dcm")):  # a series per slice position, as Siemens protocols store them
+        ds = pydicom.dcmread(file)
+        z = float(ds.SliceLocation)
+        ds.SeriesInstanceUID = uids.setdefault(z, f"1.2.826.0.1.3680043.10.51.{len(uids) + 1}")
+        ds.save_as(tmp_path / "per_slice" / file.name)
+        positions.setdefault(z, []).append(tmp_path / "per_slice" / file.name)
+    order = sorted(positions)
+    first, rest = [f for z in order[:2] for f in positions[z]], [f for z in order[2:] for f in positions[z]]
+    study = str(pydicom.dcmread(first[0], stop_before_pixels=True).StudyInstanceUID)
+    every = sum(f.stat().st_size for f in [*first, *rest])
+    spool = Spool(tmp_path / "spool", reopen_window_s=600.0, max_bytes=every - 1)  # the whole cine does not fit
+    early = sorted(set(_store(spool, first)))
+    worker, _ = _worker(spool, tmp_path)
+    worker.promote_quiet_series()
+    assert {spool.series(u).state for u in early} == {"set_aside"}
+    later = sorted(set(_store(spool, rest)))  # the last file makes room: the oldest kept part goes
+    released = spool.series(early[0])
+    assert released.state == "failed" and released.reason.startswith(f"{RELEASED_PART} (study {study})")
+    assert spool.series(early[1]).state == "set_aside"  # enough room made by the first
+    worker.promote_quiet_series()
+    assert spool.next_queued() is None  # no stack of the 3 positions left
+    reasons = {spool.series(u).reason for u in later}
+    assert {r.split(" (")[0] for r in reasons} == {f"{STUDY_CUT} released for space while it waited"}
+    spool.max_bytes = None  # room again (the operator's larger --max-spool-mb, or older results released)
+    outcomes = [
+        spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes())
+        for file in [*first, *rest]
+        for ds in [pydicom.dcmread(file, stop_before_pixels=True)]
+    ]
+    # the released part stored anew (its first file retries it), the kept one held, each failed one reopened
+    again = ["reopened"] + ["duplicate"] * (N_PHASES - 1)
+    assert outcomes == ["reopened"] + ["stored"] * (N_PHASES - 1) + ["duplicate"] * N_PHASES + again * (N_SLICES - 2)
+    worker.promote_quiet_series()
+    stack = spool.next_queued()
+    assert stack is not None and spool.series(stack).n_instances == len(first) + len(rest)
+    read = _reading(monkeypatch)
+    worker.process(stack)
+    for mine, theirs in zip(read[0].phases, read_dicom_study(cine).phases, strict=True):
+        np.testing.assert_array_equal(mine.pixels, theirs.pixels)
+    spool.close()
+
+
 def test_the_rest_of_a_cine_whose_first_files_were_cut_off_is_not_reported_whole(tmp_path: Path, split, monkeypatch):
     """Sweep 46: the association aborted after a cine's first files, which were held and failed,
     and the rest sent alone was stacked and reported done as a whole heart (LVEF 26.4 % for

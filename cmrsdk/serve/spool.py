@@ -72,12 +72,17 @@ __all__ = [
     "result_name",
     "printable",
     "NO_INSTANCES",
+    "RELEASED_PART",
 ]
 
 STATES = ("receiving", "queued", "processing", "forwarding", "done", "set_aside", "failed")
 FINAL_STATES = ("done", "set_aside", "failed")
 #: the reason a series is set aside with when its folder holds no instance file
 NO_INSTANCES = "no instances left in the spool"
+#: the reason's start for a waiting part (a one- or two-slice series set aside until the rest of
+#: its cine came) whose files were released for space: its study's series that come after it fail
+#: rather than stack without its slices (`cmrsdk.serve.stacks`); "(study UID)" follows
+RELEASED_PART = "released for space before the rest of its study came"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -771,11 +776,32 @@ class Spool:
         return [r[0] for r in rows]
 
     def _release_kept(self, needed: int) -> None:
-        """Purge kept series, oldest verdict first, until ``needed`` bytes are freed (or none are left)."""
+        """Purge kept series, oldest verdict first, until ``needed`` bytes are freed (or none are left).
+
+        A waiting part (the first slices of a cine, set aside until the rest came) fails, naming
+        its study: released silently, the rest of the cine was stacked without those slices and
+        reported done (sweep 46: 10 slices of 12, LVEF 32.77 % for 31.68). Sent again, it is
+        stored anew (a failed series' resend is retried, files kept or not)."""
         for series_uid in self._kept_series():
             if needed <= 0:
                 return
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT state, reason FROM series WHERE series_uid = ?", (series_uid,)
+                ).fetchone()
+            study = None
+            if row[0] == "set_aside" and (row[1] or "").startswith("not a short-axis stack: "):
+                from .stacks import study_of  # stacks reads the spool: imported where needed
+
+                study = study_of(self.series_folder(series_uid))
             needed -= self.purge_instances(series_uid)
+            if study is not None:
+                reason = f"{RELEASED_PART} (study {study}): send the study again whole"
+                with self._transaction():
+                    self._db.execute(
+                        "UPDATE series SET state = 'failed', reason = ?, finished_at = ? WHERE series_uid = ?",
+                        (reason, time.time(), series_uid),
+                    )
 
     def purge_expired(self, now: float | None = None) -> list[str]:
         """Purge the finished series (failed ones and stacks too) whose reopen window has passed; returns them."""

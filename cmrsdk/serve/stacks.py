@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import CmrError
-from .spool import SeriesRow, Spool, printable, uid_file_name
+from .spool import RELEASED_PART, SeriesRow, Spool, printable, uid_file_name
 from .._warn import quiet
 
 __all__ = ["ONE_SLICE_REASON", "StackGatherer", "stack_uid", "study_of"]
@@ -50,8 +50,9 @@ _PATIENT = "patient:"
 #: in the reason of a series failed after an aborted transfer (`cmrsdk.serve.worker.Worker`)
 NOT_SENT_AGAIN = "not sent again within"
 
-#: the reason's start for waiting parts failed because a series of their study was cut off
-STUDY_CUT = "not segmented: a series of its study was cut off by an aborted transfer"
+#: the reason's start for waiting parts failed because a series of their study was cut off (by an
+#: aborted transfer, or released for space while it waited)
+STUDY_CUT = "not segmented: a series of its study was cut off"
 
 
 def study_of(folder: Path) -> str:
@@ -190,11 +191,19 @@ class StackGatherer:
         duplicates: sweep 45 lost them and stacked the rest as a whole heart), or failed because
         their study was cut off (`STUDY_CUT`). Cut off: failed after an aborted transfer
         (``--abort-hold``), whose slices the rest of the study lacks (sweep 46: the other 200
-        images of a per-file cine reported done, LVEF 26.4 % for 31.7)."""
+        images of a per-file cine reported done, LVEF 26.4 % for 31.7), or a part of the study
+        released for space within the reopen window (`RELEASED_PART`; by study, not patient)."""
         parts: list[str] = []
         cut: list[str] = []
+        window_from = time.time() - self.spool.reopen_window_s
         for row in self.spool.all_series():
             reason = row.reason or ""
+            if row.state == "failed" and reason.startswith(RELEASED_PART):
+                # a part whose files went for space (`Spool._release_kept`): its slices are gone,
+                # and within the reopen window its study's rest is not a whole heart either
+                if f"(study {group})" in reason and (row.finished_at or 0.0) >= window_from:
+                    cut.append(row.series_uid)
+                continue
             part = (row.state == "set_aside" and reason.startswith("not a short-axis stack: ")) or (
                 row.state == "failed" and reason.startswith(STUDY_CUT)
             )
@@ -213,10 +222,14 @@ class StackGatherer:
 
     def _fail(self, members: list[str], cut: list[str], now: float) -> None:
         """Fail the waiting ``members`` of a study whose series ``cut`` failed after an aborted
-        transfer; their files stay, so the study sent again whole reopens and stacks them all."""
+        transfer or were released for space; their files stay, so the study sent again whole
+        reopens and stacks them all."""
+        rows = [self.spool.series(uid) for uid in cut]
+        released = all(row is not None and (row.reason or "").startswith(RELEASED_PART) for row in rows)
+        how = "released for space while it waited" if released else "by an aborted transfer"
         reason = (
-            f"{STUDY_CUT} ({len(cut)} series failed, {printable(cut[0])} among them): part of a cine gives wrong "
-            "volumes; send the study again whole"
+            f"{STUDY_CUT} {how} ({len(cut)} series failed, {printable(cut[0])} among them): part of a cine gives "
+            "wrong volumes; send the study again whole"
         )
         for uid in members:
             self._parts.pop(uid, None)
