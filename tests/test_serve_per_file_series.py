@@ -355,7 +355,7 @@ def test_a_cines_first_slices_released_for_space_fail_its_study_not_a_partial_st
     worker.promote_quiet_series()
     assert spool.next_queued() is None  # no stack of the 3 positions left
     reasons = {spool.series(u).reason for u in later}
-    assert {r.split(" (")[0] for r in reasons} == {f"{STUDY_CUT} released for space while it waited"}
+    assert {r.split(" (")[0] for r in reasons} == {f"{STUDY_CUT}, released for space while it waited"}
     spool.max_bytes = None  # room again (the operator's larger --max-spool-mb, or older results released)
     outcomes = [
         spool.store_instance(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), file.read_bytes())

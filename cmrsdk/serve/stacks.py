@@ -226,9 +226,9 @@ class StackGatherer:
         reopens and stacks them all."""
         rows = [self.spool.series(uid) for uid in cut]
         released = all(row is not None and (row.reason or "").startswith(RELEASED_PART) for row in rows)
-        how = "released for space while it waited" if released else "by an aborted transfer"
+        how = ", released for space while it waited" if released else " by an aborted transfer"
         reason = (
-            f"{STUDY_CUT} {how} ({len(cut)} series failed, {printable(cut[0])} among them): part of a cine gives "
+            f"{STUDY_CUT}{how} ({len(cut)} series failed, {printable(cut[0])} among them): part of a cine gives "
             "wrong volumes; send the study again whole"
         )
         for uid in members:
