@@ -34,6 +34,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Collection, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -368,8 +369,15 @@ def build_bundle(
                 ) from exc
             classes = _check_output(name, kinds[name], eager, preprocessing.size, 2)
             checks = _parity_references(model, kinds[name], inputs_, preprocessing)
-            files, extra = _export_artifacts(
-                model, name, kinds[name], example, staging, written, preprocessing, max_batch
+            # a network exported already in this command is copied (`export.reuse.reused_exports`)
+            settings = (kinds[name], tuple(written), tuple(preprocessing.size), preprocessing.heart_crop, max_batch)
+            files, extra = exported(
+                partial(network_key, model, example, settings),
+                name,
+                staging,
+                partial(
+                    _export_artifacts, model, name, kinds[name], example, staging, written, preprocessing, max_batch
+                ),
             )
             artifacts, parity = _check_artifacts(files, checks, real, extra)
             records[name] = _model_record(net, info, kinds[name], classes, preprocessing.size, artifacts, parity, extra)
@@ -562,27 +570,7 @@ def _export_artifacts(
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Write the model's artifacts in ``formats`` (those that can be written here) into ``staging``;
     returns artifact key -> file, and the extra manifest entries of the model (ONNX opset, TensorRT
-    batch and shapes). Within `export.reuse.reused_exports`, a network exported already is copied."""
-    settings = (kind, tuple(formats), tuple(preprocessing.size), preprocessing.heart_crop, max_batch)
-    return exported(
-        lambda: network_key(model, example, settings),
-        name,
-        staging,
-        lambda: _write_artifacts(model, name, kind, example, staging, formats, preprocessing, max_batch),
-    )
-
-
-def _write_artifacts(
-    model: nn.Module,
-    name: str,
-    kind: str,
-    example: torch.Tensor,
-    staging: Path,
-    formats: Sequence[str],
-    preprocessing: Preprocessing,
-    max_batch: int,
-) -> tuple[dict[str, Path], dict[str, Any]]:
-    """`_export_artifacts` without reuse: every format exported."""
+    batch and shapes)."""
     files: dict[str, Path] = {}
     extra: dict[str, Any] = {}
     if "torchscript" in formats:

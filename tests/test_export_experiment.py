@@ -682,9 +682,9 @@ def test_the_documented_command_from_runs_to_results_md(tmp_path: Path, shared_d
     from export.train import load_config, train
 
     written: list[str] = []
-    write = export.bundle._write_artifacts
+    write = export.bundle._export_artifacts
     monkeypatch.setattr(
-        export.bundle, "_write_artifacts", lambda model, name, *rest: written.append(name) or write(model, name, *rest)
+        export.bundle, "_export_artifacts", lambda model, name, *rest: written.append(name) or write(model, name, *rest)
     )
 
     runs = tmp_path / "runs"
