@@ -1,10 +1,10 @@
 """Exports reused within one command: a network that several bundles hold is exported once.
 
 `python -m export.experiment` builds four bundles whose models repeat (the baseline U-Net is in
-its own bundle and in the routed one). Within
-`reused_exports()`, `export.bundle` exports a network once per input shape and formats and copies
-those files into the next bundle that holds the same network; every bundle still checks its
-files against the eager model (parity) and hashes them, so a copy is verified as an export is.
+its own bundle and in the routed one). Within `reused_exports()`, `export.bundle` exports a
+network once per input shape and formats and copies those files into the next bundle that holds
+the same network; every bundle still checks its files against the eager model (parity) and hashes
+them, so a copy is verified as an export is.
 """
 
 from __future__ import annotations
