@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .spool import FINAL_STATES, Spool, SpoolFull, printable
+from .spool import FINAL_STATES, NOT_A_STACK, Spool, SpoolFull, printable
 
 __all__ = [
     "ScpOptions",
@@ -428,7 +428,7 @@ class StorageScp:
                 stack = stacks.setdefault(reason.removeprefix("stacked into "), [0, 0])
                 stack[0], stack[1] = stack[0] + 1, stack[1] + count
                 del ignored[series_uid]
-            elif reason.startswith("not a short-axis stack: ") and self.spool.reopen_window_s > 0:
+            elif reason.startswith(NOT_A_STACK) and self.spool.reopen_window_s > 0:
                 parts[0], parts[1] = parts[0] + 1, parts[1] + count
                 del ignored[series_uid]
         if parts[0]:

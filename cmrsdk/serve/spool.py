@@ -73,12 +73,20 @@ __all__ = [
     "printable",
     "NO_INSTANCES",
     "RELEASED_PART",
+    "NOT_A_STACK",
+    "STUDY_CUT",
 ]
 
 STATES = ("receiving", "queued", "processing", "forwarding", "done", "set_aside", "failed")
 FINAL_STATES = ("done", "set_aside", "failed")
 #: the reason a series is set aside with when its folder holds no instance file
 NO_INSTANCES = "no instances left in the spool"
+#: the reason's start for a series set aside as no short-axis stack of its own (a slice or two of a
+#: cine, a long-axis view): kept for the reopen window as a part its study may still stack
+NOT_A_STACK = "not a short-axis stack: "
+#: the reason's start for waiting parts failed because a series of their study was cut off (by an
+#: aborted transfer, or released for space while it waited; `cmrsdk.serve.stacks`)
+STUDY_CUT = "not segmented: a series of its study was cut off"
 #: the reason's start for a waiting part (a one- or two-slice series set aside until the rest of
 #: its cine came) whose files were released for space: its study's series that come after it fail
 #: rather than stack without its slices (`cmrsdk.serve.stacks`); "(study UID)" follows
@@ -790,7 +798,7 @@ class Spool:
                     "SELECT state, reason FROM series WHERE series_uid = ?", (series_uid,)
                 ).fetchone()
             study = None
-            if row[0] == "set_aside" and (row[1] or "").startswith("not a short-axis stack: "):
+            if row[0] == "set_aside" and (row[1] or "").startswith(NOT_A_STACK):
                 from .stacks import study_of  # stacks reads the spool: imported where needed
 
                 study = study_of(self.series_folder(series_uid))
@@ -948,7 +956,7 @@ class Spool:
         again with the late ``members``: they are marked stacked into the new stack, and the
         previous stack's result files not yet forwarded are superseded (never sent). ``rejoined``:
         parts of the study set aside earlier as stacking with nothing, or failed as parts of a study
-        cut off (`cmrsdk.serve.stacks.STUDY_CUT`), their files kept (the first slices of a cine whose
+        cut off (`STUDY_CUT`), their files kept (the first slices of a cine whose
         transfer was cut off and sent again), stacked with the members.
         """
         now = time.time()
@@ -966,10 +974,9 @@ class Spool:
                 (f"stacked into {previous}", *restacked),
             ).fetchone()[0]
             still_aside = self._db.execute(
-                "SELECT COUNT(*) FROM series WHERE ((state = 'set_aside' AND reason LIKE 'not a short-axis stack: %') "
-                f"OR (state = 'failed' AND reason LIKE 'not segmented: a series of its study was cut off%')) "
-                f"AND series_uid IN ({marks(rejoined)})",
-                rejoined,
+                "SELECT COUNT(*) FROM series WHERE ((state = 'set_aside' AND reason LIKE ?) "
+                f"OR (state = 'failed' AND reason LIKE ?)) AND series_uid IN ({marks(rejoined)})",
+                (f"{NOT_A_STACK}%", f"{STUDY_CUT}%", *rejoined),
             ).fetchone()[0]
             if receiving != len(members) or still_stacked != len(restacked) or still_aside != len(rejoined):
                 return False

@@ -36,23 +36,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import CmrError
-from .spool import RELEASED_PART, SeriesRow, Spool, printable, uid_file_name
+from .spool import NOT_A_STACK, RELEASED_PART, STUDY_CUT, SeriesRow, Spool, printable, uid_file_name
 from .._warn import quiet
 
-__all__ = ["ONE_SLICE_REASON", "StackGatherer", "stack_uid", "study_of"]
+__all__ = ["ONE_SLICE_REASON", "STUDY_CUT", "StackGatherer", "stack_uid", "study_of"]
 
 #: the reason a one-slice series is set aside with when it stacks with nothing
-ONE_SLICE_REASON = "not a short-axis stack: 1 slice position(s)"
+ONE_SLICE_REASON = f"{NOT_A_STACK}1 slice position(s)"
 
 #: the prefix of a group of one-image series gathered by patient, not study (`StackGatherer._groups`)
 _PATIENT = "patient:"
 
 #: in the reason of a series failed after an aborted transfer (`cmrsdk.serve.worker.Worker`)
 NOT_SENT_AGAIN = "not sent again within"
-
-#: the reason's start for waiting parts failed because a series of their study was cut off (by an
-#: aborted transfer, or released for space while it waited)
-STUDY_CUT = "not segmented: a series of its study was cut off"
 
 
 def study_of(folder: Path) -> str:
@@ -204,7 +200,7 @@ class StackGatherer:
                 if f"(study {group})" in reason and (row.finished_at or 0.0) >= window_from:
                     cut.append(row.series_uid)
                 continue
-            part = (row.state == "set_aside" and reason.startswith("not a short-axis stack: ")) or (
+            part = (row.state == "set_aside" and reason.startswith(NOT_A_STACK)) or (
                 row.state == "failed" and reason.startswith(STUDY_CUT)
             )
             aborted = row.state == "failed" and NOT_SENT_AGAIN in reason
@@ -335,7 +331,7 @@ class StackGatherer:
                     uid, queue=True, phases=part_phases, slices=part_slices, reason=None, quiet_since=quiet_since
                 )
                 continue
-            reason = f"not a short-axis stack: {part_slices} slice position(s)"  # ONE_SLICE_REASON for one
+            reason = f"{NOT_A_STACK}{part_slices} slice position(s)"  # ONE_SLICE_REASON for one
             if self.spool.mark_complete(
                 uid, queue=False, phases=None, slices=part_slices, reason=reason, quiet_since=quiet_since
             ):

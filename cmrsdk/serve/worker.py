@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..errors import CmrError
 from ..study import _remove_stale
-from .spool import NO_INSTANCES, Spool, printable, result_name
+from .spool import NO_INSTANCES, NOT_A_STACK, Spool, printable, result_name
 from .stacks import NOT_SENT_AGAIN, StackGatherer
 from .._warn import quiet
 
@@ -114,7 +114,7 @@ def judge_series(folder: Path) -> SeriesVerdict:
         # one image: perhaps one file of a cine whose files each got their own SeriesInstanceUID
         # (a de-identification tool); its study's one-image series are regrouped as the reader does
         part = (phases >= 2 or best.n_images == 1) and not best.is_dynamic
-        return SeriesVerdict(False, f"not a short-axis stack: {slices} slice position(s)", phases, slices, part)
+        return SeriesVerdict(False, f"{NOT_A_STACK}{slices} slice position(s)", phases, slices, part)
     if phases < 2:
         return SeriesVerdict(False, f"not a cine: {phases} phase per slice position", phases, slices)
     why = best.dynamic_reason or best.image_type_reason
@@ -125,7 +125,7 @@ def judge_series(folder: Path) -> SeriesVerdict:
         angle = math.degrees(math.acos(min(1.0, best.apex_cos)))
         return SeriesVerdict(
             False,
-            f"not a short-axis stack: its slice normal lies {angle:.0f} degrees from the heart's usual long axis "
+            f"{NOT_A_STACK}its slice normal lies {angle:.0f} degrees from the heart's usual long axis "
             "(over 46; 'ImageOrientationPatient' (0020,0037)); cmrsdk segment --series reads it where it is one",
             phases,
             slices,
