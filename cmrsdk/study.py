@@ -343,6 +343,7 @@ def segment_one(
     weight_kg: float | None = None,
     label_convention: str | None = None,
     progress: PhaseProgress | None = None,
+    source_name: str | None = None,
 ) -> dict[str, Any]:
     """Read, segment and write one study; returns its report (the content of ``report.json``).
 
@@ -371,6 +372,8 @@ def segment_one(
         "canonical"; ``cmrsdk segment --label-convention``) where they differ from its layout's
         (`cmrsdk.io.read_study`'s ``convention``); None: the layout's own.
     progress : handed to `Pipeline.segment_study`: told each phase segmented (a progress bar).
+    source_name : how the report and its warnings name ``source`` (the DICOM node: its spool
+        folder as ``<spool>/instances/NAME``, not the node's own path); None: as given.
 
     Returns
     -------
@@ -433,10 +436,16 @@ def segment_one(
         result = pipeline.segment_study(study, **{k: v for k, v in given.items() if v is not None})
         report = study_report(result, study)
         report["timings_ms"]["read"] = round(read_ms, 2)
-        if readable.archive is not None:  # name the archive, not the folder it was unpacked into
-            report["study"]["source"] = str(source)
+
+        def named(text: str) -> str:
+            """``text`` naming an archive's members ``ARCHIVE!member`` and ``source`` ``source_name``."""
+            text = readable.name(text)  # the archive, not the folder it was unpacked into
+            return text if source_name is None else text.replace(str(source), source_name)
+
+        if readable.archive is not None or source_name is not None:
+            report["study"]["source"] = str(source) if source_name is None else source_name
             for phase in report["phases"]:
-                phase["source"] = readable.name(phase["source"])
+                phase["source"] = named(phase["source"])
         if truth is not None:
             report["ground_truth"] = ground_truth_agreement(result, truth)
         single = len(result.phases) == 1
@@ -485,7 +494,7 @@ def segment_one(
             if overlay:
                 written.append(save_overlay(staging / "overlay.png", result))
             report["warnings"] = _distinct_messages(
-                readable.name(str(w.message)) for w in caught if issubclass(w.category, CmrWarning)
+                named(str(w.message)) for w in caught if issubclass(w.category, CmrWarning)
             )
             report["outputs"] = (
                 [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])

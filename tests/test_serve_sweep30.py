@@ -111,7 +111,7 @@ def test_series_whose_uids_had_one_name_get_their_own_results_through_a_node(tmp
     """Three patients' series, ``V``, then ``V.`` and ``V.2`` together, all one folder name before:
     the later two were 'done' with V's result (one patient's report for another's series), or, sent
     together, failed as one folder of three studies. Each is now segmented on its own files, and
-    each report.json names its own series and patient."""
+    each report.json names its own series and patient, and its source as ``<spool>/...``."""
     files = _cine(tmp_path / "cine")
     series = {V: "PATIENT_A", V + ".": "PATIENT_B", V + ".2": "PATIENT_C"}
     datasets = {uid: _as_patient(files, uid, patient) for uid, patient in series.items()}
@@ -128,8 +128,12 @@ def test_series_whose_uids_had_one_name_get_their_own_results_through_a_node(tmp
         assert sorted(p.name for p in out.iterdir()) == sorted(uid_file_name(uid) for uid in series)
         assert (out / V).is_dir()  # a valid UID's folder keeps its name
         for uid, patient in series.items():
-            study = json.loads((out / uid_file_name(uid) / "report.json").read_text())["study"]
+            text = (out / uid_file_name(uid) / "report.json").read_text()
+            study = json.loads(text)["study"]
             assert (study["series_uid"], study["patient_id"]) == (uid, patient)
+            # the spool named as the node's log names it, not by the node machine's path (sweep 45)
+            assert study["source"] == f"<spool>/instances/{uid_file_name(uid)}"
+            assert str(tmp_path) not in text
         # the spool keeps them for --reopen-window: one folder per series, each its own files
         spooled = {f.name: len(list(f.glob("*.dcm"))) for f in (tmp_path / "spool" / "instances").iterdir()}
         assert spooled == {uid_file_name(uid): len(files) for uid in series}

@@ -135,6 +135,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     sent_at REAL
 );
 CREATE INDEX IF NOT EXISTS deliveries_series ON deliveries (series_uid);
+-- the few series receiving, queued or waiting among years of finished ones (the gatherer asks each second)
+CREATE INDEX IF NOT EXISTS series_state ON series (state);
 """
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z.]")
@@ -331,6 +333,8 @@ class Spool:
             self._db.execute("ALTER TABLE series ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
         self._lock = threading.RLock()
         self._bytes = self._db.execute("SELECT COALESCE(SUM(bytes), 0) FROM instances WHERE purged = 0").fetchone()[0]
+        # stacks judged before this were purged by this process already: the next purge skips them
+        self._stacks_purged_before: float | None = None
         self._closed = False
 
     # ---- life cycle -------------------------------------------------------------------
@@ -818,11 +822,16 @@ class Spool:
         verdict_at = "COALESCE(result_at, finished_at, 0)"
         # one hold of the lock, each series checked again before its files go: a resend between
         # the listing and the purge reopened a series whose files (its new one too) were deleted
+        # stacks judged before the last purge's cutoff are gone already (all of them read again
+        # after a restart, or where the clock went back)
+        since = self._stacks_purged_before
+        if since is not None and since > before:
+            since = None
         with self._lock:
             expired = self._kept_series(before=before)
             expired += [  # stacks: their files are links, without rows of their own
                 r.series_uid
-                for r in self.kept_stacks()
+                for r in self.kept_stacks(since=since)
                 if r.state in _STACK_RELEASED and (r.result_at or r.finished_at or 0) <= before
             ]
             purged = []
@@ -835,6 +844,7 @@ class Spool:
                 if still:
                     self.purge_instances(series_uid)
                     purged.append(series_uid)
+            self._stacks_purged_before = before
         return purged
 
     @property
@@ -1011,11 +1021,18 @@ class Spool:
                 )
         return True
 
-    def kept_stacks(self) -> list[SeriesRow]:
-        """Stacks whose folder of linked files is still in the spool (for late members), oldest first."""
+    def kept_stacks(self, since: float | None = None) -> list[SeriesRow]:
+        """Stacks whose folder of linked files is still in the spool (for late members), oldest first;
+        with ``since`` (s since the epoch), only those still open or judged at or after it: the
+        ones within the reopen window, without reading the history's others."""
+        released = ", ".join("?" * len(_STACK_RELEASED))
+        recent = f" AND (state NOT IN ({released}) OR COALESCE(result_at, finished_at, 0) >= ?)"
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM series WHERE series_uid LIKE 'stack.%' ORDER BY first_instance_at"
+                # a range of the primary key, not LIKE: the index finds the stacks among every series
+                f"SELECT {_COLUMNS} FROM series WHERE series_uid >= 'stack.' AND series_uid < 'stack/'"
+                f"{recent if since is not None else ''} ORDER BY first_instance_at",
+                () if since is None else (*_STACK_RELEASED, since),
             ).fetchall()
         return [SeriesRow(*r) for r in rows if self.series_folder(r[0]).is_dir()]
 
@@ -1212,10 +1229,41 @@ class Spool:
         return SeriesRow(*row) if row else None
 
     def all_series(self) -> list[SeriesRow]:
+        """Every series the node has known, oldest first: its whole history (seconds at a million rows)."""
         with self._lock:
             return [
                 SeriesRow(*r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM series ORDER BY first_instance_at")
             ]
+
+    def receiving_series(self) -> list[SeriesRow]:
+        """The series still receiving, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM series WHERE state = 'receiving' ORDER BY first_instance_at"
+            ).fetchall()
+        return [SeriesRow(*r) for r in rows]
+
+    def possible_parts(self, released_since: float) -> list[SeriesRow]:
+        """Set-aside and failed series that may be part of a study still arriving, oldest first:
+        those whose files are kept, and those released for space (`RELEASED_PART`) at or after
+        ``released_since`` (s since the epoch). The history's other rows are not read."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM series WHERE state IN ('set_aside', 'failed') AND ("
+                "EXISTS (SELECT 1 FROM instances i WHERE i.series_uid = series.series_uid AND i.purged = 0) "
+                "OR (substr(reason, 1, ?) = ? AND finished_at >= ?)) ORDER BY first_instance_at",
+                (len(RELEASED_PART), RELEASED_PART, released_since),
+            ).fetchall()
+        return [SeriesRow(*r) for r in rows]
+
+    def stacked_into(self, stack_uid: str) -> list[str]:
+        """The series whose files a stack links (their reason "stacked into STACK")."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT series_uid FROM series WHERE reason = ? ORDER BY first_instance_at",
+                (f"stacked into {stack_uid}",),
+            ).fetchall()
+        return [r[0] for r in rows]
 
     def delivery_counts(self, series_uid: str) -> tuple[int, int]:
         """(sent, total) deliveries of a series' current result (superseded and withdrawn ones left out)."""

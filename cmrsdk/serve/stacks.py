@@ -123,7 +123,7 @@ class StackGatherer:
         if not self.waiting:
             return []
         now = time.time() if now is None else now
-        rows = {r.series_uid: r for r in self.spool.all_series() if r.state == "receiving"}
+        rows = {r.series_uid: r for r in self.spool.receiving_series()}
         for uid in [u for u in self.waiting if u not in rows]:  # handled meanwhile (none today): forget it
             del self.waiting[uid]
             self._parts.pop(uid, None)
@@ -192,7 +192,7 @@ class StackGatherer:
         parts: list[str] = []
         cut: list[str] = []
         window_from = time.time() - self.spool.reopen_window_s
-        for row in self.spool.all_series():
+        for row in self.spool.possible_parts(released_since=window_from):
             reason = row.reason or ""
             if row.state == "failed" and reason.startswith(RELEASED_PART):
                 # a part whose files went for space (`Spool._release_kept`): its slices are gone,
@@ -245,7 +245,7 @@ class StackGatherer:
     def _previous_stacks(self) -> dict[str, SeriesRow]:
         """`_previous_stack` of every study that has one."""
         found = {}
-        for row in self.spool.kept_stacks():
+        for row in self.spool.kept_stacks(since=time.time() - self.spool.reopen_window_s):
             if (row.reason or "").startswith("stacked again into"):
                 continue
             if row.series_uid not in self._stack_studies:
@@ -262,9 +262,7 @@ class StackGatherer:
 
         earlier: list[str] = []
         if previous is not None:
-            earlier = [
-                r.series_uid for r in self.spool.all_series() if r.reason == f"stacked into {previous.series_uid}"
-            ]
+            earlier = self.spool.stacked_into(previous.series_uid)
         name = stack_uid([*members, *earlier, *aside], after=previous.series_uid if previous is not None else None)
         folder = self.spool.series_folder(name)
         self._link(folder, [*members, *aside], previous)

@@ -39,7 +39,9 @@ def write_study(pipeline: Any, source: Path, out_dir: Path) -> dict:
     """
     from ..study import segment_one
 
-    return segment_one(pipeline, source, out_dir, overlay=False, report_html=False)
+    # the report names the folder as the node's log does, not by the node machine's own path
+    spooled = f"<spool>/{source.parent.name}/{source.name}"
+    return segment_one(pipeline, source, out_dir, overlay=False, report_html=False, source_name=spooled)
 
 
 def warm_up_writers() -> None:
