@@ -382,10 +382,18 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return run_command(args, _heart_crop(args), _segment_spacing(args))
 
 
+def serve_pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of the one `Pipeline` a ``cmrsdk serve`` node builds, besides bundle,
+    backend and device: --mode, --precision and the options `pipeline_arguments` reads."""
+    return {"mode": args.mode, "precision": args.precision, **pipeline_arguments(args)}
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if not args.status:  # the node writes SEG, SR and NIfTI: refused before it listens (--status reads the spool only)
+        require_io("serve")
     from .serve.command import run_serve
 
-    return run_serve(args, {"mode": args.mode, **pipeline_arguments(args)})
+    return run_serve(args, serve_pipeline_arguments(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -670,6 +678,18 @@ def add_fragment_and_thread_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """--precision of a command that builds its pipelines itself (segment, demo, evaluate, serve)."""
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "int8", "fp16"],
+        help="arithmetic: fp32 (default); bf16 the fastest on CPUs with AVX512-BF16 or AMX (warns where the "
+        "manifest records no bf16 Dice check); int8 the bundle's int8 U-Nets (python -m export.quantize, "
+        "Dice change in its manifest); fp16 on cuda",
+    )
+
+
 def add_pipeline_options(p: argparse.ArgumentParser) -> None:
     """The options of the pipeline's rules (`Pipeline`'s keyword arguments) that segment, batch,
     evaluate and serve take alike: `pipeline_arguments` reads them back."""
@@ -772,14 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="inference backend (default: auto, the fastest available)",
         )
         if precision:  # batch workers build their pipelines from a PipelineSpec, which has no precision yet
-            p.add_argument(
-                "--precision",
-                default="fp32",
-                choices=["fp32", "bf16", "int8", "fp16"],
-                help="arithmetic: fp32 (default); bf16 the fastest on CPUs with AVX512-BF16 or AMX (warns where the "
-                "manifest records no bf16 Dice check); int8 the bundle's int8 U-Nets (python -m export.quantize, "
-                "Dice change in its manifest); fp16 on cuda",
-            )
+            add_precision_option(p)
 
     def label_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -887,8 +900,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("info", help="describe a model bundle (models, routing, preprocessing, parity)")
-    p.add_argument("bundle", nargs="?", default=str(DEMO_BUNDLE))
+    p = sub.add_parser(
+        "info",
+        help="describe a model bundle (models, routing, preprocessing, parity)",
+        description="Verifies every file hash of the bundle, then prints its format and creation date, "
+        "preprocessing (spacing, size, normalisation), the pipeline defaults (heart crop, segment grid), "
+        "routing (region -> model), where routed mode takes its regions from, the label order, each model "
+        "with its artifacts and their sizes and parity records, and the held-out Dice checks of reduced "
+        "precisions (python -m export.quantize).",
+    )
+    p.add_argument(
+        "bundle", nargs="?", default=str(DEMO_BUNDLE), help="model bundle directory (default: the demo bundle)"
+    )
     p.set_defaults(func=_cmd_info)
 
     from .serve.command import add_retrieve_parser, add_serve_parser, run_retrieve
@@ -900,13 +923,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["routed", "baseline"],
         help="routed: region U-Nets (default); baseline: one U-Net",
     )
+    add_precision_option(p)
     add_fragment_and_thread_options(p)
     add_pipeline_options(p)
     p.set_defaults(func=_cmd_serve)
     add_retrieve_parser(sub).set_defaults(func=run_retrieve)
 
-    p = sub.add_parser("inspect", help="describe what a DICOM directory or NIfTI input holds")
-    p.add_argument("paths", nargs="+")
+    p = sub.add_parser(
+        "inspect",
+        help="describe what a DICOM directory or NIfTI input holds",
+        description="Prints, as JSON, one object per study: format, the DICOM series (the one chosen "
+        "first), patient ID, slices, phases, matrix, spacing, orientation, ED and ES (ed_index, es_index) "
+        "and trigger times; a ZIP archive is read unpacked. ED and ES are given only where the input names "
+        "them (ed_es_from: input); for a cine that does not, segment finds them from the LV volume curve "
+        "(ed_es_from: lv_volume; an ed_index given then is the first phase, the R-wave trigger's, not the ED "
+        "segment measures). Segments nothing.",
+    )
+    p.add_argument("paths", nargs="+", help="DICOM directories, NIfTI files, ACDC or M&Ms folders, ZIP archives")
     p.set_defaults(func=_cmd_inspect)
     return parser
 

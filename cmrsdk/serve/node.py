@@ -40,7 +40,7 @@ class NodeConfig:
     backoff_cap_s: float = 60.0
     forward_attempts: int = 10
     forward_tls: ssl.SSLContext | None = None
-    #: `Pipeline`'s keyword arguments besides bundle, backend and device (mode, threads, mirroring, ...)
+    #: `Pipeline`'s keyword arguments besides bundle, backend and device (mode, precision, threads, mirroring, ...)
     pipeline: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -122,10 +122,11 @@ class Node:
         )
         warm_up_writers()
         log.info(
-            "ready: pipeline and writers loaded in %.1f s (%s, %s)",
+            "ready: pipeline and writers loaded in %.1f s (%s, %s), precision %s",
             time.perf_counter() - t0,
             pipeline.mode,
             ", ".join(sorted(set(pipeline.provenance.get("backends", {}).values()))),
+            pipeline.provenance.get("precision", "fp32"),
         )
         return pipeline
 
