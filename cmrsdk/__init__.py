@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # onnxruntime (1.29 and later) records usage events with a device identifier on Linux and macOS
 # (~/.cache/Microsoft/DeveloperTools/.onnxruntime) and uploads them: a scanner-side SDK sends
@@ -23,6 +23,11 @@ from .bundle import load_bundle
 from .errors import CmrError
 from .pipeline import Pipeline, Segmentation, StudySegmentation
 from .types import Stack, Study, StudyInfo
+
+if TYPE_CHECKING:
+    # for type checkers only: at run time `__getattr__` imports it on first use (pydicom, nibabel);
+    # without this, `cmrsdk.read_study` is typed Any (sweep 48)
+    from .io import read_study as read_study
 
 #: the demo bundle shipped inside the package (trained on ACDC by export/, see README).
 DEMO_BUNDLE = Path(__file__).resolve().parent / "demo" / "bundle"

@@ -37,6 +37,9 @@ MAX_PIXEL_ASPECT = 3.0
 MAX_STEP_RATIO = 2.0
 #: rows or columns of a cine MR image at most; larger is another kind of image (or pixels misread)
 MAX_MATRIX = 2048
+#: a short-axis cine holds at most a few dozen slices; more slices than this and than pixels on a
+#: side is an array in another axis order, (Y, X, Z), not a stack (`cmrsdk.Stack`)
+MAX_SLICES = 64
 
 
 def check_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, float]:
@@ -56,19 +59,27 @@ def check_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, fl
     return values[0], values[1], values[2]
 
 
-def check_label_map(labels: Any, name: str = "labels") -> np.ndarray:
-    """``labels`` as a 3-D (Z, Y, X) integer (or boolean) array, not copied where it already is one.
+def check_label_map(labels: Any, name: str = "labels", *, canonical: bool = False) -> np.ndarray:
+    """``labels`` as a 3-D (Z, Y, X) integer (or boolean) array, not copied where it already is one;
+    with ``canonical``, its values the canonical labels 0..3 (0 bg, 1 LVBP, 2 LVM, 3 RVBP).
 
     Raises
     ------
     InputError
-        Not 3-D, or not of an integer or boolean dtype.
+        Not 3-D, not of an integer or boolean dtype, or (``canonical``) a value outside 0..3: a
+        negative one failed inside numpy, a 300 counted as nothing.
     """
     array = np.asarray(labels)
     if array.ndim != 3:
         raise InputError(f"'{name}' must be 3-D (Z, Y, X), got shape {array.shape}")
     if array.dtype.kind not in "uib":
         raise InputError(f"'{name}' must hold integer labels (uint8 canonical labels), got dtype {array.dtype}")
+    if canonical and array.size and array.dtype.kind != "b":
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 3:
+            raise InputError(
+                f"'{name}' must hold canonical labels 0..3 (background, LVBP, LVM, RVBP), got values {low}..{high}"
+            )
     return array
 
 

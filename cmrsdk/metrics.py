@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from ._checks import check_label_map, check_spacing
+from ._checks import check_label_map, check_spacing, check_stack_geometry
 from .errors import InputError
 from .labels import LABEL_NAMES, LVBP, LVM, RVBP, STRUCTURES
 from .regions import labelled_slices_base_to_apex
@@ -29,6 +29,9 @@ __all__ = [
     "CardiacMeasures",
     "cardiac_measures",
     "withhold_unreal",
+    "withhold_not_found",
+    "ventricles_not_found",
+    "MIN_BLOOD_POOL_ML",
     "quality_flags",
     "APICAL_TRUNCATION_RATIO",
     "LV_RING_MIN",
@@ -225,19 +228,27 @@ def volumes_ml(
     Returns
     -------
     {"LVBP": mL, "LVM": mL, "RVBP": mL}
+
+    Raises
+    ------
+    InputError : labels not canonical (0..3); a spacing or positions a
+        `cmrsdk.Stack` would refuse (metres, centimetres beside mm, every slice at one place).
     """
-    labels = check_label_map(labels, "labels")
+    labels = check_label_map(labels, "labels", canonical=True)
     spacing = check_spacing(spacing)
+    # the bounds a Stack keeps: positions in cm beside a spacing in mm, or all at one place,
+    # gave volumes 10 times too small or 0 mL (sweep 48)
+    given = np.arange(labels.shape[0]) * spacing[0] if slice_positions is None else slice_positions
+    check_stack_geometry(spacing, _positions(given, labels.shape[0]), "")
     if slice_positions is None:
         voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
         counts = np.bincount(labels.ravel(), minlength=4)
         return {LABEL_NAMES[label]: float(counts[label]) * voxel_ml for label in STRUCTURES}
-    _positions(slice_positions, labels.shape[0])
+    if labels.shape[0] < 2:  # no slice, or one: no thickness to weigh it by
+        return {LABEL_NAMES[label]: float("nan") for label in STRUCTURES}
     thickness = slice_thicknesses_mm(slice_positions)
     area_ml = spacing[1] * spacing[2] / 1000.0
-    per_slice = np.stack([(labels == label).reshape(labels.shape[0], -1).sum(1) for label in STRUCTURES])
-    if labels.shape[0] < 2:
-        return {LABEL_NAMES[label]: float("nan") for label in STRUCTURES}
+    per_slice = np.stack([(labels == label).sum(axis=(1, 2)) for label in STRUCTURES])
     totals = per_slice.astype(np.float64) @ thickness * area_ml
     return {LABEL_NAMES[label]: float(v) for label, v in zip(STRUCTURES, totals)}
 
@@ -260,8 +271,13 @@ class CardiacMeasures:
     rvef_pct: float
 
     def as_dict(self) -> dict[str, float]:
-        """Plain dict for reports (JSON-ready)."""
+        """Plain dict of the measures, NaN where unknown (`as_json` for JSON, which has no NaN)."""
         return asdict(self)
+
+    def as_json(self) -> dict[str, float | None]:
+        """The measures as report.json writes them: unknown ones (NaN) as None, so that
+        `cmrsdk.io.write_json` (which refuses NaN) takes them."""
+        return {k: v if math.isfinite(v) else None for k, v in asdict(self).items()}
 
 
 def _ejection_fraction(edv: float, esv: float) -> float:
@@ -328,6 +344,52 @@ def withhold_unreal(measures: CardiacMeasures, *, same_phase: bool = False) -> C
     for side in ("lv", "rv"):
         if same_phase or getattr(measures, f"{side}sv_ml") < 0:
             withheld[f"{side}sv_ml"] = withheld[f"{side}ef_pct"] = nan
+    return replace(measures, **withheld)
+
+
+#: a blood pool under this volume (mL) at a phase is not a ventricle found there: a few stray
+#: pixels (a model that failed, an image without a heart) read as "RVEDV 0.07 mL, RVEF 0 %";
+#: the smallest ventricle of the 208 shared label maps holds 10.3 mL (ACDC patient030's RV at ES)
+MIN_BLOOD_POOL_ML = 1.0
+
+#: the measures of each ventricle read at ED, at ES, and from both phases (`CardiacMeasures` keys)
+VENTRICLE_MEASURES = {
+    "lv": (("lvedv_ml", "lv_mass_g"), ("lvesv_ml",), ("lvsv_ml", "lvef_pct")),
+    "rv": (("rvedv_ml",), ("rvesv_ml",), ("rvsv_ml", "rvef_pct")),
+}
+
+
+def ventricles_not_found(phases: Sequence[tuple[np.ndarray, Mapping[str, float]]]) -> dict[str, list[bool]]:
+    """For ``"lv"`` and ``"rv"``, whether each phase shows none of that ventricle's blood pool, or
+    less than `MIN_BLOOD_POOL_ML`: its measures there are not measured, never 0 mL (a heart the
+    networks did not find, a blank image).
+
+    An RV drawn where neither LV blood pool nor myocardium was found is not found either: in a
+    short-axis cine the RV wraps the LV, and a blob alone is what the networks drew elsewhere
+    (sweep 40: a heart outside the networks' field gave "RVEDV 5.469 mL, RVEF 1.786 %").
+
+    Parameters
+    ----------
+    phases : (uint8 (Z, Y, X) canonical labels, their `volumes_ml`) of ED and ES, or of the one phase.
+    """
+    no_lv = [max(volumes["LVBP"], volumes["LVM"]) < MIN_BLOOD_POOL_ML for _, volumes in phases]
+    missing = {}
+    for side, code in (("lv", LVBP), ("rv", RVBP)):
+        name = LABEL_NAMES[code]
+        gone = [not np.any(labels == code) or volumes[name] < MIN_BLOOD_POOL_ML for labels, volumes in phases]
+        missing[side] = [rv or none for rv, none in zip(gone, no_lv)] if side == "rv" else gone
+    return missing
+
+
+def withhold_not_found(measures: CardiacMeasures, missing: Mapping[str, Sequence[bool]]) -> CardiacMeasures:
+    """``measures`` with a ventricle's measures at each phase it was not found (`ventricles_not_found`
+    of ED and ES, or of the one phase) set to NaN, and its SV and EF with them."""
+    withheld = {}
+    for side, (at_ed, at_es, both) in VENTRICLE_MEASURES.items():
+        ed_gone = missing[side][0]
+        es_gone = len(missing[side]) > 1 and missing[side][1]
+        if ed_gone or es_gone:
+            withheld.update(dict.fromkeys(both + (at_ed if ed_gone else ()) + (at_es if es_gone else ()), float("nan")))
     return replace(measures, **withheld)
 
 
@@ -415,7 +477,7 @@ def es_lv_lost_slices(ed_labels: np.ndarray, es_labels: np.ndarray) -> int:
 
 def _lv_not_ringed(labels: np.ndarray, base_first: bool, pixel_mm2: float) -> bool:
     """Whether an LV blood pool slice away from the base is ringed by myocardium under `LV_RING_MIN`."""
-    area = (labels == LVBP).reshape(labels.shape[0], -1).sum(1) * pixel_mm2
+    area = (labels == LVBP).sum(axis=(1, 2)) * pixel_mm2
     large = np.flatnonzero(area >= LV_RING_MIN_MM2)
     if large.size < 2:
         return False
@@ -451,17 +513,17 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None, pixel_mm2:
     -------
     Sorted list of flag names; empty when nothing is suspicious.
     """
-    labels = check_label_map(labels, "labels")
+    labels = check_label_map(labels, "labels", canonical=True)
     flags: set[str] = set()
     for code, name in ((LVBP, "lv"), (RVBP, "rv")):
-        present = (labels == code).reshape(labels.shape[0], -1).any(1)
+        present = (labels == code).any(axis=(1, 2))  # (Z,), also for a stack of no slices
         if not present.any():
             flags.add(f"no_{name}")
             continue
         idx = np.flatnonzero(present)
         if np.any(~present[idx[0] : idx[-1] + 1]):
             flags.add(f"{name}_gap")
-    lvbp_present = (labels == LVBP).reshape(labels.shape[0], -1).any(1)
+    lvbp_present = (labels == LVBP).any(axis=(1, 2))
     if lvbp_present.any() and labels.shape[0] > 1:
         if base_first is None:
             # the same anatomical rule as the ground-truth regions (cmrsdk.regions)
@@ -472,7 +534,7 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None, pixel_mm2:
             flags.add("basal_coverage")
         if lvbp_present[apex]:
             flags.add("apical_coverage")
-        area = (labels == LVBP).reshape(labels.shape[0], -1).sum(1)
+        area = (labels == LVBP).sum(axis=(1, 2))
         toward_apex = area if base_first else area[::-1]
         last = int(np.flatnonzero(toward_apex)[-1])
         if last < len(toward_apex) - 1 and toward_apex[last] >= APICAL_TRUNCATION_RATIO * toward_apex.max():
@@ -480,7 +542,7 @@ def quality_flags(labels: np.ndarray, base_first: bool | None = None, pixel_mm2:
         if pixel_mm2 is not None and _lv_not_ringed(labels, base_first, pixel_mm2):
             flags.add("lv_not_ringed")
     for code in STRUCTURES:
-        for z in np.flatnonzero((labels == code).reshape(labels.shape[0], -1).any(1)):
+        for z in np.flatnonzero((labels == code).any(axis=(1, 2))):
             if _components_2d(labels[z] == code) > 1:
                 flags.add(f"{LABEL_NAMES[code].lower()}_fragments")
                 break

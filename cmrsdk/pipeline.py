@@ -51,7 +51,16 @@ from .heart import crop_to_heart, locate_heart, search_field
 from .heart_size import feasible_scale, heart_scale, lv_area_mm2, rescaled
 from .labels import BASE, LVBP, NON_CARDIAC, REGION_NAMES
 from .layout import Orientation, training_layout_turn, turn_stack, unturn_labels
-from .metrics import CardiacMeasures, cardiac_measures, heart_like, reaches_field_edge, volumes_ml, withhold_unreal
+from .metrics import (
+    CardiacMeasures,
+    cardiac_measures,
+    heart_like,
+    reaches_field_edge,
+    ventricles_not_found,
+    volumes_ml,
+    withhold_not_found,
+    withhold_unreal,
+)
 from .regions import index_toward_apex, segmentation_regions
 from .routing import DECODINGS, Decoding, decode_regions
 from .systole import basal_rv_ratio, drop_systolic_atrium
@@ -170,7 +179,8 @@ class StudySegmentation:
     lv_volume_curve_ml : float64 (T,) LV blood-pool volume of each phase, mL.
     measures : volumes, EF and LV mass from the ED and ES segmentations, SV and EF withheld (NaN)
         where they cannot be real (`cmrsdk.metrics.withhold_unreal`: ED and ES one phase, a
-        ventricle larger at ES than at ED), as the report shows them.
+        ventricle larger at ES than at ED), and a ventricle's measures where it was not found
+        (`cmrsdk.metrics.withhold_not_found`: NaN, not 0 mL), as the report shows them.
     measured : the same as measured from the masks, nothing withheld (agreement with manual
         contours counts a negative EF as the miss it is); None where not computed.
     """
@@ -991,6 +1001,10 @@ class Pipeline:
         """
         if not isinstance(study, Study):
             raise InputError(f"'study' must be a cmrsdk.Study, got {type(study).__name__}")
+        if progress is not None and not callable(progress):  # else it failed after the first phase's work
+            raise InputError(
+                f"'progress' must be callable (phases done, phases planned), got {type(progress).__name__}"
+            )
         t0 = time.perf_counter()
         tally = _Tally(progress)
         result = self._segment_phases(study, region_source, tally)
@@ -1046,7 +1060,10 @@ class Pipeline:
             ed_positions=segmentations[ed].stack.slice_positions,
             es_positions=segmentations[es].stack.slice_positions,
         )
-        return withhold_unreal(measured, same_phase=not single and ed == es), measured
+        phases = [segmentations[ed]] if single else [segmentations[ed], segmentations[es]]
+        missing = ventricles_not_found([(seg.labels, seg.volumes_ml()) for seg in phases])
+        shown = withhold_not_found(withhold_unreal(measured, same_phase=not single and ed == es), missing)
+        return shown, measured
 
     def _segment_phases(self, study: Study, region_source: RegionSource | None, tally: _Tally) -> StudySegmentation:
         """`segment_study` on the study's own grid (one pass; two where the cine's ED is found late)."""

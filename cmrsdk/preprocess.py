@@ -357,9 +357,16 @@ def normalize(
 
     The std is the population one (``np.std``). The transform is applied to every voxel.
 
+    The kernel takes float32 values: it sums the statistics in float64, applies the transform in
+    float64 and rounds once. Integer pixels reach it exactly. float64 pixels are first shifted, in
+    float64, by an integer near the middle of their range (no method's result depends on a shift),
+    then rounded to float32: a large offset (1e8 + [0, 1, 2]) keeps its spread, and the values'
+    differences keep float32's precision (about 7 significant digits of the range), not float64's.
+
     Parameters
     ----------
-    pixels : any shape, uint8, int16, uint16, float32 or float64; finite.
+    pixels : any shape, uint8, int16, uint16, float32 or float64; finite, and within float32's range
+        (3.4e38) as a `cmrsdk.Stack`'s pixels must be.
     method : see the table.
     mask : bool, same shape as ``pixels``, or None (all voxels); must select at least one voxel.
     threads : threads to use; default None: a share of the process-wide budget (see "Threads").
@@ -367,6 +374,12 @@ def normalize(
     Returns
     -------
     float32, the shape of ``pixels``.
+
+    Raises
+    ------
+    InputError
+        An unsupported dtype or method, a mask of another shape or dtype, pixels that are NaN,
+        infinite or beyond float32's range, or a result that would overflow float32.
     """
     array = np.asarray(pixels)
     if array.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
@@ -379,7 +392,9 @@ def normalize(
     }
     if method not in kernels:
         raise InputError(f"'method' must be one of {', '.join(kernels)}, got {method!r}")
-    flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
+    values = _float64_shifted(array, method) if array.dtype.kind == "f" and array.dtype.itemsize == 8 else array
+    with np.errstate(over="ignore", invalid="ignore"):  # NaN and infinity: the kernel names them below
+        flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
     flat_mask = None
     if mask is not None:
         mask_array = np.asarray(mask)
@@ -394,6 +409,26 @@ def normalize(
     except ValueError as exc:
         raise InputError(f"cannot normalise 'pixels' of shape {array.shape} ({method}): {exc}") from exc
     return out.reshape(array.shape)
+
+
+def _float64_shifted(array: np.ndarray, method: str) -> np.ndarray:
+    """float64 ``array`` less an integer near the middle of its range, in float64 (`normalize`: a shift
+    changes no method's result, and keeps the spread of values far from 0 when they are rounded to
+    float32); unchanged where it is empty or not finite (the kernel refuses NaN and infinity).
+
+    Raises `InputError` for finite values beyond float32's range, in `cmrsdk.Stack`'s words."""
+    values = array.astype(np.float64, copy=False)
+    if values.size == 0 or not np.isfinite(values).all():
+        return values
+    low, high = float(values.min()), float(values.max())
+    if max(-low, high) > float(np.finfo(np.float32).max):
+        extreme = low if -low > high else high
+        raise InputError(
+            f"cannot normalise 'pixels' of shape {array.shape} ({method}): 'pixels' hold values beyond float32's "
+            f"range (3.4e38), e.g. {extreme:g}"
+        )
+    centre = float(np.round(low / 2 + high / 2))
+    return values - centre if centre else values
 
 
 def statistics_mask(

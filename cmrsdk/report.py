@@ -13,8 +13,16 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .labels import LABEL_NAMES, LVBP, LVM, REGION_NAMES, RVBP, STRUCTURES
-from .metrics import ES_LV_LOST_SLICES, cardiac_measures, dice, es_lv_lost_slices, quality_flags, slice_gaps
+from .labels import LABEL_NAMES, REGION_NAMES, STRUCTURES
+from .metrics import (
+    ES_LV_LOST_SLICES,
+    cardiac_measures,
+    dice,
+    es_lv_lost_slices,
+    quality_flags,
+    slice_gaps,
+    ventricles_not_found,
+)
 from .pipeline import Segmentation, StudySegmentation
 from .reference_ranges import body_surface_area_m2, indexed_measures, unused_biometrics
 from .types import SINGLE_PHASE, Stack, Study
@@ -259,35 +267,20 @@ _SIDE_MEASURES = {
 }
 
 
-#: a blood pool under this volume (mL) at a phase is not a ventricle found there: a few stray
-#: pixels (a model that failed, an image without a heart) read as "RVEDV 0.07 mL, RVEF 0 %";
-#: the smallest ventricle of the 208 shared label maps holds 10.3 mL (ACDC patient030's RV at ES)
-MIN_BLOOD_POOL_ML = 1.0
-
-
 def _not_found(result: StudySegmentation, measures: dict[str, Any], single: bool) -> list[str]:
     """``lv_not_found`` / ``rv_not_found``: ED or ES (or the one phase) shows none of that
-    ventricle's blood pool, or less than `MIN_BLOOD_POOL_ML`, so its measures there are not
-    measured, never 0 mL (a heart the networks did not find, a blank image: 0.0 mL would be
-    marked below every range). Sets those measures, and SV and EF, to None in ``measures``.
-
-    An RV drawn where neither LV blood pool nor myocardium was found is not measured either: in a
-    short-axis cine the RV wraps the LV, and a blob alone is what the networks drew elsewhere
-    (sweep 40: a heart outside the networks' field gave "RVEDV 5.469 mL, RVEF 1.786 %")."""
+    ventricle's blood pool (`cmrsdk.metrics.ventricles_not_found`), so its measures there are
+    not measured, never 0 mL. Sets those measures, and SV and EF, to None in ``measures``
+    (``lv_volume_ml`` and ``rv_volume_ml`` of a one-phase study too)."""
     phases = [result.ed] if single else [result.ed, result.es]
-    lv_parts = (LABEL_NAMES[LVBP], LABEL_NAMES[LVM])
-    no_lv = [max(seg.volumes_ml()[part] for part in lv_parts) < MIN_BLOOD_POOL_ML for seg in phases]
+    missing = ventricles_not_found([(seg.labels, seg.volumes_ml()) for seg in phases])
     flags = []
-    for side, code in (("lv", LVBP), ("rv", RVBP)):
-        at_ed, at_es, both = _SIDE_MEASURES[side]
-        name = LABEL_NAMES[code]
-        missing = [not np.any(seg.labels == code) or seg.volumes_ml()[name] < MIN_BLOOD_POOL_ML for seg in phases]
-        if side == "rv":
-            missing = [rv or none for rv, none in zip(missing, no_lv)]
-        if not any(missing):
+    for side in ("lv", "rv"):
+        if not any(missing[side]):
             continue
         flags.append(f"{side}_not_found")
-        gone = both + (at_ed if missing[0] else ()) + (at_es if len(missing) > 1 and missing[1] else ())
+        at_ed, at_es, both = _SIDE_MEASURES[side]
+        gone = both + (at_ed if missing[side][0] else ()) + (at_es if len(phases) > 1 and missing[side][1] else ())
         for key in gone:
             if key in measures:
                 measures[key] = None

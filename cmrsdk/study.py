@@ -34,14 +34,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import CmrError, CmrWarning, InputError, WriteError
 from ._warn import collect
 
-if TYPE_CHECKING:
-    from .pipeline import PhaseProgress, Pipeline, RegionSource
-    from .types import Study
+# At run time, not under TYPE_CHECKING: typing.get_type_hints resolves segment_one (sweep 48);
+# importing cmrsdk has loaded cmrsdk.pipeline already, so this costs nothing.
+from .pipeline import PhaseProgress, Pipeline, RegionSource
+from .types import Study
 
 __all__ = [
     "segment_one",
@@ -437,7 +438,7 @@ def segment_one(
         report = study_report(result, study)
         report["timings_ms"]["read"] = round(read_ms, 2)
 
-        def named(text: str) -> str:
+        def as_reported(text: str) -> str:
             """``text`` naming an archive's members ``ARCHIVE!member`` and ``source`` ``source_name``."""
             text = readable.name(text)  # the archive, not the folder it was unpacked into
             return text if source_name is None else text.replace(str(source), source_name)
@@ -445,7 +446,7 @@ def segment_one(
         if readable.archive is not None or source_name is not None:
             report["study"]["source"] = str(source) if source_name is None else source_name
             for phase in report["phases"]:
-                phase["source"] = named(phase["source"])
+                phase["source"] = as_reported(phase["source"])
         if truth is not None:
             report["ground_truth"] = ground_truth_agreement(result, truth)
         single = len(result.phases) == 1
@@ -494,7 +495,7 @@ def segment_one(
             if overlay:
                 written.append(save_overlay(staging / "overlay.png", result))
             report["warnings"] = _distinct_messages(
-                named(str(w.message)) for w in caught if issubclass(w.category, CmrWarning)
+                as_reported(str(w.message)) for w in caught if issubclass(w.category, CmrWarning)
             )
             report["outputs"] = (
                 [Path(p).name for p in written] + ["report.json"] + (["report.html"] if report_html else [])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ._checks import MAX_MATRIX, check_label_map, check_spacing, check_stack_geometry
+from ._checks import MAX_MATRIX, MAX_SLICES, check_label_map, check_spacing, check_stack_geometry
 from .errors import InputError
 
 __all__ = ["Stack", "StudyInfo", "Study", "SINGLE_PHASE"]
@@ -25,6 +25,9 @@ __all__ = ["Stack", "StudyInfo", "Study", "SINGLE_PHASE"]
 #: where in the cycle its one phase lies
 SINGLE_PHASE = "single phase"
 
+#: a Stack built without an affine: replaced by the spacing's diagonal in `Stack.__post_init__`
+_NO_AFFINE = np.eye(4)
+
 
 @dataclass(frozen=True, eq=False)
 class Stack:
@@ -32,9 +35,13 @@ class Stack:
 
     Attributes
     ----------
-    pixels : float32 (Z, Y, X), intensities after rescale slope/intercept.
+    pixels : float32 (Z, Y, X), intensities after rescale slope/intercept. Not copied where it
+        is float32 already: an array changed after the Stack is built changes the Stack (copy a
+        reused buffer first).
     spacing : (dz, dy, dx) in mm.
-    affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm.
+    affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm; its columns are as long as
+        ``spacing``. Not given: ``diag(dz, dy, dx, 1)`` (no orientation known, the voxel sizes
+        kept; before 0.14.12 the identity, which a NIfTI writer took for 1 mm voxels).
     labels : uint8 (Z, Y, X) canonical labels (0 bg, 1 LVBP, 2 LVM, 3 RVBP) or None.
     slice_positions : float64 (Z,), each slice centre's position along the slice normal, mm.
     phase : "ED", "ES", or a free text such as "frame 7"; None when unknown.
@@ -51,7 +58,7 @@ class Stack:
 
     pixels: np.ndarray
     spacing: tuple[float, float, float]
-    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    affine: np.ndarray = field(default_factory=lambda: _NO_AFFINE)
     labels: np.ndarray | None = None
     slice_positions: np.ndarray | None = None
     phase: str | None = None
@@ -65,6 +72,14 @@ class Stack:
         pixels = given = np.asarray(self.pixels)
         if pixels.ndim != 3:
             raise InputError(f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {where}")
+        if pixels.shape[0] > max(MAX_SLICES, *pixels.shape[1:]):
+            # (Y, X, Z) as nibabel and SimpleITK habits lay it out: 256 "slices" of 216 x 10 pixels
+            # segmented to 0 mL with no flag (sweep 48)
+            raise InputError(
+                f"Stack 'pixels' from {where} have shape {pixels.shape}: {pixels.shape[0]} slices of "
+                f"{pixels.shape[1]} x {pixels.shape[2]} pixels, more slices than a cine has and than pixels on a "
+                "side; pixels are (Z, Y, X): was the array (Y, X, Z)? np.moveaxis(pixels, -1, 0) makes it (Z, Y, X)"
+            )
         if max(pixels.shape[1:]) > MAX_MATRIX:
             # the readers refuse such headers before reading pixels; an array built in Python alike
             raise InputError(
@@ -85,7 +100,8 @@ class Stack:
             raise InputError(f"Stack 'pixels' from {where} hold {what} (slice {z} of {len(pixels)})")
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "spacing", check_spacing(self.spacing))
-        affine = np.asarray(self.affine, dtype=np.float64)
+        affine = self.affine if self.affine is not _NO_AFFINE else np.diag([*self.spacing, 1.0])
+        affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
             raise InputError(f"Stack 'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
         object.__setattr__(self, "affine", affine)

@@ -19,9 +19,16 @@ from cmrsdk.pipeline import HALF_TURN_AXES, mirrored
 from cmrsdk.report import study_report
 
 
-def test_an_openvino_engine_refuses_a_size_off_the_unets_stride_rather_than_repeat_its_last_answer():
+def test_an_openvino_engine_refuses_a_size_off_the_unets_stride_rather_than_repeat_its_last_answer(tmp_path):
     pytest.importorskip("openvino")
+    # in its bundle folder the stride is read from the manifest: refused before OpenVINO sees it (sweep 48)
     engine = create_engine(DEMO_BUNDLE / "baseline.onnx", "openvino", threads=1)
+    with pytest.raises(InputError, match=r"multiples of 16 for baseline\.onnx .* got \(100, 100\)"):
+        engine.run(np.zeros((1, 1, 100, 100), np.float32))
+    # a lone file, no stride known: OpenVINO answers with its last call's output, which is refused
+    lone = tmp_path / "baseline.onnx"
+    lone.write_bytes((DEMO_BUNDLE / "baseline.onnx").read_bytes())
+    engine = create_engine(lone, "openvino", threads=1)
     engine.run(np.zeros((3, 1, 128, 128), np.float32))
     with pytest.raises(InputError, match=r"answered shape \(3, 4, 128, 128\) for a batch of shape \(1, 1, 100, 100\)"):
         engine.run(np.zeros((1, 1, 100, 100), np.float32))

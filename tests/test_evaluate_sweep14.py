@@ -242,7 +242,7 @@ def test_a_bundle_routing_every_region_to_one_unet_is_said_once(routing_bundle, 
     base = pipeline({0: "baseline", 1: "baseline", 2: "baseline", 3: "baseline"}, "baseline", {"baseline": "aa"})
     notes = _routing_notes({"baseline": base, "routed": one}, {})
     assert notes == [
-        "this bundle routes every region to one U-Net (baseline): routing changes no slice, so baseline, routed "
+        "this bundle routes every region to one U-Net (baseline): routing changes no slice, so baseline and routed "
         "segment alike"
     ]
     copies = pipeline(

@@ -348,7 +348,7 @@ def test_a_ventricle_not_found_is_not_measured_never_zero(segmented_phantom):
 def test_a_few_stray_pixels_are_no_ventricle(segmented_phantom):
     """A failed model's RV of a few pixels read "RVEDV 0.073 mL, RVEF 0.0 %" with no flag (sweep
     13): under MIN_BLOOD_POOL_ML a blood pool is not found, its measures not measured."""
-    from cmrsdk.report import MIN_BLOOD_POOL_ML
+    from cmrsdk.metrics import MIN_BLOOD_POOL_ML
 
     study, result = segmented_phantom
     ed = result.ed_index

@@ -20,12 +20,22 @@ from __future__ import annotations
 import csv
 import io
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
 from ..io._atomic import atomic_path
-from ..reference_ranges import INDEXED, body_surface_area_m2, implausible, indexed_measures, unused_biometrics
+from ..reference_ranges import (
+    INDEXED,
+    PLAUSIBLE,
+    PLAUSIBLE_BMI,
+    body_surface_area_m2,
+    implausible,
+    indexed_measures,
+    unused_biometrics,
+)
 
 __all__ = [
     "COLUMNS",
@@ -84,8 +94,42 @@ DECIMALS: dict[str, int] = {
 
 
 def bsa_mosteller(height_cm: float, weight_kg: float) -> float:
-    """Body surface area in m² by Mosteller's formula, sqrt(height cm x weight kg / 3600)."""
-    return math.sqrt(height_cm * weight_kg / 3600.0)
+    """Body surface area in m² by Mosteller's formula, sqrt(height cm x weight kg / 3600).
+
+    For a height and weight the caller vouches for. Values that may be missing or wrong (a study's
+    header) go through `measures_row` (`cmrsdk.reference_ranges.body_surface_area_m2`), which
+    gives no BSA (None) for them instead.
+
+    Raises
+    ------
+    InputError
+        A height or weight that is not a real number, not finite, not positive, or outside the
+        plausible range (`cmrsdk.reference_ranges.PLAUSIBLE`: 50-250 cm, 2-400 kg), or a pair whose
+        body-mass index no person has (`PLAUSIBLE_BMI`): a value in another unit (metres, inches,
+        pounds), never a BSA from it.
+    """
+    given = {"height_cm": height_cm, "weight_kg": weight_kg}
+    for name, value in given.items():
+        unit = name.rsplit("_", 1)[1]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InputError(f"'{name}' must be a number in {unit}, got {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise InputError(f"'{name}' must be a positive, finite number of {unit}, got {float(value):g} {unit}")
+        lo, hi = PLAUSIBLE[name]
+        if not lo <= value <= hi:
+            raise InputError(
+                f"'{name}' {float(value):g} {unit} is outside the plausible {lo:g}-{hi:g} {unit}: "
+                "in another unit (metres, inches, pounds)?"
+            )
+    height, weight = float(height_cm), float(weight_kg)
+    bmi = weight / (height / 100.0) ** 2
+    lo, hi = PLAUSIBLE_BMI
+    if not lo <= bmi <= hi:
+        raise InputError(
+            f"'height_cm' {height:g} cm with 'weight_kg' {weight:g} kg is a body-mass index of {bmi:.1f} kg/m², "
+            f"outside {lo:g}-{hi:g}: one of them in another unit?"
+        )
+    return math.sqrt(height * weight / 3600.0)
 
 
 def _number(value: Any) -> float | None:

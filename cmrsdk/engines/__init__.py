@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,38 @@ def available_backends(device: str = "cpu") -> tuple[str, ...]:
     return tuple(b for b in AUTO_ORDER[check_device(device)] if backend_missing(b, device) is None)
 
 
-def create_engine(artifact_path: str | Path, backend: str = "auto", device: str = "cpu", **options: Any) -> Engine:
+def _manifest_stride(path: Path) -> int | None:
+    """The stride (`Engine.multiple`) of the segmentation U-Net whose artifact ``path`` is, read from
+    the bundle manifest beside it, as `Bundle.engine` sets it; None where there is no manifest, it
+    cannot be read, it does not name the file, or the model is no U-Net it knows. The manifest is
+    only read here, not verified (`cmrsdk.load_bundle` does that)."""
+    from ..bundle import MANIFEST_NAME, _stride
+
+    try:
+        raw = json.loads((path.parent / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    models = raw.get("models") if isinstance(raw, dict) else None
+    for model in models.values() if isinstance(models, dict) else ():
+        artifacts = model.get("artifacts") if isinstance(model, dict) else None
+        if not isinstance(artifacts, dict):
+            continue
+        if any(isinstance(entry, dict) and entry.get("file") == path.name for entry in artifacts.values()):
+            architecture = model.get("architecture")
+            if model.get("kind") != "segmentation" or not isinstance(architecture, str):
+                return None
+            return _stride(architecture)
+    return None
+
+
+def create_engine(
+    artifact_path: str | Path,
+    backend: str = "auto",
+    device: str = "cpu",
+    *,
+    multiple: int | None = None,
+    **options: Any,
+) -> Engine:
     """Load one artifact file into an engine.
 
     Parameters
@@ -134,6 +166,11 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
     backend : "auto" (from the file suffix, see `SUFFIXES`), "torchscript", "aoti", "onnx",
         "openvino" (an ``.onnx`` file) or "tensorrt".
     device : "cpu" or "cuda".
+    multiple : the factor the model's input height and width must be multiples of (export/'s U-Nets:
+        16); `Engine.run` refuses other sizes with `InputError` before the runtime sees them. None:
+        read from the bundle manifest beside the file, where the file is a segmentation model's
+        artifact there (as `Bundle.engine` does); else unknown, and a runtime that fails on a size is
+        reported as `InputError` with its message.
     **options : backend options: every backend ``max_batch`` (larger batches are split);
         TorchScript ``fp16``, ``bf16``, ``cuda_graphs``; ONNX ``intra_op_threads``, ``inter_op_threads``,
         ``optimization``, ``spinning``, ``precision`` ("fp32" or "int8"); OpenVINO ``precision``
@@ -146,7 +183,8 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
     Raises
     ------
     InputError
-        Unknown backend, device or option, or a suffix "auto" cannot map.
+        Unknown backend, device or option, a ``multiple`` that is not a positive int, or a suffix
+        "auto" cannot map.
     BackendUnavailableError
         The backend's runtime or device is not present here (the message names what is missing).
     BundleError
@@ -154,6 +192,8 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
     """
     path = Path(artifact_path)
     check_device(device)
+    if multiple is not None and (not isinstance(multiple, int) or isinstance(multiple, bool) or multiple < 1):
+        raise InputError(f"'multiple' must be a positive int or None, got {multiple!r}")
     if backend == "auto":
         if path.suffix not in SUFFIXES:
             raise InputError(
@@ -189,4 +229,6 @@ def create_engine(artifact_path: str | Path, backend: str = "auto", device: str 
         raise InputError(
             f"backend {backend!r} does not accept the options {unknown}; it takes {takes} ({exc})"
         ) from exc
-    return cls(path, device, **options)
+    engine = cls(path, device, **options)
+    engine.multiple = multiple if multiple is not None else _manifest_stride(path)
+    return engine

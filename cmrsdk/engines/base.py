@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, BundleError, InputError
+from ..errors import BackendUnavailableError, BundleError, CmrError, InputError
 
 __all__ = ["Engine", "BACKENDS", "DEVICES", "PRECISIONS", "import_runtime", "load_failure"]
 
@@ -81,9 +81,11 @@ class Engine(ABC):
         bundle's engine takes its model's ``input_shape``), else None; `run` refuses other counts.
     num_outputs : the output channels (C or R) the artifact records (an ONNX graph), else None.
     multiple : the factor the model's height and width must be multiples of (a bundle's U-Net:
-        2 ** (stages - 1), from its manifest's ``architecture``), else None; `run` refuses other sizes
-        rather than hand them to a runtime (OpenVINO with a thread count set answered such a batch
-        with the previous call's probabilities, silently: sweep 31).
+        2 ** (stages - 1), from its manifest's ``architecture``, also where `create_engine` opens
+        the file in its bundle directory; or `create_engine`'s ``multiple``), else None; `run`
+        refuses other sizes rather than hand them to a runtime (OpenVINO with a thread count set
+        answered such a batch with the previous call's probabilities, silently: sweep 31). Where it
+        is None, a runtime's failure is reported as `InputError` with the runtime's message.
     output_order : canonical channel k of `run`'s answer is the model's channel ``output_order[k]``
         (set by a bundle whose manifest names its ``labels`` or ``regions`` in another order than
         `cmrsdk.labels`), or None: the model's own order. `run` refuses an answer with another
@@ -126,7 +128,11 @@ class Engine(ABC):
         Raises
         ------
         InputError
-            When ``batch`` is not a float32 array of shape (N, channels, H, W).
+            When ``batch`` is not a float32 array of shape (N, channels, H, W), its height or width is
+            not a multiple of `multiple` (where known), or the runtime fails on it (the message names
+            the artifact, the batch's shape and the runtime's own message).
+        BackendUnavailableError
+            The runtime failed because the system refused it threads or memory.
         """
         if not isinstance(batch, np.ndarray):
             raise InputError(f"'batch' must be a numpy array float32 (N, channels, H, W), got {type(batch).__name__}")
@@ -154,16 +160,21 @@ class Engine(ABC):
                 trailing = self._trailing[size]
             return np.empty((0, *trailing), dtype=np.float32)
         n, step = batch.shape[0], self.max_batch or batch.shape[0]
-        if n <= step:
-            out = np.asarray(self._infer(np.ascontiguousarray(batch)), dtype=np.float32)
-        else:
-            # above the backend's batch range: consecutive calls, answers joined in order
-            out = np.concatenate(
-                [
-                    np.asarray(self._infer(np.ascontiguousarray(batch[i : i + step])), dtype=np.float32)
-                    for i in range(0, n, step)
-                ]
-            )
+        try:
+            if n <= step:
+                out = np.asarray(self._infer(np.ascontiguousarray(batch)), dtype=np.float32)
+            else:
+                # above the backend's batch range: consecutive calls, answers joined in order
+                out = np.concatenate(
+                    [
+                        np.asarray(self._infer(np.ascontiguousarray(batch[i : i + step])), dtype=np.float32)
+                        for i in range(0, n, step)
+                    ]
+                )
+        except (CmrError, MemoryError):
+            raise
+        except Exception as exc:  # each runtime raises its own types (onnxruntime's derive from Exception)
+            raise self._run_failure(batch.shape, exc) from exc
         self._check_answer(out, batch.shape)
         if self.output_order is not None:
             out = self._canonical(out, self.output_order)
@@ -171,6 +182,27 @@ class Engine(ABC):
             with self._trailing_lock:
                 self._trailing[size] = tuple(int(s) for s in out.shape[1:])
         return out
+
+    def _run_failure(self, shape: tuple[int, ...], exc: Exception) -> CmrError:
+        """The cmrsdk error for a runtime that failed on a batch of ``shape`` (the last resort where
+        `multiple` is not known, an artifact file made outside a bundle): `InputError` naming the
+        artifact, the shape and the runtime's message, or `BackendUnavailableError` where the message
+        says the system refused threads or memory."""
+        text = " ".join(str(exc).split())
+        if len(text) > 600:
+            text = text[:600] + " ..."
+        said = f"{type(exc).__name__}: {text}"
+        where = f"{self.path} ({self.backend})"
+        if any(refusal in text.lower() for refusal in (*_SYSTEM_REFUSALS, "out of memory")):
+            return BackendUnavailableError(
+                f"{where} could not run a batch of shape {tuple(shape)}: the system refused threads or memory ({said}); "
+                "a smaller 'max_batch', or raise the process or memory limit"
+            )
+        return InputError(
+            f"{where} cannot run a batch of shape {tuple(shape)}: the runtime failed ({said}); a height and width "
+            "the model cannot take? (export/'s U-Nets take multiples of 16; create_engine(..., multiple=16) refuses "
+            "other sizes before the runtime sees them)"
+        )
 
     def _check_answer(self, out: np.ndarray, shape: tuple[int, ...]) -> None:
         """Refuse an answer that is not one per slice, (N, R) or (N, C, H, W) at the batch's N, H, W: a

@@ -112,7 +112,11 @@ class OnnxEngine(Engine):
         outputs = self._session.get_outputs()[0].shape
         if len(outputs) >= 2 and isinstance(outputs[1], int):
             self.num_outputs = int(outputs[1])  # checked against the manifest by `Bundle.engine`
+        # A failed run raises, and `Engine.run` reports it with the runtime's message; without this,
+        # ONNX Runtime also logs the same failure on stderr, around the caller's own output.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4  # fatal only
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         # InferenceSession.run is safe to call from several threads at once
-        return self._session.run(None, {self._input_name: batch})[0]
+        return self._session.run(None, {self._input_name: batch}, self._run_options)[0]

@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ..io._atomic import atomic_path
 from ..regions import slice_regions
 from .cases import check_ground_truth, not_annotated
 from .figures import save_bland_altman, save_dice_along_heart
+from .sources import ground_truth_regions
 from .stats import (
     MIN_SUBJECTS,
     STRUCTURE_NAMES,
@@ -40,10 +41,11 @@ from .stats import (
 )
 from .tables import markdown_table, write_csv
 
-if TYPE_CHECKING:
-    from ..metrics import CardiacMeasures
-    from ..pipeline import Pipeline, RegionSource
-    from ..types import Stack, Study
+# At run time, not under TYPE_CHECKING: typing.get_type_hints resolves the public signatures
+# (sweep 48). Importing the package has loaded cmrsdk.pipeline already, so this costs nothing.
+from ..metrics import CardiacMeasures
+from ..pipeline import Pipeline, RegionSource
+from ..types import Stack, Study
 
 __all__ = ["EvaluationResult", "evaluate", "write_evaluation"]
 
@@ -128,7 +130,7 @@ def evaluate(
     ReadError
         A study without label maps at ED or ES, or whose label maps hold no label.
     """
-    from ..metrics import CardiacMeasures, cardiac_measures
+    from ..metrics import cardiac_measures
 
     sources = dict(region_sources or {})
     unknown = sorted(set(sources) - set(pipelines))
@@ -288,11 +290,34 @@ def _routing_notes(pipelines: Mapping[str, Pipeline], sources: Mapping[str, Regi
     routed = [m for m, p in pipelines.items() if getattr(p, "mode", "") == "routed" or m in sources]
     if len(weights) != 1 or not routed:
         return []
-    alike = f"{', '.join(pipelines)} segment alike" if len(pipelines) > 1 else f"{routed[0]} segments as the baseline"
+    # Methods given regions (the oracle) still differ where those regions call a slice cardiac or
+    # non-cardiac otherwise than the rule on the masks (a non-cardiac slice gets no mask), and the
+    # heart is located on the slices they call middle (sweep 47).
+    alike = [m for m in pipelines if m not in sources]
+    given = [m for m in pipelines if m in sources]
+    said = []
+    if len(alike) > 1:
+        said.append(f"{_joined(alike)} segment alike")
+    elif alike:
+        said.append(f"{alike[0]} segments as the baseline")
+    if given:
+        whose = "ground-truth regions"
+        if any(sources[m] is not ground_truth_regions for m in given):
+            whose = "regions handed in"
+        than = "them" if len(alike) > 1 else "it" if alike else "the baseline"
+        said.append(
+            f"{_joined(given)} {'differs' if len(given) == 1 else 'differ'} from {than} where its {whose} call a "
+            "slice cardiac or non-cardiac otherwise than the rule does, or centre the heart's window elsewhere"
+        )
     return [
         f"this bundle routes every region to one U-Net ({', '.join(sorted(names))}): routing changes no slice, "
-        f"so {alike}"
+        f"so {'; '.join(said)}"
     ]
+
+
+def _joined(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _truth(stack: Stack, case: str) -> np.ndarray:
@@ -370,8 +395,8 @@ def write_evaluation(
         write_csv(out / "case_measures.csv", measure_rows)
 
     md += [
-        "## Table 1: mean (SD) Dice per region, n slices; * p < 0.01 (Welch's t-test against the middle, "
-        f"from {MIN_SUBJECTS} subjects)",
+        "## Table 1: mean (SD) Dice per region, n slices; * p < 0.01 (Welch's t-test against the middle; "
+        f"p-values given where at least {MIN_SUBJECTS} subjects)",
         "",
     ]
     for method in methods:
@@ -420,8 +445,8 @@ def write_evaluation(
 
     if baseline in methods and len(methods) > 1:
         md += [
-            f"## Table 3: change against {baseline} (mean and SD, points of %); * p < 0.01 (paired t-test, "
-            f"from {MIN_SUBJECTS} subjects)",
+            f"## Table 3: change against {baseline} (mean and SD, points of %); * p < 0.01 (paired t-test; "
+            f"p-values given where at least {MIN_SUBJECTS} subjects)",
             "",
         ]
         rows3 = [row for m in methods if m != baseline for row in improvement_table(result.scores, baseline, m)]

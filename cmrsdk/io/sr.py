@@ -35,12 +35,14 @@ end-diastolic. The evidence is the source images of ED and ES, repaired as for t
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, WriteError
 from ..labels import LVBP, LVM, RVBP
+from ..metrics import CardiacMeasures
 from ..types import SINGLE_PHASE
 from ._atomic import atomic_path
 from .._warn import quiet
@@ -129,8 +131,34 @@ _GROUPS = {
 }
 
 
-def _known(value: float | None) -> bool:
-    return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+def _known_measures(measures: Mapping[str, Any] | CardiacMeasures, path: str | Path) -> dict[str, float]:
+    """The known measures of ``measures`` as floats; None and NaN are unknown. A key the SR does
+    not code, a value that is not a number, a negative volume or mass and an EF outside 0-100 %
+    are refused: left out or written, the report a PACS keeps would be silently wrong."""
+    if isinstance(measures, CardiacMeasures):
+        measures = measures.as_dict()
+    if not isinstance(measures, Mapping):
+        raise InputError(
+            f"{path}: 'measures' must be a mapping of measure names to numbers, got {type(measures).__name__}"
+        )
+    unknown = sorted(str(k) for k in measures if k not in SR_MEASURES)
+    if unknown:
+        raise InputError(f"{path}: measure(s) {unknown} are not coded in the SR; known: {sorted(SR_MEASURES)}")
+    known = {}
+    for key, value in measures.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InputError(f"{path}: measure '{key}' must be a number or None, got {value!r}")
+        number = float(value)
+        if math.isnan(number):
+            continue
+        unit = SR_MEASURES[key][2]
+        low, high = (0.0, 100.0) if unit == "%" else (0.0, math.inf)
+        if not low <= number <= high:
+            raise InputError(f"{path}: measure '{key}' is {number:g} {unit}, outside {low:g}-{high:g} {unit}")
+        known[key] = number
+    return known
 
 
 def _segment_of(key: str, segmentations: Mapping[str, object]) -> tuple[str, int] | None:
@@ -145,7 +173,7 @@ def _segment_of(key: str, segmentations: Mapping[str, object]) -> tuple[str, int
 
 def write_measurement_report(
     path: str | Path,
-    measures: Mapping[str, float | None],
+    measures: Mapping[str, float | None] | CardiacMeasures,
     source_files: Sequence[str | Path],
     *,
     segmentations: Mapping[str, str | Path] | None = None,
@@ -161,7 +189,8 @@ def write_measurement_report(
     ----------
     path : the .dcm file to write (through a temporary name, then renamed).
     measures : report.json's ``measures``: keys of :data:`SR_MEASURES` (``lvedv_ml``, ``lvef_pct``,
-        ``lv_mass_g``, ...) to mL, %, g; None or NaN for unknown measures (left out).
+        ``lv_mass_g``, ...) to mL, %, g; None or NaN for unknown measures (left out); or a
+        `cmrsdk.metrics.CardiacMeasures` (``result.measures``).
     source_files : the DICOM source images the measures come from (ED and ES slices); the
         first gives the patient and study the report joins.
     segmentations : the study's DICOM SEG files by phase, ``"ED"`` / ``"ES"``, or
@@ -182,7 +211,8 @@ def write_measurement_report(
     Raises
     ------
     InputError : no source files, or neither a known measure nor a quality flag (a study where
-        nothing was measured gets a report of its caveats alone: they say why).
+        nothing was measured gets a report of its caveats alone: they say why); a measure the SR
+        does not code, not a number, a negative volume or mass, or an EF outside 0-100 %.
     ReadError : a source or SEG file that cannot be read.
     WriteError : highdicom refuses to build the report, or the file cannot be written.
     """
@@ -194,7 +224,7 @@ def write_measurement_report(
 
     if not source_files:
         raise InputError(f"{path}: 'source_files' is empty; a DICOM SR needs the source images it reports on")
-    known = {k: float(v) for k, v in measures.items() if k in SR_MEASURES and _known(v)}  # type: ignore[arg-type,unused-ignore]
+    known = _known_measures(measures, path)
     flags = {scope: list(found) for scope, found in (quality_flags or {}).items() if found}
     if not known and not flags:
         raise InputError(f"{path}: no measure is known ({dict(measures)}) and no caveat; nothing to report")

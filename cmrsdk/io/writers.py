@@ -21,7 +21,7 @@ from ..errors import InputError, WriteError
 from ..labels import LABEL_NAMES, STRUCTURES
 from ..types import Stack, Study
 from ._atomic import atomic_path
-from .._warn import quiet
+from .._warn import quiet, warn
 
 __all__ = ["write_nifti_labels", "write_dicom_seg", "write_json", "write_dicom_series", "write_acdc_patient"]
 
@@ -46,6 +46,25 @@ def _check_labels(labels: np.ndarray, stack: Stack) -> np.ndarray:
 def _nifti_affine(stack: Stack) -> np.ndarray:
     """The stack's (z, y, x) affine reordered for nibabel's (x, y, z) arrays."""
     return stack.affine[:, [2, 1, 0, 3]]
+
+
+def _affine_at_spacing(stack: Stack, path: Path) -> Stack:
+    """``stack`` whose affine's columns are as long as its spacing: where a caller's affine says
+    other voxel sizes (an identity beside a 10 x 1.56 x 1.56 mm spacing), viewers and readers
+    would measure the file in the affine's, so its directions are kept at the spacing's
+    lengths, with a warning."""
+    lengths = np.linalg.norm(stack.affine[:3, :3], axis=0)
+    if np.allclose(lengths, stack.spacing, rtol=1e-3):
+        return stack
+    if not np.all(lengths > 0):
+        raise InputError(f"{path}: the stack's affine has a zero column {np.round(lengths, 4).tolist()}: no grid")
+    warn(
+        f"{path}: the stack's affine has voxels of {' x '.join(f'{v:g}' for v in lengths)} mm and its spacing "
+        f"{' x '.join(f'{v:g}' for v in stack.spacing)} mm (dz, dy, dx): written at the spacing"
+    )
+    affine = stack.affine.copy()
+    affine[:3, :3] *= np.asarray(stack.spacing) / lengths
+    return replace(stack, affine=affine)
 
 
 def _source_header(stack: Stack, shape_xyz: tuple[int, ...]) -> nib.Nifti1Header | None:
@@ -91,8 +110,10 @@ def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack, *, descrip: str
     """Write (Z, Y, X) ``array_zyx`` on ``stack``'s grid; ``descrip``: the header's description
     (ASCII, at most 80 bytes), else the empty one."""
     array = np.ascontiguousarray(_in_source_order(array_zyx.transpose(2, 1, 0), stack))
-    image = nib.Nifti1Image(array, _nifti_affine(stack))
     source = _source_header(stack, array.shape)
+    if source is None:
+        stack = _affine_at_spacing(stack, path)
+    image = nib.Nifti1Image(array, _nifti_affine(stack))
     if source is not None:
         # outputs lie on the input's grid exactly as the input declares it: same sform and qform
         # with their codes, same pixdim (ACDC's sform has unit columns while pixdim holds the sizes)
@@ -103,9 +124,9 @@ def _save_nifti(path: Path, array_zyx: np.ndarray, stack: Stack, *, descrip: str
         image.header.set_zooms(source.get_zooms()[:3])  # after the forms: set_qform rewrites pixdim
         image.header.set_xyzt_units(*source.get_xyzt_units())
     else:
-        image.header.set_zooms(stack.spacing[::-1])
         image.set_qform(_nifti_affine(stack), code=1)
         image.set_sform(_nifti_affine(stack), code=1)
+        image.header.set_zooms(stack.spacing[::-1])  # after the forms: set_qform rewrites pixdim
         # a Stack's spacing is in mm (DICOM's unit); time in seconds, NIfTI's usual choice
         image.header.set_xyzt_units("mm", "sec")
     if descrip is not None:
