@@ -37,8 +37,9 @@ MAX_PIXEL_ASPECT = 3.0
 MAX_STEP_RATIO = 2.0
 #: rows or columns of a cine MR image at most; larger is another kind of image (or pixels misread)
 MAX_MATRIX = 2048
-#: a short-axis cine holds at most a few dozen slices; more slices than this and than pixels on a
-#: side is an array in another axis order, (Y, X, Z), not a stack (`cmrsdk.Stack`)
+#: a short-axis cine holds at most a few dozen slices; more slices than this, with a side of under
+#: a quarter as many pixels, is an array in another axis order, (Y, X, Z), not a stack
+#: (`cmrsdk.Stack`; a stack with a gap filled for a NIfTI grid may hold more slices, on a wide field)
 MAX_SLICES = 64
 
 
@@ -83,11 +84,21 @@ def check_label_map(labels: Any, name: str = "labels", *, canonical: bool = Fals
     return array
 
 
-def check_stack_geometry(spacing: tuple[float, float, float], positions: np.ndarray, source: str) -> None:
+def check_stack_geometry(
+    spacing: tuple[float, float, float],
+    positions: np.ndarray,
+    source: str,
+    *,
+    what: str = "Stack",
+    thickness_as_dz: bool = False,
+) -> None:
     """A stack's (dz, dy, dx) spacing and (Z,) slice positions (mm) as a cardiac MR stack has them.
 
     The readers refuse other sizes from the file headers; a stack built in Python meets the same
     bounds, so that spacing in metres (0.0016) or positions all equal give an error, not 0 mL.
+    ``what`` names the caller in the messages; with ``thickness_as_dz`` (the volume metrics, which
+    count each slice by its positions, not dz) positions further apart than dz are taken: the
+    caller's dz may be the slice thickness of a stack with gaps.
 
     Raises
     ------
@@ -95,34 +106,40 @@ def check_stack_geometry(spacing: tuple[float, float, float], positions: np.ndar
         In-plane spacing outside `IN_PLANE_RANGE_MM` or a pixel more than `MAX_PIXEL_ASPECT`
         times as long as wide; slice spacing, or (two or more slices) the median distance
         between neighbouring positions, outside `SLICE_RANGE_MM`, or that distance more than
-        `MAX_STEP_RATIO` times off the slice spacing; a position not finite.
+        `MAX_STEP_RATIO` times off the slice spacing (below it only, ``thickness_as_dz``); a
+        position not finite.
     """
     where = f" of {source}" if source else ""
+
+    def within(value: float, low: float, high: float) -> bool:  # the bounds themselves taken after float rounding
+        return low * (1 - 1e-9) <= value <= high * (1 + 1e-9)
+
     low, high = IN_PLANE_RANGE_MM
-    if not all(low <= s <= high for s in spacing[1:]):
+    if not all(within(s, low, high) for s in spacing[1:]):
         raise InputError(
-            f"Stack{where} 'spacing' (dy, dx) {list(spacing[1:])} mm is outside {low}..{high} mm: "
+            f"{what}{where} 'spacing' (dy, dx) {list(spacing[1:])} mm is outside {low}..{high} mm: "
             "pixel sizes in other units (metres, centimetres?)"
         )
     if max(spacing[1:]) > MAX_PIXEL_ASPECT * min(spacing[1:]):
         raise InputError(
-            f"Stack{where} 'spacing' {list(spacing)} gives pixels of {spacing[1]:g} x {spacing[2]:g} mm, more "
+            f"{what}{where} 'spacing' {list(spacing)} gives pixels of {spacing[1]:g} x {spacing[2]:g} mm, more "
             f"than {MAX_PIXEL_ASPECT:g} times as long as wide: spacing is (dz, dy, dx), slice spacing first"
         )
     low, high = SLICE_RANGE_MM
-    if not low <= spacing[0] <= high:
-        raise InputError(f"Stack{where} 'spacing' dz {spacing[0]} mm is outside {low}..{high} mm")
+    if not within(spacing[0], low, high):
+        raise InputError(f"{what}{where} 'spacing' dz {spacing[0]} mm is outside {low}..{high} mm")
     if not np.all(np.isfinite(positions)):
-        raise InputError(f"Stack{where} 'slice_positions' must be finite mm values, got {positions.tolist()}")
+        raise InputError(f"{what}{where} 'slice_positions' must be finite mm values, got {positions.tolist()}")
     if len(positions) >= 2:
         step = float(np.median(np.abs(np.diff(positions))))
-        if not low <= step <= high:
+        if not within(step, low, high):
             raise InputError(
-                f"Stack{where} 'slice_positions' are {step:g} mm apart (median), outside {low}..{high} mm: "
+                f"{what}{where} 'slice_positions' are {step:g} mm apart (median), outside {low}..{high} mm: "
                 f"positions in other units, or every slice at one place ({positions.tolist()[:6]}...)"
             )
-        if not spacing[0] / MAX_STEP_RATIO <= step <= spacing[0] * MAX_STEP_RATIO:
+        ratio_high = math.inf if thickness_as_dz else MAX_STEP_RATIO
+        if not within(step, spacing[0] / MAX_STEP_RATIO, spacing[0] * ratio_high):
             raise InputError(
-                f"Stack{where} 'slice_positions' are {step:g} mm apart (median) but 'spacing' dz is "
+                f"{what}{where} 'slice_positions' are {step:g} mm apart (median) but 'spacing' dz is "
                 f"{spacing[0]:g} mm: both in mm? (volumes count each slice by its distance to its neighbours)"
             )

@@ -231,15 +231,17 @@ def volumes_ml(
 
     Raises
     ------
-    InputError : labels not canonical (0..3); a spacing or positions a
-        `cmrsdk.Stack` would refuse (metres, centimetres beside mm, every slice at one place).
+    InputError : labels not canonical (0..3); a spacing or positions a `cmrsdk.Stack` would
+        refuse (metres, centimetres beside mm, every slice at one place), positions further apart
+        than dz excepted (dz may be the slice thickness: the positions count).
     """
     labels = check_label_map(labels, "labels", canonical=True)
     spacing = check_spacing(spacing)
     # the bounds a Stack keeps: positions in cm beside a spacing in mm, or all at one place,
-    # gave volumes 10 times too small or 0 mL (sweep 48)
+    # gave volumes 10 times too small or 0 mL (sweep 48); positions further apart than dz are
+    # taken, they count instead of dz (a slice thickness given as dz: sweep 49)
     given = np.arange(labels.shape[0]) * spacing[0] if slice_positions is None else slice_positions
-    check_stack_geometry(spacing, _positions(given, labels.shape[0]), "")
+    check_stack_geometry(spacing, _positions(given, labels.shape[0]), "", what="volumes_ml", thickness_as_dz=True)
     if slice_positions is None:
         voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
         counts = np.bincount(labels.ravel(), minlength=4)

@@ -72,13 +72,14 @@ class Stack:
         pixels = given = np.asarray(self.pixels)
         if pixels.ndim != 3:
             raise InputError(f"Stack 'pixels' must be 3-D (Z, Y, X), got shape {pixels.shape} from {where}")
-        if pixels.shape[0] > max(MAX_SLICES, *pixels.shape[1:]):
+        if pixels.shape[0] > MAX_SLICES and min(pixels.shape[1:]) < pixels.shape[0] / 4:
             # (Y, X, Z) as nibabel and SimpleITK habits lay it out: 256 "slices" of 216 x 10 pixels
             # segmented to 0 mL with no flag (sweep 48)
             raise InputError(
                 f"Stack 'pixels' from {where} have shape {pixels.shape}: {pixels.shape[0]} slices of "
-                f"{pixels.shape[1]} x {pixels.shape[2]} pixels, more slices than a cine has and than pixels on a "
-                "side; pixels are (Z, Y, X): was the array (Y, X, Z)? np.moveaxis(pixels, -1, 0) makes it (Z, Y, X)"
+                f"{pixels.shape[1]} x {pixels.shape[2]} pixels, more slices than a cine has and a side of a "
+                "quarter of that; pixels are (Z, Y, X): was the array (Y, X, Z)? np.moveaxis(pixels, -1, 0) makes it "
+                "(Z, Y, X)"
             )
         if max(pixels.shape[1:]) > MAX_MATRIX:
             # the readers refuse such headers before reading pixels; an array built in Python alike

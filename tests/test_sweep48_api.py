@@ -311,6 +311,12 @@ def test_the_one_unet_note_says_the_oracle_differs_on_cardiac_calls():
     ]
     shipped = (ROOT / "docs" / "results" / "shipped" / "acdc_heldout" / "report.md").read_text(encoding="utf-8")
     assert f"**Note:** {_routing_notes(pipelines, {'oracle': ground_truth_regions})[0]}." in shipped
+    # baseline and oracle only: nothing to say of the baseline itself (sweep 49)
+    two = {m: _one_unet_pipeline(m if m != "oracle" else "routed") for m in ("baseline", "oracle")}
+    assert _routing_notes(two, {"oracle": ground_truth_regions})[0].endswith(
+        "routing changes no slice, so oracle differs from baseline where its ground-truth regions call a slice "
+        "cardiac or non-cardiac otherwise than the rule does, or centre the heart's window elsewhere"
+    )
     alone = {"oracle": _one_unet_pipeline("routed")}
     assert _routing_notes(alone, {"oracle": lambda stack, images: images})[0].endswith(
         "so oracle differs from the baseline where its regions handed in call a slice cardiac or "

@@ -172,3 +172,26 @@ def test_a_non_callable_progress_is_refused_before_any_work(demo):
     stack = Stack(np.zeros((2, 64, 64), np.float32), (8.0, 1.5, 1.5))
     with pytest.raises(InputError, match=r"'progress' must be callable \(phases done, phases planned\), got int"):
         demo.segment_study(Study((stack, stack), ed_index=0, es_index=1), progress=5)
+
+
+# ---- sweep 49: what the checks above refused that is legitimate -------------------------------------
+def test_volumes_take_positions_further_apart_than_a_slice_thickness_given_as_dz():
+    """A 4 mm slice every 10 mm: dz given as the slice thickness, the positions count (0.14.11 gave
+    this; the first form of the check refused it "both in mm?")."""
+    labels, positions = _heart(), np.arange(6) * 10.0
+    assert volumes_ml(labels, (4.0, *SPACING[1:]), positions) == volumes_ml(labels, SPACING, positions)
+    with pytest.raises(InputError, match=r"volumes_ml 'slice_positions' are 1 mm apart \(median\) but 'spacing' dz"):
+        volumes_ml(labels, SPACING, positions / 10)  # centimetres are still refused
+
+
+def test_a_gap_filled_on_a_fine_grid_is_written_and_the_slice_bound_is_taken_at_its_value(tmp_path: Path):
+    """One pair of slices 1 mm apart, the rest 10 mm: write_nifti_labels fills the gaps on a 1 mm
+    grid, 102 slices of 96 x 96, which the (Y, X, Z) rule refused in its first form."""
+    positions = np.array([0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 101], float)
+    stack = Stack(np.ones((12, 96, 96), np.float32), (10.0, 1.8, 1.8), slice_positions=positions)
+    labels = np.zeros(stack.shape, np.uint8)
+    labels[:, 30:50, 30:50] = 1
+    assert nib.load(write_nifti_labels(tmp_path / "gap.nii.gz", labels, stack)).shape == (96, 96, 102)
+    # SLICE_RANGE_MM's 0.05 mm, reached through float rounding of the positions' steps
+    thin = Stack(np.ones((10, 64, 64), np.float32), (0.05, 1.5, 1.5), slice_positions=np.arange(10) * 0.05 + 3.1)
+    assert thin.spacing[0] == 0.05

@@ -298,13 +298,13 @@ def _routing_notes(pipelines: Mapping[str, Pipeline], sources: Mapping[str, Regi
     said = []
     if len(alike) > 1:
         said.append(f"{_joined(alike)} segment alike")
-    elif alike:
+    elif alike and alike[0] != "baseline":  # "baseline segments as the baseline" said nothing (sweep 49)
         said.append(f"{alike[0]} segments as the baseline")
     if given:
         whose = "ground-truth regions"
         if any(sources[m] is not ground_truth_regions for m in given):
             whose = "regions handed in"
-        than = "them" if len(alike) > 1 else "it" if alike else "the baseline"
+        than = "them" if len(alike) > 1 else "it" if said else alike[0] if alike else "the baseline"
         said.append(
             f"{_joined(given)} {'differs' if len(given) == 1 else 'differ'} from {than} where its {whose} call a "
             "slice cardiac or non-cardiac otherwise than the rule does, or centre the heart's window elsewhere"
