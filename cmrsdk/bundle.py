@@ -100,6 +100,7 @@ __all__ = [
     "FORMAT_VERSION",
     "SUPPORTED_FORMAT_VERSIONS",
     "MANIFEST_NAME",
+    "artifact_stride",
     "ARTIFACT_KEYS",
     "MODEL_KINDS",
     "REGIONS_FROM",
@@ -497,6 +498,30 @@ def _stride(architecture: str) -> int | None:
         return None
     stages = [f for f in match.group(1).split(",") if f.strip()]
     return 2 ** (len(stages) - 1) if stages else None
+
+
+def artifact_stride(path: str | Path) -> int | None:
+    """The stride (`cmrsdk.engines.Engine.multiple`) of the segmentation U-Net whose artifact file
+    ``path`` is, read from the bundle manifest beside it, as `Bundle.engine` sets it
+    (`cmrsdk.engines.create_engine` on a bundle's file); None where there is no manifest, it
+    cannot be read, it does not name the file, or the model is no U-Net it knows. The manifest is
+    only read here, not verified (`load_bundle` does that)."""
+    path = Path(path)
+    try:
+        raw = json.loads((path.parent / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    models = raw.get("models") if isinstance(raw, dict) else None
+    for model in models.values() if isinstance(models, dict) else ():
+        artifacts = model.get("artifacts") if isinstance(model, dict) else None
+        if not isinstance(artifacts, dict):
+            continue
+        if any(isinstance(entry, dict) and entry.get("file") == path.name for entry in artifacts.values()):
+            architecture = model.get("architecture")
+            if model.get("kind") != "segmentation" or not isinstance(architecture, str):
+                return None
+            return _stride(architecture)
+    return None
 
 
 def _check_shapes(

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -125,30 +124,6 @@ def available_backends(device: str = "cpu") -> tuple[str, ...]:
     return tuple(b for b in AUTO_ORDER[check_device(device)] if backend_missing(b, device) is None)
 
 
-def _manifest_stride(path: Path) -> int | None:
-    """The stride (`Engine.multiple`) of the segmentation U-Net whose artifact ``path`` is, read from
-    the bundle manifest beside it, as `Bundle.engine` sets it; None where there is no manifest, it
-    cannot be read, it does not name the file, or the model is no U-Net it knows. The manifest is
-    only read here, not verified (`cmrsdk.load_bundle` does that)."""
-    from ..bundle import MANIFEST_NAME, _stride
-
-    try:
-        raw = json.loads((path.parent / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    models = raw.get("models") if isinstance(raw, dict) else None
-    for model in models.values() if isinstance(models, dict) else ():
-        artifacts = model.get("artifacts") if isinstance(model, dict) else None
-        if not isinstance(artifacts, dict):
-            continue
-        if any(isinstance(entry, dict) and entry.get("file") == path.name for entry in artifacts.values()):
-            architecture = model.get("architecture")
-            if model.get("kind") != "segmentation" or not isinstance(architecture, str):
-                return None
-            return _stride(architecture)
-    return None
-
-
 def create_engine(
     artifact_path: str | Path,
     backend: str = "auto",
@@ -230,5 +205,9 @@ def create_engine(
             f"backend {backend!r} does not accept the options {unknown}; it takes {takes} ({exc})"
         ) from exc
     engine = cls(path, device, **options)
-    engine.multiple = multiple if multiple is not None else _manifest_stride(path)
+    if multiple is None:
+        from ..bundle import artifact_stride  # the manifest's knowledge stays in cmrsdk.bundle
+
+        multiple = artifact_stride(path)
+    engine.multiple = multiple
     return engine
