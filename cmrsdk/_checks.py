@@ -60,6 +60,33 @@ def check_spacing(spacing: Any, name: str = "spacing") -> tuple[float, float, fl
     return values[0], values[1], values[2]
 
 
+def check_affine(affine: Any, name: str = "'affine'") -> np.ndarray:
+    """``affine`` as a float64 (4, 4) voxel (z, y, x, 1) -> RAS+ mm matrix whose three axes span a grid.
+
+    Raises
+    ------
+    InputError
+        Not (4, 4), not finite (the entries named), or its axes' columns of length 0 or in one
+        plane (a singular 3 x 3): no grid to put masks on, refused before any segmentation.
+    """
+    try:
+        array = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name} must be a (4, 4) matrix of numbers ({exc})") from exc
+    if array.shape != (4, 4):
+        raise InputError(f"{name} must be a finite (4, 4) matrix, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        where = [tuple(int(i) for i in at) for at in np.argwhere(~np.isfinite(array))]
+        raise InputError(f"{name} must be finite, got non-finite values at {where[:4]} of {array.tolist()}")
+    lengths = np.linalg.norm(array[:3, :3], axis=0)
+    if not (lengths > 0).all() or abs(np.linalg.det(array[:3, :3])) <= 1e-9 * float(np.prod(lengths)):
+        raise InputError(
+            f"{name} axes (z, y, x) have lengths {np.round(lengths, 4).tolist()} mm and span no grid "
+            f"(a zero or repeated column): {np.round(array, 4).tolist()}"
+        )
+    return array
+
+
 def check_label_map(labels: Any, name: str = "labels", *, canonical: bool = False) -> np.ndarray:
     """``labels`` as a 3-D (Z, Y, X) integer (or boolean) array, not copied where it already is one;
     with ``canonical``, its values the canonical labels 0..3 (0 bg, 1 LVBP, 2 LVM, 3 RVBP).

@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ._checks import check_affine
 from .chirality import seen_from_apex
-from .errors import InputError
 from .types import Stack
 
 __all__ = ["Orientation", "display_orientation", "training_layout_turn", "turn_stack", "unturn_labels"]
@@ -58,9 +58,7 @@ def display_orientation(affine: np.ndarray) -> Orientation:
     ----------
     affine : float64 (4, 4), voxel index (z, y, x, 1) -> RAS+ mm (as `cmrsdk.Stack.affine`).
     """
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.isfinite(affine).all():
-        raise InputError(f"'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
+    affine = check_affine(affine)
     axes = [affine[:3, 1], affine[:3, 2]]  # world direction of +row (y) and +column (x)
     axes = [a / n if (n := np.linalg.norm(a)) > 0 else a for a in axes]
     best, best_score = Orientation(), -np.inf

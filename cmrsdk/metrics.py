@@ -55,6 +55,13 @@ def _check_pair(prediction: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, 
     return prediction, truth
 
 
+def _check_structures(labels: Sequence[int]) -> None:
+    """Refuse a label that is no structure: a typo (9, "LV") scored NaN, absent from both masks."""
+    for label in labels:
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label not in STRUCTURES:
+            raise InputError(f"'label' must be 1 (LVBP), 2 (LVM) or 3 (RVBP), got {label!r}")
+
+
 def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
     """Dice of one label over a whole stack.
 
@@ -68,6 +75,7 @@ def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
     2|P ∩ T| / (|P| + |T|) in [0, 1]; NaN when the label is absent from both.
     """
     prediction, truth = _check_pair(prediction, truth)
+    _check_structures([label])
     p, t = prediction == label, truth == label
     total = int(p.sum()) + int(t.sum())
     return float("nan") if total == 0 else 2.0 * int(np.logical_and(p, t).sum()) / total
@@ -89,6 +97,7 @@ def slice_dice(prediction: np.ndarray, truth: np.ndarray, labels: Sequence[int] 
     float64 (Z, len(labels)).
     """
     prediction, truth = _check_pair(prediction, truth)
+    _check_structures(labels)
     out = np.empty((prediction.shape[0], len(labels)), dtype=np.float64)
     for j, label in enumerate(labels):
         p = (prediction == label).reshape(prediction.shape[0], -1)

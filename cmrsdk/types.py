@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ._checks import MAX_MATRIX, MAX_SLICES, check_label_map, check_spacing, check_stack_geometry
+from ._checks import MAX_MATRIX, MAX_SLICES, check_affine, check_label_map, check_spacing, check_stack_geometry
 from .errors import InputError
 
 __all__ = ["Stack", "StudyInfo", "Study", "SINGLE_PHASE"]
@@ -102,10 +102,7 @@ class Stack:
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "spacing", check_spacing(self.spacing))
         affine = self.affine if self.affine is not _NO_AFFINE else np.diag([*self.spacing, 1.0])
-        affine = np.asarray(affine, dtype=np.float64)
-        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-            raise InputError(f"Stack 'affine' must be a finite (4, 4) matrix, got shape {affine.shape}")
-        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "affine", check_affine(affine, "Stack 'affine'"))
         if self.labels is not None:
             labels = check_label_map(self.labels, "labels")
             if labels.shape != pixels.shape:

@@ -195,3 +195,32 @@ def test_a_gap_filled_on_a_fine_grid_is_written_and_the_slice_bound_is_taken_at_
     # SLICE_RANGE_MM's 0.05 mm, reached through float rounding of the positions' steps
     thin = Stack(np.ones((10, 64, 64), np.float32), (0.05, 1.5, 1.5), slice_positions=np.arange(10) * 0.05 + 3.1)
     assert thin.spacing[0] == 0.05
+
+
+# ---- sweep 51: a typo of a label, an affine with no grid ---------------------------------------------
+@pytest.mark.parametrize("label", [9, 0, "LV", True, 2.0])
+def test_dice_refuses_a_label_that_is_no_structure(label):
+    """A typo scored NaN ("absent from both masks"), a NaN in a table."""
+    from cmrsdk.metrics import dice, slice_dice
+
+    labels = _heart()
+    assert dice(labels, labels, 1) == 1.0
+    with pytest.raises(InputError, match=r"'label' must be 1 \(LVBP\), 2 \(LVM\) or 3 \(RVBP\), got"):
+        dice(labels, labels, label)
+    with pytest.raises(InputError, match=r"'label' must be 1 \(LVBP\)"):
+        slice_dice(labels, labels, labels=(1, label))
+
+
+def test_a_stack_affine_that_spans_no_grid_is_refused_before_any_segmentation():
+    """Accepted before, and refused only by the NIfTI writer, after the networks' time."""
+    pixels = np.ones((4, 64, 64), np.float32)
+    with pytest.raises(InputError, match=r"Stack 'affine' axes \(z, y, x\) have lengths \[0\.0, 0\.0, 0\.0\] mm"):
+        Stack(pixels, SPACING, affine=np.zeros((4, 4)))
+    flat = np.diag([10.0, 1.5, 1.5, 1.0])
+    flat[:3, 0] = flat[:3, 1]  # z along y: a plane
+    with pytest.raises(InputError, match=r"span no grid"):
+        Stack(pixels, SPACING, affine=flat)
+    broken = np.diag([10.0, 1.5, 1.5, 1.0])
+    broken[1, 3] = np.nan
+    with pytest.raises(InputError, match=r"must be finite, got non-finite values at \[\(1, 3\)\]"):
+        Stack(pixels, SPACING, affine=broken)
