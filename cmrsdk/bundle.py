@@ -79,6 +79,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import threading
@@ -407,6 +408,11 @@ def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where
     return value
 
 
+def _positive_mm(value: Any) -> bool:
+    """A spacing of the manifest: a JSON number, finite (not NaN or Infinity) and > 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
     _warn_unknown(raw, "preprocessing", "preprocessing.", manifest)
     spacing = _require(raw, "target_spacing", list, "preprocessing.", manifest)
@@ -416,9 +422,10 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
         raise BundleError(
             f"{manifest}: 'preprocessing.normalization' is {normalization!r}, expected one of {', '.join(NORMALIZATIONS)}"
         )
-    if len(spacing) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in spacing):
+    if len(spacing) != 2 or not all(_positive_mm(s) for s in spacing):
         raise BundleError(
-            f"{manifest}: 'preprocessing.target_spacing' must be two positive mm values [dy, dx], got {spacing!r}"
+            f"{manifest}: 'preprocessing.target_spacing' must be two finite positive mm values [dy, dx], "
+            f"got {spacing!r}"
         )
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise BundleError(f"{manifest}: 'preprocessing.size' must be two positive ints [H, W], got {size!r}")
@@ -438,12 +445,10 @@ def _parse_preprocessing(raw: dict[str, Any], manifest: Path) -> Preprocessing:
     if segment is not None and (
         not isinstance(segment, list)
         or len(segment) != 2
-        or not all(
-            isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= t for s, t in zip(segment, spacing)
-        )
+        or not all(_positive_mm(s) and s <= t for s, t in zip(segment, spacing))
     ):
         raise BundleError(
-            f"{manifest}: 'preprocessing.segment_spacing' must be two positive mm values [dy, dx] no coarser "
+            f"{manifest}: 'preprocessing.segment_spacing' must be two finite positive mm values [dy, dx] no coarser "
             f"than 'target_spacing' {spacing}, got {segment!r}"
         )
     return Preprocessing(
@@ -929,6 +934,8 @@ def _load_bundle(path: str | Path) -> Bundle:
         raw = json.loads(data.decode("utf-8-sig"))  # -sig: a byte-order mark (Windows editors) is not JSON
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    except RecursionError:  # "[[[[...]]]]" deeper than the interpreter's stack: no manifest is
+        raise BundleError(f"{manifest_path}: not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise BundleError(f"{manifest_path}: the manifest must be a JSON object, got {type(raw).__name__}")
     fmt = raw.get("format")

@@ -26,6 +26,7 @@ from .study import (
     Interrupted,
     check_output_folder,
     raise_on_sigterm,
+    stop_signals,
     segment_one,
 )  # segment_one: kept importable from here
 
@@ -174,6 +175,22 @@ def _rule_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.rescale_heart is not None:
         rules["rescale_heart"] = args.rescale_heart
     return rules
+
+
+#: options of the routed pipeline only (`Pipeline` takes them in every mode, and baseline ignores them)
+_ROUTED_ONLY = (("apical_rv_weight", "--apical-rv-weight"), ("segment_spacing", "--segment-spacing"))
+
+
+def _note_routed_only(args: argparse.Namespace) -> None:
+    """One warning per routed-mode option given where no mode of the command is routed: it does
+    nothing there, and was accepted without a word."""
+    modes = getattr(args, "modes", None) or [getattr(args, "mode", None)]
+    if any(mode != "baseline" for mode in modes):
+        return
+    given = "--modes baseline" if hasattr(args, "modes") else "--mode baseline"
+    for name, option in _ROUTED_ONLY:
+        if getattr(args, name, None) is not None:
+            print(f"cmrsdk: warning: {option} applies to routed mode only; ignored with {given}", file=sys.stderr)
 
 
 def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -952,7 +969,30 @@ def _warning_line(message: Warning | str, category: type[Warning], *_: object, *
     print(f"cmrsdk: warning: {text if own else f'{category.__name__}: {text}'}", file=sys.stderr)
 
 
+def _ignore_stop_signals() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP ignored from here on: the command has finished, its outputs are
+    complete and its result line printed, so a signal now (while the interpreter shuts down) must
+    not turn the exit status into 130 with no line saying why."""
+    for s in (signal.SIGINT, *stop_signals()):
+        try:
+            signal.signal(s, signal.SIG_IGN)
+        except ValueError:  # not the main thread
+            return
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``cmrsdk`` program; ``argv`` None: the process's own arguments. Run as the program
+    (``argv`` None), a stop signal that arrives once the command has finished is ignored: the
+    exit status is the command's, not 130 with no 'interrupted' line. Called with ``argv`` (a
+    test, another program), the caller's signal handlers are left as they were."""
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:
+            _ignore_stop_signals()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     import warnings
 
     for stream in (sys.stdout, sys.stderr):
@@ -961,10 +1001,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
+    _note_routed_only(args)
     try:
         with raise_on_sigterm(), warnings.catch_warnings():
             warnings.showwarning = _warning_line
-            return int(args.func(args))
+            status = int(args.func(args))
+            if argv is None:  # Ctrl-C from here on would end a finished run with 130 and no line
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return status
     except CmrError as exc:
         print(f"cmrsdk: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -57,9 +57,18 @@ def sunnybrook_cases(root: str | Path) -> list[tuple[str, Path, Path]]:
     link = root / "link.csv"
     try:
         with link.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ReadError(link, f"cannot be read as CSV ({exc})") from exc
+    if not header:
+        raise ReadError(link, "is empty: expected the header 'patient_id,original_id' and a row per series")
+    if not rows:
+        raise ReadError(
+            link,
+            f"holds no rows under its header {','.join(header)!r}: expected a row (patient_id, original_id) per series",
+        )
     cases = []
     for row in rows:
         patient, original = (row.get("patient_id") or "").strip(), (row.get("original_id") or "").strip()

@@ -143,7 +143,8 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
     Refused (:class:`WriteError` naming the folder and the reason): a file where the folder or
     one of its parents should be, a parent that cannot be created or written, a path the system
     cannot hold (too long), the current folder or one holding it, and an existing folder
-    holding files cmrsdk does not write (it would be replaced whole). A symbolic link to a
+    holding files cmrsdk does not write (it would be replaced whole), an existing folder without
+    its owner's write permission (read-only: the user keeps it so). A symbolic link to a
     folder is followed: the result replaces the folder it points to.
 
     Parameters
@@ -181,6 +182,12 @@ def check_output_folder(out_dir: str | Path, *, keep: tuple[str, ...] = (), cont
             "so name a new folder (e.g. -o results)"
         )
     if contents and out_dir.is_dir():
+        mode = stat.S_IMODE(out_dir.stat().st_mode)
+        if not mode & stat.S_IWUSR:  # the user made it read-only: replacing it would undo that
+            raise WriteError(
+                f"{out_dir}: output folder is read-only (mode {mode:03o}); a study's folder is replaced whole, "
+                "so make it writable (chmod u+w) or choose another -o"
+            )
         try:
             names = [p.name for p in out_dir.iterdir()]
         except OSError as exc:  # another user's folder: said before any work, not as a traceback
@@ -227,6 +234,8 @@ def _replace_folder(staging: Path, out_dir: Path, keep: tuple[str, ...] = ()) ->
     """
     moved = [name for name in keep if (out_dir / name).exists() and not (staging / name).exists()]
     try:
+        if out_dir.is_dir():  # the earlier folder's mode is kept (a 700 folder of patient data stays private)
+            os.chmod(staging, stat.S_IMODE(out_dir.stat().st_mode))
         for name in moved:
             os.rename(out_dir / name, staging / name)
         _swap(staging, out_dir)

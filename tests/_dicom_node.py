@@ -278,5 +278,8 @@ def serve_parser_with_fake_node(monkeypatch, tmp_path: Path) -> tuple[Any, list[
     monkeypatch.setattr(node, "Node", FakeNode)
     monkeypatch.chdir(tmp_path)
     parser = argparse.ArgumentParser()
-    command.add_serve_parser(parser.add_subparsers(), "bundle")
+    from cmrsdk import DEMO_BUNDLE
+
+    # a bundle that loads: the command loads it before the node listens (sweep 51)
+    command.add_serve_parser(parser.add_subparsers(), str(DEMO_BUNDLE))
     return parser, configs

@@ -139,7 +139,7 @@ def test_malformed_json_is_refused(bundle_dir: Path):
         (lambda m: m["preprocessing"].update(size=[32]), r"'preprocessing.size' must be two positive ints"),
         (
             lambda m: m["preprocessing"].update(target_spacing=[1.0, -1.0]),
-            r"'preprocessing.target_spacing' must be two positive",
+            r"'preprocessing.target_spacing' must be two finite positive",
         ),
         (lambda m: m["models"]["apex"].update(kind="detector"), r"'models.apex.kind' is 'detector'"),
         (

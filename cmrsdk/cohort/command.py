@@ -16,6 +16,17 @@ from .worker import PipelineSpec
 __all__ = ["add_arguments", "run_command"]
 
 
+def _count(text: str) -> int:
+    """argparse type of --workers and --threads: an integer >= 1, refused before the output is made."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The batch's own options (the bundle, backend and pipeline options are `segment`'s, added by the caller)."""
     p.add_argument(
@@ -38,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=_count,
         default=None,
         help="worker processes or Ray actors (default: half the cores; "
         "with --engine ray --device cuda, 1 per GPU asked)",
@@ -56,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--mode", default="routed", choices=["routed", "baseline", "oracle"])
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
-    p.add_argument("--threads", type=int, default=None, help="threads per worker (default: cores / workers)")
+    p.add_argument("--threads", type=_count, default=None, help="threads per worker (default: cores / workers)")
     p.add_argument("--retry-failed", action="store_true", help="run again the studies that failed in an earlier run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-overlay", action="store_true", help="skip each study's overlay.png")

@@ -591,6 +591,35 @@ def _number(value: str, column: str, where: str) -> float | None:
     return number
 
 
+def _list_text(path: Path) -> str:
+    """The text of a ``--list`` CSV, decoded as UTF-8 (a byte-order mark is dropped).
+
+    Other encodings are refused rather than guessed: a Windows-1252 byte read as Latin-1 would
+    silently change a study id or a source path.
+    """
+    from ..io._walk import reason
+
+    if path.is_dir():
+        raise InputError(f"--list '{path}': is a folder, not a CSV file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"--list '{path}': no such file") from None
+    except OSError as exc:
+        raise InputError(f"--list '{path}': cannot be read ({reason(exc)})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"--list '{path}': is UTF-16 text, not UTF-8; save the list as 'CSV UTF-8'")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InputError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column}; "
+            "a Windows-1252 or Latin-1 export?); save the list as 'CSV UTF-8'"
+        ) from None
+
+
 def read_study_list(path: str | Path) -> list[StudySource]:
     """The studies of a CSV with a header row: ``source`` and optionally ``study_id``, ``height_cm``,
     ``weight_kg``, ``heart_rate_bpm`` (empty cells are unknown).
@@ -600,14 +629,14 @@ def read_study_list(path: str | Path) -> list[StudySource]:
 
     Raises
     ------
-    InputError : no such file, no ``source`` column, an unknown column, a value that is not a
-        positive number, two rows with one study id.
+    InputError : no such file, a file that cannot be read or is not UTF-8 text, no ``source``
+        column, an unknown column, a value that is not a positive number, two rows with one study
+        id.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--list '{path}': no such file")
+    text = _list_text(path)
     studies = []
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
         if "source" not in columns:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import CmrError, ReadError
 
-__all__ = ["MAX_MEMBERS", "MAX_UNPACKED_BYTES", "Unpacked", "is_archive", "unpacked"]
+__all__ = ["MAX_MEMBERS", "MAX_UNPACKED_BYTES", "Unpacked", "is_archive", "is_unpacked_member", "unpacked"]
 
 #: a cine study is a few thousand files at most; a whole exam with every series tens of thousands
 MAX_MEMBERS = 100_000
@@ -51,6 +51,15 @@ def _remove_stale_folders() -> None:
         if pid and _process_alive(int(pid.group(1))):
             continue
         shutil.rmtree(entry, ignore_errors=True)
+
+
+def is_unpacked_member(path: str | Path) -> bool:
+    """True for a path inside a folder an archive is unpacked into (`unpacked`), or named as its
+    member (``study.zip!inner.zip``): a ZIP there is a ZIP inside a ZIP, which is not unpacked."""
+    text = os.fspath(path)
+    if "!" in text:
+        return True
+    return any(parent.name.startswith(_PREFIX) for parent in Path(text).parents)
 
 
 def is_archive(path: str | Path) -> bool:

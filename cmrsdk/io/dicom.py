@@ -53,7 +53,9 @@ DICOM as it comes
   decoded once.
 - A data set written without the Part 10 preamble and file meta (older systems, gateways) is
   read as its file would be (:mod:`cmrsdk.io._dataset`); other files without ``DICM`` are not
-  DICOM and are passed over.
+  DICOM and are passed over: silently where the name says so too (``notes.txt``, ``README``),
+  with one warning naming them where it is an image's (``.dcm``, ``.ima``, ``IM0001``) and the
+  folder holds images (a slice overwritten would otherwise leave the volume without a word).
 """
 
 from __future__ import annotations
@@ -270,6 +272,20 @@ _READ_KEYWORDS = (
 )  # fmt: skip
 
 
+#: suffixes of DICOM files (a name with none, or a numeric one, counts as well where it holds a digit)
+_DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima"})
+
+
+def _named_like_dicom(path: Path) -> bool:
+    """Whether a file's name says it is a DICOM image: ``.dcm`` / ``.ima``, or a numbered name
+    without a suffix or with a numeric one (``IM0001``, ``00000012``, ``1.3.12.2.1107``); not
+    ``README``, ``notes.txt`` or ``preview.jpg``, which are passed over silently."""
+    suffix = path.suffix.lower()
+    if suffix in _DICOM_SUFFIXES:
+        return True
+    return (not suffix or suffix[1:].isdigit()) and any(c.isdigit() for c in path.name)
+
+
 def _read_header(path: Path, decoded: Decoded | None = None) -> Dataset | None:
     """The header of a DICOM file, None for files that are not DICOM at all.
 
@@ -371,6 +387,7 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
     # ConcatenationUID -> (InConcatenationTotalNumber, the parts' InConcatenationNumber -> file)
     concatenations: dict[str, tuple[int | None, dict[int | None, Path]]] = {}
     decoded: Decoded = {}
+    not_dicom: list[Path] = []  # named like an image but not DICOM: overwritten or truncated to nothing
     for file in files:
         try:
             header = _read_header(file, decoded)
@@ -380,6 +397,8 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             passed.cannot_read(file, exc)
             continue
         if header is None:
+            if _named_like_dicom(file):
+                not_dicom.append(file)
             continue
         sop = sop_class(header)
         # pixel data is not read yet (stop_before_pixels): an image is what has a matrix size
@@ -433,6 +452,16 @@ def _collect(path: Path) -> tuple[list[_Image], list[Path]]:
             non_images.append(file)
     if images:
         passed.warn(stacklevel=4)
+    if images and not_dicom:  # a slice's files overwritten: dropped, the volume would shrink unsaid (sweep 51)
+        names = ", ".join(f.name for f in not_dicom[1:4]) + (", ..." if len(not_dicom) > 4 else "")
+        more = f"; {len(not_dicom) - 1} more such file(s) skipped ({names})" if len(not_dicom) > 1 else ""
+        warn(
+            CmrWarning(
+                f"{not_dicom[0]}: named like a DICOM image but not DICOM (no DICM preamble, no data set "
+                f"that parses): skipped{more}"
+            ),
+            stacklevel=4,
+        )
     for concatenation, (total, parts) in concatenations.items():
         missing = sorted(set(range(1, total + 1)) - set(parts)) if total else []
         if missing:  # measured on the parts there, a cine loses slices or phases silently (sweep 39)
@@ -532,16 +561,31 @@ def _vector(image: _Image, keyword: str, tag: str, length: int) -> np.ndarray:
     frame = "" if image.frame is None else f"frame {image.frame + 1}: "
     if value is None:
         raise ReadError(image.path, f"{frame}'{keyword}' {tag} is missing; it is needed for the geometry")
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    if len(values) != length:  # one PixelSpacing value is numeric, and one short (sweep 51)
+        shown = values[0] if len(values) == 1 else values
+        raise ReadError(
+            image.path,
+            f"{frame}'{keyword}' {tag} value {str(shown)!r} holds {len(values)} number(s), expected {length}",
+        )
     try:
-        vector = np.array([float(v) for v in value], dtype=np.float64)
+        vector = np.array([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ReadError(image.path, f"{frame}'{keyword}' {tag} value {value!r} is not numeric") from exc
     if vector.shape != (length,) or not np.all(np.isfinite(vector)):
         raise ReadError(image.path, f"{frame}'{keyword}' {tag} value {list(value)!r} must be {length} finite numbers")
+    if keyword == "ImageOrientationPatient" and np.linalg.norm(np.cross(vector[:3], vector[3:])) < 1e-6:
+        # no slice normal: every position would be NaN, one "slice" of all the images (sweep 51)
+        raise ReadError(
+            image.path,
+            f"{frame}'{keyword}' {tag} value {vector.tolist()} gives no slice direction: its row and column "
+            "directions are parallel or zero (a corrupt header)",
+        )
     return vector
 
 
 def _normal(orientation: np.ndarray) -> np.ndarray:
+    """The unit slice normal (row x column) of an orientation `_vector` has checked."""
     normal = np.cross(orientation[:3], orientation[3:])
     return normal / np.linalg.norm(normal)
 
@@ -1396,6 +1440,26 @@ def _pixels(image: _Image, decoded: dict[Path, np.ndarray]) -> np.ndarray:
     file's frames, so that a file of 300 frames is decoded once, not 300 times."""
     if image.frame is None:
         stored = _decode(image.path)
+        head = image.header
+        n_frames = _int_or_none(head.get("NumberOfFrames"))
+        samples = _int_or_none(head.get("SamplesPerPixel"))
+        rows, columns = head.get("Rows"), head.get("Columns")
+        if (
+            stored.ndim == 3
+            and (n_frames or 1) == 1
+            and (samples or 1) == 1
+            and isinstance(rows, int)
+            and isinstance(columns, int)
+            and stored.shape[1:] == (rows, columns)
+        ):  # pydicom read the surplus bytes as frames: 'Rows' is wrong, not the colour (sweep 51)
+            bits = _int_or_none(head.get("BitsAllocated")) or 16
+            size = rows * columns * bits // 8
+            raise ReadError(
+                image.path,
+                f"'Rows' x 'Columns' (0028,0010)/(0028,0011) value {rows} x {columns} with {bits} bits allocated "
+                f"is {size} bytes, but the pixel data holds {stored.shape[0] * size} ({stored.shape[0]} such images) "
+                f"and 'NumberOfFrames' (0028,0008) {'is absent' if n_frames is None else 'is 1'}: a header error",
+            )
         if stored.ndim != 2:
             raise ReadError(
                 image.path,

@@ -11,10 +11,11 @@ import numpy as np
 
 from ..errors import CmrWarning, InputError, ReadError
 from ..types import Study, StudyInfo
-from .archive import is_archive, unpacked
+from .archive import is_archive, is_unpacked_member, unpacked
 from ._walk import Passed, entry_kind, reason
 from .dicom import one_walk, read_dicom_study, scan_dicom_series
 from .nifti import (
+    ACDC_IMAGE,
     MNMS_IMAGE,
     is_nifti_name,
     nifti_frames,
@@ -37,6 +38,35 @@ def _mnms_layout(folder: Path) -> bool:
     if any(p.name.lower().split(".nii")[0] + ".nii" in wanted for p in folder.iterdir()):
         return True
     return subject_stem(folder, MNMS_IMAGE) is not None
+
+
+def _acdc_without_info(folder: Path) -> str | None:
+    """Why ``folder`` cannot be read, where it holds an ACDC patient's files (two or more
+    ``SUBJECT_frameNN`` images with ``_gt`` label maps or a ``SUBJECT_4d`` cine) but no ``Info.cfg``:
+    read as loose NIfTI files it gave a one-phase study per frame and no EF, without a word (sweep
+    51). None for any other folder (one that cannot be listed included: its reader says why)."""
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return None
+    stems = [n[: n.lower().rfind(".nii")] for n in names if is_nifti_name(n)]
+    frames = [s for s in stems if ACDC_IMAGE.fullmatch(s)]
+    ancillary = any(s.lower().endswith(("_gt", "_4d")) for s in stems)
+    if "Info.cfg" in names or len(frames) < 2 or not ancillary or subject_stem(folder, ACDC_IMAGE) is None:
+        return None
+    misspelt = [n for n in names if n.lower().startswith("info") and "cfg" in n.lower()]
+    numbers = sorted(int(s.rsplit("_frame", 1)[1]) for s in frames if s.lower().rsplit("_frame", 1)[1].isdigit())
+    shown = ", ".join(f for f in frames[:3]) + (f" and {len(frames) - 3} more" if len(frames) > 3 else "")
+    why = f"holds {misspelt[0]!r}, not 'Info.cfg' (spelt exactly so)" if misspelt else "has no Info.cfg"
+    example = (
+        f" (lines 'ED: {numbers[0]}' and 'ES: {numbers[-1]}' where frame {numbers[0]} is ED and {numbers[-1]} ES)"
+        if len(numbers) >= 2
+        else ""
+    )
+    return (
+        f"an ACDC patient folder ({shown}) that {why}, which gives the ED and ES frame numbers: add "
+        f"Info.cfg{example}, or give each image file alone to read it as one phase"
+    )
 
 
 def detect_format(path: str | Path) -> str:
@@ -73,12 +103,14 @@ def expand_inputs(path: str | Path) -> list[Path]:
     - a folder of NIfTI files (any case of extension) and no subject folders: each image file,
       label maps (``*_gt``) left out;
     - a folder holding only ZIP archives: each archive;
+    - an ACDC patient's files without ``Info.cfg`` (``_frameNN`` images with ``_gt`` maps or a
+      ``_4d`` cine): itself, which `read_study` refuses, naming the missing Info.cfg;
     - anything else (a DICOM folder, searched recursively): itself.
     """
     path = Path(path)
     try:
-        if entry_kind(path) != "dir" or detect_format(path) != "dicom":
-            return [path]
+        if entry_kind(path) != "dir" or detect_format(path) != "dicom" or _acdc_without_info(path):
+            return [path]  # an ACDC folder without Info.cfg: refused by `read_study`, not read as loose files
     except (OSError, ReadError):  # its reader says why it cannot be read, as that study's error
         return [path]
     entries: list[Path] = []
@@ -97,7 +129,8 @@ def expand_inputs(path: str | Path) -> list[Path]:
             passed.cannot_read(entry, exc.__cause__)
             continue
         entries.append(entry)
-    subjects = [p for p in entries if kinds[p] in ("acdc", "mnms")]
+    # an ACDC patient without Info.cfg among them: a study (refused, named), not passed over
+    subjects = [p for p in entries if kinds[p] in ("acdc", "mnms") or (kinds[p] == "dicom" and _acdc_without_info(p))]
     images = [
         p
         for p in entries
@@ -129,6 +162,8 @@ def read_study(path: str | Path, **options: Any) -> Study:
     ``options`` go to the reader: ``series_uid`` for DICOM; ``label_path`` and ``convention`` for
     a NIfTI file (which gives a one-phase study with ED and ES unknown). A 4-D NIfTI file
     (X, Y, Z, T) read without options is a cine, a phase per frame (:func:`read_nifti_cine`).
+    A folder holding an ACDC patient's files without ``Info.cfg`` is refused (it alone gives ED
+    and ES), not read as loose NIfTI files.
     An option the format does not take is refused, unless it is None (not given).
 
     Raises
@@ -151,6 +186,11 @@ def read_study(path: str | Path, **options: Any) -> Study:
         )
     options = {name: value for name, value in options.items() if name in takes and value is not None}
     if kind == "archive":
+        if is_unpacked_member(path):  # a member of an archive `cmrsdk segment` unpacked: a ZIP inside a ZIP
+            raise ReadError(
+                path,
+                "a ZIP archive inside a ZIP archive is not unpacked: unpack the outer archive and give the inner .zip",
+            )
         raise ReadError(
             path,
             "a ZIP archive: read what `with cmrsdk.io.archive.unpacked(path) as u:` gives (u.path), "
@@ -165,6 +205,9 @@ def read_study(path: str | Path, **options: Any) -> Study:
             return read_nifti_cine(path)
         stack = read_nifti_stack(path, **options)
         return Study(phases=(stack,), info=StudyInfo(source=str(path)))
+    refused = _acdc_without_info(Path(path))
+    if refused:
+        raise ReadError(path, refused)
     return read_dicom_study(path, **options)
 
 

@@ -35,6 +35,7 @@ from ..labels import LVBP, RVBP
 from ..metrics import ringed_by_myocardium
 from ..types import Stack, Study, StudyInfo
 from ._geometry import nifti_to_zyx_affine, slice_positions_mm
+from ._walk import reason
 from .. import _warn
 
 __all__ = [
@@ -99,14 +100,18 @@ GRID_VOXEL_TOLERANCE = 0.05
 LABEL_ATOL = 1e-3
 
 
-def _raw_pixdim(path: Path, header_class: type = nib.Nifti1Header) -> np.ndarray:
-    """pixdim[1:4] as stored (``header_class``: the image's, NIfTI-1 or NIfTI-2): nibabel's
-    loader silently turns zeros into 1 mm."""
+def _raw_header(path: Path, header_class: type = nib.Nifti1Header) -> nib.Nifti1Header:
+    """The header as stored (``header_class``: the image's, NIfTI-1 or NIfTI-2): nibabel's loader
+    silently turns zero pixdim into 1 mm and moves scl_slope/scl_inter out of it (NaN left)."""
     from nibabel.openers import ImageOpener
 
     with ImageOpener(str(path)) as handle:
-        header = header_class.from_fileobj(handle, check=False)
-    return np.asarray(header["pixdim"][1:4], dtype=np.float64)
+        return header_class.from_fileobj(handle, check=False)
+
+
+def _raw_pixdim(path: Path, header_class: type = nib.Nifti1Header) -> np.ndarray:
+    """pixdim[1:4] as stored (`_raw_header`)."""
+    return np.asarray(_raw_header(path, header_class)["pixdim"][1:4], dtype=np.float64)
 
 
 def _axis_order(image: nib.Nifti1Image, path: Path, *, warn: bool = True) -> tuple[int, int, int]:
@@ -118,12 +123,11 @@ def _axis_order(image: nib.Nifti1Image, path: Path, *, warn: bool = True) -> tup
     if len(image.shape) < 3 or not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         return (0, 1, 2)  # no voxel sizes to tell by: `_geometry` refuses what it must
     norms = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
-    scale = _UNIT_MM.get(str(image.header.get_xyzt_units()[0]), 1.0)
     if (
         np.all(np.isfinite(norms))
         and np.all(norms > 0)
         and not np.allclose(norms, zooms, rtol=1e-3)
-        and not np.allclose(norms * scale, 1.0, atol=1e-3)
+        and not np.allclose(norms, 1.0, atol=1e-3)  # unit columns (ACDC's), whatever xyzt_units say
     ):
         zooms = norms
     coarse = int(np.argmax(zooms))
@@ -144,6 +148,59 @@ def _axis_order(image: nib.Nifti1Image, path: Path, *, warn: bool = True) -> tup
     return order
 
 
+def _refuse_dim0(path: Path, exc: Exception) -> None:
+    """Refuse a NIfTI-1 header whose ``dim[0]`` is outside 1..7 in either byte order: nibabel
+    tells the byte order by it, reads such a header swapped and blames a sound field (sweep 51:
+    "vox offset 0 too low")."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as handle:
+            head = handle.read(42)
+    except Exception:  # noqa: BLE001 - not readable as (gzip) bytes: the caller's message says why
+        return
+    if len(head) < 42 or 348 not in (struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]):
+        return  # not a NIfTI-1 header: the caller's message
+    little, big = struct.unpack("<h", head[40:42])[0], struct.unpack(">h", head[40:42])[0]
+    if not (1 <= little <= 7 or 1 <= big <= 7):
+        raise ReadError(
+            path,
+            f"NIfTI header 'dim[0]' (the number of dimensions) is {little} (or {big} byte-swapped), expected "
+            "1..7: a corrupt header",
+        ) from exc
+
+
+def _check_scaling(header: nib.Nifti1Header, path: Path) -> None:
+    """Refuse a negative ``scl_slope`` (an inverted image, as DICOM's negative RescaleSlope is
+    refused) and a non-finite ``scl_inter`` under a valid slope; warn for an infinite slope, which
+    nibabel ignores (the data are read unscaled). A NaN or zero slope means "no scaling" (NIfTI).
+    ``header``: the loaded image's (its type); the values are read as stored (`_raw_header`)."""
+    if "scl_slope" not in header.keys():
+        return  # Analyze: no scaling fields
+    raw = _raw_header(path, type(header))
+    slope, inter = float(raw["scl_slope"]), float(raw["scl_inter"])
+    if np.isfinite(slope) and slope < 0:
+        raise ReadError(
+            path, f"NIfTI 'scl_slope' value {slope:g} is negative (it would invert the image's intensities)"
+        )
+    if np.isinf(slope):
+        _warn.warn(
+            CmrWarning(f"{path}: NIfTI 'scl_slope' value {slope:g} is not a finite number; the data are read unscaled"),
+            stacklevel=4,
+        )
+    elif slope != 0 and np.isfinite(slope) and not np.isfinite(inter):
+        raise ReadError(path, f"NIfTI 'scl_inter' value {inter:g} is not finite (with 'scl_slope' {slope:g})")
+
+
+def _scaling_note(image: nib.Nifti1Image) -> str:
+    """`` (after NIfTI 'scl_slope' 1e+38, 'scl_inter' 0)`` where the header scales the data, else ''."""
+    slope = float(getattr(image.dataobj, "slope", 1.0))
+    inter = float(getattr(image.dataobj, "inter", 0.0))
+    if slope == 1 and inter == 0:
+        return ""
+    return f" (after NIfTI 'scl_slope' {slope:g}, 'scl_inter' {inter:g}: a scaling that overflows?)"
+
+
 def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
     """The image, checked from its header; 3-D, or with ``cine`` 4-D (X, Y, Z, T) too."""
     if not path.is_file():
@@ -155,16 +212,21 @@ def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
         shape = image.shape
         dtype = header.get_data_dtype()
     except Exception as exc:  # nibabel raises many kinds (ImageFileError, EOFError, zlib errors)
-        with open(path, "rb") as handle:
-            head = handle.read(4)
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+        except OSError as err:  # permission denied: what nibabel met too
+            raise ReadError(path, f"cannot be read ({reason(err)})") from err
         named_gz = path.name.lower().endswith(".gz")
         if head[:2] == b"\x1f\x8b" and not named_gz:
             raise ReadError(path, "the file is gzip-compressed but its name ends in .nii: rename it .nii.gz") from exc
         sizes = struct.unpack("<i", head) + struct.unpack(">i", head) if len(head) == 4 else ()
         if named_gz and any(size in (348, 540) for size in sizes):  # sizeof_hdr: a NIfTI-1 or -2 header
             raise ReadError(path, "the file is an uncompressed NIfTI but its name ends in .gz: rename it .nii") from exc
-        reason = str(exc).replace(str(path), "this file")  # the line names it already
-        raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {reason})") from exc
+        _refuse_dim0(path, exc)
+        why = str(exc).replace(str(path), "this file")  # the line names it already
+        raise ReadError(path, f"not a readable NIfTI file ({type(exc).__name__}: {why})") from exc
+    _check_scaling(header, path)
     if len(shape) > 4 and set(shape[4:]) == {1}:  # (X, Y, Z, T, 1): a converter's spare axes
         image = nib.funcs.squeeze_image(image)
         shape = image.shape
@@ -216,14 +278,40 @@ def _load(path: Path, *, cine: bool = False) -> nib.Nifti1Image:
 def _read_array(image: nib.Nifti1Image, path: Path, order: tuple[int, int, int] = (0, 1, 2)) -> np.ndarray:
     """The image's (Z, Y, X) array, the slice axis being array axis ``order[2]`` (`_axis_order`)."""
     try:
-        # dataobj applies scl_slope/inter; the transpose gives (Z, Y, X)
-        return np.asanyarray(image.dataobj).transpose(order[2], order[1], order[0])
+        # dataobj applies scl_slope/inter; the transpose gives (Z, Y, X); an overflowing scaling
+        # gives inf, refused by the caller naming the scaling, not numpy's RuntimeWarning
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asanyarray(image.dataobj).transpose(order[2], order[1], order[0])
     except Exception as exc:  # truncated gzip streams surface only here
         raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 #: millimetres per NIfTI spatial unit other than mm ('unknown' is read as mm, as ACDC's and M&Ms's files need).
 _UNIT_MM = {"micron": 1e-3, "meter": 1e3}
+
+
+def _affine_source(header: nib.Nifti1Header) -> str:
+    """Which header fields nibabel's affine comes from: the sform's, the qform's, or pixdim alone."""
+    if int(header["sform_code"]) > 0:
+        return f"sform: srow_x/y/z, sform_code {int(header['sform_code'])}"
+    if int(header["qform_code"]) > 0:
+        return f"qform: quatern_b/c/d, qoffset_x/y/z and pixdim, qform_code {int(header['qform_code'])}"
+    return "pixdim alone: sform_code and qform_code 0"
+
+
+def _degenerate(image: nib.Nifti1Image) -> str:
+    """The refusal of an affine with a zero or non-finite column, naming the fields it came from."""
+    header = image.header
+    source = _affine_source(header)
+    if int(header["sform_code"]) > 0:
+        fix = "correct the sform, or set sform_code to 0 so that the qform is used"
+    elif int(header["qform_code"]) > 0:
+        fix = "correct the qform, or set qform_code to 0 so that pixdim alone places the voxels"
+    else:
+        fix = "correct pixdim"
+    with np.errstate(invalid="ignore"):
+        shown = np.round(np.asarray(image.affine, dtype=np.float64), 4).tolist()
+    return f"NIfTI affine from the {source} is degenerate (a zero or non-finite axis): {shown}; {fix}"
 
 
 def _geometry(
@@ -247,12 +335,16 @@ def _geometry(
     if not all(np.isfinite(z) and z > 0 for z in zooms):
         raise ReadError(path, f"NIfTI pixdim[1:4] (voxel sizes) {list(zooms)} must be finite and positive")
     affine = nifti_to_zyx_affine(image.affine[:, [*order, 3]])
+    # unit columns (ACDC's identity sform) are told before xyzt_units scale them (sweep 51: a metre
+    # file's 1 x 1000 columns were taken for voxel sizes and refused as pixdim 1000 mm)
+    unit_columns = bool(np.allclose(np.linalg.norm(affine[:3, :3], axis=0), 1.0, atol=1e-3))
     affine[:3] *= scale
     norms = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(norms == 0) or not np.all(np.isfinite(affine)):
-        raise ReadError(path, f"NIfTI affine is degenerate: {image.affine.tolist()}")
+        raise ReadError(path, _degenerate(image))
     stored = (zooms[2], zooms[1], zooms[0])
-    if not np.allclose(norms, stored, rtol=1e-3) and not np.allclose(norms, 1.0, atol=1e-3):
+    source = "pixdim"
+    if not np.allclose(norms, stored, rtol=1e-3) and not unit_columns:
         fourth = float(image.header["pixdim"][4]) * scale if len(image.shape) > 3 else 0.0
         if not np.isclose(zooms[2], norms[0], rtol=1e-3) and np.isclose(fourth, norms[0], rtol=1e-3):
             # (x, y, t, z): the affine's slice spacing is in pixdim[4], the time step in pixdim[3];
@@ -264,6 +356,9 @@ def _geometry(
             )
         # sizes in the affine, not unit columns (ACDC's): an sform edited without its pixdim
         zooms = (float(norms[2]), float(norms[1]), float(norms[0]))
+        source = (
+            f"affine ({_affine_source(image.header)}) voxel sizes, not pixdim {[round(float(v), 4) for v in raw]} mm,"
+        )
         _warn.warn(
             CmrWarning(
                 f"{path}: NIfTI pixdim[1:4] {[round(float(v), 4) for v in raw]} mm disagrees with the affine's voxel sizes "
@@ -275,7 +370,7 @@ def _geometry(
     if not all(low <= z <= high for z in zooms[:2]):
         raise ReadError(
             path,
-            f"NIfTI pixdim[1:3] (in-plane voxel size) {list(zooms[:2])} mm is outside "
+            f"NIfTI {'pixdim[1:3]' if source == 'pixdim' else source} (in-plane voxel size) {list(zooms[:2])} mm is outside "
             f"{low}..{high} mm: not a cardiac MR image, or a header in other units "
             f"(its xyzt_units say '{unit}'{'' if unit in _UNIT_MM else ', read as mm'})",
         )
@@ -283,11 +378,12 @@ def _geometry(
     if n_slices > 1 and not low <= zooms[2] <= high:
         raise ReadError(
             path,
-            f"NIfTI pixdim[3] (slice spacing) {zooms[2]} mm is outside {low}..{high} mm (its xyzt_units say "
+            f"NIfTI {'pixdim[3]' if source == 'pixdim' else source} (slice spacing) {zooms[2]} mm is outside "
+            f"{low}..{high} mm (its xyzt_units say "
             f"'{unit}'{'' if unit in _UNIT_MM else ', read as mm'})",
         )
     spacing = (zooms[2], zooms[1], zooms[0])
-    if n_slices > 1 and all(z == 1.0 for z in zooms):
+    if n_slices > 1 and np.allclose(zooms, 1.0, rtol=0, atol=1e-4):  # a metre file reads 1.00000005 mm
         # no cine is acquired so; a re-save that kept ACDC's unit-column affine writes it (sweep 28:
         # LVEDV 11.8 mL for 290.4)
         _warn.warn(
@@ -544,10 +640,11 @@ def read_nifti_stack(
         )
     image = _load(image_path)
     order = _axis_order(image, image_path)
-    pixels = _read_array(image, image_path, order).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        pixels = _read_array(image, image_path, order).astype(np.float32)
     if not np.all(np.isfinite(pixels)):
         count = int(np.size(pixels) - np.count_nonzero(np.isfinite(pixels)))
-        raise ReadError(image_path, f"image holds {count} NaN or infinite pixel values")
+        raise ReadError(image_path, f"image holds {count} NaN or infinite pixel values{_scaling_note(image)}")
     _refuse_label_map(pixels, image_path)
     affine, spacing = _geometry(image, image_path, order)
     labels = None
@@ -595,18 +692,21 @@ def read_nifti_cine(image_path: str | Path) -> Study:
         return Study(phases=(read_nifti_stack(path),), info=StudyInfo(source=str(path)))
     order = _axis_order(image, path)
     try:
-        frames = np.asanyarray(image.dataobj).transpose(3, order[2], order[1], order[0])  # (T, Z, Y, X)
+        with np.errstate(over="ignore", invalid="ignore"):
+            frames = np.asanyarray(image.dataobj).transpose(3, order[2], order[1], order[0])  # (T, Z, Y, X)
+            frames = frames.astype(np.float32, copy=False)  # past float32's range: inf, refused below
     except Exception as exc:  # truncated gzip streams surface only here
         raise ReadError(path, f"NIfTI data cannot be read ({type(exc).__name__}: {exc})") from exc
     if not np.all(np.isfinite(frames)):
-        raise ReadError(path, "image holds NaN or infinite pixel values")
+        count = int(np.size(frames) - np.count_nonzero(np.isfinite(frames)))
+        raise ReadError(path, f"image holds {count} NaN or infinite pixel values{_scaling_note(image)}")
     affine, spacing = _geometry(image, path, order)
     _refuse_label_map(frames, path)
     positions = slice_positions_mm(affine, frames.shape[1])
     turn = dicom_turn(path, affine)
     phases = tuple(
         Stack(
-            pixels=frames[t].astype(np.float32),
+            pixels=frames[t].copy(),
             spacing=spacing,
             affine=affine,
             slice_positions=positions,
@@ -682,7 +782,10 @@ def read_acdc_info(path: str | Path) -> dict[str, str]:
         raise ReadError(path, "ACDC Info.cfg not found (it gives the ED and ES frame numbers)")
     entries: dict[str, str] = {}
     # utf-8-sig: an Info.cfg saved by Windows Notepad starts with a byte-order mark
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:  # permission denied
+        raise ReadError(path, f"cannot be read ({reason(exc)})") from exc
     # Windows editors save "Unicode" text as UTF-16 with a byte-order mark
     encoding = "utf-16" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
     for number, line in enumerate(raw.decode(encoding, errors="replace").splitlines(), start=1):

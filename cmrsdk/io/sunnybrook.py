@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._warn import warn
 from ..errors import ReadError
 from ..labels import LVBP, LVM
 from ..types import Study
+from ._walk import reason
 from .dicom import read_dicom_study
 
 __all__ = ["CONTOUR_ORIGIN", "read_sunnybrook", "polygon_mask", "read_contour"]
@@ -37,6 +39,8 @@ def read_contour(path: Path) -> np.ndarray:
     centre at (0, 0), as numpy indexes) from a Sunnybrook contour file (one-based, `CONTOUR_ORIGIN`)."""
     try:
         points = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except OSError as exc:  # permission denied; a folder where the file should be
+        raise ReadError(path, f"cannot be read ({reason(exc)})") from exc
     except ValueError as exc:
         raise ReadError(path, f"contour is not a list of 'x y' numbers ({exc})") from exc
     if points.shape[1] != 2 or points.shape[0] < 3 or not np.all(np.isfinite(points)):
@@ -65,6 +69,35 @@ def polygon_mask(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask
 
 
+#: how far (pixels) a contour point may lie beyond the image's outer pixel edge unremarked: a
+#: hand-drawn contour may touch the border
+CONTOUR_MARGIN = 1.0
+
+
+def _contour_mask(file: Path, image: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The mask of contour ``file`` on the image named ``image`` of ``shape`` (rows, columns); None
+    where it encloses no pixel centre (wholly outside the image, or collapsed). Either, and a
+    contour reaching outside the image (its mask clipped), is warned, naming the file: the truth
+    scored against is then not the annotator's whole contour, or the image is not scored. One
+    annotation error does not refuse the series' other contours."""
+    points = read_contour(file)
+    rows, cols = shape
+    # zero-based pixel centres run 0..cols-1: the image's edges are half a pixel beyond them
+    low, high = -0.5 - CONTOUR_MARGIN, np.array([cols, rows]) - 0.5 + CONTOUR_MARGIN
+    outside = np.any((points < low) | (points > high), axis=1)
+    mask = polygon_mask(points, shape)
+    if not mask.any():
+        warn(f"{file}: contour encloses no pixel centre of image {image} ({cols} x {rows}): left out of the scores")
+        return None
+    if outside.any():
+        x, y = points[int(np.argmax(outside))] + CONTOUR_ORIGIN  # as the file writes it (one-based)
+        warn(
+            f"{file}: contour point ({x:.1f}, {y:.1f}) lies outside image {image}'s {cols} x {rows} pixels "
+            f"({int(outside.sum())} of {len(points)} points outside): scored as clipped to the image"
+        )
+    return mask
+
+
 def read_sunnybrook(series_dir: str | Path, contour_dir: str | Path) -> Study:
     """Read a Sunnybrook cine series with its manual contours as labels.
 
@@ -78,15 +111,23 @@ def read_sunnybrook(series_dir: str | Path, contour_dir: str | Path) -> Study:
     The cine :class:`Study` of :func:`read_dicom_study`; phases with contours carry uint8
     (Z, Y, X) labels (LVBP, LVM; 0 elsewhere). ``ed_index`` is the phase with o-contours,
     ``es_index`` the other contoured phase (None where there is none).
+
+    Raises
+    ------
+    ReadError : a contour file that cannot be read, is not a list of points, or names an image not
+        in the series. A contour reaching outside its image (more than `CONTOUR_MARGIN` pixels
+        beyond the edge: clipped) or enclosing no pixel (left out) is warned (`CmrWarning`).
     """
     contour_dir = Path(contour_dir)
     study = read_dicom_study(series_dir)
     where: dict[int, tuple[int, int]] = {}
+    names: dict[int, str] = {}
     for t, stack in enumerate(study.phases):
         for z, source_file in enumerate(stack.source_files):
             stem = Path(source_file).stem
             if stem.isdigit():
                 where[int(stem)] = (t, z)
+                names[int(stem)] = Path(source_file).name
     files = sorted(contour_dir.glob("*-contours/*contour-manual.txt"))
     if not files:
         raise ReadError(contour_dir, "no Sunnybrook contour files (i-contours/, o-contours/) found")
@@ -101,7 +142,9 @@ def read_sunnybrook(series_dir: str | Path, contour_dir: str | Path) -> Study:
         if number not in where:
             raise ReadError(file, f"contour refers to image {number}.dcm, which is not in series {series_dir}")
         target = inner if kind == "i" else outer
-        target[where[number]] = polygon_mask(read_contour(file), shape[1:])
+        mask = _contour_mask(file, names[number], shape[1:])
+        if mask is not None:
+            target[where[number]] = mask
     labels = {t: np.zeros(shape, dtype=np.uint8) for t, _ in list(inner) + list(outer)}
     for (t, z), mask in outer.items():
         labels[t][z][mask] = LVM

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import ssl
 import sys
 import warnings
@@ -194,14 +195,34 @@ def _check_client_tls(ca: str | None, cert: str | None, key: str | None, prefix:
             raise InputError(f"{prefix}-{name} file '{value}' not found")
 
 
-def _tls(build: Callable[[], ssl.SSLContext], options: str) -> ssl.SSLContext:
-    """A TLS context from PEM files, or one clear error naming the options (not OpenSSL's traceback)."""
+#: what a PEM file of each kind holds: a certificate (or a CA's), a private key
+_PEM_MARKERS = {"certificate": "-----BEGIN CERTIFICATE-----", "private key": "PRIVATE KEY-----"}
+
+
+def _pem_holds(path: str, kind: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20).decode("ascii", errors="replace")
+    except OSError:
+        return False
+    return _PEM_MARKERS[kind] in text
+
+
+def _tls(build: Callable[[], ssl.SSLContext], files: tuple[tuple[str, str | None, str], ...]) -> ssl.SSLContext:
+    """A TLS context from PEM files, or one clear error naming the option and file at fault (not
+    OpenSSL's traceback). ``files``: (option, path or None where not given, "certificate" or
+    "private key")."""
     try:
         return build()
     except (ssl.SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        given = [(option, path, kind) for option, path, kind in files if path]
+        bad = [f"{option} '{path}' is not a PEM {kind}" for option, path, kind in given if not _pem_holds(path, kind)]
+        if bad:
+            raise InputError(f"TLS: {'; '.join(bad)}") from exc
         raise InputError(
-            f"TLS files given by {options} cannot be used: {reason} (PEM certificate and key expected)"
+            f"TLS files given by {', '.join(option for option, _, _ in given)} cannot be used: {reason} "
+            "(PEM certificate and matching private key expected)"
         ) from exc
 
 
@@ -216,6 +237,12 @@ def run_serve(args: argparse.Namespace, pipeline: dict[str, Any] | None = None) 
             print(line)
         return 0
     _check(args)
+    # what the node's worker would otherwise find only after the node listens, ending it with a raw
+    # exception: an output folder that cannot be made, a bundle that cannot be loaded
+    _check_output_folder(Path(args.output).expanduser(), "--output")
+    from ..bundle import load_bundle
+
+    load_bundle(args.bundle)  # reads and verifies the manifest and artifacts; builds no engine
     try:
         import pynetdicom  # noqa: F401
     except ImportError as exc:
@@ -245,14 +272,25 @@ def run_serve(args: argparse.Namespace, pipeline: dict[str, Any] | None = None) 
     (transport.removeFilter if debug else transport.addFilter)(_OUTAGE_LINES)
     warnings.filterwarnings("ignore", module=r"(pydicom|highdicom|pynetdicom)(\..*)?$")
     ssl_context = (
-        _tls(lambda: tls_context(args.tls_cert, args.tls_key, args.tls_ca), "--tls-cert, --tls-key, --tls-ca")
+        _tls(
+            lambda: tls_context(args.tls_cert, args.tls_key, args.tls_ca),
+            (
+                ("--tls-cert", args.tls_cert, "certificate"),
+                ("--tls-key", args.tls_key, "private key"),
+                ("--tls-ca", args.tls_ca, "certificate"),
+            ),
+        )
         if args.tls_cert
         else None
     )
     forward_tls = (
         _tls(
             lambda: client_tls_context(args.forward_tls_ca, args.forward_tls_cert, args.forward_tls_key),
-            "--forward-tls-ca, --forward-tls-cert, --forward-tls-key",
+            (
+                ("--forward-tls-ca", args.forward_tls_ca, "certificate"),
+                ("--forward-tls-cert", args.forward_tls_cert, "certificate"),
+                ("--forward-tls-key", args.forward_tls_key, "private key"),
+            ),
         )
         if args.forward_tls_ca
         else None
@@ -329,13 +367,26 @@ def add_retrieve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     return p
 
 
-def _check_output_folder(output: Path) -> None:
-    """-o must be a folder or a path where one can be made: refused before the PACS is asked."""
+def _check_output_folder(output: Path, option: str = "-o") -> None:
+    """``option``'s folder must be a folder or a path where one can be made: refused before the PACS
+    is asked (retrieve) or the node listens (serve)."""
     for folder in (output, *output.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise InputError(f"-o value '{output}' is invalid: {folder} is a file, not a folder")
+                raise InputError(f"{option} value '{output}' is invalid: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(
+                    f"{option} value '{output}' is invalid: {folder} cannot be written (permission denied)"
+                )
             return
+
+
+def _retrieve_tls_files(args: argparse.Namespace) -> tuple[tuple[str, str | None, str], ...]:
+    return (
+        ("--tls-ca", args.tls_ca, "certificate"),
+        ("--tls-cert", args.tls_cert, "certificate"),
+        ("--tls-key", args.tls_key, "private key"),
+    )
 
 
 def run_retrieve(args: argparse.Namespace) -> int:
@@ -359,14 +410,14 @@ def run_retrieve(args: argparse.Namespace) -> int:
             "association to this side, which must present a certificate"
         )
     tls = (
-        _tls(lambda: client_tls_context(args.tls_ca, args.tls_cert, args.tls_key), "--tls-ca, --tls-cert, --tls-key")
+        _tls(lambda: client_tls_context(args.tls_ca, args.tls_cert, args.tls_key), _retrieve_tls_files(args))
         if args.tls_ca
         else None
     )
     # C-MOVE's delivery over TLS too: this side is the server, and the PACS must present a
     # certificate the same CA signed (mutual TLS, PS3.15 B.1)
     move_tls = (
-        _tls(lambda: tls_context(args.tls_cert, args.tls_key, args.tls_ca), "--tls-ca, --tls-cert, --tls-key")
+        _tls(lambda: tls_context(args.tls_cert, args.tls_key, args.tls_ca), _retrieve_tls_files(args))
         if args.tls_ca and args.move_port is not None
         else None
     )

@@ -139,6 +139,20 @@ class Node:
             log.log(level, series_log_line(self.spool, series_uid))
 
     def start(self) -> None:
+        """Recover the spool, listen, start the worker and the forwarder. Where any of it fails (a
+        --host that is no address here, a port in use) what was started is stopped and the spool
+        closed (its lock file was left open, a ResourceWarning at exit) before the error goes up."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop_event.set()
+            for part in (self.worker, self.forwarder):
+                if part is not None and part.is_alive():
+                    part.join()
+            self.spool.close()
+            raise
+
+    def _start(self) -> None:
         recovered = self.spool.recover()
         if recovered["requeued"]:
             log.info("recovered after a crash: %d series queued again", recovered["requeued"])
