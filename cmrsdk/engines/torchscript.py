@@ -64,7 +64,8 @@ def quiet_torchscript() -> Iterator[None]:
             warnings.warn(
                 "TorchScript (torch.jit) is deprecated from torch 2.14; cmrsdk keeps its '.pt' artifacts "
                 "because C++ libtorch loads them (examples/cpp). Its successor is the 'aoti' backend: "
-                "AOTInductor '.pt2' packages, added to a bundle by 'python -m export.aoti BUNDLE'",
+                "AOTInductor '.pt2' packages, added to a bundle by 'python -m export.aoti BUNDLE' (from a checkout of "
+                "the repository: export/ is not installed with the package)",
                 TorchScriptDeprecationWarning,
                 stacklevel=3,
             )
