@@ -170,14 +170,10 @@ _KNOWN_KEYS: dict[str, tuple[str, ...]] = {
 #: export/'s U-Net: ``unet(..., features=[f0, ..., fk], ...)`` halves the image k times
 _UNET_FEATURES = re.compile(r"^\s*unet\s*\(.*\bfeatures\s*=\s*[\[(]([\d\s,]+)[\])]")
 #: how a missing artifact is added to a bundle, for the message that says it is missing (export/
-#: comes with a checkout of the repository, not with the installed package: sweep 50); a bundle
-#: inside an installed package is copied out first, its site-packages left as installed
+#: comes with a checkout of the repository, not with the installed package: sweep 50)
 _ADD_ARTIFACT = {
-    "aoti": "add one from a checkout of cmrsdk's repository (export/ is not installed): python -m export.aoti {bundle}",
-    "onnx-int8": (
-        "add them from a checkout of cmrsdk's repository (export/ is not installed): python -m export.quantize "
-        "{bundle} (a copy of it, where it lies in an installed package)"
-    ),
+    "aoti": "add one with: python -m export.aoti {bundle}; export/ comes with a checkout of cmrsdk's repository",
+    "onnx-int8": "add them with: python -m export.quantize {bundle}; export/ comes with a checkout of cmrsdk's repository",
 }
 
 
