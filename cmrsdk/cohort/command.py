@@ -16,19 +16,10 @@ from .worker import PipelineSpec
 __all__ = ["add_arguments", "run_command"]
 
 
-def _count(text: str) -> int:
-    """argparse type of --workers and --threads: an integer >= 1, refused before the output is made."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The batch's own options (the bundle, backend and pipeline options are `segment`'s, added by the caller)."""
+    from ..cli import positive_int  # --workers and --threads refused as read, before OUT is made
+
     p.add_argument(
         "inputs",
         nargs="*",
@@ -49,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_count,
+        type=positive_int,
         default=None,
         help="worker processes or Ray actors (default: half the cores; "
         "with --engine ray --device cuda, 1 per GPU asked)",
@@ -67,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--mode", default="routed", choices=["routed", "baseline", "oracle"])
     p.add_argument("--keep-fragments", action="store_true", help="skip the largest-connected-component clean-up")
-    p.add_argument("--threads", type=_count, default=None, help="threads per worker (default: cores / workers)")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads per worker (default: cores / workers)")
     p.add_argument("--retry-failed", action="store_true", help="run again the studies that failed in an earlier run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-overlay", action="store_true", help="skip each study's overlay.png")
