@@ -39,7 +39,7 @@ from typing import Any, Callable, Protocol, cast
 import numpy as np
 
 from . import preprocess
-from .errors import InputError
+from .errors import BackendUnavailableError, InputError
 from .heart import MIN_HEART_PIXELS, heart_centre, heart_window, mean_centre, search_groups
 from .labels import APEX, LVBP, LVM, NON_CARDIAC, REGION_NAMES, RVBP
 from .metrics import heart_like
@@ -106,8 +106,13 @@ class DevicePipeline(Pipeline):
     """
 
     def __init__(self, bundle: Any, **options: Any) -> None:
-        import torch
-
+        try:
+            import torch
+        except ModuleNotFoundError as exc:  # a bare ModuleNotFoundError named no extra (sweep 50)
+            raise BackendUnavailableError(
+                "DevicePipeline needs PyTorch, which is not installed: pip install 'cmrsdk[torch]' "
+                "(README 'Installation extras')"
+            ) from exc
         options.setdefault("backend", "torchscript")
         super().__init__(bundle, **options)
         self._torch = torch

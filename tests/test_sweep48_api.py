@@ -350,3 +350,18 @@ def test_the_p_value_headings_say_at_least_min_subjects(tmp_path: Path):
     ]
     shipped = (ROOT / "docs" / "results" / "shipped" / "acdc_heldout" / "report.md").read_text(encoding="utf-8")
     assert all(heading in shipped.splitlines() for heading in headings)
+
+
+def test_device_pipeline_without_torch_names_the_extra(monkeypatch):
+    """Sweep 50: the README's DevicePipeline line without torch raised a bare ModuleNotFoundError."""
+    import sys
+
+    from cmrsdk import DEMO_BUNDLE
+    from cmrsdk.device_chain import DevicePipeline
+    from cmrsdk.errors import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(
+        BackendUnavailableError, match=r"DevicePipeline needs PyTorch, .* pip install 'cmrsdk\[torch\]'"
+    ):
+        DevicePipeline(DEMO_BUNDLE)
